@@ -1,0 +1,202 @@
+//! Export gate rules (R-GATE): what a result must look like before it may leave the domain.
+//!
+//! The runtime extracts facts from the plan and the data; the rules here judge them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{ColumnTag, Level};
+
+/// Default minimum of distinct subjects per output group (DOMAIN.md section 4).
+pub fn default_threshold(level: Level) -> u64 {
+    match level {
+        Level::L1 => 1,
+        Level::L2 => 10,
+        Level::L3 | Level::L4 => 50,
+    }
+}
+
+/// Aggregate functions whose output does not reproduce one subject's value. `min`, `max`,
+/// `median`, `first_value` and the like return a single contributor's value and are refused.
+pub const ALLOWED_AGGREGATES: [&str; 9] = [
+    "count",
+    "sum",
+    "avg",
+    "mean",
+    "stddev",
+    "stddev_pop",
+    "var",
+    "var_pop",
+    "approx_distinct",
+];
+
+pub fn is_allowed_aggregate(name: &str) -> bool {
+    ALLOWED_AGGREGATES.contains(&name.to_ascii_lowercase().as_str())
+}
+
+/// Facts the runtime extracted from a job's plan.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueryShape {
+    /// The query is one grouped aggregate, with only projection, filter, sort and limit above.
+    pub aggregated: bool,
+    /// Why the query is not a gate-checkable aggregate, when it is not.
+    pub not_aggregated_reason: Option<String>,
+    /// Each group key: its output name, and the tags of the column it is, or `None` when the
+    /// key is an expression rather than a column.
+    pub group_keys: Vec<(String, Option<Vec<ColumnTag>>)>,
+    /// Names of the aggregate functions used.
+    pub aggregates: Vec<String>,
+}
+
+/// One check of the gate report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GateCheck {
+    pub name: String,
+    pub passed: bool,
+    pub detail: String,
+}
+
+/// The gate report: each check with its numbers, pass or fail.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GateReport {
+    pub checks: Vec<GateCheck>,
+    pub threshold_k: u64,
+    pub groups_total: u64,
+    pub groups_suppressed: u64,
+    pub rows_released: u64,
+}
+
+impl GateReport {
+    pub fn passed(&self) -> bool {
+        self.checks.iter().all(|c| c.passed)
+    }
+
+    pub fn push(&mut self, name: &str, outcome: CheckOutcome) {
+        let (passed, detail) = match outcome {
+            CheckOutcome::Pass(d) => (true, d),
+            CheckOutcome::Fail(d) => (false, d),
+        };
+        self.checks.push(GateCheck {
+            name: name.to_string(),
+            passed,
+            detail,
+        });
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckOutcome {
+    Pass(String),
+    Fail(String),
+}
+
+/// R-GATE 2, the plan half: an L2/L3 result is a grouped aggregate over `dimension` columns
+/// using only aggregates that do not reproduce a single value.
+pub fn check_shape(level: Level, shape: &QueryShape) -> CheckOutcome {
+    if level == Level::L1 {
+        return CheckOutcome::Pass("L1 result: aggregation not required".into());
+    }
+    if !shape.aggregated {
+        return CheckOutcome::Fail(format!(
+            "an {level} result must be a grouped aggregate: {}",
+            shape
+                .not_aggregated_reason
+                .as_deref()
+                .unwrap_or("no GROUP BY aggregate found")
+        ));
+    }
+    if shape.group_keys.is_empty() {
+        return CheckOutcome::Fail("the aggregate has no GROUP BY keys".into());
+    }
+    for (name, tags) in &shape.group_keys {
+        match tags {
+            None => {
+                return CheckOutcome::Fail(format!(
+                    "group key `{name}` is an expression, not a dimension column"
+                ));
+            }
+            Some(tags) if !tags.contains(&ColumnTag::Dimension) => {
+                return CheckOutcome::Fail(format!(
+                    "group key `{name}` is not tagged `dimension`"
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(bad) = shape.aggregates.iter().find(|a| !is_allowed_aggregate(a)) {
+        return CheckOutcome::Fail(format!(
+            "aggregate `{bad}` can reproduce a single subject's value; allowed: {}",
+            ALLOWED_AGGREGATES.join(", ")
+        ));
+    }
+    CheckOutcome::Pass(format!(
+        "grouped by {} dimension column(s) with {} aggregate(s)",
+        shape.group_keys.len(),
+        shape.aggregates.len()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(keys: &[(&str, Option<&[ColumnTag]>)], aggs: &[&str]) -> QueryShape {
+        QueryShape {
+            aggregated: true,
+            not_aggregated_reason: None,
+            group_keys: keys
+                .iter()
+                .map(|(n, t)| (n.to_string(), t.map(|t| t.to_vec())))
+                .collect(),
+            aggregates: aggs.iter().map(|a| a.to_string()).collect(),
+        }
+    }
+
+    fn check(level: Level, s: &QueryShape) -> String {
+        match check_shape(level, s) {
+            CheckOutcome::Pass(d) => format!("pass: {d}"),
+            CheckOutcome::Fail(d) => format!("fail: {d}"),
+        }
+    }
+
+    #[test]
+    fn grouped_counts_over_dimensions_pass() {
+        let s = shape(&[("spot", Some(&[ColumnTag::Dimension]))], &["count", "avg"]);
+        assert_eq!(
+            check(Level::L2, &s),
+            "pass: grouped by 1 dimension column(s) with 2 aggregate(s)"
+        );
+    }
+
+    #[test]
+    fn group_key_that_is_not_a_dimension_fails() {
+        let s = shape(&[("mobile", Some(&[ColumnTag::Quasi]))], &["count"]);
+        assert_eq!(
+            check(Level::L2, &s),
+            "fail: group key `mobile` is not tagged `dimension`"
+        );
+        let s = shape(&[("substr(id)", None)], &["count"]);
+        assert_eq!(
+            check(Level::L3, &s),
+            "fail: group key `substr(id)` is an expression, not a dimension column"
+        );
+    }
+
+    #[test]
+    fn max_reproduces_a_value_and_fails() {
+        let s = shape(&[("spot", Some(&[ColumnTag::Dimension]))], &["max"]);
+        assert!(check(Level::L2, &s).starts_with("fail: aggregate `max`"));
+    }
+
+    #[test]
+    fn row_level_result_fails_above_l1() {
+        let s = QueryShape::default();
+        assert_eq!(
+            check(Level::L2, &s),
+            "fail: an L2 result must be a grouped aggregate: no GROUP BY aggregate found"
+        );
+        assert_eq!(
+            check(Level::L1, &s),
+            "pass: L1 result: aggregation not required"
+        );
+    }
+}

@@ -1,0 +1,24 @@
+//! Pure policy decisions for Tidegate: who may do what, to which data, in which state.
+//!
+//! Architecture invariant: this crate does no I/O and knows nothing of wasmtime, DataFusion,
+//! SQLite or tokio. Every decision is a function of its arguments and returns a [`Refusal`]
+//! whose reason a user can act on.
+
+mod detect;
+mod gate;
+mod model;
+mod rules;
+
+pub use detect::{Detection, SensitiveType, mask, resident_id_check_char, scan_value};
+pub use gate::{
+    ALLOWED_AGGREGATES, CheckOutcome, GateCheck, GateReport, QueryShape, check_shape,
+    default_threshold, is_allowed_aggregate,
+};
+pub use model::{
+    ColumnSpec, ColumnTag, DataType, Level, Origin, Principal, Role, ScenarioState, parse_tags,
+};
+pub use rules::{
+    Refusal, ScenarioApprovals, can_apply_for_scenario, can_approve_module, can_approve_scenario,
+    can_import, can_request_export, can_review_export, can_run_job, can_upload_module,
+    require_role, require_training, required_export_approvals, scenario_state,
+};

@@ -1,0 +1,259 @@
+//! The nouns of the policy: roles, levels, column tags, states and the principal.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::detect::SensitiveType;
+
+/// What a principal may do; a principal may hold several.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Scientist,
+    Admin,
+    Reviewer,
+    Provider,
+    Auditor,
+}
+
+impl Role {
+    pub const ALL: [Role; 5] = [
+        Role::Scientist,
+        Role::Admin,
+        Role::Reviewer,
+        Role::Provider,
+        Role::Auditor,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Scientist => "scientist",
+            Role::Admin => "admin",
+            Role::Reviewer => "reviewer",
+            Role::Provider => "provider",
+            Role::Auditor => "auditor",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown role `{s}`: expected scientist, admin, reviewer, provider or auditor")
+            })
+    }
+}
+
+/// Classification level of a dataset (DOMAIN.md section 2). A derived result carries the
+/// highest level of its inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Level {
+    L1,
+    L2,
+    L3,
+    L4,
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self:?}")
+    }
+}
+
+impl FromStr for Level {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_uppercase().as_str() {
+            "L1" => Ok(Level::L1),
+            "L2" => Ok(Level::L2),
+            "L3" => Ok(Level::L3),
+            "L4" => Ok(Level::L4),
+            _ => Err(format!("unknown level `{s}`: expected L1, L2, L3 or L4")),
+        }
+    }
+}
+
+/// Where a dataset comes from: a public body, or an operating unit's own ("social") data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    Public,
+    Social,
+}
+
+/// A column tag (DOMAIN.md section 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum ColumnTag {
+    /// A direct identifier of the given type.
+    Pii(SensitiveType),
+    Quasi,
+    Sensitive,
+    /// The subject key used to count distinct subjects.
+    Entity,
+    /// Allowed as a group-by key in exports.
+    Dimension,
+}
+
+impl fmt::Display for ColumnTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ColumnTag::Pii(t) => write!(f, "pii:{}", t.as_str()),
+            ColumnTag::Quasi => f.write_str("quasi"),
+            ColumnTag::Sensitive => f.write_str("sensitive"),
+            ColumnTag::Entity => f.write_str("entity"),
+            ColumnTag::Dimension => f.write_str("dimension"),
+        }
+    }
+}
+
+impl FromStr for ColumnTag {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "quasi" => Ok(ColumnTag::Quasi),
+            "sensitive" => Ok(ColumnTag::Sensitive),
+            "entity" => Ok(ColumnTag::Entity),
+            "dimension" => Ok(ColumnTag::Dimension),
+            _ => match s.strip_prefix("pii:") {
+                Some(t) => t.parse().map(ColumnTag::Pii),
+                None => Err(format!(
+                    "unknown tag `{s}`: expected pii:TYPE, quasi, sensitive, entity or dimension"
+                )),
+            },
+        }
+    }
+}
+
+impl From<ColumnTag> for String {
+    fn from(t: ColumnTag) -> String {
+        t.to_string()
+    }
+}
+
+impl TryFrom<String> for ColumnTag {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+/// Parses a comma-separated tag list such as `pii:resident_id,entity`.
+pub fn parse_tags(s: &str) -> Result<Vec<ColumnTag>, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::parse)
+        .collect()
+}
+
+/// The column types a dataset may declare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataType {
+    Utf8,
+    Int32,
+    Int64,
+    Float64,
+    Boolean,
+    Date32,
+}
+
+impl FromStr for DataType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "utf8" | "string" | "text" => Ok(DataType::Utf8),
+            "int32" => Ok(DataType::Int32),
+            "int64" | "integer" => Ok(DataType::Int64),
+            "float64" | "double" => Ok(DataType::Float64),
+            "boolean" | "bool" => Ok(DataType::Boolean),
+            "date32" | "date" => Ok(DataType::Date32),
+            _ => Err(format!(
+                "unknown column type `{s}`: expected utf8, int32, int64, float64, boolean or date32"
+            )),
+        }
+    }
+}
+
+/// One column of a dataset: its name, type and tags.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColumnSpec {
+    pub name: String,
+    pub data_type: DataType,
+    pub tags: Vec<ColumnTag>,
+}
+
+impl ColumnSpec {
+    pub fn has_tag(&self, tag: ColumnTag) -> bool {
+        self.tags.contains(&tag)
+    }
+
+    pub fn is_identifier(&self) -> bool {
+        self.tags.iter().any(|t| matches!(t, ColumnTag::Pii(_)))
+    }
+}
+
+/// Lifecycle of a scenario authorization.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScenarioState {
+    PendingApprovals,
+    Active,
+    Suspended,
+    Expired,
+    Revoked,
+}
+
+impl ScenarioState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScenarioState::PendingApprovals => "pending_approvals",
+            ScenarioState::Active => "active",
+            ScenarioState::Suspended => "suspended",
+            ScenarioState::Expired => "expired",
+            ScenarioState::Revoked => "revoked",
+        }
+    }
+}
+
+impl FromStr for ScenarioState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "pending_approvals" => Ok(ScenarioState::PendingApprovals),
+            "active" => Ok(ScenarioState::Active),
+            "suspended" => Ok(ScenarioState::Suspended),
+            "expired" => Ok(ScenarioState::Expired),
+            "revoked" => Ok(ScenarioState::Revoked),
+            _ => Err(format!("unknown scenario state `{s}`")),
+        }
+    }
+}
+
+/// An authenticated principal as the policy sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Principal {
+    pub id: String,
+    pub org: String,
+    pub roles: Vec<Role>,
+    pub trained: bool,
+}
+
+impl Principal {
+    pub fn has_role(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+}

@@ -1,0 +1,54 @@
+//! The runtime's error type, by category, in the way DataFusion sorts its errors.
+
+/// An error of the runtime. The messages of `Refused`, `Limit` and `BadInput` are shown to
+/// users and never carry data values.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// A refusal by policy: the caller may not do this, now or ever.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The caller is not authenticated.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// A resource limit stopped the work (fuel, memory, time, output size).
+    #[error("limit exceeded: {0}")]
+    Limit(String),
+    /// Bad input from a user or a guest module.
+    #[error("bad input: {0}")]
+    BadInput(String),
+    /// The named object does not exist (or is not visible to the caller).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// Stored state failed an integrity check.
+    #[error("integrity: {0}")]
+    Integrity(String),
+    /// A bug or an environment failure (disk, database).
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<tidegate_policy::Refusal> for Error {
+    fn from(r: tidegate_policy::Refusal) -> Self {
+        Error::Refused(r.reason)
+    }
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        Error::Internal(format!("metadata database: {e}"))
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Internal(format!("i/o: {e}"))
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Self {
+        Error::Internal(format!("json: {e}"))
+    }
+}

@@ -1,0 +1,270 @@
+//! The export gate: the runtime computes every check from the plan facts and the data, never
+//! from the user's code, suppresses groups under the threshold and scans what remains.
+
+use arrow::array::{Array, AsArray, BooleanArray, Int64Array, RecordBatch};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::{DataType, Float64Type, Int32Type, Int64Type, Schema};
+use std::sync::Arc;
+use tidegate_policy::{CheckOutcome, GateReport, Level, QueryShape, check_shape, scan_value};
+
+use crate::error::{Error, Result};
+use crate::job::{NULL_SUBJECT_COLUMN, SUBJECTS_COLUMN};
+
+/// What the gate needs to know besides the data.
+#[derive(Debug, Clone)]
+pub struct GateInput<'a> {
+    pub level: Level,
+    pub threshold_k: u64,
+    pub shape: &'a QueryShape,
+    /// R-GATE 1, decided by the caller from the stored state.
+    pub provenance: CheckOutcome,
+    pub max_rows: u64,
+    pub max_bytes: u64,
+}
+
+/// The report, and the result as it would be released (suppressed groups and hidden columns
+/// removed), as CSV.
+#[derive(Debug)]
+pub struct GateOutcome {
+    pub report: GateReport,
+    pub csv: Vec<u8>,
+}
+
+pub fn evaluate(input: &GateInput<'_>, batches: &[RecordBatch]) -> Result<GateOutcome> {
+    let mut report = GateReport {
+        threshold_k: input.threshold_k,
+        ..GateReport::default()
+    };
+    report.push("provenance", input.provenance.clone());
+    let shape_outcome = check_shape(input.level, input.shape);
+    let shape_ok = matches!(shape_outcome, CheckOutcome::Pass(_));
+    report.push("aggregation", shape_outcome);
+
+    // Suppress groups with fewer than k distinct subjects, counted by the runtime.
+    let mut released = Vec::with_capacity(batches.len());
+    for batch in batches {
+        let kept = if input.shape.aggregated {
+            let subjects = subjects_per_row(batch)?;
+            report.groups_total += subjects.len() as u64;
+            let keep: BooleanArray = subjects
+                .iter()
+                .map(|s| Some(s.unwrap_or(0) as u64 >= input.threshold_k))
+                .collect();
+            report.groups_suppressed += keep.false_count() as u64;
+            filter_record_batch(batch, &keep)
+                .map_err(|e| Error::Internal(format!("suppression: {e}")))?
+        } else {
+            batch.clone()
+        };
+        released.push(drop_hidden(&kept)?);
+    }
+    if input.shape.aggregated {
+        report.push(
+            "threshold",
+            CheckOutcome::Pass(format!(
+                "{} group(s); {} under k={} distinct subjects suppressed",
+                report.groups_total, report.groups_suppressed, input.threshold_k
+            )),
+        );
+    } else if input.level > Level::L1 {
+        report.push(
+            "threshold",
+            CheckOutcome::Fail("distinct subjects cannot be counted for a non-aggregate".into()),
+        );
+    }
+    report.rows_released = released.iter().map(|b| b.num_rows() as u64).sum();
+
+    report.push("identifiers", scan_identifiers(&released));
+
+    let csv = to_csv(&released)?;
+    let size = if report.rows_released > input.max_rows || csv.len() as u64 > input.max_bytes {
+        CheckOutcome::Fail(format!(
+            "{} rows and {} bytes; the limits are {} rows and {} bytes",
+            report.rows_released,
+            csv.len(),
+            input.max_rows,
+            input.max_bytes
+        ))
+    } else {
+        CheckOutcome::Pass(format!(
+            "{} rows and {} bytes",
+            report.rows_released,
+            csv.len()
+        ))
+    };
+    report.push("size", size);
+    if !shape_ok {
+        // Nothing of a result that failed the shape check is kept, not even for review.
+        return Ok(GateOutcome {
+            report,
+            csv: Vec::new(),
+        });
+    }
+    Ok(GateOutcome { report, csv })
+}
+
+fn subjects_per_row(batch: &RecordBatch) -> Result<Int64Array> {
+    let col = |name: &str| -> Result<Int64Array> {
+        batch
+            .column_by_name(name)
+            .and_then(|c| c.as_primitive_opt::<Int64Type>())
+            .cloned()
+            .ok_or_else(|| Error::Internal(format!("the result lacks {name}")))
+    };
+    let distinct = col(SUBJECTS_COLUMN)?;
+    let null_subject = col(NULL_SUBJECT_COLUMN)?;
+    Ok(distinct
+        .iter()
+        .zip(null_subject.iter())
+        .map(|(d, n)| Some(d.unwrap_or(0) + n.unwrap_or(0)))
+        .collect())
+}
+
+fn drop_hidden(batch: &RecordBatch) -> Result<RecordBatch> {
+    let keep: Vec<usize> = batch
+        .schema()
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| !f.name().starts_with("__tg"))
+        .map(|(i, _)| i)
+        .collect();
+    batch
+        .project(&keep)
+        .map_err(|e| Error::Internal(format!("projection: {e}")))
+}
+
+/// R-GATE 4: no value in the output is a sensitive data type. The report names the column
+/// and the type, never the value.
+fn scan_identifiers(batches: &[RecordBatch]) -> CheckOutcome {
+    let mut findings: Vec<String> = Vec::new();
+    let Some(schema) = batches.first().map(|b| b.schema()) else {
+        return CheckOutcome::Pass("no rows to scan".into());
+    };
+    let mut scanned = 0u64;
+    for (i, field) in schema.fields().iter().enumerate() {
+        let mut hits = std::collections::BTreeMap::<String, u64>::new();
+        for b in batches {
+            let a = b.column(i);
+            let mut check = |s: &str| {
+                scanned += 1;
+                for d in scan_value(s) {
+                    *hits.entry(d.kind.to_string()).or_default() += 1;
+                }
+            };
+            match a.data_type() {
+                DataType::Utf8 => a.as_string::<i32>().iter().flatten().for_each(&mut check),
+                DataType::LargeUtf8 => a.as_string::<i64>().iter().flatten().for_each(&mut check),
+                DataType::Utf8View => a.as_string_view().iter().flatten().for_each(&mut check),
+                DataType::Int64 => a
+                    .as_primitive::<Int64Type>()
+                    .iter()
+                    .flatten()
+                    .for_each(|v| check(&v.to_string())),
+                DataType::Int32 => a
+                    .as_primitive::<Int32Type>()
+                    .iter()
+                    .flatten()
+                    .for_each(|v| check(&v.to_string())),
+                DataType::Float64 => a
+                    .as_primitive::<Float64Type>()
+                    .iter()
+                    .flatten()
+                    .for_each(|v| check(&v.to_string())),
+                _ => {}
+            }
+        }
+        for (kind, n) in hits {
+            findings.push(format!(
+                "{n} value(s) in column `{}` look like {kind}",
+                field.name()
+            ));
+        }
+    }
+    if findings.is_empty() {
+        CheckOutcome::Pass(format!("{scanned} value(s) scanned, none sensitive"))
+    } else {
+        CheckOutcome::Fail(findings.join("; "))
+    }
+}
+
+fn to_csv(batches: &[RecordBatch]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    {
+        let mut w = arrow::csv::WriterBuilder::new()
+            .with_header(true)
+            .build(&mut out);
+        if batches.is_empty() {
+            let empty = RecordBatch::new_empty(Arc::new(Schema::empty()));
+            w.write(&empty)
+                .map_err(|e| Error::Internal(format!("csv: {e}")))?;
+        }
+        for b in batches {
+            w.write(b)
+                .map_err(|e| Error::Internal(format!("csv: {e}")))?;
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::StringArray;
+    use arrow::datatypes::Field;
+    use tidegate_policy::ColumnTag;
+
+    fn result(spots: &[&str], subjects: &[i64]) -> RecordBatch {
+        RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("spot", DataType::Utf8, true),
+                Field::new(SUBJECTS_COLUMN, DataType::Int64, true),
+                Field::new(NULL_SUBJECT_COLUMN, DataType::Int64, true),
+            ])),
+            vec![
+                Arc::new(StringArray::from(spots.to_vec())),
+                Arc::new(Int64Array::from(subjects.to_vec())),
+                Arc::new(Int64Array::from(vec![0; subjects.len()])),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn shape() -> QueryShape {
+        QueryShape {
+            aggregated: true,
+            not_aggregated_reason: None,
+            group_keys: vec![("spot".into(), Some(vec![ColumnTag::Dimension]))],
+            aggregates: vec!["count".into()],
+        }
+    }
+
+    fn run(batch: RecordBatch) -> GateOutcome {
+        let shape = shape();
+        let input = GateInput {
+            level: Level::L2,
+            threshold_k: 10,
+            shape: &shape,
+            provenance: CheckOutcome::Pass("ok".into()),
+            max_rows: 100,
+            max_bytes: 1 << 20,
+        };
+        evaluate(&input, &[batch]).unwrap()
+    }
+
+    #[test]
+    fn groups_under_k_are_suppressed_and_hidden_columns_dropped() {
+        let out = run(result(&["West Lake", "Quiet Pond"], &[120, 3]));
+        assert!(out.report.passed());
+        assert_eq!(out.report.groups_suppressed, 1);
+        assert_eq!(String::from_utf8(out.csv).unwrap(), "spot\nWest Lake\n");
+    }
+
+    #[test]
+    fn an_identifier_in_the_output_fails_without_quoting_it() {
+        let out = run(result(&["11010519491231002X"], &[20]));
+        let ids = out.report.checks.iter().find(|c| c.name == "identifiers").unwrap();
+        assert!(!ids.passed);
+        assert_eq!(ids.detail, "1 value(s) in column `spot` look like resident_id");
+    }
+}

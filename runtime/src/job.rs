@@ -1,0 +1,357 @@
+//! Running a job: a SELECT over the scenario's granted tables in a confined DataFusion
+//! session, with the runtime's own count of distinct subjects added to every aggregate.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{Field, Schema};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{Column, DataFusionError};
+use datafusion::datasource::MemTable;
+use datafusion::execution::context::SQLOptions;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::functions_aggregate::expr_fn::{count_distinct, max};
+use datafusion::logical_expr::{Expr, LogicalPlan, Projection, ScalarUDF};
+use datafusion::prelude::{SessionConfig, SessionContext, lit, when};
+use tidegate_policy::{ColumnSpec, ColumnTag, QueryShape};
+
+use crate::error::{Error, Result};
+
+/// The hidden column holding a table's entity key, for counting subjects.
+pub(crate) const ENTITY_COLUMN: &str = "__tg_entity";
+/// Distinct non-NULL subjects of an output group.
+pub(crate) const SUBJECTS_COLUMN: &str = "__tg_subjects";
+/// 1 when NULL entity keys contributed to the group (they count as one subject).
+pub(crate) const NULL_SUBJECT_COLUMN: &str = "__tg_null_subject";
+const RESERVED_PREFIX: &str = "__tg";
+
+/// One granted table as the job sees it: only granted columns, plus the hidden entity key.
+#[derive(Debug, Clone)]
+pub struct TableInput {
+    pub name: String,
+    pub columns: Vec<ColumnSpec>,
+    /// Batches whose schema is the granted columns followed by [`ENTITY_COLUMN`].
+    pub batches: Vec<RecordBatch>,
+}
+
+/// Limits of the query engine for one job.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineLimits {
+    pub memory_bytes: usize,
+    pub wall_time: Duration,
+    pub output_rows: usize,
+}
+
+impl Default for EngineLimits {
+    fn default() -> Self {
+        EngineLimits {
+            memory_bytes: 1 << 30,
+            wall_time: Duration::from_secs(300),
+            output_rows: 1_000_000,
+        }
+    }
+}
+
+/// What a job produced.
+#[derive(Debug)]
+pub struct JobOutput {
+    /// The result, with the hidden subject columns when the query is an aggregate.
+    pub batches: Vec<RecordBatch>,
+    pub shape: QueryShape,
+    /// The logical plan of the scientist's query, as the reviewer sees it.
+    pub plan: String,
+}
+
+/// Plans, checks and runs `sql` over `tables` with `udfs` registered.
+pub async fn run_query(
+    sql: &str,
+    tables: &[TableInput],
+    udfs: Vec<ScalarUDF>,
+    limits: EngineLimits,
+) -> Result<JobOutput> {
+    let config = SessionConfig::new()
+        .with_target_partitions(2)
+        .with_information_schema(false);
+    // No spilling: nothing of a job reaches the disk in plaintext.
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_limit(limits.memory_bytes, 1.0)
+        .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
+        .build_arc()
+        .map_err(|e| Error::Internal(format!("query engine: {e}")))?;
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
+    for t in tables {
+        let schema = t
+            .batches
+            .first()
+            .map(|b| b.schema())
+            .ok_or_else(|| Error::Internal(format!("table {} has no batches", t.name)))?;
+        let table = MemTable::try_new(schema, vec![t.batches.clone()])
+            .map_err(|e| Error::Internal(format!("table {}: {e}", t.name)))?;
+        ctx.register_table(t.name.as_str(), Arc::new(table))
+            .map_err(|e| Error::Internal(format!("table {}: {e}", t.name)))?;
+    }
+    for u in udfs {
+        ctx.register_udf(u);
+    }
+    let plan = ctx
+        .state()
+        .create_logical_plan(sql)
+        .await
+        .map_err(|e| map_error(e, Stage::Planning))?;
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+        .verify_plan(&plan)
+        .map_err(|e| Error::Refused(format!("only a query is allowed: {e}")))?;
+    check_confinement(&plan)?;
+    let plan_text = plan.display_indent().to_string();
+    let (plan, shape) = add_subject_counts(plan, tables)?;
+    let run = async {
+        let df = ctx
+            .execute_logical_plan(plan)
+            .await
+            .map_err(|e| map_error(e, Stage::Planning))?;
+        df.collect().await.map_err(|e| map_error(e, Stage::Running))
+    };
+    let batches = tokio::time::timeout(limits.wall_time, run)
+        .await
+        .map_err(|_| Error::Limit("the job exceeded its wall-clock limit".into()))??;
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    if rows > limits.output_rows {
+        return Err(Error::Limit(format!(
+            "the result has more than {} rows",
+            limits.output_rows
+        )));
+    }
+    Ok(JobOutput {
+        batches,
+        shape,
+        plan: plan_text,
+    })
+}
+
+/// The result schema as the scientist sees it: without the hidden columns.
+pub(crate) fn visible_schema(schema: &Schema) -> Vec<Field> {
+    schema
+        .fields()
+        .iter()
+        .filter(|f| !f.name().starts_with(RESERVED_PREFIX))
+        .map(|f| f.as_ref().clone())
+        .collect()
+}
+
+/// Refuses every plan node that is not part of a read-only query, and any reference to the
+/// reserved hidden columns.
+fn check_confinement(plan: &LogicalPlan) -> Result<()> {
+    let mut refusal = None;
+    plan.apply_with_subqueries(|node| {
+        let forbidden = match node {
+            LogicalPlan::Explain(_) | LogicalPlan::Analyze(_) => Some("EXPLAIN"),
+            LogicalPlan::Dml(_) => Some("data modification"),
+            LogicalPlan::Ddl(_) => Some("data definition"),
+            LogicalPlan::Copy(_) => Some("COPY"),
+            LogicalPlan::Statement(_) => Some("statements"),
+            LogicalPlan::DescribeTable(_) => Some("DESCRIBE"),
+            LogicalPlan::Extension(_) => Some("extension nodes"),
+            LogicalPlan::RecursiveQuery(_) => Some("recursive queries"),
+            _ => None,
+        };
+        if let Some(what) = forbidden {
+            refusal = Some(format!("{what} is not allowed in a job; a job is one SELECT query"));
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        for e in node.expressions() {
+            if e.column_refs().iter().any(|c| c.name.starts_with(RESERVED_PREFIX)) {
+                refusal = Some(format!(
+                    "columns named {RESERVED_PREFIX}* are reserved; name the columns you need instead of `*`"
+                ));
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })
+    .map_err(|e| Error::Internal(format!("plan walk: {e}")))?;
+    match refusal {
+        Some(r) => Err(Error::Refused(r)),
+        None => Ok(()),
+    }
+}
+
+fn count_aggregates(plan: &LogicalPlan) -> usize {
+    let mut n = 0;
+    let _ = plan.apply_with_subqueries(|node| {
+        if matches!(node, LogicalPlan::Aggregate(_)) {
+            n += 1;
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    n
+}
+
+fn not_aggregated(plan: LogicalPlan, reason: &str) -> (LogicalPlan, QueryShape) {
+    (
+        plan,
+        QueryShape {
+            aggregated: false,
+            not_aggregated_reason: Some(reason.to_string()),
+            ..QueryShape::default()
+        },
+    )
+}
+
+/// When the query is one grouped aggregate with only projection, filter, sort, limit or
+/// alias above it, adds the hidden subject counts to it and carries them to the output.
+fn add_subject_counts(plan: LogicalPlan, tables: &[TableInput]) -> Result<(LogicalPlan, QueryShape)> {
+    match count_aggregates(&plan) {
+        0 => return Ok(not_aggregated(plan, "the query has no GROUP BY aggregate")),
+        1 => {}
+        _ => return Ok(not_aggregated(plan, "the query has more than one aggregate")),
+    }
+    let mut shape = QueryShape {
+        aggregated: true,
+        ..QueryShape::default()
+    };
+    match rewrite(plan.clone(), tables, &mut shape)? {
+        Some(rewritten) => Ok((rewritten, shape)),
+        None => {
+            let reason = shape
+                .not_aggregated_reason
+                .unwrap_or_else(|| "the aggregate is not the last step of the query".into());
+            Ok(not_aggregated(plan, &reason))
+        }
+    }
+}
+
+fn rewrite(plan: LogicalPlan, tables: &[TableInput], shape: &mut QueryShape) -> Result<Option<LogicalPlan>> {
+    let internal = |e: DataFusionError| Error::Internal(format!("plan rewrite: {e}"));
+    match plan {
+        LogicalPlan::Aggregate(agg) => {
+            let entity = agg
+                .input
+                .schema()
+                .iter()
+                .find(|(_, f)| f.name() == ENTITY_COLUMN)
+                .map(|(q, _)| Expr::Column(Column::new(q.cloned(), ENTITY_COLUMN)));
+            let Some(entity) = entity else {
+                shape.not_aggregated_reason = Some(
+                    "subjects cannot be counted: aggregate directly over a granted table".into(),
+                );
+                return Ok(None);
+            };
+            for g in &agg.group_expr {
+                let (name, tags) = match g {
+                    Expr::Column(c) => (c.name.clone(), column_tags(c, tables)),
+                    other => (other.schema_name().to_string(), None),
+                };
+                shape.group_keys.push((name, tags));
+            }
+            for a in &agg.aggr_expr {
+                let inner = match a {
+                    Expr::Alias(al) => al.expr.as_ref(),
+                    e => e,
+                };
+                match inner {
+                    Expr::AggregateFunction(f) => shape.aggregates.push(f.func.name().to_string()),
+                    other => shape.aggregates.push(other.schema_name().to_string()),
+                }
+            }
+            let mut aggr = agg.aggr_expr.clone();
+            aggr.push(count_distinct(entity.clone()).alias(SUBJECTS_COLUMN));
+            aggr.push(
+                max(when(entity.is_null(), lit(1i64))
+                    .otherwise(lit(0i64))
+                    .map_err(internal)?)
+                .alias(NULL_SUBJECT_COLUMN),
+            );
+            let plan = datafusion::logical_expr::LogicalPlanBuilder::from(agg.input.as_ref().clone())
+                .aggregate(agg.group_expr.clone(), aggr)
+                .map_err(internal)?
+                .build()
+                .map_err(internal)?;
+            Ok(Some(plan))
+        }
+        LogicalPlan::Projection(p) => {
+            let Some(input) = rewrite(p.input.as_ref().clone(), tables, shape)? else {
+                return Ok(None);
+            };
+            let mut exprs = p.expr.clone();
+            for hidden in [SUBJECTS_COLUMN, NULL_SUBJECT_COLUMN] {
+                let (q, _) = input
+                    .schema()
+                    .iter()
+                    .find(|(_, f)| f.name() == hidden)
+                    .ok_or_else(|| Error::Internal("hidden column lost in rewrite".into()))?;
+                exprs.push(Expr::Column(Column::new(q.cloned(), hidden)));
+            }
+            Ok(Some(LogicalPlan::Projection(
+                Projection::try_new(exprs, Arc::new(input)).map_err(internal)?,
+            )))
+        }
+        node @ (LogicalPlan::Filter(_)
+        | LogicalPlan::Sort(_)
+        | LogicalPlan::Limit(_)
+        | LogicalPlan::SubqueryAlias(_)) => {
+            let child = node.inputs()[0].clone();
+            let Some(input) = rewrite(child, tables, shape)? else {
+                return Ok(None);
+            };
+            let exprs = node.expressions();
+            Ok(Some(node.with_new_exprs(exprs, vec![input]).map_err(internal)?))
+        }
+        other => {
+            shape.not_aggregated_reason = Some(format!(
+                "a {} step follows the aggregate",
+                other.display().to_string().split([':', ' ']).next().unwrap_or("query")
+            ));
+            Ok(None)
+        }
+    }
+}
+
+/// The tags of a column reference, found by its table qualifier, or by a unique name.
+fn column_tags(c: &Column, tables: &[TableInput]) -> Option<Vec<ColumnTag>> {
+    let matches: Vec<&ColumnSpec> = tables
+        .iter()
+        .filter(|t| c.relation.as_ref().is_none_or(|r| r.table() == t.name))
+        .flat_map(|t| t.columns.iter())
+        .filter(|col| col.name == c.name)
+        .collect();
+    match matches.as_slice() {
+        [one] => Some(one.tags.clone()),
+        _ => None,
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Stage {
+    Planning,
+    Running,
+}
+
+/// Translates an engine error. Planning errors speak of the query and the schema only and are
+/// shown; errors while running may quote data values and are reduced to their class.
+fn map_error(e: DataFusionError, stage: Stage) -> Error {
+    classify(&e, stage)
+}
+
+fn classify(e: &DataFusionError, stage: Stage) -> Error {
+    match (e, stage) {
+        // One of our errors (a guest failure) wrapped inside an engine error.
+        (DataFusionError::External(inner), _) if inner.downcast_ref::<Error>().is_some() => {
+            inner.downcast_ref::<Error>().cloned().expect("checked above")
+        }
+        (DataFusionError::Context(_, inner), _) => classify(inner, stage),
+        (DataFusionError::Shared(inner), _) => classify(inner, stage),
+        (DataFusionError::ResourcesExhausted(_), _) => {
+            Error::Limit("the job exceeded its memory limit".into())
+        }
+        (_, Stage::Planning) => Error::BadInput(format!("the query cannot be planned: {e}")),
+        (_, Stage::Running) => Error::BadInput(
+            "the query failed while running; the cause is withheld because it may quote data values"
+                .into(),
+        ),
+    }
+}

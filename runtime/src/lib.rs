@@ -1,0 +1,34 @@
+//! Tidegate's runtime: the wasmtime host, DataFusion jobs, the export gate, encrypted storage,
+//! the audit log and the platform workflows that tie them to the policy.
+//!
+//! Architecture invariant: decisions come from `tidegate-policy`; this crate executes and
+//! stores. It knows nothing of HTTP or the command line.
+
+mod audit;
+mod bundle;
+mod crypto;
+mod error;
+mod gate;
+mod job;
+mod platform;
+mod sandbox;
+
+pub use audit::{AuditEntry, AuditLog, AuditVerdict, verify_file as verify_audit_file};
+pub use bundle::{Signer, Verified, verify as verify_bundle, write as write_bundle};
+pub use crypto::{DataKey, MasterKey, random_token, sha256_hex};
+pub use error::{Error, Result};
+pub use gate::{GateInput, GateOutcome, evaluate as evaluate_gate};
+pub use job::{EngineLimits, JobOutput, TableInput, run_query};
+pub use platform::{
+    ApprovalView, ColumnInput, DatasetView, ExportView, GrantRequest, ImportRequest, JobRequest,
+    JobView, ModuleView, OrgView, Platform, PrincipalView, ResourceUse, ScenarioRequest,
+    ScenarioView, AUDIT_FILE, PUBLIC_KEY_FILE,
+};
+pub use sandbox::{FunctionSig, GuestLimits, JobMeter, Sandbox, ValidatedModule, WasmType};
+
+/// The current time as RFC 3339, UTC.
+pub(crate) fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("the current time formats")
+}

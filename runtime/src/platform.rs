@@ -1,0 +1,1717 @@
+//! The platform: one data directory with its metadata database, encrypted objects, audit log
+//! and signing key, and the workflows of SPEC.md from onboarding to release.
+//!
+//! Every workflow asks `tidegate-policy` first, changes state inside one SQLite transaction,
+//! and appends its audit entry before that transaction commits: an action whose entry cannot
+//! be made durable does not happen.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arrow::array::{Array, ArrayRef, RecordBatch};
+use arrow::datatypes::{DataType as ArrowType, Field, Schema};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tidegate_policy::{
+    CheckOutcome, ColumnSpec, ColumnTag, DataType, GateReport, Level, Origin, Principal,
+    QueryShape, Role, ScenarioApprovals, ScenarioState, default_threshold,
+};
+use time::Date;
+
+use crate::audit::AuditLog;
+use crate::bundle::{self, Signer};
+use crate::crypto::{DataKey, MasterKey, random_bytes, random_token, sha256_hex, write_atomic};
+use crate::error::{Error, Result};
+use crate::gate::{self, GateInput};
+use crate::job::{self, EngineLimits, TableInput};
+use crate::sandbox::{GuestLimits, JobMeter, Sandbox};
+
+pub const AUDIT_FILE: &str = "audit.log";
+pub const PUBLIC_KEY_FILE: &str = "platform.pub";
+const DB_FILE: &str = "meta.sqlite";
+const SIGNING_KEY_FILE: &str = "signing.key";
+const EXPORT_MAX_ROWS: u64 = 10_000;
+const EXPORT_MAX_BYTES: u64 = 10 << 20;
+const MAX_IMPORT_BYTES: usize = 1 << 30;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS orgs (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, kind TEXT NOT NULL, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS principals (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, org_id TEXT NOT NULL REFERENCES orgs(id),
+    roles TEXT NOT NULL, trained_at TEXT, training TEXT, token_hash TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS datasets (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, org_id TEXT NOT NULL REFERENCES orgs(id),
+    level TEXT NOT NULL, origin TEXT NOT NULL, columns TEXT NOT NULL, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS dataset_versions (
+    dataset_id TEXT NOT NULL REFERENCES datasets(id), version INTEGER NOT NULL,
+    content_hash TEXT NOT NULL, rows INTEGER NOT NULL, bytes INTEGER NOT NULL,
+    wrapped_key BLOB NOT NULL, quality TEXT NOT NULL, created_at TEXT NOT NULL,
+    PRIMARY KEY (dataset_id, version));
+CREATE TABLE IF NOT EXISTS scenarios (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, org_id TEXT NOT NULL REFERENCES orgs(id),
+    key_area TEXT NOT NULL, purpose TEXT NOT NULL, public_interest INTEGER NOT NULL,
+    grants TEXT NOT NULL, term_start TEXT NOT NULL, term_end TEXT NOT NULL,
+    k INTEGER NOT NULL, planned_products TEXT NOT NULL, state TEXT NOT NULL,
+    applied_by TEXT NOT NULL, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS scenario_approvals (
+    scenario_id TEXT NOT NULL REFERENCES scenarios(id), principal_id TEXT NOT NULL,
+    as_role TEXT NOT NULL, org_id TEXT NOT NULL, at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS modules (
+    hash TEXT NOT NULL, scenario_id TEXT NOT NULL REFERENCES scenarios(id),
+    uploaded_by TEXT NOT NULL, org_id TEXT NOT NULL, functions TEXT NOT NULL, wasm BLOB NOT NULL,
+    approved_by TEXT, approval_note TEXT, approved_at TEXT, created_at TEXT NOT NULL,
+    PRIMARY KEY (hash, scenario_id));
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY, scenario_id TEXT NOT NULL REFERENCES scenarios(id),
+    submitted_by TEXT NOT NULL, sql TEXT NOT NULL, modules TEXT NOT NULL, state TEXT NOT NULL,
+    error TEXT, rows INTEGER, schema TEXT, resources TEXT, level TEXT NOT NULL,
+    shape TEXT, plan TEXT, inputs TEXT NOT NULL, result_hash TEXT, wrapped_key BLOB,
+    created_at TEXT NOT NULL, finished_at TEXT);
+CREATE TABLE IF NOT EXISTS exports (
+    id TEXT PRIMARY KEY, job_id TEXT NOT NULL REFERENCES jobs(id), requested_by TEXT NOT NULL,
+    org_id TEXT NOT NULL, state TEXT NOT NULL, gate_report TEXT NOT NULL, result_hash TEXT,
+    wrapped_key BLOB, required_approvals INTEGER NOT NULL, decision_comment TEXT,
+    created_at TEXT NOT NULL, released_at TEXT);
+CREATE TABLE IF NOT EXISTS export_reviews (
+    export_id TEXT NOT NULL REFERENCES exports(id), reviewer_id TEXT NOT NULL,
+    decision TEXT NOT NULL, comment TEXT NOT NULL, result_hash TEXT NOT NULL, at TEXT NOT NULL);
+"#;
+
+fn new_id(prefix: &str) -> String {
+    format!("{prefix}_{}", hex::encode(random_bytes::<8>()))
+}
+
+fn today() -> Date {
+    time::OffsetDateTime::now_utc().date()
+}
+
+fn parse_date(s: &str) -> Result<Date> {
+    Date::parse(s, time::macros::format_description!("[year]-[month]-[day]"))
+        .map_err(|_| Error::BadInput(format!("`{s}` is not a date of the form YYYY-MM-DD")))
+}
+
+fn hash_token(token: &str) -> String {
+    sha256_hex(token.as_bytes())
+}
+
+fn to_json<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("a view serializes")
+}
+
+fn from_json<T: for<'de> Deserialize<'de>>(s: &str) -> Result<T> {
+    serde_json::from_str(s).map_err(|e| Error::Integrity(format!("stored JSON: {e}")))
+}
+
+// ----- Views: what the API returns -----
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OrgView {
+    pub id: String,
+    pub name: String,
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PrincipalView {
+    pub id: String,
+    pub name: String,
+    pub org: String,
+    pub roles: Vec<Role>,
+    pub trained: bool,
+    /// Present once, in the answer that created the principal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ColumnInput {
+    pub name: String,
+    /// Declared type; inferred from the file when absent.
+    #[serde(default)]
+    pub data_type: Option<DataType>,
+    #[serde(default)]
+    pub tags: Vec<ColumnTag>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImportRequest {
+    pub name: String,
+    pub level: Level,
+    /// `csv` or `parquet`.
+    pub format: String,
+    /// Columns with declared types and tags; columns not listed keep their inferred type and
+    /// get no tags.
+    #[serde(default)]
+    pub columns: Vec<ColumnInput>,
+    /// The file, base64.
+    pub data_base64: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DatasetView {
+    pub id: String,
+    pub name: String,
+    pub level: Level,
+    pub origin: Origin,
+    pub provider_org: String,
+    pub columns: Vec<ColumnSpec>,
+    pub version: i64,
+    pub rows: i64,
+    pub content_hash: String,
+    pub quality: Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GrantRequest {
+    pub dataset: String,
+    pub columns: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScenarioRequest {
+    pub name: String,
+    pub key_area: String,
+    pub purpose: String,
+    #[serde(default)]
+    pub public_interest: bool,
+    pub grants: Vec<GrantRequest>,
+    pub term_start: String,
+    pub term_end: String,
+    #[serde(default)]
+    pub k: Option<u64>,
+    #[serde(default)]
+    pub planned_products: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApprovalView {
+    pub by: String,
+    pub as_role: String,
+    pub at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScenarioView {
+    pub id: String,
+    pub name: String,
+    pub org: String,
+    pub key_area: String,
+    pub purpose: String,
+    pub public_interest: bool,
+    pub grants: Vec<GrantRequest>,
+    pub term_start: String,
+    pub term_end: String,
+    pub k: u64,
+    pub planned_products: Vec<String>,
+    pub state: ScenarioState,
+    pub approvals: Vec<ApprovalView>,
+    pub missing_approvals: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModuleView {
+    pub hash: String,
+    pub scenario: String,
+    pub uploaded_by: String,
+    pub functions: Vec<crate::sandbox::FunctionSig>,
+    pub approved_by: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobRequest {
+    pub scenario: String,
+    pub sql: String,
+    /// Hashes of the modules whose functions the query calls.
+    #[serde(default)]
+    pub modules: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ResourceUse {
+    pub fuel: u64,
+    pub guest_calls: u64,
+    pub peak_guest_memory_bytes: u64,
+    pub guest_output_bytes: u64,
+    pub wall_ms: u64,
+    pub rows_scanned: u64,
+    pub bytes_scanned: u64,
+    pub output_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobView {
+    pub id: String,
+    pub scenario: String,
+    pub submitted_by: String,
+    pub sql: String,
+    pub modules: Vec<String>,
+    pub state: String,
+    pub error: Option<String>,
+    pub rows: Option<i64>,
+    pub schema: Vec<(String, String)>,
+    pub resources: Option<ResourceUse>,
+    pub level: Level,
+    pub created_at: String,
+    pub finished_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExportView {
+    pub id: String,
+    pub job: String,
+    pub requested_by: String,
+    pub state: String,
+    pub gate_report: GateReport,
+    pub result_hash: Option<String>,
+    pub required_approvals: u64,
+    pub reviews: Vec<ApprovalView>,
+    /// The released rows as CSV, shown to reviewers only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<String>,
+    /// The query, its plan and module hashes, shown to reviewers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub modules: Vec<String>,
+}
+
+struct DatasetRow {
+    id: String,
+    name: String,
+    org: String,
+    level: Level,
+    origin: Origin,
+    columns: Vec<ColumnSpec>,
+}
+
+struct ScenarioRow {
+    id: String,
+    name: String,
+    org: String,
+    grants: Vec<GrantRequest>,
+    term_start: Date,
+    term_end: Date,
+    k: u64,
+    stored_state: ScenarioState,
+    view: ScenarioView,
+}
+
+/// The running platform over one data directory.
+pub struct Platform {
+    dir: PathBuf,
+    master: MasterKey,
+    db: Mutex<Connection>,
+    audit: AuditLog,
+    sandbox: Arc<Sandbox>,
+    signer: Signer,
+}
+
+impl std::fmt::Debug for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Platform({})", self.dir.display())
+    }
+}
+
+fn open_db(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "secure_delete", "ON")?;
+    conn.execute_batch(SCHEMA)?;
+    Ok(conn)
+}
+
+impl Platform {
+    /// Creates a new data directory: metadata, master key (outside the directory), signing
+    /// key and the first admin. Returns the platform and the admin's token, shown once.
+    pub fn init(dir: &Path, master_key_path: &Path, admin_name: &str) -> Result<(Platform, String)> {
+        fs::create_dir_all(dir)?;
+        if dir.join(DB_FILE).exists() {
+            return Err(Error::BadInput(format!(
+                "{} already holds a Tidegate data directory",
+                dir.display()
+            )));
+        }
+        let abs_dir = fs::canonicalize(dir)?;
+        let key_parent = master_key_path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        fs::create_dir_all(key_parent)?;
+        if fs::canonicalize(key_parent)?.starts_with(&abs_dir) {
+            return Err(Error::Refused(
+                "the master key must not be stored inside the data directory".into(),
+            ));
+        }
+        let master = MasterKey::create(master_key_path)?;
+        let (signer, stored) = Signer::generate(&master)?;
+        write_atomic(&dir.join(SIGNING_KEY_FILE), &stored)?;
+        write_atomic(&dir.join(PUBLIC_KEY_FILE), signer.public_key_hex().as_bytes())?;
+        let platform = Platform::assemble(dir, master, signer)?;
+        let token = random_token();
+        {
+            let mut db = platform.db.lock().expect("db");
+            let tx = db.transaction()?;
+            let now = crate::now_rfc3339();
+            let org = new_id("org");
+            let admin = new_id("p");
+            tx.execute(
+                "INSERT INTO orgs VALUES (?1, 'data-authority', 'authority', ?2)",
+                params![org, now],
+            )?;
+            tx.execute(
+                "INSERT INTO principals VALUES (?1, ?2, ?3, 'admin', ?4, 'bootstrap', ?5, ?4)",
+                params![admin, admin_name, org, now, hash_token(&token)],
+            )?;
+            platform.audit.append(
+                &admin,
+                "platform.init",
+                &org,
+                json!({ "admin": admin, "public_key": platform.signer.public_key_hex() }),
+            )?;
+            tx.commit()?;
+        }
+        Ok((platform, token))
+    }
+
+    /// Opens an existing data directory with its master key.
+    pub fn open(dir: &Path, master: MasterKey) -> Result<Platform> {
+        if !dir.join(DB_FILE).exists() {
+            return Err(Error::BadInput(format!(
+                "{} is not a Tidegate data directory; run `tidegate init` first",
+                dir.display()
+            )));
+        }
+        let signer = Signer::load(&master, &fs::read(dir.join(SIGNING_KEY_FILE))?)?;
+        Platform::assemble(dir, master, signer)
+    }
+
+    fn assemble(dir: &Path, master: MasterKey, signer: Signer) -> Result<Platform> {
+        fs::create_dir_all(dir.join("objects"))?;
+        Ok(Platform {
+            dir: dir.to_path_buf(),
+            db: Mutex::new(open_db(&dir.join(DB_FILE))?),
+            audit: AuditLog::open(&dir.join(AUDIT_FILE))?,
+            sandbox: Arc::new(Sandbox::new()?),
+            master,
+            signer,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn public_key_hex(&self) -> String {
+        self.signer.public_key_hex()
+    }
+
+    fn object_path(&self, kind: &str, name: &str) -> PathBuf {
+        self.dir.join("objects").join(kind).join(format!("{name}.tge"))
+    }
+
+    /// Encrypts `plaintext` under a fresh data key and writes it atomically; returns the
+    /// wrapped key to store beside the metadata.
+    fn store_object(&self, kind: &str, name: &str, plaintext: &[u8]) -> Result<Vec<u8>> {
+        let context = format!("{kind}/{name}");
+        let dek = DataKey::generate();
+        write_atomic(&self.object_path(kind, name), &dek.seal_object(&context, plaintext))?;
+        Ok(self.master.wrap(&dek, &context))
+    }
+
+    fn load_object(&self, kind: &str, name: &str, wrapped: &[u8]) -> Result<Vec<u8>> {
+        let context = format!("{kind}/{name}");
+        let dek = self.master.unwrap(wrapped, &context)?;
+        dek.open_object(&context, &fs::read(self.object_path(kind, name))?)
+    }
+
+    // ----- Onboarding -----
+
+    /// Resolves a bearer token to its principal.
+    pub fn authenticate(&self, token: &str) -> Result<Principal> {
+        let db = self.db.lock().expect("db");
+        let row = db
+            .query_row(
+                "SELECT id, org_id, roles, trained_at FROM principals WHERE token_hash = ?1",
+                params![hash_token(token)],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let (id, org, roles, trained) =
+            row.ok_or_else(|| Error::Unauthenticated("unknown or revoked token".into()))?;
+        Ok(Principal {
+            id,
+            org,
+            roles: roles
+                .split(',')
+                .filter(|r| !r.is_empty())
+                .map(|r| r.parse().map_err(Error::Integrity))
+                .collect::<Result<_>>()?,
+            trained: trained.is_some(),
+        })
+    }
+
+    pub fn create_org(&self, actor: &Principal, name: &str, kind: &str) -> Result<OrgView> {
+        tidegate_policy::require_role(actor, Role::Admin)?;
+        if !matches!(kind, "authority" | "provider" | "operator") {
+            return Err(Error::BadInput(
+                "an org's kind is authority, provider or operator".into(),
+            ));
+        }
+        let id = new_id("org");
+        let mut db = self.db.lock().expect("db");
+        let tx = db.transaction()?;
+        tx.execute(
+            "INSERT INTO orgs VALUES (?1, ?2, ?3, ?4)",
+            params![id, name, kind, crate::now_rfc3339()],
+        )
+        .map_err(|e| match e {
+            rusqlite::Error::SqliteFailure(f, _)
+                if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Error::BadInput(format!("an org named {name} already exists"))
+            }
+            e => e.into(),
+        })?;
+        self.audit
+            .append(&actor.id, "org.create", &id, json!({ "name": name, "kind": kind }))?;
+        tx.commit()?;
+        Ok(OrgView {
+            id,
+            name: name.into(),
+            kind: kind.into(),
+        })
+    }
+
+    fn org_id(db: &Connection, name_or_id: &str) -> Result<String> {
+        db.query_row(
+            "SELECT id FROM orgs WHERE id = ?1 OR name = ?1",
+            params![name_or_id],
+            |r| r.get(0),
+        )
+        .optional()?
+        .ok_or_else(|| Error::NotFound(format!("org {name_or_id}")))
+    }
+
+    pub fn create_principal(
+        &self,
+        actor: &Principal,
+        name: &str,
+        org: &str,
+        roles: &[Role],
+    ) -> Result<PrincipalView> {
+        tidegate_policy::require_role(actor, Role::Admin)?;
+        if roles.is_empty() {
+            return Err(Error::BadInput("a principal needs at least one role".into()));
+        }
+        // R-SOD: whoever reviews outputs does not also produce them.
+        if roles.contains(&Role::Reviewer) && roles.contains(&Role::Scientist) {
+            return Err(Error::Refused(
+                "separation of duties: a principal cannot be both scientist and reviewer".into(),
+            ));
+        }
+        let id = new_id("p");
+        let token = random_token();
+        let roles_text = roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(",");
+        let mut db = self.db.lock().expect("db");
+        let org_id = Self::org_id(&db, org)?;
+        let tx = db.transaction()?;
+        tx.execute(
+            "INSERT INTO principals VALUES (?1, ?2, ?3, ?4, NULL, NULL, ?5, ?6)",
+            params![id, name, org_id, roles_text, hash_token(&token), crate::now_rfc3339()],
+        )?;
+        self.audit.append(
+            &actor.id,
+            "principal.create",
+            &id,
+            json!({ "org": org_id, "roles": roles_text }),
+        )?;
+        tx.commit()?;
+        Ok(PrincipalView {
+            id,
+            name: name.into(),
+            org: org_id,
+            roles: roles.to_vec(),
+            trained: false,
+            token: Some(token),
+        })
+    }
+
+    /// R-ONBOARD: an admin records that a principal passed training.
+    pub fn record_training(&self, actor: &Principal, principal: &str, course: &str) -> Result<()> {
+        tidegate_policy::require_role(actor, Role::Admin)?;
+        let mut db = self.db.lock().expect("db");
+        let tx = db.transaction()?;
+        let n = tx.execute(
+            "UPDATE principals SET trained_at = ?2, training = ?3 WHERE id = ?1",
+            params![principal, crate::now_rfc3339(), course],
+        )?;
+        if n == 0 {
+            return Err(Error::NotFound(format!("principal {principal}")));
+        }
+        self.audit
+            .append(&actor.id, "principal.training", principal, json!({ "course": course }))?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    // ----- Import -----
+
+    pub fn import_dataset(&self, actor: &Principal, req: ImportRequest) -> Result<DatasetView> {
+        tidegate_policy::can_import(actor, req.level)?;
+        let name_ok = req.name.len() <= 64
+            && req.name.starts_with(|c: char| c.is_ascii_lowercase())
+            && req.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !name_ok {
+            return Err(Error::BadInput(
+                "a dataset name is its SQL table name: [a-z][a-z0-9_]*, at most 64 characters".into(),
+            ));
+        }
+        use base64::Engine as _;
+        let data = base64::engine::general_purpose::STANDARD
+            .decode(req.data_base64.as_bytes())
+            .map_err(|_| Error::BadInput("data_base64 is not base64".into()))?;
+        if data.len() > MAX_IMPORT_BYTES {
+            return Err(Error::Limit(format!(
+                "an import is at most {MAX_IMPORT_BYTES} bytes"
+            )));
+        }
+        let batches = read_table(&req.format, &data, &req.columns)?;
+        let schema = batches
+            .first()
+            .map(|b| b.schema())
+            .ok_or_else(|| Error::BadInput("the file holds no rows".into()))?;
+        let columns = column_specs(&schema, &req.columns)?;
+        let quality = quality_report(&batches, &columns);
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        let parquet = to_parquet(&batches)?;
+        let content_hash = sha256_hex(&parquet);
+
+        let mut db = self.db.lock().expect("db");
+        let existing: Option<(String, String)> = db
+            .query_row(
+                "SELECT id, org_id FROM datasets WHERE name = ?1",
+                params![req.name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let (id, version) = match &existing {
+            Some((id, org)) if org == &actor.org => {
+                let v: i64 = db.query_row(
+                    "SELECT COALESCE(MAX(version), 0) + 1 FROM dataset_versions WHERE dataset_id = ?1",
+                    params![id],
+                    |r| r.get(0),
+                )?;
+                (id.clone(), v)
+            }
+            Some(_) => {
+                return Err(Error::Refused(format!(
+                    "a dataset named {} belongs to another provider",
+                    req.name
+                )));
+            }
+            None => (new_id("ds"), 1),
+        };
+        let object = format!("{id}/v{version}");
+        let wrapped = self.store_object("datasets", &object, &parquet)?;
+        let tx = db.transaction()?;
+        let now = crate::now_rfc3339();
+        if existing.is_none() {
+            tx.execute(
+                "INSERT INTO datasets VALUES (?1, ?2, ?3, ?4, 'public', ?5, ?6)",
+                params![id, req.name, actor.org, req.level.to_string(), to_json(&columns), now],
+            )?;
+        } else {
+            tx.execute(
+                "UPDATE datasets SET level = ?2, columns = ?3 WHERE id = ?1",
+                params![id, req.level.to_string(), to_json(&columns)],
+            )?;
+        }
+        tx.execute(
+            "INSERT INTO dataset_versions VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![id, version, content_hash, rows as i64, parquet.len() as i64, wrapped, quality.to_string(), now],
+        )?;
+        self.audit.append(
+            &actor.id,
+            "dataset.import",
+            &id,
+            json!({ "version": version, "level": req.level, "rows": rows, "content_hash": content_hash }),
+        )?;
+        tx.commit()?;
+        Ok(DatasetView {
+            id,
+            name: req.name,
+            level: req.level,
+            origin: Origin::Public,
+            provider_org: actor.org.clone(),
+            columns,
+            version,
+            rows: rows as i64,
+            content_hash,
+            quality,
+        })
+    }
+
+    fn dataset_row(db: &Connection, name_or_id: &str) -> Result<DatasetRow> {
+        db.query_row(
+            "SELECT id, name, org_id, level, origin, columns FROM datasets WHERE id = ?1 OR name = ?1",
+            params![name_or_id],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, String>(5)?,
+                ))
+            },
+        )
+        .optional()?
+        .ok_or_else(|| Error::NotFound(format!("dataset {name_or_id}")))
+        .and_then(|(id, name, org, level, origin, columns)| {
+            Ok(DatasetRow {
+                id,
+                name,
+                org,
+                level: level.parse().map_err(Error::Integrity)?,
+                origin: if origin == "social" { Origin::Social } else { Origin::Public },
+                columns: from_json(&columns)?,
+            })
+        })
+    }
+
+    fn latest_version(db: &Connection, id: &str) -> Result<(i64, String, i64, Vec<u8>, String)> {
+        db.query_row(
+            "SELECT version, content_hash, rows, wrapped_key, quality FROM dataset_versions
+             WHERE dataset_id = ?1 ORDER BY version DESC LIMIT 1",
+            params![id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .map_err(Error::from)
+    }
+
+    pub fn list_datasets(&self, actor: &Principal) -> Result<Vec<DatasetView>> {
+        tidegate_policy::require_training(actor)?;
+        let db = self.db.lock().expect("db");
+        let ids: Vec<String> = db
+            .prepare("SELECT id FROM datasets ORDER BY created_at")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        ids.iter()
+            .map(|id| {
+                let d = Self::dataset_row(&db, id)?;
+                let (version, content_hash, rows, _, quality) = Self::latest_version(&db, id)?;
+                Ok(DatasetView {
+                    id: d.id,
+                    name: d.name,
+                    level: d.level,
+                    origin: d.origin,
+                    provider_org: d.org,
+                    columns: d.columns,
+                    version,
+                    rows,
+                    content_hash,
+                    quality: from_json(&quality)?,
+                })
+            })
+            .collect()
+    }
+
+    // ----- Scenarios -----
+
+    pub fn apply_scenario(&self, actor: &Principal, req: ScenarioRequest) -> Result<ScenarioView> {
+        tidegate_policy::can_apply_for_scenario(actor)?;
+        let (start, end) = (parse_date(&req.term_start)?, parse_date(&req.term_end)?);
+        if end < start {
+            return Err(Error::BadInput("the term ends before it starts".into()));
+        }
+        if req.grants.is_empty() {
+            return Err(Error::BadInput("a scenario names at least one dataset".into()));
+        }
+        let id = new_id("sc");
+        let mut db = self.db.lock().expect("db");
+        let mut level = Level::L1;
+        let mut grants = Vec::new();
+        for g in &req.grants {
+            let d = Self::dataset_row(&db, &g.dataset)?;
+            if d.level == Level::L4 {
+                return Err(Error::Refused("L4 data can never be granted".into()));
+            }
+            if d.origin == Origin::Social && d.org != actor.org {
+                return Err(Error::Refused(format!(
+                    "dataset {} is another org's social data",
+                    d.name
+                )));
+            }
+            for c in &g.columns {
+                if !d.columns.iter().any(|spec| &spec.name == c) {
+                    return Err(Error::BadInput(format!(
+                        "dataset {} has no column {c}",
+                        d.name
+                    )));
+                }
+            }
+            level = level.max(d.level);
+            grants.push(GrantRequest {
+                dataset: d.id,
+                columns: g.columns.clone(),
+            });
+        }
+        // The scenario may ask for a stricter threshold, never a weaker one than the default.
+        let k = req.k.unwrap_or(0).max(default_threshold(level));
+        let tx = db.transaction()?;
+        tx.execute(
+            "INSERT INTO scenarios VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'pending_approvals', ?12, ?13)",
+            params![
+                id, req.name, actor.org, req.key_area, req.purpose, req.public_interest,
+                to_json(&grants), req.term_start, req.term_end, k as i64,
+                to_json(&req.planned_products), actor.id, crate::now_rfc3339()
+            ],
+        )?;
+        self.audit.append(
+            &actor.id,
+            "scenario.apply",
+            &id,
+            json!({ "grants": grants, "term": [req.term_start, req.term_end], "k": k }),
+        )?;
+        tx.commit()?;
+        drop(db);
+        self.get_scenario(actor, &id)
+    }
+
+    fn scenario_row(db: &Connection, id: &str) -> Result<ScenarioRow> {
+        let row = db
+            .query_row(
+                "SELECT id, name, org_id, key_area, purpose, public_interest, grants, term_start,
+                        term_end, k, planned_products, state
+                 FROM scenarios WHERE id = ?1",
+                params![id],
+                |r| {
+                    Ok((
+                        (r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?),
+                        (r.get::<_, String>(3)?, r.get::<_, String>(4)?, r.get::<_, bool>(5)?),
+                        (r.get::<_, String>(6)?, r.get::<_, String>(7)?, r.get::<_, String>(8)?),
+                        (r.get::<_, i64>(9)?, r.get::<_, String>(10)?, r.get::<_, String>(11)?),
+                    ))
+                },
+            )
+            .optional()?
+            .ok_or_else(|| Error::NotFound(format!("scenario {id}")))?;
+        let ((id, name, org), (key_area, purpose, public_interest), (grants, ts, te), (k, products, state)) = row;
+        let grants: Vec<GrantRequest> = from_json(&grants)?;
+        let stored_state: ScenarioState = state.parse().map_err(Error::Integrity)?;
+        let (term_start, term_end) = (parse_date(&ts)?, parse_date(&te)?);
+        let approvals: Vec<ApprovalView> = db
+            .prepare("SELECT principal_id, as_role, at FROM scenario_approvals WHERE scenario_id = ?1 ORDER BY at")?
+            .query_map(params![id], |r| {
+                Ok(ApprovalView { by: r.get(0)?, as_role: r.get(1)?, at: r.get(2)?, comment: None })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let approvals_state = Self::approvals_state(db, &id, &grants)?;
+        let effective = tidegate_policy::scenario_state(stored_state, term_start, term_end, today());
+        let view = ScenarioView {
+            id: id.clone(),
+            name: name.clone(),
+            org: org.clone(),
+            key_area,
+            purpose,
+            public_interest,
+            grants: grants.clone(),
+            term_start: ts,
+            term_end: te,
+            k: k as u64,
+            planned_products: from_json(&products)?,
+            state: effective,
+            approvals,
+            missing_approvals: if stored_state == ScenarioState::PendingApprovals {
+                approvals_state.missing()
+            } else {
+                Vec::new()
+            },
+        };
+        Ok(ScenarioRow {
+            id,
+            name,
+            org,
+            grants,
+            term_start,
+            term_end,
+            k: k as u64,
+            stored_state,
+            view,
+        })
+    }
+
+    fn approvals_state(db: &Connection, id: &str, grants: &[GrantRequest]) -> Result<ScenarioApprovals> {
+        let mut a = ScenarioApprovals::default();
+        for g in grants {
+            a.required_provider_orgs.insert(Self::dataset_row(db, &g.dataset)?.org);
+        }
+        let mut stmt = db.prepare("SELECT as_role, org_id FROM scenario_approvals WHERE scenario_id = ?1")?;
+        let rows = stmt.query_map(params![id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        for row in rows {
+            let (role, org) = row?;
+            if role == "admin" {
+                a.admin_approved = true;
+            } else {
+                a.provider_orgs_approved.insert(org);
+            }
+        }
+        Ok(a)
+    }
+
+    /// Whether `actor` may see the scenario at all (others get "not found").
+    fn can_see_scenario(db: &Connection, actor: &Principal, s: &ScenarioRow) -> Result<bool> {
+        if actor.org == s.org
+            || actor.has_role(Role::Admin)
+            || actor.has_role(Role::Reviewer)
+            || actor.has_role(Role::Auditor)
+        {
+            return Ok(true);
+        }
+        for g in &s.grants {
+            if actor.has_role(Role::Provider) && Self::dataset_row(db, &g.dataset)?.org == actor.org {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    pub fn get_scenario(&self, actor: &Principal, id: &str) -> Result<ScenarioView> {
+        let db = self.db.lock().expect("db");
+        let s = Self::scenario_row(&db, id)?;
+        if !Self::can_see_scenario(&db, actor, &s)? {
+            return Err(Error::NotFound(format!("scenario {id}")));
+        }
+        Ok(s.view)
+    }
+
+    /// R-SCENARIO: the admin and the provider of every requested dataset approve; the last
+    /// approval makes the scenario active.
+    pub fn approve_scenario(&self, actor: &Principal, id: &str) -> Result<ScenarioView> {
+        {
+            let mut db = self.db.lock().expect("db");
+            let s = Self::scenario_row(&db, id)?;
+            if !Self::can_see_scenario(&db, actor, &s)? {
+                return Err(Error::NotFound(format!("scenario {id}")));
+            }
+            let mut approvals = Self::approvals_state(&db, id, &s.grants)?;
+            let as_admin = tidegate_policy::can_approve_scenario(actor, &approvals, s.stored_state)?;
+            if as_admin {
+                approvals.admin_approved = true;
+            } else {
+                approvals.provider_orgs_approved.insert(actor.org.clone());
+            }
+            let activates = approvals.complete();
+            let tx = db.transaction()?;
+            tx.execute(
+                "INSERT INTO scenario_approvals VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![id, actor.id, if as_admin { "admin" } else { "provider" }, actor.org, crate::now_rfc3339()],
+            )?;
+            if activates {
+                tx.execute("UPDATE scenarios SET state = 'active' WHERE id = ?1", params![id])?;
+            }
+            self.audit.append(
+                &actor.id,
+                "scenario.approve",
+                id,
+                json!({ "as": if as_admin { "admin" } else { "provider" }, "activated": activates }),
+            )?;
+            tx.commit()?;
+        }
+        self.get_scenario(actor, id)
+    }
+
+    // ----- Modules -----
+
+    pub fn upload_module(&self, actor: &Principal, scenario: &str, wasm: &[u8]) -> Result<ModuleView> {
+        let s = {
+            let db = self.db.lock().expect("db");
+            Self::scenario_row(&db, scenario)?
+        };
+        if actor.org != s.org && !actor.has_role(Role::Admin) {
+            return Err(Error::NotFound(format!("scenario {scenario}")));
+        }
+        tidegate_policy::can_upload_module(actor, &s.org, s.view.state)?;
+        let validated = match self.sandbox.load(wasm) {
+            Ok(v) => v,
+            Err(e) => {
+                // R-MONITOR: a module failing validation is an event worth an alert.
+                self.audit.append(
+                    &actor.id,
+                    "module.rejected",
+                    scenario,
+                    json!({ "hash": sha256_hex(wasm), "reason": e.to_string() }),
+                )?;
+                return Err(e);
+            }
+        };
+        let mut db = self.db.lock().expect("db");
+        let tx = db.transaction()?;
+        tx.execute(
+            "INSERT OR IGNORE INTO modules VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, NULL, NULL, ?7)",
+            params![validated.hash, scenario, actor.id, actor.org, to_json(&validated.functions), wasm, crate::now_rfc3339()],
+        )?;
+        self.audit.append(
+            &actor.id,
+            "module.upload",
+            &validated.hash,
+            json!({ "scenario": scenario, "functions": validated.functions.iter().map(|f| &f.name).collect::<Vec<_>>() }),
+        )?;
+        tx.commit()?;
+        Ok(ModuleView {
+            hash: validated.hash.clone(),
+            scenario: scenario.into(),
+            uploaded_by: actor.id.clone(),
+            functions: validated.functions.clone(),
+            approved_by: None,
+        })
+    }
+
+    /// R-MODULE: algorithm review binds the exact hash to the scenario.
+    pub fn approve_module(&self, actor: &Principal, scenario: &str, hash: &str, note: &str) -> Result<ModuleView> {
+        let mut db = self.db.lock().expect("db");
+        let row: Option<(String, String, String, Option<String>)> = db
+            .query_row(
+                "SELECT org_id, uploaded_by, functions, approved_by FROM modules WHERE hash = ?1 AND scenario_id = ?2",
+                params![hash, scenario],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?;
+        let (org, uploaded_by, functions, approved_by) =
+            row.ok_or_else(|| Error::NotFound(format!("module {hash} in scenario {scenario}")))?;
+        tidegate_policy::can_approve_module(actor, &org)?;
+        if approved_by.is_some() {
+            return Err(Error::BadInput("this module is already approved for this scenario".into()));
+        }
+        if note.trim().is_empty() {
+            return Err(Error::BadInput(
+                "an algorithm review names the functions and what they compute: give a note".into(),
+            ));
+        }
+        let tx = db.transaction()?;
+        tx.execute(
+            "UPDATE modules SET approved_by = ?3, approval_note = ?4, approved_at = ?5 WHERE hash = ?1 AND scenario_id = ?2",
+            params![hash, scenario, actor.id, note, crate::now_rfc3339()],
+        )?;
+        self.audit.append(&actor.id, "module.approve", hash, json!({ "scenario": scenario, "note": note }))?;
+        tx.commit()?;
+        Ok(ModuleView {
+            hash: hash.into(),
+            scenario: scenario.into(),
+            uploaded_by,
+            functions: from_json(&functions)?,
+            approved_by: Some(actor.id.clone()),
+        })
+    }
+
+    // ----- Jobs -----
+
+    /// R-JOB: runs a query of the scenario over its granted columns only, with approved
+    /// modules only, and stores the result encrypted. The scientist gets status, row count,
+    /// schema and resource use, never rows.
+    pub async fn submit_job(&self, actor: &Principal, req: JobRequest) -> Result<JobView> {
+        let (scenario, inputs, modules, level) = {
+            let db = self.db.lock().expect("db");
+            let s = Self::scenario_row(&db, &req.scenario)?;
+            if actor.org != s.org {
+                return Err(Error::NotFound(format!("scenario {}", req.scenario)));
+            }
+            let mut unapproved = Vec::new();
+            let mut modules = Vec::new();
+            for hash in &req.modules {
+                let row: Option<(Vec<u8>, Option<String>)> = db
+                    .query_row(
+                        "SELECT wasm, approved_by FROM modules WHERE hash = ?1 AND scenario_id = ?2",
+                        params![hash, s.id],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                match row {
+                    Some((wasm, Some(_))) => modules.push(wasm),
+                    _ => unapproved.push(hash.clone()),
+                }
+            }
+            tidegate_policy::can_run_job(actor, &s.org, s.view.state, &unapproved)?;
+            let mut inputs = Vec::new();
+            let mut level = Level::L1;
+            for g in &s.grants {
+                let d = Self::dataset_row(&db, &g.dataset)?;
+                let (version, hash, _, wrapped, _) = Self::latest_version(&db, &d.id)?;
+                level = level.max(d.level);
+                inputs.push((d, g.columns.clone(), version, hash, wrapped));
+            }
+            (s, inputs, modules, level)
+        };
+        let id = new_id("job");
+        let inputs_json: Vec<Value> = inputs
+            .iter()
+            .map(|(d, _, v, h, _)| json!({ "dataset": d.id, "name": d.name, "version": v, "content_hash": h }))
+            .collect();
+        let now = crate::now_rfc3339();
+        {
+            let mut db = self.db.lock().expect("db");
+            let tx = db.transaction()?;
+            tx.execute(
+                "INSERT INTO jobs (id, scenario_id, submitted_by, sql, modules, state, level, inputs, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, ?8)",
+                params![id, scenario.id, actor.id, req.sql, to_json(&req.modules), level.to_string(), to_json(&inputs_json), now],
+            )?;
+            self.audit.append(
+                &actor.id,
+                "job.start",
+                &id,
+                json!({ "scenario": scenario.id, "modules": req.modules, "sql_sha256": sha256_hex(req.sql.as_bytes()) }),
+            )?;
+            tx.commit()?;
+        }
+        let started = Instant::now();
+        let meter = Arc::new(JobMeter::new(GuestLimits::default()));
+        let outcome = self.execute(&req.sql, &inputs, &modules, &meter).await;
+        let mut resources = ResourceUse {
+            fuel: meter.fuel_used(),
+            guest_calls: meter.calls(),
+            peak_guest_memory_bytes: meter.peak_memory(),
+            guest_output_bytes: meter.output_bytes(),
+            wall_ms: started.elapsed().as_millis() as u64,
+            ..ResourceUse::default()
+        };
+        let finished = crate::now_rfc3339();
+        let mut db = self.db.lock().expect("db");
+        let tx = db.transaction()?;
+        match outcome {
+            Ok((output, scanned_rows, scanned_bytes)) => {
+                resources.rows_scanned = scanned_rows;
+                resources.bytes_scanned = scanned_bytes;
+                let rows: usize = output.batches.iter().map(RecordBatch::num_rows).sum();
+                let schema = output
+                    .batches
+                    .first()
+                    .map(|b| b.schema())
+                    .unwrap_or_else(|| Arc::new(Schema::empty()));
+                let visible: Vec<(String, String)> = job::visible_schema(&schema)
+                    .iter()
+                    .map(|f| (f.name().clone(), f.data_type().to_string()))
+                    .collect();
+                let parquet = to_parquet_with_schema(&output.batches, schema)?;
+                resources.output_bytes = parquet.len() as u64;
+                let result_hash = sha256_hex(&parquet);
+                let wrapped = self.store_object("results", &id, &parquet)?;
+                tx.execute(
+                    "UPDATE jobs SET state = 'succeeded', rows = ?2, schema = ?3, resources = ?4,
+                     shape = ?5, plan = ?6, result_hash = ?7, wrapped_key = ?8, finished_at = ?9 WHERE id = ?1",
+                    params![id, rows as i64, to_json(&visible), to_json(&resources), to_json(&output.shape), output.plan, result_hash, wrapped, finished],
+                )?;
+                self.audit.append(
+                    &actor.id,
+                    "job.end",
+                    &id,
+                    json!({ "state": "succeeded", "rows": rows, "resources": resources, "result_sha256": result_hash }),
+                )?;
+            }
+            Err(e) => {
+                let message = e.to_string();
+                tx.execute(
+                    "UPDATE jobs SET state = 'failed', error = ?2, resources = ?3, finished_at = ?4 WHERE id = ?1",
+                    params![id, message, to_json(&resources), finished],
+                )?;
+                self.audit.append(
+                    &actor.id,
+                    "job.end",
+                    &id,
+                    json!({ "state": "failed", "error": message, "resources": resources }),
+                )?;
+            }
+        }
+        tx.commit()?;
+        drop(db);
+        self.get_job(actor, &id)
+    }
+
+    async fn execute(
+        &self,
+        sql: &str,
+        inputs: &[(DatasetRow, Vec<String>, i64, String, Vec<u8>)],
+        modules: &[Vec<u8>],
+        meter: &Arc<JobMeter>,
+    ) -> Result<(job::JobOutput, u64, u64)> {
+        let mut tables = Vec::new();
+        let (mut rows_scanned, mut bytes_scanned) = (0u64, 0u64);
+        for (d, columns, version, _, wrapped) in inputs {
+            let parquet = self.load_object("datasets", &format!("{}/v{version}", d.id), wrapped)?;
+            bytes_scanned += parquet.len() as u64;
+            let batches = from_parquet(&parquet)?;
+            rows_scanned += batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
+            tables.push(granted_table(d, columns, &batches)?);
+        }
+        let mut udfs = Vec::new();
+        for wasm in modules {
+            let module = self.sandbox.load(wasm)?;
+            udfs.extend(self.sandbox.scalar_udfs(&module, meter));
+        }
+        let output = job::run_query(sql, &tables, udfs, EngineLimits::default()).await?;
+        Ok((output, rows_scanned, bytes_scanned))
+    }
+
+    fn job_row(db: &Connection, id: &str) -> Result<(JobView, Option<String>, Option<Vec<u8>>, Option<String>, Option<String>, Vec<Value>)> {
+        db.query_row(
+            "SELECT id, scenario_id, submitted_by, sql, modules, state, error, rows, schema, resources,
+                    level, created_at, finished_at, result_hash, wrapped_key, shape, plan, inputs
+             FROM jobs WHERE id = ?1",
+            params![id],
+            |r| {
+                Ok((
+                    (r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?),
+                    (r.get::<_, String>(4)?, r.get::<_, String>(5)?, r.get::<_, Option<String>>(6)?, r.get::<_, Option<i64>>(7)?),
+                    (r.get::<_, Option<String>>(8)?, r.get::<_, Option<String>>(9)?, r.get::<_, String>(10)?, r.get::<_, String>(11)?),
+                    (r.get::<_, Option<String>>(12)?, r.get::<_, Option<String>>(13)?, r.get::<_, Option<Vec<u8>>>(14)?),
+                    (r.get::<_, Option<String>>(15)?, r.get::<_, Option<String>>(16)?, r.get::<_, String>(17)?),
+                ))
+            },
+        )
+        .optional()?
+        .ok_or_else(|| Error::NotFound(format!("job {id}")))
+        .and_then(|((id, scenario, by, sql), (modules, state, error, rows), (schema, resources, level, created), (finished, hash, wrapped), (shape, plan, inputs))| {
+            Ok((
+                JobView {
+                    id,
+                    scenario,
+                    submitted_by: by,
+                    sql,
+                    modules: from_json(&modules)?,
+                    state,
+                    error,
+                    rows,
+                    schema: schema.map(|s| from_json(&s)).transpose()?.unwrap_or_default(),
+                    resources: resources.map(|s| from_json(&s)).transpose()?,
+                    level: level.parse().map_err(Error::Integrity)?,
+                    created_at: created,
+                    finished_at: finished,
+                },
+                hash,
+                wrapped,
+                shape,
+                plan,
+                from_json(&inputs)?,
+            ))
+        })
+    }
+
+    pub fn get_job(&self, actor: &Principal, id: &str) -> Result<JobView> {
+        let db = self.db.lock().expect("db");
+        let (job, ..) = Self::job_row(&db, id)?;
+        let s = Self::scenario_row(&db, &job.scenario)?;
+        let visible = actor.org == s.org || actor.has_role(Role::Admin) || actor.has_role(Role::Auditor);
+        if !visible {
+            return Err(Error::NotFound(format!("job {id}")));
+        }
+        Ok(job)
+    }
+
+    // ----- Export, review, release -----
+
+    /// R-GATE: runs the gate over a job's result; a passing result goes to review.
+    pub fn request_export(&self, actor: &Principal, job_id: &str) -> Result<ExportView> {
+        let mut db = self.db.lock().expect("db");
+        let (job, result_hash, wrapped, shape, _plan, inputs) = Self::job_row(&db, job_id)?;
+        let s = Self::scenario_row(&db, &job.scenario)?;
+        if actor.org != s.org {
+            return Err(Error::NotFound(format!("job {job_id}")));
+        }
+        tidegate_policy::can_request_export(actor, &s.org, s.view.state)?;
+        let (Some(result_hash), Some(wrapped), Some(shape)) = (result_hash, wrapped, shape) else {
+            return Err(Error::BadInput(format!("job {job_id} has no result to export ({})", job.state)));
+        };
+        let shape: QueryShape = from_json(&shape)?;
+        let parquet = self.load_object("results", job_id, &wrapped)?;
+        if sha256_hex(&parquet) != result_hash {
+            return Err(Error::Integrity(format!("the stored result of job {job_id} changed")));
+        }
+        let batches = from_parquet(&parquet)?;
+        let mut unapproved = 0;
+        for hash in &job.modules {
+            let approved: Option<Option<String>> = db
+                .query_row(
+                    "SELECT approved_by FROM modules WHERE hash = ?1 AND scenario_id = ?2",
+                    params![hash, s.id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if !matches!(approved, Some(Some(_))) {
+                unapproved += 1;
+            }
+        }
+        let provenance = if unapproved > 0 {
+            CheckOutcome::Fail(format!("{unapproved} module(s) of the job are no longer approved"))
+        } else {
+            CheckOutcome::Pass(format!(
+                "job {job_id} of active scenario {} with {} approved module(s) over {}",
+                s.id,
+                job.modules.len(),
+                inputs
+                    .iter()
+                    .map(|i| format!("{}@v{}", i["name"].as_str().unwrap_or("?"), i["version"]))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        };
+        let outcome = gate::evaluate(
+            &GateInput {
+                level: job.level,
+                threshold_k: s.k,
+                shape: &shape,
+                provenance,
+                max_rows: EXPORT_MAX_ROWS,
+                max_bytes: EXPORT_MAX_BYTES,
+            },
+            &batches,
+        )?;
+        let id = new_id("ex");
+        let passed = outcome.report.passed();
+        let (hash, wrapped) = if passed {
+            (
+                Some(sha256_hex(&outcome.csv)),
+                Some(self.store_object("exports", &id, &outcome.csv)?),
+            )
+        } else {
+            (None, None)
+        };
+        let state = if passed { "in_review" } else { "rejected" };
+        let required = tidegate_policy::required_export_approvals(job.level) as i64;
+        let tx = db.transaction()?;
+        tx.execute(
+            "INSERT INTO exports VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, NULL)",
+            params![
+                id, job_id, actor.id, actor.org, state, to_json(&outcome.report), hash, wrapped, required,
+                (!passed).then_some("the export gate refused the result"), crate::now_rfc3339()
+            ],
+        )?;
+        self.audit.append(
+            &actor.id,
+            "export.request",
+            &id,
+            json!({
+                "job": job_id,
+                "gate_passed": passed,
+                "checks": outcome.report.checks.iter().map(|c| json!({ "name": c.name, "passed": c.passed })).collect::<Vec<_>>(),
+                "groups_suppressed": outcome.report.groups_suppressed,
+                "result_sha256": hash,
+                "state": state,
+            }),
+        )?;
+        tx.commit()?;
+        drop(db);
+        self.get_export(actor, &id)
+    }
+
+    fn export_row(db: &Connection, id: &str) -> Result<(ExportView, String, Option<Vec<u8>>)> {
+        let row = db
+            .query_row(
+                "SELECT id, job_id, requested_by, org_id, state, gate_report, result_hash, wrapped_key, required_approvals
+                 FROM exports WHERE id = ?1",
+                params![id],
+                |r| {
+                    Ok((
+                        (r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?),
+                        (r.get::<_, String>(3)?, r.get::<_, String>(4)?, r.get::<_, String>(5)?),
+                        (r.get::<_, Option<String>>(6)?, r.get::<_, Option<Vec<u8>>>(7)?, r.get::<_, i64>(8)?),
+                    ))
+                },
+            )
+            .optional()?
+            .ok_or_else(|| Error::NotFound(format!("export {id}")))?;
+        let ((id, job, by), (org, state, report), (hash, wrapped, required)) = row;
+        let reviews: Vec<ApprovalView> = db
+            .prepare("SELECT reviewer_id, decision, at, comment FROM export_reviews WHERE export_id = ?1 ORDER BY at")?
+            .query_map(params![id], |r| {
+                Ok(ApprovalView { by: r.get(0)?, as_role: r.get(1)?, at: r.get(2)?, comment: Some(r.get(3)?) })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok((
+            ExportView {
+                id,
+                job,
+                requested_by: by,
+                state,
+                gate_report: from_json(&report)?,
+                result_hash: hash,
+                required_approvals: required as u64,
+                reviews,
+                preview: None,
+                query: None,
+                plan: None,
+                modules: Vec::new(),
+            },
+            org,
+            wrapped,
+        ))
+    }
+
+    pub fn get_export(&self, actor: &Principal, id: &str) -> Result<ExportView> {
+        let db = self.db.lock().expect("db");
+        let (mut view, org, wrapped) = Self::export_row(&db, id)?;
+        let is_reviewer = actor.has_role(Role::Reviewer) && actor.org != org;
+        if !(actor.org == org || is_reviewer || actor.has_role(Role::Auditor) || actor.has_role(Role::Admin)) {
+            return Err(Error::NotFound(format!("export {id}")));
+        }
+        if is_reviewer {
+            let (job, _, _, _, plan, _) = Self::job_row(&db, &view.job)?;
+            if let Some(w) = wrapped {
+                let csv = self.load_object("exports", id, &w)?;
+                view.preview = Some(String::from_utf8_lossy(&csv).lines().take(50).collect::<Vec<_>>().join("\n"));
+            }
+            view.query = Some(job.sql);
+            view.plan = plan;
+            view.modules = job.modules;
+        }
+        Ok(view)
+    }
+
+    /// R-REVIEW: approve, return or reject; approval binds the exact result hash.
+    pub fn review_export(&self, actor: &Principal, id: &str, decision: &str, comment: &str) -> Result<ExportView> {
+        {
+            let mut db = self.db.lock().expect("db");
+            let (view, org, _) = Self::export_row(&db, id)?;
+            let approved_by: Vec<String> = view
+                .reviews
+                .iter()
+                .filter(|r| r.as_role == "approve")
+                .map(|r| r.by.clone())
+                .collect();
+            tidegate_policy::can_review_export(actor, &view.requested_by, &org, &approved_by)?;
+            if view.state != "in_review" {
+                return Err(Error::BadInput(format!("the export is {}, not in review", view.state)));
+            }
+            let hash = view.result_hash.clone().ok_or_else(|| Error::Internal("no result hash".into()))?;
+            let new_state = match decision {
+                "approve" if approved_by.len() as u64 + 1 >= view.required_approvals => "approved",
+                "approve" => "in_review",
+                "return" => "returned",
+                "reject" => "rejected",
+                _ => return Err(Error::BadInput("a decision is approve, return or reject".into())),
+            };
+            let tx = db.transaction()?;
+            tx.execute(
+                "INSERT INTO export_reviews VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![id, actor.id, decision, comment, hash, crate::now_rfc3339()],
+            )?;
+            tx.execute(
+                "UPDATE exports SET state = ?2, decision_comment = ?3 WHERE id = ?1",
+                params![id, new_state, comment],
+            )?;
+            self.audit.append(
+                &actor.id,
+                "export.review",
+                id,
+                json!({ "decision": decision, "state": new_state, "result_sha256": hash }),
+            )?;
+            tx.commit()?;
+        }
+        self.get_export(actor, id)
+    }
+
+    /// R-RELEASE: the requester downloads the signed bundle of an approved export.
+    pub fn download_bundle(&self, actor: &Principal, id: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut db = self.db.lock().expect("db");
+        let (view, org, wrapped) = Self::export_row(&db, id)?;
+        if actor.org != org {
+            return Err(Error::NotFound(format!("export {id}")));
+        }
+        tidegate_policy::require_role(actor, Role::Scientist)?;
+        tidegate_policy::require_training(actor)?;
+        if !matches!(view.state.as_str(), "approved" | "released") {
+            return Err(Error::Refused(format!("the export is {}; only an approved export is released", view.state)));
+        }
+        let wrapped = wrapped.ok_or_else(|| Error::Internal("approved export without a result".into()))?;
+        let csv = self.load_object("exports", id, &wrapped)?;
+        let hash = sha256_hex(&csv);
+        // Approval binds the exact result: anything that changed since voids it.
+        let approvals: Vec<&ApprovalView> = view.reviews.iter().filter(|r| r.as_role == "approve").collect();
+        let bound: Vec<String> = db
+            .prepare("SELECT result_hash FROM export_reviews WHERE export_id = ?1 AND decision = 'approve'")?
+            .query_map(params![id], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        if view.result_hash.as_deref() != Some(hash.as_str()) || bound.iter().any(|b| b != &hash) {
+            return Err(Error::Integrity("the result changed after approval; the approval is void".into()));
+        }
+        let (job, _, _, _, plan, inputs) = Self::job_row(&db, &view.job)?;
+        let s = Self::scenario_row(&db, &job.scenario)?;
+        let now = crate::now_rfc3339();
+        let manifest = json!({
+            "format": "tidegate-bundle-v1",
+            "export": view.id,
+            "scenario": { "id": s.id, "name": s.name, "org": s.org, "term": [s.term_start.to_string(), s.term_end.to_string()] },
+            "job": { "id": job.id, "query": job.sql, "plan_sha256": plan.as_deref().map(|p| sha256_hex(p.as_bytes())), "submitted_by": job.submitted_by, "level": job.level },
+            "modules": job.modules,
+            "inputs": inputs,
+            "policy_version": 1,
+            "gate_report": view.gate_report,
+            "requested_by": view.requested_by,
+            "reviewers": approvals.iter().map(|r| json!({ "id": r.by, "at": r.at })).collect::<Vec<_>>(),
+            "result_sha256": hash,
+            "released_at": now,
+        });
+        let files = bundle::build(&self.signer, manifest, vec![("result.csv".to_string(), csv)])?;
+        let tx = db.transaction()?;
+        tx.execute(
+            "UPDATE exports SET state = 'released', released_at = COALESCE(released_at, ?2) WHERE id = ?1",
+            params![id, now],
+        )?;
+        self.audit.append(&actor.id, "export.download", id, json!({ "result_sha256": hash }))?;
+        tx.commit()?;
+        Ok(files)
+    }
+
+    /// Lets an auditor check the chain through the API.
+    pub fn verify_audit(&self, actor: &Principal) -> Result<crate::audit::AuditVerdict> {
+        if !(actor.has_role(Role::Auditor) || actor.has_role(Role::Admin)) {
+            return Err(Error::Refused("only auditors and admins verify the audit log".into()));
+        }
+        crate::audit::verify_file(self.audit.path())
+    }
+}
+
+// ----- Table helpers -----
+
+fn arrow_type(t: DataType) -> ArrowType {
+    match t {
+        DataType::Utf8 => ArrowType::Utf8,
+        DataType::Int32 => ArrowType::Int32,
+        DataType::Int64 => ArrowType::Int64,
+        DataType::Float64 => ArrowType::Float64,
+        DataType::Boolean => ArrowType::Boolean,
+        DataType::Date32 => ArrowType::Date32,
+    }
+}
+
+fn our_type(t: &ArrowType) -> Option<DataType> {
+    Some(match t {
+        ArrowType::Utf8 | ArrowType::LargeUtf8 | ArrowType::Utf8View => DataType::Utf8,
+        ArrowType::Int32 => DataType::Int32,
+        ArrowType::Int64 => DataType::Int64,
+        ArrowType::Float64 => DataType::Float64,
+        ArrowType::Boolean => DataType::Boolean,
+        ArrowType::Date32 => DataType::Date32,
+        _ => return None,
+    })
+}
+
+/// Reads a CSV or Parquet file; declared column types override inference.
+fn read_table(format: &str, data: &[u8], declared: &[ColumnInput]) -> Result<Vec<RecordBatch>> {
+    let batches = match format {
+        "csv" => {
+            let format = arrow::csv::reader::Format::default().with_header(true);
+            let (inferred, _) = format
+                .infer_schema(std::io::Cursor::new(data), Some(1000))
+                .map_err(|e| Error::BadInput(format!("the CSV cannot be read: {e}")))?;
+            let fields: Vec<Field> = inferred
+                .fields()
+                .iter()
+                .map(|f| {
+                    let t = declared
+                        .iter()
+                        .find(|c| &c.name == f.name())
+                        .and_then(|c| c.data_type)
+                        .map(arrow_type)
+                        .unwrap_or_else(|| f.data_type().clone());
+                    Field::new(f.name(), t, true)
+                })
+                .collect();
+            let reader = arrow::csv::ReaderBuilder::new(Arc::new(Schema::new(fields)))
+                .with_header(true)
+                .with_batch_size(8192)
+                .build(std::io::Cursor::new(data))
+                .map_err(|e| Error::BadInput(format!("the CSV cannot be read: {e}")))?;
+            reader
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| csv_error(&e))?
+        }
+        "parquet" => from_parquet(data)
+            .map_err(|_| Error::BadInput("the Parquet file cannot be read".into()))?,
+        other => return Err(Error::BadInput(format!("unknown format `{other}`: csv or parquet"))),
+    };
+    // Normalize string views and large strings to plain UTF-8, and apply declared types.
+    batches
+        .into_iter()
+        .map(|b| {
+            let schema = b.schema();
+            let mut fields = Vec::new();
+            let mut cols: Vec<ArrayRef> = Vec::new();
+            for (f, c) in schema.fields().iter().zip(b.columns()) {
+                let want = declared
+                    .iter()
+                    .find(|d| &d.name == f.name())
+                    .and_then(|d| d.data_type)
+                    .map(arrow_type)
+                    .or_else(|| our_type(f.data_type()).map(arrow_type))
+                    .ok_or_else(|| Error::BadInput(format!("column {} has an unsupported type {}", f.name(), f.data_type())))?;
+                let c = if c.data_type() == &want {
+                    Arc::clone(c)
+                } else {
+                    arrow::compute::cast(c, &want).map_err(|_| {
+                        Error::BadInput(format!("column {} cannot be read as {want}", f.name()))
+                    })?
+                };
+                fields.push(Field::new(f.name(), want, true));
+                cols.push(c);
+            }
+            RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
+                .map_err(|e| Error::Internal(format!("batch: {e}")))
+        })
+        .collect()
+}
+
+/// CSV parse errors quote the offending value; report only where it is.
+fn csv_error(e: &arrow::error::ArrowError) -> Error {
+    let text = e.to_string();
+    let location = text
+        .find("line")
+        .map(|i| text[i..].chars().take_while(|c| *c != ':').collect::<String>())
+        .unwrap_or_default();
+    Error::BadInput(format!(
+        "the CSV has a value that does not parse as its column's type {location}"
+    ))
+}
+
+fn column_specs(schema: &Schema, declared: &[ColumnInput]) -> Result<Vec<ColumnSpec>> {
+    for d in declared {
+        if schema.field_with_name(&d.name).is_err() {
+            return Err(Error::BadInput(format!("the file has no column {}", d.name)));
+        }
+        if d.name.starts_with("__tg") {
+            return Err(Error::BadInput("column names starting with __tg are reserved".into()));
+        }
+    }
+    let specs: Vec<ColumnSpec> = schema
+        .fields()
+        .iter()
+        .map(|f| ColumnSpec {
+            name: f.name().clone(),
+            data_type: our_type(f.data_type()).expect("normalized above"),
+            tags: declared
+                .iter()
+                .find(|d| &d.name == f.name())
+                .map(|d| d.tags.clone())
+                .unwrap_or_default(),
+        })
+        .collect();
+    if specs.iter().filter(|c| c.has_tag(ColumnTag::Entity)).count() > 1 {
+        return Err(Error::BadInput("at most one column is the `entity` key".into()));
+    }
+    Ok(specs)
+}
+
+/// R-IMPORT's data quality report: rows, nulls per column, duplicates of the entity key.
+fn quality_report(batches: &[RecordBatch], columns: &[ColumnSpec]) -> Value {
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    let mut nulls = BTreeMap::new();
+    for (i, c) in columns.iter().enumerate() {
+        let n: usize = batches.iter().map(|b| b.column(i).null_count()).sum();
+        nulls.insert(c.name.clone(), n);
+    }
+    let entity_duplicates = columns.iter().position(|c| c.has_tag(ColumnTag::Entity)).map(|i| {
+        let mut seen = HashSet::new();
+        let mut dup = 0usize;
+        for b in batches {
+            let col = b.column(i);
+            for row in 0..col.len() {
+                let key = arrow::util::display::array_value_to_string(col, row).unwrap_or_default();
+                if !seen.insert(sha256_hex(key.as_bytes())) {
+                    dup += 1;
+                }
+            }
+        }
+        dup
+    });
+    json!({ "rows": rows, "nulls": nulls, "entity_duplicate_rows": entity_duplicates })
+}
+
+fn to_parquet(batches: &[RecordBatch]) -> Result<Vec<u8>> {
+    let schema = batches.first().map(|b| b.schema()).unwrap_or_else(|| Arc::new(Schema::empty()));
+    to_parquet_with_schema(batches, schema)
+}
+
+fn to_parquet_with_schema(batches: &[RecordBatch], schema: Arc<Schema>) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut w = ArrowWriter::try_new(&mut out, schema, None)
+        .map_err(|e| Error::Internal(format!("parquet: {e}")))?;
+    for b in batches {
+        w.write(b).map_err(|e| Error::Internal(format!("parquet: {e}")))?;
+    }
+    w.close().map_err(|e| Error::Internal(format!("parquet: {e}")))?;
+    Ok(out)
+}
+
+fn from_parquet(bytes: &[u8]) -> Result<Vec<RecordBatch>> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::copy_from_slice(bytes))
+        .and_then(|b| b.with_batch_size(8192).build())
+        .map_err(|e| Error::Integrity(format!("stored Parquet: {e}")))?;
+    reader
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::Integrity(format!("stored Parquet: {e}")))
+}
+
+/// The table a job sees: the granted columns, then the entity key under its hidden name.
+fn granted_table(d: &DatasetRow, granted: &[String], batches: &[RecordBatch]) -> Result<TableInput> {
+    let entity = d.columns.iter().position(|c| c.has_tag(ColumnTag::Entity));
+    let wanted: Vec<usize> = granted
+        .iter()
+        .map(|g| {
+            d.columns
+                .iter()
+                .position(|c| &c.name == g)
+                .ok_or_else(|| Error::Integrity(format!("granted column {g} is gone")))
+        })
+        .collect::<Result<_>>()?;
+    let columns: Vec<ColumnSpec> = wanted.iter().map(|i| d.columns[*i].clone()).collect();
+    let mut out = Vec::new();
+    for b in batches {
+        let schema = b.schema();
+        let mut fields: Vec<Field> = wanted.iter().map(|i| schema.field(*i).clone()).collect();
+        let mut cols: Vec<ArrayRef> = wanted.iter().map(|i| Arc::clone(b.column(*i))).collect();
+        if let Some(e) = entity {
+            fields.push(Field::new(job::ENTITY_COLUMN, schema.field(e).data_type().clone(), true));
+            cols.push(Arc::clone(b.column(e)));
+        }
+        out.push(
+            RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
+                .map_err(|e| Error::Internal(format!("batch: {e}")))?,
+        );
+    }
+    if out.is_empty() {
+        let mut fields: Vec<Field> = columns
+            .iter()
+            .map(|c| Field::new(&c.name, arrow_type(c.data_type), true))
+            .collect();
+        if let Some(e) = entity {
+            fields.push(Field::new(job::ENTITY_COLUMN, arrow_type(d.columns[e].data_type), true));
+        }
+        out.push(RecordBatch::new_empty(Arc::new(Schema::new(fields))));
+    }
+    Ok(TableInput {
+        name: d.name.clone(),
+        columns,
+        batches: out,
+    })
+}

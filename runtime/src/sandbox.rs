@@ -1,0 +1,847 @@
+//! The WebAssembly host: one hardened engine, module validation at upload, and scalar UDFs
+//! that run guest functions batch at a time under fuel, epoch, memory and output limits.
+//!
+//! Every byte a guest returns is untrusted: pointers and lengths are bounds-checked with
+//! checked arithmetic and arrays are built with arrow-rs's validating constructors.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arrow::array::{Array, ArrayData, ArrayRef, AsArray, make_array};
+use arrow::buffer::Buffer;
+use arrow::datatypes::{DataType, Date32Type, Float64Type, Int32Type, Int64Type};
+use datafusion::common::DataFusionError;
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+use wasmtime::{
+    Config, Engine, ExternType, Instance, Linker, Memory, Module, Store, StoreLimits,
+    StoreLimitsBuilder, Strategy, Trap, TypedFunc, ValType,
+};
+
+use crate::crypto::sha256_hex;
+use crate::error::{Error, Result};
+
+/// The ABI version this host speaks (udf-sdk/ABI.md).
+pub(crate) const ABI_VERSION: i32 = 1;
+const MAX_MODULE_BYTES: usize = 16 << 20;
+const MAX_MANIFEST_BYTES: usize = 64 << 10;
+const MAX_FUNCTIONS: usize = 64;
+const MAX_ARGS: usize = 8;
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+const COLUMN_DESC: usize = 28;
+
+/// Limits applied to every store of a job, before instantiation.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub struct GuestLimits {
+    /// Total fuel the job's guests may burn (deterministic work).
+    pub fuel: u64,
+    /// Linear memory cap per instance, in bytes.
+    pub memory_bytes: usize,
+    /// Wall-clock budget of one guest call, enforced by epoch interruption.
+    pub call_timeout_ms: u64,
+    /// Total bytes the job's guests may return.
+    pub output_bytes: u64,
+}
+
+impl Default for GuestLimits {
+    fn default() -> Self {
+        GuestLimits {
+            fuel: 50_000_000_000,
+            memory_bytes: 64 << 20,
+            call_timeout_ms: 10_000,
+            output_bytes: 1 << 30,
+        }
+    }
+}
+
+/// The column types of the ABI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WasmType {
+    Int32,
+    Int64,
+    Float64,
+    Utf8,
+    Date32,
+    Boolean,
+}
+
+impl WasmType {
+    fn id(self) -> u32 {
+        match self {
+            WasmType::Int32 => 1,
+            WasmType::Int64 => 2,
+            WasmType::Float64 => 3,
+            WasmType::Utf8 => 4,
+            WasmType::Date32 => 5,
+            WasmType::Boolean => 6,
+        }
+    }
+
+    fn parse(s: &str) -> Option<WasmType> {
+        Some(match s {
+            "int32" => WasmType::Int32,
+            "int64" => WasmType::Int64,
+            "float64" => WasmType::Float64,
+            "utf8" => WasmType::Utf8,
+            "date32" => WasmType::Date32,
+            "boolean" => WasmType::Boolean,
+            _ => return None,
+        })
+    }
+
+    pub fn arrow(self) -> DataType {
+        match self {
+            WasmType::Int32 => DataType::Int32,
+            WasmType::Int64 => DataType::Int64,
+            WasmType::Float64 => DataType::Float64,
+            WasmType::Utf8 => DataType::Utf8,
+            WasmType::Date32 => DataType::Date32,
+            WasmType::Boolean => DataType::Boolean,
+        }
+    }
+
+    fn width(self) -> usize {
+        match self {
+            WasmType::Int32 | WasmType::Date32 => 4,
+            WasmType::Int64 | WasmType::Float64 => 8,
+            WasmType::Utf8 | WasmType::Boolean => 0,
+        }
+    }
+}
+
+/// One function a module exports, as its manifest declares it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FunctionSig {
+    pub kind: String,
+    pub name: String,
+    pub args: Vec<WasmType>,
+    pub ret: WasmType,
+}
+
+/// A module that passed upload validation, compiled by this process.
+pub struct ValidatedModule {
+    pub hash: String,
+    pub functions: Vec<FunctionSig>,
+    module: Module,
+}
+
+impl std::fmt::Debug for ValidatedModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ValidatedModule")
+            .field("hash", &self.hash)
+            .field("functions", &self.functions)
+            .finish()
+    }
+}
+
+struct GuestState {
+    limits: StoreLimits,
+}
+
+/// The process's one wasmtime engine, its (empty) linker and the compiled-module cache.
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<GuestState>,
+    cache: Mutex<HashMap<String, Arc<ValidatedModule>>>,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sandbox")
+    }
+}
+
+impl Sandbox {
+    /// Builds the hardened engine and starts its epoch ticker.
+    pub fn new() -> Result<Sandbox> {
+        let mut c = Config::new();
+        c.strategy(Strategy::Cranelift)
+            .consume_fuel(true)
+            .epoch_interruption(true)
+            .max_wasm_stack(512 << 10)
+            .cranelift_nan_canonicalization(true)
+            .wasm_memory64(false)
+            .wasm_multi_memory(false)
+            .wasm_relaxed_simd(false)
+            .wasm_tail_call(false)
+            .wasm_custom_page_sizes(false)
+            .wasm_wide_arithmetic(false)
+            .wasm_stack_switching(false)
+            .gc_support(false)
+            .shared_memory(false);
+        let engine = Engine::new(&c)
+            .map_err(|e| Error::Internal(format!("wasm engine configuration: {e}")))?;
+        let ticker = engine.weak();
+        std::thread::Builder::new()
+            .name("tidegate-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = ticker.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .map_err(|e| Error::Internal(format!("epoch ticker: {e}")))?;
+        // The guest ABI has no imports: the linker stays empty.
+        let linker = Linker::new(&engine);
+        Ok(Sandbox {
+            engine,
+            linker,
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Validates and compiles a module uploaded by a user, and reads its manifest in a
+    /// limited instance. The module's identity is the SHA-256 of its bytes.
+    pub fn load(&self, bytes: &[u8]) -> Result<Arc<ValidatedModule>> {
+        let hash = sha256_hex(bytes);
+        if let Some(m) = self.cache.lock().expect("module cache").get(&hash) {
+            return Ok(Arc::clone(m));
+        }
+        let validated = Arc::new(self.validate(bytes, hash.clone())?);
+        self.cache
+            .lock()
+            .expect("module cache")
+            .insert(hash, Arc::clone(&validated));
+        Ok(validated)
+    }
+
+    fn validate(&self, bytes: &[u8], hash: String) -> Result<ValidatedModule> {
+        let invalid = |why: String| Error::BadInput(format!("invalid module: {why}"));
+        if bytes.len() > MAX_MODULE_BYTES {
+            return Err(invalid(format!(
+                "{} bytes is over the {} byte limit",
+                bytes.len(),
+                MAX_MODULE_BYTES
+            )));
+        }
+        if !bytes.starts_with(b"\0asm\x01\0\0\0") {
+            return Err(invalid(
+                "not a WebAssembly core module (precompiled artifacts and components are refused)"
+                    .into(),
+            ));
+        }
+        let module = Module::new(&self.engine, bytes).map_err(|e| invalid(format!("{e:#}")))?;
+        let imports: Vec<String> = module
+            .imports()
+            .map(|i| format!("{}::{}", i.module(), i.name()))
+            .collect();
+        if !imports.is_empty() {
+            return Err(invalid(format!(
+                "imports are not allowed (the ABI has no host functions): {}",
+                imports.join(", ")
+            )));
+        }
+        let i32_ = ValType::I32;
+        let required: [(&str, &[ValType], &[ValType]); 5] = [
+            ("tg_abi_version", &[], &[i32_.clone()]),
+            ("tg_manifest", &[], &[i32_.clone()]),
+            ("tg_alloc", &[i32_.clone()], &[i32_.clone()]),
+            ("tg_scalar", &[i32_.clone(), i32_.clone()], &[i32_.clone()]),
+            ("tg_error", &[], &[i32_.clone()]),
+        ];
+        for (name, params, results) in required {
+            match module.get_export(name) {
+                Some(ExternType::Func(f))
+                    if f.params().map(|p| p.to_string()).eq(params.iter().map(|p| p.to_string()))
+                        && f.results()
+                            .map(|p| p.to_string())
+                            .eq(results.iter().map(|p| p.to_string())) => {}
+                Some(_) => return Err(invalid(format!("export `{name}` has the wrong type"))),
+                None => return Err(invalid(format!("required export `{name}` is missing"))),
+            }
+        }
+        if !matches!(module.get_export("memory"), Some(ExternType::Memory(_))) {
+            return Err(invalid("required export `memory` is missing".into()));
+        }
+        let mut validated = ValidatedModule {
+            hash,
+            functions: Vec::new(),
+            module,
+        };
+        // Reading the manifest is cheap; a module that needs more than this is refused.
+        let meter = Arc::new(JobMeter::new(GuestLimits {
+            fuel: 1_000_000_000,
+            call_timeout_ms: 2_000,
+            output_bytes: 1 << 20,
+            ..GuestLimits::default()
+        }));
+        let mut guest = self.instantiate(&validated, &meter)?;
+        let version = guest.call_i32("tg_abi_version", ())?;
+        if version != ABI_VERSION {
+            return Err(invalid(format!(
+                "ABI version {version}; this host speaks version {ABI_VERSION}"
+            )));
+        }
+        let desc = guest.call_i32("tg_manifest", ())?;
+        let manifest = guest.read_pair(desc, MAX_MANIFEST_BYTES)?;
+        let manifest = String::from_utf8(manifest)
+            .map_err(|_| invalid("the manifest is not UTF-8".into()))?;
+        validated.functions = parse_manifest(&manifest).map_err(invalid)?;
+        Ok(validated)
+    }
+
+    fn instantiate(&self, module: &ValidatedModule, meter: &Arc<JobMeter>) -> Result<Guest> {
+        let limits = meter.limits;
+        let mut store = Store::new(
+            &self.engine,
+            GuestState {
+                limits: StoreLimitsBuilder::new()
+                    .memory_size(limits.memory_bytes)
+                    .table_elements(10_000)
+                    .instances(1)
+                    .tables(2)
+                    .memories(1)
+                    .build(),
+            },
+        );
+        store.limiter(|s| &mut s.limits);
+        // Limits are in place before instantiation, so a start function is covered too.
+        store
+            .set_fuel(meter.remaining_fuel())
+            .map_err(|e| Error::Internal(format!("fuel: {e}")))?;
+        store.set_epoch_deadline(limits.call_timeout_ms.div_ceil(EPOCH_TICK.as_millis() as u64));
+        store.epoch_deadline_trap();
+        let instance = self.linker.instantiate(&mut store, &module.module);
+        let fuel_left = store.get_fuel().unwrap_or(0);
+        meter.charge(meter.remaining_fuel().saturating_sub(fuel_left));
+        let instance = instance.map_err(|e| classify_trap(&e, "instantiation"))?;
+        Guest::new(store, instance, Arc::clone(meter))
+    }
+
+    /// Scalar UDFs for a job over the functions of `module`; instances are created per job and
+    /// never shared with another job.
+    pub fn scalar_udfs(
+        self: &Arc<Self>,
+        module: &Arc<ValidatedModule>,
+        meter: &Arc<JobMeter>,
+    ) -> Vec<ScalarUDF> {
+        let pool = Arc::new(JobInstances {
+            sandbox: Arc::clone(self),
+            module: Arc::clone(module),
+            meter: Arc::clone(meter),
+            idle: Mutex::new(Vec::new()),
+        });
+        module
+            .functions
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.kind == "scalar")
+            .map(|(id, f)| {
+                ScalarUDF::new_from_impl(WasmScalarUdf {
+                    signature: Signature::exact(
+                        f.args.iter().map(|a| a.arrow()).collect(),
+                        Volatility::Immutable,
+                    ),
+                    sig: f.clone(),
+                    fn_id: id as i32,
+                    pool: Arc::clone(&pool),
+                })
+            })
+            .collect()
+    }
+}
+
+fn parse_manifest(text: &str) -> std::result::Result<Vec<FunctionSig>, String> {
+    let mut out: Vec<FunctionSig> = Vec::new();
+    for line in text.lines() {
+        let bad = || format!("manifest line `{}` is malformed", line.chars().take(80).collect::<String>());
+        let rest = line.strip_prefix("scalar ").ok_or_else(|| {
+            "only scalar functions are supported by ABI version 1 (`scalar NAME(TYPES) -> TYPE`)"
+                .to_string()
+        })?;
+        let (name, rest) = rest.split_once('(').ok_or_else(bad)?;
+        let (args, ret) = rest.split_once(") -> ").ok_or_else(bad)?;
+        let name_ok = !name.is_empty()
+            && name.len() <= 64
+            && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !name_ok {
+            return Err(format!("function name `{}` is not [a-z_][a-z0-9_]{{0,63}}", name.chars().take(80).collect::<String>()));
+        }
+        let args: Vec<WasmType> = if args.is_empty() {
+            Vec::new()
+        } else {
+            args.split(',')
+                .map(|a| WasmType::parse(a.trim()).ok_or_else(bad))
+                .collect::<std::result::Result<_, _>>()?
+        };
+        if args.len() > MAX_ARGS {
+            return Err(format!("function `{name}` has more than {MAX_ARGS} arguments"));
+        }
+        let ret = WasmType::parse(ret.trim()).ok_or_else(bad)?;
+        if out.iter().any(|f| f.name == name) {
+            return Err(format!("function `{name}` is declared twice"));
+        }
+        out.push(FunctionSig {
+            kind: "scalar".into(),
+            name: name.to_string(),
+            args,
+            ret,
+        });
+        if out.len() > MAX_FUNCTIONS {
+            return Err(format!("more than {MAX_FUNCTIONS} functions"));
+        }
+    }
+    if out.is_empty() {
+        return Err("the manifest declares no functions".into());
+    }
+    Ok(out)
+}
+
+/// Resource use of one job's guests, and its limits.
+#[derive(Debug)]
+pub struct JobMeter {
+    pub limits: GuestLimits,
+    fuel_used: AtomicU64,
+    output_bytes: AtomicU64,
+    peak_memory: AtomicU64,
+    calls: AtomicU64,
+}
+
+impl JobMeter {
+    pub fn new(limits: GuestLimits) -> Self {
+        JobMeter {
+            limits,
+            fuel_used: AtomicU64::new(0),
+            output_bytes: AtomicU64::new(0),
+            peak_memory: AtomicU64::new(0),
+            calls: AtomicU64::new(0),
+        }
+    }
+
+    fn remaining_fuel(&self) -> u64 {
+        self.limits
+            .fuel
+            .saturating_sub(self.fuel_used.load(Ordering::Relaxed))
+    }
+
+    fn charge(&self, fuel: u64) {
+        self.fuel_used.fetch_add(fuel, Ordering::Relaxed);
+    }
+
+    pub fn fuel_used(&self) -> u64 {
+        self.fuel_used.load(Ordering::Relaxed)
+    }
+
+    pub fn peak_memory(&self) -> u64 {
+        self.peak_memory.load(Ordering::Relaxed)
+    }
+
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    pub fn output_bytes(&self) -> u64 {
+        self.output_bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// Maps a wasmtime error to our error class; trap descriptions name the trap, never data.
+fn classify_trap(e: &wasmtime::Error, during: &str) -> Error {
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => Error::Limit(format!("the job's fuel budget ran out during {during}")),
+        Some(Trap::Interrupt) => Error::Limit(format!("a guest call exceeded its time limit during {during}")),
+        Some(Trap::StackOverflow) => Error::Limit(format!("the guest overflowed its stack during {during}")),
+        Some(trap) => Error::BadInput(format!("the guest trapped during {during}: {trap}")),
+        None => Error::BadInput(format!("the guest failed during {during}: {}", e.root_cause())),
+    }
+}
+
+/// One live instance, owned by one job.
+struct Guest {
+    store: Store<GuestState>,
+    instance: Instance,
+    memory: Memory,
+    alloc: TypedFunc<i32, i32>,
+    scalar: TypedFunc<(i32, i32), i32>,
+    meter: Arc<JobMeter>,
+}
+
+impl Guest {
+    fn new(mut store: Store<GuestState>, instance: Instance, meter: Arc<JobMeter>) -> Result<Guest> {
+        let missing = |what: &str| Error::BadInput(format!("invalid module: `{what}` missing"));
+        let memory = instance
+            .get_memory(&mut store, "memory")
+            .ok_or_else(|| missing("memory"))?;
+        let alloc = instance
+            .get_typed_func(&mut store, "tg_alloc")
+            .map_err(|_| missing("tg_alloc"))?;
+        let scalar = instance
+            .get_typed_func(&mut store, "tg_scalar")
+            .map_err(|_| missing("tg_scalar"))?;
+        Ok(Guest {
+            store,
+            instance,
+            memory,
+            alloc,
+            scalar,
+            meter,
+        })
+    }
+
+    /// Runs `f` with fresh fuel and deadline, and charges what it burned to the job.
+    fn metered<R>(
+        &mut self,
+        during: &str,
+        f: impl FnOnce(&mut Store<GuestState>) -> wasmtime::Result<R>,
+    ) -> Result<R> {
+        let budget = self.meter.remaining_fuel();
+        if budget == 0 {
+            return Err(Error::Limit("the job's fuel budget ran out".into()));
+        }
+        self.store
+            .set_fuel(budget)
+            .map_err(|e| Error::Internal(format!("fuel: {e}")))?;
+        let ticks = self
+            .meter
+            .limits
+            .call_timeout_ms
+            .div_ceil(EPOCH_TICK.as_millis() as u64);
+        self.store.set_epoch_deadline(ticks);
+        let result = f(&mut self.store);
+        let left = self.store.get_fuel().unwrap_or(0);
+        self.meter.charge(budget.saturating_sub(left));
+        self.meter.calls.fetch_add(1, Ordering::Relaxed);
+        let size = self.memory.data_size(&self.store) as u64;
+        self.meter.peak_memory.fetch_max(size, Ordering::Relaxed);
+        result.map_err(|e| classify_trap(&e, during))
+    }
+
+    fn call_i32<P: wasmtime::WasmParams>(&mut self, name: &str, params: P) -> Result<i32> {
+        let f: TypedFunc<P, i32> = self
+            .instance
+            .get_typed_func(&mut self.store, name)
+            .map_err(|_| Error::BadInput(format!("invalid module: `{name}` missing")))?;
+        self.metered(name, |s| f.call(s, params))
+    }
+
+    /// Bounds-checked view of guest memory.
+    fn bytes(&self, ptr: u32, len: usize) -> Result<&[u8]> {
+        let start = ptr as usize;
+        let end = start
+            .checked_add(len)
+            .ok_or_else(|| Error::BadInput("the guest returned a wrapping pointer and length".into()))?;
+        self.memory
+            .data(&self.store)
+            .get(start..end)
+            .ok_or_else(|| Error::BadInput("the guest returned a buffer outside its memory".into()))
+    }
+
+    fn u32_at(&self, ptr: u32, index: usize) -> Result<u32> {
+        let at = ptr
+            .checked_add(4 * index as u32)
+            .ok_or_else(|| Error::BadInput("the guest returned a wrapping pointer".into()))?;
+        let b = self.bytes(at, 4)?;
+        Ok(u32::from_le_bytes(b.try_into().expect("4 bytes")))
+    }
+
+    /// Reads a `[ptr, len]` pair at `desc` and the bytes it names, capped at `max`.
+    fn read_pair(&self, desc: i32, max: usize) -> Result<Vec<u8>> {
+        let desc = desc as u32;
+        let (ptr, len) = (self.u32_at(desc, 0)?, self.u32_at(desc, 1)? as usize);
+        if len > max {
+            return Err(Error::BadInput(format!(
+                "the guest returned {len} bytes where at most {max} are read"
+            )));
+        }
+        Ok(self.bytes(ptr, len)?.to_vec())
+    }
+
+    fn call_scalar(&mut self, fn_id: i32, sig: &FunctionSig, args: &[ArrayRef], n_rows: usize) -> Result<ArrayRef> {
+        let input = encode_batch(args, n_rows)?;
+        let total = i32::try_from(input.len).map_err(|_| Error::Limit("an input batch is over 2 GiB".into()))?;
+        let alloc = self.alloc.clone();
+        let base = self.metered("tg_alloc", |s| alloc.call(s, total))? as u32;
+        if base == 0 {
+            return Err(Error::Limit("the guest could not allocate its input buffer".into()));
+        }
+        let region = input.write_at(base)?;
+        let start = base as usize;
+        let dst = self
+            .memory
+            .data_mut(&mut self.store)
+            .get_mut(start..start.checked_add(region.len()).unwrap_or(usize::MAX))
+            .ok_or_else(|| Error::BadInput("the guest's input buffer lies outside its memory".into()))?;
+        dst.copy_from_slice(&region);
+        let scalar = self.scalar.clone();
+        let out = self.metered(&sig.name, |s| scalar.call(s, (fn_id, base as i32)))?;
+        if out == 0 {
+            // The guest's message is the scientist's code talking about real data: it is not
+            // shown, so it cannot carry values out.
+            return Err(Error::BadInput(format!("function `{}` reported an error", sig.name)));
+        }
+        self.decode_output(out as u32, sig, n_rows)
+    }
+
+    fn decode_output(&self, desc: u32, sig: &FunctionSig, n_rows: usize) -> Result<ArrayRef> {
+        let field = |i| self.u32_at(desc, i);
+        let (type_id, len) = (field(0)?, field(1)? as usize);
+        let (validity, offsets, data, data_len) = (field(3)?, field(4)?, field(5)?, field(6)? as usize);
+        let bad = |why: &str| Error::BadInput(format!("function `{}` returned {why}", sig.name));
+        if type_id != sig.ret.id() {
+            return Err(bad("a column of another type than it declared"));
+        }
+        if len != n_rows {
+            return Err(bad(&format!("{len} rows for a batch of {n_rows}")));
+        }
+        let expected_data = match sig.ret {
+            WasmType::Utf8 => data_len,
+            WasmType::Boolean => n_rows.div_ceil(8),
+            t => n_rows * t.width(),
+        };
+        if data_len != expected_data {
+            return Err(bad("a data buffer of the wrong size"));
+        }
+        let total = data_len as u64
+            + if sig.ret == WasmType::Utf8 { (n_rows as u64 + 1) * 4 } else { 0 };
+        let used = self.meter.output_bytes.fetch_add(total, Ordering::Relaxed) + total;
+        if used > self.meter.limits.output_bytes {
+            return Err(Error::Limit("the job's guests returned more than the output byte limit".into()));
+        }
+        let nulls = if validity == 0 {
+            None
+        } else {
+            Some(Buffer::from(self.bytes(validity, n_rows.div_ceil(8))?))
+        };
+        let mut buffers = Vec::with_capacity(2);
+        if sig.ret == WasmType::Utf8 {
+            buffers.push(Buffer::from(self.bytes(offsets, (n_rows + 1) * 4)?));
+        }
+        buffers.push(Buffer::from(self.bytes(data, data_len)?));
+        // `try_new` validates everything: lengths, offsets, UTF-8 and the null bitmap.
+        let array = ArrayData::try_new(sig.ret.arrow(), n_rows, nulls, 0, buffers, vec![])
+            .map_err(|_| bad("malformed Arrow data"))?;
+        Ok(make_array(array))
+    }
+}
+
+/// The input of one call, laid out as the ABI's batch descriptor plus buffers.
+struct EncodedBatch {
+    len: usize,
+    n_rows: usize,
+    /// Per column: type, null count, and (validity, offsets, data) bytes.
+    cols: Vec<(WasmType, usize, Option<Vec<u8>>, Option<Vec<u8>>, Vec<u8>)>,
+}
+
+fn align8(n: usize) -> usize {
+    n.div_ceil(8) * 8
+}
+
+fn encode_batch(args: &[ArrayRef], n_rows: usize) -> Result<EncodedBatch> {
+    let mut cols = Vec::with_capacity(args.len());
+    let mut len = align8(8 + COLUMN_DESC * args.len());
+    for a in args {
+        let validity = (a.null_count() > 0)
+            .then(|| a.nulls().map(|n| n.inner().sliced().as_slice()[..n_rows.div_ceil(8)].to_vec()))
+            .flatten();
+        let (ty, offsets, data) = match a.data_type() {
+            DataType::Int32 => (WasmType::Int32, None, a.as_primitive::<Int32Type>().values().inner().as_slice().to_vec()),
+            DataType::Int64 => (WasmType::Int64, None, a.as_primitive::<Int64Type>().values().inner().as_slice().to_vec()),
+            DataType::Float64 => (WasmType::Float64, None, a.as_primitive::<Float64Type>().values().inner().as_slice().to_vec()),
+            DataType::Date32 => (WasmType::Date32, None, a.as_primitive::<Date32Type>().values().inner().as_slice().to_vec()),
+            DataType::Boolean => (WasmType::Boolean, None, a.as_boolean().values().sliced().as_slice()[..n_rows.div_ceil(8)].to_vec()),
+            DataType::Utf8 => {
+                let s = a.as_string::<i32>();
+                let offs = s.value_offsets();
+                let first = offs[0];
+                let rebased: Vec<u8> = offs.iter().flat_map(|o| (o - first).to_le_bytes()).collect();
+                let bytes = s.value_data()[first as usize..offs[offs.len() - 1] as usize].to_vec();
+                (WasmType::Utf8, Some(rebased), bytes)
+            }
+            other => {
+                return Err(Error::Internal(format!("argument type {other} is not part of the ABI")));
+            }
+        };
+        len += validity.as_ref().map_or(0, |v| align8(v.len()));
+        len += offsets.as_ref().map_or(0, |o| align8(o.len()));
+        len += align8(data.len());
+        cols.push((ty, a.null_count(), validity, offsets, data));
+    }
+    Ok(EncodedBatch { len, n_rows, cols })
+}
+
+impl EncodedBatch {
+    /// The bytes of the region as they must appear at guest address `base`.
+    fn write_at(&self, base: u32) -> Result<Vec<u8>> {
+        let addr = |off: usize| -> Result<u32> {
+            u32::try_from(base as usize + off)
+                .map_err(|_| Error::BadInput("the guest's input buffer lies outside its memory".into()))
+        };
+        let mut region = vec![0u8; self.len];
+        let put = |region: &mut Vec<u8>, at: usize, v: u32| region[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        put(&mut region, 0, self.n_rows as u32);
+        put(&mut region, 4, self.cols.len() as u32);
+        let mut cursor = align8(8 + COLUMN_DESC * self.cols.len());
+        for (i, (ty, null_count, validity, offsets, data)) in self.cols.iter().enumerate() {
+            let d = 8 + COLUMN_DESC * i;
+            let mut place = |region: &mut Vec<u8>, bytes: &[u8]| -> Result<u32> {
+                let at = cursor;
+                region[at..at + bytes.len()].copy_from_slice(bytes);
+                cursor += align8(bytes.len());
+                addr(at)
+            };
+            let v = match validity { Some(v) => place(&mut region, v)?, None => 0 };
+            let o = match offsets { Some(o) => place(&mut region, o)?, None => 0 };
+            let p = place(&mut region, data)?;
+            for (k, val) in [ty.id(), self.n_rows as u32, *null_count as u32, v, o, p, data.len() as u32].into_iter().enumerate() {
+                put(&mut region, d + 4 * k, val);
+            }
+        }
+        Ok(region)
+    }
+}
+
+/// The instances of one module for one job: created on demand, reused across the job's
+/// batches, dropped after any trap, and never handed to another job.
+struct JobInstances {
+    sandbox: Arc<Sandbox>,
+    module: Arc<ValidatedModule>,
+    meter: Arc<JobMeter>,
+    idle: Mutex<Vec<Guest>>,
+}
+
+impl JobInstances {
+    fn call(&self, fn_id: i32, sig: &FunctionSig, args: &[ArrayRef], n_rows: usize) -> Result<ArrayRef> {
+        let idle = self.idle.lock().expect("instance pool").pop();
+        let mut guest = match idle {
+            Some(g) => g,
+            None => self.sandbox.instantiate(&self.module, &self.meter)?,
+        };
+        let out = guest.call_scalar(fn_id, sig, args, n_rows)?;
+        // Only a guest whose call succeeded goes back; a trapped one is dropped above by `?`.
+        self.idle.lock().expect("instance pool").push(guest);
+        Ok(out)
+    }
+}
+
+/// A guest scalar function registered in DataFusion under its manifest name.
+struct WasmScalarUdf {
+    sig: FunctionSig,
+    fn_id: i32,
+    signature: Signature,
+    pool: Arc<JobInstances>,
+}
+
+impl std::fmt::Debug for WasmScalarUdf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WasmScalarUdf({} from {})", self.sig.name, self.pool.module.hash)
+    }
+}
+
+impl PartialEq for WasmScalarUdf {
+    fn eq(&self, other: &Self) -> bool {
+        self.fn_id == other.fn_id && Arc::ptr_eq(&self.pool, &other.pool)
+    }
+}
+
+impl Eq for WasmScalarUdf {}
+
+impl Hash for WasmScalarUdf {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.pool.module.hash.hash(state);
+        self.fn_id.hash(state);
+    }
+}
+
+impl ScalarUDFImpl for WasmScalarUdf {
+    fn name(&self) -> &str {
+        &self.sig.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> datafusion::common::Result<DataType> {
+        Ok(self.sig.ret.arrow())
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> datafusion::common::Result<ColumnarValue> {
+        let n_rows = args.number_rows;
+        let mut arrays = Vec::with_capacity(args.args.len());
+        for (value, want) in args.args.iter().zip(&self.sig.args) {
+            let a = value.to_array(n_rows)?;
+            let a = if a.data_type() == &want.arrow() {
+                a
+            } else {
+                arrow::compute::cast(&a, &want.arrow())?
+            };
+            arrays.push(a);
+        }
+        self.pool
+            .call(self.fn_id, &self.sig, &arrays, n_rows)
+            .map(ColumnarValue::Array)
+            .map_err(|e| DataFusionError::External(Box::new(e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_lines_parse_into_signatures() {
+        let f = parse_manifest("scalar age(utf8,date32) -> int32\nscalar m(utf8) -> utf8").unwrap();
+        assert_eq!(f[0].name, "age");
+        assert_eq!(f[0].args, vec![WasmType::Utf8, WasmType::Date32]);
+        assert_eq!(f[1].ret, WasmType::Utf8);
+    }
+
+    #[test]
+    fn bad_manifests_say_what_is_wrong() {
+        assert_eq!(
+            parse_manifest("scalar Bad(utf8) -> utf8").unwrap_err(),
+            "function name `Bad` is not [a-z_][a-z0-9_]{0,63}"
+        );
+        assert_eq!(
+            parse_manifest("scalar f(utf8) -> utf8\nscalar f(int32) -> utf8").unwrap_err(),
+            "function `f` is declared twice"
+        );
+        assert!(parse_manifest("aggregate f(utf8) -> utf8").is_err());
+        assert!(parse_manifest("").is_err());
+    }
+
+    fn load_wat(wat: &str) -> Result<Arc<ValidatedModule>> {
+        let sandbox = Sandbox::new().unwrap();
+        sandbox.load(&wat::parse_str(wat).unwrap())
+    }
+
+    #[test]
+    fn a_module_importing_wasi_is_refused_with_the_import_named() {
+        let err = load_wat(r#"(module (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32))))"#)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "bad input: invalid module: imports are not allowed (the ABI has no host functions): wasi_snapshot_preview1::fd_write"
+        );
+    }
+
+    #[test]
+    fn a_module_without_the_abi_exports_is_refused() {
+        let err = load_wat("(module (memory (export \"memory\") 1))").unwrap_err();
+        assert_eq!(err.to_string(), "bad input: invalid module: required export `tg_abi_version` is missing");
+    }
+
+    #[test]
+    fn an_endless_start_function_is_stopped_by_the_limits() {
+        let err = load_wat(
+            r#"(module (memory (export "memory") 1)
+                (func $spin (loop (br 0))) (start $spin)
+                (func (export "tg_abi_version") (result i32) i32.const 1)
+                (func (export "tg_manifest") (result i32) i32.const 0)
+                (func (export "tg_alloc") (param i32) (result i32) i32.const 0)
+                (func (export "tg_scalar") (param i32 i32) (result i32) i32.const 0)
+                (func (export "tg_error") (result i32) i32.const 0))"#,
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::Limit(_)), "{err}");
+    }
+}

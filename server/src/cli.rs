@@ -1,0 +1,470 @@
+//! The command line: `init`, `serve`, `demo`, `verify`, `audit`, and one subcommand per role
+//! that talks to a server (`--url`/`--token` or `TIDEGATE_URL`/`TIDEGATE_TOKEN`).
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Value, json};
+use tidegate_runtime::{MasterKey, Platform};
+
+use crate::client::Client;
+use crate::demo::{DemoOptions, run_demo};
+
+#[derive(Parser)]
+#[command(name = "tidegate", version, about = "Tidegate: a sandbox runtime for public-data authorized operation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct Remote {
+    /// The server's base URL.
+    #[arg(long, env = "TIDEGATE_URL", default_value = "http://127.0.0.1:7878", global = true)]
+    url: String,
+    /// Your bearer token.
+    #[arg(long, env = "TIDEGATE_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl Remote {
+    fn client(&self) -> Result<Client> {
+        let token = self
+            .token
+            .as_deref()
+            .ok_or_else(|| anyhow!("no token: pass --token or set TIDEGATE_TOKEN"))?;
+        Ok(Client::new(&self.url, Some(token)))
+    }
+}
+
+#[derive(Args, Clone)]
+struct KeyArgs {
+    /// The data directory.
+    #[arg(long, env = "TIDEGATE_DATA_DIR")]
+    data_dir: PathBuf,
+    /// The master key file (mode 0600, outside the data directory).
+    #[arg(long, env = "TIDEGATE_MASTER_KEY_FILE")]
+    master_key: Option<PathBuf>,
+}
+
+impl KeyArgs {
+    fn load(&self) -> Result<MasterKey> {
+        if let Some(path) = &self.master_key {
+            return Ok(MasterKey::load(path)?);
+        }
+        if let Ok(hex) = std::env::var("TIDEGATE_MASTER_KEY") {
+            return Ok(MasterKey::from_hex(hex.trim())?);
+        }
+        bail!("no master key: pass --master-key FILE, or set TIDEGATE_MASTER_KEY_FILE or TIDEGATE_MASTER_KEY")
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a data directory, its master key and the first admin (prints the token once).
+    Init {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Where to create the master key; never inside the data directory.
+        #[arg(long)]
+        master_key: PathBuf,
+        #[arg(long, default_value = "admin")]
+        admin_name: String,
+    },
+    /// Serve the HTTP API.
+    Serve {
+        #[command(flatten)]
+        keys: KeyArgs,
+        #[arg(long, default_value = "127.0.0.1:7878")]
+        listen: String,
+    },
+    /// Run the whole flow on a fresh data directory against a real local server.
+    Demo {
+        /// A fresh directory to use (a temporary one by default).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Rows of the synthetic dataset.
+        #[arg(long, default_value_t = 100_000)]
+        rows: usize,
+    },
+    /// Verify a release bundle offline with the platform's public key.
+    Verify {
+        bundle: PathBuf,
+        /// The platform public key file (hex), e.g. DATA_DIR/platform.pub.
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Check the audit log's hash chain.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Orgs (admin).
+    Org {
+        #[command(subcommand)]
+        command: OrgCommand,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Principals and training records (admin).
+    Principal {
+        #[command(subcommand)]
+        command: PrincipalCommand,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Datasets (provider).
+    Dataset {
+        #[command(subcommand)]
+        command: DatasetCommand,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Scenario authorizations.
+    Scenario {
+        #[command(subcommand)]
+        command: ScenarioCommand,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// WASM modules: upload (scientist) and algorithm review (reviewer).
+    Module {
+        #[command(subcommand)]
+        command: ModuleCommand,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Jobs (scientist).
+    Job {
+        #[command(subcommand)]
+        command: JobCommand,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Export requests and bundles (scientist).
+    Export {
+        #[command(subcommand)]
+        command: ExportCommand,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Review decisions on export requests (reviewer).
+    Review {
+        /// approve, return or reject
+        decision: String,
+        export: String,
+        #[arg(long, default_value = "")]
+        comment: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify the chain in a data directory; names the first bad entry.
+    Verify {
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum OrgCommand {
+    Create {
+        name: String,
+        /// authority, provider or operator
+        #[arg(long)]
+        kind: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum PrincipalCommand {
+    /// Create a principal; prints its token once.
+    Create {
+        name: String,
+        #[arg(long)]
+        org: String,
+        /// scientist, admin, reviewer, provider or auditor (repeatable)
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+    },
+    /// Record that a principal passed training.
+    Train {
+        id: String,
+        #[arg(long)]
+        course: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DatasetCommand {
+    /// Import a CSV or Parquet file as a new encrypted version.
+    Import {
+        file: PathBuf,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        level: String,
+        /// csv or parquet (from the file name when absent)
+        #[arg(long)]
+        format: Option<String>,
+        /// NAME:TYPE:TAGS, e.g. resident_id:utf8:pii:resident_id,entity (TYPE may be empty)
+        #[arg(long = "column")]
+        columns: Vec<String>,
+    },
+    List,
+}
+
+#[derive(Subcommand)]
+enum ScenarioCommand {
+    /// Apply for a scenario.
+    Apply {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        key_area: String,
+        #[arg(long)]
+        purpose: String,
+        /// DATASET:COL1,COL2 (repeatable)
+        #[arg(long = "grant", required = true)]
+        grants: Vec<String>,
+        #[arg(long)]
+        term_start: String,
+        #[arg(long)]
+        term_end: String,
+        #[arg(long)]
+        public_interest: bool,
+        #[arg(long)]
+        k: Option<u64>,
+        #[arg(long = "product")]
+        products: Vec<String>,
+    },
+    Show {
+        id: String,
+    },
+    /// Approve as the admin or as a provider of a requested dataset.
+    Approve {
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModuleCommand {
+    Upload {
+        file: PathBuf,
+        #[arg(long)]
+        scenario: String,
+    },
+    Approve {
+        hash: String,
+        #[arg(long)]
+        scenario: String,
+        /// What the functions compute.
+        #[arg(long)]
+        note: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobCommand {
+    Submit {
+        #[arg(long)]
+        scenario: String,
+        #[arg(long)]
+        sql: String,
+        /// Hash of an approved module the query calls (repeatable).
+        #[arg(long = "module")]
+        modules: Vec<String>,
+    },
+    Show {
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ExportCommand {
+    /// Run the gate over a job's result and send it to review.
+    Request { job: String },
+    Show { id: String },
+    /// Download an approved export's signed bundle.
+    Download {
+        id: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn print(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).expect("json prints"));
+}
+
+fn parse_column(spec: &str) -> Result<Value> {
+    let mut parts = spec.splitn(3, ':');
+    let name = parts.next().filter(|n| !n.is_empty()).ok_or_else(|| anyhow!("`{spec}`: a column spec starts with its name"))?;
+    let data_type = parts.next().filter(|t| !t.is_empty());
+    let tags = match parts.next() {
+        Some(t) => tidegate_policy::parse_tags(t).map_err(|e| anyhow!(e))?,
+        None => Vec::new(),
+    };
+    if let Some(t) = data_type {
+        t.parse::<tidegate_policy::DataType>().map_err(|e| anyhow!(e))?;
+    }
+    Ok(json!({ "name": name, "data_type": data_type.map(str::to_ascii_lowercase), "tags": tags }))
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Init { data_dir, master_key, admin_name } => {
+            let (platform, token) = Platform::init(&data_dir, &master_key, &admin_name)?;
+            print(&json!({
+                "data_dir": data_dir,
+                "master_key": master_key,
+                "public_key": platform.dir().join(tidegate_runtime::PUBLIC_KEY_FILE),
+                "admin_token": token,
+                "note": "the admin token is shown once; keep it"
+            }));
+        }
+        Command::Serve { keys, listen } => {
+            let platform = Arc::new(Platform::open(&keys.data_dir, keys.load()?)?);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .thread_stack_size(8 << 20)
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(&listen)
+                    .await
+                    .with_context(|| format!("cannot listen on {listen}"))?;
+                eprintln!("tidegate: serving {} on http://{listen}", keys.data_dir.display());
+                crate::api::serve(platform, listener).await?;
+                anyhow::Ok(())
+            })?;
+        }
+        Command::Demo { data_dir, rows } => {
+            run_demo(&DemoOptions { data_dir, rows, quiet: false })?;
+        }
+        Command::Verify { bundle, key } => {
+            let key = std::fs::read(&key).with_context(|| format!("cannot read {}", key.display()))?;
+            let v = tidegate_runtime::verify_bundle(&bundle, &key)?;
+            println!("bundle verified: signature valid; files {:?} match the signed manifest", v.files);
+            println!("export {}, scenario {}", v.manifest["export"], v.manifest["scenario"]["id"]);
+        }
+        Command::Audit { command: AuditCommand::Verify { data_dir } } => {
+            let v = tidegate_runtime::verify_audit_file(&data_dir.join(tidegate_runtime::AUDIT_FILE))?;
+            match v.first_bad {
+                None => println!("audit log verified: {} entries, head {}", v.entries, v.head),
+                Some((n, why)) => bail!("audit log broken at entry {n}: {why} ({} entries before it verify)", v.entries),
+            }
+        }
+        Command::Org { command: OrgCommand::Create { name, kind }, remote } => {
+            print(&remote.client()?.create_org(&name, &kind)?);
+        }
+        Command::Principal { command, remote } => match command {
+            PrincipalCommand::Create { name, org, roles } => {
+                let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
+                print(&remote.client()?.create_principal(&name, &org, &roles)?);
+            }
+            PrincipalCommand::Train { id, course } => print(&remote.client()?.record_training(&id, &course)?),
+        },
+        Command::Dataset { command, remote } => match command {
+            DatasetCommand::Import { file, name, level, format, columns } => {
+                let data = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+                let format = format.unwrap_or_else(|| guess_format(&file));
+                let columns: Vec<Value> = columns.iter().map(|c| parse_column(c)).collect::<Result<_>>()?;
+                eprintln!("importing {} ({} bytes)...", file.display(), data.len());
+                let req = json!({ "name": name, "level": level.to_ascii_uppercase(), "format": format, "columns": columns });
+                print(&remote.client()?.import_dataset(req, &data)?);
+            }
+            DatasetCommand::List => print(&remote.client()?.ok("GET", "/v1/datasets", None)?),
+        },
+        Command::Scenario { command, remote } => {
+            let c = remote.client()?;
+            match command {
+                ScenarioCommand::Apply { name, key_area, purpose, grants, term_start, term_end, public_interest, k, products } => {
+                    let grants: Vec<Value> = grants
+                        .iter()
+                        .map(|g| {
+                            let (ds, cols) = g.split_once(':').ok_or_else(|| anyhow!("`{g}`: a grant is DATASET:COL1,COL2"))?;
+                            Ok(json!({ "dataset": ds, "columns": cols.split(',').map(str::trim).collect::<Vec<_>>() }))
+                        })
+                        .collect::<Result<_>>()?;
+                    print(&c.apply_scenario(&json!({
+                        "name": name, "key_area": key_area, "purpose": purpose, "public_interest": public_interest,
+                        "grants": grants, "term_start": term_start, "term_end": term_end, "k": k, "planned_products": products,
+                    }))?);
+                }
+                ScenarioCommand::Show { id } => print(&c.ok("GET", &format!("/v1/scenarios/{id}"), None)?),
+                ScenarioCommand::Approve { id } => print(&c.approve_scenario(&id)?),
+            }
+        }
+        Command::Module { command, remote } => {
+            let c = remote.client()?;
+            match command {
+                ModuleCommand::Upload { file, scenario } => {
+                    let wasm = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+                    print(&c.upload_module(&scenario, &wasm)?);
+                }
+                ModuleCommand::Approve { hash, scenario, note } => print(&c.approve_module(&scenario, &hash, &note)?),
+            }
+        }
+        Command::Job { command, remote } => {
+            let c = remote.client()?;
+            match command {
+                JobCommand::Submit { scenario, sql, modules } => print(&c.submit_job(&scenario, &sql, &modules)?),
+                JobCommand::Show { id } => print(&c.ok("GET", &format!("/v1/jobs/{id}"), None)?),
+            }
+        }
+        Command::Export { command, remote } => {
+            let c = remote.client()?;
+            match command {
+                ExportCommand::Request { job } => print(&c.request_export(&job)?),
+                ExportCommand::Show { id } => print(&c.ok("GET", &format!("/v1/exports/{id}"), None)?),
+                ExportCommand::Download { id, out } => {
+                    c.download_bundle(&id, &out)?;
+                    println!("bundle: {}", out.display());
+                }
+            }
+        }
+        Command::Review { decision, export, comment, remote } => {
+            print(&remote.client()?.review_export(&export, &decision, &comment)?);
+        }
+    }
+    Ok(())
+}
+
+fn guess_format(file: &Path) -> String {
+    match file.extension().and_then(|e| e.to_str()) {
+        Some("parquet") | Some("pq") => "parquet".into(),
+        _ => "csv".into(),
+    }
+}
+
+/// Parses `args` and runs the command; errors are printed, never panicked.
+pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCode {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TIDEGATE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tidegate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

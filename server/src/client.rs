@@ -1,0 +1,174 @@
+//! A blocking client of the HTTP API, used by the CLI, the demo and the tests.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+/// One principal's connection to a server.
+#[derive(Debug, Clone)]
+pub struct Client {
+    url: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+}
+
+/// The HTTP status and JSON body of an answer, for callers that inspect refusals.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Client {
+    pub fn new(url: &str, token: Option<&str>) -> Client {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(900)))
+            .build()
+            .into();
+        Client {
+            url: url.trim_end_matches('/').to_string(),
+            token: token.map(str::to_string),
+            agent,
+        }
+    }
+
+    /// The same server, as another principal.
+    pub fn as_token(&self, token: &str) -> Client {
+        Client {
+            token: Some(token.to_string()),
+            ..self.clone()
+        }
+    }
+
+    /// Sends a request and returns the answer whatever its status.
+    pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Answer> {
+        let url = format!("{}{path}", self.url);
+        let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let response = match (method, body) {
+            ("GET", _) => {
+                let mut req = self.agent.get(&url);
+                if let Some(a) = &auth {
+                    req = req.header("Authorization", a);
+                }
+                req.call()
+            }
+            (_, body) => {
+                let mut req = self.agent.post(&url);
+                if let Some(a) = &auth {
+                    req = req.header("Authorization", a);
+                }
+                req.send_json(body.cloned().unwrap_or(json!({})))
+            }
+        };
+        let mut response = response.with_context(|| format!("cannot reach {url}"))?;
+        let status = response.status().as_u16();
+        let body: Value = response
+            .body_mut()
+            .with_config()
+            .limit(2 << 30)
+            .read_json()
+            .unwrap_or(Value::Null);
+        Ok(Answer { status, body })
+    }
+
+    /// Sends a request and turns a non-2xx answer into an error with the server's message.
+    pub fn ok(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
+        let a = self.call(method, path, body)?;
+        if (200..300).contains(&a.status) {
+            Ok(a.body)
+        } else {
+            Err(anyhow!(
+                "{} ({})",
+                a.body["message"].as_str().unwrap_or("the server gave no message"),
+                a.status
+            ))
+        }
+    }
+
+    pub fn create_org(&self, name: &str, kind: &str) -> Result<Value> {
+        self.ok("POST", "/v1/orgs", Some(&json!({ "name": name, "kind": kind })))
+    }
+
+    pub fn create_principal(&self, name: &str, org: &str, roles: &[&str]) -> Result<Value> {
+        self.ok(
+            "POST",
+            "/v1/principals",
+            Some(&json!({ "name": name, "org": org, "roles": roles })),
+        )
+    }
+
+    pub fn record_training(&self, principal: &str, course: &str) -> Result<Value> {
+        self.ok(
+            "POST",
+            &format!("/v1/principals/{principal}/training"),
+            Some(&json!({ "course": course })),
+        )
+    }
+
+    pub fn import_dataset(&self, request: Value, data: &[u8]) -> Result<Value> {
+        let mut request = request;
+        request["data_base64"] = Value::String(base64::engine::general_purpose::STANDARD.encode(data));
+        self.ok("POST", "/v1/datasets", Some(&request))
+    }
+
+    pub fn apply_scenario(&self, request: &Value) -> Result<Value> {
+        self.ok("POST", "/v1/scenarios", Some(request))
+    }
+
+    pub fn approve_scenario(&self, id: &str) -> Result<Value> {
+        self.ok("POST", &format!("/v1/scenarios/{id}/approve"), None)
+    }
+
+    pub fn upload_module(&self, scenario: &str, wasm: &[u8]) -> Result<Value> {
+        let body = json!({ "wasm_base64": base64::engine::general_purpose::STANDARD.encode(wasm) });
+        self.ok("POST", &format!("/v1/scenarios/{scenario}/modules"), Some(&body))
+    }
+
+    pub fn approve_module(&self, scenario: &str, hash: &str, note: &str) -> Result<Value> {
+        self.ok(
+            "POST",
+            &format!("/v1/scenarios/{scenario}/modules/{hash}/approve"),
+            Some(&json!({ "note": note })),
+        )
+    }
+
+    pub fn submit_job(&self, scenario: &str, sql: &str, modules: &[String]) -> Result<Value> {
+        self.ok(
+            "POST",
+            "/v1/jobs",
+            Some(&json!({ "scenario": scenario, "sql": sql, "modules": modules })),
+        )
+    }
+
+    pub fn request_export(&self, job: &str) -> Result<Value> {
+        self.ok("POST", "/v1/exports", Some(&json!({ "job": job })))
+    }
+
+    pub fn review_export(&self, id: &str, decision: &str, comment: &str) -> Result<Value> {
+        self.ok(
+            "POST",
+            &format!("/v1/exports/{id}/review"),
+            Some(&json!({ "decision": decision, "comment": comment })),
+        )
+    }
+
+    /// Downloads an export's bundle into `dir`.
+    pub fn download_bundle(&self, id: &str, dir: &Path) -> Result<()> {
+        let v = self.ok("GET", &format!("/v1/exports/{id}/bundle"), None)?;
+        let files = v["files"].as_array().ok_or_else(|| anyhow!("the server sent no files"))?;
+        let mut out = Vec::new();
+        for f in files {
+            let name = f["name"].as_str().ok_or_else(|| anyhow!("a file without a name"))?;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(f["base64"].as_str().unwrap_or_default())
+                .context("a bundle file is not base64")?;
+            out.push((name.to_string(), bytes));
+        }
+        tidegate_runtime::write_bundle(dir, &out)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,18 @@
+//! The `tidegate` binary's library: the HTTP API, its client, the CLI and the demo.
+//!
+//! Architecture invariant: this crate is the edge. It turns HTTP requests and command lines
+//! into calls on `tidegate_runtime::Platform` and prints or serves their answers; it holds no
+//! policy of its own.
+
+mod api;
+mod cli;
+mod client;
+mod demo;
+
+pub use api::{router, serve, spawn_server};
+pub use cli::main_with_args;
+pub use client::Client;
+pub use demo::{DemoOptions, DemoOutcome, World, run_demo, visitor_csv};
+
+/// The example UDF module (examples/visitor-udf), built for wasm32 by this crate's build script.
+pub const VISITOR_UDF_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/visitor_udf.wasm"));

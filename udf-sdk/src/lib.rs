@@ -1,0 +1,558 @@
+//! Guest SDK: write Tidegate scalar UDFs as plain Rust functions over row values; the
+//! [`export_udfs!`] macro vectorizes them over the batches of the Tidegate ABI (see `ABI.md`).
+//!
+//! Architecture invariant: this crate has no dependencies and imports nothing from the host;
+//! it builds for `wasm32-unknown-unknown` (and for the host, so its logic can be unit-tested).
+//!
+//! ```ignore
+//! fn double(x: i64) -> Option<i64> { x.checked_mul(2) }
+//! tidegate_udf_sdk::export_udfs! {
+//!     scalar fn double(x: i64) -> i64;
+//! }
+//! ```
+//! A row whose argument is NULL yields NULL without calling the function; a function that
+//! returns `None` yields NULL.
+
+use std::cell::RefCell;
+
+/// The ABI version this SDK implements; the host refuses modules of another version.
+pub const ABI_VERSION: i32 = 1;
+
+/// Column types of the ABI, with their wire ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Type {
+    Int32 = 1,
+    Int64 = 2,
+    Float64 = 3,
+    Utf8 = 4,
+    Date32 = 5,
+    Boolean = 6,
+}
+
+impl Type {
+    pub fn name(self) -> &'static str {
+        match self {
+            Type::Int32 => "int32",
+            Type::Int64 => "int64",
+            Type::Float64 => "float64",
+            Type::Utf8 => "utf8",
+            Type::Date32 => "date32",
+            Type::Boolean => "boolean",
+        }
+    }
+
+    fn width(self) -> usize {
+        match self {
+            Type::Int32 | Type::Date32 => 4,
+            Type::Int64 | Type::Float64 => 8,
+            Type::Utf8 | Type::Boolean => 0,
+        }
+    }
+}
+
+/// Days since 1970-01-01, the value of a `date32` column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Date32(pub i32);
+
+/// One input column, read from the descriptor the host wrote into guest memory.
+#[derive(Debug, Clone, Copy)]
+pub struct Column<'a> {
+    type_id: u32,
+    len: usize,
+    validity: Option<&'a [u8]>,
+    offsets: &'a [u8],
+    data: &'a [u8],
+}
+
+impl<'a> Column<'a> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn is_null(&self, row: usize) -> bool {
+        match self.validity {
+            Some(bits) => bits[row / 8] & (1 << (row % 8)) == 0,
+            None => false,
+        }
+    }
+
+    fn fixed<const N: usize>(&self, row: usize) -> [u8; N] {
+        let mut out = [0u8; N];
+        out.copy_from_slice(&self.data[row * N..row * N + N]);
+        out
+    }
+
+    fn offset(&self, i: usize) -> usize {
+        let mut b = [0u8; 4];
+        b.copy_from_slice(&self.offsets[i * 4..i * 4 + 4]);
+        i32::from_le_bytes(b) as usize
+    }
+}
+
+/// A Rust type that can be read from a column of the matching ABI type.
+pub trait Arg<'a>: Sized {
+    const TYPE: Type;
+    /// The value at `row`; the caller has checked that it is not NULL.
+    fn get(col: &Column<'a>, row: usize) -> Self;
+}
+
+impl<'a> Arg<'a> for i32 {
+    const TYPE: Type = Type::Int32;
+    fn get(col: &Column<'a>, row: usize) -> Self {
+        i32::from_le_bytes(col.fixed(row))
+    }
+}
+
+impl<'a> Arg<'a> for i64 {
+    const TYPE: Type = Type::Int64;
+    fn get(col: &Column<'a>, row: usize) -> Self {
+        i64::from_le_bytes(col.fixed(row))
+    }
+}
+
+impl<'a> Arg<'a> for f64 {
+    const TYPE: Type = Type::Float64;
+    fn get(col: &Column<'a>, row: usize) -> Self {
+        f64::from_le_bytes(col.fixed(row))
+    }
+}
+
+impl<'a> Arg<'a> for Date32 {
+    const TYPE: Type = Type::Date32;
+    fn get(col: &Column<'a>, row: usize) -> Self {
+        Date32(i32::from_le_bytes(col.fixed(row)))
+    }
+}
+
+impl<'a> Arg<'a> for bool {
+    const TYPE: Type = Type::Boolean;
+    fn get(col: &Column<'a>, row: usize) -> Self {
+        col.data[row / 8] & (1 << (row % 8)) != 0
+    }
+}
+
+impl<'a> Arg<'a> for &'a str {
+    const TYPE: Type = Type::Utf8;
+    fn get(col: &Column<'a>, row: usize) -> Self {
+        let bytes = &col.data[col.offset(row)..col.offset(row + 1)];
+        // The host only sends valid UTF-8 (it comes from validated Arrow arrays).
+        std::str::from_utf8(bytes).unwrap_or("")
+    }
+}
+
+/// The output column being built for one batch.
+#[derive(Debug)]
+pub struct Output {
+    ty: Type,
+    len: usize,
+    null_count: usize,
+    validity: Vec<u8>,
+    offsets: Vec<i32>,
+    data: Vec<u8>,
+}
+
+impl Output {
+    fn new(ty: Type, capacity: usize) -> Self {
+        let mut out = Output {
+            ty,
+            len: 0,
+            null_count: 0,
+            validity: Vec::with_capacity(capacity.div_ceil(8)),
+            offsets: Vec::new(),
+            data: Vec::with_capacity(capacity * ty.width()),
+        };
+        if ty == Type::Utf8 {
+            out.offsets.reserve(capacity + 1);
+            out.offsets.push(0);
+        }
+        out
+    }
+
+    fn next_slot(&mut self, valid: bool) {
+        if self.len % 8 == 0 {
+            self.validity.push(0);
+        }
+        if valid {
+            let last = self.validity.len() - 1;
+            self.validity[last] |= 1 << (self.len % 8);
+        } else {
+            self.null_count += 1;
+        }
+        if self.ty == Type::Boolean && self.len % 8 == 0 {
+            self.data.push(0);
+        }
+        self.len += 1;
+    }
+
+    pub fn push_null(&mut self) {
+        self.next_slot(false);
+        match self.ty {
+            Type::Utf8 => self.offsets.push(self.data.len() as i32),
+            Type::Boolean => {}
+            t => self.data.extend(std::iter::repeat_n(0, t.width())),
+        }
+    }
+
+    fn push_bytes(&mut self, bytes: &[u8]) {
+        self.next_slot(true);
+        self.data.extend_from_slice(bytes);
+    }
+
+    fn push_str(&mut self, s: &str) {
+        self.next_slot(true);
+        self.data.extend_from_slice(s.as_bytes());
+        self.offsets.push(self.data.len() as i32);
+    }
+
+    fn push_bool(&mut self, b: bool) {
+        self.next_slot(true);
+        if b {
+            let last = self.data.len() - 1;
+            self.data[last] |= 1 << ((self.len - 1) % 8);
+        }
+    }
+}
+
+/// A Rust type a function can return, written to an output column of the matching type.
+pub trait Ret {
+    const TYPE: Type;
+    fn push(self, out: &mut Output);
+}
+
+impl Ret for i32 {
+    const TYPE: Type = Type::Int32;
+    fn push(self, out: &mut Output) {
+        out.push_bytes(&self.to_le_bytes());
+    }
+}
+
+impl Ret for i64 {
+    const TYPE: Type = Type::Int64;
+    fn push(self, out: &mut Output) {
+        out.push_bytes(&self.to_le_bytes());
+    }
+}
+
+impl Ret for f64 {
+    const TYPE: Type = Type::Float64;
+    fn push(self, out: &mut Output) {
+        out.push_bytes(&self.to_le_bytes());
+    }
+}
+
+impl Ret for Date32 {
+    const TYPE: Type = Type::Date32;
+    fn push(self, out: &mut Output) {
+        out.push_bytes(&self.0.to_le_bytes());
+    }
+}
+
+impl Ret for bool {
+    const TYPE: Type = Type::Boolean;
+    fn push(self, out: &mut Output) {
+        out.push_bool(self);
+    }
+}
+
+impl Ret for String {
+    const TYPE: Type = Type::Utf8;
+    fn push(self, out: &mut Output) {
+        out.push_str(&self);
+    }
+}
+
+/// One batch of input columns.
+#[derive(Debug)]
+pub struct Batch<'a> {
+    pub n_rows: usize,
+    columns: Vec<Column<'a>>,
+}
+
+impl<'a> Batch<'a> {
+    pub fn column(&self, i: usize) -> &Column<'a> {
+        &self.columns[i]
+    }
+
+    /// Checks that the host sent exactly the declared argument types.
+    pub fn expect_types(&self, types: &[Type]) -> Result<(), String> {
+        if self.columns.len() != types.len() {
+            return Err(format!(
+                "expected {} argument columns, got {}",
+                types.len(),
+                self.columns.len()
+            ));
+        }
+        for (i, (c, t)) in self.columns.iter().zip(types).enumerate() {
+            if c.type_id != *t as u32 {
+                return Err(format!("argument {i} is not {}", t.name()));
+            }
+            if c.len != self.n_rows {
+                return Err(format!("argument {i} has the wrong length"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Guest-side state that must outlive a call: the host reads it after the call returns.
+struct State {
+    input: Vec<u64>,
+    output: Option<Output>,
+    out_desc: [u32; 7],
+    error: String,
+    error_desc: [u32; 2],
+    manifest: String,
+    manifest_desc: [u32; 2],
+}
+
+thread_local! {
+    static STATE: RefCell<State> = const { RefCell::new(State {
+        input: Vec::new(),
+        output: None,
+        out_desc: [0; 7],
+        error: String::new(),
+        error_desc: [0; 2],
+        manifest: String::new(),
+        manifest_desc: [0; 2],
+    }) };
+}
+
+fn ptr<T>(p: *const T) -> u32 {
+    p as usize as u32
+}
+
+fn read_u32(addr: usize) -> u32 {
+    // SAFETY: `addr` points into the input buffer the host filled through `tg_alloc`; the
+    // descriptor layout (ABI.md) puts 4-byte aligned u32 fields there. A wrong address from a
+    // buggy host traps (wasm bounds checks), it cannot corrupt anything outside this module.
+    unsafe { (addr as *const u32).read_unaligned() }
+}
+
+fn slice<'a>(addr: u32, len: usize) -> &'a [u8] {
+    if addr == 0 || len == 0 {
+        return &[];
+    }
+    // SAFETY: the host wrote `len` bytes at `addr` inside the buffer from `tg_alloc`, which
+    // stays alive until the next `tg_alloc`, after this batch.
+    unsafe { std::slice::from_raw_parts(addr as usize as *const u8, len) }
+}
+
+fn parse_batch<'a>(desc: u32) -> Result<Batch<'a>, String> {
+    let base = desc as usize;
+    let n_rows = read_u32(base) as usize;
+    let n_cols = read_u32(base + 4) as usize;
+    let mut columns = Vec::with_capacity(n_cols);
+    for c in 0..n_cols {
+        let at = base + 8 + c * 28;
+        let f = |i: usize| read_u32(at + 4 * i);
+        let (type_id, len, _null_count) = (f(0), f(1) as usize, f(2));
+        let (validity, offsets, data, data_len) = (f(3), f(4), f(5), f(6) as usize);
+        let offsets_len = if type_id == Type::Utf8 as u32 {
+            (len + 1) * 4
+        } else {
+            0
+        };
+        columns.push(Column {
+            type_id,
+            len,
+            validity: (validity != 0).then(|| slice(validity, len.div_ceil(8))),
+            offsets: slice(offsets, offsets_len),
+            data: slice(data, data_len),
+        });
+    }
+    Ok(Batch { n_rows, columns })
+}
+
+#[doc(hidden)]
+pub fn __alloc(size: i32) -> i32 {
+    if size < 0 {
+        return 0;
+    }
+    STATE.with_borrow_mut(|s| {
+        let words = (size as usize).div_ceil(8);
+        s.input.clear();
+        s.input.resize(words, 0);
+        ptr(s.input.as_ptr()) as i32
+    })
+}
+
+#[doc(hidden)]
+pub fn __error() -> i32 {
+    STATE.with_borrow_mut(|s| {
+        s.error_desc = [ptr(s.error.as_ptr()), s.error.len() as u32];
+        ptr(s.error_desc.as_ptr()) as i32
+    })
+}
+
+#[doc(hidden)]
+pub fn __signature(name: &str, args: &[Type], ret: Type) -> String {
+    let args: Vec<&str> = args.iter().map(|t| t.name()).collect();
+    format!("scalar {name}({}) -> {}", args.join(","), ret.name())
+}
+
+#[doc(hidden)]
+pub fn __manifest(lines: &[String]) -> i32 {
+    STATE.with_borrow_mut(|s| {
+        s.manifest = lines.join("\n");
+        s.manifest_desc = [ptr(s.manifest.as_ptr()), s.manifest.len() as u32];
+        ptr(s.manifest_desc.as_ptr()) as i32
+    })
+}
+
+#[doc(hidden)]
+pub fn __new_output(ty: Type, n_rows: usize) -> Output {
+    Output::new(ty, n_rows)
+}
+
+#[doc(hidden)]
+pub fn __scalar(desc: i32, run: impl FnOnce(&Batch<'_>) -> Result<Output, String>) -> i32 {
+    let result = parse_batch(desc as u32).and_then(|batch| run(&batch));
+    STATE.with_borrow_mut(|s| match result {
+        Ok(out) => {
+            s.out_desc = [
+                out.ty as u32,
+                out.len as u32,
+                out.null_count as u32,
+                if out.null_count > 0 {
+                    ptr(out.validity.as_ptr())
+                } else {
+                    0
+                },
+                if out.ty == Type::Utf8 {
+                    ptr(out.offsets.as_ptr())
+                } else {
+                    0
+                },
+                ptr(out.data.as_ptr()),
+                out.data.len() as u32,
+            ];
+            s.output = Some(out);
+            ptr(s.out_desc.as_ptr()) as i32
+        }
+        Err(e) => {
+            s.error = e;
+            0
+        }
+    })
+}
+
+/// Exports the listed functions as scalar UDFs of the Tidegate ABI. Each function takes its
+/// arguments by value (`&str` for `utf8`) and returns `Option<RET>`.
+#[macro_export]
+macro_rules! export_udfs {
+    ($(scalar fn $name:ident($($arg:ident : $ty:ty),* $(,)?) -> $ret:ty;)+) => {
+        #[unsafe(no_mangle)]
+        pub extern "C" fn tg_abi_version() -> i32 {
+            $crate::ABI_VERSION
+        }
+
+        #[unsafe(no_mangle)]
+        pub extern "C" fn tg_alloc(size: i32) -> i32 {
+            $crate::__alloc(size)
+        }
+
+        #[unsafe(no_mangle)]
+        pub extern "C" fn tg_error() -> i32 {
+            $crate::__error()
+        }
+
+        #[unsafe(no_mangle)]
+        pub extern "C" fn tg_manifest() -> i32 {
+            $crate::__manifest(&[$(
+                $crate::__signature(
+                    stringify!($name),
+                    &[$(<$ty as $crate::Arg<'static>>::TYPE),*],
+                    <$ret as $crate::Ret>::TYPE,
+                )
+            ),+])
+        }
+
+        #[unsafe(no_mangle)]
+        #[allow(unused_assignments, unused_mut, unused_variables)]
+        pub extern "C" fn tg_scalar(fn_id: i32, batch: i32) -> i32 {
+            $crate::__scalar(batch, |batch| {
+                let mut id = 0;
+                $(
+                    if fn_id == id {
+                        batch.expect_types(&[$(<$ty as $crate::Arg<'_>>::TYPE),*])?;
+                        let mut out = $crate::__new_output(<$ret as $crate::Ret>::TYPE, batch.n_rows);
+                        'rows: for row in 0..batch.n_rows {
+                            let mut col = 0usize;
+                            $(
+                                let c = batch.column(col);
+                                col += 1;
+                                if c.is_null(row) {
+                                    out.push_null();
+                                    continue 'rows;
+                                }
+                                let $arg: $ty = <$ty as $crate::Arg<'_>>::get(c, row);
+                            )*
+                            match $name($($arg),*) {
+                                Some(v) => $crate::Ret::push(v, &mut out),
+                                None => out.push_null(),
+                            }
+                        }
+                        return Ok(out);
+                    }
+                    id += 1;
+                )+
+                Err(format!("no scalar function with id {fn_id}"))
+            })
+        }
+    };
+}
+
+/// Civil date helpers for guests: days since the epoch to (year, month, day) and back.
+pub mod date {
+    /// (year, month, day) of a day number (days since 1970-01-01).
+    pub fn civil_from_days(z: i32) -> (i32, u32, u32) {
+        let z = z as i64 + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let y = yoe + era * 400;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+        let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+        ((if m <= 2 { y + 1 } else { y }) as i32, m, d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates_round_known_days() {
+        assert_eq!(date::civil_from_days(0), (1970, 1, 1));
+        assert_eq!(date::civil_from_days(20_784), (2026, 11, 27));
+        assert_eq!(date::civil_from_days(-1), (1969, 12, 31));
+    }
+
+    #[test]
+    fn output_bitmaps_mark_nulls() {
+        let mut out = Output::new(Type::Int32, 3);
+        5i32.push(&mut out);
+        out.push_null();
+        7i32.push(&mut out);
+        assert_eq!(out.validity, vec![0b101]);
+        assert_eq!(out.null_count, 1);
+        assert_eq!(out.data.len(), 12);
+    }
+
+    #[test]
+    fn string_output_has_offsets() {
+        let mut out = Output::new(Type::Utf8, 2);
+        "ab".to_string().push(&mut out);
+        out.push_null();
+        "c".to_string().push(&mut out);
+        assert_eq!(out.offsets, vec![0, 2, 2, 3]);
+        assert_eq!(out.data, b"abc");
+    }
+}
