@@ -7,9 +7,16 @@ use std::process::Command;
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
-    let root = manifest_dir.parent().expect("server/ is inside the workspace");
+    let root = manifest_dir
+        .parent()
+        .expect("server/ is inside the workspace");
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("set by cargo"));
-    for path in ["udf-sdk/src", "udf-sdk/Cargo.toml", "examples/visitor-udf/src", "examples/visitor-udf/Cargo.toml"] {
+    for path in [
+        "udf-sdk/src",
+        "udf-sdk/Cargo.toml",
+        "examples/visitor-udf/src",
+        "examples/visitor-udf/Cargo.toml",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(path).display());
     }
     let target_dir = out_dir.join("guest-target");

@@ -115,9 +115,7 @@ pub fn check_shape(level: Level, shape: &QueryShape) -> CheckOutcome {
                 ));
             }
             Some(tags) if !tags.contains(&ColumnTag::Dimension) => {
-                return CheckOutcome::Fail(format!(
-                    "group key `{name}` is not tagged `dimension`"
-                ));
+                return CheckOutcome::Fail(format!("group key `{name}` is not tagged `dimension`"));
             }
             Some(_) => {}
         }
@@ -160,7 +158,10 @@ mod tests {
 
     #[test]
     fn grouped_counts_over_dimensions_pass() {
-        let s = shape(&[("spot", Some(&[ColumnTag::Dimension]))], &["count", "avg"]);
+        let s = shape(
+            &[("spot", Some(&[ColumnTag::Dimension]))],
+            &["count", "avg"],
+        );
         assert_eq!(
             check(Level::L2, &s),
             "pass: grouped by 1 dimension column(s) with 2 aggregate(s)"

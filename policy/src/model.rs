@@ -51,7 +51,9 @@ impl FromStr for Role {
             .into_iter()
             .find(|r| r.as_str() == s)
             .ok_or_else(|| {
-                format!("unknown role `{s}`: expected scientist, admin, reviewer, provider or auditor")
+                format!(
+                    "unknown role `{s}`: expected scientist, admin, reviewer, provider or auditor"
+                )
             })
     }
 }

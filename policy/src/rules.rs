@@ -234,7 +234,9 @@ pub fn can_review_export(
         return refuse("a reviewer cannot review an export request of their own org");
     }
     if already_approved_by.iter().any(|r| r == &p.id) {
-        return refuse("this reviewer has already approved this request; L3 needs a second, different reviewer");
+        return refuse(
+            "this reviewer has already approved this request; L3 needs a second, different reviewer",
+        );
     }
     Ok(())
 }
@@ -274,18 +276,66 @@ mod tests {
         let provider = p("pr", "bureau", &[Role::Provider], true);
         let active = ScenarioState::Active;
         let cases: Vec<(&str, Result<(), Refusal>, &str)> = vec![
-            ("trained provider imports L2", can_import(&provider, Level::L2), "allow"),
-            ("nobody imports L4", can_import(&provider, Level::L4), "refuse: L4 (prohibited) data can never be imported into the domain"),
-            ("a scientist is not a provider", can_import(&scientist, Level::L1), "refuse: principal s1 lacks the provider role this action needs"),
-            ("member runs a job", can_run_job(&scientist, "unit", active, &[]), "allow"),
-            ("untrained member", can_run_job(&untrained, "unit", active, &[]), "refuse: principal s2 has no training record; an admin must record passed training first"),
-            ("another org", can_run_job(&outsider, "unit", active, &[]), "refuse: the scenario belongs to another org"),
-            ("suspended scenario", can_run_job(&scientist, "unit", ScenarioState::Suspended, &[]), "refuse: the scenario is suspended; only an active scenario within its term runs jobs and exports"),
-            ("unapproved module", can_run_job(&scientist, "unit", active, &["abc".into()]), "refuse: module abc has no algorithm review approval for this scenario; it runs on mock data only"),
-            ("reviewer of another org", can_review_export(&reviewer, "s1", "unit", &[]), "allow"),
-            ("reviewer of the same org", can_review_export(&insider_reviewer, "s1", "unit", &[]), "refuse: a reviewer cannot review an export request of their own org"),
-            ("second approval by the same reviewer", can_review_export(&reviewer, "s1", "unit", &["r1".into()]), "refuse: this reviewer has already approved this request; L3 needs a second, different reviewer"),
-            ("module review by own org", can_approve_module(&insider_reviewer, "unit"), "refuse: a reviewer cannot review a module uploaded by their own org"),
+            (
+                "trained provider imports L2",
+                can_import(&provider, Level::L2),
+                "allow",
+            ),
+            (
+                "nobody imports L4",
+                can_import(&provider, Level::L4),
+                "refuse: L4 (prohibited) data can never be imported into the domain",
+            ),
+            (
+                "a scientist is not a provider",
+                can_import(&scientist, Level::L1),
+                "refuse: principal s1 lacks the provider role this action needs",
+            ),
+            (
+                "member runs a job",
+                can_run_job(&scientist, "unit", active, &[]),
+                "allow",
+            ),
+            (
+                "untrained member",
+                can_run_job(&untrained, "unit", active, &[]),
+                "refuse: principal s2 has no training record; an admin must record passed training first",
+            ),
+            (
+                "another org",
+                can_run_job(&outsider, "unit", active, &[]),
+                "refuse: the scenario belongs to another org",
+            ),
+            (
+                "suspended scenario",
+                can_run_job(&scientist, "unit", ScenarioState::Suspended, &[]),
+                "refuse: the scenario is suspended; only an active scenario within its term runs jobs and exports",
+            ),
+            (
+                "unapproved module",
+                can_run_job(&scientist, "unit", active, &["abc".into()]),
+                "refuse: module abc has no algorithm review approval for this scenario; it runs on mock data only",
+            ),
+            (
+                "reviewer of another org",
+                can_review_export(&reviewer, "s1", "unit", &[]),
+                "allow",
+            ),
+            (
+                "reviewer of the same org",
+                can_review_export(&insider_reviewer, "s1", "unit", &[]),
+                "refuse: a reviewer cannot review an export request of their own org",
+            ),
+            (
+                "second approval by the same reviewer",
+                can_review_export(&reviewer, "s1", "unit", &["r1".into()]),
+                "refuse: this reviewer has already approved this request; L3 needs a second, different reviewer",
+            ),
+            (
+                "module review by own org",
+                can_approve_module(&insider_reviewer, "unit"),
+                "refuse: a reviewer cannot review a module uploaded by their own org",
+            ),
         ];
         for (what, got, expected) in cases {
             assert_eq!(verdict(got), expected, "{what}");
@@ -298,12 +348,25 @@ mod tests {
             required_provider_orgs: ["bureau".to_string(), "health".to_string()].into(),
             ..Default::default()
         };
-        assert_eq!(a.missing(), vec!["an admin", "the provider org bureau", "the provider org health"]);
+        assert_eq!(
+            a.missing(),
+            vec![
+                "an admin",
+                "the provider org bureau",
+                "the provider org health"
+            ]
+        );
         let admin = p("a", "authority", &[Role::Admin], true);
-        assert_eq!(can_approve_scenario(&admin, &a, ScenarioState::PendingApprovals), Ok(true));
+        assert_eq!(
+            can_approve_scenario(&admin, &a, ScenarioState::PendingApprovals),
+            Ok(true)
+        );
         a.admin_approved = true;
         let bureau = p("b", "bureau", &[Role::Provider], true);
-        assert_eq!(can_approve_scenario(&bureau, &a, ScenarioState::PendingApprovals), Ok(false));
+        assert_eq!(
+            can_approve_scenario(&bureau, &a, ScenarioState::PendingApprovals),
+            Ok(false)
+        );
         a.provider_orgs_approved.insert("bureau".into());
         assert!(can_approve_scenario(&bureau, &a, ScenarioState::PendingApprovals).is_err());
         a.provider_orgs_approved.insert("health".into());
@@ -313,7 +376,14 @@ mod tests {
     #[test]
     fn a_scenario_expires_by_itself_at_the_end_of_its_term() {
         use time::macros::date;
-        let s = |today| scenario_state(ScenarioState::Active, date!(2026 - 01 - 01), date!(2026 - 12 - 31), today);
+        let s = |today| {
+            scenario_state(
+                ScenarioState::Active,
+                date!(2026 - 01 - 01),
+                date!(2026 - 12 - 31),
+                today,
+            )
+        };
         assert_eq!(s(date!(2026 - 06 - 01)), ScenarioState::Active);
         assert_eq!(s(date!(2027 - 01 - 01)), ScenarioState::Expired);
         assert_eq!(s(date!(2025 - 12 - 31)), ScenarioState::PendingApprovals);

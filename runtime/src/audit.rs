@@ -259,7 +259,12 @@ mod tests {
     fn a_deleted_entry_is_named() {
         let (_d, path) = log_with(5);
         let text = fs::read_to_string(&path).unwrap();
-        let kept: Vec<&str> = text.lines().enumerate().filter(|(i, _)| *i != 1).map(|(_, l)| l).collect();
+        let kept: Vec<&str> = text
+            .lines()
+            .enumerate()
+            .filter(|(i, _)| *i != 1)
+            .map(|(_, l)| l)
+            .collect();
         fs::write(&path, kept.join("\n") + "\n").unwrap();
         let v = verify_file(&path).unwrap();
         assert_eq!(v.first_bad.map(|b| b.0), Some(2));

@@ -122,7 +122,9 @@ pub fn verify(dir: &Path, public_key: &[u8]) -> Result<Verified> {
     let mut names = Vec::new();
     for (name, hash) in files {
         if name.contains('/') || name.starts_with('.') {
-            return Err(Error::Integrity(format!("the manifest names an unsafe path {name}")));
+            return Err(Error::Integrity(format!(
+                "the manifest names an unsafe path {name}"
+            )));
         }
         let bytes = read(name)?;
         if Some(sha256_hex(&bytes).as_str()) != hash.as_str() {
@@ -140,10 +142,10 @@ pub fn verify(dir: &Path, public_key: &[u8]) -> Result<Verified> {
 
 fn parse_public_key(bytes: &[u8]) -> Result<Vec<u8>> {
     let text = String::from_utf8_lossy(bytes);
-    if let Ok(k) = hex::decode(text.trim()) {
-        if k.len() == 32 {
-            return Ok(k);
-        }
+    if let Ok(k) = hex::decode(text.trim())
+        && k.len() == 32
+    {
+        return Ok(k);
     }
     if bytes.len() == 32 {
         return Ok(bytes.to_vec());
@@ -176,7 +178,10 @@ mod tests {
         let files = build(
             &signer,
             json!({"scenario": "sc_1"}),
-            vec![("result.csv".into(), b"spot,visits\nWest Lake,120\n".to_vec())],
+            vec![(
+                "result.csv".into(),
+                b"spot,visits\nWest Lake,120\n".to_vec(),
+            )],
         )
         .unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -194,7 +199,11 @@ mod tests {
     #[test]
     fn a_changed_result_fails_and_says_which_file() {
         let (dir, signer) = bundle();
-        fs::write(dir.path().join("result.csv"), "spot,visits\nWest Lake,121\n").unwrap();
+        fs::write(
+            dir.path().join("result.csv"),
+            "spot,visits\nWest Lake,121\n",
+        )
+        .unwrap();
         let err = verify(dir.path(), signer.public_key_hex().as_bytes()).unwrap_err();
         assert_eq!(
             err.to_string(),

@@ -113,7 +113,13 @@ fn seal_one(key: &[u8; 32], plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
     let cipher = Aes256Gcm::new(key.into());
     let nonce = random_bytes::<NONCE_LEN>();
     let ct = cipher
-        .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad })
+        .encrypt(
+            Nonce::from_slice(&nonce),
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
         .expect("AES-GCM encryption of a bounded buffer cannot fail");
     [nonce.as_slice(), &ct].concat()
 }
@@ -241,7 +247,10 @@ mod tests {
         assert!(key.open_object("ds/1/v1", &flipped).is_err());
         // Dropping the final chunk leaves a well-formed prefix that is not marked final.
         let first_len = u32::from_le_bytes(sealed[4..8].try_into().unwrap()) as usize;
-        assert!(key.open_object("ds/1/v1", &sealed[..8 + first_len]).is_err());
+        assert!(
+            key.open_object("ds/1/v1", &sealed[..8 + first_len])
+                .is_err()
+        );
         assert!(key.open_object("ds/2/v1", &sealed).is_err());
     }
 

@@ -263,8 +263,16 @@ mod tests {
     #[test]
     fn an_identifier_in_the_output_fails_without_quoting_it() {
         let out = run(result(&["11010519491231002X"], &[20]));
-        let ids = out.report.checks.iter().find(|c| c.name == "identifiers").unwrap();
+        let ids = out
+            .report
+            .checks
+            .iter()
+            .find(|c| c.name == "identifiers")
+            .unwrap();
         assert!(!ids.passed);
-        assert_eq!(ids.detail, "1 value(s) in column `spot` look like resident_id");
+        assert_eq!(
+            ids.detail,
+            "1 value(s) in column `spot` look like resident_id"
+        );
     }
 }

@@ -15,6 +15,8 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::functions_aggregate::expr_fn::{count_distinct, max};
 use datafusion::logical_expr::{Expr, LogicalPlan, Projection, ScalarUDF};
 use datafusion::prelude::{SessionConfig, SessionContext, lit, when};
+use datafusion::sql::parser::{DFParser, Statement as DfStatement};
+use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 use tidegate_policy::{ColumnSpec, ColumnTag, QueryShape};
 
 use crate::error::{Error, Result};
@@ -77,7 +79,9 @@ pub async fn run_query(
     // No spilling: nothing of a job reaches the disk in plaintext.
     let runtime = RuntimeEnvBuilder::new()
         .with_memory_limit(limits.memory_bytes, 1.0)
-        .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
+        .with_disk_manager_builder(
+            DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+        )
         .build_arc()
         .map_err(|e| Error::Internal(format!("query engine: {e}")))?;
     let ctx = SessionContext::new_with_config_rt(config, runtime);
@@ -95,9 +99,10 @@ pub async fn run_query(
     for u in udfs {
         ctx.register_udf(u);
     }
+    let statement = only_a_query(sql)?;
     let plan = ctx
         .state()
-        .create_logical_plan(sql)
+        .statement_to_plan(statement)
         .await
         .map_err(|e| map_error(e, Stage::Planning))?;
     SQLOptions::new()
@@ -141,6 +146,27 @@ pub(crate) fn visible_schema(schema: &Schema) -> Vec<Field> {
         .filter(|f| !f.name().starts_with(RESERVED_PREFIX))
         .map(|f| f.as_ref().clone())
         .collect()
+}
+
+/// Parses `sql` and refuses anything but exactly one query, before any planning.
+fn only_a_query(sql: &str) -> Result<DfStatement> {
+    let mut statements = DFParser::parse_sql(sql)
+        .map_err(|e| Error::BadInput(format!("the query does not parse: {e}")))?;
+    let refuse = || {
+        Error::Refused(
+            "a job is exactly one SELECT query; DDL, DML, COPY, SET and EXPLAIN are not allowed"
+                .into(),
+        )
+    };
+    if statements.len() != 1 {
+        return Err(refuse());
+    }
+    match statements.pop_front() {
+        Some(DfStatement::Statement(s)) if matches!(*s, SqlStatement::Query(_)) => {
+            Ok(DfStatement::Statement(s))
+        }
+        _ => Err(refuse()),
+    }
 }
 
 /// Refuses every plan node that is not part of a read-only query, and any reference to the
@@ -204,11 +230,19 @@ fn not_aggregated(plan: LogicalPlan, reason: &str) -> (LogicalPlan, QueryShape) 
 
 /// When the query is one grouped aggregate with only projection, filter, sort, limit or
 /// alias above it, adds the hidden subject counts to it and carries them to the output.
-fn add_subject_counts(plan: LogicalPlan, tables: &[TableInput]) -> Result<(LogicalPlan, QueryShape)> {
+fn add_subject_counts(
+    plan: LogicalPlan,
+    tables: &[TableInput],
+) -> Result<(LogicalPlan, QueryShape)> {
     match count_aggregates(&plan) {
         0 => return Ok(not_aggregated(plan, "the query has no GROUP BY aggregate")),
         1 => {}
-        _ => return Ok(not_aggregated(plan, "the query has more than one aggregate")),
+        _ => {
+            return Ok(not_aggregated(
+                plan,
+                "the query has more than one aggregate",
+            ));
+        }
     }
     let mut shape = QueryShape {
         aggregated: true,
@@ -225,7 +259,11 @@ fn add_subject_counts(plan: LogicalPlan, tables: &[TableInput]) -> Result<(Logic
     }
 }
 
-fn rewrite(plan: LogicalPlan, tables: &[TableInput], shape: &mut QueryShape) -> Result<Option<LogicalPlan>> {
+fn rewrite(
+    plan: LogicalPlan,
+    tables: &[TableInput],
+    shape: &mut QueryShape,
+) -> Result<Option<LogicalPlan>> {
     let internal = |e: DataFusionError| Error::Internal(format!("plan rewrite: {e}"));
     match plan {
         LogicalPlan::Aggregate(agg) => {
@@ -266,11 +304,12 @@ fn rewrite(plan: LogicalPlan, tables: &[TableInput], shape: &mut QueryShape) -> 
                     .map_err(internal)?)
                 .alias(NULL_SUBJECT_COLUMN),
             );
-            let plan = datafusion::logical_expr::LogicalPlanBuilder::from(agg.input.as_ref().clone())
-                .aggregate(agg.group_expr.clone(), aggr)
-                .map_err(internal)?
-                .build()
-                .map_err(internal)?;
+            let plan =
+                datafusion::logical_expr::LogicalPlanBuilder::from(agg.input.as_ref().clone())
+                    .aggregate(agg.group_expr.clone(), aggr)
+                    .map_err(internal)?
+                    .build()
+                    .map_err(internal)?;
             Ok(Some(plan))
         }
         LogicalPlan::Projection(p) => {
@@ -299,12 +338,19 @@ fn rewrite(plan: LogicalPlan, tables: &[TableInput], shape: &mut QueryShape) -> 
                 return Ok(None);
             };
             let exprs = node.expressions();
-            Ok(Some(node.with_new_exprs(exprs, vec![input]).map_err(internal)?))
+            Ok(Some(
+                node.with_new_exprs(exprs, vec![input]).map_err(internal)?,
+            ))
         }
         other => {
             shape.not_aggregated_reason = Some(format!(
                 "a {} step follows the aggregate",
-                other.display().to_string().split([':', ' ']).next().unwrap_or("query")
+                other
+                    .display()
+                    .to_string()
+                    .split([':', ' '])
+                    .next()
+                    .unwrap_or("query")
             ));
             Ok(None)
         }

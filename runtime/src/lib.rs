@@ -20,9 +20,9 @@ pub use error::{Error, Result};
 pub use gate::{GateInput, GateOutcome, evaluate as evaluate_gate};
 pub use job::{EngineLimits, JobOutput, TableInput, run_query};
 pub use platform::{
-    ApprovalView, ColumnInput, DatasetView, ExportView, GrantRequest, ImportRequest, JobRequest,
-    JobView, ModuleView, OrgView, Platform, PrincipalView, ResourceUse, ScenarioRequest,
-    ScenarioView, AUDIT_FILE, PUBLIC_KEY_FILE,
+    AUDIT_FILE, ApprovalView, ColumnInput, DatasetView, ExportView, GrantRequest, ImportRequest,
+    JobRequest, JobView, ModuleView, OrgView, PUBLIC_KEY_FILE, Platform, PrincipalView,
+    ResourceUse, ScenarioRequest, ScenarioView,
 };
 pub use sandbox::{FunctionSig, GuestLimits, JobMeter, Sandbox, ValidatedModule, WasmType};
 

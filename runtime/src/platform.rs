@@ -296,6 +296,25 @@ struct DatasetRow {
     columns: Vec<ColumnSpec>,
 }
 
+/// A dataset version a job reads, with the columns its scenario grants.
+struct JobInput {
+    dataset: DatasetRow,
+    columns: Vec<String>,
+    version: i64,
+    content_hash: String,
+    wrapped: Vec<u8>,
+}
+
+/// A stored job with what only the runtime sees.
+struct JobRecord {
+    view: JobView,
+    result_hash: Option<String>,
+    wrapped: Option<Vec<u8>>,
+    shape: Option<String>,
+    plan: Option<String>,
+    inputs: Vec<Value>,
+}
+
 struct ScenarioRow {
     id: String,
     name: String,
@@ -337,7 +356,11 @@ fn open_db(path: &Path) -> Result<Connection> {
 impl Platform {
     /// Creates a new data directory: metadata, master key (outside the directory), signing
     /// key and the first admin. Returns the platform and the admin's token, shown once.
-    pub fn init(dir: &Path, master_key_path: &Path, admin_name: &str) -> Result<(Platform, String)> {
+    pub fn init(
+        dir: &Path,
+        master_key_path: &Path,
+        admin_name: &str,
+    ) -> Result<(Platform, String)> {
         fs::create_dir_all(dir)?;
         if dir.join(DB_FILE).exists() {
             return Err(Error::BadInput(format!(
@@ -359,7 +382,10 @@ impl Platform {
         let master = MasterKey::create(master_key_path)?;
         let (signer, stored) = Signer::generate(&master)?;
         write_atomic(&dir.join(SIGNING_KEY_FILE), &stored)?;
-        write_atomic(&dir.join(PUBLIC_KEY_FILE), signer.public_key_hex().as_bytes())?;
+        write_atomic(
+            &dir.join(PUBLIC_KEY_FILE),
+            signer.public_key_hex().as_bytes(),
+        )?;
         let platform = Platform::assemble(dir, master, signer)?;
         let token = random_token();
         {
@@ -420,7 +446,10 @@ impl Platform {
     }
 
     fn object_path(&self, kind: &str, name: &str) -> PathBuf {
-        self.dir.join("objects").join(kind).join(format!("{name}.tge"))
+        self.dir
+            .join("objects")
+            .join(kind)
+            .join(format!("{name}.tge"))
     }
 
     /// Encrypts `plaintext` under a fresh data key and writes it atomically; returns the
@@ -428,7 +457,10 @@ impl Platform {
     fn store_object(&self, kind: &str, name: &str, plaintext: &[u8]) -> Result<Vec<u8>> {
         let context = format!("{kind}/{name}");
         let dek = DataKey::generate();
-        write_atomic(&self.object_path(kind, name), &dek.seal_object(&context, plaintext))?;
+        write_atomic(
+            &self.object_path(kind, name),
+            &dek.seal_object(&context, plaintext),
+        )?;
         Ok(self.master.wrap(&dek, &context))
     }
 
@@ -493,8 +525,12 @@ impl Platform {
             }
             e => e.into(),
         })?;
-        self.audit
-            .append(&actor.id, "org.create", &id, json!({ "name": name, "kind": kind }))?;
+        self.audit.append(
+            &actor.id,
+            "org.create",
+            &id,
+            json!({ "name": name, "kind": kind }),
+        )?;
         tx.commit()?;
         Ok(OrgView {
             id,
@@ -522,7 +558,9 @@ impl Platform {
     ) -> Result<PrincipalView> {
         tidegate_policy::require_role(actor, Role::Admin)?;
         if roles.is_empty() {
-            return Err(Error::BadInput("a principal needs at least one role".into()));
+            return Err(Error::BadInput(
+                "a principal needs at least one role".into(),
+            ));
         }
         // R-SOD: whoever reviews outputs does not also produce them.
         if roles.contains(&Role::Reviewer) && roles.contains(&Role::Scientist) {
@@ -532,13 +570,24 @@ impl Platform {
         }
         let id = new_id("p");
         let token = random_token();
-        let roles_text = roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(",");
+        let roles_text = roles
+            .iter()
+            .map(|r| r.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
         let mut db = self.db.lock().expect("db");
         let org_id = Self::org_id(&db, org)?;
         let tx = db.transaction()?;
         tx.execute(
             "INSERT INTO principals VALUES (?1, ?2, ?3, ?4, NULL, NULL, ?5, ?6)",
-            params![id, name, org_id, roles_text, hash_token(&token), crate::now_rfc3339()],
+            params![
+                id,
+                name,
+                org_id,
+                roles_text,
+                hash_token(&token),
+                crate::now_rfc3339()
+            ],
         )?;
         self.audit.append(
             &actor.id,
@@ -569,8 +618,12 @@ impl Platform {
         if n == 0 {
             return Err(Error::NotFound(format!("principal {principal}")));
         }
-        self.audit
-            .append(&actor.id, "principal.training", principal, json!({ "course": course }))?;
+        self.audit.append(
+            &actor.id,
+            "principal.training",
+            principal,
+            json!({ "course": course }),
+        )?;
         tx.commit()?;
         Ok(())
     }
@@ -581,10 +634,14 @@ impl Platform {
         tidegate_policy::can_import(actor, req.level)?;
         let name_ok = req.name.len() <= 64
             && req.name.starts_with(|c: char| c.is_ascii_lowercase())
-            && req.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            && req
+                .name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
         if !name_ok {
             return Err(Error::BadInput(
-                "a dataset name is its SQL table name: [a-z][a-z0-9_]*, at most 64 characters".into(),
+                "a dataset name is its SQL table name: [a-z][a-z0-9_]*, at most 64 characters"
+                    .into(),
             ));
         }
         use base64::Engine as _;
@@ -639,7 +696,14 @@ impl Platform {
         if existing.is_none() {
             tx.execute(
                 "INSERT INTO datasets VALUES (?1, ?2, ?3, ?4, 'public', ?5, ?6)",
-                params![id, req.name, actor.org, req.level.to_string(), to_json(&columns), now],
+                params![
+                    id,
+                    req.name,
+                    actor.org,
+                    req.level.to_string(),
+                    to_json(&columns),
+                    now
+                ],
             )?;
         } else {
             tx.execute(
@@ -649,7 +713,16 @@ impl Platform {
         }
         tx.execute(
             "INSERT INTO dataset_versions VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![id, version, content_hash, rows as i64, parquet.len() as i64, wrapped, quality.to_string(), now],
+            params![
+                id,
+                version,
+                content_hash,
+                rows as i64,
+                parquet.len() as i64,
+                wrapped,
+                quality.to_string(),
+                now
+            ],
         )?;
         self.audit.append(
             &actor.id,
@@ -747,7 +820,9 @@ impl Platform {
             return Err(Error::BadInput("the term ends before it starts".into()));
         }
         if req.grants.is_empty() {
-            return Err(Error::BadInput("a scenario names at least one dataset".into()));
+            return Err(Error::BadInput(
+                "a scenario names at least one dataset".into(),
+            ));
         }
         let id = new_id("sc");
         let mut db = self.db.lock().expect("db");
@@ -809,16 +884,37 @@ impl Platform {
                 params![id],
                 |r| {
                     Ok((
-                        (r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?),
-                        (r.get::<_, String>(3)?, r.get::<_, String>(4)?, r.get::<_, bool>(5)?),
-                        (r.get::<_, String>(6)?, r.get::<_, String>(7)?, r.get::<_, String>(8)?),
-                        (r.get::<_, i64>(9)?, r.get::<_, String>(10)?, r.get::<_, String>(11)?),
+                        (
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                        ),
+                        (
+                            r.get::<_, String>(3)?,
+                            r.get::<_, String>(4)?,
+                            r.get::<_, bool>(5)?,
+                        ),
+                        (
+                            r.get::<_, String>(6)?,
+                            r.get::<_, String>(7)?,
+                            r.get::<_, String>(8)?,
+                        ),
+                        (
+                            r.get::<_, i64>(9)?,
+                            r.get::<_, String>(10)?,
+                            r.get::<_, String>(11)?,
+                        ),
                     ))
                 },
             )
             .optional()?
             .ok_or_else(|| Error::NotFound(format!("scenario {id}")))?;
-        let ((id, name, org), (key_area, purpose, public_interest), (grants, ts, te), (k, products, state)) = row;
+        let (
+            (id, name, org),
+            (key_area, purpose, public_interest),
+            (grants, ts, te),
+            (k, products, state),
+        ) = row;
         let grants: Vec<GrantRequest> = from_json(&grants)?;
         let stored_state: ScenarioState = state.parse().map_err(Error::Integrity)?;
         let (term_start, term_end) = (parse_date(&ts)?, parse_date(&te)?);
@@ -829,7 +925,8 @@ impl Platform {
             })?
             .collect::<rusqlite::Result<_>>()?;
         let approvals_state = Self::approvals_state(db, &id, &grants)?;
-        let effective = tidegate_policy::scenario_state(stored_state, term_start, term_end, today());
+        let effective =
+            tidegate_policy::scenario_state(stored_state, term_start, term_end, today());
         let view = ScenarioView {
             id: id.clone(),
             name: name.clone(),
@@ -863,13 +960,21 @@ impl Platform {
         })
     }
 
-    fn approvals_state(db: &Connection, id: &str, grants: &[GrantRequest]) -> Result<ScenarioApprovals> {
+    fn approvals_state(
+        db: &Connection,
+        id: &str,
+        grants: &[GrantRequest],
+    ) -> Result<ScenarioApprovals> {
         let mut a = ScenarioApprovals::default();
         for g in grants {
-            a.required_provider_orgs.insert(Self::dataset_row(db, &g.dataset)?.org);
+            a.required_provider_orgs
+                .insert(Self::dataset_row(db, &g.dataset)?.org);
         }
-        let mut stmt = db.prepare("SELECT as_role, org_id FROM scenario_approvals WHERE scenario_id = ?1")?;
-        let rows = stmt.query_map(params![id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut stmt =
+            db.prepare("SELECT as_role, org_id FROM scenario_approvals WHERE scenario_id = ?1")?;
+        let rows = stmt.query_map(params![id], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?;
         for row in rows {
             let (role, org) = row?;
             if role == "admin" {
@@ -891,7 +996,8 @@ impl Platform {
             return Ok(true);
         }
         for g in &s.grants {
-            if actor.has_role(Role::Provider) && Self::dataset_row(db, &g.dataset)?.org == actor.org {
+            if actor.has_role(Role::Provider) && Self::dataset_row(db, &g.dataset)?.org == actor.org
+            {
                 return Ok(true);
             }
         }
@@ -917,7 +1023,8 @@ impl Platform {
                 return Err(Error::NotFound(format!("scenario {id}")));
             }
             let mut approvals = Self::approvals_state(&db, id, &s.grants)?;
-            let as_admin = tidegate_policy::can_approve_scenario(actor, &approvals, s.stored_state)?;
+            let as_admin =
+                tidegate_policy::can_approve_scenario(actor, &approvals, s.stored_state)?;
             if as_admin {
                 approvals.admin_approved = true;
             } else {
@@ -927,10 +1034,19 @@ impl Platform {
             let tx = db.transaction()?;
             tx.execute(
                 "INSERT INTO scenario_approvals VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![id, actor.id, if as_admin { "admin" } else { "provider" }, actor.org, crate::now_rfc3339()],
+                params![
+                    id,
+                    actor.id,
+                    if as_admin { "admin" } else { "provider" },
+                    actor.org,
+                    crate::now_rfc3339()
+                ],
             )?;
             if activates {
-                tx.execute("UPDATE scenarios SET state = 'active' WHERE id = ?1", params![id])?;
+                tx.execute(
+                    "UPDATE scenarios SET state = 'active' WHERE id = ?1",
+                    params![id],
+                )?;
             }
             self.audit.append(
                 &actor.id,
@@ -945,7 +1061,12 @@ impl Platform {
 
     // ----- Modules -----
 
-    pub fn upload_module(&self, actor: &Principal, scenario: &str, wasm: &[u8]) -> Result<ModuleView> {
+    pub fn upload_module(
+        &self,
+        actor: &Principal,
+        scenario: &str,
+        wasm: &[u8],
+    ) -> Result<ModuleView> {
         let s = {
             let db = self.db.lock().expect("db");
             Self::scenario_row(&db, scenario)?
@@ -971,7 +1092,15 @@ impl Platform {
         let tx = db.transaction()?;
         tx.execute(
             "INSERT OR IGNORE INTO modules VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, NULL, NULL, ?7)",
-            params![validated.hash, scenario, actor.id, actor.org, to_json(&validated.functions), wasm, crate::now_rfc3339()],
+            params![
+                validated.hash,
+                scenario,
+                actor.id,
+                actor.org,
+                to_json(&validated.functions),
+                wasm,
+                crate::now_rfc3339()
+            ],
         )?;
         self.audit.append(
             &actor.id,
@@ -990,7 +1119,13 @@ impl Platform {
     }
 
     /// R-MODULE: algorithm review binds the exact hash to the scenario.
-    pub fn approve_module(&self, actor: &Principal, scenario: &str, hash: &str, note: &str) -> Result<ModuleView> {
+    pub fn approve_module(
+        &self,
+        actor: &Principal,
+        scenario: &str,
+        hash: &str,
+        note: &str,
+    ) -> Result<ModuleView> {
         let mut db = self.db.lock().expect("db");
         let row: Option<(String, String, String, Option<String>)> = db
             .query_row(
@@ -1003,7 +1138,9 @@ impl Platform {
             row.ok_or_else(|| Error::NotFound(format!("module {hash} in scenario {scenario}")))?;
         tidegate_policy::can_approve_module(actor, &org)?;
         if approved_by.is_some() {
-            return Err(Error::BadInput("this module is already approved for this scenario".into()));
+            return Err(Error::BadInput(
+                "this module is already approved for this scenario".into(),
+            ));
         }
         if note.trim().is_empty() {
             return Err(Error::BadInput(
@@ -1015,7 +1152,12 @@ impl Platform {
             "UPDATE modules SET approved_by = ?3, approval_note = ?4, approved_at = ?5 WHERE hash = ?1 AND scenario_id = ?2",
             params![hash, scenario, actor.id, note, crate::now_rfc3339()],
         )?;
-        self.audit.append(&actor.id, "module.approve", hash, json!({ "scenario": scenario, "note": note }))?;
+        self.audit.append(
+            &actor.id,
+            "module.approve",
+            hash,
+            json!({ "scenario": scenario, "note": note }),
+        )?;
         tx.commit()?;
         Ok(ModuleView {
             hash: hash.into(),
@@ -1060,14 +1202,20 @@ impl Platform {
                 let d = Self::dataset_row(&db, &g.dataset)?;
                 let (version, hash, _, wrapped, _) = Self::latest_version(&db, &d.id)?;
                 level = level.max(d.level);
-                inputs.push((d, g.columns.clone(), version, hash, wrapped));
+                inputs.push(JobInput {
+                    dataset: d,
+                    columns: g.columns.clone(),
+                    version,
+                    content_hash: hash,
+                    wrapped,
+                });
             }
             (s, inputs, modules, level)
         };
         let id = new_id("job");
         let inputs_json: Vec<Value> = inputs
             .iter()
-            .map(|(d, _, v, h, _)| json!({ "dataset": d.id, "name": d.name, "version": v, "content_hash": h }))
+            .map(|i| json!({ "dataset": i.dataset.id, "name": i.dataset.name, "version": i.version, "content_hash": i.content_hash }))
             .collect();
         let now = crate::now_rfc3339();
         {
@@ -1152,18 +1300,20 @@ impl Platform {
     async fn execute(
         &self,
         sql: &str,
-        inputs: &[(DatasetRow, Vec<String>, i64, String, Vec<u8>)],
+        inputs: &[JobInput],
         modules: &[Vec<u8>],
         meter: &Arc<JobMeter>,
     ) -> Result<(job::JobOutput, u64, u64)> {
         let mut tables = Vec::new();
         let (mut rows_scanned, mut bytes_scanned) = (0u64, 0u64);
-        for (d, columns, version, _, wrapped) in inputs {
-            let parquet = self.load_object("datasets", &format!("{}/v{version}", d.id), wrapped)?;
+        for input in inputs {
+            let d = &input.dataset;
+            let object = format!("{}/v{}", d.id, input.version);
+            let parquet = self.load_object("datasets", &object, &input.wrapped)?;
             bytes_scanned += parquet.len() as u64;
             let batches = from_parquet(&parquet)?;
             rows_scanned += batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
-            tables.push(granted_table(d, columns, &batches)?);
+            tables.push(granted_table(d, &input.columns, &batches)?);
         }
         let mut udfs = Vec::new();
         for wasm in modules {
@@ -1174,7 +1324,7 @@ impl Platform {
         Ok((output, rows_scanned, bytes_scanned))
     }
 
-    fn job_row(db: &Connection, id: &str) -> Result<(JobView, Option<String>, Option<Vec<u8>>, Option<String>, Option<String>, Vec<Value>)> {
+    fn job_row(db: &Connection, id: &str) -> Result<JobRecord> {
         db.query_row(
             "SELECT id, scenario_id, submitted_by, sql, modules, state, error, rows, schema, resources,
                     level, created_at, finished_at, result_hash, wrapped_key, shape, plan, inputs
@@ -1193,8 +1343,8 @@ impl Platform {
         .optional()?
         .ok_or_else(|| Error::NotFound(format!("job {id}")))
         .and_then(|((id, scenario, by, sql), (modules, state, error, rows), (schema, resources, level, created), (finished, hash, wrapped), (shape, plan, inputs))| {
-            Ok((
-                JobView {
+            Ok(JobRecord {
+                view: JobView {
                     id,
                     scenario,
                     submitted_by: by,
@@ -1209,20 +1359,21 @@ impl Platform {
                     created_at: created,
                     finished_at: finished,
                 },
-                hash,
+                result_hash: hash,
                 wrapped,
                 shape,
                 plan,
-                from_json(&inputs)?,
-            ))
+                inputs: from_json(&inputs)?,
+            })
         })
     }
 
     pub fn get_job(&self, actor: &Principal, id: &str) -> Result<JobView> {
         let db = self.db.lock().expect("db");
-        let (job, ..) = Self::job_row(&db, id)?;
+        let job = Self::job_row(&db, id)?.view;
         let s = Self::scenario_row(&db, &job.scenario)?;
-        let visible = actor.org == s.org || actor.has_role(Role::Admin) || actor.has_role(Role::Auditor);
+        let visible =
+            actor.org == s.org || actor.has_role(Role::Admin) || actor.has_role(Role::Auditor);
         if !visible {
             return Err(Error::NotFound(format!("job {id}")));
         }
@@ -1234,19 +1385,31 @@ impl Platform {
     /// R-GATE: runs the gate over a job's result; a passing result goes to review.
     pub fn request_export(&self, actor: &Principal, job_id: &str) -> Result<ExportView> {
         let mut db = self.db.lock().expect("db");
-        let (job, result_hash, wrapped, shape, _plan, inputs) = Self::job_row(&db, job_id)?;
+        let JobRecord {
+            view: job,
+            result_hash,
+            wrapped,
+            shape,
+            inputs,
+            ..
+        } = Self::job_row(&db, job_id)?;
         let s = Self::scenario_row(&db, &job.scenario)?;
         if actor.org != s.org {
             return Err(Error::NotFound(format!("job {job_id}")));
         }
         tidegate_policy::can_request_export(actor, &s.org, s.view.state)?;
         let (Some(result_hash), Some(wrapped), Some(shape)) = (result_hash, wrapped, shape) else {
-            return Err(Error::BadInput(format!("job {job_id} has no result to export ({})", job.state)));
+            return Err(Error::BadInput(format!(
+                "job {job_id} has no result to export ({})",
+                job.state
+            )));
         };
         let shape: QueryShape = from_json(&shape)?;
         let parquet = self.load_object("results", job_id, &wrapped)?;
         if sha256_hex(&parquet) != result_hash {
-            return Err(Error::Integrity(format!("the stored result of job {job_id} changed")));
+            return Err(Error::Integrity(format!(
+                "the stored result of job {job_id} changed"
+            )));
         }
         let batches = from_parquet(&parquet)?;
         let mut unapproved = 0;
@@ -1263,7 +1426,9 @@ impl Platform {
             }
         }
         let provenance = if unapproved > 0 {
-            CheckOutcome::Fail(format!("{unapproved} module(s) of the job are no longer approved"))
+            CheckOutcome::Fail(format!(
+                "{unapproved} module(s) of the job are no longer approved"
+            ))
         } else {
             CheckOutcome::Pass(format!(
                 "job {job_id} of active scenario {} with {} approved module(s) over {}",
@@ -1303,8 +1468,17 @@ impl Platform {
         tx.execute(
             "INSERT INTO exports VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, NULL)",
             params![
-                id, job_id, actor.id, actor.org, state, to_json(&outcome.report), hash, wrapped, required,
-                (!passed).then_some("the export gate refused the result"), crate::now_rfc3339()
+                id,
+                job_id,
+                actor.id,
+                actor.org,
+                state,
+                to_json(&outcome.report),
+                hash,
+                wrapped,
+                required,
+                (!passed).then_some("the export gate refused the result"),
+                crate::now_rfc3339()
             ],
         )?;
         self.audit.append(
@@ -1372,14 +1546,26 @@ impl Platform {
         let db = self.db.lock().expect("db");
         let (mut view, org, wrapped) = Self::export_row(&db, id)?;
         let is_reviewer = actor.has_role(Role::Reviewer) && actor.org != org;
-        if !(actor.org == org || is_reviewer || actor.has_role(Role::Auditor) || actor.has_role(Role::Admin)) {
+        if !(actor.org == org
+            || is_reviewer
+            || actor.has_role(Role::Auditor)
+            || actor.has_role(Role::Admin))
+        {
             return Err(Error::NotFound(format!("export {id}")));
         }
         if is_reviewer {
-            let (job, _, _, _, plan, _) = Self::job_row(&db, &view.job)?;
+            let JobRecord {
+                view: job, plan, ..
+            } = Self::job_row(&db, &view.job)?;
             if let Some(w) = wrapped {
                 let csv = self.load_object("exports", id, &w)?;
-                view.preview = Some(String::from_utf8_lossy(&csv).lines().take(50).collect::<Vec<_>>().join("\n"));
+                view.preview = Some(
+                    String::from_utf8_lossy(&csv)
+                        .lines()
+                        .take(50)
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                );
             }
             view.query = Some(job.sql);
             view.plan = plan;
@@ -1389,7 +1575,13 @@ impl Platform {
     }
 
     /// R-REVIEW: approve, return or reject; approval binds the exact result hash.
-    pub fn review_export(&self, actor: &Principal, id: &str, decision: &str, comment: &str) -> Result<ExportView> {
+    pub fn review_export(
+        &self,
+        actor: &Principal,
+        id: &str,
+        decision: &str,
+        comment: &str,
+    ) -> Result<ExportView> {
         {
             let mut db = self.db.lock().expect("db");
             let (view, org, _) = Self::export_row(&db, id)?;
@@ -1401,15 +1593,25 @@ impl Platform {
                 .collect();
             tidegate_policy::can_review_export(actor, &view.requested_by, &org, &approved_by)?;
             if view.state != "in_review" {
-                return Err(Error::BadInput(format!("the export is {}, not in review", view.state)));
+                return Err(Error::BadInput(format!(
+                    "the export is {}, not in review",
+                    view.state
+                )));
             }
-            let hash = view.result_hash.clone().ok_or_else(|| Error::Internal("no result hash".into()))?;
+            let hash = view
+                .result_hash
+                .clone()
+                .ok_or_else(|| Error::Internal("no result hash".into()))?;
             let new_state = match decision {
                 "approve" if approved_by.len() as u64 + 1 >= view.required_approvals => "approved",
                 "approve" => "in_review",
                 "return" => "returned",
                 "reject" => "rejected",
-                _ => return Err(Error::BadInput("a decision is approve, return or reject".into())),
+                _ => {
+                    return Err(Error::BadInput(
+                        "a decision is approve, return or reject".into(),
+                    ));
+                }
             };
             let tx = db.transaction()?;
             tx.execute(
@@ -1441,21 +1643,36 @@ impl Platform {
         tidegate_policy::require_role(actor, Role::Scientist)?;
         tidegate_policy::require_training(actor)?;
         if !matches!(view.state.as_str(), "approved" | "released") {
-            return Err(Error::Refused(format!("the export is {}; only an approved export is released", view.state)));
+            return Err(Error::Refused(format!(
+                "the export is {}; only an approved export is released",
+                view.state
+            )));
         }
-        let wrapped = wrapped.ok_or_else(|| Error::Internal("approved export without a result".into()))?;
+        let wrapped =
+            wrapped.ok_or_else(|| Error::Internal("approved export without a result".into()))?;
         let csv = self.load_object("exports", id, &wrapped)?;
         let hash = sha256_hex(&csv);
         // Approval binds the exact result: anything that changed since voids it.
-        let approvals: Vec<&ApprovalView> = view.reviews.iter().filter(|r| r.as_role == "approve").collect();
+        let approvals: Vec<&ApprovalView> = view
+            .reviews
+            .iter()
+            .filter(|r| r.as_role == "approve")
+            .collect();
         let bound: Vec<String> = db
             .prepare("SELECT result_hash FROM export_reviews WHERE export_id = ?1 AND decision = 'approve'")?
             .query_map(params![id], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
         if view.result_hash.as_deref() != Some(hash.as_str()) || bound.iter().any(|b| b != &hash) {
-            return Err(Error::Integrity("the result changed after approval; the approval is void".into()));
+            return Err(Error::Integrity(
+                "the result changed after approval; the approval is void".into(),
+            ));
         }
-        let (job, _, _, _, plan, inputs) = Self::job_row(&db, &view.job)?;
+        let JobRecord {
+            view: job,
+            plan,
+            inputs,
+            ..
+        } = Self::job_row(&db, &view.job)?;
         let s = Self::scenario_row(&db, &job.scenario)?;
         let now = crate::now_rfc3339();
         let manifest = json!({
@@ -1472,13 +1689,22 @@ impl Platform {
             "result_sha256": hash,
             "released_at": now,
         });
-        let files = bundle::build(&self.signer, manifest, vec![("result.csv".to_string(), csv)])?;
+        let files = bundle::build(
+            &self.signer,
+            manifest,
+            vec![("result.csv".to_string(), csv)],
+        )?;
         let tx = db.transaction()?;
         tx.execute(
             "UPDATE exports SET state = 'released', released_at = COALESCE(released_at, ?2) WHERE id = ?1",
             params![id, now],
         )?;
-        self.audit.append(&actor.id, "export.download", id, json!({ "result_sha256": hash }))?;
+        self.audit.append(
+            &actor.id,
+            "export.download",
+            id,
+            json!({ "result_sha256": hash }),
+        )?;
         tx.commit()?;
         Ok(files)
     }
@@ -1486,7 +1712,9 @@ impl Platform {
     /// Lets an auditor check the chain through the API.
     pub fn verify_audit(&self, actor: &Principal) -> Result<crate::audit::AuditVerdict> {
         if !(actor.has_role(Role::Auditor) || actor.has_role(Role::Admin)) {
-            return Err(Error::Refused("only auditors and admins verify the audit log".into()));
+            return Err(Error::Refused(
+                "only auditors and admins verify the audit log".into(),
+            ));
         }
         crate::audit::verify_file(self.audit.path())
     }
@@ -1549,7 +1777,11 @@ fn read_table(format: &str, data: &[u8], declared: &[ColumnInput]) -> Result<Vec
         }
         "parquet" => from_parquet(data)
             .map_err(|_| Error::BadInput("the Parquet file cannot be read".into()))?,
-        other => return Err(Error::BadInput(format!("unknown format `{other}`: csv or parquet"))),
+        other => {
+            return Err(Error::BadInput(format!(
+                "unknown format `{other}`: csv or parquet"
+            )));
+        }
     };
     // Normalize string views and large strings to plain UTF-8, and apply declared types.
     batches
@@ -1565,7 +1797,13 @@ fn read_table(format: &str, data: &[u8], declared: &[ColumnInput]) -> Result<Vec
                     .and_then(|d| d.data_type)
                     .map(arrow_type)
                     .or_else(|| our_type(f.data_type()).map(arrow_type))
-                    .ok_or_else(|| Error::BadInput(format!("column {} has an unsupported type {}", f.name(), f.data_type())))?;
+                    .ok_or_else(|| {
+                        Error::BadInput(format!(
+                            "column {} has an unsupported type {}",
+                            f.name(),
+                            f.data_type()
+                        ))
+                    })?;
                 let c = if c.data_type() == &want {
                     Arc::clone(c)
                 } else {
@@ -1587,7 +1825,12 @@ fn csv_error(e: &arrow::error::ArrowError) -> Error {
     let text = e.to_string();
     let location = text
         .find("line")
-        .map(|i| text[i..].chars().take_while(|c| *c != ':').collect::<String>())
+        .map(|i| {
+            text[i..]
+                .chars()
+                .take_while(|c| *c != ':')
+                .collect::<String>()
+        })
         .unwrap_or_default();
     Error::BadInput(format!(
         "the CSV has a value that does not parse as its column's type {location}"
@@ -1597,10 +1840,15 @@ fn csv_error(e: &arrow::error::ArrowError) -> Error {
 fn column_specs(schema: &Schema, declared: &[ColumnInput]) -> Result<Vec<ColumnSpec>> {
     for d in declared {
         if schema.field_with_name(&d.name).is_err() {
-            return Err(Error::BadInput(format!("the file has no column {}", d.name)));
+            return Err(Error::BadInput(format!(
+                "the file has no column {}",
+                d.name
+            )));
         }
         if d.name.starts_with("__tg") {
-            return Err(Error::BadInput("column names starting with __tg are reserved".into()));
+            return Err(Error::BadInput(
+                "column names starting with __tg are reserved".into(),
+            ));
         }
     }
     let specs: Vec<ColumnSpec> = schema
@@ -1616,8 +1864,15 @@ fn column_specs(schema: &Schema, declared: &[ColumnInput]) -> Result<Vec<ColumnS
                 .unwrap_or_default(),
         })
         .collect();
-    if specs.iter().filter(|c| c.has_tag(ColumnTag::Entity)).count() > 1 {
-        return Err(Error::BadInput("at most one column is the `entity` key".into()));
+    if specs
+        .iter()
+        .filter(|c| c.has_tag(ColumnTag::Entity))
+        .count()
+        > 1
+    {
+        return Err(Error::BadInput(
+            "at most one column is the `entity` key".into(),
+        ));
     }
     Ok(specs)
 }
@@ -1630,25 +1885,32 @@ fn quality_report(batches: &[RecordBatch], columns: &[ColumnSpec]) -> Value {
         let n: usize = batches.iter().map(|b| b.column(i).null_count()).sum();
         nulls.insert(c.name.clone(), n);
     }
-    let entity_duplicates = columns.iter().position(|c| c.has_tag(ColumnTag::Entity)).map(|i| {
-        let mut seen = HashSet::new();
-        let mut dup = 0usize;
-        for b in batches {
-            let col = b.column(i);
-            for row in 0..col.len() {
-                let key = arrow::util::display::array_value_to_string(col, row).unwrap_or_default();
-                if !seen.insert(sha256_hex(key.as_bytes())) {
-                    dup += 1;
+    let entity_duplicates = columns
+        .iter()
+        .position(|c| c.has_tag(ColumnTag::Entity))
+        .map(|i| {
+            let mut seen = HashSet::new();
+            let mut dup = 0usize;
+            for b in batches {
+                let col = b.column(i);
+                for row in 0..col.len() {
+                    let key =
+                        arrow::util::display::array_value_to_string(col, row).unwrap_or_default();
+                    if !seen.insert(sha256_hex(key.as_bytes())) {
+                        dup += 1;
+                    }
                 }
             }
-        }
-        dup
-    });
+            dup
+        });
     json!({ "rows": rows, "nulls": nulls, "entity_duplicate_rows": entity_duplicates })
 }
 
 fn to_parquet(batches: &[RecordBatch]) -> Result<Vec<u8>> {
-    let schema = batches.first().map(|b| b.schema()).unwrap_or_else(|| Arc::new(Schema::empty()));
+    let schema = batches
+        .first()
+        .map(|b| b.schema())
+        .unwrap_or_else(|| Arc::new(Schema::empty()));
     to_parquet_with_schema(batches, schema)
 }
 
@@ -1657,9 +1919,11 @@ fn to_parquet_with_schema(batches: &[RecordBatch], schema: Arc<Schema>) -> Resul
     let mut w = ArrowWriter::try_new(&mut out, schema, None)
         .map_err(|e| Error::Internal(format!("parquet: {e}")))?;
     for b in batches {
-        w.write(b).map_err(|e| Error::Internal(format!("parquet: {e}")))?;
+        w.write(b)
+            .map_err(|e| Error::Internal(format!("parquet: {e}")))?;
     }
-    w.close().map_err(|e| Error::Internal(format!("parquet: {e}")))?;
+    w.close()
+        .map_err(|e| Error::Internal(format!("parquet: {e}")))?;
     Ok(out)
 }
 
@@ -1673,7 +1937,11 @@ fn from_parquet(bytes: &[u8]) -> Result<Vec<RecordBatch>> {
 }
 
 /// The table a job sees: the granted columns, then the entity key under its hidden name.
-fn granted_table(d: &DatasetRow, granted: &[String], batches: &[RecordBatch]) -> Result<TableInput> {
+fn granted_table(
+    d: &DatasetRow,
+    granted: &[String],
+    batches: &[RecordBatch],
+) -> Result<TableInput> {
     let entity = d.columns.iter().position(|c| c.has_tag(ColumnTag::Entity));
     let wanted: Vec<usize> = granted
         .iter()
@@ -1691,7 +1959,11 @@ fn granted_table(d: &DatasetRow, granted: &[String], batches: &[RecordBatch]) ->
         let mut fields: Vec<Field> = wanted.iter().map(|i| schema.field(*i).clone()).collect();
         let mut cols: Vec<ArrayRef> = wanted.iter().map(|i| Arc::clone(b.column(*i))).collect();
         if let Some(e) = entity {
-            fields.push(Field::new(job::ENTITY_COLUMN, schema.field(e).data_type().clone(), true));
+            fields.push(Field::new(
+                job::ENTITY_COLUMN,
+                schema.field(e).data_type().clone(),
+                true,
+            ));
             cols.push(Arc::clone(b.column(e)));
         }
         out.push(
@@ -1705,7 +1977,11 @@ fn granted_table(d: &DatasetRow, granted: &[String], batches: &[RecordBatch]) ->
             .map(|c| Field::new(&c.name, arrow_type(c.data_type), true))
             .collect();
         if let Some(e) = entity {
-            fields.push(Field::new(job::ENTITY_COLUMN, arrow_type(d.columns[e].data_type), true));
+            fields.push(Field::new(
+                job::ENTITY_COLUMN,
+                arrow_type(d.columns[e].data_type),
+                true,
+            ));
         }
         out.push(RecordBatch::new_empty(Arc::new(Schema::new(fields))));
     }

@@ -237,18 +237,22 @@ impl Sandbox {
                 imports.join(", ")
             )));
         }
-        let i32_ = ValType::I32;
+        let none: [ValType; 0] = [];
+        let one = [ValType::I32];
+        let two = [ValType::I32, ValType::I32];
         let required: [(&str, &[ValType], &[ValType]); 5] = [
-            ("tg_abi_version", &[], &[i32_.clone()]),
-            ("tg_manifest", &[], &[i32_.clone()]),
-            ("tg_alloc", &[i32_.clone()], &[i32_.clone()]),
-            ("tg_scalar", &[i32_.clone(), i32_.clone()], &[i32_.clone()]),
-            ("tg_error", &[], &[i32_.clone()]),
+            ("tg_abi_version", &none, &one),
+            ("tg_manifest", &none, &one),
+            ("tg_alloc", &one, &one),
+            ("tg_scalar", &two, &one),
+            ("tg_error", &none, &one),
         ];
         for (name, params, results) in required {
             match module.get_export(name) {
                 Some(ExternType::Func(f))
-                    if f.params().map(|p| p.to_string()).eq(params.iter().map(|p| p.to_string()))
+                    if f.params()
+                        .map(|p| p.to_string())
+                        .eq(params.iter().map(|p| p.to_string()))
                         && f.results()
                             .map(|p| p.to_string())
                             .eq(results.iter().map(|p| p.to_string())) => {}
@@ -280,8 +284,8 @@ impl Sandbox {
         }
         let desc = guest.call_i32("tg_manifest", ())?;
         let manifest = guest.read_pair(desc, MAX_MANIFEST_BYTES)?;
-        let manifest = String::from_utf8(manifest)
-            .map_err(|_| invalid("the manifest is not UTF-8".into()))?;
+        let manifest =
+            String::from_utf8(manifest).map_err(|_| invalid("the manifest is not UTF-8".into()))?;
         validated.functions = parse_manifest(&manifest).map_err(invalid)?;
         Ok(validated)
     }
@@ -305,7 +309,11 @@ impl Sandbox {
         store
             .set_fuel(meter.remaining_fuel())
             .map_err(|e| Error::Internal(format!("fuel: {e}")))?;
-        store.set_epoch_deadline(limits.call_timeout_ms.div_ceil(EPOCH_TICK.as_millis() as u64));
+        store.set_epoch_deadline(
+            limits
+                .call_timeout_ms
+                .div_ceil(EPOCH_TICK.as_millis() as u64),
+        );
         store.epoch_deadline_trap();
         let instance = self.linker.instantiate(&mut store, &module.module);
         let fuel_left = store.get_fuel().unwrap_or(0);
@@ -350,7 +358,12 @@ impl Sandbox {
 fn parse_manifest(text: &str) -> std::result::Result<Vec<FunctionSig>, String> {
     let mut out: Vec<FunctionSig> = Vec::new();
     for line in text.lines() {
-        let bad = || format!("manifest line `{}` is malformed", line.chars().take(80).collect::<String>());
+        let bad = || {
+            format!(
+                "manifest line `{}` is malformed",
+                line.chars().take(80).collect::<String>()
+            )
+        };
         let rest = line.strip_prefix("scalar ").ok_or_else(|| {
             "only scalar functions are supported by ABI version 1 (`scalar NAME(TYPES) -> TYPE`)"
                 .to_string()
@@ -364,7 +377,10 @@ fn parse_manifest(text: &str) -> std::result::Result<Vec<FunctionSig>, String> {
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
         if !name_ok {
-            return Err(format!("function name `{}` is not [a-z_][a-z0-9_]{{0,63}}", name.chars().take(80).collect::<String>()));
+            return Err(format!(
+                "function name `{}` is not [a-z_][a-z0-9_]{{0,63}}",
+                name.chars().take(80).collect::<String>()
+            ));
         }
         let args: Vec<WasmType> = if args.is_empty() {
             Vec::new()
@@ -374,7 +390,9 @@ fn parse_manifest(text: &str) -> std::result::Result<Vec<FunctionSig>, String> {
                 .collect::<std::result::Result<_, _>>()?
         };
         if args.len() > MAX_ARGS {
-            return Err(format!("function `{name}` has more than {MAX_ARGS} arguments"));
+            return Err(format!(
+                "function `{name}` has more than {MAX_ARGS} arguments"
+            ));
         }
         let ret = WasmType::parse(ret.trim()).ok_or_else(bad)?;
         if out.iter().any(|f| f.name == name) {
@@ -447,11 +465,20 @@ impl JobMeter {
 /// Maps a wasmtime error to our error class; trap descriptions name the trap, never data.
 fn classify_trap(e: &wasmtime::Error, during: &str) -> Error {
     match e.downcast_ref::<Trap>() {
-        Some(Trap::OutOfFuel) => Error::Limit(format!("the job's fuel budget ran out during {during}")),
-        Some(Trap::Interrupt) => Error::Limit(format!("a guest call exceeded its time limit during {during}")),
-        Some(Trap::StackOverflow) => Error::Limit(format!("the guest overflowed its stack during {during}")),
+        Some(Trap::OutOfFuel) => {
+            Error::Limit(format!("the job's fuel budget ran out during {during}"))
+        }
+        Some(Trap::Interrupt) => Error::Limit(format!(
+            "a guest call exceeded its time limit during {during}"
+        )),
+        Some(Trap::StackOverflow) => {
+            Error::Limit(format!("the guest overflowed its stack during {during}"))
+        }
         Some(trap) => Error::BadInput(format!("the guest trapped during {during}: {trap}")),
-        None => Error::BadInput(format!("the guest failed during {during}: {}", e.root_cause())),
+        None => Error::BadInput(format!(
+            "the guest failed during {during}: {}",
+            e.root_cause()
+        )),
     }
 }
 
@@ -466,7 +493,11 @@ struct Guest {
 }
 
 impl Guest {
-    fn new(mut store: Store<GuestState>, instance: Instance, meter: Arc<JobMeter>) -> Result<Guest> {
+    fn new(
+        mut store: Store<GuestState>,
+        instance: Instance,
+        meter: Arc<JobMeter>,
+    ) -> Result<Guest> {
         let missing = |what: &str| Error::BadInput(format!("invalid module: `{what}` missing"));
         let memory = instance
             .get_memory(&mut store, "memory")
@@ -526,9 +557,9 @@ impl Guest {
     /// Bounds-checked view of guest memory.
     fn bytes(&self, ptr: u32, len: usize) -> Result<&[u8]> {
         let start = ptr as usize;
-        let end = start
-            .checked_add(len)
-            .ok_or_else(|| Error::BadInput("the guest returned a wrapping pointer and length".into()))?;
+        let end = start.checked_add(len).ok_or_else(|| {
+            Error::BadInput("the guest returned a wrapping pointer and length".into())
+        })?;
         self.memory
             .data(&self.store)
             .get(start..end)
@@ -555,28 +586,42 @@ impl Guest {
         Ok(self.bytes(ptr, len)?.to_vec())
     }
 
-    fn call_scalar(&mut self, fn_id: i32, sig: &FunctionSig, args: &[ArrayRef], n_rows: usize) -> Result<ArrayRef> {
+    fn call_scalar(
+        &mut self,
+        fn_id: i32,
+        sig: &FunctionSig,
+        args: &[ArrayRef],
+        n_rows: usize,
+    ) -> Result<ArrayRef> {
         let input = encode_batch(args, n_rows)?;
-        let total = i32::try_from(input.len).map_err(|_| Error::Limit("an input batch is over 2 GiB".into()))?;
+        let total = i32::try_from(input.len)
+            .map_err(|_| Error::Limit("an input batch is over 2 GiB".into()))?;
         let alloc = self.alloc.clone();
         let base = self.metered("tg_alloc", |s| alloc.call(s, total))? as u32;
         if base == 0 {
-            return Err(Error::Limit("the guest could not allocate its input buffer".into()));
+            return Err(Error::Limit(
+                "the guest could not allocate its input buffer".into(),
+            ));
         }
         let region = input.write_at(base)?;
         let start = base as usize;
         let dst = self
             .memory
             .data_mut(&mut self.store)
-            .get_mut(start..start.checked_add(region.len()).unwrap_or(usize::MAX))
-            .ok_or_else(|| Error::BadInput("the guest's input buffer lies outside its memory".into()))?;
+            .get_mut(start..start.saturating_add(region.len()))
+            .ok_or_else(|| {
+                Error::BadInput("the guest's input buffer lies outside its memory".into())
+            })?;
         dst.copy_from_slice(&region);
         let scalar = self.scalar.clone();
         let out = self.metered(&sig.name, |s| scalar.call(s, (fn_id, base as i32)))?;
         if out == 0 {
             // The guest's message is the scientist's code talking about real data: it is not
             // shown, so it cannot carry values out.
-            return Err(Error::BadInput(format!("function `{}` reported an error", sig.name)));
+            return Err(Error::BadInput(format!(
+                "function `{}` reported an error",
+                sig.name
+            )));
         }
         self.decode_output(out as u32, sig, n_rows)
     }
@@ -584,7 +629,8 @@ impl Guest {
     fn decode_output(&self, desc: u32, sig: &FunctionSig, n_rows: usize) -> Result<ArrayRef> {
         let field = |i| self.u32_at(desc, i);
         let (type_id, len) = (field(0)?, field(1)? as usize);
-        let (validity, offsets, data, data_len) = (field(3)?, field(4)?, field(5)?, field(6)? as usize);
+        let (validity, offsets, data, data_len) =
+            (field(3)?, field(4)?, field(5)?, field(6)? as usize);
         let bad = |why: &str| Error::BadInput(format!("function `{}` returned {why}", sig.name));
         if type_id != sig.ret.id() {
             return Err(bad("a column of another type than it declared"));
@@ -601,10 +647,16 @@ impl Guest {
             return Err(bad("a data buffer of the wrong size"));
         }
         let total = data_len as u64
-            + if sig.ret == WasmType::Utf8 { (n_rows as u64 + 1) * 4 } else { 0 };
+            + if sig.ret == WasmType::Utf8 {
+                (n_rows as u64 + 1) * 4
+            } else {
+                0
+            };
         let used = self.meter.output_bytes.fetch_add(total, Ordering::Relaxed) + total;
         if used > self.meter.limits.output_bytes {
-            return Err(Error::Limit("the job's guests returned more than the output byte limit".into()));
+            return Err(Error::Limit(
+                "the job's guests returned more than the output byte limit".into(),
+            ));
         }
         let nulls = if validity == 0 {
             None
@@ -627,8 +679,16 @@ impl Guest {
 struct EncodedBatch {
     len: usize,
     n_rows: usize,
-    /// Per column: type, null count, and (validity, offsets, data) bytes.
-    cols: Vec<(WasmType, usize, Option<Vec<u8>>, Option<Vec<u8>>, Vec<u8>)>,
+    cols: Vec<EncodedColumn>,
+}
+
+/// One argument column's buffers, rebased to offset 0.
+struct EncodedColumn {
+    ty: WasmType,
+    null_count: usize,
+    validity: Option<Vec<u8>>,
+    offsets: Option<Vec<u8>>,
+    data: Vec<u8>,
 }
 
 fn align8(n: usize) -> usize {
@@ -640,30 +700,80 @@ fn encode_batch(args: &[ArrayRef], n_rows: usize) -> Result<EncodedBatch> {
     let mut len = align8(8 + COLUMN_DESC * args.len());
     for a in args {
         let validity = (a.null_count() > 0)
-            .then(|| a.nulls().map(|n| n.inner().sliced().as_slice()[..n_rows.div_ceil(8)].to_vec()))
+            .then(|| {
+                a.nulls()
+                    .map(|n| n.inner().sliced().as_slice()[..n_rows.div_ceil(8)].to_vec())
+            })
             .flatten();
         let (ty, offsets, data) = match a.data_type() {
-            DataType::Int32 => (WasmType::Int32, None, a.as_primitive::<Int32Type>().values().inner().as_slice().to_vec()),
-            DataType::Int64 => (WasmType::Int64, None, a.as_primitive::<Int64Type>().values().inner().as_slice().to_vec()),
-            DataType::Float64 => (WasmType::Float64, None, a.as_primitive::<Float64Type>().values().inner().as_slice().to_vec()),
-            DataType::Date32 => (WasmType::Date32, None, a.as_primitive::<Date32Type>().values().inner().as_slice().to_vec()),
-            DataType::Boolean => (WasmType::Boolean, None, a.as_boolean().values().sliced().as_slice()[..n_rows.div_ceil(8)].to_vec()),
+            DataType::Int32 => (
+                WasmType::Int32,
+                None,
+                a.as_primitive::<Int32Type>()
+                    .values()
+                    .inner()
+                    .as_slice()
+                    .to_vec(),
+            ),
+            DataType::Int64 => (
+                WasmType::Int64,
+                None,
+                a.as_primitive::<Int64Type>()
+                    .values()
+                    .inner()
+                    .as_slice()
+                    .to_vec(),
+            ),
+            DataType::Float64 => (
+                WasmType::Float64,
+                None,
+                a.as_primitive::<Float64Type>()
+                    .values()
+                    .inner()
+                    .as_slice()
+                    .to_vec(),
+            ),
+            DataType::Date32 => (
+                WasmType::Date32,
+                None,
+                a.as_primitive::<Date32Type>()
+                    .values()
+                    .inner()
+                    .as_slice()
+                    .to_vec(),
+            ),
+            DataType::Boolean => (
+                WasmType::Boolean,
+                None,
+                a.as_boolean().values().sliced().as_slice()[..n_rows.div_ceil(8)].to_vec(),
+            ),
             DataType::Utf8 => {
                 let s = a.as_string::<i32>();
                 let offs = s.value_offsets();
                 let first = offs[0];
-                let rebased: Vec<u8> = offs.iter().flat_map(|o| (o - first).to_le_bytes()).collect();
+                let rebased: Vec<u8> = offs
+                    .iter()
+                    .flat_map(|o| (o - first).to_le_bytes())
+                    .collect();
                 let bytes = s.value_data()[first as usize..offs[offs.len() - 1] as usize].to_vec();
                 (WasmType::Utf8, Some(rebased), bytes)
             }
             other => {
-                return Err(Error::Internal(format!("argument type {other} is not part of the ABI")));
+                return Err(Error::Internal(format!(
+                    "argument type {other} is not part of the ABI"
+                )));
             }
         };
         len += validity.as_ref().map_or(0, |v| align8(v.len()));
         len += offsets.as_ref().map_or(0, |o| align8(o.len()));
         len += align8(data.len());
-        cols.push((ty, a.null_count(), validity, offsets, data));
+        cols.push(EncodedColumn {
+            ty,
+            null_count: a.null_count(),
+            validity,
+            offsets,
+            data,
+        });
     }
     Ok(EncodedBatch { len, n_rows, cols })
 }
@@ -672,15 +782,25 @@ impl EncodedBatch {
     /// The bytes of the region as they must appear at guest address `base`.
     fn write_at(&self, base: u32) -> Result<Vec<u8>> {
         let addr = |off: usize| -> Result<u32> {
-            u32::try_from(base as usize + off)
-                .map_err(|_| Error::BadInput("the guest's input buffer lies outside its memory".into()))
+            u32::try_from(base as usize + off).map_err(|_| {
+                Error::BadInput("the guest's input buffer lies outside its memory".into())
+            })
         };
         let mut region = vec![0u8; self.len];
-        let put = |region: &mut Vec<u8>, at: usize, v: u32| region[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        let put = |region: &mut Vec<u8>, at: usize, v: u32| {
+            region[at..at + 4].copy_from_slice(&v.to_le_bytes())
+        };
         put(&mut region, 0, self.n_rows as u32);
         put(&mut region, 4, self.cols.len() as u32);
         let mut cursor = align8(8 + COLUMN_DESC * self.cols.len());
-        for (i, (ty, null_count, validity, offsets, data)) in self.cols.iter().enumerate() {
+        for (i, col) in self.cols.iter().enumerate() {
+            let EncodedColumn {
+                ty,
+                null_count,
+                validity,
+                offsets,
+                data,
+            } = col;
             let d = 8 + COLUMN_DESC * i;
             let mut place = |region: &mut Vec<u8>, bytes: &[u8]| -> Result<u32> {
                 let at = cursor;
@@ -688,10 +808,27 @@ impl EncodedBatch {
                 cursor += align8(bytes.len());
                 addr(at)
             };
-            let v = match validity { Some(v) => place(&mut region, v)?, None => 0 };
-            let o = match offsets { Some(o) => place(&mut region, o)?, None => 0 };
+            let v = match validity {
+                Some(v) => place(&mut region, v)?,
+                None => 0,
+            };
+            let o = match offsets {
+                Some(o) => place(&mut region, o)?,
+                None => 0,
+            };
             let p = place(&mut region, data)?;
-            for (k, val) in [ty.id(), self.n_rows as u32, *null_count as u32, v, o, p, data.len() as u32].into_iter().enumerate() {
+            for (k, val) in [
+                ty.id(),
+                self.n_rows as u32,
+                *null_count as u32,
+                v,
+                o,
+                p,
+                data.len() as u32,
+            ]
+            .into_iter()
+            .enumerate()
+            {
                 put(&mut region, d + 4 * k, val);
             }
         }
@@ -709,7 +846,13 @@ struct JobInstances {
 }
 
 impl JobInstances {
-    fn call(&self, fn_id: i32, sig: &FunctionSig, args: &[ArrayRef], n_rows: usize) -> Result<ArrayRef> {
+    fn call(
+        &self,
+        fn_id: i32,
+        sig: &FunctionSig,
+        args: &[ArrayRef],
+        n_rows: usize,
+    ) -> Result<ArrayRef> {
         let idle = self.idle.lock().expect("instance pool").pop();
         let mut guest = match idle {
             Some(g) => g,
@@ -732,7 +875,11 @@ struct WasmScalarUdf {
 
 impl std::fmt::Debug for WasmScalarUdf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "WasmScalarUdf({} from {})", self.sig.name, self.pool.module.hash)
+        write!(
+            f,
+            "WasmScalarUdf({} from {})",
+            self.sig.name, self.pool.module.hash
+        )
     }
 }
 
@@ -764,7 +911,10 @@ impl ScalarUDFImpl for WasmScalarUdf {
         Ok(self.sig.ret.arrow())
     }
 
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> datafusion::common::Result<ColumnarValue> {
+    fn invoke_with_args(
+        &self,
+        args: ScalarFunctionArgs,
+    ) -> datafusion::common::Result<ColumnarValue> {
         let n_rows = args.number_rows;
         let mut arrays = Vec::with_capacity(args.args.len());
         for (value, want) in args.args.iter().zip(&self.sig.args) {
@@ -827,7 +977,10 @@ mod tests {
     #[test]
     fn a_module_without_the_abi_exports_is_refused() {
         let err = load_wat("(module (memory (export \"memory\") 1))").unwrap_err();
-        assert_eq!(err.to_string(), "bad input: invalid module: required export `tg_abi_version` is missing");
+        assert_eq!(
+            err.to_string(),
+            "bad input: invalid module: required export `tg_abi_version` is missing"
+        );
     }
 
     #[test]

@@ -40,7 +40,11 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::error!(error = %self.0, "request failed");
         }
-        (status, Json(json!({ "error": class, "message": self.0.to_string() }))).into_response()
+        (
+            status,
+            Json(json!({ "error": class, "message": self.0.to_string() })),
+        )
+            .into_response()
     }
 }
 
@@ -71,7 +75,11 @@ struct OrgBody {
     kind: String,
 }
 
-async fn create_org(State(p): State<AppState>, h: HeaderMap, Json(b): Json<OrgBody>) -> ApiResult<Value> {
+async fn create_org(
+    State(p): State<AppState>,
+    h: HeaderMap,
+    Json(b): Json<OrgBody>,
+) -> ApiResult<Value> {
     let actor = principal(&p, &h)?;
     let org = blocking(move || p.create_org(&actor, &b.name, &b.kind)).await?;
     Ok(Json(serde_json::to_value(org).expect("serializes")))
@@ -84,7 +92,11 @@ struct PrincipalBody {
     roles: Vec<Role>,
 }
 
-async fn create_principal(State(p): State<AppState>, h: HeaderMap, Json(b): Json<PrincipalBody>) -> ApiResult<Value> {
+async fn create_principal(
+    State(p): State<AppState>,
+    h: HeaderMap,
+    Json(b): Json<PrincipalBody>,
+) -> ApiResult<Value> {
     let actor = principal(&p, &h)?;
     let v = blocking(move || p.create_principal(&actor, &b.name, &b.org, &b.roles)).await?;
     Ok(Json(serde_json::to_value(v).expect("serializes")))
@@ -106,7 +118,11 @@ async fn record_training(
     Ok(Json(json!({ "trained": true })))
 }
 
-async fn import_dataset(State(p): State<AppState>, h: HeaderMap, Json(b): Json<ImportRequest>) -> ApiResult<Value> {
+async fn import_dataset(
+    State(p): State<AppState>,
+    h: HeaderMap,
+    Json(b): Json<ImportRequest>,
+) -> ApiResult<Value> {
     let actor = principal(&p, &h)?;
     let v = blocking(move || p.import_dataset(&actor, b)).await?;
     Ok(Json(serde_json::to_value(v).expect("serializes")))
@@ -118,19 +134,31 @@ async fn list_datasets(State(p): State<AppState>, h: HeaderMap) -> ApiResult<Val
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
 
-async fn apply_scenario(State(p): State<AppState>, h: HeaderMap, Json(b): Json<ScenarioRequest>) -> ApiResult<Value> {
+async fn apply_scenario(
+    State(p): State<AppState>,
+    h: HeaderMap,
+    Json(b): Json<ScenarioRequest>,
+) -> ApiResult<Value> {
     let actor = principal(&p, &h)?;
     let v = blocking(move || p.apply_scenario(&actor, b)).await?;
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
 
-async fn get_scenario(State(p): State<AppState>, h: HeaderMap, Path(id): Path<String>) -> ApiResult<Value> {
+async fn get_scenario(
+    State(p): State<AppState>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Value> {
     let actor = principal(&p, &h)?;
     let v = blocking(move || p.get_scenario(&actor, &id)).await?;
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
 
-async fn approve_scenario(State(p): State<AppState>, h: HeaderMap, Path(id): Path<String>) -> ApiResult<Value> {
+async fn approve_scenario(
+    State(p): State<AppState>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Value> {
     let actor = principal(&p, &h)?;
     let v = blocking(move || p.approve_scenario(&actor, &id)).await?;
     Ok(Json(serde_json::to_value(v).expect("serializes")))
@@ -171,13 +199,21 @@ async fn approve_module(
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
 
-async fn submit_job(State(p): State<AppState>, h: HeaderMap, Json(b): Json<JobRequest>) -> ApiResult<Value> {
+async fn submit_job(
+    State(p): State<AppState>,
+    h: HeaderMap,
+    Json(b): Json<JobRequest>,
+) -> ApiResult<Value> {
     let actor = principal(&p, &h)?;
     let v = p.submit_job(&actor, b).await?;
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
 
-async fn get_job(State(p): State<AppState>, h: HeaderMap, Path(id): Path<String>) -> ApiResult<Value> {
+async fn get_job(
+    State(p): State<AppState>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Value> {
     let actor = principal(&p, &h)?;
     let v = blocking(move || p.get_job(&actor, &id)).await?;
     Ok(Json(serde_json::to_value(v).expect("serializes")))
@@ -188,13 +224,21 @@ struct ExportBody {
     job: String,
 }
 
-async fn request_export(State(p): State<AppState>, h: HeaderMap, Json(b): Json<ExportBody>) -> ApiResult<Value> {
+async fn request_export(
+    State(p): State<AppState>,
+    h: HeaderMap,
+    Json(b): Json<ExportBody>,
+) -> ApiResult<Value> {
     let actor = principal(&p, &h)?;
     let v = blocking(move || p.request_export(&actor, &b.job)).await?;
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
 
-async fn get_export(State(p): State<AppState>, h: HeaderMap, Path(id): Path<String>) -> ApiResult<Value> {
+async fn get_export(
+    State(p): State<AppState>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Value> {
     let actor = principal(&p, &h)?;
     let v = blocking(move || p.get_export(&actor, &id)).await?;
     Ok(Json(serde_json::to_value(v).expect("serializes")))
@@ -218,7 +262,11 @@ async fn review_export(
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
 
-async fn download_bundle(State(p): State<AppState>, h: HeaderMap, Path(id): Path<String>) -> ApiResult<Value> {
+async fn download_bundle(
+    State(p): State<AppState>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Value> {
     let actor = principal(&p, &h)?;
     let files = blocking(move || p.download_bundle(&actor, &id)).await?;
     let files: Vec<Value> = files
@@ -261,7 +309,10 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .route("/v1/scenarios/{id}", get(get_scenario))
         .route("/v1/scenarios/{id}/approve", post(approve_scenario))
         .route("/v1/scenarios/{id}/modules", post(upload_module))
-        .route("/v1/scenarios/{id}/modules/{hash}/approve", post(approve_module))
+        .route(
+            "/v1/scenarios/{id}/modules/{hash}/approve",
+            post(approve_module),
+        )
         .route("/v1/jobs", post(submit_job))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/exports", post(request_export))
@@ -274,7 +325,10 @@ pub fn router(platform: Arc<Platform>) -> Router {
 }
 
 /// Serves the API on `listener` until the process ends.
-pub async fn serve(platform: Arc<Platform>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+pub async fn serve(
+    platform: Arc<Platform>,
+    listener: tokio::net::TcpListener,
+) -> std::io::Result<()> {
     axum::serve(listener, router(platform)).await
 }
 
@@ -286,7 +340,10 @@ pub fn spawn_server(platform: Arc<Platform>) -> std::io::Result<(String, tokio::
         .thread_stack_size(8 << 20)
         .enable_all()
         .build()?;
-    let listener = rt.block_on(tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))))?;
+    let listener = rt.block_on(tokio::net::TcpListener::bind(SocketAddr::from((
+        [127, 0, 0, 1],
+        0,
+    ))))?;
     let url = format!("http://{}", listener.local_addr()?);
     rt.spawn(async move {
         if let Err(e) = serve(platform, listener).await {

@@ -15,7 +15,11 @@ use crate::client::Client;
 use crate::demo::{DemoOptions, run_demo};
 
 #[derive(Parser)]
-#[command(name = "tidegate", version, about = "Tidegate: a sandbox runtime for public-data authorized operation")]
+#[command(
+    name = "tidegate",
+    version,
+    about = "Tidegate: a sandbox runtime for public-data authorized operation"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -24,7 +28,12 @@ struct Cli {
 #[derive(Args, Clone)]
 struct Remote {
     /// The server's base URL.
-    #[arg(long, env = "TIDEGATE_URL", default_value = "http://127.0.0.1:7878", global = true)]
+    #[arg(
+        long,
+        env = "TIDEGATE_URL",
+        default_value = "http://127.0.0.1:7878",
+        global = true
+    )]
     url: String,
     /// Your bearer token.
     #[arg(long, env = "TIDEGATE_TOKEN", global = true, hide_env_values = true)]
@@ -59,7 +68,9 @@ impl KeyArgs {
         if let Ok(hex) = std::env::var("TIDEGATE_MASTER_KEY") {
             return Ok(MasterKey::from_hex(hex.trim())?);
         }
-        bail!("no master key: pass --master-key FILE, or set TIDEGATE_MASTER_KEY_FILE or TIDEGATE_MASTER_KEY")
+        bail!(
+            "no master key: pass --master-key FILE, or set TIDEGATE_MASTER_KEY_FILE or TIDEGATE_MASTER_KEY"
+        )
     }
 }
 
@@ -290,8 +301,12 @@ enum JobCommand {
 #[derive(Subcommand)]
 enum ExportCommand {
     /// Run the gate over a job's result and send it to review.
-    Request { job: String },
-    Show { id: String },
+    Request {
+        job: String,
+    },
+    Show {
+        id: String,
+    },
     /// Download an approved export's signed bundle.
     Download {
         id: String,
@@ -306,21 +321,29 @@ fn print(v: &Value) {
 
 fn parse_column(spec: &str) -> Result<Value> {
     let mut parts = spec.splitn(3, ':');
-    let name = parts.next().filter(|n| !n.is_empty()).ok_or_else(|| anyhow!("`{spec}`: a column spec starts with its name"))?;
+    let name = parts
+        .next()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| anyhow!("`{spec}`: a column spec starts with its name"))?;
     let data_type = parts.next().filter(|t| !t.is_empty());
     let tags = match parts.next() {
         Some(t) => tidegate_policy::parse_tags(t).map_err(|e| anyhow!(e))?,
         None => Vec::new(),
     };
     if let Some(t) = data_type {
-        t.parse::<tidegate_policy::DataType>().map_err(|e| anyhow!(e))?;
+        t.parse::<tidegate_policy::DataType>()
+            .map_err(|e| anyhow!(e))?;
     }
     Ok(json!({ "name": name, "data_type": data_type.map(str::to_ascii_lowercase), "tags": tags }))
 }
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Init { data_dir, master_key, admin_name } => {
+        Command::Init {
+            data_dir,
+            master_key,
+            admin_name,
+        } => {
             let (platform, token) = Platform::init(&data_dir, &master_key, &admin_name)?;
             print(&json!({
                 "data_dir": data_dir,
@@ -340,28 +363,51 @@ fn run(cli: Cli) -> Result<()> {
                 let listener = tokio::net::TcpListener::bind(&listen)
                     .await
                     .with_context(|| format!("cannot listen on {listen}"))?;
-                eprintln!("tidegate: serving {} on http://{listen}", keys.data_dir.display());
+                eprintln!(
+                    "tidegate: serving {} on http://{listen}",
+                    keys.data_dir.display()
+                );
                 crate::api::serve(platform, listener).await?;
                 anyhow::Ok(())
             })?;
         }
         Command::Demo { data_dir, rows } => {
-            run_demo(&DemoOptions { data_dir, rows, quiet: false })?;
+            run_demo(&DemoOptions {
+                data_dir,
+                rows,
+                quiet: false,
+            })?;
         }
         Command::Verify { bundle, key } => {
-            let key = std::fs::read(&key).with_context(|| format!("cannot read {}", key.display()))?;
+            let key =
+                std::fs::read(&key).with_context(|| format!("cannot read {}", key.display()))?;
             let v = tidegate_runtime::verify_bundle(&bundle, &key)?;
-            println!("bundle verified: signature valid; files {:?} match the signed manifest", v.files);
-            println!("export {}, scenario {}", v.manifest["export"], v.manifest["scenario"]["id"]);
+            println!(
+                "bundle verified: signature valid; files {:?} match the signed manifest",
+                v.files
+            );
+            println!(
+                "export {}, scenario {}",
+                v.manifest["export"], v.manifest["scenario"]["id"]
+            );
         }
-        Command::Audit { command: AuditCommand::Verify { data_dir } } => {
-            let v = tidegate_runtime::verify_audit_file(&data_dir.join(tidegate_runtime::AUDIT_FILE))?;
+        Command::Audit {
+            command: AuditCommand::Verify { data_dir },
+        } => {
+            let v =
+                tidegate_runtime::verify_audit_file(&data_dir.join(tidegate_runtime::AUDIT_FILE))?;
             match v.first_bad {
                 None => println!("audit log verified: {} entries, head {}", v.entries, v.head),
-                Some((n, why)) => bail!("audit log broken at entry {n}: {why} ({} entries before it verify)", v.entries),
+                Some((n, why)) => bail!(
+                    "audit log broken at entry {n}: {why} ({} entries before it verify)",
+                    v.entries
+                ),
             }
         }
-        Command::Org { command: OrgCommand::Create { name, kind }, remote } => {
+        Command::Org {
+            command: OrgCommand::Create { name, kind },
+            remote,
+        } => {
             print(&remote.client()?.create_org(&name, &kind)?);
         }
         Command::Principal { command, remote } => match command {
@@ -369,13 +415,25 @@ fn run(cli: Cli) -> Result<()> {
                 let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
                 print(&remote.client()?.create_principal(&name, &org, &roles)?);
             }
-            PrincipalCommand::Train { id, course } => print(&remote.client()?.record_training(&id, &course)?),
+            PrincipalCommand::Train { id, course } => {
+                print(&remote.client()?.record_training(&id, &course)?)
+            }
         },
         Command::Dataset { command, remote } => match command {
-            DatasetCommand::Import { file, name, level, format, columns } => {
-                let data = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            DatasetCommand::Import {
+                file,
+                name,
+                level,
+                format,
+                columns,
+            } => {
+                let data = std::fs::read(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?;
                 let format = format.unwrap_or_else(|| guess_format(&file));
-                let columns: Vec<Value> = columns.iter().map(|c| parse_column(c)).collect::<Result<_>>()?;
+                let columns: Vec<Value> = columns
+                    .iter()
+                    .map(|c| parse_column(c))
+                    .collect::<Result<_>>()?;
                 eprintln!("importing {} ({} bytes)...", file.display(), data.len());
                 let req = json!({ "name": name, "level": level.to_ascii_uppercase(), "format": format, "columns": columns });
                 print(&remote.client()?.import_dataset(req, &data)?);
@@ -385,7 +443,17 @@ fn run(cli: Cli) -> Result<()> {
         Command::Scenario { command, remote } => {
             let c = remote.client()?;
             match command {
-                ScenarioCommand::Apply { name, key_area, purpose, grants, term_start, term_end, public_interest, k, products } => {
+                ScenarioCommand::Apply {
+                    name,
+                    key_area,
+                    purpose,
+                    grants,
+                    term_start,
+                    term_end,
+                    public_interest,
+                    k,
+                    products,
+                } => {
                     let grants: Vec<Value> = grants
                         .iter()
                         .map(|g| {
@@ -398,7 +466,9 @@ fn run(cli: Cli) -> Result<()> {
                         "grants": grants, "term_start": term_start, "term_end": term_end, "k": k, "planned_products": products,
                     }))?);
                 }
-                ScenarioCommand::Show { id } => print(&c.ok("GET", &format!("/v1/scenarios/{id}"), None)?),
+                ScenarioCommand::Show { id } => {
+                    print(&c.ok("GET", &format!("/v1/scenarios/{id}"), None)?)
+                }
                 ScenarioCommand::Approve { id } => print(&c.approve_scenario(&id)?),
             }
         }
@@ -406,16 +476,25 @@ fn run(cli: Cli) -> Result<()> {
             let c = remote.client()?;
             match command {
                 ModuleCommand::Upload { file, scenario } => {
-                    let wasm = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+                    let wasm = std::fs::read(&file)
+                        .with_context(|| format!("cannot read {}", file.display()))?;
                     print(&c.upload_module(&scenario, &wasm)?);
                 }
-                ModuleCommand::Approve { hash, scenario, note } => print(&c.approve_module(&scenario, &hash, &note)?),
+                ModuleCommand::Approve {
+                    hash,
+                    scenario,
+                    note,
+                } => print(&c.approve_module(&scenario, &hash, &note)?),
             }
         }
         Command::Job { command, remote } => {
             let c = remote.client()?;
             match command {
-                JobCommand::Submit { scenario, sql, modules } => print(&c.submit_job(&scenario, &sql, &modules)?),
+                JobCommand::Submit {
+                    scenario,
+                    sql,
+                    modules,
+                } => print(&c.submit_job(&scenario, &sql, &modules)?),
                 JobCommand::Show { id } => print(&c.ok("GET", &format!("/v1/jobs/{id}"), None)?),
             }
         }
@@ -423,15 +502,26 @@ fn run(cli: Cli) -> Result<()> {
             let c = remote.client()?;
             match command {
                 ExportCommand::Request { job } => print(&c.request_export(&job)?),
-                ExportCommand::Show { id } => print(&c.ok("GET", &format!("/v1/exports/{id}"), None)?),
+                ExportCommand::Show { id } => {
+                    print(&c.ok("GET", &format!("/v1/exports/{id}"), None)?)
+                }
                 ExportCommand::Download { id, out } => {
                     c.download_bundle(&id, &out)?;
                     println!("bundle: {}", out.display());
                 }
             }
         }
-        Command::Review { decision, export, comment, remote } => {
-            print(&remote.client()?.review_export(&export, &decision, &comment)?);
+        Command::Review {
+            decision,
+            export,
+            comment,
+            remote,
+        } => {
+            print(
+                &remote
+                    .client()?
+                    .review_export(&export, &decision, &comment)?,
+            );
         }
     }
     Ok(())
@@ -457,7 +547,11 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     match run(cli) {

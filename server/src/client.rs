@@ -83,14 +83,20 @@ impl Client {
         } else {
             Err(anyhow!(
                 "{} ({})",
-                a.body["message"].as_str().unwrap_or("the server gave no message"),
+                a.body["message"]
+                    .as_str()
+                    .unwrap_or("the server gave no message"),
                 a.status
             ))
         }
     }
 
     pub fn create_org(&self, name: &str, kind: &str) -> Result<Value> {
-        self.ok("POST", "/v1/orgs", Some(&json!({ "name": name, "kind": kind })))
+        self.ok(
+            "POST",
+            "/v1/orgs",
+            Some(&json!({ "name": name, "kind": kind })),
+        )
     }
 
     pub fn create_principal(&self, name: &str, org: &str, roles: &[&str]) -> Result<Value> {
@@ -111,7 +117,8 @@ impl Client {
 
     pub fn import_dataset(&self, request: Value, data: &[u8]) -> Result<Value> {
         let mut request = request;
-        request["data_base64"] = Value::String(base64::engine::general_purpose::STANDARD.encode(data));
+        request["data_base64"] =
+            Value::String(base64::engine::general_purpose::STANDARD.encode(data));
         self.ok("POST", "/v1/datasets", Some(&request))
     }
 
@@ -125,7 +132,11 @@ impl Client {
 
     pub fn upload_module(&self, scenario: &str, wasm: &[u8]) -> Result<Value> {
         let body = json!({ "wasm_base64": base64::engine::general_purpose::STANDARD.encode(wasm) });
-        self.ok("POST", &format!("/v1/scenarios/{scenario}/modules"), Some(&body))
+        self.ok(
+            "POST",
+            &format!("/v1/scenarios/{scenario}/modules"),
+            Some(&body),
+        )
     }
 
     pub fn approve_module(&self, scenario: &str, hash: &str, note: &str) -> Result<Value> {
@@ -159,10 +170,14 @@ impl Client {
     /// Downloads an export's bundle into `dir`.
     pub fn download_bundle(&self, id: &str, dir: &Path) -> Result<()> {
         let v = self.ok("GET", &format!("/v1/exports/{id}/bundle"), None)?;
-        let files = v["files"].as_array().ok_or_else(|| anyhow!("the server sent no files"))?;
+        let files = v["files"]
+            .as_array()
+            .ok_or_else(|| anyhow!("the server sent no files"))?;
         let mut out = Vec::new();
         for f in files {
-            let name = f["name"].as_str().ok_or_else(|| anyhow!("a file without a name"))?;
+            let name = f["name"]
+                .as_str()
+                .ok_or_else(|| anyhow!("a file without a name"))?;
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(f["base64"].as_str().unwrap_or_default())
                 .context("a bundle file is not base64")?;

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, anyhow};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
-use tidegate_runtime::{Platform, PUBLIC_KEY_FILE};
+use tidegate_runtime::{PUBLIC_KEY_FILE, Platform};
 
 use crate::client::Client;
 
@@ -69,7 +69,11 @@ fn resident_id(rng: &mut StdRng) -> String {
 }
 
 fn mobile(rng: &mut StdRng) -> String {
-    format!("1{}{:09}", rng.random_range(3..=9), rng.random_range(0..1_000_000_000u32))
+    format!(
+        "1{}{:09}",
+        rng.random_range(3..=9),
+        rng.random_range(0..1_000_000_000u32)
+    )
 }
 
 /// A synthetic CSV of `rows` visits by about `rows / 5` people, with valid check digits;
@@ -105,7 +109,11 @@ pub fn visitor_csv(rows: usize) -> String {
         let day = rng.random_range(0..300);
         let date = time::Date::from_ordinal_date(2026, day + 1).expect("a day of 2026");
         let spend = rng.random_range(0..50_000) as f64 / 100.0;
-        let _ = writeln!(out, "{},{},{},{},{:.2}", person.0, person.1, spot, date, spend);
+        let _ = writeln!(
+            out,
+            "{},{},{},{},{:.2}",
+            person.0, person.1, spot, date, spend
+        );
     }
     out
 }
@@ -144,7 +152,9 @@ impl World {
             if train {
                 admin.record_training(&pid, "public data security training 2026")?;
             }
-            let token = p["token"].as_str().ok_or_else(|| anyhow!("no token in {p}"))?;
+            let token = p["token"]
+                .as_str()
+                .ok_or_else(|| anyhow!("no token in {p}"))?;
             Ok((admin.as_token(token), pid))
         };
         let (provider, _) = make("li.provider", &provider_org, "provider")?;
@@ -207,7 +217,10 @@ impl World {
     /// The scientist uploads the example module; a reviewer of another org approves its hash.
     pub fn publish_module(&self, scenario: &str, wasm: &[u8]) -> Result<(Value, Value)> {
         let uploaded = self.scientist.upload_module(scenario, wasm)?;
-        let hash = uploaded["hash"].as_str().ok_or_else(|| anyhow!("no hash"))?.to_string();
+        let hash = uploaded["hash"]
+            .as_str()
+            .ok_or_else(|| anyhow!("no hash"))?
+            .to_string();
         let approved = self.reviewer.approve_module(
             scenario,
             &hash,
@@ -243,7 +256,10 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoOutcome> {
     };
     let data_dir = root.join("data");
     let master_key = root.join("keys").join("master.key");
-    say(&format!("==> 1. init: data directory {}", data_dir.display()));
+    say(&format!(
+        "==> 1. init: data directory {}",
+        data_dir.display()
+    ));
     let (platform, admin_token) = Platform::init(&data_dir, &master_key, "admin")
         .context("initializing the data directory")?;
     say(&format!(
@@ -261,7 +277,10 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoOutcome> {
         world.provider_org, world.operator_org, world.review_org
     ));
 
-    say(&format!("==> 4. import: {} synthetic visits, level L2, encrypted at rest", opts.rows));
+    say(&format!(
+        "==> 4. import: {} synthetic visits, level L2, encrypted at rest",
+        opts.rows
+    ));
     let csv = visitor_csv(opts.rows);
     let dataset = world.import_visits(&csv)?;
     say(&format!(
@@ -284,11 +303,16 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoOutcome> {
     say("==> 6. module: the scientist uploads the example UDF; a reviewer approves its hash");
     let (module, _) = world.publish_module(&sid, crate::VISITOR_UDF_WASM)?;
     let hash = module["hash"].as_str().unwrap_or_default().to_string();
-    say(&format!("    module {hash}: functions {}", module["functions"]));
+    say(&format!(
+        "    module {hash}: functions {}",
+        module["functions"]
+    ));
 
     say("==> 7. job: a GROUP BY aggregate calling the module inside wasmtime");
     say(&format!("    {DEMO_SQL}"));
-    let job = world.scientist.submit_job(&sid, DEMO_SQL, std::slice::from_ref(&hash))?;
+    let job = world
+        .scientist
+        .submit_job(&sid, DEMO_SQL, std::slice::from_ref(&hash))?;
     if job["state"] != "succeeded" {
         return Err(anyhow!("the job failed: {}", job["error"]));
     }
@@ -303,7 +327,11 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoOutcome> {
     say("==> 8. export: the gate checks the result");
     let export = world.scientist.request_export(&id(&job)?)?;
     let eid = id(&export)?;
-    for c in export["gate_report"]["checks"].as_array().into_iter().flatten() {
+    for c in export["gate_report"]["checks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
         say(&format!(
             "    [{}] {}: {}",
             if c["passed"] == true { "pass" } else { "FAIL" },
@@ -316,7 +344,9 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoOutcome> {
     }
 
     say("==> 9. review: a reviewer of another org sees the masked preview and decides");
-    let preview = world.reviewer.ok("GET", &format!("/v1/exports/{eid}"), None)?;
+    let preview = world
+        .reviewer
+        .ok("GET", &format!("/v1/exports/{eid}"), None)?;
     for line in preview["preview"].as_str().unwrap_or_default().lines() {
         say(&format!("    | {line}"));
     }
@@ -337,7 +367,10 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoOutcome> {
     world.scientist.download_bundle(&eid, &bundle_dir)?;
     let public_key = data_dir.join(PUBLIC_KEY_FILE);
     let verified = tidegate_runtime::verify_bundle(&bundle_dir, &std::fs::read(&public_key)?)?;
-    say(&format!("    verified: signature and hashes of {:?}", verified.files));
+    say(&format!(
+        "    verified: signature and hashes of {:?}",
+        verified.files
+    ));
 
     say("==> 11. audit: the hash chain verifies");
     let audit = world.auditor.ok("GET", "/v1/audit/verify", None)?;

@@ -4,7 +4,7 @@
 //! Architecture invariant: this crate has no dependencies and imports nothing from the host;
 //! it builds for `wasm32-unknown-unknown` (and for the host, so its logic can be unit-tested).
 //!
-//! ```ignore
+//! ```text
 //! fn double(x: i64) -> Option<i64> { x.checked_mul(2) }
 //! tidegate_udf_sdk::export_udfs! {
 //!     scalar fn double(x: i64) -> i64;
@@ -174,7 +174,7 @@ impl Output {
     }
 
     fn next_slot(&mut self, valid: bool) {
-        if self.len % 8 == 0 {
+        if self.len.is_multiple_of(8) {
             self.validity.push(0);
         }
         if valid {
@@ -183,7 +183,7 @@ impl Output {
         } else {
             self.null_count += 1;
         }
-        if self.ty == Type::Boolean && self.len % 8 == 0 {
+        if self.ty == Type::Boolean && self.len.is_multiple_of(8) {
             self.data.push(0);
         }
         self.len += 1;
