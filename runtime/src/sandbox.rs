@@ -28,6 +28,14 @@ use crate::error::{Error, Result};
 /// The ABI version this host speaks (udf-sdk/ABI.md).
 pub(crate) const ABI_VERSION: i32 = 1;
 const MAX_MODULE_BYTES: usize = 16 << 20;
+const MAX_DEFINED_FUNCTIONS: u32 = 20_000;
+const MAX_BODY_BYTES: usize = 128 << 10;
+const MAX_DATA_SEGMENTS: u32 = 1_000;
+const MAX_DATA_BYTES: usize = 8 << 20;
+const MAX_TABLE_ELEMENTS: u64 = 10_000;
+const MAX_ELEMENT_ITEMS: u64 = 100_000;
+const MAX_GLOBALS: u32 = 10_000;
+const MAX_EXPORTS: u32 = 1_000;
 const MAX_MANIFEST_BYTES: usize = 64 << 10;
 const MAX_FUNCTIONS: usize = 64;
 const MAX_ARGS: usize = 8;
@@ -226,6 +234,7 @@ impl Sandbox {
                     .into(),
             ));
         }
+        precheck(bytes, GuestLimits::default().memory_bytes).map_err(invalid)?;
         let module = Module::new(&self.engine, bytes).map_err(|e| invalid(format!("{e:#}")))?;
         let imports: Vec<String> = module
             .imports()
@@ -353,6 +362,104 @@ impl Sandbox {
             })
             .collect()
     }
+}
+
+/// Structural caps checked by parsing, before anything is compiled: a module too large or too
+/// complex is refused cheaply with a report of what is over which limit.
+fn precheck(bytes: &[u8], memory_cap: usize) -> std::result::Result<(), String> {
+    use wasmparser::{ElementItems, Encoding, Parser, Payload};
+    let over = |what: &str, n: u64, max: u64| format!("{what}: {n} is over the limit of {max}");
+    let mut data_bytes = 0usize;
+    let mut element_items = 0u64;
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload.map_err(|e| format!("malformed: {e}"))? {
+            Payload::Version { encoding, .. } if encoding != Encoding::Module => {
+                return Err("a component; only core modules are accepted".into());
+            }
+            Payload::FunctionSection(r) if r.count() > MAX_DEFINED_FUNCTIONS => {
+                return Err(over(
+                    "functions",
+                    r.count().into(),
+                    MAX_DEFINED_FUNCTIONS.into(),
+                ));
+            }
+            Payload::CodeSectionEntry(body) if body.range().len() > MAX_BODY_BYTES => {
+                return Err(over(
+                    "bytes in one function body",
+                    body.range().len() as u64,
+                    MAX_BODY_BYTES as u64,
+                ));
+            }
+            Payload::GlobalSection(r) if r.count() > MAX_GLOBALS => {
+                return Err(over("globals", r.count().into(), MAX_GLOBALS.into()));
+            }
+            Payload::ExportSection(r) if r.count() > MAX_EXPORTS => {
+                return Err(over("exports", r.count().into(), MAX_EXPORTS.into()));
+            }
+            Payload::MemorySection(r) => {
+                if r.count() > 1 {
+                    return Err(over("memories", r.count().into(), 1));
+                }
+                for m in r {
+                    let m = m.map_err(|e| format!("malformed memory: {e}"))?;
+                    let max_pages = (memory_cap / 65536) as u64;
+                    if m.initial > max_pages {
+                        return Err(over("initial memory pages", m.initial, max_pages));
+                    }
+                }
+            }
+            Payload::TableSection(r) => {
+                for t in r {
+                    let t = t.map_err(|e| format!("malformed table: {e}"))?;
+                    if t.ty.initial > MAX_TABLE_ELEMENTS {
+                        return Err(over(
+                            "initial table elements",
+                            t.ty.initial,
+                            MAX_TABLE_ELEMENTS,
+                        ));
+                    }
+                }
+            }
+            Payload::ElementSection(r) => {
+                for e in r {
+                    let e = e.map_err(|e| format!("malformed element segment: {e}"))?;
+                    element_items += match e.items {
+                        ElementItems::Functions(f) => u64::from(f.count()),
+                        ElementItems::Expressions(_, x) => u64::from(x.count()),
+                    };
+                    if element_items > MAX_ELEMENT_ITEMS {
+                        return Err(over(
+                            "element segment items",
+                            element_items,
+                            MAX_ELEMENT_ITEMS,
+                        ));
+                    }
+                }
+            }
+            Payload::DataSection(r) => {
+                if r.count() > MAX_DATA_SEGMENTS {
+                    return Err(over(
+                        "data segments",
+                        r.count().into(),
+                        MAX_DATA_SEGMENTS.into(),
+                    ));
+                }
+                for d in r {
+                    let d = d.map_err(|e| format!("malformed data segment: {e}"))?;
+                    data_bytes += d.data.len();
+                    if data_bytes > MAX_DATA_BYTES {
+                        return Err(over(
+                            "bytes of data segments",
+                            data_bytes as u64,
+                            MAX_DATA_BYTES as u64,
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 fn parse_manifest(text: &str) -> std::result::Result<Vec<FunctionSig>, String> {

@@ -1,0 +1,636 @@
+//! The evil-guest suite: modules that try to break the sandbox, each with the outcome it must
+//! get. Every one fails fast with a clear error class, and the host goes on serving others.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{AsArray, Int64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema};
+use tidegate_policy::{ColumnSpec, DataType as ColType};
+use tidegate_runtime::{
+    EngineLimits, Error, GuestLimits, JobMeter, Sandbox, TableInput, run_query,
+};
+
+/// Where the host may write its input (returned by `tg_alloc`) and where the guests below put
+/// their output descriptor and data.
+const INPUT: u32 = 65_536;
+const OUT: u32 = 1 << 20;
+const OUT_DATA: u32 = OUT + 64;
+
+/// A module of the Tidegate ABI with one function `f` of the given signature, whose
+/// `tg_scalar` body is `body`; `extra` adds fields to the module.
+fn guest(sig: &str, body: &str, extra: &str) -> Vec<u8> {
+    let manifest = format!("scalar f({sig}");
+    let len = manifest.len();
+    wat::parse_str(format!(
+        r#"(module
+            (memory (export "memory") 40)
+            (global $seen (mut i64) (i64.const -1))
+            (data (i32.const 16) "\20\00\00\00\{len:02x}\00\00\00")
+            (data (i32.const 32) "{manifest}")
+            (func (export "tg_abi_version") (result i32) i32.const 1)
+            (func (export "tg_manifest") (result i32) i32.const 16)
+            (func (export "tg_alloc") (param i32) (result i32) i32.const {INPUT})
+            (func (export "tg_error") (result i32) i32.const 16)
+            (func $desc (param $ty i32) (param $n i32) (param $validity i32) (param $offsets i32) (param $data i32) (param $len i32) (result i32)
+                (i32.store (i32.const {OUT}) (local.get $ty))
+                (i32.store (i32.const {o4}) (local.get $n))
+                (i32.store (i32.const {o8}) (i32.const 0))
+                (i32.store (i32.const {o12}) (local.get $validity))
+                (i32.store (i32.const {o16}) (local.get $offsets))
+                (i32.store (i32.const {o20}) (local.get $data))
+                (i32.store (i32.const {o24}) (local.get $len))
+                i32.const {OUT})
+            (func $rows (param $b i32) (result i32) (i32.load (local.get $b)))
+            (func $src (param $b i32) (result i32) (i32.load (i32.add (local.get $b) (i32.const 28))))
+            {extra}
+            (func (export "tg_scalar") (param $fn i32) (param $b i32) (result i32)
+                (local $n i32) (local $i i32)
+                {body}))"#,
+        o4 = OUT + 4,
+        o8 = OUT + 8,
+        o12 = OUT + 12,
+        o16 = OUT + 16,
+        o20 = OUT + 20,
+        o24 = OUT + 24,
+    ))
+    .expect("the test module is valid text")
+}
+
+/// x + 1 over an int64 column: the well-behaved guest.
+fn plus_one() -> Vec<u8> {
+    guest(
+        "int64) -> int64",
+        &format!(
+            r#"(local.set $n (call $rows (local.get $b)))
+            (block $done (loop $next
+                (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
+                (i64.store
+                    (i32.add (i32.const {OUT_DATA}) (i32.mul (local.get $i) (i32.const 8)))
+                    (i64.add (i64.load (i32.add (call $src (local.get $b)) (i32.mul (local.get $i) (i32.const 8)))) (i64.const 1)))
+                (local.set $i (i32.add (local.get $i) (i32.const 1)))
+                (br $next)))
+            (call $desc (i32.const 2) (local.get $n) (i32.const 0) (i32.const 0) (i32.const {OUT_DATA}) (i32.mul (local.get $n) (i32.const 8)))"#
+        ),
+        "",
+    )
+}
+
+fn table(values: &[i64]) -> Vec<TableInput> {
+    let batch = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, true)])),
+        vec![Arc::new(Int64Array::from(values.to_vec()))],
+    )
+    .unwrap();
+    vec![TableInput {
+        name: "t".into(),
+        columns: vec![ColumnSpec {
+            name: "x".into(),
+            data_type: ColType::Int64,
+            tags: vec![],
+        }],
+        batches: vec![batch],
+    }]
+}
+
+fn tight() -> GuestLimits {
+    GuestLimits {
+        fuel: 2_000_000_000,
+        memory_bytes: 16 << 20,
+        call_timeout_ms: 300,
+        output_bytes: 1 << 20,
+    }
+}
+
+async fn run_with(
+    sandbox: &Arc<Sandbox>,
+    wasm: &[u8],
+    values: &[i64],
+    limits: GuestLimits,
+) -> Result<Vec<i64>, Error> {
+    let module = sandbox.load(wasm)?;
+    let meter = Arc::new(JobMeter::new(limits));
+    let out = run_query(
+        "SELECT f(x) AS y FROM t",
+        &table(values),
+        sandbox.scalar_udfs(&module, &meter),
+        EngineLimits::default(),
+    )
+    .await?;
+    Ok(out
+        .batches
+        .iter()
+        .flat_map(|b| {
+            b.column(0)
+                .as_primitive::<Int64Type>()
+                .iter()
+                .map(|v| v.unwrap_or(i64::MIN))
+                .collect::<Vec<_>>()
+        })
+        .collect())
+}
+
+fn run(wasm: &[u8], values: &[i64]) -> Result<Vec<i64>, Error> {
+    let sandbox = Arc::new(Sandbox::new().unwrap());
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(run_with(&sandbox, wasm, values, tight()))
+}
+
+fn class(e: &Error) -> &'static str {
+    match e {
+        Error::Limit(_) => "limit",
+        Error::BadInput(_) => "bad_input",
+        Error::Refused(_) => "refused",
+        _ => "other",
+    }
+}
+
+fn load(wasm: &[u8]) -> Result<(), Error> {
+    Sandbox::new().unwrap().load(wasm).map(|_| ())
+}
+
+#[test]
+fn a_well_behaved_guest_computes_the_right_answer() {
+    assert_eq!(run(&plus_one(), &[1, 2, 41]).unwrap(), vec![2, 3, 42]);
+}
+
+#[test]
+fn an_endless_loop_is_interrupted_within_its_time_limit() {
+    let started = Instant::now();
+    let err = run(
+        &guest("int64) -> int64", "(loop (br 0)) unreachable", ""),
+        &[1],
+    )
+    .unwrap_err();
+    assert_eq!(class(&err), "limit", "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn deep_recursion_overflows_the_guest_stack_not_the_host() {
+    let err = run(
+        &guest(
+            "int64) -> int64",
+            "call $r unreachable",
+            "(func $r (call $r))",
+        ),
+        &[1],
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "limit exceeded: the guest overflowed its stack during f"
+    );
+}
+
+#[test]
+fn a_memory_grow_loop_stops_at_the_cap() {
+    let err = run(
+        &guest(
+            "int64) -> int64",
+            "(loop (br_if 0 (i32.ne (memory.grow (i32.const 1)) (i32.const -1)))) unreachable",
+            "",
+        ),
+        &[1],
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "bad input: the guest trapped during f: wasm trap: wasm `unreachable` instruction executed"
+    );
+}
+
+#[test]
+fn a_huge_initial_memory_is_refused_at_upload() {
+    let wasm = wat::parse_str(r#"(module (memory (export "memory") 65536))"#).unwrap();
+    let err = load(&wasm).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "bad input: invalid module: initial memory pages: 65536 is over the limit of 1024"
+    );
+}
+
+#[test]
+fn a_table_bomb_is_refused_at_upload() {
+    let err = load(&wat::parse_str("(module (table 10000000 funcref))").unwrap()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "bad input: invalid module: initial table elements: 10000000 is over the limit of 10000"
+    );
+}
+
+#[test]
+fn a_giant_data_segment_is_refused_before_compiling() {
+    let big = "\\00".repeat(9 << 20);
+    let err = load(
+        &wat::parse_str(format!(
+            r#"(module (memory 200) (data (i32.const 0) "{big}"))"#
+        ))
+        .unwrap(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "bad input: invalid module: bytes of data segments: 9437184 is over the limit of 8388608"
+    );
+}
+
+#[test]
+fn a_module_with_very_many_functions_is_refused_before_compiling() {
+    let funcs = "(func)".repeat(30_000);
+    let err = load(&wat::parse_str(format!("(module {funcs})")).unwrap()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "bad input: invalid module: functions: 30000 is over the limit of 20000"
+    );
+}
+
+#[test]
+fn forbidden_imports_are_refused_with_their_names() {
+    for (import, name) in [
+        (
+            r#"(import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))"#,
+            "wasi_snapshot_preview1::fd_write",
+        ),
+        (
+            r#"(import "env" "system" (func (param i32) (result i32)))"#,
+            "env::system",
+        ),
+        (
+            r#"(import "tidegate" "log" (func (param i64)))"#,
+            "tidegate::log",
+        ),
+    ] {
+        let err = load(&wat::parse_str(format!("(module {import})")).unwrap()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "bad input: invalid module: imports are not allowed (the ABI has no host functions): {name}"
+            )
+        );
+    }
+}
+
+#[test]
+fn a_precompiled_artifact_or_a_component_is_refused() {
+    assert!(
+        load(b"\x7fELF\x02\x01\x01\0\0\0\0\0")
+            .unwrap_err()
+            .to_string()
+            .contains("not a WebAssembly core module")
+    );
+    let component = b"\0asm\x0d\0\x01\0";
+    assert!(
+        load(component)
+            .unwrap_err()
+            .to_string()
+            .contains("not a WebAssembly core module")
+    );
+}
+
+#[test]
+fn a_trap_halfway_through_a_batch_leaves_no_output() {
+    let body = format!(
+        r#"(local.set $n (call $rows (local.get $b)))
+        (block $done (loop $next
+            (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
+            (if (i32.eq (local.get $i) (i32.const 5000)) (then unreachable))
+            (i64.store (i32.add (i32.const {OUT_DATA}) (i32.mul (local.get $i) (i32.const 8))) (i64.const 7))
+            (local.set $i (i32.add (local.get $i) (i32.const 1)))
+            (br $next)))
+        (call $desc (i32.const 2) (local.get $n) (i32.const 0) (i32.const 0) (i32.const {OUT_DATA}) (i32.mul (local.get $n) (i32.const 8)))"#
+    );
+    let values: Vec<i64> = (0..8000).collect();
+    let err = run(&guest("int64) -> int64", &body, ""), &values).unwrap_err();
+    assert_eq!(class(&err), "bad_input", "{err}");
+}
+
+/// A guest that returns a hand-made output descriptor.
+fn returning(
+    sig: &str,
+    setup: &str,
+    ty: u32,
+    validity: &str,
+    offsets: &str,
+    data: &str,
+    len: &str,
+) -> Vec<u8> {
+    guest(
+        sig,
+        &format!(
+            "(local.set $n (call $rows (local.get $b))) {setup}
+             (call $desc (i32.const {ty}) (local.get $n) {validity} {offsets} {data} {len})"
+        ),
+        "",
+    )
+}
+
+#[test]
+fn wrapping_and_out_of_bounds_pointers_are_refused() {
+    let wrapping = returning(
+        "int64) -> int64",
+        "",
+        2,
+        "(i32.const 0)",
+        "(i32.const 0)",
+        "(i32.const 0xFFFFFFF0)",
+        "(i32.mul (local.get $n) (i32.const 8))",
+    );
+    let err = run(&wrapping, &[1, 2, 3, 4]).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "bad input: the guest returned a buffer outside its memory"
+    );
+    let huge_len = returning(
+        "utf8) -> utf8",
+        "",
+        4,
+        "(i32.const 0)",
+        &format!("(i32.const {OUT_DATA})"),
+        "(i32.const 0)",
+        "(i32.const 0x7FFFFFFF)",
+    );
+    let sandbox = Arc::new(Sandbox::new().unwrap());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let module = sandbox.load(&huge_len).unwrap();
+    let meter = Arc::new(JobMeter::new(tight()));
+    let strings = strings_table(&["a", "b"]);
+    let err = rt
+        .block_on(run_query(
+            "SELECT f(s) FROM t",
+            &strings,
+            sandbox.scalar_udfs(&module, &meter),
+            EngineLimits::default(),
+        ))
+        .unwrap_err();
+    // The declared length is refused before anything is copied or allocated.
+    assert_eq!(
+        err.to_string(),
+        "limit exceeded: the job's guests returned more than the output byte limit"
+    );
+}
+
+fn strings_table(values: &[&str]) -> Vec<TableInput> {
+    let batch = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new("s", DataType::Utf8, true)])),
+        vec![Arc::new(arrow::array::StringArray::from(values.to_vec()))],
+    )
+    .unwrap();
+    vec![TableInput {
+        name: "t".into(),
+        columns: vec![ColumnSpec {
+            name: "s".into(),
+            data_type: ColType::Utf8,
+            tags: vec![],
+        }],
+        batches: vec![batch],
+    }]
+}
+
+fn run_strings(wasm: &[u8], values: &[&str], limits: GuestLimits) -> Result<Vec<String>, Error> {
+    let sandbox = Arc::new(Sandbox::new().unwrap());
+    let module = sandbox.load(wasm)?;
+    let meter = Arc::new(JobMeter::new(limits));
+    let out = tokio::runtime::Runtime::new().unwrap().block_on(run_query(
+        "SELECT f(s) FROM t",
+        &strings_table(values),
+        sandbox.scalar_udfs(&module, &meter),
+        EngineLimits::default(),
+    ))?;
+    Ok(out
+        .batches
+        .iter()
+        .flat_map(|b| {
+            b.column(0)
+                .as_string::<i32>()
+                .iter()
+                .map(|v| v.unwrap_or("").to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect())
+}
+
+/// Writes offsets 0, 2, 4, ... for n rows at OUT_DATA, and `bytes` at OUT_DATA + 4096.
+fn string_setup(first_offset: i32, bytes: &str) -> String {
+    format!(
+        r#"(block $done (loop $next
+            (br_if $done (i32.gt_u (local.get $i) (local.get $n)))
+            (i32.store (i32.add (i32.const {OUT_DATA}) (i32.mul (local.get $i) (i32.const 4))) (i32.mul (local.get $i) (i32.const 2)))
+            (local.set $i (i32.add (local.get $i) (i32.const 1)))
+            (br $next)))
+        (i32.store (i32.const {OUT_DATA}) (i32.const {first_offset}))
+        (i32.store16 (i32.const {b}) (i32.const {bytes}))
+        (i32.store16 (i32.const {b2}) (i32.const {bytes}))"#,
+        b = OUT_DATA + 4096,
+        b2 = OUT_DATA + 4098,
+    )
+}
+
+#[test]
+fn malformed_returned_strings_are_refused() {
+    let strings = |first: i32, bytes: &str, data_len: &str| {
+        returning(
+            "utf8) -> utf8",
+            &string_setup(first, bytes),
+            4,
+            "(i32.const 0)",
+            &format!("(i32.const {OUT_DATA})"),
+            &format!("(i32.const {})", OUT_DATA + 4096),
+            data_len,
+        )
+    };
+    // "ok" twice, well formed: the control case.
+    let good = strings(0, "0x6b6f", "(i32.mul (local.get $n) (i32.const 2))");
+    assert_eq!(
+        run_strings(&good, &["a", "b"], tight()).unwrap(),
+        vec!["ok", "ok"]
+    );
+    // Invalid UTF-8 (0xFF 0xFE).
+    let bad_utf8 = strings(0, "0xFEFF", "(i32.mul (local.get $n) (i32.const 2))");
+    assert_eq!(
+        run_strings(&bad_utf8, &["a", "b"], tight())
+            .unwrap_err()
+            .to_string(),
+        "bad input: function `f` returned malformed Arrow data"
+    );
+    // Offsets that go backwards.
+    let backwards = strings(3, "0x6b6f", "(i32.mul (local.get $n) (i32.const 2))");
+    assert_eq!(
+        run_strings(&backwards, &["a", "b"], tight())
+            .unwrap_err()
+            .to_string(),
+        "bad input: function `f` returned malformed Arrow data"
+    );
+    // Offsets past the end of the data.
+    let short = strings(0, "0x6b6f", "(i32.const 1)");
+    assert_eq!(
+        run_strings(&short, &["a", "b"], tight())
+            .unwrap_err()
+            .to_string(),
+        "bad input: function `f` returned malformed Arrow data"
+    );
+}
+
+#[test]
+fn a_validity_bitmap_past_the_end_of_memory_is_refused() {
+    let wasm = returning(
+        "int64) -> int64",
+        "",
+        2,
+        "(i32.const 2621439)",
+        "(i32.const 0)",
+        &format!("(i32.const {OUT_DATA})"),
+        "(i32.mul (local.get $n) (i32.const 8))",
+    );
+    let values: Vec<i64> = (0..100).collect();
+    assert_eq!(
+        run(&wasm, &values).unwrap_err().to_string(),
+        "bad input: the guest returned a buffer outside its memory"
+    );
+}
+
+#[test]
+fn a_wrong_row_count_or_type_is_refused() {
+    let wrong_len = returning(
+        "int64) -> int64",
+        "",
+        2,
+        "(i32.const 0)",
+        "(i32.const 0)",
+        &format!("(i32.const {OUT_DATA})"),
+        "(i32.const 8)",
+    );
+    let err = run(&wrong_len, &[1, 2]).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "bad input: function `f` returned a data buffer of the wrong size"
+    );
+    let wrong_type = returning(
+        "int64) -> int64",
+        "",
+        4,
+        "(i32.const 0)",
+        "(i32.const 0)",
+        &format!("(i32.const {OUT_DATA})"),
+        "(i32.const 16)",
+    );
+    let err = run(&wrong_type, &[1, 2]).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "bad input: function `f` returned a column of another type than it declared"
+    );
+}
+
+#[test]
+fn output_explosion_stops_at_the_byte_limit() {
+    // Every row claims a 1 MiB string: offsets i * 2^20, data of n MiB.
+    let setup = format!(
+        r#"(drop (memory.grow (i32.const 100)))
+        (block $done (loop $next
+            (br_if $done (i32.gt_u (local.get $i) (local.get $n)))
+            (i32.store (i32.add (i32.const {OUT_DATA}) (i32.mul (local.get $i) (i32.const 4))) (i32.mul (local.get $i) (i32.const 1048576)))
+            (local.set $i (i32.add (local.get $i) (i32.const 1)))
+            (br $next)))"#
+    );
+    let wasm = returning(
+        "utf8) -> utf8",
+        &setup,
+        4,
+        "(i32.const 0)",
+        &format!("(i32.const {OUT_DATA})"),
+        "(i32.const 0)",
+        "(i32.mul (local.get $n) (i32.const 1048576))",
+    );
+    let limits = GuestLimits {
+        memory_bytes: 16 << 20,
+        output_bytes: 2 << 20,
+        ..tight()
+    };
+    let err = run_strings(&wasm, &["a", "b", "c"], limits).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "limit exceeded: the job's guests returned more than the output byte limit"
+    );
+}
+
+#[test]
+fn state_kept_between_calls_never_crosses_jobs() {
+    // The guest remembers the first value it ever saw and returns it for every row.
+    let body = format!(
+        r#"(local.set $n (call $rows (local.get $b)))
+        (if (i64.eq (global.get $seen) (i64.const -1))
+            (then (global.set $seen (i64.load (call $src (local.get $b))))))
+        (block $done (loop $next
+            (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
+            (i64.store (i32.add (i32.const {OUT_DATA}) (i32.mul (local.get $i) (i32.const 8))) (global.get $seen))
+            (local.set $i (i32.add (local.get $i) (i32.const 1)))
+            (br $next)))
+        (call $desc (i32.const 2) (local.get $n) (i32.const 0) (i32.const 0) (i32.const {OUT_DATA}) (i32.mul (local.get $n) (i32.const 8)))"#
+    );
+    let wasm = guest("int64) -> int64", &body, "");
+    let sandbox = Arc::new(Sandbox::new().unwrap());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let first = rt
+        .block_on(run_with(&sandbox, &wasm, &[111, 1], tight()))
+        .unwrap();
+    assert_eq!(first, vec![111, 111]);
+    // Another job on the same host, with the same module, gets a fresh instance.
+    let second = rt
+        .block_on(run_with(&sandbox, &wasm, &[222, 2], tight()))
+        .unwrap();
+    assert_eq!(second, vec![222, 222]);
+}
+
+#[test]
+fn a_spinning_guest_does_not_stop_a_well_behaved_job_beside_it() {
+    let sandbox = Arc::new(Sandbox::new().unwrap());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let spin = guest("int64) -> int64", "(loop (br 0)) unreachable", "");
+    let good = plus_one();
+    let values: Vec<i64> = (0..50_000).collect();
+    let (bad, ok) = rt.block_on(async {
+        let s1 = Arc::clone(&sandbox);
+        let s2 = Arc::clone(&sandbox);
+        let bad = tokio::spawn(async move { run_with(&s1, &spin, &[1], tight()).await });
+        let v = values.clone();
+        let ok = tokio::spawn(async move { run_with(&s2, &good, &v, tight()).await });
+        (bad.await.unwrap(), ok.await.unwrap())
+    });
+    assert_eq!(class(&bad.unwrap_err()), "limit");
+    // Batches may come back in any order across partitions: compare as sorted lists.
+    let mut ok = ok.unwrap();
+    ok.sort_unstable();
+    let expected: Vec<i64> = values.iter().map(|x| x + 1).collect();
+    assert_eq!(ok, expected);
+}
+
+#[test]
+fn fuel_is_deterministic_for_the_same_job_on_the_same_data() {
+    let sandbox = Arc::new(Sandbox::new().unwrap());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let module = sandbox.load(&plus_one()).unwrap();
+    let values: Vec<i64> = (0..20_000).collect();
+    let fuel = |_: u32| {
+        let meter = Arc::new(JobMeter::new(tight()));
+        rt.block_on(run_query(
+            "SELECT f(x) FROM t",
+            &table(&values),
+            sandbox.scalar_udfs(&module, &meter),
+            EngineLimits::default(),
+        ))
+        .unwrap();
+        meter.fuel_used()
+    };
+    let first = fuel(0);
+    assert!(first > 20_000, "fuel counts work: {first}");
+    assert_eq!(fuel(1), first);
+}
