@@ -22,7 +22,7 @@ pub use job::{EngineLimits, JobOutput, TableInput, run_query};
 pub use platform::{
     AUDIT_FILE, ApprovalView, ColumnInput, DatasetView, ExportView, GrantRequest, ImportRequest,
     JobRequest, JobView, ModuleView, OrgView, PUBLIC_KEY_FILE, Platform, PrincipalView,
-    ResourceUse, ScenarioRequest, ScenarioView,
+    ResourceUse, ScenarioRequest, ScenarioView, local_table,
 };
 pub use sandbox::{FunctionSig, GuestLimits, JobMeter, Sandbox, ValidatedModule, WasmType};
 

@@ -1745,6 +1745,27 @@ fn our_type(t: &ArrowType) -> Option<DataType> {
     })
 }
 
+/// Reads a local CSV or Parquet file (by its extension) as a table for `tidegate dev run`:
+/// all columns, no tags.
+pub fn local_table(name: &str, path: &Path) -> Result<TableInput> {
+    let data = fs::read(path)
+        .map_err(|e| Error::BadInput(format!("cannot read {}: {e}", path.display())))?;
+    let format = match path.extension().and_then(|e| e.to_str()) {
+        Some("parquet") | Some("pq") => "parquet",
+        _ => "csv",
+    };
+    let batches = read_table(format, &data, &[])?;
+    let schema = batches
+        .first()
+        .map(|b| b.schema())
+        .ok_or_else(|| Error::BadInput(format!("{} holds no rows", path.display())))?;
+    Ok(TableInput {
+        name: name.to_string(),
+        columns: column_specs(&schema, &[])?,
+        batches,
+    })
+}
+
 /// Reads a CSV or Parquet file; declared column types override inference.
 fn read_table(format: &str, data: &[u8], declared: &[ColumnInput]) -> Result<Vec<RecordBatch>> {
     let batches = match format {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
-use tidegate_runtime::{MasterKey, Platform};
+use tidegate_runtime::{EngineLimits, GuestLimits, JobMeter, MasterKey, Platform, Sandbox};
 
 use crate::client::Client;
 use crate::demo::{DemoOptions, run_demo};
@@ -163,6 +163,12 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Local development: run a job on local files with exactly the sandbox and limits of the
+    /// platform.
+    Dev {
+        #[command(subcommand)]
+        command: DevCommand,
+    },
     /// Review decisions on export requests (reviewer).
     Review {
         /// approve, return or reject
@@ -172,6 +178,33 @@ enum Command {
         comment: String,
         #[command(flatten)]
         remote: Remote,
+    },
+}
+
+#[derive(Subcommand)]
+enum DevCommand {
+    /// Run a query over local CSV or Parquet files, calling the given modules' functions.
+    Run {
+        /// A module whose functions the query may call (repeatable).
+        #[arg(long = "module")]
+        modules: Vec<PathBuf>,
+        /// NAME=FILE: a table for the query (repeatable).
+        #[arg(long = "table", required = true)]
+        tables: Vec<String>,
+        #[arg(long)]
+        sql: String,
+        /// Fuel budget of the job's guests.
+        #[arg(long, default_value_t = GuestLimits::default().fuel)]
+        fuel: u64,
+        /// Memory cap per guest instance, in MiB.
+        #[arg(long, default_value_t = GuestLimits::default().memory_bytes >> 20)]
+        memory_mb: usize,
+        /// Time limit of one guest call, in milliseconds.
+        #[arg(long, default_value_t = GuestLimits::default().call_timeout_ms)]
+        call_timeout_ms: u64,
+        /// Rows of the result to print.
+        #[arg(long, default_value_t = 50)]
+        show: usize,
     },
 }
 
@@ -267,6 +300,8 @@ enum ScenarioCommand {
 
 #[derive(Subcommand)]
 enum ModuleCommand {
+    /// Validate a module locally: prints the report and its functions; fails if invalid.
+    Inspect { file: PathBuf },
     Upload {
         file: PathBuf,
         #[arg(long)]
@@ -473,18 +508,19 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Module { command, remote } => {
-            let c = remote.client()?;
+            let c = || remote.client();
             match command {
+                ModuleCommand::Inspect { file } => inspect(&file)?,
                 ModuleCommand::Upload { file, scenario } => {
                     let wasm = std::fs::read(&file)
                         .with_context(|| format!("cannot read {}", file.display()))?;
-                    print(&c.upload_module(&scenario, &wasm)?);
+                    print(&c()?.upload_module(&scenario, &wasm)?);
                 }
                 ModuleCommand::Approve {
                     hash,
                     scenario,
                     note,
-                } => print(&c.approve_module(&scenario, &hash, &note)?),
+                } => print(&c()?.approve_module(&scenario, &hash, &note)?),
             }
         }
         Command::Job { command, remote } => {
@@ -511,6 +547,26 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
+        Command::Dev {
+            command:
+                DevCommand::Run {
+                    modules,
+                    tables,
+                    sql,
+                    fuel,
+                    memory_mb,
+                    call_timeout_ms,
+                    show,
+                },
+        } => {
+            let limits = GuestLimits {
+                fuel,
+                memory_bytes: memory_mb << 20,
+                call_timeout_ms,
+                ..GuestLimits::default()
+            };
+            dev_run(&modules, &tables, &sql, limits, show)?;
+        }
         Command::Review {
             decision,
             export,
@@ -524,6 +580,93 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+fn inspect(file: &Path) -> Result<()> {
+    let wasm = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let sandbox = Sandbox::new()?;
+    let module = sandbox
+        .load(&wasm)
+        .map_err(|e| anyhow!("{}: {e}", file.display()))?;
+    println!("{}: valid Tidegate module (ABI version 1)", file.display());
+    println!("sha256: {}", module.hash);
+    println!("size: {} bytes", wasm.len());
+    println!("imports: none");
+    println!("functions:");
+    for f in &module.functions {
+        let args: Vec<String> = f
+            .args
+            .iter()
+            .map(|a| format!("{a:?}").to_ascii_lowercase())
+            .collect();
+        let ret = format!("{:?}", f.ret).to_ascii_lowercase();
+        println!("  {} {}({}) -> {ret}", f.kind, f.name, args.join(", "));
+    }
+    Ok(())
+}
+
+fn dev_run(
+    modules: &[PathBuf],
+    tables: &[String],
+    sql: &str,
+    limits: GuestLimits,
+    show: usize,
+) -> Result<()> {
+    let sandbox = Arc::new(Sandbox::new()?);
+    let meter = Arc::new(JobMeter::new(limits));
+    let mut udfs = Vec::new();
+    for m in modules {
+        let wasm = std::fs::read(m).with_context(|| format!("cannot read {}", m.display()))?;
+        let module = sandbox
+            .load(&wasm)
+            .map_err(|e| anyhow!("{}: {e}", m.display()))?;
+        udfs.extend(sandbox.scalar_udfs(&module, &meter));
+    }
+    let mut inputs = Vec::new();
+    for t in tables {
+        let (name, path) = t
+            .split_once('=')
+            .ok_or_else(|| anyhow!("`{t}`: a table is NAME=FILE"))?;
+        inputs.push(tidegate_runtime::local_table(name, Path::new(path))?);
+    }
+    let started = std::time::Instant::now();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .thread_stack_size(8 << 20)
+        .enable_all()
+        .build()?;
+    let out = rt.block_on(tidegate_runtime::run_query(
+        sql,
+        &inputs,
+        udfs,
+        EngineLimits::default(),
+    ))?;
+    let wall = started.elapsed();
+    let rows: usize = out.batches.iter().map(|b| b.num_rows()).sum();
+    let mut shown = Vec::new();
+    let mut left = show;
+    for b in &out.batches {
+        if left == 0 {
+            break;
+        }
+        let keep: Vec<usize> = (0..b.num_columns())
+            .filter(|i| !b.schema().field(*i).name().starts_with("__tg"))
+            .collect();
+        let b = b.project(&keep)?;
+        let take = left.min(b.num_rows());
+        shown.push(b.slice(0, take));
+        left -= take;
+    }
+    println!("{}", arrow::util::pretty::pretty_format_batches(&shown)?);
+    println!("rows: {rows} (showing {})", rows.min(show));
+    println!(
+        "resources: fuel {}, guest calls {}, peak guest memory {} bytes, guest output {} bytes, wall {} ms",
+        meter.fuel_used(),
+        meter.calls(),
+        meter.peak_memory(),
+        meter.output_bytes(),
+        wall.as_millis()
+    );
     Ok(())
 }
 

@@ -409,3 +409,42 @@ fn the_datasets_id_and_mobile_numbers_appear_nowhere_in_the_data_directory() {
     }
     assert!(env.data_dir().join(PUBLIC_KEY_FILE).exists());
 }
+
+#[test]
+fn a_provider_imports_parquet_as_well_as_csv() {
+    let env = setup(true);
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("visits.csv");
+    std::fs::write(&csv, visitor_csv(1_000)).unwrap();
+    let table = tidegate_runtime::local_table("visits", &csv).unwrap();
+    let mut parquet = Vec::new();
+    let mut w = parquet::arrow::ArrowWriter::try_new(&mut parquet, table.batches[0].schema(), None)
+        .unwrap();
+    for b in &table.batches {
+        w.write(b).unwrap();
+    }
+    w.close().unwrap();
+    let imported = env
+        .world
+        .provider
+        .import_dataset(
+            serde_json::json!({
+                "name": "visits_pq",
+                "level": "L2",
+                "format": "parquet",
+                "columns": [{ "name": "resident_id", "data_type": "utf8", "tags": ["pii:resident_id", "entity"] }],
+            }),
+            &parquet,
+        )
+        .unwrap();
+    assert_eq!(imported["rows"], 1_000);
+    assert_eq!(imported["quality"]["nulls"]["spot"], 0);
+    let garbage = env.world.provider.import_dataset(
+        serde_json::json!({ "name": "broken", "level": "L2", "format": "parquet" }),
+        b"PAR1 not really",
+    );
+    assert_eq!(
+        garbage.unwrap_err().to_string(),
+        "bad input: the Parquet file cannot be read (400)"
+    );
+}

@@ -1,0 +1,66 @@
+//! The local commands of the `tidegate` binary: module inspection and the local runner.
+
+use std::process::ExitCode;
+
+use tidegate_server::{VISITOR_UDF_WASM, main_with_args, visitor_csv};
+
+fn tidegate(args: &[&str]) -> ExitCode {
+    main_with_args(
+        std::iter::once("tidegate")
+            .chain(args.iter().copied())
+            .map(Into::into),
+    )
+}
+
+#[test]
+fn module_inspect_accepts_the_example_and_rejects_garbage() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("visitor.wasm");
+    std::fs::write(&good, VISITOR_UDF_WASM).unwrap();
+    assert_eq!(
+        tidegate(&["module", "inspect", good.to_str().unwrap()]),
+        ExitCode::SUCCESS
+    );
+    let bad = dir.path().join("bad.wasm");
+    std::fs::write(&bad, b"\0asm\x01\0\0\0\x01\x05").unwrap();
+    assert_eq!(
+        tidegate(&["module", "inspect", bad.to_str().unwrap()]),
+        ExitCode::FAILURE
+    );
+}
+
+#[test]
+fn dev_run_runs_a_udf_on_local_files_and_keeps_the_same_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = dir.path().join("visitor.wasm");
+    std::fs::write(&wasm, VISITOR_UDF_WASM).unwrap();
+    let csv = dir.path().join("visits.csv");
+    std::fs::write(&csv, visitor_csv(2_000)).unwrap();
+    let table = format!("visits={}", csv.display());
+    let run = |sql: &str| {
+        tidegate(&[
+            "dev",
+            "run",
+            "--module",
+            wasm.to_str().unwrap(),
+            "--table",
+            &table,
+            "--sql",
+            sql,
+        ])
+    };
+    assert_eq!(
+        run(
+            "SELECT spot, avg(age_at_visit(resident_id, CAST(visit_date AS DATE))) FROM visits GROUP BY spot"
+        ),
+        ExitCode::SUCCESS
+    );
+    assert_eq!(
+        run("COPY (SELECT spot FROM visits) TO '/tmp/out.csv'"),
+        ExitCode::FAILURE
+    );
+    assert_eq!(
+        run("SELECT * FROM information_schema.tables"),
+        ExitCode::FAILURE
+    );
+}
