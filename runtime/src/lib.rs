@@ -24,7 +24,9 @@ pub use platform::{
     JobRequest, JobView, ModuleView, OrgView, PUBLIC_KEY_FILE, Platform, PrincipalView,
     ResourceUse, ScenarioRequest, ScenarioView, local_table,
 };
-pub use sandbox::{FunctionSig, GuestLimits, JobMeter, Sandbox, ValidatedModule, WasmType};
+pub use sandbox::{
+    FunctionSig, GuestLimits, GuestSession, JobMeter, Sandbox, ValidatedModule, WasmType,
+};
 
 /// The current time as RFC 3339, UTC.
 pub(crate) fn now_rfc3339() -> String {

@@ -154,6 +154,8 @@ struct GuestState {
 /// The process's one wasmtime engine, its (empty) linker and the compiled-module cache.
 pub struct Sandbox {
     engine: Engine,
+    /// Fuel and epoch interruption; off only in the benchmarks' baseline.
+    interruptible: bool,
     linker: Linker<GuestState>,
     cache: Mutex<HashMap<String, Arc<ValidatedModule>>>,
 }
@@ -167,10 +169,20 @@ impl std::fmt::Debug for Sandbox {
 impl Sandbox {
     /// Builds the hardened engine and starts its epoch ticker.
     pub fn new() -> Result<Sandbox> {
+        Self::build(true)
+    }
+
+    /// A sandbox without fuel or epoch interruption, so benchmarks can measure what the CPU
+    /// limit costs. Never used to run jobs: a guest in it can spin forever.
+    pub fn without_cpu_limits_for_benchmarks() -> Result<Sandbox> {
+        Self::build(false)
+    }
+
+    fn build(interruptible: bool) -> Result<Sandbox> {
         let mut c = Config::new();
         c.strategy(Strategy::Cranelift)
-            .consume_fuel(true)
-            .epoch_interruption(true)
+            .consume_fuel(interruptible)
+            .epoch_interruption(interruptible)
             .max_wasm_stack(512 << 10)
             .cranelift_nan_canonicalization(true)
             .wasm_memory64(false)
@@ -199,6 +211,7 @@ impl Sandbox {
         let linker = Linker::new(&engine);
         Ok(Sandbox {
             engine,
+            interruptible,
             linker,
             cache: Mutex::new(HashMap::new()),
         })
@@ -315,20 +328,52 @@ impl Sandbox {
         );
         store.limiter(|s| &mut s.limits);
         // Limits are in place before instantiation, so a start function is covered too.
-        store
-            .set_fuel(meter.remaining_fuel())
-            .map_err(|e| Error::Internal(format!("fuel: {e}")))?;
-        store.set_epoch_deadline(
-            limits
-                .call_timeout_ms
-                .div_ceil(EPOCH_TICK.as_millis() as u64),
-        );
-        store.epoch_deadline_trap();
+        if self.interruptible {
+            store
+                .set_fuel(meter.remaining_fuel())
+                .map_err(|e| Error::Internal(format!("fuel: {e}")))?;
+            store.set_epoch_deadline(
+                limits
+                    .call_timeout_ms
+                    .div_ceil(EPOCH_TICK.as_millis() as u64),
+            );
+            store.epoch_deadline_trap();
+        }
         let instance = self.linker.instantiate(&mut store, &module.module);
-        let fuel_left = store.get_fuel().unwrap_or(0);
-        meter.charge(meter.remaining_fuel().saturating_sub(fuel_left));
+        if self.interruptible {
+            let fuel_left = store.get_fuel().unwrap_or(0);
+            meter.charge(meter.remaining_fuel().saturating_sub(fuel_left));
+        }
         let instance = instance.map_err(|e| classify_trap(&e, "instantiation"))?;
-        Guest::new(store, instance, Arc::clone(meter))
+        Guest::new(store, instance, Arc::clone(meter), self.interruptible)
+    }
+
+    /// Instantiates `module` under `limits` and drops the instance: what every job pays once
+    /// per partition, measured by the benchmarks.
+    pub fn instantiate_and_drop(
+        &self,
+        module: &ValidatedModule,
+        limits: GuestLimits,
+    ) -> Result<()> {
+        let meter = Arc::new(JobMeter::new(limits));
+        self.instantiate(module, &meter).map(drop)
+    }
+
+    /// A session of one job with one module: its instances are created on demand, reused
+    /// across the job's batches and never shared with another session.
+    pub fn session(
+        self: &Arc<Self>,
+        module: &Arc<ValidatedModule>,
+        meter: &Arc<JobMeter>,
+    ) -> GuestSession {
+        GuestSession {
+            pool: Arc::new(JobInstances {
+                sandbox: Arc::clone(self),
+                module: Arc::clone(module),
+                meter: Arc::clone(meter),
+                idle: Mutex::new(Vec::new()),
+            }),
+        }
     }
 
     /// Scalar UDFs for a job over the functions of `module`; instances are created per job and
@@ -338,12 +383,7 @@ impl Sandbox {
         module: &Arc<ValidatedModule>,
         meter: &Arc<JobMeter>,
     ) -> Vec<ScalarUDF> {
-        let pool = Arc::new(JobInstances {
-            sandbox: Arc::clone(self),
-            module: Arc::clone(module),
-            meter: Arc::clone(meter),
-            idle: Mutex::new(Vec::new()),
-        });
+        let pool = self.session(module, meter).pool;
         module
             .functions
             .iter()
@@ -589,6 +629,27 @@ fn classify_trap(e: &wasmtime::Error, during: &str) -> Error {
     }
 }
 
+/// One job's use of one module, outside SQL: calls a function on arrays.
+#[derive(Debug, Clone)]
+pub struct GuestSession {
+    pool: Arc<JobInstances>,
+}
+
+impl GuestSession {
+    /// Calls the scalar function `name` on `args` (all of `n_rows` rows).
+    pub fn call(&self, name: &str, args: &[ArrayRef], n_rows: usize) -> Result<ArrayRef> {
+        let (id, sig) = self
+            .pool
+            .module
+            .functions
+            .iter()
+            .enumerate()
+            .find(|(_, f)| f.name == name)
+            .ok_or_else(|| Error::BadInput(format!("the module has no function `{name}`")))?;
+        self.pool.call(id as i32, sig, args, n_rows)
+    }
+}
+
 /// One live instance, owned by one job.
 struct Guest {
     store: Store<GuestState>,
@@ -597,6 +658,7 @@ struct Guest {
     alloc: TypedFunc<i32, i32>,
     scalar: TypedFunc<(i32, i32), i32>,
     meter: Arc<JobMeter>,
+    interruptible: bool,
 }
 
 impl Guest {
@@ -604,6 +666,7 @@ impl Guest {
         mut store: Store<GuestState>,
         instance: Instance,
         meter: Arc<JobMeter>,
+        interruptible: bool,
     ) -> Result<Guest> {
         let missing = |what: &str| Error::BadInput(format!("invalid module: `{what}` missing"));
         let memory = instance
@@ -622,6 +685,7 @@ impl Guest {
             alloc,
             scalar,
             meter,
+            interruptible,
         })
     }
 
@@ -631,6 +695,11 @@ impl Guest {
         during: &str,
         f: impl FnOnce(&mut Store<GuestState>) -> wasmtime::Result<R>,
     ) -> Result<R> {
+        if !self.interruptible {
+            let result = f(&mut self.store);
+            self.meter.calls.fetch_add(1, Ordering::Relaxed);
+            return result.map_err(|e| classify_trap(&e, during));
+        }
         let budget = self.meter.remaining_fuel();
         if budget == 0 {
             return Err(Error::Limit("the job's fuel budget ran out".into()));
@@ -950,6 +1019,12 @@ struct JobInstances {
     module: Arc<ValidatedModule>,
     meter: Arc<JobMeter>,
     idle: Mutex<Vec<Guest>>,
+}
+
+impl std::fmt::Debug for JobInstances {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "JobInstances({})", self.module.hash)
+    }
 }
 
 impl JobInstances {

@@ -16,3 +16,6 @@ pub use demo::{DemoOptions, DemoOutcome, World, run_demo, visitor_csv};
 
 /// The example UDF module (examples/visitor-udf), built for wasm32 by this crate's build script.
 pub const VISITOR_UDF_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/visitor_udf.wasm"));
+
+/// The benchmark workloads (examples/bench-udf), built for wasm32 by this crate's build script.
+pub const BENCH_UDF_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bench_udf.wasm"));

@@ -1,0 +1,307 @@
+//! `tidegate-bench`: WASM UDFs against the same functions as native DataFusion UDFs, run in
+//! the same process through the same query path; prints times and ratios.
+//!
+//! Usage: `cargo run --release -p tidegate-benches -- [--rows N] [--reps R]`
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray, StringBuilder,
+};
+use arrow::compute::kernels::arity::{binary, unary};
+use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tidegate_policy::{ColumnSpec, DataType as ColType};
+use tidegate_runtime::{EngineLimits, GuestLimits, JobMeter, Sandbox, TableInput, run_query};
+
+const BATCH: usize = 8192;
+
+/// A native DataFusion UDF over an Arrow kernel: the baseline.
+struct Native {
+    name: &'static str,
+    signature: Signature,
+    ret: DataType,
+    f: fn(&[ArrayRef]) -> ArrayRef,
+}
+
+impl std::fmt::Debug for Native {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+impl PartialEq for Native {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Eq for Native {}
+
+impl Hash for Native {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+    }
+}
+
+impl ScalarUDFImpl for Native {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _: &[DataType]) -> datafusion::common::Result<DataType> {
+        Ok(self.ret.clone())
+    }
+    fn invoke_with_args(
+        &self,
+        args: ScalarFunctionArgs,
+    ) -> datafusion::common::Result<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        Ok(ColumnarValue::Array((self.f)(&arrays)))
+    }
+}
+
+fn native(
+    name: &'static str,
+    args: Vec<DataType>,
+    ret: DataType,
+    f: fn(&[ArrayRef]) -> ArrayRef,
+) -> ScalarUDF {
+    ScalarUDF::new_from_impl(Native {
+        name,
+        signature: Signature::exact(args, Volatility::Immutable),
+        ret,
+        f,
+    })
+}
+
+fn gcd(a: i64, b: i64) -> i64 {
+    let (mut a, mut b) = (a.unsigned_abs(), b.unsigned_abs());
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a as i64
+}
+
+fn natives() -> Vec<ScalarUDF> {
+    vec![
+        native(
+            "plus_one",
+            vec![DataType::Float64],
+            DataType::Float64,
+            |a| {
+                Arc::new(unary::<Float64Type, _, Float64Type>(
+                    a[0].as_primitive(),
+                    |x| x + 1.0,
+                ))
+            },
+        ),
+        native(
+            "gcd",
+            vec![DataType::Int64, DataType::Int64],
+            DataType::Int64,
+            |a| {
+                Arc::new(
+                    binary::<Int64Type, Int64Type, _, Int64Type>(
+                        a[0].as_primitive(),
+                        a[1].as_primitive(),
+                        gcd,
+                    )
+                    .expect("same lengths"),
+                )
+            },
+        ),
+        native("mask_mobile", vec![DataType::Utf8], DataType::Utf8, |a| {
+            let s = a[0].as_string::<i32>();
+            let mut b = StringBuilder::with_capacity(s.len(), s.len() * 11);
+            for v in s.iter() {
+                match v {
+                    Some(m) if m.len() == 11 && m.is_ascii() => {
+                        b.append_value(format!("{}****{}", &m[..3], &m[7..]));
+                    }
+                    _ => b.append_null(),
+                }
+            }
+            Arc::new(b.finish())
+        }),
+    ]
+}
+
+fn data(rows: usize) -> Vec<TableInput> {
+    let mut rng = StdRng::seed_from_u64(42);
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("x", DataType::Float64, false),
+        Field::new("a", DataType::Int64, false),
+        Field::new("b", DataType::Int64, false),
+        Field::new("m", DataType::Utf8, false),
+    ]));
+    let mut batches = Vec::new();
+    let mut done = 0;
+    while done < rows {
+        let n = BATCH.min(rows - done);
+        let x: Float64Array = (0..n).map(|_| rng.random::<f64>() * 1000.0).collect();
+        let a: Int64Array = (0..n)
+            .map(|_| rng.random_range(1..1_000_000_000i64))
+            .collect();
+        let b: Int64Array = (0..n)
+            .map(|_| rng.random_range(1..1_000_000_000i64))
+            .collect();
+        let m: StringArray = (0..n)
+            .map(|_| {
+                Some(format!(
+                    "1{}{:09}",
+                    rng.random_range(3..=9),
+                    rng.random_range(0..1_000_000_000u32)
+                ))
+            })
+            .collect();
+        batches.push(
+            RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![Arc::new(x), Arc::new(a), Arc::new(b), Arc::new(m)],
+            )
+            .expect("columns match the schema"),
+        );
+        done += n;
+    }
+    let spec = |name: &str, data_type| ColumnSpec {
+        name: name.into(),
+        data_type,
+        tags: vec![],
+    };
+    vec![TableInput {
+        name: "t".into(),
+        columns: vec![
+            spec("x", ColType::Float64),
+            spec("a", ColType::Int64),
+            spec("b", ColType::Int64),
+            spec("m", ColType::Utf8),
+        ],
+        batches,
+    }]
+}
+
+/// The best of `reps` runs of `sql`, with the UDFs `make` gives for each run.
+fn time_query(
+    rt: &tokio::runtime::Runtime,
+    sql: &str,
+    tables: &[TableInput],
+    reps: usize,
+    make: &dyn Fn() -> Vec<ScalarUDF>,
+) -> Duration {
+    (0..reps)
+        .map(|_| {
+            let udfs = make();
+            let started = Instant::now();
+            let out = rt
+                .block_on(run_query(sql, tables, udfs, EngineLimits::default()))
+                .expect("the benchmark query runs");
+            let elapsed = started.elapsed();
+            assert!(out.batches.iter().map(|b| b.num_rows()).sum::<usize>() > 0);
+            elapsed
+        })
+        .min()
+        .expect("at least one repetition")
+}
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let rows = arg("--rows", 10_000_000);
+    let reps = arg("--reps", 3);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .thread_stack_size(8 << 20)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let tables = data(rows);
+    let limited = Arc::new(Sandbox::new().expect("sandbox"));
+    let unlimited = Arc::new(Sandbox::without_cpu_limits_for_benchmarks().expect("sandbox"));
+    let wasm = tidegate_server::BENCH_UDF_WASM;
+    let limited_module = limited.load(wasm).expect("the bench module is valid");
+    let unlimited_module = unlimited.load(wasm).expect("the bench module is valid");
+    let limits = GuestLimits {
+        fuel: u64::MAX / 2,
+        ..GuestLimits::default()
+    };
+    println!("tidegate-bench: {rows} rows in {BATCH}-row batches, best of {reps}; 2 partitions");
+    println!(
+        "{:<28} {:>10} {:>12} {:>7} {:>14} {:>7}",
+        "workload", "native ms", "wasm ms", "ratio", "wasm no-limit", "ratio"
+    );
+    for (workload, sql) in [
+        ("(a) x + 1 on f64", "SELECT plus_one(x) FROM t"),
+        ("(b) gcd of two i64", "SELECT gcd(a, b) FROM t"),
+        ("(c) mask a mobile number", "SELECT mask_mobile(m) FROM t"),
+    ] {
+        let native_t = time_query(&rt, sql, &tables, reps, &natives);
+        let wasm_t = time_query(&rt, sql, &tables, reps, &|| {
+            limited.scalar_udfs(&limited_module, &Arc::new(JobMeter::new(limits)))
+        });
+        let free_t = time_query(&rt, sql, &tables, reps, &|| {
+            unlimited.scalar_udfs(&unlimited_module, &Arc::new(JobMeter::new(limits)))
+        });
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "{workload:<28} {:>10.1} {:>12.1} {:>6.2}x {:>14.1} {:>6.2}x",
+            ms(native_t),
+            ms(wasm_t),
+            ms(wasm_t) / ms(native_t),
+            ms(free_t),
+            ms(free_t) / ms(native_t)
+        );
+    }
+    println!(
+        "{:<28} not measured: WASM aggregate functions are not implemented yet",
+        "(d) sum of squares by key"
+    );
+
+    // Fixed cost of one batch call: a 1-row batch through an already instantiated guest.
+    let one: ArrayRef = Arc::new(Float64Array::from(vec![1.0]));
+    for (label, sandbox, module) in [
+        ("limits on", &limited, &limited_module),
+        ("limits off", &unlimited, &unlimited_module),
+    ] {
+        let session = sandbox.session(module, &Arc::new(JobMeter::new(limits)));
+        session
+            .call("plus_one", std::slice::from_ref(&one), 1)
+            .expect("warm-up");
+        let calls = 100_000;
+        let started = Instant::now();
+        for _ in 0..calls {
+            session
+                .call("plus_one", std::slice::from_ref(&one), 1)
+                .expect("a call");
+        }
+        println!(
+            "fixed cost per batch call ({label}): {:.2} us",
+            started.elapsed().as_secs_f64() * 1e6 / calls as f64
+        );
+    }
+    let n = 10_000;
+    let started = Instant::now();
+    for _ in 0..n {
+        limited
+            .instantiate_and_drop(&limited_module, GuestLimits::default())
+            .expect("instantiates");
+    }
+    println!(
+        "instantiation from the compiled-module cache: {:.2} us",
+        started.elapsed().as_secs_f64() * 1e6 / n as f64
+    );
+}
