@@ -18,7 +18,8 @@ use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 use wasmtime::{
-    Config, Engine, ExternType, Instance, Linker, Memory, Module, Store, StoreLimits,
+    Config, Engine, ExternType, Instance, InstanceAllocationStrategy, InstancePre, Linker, Memory,
+    Module, PoolConcurrencyLimitError, PoolingAllocationConfig, Store, StoreLimits,
     StoreLimitsBuilder, Strategy, Trap, TypedFunc, ValType,
 };
 
@@ -36,6 +37,10 @@ const MAX_TABLE_ELEMENTS: u64 = 10_000;
 const MAX_ELEMENT_ITEMS: u64 = 100_000;
 const MAX_GLOBALS: u32 = 10_000;
 const MAX_EXPORTS: u32 = 1_000;
+/// Instances that can be alive at once in the process (jobs times partitions).
+const POOL_INSTANCES: u32 = 256;
+/// The largest memory cap a job may ask for.
+pub(crate) const MAX_GUEST_MEMORY: usize = 1 << 30;
 const MAX_MANIFEST_BYTES: usize = 64 << 10;
 const MAX_FUNCTIONS: usize = 64;
 const MAX_ARGS: usize = 8;
@@ -135,7 +140,7 @@ pub struct FunctionSig {
 pub struct ValidatedModule {
     pub hash: String,
     pub functions: Vec<FunctionSig>,
-    module: Module,
+    pre: InstancePre<GuestState>,
 }
 
 impl std::fmt::Debug for ValidatedModule {
@@ -194,6 +199,20 @@ impl Sandbox {
             .wasm_stack_switching(false)
             .gc_support(false)
             .shared_memory(false);
+        // Pooled slots make instantiation cheap; wasmtime zeroes a slot before reuse, and
+        // nothing is kept resident between instances.
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_core_instances(POOL_INSTANCES)
+            .total_memories(POOL_INSTANCES)
+            .total_tables(POOL_INSTANCES * 2)
+            .max_memories_per_module(1)
+            .max_tables_per_module(2)
+            .table_elements(MAX_TABLE_ELEMENTS as usize)
+            .max_memory_size(MAX_GUEST_MEMORY)
+            .max_core_instance_size(1 << 20)
+            .linear_memory_keep_resident(0)
+            .table_keep_resident(0);
+        c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&c)
             .map_err(|e| Error::Internal(format!("wasm engine configuration: {e}")))?;
         let ticker = engine.weak();
@@ -285,10 +304,15 @@ impl Sandbox {
         if !matches!(module.get_export("memory"), Some(ExternType::Memory(_))) {
             return Err(invalid("required export `memory` is missing".into()));
         }
+        // The linker is empty: this fails for any import, which was refused above anyway.
+        let pre = self
+            .linker
+            .instantiate_pre(&module)
+            .map_err(|e| invalid(format!("{e:#}")))?;
         let mut validated = ValidatedModule {
             hash,
             functions: Vec::new(),
-            module,
+            pre,
         };
         // Reading the manifest is cheap; a module that needs more than this is refused.
         let meter = Arc::new(JobMeter::new(GuestLimits {
@@ -339,7 +363,7 @@ impl Sandbox {
             );
             store.epoch_deadline_trap();
         }
-        let instance = self.linker.instantiate(&mut store, &module.module);
+        let instance = module.pre.instantiate(&mut store);
         if self.interruptible {
             let fuel_left = store.get_fuel().unwrap_or(0);
             meter.charge(meter.remaining_fuel().saturating_sub(fuel_left));
@@ -611,6 +635,9 @@ impl JobMeter {
 
 /// Maps a wasmtime error to our error class; trap descriptions name the trap, never data.
 fn classify_trap(e: &wasmtime::Error, during: &str) -> Error {
+    if e.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
+        return Error::Limit("the sandbox is running its maximum of instances; retry later".into());
+    }
     match e.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => {
             Error::Limit(format!("the job's fuel budget ran out during {during}"))

@@ -634,3 +634,50 @@ fn fuel_is_deterministic_for_the_same_job_on_the_same_data() {
     assert!(first > 20_000, "fuel counts work: {first}");
     assert_eq!(fuel(1), first);
 }
+
+#[test]
+fn memory_left_by_one_guest_is_never_seen_by_the_next() {
+    // Guest A fills all of its (grown) memory with the canary 0xA5.
+    let fill = format!(
+        r#"(local.set $n (call $rows (local.get $b)))
+        (drop (memory.grow (i32.const 100)))
+        (memory.fill (i32.const 0) (i32.const 0xA5) (i32.mul (memory.size) (i32.const 65536)))
+        (call $desc (i32.const 2) (local.get $n) (i32.const 0) (i32.const 0) (i32.const {OUT_DATA}) (i32.mul (local.get $n) (i32.const 8)))"#
+    );
+    // Guest B, without data beyond its manifest, grows as much and counts canary bytes.
+    let scan = format!(
+        r#"(local $count i64) (local $end i32)
+        (local.set $n (call $rows (local.get $b)))
+        (drop (memory.grow (i32.const 100)))
+        (local.set $end (i32.mul (memory.size) (i32.const 65536)))
+        (block $done (loop $next
+            (br_if $done (i32.ge_u (local.get $i) (local.get $end)))
+            (if (i32.eq (i32.load8_u (local.get $i)) (i32.const 0xA5))
+                (then (local.set $count (i64.add (local.get $count) (i64.const 1)))))
+            (local.set $i (i32.add (local.get $i) (i32.const 1)))
+            (br $next)))
+        (i64.store (i32.const {OUT_DATA}) (local.get $count))
+        (call $desc (i32.const 2) (i32.const 1) (i32.const 0) (i32.const 0) (i32.const {OUT_DATA}) (i32.const 8))"#
+    );
+    let (a, b) = (
+        guest("int64) -> int64", &fill, ""),
+        guest("int64) -> int64", &scan, ""),
+    );
+    let sandbox = Arc::new(Sandbox::new().unwrap());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let limits = GuestLimits {
+        fuel: 20_000_000_000,
+        call_timeout_ms: 5_000,
+        ..tight()
+    };
+    for _ in 0..5 {
+        let written = rt.block_on(run_with(&sandbox, &a, &[1], limits)).unwrap();
+        assert_eq!(
+            written,
+            vec![i64::from_le_bytes([0xA5; 8])],
+            "guest A wrote its canary"
+        );
+        let seen = rt.block_on(run_with(&sandbox, &b, &[1], limits)).unwrap();
+        assert_eq!(seen, vec![0], "guest B saw guest A's canary bytes");
+    }
+}
