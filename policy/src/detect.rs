@@ -144,61 +144,284 @@ fn id15_shape(c: &[u8]) -> bool {
         && real_date(1900 + num(&c[6..8]), num(&c[8..10]), num(&c[10..12]))
 }
 
-/// Every sensitive value found in `value`, by type (each type reported once).
-pub fn scan_value(value: &str) -> Vec<Detection> {
-    let bytes = value.as_bytes();
-    let mut found: Vec<Detection> = Vec::new();
-    let mut push = |d: Detection| {
-        if let Some(existing) = found.iter_mut().find(|e| e.kind == d.kind) {
-            existing.certain |= d.certain;
+/// Findings of one value, each type reported once (certain if any occurrence is).
+#[derive(Default)]
+struct Findings(Vec<Detection>);
+
+impl Findings {
+    fn push(&mut self, kind: SensitiveType, certain: bool) {
+        if let Some(existing) = self.0.iter_mut().find(|e| e.kind == kind) {
+            existing.certain |= certain;
         } else {
-            found.push(d);
+            self.0.push(Detection { kind, certain });
         }
+    }
+}
+
+/// Luhn check over ASCII digits.
+fn luhn(digits: &[u8]) -> bool {
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, d)| {
+            let d = u32::from(d - b'0');
+            if i % 2 == 1 {
+                if d * 2 > 9 { d * 2 - 9 } else { d * 2 }
+            } else {
+                d
+            }
+        })
+        .sum();
+    sum.is_multiple_of(10)
+}
+
+const CREDIT_ALPHABET: &[u8; 31] = b"0123456789ABCDEFGHJKLMNPQRTUWXY";
+const CREDIT_WEIGHTS: [u32; 17] = [
+    1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28,
+];
+
+/// GB 32100 check of an 18-character unified social credit code: `None` when the shape is
+/// wrong, otherwise whether the check character matches.
+fn credit_code_check(c: &[u8]) -> Option<bool> {
+    let pos = |b: u8| CREDIT_ALPHABET.iter().position(|a| *a == b);
+    if c.len() != 18 || !c[2..8].iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let values: Vec<usize> = c.iter().map(|b| pos(*b)).collect::<Option<_>>()?;
+    let sum: u32 = values[..17]
+        .iter()
+        .zip(CREDIT_WEIGHTS)
+        .map(|(v, w)| *v as u32 * w)
+        .sum();
+    let check = (31 - sum % 31) % 31;
+    Some(values[17] as u32 == check)
+}
+
+/// Classifies one run of digits (with a possible trailing X).
+fn classify_digits(run: &[u8], f: &mut Findings) {
+    let n = run.len();
+    if n == 18 && id18_shape(run) {
+        let certain =
+            resident_id_check_char(&run[..17]).is_some_and(|c| c == run[17].to_ascii_uppercase());
+        f.push(SensitiveType::ResidentId, certain);
+        return;
+    }
+    if !run.iter().all(u8::is_ascii_digit) {
+        return;
+    }
+    if n == 15 && id15_shape(run) {
+        f.push(SensitiveType::ResidentId, false);
+    }
+    let mobile = |r: &[u8]| r.len() == 11 && r[0] == b'1' && (b'3'..=b'9').contains(&r[1]);
+    if mobile(run) || (n == 13 && run.starts_with(b"86") && mobile(&run[2..])) {
+        f.push(SensitiveType::Mobile, true);
+    }
+    let landline = match run {
+        [b'0', b'1', b'0', ..] | [b'0', b'2', _, ..] => (9..=11).contains(&n),
+        [b'0', b'3'..=b'9', ..] => (10..=12).contains(&n),
+        [b'4' | b'8', b'0', b'0', b'1'..=b'9', ..] => n == 10,
+        _ => false,
     };
+    if landline {
+        f.push(
+            SensitiveType::Landline,
+            run.starts_with(b"010") || run.starts_with(b"02"),
+        );
+    }
+    let is_mobile = mobile(run) || (n == 13 && run.starts_with(b"86") && mobile(&run[2..]));
+    if (15..=19).contains(&n) && !is_mobile && !(n == 15 && id15_shape(run)) {
+        if luhn(run) {
+            f.push(SensitiveType::BankCard, true);
+        } else if run.starts_with(b"62") && n >= 16 {
+            f.push(SensitiveType::BankCard, false);
+        }
+    }
+}
+
+/// Maximal runs of digits; with `joined`, a single space or hyphen between two digits does
+/// not break a run ("138-1234-5678", "6222 0212 3456 7890").
+fn digit_runs(bytes: &[u8], joined: bool) -> Vec<Vec<u8>> {
+    let mut runs = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
         if !bytes[i].is_ascii_digit() {
             i += 1;
             continue;
         }
-        // A maximal run of digits, with a trailing X allowed for resident IDs.
-        let start = i;
-        while i < bytes.len() && bytes[i].is_ascii_digit() {
+        let mut run = Vec::new();
+        while i < bytes.len() {
+            if bytes[i].is_ascii_digit() {
+                run.push(bytes[i]);
+                i += 1;
+            } else if joined
+                && matches!(bytes[i], b' ' | b'-')
+                && i + 1 < bytes.len()
+                && bytes[i + 1].is_ascii_digit()
+            {
+                i += 1;
+            } else {
+                break;
+            }
+        }
+        if run.len() == 17 && i < bytes.len() && matches!(bytes[i], b'X' | b'x') {
+            run.push(bytes[i]);
             i += 1;
         }
-        let mut end = i;
-        if end - start == 17 && end < bytes.len() && (bytes[end] == b'X' || bytes[end] == b'x') {
-            end += 1;
-            i = end;
+        runs.push(run);
+    }
+    runs
+}
+
+/// Maximal runs of ASCII letters and digits.
+fn alnum_runs(value: &str) -> impl Iterator<Item = &str> {
+    value
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|r| !r.is_empty())
+}
+
+const PLATE_PROVINCES: &str = "京津沪渝冀豫云辽黑湘皖鲁新苏浙赣鄂桂甘晋蒙陕吉闽贵粤青藏川宁琼";
+
+fn plate_char(c: char) -> bool {
+    (c.is_ascii_uppercase() || c.is_ascii_digit()) && c != 'I' && c != 'O'
+}
+
+fn scan_plates(value: &str, f: &mut Findings) {
+    let chars: Vec<char> = value.chars().collect();
+    for (i, c) in chars.iter().enumerate() {
+        if !PLATE_PROVINCES.contains(*c) {
+            continue;
         }
-        let run = &bytes[start..end];
-        match run.len() {
-            18 if id18_shape(run) => {
-                let certain = resident_id_check_char(&run[..17])
-                    .is_some_and(|c| c == run[17].to_ascii_uppercase());
-                push(Detection {
-                    kind: SensitiveType::ResidentId,
-                    certain,
-                });
-            }
-            15 if id15_shape(run) => push(Detection {
-                kind: SensitiveType::ResidentId,
-                certain: false,
-            }),
-            11 if run[0] == b'1' && (b'3'..=b'9').contains(&run[1]) => push(Detection {
-                kind: SensitiveType::Mobile,
-                certain: true,
-            }),
-            13 if run.starts_with(b"86") && run[2] == b'1' && (b'3'..=b'9').contains(&run[3]) => {
-                push(Detection {
-                    kind: SensitiveType::Mobile,
-                    certain: true,
-                })
-            }
-            _ => {}
+        let rest = &chars[i + 1..];
+        let letter = rest
+            .first()
+            .is_some_and(|l| l.is_ascii_uppercase() && *l != 'I' && *l != 'O');
+        let body = rest.iter().skip(1).take_while(|c| plate_char(**c)).count();
+        if letter && (body == 5 || body == 6) {
+            f.push(SensitiveType::Plate, true);
         }
     }
-    found
+}
+
+fn scan_email(value: &str, f: &mut Findings) {
+    let b = value.as_bytes();
+    for (at, _) in value.match_indices('@') {
+        let local = b[..at]
+            .iter()
+            .rev()
+            .take_while(|c| c.is_ascii_alphanumeric() || b"._%+-".contains(c))
+            .count();
+        let domain: &[u8] = &b[at + 1..];
+        let dlen = domain
+            .iter()
+            .take_while(|c| c.is_ascii_alphanumeric() || b".-".contains(c))
+            .count();
+        let domain = &domain[..dlen];
+        let tld_ok = domain.iter().rposition(|c| *c == b'.').is_some_and(|dot| {
+            dot > 0
+                && domain.len() - dot > 2
+                && domain[dot + 1..].iter().all(u8::is_ascii_alphabetic)
+        });
+        if local > 0 && tld_ok {
+            f.push(SensitiveType::Email, true);
+        }
+    }
+}
+
+fn scan_ip(value: &str, f: &mut Findings) {
+    let v4 = value.split(|c: char| !(c.is_ascii_digit() || c == '.'));
+    if v4
+        .filter(|t| t.matches('.').count() == 3)
+        .any(|t| t.parse::<std::net::Ipv4Addr>().is_ok())
+    {
+        f.push(SensitiveType::Ip, true);
+    }
+    let v6 = value.split(|c: char| !(c.is_ascii_hexdigit() || c == ':'));
+    if v6
+        .filter(|t| t.matches(':').count() >= 2)
+        .any(|t| t.parse::<std::net::Ipv6Addr>().is_ok())
+    {
+        f.push(SensitiveType::Ip, true);
+    }
+}
+
+fn scan_gps(value: &str, f: &mut Findings) {
+    let nums: Vec<&str> = value
+        .split(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-'))
+        .filter(|t| !t.is_empty())
+        .collect();
+    let precise = |t: &str| t.split_once('.').is_some_and(|(_, d)| d.len() >= 4);
+    for pair in nums.windows(2) {
+        let (Ok(a), Ok(b)) = (pair[0].parse::<f64>(), pair[1].parse::<f64>()) else {
+            continue;
+        };
+        if precise(pair[0]) && precise(pair[1]) && a.abs() <= 90.0 && b.abs() <= 180.0 {
+            f.push(SensitiveType::Gps, true);
+        }
+    }
+}
+
+/// Every sensitive value found in `value`, by type (each type reported once). Covers resident
+/// IDs, mobiles, landlines, bank cards, credit codes, plates, passports and permits, e-mail,
+/// IP addresses and GPS points; names, addresses and record numbers need column context and
+/// are not detected from a value alone.
+pub fn scan_value(value: &str) -> Vec<Detection> {
+    let mut f = Findings::default();
+    let bytes = value.as_bytes();
+    for joined in [false, true] {
+        for run in digit_runs(bytes, joined) {
+            classify_digits(&run, &mut f);
+        }
+    }
+    for run in alnum_runs(value) {
+        let r = run.as_bytes();
+        if r.len() == 18 && r.iter().any(u8::is_ascii_alphabetic) && !id18_shape(r) {
+            match credit_code_check(&run.to_ascii_uppercase().into_bytes()) {
+                Some(true) => f.push(SensitiveType::CreditCode, true),
+                Some(false) if r.iter().all(u8::is_ascii_uppercase_or_digit) => {
+                    f.push(SensitiveType::CreditCode, false)
+                }
+                _ => {}
+            }
+        }
+        if r.len() == 18
+            && r.iter().all(u8::is_ascii_digit)
+            && credit_code_check(r) == Some(true)
+            && !id18_shape(r)
+        {
+            f.push(SensitiveType::CreditCode, true);
+        }
+        let passport = r.len() == 9
+            && match r[0] {
+                b'E' => {
+                    r[1..].iter().all(u8::is_ascii_digit)
+                        || (r[1].is_ascii_uppercase()
+                            && r[1] != b'I'
+                            && r[1] != b'O'
+                            && r[2..].iter().all(u8::is_ascii_digit))
+                }
+                b'C' | b'W' | b'L' | b'T' => r[1..].iter().all(u8::is_ascii_digit),
+                _ => false,
+            };
+        if passport {
+            f.push(SensitiveType::Passport, false);
+        }
+    }
+    scan_plates(value, &mut f);
+    scan_email(value, &mut f);
+    scan_ip(value, &mut f);
+    scan_gps(value, &mut f);
+    f.0
+}
+
+trait UpperOrDigit {
+    fn is_ascii_uppercase_or_digit(&self) -> bool;
+}
+
+impl UpperOrDigit for u8 {
+    fn is_ascii_uppercase_or_digit(&self) -> bool {
+        self.is_ascii_uppercase() || self.is_ascii_digit()
+    }
 }
 
 /// The default mask of DOMAIN.md section 3 for a value of the given type.
@@ -284,6 +507,53 @@ mod tests {
         check("West Lake", &[]);
         check("2026-11-27", &[]);
         check("1234.5", &[]);
+    }
+
+    #[test]
+    fn formatted_mobiles_and_bank_cards_are_found() {
+        check("138-1234-5678", &[(SensitiveType::Mobile, true)]);
+        // A Luhn-valid test card number, with and without spaces.
+        check("4111111111111111", &[(SensitiveType::BankCard, true)]);
+        check(
+            "卡号 6222 0212 3456 7891",
+            &[(SensitiveType::BankCard, false)],
+        );
+    }
+
+    #[test]
+    fn landlines_are_found_by_area_code() {
+        check("010-62751234", &[(SensitiveType::Landline, true)]);
+        check("0571-87001234", &[(SensitiveType::Landline, false)]);
+        check("400-8001234", &[(SensitiveType::Landline, false)]);
+    }
+
+    #[test]
+    fn credit_codes_are_checked_with_gb_32100() {
+        check("91350100M000100Y43", &[(SensitiveType::CreditCode, true)]);
+        check("91350100M000100Y44", &[(SensitiveType::CreditCode, false)]);
+    }
+
+    #[test]
+    fn plates_passports_emails_ips_and_gps_points() {
+        check("车牌浙A12345", &[(SensitiveType::Plate, true)]);
+        check("浙AD12345", &[(SensitiveType::Plate, true)]);
+        check("E12345678", &[(SensitiveType::Passport, false)]);
+        check(
+            "mail wang.li@example.com now",
+            &[(SensitiveType::Email, true)],
+        );
+        check("192.168.1.20", &[(SensitiveType::Ip, true)]);
+        check("2001:db8::1", &[(SensitiveType::Ip, true)]);
+        check("30.2741,120.1551", &[(SensitiveType::Gps, true)]);
+    }
+
+    #[test]
+    fn aggregate_looking_values_are_clean() {
+        check("46.4", &[]);
+        check("7546798.52", &[]);
+        check("30137", &[]);
+        check("12:30:00", &[]);
+        check("v1.2.3", &[]);
     }
 
     #[test]
