@@ -13,6 +13,9 @@ use serde_json::Value;
 use crate::crypto::sha256_hex;
 use crate::error::{Error, Result};
 
+/// A signed checkpoint is written after every this many entries, and on demand (shutdown).
+pub const CHECKPOINT_EVERY: u64 = 100;
+
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// One audit entry. `detail` holds identifiers, counts and decisions, never data values.
@@ -58,6 +61,8 @@ fn entry_hash(e: &AuditEntry) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AuditVerdict {
     pub entries: u64,
+    /// Signed checkpoints found (and checked against the public key, when one was given).
+    pub checkpoints: u64,
     /// The first bad entry (1-based line number) and what is wrong with it.
     pub first_bad: Option<(u64, String)>,
     pub head: String,
@@ -67,20 +72,44 @@ struct Tail {
     file: fs::File,
     seq: u64,
     head: String,
+    /// The sequence number of the last signed checkpoint.
+    checkpointed: u64,
     /// Set after a failed write: the log accepts nothing more until restarted.
     broken: bool,
+}
+
+/// Signs a checkpoint message with the platform key.
+pub type CheckpointSigner = Box<dyn Fn(&[u8]) -> Vec<u8> + Send + Sync>;
+
+/// A signed statement that the log held `seq` entries ending in `head`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub seq: u64,
+    pub head: String,
+    pub at: String,
+    pub signature: String,
+}
+
+fn checkpoint_message(seq: u64, head: &str) -> Vec<u8> {
+    format!("tidegate-audit-checkpoint-v1|{seq}|{head}").into_bytes()
+}
+
+/// The checkpoints file beside a log.
+pub fn checkpoints_path(log: &Path) -> PathBuf {
+    log.with_extension("checkpoints")
 }
 
 pub struct AuditLog {
     path: PathBuf,
     tail: Mutex<Tail>,
+    signer: Option<CheckpointSigner>,
 }
 
 impl AuditLog {
     /// Opens (or creates) the log at `path`. A torn final line, left by a crash before its
     /// fsync returned, was never acknowledged and is cut off; any other damage is refused.
     pub fn open(path: &Path) -> Result<AuditLog> {
-        let verdict = verify_file(path)?;
+        let verdict = verify_file(path, None)?;
         if let Some((line, why)) = &verdict.first_bad {
             let torn = *line == verdict.entries + 1 && !ends_with_newline(path)?;
             if !torn {
@@ -102,8 +131,48 @@ impl AuditLog {
                 seq: verdict.entries,
                 head: verdict.head,
                 broken: false,
+                checkpointed: verdict.entries.min(last_checkpoint_seq(path)),
             }),
+            signer: None,
         })
+    }
+
+    /// Signs checkpoints with `signer` from now on.
+    pub fn with_signer(mut self, signer: CheckpointSigner) -> Self {
+        self.signer = Some(signer);
+        self
+    }
+
+    /// Writes a signed checkpoint of the current head, if anything was appended since the last.
+    pub fn checkpoint(&self) -> Result<()> {
+        let mut tail = self.tail.lock().expect("audit lock");
+        self.write_checkpoint(&mut tail)
+    }
+
+    fn write_checkpoint(&self, tail: &mut Tail) -> Result<()> {
+        let Some(sign) = &self.signer else {
+            return Ok(());
+        };
+        if tail.checkpointed == tail.seq {
+            return Ok(());
+        }
+        let cp = Checkpoint {
+            seq: tail.seq,
+            head: tail.head.clone(),
+            at: crate::now_rfc3339(),
+            signature: hex::encode(sign(&checkpoint_message(tail.seq, &tail.head))),
+        };
+        let mut line = serde_json::to_vec(&cp)?;
+        line.push(b'\n');
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(checkpoints_path(&self.path))?;
+        f.write_all(&line)?;
+        f.sync_data()?;
+        tail.checkpointed = tail.seq;
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -145,6 +214,13 @@ impl AuditLog {
         }
         tail.seq = entry.seq;
         tail.head = entry.hash;
+        if tail.seq.is_multiple_of(CHECKPOINT_EVERY)
+            && let Err(e) = self.write_checkpoint(&mut tail)
+        {
+            // The entry itself is durable; without checkpoints the log stops taking actions.
+            tracing::error!(error = %e, "audit checkpoint failed");
+            tail.broken = true;
+        }
         Ok(tail.seq)
     }
 }
@@ -163,13 +239,110 @@ fn truncate_after_last_newline(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Checks the whole chain in the file at `path` and names the first bad entry.
-pub fn verify_file(path: &Path) -> Result<AuditVerdict> {
+fn read_checkpoints(log: &Path) -> Result<Vec<Checkpoint>> {
+    let bytes = match fs::read(checkpoints_path(log)) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let complete = bytes.ends_with(b"\n");
+    let lines: Vec<&[u8]> = bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        match serde_json::from_slice(line) {
+            Ok(cp) => out.push(cp),
+            // A torn last line was never acknowledged.
+            Err(_) if i + 1 == lines.len() && !complete => {}
+            Err(_) => {
+                return Err(Error::Integrity(format!(
+                    "audit checkpoint {} is not well formed",
+                    i + 1
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn last_checkpoint_seq(log: &Path) -> u64 {
+    read_checkpoints(log)
+        .ok()
+        .and_then(|c| c.last().map(|c| c.seq))
+        .unwrap_or(0)
+}
+
+/// Checks the whole chain in the file at `path`, and the signed checkpoints beside it (their
+/// signatures too when `public_key` is given), and names the first bad entry. Truncation is
+/// detected back to the last checkpoint.
+pub fn verify_file(path: &Path, public_key: Option<&[u8]>) -> Result<AuditVerdict> {
+    let mut verdict = verify_chain(path)?;
+    let checkpoints = read_checkpoints(path)?;
+    verdict.checkpoints = checkpoints.len() as u64;
+    let hashes = chain_hashes(path, verdict.entries)?;
+    for (i, cp) in checkpoints.iter().enumerate() {
+        if let Some(key) = public_key {
+            let ok = ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key)
+                .verify(
+                    &checkpoint_message(cp.seq, &cp.head),
+                    &hex::decode(&cp.signature).unwrap_or_default(),
+                )
+                .is_ok();
+            if !ok {
+                return Err(Error::Integrity(format!(
+                    "audit checkpoint {} (entry {}) has no valid signature of this platform",
+                    i + 1,
+                    cp.seq
+                )));
+            }
+        }
+        let problem = if cp.seq > verdict.entries {
+            Some((
+                verdict.entries + 1,
+                format!(
+                    "missing: a signed checkpoint covers {} entries (truncated or deleted)",
+                    cp.seq
+                ),
+            ))
+        } else if cp.seq > 0 && hashes[cp.seq as usize - 1] != cp.head {
+            Some((
+                cp.seq,
+                "does not match the signed checkpoint (changed)".to_string(),
+            ))
+        } else {
+            None
+        };
+        if let Some((n, why)) = problem
+            && verdict.first_bad.as_ref().is_none_or(|(m, _)| n < *m)
+        {
+            verdict.first_bad = Some((n, why));
+        }
+    }
+    Ok(verdict)
+}
+
+/// The hashes of the first `n` entries as stored.
+fn chain_hashes(path: &Path, n: u64) -> Result<Vec<String>> {
+    let Ok(file) = fs::File::open(path) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::with_capacity(n as usize);
+    for line in BufReader::new(file).split(b'\n').take(n as usize) {
+        let entry: AuditEntry = serde_json::from_slice(&line?)?;
+        out.push(entry.hash);
+    }
+    Ok(out)
+}
+
+fn verify_chain(path: &Path) -> Result<AuditVerdict> {
     let file = match fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Ok(AuditVerdict {
                 entries: 0,
+                checkpoints: 0,
                 first_bad: None,
                 head: GENESIS.into(),
             });
@@ -183,6 +356,7 @@ pub fn verify_file(path: &Path) -> Result<AuditVerdict> {
         let bad = |why: &str| {
             Ok(AuditVerdict {
                 entries,
+                checkpoints: 0,
                 first_bad: Some((n, why.to_string())),
                 head: head.clone(),
             })
@@ -209,6 +383,7 @@ pub fn verify_file(path: &Path) -> Result<AuditVerdict> {
     }
     Ok(AuditVerdict {
         entries,
+        checkpoints: 0,
         first_bad: None,
         head,
     })
@@ -240,7 +415,7 @@ mod tests {
     #[test]
     fn an_untouched_log_verifies() {
         let (_d, path) = log_with(5);
-        let v = verify_file(&path).unwrap();
+        let v = verify_file(&path, None).unwrap();
         assert_eq!((v.entries, v.first_bad), (5, None));
     }
 
@@ -248,7 +423,7 @@ mod tests {
     fn a_changed_entry_is_named() {
         let (_d, path) = log_with(5);
         rewrite_line(&path, 3, |l| l.replace("\"i\":2", "\"i\":9"));
-        let v = verify_file(&path).unwrap();
+        let v = verify_file(&path, None).unwrap();
         assert_eq!(
             v.first_bad,
             Some((3, "its hash does not match its content (changed)".into()))
@@ -266,7 +441,7 @@ mod tests {
             .map(|(_, l)| l)
             .collect();
         fs::write(&path, kept.join("\n") + "\n").unwrap();
-        let v = verify_file(&path).unwrap();
+        let v = verify_file(&path, None).unwrap();
         assert_eq!(v.first_bad.map(|b| b.0), Some(2));
     }
 
@@ -278,7 +453,48 @@ mod tests {
         drop(f);
         let log = AuditLog::open(&path).unwrap();
         assert_eq!(log.append("p", "a", "o", json!({})).unwrap(), 4);
-        assert_eq!(verify_file(&path).unwrap().first_bad, None);
+        assert_eq!(verify_file(&path, None).unwrap().first_bad, None);
+    }
+
+    #[test]
+    fn signed_checkpoints_catch_truncation_and_forged_signatures() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let pkcs8 =
+            ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+                .unwrap();
+        let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        let public = ring::signature::KeyPair::public_key(&pair)
+            .as_ref()
+            .to_vec();
+        let log = AuditLog::open(&path)
+            .unwrap()
+            .with_signer(Box::new(move |m| pair.sign(m).as_ref().to_vec()));
+        for i in 0..250 {
+            log.append("p", "test.step", &format!("o_{i}"), json!({}))
+                .unwrap();
+        }
+        log.checkpoint().unwrap();
+        let v = verify_file(&path, Some(&public)).unwrap();
+        assert_eq!((v.entries, v.checkpoints, v.first_bad), (250, 3, None));
+        // Cut the log back to 150 entries: the checkpoints at 200 and 250 reveal it.
+        let text = fs::read_to_string(&path).unwrap();
+        let kept: Vec<&str> = text.lines().take(150).collect();
+        fs::write(&path, kept.join("\n") + "\n").unwrap();
+        let v = verify_file(&path, Some(&public)).unwrap();
+        assert_eq!(
+            v.first_bad,
+            Some((
+                151,
+                "missing: a signed checkpoint covers 200 entries (truncated or deleted)".into()
+            ))
+        );
+        // A checkpoint whose signature is not the platform's is refused.
+        let cps = fs::read_to_string(checkpoints_path(&path))
+            .unwrap()
+            .replace("\"seq\":100", "\"seq\":99");
+        fs::write(checkpoints_path(&path), cps).unwrap();
+        assert!(verify_file(&path, Some(&public)).is_err());
     }
 
     #[test]

@@ -13,7 +13,10 @@ mod job;
 mod platform;
 mod sandbox;
 
-pub use audit::{AuditEntry, AuditLog, AuditVerdict, verify_file as verify_audit_file};
+pub use audit::{
+    AuditEntry, AuditLog, AuditVerdict, CHECKPOINT_EVERY, Checkpoint, CheckpointSigner,
+    checkpoints_path, verify_file as verify_audit_file,
+};
 pub use bundle::{Signer, Verified, verify as verify_bundle, write as write_bundle};
 pub use crypto::{DataKey, MasterKey, random_token, sha256_hex};
 pub use error::{Error, Result};

@@ -334,7 +334,7 @@ pub struct Platform {
     db: Mutex<Connection>,
     audit: AuditLog,
     sandbox: Arc<Sandbox>,
-    signer: Signer,
+    signer: Arc<Signer>,
 }
 
 impl std::fmt::Debug for Platform {
@@ -426,11 +426,15 @@ impl Platform {
     }
 
     fn assemble(dir: &Path, master: MasterKey, signer: Signer) -> Result<Platform> {
+        let signer = Arc::new(signer);
+        let checkpoints = Arc::clone(&signer);
+        let audit = AuditLog::open(&dir.join(AUDIT_FILE))?
+            .with_signer(Box::new(move |message| checkpoints.sign(message)));
         fs::create_dir_all(dir.join("objects"))?;
         Ok(Platform {
             dir: dir.to_path_buf(),
             db: Mutex::new(open_db(&dir.join(DB_FILE))?),
-            audit: AuditLog::open(&dir.join(AUDIT_FILE))?,
+            audit,
             sandbox: Arc::new(Sandbox::new()?),
             master,
             signer,
@@ -1716,7 +1720,14 @@ impl Platform {
                 "only auditors and admins verify the audit log".into(),
             ));
         }
-        crate::audit::verify_file(self.audit.path())
+        let key = hex::decode(self.signer.public_key_hex())
+            .map_err(|_| Error::Internal("public key encoding".into()))?;
+        crate::audit::verify_file(self.audit.path(), Some(&key))
+    }
+
+    /// Writes a signed checkpoint of the audit log now (at shutdown, and by the demo).
+    pub fn checkpoint(&self) -> Result<()> {
+        self.audit.checkpoint()
     }
 }
 

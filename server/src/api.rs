@@ -283,6 +283,7 @@ async fn verify_audit(State(p): State<AppState>, h: HeaderMap) -> ApiResult<Valu
     let v = blocking(move || p.verify_audit(&actor)).await?;
     Ok(Json(json!({
         "entries": v.entries,
+        "checkpoints": v.checkpoints,
         "first_bad": v.first_bad.map(|(n, why)| json!({ "entry": n, "problem": why })),
         "head": v.head,
     })))

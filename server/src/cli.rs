@@ -214,6 +214,10 @@ enum AuditCommand {
     Verify {
         #[arg(long)]
         data_dir: PathBuf,
+        /// The platform public key (hex) to check checkpoint signatures with; keep a copy
+        /// outside the data directory. Defaults to DATA_DIR/platform.pub.
+        #[arg(long)]
+        key: Option<PathBuf>,
     },
 }
 
@@ -402,7 +406,15 @@ fn run(cli: Cli) -> Result<()> {
                     "tidegate: serving {} on http://{listen}",
                     keys.data_dir.display()
                 );
-                crate::api::serve(platform, listener).await?;
+                let shutdown = async {
+                    let _ = tokio::signal::ctrl_c().await;
+                };
+                axum::serve(listener, crate::api::router(Arc::clone(&platform)))
+                    .with_graceful_shutdown(shutdown)
+                    .await?;
+                // A signed checkpoint at shutdown: truncation is detectable up to here.
+                platform.checkpoint()?;
+                eprintln!("tidegate: stopped; audit checkpoint written");
                 anyhow::Ok(())
             })?;
         }
@@ -427,12 +439,22 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Audit {
-            command: AuditCommand::Verify { data_dir },
+            command: AuditCommand::Verify { data_dir, key },
         } => {
-            let v =
-                tidegate_runtime::verify_audit_file(&data_dir.join(tidegate_runtime::AUDIT_FILE))?;
+            let key_path = key.unwrap_or_else(|| data_dir.join(tidegate_runtime::PUBLIC_KEY_FILE));
+            let key = std::fs::read_to_string(&key_path)
+                .ok()
+                .and_then(|k| hex::decode(k.trim()).ok())
+                .ok_or_else(|| {
+                    anyhow!("cannot read a hex public key from {}", key_path.display())
+                })?;
+            let log = data_dir.join(tidegate_runtime::AUDIT_FILE);
+            let v = tidegate_runtime::verify_audit_file(&log, Some(&key))?;
             match v.first_bad {
-                None => println!("audit log verified: {} entries, head {}", v.entries, v.head),
+                None => println!(
+                    "audit log verified: {} entries, {} signed checkpoints, head {}",
+                    v.entries, v.checkpoints, v.head
+                ),
                 Some((n, why)) => bail!(
                     "audit log broken at entry {n}: {why} ({} entries before it verify)",
                     v.entries

@@ -89,7 +89,7 @@ fn the_demo_tells_the_whole_story_and_its_bundle_verifies_offline() {
     assert_eq!(report["groups_suppressed"], 1);
     assert_eq!(report["threshold_k"], 10);
     assert_eq!(
-        verify_audit_file(&outcome.data_dir.join(AUDIT_FILE))
+        verify_audit_file(&outcome.data_dir.join(AUDIT_FILE), None)
             .unwrap()
             .first_bad,
         None
@@ -326,7 +326,7 @@ fn a_changed_audit_entry_is_detected_and_named() {
     let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
     lines[4] = lines[4].replace("principal.create", "principal.cr3ate");
     std::fs::write(&path, lines.join("\n") + "\n").unwrap();
-    let verdict = verify_audit_file(&path).unwrap();
+    let verdict = verify_audit_file(&path, None).unwrap();
     assert_eq!(
         verdict.first_bad,
         Some((5, "its hash does not match its content (changed)".into()))
