@@ -137,6 +137,14 @@ impl AuditLog {
         })
     }
 
+    /// Makes every later write fail as a full or failing disk would, by swapping the file for a
+    /// read-only handle.
+    #[cfg(test)]
+    pub(crate) fn fail_writes_for_test(&self) {
+        let mut tail = self.tail.lock().expect("audit lock");
+        tail.file = fs::File::open(&self.path).expect("the log exists");
+    }
+
     /// Signs checkpoints with `signer` from now on.
     pub fn with_signer(mut self, signer: CheckpointSigner) -> Self {
         self.signer = Some(signer);

@@ -2023,3 +2023,54 @@ fn granted_table(
         batches: out,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_action_whose_audit_entry_cannot_be_made_durable_does_not_happen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (platform, token) = Platform::init(
+            &dir.path().join("data"),
+            &dir.path().join("master.key"),
+            "admin",
+        )
+        .unwrap();
+        let admin = platform.authenticate(&token).unwrap();
+        platform.create_org(&admin, "before", "operator").unwrap();
+        platform.audit.fail_writes_for_test();
+        let err = platform
+            .create_org(&admin, "after", "operator")
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("could not be made durable"),
+            "{err}"
+        );
+        // The org does not exist, and every later action is refused as well.
+        let count: i64 = platform
+            .db
+            .lock()
+            .unwrap()
+            .query_row("SELECT count(*) FROM orgs WHERE name = 'after'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(count, 0);
+        let err = platform
+            .create_org(&admin, "later", "operator")
+            .unwrap_err();
+        assert!(err.to_string().contains("refused until restart"), "{err}");
+    }
+
+    #[test]
+    fn the_master_key_is_refused_inside_the_data_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let err = Platform::init(&data, &data.join("keys/master.key"), "admin").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "refused: the master key must not be stored inside the data directory"
+        );
+    }
+}
