@@ -127,6 +127,30 @@ pub fn can_approve_scenario(
     )
 }
 
+/// R-SCENARIO: an admin suspends (risk stop), resumes or revokes a scenario. Returns the new
+/// stored state.
+pub fn can_change_scenario(
+    p: &Principal,
+    current: ScenarioState,
+    action: &str,
+) -> Result<ScenarioState, Refusal> {
+    require_role(p, Role::Admin)?;
+    require_training(p)?;
+    match (action, current) {
+        ("suspend", ScenarioState::Active) => Ok(ScenarioState::Suspended),
+        ("resume", ScenarioState::Suspended) => Ok(ScenarioState::Active),
+        ("revoke", ScenarioState::Revoked | ScenarioState::Expired) => {
+            refuse(format!("the scenario is already {}", current.as_str()))
+        }
+        ("revoke", _) => Ok(ScenarioState::Revoked),
+        ("suspend" | "resume", _) => refuse(format!(
+            "a scenario that is {} cannot be {action}d",
+            current.as_str()
+        )),
+        _ => refuse("the action is suspend, resume or revoke"),
+    }
+}
+
 /// The state a scenario is in on `today`, given its stored state and term.
 pub fn scenario_state(
     stored: ScenarioState,

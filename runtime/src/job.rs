@@ -73,6 +73,17 @@ pub async fn run_query(
     udfs: Vec<ScalarUDF>,
     limits: EngineLimits,
 ) -> Result<JobOutput> {
+    run_query_until(sql, tables, udfs, limits, std::future::pending()).await
+}
+
+/// [`run_query`], stopped with a refusal when `cancel` completes first.
+pub async fn run_query_until(
+    sql: &str,
+    tables: &[TableInput],
+    udfs: Vec<ScalarUDF>,
+    limits: EngineLimits,
+    cancel: impl std::future::Future<Output = ()>,
+) -> Result<JobOutput> {
     let config = SessionConfig::new()
         .with_target_partitions(2)
         .with_information_schema(false);
@@ -120,6 +131,14 @@ pub async fn run_query(
             .await
             .map_err(|e| map_error(e, Stage::Planning))?;
         df.collect().await.map_err(|e| map_error(e, Stage::Running))
+    };
+    let run = async {
+        tokio::select! {
+            r = run => r,
+            () = cancel => Err(Error::Refused(
+                "the job was cancelled: its scenario was suspended or revoked".into(),
+            )),
+        }
     };
     let batches = tokio::time::timeout(limits.wall_time, run)
         .await

@@ -21,7 +21,7 @@ pub use bundle::{Signer, Verified, verify as verify_bundle, write as write_bundl
 pub use crypto::{DataKey, MasterKey, random_token, sha256_hex};
 pub use error::{Error, Result};
 pub use gate::{GateInput, GateOutcome, evaluate as evaluate_gate};
-pub use job::{EngineLimits, JobOutput, TableInput, run_query};
+pub use job::{EngineLimits, JobOutput, TableInput, run_query, run_query_until};
 pub use platform::{
     AUDIT_FILE, ApprovalView, ColumnInput, DatasetView, ExportView, GrantRequest, ImportRequest,
     JobRequest, JobView, ModuleView, OrgView, PUBLIC_KEY_FILE, Platform, PrincipalView,

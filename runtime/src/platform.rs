@@ -5,7 +5,7 @@
 //! and appends its audit entry before that transaction commits: an action whose entry cannot
 //! be made durable does not happen.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -327,6 +327,9 @@ struct ScenarioRow {
     view: ScenarioView,
 }
 
+/// A running job's id and its meter, through which it is cancelled.
+type RunningJob = (String, Arc<JobMeter>);
+
 /// The running platform over one data directory.
 pub struct Platform {
     dir: PathBuf,
@@ -334,6 +337,8 @@ pub struct Platform {
     db: Mutex<Connection>,
     audit: AuditLog,
     sandbox: Arc<Sandbox>,
+    /// Running jobs by scenario, so that suspending a scenario cancels them.
+    running: Mutex<HashMap<String, Vec<RunningJob>>>,
     signer: Arc<Signer>,
 }
 
@@ -436,6 +441,7 @@ impl Platform {
             db: Mutex::new(open_db(&dir.join(DB_FILE))?),
             audit,
             sandbox: Arc::new(Sandbox::new()?),
+            running: Mutex::new(HashMap::new()),
             master,
             signer,
         })
@@ -1063,6 +1069,46 @@ impl Platform {
         self.get_scenario(actor, id)
     }
 
+    /// R-SCENARIO: an admin suspends, resumes or revokes a scenario; suspending or revoking
+    /// cancels its running jobs at once.
+    pub fn change_scenario(
+        &self,
+        actor: &Principal,
+        id: &str,
+        action: &str,
+    ) -> Result<ScenarioView> {
+        {
+            let mut db = self.db.lock().expect("db");
+            let s = Self::scenario_row(&db, id)?;
+            let next = tidegate_policy::can_change_scenario(actor, s.view.state, action)?;
+            let tx = db.transaction()?;
+            tx.execute(
+                "UPDATE scenarios SET state = ?2 WHERE id = ?1",
+                params![id, next.as_str()],
+            )?;
+            self.audit.append(
+                &actor.id,
+                &format!("scenario.{action}"),
+                id,
+                json!({ "from": s.view.state, "to": next }),
+            )?;
+            tx.commit()?;
+            if next != ScenarioState::Active {
+                for (_, meter) in self
+                    .running
+                    .lock()
+                    .expect("running jobs")
+                    .get(id)
+                    .into_iter()
+                    .flatten()
+                {
+                    meter.cancel();
+                }
+            }
+        }
+        self.get_scenario(actor, id)
+    }
+
     // ----- Modules -----
 
     pub fn upload_module(
@@ -1240,7 +1286,21 @@ impl Platform {
         }
         let started = Instant::now();
         let meter = Arc::new(JobMeter::new(GuestLimits::default()));
+        self.running
+            .lock()
+            .expect("running jobs")
+            .entry(scenario.id.clone())
+            .or_default()
+            .push((id.clone(), Arc::clone(&meter)));
         let outcome = self.execute(&req.sql, &inputs, &modules, &meter).await;
+        if let Some(jobs) = self
+            .running
+            .lock()
+            .expect("running jobs")
+            .get_mut(&scenario.id)
+        {
+            jobs.retain(|(j, _)| j != &id);
+        }
         let mut resources = ResourceUse {
             fuel: meter.fuel_used(),
             guest_calls: meter.calls(),
@@ -1324,7 +1384,13 @@ impl Platform {
             let module = self.sandbox.load(wasm)?;
             udfs.extend(self.sandbox.scalar_udfs(&module, meter));
         }
-        let output = job::run_query(sql, &tables, udfs, EngineLimits::default()).await?;
+        let cancelled = async {
+            while !meter.is_cancelled() {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        };
+        let output =
+            job::run_query_until(sql, &tables, udfs, EngineLimits::default(), cancelled).await?;
         Ok((output, rows_scanned, bytes_scanned))
     }
 

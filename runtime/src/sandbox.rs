@@ -20,7 +20,7 @@ use datafusion::logical_expr::{
 use wasmtime::{
     Config, Engine, ExternType, Instance, InstanceAllocationStrategy, InstancePre, Linker, Memory,
     Module, PoolConcurrencyLimitError, PoolingAllocationConfig, Store, StoreLimits,
-    StoreLimitsBuilder, Strategy, Trap, TypedFunc, ValType,
+    StoreLimitsBuilder, Strategy, Trap, TypedFunc, UpdateDeadline, ValType,
 };
 
 use crate::crypto::sha256_hex;
@@ -154,6 +154,27 @@ impl std::fmt::Debug for ValidatedModule {
 
 struct GuestState {
     limits: StoreLimits,
+    meter: Arc<JobMeter>,
+    /// Epoch ticks the current call may still run.
+    ticks_left: u64,
+}
+
+/// The trap a guest gets when its job is cancelled (its scenario suspended or revoked).
+#[derive(Debug)]
+struct Cancelled;
+
+impl std::fmt::Display for Cancelled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the job was cancelled")
+    }
+}
+
+impl std::error::Error for Cancelled {}
+
+fn call_ticks(limits: &GuestLimits) -> u64 {
+    limits
+        .call_timeout_ms
+        .div_ceil(EPOCH_TICK.as_millis() as u64)
 }
 
 /// The process's one wasmtime engine, its (empty) linker and the compiled-module cache.
@@ -348,6 +369,8 @@ impl Sandbox {
                     .tables(2)
                     .memories(1)
                     .build(),
+                meter: Arc::clone(meter),
+                ticks_left: call_ticks(&limits),
             },
         );
         store.limiter(|s| &mut s.limits);
@@ -356,12 +379,20 @@ impl Sandbox {
             store
                 .set_fuel(meter.remaining_fuel())
                 .map_err(|e| Error::Internal(format!("fuel: {e}")))?;
-            store.set_epoch_deadline(
-                limits
-                    .call_timeout_ms
-                    .div_ceil(EPOCH_TICK.as_millis() as u64),
-            );
-            store.epoch_deadline_trap();
+            // Every tick the guest is checked: a cancelled job stops within one tick, and a
+            // call that used up its ticks is interrupted.
+            store.set_epoch_deadline(1);
+            store.epoch_deadline_callback(|mut ctx| {
+                let state = ctx.data_mut();
+                if state.meter.is_cancelled() {
+                    return Err(wasmtime::Error::new(Cancelled));
+                }
+                if state.ticks_left == 0 {
+                    return Ok(UpdateDeadline::Interrupt);
+                }
+                state.ticks_left -= 1;
+                Ok(UpdateDeadline::Continue(1))
+            });
         }
         let instance = module.pre.instantiate(&mut store);
         if self.interruptible {
@@ -589,6 +620,7 @@ fn parse_manifest(text: &str) -> std::result::Result<Vec<FunctionSig>, String> {
 #[derive(Debug)]
 pub struct JobMeter {
     pub limits: GuestLimits,
+    cancelled: std::sync::atomic::AtomicBool,
     fuel_used: AtomicU64,
     output_bytes: AtomicU64,
     peak_memory: AtomicU64,
@@ -599,11 +631,21 @@ impl JobMeter {
     pub fn new(limits: GuestLimits) -> Self {
         JobMeter {
             limits,
+            cancelled: std::sync::atomic::AtomicBool::new(false),
             fuel_used: AtomicU64::new(0),
             output_bytes: AtomicU64::new(0),
             peak_memory: AtomicU64::new(0),
             calls: AtomicU64::new(0),
         }
+    }
+
+    /// Cancels the job: its guests trap at the next epoch tick, and no new call starts.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
     }
 
     fn remaining_fuel(&self) -> u64 {
@@ -634,7 +676,14 @@ impl JobMeter {
 }
 
 /// Maps a wasmtime error to our error class; trap descriptions name the trap, never data.
+fn cancelled_error() -> Error {
+    Error::Refused("the job was cancelled: its scenario was suspended or revoked".into())
+}
+
 fn classify_trap(e: &wasmtime::Error, during: &str) -> Error {
+    if e.downcast_ref::<Cancelled>().is_some() {
+        return cancelled_error();
+    }
     if e.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
         return Error::Limit("the sandbox is running its maximum of instances; retry later".into());
     }
@@ -734,12 +783,11 @@ impl Guest {
         self.store
             .set_fuel(budget)
             .map_err(|e| Error::Internal(format!("fuel: {e}")))?;
-        let ticks = self
-            .meter
-            .limits
-            .call_timeout_ms
-            .div_ceil(EPOCH_TICK.as_millis() as u64);
-        self.store.set_epoch_deadline(ticks);
+        if self.meter.is_cancelled() {
+            return Err(cancelled_error());
+        }
+        self.store.data_mut().ticks_left = call_ticks(&self.meter.limits);
+        self.store.set_epoch_deadline(1);
         let result = f(&mut self.store);
         let left = self.store.get_fuel().unwrap_or(0);
         self.meter.charge(budget.saturating_sub(left));

@@ -165,6 +165,22 @@ async fn approve_scenario(
 }
 
 #[derive(Deserialize)]
+struct StateBody {
+    action: String,
+}
+
+async fn change_scenario(
+    State(p): State<AppState>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    Json(b): Json<StateBody>,
+) -> ApiResult<Value> {
+    let actor = principal(&p, &h)?;
+    let v = blocking(move || p.change_scenario(&actor, &id, &b.action)).await?;
+    Ok(Json(serde_json::to_value(v).expect("serializes")))
+}
+
+#[derive(Deserialize)]
 struct ModuleBody {
     wasm_base64: String,
 }
@@ -309,6 +325,7 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .route("/v1/scenarios", post(apply_scenario))
         .route("/v1/scenarios/{id}", get(get_scenario))
         .route("/v1/scenarios/{id}/approve", post(approve_scenario))
+        .route("/v1/scenarios/{id}/state", post(change_scenario))
         .route("/v1/scenarios/{id}/modules", post(upload_module))
         .route(
             "/v1/scenarios/{id}/modules/{hash}/approve",

@@ -300,6 +300,18 @@ enum ScenarioCommand {
     Approve {
         id: String,
     },
+    /// Risk stop (admin): the scenario runs and exports nothing; running jobs are cancelled.
+    Suspend {
+        id: String,
+    },
+    /// Lift a suspension (admin).
+    Resume {
+        id: String,
+    },
+    /// End the authorization for good (admin).
+    Revoke {
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -527,6 +539,9 @@ fn run(cli: Cli) -> Result<()> {
                     print(&c.ok("GET", &format!("/v1/scenarios/{id}"), None)?)
                 }
                 ScenarioCommand::Approve { id } => print(&c.approve_scenario(&id)?),
+                ScenarioCommand::Suspend { id } => print(&c.change_scenario(&id, "suspend")?),
+                ScenarioCommand::Resume { id } => print(&c.change_scenario(&id, "resume")?),
+                ScenarioCommand::Revoke { id } => print(&c.change_scenario(&id, "revoke")?),
             }
         }
         Command::Module { command, remote } => {

@@ -130,6 +130,15 @@ impl Client {
         self.ok("POST", &format!("/v1/scenarios/{id}/approve"), None)
     }
 
+    /// Suspends, resumes or revokes a scenario (admin).
+    pub fn change_scenario(&self, id: &str, action: &str) -> Result<Value> {
+        self.ok(
+            "POST",
+            &format!("/v1/scenarios/{id}/state"),
+            Some(&json!({ "action": action })),
+        )
+    }
+
     pub fn upload_module(&self, scenario: &str, wasm: &[u8]) -> Result<Value> {
         let body = json!({ "wasm_base64": base64::engine::general_purpose::STANDARD.encode(wasm) });
         self.ok(

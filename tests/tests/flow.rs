@@ -448,3 +448,81 @@ fn a_provider_imports_parquet_as_well_as_csv() {
         "bad input: the Parquet file cannot be read (400)"
     );
 }
+
+/// A module of the ABI whose one function spins forever.
+fn spinning_module() -> Vec<u8> {
+    wat::parse_str(
+        r#"(module
+            (memory (export "memory") 4)
+            (data (i32.const 16) "\20\00\00\00\1b\00\00\00")
+            (data (i32.const 32) "scalar spin(int64) -> int64")
+            (func (export "tg_abi_version") (result i32) i32.const 1)
+            (func (export "tg_manifest") (result i32) i32.const 16)
+            (func (export "tg_alloc") (param i32) (result i32) i32.const 65536)
+            (func (export "tg_error") (result i32) i32.const 16)
+            (func (export "tg_scalar") (param i32 i32) (result i32) (loop (br 0)) unreachable))"#,
+    )
+    .unwrap()
+}
+
+#[test]
+fn suspending_a_scenario_cancels_its_running_job_within_a_second() {
+    let (env, sid, _) = active_scenario();
+    let module = env
+        .world
+        .scientist
+        .upload_module(&sid, &spinning_module())
+        .unwrap();
+    let hash = module["hash"].as_str().unwrap().to_string();
+    env.world
+        .reviewer
+        .approve_module(&sid, &hash, "spin: test module")
+        .unwrap();
+    let scientist = env.world.scientist.clone();
+    let job_sid = sid.clone();
+    let running = std::thread::spawn(move || {
+        scientist
+            .submit_job(
+                &job_sid,
+                "SELECT spot, sum(spin(length(spot))) FROM visits GROUP BY spot",
+                &[hash],
+            )
+            .unwrap()
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let suspended_at = std::time::Instant::now();
+    let scenario = env.world.admin.change_scenario(&sid, "suspend").unwrap();
+    assert_eq!(scenario["state"], "suspended");
+    let job = running.join().unwrap();
+    // The guest's own time limit is 10 s; cancellation must come long before it.
+    assert!(
+        suspended_at.elapsed() < std::time::Duration::from_secs(3),
+        "{:?}",
+        suspended_at.elapsed()
+    );
+    assert_eq!(job["state"], "failed");
+    assert_eq!(
+        job["error"],
+        "refused: the job was cancelled: its scenario was suspended or revoked"
+    );
+    let refused = env.world.scientist.submit_job(
+        &sid,
+        "SELECT spot, count(*) FROM visits GROUP BY spot",
+        &[],
+    );
+    assert!(
+        refused
+            .unwrap_err()
+            .to_string()
+            .contains("the scenario is suspended")
+    );
+    let resumed = env.world.admin.change_scenario(&sid, "resume").unwrap();
+    assert_eq!(resumed["state"], "active");
+    let err = env
+        .world
+        .scientist
+        .change_scenario(&sid, "revoke")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("lacks the admin role"), "{err}");
+}
