@@ -9,7 +9,9 @@ mod gate;
 mod model;
 mod rules;
 
-pub use detect::{Detection, SensitiveType, mask, resident_id_check_char, scan_value};
+pub use detect::{
+    Detection, SensitiveType, TagProposal, mask, propose_tag, resident_id_check_char, scan_value,
+};
 pub use gate::{
     ALLOWED_AGGREGATES, CheckOutcome, GateCheck, GateReport, QueryShape, check_shape,
     default_threshold, is_allowed_aggregate,

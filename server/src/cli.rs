@@ -267,6 +267,12 @@ enum DatasetCommand {
         columns: Vec<String>,
     },
     List,
+    /// Before any import: the proposed tag and confidence of every column of a local file.
+    Scan {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -508,6 +514,7 @@ fn run(cli: Cli) -> Result<()> {
                 print(&remote.client()?.import_dataset(req, &data)?);
             }
             DatasetCommand::List => print(&remote.client()?.ok("GET", "/v1/datasets", None)?),
+            DatasetCommand::Scan { file, json } => scan(&file, json)?,
         },
         Command::Scenario { command, remote } => {
             let c = remote.client()?;
@@ -618,6 +625,105 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn scan(file: &Path, as_json: bool) -> Result<()> {
+    let report = scan_report(file)?;
+    if as_json {
+        print(&Value::Array(report));
+    } else {
+        println!(
+            "{:<24} {:<10} {:<28} {:>10}  why",
+            "column", "type", "proposed tags", "confidence"
+        );
+        for r in &report {
+            let tags: Vec<&str> = r["proposed_tags"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            println!(
+                "{:<24} {:<10} {:<28} {:>10}  {}",
+                r["column"].as_str().unwrap_or(""),
+                r["type"].as_str().unwrap_or(""),
+                if tags.is_empty() {
+                    "-".to_string()
+                } else {
+                    tags.join(",")
+                },
+                r["confidence"],
+                r["why"].as_str().unwrap_or("")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Proposes tags for every column of a local file from a sample of up to 1,000 values: one
+/// JSON object per column with `column`, `type`, `proposed_tags`, `confidence`, `sampled`, `why`.
+pub fn scan_report(file: &Path) -> Result<Vec<Value>> {
+    use std::collections::HashSet;
+    let table = tidegate_runtime::local_table("scan", file)?;
+    let mut report = Vec::new();
+    for (i, column) in table.columns.iter().enumerate() {
+        let mut values = Vec::new();
+        let mut distinct = HashSet::new();
+        let mut rows = 0usize;
+        for b in &table.batches {
+            let a = b.column(i);
+            rows += a.len();
+            for r in 0..a.len() {
+                if a.is_null(r) {
+                    continue;
+                }
+                let v = arrow::util::display::array_value_to_string(a, r)?;
+                if distinct.len() <= 1_000 {
+                    distinct.insert(v.clone());
+                }
+                if values.len() < 1_000 {
+                    values.push(v);
+                }
+            }
+        }
+        let p = tidegate_policy::propose_tag(values.iter().map(String::as_str));
+        let (tags, confidence, why) = match (&p.tag, column.data_type) {
+            (Some(t), _) if t == "pii:resident_id" => (
+                vec![t.clone(), "entity".into()],
+                p.confidence,
+                "resident ID numbers; the natural subject key",
+            ),
+            (Some(t), _) => (
+                vec![t.clone()],
+                p.confidence,
+                "values of a sensitive data type",
+            ),
+            (None, tidegate_policy::DataType::Date32) => (
+                vec!["quasi".into()],
+                0.5,
+                "dates (birth, visit) are quasi-identifiers",
+            ),
+            (None, tidegate_policy::DataType::Utf8)
+                if distinct.len() <= 100 && rows >= 10 * distinct.len() =>
+            {
+                (
+                    vec!["dimension".into()],
+                    0.5,
+                    "few distinct values: a group-by key",
+                )
+            }
+            (None, _) => (vec![], 0.0, "nothing found"),
+        };
+        report.push(json!({
+            "column": column.name,
+            "type": column.data_type,
+            "proposed_tags": tags,
+            "confidence": (confidence * 100.0).round() / 100.0,
+            "sampled": p.sampled,
+            "why": why,
+        }));
+    }
+    Ok(report)
 }
 
 fn inspect(file: &Path) -> Result<()> {

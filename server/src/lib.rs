@@ -10,7 +10,7 @@ mod client;
 mod demo;
 
 pub use api::{router, serve, spawn_server};
-pub use cli::main_with_args;
+pub use cli::{main_with_args, scan_report};
 pub use client::Client;
 pub use demo::{DemoOptions, DemoOutcome, World, run_demo, visitor_csv};
 

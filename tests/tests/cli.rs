@@ -64,3 +64,33 @@ fn dev_run_runs_a_udf_on_local_files_and_keeps_the_same_refusals() {
         ExitCode::FAILURE
     );
 }
+
+#[test]
+fn dataset_scan_proposes_tags_before_import() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("visits.csv");
+    std::fs::write(&csv, visitor_csv(2_000)).unwrap();
+    let report = tidegate_server::scan_report(&csv).unwrap();
+    let tags = |column: &str| {
+        let r = report.iter().find(|r| r["column"] == column).unwrap();
+        (
+            r["proposed_tags"].clone(),
+            r["confidence"].as_f64().unwrap(),
+        )
+    };
+    assert_eq!(
+        tags("resident_id"),
+        (serde_json::json!(["pii:resident_id", "entity"]), 1.0)
+    );
+    assert_eq!(tags("mobile").0, serde_json::json!(["pii:mobile"]));
+    assert_eq!(tags("spot").0, serde_json::json!(["dimension"]));
+    assert_eq!(tags("spend").0, serde_json::json!([]));
+    assert_eq!(
+        tidegate(&["dataset", "scan", csv.to_str().unwrap(), "--json"]),
+        ExitCode::SUCCESS
+    );
+    assert_eq!(
+        tidegate(&["dataset", "scan", "/no/such/file.csv"]),
+        ExitCode::FAILURE
+    );
+}
