@@ -173,15 +173,27 @@ impl Output {
         out
     }
 
+    /// Opens the slot of the next row. The validity bitmap is only built from the first NULL
+    /// on, so a column without NULLs costs nothing per row for it.
     fn next_slot(&mut self, valid: bool) {
-        if self.len.is_multiple_of(8) {
-            self.validity.push(0);
-        }
-        if valid {
-            let last = self.validity.len() - 1;
-            self.validity[last] |= 1 << (self.len % 8);
-        } else {
+        if !valid {
+            if self.null_count == 0 {
+                let mut bits = vec![0xFFu8; self.len / 8];
+                if !self.len.is_multiple_of(8) {
+                    bits.push((1u8 << (self.len % 8)) - 1);
+                }
+                self.validity = bits;
+            }
             self.null_count += 1;
+        }
+        if self.null_count > 0 {
+            if self.len.is_multiple_of(8) {
+                self.validity.push(0);
+            }
+            if valid {
+                let last = self.validity.len() - 1;
+                self.validity[last] |= 1 << (self.len % 8);
+            }
         }
         if self.ty == Type::Boolean && self.len.is_multiple_of(8) {
             self.data.push(0);
@@ -544,6 +556,18 @@ mod tests {
         assert_eq!(out.validity, vec![0b101]);
         assert_eq!(out.null_count, 1);
         assert_eq!(out.data.len(), 12);
+    }
+
+    #[test]
+    fn a_column_without_nulls_has_no_bitmap_and_a_late_null_gets_one() {
+        let mut out = Output::new(Type::Int64, 10);
+        for v in 0..9i64 {
+            v.push(&mut out);
+        }
+        assert!(out.validity.is_empty());
+        out.push_null();
+        assert_eq!(out.validity, vec![0xFF, 0b01]);
+        assert_eq!(out.null_count, 1);
     }
 
     #[test]
