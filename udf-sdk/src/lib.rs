@@ -158,19 +158,34 @@ pub struct Output {
 
 impl Output {
     fn new(ty: Type, capacity: usize) -> Self {
+        // Fixed-width and boolean data are sized up front and written in place.
+        let data = match ty {
+            Type::Utf8 => Vec::with_capacity(capacity * 8),
+            Type::Boolean => vec![0; capacity.div_ceil(8)],
+            t => vec![0; capacity * t.width()],
+        };
         let mut out = Output {
             ty,
             len: 0,
             null_count: 0,
-            validity: Vec::with_capacity(capacity.div_ceil(8)),
+            validity: Vec::new(),
             offsets: Vec::new(),
-            data: Vec::with_capacity(capacity * ty.width()),
+            data,
         };
         if ty == Type::Utf8 {
             out.offsets.reserve(capacity + 1);
             out.offsets.push(0);
         }
         out
+    }
+
+    /// Bytes of the data buffer that hold the rows written so far.
+    fn data_len(&self) -> usize {
+        match self.ty {
+            Type::Utf8 => self.data.len(),
+            Type::Boolean => self.len.div_ceil(8),
+            t => self.len * t.width(),
+        }
     }
 
     /// Opens the slot of the next row. The validity bitmap is only built from the first NULL
@@ -195,24 +210,25 @@ impl Output {
                 self.validity[last] |= 1 << (self.len % 8);
             }
         }
-        if self.ty == Type::Boolean && self.len.is_multiple_of(8) {
-            self.data.push(0);
-        }
         self.len += 1;
+        // More rows than announced: grow the pre-sized buffers.
+        let needed = self.data_len();
+        if self.ty != Type::Utf8 && needed > self.data.len() {
+            self.data.resize(needed.max(self.data.len() * 2), 0);
+        }
     }
 
     pub fn push_null(&mut self) {
         self.next_slot(false);
-        match self.ty {
-            Type::Utf8 => self.offsets.push(self.data.len() as i32),
-            Type::Boolean => {}
-            t => self.data.extend(std::iter::repeat_n(0, t.width())),
+        if self.ty == Type::Utf8 {
+            self.offsets.push(self.data.len() as i32);
         }
     }
 
-    fn push_bytes(&mut self, bytes: &[u8]) {
+    fn push_fixed<const N: usize>(&mut self, bytes: [u8; N]) {
+        let at = self.len * N;
         self.next_slot(true);
-        self.data.extend_from_slice(bytes);
+        self.data[at..at + N].copy_from_slice(&bytes);
     }
 
     fn push_str(&mut self, s: &str) {
@@ -222,10 +238,10 @@ impl Output {
     }
 
     fn push_bool(&mut self, b: bool) {
+        let row = self.len;
         self.next_slot(true);
         if b {
-            let last = self.data.len() - 1;
-            self.data[last] |= 1 << ((self.len - 1) % 8);
+            self.data[row / 8] |= 1 << (row % 8);
         }
     }
 }
@@ -239,28 +255,28 @@ pub trait Ret {
 impl Ret for i32 {
     const TYPE: Type = Type::Int32;
     fn push(self, out: &mut Output) {
-        out.push_bytes(&self.to_le_bytes());
+        out.push_fixed(self.to_le_bytes());
     }
 }
 
 impl Ret for i64 {
     const TYPE: Type = Type::Int64;
     fn push(self, out: &mut Output) {
-        out.push_bytes(&self.to_le_bytes());
+        out.push_fixed(self.to_le_bytes());
     }
 }
 
 impl Ret for f64 {
     const TYPE: Type = Type::Float64;
     fn push(self, out: &mut Output) {
-        out.push_bytes(&self.to_le_bytes());
+        out.push_fixed(self.to_le_bytes());
     }
 }
 
 impl Ret for Date32 {
     const TYPE: Type = Type::Date32;
     fn push(self, out: &mut Output) {
-        out.push_bytes(&self.0.to_le_bytes());
+        out.push_fixed(self.0.to_le_bytes());
     }
 }
 
@@ -441,7 +457,7 @@ pub fn __scalar(desc: i32, run: impl FnOnce(&Batch<'_>) -> Result<Output, String
                     0
                 },
                 ptr(out.data.as_ptr()),
-                out.data.len() as u32,
+                out.data_len() as u32,
             ];
             s.output = Some(out);
             ptr(s.out_desc.as_ptr()) as i32
@@ -555,7 +571,7 @@ mod tests {
         7i32.push(&mut out);
         assert_eq!(out.validity, vec![0b101]);
         assert_eq!(out.null_count, 1);
-        assert_eq!(out.data.len(), 12);
+        assert_eq!(out.data_len(), 12);
     }
 
     #[test]
