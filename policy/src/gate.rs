@@ -45,6 +45,9 @@ pub struct QueryShape {
     pub group_keys: Vec<(String, Option<Vec<ColumnTag>>)>,
     /// Names of the aggregate functions used.
     pub aggregates: Vec<String>,
+    /// Aggregates that select rows by a predicate over an identifier or entity column.
+    #[serde(default)]
+    pub isolating_aggregates: Vec<String>,
 }
 
 /// One check of the gate report.
@@ -126,6 +129,11 @@ pub fn check_shape(level: Level, shape: &QueryShape) -> CheckOutcome {
             ALLOWED_AGGREGATES.join(", ")
         ));
     }
+    if let Some(bad) = shape.isolating_aggregates.first() {
+        return CheckOutcome::Fail(format!(
+            "aggregate `{bad}` selects rows by an identifier and could isolate one subject"
+        ));
+    }
     CheckOutcome::Pass(format!(
         "grouped by {} dimension column(s) with {} aggregate(s)",
         shape.group_keys.len(),
@@ -146,6 +154,7 @@ mod tests {
                 .map(|(n, t)| (n.to_string(), t.map(|t| t.to_vec())))
                 .collect(),
             aggregates: aggs.iter().map(|a| a.to_string()).collect(),
+            isolating_aggregates: Vec::new(),
         }
     }
 

@@ -239,6 +239,7 @@ mod tests {
             not_aggregated_reason: None,
             group_keys: vec![("spot".into(), Some(vec![ColumnTag::Dimension]))],
             aggregates: vec!["count".into()],
+            isolating_aggregates: vec![],
         }
     }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{Field, Schema};
-use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, DataFusionError};
 use datafusion::datasource::MemTable;
 use datafusion::execution::context::SQLOptions;
@@ -215,6 +215,21 @@ fn check_confinement(plan: &LogicalPlan) -> Result<()> {
                 ));
                 return Ok(TreeNodeRecursion::Stop);
             }
+            // An output named like the runtime's hidden columns could pose as its subject count.
+            let mut aliased = false;
+            e.apply(|sub| {
+                if let Expr::Alias(a) = sub
+                    && a.name.starts_with(RESERVED_PREFIX)
+                {
+                    aliased = true;
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })?;
+            if aliased {
+                refusal = Some(format!("names starting with {RESERVED_PREFIX} are reserved"));
+                return Ok(TreeNodeRecursion::Stop);
+            }
         }
         Ok(TreeNodeRecursion::Continue)
     })
@@ -314,6 +329,11 @@ fn rewrite(
                     Expr::AggregateFunction(f) => shape.aggregates.push(f.func.name().to_string()),
                     other => shape.aggregates.push(other.schema_name().to_string()),
                 }
+                if selects_by_identifier(inner, tables) {
+                    shape
+                        .isolating_aggregates
+                        .push(inner.schema_name().to_string());
+                }
             }
             let mut aggr = agg.aggr_expr.clone();
             aggr.push(count_distinct(entity.clone()).alias(SUBJECTS_COLUMN));
@@ -374,6 +394,45 @@ fn rewrite(
             Ok(None)
         }
     }
+}
+
+/// Whether an aggregate selects rows by a predicate over an identifier or entity column
+/// (`sum(CASE WHEN id = '...' THEN x END)`, `FILTER (WHERE id IN (...))`): such an aggregate
+/// can report one subject's value inside a group that has many.
+fn selects_by_identifier(aggregate: &Expr, tables: &[TableInput]) -> bool {
+    use datafusion::logical_expr::Operator;
+    let identifying = |e: &Expr| {
+        e.column_refs().iter().any(|c| {
+            c.name == ENTITY_COLUMN
+                || column_tags(c, tables).is_some_and(|tags| {
+                    tags.iter()
+                        .any(|t| matches!(t, ColumnTag::Pii(_) | ColumnTag::Entity))
+                })
+        })
+    };
+    let mut found = false;
+    let _ = aggregate.apply(|e| {
+        let predicate = match e {
+            Expr::BinaryExpr(b) => !matches!(
+                b.op,
+                Operator::Plus
+                    | Operator::Minus
+                    | Operator::Multiply
+                    | Operator::Divide
+                    | Operator::Modulo
+            ),
+            Expr::InList(_) | Expr::Like(_) | Expr::SimilarTo(_) | Expr::Between(_) => true,
+            Expr::Case(_) => true,
+            Expr::AggregateFunction(f) => f.params.filter.as_deref().is_some_and(identifying),
+            _ => false,
+        };
+        if predicate && identifying(e) {
+            found = true;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found
 }
 
 /// The tags of a column reference, found by its table qualifier, or by a unique name.

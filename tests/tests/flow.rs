@@ -526,3 +526,73 @@ fn suspending_a_scenario_cancels_its_running_job_within_a_second() {
         .to_string();
     assert!(err.contains("lacks the admin role"), "{err}");
 }
+
+#[test]
+fn a_query_cannot_pose_as_the_runtimes_subject_count() {
+    let (env, sid, _) = active_scenario();
+    for sql in [
+        "SELECT spot, count(*) AS visits, 1000 AS __tg_subjects FROM visits GROUP BY spot",
+        "SELECT spot, __tg_entity FROM visits",
+        "SELECT * FROM visits",
+    ] {
+        let j = job(&env, &sid, sql, &[]);
+        assert_eq!(j["state"], "failed", "{sql}");
+        assert!(
+            j["error"].as_str().unwrap().starts_with("refused:"),
+            "{sql}: {}",
+            j["error"]
+        );
+    }
+}
+
+#[test]
+fn an_aggregate_that_isolates_one_subject_is_refused_by_the_gate() {
+    let (env, sid, hash) = active_scenario();
+    let target = visitor_csv(ROWS)
+        .lines()
+        .nth(100)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .to_string();
+    for sql in [
+        format!(
+            "SELECT spot, count(*) AS n, sum(CASE WHEN resident_id = '{target}' THEN spend END) AS s FROM visits GROUP BY spot"
+        ),
+        format!(
+            "SELECT spot, count(*) AS n, sum(spend) FILTER (WHERE resident_id IN ('{target}')) AS s FROM visits GROUP BY spot"
+        ),
+    ] {
+        let j = job(&env, &sid, &sql, &[]);
+        assert_eq!(j["state"], "succeeded", "{j}");
+        let export = env
+            .world
+            .scientist
+            .request_export(j["id"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(export["state"], "rejected", "{sql}");
+        let aggregation = export["gate_report"]["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "aggregation")
+            .unwrap()
+            .clone();
+        assert!(
+            aggregation["detail"]
+                .as_str()
+                .unwrap()
+                .contains("could isolate one subject"),
+            "{aggregation}"
+        );
+    }
+    // A UDF over the identifier, reviewed and approved, is not a selection: the demo's query passes.
+    let j = job(&env, &sid, tidegate_server_demo_sql(), &[hash]);
+    let export = env
+        .world
+        .scientist
+        .request_export(j["id"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(export["state"], "in_review");
+}
