@@ -177,10 +177,15 @@ impl World {
 
     /// The provider imports the visits, L2, with its column tags.
     pub fn import_visits(&self, csv: &str) -> Result<Value> {
+        self.import_visits_at(csv, "L2")
+    }
+
+    /// The same import at another level.
+    pub fn import_visits_at(&self, csv: &str, level: &str) -> Result<Value> {
         self.provider.import_dataset(
             json!({
                 "name": "visits",
-                "level": "L2",
+                "level": level,
                 "format": "csv",
                 "columns": [
                     { "name": "resident_id", "data_type": "utf8", "tags": ["pii:resident_id", "entity"] },

@@ -596,3 +596,59 @@ fn an_aggregate_that_isolates_one_subject_is_refused_by_the_gate() {
         .unwrap();
     assert_eq!(export["state"], "in_review");
 }
+
+#[test]
+fn an_l3_export_needs_two_different_reviewers_of_other_orgs() {
+    let env = setup(true);
+    env.world
+        .import_visits_at(&visitor_csv(ROWS), "L3")
+        .unwrap();
+    let (_, scenario) = env.world.open_scenario().unwrap();
+    assert_eq!(scenario["k"], 50, "the L3 default threshold");
+    let sid = scenario["id"].as_str().unwrap();
+    let j = job(
+        &env,
+        sid,
+        "SELECT spot, count(*) AS visits FROM visits GROUP BY spot",
+        &[],
+    );
+    let export = env
+        .world
+        .scientist
+        .request_export(j["id"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(
+        (
+            export["state"].as_str(),
+            export["required_approvals"].as_u64()
+        ),
+        (Some("in_review"), Some(2))
+    );
+    let eid = export["id"].as_str().unwrap();
+    let first = env
+        .world
+        .reviewer
+        .review_export(eid, "approve", "first look")
+        .unwrap();
+    assert_eq!(first["state"], "in_review");
+    let again = env
+        .world
+        .reviewer
+        .review_export(eid, "approve", "me again")
+        .unwrap_err()
+        .to_string();
+    assert!(again.contains("already approved"), "{again}");
+    let second = env
+        .world
+        .admin
+        .create_principal("qian.reviewer", &env.world.review_org, &["reviewer"])
+        .unwrap();
+    env.world
+        .admin
+        .record_training(second["id"].as_str().unwrap(), "training")
+        .unwrap();
+    let second = env.world.admin.as_token(second["token"].as_str().unwrap());
+    let done = second.review_export(eid, "approve", "second look").unwrap();
+    assert_eq!(done["state"], "approved");
+    assert_eq!(done["reviews"].as_array().unwrap().len(), 2);
+}
