@@ -24,8 +24,8 @@ pub use gate::{GateInput, GateOutcome, evaluate as evaluate_gate};
 pub use job::{EngineLimits, JobOutput, TableInput, run_query, run_query_until};
 pub use platform::{
     AUDIT_FILE, ApprovalView, ColumnInput, DatasetView, ExportView, GrantRequest, ImportRequest,
-    JobRequest, JobView, ModuleView, OrgView, PUBLIC_KEY_FILE, Platform, PrincipalView,
-    ResourceUse, ScenarioRequest, ScenarioView, local_table,
+    JobRequest, JobView, ModuleView, OrgView, PRICE_CATEGORIES, PUBLIC_KEY_FILE, Platform,
+    PrincipalView, ResourceUse, ScenarioRequest, ScenarioView, local_table,
 };
 pub use sandbox::{
     FunctionSig, GuestLimits, GuestSession, JobMeter, Sandbox, ValidatedModule, WasmType,

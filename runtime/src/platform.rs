@@ -83,7 +83,19 @@ CREATE TABLE IF NOT EXISTS exports (
 CREATE TABLE IF NOT EXISTS export_reviews (
     export_id TEXT NOT NULL REFERENCES exports(id), reviewer_id TEXT NOT NULL,
     decision TEXT NOT NULL, comment TEXT NOT NULL, result_hash TEXT NOT NULL, at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS prices (
+    category TEXT PRIMARY KEY, unit TEXT NOT NULL, fen_per_unit INTEGER NOT NULL);
 "#;
+
+/// The price table's categories (DOMAIN.md section 5), their units and default prices in fen
+/// (0.01 yuan) per unit.
+pub const PRICE_CATEGORIES: [(&str, &str, i64); 5] = [
+    ("resource_consumption", "billion fuel units", 50),
+    ("data_governance", "GB scanned", 200),
+    ("model_publishing", "module approved", 10_000),
+    ("result_export", "export released", 5_000),
+    ("security_services", "job gated and audited", 100),
+];
 
 fn new_id(prefix: &str) -> String {
     format!("{prefix}_{}", hex::encode(random_bytes::<8>()))
@@ -1777,6 +1789,144 @@ impl Platform {
         )?;
         tx.commit()?;
         Ok(files)
+    }
+
+    /// The admin sets the price of a category (fen per unit).
+    pub fn set_price(&self, actor: &Principal, category: &str, fen_per_unit: i64) -> Result<()> {
+        tidegate_policy::require_role(actor, Role::Admin)?;
+        let (_, unit, _) = PRICE_CATEGORIES
+            .iter()
+            .find(|(c, _, _)| *c == category)
+            .ok_or_else(|| {
+                Error::BadInput(format!(
+                    "unknown price category {category}: one of {}",
+                    PRICE_CATEGORIES.map(|c| c.0).join(", ")
+                ))
+            })?;
+        if fen_per_unit < 0 {
+            return Err(Error::BadInput("a price is not negative".into()));
+        }
+        let mut db = self.db.lock().expect("db");
+        let tx = db.transaction()?;
+        tx.execute(
+            "INSERT INTO prices VALUES (?1, ?2, ?3) ON CONFLICT(category) DO UPDATE SET fen_per_unit = ?3",
+            params![category, unit, fen_per_unit],
+        )?;
+        self.audit.append(
+            &actor.id,
+            "price.set",
+            category,
+            json!({ "fen_per_unit": fen_per_unit, "unit": unit }),
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// R-METER: an org's statement for a month (`YYYY-MM`): one line per scenario and
+    /// category. Public-interest scenarios and a provider's use of products of its own data
+    /// are free. Admins, auditors and the org's own members may read it.
+    pub fn statement(&self, actor: &Principal, org: &str, period: &str) -> Result<Value> {
+        let db = self.db.lock().expect("db");
+        let org = Self::org_id(&db, org)?;
+        if !(actor.org == org || actor.has_role(Role::Admin) || actor.has_role(Role::Auditor)) {
+            return Err(Error::NotFound(format!("org {org}")));
+        }
+        let valid_period = period.len() == 7
+            && period.as_bytes()[4] == b'-'
+            && period[..4].parse::<u16>().is_ok()
+            && period[5..]
+                .parse::<u8>()
+                .is_ok_and(|m| (1..=12).contains(&m));
+        if !valid_period {
+            return Err(Error::BadInput("a period is a month, YYYY-MM".into()));
+        }
+        let like = format!("{period}%");
+        let price = |category: &str| -> Result<(String, i64)> {
+            let stored: Option<(String, i64)> = db
+                .query_row(
+                    "SELECT unit, fen_per_unit FROM prices WHERE category = ?1",
+                    params![category],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let (_, unit, default) = PRICE_CATEGORIES
+                .iter()
+                .find(|(c, _, _)| *c == category)
+                .expect("a known category");
+            Ok(stored.unwrap_or(((*unit).to_string(), *default)))
+        };
+        let scenarios: Vec<String> = db
+            .prepare("SELECT id FROM scenarios WHERE org_id = ?1 ORDER BY created_at")?
+            .query_map(params![org], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut lines = Vec::new();
+        let mut total = 0i64;
+        for sid in scenarios {
+            let s = Self::scenario_row(&db, &sid)?;
+            let own_data = s
+                .grants
+                .iter()
+                .map(|g| Self::dataset_row(&db, &g.dataset).map(|d| d.org == org))
+                .collect::<Result<Vec<bool>>>()?
+                .iter()
+                .all(|own| *own);
+            let free = if s.view.public_interest {
+                Some("public-interest scenario: free")
+            } else if own_data {
+                Some("a provider's use of products of its own data: free")
+            } else {
+                None
+            };
+            let (mut fuel, mut bytes, mut jobs) = (0f64, 0f64, 0f64);
+            let mut stmt = db.prepare(
+                "SELECT resources FROM jobs WHERE scenario_id = ?1 AND created_at LIKE ?2",
+            )?;
+            for r in stmt.query_map(params![sid, like], |r| r.get::<_, Option<String>>(0))? {
+                jobs += 1.0;
+                if let Some(r) = r? {
+                    let used: ResourceUse = from_json(&r)?;
+                    fuel += used.fuel as f64;
+                    bytes += used.bytes_scanned as f64;
+                }
+            }
+            let modules: f64 = db.query_row(
+                "SELECT count(*) FROM modules WHERE scenario_id = ?1 AND approved_at LIKE ?2",
+                params![sid, like],
+                |r| r.get::<_, i64>(0),
+            )? as f64;
+            let exports: f64 = db.query_row(
+                "SELECT count(*) FROM exports e JOIN jobs j ON e.job_id = j.id
+                 WHERE j.scenario_id = ?1 AND e.released_at LIKE ?2",
+                params![sid, like],
+                |r| r.get::<_, i64>(0),
+            )? as f64;
+            for (category, quantity) in [
+                ("resource_consumption", fuel / 1e9),
+                ("data_governance", bytes / 1e9),
+                ("model_publishing", modules),
+                ("result_export", exports),
+                ("security_services", jobs),
+            ] {
+                let (unit, fen) = price(category)?;
+                let amount = if free.is_some() {
+                    0
+                } else {
+                    (quantity * fen as f64).round() as i64
+                };
+                total += amount;
+                lines.push(json!({
+                    "scenario": sid,
+                    "scenario_name": s.name,
+                    "category": category,
+                    "quantity": (quantity * 1e6).round() / 1e6,
+                    "unit": unit,
+                    "fen_per_unit": fen,
+                    "amount_fen": amount,
+                    "note": free,
+                }));
+            }
+        }
+        Ok(json!({ "org": org, "period": period, "lines": lines, "total_fen": total }))
     }
 
     /// Lets an auditor check the chain through the API.

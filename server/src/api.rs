@@ -305,6 +305,39 @@ async fn verify_audit(State(p): State<AppState>, h: HeaderMap) -> ApiResult<Valu
     })))
 }
 
+#[derive(Deserialize)]
+struct PriceBody {
+    category: String,
+    fen_per_unit: i64,
+}
+
+async fn set_price(
+    State(p): State<AppState>,
+    h: HeaderMap,
+    Json(b): Json<PriceBody>,
+) -> ApiResult<Value> {
+    let actor = principal(&p, &h)?;
+    blocking(move || p.set_price(&actor, &b.category, b.fen_per_unit)).await?;
+    Ok(Json(json!({ "updated": true })))
+}
+
+#[derive(Deserialize)]
+struct StatementQuery {
+    org: String,
+    period: String,
+}
+
+async fn statement(
+    State(p): State<AppState>,
+    h: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<StatementQuery>,
+) -> ApiResult<Value> {
+    let actor = principal(&p, &h)?;
+    Ok(Json(
+        blocking(move || p.statement(&actor, &q.org, &q.period)).await?,
+    ))
+}
+
 async fn public_key(State(p): State<AppState>) -> Json<Value> {
     Json(json!({ "public_key": p.public_key_hex(), "algorithm": "Ed25519" }))
 }
@@ -338,6 +371,8 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .route("/v1/exports/{id}/review", post(review_export))
         .route("/v1/exports/{id}/bundle", get(download_bundle))
         .route("/v1/audit/verify", get(verify_audit))
+        .route("/v1/prices", post(set_price))
+        .route("/v1/meter/statement", get(statement))
         .layer(DefaultBodyLimit::max(1536 << 20))
         .with_state(platform)
 }

@@ -169,6 +169,13 @@ enum Command {
         #[command(subcommand)]
         command: DevCommand,
     },
+    /// Metering: prices (admin) and statements (admin, auditor, the org itself).
+    Meter {
+        #[command(subcommand)]
+        command: MeterCommand,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Review decisions on export requests (reviewer).
     Review {
         /// approve, return or reject
@@ -206,6 +213,20 @@ enum DevCommand {
         #[arg(long, default_value_t = 50)]
         show: usize,
     },
+}
+
+#[derive(Subcommand)]
+enum MeterCommand {
+    /// An org's statement for a month, by scenario and category.
+    Statement {
+        #[arg(long)]
+        org: String,
+        /// YYYY-MM
+        #[arg(long)]
+        period: String,
+    },
+    /// Set a category's price in fen (0.01 yuan) per unit.
+    Price { category: String, fen_per_unit: i64 },
 }
 
 #[derive(Subcommand)]
@@ -610,6 +631,16 @@ fn run(cli: Cli) -> Result<()> {
                 ..GuestLimits::default()
             };
             dev_run(&modules, &tables, &sql, limits, show)?;
+        }
+        Command::Meter { command, remote } => {
+            let c = remote.client()?;
+            match command {
+                MeterCommand::Statement { org, period } => print(&c.statement(&org, &period)?),
+                MeterCommand::Price {
+                    category,
+                    fen_per_unit,
+                } => print(&c.set_price(&category, fen_per_unit)?),
+            }
         }
         Command::Review {
             decision,

@@ -130,6 +130,24 @@ impl Client {
         self.ok("POST", &format!("/v1/scenarios/{id}/approve"), None)
     }
 
+    /// An org's statement for a month (`YYYY-MM`).
+    pub fn statement(&self, org: &str, period: &str) -> Result<Value> {
+        self.ok(
+            "GET",
+            &format!("/v1/meter/statement?org={org}&period={period}"),
+            None,
+        )
+    }
+
+    /// Sets the price of a category, in fen per unit (admin).
+    pub fn set_price(&self, category: &str, fen_per_unit: i64) -> Result<Value> {
+        self.ok(
+            "POST",
+            "/v1/prices",
+            Some(&json!({ "category": category, "fen_per_unit": fen_per_unit })),
+        )
+    }
+
     /// Suspends, resumes or revokes a scenario (admin).
     pub fn change_scenario(&self, id: &str, action: &str) -> Result<Value> {
         self.ok(

@@ -652,3 +652,105 @@ fn an_l3_export_needs_two_different_reviewers_of_other_orgs() {
     assert_eq!(done["state"], "approved");
     assert_eq!(done["reviews"].as_array().unwrap().len(), 2);
 }
+
+#[test]
+fn a_statement_charges_commercial_use_and_leaves_public_interest_free() {
+    let (env, sid, hash) = active_scenario();
+    let period = time_period();
+    let j = job(&env, &sid, tidegate_server_demo_sql(), &[hash]);
+    assert_eq!(j["state"], "succeeded");
+    let statement = env
+        .world
+        .scientist
+        .statement(&env.world.operator_org, &period)
+        .unwrap();
+    let lines = statement["lines"].as_array().unwrap();
+    assert_eq!(lines.len(), 5, "one line per category");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["amount_fen"] == 0 && l["note"] == "public-interest scenario: free")
+    );
+    let jobs = lines
+        .iter()
+        .find(|l| l["category"] == "security_services")
+        .unwrap();
+    assert_eq!(jobs["quantity"], 1.0);
+    let modules = lines
+        .iter()
+        .find(|l| l["category"] == "model_publishing")
+        .unwrap();
+    assert_eq!(modules["quantity"], 1.0);
+    // Another org's statement is not the scientist's to read.
+    let other = env
+        .world
+        .scientist
+        .statement(&env.world.provider_org, &period)
+        .unwrap_err()
+        .to_string();
+    assert!(other.contains("(404)"), "{other}");
+    // Prices are the admin's.
+    assert!(env.world.scientist.set_price("result_export", 1).is_err());
+    env.world.admin.set_price("result_export", 7_000).unwrap();
+    assert!(
+        env.world
+            .admin
+            .statement(&env.world.operator_org, "2026-13")
+            .is_err()
+    );
+}
+
+/// The current month, YYYY-MM.
+fn time_period() -> String {
+    let today = time::OffsetDateTime::now_utc().date();
+    format!("{:04}-{:02}", today.year(), u8::from(today.month()))
+}
+
+#[test]
+fn a_commercial_scenario_pays_for_its_jobs() {
+    let (env, _, _) = active_scenario();
+    let today = time::OffsetDateTime::now_utc().date();
+    let applied = env
+        .world
+        .scientist
+        .apply_scenario(&serde_json::json!({
+            "name": "Visitor marketing",
+            "key_area": "culture and tourism",
+            "purpose": "visitor counts per spot for a commercial marketing product",
+            "public_interest": false,
+            "grants": [{ "dataset": "visits", "columns": ["spot"] }],
+            "term_start": today.to_string(),
+            "term_end": (today + time::Duration::days(30)).to_string(),
+        }))
+        .unwrap();
+    let sid = applied["id"].as_str().unwrap();
+    env.world.admin.approve_scenario(sid).unwrap();
+    env.world.provider.approve_scenario(sid).unwrap();
+    for _ in 0..3 {
+        let j = job(
+            &env,
+            sid,
+            "SELECT spot, count(*) FROM visits GROUP BY spot",
+            &[],
+        );
+        assert_eq!(j["state"], "succeeded");
+    }
+    let statement = env
+        .world
+        .admin
+        .statement(&env.world.operator_org, &time_period())
+        .unwrap();
+    let line = |category: &str| {
+        statement["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["scenario"] == sid && l["category"] == category)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(line("security_services")["quantity"], 3.0);
+    assert_eq!(line("security_services")["amount_fen"], 300);
+    assert_eq!(line("security_services")["note"], serde_json::Value::Null);
+    assert!(statement["total_fen"].as_i64().unwrap() >= 300);
+}
