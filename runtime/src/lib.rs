@@ -14,8 +14,9 @@ mod platform;
 mod sandbox;
 
 pub use audit::{
-    AuditEntry, AuditLog, AuditVerdict, CHECKPOINT_EVERY, Checkpoint, CheckpointSigner,
-    checkpoints_path, verify_file as verify_audit_file,
+    AuditEntry, AuditLog, AuditSlice, AuditVerdict, CHECKPOINT_EVERY, Checkpoint, CheckpointSigner,
+    checkpoints_path, export_slice as export_audit_slice, verify_file as verify_audit_file,
+    verify_slice as verify_audit_slice,
 };
 pub use bundle::{Signer, Verified, verify as verify_bundle, write as write_bundle};
 pub use crypto::{DataKey, MasterKey, random_token, sha256_hex};

@@ -240,6 +240,25 @@ enum AuditCommand {
         #[arg(long)]
         key: Option<PathBuf>,
     },
+    /// Write the entries from..=to (sequence numbers or YYYY-MM-DD dates) with their
+    /// checkpoints to a file an auditor can verify on its own.
+    Export {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Verify an exported slice offline.
+    VerifySlice {
+        file: PathBuf,
+        /// The platform public key (hex) for the checkpoints' signatures.
+        #[arg(long)]
+        key: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -499,6 +518,40 @@ fn run(cli: Cli) -> Result<()> {
                     v.entries
                 ),
             }
+        }
+        Command::Audit {
+            command:
+                AuditCommand::Export {
+                    data_dir,
+                    from,
+                    to,
+                    out,
+                },
+        } => {
+            let log = data_dir.join(tidegate_runtime::AUDIT_FILE);
+            let slice = tidegate_runtime::export_audit_slice(&log, &from, &to)?;
+            std::fs::write(&out, serde_json::to_vec_pretty(&slice)?)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            println!(
+                "{} entries and {} signed checkpoints written to {}",
+                slice.entries.len(),
+                slice.checkpoints.len(),
+                out.display()
+            );
+        }
+        Command::Audit {
+            command: AuditCommand::VerifySlice { file, key },
+        } => {
+            let slice: tidegate_runtime::AuditSlice = serde_json::from_slice(
+                &std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?,
+            )
+            .context("not an audit slice")?;
+            let key = std::fs::read_to_string(&key)
+                .ok()
+                .and_then(|k| hex::decode(k.trim()).ok())
+                .ok_or_else(|| anyhow!("cannot read a hex public key from {}", key.display()))?;
+            let (entries, checkpoints) = tidegate_runtime::verify_audit_slice(&slice, Some(&key))?;
+            println!("audit slice verified: {entries} entries, {checkpoints} signed checkpoints");
         }
         Command::Org {
             command: OrgCommand::Create { name, kind },

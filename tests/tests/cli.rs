@@ -94,3 +94,60 @@ fn dataset_scan_proposes_tags_before_import() {
         ExitCode::FAILURE
     );
 }
+
+#[test]
+fn an_auditor_exports_a_slice_and_verifies_it_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let outcome = tidegate_server::run_demo(&tidegate_server::DemoOptions {
+        data_dir: Some(dir.path().to_path_buf()),
+        rows: 1_000,
+        quiet: true,
+    })
+    .unwrap();
+    let data = outcome.data_dir.to_str().unwrap();
+    let slice = dir.path().join("slice.json");
+    let key = outcome.public_key.to_str().unwrap();
+    assert_eq!(
+        tidegate(&[
+            "audit",
+            "export",
+            "--data-dir",
+            data,
+            "--from",
+            "3",
+            "--to",
+            "12",
+            "--out",
+            slice.to_str().unwrap()
+        ]),
+        ExitCode::SUCCESS
+    );
+    assert_eq!(
+        tidegate(&[
+            "audit",
+            "verify-slice",
+            slice.to_str().unwrap(),
+            "--key",
+            key
+        ]),
+        ExitCode::SUCCESS
+    );
+    assert_eq!(
+        tidegate(&["audit", "verify", "--data-dir", data]),
+        ExitCode::SUCCESS
+    );
+    let text = std::fs::read_to_string(&slice)
+        .unwrap()
+        .replacen("org.create", "org.crea7e", 1);
+    std::fs::write(&slice, text).unwrap();
+    assert_eq!(
+        tidegate(&[
+            "audit",
+            "verify-slice",
+            slice.to_str().unwrap(),
+            "--key",
+            key
+        ]),
+        ExitCode::FAILURE
+    );
+}
