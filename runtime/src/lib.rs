@@ -26,7 +26,7 @@ pub use job::{EngineLimits, JobOutput, TableInput, run_query, run_query_until};
 pub use platform::{
     AUDIT_FILE, ApprovalView, ColumnInput, DatasetView, ExportView, GrantRequest, ImportRequest,
     JobRequest, JobView, ModuleView, OrgView, PRICE_CATEGORIES, PUBLIC_KEY_FILE, Platform,
-    PrincipalView, ResourceUse, ScenarioRequest, ScenarioView, local_table,
+    PrincipalView, ResourceUse, ScenarioRequest, ScenarioView, local_table, verify_certificate,
 };
 pub use sandbox::{
     FunctionSig, GuestLimits, GuestSession, JobMeter, Sandbox, ValidatedModule, WasmType,

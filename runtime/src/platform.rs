@@ -1081,6 +1081,113 @@ impl Platform {
         self.get_scenario(actor, id)
     }
 
+    /// R-EXIT: ends an org's authorization. Its scenarios are revoked and their running jobs
+    /// cancelled, its tokens closed, its results, export files and modules destroyed (keys
+    /// wiped, files deleted, SQLite pages overwritten and the WAL truncated); the logs stay. The
+    /// platform signs an exit certificate listing what was destroyed, with hashes.
+    pub fn exit_org(&self, actor: &Principal, org: &str, reason: &str) -> Result<Value> {
+        tidegate_policy::require_role(actor, Role::Admin)?;
+        tidegate_policy::require_training(actor)?;
+        let mut db = self.db.lock().expect("db");
+        let org = Self::org_id(&db, org)?;
+        if org == actor.org {
+            return Err(Error::Refused("an admin cannot exit their own org".into()));
+        }
+        let scenarios: Vec<String> = db
+            .prepare("SELECT id FROM scenarios WHERE org_id = ?1")?
+            .query_map(params![org], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut destroyed = Vec::new();
+        let mut files = Vec::new();
+        let tx = db.transaction()?;
+        for sid in &scenarios {
+            let jobs: Vec<(String, Option<String>)> = tx
+                .prepare("SELECT id, result_hash FROM jobs WHERE scenario_id = ?1 AND wrapped_key IS NOT NULL")?
+                .query_map(params![sid], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            for (job, hash) in jobs {
+                destroyed.push(json!({ "kind": "result", "id": job, "sha256": hash }));
+                files.push(self.object_path("results", &job));
+            }
+            tx.execute(
+                "UPDATE jobs SET wrapped_key = NULL WHERE scenario_id = ?1",
+                params![sid],
+            )?;
+            let exports: Vec<(String, Option<String>)> = tx
+                .prepare(
+                    "SELECT e.id, e.result_hash FROM exports e JOIN jobs j ON e.job_id = j.id
+                     WHERE j.scenario_id = ?1 AND e.wrapped_key IS NOT NULL",
+                )?
+                .query_map(params![sid], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            for (export, hash) in exports {
+                destroyed.push(json!({ "kind": "export", "id": export, "sha256": hash }));
+                files.push(self.object_path("exports", &export));
+                tx.execute(
+                    "UPDATE exports SET wrapped_key = NULL WHERE id = ?1",
+                    params![export],
+                )?;
+            }
+            let modules: Vec<String> = tx
+                .prepare("SELECT hash FROM modules WHERE scenario_id = ?1 AND length(wasm) > 0")?
+                .query_map(params![sid], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            for hash in modules {
+                destroyed.push(json!({ "kind": "module", "id": hash, "sha256": hash }));
+            }
+            tx.execute(
+                "UPDATE modules SET wasm = x'' WHERE scenario_id = ?1",
+                params![sid],
+            )?;
+            tx.execute(
+                "UPDATE scenarios SET state = 'revoked' WHERE id = ?1 AND state != 'revoked'",
+                params![sid],
+            )?;
+        }
+        // Close every token of the org: no stored hash can match a token any more.
+        tx.execute(
+            "UPDATE principals SET token_hash = 'closed:' || id WHERE org_id = ?1",
+            params![org],
+        )?;
+        let now = crate::now_rfc3339();
+        let certificate = json!({
+            "format": "tidegate-exit-certificate-v1",
+            "org": org,
+            "reason": reason,
+            "at": now,
+            "scenarios_revoked": scenarios,
+            "destroyed": destroyed,
+            "kept": "audit log and its checkpoints (retention of at least 180 days)",
+        });
+        let body = serde_json::to_vec(&certificate)?;
+        let signature = hex::encode(self.signer.sign(&body));
+        self.audit.append(
+            &actor.id,
+            "org.exit",
+            &org,
+            json!({ "destroyed": destroyed.len(), "certificate_sha256": sha256_hex(&body) }),
+        )?;
+        tx.commit()?;
+        // Cancel what still runs, then remove the files; the keys are already gone.
+        let running = self.running.lock().expect("running jobs");
+        for sid in &scenarios {
+            for (_, meter) in running.get(sid).into_iter().flatten() {
+                meter.cancel();
+            }
+        }
+        drop(running);
+        for f in files {
+            match fs::remove_file(&f) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // Overwritten pages may linger in the WAL until a checkpoint truncates it.
+        db.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(json!({ "certificate": certificate, "signature": signature }))
+    }
+
     /// R-SCENARIO: an admin suspends, resumes or revokes a scenario; suspending or revoking
     /// cancels its running jobs at once.
     pub fn change_scenario(
@@ -1945,6 +2052,20 @@ impl Platform {
     pub fn checkpoint(&self) -> Result<()> {
         self.audit.checkpoint()
     }
+}
+
+/// Checks an exit certificate's signature with the platform public key (raw 32 bytes).
+pub fn verify_certificate(
+    certificate: &Value,
+    signature_hex: &str,
+    public_key: &[u8],
+) -> Result<()> {
+    let body = serde_json::to_vec(certificate)?;
+    let signature = hex::decode(signature_hex)
+        .map_err(|_| Error::Integrity("the signature is not hex".into()))?;
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public_key)
+        .verify(&body, &signature)
+        .map_err(|_| Error::Integrity("the certificate's signature does not verify".into()))
 }
 
 // ----- Table helpers -----

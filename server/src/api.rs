@@ -86,6 +86,23 @@ async fn create_org(
 }
 
 #[derive(Deserialize)]
+struct ExitBody {
+    reason: String,
+}
+
+async fn exit_org(
+    State(p): State<AppState>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    Json(b): Json<ExitBody>,
+) -> ApiResult<Value> {
+    let actor = principal(&p, &h)?;
+    Ok(Json(
+        blocking(move || p.exit_org(&actor, &id, &b.reason)).await?,
+    ))
+}
+
+#[derive(Deserialize)]
 struct PrincipalBody {
     name: String,
     org: String,
@@ -352,6 +369,7 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .route("/healthz", get(healthz))
         .route("/v1/public-key", get(public_key))
         .route("/v1/orgs", post(create_org))
+        .route("/v1/orgs/{id}/exit", post(exit_org))
         .route("/v1/principals", post(create_principal))
         .route("/v1/principals/{id}/training", post(record_training))
         .route("/v1/datasets", post(import_dataset).get(list_datasets))

@@ -269,6 +269,13 @@ enum OrgCommand {
         #[arg(long)]
         kind: String,
     },
+    /// End an org's authorization: revoke, close tokens, destroy its results and modules,
+    /// and print the signed exit certificate.
+    Exit {
+        org: String,
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -553,12 +560,10 @@ fn run(cli: Cli) -> Result<()> {
             let (entries, checkpoints) = tidegate_runtime::verify_audit_slice(&slice, Some(&key))?;
             println!("audit slice verified: {entries} entries, {checkpoints} signed checkpoints");
         }
-        Command::Org {
-            command: OrgCommand::Create { name, kind },
-            remote,
-        } => {
-            print(&remote.client()?.create_org(&name, &kind)?);
-        }
+        Command::Org { command, remote } => match command {
+            OrgCommand::Create { name, kind } => print(&remote.client()?.create_org(&name, &kind)?),
+            OrgCommand::Exit { org, reason } => print(&remote.client()?.exit_org(&org, &reason)?),
+        },
         Command::Principal { command, remote } => match command {
             PrincipalCommand::Create { name, org, roles } => {
                 let roles: Vec<&str> = roles.iter().map(String::as_str).collect();

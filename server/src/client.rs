@@ -99,6 +99,15 @@ impl Client {
         )
     }
 
+    /// Ends an org's authorization (admin); returns the signed exit certificate.
+    pub fn exit_org(&self, org: &str, reason: &str) -> Result<Value> {
+        self.ok(
+            "POST",
+            &format!("/v1/orgs/{org}/exit"),
+            Some(&json!({ "reason": reason })),
+        )
+    }
+
     pub fn create_principal(&self, name: &str, org: &str, roles: &[&str]) -> Result<Value> {
         self.ok(
             "POST",

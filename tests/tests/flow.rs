@@ -754,3 +754,108 @@ fn a_commercial_scenario_pays_for_its_jobs() {
     assert_eq!(line("security_services")["note"], serde_json::Value::Null);
     assert!(statement["total_fen"].as_i64().unwrap() >= 300);
 }
+
+/// A module whose bytes carry a marker that exists nowhere else.
+const MODULE_MARKER: &str = "EXIT-MARKER-93b1f07c";
+
+fn marked_module() -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"(module
+            (memory (export "memory") 4)
+            (data (i32.const 16) "\20\00\00\00\1b\00\00\00")
+            (data (i32.const 32) "scalar mark(int64) -> int64")
+            (data (i32.const 1024) "{MODULE_MARKER}")
+            (func (export "tg_abi_version") (result i32) i32.const 1)
+            (func (export "tg_manifest") (result i32) i32.const 16)
+            (func (export "tg_alloc") (param i32) (result i32) i32.const 65536)
+            (func (export "tg_error") (result i32) i32.const 16)
+            (func (export "tg_scalar") (param i32 i32) (result i32) unreachable))"#
+    ))
+    .unwrap()
+}
+
+#[test]
+fn an_exit_closes_access_destroys_the_orgs_objects_and_keeps_the_logs() {
+    let (env, sid, hash) = active_scenario();
+    env.world
+        .scientist
+        .upload_module(&sid, &marked_module())
+        .unwrap();
+    let j = job(&env, &sid, tidegate_server_demo_sql(), &[hash]);
+    let export = env
+        .world
+        .scientist
+        .request_export(j["id"].as_str().unwrap())
+        .unwrap();
+    env.world
+        .reviewer
+        .review_export(export["id"].as_str().unwrap(), "approve", "ok")
+        .unwrap();
+    let marker_in_dir = |dir: &Path| {
+        let mut files = Vec::new();
+        all_files(dir, &mut files);
+        files.into_iter().any(|f| {
+            let bytes = std::fs::read(&f).unwrap();
+            bytes
+                .windows(MODULE_MARKER.len())
+                .any(|w| w == MODULE_MARKER.as_bytes())
+        })
+    };
+    assert!(
+        marker_in_dir(&env.data_dir()),
+        "the marker is stored before the exit"
+    );
+
+    let exit = env
+        .world
+        .admin
+        .exit_org(&env.world.operator_org, "authorization ended")
+        .unwrap();
+    let certificate = &exit["certificate"];
+    let kinds: Vec<&str> = certificate["destroyed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "result").count(), 1);
+    assert_eq!(kinds.iter().filter(|k| **k == "export").count(), 1);
+    assert_eq!(kinds.iter().filter(|k| **k == "module").count(), 2);
+    let key = hex_key(&env.data_dir().join(PUBLIC_KEY_FILE));
+    tidegate_runtime::verify_certificate(certificate, exit["signature"].as_str().unwrap(), &key)
+        .unwrap();
+
+    // Access is closed, the objects are gone in every form, and the log still verifies.
+    let refused = env
+        .world
+        .scientist
+        .call("GET", "/v1/datasets", None)
+        .unwrap();
+    assert_eq!(refused.status, 401);
+    assert!(
+        !marker_in_dir(&env.data_dir()),
+        "the module's bytes remain somewhere in the data directory"
+    );
+    let objects = |kind: &str| {
+        std::fs::read_dir(env.data_dir().join("objects").join(kind))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert_eq!((objects("results"), objects("exports")), (0, 0));
+    let verdict = verify_audit_file(&env.data_dir().join(AUDIT_FILE), Some(&key)).unwrap();
+    assert_eq!(verdict.first_bad, None);
+    let scenario = env
+        .world
+        .admin
+        .ok("GET", &format!("/v1/scenarios/{sid}"), None)
+        .unwrap();
+    assert_eq!(scenario["state"], "revoked");
+}
+
+fn hex_key(path: &Path) -> Vec<u8> {
+    let text = std::fs::read_to_string(path).unwrap();
+    (0..text.trim().len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text.trim()[i..i + 2], 16).unwrap())
+        .collect()
+}
