@@ -2036,6 +2036,82 @@ impl Platform {
         Ok(json!({ "org": org, "period": period, "lines": lines, "total_fen": total }))
     }
 
+    /// R-REPORT: an org's annual report: its scenarios, jobs, exports, resource use and
+    /// incidents (failed jobs, refused modules, rejected exports), as data.
+    pub fn annual_report(&self, actor: &Principal, org: &str, year: i32) -> Result<Value> {
+        let db = self.db.lock().expect("db");
+        let org = Self::org_id(&db, org)?;
+        if !(actor.org == org || actor.has_role(Role::Admin) || actor.has_role(Role::Auditor)) {
+            return Err(Error::NotFound(format!("org {org}")));
+        }
+        let like = format!("{year:04}%");
+        let scenario_ids: Vec<String> = db
+            .prepare("SELECT id FROM scenarios WHERE org_id = ?1 AND created_at <= ?2 ORDER BY created_at")?
+            .query_map(params![org, format!("{year:04}-12-31T23:59:59Z")], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut scenarios = Vec::new();
+        let (mut jobs_total, mut jobs_failed, mut exports_released, mut exports_rejected) =
+            (0, 0, 0, 0);
+        let mut used = ResourceUse::default();
+        for sid in &scenario_ids {
+            let s = Self::scenario_row(&db, sid)?;
+            let mut stmt = db.prepare(
+                "SELECT state, resources FROM jobs WHERE scenario_id = ?1 AND created_at LIKE ?2",
+            )?;
+            let (mut jobs, mut failed) = (0, 0);
+            for row in stmt.query_map(params![sid, like], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+            })? {
+                let (state, resources) = row?;
+                jobs += 1;
+                failed += i64::from(state == "failed");
+                if let Some(r) = resources {
+                    let r: ResourceUse = from_json(&r)?;
+                    used.fuel += r.fuel;
+                    used.rows_scanned += r.rows_scanned;
+                    used.bytes_scanned += r.bytes_scanned;
+                    used.output_bytes += r.output_bytes;
+                    used.wall_ms += r.wall_ms;
+                }
+            }
+            let count_exports = |state: &str| -> Result<i64> {
+                Ok(db.query_row(
+                    "SELECT count(*) FROM exports e JOIN jobs j ON e.job_id = j.id
+                     WHERE j.scenario_id = ?1 AND e.state = ?2 AND e.created_at LIKE ?3",
+                    params![sid, state, like],
+                    |r| r.get(0),
+                )?)
+            };
+            let (released, rejected) = (count_exports("released")?, count_exports("rejected")?);
+            jobs_total += jobs;
+            jobs_failed += failed;
+            exports_released += released;
+            exports_rejected += rejected;
+            scenarios.push(json!({
+                "id": s.id, "name": s.name, "key_area": s.view.key_area, "state": s.view.state,
+                "public_interest": s.view.public_interest, "term": [s.view.term_start, s.view.term_end],
+                "jobs": jobs, "jobs_failed": failed, "exports_released": released,
+                "exports_rejected": rejected,
+            }));
+        }
+        Ok(json!({
+            "org": org,
+            "year": year,
+            "scenarios": scenarios,
+            "totals": {
+                "jobs": jobs_total, "jobs_failed": jobs_failed,
+                "exports_released": exports_released, "exports_rejected": exports_rejected,
+                "fuel": used.fuel, "rows_scanned": used.rows_scanned,
+                "bytes_scanned": used.bytes_scanned, "output_bytes": used.output_bytes,
+                "wall_ms": used.wall_ms,
+            },
+            "incidents": {
+                "failed_jobs": jobs_failed,
+                "rejected_exports": exports_rejected,
+            },
+        }))
+    }
+
     /// Lets an auditor check the chain through the API.
     pub fn verify_audit(&self, actor: &Principal) -> Result<crate::audit::AuditVerdict> {
         if !(actor.has_role(Role::Auditor) || actor.has_role(Role::Admin)) {

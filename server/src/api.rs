@@ -355,6 +355,29 @@ async fn statement(
     ))
 }
 
+#[derive(Deserialize)]
+struct ReportQuery {
+    org: String,
+    year: i32,
+    #[serde(default)]
+    format: Option<String>,
+}
+
+async fn annual_report(
+    State(p): State<AppState>,
+    h: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<ReportQuery>,
+) -> Result<Response, ApiError> {
+    let actor = principal(&p, &h)?;
+    let report = blocking(move || p.annual_report(&actor, &q.org, q.year)).await?;
+    Ok(match q.format.as_deref() {
+        Some("html") => {
+            axum::response::Html(crate::report::annual_report_html(&report)).into_response()
+        }
+        _ => Json(report).into_response(),
+    })
+}
+
 async fn public_key(State(p): State<AppState>) -> Json<Value> {
     Json(json!({ "public_key": p.public_key_hex(), "algorithm": "Ed25519" }))
 }
@@ -391,6 +414,7 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .route("/v1/audit/verify", get(verify_audit))
         .route("/v1/prices", post(set_price))
         .route("/v1/meter/statement", get(statement))
+        .route("/v1/reports/annual", get(annual_report))
         .layer(DefaultBodyLimit::max(1536 << 20))
         .with_state(platform)
 }

@@ -176,6 +176,13 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Reports (admin, auditor, the org itself).
+    Report {
+        #[command(subcommand)]
+        command: ReportCommand,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Review decisions on export requests (reviewer).
     Review {
         /// approve, return or reject
@@ -212,6 +219,19 @@ enum DevCommand {
         /// Rows of the result to print.
         #[arg(long, default_value_t = 50)]
         show: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReportCommand {
+    /// An org's annual report: JSON on stdout, and the readable page with --html FILE.
+    Annual {
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        year: i32,
+        #[arg(long)]
+        html: Option<PathBuf>,
     },
 }
 
@@ -689,6 +709,18 @@ fn run(cli: Cli) -> Result<()> {
                 ..GuestLimits::default()
             };
             dev_run(&modules, &tables, &sql, limits, show)?;
+        }
+        Command::Report {
+            command: ReportCommand::Annual { org, year, html },
+            remote,
+        } => {
+            let report = remote.client()?.annual_report(&org, year)?;
+            if let Some(path) = html {
+                std::fs::write(&path, crate::report::annual_report_html(&report))
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                eprintln!("report page: {}", path.display());
+            }
+            print(&report);
         }
         Command::Meter { command, remote } => {
             let c = remote.client()?;

@@ -139,6 +139,15 @@ impl Client {
         self.ok("POST", &format!("/v1/scenarios/{id}/approve"), None)
     }
 
+    /// An org's annual report, as JSON.
+    pub fn annual_report(&self, org: &str, year: i32) -> Result<Value> {
+        self.ok(
+            "GET",
+            &format!("/v1/reports/annual?org={org}&year={year}"),
+            None,
+        )
+    }
+
     /// An org's statement for a month (`YYYY-MM`).
     pub fn statement(&self, org: &str, period: &str) -> Result<Value> {
         self.ok(

@@ -859,3 +859,51 @@ fn hex_key(path: &Path) -> Vec<u8> {
         .map(|i| u8::from_str_radix(&text.trim()[i..i + 2], 16).unwrap())
         .collect()
 }
+
+#[test]
+fn the_annual_report_counts_jobs_exports_and_incidents() {
+    let (env, sid, hash) = active_scenario();
+    job(&env, &sid, tidegate_server_demo_sql(), &[hash]);
+    let failed = job(&env, &sid, "SELECT no_such_column FROM visits", &[]);
+    assert_eq!(failed["state"], "failed");
+    let rejected = job(
+        &env,
+        &sid,
+        "SELECT resident_id, count(*) FROM visits GROUP BY resident_id",
+        &[],
+    );
+    env.world
+        .scientist
+        .request_export(rejected["id"].as_str().unwrap())
+        .unwrap();
+    let year = time::OffsetDateTime::now_utc().year();
+    let report = env
+        .world
+        .auditor
+        .annual_report(&env.world.operator_org, year)
+        .unwrap();
+    assert_eq!(report["totals"]["jobs"], 3);
+    assert_eq!(report["incidents"]["failed_jobs"], 1);
+    assert_eq!(report["incidents"]["rejected_exports"], 1);
+    assert_eq!(report["scenarios"].as_array().unwrap().len(), 1);
+    let page = env
+        .world
+        .auditor
+        .call(
+            "GET",
+            &format!(
+                "/v1/reports/annual?org={}&year={year}&format=html",
+                env.world.operator_org
+            ),
+            None,
+        )
+        .unwrap();
+    assert_eq!(page.status, 200);
+    let other = env
+        .world
+        .scientist
+        .annual_report(&env.world.provider_org, year)
+        .unwrap_err()
+        .to_string();
+    assert!(other.contains("(404)"), "{other}");
+}
