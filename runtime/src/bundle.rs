@@ -53,6 +53,18 @@ impl Signer {
         Signer::from_pkcs8(&pkcs8)
     }
 
+    /// The stored form re-wrapped from `old` to `new`; the sealed key itself is unchanged.
+    pub(crate) fn rewrap(old: &MasterKey, new: &MasterKey, stored: &[u8]) -> Result<Vec<u8>> {
+        let mut v: Value = serde_json::from_slice(stored)?;
+        let wrapped = v["wrapped_key"]
+            .as_str()
+            .and_then(|s| hex::decode(s).ok())
+            .ok_or_else(|| Error::Integrity("the stored signing key is damaged".into()))?;
+        let dek = old.unwrap(&wrapped, SIGNING_CONTEXT)?;
+        v["wrapped_key"] = Value::String(hex::encode(new.wrap(&dek, SIGNING_CONTEXT)));
+        Ok(serde_json::to_vec(&v)?)
+    }
+
     fn from_pkcs8(pkcs8: &[u8]) -> Result<Signer> {
         let pair = Ed25519KeyPair::from_pkcs8(pkcs8)
             .map_err(|_| Error::Integrity("the signing key does not parse".into()))?;

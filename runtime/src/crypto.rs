@@ -91,6 +91,11 @@ impl MasterKey {
         Ok(MasterKey(bytes))
     }
 
+    /// A short public identifier of the key, to tell which key a data directory expects.
+    pub fn fingerprint(&self) -> String {
+        sha256_hex(&[b"tidegate-master-key-id-v1|".as_slice(), &self.0].concat())[..16].to_string()
+    }
+
     /// Wraps a data key for the object named by `context`.
     pub fn wrap(&self, dek: &DataKey, context: &str) -> Vec<u8> {
         seal_one(&self.0, &dek.0, &wrap_aad(context))

@@ -36,6 +36,8 @@ pub const AUDIT_FILE: &str = "audit.log";
 pub const PUBLIC_KEY_FILE: &str = "platform.pub";
 const DB_FILE: &str = "meta.sqlite";
 const SIGNING_KEY_FILE: &str = "signing.key";
+/// The re-wrapped signing key while a master key rotation is in flight.
+const SIGNING_KEY_NEXT: &str = "signing.key.next";
 const EXPORT_MAX_ROWS: u64 = 10_000;
 const EXPORT_MAX_BYTES: u64 = 10 << 20;
 const MAX_IMPORT_BYTES: usize = 1 << 30;
@@ -83,6 +85,7 @@ CREATE TABLE IF NOT EXISTS exports (
 CREATE TABLE IF NOT EXISTS export_reviews (
     export_id TEXT NOT NULL REFERENCES exports(id), reviewer_id TEXT NOT NULL,
     decision TEXT NOT NULL, comment TEXT NOT NULL, result_hash TEXT NOT NULL, at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS prices (
     category TEXT PRIMARY KEY, unit TEXT NOT NULL, fen_per_unit INTEGER NOT NULL);
 "#;
@@ -412,6 +415,10 @@ impl Platform {
             let org = new_id("org");
             let admin = new_id("p");
             tx.execute(
+                "INSERT INTO settings VALUES ('master_key', ?1)",
+                params![platform.master.fingerprint()],
+            )?;
+            tx.execute(
                 "INSERT INTO orgs VALUES (?1, 'data-authority', 'authority', ?2)",
                 params![org, now],
             )?;
@@ -438,8 +445,145 @@ impl Platform {
                 dir.display()
             )));
         }
+        let expected: Option<String> = open_db(&dir.join(DB_FILE))?
+            .query_row(
+                "SELECT value FROM settings WHERE key = 'master_key'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(expected) = &expected
+            && *expected != master.fingerprint()
+        {
+            return Err(Error::Refused(format!(
+                "this is not the data directory's master key (it expects key {expected}, this is {})",
+                master.fingerprint()
+            )));
+        }
+        // A rotation that committed but was killed before its last rename finishes here.
+        let next = dir.join(SIGNING_KEY_NEXT);
+        if next.exists() {
+            match Signer::load(&master, &fs::read(&next)?) {
+                Ok(_) => {
+                    fs::rename(&next, dir.join(SIGNING_KEY_FILE))?;
+                    fs::File::open(dir)?.sync_all()?;
+                }
+                Err(_) => fs::remove_file(&next)?,
+            }
+        }
         let signer = Signer::load(&master, &fs::read(dir.join(SIGNING_KEY_FILE))?)?;
         Platform::assemble(dir, master, signer)
+    }
+
+    /// Every wrapped data key in the metadata, with the object it belongs to.
+    fn wrapped_keys(db: &Connection) -> Result<Vec<(String, String, Vec<u8>)>> {
+        let mut out = Vec::new();
+        let mut q = |sql: &str, kind: &str| -> Result<()> {
+            let mut stmt = db.prepare(sql)?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })?;
+            for row in rows {
+                let (name, wrapped) = row?;
+                out.push((kind.to_string(), name, wrapped));
+            }
+            Ok(())
+        };
+        q(
+            "SELECT dataset_id || '/v' || version, wrapped_key FROM dataset_versions",
+            "datasets",
+        )?;
+        q(
+            "SELECT id, wrapped_key FROM jobs WHERE wrapped_key IS NOT NULL",
+            "results",
+        )?;
+        q(
+            "SELECT id, wrapped_key FROM exports WHERE wrapped_key IS NOT NULL",
+            "exports",
+        )?;
+        Ok(out)
+    }
+
+    /// Re-wraps every data key and the signing key under a new master key created at
+    /// `new_key_path`, without re-encrypting any data. Offline: no server may be running on
+    /// `dir`. Safe against a kill at any point: before the metadata commits, the old key still
+    /// opens everything; after, the new one does, and opening finishes the last step.
+    pub fn rotate_master_key(dir: &Path, old: MasterKey, new_key_path: &Path) -> Result<u64> {
+        let platform = Platform::open(dir, old)?;
+        if let Some(parent) = new_key_path.parent().filter(|p| !p.as_os_str().is_empty())
+            && fs::canonicalize(parent)
+                .ok()
+                .zip(fs::canonicalize(dir).ok())
+                .is_some_and(|(p, d)| p.starts_with(d))
+        {
+            return Err(Error::Refused(
+                "the master key must not be stored inside the data directory".into(),
+            ));
+        }
+        let new = MasterKey::create(new_key_path)?;
+        let stored = fs::read(dir.join(SIGNING_KEY_FILE))?;
+        write_atomic(
+            &dir.join(SIGNING_KEY_NEXT),
+            &Signer::rewrap(&platform.master, &new, &stored)?,
+        )?;
+        let mut db = platform.db.lock().expect("db");
+        let keys = Self::wrapped_keys(&db)?;
+        let tx = db.transaction()?;
+        for (kind, name, wrapped) in &keys {
+            let context = format!("{kind}/{name}");
+            let dek = platform.master.unwrap(wrapped, &context)?;
+            let rewrapped = new.wrap(&dek, &context);
+            match kind.as_str() {
+                "datasets" => {
+                    let (id, version) = name.split_once("/v").expect("named by us");
+                    tx.execute(
+                        "UPDATE dataset_versions SET wrapped_key = ?3 WHERE dataset_id = ?1 AND version = ?2",
+                        params![id, version.parse::<i64>().unwrap_or(0), rewrapped],
+                    )?;
+                }
+                "results" => {
+                    tx.execute(
+                        "UPDATE jobs SET wrapped_key = ?2 WHERE id = ?1",
+                        params![name, rewrapped],
+                    )?;
+                }
+                _ => {
+                    tx.execute(
+                        "UPDATE exports SET wrapped_key = ?2 WHERE id = ?1",
+                        params![name, rewrapped],
+                    )?;
+                }
+            }
+        }
+        tx.execute(
+            "INSERT INTO settings VALUES ('master_key', ?1) ON CONFLICT(key) DO UPDATE SET value = ?1",
+            params![new.fingerprint()],
+        )?;
+        platform.audit.append(
+            "platform",
+            "keys.rotate",
+            "master_key",
+            json!({ "rewrapped": keys.len(), "from": platform.master.fingerprint(), "to": new.fingerprint() }),
+        )?;
+        #[cfg(test)]
+        if std::env::var_os("TIDEGATE_TEST_KILL_AFTER_COMMIT").is_some() {
+            tx.commit()?;
+            return Ok(keys.len() as u64);
+        }
+        tx.commit()?;
+        fs::rename(dir.join(SIGNING_KEY_NEXT), dir.join(SIGNING_KEY_FILE))?;
+        fs::File::open(dir)?.sync_all()?;
+        Ok(keys.len() as u64)
+    }
+
+    /// Unwraps every data key and decrypts every object: what an admin runs after a rotation
+    /// or a restore. Returns how many objects were checked.
+    pub fn verify_storage(&self) -> Result<u64> {
+        let keys = Self::wrapped_keys(&self.db.lock().expect("db"))?;
+        for (kind, name, wrapped) in &keys {
+            self.load_object(kind, name, wrapped)?;
+        }
+        Ok(keys.len() as u64)
     }
 
     fn assemble(dir: &Path, master: MasterKey, signer: Signer) -> Result<Platform> {
@@ -2474,6 +2618,61 @@ mod tests {
             .create_org(&admin, "later", "operator")
             .unwrap_err();
         assert!(err.to_string().contains("refused until restart"), "{err}");
+    }
+
+    #[test]
+    fn a_rotation_killed_after_its_commit_completes_when_opened_with_the_new_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let (platform, token) =
+            Platform::init(&data, &dir.path().join("old.key"), "admin").unwrap();
+        let admin = platform.authenticate(&token).unwrap();
+        let provider_org = platform.create_org(&admin, "bureau", "provider").unwrap();
+        let provider = platform
+            .create_principal(&admin, "p", &provider_org.id, &[Role::Provider])
+            .unwrap();
+        platform.record_training(&admin, &provider.id, "t").unwrap();
+        let provider = platform
+            .authenticate(provider.token.as_deref().unwrap())
+            .unwrap();
+        use base64::Engine as _;
+        platform
+            .import_dataset(
+                &provider,
+                ImportRequest {
+                    name: "t".into(),
+                    level: Level::L2,
+                    format: "csv".into(),
+                    columns: vec![],
+                    data_base64: base64::engine::general_purpose::STANDARD
+                        .encode("a,b\n1,x\n2,y\n"),
+                },
+            )
+            .unwrap();
+        drop(platform);
+        let old = || MasterKey::load(&dir.path().join("old.key")).unwrap();
+        // SAFETY of the test: the variable is read only by this crate's rotation code.
+        unsafe { std::env::set_var("TIDEGATE_TEST_KILL_AFTER_COMMIT", "1") };
+        let n = Platform::rotate_master_key(&data, old(), &dir.path().join("new.key")).unwrap();
+        unsafe { std::env::remove_var("TIDEGATE_TEST_KILL_AFTER_COMMIT") };
+        assert_eq!(n, 1);
+        assert!(
+            data.join(SIGNING_KEY_NEXT).exists(),
+            "killed before the rename"
+        );
+        let err = Platform::open(&data, old()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("not the data directory's master key"),
+            "{err}"
+        );
+        let new = MasterKey::load(&dir.path().join("new.key")).unwrap();
+        let reopened = Platform::open(&data, new).unwrap();
+        assert!(
+            !data.join(SIGNING_KEY_NEXT).exists(),
+            "opening finished the rotation"
+        );
+        assert_eq!(reopened.verify_storage().unwrap(), 1);
     }
 
     #[test]

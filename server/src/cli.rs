@@ -183,6 +183,11 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Master key operations on a stopped server's data directory.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Review decisions on export requests (reviewer).
     Review {
         /// approve, return or reject
@@ -219,6 +224,23 @@ enum DevCommand {
         /// Rows of the result to print.
         #[arg(long, default_value_t = 50)]
         show: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Re-wrap every data key and the signing key under a new master key (created at
+    /// --new-master-key); no data is re-encrypted. Safe to interrupt.
+    Rotate {
+        #[command(flatten)]
+        keys: KeyArgs,
+        #[arg(long)]
+        new_master_key: PathBuf,
+    },
+    /// Unwrap every key and decrypt every object with the given master key.
+    Check {
+        #[command(flatten)]
+        keys: KeyArgs,
     },
 }
 
@@ -721,6 +743,28 @@ fn run(cli: Cli) -> Result<()> {
                 eprintln!("report page: {}", path.display());
             }
             print(&report);
+        }
+        Command::Keys {
+            command:
+                KeysCommand::Rotate {
+                    keys,
+                    new_master_key,
+                },
+        } => {
+            let n = Platform::rotate_master_key(&keys.data_dir, keys.load()?, &new_master_key)?;
+            println!(
+                "{n} data keys and the signing key re-wrapped under {}; keep the old key until a backup of this state exists",
+                new_master_key.display()
+            );
+        }
+        Command::Keys {
+            command: KeysCommand::Check { keys },
+        } => {
+            let platform = Platform::open(&keys.data_dir, keys.load()?)?;
+            println!(
+                "{} objects decrypt with this master key",
+                platform.verify_storage()?
+            );
         }
         Command::Meter { command, remote } => {
             let c = remote.client()?;

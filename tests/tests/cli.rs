@@ -151,3 +151,49 @@ fn an_auditor_exports_a_slice_and_verifies_it_offline() {
         ExitCode::FAILURE
     );
 }
+
+#[test]
+fn rotating_the_master_key_keeps_every_object_readable_with_the_new_key_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let outcome = tidegate_server::run_demo(&tidegate_server::DemoOptions {
+        data_dir: Some(dir.path().to_path_buf()),
+        rows: 1_000,
+        quiet: true,
+    })
+    .unwrap();
+    let data = outcome.data_dir.to_str().unwrap();
+    let old = outcome.master_key.to_str().unwrap();
+    let new = dir.path().join("keys/next.key");
+    assert_eq!(
+        tidegate(&[
+            "keys",
+            "rotate",
+            "--data-dir",
+            data,
+            "--master-key",
+            old,
+            "--new-master-key",
+            new.to_str().unwrap()
+        ]),
+        ExitCode::SUCCESS
+    );
+    assert_eq!(
+        tidegate(&[
+            "keys",
+            "check",
+            "--data-dir",
+            data,
+            "--master-key",
+            new.to_str().unwrap()
+        ]),
+        ExitCode::SUCCESS
+    );
+    assert_eq!(
+        tidegate(&["keys", "check", "--data-dir", data, "--master-key", old]),
+        ExitCode::FAILURE
+    );
+    assert_eq!(
+        tidegate(&["audit", "verify", "--data-dir", data]),
+        ExitCode::SUCCESS
+    );
+}
