@@ -188,6 +188,10 @@ pub struct DatasetView {
 pub struct GrantRequest {
     pub dataset: String,
     pub columns: Vec<String>,
+    /// The dataset version the grant is pinned to, set when the scenario becomes active: a
+    /// new import does not reach a running authorization.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -950,6 +954,20 @@ impl Platform {
         .map_err(Error::from)
     }
 
+    fn dataset_version(
+        db: &Connection,
+        id: &str,
+        version: i64,
+    ) -> Result<(i64, String, i64, Vec<u8>, String)> {
+        db.query_row(
+            "SELECT version, content_hash, rows, wrapped_key, quality FROM dataset_versions
+             WHERE dataset_id = ?1 AND version = ?2",
+            params![id, version],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .map_err(Error::from)
+    }
+
     pub fn list_datasets(&self, actor: &Principal) -> Result<Vec<DatasetView>> {
         tidegate_policy::require_training(actor)?;
         let db = self.db.lock().expect("db");
@@ -1017,6 +1035,7 @@ impl Platform {
             grants.push(GrantRequest {
                 dataset: d.id,
                 columns: g.columns.clone(),
+                version: None,
             });
         }
         // The scenario may ask for a stricter threshold, never a weaker one than the default.
@@ -1209,9 +1228,13 @@ impl Platform {
                 ],
             )?;
             if activates {
+                let mut pinned = s.grants.clone();
+                for g in &mut pinned {
+                    g.version = Some(Self::latest_version(&tx, &g.dataset)?.0);
+                }
                 tx.execute(
-                    "UPDATE scenarios SET state = 'active' WHERE id = ?1",
-                    params![id],
+                    "UPDATE scenarios SET state = 'active', grants = ?2 WHERE id = ?1",
+                    params![id, to_json(&pinned)],
                 )?;
             }
             self.audit.append(
@@ -1513,7 +1536,10 @@ impl Platform {
             let mut level = Level::L1;
             for g in &s.grants {
                 let d = Self::dataset_row(&db, &g.dataset)?;
-                let (version, hash, _, wrapped, _) = Self::latest_version(&db, &d.id)?;
+                let (version, hash, _, wrapped, _) = match g.version {
+                    Some(v) => Self::dataset_version(&db, &d.id, v)?,
+                    None => Self::latest_version(&db, &d.id)?,
+                };
                 level = level.max(d.level);
                 inputs.push(JobInput {
                     dataset: d,

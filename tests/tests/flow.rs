@@ -907,3 +907,26 @@ fn the_annual_report_counts_jobs_exports_and_incidents() {
         .to_string();
     assert!(other.contains("(404)"), "{other}");
 }
+
+#[test]
+fn an_active_scenario_keeps_reading_the_version_it_was_granted() {
+    let (env, sid, _) = active_scenario();
+    let scenario = env
+        .world
+        .scientist
+        .ok("GET", &format!("/v1/scenarios/{sid}"), None)
+        .unwrap();
+    assert_eq!(scenario["grants"][0]["version"], 1);
+    let v2 = env.world.import_visits(&visitor_csv(ROWS * 2)).unwrap();
+    assert_eq!(v2["version"], 2);
+    let j = job(
+        &env,
+        &sid,
+        "SELECT spot, count(*) FROM visits GROUP BY spot",
+        &[],
+    );
+    assert_eq!(
+        j["resources"]["rows_scanned"], ROWS as u64,
+        "the job read v1, not v2"
+    );
+}
