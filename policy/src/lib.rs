@@ -21,6 +21,7 @@ pub use model::{
 };
 pub use rules::{
     Refusal, ScenarioApprovals, can_apply_for_scenario, can_approve_module, can_approve_scenario,
-    can_change_scenario, can_import, can_request_export, can_review_export, can_run_job,
-    can_upload_module, require_role, require_training, required_export_approvals, scenario_state,
+    can_change_scenario, can_import, can_import_social, can_request_export, can_review_export,
+    can_run_job, can_upload_module, require_role, require_training, required_export_approvals,
+    scenario_state,
 };

@@ -64,6 +64,17 @@ pub fn can_import(p: &Principal, level: Level) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// R-IMPORT: a trained scientist of an operating unit imports the unit's own enterprise data;
+/// L4 is never imported.
+pub fn can_import_social(p: &Principal, level: Level) -> Result<(), Refusal> {
+    require_role(p, Role::Scientist)?;
+    require_training(p)?;
+    if level == Level::L4 {
+        return refuse("L4 (prohibited) data can never be imported into the domain");
+    }
+    Ok(())
+}
+
 /// R-SCENARIO: a trained scientist applies for a scenario on behalf of their own org.
 pub fn can_apply_for_scenario(p: &Principal) -> Result<(), Refusal> {
     require_role(p, Role::Scientist)?;

@@ -182,6 +182,9 @@ pub struct DatasetView {
     pub rows: i64,
     pub content_hash: String,
     pub quality: Value,
+    /// Social data awaiting an admin's approval; not usable until approved.
+    #[serde(default)]
+    pub pending: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -313,6 +316,7 @@ struct DatasetRow {
     level: Level,
     origin: Origin,
     columns: Vec<ColumnSpec>,
+    pending: bool,
 }
 
 /// A dataset version a job reads, with the columns its scenario grants.
@@ -494,7 +498,8 @@ impl Platform {
             Ok(())
         };
         q(
-            "SELECT dataset_id || '/v' || version, wrapped_key FROM dataset_versions",
+            "SELECT dataset_id || '/v' || version, wrapped_key FROM dataset_versions
+             WHERE length(wrapped_key) > 0",
             "datasets",
         )?;
         q(
@@ -801,7 +806,14 @@ impl Platform {
     // ----- Import -----
 
     pub fn import_dataset(&self, actor: &Principal, req: ImportRequest) -> Result<DatasetView> {
-        tidegate_policy::can_import(actor, req.level)?;
+        // A provider imports public data; an operating unit's scientist imports its own
+        // enterprise ("social") data, which waits for an admin's approval.
+        let social = !actor.has_role(Role::Provider);
+        if social {
+            tidegate_policy::can_import_social(actor, req.level)?;
+        } else {
+            tidegate_policy::can_import(actor, req.level)?;
+        }
         let name_ok = req.name.len() <= 64
             && req.name.starts_with(|c: char| c.is_ascii_lowercase())
             && req
@@ -865,12 +877,13 @@ impl Platform {
         let now = crate::now_rfc3339();
         if existing.is_none() {
             tx.execute(
-                "INSERT INTO datasets VALUES (?1, ?2, ?3, ?4, 'public', ?5, ?6)",
+                "INSERT INTO datasets VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![
                     id,
                     req.name,
                     actor.org,
                     req.level.to_string(),
+                    if social { "social-pending" } else { "public" },
                     to_json(&columns),
                     now
                 ],
@@ -905,13 +918,18 @@ impl Platform {
             id,
             name: req.name,
             level: req.level,
-            origin: Origin::Public,
+            origin: if social {
+                Origin::Social
+            } else {
+                Origin::Public
+            },
             provider_org: actor.org.clone(),
             columns,
             version,
             rows: rows as i64,
             content_hash,
             quality,
+            pending: social,
         })
     }
 
@@ -938,7 +956,12 @@ impl Platform {
                 name,
                 org,
                 level: level.parse().map_err(Error::Integrity)?,
-                origin: if origin == "social" { Origin::Social } else { Origin::Public },
+                origin: if origin.starts_with("social") {
+                    Origin::Social
+                } else {
+                    Origin::Public
+                },
+                pending: origin == "social-pending",
                 columns: from_json(&columns)?,
             })
         })
@@ -968,6 +991,29 @@ impl Platform {
         .map_err(Error::from)
     }
 
+    /// R-IMPORT: an admin approves an operating unit's social data for use in its scenarios.
+    pub fn approve_dataset(&self, actor: &Principal, id: &str) -> Result<()> {
+        tidegate_policy::require_role(actor, Role::Admin)?;
+        tidegate_policy::require_training(actor)?;
+        let mut db = self.db.lock().expect("db");
+        let d = Self::dataset_row(&db, id)?;
+        if !d.pending {
+            return Err(Error::BadInput(format!(
+                "dataset {} awaits no approval",
+                d.name
+            )));
+        }
+        let tx = db.transaction()?;
+        tx.execute(
+            "UPDATE datasets SET origin = 'social' WHERE id = ?1",
+            params![d.id],
+        )?;
+        self.audit
+            .append(&actor.id, "dataset.approve", &d.id, json!({ "org": d.org }))?;
+        tx.commit()?;
+        Ok(())
+    }
+
     pub fn list_datasets(&self, actor: &Principal) -> Result<Vec<DatasetView>> {
         tidegate_policy::require_training(actor)?;
         let db = self.db.lock().expect("db");
@@ -990,6 +1036,7 @@ impl Platform {
                     rows,
                     content_hash,
                     quality: from_json(&quality)?,
+                    pending: d.pending,
                 })
             })
             .collect()
@@ -1016,6 +1063,12 @@ impl Platform {
             let d = Self::dataset_row(&db, &g.dataset)?;
             if d.level == Level::L4 {
                 return Err(Error::Refused("L4 data can never be granted".into()));
+            }
+            if d.pending {
+                return Err(Error::Refused(format!(
+                    "dataset {} is social data awaiting an admin's approval",
+                    d.name
+                )));
             }
             if d.origin == Origin::Social && d.org != actor.org {
                 return Err(Error::Refused(format!(
@@ -1151,9 +1204,13 @@ impl Platform {
         grants: &[GrantRequest],
     ) -> Result<ScenarioApprovals> {
         let mut a = ScenarioApprovals::default();
+        // The provider of each public dataset approves; social data was approved by an admin
+        // when it was imported.
         for g in grants {
-            a.required_provider_orgs
-                .insert(Self::dataset_row(db, &g.dataset)?.org);
+            let d = Self::dataset_row(db, &g.dataset)?;
+            if d.origin == Origin::Public {
+                a.required_provider_orgs.insert(d.org);
+            }
         }
         let mut stmt =
             db.prepare("SELECT as_role, org_id FROM scenario_approvals WHERE scenario_id = ?1")?;
@@ -1309,6 +1366,24 @@ impl Platform {
             tx.execute(
                 "UPDATE scenarios SET state = 'revoked' WHERE id = ?1 AND state != 'revoked'",
                 params![sid],
+            )?;
+        }
+        // The org's social data goes too: its versions' keys and files.
+        let social: Vec<(String, i64, String)> = tx
+            .prepare(
+                "SELECT v.dataset_id, v.version, v.content_hash FROM dataset_versions v
+                 JOIN datasets d ON v.dataset_id = d.id
+                 WHERE d.org_id = ?1 AND d.origin LIKE 'social%' AND length(v.wrapped_key) > 0",
+            )?
+            .query_map(params![org], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        for (dataset, version, hash) in social {
+            let object = format!("{dataset}/v{version}");
+            destroyed.push(json!({ "kind": "social_dataset", "id": object, "sha256": hash }));
+            files.push(self.object_path("datasets", &object));
+            tx.execute(
+                "UPDATE dataset_versions SET wrapped_key = x'' WHERE dataset_id = ?1 AND version = ?2",
+                params![dataset, version],
             )?;
         }
         // Close every token of the org: no stored hash can match a token any more.

@@ -145,6 +145,16 @@ async fn import_dataset(
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
 
+async fn approve_dataset(
+    State(p): State<AppState>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Value> {
+    let actor = principal(&p, &h)?;
+    blocking(move || p.approve_dataset(&actor, &id)).await?;
+    Ok(Json(json!({ "approved": true })))
+}
+
 async fn list_datasets(State(p): State<AppState>, h: HeaderMap) -> ApiResult<Value> {
     let actor = principal(&p, &h)?;
     let v = blocking(move || p.list_datasets(&actor)).await?;
@@ -396,6 +406,7 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .route("/v1/principals", post(create_principal))
         .route("/v1/principals/{id}/training", post(record_training))
         .route("/v1/datasets", post(import_dataset).get(list_datasets))
+        .route("/v1/datasets/{id}/approve", post(approve_dataset))
         .route("/v1/scenarios", post(apply_scenario))
         .route("/v1/scenarios/{id}", get(get_scenario))
         .route("/v1/scenarios/{id}/approve", post(approve_scenario))

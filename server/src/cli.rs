@@ -356,6 +356,10 @@ enum DatasetCommand {
         columns: Vec<String>,
     },
     List,
+    /// Approve an operating unit's social data (admin).
+    Approve {
+        id: String,
+    },
     /// Before any import: the proposed tag and confidence of every column of a local file.
     Scan {
         file: PathBuf,
@@ -635,6 +639,7 @@ fn run(cli: Cli) -> Result<()> {
                 print(&remote.client()?.import_dataset(req, &data)?);
             }
             DatasetCommand::List => print(&remote.client()?.ok("GET", "/v1/datasets", None)?),
+            DatasetCommand::Approve { id } => print(&remote.client()?.approve_dataset(&id)?),
             DatasetCommand::Scan { file, json } => scan(&file, json)?,
         },
         Command::Scenario { command, remote } => {

@@ -131,6 +131,11 @@ impl Client {
         self.ok("POST", "/v1/datasets", Some(&request))
     }
 
+    /// Approves an operating unit's social data (admin).
+    pub fn approve_dataset(&self, id: &str) -> Result<Value> {
+        self.ok("POST", &format!("/v1/datasets/{id}/approve"), None)
+    }
+
     pub fn apply_scenario(&self, request: &Value) -> Result<Value> {
         self.ok("POST", "/v1/scenarios", Some(request))
     }

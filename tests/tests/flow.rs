@@ -930,3 +930,98 @@ fn an_active_scenario_keeps_reading_the_version_it_was_granted() {
         "the job read v1, not v2"
     );
 }
+
+#[test]
+fn social_data_waits_for_an_admin_and_serves_only_its_own_org() {
+    let (env, _, _) = active_scenario();
+    let csv = "member_id,tier,points\nm1,gold,10\nm2,silver,20\nm3,gold,30\n";
+    let imported = env
+        .world
+        .scientist
+        .import_dataset(
+            serde_json::json!({
+                "name": "members",
+                "level": "L2",
+                "format": "csv",
+                "columns": [{ "name": "member_id", "tags": ["entity"] }, { "name": "tier", "tags": ["dimension"] }],
+            }),
+            csv.as_bytes(),
+        )
+        .unwrap();
+    assert_eq!(
+        (imported["origin"].as_str(), imported["pending"].as_bool()),
+        (Some("social"), Some(true))
+    );
+    let today = time::OffsetDateTime::now_utc().date();
+    let request = serde_json::json!({
+        "name": "Member tiers", "key_area": "culture and tourism", "purpose": "tiers", "public_interest": true,
+        "grants": [{ "dataset": "members", "columns": ["tier", "points"] }],
+        "term_start": today.to_string(), "term_end": (today + time::Duration::days(30)).to_string(),
+    });
+    let pending = env
+        .world
+        .scientist
+        .apply_scenario(&request)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        pending.contains("awaiting an admin's approval"),
+        "{pending}"
+    );
+    assert!(
+        env.world
+            .provider
+            .approve_dataset(imported["id"].as_str().unwrap())
+            .is_err()
+    );
+    env.world
+        .admin
+        .approve_dataset(imported["id"].as_str().unwrap())
+        .unwrap();
+    let applied = env.world.scientist.apply_scenario(&request).unwrap();
+    // Social data needs no provider approval: the admin's makes it active.
+    let active = env
+        .world
+        .admin
+        .approve_scenario(applied["id"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(active["state"], "active");
+    // Another operating unit cannot ask for it.
+    let other_org = env
+        .world
+        .admin
+        .create_org("another-unit", "operator")
+        .unwrap();
+    let stranger = env
+        .world
+        .admin
+        .create_principal(
+            "stranger",
+            other_org["id"].as_str().unwrap(),
+            &["scientist"],
+        )
+        .unwrap();
+    env.world
+        .admin
+        .record_training(stranger["id"].as_str().unwrap(), "training")
+        .unwrap();
+    let stranger = env
+        .world
+        .admin
+        .as_token(stranger["token"].as_str().unwrap());
+    let refused = stranger.apply_scenario(&request).unwrap_err().to_string();
+    assert!(refused.contains("another org's social data"), "{refused}");
+    // The exit destroys it.
+    let exit = env
+        .world
+        .admin
+        .exit_org(&env.world.operator_org, "ended")
+        .unwrap();
+    let kinds: Vec<&str> = exit["certificate"]["destroyed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"social_dataset"), "{kinds:?}");
+}
