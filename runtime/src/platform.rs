@@ -76,7 +76,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     submitted_by TEXT NOT NULL, sql TEXT NOT NULL, modules TEXT NOT NULL, state TEXT NOT NULL,
     error TEXT, rows INTEGER, schema TEXT, resources TEXT, level TEXT NOT NULL,
     shape TEXT, plan TEXT, inputs TEXT NOT NULL, result_hash TEXT, wrapped_key BLOB,
-    created_at TEXT NOT NULL, finished_at TEXT);
+    created_at TEXT NOT NULL, finished_at TEXT, policy_version INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS exports (
     id TEXT PRIMARY KEY, job_id TEXT NOT NULL REFERENCES jobs(id), requested_by TEXT NOT NULL,
     org_id TEXT NOT NULL, state TEXT NOT NULL, gate_report TEXT NOT NULL, result_hash TEXT,
@@ -423,7 +423,7 @@ impl Platform {
             let org = new_id("org");
             let admin = new_id("p");
             tx.execute(
-                "INSERT INTO settings VALUES ('master_key', ?1)",
+                "INSERT INTO settings VALUES ('master_key', ?1), ('policy_version', '1')",
                 params![platform.master.fingerprint()],
             )?;
             tx.execute(
@@ -1636,9 +1636,9 @@ impl Platform {
             let mut db = self.db.lock().expect("db");
             let tx = db.transaction()?;
             tx.execute(
-                "INSERT INTO jobs (id, scenario_id, submitted_by, sql, modules, state, level, inputs, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, ?8)",
-                params![id, scenario.id, actor.id, req.sql, to_json(&req.modules), level.to_string(), to_json(&inputs_json), now],
+                "INSERT INTO jobs (id, scenario_id, submitted_by, sql, modules, state, level, inputs, created_at, policy_version)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, ?8, ?9)",
+                params![id, scenario.id, actor.id, req.sql, to_json(&req.modules), level.to_string(), to_json(&inputs_json), now, Self::policy_version(&tx)?],
             )?;
             self.audit.append(
                 &actor.id,
@@ -2116,7 +2116,11 @@ impl Platform {
             "job": { "id": job.id, "query": job.sql, "plan_sha256": plan.as_deref().map(|p| sha256_hex(p.as_bytes())), "submitted_by": job.submitted_by, "level": job.level },
             "modules": job.modules,
             "inputs": inputs,
-            "policy_version": 1,
+            "policy_version": db.query_row(
+                "SELECT policy_version FROM jobs WHERE id = ?1",
+                params![job.id],
+                |r| r.get::<_, i64>(0),
+            )?,
             "gate_report": view.gate_report,
             "requested_by": view.requested_by,
             "reviewers": approvals.iter().map(|r| json!({ "id": r.by, "at": r.at })).collect::<Vec<_>>(),
@@ -2355,6 +2359,202 @@ impl Platform {
                 "rejected_exports": exports_rejected,
             },
         }))
+    }
+
+    fn policy_version(db: &Connection) -> Result<i64> {
+        let v: Option<String> = db
+            .query_row(
+                "SELECT value FROM settings WHERE key = 'policy_version'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(v.and_then(|v| v.parse().ok()).unwrap_or(1))
+    }
+
+    /// Policy as code: the scenarios' rules and the price table as one versioned document.
+    pub fn export_policy(&self, actor: &Principal) -> Result<Value> {
+        if !(actor.has_role(Role::Admin) || actor.has_role(Role::Auditor)) {
+            return Err(Error::Refused(
+                "only admins and auditors read the policy document".into(),
+            ));
+        }
+        let db = self.db.lock().expect("db");
+        let mut prices = serde_json::Map::new();
+        for (category, _, default) in PRICE_CATEGORIES {
+            let fen: Option<i64> = db
+                .query_row(
+                    "SELECT fen_per_unit FROM prices WHERE category = ?1",
+                    params![category],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            prices.insert(category.to_string(), json!(fen.unwrap_or(default)));
+        }
+        let ids: Vec<String> = db
+            .prepare("SELECT id FROM scenarios ORDER BY created_at")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut scenarios = Vec::new();
+        for id in ids {
+            let s = Self::scenario_row(&db, &id)?;
+            scenarios.push(json!({
+                "id": s.id, "name": s.name, "org": s.org, "state": s.stored_state,
+                "k": s.k, "term_start": s.view.term_start, "term_end": s.view.term_end,
+                "grants": s.grants,
+            }));
+        }
+        Ok(json!({
+            "format": "tidegate-policy-v1",
+            "version": Self::policy_version(&db)?,
+            "prices": prices,
+            "scenarios": scenarios,
+        }))
+    }
+
+    /// Applies a policy document as one new version: price changes, and per scenario its
+    /// threshold k (never below its level's default), the end of its term and its state
+    /// (suspend, resume, revoke). Shows the difference; with `dry_run` changes nothing.
+    pub fn apply_policy(&self, actor: &Principal, doc: &Value, dry_run: bool) -> Result<Value> {
+        tidegate_policy::require_role(actor, Role::Admin)?;
+        tidegate_policy::require_training(actor)?;
+        let mut db = self.db.lock().expect("db");
+        let current = Self::policy_version(&db)?;
+        if doc["format"] != "tidegate-policy-v1" {
+            return Err(Error::BadInput("not a tidegate-policy-v1 document".into()));
+        }
+        if doc["version"].as_i64() != Some(current) {
+            return Err(Error::Refused(format!(
+                "the document was exported at version {}, the policy is now at version {current}: export it again",
+                doc["version"]
+            )));
+        }
+        let mut changes = Vec::new();
+        let mut statements: Vec<(String, Vec<rusqlite::types::Value>)> = Vec::new();
+        let mut cancel = Vec::new();
+        for (category, value) in doc["prices"].as_object().into_iter().flatten() {
+            let known = PRICE_CATEGORIES
+                .iter()
+                .find(|(c, _, _)| c == category)
+                .ok_or_else(|| Error::BadInput(format!("unknown price category {category}")))?;
+            let fen = value.as_i64().filter(|f| *f >= 0).ok_or_else(|| {
+                Error::BadInput(format!(
+                    "the price of {category} is not a whole number of fen"
+                ))
+            })?;
+            let old: i64 = db
+                .query_row(
+                    "SELECT fen_per_unit FROM prices WHERE category = ?1",
+                    params![category],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .unwrap_or(known.2);
+            if old != fen {
+                changes.push(json!({ "price": category, "from": old, "to": fen }));
+                statements.push((
+                    "INSERT INTO prices VALUES (?1, ?2, ?3) ON CONFLICT(category) DO UPDATE SET fen_per_unit = ?3".into(),
+                    vec![category.clone().into(), known.1.to_string().into(), fen.into()],
+                ));
+            }
+        }
+        for wanted in doc["scenarios"].as_array().into_iter().flatten() {
+            let id = wanted["id"]
+                .as_str()
+                .ok_or_else(|| Error::BadInput("a scenario without an id".into()))?;
+            let s = Self::scenario_row(&db, id)?;
+            if let Some(k) = wanted["k"].as_u64()
+                && k != s.k
+            {
+                let mut level = Level::L1;
+                for g in &s.grants {
+                    level = level.max(Self::dataset_row(&db, &g.dataset)?.level);
+                }
+                if k < default_threshold(level) {
+                    return Err(Error::Refused(format!(
+                        "scenario {id}: k = {k} is below the {level} minimum of {}",
+                        default_threshold(level)
+                    )));
+                }
+                changes.push(json!({ "scenario": id, "k": { "from": s.k, "to": k } }));
+                statements.push((
+                    "UPDATE scenarios SET k = ?2 WHERE id = ?1".into(),
+                    vec![id.to_string().into(), (k as i64).into()],
+                ));
+            }
+            if let Some(end) = wanted["term_end"].as_str()
+                && end != s.view.term_end
+            {
+                if parse_date(end)? < s.term_start {
+                    return Err(Error::BadInput(format!(
+                        "scenario {id}: the term ends before it starts"
+                    )));
+                }
+                changes.push(
+                    json!({ "scenario": id, "term_end": { "from": s.view.term_end, "to": end } }),
+                );
+                statements.push((
+                    "UPDATE scenarios SET term_end = ?2 WHERE id = ?1".into(),
+                    vec![id.to_string().into(), end.to_string().into()],
+                ));
+            }
+            if let Some(state) = wanted["state"].as_str()
+                && state != s.stored_state.as_str()
+            {
+                let action = match state {
+                    "suspended" => "suspend",
+                    "active" => "resume",
+                    "revoked" => "revoke",
+                    other => {
+                        return Err(Error::BadInput(format!(
+                            "scenario {id}: state {other} cannot be set"
+                        )));
+                    }
+                };
+                let next = tidegate_policy::can_change_scenario(actor, s.stored_state, action)?;
+                changes.push(
+                    json!({ "scenario": id, "state": { "from": s.stored_state, "to": next } }),
+                );
+                statements.push((
+                    "UPDATE scenarios SET state = ?2 WHERE id = ?1".into(),
+                    vec![id.to_string().into(), next.as_str().to_string().into()],
+                ));
+                if next != ScenarioState::Active {
+                    cancel.push(id.to_string());
+                }
+            }
+        }
+        let to = if changes.is_empty() || dry_run {
+            current
+        } else {
+            current + 1
+        };
+        let answer = json!({ "from_version": current, "to_version": to, "dry_run": dry_run, "changes": changes });
+        if dry_run || changes.is_empty() {
+            return Ok(answer);
+        }
+        let tx = db.transaction()?;
+        for (sql, values) in &statements {
+            tx.execute(sql, rusqlite::params_from_iter(values.iter()))?;
+        }
+        tx.execute(
+            "INSERT INTO settings VALUES ('policy_version', ?1) ON CONFLICT(key) DO UPDATE SET value = ?1",
+            params![to.to_string()],
+        )?;
+        self.audit.append(
+            &actor.id,
+            "policy.apply",
+            &format!("v{to}"),
+            json!({ "changes": changes }),
+        )?;
+        tx.commit()?;
+        let running = self.running.lock().expect("running jobs");
+        for id in cancel {
+            for (_, meter) in running.get(&id).into_iter().flatten() {
+                meter.cancel();
+            }
+        }
+        Ok(answer)
     }
 
     /// Lets an auditor check the chain through the API.

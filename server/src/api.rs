@@ -388,6 +388,29 @@ async fn annual_report(
     })
 }
 
+async fn export_policy(State(p): State<AppState>, h: HeaderMap) -> ApiResult<Value> {
+    let actor = principal(&p, &h)?;
+    Ok(Json(blocking(move || p.export_policy(&actor)).await?))
+}
+
+#[derive(Deserialize)]
+struct PolicyBody {
+    document: Value,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+async fn apply_policy(
+    State(p): State<AppState>,
+    h: HeaderMap,
+    Json(b): Json<PolicyBody>,
+) -> ApiResult<Value> {
+    let actor = principal(&p, &h)?;
+    Ok(Json(
+        blocking(move || p.apply_policy(&actor, &b.document, b.dry_run)).await?,
+    ))
+}
+
 async fn public_key(State(p): State<AppState>) -> Json<Value> {
     Json(json!({ "public_key": p.public_key_hex(), "algorithm": "Ed25519" }))
 }
@@ -424,6 +447,7 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .route("/v1/exports/{id}/bundle", get(download_bundle))
         .route("/v1/audit/verify", get(verify_audit))
         .route("/v1/prices", post(set_price))
+        .route("/v1/policy", get(export_policy).post(apply_policy))
         .route("/v1/meter/statement", get(statement))
         .route("/v1/reports/annual", get(annual_report))
         .layer(DefaultBodyLimit::max(1536 << 20))

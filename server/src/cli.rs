@@ -183,6 +183,13 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Policy as code: export the scenarios' rules and prices; apply a changed document.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Master key operations on a stopped server's data directory.
     Keys {
         #[command(subcommand)]
@@ -224,6 +231,21 @@ enum DevCommand {
         /// Rows of the result to print.
         #[arg(long, default_value_t = 50)]
         show: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Write the current policy document (JSON) to stdout or --out.
+    Export {
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Show the difference a document makes and apply it as one new version.
+    Apply {
+        file: PathBuf,
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -748,6 +770,34 @@ fn run(cli: Cli) -> Result<()> {
                 eprintln!("report page: {}", path.display());
             }
             print(&report);
+        }
+        Command::Policy { command, remote } => {
+            let c = remote.client()?;
+            match command {
+                PolicyCommand::Export { out } => {
+                    let doc = c.export_policy()?;
+                    match out {
+                        Some(path) => {
+                            std::fs::write(&path, serde_json::to_vec_pretty(&doc)?)
+                                .with_context(|| format!("cannot write {}", path.display()))?;
+                            println!(
+                                "policy version {} written to {}",
+                                doc["version"],
+                                path.display()
+                            );
+                        }
+                        None => print(&doc),
+                    }
+                }
+                PolicyCommand::Apply { file, dry_run } => {
+                    let doc: Value = serde_json::from_slice(
+                        &std::fs::read(&file)
+                            .with_context(|| format!("cannot read {}", file.display()))?,
+                    )
+                    .context("the policy document is not JSON")?;
+                    print(&c.apply_policy(&doc, dry_run)?);
+                }
+            }
         }
         Command::Keys {
             command:

@@ -144,6 +144,20 @@ impl Client {
         self.ok("POST", &format!("/v1/scenarios/{id}/approve"), None)
     }
 
+    /// The policy document (admin, auditor).
+    pub fn export_policy(&self) -> Result<Value> {
+        self.ok("GET", "/v1/policy", None)
+    }
+
+    /// Applies a policy document as a new version (admin); with `dry_run`, only the difference.
+    pub fn apply_policy(&self, document: &Value, dry_run: bool) -> Result<Value> {
+        self.ok(
+            "POST",
+            "/v1/policy",
+            Some(&json!({ "document": document, "dry_run": dry_run })),
+        )
+    }
+
     /// An org's annual report, as JSON.
     pub fn annual_report(&self, org: &str, year: i32) -> Result<Value> {
         self.ok(

@@ -1025,3 +1025,84 @@ fn social_data_waits_for_an_admin_and_serves_only_its_own_org() {
         .collect();
     assert!(kinds.contains(&"social_dataset"), "{kinds:?}");
 }
+
+#[test]
+fn policy_as_code_shows_the_difference_and_applies_it_as_one_version() {
+    let (env, sid, _) = active_scenario();
+    let doc = env.world.admin.export_policy().unwrap();
+    assert_eq!(doc["version"], 1);
+    let mut changed = doc.clone();
+    changed["prices"]["result_export"] = serde_json::json!(6_000);
+    let scenario = changed["scenarios"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|s| s["id"] == sid.as_str())
+        .unwrap();
+    scenario["k"] = serde_json::json!(20);
+    let dry = env.world.admin.apply_policy(&changed, true).unwrap();
+    assert_eq!(
+        (
+            dry["to_version"].as_i64(),
+            dry["changes"].as_array().unwrap().len()
+        ),
+        (Some(1), 2)
+    );
+    assert_eq!(
+        env.world.admin.export_policy().unwrap()["version"],
+        1,
+        "a dry run changes nothing"
+    );
+    let applied = env.world.admin.apply_policy(&changed, false).unwrap();
+    assert_eq!(applied["to_version"], 2);
+    let now = env.world.admin.export_policy().unwrap();
+    assert_eq!(now["prices"]["result_export"], 6_000);
+    // A stale document, or a k below the level's minimum, is refused.
+    let stale = env
+        .world
+        .admin
+        .apply_policy(&changed, false)
+        .unwrap_err()
+        .to_string();
+    assert!(stale.contains("export it again"), "{stale}");
+    let mut weak = now.clone();
+    weak["scenarios"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|s| s["id"] == sid.as_str())
+        .unwrap()["k"] = serde_json::json!(2);
+    let refused = env
+        .world
+        .admin
+        .apply_policy(&weak, false)
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("below the L2 minimum of 10"), "{refused}");
+    // Jobs record the version they ran under, and the bundle carries it.
+    let j = job(
+        &env,
+        &sid,
+        "SELECT spot, count(*) AS visits FROM visits GROUP BY spot",
+        &[],
+    );
+    let export = env
+        .world
+        .scientist
+        .request_export(j["id"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(export["gate_report"]["threshold_k"], 20);
+    env.world
+        .reviewer
+        .review_export(export["id"].as_str().unwrap(), "approve", "ok")
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    env.world
+        .scientist
+        .download_bundle(export["id"].as_str().unwrap(), dir.path())
+        .unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["policy_version"], 2);
+    assert!(env.world.scientist.export_policy().is_err());
+}
