@@ -180,12 +180,21 @@ fn only_a_query(sql: &str) -> Result<DfStatement> {
     if statements.len() != 1 {
         return Err(refuse());
     }
-    match statements.pop_front() {
-        Some(DfStatement::Statement(s)) if matches!(*s, SqlStatement::Query(_)) => {
-            Ok(DfStatement::Statement(s))
-        }
-        _ => Err(refuse()),
+    let statement = match statements.pop_front() {
+        Some(DfStatement::Statement(s)) if matches!(*s, SqlStatement::Query(_)) => s,
+        _ => return Err(refuse()),
+    };
+    // The catalog of the session is not part of the data: say so rather than "not found".
+    if statement
+        .to_string()
+        .to_ascii_lowercase()
+        .contains("information_schema")
+    {
+        return Err(Error::Refused(
+            "information_schema is not available in a job".into(),
+        ));
     }
+    Ok(DfStatement::Statement(statement))
 }
 
 /// Refuses every plan node that is not part of a read-only query, and any reference to the

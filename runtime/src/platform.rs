@@ -2008,6 +2008,23 @@ impl Platform {
         Ok(view)
     }
 
+    /// The state and term of a job's scenario are checked again at every export step.
+    fn require_active_scenario_of_job(db: &Connection, job: &str) -> Result<()> {
+        let scenario: String = db.query_row(
+            "SELECT scenario_id FROM jobs WHERE id = ?1",
+            params![job],
+            |r| r.get(0),
+        )?;
+        let state = Self::scenario_row(db, &scenario)?.view.state;
+        if state != ScenarioState::Active {
+            return Err(Error::Refused(format!(
+                "the scenario is {}; a suspended, expired or revoked scenario exports nothing",
+                state.as_str()
+            )));
+        }
+        Ok(())
+    }
+
     /// R-REVIEW: approve, return or reject; approval binds the exact result hash.
     pub fn review_export(
         &self,
@@ -2026,6 +2043,7 @@ impl Platform {
                 .map(|r| r.by.clone())
                 .collect();
             tidegate_policy::can_review_export(actor, &view.requested_by, &org, &approved_by)?;
+            Self::require_active_scenario_of_job(&db, &view.job)?;
             if view.state != "in_review" {
                 return Err(Error::BadInput(format!(
                     "the export is {}, not in review",
@@ -2076,6 +2094,7 @@ impl Platform {
         }
         tidegate_policy::require_role(actor, Role::Scientist)?;
         tidegate_policy::require_training(actor)?;
+        Self::require_active_scenario_of_job(&db, &view.job)?;
         if !matches!(view.state.as_str(), "approved" | "released") {
             return Err(Error::Refused(format!(
                 "the export is {}; only an approved export is released",

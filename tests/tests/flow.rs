@@ -1106,3 +1106,33 @@ fn policy_as_code_shows_the_difference_and_applies_it_as_one_version() {
     assert_eq!(manifest["policy_version"], 2);
     assert!(env.world.scientist.export_policy().is_err());
 }
+
+#[test]
+fn a_suspended_scenario_exports_nothing_even_after_approval() {
+    let (env, sid, hash) = active_scenario();
+    let j = job(&env, &sid, tidegate_server_demo_sql(), &[hash]);
+    let export = env
+        .world
+        .scientist
+        .request_export(j["id"].as_str().unwrap())
+        .unwrap();
+    let eid = export["id"].as_str().unwrap();
+    env.world
+        .reviewer
+        .review_export(eid, "approve", "ok")
+        .unwrap();
+    env.world.admin.change_scenario(&sid, "suspend").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let err = env
+        .world
+        .scientist
+        .download_bundle(eid, dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("exports nothing"), "{err}");
+    env.world.admin.change_scenario(&sid, "resume").unwrap();
+    env.world
+        .scientist
+        .download_bundle(eid, dir.path())
+        .unwrap();
+}
