@@ -1,0 +1,370 @@
+//! A model test: random sequences of actions (apply, approve, suspend, resume, revoke, upload,
+//! approve a module, submit) against the real platform, checking after every job that it read
+//! only columns of an active grant of its own org, with modules approved for their exact hash.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use proptest::prelude::*;
+use tidegate_policy::{Level, Principal, Role};
+use tidegate_runtime::{
+    ColumnInput, GrantRequest, ImportRequest, JobRequest, Platform, ScenarioRequest,
+};
+
+const COLUMNS: [&str; 3] = ["spot", "spend", "mobile"];
+
+/// Two modules of the ABI that differ in one constant; each has `f(int64) -> int64`.
+fn module(constant: i64) -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"(module
+            (memory (export "memory") 40)
+            (data (i32.const 16) "\20\00\00\00\18\00\00\00")
+            (data (i32.const 32) "scalar f(int64) -> int64")
+            (func (export "tg_abi_version") (result i32) i32.const 1)
+            (func (export "tg_manifest") (result i32) i32.const 16)
+            (func (export "tg_alloc") (param i32) (result i32) i32.const 65536)
+            (func (export "tg_error") (result i32) i32.const 16)
+            (func (export "tg_scalar") (param $fn i32) (param $b i32) (result i32)
+                (local $n i32) (local $i i32)
+                (local.set $n (i32.load (local.get $b)))
+                (block $done (loop $next
+                    (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
+                    (i64.store (i32.add (i32.const 1048640) (i32.mul (local.get $i) (i32.const 8))) (i64.const {constant}))
+                    (local.set $i (i32.add (local.get $i) (i32.const 1)))
+                    (br $next)))
+                (i32.store (i32.const 1048576) (i32.const 2))
+                (i32.store (i32.const 1048580) (local.get $n))
+                (i32.store (i32.const 1048584) (i32.const 0))
+                (i32.store (i32.const 1048588) (i32.const 0))
+                (i32.store (i32.const 1048592) (i32.const 0))
+                (i32.store (i32.const 1048596) (i32.const 1048640))
+                (i32.store (i32.const 1048600) (i32.mul (local.get $n) (i32.const 8)))
+                i32.const 1048576))"#
+    ))
+    .unwrap()
+}
+
+#[derive(Debug, Clone)]
+enum Action {
+    Apply {
+        unit: usize,
+        columns: Vec<usize>,
+    },
+    ApproveAsAdmin(usize),
+    ApproveAsProvider(usize),
+    Suspend(usize),
+    Resume(usize),
+    Revoke(usize),
+    Upload {
+        unit: usize,
+        scenario: usize,
+        module: usize,
+    },
+    ApproveModule {
+        scenario: usize,
+        module: usize,
+    },
+    Submit {
+        unit: usize,
+        scenario: usize,
+        column: usize,
+        module: Option<usize>,
+    },
+}
+
+fn action() -> impl Strategy<Value = Action> {
+    prop_oneof![
+        (0..2usize, proptest::collection::vec(0..3usize, 1..3))
+            .prop_map(|(unit, columns)| Action::Apply { unit, columns }),
+        (0..4usize).prop_map(Action::ApproveAsAdmin),
+        (0..4usize).prop_map(Action::ApproveAsProvider),
+        (0..4usize).prop_map(Action::Suspend),
+        (0..4usize).prop_map(Action::Resume),
+        (0..4usize).prop_map(Action::Revoke),
+        (0..2usize, 0..4usize, 0..2usize).prop_map(|(unit, scenario, module)| Action::Upload {
+            unit,
+            scenario,
+            module
+        }),
+        (0..4usize, 0..2usize)
+            .prop_map(|(scenario, module)| Action::ApproveModule { scenario, module }),
+        (
+            0..2usize,
+            0..4usize,
+            0..3usize,
+            proptest::option::of(0..2usize)
+        )
+            .prop_map(|(unit, scenario, column, module)| Action::Submit {
+                unit,
+                scenario,
+                column,
+                module
+            }),
+    ]
+}
+
+struct World {
+    _dir: tempfile::TempDir,
+    platform: Arc<Platform>,
+    admin: Principal,
+    provider: Principal,
+    reviewer: Principal,
+    units: Vec<Principal>,
+    modules: Vec<Vec<u8>>,
+}
+
+fn world() -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let (platform, token) = Platform::init(
+        &dir.path().join("data"),
+        &dir.path().join("master.key"),
+        "admin",
+    )
+    .unwrap();
+    let admin = platform.authenticate(&token).unwrap();
+    let make = |org: &str, kind: &str, role: Role| {
+        let org = platform.create_org(&admin, org, kind).unwrap();
+        let p = platform
+            .create_principal(&admin, "p", &org.id, &[role])
+            .unwrap();
+        platform.record_training(&admin, &p.id, "t").unwrap();
+        platform.authenticate(p.token.as_deref().unwrap()).unwrap()
+    };
+    let provider = make("bureau", "provider", Role::Provider);
+    let reviewer = make("office", "authority", Role::Reviewer);
+    let units = vec![
+        make("unit-a", "operator", Role::Scientist),
+        make("unit-b", "operator", Role::Scientist),
+    ];
+    let csv = "id,spot,spend,mobile\na,x,1.0,13812345678\nb,y,2.0,13912345678\n";
+    platform
+        .import_dataset(
+            &provider,
+            ImportRequest {
+                name: "visits".into(),
+                level: Level::L2,
+                format: "csv".into(),
+                columns: vec![ColumnInput {
+                    name: "id".into(),
+                    data_type: None,
+                    tags: vec![tidegate_policy::ColumnTag::Entity],
+                }],
+                data_base64: base64::engine::general_purpose::STANDARD.encode(csv),
+            },
+        )
+        .unwrap();
+    World {
+        _dir: dir,
+        platform: Arc::new(platform),
+        admin,
+        provider,
+        reviewer,
+        units,
+        modules: vec![module(1), module(2)],
+    }
+}
+
+/// Runs the actions and checks the invariants after every successful job; returns how many
+/// jobs succeeded.
+fn run(actions: Vec<Action>) -> Result<usize, TestCaseError> {
+    let mut succeeded = 0;
+    {
+        let w = world();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let today = time::OffsetDateTime::now_utc().date();
+        // The model: per scenario, its owner, its granted columns, its approved module hashes.
+        let mut scenarios: Vec<(String, usize, BTreeSet<String>)> = Vec::new();
+        let mut approved: BTreeSet<(String, String)> = BTreeSet::new();
+        let hashes: Vec<String> = w
+            .modules
+            .iter()
+            .map(|m| tidegate_runtime::sha256_hex(m))
+            .collect();
+        for a in actions {
+            let pick = |i: usize| scenarios.get(i % scenarios.len().max(1)).cloned();
+            match a {
+                Action::Apply { unit, columns } => {
+                    let cols: BTreeSet<String> =
+                        columns.iter().map(|c| COLUMNS[*c].to_string()).collect();
+                    let req = ScenarioRequest {
+                        name: "s".into(),
+                        key_area: "other".into(),
+                        purpose: "p".into(),
+                        public_interest: true,
+                        grants: vec![GrantRequest {
+                            dataset: "visits".into(),
+                            columns: cols.iter().cloned().collect(),
+                            version: None,
+                        }],
+                        term_start: today.to_string(),
+                        term_end: (today + time::Duration::days(10)).to_string(),
+                        k: None,
+                        planned_products: vec![],
+                    };
+                    if let Ok(s) = w.platform.apply_scenario(&w.units[unit], req) {
+                        scenarios.push((s.id, unit, cols));
+                    }
+                }
+                Action::ApproveAsAdmin(i) => {
+                    if let Some(s) = pick(i) {
+                        let _ = w.platform.approve_scenario(&w.admin, &s.0);
+                    }
+                }
+                Action::ApproveAsProvider(i) => {
+                    if let Some(s) = pick(i) {
+                        let _ = w.platform.approve_scenario(&w.provider, &s.0);
+                    }
+                }
+                Action::Suspend(i) => {
+                    if let Some(s) = pick(i) {
+                        let _ = w.platform.change_scenario(&w.admin, &s.0, "suspend");
+                    }
+                }
+                Action::Resume(i) => {
+                    if let Some(s) = pick(i) {
+                        let _ = w.platform.change_scenario(&w.admin, &s.0, "resume");
+                    }
+                }
+                Action::Revoke(i) => {
+                    if let Some(s) = pick(i) {
+                        let _ = w.platform.change_scenario(&w.admin, &s.0, "revoke");
+                    }
+                }
+                Action::Upload {
+                    unit,
+                    scenario,
+                    module,
+                } => {
+                    if let Some(s) = pick(scenario) {
+                        let _ = w
+                            .platform
+                            .upload_module(&w.units[unit], &s.0, &w.modules[module]);
+                    }
+                }
+                Action::ApproveModule { scenario, module } => {
+                    if let Some(s) = pick(scenario)
+                        && w.platform
+                            .approve_module(
+                                &w.reviewer,
+                                &s.0,
+                                &hashes[module],
+                                "returns a constant",
+                            )
+                            .is_ok()
+                    {
+                        approved.insert((s.0.clone(), hashes[module].clone()));
+                    }
+                }
+                Action::Submit {
+                    unit,
+                    scenario,
+                    column,
+                    module,
+                } => {
+                    if let Some(s) = pick(scenario) {
+                        let col = COLUMNS[column];
+                        let sql = match module {
+                            Some(_) => format!("SELECT {col}, f(1) FROM visits"),
+                            None => format!("SELECT {col} FROM visits"),
+                        };
+                        let modules: Vec<String> =
+                            module.map(|m| hashes[m].clone()).into_iter().collect();
+                        let job = rt.block_on(w.platform.submit_job(
+                            &w.units[unit],
+                            JobRequest {
+                                scenario: s.0.clone(),
+                                sql,
+                                modules: modules.clone(),
+                            },
+                        ));
+                        if let Ok(job) = job
+                            && job.state == "succeeded"
+                        {
+                            let state = w.platform.get_scenario(&w.admin, &s.0).unwrap().state;
+                            prop_assert_eq!(
+                                state,
+                                tidegate_policy::ScenarioState::Active,
+                                "a job ran in a scenario that is not active"
+                            );
+                            prop_assert_eq!(unit, s.1, "a job ran in another org's scenario");
+                            prop_assert!(
+                                s.2.contains(col),
+                                "a job read {} outside the grant {:?}",
+                                col,
+                                s.2
+                            );
+                            for m in &modules {
+                                prop_assert!(
+                                    approved.contains(&(s.0.clone(), m.clone())),
+                                    "module {} ran without approval",
+                                    m
+                                );
+                            }
+                            succeeded += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(succeeded)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn no_job_reads_outside_an_active_grant_of_its_org_or_runs_an_unapproved_module(
+        actions in proptest::collection::vec(action(), 1..25)
+    ) {
+        run(actions)?;
+    }
+}
+
+#[test]
+fn the_model_can_reach_a_successful_job() {
+    let actions = vec![
+        Action::Apply {
+            unit: 0,
+            columns: vec![0],
+        },
+        Action::ApproveAsAdmin(0),
+        Action::ApproveAsProvider(0),
+        Action::Upload {
+            unit: 0,
+            scenario: 0,
+            module: 0,
+        },
+        Action::ApproveModule {
+            scenario: 0,
+            module: 0,
+        },
+        Action::Submit {
+            unit: 0,
+            scenario: 0,
+            column: 0,
+            module: Some(0),
+        },
+        // Refused: the column is not granted; another unit; an unapproved module.
+        Action::Submit {
+            unit: 0,
+            scenario: 0,
+            column: 2,
+            module: None,
+        },
+        Action::Submit {
+            unit: 1,
+            scenario: 0,
+            column: 0,
+            module: None,
+        },
+        Action::Submit {
+            unit: 0,
+            scenario: 0,
+            column: 0,
+            module: Some(1),
+        },
+    ];
+    assert_eq!(run(actions).unwrap(), 1);
+}
