@@ -1430,6 +1430,67 @@ impl Platform {
         Ok(json!({ "certificate": certificate, "signature": signature }))
     }
 
+    /// R-MONITOR: an admin freezes an org with one command (every active scenario of the org
+    /// is suspended and its running jobs cancelled) or lifts the freeze (the scenarios the
+    /// freeze suspended are resumed; one suspended on its own stays so). Returns them.
+    pub fn freeze_org(&self, actor: &Principal, org: &str, freeze: bool) -> Result<Vec<String>> {
+        tidegate_policy::require_role(actor, Role::Admin)?;
+        tidegate_policy::require_training(actor)?;
+        let (from, to, action) = if freeze {
+            ("active", "suspended", "org.freeze")
+        } else {
+            ("suspended", "active", "org.unfreeze")
+        };
+        let mut db = self.db.lock().expect("db");
+        let org = Self::org_id(&db, org)?;
+        let key = format!("frozen:{org}");
+        let changed: Vec<String> = if freeze {
+            db.prepare("SELECT id FROM scenarios WHERE org_id = ?1 AND state = ?2")?
+                .query_map(params![org, from], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?
+        } else {
+            // Only what the freeze suspended: a scenario stopped on its own stays stopped.
+            let stored: Option<String> = db
+                .query_row(
+                    "SELECT value FROM settings WHERE key = ?1",
+                    params![key],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            stored
+                .map(|s| from_json(&s))
+                .transpose()?
+                .unwrap_or_default()
+        };
+        let tx = db.transaction()?;
+        for id in &changed {
+            tx.execute(
+                "UPDATE scenarios SET state = ?2 WHERE id = ?1 AND state = ?3",
+                params![id, to, from],
+            )?;
+        }
+        if freeze {
+            tx.execute(
+                "INSERT INTO settings VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = ?2",
+                params![key, to_json(&changed)],
+            )?;
+        } else {
+            tx.execute("DELETE FROM settings WHERE key = ?1", params![key])?;
+        }
+        self.audit
+            .append(&actor.id, action, &org, json!({ "scenarios": changed }))?;
+        tx.commit()?;
+        if freeze {
+            let running = self.running.lock().expect("running jobs");
+            for id in &changed {
+                for (_, meter) in running.get(id).into_iter().flatten() {
+                    meter.cancel();
+                }
+            }
+        }
+        Ok(changed)
+    }
+
     /// R-SCENARIO: an admin suspends, resumes or revokes a scenario; suspending or revoking
     /// cancels its running jobs at once.
     pub fn change_scenario(

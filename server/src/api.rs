@@ -86,6 +86,22 @@ async fn create_org(
 }
 
 #[derive(Deserialize)]
+struct FreezeBody {
+    freeze: bool,
+}
+
+async fn freeze_org(
+    State(p): State<AppState>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    Json(b): Json<FreezeBody>,
+) -> ApiResult<Value> {
+    let actor = principal(&p, &h)?;
+    let changed = blocking(move || p.freeze_org(&actor, &id, b.freeze)).await?;
+    Ok(Json(json!({ "scenarios": changed })))
+}
+
+#[derive(Deserialize)]
 struct ExitBody {
     reason: String,
 }
@@ -426,6 +442,7 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .route("/v1/public-key", get(public_key))
         .route("/v1/orgs", post(create_org))
         .route("/v1/orgs/{id}/exit", post(exit_org))
+        .route("/v1/orgs/{id}/freeze", post(freeze_org))
         .route("/v1/principals", post(create_principal))
         .route("/v1/principals/{id}/training", post(record_training))
         .route("/v1/datasets", post(import_dataset).get(list_datasets))

@@ -333,6 +333,10 @@ enum OrgCommand {
         #[arg(long)]
         kind: String,
     },
+    /// Freeze an org: every active scenario is suspended and its running jobs cancelled.
+    Freeze { org: String },
+    /// Lift a freeze: the scenarios it suspended run again.
+    Unfreeze { org: String },
     /// End an org's authorization: revoke, close tokens, destroy its results and modules,
     /// and print the signed exit certificate.
     Exit {
@@ -630,6 +634,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Org { command, remote } => match command {
             OrgCommand::Create { name, kind } => print(&remote.client()?.create_org(&name, &kind)?),
+            OrgCommand::Freeze { org } => print(&remote.client()?.freeze_org(&org, true)?),
+            OrgCommand::Unfreeze { org } => print(&remote.client()?.freeze_org(&org, false)?),
             OrgCommand::Exit { org, reason } => print(&remote.client()?.exit_org(&org, &reason)?),
         },
         Command::Principal { command, remote } => match command {

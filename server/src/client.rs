@@ -99,6 +99,15 @@ impl Client {
         )
     }
 
+    /// Freezes an org (every active scenario suspended, jobs cancelled) or lifts it (admin).
+    pub fn freeze_org(&self, org: &str, freeze: bool) -> Result<Value> {
+        self.ok(
+            "POST",
+            &format!("/v1/orgs/{org}/freeze"),
+            Some(&json!({ "freeze": freeze })),
+        )
+    }
+
     /// Ends an org's authorization (admin); returns the signed exit certificate.
     pub fn exit_org(&self, org: &str, reason: &str) -> Result<Value> {
         self.ok(

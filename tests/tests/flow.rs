@@ -1136,3 +1136,59 @@ fn a_suspended_scenario_exports_nothing_even_after_approval() {
         .download_bundle(eid, dir.path())
         .unwrap();
 }
+
+#[test]
+fn freezing_an_org_stops_all_its_scenarios_and_unfreezing_restores_them() {
+    let (env, sid, _) = active_scenario();
+    let frozen = env
+        .world
+        .admin
+        .freeze_org(&env.world.operator_org, true)
+        .unwrap();
+    assert_eq!(frozen["scenarios"], serde_json::json!([sid]));
+    let refused = env.world.scientist.submit_job(
+        &sid,
+        "SELECT spot, count(*) FROM visits GROUP BY spot",
+        &[],
+    );
+    assert!(refused.unwrap_err().to_string().contains("suspended"));
+    assert!(
+        env.world
+            .scientist
+            .freeze_org(&env.world.operator_org, false)
+            .is_err()
+    );
+    env.world
+        .admin
+        .freeze_org(&env.world.operator_org, false)
+        .unwrap();
+    let j = job(
+        &env,
+        &sid,
+        "SELECT spot, count(*) FROM visits GROUP BY spot",
+        &[],
+    );
+    assert_eq!(j["state"], "succeeded");
+}
+
+#[test]
+fn lifting_a_freeze_leaves_a_scenario_stopped_on_its_own_stopped() {
+    let (env, sid, _) = active_scenario();
+    env.world.admin.change_scenario(&sid, "suspend").unwrap();
+    let frozen = env
+        .world
+        .admin
+        .freeze_org(&env.world.operator_org, true)
+        .unwrap();
+    assert_eq!(frozen["scenarios"], serde_json::json!([]));
+    env.world
+        .admin
+        .freeze_org(&env.world.operator_org, false)
+        .unwrap();
+    let s = env
+        .world
+        .admin
+        .ok("GET", &format!("/v1/scenarios/{sid}"), None)
+        .unwrap();
+    assert_eq!(s["state"], "suspended");
+}
