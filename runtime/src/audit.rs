@@ -94,6 +94,15 @@ fn checkpoint_message(seq: u64, head: &str) -> Vec<u8> {
     format!("tidegate-audit-checkpoint-v1|{seq}|{head}").into_bytes()
 }
 
+fn checkpoint_signed(cp: &Checkpoint, public_key: &[u8]) -> bool {
+    let signature = hex::decode(&cp.signature).unwrap_or_default();
+    crate::crypto::ed25519_verifies(
+        public_key,
+        &checkpoint_message(cp.seq, &cp.head),
+        &signature,
+    )
+}
+
 /// The checkpoints file beside a log.
 pub fn checkpoints_path(log: &Path) -> PathBuf {
     log.with_extension("checkpoints")
@@ -291,20 +300,14 @@ pub fn verify_file(path: &Path, public_key: Option<&[u8]>) -> Result<AuditVerdic
     verdict.checkpoints = checkpoints.len() as u64;
     let hashes = chain_hashes(path, verdict.entries)?;
     for (i, cp) in checkpoints.iter().enumerate() {
-        if let Some(key) = public_key {
-            let ok = ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key)
-                .verify(
-                    &checkpoint_message(cp.seq, &cp.head),
-                    &hex::decode(&cp.signature).unwrap_or_default(),
-                )
-                .is_ok();
-            if !ok {
-                return Err(Error::Integrity(format!(
-                    "audit checkpoint {} (entry {}) has no valid signature of this platform",
-                    i + 1,
-                    cp.seq
-                )));
-            }
+        if let Some(key) = public_key
+            && !checkpoint_signed(cp, key)
+        {
+            return Err(Error::Integrity(format!(
+                "audit checkpoint {} (entry {}) has no valid signature of this platform",
+                i + 1,
+                cp.seq
+            )));
         }
         let problem = if cp.seq > verdict.entries {
             Some((
@@ -479,16 +482,13 @@ pub fn verify_slice(slice: &AuditSlice, public_key: Option<&[u8]>) -> Result<(u6
                 cp.seq
             )));
         }
-        if let Some(key) = public_key {
-            let signature = hex::decode(&cp.signature).unwrap_or_default();
-            ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key)
-                .verify(&checkpoint_message(cp.seq, &cp.head), &signature)
-                .map_err(|_| {
-                    Error::Integrity(format!(
-                        "checkpoint {} has no valid signature of this platform",
-                        cp.seq
-                    ))
-                })?;
+        if let Some(key) = public_key
+            && !checkpoint_signed(cp, key)
+        {
+            return Err(Error::Integrity(format!(
+                "checkpoint {} has no valid signature of this platform",
+                cp.seq
+            )));
         }
     }
     Ok((slice.entries.len() as u64, slice.checkpoints.len() as u64))

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
-use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
+use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde_json::Value;
 
 use crate::crypto::{MasterKey, sha256_hex};
@@ -118,14 +118,12 @@ pub fn verify(dir: &Path, public_key: &[u8]) -> Result<Verified> {
     let sig_text = read(SIGNATURE_FILE)?;
     let signature = hex::decode(String::from_utf8_lossy(&sig_text).trim())
         .map_err(|_| Error::Integrity(format!("{SIGNATURE_FILE} is not a hex signature")))?;
-    UnparsedPublicKey::new(&ED25519, &key)
-        .verify(&manifest_bytes, &signature)
-        .map_err(|_| {
-            Error::Integrity(
-                "the manifest's signature does not verify with this public key: the manifest was changed or signed by another platform"
-                    .into(),
-            )
-        })?;
+    if !crate::crypto::ed25519_verifies(&key, &manifest_bytes, &signature) {
+        return Err(Error::Integrity(
+            "the manifest's signature does not verify with this public key: the manifest was changed or signed by another platform"
+                .into(),
+        ));
+    }
     let manifest: Value = serde_json::from_slice(&manifest_bytes)
         .map_err(|_| Error::Integrity("the signed manifest is not JSON".into()))?;
     let files = manifest["files"]

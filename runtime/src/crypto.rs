@@ -36,6 +36,13 @@ pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, data))
 }
 
+/// Whether `signature` is a valid Ed25519 signature of `message` under `public_key` (raw bytes).
+pub(crate) fn ed25519_verifies(public_key: &[u8], message: &[u8], signature: &[u8]) -> bool {
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public_key)
+        .verify(message, signature)
+        .is_ok()
+}
+
 /// The master key: 32 bytes that never live inside the data directory.
 pub struct MasterKey([u8; 32]);
 

@@ -1411,13 +1411,7 @@ impl Platform {
         )?;
         tx.commit()?;
         // Cancel what still runs, then remove the files; the keys are already gone.
-        let running = self.running.lock().expect("running jobs");
-        for sid in &scenarios {
-            for (_, meter) in running.get(sid).into_iter().flatten() {
-                meter.cancel();
-            }
-        }
-        drop(running);
+        self.cancel_jobs(&scenarios);
         for f in files {
             match fs::remove_file(&f) {
                 Ok(()) => {}
@@ -1428,6 +1422,16 @@ impl Platform {
         // Overwritten pages may linger in the WAL until a checkpoint truncates it.
         db.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         Ok(json!({ "certificate": certificate, "signature": signature }))
+    }
+
+    /// Cancels the running jobs of these scenarios: their guests trap at the next epoch tick.
+    fn cancel_jobs(&self, scenarios: &[String]) {
+        let running = self.running.lock().expect("running jobs");
+        for id in scenarios {
+            for (_, meter) in running.get(id).into_iter().flatten() {
+                meter.cancel();
+            }
+        }
     }
 
     /// R-MONITOR: an admin freezes an org with one command (every active scenario of the org
@@ -1481,12 +1485,7 @@ impl Platform {
             .append(&actor.id, action, &org, json!({ "scenarios": changed }))?;
         tx.commit()?;
         if freeze {
-            let running = self.running.lock().expect("running jobs");
-            for id in &changed {
-                for (_, meter) in running.get(id).into_iter().flatten() {
-                    meter.cancel();
-                }
-            }
+            self.cancel_jobs(&changed);
         }
         Ok(changed)
     }
@@ -1516,16 +1515,7 @@ impl Platform {
             )?;
             tx.commit()?;
             if next != ScenarioState::Active {
-                for (_, meter) in self
-                    .running
-                    .lock()
-                    .expect("running jobs")
-                    .get(id)
-                    .into_iter()
-                    .flatten()
-                {
-                    meter.cancel();
-                }
+                self.cancel_jobs(&[id.to_string()]);
             }
         }
         self.get_scenario(actor, id)
@@ -2628,12 +2618,7 @@ impl Platform {
             json!({ "changes": changes }),
         )?;
         tx.commit()?;
-        let running = self.running.lock().expect("running jobs");
-        for id in cancel {
-            for (_, meter) in running.get(&id).into_iter().flatten() {
-                meter.cancel();
-            }
-        }
+        self.cancel_jobs(&cancel);
         Ok(answer)
     }
 
@@ -2664,9 +2649,13 @@ pub fn verify_certificate(
     let body = serde_json::to_vec(certificate)?;
     let signature = hex::decode(signature_hex)
         .map_err(|_| Error::Integrity("the signature is not hex".into()))?;
-    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public_key)
-        .verify(&body, &signature)
-        .map_err(|_| Error::Integrity("the certificate's signature does not verify".into()))
+    if crate::crypto::ed25519_verifies(public_key, &body, &signature) {
+        Ok(())
+    } else {
+        Err(Error::Integrity(
+            "the certificate's signature does not verify".into(),
+        ))
+    }
 }
 
 // ----- Table helpers -----
