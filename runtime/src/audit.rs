@@ -561,8 +561,8 @@ mod tests {
         assert_eq!(verify_file(&path, None).unwrap().first_bad, None);
     }
 
-    #[test]
-    fn signed_checkpoints_catch_truncation_and_forged_signatures() {
+    /// A fresh log whose checkpoints are signed with a new key; returns its public key too.
+    fn signed_log() -> (tempfile::TempDir, PathBuf, AuditLog, Vec<u8>) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
         let pkcs8 =
@@ -575,6 +575,12 @@ mod tests {
         let log = AuditLog::open(&path)
             .unwrap()
             .with_signer(Box::new(move |m| pair.sign(m).as_ref().to_vec()));
+        (dir, path, log, public)
+    }
+
+    #[test]
+    fn signed_checkpoints_catch_truncation_and_forged_signatures() {
+        let (_dir, path, log, public) = signed_log();
         for i in 0..250 {
             log.append("p", "test.step", &format!("o_{i}"), json!({}))
                 .unwrap();
@@ -604,18 +610,7 @@ mod tests {
 
     #[test]
     fn an_exported_slice_verifies_offline_and_a_changed_one_does_not() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("audit.log");
-        let pkcs8 =
-            ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
-                .unwrap();
-        let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
-        let public = ring::signature::KeyPair::public_key(&pair)
-            .as_ref()
-            .to_vec();
-        let log = AuditLog::open(&path)
-            .unwrap()
-            .with_signer(Box::new(move |m| pair.sign(m).as_ref().to_vec()));
+        let (_dir, path, log, public) = signed_log();
         for i in 0..150 {
             log.append("p", "test.step", &format!("o_{i}"), json!({ "i": i }))
                 .unwrap();

@@ -97,13 +97,7 @@ fn dataset_scan_proposes_tags_before_import() {
 
 #[test]
 fn an_auditor_exports_a_slice_and_verifies_it_offline() {
-    let dir = tempfile::tempdir().unwrap();
-    let outcome = tidegate_server::run_demo(&tidegate_server::DemoOptions {
-        data_dir: Some(dir.path().to_path_buf()),
-        rows: 1_000,
-        quiet: true,
-    })
-    .unwrap();
+    let (dir, outcome) = small_demo();
     let data = outcome.data_dir.to_str().unwrap();
     let slice = dir.path().join("slice.json");
     let key = outcome.public_key.to_str().unwrap();
@@ -154,13 +148,7 @@ fn an_auditor_exports_a_slice_and_verifies_it_offline() {
 
 #[test]
 fn rotating_the_master_key_keeps_every_object_readable_with_the_new_key_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let outcome = tidegate_server::run_demo(&tidegate_server::DemoOptions {
-        data_dir: Some(dir.path().to_path_buf()),
-        rows: 1_000,
-        quiet: true,
-    })
-    .unwrap();
+    let (dir, outcome) = small_demo();
     let data = outcome.data_dir.to_str().unwrap();
     let old = outcome.master_key.to_str().unwrap();
     let new = dir.path().join("keys/next.key");
@@ -196,4 +184,16 @@ fn rotating_the_master_key_keeps_every_object_readable_with_the_new_key_only() {
         tidegate(&["audit", "verify", "--data-dir", data]),
         ExitCode::SUCCESS
     );
+}
+
+/// A quiet demo over 1,000 rows in a fresh directory.
+fn small_demo() -> (tempfile::TempDir, tidegate_server::DemoOutcome) {
+    let dir = tempfile::tempdir().unwrap();
+    let outcome = tidegate_server::run_demo(&tidegate_server::DemoOptions {
+        data_dir: Some(dir.path().to_path_buf()),
+        rows: 1_000,
+        quiet: true,
+    })
+    .unwrap();
+    (dir, outcome)
 }
