@@ -17,11 +17,12 @@ pub use gate::{
     default_threshold, is_allowed_aggregate,
 };
 pub use model::{
-    ColumnSpec, ColumnTag, DataType, Level, Origin, Principal, Role, ScenarioState, parse_tags,
+    ColumnSpec, ColumnTag, DataType, ExportRules, Level, Masking, Origin, Principal, Role,
+    ScenarioState, parse_tags,
 };
 pub use rules::{
     Refusal, ScenarioApprovals, can_apply_for_scenario, can_approve_module, can_approve_scenario,
-    can_change_scenario, can_import, can_import_social, can_request_export, can_review_export,
-    can_run_job, can_upload_module, require_role, require_training, required_export_approvals,
-    scenario_state,
+    can_change_scenario, can_import, can_import_social, can_repin_grant, can_request_export,
+    can_review_export, can_run_job, can_submit_scenario, can_upload_module, require_role,
+    require_training, required_export_approvals, scenario_state, validate_export_rules,
 };

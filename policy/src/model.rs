@@ -212,21 +212,27 @@ impl ColumnSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ScenarioState {
+    /// Written by its org, not yet submitted: nobody is asked to approve it.
+    Draft,
     PendingApprovals,
     Active,
     Suspended,
     Expired,
     Revoked,
+    /// Its org left the domain (R-EXIT); final.
+    Exited,
 }
 
 impl ScenarioState {
     pub fn as_str(self) -> &'static str {
         match self {
+            ScenarioState::Draft => "draft",
             ScenarioState::PendingApprovals => "pending_approvals",
             ScenarioState::Active => "active",
             ScenarioState::Suspended => "suspended",
             ScenarioState::Expired => "expired",
             ScenarioState::Revoked => "revoked",
+            ScenarioState::Exited => "exited",
         }
     }
 }
@@ -235,14 +241,55 @@ impl FromStr for ScenarioState {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
+            "draft" => Ok(ScenarioState::Draft),
             "pending_approvals" => Ok(ScenarioState::PendingApprovals),
             "active" => Ok(ScenarioState::Active),
             "suspended" => Ok(ScenarioState::Suspended),
             "expired" => Ok(ScenarioState::Expired),
             "revoked" => Ok(ScenarioState::Revoked),
+            "exited" => Ok(ScenarioState::Exited),
             _ => Err(format!("unknown scenario state `{s}`")),
         }
     }
+}
+
+/// How the gate desensitizes one output column before release (R-GATE 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Masking {
+    /// The default mask of DOMAIN.md section 3 for the type detected in each value; a value
+    /// of no detected type is starred out whole.
+    Mask,
+    /// The value is replaced by `***`.
+    Redact,
+}
+
+impl FromStr for Masking {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "mask" => Ok(Masking::Mask),
+            "redact" => Ok(Masking::Redact),
+            _ => Err(format!("unknown masking `{s}`: expected mask or redact")),
+        }
+    }
+}
+
+/// A scenario's export rules besides its threshold k (R-SCENARIO): masking by output column,
+/// a differential privacy budget, and size limits tighter than the platform's.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportRules {
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub masking: std::collections::BTreeMap<String, Masking>,
+    /// Total epsilon the scenario may spend on noisy releases; none means no differential
+    /// privacy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privacy_budget: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rows: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
 }
 
 /// An authenticated principal as the policy sees it.

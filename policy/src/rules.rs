@@ -1,11 +1,11 @@
 //! Authorization decisions: roles, training, scenario approvals and terms, separation of duties.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use time::Date;
 
-use crate::model::{Level, Principal, Role, ScenarioState};
+use crate::model::{ExportRules, Level, Principal, Role, ScenarioState};
 
 /// A decision to refuse, with a reason the user can act on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -81,26 +81,53 @@ pub fn can_apply_for_scenario(p: &Principal) -> Result<(), Refusal> {
     require_training(p)
 }
 
+/// R-SCENARIO: a trained scientist of the scenario's org submits its draft for approval.
+pub fn can_submit_scenario(
+    p: &Principal,
+    scenario_org: &str,
+    state: ScenarioState,
+) -> Result<(), Refusal> {
+    require_role(p, Role::Scientist)?;
+    require_training(p)?;
+    require_member(p, scenario_org)?;
+    if state != ScenarioState::Draft {
+        return refuse(format!(
+            "the scenario is {}; only a draft is submitted",
+            state.as_str()
+        ));
+    }
+    Ok(())
+}
+
 /// Who has approved a scenario so far, against who must.
 #[derive(Debug, Clone, Default)]
 pub struct ScenarioApprovals {
-    /// Orgs of the providers whose datasets the scenario requests.
-    pub required_provider_orgs: BTreeSet<String>,
+    /// The orgs whose approval the scenario needs besides the admin's, each with why: the
+    /// provider of a requested dataset, or an approver a dataset names (data returned from
+    /// the province, say).
+    pub required_orgs: BTreeMap<String, BTreeSet<String>>,
     pub admin_approved: bool,
-    pub provider_orgs_approved: BTreeSet<String>,
+    pub orgs_approved: BTreeSet<String>,
 }
 
 impl ScenarioApprovals {
+    pub fn require(&mut self, org: &str, why: String) {
+        self.required_orgs
+            .entry(org.to_string())
+            .or_default()
+            .insert(why);
+    }
+
     pub fn missing(&self) -> Vec<String> {
         let mut missing = Vec::new();
         if !self.admin_approved {
             missing.push("an admin".to_string());
         }
-        for org in self
-            .required_provider_orgs
-            .difference(&self.provider_orgs_approved)
-        {
-            missing.push(format!("the provider org {org}"));
+        for (org, why) in &self.required_orgs {
+            if !self.orgs_approved.contains(org) {
+                let why: Vec<&str> = why.iter().map(String::as_str).collect();
+                missing.push(format!("the org {org} ({})", why.join("; ")));
+            }
         }
         missing
     }
@@ -110,8 +137,8 @@ impl ScenarioApprovals {
     }
 }
 
-/// What an approval by `p` counts as: `Ok(true)` for the admin's approval, `Ok(false)` for a
-/// provider's approval on behalf of their org.
+/// R-SCENARIO: an admin, or a provider of an org whose approval is required, approves a
+/// pending scenario once. Returns whether the approval is the admin's.
 pub fn can_approve_scenario(
     p: &Principal,
     approvals: &ScenarioApprovals,
@@ -127,15 +154,79 @@ pub fn can_approve_scenario(
     if p.has_role(Role::Admin) && !approvals.admin_approved {
         return Ok(true);
     }
-    if p.has_role(Role::Provider) && approvals.required_provider_orgs.contains(&p.org) {
-        if approvals.provider_orgs_approved.contains(&p.org) {
-            return refuse(format!("the provider org {} has already approved", p.org));
+    if p.has_role(Role::Provider) && approvals.required_orgs.contains_key(&p.org) {
+        if approvals.orgs_approved.contains(&p.org) {
+            return refuse(format!("the org {} has already approved", p.org));
         }
         return Ok(false);
     }
     refuse(
-        "only an admin or a provider of a requested dataset can approve this scenario, once each",
+        "only an admin, or a provider of an org the scenario's datasets require, approves this scenario, once each",
     )
+}
+
+/// A scenario's grant is pinned to the dataset version current when it was approved. The
+/// provider of the dataset moves it to a newer version: a new import reaches a running
+/// authorization only by the provider's decision.
+pub fn can_repin_grant(
+    p: &Principal,
+    dataset_org: &str,
+    state: ScenarioState,
+) -> Result<(), Refusal> {
+    require_role(p, Role::Provider)?;
+    require_training(p)?;
+    if p.org != dataset_org {
+        return refuse("only the dataset's provider org moves a grant to a newer version");
+    }
+    match state {
+        ScenarioState::Active | ScenarioState::Suspended => Ok(()),
+        other => refuse(format!(
+            "the scenario is {}; only an active or suspended scenario's grants move",
+            other.as_str()
+        )),
+    }
+}
+
+/// R-SCENARIO: export rules are usable as asked. `platform_max_rows` and `platform_max_bytes`
+/// are the platform's own caps; a scenario may only tighten them.
+pub fn validate_export_rules(
+    rules: &ExportRules,
+    platform_max_rows: u64,
+    platform_max_bytes: u64,
+) -> Result<(), Refusal> {
+    if let Some(eps) = rules.privacy_budget
+        && !(eps.is_finite() && eps > 0.0)
+    {
+        return refuse("the privacy budget (epsilon) must be a positive, finite number");
+    }
+    match rules.max_rows {
+        Some(0) => return refuse("max_rows must be at least 1"),
+        Some(n) if n > platform_max_rows => {
+            return refuse(format!(
+                "max_rows {n} is above the platform's limit of {platform_max_rows}"
+            ));
+        }
+        _ => {}
+    }
+    match rules.max_bytes {
+        Some(0) => return refuse("max_bytes must be at least 1"),
+        Some(n) if n > platform_max_bytes => {
+            return refuse(format!(
+                "max_bytes {n} is above the platform's limit of {platform_max_bytes}"
+            ));
+        }
+        _ => {}
+    }
+    if let Some(column) = rules
+        .masking
+        .keys()
+        .find(|c| c.is_empty() || c.starts_with("__tg"))
+    {
+        return refuse(format!(
+            "`{column}` is not an output column that can be masked"
+        ));
+    }
+    Ok(())
 }
 
 /// R-SCENARIO: an admin suspends (risk stop), resumes or revokes a scenario. Returns the new
@@ -150,12 +241,16 @@ pub fn can_change_scenario(
     match (action, current) {
         ("suspend", ScenarioState::Active) => Ok(ScenarioState::Suspended),
         ("resume", ScenarioState::Suspended) => Ok(ScenarioState::Active),
-        ("revoke", ScenarioState::Revoked | ScenarioState::Expired) => {
+        ("revoke", ScenarioState::Revoked | ScenarioState::Expired | ScenarioState::Exited) => {
             refuse(format!("the scenario is already {}", current.as_str()))
         }
         ("revoke", _) => Ok(ScenarioState::Revoked),
-        ("suspend" | "resume", _) => refuse(format!(
-            "a scenario that is {} cannot be {action}d",
+        ("suspend", _) => refuse(format!(
+            "a scenario that is {} cannot be suspended",
+            current.as_str()
+        )),
+        ("resume", _) => refuse(format!(
+            "a scenario that is {} cannot be resumed",
             current.as_str()
         )),
         _ => refuse("the action is suspend, resume or revoke"),
@@ -371,6 +466,46 @@ mod tests {
                 can_approve_module(&insider_reviewer, "unit"),
                 "refuse: a reviewer cannot review a module uploaded by their own org",
             ),
+            (
+                "member submits a draft",
+                can_submit_scenario(&scientist, "unit", ScenarioState::Draft),
+                "allow",
+            ),
+            (
+                "another org submits a draft",
+                can_submit_scenario(&outsider, "unit", ScenarioState::Draft),
+                "refuse: the scenario belongs to another org",
+            ),
+            (
+                "a submitted scenario is submitted again",
+                can_submit_scenario(&scientist, "unit", ScenarioState::PendingApprovals),
+                "refuse: the scenario is pending_approvals; only a draft is submitted",
+            ),
+            (
+                "a draft runs nothing",
+                can_run_job(&scientist, "unit", ScenarioState::Draft, &[]),
+                "refuse: the scenario is draft; only an active scenario within its term runs jobs and exports",
+            ),
+            (
+                "an exited org's scenario exports nothing",
+                can_request_export(&scientist, "unit", ScenarioState::Exited),
+                "refuse: the scenario is exited; only an active scenario within its term runs jobs and exports",
+            ),
+            (
+                "the provider moves its grant to a new version",
+                can_repin_grant(&provider, "bureau", active),
+                "allow",
+            ),
+            (
+                "another provider moves the grant",
+                can_repin_grant(&p("q", "health", &[Role::Provider], true), "bureau", active),
+                "refuse: only the dataset's provider org moves a grant to a newer version",
+            ),
+            (
+                "a grant of a revoked scenario moves",
+                can_repin_grant(&provider, "bureau", ScenarioState::Revoked),
+                "refuse: the scenario is revoked; only an active or suspended scenario's grants move",
+            ),
         ];
         for (what, got, expected) in cases {
             assert_eq!(verdict(got), expected, "{what}");
@@ -379,16 +514,16 @@ mod tests {
 
     #[test]
     fn a_scenario_activates_after_the_admin_and_every_provider() {
-        let mut a = ScenarioApprovals {
-            required_provider_orgs: ["bureau".to_string(), "health".to_string()].into(),
-            ..Default::default()
-        };
+        let mut a = ScenarioApprovals::default();
+        a.require("bureau", "provider of visits".into());
+        a.require("health", "provider of clinics".into());
+        a.require("health", "named approver of visits".into());
         assert_eq!(
             a.missing(),
             vec![
                 "an admin",
-                "the provider org bureau",
-                "the provider org health"
+                "the org bureau (provider of visits)",
+                "the org health (named approver of visits; provider of clinics)"
             ]
         );
         let admin = p("a", "authority", &[Role::Admin], true);
@@ -402,9 +537,11 @@ mod tests {
             can_approve_scenario(&bureau, &a, ScenarioState::PendingApprovals),
             Ok(false)
         );
-        a.provider_orgs_approved.insert("bureau".into());
+        a.orgs_approved.insert("bureau".into());
         assert!(can_approve_scenario(&bureau, &a, ScenarioState::PendingApprovals).is_err());
-        a.provider_orgs_approved.insert("health".into());
+        let stranger = p("x", "elsewhere", &[Role::Provider], true);
+        assert!(can_approve_scenario(&stranger, &a, ScenarioState::PendingApprovals).is_err());
+        a.orgs_approved.insert("health".into());
         assert!(a.complete());
     }
 
@@ -422,6 +559,78 @@ mod tests {
         assert_eq!(s(date!(2026 - 06 - 01)), ScenarioState::Active);
         assert_eq!(s(date!(2027 - 01 - 01)), ScenarioState::Expired);
         assert_eq!(s(date!(2025 - 12 - 31)), ScenarioState::PendingApprovals);
+    }
+
+    #[test]
+    fn how_an_admin_moves_a_scenario_through_its_lifecycle() {
+        let admin = p("a", "authority", &[Role::Admin], true);
+        let scientist = p("s1", "unit", &[Role::Scientist], true);
+        use ScenarioState::*;
+        let cases = [
+            (Active, "suspend", Ok(Suspended)),
+            (Suspended, "resume", Ok(Active)),
+            (Draft, "revoke", Ok(Revoked)),
+            (PendingApprovals, "revoke", Ok(Revoked)),
+            (Suspended, "revoke", Ok(Revoked)),
+            (Exited, "revoke", Err("the scenario is already exited")),
+            (Expired, "revoke", Err("the scenario is already expired")),
+            (
+                Draft,
+                "suspend",
+                Err("a scenario that is draft cannot be suspended"),
+            ),
+            (
+                Exited,
+                "resume",
+                Err("a scenario that is exited cannot be resumed"),
+            ),
+            (
+                Active,
+                "approve",
+                Err("the action is suspend, resume or revoke"),
+            ),
+        ];
+        for (from, action, expected) in cases {
+            let got = can_change_scenario(&admin, from, action).map_err(|r| r.reason);
+            assert_eq!(
+                got,
+                expected.map_err(String::from),
+                "{action} from {from:?}"
+            );
+        }
+        assert!(can_change_scenario(&scientist, Active, "suspend").is_err());
+    }
+
+    #[test]
+    fn export_rules_only_tighten_what_the_platform_allows() {
+        let rules = |json: &str| -> ExportRules { serde_json::from_str(json).unwrap() };
+        let check = |r: &ExportRules| validate_export_rules(r, 1000, 1 << 20).map_err(|e| e.reason);
+        assert_eq!(
+            check(&rules(r#"{"privacy_budget": 1.5, "max_rows": 100}"#)),
+            Ok(())
+        );
+        assert_eq!(
+            check(&rules(r#"{"privacy_budget": 0}"#)),
+            Err("the privacy budget (epsilon) must be a positive, finite number".into())
+        );
+        assert_eq!(
+            check(&rules(r#"{"privacy_budget": -1}"#)),
+            Err("the privacy budget (epsilon) must be a positive, finite number".into())
+        );
+        assert_eq!(
+            check(&rules(r#"{"max_rows": 5000}"#)),
+            Err("max_rows 5000 is above the platform's limit of 1000".into())
+        );
+        assert_eq!(
+            check(&rules(r#"{"max_bytes": 0}"#)),
+            Err("max_bytes must be at least 1".into())
+        );
+        assert_eq!(
+            check(&rules(r#"{"masking": {"__tg_entity": "redact"}}"#)),
+            Err("`__tg_entity` is not an output column that can be masked".into())
+        );
+        assert!(serde_json::from_str::<ExportRules>(r#"{"masking": {"m": "hash"}}"#).is_err());
+        assert!(serde_json::from_str::<ExportRules>(r#"{"k_anonymity": 5}"#).is_err());
     }
 
     #[test]

@@ -4,8 +4,11 @@
 use arrow::array::{Array, AsArray, BooleanArray, Int64Array, RecordBatch};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, Float64Type, Int32Type, Int64Type, Schema};
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use tidegate_policy::{CheckOutcome, GateReport, Level, QueryShape, check_shape, scan_value};
+use tidegate_policy::{
+    CheckOutcome, GateReport, Level, Masking, QueryShape, check_shape, mask, scan_value,
+};
 
 use crate::error::{Error, Result};
 use crate::job::{NULL_SUBJECT_COLUMN, SUBJECTS_COLUMN};
@@ -20,6 +23,10 @@ pub struct GateInput<'a> {
     pub provenance: CheckOutcome,
     pub max_rows: u64,
     pub max_bytes: u64,
+    /// The scenario's masking by output column (R-GATE 5).
+    pub masking: &'a BTreeMap<String, Masking>,
+    /// The scenario's differential privacy budget, when it enables differential privacy.
+    pub privacy_budget: Option<f64>,
 }
 
 /// The report, and the result as it would be released (suppressed groups and hidden columns
@@ -56,7 +63,7 @@ pub fn evaluate(input: &GateInput<'_>, batches: &[RecordBatch]) -> Result<GateOu
         } else {
             batch.clone()
         };
-        released.push(drop_hidden(&kept)?);
+        released.push(apply_masking(&drop_hidden(&kept)?, input.masking)?);
     }
     if input.shape.aggregated {
         report.push(
@@ -75,6 +82,19 @@ pub fn evaluate(input: &GateInput<'_>, batches: &[RecordBatch]) -> Result<GateOu
     report.rows_released = released.iter().map(|b| b.num_rows() as u64).sum();
 
     report.push("identifiers", scan_identifiers(&released));
+    report.push(
+        "desensitization",
+        describe_masking(&released, input.masking),
+    );
+    if let Some(epsilon) = input.privacy_budget {
+        // Fail closed: a scenario that asked for noise never gets a release without it.
+        report.push(
+            "privacy budget",
+            CheckOutcome::Fail(format!(
+                "the scenario enables differential privacy (budget epsilon = {epsilon}); noisy release is not available on this platform yet, so nothing is released"
+            )),
+        );
+    }
 
     let csv = to_csv(&released)?;
     let size = if report.rows_released > input.max_rows || csv.len() as u64 > input.max_bytes {
@@ -132,6 +152,80 @@ fn drop_hidden(batch: &RecordBatch) -> Result<RecordBatch> {
     batch
         .project(&keep)
         .map_err(|e| Error::Internal(format!("projection: {e}")))
+}
+
+/// R-GATE 5: the scenario's masking, applied before the scan so that a masked column passes.
+/// A masked column becomes text.
+fn apply_masking(batch: &RecordBatch, masking: &BTreeMap<String, Masking>) -> Result<RecordBatch> {
+    if masking.is_empty() {
+        return Ok(batch.clone());
+    }
+    let schema = batch.schema();
+    let mut fields = Vec::with_capacity(schema.fields().len());
+    let mut columns = Vec::with_capacity(schema.fields().len());
+    for (field, column) in schema.fields().iter().zip(batch.columns()) {
+        let Some(rule) = masking.get(field.name()) else {
+            fields.push(field.as_ref().clone());
+            columns.push(Arc::clone(column));
+            continue;
+        };
+        let text = arrow::compute::cast(column, &DataType::Utf8)
+            .map_err(|e| Error::Internal(format!("masking {}: {e}", field.name())))?;
+        let masked: arrow::array::StringArray = text
+            .as_string::<i32>()
+            .iter()
+            .map(|v| v.map(|v| mask_value(*rule, v)))
+            .collect();
+        fields.push(arrow::datatypes::Field::new(
+            field.name(),
+            DataType::Utf8,
+            true,
+        ));
+        columns.push(Arc::new(masked) as arrow::array::ArrayRef);
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+        .map_err(|e| Error::Internal(format!("masking: {e}")))
+}
+
+fn mask_value(rule: Masking, value: &str) -> String {
+    match rule {
+        Masking::Redact => "***".to_string(),
+        Masking::Mask => match scan_value(value).first() {
+            Some(d) => mask(d.kind, value),
+            None => "*".repeat(value.chars().count()),
+        },
+    }
+}
+
+fn describe_masking(batches: &[RecordBatch], masking: &BTreeMap<String, Masking>) -> CheckOutcome {
+    if masking.is_empty() {
+        return CheckOutcome::Pass("the scenario names no masking".into());
+    }
+    let names: Vec<String> = batches
+        .first()
+        .map(|b| {
+            b.schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    let parts: Vec<String> = masking
+        .iter()
+        .map(|(column, rule)| {
+            let rule = match rule {
+                Masking::Mask => "mask",
+                Masking::Redact => "redact",
+            };
+            if names.contains(column) {
+                format!("`{column}`: {rule} applied")
+            } else {
+                format!("`{column}`: {rule} (not in this result)")
+            }
+        })
+        .collect();
+    CheckOutcome::Pass(parts.join("; "))
 }
 
 /// R-GATE 4: no value in the output is a sensitive data type. The report names the column
@@ -244,6 +338,14 @@ mod tests {
     }
 
     fn run(batch: RecordBatch) -> GateOutcome {
+        run_with(batch, &BTreeMap::new(), None)
+    }
+
+    fn run_with(
+        batch: RecordBatch,
+        masking: &BTreeMap<String, Masking>,
+        privacy_budget: Option<f64>,
+    ) -> GateOutcome {
         let shape = shape();
         let input = GateInput {
             level: Level::L2,
@@ -252,8 +354,41 @@ mod tests {
             provenance: CheckOutcome::Pass("ok".into()),
             max_rows: 100,
             max_bytes: 1 << 20,
+            masking,
+            privacy_budget,
         };
         evaluate(&input, &[batch]).unwrap()
+    }
+
+    #[test]
+    fn the_scenarios_masking_is_applied_before_the_identifier_scan() {
+        let masking: BTreeMap<String, Masking> = [("spot".to_string(), Masking::Mask)].into();
+        let out = run_with(
+            result(&["13812345678", "West Lake"], &[20, 30]),
+            &masking,
+            None,
+        );
+        assert!(out.report.passed(), "{:?}", out.report);
+        assert_eq!(
+            String::from_utf8(out.csv).unwrap(),
+            "spot\n138****5678\n*********\n"
+        );
+        let redact: BTreeMap<String, Masking> = [("spot".to_string(), Masking::Redact)].into();
+        let out = run_with(result(&["13812345678"], &[20]), &redact, None);
+        assert_eq!(String::from_utf8(out.csv).unwrap(), "spot\n***\n");
+    }
+
+    #[test]
+    fn a_scenario_with_a_privacy_budget_releases_nothing_without_noise() {
+        let out = run_with(result(&["West Lake"], &[20]), &BTreeMap::new(), Some(1.0));
+        assert!(!out.report.passed());
+        let check = out
+            .report
+            .checks
+            .iter()
+            .find(|c| c.name == "privacy budget")
+            .unwrap();
+        assert!(!check.passed);
     }
 
     #[test]

@@ -19,8 +19,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tidegate_policy::{
-    CheckOutcome, ColumnSpec, ColumnTag, DataType, GateReport, Level, Origin, Principal,
-    QueryShape, Role, ScenarioApprovals, ScenarioState, default_threshold,
+    CheckOutcome, ColumnSpec, ColumnTag, DataType, ExportRules, GateReport, Level, Origin,
+    Principal, QueryShape, Role, ScenarioApprovals, ScenarioState, default_threshold,
 };
 use time::Date;
 
@@ -166,6 +166,11 @@ pub struct ImportRequest {
     /// get no tags.
     #[serde(default)]
     pub columns: Vec<ColumnInput>,
+    /// Orgs (names or ids) whose approval every scenario requesting this dataset needs besides
+    /// the admin's and the provider's, e.g. the province for data it returned. A new version
+    /// keeps the list unless the import names one.
+    #[serde(default)]
+    pub approvers: Vec<String>,
     /// The file, base64.
     pub data_base64: String,
 }
@@ -185,6 +190,9 @@ pub struct DatasetView {
     /// Social data awaiting an admin's approval; not usable until approved.
     #[serde(default)]
     pub pending: bool,
+    /// Orgs whose approval a scenario requesting the dataset needs, besides the provider's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -211,6 +219,12 @@ pub struct ScenarioRequest {
     pub k: Option<u64>,
     #[serde(default)]
     pub planned_products: Vec<String>,
+    /// Masking, privacy budget and size limits of the scenario's exports.
+    #[serde(default)]
+    pub export_rules: ExportRules,
+    /// Keep the application as a draft; `submit` asks for approvals later.
+    #[serde(default)]
+    pub draft: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -235,6 +249,8 @@ pub struct ScenarioView {
     pub term_end: String,
     pub k: u64,
     pub planned_products: Vec<String>,
+    #[serde(default)]
+    pub export_rules: ExportRules,
     pub state: ScenarioState,
     pub approvals: Vec<ApprovalView>,
     pub missing_approvals: Vec<String>,
@@ -317,6 +333,7 @@ struct DatasetRow {
     origin: Origin,
     columns: Vec<ColumnSpec>,
     pending: bool,
+    approvers: Vec<String>,
 }
 
 /// A dataset version a job reads, with the columns its scenario grants.
@@ -346,6 +363,7 @@ struct ScenarioRow {
     term_start: Date,
     term_end: Date,
     k: u64,
+    export_rules: ExportRules,
     stored_state: ScenarioState,
     view: ScenarioView,
 }
@@ -371,14 +389,52 @@ impl std::fmt::Debug for Platform {
     }
 }
 
+/// Schema changes after the first schema, in order: `(version, statements)`. A data directory
+/// records the version it is at (`PRAGMA user_version`); opening it applies the missing steps
+/// in one transaction each, so a kill halfway leaves the last complete version.
+const MIGRATIONS: &[(i64, &str)] = &[(
+    2,
+    "ALTER TABLE datasets ADD COLUMN approvers TEXT NOT NULL DEFAULT '[]';
+     ALTER TABLE scenarios ADD COLUMN export_rules TEXT NOT NULL DEFAULT '{}';",
+)];
+
+/// The schema version this build writes.
+const SCHEMA_VERSION: i64 = 2;
+
 fn open_db(path: &Path) -> Result<Connection> {
-    let conn = Connection::open(path)?;
+    let mut conn = Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.pragma_update(None, "secure_delete", "ON")?;
-    conn.execute_batch(SCHEMA)?;
+    migrate(&mut conn)?;
     Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let at: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if at > SCHEMA_VERSION {
+        return Err(Error::Refused(format!(
+            "the data directory is at schema version {at}, written by a newer Tidegate; this one knows up to {SCHEMA_VERSION}"
+        )));
+    }
+    if at == 0 {
+        let tx = conn.transaction()?;
+        tx.execute_batch(SCHEMA)?;
+        tx.pragma_update(None, "user_version", 1)?;
+        tx.commit()?;
+    }
+    for (version, statements) in MIGRATIONS {
+        let at: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if at >= *version {
+            continue;
+        }
+        let tx = conn.transaction()?;
+        tx.execute_batch(statements)?;
+        tx.pragma_update(None, "user_version", version)?;
+        tx.commit()?;
+    }
+    Ok(())
 }
 
 impl Platform {
@@ -847,6 +903,23 @@ impl Platform {
         let content_hash = sha256_hex(&parquet);
 
         let mut db = self.db.lock().expect("db");
+        if social && !req.approvers.is_empty() {
+            return Err(Error::BadInput(
+                "only a provider names further approvers of its data".into(),
+            ));
+        }
+        let mut approvers = Vec::new();
+        for org in &req.approvers {
+            let org = Self::org_id(&db, org)?;
+            if org == actor.org {
+                return Err(Error::BadInput(
+                    "the provider approves its own data's scenarios already".into(),
+                ));
+            }
+            if !approvers.contains(&org) {
+                approvers.push(org);
+            }
+        }
         let existing: Option<(String, String)> = db
             .query_row(
                 "SELECT id, org_id FROM datasets WHERE name = ?1",
@@ -877,7 +950,7 @@ impl Platform {
         let now = crate::now_rfc3339();
         if existing.is_none() {
             tx.execute(
-                "INSERT INTO datasets VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO datasets VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![
                     id,
                     req.name,
@@ -885,7 +958,8 @@ impl Platform {
                     req.level.to_string(),
                     if social { "social-pending" } else { "public" },
                     to_json(&columns),
-                    now
+                    now,
+                    to_json(&approvers)
                 ],
             )?;
         } else {
@@ -893,6 +967,12 @@ impl Platform {
                 "UPDATE datasets SET level = ?2, columns = ?3 WHERE id = ?1",
                 params![id, req.level.to_string(), to_json(&columns)],
             )?;
+            if !approvers.is_empty() {
+                tx.execute(
+                    "UPDATE datasets SET approvers = ?2 WHERE id = ?1",
+                    params![id, to_json(&approvers)],
+                )?;
+            }
         }
         tx.execute(
             "INSERT INTO dataset_versions VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -911,9 +991,10 @@ impl Platform {
             &actor.id,
             "dataset.import",
             &id,
-            json!({ "version": version, "level": req.level, "rows": rows, "content_hash": content_hash }),
+            json!({ "version": version, "level": req.level, "rows": rows, "content_hash": content_hash, "approvers": approvers }),
         )?;
         tx.commit()?;
+        let approvers = Self::dataset_row(&db, &id)?.approvers;
         Ok(DatasetView {
             id,
             name: req.name,
@@ -930,12 +1011,14 @@ impl Platform {
             content_hash,
             quality,
             pending: social,
+            approvers,
         })
     }
 
     fn dataset_row(db: &Connection, name_or_id: &str) -> Result<DatasetRow> {
         db.query_row(
-            "SELECT id, name, org_id, level, origin, columns FROM datasets WHERE id = ?1 OR name = ?1",
+            "SELECT id, name, org_id, level, origin, columns, approvers FROM datasets
+             WHERE id = ?1 OR name = ?1",
             params![name_or_id],
             |r| {
                 Ok((
@@ -945,12 +1028,13 @@ impl Platform {
                     r.get::<_, String>(3)?,
                     r.get::<_, String>(4)?,
                     r.get::<_, String>(5)?,
+                    r.get::<_, String>(6)?,
                 ))
             },
         )
         .optional()?
         .ok_or_else(|| Error::NotFound(format!("dataset {name_or_id}")))
-        .and_then(|(id, name, org, level, origin, columns)| {
+        .and_then(|(id, name, org, level, origin, columns, approvers)| {
             Ok(DatasetRow {
                 id,
                 name,
@@ -963,6 +1047,7 @@ impl Platform {
                 },
                 pending: origin == "social-pending",
                 columns: from_json(&columns)?,
+                approvers: from_json(&approvers)?,
             })
         })
     }
@@ -1037,6 +1122,7 @@ impl Platform {
                     content_hash,
                     quality: from_json(&quality)?,
                     pending: d.pending,
+                    approvers: d.approvers,
                 })
             })
             .collect()
@@ -1055,6 +1141,11 @@ impl Platform {
                 "a scenario names at least one dataset".into(),
             ));
         }
+        tidegate_policy::validate_export_rules(
+            &req.export_rules,
+            EXPORT_MAX_ROWS,
+            EXPORT_MAX_BYTES,
+        )?;
         let id = new_id("sc");
         let mut db = self.db.lock().expect("db");
         let mut level = Level::L1;
@@ -1093,20 +1184,27 @@ impl Platform {
         }
         // The scenario may ask for a stricter threshold, never a weaker one than the default.
         let k = req.k.unwrap_or(0).max(default_threshold(level));
+        let state = if req.draft {
+            ScenarioState::Draft
+        } else {
+            ScenarioState::PendingApprovals
+        };
         let tx = db.transaction()?;
         tx.execute(
-            "INSERT INTO scenarios VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'pending_approvals', ?12, ?13)",
+            "INSERT INTO scenarios VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             params![
                 id, req.name, actor.org, req.key_area, req.purpose, req.public_interest,
                 to_json(&grants), req.term_start, req.term_end, k as i64,
-                to_json(&req.planned_products), actor.id, crate::now_rfc3339()
+                to_json(&req.planned_products), state.as_str(), actor.id, crate::now_rfc3339(),
+                to_json(&req.export_rules)
             ],
         )?;
         self.audit.append(
             &actor.id,
             "scenario.apply",
             &id,
-            json!({ "grants": grants, "term": [req.term_start, req.term_end], "k": k }),
+            json!({ "grants": grants, "term": [req.term_start, req.term_end], "k": k,
+                    "export_rules": req.export_rules, "state": state }),
         )?;
         tx.commit()?;
         drop(db);
@@ -1117,7 +1215,7 @@ impl Platform {
         let row = db
             .query_row(
                 "SELECT id, name, org_id, key_area, purpose, public_interest, grants, term_start,
-                        term_end, k, planned_products, state
+                        term_end, k, planned_products, state, export_rules
                  FROM scenarios WHERE id = ?1",
                 params![id],
                 |r| {
@@ -1141,6 +1239,7 @@ impl Platform {
                             r.get::<_, i64>(9)?,
                             r.get::<_, String>(10)?,
                             r.get::<_, String>(11)?,
+                            r.get::<_, String>(12)?,
                         ),
                     ))
                 },
@@ -1151,8 +1250,9 @@ impl Platform {
             (id, name, org),
             (key_area, purpose, public_interest),
             (grants, ts, te),
-            (k, products, state),
+            (k, products, state, rules),
         ) = row;
+        let export_rules: ExportRules = from_json(&rules)?;
         let grants: Vec<GrantRequest> = from_json(&grants)?;
         let stored_state: ScenarioState = state.parse().map_err(Error::Integrity)?;
         let (term_start, term_end) = (parse_date(&ts)?, parse_date(&te)?);
@@ -1177,6 +1277,7 @@ impl Platform {
             term_end: te,
             k: k as u64,
             planned_products: from_json(&products)?,
+            export_rules: export_rules.clone(),
             state: effective,
             approvals,
             missing_approvals: if stored_state == ScenarioState::PendingApprovals {
@@ -1193,6 +1294,7 @@ impl Platform {
             term_start,
             term_end,
             k: k as u64,
+            export_rules,
             stored_state,
             view,
         })
@@ -1204,12 +1306,15 @@ impl Platform {
         grants: &[GrantRequest],
     ) -> Result<ScenarioApprovals> {
         let mut a = ScenarioApprovals::default();
-        // The provider of each public dataset approves; social data was approved by an admin
-        // when it was imported.
+        // The provider of each public dataset approves, and every org the dataset names; social
+        // data was approved by an admin when it was imported.
         for g in grants {
             let d = Self::dataset_row(db, &g.dataset)?;
             if d.origin == Origin::Public {
-                a.required_provider_orgs.insert(d.org);
+                a.require(&d.org, format!("provider of {}", d.name));
+            }
+            for org in &d.approvers {
+                a.require(org, format!("named approver of {}", d.name));
             }
         }
         let mut stmt =
@@ -1222,7 +1327,7 @@ impl Platform {
             if role == "admin" {
                 a.admin_approved = true;
             } else {
-                a.provider_orgs_approved.insert(org);
+                a.orgs_approved.insert(org);
             }
         }
         Ok(a)
@@ -1238,7 +1343,9 @@ impl Platform {
             return Ok(true);
         }
         for g in &s.grants {
-            if actor.has_role(Role::Provider) && Self::dataset_row(db, &g.dataset)?.org == actor.org
+            let d = Self::dataset_row(db, &g.dataset)?;
+            if actor.has_role(Role::Provider)
+                && (d.org == actor.org || d.approvers.contains(&actor.org))
             {
                 return Ok(true);
             }
@@ -1253,6 +1360,80 @@ impl Platform {
             return Err(Error::NotFound(format!("scenario {id}")));
         }
         Ok(s.view)
+    }
+
+    /// R-SCENARIO: the applying org submits its draft; the approvals it needs are asked for.
+    pub fn submit_scenario(&self, actor: &Principal, id: &str) -> Result<ScenarioView> {
+        {
+            let mut db = self.db.lock().expect("db");
+            let s = Self::scenario_row(&db, id)?;
+            if actor.org != s.org {
+                return Err(Error::NotFound(format!("scenario {id}")));
+            }
+            tidegate_policy::can_submit_scenario(actor, &s.org, s.stored_state)?;
+            let tx = db.transaction()?;
+            tx.execute(
+                "UPDATE scenarios SET state = 'pending_approvals' WHERE id = ?1 AND state = 'draft'",
+                params![id],
+            )?;
+            self.audit
+                .append(&actor.id, "scenario.submit", id, json!({}))?;
+            tx.commit()?;
+        }
+        self.get_scenario(actor, id)
+    }
+
+    /// A grant is pinned to the dataset version current at approval. The dataset's provider
+    /// moves it to the newest version; the granted columns must still exist there.
+    pub fn repin_grant(&self, actor: &Principal, id: &str, dataset: &str) -> Result<ScenarioView> {
+        {
+            let mut db = self.db.lock().expect("db");
+            let s = Self::scenario_row(&db, id)?;
+            if !Self::can_see_scenario(&db, actor, &s)? {
+                return Err(Error::NotFound(format!("scenario {id}")));
+            }
+            let d = Self::dataset_row(&db, dataset)?;
+            let Some(at) = s.grants.iter().position(|g| g.dataset == d.id) else {
+                return Err(Error::BadInput(format!(
+                    "scenario {id} does not grant dataset {}",
+                    d.name
+                )));
+            };
+            tidegate_policy::can_repin_grant(actor, &d.org, s.view.state)?;
+            if let Some(missing) = s.grants[at]
+                .columns
+                .iter()
+                .find(|c| !d.columns.iter().any(|spec| &spec.name == *c))
+            {
+                return Err(Error::Refused(format!(
+                    "the newest version of {} has no column {missing}, which the scenario grants",
+                    d.name
+                )));
+            }
+            let newest = Self::latest_version(&db, &d.id)?.0;
+            let from = s.grants[at].version;
+            if from == Some(newest) {
+                return Err(Error::BadInput(format!(
+                    "the grant is already at version {newest} of {}",
+                    d.name
+                )));
+            }
+            let mut grants = s.grants.clone();
+            grants[at].version = Some(newest);
+            let tx = db.transaction()?;
+            tx.execute(
+                "UPDATE scenarios SET grants = ?2 WHERE id = ?1",
+                params![id, to_json(&grants)],
+            )?;
+            self.audit.append(
+                &actor.id,
+                "scenario.repin",
+                id,
+                json!({ "dataset": d.id, "from": from, "to": newest }),
+            )?;
+            tx.commit()?;
+        }
+        self.get_scenario(actor, id)
     }
 
     /// R-SCENARIO: the admin and the provider of every requested dataset approve; the last
@@ -1270,7 +1451,7 @@ impl Platform {
             if as_admin {
                 approvals.admin_approved = true;
             } else {
-                approvals.provider_orgs_approved.insert(actor.org.clone());
+                approvals.orgs_approved.insert(actor.org.clone());
             }
             let activates = approvals.complete();
             let tx = db.transaction()?;
@@ -1305,7 +1486,7 @@ impl Platform {
         self.get_scenario(actor, id)
     }
 
-    /// R-EXIT: ends an org's authorization. Its scenarios are revoked and their running jobs
+    /// R-EXIT: ends an org's authorization. Its scenarios end as exited and their running jobs
     /// cancelled, its tokens closed, its results, export files and modules destroyed (keys
     /// wiped, files deleted, SQLite pages overwritten and the WAL truncated); the logs stay. The
     /// platform signs an exit certificate listing what was destroyed, with hashes.
@@ -1364,7 +1545,7 @@ impl Platform {
                 params![sid],
             )?;
             tx.execute(
-                "UPDATE scenarios SET state = 'revoked' WHERE id = ?1 AND state != 'revoked'",
+                "UPDATE scenarios SET state = 'exited' WHERE id = ?1",
                 params![sid],
             )?;
         }
@@ -1397,7 +1578,7 @@ impl Platform {
             "org": org,
             "reason": reason,
             "at": now,
-            "scenarios_revoked": scenarios,
+            "scenarios_exited": scenarios,
             "destroyed": destroyed,
             "kept": "audit log and its checkpoints (retention of at least 180 days)",
         });
@@ -1932,8 +2113,10 @@ impl Platform {
                 threshold_k: s.k,
                 shape: &shape,
                 provenance,
-                max_rows: EXPORT_MAX_ROWS,
-                max_bytes: EXPORT_MAX_BYTES,
+                max_rows: s.export_rules.max_rows.unwrap_or(EXPORT_MAX_ROWS),
+                max_bytes: s.export_rules.max_bytes.unwrap_or(EXPORT_MAX_BYTES),
+                masking: &s.export_rules.masking,
+                privacy_budget: s.export_rules.privacy_budget,
             },
             &batches,
         )?;
@@ -2471,7 +2654,7 @@ impl Platform {
             scenarios.push(json!({
                 "id": s.id, "name": s.name, "org": s.org, "state": s.stored_state,
                 "k": s.k, "term_start": s.view.term_start, "term_end": s.view.term_end,
-                "grants": s.grants,
+                "grants": s.grants, "export_rules": s.export_rules,
             }));
         }
         Ok(json!({
@@ -2483,8 +2666,9 @@ impl Platform {
     }
 
     /// Applies a policy document as one new version: price changes, and per scenario its
-    /// threshold k (never below its level's default), the end of its term and its state
-    /// (suspend, resume, revoke). Shows the difference; with `dry_run` changes nothing.
+    /// threshold k (never below its level's default), the end of its term, its state (suspend,
+    /// resume, revoke), its export rules and narrower grants (widening one needs a new
+    /// application and its approvals). Shows the difference; with `dry_run` changes nothing.
     pub fn apply_policy(&self, actor: &Principal, doc: &Value, dry_run: bool) -> Result<Value> {
         tidegate_policy::require_role(actor, Role::Admin)?;
         tidegate_policy::require_training(actor)?;
@@ -2568,6 +2752,36 @@ impl Platform {
                     vec![id.to_string().into(), end.to_string().into()],
                 ));
             }
+            if !wanted["export_rules"].is_null() {
+                let rules: ExportRules = serde_json::from_value(wanted["export_rules"].clone())
+                    .map_err(|e| Error::BadInput(format!("scenario {id}: export_rules: {e}")))?;
+                if rules != s.export_rules {
+                    tidegate_policy::validate_export_rules(
+                        &rules,
+                        EXPORT_MAX_ROWS,
+                        EXPORT_MAX_BYTES,
+                    )
+                    .map_err(|r| Error::Refused(format!("scenario {id}: {r}")))?;
+                    changes.push(json!({ "scenario": id, "export_rules": { "from": s.export_rules, "to": rules } }));
+                    statements.push((
+                        "UPDATE scenarios SET export_rules = ?2 WHERE id = ?1".into(),
+                        vec![id.to_string().into(), to_json(&rules).into()],
+                    ));
+                }
+            }
+            if !wanted["grants"].is_null() {
+                let grants: Vec<GrantRequest> = serde_json::from_value(wanted["grants"].clone())
+                    .map_err(|e| Error::BadInput(format!("scenario {id}: grants: {e}")))?;
+                if let Some(narrowed) = narrowed_grants(id, &s.grants, &grants)? {
+                    changes.push(
+                        json!({ "scenario": id, "grants": { "from": s.grants, "to": narrowed } }),
+                    );
+                    statements.push((
+                        "UPDATE scenarios SET grants = ?2 WHERE id = ?1".into(),
+                        vec![id.to_string().into(), to_json(&narrowed).into()],
+                    ));
+                }
+            }
             if let Some(state) = wanted["state"].as_str()
                 && state != s.stored_state.as_str()
             {
@@ -2641,6 +2855,68 @@ impl Platform {
 }
 
 /// Checks an exit certificate's signature with the platform public key (raw 32 bytes).
+/// The grants a policy document asks for, when they differ from the current ones and only
+/// narrow them: fewer datasets, fewer columns, the same pinned versions. Widening is refused.
+fn narrowed_grants(
+    scenario: &str,
+    current: &[GrantRequest],
+    wanted: &[GrantRequest],
+) -> Result<Option<Vec<GrantRequest>>> {
+    let mut narrowed = Vec::new();
+    for w in wanted {
+        let Some(c) = current.iter().find(|c| c.dataset == w.dataset) else {
+            return Err(Error::Refused(format!(
+                "scenario {scenario}: dataset {} is not granted; widening a grant needs a new application and its approvals",
+                w.dataset
+            )));
+        };
+        if let Some(extra) = w.columns.iter().find(|col| !c.columns.contains(col)) {
+            return Err(Error::Refused(format!(
+                "scenario {scenario}: column {extra} of {} is not granted; widening a grant needs a new application and its approvals",
+                w.dataset
+            )));
+        }
+        if w.version != c.version {
+            return Err(Error::Refused(format!(
+                "scenario {scenario}: the pinned version of {} moves only by its provider (scenario repin)",
+                w.dataset
+            )));
+        }
+        if w.columns.is_empty() {
+            return Err(Error::BadInput(format!(
+                "scenario {scenario}: a grant of {} names no column; drop the dataset instead",
+                w.dataset
+            )));
+        }
+    }
+    // In the current order, so that a reordered document is no change.
+    for c in current {
+        if let Some(w) = wanted.iter().find(|w| w.dataset == c.dataset) {
+            narrowed.push(GrantRequest {
+                dataset: c.dataset.clone(),
+                columns: c
+                    .columns
+                    .iter()
+                    .filter(|col| w.columns.contains(col))
+                    .cloned()
+                    .collect(),
+                version: c.version,
+            });
+        }
+    }
+    if narrowed.is_empty() {
+        return Err(Error::BadInput(format!(
+            "scenario {scenario}: a scenario keeps at least one dataset; revoke it instead"
+        )));
+    }
+    let same = narrowed.len() == current.len()
+        && narrowed
+            .iter()
+            .zip(current)
+            .all(|(n, c)| n.dataset == c.dataset && n.columns == c.columns);
+    Ok((!same).then_some(narrowed))
+}
+
 pub fn verify_certificate(
     certificate: &Value,
     signature_hex: &str,
@@ -2956,6 +3232,52 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_data_directory_of_an_older_schema_is_migrated_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            conn.execute(
+                "INSERT INTO orgs VALUES ('org1', 'bureau', 'provider', 'then')",
+                [],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO datasets VALUES ('ds1', 'visits', 'org1', 'L2', 'public', '[]', 'then')",
+                [],
+            )
+            .unwrap();
+        }
+        let conn = open_db(&path).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let approvers: String = conn
+            .query_row("SELECT approvers FROM datasets WHERE id = 'ds1'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(approvers, "[]");
+        drop(conn);
+        // Opening again changes nothing.
+        drop(open_db(&path).unwrap());
+    }
+
+    #[test]
+    fn a_data_directory_of_a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        let err = open_db(&path).unwrap_err().to_string();
+        assert!(err.contains("written by a newer Tidegate"), "{err}");
+    }
+
+    #[test]
     fn an_action_whose_audit_entry_cannot_be_made_durable_does_not_happen() {
         let dir = tempfile::tempdir().unwrap();
         let (platform, token) = Platform::init(
@@ -3014,6 +3336,7 @@ mod tests {
                     level: Level::L2,
                     format: "csv".into(),
                     columns: vec![],
+                    approvers: vec![],
                     data_base64: base64::engine::general_purpose::STANDARD
                         .encode("a,b\n1,x\n2,y\n"),
                 },

@@ -219,7 +219,27 @@ async fn change_scenario(
     Json(b): Json<StateBody>,
 ) -> ApiResult<Value> {
     let actor = principal(&p, &h)?;
-    let v = blocking(move || p.change_scenario(&actor, &id, &b.action)).await?;
+    let v = blocking(move || match b.action.as_str() {
+        "submit" => p.submit_scenario(&actor, &id),
+        _ => p.change_scenario(&actor, &id, &b.action),
+    })
+    .await?;
+    Ok(Json(serde_json::to_value(v).expect("serializes")))
+}
+
+#[derive(Deserialize)]
+struct RepinBody {
+    dataset: String,
+}
+
+async fn repin_grant(
+    State(p): State<AppState>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    Json(b): Json<RepinBody>,
+) -> ApiResult<Value> {
+    let actor = principal(&p, &h)?;
+    let v = blocking(move || p.repin_grant(&actor, &id, &b.dataset)).await?;
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
 
@@ -451,6 +471,7 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .route("/v1/scenarios/{id}", get(get_scenario))
         .route("/v1/scenarios/{id}/approve", post(approve_scenario))
         .route("/v1/scenarios/{id}/state", post(change_scenario))
+        .route("/v1/scenarios/{id}/repin", post(repin_grant))
         .route("/v1/scenarios/{id}/modules", post(upload_module))
         .route(
             "/v1/scenarios/{id}/modules/{hash}/approve",

@@ -380,6 +380,10 @@ enum DatasetCommand {
         /// NAME:TYPE:TAGS, e.g. resident_id:utf8:pii:resident_id,entity (TYPE may be empty)
         #[arg(long = "column")]
         columns: Vec<String>,
+        /// An org whose approval every scenario using this dataset needs (repeatable), e.g.
+        /// the province for data it returned.
+        #[arg(long = "approver")]
+        approvers: Vec<String>,
     },
     List,
     /// Approve an operating unit's social data (admin).
@@ -417,9 +421,34 @@ enum ScenarioCommand {
         k: Option<u64>,
         #[arg(long = "product")]
         products: Vec<String>,
+        /// COLUMN=mask|redact: how the gate desensitizes an output column (repeatable).
+        #[arg(long = "mask")]
+        masking: Vec<String>,
+        /// Total differential privacy budget (epsilon) of the scenario's releases.
+        #[arg(long)]
+        privacy_budget: Option<f64>,
+        /// At most this many rows per export (tighter than the platform's limit).
+        #[arg(long)]
+        max_rows: Option<u64>,
+        /// At most this many bytes per export (tighter than the platform's limit).
+        #[arg(long)]
+        max_bytes: Option<u64>,
+        /// Keep it as a draft; `scenario submit` asks for the approvals.
+        #[arg(long)]
+        draft: bool,
     },
     Show {
         id: String,
+    },
+    /// Submit a draft for approval (its org's scientist).
+    Submit {
+        id: String,
+    },
+    /// Move the scenario's grant of a dataset to its newest version (the dataset's provider).
+    Repin {
+        id: String,
+        #[arg(long)]
+        dataset: String,
     },
     /// Approve as the admin or as a provider of a requested dataset.
     Approve {
@@ -654,6 +683,7 @@ fn run(cli: Cli) -> Result<()> {
                 level,
                 format,
                 columns,
+                approvers,
             } => {
                 let data = std::fs::read(&file)
                     .with_context(|| format!("cannot read {}", file.display()))?;
@@ -663,7 +693,7 @@ fn run(cli: Cli) -> Result<()> {
                     .map(|c| parse_column(c))
                     .collect::<Result<_>>()?;
                 eprintln!("importing {} ({} bytes)...", file.display(), data.len());
-                let req = json!({ "name": name, "level": level.to_ascii_uppercase(), "format": format, "columns": columns });
+                let req = json!({ "name": name, "level": level.to_ascii_uppercase(), "format": format, "columns": columns, "approvers": approvers });
                 print(&remote.client()?.import_dataset(req, &data)?);
             }
             DatasetCommand::List => print(&remote.client()?.ok("GET", "/v1/datasets", None)?),
@@ -683,7 +713,34 @@ fn run(cli: Cli) -> Result<()> {
                     public_interest,
                     k,
                     products,
+                    masking,
+                    privacy_budget,
+                    max_rows,
+                    max_bytes,
+                    draft,
                 } => {
+                    let mut rules = serde_json::Map::new();
+                    let masks: serde_json::Map<String, Value> = masking
+                        .iter()
+                        .map(|m| {
+                            let (col, rule) = m.split_once('=').ok_or_else(|| {
+                                anyhow!("`{m}`: a masking rule is COLUMN=mask or COLUMN=redact")
+                            })?;
+                            Ok((col.to_string(), json!(rule)))
+                        })
+                        .collect::<Result<_>>()?;
+                    if !masks.is_empty() {
+                        rules.insert("masking".into(), Value::Object(masks));
+                    }
+                    for (key, value) in [
+                        ("privacy_budget", json!(privacy_budget)),
+                        ("max_rows", json!(max_rows)),
+                        ("max_bytes", json!(max_bytes)),
+                    ] {
+                        if !value.is_null() {
+                            rules.insert(key.into(), value);
+                        }
+                    }
                     let grants: Vec<Value> = grants
                         .iter()
                         .map(|g| {
@@ -694,12 +751,15 @@ fn run(cli: Cli) -> Result<()> {
                     print(&c.apply_scenario(&json!({
                         "name": name, "key_area": key_area, "purpose": purpose, "public_interest": public_interest,
                         "grants": grants, "term_start": term_start, "term_end": term_end, "k": k, "planned_products": products,
+                        "export_rules": rules, "draft": draft,
                     }))?);
                 }
                 ScenarioCommand::Show { id } => {
                     print(&c.ok("GET", &format!("/v1/scenarios/{id}"), None)?)
                 }
                 ScenarioCommand::Approve { id } => print(&c.approve_scenario(&id)?),
+                ScenarioCommand::Submit { id } => print(&c.change_scenario(&id, "submit")?),
+                ScenarioCommand::Repin { id, dataset } => print(&c.repin_grant(&id, &dataset)?),
                 ScenarioCommand::Suspend { id } => print(&c.change_scenario(&id, "suspend")?),
                 ScenarioCommand::Resume { id } => print(&c.change_scenario(&id, "resume")?),
                 ScenarioCommand::Revoke { id } => print(&c.change_scenario(&id, "revoke")?),

@@ -194,7 +194,16 @@ impl Client {
         )
     }
 
-    /// Suspends, resumes or revokes a scenario (admin).
+    /// Moves a scenario's grant of a dataset to the dataset's newest version (its provider).
+    pub fn repin_grant(&self, id: &str, dataset: &str) -> Result<Value> {
+        self.ok(
+            "POST",
+            &format!("/v1/scenarios/{id}/repin"),
+            Some(&json!({ "dataset": dataset })),
+        )
+    }
+
+    /// Submits a draft (its org), or suspends, resumes or revokes a scenario (admin).
     pub fn change_scenario(&self, id: &str, action: &str) -> Result<Value> {
         self.ok(
             "POST",

@@ -3,60 +3,12 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use serde_json::Value;
-use tidegate_runtime::{AUDIT_FILE, PUBLIC_KEY_FILE, Platform, verify_audit_file, verify_bundle};
-use tidegate_server::{
-    Client, DemoOptions, VISITOR_UDF_WASM, World, run_demo, spawn_server, visitor_csv,
-};
+use tidegate_runtime::{AUDIT_FILE, PUBLIC_KEY_FILE, verify_audit_file, verify_bundle};
+use tidegate_server::{DemoOptions, VISITOR_UDF_WASM, run_demo, visitor_csv};
 
-const ROWS: usize = 3_000;
-
-struct Env {
-    _runtime: tokio::runtime::Runtime,
-    dir: tempfile::TempDir,
-    world: World,
-}
-
-impl Env {
-    fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-}
-
-fn setup(train: bool) -> Env {
-    let dir = tempfile::tempdir().unwrap();
-    let (platform, token) = Platform::init(
-        &dir.path().join("data"),
-        &dir.path().join("keys/master.key"),
-        "admin",
-    )
-    .unwrap();
-    let (url, runtime) = spawn_server(Arc::new(platform)).unwrap();
-    let world = World::onboard(Client::new(&url, Some(&token)), train).unwrap();
-    Env {
-        _runtime: runtime,
-        dir,
-        world,
-    }
-}
-
-/// A world with the visits imported, an active scenario and an approved module.
-fn active_scenario() -> (Env, String, String) {
-    let env = setup(true);
-    env.world.import_visits(&visitor_csv(ROWS)).unwrap();
-    let (_, scenario) = env.world.open_scenario().unwrap();
-    assert_eq!(scenario["state"], "active", "{scenario}");
-    let sid = scenario["id"].as_str().unwrap().to_string();
-    let (module, _) = env.world.publish_module(&sid, VISITOR_UDF_WASM).unwrap();
-    let hash = module["hash"].as_str().unwrap().to_string();
-    (env, sid, hash)
-}
-
-fn job(env: &Env, sid: &str, sql: &str, modules: &[String]) -> Value {
-    env.world.scientist.submit_job(sid, sql, modules).unwrap()
-}
+mod common;
+use common::{ROWS, active_scenario, job, setup};
 
 fn demo() -> (tempfile::TempDir, tidegate_server::DemoOutcome) {
     let dir = tempfile::tempdir().unwrap();

@@ -150,6 +150,7 @@ fn world() -> World {
                     data_type: None,
                     tags: vec![tidegate_policy::ColumnTag::Entity],
                 }],
+                approvers: vec![],
                 data_base64: base64::engine::general_purpose::STANDARD.encode(csv),
             },
         )
@@ -201,6 +202,8 @@ fn run(actions: Vec<Action>) -> Result<usize, TestCaseError> {
                         term_end: (today + time::Duration::days(10)).to_string(),
                         k: None,
                         planned_products: vec![],
+                        export_rules: Default::default(),
+                        draft: false,
                     };
                     if let Ok(s) = w.platform.apply_scenario(&w.units[unit], req) {
                         scenarios.push((s.id, unit, cols));
