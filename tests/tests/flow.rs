@@ -801,7 +801,7 @@ fn an_exit_closes_access_destroys_the_orgs_objects_and_keeps_the_logs() {
         .admin
         .ok("GET", &format!("/v1/scenarios/{sid}"), None)
         .unwrap();
-    assert_eq!(scenario["state"], "revoked");
+    assert_eq!(scenario["state"], "exited");
 }
 
 fn hex_key(path: &Path) -> Vec<u8> {

@@ -1,5 +1,6 @@
-//! A model test: random sequences of actions (apply, approve, suspend, resume, revoke, upload,
-//! approve a module, submit) against the real platform, checking after every job that it read
+//! A model test: random sequences of actions (apply, possibly as a draft, submit a draft,
+//! approve, suspend, resume, revoke, expire, narrow a grant by a policy document, upload, approve a
+//! module, submit a job) against the real platform, checking after every job that it read
 //! only columns of an active grant of its own org, with modules approved for their exact hash.
 
 use std::collections::BTreeSet;
@@ -50,6 +51,14 @@ enum Action {
     Apply {
         unit: usize,
         columns: Vec<usize>,
+        draft: bool,
+    },
+    SubmitDraft(usize),
+    /// A policy document ends the term yesterday.
+    Expire(usize),
+    Narrow {
+        scenario: usize,
+        drop: usize,
     },
     ApproveAsAdmin(usize),
     ApproveAsProvider(usize),
@@ -75,8 +84,19 @@ enum Action {
 
 fn action() -> impl Strategy<Value = Action> {
     prop_oneof![
-        (0..2usize, proptest::collection::vec(0..3usize, 1..3))
-            .prop_map(|(unit, columns)| Action::Apply { unit, columns }),
+        (
+            0..2usize,
+            proptest::collection::vec(0..3usize, 1..3),
+            any::<bool>()
+        )
+            .prop_map(|(unit, columns, draft)| Action::Apply {
+                unit,
+                columns,
+                draft
+            }),
+        (0..4usize).prop_map(Action::SubmitDraft),
+        (0..4usize).prop_map(Action::Expire),
+        (0..4usize, 0..3usize).prop_map(|(scenario, drop)| Action::Narrow { scenario, drop }),
         (0..4usize).prop_map(Action::ApproveAsAdmin),
         (0..4usize).prop_map(Action::ApproveAsProvider),
         (0..4usize).prop_map(Action::Suspend),
@@ -185,7 +205,11 @@ fn run(actions: Vec<Action>) -> Result<usize, TestCaseError> {
         for a in actions {
             let pick = |i: usize| scenarios.get(i % scenarios.len().max(1)).cloned();
             match a {
-                Action::Apply { unit, columns } => {
+                Action::Apply {
+                    unit,
+                    columns,
+                    draft,
+                } => {
                     let cols: BTreeSet<String> =
                         columns.iter().map(|c| COLUMNS[*c].to_string()).collect();
                     let req = ScenarioRequest {
@@ -198,15 +222,53 @@ fn run(actions: Vec<Action>) -> Result<usize, TestCaseError> {
                             columns: cols.iter().cloned().collect(),
                             version: None,
                         }],
-                        term_start: today.to_string(),
+                        term_start: (today - time::Duration::days(5)).to_string(),
                         term_end: (today + time::Duration::days(10)).to_string(),
                         k: None,
                         planned_products: vec![],
                         export_rules: Default::default(),
-                        draft: false,
+                        draft,
                     };
                     if let Ok(s) = w.platform.apply_scenario(&w.units[unit], req) {
                         scenarios.push((s.id, unit, cols));
+                    }
+                }
+                Action::SubmitDraft(i) => {
+                    if let Some(s) = pick(i) {
+                        let _ = w.platform.submit_scenario(&w.units[s.1], &s.0);
+                    }
+                }
+                Action::Expire(i) => {
+                    if let Some(s) = pick(i) {
+                        let mut doc = w.platform.export_policy(&w.admin).unwrap();
+                        for entry in doc["scenarios"].as_array_mut().unwrap() {
+                            if entry["id"] == s.0.as_str() {
+                                entry["term_end"] =
+                                    (today - time::Duration::days(1)).to_string().into();
+                            }
+                        }
+                        let _ = w.platform.apply_policy(&w.admin, &doc, false);
+                    }
+                }
+                Action::Narrow { scenario, drop } => {
+                    if scenarios.is_empty() {
+                        continue;
+                    }
+                    let at = scenario % scenarios.len();
+                    let id = scenarios[at].0.clone();
+                    let mut doc = w.platform.export_policy(&w.admin).unwrap();
+                    let entry = doc["scenarios"]
+                        .as_array_mut()
+                        .unwrap()
+                        .iter_mut()
+                        .find(|s| s["id"] == id.as_str())
+                        .unwrap();
+                    let columns = entry["grants"][0]["columns"].as_array_mut().unwrap();
+                    columns.retain(|c| c != COLUMNS[drop]);
+                    if let Ok(applied) = w.platform.apply_policy(&w.admin, &doc, false)
+                        && !applied["changes"].as_array().unwrap().is_empty()
+                    {
+                        scenarios[at].2.remove(COLUMNS[drop]);
                     }
                 }
                 Action::ApproveAsAdmin(i) => {
@@ -330,8 +392,10 @@ fn the_model_can_reach_a_successful_job() {
     let actions = vec![
         Action::Apply {
             unit: 0,
-            columns: vec![0],
+            columns: vec![0, 1],
+            draft: true,
         },
+        Action::SubmitDraft(0),
         Action::ApproveAsAdmin(0),
         Action::ApproveAsProvider(0),
         Action::Upload {
@@ -368,6 +432,31 @@ fn the_model_can_reach_a_successful_job() {
             column: 0,
             module: Some(1),
         },
+        // Granted, then narrowed away by a policy document.
+        Action::Submit {
+            unit: 0,
+            scenario: 0,
+            column: 1,
+            module: None,
+        },
+        Action::Narrow {
+            scenario: 0,
+            drop: 1,
+        },
+        Action::Submit {
+            unit: 0,
+            scenario: 0,
+            column: 1,
+            module: None,
+        },
+        // Once the term is over, nothing runs.
+        Action::Expire(0),
+        Action::Submit {
+            unit: 0,
+            scenario: 0,
+            column: 0,
+            module: None,
+        },
     ];
-    assert_eq!(run(actions).unwrap(), 1);
+    assert_eq!(run(actions).unwrap(), 2);
 }

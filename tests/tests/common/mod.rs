@@ -55,4 +55,3 @@ pub(crate) fn active_scenario() -> (Env, String, String) {
 pub(crate) fn job(env: &Env, sid: &str, sql: &str, modules: &[String]) -> Value {
     env.world.scientist.submit_job(sid, sql, modules).unwrap()
 }
-

@@ -1,0 +1,333 @@
+//! R-SCENARIO through the API: the lifecycle from draft to exit, the approvals each step needs,
+//! the export rules a scenario carries, and how its grants may change.
+
+use serde_json::{Value, json};
+use tidegate_server::{Client, visitor_csv};
+
+mod common;
+use common::{Env, ROWS, active_scenario, job, setup};
+
+/// The scientist's application over the visits, with `extra` fields merged in.
+fn apply(env: &Env, extra: Value) -> Value {
+    let today = time::OffsetDateTime::now_utc().date();
+    let mut request = json!({
+        "name": "Spot footfall",
+        "key_area": "culture and tourism",
+        "purpose": "visits per scenic spot",
+        "public_interest": true,
+        "grants": [{ "dataset": "visits", "columns": ["resident_id", "spot", "visit_date", "spend"] }],
+        "term_start": (today - time::Duration::days(1)).to_string(),
+        "term_end": (today + time::Duration::days(30)).to_string(),
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        request[k] = v.clone();
+    }
+    env.world.scientist.apply_scenario(&request).unwrap()
+}
+
+fn sid(v: &Value) -> String {
+    v["id"].as_str().unwrap().to_string()
+}
+
+fn show(client: &Client, sid: &str) -> Value {
+    client
+        .ok("GET", &format!("/v1/scenarios/{sid}"), None)
+        .unwrap()
+}
+
+fn refusal(r: anyhow::Result<Value>) -> String {
+    r.unwrap_err().to_string()
+}
+
+/// A provider principal of a new org, trained, with its own client.
+fn org_with_provider(env: &Env, org: &str) -> (String, Client) {
+    let admin = &env.world.admin;
+    let org_id = sid(&admin.create_org(org, "provider").unwrap());
+    let p = admin
+        .create_principal(&format!("{org}.approver"), &org_id, &["provider"])
+        .unwrap();
+    admin
+        .record_training(&sid(&p), "public data security training 2026")
+        .unwrap();
+    (org_id, admin.as_token(p["token"].as_str().unwrap()))
+}
+
+#[test]
+fn a_draft_asks_nobody_until_its_org_submits_it() {
+    let env = setup(true);
+    env.world.import_visits(&visitor_csv(ROWS)).unwrap();
+    let draft = apply(&env, json!({ "draft": true }));
+    let id = sid(&draft);
+    assert_eq!(draft["state"], "draft");
+    assert_eq!(draft["missing_approvals"], json!([]));
+
+    let early = refusal(env.world.admin.approve_scenario(&id));
+    assert!(
+        early.contains("the scenario is draft, not pending approvals"),
+        "{early}"
+    );
+    let run = refusal(env.world.scientist.submit_job(
+        &id,
+        "SELECT spot, count(*) FROM visits GROUP BY spot",
+        &[],
+    ));
+    assert!(run.contains("the scenario is draft"), "{run}");
+    let by_admin = refusal(env.world.admin.change_scenario(&id, "submit"));
+    assert!(by_admin.contains("(404)"), "{by_admin}");
+
+    let submitted = env.world.scientist.change_scenario(&id, "submit").unwrap();
+    assert_eq!(submitted["state"], "pending_approvals");
+    assert_eq!(
+        submitted["missing_approvals"],
+        json!([
+            "an admin",
+            format!("the org {} (provider of visits)", env.world.provider_org)
+        ])
+    );
+    let again = refusal(env.world.scientist.change_scenario(&id, "submit"));
+    assert!(again.contains("only a draft is submitted"), "{again}");
+    env.world.admin.approve_scenario(&id).unwrap();
+    let active = env.world.provider.approve_scenario(&id).unwrap();
+    assert_eq!(active["state"], "active");
+}
+
+#[test]
+fn data_returned_by_the_province_needs_the_province_to_approve_each_scenario() {
+    let env = setup(true);
+    let (province, province_client) = org_with_provider(&env, "province-data-office");
+    let imported = env
+        .world
+        .provider
+        .import_dataset(
+            json!({
+                "name": "visits", "level": "L2", "format": "csv",
+                "approvers": ["province-data-office"],
+                "columns": [
+                    { "name": "resident_id", "data_type": "utf8", "tags": ["pii:resident_id", "entity"] },
+                    { "name": "mobile", "data_type": "utf8", "tags": ["pii:mobile"] },
+                    { "name": "spot", "data_type": "utf8", "tags": ["dimension"] },
+                ],
+            }),
+            visitor_csv(ROWS).as_bytes(),
+        )
+        .unwrap();
+    assert_eq!(imported["approvers"], json!([province]));
+
+    let id = sid(&apply(&env, json!({})));
+    env.world.admin.approve_scenario(&id).unwrap();
+    let after_provider = env.world.provider.approve_scenario(&id).unwrap();
+    assert_eq!(after_provider["state"], "pending_approvals");
+    assert_eq!(
+        after_provider["missing_approvals"],
+        json!([format!("the org {province} (named approver of visits)")])
+    );
+    // A provider of an org the dataset does not name sees nothing to approve.
+    let (_, stranger) = org_with_provider(&env, "water-bureau");
+    let refused = refusal(stranger.approve_scenario(&id));
+    assert!(refused.contains("(404)"), "{refused}");
+
+    let active = province_client.approve_scenario(&id).unwrap();
+    assert_eq!(active["state"], "active");
+    assert_eq!(active["approvals"].as_array().unwrap().len(), 3);
+    let twice = refusal(province_client.approve_scenario(&id));
+    assert!(twice.contains("not pending approvals"), "{twice}");
+
+    // Only a provider names further approvers, and only orgs that exist.
+    let unknown = refusal(env.world.provider.import_dataset(
+        json!({ "name": "clinics", "level": "L2", "format": "csv", "approvers": ["nobody"] }),
+        b"a,b\n1,2\n",
+    ));
+    assert!(unknown.contains("org nobody"), "{unknown}");
+}
+
+#[test]
+fn the_provider_moves_a_grant_to_its_newest_version_and_nobody_else_can() {
+    let (env, id, _) = active_scenario();
+    env.world.import_visits(&visitor_csv(ROWS * 2)).unwrap();
+    let count = || {
+        job(
+            &env,
+            &id,
+            "SELECT spot, count(*) FROM visits GROUP BY spot",
+            &[],
+        )["resources"]["rows_scanned"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(count(), ROWS as u64);
+
+    let by_scientist = refusal(env.world.scientist.repin_grant(&id, "visits"));
+    assert!(
+        by_scientist.contains("lacks the provider role"),
+        "{by_scientist}"
+    );
+    let moved = env.world.provider.repin_grant(&id, "visits").unwrap();
+    assert_eq!(moved["grants"][0]["version"], 2);
+    assert_eq!(count(), 2 * ROWS as u64);
+    let again = refusal(env.world.provider.repin_grant(&id, "visits"));
+    assert!(again.contains("already at version 2"), "{again}");
+
+    let log = std::fs::read_to_string(env.data_dir().join(tidegate_runtime::AUDIT_FILE)).unwrap();
+    assert!(
+        log.contains("\"scenario.repin\""),
+        "the move is in the audit log"
+    );
+}
+
+#[test]
+fn export_rules_are_checked_when_applying_and_enforced_by_the_gate() {
+    let env = setup(true);
+    env.world.import_visits(&visitor_csv(ROWS)).unwrap();
+    let today = time::OffsetDateTime::now_utc().date();
+    let bad = refusal(env.world.scientist.apply_scenario(&json!({
+        "name": "x", "key_area": "x", "purpose": "x",
+        "grants": [{ "dataset": "visits", "columns": ["spot"] }],
+        "term_start": today.to_string(), "term_end": today.to_string(),
+        "export_rules": { "privacy_budget": -1.0 },
+    })));
+    assert!(
+        bad.contains("the privacy budget (epsilon) must be a positive, finite number"),
+        "{bad}"
+    );
+
+    let open = |rules: Value| {
+        let id = sid(&apply(&env, json!({ "export_rules": rules })));
+        env.world.admin.approve_scenario(&id).unwrap();
+        env.world.provider.approve_scenario(&id).unwrap();
+        id
+    };
+    let gated = |id: &str, sql: &str| {
+        let j = job(&env, id, sql, &[]);
+        env.world
+            .scientist
+            .request_export(j["id"].as_str().unwrap())
+            .unwrap()
+    };
+    let check = |export: &Value, name: &str| -> (bool, String) {
+        let c = export["gate_report"]["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no check {name} in {export}"));
+        (
+            c["passed"].as_bool().unwrap(),
+            c["detail"].as_str().unwrap().to_string(),
+        )
+    };
+    let by_spot = "SELECT spot, count(*) AS visits FROM visits GROUP BY spot ORDER BY spot";
+
+    // Masking: the spot names leave as stars, and the report says so.
+    let masked = open(json!({ "masking": { "spot": "mask" } }));
+    let export = gated(&masked, by_spot);
+    assert_eq!(export["state"], "in_review", "{export}");
+    assert_eq!(
+        check(&export, "desensitization"),
+        (true, "`spot`: mask applied".to_string())
+    );
+    let seen = env
+        .world
+        .reviewer
+        .ok(
+            "GET",
+            &format!("/v1/exports/{}", export["id"].as_str().unwrap()),
+            None,
+        )
+        .unwrap();
+    let preview = seen["preview"].as_str().unwrap();
+    assert!(preview.starts_with("spot,visits\n*"), "{preview}");
+    assert!(!preview.contains("West Lake"), "{preview}");
+
+    // Size: a scenario's own row limit is tighter than the platform's.
+    let small = open(json!({ "max_rows": 1 }));
+    let export = gated(&small, by_spot);
+    assert_eq!(export["state"], "rejected");
+    let (passed, detail) = check(&export, "size");
+    assert!(
+        !passed && detail.contains("the limits are 1 rows"),
+        "{detail}"
+    );
+
+    // A privacy budget: no noisy release exists yet, so nothing is released at all.
+    let private = open(json!({ "privacy_budget": 1.0 }));
+    let export = gated(&private, by_spot);
+    assert_eq!(export["state"], "rejected");
+    assert!(!check(&export, "privacy budget").0);
+}
+
+#[test]
+fn a_policy_document_narrows_a_grant_and_cannot_widen_one() {
+    let (env, id, _) = active_scenario();
+    let edit = |f: &dyn Fn(&mut Value)| {
+        let mut doc = env.world.admin.export_policy().unwrap();
+        let s = doc["scenarios"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .find(|s| s["id"] == id.as_str())
+            .unwrap();
+        assert_eq!(s["grants"][0]["version"], 1, "{s}");
+        f(s);
+        doc
+    };
+    let wider = edit(&|s| {
+        s["grants"][0]["columns"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!("mobile"))
+    });
+    let refused = refusal(env.world.admin.apply_policy(&wider, false));
+    assert!(
+        refused.contains("column mobile of")
+            && refused.contains("widening a grant needs a new application"),
+        "{refused}"
+    );
+    let moved = edit(&|s| s["grants"][0]["version"] = json!(7));
+    let refused = refusal(env.world.admin.apply_policy(&moved, false));
+    assert!(refused.contains("moves only by its provider"), "{refused}");
+
+    let narrower = edit(&|s| {
+        s["grants"][0]["columns"] = json!(["resident_id", "spot"]);
+        s["export_rules"] = json!({ "max_rows": 50 });
+    });
+    let applied = env.world.admin.apply_policy(&narrower, false).unwrap();
+    assert_eq!(applied["changes"].as_array().unwrap().len(), 2, "{applied}");
+    let now = show(&env.world.scientist, &id);
+    assert_eq!(now["grants"][0]["columns"], json!(["resident_id", "spot"]));
+    assert_eq!(now["export_rules"], json!({ "max_rows": 50 }));
+    let gone = job(
+        &env,
+        &id,
+        "SELECT spot, sum(spend) FROM visits GROUP BY spot",
+        &[],
+    );
+    assert_eq!(gone["state"], "failed");
+    assert!(
+        gone["error"]
+            .as_str()
+            .unwrap()
+            .contains("No field named spend"),
+        "{gone}"
+    );
+}
+
+#[test]
+fn an_exited_orgs_scenarios_end_as_exited_and_cannot_be_resumed() {
+    let (env, id, _) = active_scenario();
+    env.world
+        .admin
+        .exit_org(&env.world.operator_org, "authorization ended")
+        .unwrap();
+    let s = show(&env.world.admin, &id);
+    assert_eq!(s["state"], "exited");
+    let resumed = refusal(env.world.admin.change_scenario(&id, "resume"));
+    assert!(
+        resumed.contains("a scenario that is exited cannot be resumed"),
+        "{resumed}"
+    );
+    let revoked = refusal(env.world.admin.change_scenario(&id, "revoke"));
+    assert!(
+        revoked.contains("the scenario is already exited"),
+        "{revoked}"
+    );
+}
