@@ -36,6 +36,16 @@ impl Client {
         }
     }
 
+    /// The server's base URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The bearer token this client sends, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
     /// The same server, as another principal.
     pub fn as_token(&self, token: &str) -> Client {
         Client {

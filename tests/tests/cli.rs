@@ -1,8 +1,11 @@
-//! The local commands of the `tidegate` binary: module inspection and the local runner.
+//! The `tidegate` binary: local commands (module inspection, the local runner, key rotation) and
+//! a scientist's commands against a server.
 
 use std::process::ExitCode;
 
 use tidegate_server::{VISITOR_UDF_WASM, main_with_args, visitor_csv};
+
+mod common;
 
 fn tidegate(args: &[&str]) -> ExitCode {
     main_with_args(
@@ -196,4 +199,55 @@ fn small_demo() -> (tempfile::TempDir, tidegate_server::DemoOutcome) {
     })
     .unwrap();
     (dir, outcome)
+}
+
+#[test]
+fn a_scientist_drafts_a_scenario_with_export_rules_and_submits_it_from_the_command_line() {
+    let env = common::setup(true);
+    env.world.import_visits(&visitor_csv(200)).unwrap();
+    let me = &env.world.scientist;
+    let remote = ["--url", me.url(), "--token", me.token().unwrap()];
+    let mut apply = vec![
+        "scenario",
+        "apply",
+        "--name",
+        "footfall",
+        "--key-area",
+        "tourism",
+        "--purpose",
+        "visits per spot",
+        "--grant",
+        "visits:spot,resident_id",
+        "--term-start",
+        "2026-01-01",
+        "--term-end",
+        "2099-12-31",
+        "--mask",
+        "spot=redact",
+        "--max-rows",
+        "5",
+        "--draft",
+    ];
+    apply.extend(remote);
+    assert_eq!(tidegate(&apply), ExitCode::SUCCESS);
+    let doc = env.world.admin.export_policy().unwrap();
+    let s = &doc["scenarios"][0];
+    assert_eq!(s["state"], "draft");
+    assert_eq!(
+        s["export_rules"],
+        serde_json::json!({ "masking": { "spot": "redact" }, "max_rows": 5 })
+    );
+    let id = s["id"].as_str().unwrap();
+    let mut submit = vec!["scenario", "submit", id];
+    submit.extend(remote);
+    assert_eq!(tidegate(&submit), ExitCode::SUCCESS);
+    assert_eq!(
+        env.world.admin.export_policy().unwrap()["scenarios"][0]["state"],
+        "pending_approvals"
+    );
+    // A malformed masking rule fails before anything is sent.
+    let mut bad = apply.clone();
+    let at = bad.iter().position(|a| *a == "spot=redact").unwrap();
+    bad[at] = "spot";
+    assert_eq!(tidegate(&bad), ExitCode::FAILURE);
 }
