@@ -6,20 +6,32 @@ use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{Field, Schema};
+use datafusion::catalog::Session;
+use datafusion::catalog::TableProvider;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, DataFusionError};
-use datafusion::datasource::MemTable;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::datasource::{MemTable, TableType};
 use datafusion::execution::context::SQLOptions;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::functions_aggregate::expr_fn::{count_distinct, max};
 use datafusion::logical_expr::{Expr, LogicalPlan, Projection, ScalarUDF};
+use datafusion::object_store::ObjectStore;
+use datafusion::physical_expr::expressions::Column as PhysicalColumn;
+use datafusion::physical_expr::projection::ProjectionExpr;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::prelude::{SessionConfig, SessionContext, lit, when};
 use datafusion::sql::parser::{DFParser, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 use tidegate_policy::{ColumnSpec, ColumnTag, QueryShape};
 
 use crate::error::{Error, Result};
+use crate::storage::SealedStore;
 
 /// The hidden column holding a table's entity key, for counting subjects.
 pub(crate) const ENTITY_COLUMN: &str = "__tg_entity";
@@ -29,13 +41,30 @@ pub(crate) const SUBJECTS_COLUMN: &str = "__tg_subjects";
 pub(crate) const NULL_SUBJECT_COLUMN: &str = "__tg_null_subject";
 const RESERVED_PREFIX: &str = "__tg";
 
+/// Partitions of a job's plan: the machine's two cores.
+const TARGET_PARTITIONS: usize = 2;
+
 /// One granted table as the job sees it: only granted columns, plus the hidden entity key.
 #[derive(Debug, Clone)]
 pub struct TableInput {
     pub name: String,
     pub columns: Vec<ColumnSpec>,
-    /// Batches whose schema is the granted columns followed by [`ENTITY_COLUMN`].
-    pub batches: Vec<RecordBatch>,
+    pub data: TableData,
+}
+
+/// Where a table's rows come from.
+#[derive(Debug, Clone)]
+pub enum TableData {
+    /// Batches whose schema is the granted columns followed by [`ENTITY_COLUMN`] (local files
+    /// of `tidegate dev run`, tests, benchmarks).
+    Memory(Vec<RecordBatch>),
+    /// A stored Parquet object at `object` in `store`, scanned by DataFusion itself: only the
+    /// granted columns are exposed, and the stored `entity` column as [`ENTITY_COLUMN`].
+    Sealed {
+        store: Arc<SealedStore>,
+        object: String,
+        entity: Option<String>,
+    },
 }
 
 /// Limits of the query engine for one job.
@@ -66,6 +95,131 @@ pub struct JobOutput {
     pub plan: String,
 }
 
+/// The provider of one granted table.
+async fn register(
+    ctx: &SessionContext,
+    index: usize,
+    t: &TableInput,
+) -> datafusion::common::Result<Arc<dyn TableProvider>> {
+    match &t.data {
+        TableData::Memory(batches) => {
+            let schema = batches.first().map(|b| b.schema()).ok_or_else(|| {
+                DataFusionError::Internal(format!("table {} has no batches", t.name))
+            })?;
+            // One partition per target partition, so that the scan runs on every core.
+            let mut partitions = vec![Vec::new(); TARGET_PARTITIONS];
+            for (i, b) in batches.iter().enumerate() {
+                partitions[i % TARGET_PARTITIONS].push(b.clone());
+            }
+            Ok(Arc::new(MemTable::try_new(schema, partitions)?))
+        }
+        TableData::Sealed {
+            store,
+            object,
+            entity,
+        } => {
+            let base = format!("tidegate://table{index}");
+            let url = url::Url::parse(&base)
+                .map_err(|e| DataFusionError::Internal(format!("store url: {e}")))?;
+            ctx.register_object_store(&url, Arc::clone(store) as Arc<dyn ObjectStore>);
+            let url = ListingTableUrl::parse(format!("{base}/{object}"))?;
+            let options = ListingOptions::new(Arc::new(ParquetFormat::default()));
+            let schema = options.infer_schema(&ctx.state(), &url).await?;
+            let stored = ListingTable::try_new(
+                ListingTableConfig::new(url)
+                    .with_listing_options(options)
+                    .with_schema(schema),
+            )?;
+            GrantedTable::new(Arc::new(stored), &t.columns, entity.as_deref())
+                .map(|g| Arc::new(g) as Arc<dyn TableProvider>)
+        }
+    }
+}
+
+/// A stored table as a job sees it: the granted columns of the stored object under their own
+/// names and its entity key under [`ENTITY_COLUMN`]; no other column of the object is
+/// reachable. Its plans look like any table's scan, so every check of the plan applies.
+#[derive(Debug)]
+struct GrantedTable {
+    inner: Arc<dyn TableProvider>,
+    schema: arrow::datatypes::SchemaRef,
+    /// For each column of `schema`, its index in the inner table's schema.
+    sources: Vec<usize>,
+}
+
+impl GrantedTable {
+    fn new(
+        inner: Arc<dyn TableProvider>,
+        granted: &[ColumnSpec],
+        entity: Option<&str>,
+    ) -> datafusion::common::Result<GrantedTable> {
+        let stored = inner.schema();
+        let mut fields = Vec::new();
+        let mut sources = Vec::new();
+        let names = granted
+            .iter()
+            .map(|c| (c.name.as_str(), c.name.as_str()))
+            .chain(entity.map(|e| (e, ENTITY_COLUMN)));
+        for (stored_name, shown) in names {
+            let i = stored.index_of(stored_name)?;
+            fields.push(Field::new(shown, stored.field(i).data_type().clone(), true));
+            sources.push(i);
+        }
+        Ok(GrantedTable {
+            inner,
+            schema: Arc::new(Schema::new(fields)),
+            sources,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl TableProvider for GrantedTable {
+    fn schema(&self) -> arrow::datatypes::SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        limit: Option<usize>,
+    ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
+        let outer: Vec<usize> = match projection {
+            Some(p) => p.clone(),
+            None => (0..self.sources.len()).collect(),
+        };
+        // The stored columns to read, each once (the entity key may also be granted).
+        let mut read: Vec<usize> = Vec::new();
+        for o in &outer {
+            if !read.contains(&self.sources[*o]) {
+                read.push(self.sources[*o]);
+            }
+        }
+        let scan = self.inner.scan(state, Some(&read), &[], limit).await?;
+        let scanned = scan.schema();
+        let exprs: Vec<ProjectionExpr> = outer
+            .iter()
+            .map(|o| {
+                let at = read
+                    .iter()
+                    .position(|r| *r == self.sources[*o])
+                    .expect("every projected column is read");
+                ProjectionExpr::new(
+                    Arc::new(PhysicalColumn::new(scanned.field(at).name(), at)),
+                    self.schema.field(*o).name().clone(),
+                )
+            })
+            .collect();
+        Ok(Arc::new(ProjectionExec::try_new(exprs, scan)?))
+    }
+}
+
 /// Plans, checks and runs `sql` over `tables` with `udfs` registered.
 pub async fn run_query(
     sql: &str,
@@ -85,7 +239,7 @@ pub async fn run_query_until(
     cancel: impl std::future::Future<Output = ()>,
 ) -> Result<JobOutput> {
     let config = SessionConfig::new()
-        .with_target_partitions(2)
+        .with_target_partitions(TARGET_PARTITIONS)
         .with_information_schema(false);
     // No spilling: nothing of a job reaches the disk in plaintext.
     let runtime = RuntimeEnvBuilder::new()
@@ -96,15 +250,11 @@ pub async fn run_query_until(
         .build_arc()
         .map_err(|e| Error::Internal(format!("query engine: {e}")))?;
     let ctx = SessionContext::new_with_config_rt(config, runtime);
-    for t in tables {
-        let schema = t
-            .batches
-            .first()
-            .map(|b| b.schema())
-            .ok_or_else(|| Error::Internal(format!("table {} has no batches", t.name)))?;
-        let table = MemTable::try_new(schema, vec![t.batches.clone()])
+    for (i, t) in tables.iter().enumerate() {
+        let table = register(&ctx, i, t)
+            .await
             .map_err(|e| Error::Internal(format!("table {}: {e}", t.name)))?;
-        ctx.register_table(t.name.as_str(), Arc::new(table))
+        ctx.register_table(t.name.as_str(), table)
             .map_err(|e| Error::Internal(format!("table {}: {e}", t.name)))?;
     }
     for u in udfs {

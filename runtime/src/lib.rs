@@ -12,6 +12,7 @@ mod gate;
 mod job;
 mod platform;
 mod sandbox;
+mod storage;
 
 pub use audit::{
     AuditEntry, AuditLog, AuditSlice, AuditVerdict, CHECKPOINT_EVERY, Checkpoint, CheckpointSigner,
@@ -19,10 +20,10 @@ pub use audit::{
     verify_slice as verify_audit_slice,
 };
 pub use bundle::{Signer, Verified, verify as verify_bundle, write as write_bundle};
-pub use crypto::{DataKey, MasterKey, random_token, sha256_hex};
+pub use crypto::{DataKey, MasterKey, SealedReader, random_token, sha256_hex};
 pub use error::{Error, Result};
 pub use gate::{GateInput, GateOutcome, evaluate as evaluate_gate};
-pub use job::{EngineLimits, JobOutput, TableInput, run_query, run_query_until};
+pub use job::{EngineLimits, JobOutput, TableData, TableInput, run_query, run_query_until};
 pub use platform::{
     AUDIT_FILE, ApprovalView, ColumnInput, DatasetView, ExportView, GrantRequest, ImportRequest,
     JobRequest, JobView, ModuleView, OrgView, PRICE_CATEGORIES, PUBLIC_KEY_FILE, Platform,
@@ -31,6 +32,7 @@ pub use platform::{
 pub use sandbox::{
     FunctionSig, GuestLimits, GuestSession, JobMeter, Sandbox, ValidatedModule, WasmType,
 };
+pub use storage::{SealedSource, SealedStore, read_parquet};
 
 /// The current time as RFC 3339, UTC.
 pub(crate) fn now_rfc3339() -> String {

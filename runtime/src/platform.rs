@@ -13,8 +13,6 @@ use std::time::Instant;
 
 use arrow::array::{Array, ArrayRef, RecordBatch};
 use arrow::datatypes::{DataType as ArrowType, Field, Schema};
-use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -29,8 +27,9 @@ use crate::bundle::{self, Signer};
 use crate::crypto::{DataKey, MasterKey, random_bytes, random_token, sha256_hex, write_atomic};
 use crate::error::{Error, Result};
 use crate::gate::{self, GateInput};
-use crate::job::{self, EngineLimits, TableInput};
+use crate::job::{self, EngineLimits, TableData, TableInput};
 use crate::sandbox::{GuestLimits, JobMeter, Sandbox};
+use crate::storage::{SealedSource, SealedStore, from_parquet, to_parquet, to_parquet_with_schema};
 
 pub const AUDIT_FILE: &str = "audit.log";
 pub const PUBLIC_KEY_FILE: &str = "platform.pub";
@@ -343,6 +342,7 @@ struct JobInput {
     version: i64,
     content_hash: String,
     wrapped: Vec<u8>,
+    rows: u64,
 }
 
 /// A stored job with what only the runtime sees.
@@ -693,6 +693,14 @@ impl Platform {
             &dek.seal_object(&context, plaintext),
         )?;
         Ok(self.master.wrap(&dek, &context))
+    }
+
+    /// A stored object as a Parquet source that decrypts only the ranges a scan reads.
+    fn sealed_source(&self, kind: &str, name: &str, wrapped: &[u8]) -> Result<SealedSource> {
+        let context = format!("{kind}/{name}");
+        let dek = self.master.unwrap(wrapped, &context)?;
+        let file = fs::File::open(self.object_path(kind, name))?;
+        Ok(SealedSource::new(dek.reader(&context, file)?))
     }
 
     fn load_object(&self, kind: &str, name: &str, wrapped: &[u8]) -> Result<Vec<u8>> {
@@ -1843,7 +1851,7 @@ impl Platform {
             let mut level = Level::L1;
             for g in &s.grants {
                 let d = Self::dataset_row(&db, &g.dataset)?;
-                let (version, hash, _, wrapped, _) = match g.version {
+                let (version, hash, rows, wrapped, _) = match g.version {
                     Some(v) => Self::dataset_version(&db, &d.id, v)?,
                     None => Self::latest_version(&db, &d.id)?,
                 };
@@ -1854,6 +1862,7 @@ impl Platform {
                     version,
                     content_hash: hash,
                     wrapped,
+                    rows: rows as u64,
                 });
             }
             (s, inputs, modules, level)
@@ -1965,15 +1974,41 @@ impl Platform {
         meter: &Arc<JobMeter>,
     ) -> Result<(job::JobOutput, u64, u64)> {
         let mut tables = Vec::new();
-        let (mut rows_scanned, mut bytes_scanned) = (0u64, 0u64);
+        let mut sources = Vec::new();
+        let mut rows_scanned = 0u64;
         for input in inputs {
             let d = &input.dataset;
             let object = format!("{}/v{}", d.id, input.version);
-            let parquet = self.load_object("datasets", &object, &input.wrapped)?;
-            bytes_scanned += parquet.len() as u64;
-            let batches = from_parquet(&parquet)?;
-            rows_scanned += batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
-            tables.push(granted_table(d, &input.columns, &batches)?);
+            let sealed = self.sealed_source("datasets", &object, &input.wrapped)?;
+            let path = format!("datasets/{object}.parquet");
+            let mut store = SealedStore::default();
+            store.insert(&path, sealed.clone());
+            sources.push(sealed);
+            rows_scanned += input.rows;
+            let columns = input
+                .columns
+                .iter()
+                .map(|g| {
+                    d.columns
+                        .iter()
+                        .find(|c| &c.name == g)
+                        .cloned()
+                        .ok_or_else(|| Error::Integrity(format!("granted column {g} is gone")))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            tables.push(TableInput {
+                name: d.name.clone(),
+                columns,
+                data: TableData::Sealed {
+                    store: Arc::new(store),
+                    object: path,
+                    entity: d
+                        .columns
+                        .iter()
+                        .find(|c| c.has_tag(ColumnTag::Entity))
+                        .map(|c| c.name.clone()),
+                },
+            });
         }
         let mut udfs = Vec::new();
         for wasm in modules {
@@ -1987,6 +2022,8 @@ impl Platform {
         };
         let output =
             job::run_query_until(sql, &tables, udfs, EngineLimits::default(), cancelled).await?;
+        // What the scan decrypted and decoded: the granted columns' chunks, not the object.
+        let bytes_scanned = sources.iter().map(SealedSource::bytes_read).sum();
         Ok((output, rows_scanned, bytes_scanned))
     }
 
@@ -2077,7 +2114,7 @@ impl Platform {
                 "the stored result of job {job_id} changed"
             )));
         }
-        let batches = from_parquet(&parquet)?;
+        let batches = from_parquet(parquet)?;
         let mut unapproved = 0;
         for hash in &job.modules {
             let approved: Option<Option<String>> = db
@@ -2976,7 +3013,7 @@ pub fn local_table(name: &str, path: &Path) -> Result<TableInput> {
     Ok(TableInput {
         name: name.to_string(),
         columns: column_specs(&schema, &[])?,
-        batches,
+        data: TableData::Memory(batches),
     })
 }
 
@@ -3010,7 +3047,7 @@ fn read_table(format: &str, data: &[u8], declared: &[ColumnInput]) -> Result<Vec
                 .collect::<std::result::Result<Vec<_>, _>>()
                 .map_err(|e| csv_error(&e))?
         }
-        "parquet" => from_parquet(data)
+        "parquet" => from_parquet(data.to_vec())
             .map_err(|_| Error::BadInput("the Parquet file cannot be read".into()))?,
         other => {
             return Err(Error::BadInput(format!(
@@ -3139,92 +3176,6 @@ fn quality_report(batches: &[RecordBatch], columns: &[ColumnSpec]) -> Value {
             dup
         });
     json!({ "rows": rows, "nulls": nulls, "entity_duplicate_rows": entity_duplicates })
-}
-
-fn to_parquet(batches: &[RecordBatch]) -> Result<Vec<u8>> {
-    let schema = batches
-        .first()
-        .map(|b| b.schema())
-        .unwrap_or_else(|| Arc::new(Schema::empty()));
-    to_parquet_with_schema(batches, schema)
-}
-
-fn to_parquet_with_schema(batches: &[RecordBatch], schema: Arc<Schema>) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut w = ArrowWriter::try_new(&mut out, schema, None)
-        .map_err(|e| Error::Internal(format!("parquet: {e}")))?;
-    for b in batches {
-        w.write(b)
-            .map_err(|e| Error::Internal(format!("parquet: {e}")))?;
-    }
-    w.close()
-        .map_err(|e| Error::Internal(format!("parquet: {e}")))?;
-    Ok(out)
-}
-
-fn from_parquet(bytes: &[u8]) -> Result<Vec<RecordBatch>> {
-    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::copy_from_slice(bytes))
-        .and_then(|b| b.with_batch_size(8192).build())
-        .map_err(|e| Error::Integrity(format!("stored Parquet: {e}")))?;
-    reader
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::Integrity(format!("stored Parquet: {e}")))
-}
-
-/// The table a job sees: the granted columns, then the entity key under its hidden name.
-fn granted_table(
-    d: &DatasetRow,
-    granted: &[String],
-    batches: &[RecordBatch],
-) -> Result<TableInput> {
-    let entity = d.columns.iter().position(|c| c.has_tag(ColumnTag::Entity));
-    let wanted: Vec<usize> = granted
-        .iter()
-        .map(|g| {
-            d.columns
-                .iter()
-                .position(|c| &c.name == g)
-                .ok_or_else(|| Error::Integrity(format!("granted column {g} is gone")))
-        })
-        .collect::<Result<_>>()?;
-    let columns: Vec<ColumnSpec> = wanted.iter().map(|i| d.columns[*i].clone()).collect();
-    let mut out = Vec::new();
-    for b in batches {
-        let schema = b.schema();
-        let mut fields: Vec<Field> = wanted.iter().map(|i| schema.field(*i).clone()).collect();
-        let mut cols: Vec<ArrayRef> = wanted.iter().map(|i| Arc::clone(b.column(*i))).collect();
-        if let Some(e) = entity {
-            fields.push(Field::new(
-                job::ENTITY_COLUMN,
-                schema.field(e).data_type().clone(),
-                true,
-            ));
-            cols.push(Arc::clone(b.column(e)));
-        }
-        out.push(
-            RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
-                .map_err(|e| Error::Internal(format!("batch: {e}")))?,
-        );
-    }
-    if out.is_empty() {
-        let mut fields: Vec<Field> = columns
-            .iter()
-            .map(|c| Field::new(&c.name, arrow_type(c.data_type), true))
-            .collect();
-        if let Some(e) = entity {
-            fields.push(Field::new(
-                job::ENTITY_COLUMN,
-                arrow_type(d.columns[e].data_type),
-                true,
-            ));
-        }
-        out.push(RecordBatch::new_empty(Arc::new(Schema::new(fields))));
-    }
-    Ok(TableInput {
-        name: d.name.clone(),
-        columns,
-        batches: out,
-    })
 }
 
 #[cfg(test)]

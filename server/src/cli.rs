@@ -952,12 +952,15 @@ fn scan(file: &Path, as_json: bool) -> Result<()> {
 pub fn scan_report(file: &Path) -> Result<Vec<Value>> {
     use std::collections::HashSet;
     let table = tidegate_runtime::local_table("scan", file)?;
+    let tidegate_runtime::TableData::Memory(batches) = &table.data else {
+        bail!("{} was not read into memory", file.display());
+    };
     let mut report = Vec::new();
     for (i, column) in table.columns.iter().enumerate() {
         let mut values = Vec::new();
         let mut distinct = HashSet::new();
         let mut rows = 0usize;
-        for b in &table.batches {
+        for b in batches {
             let a = b.column(i);
             rows += a.len();
             for r in 0..a.len() {

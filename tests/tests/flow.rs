@@ -369,10 +369,13 @@ fn a_provider_imports_parquet_as_well_as_csv() {
     let csv = dir.path().join("visits.csv");
     std::fs::write(&csv, visitor_csv(1_000)).unwrap();
     let table = tidegate_runtime::local_table("visits", &csv).unwrap();
+    let tidegate_runtime::TableData::Memory(batches) = &table.data else {
+        panic!("a local file is read into memory");
+    };
     let mut parquet = Vec::new();
-    let mut w = parquet::arrow::ArrowWriter::try_new(&mut parquet, table.batches[0].schema(), None)
-        .unwrap();
-    for b in &table.batches {
+    let mut w =
+        parquet::arrow::ArrowWriter::try_new(&mut parquet, batches[0].schema(), None).unwrap();
+    for b in batches {
         w.write(b).unwrap();
     }
     w.close().unwrap();

@@ -8,7 +8,7 @@ use arrow::array::{AsArray, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use tidegate_policy::{ColumnSpec, DataType as ColType};
 use tidegate_runtime::{
-    EngineLimits, Error, GuestLimits, JobMeter, Sandbox, TableInput, run_query,
+    EngineLimits, Error, GuestLimits, JobMeter, Sandbox, TableData, TableInput, run_query,
 };
 
 /// Where the host may write its input (returned by `tg_alloc`) and where the guests below put
@@ -89,7 +89,7 @@ fn table(values: &[i64]) -> Vec<TableInput> {
             data_type: ColType::Int64,
             tags: vec![],
         }],
-        batches: vec![batch],
+        data: TableData::Memory(vec![batch]),
     }]
 }
 
@@ -388,7 +388,7 @@ fn strings_table(values: &[&str]) -> Vec<TableInput> {
             data_type: ColType::Utf8,
             tags: vec![],
         }],
-        batches: vec![batch],
+        data: TableData::Memory(vec![batch]),
     }]
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use arrow::array::{Float64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use tidegate_policy::{ColumnSpec, ColumnTag, DataType as ColType, SensitiveType};
-use tidegate_runtime::{EngineLimits, TableInput, run_query};
+use tidegate_runtime::{EngineLimits, TableData, TableInput, run_query};
 
 fn visits() -> Vec<TableInput> {
     let ids = [
@@ -49,7 +49,7 @@ fn visits() -> Vec<TableInput> {
             spec("spot", ColType::Utf8, vec![ColumnTag::Dimension]),
             spec("spend", ColType::Float64, vec![ColumnTag::Sensitive]),
         ],
-        batches: vec![batch],
+        data: TableData::Memory(vec![batch]),
     }]
 }
 
