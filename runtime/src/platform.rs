@@ -381,6 +381,8 @@ pub struct Platform {
     /// Running jobs by scenario, so that suspending a scenario cancels them.
     running: Mutex<HashMap<String, Vec<RunningJob>>>,
     signer: Arc<Signer>,
+    /// Held while the platform is open: one process per data directory.
+    _lock: fs::File,
 }
 
 impl std::fmt::Debug for Platform {
@@ -400,6 +402,45 @@ const MIGRATIONS: &[(i64, &str)] = &[(
 
 /// The schema version this build writes.
 const SCHEMA_VERSION: i64 = 2;
+
+const LOCK_FILE: &str = "lock";
+
+/// Takes the data directory's exclusive lock, or says who holds it. The kernel releases it
+/// when the process ends, however it ends.
+fn lock_dir(dir: &Path) -> Result<fs::File> {
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK_FILE))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(Error::Refused(format!(
+            "another tidegate process has {} open; stop it first",
+            dir.display()
+        ))),
+        Err(fs::TryLockError::Error(e)) => Err(e.into()),
+    }
+}
+
+/// Removes what an interrupted atomic write left behind: temporary files are never referred
+/// to by the metadata, and the write they belonged to was never acknowledged.
+fn remove_temporary_files(dir: &Path) -> Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            remove_temporary_files(&path)?;
+        } else if entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with('.') && n.contains(".tmp-"))
+        {
+            fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
 
 fn open_db(path: &Path) -> Result<Connection> {
     let mut conn = Connection::open(path)?;
@@ -446,6 +487,7 @@ impl Platform {
         admin_name: &str,
     ) -> Result<(Platform, String)> {
         fs::create_dir_all(dir)?;
+        let lock = lock_dir(dir)?;
         if dir.join(DB_FILE).exists() {
             return Err(Error::BadInput(format!(
                 "{} already holds a Tidegate data directory",
@@ -470,7 +512,7 @@ impl Platform {
             &dir.join(PUBLIC_KEY_FILE),
             signer.public_key_hex().as_bytes(),
         )?;
-        let platform = Platform::assemble(dir, master, signer)?;
+        let platform = Platform::assemble(dir, master, signer, lock)?;
         let token = random_token();
         {
             let mut db = platform.db.lock().expect("db");
@@ -509,6 +551,7 @@ impl Platform {
                 dir.display()
             )));
         }
+        let lock = lock_dir(dir)?;
         let expected: Option<String> = open_db(&dir.join(DB_FILE))?
             .query_row(
                 "SELECT value FROM settings WHERE key = 'master_key'",
@@ -536,7 +579,7 @@ impl Platform {
             }
         }
         let signer = Signer::load(&master, &fs::read(dir.join(SIGNING_KEY_FILE))?)?;
-        Platform::assemble(dir, master, signer)
+        Platform::assemble(dir, master, signer, lock)
     }
 
     /// Every wrapped data key in the metadata, with the object it belongs to.
@@ -651,7 +694,9 @@ impl Platform {
         Ok(keys.len() as u64)
     }
 
-    fn assemble(dir: &Path, master: MasterKey, signer: Signer) -> Result<Platform> {
+    fn assemble(dir: &Path, master: MasterKey, signer: Signer, lock: fs::File) -> Result<Platform> {
+        // A write killed before its rename left a temporary file nothing refers to.
+        remove_temporary_files(dir)?;
         let signer = Arc::new(signer);
         let checkpoints = Arc::clone(&signer);
         let audit = AuditLog::open(&dir.join(AUDIT_FILE))?
@@ -665,6 +710,7 @@ impl Platform {
             running: Mutex::new(HashMap::new()),
             master,
             signer,
+            _lock: lock,
         })
     }
 
@@ -3214,6 +3260,21 @@ mod tests {
         drop(conn);
         // Opening again changes nothing.
         drop(open_db(&path).unwrap());
+    }
+
+    #[test]
+    fn one_process_at_a_time_opens_a_data_directory_and_leftover_temporary_files_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let (platform, _) = Platform::init(&data, &dir.path().join("master.key"), "admin").unwrap();
+        let key = || MasterKey::load(&dir.path().join("master.key")).unwrap();
+        let second = Platform::open(&data, key()).unwrap_err().to_string();
+        assert!(second.contains("another tidegate process"), "{second}");
+        drop(platform);
+        let leftover = data.join("objects").join(".x.tge.tmp-0123456789ab");
+        fs::write(&leftover, b"half").unwrap();
+        let _platform = Platform::open(&data, key()).unwrap();
+        assert!(!leftover.exists());
     }
 
     #[test]

@@ -570,8 +570,9 @@ fn run(cli: Cli) -> Result<()> {
                     .await
                     .with_context(|| format!("cannot listen on {listen}"))?;
                 eprintln!(
-                    "tidegate: serving {} on http://{listen}",
-                    keys.data_dir.display()
+                    "tidegate: serving {} on http://{}",
+                    keys.data_dir.display(),
+                    listener.local_addr()?
                 );
                 let shutdown = async {
                     let _ = tokio::signal::ctrl_c().await;
