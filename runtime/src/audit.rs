@@ -198,6 +198,19 @@ impl AuditLog {
 
     /// Appends an entry and makes it durable; an error means the action must not happen.
     pub fn append(&self, actor: &str, action: &str, object: &str, detail: Value) -> Result<u64> {
+        self.append_at(crate::now_rfc3339(), actor, action, object, detail)
+    }
+
+    /// [`AuditLog::append`] with the time the caller also records in the metadata, so that the
+    /// metadata and the log agree to the instant (metering is reproduced from the log).
+    pub fn append_at(
+        &self,
+        at: String,
+        actor: &str,
+        action: &str,
+        object: &str,
+        detail: Value,
+    ) -> Result<u64> {
         let mut tail = self.tail.lock().expect("audit lock");
         if tail.broken {
             return Err(Error::Internal(
@@ -207,7 +220,7 @@ impl AuditLog {
         }
         let mut entry = AuditEntry {
             seq: tail.seq + 1,
-            at: crate::now_rfc3339(),
+            at,
             actor: actor.to_string(),
             action: action.to_string(),
             object: object.to_string(),
@@ -398,6 +411,26 @@ fn verify_chain(path: &Path) -> Result<AuditVerdict> {
         first_bad: None,
         head,
     })
+}
+
+/// Every entry of the log, after the whole log (and with `public_key`, its checkpoints'
+/// signatures) verified: what an auditor recomputes statements from.
+pub fn read_verified(log: &Path, public_key: Option<&[u8]>) -> Result<Vec<AuditEntry>> {
+    let verdict = verify_file(log, public_key)?;
+    if let Some((n, why)) = verdict.first_bad {
+        return Err(Error::Integrity(format!(
+            "the audit log fails verification at entry {n}: {why}"
+        )));
+    }
+    let file = fs::File::open(log)?;
+    let mut entries = Vec::with_capacity(verdict.entries as usize);
+    for line in BufReader::new(file)
+        .split(b'\n')
+        .take(verdict.entries as usize)
+    {
+        entries.push(serde_json::from_slice(&line?)?);
+    }
+    Ok(entries)
 }
 
 /// A slice of the log for an auditor: the entries in a range, and the signed checkpoints that

@@ -10,24 +10,29 @@ mod crypto;
 mod error;
 mod gate;
 mod job;
+mod metering;
 mod platform;
 mod sandbox;
 mod storage;
 
 pub use audit::{
     AuditEntry, AuditLog, AuditSlice, AuditVerdict, CHECKPOINT_EVERY, Checkpoint, CheckpointSigner,
-    checkpoints_path, export_slice as export_audit_slice, verify_file as verify_audit_file,
-    verify_slice as verify_audit_slice,
+    checkpoints_path, export_slice as export_audit_slice, read_verified as read_audit_log,
+    verify_file as verify_audit_file, verify_slice as verify_audit_slice,
 };
 pub use bundle::{Signer, Verified, verify as verify_bundle, write as write_bundle};
 pub use crypto::{DataKey, MasterKey, SealedReader, random_token, sha256_hex};
 pub use error::{Error, Result};
 pub use gate::{GateInput, GateOutcome, evaluate as evaluate_gate};
 pub use job::{EngineLimits, JobOutput, TableData, TableInput, run_query, run_query_until};
+pub use metering::{
+    Event as MeteredEvent, Ledger, PRICE_ITEMS, ScenarioTerms, ledger_from_audit,
+    statement as statement_from_ledger,
+};
 pub use platform::{
     AUDIT_FILE, ApprovalView, ColumnInput, DatasetView, ExportView, GrantRequest, ImportRequest,
-    JobRequest, JobView, ModuleView, OrgView, PRICE_CATEGORIES, PUBLIC_KEY_FILE, Platform,
-    PrincipalView, ResourceUse, ScenarioRequest, ScenarioView, local_table, verify_certificate,
+    JobRequest, JobView, ModuleView, OrgView, PUBLIC_KEY_FILE, Platform, PrincipalView,
+    ResourceUse, ScenarioRequest, ScenarioView, local_table, verify_certificate,
 };
 pub use sandbox::{
     FunctionSig, GuestLimits, GuestSession, JobMeter, Sandbox, ValidatedModule, WasmType,

@@ -28,6 +28,7 @@ use crate::crypto::{DataKey, MasterKey, random_bytes, random_token, sha256_hex, 
 use crate::error::{Error, Result};
 use crate::gate::{self, GateInput};
 use crate::job::{self, EngineLimits, TableData, TableInput};
+use crate::metering::{Event, Ledger, PRICE_ITEMS, ScenarioTerms};
 use crate::sandbox::{GuestLimits, JobMeter, Sandbox};
 use crate::storage::{SealedSource, SealedStore, from_parquet, to_parquet, to_parquet_with_schema};
 
@@ -89,15 +90,19 @@ CREATE TABLE IF NOT EXISTS prices (
     category TEXT PRIMARY KEY, unit TEXT NOT NULL, fen_per_unit INTEGER NOT NULL);
 "#;
 
-/// The price table's categories (DOMAIN.md section 5), their units and default prices in fen
-/// (0.01 yuan) per unit.
-pub const PRICE_CATEGORIES: [(&str, &str, i64); 5] = [
-    ("resource_consumption", "billion fuel units", 50),
-    ("data_governance", "GB scanned", 200),
-    ("model_publishing", "module approved", 10_000),
-    ("result_export", "export released", 5_000),
-    ("security_services", "job gated and audited", 100),
-];
+/// The price table's items by key, unit and default price: see [`PRICE_ITEMS`].
+fn price_item(key: &str) -> Result<(&'static str, i64)> {
+    PRICE_ITEMS
+        .iter()
+        .find(|(k, ..)| *k == key)
+        .map(|(_, _, unit, default)| (*unit, *default))
+        .ok_or_else(|| {
+            Error::BadInput(format!(
+                "unknown price category {key}: one of {}",
+                PRICE_ITEMS.map(|c| c.0).join(", ")
+            ))
+        })
+}
 
 fn new_id(prefix: &str) -> String {
     format!("{prefix}_{}", hex::encode(random_bytes::<8>()))
@@ -394,14 +399,21 @@ impl std::fmt::Debug for Platform {
 /// Schema changes after the first schema, in order: `(version, statements)`. A data directory
 /// records the version it is at (`PRAGMA user_version`); opening it applies the missing steps
 /// in one transaction each, so a kill halfway leaves the last complete version.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    2,
-    "ALTER TABLE datasets ADD COLUMN approvers TEXT NOT NULL DEFAULT '[]';
-     ALTER TABLE scenarios ADD COLUMN export_rules TEXT NOT NULL DEFAULT '{}';",
-)];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        2,
+        "ALTER TABLE datasets ADD COLUMN approvers TEXT NOT NULL DEFAULT '[]';
+         ALTER TABLE scenarios ADD COLUMN export_rules TEXT NOT NULL DEFAULT '{}';",
+    ),
+    (
+        3,
+        "ALTER TABLE orgs ADD COLUMN exited_at TEXT;
+         ALTER TABLE exports ADD COLUMN bytes INTEGER;",
+    ),
+];
 
 /// The schema version this build writes.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const LOCK_FILE: &str = "lock";
 
@@ -525,7 +537,7 @@ impl Platform {
                 params![platform.master.fingerprint()],
             )?;
             tx.execute(
-                "INSERT INTO orgs VALUES (?1, 'data-authority', 'authority', ?2)",
+                "INSERT INTO orgs (id, name, kind, created_at) VALUES (?1, 'data-authority', 'authority', ?2)",
                 params![org, now],
             )?;
             tx.execute(
@@ -799,7 +811,7 @@ impl Platform {
         let mut db = self.db.lock().expect("db");
         let tx = db.transaction()?;
         tx.execute(
-            "INSERT INTO orgs VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO orgs (id, name, kind, created_at) VALUES (?1, ?2, ?3, ?4)",
             params![id, name, kind, crate::now_rfc3339()],
         )
         .map_err(|e| match e {
@@ -1041,11 +1053,13 @@ impl Platform {
                 now
             ],
         )?;
-        self.audit.append(
+        self.audit.append_at(
+            now,
             &actor.id,
             "dataset.import",
             &id,
-            json!({ "version": version, "level": req.level, "rows": rows, "content_hash": content_hash, "approvers": approvers }),
+            json!({ "version": version, "level": req.level, "rows": rows, "content_hash": content_hash,
+                    "approvers": approvers, "bytes": parquet.len(), "social": social }),
         )?;
         tx.commit()?;
         let approvers = Self::dataset_row(&db, &id)?.approvers;
@@ -1257,7 +1271,8 @@ impl Platform {
             &actor.id,
             "scenario.apply",
             &id,
-            json!({ "grants": grants, "term": [req.term_start, req.term_end], "k": k,
+            json!({ "name": req.name, "public_interest": req.public_interest,
+                    "grants": grants, "term": [req.term_start, req.term_end], "k": k,
                     "export_rules": req.export_rules, "state": state }),
         )?;
         tx.commit()?;
@@ -1638,7 +1653,12 @@ impl Platform {
         });
         let body = serde_json::to_vec(&certificate)?;
         let signature = hex::encode(self.signer.sign(&body));
-        self.audit.append(
+        tx.execute(
+            "UPDATE orgs SET exited_at = ?2 WHERE id = ?1",
+            params![org, now],
+        )?;
+        self.audit.append_at(
+            now.clone(),
             &actor.id,
             "org.exit",
             &org,
@@ -1845,11 +1865,13 @@ impl Platform {
             ));
         }
         let tx = db.transaction()?;
+        let now = crate::now_rfc3339();
         tx.execute(
             "UPDATE modules SET approved_by = ?3, approval_note = ?4, approved_at = ?5 WHERE hash = ?1 AND scenario_id = ?2",
-            params![hash, scenario, actor.id, note, crate::now_rfc3339()],
+            params![hash, scenario, actor.id, note, now],
         )?;
-        self.audit.append(
+        self.audit.append_at(
+            now,
             &actor.id,
             "module.approve",
             hash,
@@ -1986,7 +2008,8 @@ impl Platform {
                      shape = ?5, plan = ?6, result_hash = ?7, wrapped_key = ?8, finished_at = ?9 WHERE id = ?1",
                     params![id, rows as i64, to_json(&visible), to_json(&resources), to_json(&output.shape), output.plan, result_hash, wrapped, finished],
                 )?;
-                self.audit.append(
+                self.audit.append_at(
+                    finished.clone(),
                     &actor.id,
                     "job.end",
                     &id,
@@ -1999,7 +2022,8 @@ impl Platform {
                     "UPDATE jobs SET state = 'failed', error = ?2, resources = ?3, finished_at = ?4 WHERE id = ?1",
                     params![id, message, to_json(&resources), finished],
                 )?;
-                self.audit.append(
+                self.audit.append_at(
+                    finished.clone(),
                     &actor.id,
                     "job.end",
                     &id,
@@ -2215,9 +2239,11 @@ impl Platform {
         };
         let state = if passed { "in_review" } else { "rejected" };
         let required = tidegate_policy::required_export_approvals(job.level) as i64;
+        let now = crate::now_rfc3339();
+        let stored_bytes = passed.then_some(outcome.csv.len() as i64);
         let tx = db.transaction()?;
         tx.execute(
-            "INSERT INTO exports VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, NULL)",
+            "INSERT INTO exports VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, NULL, ?12)",
             params![
                 id,
                 job_id,
@@ -2229,15 +2255,18 @@ impl Platform {
                 wrapped,
                 required,
                 (!passed).then_some("the export gate refused the result"),
-                crate::now_rfc3339()
+                now,
+                stored_bytes
             ],
         )?;
-        self.audit.append(
+        self.audit.append_at(
+            now,
             &actor.id,
             "export.request",
             &id,
             json!({
                 "job": job_id,
+                "bytes": stored_bytes,
                 "gate_passed": passed,
                 "checks": outcome.report.checks.iter().map(|c| json!({ "name": c.name, "passed": c.passed })).collect::<Vec<_>>(),
                 "groups_suppressed": outcome.report.groups_suppressed,
@@ -2473,7 +2502,8 @@ impl Platform {
             "UPDATE exports SET state = 'released', released_at = COALESCE(released_at, ?2) WHERE id = ?1",
             params![id, now],
         )?;
-        self.audit.append(
+        self.audit.append_at(
+            now,
             &actor.id,
             "export.download",
             id,
@@ -2486,15 +2516,7 @@ impl Platform {
     /// The admin sets the price of a category (fen per unit).
     pub fn set_price(&self, actor: &Principal, category: &str, fen_per_unit: i64) -> Result<()> {
         tidegate_policy::require_role(actor, Role::Admin)?;
-        let (_, unit, _) = PRICE_CATEGORIES
-            .iter()
-            .find(|(c, _, _)| *c == category)
-            .ok_or_else(|| {
-                Error::BadInput(format!(
-                    "unknown price category {category}: one of {}",
-                    PRICE_CATEGORIES.map(|c| c.0).join(", ")
-                ))
-            })?;
+        let (unit, _) = price_item(category)?;
         if fen_per_unit < 0 {
             return Err(Error::BadInput("a price is not negative".into()));
         }
@@ -2517,108 +2539,154 @@ impl Platform {
     /// R-METER: an org's statement for a month (`YYYY-MM`): one line per scenario and
     /// category. Public-interest scenarios and a provider's use of products of its own data
     /// are free. Admins, auditors and the org's own members may read it.
-    pub fn statement(&self, actor: &Principal, org: &str, period: &str) -> Result<Value> {
+    pub fn statement(
+        &self,
+        actor: &Principal,
+        org: &str,
+        period: &str,
+        as_of: Option<&str>,
+    ) -> Result<Value> {
         let db = self.db.lock().expect("db");
         let org = Self::org_id(&db, org)?;
         if !(actor.org == org || actor.has_role(Role::Admin) || actor.has_role(Role::Auditor)) {
             return Err(Error::NotFound(format!("org {org}")));
         }
-        let valid_period = period.len() == 7
-            && period.as_bytes()[4] == b'-'
-            && period[..4].parse::<u16>().is_ok()
-            && period[5..]
-                .parse::<u8>()
-                .is_ok_and(|m| (1..=12).contains(&m));
-        if !valid_period {
-            return Err(Error::BadInput("a period is a month, YYYY-MM".into()));
-        }
-        let like = format!("{period}%");
-        let price = |category: &str| -> Result<(String, i64)> {
-            let stored: Option<(String, i64)> = db
+        crate::metering::period_bounds(period)?;
+        let as_of = match as_of {
+            Some(t) => {
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                    .map_err(|_| Error::BadInput("as_of is an RFC 3339 time".into()))?
+            }
+            None => time::OffsetDateTime::now_utc(),
+        };
+        let ledger = Self::ledger(&db)?;
+        crate::metering::statement(&ledger, &org, period, as_of)
+    }
+
+    /// The metered events as the metadata records them; the audit log yields the same ledger
+    /// (`metering::ledger_from_audit`).
+    fn ledger(db: &Connection) -> Result<Ledger> {
+        let mut ledger = Ledger::default();
+        for (key, ..) in PRICE_ITEMS {
+            let fen: Option<i64> = db
                 .query_row(
-                    "SELECT unit, fen_per_unit FROM prices WHERE category = ?1",
-                    params![category],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
+                    "SELECT fen_per_unit FROM prices WHERE category = ?1",
+                    params![key],
+                    |r| r.get(0),
                 )
                 .optional()?;
-            let (_, unit, default) = PRICE_CATEGORIES
-                .iter()
-                .find(|(c, _, _)| *c == category)
-                .expect("a known category");
-            Ok(stored.unwrap_or(((*unit).to_string(), *default)))
-        };
-        let scenarios: Vec<String> = db
-            .prepare("SELECT id FROM scenarios WHERE org_id = ?1 ORDER BY created_at")?
-            .query_map(params![org], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        let mut lines = Vec::new();
-        let mut total = 0i64;
-        for sid in scenarios {
-            let s = Self::scenario_row(&db, &sid)?;
-            let own_data = s
-                .grants
-                .iter()
-                .map(|g| Self::dataset_row(&db, &g.dataset).map(|d| d.org == org))
-                .collect::<Result<Vec<bool>>>()?
-                .iter()
-                .all(|own| *own);
-            let free = if s.view.public_interest {
-                Some("public-interest scenario: free")
-            } else if own_data {
-                Some("a provider's use of products of its own data: free")
-            } else {
-                None
-            };
-            let (mut fuel, mut bytes, mut jobs) = (0f64, 0f64, 0f64);
-            let mut stmt = db.prepare(
-                "SELECT resources FROM jobs WHERE scenario_id = ?1 AND created_at LIKE ?2",
-            )?;
-            for r in stmt.query_map(params![sid, like], |r| r.get::<_, Option<String>>(0))? {
-                jobs += 1.0;
-                if let Some(r) = r? {
-                    let used: ResourceUse = from_json(&r)?;
-                    fuel += used.fuel as f64;
-                    bytes += used.bytes_scanned as f64;
-                }
-            }
-            let modules: f64 = db.query_row(
-                "SELECT count(*) FROM modules WHERE scenario_id = ?1 AND approved_at LIKE ?2",
-                params![sid, like],
-                |r| r.get::<_, i64>(0),
-            )? as f64;
-            let exports: f64 = db.query_row(
-                "SELECT count(*) FROM exports e JOIN jobs j ON e.job_id = j.id
-                 WHERE j.scenario_id = ?1 AND e.released_at LIKE ?2",
-                params![sid, like],
-                |r| r.get::<_, i64>(0),
-            )? as f64;
-            for (category, quantity) in [
-                ("resource_consumption", fuel / 1e9),
-                ("data_governance", bytes / 1e9),
-                ("model_publishing", modules),
-                ("result_export", exports),
-                ("security_services", jobs),
-            ] {
-                let (unit, fen) = price(category)?;
-                let amount = if free.is_some() {
-                    0
-                } else {
-                    (quantity * fen as f64).round() as i64
-                };
-                total += amount;
-                lines.push(json!({
-                    "scenario": sid,
-                    "scenario_name": s.name,
-                    "category": category,
-                    "quantity": (quantity * 1e6).round() / 1e6,
-                    "unit": unit,
-                    "fen_per_unit": fen,
-                    "amount_fen": amount,
-                    "note": free,
-                }));
+            if let Some(fen) = fen {
+                ledger.prices.insert(key.to_string(), fen);
             }
         }
-        Ok(json!({ "org": org, "period": period, "lines": lines, "total_fen": total }))
+        let exited: HashMap<String, String> = db
+            .prepare("SELECT id, exited_at FROM orgs WHERE exited_at IS NOT NULL")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let scenario_ids: Vec<String> = db
+            .prepare("SELECT id FROM scenarios")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for id in scenario_ids {
+            let s = Self::scenario_row(db, &id)?;
+            let mut own_data = true;
+            for g in &s.grants {
+                own_data &= Self::dataset_row(db, &g.dataset)?.org == s.org;
+            }
+            ledger.scenarios.insert(
+                id,
+                ScenarioTerms {
+                    org: s.org,
+                    name: s.name,
+                    public_interest: s.view.public_interest,
+                    own_data,
+                },
+            );
+        }
+        let org_of = |scenario: &str| -> Result<String> {
+            ledger
+                .scenarios
+                .get(scenario)
+                .map(|s| s.org.clone())
+                .ok_or_else(|| Error::Integrity(format!("scenario {scenario} is gone")))
+        };
+        let mut events = Vec::new();
+        let jobs: Vec<(String, String, Option<String>, bool)> = db
+            .prepare(
+                "SELECT scenario_id, finished_at, resources, state = 'succeeded' FROM jobs
+                 WHERE finished_at IS NOT NULL ORDER BY finished_at",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        for (scenario, at, resources, succeeded) in jobs {
+            let used: ResourceUse = resources
+                .map(|r| from_json(&r))
+                .transpose()?
+                .unwrap_or_default();
+            events.push(Event::Job {
+                scenario: scenario.clone(),
+                at: at.clone(),
+                fuel: used.fuel,
+                bytes_scanned: used.bytes_scanned,
+            });
+            if succeeded {
+                let org = org_of(&scenario)?;
+                events.push(Event::Stored {
+                    until: exited.get(&org).cloned(),
+                    org,
+                    scenario: Some(scenario),
+                    bytes: used.output_bytes,
+                    from: at,
+                });
+            }
+        }
+        let modules: Vec<(String, String)> = db
+            .prepare("SELECT scenario_id, approved_at FROM modules WHERE approved_at IS NOT NULL")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        for (scenario, at) in modules {
+            events.push(Event::ModuleApproved { scenario, at });
+        }
+        let exports: Vec<(String, String, Option<i64>, Option<String>)> = db
+            .prepare(
+                "SELECT j.scenario_id, e.created_at, e.bytes, e.released_at
+                 FROM exports e JOIN jobs j ON e.job_id = j.id",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        for (scenario, created, bytes, released) in exports {
+            if let Some(bytes) = bytes {
+                let org = org_of(&scenario)?;
+                events.push(Event::Stored {
+                    until: exited.get(&org).cloned(),
+                    org,
+                    scenario: Some(scenario.clone()),
+                    bytes: bytes as u64,
+                    from: created,
+                });
+            }
+            if let Some(at) = released {
+                events.push(Event::Released { scenario, at });
+            }
+        }
+        let social: Vec<(String, i64, String)> = db
+            .prepare(
+                "SELECT d.org_id, v.bytes, v.created_at FROM dataset_versions v
+                 JOIN datasets d ON v.dataset_id = d.id WHERE d.origin LIKE 'social%'",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        for (org, bytes, from) in social {
+            events.push(Event::Stored {
+                until: exited.get(&org).cloned(),
+                org,
+                scenario: None,
+                bytes: bytes as u64,
+                from,
+            });
+        }
+        ledger.events = events;
+        Ok(ledger)
     }
 
     /// R-REPORT: an org's annual report: its scenarios, jobs, exports, resource use and
@@ -2717,7 +2785,7 @@ impl Platform {
         }
         let db = self.db.lock().expect("db");
         let mut prices = serde_json::Map::new();
-        for (category, _, default) in PRICE_CATEGORIES {
+        for (category, _, _, default) in PRICE_ITEMS {
             let fen: Option<i64> = db
                 .query_row(
                     "SELECT fen_per_unit FROM prices WHERE category = ?1",
@@ -2770,10 +2838,7 @@ impl Platform {
         let mut statements: Vec<(String, Vec<rusqlite::types::Value>)> = Vec::new();
         let mut cancel = Vec::new();
         for (category, value) in doc["prices"].as_object().into_iter().flatten() {
-            let known = PRICE_CATEGORIES
-                .iter()
-                .find(|(c, _, _)| c == category)
-                .ok_or_else(|| Error::BadInput(format!("unknown price category {category}")))?;
+            let known = price_item(category)?;
             let fen = value.as_i64().filter(|f| *f >= 0).ok_or_else(|| {
                 Error::BadInput(format!(
                     "the price of {category} is not a whole number of fen"
@@ -2786,12 +2851,12 @@ impl Platform {
                     |r| r.get(0),
                 )
                 .optional()?
-                .unwrap_or(known.2);
+                .unwrap_or(known.1);
             if old != fen {
                 changes.push(json!({ "price": category, "from": old, "to": fen }));
                 statements.push((
                     "INSERT INTO prices VALUES (?1, ?2, ?3) ON CONFLICT(category) DO UPDATE SET fen_per_unit = ?3".into(),
-                    vec![category.clone().into(), known.1.to_string().into(), fen.into()],
+                    vec![category.clone().into(), known.0.to_string().into(), fen.into()],
                 ));
             }
         }

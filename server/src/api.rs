@@ -388,6 +388,8 @@ async fn set_price(
 struct StatementQuery {
     org: String,
     period: String,
+    /// Count storage up to this RFC 3339 time instead of now, to reproduce a statement.
+    as_of: Option<String>,
 }
 
 async fn statement(
@@ -397,7 +399,7 @@ async fn statement(
 ) -> ApiResult<Value> {
     let actor = principal(&p, &h)?;
     Ok(Json(
-        blocking(move || p.statement(&actor, &q.org, &q.period)).await?,
+        blocking(move || p.statement(&actor, &q.org, &q.period, q.as_of.as_deref())).await?,
     ))
 }
 

@@ -288,6 +288,9 @@ enum MeterCommand {
         /// YYYY-MM
         #[arg(long)]
         period: String,
+        /// Count storage up to this RFC 3339 time instead of now.
+        #[arg(long)]
+        as_of: Option<String>,
     },
     /// Set a category's price in fen (0.01 yuan) per unit.
     Price { category: String, fen_per_unit: i64 },
@@ -315,6 +318,23 @@ enum AuditCommand {
         to: String,
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Recompute an org's statement from the audit log alone, offline, after verifying it.
+    Statement {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The org's id, as the log names it.
+        #[arg(long)]
+        org: String,
+        /// YYYY-MM
+        #[arg(long)]
+        period: String,
+        /// Count storage up to this RFC 3339 time (now by default).
+        #[arg(long)]
+        as_of: Option<String>,
+        /// The platform public key (hex). Defaults to DATA_DIR/platform.pub.
+        #[arg(long)]
+        key: Option<PathBuf>,
     },
     /// Verify an exported slice offline.
     VerifySlice {
@@ -610,12 +630,7 @@ fn run(cli: Cli) -> Result<()> {
             command: AuditCommand::Verify { data_dir, key },
         } => {
             let key_path = key.unwrap_or_else(|| data_dir.join(tidegate_runtime::PUBLIC_KEY_FILE));
-            let key = std::fs::read_to_string(&key_path)
-                .ok()
-                .and_then(|k| hex::decode(k.trim()).ok())
-                .ok_or_else(|| {
-                    anyhow!("cannot read a hex public key from {}", key_path.display())
-                })?;
+            let key = read_public_key(&key_path)?;
             let log = data_dir.join(tidegate_runtime::AUDIT_FILE);
             let v = tidegate_runtime::verify_audit_file(&log, Some(&key))?;
             match v.first_bad {
@@ -650,16 +665,41 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Audit {
+            command:
+                AuditCommand::Statement {
+                    data_dir,
+                    org,
+                    period,
+                    as_of,
+                    key,
+                },
+        } => {
+            let key_path = key.unwrap_or_else(|| data_dir.join(tidegate_runtime::PUBLIC_KEY_FILE));
+            let key = read_public_key(&key_path)?;
+            let entries = tidegate_runtime::read_audit_log(
+                &data_dir.join(tidegate_runtime::AUDIT_FILE),
+                Some(&key),
+            )?;
+            let ledger = tidegate_runtime::ledger_from_audit(&entries)?;
+            let as_of = match as_of {
+                Some(t) => {
+                    time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339)
+                        .with_context(|| format!("`{t}` is not an RFC 3339 time"))?
+                }
+                None => time::OffsetDateTime::now_utc(),
+            };
+            print(&tidegate_runtime::statement_from_ledger(
+                &ledger, &org, &period, as_of,
+            )?);
+        }
+        Command::Audit {
             command: AuditCommand::VerifySlice { file, key },
         } => {
             let slice: tidegate_runtime::AuditSlice = serde_json::from_slice(
                 &std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?,
             )
             .context("not an audit slice")?;
-            let key = std::fs::read_to_string(&key)
-                .ok()
-                .and_then(|k| hex::decode(k.trim()).ok())
-                .ok_or_else(|| anyhow!("cannot read a hex public key from {}", key.display()))?;
+            let key = read_public_key(&key)?;
             let (entries, checkpoints) = tidegate_runtime::verify_audit_slice(&slice, Some(&key))?;
             println!("audit slice verified: {entries} entries, {checkpoints} signed checkpoints");
         }
@@ -892,7 +932,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Meter { command, remote } => {
             let c = remote.client()?;
             match command {
-                MeterCommand::Statement { org, period } => print(&c.statement(&org, &period)?),
+                MeterCommand::Statement { org, period, as_of } => print(&match as_of {
+                    Some(t) => c.statement_as_of(&org, &period, &t)?,
+                    None => c.statement(&org, &period)?,
+                }),
                 MeterCommand::Price {
                     category,
                     fen_per_unit,
@@ -946,6 +989,14 @@ fn scan(file: &Path, as_json: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The platform public key from a hex file.
+fn read_public_key(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|k| hex::decode(k.trim()).ok())
+        .ok_or_else(|| anyhow!("cannot read a hex public key from {}", path.display()))
 }
 
 /// Proposes tags for every column of a local file from a sample of up to 1,000 values: one

@@ -195,6 +195,17 @@ impl Client {
         )
     }
 
+    /// The statement with storage counted up to `as_of` (RFC 3339), as it can be reproduced
+    /// from the audit log.
+    pub fn statement_as_of(&self, org: &str, period: &str, as_of: &str) -> Result<Value> {
+        let as_of = as_of.replace('+', "%2B").replace(':', "%3A");
+        self.ok(
+            "GET",
+            &format!("/v1/meter/statement?org={org}&period={period}&as_of={as_of}"),
+            None,
+        )
+    }
+
     /// Sets the price of a category, in fen per unit (admin).
     pub fn set_price(&self, category: &str, fen_per_unit: i64) -> Result<Value> {
         self.ok(

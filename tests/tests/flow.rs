@@ -620,7 +620,7 @@ fn a_statement_charges_commercial_use_and_leaves_public_interest_free() {
         .statement(&env.world.operator_org, &period)
         .unwrap();
     let lines = statement["lines"].as_array().unwrap();
-    assert_eq!(lines.len(), 5, "one line per category");
+    assert_eq!(lines.len(), 6, "one line per price item");
     assert!(
         lines
             .iter()
@@ -708,6 +708,116 @@ fn a_commercial_scenario_pays_for_its_jobs() {
     assert_eq!(line("security_services")["amount_fen"], 300);
     assert_eq!(line("security_services")["note"], serde_json::Value::Null);
     assert!(statement["total_fen"].as_i64().unwrap() >= 300);
+}
+
+#[test]
+fn a_statement_is_reproduced_from_the_audit_log_alone() {
+    let (env, _, hash) = active_scenario();
+    let w = &env.world;
+    let today = time::OffsetDateTime::now_utc().date();
+    let applied = w
+        .scientist
+        .apply_scenario(&serde_json::json!({
+            "name": "Visitor marketing",
+            "key_area": "culture and tourism",
+            "purpose": "visitor counts per spot for a commercial marketing product",
+            "public_interest": false,
+            "grants": [{ "dataset": "visits", "columns": ["resident_id", "spot", "visit_date"] }],
+            "term_start": today.to_string(),
+            "term_end": (today + time::Duration::days(30)).to_string(),
+        }))
+        .unwrap();
+    let sid = applied["id"].as_str().unwrap();
+    w.admin.approve_scenario(sid).unwrap();
+    w.provider.approve_scenario(sid).unwrap();
+    w.publish_module(sid, VISITOR_UDF_WASM).unwrap();
+    w.admin.set_price("storage", 1_000_000).unwrap();
+    let j = job(&env, sid, tidegate_server_demo_sql(), &[hash]);
+    let export = w
+        .scientist
+        .request_export(j["id"].as_str().unwrap())
+        .unwrap();
+    let eid = export["id"].as_str().unwrap();
+    w.reviewer.review_export(eid, "approve", "ok").unwrap();
+    w.scientist
+        .download_bundle(eid, &env.dir.path().join("bundle"))
+        .unwrap();
+    // The unit's own enterprise data is stored, and billed by the GB-day.
+    let members: String = std::iter::once("member,spend\n".to_string())
+        .chain((0..20_000u64).map(|i| format!("m{i},{}\n", i * 7_919 % 100_003)))
+        .collect();
+    w.scientist
+        .import_dataset(
+            serde_json::json!({ "name": "members", "level": "L2", "format": "csv" }),
+            members.as_bytes(),
+        )
+        .unwrap();
+
+    let as_of = (time::OffsetDateTime::now_utc() + time::Duration::hours(6))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let period = time_period();
+    let billed = w
+        .admin
+        .statement_as_of(&w.operator_org, &period, &as_of)
+        .unwrap();
+    let key = hex_key(&env.data_dir().join(PUBLIC_KEY_FILE));
+    let entries =
+        tidegate_runtime::read_audit_log(&env.data_dir().join(AUDIT_FILE), Some(&key)).unwrap();
+    let ledger = tidegate_runtime::ledger_from_audit(&entries).unwrap();
+    let replayed = tidegate_runtime::statement_from_ledger(
+        &ledger,
+        &w.operator_org,
+        &period,
+        time::OffsetDateTime::parse(&as_of, &time::format_description::well_known::Rfc3339)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(billed, replayed);
+    let line = |scenario: serde_json::Value, item: &str| {
+        billed["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["scenario"] == scenario && l["item"] == item)
+            .unwrap_or_else(|| panic!("no {item} line in {billed}"))
+            .clone()
+    };
+    assert_eq!(line(sid.into(), "result_export")["amount_fen"], 5_000);
+    assert_eq!(line(sid.into(), "model_publishing")["amount_fen"], 10_000);
+    assert!(line(sid.into(), "storage")["amount_fen"].as_i64().unwrap() > 0);
+    assert!(
+        line(serde_json::Value::Null, "storage")["quantity"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    assert!(billed["total_fen"].as_i64().unwrap() > 15_000);
+
+    // After the org exits, what it stored stops accruing, in both accounts alike.
+    w.admin.exit_org(&w.operator_org, "term ended").unwrap();
+    let later = (time::OffsetDateTime::now_utc() + time::Duration::hours(12))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let after = w
+        .admin
+        .statement_as_of(&w.operator_org, &period, &later)
+        .unwrap();
+    let entries =
+        tidegate_runtime::read_audit_log(&env.data_dir().join(AUDIT_FILE), Some(&key)).unwrap();
+    let replayed = tidegate_runtime::statement_from_ledger(
+        &tidegate_runtime::ledger_from_audit(&entries).unwrap(),
+        &w.operator_org,
+        &period,
+        time::OffsetDateTime::parse(&later, &time::format_description::well_known::Rfc3339)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(after, replayed);
+    assert!(
+        after["total_fen"].as_i64().unwrap() <= billed["total_fen"].as_i64().unwrap(),
+        "nothing accrues after the exit"
+    );
 }
 
 /// A module whose bytes carry a marker that exists nowhere else.

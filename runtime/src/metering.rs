@@ -1,0 +1,501 @@
+//! R-METER: what each org owes for a period, from a ledger of metered events. The platform
+//! builds the ledger from its metadata; an auditor builds the same ledger from the audit log
+//! alone (`ledger_from_audit`), so every total can be reproduced from the log.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::audit::AuditEntry;
+use crate::error::{Error, Result};
+
+/// The price table: item, the DOMAIN.md category it belongs to, its unit, and the default
+/// price in fen (0.01 yuan) per unit. The item is the key of the admin's price table.
+pub const PRICE_ITEMS: [(&str, &str, &str, i64); 6] = [
+    (
+        "resource_consumption",
+        "resource_consumption",
+        "billion fuel units",
+        50,
+    ),
+    ("storage", "resource_consumption", "GB-day stored", 2),
+    ("data_governance", "data_governance", "GB scanned", 200),
+    (
+        "model_publishing",
+        "model_publishing",
+        "module approved",
+        10_000,
+    ),
+    ("result_export", "result_export", "export released", 5_000),
+    (
+        "security_services",
+        "security_services",
+        "job gated and audited",
+        100,
+    ),
+];
+
+/// What the statement needs to know of a scenario.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScenarioTerms {
+    pub org: String,
+    pub name: String,
+    pub public_interest: bool,
+    /// Every dataset it reads belongs to its own org (a provider using its own data).
+    pub own_data: bool,
+}
+
+/// One metered event. Times are RFC 3339, UTC, exactly as the audit log records them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A job ended (succeeded or failed): it was gated, audited and used resources.
+    Job {
+        scenario: String,
+        at: String,
+        fuel: u64,
+        bytes_scanned: u64,
+    },
+    ModuleApproved {
+        scenario: String,
+        at: String,
+    },
+    /// The first download of an approved export.
+    Released {
+        scenario: String,
+        at: String,
+    },
+    /// Bytes an org keeps in the domain from `from` until `until` (still kept when `None`):
+    /// a job's result or an export file (with its scenario), or the org's own social data.
+    Stored {
+        org: String,
+        scenario: Option<String>,
+        bytes: u64,
+        from: String,
+        until: Option<String>,
+    },
+}
+
+/// Everything a statement is computed from.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Ledger {
+    pub scenarios: BTreeMap<String, ScenarioTerms>,
+    /// Fen per unit by price item; items not set use their default.
+    pub prices: BTreeMap<String, i64>,
+    pub events: Vec<Event>,
+}
+
+fn parse_time(at: &str) -> Result<OffsetDateTime> {
+    OffsetDateTime::parse(at, &Rfc3339)
+        .map_err(|_| Error::Integrity(format!("`{at}` is not an RFC 3339 time")))
+}
+
+/// The first instant of a `YYYY-MM` period and of the month after it.
+pub(crate) fn period_bounds(period: &str) -> Result<(OffsetDateTime, OffsetDateTime)> {
+    let bad = || Error::BadInput("a period is a month, YYYY-MM".into());
+    let (y, m) = period.split_once('-').ok_or_else(bad)?;
+    if y.len() != 4 || m.len() != 2 {
+        return Err(bad());
+    }
+    let year: i32 = y.parse().map_err(|_| bad())?;
+    let month: u8 = m.parse().map_err(|_| bad())?;
+    let month = time::Month::try_from(month).map_err(|_| bad())?;
+    let start = time::Date::from_calendar_date(year, month, 1).map_err(|_| bad())?;
+    let next = if month == time::Month::December {
+        time::Date::from_calendar_date(year + 1, time::Month::January, 1)
+    } else {
+        time::Date::from_calendar_date(year, month.next(), 1)
+    }
+    .map_err(|_| bad())?;
+    Ok((start.midnight().assume_utc(), next.midnight().assume_utc()))
+}
+
+/// The statement of `org` for `period`, counting storage up to `as_of` (so that a statement
+/// of the running month can be reproduced exactly later).
+pub fn statement(ledger: &Ledger, org: &str, period: &str, as_of: OffsetDateTime) -> Result<Value> {
+    let (start, end) = period_bounds(period)?;
+    let in_period = |at: &str| -> Result<bool> {
+        let t = parse_time(at)?;
+        Ok(start <= t && t < end)
+    };
+    // Per scenario (None: the org's own stored data): the quantity of each item.
+    let mut usage: BTreeMap<Option<String>, BTreeMap<&str, f64>> = BTreeMap::new();
+    for (id, s) in &ledger.scenarios {
+        if s.org == org {
+            usage.insert(Some(id.clone()), BTreeMap::new());
+        }
+    }
+    let ours = |scenario: &str| ledger.scenarios.get(scenario).is_some_and(|s| s.org == org);
+    for event in &ledger.events {
+        let (key, item, quantity) = match event {
+            Event::Job {
+                scenario,
+                at,
+                fuel,
+                bytes_scanned,
+            } => {
+                if !ours(scenario) || !in_period(at)? {
+                    continue;
+                }
+                let u = usage.entry(Some(scenario.clone())).or_default();
+                *u.entry("resource_consumption").or_default() += *fuel as f64 / 1e9;
+                *u.entry("data_governance").or_default() += *bytes_scanned as f64 / 1e9;
+                (Some(scenario.clone()), "security_services", 1.0)
+            }
+            Event::ModuleApproved { scenario, at } => {
+                if !ours(scenario) || !in_period(at)? {
+                    continue;
+                }
+                (Some(scenario.clone()), "model_publishing", 1.0)
+            }
+            Event::Released { scenario, at } => {
+                if !ours(scenario) || !in_period(at)? {
+                    continue;
+                }
+                (Some(scenario.clone()), "result_export", 1.0)
+            }
+            Event::Stored {
+                org: owner,
+                scenario,
+                bytes,
+                from,
+                until,
+            } => {
+                if owner != org {
+                    continue;
+                }
+                let from = parse_time(from)?.max(start);
+                let until = match until {
+                    Some(u) => parse_time(u)?,
+                    None => as_of,
+                }
+                .min(end)
+                .min(as_of);
+                if until <= from {
+                    continue;
+                }
+                let days = (until - from).as_seconds_f64() / 86_400.0;
+                (scenario.clone(), "storage", *bytes as f64 * days / 1e9)
+            }
+        };
+        *usage.entry(key).or_default().entry(item).or_default() += quantity;
+    }
+    let mut lines = Vec::new();
+    let mut total = 0i64;
+    for (scenario, quantities) in &usage {
+        let terms = scenario.as_ref().and_then(|s| ledger.scenarios.get(s));
+        let free = match terms {
+            Some(t) if t.public_interest => Some("public-interest scenario: free"),
+            Some(t) if t.own_data => Some("a provider's use of products of its own data: free"),
+            _ => None,
+        };
+        for (item, category, unit, default) in PRICE_ITEMS {
+            // The org's own data is billed for storage only.
+            if scenario.is_none() && item != "storage" {
+                continue;
+            }
+            let quantity = quantities.get(item).copied().unwrap_or(0.0);
+            let fen = ledger.prices.get(item).copied().unwrap_or(default);
+            let amount = if free.is_some() {
+                0
+            } else {
+                (quantity * fen as f64).round() as i64
+            };
+            total += amount;
+            lines.push(json!({
+                "scenario": scenario,
+                "scenario_name": terms.map(|t| t.name.clone()),
+                "category": category,
+                "item": item,
+                "quantity": (quantity * 1e6).round() / 1e6,
+                "unit": unit,
+                "fen_per_unit": fen,
+                "amount_fen": amount,
+                "note": free,
+            }));
+        }
+    }
+    Ok(json!({
+        "org": org,
+        "period": period,
+        "as_of": as_of.format(&Rfc3339).map_err(|e| Error::Internal(e.to_string()))?,
+        "lines": lines,
+        "total_fen": total,
+    }))
+}
+
+/// Rebuilds the ledger from the audit log alone, entry by entry.
+pub fn ledger_from_audit(entries: &[AuditEntry]) -> Result<Ledger> {
+    let missing = |e: &AuditEntry, what: &str| {
+        Error::Integrity(format!("audit entry {} ({}) lacks {what}", e.seq, e.action))
+    };
+    let mut ledger = Ledger::default();
+    let mut org_of_principal: BTreeMap<String, String> = BTreeMap::new();
+    let mut dataset_org: BTreeMap<String, String> = BTreeMap::new();
+    let mut scenario_datasets: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut job_scenario: BTreeMap<String, String> = BTreeMap::new();
+    let mut export_scenario: BTreeMap<String, String> = BTreeMap::new();
+    let mut released: BTreeSet<String> = BTreeSet::new();
+    for e in entries {
+        let d = &e.detail;
+        match e.action.as_str() {
+            "platform.init" => {
+                let admin = d["admin"].as_str().ok_or_else(|| missing(e, "admin"))?;
+                org_of_principal.insert(admin.to_string(), e.object.clone());
+            }
+            "principal.create" => {
+                let org = d["org"].as_str().ok_or_else(|| missing(e, "org"))?;
+                org_of_principal.insert(e.object.clone(), org.to_string());
+            }
+            "dataset.import" => {
+                let org = org_of_principal
+                    .get(&e.actor)
+                    .ok_or_else(|| missing(e, "a known importer"))?
+                    .clone();
+                dataset_org.insert(e.object.clone(), org.clone());
+                if d["social"].as_bool() == Some(true) {
+                    ledger.events.push(Event::Stored {
+                        org,
+                        scenario: None,
+                        bytes: d["bytes"].as_u64().ok_or_else(|| missing(e, "bytes"))?,
+                        from: e.at.clone(),
+                        until: None,
+                    });
+                }
+            }
+            "scenario.apply" => {
+                let org = org_of_principal
+                    .get(&e.actor)
+                    .ok_or_else(|| missing(e, "a known applicant"))?
+                    .clone();
+                let datasets = d["grants"]
+                    .as_array()
+                    .ok_or_else(|| missing(e, "grants"))?
+                    .iter()
+                    .filter_map(|g| g["dataset"].as_str().map(str::to_string))
+                    .collect();
+                scenario_datasets.insert(e.object.clone(), datasets);
+                ledger.scenarios.insert(
+                    e.object.clone(),
+                    ScenarioTerms {
+                        org,
+                        name: d["name"].as_str().ok_or_else(|| missing(e, "name"))?.into(),
+                        public_interest: d["public_interest"]
+                            .as_bool()
+                            .ok_or_else(|| missing(e, "public_interest"))?,
+                        own_data: false,
+                    },
+                );
+            }
+            "job.start" => {
+                let scenario = d["scenario"]
+                    .as_str()
+                    .ok_or_else(|| missing(e, "scenario"))?;
+                job_scenario.insert(e.object.clone(), scenario.to_string());
+            }
+            "job.end" => {
+                let scenario = job_scenario
+                    .get(&e.object)
+                    .ok_or_else(|| missing(e, "a started job"))?
+                    .clone();
+                let r = &d["resources"];
+                ledger.events.push(Event::Job {
+                    scenario: scenario.clone(),
+                    at: e.at.clone(),
+                    fuel: r["fuel"].as_u64().unwrap_or(0),
+                    bytes_scanned: r["bytes_scanned"].as_u64().unwrap_or(0),
+                });
+                if d["state"] == "succeeded" {
+                    let org = ledger
+                        .scenarios
+                        .get(&scenario)
+                        .map(|s| s.org.clone())
+                        .ok_or_else(|| missing(e, "a known scenario"))?;
+                    ledger.events.push(Event::Stored {
+                        org,
+                        scenario: Some(scenario),
+                        bytes: r["output_bytes"].as_u64().unwrap_or(0),
+                        from: e.at.clone(),
+                        until: None,
+                    });
+                }
+            }
+            "module.approve" => {
+                let scenario = d["scenario"]
+                    .as_str()
+                    .ok_or_else(|| missing(e, "scenario"))?;
+                ledger.events.push(Event::ModuleApproved {
+                    scenario: scenario.to_string(),
+                    at: e.at.clone(),
+                });
+            }
+            "export.request" => {
+                let job = d["job"].as_str().ok_or_else(|| missing(e, "job"))?;
+                let scenario = job_scenario
+                    .get(job)
+                    .ok_or_else(|| missing(e, "a known job"))?
+                    .clone();
+                export_scenario.insert(e.object.clone(), scenario.clone());
+                if let Some(bytes) = d["bytes"].as_u64() {
+                    let org = ledger
+                        .scenarios
+                        .get(&scenario)
+                        .map(|s| s.org.clone())
+                        .ok_or_else(|| missing(e, "a known scenario"))?;
+                    ledger.events.push(Event::Stored {
+                        org,
+                        scenario: Some(scenario),
+                        bytes,
+                        from: e.at.clone(),
+                        until: None,
+                    });
+                }
+            }
+            // The first download of an export is its release.
+            "export.download" if released.insert(e.object.clone()) => {
+                let scenario = export_scenario
+                    .get(&e.object)
+                    .ok_or_else(|| missing(e, "a known export"))?;
+                ledger.events.push(Event::Released {
+                    scenario: scenario.clone(),
+                    at: e.at.clone(),
+                });
+            }
+            "org.exit" => {
+                // Everything the org kept is destroyed now; its logs stay.
+                for event in &mut ledger.events {
+                    if let Event::Stored { org, until, .. } = event
+                        && *org == e.object
+                        && until.is_none()
+                    {
+                        *until = Some(e.at.clone());
+                    }
+                }
+            }
+            "price.set" => {
+                let fen = d["fen_per_unit"]
+                    .as_i64()
+                    .ok_or_else(|| missing(e, "fen_per_unit"))?;
+                ledger.prices.insert(e.object.clone(), fen);
+            }
+            "policy.apply" => {
+                for change in d["changes"].as_array().into_iter().flatten() {
+                    if let (Some(item), Some(fen)) =
+                        (change["price"].as_str(), change["to"].as_i64())
+                    {
+                        ledger.prices.insert(item.to_string(), fen);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    for (id, terms) in &mut ledger.scenarios {
+        terms.own_data = scenario_datasets.get(id).is_some_and(|datasets| {
+            datasets
+                .iter()
+                .all(|d| dataset_org.get(d) == Some(&terms.org))
+        });
+    }
+    Ok(ledger)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    fn ledger(public_interest: bool) -> Ledger {
+        let mut l = Ledger::default();
+        l.scenarios.insert(
+            "sc1".into(),
+            ScenarioTerms {
+                org: "unit".into(),
+                name: "footfall".into(),
+                public_interest,
+                own_data: false,
+            },
+        );
+        l.events = vec![
+            Event::Job {
+                scenario: "sc1".into(),
+                at: "2026-11-03T10:00:00Z".into(),
+                fuel: 2_000_000_000,
+                bytes_scanned: 3_000_000_000,
+            },
+            Event::Job {
+                scenario: "sc1".into(),
+                at: "2026-10-31T23:59:59Z".into(),
+                fuel: 9,
+                bytes_scanned: 9,
+            },
+            Event::Released {
+                scenario: "sc1".into(),
+                at: "2026-11-04T00:00:00Z".into(),
+            },
+            Event::Stored {
+                org: "unit".into(),
+                scenario: Some("sc1".into()),
+                bytes: 10_000_000_000,
+                from: "2026-10-20T00:00:00Z".into(),
+                until: Some("2026-11-11T00:00:00Z".into()),
+            },
+            Event::Stored {
+                org: "unit".into(),
+                scenario: None,
+                bytes: 1_000_000_000,
+                from: "2026-11-21T00:00:00Z".into(),
+                until: None,
+            },
+        ];
+        l
+    }
+
+    fn amount(s: &Value, scenario: Value, item: &str) -> (f64, i64) {
+        let line = s["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["scenario"] == scenario && l["item"] == item)
+            .unwrap();
+        (
+            line["quantity"].as_f64().unwrap(),
+            line["amount_fen"].as_i64().unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_month_counts_its_own_events_and_storage_by_the_day() {
+        let as_of = datetime!(2026-11-26 00:00 UTC);
+        let s = statement(&ledger(false), "unit", "2026-11", as_of).unwrap();
+        let sc = json!("sc1");
+        assert_eq!(amount(&s, sc.clone(), "resource_consumption"), (2.0, 100));
+        assert_eq!(amount(&s, sc.clone(), "data_governance"), (3.0, 600));
+        assert_eq!(amount(&s, sc.clone(), "security_services"), (1.0, 100));
+        assert_eq!(amount(&s, sc.clone(), "result_export"), (1.0, 5_000));
+        // 10 GB for the 10 days of November before it was destroyed.
+        assert_eq!(amount(&s, sc, "storage"), (100.0, 200));
+        // 1 GB from the 21st until the statement's as-of time, 5 days.
+        assert_eq!(amount(&s, Value::Null, "storage"), (5.0, 10));
+        assert_eq!(s["total_fen"], 100 + 600 + 100 + 5_000 + 200 + 10);
+    }
+
+    #[test]
+    fn public_interest_use_is_free_but_the_orgs_own_storage_is_not() {
+        let as_of = datetime!(2026-11-26 00:00 UTC);
+        let s = statement(&ledger(true), "unit", "2026-11", as_of).unwrap();
+        assert_eq!(amount(&s, json!("sc1"), "result_export"), (1.0, 0));
+        assert_eq!(s["total_fen"], 10);
+        let other = statement(&ledger(false), "somebody", "2026-11", as_of).unwrap();
+        assert_eq!(other["total_fen"], 0);
+    }
+
+    #[test]
+    fn periods_are_months() {
+        assert!(period_bounds("2026-12").is_ok());
+        for bad in ["2026-13", "2026-1", "26-11", "2026/11", ""] {
+            assert!(period_bounds(bad).is_err(), "{bad}");
+        }
+    }
+}
