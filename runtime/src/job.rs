@@ -1,7 +1,9 @@
 //! Running a job: a SELECT over the scenario's granted tables in a confined DataFusion
 //! session, with the runtime's own count of distinct subjects added to every aggregate.
 
+use std::num::NonZeroUsize;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
@@ -17,6 +19,10 @@ use datafusion::datasource::listing::{
 use datafusion::datasource::{MemTable, TableType};
 use datafusion::execution::context::SQLOptions;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::{
+    GreedyMemoryPool, MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation,
+    TrackConsumersPool,
+};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::functions_aggregate::expr_fn::{count_distinct, max};
 use datafusion::logical_expr::{Expr, LogicalPlan, Projection, ScalarUDF};
@@ -93,6 +99,8 @@ pub struct JobOutput {
     pub shape: QueryShape,
     /// The logical plan of the scientist's query, as the reviewer sees it.
     pub plan: String,
+    /// The most memory the query engine's operators reserved at once.
+    pub peak_engine_memory_bytes: u64,
 }
 
 /// The provider of one granted table.
@@ -242,8 +250,9 @@ pub async fn run_query_until(
         .with_target_partitions(TARGET_PARTITIONS)
         .with_information_schema(false);
     // No spilling: nothing of a job reaches the disk in plaintext.
+    let pool = Arc::new(PeakPool::new(limits.memory_bytes));
     let runtime = RuntimeEnvBuilder::new()
-        .with_memory_limit(limits.memory_bytes, 1.0)
+        .with_memory_pool(Arc::clone(&pool) as Arc<dyn MemoryPool>)
         .with_disk_manager_builder(
             DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
         )
@@ -304,6 +313,166 @@ pub async fn run_query_until(
         batches,
         shape,
         plan: plan_text,
+        peak_engine_memory_bytes: pool.peak() as u64,
+    })
+}
+
+/// The query engine's memory pool, remembering the most it ever reserved.
+#[derive(Debug)]
+struct PeakPool {
+    inner: TrackConsumersPool<GreedyMemoryPool>,
+    peak: AtomicUsize,
+}
+
+impl PeakPool {
+    fn new(limit: usize) -> PeakPool {
+        PeakPool {
+            inner: TrackConsumersPool::new(
+                GreedyMemoryPool::new(limit),
+                NonZeroUsize::new(5).expect("non-zero"),
+            ),
+            peak: AtomicUsize::new(0),
+        }
+    }
+
+    fn peak(&self) -> usize {
+        self.peak.load(Ordering::Relaxed)
+    }
+
+    fn note(&self) {
+        self.peak
+            .fetch_max(self.inner.reserved(), Ordering::Relaxed);
+    }
+}
+
+impl std::fmt::Display for PeakPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "job memory pool: {} bytes reserved, at most {}",
+            self.reserved(),
+            self.peak()
+        )
+    }
+}
+
+impl MemoryPool for PeakPool {
+    fn name(&self) -> &str {
+        "tidegate-peak"
+    }
+
+    fn register(&self, consumer: &MemoryConsumer) {
+        self.inner.register(consumer)
+    }
+
+    fn unregister(&self, consumer: &MemoryConsumer) {
+        self.inner.unregister(consumer)
+    }
+
+    fn grow(&self, reservation: &MemoryReservation, additional: usize) {
+        self.inner.grow(reservation, additional);
+        self.note();
+    }
+
+    fn shrink(&self, reservation: &MemoryReservation, shrink: usize) {
+        self.inner.shrink(reservation, shrink)
+    }
+
+    fn try_grow(
+        &self,
+        reservation: &MemoryReservation,
+        additional: usize,
+    ) -> datafusion::common::Result<()> {
+        self.inner.try_grow(reservation, additional)?;
+        self.note();
+        Ok(())
+    }
+
+    fn reserved(&self) -> usize {
+        self.inner.reserved()
+    }
+
+    fn memory_limit(&self) -> MemoryLimit {
+        self.inner.memory_limit()
+    }
+}
+
+/// CPU time a job's own threads used.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JobCost {
+    pub cpu_ms: u64,
+}
+
+/// The CPU time the calling thread has used, in nanoseconds.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_THREAD_CPUTIME_ID is always available
+    // on Linux.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// [`run_query_until`] on threads of its own (a runtime made for this job, as many workers as
+/// the job has partitions), so that the CPU time it used can be measured: each thread adds its
+/// own CPU clock when it stops.
+pub async fn run_query_isolated(
+    sql: String,
+    tables: Vec<TableInput>,
+    udfs: Vec<ScalarUDF>,
+    limits: EngineLimits,
+    cancel: impl std::future::Future<Output = ()> + Send + 'static,
+) -> (Result<JobOutput>, JobCost) {
+    let (done, answer) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("tidegate-job".into())
+        .stack_size(8 << 20)
+        .spawn(move || {
+            let cpu = Arc::new(AtomicU64::new(0));
+            let on_stop = Arc::clone(&cpu);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(TARGET_PARTITIONS)
+                .thread_stack_size(8 << 20)
+                .on_thread_stop(move || {
+                    on_stop.fetch_add(thread_cpu_ns(), Ordering::Relaxed);
+                })
+                .enable_all()
+                .build();
+            let outcome = match runtime {
+                Ok(runtime) => {
+                    let before = thread_cpu_ns();
+                    let outcome =
+                        runtime.block_on(run_query_until(&sql, &tables, udfs, limits, cancel));
+                    cpu.fetch_add(thread_cpu_ns() - before, Ordering::Relaxed);
+                    // Stopping the workers runs their stop hooks.
+                    runtime.shutdown_timeout(Duration::from_secs(5));
+                    outcome
+                }
+                Err(e) => Err(Error::Internal(format!("job runtime: {e}"))),
+            };
+            let cost = JobCost {
+                cpu_ms: cpu.load(Ordering::Relaxed) / 1_000_000,
+            };
+            let _ = done.send((outcome, cost));
+        });
+    if let Err(e) = spawned {
+        return (
+            Err(Error::Internal(format!("job thread: {e}"))),
+            JobCost::default(),
+        );
+    }
+    answer.await.unwrap_or_else(|_| {
+        (
+            Err(Error::Internal(
+                "the job's thread ended without an answer".into(),
+            )),
+            JobCost::default(),
+        )
     })
 }
 
@@ -636,5 +805,101 @@ fn classify(e: &DataFusionError, stage: Stage) -> Error {
             "the query failed while running; the cause is withheld because it may quote data values"
                 .into(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Float64Array, StringArray};
+    use arrow::datatypes::DataType as ArrowType;
+    use tidegate_policy::DataType;
+
+    fn table(rows: usize) -> TableInput {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("spot", ArrowType::Utf8, false),
+            Field::new("x", ArrowType::Float64, false),
+            Field::new(ENTITY_COLUMN, ArrowType::Utf8, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from_iter_values(
+                    (0..rows).map(|i| format!("spot {}", i % 40)),
+                )),
+                Arc::new(Float64Array::from_iter_values((0..rows).map(|i| i as f64))),
+                Arc::new(StringArray::from_iter_values(
+                    (0..rows).map(|i| format!("p{}", i % 5_000)),
+                )),
+            ],
+        )
+        .unwrap();
+        let spec = |name: &str, data_type, tags| ColumnSpec {
+            name: name.into(),
+            data_type,
+            tags,
+        };
+        TableInput {
+            name: "t".into(),
+            columns: vec![
+                spec("spot", DataType::Utf8, vec![ColumnTag::Dimension]),
+                spec("x", DataType::Float64, vec![]),
+            ],
+            data: TableData::Memory(
+                (0..rows)
+                    .step_by(8192)
+                    .map(|at| batch.slice(at, 8192.min(rows - at)))
+                    .collect(),
+            ),
+        }
+    }
+
+    #[test]
+    fn a_job_on_its_own_threads_reports_its_cpu_time_and_peak_engine_memory() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (output, cost) = rt.block_on(run_query_isolated(
+            "SELECT spot, sum(x) AS total FROM t GROUP BY spot".into(),
+            vec![table(400_000)],
+            vec![],
+            EngineLimits::default(),
+            std::future::pending(),
+        ));
+        let output = output.unwrap();
+        assert_eq!(
+            output.batches.iter().map(|b| b.num_rows()).sum::<usize>(),
+            40
+        );
+        assert!(cost.cpu_ms > 0, "{cost:?}");
+        assert!(output.peak_engine_memory_bytes > 0);
+    }
+
+    #[test]
+    fn an_isolated_job_keeps_the_refusals_and_the_memory_limit() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (refused, _) = rt.block_on(run_query_isolated(
+            "DROP TABLE t".into(),
+            vec![table(10)],
+            vec![],
+            EngineLimits::default(),
+            std::future::pending(),
+        ));
+        assert!(matches!(refused, Err(Error::Refused(_))), "{refused:?}");
+        let (starved, _) = rt.block_on(run_query_isolated(
+            "SELECT x, count(*) FROM t GROUP BY x".into(),
+            vec![table(200_000)],
+            vec![],
+            EngineLimits {
+                memory_bytes: 64 << 10,
+                ..EngineLimits::default()
+            },
+            std::future::pending(),
+        ));
+        assert!(starved.is_err(), "a job over its memory limit fails");
     }
 }

@@ -24,7 +24,10 @@ pub use bundle::{Signer, Verified, verify as verify_bundle, write as write_bundl
 pub use crypto::{DataKey, MasterKey, SealedReader, random_token, sha256_hex};
 pub use error::{Error, Result};
 pub use gate::{GateInput, GateOutcome, evaluate as evaluate_gate};
-pub use job::{EngineLimits, JobOutput, TableData, TableInput, run_query, run_query_until};
+pub use job::{
+    EngineLimits, JobCost, JobOutput, TableData, TableInput, run_query, run_query_isolated,
+    run_query_until,
+};
 pub use metering::{
     Event as MeteredEvent, Ledger, PRICE_ITEMS, ScenarioTerms, ledger_from_audit,
     statement as statement_from_ledger,

@@ -285,6 +285,12 @@ pub struct ResourceUse {
     pub peak_guest_memory_bytes: u64,
     pub guest_output_bytes: u64,
     pub wall_ms: u64,
+    /// CPU time of the job's own threads (query engine and guests).
+    #[serde(default)]
+    pub cpu_ms: u64,
+    /// The most memory the query engine's operators reserved at once.
+    #[serde(default)]
+    pub peak_engine_memory_bytes: u64,
     pub rows_scanned: u64,
     pub bytes_scanned: u64,
     pub output_bytes: u64,
@@ -372,6 +378,15 @@ struct ScenarioRow {
     stored_state: ScenarioState,
     view: ScenarioView,
 }
+
+/// A job ready to run: its tables, its guests' functions, the sealed sources it reads (for the
+/// bytes scanned) and the rows of its inputs.
+type PreparedJob = (
+    Vec<TableInput>,
+    Vec<datafusion::logical_expr::ScalarUDF>,
+    Vec<SealedSource>,
+    u64,
+);
 
 /// A running job's id and its meter, through which it is cancelled.
 type RunningJob = (String, Arc<JobMeter>);
@@ -1965,7 +1980,28 @@ impl Platform {
             .entry(scenario.id.clone())
             .or_default()
             .push((id.clone(), Arc::clone(&meter)));
-        let outcome = self.execute(&req.sql, &inputs, &modules, &meter).await;
+        let (outcome, cost) = match self.prepare(&inputs, &modules, &meter) {
+            Ok((tables, udfs, sources, rows_scanned)) => {
+                let cancel_meter = Arc::clone(&meter);
+                let cancelled = async move {
+                    while !cancel_meter.is_cancelled() {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                };
+                let (output, cost) = job::run_query_isolated(
+                    req.sql.clone(),
+                    tables,
+                    udfs,
+                    EngineLimits::default(),
+                    cancelled,
+                )
+                .await;
+                // What the scan decrypted and decoded: the granted columns' chunks only.
+                let bytes_scanned = sources.iter().map(SealedSource::bytes_read).sum();
+                (output.map(|o| (o, rows_scanned, bytes_scanned)), cost)
+            }
+            Err(e) => (Err(e), job::JobCost::default()),
+        };
         if let Some(jobs) = self
             .running
             .lock()
@@ -1980,6 +2016,7 @@ impl Platform {
             peak_guest_memory_bytes: meter.peak_memory(),
             guest_output_bytes: meter.output_bytes(),
             wall_ms: started.elapsed().as_millis() as u64,
+            cpu_ms: cost.cpu_ms,
             ..ResourceUse::default()
         };
         let finished = crate::now_rfc3339();
@@ -1989,6 +2026,7 @@ impl Platform {
             Ok((output, scanned_rows, scanned_bytes)) => {
                 resources.rows_scanned = scanned_rows;
                 resources.bytes_scanned = scanned_bytes;
+                resources.peak_engine_memory_bytes = output.peak_engine_memory_bytes;
                 let rows: usize = output.batches.iter().map(RecordBatch::num_rows).sum();
                 let schema = output
                     .batches
@@ -2036,13 +2074,12 @@ impl Platform {
         self.get_job(actor, &id)
     }
 
-    async fn execute(
+    fn prepare(
         &self,
-        sql: &str,
         inputs: &[JobInput],
         modules: &[Vec<u8>],
         meter: &Arc<JobMeter>,
-    ) -> Result<(job::JobOutput, u64, u64)> {
+    ) -> Result<PreparedJob> {
         let mut tables = Vec::new();
         let mut sources = Vec::new();
         let mut rows_scanned = 0u64;
@@ -2085,16 +2122,7 @@ impl Platform {
             let module = self.sandbox.load(wasm)?;
             udfs.extend(self.sandbox.scalar_udfs(&module, meter));
         }
-        let cancelled = async {
-            while !meter.is_cancelled() {
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        };
-        let output =
-            job::run_query_until(sql, &tables, udfs, EngineLimits::default(), cancelled).await?;
-        // What the scan decrypted and decoded: the granted columns' chunks, not the object.
-        let bytes_scanned = sources.iter().map(SealedSource::bytes_read).sum();
-        Ok((output, rows_scanned, bytes_scanned))
+        Ok((tables, udfs, sources, rows_scanned))
     }
 
     fn job_row(db: &Connection, id: &str) -> Result<JobRecord> {
