@@ -1,5 +1,9 @@
-//! The tamper-evident audit log: an append-only file of JSON lines, each carrying the hash of
-//! the one before. An entry is fsynced before the action it records is acknowledged.
+//! The tamper-evident audit log: append-only JSON lines, each carrying the hash of the one
+//! before. An entry is fsynced before the action it records is acknowledged. The log is kept in
+//! segments: the active file (`audit.log`) and, once it holds `segment_entries` entries, sealed
+//! read-only segments named by their first sequence number (`audit.log.000000000001`). Only
+//! whole sealed segments older than the retention period (at least 180 days) can be pruned;
+//! a pruned log starts from an anchor that a signed checkpoint vouches for.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
@@ -15,6 +19,12 @@ use crate::error::{Error, Result};
 
 /// A signed checkpoint is written after every this many entries, and on demand (shutdown).
 pub const CHECKPOINT_EVERY: u64 = 100;
+
+/// Entries per segment by default.
+pub const SEGMENT_ENTRIES: u64 = 10_000;
+
+/// Audit entries are kept at least this long (DOMAIN.md: logs at least 6 months).
+pub const RETENTION_DAYS: i64 = 180;
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -72,6 +82,8 @@ struct Tail {
     file: fs::File,
     seq: u64,
     head: String,
+    /// Entries in the active file.
+    active: u64,
     /// The sequence number of the last signed checkpoint.
     checkpointed: u64,
     /// Set after a failed write: the log accepts nothing more until restarted.
@@ -112,6 +124,107 @@ pub struct AuditLog {
     path: PathBuf,
     tail: Mutex<Tail>,
     signer: Option<CheckpointSigner>,
+    segment_entries: u64,
+}
+
+/// Where a pruned log starts: the sequence number and hash of the last pruned entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Anchor {
+    pub seq: u64,
+    pub head: String,
+}
+
+/// The anchor file beside a log.
+fn anchor_path(log: &Path) -> PathBuf {
+    log.with_extension("pruned")
+}
+
+fn read_anchor(log: &Path) -> Result<Option<Anchor>> {
+    match fs::read(anchor_path(log)) {
+        Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).map_err(|_| {
+            Error::Integrity("the audit log's prune anchor is not well formed".into())
+        })?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A sealed segment's path: the log's name and its first sequence number.
+fn segment_path(log: &Path, first: u64) -> PathBuf {
+    let mut name = log.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{first:012}"));
+    log.with_file_name(name)
+}
+
+/// The sealed segments of a log in order, with their first sequence numbers.
+fn sealed_segments(log: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let dir = log.parent().unwrap_or(Path::new("."));
+    let prefix = format!(
+        "{}.",
+        log.file_name().and_then(|n| n.to_str()).unwrap_or_default()
+    );
+    let mut out = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e.into()),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(first) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .filter(|rest| rest.len() == 12)
+            .and_then(|rest| rest.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        out.push((first, entry.path()));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Every line of the log after its anchor: sealed segments first, then the active file. A
+/// segment the anchor already covers (a prune killed before it deleted the file) is skipped.
+fn lines(log: &Path) -> Result<impl Iterator<Item = std::io::Result<Vec<u8>>>> {
+    let covered_to = read_anchor(log)?.map_or(0, |a| a.seq);
+    let segments = sealed_segments(log)?;
+    let mut readers = Vec::new();
+    for (k, (_, path)) in segments.iter().enumerate() {
+        let last_seq = match segments.get(k + 1) {
+            Some((next_first, _)) => next_first - 1,
+            None => last_entry(path)?.map_or(0, |e| e.seq),
+        };
+        if last_seq <= covered_to {
+            continue;
+        }
+        readers.push(BufReader::new(fs::File::open(path)?).split(b'\n'));
+    }
+    match fs::File::open(log) {
+        Ok(f) => readers.push(BufReader::new(f).split(b'\n')),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(readers.into_iter().flatten())
+}
+
+fn last_entry(path: &Path) -> Result<Option<AuditEntry>> {
+    let text = fs::read_to_string(path)?;
+    text.lines()
+        .last()
+        .map(serde_json::from_str)
+        .transpose()
+        .map_err(|_| Error::Integrity(format!("{} ends in a damaged entry", path.display())))
+}
+
+fn count_lines(path: &Path) -> Result<u64> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(bytes.iter().filter(|b| **b == b'\n').count() as u64),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e.into()),
+    }
 }
 
 impl AuditLog {
@@ -139,11 +252,84 @@ impl AuditLog {
                 file,
                 seq: verdict.entries,
                 head: verdict.head,
+                active: count_lines(path)?,
                 broken: false,
                 checkpointed: verdict.entries.min(last_checkpoint_seq(path)),
             }),
             signer: None,
+            segment_entries: SEGMENT_ENTRIES,
         })
+    }
+
+    /// Seals the active file into a segment every `n` entries (tests use small segments).
+    pub fn with_segment_entries(mut self, n: u64) -> Self {
+        self.segment_entries = n.max(1);
+        self
+    }
+
+    /// Seals the active file: a signed checkpoint of its last entry (the anchor a later prune
+    /// relies on), then a rename to a read-only segment, then a fresh active file.
+    fn seal(&self, tail: &mut Tail) -> Result<()> {
+        self.write_checkpoint(tail)?;
+        let sealed = segment_path(&self.path, tail.seq - tail.active + 1);
+        fs::rename(&self.path, &sealed)?;
+        fs::set_permissions(&sealed, std::os::unix::fs::PermissionsExt::from_mode(0o400))?;
+        tail.file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&self.path)?;
+        if let Some(dir) = self.path.parent() {
+            fs::File::open(dir)?.sync_all()?;
+        }
+        tail.active = 0;
+        Ok(())
+    }
+
+    /// Deletes the sealed segments whose every entry is older than `before`, which must lie at
+    /// least [`RETENTION_DAYS`] in the past (`today` is the current date). The last pruned
+    /// entry becomes the anchor the log verifies from; a signed checkpoint vouches for it.
+    /// Returns how many entries were pruned.
+    pub fn prune(&self, before: time::Date, today: time::Date) -> Result<u64> {
+        let _tail = self.tail.lock().expect("audit lock");
+        if before > today - time::Duration::days(RETENTION_DAYS) {
+            return Err(Error::Refused(format!(
+                "audit entries are kept at least {RETENTION_DAYS} days: prune only before {}",
+                today - time::Duration::days(RETENTION_DAYS)
+            )));
+        }
+        let checkpoints = read_checkpoints(&self.path)?;
+        let segments = sealed_segments(&self.path)?;
+        let mut anchor = read_anchor(&self.path)?;
+        let previous = anchor.as_ref().map_or(0, |a| a.seq);
+        let mut pruned = Vec::new();
+        for (_, path) in &segments {
+            let Some(last) = last_entry(path)? else {
+                break;
+            };
+            let old = last.at.get(..10).unwrap_or("") < before.to_string().as_str();
+            let vouched = checkpoints
+                .iter()
+                .any(|c| c.seq == last.seq && c.head == last.hash);
+            if !old || !vouched {
+                break;
+            }
+            anchor = Some(Anchor {
+                seq: last.seq,
+                head: last.hash,
+            });
+            pruned.push(path.clone());
+        }
+        let Some(anchor) = anchor.filter(|_| !pruned.is_empty()) else {
+            return Ok(0);
+        };
+        // The anchor first, durably: a kill between the two steps leaves segments the anchor
+        // already covers, which verification skips.
+        crate::crypto::write_atomic(&anchor_path(&self.path), &serde_json::to_vec(&anchor)?)?;
+        for path in &pruned {
+            fs::remove_file(path)?;
+        }
+        Ok(anchor.seq.saturating_sub(previous))
     }
 
     /// Makes every later write fail as a full or failing disk would, by swapping the file for a
@@ -244,6 +430,13 @@ impl AuditLog {
         }
         tail.seq = entry.seq;
         tail.head = entry.hash;
+        tail.active += 1;
+        if tail.active >= self.segment_entries
+            && let Err(e) = self.seal(&mut tail)
+        {
+            tracing::error!(error = %e, "sealing an audit segment failed");
+            tail.broken = true;
+        }
         if tail.seq.is_multiple_of(CHECKPOINT_EVERY)
             && let Err(e) = self.write_checkpoint(&mut tail)
         {
@@ -308,10 +501,25 @@ fn last_checkpoint_seq(log: &Path) -> u64 {
 /// signatures too when `public_key` is given), and names the first bad entry. Truncation is
 /// detected back to the last checkpoint.
 pub fn verify_file(path: &Path, public_key: Option<&[u8]>) -> Result<AuditVerdict> {
-    let mut verdict = verify_chain(path)?;
+    let anchor = read_anchor(path)?;
+    let mut verdict = verify_chain(path, anchor.as_ref())?;
     let checkpoints = read_checkpoints(path)?;
     verdict.checkpoints = checkpoints.len() as u64;
-    let hashes = chain_hashes(path, verdict.entries)?;
+    let start = anchor.as_ref().map_or(0, |a| a.seq);
+    let hashes = chain_hashes(path, verdict.entries.saturating_sub(start))?;
+    // A pruned log starts where a signed checkpoint says the pruned part ended.
+    if let Some(a) = &anchor
+        && !checkpoints.iter().any(|c| {
+            c.seq == a.seq
+                && c.head == a.head
+                && public_key.is_none_or(|key| checkpoint_signed(c, key))
+        })
+    {
+        return Err(Error::Integrity(format!(
+            "the audit log's prune anchor (entry {}) has no signed checkpoint",
+            a.seq
+        )));
+    }
     for (i, cp) in checkpoints.iter().enumerate() {
         if let Some(key) = public_key
             && !checkpoint_signed(cp, key)
@@ -330,7 +538,7 @@ pub fn verify_file(path: &Path, public_key: Option<&[u8]>) -> Result<AuditVerdic
                     cp.seq
                 ),
             ))
-        } else if cp.seq > 0 && hashes[cp.seq as usize - 1] != cp.head {
+        } else if cp.seq > start && hashes[(cp.seq - start) as usize - 1] != cp.head {
             Some((
                 cp.seq,
                 "does not match the signed checkpoint (changed)".to_string(),
@@ -347,36 +555,24 @@ pub fn verify_file(path: &Path, public_key: Option<&[u8]>) -> Result<AuditVerdic
     Ok(verdict)
 }
 
-/// The hashes of the first `n` entries as stored.
+/// The hashes of the first `n` entries kept, as stored.
 fn chain_hashes(path: &Path, n: u64) -> Result<Vec<String>> {
-    let Ok(file) = fs::File::open(path) else {
-        return Ok(Vec::new());
-    };
     let mut out = Vec::with_capacity(n as usize);
-    for line in BufReader::new(file).split(b'\n').take(n as usize) {
+    for line in lines(path)?.take(n as usize) {
         let entry: AuditEntry = serde_json::from_slice(&line?)?;
         out.push(entry.hash);
     }
     Ok(out)
 }
 
-fn verify_chain(path: &Path) -> Result<AuditVerdict> {
-    let file = match fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(AuditVerdict {
-                entries: 0,
-                checkpoints: 0,
-                first_bad: None,
-                head: GENESIS.into(),
-            });
-        }
-        Err(e) => return Err(e.into()),
+fn verify_chain(path: &Path, anchor: Option<&Anchor>) -> Result<AuditVerdict> {
+    let (start, mut head) = match anchor {
+        Some(a) => (a.seq, a.head.clone()),
+        None => (0, GENESIS.to_string()),
     };
-    let mut head = GENESIS.to_string();
-    let mut entries = 0u64;
-    for (i, line) in BufReader::new(file).split(b'\n').enumerate() {
-        let n = i as u64 + 1;
+    let mut entries = start;
+    for (i, line) in lines(path)?.enumerate() {
+        let n = start + i as u64 + 1;
         let bad = |why: &str| {
             Ok(AuditVerdict {
                 entries,
@@ -422,12 +618,8 @@ pub fn read_verified(log: &Path, public_key: Option<&[u8]>) -> Result<Vec<AuditE
             "the audit log fails verification at entry {n}: {why}"
         )));
     }
-    let file = fs::File::open(log)?;
-    let mut entries = Vec::with_capacity(verdict.entries as usize);
-    for line in BufReader::new(file)
-        .split(b'\n')
-        .take(verdict.entries as usize)
-    {
+    let mut entries = Vec::new();
+    for line in lines(log)? {
         entries.push(serde_json::from_slice(&line?)?);
     }
     Ok(entries)
@@ -458,9 +650,8 @@ pub fn export_slice(log: &Path, from: &str, to: &str) -> Result<AuditSlice> {
             from <= day && day <= to
         }
     };
-    let file = fs::File::open(log)?;
     let mut entries = Vec::new();
-    for line in BufReader::new(file).split(b'\n') {
+    for line in lines(log)? {
         let e: AuditEntry = serde_json::from_slice(&line?)?;
         if inside(&e) {
             entries.push(e);
@@ -668,6 +859,130 @@ mod tests {
             export_slice(&path, &today, &today).unwrap().entries.len(),
             150
         );
+    }
+
+    fn writable(path: &Path) {
+        fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    }
+
+    #[test]
+    fn a_segmented_log_verifies_across_segments_and_names_a_change_in_a_sealed_one() {
+        let (_dir, path, log, public) = signed_log();
+        let log = log.with_segment_entries(10);
+        for i in 0..35 {
+            log.append("p", "test.step", &format!("o_{i}"), json!({ "i": i }))
+                .unwrap();
+        }
+        let firsts: Vec<u64> = sealed_segments(&path)
+            .unwrap()
+            .iter()
+            .map(|s| s.0)
+            .collect();
+        assert_eq!(firsts, vec![1, 11, 21]);
+        let v = verify_file(&path, Some(&public)).unwrap();
+        assert_eq!((v.entries, v.first_bad), (35, None));
+        drop(log);
+        let reopened = AuditLog::open(&path).unwrap().with_segment_entries(10);
+        assert_eq!(reopened.append("p", "a", "o", json!({})).unwrap(), 36);
+
+        let middle = segment_path(&path, 11);
+        writable(&middle);
+        rewrite_line(&middle, 3, |l| l.replace("\"i\":12", "\"i\":0"));
+        let v = verify_file(&path, Some(&public)).unwrap();
+        assert_eq!(
+            v.first_bad,
+            Some((13, "its hash does not match its content (changed)".into()))
+        );
+        fs::remove_file(&middle).unwrap();
+        let v = verify_file(&path, Some(&public)).unwrap();
+        assert_eq!(
+            v.first_bad.map(|b| b.0),
+            Some(11),
+            "a deleted segment is named"
+        );
+    }
+
+    #[test]
+    fn only_segments_past_the_retention_period_are_pruned_and_the_rest_still_verifies() {
+        let (_dir, path, log, public) = signed_log();
+        let log = log.with_segment_entries(10);
+        for i in 0..20 {
+            log.append_at(
+                "2025-01-02T00:00:00Z".into(),
+                "p",
+                "test.old",
+                &format!("o_{i}"),
+                json!({}),
+            )
+            .unwrap();
+        }
+        for i in 0..15 {
+            log.append("p", "test.new", &format!("o_{i}"), json!({}))
+                .unwrap();
+        }
+        let today = time::OffsetDateTime::now_utc().date();
+        let refused = log.prune(today, today).unwrap_err().to_string();
+        assert!(refused.contains("kept at least 180 days"), "{refused}");
+        let cutoff = today - time::Duration::days(RETENTION_DAYS);
+        assert_eq!(log.prune(cutoff, today).unwrap(), 20);
+        assert_eq!(log.prune(cutoff, today).unwrap(), 0, "nothing young goes");
+        assert_eq!(
+            sealed_segments(&path).unwrap().len(),
+            1,
+            "the young segment stays"
+        );
+        let v = verify_file(&path, Some(&public)).unwrap();
+        assert_eq!((v.entries, v.first_bad), (35, None));
+        assert_eq!(read_verified(&path, Some(&public)).unwrap()[0].seq, 21);
+
+        // The anchor is only as good as the signed checkpoint behind it.
+        let anchor = anchor_path(&path);
+        let kept = fs::read(&anchor).unwrap();
+        fs::write(
+            &anchor,
+            String::from_utf8(kept.clone())
+                .unwrap()
+                .replace("\"seq\":20", "\"seq\":19"),
+        )
+        .unwrap();
+        assert!(verify_file(&path, Some(&public)).is_err());
+        fs::remove_file(&anchor).unwrap();
+        let v = verify_file(&path, Some(&public)).unwrap();
+        assert_eq!(
+            v.first_bad.map(|b| b.0),
+            Some(1),
+            "entries 1-20 are missing"
+        );
+        fs::write(&anchor, kept).unwrap();
+    }
+
+    #[test]
+    fn a_prune_killed_before_it_deleted_the_segments_still_verifies() {
+        let (_dir, path, log, public) = signed_log();
+        let log = log.with_segment_entries(10);
+        for i in 0..25 {
+            log.append_at(
+                "2025-01-02T00:00:00Z".into(),
+                "p",
+                "test.old",
+                &format!("o_{i}"),
+                json!({}),
+            )
+            .unwrap();
+        }
+        // The anchor written, the segments not yet deleted.
+        let last = last_entry(&segment_path(&path, 11)).unwrap().unwrap();
+        crate::crypto::write_atomic(
+            &anchor_path(&path),
+            &serde_json::to_vec(&Anchor {
+                seq: last.seq,
+                head: last.hash,
+            })
+            .unwrap(),
+        )
+        .unwrap();
+        let v = verify_file(&path, Some(&public)).unwrap();
+        assert_eq!((v.entries, v.first_bad), (25, None));
     }
 
     #[test]

@@ -3024,6 +3024,23 @@ impl Platform {
         crate::audit::verify_file(self.audit.path(), Some(&key))
     }
 
+    /// Retention (R-AUDIT): an admin prunes the audit log's sealed segments whose entries are
+    /// all older than `before`, which must lie at least 180 days back. Nothing younger is ever
+    /// deleted, by this or by anything else (an exit keeps the logs). The prune is audited.
+    pub fn prune_audit(&self, actor: &Principal, before: &str) -> Result<Value> {
+        tidegate_policy::require_role(actor, Role::Admin)?;
+        tidegate_policy::require_training(actor)?;
+        let before = parse_date(before)?;
+        let pruned = self.audit.prune(before, today())?;
+        self.audit.append(
+            &actor.id,
+            "audit.prune",
+            "audit",
+            json!({ "before": before.to_string(), "entries": pruned }),
+        )?;
+        Ok(json!({ "before": before.to_string(), "entries_pruned": pruned }))
+    }
+
     /// Writes a signed checkpoint of the audit log now (at shutdown, and by the demo).
     pub fn checkpoint(&self) -> Result<()> {
         self.audit.checkpoint()

@@ -392,6 +392,23 @@ struct StatementQuery {
     as_of: Option<String>,
 }
 
+#[derive(Deserialize)]
+struct PruneBody {
+    /// YYYY-MM-DD; at least 180 days ago.
+    before: String,
+}
+
+async fn prune_audit(
+    State(p): State<AppState>,
+    h: HeaderMap,
+    Json(b): Json<PruneBody>,
+) -> ApiResult<Value> {
+    let actor = principal(&p, &h)?;
+    Ok(Json(
+        blocking(move || p.prune_audit(&actor, &b.before)).await?,
+    ))
+}
+
 async fn statement(
     State(p): State<AppState>,
     h: HeaderMap,
@@ -486,6 +503,7 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .route("/v1/exports/{id}/review", post(review_export))
         .route("/v1/exports/{id}/bundle", get(download_bundle))
         .route("/v1/audit/verify", get(verify_audit))
+        .route("/v1/audit/prune", post(prune_audit))
         .route("/v1/prices", post(set_price))
         .route("/v1/policy", get(export_policy).post(apply_policy))
         .route("/v1/meter/statement", get(statement))

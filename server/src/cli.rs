@@ -319,6 +319,15 @@ enum AuditCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Delete sealed audit segments whose entries are all older than a date at least 180 days
+    /// back (admin, through the server; the prune itself is audited).
+    Prune {
+        /// YYYY-MM-DD
+        #[arg(long)]
+        before: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Recompute an org's statement from the audit log alone, offline, after verifying it.
     Statement {
         #[arg(long)]
@@ -692,6 +701,9 @@ fn run(cli: Cli) -> Result<()> {
                 &ledger, &org, &period, as_of,
             )?);
         }
+        Command::Audit {
+            command: AuditCommand::Prune { before, remote },
+        } => print(&remote.client()?.prune_audit(&before)?),
         Command::Audit {
             command: AuditCommand::VerifySlice { file, key },
         } => {

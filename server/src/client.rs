@@ -215,6 +215,15 @@ impl Client {
         )
     }
 
+    /// Prunes audit segments older than `before` (YYYY-MM-DD, at least 180 days ago; admin).
+    pub fn prune_audit(&self, before: &str) -> Result<Value> {
+        self.ok(
+            "POST",
+            "/v1/audit/prune",
+            Some(&json!({ "before": before })),
+        )
+    }
+
     /// Moves a scenario's grant of a dataset to the dataset's newest version (its provider).
     pub fn repin_grant(&self, id: &str, dataset: &str) -> Result<Value> {
         self.ok(

@@ -820,6 +820,25 @@ fn a_statement_is_reproduced_from_the_audit_log_alone() {
     );
 }
 
+#[test]
+fn audit_entries_younger_than_180_days_cannot_be_pruned_by_anyone() {
+    let env = setup(true);
+    let w = &env.world;
+    let today = time::OffsetDateTime::now_utc().date();
+    let recent = (today - time::Duration::days(179)).to_string();
+    let refused = w.admin.prune_audit(&recent).unwrap_err().to_string();
+    assert!(refused.contains("kept at least 180 days"), "{refused}");
+    let not_admin = w.auditor.prune_audit("2020-01-01").unwrap_err().to_string();
+    assert!(not_admin.contains("(403)"), "{not_admin}");
+    // Nothing is old enough yet, and the attempt itself is on the record.
+    let done = w.admin.prune_audit("2020-01-01").unwrap();
+    assert_eq!(done["entries_pruned"], 0);
+    let log = std::fs::read_to_string(env.data_dir().join(AUDIT_FILE)).unwrap();
+    assert!(log.contains("\"audit.prune\""));
+    let verdict = verify_audit_file(&env.data_dir().join(AUDIT_FILE), None).unwrap();
+    assert_eq!(verdict.first_bad, None);
+}
+
 /// A module whose bytes carry a marker that exists nowhere else.
 const MODULE_MARKER: &str = "EXIT-MARKER-93b1f07c";
 
