@@ -714,9 +714,17 @@ impl Platform {
     /// Unwraps every data key and decrypts every object: what an admin runs after a rotation
     /// or a restore. Returns how many objects were checked.
     pub fn verify_storage(&self) -> Result<u64> {
+        self.scan_objects(|_, _| {})
+    }
+
+    /// Decrypts every object the platform can still decrypt and shows each to `inspect`, in
+    /// process only (nothing of it is served): what an operator's check, and the exit test's
+    /// search for destroyed data, go through. Returns how many objects there were.
+    pub fn scan_objects(&self, mut inspect: impl FnMut(&str, &[u8])) -> Result<u64> {
         let keys = Self::wrapped_keys(&self.db.lock().expect("db"))?;
         for (kind, name, wrapped) in &keys {
-            self.load_object(kind, name, wrapped)?;
+            let plaintext = self.load_object(kind, name, wrapped)?;
+            inspect(&format!("{kind}/{name}"), &plaintext);
         }
         Ok(keys.len() as u64)
     }

@@ -4,7 +4,9 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use tidegate_runtime::{AUDIT_FILE, PUBLIC_KEY_FILE, verify_audit_file, verify_bundle};
+use tidegate_runtime::{
+    AUDIT_FILE, MasterKey, PUBLIC_KEY_FILE, Platform, verify_audit_file, verify_bundle,
+};
 use tidegate_server::{DemoOptions, VISITOR_UDF_WASM, run_demo, visitor_csv};
 
 mod common;
@@ -837,6 +839,108 @@ fn audit_entries_younger_than_180_days_cannot_be_pruned_by_anyone() {
     assert!(log.contains("\"audit.prune\""));
     let verdict = verify_audit_file(&env.data_dir().join(AUDIT_FILE), None).unwrap();
     assert_eq!(verdict.first_bad, None);
+}
+
+#[test]
+fn after_an_exit_no_marker_is_left_in_any_file_or_in_anything_the_platform_can_decrypt() {
+    const MARKER: &str = "TIER-MARKER-5c1e0b";
+    let env = setup(true);
+    let w = &env.world;
+    w.import_visits(&visitor_csv(ROWS)).unwrap();
+    let mut csv = String::from("member_id,tier\n");
+    for i in 0..40 {
+        let tier = if i % 2 == 0 { MARKER } else { "silver" };
+        csv.push_str(&format!("m{i},{tier}\n"));
+    }
+    let imported = w
+        .scientist
+        .import_dataset(
+            serde_json::json!({
+                "name": "members", "level": "L2", "format": "csv",
+                "columns": [{ "name": "member_id", "tags": ["entity"] }, { "name": "tier", "tags": ["dimension"] }],
+            }),
+            csv.as_bytes(),
+        )
+        .unwrap();
+    w.admin
+        .approve_dataset(imported["id"].as_str().unwrap())
+        .unwrap();
+    let today = time::OffsetDateTime::now_utc().date();
+    let applied = w
+        .scientist
+        .apply_scenario(&serde_json::json!({
+            "name": "Member tiers", "key_area": "culture and tourism", "purpose": "tiers",
+            "public_interest": true,
+            "grants": [{ "dataset": "members", "columns": ["tier"] }],
+            "term_start": today.to_string(), "term_end": (today + time::Duration::days(30)).to_string(),
+        }))
+        .unwrap();
+    let sid = applied["id"].as_str().unwrap();
+    w.admin.approve_scenario(sid).unwrap();
+    let j = job(
+        &env,
+        sid,
+        "SELECT tier, count(*) AS members FROM members GROUP BY tier",
+        &[],
+    );
+    let export = w
+        .scientist
+        .request_export(j["id"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(export["state"], "in_review", "{export}");
+    let key_file = env.dir.path().join("keys/master.key");
+    let decryptable_markers = |platform: &Platform| {
+        let mut found = Vec::new();
+        platform
+            .scan_objects(|name, plain| {
+                if plain.windows(MARKER.len()).any(|w| w == MARKER.as_bytes()) {
+                    found.push(name.to_string());
+                }
+            })
+            .unwrap();
+        found
+    };
+    let plaintext_markers = |dir: &Path| {
+        let mut files = Vec::new();
+        all_files(dir, &mut files);
+        files
+            .into_iter()
+            .filter(|f| {
+                let bytes = std::fs::read(f).unwrap();
+                bytes.windows(MARKER.len()).any(|w| w == MARKER.as_bytes())
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(plaintext_markers(&env.data_dir()), Vec::<PathBuf>::new());
+
+    // The server stops and lets go of the data directory; the rest happens in process.
+    let data_dir = env.data_dir();
+    let admin_token = w.admin.token().unwrap().to_string();
+    let operator_org = w.operator_org.clone();
+    let common::Env { _runtime, dir, .. } = env;
+    drop(_runtime);
+    let platform = Platform::open(&data_dir, MasterKey::load(&key_file).unwrap()).unwrap();
+    let mut before = decryptable_markers(&platform);
+    before.sort();
+    assert_eq!(
+        before
+            .iter()
+            .map(|n| n.split('/').next().unwrap())
+            .collect::<Vec<_>>(),
+        vec!["datasets", "exports", "results"],
+        "the marker is in the social data, the result and the export before the exit"
+    );
+    let admin = platform.authenticate(&admin_token).unwrap();
+    platform
+        .exit_org(&admin, &operator_org, "authorization ended")
+        .unwrap();
+    assert_eq!(decryptable_markers(&platform), Vec::<String>::new());
+    assert!(
+        platform.verify_storage().unwrap() > 0,
+        "the provider's data is still there"
+    );
+    assert_eq!(plaintext_markers(&data_dir), Vec::<PathBuf>::new());
+    drop(dir);
 }
 
 /// A module whose bytes carry a marker that exists nowhere else.
