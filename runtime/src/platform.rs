@@ -353,6 +353,8 @@ struct JobInput {
     version: i64,
     content_hash: String,
     wrapped: Vec<u8>,
+    /// What the stored version is bound to (org, dataset, version).
+    context: String,
     rows: u64,
 }
 
@@ -425,12 +427,20 @@ const MIGRATIONS: &[(i64, &str)] = &[
         "ALTER TABLE orgs ADD COLUMN exited_at TEXT;
          ALTER TABLE exports ADD COLUMN bytes INTEGER;",
     ),
+    (4, "ALTER TABLE dataset_versions ADD COLUMN context TEXT;"),
 ];
 
 /// The schema version this build writes.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 const LOCK_FILE: &str = "lock";
+
+/// What a stored dataset version is bound to, in every chunk's additional data and in its
+/// wrapped key: its org, the dataset and the version. A file moved to another dataset, version
+/// or org does not open.
+fn dataset_context(org: &str, dataset: &str, version: i64) -> String {
+    format!("datasets/{org}/{dataset}/v{version}")
+}
 
 /// Takes the data directory's exclusive lock, or says who holds it. The kernel releases it
 /// when the process ends, however it ends.
@@ -610,33 +620,50 @@ impl Platform {
     }
 
     /// Every wrapped data key in the metadata, with the object it belongs to.
-    fn wrapped_keys(db: &Connection) -> Result<Vec<(String, String, Vec<u8>)>> {
+    /// Every wrapped data key with its object: kind, name, the context bound to it.
+    fn wrapped_keys(db: &Connection) -> Result<Vec<(String, String, String, Vec<u8>)>> {
         let mut out = Vec::new();
         let mut q = |sql: &str, kind: &str| -> Result<()> {
             let mut stmt = db.prepare(sql)?;
             let rows = stmt.query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                ))
             })?;
             for row in rows {
-                let (name, wrapped) = row?;
-                out.push((kind.to_string(), name, wrapped));
+                let (name, context, wrapped) = row?;
+                out.push((kind.to_string(), name, context, wrapped));
             }
             Ok(())
         };
+        // Versions written before schema 4 bound the name only.
         q(
-            "SELECT dataset_id || '/v' || version, wrapped_key FROM dataset_versions
-             WHERE length(wrapped_key) > 0",
+            "SELECT dataset_id || '/v' || version,
+                    COALESCE(context, 'datasets/' || dataset_id || '/v' || version), wrapped_key
+             FROM dataset_versions WHERE length(wrapped_key) > 0",
             "datasets",
         )?;
         q(
-            "SELECT id, wrapped_key FROM jobs WHERE wrapped_key IS NOT NULL",
+            "SELECT id, 'results/' || id, wrapped_key FROM jobs WHERE wrapped_key IS NOT NULL",
             "results",
         )?;
         q(
-            "SELECT id, wrapped_key FROM exports WHERE wrapped_key IS NOT NULL",
+            "SELECT id, 'exports/' || id, wrapped_key FROM exports WHERE wrapped_key IS NOT NULL",
             "exports",
         )?;
         Ok(out)
+    }
+
+    /// The context a stored dataset version is bound to.
+    fn stored_dataset_context(db: &Connection, id: &str, version: i64) -> Result<String> {
+        let stored: Option<String> = db.query_row(
+            "SELECT context FROM dataset_versions WHERE dataset_id = ?1 AND version = ?2",
+            params![id, version],
+            |r| r.get(0),
+        )?;
+        Ok(stored.unwrap_or_else(|| format!("datasets/{id}/v{version}")))
     }
 
     /// Re-wraps every data key and the signing key under a new master key created at
@@ -664,10 +691,9 @@ impl Platform {
         let mut db = platform.db.lock().expect("db");
         let keys = Self::wrapped_keys(&db)?;
         let tx = db.transaction()?;
-        for (kind, name, wrapped) in &keys {
-            let context = format!("{kind}/{name}");
-            let dek = platform.master.unwrap(wrapped, &context)?;
-            let rewrapped = new.wrap(&dek, &context);
+        for (kind, name, context, wrapped) in &keys {
+            let dek = platform.master.unwrap(wrapped, context)?;
+            let rewrapped = new.wrap(&dek, context);
             match kind.as_str() {
                 "datasets" => {
                     let (id, version) = name.split_once("/v").expect("named by us");
@@ -722,8 +748,8 @@ impl Platform {
     /// search for destroyed data, go through. Returns how many objects there were.
     pub fn scan_objects(&self, mut inspect: impl FnMut(&str, &[u8])) -> Result<u64> {
         let keys = Self::wrapped_keys(&self.db.lock().expect("db"))?;
-        for (kind, name, wrapped) in &keys {
-            let plaintext = self.load_object(kind, name, wrapped)?;
+        for (kind, name, context, wrapped) in &keys {
+            let plaintext = self.load_object_as(kind, name, context, wrapped)?;
             inspect(&format!("{kind}/{name}"), &plaintext);
         }
         Ok(keys.len() as u64)
@@ -765,29 +791,55 @@ impl Platform {
     }
 
     /// Encrypts `plaintext` under a fresh data key and writes it atomically; returns the
-    /// wrapped key to store beside the metadata.
+    /// wrapped key to store beside the metadata. The object's name (`kind/name`) is bound to
+    /// every chunk and to the wrapped key.
     fn store_object(&self, kind: &str, name: &str, plaintext: &[u8]) -> Result<Vec<u8>> {
-        let context = format!("{kind}/{name}");
+        self.store_object_as(kind, name, &format!("{kind}/{name}"), plaintext)
+    }
+
+    /// [`Platform::store_object`] binding `context` instead of the name alone (a dataset
+    /// version binds its org, dataset and version: [`dataset_context`]).
+    fn store_object_as(
+        &self,
+        kind: &str,
+        name: &str,
+        context: &str,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>> {
         let dek = DataKey::generate();
         write_atomic(
             &self.object_path(kind, name),
-            &dek.seal_object(&context, plaintext),
+            &dek.seal_object(context, plaintext),
         )?;
-        Ok(self.master.wrap(&dek, &context))
+        Ok(self.master.wrap(&dek, context))
     }
 
     /// A stored object as a Parquet source that decrypts only the ranges a scan reads.
-    fn sealed_source(&self, kind: &str, name: &str, wrapped: &[u8]) -> Result<SealedSource> {
-        let context = format!("{kind}/{name}");
-        let dek = self.master.unwrap(wrapped, &context)?;
+    fn sealed_source(
+        &self,
+        kind: &str,
+        name: &str,
+        context: &str,
+        wrapped: &[u8],
+    ) -> Result<SealedSource> {
+        let dek = self.master.unwrap(wrapped, context)?;
         let file = fs::File::open(self.object_path(kind, name))?;
-        Ok(SealedSource::new(dek.reader(&context, file)?))
+        Ok(SealedSource::new(dek.reader(context, file)?))
     }
 
     fn load_object(&self, kind: &str, name: &str, wrapped: &[u8]) -> Result<Vec<u8>> {
-        let context = format!("{kind}/{name}");
-        let dek = self.master.unwrap(wrapped, &context)?;
-        dek.open_object(&context, &fs::read(self.object_path(kind, name))?)
+        self.load_object_as(kind, name, &format!("{kind}/{name}"), wrapped)
+    }
+
+    fn load_object_as(
+        &self,
+        kind: &str,
+        name: &str,
+        context: &str,
+        wrapped: &[u8],
+    ) -> Result<Vec<u8>> {
+        let dek = self.master.unwrap(wrapped, context)?;
+        dek.open_object(context, &fs::read(self.object_path(kind, name))?)
     }
 
     // ----- Onboarding -----
@@ -1034,7 +1086,8 @@ impl Platform {
             None => (new_id("ds"), 1),
         };
         let object = format!("{id}/v{version}");
-        let wrapped = self.store_object("datasets", &object, &parquet)?;
+        let context = dataset_context(&actor.org, &id, version);
+        let wrapped = self.store_object_as("datasets", &object, &context, &parquet)?;
         let tx = db.transaction()?;
         let now = crate::now_rfc3339();
         if existing.is_none() {
@@ -1064,7 +1117,7 @@ impl Platform {
             }
         }
         tx.execute(
-            "INSERT INTO dataset_versions VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO dataset_versions VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 id,
                 version,
@@ -1073,7 +1126,8 @@ impl Platform {
                 parquet.len() as i64,
                 wrapped,
                 quality.to_string(),
-                now
+                now,
+                context
             ],
         )?;
         self.audit.append_at(
@@ -1947,7 +2001,9 @@ impl Platform {
                     None => Self::latest_version(&db, &d.id)?,
                 };
                 level = level.max(d.level);
+                let context = Self::stored_dataset_context(&db, &d.id, version)?;
                 inputs.push(JobInput {
+                    context,
                     dataset: d,
                     columns: g.columns.clone(),
                     version,
@@ -2094,7 +2150,7 @@ impl Platform {
         for input in inputs {
             let d = &input.dataset;
             let object = format!("{}/v{}", d.id, input.version);
-            let sealed = self.sealed_source("datasets", &object, &input.wrapped)?;
+            let sealed = self.sealed_source("datasets", &object, &input.context, &input.wrapped)?;
             let path = format!("datasets/{object}.parquet");
             let mut store = SealedStore::default();
             store.insert(&path, sealed.clone());
@@ -3440,6 +3496,46 @@ mod tests {
             .create_org(&admin, "later", "operator")
             .unwrap_err();
         assert!(err.to_string().contains("refused until restart"), "{err}");
+    }
+
+    #[test]
+    fn a_dataset_file_moved_to_another_dataset_does_not_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let (platform, token) =
+            Platform::init(&data, &dir.path().join("master.key"), "admin").unwrap();
+        let admin = platform.authenticate(&token).unwrap();
+        let org = platform.create_org(&admin, "bureau", "provider").unwrap();
+        let p = platform
+            .create_principal(&admin, "p", &org.id, &[Role::Provider])
+            .unwrap();
+        platform.record_training(&admin, &p.id, "t").unwrap();
+        let provider = platform.authenticate(p.token.as_deref().unwrap()).unwrap();
+        use base64::Engine as _;
+        let import = |name: &str| {
+            platform
+                .import_dataset(
+                    &provider,
+                    ImportRequest {
+                        name: name.into(),
+                        level: Level::L2,
+                        format: "csv".into(),
+                        columns: vec![],
+                        approvers: vec![],
+                        data_base64: base64::engine::general_purpose::STANDARD
+                            .encode("a,b\n1,x\n2,y\n"),
+                    },
+                )
+                .unwrap()
+        };
+        let (first, second) = (import("first"), import("second"));
+        assert_eq!(platform.verify_storage().unwrap(), 2);
+        let path = |d: &DatasetView| platform.object_path("datasets", &format!("{}/v1", d.id));
+        fs::copy(path(&first), path(&second)).unwrap();
+        assert!(matches!(
+            platform.verify_storage(),
+            Err(Error::Integrity(_))
+        ));
     }
 
     #[test]
