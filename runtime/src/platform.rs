@@ -390,6 +390,9 @@ type PreparedJob = (
     u64,
 );
 
+/// A stored object's wrapped data key: kind, name, the context bound to it, the wrapped key.
+type WrappedKey = (String, String, String, Vec<u8>);
+
 /// A running job's id and its meter, through which it is cancelled.
 type RunningJob = (String, Arc<JobMeter>);
 
@@ -621,7 +624,7 @@ impl Platform {
 
     /// Every wrapped data key in the metadata, with the object it belongs to.
     /// Every wrapped data key with its object: kind, name, the context bound to it.
-    fn wrapped_keys(db: &Connection) -> Result<Vec<(String, String, String, Vec<u8>)>> {
+    fn wrapped_keys(db: &Connection) -> Result<Vec<WrappedKey>> {
         let mut out = Vec::new();
         let mut q = |sql: &str, kind: &str| -> Result<()> {
             let mut stmt = db.prepare(sql)?;
