@@ -25,6 +25,7 @@ use datafusion::execution::memory_pool::{
 };
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::functions_aggregate::expr_fn::{count_distinct, max};
+use datafusion::logical_expr::TableProviderFilterPushDown;
 use datafusion::logical_expr::{Expr, LogicalPlan, Projection, ScalarUDF};
 use datafusion::object_store::ObjectStore;
 use datafusion::physical_expr::expressions::Column as PhysicalColumn;
@@ -156,6 +157,16 @@ struct GrantedTable {
 }
 
 impl GrantedTable {
+    /// Whether a filter names granted columns only (never the renamed entity key), so that
+    /// the stored table understands it as written.
+    fn prunes(&self, filter: &Expr) -> bool {
+        let columns = filter.column_refs();
+        !columns.is_empty()
+            && columns
+                .iter()
+                .all(|c| c.name != ENTITY_COLUMN && self.schema.field_with_name(&c.name).is_ok())
+    }
+
     fn new(
         inner: Arc<dyn TableProvider>,
         granted: &[ColumnSpec],
@@ -191,11 +202,29 @@ impl TableProvider for GrantedTable {
         TableType::Base
     }
 
+    /// Filters on granted columns (which keep their stored names) reach the Parquet scan for
+    /// row-group pruning; DataFusion still applies them above, so they are inexact.
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> datafusion::common::Result<Vec<TableProviderFilterPushDown>> {
+        Ok(filters
+            .iter()
+            .map(|f| {
+                if self.prunes(f) {
+                    TableProviderFilterPushDown::Inexact
+                } else {
+                    TableProviderFilterPushDown::Unsupported
+                }
+            })
+            .collect())
+    }
+
     async fn scan(
         &self,
         state: &dyn Session,
         projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
+        filters: &[Expr],
         limit: Option<usize>,
     ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
         let outer: Vec<usize> = match projection {
@@ -209,7 +238,8 @@ impl TableProvider for GrantedTable {
                 read.push(self.sources[*o]);
             }
         }
-        let scan = self.inner.scan(state, Some(&read), &[], limit).await?;
+        let pruning: Vec<Expr> = filters.iter().filter(|f| self.prunes(f)).cloned().collect();
+        let scan = self.inner.scan(state, Some(&read), &pruning, limit).await?;
         let scanned = scan.schema();
         let exprs: Vec<ProjectionExpr> = outer
             .iter()

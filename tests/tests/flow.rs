@@ -823,6 +823,31 @@ fn a_statement_is_reproduced_from_the_audit_log_alone() {
 }
 
 #[test]
+fn a_filter_on_a_stored_table_gives_the_same_answer_as_filtering_the_whole() {
+    let (env, sid, _) = active_scenario();
+    let count = |sql: &str| {
+        let j = job(&env, &sid, sql, &[]);
+        assert_eq!(j["state"], "succeeded", "{j}");
+        j["rows"].as_i64().unwrap()
+    };
+    assert_eq!(
+        count("SELECT spot, count(*) FROM visits WHERE spot = 'West Lake' GROUP BY spot"),
+        1
+    );
+    assert_eq!(
+        count(
+            "SELECT spot, count(*) FROM visits WHERE spot IN ('West Lake', 'nowhere') GROUP BY spot"
+        ),
+        1
+    );
+    assert_eq!(
+        count("SELECT spot, count(*) FROM visits WHERE spend > 1e9 GROUP BY spot"),
+        0
+    );
+    assert!(count("SELECT spot, count(*) FROM visits GROUP BY spot") > 1);
+}
+
+#[test]
 fn audit_entries_younger_than_180_days_cannot_be_pruned_by_anyone() {
     let env = setup(true);
     let w = &env.world;
