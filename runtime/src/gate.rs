@@ -27,7 +27,13 @@ pub struct GateInput<'a> {
     pub masking: &'a BTreeMap<String, Masking>,
     /// The scenario's differential privacy budget, when it enables differential privacy.
     pub privacy_budget: Option<f64>,
+    /// The groups of the scenario's earlier exports that passed the gate (R-GATE 6).
+    pub earlier: &'a [Groups],
 }
+
+/// The groups a result releases: each group's key (the values of its group-key columns, as
+/// JSON) and its distinct subjects. Stored encrypted, to compare later releases against.
+pub type Groups = BTreeMap<String, u64>;
 
 /// The report, and the result as it would be released (suppressed groups and hidden columns
 /// removed), as CSV.
@@ -35,6 +41,8 @@ pub struct GateInput<'a> {
 pub struct GateOutcome {
     pub report: GateReport,
     pub csv: Vec<u8>,
+    /// The released groups, for later differencing checks.
+    pub groups: Groups,
 }
 
 pub fn evaluate(input: &GateInput<'_>, batches: &[RecordBatch]) -> Result<GateOutcome> {
@@ -49,6 +57,7 @@ pub fn evaluate(input: &GateInput<'_>, batches: &[RecordBatch]) -> Result<GateOu
 
     // Suppress groups with fewer than k distinct subjects, counted by the runtime.
     let mut released = Vec::with_capacity(batches.len());
+    let mut groups = Groups::new();
     for batch in batches {
         let kept = if input.shape.aggregated {
             let subjects = subjects_per_row(batch)?;
@@ -58,6 +67,14 @@ pub fn evaluate(input: &GateInput<'_>, batches: &[RecordBatch]) -> Result<GateOu
                 .map(|s| Some(s.unwrap_or(0) as u64 >= input.threshold_k))
                 .collect();
             report.groups_suppressed += keep.false_count() as u64;
+            let keys = group_keys(batch, input.shape)?;
+            for (row, key) in keys.into_iter().enumerate() {
+                if let Some(key) = key
+                    && keep.value(row)
+                {
+                    groups.insert(key, subjects.value(row) as u64);
+                }
+            }
             filter_record_batch(batch, &keep)
                 .map_err(|e| Error::Internal(format!("suppression: {e}")))?
         } else {
@@ -80,6 +97,9 @@ pub fn evaluate(input: &GateInput<'_>, batches: &[RecordBatch]) -> Result<GateOu
         );
     }
     report.rows_released = released.iter().map(|b| b.num_rows() as u64).sum();
+    if input.shape.aggregated {
+        report.push("differencing", differencing(&groups, input));
+    }
 
     report.push("identifiers", scan_identifiers(&released));
     report.push(
@@ -118,9 +138,75 @@ pub fn evaluate(input: &GateInput<'_>, batches: &[RecordBatch]) -> Result<GateOu
         return Ok(GateOutcome {
             report,
             csv: Vec::new(),
+            groups: Groups::new(),
         });
     }
-    Ok(GateOutcome { report, csv })
+    Ok(GateOutcome {
+        report,
+        csv,
+        groups,
+    })
+}
+
+/// Each row's group key: the values of the group-key columns the result shows, as JSON; none
+/// when it shows none of them (such rows cannot be matched across releases).
+fn group_keys(batch: &RecordBatch, shape: &QueryShape) -> Result<Vec<Option<String>>> {
+    let columns: Vec<(&str, &arrow::array::ArrayRef)> = shape
+        .group_keys
+        .iter()
+        .filter_map(|(name, _)| batch.column_by_name(name).map(|c| (name.as_str(), c)))
+        .collect();
+    (0..batch.num_rows())
+        .map(|row| {
+            if columns.is_empty() {
+                return Ok(None);
+            }
+            let mut key = serde_json::Map::new();
+            for (name, column) in &columns {
+                let value = if column.is_null(row) {
+                    serde_json::Value::Null
+                } else {
+                    arrow::util::display::array_value_to_string(column, row)
+                        .map_err(|e| Error::Internal(format!("group key: {e}")))?
+                        .into()
+                };
+                key.insert((*name).to_string(), value);
+            }
+            Ok(Some(serde_json::Value::Object(key).to_string()))
+        })
+        .collect()
+}
+
+/// R-GATE 6: a group released again with a subject count that differs from an earlier
+/// release by fewer than k would let the two be subtracted to learn about those few subjects.
+/// The report names counts, never group values.
+fn differencing(groups: &Groups, input: &GateInput<'_>) -> CheckOutcome {
+    let k = input.threshold_k;
+    let mut close = 0u64;
+    let mut releases = 0u64;
+    for earlier in input.earlier {
+        let mut hit = false;
+        for (key, subjects) in groups {
+            if let Some(before) = earlier.get(key) {
+                let d = subjects.abs_diff(*before);
+                if d > 0 && d < k {
+                    close += 1;
+                    hit = true;
+                }
+            }
+        }
+        releases += u64::from(hit);
+    }
+    if close > 0 {
+        CheckOutcome::Fail(format!(
+            "{close} group(s) differ from {releases} earlier export(s) of this scenario by fewer than k={k} subjects: the difference would isolate them"
+        ))
+    } else {
+        CheckOutcome::Pass(format!(
+            "compared with {} earlier export(s) of this scenario; no group differs by fewer than k={k} subjects",
+            input.earlier.len()
+        ))
+    }
 }
 
 fn subjects_per_row(batch: &RecordBatch) -> Result<Int64Array> {
@@ -356,6 +442,7 @@ mod tests {
             max_bytes: 1 << 20,
             masking,
             privacy_budget,
+            earlier: &[],
         };
         evaluate(&input, &[batch]).unwrap()
     }
@@ -376,6 +463,59 @@ mod tests {
         let redact: BTreeMap<String, Masking> = [("spot".to_string(), Masking::Redact)].into();
         let out = run_with(result(&["13812345678"], &[20]), &redact, None);
         assert_eq!(String::from_utf8(out.csv).unwrap(), "spot\n***\n");
+    }
+
+    #[test]
+    fn a_group_released_again_with_a_few_subjects_fewer_fails_the_differencing_check() {
+        let shape = shape();
+        let none = BTreeMap::new();
+        let gate = |earlier: &[Groups], batch| {
+            evaluate(
+                &GateInput {
+                    level: Level::L2,
+                    threshold_k: 10,
+                    shape: &shape,
+                    provenance: CheckOutcome::Pass("ok".into()),
+                    max_rows: 100,
+                    max_bytes: 1 << 20,
+                    masking: &none,
+                    privacy_budget: None,
+                    earlier,
+                },
+                &[batch],
+            )
+            .unwrap()
+        };
+        let first = gate(&[], result(&["West Lake", "Quiet Pond"], &[120, 40]));
+        assert!(first.report.passed());
+        assert_eq!(first.groups.len(), 2);
+        // The same groups again, West Lake without one visitor: refused.
+        let second = gate(
+            std::slice::from_ref(&first.groups),
+            result(&["West Lake", "Quiet Pond"], &[119, 40]),
+        );
+        let check = second
+            .report
+            .checks
+            .iter()
+            .find(|c| c.name == "differencing")
+            .unwrap();
+        assert!(!check.passed, "{}", check.detail);
+        assert!(
+            !check.detail.contains("West Lake"),
+            "no group value in the report"
+        );
+        // The same population again (another measure), or one that differs by k or more: fine.
+        let same = gate(
+            std::slice::from_ref(&first.groups),
+            result(&["West Lake", "Quiet Pond"], &[120, 40]),
+        );
+        assert!(same.report.passed());
+        let far = gate(
+            std::slice::from_ref(&first.groups),
+            result(&["West Lake"], &[100]),
+        );
+        assert!(far.report.passed());
     }
 
     #[test]

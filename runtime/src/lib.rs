@@ -24,7 +24,7 @@ pub use audit::{
 pub use bundle::{Signer, Verified, verify as verify_bundle, write as write_bundle};
 pub use crypto::{DataKey, MasterKey, SealedReader, random_token, sha256_hex};
 pub use error::{Error, Result};
-pub use gate::{GateInput, GateOutcome, evaluate as evaluate_gate};
+pub use gate::{GateInput, GateOutcome, Groups as GateGroups, evaluate as evaluate_gate};
 pub use job::{
     EngineLimits, JobCost, JobOutput, TableData, TableInput, run_query, run_query_isolated,
     run_query_until,

@@ -431,10 +431,11 @@ const MIGRATIONS: &[(i64, &str)] = &[
          ALTER TABLE exports ADD COLUMN bytes INTEGER;",
     ),
     (4, "ALTER TABLE dataset_versions ADD COLUMN context TEXT;"),
+    (5, "ALTER TABLE exports ADD COLUMN groups_key BLOB;"),
 ];
 
 /// The schema version this build writes.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 const LOCK_FILE: &str = "lock";
 
@@ -656,6 +657,10 @@ impl Platform {
             "SELECT id, 'exports/' || id, wrapped_key FROM exports WHERE wrapped_key IS NOT NULL",
             "exports",
         )?;
+        q(
+            "SELECT id, 'gate/' || id, groups_key FROM exports WHERE groups_key IS NOT NULL",
+            "gate",
+        )?;
         Ok(out)
     }
 
@@ -708,6 +713,12 @@ impl Platform {
                 "results" => {
                     tx.execute(
                         "UPDATE jobs SET wrapped_key = ?2 WHERE id = ?1",
+                        params![name, rewrapped],
+                    )?;
+                }
+                "gate" => {
+                    tx.execute(
+                        "UPDATE exports SET groups_key = ?2 WHERE id = ?1",
                         params![name, rewrapped],
                     )?;
                 }
@@ -1677,8 +1688,10 @@ impl Platform {
             for (export, hash) in exports {
                 destroyed.push(json!({ "kind": "export", "id": export, "sha256": hash }));
                 files.push(self.object_path("exports", &export));
+                // The groups the gate kept for differencing go with it.
+                files.push(self.object_path("gate", &export));
                 tx.execute(
-                    "UPDATE exports SET wrapped_key = NULL WHERE id = ?1",
+                    "UPDATE exports SET wrapped_key = NULL, groups_key = NULL WHERE id = ?1",
                     params![export],
                 )?;
             }
@@ -2280,6 +2293,21 @@ impl Platform {
             )));
         }
         let batches = from_parquet(parquet)?;
+        // R-GATE 6: what the scenario's earlier exports released, to compare with.
+        let earlier_keys: Vec<(String, Vec<u8>)> = db
+            .prepare(
+                "SELECT e.id, e.groups_key FROM exports e JOIN jobs j ON e.job_id = j.id
+                 WHERE j.scenario_id = ?1 AND e.groups_key IS NOT NULL ORDER BY e.created_at",
+            )?
+            .query_map(params![s.id], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut earlier = Vec::with_capacity(earlier_keys.len());
+        for (export, key) in &earlier_keys {
+            earlier.push(from_json::<gate::Groups>(
+                &String::from_utf8(self.load_object("gate", export, key)?)
+                    .map_err(|_| Error::Integrity(format!("the groups of export {export}")))?,
+            )?);
+        }
         let mut unapproved = 0;
         for hash in &job.modules {
             let approved: Option<Option<String>> = db
@@ -2319,18 +2347,20 @@ impl Platform {
                 max_bytes: s.export_rules.max_bytes.unwrap_or(EXPORT_MAX_BYTES),
                 masking: &s.export_rules.masking,
                 privacy_budget: s.export_rules.privacy_budget,
+                earlier: &earlier,
             },
             &batches,
         )?;
         let id = new_id("ex");
         let passed = outcome.report.passed();
-        let (hash, wrapped) = if passed {
+        let (hash, wrapped, groups_key) = if passed {
             (
                 Some(sha256_hex(&outcome.csv)),
                 Some(self.store_object("exports", &id, &outcome.csv)?),
+                Some(self.store_object("gate", &id, to_json(&outcome.groups).as_bytes())?),
             )
         } else {
-            (None, None)
+            (None, None, None)
         };
         let state = if passed { "in_review" } else { "rejected" };
         let required = tidegate_policy::required_export_approvals(job.level) as i64;
@@ -2338,7 +2368,7 @@ impl Platform {
         let stored_bytes = passed.then_some(outcome.csv.len() as i64);
         let tx = db.transaction()?;
         tx.execute(
-            "INSERT INTO exports VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, NULL, ?12)",
+            "INSERT INTO exports VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, NULL, ?12, ?13)",
             params![
                 id,
                 job_id,
@@ -2351,7 +2381,8 @@ impl Platform {
                 required,
                 (!passed).then_some("the export gate refused the result"),
                 now,
-                stored_bytes
+                stored_bytes,
+                groups_key
             ],
         )?;
         self.audit.append_at(

@@ -823,6 +823,39 @@ fn a_statement_is_reproduced_from_the_audit_log_alone() {
 }
 
 #[test]
+fn a_release_that_differs_from_an_earlier_one_by_one_subject_is_refused() {
+    let (env, sid, _) = active_scenario();
+    let export = |sql: &str| {
+        let j = job(&env, &sid, sql, &[]);
+        env.world
+            .scientist
+            .request_export(j["id"].as_str().unwrap())
+            .unwrap()
+    };
+    let by_spot = "SELECT spot, count(*) AS visits FROM visits GROUP BY spot";
+    assert_eq!(export(by_spot)["state"], "in_review");
+    // The same release without one visitor: subtracting the two would single them out.
+    let csv = visitor_csv(ROWS);
+    let someone = csv.lines().nth(1).unwrap().split(',').next().unwrap();
+    let without = export(&format!(
+        "SELECT spot, count(*) AS visits FROM visits WHERE resident_id <> '{someone}' GROUP BY spot"
+    ));
+    assert_eq!(without["state"], "rejected");
+    let check = without["gate_report"]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "differencing")
+        .unwrap()
+        .clone();
+    assert_eq!(check["passed"], false);
+    assert!(!check["detail"].as_str().unwrap().contains(someone));
+    // Another measure over the same population is no difference at all.
+    let mean = export("SELECT spot, round(avg(spend), 2) AS mean FROM visits GROUP BY spot");
+    assert_eq!(mean["state"], "in_review", "{mean}");
+}
+
+#[test]
 fn a_filter_on_a_stored_table_gives_the_same_answer_as_filtering_the_whole() {
     let (env, sid, _) = active_scenario();
     let count = |sql: &str| {
