@@ -985,8 +985,8 @@ fn after_an_exit_no_marker_is_left_in_any_file_or_in_anything_the_platform_can_d
             .iter()
             .map(|n| n.split('/').next().unwrap())
             .collect::<Vec<_>>(),
-        vec!["datasets", "exports", "results"],
-        "the marker is in the social data, the result and the export before the exit"
+        vec!["datasets", "exports", "gate", "results"],
+        "the marker is in the social data, the result, the export and the groups the gate keeps"
     );
     let admin = platform.authenticate(&admin_token).unwrap();
     platform
