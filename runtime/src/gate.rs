@@ -41,6 +41,8 @@ pub type Groups = BTreeMap<String, u64>;
 pub struct GateOutcome {
     pub report: GateReport,
     pub csv: Vec<u8>,
+    /// The same rows as `csv`, typed: what the bundle carries as Parquet.
+    pub released: Vec<RecordBatch>,
     /// The released groups, for later differencing checks.
     pub groups: Groups,
 }
@@ -138,12 +140,14 @@ pub fn evaluate(input: &GateInput<'_>, batches: &[RecordBatch]) -> Result<GateOu
         return Ok(GateOutcome {
             report,
             csv: Vec::new(),
+            released: Vec::new(),
             groups: Groups::new(),
         });
     }
     Ok(GateOutcome {
         report,
         csv,
+        released,
         groups,
     })
 }
@@ -371,7 +375,7 @@ fn scan_identifiers(batches: &[RecordBatch]) -> CheckOutcome {
     }
 }
 
-fn to_csv(batches: &[RecordBatch]) -> Result<Vec<u8>> {
+pub(crate) fn to_csv(batches: &[RecordBatch]) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     {
         let mut w = arrow::csv::WriterBuilder::new()

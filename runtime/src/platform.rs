@@ -2353,10 +2353,22 @@ impl Platform {
         )?;
         let id = new_id("ex");
         let passed = outcome.report.passed();
+        // The export is stored as Parquet (typed); the CSV of a preview or a bundle is derived
+        // from it. The approval binds the Parquet's hash.
+        let parquet = if passed {
+            let schema = outcome
+                .released
+                .first()
+                .map(|b| b.schema())
+                .unwrap_or_else(|| Arc::new(Schema::empty()));
+            to_parquet_with_schema(&outcome.released, schema)?
+        } else {
+            Vec::new()
+        };
         let (hash, wrapped, groups_key) = if passed {
             (
-                Some(sha256_hex(&outcome.csv)),
-                Some(self.store_object("exports", &id, &outcome.csv)?),
+                Some(sha256_hex(&parquet)),
+                Some(self.store_object("exports", &id, &parquet)?),
                 Some(self.store_object("gate", &id, to_json(&outcome.groups).as_bytes())?),
             )
         } else {
@@ -2365,7 +2377,7 @@ impl Platform {
         let state = if passed { "in_review" } else { "rejected" };
         let required = tidegate_policy::required_export_approvals(job.level) as i64;
         let now = crate::now_rfc3339();
-        let stored_bytes = passed.then_some(outcome.csv.len() as i64);
+        let stored_bytes = passed.then_some(parquet.len() as i64);
         let tx = db.transaction()?;
         tx.execute(
             "INSERT INTO exports VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, NULL, ?12, ?13)",
@@ -2464,7 +2476,7 @@ impl Platform {
                 view: job, plan, ..
             } = Self::job_row(&db, &view.job)?;
             if let Some(w) = wrapped {
-                let csv = self.load_object("exports", id, &w)?;
+                let csv = gate::to_csv(&from_parquet(self.load_object("exports", id, &w)?)?)?;
                 view.preview = Some(
                     String::from_utf8_lossy(&csv)
                         .lines()
@@ -2575,8 +2587,8 @@ impl Platform {
         }
         let wrapped =
             wrapped.ok_or_else(|| Error::Internal("approved export without a result".into()))?;
-        let csv = self.load_object("exports", id, &wrapped)?;
-        let hash = sha256_hex(&csv);
+        let parquet = self.load_object("exports", id, &wrapped)?;
+        let hash = sha256_hex(&parquet);
         // Approval binds the exact result: anything that changed since voids it.
         let approvals: Vec<&ApprovalView> = view
             .reviews
@@ -2618,10 +2630,14 @@ impl Platform {
             "result_sha256": hash,
             "released_at": now,
         });
+        let csv = gate::to_csv(&from_parquet(parquet.clone())?)?;
         let files = bundle::build(
             &self.signer,
             manifest,
-            vec![("result.csv".to_string(), csv)],
+            vec![
+                ("result.csv".to_string(), csv),
+                ("result.parquet".to_string(), parquet),
+            ],
         )?;
         let tx = db.transaction()?;
         tx.execute(

@@ -32,9 +32,31 @@ fn the_demo_tells_the_whole_story_and_its_bundle_verifies_offline() {
         &std::fs::read(&outcome.public_key).unwrap(),
     )
     .unwrap();
-    assert_eq!(verified.files, vec!["result.csv"]);
+    assert_eq!(verified.files, vec!["result.csv", "result.parquet"]);
     let csv = std::fs::read_to_string(outcome.bundle_dir.join("result.csv")).unwrap();
     let lines: Vec<&str> = csv.lines().collect();
+    // The Parquet carries the same rows, typed.
+    let parquet = std::fs::read(outcome.bundle_dir.join("result.parquet")).unwrap();
+    let typed = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        bytes::Bytes::from(parquet),
+    )
+    .unwrap()
+    .build()
+    .unwrap()
+    .map(Result::unwrap)
+    .collect::<Vec<_>>();
+    assert_eq!(
+        typed.iter().map(|b| b.num_rows()).sum::<usize>(),
+        lines.len() - 1
+    );
+    assert_eq!(
+        typed[0]
+            .schema()
+            .field_with_name("visits")
+            .unwrap()
+            .data_type(),
+        &arrow::datatypes::DataType::Int64
+    );
     assert_eq!(lines[0], "spot,visits,avg_age,total_spend");
     // Eight spots are released; the ninth, visited by three people, is suppressed.
     assert_eq!(lines.len(), 1 + 8, "{csv}");
