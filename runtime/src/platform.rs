@@ -333,6 +333,9 @@ pub struct ExportView {
     pub plan: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub modules: Vec<String>,
+    /// The scenario's other exports that passed the gate, shown to reviewers beside this one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier: Vec<Value>,
 }
 
 struct DatasetRow {
@@ -2454,6 +2457,7 @@ impl Platform {
                 query: None,
                 plan: None,
                 modules: Vec::new(),
+                earlier: Vec::new(),
             },
             org,
             wrapped,
@@ -2485,6 +2489,24 @@ impl Platform {
                         .join("\n"),
                 );
             }
+            view.earlier = db
+                .prepare(
+                    "SELECT e.id, e.state, e.result_hash, e.created_at, e.released_at, j.sql
+                     FROM exports e JOIN jobs j ON e.job_id = j.id
+                     WHERE j.scenario_id = ?1 AND e.id != ?2 AND e.result_hash IS NOT NULL
+                     ORDER BY e.created_at",
+                )?
+                .query_map(params![job.scenario, id], |r| {
+                    Ok(json!({
+                        "id": r.get::<_, String>(0)?,
+                        "state": r.get::<_, String>(1)?,
+                        "result_sha256": r.get::<_, String>(2)?,
+                        "requested_at": r.get::<_, String>(3)?,
+                        "released_at": r.get::<_, Option<String>>(4)?,
+                        "query": r.get::<_, String>(5)?,
+                    }))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
             view.query = Some(job.sql);
             view.plan = plan;
             view.modules = job.modules;

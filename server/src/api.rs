@@ -313,14 +313,27 @@ async fn request_export(
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
 
+#[derive(Deserialize)]
+struct FormatQuery {
+    #[serde(default)]
+    format: Option<String>,
+}
+
+/// An export with its gate report: JSON, or with `?format=html` the readable page a reviewer
+/// works from.
 async fn get_export(
     State(p): State<AppState>,
     h: HeaderMap,
     Path(id): Path<String>,
-) -> ApiResult<Value> {
+    axum::extract::Query(q): axum::extract::Query<FormatQuery>,
+) -> Result<Response, ApiError> {
     let actor = principal(&p, &h)?;
     let v = blocking(move || p.get_export(&actor, &id)).await?;
-    Ok(Json(serde_json::to_value(v).expect("serializes")))
+    let v = serde_json::to_value(v).expect("serializes");
+    Ok(match q.format.as_deref() {
+        Some("html") => axum::response::Html(crate::report::export_html(&v)).into_response(),
+        _ => Json(v).into_response(),
+    })
 }
 
 #[derive(Deserialize)]

@@ -14,7 +14,7 @@ pub use api::{router, serve, spawn_server};
 pub use cli::{main_with_args, scan_report};
 pub use client::Client;
 pub use demo::{DemoOptions, DemoOutcome, World, run_demo, visitor_csv};
-pub use report::annual_report_html;
+pub use report::{annual_report_html, export_html};
 
 /// The example UDF module (examples/visitor-udf), built for wasm32 by this crate's build script.
 pub const VISITOR_UDF_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/visitor_udf.wasm"));

@@ -17,6 +17,94 @@ fn text(v: &Value) -> String {
     }
 }
 
+/// Renders an export and its gate report as the page a reviewer works from: each check with
+/// its numbers, the query, the plan, the module hashes, the (masked, suppressed) preview, the
+/// scenario's earlier exports and the reviews so far. No scripts; every value escaped.
+pub fn export_html(export: &Value) -> String {
+    let report = &export["gate_report"];
+    let mut checks = String::new();
+    for c in report["checks"].as_array().into_iter().flatten() {
+        let passed = c["passed"] == true;
+        checks.push_str(&format!(
+            "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+            if passed { "pass" } else { "fail" },
+            text(&c["name"]),
+            if passed { "pass" } else { "FAIL" },
+            text(&c["detail"]),
+        ));
+    }
+    let mut preview = String::new();
+    if let Some(csv) = export["preview"].as_str() {
+        for (i, line) in csv.lines().enumerate() {
+            let cell = if i == 0 { "th" } else { "td" };
+            preview.push_str("<tr>");
+            for value in line.split(',') {
+                preview.push_str(&format!("<{cell}>{}</{cell}>", escape(value)));
+            }
+            preview.push_str("</tr>\n");
+        }
+    }
+    let list = |items: &Value, f: &dyn Fn(&Value) -> String| -> String {
+        items
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|v| format!("<li>{}</li>", f(v)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let earlier = list(&export["earlier"], &|e| {
+        format!(
+            "{} ({}; released {}): <code>{}</code>",
+            text(&e["id"]),
+            text(&e["state"]),
+            text(&e["released_at"]),
+            text(&e["query"])
+        )
+    });
+    let reviews = list(&export["reviews"], &|r| {
+        format!(
+            "{} by {} at {}: {}",
+            text(&r["as_role"]),
+            text(&r["by"]),
+            text(&r["at"]),
+            text(&r["comment"])
+        )
+    });
+    let modules = list(&export["modules"], &|m| format!("<code>{}</code>", text(m)));
+    format!(
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Export {id}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #999;padding:.3em .6em}}tr.fail td{{background:#fdd}}tr.pass td:nth-child(2){{color:#060}}pre{{background:#f4f4f4;padding:.5em}}</style>
+</head><body>
+<h1>Export {id}: {state}</h1>
+<p>Job {job}, requested by {by}. Threshold k = {k}; {groups} group(s), {suppressed} suppressed; {rows} row(s) released. Approvals required: {required}.</p>
+<h2>Gate report</h2>
+<table><tr><th>check</th><th>result</th><th>numbers</th></tr>
+{checks}</table>
+<h2>Query</h2><pre>{query}</pre>
+<h2>Plan</h2><pre>{plan}</pre>
+<h2>Modules</h2><ul>{modules}</ul>
+<h2>Preview (as it would be released)</h2><table>
+{preview}</table>
+<h2>Earlier exports of this scenario</h2><ul>{earlier}</ul>
+<h2>Reviews</h2><ul>{reviews}</ul>
+</body></html>
+"#,
+        id = text(&export["id"]),
+        state = text(&export["state"]),
+        job = text(&export["job"]),
+        by = text(&export["requested_by"]),
+        k = text(&report["threshold_k"]),
+        groups = text(&report["groups_total"]),
+        suppressed = text(&report["groups_suppressed"]),
+        rows = text(&report["rows_released"]),
+        required = text(&export["required_approvals"]),
+        query = text(&export["query"]),
+        plan = text(&export["plan"]),
+    )
+}
+
 /// Renders the JSON annual report as an HTML page.
 pub fn annual_report_html(report: &Value) -> String {
     let mut rows = String::new();

@@ -878,6 +878,68 @@ fn a_release_that_differs_from_an_earlier_one_by_one_subject_is_refused() {
 }
 
 #[test]
+fn a_reviewer_sees_the_report_as_a_page_with_the_scenarios_earlier_exports_beside_it() {
+    let (env, sid, _) = active_scenario();
+    let export = |sql: &str| {
+        let j = job(&env, &sid, sql, &[]);
+        env.world
+            .scientist
+            .request_export(j["id"].as_str().unwrap())
+            .unwrap()
+    };
+    let first = export("SELECT spot, count(*) AS visits FROM visits GROUP BY spot");
+    let second = export(
+        "SELECT spot AS \"<i>place</i>\", round(avg(spend), 2) AS mean FROM visits GROUP BY spot",
+    );
+    let seen = env
+        .world
+        .reviewer
+        .ok(
+            "GET",
+            &format!("/v1/exports/{}", second["id"].as_str().unwrap()),
+            None,
+        )
+        .unwrap();
+    assert_eq!(seen["earlier"][0]["id"], first["id"]);
+    let page = tidegate_server::export_html(&seen);
+    for expected in [
+        "<h2>Gate report</h2>",
+        "<td>differencing</td>",
+        "<td>threshold</td>",
+        "Earlier exports of this scenario",
+        first["id"].as_str().unwrap(),
+        "&lt;i&gt;place&lt;/i&gt;",
+    ] {
+        assert!(page.contains(expected), "{expected} missing from the page");
+    }
+    assert!(!page.contains("<i>place</i>"), "values are escaped");
+    let raw = env
+        .world
+        .reviewer
+        .call(
+            "GET",
+            &format!("/v1/exports/{}?format=html", second["id"].as_str().unwrap()),
+            None,
+        )
+        .unwrap();
+    assert_eq!(raw.status, 200);
+    // The requester sees the report, not the rows or the other exports.
+    let own = env
+        .world
+        .scientist
+        .ok(
+            "GET",
+            &format!("/v1/exports/{}", second["id"].as_str().unwrap()),
+            None,
+        )
+        .unwrap();
+    assert!(
+        own.get("preview").is_none() && own.get("earlier").is_none(),
+        "{own}"
+    );
+}
+
+#[test]
 fn a_filter_on_a_stored_table_gives_the_same_answer_as_filtering_the_whole() {
     let (env, sid, _) = active_scenario();
     let count = |sql: &str| {
