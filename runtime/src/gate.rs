@@ -11,7 +11,7 @@ use tidegate_policy::{
 };
 
 use crate::error::{Error, Result};
-use crate::job::{NULL_SUBJECT_COLUMN, SUBJECTS_COLUMN};
+use crate::job::{GROUP_KEY_PREFIX, NULL_SUBJECT_COLUMN, SUBJECTS_COLUMN};
 
 /// What the gate needs to know besides the data.
 #[derive(Debug, Clone)]
@@ -69,7 +69,7 @@ pub fn evaluate(input: &GateInput<'_>, batches: &[RecordBatch]) -> Result<GateOu
                 .map(|s| Some(s.unwrap_or(0) as u64 >= input.threshold_k))
                 .collect();
             report.groups_suppressed += keep.false_count() as u64;
-            let keys = group_keys(batch, input.shape)?;
+            let keys = group_keys(batch)?;
             for (row, key) in keys.into_iter().enumerate() {
                 if let Some(key) = key
                     && keep.value(row)
@@ -152,31 +152,34 @@ pub fn evaluate(input: &GateInput<'_>, batches: &[RecordBatch]) -> Result<GateOu
     })
 }
 
-/// Each row's group key: the values of the group-key columns the result shows, as JSON; none
-/// when it shows none of them (such rows cannot be matched across releases).
-fn group_keys(batch: &RecordBatch, shape: &QueryShape) -> Result<Vec<Option<String>>> {
-    let columns: Vec<(&str, &arrow::array::ArrayRef)> = shape
-        .group_keys
+/// Each row's group key: the values of its group keys, carried by the runtime's hidden key
+/// columns whatever the query names or shows, as JSON; none when the query's grouping has no
+/// plain keys (grouping sets).
+fn group_keys(batch: &RecordBatch) -> Result<Vec<Option<String>>> {
+    let schema = batch.schema();
+    let columns: Vec<&arrow::array::ArrayRef> = schema
+        .fields()
         .iter()
-        .filter_map(|(name, _)| batch.column_by_name(name).map(|c| (name.as_str(), c)))
+        .enumerate()
+        .filter(|(_, f)| f.name().starts_with(GROUP_KEY_PREFIX))
+        .map(|(i, _)| batch.column(i))
         .collect();
     (0..batch.num_rows())
         .map(|row| {
             if columns.is_empty() {
                 return Ok(None);
             }
-            let mut key = serde_json::Map::new();
-            for (name, column) in &columns {
-                let value = if column.is_null(row) {
+            let mut key = Vec::with_capacity(columns.len());
+            for column in &columns {
+                key.push(if column.is_null(row) {
                     serde_json::Value::Null
                 } else {
                     arrow::util::display::array_value_to_string(column, row)
                         .map_err(|e| Error::Internal(format!("group key: {e}")))?
                         .into()
-                };
-                key.insert((*name).to_string(), value);
+                });
             }
-            Ok(Some(serde_json::Value::Object(key).to_string()))
+            Ok(Some(serde_json::Value::Array(key).to_string()))
         })
         .collect()
 }
@@ -405,10 +408,12 @@ mod tests {
         RecordBatch::try_new(
             Arc::new(Schema::new(vec![
                 Field::new("spot", DataType::Utf8, true),
+                Field::new(format!("{GROUP_KEY_PREFIX}0"), DataType::Utf8, true),
                 Field::new(SUBJECTS_COLUMN, DataType::Int64, true),
                 Field::new(NULL_SUBJECT_COLUMN, DataType::Int64, true),
             ])),
             vec![
+                Arc::new(StringArray::from(spots.to_vec())),
                 Arc::new(StringArray::from(spots.to_vec())),
                 Arc::new(Int64Array::from(subjects.to_vec())),
                 Arc::new(Int64Array::from(vec![0; subjects.len()])),

@@ -44,6 +44,8 @@ use crate::storage::SealedStore;
 pub(crate) const ENTITY_COLUMN: &str = "__tg_entity";
 /// Distinct non-NULL subjects of an output group.
 pub(crate) const SUBJECTS_COLUMN: &str = "__tg_subjects";
+/// Hidden columns `__tg_key_0..` carry each group's key values.
+pub(crate) const GROUP_KEY_PREFIX: &str = "__tg_key_";
 /// 1 when NULL entity keys contributed to the group (they count as one subject).
 pub(crate) const NULL_SUBJECT_COLUMN: &str = "__tg_null_subject";
 const RESERVED_PREFIX: &str = "__tg";
@@ -694,6 +696,17 @@ fn rewrite(
                 }
             }
             let mut aggr = agg.aggr_expr.clone();
+            // Each group's key values, under hidden names whatever the query calls them, so
+            // that the gate can match groups across releases (max of a constant is itself).
+            if !agg
+                .group_expr
+                .iter()
+                .any(|g| matches!(g, Expr::GroupingSet(_)))
+            {
+                for (i, g) in agg.group_expr.iter().enumerate() {
+                    aggr.push(max(g.clone()).alias(format!("{GROUP_KEY_PREFIX}{i}")));
+                }
+            }
             aggr.push(count_distinct(entity.clone()).alias(SUBJECTS_COLUMN));
             aggr.push(
                 max(when(entity.is_null(), lit(1i64))
@@ -714,13 +727,16 @@ fn rewrite(
                 return Ok(None);
             };
             let mut exprs = p.expr.clone();
+            // The runtime's hidden columns ride along every projection above the aggregate.
+            for (q, f) in input.schema().iter() {
+                if f.name().starts_with(RESERVED_PREFIX) && f.name() != ENTITY_COLUMN {
+                    exprs.push(Expr::Column(Column::new(q.cloned(), f.name())));
+                }
+            }
             for hidden in [SUBJECTS_COLUMN, NULL_SUBJECT_COLUMN] {
-                let (q, _) = input
-                    .schema()
-                    .iter()
-                    .find(|(_, f)| f.name() == hidden)
-                    .ok_or_else(|| Error::Internal("hidden column lost in rewrite".into()))?;
-                exprs.push(Expr::Column(Column::new(q.cloned(), hidden)));
+                if !input.schema().iter().any(|(_, f)| f.name() == hidden) {
+                    return Err(Error::Internal("hidden column lost in rewrite".into()));
+                }
             }
             Ok(Some(LogicalPlan::Projection(
                 Projection::try_new(exprs, Arc::new(input)).map_err(internal)?,

@@ -872,6 +872,11 @@ fn a_release_that_differs_from_an_earlier_one_by_one_subject_is_refused() {
         .clone();
     assert_eq!(check["passed"], false);
     assert!(!check["detail"].as_str().unwrap().contains(someone));
+    // Naming the group key differently does not make the groups different.
+    let renamed = export(&format!(
+        "SELECT count(*) AS n, spot AS place FROM visits WHERE resident_id <> '{someone}' GROUP BY spot"
+    ));
+    assert_eq!(renamed["state"], "rejected", "{renamed}");
     // Another measure over the same population is no difference at all.
     let mean = export("SELECT spot, round(avg(spend), 2) AS mean FROM visits GROUP BY spot");
     assert_eq!(mean["state"], "in_review", "{mean}");
