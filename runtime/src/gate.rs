@@ -11,7 +11,7 @@ use tidegate_policy::{
 };
 
 use crate::error::{Error, Result};
-use crate::job::{GROUP_KEY_PREFIX, NULL_SUBJECT_COLUMN, SUBJECTS_COLUMN};
+use crate::job::{DOMINATED_COLUMN, GROUP_KEY_PREFIX, NULL_SUBJECT_COLUMN, SUBJECTS_COLUMN};
 
 /// What the gate needs to know besides the data.
 #[derive(Debug, Clone)]
@@ -60,13 +60,28 @@ pub fn evaluate(input: &GateInput<'_>, batches: &[RecordBatch]) -> Result<GateOu
     // Suppress groups with fewer than k distinct subjects, counted by the runtime.
     let mut released = Vec::with_capacity(batches.len());
     let mut groups = Groups::new();
+    let (mut dominated_groups, mut dominance_checked) = (0u64, false);
     for batch in batches {
         let kept = if input.shape.aggregated {
             let subjects = subjects_per_row(batch)?;
             report.groups_total += subjects.len() as u64;
+            // R-GATE 3: a group whose sum its top contributors dominate goes as well.
+            let dominated = batch
+                .column_by_name(DOMINATED_COLUMN)
+                .and_then(|c| c.as_boolean_opt())
+                .cloned();
+            dominance_checked |= dominated.is_some();
             let keep: BooleanArray = subjects
                 .iter()
-                .map(|s| Some(s.unwrap_or(0) as u64 >= input.threshold_k))
+                .enumerate()
+                .map(|(row, s)| {
+                    let enough = s.unwrap_or(0) as u64 >= input.threshold_k;
+                    let dominant = dominated.as_ref().is_some_and(|d| d.value(row));
+                    if enough && dominant {
+                        dominated_groups += 1;
+                    }
+                    Some(enough && !dominant)
+                })
                 .collect();
             report.groups_suppressed += keep.false_count() as u64;
             let keys = group_keys(batch)?;
@@ -100,6 +115,16 @@ pub fn evaluate(input: &GateInput<'_>, batches: &[RecordBatch]) -> Result<GateOu
     }
     report.rows_released = released.iter().map(|b| b.num_rows() as u64).sum();
     if input.shape.aggregated {
+        report.push(
+            "dominance",
+            CheckOutcome::Pass(if dominance_checked {
+                format!(
+                    "{dominated_groups} group(s) where the top 2 subjects hold over 90% of a sum suppressed"
+                )
+            } else {
+                "no sum or average to check".to_string()
+            }),
+        );
         report.push("differencing", differencing(&groups, input));
     }
 
@@ -155,7 +180,7 @@ pub fn evaluate(input: &GateInput<'_>, batches: &[RecordBatch]) -> Result<GateOu
 /// Each row's group key: the values of its group keys, carried by the runtime's hidden key
 /// columns whatever the query names or shows, as JSON; none when the query's grouping has no
 /// plain keys (grouping sets).
-fn group_keys(batch: &RecordBatch) -> Result<Vec<Option<String>>> {
+pub(crate) fn group_keys(batch: &RecordBatch) -> Result<Vec<Option<String>>> {
     let schema = batch.schema();
     let columns: Vec<&arrow::array::ArrayRef> = schema
         .fields()

@@ -315,13 +315,27 @@ pub async fn run_query_until(
         .map_err(|e| Error::Refused(format!("only a query is allowed: {e}")))?;
     check_confinement(&plan)?;
     let plan_text = plan.display_indent().to_string();
-    let (plan, shape) = add_subject_counts(plan, tables)?;
+    let (plan, shape, dominance) = add_subject_counts(plan, tables)?;
     let run = async {
         let df = ctx
             .execute_logical_plan(plan)
             .await
             .map_err(|e| map_error(e, Stage::Planning))?;
-        df.collect().await.map_err(|e| map_error(e, Stage::Running))
+        let batches = df
+            .collect()
+            .await
+            .map_err(|e| map_error(e, Stage::Running))?;
+        let Some(dominance) = dominance else {
+            return Ok(batches);
+        };
+        let contributions = ctx
+            .execute_logical_plan(dominance)
+            .await
+            .map_err(|e| map_error(e, Stage::Planning))?
+            .collect()
+            .await
+            .map_err(|e| map_error(e, Stage::Running))?;
+        mark_dominated(batches, &contributions)
     };
     let run = async {
         tokio::select! {
@@ -627,12 +641,13 @@ fn not_aggregated(plan: LogicalPlan, reason: &str) -> (LogicalPlan, QueryShape) 
 fn add_subject_counts(
     plan: LogicalPlan,
     tables: &[TableInput],
-) -> Result<(LogicalPlan, QueryShape)> {
+) -> Result<(LogicalPlan, QueryShape, Option<LogicalPlan>)> {
+    let plain = |(plan, shape)| Ok((plan, shape, None));
     match count_aggregates(&plan) {
-        0 => return Ok(not_aggregated(plan, "the query has no GROUP BY aggregate")),
+        0 => return plain(not_aggregated(plan, "the query has no GROUP BY aggregate")),
         1 => {}
         _ => {
-            return Ok(not_aggregated(
+            return plain(not_aggregated(
                 plan,
                 "the query has more than one aggregate",
             ));
@@ -642,21 +657,171 @@ fn add_subject_counts(
         aggregated: true,
         ..QueryShape::default()
     };
-    match rewrite(plan.clone(), tables, &mut shape)? {
-        Some(rewritten) => Ok((rewritten, shape)),
+    let mut dominance = None;
+    match rewrite(plan.clone(), tables, &mut shape, &mut dominance)? {
+        Some(rewritten) => Ok((rewritten, shape, dominance)),
         None => {
             let reason = shape
                 .not_aggregated_reason
                 .unwrap_or_else(|| "the aggregate is not the last step of the query".into());
-            Ok(not_aggregated(plan, &reason))
+            plain(not_aggregated(plan, &reason))
         }
     }
+}
+
+/// Hidden result column: the group's sum is dominated by its top contributors (R-GATE 3).
+pub(crate) const DOMINATED_COLUMN: &str = "__tg_dominated";
+/// A sum cell is dominated when its top this-many subjects hold more than `DOMINANCE_SHARE`
+/// of it (absolute values).
+const DOMINANCE_TOP: i64 = 2;
+const DOMINANCE_SHARE: f64 = 0.9;
+
+/// R-GATE 3: for every sum (and average) of the aggregate, each group's total and its top two
+/// subjects' contributions, computed by the runtime from the same input: group by the keys
+/// and the entity, then by the keys. `None` when the aggregate has no sum to check.
+fn dominance_plan(
+    agg: &datafusion::logical_expr::Aggregate,
+    entity: &Expr,
+) -> datafusion::common::Result<Option<LogicalPlan>> {
+    use datafusion::functions::math::expr_fn::abs;
+    use datafusion::functions_aggregate::expr_fn::{nth_value, sum};
+    if agg
+        .group_expr
+        .iter()
+        .any(|g| matches!(g, Expr::GroupingSet(_)))
+    {
+        return Ok(None);
+    }
+    let summed: Vec<Expr> = agg
+        .aggr_expr
+        .iter()
+        .filter_map(|a| match a {
+            Expr::Alias(al) => Some(al.expr.as_ref()),
+            e => Some(e),
+        })
+        .filter_map(|e| match e {
+            Expr::AggregateFunction(f)
+                if matches!(f.func.name(), "sum" | "avg")
+                    && f.params.filter.is_none()
+                    && !f.params.distinct =>
+            {
+                f.params.args.first().cloned()
+            }
+            _ => None,
+        })
+        .collect();
+    if summed.is_empty() {
+        return Ok(None);
+    }
+    let keys = agg.group_expr.len();
+    let mut by_subject = agg.group_expr.clone();
+    by_subject.push(entity.clone());
+    let contributions: Vec<Expr> = summed
+        .iter()
+        .enumerate()
+        .map(|(j, arg)| sum(arg.clone()).alias(format!("__tg_c{j}")))
+        .collect();
+    let inner = datafusion::logical_expr::LogicalPlanBuilder::from(agg.input.as_ref().clone())
+        .aggregate(by_subject, contributions)?
+        .build()?;
+    let key_columns: Vec<Expr> = inner
+        .schema()
+        .columns()
+        .into_iter()
+        .take(keys)
+        .map(Expr::Column)
+        .collect();
+    let mut outer = Vec::new();
+    for (i, k) in key_columns.iter().enumerate() {
+        outer.push(max(k.clone()).alias(format!("{GROUP_KEY_PREFIX}{i}")));
+    }
+    for j in 0..summed.len() {
+        let c = abs(Expr::Column(Column::from_name(format!("__tg_c{j}"))));
+        outer.push(sum(c.clone()).alias(format!("__tg_total_{j}")));
+        outer.push(max(c.clone()).alias(format!("__tg_top1_{j}")));
+        outer.push(
+            nth_value(c.clone(), DOMINANCE_TOP, vec![c.clone().sort(false, false)])
+                .alias(format!("__tg_top2_{j}")),
+        );
+    }
+    Ok(Some(
+        datafusion::logical_expr::LogicalPlanBuilder::from(inner)
+            .aggregate(key_columns, outer)?
+            .build()?,
+    ))
+}
+
+/// Adds [`DOMINATED_COLUMN`] to the result: true for a group any of whose sums is dominated.
+fn mark_dominated(
+    batches: Vec<RecordBatch>,
+    contributions: &[RecordBatch],
+) -> Result<Vec<RecordBatch>> {
+    let number = |b: &RecordBatch, name: &str, row: usize| -> Result<f64> {
+        let Some(c) = b.column_by_name(name) else {
+            return Ok(0.0);
+        };
+        if c.is_null(row) {
+            return Ok(0.0);
+        }
+        let c = arrow::compute::cast(&c.slice(row, 1), &arrow::datatypes::DataType::Float64)
+            .map_err(|e| Error::Internal(format!("dominance: {e}")))?;
+        Ok(c.as_any()
+            .downcast_ref::<arrow::array::Float64Array>()
+            .map_or(0.0, |a| a.value(0)))
+    };
+    let mut dominated = std::collections::HashSet::new();
+    for b in contributions {
+        let keys = crate::gate::group_keys(b)?;
+        let sums = b
+            .schema()
+            .fields()
+            .iter()
+            .filter(|f| f.name().starts_with("__tg_total_"))
+            .count();
+        for (row, key) in keys.into_iter().enumerate() {
+            let Some(key) = key else { continue };
+            for j in 0..sums {
+                let total = number(b, &format!("__tg_total_{j}"), row)?;
+                let top = number(b, &format!("__tg_top1_{j}"), row)?
+                    + number(b, &format!("__tg_top2_{j}"), row)?;
+                if total > 0.0 && top > DOMINANCE_SHARE * total {
+                    dominated.insert(key.clone());
+                }
+            }
+        }
+    }
+    batches
+        .into_iter()
+        .map(|b| {
+            let keys = crate::gate::group_keys(&b)?;
+            let flags: arrow::array::BooleanArray = keys
+                .iter()
+                .map(|k| Some(k.as_ref().is_some_and(|k| dominated.contains(k))))
+                .collect();
+            let mut fields: Vec<Field> = b
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone())
+                .collect();
+            fields.push(Field::new(
+                DOMINATED_COLUMN,
+                arrow::datatypes::DataType::Boolean,
+                false,
+            ));
+            let mut columns = b.columns().to_vec();
+            columns.push(Arc::new(flags));
+            RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+                .map_err(|e| Error::Internal(format!("dominance: {e}")))
+        })
+        .collect()
 }
 
 fn rewrite(
     plan: LogicalPlan,
     tables: &[TableInput],
     shape: &mut QueryShape,
+    dominance: &mut Option<LogicalPlan>,
 ) -> Result<Option<LogicalPlan>> {
     let internal = |e: DataFusionError| Error::Internal(format!("plan rewrite: {e}"));
     match plan {
@@ -695,6 +860,7 @@ fn rewrite(
                         .push(inner.schema_name().to_string());
                 }
             }
+            *dominance = dominance_plan(&agg, &entity).map_err(internal)?;
             let mut aggr = agg.aggr_expr.clone();
             // Each group's key values, under hidden names whatever the query calls them, so
             // that the gate can match groups across releases (max of a constant is itself).
@@ -723,7 +889,7 @@ fn rewrite(
             Ok(Some(plan))
         }
         LogicalPlan::Projection(p) => {
-            let Some(input) = rewrite(p.input.as_ref().clone(), tables, shape)? else {
+            let Some(input) = rewrite(p.input.as_ref().clone(), tables, shape, dominance)? else {
                 return Ok(None);
             };
             let mut exprs = p.expr.clone();
@@ -747,7 +913,7 @@ fn rewrite(
         | LogicalPlan::Limit(_)
         | LogicalPlan::SubqueryAlias(_)) => {
             let child = node.inputs()[0].clone();
-            let Some(input) = rewrite(child, tables, shape)? else {
+            let Some(input) = rewrite(child, tables, shape, dominance)? else {
                 return Ok(None);
             };
             let exprs = node.expressions();

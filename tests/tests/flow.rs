@@ -945,6 +945,68 @@ fn a_reviewer_sees_the_report_as_a_page_with_the_scenarios_earlier_exports_besid
 }
 
 #[test]
+fn a_sum_dominated_by_one_subject_is_suppressed_while_counts_are_released() {
+    let env = setup(true);
+    let mut csv = String::from("resident_id,mobile,spot,visit_date,spend\n");
+    for i in 0..30 {
+        csv.push_str(&format!("w{i:03},13800000000,West Lake,2026-05-01,1.00\n"));
+        csv.push_str(&format!(
+            "q{i:03},13800000000,Quiet Pond,2026-05-01,10.00\n"
+        ));
+    }
+    // One visitor spends more than all the others at West Lake together, many times over.
+    csv.push_str("w000,13800000000,West Lake,2026-05-02,100000.00\n");
+    env.world.import_visits(&csv).unwrap();
+    let (_, scenario) = env.world.open_scenario().unwrap();
+    let sid = scenario["id"].as_str().unwrap();
+    let gated = |sql: &str| {
+        let j = job(&env, sid, sql, &[]);
+        let e = env
+            .world
+            .scientist
+            .request_export(j["id"].as_str().unwrap())
+            .unwrap();
+        let seen = env
+            .world
+            .reviewer
+            .ok(
+                "GET",
+                &format!("/v1/exports/{}", e["id"].as_str().unwrap()),
+                None,
+            )
+            .unwrap();
+        (e, seen["preview"].as_str().unwrap_or_default().to_string())
+    };
+    let (sums, preview) =
+        gated("SELECT spot, round(sum(spend), 2) AS total FROM visits GROUP BY spot ORDER BY spot");
+    let dominance = sums["gate_report"]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "dominance")
+        .unwrap()
+        .clone();
+    assert_eq!(dominance["passed"], true);
+    assert!(
+        dominance["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("1 group(s)"),
+        "{dominance}"
+    );
+    assert!(
+        preview.contains("Quiet Pond") && !preview.contains("West Lake"),
+        "{preview}"
+    );
+    let (_, counts) =
+        gated("SELECT spot, count(*) AS visits FROM visits GROUP BY spot ORDER BY spot");
+    assert!(
+        counts.contains("Quiet Pond") && counts.contains("West Lake"),
+        "{counts}"
+    );
+}
+
+#[test]
 fn a_filter_on_a_stored_table_gives_the_same_answer_as_filtering_the_whole() {
     let (env, sid, _) = active_scenario();
     let count = |sql: &str| {
