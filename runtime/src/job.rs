@@ -1,12 +1,13 @@
 //! Running a job: a SELECT over the scenario's granted tables in a confined DataFusion
 //! session, with the runtime's own count of distinct subjects added to every aggregate.
 
+use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use arrow::array::RecordBatch;
+use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Field, Schema};
 use datafusion::catalog::Session;
 use datafusion::catalog::TableProvider;
@@ -673,18 +674,17 @@ fn add_subject_counts(
 pub(crate) const DOMINATED_COLUMN: &str = "__tg_dominated";
 /// A sum cell is dominated when its top this-many subjects hold more than `DOMINANCE_SHARE`
 /// of it (absolute values).
-const DOMINANCE_TOP: i64 = 2;
+const DOMINANCE_TOP: usize = 2;
 const DOMINANCE_SHARE: f64 = 0.9;
 
-/// R-GATE 3: for every sum (and average) of the aggregate, each group's total and its top two
-/// subjects' contributions, computed by the runtime from the same input: group by the keys
-/// and the entity, then by the keys. `None` when the aggregate has no sum to check.
+/// R-GATE 3: every subject's contribution to every sum (and average) of the aggregate, per
+/// group, computed by the runtime from the same input (group by the keys and the entity); the
+/// group's key values ride in the hidden key columns. `None` when there is no sum to check.
 fn dominance_plan(
     agg: &datafusion::logical_expr::Aggregate,
     entity: &Expr,
 ) -> datafusion::common::Result<Option<LogicalPlan>> {
-    use datafusion::functions::math::expr_fn::abs;
-    use datafusion::functions_aggregate::expr_fn::{nth_value, sum};
+    use datafusion::functions_aggregate::expr_fn::sum;
     if agg
         .group_expr
         .iter()
@@ -695,9 +695,9 @@ fn dominance_plan(
     let summed: Vec<Expr> = agg
         .aggr_expr
         .iter()
-        .filter_map(|a| match a {
-            Expr::Alias(al) => Some(al.expr.as_ref()),
-            e => Some(e),
+        .map(|a| match a {
+            Expr::Alias(al) => al.expr.as_ref(),
+            e => e,
         })
         .filter_map(|e| match e {
             Expr::AggregateFunction(f)
@@ -713,83 +713,71 @@ fn dominance_plan(
     if summed.is_empty() {
         return Ok(None);
     }
-    let keys = agg.group_expr.len();
     let mut by_subject = agg.group_expr.clone();
     by_subject.push(entity.clone());
-    let contributions: Vec<Expr> = summed
+    let mut aggr: Vec<Expr> = agg
+        .group_expr
         .iter()
         .enumerate()
-        .map(|(j, arg)| sum(arg.clone()).alias(format!("__tg_c{j}")))
+        .map(|(i, g)| max(g.clone()).alias(format!("{GROUP_KEY_PREFIX}{i}")))
         .collect();
-    let inner = datafusion::logical_expr::LogicalPlanBuilder::from(agg.input.as_ref().clone())
-        .aggregate(by_subject, contributions)?
-        .build()?;
-    let key_columns: Vec<Expr> = inner
-        .schema()
-        .columns()
-        .into_iter()
-        .take(keys)
-        .map(Expr::Column)
-        .collect();
-    let mut outer = Vec::new();
-    for (i, k) in key_columns.iter().enumerate() {
-        outer.push(max(k.clone()).alias(format!("{GROUP_KEY_PREFIX}{i}")));
-    }
-    for j in 0..summed.len() {
-        let c = abs(Expr::Column(Column::from_name(format!("__tg_c{j}"))));
-        outer.push(sum(c.clone()).alias(format!("__tg_total_{j}")));
-        outer.push(max(c.clone()).alias(format!("__tg_top1_{j}")));
-        outer.push(
-            nth_value(c.clone(), DOMINANCE_TOP, vec![c.clone().sort(false, false)])
-                .alias(format!("__tg_top2_{j}")),
-        );
+    for (j, arg) in summed.iter().enumerate() {
+        aggr.push(sum(arg.clone()).alias(format!("{CONTRIBUTION_PREFIX}{j}")));
     }
     Ok(Some(
-        datafusion::logical_expr::LogicalPlanBuilder::from(inner)
-            .aggregate(key_columns, outer)?
+        datafusion::logical_expr::LogicalPlanBuilder::from(agg.input.as_ref().clone())
+            .aggregate(by_subject, aggr)?
             .build()?,
     ))
 }
 
-/// Adds [`DOMINATED_COLUMN`] to the result: true for a group any of whose sums is dominated.
+const CONTRIBUTION_PREFIX: &str = "__tg_c";
+
+/// Adds [`DOMINATED_COLUMN`] to the result: true for a group where, for any sum, the top
+/// [`DOMINANCE_TOP`] subjects' contributions (absolute values) exceed [`DOMINANCE_SHARE`] of
+/// the sum of all of them.
 fn mark_dominated(
     batches: Vec<RecordBatch>,
     contributions: &[RecordBatch],
 ) -> Result<Vec<RecordBatch>> {
-    let number = |b: &RecordBatch, name: &str, row: usize| -> Result<f64> {
-        let Some(c) = b.column_by_name(name) else {
-            return Ok(0.0);
-        };
-        if c.is_null(row) {
-            return Ok(0.0);
-        }
-        let c = arrow::compute::cast(&c.slice(row, 1), &arrow::datatypes::DataType::Float64)
-            .map_err(|e| Error::Internal(format!("dominance: {e}")))?;
-        Ok(c.as_any()
-            .downcast_ref::<arrow::array::Float64Array>()
-            .map_or(0.0, |a| a.value(0)))
-    };
-    let mut dominated = std::collections::HashSet::new();
+    // Per group and sum: the total and the largest contributions so far.
+    let mut tally: HashMap<(String, usize), (f64, Vec<f64>)> = HashMap::new();
     for b in contributions {
         let keys = crate::gate::group_keys(b)?;
-        let sums = b
+        let columns: Vec<arrow::array::Float64Array> = b
             .schema()
             .fields()
             .iter()
-            .filter(|f| f.name().starts_with("__tg_total_"))
-            .count();
+            .enumerate()
+            .filter(|(_, f)| f.name().starts_with(CONTRIBUTION_PREFIX))
+            .map(|(i, _)| {
+                arrow::compute::cast(b.column(i), &arrow::datatypes::DataType::Float64)
+                    .map_err(|e| Error::Internal(format!("dominance: {e}")))
+                    .map(|a| a.as_primitive::<arrow::datatypes::Float64Type>().clone())
+            })
+            .collect::<Result<_>>()?;
         for (row, key) in keys.into_iter().enumerate() {
             let Some(key) = key else { continue };
-            for j in 0..sums {
-                let total = number(b, &format!("__tg_total_{j}"), row)?;
-                let top = number(b, &format!("__tg_top1_{j}"), row)?
-                    + number(b, &format!("__tg_top2_{j}"), row)?;
-                if total > 0.0 && top > DOMINANCE_SHARE * total {
-                    dominated.insert(key.clone());
+            for (j, c) in columns.iter().enumerate() {
+                if c.is_null(row) {
+                    continue;
                 }
+                let v = c.value(row).abs();
+                let (total, top) = tally.entry((key.clone(), j)).or_default();
+                *total += v;
+                top.push(v);
+                top.sort_by(|a, b| b.total_cmp(a));
+                top.truncate(DOMINANCE_TOP);
             }
         }
     }
+    let dominated: std::collections::HashSet<String> = tally
+        .into_iter()
+        .filter(|(_, (total, top))| {
+            *total > 0.0 && top.iter().sum::<f64>() > DOMINANCE_SHARE * total
+        })
+        .map(|((key, _), _)| key)
+        .collect();
     batches
         .into_iter()
         .map(|b| {
