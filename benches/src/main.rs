@@ -23,6 +23,7 @@ use tidegate_runtime::{
     EngineLimits, GuestLimits, JobMeter, Sandbox, TableData, TableInput, run_query,
 };
 
+mod scan;
 mod storage;
 
 const BATCH: usize = 8192;
@@ -283,9 +284,17 @@ fn main() {
         "{:<28} not measured: WASM aggregate functions are not implemented yet",
         "(d) sum of squares by key"
     );
+    let (base, scanned, flagged) = scan::measure(rows, reps);
+    println!(
+        "{:<28} {:>10.1} {:>12.1}   ({:.0} ns per value; {flagged} of {rows} values flagged; baseline: reading them)",
+        "(f) sensitive-data scan",
+        base.as_secs_f64() * 1e3,
+        scanned.as_secs_f64() * 1e3,
+        scanned.as_secs_f64() * 1e9 / rows as f64,
+    );
     let m = storage::measure(&rt, rows, reps);
     println!(
-        "{:<28} {:>10.1} {:>12.1} {:>6.2}x   (plaintext Parquet in plain DataFusion vs the encrypted store; {:.0} of {:.0} MB decrypted)",
+        "{:<28} {:>10.1} {:>12.1} {:>6.2}x   (plaintext Parquet in plain DataFusion vs the encrypted store; {:.1} of {:.1} MB decrypted)",
         "(e) GROUP BY, encrypted",
         m.plain.as_secs_f64() * 1e3,
         m.sealed.as_secs_f64() * 1e3,

@@ -287,6 +287,10 @@ fn plate_char(c: char) -> bool {
 }
 
 fn scan_plates(value: &str, f: &mut Findings) {
+    // A plate starts with a province character, never ASCII.
+    if value.is_ascii() {
+        return;
+    }
     let chars: Vec<char> = value.chars().collect();
     for (i, c) in chars.iter().enumerate() {
         if !PLATE_PROVINCES.contains(*c) {
@@ -330,22 +334,28 @@ fn scan_email(value: &str, f: &mut Findings) {
 
 fn scan_ip(value: &str, f: &mut Findings) {
     let v4 = value.split(|c: char| !(c.is_ascii_digit() || c == '.'));
-    if v4
-        .filter(|t| t.matches('.').count() == 3)
-        .any(|t| t.parse::<std::net::Ipv4Addr>().is_ok())
+    if value.contains('.')
+        && v4
+            .filter(|t| t.matches('.').count() == 3)
+            .any(|t| t.parse::<std::net::Ipv4Addr>().is_ok())
     {
         f.push(SensitiveType::Ip, true);
     }
     let v6 = value.split(|c: char| !(c.is_ascii_hexdigit() || c == ':'));
-    if v6
-        .filter(|t| t.matches(':').count() >= 2)
-        .any(|t| t.parse::<std::net::Ipv6Addr>().is_ok())
+    if value.contains(':')
+        && v6
+            .filter(|t| t.matches(':').count() >= 2)
+            .any(|t| t.parse::<std::net::Ipv6Addr>().is_ok())
     {
         f.push(SensitiveType::Ip, true);
     }
 }
 
 fn scan_gps(value: &str, f: &mut Findings) {
+    // Both coordinates carry at least four decimals.
+    if value.bytes().filter(|b| *b == b'.').count() < 2 {
+        return;
+    }
     let nums: Vec<&str> = value
         .split(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-'))
         .filter(|t| !t.is_empty())
