@@ -262,6 +262,10 @@ pub enum Masking {
     Mask,
     /// The value is replaced by `***`.
     Redact,
+    /// A keyed HMAC under the scenario's own key: equal values stay equal within the
+    /// scenario, none can be recovered or enumerated without the key (a plain hash of a phone
+    /// or ID number could).
+    Pseudonymize,
 }
 
 impl FromStr for Masking {
@@ -270,7 +274,10 @@ impl FromStr for Masking {
         match s {
             "mask" => Ok(Masking::Mask),
             "redact" => Ok(Masking::Redact),
-            _ => Err(format!("unknown masking `{s}`: expected mask or redact")),
+            "pseudonymize" => Ok(Masking::Pseudonymize),
+            _ => Err(format!(
+                "unknown masking `{s}`: expected mask, redact or pseudonymize"
+            )),
         }
     }
 }

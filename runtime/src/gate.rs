@@ -29,6 +29,8 @@ pub struct GateInput<'a> {
     pub privacy_budget: Option<f64>,
     /// The groups of the scenario's earlier exports that passed the gate (R-GATE 6).
     pub earlier: &'a [Groups],
+    /// The scenario's pseudonymization key, for `pseudonymize` masking.
+    pub pseudonyms: Option<&'a crate::crypto::PseudonymKey>,
 }
 
 /// The groups a result releases: each group's key (the values of its group-key columns, as
@@ -97,7 +99,11 @@ pub fn evaluate(input: &GateInput<'_>, batches: &[RecordBatch]) -> Result<GateOu
         } else {
             batch.clone()
         };
-        released.push(apply_masking(&drop_hidden(&kept)?, input.masking)?);
+        released.push(apply_masking(
+            &drop_hidden(&kept)?,
+            input.masking,
+            input.pseudonyms,
+        )?);
     }
     if input.shape.aggregated {
         report.push(
@@ -274,7 +280,11 @@ fn drop_hidden(batch: &RecordBatch) -> Result<RecordBatch> {
 
 /// R-GATE 5: the scenario's masking, applied before the scan so that a masked column passes.
 /// A masked column becomes text.
-fn apply_masking(batch: &RecordBatch, masking: &BTreeMap<String, Masking>) -> Result<RecordBatch> {
+fn apply_masking(
+    batch: &RecordBatch,
+    masking: &BTreeMap<String, Masking>,
+    pseudonyms: Option<&crate::crypto::PseudonymKey>,
+) -> Result<RecordBatch> {
     if masking.is_empty() {
         return Ok(batch.clone());
     }
@@ -292,8 +302,8 @@ fn apply_masking(batch: &RecordBatch, masking: &BTreeMap<String, Masking>) -> Re
         let masked: arrow::array::StringArray = text
             .as_string::<i32>()
             .iter()
-            .map(|v| v.map(|v| mask_value(*rule, v)))
-            .collect();
+            .map(|v| v.map(|v| mask_value(*rule, v, pseudonyms)).transpose())
+            .collect::<Result<_>>()?;
         fields.push(arrow::datatypes::Field::new(
             field.name(),
             DataType::Utf8,
@@ -305,14 +315,21 @@ fn apply_masking(batch: &RecordBatch, masking: &BTreeMap<String, Masking>) -> Re
         .map_err(|e| Error::Internal(format!("masking: {e}")))
 }
 
-fn mask_value(rule: Masking, value: &str) -> String {
-    match rule {
+fn mask_value(
+    rule: Masking,
+    value: &str,
+    pseudonyms: Option<&crate::crypto::PseudonymKey>,
+) -> Result<String> {
+    Ok(match rule {
         Masking::Redact => "***".to_string(),
         Masking::Mask => match scan_value(value).first() {
             Some(d) => mask(d.kind, value),
             None => "*".repeat(value.chars().count()),
         },
-    }
+        Masking::Pseudonymize => pseudonyms
+            .ok_or_else(|| Error::Internal("no pseudonymization key for this scenario".into()))?
+            .pseudonym(value),
+    })
 }
 
 fn describe_masking(batches: &[RecordBatch], masking: &BTreeMap<String, Masking>) -> CheckOutcome {
@@ -335,6 +352,7 @@ fn describe_masking(batches: &[RecordBatch], masking: &BTreeMap<String, Masking>
             let rule = match rule {
                 Masking::Mask => "mask",
                 Masking::Redact => "redact",
+                Masking::Pseudonymize => "pseudonymize",
             };
             if names.contains(column) {
                 format!("`{column}`: {rule} applied")
@@ -477,6 +495,7 @@ mod tests {
             masking,
             privacy_budget,
             earlier: &[],
+            pseudonyms: None,
         };
         evaluate(&input, &[batch]).unwrap()
     }
@@ -515,6 +534,7 @@ mod tests {
                     masking: &none,
                     privacy_budget: None,
                     earlier,
+                    pseudonyms: None,
                 },
                 &[batch],
             )

@@ -261,6 +261,71 @@ impl TableProvider for GrantedTable {
     }
 }
 
+/// `tg_pseudonym(text) -> text`: the scenario's keyed pseudonym of a value, inside a job.
+pub(crate) fn pseudonym_udf(key: crate::crypto::PseudonymKey) -> ScalarUDF {
+    ScalarUDF::new_from_impl(Pseudonym {
+        key,
+        signature: datafusion::logical_expr::Signature::string(
+            1,
+            datafusion::logical_expr::Volatility::Immutable,
+        ),
+    })
+}
+
+#[derive(Debug)]
+struct Pseudonym {
+    key: crate::crypto::PseudonymKey,
+    signature: datafusion::logical_expr::Signature,
+}
+
+// One per job and one key per job: equality by name is enough for the planner.
+impl PartialEq for Pseudonym {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Pseudonym {}
+
+impl std::hash::Hash for Pseudonym {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        "tg_pseudonym".hash(state);
+    }
+}
+
+impl datafusion::logical_expr::ScalarUDFImpl for Pseudonym {
+    fn name(&self) -> &str {
+        "tg_pseudonym"
+    }
+
+    fn signature(&self) -> &datafusion::logical_expr::Signature {
+        &self.signature
+    }
+
+    fn return_type(
+        &self,
+        _: &[arrow::datatypes::DataType],
+    ) -> datafusion::common::Result<arrow::datatypes::DataType> {
+        Ok(arrow::datatypes::DataType::Utf8)
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: datafusion::logical_expr::ScalarFunctionArgs,
+    ) -> datafusion::common::Result<datafusion::logical_expr::ColumnarValue> {
+        let arrays = datafusion::logical_expr::ColumnarValue::values_to_arrays(&args.args)?;
+        let text = arrow::compute::cast(&arrays[0], &arrow::datatypes::DataType::Utf8)?;
+        let out: arrow::array::StringArray = text
+            .as_string::<i32>()
+            .iter()
+            .map(|v| v.map(|v| self.key.pseudonym(v)))
+            .collect();
+        Ok(datafusion::logical_expr::ColumnarValue::Array(Arc::new(
+            out,
+        )))
+    }
+}
+
 /// Plans, checks and runs `sql` over `tables` with `udfs` registered.
 pub async fn run_query(
     sql: &str,

@@ -24,7 +24,9 @@ use time::Date;
 
 use crate::audit::AuditLog;
 use crate::bundle::{self, Signer};
-use crate::crypto::{DataKey, MasterKey, random_bytes, random_token, sha256_hex, write_atomic};
+use crate::crypto::{
+    DataKey, MasterKey, PseudonymKey, random_bytes, random_token, sha256_hex, write_atomic,
+};
 use crate::error::{Error, Result};
 use crate::gate::{self, GateInput};
 use crate::job::{self, EngineLimits, TableData, TableInput};
@@ -442,6 +444,9 @@ const SCHEMA_VERSION: i64 = 5;
 
 const LOCK_FILE: &str = "lock";
 
+/// The context the pseudonym root key is wrapped under.
+const PSEUDONYM_ROOT: &str = "pseudonym-root";
+
 /// What a stored dataset version is bound to, in every chunk's additional data and in its
 /// wrapped key: its org, the dataset and the version. A file moved to another dataset, version
 /// or org does not open.
@@ -667,6 +672,29 @@ impl Platform {
         Ok(out)
     }
 
+    /// The platform's pseudonym root key, made (and stored wrapped by the master key) the first
+    /// time a scenario needs one. Each scenario's key is derived from it and the scenario's id.
+    fn pseudonym_root(&self, db: &Connection) -> Result<DataKey> {
+        let stored: Option<String> = db
+            .query_row(
+                "SELECT value FROM settings WHERE key = 'pseudonym_root'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(hex_wrapped) = stored {
+            let wrapped = hex::decode(hex_wrapped)
+                .map_err(|_| Error::Integrity("the pseudonym root key is not hex".into()))?;
+            return self.master.unwrap(&wrapped, PSEUDONYM_ROOT);
+        }
+        let root = DataKey::generate();
+        db.execute(
+            "INSERT INTO settings VALUES ('pseudonym_root', ?1)",
+            params![hex::encode(self.master.wrap(&root, PSEUDONYM_ROOT))],
+        )?;
+        Ok(root)
+    }
+
     /// The context a stored dataset version is bound to.
     fn stored_dataset_context(db: &Connection, id: &str, version: i64) -> Result<String> {
         let stored: Option<String> = db.query_row(
@@ -732,6 +760,22 @@ impl Platform {
                     )?;
                 }
             }
+        }
+        let root: Option<String> = tx
+            .query_row(
+                "SELECT value FROM settings WHERE key = 'pseudonym_root'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(hex_wrapped) = root {
+            let wrapped = hex::decode(hex_wrapped)
+                .map_err(|_| Error::Integrity("the pseudonym root key is not hex".into()))?;
+            let root = platform.master.unwrap(&wrapped, PSEUDONYM_ROOT)?;
+            tx.execute(
+                "UPDATE settings SET value = ?1 WHERE key = 'pseudonym_root'",
+                params![hex::encode(new.wrap(&root, PSEUDONYM_ROOT))],
+            )?;
         }
         tx.execute(
             "INSERT INTO settings VALUES ('master_key', ?1) ON CONFLICT(key) DO UPDATE SET value = ?1",
@@ -1989,7 +2033,7 @@ impl Platform {
     /// modules only, and stores the result encrypted. The scientist gets status, row count,
     /// schema and resource use, never rows.
     pub async fn submit_job(&self, actor: &Principal, req: JobRequest) -> Result<JobView> {
-        let (scenario, inputs, modules, level) = {
+        let (scenario, inputs, modules, level, pseudonyms) = {
             let db = self.db.lock().expect("db");
             let s = Self::scenario_row(&db, &req.scenario)?;
             if actor.org != s.org {
@@ -2031,7 +2075,8 @@ impl Platform {
                     rows: rows as u64,
                 });
             }
-            (s, inputs, modules, level)
+            let pseudonyms = self.pseudonym_root(&db)?.pseudonym_key(&s.id);
+            (s, inputs, modules, level, pseudonyms)
         };
         let id = new_id("job");
         let inputs_json: Vec<Value> = inputs
@@ -2063,7 +2108,7 @@ impl Platform {
             .entry(scenario.id.clone())
             .or_default()
             .push((id.clone(), Arc::clone(&meter)));
-        let (outcome, cost) = match self.prepare(&inputs, &modules, &meter) {
+        let (outcome, cost) = match self.prepare(&inputs, &modules, &meter, pseudonyms) {
             Ok((tables, udfs, sources, rows_scanned)) => {
                 let cancel_meter = Arc::clone(&meter);
                 let cancelled = async move {
@@ -2162,6 +2207,7 @@ impl Platform {
         inputs: &[JobInput],
         modules: &[Vec<u8>],
         meter: &Arc<JobMeter>,
+        pseudonyms: PseudonymKey,
     ) -> Result<PreparedJob> {
         let mut tables = Vec::new();
         let mut sources = Vec::new();
@@ -2205,6 +2251,8 @@ impl Platform {
             let module = self.sandbox.load(wasm)?;
             udfs.extend(self.sandbox.scalar_udfs(&module, meter));
         }
+        // The runtime's own functions come last, so that no module can take their names.
+        udfs.push(job::pseudonym_udf(pseudonyms));
         Ok((tables, udfs, sources, rows_scanned))
     }
 
@@ -2296,6 +2344,7 @@ impl Platform {
             )));
         }
         let batches = from_parquet(parquet)?;
+        let pseudonyms = self.pseudonym_root(&db)?.pseudonym_key(&s.id);
         // R-GATE 6: what the scenario's earlier exports released, to compare with.
         let earlier_keys: Vec<(String, Vec<u8>)> = db
             .prepare(
@@ -2351,6 +2400,7 @@ impl Platform {
                 masking: &s.export_rules.masking,
                 privacy_budget: s.export_rules.privacy_budget,
                 earlier: &earlier,
+                pseudonyms: Some(&pseudonyms),
             },
             &batches,
         )?;
@@ -3568,6 +3618,33 @@ mod tests {
             .create_org(&admin, "later", "operator")
             .unwrap_err();
         assert!(err.to_string().contains("refused until restart"), "{err}");
+    }
+
+    #[test]
+    fn pseudonyms_survive_a_master_key_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let (platform, _) = Platform::init(&data, &dir.path().join("old.key"), "admin").unwrap();
+        let before = {
+            let db = platform.db.lock().unwrap();
+            platform
+                .pseudonym_root(&db)
+                .unwrap()
+                .pseudonym_key("sc_1")
+                .pseudonym("13812345678")
+        };
+        drop(platform);
+        let old = MasterKey::load(&dir.path().join("old.key")).unwrap();
+        Platform::rotate_master_key(&data, old, &dir.path().join("new.key")).unwrap();
+        let platform =
+            Platform::open(&data, MasterKey::load(&dir.path().join("new.key")).unwrap()).unwrap();
+        let db = platform.db.lock().unwrap();
+        let after = platform
+            .pseudonym_root(&db)
+            .unwrap()
+            .pseudonym_key("sc_1")
+            .pseudonym("13812345678");
+        assert_eq!(before, after);
     }
 
     #[test]

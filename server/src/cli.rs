@@ -451,7 +451,8 @@ enum ScenarioCommand {
         k: Option<u64>,
         #[arg(long = "product")]
         products: Vec<String>,
-        /// COLUMN=mask|redact: how the gate desensitizes an output column (repeatable).
+        /// COLUMN=mask|redact|pseudonymize: how the gate desensitizes an output column
+        /// (repeatable). Jobs can call `tg_pseudonym(x)` for the same keyed pseudonyms.
         #[arg(long = "mask")]
         masking: Vec<String>,
         /// Total differential privacy budget (epsilon) of the scenario's releases.
@@ -778,7 +779,7 @@ fn run(cli: Cli) -> Result<()> {
                         .iter()
                         .map(|m| {
                             let (col, rule) = m.split_once('=').ok_or_else(|| {
-                                anyhow!("`{m}`: a masking rule is COLUMN=mask or COLUMN=redact")
+                                anyhow!("`{m}`: a masking rule is COLUMN=mask, COLUMN=redact or COLUMN=pseudonymize")
                             })?;
                             Ok((col.to_string(), json!(rule)))
                         })

@@ -331,3 +331,59 @@ fn an_exited_orgs_scenarios_end_as_exited_and_cannot_be_resumed() {
         "{revoked}"
     );
 }
+
+#[test]
+fn a_pseudonymized_column_leaves_as_stable_keyed_pseudonyms_and_jobs_can_make_the_same() {
+    let env = setup(true);
+    let csv = visitor_csv(ROWS);
+    env.world.import_visits_at(&csv, "L1").unwrap();
+    let sid = sid(&apply(
+        &env,
+        json!({ "export_rules": { "masking": { "resident_id": "pseudonymize" } } }),
+    ));
+    env.world.admin.approve_scenario(&sid).unwrap();
+    env.world.provider.approve_scenario(&sid).unwrap();
+    let preview = |sql: &str| {
+        let j = job(&env, &sid, sql, &[]);
+        let e = env
+            .world
+            .scientist
+            .request_export(j["id"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(e["state"], "in_review", "{e}");
+        let seen = env
+            .world
+            .reviewer
+            .ok(
+                "GET",
+                &format!("/v1/exports/{}", e["id"].as_str().unwrap()),
+                None,
+            )
+            .unwrap();
+        seen["preview"].as_str().unwrap().to_string()
+    };
+    let released =
+        preview("SELECT resident_id, spot FROM visits ORDER BY resident_id, spot LIMIT 5");
+    let first_id = csv.lines().nth(1).unwrap().split(',').next().unwrap();
+    assert!(!released.contains(first_id), "{released}");
+    let pseudonyms: Vec<&str> = released
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap())
+        .collect();
+    assert_eq!(pseudonyms.len(), 5);
+    assert!(
+        pseudonyms.iter().all(|p| p.starts_with("ps_")),
+        "{released}"
+    );
+    // The job's own function gives the same pseudonyms (the scenario's key).
+    let computed = preview(
+        "SELECT tg_pseudonym(resident_id) AS who, spot FROM visits ORDER BY resident_id, spot LIMIT 5",
+    );
+    let again: Vec<&str> = computed
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap())
+        .collect();
+    assert_eq!(pseudonyms, again);
+}
