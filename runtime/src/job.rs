@@ -262,7 +262,7 @@ impl TableProvider for GrantedTable {
 }
 
 /// `tg_pseudonym(text) -> text`: the scenario's keyed pseudonym of a value, inside a job.
-pub(crate) fn pseudonym_udf(key: crate::crypto::PseudonymKey) -> ScalarUDF {
+pub fn pseudonym_udf(key: crate::crypto::PseudonymKey) -> ScalarUDF {
     ScalarUDF::new_from_impl(Pseudonym {
         key,
         signature: datafusion::logical_expr::Signature::string(

@@ -26,8 +26,8 @@ pub use crypto::{DataKey, MasterKey, PseudonymKey, SealedReader, random_token, s
 pub use error::{Error, Result};
 pub use gate::{GateInput, GateOutcome, Groups as GateGroups, evaluate as evaluate_gate};
 pub use job::{
-    EngineLimits, JobCost, JobOutput, TableData, TableInput, run_query, run_query_isolated,
-    run_query_until,
+    EngineLimits, JobCost, JobOutput, TableData, TableInput, pseudonym_udf, run_query,
+    run_query_isolated, run_query_until,
 };
 pub use metering::{
     Event as MeteredEvent, Ledger, PRICE_ITEMS, ScenarioTerms, ledger_from_audit,

@@ -1121,6 +1121,11 @@ fn dev_run(
             .map_err(|e| anyhow!("{}: {e}", m.display()))?;
         udfs.extend(sandbox.scalar_udfs(&module, &meter));
     }
+    // The runtime's own functions exist here too: a job is a job wherever it runs. Local
+    // pseudonyms use a key made for this run alone.
+    udfs.push(tidegate_runtime::pseudonym_udf(
+        tidegate_runtime::DataKey::generate().pseudonym_key("dev-run"),
+    ));
     let mut inputs = Vec::new();
     for t in tables {
         let (name, path) = t
