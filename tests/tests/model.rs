@@ -8,43 +8,15 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use proptest::prelude::*;
+
+mod common;
+use common::constant_module;
 use tidegate_policy::{Level, Principal, Role};
 use tidegate_runtime::{
     ColumnInput, GrantRequest, ImportRequest, JobRequest, Platform, ScenarioRequest,
 };
 
 const COLUMNS: [&str; 3] = ["spot", "spend", "mobile"];
-
-/// Two modules of the ABI that differ in one constant; each has `f(int64) -> int64`.
-fn module(constant: i64) -> Vec<u8> {
-    wat::parse_str(format!(
-        r#"(module
-            (memory (export "memory") 40)
-            (data (i32.const 16) "\20\00\00\00\18\00\00\00")
-            (data (i32.const 32) "scalar f(int64) -> int64")
-            (func (export "tg_abi_version") (result i32) i32.const 1)
-            (func (export "tg_manifest") (result i32) i32.const 16)
-            (func (export "tg_alloc") (param i32) (result i32) i32.const 65536)
-            (func (export "tg_error") (result i32) i32.const 16)
-            (func (export "tg_scalar") (param $fn i32) (param $b i32) (result i32)
-                (local $n i32) (local $i i32)
-                (local.set $n (i32.load (local.get $b)))
-                (block $done (loop $next
-                    (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
-                    (i64.store (i32.add (i32.const 1048640) (i32.mul (local.get $i) (i32.const 8))) (i64.const {constant}))
-                    (local.set $i (i32.add (local.get $i) (i32.const 1)))
-                    (br $next)))
-                (i32.store (i32.const 1048576) (i32.const 2))
-                (i32.store (i32.const 1048580) (local.get $n))
-                (i32.store (i32.const 1048584) (i32.const 0))
-                (i32.store (i32.const 1048588) (i32.const 0))
-                (i32.store (i32.const 1048592) (i32.const 0))
-                (i32.store (i32.const 1048596) (i32.const 1048640))
-                (i32.store (i32.const 1048600) (i32.mul (local.get $n) (i32.const 8)))
-                i32.const 1048576))"#
-    ))
-    .unwrap()
-}
 
 #[derive(Debug, Clone)]
 enum Action {
@@ -182,7 +154,7 @@ fn world() -> World {
         provider,
         reviewer,
         units,
-        modules: vec![module(1), module(2)],
+        modules: vec![constant_module(1), constant_module(2)],
     }
 }
 

@@ -1,0 +1,144 @@
+//! R-GATE attacks, each with the refusal it must get: numbers packed by a UDF, padding with NULL
+//! or fake subject keys, and an error that would carry a data value. (Isolating one subject in
+//! an aggregate, 60 rows of one subject, a group key built from an identifier and differencing
+//! by one subject are in `flow.rs`.)
+
+use serde_json::Value;
+use tidegate_server::visitor_csv;
+
+mod common;
+use common::{Env, ROWS, active_scenario, constant_module, job, setup};
+
+fn export(env: &Env, sid: &str, sql: &str, modules: &[String]) -> Value {
+    let j = job(env, sid, sql, modules);
+    assert_eq!(j["state"], "succeeded", "{j}");
+    env.world
+        .scientist
+        .request_export(j["id"].as_str().unwrap())
+        .unwrap()
+}
+
+fn check(export: &Value, name: &str) -> (bool, String) {
+    let c = export["gate_report"]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no check {name} in {export}"))
+        .clone();
+    (
+        c["passed"].as_bool().unwrap(),
+        c["detail"].as_str().unwrap().to_string(),
+    )
+}
+
+#[test]
+fn a_phone_number_packed_into_an_average_by_a_udf_is_caught_by_the_value_scan() {
+    let (env, sid, _) = active_scenario();
+    // An approved module whose function returns the same mobile number for every row: the
+    // average of a group is then exactly that number.
+    let (module, _) = env
+        .world
+        .publish_module(&sid, &constant_module(13_812_345_678))
+        .unwrap();
+    let hash = module["hash"].as_str().unwrap().to_string();
+    let packed = export(
+        &env,
+        &sid,
+        "SELECT spot, avg(f(1)) AS x FROM visits GROUP BY spot",
+        &[hash],
+    );
+    assert_eq!(packed["state"], "rejected");
+    let (passed, detail) = check(&packed, "identifiers");
+    assert!(!passed);
+    assert!(detail.contains("look like mobile"), "{detail}");
+    assert!(
+        !detail.contains("13812345678"),
+        "the report names the type, never the value"
+    );
+}
+
+#[test]
+fn padding_a_group_with_null_subject_keys_counts_them_as_one_subject() {
+    let env = setup(true);
+    let mut csv = String::from("resident_id,mobile,spot,visit_date,spend\n");
+    for i in 0..30 {
+        csv.push_str(&format!("w{i:03},13800000000,West Lake,2026-05-01,1.00\n"));
+    }
+    // Sixty rows without a subject key: one subject, however many rows.
+    for _ in 0..60 {
+        csv.push_str(",13800000000,Quiet Pond,2026-05-01,1.00\n");
+    }
+    env.world.import_visits(&csv).unwrap();
+    let (_, scenario) = env.world.open_scenario().unwrap();
+    let sid = scenario["id"].as_str().unwrap();
+    let e = export(
+        &env,
+        sid,
+        "SELECT spot, count(*) AS visits FROM visits GROUP BY spot",
+        &[],
+    );
+    assert_eq!(e["gate_report"]["groups_suppressed"], 1, "{e}");
+    let seen = env
+        .world
+        .reviewer
+        .ok(
+            "GET",
+            &format!("/v1/exports/{}", e["id"].as_str().unwrap()),
+            None,
+        )
+        .unwrap();
+    let preview = seen["preview"].as_str().unwrap();
+    assert!(
+        preview.contains("West Lake") && !preview.contains("Quiet Pond"),
+        "{preview}"
+    );
+}
+
+#[test]
+fn fake_subject_keys_cannot_be_added_to_a_query() {
+    let (env, sid, _) = active_scenario();
+    // Naming the runtime's subject key to pad it is refused outright.
+    let named = job(
+        &env,
+        &sid,
+        "SELECT spot, count(*) FROM (SELECT spot, __tg_entity FROM visits \
+         UNION ALL SELECT 'Quiet Pond', 'fake-1') t GROUP BY spot",
+        &[],
+    );
+    assert_eq!(named["state"], "failed");
+    assert!(
+        named["error"].as_str().unwrap().contains("reserved"),
+        "{named}"
+    );
+    // Padding with rows that carry no key at all leaves nothing to count subjects by: the
+    // result is not a gate-checkable aggregate, and nothing of it is released.
+    let padded = export(
+        &env,
+        &sid,
+        "SELECT spot, count(*) AS visits FROM (SELECT spot FROM visits \
+         UNION ALL SELECT 'Quiet Pond') t GROUP BY spot",
+        &[],
+    );
+    assert_eq!(padded["state"], "rejected");
+    assert!(!check(&padded, "aggregation").0);
+}
+
+#[test]
+fn an_error_caused_by_a_data_value_never_quotes_it() {
+    let (env, sid, _) = active_scenario();
+    let failed = job(
+        &env,
+        &sid,
+        "SELECT spot, sum(CAST(resident_id AS BIGINT)) AS s FROM visits GROUP BY spot",
+        &[],
+    );
+    assert_eq!(failed["state"], "failed");
+    let error = failed["error"].as_str().unwrap();
+    assert!(error.contains("withheld"), "{error}");
+    let csv = visitor_csv(ROWS);
+    for line in csv.lines().skip(1).take(50) {
+        let id = line.split(',').next().unwrap();
+        assert!(!error.contains(id), "the error quotes {id}");
+    }
+}
