@@ -59,41 +59,62 @@ pub fn evaluate(input: &GateInput<'_>, batches: &[RecordBatch]) -> Result<GateOu
     let shape_ok = matches!(shape_outcome, CheckOutcome::Pass(_));
     report.push("aggregation", shape_outcome);
 
-    // Suppress groups with fewer than k distinct subjects, counted by the runtime.
-    let mut released = Vec::with_capacity(batches.len());
-    let mut groups = Groups::new();
+    // Suppress groups with fewer than k distinct subjects, counted by the runtime, and groups
+    // whose sum its top contributors dominate (R-GATE 3).
+    let mut rows: Vec<GroupRow> = Vec::new();
     let (mut dominated_groups, mut dominance_checked) = (0u64, false);
-    for batch in batches {
-        let kept = if input.shape.aggregated {
+    if input.shape.aggregated {
+        for (b, batch) in batches.iter().enumerate() {
             let subjects = subjects_per_row(batch)?;
-            report.groups_total += subjects.len() as u64;
-            // R-GATE 3: a group whose sum its top contributors dominate goes as well.
             let dominated = batch
                 .column_by_name(DOMINATED_COLUMN)
                 .and_then(|c| c.as_boolean_opt())
                 .cloned();
             dominance_checked |= dominated.is_some();
-            let keep: BooleanArray = subjects
-                .iter()
-                .enumerate()
-                .map(|(row, s)| {
-                    let enough = s.unwrap_or(0) as u64 >= input.threshold_k;
-                    let dominant = dominated.as_ref().is_some_and(|d| d.value(row));
-                    if enough && dominant {
-                        dominated_groups += 1;
-                    }
-                    Some(enough && !dominant)
-                })
-                .collect();
-            report.groups_suppressed += keep.false_count() as u64;
-            let keys = group_keys(batch)?;
+            let keys = group_key_values(batch)?;
             for (row, key) in keys.into_iter().enumerate() {
-                if let Some(key) = key
-                    && keep.value(row)
-                {
-                    groups.insert(key, subjects.value(row) as u64);
+                let count = subjects.value(row) as u64;
+                let enough = count >= input.threshold_k;
+                let dominant = dominated.as_ref().is_some_and(|d| d.value(row));
+                if enough && dominant {
+                    dominated_groups += 1;
                 }
+                rows.push(GroupRow {
+                    batch: b,
+                    row,
+                    subjects: count,
+                    key,
+                    keep: enough && !dominant,
+                });
             }
+        }
+    }
+    let complementary = suppress_complementary(&mut rows);
+    report.groups_total = rows.len() as u64;
+    report.groups_suppressed = rows.iter().filter(|r| !r.keep).count() as u64;
+    let mut groups = Groups::new();
+    for r in rows.iter().filter(|r| r.keep) {
+        if let Some(key) = &r.key {
+            groups.insert(
+                serde_json::Value::Array(key.clone()).to_string(),
+                r.subjects,
+            );
+        }
+    }
+    let mut released = Vec::with_capacity(batches.len());
+    for (b, batch) in batches.iter().enumerate() {
+        let kept = if input.shape.aggregated {
+            let keep: BooleanArray = rows
+                .iter()
+                .filter(|r| r.batch == b)
+                .map(|r| Some(r.keep))
+                .collect();
+            debug_assert!(
+                rows.iter()
+                    .filter(|r| r.batch == b)
+                    .enumerate()
+                    .all(|(i, r)| r.row == i)
+            );
             filter_record_batch(batch, &keep)
                 .map_err(|e| Error::Internal(format!("suppression: {e}")))?
         } else {
@@ -107,9 +128,17 @@ pub fn evaluate(input: &GateInput<'_>, batches: &[RecordBatch]) -> Result<GateOu
     }
     if input.shape.aggregated {
         report.push(
+            "complementary suppression",
+            CheckOutcome::Pass(format!(
+                "{complementary} more group(s) suppressed so that no total or margin reveals a suppressed one"
+            )),
+        );
+    }
+    if input.shape.aggregated {
+        report.push(
             "threshold",
             CheckOutcome::Pass(format!(
-                "{} group(s); {} under k={} distinct subjects suppressed",
+                "{} group(s); {} suppressed in all (under k={} distinct subjects, dominated or complementary)",
                 report.groups_total, report.groups_suppressed, input.threshold_k
             )),
         );
@@ -183,10 +212,65 @@ pub fn evaluate(input: &GateInput<'_>, batches: &[RecordBatch]) -> Result<GateOu
     })
 }
 
-/// Each row's group key: the values of its group keys, carried by the runtime's hidden key
-/// columns whatever the query names or shows, as JSON; none when the query's grouping has no
-/// plain keys (grouping sets).
-pub(crate) fn group_keys(batch: &RecordBatch) -> Result<Vec<Option<String>>> {
+/// One group of an aggregate result as the gate decides on it.
+struct GroupRow {
+    batch: usize,
+    row: usize,
+    subjects: u64,
+    /// The values of its group keys (none for grouping sets).
+    key: Option<Vec<serde_json::Value>>,
+    keep: bool,
+}
+
+/// Complementary suppression: a total or margin over a slice of the table (all keys fixed but
+/// one) minus the released cells would reveal a cell suppressed alone in that slice, so the
+/// smallest released cell of such a slice goes too, until no slice has exactly one suppressed
+/// cell. Returns how many more groups were suppressed.
+fn suppress_complementary(rows: &mut [GroupRow]) -> u64 {
+    let dims = rows
+        .iter()
+        .find_map(|r| r.key.as_ref().map(Vec::len))
+        .unwrap_or(0);
+    let mut more = 0u64;
+    loop {
+        let mut changed = false;
+        for d in 0..dims {
+            let mut slices: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+            for (i, r) in rows.iter().enumerate() {
+                if let Some(key) = &r.key {
+                    let mut rest = key.clone();
+                    rest.remove(d);
+                    slices
+                        .entry(serde_json::Value::Array(rest).to_string())
+                        .or_default()
+                        .push(i);
+                }
+            }
+            for members in slices.values() {
+                let suppressed = members.iter().filter(|i| !rows[**i].keep).count();
+                if suppressed != 1 {
+                    continue;
+                }
+                if let Some(&partner) = members
+                    .iter()
+                    .filter(|i| rows[**i].keep)
+                    .min_by_key(|i| rows[**i].subjects)
+                {
+                    rows[partner].keep = false;
+                    more += 1;
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            return more;
+        }
+    }
+}
+
+/// Each row's group key values, carried by the runtime's hidden key columns whatever the query
+/// names or shows; none when the query's grouping has no plain keys (grouping sets).
+fn group_key_values(batch: &RecordBatch) -> Result<Vec<Option<Vec<serde_json::Value>>>> {
     let schema = batch.schema();
     let columns: Vec<&arrow::array::ArrayRef> = schema
         .fields()
@@ -210,9 +294,17 @@ pub(crate) fn group_keys(batch: &RecordBatch) -> Result<Vec<Option<String>>> {
                         .into()
                 });
             }
-            Ok(Some(serde_json::Value::Array(key).to_string()))
+            Ok(Some(key))
         })
         .collect()
+}
+
+/// Each row's group key as JSON text, to match groups across results and releases.
+pub(crate) fn group_keys(batch: &RecordBatch) -> Result<Vec<Option<String>>> {
+    Ok(group_key_values(batch)?
+        .into_iter()
+        .map(|k| k.map(|k| serde_json::Value::Array(k).to_string()))
+        .collect())
 }
 
 /// R-GATE 6: a group released again with a subject count that differs from an earlier
@@ -587,10 +679,79 @@ mod tests {
 
     #[test]
     fn groups_under_k_are_suppressed_and_hidden_columns_dropped() {
-        let out = run(result(&["West Lake", "Quiet Pond"], &[120, 3]));
+        let out = run(result(
+            &["West Lake", "Quiet Pond", "Moon Cave"],
+            &[120, 3, 2],
+        ));
         assert!(out.report.passed());
-        assert_eq!(out.report.groups_suppressed, 1);
+        assert_eq!(out.report.groups_suppressed, 2);
         assert_eq!(String::from_utf8(out.csv).unwrap(), "spot\nWest Lake\n");
+    }
+
+    #[test]
+    fn a_cell_suppressed_alone_takes_the_smallest_other_with_it() {
+        // With a total released elsewhere, 120 + 40 + 30 = total - Moon Cave: so the smallest
+        // released cell goes too.
+        let out = run(result(
+            &["West Lake", "Quiet Pond", "Old Street", "Moon Cave"],
+            &[120, 40, 30, 3],
+        ));
+        assert_eq!(out.report.groups_suppressed, 2);
+        assert_eq!(
+            String::from_utf8(out.csv).unwrap(),
+            "spot\nWest Lake\nQuiet Pond\n"
+        );
+        let check = out
+            .report
+            .checks
+            .iter()
+            .find(|c| c.name == "complementary suppression")
+            .unwrap();
+        assert!(
+            check.detail.starts_with("1 more group(s)"),
+            "{}",
+            check.detail
+        );
+    }
+
+    #[test]
+    fn in_a_two_way_table_every_row_and_column_keeps_zero_or_two_suppressed_cells() {
+        // spot x month: one small cell; its row and its column each need a partner, and the
+        // partners' own row and column then need one too.
+        let keys = |cells: &[(&str, &str, i64)]| {
+            let mut rows: Vec<GroupRow> = cells
+                .iter()
+                .enumerate()
+                .map(|(i, (a, b, n))| GroupRow {
+                    batch: 0,
+                    row: i,
+                    subjects: *n as u64,
+                    key: Some(vec![(*a).into(), (*b).into()]),
+                    keep: *n >= 10,
+                })
+                .collect();
+            suppress_complementary(&mut rows);
+            rows
+        };
+        let rows = keys(&[
+            ("West Lake", "May", 50),
+            ("West Lake", "June", 40),
+            ("Quiet Pond", "May", 30),
+            ("Quiet Pond", "June", 3),
+        ]);
+        // Quiet Pond/June is small: its row partner (Quiet Pond/May) and column partner (West
+        // Lake/June) go, and then West Lake/May as well: all four.
+        assert!(rows.iter().all(|r| !r.keep));
+        let rows = keys(&[
+            ("West Lake", "May", 50),
+            ("West Lake", "June", 40),
+            ("Quiet Pond", "May", 30),
+            ("Quiet Pond", "June", 35),
+        ]);
+        assert!(
+            rows.iter().all(|r| r.keep),
+            "nothing small, nothing suppressed"
+        );
     }
 
     #[test]

@@ -58,11 +58,13 @@ fn the_demo_tells_the_whole_story_and_its_bundle_verifies_offline() {
         &arrow::datatypes::DataType::Int64
     );
     assert_eq!(lines[0], "spot,visits,avg_age,total_spend");
-    // Eight spots are released; the ninth, visited by three people, is suppressed.
-    assert_eq!(lines.len(), 1 + 8, "{csv}");
+    // Seven spots are released: the ninth, visited by three people, is under k, and the
+    // smallest of the others goes with it so that a total cannot give the ninth away.
+    assert_eq!(lines.len(), 1 + 7, "{csv}");
     assert!(lines.iter().any(|l| l.starts_with("West Lake,")));
+    assert!(!csv.contains("Moon Cave"));
     let report = &verified.manifest["gate_report"];
-    assert_eq!(report["groups_suppressed"], 1);
+    assert_eq!(report["groups_suppressed"], 2);
     assert_eq!(report["threshold_k"], 10);
     assert_eq!(
         verify_audit_file(&outcome.data_dir.join(AUDIT_FILE), None)
@@ -209,7 +211,8 @@ fn a_group_under_k_is_suppressed_in_the_export() {
         .request_export(j["id"].as_str().unwrap())
         .unwrap();
     assert_eq!(export["state"], "in_review");
-    assert_eq!(export["gate_report"]["groups_suppressed"], 1);
+    // Moon Cave under k, and one complementary group.
+    assert_eq!(export["gate_report"]["groups_suppressed"], 2);
     let seen = env
         .world
         .reviewer
@@ -221,7 +224,7 @@ fn a_group_under_k_is_suppressed_in_the_export() {
         .unwrap();
     let preview = seen["preview"].as_str().unwrap();
     assert!(!preview.contains("Moon Cave"), "{preview}");
-    assert_eq!(preview.lines().count(), 1 + 8);
+    assert_eq!(preview.lines().count(), 1 + 7);
 }
 
 fn tidegate_server_demo_sql() -> &'static str {
@@ -953,7 +956,16 @@ fn a_sum_dominated_by_one_subject_is_suppressed_while_counts_are_released() {
         csv.push_str(&format!(
             "q{i:03},13800000000,Quiet Pond,2026-05-01,10.00\n"
         ));
+        csv.push_str(&format!(
+            "o{i:03},13800000000,Old Street,2026-05-01,10.00\n"
+        ));
     }
+    for i in 30..40 {
+        csv.push_str(&format!(
+            "q{i:03},13800000000,Quiet Pond,2026-05-01,10.00\n"
+        ));
+    }
+    // West Lake is dominated below; Old Street, the smaller of the others, goes with it.
     // One visitor spends more than all the others at West Lake together, many times over.
     csv.push_str("w000,13800000000,West Lake,2026-05-02,100000.00\n");
     env.world.import_visits(&csv).unwrap();
