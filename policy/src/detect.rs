@@ -371,10 +371,92 @@ fn scan_gps(value: &str, f: &mut Findings) {
     }
 }
 
+/// Words that announce a person's name in Chinese text.
+const NAME_CONTEXT: [&str; 6] = ["姓名", "联系人", "申请人", "法定代表人", "负责人", "收件人"];
+
+/// Compound surnames first: they are matched before single ones.
+const COMPOUND_SURNAMES: [&str; 16] = [
+    "欧阳", "司马", "上官", "诸葛", "东方", "皇甫", "尉迟", "公孙", "慕容", "令狐", "长孙", "宇文",
+    "司徒", "夏侯", "轩辕", "端木",
+];
+
+/// The most common single-character surnames (they cover most of the population).
+const SURNAMES: &str = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程苏魏吕丁任沈姚卢姜崔钟谭陆汪范金石廖贾夏韦付方白邹孟熊秦邱江尹薛闫段雷侯龙史陶黎贺顾毛郝龚邵万钱严覃武戴莫孔向汤";
+
+fn is_cjk(c: char) -> bool {
+    ('\u{4e00}'..='\u{9fff}').contains(&c)
+}
+
+/// The rest of `text` after a context word and its separators (colon, full-width colon, spaces).
+fn after_context<'a>(text: &'a str, words: &[&str]) -> Vec<&'a str> {
+    let mut out = Vec::new();
+    for w in words {
+        for (at, _) in text.match_indices(w) {
+            let rest =
+                text[at + w.len()..].trim_start_matches([':', '：', ' ', '\u{3000}', '为', '是']);
+            out.push(rest);
+        }
+    }
+    out
+}
+
+/// A name after a context word: a known surname (compound or single), then one or two CJK
+/// characters, then not another CJK character.
+fn scan_name(value: &str, f: &mut Findings) {
+    for rest in after_context(value, &NAME_CONTEXT) {
+        let surname = COMPOUND_SURNAMES
+            .iter()
+            .find(|s| rest.starts_with(**s))
+            .map(|s| s.chars().count())
+            .or_else(|| {
+                rest.chars()
+                    .next()
+                    .filter(|c| SURNAMES.contains(*c))
+                    .map(|_| 1)
+            });
+        let Some(surname) = surname else { continue };
+        let given = rest
+            .chars()
+            .skip(surname)
+            .take_while(|c| is_cjk(*c))
+            .count();
+        if (1..=2).contains(&given) {
+            f.push(SensitiveType::Name, true);
+        }
+    }
+}
+
+/// A street-level address: administrative division cues and a street, number or village cue.
+/// A district-level place ("杭州市西湖区") is not one: that is what addresses generalize to.
+fn scan_address(value: &str, f: &mut Findings) {
+    const DIVISIONS: [&str; 6] = ["省", "市", "区", "县", "镇", "乡"];
+    const STREETS: [&str; 6] = ["街道", "路", "街", "号", "村", "弄"];
+    let divisions = DIVISIONS.iter().filter(|c| value.contains(**c)).count();
+    let street = STREETS.iter().any(|c| value.contains(*c));
+    let numbered = value.contains('号') && value.chars().any(|c| c.is_ascii_digit());
+    if street && divisions >= 2 {
+        f.push(SensitiveType::Address, numbered || divisions >= 3);
+    }
+}
+
+/// A medical record or social insurance number after its keyword.
+fn scan_record_number(value: &str, f: &mut Findings) {
+    const KEYWORDS: [&str; 5] = ["病历号", "病案号", "住院号", "医保卡号", "社保卡号"];
+    for rest in after_context(value, &KEYWORDS) {
+        let len = rest
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .count();
+        if len >= 6 {
+            f.push(SensitiveType::MedicalRecord, true);
+        }
+    }
+}
+
 /// Every sensitive value found in `value`, by type (each type reported once). Covers resident
 /// IDs, mobiles, landlines, bank cards, credit codes, plates, passports and permits, e-mail,
-/// IP addresses and GPS points; names, addresses and record numbers need column context and
-/// are not detected from a value alone.
+/// IP addresses and GPS points; names and record numbers where a context word announces them
+/// ("联系人：张三", "病历号 A1234567"), and street-level addresses.
 pub fn scan_value(value: &str) -> Vec<Detection> {
     let mut f = Findings::default();
     let bytes = value.as_bytes();
@@ -421,6 +503,11 @@ pub fn scan_value(value: &str) -> Vec<Detection> {
     scan_email(value, &mut f);
     scan_ip(value, &mut f);
     scan_gps(value, &mut f);
+    if !value.is_ascii() {
+        scan_name(value, &mut f);
+        scan_address(value, &mut f);
+        scan_record_number(value, &mut f);
+    }
     f.0
 }
 
@@ -498,6 +585,16 @@ pub fn mask(kind: SensitiveType, value: &str) -> String {
         SensitiveType::CreditCode => keep(8, 0),
         SensitiveType::Plate => keep(3, 1),
         SensitiveType::Passport => keep(2, 3),
+        // Keep the surname: the first character (two for a compound surname).
+        SensitiveType::Name => {
+            let compound = COMPOUND_SURNAMES.iter().any(|s| value.starts_with(*s));
+            keep(if compound { 2 } else { 1 }, 0)
+        }
+        // Generalize to the district: everything up to the first district or county.
+        SensitiveType::Address => match chars.iter().position(|c| *c == '区' || *c == '县') {
+            Some(at) => chars[..=at].iter().collect(),
+            None => "*".repeat(chars.len()),
+        },
         _ => "*".repeat(chars.len()),
     }
 }
@@ -586,6 +683,36 @@ mod tests {
     fn credit_codes_are_checked_with_gb_32100() {
         check("91350100M000100Y43", &[(SensitiveType::CreditCode, true)]);
         check("91350100M000100Y44", &[(SensitiveType::CreditCode, false)]);
+    }
+
+    #[test]
+    fn names_addresses_and_record_numbers_in_chinese_text() {
+        check("联系人：张三", &[(SensitiveType::Name, true)]);
+        check(
+            "法定代表人 欧阳娜娜，电话另附",
+            &[(SensitiveType::Name, true)],
+        );
+        check("申请人为李小明", &[(SensitiveType::Name, true)]);
+        check("张三", &[]);
+        check("联系人：市场部", &[]);
+        check(
+            "浙江省杭州市西湖区文三路90号",
+            &[(SensitiveType::Address, true)],
+        );
+        check("杭州市西湖区", &[]);
+        check("西湖区灵隐街道", &[]);
+        check("病历号：A1234567", &[(SensitiveType::MedicalRecord, true)]);
+        check(
+            "住院号 2026-0012345",
+            &[(SensitiveType::MedicalRecord, true)],
+        );
+        check("病历号待补", &[]);
+        assert_eq!(mask(SensitiveType::Name, "张三丰"), "张**");
+        assert_eq!(mask(SensitiveType::Name, "欧阳娜娜"), "欧阳**");
+        assert_eq!(
+            mask(SensitiveType::Address, "浙江省杭州市西湖区文三路90号"),
+            "浙江省杭州市西湖区"
+        );
     }
 
     #[test]
