@@ -531,6 +531,8 @@ pub struct TagProposal {
     pub confidence: f64,
     /// Non-NULL values sampled.
     pub sampled: usize,
+    /// The tag comes from the column's name, not from its values.
+    pub by_name: bool,
 }
 
 /// Proposes a `pii:TYPE` tag for a column from `values` (a sample): the type found in most
@@ -557,12 +559,65 @@ pub fn propose_tag<'a>(values: impl IntoIterator<Item = &'a str>) -> TagProposal
             tag: Some(format!("pii:{kind}")),
             confidence: (found + certain) as f64 / (2 * sampled) as f64,
             sampled,
+            by_name: false,
         },
         _ => TagProposal {
             tag: None,
             confidence: 0.0,
             sampled,
+            by_name: false,
         },
+    }
+}
+
+/// [`propose_tag`], and when the values show nothing, the column's name: a column called
+/// `姓名` or `contact_name` holds names even when no context word stands in its values, and a
+/// `病历号` column holds record numbers. A proposal from the name alone has confidence 0.5.
+pub fn propose_tag_for<'a>(column: &str, values: impl IntoIterator<Item = &'a str>) -> TagProposal {
+    let by_values = propose_tag(values);
+    if by_values.tag.is_some() {
+        return by_values;
+    }
+    let name = column.to_lowercase();
+    let rules: [(SensitiveType, &[&str]); 3] = [
+        (
+            SensitiveType::MedicalRecord,
+            &[
+                "病历号",
+                "病案号",
+                "住院号",
+                "医保卡号",
+                "社保卡号",
+                "medical_record",
+                "mrn",
+            ],
+        ),
+        (
+            SensitiveType::Name,
+            &[
+                "姓名",
+                "联系人",
+                "申请人",
+                "法定代表人",
+                "full_name",
+                "person_name",
+                "contact_name",
+            ],
+        ),
+        (SensitiveType::Address, &["地址", "住址", "address"]),
+    ];
+    let found = rules
+        .iter()
+        .find(|(_, words)| words.iter().any(|w| name.contains(w)))
+        .map(|(kind, _)| *kind);
+    match found {
+        Some(kind) => TagProposal {
+            tag: Some(format!("pii:{kind}")),
+            confidence: 0.5,
+            sampled: by_values.sampled,
+            by_name: true,
+        },
+        None => by_values,
     }
 }
 
@@ -713,6 +768,21 @@ mod tests {
             mask(SensitiveType::Address, "浙江省杭州市西湖区文三路90号"),
             "浙江省杭州市西湖区"
         );
+    }
+
+    #[test]
+    fn a_column_name_proposes_what_its_values_cannot_show() {
+        let p = propose_tag_for("联系人姓名", ["张三", "李四"]);
+        assert_eq!((p.tag.as_deref(), p.confidence), (Some("pii:name"), 0.5));
+        let p = propose_tag_for("病历号", ["A1234567"]);
+        assert_eq!(p.tag.as_deref(), Some("pii:medical_record"));
+        let p = propose_tag_for("home_address", ["somewhere"]);
+        assert_eq!(p.tag.as_deref(), Some("pii:address"));
+        let p = propose_tag_for("spot", ["West Lake"]);
+        assert_eq!(p.tag, None);
+        // Values win over the name.
+        let p = propose_tag_for("contact_name", ["13812345678"]);
+        assert_eq!(p.tag.as_deref(), Some("pii:mobile"));
     }
 
     #[test]

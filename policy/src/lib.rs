@@ -10,7 +10,8 @@ mod model;
 mod rules;
 
 pub use detect::{
-    Detection, SensitiveType, TagProposal, mask, propose_tag, resident_id_check_char, scan_value,
+    Detection, SensitiveType, TagProposal, mask, propose_tag, propose_tag_for,
+    resident_id_check_char, scan_value,
 };
 pub use gate::{
     ALLOWED_AGGREGATES, CheckOutcome, GateCheck, GateReport, QueryShape, check_shape,

@@ -1041,12 +1041,17 @@ pub fn scan_report(file: &Path) -> Result<Vec<Value>> {
                 }
             }
         }
-        let p = tidegate_policy::propose_tag(values.iter().map(String::as_str));
+        let p = tidegate_policy::propose_tag_for(&column.name, values.iter().map(String::as_str));
         let (tags, confidence, why) = match (&p.tag, column.data_type) {
             (Some(t), _) if t == "pii:resident_id" => (
                 vec![t.clone(), "entity".into()],
                 p.confidence,
                 "resident ID numbers; the natural subject key",
+            ),
+            (Some(t), _) if p.by_name => (
+                vec![t.clone()],
+                p.confidence,
+                "the column's name (its values show no context)",
             ),
             (Some(t), _) => (
                 vec![t.clone()],
