@@ -431,10 +431,12 @@ fn scan_name(value: &str, f: &mut Findings) {
 fn scan_address(value: &str, f: &mut Findings) {
     const DIVISIONS: [&str; 6] = ["省", "市", "区", "县", "镇", "乡"];
     const STREETS: [&str; 6] = ["街道", "路", "街", "号", "村", "弄"];
+    if !STREETS.iter().any(|c| value.contains(*c)) {
+        return;
+    }
     let divisions = DIVISIONS.iter().filter(|c| value.contains(**c)).count();
-    let street = STREETS.iter().any(|c| value.contains(*c));
     let numbered = value.contains('号') && value.chars().any(|c| c.is_ascii_digit());
-    if street && divisions >= 2 {
+    if divisions >= 2 {
         f.push(SensitiveType::Address, numbered || divisions >= 3);
     }
 }
