@@ -73,6 +73,11 @@ impl GateReport {
         self.checks.iter().all(|c| c.passed)
     }
 
+    /// The check of that name, if the gate ran it.
+    pub fn check(&self, name: &str) -> Option<&GateCheck> {
+        self.checks.iter().find(|c| c.name == name)
+    }
+
     pub fn push(&mut self, name: &str, outcome: CheckOutcome) {
         let (passed, detail) = match outcome {
             CheckOutcome::Pass(d) => (true, d),

@@ -199,23 +199,19 @@ pub fn validate_export_rules(
     {
         return refuse("the privacy budget (epsilon) must be a positive, finite number");
     }
-    match rules.max_rows {
-        Some(0) => return refuse("max_rows must be at least 1"),
-        Some(n) if n > platform_max_rows => {
-            return refuse(format!(
-                "max_rows {n} is above the platform's limit of {platform_max_rows}"
-            ));
+    for (name, value, limit) in [
+        ("max_rows", rules.max_rows, platform_max_rows),
+        ("max_bytes", rules.max_bytes, platform_max_bytes),
+    ] {
+        match value {
+            Some(0) => return refuse(format!("{name} must be at least 1")),
+            Some(n) if n > limit => {
+                return refuse(format!(
+                    "{name} {n} is above the platform's limit of {limit}"
+                ));
+            }
+            _ => {}
         }
-        _ => {}
-    }
-    match rules.max_bytes {
-        Some(0) => return refuse("max_bytes must be at least 1"),
-        Some(n) if n > platform_max_bytes => {
-            return refuse(format!(
-                "max_bytes {n} is above the platform's limit of {platform_max_bytes}"
-            ));
-        }
-        _ => {}
     }
     if let Some(column) = rules
         .masking

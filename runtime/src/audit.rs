@@ -902,11 +902,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn only_segments_past_the_retention_period_are_pruned_and_the_rest_still_verifies() {
-        let (_dir, path, log, public) = signed_log();
-        let log = log.with_segment_entries(10);
-        for i in 0..20 {
+    /// Appends `n` entries dated long before the retention period.
+    fn append_old(log: &AuditLog, n: u64) {
+        for i in 0..n {
             log.append_at(
                 "2025-01-02T00:00:00Z".into(),
                 "p",
@@ -916,6 +914,13 @@ mod tests {
             )
             .unwrap();
         }
+    }
+
+    #[test]
+    fn only_segments_past_the_retention_period_are_pruned_and_the_rest_still_verifies() {
+        let (_dir, path, log, public) = signed_log();
+        let log = log.with_segment_entries(10);
+        append_old(&log, 20);
         for i in 0..15 {
             log.append("p", "test.new", &format!("o_{i}"), json!({}))
                 .unwrap();
@@ -960,16 +965,7 @@ mod tests {
     fn a_prune_killed_before_it_deleted_the_segments_still_verifies() {
         let (_dir, path, log, public) = signed_log();
         let log = log.with_segment_entries(10);
-        for i in 0..25 {
-            log.append_at(
-                "2025-01-02T00:00:00Z".into(),
-                "p",
-                "test.old",
-                &format!("o_{i}"),
-                json!({}),
-            )
-            .unwrap();
-        }
+        append_old(&log, 25);
         // The anchor written, the segments not yet deleted.
         let last = last_entry(&segment_path(&path, 11)).unwrap().unwrap();
         crate::crypto::write_atomic(

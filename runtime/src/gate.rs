@@ -640,12 +640,7 @@ mod tests {
             std::slice::from_ref(&first.groups),
             result(&["West Lake", "Quiet Pond"], &[119, 40]),
         );
-        let check = second
-            .report
-            .checks
-            .iter()
-            .find(|c| c.name == "differencing")
-            .unwrap();
+        let check = second.report.check("differencing").unwrap();
         assert!(!check.passed, "{}", check.detail);
         assert!(
             !check.detail.contains("West Lake"),
@@ -668,12 +663,7 @@ mod tests {
     fn a_scenario_with_a_privacy_budget_releases_nothing_without_noise() {
         let out = run_with(result(&["West Lake"], &[20]), &BTreeMap::new(), Some(1.0));
         assert!(!out.report.passed());
-        let check = out
-            .report
-            .checks
-            .iter()
-            .find(|c| c.name == "privacy budget")
-            .unwrap();
+        let check = out.report.check("privacy budget").unwrap();
         assert!(!check.passed);
     }
 
@@ -701,12 +691,7 @@ mod tests {
             String::from_utf8(out.csv).unwrap(),
             "spot\nWest Lake\nQuiet Pond\n"
         );
-        let check = out
-            .report
-            .checks
-            .iter()
-            .find(|c| c.name == "complementary suppression")
-            .unwrap();
+        let check = out.report.check("complementary suppression").unwrap();
         assert!(
             check.detail.starts_with("1 more group(s)"),
             "{}",
@@ -777,12 +762,7 @@ mod tests {
     #[test]
     fn an_identifier_in_the_output_fails_without_quoting_it() {
         let out = run(result(&["11010519491231002X"], &[20]));
-        let ids = out
-            .report
-            .checks
-            .iter()
-            .find(|c| c.name == "identifiers")
-            .unwrap();
+        let ids = out.report.check("identifiers").unwrap();
         assert!(!ids.passed);
         assert_eq!(
             ids.detail,

@@ -780,12 +780,7 @@ fn dominance_plan(
     }
     let mut by_subject = agg.group_expr.clone();
     by_subject.push(entity.clone());
-    let mut aggr: Vec<Expr> = agg
-        .group_expr
-        .iter()
-        .enumerate()
-        .map(|(i, g)| max(g.clone()).alias(format!("{GROUP_KEY_PREFIX}{i}")))
-        .collect();
+    let mut aggr = group_key_columns(&agg.group_expr);
     for (j, arg) in summed.iter().enumerate() {
         aggr.push(sum(arg.clone()).alias(format!("{CONTRIBUTION_PREFIX}{j}")));
     }
@@ -798,6 +793,20 @@ fn dominance_plan(
 
 const CONTRIBUTION_PREFIX: &str = "__tg_c";
 
+/// Each group's key values as aggregates under hidden names, whatever the query calls the keys,
+/// so that the gate can match groups across results and releases (the max of a value constant
+/// within the group is the value). None for grouping sets, which have no plain keys.
+fn group_key_columns(group_expr: &[Expr]) -> Vec<Expr> {
+    if group_expr.iter().any(|g| matches!(g, Expr::GroupingSet(_))) {
+        return Vec::new();
+    }
+    group_expr
+        .iter()
+        .enumerate()
+        .map(|(i, g)| max(g.clone()).alias(format!("{GROUP_KEY_PREFIX}{i}")))
+        .collect()
+}
+
 /// Adds [`DOMINATED_COLUMN`] to the result: true for a group where, for any sum, the top
 /// [`DOMINANCE_TOP`] subjects' contributions (absolute values) exceed [`DOMINANCE_SHARE`] of
 /// the sum of all of them.
@@ -806,7 +815,7 @@ fn mark_dominated(
     contributions: &[RecordBatch],
 ) -> Result<Vec<RecordBatch>> {
     // Per group and sum: the total and the largest contributions so far.
-    let mut tally: HashMap<(String, usize), (f64, Vec<f64>)> = HashMap::new();
+    let mut tally: HashMap<(String, usize), (f64, [f64; DOMINANCE_TOP])> = HashMap::new();
     for b in contributions {
         let keys = crate::gate::group_keys(b)?;
         let columns: Vec<arrow::array::Float64Array> = b
@@ -830,9 +839,11 @@ fn mark_dominated(
                 let v = c.value(row).abs();
                 let (total, top) = tally.entry((key.clone(), j)).or_default();
                 *total += v;
-                top.push(v);
-                top.sort_by(|a, b| b.total_cmp(a));
-                top.truncate(DOMINANCE_TOP);
+                // Keep the largest contributions in descending order, without sorting.
+                if let Some(at) = top.iter().position(|t| v > *t) {
+                    top[at..].rotate_right(1);
+                    top[at] = v;
+                }
             }
         }
     }
@@ -915,17 +926,7 @@ fn rewrite(
             }
             *dominance = dominance_plan(&agg, &entity).map_err(internal)?;
             let mut aggr = agg.aggr_expr.clone();
-            // Each group's key values, under hidden names whatever the query calls them, so
-            // that the gate can match groups across releases (max of a constant is itself).
-            if !agg
-                .group_expr
-                .iter()
-                .any(|g| matches!(g, Expr::GroupingSet(_)))
-            {
-                for (i, g) in agg.group_expr.iter().enumerate() {
-                    aggr.push(max(g.clone()).alias(format!("{GROUP_KEY_PREFIX}{i}")));
-                }
-            }
+            aggr.extend(group_key_columns(&agg.group_expr));
             aggr.push(count_distinct(entity.clone()).alias(SUBJECTS_COLUMN));
             aggr.push(
                 max(when(entity.is_null(), lit(1i64))

@@ -675,17 +675,8 @@ impl Platform {
     /// The platform's pseudonym root key, made (and stored wrapped by the master key) the first
     /// time a scenario needs one. Each scenario's key is derived from it and the scenario's id.
     fn pseudonym_root(&self, db: &Connection) -> Result<DataKey> {
-        let stored: Option<String> = db
-            .query_row(
-                "SELECT value FROM settings WHERE key = 'pseudonym_root'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if let Some(hex_wrapped) = stored {
-            let wrapped = hex::decode(hex_wrapped)
-                .map_err(|_| Error::Integrity("the pseudonym root key is not hex".into()))?;
-            return self.master.unwrap(&wrapped, PSEUDONYM_ROOT);
+        if let Some(root) = Self::stored_pseudonym_root(db, &self.master)? {
+            return Ok(root);
         }
         let root = DataKey::generate();
         db.execute(
@@ -693,6 +684,24 @@ impl Platform {
             params![hex::encode(self.master.wrap(&root, PSEUDONYM_ROOT))],
         )?;
         Ok(root)
+    }
+
+    /// The pseudonym root key, if one was made, unwrapped with `master`.
+    fn stored_pseudonym_root(db: &Connection, master: &MasterKey) -> Result<Option<DataKey>> {
+        let stored: Option<String> = db
+            .query_row(
+                "SELECT value FROM settings WHERE key = 'pseudonym_root'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        stored
+            .map(|hex_wrapped| {
+                let wrapped = hex::decode(hex_wrapped)
+                    .map_err(|_| Error::Integrity("the pseudonym root key is not hex".into()))?;
+                master.unwrap(&wrapped, PSEUDONYM_ROOT)
+            })
+            .transpose()
     }
 
     /// The context a stored dataset version is bound to.
@@ -761,17 +770,7 @@ impl Platform {
                 }
             }
         }
-        let root: Option<String> = tx
-            .query_row(
-                "SELECT value FROM settings WHERE key = 'pseudonym_root'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if let Some(hex_wrapped) = root {
-            let wrapped = hex::decode(hex_wrapped)
-                .map_err(|_| Error::Integrity("the pseudonym root key is not hex".into()))?;
-            let root = platform.master.unwrap(&wrapped, PSEUDONYM_ROOT)?;
+        if let Some(root) = Self::stored_pseudonym_root(&tx, &platform.master)? {
             tx.execute(
                 "UPDATE settings SET value = ?1 WHERE key = 'pseudonym_root'",
                 params![hex::encode(new.wrap(&root, PSEUDONYM_ROOT))],
@@ -2765,7 +2764,6 @@ impl Platform {
         if !(actor.org == org || actor.has_role(Role::Admin) || actor.has_role(Role::Auditor)) {
             return Err(Error::NotFound(format!("org {org}")));
         }
-        crate::metering::period_bounds(period)?;
         let as_of = match as_of {
             Some(t) => {
                 time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
@@ -3647,12 +3645,9 @@ mod tests {
         assert_eq!(before, after);
     }
 
-    #[test]
-    fn a_dataset_file_moved_to_another_dataset_does_not_open() {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        let (platform, token) =
-            Platform::init(&data, &dir.path().join("master.key"), "admin").unwrap();
+    /// A new data directory under `dir` (master key `dir/KEY`) with a trained provider.
+    fn platform_with_provider(dir: &Path, key: &str) -> (Platform, Principal) {
+        let (platform, token) = Platform::init(&dir.join("data"), &dir.join(key), "admin").unwrap();
         let admin = platform.authenticate(&token).unwrap();
         let org = platform.create_org(&admin, "bureau", "provider").unwrap();
         let p = platform
@@ -3660,24 +3655,34 @@ mod tests {
             .unwrap();
         platform.record_training(&admin, &p.id, "t").unwrap();
         let provider = platform.authenticate(p.token.as_deref().unwrap()).unwrap();
+        (platform, provider)
+    }
+
+    /// Imports a two-row table under `name`.
+    fn import_small(platform: &Platform, provider: &Principal, name: &str) -> DatasetView {
         use base64::Engine as _;
-        let import = |name: &str| {
-            platform
-                .import_dataset(
-                    &provider,
-                    ImportRequest {
-                        name: name.into(),
-                        level: Level::L2,
-                        format: "csv".into(),
-                        columns: vec![],
-                        approvers: vec![],
-                        data_base64: base64::engine::general_purpose::STANDARD
-                            .encode("a,b\n1,x\n2,y\n"),
-                    },
-                )
-                .unwrap()
-        };
-        let (first, second) = (import("first"), import("second"));
+        platform
+            .import_dataset(
+                provider,
+                ImportRequest {
+                    name: name.into(),
+                    level: Level::L2,
+                    format: "csv".into(),
+                    columns: vec![],
+                    approvers: vec![],
+                    data_base64: base64::engine::general_purpose::STANDARD
+                        .encode("a,b\n1,x\n2,y\n"),
+                },
+            )
+            .unwrap()
+    }
+
+    #[test]
+    fn a_dataset_file_moved_to_another_dataset_does_not_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (platform, provider) = platform_with_provider(dir.path(), "master.key");
+        let first = import_small(&platform, &provider, "first");
+        let second = import_small(&platform, &provider, "second");
         assert_eq!(platform.verify_storage().unwrap(), 2);
         let path = |d: &DatasetView| platform.object_path("datasets", &format!("{}/v1", d.id));
         fs::copy(path(&first), path(&second)).unwrap();
@@ -3691,32 +3696,8 @@ mod tests {
     fn a_rotation_killed_after_its_commit_completes_when_opened_with_the_new_key() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
-        let (platform, token) =
-            Platform::init(&data, &dir.path().join("old.key"), "admin").unwrap();
-        let admin = platform.authenticate(&token).unwrap();
-        let provider_org = platform.create_org(&admin, "bureau", "provider").unwrap();
-        let provider = platform
-            .create_principal(&admin, "p", &provider_org.id, &[Role::Provider])
-            .unwrap();
-        platform.record_training(&admin, &provider.id, "t").unwrap();
-        let provider = platform
-            .authenticate(provider.token.as_deref().unwrap())
-            .unwrap();
-        use base64::Engine as _;
-        platform
-            .import_dataset(
-                &provider,
-                ImportRequest {
-                    name: "t".into(),
-                    level: Level::L2,
-                    format: "csv".into(),
-                    columns: vec![],
-                    approvers: vec![],
-                    data_base64: base64::engine::general_purpose::STANDARD
-                        .encode("a,b\n1,x\n2,y\n"),
-                },
-            )
-            .unwrap();
+        let (platform, provider) = platform_with_provider(dir.path(), "old.key");
+        import_small(&platform, &provider, "t");
         drop(platform);
         let old = || MasterKey::load(&dir.path().join("old.key")).unwrap();
         // SAFETY of the test: the variable is read only by this crate's rotation code.

@@ -3,34 +3,13 @@
 //! an aggregate, 60 rows of one subject, a group key built from an identifier and differencing
 //! by one subject are in `flow.rs`.)
 
-use serde_json::Value;
 use tidegate_server::visitor_csv;
 
 mod common;
-use common::{Env, ROWS, active_scenario, constant_module, job, setup};
-
-fn export(env: &Env, sid: &str, sql: &str, modules: &[String]) -> Value {
-    let j = job(env, sid, sql, modules);
-    assert_eq!(j["state"], "succeeded", "{j}");
-    env.world
-        .scientist
-        .request_export(j["id"].as_str().unwrap())
-        .unwrap()
-}
-
-fn check(export: &Value, name: &str) -> (bool, String) {
-    let c = export["gate_report"]["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .unwrap_or_else(|| panic!("no check {name} in {export}"))
-        .clone();
-    (
-        c["passed"].as_bool().unwrap(),
-        c["detail"].as_str().unwrap().to_string(),
-    )
-}
+use common::{
+    ROWS, active_scenario, constant_module, export_of as export, gate_check as check, job,
+    preview_of, setup,
+};
 
 #[test]
 fn a_phone_number_packed_into_an_average_by_a_udf_is_caught_by_the_value_scan() {
@@ -84,16 +63,7 @@ fn padding_a_group_with_null_subject_keys_counts_them_as_one_subject() {
     // Quiet Pond under k, and Old Street (the smallest other) so that a total cannot give it
     // away.
     assert_eq!(e["gate_report"]["groups_suppressed"], 2, "{e}");
-    let seen = env
-        .world
-        .reviewer
-        .ok(
-            "GET",
-            &format!("/v1/exports/{}", e["id"].as_str().unwrap()),
-            None,
-        )
-        .unwrap();
-    let preview = seen["preview"].as_str().unwrap();
+    let preview = preview_of(&env, &e);
     assert!(
         preview.contains("West Lake") && !preview.contains("Quiet Pond"),
         "{preview}"

@@ -10,7 +10,9 @@ use tidegate_runtime::{
 use tidegate_server::{DemoOptions, VISITOR_UDF_WASM, run_demo, visitor_csv};
 
 mod common;
-use common::{ROWS, active_scenario, job, setup};
+use common::{
+    ROWS, active_scenario, export_of, gate_check, job, preview_of, seen_by_reviewer, setup,
+};
 
 fn demo() -> (tempfile::TempDir, tidegate_server::DemoOutcome) {
     let dir = tempfile::tempdir().unwrap();
@@ -213,16 +215,7 @@ fn a_group_under_k_is_suppressed_in_the_export() {
     assert_eq!(export["state"], "in_review");
     // Moon Cave under k, and one complementary group.
     assert_eq!(export["gate_report"]["groups_suppressed"], 2);
-    let seen = env
-        .world
-        .reviewer
-        .ok(
-            "GET",
-            &format!("/v1/exports/{}", export["id"].as_str().unwrap()),
-            None,
-        )
-        .unwrap();
-    let preview = seen["preview"].as_str().unwrap();
+    let preview = preview_of(&env, &export);
     assert!(!preview.contains("Moon Cave"), "{preview}");
     assert_eq!(preview.lines().count(), 1 + 7);
 }
@@ -850,13 +843,7 @@ fn a_statement_is_reproduced_from_the_audit_log_alone() {
 #[test]
 fn a_release_that_differs_from_an_earlier_one_by_one_subject_is_refused() {
     let (env, sid, _) = active_scenario();
-    let export = |sql: &str| {
-        let j = job(&env, &sid, sql, &[]);
-        env.world
-            .scientist
-            .request_export(j["id"].as_str().unwrap())
-            .unwrap()
-    };
+    let export = |sql: &str| export_of(&env, &sid, sql, &[]);
     let by_spot = "SELECT spot, count(*) AS visits FROM visits GROUP BY spot";
     assert_eq!(export(by_spot)["state"], "in_review");
     // The same release without one visitor: subtracting the two would single them out.
@@ -866,15 +853,9 @@ fn a_release_that_differs_from_an_earlier_one_by_one_subject_is_refused() {
         "SELECT spot, count(*) AS visits FROM visits WHERE resident_id <> '{someone}' GROUP BY spot"
     ));
     assert_eq!(without["state"], "rejected");
-    let check = without["gate_report"]["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "differencing")
-        .unwrap()
-        .clone();
-    assert_eq!(check["passed"], false);
-    assert!(!check["detail"].as_str().unwrap().contains(someone));
+    let (passed, detail) = gate_check(&without, "differencing");
+    assert!(!passed);
+    assert!(!detail.contains(someone));
     // Naming the group key differently does not make the groups different.
     let renamed = export(&format!(
         "SELECT count(*) AS n, spot AS place FROM visits WHERE resident_id <> '{someone}' GROUP BY spot"
@@ -888,26 +869,12 @@ fn a_release_that_differs_from_an_earlier_one_by_one_subject_is_refused() {
 #[test]
 fn a_reviewer_sees_the_report_as_a_page_with_the_scenarios_earlier_exports_beside_it() {
     let (env, sid, _) = active_scenario();
-    let export = |sql: &str| {
-        let j = job(&env, &sid, sql, &[]);
-        env.world
-            .scientist
-            .request_export(j["id"].as_str().unwrap())
-            .unwrap()
-    };
+    let export = |sql: &str| export_of(&env, &sid, sql, &[]);
     let first = export("SELECT spot, count(*) AS visits FROM visits GROUP BY spot");
     let second = export(
         "SELECT spot AS \"<i>place</i>\", round(avg(spend), 2) AS mean FROM visits GROUP BY spot",
     );
-    let seen = env
-        .world
-        .reviewer
-        .ok(
-            "GET",
-            &format!("/v1/exports/{}", second["id"].as_str().unwrap()),
-            None,
-        )
-        .unwrap();
+    let seen = seen_by_reviewer(&env, &second);
     assert_eq!(seen["earlier"][0]["id"], first["id"]);
     let page = tidegate_server::export_html(&seen);
     for expected in [
@@ -972,40 +939,15 @@ fn a_sum_dominated_by_one_subject_is_suppressed_while_counts_are_released() {
     let (_, scenario) = env.world.open_scenario().unwrap();
     let sid = scenario["id"].as_str().unwrap();
     let gated = |sql: &str| {
-        let j = job(&env, sid, sql, &[]);
-        let e = env
-            .world
-            .scientist
-            .request_export(j["id"].as_str().unwrap())
-            .unwrap();
-        let seen = env
-            .world
-            .reviewer
-            .ok(
-                "GET",
-                &format!("/v1/exports/{}", e["id"].as_str().unwrap()),
-                None,
-            )
-            .unwrap();
-        (e, seen["preview"].as_str().unwrap_or_default().to_string())
+        let e = export_of(&env, sid, sql, &[]);
+        let preview = preview_of(&env, &e);
+        (e, preview)
     };
     let (sums, preview) =
         gated("SELECT spot, round(sum(spend), 2) AS total FROM visits GROUP BY spot ORDER BY spot");
-    let dominance = sums["gate_report"]["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "dominance")
-        .unwrap()
-        .clone();
-    assert_eq!(dominance["passed"], true);
-    assert!(
-        dominance["detail"]
-            .as_str()
-            .unwrap()
-            .starts_with("1 group(s)"),
-        "{dominance}"
-    );
+    let (passed, detail) = gate_check(&sums, "dominance");
+    assert!(passed);
+    assert!(detail.starts_with("1 group(s)"), "{detail}");
     assert!(
         preview.contains("Quiet Pond") && !preview.contains("West Lake"),
         "{preview}"

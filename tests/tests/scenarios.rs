@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use tidegate_server::{Client, visitor_csv};
 
 mod common;
-use common::{Env, ROWS, active_scenario, job, setup};
+use common::{Env, ROWS, active_scenario, export_of, gate_check, job, preview_of, setup};
 
 /// The scientist's application over the visits, with `extra` fields merged in.
 fn apply(env: &Env, extra: Value) -> Value {
@@ -196,25 +196,7 @@ fn export_rules_are_checked_when_applying_and_enforced_by_the_gate() {
         env.world.provider.approve_scenario(&id).unwrap();
         id
     };
-    let gated = |id: &str, sql: &str| {
-        let j = job(&env, id, sql, &[]);
-        env.world
-            .scientist
-            .request_export(j["id"].as_str().unwrap())
-            .unwrap()
-    };
-    let check = |export: &Value, name: &str| -> (bool, String) {
-        let c = export["gate_report"]["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == name)
-            .unwrap_or_else(|| panic!("no check {name} in {export}"));
-        (
-            c["passed"].as_bool().unwrap(),
-            c["detail"].as_str().unwrap().to_string(),
-        )
-    };
+    let gated = |id: &str, sql: &str| export_of(&env, id, sql, &[]);
     let by_spot = "SELECT spot, count(*) AS visits FROM visits GROUP BY spot ORDER BY spot";
 
     // Masking: the spot names leave as stars, and the report says so.
@@ -222,19 +204,10 @@ fn export_rules_are_checked_when_applying_and_enforced_by_the_gate() {
     let export = gated(&masked, by_spot);
     assert_eq!(export["state"], "in_review", "{export}");
     assert_eq!(
-        check(&export, "desensitization"),
+        gate_check(&export, "desensitization"),
         (true, "`spot`: mask applied".to_string())
     );
-    let seen = env
-        .world
-        .reviewer
-        .ok(
-            "GET",
-            &format!("/v1/exports/{}", export["id"].as_str().unwrap()),
-            None,
-        )
-        .unwrap();
-    let preview = seen["preview"].as_str().unwrap();
+    let preview = preview_of(&env, &export);
     assert!(preview.starts_with("spot,visits\n*"), "{preview}");
     assert!(!preview.contains("West Lake"), "{preview}");
 
@@ -242,7 +215,7 @@ fn export_rules_are_checked_when_applying_and_enforced_by_the_gate() {
     let small = open(json!({ "max_rows": 1 }));
     let export = gated(&small, by_spot);
     assert_eq!(export["state"], "rejected");
-    let (passed, detail) = check(&export, "size");
+    let (passed, detail) = gate_check(&export, "size");
     assert!(
         !passed && detail.contains("the limits are 1 rows"),
         "{detail}"
@@ -252,7 +225,7 @@ fn export_rules_are_checked_when_applying_and_enforced_by_the_gate() {
     let private = open(json!({ "privacy_budget": 1.0 }));
     let export = gated(&private, by_spot);
     assert_eq!(export["state"], "rejected");
-    assert!(!check(&export, "privacy budget").0);
+    assert!(!gate_check(&export, "privacy budget").0);
 }
 
 #[test]
@@ -344,23 +317,9 @@ fn a_pseudonymized_column_leaves_as_stable_keyed_pseudonyms_and_jobs_can_make_th
     env.world.admin.approve_scenario(&sid).unwrap();
     env.world.provider.approve_scenario(&sid).unwrap();
     let preview = |sql: &str| {
-        let j = job(&env, &sid, sql, &[]);
-        let e = env
-            .world
-            .scientist
-            .request_export(j["id"].as_str().unwrap())
-            .unwrap();
+        let e = export_of(&env, &sid, sql, &[]);
         assert_eq!(e["state"], "in_review", "{e}");
-        let seen = env
-            .world
-            .reviewer
-            .ok(
-                "GET",
-                &format!("/v1/exports/{}", e["id"].as_str().unwrap()),
-                None,
-            )
-            .unwrap();
-        seen["preview"].as_str().unwrap().to_string()
+        preview_of(&env, &e)
     };
     let released =
         preview("SELECT resident_id, spot FROM visits ORDER BY resident_id, spot LIMIT 5");

@@ -87,3 +87,48 @@ pub(crate) fn constant_module(constant: i64) -> Vec<u8> {
     ))
     .unwrap()
 }
+
+/// Runs `sql` as a job of scenario `sid` and asks for the export of its result.
+pub(crate) fn export_of(env: &Env, sid: &str, sql: &str, modules: &[String]) -> Value {
+    let j = job(env, sid, sql, modules);
+    assert_eq!(j["state"], "succeeded", "{j}");
+    env.world
+        .scientist
+        .request_export(j["id"].as_str().unwrap())
+        .unwrap()
+}
+
+/// The export as a reviewer of another org sees it (preview, query, earlier exports).
+pub(crate) fn seen_by_reviewer(env: &Env, export: &Value) -> Value {
+    env.world
+        .reviewer
+        .ok(
+            "GET",
+            &format!("/v1/exports/{}", export["id"].as_str().unwrap()),
+            None,
+        )
+        .unwrap()
+}
+
+/// The rows a reviewer is shown, as CSV.
+pub(crate) fn preview_of(env: &Env, export: &Value) -> String {
+    let seen = seen_by_reviewer(env, export);
+    seen["preview"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no preview in {seen}"))
+        .to_string()
+}
+
+/// A check of an export's gate report: whether it passed, and its numbers.
+pub(crate) fn gate_check(export: &Value, name: &str) -> (bool, String) {
+    let c = export["gate_report"]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no check {name} in {export}"));
+    (
+        c["passed"].as_bool().unwrap(),
+        c["detail"].as_str().unwrap().to_string(),
+    )
+}
