@@ -34,7 +34,7 @@ pub fn is_allowed_aggregate(name: &str) -> bool {
 }
 
 /// Facts the runtime extracted from a job's plan.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct QueryShape {
     /// The query is one grouped aggregate, with only projection, filter, sort and limit above.
     pub aggregated: bool,
@@ -48,6 +48,9 @@ pub struct QueryShape {
     /// Aggregates that select rows by a predicate over an identifier or entity column.
     #[serde(default)]
     pub isolating_aggregates: Vec<String>,
+    /// The bounded aggregates, when the job ran for a scenario with a privacy budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<crate::privacy::PrivacyShape>,
 }
 
 /// One check of the gate report.
@@ -159,7 +162,7 @@ mod tests {
                 .map(|(n, t)| (n.to_string(), t.map(|t| t.to_vec())))
                 .collect(),
             aggregates: aggs.iter().map(|a| a.to_string()).collect(),
-            isolating_aggregates: Vec::new(),
+            ..QueryShape::default()
         }
     }
 

@@ -7,6 +7,7 @@
 mod detect;
 mod gate;
 mod model;
+mod privacy;
 mod rules;
 
 pub use detect::{
@@ -20,6 +21,9 @@ pub use gate::{
 pub use model::{
     ColumnSpec, ColumnTag, DataType, ExportRules, Level, Masking, Origin, Principal, Role,
     ScenarioState, parse_tags,
+};
+pub use privacy::{
+    BoundedAggregate, ColumnNoise, ContributionBounds, PrivacyShape, laplace, plan_noise,
 };
 pub use rules::{
     Refusal, ScenarioApprovals, can_apply_for_scenario, can_approve_module, can_approve_scenario,

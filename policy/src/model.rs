@@ -293,10 +293,33 @@ pub struct ExportRules {
     /// privacy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub privacy_budget: Option<f64>,
+    /// Under differential privacy: each subject's contribution to one sum in one group is
+    /// clamped to `[-b, b]`. Sums are not released without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contribution_bound: Option<f64>,
+    /// Under differential privacy: a subject's rows counted in one group (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count_bound: Option<u64>,
+    /// Under differential privacy: the groups of one result a subject counts in (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_groups_per_subject: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_rows: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_bytes: Option<u64>,
+}
+
+impl ExportRules {
+    /// The contribution bounds a job of the scenario runs under, when it uses differential
+    /// privacy.
+    pub fn contribution_bounds(&self) -> Option<crate::privacy::ContributionBounds> {
+        self.privacy_budget
+            .map(|_| crate::privacy::ContributionBounds {
+                sum_bound: self.contribution_bound,
+                count_bound: self.count_bound.unwrap_or(1),
+                max_groups: self.max_groups_per_subject.unwrap_or(1),
+            })
+    }
 }
 
 /// An authenticated principal as the policy sees it.

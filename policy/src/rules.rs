@@ -199,6 +199,26 @@ pub fn validate_export_rules(
     {
         return refuse("the privacy budget (epsilon) must be a positive, finite number");
     }
+    if rules.privacy_budget.is_none()
+        && (rules.contribution_bound.is_some()
+            || rules.count_bound.is_some()
+            || rules.max_groups_per_subject.is_some())
+    {
+        return refuse("contribution bounds apply only with a privacy budget");
+    }
+    if let Some(b) = rules.contribution_bound
+        && !(b.is_finite() && b > 0.0)
+    {
+        return refuse("the contribution bound must be a positive, finite number");
+    }
+    for (name, value) in [
+        ("count_bound", rules.count_bound),
+        ("max_groups_per_subject", rules.max_groups_per_subject),
+    ] {
+        if value == Some(0) {
+            return refuse(format!("{name} must be at least 1"));
+        }
+    }
     for (name, value, limit) in [
         ("max_rows", rules.max_rows, platform_max_rows),
         ("max_bytes", rules.max_bytes, platform_max_bytes),
@@ -624,6 +644,26 @@ mod tests {
         assert_eq!(
             check(&rules(r#"{"masking": {"__tg_entity": "redact"}}"#)),
             Err("`__tg_entity` is not an output column that can be masked".into())
+        );
+        assert_eq!(
+            check(&rules(
+                r#"{"privacy_budget": 1, "contribution_bound": 50, "count_bound": 3, "max_groups_per_subject": 2}"#
+            )),
+            Ok(())
+        );
+        assert_eq!(
+            check(&rules(r#"{"contribution_bound": 50}"#)),
+            Err("contribution bounds apply only with a privacy budget".into())
+        );
+        assert_eq!(
+            check(&rules(r#"{"privacy_budget": 1, "contribution_bound": -2}"#)),
+            Err("the contribution bound must be a positive, finite number".into())
+        );
+        assert_eq!(
+            check(&rules(
+                r#"{"privacy_budget": 1, "max_groups_per_subject": 0}"#
+            )),
+            Err("max_groups_per_subject must be at least 1".into())
         );
         assert!(serde_json::from_str::<ExportRules>(r#"{"masking": {"m": "hash"}}"#).is_err());
         assert!(serde_json::from_str::<ExportRules>(r#"{"k_anonymity": 5}"#).is_err());

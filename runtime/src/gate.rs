@@ -7,7 +7,8 @@ use arrow::datatypes::{DataType, Float64Type, Int32Type, Int64Type, Schema};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tidegate_policy::{
-    CheckOutcome, GateReport, Level, Masking, QueryShape, check_shape, mask, scan_value,
+    CheckOutcome, ColumnNoise, GateReport, Level, Masking, QueryShape, check_shape, laplace, mask,
+    plan_noise, scan_value,
 };
 
 use crate::error::{Error, Result};
@@ -25,12 +26,23 @@ pub struct GateInput<'a> {
     pub max_bytes: u64,
     /// The scenario's masking by output column (R-GATE 5).
     pub masking: &'a BTreeMap<String, Masking>,
-    /// The scenario's differential privacy budget, when it enables differential privacy.
-    pub privacy_budget: Option<f64>,
+    /// The scenario's differential privacy budget and this request's spending, when the
+    /// scenario uses differential privacy (R-GATE 7).
+    pub privacy: Option<PrivacySpend>,
     /// The groups of the scenario's earlier exports that passed the gate (R-GATE 6).
     pub earlier: &'a [Groups],
     /// The scenario's pseudonymization key, for `pseudonymize` masking.
     pub pseudonyms: Option<&'a crate::crypto::PseudonymKey>,
+}
+
+/// A scenario's privacy budget as one export request would spend it.
+#[derive(Debug, Clone, Copy)]
+pub struct PrivacySpend {
+    pub budget: f64,
+    /// Spent by the scenario's earlier exports.
+    pub spent: f64,
+    /// What this request asks to spend.
+    pub epsilon: Option<f64>,
 }
 
 /// The groups a result releases: each group's key (the values of its group-key columns, as
@@ -47,6 +59,8 @@ pub struct GateOutcome {
     pub released: Vec<RecordBatch>,
     /// The released groups, for later differencing checks.
     pub groups: Groups,
+    /// The epsilon the noise of this release cost, charged when it is kept.
+    pub epsilon_spent: Option<f64>,
 }
 
 pub fn evaluate(input: &GateInput<'_>, batches: &[RecordBatch]) -> Result<GateOutcome> {
@@ -101,7 +115,12 @@ pub fn evaluate(input: &GateInput<'_>, batches: &[RecordBatch]) -> Result<GateOu
             );
         }
     }
-    let mut released = Vec::with_capacity(batches.len());
+    // R-GATE 7: decided before anything is released; noise is drawn for kept groups only.
+    let noise = input.privacy.map(|p| {
+        plan_noise(input.shape.privacy.as_ref(), p.epsilon, p.budget, p.spent)
+            .map(|columns| (p, columns))
+    });
+    let mut kept_batches = Vec::with_capacity(batches.len());
     for (b, batch) in batches.iter().enumerate() {
         let kept = if input.shape.aggregated {
             let keep: BooleanArray = rows
@@ -120,8 +139,15 @@ pub fn evaluate(input: &GateInput<'_>, batches: &[RecordBatch]) -> Result<GateOu
         } else {
             batch.clone()
         };
+        kept_batches.push(kept);
+    }
+    if let Some(Ok((_, columns))) = &noise {
+        kept_batches = add_noise(kept_batches, columns)?;
+    }
+    let mut released = Vec::with_capacity(kept_batches.len());
+    for kept in &kept_batches {
         released.push(apply_masking(
-            &drop_hidden(&kept)?,
+            &drop_hidden(kept)?,
             input.masking,
             input.pseudonyms,
         )?);
@@ -168,14 +194,18 @@ pub fn evaluate(input: &GateInput<'_>, batches: &[RecordBatch]) -> Result<GateOu
         "desensitization",
         describe_masking(&released, input.masking),
     );
-    if let Some(epsilon) = input.privacy_budget {
-        // Fail closed: a scenario that asked for noise never gets a release without it.
-        report.push(
-            "privacy budget",
-            CheckOutcome::Fail(format!(
-                "the scenario enables differential privacy (budget epsilon = {epsilon}); noisy release is not available on this platform yet, so nothing is released"
-            )),
-        );
+    let mut epsilon_spent = None;
+    match &noise {
+        None => {}
+        Some(Err(reason)) => report.push("privacy budget", CheckOutcome::Fail(reason.clone())),
+        Some(Ok((p, columns))) => {
+            let epsilon = p.epsilon.unwrap_or_default();
+            epsilon_spent = Some(epsilon);
+            report.push(
+                "privacy budget",
+                CheckOutcome::Pass(describe_noise(p, epsilon, columns, input.shape)),
+            );
+        }
     }
 
     let csv = to_csv(&released)?;
@@ -195,13 +225,15 @@ pub fn evaluate(input: &GateInput<'_>, batches: &[RecordBatch]) -> Result<GateOu
         ))
     };
     report.push("size", size);
-    if !shape_ok {
-        // Nothing of a result that failed the shape check is kept, not even for review.
+    if !shape_ok || matches!(noise, Some(Err(_))) {
+        // Nothing of a result that failed the shape check, or that needed noise and got
+        // none, is kept, not even for review.
         return Ok(GateOutcome {
             report,
             csv: Vec::new(),
             released: Vec::new(),
             groups: Groups::new(),
+            epsilon_spent: None,
         });
     }
     Ok(GateOutcome {
@@ -209,7 +241,84 @@ pub fn evaluate(input: &GateInput<'_>, batches: &[RecordBatch]) -> Result<GateOu
         csv,
         released,
         groups,
+        epsilon_spent,
     })
+}
+
+/// Replaces each noised output column with its bounded value plus Laplace noise (counts as
+/// whole numbers, never negative), and orders the rows by group key, so that neither the
+/// values nor their order tell the exact aggregates.
+fn add_noise(batches: Vec<RecordBatch>, columns: &[ColumnNoise]) -> Result<Vec<RecordBatch>> {
+    let internal = |e: arrow::error::ArrowError| Error::Internal(format!("noise: {e}"));
+    let Some(first) = batches.first() else {
+        return Ok(batches);
+    };
+    let all = arrow::compute::concat_batches(&first.schema(), &batches).map_err(internal)?;
+    let keys = group_keys(&all)?;
+    let mut order: Vec<u32> = (0..all.num_rows() as u32).collect();
+    order.sort_by(|a, b| keys[*a as usize].cmp(&keys[*b as usize]));
+    let order = arrow::array::UInt32Array::from(order);
+    let mut out: Vec<arrow::array::ArrayRef> = all
+        .columns()
+        .iter()
+        .map(|c| arrow::compute::take(c, &order, None).map_err(internal))
+        .collect::<Result<_>>()?;
+    let schema = all.schema();
+    let rng = ring::rand::SystemRandom::new();
+    for c in columns {
+        let (Ok(at), Ok(hidden)) = (schema.index_of(&c.output), schema.index_of(&c.hidden)) else {
+            return Err(Error::Internal(format!(
+                "noise: column {} is not in the result",
+                c.output
+            )));
+        };
+        let bounded = arrow::compute::cast(&out[hidden], &DataType::Float64).map_err(internal)?;
+        let bounded = bounded.as_primitive::<Float64Type>();
+        let mut noised = Vec::with_capacity(bounded.len());
+        for v in bounded.iter() {
+            let bytes: [u8; 8] = ring::rand::generate(&rng)
+                .map_err(|_| Error::Internal("noise: no randomness".into()))?
+                .expose();
+            // A uniform draw in (0, 1): 53 random bits, centred in their interval.
+            let u = ((u64::from_le_bytes(bytes) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+            let x = v.unwrap_or(0.0) + laplace(c.scale, u);
+            noised.push(if c.is_count { x.round().max(0.0) } else { x });
+        }
+        let noised = arrow::array::Float64Array::from(noised);
+        out[at] = arrow::compute::cast(&noised, schema.field(at).data_type()).map_err(internal)?;
+    }
+    Ok(vec![RecordBatch::try_new(schema, out).map_err(internal)?])
+}
+
+fn describe_noise(
+    p: &PrivacySpend,
+    epsilon: f64,
+    columns: &[ColumnNoise],
+    shape: &QueryShape,
+) -> String {
+    let bounds = shape.privacy.as_ref().map(|s| s.bounds);
+    let scales = columns
+        .iter()
+        .map(|c| format!("{} scale {:.3}", c.output, c.scale))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut text = format!(
+        "epsilon {epsilon} spent, {} of {} left after this release; Laplace noise on {} column(s): {scales}",
+        (p.budget - p.spent - epsilon).max(0.0),
+        p.budget,
+        columns.len()
+    );
+    if let Some(b) = bounds {
+        text.push_str(&format!(
+            "; each subject in at most {} group(s), {} row(s) per count",
+            b.max_groups, b.count_bound
+        ));
+        if let Some(s) = b.sum_bound {
+            text.push_str(&format!(", sums clamped to +/-{s}"));
+        }
+    }
+    text.push_str("; rows in group-key order");
+    text
 }
 
 /// One group of an aggregate result as the gate decides on it.
@@ -563,7 +672,7 @@ mod tests {
             not_aggregated_reason: None,
             group_keys: vec![("spot".into(), Some(vec![ColumnTag::Dimension]))],
             aggregates: vec!["count".into()],
-            isolating_aggregates: vec![],
+            ..QueryShape::default()
         }
     }
 
@@ -574,7 +683,7 @@ mod tests {
     fn run_with(
         batch: RecordBatch,
         masking: &BTreeMap<String, Masking>,
-        privacy_budget: Option<f64>,
+        privacy: Option<PrivacySpend>,
     ) -> GateOutcome {
         let shape = shape();
         let input = GateInput {
@@ -585,7 +694,7 @@ mod tests {
             max_rows: 100,
             max_bytes: 1 << 20,
             masking,
-            privacy_budget,
+            privacy,
             earlier: &[],
             pseudonyms: None,
         };
@@ -624,7 +733,7 @@ mod tests {
                     max_rows: 100,
                     max_bytes: 1 << 20,
                     masking: &none,
-                    privacy_budget: None,
+                    privacy: None,
                     earlier,
                     pseudonyms: None,
                 },
@@ -660,11 +769,128 @@ mod tests {
     }
 
     #[test]
-    fn a_scenario_with_a_privacy_budget_releases_nothing_without_noise() {
-        let out = run_with(result(&["West Lake"], &[20]), &BTreeMap::new(), Some(1.0));
+    fn a_scenario_with_a_privacy_budget_releases_nothing_without_bounded_aggregates() {
+        let spend = PrivacySpend {
+            budget: 1.0,
+            spent: 0.0,
+            epsilon: Some(0.5),
+        };
+        let out = run_with(result(&["West Lake"], &[20]), &BTreeMap::new(), Some(spend));
         assert!(!out.report.passed());
         let check = out.report.check("privacy budget").unwrap();
         assert!(!check.passed);
+        assert!(check.detail.contains("run it again"), "{}", check.detail);
+        assert!(out.csv.is_empty() && out.released.is_empty());
+        assert_eq!(out.epsilon_spent, None);
+    }
+
+    /// A result of `SELECT spot, count(*) AS n ... GROUP BY spot` run under contribution
+    /// bounds: the exact count `n` and its bounded value in the hidden column.
+    fn bounded_result(spots: &[&str], exact: &[i64], bounded: &[f64]) -> RecordBatch {
+        let base = result(spots, &vec![100; spots.len()]);
+        let mut fields: Vec<Field> = base
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.insert(1, Field::new("n", DataType::Int64, false));
+        fields.push(Field::new("__tg_dp_0", DataType::Float64, false));
+        let mut columns = base.columns().to_vec();
+        columns.insert(1, Arc::new(Int64Array::from(exact.to_vec())));
+        columns.push(Arc::new(arrow::array::Float64Array::from(bounded.to_vec())));
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
+    }
+
+    fn private_shape(scale_bound: u64) -> QueryShape {
+        QueryShape {
+            privacy: Some(tidegate_policy::PrivacyShape {
+                bounds: tidegate_policy::ContributionBounds {
+                    sum_bound: None,
+                    count_bound: scale_bound,
+                    max_groups: 1,
+                },
+                aggregates: vec![tidegate_policy::BoundedAggregate {
+                    function: "count".into(),
+                    hidden: "__tg_dp_0".into(),
+                    output: Some("n".into()),
+                    derived: false,
+                }],
+                after_aggregate: vec!["sort".into()],
+            }),
+            ..shape()
+        }
+    }
+
+    fn private_gate(shape: &QueryShape, epsilon: f64, batch: RecordBatch) -> GateOutcome {
+        let none = BTreeMap::new();
+        evaluate(
+            &GateInput {
+                level: Level::L2,
+                threshold_k: 10,
+                shape,
+                provenance: CheckOutcome::Pass("ok".into()),
+                max_rows: 100,
+                max_bytes: 1 << 20,
+                masking: &none,
+                privacy: Some(PrivacySpend {
+                    budget: 1e9,
+                    spent: 0.0,
+                    epsilon: Some(epsilon),
+                }),
+                earlier: &[],
+                pseudonyms: None,
+            },
+            &[batch],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_private_release_shows_the_bounded_counts_with_noise_in_group_key_order() {
+        // Rows come sorted by their exact counts; the release is ordered by group key.
+        let batch = || {
+            bounded_result(
+                &["West Lake", "Quiet Pond", "Bamboo Path"],
+                &[900, 500, 100],
+                &[300.0, 200.0, 100.0],
+            )
+        };
+        // So much epsilon that the noise vanishes: the bounded counts, not the exact ones.
+        let out = private_gate(&private_shape(1), 1e9, batch());
+        assert!(out.report.passed(), "{:?}", out.report);
+        assert_eq!(out.epsilon_spent, Some(1e9));
+        assert_eq!(
+            String::from_utf8(out.csv).unwrap(),
+            "spot,n\nBamboo Path,100\nQuiet Pond,200\nWest Lake,300\n"
+        );
+        let check = out.report.check("privacy budget").unwrap();
+        assert!(
+            check
+                .detail
+                .contains("Laplace noise on 1 column(s): n scale"),
+            "{}",
+            check.detail
+        );
+        // With epsilon 0.1 and 1 row per subject the noise has scale 10: counts move.
+        let noisy: Vec<RecordBatch> = (0..5)
+            .map(|_| {
+                private_gate(&private_shape(1), 0.1, batch())
+                    .released
+                    .remove(0)
+            })
+            .collect();
+        let first_counts =
+            |b: &RecordBatch| b.column(1).as_primitive::<Int64Type>().values().to_vec();
+        assert!(
+            noisy.iter().any(|b| first_counts(b) != vec![100, 200, 300]),
+            "five draws of scale 10 never all land on the bounded values"
+        );
+        assert!(
+            noisy
+                .iter()
+                .all(|b| first_counts(b).iter().all(|n| *n >= 0))
+        );
     }
 
     #[test]

@@ -36,7 +36,9 @@ use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::prelude::{SessionConfig, SessionContext, lit, when};
 use datafusion::sql::parser::{DFParser, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
-use tidegate_policy::{ColumnSpec, ColumnTag, QueryShape};
+use tidegate_policy::{
+    BoundedAggregate, ColumnSpec, ColumnTag, ContributionBounds, PrivacyShape, QueryShape,
+};
 
 use crate::error::{Error, Result};
 use crate::storage::SealedStore;
@@ -83,6 +85,9 @@ pub struct EngineLimits {
     pub memory_bytes: usize,
     pub wall_time: Duration,
     pub output_rows: usize,
+    /// The contribution bounds of a scenario that uses differential privacy: the runtime
+    /// computes every count and sum again with each subject's part bounded (R-GATE 7).
+    pub privacy: Option<ContributionBounds>,
 }
 
 impl Default for EngineLimits {
@@ -91,6 +96,7 @@ impl Default for EngineLimits {
             memory_bytes: 1 << 30,
             wall_time: Duration::from_secs(300),
             output_rows: 1_000_000,
+            privacy: None,
         }
     }
 }
@@ -381,7 +387,8 @@ pub async fn run_query_until(
         .map_err(|e| Error::Refused(format!("only a query is allowed: {e}")))?;
     check_confinement(&plan)?;
     let plan_text = plan.display_indent().to_string();
-    let (plan, shape, dominance) = add_subject_counts(plan, tables)?;
+    let (plan, shape, Extra { dominance, bounded }) =
+        add_subject_counts(plan, tables, limits.privacy)?;
     let run = async {
         let df = ctx
             .execute_logical_plan(plan)
@@ -391,17 +398,26 @@ pub async fn run_query_until(
             .collect()
             .await
             .map_err(|e| map_error(e, Stage::Running))?;
-        let Some(dominance) = dominance else {
-            return Ok(batches);
+        let collect = |plan: LogicalPlan| async {
+            ctx.execute_logical_plan(plan)
+                .await
+                .map_err(|e| map_error(e, Stage::Planning))?
+                .collect()
+                .await
+                .map_err(|e| map_error(e, Stage::Running))
         };
-        let contributions = ctx
-            .execute_logical_plan(dominance)
-            .await
-            .map_err(|e| map_error(e, Stage::Planning))?
-            .collect()
-            .await
-            .map_err(|e| map_error(e, Stage::Running))?;
-        mark_dominated(batches, &contributions)
+        let batches = match dominance {
+            Some(dominance) => mark_dominated(
+                batches,
+                &collect(dominance).await?,
+                limits.privacy.and_then(|p| p.sum_bound),
+            )?,
+            None => batches,
+        };
+        match (bounded, &shape.privacy) {
+            (Some(plan), Some(privacy)) => add_bounded(batches, &collect(plan).await?, privacy),
+            _ => Ok(batches),
+        }
     };
     let run = async {
         tokio::select! {
@@ -707,8 +723,9 @@ fn not_aggregated(plan: LogicalPlan, reason: &str) -> (LogicalPlan, QueryShape) 
 fn add_subject_counts(
     plan: LogicalPlan,
     tables: &[TableInput],
-) -> Result<(LogicalPlan, QueryShape, Option<LogicalPlan>)> {
-    let plain = |(plan, shape)| Ok((plan, shape, None));
+    privacy: Option<ContributionBounds>,
+) -> Result<(LogicalPlan, QueryShape, Extra)> {
+    let plain = |(plan, shape)| Ok((plan, shape, Extra::default()));
     match count_aggregates(&plan) {
         0 => return plain(not_aggregated(plan, "the query has no GROUP BY aggregate")),
         1 => {}
@@ -723,9 +740,9 @@ fn add_subject_counts(
         aggregated: true,
         ..QueryShape::default()
     };
-    let mut dominance = None;
-    match rewrite(plan.clone(), tables, &mut shape, &mut dominance)? {
-        Some(rewritten) => Ok((rewritten, shape, dominance)),
+    let mut extra = Extra::default();
+    match rewrite(plan.clone(), tables, privacy, &mut shape, &mut extra)? {
+        Some(rewritten) => Ok((rewritten, shape, extra)),
         None => {
             let reason = shape
                 .not_aggregated_reason
@@ -733,6 +750,205 @@ fn add_subject_counts(
             plain(not_aggregated(plan, &reason))
         }
     }
+}
+
+/// The plans the runtime runs besides the query, over the same input.
+#[derive(Default)]
+struct Extra {
+    /// Every subject's contribution to each sum, per group (R-GATE 3).
+    dominance: Option<LogicalPlan>,
+    /// Every subject's contribution to each count and sum, per group, to bound (R-GATE 7).
+    bounded: Option<LogicalPlan>,
+}
+
+/// Hidden result columns `__tg_dp_0..`: each count or sum computed again with every
+/// subject's contribution bounded, which the gate noises.
+pub(crate) const BOUNDED_PREFIX: &str = "__tg_dp_";
+/// The subject of a row of the bounded plan.
+const SUBJECT_COLUMN: &str = "__tg_subject";
+
+/// R-GATE 7: the query's aggregate once more, grouped by the keys and the entity, so that the
+/// runtime can bound what each subject contributes. Returns the plan (None when no aggregate
+/// can be bounded) and what each aggregate became.
+fn bounded_plan(
+    agg: &datafusion::logical_expr::Aggregate,
+    entity: &Expr,
+) -> datafusion::common::Result<(Option<LogicalPlan>, Vec<BoundedAggregate>)> {
+    use datafusion::functions_aggregate::expr_fn::{count, sum};
+    let groups = agg.group_expr.len();
+    let mut aggr = group_key_columns(&agg.group_expr);
+    aggr.push(max(entity.clone()).alias(SUBJECT_COLUMN));
+    let mut aggregates = Vec::new();
+    let mut bounded = 0;
+    for (j, a) in agg.aggr_expr.iter().enumerate() {
+        let inner = match a {
+            Expr::Alias(al) => al.expr.as_ref(),
+            e => e,
+        };
+        let output = agg.schema.field(groups + j).name().clone();
+        let (function, part) = match inner {
+            Expr::AggregateFunction(f) if f.params.filter.is_none() && !f.params.distinct => {
+                let name = f.func.name().to_ascii_lowercase();
+                let arg = f.params.args.first().cloned().unwrap_or_else(|| lit(1i64));
+                let part = match name.as_str() {
+                    "count" => Some(count(arg)),
+                    "sum" => Some(sum(arg)),
+                    _ => None,
+                };
+                (name, part)
+            }
+            Expr::AggregateFunction(f) => {
+                (format!("{} with FILTER or DISTINCT", f.func.name()), None)
+            }
+            other => (other.schema_name().to_string(), None),
+        };
+        let hidden = match part {
+            Some(part) => {
+                let hidden = format!("{BOUNDED_PREFIX}{j}");
+                aggr.push(part.alias(&hidden));
+                bounded += 1;
+                hidden
+            }
+            None => String::new(),
+        };
+        aggregates.push(BoundedAggregate {
+            function,
+            hidden,
+            output: Some(output),
+            derived: false,
+        });
+    }
+    if bounded == 0
+        || agg
+            .group_expr
+            .iter()
+            .any(|g| matches!(g, Expr::GroupingSet(_)))
+    {
+        return Ok((None, aggregates));
+    }
+    let mut by_subject = agg.group_expr.clone();
+    by_subject.push(entity.clone());
+    let plan = datafusion::logical_expr::LogicalPlanBuilder::from(agg.input.as_ref().clone())
+        .aggregate(by_subject, aggr)?
+        .build()?;
+    Ok((Some(plan), aggregates))
+}
+
+/// Adds the bounded columns to the result: every subject keeps at most `max_groups` of its
+/// groups (chosen by a hash of its own key and the group's, so no other subject changes the
+/// choice), its count capped and its sum clamped in each; the rest are summed per group.
+fn add_bounded(
+    batches: Vec<RecordBatch>,
+    contributions: &[RecordBatch],
+    privacy: &PrivacyShape,
+) -> Result<Vec<RecordBatch>> {
+    use std::hash::{Hash, Hasher};
+    let internal = |e: arrow::error::ArrowError| Error::Internal(format!("bounding: {e}"));
+    let bounded: Vec<&BoundedAggregate> = privacy
+        .aggregates
+        .iter()
+        .filter(|a| !a.hidden.is_empty())
+        .collect();
+    // Per subject: its groups, each with a choice hash and its contributions.
+    type Part = (u64, String, Vec<f64>);
+    let mut by_subject: HashMap<Option<String>, Vec<Part>> = HashMap::new();
+    for b in contributions {
+        let keys = crate::gate::group_keys(b)?;
+        let subject = arrow::compute::cast(
+            b.column_by_name(SUBJECT_COLUMN)
+                .ok_or_else(|| Error::Internal("bounding: no subject column".into()))?,
+            &arrow::datatypes::DataType::Utf8,
+        )
+        .map_err(internal)?;
+        let subject = subject.as_string::<i32>();
+        let columns: Vec<arrow::array::Float64Array> = bounded
+            .iter()
+            .map(|a| {
+                let c = b
+                    .column_by_name(&a.hidden)
+                    .ok_or_else(|| Error::Internal("bounding: a part is missing".into()))?;
+                arrow::compute::cast(c, &arrow::datatypes::DataType::Float64)
+                    .map_err(internal)
+                    .map(|c| c.as_primitive::<arrow::datatypes::Float64Type>().clone())
+            })
+            .collect::<Result<_>>()?;
+        for (row, key) in keys.into_iter().enumerate() {
+            let Some(key) = key else { continue };
+            let who = subject
+                .is_valid(row)
+                .then(|| subject.value(row).to_string());
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (&who, &key).hash(&mut h);
+            let parts = columns
+                .iter()
+                .map(|c| if c.is_null(row) { 0.0 } else { c.value(row) })
+                .collect();
+            by_subject
+                .entry(who)
+                .or_default()
+                .push((h.finish(), key, parts));
+        }
+    }
+    let bounds = privacy.bounds;
+    let mut totals: HashMap<String, Vec<f64>> = HashMap::new();
+    for (_, mut parts) in by_subject {
+        if parts.len() as u64 > bounds.max_groups {
+            parts.sort_unstable_by_key(|p| p.0);
+            parts.truncate(bounds.max_groups as usize);
+        }
+        for (_, key, values) in parts {
+            let total = totals
+                .entry(key)
+                .or_insert_with(|| vec![0.0; bounded.len()]);
+            for (j, v) in values.into_iter().enumerate() {
+                total[j] += match bounded[j].function.as_str() {
+                    "count" => v.min(bounds.count_bound as f64),
+                    _ => match bounds.sum_bound {
+                        Some(b) => v.clamp(-b, b),
+                        None => v,
+                    },
+                };
+            }
+        }
+    }
+    batches
+        .into_iter()
+        .map(|b| {
+            let keys = crate::gate::group_keys(&b)?;
+            let mut out = b;
+            for (j, a) in bounded.iter().enumerate() {
+                let values: arrow::array::Float64Array = keys
+                    .iter()
+                    .map(|k| Some(k.as_ref().and_then(|k| totals.get(k)).map_or(0.0, |t| t[j])))
+                    .collect();
+                out = append_column(&out, &a.hidden, Arc::new(values))?;
+            }
+            Ok(out)
+        })
+        .collect()
+}
+
+/// The batch with one more column.
+fn append_column(
+    batch: &RecordBatch,
+    name: &str,
+    values: arrow::array::ArrayRef,
+) -> Result<RecordBatch> {
+    let mut fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new(
+        name,
+        values.data_type().clone(),
+        values.null_count() > 0,
+    ));
+    let mut columns = batch.columns().to_vec();
+    columns.push(values);
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+        .map_err(|e| Error::Internal(format!("hidden column {name}: {e}")))
 }
 
 /// Hidden result column: the group's sum is dominated by its top contributors (R-GATE 3).
@@ -809,10 +1025,12 @@ fn group_key_columns(group_expr: &[Expr]) -> Vec<Expr> {
 
 /// Adds [`DOMINATED_COLUMN`] to the result: true for a group where, for any sum, the top
 /// [`DOMINANCE_TOP`] subjects' contributions (absolute values) exceed [`DOMINANCE_SHARE`] of
-/// the sum of all of them.
+/// the sum of all of them. Under differential privacy each contribution is first clamped to
+/// the scenario's bound, as in what is released.
 fn mark_dominated(
     batches: Vec<RecordBatch>,
     contributions: &[RecordBatch],
+    clamp: Option<f64>,
 ) -> Result<Vec<RecordBatch>> {
     // Per group and sum: the total and the largest contributions so far.
     let mut tally: HashMap<(String, usize), (f64, [f64; DOMINANCE_TOP])> = HashMap::new();
@@ -836,7 +1054,9 @@ fn mark_dominated(
                 if c.is_null(row) {
                     continue;
                 }
-                let v = c.value(row).abs();
+                let v = clamp
+                    .map_or(c.value(row), |b| c.value(row).clamp(-b, b))
+                    .abs();
                 let (total, top) = tally.entry((key.clone(), j)).or_default();
                 *total += v;
                 // Keep the largest contributions in descending order, without sorting.
@@ -862,21 +1082,7 @@ fn mark_dominated(
                 .iter()
                 .map(|k| Some(k.as_ref().is_some_and(|k| dominated.contains(k))))
                 .collect();
-            let mut fields: Vec<Field> = b
-                .schema()
-                .fields()
-                .iter()
-                .map(|f| f.as_ref().clone())
-                .collect();
-            fields.push(Field::new(
-                DOMINATED_COLUMN,
-                arrow::datatypes::DataType::Boolean,
-                false,
-            ));
-            let mut columns = b.columns().to_vec();
-            columns.push(Arc::new(flags));
-            RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
-                .map_err(|e| Error::Internal(format!("dominance: {e}")))
+            append_column(&b, DOMINATED_COLUMN, Arc::new(flags))
         })
         .collect()
 }
@@ -884,8 +1090,9 @@ fn mark_dominated(
 fn rewrite(
     plan: LogicalPlan,
     tables: &[TableInput],
+    privacy: Option<ContributionBounds>,
     shape: &mut QueryShape,
-    dominance: &mut Option<LogicalPlan>,
+    extra: &mut Extra,
 ) -> Result<Option<LogicalPlan>> {
     let internal = |e: DataFusionError| Error::Internal(format!("plan rewrite: {e}"));
     match plan {
@@ -924,7 +1131,16 @@ fn rewrite(
                         .push(inner.schema_name().to_string());
                 }
             }
-            *dominance = dominance_plan(&agg, &entity).map_err(internal)?;
+            extra.dominance = dominance_plan(&agg, &entity).map_err(internal)?;
+            if let Some(bounds) = privacy {
+                let (plan, aggregates) = bounded_plan(&agg, &entity).map_err(internal)?;
+                extra.bounded = plan;
+                shape.privacy = Some(PrivacyShape {
+                    bounds,
+                    aggregates,
+                    after_aggregate: Vec::new(),
+                });
+            }
             let mut aggr = agg.aggr_expr.clone();
             aggr.extend(group_key_columns(&agg.group_expr));
             aggr.push(count_distinct(entity.clone()).alias(SUBJECTS_COLUMN));
@@ -943,9 +1159,13 @@ fn rewrite(
             Ok(Some(plan))
         }
         LogicalPlan::Projection(p) => {
-            let Some(input) = rewrite(p.input.as_ref().clone(), tables, shape, dominance)? else {
+            let Some(input) = rewrite(p.input.as_ref().clone(), tables, privacy, shape, extra)?
+            else {
                 return Ok(None);
             };
+            if let Some(privacy) = shape.privacy.as_mut() {
+                follow_projection(&mut privacy.aggregates, &p.expr);
+            }
             let mut exprs = p.expr.clone();
             // The runtime's hidden columns ride along every projection above the aggregate.
             for (q, f) in input.schema().iter() {
@@ -967,9 +1187,19 @@ fn rewrite(
         | LogicalPlan::Limit(_)
         | LogicalPlan::SubqueryAlias(_)) => {
             let child = node.inputs()[0].clone();
-            let Some(input) = rewrite(child, tables, shape, dominance)? else {
+            let Some(input) = rewrite(child, tables, privacy, shape, extra)? else {
                 return Ok(None);
             };
+            if let Some(privacy) = shape.privacy.as_mut() {
+                let step = match &node {
+                    LogicalPlan::Filter(_) => "filter",
+                    LogicalPlan::Sort(s) if s.fetch.is_some() => "limit",
+                    LogicalPlan::Sort(_) => "sort",
+                    LogicalPlan::Limit(_) => "limit",
+                    _ => "alias",
+                };
+                privacy.after_aggregate.push(step.to_string());
+            }
             let exprs = node.expressions();
             Ok(Some(
                 node.with_new_exprs(exprs, vec![input]).map_err(internal)?,
@@ -986,6 +1216,31 @@ fn rewrite(
                     .unwrap_or("query")
             ));
             Ok(None)
+        }
+    }
+}
+
+/// Follows each aggregate's output column through a projection: shown as it is (perhaps
+/// renamed), computed from (derived), or dropped.
+fn follow_projection(aggregates: &mut [BoundedAggregate], exprs: &[Expr]) {
+    for a in aggregates.iter_mut() {
+        let Some(name) = a.output.take() else {
+            continue;
+        };
+        for e in exprs {
+            let mut inner = e;
+            while let Expr::Alias(al) = inner {
+                inner = al.expr.as_ref();
+            }
+            if matches!(inner, Expr::Column(c) if c.name == name) {
+                let shown = match e {
+                    Expr::Alias(al) => al.name.clone(),
+                    _ => name.clone(),
+                };
+                a.output.get_or_insert(shown);
+            } else if e.column_refs().iter().any(|c| c.name == name) {
+                a.derived = true;
+            }
         }
     }
 }

@@ -437,10 +437,11 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
     (4, "ALTER TABLE dataset_versions ADD COLUMN context TEXT;"),
     (5, "ALTER TABLE exports ADD COLUMN groups_key BLOB;"),
+    (6, "ALTER TABLE exports ADD COLUMN epsilon REAL;"),
 ];
 
 /// The schema version this build writes.
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 const LOCK_FILE: &str = "lock";
 
@@ -2119,7 +2120,10 @@ impl Platform {
                     req.sql.clone(),
                     tables,
                     udfs,
-                    EngineLimits::default(),
+                    EngineLimits {
+                        privacy: scenario.export_rules.contribution_bounds(),
+                        ..EngineLimits::default()
+                    },
                     cancelled,
                 )
                 .await;
@@ -2315,6 +2319,17 @@ impl Platform {
 
     /// R-GATE: runs the gate over a job's result; a passing result goes to review.
     pub fn request_export(&self, actor: &Principal, job_id: &str) -> Result<ExportView> {
+        self.request_export_spending(actor, job_id, None)
+    }
+
+    /// Asks for an export; a scenario that uses differential privacy spends `epsilon` of its
+    /// budget on it when the gate passes (R-GATE 7), in the same transaction that records it.
+    pub fn request_export_spending(
+        &self,
+        actor: &Principal,
+        job_id: &str,
+        epsilon: Option<f64>,
+    ) -> Result<ExportView> {
         let mut db = self.db.lock().expect("db");
         let JobRecord {
             view: job,
@@ -2397,7 +2412,19 @@ impl Platform {
                 max_rows: s.export_rules.max_rows.unwrap_or(EXPORT_MAX_ROWS),
                 max_bytes: s.export_rules.max_bytes.unwrap_or(EXPORT_MAX_BYTES),
                 masking: &s.export_rules.masking,
-                privacy_budget: s.export_rules.privacy_budget,
+                privacy: match s.export_rules.privacy_budget {
+                    Some(budget) => Some(gate::PrivacySpend {
+                        budget,
+                        spent: db.query_row(
+                            "SELECT COALESCE(SUM(e.epsilon), 0) FROM exports e JOIN jobs j ON e.job_id = j.id
+                             WHERE j.scenario_id = ?1",
+                            params![s.id],
+                            |r| r.get(0),
+                        )?,
+                        epsilon,
+                    }),
+                    None => None,
+                },
                 earlier: &earlier,
                 pseudonyms: Some(&pseudonyms),
             },
@@ -2430,9 +2457,11 @@ impl Platform {
         let required = tidegate_policy::required_export_approvals(job.level) as i64;
         let now = crate::now_rfc3339();
         let stored_bytes = passed.then_some(parquet.len() as i64);
+        // The noise of a kept release is paid for; a refused one showed nobody anything.
+        let epsilon = outcome.epsilon_spent.filter(|_| passed);
         let tx = db.transaction()?;
         tx.execute(
-            "INSERT INTO exports VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, NULL, ?12, ?13)",
+            "INSERT INTO exports VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, NULL, ?12, ?13, ?14)",
             params![
                 id,
                 job_id,
@@ -2446,7 +2475,8 @@ impl Platform {
                 (!passed).then_some("the export gate refused the result"),
                 now,
                 stored_bytes,
-                groups_key
+                groups_key,
+                epsilon
             ],
         )?;
         self.audit.append_at(
@@ -2462,6 +2492,7 @@ impl Platform {
                 "groups_suppressed": outcome.report.groups_suppressed,
                 "result_sha256": hash,
                 "state": state,
+                "epsilon": epsilon,
             }),
         )?;
         tx.commit()?;

@@ -301,6 +301,9 @@ async fn get_job(
 #[derive(Deserialize)]
 struct ExportBody {
     job: String,
+    /// What to spend of a differentially private scenario's budget.
+    #[serde(default)]
+    epsilon: Option<f64>,
 }
 
 async fn request_export(
@@ -309,7 +312,7 @@ async fn request_export(
     Json(b): Json<ExportBody>,
 ) -> ApiResult<Value> {
     let actor = principal(&p, &h)?;
-    let v = blocking(move || p.request_export(&actor, &b.job)).await?;
+    let v = blocking(move || p.request_export_spending(&actor, &b.job, b.epsilon)).await?;
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
 

@@ -458,6 +458,16 @@ enum ScenarioCommand {
         /// Total differential privacy budget (epsilon) of the scenario's releases.
         #[arg(long)]
         privacy_budget: Option<f64>,
+        /// With a privacy budget: each subject's contribution to a sum in one group is
+        /// clamped to [-B, B] (sums are not released without it).
+        #[arg(long)]
+        contribution_bound: Option<f64>,
+        /// With a privacy budget: a subject's rows counted per group (default 1).
+        #[arg(long)]
+        count_bound: Option<u64>,
+        /// With a privacy budget: the groups of one result a subject counts in (default 1).
+        #[arg(long)]
+        max_groups_per_subject: Option<u64>,
         /// At most this many rows per export (tighter than the platform's limit).
         #[arg(long)]
         max_rows: Option<u64>,
@@ -539,6 +549,9 @@ enum ExportCommand {
     /// Run the gate over a job's result and send it to review.
     Request {
         job: String,
+        /// For a scenario with a privacy budget: the epsilon this release spends.
+        #[arg(long)]
+        epsilon: Option<f64>,
     },
     Show {
         id: String,
@@ -770,6 +783,9 @@ fn run(cli: Cli) -> Result<()> {
                     products,
                     masking,
                     privacy_budget,
+                    contribution_bound,
+                    count_bound,
+                    max_groups_per_subject,
                     max_rows,
                     max_bytes,
                     draft,
@@ -789,6 +805,9 @@ fn run(cli: Cli) -> Result<()> {
                     }
                     for (key, value) in [
                         ("privacy_budget", json!(privacy_budget)),
+                        ("contribution_bound", json!(contribution_bound)),
+                        ("count_bound", json!(count_bound)),
+                        ("max_groups_per_subject", json!(max_groups_per_subject)),
                         ("max_rows", json!(max_rows)),
                         ("max_bytes", json!(max_bytes)),
                     ] {
@@ -850,7 +869,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Export { command, remote } => {
             let c = remote.client()?;
             match command {
-                ExportCommand::Request { job } => print(&c.request_export(&job)?),
+                ExportCommand::Request { job, epsilon } => print(&match epsilon {
+                    Some(e) => c.request_export_spending(&job, e)?,
+                    None => c.request_export(&job)?,
+                }),
                 ExportCommand::Show { id } => {
                     print(&c.ok("GET", &format!("/v1/exports/{id}"), None)?)
                 }

@@ -271,6 +271,15 @@ impl Client {
         self.ok("POST", "/v1/exports", Some(&json!({ "job": job })))
     }
 
+    /// An export of a differentially private scenario, spending `epsilon` of its budget.
+    pub fn request_export_spending(&self, job: &str, epsilon: f64) -> Result<Value> {
+        self.ok(
+            "POST",
+            "/v1/exports",
+            Some(&json!({ "job": job, "epsilon": epsilon })),
+        )
+    }
+
     pub fn review_export(&self, id: &str, decision: &str, comment: &str) -> Result<Value> {
         self.ok(
             "POST",

@@ -1,5 +1,6 @@
 //! R-GATE attacks, each with the refusal it must get: numbers packed by a UDF, padding with NULL
-//! or fake subject keys, and an error that would carry a data value. (Isolating one subject in
+//! or fake subject keys, an error that would carry a data value, and a tracker pair of queries
+//! (a private scenario's answer to trackers, noise, is in `scenarios.rs`). (Isolating one subject in
 //! an aggregate, 60 rows of one subject, a group key built from an identifier and differencing
 //! by one subject are in `flow.rs`.)
 
@@ -116,4 +117,48 @@ fn an_error_caused_by_a_data_value_never_quotes_it() {
         let id = line.split(',').next().unwrap();
         assert!(!error.contains(id), "the error quotes {id}");
     }
+}
+
+#[test]
+fn a_tracker_pair_of_queries_is_refused_by_differencing() {
+    let env = setup(true);
+    let mut csv = String::from("resident_id,mobile,spot,visit_date,spend\n");
+    for i in 0..40 {
+        csv.push_str(&format!("w{i:03},13800000000,West Lake,2026-05-01,1.00\n"));
+    }
+    for i in 0..30 {
+        csv.push_str(&format!("o{i:03},13800000000,Old Street,2026-05-02,1.00\n"));
+    }
+    // The target visits West Lake in August; the attacker knows their resident ID.
+    csv.push_str("target,13800000000,West Lake,2026-08-15,1.00\n");
+    env.world.import_visits(&csv).unwrap();
+    let (_, scenario) = env.world.open_scenario().unwrap();
+    let sid = scenario["id"].as_str().unwrap();
+    // The tracker: a predicate that lets the target in, and one that leaves them out. Each
+    // query alone is a legitimate aggregate of at least k subjects per group.
+    let with_target = export(
+        &env,
+        sid,
+        "SELECT spot, count(*) AS visits FROM visits
+         WHERE visit_date < DATE '2026-06-01' OR resident_id = 'target' GROUP BY spot",
+        &[],
+    );
+    assert_eq!(with_target["state"], "in_review", "{with_target}");
+    let without = export(
+        &env,
+        sid,
+        "SELECT spot, count(*) AS visits FROM visits
+         WHERE visit_date < DATE '2026-06-01' GROUP BY spot",
+        &[],
+    );
+    assert_eq!(without["state"], "rejected", "{without}");
+    let (passed, detail) = check(&without, "differencing");
+    assert!(!passed);
+    assert!(
+        detail.contains(
+            "1 group(s) differ from 1 earlier export(s) of this scenario by fewer than k"
+        ),
+        "{detail}"
+    );
+    assert!(!detail.contains("West Lake") && !detail.contains("target"));
 }

@@ -220,12 +220,161 @@ fn export_rules_are_checked_when_applying_and_enforced_by_the_gate() {
         !passed && detail.contains("the limits are 1 rows"),
         "{detail}"
     );
+}
 
-    // A privacy budget: no noisy release exists yet, so nothing is released at all.
-    let private = open(json!({ "privacy_budget": 1.0 }));
-    let export = gated(&private, by_spot);
-    assert_eq!(export["state"], "rejected");
-    assert!(!gate_check(&export, "privacy budget").0);
+#[test]
+fn a_private_scenario_releases_noised_counts_and_spends_its_budget_until_it_is_exhausted() {
+    let env = setup(true);
+    env.world.import_visits(&visitor_csv(ROWS)).unwrap();
+    let sid = sid(&apply(
+        &env,
+        json!({ "export_rules": { "privacy_budget": 1.0, "max_groups_per_subject": 3 } }),
+    ));
+    env.world.admin.approve_scenario(&sid).unwrap();
+    env.world.provider.approve_scenario(&sid).unwrap();
+    let by_spot = "SELECT spot, count(*) AS visits FROM visits GROUP BY spot ORDER BY visits DESC";
+    let spend = |sql: &str, epsilon: Option<f64>| {
+        let j = job(&env, &sid, sql, &[]);
+        assert_eq!(j["state"], "succeeded", "{j}");
+        let id = j["id"].as_str().unwrap();
+        match epsilon {
+            Some(e) => env.world.scientist.request_export_spending(id, e),
+            None => env.world.scientist.request_export(id),
+        }
+        .unwrap()
+    };
+    let refused_for = |export: &Value| {
+        assert_eq!(export["state"], "rejected", "{export}");
+        let (passed, detail) = gate_check(export, "privacy budget");
+        assert!(!passed);
+        detail
+    };
+
+    let unpriced = spend(by_spot, None);
+    assert!(refused_for(&unpriced).contains("must say how much epsilon to spend (1 of 1 left)"));
+
+    let first = spend(by_spot, Some(0.6));
+    assert_eq!(first["state"], "in_review", "{first}");
+    let (_, detail) = gate_check(&first, "privacy budget");
+    assert!(
+        detail.starts_with("epsilon 0.6 spent, 0.4 of 1 left after this release; Laplace noise on 1 column(s): visits scale 5.000"),
+        "{detail}"
+    );
+    // Released in group-key order, not by the exact counts the query sorted on.
+    let preview = preview_of(&env, &first);
+    let spots: Vec<&str> = preview
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap())
+        .collect();
+    let mut sorted = spots.clone();
+    sorted.sort();
+    assert_eq!(spots, sorted, "{preview}");
+
+    let too_much = spend(by_spot, Some(0.6));
+    assert!(
+        refused_for(&too_much)
+            .contains("the privacy budget is exhausted: 0.6 asked, 0.4 of 1 left")
+    );
+    // A refused request spent nothing: the rest is still there, once.
+    let last = spend(by_spot, Some(0.4));
+    assert_eq!(last["state"], "in_review", "{last}");
+    let after = spend(by_spot, Some(0.01));
+    assert!(refused_for(&after).contains("0 of 1 left"));
+
+    // What cannot be noised is refused, whatever the budget.
+    let more = sid_with_budget(&env);
+    let cases = [
+        (
+            "SELECT spot, count(*) AS n FROM visits GROUP BY spot ORDER BY n DESC LIMIT 3",
+            "a limit over the aggregate",
+        ),
+        (
+            "SELECT spot, count(*) AS n FROM visits GROUP BY spot HAVING count(*) > 100",
+            "a filter over the aggregate",
+        ),
+        (
+            "SELECT spot, avg(spend) AS a FROM visits GROUP BY spot",
+            "the avg aggregate cannot be noised",
+        ),
+        (
+            "SELECT spot, sum(spend) AS s FROM visits GROUP BY spot",
+            "only with a contribution bound",
+        ),
+        (
+            "SELECT spot, count(*) * 2 AS n FROM visits GROUP BY spot",
+            "computed from the count aggregate",
+        ),
+    ];
+    for (sql, reason) in cases {
+        let j = job(&env, &more, sql, &[]);
+        let export = env
+            .world
+            .scientist
+            .request_export_spending(j["id"].as_str().unwrap(), 0.1)
+            .unwrap();
+        assert!(refused_for(&export).contains(reason), "{sql}: {export}");
+    }
+
+    // The spending is in the audit log.
+    let log = std::fs::read_to_string(env.data_dir().join(tidegate_runtime::AUDIT_FILE)).unwrap();
+    assert!(log.contains("\"epsilon\":0.6"), "the spend is audited");
+}
+
+/// Another active scenario over the visits with a privacy budget of 10 and no sum bound.
+fn sid_with_budget(env: &Env) -> String {
+    let id = sid(&apply(
+        env,
+        json!({ "export_rules": { "privacy_budget": 10.0 } }),
+    ));
+    env.world.admin.approve_scenario(&id).unwrap();
+    env.world.provider.approve_scenario(&id).unwrap();
+    id
+}
+
+#[test]
+fn a_private_sum_is_clamped_per_subject_before_the_noise() {
+    let env = setup(true);
+    // Forty visitors spend 1.00 each at West Lake; one spends a fortune there.
+    let mut csv = String::from("resident_id,mobile,spot,visit_date,spend\n");
+    for i in 0..40 {
+        csv.push_str(&format!("w{i:03},13800000000,West Lake,2026-05-01,1.00\n"));
+    }
+    csv.push_str("big,13800000000,West Lake,2026-05-01,1000000.00\n");
+    env.world.import_visits(&csv).unwrap();
+    let sid = sid(&apply(
+        &env,
+        json!({ "export_rules": { "privacy_budget": 1e9, "contribution_bound": 5.0 } }),
+    ));
+    env.world.admin.approve_scenario(&sid).unwrap();
+    env.world.provider.approve_scenario(&sid).unwrap();
+    let j = job(
+        &env,
+        &sid,
+        "SELECT spot, sum(spend) AS total FROM visits GROUP BY spot",
+        &[],
+    );
+    // So much epsilon that the noise is negligible: what is left is the clamped sum.
+    let export = env
+        .world
+        .scientist
+        .request_export_spending(j["id"].as_str().unwrap(), 1e8)
+        .unwrap();
+    assert_eq!(export["state"], "in_review", "{export}");
+    let preview = preview_of(&env, &export);
+    let total: f64 = preview
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (total - 45.0).abs() < 0.01,
+        "40 x 1.00 plus one fortune clamped to 5: {preview}"
+    );
 }
 
 #[test]
