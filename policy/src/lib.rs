@@ -26,8 +26,9 @@ pub use privacy::{
     BoundedAggregate, ColumnNoise, ContributionBounds, PrivacyShape, laplace, plan_noise,
 };
 pub use rules::{
-    Refusal, ScenarioApprovals, can_apply_for_scenario, can_approve_module, can_approve_scenario,
-    can_change_scenario, can_import, can_import_social, can_repin_grant, can_request_export,
-    can_review_export, can_run_job, can_submit_scenario, can_upload_module, require_role,
-    require_training, required_export_approvals, scenario_state, validate_export_rules,
+    ExportEvent, Refusal, ScenarioApprovals, can_apply_for_scenario, can_approve_module,
+    can_approve_scenario, can_change_scenario, can_import, can_import_social, can_repin_grant,
+    can_request_export, can_review_export, can_run_job, can_submit_scenario, can_upload_module,
+    next_export_state, require_role, require_training, required_export_approvals, scenario_state,
+    validate_export_rules,
 };

@@ -387,6 +387,58 @@ pub fn can_review_export(
     Ok(())
 }
 
+/// What happens to an export request (R-REVIEW).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportEvent<'a> {
+    /// The gate ran over the result.
+    Checked { passed: bool },
+    /// A checked request goes to the reviewers.
+    SentToReview,
+    /// A reviewer decided (`approve`, `return`, `reject`); `approvals` counts this one.
+    Reviewed {
+        decision: &'a str,
+        approvals: u64,
+        required: u64,
+    },
+    /// The requester downloaded the signed bundle.
+    Released,
+}
+
+/// R-REVIEW: `submitted -> checked -> in_review -> approved | returned | rejected -> released`;
+/// a request the gate refuses is rejected at once. Returns the next state, or why the event
+/// does not apply.
+pub fn next_export_state(current: &str, event: ExportEvent<'_>) -> Result<&'static str, Refusal> {
+    match (current, event) {
+        ("submitted", ExportEvent::Checked { passed: true }) => Ok("checked"),
+        ("submitted", ExportEvent::Checked { passed: false }) => Ok("rejected"),
+        ("checked", ExportEvent::SentToReview) => Ok("in_review"),
+        (
+            "in_review",
+            ExportEvent::Reviewed {
+                decision,
+                approvals,
+                required,
+            },
+        ) => match decision {
+            "approve" if approvals >= required => Ok("approved"),
+            "approve" => Ok("in_review"),
+            "return" => Ok("returned"),
+            "reject" => Ok("rejected"),
+            _ => refuse("a decision is approve, return or reject"),
+        },
+        (_, ExportEvent::Reviewed { .. }) => {
+            refuse(format!("the export is {current}, not in review"))
+        }
+        ("approved" | "released", ExportEvent::Released) => Ok("released"),
+        (_, ExportEvent::Released) => refuse(format!(
+            "the export is {current}; only an approved export is released"
+        )),
+        _ => refuse(format!(
+            "an export that is {current} does not move on that way"
+        )),
+    }
+}
+
 /// How many distinct reviewers must approve an export of a result at `level`.
 pub fn required_export_approvals(level: Level) -> usize {
     if level >= Level::L3 { 2 } else { 1 }
@@ -667,6 +719,47 @@ mod tests {
         );
         assert!(serde_json::from_str::<ExportRules>(r#"{"masking": {"m": "hash"}}"#).is_err());
         assert!(serde_json::from_str::<ExportRules>(r#"{"k_anonymity": 5}"#).is_err());
+    }
+
+    #[test]
+    fn an_export_request_moves_through_the_review_states_in_order() {
+        use ExportEvent::*;
+        let review = |decision, approvals| Reviewed {
+            decision,
+            approvals,
+            required: 2,
+        };
+        let cases: [(&str, ExportEvent, Result<&str, &str>); 12] = [
+            ("submitted", Checked { passed: true }, Ok("checked")),
+            ("submitted", Checked { passed: false }, Ok("rejected")),
+            ("checked", SentToReview, Ok("in_review")),
+            ("in_review", review("approve", 1), Ok("in_review")),
+            ("in_review", review("approve", 2), Ok("approved")),
+            ("in_review", review("return", 1), Ok("returned")),
+            ("in_review", review("reject", 0), Ok("rejected")),
+            (
+                "in_review",
+                review("shrug", 0),
+                Err("a decision is approve, return or reject"),
+            ),
+            (
+                "approved",
+                review("approve", 3),
+                Err("the export is approved, not in review"),
+            ),
+            ("approved", Released, Ok("released")),
+            ("released", Released, Ok("released")),
+            (
+                "returned",
+                Released,
+                Err("the export is returned; only an approved export is released"),
+            ),
+        ];
+        for (from, event, expected) in cases {
+            let got = next_export_state(from, event).map_err(|r| r.reason);
+            assert_eq!(got, expected.map_err(String::from), "{from} {event:?}");
+        }
+        assert!(next_export_state("rejected", SentToReview).is_err());
     }
 
     #[test]

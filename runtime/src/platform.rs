@@ -17,8 +17,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tidegate_policy::{
-    CheckOutcome, ColumnSpec, ColumnTag, DataType, ExportRules, GateReport, Level, Origin,
-    Principal, QueryShape, Role, ScenarioApprovals, ScenarioState, default_threshold,
+    CheckOutcome, ColumnSpec, ColumnTag, DataType, ExportEvent, ExportRules, GateReport, Level,
+    Origin, Principal, QueryShape, Role, ScenarioApprovals, ScenarioState, default_threshold,
 };
 use time::Date;
 
@@ -242,6 +242,16 @@ pub struct ApprovalView {
     pub comment: Option<String>,
 }
 
+/// One step of an export request's review.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExportStep {
+    pub state: String,
+    pub at: String,
+    pub by: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ScenarioView {
     pub id: String,
@@ -325,6 +335,9 @@ pub struct ExportView {
     pub result_hash: Option<String>,
     pub required_approvals: u64,
     pub reviews: Vec<ApprovalView>,
+    /// Every state the request went through, with who moved it and their comment (R-REVIEW).
+    #[serde(default)]
+    pub history: Vec<ExportStep>,
     /// The released rows as CSV, shown to reviewers only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preview: Option<String>,
@@ -438,10 +451,20 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, "ALTER TABLE dataset_versions ADD COLUMN context TEXT;"),
     (5, "ALTER TABLE exports ADD COLUMN groups_key BLOB;"),
     (6, "ALTER TABLE exports ADD COLUMN epsilon REAL;"),
+    (
+        7,
+        "CREATE TABLE export_events (
+             export_id TEXT NOT NULL REFERENCES exports(id), at TEXT NOT NULL,
+             state TEXT NOT NULL, actor TEXT NOT NULL, comment TEXT);
+         INSERT INTO export_events SELECT id, created_at, state, requested_by, NULL FROM exports;",
+    ),
 ];
 
 /// The schema version this build writes.
-const SCHEMA_VERSION: i64 = 6;
+const SCHEMA_VERSION: i64 = 7;
+
+/// Who moves an export when the gate does.
+const GATE_ACTOR: &str = "export gate";
 
 const LOCK_FILE: &str = "lock";
 
@@ -2453,7 +2476,12 @@ impl Platform {
         } else {
             (None, None, None)
         };
-        let state = if passed { "in_review" } else { "rejected" };
+        let checked =
+            tidegate_policy::next_export_state("submitted", ExportEvent::Checked { passed })?;
+        let state = match checked {
+            "checked" => tidegate_policy::next_export_state(checked, ExportEvent::SentToReview)?,
+            refused => refused,
+        };
         let required = tidegate_policy::required_export_approvals(job.level) as i64;
         let now = crate::now_rfc3339();
         let stored_bytes = passed.then_some(parquet.len() as i64);
@@ -2479,6 +2507,13 @@ impl Platform {
                 epsilon
             ],
         )?;
+        let mut steps = vec![("submitted", actor.id.as_str()), (checked, GATE_ACTOR)];
+        if state != checked {
+            steps.push((state, GATE_ACTOR));
+        }
+        for (step, by) in steps {
+            Self::record_export_step(&tx, &id, &now, step, by, None)?;
+        }
         self.audit.append_at(
             now,
             &actor.id,
@@ -2498,6 +2533,21 @@ impl Platform {
         tx.commit()?;
         drop(db);
         self.get_export(actor, &id)
+    }
+
+    fn record_export_step(
+        db: &Connection,
+        id: &str,
+        at: &str,
+        state: &str,
+        by: &str,
+        comment: Option<&str>,
+    ) -> Result<()> {
+        db.execute(
+            "INSERT INTO export_events VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id, at, state, by, comment],
+        )?;
+        Ok(())
     }
 
     fn export_row(db: &Connection, id: &str) -> Result<(ExportView, String, Option<Vec<u8>>)> {
@@ -2523,9 +2573,16 @@ impl Platform {
                 Ok(ApprovalView { by: r.get(0)?, as_role: r.get(1)?, at: r.get(2)?, comment: Some(r.get(3)?) })
             })?
             .collect::<rusqlite::Result<_>>()?;
+        let history: Vec<ExportStep> = db
+            .prepare("SELECT state, at, actor, comment FROM export_events WHERE export_id = ?1 ORDER BY rowid")?
+            .query_map(params![id], |r| {
+                Ok(ExportStep { state: r.get(0)?, at: r.get(1)?, by: r.get(2)?, comment: r.get(3)? })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
         Ok((
             ExportView {
                 id,
+                history,
                 job,
                 requested_by: by,
                 state,
@@ -2630,32 +2687,26 @@ impl Platform {
                 .collect();
             tidegate_policy::can_review_export(actor, &view.requested_by, &org, &approved_by)?;
             Self::require_active_scenario_of_job(&db, &view.job)?;
-            if view.state != "in_review" {
-                return Err(Error::BadInput(format!(
-                    "the export is {}, not in review",
-                    view.state
-                )));
-            }
+            let new_state = tidegate_policy::next_export_state(
+                &view.state,
+                ExportEvent::Reviewed {
+                    decision,
+                    approvals: approved_by.len() as u64 + u64::from(decision == "approve"),
+                    required: view.required_approvals,
+                },
+            )
+            .map_err(|r| Error::BadInput(r.reason))?;
             let hash = view
                 .result_hash
                 .clone()
                 .ok_or_else(|| Error::Internal("no result hash".into()))?;
-            let new_state = match decision {
-                "approve" if approved_by.len() as u64 + 1 >= view.required_approvals => "approved",
-                "approve" => "in_review",
-                "return" => "returned",
-                "reject" => "rejected",
-                _ => {
-                    return Err(Error::BadInput(
-                        "a decision is approve, return or reject".into(),
-                    ));
-                }
-            };
+            let now = crate::now_rfc3339();
             let tx = db.transaction()?;
             tx.execute(
                 "INSERT INTO export_reviews VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![id, actor.id, decision, comment, hash, crate::now_rfc3339()],
+                params![id, actor.id, decision, comment, hash, now],
             )?;
+            Self::record_export_step(&tx, id, &now, new_state, &actor.id, Some(comment))?;
             tx.execute(
                 "UPDATE exports SET state = ?2, decision_comment = ?3 WHERE id = ?1",
                 params![id, new_state, comment],
@@ -2681,12 +2732,7 @@ impl Platform {
         tidegate_policy::require_role(actor, Role::Scientist)?;
         tidegate_policy::require_training(actor)?;
         Self::require_active_scenario_of_job(&db, &view.job)?;
-        if !matches!(view.state.as_str(), "approved" | "released") {
-            return Err(Error::Refused(format!(
-                "the export is {}; only an approved export is released",
-                view.state
-            )));
-        }
+        let next = tidegate_policy::next_export_state(&view.state, ExportEvent::Released)?;
         let wrapped =
             wrapped.ok_or_else(|| Error::Internal("approved export without a result".into()))?;
         let parquet = self.load_object("exports", id, &wrapped)?;
@@ -2743,9 +2789,12 @@ impl Platform {
         )?;
         let tx = db.transaction()?;
         tx.execute(
-            "UPDATE exports SET state = 'released', released_at = COALESCE(released_at, ?2) WHERE id = ?1",
-            params![id, now],
+            "UPDATE exports SET state = ?3, released_at = COALESCE(released_at, ?2) WHERE id = ?1",
+            params![id, now, next],
         )?;
+        if view.state != next {
+            Self::record_export_step(&tx, id, &now, next, &actor.id, None)?;
+        }
         self.audit.append_at(
             now,
             &actor.id,

@@ -71,6 +71,18 @@ pub fn export_html(export: &Value) -> String {
             text(&r["comment"])
         )
     });
+    let history = list(&export["history"], &|s| {
+        let comment = s["comment"]
+            .as_str()
+            .map(|_| format!(": {}", text(&s["comment"])));
+        format!(
+            "{} at {} by {}{}",
+            text(&s["state"]),
+            text(&s["at"]),
+            text(&s["by"]),
+            comment.unwrap_or_default()
+        )
+    });
     let modules = list(&export["modules"], &|m| format!("<code>{}</code>", text(m)));
     format!(
         r#"<!doctype html>
@@ -89,6 +101,7 @@ pub fn export_html(export: &Value) -> String {
 {preview}</table>
 <h2>Earlier exports of this scenario</h2><ul>{earlier}</ul>
 <h2>Reviews</h2><ul>{reviews}</ul>
+<h2>History</h2><ol>{history}</ol>
 </body></html>
 "#,
         id = text(&export["id"]),

@@ -626,6 +626,95 @@ fn an_l3_export_needs_two_different_reviewers_of_other_orgs() {
     let done = second.review_export(eid, "approve", "second look").unwrap();
     assert_eq!(done["state"], "approved");
     assert_eq!(done["reviews"].as_array().unwrap().len(), 2);
+
+    // The requester sees every step with who took it and their comment, then releases it.
+    env.world
+        .scientist
+        .download_bundle(eid, &env.dir.path().join("bundle"))
+        .unwrap();
+    let seen = env
+        .world
+        .scientist
+        .ok("GET", &format!("/v1/exports/{eid}"), None)
+        .unwrap();
+    let steps: Vec<(&str, &str, Option<&str>)> = seen["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["state"].as_str().unwrap(),
+                s["by"].as_str().unwrap(),
+                s["comment"].as_str(),
+            )
+        })
+        .collect();
+    let requester = seen["requested_by"].as_str().unwrap();
+    let reviewer = first["reviews"][0]["by"].as_str().unwrap();
+    let second_reviewer = done["reviews"][1]["by"].as_str().unwrap();
+    assert_eq!(
+        steps,
+        vec![
+            ("submitted", requester, None),
+            ("checked", "export gate", None),
+            ("in_review", "export gate", None),
+            ("in_review", reviewer, Some("first look")),
+            ("approved", second_reviewer, Some("second look")),
+            ("released", requester, None),
+        ]
+    );
+}
+
+#[test]
+fn a_returned_export_tells_the_requester_why_and_cannot_be_released() {
+    let (env, sid, _) = active_scenario();
+    let j = job(
+        &env,
+        &sid,
+        "SELECT spot, count(*) AS visits FROM visits GROUP BY spot",
+        &[],
+    );
+    let export = env
+        .world
+        .scientist
+        .request_export(j["id"].as_str().unwrap())
+        .unwrap();
+    let eid = export["id"].as_str().unwrap();
+    env.world
+        .reviewer
+        .review_export(eid, "return", "please group by month as well")
+        .unwrap();
+    let seen = env
+        .world
+        .scientist
+        .ok("GET", &format!("/v1/exports/{eid}"), None)
+        .unwrap();
+    assert_eq!(seen["state"], "returned");
+    let last = seen["history"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (last["state"].as_str(), last["comment"].as_str()),
+        (Some("returned"), Some("please group by month as well"))
+    );
+    let refused = env
+        .world
+        .scientist
+        .download_bundle(eid, &env.dir.path().join("bundle"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("the export is returned; only an approved export is released"),
+        "{refused}"
+    );
+    let again = env
+        .world
+        .reviewer
+        .review_export(eid, "approve", "changed my mind")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        again.contains("the export is returned, not in review"),
+        "{again}"
+    );
 }
 
 #[test]
@@ -884,6 +973,8 @@ fn a_reviewer_sees_the_report_as_a_page_with_the_scenarios_earlier_exports_besid
         "Earlier exports of this scenario",
         first["id"].as_str().unwrap(),
         "&lt;i&gt;place&lt;/i&gt;",
+        "<h2>History</h2><ol><li>submitted at ",
+        "<li>in_review at ",
     ] {
         assert!(page.contains(expected), "{expected} missing from the page");
     }
