@@ -40,8 +40,9 @@ pub struct QueryShape {
     pub aggregated: bool,
     /// Why the query is not a gate-checkable aggregate, when it is not.
     pub not_aggregated_reason: Option<String>,
-    /// Each group key: its output name, and the tags of the column it is, or `None` when the
-    /// key is an expression rather than a column.
+    /// Each group key: its output name, and the tags of the column it is (`dimension` for an
+    /// expression over dimension columns only, a generalization such as a month or an age
+    /// band), or `None` for an expression over any other column.
     pub group_keys: Vec<(String, Option<Vec<ColumnTag>>)>,
     /// Names of the aggregate functions used.
     pub aggregates: Vec<String>,
@@ -122,7 +123,7 @@ pub fn check_shape(level: Level, shape: &QueryShape) -> CheckOutcome {
         match tags {
             None => {
                 return CheckOutcome::Fail(format!(
-                    "group key `{name}` is an expression, not a dimension column"
+                    "group key `{name}` is an expression over a column that is not a `dimension`"
                 ));
             }
             Some(tags) if !tags.contains(&ColumnTag::Dimension) => {
@@ -195,7 +196,7 @@ mod tests {
         let s = shape(&[("substr(id)", None)], &["count"]);
         assert_eq!(
             check(Level::L3, &s),
-            "fail: group key `substr(id)` is an expression, not a dimension column"
+            "fail: group key `substr(id)` is an expression over a column that is not a `dimension`"
         );
     }
 

@@ -253,9 +253,10 @@ impl FromStr for ScenarioState {
     }
 }
 
-/// How the gate desensitizes one output column before release (R-GATE 5).
+/// How the gate desensitizes one output column before release (R-GATE 5). Written as text:
+/// `mask`, `redact`, `pseudonymize`, `round:2`, `band:10`, `month`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(try_from = "String", into = "String")]
 pub enum Masking {
     /// The default mask of DOMAIN.md section 3 for the type detected in each value; a value
     /// of no detected type is starred out whole.
@@ -266,19 +267,114 @@ pub enum Masking {
     /// scenario, none can be recovered or enumerated without the key (a plain hash of a phone
     /// or ID number could).
     Pseudonymize,
+    /// Generalization: a number rounded to this many decimals (coordinates to 2 decimals are
+    /// about a kilometre).
+    Round(u32),
+    /// Generalization: a number replaced by its band of this width (`30-39` for 10).
+    Band(u64),
+    /// Generalization: a date (`YYYY-MM-DD...`) replaced by its month (`YYYY-MM`).
+    Month,
+}
+
+impl Masking {
+    /// Checks the rule's parameters.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            Masking::Round(d) if *d > 6 => Err(format!(
+                "round to {d} decimals generalizes nothing; at most 6"
+            )),
+            Masking::Band(0) => Err("a band is at least 1 wide".into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// The generalized value for a generalization rule; `***` for a value the rule cannot read
+    /// (never the value itself). `None` for the other rules.
+    pub fn generalize(&self, value: &str) -> Option<String> {
+        let number = || value.trim().parse::<f64>().ok().filter(|v| v.is_finite());
+        let unreadable = || "***".to_string();
+        Some(match self {
+            Masking::Round(d) => number().map_or_else(unreadable, |v| {
+                let f = 10f64.powi(*d as i32);
+                format!("{:.*}", *d as usize, (v * f).round() / f)
+            }),
+            Masking::Band(w) => number().map_or_else(unreadable, |v| {
+                let w = *w as i128;
+                let low = (v.floor() as i128).div_euclid(w) * w;
+                if w == 1 {
+                    low.to_string()
+                } else {
+                    format!("{low}-{}", low + w - 1)
+                }
+            }),
+            Masking::Month => {
+                let b = value.as_bytes();
+                let is_month = b.len() >= 7
+                    && b[..4].iter().all(u8::is_ascii_digit)
+                    && b[4] == b'-'
+                    && b[5..7].iter().all(u8::is_ascii_digit)
+                    && (b.len() == 7 || b[7] == b'-');
+                if is_month {
+                    value[..7].to_string()
+                } else {
+                    unreadable()
+                }
+            }
+            Masking::Mask | Masking::Redact | Masking::Pseudonymize => return None,
+        })
+    }
+}
+
+impl fmt::Display for Masking {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Masking::Mask => f.write_str("mask"),
+            Masking::Redact => f.write_str("redact"),
+            Masking::Pseudonymize => f.write_str("pseudonymize"),
+            Masking::Round(d) => write!(f, "round:{d}"),
+            Masking::Band(w) => write!(f, "band:{w}"),
+            Masking::Month => f.write_str("month"),
+        }
+    }
+}
+
+impl From<Masking> for String {
+    fn from(m: Masking) -> String {
+        m.to_string()
+    }
+}
+
+impl TryFrom<String> for Masking {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
 }
 
 impl FromStr for Masking {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "mask" => Ok(Masking::Mask),
-            "redact" => Ok(Masking::Redact),
-            "pseudonymize" => Ok(Masking::Pseudonymize),
-            _ => Err(format!(
-                "unknown masking `{s}`: expected mask, redact or pseudonymize"
-            )),
-        }
+        let expected = "expected mask, redact, pseudonymize, round:DECIMALS, band:WIDTH or month";
+        let rule = match s.split_once(':') {
+            None => match s {
+                "mask" => Masking::Mask,
+                "redact" => Masking::Redact,
+                "pseudonymize" => Masking::Pseudonymize,
+                "month" => Masking::Month,
+                _ => return Err(format!("unknown masking `{s}`: {expected}")),
+            },
+            Some(("round", d)) => Masking::Round(
+                d.parse()
+                    .map_err(|_| format!("`{s}`: round takes a number of decimals"))?,
+            ),
+            Some(("band", w)) => Masking::Band(
+                w.parse()
+                    .map_err(|_| format!("`{s}`: band takes a width"))?,
+            ),
+            Some(_) => return Err(format!("unknown masking `{s}`: {expected}")),
+        };
+        rule.validate()?;
+        Ok(rule)
     }
 }
 
@@ -334,5 +430,51 @@ pub struct Principal {
 impl Principal {
     pub fn has_role(&self, role: Role) -> bool {
         self.roles.contains(&role)
+    }
+}
+
+#[cfg(test)]
+mod masking_tests {
+    use super::*;
+
+    #[test]
+    fn masking_rules_read_and_write_as_text_and_check_their_parameters() {
+        for text in [
+            "mask",
+            "redact",
+            "pseudonymize",
+            "round:2",
+            "band:10",
+            "month",
+        ] {
+            let rule: Masking = text.parse().unwrap();
+            assert_eq!(rule.to_string(), text);
+            let json = serde_json::to_string(&rule).unwrap();
+            assert_eq!(json, format!("\"{text}\""));
+            assert_eq!(serde_json::from_str::<Masking>(&json).unwrap(), rule);
+        }
+        let refusals = [
+            ("band:0", "a band is at least 1 wide"),
+            ("round:9", "at most 6"),
+            ("round:x", "round takes a number of decimals"),
+            ("hash", "unknown masking `hash`"),
+        ];
+        for (text, reason) in refusals {
+            let err = text.parse::<Masking>().unwrap_err();
+            assert!(err.contains(reason), "{text}: {err}");
+        }
+        assert!(serde_json::from_str::<Masking>("\"band:0\"").is_err());
+    }
+
+    #[test]
+    fn a_band_covers_its_width_and_a_unit_band_is_the_integer() {
+        assert_eq!(
+            Masking::Band(10).generalize("39.9").as_deref(),
+            Some("30-39")
+        );
+        assert_eq!(Masking::Band(5).generalize("0").as_deref(), Some("0-4"));
+        assert_eq!(Masking::Band(1).generalize("7.5").as_deref(), Some("7"));
+        assert_eq!(Masking::Band(10).generalize("NaN").as_deref(), Some("***"));
+        assert_eq!(Masking::Mask.generalize("x"), None);
     }
 }

@@ -530,6 +530,7 @@ fn mask_value(
         Masking::Pseudonymize => pseudonyms
             .ok_or_else(|| Error::Internal("no pseudonymization key for this scenario".into()))?
             .pseudonym(value),
+        generalization => generalization.generalize(value).unwrap_or_default(),
     })
 }
 
@@ -550,11 +551,6 @@ fn describe_masking(batches: &[RecordBatch], masking: &BTreeMap<String, Masking>
     let parts: Vec<String> = masking
         .iter()
         .map(|(column, rule)| {
-            let rule = match rule {
-                Masking::Mask => "mask",
-                Masking::Redact => "redact",
-                Masking::Pseudonymize => "pseudonymize",
-            };
             if names.contains(column) {
                 format!("`{column}`: {rule} applied")
             } else {
@@ -717,6 +713,41 @@ mod tests {
         let redact: BTreeMap<String, Masking> = [("spot".to_string(), Masking::Redact)].into();
         let out = run_with(result(&["13812345678"], &[20]), &redact, None);
         assert_eq!(String::from_utf8(out.csv).unwrap(), "spot\n***\n");
+    }
+
+    #[test]
+    fn generalization_rules_coarsen_numbers_and_dates_and_never_pass_an_unreadable_value() {
+        let rules: BTreeMap<String, Masking> =
+            [("spot".to_string(), "band:10".parse().unwrap())].into();
+        let out = run_with(
+            result(&["37", "40", "-3", "old"], &[20, 20, 20, 20]),
+            &rules,
+            None,
+        );
+        assert_eq!(
+            String::from_utf8(out.csv).unwrap(),
+            "spot\n30-39\n40-49\n-10--1\n***\n"
+        );
+        let rules: BTreeMap<String, Masking> = [("spot".to_string(), Masking::Round(2))].into();
+        let out = run_with(result(&["30.274567", "120.15515"], &[20, 20]), &rules, None);
+        assert_eq!(String::from_utf8(out.csv).unwrap(), "spot\n30.27\n120.16\n");
+        let rules: BTreeMap<String, Masking> = [("spot".to_string(), Masking::Month)].into();
+        let out = run_with(
+            result(&["2026-05-17", "2026-05-17 08:00:00", "May"], &[20, 20, 20]),
+            &rules,
+            None,
+        );
+        assert_eq!(
+            String::from_utf8(out.csv).unwrap(),
+            "spot\n2026-05\n2026-05\n***\n"
+        );
+        assert!(
+            out.report
+                .check("desensitization")
+                .unwrap()
+                .detail
+                .contains("`spot`: month applied")
+        );
     }
 
     #[test]

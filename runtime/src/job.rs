@@ -1112,7 +1112,10 @@ fn rewrite(
             for g in &agg.group_expr {
                 let (name, tags) = match g {
                     Expr::Column(c) => (c.name.clone(), column_tags(c, tables)),
-                    other => (other.schema_name().to_string(), None),
+                    other => (
+                        other.schema_name().to_string(),
+                        generalized_tags(other, tables),
+                    ),
                 };
                 shape.group_keys.push((name, tags));
             }
@@ -1296,6 +1299,22 @@ fn column_tags(c: &Column, tables: &[TableInput]) -> Option<Vec<ColumnTag>> {
         [one] => Some(one.tags.clone()),
         _ => None,
     }
+}
+
+/// A group key computed from columns (a month of a date, a band of an age) is a dimension when
+/// every column it reads is one: it can only coarsen what they already show.
+fn generalized_tags(e: &Expr, tables: &[TableInput]) -> Option<Vec<ColumnTag>> {
+    let refs = e.column_refs();
+    let all_dimensions = !refs.is_empty()
+        && refs.iter().all(|c| {
+            column_tags(c, tables).is_some_and(|t| {
+                t.contains(&ColumnTag::Dimension)
+                    && !t
+                        .iter()
+                        .any(|t| matches!(t, ColumnTag::Pii(_) | ColumnTag::Entity))
+            })
+        });
+    all_dimensions.then(|| vec![ColumnTag::Dimension])
 }
 
 #[derive(Debug, Clone, Copy)]

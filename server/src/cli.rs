@@ -451,8 +451,9 @@ enum ScenarioCommand {
         k: Option<u64>,
         #[arg(long = "product")]
         products: Vec<String>,
-        /// COLUMN=mask|redact|pseudonymize: how the gate desensitizes an output column
-        /// (repeatable). Jobs can call `tg_pseudonym(x)` for the same keyed pseudonyms.
+        /// COLUMN=RULE: how the gate desensitizes an output column (repeatable). RULE is mask,
+        /// redact, pseudonymize, or a generalization: round:DECIMALS, band:WIDTH (30-39),
+        /// month (YYYY-MM). Jobs can call `tg_pseudonym(x)` for the same keyed pseudonyms.
         #[arg(long = "mask")]
         masking: Vec<String>,
         /// Total differential privacy budget (epsilon) of the scenario's releases.
@@ -795,7 +796,7 @@ fn run(cli: Cli) -> Result<()> {
                         .iter()
                         .map(|m| {
                             let (col, rule) = m.split_once('=').ok_or_else(|| {
-                                anyhow!("`{m}`: a masking rule is COLUMN=mask, COLUMN=redact or COLUMN=pseudonymize")
+                                anyhow!("`{m}`: a masking rule is COLUMN=RULE (mask, redact, pseudonymize, round:N, band:W, month)")
                             })?;
                             Ok((col.to_string(), json!(rule)))
                         })

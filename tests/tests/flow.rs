@@ -251,6 +251,32 @@ fn an_export_grouped_by_an_identifier_is_refused_by_the_gate() {
 }
 
 #[test]
+fn a_group_key_computed_from_a_dimension_passes_and_one_computed_from_an_identifier_does_not() {
+    let (env, sid, _) = active_scenario();
+    let coarse = export_of(
+        &env,
+        &sid,
+        "SELECT substr(spot, 1, 4) AS area, count(*) AS visits FROM visits GROUP BY substr(spot, 1, 4)",
+        &[],
+    );
+    assert_eq!(coarse["state"], "in_review", "{coarse}");
+    // The first six digits of a resident ID (the region code) are still the identifier's.
+    let derived = export_of(
+        &env,
+        &sid,
+        "SELECT substr(resident_id, 1, 6) AS region, count(*) AS visits FROM visits GROUP BY substr(resident_id, 1, 6)",
+        &[],
+    );
+    assert_eq!(derived["state"], "rejected");
+    let (passed, detail) = gate_check(&derived, "aggregation");
+    assert!(!passed);
+    assert!(
+        detail.contains("is an expression over a column that is not a `dimension`"),
+        "{detail}"
+    );
+}
+
+#[test]
 fn a_reviewer_of_the_requesters_org_cannot_approve() {
     let (env, sid, hash) = active_scenario();
     let j = job(&env, &sid, tidegate_server_demo_sql(), &[hash]);
