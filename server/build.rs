@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// (crate, file name in OUT_DIR) of every guest this build embeds.
-const GUESTS: [(&str, &str); 2] = [
+const GUESTS: [(&str, &str); 3] = [
     ("tidegate-example-visitor-udf", "visitor_udf.wasm"),
     ("tidegate-example-bench-udf", "bench_udf.wasm"),
+    ("tidegate-example-aggregate-udf", "aggregate_udf.wasm"),
 ];
 
 fn main() {
@@ -17,7 +18,12 @@ fn main() {
         .parent()
         .expect("server/ is inside the workspace");
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("set by cargo"));
-    for path in ["udf-sdk", "examples/visitor-udf", "examples/bench-udf"] {
+    for path in [
+        "udf-sdk",
+        "examples/visitor-udf",
+        "examples/bench-udf",
+        "examples/aggregate-udf",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(path).display());
     }
     let target_dir = out_dir.join("guest-target");

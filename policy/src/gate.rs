@@ -134,7 +134,7 @@ pub fn check_shape(level: Level, shape: &QueryShape) -> CheckOutcome {
     }
     if let Some(bad) = shape.aggregates.iter().find(|a| !is_allowed_aggregate(a)) {
         return CheckOutcome::Fail(format!(
-            "aggregate `{bad}` can reproduce a single subject's value; allowed: {}",
+            "aggregate `{bad}` is not one the gate can vouch for (it could reproduce a single subject's value, as min, max and any guest aggregate can); allowed: {}",
             ALLOWED_AGGREGATES.join(", ")
         ));
     }

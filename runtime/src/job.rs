@@ -101,6 +101,30 @@ impl Default for EngineLimits {
     }
 }
 
+/// The functions a job's SQL may call besides DataFusion's own: guest scalars and aggregates,
+/// and the runtime's built-ins.
+#[derive(Debug, Clone, Default)]
+pub struct Functions {
+    pub scalars: Vec<ScalarUDF>,
+    pub aggregates: Vec<datafusion::logical_expr::AggregateUDF>,
+}
+
+impl Functions {
+    pub fn extend(&mut self, more: Functions) {
+        self.scalars.extend(more.scalars);
+        self.aggregates.extend(more.aggregates);
+    }
+}
+
+impl From<Vec<ScalarUDF>> for Functions {
+    fn from(scalars: Vec<ScalarUDF>) -> Self {
+        Functions {
+            scalars,
+            aggregates: Vec::new(),
+        }
+    }
+}
+
 /// What a job produced.
 #[derive(Debug)]
 pub struct JobOutput {
@@ -336,7 +360,7 @@ impl datafusion::logical_expr::ScalarUDFImpl for Pseudonym {
 pub async fn run_query(
     sql: &str,
     tables: &[TableInput],
-    udfs: Vec<ScalarUDF>,
+    udfs: impl Into<Functions>,
     limits: EngineLimits,
 ) -> Result<JobOutput> {
     run_query_until(sql, tables, udfs, limits, std::future::pending()).await
@@ -346,7 +370,7 @@ pub async fn run_query(
 pub async fn run_query_until(
     sql: &str,
     tables: &[TableInput],
-    udfs: Vec<ScalarUDF>,
+    udfs: impl Into<Functions>,
     limits: EngineLimits,
     cancel: impl std::future::Future<Output = ()>,
 ) -> Result<JobOutput> {
@@ -370,8 +394,12 @@ pub async fn run_query_until(
         ctx.register_table(t.name.as_str(), table)
             .map_err(|e| Error::Internal(format!("table {}: {e}", t.name)))?;
     }
-    for u in udfs {
+    let udfs = udfs.into();
+    for u in udfs.scalars {
         ctx.register_udf(u);
+    }
+    for u in udfs.aggregates {
+        ctx.register_udaf(u);
     }
     let statement = only_a_query(sql)?;
     let plan = ctx
@@ -552,10 +580,11 @@ fn thread_cpu_ns() -> u64 {
 pub async fn run_query_isolated(
     sql: String,
     tables: Vec<TableInput>,
-    udfs: Vec<ScalarUDF>,
+    udfs: impl Into<Functions>,
     limits: EngineLimits,
     cancel: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> (Result<JobOutput>, JobCost) {
+    let udfs: Functions = udfs.into();
     let (done, answer) = tokio::sync::oneshot::channel();
     let spawned = std::thread::Builder::new()
         .name("tidegate-job".into())

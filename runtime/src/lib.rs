@@ -9,6 +9,7 @@ mod bundle;
 mod crypto;
 mod error;
 mod gate;
+mod guest_aggregate;
 mod job;
 mod metering;
 mod platform;
@@ -26,7 +27,7 @@ pub use crypto::{DataKey, MasterKey, PseudonymKey, SealedReader, random_token, s
 pub use error::{Error, Result};
 pub use gate::{GateInput, GateOutcome, Groups as GateGroups, evaluate as evaluate_gate};
 pub use job::{
-    EngineLimits, JobCost, JobOutput, TableData, TableInput, pseudonym_udf, run_query,
+    EngineLimits, Functions, JobCost, JobOutput, TableData, TableInput, pseudonym_udf, run_query,
     run_query_isolated, run_query_until,
 };
 pub use metering::{

@@ -401,12 +401,7 @@ struct ScenarioRow {
 
 /// A job ready to run: its tables, its guests' functions, the sealed sources it reads (for the
 /// bytes scanned) and the rows of its inputs.
-type PreparedJob = (
-    Vec<TableInput>,
-    Vec<datafusion::logical_expr::ScalarUDF>,
-    Vec<SealedSource>,
-    u64,
-);
+type PreparedJob = (Vec<TableInput>, job::Functions, Vec<SealedSource>, u64);
 
 /// A stored object's wrapped data key: kind, name, the context bound to it, the wrapped key.
 type WrappedKey = (String, String, String, Vec<u8>);
@@ -2272,13 +2267,13 @@ impl Platform {
                 },
             });
         }
-        let mut udfs = Vec::new();
+        let mut udfs = job::Functions::default();
         for wasm in modules {
             let module = self.sandbox.load(wasm)?;
-            udfs.extend(self.sandbox.scalar_udfs(&module, meter));
+            udfs.extend(self.sandbox.udfs(&module, meter));
         }
         // The runtime's own functions come last, so that no module can take their names.
-        udfs.push(job::pseudonym_udf(pseudonyms));
+        udfs.scalars.push(job::pseudonym_udf(pseudonyms));
         Ok((tables, udfs, sources, rows_scanned))
     }
 

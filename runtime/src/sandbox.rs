@@ -25,6 +25,7 @@ use wasmtime::{
 
 use crate::crypto::sha256_hex;
 use crate::error::{Error, Result};
+use crate::job::Functions;
 
 /// The ABI version this host speaks (udf-sdk/ABI.md).
 pub(crate) const ABI_VERSION: i32 = 1;
@@ -46,6 +47,7 @@ const MAX_FUNCTIONS: usize = 64;
 const MAX_ARGS: usize = 8;
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 const COLUMN_DESC: usize = 28;
+const MAX_STATE_COLUMNS: usize = 4;
 
 /// Limits applied to every store of a job, before instantiation.
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
@@ -130,10 +132,14 @@ impl WasmType {
 /// One function a module exports, as its manifest declares it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FunctionSig {
+    /// `scalar` or `aggregate`.
     pub kind: String,
     pub name: String,
     pub args: Vec<WasmType>,
     pub ret: WasmType,
+    /// An aggregate's partial state, one column per type.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub state: Vec<WasmType>,
 }
 
 /// A module that passed upload validation, compiled by this process.
@@ -310,17 +316,7 @@ impl Sandbox {
             ("tg_error", &none, &one),
         ];
         for (name, params, results) in required {
-            match module.get_export(name) {
-                Some(ExternType::Func(f))
-                    if f.params()
-                        .map(|p| p.to_string())
-                        .eq(params.iter().map(|p| p.to_string()))
-                        && f.results()
-                            .map(|p| p.to_string())
-                            .eq(results.iter().map(|p| p.to_string())) => {}
-                Some(_) => return Err(invalid(format!("export `{name}` has the wrong type"))),
-                None => return Err(invalid(format!("required export `{name}` is missing"))),
-            }
+            check_export(&module, name, params, results).map_err(invalid)?;
         }
         if !matches!(module.get_export("memory"), Some(ExternType::Memory(_))) {
             return Err(invalid("required export `memory` is missing".into()));
@@ -354,6 +350,19 @@ impl Sandbox {
         let manifest =
             String::from_utf8(manifest).map_err(|_| invalid("the manifest is not UTF-8".into()))?;
         validated.functions = parse_manifest(&manifest).map_err(invalid)?;
+        if validated.functions.iter().any(|f| f.kind == "aggregate") {
+            let four = [ValType::I32, ValType::I32, ValType::I32, ValType::I32];
+            let aggregate: [(&str, &[ValType], &[ValType]); 5] = [
+                ("tg_agg_update", &four, &one),
+                ("tg_agg_merge", &four, &one),
+                ("tg_agg_state", &one, &one),
+                ("tg_agg_evaluate", &one, &one),
+                ("tg_agg_reset", &one, &one),
+            ];
+            for (name, params, results) in aggregate {
+                check_export(&module, name, params, results).map_err(invalid)?;
+            }
+        }
         Ok(validated)
     }
 
@@ -431,6 +440,19 @@ impl Sandbox {
         }
     }
 
+    /// The scalar and aggregate UDFs of `module` for one job.
+    pub fn udfs(
+        self: &Arc<Self>,
+        module: &Arc<ValidatedModule>,
+        meter: &Arc<JobMeter>,
+    ) -> Functions {
+        let pool = self.session(module, meter).pool;
+        Functions {
+            scalars: self.scalar_udfs(module, meter),
+            aggregates: crate::guest_aggregate::aggregate_udfs(&pool),
+        }
+    }
+
     /// Scalar UDFs for a job over the functions of `module`; instances are created per job and
     /// never shared with another job.
     pub fn scalar_udfs(
@@ -456,6 +478,29 @@ impl Sandbox {
                 })
             })
             .collect()
+    }
+}
+
+/// An export the ABI requires, with its exact type.
+fn check_export(
+    module: &Module,
+    name: &str,
+    params: &[ValType],
+    results: &[ValType],
+) -> std::result::Result<(), String> {
+    match module.get_export(name) {
+        Some(ExternType::Func(f))
+            if f.params()
+                .map(|p| p.to_string())
+                .eq(params.iter().map(|p| p.to_string()))
+                && f.results()
+                    .map(|p| p.to_string())
+                    .eq(results.iter().map(|p| p.to_string())) =>
+        {
+            Ok(())
+        }
+        Some(_) => Err(format!("export `{name}` has the wrong type")),
+        None => Err(format!("required export `{name}` is missing")),
     }
 }
 
@@ -566,12 +611,36 @@ fn parse_manifest(text: &str) -> std::result::Result<Vec<FunctionSig>, String> {
                 line.chars().take(80).collect::<String>()
             )
         };
-        let rest = line.strip_prefix("scalar ").ok_or_else(|| {
-            "only scalar functions are supported by ABI version 1 (`scalar NAME(TYPES) -> TYPE`)"
-                .to_string()
-        })?;
+        let (kind, rest) = if let Some(rest) = line.strip_prefix("scalar ") {
+            ("scalar", rest)
+        } else if let Some(rest) = line.strip_prefix("aggregate ") {
+            ("aggregate", rest)
+        } else {
+            return Err("a manifest line is `scalar NAME(TYPES) -> TYPE` or `aggregate NAME(TYPE) -> TYPE state(TYPES)`".into());
+        };
         let (name, rest) = rest.split_once('(').ok_or_else(bad)?;
         let (args, ret) = rest.split_once(") -> ").ok_or_else(bad)?;
+        let (ret, state) = match kind {
+            "aggregate" => {
+                let (ret, state) = ret.split_once(" state(").ok_or_else(bad)?;
+                let state = state.strip_suffix(')').ok_or_else(bad)?;
+                let state: Vec<WasmType> = state
+                    .split(',')
+                    .map(|t| WasmType::parse(t.trim()).ok_or_else(bad))
+                    .collect::<std::result::Result<_, _>>()?;
+                if state.is_empty()
+                    || state.len() > MAX_STATE_COLUMNS
+                    || state.contains(&WasmType::Utf8)
+                {
+                    return Err(format!(
+                        "aggregate `{}` must keep 1 to {MAX_STATE_COLUMNS} state columns of fixed width or boolean",
+                        name.chars().take(80).collect::<String>()
+                    ));
+                }
+                (ret, state)
+            }
+            _ => (ret, Vec::new()),
+        };
         let name_ok = !name.is_empty()
             && name.len() <= 64
             && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
@@ -600,11 +669,15 @@ fn parse_manifest(text: &str) -> std::result::Result<Vec<FunctionSig>, String> {
         if out.iter().any(|f| f.name == name) {
             return Err(format!("function `{name}` is declared twice"));
         }
+        if kind == "aggregate" && args.len() != 1 {
+            return Err(format!("aggregate `{name}` must take exactly one argument"));
+        }
         out.push(FunctionSig {
-            kind: "scalar".into(),
+            kind: kind.into(),
             name: name.to_string(),
             args,
             ret,
+            state,
         });
         if out.len() > MAX_FUNCTIONS {
             return Err(format!("more than {MAX_FUNCTIONS} functions"));
@@ -727,7 +800,7 @@ impl GuestSession {
 }
 
 /// One live instance, owned by one job.
-struct Guest {
+pub(crate) struct Guest {
     store: Store<GuestState>,
     instance: Instance,
     memory: Memory,
@@ -837,15 +910,17 @@ impl Guest {
         Ok(self.bytes(ptr, len)?.to_vec())
     }
 
-    fn call_scalar(
+    /// Copies one batch (and, for aggregates, its group indices as u32 after it) into the
+    /// guest's input buffer. Returns the addresses of the batch and of the indices.
+    fn write_input(
         &mut self,
-        fn_id: i32,
-        sig: &FunctionSig,
         args: &[ArrayRef],
         n_rows: usize,
-    ) -> Result<ArrayRef> {
+        groups: Option<&[usize]>,
+    ) -> Result<(u32, u32)> {
         let input = encode_batch(args, n_rows)?;
-        let total = i32::try_from(input.len)
+        let groups_len = groups.map_or(0, |g| align8(g.len() * 4));
+        let total = i32::try_from(input.len + groups_len)
             .map_err(|_| Error::Limit("an input batch is over 2 GiB".into()))?;
         let alloc = self.alloc.clone();
         let base = self.metered("tg_alloc", |s| alloc.call(s, total))? as u32;
@@ -854,7 +929,16 @@ impl Guest {
                 "the guest could not allocate its input buffer".into(),
             ));
         }
-        let region = input.write_at(base)?;
+        let mut region = input.write_at(base)?;
+        if let Some(groups) = groups {
+            region.reserve(groups_len);
+            for g in groups {
+                let g =
+                    u32::try_from(*g).map_err(|_| Error::Limit("more than 2^32 groups".into()))?;
+                region.extend_from_slice(&g.to_le_bytes());
+            }
+            region.resize(input.len + groups_len, 0);
+        }
         let start = base as usize;
         let dst = self
             .memory
@@ -864,6 +948,20 @@ impl Guest {
                 Error::BadInput("the guest's input buffer lies outside its memory".into())
             })?;
         dst.copy_from_slice(&region);
+        let groups_at = u32::try_from(start + input.len).map_err(|_| {
+            Error::BadInput("the guest's input buffer lies outside its memory".into())
+        })?;
+        Ok((base, groups_at))
+    }
+
+    fn call_scalar(
+        &mut self,
+        fn_id: i32,
+        sig: &FunctionSig,
+        args: &[ArrayRef],
+        n_rows: usize,
+    ) -> Result<ArrayRef> {
+        let (base, _) = self.write_input(args, n_rows, None)?;
         let scalar = self.scalar.clone();
         let out = self.metered(&sig.name, |s| scalar.call(s, (fn_id, base as i32)))?;
         if out == 0 {
@@ -874,22 +972,137 @@ impl Guest {
                 sig.name
             )));
         }
-        self.decode_output(out as u32, sig, n_rows)
+        self.decode_column(out as u32, sig.ret, &sig.name, n_rows)
     }
 
-    fn decode_output(&self, desc: u32, sig: &FunctionSig, n_rows: usize) -> Result<ArrayRef> {
+    /// Calls an aggregate's `tg_agg_update` (or, with `merge`, `tg_agg_merge` over state
+    /// columns) on one batch with its group indices.
+    pub(crate) fn aggregate_batch(
+        &mut self,
+        merge: bool,
+        fn_id: i32,
+        sig: &FunctionSig,
+        columns: &[ArrayRef],
+        groups: &[usize],
+        total_groups: usize,
+    ) -> Result<()> {
+        let (base, groups_at) = self.write_input(columns, groups.len(), Some(groups))?;
+        let total = i32::try_from(total_groups)
+            .map_err(|_| Error::Limit("more than 2^31 groups".into()))?;
+        let name = if merge {
+            "tg_agg_merge"
+        } else {
+            "tg_agg_update"
+        };
+        let f: TypedFunc<(i32, i32, i32, i32), i32> = self
+            .instance
+            .get_typed_func(&mut self.store, name)
+            .map_err(|_| Error::BadInput(format!("invalid module: `{name}` missing")))?;
+        let ok = self.metered(&sig.name, |s| {
+            f.call(s, (fn_id, base as i32, groups_at as i32, total))
+        })?;
+        if ok != 1 {
+            return Err(Error::BadInput(format!(
+                "function `{}` reported an error",
+                sig.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// An aggregate's partial state for its `n_groups` groups, one array per state column.
+    pub(crate) fn aggregate_state(
+        &mut self,
+        fn_id: i32,
+        sig: &FunctionSig,
+        n_groups: usize,
+    ) -> Result<Vec<ArrayRef>> {
+        let desc = self.call_i32("tg_agg_state", fn_id)?;
+        if desc == 0 {
+            return Err(Error::BadInput(format!(
+                "function `{}` reported an error",
+                sig.name
+            )));
+        }
+        let desc = desc as u32;
+        let (rows, cols) = (
+            self.u32_at(desc, 0)? as usize,
+            self.u32_at(desc, 1)? as usize,
+        );
+        if rows != n_groups || cols != sig.state.len() {
+            return Err(Error::BadInput(format!(
+                "function `{}` returned a state of {rows} groups and {cols} columns where {n_groups} and {} were due",
+                sig.name,
+                sig.state.len()
+            )));
+        }
+        sig.state
+            .iter()
+            .enumerate()
+            .map(|(i, ty)| {
+                let at = desc
+                    .checked_add((8 + COLUMN_DESC * i) as u32)
+                    .ok_or_else(|| {
+                        Error::BadInput("the guest returned a wrapping pointer".into())
+                    })?;
+                self.decode_column(at, *ty, &sig.name, n_groups)
+            })
+            .collect()
+    }
+
+    /// An aggregate's final values for its `n_groups` groups.
+    pub(crate) fn aggregate_evaluate(
+        &mut self,
+        fn_id: i32,
+        sig: &FunctionSig,
+        n_groups: usize,
+    ) -> Result<ArrayRef> {
+        let desc = self.call_i32("tg_agg_evaluate", fn_id)?;
+        if desc == 0 {
+            return Err(Error::BadInput(format!(
+                "function `{}` reported an error",
+                sig.name
+            )));
+        }
+        self.decode_column(desc as u32, sig.ret, &sig.name, n_groups)
+    }
+
+    /// Forgets every group of an aggregate.
+    pub(crate) fn aggregate_reset(&mut self, fn_id: i32, sig: &FunctionSig) -> Result<()> {
+        if self.call_i32("tg_agg_reset", fn_id)? != 1 {
+            return Err(Error::BadInput(format!(
+                "function `{}` reported an error",
+                sig.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// Bytes of guest memory: what an aggregate's groups may occupy.
+    pub(crate) fn memory_size(&self) -> usize {
+        self.memory.data_size(&self.store)
+    }
+
+    /// Reads and validates one column descriptor the guest returned.
+    fn decode_column(
+        &self,
+        desc: u32,
+        ty: WasmType,
+        fname: &str,
+        n_rows: usize,
+    ) -> Result<ArrayRef> {
         let field = |i| self.u32_at(desc, i);
         let (type_id, len) = (field(0)?, field(1)? as usize);
         let (validity, offsets, data, data_len) =
             (field(3)?, field(4)?, field(5)?, field(6)? as usize);
-        let bad = |why: &str| Error::BadInput(format!("function `{}` returned {why}", sig.name));
-        if type_id != sig.ret.id() {
+        let bad = |why: &str| Error::BadInput(format!("function `{fname}` returned {why}"));
+        if type_id != ty.id() {
             return Err(bad("a column of another type than it declared"));
         }
         if len != n_rows {
             return Err(bad(&format!("{len} rows for a batch of {n_rows}")));
         }
-        let expected_data = match sig.ret {
+        let expected_data = match ty {
             WasmType::Utf8 => data_len,
             WasmType::Boolean => n_rows.div_ceil(8),
             t => n_rows * t.width(),
@@ -898,7 +1111,7 @@ impl Guest {
             return Err(bad("a data buffer of the wrong size"));
         }
         let total = data_len as u64
-            + if sig.ret == WasmType::Utf8 {
+            + if ty == WasmType::Utf8 {
                 (n_rows as u64 + 1) * 4
             } else {
                 0
@@ -915,12 +1128,12 @@ impl Guest {
             Some(Buffer::from(self.bytes(validity, n_rows.div_ceil(8))?))
         };
         let mut buffers = Vec::with_capacity(2);
-        if sig.ret == WasmType::Utf8 {
+        if ty == WasmType::Utf8 {
             buffers.push(Buffer::from(self.bytes(offsets, (n_rows + 1) * 4)?));
         }
         buffers.push(Buffer::from(self.bytes(data, data_len)?));
         // `try_new` validates everything: lengths, offsets, UTF-8 and the null bitmap.
-        let array = ArrayData::try_new(sig.ret.arrow(), n_rows, nulls, 0, buffers, vec![])
+        let array = ArrayData::try_new(ty.arrow(), n_rows, nulls, 0, buffers, vec![])
             .map_err(|_| bad("malformed Arrow data"))?;
         Ok(make_array(array))
     }
@@ -1089,9 +1302,9 @@ impl EncodedBatch {
 
 /// The instances of one module for one job: created on demand, reused across the job's
 /// batches, dropped after any trap, and never handed to another job.
-struct JobInstances {
+pub(crate) struct JobInstances {
     sandbox: Arc<Sandbox>,
-    module: Arc<ValidatedModule>,
+    pub(crate) module: Arc<ValidatedModule>,
     meter: Arc<JobMeter>,
     idle: Mutex<Vec<Guest>>,
 }
@@ -1103,6 +1316,12 @@ impl std::fmt::Debug for JobInstances {
 }
 
 impl JobInstances {
+    /// An instance of its own for an aggregate's groups: it holds their state between calls
+    /// and is dropped with the accumulator, never pooled.
+    pub(crate) fn dedicated(&self) -> Result<Guest> {
+        self.sandbox.instantiate(&self.module, &self.meter)
+    }
+
     fn call(
         &self,
         fn_id: i32,

@@ -1127,7 +1127,22 @@ fn inspect(file: &Path) -> Result<()> {
             .map(|a| format!("{a:?}").to_ascii_lowercase())
             .collect();
         let ret = format!("{:?}", f.ret).to_ascii_lowercase();
-        println!("  {} {}({}) -> {ret}", f.kind, f.name, args.join(", "));
+        let state: Vec<String> = f
+            .state
+            .iter()
+            .map(|t| format!("{t:?}").to_ascii_lowercase())
+            .collect();
+        let state = if state.is_empty() {
+            String::new()
+        } else {
+            format!(" (state: {})", state.join(", "))
+        };
+        println!(
+            "  {} {}({}) -> {ret}{state}",
+            f.kind,
+            f.name,
+            args.join(", ")
+        );
     }
     Ok(())
 }
@@ -1141,17 +1156,17 @@ fn dev_run(
 ) -> Result<()> {
     let sandbox = Arc::new(Sandbox::new()?);
     let meter = Arc::new(JobMeter::new(limits));
-    let mut udfs = Vec::new();
+    let mut udfs = tidegate_runtime::Functions::default();
     for m in modules {
         let wasm = std::fs::read(m).with_context(|| format!("cannot read {}", m.display()))?;
         let module = sandbox
             .load(&wasm)
             .map_err(|e| anyhow!("{}: {e}", m.display()))?;
-        udfs.extend(sandbox.scalar_udfs(&module, &meter));
+        udfs.extend(sandbox.udfs(&module, &meter));
     }
     // The runtime's own functions exist here too: a job is a job wherever it runs. Local
     // pseudonyms use a key made for this run alone.
-    udfs.push(tidegate_runtime::pseudonym_udf(
+    udfs.scalars.push(tidegate_runtime::pseudonym_udf(
         tidegate_runtime::DataKey::generate().pseudonym_key("dev-run"),
     ));
     let mut inputs = Vec::new();

@@ -19,5 +19,9 @@ pub use report::{annual_report_html, export_html};
 /// The example UDF module (examples/visitor-udf), built for wasm32 by this crate's build script.
 pub const VISITOR_UDF_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/visitor_udf.wasm"));
 
+/// Aggregate UDFs (examples/aggregate-udf), built for wasm32 by this crate's build script.
+pub const AGGREGATE_UDF_WASM: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/aggregate_udf.wasm"));
+
 /// The benchmark workloads (examples/bench-udf), built for wasm32 by this crate's build script.
 pub const BENCH_UDF_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bench_udf.wasm"));

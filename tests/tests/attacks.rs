@@ -4,7 +4,7 @@
 //! an aggregate, 60 rows of one subject, a group key built from an identifier and differencing
 //! by one subject are in `flow.rs`.)
 
-use tidegate_server::visitor_csv;
+use tidegate_server::{AGGREGATE_UDF_WASM, visitor_csv};
 
 mod common;
 use common::{
@@ -161,4 +161,27 @@ fn a_tracker_pair_of_queries_is_refused_by_differencing() {
         "{detail}"
     );
     assert!(!detail.contains("West Lake") && !detail.contains("target"));
+}
+
+#[test]
+fn a_guest_aggregate_that_returns_one_subjects_value_is_refused_on_l2_data() {
+    let (env, sid, _) = active_scenario();
+    let (module, _) = env.world.publish_module(&sid, AGGREGATE_UDF_WASM).unwrap();
+    let hash = module["hash"].as_str().unwrap().to_string();
+    // `largest` is the biggest spend of the group: one visitor's own value. The job runs (its
+    // result stays in the domain); the export gate refuses it, as it refuses any guest
+    // aggregate on L2 or L3 data, whatever its name promises.
+    for sql in [
+        "SELECT spot, largest(CAST(spend * 100 AS BIGINT)) AS top FROM visits GROUP BY spot",
+        "SELECT spot, sum_sq(spend) AS s FROM visits GROUP BY spot",
+    ] {
+        let e = export(&env, &sid, sql, std::slice::from_ref(&hash));
+        assert_eq!(e["state"], "rejected", "{sql}: {e}");
+        let (passed, detail) = check(&e, "aggregation");
+        assert!(!passed);
+        assert!(
+            detail.contains("is not one the gate can vouch for"),
+            "{detail}"
+        );
+    }
 }

@@ -327,11 +327,71 @@ impl<'a> Batch<'a> {
     }
 }
 
+/// An aggregate function over one argument column, kept per group: the shape of a groups
+/// accumulator (update with group indices, merge partial states, state, evaluate). The host
+/// calls it through the `tg_agg_*` exports that [`export_udfs!`] generates.
+///
+/// ```text
+/// #[derive(Default)]
+/// struct SumSquares(f64);
+/// impl Aggregate for SumSquares {
+///     type Arg = f64; type Out = f64; type State = (f64,);
+///     fn update(&mut self, x: f64) { self.0 += x * x }
+///     fn merge(&mut self, (s,): (f64,)) { self.0 += s }
+///     fn state(&self) -> (f64,) { (self.0,) }
+///     fn finish(&self) -> Option<f64> { Some(self.0) }
+/// }
+/// ```
+/// NULL arguments are skipped; a group that saw no row still gets `finish` of its default.
+pub trait Aggregate: Default + 'static {
+    type Arg: for<'a> Arg<'a>;
+    type Out: Ret;
+    /// The partial state exchanged between partitions: one column per tuple element.
+    type State: StateValues;
+    fn update(&mut self, x: Self::Arg);
+    fn merge(&mut self, other: Self::State);
+    fn state(&self) -> Self::State;
+    fn finish(&self) -> Option<Self::Out>;
+}
+
+/// A tuple of fixed-width values exchanged as the state of an [`Aggregate`].
+pub trait StateValues: Sized {
+    fn types() -> Vec<Type>;
+    fn push(self, outs: &mut [Output]);
+    /// The values at `row`; the caller has checked that none is NULL.
+    fn get(cols: &[Column<'_>], row: usize) -> Self;
+}
+
+macro_rules! state_tuple {
+    ($($t:ident $i:tt),+) => {
+        impl<$($t: Ret + for<'a> Arg<'a>),+> StateValues for ($($t,)+) {
+            fn types() -> Vec<Type> {
+                vec![$(<$t as Ret>::TYPE),+]
+            }
+            fn push(self, outs: &mut [Output]) {
+                $(Ret::push(self.$i, &mut outs[$i]);)+
+            }
+            fn get(cols: &[Column<'_>], row: usize) -> Self {
+                ($(<$t as Arg<'_>>::get(&cols[$i], row),)+)
+            }
+        }
+    };
+}
+state_tuple!(A 0);
+state_tuple!(A 0, B 1);
+state_tuple!(A 0, B 1, C 2);
+state_tuple!(A 0, B 1, C 2, D 3);
+
 /// Guest-side state that must outlive a call: the host reads it after the call returns.
 struct State {
     input: Vec<u64>,
     output: Option<Output>,
     out_desc: [u32; 7],
+    /// The state columns of an aggregate and their batch descriptor.
+    state_outputs: Vec<Output>,
+    state_desc: Vec<u32>,
+    /// Per aggregate function id: its groups (a `Vec<T>` of its [`Aggregate`] type).
+    groups: Vec<Option<Box<dyn std::any::Any>>>,
     error: String,
     error_desc: [u32; 2],
     manifest: String,
@@ -343,6 +403,9 @@ thread_local! {
         input: Vec::new(),
         output: None,
         out_desc: [0; 7],
+        state_outputs: Vec::new(),
+        state_desc: Vec::new(),
+        groups: Vec::new(),
         error: String::new(),
         error_desc: [0; 2],
         manifest: String::new(),
@@ -424,6 +487,186 @@ pub fn __signature(name: &str, args: &[Type], ret: Type) -> String {
 }
 
 #[doc(hidden)]
+pub fn __aggregate_signature<T: Aggregate>(name: &str) -> String {
+    let state: Vec<&str> = T::State::types().iter().map(|t| t.name()).collect();
+    format!(
+        "aggregate {name}({}) -> {} state({})",
+        <T::Arg as Arg<'static>>::TYPE.name(),
+        <T::Out as Ret>::TYPE.name(),
+        state.join(",")
+    )
+}
+
+fn descriptor(out: &Output) -> [u32; 7] {
+    [
+        out.ty as u32,
+        out.len as u32,
+        out.null_count as u32,
+        if out.null_count > 0 {
+            ptr(out.validity.as_ptr())
+        } else {
+            0
+        },
+        if out.ty == Type::Utf8 {
+            ptr(out.offsets.as_ptr())
+        } else {
+            0
+        },
+        ptr(out.data.as_ptr()),
+        out.data_len() as u32,
+    ]
+}
+
+/// Runs `f` on the groups of aggregate `fn_id`, creating them on first use.
+fn with_groups<T: Aggregate, R>(fn_id: i32, f: impl FnOnce(&mut Vec<T>) -> R) -> Result<R, String> {
+    let slot = usize::try_from(fn_id).map_err(|_| "bad function id".to_string())?;
+    // Taken out while `f` runs, so that the user's code never sees the borrowed state.
+    let mut taken = STATE.with_borrow_mut(|s| {
+        if s.groups.len() <= slot {
+            s.groups.resize_with(slot + 1, || None);
+        }
+        s.groups[slot].take()
+    });
+    let groups = match taken.as_mut().map(|b| b.downcast_mut::<Vec<T>>()) {
+        Some(Some(g)) => g,
+        Some(None) => return Err("aggregate state of another type".into()),
+        None => {
+            taken = Some(Box::new(Vec::<T>::new()));
+            taken
+                .as_mut()
+                .and_then(|b| b.downcast_mut::<Vec<T>>())
+                .expect("just created")
+        }
+    };
+    let r = f(groups);
+    STATE.with_borrow_mut(|s| s.groups[slot] = taken);
+    Ok(r)
+}
+
+fn status(result: Result<(), String>) -> i32 {
+    match result {
+        Ok(()) => 1,
+        Err(e) => {
+            STATE.with_borrow_mut(|s| s.error = e);
+            0
+        }
+    }
+}
+
+fn group_index(groups: &[u8], row: usize) -> usize {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&groups[row * 4..row * 4 + 4]);
+    u32::from_le_bytes(b) as usize
+}
+
+#[doc(hidden)]
+pub fn __agg_update<T: Aggregate>(fn_id: i32, batch: i32, groups: i32, total: i32) -> i32 {
+    status((|| {
+        let b = parse_batch(batch as u32)?;
+        b.expect_types(&[<T::Arg as Arg<'_>>::TYPE])?;
+        let total = usize::try_from(total).map_err(|_| "bad group count".to_string())?;
+        let indices = slice(groups as u32, b.n_rows * 4);
+        let col = b.column(0);
+        with_groups::<T, _>(fn_id, |states| {
+            if states.len() < total {
+                states.resize_with(total, T::default);
+            }
+            for row in 0..b.n_rows {
+                if col.is_null(row) {
+                    continue;
+                }
+                let g = group_index(indices, row);
+                let s = states.get_mut(g).ok_or("group index out of range")?;
+                s.update(<T::Arg as Arg<'_>>::get(col, row));
+            }
+            Ok(())
+        })?
+    })())
+}
+
+#[doc(hidden)]
+pub fn __agg_merge<T: Aggregate>(fn_id: i32, batch: i32, groups: i32, total: i32) -> i32 {
+    status((|| {
+        let b = parse_batch(batch as u32)?;
+        b.expect_types(&T::State::types())?;
+        let total = usize::try_from(total).map_err(|_| "bad group count".to_string())?;
+        let indices = slice(groups as u32, b.n_rows * 4);
+        let cols: Vec<Column<'_>> = (0..b.columns.len()).map(|i| *b.column(i)).collect();
+        with_groups::<T, _>(fn_id, |states| {
+            if states.len() < total {
+                states.resize_with(total, T::default);
+            }
+            for row in 0..b.n_rows {
+                if cols.iter().any(|c| c.is_null(row)) {
+                    continue;
+                }
+                let g = group_index(indices, row);
+                let s = states.get_mut(g).ok_or("group index out of range")?;
+                s.merge(T::State::get(&cols, row));
+            }
+            Ok(())
+        })?
+    })())
+}
+
+#[doc(hidden)]
+pub fn __agg_state<T: Aggregate>(fn_id: i32) -> i32 {
+    let built = with_groups::<T, _>(fn_id, |states| {
+        let mut outs: Vec<Output> = T::State::types()
+            .into_iter()
+            .map(|t| Output::new(t, states.len()))
+            .collect();
+        for s in states.iter() {
+            s.state().push(&mut outs);
+        }
+        (states.len(), outs)
+    });
+    match built {
+        Ok((n_rows, outs)) => STATE.with_borrow_mut(|s| {
+            s.state_desc = vec![n_rows as u32, outs.len() as u32];
+            for out in &outs {
+                s.state_desc.extend_from_slice(&descriptor(out));
+            }
+            s.state_outputs = outs;
+            ptr(s.state_desc.as_ptr()) as i32
+        }),
+        Err(e) => status(Err(e)),
+    }
+}
+
+#[doc(hidden)]
+pub fn __agg_evaluate<T: Aggregate>(fn_id: i32) -> i32 {
+    let built = with_groups::<T, _>(fn_id, |states| {
+        let mut out = Output::new(<T::Out as Ret>::TYPE, states.len());
+        for s in states.iter() {
+            match s.finish() {
+                Some(v) => v.push(&mut out),
+                None => out.push_null(),
+            }
+        }
+        out
+    });
+    match built {
+        Ok(out) => STATE.with_borrow_mut(|s| {
+            s.out_desc = descriptor(&out);
+            s.output = Some(out);
+            ptr(s.out_desc.as_ptr()) as i32
+        }),
+        Err(e) => status(Err(e)),
+    }
+}
+
+#[doc(hidden)]
+pub fn __agg_reset<T: Aggregate>(fn_id: i32) -> i32 {
+    status(with_groups::<T, _>(fn_id, |states| *states = Vec::new()))
+}
+
+#[doc(hidden)]
+pub fn __no_function(fn_id: i32) -> i32 {
+    status(Err(format!("no aggregate function with id {fn_id}")))
+}
+
+#[doc(hidden)]
 pub fn __manifest(lines: &[String]) -> i32 {
     STATE.with_borrow_mut(|s| {
         s.manifest = lines.join("\n");
@@ -442,23 +685,7 @@ pub fn __scalar(desc: i32, run: impl FnOnce(&Batch<'_>) -> Result<Output, String
     let result = parse_batch(desc as u32).and_then(|batch| run(&batch));
     STATE.with_borrow_mut(|s| match result {
         Ok(out) => {
-            s.out_desc = [
-                out.ty as u32,
-                out.len as u32,
-                out.null_count as u32,
-                if out.null_count > 0 {
-                    ptr(out.validity.as_ptr())
-                } else {
-                    0
-                },
-                if out.ty == Type::Utf8 {
-                    ptr(out.offsets.as_ptr())
-                } else {
-                    0
-                },
-                ptr(out.data.as_ptr()),
-                out.data_len() as u32,
-            ];
+            s.out_desc = descriptor(&out);
             s.output = Some(out);
             ptr(s.out_desc.as_ptr()) as i32
         }
@@ -469,11 +696,89 @@ pub fn __scalar(desc: i32, run: impl FnOnce(&Batch<'_>) -> Result<Output, String
     })
 }
 
-/// Exports the listed functions as scalar UDFs of the Tidegate ABI. Each function takes its
-/// arguments by value (`&str` for `utf8`) and returns `Option<RET>`.
+/// Exports the listed functions as UDFs of the Tidegate ABI: scalar functions first, each
+/// taking its arguments by value (`&str` for `utf8`) and returning `Option<RET>`, then
+/// aggregates, each a type implementing [`Aggregate`] under the SQL name given:
+///
+/// ```text
+/// export_udfs! {
+///     scalar fn double(x: i64) -> i64;
+///     aggregate sum_sq = SumSquares;
+/// }
+/// ```
 #[macro_export]
 macro_rules! export_udfs {
-    ($(scalar fn $name:ident($($arg:ident : $ty:ty),* $(,)?) -> $ret:ty;)+) => {
+    (
+        $(scalar fn $name:ident($($arg:ident : $ty:ty),* $(,)?) -> $ret:ty;)*
+        $(aggregate $aname:ident = $aty:ty;)*
+    ) => {
+        const TG_SCALARS: i32 = [$(stringify!($name)),*].len() as i32;
+
+        #[unsafe(no_mangle)]
+        #[allow(unused_mut, unused_assignments)]
+        pub extern "C" fn tg_agg_update(fn_id: i32, batch: i32, groups: i32, total: i32) -> i32 {
+            let mut id = TG_SCALARS;
+            $(
+                if fn_id == id {
+                    return $crate::__agg_update::<$aty>(fn_id, batch, groups, total);
+                }
+                id += 1;
+            )*
+            $crate::__no_function(fn_id)
+        }
+
+        #[unsafe(no_mangle)]
+        #[allow(unused_mut, unused_assignments)]
+        pub extern "C" fn tg_agg_merge(fn_id: i32, batch: i32, groups: i32, total: i32) -> i32 {
+            let mut id = TG_SCALARS;
+            $(
+                if fn_id == id {
+                    return $crate::__agg_merge::<$aty>(fn_id, batch, groups, total);
+                }
+                id += 1;
+            )*
+            $crate::__no_function(fn_id)
+        }
+
+        #[unsafe(no_mangle)]
+        #[allow(unused_mut, unused_assignments)]
+        pub extern "C" fn tg_agg_state(fn_id: i32) -> i32 {
+            let mut id = TG_SCALARS;
+            $(
+                if fn_id == id {
+                    return $crate::__agg_state::<$aty>(fn_id);
+                }
+                id += 1;
+            )*
+            $crate::__no_function(fn_id)
+        }
+
+        #[unsafe(no_mangle)]
+        #[allow(unused_mut, unused_assignments)]
+        pub extern "C" fn tg_agg_evaluate(fn_id: i32) -> i32 {
+            let mut id = TG_SCALARS;
+            $(
+                if fn_id == id {
+                    return $crate::__agg_evaluate::<$aty>(fn_id);
+                }
+                id += 1;
+            )*
+            $crate::__no_function(fn_id)
+        }
+
+        #[unsafe(no_mangle)]
+        #[allow(unused_mut, unused_assignments)]
+        pub extern "C" fn tg_agg_reset(fn_id: i32) -> i32 {
+            let mut id = TG_SCALARS;
+            $(
+                if fn_id == id {
+                    return $crate::__agg_reset::<$aty>(fn_id);
+                }
+                id += 1;
+            )*
+            $crate::__no_function(fn_id)
+        }
+
         #[unsafe(no_mangle)]
         pub extern "C" fn tg_abi_version() -> i32 {
             $crate::ABI_VERSION
@@ -491,13 +796,16 @@ macro_rules! export_udfs {
 
         #[unsafe(no_mangle)]
         pub extern "C" fn tg_manifest() -> i32 {
-            $crate::__manifest(&[$(
-                $crate::__signature(
+            let mut lines: Vec<String> = Vec::new();
+            $(
+                lines.push($crate::__signature(
                     stringify!($name),
                     &[$(<$ty as $crate::Arg<'static>>::TYPE),*],
                     <$ret as $crate::Ret>::TYPE,
-                )
-            ),+])
+                ));
+            )*
+            $(lines.push($crate::__aggregate_signature::<$aty>(stringify!($aname)));)*
+            $crate::__manifest(&lines)
         }
 
         #[unsafe(no_mangle)]
@@ -528,7 +836,7 @@ macro_rules! export_udfs {
                         return Ok(out);
                     }
                     id += 1;
-                )+
+                )*
                 Err(format!("no scalar function with id {fn_id}"))
             })
         }

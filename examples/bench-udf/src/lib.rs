@@ -27,10 +27,33 @@ pub fn mask_mobile(mobile: &str) -> Option<String> {
     Some(out)
 }
 
+/// Sum of squares per group: the aggregate workload.
+#[derive(Default)]
+pub struct SumSquares(f64);
+
+impl tidegate_udf_sdk::Aggregate for SumSquares {
+    type Arg = f64;
+    type Out = f64;
+    type State = (f64,);
+    fn update(&mut self, x: f64) {
+        self.0 += x * x;
+    }
+    fn merge(&mut self, (s,): (f64,)) {
+        self.0 += s;
+    }
+    fn state(&self) -> (f64,) {
+        (self.0,)
+    }
+    fn finish(&self) -> Option<f64> {
+        Some(self.0)
+    }
+}
+
 tidegate_udf_sdk::export_udfs! {
     scalar fn plus_one(x: f64) -> f64;
     scalar fn gcd(a: i64, b: i64) -> i64;
     scalar fn mask_mobile(mobile: &str) -> String;
+    aggregate sum_sq = SumSquares;
 }
 
 #[cfg(test)]
