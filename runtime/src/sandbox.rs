@@ -4,6 +4,7 @@
 //! Every byte a guest returns is untrusted: pointers and lengths are bounds-checked with
 //! checked arithmetic and arrays are built with arrow-rs's validating constructors.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -929,25 +930,22 @@ impl Guest {
                 "the guest could not allocate its input buffer".into(),
             ));
         }
-        let mut region = input.write_at(base)?;
-        if let Some(groups) = groups {
-            region.reserve(groups_len);
-            for g in groups {
-                let g =
-                    u32::try_from(*g).map_err(|_| Error::Limit("more than 2^32 groups".into()))?;
-                region.extend_from_slice(&g.to_le_bytes());
-            }
-            region.resize(input.len + groups_len, 0);
-        }
         let start = base as usize;
         let dst = self
             .memory
             .data_mut(&mut self.store)
-            .get_mut(start..start.saturating_add(region.len()))
+            .get_mut(start..start.saturating_add(input.len + groups_len))
             .ok_or_else(|| {
                 Error::BadInput("the guest's input buffer lies outside its memory".into())
             })?;
-        dst.copy_from_slice(&region);
+        input.write_into(base, &mut dst[..input.len])?;
+        if let Some(groups) = groups {
+            for (slot, g) in dst[input.len..].chunks_exact_mut(4).zip(groups) {
+                let g =
+                    u32::try_from(*g).map_err(|_| Error::Limit("more than 2^32 groups".into()))?;
+                slot.copy_from_slice(&g.to_le_bytes());
+            }
+        }
         let groups_at = u32::try_from(start + input.len).map_err(|_| {
             Error::BadInput("the guest's input buffer lies outside its memory".into())
         })?;
@@ -1139,88 +1137,97 @@ impl Guest {
     }
 }
 
-/// The input of one call, laid out as the ABI's batch descriptor plus buffers.
-struct EncodedBatch {
+/// The input of one call, laid out as the ABI's batch descriptor plus buffers. The buffers are
+/// borrowed from the Arrow arrays where their bytes are already what the ABI wants, so that
+/// the only copy is the one into guest memory.
+struct EncodedBatch<'a> {
     len: usize,
     n_rows: usize,
-    cols: Vec<EncodedColumn>,
+    cols: Vec<EncodedColumn<'a>>,
 }
 
 /// One argument column's buffers, rebased to offset 0.
-struct EncodedColumn {
+struct EncodedColumn<'a> {
     ty: WasmType,
     null_count: usize,
-    validity: Option<Vec<u8>>,
-    offsets: Option<Vec<u8>>,
-    data: Vec<u8>,
+    validity: Option<Cow<'a, [u8]>>,
+    offsets: Option<Cow<'a, [u8]>>,
+    data: Cow<'a, [u8]>,
 }
 
 fn align8(n: usize) -> usize {
     n.div_ceil(8) * 8
 }
 
-fn encode_batch(args: &[ArrayRef], n_rows: usize) -> Result<EncodedBatch> {
+/// The bytes of a primitive array's values (its slice, not the whole buffer).
+fn value_bytes<T: arrow::datatypes::ArrowPrimitiveType>(a: &ArrayRef) -> &[u8] {
+    let values = a.as_primitive::<T>().values();
+    let bytes: &[u8] = values.inner().as_slice();
+    &bytes[..values.len() * std::mem::size_of::<T::Native>()]
+}
+
+fn encode_batch(args: &[ArrayRef], n_rows: usize) -> Result<EncodedBatch<'_>> {
     let mut cols = Vec::with_capacity(args.len());
     let mut len = align8(8 + COLUMN_DESC * args.len());
     for a in args {
-        let validity = (a.null_count() > 0)
-            .then(|| {
-                a.nulls()
-                    .map(|n| n.inner().sliced().as_slice()[..n_rows.div_ceil(8)].to_vec())
+        let validity = if a.null_count() > 0 {
+            a.nulls().map(|n| {
+                let bits = n.inner();
+                if bits.offset() == 0 {
+                    Cow::Borrowed(&bits.values()[..n_rows.div_ceil(8)])
+                } else {
+                    Cow::Owned(bits.sliced().as_slice()[..n_rows.div_ceil(8)].to_vec())
+                }
             })
-            .flatten();
+        } else {
+            None
+        };
         let (ty, offsets, data) = match a.data_type() {
             DataType::Int32 => (
                 WasmType::Int32,
                 None,
-                a.as_primitive::<Int32Type>()
-                    .values()
-                    .inner()
-                    .as_slice()
-                    .to_vec(),
+                Cow::Borrowed(value_bytes::<Int32Type>(a)),
             ),
             DataType::Int64 => (
                 WasmType::Int64,
                 None,
-                a.as_primitive::<Int64Type>()
-                    .values()
-                    .inner()
-                    .as_slice()
-                    .to_vec(),
+                Cow::Borrowed(value_bytes::<Int64Type>(a)),
             ),
             DataType::Float64 => (
                 WasmType::Float64,
                 None,
-                a.as_primitive::<Float64Type>()
-                    .values()
-                    .inner()
-                    .as_slice()
-                    .to_vec(),
+                Cow::Borrowed(value_bytes::<Float64Type>(a)),
             ),
             DataType::Date32 => (
                 WasmType::Date32,
                 None,
-                a.as_primitive::<Date32Type>()
-                    .values()
-                    .inner()
-                    .as_slice()
-                    .to_vec(),
+                Cow::Borrowed(value_bytes::<Date32Type>(a)),
             ),
-            DataType::Boolean => (
-                WasmType::Boolean,
-                None,
-                a.as_boolean().values().sliced().as_slice()[..n_rows.div_ceil(8)].to_vec(),
-            ),
+            DataType::Boolean => {
+                let bits = a.as_boolean().values();
+                let data = if bits.offset() == 0 {
+                    Cow::Borrowed(&bits.values()[..n_rows.div_ceil(8)])
+                } else {
+                    Cow::Owned(bits.sliced().as_slice()[..n_rows.div_ceil(8)].to_vec())
+                };
+                (WasmType::Boolean, None, data)
+            }
             DataType::Utf8 => {
                 let s = a.as_string::<i32>();
                 let offs = s.value_offsets();
                 let first = offs[0];
-                let rebased: Vec<u8> = offs
-                    .iter()
-                    .flat_map(|o| (o - first).to_le_bytes())
-                    .collect();
-                let bytes = s.value_data()[first as usize..offs[offs.len() - 1] as usize].to_vec();
-                (WasmType::Utf8, Some(rebased), bytes)
+                let offsets = if first == 0 {
+                    let raw: &[u8] = s.offsets().inner().inner().as_slice();
+                    Cow::Borrowed(&raw[..offs.len() * 4])
+                } else {
+                    Cow::Owned(
+                        offs.iter()
+                            .flat_map(|o| (o - first).to_le_bytes())
+                            .collect(),
+                    )
+                };
+                let bytes = &s.value_data()[first as usize..offs[offs.len() - 1] as usize];
+                (WasmType::Utf8, Some(offsets), Cow::Borrowed(bytes))
             }
             other => {
                 return Err(Error::Internal(format!(
@@ -1242,61 +1249,52 @@ fn encode_batch(args: &[ArrayRef], n_rows: usize) -> Result<EncodedBatch> {
     Ok(EncodedBatch { len, n_rows, cols })
 }
 
-impl EncodedBatch {
-    /// The bytes of the region as they must appear at guest address `base`.
-    fn write_at(&self, base: u32) -> Result<Vec<u8>> {
+impl EncodedBatch<'_> {
+    /// Writes the region into `dst`, guest memory at address `base` (`dst.len() >= self.len`).
+    fn write_into(&self, base: u32, dst: &mut [u8]) -> Result<()> {
         let addr = |off: usize| -> Result<u32> {
             u32::try_from(base as usize + off).map_err(|_| {
                 Error::BadInput("the guest's input buffer lies outside its memory".into())
             })
         };
-        let mut region = vec![0u8; self.len];
-        let put = |region: &mut Vec<u8>, at: usize, v: u32| {
-            region[at..at + 4].copy_from_slice(&v.to_le_bytes())
-        };
-        put(&mut region, 0, self.n_rows as u32);
-        put(&mut region, 4, self.cols.len() as u32);
+        let put =
+            |dst: &mut [u8], at: usize, v: u32| dst[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        put(dst, 0, self.n_rows as u32);
+        put(dst, 4, self.cols.len() as u32);
         let mut cursor = align8(8 + COLUMN_DESC * self.cols.len());
         for (i, col) in self.cols.iter().enumerate() {
-            let EncodedColumn {
-                ty,
-                null_count,
-                validity,
-                offsets,
-                data,
-            } = col;
             let d = 8 + COLUMN_DESC * i;
-            let mut place = |region: &mut Vec<u8>, bytes: &[u8]| -> Result<u32> {
+            let mut place = |dst: &mut [u8], bytes: &[u8]| -> Result<u32> {
                 let at = cursor;
-                region[at..at + bytes.len()].copy_from_slice(bytes);
+                dst[at..at + bytes.len()].copy_from_slice(bytes);
                 cursor += align8(bytes.len());
                 addr(at)
             };
-            let v = match validity {
-                Some(v) => place(&mut region, v)?,
+            let v = match &col.validity {
+                Some(v) => place(dst, v)?,
                 None => 0,
             };
-            let o = match offsets {
-                Some(o) => place(&mut region, o)?,
+            let o = match &col.offsets {
+                Some(o) => place(dst, o)?,
                 None => 0,
             };
-            let p = place(&mut region, data)?;
+            let p = place(dst, &col.data)?;
             for (k, val) in [
-                ty.id(),
+                col.ty.id(),
                 self.n_rows as u32,
-                *null_count as u32,
+                col.null_count as u32,
                 v,
                 o,
                 p,
-                data.len() as u32,
+                col.data.len() as u32,
             ]
             .into_iter()
             .enumerate()
             {
-                put(&mut region, d + 4 * k, val);
+                put(dst, d + 4 * k, val);
             }
         }
-        Ok(region)
+        Ok(())
     }
 }
 
