@@ -103,7 +103,26 @@ pub trait Arg<'a>: Sized {
     fn values(col: Column<'a>) -> impl Iterator<Item = Self> + 'a {
         (0..col.len).map(move |row| Self::get(&col, row))
     }
+    /// The column's values as a typed slice, for plain numbers whose buffer is aligned.
+    fn plain(_col: &Column<'a>) -> Option<&'a [Self]> {
+        None
+    }
 }
+
+/// The bytes of a column as `len` values of a plain number type, when they are aligned.
+fn typed<T: Plain>(bytes: &[u8], len: usize) -> Option<&[T]> {
+    let bytes = bytes.get(..len.checked_mul(std::mem::size_of::<T>())?)?;
+    // SAFETY: `Plain` types are integers and floats, valid for any bit pattern; `align_to`
+    // puts only whole, aligned values in the middle part, which is used only when it is all.
+    let (head, body, tail) = unsafe { bytes.align_to::<T>() };
+    (head.is_empty() && tail.is_empty()).then_some(body)
+}
+
+/// Integers and floats: any bit pattern is a value.
+pub trait Plain: Copy + Default {}
+impl Plain for i32 {}
+impl Plain for i64 {}
+impl Plain for f64 {}
 
 macro_rules! fixed_values {
     ($n:literal, $from:expr) => {
@@ -121,6 +140,9 @@ impl<'a> Arg<'a> for i32 {
         i32::from_le_bytes(col.fixed(row))
     }
     fixed_values!(4, i32::from_le_bytes);
+    fn plain(col: &Column<'a>) -> Option<&'a [Self]> {
+        typed(col.data, col.len)
+    }
 }
 
 impl<'a> Arg<'a> for i64 {
@@ -129,6 +151,9 @@ impl<'a> Arg<'a> for i64 {
         i64::from_le_bytes(col.fixed(row))
     }
     fixed_values!(8, i64::from_le_bytes);
+    fn plain(col: &Column<'a>) -> Option<&'a [Self]> {
+        typed(col.data, col.len)
+    }
 }
 
 impl<'a> Arg<'a> for f64 {
@@ -137,6 +162,9 @@ impl<'a> Arg<'a> for f64 {
         f64::from_le_bytes(col.fixed(row))
     }
     fixed_values!(8, f64::from_le_bytes);
+    fn plain(col: &Column<'a>) -> Option<&'a [Self]> {
+        typed(col.data, col.len)
+    }
 }
 
 impl<'a> Arg<'a> for Date32 {
@@ -248,8 +276,9 @@ impl Output {
         out
     }
 
-    fn append_fixed(&mut self, bytes: &[u8]) {
-        self.data.extend_from_slice(bytes);
+    #[inline(always)]
+    fn append_fixed<const N: usize>(&mut self, bytes: [u8; N]) {
+        self.data.extend_from_slice(&bytes);
         if self.null_count > 0 {
             self.mark(true);
         }
@@ -323,6 +352,17 @@ pub trait Ret: Sized {
     fn append(self, out: &mut Output) {
         self.push(out)
     }
+    /// For plain numbers: sizes `out` to `n` rows and lends its data as a typed slice.
+    fn plain_out(_out: &mut Output, _n: usize) -> Option<&mut [Self]> {
+        None
+    }
+}
+
+fn typed_mut<T: Plain>(bytes: &mut [u8]) -> Option<&mut [T]> {
+    // SAFETY: as in `typed`: any bit pattern is a `Plain` value, and only a fully aligned
+    // body is used.
+    let (head, body, tail) = unsafe { bytes.align_to_mut::<T>() };
+    (head.is_empty() && tail.is_empty()).then_some(body)
 }
 
 impl Ret for i32 {
@@ -331,7 +371,12 @@ impl Ret for i32 {
         out.push_fixed(self.to_le_bytes());
     }
     fn append(self, out: &mut Output) {
-        out.append_fixed(&self.to_le_bytes());
+        out.append_fixed(self.to_le_bytes());
+    }
+    fn plain_out(out: &mut Output, n: usize) -> Option<&mut [Self]> {
+        out.data.resize(n * std::mem::size_of::<Self>(), 0);
+        out.len = n;
+        typed_mut(&mut out.data)
     }
 }
 
@@ -341,7 +386,12 @@ impl Ret for i64 {
         out.push_fixed(self.to_le_bytes());
     }
     fn append(self, out: &mut Output) {
-        out.append_fixed(&self.to_le_bytes());
+        out.append_fixed(self.to_le_bytes());
+    }
+    fn plain_out(out: &mut Output, n: usize) -> Option<&mut [Self]> {
+        out.data.resize(n * std::mem::size_of::<Self>(), 0);
+        out.len = n;
+        typed_mut(&mut out.data)
     }
 }
 
@@ -351,7 +401,12 @@ impl Ret for f64 {
         out.push_fixed(self.to_le_bytes());
     }
     fn append(self, out: &mut Output) {
-        out.append_fixed(&self.to_le_bytes());
+        out.append_fixed(self.to_le_bytes());
+    }
+    fn plain_out(out: &mut Output, n: usize) -> Option<&mut [Self]> {
+        out.data.resize(n * std::mem::size_of::<Self>(), 0);
+        out.len = n;
+        typed_mut(&mut out.data)
     }
 }
 
@@ -361,7 +416,7 @@ impl Ret for Date32 {
         out.push_fixed(self.0.to_le_bytes());
     }
     fn append(self, out: &mut Output) {
-        out.append_fixed(&self.0.to_le_bytes());
+        out.append_fixed(self.0.to_le_bytes());
     }
 }
 
@@ -784,6 +839,23 @@ pub fn __appending_output(ty: Type, n_rows: usize) -> Output {
     Output::appending(ty, n_rows)
 }
 
+/// Marks the rows whose function returned `None` in a plain output.
+#[doc(hidden)]
+pub fn __plain_nulls(out: &mut Output, nulls: &[usize]) {
+    if nulls.is_empty() {
+        return;
+    }
+    let mut bits = vec![0xFFu8; out.len.div_ceil(8)];
+    if let Some(last) = bits.last_mut().filter(|_| !out.len.is_multiple_of(8)) {
+        *last = (1u8 << (out.len % 8)) - 1;
+    }
+    for &row in nulls {
+        bits[row / 8] &= !(1 << (row % 8));
+    }
+    out.validity = bits;
+    out.null_count = nulls.len();
+}
+
 /// Whether no argument of the batch has a NULL: the fast path reads the columns straight.
 #[doc(hidden)]
 pub fn __no_nulls(batch: &Batch<'_>) -> bool {
@@ -927,6 +999,30 @@ macro_rules! export_udfs {
                     if fn_id == id {
                         batch.expect_types(&[$(<$ty as $crate::Arg<'_>>::TYPE),*])?;
                         if $crate::__no_nulls(batch) {
+                            // Plain numbers in and out: typed slices, one tight loop.
+                            let n = batch.n_rows;
+                            let mut col = 0usize;
+                            $(
+                                let $arg = <$ty as $crate::Arg<'_>>::plain(batch.column(col));
+                                col += 1;
+                            )*
+                            #[allow(irrefutable_let_patterns)]
+                            if let ($(Some($arg),)*) = ($($arg,)*) {
+                                let mut out = $crate::__appending_output(<$ret as $crate::Ret>::TYPE, 0);
+                                if let Some(dst) = <$ret as $crate::Ret>::plain_out(&mut out, n) {
+                                    let dst = &mut dst[..n];
+                                    $(let $arg = &$arg[..n];)*
+                                    let mut nulls = Vec::new();
+                                    for i in 0..n {
+                                        match $name($($arg[i]),*) {
+                                            Some(v) => dst[i] = v,
+                                            None => nulls.push(i),
+                                        }
+                                    }
+                                    $crate::__plain_nulls(&mut out, &nulls);
+                                    return Ok(out);
+                                }
+                            }
                             // No NULL to look for: each argument column is read in order.
                             let mut out = $crate::__appending_output(<$ret as $crate::Ret>::TYPE, batch.n_rows);
                             let mut col = 0usize;
@@ -1053,6 +1149,24 @@ mod tests {
         }
         assert!(clean.validity.is_empty());
         assert_eq!(clean.data_len(), 24);
+    }
+
+    #[test]
+    fn a_plain_output_lends_typed_slots_and_marks_nones() {
+        let mut out = Output::appending(Type::Float64, 0);
+        let dst = f64::plain_out(&mut out, 10).expect("a fresh Vec<u8> is 8-aligned here");
+        for (i, d) in dst.iter_mut().enumerate() {
+            *d = i as f64;
+        }
+        __plain_nulls(&mut out, &[3, 9]);
+        assert_eq!(out.data_len(), 80);
+        assert_eq!(out.validity, vec![0b1111_0111, 0b01]);
+        assert_eq!(out.null_count, 2);
+        assert_eq!(typed::<f64>(&out.data, 10).unwrap()[4], 4.0);
+        assert!(
+            typed::<f64>(&out.data[1..], 9).is_none(),
+            "misaligned data is not cast"
+        );
     }
 
     #[test]
