@@ -6,10 +6,11 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// (crate, file name in OUT_DIR) of every guest this build embeds.
-const GUESTS: [(&str, &str); 3] = [
+const GUESTS: [(&str, &str); 4] = [
     ("tidegate-example-visitor-udf", "visitor_udf.wasm"),
     ("tidegate-example-bench-udf", "bench_udf.wasm"),
     ("tidegate-example-aggregate-udf", "aggregate_udf.wasm"),
+    ("tidegate-example-model-udf", "model_udf.wasm"),
 ];
 
 fn main() {
@@ -23,6 +24,7 @@ fn main() {
         "examples/visitor-udf",
         "examples/bench-udf",
         "examples/aggregate-udf",
+        "examples/model-udf",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(path).display());
     }

@@ -102,6 +102,7 @@ fn natives() -> Functions {
     Functions {
         scalars: native_scalars(),
         aggregates: vec![aggregate::native_sum_sq()],
+        ..Functions::default()
     }
 }
 

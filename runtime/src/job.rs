@@ -107,12 +107,15 @@ impl Default for EngineLimits {
 pub struct Functions {
     pub scalars: Vec<ScalarUDF>,
     pub aggregates: Vec<datafusion::logical_expr::AggregateUDF>,
+    /// Guest table functions; they read the job's granted tables by name.
+    pub tables: Vec<crate::guest_table::GuestTable>,
 }
 
 impl Functions {
     pub fn extend(&mut self, more: Functions) {
         self.scalars.extend(more.scalars);
         self.aggregates.extend(more.aggregates);
+        self.tables.extend(more.tables);
     }
 }
 
@@ -120,7 +123,7 @@ impl From<Vec<ScalarUDF>> for Functions {
     fn from(scalars: Vec<ScalarUDF>) -> Self {
         Functions {
             scalars,
-            aggregates: Vec::new(),
+            ..Functions::default()
         }
     }
 }
@@ -400,6 +403,23 @@ pub async fn run_query_until(
     }
     for u in udfs.aggregates {
         ctx.register_udaf(u);
+    }
+    if !udfs.tables.is_empty() {
+        // A guest table function reads the job's tables as the job sees them: granted
+        // columns only.
+        let mut inputs = HashMap::new();
+        for t in tables {
+            let provider = ctx
+                .table_provider(t.name.as_str())
+                .await
+                .map_err(|e| Error::Internal(format!("table {}: {e}", t.name)))?;
+            inputs.insert(t.name.clone(), provider);
+        }
+        let inputs = Arc::new(inputs);
+        for t in udfs.tables {
+            let name = t.name().to_string();
+            ctx.register_udtf(&name, t.bind(Arc::clone(&inputs)));
+        }
     }
     let statement = only_a_query(sql)?;
     let plan = ctx

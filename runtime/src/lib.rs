@@ -10,6 +10,7 @@ mod crypto;
 mod error;
 mod gate;
 mod guest_aggregate;
+mod guest_table;
 mod job;
 mod metering;
 mod platform;

@@ -49,6 +49,9 @@ const MAX_ARGS: usize = 8;
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 const COLUMN_DESC: usize = 28;
 const MAX_STATE_COLUMNS: usize = 4;
+const MAX_TABLE_COLUMNS: usize = 32;
+/// The most rows one pull of a table function may return.
+const MAX_PULL_ROWS: usize = 1 << 20;
 
 /// Limits applied to every store of a job, before instantiation.
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
@@ -98,6 +101,18 @@ impl WasmType {
         }
     }
 
+    /// The manifest's name of the type.
+    pub fn name(self) -> &'static str {
+        match self {
+            WasmType::Int32 => "int32",
+            WasmType::Int64 => "int64",
+            WasmType::Float64 => "float64",
+            WasmType::Utf8 => "utf8",
+            WasmType::Date32 => "date32",
+            WasmType::Boolean => "boolean",
+        }
+    }
+
     fn parse(s: &str) -> Option<WasmType> {
         Some(match s {
             "int32" => WasmType::Int32,
@@ -141,6 +156,9 @@ pub struct FunctionSig {
     /// An aggregate's partial state, one column per type.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub state: Vec<WasmType>,
+    /// A table function's output columns (its `ret` is the first one's type).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub columns: Vec<(String, WasmType)>,
 }
 
 /// A module that passed upload validation, compiled by this process.
@@ -364,6 +382,17 @@ impl Sandbox {
                 check_export(&module, name, params, results).map_err(invalid)?;
             }
         }
+        if validated.functions.iter().any(|f| f.kind == "table") {
+            let table: [(&str, &[ValType], &[ValType]); 4] = [
+                ("tg_table_open", &one, &one),
+                ("tg_table_push", &two, &one),
+                ("tg_table_pull", &one, &one),
+                ("tg_table_close", &one, &one),
+            ];
+            for (name, params, results) in table {
+                check_export(&module, name, params, results).map_err(invalid)?;
+            }
+        }
         Ok(validated)
     }
 
@@ -451,6 +480,7 @@ impl Sandbox {
         Functions {
             scalars: self.scalar_udfs(module, meter),
             aggregates: crate::guest_aggregate::aggregate_udfs(&pool),
+            tables: crate::guest_table::table_functions(&pool),
         }
     }
 
@@ -480,6 +510,16 @@ impl Sandbox {
             })
             .collect()
     }
+}
+
+/// `[a-z_][a-z0-9_]*`, at most 64 bytes: a function or column name of the manifest.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
 /// An export the ABI requires, with its exact type.
@@ -616,6 +656,8 @@ fn parse_manifest(text: &str) -> std::result::Result<Vec<FunctionSig>, String> {
             ("scalar", rest)
         } else if let Some(rest) = line.strip_prefix("aggregate ") {
             ("aggregate", rest)
+        } else if let Some(rest) = line.strip_prefix("table ") {
+            ("table", rest)
         } else {
             return Err("a manifest line is `scalar NAME(TYPES) -> TYPE` or `aggregate NAME(TYPE) -> TYPE state(TYPES)`".into());
         };
@@ -642,13 +684,37 @@ fn parse_manifest(text: &str) -> std::result::Result<Vec<FunctionSig>, String> {
             }
             _ => (ret, Vec::new()),
         };
-        let name_ok = !name.is_empty()
-            && name.len() <= 64
-            && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-            && name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-        if !name_ok {
+        let mut columns = Vec::new();
+        let ret = if kind == "table" {
+            let list = ret
+                .trim()
+                .strip_prefix('(')
+                .and_then(|r| r.strip_suffix(')'))
+                .ok_or_else(bad)?;
+            for c in list.split(',') {
+                let (cname, ty) = c.trim().split_once(' ').ok_or_else(bad)?;
+                let ty = WasmType::parse(ty.trim()).ok_or_else(bad)?;
+                if !valid_name(cname) || cname.starts_with("__tg") {
+                    return Err(format!(
+                        "output column `{}` is not [a-z_][a-z0-9_]{{0,63}} (and not __tg*)",
+                        cname.chars().take(80).collect::<String>()
+                    ));
+                }
+                if columns.iter().any(|(n, _)| n == cname) {
+                    return Err(format!("output column `{cname}` is declared twice"));
+                }
+                columns.push((cname.to_string(), ty));
+            }
+            if columns.len() > MAX_TABLE_COLUMNS {
+                return Err(format!(
+                    "a table function has at most {MAX_TABLE_COLUMNS} output columns"
+                ));
+            }
+            columns[0].1.name()
+        } else {
+            ret
+        };
+        if !valid_name(name) {
             return Err(format!(
                 "function name `{}` is not [a-z_][a-z0-9_]{{0,63}}",
                 name.chars().take(80).collect::<String>()
@@ -679,6 +745,7 @@ fn parse_manifest(text: &str) -> std::result::Result<Vec<FunctionSig>, String> {
             args,
             ret,
             state,
+            columns,
         });
         if out.len() > MAX_FUNCTIONS {
             return Err(format!("more than {MAX_FUNCTIONS} functions"));
@@ -1074,6 +1141,88 @@ impl Guest {
             )));
         }
         Ok(())
+    }
+
+    /// Opens table function `fn_id` (a fresh state in the guest).
+    pub(crate) fn table_open(&mut self, fn_id: i32, sig: &FunctionSig) -> Result<()> {
+        self.status("tg_table_open", fn_id, sig)
+    }
+
+    /// Says there is no more input.
+    pub(crate) fn table_close(&mut self, fn_id: i32, sig: &FunctionSig) -> Result<()> {
+        self.status("tg_table_close", fn_id, sig)
+    }
+
+    fn status(&mut self, export: &str, fn_id: i32, sig: &FunctionSig) -> Result<()> {
+        if self.call_i32(export, fn_id)? != 1 {
+            return Err(Error::BadInput(format!(
+                "function `{}` reported an error",
+                sig.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// Pushes one input batch into table function `fn_id`.
+    pub(crate) fn table_push(
+        &mut self,
+        fn_id: i32,
+        sig: &FunctionSig,
+        columns: &[ArrayRef],
+        n_rows: usize,
+    ) -> Result<()> {
+        let (base, _) = self.write_input(columns, n_rows, None)?;
+        let f: TypedFunc<(i32, i32), i32> = self
+            .instance
+            .get_typed_func(&mut self.store, "tg_table_push")
+            .map_err(|_| Error::BadInput("invalid module: `tg_table_push` missing".into()))?;
+        if self.metered(&sig.name, |s| f.call(s, (fn_id, base as i32)))? != 1 {
+            return Err(Error::BadInput(format!(
+                "function `{}` reported an error",
+                sig.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// The rows table function `fn_id` produced since the last pull, validated.
+    pub(crate) fn table_pull(&mut self, fn_id: i32, sig: &FunctionSig) -> Result<Vec<ArrayRef>> {
+        let desc = self.call_i32("tg_table_pull", fn_id)?;
+        let bad = |why: String| Error::BadInput(format!("function `{}` returned {why}", sig.name));
+        if desc == 0 {
+            return Err(Error::BadInput(format!(
+                "function `{}` reported an error",
+                sig.name
+            )));
+        }
+        let desc = desc as u32;
+        let (rows, cols) = (
+            self.u32_at(desc, 0)? as usize,
+            self.u32_at(desc, 1)? as usize,
+        );
+        if cols != sig.columns.len() {
+            return Err(bad(format!(
+                "{cols} columns where it declared {}",
+                sig.columns.len()
+            )));
+        }
+        if rows > MAX_PULL_ROWS {
+            return Err(bad(format!(
+                "{rows} rows at once; at most {MAX_PULL_ROWS} are read"
+            )));
+        }
+        sig.columns
+            .iter()
+            .enumerate()
+            .map(|(i, (_, ty))| {
+                let at = desc
+                    .checked_add((8 + COLUMN_DESC * i) as u32)
+                    .ok_or_else(|| {
+                        Error::BadInput("the guest returned a wrapping pointer".into())
+                    })?;
+                self.decode_column(at, *ty, &sig.name, rows)
+            })
+            .collect()
     }
 
     /// Bytes of guest memory: what an aggregate's groups may occupy.

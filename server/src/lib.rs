@@ -23,5 +23,9 @@ pub const VISITOR_UDF_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/vi
 pub const AGGREGATE_UDF_WASM: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/aggregate_udf.wasm"));
 
+/// A table function, a whole-model job (examples/model-udf), built for wasm32 by this crate's
+/// build script.
+pub const MODEL_UDF_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/model_udf.wasm"));
+
 /// The benchmark workloads (examples/bench-udf), built for wasm32 by this crate's build script.
 pub const BENCH_UDF_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bench_udf.wasm"));

@@ -4,7 +4,7 @@
 //! an aggregate, 60 rows of one subject, a group key built from an identifier and differencing
 //! by one subject are in `flow.rs`.)
 
-use tidegate_server::{AGGREGATE_UDF_WASM, visitor_csv};
+use tidegate_server::{AGGREGATE_UDF_WASM, MODEL_UDF_WASM, visitor_csv};
 
 mod common;
 use common::{
@@ -184,4 +184,23 @@ fn a_guest_aggregate_that_returns_one_subjects_value_is_refused_on_l2_data() {
             "{detail}"
         );
     }
+}
+
+#[test]
+fn rows_from_a_guest_table_function_cannot_leave_l2_data_even_aggregated() {
+    let (env, sid, _) = active_scenario();
+    let (module, _) = env.world.publish_module(&sid, MODEL_UDF_WASM).unwrap();
+    let hash = module["hash"].as_str().unwrap().to_string();
+    // The model writes one row per visit with no subject key: its output cannot be counted
+    // in subjects, so nothing computed from it is released from L2 data.
+    let e = export(
+        &env,
+        &sid,
+        "SELECT label, count(*) AS n FROM standardize('visits', 'spend', 'spot') GROUP BY label",
+        &[hash],
+    );
+    assert_eq!(e["state"], "rejected", "{e}");
+    let (passed, detail) = check(&e, "aggregation");
+    assert!(!passed);
+    assert!(detail.contains("subjects cannot be counted"), "{detail}");
 }

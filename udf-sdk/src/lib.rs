@@ -66,6 +66,11 @@ pub struct Column<'a> {
 }
 
 impl<'a> Column<'a> {
+    /// The value at `row`, `None` when it is NULL.
+    pub fn value<T: Arg<'a>>(&self, row: usize) -> Option<T> {
+        (row < self.len && !self.is_null(row)).then(|| T::get(self, row))
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }
@@ -522,6 +527,55 @@ state_tuple!(A 0, B 1);
 state_tuple!(A 0, B 1, C 2);
 state_tuple!(A 0, B 1, C 2, D 3);
 
+/// A table function, for whole-model jobs: the host opens it, pushes every input batch, pulls
+/// what it has produced after each, closes it and pulls the rest.
+///
+/// ```text
+/// SELECT * FROM standardize('visits', 'spend')
+/// ```
+/// names the input table and its columns, which must have the declared input types.
+pub trait TableFunction: Default + 'static {
+    /// The input column types.
+    fn input() -> Vec<Type>;
+    /// The output columns: name and type.
+    fn output() -> Vec<(&'static str, Type)>;
+    /// One input batch; rows may be written to `out` now or kept for later.
+    fn push(&mut self, batch: &Batch<'_>, out: &mut Rows) -> Result<(), String>;
+    /// No more input: write what is left.
+    fn close(&mut self, out: &mut Rows) -> Result<(), String>;
+}
+
+/// Output rows of a table function, built column by column; every column must end with the
+/// same number of rows.
+#[derive(Debug)]
+pub struct Rows {
+    columns: Vec<Output>,
+}
+
+impl Rows {
+    fn new(types: &[Type]) -> Rows {
+        Rows {
+            columns: types.iter().map(|t| Output::new(*t, 0)).collect(),
+        }
+    }
+
+    /// Appends `value` (NULL for `None`) to column `col`, whose type must be `T`'s.
+    pub fn push<T: Ret>(&mut self, col: usize, value: Option<T>) -> Result<(), String> {
+        let out = self
+            .columns
+            .get_mut(col)
+            .ok_or_else(|| format!("no output column {col}"))?;
+        if out.ty != T::TYPE {
+            return Err(format!("output column {col} is not {}", T::TYPE.name()));
+        }
+        match value {
+            Some(v) => v.push(out),
+            None => out.push_null(),
+        }
+        Ok(())
+    }
+}
+
 /// Guest-side state that must outlive a call: the host reads it after the call returns.
 struct State {
     input: Vec<u64>,
@@ -532,6 +586,9 @@ struct State {
     state_desc: Vec<u32>,
     /// Per aggregate function id: its groups (a `Vec<T>` of its [`Aggregate`] type).
     groups: Vec<Option<Box<dyn std::any::Any>>>,
+    /// Per table function id: the open function and the rows it produced, not yet pulled.
+    tables: Vec<Option<Box<dyn std::any::Any>>>,
+    pending: Option<Rows>,
     error: String,
     error_desc: [u32; 2],
     manifest: String,
@@ -546,6 +603,8 @@ thread_local! {
         state_outputs: Vec::new(),
         state_desc: Vec::new(),
         groups: Vec::new(),
+        tables: Vec::new(),
+        pending: None,
         error: String::new(),
         error_desc: [0; 2],
         manifest: String::new(),
@@ -816,6 +875,91 @@ pub fn __agg_reset<T: Aggregate>(fn_id: i32) -> i32 {
 }
 
 #[doc(hidden)]
+pub fn __table_signature<T: TableFunction>(name: &str) -> String {
+    let input: Vec<&str> = T::input().iter().map(|t| t.name()).collect();
+    let output: Vec<String> = T::output()
+        .iter()
+        .map(|(n, t)| format!("{n} {}", t.name()))
+        .collect();
+    format!(
+        "table {name}({}) -> ({})",
+        input.join(","),
+        output.join(", ")
+    )
+}
+
+fn output_types<T: TableFunction>() -> Vec<Type> {
+    T::output().into_iter().map(|(_, t)| t).collect()
+}
+
+/// Runs `f` on the open table function `fn_id` and its pending rows.
+fn with_table<T: TableFunction>(
+    fn_id: i32,
+    open: bool,
+    f: impl FnOnce(&mut T, &mut Rows) -> Result<(), String>,
+) -> Result<(), String> {
+    let slot = usize::try_from(fn_id).map_err(|_| "bad function id".to_string())?;
+    let (taken, pending) = STATE.with_borrow_mut(|s| {
+        if s.tables.len() <= slot {
+            s.tables.resize_with(slot + 1, || None);
+        }
+        (s.tables[slot].take(), s.pending.take())
+    });
+    let mut table: Box<dyn std::any::Any> = match (taken, open) {
+        (_, true) => Box::new(T::default()),
+        (Some(t), false) => t,
+        (None, false) => return Err("the table function is not open".into()),
+    };
+    let mut rows = pending.unwrap_or_else(|| Rows::new(&output_types::<T>()));
+    let result = match table.downcast_mut::<T>() {
+        Some(t) => f(t, &mut rows),
+        None => Err("table function state of another type".into()),
+    };
+    STATE.with_borrow_mut(|s| {
+        s.tables[slot] = Some(table);
+        s.pending = Some(rows);
+    });
+    result
+}
+
+#[doc(hidden)]
+pub fn __table_open<T: TableFunction>(fn_id: i32) -> i32 {
+    status(with_table::<T>(fn_id, true, |_, _| Ok(())))
+}
+
+#[doc(hidden)]
+pub fn __table_push<T: TableFunction>(fn_id: i32, batch: i32) -> i32 {
+    status(with_table::<T>(fn_id, false, |t, rows| {
+        let b = parse_batch(batch as u32)?;
+        b.expect_types(&T::input())?;
+        t.push(&b, rows)
+    }))
+}
+
+#[doc(hidden)]
+pub fn __table_close<T: TableFunction>(fn_id: i32) -> i32 {
+    status(with_table::<T>(fn_id, false, |t, rows| t.close(rows)))
+}
+
+/// Hands the rows produced so far to the host as a batch descriptor, and starts anew.
+#[doc(hidden)]
+pub fn __table_pull<T: TableFunction>(_fn_id: i32) -> i32 {
+    STATE.with_borrow_mut(|s| {
+        let rows = s
+            .pending
+            .take()
+            .unwrap_or_else(|| Rows::new(&output_types::<T>()));
+        let n = rows.columns.first().map_or(0, |c| c.len);
+        s.state_desc = vec![n as u32, rows.columns.len() as u32];
+        for out in &rows.columns {
+            s.state_desc.extend_from_slice(&descriptor(out));
+        }
+        s.state_outputs = rows.columns;
+        ptr(s.state_desc.as_ptr()) as i32
+    })
+}
+
+#[doc(hidden)]
 pub fn __no_function(fn_id: i32) -> i32 {
     status(Err(format!("no aggregate function with id {fn_id}")))
 }
@@ -893,8 +1037,27 @@ macro_rules! export_udfs {
     (
         $(scalar fn $name:ident($($arg:ident : $ty:ty),* $(,)?) -> $ret:ty;)*
         $(aggregate $aname:ident = $aty:ty;)*
+        $(table $tname:ident = $tty:ty;)*
     ) => {
-        const TG_SCALARS: i32 = [$(stringify!($name)),*].len() as i32;
+        const TG_SCALARS: i32 = <[&str]>::len(&[$(stringify!($name)),*]) as i32;
+        const TG_TABLES_FROM: i32 = TG_SCALARS + <[&str]>::len(&[$(stringify!($aname)),*]) as i32;
+
+        $crate::__table_export!(tg_table_open, __table_open, $($tty),*);
+        $crate::__table_export!(tg_table_close, __table_close, $($tty),*);
+        $crate::__table_export!(tg_table_pull, __table_pull, $($tty),*);
+
+        #[unsafe(no_mangle)]
+        #[allow(unused_mut, unused_assignments)]
+        pub extern "C" fn tg_table_push(fn_id: i32, batch: i32) -> i32 {
+            let mut id = TG_TABLES_FROM;
+            $(
+                if fn_id == id {
+                    return $crate::__table_push::<$tty>(fn_id, batch);
+                }
+                id += 1;
+            )*
+            $crate::__no_function(fn_id)
+        }
 
         #[unsafe(no_mangle)]
         #[allow(unused_mut, unused_assignments)]
@@ -987,6 +1150,7 @@ macro_rules! export_udfs {
                 ));
             )*
             $(lines.push($crate::__aggregate_signature::<$aty>(stringify!($aname)));)*
+            $(lines.push($crate::__table_signature::<$tty>(stringify!($tname)));)*
             $crate::__manifest(&lines)
         }
 
@@ -1066,6 +1230,26 @@ macro_rules! export_udfs {
                 )*
                 Err(format!("no scalar function with id {fn_id}"))
             })
+        }
+    };
+}
+
+/// One `tg_table_*` export taking only the function id, dispatched to the table functions.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __table_export {
+    ($export:ident, $call:ident, $($tty:ty),*) => {
+        #[unsafe(no_mangle)]
+        #[allow(unused_mut, unused_assignments)]
+        pub extern "C" fn $export(fn_id: i32) -> i32 {
+            let mut id = TG_TABLES_FROM;
+            $(
+                if fn_id == id {
+                    return $crate::$call::<$tty>(fn_id);
+                }
+                id += 1;
+            )*
+            $crate::__no_function(fn_id)
         }
     };
 }
