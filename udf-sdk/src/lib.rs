@@ -1,8 +1,13 @@
 //! Guest SDK: write Tidegate scalar UDFs as plain Rust functions over row values; the
 //! [`export_udfs!`] macro vectorizes them over the batches of the Tidegate ABI (see `ABI.md`).
 //!
-//! Architecture invariant: this crate has no dependencies and imports nothing from the host;
-//! it builds for `wasm32-unknown-unknown` (and for the host, so its logic can be unit-tested).
+//! Architecture invariant: this crate depends on nothing but its own attribute macros (compile
+//! time only) and imports nothing from the host; it builds for `wasm32-unknown-unknown` (and for
+//! the host, so its logic can be unit-tested).
+//!
+//! Two ways to export functions: the attribute macros (`#[udfs]` on a module, `#[scalar]`,
+//! `#[aggregate]`, `#[table]` on its items; see `examples/aggregate-udf`) or the declarative
+//! [`export_udfs!`] list they expand to.
 //!
 //! ```text
 //! fn double(x: i64) -> Option<i64> { x.checked_mul(2) }
@@ -14,6 +19,8 @@
 //! returns `None` yields NULL.
 
 use std::cell::RefCell;
+
+pub use tidegate_udf_macros::{aggregate, scalar, table, udfs};
 
 /// The ABI version this SDK implements; the host refuses modules of another version.
 pub const ABI_VERSION: i32 = 1;
