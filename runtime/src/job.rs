@@ -294,6 +294,119 @@ impl TableProvider for GrantedTable {
     }
 }
 
+/// The runtime's desensitization functions for jobs, the same the gate applies:
+/// `tg_mask(text)` (the DOMAIN.md mask of the type detected in the value, stars for no type)
+/// and `tg_generalize(value, 'band:10' | 'round:2' | 'month')`.
+pub fn desensitization_udfs() -> Vec<ScalarUDF> {
+    use datafusion::logical_expr::{Signature, Volatility};
+    vec![
+        ScalarUDF::new_from_impl(Desensitize {
+            name: "tg_mask",
+            signature: Signature::any(1, Volatility::Immutable),
+        }),
+        ScalarUDF::new_from_impl(Desensitize {
+            name: "tg_generalize",
+            signature: Signature::any(2, Volatility::Immutable),
+        }),
+    ]
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Desensitize {
+    name: &'static str,
+    signature: datafusion::logical_expr::Signature,
+}
+
+impl datafusion::logical_expr::ScalarUDFImpl for Desensitize {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &datafusion::logical_expr::Signature {
+        &self.signature
+    }
+
+    fn return_type(
+        &self,
+        _: &[arrow::datatypes::DataType],
+    ) -> datafusion::common::Result<arrow::datatypes::DataType> {
+        Ok(arrow::datatypes::DataType::Utf8)
+    }
+
+    /// The rule is checked when the query is planned, so a wrong one is a planning error the
+    /// scientist sees.
+    fn return_field_from_args(
+        &self,
+        args: datafusion::logical_expr::ReturnFieldArgs,
+    ) -> datafusion::common::Result<arrow::datatypes::FieldRef> {
+        if self.name == "tg_generalize" {
+            generalization(args.scalar_arguments.get(1).copied().flatten())?;
+        }
+        Ok(Arc::new(Field::new(
+            self.name,
+            arrow::datatypes::DataType::Utf8,
+            true,
+        )))
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: datafusion::logical_expr::ScalarFunctionArgs,
+    ) -> datafusion::common::Result<datafusion::logical_expr::ColumnarValue> {
+        use datafusion::logical_expr::ColumnarValue;
+        let rule = match self.name {
+            "tg_mask" => tidegate_policy::Masking::Mask,
+            _ => generalization(match args.args.get(1) {
+                Some(ColumnarValue::Scalar(s)) => Some(s),
+                _ => None,
+            })?,
+        };
+        let value = args.args[0].to_array(args.number_rows)?;
+        let text = arrow::compute::cast(&value, &arrow::datatypes::DataType::Utf8)?;
+        let out: arrow::array::StringArray = text
+            .as_string::<i32>()
+            .iter()
+            .map(|v| {
+                v.map(|v| match rule.generalize(v) {
+                    Some(g) => g,
+                    None => match tidegate_policy::scan_value(v).first() {
+                        Some(d) => tidegate_policy::mask(d.kind, v),
+                        None => "*".repeat(v.chars().count()),
+                    },
+                })
+            })
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}
+
+/// The generalization rule of `tg_generalize`, a quoted literal.
+fn generalization(
+    rule: Option<&datafusion::common::ScalarValue>,
+) -> datafusion::common::Result<tidegate_policy::Masking> {
+    use datafusion::common::ScalarValue;
+    let Some(
+        ScalarValue::Utf8(Some(text))
+        | ScalarValue::Utf8View(Some(text))
+        | ScalarValue::LargeUtf8(Some(text)),
+    ) = rule
+    else {
+        return Err(DataFusionError::Plan(
+            "tg_generalize takes its rule as a quoted literal: 'band:10', 'round:2' or 'month'"
+                .into(),
+        ));
+    };
+    let rule: tidegate_policy::Masking = text
+        .parse()
+        .map_err(|e: String| DataFusionError::Plan(format!("tg_generalize: {e}")))?;
+    if rule.generalize("").is_none() {
+        return Err(DataFusionError::Plan(
+            "tg_generalize takes a generalization: band:W, round:N or month".into(),
+        ));
+    }
+    Ok(rule)
+}
+
 /// `tg_pseudonym(text) -> text`: the scenario's keyed pseudonym of a value, inside a job.
 pub fn pseudonym_udf(key: crate::crypto::PseudonymKey) -> ScalarUDF {
     ScalarUDF::new_from_impl(Pseudonym {
@@ -1441,6 +1554,41 @@ mod tests {
                     .collect(),
             ),
         }
+    }
+
+    #[test]
+    fn jobs_can_mask_and_generalize_with_the_gates_own_rules() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let sql = "SELECT tg_mask('13812345678') AS m, tg_generalize(x, 'band:10') AS b, \
+                   tg_generalize('2026-05-17', 'month') AS d, tg_generalize(x / 7, 'round:1') AS r \
+                   FROM t WHERE x = 37";
+        let out = rt
+            .block_on(run_query(
+                sql,
+                &[table(100)],
+                desensitization_udfs(),
+                EngineLimits::default(),
+            ))
+            .unwrap();
+        let b = &out.batches[0];
+        let cell = |c: usize| b.column(c).as_string::<i32>().value(0).to_string();
+        assert_eq!(cell(0), "138****5678");
+        assert_eq!(cell(1), "30-39");
+        assert_eq!(cell(2), "2026-05");
+        assert_eq!(cell(3), "5.3");
+        let refused = rt
+            .block_on(run_query(
+                "SELECT tg_generalize(x, 'pseudonymize') FROM t",
+                &[table(10)],
+                desensitization_udfs(),
+                EngineLimits::default(),
+            ))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("tg_generalize takes a generalization"),
+            "{refused}"
+        );
     }
 
     #[test]

@@ -28,8 +28,8 @@ pub use crypto::{DataKey, MasterKey, PseudonymKey, SealedReader, random_token, s
 pub use error::{Error, Result};
 pub use gate::{GateInput, GateOutcome, Groups as GateGroups, evaluate as evaluate_gate};
 pub use job::{
-    EngineLimits, Functions, JobCost, JobOutput, TableData, TableInput, pseudonym_udf, run_query,
-    run_query_isolated, run_query_until,
+    EngineLimits, Functions, JobCost, JobOutput, TableData, TableInput, desensitization_udfs,
+    pseudonym_udf, run_query, run_query_isolated, run_query_until,
 };
 pub use metering::{
     Event as MeteredEvent, Ledger, PRICE_ITEMS, ScenarioTerms, ledger_from_audit,

@@ -2274,6 +2274,7 @@ impl Platform {
         }
         // The runtime's own functions come last, so that no module can take their names.
         udfs.scalars.push(job::pseudonym_udf(pseudonyms));
+        udfs.scalars.extend(job::desensitization_udfs());
         Ok((tables, udfs, sources, rows_scanned))
     }
 

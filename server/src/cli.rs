@@ -1132,7 +1132,14 @@ fn inspect(file: &Path) -> Result<()> {
             .iter()
             .map(|t| format!("{t:?}").to_ascii_lowercase())
             .collect();
-        let state = if state.is_empty() {
+        let state = if !f.columns.is_empty() {
+            let cols: Vec<String> = f
+                .columns
+                .iter()
+                .map(|(n, t)| format!("{n} {}", t.name()))
+                .collect();
+            format!(" (rows of: {})", cols.join(", "))
+        } else if state.is_empty() {
             String::new()
         } else {
             format!(" (state: {})", state.join(", "))
@@ -1166,6 +1173,8 @@ fn dev_run(
     }
     // The runtime's own functions exist here too: a job is a job wherever it runs. Local
     // pseudonyms use a key made for this run alone.
+    udfs.scalars
+        .extend(tidegate_runtime::desensitization_udfs());
     udfs.scalars.push(tidegate_runtime::pseudonym_udf(
         tidegate_runtime::DataKey::generate().pseudonym_key("dev-run"),
     ));
