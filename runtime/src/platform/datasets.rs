@@ -1,0 +1,281 @@
+//! Datasets: import (with its quality report and tag proposals), approval of social data, listing.
+
+use super::*;
+
+impl Platform {
+    pub fn import_dataset(&self, actor: &Principal, req: ImportRequest) -> Result<DatasetView> {
+        // A provider imports public data; an operating unit's scientist imports its own
+        // enterprise ("social") data, which waits for an admin's approval.
+        let social = !actor.has_role(Role::Provider);
+        if social {
+            tidegate_policy::can_import_social(actor, req.level)?;
+        } else {
+            tidegate_policy::can_import(actor, req.level)?;
+        }
+        let name_ok = req.name.len() <= 64
+            && req.name.starts_with(|c: char| c.is_ascii_lowercase())
+            && req
+                .name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !name_ok {
+            return Err(Error::BadInput(
+                "a dataset name is its SQL table name: [a-z][a-z0-9_]*, at most 64 characters"
+                    .into(),
+            ));
+        }
+        use base64::Engine as _;
+        let data = base64::engine::general_purpose::STANDARD
+            .decode(req.data_base64.as_bytes())
+            .map_err(|_| Error::BadInput("data_base64 is not base64".into()))?;
+        if data.len() > MAX_IMPORT_BYTES {
+            return Err(Error::Limit(format!(
+                "an import is at most {MAX_IMPORT_BYTES} bytes"
+            )));
+        }
+        let batches = read_table(&req.format, &data, &req.columns)?;
+        let schema = batches
+            .first()
+            .map(|b| b.schema())
+            .ok_or_else(|| Error::BadInput("the file holds no rows".into()))?;
+        let columns = column_specs(&schema, &req.columns)?;
+        let quality = quality_report(&batches, &columns);
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        let parquet = to_parquet(&batches)?;
+        let content_hash = sha256_hex(&parquet);
+
+        let mut db = self.db.lock().expect("db");
+        if social && !req.approvers.is_empty() {
+            return Err(Error::BadInput(
+                "only a provider names further approvers of its data".into(),
+            ));
+        }
+        let mut approvers = Vec::new();
+        for org in &req.approvers {
+            let org = Self::org_id(&db, org)?;
+            if org == actor.org {
+                return Err(Error::BadInput(
+                    "the provider approves its own data's scenarios already".into(),
+                ));
+            }
+            if !approvers.contains(&org) {
+                approvers.push(org);
+            }
+        }
+        let existing: Option<(String, String)> = db
+            .query_row(
+                "SELECT id, org_id FROM datasets WHERE name = ?1",
+                params![req.name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let (id, version) = match &existing {
+            Some((id, org)) if org == &actor.org => {
+                let v: i64 = db.query_row(
+                    "SELECT COALESCE(MAX(version), 0) + 1 FROM dataset_versions WHERE dataset_id = ?1",
+                    params![id],
+                    |r| r.get(0),
+                )?;
+                (id.clone(), v)
+            }
+            Some(_) => {
+                return Err(Error::Refused(format!(
+                    "a dataset named {} belongs to another provider",
+                    req.name
+                )));
+            }
+            None => (new_id("ds"), 1),
+        };
+        let object = format!("{id}/v{version}");
+        let context = dataset_context(&actor.org, &id, version);
+        let wrapped = self.store_object_as("datasets", &object, &context, &parquet)?;
+        let tx = db.transaction()?;
+        let now = crate::now_rfc3339();
+        if existing.is_none() {
+            tx.execute(
+                "INSERT INTO datasets VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    id,
+                    req.name,
+                    actor.org,
+                    req.level.to_string(),
+                    if social { "social-pending" } else { "public" },
+                    to_json(&columns),
+                    now,
+                    to_json(&approvers)
+                ],
+            )?;
+        } else {
+            tx.execute(
+                "UPDATE datasets SET level = ?2, columns = ?3 WHERE id = ?1",
+                params![id, req.level.to_string(), to_json(&columns)],
+            )?;
+            if !approvers.is_empty() {
+                tx.execute(
+                    "UPDATE datasets SET approvers = ?2 WHERE id = ?1",
+                    params![id, to_json(&approvers)],
+                )?;
+            }
+        }
+        tx.execute(
+            "INSERT INTO dataset_versions VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                id,
+                version,
+                content_hash,
+                rows as i64,
+                parquet.len() as i64,
+                wrapped,
+                quality.to_string(),
+                now,
+                context
+            ],
+        )?;
+        self.audit.append_at(
+            now,
+            &actor.id,
+            "dataset.import",
+            &id,
+            json!({ "version": version, "level": req.level, "rows": rows, "content_hash": content_hash,
+                    "approvers": approvers, "bytes": parquet.len(), "social": social }),
+        )?;
+        tx.commit()?;
+        let approvers = Self::dataset_row(&db, &id)?.approvers;
+        Ok(DatasetView {
+            id,
+            name: req.name,
+            level: req.level,
+            origin: if social {
+                Origin::Social
+            } else {
+                Origin::Public
+            },
+            provider_org: actor.org.clone(),
+            columns,
+            version,
+            rows: rows as i64,
+            content_hash,
+            quality,
+            pending: social,
+            approvers,
+        })
+    }
+
+    pub(super) fn dataset_row(db: &Connection, name_or_id: &str) -> Result<DatasetRow> {
+        db.query_row(
+            "SELECT id, name, org_id, level, origin, columns, approvers FROM datasets
+             WHERE id = ?1 OR name = ?1",
+            params![name_or_id],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, String>(6)?,
+                ))
+            },
+        )
+        .optional()?
+        .ok_or_else(|| Error::NotFound(format!("dataset {name_or_id}")))
+        .and_then(|(id, name, org, level, origin, columns, approvers)| {
+            Ok(DatasetRow {
+                id,
+                name,
+                org,
+                level: level.parse().map_err(Error::Integrity)?,
+                origin: if origin.starts_with("social") {
+                    Origin::Social
+                } else {
+                    Origin::Public
+                },
+                pending: origin == "social-pending",
+                columns: from_json(&columns)?,
+                approvers: from_json(&approvers)?,
+            })
+        })
+    }
+
+    pub(super) fn latest_version(
+        db: &Connection,
+        id: &str,
+    ) -> Result<(i64, String, i64, Vec<u8>, String)> {
+        db.query_row(
+            "SELECT version, content_hash, rows, wrapped_key, quality FROM dataset_versions
+             WHERE dataset_id = ?1 ORDER BY version DESC LIMIT 1",
+            params![id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .map_err(Error::from)
+    }
+
+    pub(super) fn dataset_version(
+        db: &Connection,
+        id: &str,
+        version: i64,
+    ) -> Result<(i64, String, i64, Vec<u8>, String)> {
+        db.query_row(
+            "SELECT version, content_hash, rows, wrapped_key, quality FROM dataset_versions
+             WHERE dataset_id = ?1 AND version = ?2",
+            params![id, version],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .map_err(Error::from)
+    }
+
+    /// R-IMPORT: an admin approves an operating unit's social data for use in its scenarios.
+    pub fn approve_dataset(&self, actor: &Principal, id: &str) -> Result<()> {
+        tidegate_policy::require_role(actor, Role::Admin)?;
+        tidegate_policy::require_training(actor)?;
+        let mut db = self.db.lock().expect("db");
+        let d = Self::dataset_row(&db, id)?;
+        if !d.pending {
+            return Err(Error::BadInput(format!(
+                "dataset {} awaits no approval",
+                d.name
+            )));
+        }
+        let tx = db.transaction()?;
+        tx.execute(
+            "UPDATE datasets SET origin = 'social' WHERE id = ?1",
+            params![d.id],
+        )?;
+        self.audit
+            .append(&actor.id, "dataset.approve", &d.id, json!({ "org": d.org }))?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn list_datasets(&self, actor: &Principal) -> Result<Vec<DatasetView>> {
+        tidegate_policy::require_training(actor)?;
+        let db = self.db.lock().expect("db");
+        let ids: Vec<String> = db
+            .prepare("SELECT id FROM datasets ORDER BY created_at")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        ids.iter()
+            .map(|id| {
+                let d = Self::dataset_row(&db, id)?;
+                let (version, content_hash, rows, _, quality) = Self::latest_version(&db, id)?;
+                Ok(DatasetView {
+                    id: d.id,
+                    name: d.name,
+                    level: d.level,
+                    origin: d.origin,
+                    provider_org: d.org,
+                    columns: d.columns,
+                    version,
+                    rows,
+                    content_hash,
+                    quality: from_json(&quality)?,
+                    pending: d.pending,
+                    approvers: d.approvers,
+                })
+            })
+            .collect()
+    }
+
+    // ----- Scenarios -----
+}

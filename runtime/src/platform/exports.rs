@@ -1,0 +1,474 @@
+//! Exports: the gate, the review state machine, release of signed bundles.
+
+use super::*;
+
+impl Platform {
+    /// R-GATE: runs the gate over a job's result; a passing result goes to review.
+    pub fn request_export(&self, actor: &Principal, job_id: &str) -> Result<ExportView> {
+        self.request_export_spending(actor, job_id, None)
+    }
+
+    /// Asks for an export; a scenario that uses differential privacy spends `epsilon` of its
+    /// budget on it when the gate passes (R-GATE 7), in the same transaction that records it.
+    pub fn request_export_spending(
+        &self,
+        actor: &Principal,
+        job_id: &str,
+        epsilon: Option<f64>,
+    ) -> Result<ExportView> {
+        let mut db = self.db.lock().expect("db");
+        let JobRecord {
+            view: job,
+            result_hash,
+            wrapped,
+            shape,
+            inputs,
+            ..
+        } = Self::job_row(&db, job_id)?;
+        let s = Self::scenario_row(&db, &job.scenario)?;
+        if actor.org != s.org {
+            return Err(Error::NotFound(format!("job {job_id}")));
+        }
+        tidegate_policy::can_request_export(actor, &s.org, s.view.state)?;
+        let (Some(result_hash), Some(wrapped), Some(shape)) = (result_hash, wrapped, shape) else {
+            return Err(Error::BadInput(format!(
+                "job {job_id} has no result to export ({})",
+                job.state
+            )));
+        };
+        let shape: QueryShape = from_json(&shape)?;
+        let parquet = self.load_object("results", job_id, &wrapped)?;
+        if sha256_hex(&parquet) != result_hash {
+            return Err(Error::Integrity(format!(
+                "the stored result of job {job_id} changed"
+            )));
+        }
+        let batches = from_parquet(parquet)?;
+        let pseudonyms = self.pseudonym_root(&db)?.pseudonym_key(&s.id);
+        // R-GATE 6: what the scenario's earlier exports released, to compare with.
+        let earlier_keys: Vec<(String, Vec<u8>)> = db
+            .prepare(
+                "SELECT e.id, e.groups_key FROM exports e JOIN jobs j ON e.job_id = j.id
+                 WHERE j.scenario_id = ?1 AND e.groups_key IS NOT NULL ORDER BY e.created_at",
+            )?
+            .query_map(params![s.id], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut earlier = Vec::with_capacity(earlier_keys.len());
+        for (export, key) in &earlier_keys {
+            earlier.push(from_json::<gate::Groups>(
+                &String::from_utf8(self.load_object("gate", export, key)?)
+                    .map_err(|_| Error::Integrity(format!("the groups of export {export}")))?,
+            )?);
+        }
+        let mut unapproved = 0;
+        for hash in &job.modules {
+            let approved: Option<Option<String>> = db
+                .query_row(
+                    "SELECT approved_by FROM modules WHERE hash = ?1 AND scenario_id = ?2",
+                    params![hash, s.id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if !matches!(approved, Some(Some(_))) {
+                unapproved += 1;
+            }
+        }
+        let provenance = if unapproved > 0 {
+            CheckOutcome::Fail(format!(
+                "{unapproved} module(s) of the job are no longer approved"
+            ))
+        } else {
+            CheckOutcome::Pass(format!(
+                "job {job_id} of active scenario {} with {} approved module(s) over {}",
+                s.id,
+                job.modules.len(),
+                inputs
+                    .iter()
+                    .map(|i| format!("{}@v{}", i["name"].as_str().unwrap_or("?"), i["version"]))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        };
+        let outcome = gate::evaluate(
+            &GateInput {
+                level: job.level,
+                threshold_k: s.k,
+                shape: &shape,
+                provenance,
+                max_rows: s.export_rules.max_rows.unwrap_or(EXPORT_MAX_ROWS),
+                max_bytes: s.export_rules.max_bytes.unwrap_or(EXPORT_MAX_BYTES),
+                masking: &s.export_rules.masking,
+                privacy: match s.export_rules.privacy_budget {
+                    Some(budget) => Some(gate::PrivacySpend {
+                        budget,
+                        spent: db.query_row(
+                            "SELECT COALESCE(SUM(e.epsilon), 0) FROM exports e JOIN jobs j ON e.job_id = j.id
+                             WHERE j.scenario_id = ?1",
+                            params![s.id],
+                            |r| r.get(0),
+                        )?,
+                        epsilon,
+                    }),
+                    None => None,
+                },
+                earlier: &earlier,
+                pseudonyms: Some(&pseudonyms),
+            },
+            &batches,
+        )?;
+        let id = new_id("ex");
+        let passed = outcome.report.passed();
+        // The export is stored as Parquet (typed); the CSV of a preview or a bundle is derived
+        // from it. The approval binds the Parquet's hash.
+        let parquet = if passed {
+            let schema = outcome
+                .released
+                .first()
+                .map(|b| b.schema())
+                .unwrap_or_else(|| Arc::new(Schema::empty()));
+            to_parquet_with_schema(&outcome.released, schema)?
+        } else {
+            Vec::new()
+        };
+        let (hash, wrapped, groups_key) = if passed {
+            (
+                Some(sha256_hex(&parquet)),
+                Some(self.store_object("exports", &id, &parquet)?),
+                Some(self.store_object("gate", &id, to_json(&outcome.groups).as_bytes())?),
+            )
+        } else {
+            (None, None, None)
+        };
+        let checked =
+            tidegate_policy::next_export_state("submitted", ExportEvent::Checked { passed })?;
+        let state = match checked {
+            "checked" => tidegate_policy::next_export_state(checked, ExportEvent::SentToReview)?,
+            refused => refused,
+        };
+        let required = tidegate_policy::required_export_approvals(job.level) as i64;
+        let now = crate::now_rfc3339();
+        let stored_bytes = passed.then_some(parquet.len() as i64);
+        // The noise of a kept release is paid for; a refused one showed nobody anything.
+        let epsilon = outcome.epsilon_spent.filter(|_| passed);
+        let tx = db.transaction()?;
+        tx.execute(
+            "INSERT INTO exports VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, NULL, ?12, ?13, ?14)",
+            params![
+                id,
+                job_id,
+                actor.id,
+                actor.org,
+                state,
+                to_json(&outcome.report),
+                hash,
+                wrapped,
+                required,
+                (!passed).then_some("the export gate refused the result"),
+                now,
+                stored_bytes,
+                groups_key,
+                epsilon
+            ],
+        )?;
+        let mut steps = vec![("submitted", actor.id.as_str()), (checked, GATE_ACTOR)];
+        if state != checked {
+            steps.push((state, GATE_ACTOR));
+        }
+        for (step, by) in steps {
+            Self::record_export_step(&tx, &id, &now, step, by, None)?;
+        }
+        self.audit.append_at(
+            now,
+            &actor.id,
+            "export.request",
+            &id,
+            json!({
+                "job": job_id,
+                "bytes": stored_bytes,
+                "gate_passed": passed,
+                "checks": outcome.report.checks.iter().map(|c| json!({ "name": c.name, "passed": c.passed })).collect::<Vec<_>>(),
+                "groups_suppressed": outcome.report.groups_suppressed,
+                "result_sha256": hash,
+                "state": state,
+                "epsilon": epsilon,
+            }),
+        )?;
+        tx.commit()?;
+        drop(db);
+        self.get_export(actor, &id)
+    }
+
+    pub(super) fn record_export_step(
+        db: &Connection,
+        id: &str,
+        at: &str,
+        state: &str,
+        by: &str,
+        comment: Option<&str>,
+    ) -> Result<()> {
+        db.execute(
+            "INSERT INTO export_events VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id, at, state, by, comment],
+        )?;
+        Ok(())
+    }
+
+    pub(super) fn export_row(
+        db: &Connection,
+        id: &str,
+    ) -> Result<(ExportView, String, Option<Vec<u8>>)> {
+        let row = db
+            .query_row(
+                "SELECT id, job_id, requested_by, org_id, state, gate_report, result_hash, wrapped_key, required_approvals
+                 FROM exports WHERE id = ?1",
+                params![id],
+                |r| {
+                    Ok((
+                        (r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?),
+                        (r.get::<_, String>(3)?, r.get::<_, String>(4)?, r.get::<_, String>(5)?),
+                        (r.get::<_, Option<String>>(6)?, r.get::<_, Option<Vec<u8>>>(7)?, r.get::<_, i64>(8)?),
+                    ))
+                },
+            )
+            .optional()?
+            .ok_or_else(|| Error::NotFound(format!("export {id}")))?;
+        let ((id, job, by), (org, state, report), (hash, wrapped, required)) = row;
+        let reviews: Vec<ApprovalView> = db
+            .prepare("SELECT reviewer_id, decision, at, comment FROM export_reviews WHERE export_id = ?1 ORDER BY at")?
+            .query_map(params![id], |r| {
+                Ok(ApprovalView { by: r.get(0)?, as_role: r.get(1)?, at: r.get(2)?, comment: Some(r.get(3)?) })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let history: Vec<ExportStep> = db
+            .prepare("SELECT state, at, actor, comment FROM export_events WHERE export_id = ?1 ORDER BY rowid")?
+            .query_map(params![id], |r| {
+                Ok(ExportStep { state: r.get(0)?, at: r.get(1)?, by: r.get(2)?, comment: r.get(3)? })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok((
+            ExportView {
+                id,
+                history,
+                job,
+                requested_by: by,
+                state,
+                gate_report: from_json(&report)?,
+                result_hash: hash,
+                required_approvals: required as u64,
+                reviews,
+                preview: None,
+                query: None,
+                plan: None,
+                modules: Vec::new(),
+                earlier: Vec::new(),
+            },
+            org,
+            wrapped,
+        ))
+    }
+
+    pub fn get_export(&self, actor: &Principal, id: &str) -> Result<ExportView> {
+        let db = self.db.lock().expect("db");
+        let (mut view, org, wrapped) = Self::export_row(&db, id)?;
+        let is_reviewer = actor.has_role(Role::Reviewer) && actor.org != org;
+        if !(actor.org == org
+            || is_reviewer
+            || actor.has_role(Role::Auditor)
+            || actor.has_role(Role::Admin))
+        {
+            return Err(Error::NotFound(format!("export {id}")));
+        }
+        if is_reviewer {
+            let JobRecord {
+                view: job, plan, ..
+            } = Self::job_row(&db, &view.job)?;
+            if let Some(w) = wrapped {
+                let csv = gate::to_csv(&from_parquet(self.load_object("exports", id, &w)?)?)?;
+                view.preview = Some(
+                    String::from_utf8_lossy(&csv)
+                        .lines()
+                        .take(50)
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                );
+            }
+            view.earlier = db
+                .prepare(
+                    "SELECT e.id, e.state, e.result_hash, e.created_at, e.released_at, j.sql
+                     FROM exports e JOIN jobs j ON e.job_id = j.id
+                     WHERE j.scenario_id = ?1 AND e.id != ?2 AND e.result_hash IS NOT NULL
+                     ORDER BY e.created_at",
+                )?
+                .query_map(params![job.scenario, id], |r| {
+                    Ok(json!({
+                        "id": r.get::<_, String>(0)?,
+                        "state": r.get::<_, String>(1)?,
+                        "result_sha256": r.get::<_, String>(2)?,
+                        "requested_at": r.get::<_, String>(3)?,
+                        "released_at": r.get::<_, Option<String>>(4)?,
+                        "query": r.get::<_, String>(5)?,
+                    }))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            view.query = Some(job.sql);
+            view.plan = plan;
+            view.modules = job.modules;
+        }
+        Ok(view)
+    }
+
+    /// The state and term of a job's scenario are checked again at every export step.
+    pub(super) fn require_active_scenario_of_job(db: &Connection, job: &str) -> Result<()> {
+        let scenario: String = db.query_row(
+            "SELECT scenario_id FROM jobs WHERE id = ?1",
+            params![job],
+            |r| r.get(0),
+        )?;
+        let state = Self::scenario_row(db, &scenario)?.view.state;
+        if state != ScenarioState::Active {
+            return Err(Error::Refused(format!(
+                "the scenario is {}; a suspended, expired or revoked scenario exports nothing",
+                state.as_str()
+            )));
+        }
+        Ok(())
+    }
+
+    /// R-REVIEW: approve, return or reject; approval binds the exact result hash.
+    pub fn review_export(
+        &self,
+        actor: &Principal,
+        id: &str,
+        decision: &str,
+        comment: &str,
+    ) -> Result<ExportView> {
+        {
+            let mut db = self.db.lock().expect("db");
+            let (view, org, _) = Self::export_row(&db, id)?;
+            let approved_by: Vec<String> = view
+                .reviews
+                .iter()
+                .filter(|r| r.as_role == "approve")
+                .map(|r| r.by.clone())
+                .collect();
+            tidegate_policy::can_review_export(actor, &view.requested_by, &org, &approved_by)?;
+            Self::require_active_scenario_of_job(&db, &view.job)?;
+            let new_state = tidegate_policy::next_export_state(
+                &view.state,
+                ExportEvent::Reviewed {
+                    decision,
+                    approvals: approved_by.len() as u64 + u64::from(decision == "approve"),
+                    required: view.required_approvals,
+                },
+            )
+            .map_err(|r| Error::BadInput(r.reason))?;
+            let hash = view
+                .result_hash
+                .clone()
+                .ok_or_else(|| Error::Internal("no result hash".into()))?;
+            let now = crate::now_rfc3339();
+            let tx = db.transaction()?;
+            tx.execute(
+                "INSERT INTO export_reviews VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![id, actor.id, decision, comment, hash, now],
+            )?;
+            Self::record_export_step(&tx, id, &now, new_state, &actor.id, Some(comment))?;
+            tx.execute(
+                "UPDATE exports SET state = ?2, decision_comment = ?3 WHERE id = ?1",
+                params![id, new_state, comment],
+            )?;
+            self.audit.append(
+                &actor.id,
+                "export.review",
+                id,
+                json!({ "decision": decision, "state": new_state, "result_sha256": hash }),
+            )?;
+            tx.commit()?;
+        }
+        self.get_export(actor, id)
+    }
+
+    /// R-RELEASE: the requester downloads the signed bundle of an approved export.
+    pub fn download_bundle(&self, actor: &Principal, id: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut db = self.db.lock().expect("db");
+        let (view, org, wrapped) = Self::export_row(&db, id)?;
+        if actor.org != org {
+            return Err(Error::NotFound(format!("export {id}")));
+        }
+        tidegate_policy::require_role(actor, Role::Scientist)?;
+        tidegate_policy::require_training(actor)?;
+        Self::require_active_scenario_of_job(&db, &view.job)?;
+        let next = tidegate_policy::next_export_state(&view.state, ExportEvent::Released)?;
+        let wrapped =
+            wrapped.ok_or_else(|| Error::Internal("approved export without a result".into()))?;
+        let parquet = self.load_object("exports", id, &wrapped)?;
+        let hash = sha256_hex(&parquet);
+        // Approval binds the exact result: anything that changed since voids it.
+        let approvals: Vec<&ApprovalView> = view
+            .reviews
+            .iter()
+            .filter(|r| r.as_role == "approve")
+            .collect();
+        let bound: Vec<String> = db
+            .prepare("SELECT result_hash FROM export_reviews WHERE export_id = ?1 AND decision = 'approve'")?
+            .query_map(params![id], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        if view.result_hash.as_deref() != Some(hash.as_str()) || bound.iter().any(|b| b != &hash) {
+            return Err(Error::Integrity(
+                "the result changed after approval; the approval is void".into(),
+            ));
+        }
+        let JobRecord {
+            view: job,
+            plan,
+            inputs,
+            ..
+        } = Self::job_row(&db, &view.job)?;
+        let s = Self::scenario_row(&db, &job.scenario)?;
+        let now = crate::now_rfc3339();
+        let manifest = json!({
+            "format": "tidegate-bundle-v1",
+            "export": view.id,
+            "scenario": { "id": s.id, "name": s.name, "org": s.org, "term": [s.term_start.to_string(), s.term_end.to_string()] },
+            "job": { "id": job.id, "query": job.sql, "plan_sha256": plan.as_deref().map(|p| sha256_hex(p.as_bytes())), "submitted_by": job.submitted_by, "level": job.level },
+            "modules": job.modules,
+            "inputs": inputs,
+            "policy_version": db.query_row(
+                "SELECT policy_version FROM jobs WHERE id = ?1",
+                params![job.id],
+                |r| r.get::<_, i64>(0),
+            )?,
+            "gate_report": view.gate_report,
+            "requested_by": view.requested_by,
+            "reviewers": approvals.iter().map(|r| json!({ "id": r.by, "at": r.at })).collect::<Vec<_>>(),
+            "result_sha256": hash,
+            "released_at": now,
+        });
+        let csv = gate::to_csv(&from_parquet(parquet.clone())?)?;
+        let files = bundle::build(
+            &self.signer,
+            manifest,
+            vec![
+                ("result.csv".to_string(), csv),
+                ("result.parquet".to_string(), parquet),
+            ],
+        )?;
+        let tx = db.transaction()?;
+        tx.execute(
+            "UPDATE exports SET state = ?3, released_at = COALESCE(released_at, ?2) WHERE id = ?1",
+            params![id, now, next],
+        )?;
+        if view.state != next {
+            Self::record_export_step(&tx, id, &now, next, &actor.id, None)?;
+        }
+        self.audit.append_at(
+            now,
+            &actor.id,
+            "export.download",
+            id,
+            json!({ "result_sha256": hash }),
+        )?;
+        tx.commit()?;
+        Ok(files)
+    }
+}

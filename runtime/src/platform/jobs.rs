@@ -1,0 +1,405 @@
+//! Modules and jobs: upload and review of modules, running a job in its own runtime under the scenario's grant, cancellation.
+
+use super::*;
+
+impl Platform {
+    pub fn upload_module(
+        &self,
+        actor: &Principal,
+        scenario: &str,
+        wasm: &[u8],
+    ) -> Result<ModuleView> {
+        let s = {
+            let db = self.db.lock().expect("db");
+            Self::scenario_row(&db, scenario)?
+        };
+        if actor.org != s.org && !actor.has_role(Role::Admin) {
+            return Err(Error::NotFound(format!("scenario {scenario}")));
+        }
+        tidegate_policy::can_upload_module(actor, &s.org, s.view.state)?;
+        let validated = match self.sandbox.load(wasm) {
+            Ok(v) => v,
+            Err(e) => {
+                // R-MONITOR: a module failing validation is an event worth an alert.
+                self.audit.append(
+                    &actor.id,
+                    "module.rejected",
+                    scenario,
+                    json!({ "hash": sha256_hex(wasm), "reason": e.to_string() }),
+                )?;
+                return Err(e);
+            }
+        };
+        let mut db = self.db.lock().expect("db");
+        let tx = db.transaction()?;
+        tx.execute(
+            "INSERT OR IGNORE INTO modules VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, NULL, NULL, ?7)",
+            params![
+                validated.hash,
+                scenario,
+                actor.id,
+                actor.org,
+                to_json(&validated.functions),
+                wasm,
+                crate::now_rfc3339()
+            ],
+        )?;
+        self.audit.append(
+            &actor.id,
+            "module.upload",
+            &validated.hash,
+            json!({ "scenario": scenario, "functions": validated.functions.iter().map(|f| &f.name).collect::<Vec<_>>() }),
+        )?;
+        tx.commit()?;
+        Ok(ModuleView {
+            hash: validated.hash.clone(),
+            scenario: scenario.into(),
+            uploaded_by: actor.id.clone(),
+            functions: validated.functions.clone(),
+            approved_by: None,
+        })
+    }
+
+    /// R-MODULE: algorithm review binds the exact hash to the scenario.
+    pub fn approve_module(
+        &self,
+        actor: &Principal,
+        scenario: &str,
+        hash: &str,
+        note: &str,
+    ) -> Result<ModuleView> {
+        let mut db = self.db.lock().expect("db");
+        let row: Option<(String, String, String, Option<String>)> = db
+            .query_row(
+                "SELECT org_id, uploaded_by, functions, approved_by FROM modules WHERE hash = ?1 AND scenario_id = ?2",
+                params![hash, scenario],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?;
+        let (org, uploaded_by, functions, approved_by) =
+            row.ok_or_else(|| Error::NotFound(format!("module {hash} in scenario {scenario}")))?;
+        tidegate_policy::can_approve_module(actor, &org)?;
+        if approved_by.is_some() {
+            return Err(Error::BadInput(
+                "this module is already approved for this scenario".into(),
+            ));
+        }
+        if note.trim().is_empty() {
+            return Err(Error::BadInput(
+                "an algorithm review names the functions and what they compute: give a note".into(),
+            ));
+        }
+        let tx = db.transaction()?;
+        let now = crate::now_rfc3339();
+        tx.execute(
+            "UPDATE modules SET approved_by = ?3, approval_note = ?4, approved_at = ?5 WHERE hash = ?1 AND scenario_id = ?2",
+            params![hash, scenario, actor.id, note, now],
+        )?;
+        self.audit.append_at(
+            now,
+            &actor.id,
+            "module.approve",
+            hash,
+            json!({ "scenario": scenario, "note": note }),
+        )?;
+        tx.commit()?;
+        Ok(ModuleView {
+            hash: hash.into(),
+            scenario: scenario.into(),
+            uploaded_by,
+            functions: from_json(&functions)?,
+            approved_by: Some(actor.id.clone()),
+        })
+    }
+
+    // ----- Jobs -----
+
+    /// R-JOB: runs a query of the scenario over its granted columns only, with approved
+    /// modules only, and stores the result encrypted. The scientist gets status, row count,
+    /// schema and resource use, never rows.
+    pub async fn submit_job(&self, actor: &Principal, req: JobRequest) -> Result<JobView> {
+        let (scenario, inputs, modules, level, pseudonyms) = {
+            let db = self.db.lock().expect("db");
+            let s = Self::scenario_row(&db, &req.scenario)?;
+            if actor.org != s.org {
+                return Err(Error::NotFound(format!("scenario {}", req.scenario)));
+            }
+            let mut unapproved = Vec::new();
+            let mut modules = Vec::new();
+            for hash in &req.modules {
+                let row: Option<(Vec<u8>, Option<String>)> = db
+                    .query_row(
+                        "SELECT wasm, approved_by FROM modules WHERE hash = ?1 AND scenario_id = ?2",
+                        params![hash, s.id],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                match row {
+                    Some((wasm, Some(_))) => modules.push(wasm),
+                    _ => unapproved.push(hash.clone()),
+                }
+            }
+            tidegate_policy::can_run_job(actor, &s.org, s.view.state, &unapproved)?;
+            let mut inputs = Vec::new();
+            let mut level = Level::L1;
+            for g in &s.grants {
+                let d = Self::dataset_row(&db, &g.dataset)?;
+                let (version, hash, rows, wrapped, _) = match g.version {
+                    Some(v) => Self::dataset_version(&db, &d.id, v)?,
+                    None => Self::latest_version(&db, &d.id)?,
+                };
+                level = level.max(d.level);
+                let context = Self::stored_dataset_context(&db, &d.id, version)?;
+                inputs.push(JobInput {
+                    context,
+                    dataset: d,
+                    columns: g.columns.clone(),
+                    version,
+                    content_hash: hash,
+                    wrapped,
+                    rows: rows as u64,
+                });
+            }
+            let pseudonyms = self.pseudonym_root(&db)?.pseudonym_key(&s.id);
+            (s, inputs, modules, level, pseudonyms)
+        };
+        let id = new_id("job");
+        let inputs_json: Vec<Value> = inputs
+            .iter()
+            .map(|i| json!({ "dataset": i.dataset.id, "name": i.dataset.name, "version": i.version, "content_hash": i.content_hash }))
+            .collect();
+        let now = crate::now_rfc3339();
+        {
+            let mut db = self.db.lock().expect("db");
+            let tx = db.transaction()?;
+            tx.execute(
+                "INSERT INTO jobs (id, scenario_id, submitted_by, sql, modules, state, level, inputs, created_at, policy_version)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, ?8, ?9)",
+                params![id, scenario.id, actor.id, req.sql, to_json(&req.modules), level.to_string(), to_json(&inputs_json), now, Self::policy_version(&tx)?],
+            )?;
+            self.audit.append(
+                &actor.id,
+                "job.start",
+                &id,
+                json!({ "scenario": scenario.id, "modules": req.modules, "sql_sha256": sha256_hex(req.sql.as_bytes()) }),
+            )?;
+            tx.commit()?;
+        }
+        let started = Instant::now();
+        let meter = Arc::new(JobMeter::new(GuestLimits::default()));
+        self.running
+            .lock()
+            .expect("running jobs")
+            .entry(scenario.id.clone())
+            .or_default()
+            .push((id.clone(), Arc::clone(&meter)));
+        let (outcome, cost) = match self.prepare(&inputs, &modules, &meter, pseudonyms) {
+            Ok((tables, udfs, sources, rows_scanned)) => {
+                let cancel_meter = Arc::clone(&meter);
+                let cancelled = async move {
+                    while !cancel_meter.is_cancelled() {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                };
+                let (output, cost) = job::run_query_isolated(
+                    req.sql.clone(),
+                    tables,
+                    udfs,
+                    EngineLimits {
+                        privacy: scenario.export_rules.contribution_bounds(),
+                        ..EngineLimits::default()
+                    },
+                    cancelled,
+                )
+                .await;
+                // What the scan decrypted and decoded: the granted columns' chunks only.
+                let bytes_scanned = sources.iter().map(SealedSource::bytes_read).sum();
+                (output.map(|o| (o, rows_scanned, bytes_scanned)), cost)
+            }
+            Err(e) => (Err(e), job::JobCost::default()),
+        };
+        if let Some(jobs) = self
+            .running
+            .lock()
+            .expect("running jobs")
+            .get_mut(&scenario.id)
+        {
+            jobs.retain(|(j, _)| j != &id);
+        }
+        let mut resources = ResourceUse {
+            fuel: meter.fuel_used(),
+            guest_calls: meter.calls(),
+            peak_guest_memory_bytes: meter.peak_memory(),
+            guest_output_bytes: meter.output_bytes(),
+            wall_ms: started.elapsed().as_millis() as u64,
+            cpu_ms: cost.cpu_ms,
+            ..ResourceUse::default()
+        };
+        let finished = crate::now_rfc3339();
+        let mut db = self.db.lock().expect("db");
+        let tx = db.transaction()?;
+        match outcome {
+            Ok((output, scanned_rows, scanned_bytes)) => {
+                resources.rows_scanned = scanned_rows;
+                resources.bytes_scanned = scanned_bytes;
+                resources.peak_engine_memory_bytes = output.peak_engine_memory_bytes;
+                let rows: usize = output.batches.iter().map(RecordBatch::num_rows).sum();
+                let schema = output
+                    .batches
+                    .first()
+                    .map(|b| b.schema())
+                    .unwrap_or_else(|| Arc::new(Schema::empty()));
+                let visible: Vec<(String, String)> = job::visible_schema(&schema)
+                    .iter()
+                    .map(|f| (f.name().clone(), f.data_type().to_string()))
+                    .collect();
+                let parquet = to_parquet_with_schema(&output.batches, schema)?;
+                resources.output_bytes = parquet.len() as u64;
+                let result_hash = sha256_hex(&parquet);
+                let wrapped = self.store_object("results", &id, &parquet)?;
+                tx.execute(
+                    "UPDATE jobs SET state = 'succeeded', rows = ?2, schema = ?3, resources = ?4,
+                     shape = ?5, plan = ?6, result_hash = ?7, wrapped_key = ?8, finished_at = ?9 WHERE id = ?1",
+                    params![id, rows as i64, to_json(&visible), to_json(&resources), to_json(&output.shape), output.plan, result_hash, wrapped, finished],
+                )?;
+                self.audit.append_at(
+                    finished.clone(),
+                    &actor.id,
+                    "job.end",
+                    &id,
+                    json!({ "state": "succeeded", "rows": rows, "resources": resources, "result_sha256": result_hash }),
+                )?;
+            }
+            Err(e) => {
+                let message = e.to_string();
+                tx.execute(
+                    "UPDATE jobs SET state = 'failed', error = ?2, resources = ?3, finished_at = ?4 WHERE id = ?1",
+                    params![id, message, to_json(&resources), finished],
+                )?;
+                self.audit.append_at(
+                    finished.clone(),
+                    &actor.id,
+                    "job.end",
+                    &id,
+                    json!({ "state": "failed", "error": message, "resources": resources }),
+                )?;
+            }
+        }
+        tx.commit()?;
+        drop(db);
+        self.get_job(actor, &id)
+    }
+
+    pub(super) fn prepare(
+        &self,
+        inputs: &[JobInput],
+        modules: &[Vec<u8>],
+        meter: &Arc<JobMeter>,
+        pseudonyms: PseudonymKey,
+    ) -> Result<PreparedJob> {
+        let mut tables = Vec::new();
+        let mut sources = Vec::new();
+        let mut rows_scanned = 0u64;
+        for input in inputs {
+            let d = &input.dataset;
+            let object = format!("{}/v{}", d.id, input.version);
+            let sealed = self.sealed_source("datasets", &object, &input.context, &input.wrapped)?;
+            let path = format!("datasets/{object}.parquet");
+            let mut store = SealedStore::default();
+            store.insert(&path, sealed.clone());
+            sources.push(sealed);
+            rows_scanned += input.rows;
+            let columns = input
+                .columns
+                .iter()
+                .map(|g| {
+                    d.columns
+                        .iter()
+                        .find(|c| &c.name == g)
+                        .cloned()
+                        .ok_or_else(|| Error::Integrity(format!("granted column {g} is gone")))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            tables.push(TableInput {
+                name: d.name.clone(),
+                columns,
+                data: TableData::Sealed {
+                    store: Arc::new(store),
+                    object: path,
+                    entity: d
+                        .columns
+                        .iter()
+                        .find(|c| c.has_tag(ColumnTag::Entity))
+                        .map(|c| c.name.clone()),
+                },
+            });
+        }
+        let mut udfs = job::Functions::default();
+        for wasm in modules {
+            let module = self.sandbox.load(wasm)?;
+            udfs.extend(self.sandbox.udfs(&module, meter));
+        }
+        // The runtime's own functions come last, so that no module can take their names.
+        udfs.scalars.push(job::pseudonym_udf(pseudonyms));
+        udfs.scalars.extend(job::desensitization_udfs());
+        Ok((tables, udfs, sources, rows_scanned))
+    }
+
+    pub(super) fn job_row(db: &Connection, id: &str) -> Result<JobRecord> {
+        db.query_row(
+            "SELECT id, scenario_id, submitted_by, sql, modules, state, error, rows, schema, resources,
+                    level, created_at, finished_at, result_hash, wrapped_key, shape, plan, inputs
+             FROM jobs WHERE id = ?1",
+            params![id],
+            |r| {
+                Ok((
+                    (r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?),
+                    (r.get::<_, String>(4)?, r.get::<_, String>(5)?, r.get::<_, Option<String>>(6)?, r.get::<_, Option<i64>>(7)?),
+                    (r.get::<_, Option<String>>(8)?, r.get::<_, Option<String>>(9)?, r.get::<_, String>(10)?, r.get::<_, String>(11)?),
+                    (r.get::<_, Option<String>>(12)?, r.get::<_, Option<String>>(13)?, r.get::<_, Option<Vec<u8>>>(14)?),
+                    (r.get::<_, Option<String>>(15)?, r.get::<_, Option<String>>(16)?, r.get::<_, String>(17)?),
+                ))
+            },
+        )
+        .optional()?
+        .ok_or_else(|| Error::NotFound(format!("job {id}")))
+        .and_then(|((id, scenario, by, sql), (modules, state, error, rows), (schema, resources, level, created), (finished, hash, wrapped), (shape, plan, inputs))| {
+            Ok(JobRecord {
+                view: JobView {
+                    id,
+                    scenario,
+                    submitted_by: by,
+                    sql,
+                    modules: from_json(&modules)?,
+                    state,
+                    error,
+                    rows,
+                    schema: schema.map(|s| from_json(&s)).transpose()?.unwrap_or_default(),
+                    resources: resources.map(|s| from_json(&s)).transpose()?,
+                    level: level.parse().map_err(Error::Integrity)?,
+                    created_at: created,
+                    finished_at: finished,
+                },
+                result_hash: hash,
+                wrapped,
+                shape,
+                plan,
+                inputs: from_json(&inputs)?,
+            })
+        })
+    }
+
+    pub fn get_job(&self, actor: &Principal, id: &str) -> Result<JobView> {
+        let db = self.db.lock().expect("db");
+        let job = Self::job_row(&db, id)?.view;
+        let s = Self::scenario_row(&db, &job.scenario)?;
+        let visible =
+            actor.org == s.org || actor.has_role(Role::Admin) || actor.has_role(Role::Auditor);
+        if !visible {
+            return Err(Error::NotFound(format!("job {id}")));
+        }
+        Ok(job)
+    }
+
+    // ----- Export, review, release -----
+}

@@ -1,0 +1,1595 @@
+//! The platform: one data directory with its metadata database, encrypted objects, audit log
+//! and signing key, and the workflows of SPEC.md from onboarding to release.
+//!
+//! Every workflow asks `tidegate-policy` first, changes state inside one SQLite transaction,
+//! and appends its audit entry before that transaction commits: an action whose entry cannot
+//! be made durable does not happen.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arrow::array::{Array, ArrayRef, RecordBatch};
+use arrow::datatypes::{DataType as ArrowType, Field, Schema};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tidegate_policy::{
+    CheckOutcome, ColumnSpec, ColumnTag, DataType, ExportEvent, ExportRules, GateReport, Level,
+    Origin, Principal, QueryShape, Role, ScenarioApprovals, ScenarioState, default_threshold,
+};
+use time::Date;
+
+use crate::audit::AuditLog;
+use crate::bundle::{self, Signer};
+use crate::crypto::{
+    DataKey, MasterKey, PseudonymKey, random_bytes, random_token, sha256_hex, write_atomic,
+};
+use crate::error::{Error, Result};
+use crate::gate::{self, GateInput};
+use crate::job::{self, EngineLimits, TableData, TableInput};
+use crate::metering::{Event, Ledger, PRICE_ITEMS, ScenarioTerms};
+use crate::sandbox::{GuestLimits, JobMeter, Sandbox};
+use crate::storage::{SealedSource, SealedStore, from_parquet, to_parquet, to_parquet_with_schema};
+
+mod billing;
+mod datasets;
+mod exports;
+mod jobs;
+mod policy;
+mod scenarios;
+
+pub const AUDIT_FILE: &str = "audit.log";
+pub const PUBLIC_KEY_FILE: &str = "platform.pub";
+const DB_FILE: &str = "meta.sqlite";
+const SIGNING_KEY_FILE: &str = "signing.key";
+/// The re-wrapped signing key while a master key rotation is in flight.
+const SIGNING_KEY_NEXT: &str = "signing.key.next";
+const EXPORT_MAX_ROWS: u64 = 10_000;
+const EXPORT_MAX_BYTES: u64 = 10 << 20;
+const MAX_IMPORT_BYTES: usize = 1 << 30;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS orgs (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, kind TEXT NOT NULL, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS principals (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, org_id TEXT NOT NULL REFERENCES orgs(id),
+    roles TEXT NOT NULL, trained_at TEXT, training TEXT, token_hash TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS datasets (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, org_id TEXT NOT NULL REFERENCES orgs(id),
+    level TEXT NOT NULL, origin TEXT NOT NULL, columns TEXT NOT NULL, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS dataset_versions (
+    dataset_id TEXT NOT NULL REFERENCES datasets(id), version INTEGER NOT NULL,
+    content_hash TEXT NOT NULL, rows INTEGER NOT NULL, bytes INTEGER NOT NULL,
+    wrapped_key BLOB NOT NULL, quality TEXT NOT NULL, created_at TEXT NOT NULL,
+    PRIMARY KEY (dataset_id, version));
+CREATE TABLE IF NOT EXISTS scenarios (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, org_id TEXT NOT NULL REFERENCES orgs(id),
+    key_area TEXT NOT NULL, purpose TEXT NOT NULL, public_interest INTEGER NOT NULL,
+    grants TEXT NOT NULL, term_start TEXT NOT NULL, term_end TEXT NOT NULL,
+    k INTEGER NOT NULL, planned_products TEXT NOT NULL, state TEXT NOT NULL,
+    applied_by TEXT NOT NULL, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS scenario_approvals (
+    scenario_id TEXT NOT NULL REFERENCES scenarios(id), principal_id TEXT NOT NULL,
+    as_role TEXT NOT NULL, org_id TEXT NOT NULL, at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS modules (
+    hash TEXT NOT NULL, scenario_id TEXT NOT NULL REFERENCES scenarios(id),
+    uploaded_by TEXT NOT NULL, org_id TEXT NOT NULL, functions TEXT NOT NULL, wasm BLOB NOT NULL,
+    approved_by TEXT, approval_note TEXT, approved_at TEXT, created_at TEXT NOT NULL,
+    PRIMARY KEY (hash, scenario_id));
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY, scenario_id TEXT NOT NULL REFERENCES scenarios(id),
+    submitted_by TEXT NOT NULL, sql TEXT NOT NULL, modules TEXT NOT NULL, state TEXT NOT NULL,
+    error TEXT, rows INTEGER, schema TEXT, resources TEXT, level TEXT NOT NULL,
+    shape TEXT, plan TEXT, inputs TEXT NOT NULL, result_hash TEXT, wrapped_key BLOB,
+    created_at TEXT NOT NULL, finished_at TEXT, policy_version INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS exports (
+    id TEXT PRIMARY KEY, job_id TEXT NOT NULL REFERENCES jobs(id), requested_by TEXT NOT NULL,
+    org_id TEXT NOT NULL, state TEXT NOT NULL, gate_report TEXT NOT NULL, result_hash TEXT,
+    wrapped_key BLOB, required_approvals INTEGER NOT NULL, decision_comment TEXT,
+    created_at TEXT NOT NULL, released_at TEXT);
+CREATE TABLE IF NOT EXISTS export_reviews (
+    export_id TEXT NOT NULL REFERENCES exports(id), reviewer_id TEXT NOT NULL,
+    decision TEXT NOT NULL, comment TEXT NOT NULL, result_hash TEXT NOT NULL, at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS prices (
+    category TEXT PRIMARY KEY, unit TEXT NOT NULL, fen_per_unit INTEGER NOT NULL);
+"#;
+
+/// The price table's items by key, unit and default price: see [`PRICE_ITEMS`].
+fn price_item(key: &str) -> Result<(&'static str, i64)> {
+    PRICE_ITEMS
+        .iter()
+        .find(|(k, ..)| *k == key)
+        .map(|(_, _, unit, default)| (*unit, *default))
+        .ok_or_else(|| {
+            Error::BadInput(format!(
+                "unknown price category {key}: one of {}",
+                PRICE_ITEMS.map(|c| c.0).join(", ")
+            ))
+        })
+}
+
+fn new_id(prefix: &str) -> String {
+    format!("{prefix}_{}", hex::encode(random_bytes::<8>()))
+}
+
+fn today() -> Date {
+    time::OffsetDateTime::now_utc().date()
+}
+
+fn parse_date(s: &str) -> Result<Date> {
+    Date::parse(s, time::macros::format_description!("[year]-[month]-[day]"))
+        .map_err(|_| Error::BadInput(format!("`{s}` is not a date of the form YYYY-MM-DD")))
+}
+
+fn hash_token(token: &str) -> String {
+    sha256_hex(token.as_bytes())
+}
+
+fn to_json<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("a view serializes")
+}
+
+fn from_json<T: for<'de> Deserialize<'de>>(s: &str) -> Result<T> {
+    serde_json::from_str(s).map_err(|e| Error::Integrity(format!("stored JSON: {e}")))
+}
+
+// ----- Views: what the API returns -----
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OrgView {
+    pub id: String,
+    pub name: String,
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PrincipalView {
+    pub id: String,
+    pub name: String,
+    pub org: String,
+    pub roles: Vec<Role>,
+    pub trained: bool,
+    /// Present once, in the answer that created the principal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ColumnInput {
+    pub name: String,
+    /// Declared type; inferred from the file when absent.
+    #[serde(default)]
+    pub data_type: Option<DataType>,
+    #[serde(default)]
+    pub tags: Vec<ColumnTag>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImportRequest {
+    pub name: String,
+    pub level: Level,
+    /// `csv` or `parquet`.
+    pub format: String,
+    /// Columns with declared types and tags; columns not listed keep their inferred type and
+    /// get no tags.
+    #[serde(default)]
+    pub columns: Vec<ColumnInput>,
+    /// Orgs (names or ids) whose approval every scenario requesting this dataset needs besides
+    /// the admin's and the provider's, e.g. the province for data it returned. A new version
+    /// keeps the list unless the import names one.
+    #[serde(default)]
+    pub approvers: Vec<String>,
+    /// The file, base64.
+    pub data_base64: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DatasetView {
+    pub id: String,
+    pub name: String,
+    pub level: Level,
+    pub origin: Origin,
+    pub provider_org: String,
+    pub columns: Vec<ColumnSpec>,
+    pub version: i64,
+    pub rows: i64,
+    pub content_hash: String,
+    pub quality: Value,
+    /// Social data awaiting an admin's approval; not usable until approved.
+    #[serde(default)]
+    pub pending: bool,
+    /// Orgs whose approval a scenario requesting the dataset needs, besides the provider's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GrantRequest {
+    pub dataset: String,
+    pub columns: Vec<String>,
+    /// The dataset version the grant is pinned to, set when the scenario becomes active: a
+    /// new import does not reach a running authorization.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScenarioRequest {
+    pub name: String,
+    pub key_area: String,
+    pub purpose: String,
+    #[serde(default)]
+    pub public_interest: bool,
+    pub grants: Vec<GrantRequest>,
+    pub term_start: String,
+    pub term_end: String,
+    #[serde(default)]
+    pub k: Option<u64>,
+    #[serde(default)]
+    pub planned_products: Vec<String>,
+    /// Masking, privacy budget and size limits of the scenario's exports.
+    #[serde(default)]
+    pub export_rules: ExportRules,
+    /// Keep the application as a draft; `submit` asks for approvals later.
+    #[serde(default)]
+    pub draft: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApprovalView {
+    pub by: String,
+    pub as_role: String,
+    pub at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+/// One step of an export request's review.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExportStep {
+    pub state: String,
+    pub at: String,
+    pub by: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScenarioView {
+    pub id: String,
+    pub name: String,
+    pub org: String,
+    pub key_area: String,
+    pub purpose: String,
+    pub public_interest: bool,
+    pub grants: Vec<GrantRequest>,
+    pub term_start: String,
+    pub term_end: String,
+    pub k: u64,
+    pub planned_products: Vec<String>,
+    #[serde(default)]
+    pub export_rules: ExportRules,
+    pub state: ScenarioState,
+    pub approvals: Vec<ApprovalView>,
+    pub missing_approvals: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModuleView {
+    pub hash: String,
+    pub scenario: String,
+    pub uploaded_by: String,
+    pub functions: Vec<crate::sandbox::FunctionSig>,
+    pub approved_by: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobRequest {
+    pub scenario: String,
+    pub sql: String,
+    /// Hashes of the modules whose functions the query calls.
+    #[serde(default)]
+    pub modules: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ResourceUse {
+    pub fuel: u64,
+    pub guest_calls: u64,
+    pub peak_guest_memory_bytes: u64,
+    pub guest_output_bytes: u64,
+    pub wall_ms: u64,
+    /// CPU time of the job's own threads (query engine and guests).
+    #[serde(default)]
+    pub cpu_ms: u64,
+    /// The most memory the query engine's operators reserved at once.
+    #[serde(default)]
+    pub peak_engine_memory_bytes: u64,
+    pub rows_scanned: u64,
+    pub bytes_scanned: u64,
+    pub output_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobView {
+    pub id: String,
+    pub scenario: String,
+    pub submitted_by: String,
+    pub sql: String,
+    pub modules: Vec<String>,
+    pub state: String,
+    pub error: Option<String>,
+    pub rows: Option<i64>,
+    pub schema: Vec<(String, String)>,
+    pub resources: Option<ResourceUse>,
+    pub level: Level,
+    pub created_at: String,
+    pub finished_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExportView {
+    pub id: String,
+    pub job: String,
+    pub requested_by: String,
+    pub state: String,
+    pub gate_report: GateReport,
+    pub result_hash: Option<String>,
+    pub required_approvals: u64,
+    pub reviews: Vec<ApprovalView>,
+    /// Every state the request went through, with who moved it and their comment (R-REVIEW).
+    #[serde(default)]
+    pub history: Vec<ExportStep>,
+    /// The released rows as CSV, shown to reviewers only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<String>,
+    /// The query, its plan and module hashes, shown to reviewers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub modules: Vec<String>,
+    /// The scenario's other exports that passed the gate, shown to reviewers beside this one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier: Vec<Value>,
+}
+
+struct DatasetRow {
+    id: String,
+    name: String,
+    org: String,
+    level: Level,
+    origin: Origin,
+    columns: Vec<ColumnSpec>,
+    pending: bool,
+    approvers: Vec<String>,
+}
+
+/// A dataset version a job reads, with the columns its scenario grants.
+struct JobInput {
+    dataset: DatasetRow,
+    columns: Vec<String>,
+    version: i64,
+    content_hash: String,
+    wrapped: Vec<u8>,
+    /// What the stored version is bound to (org, dataset, version).
+    context: String,
+    rows: u64,
+}
+
+/// A stored job with what only the runtime sees.
+struct JobRecord {
+    view: JobView,
+    result_hash: Option<String>,
+    wrapped: Option<Vec<u8>>,
+    shape: Option<String>,
+    plan: Option<String>,
+    inputs: Vec<Value>,
+}
+
+struct ScenarioRow {
+    id: String,
+    name: String,
+    org: String,
+    grants: Vec<GrantRequest>,
+    term_start: Date,
+    term_end: Date,
+    k: u64,
+    export_rules: ExportRules,
+    stored_state: ScenarioState,
+    view: ScenarioView,
+}
+
+/// A job ready to run: its tables, its guests' functions, the sealed sources it reads (for the
+/// bytes scanned) and the rows of its inputs.
+type PreparedJob = (Vec<TableInput>, job::Functions, Vec<SealedSource>, u64);
+
+/// A stored object's wrapped data key: kind, name, the context bound to it, the wrapped key.
+type WrappedKey = (String, String, String, Vec<u8>);
+
+/// A running job's id and its meter, through which it is cancelled.
+type RunningJob = (String, Arc<JobMeter>);
+
+/// The running platform over one data directory.
+pub struct Platform {
+    dir: PathBuf,
+    master: MasterKey,
+    db: Mutex<Connection>,
+    audit: AuditLog,
+    sandbox: Arc<Sandbox>,
+    /// Running jobs by scenario, so that suspending a scenario cancels them.
+    running: Mutex<HashMap<String, Vec<RunningJob>>>,
+    signer: Arc<Signer>,
+    /// Held while the platform is open: one process per data directory.
+    _lock: fs::File,
+}
+
+impl std::fmt::Debug for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Platform({})", self.dir.display())
+    }
+}
+
+/// Schema changes after the first schema, in order: `(version, statements)`. A data directory
+/// records the version it is at (`PRAGMA user_version`); opening it applies the missing steps
+/// in one transaction each, so a kill halfway leaves the last complete version.
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        2,
+        "ALTER TABLE datasets ADD COLUMN approvers TEXT NOT NULL DEFAULT '[]';
+         ALTER TABLE scenarios ADD COLUMN export_rules TEXT NOT NULL DEFAULT '{}';",
+    ),
+    (
+        3,
+        "ALTER TABLE orgs ADD COLUMN exited_at TEXT;
+         ALTER TABLE exports ADD COLUMN bytes INTEGER;",
+    ),
+    (4, "ALTER TABLE dataset_versions ADD COLUMN context TEXT;"),
+    (5, "ALTER TABLE exports ADD COLUMN groups_key BLOB;"),
+    (6, "ALTER TABLE exports ADD COLUMN epsilon REAL;"),
+    (
+        7,
+        "CREATE TABLE export_events (
+             export_id TEXT NOT NULL REFERENCES exports(id), at TEXT NOT NULL,
+             state TEXT NOT NULL, actor TEXT NOT NULL, comment TEXT);
+         INSERT INTO export_events SELECT id, created_at, state, requested_by, NULL FROM exports;",
+    ),
+];
+
+/// The schema version this build writes.
+const SCHEMA_VERSION: i64 = 7;
+
+/// Who moves an export when the gate does.
+const GATE_ACTOR: &str = "export gate";
+
+const LOCK_FILE: &str = "lock";
+
+/// The context the pseudonym root key is wrapped under.
+const PSEUDONYM_ROOT: &str = "pseudonym-root";
+
+/// What a stored dataset version is bound to, in every chunk's additional data and in its
+/// wrapped key: its org, the dataset and the version. A file moved to another dataset, version
+/// or org does not open.
+fn dataset_context(org: &str, dataset: &str, version: i64) -> String {
+    format!("datasets/{org}/{dataset}/v{version}")
+}
+
+/// Takes the data directory's exclusive lock, or says who holds it. The kernel releases it
+/// when the process ends, however it ends.
+fn lock_dir(dir: &Path) -> Result<fs::File> {
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK_FILE))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(Error::Refused(format!(
+            "another tidegate process has {} open; stop it first",
+            dir.display()
+        ))),
+        Err(fs::TryLockError::Error(e)) => Err(e.into()),
+    }
+}
+
+/// Removes what an interrupted atomic write left behind: temporary files are never referred
+/// to by the metadata, and the write they belonged to was never acknowledged.
+fn remove_temporary_files(dir: &Path) -> Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            remove_temporary_files(&path)?;
+        } else if entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with('.') && n.contains(".tmp-"))
+        {
+            fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
+fn open_db(path: &Path) -> Result<Connection> {
+    let mut conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "secure_delete", "ON")?;
+    migrate(&mut conn)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let at: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if at > SCHEMA_VERSION {
+        return Err(Error::Refused(format!(
+            "the data directory is at schema version {at}, written by a newer Tidegate; this one knows up to {SCHEMA_VERSION}"
+        )));
+    }
+    if at == 0 {
+        let tx = conn.transaction()?;
+        tx.execute_batch(SCHEMA)?;
+        tx.pragma_update(None, "user_version", 1)?;
+        tx.commit()?;
+    }
+    for (version, statements) in MIGRATIONS {
+        let at: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if at >= *version {
+            continue;
+        }
+        let tx = conn.transaction()?;
+        tx.execute_batch(statements)?;
+        tx.pragma_update(None, "user_version", version)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+impl Platform {
+    /// Creates a new data directory: metadata, master key (outside the directory), signing
+    /// key and the first admin. Returns the platform and the admin's token, shown once.
+    pub fn init(
+        dir: &Path,
+        master_key_path: &Path,
+        admin_name: &str,
+    ) -> Result<(Platform, String)> {
+        fs::create_dir_all(dir)?;
+        let lock = lock_dir(dir)?;
+        if dir.join(DB_FILE).exists() {
+            return Err(Error::BadInput(format!(
+                "{} already holds a Tidegate data directory",
+                dir.display()
+            )));
+        }
+        let abs_dir = fs::canonicalize(dir)?;
+        let key_parent = master_key_path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        fs::create_dir_all(key_parent)?;
+        if fs::canonicalize(key_parent)?.starts_with(&abs_dir) {
+            return Err(Error::Refused(
+                "the master key must not be stored inside the data directory".into(),
+            ));
+        }
+        let master = MasterKey::create(master_key_path)?;
+        let (signer, stored) = Signer::generate(&master)?;
+        write_atomic(&dir.join(SIGNING_KEY_FILE), &stored)?;
+        write_atomic(
+            &dir.join(PUBLIC_KEY_FILE),
+            signer.public_key_hex().as_bytes(),
+        )?;
+        let platform = Platform::assemble(dir, master, signer, lock)?;
+        let token = random_token();
+        {
+            let mut db = platform.db.lock().expect("db");
+            let tx = db.transaction()?;
+            let now = crate::now_rfc3339();
+            let org = new_id("org");
+            let admin = new_id("p");
+            tx.execute(
+                "INSERT INTO settings VALUES ('master_key', ?1), ('policy_version', '1')",
+                params![platform.master.fingerprint()],
+            )?;
+            tx.execute(
+                "INSERT INTO orgs (id, name, kind, created_at) VALUES (?1, 'data-authority', 'authority', ?2)",
+                params![org, now],
+            )?;
+            tx.execute(
+                "INSERT INTO principals VALUES (?1, ?2, ?3, 'admin', ?4, 'bootstrap', ?5, ?4)",
+                params![admin, admin_name, org, now, hash_token(&token)],
+            )?;
+            platform.audit.append(
+                &admin,
+                "platform.init",
+                &org,
+                json!({ "admin": admin, "public_key": platform.signer.public_key_hex() }),
+            )?;
+            tx.commit()?;
+        }
+        Ok((platform, token))
+    }
+
+    /// Opens an existing data directory with its master key.
+    pub fn open(dir: &Path, master: MasterKey) -> Result<Platform> {
+        if !dir.join(DB_FILE).exists() {
+            return Err(Error::BadInput(format!(
+                "{} is not a Tidegate data directory; run `tidegate init` first",
+                dir.display()
+            )));
+        }
+        let lock = lock_dir(dir)?;
+        let expected: Option<String> = open_db(&dir.join(DB_FILE))?
+            .query_row(
+                "SELECT value FROM settings WHERE key = 'master_key'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(expected) = &expected
+            && *expected != master.fingerprint()
+        {
+            return Err(Error::Refused(format!(
+                "this is not the data directory's master key (it expects key {expected}, this is {})",
+                master.fingerprint()
+            )));
+        }
+        // A rotation that committed but was killed before its last rename finishes here.
+        let next = dir.join(SIGNING_KEY_NEXT);
+        if next.exists() {
+            match Signer::load(&master, &fs::read(&next)?) {
+                Ok(_) => {
+                    fs::rename(&next, dir.join(SIGNING_KEY_FILE))?;
+                    fs::File::open(dir)?.sync_all()?;
+                }
+                Err(_) => fs::remove_file(&next)?,
+            }
+        }
+        let signer = Signer::load(&master, &fs::read(dir.join(SIGNING_KEY_FILE))?)?;
+        Platform::assemble(dir, master, signer, lock)
+    }
+
+    /// Every wrapped data key in the metadata, with the object it belongs to.
+    /// Every wrapped data key with its object: kind, name, the context bound to it.
+    fn wrapped_keys(db: &Connection) -> Result<Vec<WrappedKey>> {
+        let mut out = Vec::new();
+        let mut q = |sql: &str, kind: &str| -> Result<()> {
+            let mut stmt = db.prepare(sql)?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                ))
+            })?;
+            for row in rows {
+                let (name, context, wrapped) = row?;
+                out.push((kind.to_string(), name, context, wrapped));
+            }
+            Ok(())
+        };
+        // Versions written before schema 4 bound the name only.
+        q(
+            "SELECT dataset_id || '/v' || version,
+                    COALESCE(context, 'datasets/' || dataset_id || '/v' || version), wrapped_key
+             FROM dataset_versions WHERE length(wrapped_key) > 0",
+            "datasets",
+        )?;
+        q(
+            "SELECT id, 'results/' || id, wrapped_key FROM jobs WHERE wrapped_key IS NOT NULL",
+            "results",
+        )?;
+        q(
+            "SELECT id, 'exports/' || id, wrapped_key FROM exports WHERE wrapped_key IS NOT NULL",
+            "exports",
+        )?;
+        q(
+            "SELECT id, 'gate/' || id, groups_key FROM exports WHERE groups_key IS NOT NULL",
+            "gate",
+        )?;
+        Ok(out)
+    }
+
+    /// The platform's pseudonym root key, made (and stored wrapped by the master key) the first
+    /// time a scenario needs one. Each scenario's key is derived from it and the scenario's id.
+    fn pseudonym_root(&self, db: &Connection) -> Result<DataKey> {
+        if let Some(root) = Self::stored_pseudonym_root(db, &self.master)? {
+            return Ok(root);
+        }
+        let root = DataKey::generate();
+        db.execute(
+            "INSERT INTO settings VALUES ('pseudonym_root', ?1)",
+            params![hex::encode(self.master.wrap(&root, PSEUDONYM_ROOT))],
+        )?;
+        Ok(root)
+    }
+
+    /// The pseudonym root key, if one was made, unwrapped with `master`.
+    fn stored_pseudonym_root(db: &Connection, master: &MasterKey) -> Result<Option<DataKey>> {
+        let stored: Option<String> = db
+            .query_row(
+                "SELECT value FROM settings WHERE key = 'pseudonym_root'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        stored
+            .map(|hex_wrapped| {
+                let wrapped = hex::decode(hex_wrapped)
+                    .map_err(|_| Error::Integrity("the pseudonym root key is not hex".into()))?;
+                master.unwrap(&wrapped, PSEUDONYM_ROOT)
+            })
+            .transpose()
+    }
+
+    /// The context a stored dataset version is bound to.
+    fn stored_dataset_context(db: &Connection, id: &str, version: i64) -> Result<String> {
+        let stored: Option<String> = db.query_row(
+            "SELECT context FROM dataset_versions WHERE dataset_id = ?1 AND version = ?2",
+            params![id, version],
+            |r| r.get(0),
+        )?;
+        Ok(stored.unwrap_or_else(|| format!("datasets/{id}/v{version}")))
+    }
+
+    /// Re-wraps every data key and the signing key under a new master key created at
+    /// `new_key_path`, without re-encrypting any data. Offline: no server may be running on
+    /// `dir`. Safe against a kill at any point: before the metadata commits, the old key still
+    /// opens everything; after, the new one does, and opening finishes the last step.
+    pub fn rotate_master_key(dir: &Path, old: MasterKey, new_key_path: &Path) -> Result<u64> {
+        let platform = Platform::open(dir, old)?;
+        if let Some(parent) = new_key_path.parent().filter(|p| !p.as_os_str().is_empty())
+            && fs::canonicalize(parent)
+                .ok()
+                .zip(fs::canonicalize(dir).ok())
+                .is_some_and(|(p, d)| p.starts_with(d))
+        {
+            return Err(Error::Refused(
+                "the master key must not be stored inside the data directory".into(),
+            ));
+        }
+        let new = MasterKey::create(new_key_path)?;
+        let stored = fs::read(dir.join(SIGNING_KEY_FILE))?;
+        write_atomic(
+            &dir.join(SIGNING_KEY_NEXT),
+            &Signer::rewrap(&platform.master, &new, &stored)?,
+        )?;
+        let mut db = platform.db.lock().expect("db");
+        let keys = Self::wrapped_keys(&db)?;
+        let tx = db.transaction()?;
+        for (kind, name, context, wrapped) in &keys {
+            let dek = platform.master.unwrap(wrapped, context)?;
+            let rewrapped = new.wrap(&dek, context);
+            match kind.as_str() {
+                "datasets" => {
+                    let (id, version) = name.split_once("/v").expect("named by us");
+                    tx.execute(
+                        "UPDATE dataset_versions SET wrapped_key = ?3 WHERE dataset_id = ?1 AND version = ?2",
+                        params![id, version.parse::<i64>().unwrap_or(0), rewrapped],
+                    )?;
+                }
+                "results" => {
+                    tx.execute(
+                        "UPDATE jobs SET wrapped_key = ?2 WHERE id = ?1",
+                        params![name, rewrapped],
+                    )?;
+                }
+                "gate" => {
+                    tx.execute(
+                        "UPDATE exports SET groups_key = ?2 WHERE id = ?1",
+                        params![name, rewrapped],
+                    )?;
+                }
+                _ => {
+                    tx.execute(
+                        "UPDATE exports SET wrapped_key = ?2 WHERE id = ?1",
+                        params![name, rewrapped],
+                    )?;
+                }
+            }
+        }
+        if let Some(root) = Self::stored_pseudonym_root(&tx, &platform.master)? {
+            tx.execute(
+                "UPDATE settings SET value = ?1 WHERE key = 'pseudonym_root'",
+                params![hex::encode(new.wrap(&root, PSEUDONYM_ROOT))],
+            )?;
+        }
+        tx.execute(
+            "INSERT INTO settings VALUES ('master_key', ?1) ON CONFLICT(key) DO UPDATE SET value = ?1",
+            params![new.fingerprint()],
+        )?;
+        platform.audit.append(
+            "platform",
+            "keys.rotate",
+            "master_key",
+            json!({ "rewrapped": keys.len(), "from": platform.master.fingerprint(), "to": new.fingerprint() }),
+        )?;
+        #[cfg(test)]
+        if std::env::var_os("TIDEGATE_TEST_KILL_AFTER_COMMIT").is_some() {
+            tx.commit()?;
+            return Ok(keys.len() as u64);
+        }
+        tx.commit()?;
+        fs::rename(dir.join(SIGNING_KEY_NEXT), dir.join(SIGNING_KEY_FILE))?;
+        fs::File::open(dir)?.sync_all()?;
+        Ok(keys.len() as u64)
+    }
+
+    /// Unwraps every data key and decrypts every object: what an admin runs after a rotation
+    /// or a restore. Returns how many objects were checked.
+    pub fn verify_storage(&self) -> Result<u64> {
+        self.scan_objects(|_, _| {})
+    }
+
+    /// Decrypts every object the platform can still decrypt and shows each to `inspect`, in
+    /// process only (nothing of it is served): what an operator's check, and the exit test's
+    /// search for destroyed data, go through. Returns how many objects there were.
+    pub fn scan_objects(&self, mut inspect: impl FnMut(&str, &[u8])) -> Result<u64> {
+        let keys = Self::wrapped_keys(&self.db.lock().expect("db"))?;
+        for (kind, name, context, wrapped) in &keys {
+            let plaintext = self.load_object_as(kind, name, context, wrapped)?;
+            inspect(&format!("{kind}/{name}"), &plaintext);
+        }
+        Ok(keys.len() as u64)
+    }
+
+    fn assemble(dir: &Path, master: MasterKey, signer: Signer, lock: fs::File) -> Result<Platform> {
+        // A write killed before its rename left a temporary file nothing refers to.
+        remove_temporary_files(dir)?;
+        let signer = Arc::new(signer);
+        let checkpoints = Arc::clone(&signer);
+        let audit = AuditLog::open(&dir.join(AUDIT_FILE))?
+            .with_signer(Box::new(move |message| checkpoints.sign(message)));
+        fs::create_dir_all(dir.join("objects"))?;
+        Ok(Platform {
+            dir: dir.to_path_buf(),
+            db: Mutex::new(open_db(&dir.join(DB_FILE))?),
+            audit,
+            sandbox: Arc::new(Sandbox::new()?),
+            running: Mutex::new(HashMap::new()),
+            master,
+            signer,
+            _lock: lock,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn public_key_hex(&self) -> String {
+        self.signer.public_key_hex()
+    }
+
+    fn object_path(&self, kind: &str, name: &str) -> PathBuf {
+        self.dir
+            .join("objects")
+            .join(kind)
+            .join(format!("{name}.tge"))
+    }
+
+    /// Encrypts `plaintext` under a fresh data key and writes it atomically; returns the
+    /// wrapped key to store beside the metadata. The object's name (`kind/name`) is bound to
+    /// every chunk and to the wrapped key.
+    fn store_object(&self, kind: &str, name: &str, plaintext: &[u8]) -> Result<Vec<u8>> {
+        self.store_object_as(kind, name, &format!("{kind}/{name}"), plaintext)
+    }
+
+    /// [`Platform::store_object`] binding `context` instead of the name alone (a dataset
+    /// version binds its org, dataset and version: [`dataset_context`]).
+    fn store_object_as(
+        &self,
+        kind: &str,
+        name: &str,
+        context: &str,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>> {
+        let dek = DataKey::generate();
+        write_atomic(
+            &self.object_path(kind, name),
+            &dek.seal_object(context, plaintext),
+        )?;
+        Ok(self.master.wrap(&dek, context))
+    }
+
+    /// A stored object as a Parquet source that decrypts only the ranges a scan reads.
+    fn sealed_source(
+        &self,
+        kind: &str,
+        name: &str,
+        context: &str,
+        wrapped: &[u8],
+    ) -> Result<SealedSource> {
+        let dek = self.master.unwrap(wrapped, context)?;
+        let file = fs::File::open(self.object_path(kind, name))?;
+        Ok(SealedSource::new(dek.reader(context, file)?))
+    }
+
+    fn load_object(&self, kind: &str, name: &str, wrapped: &[u8]) -> Result<Vec<u8>> {
+        self.load_object_as(kind, name, &format!("{kind}/{name}"), wrapped)
+    }
+
+    fn load_object_as(
+        &self,
+        kind: &str,
+        name: &str,
+        context: &str,
+        wrapped: &[u8],
+    ) -> Result<Vec<u8>> {
+        let dek = self.master.unwrap(wrapped, context)?;
+        dek.open_object(context, &fs::read(self.object_path(kind, name))?)
+    }
+
+    // ----- Onboarding -----
+
+    /// Resolves a bearer token to its principal.
+    pub fn authenticate(&self, token: &str) -> Result<Principal> {
+        let db = self.db.lock().expect("db");
+        let row = db
+            .query_row(
+                "SELECT id, org_id, roles, trained_at FROM principals WHERE token_hash = ?1",
+                params![hash_token(token)],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let (id, org, roles, trained) =
+            row.ok_or_else(|| Error::Unauthenticated("unknown or revoked token".into()))?;
+        Ok(Principal {
+            id,
+            org,
+            roles: roles
+                .split(',')
+                .filter(|r| !r.is_empty())
+                .map(|r| r.parse().map_err(Error::Integrity))
+                .collect::<Result<_>>()?,
+            trained: trained.is_some(),
+        })
+    }
+
+    pub fn create_org(&self, actor: &Principal, name: &str, kind: &str) -> Result<OrgView> {
+        tidegate_policy::require_role(actor, Role::Admin)?;
+        if !matches!(kind, "authority" | "provider" | "operator") {
+            return Err(Error::BadInput(
+                "an org's kind is authority, provider or operator".into(),
+            ));
+        }
+        let id = new_id("org");
+        let mut db = self.db.lock().expect("db");
+        let tx = db.transaction()?;
+        tx.execute(
+            "INSERT INTO orgs (id, name, kind, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![id, name, kind, crate::now_rfc3339()],
+        )
+        .map_err(|e| match e {
+            rusqlite::Error::SqliteFailure(f, _)
+                if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Error::BadInput(format!("an org named {name} already exists"))
+            }
+            e => e.into(),
+        })?;
+        self.audit.append(
+            &actor.id,
+            "org.create",
+            &id,
+            json!({ "name": name, "kind": kind }),
+        )?;
+        tx.commit()?;
+        Ok(OrgView {
+            id,
+            name: name.into(),
+            kind: kind.into(),
+        })
+    }
+
+    fn org_id(db: &Connection, name_or_id: &str) -> Result<String> {
+        db.query_row(
+            "SELECT id FROM orgs WHERE id = ?1 OR name = ?1",
+            params![name_or_id],
+            |r| r.get(0),
+        )
+        .optional()?
+        .ok_or_else(|| Error::NotFound(format!("org {name_or_id}")))
+    }
+
+    pub fn create_principal(
+        &self,
+        actor: &Principal,
+        name: &str,
+        org: &str,
+        roles: &[Role],
+    ) -> Result<PrincipalView> {
+        tidegate_policy::require_role(actor, Role::Admin)?;
+        if roles.is_empty() {
+            return Err(Error::BadInput(
+                "a principal needs at least one role".into(),
+            ));
+        }
+        // R-SOD: whoever reviews outputs does not also produce them.
+        if roles.contains(&Role::Reviewer) && roles.contains(&Role::Scientist) {
+            return Err(Error::Refused(
+                "separation of duties: a principal cannot be both scientist and reviewer".into(),
+            ));
+        }
+        let id = new_id("p");
+        let token = random_token();
+        let roles_text = roles
+            .iter()
+            .map(|r| r.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut db = self.db.lock().expect("db");
+        let org_id = Self::org_id(&db, org)?;
+        let tx = db.transaction()?;
+        tx.execute(
+            "INSERT INTO principals VALUES (?1, ?2, ?3, ?4, NULL, NULL, ?5, ?6)",
+            params![
+                id,
+                name,
+                org_id,
+                roles_text,
+                hash_token(&token),
+                crate::now_rfc3339()
+            ],
+        )?;
+        self.audit.append(
+            &actor.id,
+            "principal.create",
+            &id,
+            json!({ "org": org_id, "roles": roles_text }),
+        )?;
+        tx.commit()?;
+        Ok(PrincipalView {
+            id,
+            name: name.into(),
+            org: org_id,
+            roles: roles.to_vec(),
+            trained: false,
+            token: Some(token),
+        })
+    }
+
+    /// R-ONBOARD: an admin records that a principal passed training.
+    pub fn record_training(&self, actor: &Principal, principal: &str, course: &str) -> Result<()> {
+        tidegate_policy::require_role(actor, Role::Admin)?;
+        let mut db = self.db.lock().expect("db");
+        let tx = db.transaction()?;
+        let n = tx.execute(
+            "UPDATE principals SET trained_at = ?2, training = ?3 WHERE id = ?1",
+            params![principal, crate::now_rfc3339(), course],
+        )?;
+        if n == 0 {
+            return Err(Error::NotFound(format!("principal {principal}")));
+        }
+        self.audit.append(
+            &actor.id,
+            "principal.training",
+            principal,
+            json!({ "course": course }),
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    // ----- Import -----
+}
+
+/// The grants a policy document asks for, when they differ from the current ones and only
+/// narrow them: fewer datasets, fewer columns, the same pinned versions. Widening is refused.
+fn narrowed_grants(
+    scenario: &str,
+    current: &[GrantRequest],
+    wanted: &[GrantRequest],
+) -> Result<Option<Vec<GrantRequest>>> {
+    let mut narrowed = Vec::new();
+    for w in wanted {
+        let Some(c) = current.iter().find(|c| c.dataset == w.dataset) else {
+            return Err(Error::Refused(format!(
+                "scenario {scenario}: dataset {} is not granted; widening a grant needs a new application and its approvals",
+                w.dataset
+            )));
+        };
+        if let Some(extra) = w.columns.iter().find(|col| !c.columns.contains(col)) {
+            return Err(Error::Refused(format!(
+                "scenario {scenario}: column {extra} of {} is not granted; widening a grant needs a new application and its approvals",
+                w.dataset
+            )));
+        }
+        if w.version != c.version {
+            return Err(Error::Refused(format!(
+                "scenario {scenario}: the pinned version of {} moves only by its provider (scenario repin)",
+                w.dataset
+            )));
+        }
+        if w.columns.is_empty() {
+            return Err(Error::BadInput(format!(
+                "scenario {scenario}: a grant of {} names no column; drop the dataset instead",
+                w.dataset
+            )));
+        }
+    }
+    // In the current order, so that a reordered document is no change.
+    for c in current {
+        if let Some(w) = wanted.iter().find(|w| w.dataset == c.dataset) {
+            narrowed.push(GrantRequest {
+                dataset: c.dataset.clone(),
+                columns: c
+                    .columns
+                    .iter()
+                    .filter(|col| w.columns.contains(col))
+                    .cloned()
+                    .collect(),
+                version: c.version,
+            });
+        }
+    }
+    if narrowed.is_empty() {
+        return Err(Error::BadInput(format!(
+            "scenario {scenario}: a scenario keeps at least one dataset; revoke it instead"
+        )));
+    }
+    let same = narrowed.len() == current.len()
+        && narrowed
+            .iter()
+            .zip(current)
+            .all(|(n, c)| n.dataset == c.dataset && n.columns == c.columns);
+    Ok((!same).then_some(narrowed))
+}
+
+/// Checks an exit certificate's signature with the platform public key (raw 32 bytes).
+pub fn verify_certificate(
+    certificate: &Value,
+    signature_hex: &str,
+    public_key: &[u8],
+) -> Result<()> {
+    let body = serde_json::to_vec(certificate)?;
+    let signature = hex::decode(signature_hex)
+        .map_err(|_| Error::Integrity("the signature is not hex".into()))?;
+    if crate::crypto::ed25519_verifies(public_key, &body, &signature) {
+        Ok(())
+    } else {
+        Err(Error::Integrity(
+            "the certificate's signature does not verify".into(),
+        ))
+    }
+}
+
+// ----- Table helpers -----
+
+fn arrow_type(t: DataType) -> ArrowType {
+    match t {
+        DataType::Utf8 => ArrowType::Utf8,
+        DataType::Int32 => ArrowType::Int32,
+        DataType::Int64 => ArrowType::Int64,
+        DataType::Float64 => ArrowType::Float64,
+        DataType::Boolean => ArrowType::Boolean,
+        DataType::Date32 => ArrowType::Date32,
+    }
+}
+
+fn our_type(t: &ArrowType) -> Option<DataType> {
+    Some(match t {
+        ArrowType::Utf8 | ArrowType::LargeUtf8 | ArrowType::Utf8View => DataType::Utf8,
+        ArrowType::Int32 => DataType::Int32,
+        ArrowType::Int64 => DataType::Int64,
+        ArrowType::Float64 => DataType::Float64,
+        ArrowType::Boolean => DataType::Boolean,
+        ArrowType::Date32 => DataType::Date32,
+        _ => return None,
+    })
+}
+
+/// Reads a local CSV or Parquet file (by its extension) as a table for `tidegate dev run`:
+/// all columns, no tags.
+pub fn local_table(name: &str, path: &Path) -> Result<TableInput> {
+    let data = fs::read(path)
+        .map_err(|e| Error::BadInput(format!("cannot read {}: {e}", path.display())))?;
+    let format = match path.extension().and_then(|e| e.to_str()) {
+        Some("parquet") | Some("pq") => "parquet",
+        _ => "csv",
+    };
+    let batches = read_table(format, &data, &[])?;
+    let schema = batches
+        .first()
+        .map(|b| b.schema())
+        .ok_or_else(|| Error::BadInput(format!("{} holds no rows", path.display())))?;
+    Ok(TableInput {
+        name: name.to_string(),
+        columns: column_specs(&schema, &[])?,
+        data: TableData::Memory(batches),
+    })
+}
+
+/// Reads a CSV or Parquet file; declared column types override inference.
+fn read_table(format: &str, data: &[u8], declared: &[ColumnInput]) -> Result<Vec<RecordBatch>> {
+    let batches = match format {
+        "csv" => {
+            let format = arrow::csv::reader::Format::default().with_header(true);
+            let (inferred, _) = format
+                .infer_schema(std::io::Cursor::new(data), Some(1000))
+                .map_err(|e| Error::BadInput(format!("the CSV cannot be read: {e}")))?;
+            let fields: Vec<Field> = inferred
+                .fields()
+                .iter()
+                .map(|f| {
+                    let t = declared
+                        .iter()
+                        .find(|c| &c.name == f.name())
+                        .and_then(|c| c.data_type)
+                        .map(arrow_type)
+                        .unwrap_or_else(|| f.data_type().clone());
+                    Field::new(f.name(), t, true)
+                })
+                .collect();
+            let reader = arrow::csv::ReaderBuilder::new(Arc::new(Schema::new(fields)))
+                .with_header(true)
+                .with_batch_size(8192)
+                .build(std::io::Cursor::new(data))
+                .map_err(|e| Error::BadInput(format!("the CSV cannot be read: {e}")))?;
+            reader
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| csv_error(&e))?
+        }
+        "parquet" => from_parquet(data.to_vec())
+            .map_err(|_| Error::BadInput("the Parquet file cannot be read".into()))?,
+        other => {
+            return Err(Error::BadInput(format!(
+                "unknown format `{other}`: csv or parquet"
+            )));
+        }
+    };
+    // Normalize string views and large strings to plain UTF-8, and apply declared types.
+    batches
+        .into_iter()
+        .map(|b| {
+            let schema = b.schema();
+            let mut fields = Vec::new();
+            let mut cols: Vec<ArrayRef> = Vec::new();
+            for (f, c) in schema.fields().iter().zip(b.columns()) {
+                let want = declared
+                    .iter()
+                    .find(|d| &d.name == f.name())
+                    .and_then(|d| d.data_type)
+                    .map(arrow_type)
+                    .or_else(|| our_type(f.data_type()).map(arrow_type))
+                    .ok_or_else(|| {
+                        Error::BadInput(format!(
+                            "column {} has an unsupported type {}",
+                            f.name(),
+                            f.data_type()
+                        ))
+                    })?;
+                let c = if c.data_type() == &want {
+                    Arc::clone(c)
+                } else {
+                    arrow::compute::cast(c, &want).map_err(|_| {
+                        Error::BadInput(format!("column {} cannot be read as {want}", f.name()))
+                    })?
+                };
+                fields.push(Field::new(f.name(), want, true));
+                cols.push(c);
+            }
+            RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
+                .map_err(|e| Error::Internal(format!("batch: {e}")))
+        })
+        .collect()
+}
+
+/// CSV parse errors quote the offending value; report only where it is.
+fn csv_error(e: &arrow::error::ArrowError) -> Error {
+    let text = e.to_string();
+    let location = text
+        .find("line")
+        .map(|i| {
+            text[i..]
+                .chars()
+                .take_while(|c| *c != ':')
+                .collect::<String>()
+        })
+        .unwrap_or_default();
+    Error::BadInput(format!(
+        "the CSV has a value that does not parse as its column's type {location}"
+    ))
+}
+
+fn column_specs(schema: &Schema, declared: &[ColumnInput]) -> Result<Vec<ColumnSpec>> {
+    for d in declared {
+        if schema.field_with_name(&d.name).is_err() {
+            return Err(Error::BadInput(format!(
+                "the file has no column {}",
+                d.name
+            )));
+        }
+        if d.name.starts_with("__tg") {
+            return Err(Error::BadInput(
+                "column names starting with __tg are reserved".into(),
+            ));
+        }
+    }
+    let specs: Vec<ColumnSpec> = schema
+        .fields()
+        .iter()
+        .map(|f| ColumnSpec {
+            name: f.name().clone(),
+            data_type: our_type(f.data_type()).expect("normalized above"),
+            tags: declared
+                .iter()
+                .find(|d| &d.name == f.name())
+                .map(|d| d.tags.clone())
+                .unwrap_or_default(),
+        })
+        .collect();
+    if specs
+        .iter()
+        .filter(|c| c.has_tag(ColumnTag::Entity))
+        .count()
+        > 1
+    {
+        return Err(Error::BadInput(
+            "at most one column is the `entity` key".into(),
+        ));
+    }
+    Ok(specs)
+}
+
+/// R-IMPORT's data quality report: rows, nulls per column, duplicates of the entity key.
+fn quality_report(batches: &[RecordBatch], columns: &[ColumnSpec]) -> Value {
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    let mut nulls = BTreeMap::new();
+    for (i, c) in columns.iter().enumerate() {
+        let n: usize = batches.iter().map(|b| b.column(i).null_count()).sum();
+        nulls.insert(c.name.clone(), n);
+    }
+    let entity_duplicates = columns
+        .iter()
+        .position(|c| c.has_tag(ColumnTag::Entity))
+        .map(|i| {
+            let mut seen = HashSet::new();
+            let mut dup = 0usize;
+            for b in batches {
+                let col = b.column(i);
+                for row in 0..col.len() {
+                    let key =
+                        arrow::util::display::array_value_to_string(col, row).unwrap_or_default();
+                    if !seen.insert(sha256_hex(key.as_bytes())) {
+                        dup += 1;
+                    }
+                }
+            }
+            dup
+        });
+    json!({ "rows": rows, "nulls": nulls, "entity_duplicate_rows": entity_duplicates })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_data_directory_of_an_older_schema_is_migrated_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            conn.execute(
+                "INSERT INTO orgs VALUES ('org1', 'bureau', 'provider', 'then')",
+                [],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO datasets VALUES ('ds1', 'visits', 'org1', 'L2', 'public', '[]', 'then')",
+                [],
+            )
+            .unwrap();
+        }
+        let conn = open_db(&path).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let approvers: String = conn
+            .query_row("SELECT approvers FROM datasets WHERE id = 'ds1'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(approvers, "[]");
+        drop(conn);
+        // Opening again changes nothing.
+        drop(open_db(&path).unwrap());
+    }
+
+    #[test]
+    fn one_process_at_a_time_opens_a_data_directory_and_leftover_temporary_files_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let (platform, _) = Platform::init(&data, &dir.path().join("master.key"), "admin").unwrap();
+        let key = || MasterKey::load(&dir.path().join("master.key")).unwrap();
+        let second = Platform::open(&data, key()).unwrap_err().to_string();
+        assert!(second.contains("another tidegate process"), "{second}");
+        drop(platform);
+        let leftover = data.join("objects").join(".x.tge.tmp-0123456789ab");
+        fs::write(&leftover, b"half").unwrap();
+        let _platform = Platform::open(&data, key()).unwrap();
+        assert!(!leftover.exists());
+    }
+
+    #[test]
+    fn a_data_directory_of_a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        let err = open_db(&path).unwrap_err().to_string();
+        assert!(err.contains("written by a newer Tidegate"), "{err}");
+    }
+
+    #[test]
+    fn an_action_whose_audit_entry_cannot_be_made_durable_does_not_happen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (platform, token) = Platform::init(
+            &dir.path().join("data"),
+            &dir.path().join("master.key"),
+            "admin",
+        )
+        .unwrap();
+        let admin = platform.authenticate(&token).unwrap();
+        platform.create_org(&admin, "before", "operator").unwrap();
+        platform.audit.fail_writes_for_test();
+        let err = platform
+            .create_org(&admin, "after", "operator")
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("could not be made durable"),
+            "{err}"
+        );
+        // The org does not exist, and every later action is refused as well.
+        let count: i64 = platform
+            .db
+            .lock()
+            .unwrap()
+            .query_row("SELECT count(*) FROM orgs WHERE name = 'after'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(count, 0);
+        let err = platform
+            .create_org(&admin, "later", "operator")
+            .unwrap_err();
+        assert!(err.to_string().contains("refused until restart"), "{err}");
+    }
+
+    #[test]
+    fn pseudonyms_survive_a_master_key_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let (platform, _) = Platform::init(&data, &dir.path().join("old.key"), "admin").unwrap();
+        let before = {
+            let db = platform.db.lock().unwrap();
+            platform
+                .pseudonym_root(&db)
+                .unwrap()
+                .pseudonym_key("sc_1")
+                .pseudonym("13812345678")
+        };
+        drop(platform);
+        let old = MasterKey::load(&dir.path().join("old.key")).unwrap();
+        Platform::rotate_master_key(&data, old, &dir.path().join("new.key")).unwrap();
+        let platform =
+            Platform::open(&data, MasterKey::load(&dir.path().join("new.key")).unwrap()).unwrap();
+        let db = platform.db.lock().unwrap();
+        let after = platform
+            .pseudonym_root(&db)
+            .unwrap()
+            .pseudonym_key("sc_1")
+            .pseudonym("13812345678");
+        assert_eq!(before, after);
+    }
+
+    /// A new data directory under `dir` (master key `dir/KEY`) with a trained provider.
+    fn platform_with_provider(dir: &Path, key: &str) -> (Platform, Principal) {
+        let (platform, token) = Platform::init(&dir.join("data"), &dir.join(key), "admin").unwrap();
+        let admin = platform.authenticate(&token).unwrap();
+        let org = platform.create_org(&admin, "bureau", "provider").unwrap();
+        let p = platform
+            .create_principal(&admin, "p", &org.id, &[Role::Provider])
+            .unwrap();
+        platform.record_training(&admin, &p.id, "t").unwrap();
+        let provider = platform.authenticate(p.token.as_deref().unwrap()).unwrap();
+        (platform, provider)
+    }
+
+    /// Imports a two-row table under `name`.
+    fn import_small(platform: &Platform, provider: &Principal, name: &str) -> DatasetView {
+        use base64::Engine as _;
+        platform
+            .import_dataset(
+                provider,
+                ImportRequest {
+                    name: name.into(),
+                    level: Level::L2,
+                    format: "csv".into(),
+                    columns: vec![],
+                    approvers: vec![],
+                    data_base64: base64::engine::general_purpose::STANDARD
+                        .encode("a,b\n1,x\n2,y\n"),
+                },
+            )
+            .unwrap()
+    }
+
+    #[test]
+    fn a_dataset_file_moved_to_another_dataset_does_not_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (platform, provider) = platform_with_provider(dir.path(), "master.key");
+        let first = import_small(&platform, &provider, "first");
+        let second = import_small(&platform, &provider, "second");
+        assert_eq!(platform.verify_storage().unwrap(), 2);
+        let path = |d: &DatasetView| platform.object_path("datasets", &format!("{}/v1", d.id));
+        fs::copy(path(&first), path(&second)).unwrap();
+        assert!(matches!(
+            platform.verify_storage(),
+            Err(Error::Integrity(_))
+        ));
+    }
+
+    #[test]
+    fn a_rotation_killed_after_its_commit_completes_when_opened_with_the_new_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let (platform, provider) = platform_with_provider(dir.path(), "old.key");
+        import_small(&platform, &provider, "t");
+        drop(platform);
+        let old = || MasterKey::load(&dir.path().join("old.key")).unwrap();
+        // SAFETY of the test: the variable is read only by this crate's rotation code.
+        unsafe { std::env::set_var("TIDEGATE_TEST_KILL_AFTER_COMMIT", "1") };
+        let n = Platform::rotate_master_key(&data, old(), &dir.path().join("new.key")).unwrap();
+        unsafe { std::env::remove_var("TIDEGATE_TEST_KILL_AFTER_COMMIT") };
+        assert_eq!(n, 1);
+        assert!(
+            data.join(SIGNING_KEY_NEXT).exists(),
+            "killed before the rename"
+        );
+        let err = Platform::open(&data, old()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("not the data directory's master key"),
+            "{err}"
+        );
+        let new = MasterKey::load(&dir.path().join("new.key")).unwrap();
+        let reopened = Platform::open(&data, new).unwrap();
+        assert!(
+            !data.join(SIGNING_KEY_NEXT).exists(),
+            "opening finished the rotation"
+        );
+        assert_eq!(reopened.verify_storage().unwrap(), 1);
+    }
+
+    #[test]
+    fn the_master_key_is_refused_inside_the_data_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let err = Platform::init(&data, &data.join("keys/master.key"), "admin").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "refused: the master key must not be stored inside the data directory"
+        );
+    }
+}

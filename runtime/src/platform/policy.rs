@@ -1,0 +1,258 @@
+//! Policy as code, and the audit log's verification, pruning and checkpoints.
+
+use super::*;
+
+impl Platform {
+    pub(super) fn policy_version(db: &Connection) -> Result<i64> {
+        let v: Option<String> = db
+            .query_row(
+                "SELECT value FROM settings WHERE key = 'policy_version'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(v.and_then(|v| v.parse().ok()).unwrap_or(1))
+    }
+
+    /// Policy as code: the scenarios' rules and the price table as one versioned document.
+    pub fn export_policy(&self, actor: &Principal) -> Result<Value> {
+        if !(actor.has_role(Role::Admin) || actor.has_role(Role::Auditor)) {
+            return Err(Error::Refused(
+                "only admins and auditors read the policy document".into(),
+            ));
+        }
+        let db = self.db.lock().expect("db");
+        let mut prices = serde_json::Map::new();
+        for (category, _, _, default) in PRICE_ITEMS {
+            let fen: Option<i64> = db
+                .query_row(
+                    "SELECT fen_per_unit FROM prices WHERE category = ?1",
+                    params![category],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            prices.insert(category.to_string(), json!(fen.unwrap_or(default)));
+        }
+        let ids: Vec<String> = db
+            .prepare("SELECT id FROM scenarios ORDER BY created_at")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut scenarios = Vec::new();
+        for id in ids {
+            let s = Self::scenario_row(&db, &id)?;
+            scenarios.push(json!({
+                "id": s.id, "name": s.name, "org": s.org, "state": s.stored_state,
+                "k": s.k, "term_start": s.view.term_start, "term_end": s.view.term_end,
+                "grants": s.grants, "export_rules": s.export_rules,
+            }));
+        }
+        Ok(json!({
+            "format": "tidegate-policy-v1",
+            "version": Self::policy_version(&db)?,
+            "prices": prices,
+            "scenarios": scenarios,
+        }))
+    }
+
+    /// Applies a policy document as one new version: price changes, and per scenario its
+    /// threshold k (never below its level's default), the end of its term, its state (suspend,
+    /// resume, revoke), its export rules and narrower grants (widening one needs a new
+    /// application and its approvals). Shows the difference; with `dry_run` changes nothing.
+    pub fn apply_policy(&self, actor: &Principal, doc: &Value, dry_run: bool) -> Result<Value> {
+        tidegate_policy::require_role(actor, Role::Admin)?;
+        tidegate_policy::require_training(actor)?;
+        let mut db = self.db.lock().expect("db");
+        let current = Self::policy_version(&db)?;
+        if doc["format"] != "tidegate-policy-v1" {
+            return Err(Error::BadInput("not a tidegate-policy-v1 document".into()));
+        }
+        if doc["version"].as_i64() != Some(current) {
+            return Err(Error::Refused(format!(
+                "the document was exported at version {}, the policy is now at version {current}: export it again",
+                doc["version"]
+            )));
+        }
+        let mut changes = Vec::new();
+        let mut statements: Vec<(String, Vec<rusqlite::types::Value>)> = Vec::new();
+        let mut cancel = Vec::new();
+        for (category, value) in doc["prices"].as_object().into_iter().flatten() {
+            let known = price_item(category)?;
+            let fen = value.as_i64().filter(|f| *f >= 0).ok_or_else(|| {
+                Error::BadInput(format!(
+                    "the price of {category} is not a whole number of fen"
+                ))
+            })?;
+            let old: i64 = db
+                .query_row(
+                    "SELECT fen_per_unit FROM prices WHERE category = ?1",
+                    params![category],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .unwrap_or(known.1);
+            if old != fen {
+                changes.push(json!({ "price": category, "from": old, "to": fen }));
+                statements.push((
+                    "INSERT INTO prices VALUES (?1, ?2, ?3) ON CONFLICT(category) DO UPDATE SET fen_per_unit = ?3".into(),
+                    vec![category.clone().into(), known.0.to_string().into(), fen.into()],
+                ));
+            }
+        }
+        for wanted in doc["scenarios"].as_array().into_iter().flatten() {
+            let id = wanted["id"]
+                .as_str()
+                .ok_or_else(|| Error::BadInput("a scenario without an id".into()))?;
+            let s = Self::scenario_row(&db, id)?;
+            if let Some(k) = wanted["k"].as_u64()
+                && k != s.k
+            {
+                let mut level = Level::L1;
+                for g in &s.grants {
+                    level = level.max(Self::dataset_row(&db, &g.dataset)?.level);
+                }
+                if k < default_threshold(level) {
+                    return Err(Error::Refused(format!(
+                        "scenario {id}: k = {k} is below the {level} minimum of {}",
+                        default_threshold(level)
+                    )));
+                }
+                changes.push(json!({ "scenario": id, "k": { "from": s.k, "to": k } }));
+                statements.push((
+                    "UPDATE scenarios SET k = ?2 WHERE id = ?1".into(),
+                    vec![id.to_string().into(), (k as i64).into()],
+                ));
+            }
+            if let Some(end) = wanted["term_end"].as_str()
+                && end != s.view.term_end
+            {
+                if parse_date(end)? < s.term_start {
+                    return Err(Error::BadInput(format!(
+                        "scenario {id}: the term ends before it starts"
+                    )));
+                }
+                changes.push(
+                    json!({ "scenario": id, "term_end": { "from": s.view.term_end, "to": end } }),
+                );
+                statements.push((
+                    "UPDATE scenarios SET term_end = ?2 WHERE id = ?1".into(),
+                    vec![id.to_string().into(), end.to_string().into()],
+                ));
+            }
+            if !wanted["export_rules"].is_null() {
+                let rules: ExportRules = serde_json::from_value(wanted["export_rules"].clone())
+                    .map_err(|e| Error::BadInput(format!("scenario {id}: export_rules: {e}")))?;
+                if rules != s.export_rules {
+                    tidegate_policy::validate_export_rules(
+                        &rules,
+                        EXPORT_MAX_ROWS,
+                        EXPORT_MAX_BYTES,
+                    )
+                    .map_err(|r| Error::Refused(format!("scenario {id}: {r}")))?;
+                    changes.push(json!({ "scenario": id, "export_rules": { "from": s.export_rules, "to": rules } }));
+                    statements.push((
+                        "UPDATE scenarios SET export_rules = ?2 WHERE id = ?1".into(),
+                        vec![id.to_string().into(), to_json(&rules).into()],
+                    ));
+                }
+            }
+            if !wanted["grants"].is_null() {
+                let grants: Vec<GrantRequest> = serde_json::from_value(wanted["grants"].clone())
+                    .map_err(|e| Error::BadInput(format!("scenario {id}: grants: {e}")))?;
+                if let Some(narrowed) = narrowed_grants(id, &s.grants, &grants)? {
+                    changes.push(
+                        json!({ "scenario": id, "grants": { "from": s.grants, "to": narrowed } }),
+                    );
+                    statements.push((
+                        "UPDATE scenarios SET grants = ?2 WHERE id = ?1".into(),
+                        vec![id.to_string().into(), to_json(&narrowed).into()],
+                    ));
+                }
+            }
+            if let Some(state) = wanted["state"].as_str()
+                && state != s.stored_state.as_str()
+            {
+                let action = match state {
+                    "suspended" => "suspend",
+                    "active" => "resume",
+                    "revoked" => "revoke",
+                    other => {
+                        return Err(Error::BadInput(format!(
+                            "scenario {id}: state {other} cannot be set"
+                        )));
+                    }
+                };
+                let next = tidegate_policy::can_change_scenario(actor, s.stored_state, action)?;
+                changes.push(
+                    json!({ "scenario": id, "state": { "from": s.stored_state, "to": next } }),
+                );
+                statements.push((
+                    "UPDATE scenarios SET state = ?2 WHERE id = ?1".into(),
+                    vec![id.to_string().into(), next.as_str().to_string().into()],
+                ));
+                if next != ScenarioState::Active {
+                    cancel.push(id.to_string());
+                }
+            }
+        }
+        let to = if changes.is_empty() || dry_run {
+            current
+        } else {
+            current + 1
+        };
+        let answer = json!({ "from_version": current, "to_version": to, "dry_run": dry_run, "changes": changes });
+        if dry_run || changes.is_empty() {
+            return Ok(answer);
+        }
+        let tx = db.transaction()?;
+        for (sql, values) in &statements {
+            tx.execute(sql, rusqlite::params_from_iter(values.iter()))?;
+        }
+        tx.execute(
+            "INSERT INTO settings VALUES ('policy_version', ?1) ON CONFLICT(key) DO UPDATE SET value = ?1",
+            params![to.to_string()],
+        )?;
+        self.audit.append(
+            &actor.id,
+            "policy.apply",
+            &format!("v{to}"),
+            json!({ "changes": changes }),
+        )?;
+        tx.commit()?;
+        self.cancel_jobs(&cancel);
+        Ok(answer)
+    }
+
+    /// Lets an auditor check the chain through the API.
+    pub fn verify_audit(&self, actor: &Principal) -> Result<crate::audit::AuditVerdict> {
+        if !(actor.has_role(Role::Auditor) || actor.has_role(Role::Admin)) {
+            return Err(Error::Refused(
+                "only auditors and admins verify the audit log".into(),
+            ));
+        }
+        let key = hex::decode(self.signer.public_key_hex())
+            .map_err(|_| Error::Internal("public key encoding".into()))?;
+        crate::audit::verify_file(self.audit.path(), Some(&key))
+    }
+
+    /// Retention (R-AUDIT): an admin prunes the audit log's sealed segments whose entries are
+    /// all older than `before`, which must lie at least 180 days back. Nothing younger is ever
+    /// deleted, by this or by anything else (an exit keeps the logs). The prune is audited.
+    pub fn prune_audit(&self, actor: &Principal, before: &str) -> Result<Value> {
+        tidegate_policy::require_role(actor, Role::Admin)?;
+        tidegate_policy::require_training(actor)?;
+        let before = parse_date(before)?;
+        let pruned = self.audit.prune(before, today())?;
+        self.audit.append(
+            &actor.id,
+            "audit.prune",
+            "audit",
+            json!({ "before": before.to_string(), "entries": pruned }),
+        )?;
+        Ok(json!({ "before": before.to_string(), "entries_pruned": pruned }))
+    }
+
+    /// Writes a signed checkpoint of the audit log now (at shutdown, and by the demo).
+    pub fn checkpoint(&self) -> Result<()> {
+        self.audit.checkpoint()
+    }
+}

@@ -1,0 +1,591 @@
+//! Scenarios and their orgs: application, approvals, drafts, repinning, suspension and revocation, freeze and exit.
+
+use super::*;
+
+impl Platform {
+    pub fn apply_scenario(&self, actor: &Principal, req: ScenarioRequest) -> Result<ScenarioView> {
+        tidegate_policy::can_apply_for_scenario(actor)?;
+        let (start, end) = (parse_date(&req.term_start)?, parse_date(&req.term_end)?);
+        if end < start {
+            return Err(Error::BadInput("the term ends before it starts".into()));
+        }
+        if req.grants.is_empty() {
+            return Err(Error::BadInput(
+                "a scenario names at least one dataset".into(),
+            ));
+        }
+        tidegate_policy::validate_export_rules(
+            &req.export_rules,
+            EXPORT_MAX_ROWS,
+            EXPORT_MAX_BYTES,
+        )?;
+        let id = new_id("sc");
+        let mut db = self.db.lock().expect("db");
+        let mut level = Level::L1;
+        let mut grants = Vec::new();
+        for g in &req.grants {
+            let d = Self::dataset_row(&db, &g.dataset)?;
+            if d.level == Level::L4 {
+                return Err(Error::Refused("L4 data can never be granted".into()));
+            }
+            if d.pending {
+                return Err(Error::Refused(format!(
+                    "dataset {} is social data awaiting an admin's approval",
+                    d.name
+                )));
+            }
+            if d.origin == Origin::Social && d.org != actor.org {
+                return Err(Error::Refused(format!(
+                    "dataset {} is another org's social data",
+                    d.name
+                )));
+            }
+            for c in &g.columns {
+                if !d.columns.iter().any(|spec| &spec.name == c) {
+                    return Err(Error::BadInput(format!(
+                        "dataset {} has no column {c}",
+                        d.name
+                    )));
+                }
+            }
+            level = level.max(d.level);
+            grants.push(GrantRequest {
+                dataset: d.id,
+                columns: g.columns.clone(),
+                version: None,
+            });
+        }
+        // The scenario may ask for a stricter threshold, never a weaker one than the default.
+        let k = req.k.unwrap_or(0).max(default_threshold(level));
+        let state = if req.draft {
+            ScenarioState::Draft
+        } else {
+            ScenarioState::PendingApprovals
+        };
+        let tx = db.transaction()?;
+        tx.execute(
+            "INSERT INTO scenarios VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+            params![
+                id, req.name, actor.org, req.key_area, req.purpose, req.public_interest,
+                to_json(&grants), req.term_start, req.term_end, k as i64,
+                to_json(&req.planned_products), state.as_str(), actor.id, crate::now_rfc3339(),
+                to_json(&req.export_rules)
+            ],
+        )?;
+        self.audit.append(
+            &actor.id,
+            "scenario.apply",
+            &id,
+            json!({ "name": req.name, "public_interest": req.public_interest,
+                    "grants": grants, "term": [req.term_start, req.term_end], "k": k,
+                    "export_rules": req.export_rules, "state": state }),
+        )?;
+        tx.commit()?;
+        drop(db);
+        self.get_scenario(actor, &id)
+    }
+
+    pub(super) fn scenario_row(db: &Connection, id: &str) -> Result<ScenarioRow> {
+        let row = db
+            .query_row(
+                "SELECT id, name, org_id, key_area, purpose, public_interest, grants, term_start,
+                        term_end, k, planned_products, state, export_rules
+                 FROM scenarios WHERE id = ?1",
+                params![id],
+                |r| {
+                    Ok((
+                        (
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                        ),
+                        (
+                            r.get::<_, String>(3)?,
+                            r.get::<_, String>(4)?,
+                            r.get::<_, bool>(5)?,
+                        ),
+                        (
+                            r.get::<_, String>(6)?,
+                            r.get::<_, String>(7)?,
+                            r.get::<_, String>(8)?,
+                        ),
+                        (
+                            r.get::<_, i64>(9)?,
+                            r.get::<_, String>(10)?,
+                            r.get::<_, String>(11)?,
+                            r.get::<_, String>(12)?,
+                        ),
+                    ))
+                },
+            )
+            .optional()?
+            .ok_or_else(|| Error::NotFound(format!("scenario {id}")))?;
+        let (
+            (id, name, org),
+            (key_area, purpose, public_interest),
+            (grants, ts, te),
+            (k, products, state, rules),
+        ) = row;
+        let export_rules: ExportRules = from_json(&rules)?;
+        let grants: Vec<GrantRequest> = from_json(&grants)?;
+        let stored_state: ScenarioState = state.parse().map_err(Error::Integrity)?;
+        let (term_start, term_end) = (parse_date(&ts)?, parse_date(&te)?);
+        let approvals: Vec<ApprovalView> = db
+            .prepare("SELECT principal_id, as_role, at FROM scenario_approvals WHERE scenario_id = ?1 ORDER BY at")?
+            .query_map(params![id], |r| {
+                Ok(ApprovalView { by: r.get(0)?, as_role: r.get(1)?, at: r.get(2)?, comment: None })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let approvals_state = Self::approvals_state(db, &id, &grants)?;
+        let effective =
+            tidegate_policy::scenario_state(stored_state, term_start, term_end, today());
+        let view = ScenarioView {
+            id: id.clone(),
+            name: name.clone(),
+            org: org.clone(),
+            key_area,
+            purpose,
+            public_interest,
+            grants: grants.clone(),
+            term_start: ts,
+            term_end: te,
+            k: k as u64,
+            planned_products: from_json(&products)?,
+            export_rules: export_rules.clone(),
+            state: effective,
+            approvals,
+            missing_approvals: if stored_state == ScenarioState::PendingApprovals {
+                approvals_state.missing()
+            } else {
+                Vec::new()
+            },
+        };
+        Ok(ScenarioRow {
+            id,
+            name,
+            org,
+            grants,
+            term_start,
+            term_end,
+            k: k as u64,
+            export_rules,
+            stored_state,
+            view,
+        })
+    }
+
+    pub(super) fn approvals_state(
+        db: &Connection,
+        id: &str,
+        grants: &[GrantRequest],
+    ) -> Result<ScenarioApprovals> {
+        let mut a = ScenarioApprovals::default();
+        // The provider of each public dataset approves, and every org the dataset names; social
+        // data was approved by an admin when it was imported.
+        for g in grants {
+            let d = Self::dataset_row(db, &g.dataset)?;
+            if d.origin == Origin::Public {
+                a.require(&d.org, format!("provider of {}", d.name));
+            }
+            for org in &d.approvers {
+                a.require(org, format!("named approver of {}", d.name));
+            }
+        }
+        let mut stmt =
+            db.prepare("SELECT as_role, org_id FROM scenario_approvals WHERE scenario_id = ?1")?;
+        let rows = stmt.query_map(params![id], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?;
+        for row in rows {
+            let (role, org) = row?;
+            if role == "admin" {
+                a.admin_approved = true;
+            } else {
+                a.orgs_approved.insert(org);
+            }
+        }
+        Ok(a)
+    }
+
+    /// Whether `actor` may see the scenario at all (others get "not found").
+    pub(super) fn can_see_scenario(
+        db: &Connection,
+        actor: &Principal,
+        s: &ScenarioRow,
+    ) -> Result<bool> {
+        if actor.org == s.org
+            || actor.has_role(Role::Admin)
+            || actor.has_role(Role::Reviewer)
+            || actor.has_role(Role::Auditor)
+        {
+            return Ok(true);
+        }
+        for g in &s.grants {
+            let d = Self::dataset_row(db, &g.dataset)?;
+            if actor.has_role(Role::Provider)
+                && (d.org == actor.org || d.approvers.contains(&actor.org))
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    pub fn get_scenario(&self, actor: &Principal, id: &str) -> Result<ScenarioView> {
+        let db = self.db.lock().expect("db");
+        let s = Self::scenario_row(&db, id)?;
+        if !Self::can_see_scenario(&db, actor, &s)? {
+            return Err(Error::NotFound(format!("scenario {id}")));
+        }
+        Ok(s.view)
+    }
+
+    /// R-SCENARIO: the applying org submits its draft; the approvals it needs are asked for.
+    pub fn submit_scenario(&self, actor: &Principal, id: &str) -> Result<ScenarioView> {
+        {
+            let mut db = self.db.lock().expect("db");
+            let s = Self::scenario_row(&db, id)?;
+            if actor.org != s.org {
+                return Err(Error::NotFound(format!("scenario {id}")));
+            }
+            tidegate_policy::can_submit_scenario(actor, &s.org, s.stored_state)?;
+            let tx = db.transaction()?;
+            tx.execute(
+                "UPDATE scenarios SET state = 'pending_approvals' WHERE id = ?1 AND state = 'draft'",
+                params![id],
+            )?;
+            self.audit
+                .append(&actor.id, "scenario.submit", id, json!({}))?;
+            tx.commit()?;
+        }
+        self.get_scenario(actor, id)
+    }
+
+    /// A grant is pinned to the dataset version current at approval. The dataset's provider
+    /// moves it to the newest version; the granted columns must still exist there.
+    pub fn repin_grant(&self, actor: &Principal, id: &str, dataset: &str) -> Result<ScenarioView> {
+        {
+            let mut db = self.db.lock().expect("db");
+            let s = Self::scenario_row(&db, id)?;
+            if !Self::can_see_scenario(&db, actor, &s)? {
+                return Err(Error::NotFound(format!("scenario {id}")));
+            }
+            let d = Self::dataset_row(&db, dataset)?;
+            let Some(at) = s.grants.iter().position(|g| g.dataset == d.id) else {
+                return Err(Error::BadInput(format!(
+                    "scenario {id} does not grant dataset {}",
+                    d.name
+                )));
+            };
+            tidegate_policy::can_repin_grant(actor, &d.org, s.view.state)?;
+            if let Some(missing) = s.grants[at]
+                .columns
+                .iter()
+                .find(|c| !d.columns.iter().any(|spec| &spec.name == *c))
+            {
+                return Err(Error::Refused(format!(
+                    "the newest version of {} has no column {missing}, which the scenario grants",
+                    d.name
+                )));
+            }
+            let newest = Self::latest_version(&db, &d.id)?.0;
+            let from = s.grants[at].version;
+            if from == Some(newest) {
+                return Err(Error::BadInput(format!(
+                    "the grant is already at version {newest} of {}",
+                    d.name
+                )));
+            }
+            let mut grants = s.grants.clone();
+            grants[at].version = Some(newest);
+            let tx = db.transaction()?;
+            tx.execute(
+                "UPDATE scenarios SET grants = ?2 WHERE id = ?1",
+                params![id, to_json(&grants)],
+            )?;
+            self.audit.append(
+                &actor.id,
+                "scenario.repin",
+                id,
+                json!({ "dataset": d.id, "from": from, "to": newest }),
+            )?;
+            tx.commit()?;
+        }
+        self.get_scenario(actor, id)
+    }
+
+    /// R-SCENARIO: the admin and the provider of every requested dataset approve; the last
+    /// approval makes the scenario active.
+    pub fn approve_scenario(&self, actor: &Principal, id: &str) -> Result<ScenarioView> {
+        {
+            let mut db = self.db.lock().expect("db");
+            let s = Self::scenario_row(&db, id)?;
+            if !Self::can_see_scenario(&db, actor, &s)? {
+                return Err(Error::NotFound(format!("scenario {id}")));
+            }
+            let mut approvals = Self::approvals_state(&db, id, &s.grants)?;
+            let as_admin =
+                tidegate_policy::can_approve_scenario(actor, &approvals, s.stored_state)?;
+            if as_admin {
+                approvals.admin_approved = true;
+            } else {
+                approvals.orgs_approved.insert(actor.org.clone());
+            }
+            let activates = approvals.complete();
+            let tx = db.transaction()?;
+            tx.execute(
+                "INSERT INTO scenario_approvals VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    id,
+                    actor.id,
+                    if as_admin { "admin" } else { "provider" },
+                    actor.org,
+                    crate::now_rfc3339()
+                ],
+            )?;
+            if activates {
+                let mut pinned = s.grants.clone();
+                for g in &mut pinned {
+                    g.version = Some(Self::latest_version(&tx, &g.dataset)?.0);
+                }
+                tx.execute(
+                    "UPDATE scenarios SET state = 'active', grants = ?2 WHERE id = ?1",
+                    params![id, to_json(&pinned)],
+                )?;
+            }
+            self.audit.append(
+                &actor.id,
+                "scenario.approve",
+                id,
+                json!({ "as": if as_admin { "admin" } else { "provider" }, "activated": activates }),
+            )?;
+            tx.commit()?;
+        }
+        self.get_scenario(actor, id)
+    }
+
+    /// R-EXIT: ends an org's authorization. Its scenarios end as exited and their running jobs
+    /// cancelled, its tokens closed, its results, export files and modules destroyed (keys
+    /// wiped, files deleted, SQLite pages overwritten and the WAL truncated); the logs stay. The
+    /// platform signs an exit certificate listing what was destroyed, with hashes.
+    pub fn exit_org(&self, actor: &Principal, org: &str, reason: &str) -> Result<Value> {
+        tidegate_policy::require_role(actor, Role::Admin)?;
+        tidegate_policy::require_training(actor)?;
+        let mut db = self.db.lock().expect("db");
+        let org = Self::org_id(&db, org)?;
+        if org == actor.org {
+            return Err(Error::Refused("an admin cannot exit their own org".into()));
+        }
+        let scenarios: Vec<String> = db
+            .prepare("SELECT id FROM scenarios WHERE org_id = ?1")?
+            .query_map(params![org], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut destroyed = Vec::new();
+        let mut files = Vec::new();
+        let tx = db.transaction()?;
+        for sid in &scenarios {
+            let jobs: Vec<(String, Option<String>)> = tx
+                .prepare("SELECT id, result_hash FROM jobs WHERE scenario_id = ?1 AND wrapped_key IS NOT NULL")?
+                .query_map(params![sid], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            for (job, hash) in jobs {
+                destroyed.push(json!({ "kind": "result", "id": job, "sha256": hash }));
+                files.push(self.object_path("results", &job));
+            }
+            tx.execute(
+                "UPDATE jobs SET wrapped_key = NULL WHERE scenario_id = ?1",
+                params![sid],
+            )?;
+            let exports: Vec<(String, Option<String>)> = tx
+                .prepare(
+                    "SELECT e.id, e.result_hash FROM exports e JOIN jobs j ON e.job_id = j.id
+                     WHERE j.scenario_id = ?1 AND e.wrapped_key IS NOT NULL",
+                )?
+                .query_map(params![sid], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            for (export, hash) in exports {
+                destroyed.push(json!({ "kind": "export", "id": export, "sha256": hash }));
+                files.push(self.object_path("exports", &export));
+                // The groups the gate kept for differencing go with it.
+                files.push(self.object_path("gate", &export));
+                tx.execute(
+                    "UPDATE exports SET wrapped_key = NULL, groups_key = NULL WHERE id = ?1",
+                    params![export],
+                )?;
+            }
+            let modules: Vec<String> = tx
+                .prepare("SELECT hash FROM modules WHERE scenario_id = ?1 AND length(wasm) > 0")?
+                .query_map(params![sid], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            for hash in modules {
+                destroyed.push(json!({ "kind": "module", "id": hash, "sha256": hash }));
+            }
+            tx.execute(
+                "UPDATE modules SET wasm = x'' WHERE scenario_id = ?1",
+                params![sid],
+            )?;
+            tx.execute(
+                "UPDATE scenarios SET state = 'exited' WHERE id = ?1",
+                params![sid],
+            )?;
+        }
+        // The org's social data goes too: its versions' keys and files.
+        let social: Vec<(String, i64, String)> = tx
+            .prepare(
+                "SELECT v.dataset_id, v.version, v.content_hash FROM dataset_versions v
+                 JOIN datasets d ON v.dataset_id = d.id
+                 WHERE d.org_id = ?1 AND d.origin LIKE 'social%' AND length(v.wrapped_key) > 0",
+            )?
+            .query_map(params![org], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        for (dataset, version, hash) in social {
+            let object = format!("{dataset}/v{version}");
+            destroyed.push(json!({ "kind": "social_dataset", "id": object, "sha256": hash }));
+            files.push(self.object_path("datasets", &object));
+            tx.execute(
+                "UPDATE dataset_versions SET wrapped_key = x'' WHERE dataset_id = ?1 AND version = ?2",
+                params![dataset, version],
+            )?;
+        }
+        // Close every token of the org: no stored hash can match a token any more.
+        tx.execute(
+            "UPDATE principals SET token_hash = 'closed:' || id WHERE org_id = ?1",
+            params![org],
+        )?;
+        let now = crate::now_rfc3339();
+        let certificate = json!({
+            "format": "tidegate-exit-certificate-v1",
+            "org": org,
+            "reason": reason,
+            "at": now,
+            "scenarios_exited": scenarios,
+            "destroyed": destroyed,
+            "kept": "audit log and its checkpoints (retention of at least 180 days)",
+        });
+        let body = serde_json::to_vec(&certificate)?;
+        let signature = hex::encode(self.signer.sign(&body));
+        tx.execute(
+            "UPDATE orgs SET exited_at = ?2 WHERE id = ?1",
+            params![org, now],
+        )?;
+        self.audit.append_at(
+            now.clone(),
+            &actor.id,
+            "org.exit",
+            &org,
+            json!({ "destroyed": destroyed.len(), "certificate_sha256": sha256_hex(&body) }),
+        )?;
+        tx.commit()?;
+        // Cancel what still runs, then remove the files; the keys are already gone.
+        self.cancel_jobs(&scenarios);
+        for f in files {
+            match fs::remove_file(&f) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // Overwritten pages may linger in the WAL until a checkpoint truncates it.
+        db.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(json!({ "certificate": certificate, "signature": signature }))
+    }
+
+    /// Cancels the running jobs of these scenarios: their guests trap at the next epoch tick.
+    pub(super) fn cancel_jobs(&self, scenarios: &[String]) {
+        let running = self.running.lock().expect("running jobs");
+        for id in scenarios {
+            for (_, meter) in running.get(id).into_iter().flatten() {
+                meter.cancel();
+            }
+        }
+    }
+
+    /// R-MONITOR: an admin freezes an org with one command (every active scenario of the org
+    /// is suspended and its running jobs cancelled) or lifts the freeze (the scenarios the
+    /// freeze suspended are resumed; one suspended on its own stays so). Returns them.
+    pub fn freeze_org(&self, actor: &Principal, org: &str, freeze: bool) -> Result<Vec<String>> {
+        tidegate_policy::require_role(actor, Role::Admin)?;
+        tidegate_policy::require_training(actor)?;
+        let (from, to, action) = if freeze {
+            ("active", "suspended", "org.freeze")
+        } else {
+            ("suspended", "active", "org.unfreeze")
+        };
+        let mut db = self.db.lock().expect("db");
+        let org = Self::org_id(&db, org)?;
+        let key = format!("frozen:{org}");
+        let changed: Vec<String> = if freeze {
+            db.prepare("SELECT id FROM scenarios WHERE org_id = ?1 AND state = ?2")?
+                .query_map(params![org, from], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?
+        } else {
+            // Only what the freeze suspended: a scenario stopped on its own stays stopped.
+            let stored: Option<String> = db
+                .query_row(
+                    "SELECT value FROM settings WHERE key = ?1",
+                    params![key],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            stored
+                .map(|s| from_json(&s))
+                .transpose()?
+                .unwrap_or_default()
+        };
+        let tx = db.transaction()?;
+        for id in &changed {
+            tx.execute(
+                "UPDATE scenarios SET state = ?2 WHERE id = ?1 AND state = ?3",
+                params![id, to, from],
+            )?;
+        }
+        if freeze {
+            tx.execute(
+                "INSERT INTO settings VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = ?2",
+                params![key, to_json(&changed)],
+            )?;
+        } else {
+            tx.execute("DELETE FROM settings WHERE key = ?1", params![key])?;
+        }
+        self.audit
+            .append(&actor.id, action, &org, json!({ "scenarios": changed }))?;
+        tx.commit()?;
+        if freeze {
+            self.cancel_jobs(&changed);
+        }
+        Ok(changed)
+    }
+
+    /// R-SCENARIO: an admin suspends, resumes or revokes a scenario; suspending or revoking
+    /// cancels its running jobs at once.
+    pub fn change_scenario(
+        &self,
+        actor: &Principal,
+        id: &str,
+        action: &str,
+    ) -> Result<ScenarioView> {
+        {
+            let mut db = self.db.lock().expect("db");
+            let s = Self::scenario_row(&db, id)?;
+            let next = tidegate_policy::can_change_scenario(actor, s.view.state, action)?;
+            let tx = db.transaction()?;
+            tx.execute(
+                "UPDATE scenarios SET state = ?2 WHERE id = ?1",
+                params![id, next.as_str()],
+            )?;
+            self.audit.append(
+                &actor.id,
+                &format!("scenario.{action}"),
+                id,
+                json!({ "from": s.view.state, "to": next }),
+            )?;
+            tx.commit()?;
+            if next != ScenarioState::Active {
+                self.cancel_jobs(&[id.to_string()]);
+            }
+        }
+        self.get_scenario(actor, id)
+    }
+
+    // ----- Modules -----
+}
