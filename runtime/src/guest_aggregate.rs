@@ -2,7 +2,6 @@
 //! its own that keeps the groups' state between calls (the shape of DataFusion's groups
 //! accumulator: update with group indices, merge, state, evaluate; ABI.md).
 
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, BooleanArray};
@@ -10,71 +9,35 @@ use arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::{DataFusionError, ScalarValue};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{
-    Accumulator, AggregateUDF, AggregateUDFImpl, EmitTo, GroupsAccumulator, Signature, Volatility,
+    Accumulator, AggregateUDF, AggregateUDFImpl, EmitTo, GroupsAccumulator, Signature,
 };
 
 use crate::error::{Error, Result};
-use crate::sandbox::{FunctionSig, Guest, JobInstances};
+use crate::sandbox::{FunctionSig, Guest, GuestFn, JobInstances};
 
 /// The aggregate functions of a job's module, registered under their manifest names.
 pub(crate) fn aggregate_udfs(pool: &Arc<JobInstances>) -> Vec<AggregateUDF> {
-    pool.module
-        .functions
-        .iter()
-        .enumerate()
-        .filter(|(_, f)| f.kind == "aggregate")
-        .map(|(id, f)| {
+    GuestFn::all(pool, "aggregate")
+        .into_iter()
+        .map(|f| {
             AggregateUDF::new_from_impl(WasmAggregateUdf {
-                signature: Signature::exact(
-                    f.args.iter().map(|a| a.arrow()).collect(),
-                    Volatility::Immutable,
-                ),
-                sig: f.clone(),
-                fn_id: id as i32,
-                pool: Arc::clone(pool),
+                signature: f.signature(),
+                f,
             })
         })
         .collect()
 }
 
+#[derive(Debug, PartialEq, Eq, Hash)]
 struct WasmAggregateUdf {
-    sig: FunctionSig,
-    fn_id: i32,
+    f: GuestFn,
     signature: Signature,
-    pool: Arc<JobInstances>,
-}
-
-impl std::fmt::Debug for WasmAggregateUdf {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "WasmAggregateUdf({} from {})",
-            self.sig.name, self.pool.module.hash
-        )
-    }
-}
-
-impl PartialEq for WasmAggregateUdf {
-    fn eq(&self, other: &Self) -> bool {
-        self.fn_id == other.fn_id && Arc::ptr_eq(&self.pool, &other.pool)
-    }
-}
-
-impl Eq for WasmAggregateUdf {}
-
-impl Hash for WasmAggregateUdf {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.pool.module.hash.hash(state);
-        self.fn_id.hash(state);
-    }
 }
 
 impl WasmAggregateUdf {
     fn groups(&self) -> WasmGroups {
         WasmGroups {
-            pool: Arc::clone(&self.pool),
-            sig: self.sig.clone(),
-            fn_id: self.fn_id,
+            f: self.f.clone(),
             guest: None,
             groups: 0,
         }
@@ -83,7 +46,7 @@ impl WasmAggregateUdf {
 
 impl AggregateUDFImpl for WasmAggregateUdf {
     fn name(&self) -> &str {
-        &self.sig.name
+        &self.f.sig.name
     }
 
     fn signature(&self) -> &Signature {
@@ -91,7 +54,7 @@ impl AggregateUDFImpl for WasmAggregateUdf {
     }
 
     fn return_type(&self, _arg_types: &[DataType]) -> datafusion::common::Result<DataType> {
-        Ok(self.sig.ret.arrow())
+        Ok(self.f.sig.ret.arrow())
     }
 
     fn accumulator(
@@ -103,6 +66,7 @@ impl AggregateUDFImpl for WasmAggregateUdf {
 
     fn state_fields(&self, args: StateFieldsArgs) -> datafusion::common::Result<Vec<FieldRef>> {
         Ok(self
+            .f
             .sig
             .state
             .iter()
@@ -136,9 +100,7 @@ fn external(e: Error) -> DataFusionError {
 /// The groups of one aggregate in one partition and phase, held by a guest instance of its
 /// own. A failed call drops the instance: nothing of it is used again.
 struct WasmGroups {
-    pool: Arc<JobInstances>,
-    sig: FunctionSig,
-    fn_id: i32,
+    f: GuestFn,
     guest: Option<Guest>,
     /// The number of groups the guest holds.
     groups: usize,
@@ -146,7 +108,7 @@ struct WasmGroups {
 
 impl std::fmt::Debug for WasmGroups {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "WasmGroups({}, {} groups)", self.sig.name, self.groups)
+        write!(f, "WasmGroups({:?}, {} groups)", self.f, self.groups)
     }
 }
 
@@ -156,10 +118,10 @@ impl WasmGroups {
         f: impl FnOnce(&mut Guest, &FunctionSig, i32) -> Result<R>,
     ) -> datafusion::common::Result<R> {
         if self.guest.is_none() {
-            self.guest = Some(self.pool.dedicated().map_err(external)?);
+            self.guest = Some(self.f.pool.dedicated().map_err(external)?);
         }
         let guest = self.guest.as_mut().expect("just made");
-        let result = f(guest, &self.sig, self.fn_id);
+        let result = f(guest, &self.f.sig, self.f.fn_id);
         if result.is_err() {
             self.guest = None;
             self.groups = 0;
@@ -247,9 +209,7 @@ impl GroupsAccumulator for WasmGroups {
         opt_filter: Option<&BooleanArray>,
     ) -> datafusion::common::Result<Vec<ArrayRef>> {
         let mut each = WasmGroups {
-            pool: Arc::clone(&self.pool),
-            sig: self.sig.clone(),
-            fn_id: self.fn_id,
+            f: self.f.clone(),
             guest: None,
             groups: 0,
         };
@@ -320,7 +280,7 @@ struct OneGroup(WasmGroups);
 impl OneGroup {
     fn ensure_group(&mut self) -> datafusion::common::Result<()> {
         if self.0.groups == 0 {
-            let empty = arrow::array::new_empty_array(&self.0.sig.args[0].arrow());
+            let empty = arrow::array::new_empty_array(&self.0.f.sig.args[0].arrow());
             self.0.feed(false, &[empty], &[], None, 1)?;
         }
         Ok(())

@@ -15,27 +15,18 @@ use datafusion::physical_plan::ExecutionPlan;
 use futures::StreamExt;
 
 use crate::error::Error;
-use crate::sandbox::{FunctionSig, JobInstances};
+use crate::sandbox::{GuestFn, JobInstances};
 
 /// One table function of a job's module, before it is bound to the job's tables.
 #[derive(Debug, Clone)]
 pub struct GuestTable {
-    pool: Arc<JobInstances>,
-    sig: FunctionSig,
-    fn_id: i32,
+    f: GuestFn,
 }
 
 pub(crate) fn table_functions(pool: &Arc<JobInstances>) -> Vec<GuestTable> {
-    pool.module
-        .functions
-        .iter()
-        .enumerate()
-        .filter(|(_, f)| f.kind == "table")
-        .map(|(id, f)| GuestTable {
-            pool: Arc::clone(pool),
-            sig: f.clone(),
-            fn_id: id as i32,
-        })
+    GuestFn::all(pool, "table")
+        .into_iter()
+        .map(|f| GuestTable { f })
         .collect()
 }
 
@@ -43,7 +34,7 @@ type Inputs = Arc<HashMap<String, Arc<dyn TableProvider>>>;
 
 impl GuestTable {
     pub fn name(&self) -> &str {
-        &self.sig.name
+        &self.f.sig.name
     }
 
     /// The function as DataFusion calls it, reading only `inputs` (the job's tables).
@@ -56,7 +47,8 @@ impl GuestTable {
 
     fn schema(&self) -> SchemaRef {
         Arc::new(Schema::new(
-            self.sig
+            self.f
+                .sig
                 .columns
                 .iter()
                 .map(|(n, t)| Field::new(n, t.arrow(), true))
@@ -80,7 +72,7 @@ impl TableFunctionImpl for Bound {
         &self,
         args: TableFunctionArgs,
     ) -> datafusion::common::Result<Arc<dyn TableProvider>> {
-        let name = &self.table.sig.name;
+        let name = &self.table.f.sig.name;
         let text: Vec<String> = args
             .exprs()
             .iter()
@@ -94,7 +86,7 @@ impl TableFunctionImpl for Bound {
         let Some((table, columns)) = text.split_first() else {
             return Err(refused(format!("{name}: name the input table")));
         };
-        let wanted = &self.table.sig.args;
+        let wanted = &self.table.f.sig.args;
         if columns.len() != wanted.len() {
             return Err(refused(format!(
                 "{name} takes {} input column(s), {} given",
@@ -155,7 +147,7 @@ impl TableProvider for Provider {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
-        let GuestTable { pool, sig, fn_id } = &self.table;
+        let GuestFn { pool, sig, fn_id } = &self.table.f;
         let plan = self
             .input
             .scan(state, Some(&self.projection), &[], None)

@@ -478,7 +478,7 @@ impl Sandbox {
     ) -> Functions {
         let pool = self.session(module, meter).pool;
         Functions {
-            scalars: self.scalar_udfs(module, meter),
+            scalars: scalars_of(&pool),
             aggregates: crate::guest_aggregate::aggregate_udfs(&pool),
             tables: crate::guest_table::table_functions(&pool),
         }
@@ -491,24 +491,7 @@ impl Sandbox {
         module: &Arc<ValidatedModule>,
         meter: &Arc<JobMeter>,
     ) -> Vec<ScalarUDF> {
-        let pool = self.session(module, meter).pool;
-        module
-            .functions
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| f.kind == "scalar")
-            .map(|(id, f)| {
-                ScalarUDF::new_from_impl(WasmScalarUdf {
-                    signature: Signature::exact(
-                        f.args.iter().map(|a| a.arrow()).collect(),
-                        Volatility::Immutable,
-                    ),
-                    sig: f.clone(),
-                    fn_id: id as i32,
-                    pool: Arc::clone(&pool),
-                })
-            })
-            .collect()
+        scalars_of(&self.session(module, meter).pool)
     }
 }
 
@@ -1083,17 +1066,7 @@ impl Guest {
         n_groups: usize,
     ) -> Result<Vec<ArrayRef>> {
         let desc = self.call_i32("tg_agg_state", fn_id)?;
-        if desc == 0 {
-            return Err(Error::BadInput(format!(
-                "function `{}` reported an error",
-                sig.name
-            )));
-        }
-        let desc = desc as u32;
-        let (rows, cols) = (
-            self.u32_at(desc, 0)? as usize,
-            self.u32_at(desc, 1)? as usize,
-        );
+        let (desc, rows, cols) = self.batch_header(desc, sig)?;
         if rows != n_groups || cols != sig.state.len() {
             return Err(Error::BadInput(format!(
                 "function `{}` returned a state of {rows} groups and {cols} columns where {n_groups} and {} were due",
@@ -1101,7 +1074,35 @@ impl Guest {
                 sig.state.len()
             )));
         }
-        sig.state
+        self.decode_columns(desc, &sig.state, &sig.name, rows)
+    }
+
+    /// The address, row count and column count of a batch descriptor a guest call returned
+    /// (`0` is the guest reporting an error).
+    fn batch_header(&self, desc: i32, sig: &FunctionSig) -> Result<(u32, usize, usize)> {
+        if desc == 0 {
+            return Err(Error::BadInput(format!(
+                "function `{}` reported an error",
+                sig.name
+            )));
+        }
+        let desc = desc as u32;
+        Ok((
+            desc,
+            self.u32_at(desc, 0)? as usize,
+            self.u32_at(desc, 1)? as usize,
+        ))
+    }
+
+    /// The columns of a batch descriptor at `desc`, of the given types, validated.
+    fn decode_columns(
+        &self,
+        desc: u32,
+        types: &[WasmType],
+        fname: &str,
+        rows: usize,
+    ) -> Result<Vec<ArrayRef>> {
+        types
             .iter()
             .enumerate()
             .map(|(i, ty)| {
@@ -1110,7 +1111,7 @@ impl Guest {
                     .ok_or_else(|| {
                         Error::BadInput("the guest returned a wrapping pointer".into())
                     })?;
-                self.decode_column(at, *ty, &sig.name, n_groups)
+                self.decode_column(at, *ty, fname, rows)
             })
             .collect()
     }
@@ -1188,18 +1189,8 @@ impl Guest {
     /// The rows table function `fn_id` produced since the last pull, validated.
     pub(crate) fn table_pull(&mut self, fn_id: i32, sig: &FunctionSig) -> Result<Vec<ArrayRef>> {
         let desc = self.call_i32("tg_table_pull", fn_id)?;
+        let (desc, rows, cols) = self.batch_header(desc, sig)?;
         let bad = |why: String| Error::BadInput(format!("function `{}` returned {why}", sig.name));
-        if desc == 0 {
-            return Err(Error::BadInput(format!(
-                "function `{}` reported an error",
-                sig.name
-            )));
-        }
-        let desc = desc as u32;
-        let (rows, cols) = (
-            self.u32_at(desc, 0)? as usize,
-            self.u32_at(desc, 1)? as usize,
-        );
         if cols != sig.columns.len() {
             return Err(bad(format!(
                 "{cols} columns where it declared {}",
@@ -1211,18 +1202,8 @@ impl Guest {
                 "{rows} rows at once; at most {MAX_PULL_ROWS} are read"
             )));
         }
-        sig.columns
-            .iter()
-            .enumerate()
-            .map(|(i, (_, ty))| {
-                let at = desc
-                    .checked_add((8 + COLUMN_DESC * i) as u32)
-                    .ok_or_else(|| {
-                        Error::BadInput("the guest returned a wrapping pointer".into())
-                    })?;
-                self.decode_column(at, *ty, &sig.name, rows)
-            })
-            .collect()
+        let types: Vec<WasmType> = sig.columns.iter().map(|(_, t)| *t).collect();
+        self.decode_columns(desc, &types, &sig.name, rows)
     }
 
     /// Bytes of guest memory: what an aggregate's groups may occupy.
@@ -1488,42 +1469,96 @@ impl JobInstances {
     }
 }
 
-/// A guest scalar function registered in DataFusion under its manifest name.
-struct WasmScalarUdf {
-    sig: FunctionSig,
-    fn_id: i32,
-    signature: Signature,
-    pool: Arc<JobInstances>,
+/// One function of a job's module: what its DataFusion wrappers hold. Two are equal when
+/// they are the same function of the same job's instances.
+pub(crate) struct GuestFn {
+    pub(crate) sig: FunctionSig,
+    pub(crate) fn_id: i32,
+    pub(crate) pool: Arc<JobInstances>,
 }
 
-impl std::fmt::Debug for WasmScalarUdf {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "WasmScalarUdf({} from {})",
-            self.sig.name, self.pool.module.hash
+impl GuestFn {
+    /// The functions of `kind` in the pool's module.
+    pub(crate) fn all(pool: &Arc<JobInstances>, kind: &str) -> Vec<GuestFn> {
+        pool.module
+            .functions
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.kind == kind)
+            .map(|(id, f)| GuestFn {
+                sig: f.clone(),
+                fn_id: id as i32,
+                pool: Arc::clone(pool),
+            })
+            .collect()
+    }
+
+    /// DataFusion's signature: exactly the declared argument types.
+    pub(crate) fn signature(&self) -> Signature {
+        Signature::exact(
+            self.sig.args.iter().map(|a| a.arrow()).collect(),
+            Volatility::Immutable,
         )
     }
 }
 
-impl PartialEq for WasmScalarUdf {
+impl Clone for GuestFn {
+    fn clone(&self) -> Self {
+        GuestFn {
+            sig: self.sig.clone(),
+            fn_id: self.fn_id,
+            pool: Arc::clone(&self.pool),
+        }
+    }
+}
+
+impl std::fmt::Debug for GuestFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} from {}",
+            self.sig.kind, self.sig.name, self.pool.module.hash
+        )
+    }
+}
+
+impl PartialEq for GuestFn {
     fn eq(&self, other: &Self) -> bool {
         self.fn_id == other.fn_id && Arc::ptr_eq(&self.pool, &other.pool)
     }
 }
 
-impl Eq for WasmScalarUdf {}
+impl Eq for GuestFn {}
 
-impl Hash for WasmScalarUdf {
+impl Hash for GuestFn {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.pool.module.hash.hash(state);
         self.fn_id.hash(state);
     }
 }
 
+fn scalars_of(pool: &Arc<JobInstances>) -> Vec<ScalarUDF> {
+    GuestFn::all(pool, "scalar")
+        .into_iter()
+        .map(|f| {
+            ScalarUDF::new_from_impl(WasmScalarUdf {
+                signature: f.signature(),
+                f,
+            })
+        })
+        .collect()
+}
+
+/// A guest scalar function registered in DataFusion under its manifest name.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct WasmScalarUdf {
+    f: GuestFn,
+    signature: Signature,
+}
+
 impl ScalarUDFImpl for WasmScalarUdf {
     fn name(&self) -> &str {
-        &self.sig.name
+        &self.f.sig.name
     }
 
     fn signature(&self) -> &Signature {
@@ -1531,7 +1566,7 @@ impl ScalarUDFImpl for WasmScalarUdf {
     }
 
     fn return_type(&self, _arg_types: &[DataType]) -> datafusion::common::Result<DataType> {
-        Ok(self.sig.ret.arrow())
+        Ok(self.f.sig.ret.arrow())
     }
 
     fn invoke_with_args(
@@ -1540,7 +1575,7 @@ impl ScalarUDFImpl for WasmScalarUdf {
     ) -> datafusion::common::Result<ColumnarValue> {
         let n_rows = args.number_rows;
         let mut arrays = Vec::with_capacity(args.args.len());
-        for (value, want) in args.args.iter().zip(&self.sig.args) {
+        for (value, want) in args.args.iter().zip(&self.f.sig.args) {
             let a = value.to_array(n_rows)?;
             let a = if a.data_type() == &want.arrow() {
                 a
@@ -1549,8 +1584,9 @@ impl ScalarUDFImpl for WasmScalarUdf {
             };
             arrays.push(a);
         }
-        self.pool
-            .call(self.fn_id, &self.sig, &arrays, n_rows)
+        self.f
+            .pool
+            .call(self.f.fn_id, &self.f.sig, &arrays, n_rows)
             .map(ColumnarValue::Array)
             .map_err(|e| DataFusionError::External(Box::new(e)))
     }

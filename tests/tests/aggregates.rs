@@ -11,6 +11,9 @@ use tidegate_runtime::{
 };
 use tidegate_server::AGGREGATE_UDF_WASM;
 
+mod common;
+use common::abi_module;
+
 /// `rows` rows of (k utf8, x float64, n int64) in batches of 8,192: 7 groups, x from 0.5 up.
 fn table(rows: usize) -> Vec<TableInput> {
     let schema = Arc::new(Schema::new(vec![
@@ -159,25 +162,16 @@ async fn a_guest_aggregate_without_group_by_and_beside_a_guest_scalar() {
 /// An aggregate-only module whose `tg_agg_*` bodies are given; the manifest declares
 /// `aggregate f(float64) -> float64 state(float64)`.
 fn hostile(update: &str, state: &str, evaluate: &str) -> Vec<u8> {
-    let manifest = "aggregate f(float64) -> float64 state(float64)";
-    wat::parse_str(format!(
-        r#"(module
-            (memory (export "memory") 40)
-            (data (i32.const 16) "\20\00\00\00\{len:02x}\00\00\00")
-            (data (i32.const 32) "{manifest}")
-            (func (export "tg_abi_version") (result i32) i32.const 1)
-            (func (export "tg_manifest") (result i32) i32.const 16)
-            (func (export "tg_alloc") (param i32) (result i32) i32.const 65536)
-            (func (export "tg_error") (result i32) i32.const 16)
-            (func (export "tg_scalar") (param i32 i32) (result i32) i32.const 0)
-            (func (export "tg_agg_update") (param $fn i32) (param $b i32) (param $g i32) (param $total i32) (result i32) {update})
+    abi_module(
+        "aggregate f(float64) -> float64 state(float64)",
+        &format!(
+            r#"(func (export "tg_agg_update") (param $fn i32) (param $b i32) (param $g i32) (param $total i32) (result i32) {update})
             (func (export "tg_agg_merge") (param i32 i32 i32 i32) (result i32) i32.const 1)
             (func (export "tg_agg_state") (param i32) (result i32) {state})
             (func (export "tg_agg_evaluate") (param i32) (result i32) {evaluate})
-            (func (export "tg_agg_reset") (param i32) (result i32) i32.const 1))"#,
-        len = manifest.len(),
-    ))
-    .unwrap()
+            (func (export "tg_agg_reset") (param i32) (result i32) i32.const 1)"#
+        ),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,20 +254,7 @@ async fn hostile_aggregates_fail_with_a_clear_error_and_nothing_of_theirs_is_use
 
 #[test]
 fn a_module_declaring_aggregates_must_export_the_aggregate_abi() {
-    let manifest = "aggregate f(float64) -> float64 state(float64)";
-    let wasm = wat::parse_str(format!(
-        r#"(module
-            (memory (export "memory") 1)
-            (data (i32.const 16) "\20\00\00\00\{len:02x}\00\00\00")
-            (data (i32.const 32) "{manifest}")
-            (func (export "tg_abi_version") (result i32) i32.const 1)
-            (func (export "tg_manifest") (result i32) i32.const 16)
-            (func (export "tg_alloc") (param i32) (result i32) i32.const 0)
-            (func (export "tg_error") (result i32) i32.const 16)
-            (func (export "tg_scalar") (param i32 i32) (result i32) i32.const 0))"#,
-        len = manifest.len(),
-    ))
-    .unwrap();
+    let wasm = abi_module("aggregate f(float64) -> float64 state(float64)", "");
     let err = Sandbox::new().unwrap().load(&wasm).unwrap_err().to_string();
     assert!(
         err.contains("required export `tg_agg_update` is missing"),

@@ -11,6 +11,9 @@ use tidegate_runtime::{
 };
 use tidegate_server::MODEL_UDF_WASM;
 
+mod common;
+use common::abi_module;
+
 /// `rows` visits: a spend (every 10th NULL) and one of three spots, in 8,192-row batches.
 fn visits(rows: usize) -> Vec<TableInput> {
     let schema = Arc::new(Schema::new(vec![
@@ -133,24 +136,15 @@ async fn a_table_function_reads_only_named_granted_columns_of_the_jobs_tables() 
 
 /// A module whose only function is `table t(float64) -> (y float64)` with the given pull body.
 fn hostile_pull(pull: &str) -> Vec<u8> {
-    let manifest = "table t(float64) -> (y float64)";
-    wat::parse_str(format!(
-        r#"(module
-            (memory (export "memory") 40)
-            (data (i32.const 16) "\20\00\00\00\{len:02x}\00\00\00")
-            (data (i32.const 32) "{manifest}")
-            (func (export "tg_abi_version") (result i32) i32.const 1)
-            (func (export "tg_manifest") (result i32) i32.const 16)
-            (func (export "tg_alloc") (param i32) (result i32) i32.const 65536)
-            (func (export "tg_error") (result i32) i32.const 16)
-            (func (export "tg_scalar") (param i32 i32) (result i32) i32.const 0)
-            (func (export "tg_table_open") (param i32) (result i32) i32.const 1)
+    abi_module(
+        "table t(float64) -> (y float64)",
+        &format!(
+            r#"(func (export "tg_table_open") (param i32) (result i32) i32.const 1)
             (func (export "tg_table_push") (param i32 i32) (result i32) i32.const 1)
             (func (export "tg_table_close") (param i32) (result i32) i32.const 1)
-            (func (export "tg_table_pull") (param i32) (result i32) {pull}))"#,
-        len = manifest.len(),
-    ))
-    .unwrap()
+            (func (export "tg_table_pull") (param i32) (result i32) {pull})"#
+        ),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1049,87 +1049,16 @@ macro_rules! export_udfs {
         const TG_SCALARS: i32 = <[&str]>::len(&[$(stringify!($name)),*]) as i32;
         const TG_TABLES_FROM: i32 = TG_SCALARS + <[&str]>::len(&[$(stringify!($aname)),*]) as i32;
 
-        $crate::__table_export!(tg_table_open, __table_open, $($tty),*);
-        $crate::__table_export!(tg_table_close, __table_close, $($tty),*);
-        $crate::__table_export!(tg_table_pull, __table_pull, $($tty),*);
+        $crate::__dispatch!(tg_table_open, __table_open, TG_TABLES_FROM, (), $($tty),*);
+        $crate::__dispatch!(tg_table_push, __table_push, TG_TABLES_FROM, (batch: i32), $($tty),*);
+        $crate::__dispatch!(tg_table_pull, __table_pull, TG_TABLES_FROM, (), $($tty),*);
+        $crate::__dispatch!(tg_table_close, __table_close, TG_TABLES_FROM, (), $($tty),*);
 
-        #[unsafe(no_mangle)]
-        #[allow(unused_mut, unused_assignments)]
-        pub extern "C" fn tg_table_push(fn_id: i32, batch: i32) -> i32 {
-            let mut id = TG_TABLES_FROM;
-            $(
-                if fn_id == id {
-                    return $crate::__table_push::<$tty>(fn_id, batch);
-                }
-                id += 1;
-            )*
-            $crate::__no_function(fn_id)
-        }
-
-        #[unsafe(no_mangle)]
-        #[allow(unused_mut, unused_assignments)]
-        pub extern "C" fn tg_agg_update(fn_id: i32, batch: i32, groups: i32, total: i32) -> i32 {
-            let mut id = TG_SCALARS;
-            $(
-                if fn_id == id {
-                    return $crate::__agg_update::<$aty>(fn_id, batch, groups, total);
-                }
-                id += 1;
-            )*
-            $crate::__no_function(fn_id)
-        }
-
-        #[unsafe(no_mangle)]
-        #[allow(unused_mut, unused_assignments)]
-        pub extern "C" fn tg_agg_merge(fn_id: i32, batch: i32, groups: i32, total: i32) -> i32 {
-            let mut id = TG_SCALARS;
-            $(
-                if fn_id == id {
-                    return $crate::__agg_merge::<$aty>(fn_id, batch, groups, total);
-                }
-                id += 1;
-            )*
-            $crate::__no_function(fn_id)
-        }
-
-        #[unsafe(no_mangle)]
-        #[allow(unused_mut, unused_assignments)]
-        pub extern "C" fn tg_agg_state(fn_id: i32) -> i32 {
-            let mut id = TG_SCALARS;
-            $(
-                if fn_id == id {
-                    return $crate::__agg_state::<$aty>(fn_id);
-                }
-                id += 1;
-            )*
-            $crate::__no_function(fn_id)
-        }
-
-        #[unsafe(no_mangle)]
-        #[allow(unused_mut, unused_assignments)]
-        pub extern "C" fn tg_agg_evaluate(fn_id: i32) -> i32 {
-            let mut id = TG_SCALARS;
-            $(
-                if fn_id == id {
-                    return $crate::__agg_evaluate::<$aty>(fn_id);
-                }
-                id += 1;
-            )*
-            $crate::__no_function(fn_id)
-        }
-
-        #[unsafe(no_mangle)]
-        #[allow(unused_mut, unused_assignments)]
-        pub extern "C" fn tg_agg_reset(fn_id: i32) -> i32 {
-            let mut id = TG_SCALARS;
-            $(
-                if fn_id == id {
-                    return $crate::__agg_reset::<$aty>(fn_id);
-                }
-                id += 1;
-            )*
-            $crate::__no_function(fn_id)
-        }
+        $crate::__dispatch!(tg_agg_update, __agg_update, TG_SCALARS, (batch: i32, groups: i32, total: i32), $($aty),*);
+        $crate::__dispatch!(tg_agg_merge, __agg_merge, TG_SCALARS, (batch: i32, groups: i32, total: i32), $($aty),*);
+        $crate::__dispatch!(tg_agg_state, __agg_state, TG_SCALARS, (), $($aty),*);
+        $crate::__dispatch!(tg_agg_evaluate, __agg_evaluate, TG_SCALARS, (), $($aty),*);
+        $crate::__dispatch!(tg_agg_reset, __agg_reset, TG_SCALARS, (), $($aty),*);
 
         #[unsafe(no_mangle)]
         pub extern "C" fn tg_abi_version() -> i32 {
@@ -1241,22 +1170,19 @@ macro_rules! export_udfs {
     };
 }
 
-/// One `tg_table_*` export taking only the function id, dispatched to the table functions.
+/// One `tg_agg_*` or `tg_table_*` export: function ids from `$first` on name the given types
+/// in order, and the call goes to the SDK's generic `$call` for that type.
 #[doc(hidden)]
 #[macro_export]
-macro_rules! __table_export {
-    ($export:ident, $call:ident, $($tty:ty),*) => {
+macro_rules! __dispatch {
+    ($export:ident, $call:ident, $first:ident, ($($p:ident: $pt:ty),*), $($ty:ty),*) => {
         #[unsafe(no_mangle)]
-        #[allow(unused_mut, unused_assignments)]
-        pub extern "C" fn $export(fn_id: i32) -> i32 {
-            let mut id = TG_TABLES_FROM;
-            $(
-                if fn_id == id {
-                    return $crate::$call::<$tty>(fn_id);
-                }
-                id += 1;
-            )*
-            $crate::__no_function(fn_id)
+        pub extern "C" fn $export(fn_id: i32 $(, $p: $pt)*) -> i32 {
+            let calls: &[fn(i32 $(, $pt)*) -> i32] = &[$($crate::$call::<$ty>),*];
+            match usize::try_from(fn_id - $first).ok().and_then(|i| calls.get(i)) {
+                Some(call) => call(fn_id $(, $p)*),
+                None => $crate::__no_function(fn_id),
+            }
         }
     };
 }

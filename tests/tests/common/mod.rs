@@ -132,3 +132,22 @@ pub(crate) fn gate_check(export: &Value, name: &str) -> (bool, String) {
         c["detail"].as_str().unwrap().to_string(),
     )
 }
+
+/// A module of the ABI declaring `manifest`, with 40 pages of memory, input at 64 KiB, a
+/// `tg_scalar` that fails, and the functions in `more` (WebAssembly text).
+pub(crate) fn abi_module(manifest: &str, more: &str) -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"(module
+            (memory (export "memory") 40)
+            (data (i32.const 16) "\20\00\00\00\{len:02x}\00\00\00")
+            (data (i32.const 32) "{manifest}")
+            (func (export "tg_abi_version") (result i32) i32.const 1)
+            (func (export "tg_manifest") (result i32) i32.const 16)
+            (func (export "tg_alloc") (param i32) (result i32) i32.const 65536)
+            (func (export "tg_error") (result i32) i32.const 16)
+            (func (export "tg_scalar") (param i32 i32) (result i32) i32.const 0)
+            {more})"#,
+        len = manifest.len(),
+    ))
+    .expect("the test module is valid text")
+}
