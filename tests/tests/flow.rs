@@ -694,17 +694,12 @@ fn an_l3_export_needs_two_different_reviewers_of_other_orgs() {
 #[test]
 fn a_returned_export_tells_the_requester_why_and_cannot_be_released() {
     let (env, sid, _) = active_scenario();
-    let j = job(
+    let export = export_of(
         &env,
         &sid,
         "SELECT spot, count(*) AS visits FROM visits GROUP BY spot",
         &[],
     );
-    let export = env
-        .world
-        .scientist
-        .request_export(j["id"].as_str().unwrap())
-        .unwrap();
     let eid = export["id"].as_str().unwrap();
     env.world
         .reviewer
