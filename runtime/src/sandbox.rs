@@ -49,6 +49,8 @@ const MAX_ARGS: usize = 8;
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 const COLUMN_DESC: usize = 28;
 const MAX_STATE_COLUMNS: usize = 4;
+/// Compiled modules kept in memory (a module of 16 MiB compiles to tens of MiB).
+const CACHED_MODULES: usize = 64;
 const MAX_TABLE_COLUMNS: usize = 32;
 /// The most rows one pull of a table function may return.
 const MAX_PULL_ROWS: usize = 1 << 20;
@@ -208,7 +210,35 @@ pub struct Sandbox {
     /// Fuel and epoch interruption; off only in the benchmarks' baseline.
     interruptible: bool,
     linker: Linker<GuestState>,
-    cache: Mutex<HashMap<String, Arc<ValidatedModule>>>,
+    /// Compiled modules by engine compatibility hash and module hash, compiled by this
+    /// process from the bytes a user uploaded (never deserialized from them), oldest first out.
+    cache: Mutex<ModuleCache>,
+    /// The engine's compatibility hash (its settings and wasmtime's version).
+    compatibility: String,
+}
+
+/// Compiled modules this process keeps, at most [`CACHED_MODULES`].
+#[derive(Default)]
+struct ModuleCache {
+    modules: HashMap<String, Arc<ValidatedModule>>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl ModuleCache {
+    fn get(&self, key: &str) -> Option<Arc<ValidatedModule>> {
+        self.modules.get(key).cloned()
+    }
+
+    fn insert(&mut self, key: String, module: Arc<ValidatedModule>) {
+        if self.modules.insert(key.clone(), module).is_none() {
+            self.order.push_back(key);
+        }
+        while self.order.len() > CACHED_MODULES {
+            if let Some(old) = self.order.pop_front() {
+                self.modules.remove(&old);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -274,11 +304,17 @@ impl Sandbox {
             .map_err(|e| Error::Internal(format!("epoch ticker: {e}")))?;
         // The guest ABI has no imports: the linker stays empty.
         let linker = Linker::new(&engine);
+        let compatibility = {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            engine.precompile_compatibility_hash().hash(&mut h);
+            format!("{:016x}", h.finish())
+        };
         Ok(Sandbox {
             engine,
             interruptible,
             linker,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(ModuleCache::default()),
+            compatibility,
         })
     }
 
@@ -286,14 +322,15 @@ impl Sandbox {
     /// limited instance. The module's identity is the SHA-256 of its bytes.
     pub fn load(&self, bytes: &[u8]) -> Result<Arc<ValidatedModule>> {
         let hash = sha256_hex(bytes);
-        if let Some(m) = self.cache.lock().expect("module cache").get(&hash) {
-            return Ok(Arc::clone(m));
+        let key = format!("{}:{hash}", self.compatibility);
+        if let Some(m) = self.cache.lock().expect("module cache").get(&key) {
+            return Ok(m);
         }
-        let validated = Arc::new(self.validate(bytes, hash.clone())?);
+        let validated = Arc::new(self.validate(bytes, hash)?);
         self.cache
             .lock()
             .expect("module cache")
-            .insert(hash, Arc::clone(&validated));
+            .insert(key, Arc::clone(&validated));
         Ok(validated)
     }
 
@@ -1655,5 +1692,41 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(err, Error::Limit(_)), "{err}");
+    }
+
+    /// A valid module with one scalar `f{n}(int64) -> int64`.
+    fn numbered(n: usize) -> Vec<u8> {
+        let manifest = format!("scalar f{n}(int64) -> int64");
+        wat::parse_str(format!(
+            r#"(module (memory (export "memory") 1)
+                (data (i32.const 16) "\20\00\00\00\{len:02x}\00\00\00")
+                (data (i32.const 32) "{manifest}")
+                (func (export "tg_abi_version") (result i32) i32.const 1)
+                (func (export "tg_manifest") (result i32) i32.const 16)
+                (func (export "tg_alloc") (param i32) (result i32) i32.const 0)
+                (func (export "tg_scalar") (param i32 i32) (result i32) i32.const 0)
+                (func (export "tg_error") (result i32) i32.const 16))"#,
+            len = manifest.len()
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_module_cache_serves_a_module_again_and_forgets_the_oldest_past_its_size() {
+        let sandbox = Sandbox::new().unwrap();
+        let first = sandbox.load(&numbered(0)).unwrap();
+        assert_eq!(first.functions[0].name, "f0");
+        assert!(Arc::ptr_eq(&first, &sandbox.load(&numbered(0)).unwrap()));
+        for n in 1..=CACHED_MODULES {
+            sandbox.load(&numbered(n)).unwrap();
+        }
+        let last = sandbox.load(&numbered(CACHED_MODULES)).unwrap();
+        assert!(Arc::ptr_eq(
+            &last,
+            &sandbox.load(&numbered(CACHED_MODULES)).unwrap()
+        ));
+        let again = sandbox.load(&numbered(0)).unwrap();
+        assert!(!Arc::ptr_eq(&first, &again), "the oldest was compiled anew");
+        assert_eq!(first.hash, again.hash);
     }
 }
