@@ -27,9 +27,25 @@ fn values(rows: usize) -> StringArray {
     }))
 }
 
-/// (baseline, scan, values flagged) for `rows` values, best of `reps`.
-pub(crate) fn measure(rows: usize, reps: usize) -> (Duration, Duration, usize) {
+/// What workload (f) measured, each the best of its repetitions.
+pub(crate) struct Scan {
+    /// Reading every value's length.
+    pub base: Duration,
+    /// `scan_value` on every value, one thread.
+    pub one_thread: Duration,
+    /// The gate's scan of the same column as a result batch, on the machine's threads.
+    pub gate: Duration,
+    pub flagged: usize,
+}
+
+pub(crate) fn measure(rows: usize, reps: usize) -> Scan {
     let column = values(rows);
+    let batch = arrow::array::RecordBatch::try_from_iter([(
+        "v",
+        std::sync::Arc::new(column.clone()) as arrow::array::ArrayRef,
+    )])
+    .expect("one column");
+    let mut gate = Duration::MAX;
     let (mut base, mut scan, mut flagged) = (Duration::MAX, Duration::MAX, 0);
     for _ in 0..reps {
         let started = Instant::now();
@@ -41,6 +57,16 @@ pub(crate) fn measure(rows: usize, reps: usize) -> (Duration, Duration, usize) {
             .filter(|i| !tidegate_policy::scan_value(column.value(*i)).is_empty())
             .count();
         scan = scan.min(started.elapsed());
+        let started = Instant::now();
+        let (scanned, hits) = tidegate_runtime::scan_columns(std::slice::from_ref(&batch));
+        gate = gate.min(started.elapsed());
+        assert_eq!(scanned as usize, rows);
+        assert!(hits[0].values().sum::<u64>() as usize >= flagged);
     }
-    (base, scan, flagged)
+    Scan {
+        base,
+        one_thread: scan,
+        gate,
+        flagged,
+    }
 }

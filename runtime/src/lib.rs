@@ -26,7 +26,9 @@ pub use audit::{
 pub use bundle::{Signer, Verified, verify as verify_bundle, write as write_bundle};
 pub use crypto::{DataKey, MasterKey, PseudonymKey, SealedReader, random_token, sha256_hex};
 pub use error::{Error, Result};
-pub use gate::{GateInput, GateOutcome, Groups as GateGroups, evaluate as evaluate_gate};
+pub use gate::{
+    GateInput, GateOutcome, Groups as GateGroups, evaluate as evaluate_gate, scan_columns,
+};
 pub use job::{
     EngineLimits, Functions, JobCost, JobOutput, TableData, TableInput, desensitization_udfs,
     pseudonym_udf, run_query, run_query_isolated, run_query_until,
