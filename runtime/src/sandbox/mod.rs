@@ -1,0 +1,754 @@
+//! The WebAssembly host: one hardened engine, module validation at upload, and scalar UDFs
+//! that run guest functions batch at a time under fuel, epoch, memory and output limits.
+//!
+//! Every byte a guest returns is untrusted: pointers and lengths are bounds-checked with
+//! checked arithmetic and arrays are built with arrow-rs's validating constructors.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arrow::array::{Array, ArrayData, ArrayRef, AsArray, make_array};
+use arrow::buffer::Buffer;
+use arrow::datatypes::{DataType, Date32Type, Float64Type, Int32Type, Int64Type};
+use datafusion::common::DataFusionError;
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+use wasmtime::{
+    Config, Engine, ExternType, Instance, InstanceAllocationStrategy, InstancePre, Linker, Memory,
+    Module, PoolConcurrencyLimitError, PoolingAllocationConfig, Store, StoreLimits,
+    StoreLimitsBuilder, Strategy, Trap, TypedFunc, UpdateDeadline, ValType,
+};
+
+use crate::crypto::sha256_hex;
+use crate::error::{Error, Result};
+use crate::job::Functions;
+
+mod guest;
+mod scalar;
+mod validate;
+
+pub(crate) use guest::{Guest, JobInstances};
+pub(crate) use scalar::GuestFn;
+use scalar::scalars_of;
+use validate::{check_export, parse_manifest, precheck};
+
+/// The ABI version this host speaks (udf-sdk/ABI.md).
+pub(crate) const ABI_VERSION: i32 = 1;
+const MAX_MODULE_BYTES: usize = 16 << 20;
+const MAX_DEFINED_FUNCTIONS: u32 = 20_000;
+const MAX_BODY_BYTES: usize = 128 << 10;
+const MAX_DATA_SEGMENTS: u32 = 1_000;
+const MAX_DATA_BYTES: usize = 8 << 20;
+const MAX_TABLE_ELEMENTS: u64 = 10_000;
+const MAX_ELEMENT_ITEMS: u64 = 100_000;
+const MAX_GLOBALS: u32 = 10_000;
+const MAX_EXPORTS: u32 = 1_000;
+/// Instances that can be alive at once in the process (jobs times partitions).
+const POOL_INSTANCES: u32 = 256;
+/// The largest memory cap a job may ask for.
+pub(crate) const MAX_GUEST_MEMORY: usize = 1 << 30;
+const MAX_MANIFEST_BYTES: usize = 64 << 10;
+const MAX_FUNCTIONS: usize = 64;
+const MAX_ARGS: usize = 8;
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+const COLUMN_DESC: usize = 28;
+const MAX_STATE_COLUMNS: usize = 4;
+/// Compiled modules kept in memory (a module of 16 MiB compiles to tens of MiB).
+const CACHED_MODULES: usize = 64;
+const MAX_TABLE_COLUMNS: usize = 32;
+/// The most rows one pull of a table function may return.
+const MAX_PULL_ROWS: usize = 1 << 20;
+
+/// Limits applied to every store of a job, before instantiation.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub struct GuestLimits {
+    /// Total fuel the job's guests may burn (deterministic work).
+    pub fuel: u64,
+    /// Linear memory cap per instance, in bytes.
+    pub memory_bytes: usize,
+    /// Wall-clock budget of one guest call, enforced by epoch interruption.
+    pub call_timeout_ms: u64,
+    /// Total bytes the job's guests may return.
+    pub output_bytes: u64,
+}
+
+impl Default for GuestLimits {
+    fn default() -> Self {
+        GuestLimits {
+            fuel: 50_000_000_000,
+            memory_bytes: 64 << 20,
+            call_timeout_ms: 10_000,
+            output_bytes: 1 << 30,
+        }
+    }
+}
+
+/// The column types of the ABI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WasmType {
+    Int32,
+    Int64,
+    Float64,
+    Utf8,
+    Date32,
+    Boolean,
+}
+
+impl WasmType {
+    fn id(self) -> u32 {
+        match self {
+            WasmType::Int32 => 1,
+            WasmType::Int64 => 2,
+            WasmType::Float64 => 3,
+            WasmType::Utf8 => 4,
+            WasmType::Date32 => 5,
+            WasmType::Boolean => 6,
+        }
+    }
+
+    /// The manifest's name of the type.
+    pub fn name(self) -> &'static str {
+        match self {
+            WasmType::Int32 => "int32",
+            WasmType::Int64 => "int64",
+            WasmType::Float64 => "float64",
+            WasmType::Utf8 => "utf8",
+            WasmType::Date32 => "date32",
+            WasmType::Boolean => "boolean",
+        }
+    }
+
+    fn parse(s: &str) -> Option<WasmType> {
+        Some(match s {
+            "int32" => WasmType::Int32,
+            "int64" => WasmType::Int64,
+            "float64" => WasmType::Float64,
+            "utf8" => WasmType::Utf8,
+            "date32" => WasmType::Date32,
+            "boolean" => WasmType::Boolean,
+            _ => return None,
+        })
+    }
+
+    pub fn arrow(self) -> DataType {
+        match self {
+            WasmType::Int32 => DataType::Int32,
+            WasmType::Int64 => DataType::Int64,
+            WasmType::Float64 => DataType::Float64,
+            WasmType::Utf8 => DataType::Utf8,
+            WasmType::Date32 => DataType::Date32,
+            WasmType::Boolean => DataType::Boolean,
+        }
+    }
+
+    fn width(self) -> usize {
+        match self {
+            WasmType::Int32 | WasmType::Date32 => 4,
+            WasmType::Int64 | WasmType::Float64 => 8,
+            WasmType::Utf8 | WasmType::Boolean => 0,
+        }
+    }
+}
+
+/// One function a module exports, as its manifest declares it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FunctionSig {
+    /// `scalar` or `aggregate`.
+    pub kind: String,
+    pub name: String,
+    pub args: Vec<WasmType>,
+    pub ret: WasmType,
+    /// An aggregate's partial state, one column per type.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub state: Vec<WasmType>,
+    /// A table function's output columns (its `ret` is the first one's type).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub columns: Vec<(String, WasmType)>,
+}
+
+/// A module that passed upload validation, compiled by this process.
+pub struct ValidatedModule {
+    pub hash: String,
+    pub functions: Vec<FunctionSig>,
+    pre: InstancePre<GuestState>,
+}
+
+impl std::fmt::Debug for ValidatedModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ValidatedModule")
+            .field("hash", &self.hash)
+            .field("functions", &self.functions)
+            .finish()
+    }
+}
+
+struct GuestState {
+    limits: StoreLimits,
+    meter: Arc<JobMeter>,
+    /// Epoch ticks the current call may still run.
+    ticks_left: u64,
+}
+
+/// The trap a guest gets when its job is cancelled (its scenario suspended or revoked).
+#[derive(Debug)]
+struct Cancelled;
+
+impl std::fmt::Display for Cancelled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the job was cancelled")
+    }
+}
+
+impl std::error::Error for Cancelled {}
+
+fn call_ticks(limits: &GuestLimits) -> u64 {
+    limits
+        .call_timeout_ms
+        .div_ceil(EPOCH_TICK.as_millis() as u64)
+}
+
+/// The process's one wasmtime engine, its (empty) linker and the compiled-module cache.
+pub struct Sandbox {
+    engine: Engine,
+    /// Fuel and epoch interruption; off only in the benchmarks' baseline.
+    interruptible: bool,
+    linker: Linker<GuestState>,
+    /// Compiled modules by engine compatibility hash and module hash, compiled by this
+    /// process from the bytes a user uploaded (never deserialized from them), oldest first out.
+    cache: Mutex<ModuleCache>,
+    /// The engine's compatibility hash (its settings and wasmtime's version).
+    compatibility: String,
+}
+
+/// Compiled modules this process keeps, at most [`CACHED_MODULES`].
+#[derive(Default)]
+struct ModuleCache {
+    modules: HashMap<String, Arc<ValidatedModule>>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl ModuleCache {
+    fn get(&self, key: &str) -> Option<Arc<ValidatedModule>> {
+        self.modules.get(key).cloned()
+    }
+
+    fn insert(&mut self, key: String, module: Arc<ValidatedModule>) {
+        if self.modules.insert(key.clone(), module).is_none() {
+            self.order.push_back(key);
+        }
+        while self.order.len() > CACHED_MODULES {
+            if let Some(old) = self.order.pop_front() {
+                self.modules.remove(&old);
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sandbox")
+    }
+}
+
+impl Sandbox {
+    /// Builds the hardened engine and starts its epoch ticker.
+    pub fn new() -> Result<Sandbox> {
+        Self::build(true)
+    }
+
+    /// A sandbox without fuel or epoch interruption, so benchmarks can measure what the CPU
+    /// limit costs. Never used to run jobs: a guest in it can spin forever.
+    pub fn without_cpu_limits_for_benchmarks() -> Result<Sandbox> {
+        Self::build(false)
+    }
+
+    fn build(interruptible: bool) -> Result<Sandbox> {
+        let mut c = Config::new();
+        c.strategy(Strategy::Cranelift)
+            .consume_fuel(interruptible)
+            .epoch_interruption(interruptible)
+            .max_wasm_stack(512 << 10)
+            .cranelift_nan_canonicalization(true)
+            .wasm_memory64(false)
+            .wasm_multi_memory(false)
+            .wasm_relaxed_simd(false)
+            .wasm_tail_call(false)
+            .wasm_custom_page_sizes(false)
+            .wasm_wide_arithmetic(false)
+            .wasm_stack_switching(false)
+            .gc_support(false)
+            .shared_memory(false);
+        // Pooled slots make instantiation cheap; wasmtime zeroes a slot before reuse, and
+        // nothing is kept resident between instances.
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_core_instances(POOL_INSTANCES)
+            .total_memories(POOL_INSTANCES)
+            .total_tables(POOL_INSTANCES * 2)
+            .max_memories_per_module(1)
+            .max_tables_per_module(2)
+            .table_elements(MAX_TABLE_ELEMENTS as usize)
+            .max_memory_size(MAX_GUEST_MEMORY)
+            .max_core_instance_size(1 << 20)
+            .linear_memory_keep_resident(0)
+            .table_keep_resident(0);
+        c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&c)
+            .map_err(|e| Error::Internal(format!("wasm engine configuration: {e}")))?;
+        let ticker = engine.weak();
+        std::thread::Builder::new()
+            .name("tidegate-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = ticker.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .map_err(|e| Error::Internal(format!("epoch ticker: {e}")))?;
+        // The guest ABI has no imports: the linker stays empty.
+        let linker = Linker::new(&engine);
+        let compatibility = {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            engine.precompile_compatibility_hash().hash(&mut h);
+            format!("{:016x}", h.finish())
+        };
+        Ok(Sandbox {
+            engine,
+            interruptible,
+            linker,
+            cache: Mutex::new(ModuleCache::default()),
+            compatibility,
+        })
+    }
+
+    /// Validates and compiles a module uploaded by a user, and reads its manifest in a
+    /// limited instance. The module's identity is the SHA-256 of its bytes.
+    pub fn load(&self, bytes: &[u8]) -> Result<Arc<ValidatedModule>> {
+        let hash = sha256_hex(bytes);
+        let key = format!("{}:{hash}", self.compatibility);
+        if let Some(m) = self.cache.lock().expect("module cache").get(&key) {
+            return Ok(m);
+        }
+        let validated = Arc::new(self.validate(bytes, hash)?);
+        self.cache
+            .lock()
+            .expect("module cache")
+            .insert(key, Arc::clone(&validated));
+        Ok(validated)
+    }
+
+    fn validate(&self, bytes: &[u8], hash: String) -> Result<ValidatedModule> {
+        let invalid = |why: String| Error::BadInput(format!("invalid module: {why}"));
+        if bytes.len() > MAX_MODULE_BYTES {
+            return Err(invalid(format!(
+                "{} bytes is over the {} byte limit",
+                bytes.len(),
+                MAX_MODULE_BYTES
+            )));
+        }
+        if !bytes.starts_with(b"\0asm\x01\0\0\0") {
+            return Err(invalid(
+                "not a WebAssembly core module (precompiled artifacts and components are refused)"
+                    .into(),
+            ));
+        }
+        precheck(bytes, GuestLimits::default().memory_bytes).map_err(invalid)?;
+        let module = Module::new(&self.engine, bytes).map_err(|e| invalid(format!("{e:#}")))?;
+        let imports: Vec<String> = module
+            .imports()
+            .map(|i| format!("{}::{}", i.module(), i.name()))
+            .collect();
+        if !imports.is_empty() {
+            return Err(invalid(format!(
+                "imports are not allowed (the ABI has no host functions): {}",
+                imports.join(", ")
+            )));
+        }
+        let none: [ValType; 0] = [];
+        let one = [ValType::I32];
+        let two = [ValType::I32, ValType::I32];
+        let required: [(&str, &[ValType], &[ValType]); 5] = [
+            ("tg_abi_version", &none, &one),
+            ("tg_manifest", &none, &one),
+            ("tg_alloc", &one, &one),
+            ("tg_scalar", &two, &one),
+            ("tg_error", &none, &one),
+        ];
+        for (name, params, results) in required {
+            check_export(&module, name, params, results).map_err(invalid)?;
+        }
+        if !matches!(module.get_export("memory"), Some(ExternType::Memory(_))) {
+            return Err(invalid("required export `memory` is missing".into()));
+        }
+        // The linker is empty: this fails for any import, which was refused above anyway.
+        let pre = self
+            .linker
+            .instantiate_pre(&module)
+            .map_err(|e| invalid(format!("{e:#}")))?;
+        let mut validated = ValidatedModule {
+            hash,
+            functions: Vec::new(),
+            pre,
+        };
+        // Reading the manifest is cheap; a module that needs more than this is refused.
+        let meter = Arc::new(JobMeter::new(GuestLimits {
+            fuel: 1_000_000_000,
+            call_timeout_ms: 2_000,
+            output_bytes: 1 << 20,
+            ..GuestLimits::default()
+        }));
+        let mut guest = self.instantiate(&validated, &meter)?;
+        let version = guest.call_i32("tg_abi_version", ())?;
+        if version != ABI_VERSION {
+            return Err(invalid(format!(
+                "ABI version {version}; this host speaks version {ABI_VERSION}"
+            )));
+        }
+        let desc = guest.call_i32("tg_manifest", ())?;
+        let manifest = guest.read_pair(desc, MAX_MANIFEST_BYTES)?;
+        let manifest =
+            String::from_utf8(manifest).map_err(|_| invalid("the manifest is not UTF-8".into()))?;
+        validated.functions = parse_manifest(&manifest).map_err(invalid)?;
+        if validated.functions.iter().any(|f| f.kind == "aggregate") {
+            let four = [ValType::I32, ValType::I32, ValType::I32, ValType::I32];
+            let aggregate: [(&str, &[ValType], &[ValType]); 5] = [
+                ("tg_agg_update", &four, &one),
+                ("tg_agg_merge", &four, &one),
+                ("tg_agg_state", &one, &one),
+                ("tg_agg_evaluate", &one, &one),
+                ("tg_agg_reset", &one, &one),
+            ];
+            for (name, params, results) in aggregate {
+                check_export(&module, name, params, results).map_err(invalid)?;
+            }
+        }
+        if validated.functions.iter().any(|f| f.kind == "table") {
+            let table: [(&str, &[ValType], &[ValType]); 4] = [
+                ("tg_table_open", &one, &one),
+                ("tg_table_push", &two, &one),
+                ("tg_table_pull", &one, &one),
+                ("tg_table_close", &one, &one),
+            ];
+            for (name, params, results) in table {
+                check_export(&module, name, params, results).map_err(invalid)?;
+            }
+        }
+        Ok(validated)
+    }
+
+    fn instantiate(&self, module: &ValidatedModule, meter: &Arc<JobMeter>) -> Result<Guest> {
+        let limits = meter.limits;
+        let mut store = Store::new(
+            &self.engine,
+            GuestState {
+                limits: StoreLimitsBuilder::new()
+                    .memory_size(limits.memory_bytes)
+                    .table_elements(10_000)
+                    .instances(1)
+                    .tables(2)
+                    .memories(1)
+                    .build(),
+                meter: Arc::clone(meter),
+                ticks_left: call_ticks(&limits),
+            },
+        );
+        store.limiter(|s| &mut s.limits);
+        // Limits are in place before instantiation, so a start function is covered too.
+        if self.interruptible {
+            store
+                .set_fuel(meter.remaining_fuel())
+                .map_err(|e| Error::Internal(format!("fuel: {e}")))?;
+            // Every tick the guest is checked: a cancelled job stops within one tick, and a
+            // call that used up its ticks is interrupted.
+            store.set_epoch_deadline(1);
+            store.epoch_deadline_callback(|mut ctx| {
+                let state = ctx.data_mut();
+                if state.meter.is_cancelled() {
+                    return Err(wasmtime::Error::new(Cancelled));
+                }
+                if state.ticks_left == 0 {
+                    return Ok(UpdateDeadline::Interrupt);
+                }
+                state.ticks_left -= 1;
+                Ok(UpdateDeadline::Continue(1))
+            });
+        }
+        let instance = module.pre.instantiate(&mut store);
+        if self.interruptible {
+            let fuel_left = store.get_fuel().unwrap_or(0);
+            meter.charge(meter.remaining_fuel().saturating_sub(fuel_left));
+        }
+        let instance = instance.map_err(|e| classify_trap(&e, "instantiation"))?;
+        Guest::new(store, instance, Arc::clone(meter), self.interruptible)
+    }
+
+    /// Instantiates `module` under `limits` and drops the instance: what every job pays once
+    /// per partition, measured by the benchmarks.
+    pub fn instantiate_and_drop(
+        &self,
+        module: &ValidatedModule,
+        limits: GuestLimits,
+    ) -> Result<()> {
+        let meter = Arc::new(JobMeter::new(limits));
+        self.instantiate(module, &meter).map(drop)
+    }
+
+    /// A session of one job with one module: its instances are created on demand, reused
+    /// across the job's batches and never shared with another session.
+    pub fn session(
+        self: &Arc<Self>,
+        module: &Arc<ValidatedModule>,
+        meter: &Arc<JobMeter>,
+    ) -> GuestSession {
+        GuestSession {
+            pool: Arc::new(JobInstances {
+                sandbox: Arc::clone(self),
+                module: Arc::clone(module),
+                meter: Arc::clone(meter),
+                idle: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// The scalar and aggregate UDFs of `module` for one job.
+    pub fn udfs(
+        self: &Arc<Self>,
+        module: &Arc<ValidatedModule>,
+        meter: &Arc<JobMeter>,
+    ) -> Functions {
+        let pool = self.session(module, meter).pool;
+        Functions {
+            scalars: scalars_of(&pool),
+            aggregates: crate::guest_aggregate::aggregate_udfs(&pool),
+            tables: crate::guest_table::table_functions(&pool),
+        }
+    }
+
+    /// Scalar UDFs for a job over the functions of `module`; instances are created per job and
+    /// never shared with another job.
+    pub fn scalar_udfs(
+        self: &Arc<Self>,
+        module: &Arc<ValidatedModule>,
+        meter: &Arc<JobMeter>,
+    ) -> Vec<ScalarUDF> {
+        scalars_of(&self.session(module, meter).pool)
+    }
+}
+
+/// Resource use of one job's guests, and its limits.
+#[derive(Debug)]
+pub struct JobMeter {
+    pub limits: GuestLimits,
+    cancelled: std::sync::atomic::AtomicBool,
+    fuel_used: AtomicU64,
+    output_bytes: AtomicU64,
+    peak_memory: AtomicU64,
+    calls: AtomicU64,
+}
+
+impl JobMeter {
+    pub fn new(limits: GuestLimits) -> Self {
+        JobMeter {
+            limits,
+            cancelled: std::sync::atomic::AtomicBool::new(false),
+            fuel_used: AtomicU64::new(0),
+            output_bytes: AtomicU64::new(0),
+            peak_memory: AtomicU64::new(0),
+            calls: AtomicU64::new(0),
+        }
+    }
+
+    /// Cancels the job: its guests trap at the next epoch tick, and no new call starts.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+
+    fn remaining_fuel(&self) -> u64 {
+        self.limits
+            .fuel
+            .saturating_sub(self.fuel_used.load(Ordering::Relaxed))
+    }
+
+    fn charge(&self, fuel: u64) {
+        self.fuel_used.fetch_add(fuel, Ordering::Relaxed);
+    }
+
+    pub fn fuel_used(&self) -> u64 {
+        self.fuel_used.load(Ordering::Relaxed)
+    }
+
+    pub fn peak_memory(&self) -> u64 {
+        self.peak_memory.load(Ordering::Relaxed)
+    }
+
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    pub fn output_bytes(&self) -> u64 {
+        self.output_bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// Maps a wasmtime error to our error class; trap descriptions name the trap, never data.
+fn cancelled_error() -> Error {
+    Error::Refused("the job was cancelled: its scenario was suspended or revoked".into())
+}
+
+fn classify_trap(e: &wasmtime::Error, during: &str) -> Error {
+    if e.downcast_ref::<Cancelled>().is_some() {
+        return cancelled_error();
+    }
+    if e.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
+        return Error::Limit("the sandbox is running its maximum of instances; retry later".into());
+    }
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => {
+            Error::Limit(format!("the job's fuel budget ran out during {during}"))
+        }
+        Some(Trap::Interrupt) => Error::Limit(format!(
+            "a guest call exceeded its time limit during {during}"
+        )),
+        Some(Trap::StackOverflow) => {
+            Error::Limit(format!("the guest overflowed its stack during {during}"))
+        }
+        Some(trap) => Error::BadInput(format!("the guest trapped during {during}: {trap}")),
+        None => Error::BadInput(format!(
+            "the guest failed during {during}: {}",
+            e.root_cause()
+        )),
+    }
+}
+
+/// One job's use of one module, outside SQL: calls a function on arrays.
+#[derive(Debug, Clone)]
+pub struct GuestSession {
+    pool: Arc<JobInstances>,
+}
+
+impl GuestSession {
+    /// Calls the scalar function `name` on `args` (all of `n_rows` rows).
+    pub fn call(&self, name: &str, args: &[ArrayRef], n_rows: usize) -> Result<ArrayRef> {
+        let (id, sig) = self
+            .pool
+            .module
+            .functions
+            .iter()
+            .enumerate()
+            .find(|(_, f)| f.name == name)
+            .ok_or_else(|| Error::BadInput(format!("the module has no function `{name}`")))?;
+        self.pool.call(id as i32, sig, args, n_rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_lines_parse_into_signatures() {
+        let f = parse_manifest("scalar age(utf8,date32) -> int32\nscalar m(utf8) -> utf8").unwrap();
+        assert_eq!(f[0].name, "age");
+        assert_eq!(f[0].args, vec![WasmType::Utf8, WasmType::Date32]);
+        assert_eq!(f[1].ret, WasmType::Utf8);
+    }
+
+    #[test]
+    fn bad_manifests_say_what_is_wrong() {
+        assert_eq!(
+            parse_manifest("scalar Bad(utf8) -> utf8").unwrap_err(),
+            "function name `Bad` is not [a-z_][a-z0-9_]{0,63}"
+        );
+        assert_eq!(
+            parse_manifest("scalar f(utf8) -> utf8\nscalar f(int32) -> utf8").unwrap_err(),
+            "function `f` is declared twice"
+        );
+        assert!(parse_manifest("aggregate f(utf8) -> utf8").is_err());
+        assert!(parse_manifest("").is_err());
+    }
+
+    fn load_wat(wat: &str) -> Result<Arc<ValidatedModule>> {
+        let sandbox = Sandbox::new().unwrap();
+        sandbox.load(&wat::parse_str(wat).unwrap())
+    }
+
+    #[test]
+    fn a_module_importing_wasi_is_refused_with_the_import_named() {
+        let err = load_wat(r#"(module (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32))))"#)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "bad input: invalid module: imports are not allowed (the ABI has no host functions): wasi_snapshot_preview1::fd_write"
+        );
+    }
+
+    #[test]
+    fn a_module_without_the_abi_exports_is_refused() {
+        let err = load_wat("(module (memory (export \"memory\") 1))").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "bad input: invalid module: required export `tg_abi_version` is missing"
+        );
+    }
+
+    #[test]
+    fn an_endless_start_function_is_stopped_by_the_limits() {
+        let err = load_wat(
+            r#"(module (memory (export "memory") 1)
+                (func $spin (loop (br 0))) (start $spin)
+                (func (export "tg_abi_version") (result i32) i32.const 1)
+                (func (export "tg_manifest") (result i32) i32.const 0)
+                (func (export "tg_alloc") (param i32) (result i32) i32.const 0)
+                (func (export "tg_scalar") (param i32 i32) (result i32) i32.const 0)
+                (func (export "tg_error") (result i32) i32.const 0))"#,
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::Limit(_)), "{err}");
+    }
+
+    /// A valid module with one scalar `f{n}(int64) -> int64`.
+    fn numbered(n: usize) -> Vec<u8> {
+        let manifest = format!("scalar f{n}(int64) -> int64");
+        wat::parse_str(format!(
+            r#"(module (memory (export "memory") 1)
+                (data (i32.const 16) "\20\00\00\00\{len:02x}\00\00\00")
+                (data (i32.const 32) "{manifest}")
+                (func (export "tg_abi_version") (result i32) i32.const 1)
+                (func (export "tg_manifest") (result i32) i32.const 16)
+                (func (export "tg_alloc") (param i32) (result i32) i32.const 0)
+                (func (export "tg_scalar") (param i32 i32) (result i32) i32.const 0)
+                (func (export "tg_error") (result i32) i32.const 16))"#,
+            len = manifest.len()
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_module_cache_serves_a_module_again_and_forgets_the_oldest_past_its_size() {
+        let sandbox = Sandbox::new().unwrap();
+        let first = sandbox.load(&numbered(0)).unwrap();
+        assert_eq!(first.functions[0].name, "f0");
+        assert!(Arc::ptr_eq(&first, &sandbox.load(&numbered(0)).unwrap()));
+        for n in 1..=CACHED_MODULES {
+            sandbox.load(&numbered(n)).unwrap();
+        }
+        let last = sandbox.load(&numbered(CACHED_MODULES)).unwrap();
+        assert!(Arc::ptr_eq(
+            &last,
+            &sandbox.load(&numbered(CACHED_MODULES)).unwrap()
+        ));
+        let again = sandbox.load(&numbered(0)).unwrap();
+        assert!(!Arc::ptr_eq(&first, &again), "the oldest was compiled anew");
+        assert_eq!(first.hash, again.hash);
+    }
+}

@@ -1,0 +1,127 @@
+//! Guest scalar functions as DataFusion scalar UDFs, and what every guest function wrapper
+//! holds.
+
+use super::*;
+
+/// One function of a job's module: what its DataFusion wrappers hold. Two are equal when
+/// they are the same function of the same job's instances.
+pub(crate) struct GuestFn {
+    pub(crate) sig: FunctionSig,
+    pub(crate) fn_id: i32,
+    pub(crate) pool: Arc<JobInstances>,
+}
+
+impl GuestFn {
+    /// The functions of `kind` in the pool's module.
+    pub(crate) fn all(pool: &Arc<JobInstances>, kind: &str) -> Vec<GuestFn> {
+        pool.module
+            .functions
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.kind == kind)
+            .map(|(id, f)| GuestFn {
+                sig: f.clone(),
+                fn_id: id as i32,
+                pool: Arc::clone(pool),
+            })
+            .collect()
+    }
+
+    /// DataFusion's signature: exactly the declared argument types.
+    pub(crate) fn signature(&self) -> Signature {
+        Signature::exact(
+            self.sig.args.iter().map(|a| a.arrow()).collect(),
+            Volatility::Immutable,
+        )
+    }
+}
+
+impl Clone for GuestFn {
+    fn clone(&self) -> Self {
+        GuestFn {
+            sig: self.sig.clone(),
+            fn_id: self.fn_id,
+            pool: Arc::clone(&self.pool),
+        }
+    }
+}
+
+impl std::fmt::Debug for GuestFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} from {}",
+            self.sig.kind, self.sig.name, self.pool.module.hash
+        )
+    }
+}
+
+impl PartialEq for GuestFn {
+    fn eq(&self, other: &Self) -> bool {
+        self.fn_id == other.fn_id && Arc::ptr_eq(&self.pool, &other.pool)
+    }
+}
+
+impl Eq for GuestFn {}
+
+impl Hash for GuestFn {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.pool.module.hash.hash(state);
+        self.fn_id.hash(state);
+    }
+}
+
+pub(super) fn scalars_of(pool: &Arc<JobInstances>) -> Vec<ScalarUDF> {
+    GuestFn::all(pool, "scalar")
+        .into_iter()
+        .map(|f| {
+            ScalarUDF::new_from_impl(WasmScalarUdf {
+                signature: f.signature(),
+                f,
+            })
+        })
+        .collect()
+}
+
+/// A guest scalar function registered in DataFusion under its manifest name.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(super) struct WasmScalarUdf {
+    f: GuestFn,
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for WasmScalarUdf {
+    fn name(&self) -> &str {
+        &self.f.sig.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> datafusion::common::Result<DataType> {
+        Ok(self.f.sig.ret.arrow())
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: ScalarFunctionArgs,
+    ) -> datafusion::common::Result<ColumnarValue> {
+        let n_rows = args.number_rows;
+        let mut arrays = Vec::with_capacity(args.args.len());
+        for (value, want) in args.args.iter().zip(&self.f.sig.args) {
+            let a = value.to_array(n_rows)?;
+            let a = if a.data_type() == &want.arrow() {
+                a
+            } else {
+                arrow::compute::cast(&a, &want.arrow())?
+            };
+            arrays.push(a);
+        }
+        self.f
+            .pool
+            .call(self.f.fn_id, &self.f.sig, &arrays, n_rows)
+            .map(ColumnarValue::Array)
+            .map_err(|e| DataFusionError::External(Box::new(e)))
+    }
+}

@@ -1,0 +1,249 @@
+//! Upload validation: structural caps by parsing before anything is compiled, the exports the
+//! ABI requires, the manifest.
+
+use super::*;
+
+/// `[a-z_][a-z0-9_]*`, at most 64 bytes: a function or column name of the manifest.
+pub(super) fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// An export the ABI requires, with its exact type.
+pub(super) fn check_export(
+    module: &Module,
+    name: &str,
+    params: &[ValType],
+    results: &[ValType],
+) -> std::result::Result<(), String> {
+    match module.get_export(name) {
+        Some(ExternType::Func(f))
+            if f.params()
+                .map(|p| p.to_string())
+                .eq(params.iter().map(|p| p.to_string()))
+                && f.results()
+                    .map(|p| p.to_string())
+                    .eq(results.iter().map(|p| p.to_string())) =>
+        {
+            Ok(())
+        }
+        Some(_) => Err(format!("export `{name}` has the wrong type")),
+        None => Err(format!("required export `{name}` is missing")),
+    }
+}
+
+/// Structural caps checked by parsing, before anything is compiled: a module too large or too
+/// complex is refused cheaply with a report of what is over which limit.
+pub(super) fn precheck(bytes: &[u8], memory_cap: usize) -> std::result::Result<(), String> {
+    use wasmparser::{ElementItems, Encoding, Parser, Payload};
+    let over = |what: &str, n: u64, max: u64| format!("{what}: {n} is over the limit of {max}");
+    let mut data_bytes = 0usize;
+    let mut element_items = 0u64;
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload.map_err(|e| format!("malformed: {e}"))? {
+            Payload::Version { encoding, .. } if encoding != Encoding::Module => {
+                return Err("a component; only core modules are accepted".into());
+            }
+            Payload::FunctionSection(r) if r.count() > MAX_DEFINED_FUNCTIONS => {
+                return Err(over(
+                    "functions",
+                    r.count().into(),
+                    MAX_DEFINED_FUNCTIONS.into(),
+                ));
+            }
+            Payload::CodeSectionEntry(body) if body.range().len() > MAX_BODY_BYTES => {
+                return Err(over(
+                    "bytes in one function body",
+                    body.range().len() as u64,
+                    MAX_BODY_BYTES as u64,
+                ));
+            }
+            Payload::GlobalSection(r) if r.count() > MAX_GLOBALS => {
+                return Err(over("globals", r.count().into(), MAX_GLOBALS.into()));
+            }
+            Payload::ExportSection(r) if r.count() > MAX_EXPORTS => {
+                return Err(over("exports", r.count().into(), MAX_EXPORTS.into()));
+            }
+            Payload::MemorySection(r) => {
+                if r.count() > 1 {
+                    return Err(over("memories", r.count().into(), 1));
+                }
+                for m in r {
+                    let m = m.map_err(|e| format!("malformed memory: {e}"))?;
+                    let max_pages = (memory_cap / 65536) as u64;
+                    if m.initial > max_pages {
+                        return Err(over("initial memory pages", m.initial, max_pages));
+                    }
+                }
+            }
+            Payload::TableSection(r) => {
+                for t in r {
+                    let t = t.map_err(|e| format!("malformed table: {e}"))?;
+                    if t.ty.initial > MAX_TABLE_ELEMENTS {
+                        return Err(over(
+                            "initial table elements",
+                            t.ty.initial,
+                            MAX_TABLE_ELEMENTS,
+                        ));
+                    }
+                }
+            }
+            Payload::ElementSection(r) => {
+                for e in r {
+                    let e = e.map_err(|e| format!("malformed element segment: {e}"))?;
+                    element_items += match e.items {
+                        ElementItems::Functions(f) => u64::from(f.count()),
+                        ElementItems::Expressions(_, x) => u64::from(x.count()),
+                    };
+                    if element_items > MAX_ELEMENT_ITEMS {
+                        return Err(over(
+                            "element segment items",
+                            element_items,
+                            MAX_ELEMENT_ITEMS,
+                        ));
+                    }
+                }
+            }
+            Payload::DataSection(r) => {
+                if r.count() > MAX_DATA_SEGMENTS {
+                    return Err(over(
+                        "data segments",
+                        r.count().into(),
+                        MAX_DATA_SEGMENTS.into(),
+                    ));
+                }
+                for d in r {
+                    let d = d.map_err(|e| format!("malformed data segment: {e}"))?;
+                    data_bytes += d.data.len();
+                    if data_bytes > MAX_DATA_BYTES {
+                        return Err(over(
+                            "bytes of data segments",
+                            data_bytes as u64,
+                            MAX_DATA_BYTES as u64,
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn parse_manifest(text: &str) -> std::result::Result<Vec<FunctionSig>, String> {
+    let mut out: Vec<FunctionSig> = Vec::new();
+    for line in text.lines() {
+        let bad = || {
+            format!(
+                "manifest line `{}` is malformed",
+                line.chars().take(80).collect::<String>()
+            )
+        };
+        let (kind, rest) = if let Some(rest) = line.strip_prefix("scalar ") {
+            ("scalar", rest)
+        } else if let Some(rest) = line.strip_prefix("aggregate ") {
+            ("aggregate", rest)
+        } else if let Some(rest) = line.strip_prefix("table ") {
+            ("table", rest)
+        } else {
+            return Err("a manifest line is `scalar NAME(TYPES) -> TYPE` or `aggregate NAME(TYPE) -> TYPE state(TYPES)`".into());
+        };
+        let (name, rest) = rest.split_once('(').ok_or_else(bad)?;
+        let (args, ret) = rest.split_once(") -> ").ok_or_else(bad)?;
+        let (ret, state) = match kind {
+            "aggregate" => {
+                let (ret, state) = ret.split_once(" state(").ok_or_else(bad)?;
+                let state = state.strip_suffix(')').ok_or_else(bad)?;
+                let state: Vec<WasmType> = state
+                    .split(',')
+                    .map(|t| WasmType::parse(t.trim()).ok_or_else(bad))
+                    .collect::<std::result::Result<_, _>>()?;
+                if state.is_empty()
+                    || state.len() > MAX_STATE_COLUMNS
+                    || state.contains(&WasmType::Utf8)
+                {
+                    return Err(format!(
+                        "aggregate `{}` must keep 1 to {MAX_STATE_COLUMNS} state columns of fixed width or boolean",
+                        name.chars().take(80).collect::<String>()
+                    ));
+                }
+                (ret, state)
+            }
+            _ => (ret, Vec::new()),
+        };
+        let mut columns = Vec::new();
+        let ret = if kind == "table" {
+            let list = ret
+                .trim()
+                .strip_prefix('(')
+                .and_then(|r| r.strip_suffix(')'))
+                .ok_or_else(bad)?;
+            for c in list.split(',') {
+                let (cname, ty) = c.trim().split_once(' ').ok_or_else(bad)?;
+                let ty = WasmType::parse(ty.trim()).ok_or_else(bad)?;
+                if !valid_name(cname) || cname.starts_with("__tg") {
+                    return Err(format!(
+                        "output column `{}` is not [a-z_][a-z0-9_]{{0,63}} (and not __tg*)",
+                        cname.chars().take(80).collect::<String>()
+                    ));
+                }
+                if columns.iter().any(|(n, _)| n == cname) {
+                    return Err(format!("output column `{cname}` is declared twice"));
+                }
+                columns.push((cname.to_string(), ty));
+            }
+            if columns.len() > MAX_TABLE_COLUMNS {
+                return Err(format!(
+                    "a table function has at most {MAX_TABLE_COLUMNS} output columns"
+                ));
+            }
+            columns[0].1.name()
+        } else {
+            ret
+        };
+        if !valid_name(name) {
+            return Err(format!(
+                "function name `{}` is not [a-z_][a-z0-9_]{{0,63}}",
+                name.chars().take(80).collect::<String>()
+            ));
+        }
+        let args: Vec<WasmType> = if args.is_empty() {
+            Vec::new()
+        } else {
+            args.split(',')
+                .map(|a| WasmType::parse(a.trim()).ok_or_else(bad))
+                .collect::<std::result::Result<_, _>>()?
+        };
+        if args.len() > MAX_ARGS {
+            return Err(format!(
+                "function `{name}` has more than {MAX_ARGS} arguments"
+            ));
+        }
+        let ret = WasmType::parse(ret.trim()).ok_or_else(bad)?;
+        if out.iter().any(|f| f.name == name) {
+            return Err(format!("function `{name}` is declared twice"));
+        }
+        if kind == "aggregate" && args.len() != 1 {
+            return Err(format!("aggregate `{name}` must take exactly one argument"));
+        }
+        out.push(FunctionSig {
+            kind: kind.into(),
+            name: name.to_string(),
+            args,
+            ret,
+            state,
+            columns,
+        });
+        if out.len() > MAX_FUNCTIONS {
+            return Err(format!("more than {MAX_FUNCTIONS} functions"));
+        }
+    }
+    if out.is_empty() {
+        return Err("the manifest declares no functions".into());
+    }
+    Ok(out)
+}
