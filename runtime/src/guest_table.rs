@@ -1,6 +1,7 @@
 //! Guest table functions, for whole-model jobs: `SELECT ... FROM f('table', 'col', ...)` opens
 //! the function in an instance of its own, pushes every batch of the named columns of a
-//! granted table, pulls what the guest produced after each, closes it and pulls the rest.
+//! granted table, pulls what the guest produced after each, closes it and pulls the rest. The
+//! output streams: a row the model writes early reaches the query before the input ends.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,13 +10,17 @@ use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
 use datafusion::common::{DataFusionError, ScalarValue};
-use datafusion::datasource::{MemTable, TableType};
+use datafusion::datasource::TableType;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::Expr;
+use datafusion::physical_expr::LexOrdering;
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use futures::StreamExt;
 
 use crate::error::Error;
-use crate::sandbox::{GuestFn, JobInstances};
+use crate::sandbox::{Guest, GuestFn, JobInstances};
 
 /// One table function of a job's module, before it is bound to the job's tables.
 #[derive(Debug, Clone)]
@@ -144,50 +149,136 @@ impl TableProvider for Provider {
         &self,
         state: &dyn Session,
         projection: Option<&Vec<usize>>,
-        filters: &[Expr],
+        _filters: &[Expr],
         limit: Option<usize>,
     ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
-        let GuestFn { pool, sig, fn_id } = &self.table.f;
-        let plan = self
+        let input = self
             .input
             .scan(state, Some(&self.projection), &[], None)
             .await?;
-        let mut input = datafusion::physical_plan::execute_stream(plan, state.task_ctx())?;
-        // The model runs in an instance of its own, dropped when it is done or fails.
-        let mut guest = pool.dedicated().map_err(external)?;
-        guest.table_open(*fn_id, sig).map_err(external)?;
-        let mut out = Vec::new();
-        let mut keep = |columns: Vec<arrow::array::ArrayRef>| -> datafusion::common::Result<()> {
-            let batch = RecordBatch::try_new(Arc::clone(&self.schema), columns)?;
-            if batch.num_rows() > 0 {
-                out.push(batch);
-            }
-            Ok(())
+        let model = Arc::new(Model {
+            f: self.table.f.clone(),
+            input,
+            schema: Arc::clone(&self.schema),
+        });
+        Ok(Arc::new(StreamingTableExec::try_new(
+            Arc::clone(&self.schema),
+            vec![model],
+            projection,
+            Vec::<LexOrdering>::new(),
+            false,
+            limit,
+        )?))
+    }
+}
+
+/// The model as a stream: its rows come out while its input goes in, batch by batch.
+#[derive(Debug)]
+struct Model {
+    f: GuestFn,
+    input: Arc<dyn ExecutionPlan>,
+    schema: SchemaRef,
+}
+
+impl PartitionStream for Model {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let run = Run {
+            f: self.f.clone(),
+            schema: Arc::clone(&self.schema),
+            input: Some(datafusion::physical_plan::execute_stream(
+                Arc::clone(&self.input),
+                ctx,
+            )),
+            guest: None,
         };
-        while let Some(batch) = input.next().await {
-            let batch = batch?;
-            let columns = batch
-                .columns()
-                .iter()
-                .zip(&sig.args)
-                .map(|(c, t)| {
-                    if c.data_type() == &t.arrow() {
-                        Ok(Arc::clone(c))
-                    } else {
-                        arrow::compute::cast(c, &t.arrow())
-                    }
-                })
-                .collect::<std::result::Result<Vec<_>, _>>()?;
-            guest
-                .table_push(*fn_id, sig, &columns, batch.num_rows())
-                .map_err(external)?;
-            keep(guest.table_pull(*fn_id, sig).map_err(external)?)?;
+        Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&self.schema),
+            futures::stream::unfold(run, Run::step),
+        ))
+    }
+}
+
+/// One run of a model: its input (until it ends), and the instance it runs in, made on the
+/// first poll and dropped with the stream.
+struct Run {
+    f: GuestFn,
+    schema: SchemaRef,
+    input: Option<datafusion::common::Result<SendableRecordBatchStream>>,
+    guest: Option<Guest>,
+}
+
+impl Run {
+    /// The next non-empty output batch, an error (after which the run ends), or the end.
+    async fn step(mut self) -> Option<(datafusion::common::Result<RecordBatch>, Run)> {
+        loop {
+            match self.next_batch().await {
+                Ok(Some(b)) if b.num_rows() == 0 => continue,
+                Ok(Some(b)) => return Some((Ok(b), self)),
+                Ok(None) => return None,
+                Err(e) => {
+                    self.input = None;
+                    self.guest = None;
+                    return Some((Err(e), self));
+                }
+            }
         }
-        guest.table_close(*fn_id, sig).map_err(external)?;
-        keep(guest.table_pull(*fn_id, sig).map_err(external)?)?;
-        drop(guest);
-        MemTable::try_new(Arc::clone(&self.schema), vec![out])?
-            .scan(state, projection, filters, limit)
-            .await
+    }
+
+    async fn next_batch(&mut self) -> datafusion::common::Result<Option<RecordBatch>> {
+        let GuestFn { sig, fn_id, .. } = &self.f;
+        let Some(input) = self.input.as_mut() else {
+            return Ok(None);
+        };
+        let input = match input {
+            Ok(stream) => stream,
+            Err(e) => {
+                let e = DataFusionError::Execution(format!("the model's input: {e}"));
+                self.input = None;
+                return Err(e);
+            }
+        };
+        if self.guest.is_none() {
+            let mut guest = self.f.pool.dedicated().map_err(external)?;
+            guest.table_open(*fn_id, sig).map_err(external)?;
+            self.guest = Some(guest);
+        }
+        let guest = self.guest.as_mut().expect("just opened");
+        match input.next().await {
+            Some(batch) => {
+                let batch = batch?;
+                let columns = batch
+                    .columns()
+                    .iter()
+                    .zip(&sig.args)
+                    .map(|(c, t)| {
+                        if c.data_type() == &t.arrow() {
+                            Ok(Arc::clone(c))
+                        } else {
+                            arrow::compute::cast(c, &t.arrow())
+                        }
+                    })
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                guest
+                    .table_push(*fn_id, sig, &columns, batch.num_rows())
+                    .map_err(external)?;
+            }
+            None => {
+                // No more input: the model writes what it kept, and the run ends after it.
+                guest.table_close(*fn_id, sig).map_err(external)?;
+                self.input = None;
+            }
+        }
+        let columns = guest.table_pull(*fn_id, sig).map_err(external)?;
+        if self.input.is_none() {
+            self.guest = None;
+        }
+        Ok(Some(RecordBatch::try_new(
+            Arc::clone(&self.schema),
+            columns,
+        )?))
     }
 }

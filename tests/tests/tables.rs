@@ -183,3 +183,64 @@ async fn a_table_function_that_lies_about_its_output_fails_the_job() {
     let err = run(hostile_pull("i32.const 2621436")).await;
     assert!(err.contains("outside its memory"), "{err}");
 }
+
+/// `table echo(float64) -> (y float64)`: each pull returns the batch just pushed, as it came
+/// (an input batch descriptor is an output one), then nothing.
+fn echo() -> Vec<u8> {
+    abi_module(
+        "table echo(float64) -> (y float64)",
+        r#"(global $b (mut i32) (i32.const 0))
+        (func (export "tg_table_open") (param i32) (result i32) i32.const 1)
+        (func (export "tg_table_push") (param i32 i32) (result i32)
+            (global.set $b (local.get 1)) i32.const 1)
+        (func (export "tg_table_close") (param i32) (result i32) i32.const 1)
+        (func (export "tg_table_pull") (param i32) (result i32) (local $at i32)
+            (if (i32.eqz (global.get $b)) (then
+                (i32.store (i32.const 1048576) (i32.const 0))
+                (i32.store (i32.const 1048580) (i32.const 1))
+                (i32.store (i32.const 1048584) (i32.const 3))
+                (return (i32.const 1048576))))
+            (local.set $at (global.get $b))
+            (global.set $b (i32.const 0))
+            (local.get $at))"#,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_models_rows_stream_out_batch_by_batch() {
+    let sandbox = Arc::new(Sandbox::new().unwrap());
+    let module = sandbox.load(&echo()).unwrap();
+    let run = |sql: &'static str| {
+        let sandbox = Arc::clone(&sandbox);
+        let module = Arc::clone(&module);
+        async move {
+            let meter = Arc::new(JobMeter::new(GuestLimits::default()));
+            run_query(
+                sql,
+                &visits(30_000),
+                sandbox.udfs(&module, &meter),
+                EngineLimits::default(),
+            )
+            .await
+            .unwrap()
+            .batches
+        }
+    };
+    // Every pushed batch comes back through its pull: the rows and their NULLs, all of them.
+    let all = run(
+        "SELECT count(*) AS n, count(y) AS present, sum(y) AS total FROM echo('visits', 'spend')",
+    )
+    .await;
+    let n = all[0].column(0).as_primitive::<Int64Type>().value(0);
+    let present = all[0].column(1).as_primitive::<Int64Type>().value(0);
+    let total = all[0].column(2).as_primitive::<Float64Type>().value(0);
+    let expected: f64 = (0..30_000)
+        .filter(|i| i % 10 != 0)
+        .map(|i| (i % 200) as f64)
+        .sum();
+    assert_eq!((n, present), (30_000, 27_000));
+    assert_eq!(total, expected);
+    // A LIMIT stops reading early.
+    let few = run("SELECT y FROM echo('visits', 'spend') LIMIT 5").await;
+    assert_eq!(few.iter().map(RecordBatch::num_rows).sum::<usize>(), 5);
+}
