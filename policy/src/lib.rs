@@ -23,7 +23,8 @@ pub use model::{
     ScenarioState, parse_tags,
 };
 pub use privacy::{
-    BoundedAggregate, ColumnNoise, ContributionBounds, PrivacyShape, laplace, plan_noise,
+    BoundedAggregate, ColumnNoise, ContributionBounds, GroupSelection, NoisePlan, PrivacyShape,
+    SELECTION_DELTA, laplace, plan_noise,
 };
 pub use rules::{
     ExportEvent, Refusal, ScenarioApprovals, can_apply_for_scenario, can_approve_module,

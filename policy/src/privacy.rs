@@ -53,14 +53,38 @@ pub struct ColumnNoise {
     pub scale: f64,
 }
 
-/// Decides how a result is noised for `epsilon`, given what is left of the budget. The error
+/// Which groups a private result releases: those whose count of subjects (after bounding),
+/// with Laplace noise of `scale`, reaches `threshold`, besides the exact threshold k. The
+/// exact check alone would make a group's presence tell whether one subject is in it; with
+/// the noisy one, a group the exact check alone decides appears with probability under
+/// `delta`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupSelection {
+    pub scale: f64,
+    pub threshold: f64,
+    pub delta: f64,
+}
+
+/// The total probability the release's group selection may fail its epsilon.
+pub const SELECTION_DELTA: f64 = 1e-6;
+
+/// How a private release is noised.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NoisePlan {
+    pub columns: Vec<ColumnNoise>,
+    pub selection: GroupSelection,
+}
+
+/// Decides how a result is noised for `epsilon`, given what is left of the budget: one equal
+/// share of epsilon for each released count or sum and one for choosing the groups. The error
 /// is the gate's reason for refusing.
 pub fn plan_noise(
     shape: Option<&PrivacyShape>,
     epsilon: Option<f64>,
     budget: f64,
     spent: f64,
-) -> Result<Vec<ColumnNoise>, String> {
+    threshold_k: u64,
+) -> Result<NoisePlan, String> {
     let left = (budget - spent).max(0.0);
     let Some(epsilon) = epsilon else {
         return Err(format!(
@@ -104,9 +128,17 @@ pub fn plan_noise(
     if released.is_empty() {
         return Err("the result releases no count or sum to noise".into());
     }
-    let share = epsilon / released.len() as f64;
+    let share = epsilon / (released.len() + 1) as f64;
     let groups = shape.bounds.max_groups as f64;
-    released
+    // A subject is in at most `groups` groups, once each: that moves the subject counts by
+    // `groups` in all; each of its groups may decide on its own, so delta is split among them.
+    let selection_scale = groups / share;
+    let selection = GroupSelection {
+        scale: selection_scale,
+        threshold: threshold_k as f64 + selection_scale * (groups / (2.0 * SELECTION_DELTA)).ln(),
+        delta: SELECTION_DELTA,
+    };
+    let columns = released
         .into_iter()
         .map(|a| {
             let (sensitivity, is_count) = match a.function.as_str() {
@@ -133,7 +165,8 @@ pub fn plan_noise(
                 scale: groups * sensitivity / share,
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(NoisePlan { columns, selection })
 }
 
 /// A Laplace draw of the given scale from a uniform draw `u` in `(0, 1)` (inverse CDF).
@@ -169,12 +202,19 @@ mod tests {
 
     #[test]
     fn noise_scales_with_the_bounds_and_splits_epsilon_between_columns() {
-        let noise = plan_noise(Some(&shape(&["count", "sum"])), Some(1.0), 2.0, 0.5).unwrap();
-        // Half of epsilon each; a subject in 3 groups moves a count by 2 per group.
+        let plan = plan_noise(Some(&shape(&["count", "sum"])), Some(1.5), 2.0, 0.5, 10).unwrap();
+        let noise = &plan.columns;
+        // A third of epsilon each (two columns and the choice of groups); a subject in 3
+        // groups moves a count by 2 per group.
         assert_eq!(noise[0].scale, 3.0 * 2.0 / 0.5);
         assert!(noise[0].is_count);
         assert_eq!(noise[1].scale, 3.0 * 100.0 / 0.5);
         assert!(!noise[1].is_count);
+        // Groups: subject counts noised with scale 3 / 0.5, kept from k plus a margin that
+        // leaves a group decided by the exact count alone with probability under delta.
+        assert_eq!(plan.selection.scale, 6.0);
+        let margin = plan.selection.threshold - 10.0;
+        assert!((0.5 * (-margin / 6.0).exp() * 3.0 - SELECTION_DELTA).abs() < 1e-12);
     }
 
     #[test]
@@ -203,7 +243,7 @@ mod tests {
             ),
         ];
         for (shape, epsilon, spent, reason) in cases {
-            let err = plan_noise(shape, epsilon, 1.0, spent).unwrap_err();
+            let err = plan_noise(shape, epsilon, 1.0, spent, 10).unwrap_err();
             assert!(err.contains(reason), "{err}");
         }
     }
@@ -212,18 +252,18 @@ mod tests {
     fn choosing_groups_by_exact_values_or_deriving_from_an_aggregate_is_refused() {
         let mut limited = shape(&["count"]);
         limited.after_aggregate = vec!["sort".into(), "limit".into()];
-        let err = plan_noise(Some(&limited), Some(0.1), 1.0, 0.0).unwrap_err();
+        let err = plan_noise(Some(&limited), Some(0.1), 1.0, 0.0, 10).unwrap_err();
         assert!(err.contains("a limit over the aggregate"), "{err}");
         let mut sorted = shape(&["count"]);
         sorted.after_aggregate = vec!["sort".into()];
-        assert!(plan_noise(Some(&sorted), Some(0.1), 1.0, 0.0).is_ok());
+        assert!(plan_noise(Some(&sorted), Some(0.1), 1.0, 0.0, 10).is_ok());
         let mut derived = shape(&["sum"]);
         derived.aggregates[0].derived = true;
-        let err = plan_noise(Some(&derived), Some(0.1), 1.0, 0.0).unwrap_err();
+        let err = plan_noise(Some(&derived), Some(0.1), 1.0, 0.0, 10).unwrap_err();
         assert!(err.contains("computed from the sum aggregate"), "{err}");
         let mut unbounded = shape(&["sum"]);
         unbounded.bounds.sum_bound = None;
-        let err = plan_noise(Some(&unbounded), Some(0.1), 1.0, 0.0).unwrap_err();
+        let err = plan_noise(Some(&unbounded), Some(0.1), 1.0, 0.0, 10).unwrap_err();
         assert!(err.contains("only with a contribution bound"), "{err}");
     }
 

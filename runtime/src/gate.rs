@@ -7,12 +7,14 @@ use arrow::datatypes::{DataType, Float64Type, Int32Type, Int64Type, Schema};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tidegate_policy::{
-    CheckOutcome, ColumnNoise, GateReport, Level, Masking, QueryShape, check_shape, laplace, mask,
-    plan_noise, scan_value,
+    CheckOutcome, ColumnNoise, GateReport, Level, Masking, NoisePlan, QueryShape, check_shape,
+    laplace, mask, plan_noise, scan_value,
 };
 
 use crate::error::{Error, Result};
-use crate::job::{DOMINATED_COLUMN, GROUP_KEY_PREFIX, NULL_SUBJECT_COLUMN, SUBJECTS_COLUMN};
+use crate::job::{
+    BOUNDED_SUBJECTS, DOMINATED_COLUMN, GROUP_KEY_PREFIX, NULL_SUBJECT_COLUMN, SUBJECTS_COLUMN,
+};
 
 /// What the gate needs to know besides the data.
 #[derive(Debug, Clone)]
@@ -73,6 +75,25 @@ pub fn evaluate(input: &GateInput<'_>, batches: &[RecordBatch]) -> Result<GateOu
     let shape_ok = matches!(shape_outcome, CheckOutcome::Pass(_));
     report.push("aggregation", shape_outcome);
 
+    // R-GATE 7: decided before anything is released, the choice of groups included; noise is
+    // drawn for kept groups only.
+    let noise = input.privacy.map(|p| {
+        plan_noise(
+            input.shape.privacy.as_ref(),
+            p.epsilon,
+            p.budget,
+            p.spent,
+            input.threshold_k,
+        )
+        .map(|plan| (p, plan))
+    });
+    let selection = match &noise {
+        Some(Ok((_, plan))) => Some(&plan.selection),
+        _ => None,
+    };
+    let rng = ring::rand::SystemRandom::new();
+    let mut withheld = 0u64;
+
     // Suppress groups with fewer than k distinct subjects, counted by the runtime, and groups
     // whose sum its top contributors dominate (R-GATE 3).
     let mut rows: Vec<GroupRow> = Vec::new();
@@ -80,6 +101,16 @@ pub fn evaluate(input: &GateInput<'_>, batches: &[RecordBatch]) -> Result<GateOu
     if input.shape.aggregated {
         for (b, batch) in batches.iter().enumerate() {
             let subjects = subjects_per_row(batch)?;
+            let bounded_subjects = match selection {
+                Some(_) => Some(
+                    batch
+                        .column_by_name(BOUNDED_SUBJECTS)
+                        .and_then(|c| c.as_primitive_opt::<Float64Type>())
+                        .cloned()
+                        .ok_or_else(|| Error::Internal("no bounded subject counts".into()))?,
+                ),
+                None => None,
+            };
             let dominated = batch
                 .column_by_name(DOMINATED_COLUMN)
                 .and_then(|c| c.as_boolean_opt())
@@ -88,7 +119,16 @@ pub fn evaluate(input: &GateInput<'_>, batches: &[RecordBatch]) -> Result<GateOu
             let keys = group_key_values(batch)?;
             for (row, key) in keys.into_iter().enumerate() {
                 let count = subjects.value(row) as u64;
-                let enough = count >= input.threshold_k;
+                let mut enough = count >= input.threshold_k;
+                if let (Some(sel), Some(bounded)) = (selection, &bounded_subjects)
+                    && enough
+                {
+                    let noisy = bounded.value(row) + laplace(sel.scale, uniform(&rng)?);
+                    if noisy < sel.threshold {
+                        enough = false;
+                        withheld += 1;
+                    }
+                }
                 let dominant = dominated.as_ref().is_some_and(|d| d.value(row));
                 if enough && dominant {
                     dominated_groups += 1;
@@ -115,11 +155,6 @@ pub fn evaluate(input: &GateInput<'_>, batches: &[RecordBatch]) -> Result<GateOu
             );
         }
     }
-    // R-GATE 7: decided before anything is released; noise is drawn for kept groups only.
-    let noise = input.privacy.map(|p| {
-        plan_noise(input.shape.privacy.as_ref(), p.epsilon, p.budget, p.spent)
-            .map(|columns| (p, columns))
-    });
     let mut kept_batches = Vec::with_capacity(batches.len());
     for (b, batch) in batches.iter().enumerate() {
         let kept = if input.shape.aggregated {
@@ -141,8 +176,8 @@ pub fn evaluate(input: &GateInput<'_>, batches: &[RecordBatch]) -> Result<GateOu
         };
         kept_batches.push(kept);
     }
-    if let Some(Ok((_, columns))) = &noise {
-        kept_batches = add_noise(kept_batches, columns)?;
+    if let Some(Ok((_, plan))) = &noise {
+        kept_batches = add_noise(kept_batches, &plan.columns, &rng)?;
     }
     let mut released = Vec::with_capacity(kept_batches.len());
     for kept in &kept_batches {
@@ -198,12 +233,12 @@ pub fn evaluate(input: &GateInput<'_>, batches: &[RecordBatch]) -> Result<GateOu
     match &noise {
         None => {}
         Some(Err(reason)) => report.push("privacy budget", CheckOutcome::Fail(reason.clone())),
-        Some(Ok((p, columns))) => {
+        Some(Ok((p, plan))) => {
             let epsilon = p.epsilon.unwrap_or_default();
             epsilon_spent = Some(epsilon);
             report.push(
                 "privacy budget",
-                CheckOutcome::Pass(describe_noise(p, epsilon, columns, input.shape)),
+                CheckOutcome::Pass(describe_noise(p, epsilon, plan, withheld, input.shape)),
             );
         }
     }
@@ -248,7 +283,20 @@ pub fn evaluate(input: &GateInput<'_>, batches: &[RecordBatch]) -> Result<GateOu
 /// Replaces each noised output column with its bounded value plus Laplace noise (counts as
 /// whole numbers, never negative), and orders the rows by group key, so that neither the
 /// values nor their order tell the exact aggregates.
-fn add_noise(batches: Vec<RecordBatch>, columns: &[ColumnNoise]) -> Result<Vec<RecordBatch>> {
+/// A uniform draw in (0, 1) from the OS's random source: 53 random bits, centred in their
+/// interval.
+fn uniform(rng: &ring::rand::SystemRandom) -> Result<f64> {
+    let bytes: [u8; 8] = ring::rand::generate(rng)
+        .map_err(|_| Error::Internal("noise: no randomness".into()))?
+        .expose();
+    Ok(((u64::from_le_bytes(bytes) >> 11) as f64 + 0.5) / (1u64 << 53) as f64)
+}
+
+fn add_noise(
+    batches: Vec<RecordBatch>,
+    columns: &[ColumnNoise],
+    rng: &ring::rand::SystemRandom,
+) -> Result<Vec<RecordBatch>> {
     let internal = |e: arrow::error::ArrowError| Error::Internal(format!("noise: {e}"));
     let Some(first) = batches.first() else {
         return Ok(batches);
@@ -264,7 +312,6 @@ fn add_noise(batches: Vec<RecordBatch>, columns: &[ColumnNoise]) -> Result<Vec<R
         .map(|c| arrow::compute::take(c, &order, None).map_err(internal))
         .collect::<Result<_>>()?;
     let schema = all.schema();
-    let rng = ring::rand::SystemRandom::new();
     for c in columns {
         let (Ok(at), Ok(hidden)) = (schema.index_of(&c.output), schema.index_of(&c.hidden)) else {
             return Err(Error::Internal(format!(
@@ -276,12 +323,7 @@ fn add_noise(batches: Vec<RecordBatch>, columns: &[ColumnNoise]) -> Result<Vec<R
         let bounded = bounded.as_primitive::<Float64Type>();
         let mut noised = Vec::with_capacity(bounded.len());
         for v in bounded.iter() {
-            let bytes: [u8; 8] = ring::rand::generate(&rng)
-                .map_err(|_| Error::Internal("noise: no randomness".into()))?
-                .expose();
-            // A uniform draw in (0, 1): 53 random bits, centred in their interval.
-            let u = ((u64::from_le_bytes(bytes) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-            let x = v.unwrap_or(0.0) + laplace(c.scale, u);
+            let x = v.unwrap_or(0.0) + laplace(c.scale, uniform(rng)?);
             noised.push(if c.is_count { x.round().max(0.0) } else { x });
         }
         let noised = arrow::array::Float64Array::from(noised);
@@ -293,9 +335,11 @@ fn add_noise(batches: Vec<RecordBatch>, columns: &[ColumnNoise]) -> Result<Vec<R
 fn describe_noise(
     p: &PrivacySpend,
     epsilon: f64,
-    columns: &[ColumnNoise],
+    plan: &NoisePlan,
+    withheld: u64,
     shape: &QueryShape,
 ) -> String {
+    let columns = &plan.columns;
     let bounds = shape.privacy.as_ref().map(|s| s.bounds);
     let scales = columns
         .iter()
@@ -317,7 +361,11 @@ fn describe_noise(
             text.push_str(&format!(", sums clamped to +/-{s}"));
         }
     }
-    text.push_str("; rows in group-key order");
+    let sel = &plan.selection;
+    text.push_str(&format!(
+        "; groups released where their noised subject count (scale {:.3}) reached {:.1}, delta {}: {withheld} withheld; rows in group-key order",
+        sel.scale, sel.threshold, sel.delta
+    ));
     text
 }
 
@@ -885,10 +933,41 @@ mod tests {
             .collect();
         fields.insert(1, Field::new("n", DataType::Int64, false));
         fields.push(Field::new("__tg_dp_0", DataType::Float64, false));
+        fields.push(Field::new(BOUNDED_SUBJECTS, DataType::Float64, false));
         let mut columns = base.columns().to_vec();
         columns.insert(1, Arc::new(Int64Array::from(exact.to_vec())));
         columns.push(Arc::new(arrow::array::Float64Array::from(bounded.to_vec())));
+        // Plenty of subjects after bounding: the noisy choice of groups keeps them all.
+        columns.push(Arc::new(arrow::array::Float64Array::from(vec![
+            5_000.0;
+            spots.len()
+        ])));
         RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
+    }
+
+    #[test]
+    fn a_private_release_withholds_a_group_whose_noised_subject_count_misses_the_margin() {
+        // 100 subjects in the exact count, but only 12 after bounding: with epsilon 1 the
+        // margin over k is about 2 x 13 (scale 2: one share for the count, one for groups).
+        let mut batch = bounded_result(
+            &["West Lake", "Old Street", "Quiet Pond"],
+            &[900, 700, 500],
+            &[300.0, 250.0, 200.0],
+        );
+        let at = batch.schema().index_of(BOUNDED_SUBJECTS).unwrap();
+        let mut columns = batch.columns().to_vec();
+        columns[at] = Arc::new(arrow::array::Float64Array::from(vec![
+            5_000.0, 5_000.0, 12.0,
+        ]));
+        batch = RecordBatch::try_new(batch.schema(), columns).unwrap();
+        let out = private_gate(&private_shape(1), 1.0, batch);
+        assert!(out.report.passed(), "{:?}", out.report);
+        // Quiet Pond withheld, and one more so that no total gives it away.
+        let csv = String::from_utf8(out.csv).unwrap();
+        assert!(!csv.contains("Quiet Pond"), "{csv}");
+        assert_eq!(csv.lines().count(), 2, "{csv}");
+        let detail = &out.report.check("privacy budget").unwrap().detail;
+        assert!(detail.contains("1 withheld"), "{detail}");
     }
 
     fn private_shape(scale_bound: u64) -> QueryShape {

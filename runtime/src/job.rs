@@ -926,6 +926,9 @@ struct Extra {
 /// Hidden result columns `__tg_dp_0..`: each count or sum computed again with every
 /// subject's contribution bounded, which the gate noises.
 pub(crate) const BOUNDED_PREFIX: &str = "__tg_dp_";
+/// Hidden result column: a group's subjects once each subject keeps at most its bounded
+/// number of groups, for choosing the groups of a private release.
+pub(crate) const BOUNDED_SUBJECTS: &str = "__tg_dp_subjects";
 /// The subject of a row of the bounded plan.
 const SUBJECT_COLUMN: &str = "__tg_subject";
 
@@ -1059,9 +1062,11 @@ fn add_bounded(
             parts.truncate(bounds.max_groups as usize);
         }
         for (_, key, values) in parts {
+            // One slot per bounded aggregate, and the subjects kept in the group last.
             let total = totals
                 .entry(key)
-                .or_insert_with(|| vec![0.0; bounded.len()]);
+                .or_insert_with(|| vec![0.0; bounded.len() + 1]);
+            total[bounded.len()] += 1.0;
             for (j, v) in values.into_iter().enumerate() {
                 total[j] += match bounded[j].function.as_str() {
                     "count" => v.min(bounds.count_bound as f64),
@@ -1078,12 +1083,13 @@ fn add_bounded(
         .map(|b| {
             let keys = crate::gate::group_keys(&b)?;
             let mut out = b;
-            for (j, a) in bounded.iter().enumerate() {
+            let names = bounded.iter().map(|a| a.hidden.as_str());
+            for (j, name) in names.chain([BOUNDED_SUBJECTS]).enumerate() {
                 let values: arrow::array::Float64Array = keys
                     .iter()
                     .map(|k| Some(k.as_ref().and_then(|k| totals.get(k)).map_or(0.0, |t| t[j])))
                     .collect();
-                out = append_column(&out, &a.hidden, Arc::new(values))?;
+                out = append_column(&out, name, Arc::new(values))?;
             }
             Ok(out)
         })
