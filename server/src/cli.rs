@@ -1126,30 +1126,24 @@ fn inspect(file: &Path) -> Result<()> {
             .iter()
             .map(|a| format!("{a:?}").to_ascii_lowercase())
             .collect();
-        let ret = format!("{:?}", f.ret).to_ascii_lowercase();
-        let state: Vec<String> = f
-            .state
-            .iter()
-            .map(|t| format!("{t:?}").to_ascii_lowercase())
-            .collect();
-        let state = if !f.columns.is_empty() {
+        // What the function gives: a value (and an aggregate's state), or a table's rows.
+        let gives = if f.columns.is_empty() {
+            let state: Vec<&str> = f.state.iter().map(|t| t.name()).collect();
+            let state = if state.is_empty() {
+                String::new()
+            } else {
+                format!(" (state: {})", state.join(", "))
+            };
+            format!("{}{state}", f.ret.name())
+        } else {
             let cols: Vec<String> = f
                 .columns
                 .iter()
                 .map(|(n, t)| format!("{n} {}", t.name()))
                 .collect();
-            format!(" (rows of: {})", cols.join(", "))
-        } else if state.is_empty() {
-            String::new()
-        } else {
-            format!(" (state: {})", state.join(", "))
+            format!("({})", cols.join(", "))
         };
-        println!(
-            "  {} {}({}) -> {ret}{state}",
-            f.kind,
-            f.name,
-            args.join(", ")
-        );
+        println!("  {} {}({}) -> {gives}", f.kind, f.name, args.join(", "));
     }
     Ok(())
 }

@@ -251,3 +251,46 @@ fn a_scientist_drafts_a_scenario_with_export_rules_and_submits_it_from_the_comma
     bad[at] = "spot";
     assert_eq!(tidegate(&bad), ExitCode::FAILURE);
 }
+
+#[test]
+fn dev_run_takes_guest_aggregates_and_table_functions_from_several_modules() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, bytes: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let model = write("model.wasm", tidegate_server::MODEL_UDF_WASM);
+    let aggregates = write("aggregates.wasm", tidegate_server::AGGREGATE_UDF_WASM);
+    for m in [&model, &aggregates] {
+        assert_eq!(tidegate(&["module", "inspect", m]), ExitCode::SUCCESS);
+    }
+    let csv = write("visits.csv", visitor_csv(2_000).as_bytes());
+    let table = format!("visits={csv}");
+    let run = |sql: &str| {
+        tidegate(&[
+            "dev",
+            "run",
+            "--module",
+            &model,
+            "--module",
+            &aggregates,
+            "--table",
+            &table,
+            "--sql",
+            sql,
+        ])
+    };
+    assert_eq!(
+        run(
+            "SELECT label, sum_sq(z) AS s, geo_mean(spend) AS g FROM standardize('visits', 'spend', 'spot') \
+             JOIN (SELECT spot, spend FROM visits) v ON v.spot = label GROUP BY label"
+        ),
+        ExitCode::SUCCESS
+    );
+    // A table function reads only the tables of the run, by quoted name.
+    assert_eq!(
+        run("SELECT * FROM standardize('elsewhere', 'spend', 'spot')"),
+        ExitCode::FAILURE
+    );
+}
