@@ -60,6 +60,9 @@ pub struct GateCheck {
     pub name: String,
     pub passed: bool,
     pub detail: String,
+    /// Passed, but a reviewer must look at it: the export needs one more approval.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub flagged: bool,
 }
 
 /// The gate report: each check with its numbers, pass or fail.
@@ -77,20 +80,27 @@ impl GateReport {
         self.checks.iter().all(|c| c.passed)
     }
 
+    /// Whether a check passed with a flag for the reviewers.
+    pub fn flagged(&self) -> bool {
+        self.checks.iter().any(|c| c.flagged)
+    }
+
     /// The check of that name, if the gate ran it.
     pub fn check(&self, name: &str) -> Option<&GateCheck> {
         self.checks.iter().find(|c| c.name == name)
     }
 
     pub fn push(&mut self, name: &str, outcome: CheckOutcome) {
-        let (passed, detail) = match outcome {
-            CheckOutcome::Pass(d) => (true, d),
-            CheckOutcome::Fail(d) => (false, d),
+        let (passed, flagged, detail) = match outcome {
+            CheckOutcome::Pass(d) => (true, false, d),
+            CheckOutcome::Flag(d) => (true, true, d),
+            CheckOutcome::Fail(d) => (false, false, d),
         };
         self.checks.push(GateCheck {
             name: name.to_string(),
             passed,
             detail,
+            flagged,
         });
     }
 }
@@ -98,6 +108,8 @@ impl GateReport {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CheckOutcome {
     Pass(String),
+    /// Passed, for the reviewers to weigh: the export needs one more approval.
+    Flag(String),
     Fail(String),
 }
 
@@ -170,6 +182,7 @@ mod tests {
     fn check(level: Level, s: &QueryShape) -> String {
         match check_shape(level, s) {
             CheckOutcome::Pass(d) => format!("pass: {d}"),
+            CheckOutcome::Flag(d) => format!("flag: {d}"),
             CheckOutcome::Fail(d) => format!("fail: {d}"),
         }
     }

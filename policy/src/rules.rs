@@ -440,8 +440,10 @@ pub fn next_export_state(current: &str, event: ExportEvent<'_>) -> Result<&'stat
 }
 
 /// How many distinct reviewers must approve an export of a result at `level`.
-pub fn required_export_approvals(level: Level) -> usize {
-    if level >= Level::L3 { 2 } else { 1 }
+pub fn required_export_approvals(level: Level, flagged: bool) -> usize {
+    let base = if level >= Level::L3 { 2 } else { 1 };
+    // A gate check that passed with a flag is weighed by one more reviewer.
+    base + usize::from(flagged)
 }
 
 #[cfg(test)]
@@ -764,7 +766,9 @@ mod tests {
 
     #[test]
     fn l3_needs_two_reviewers() {
-        assert_eq!(required_export_approvals(Level::L2), 1);
-        assert_eq!(required_export_approvals(Level::L3), 2);
+        assert_eq!(required_export_approvals(Level::L2, false), 1);
+        assert_eq!(required_export_approvals(Level::L3, false), 2);
+        assert_eq!(required_export_approvals(Level::L2, true), 2);
+        assert_eq!(required_export_approvals(Level::L3, true), 3);
     }
 }

@@ -32,7 +32,7 @@ pub struct GateInput<'a> {
     /// scenario uses differential privacy (R-GATE 7).
     pub privacy: Option<PrivacySpend>,
     /// The groups of the scenario's earlier exports that passed the gate (R-GATE 6).
-    pub earlier: &'a [Groups],
+    pub earlier: &'a [Earlier],
     /// The scenario's pseudonymization key, for `pseudonymize` masking.
     pub pseudonyms: Option<&'a crate::crypto::PseudonymKey>,
 }
@@ -45,6 +45,17 @@ pub struct PrivacySpend {
     pub spent: f64,
     /// What this request asks to spend.
     pub epsilon: Option<f64>,
+}
+
+/// An earlier export of the scenario, as differencing compares with it.
+#[derive(Debug, Clone)]
+pub struct Earlier {
+    pub groups: Groups,
+    /// It was computed from the same dataset versions as this result. Then a group that
+    /// differs by fewer than k subjects can only come from the query (a tracker): refused.
+    /// Over newer data the difference may be the data's own new subjects: flagged for the
+    /// reviewers instead.
+    pub same_data: bool,
 }
 
 /// The groups a result releases: each group's key (the values of its group-key columns, as
@@ -469,24 +480,35 @@ pub(crate) fn group_keys(batch: &RecordBatch) -> Result<Vec<Option<String>>> {
 /// The report names counts, never group values.
 fn differencing(groups: &Groups, input: &GateInput<'_>) -> CheckOutcome {
     let k = input.threshold_k;
-    let mut close = 0u64;
-    let mut releases = 0u64;
+    // (groups, earlier exports) close to an earlier export of the same data, and of other data.
+    let (mut same, mut newer) = ((0u64, 0u64), (0u64, 0u64));
     for earlier in input.earlier {
-        let mut hit = false;
+        let mut close = 0u64;
         for (key, subjects) in groups {
-            if let Some(before) = earlier.get(key) {
+            if let Some(before) = earlier.groups.get(key) {
                 let d = subjects.abs_diff(*before);
                 if d > 0 && d < k {
                     close += 1;
-                    hit = true;
                 }
             }
         }
-        releases += u64::from(hit);
+        let tally = if earlier.same_data {
+            &mut same
+        } else {
+            &mut newer
+        };
+        tally.0 += close;
+        tally.1 += u64::from(close > 0);
     }
-    if close > 0 {
+    if same.0 > 0 {
         CheckOutcome::Fail(format!(
-            "{close} group(s) differ from {releases} earlier export(s) of this scenario by fewer than k={k} subjects: the difference would isolate them"
+            "{} group(s) differ from {} earlier export(s) of this scenario over the same data by fewer than k={k} subjects: the difference would isolate them",
+            same.0, same.1
+        ))
+    } else if newer.0 > 0 {
+        CheckOutcome::Flag(format!(
+            "{} group(s) differ from {} earlier export(s) of this scenario over other dataset versions by fewer than k={k} subjects: new data or a tracker; a second reviewer weighs it",
+            newer.0, newer.1
         ))
     } else {
         CheckOutcome::Pass(format!(
@@ -857,10 +879,11 @@ mod tests {
     }
 
     #[test]
-    fn a_group_released_again_with_a_few_subjects_fewer_fails_the_differencing_check() {
+    fn a_group_released_again_with_a_few_subjects_fewer_is_refused_over_the_same_data_and_flagged_over_newer()
+     {
         let shape = shape();
         let none = BTreeMap::new();
-        let gate = |earlier: &[Groups], batch| {
+        let gate = |earlier: &[Earlier], batch| {
             evaluate(
                 &GateInput {
                     level: Level::L2,
@@ -881,9 +904,15 @@ mod tests {
         let first = gate(&[], result(&["West Lake", "Quiet Pond"], &[120, 40]));
         assert!(first.report.passed());
         assert_eq!(first.groups.len(), 2);
-        // The same groups again, West Lake without one visitor: refused.
+        let over = |same_data| {
+            [Earlier {
+                groups: first.groups.clone(),
+                same_data,
+            }]
+        };
+        // The same groups again over the same data, West Lake without one visitor: refused.
         let second = gate(
-            std::slice::from_ref(&first.groups),
+            &over(true),
             result(&["West Lake", "Quiet Pond"], &[119, 40]),
         );
         let check = second.report.check("differencing").unwrap();
@@ -892,16 +921,22 @@ mod tests {
             !check.detail.contains("West Lake"),
             "no group value in the report"
         );
+        // The same over a newer dataset version: passed, flagged for a second reviewer.
+        let newer = gate(
+            &over(false),
+            result(&["West Lake", "Quiet Pond"], &[121, 40]),
+        );
+        assert!(newer.report.passed());
+        assert!(newer.report.flagged());
+        let check = newer.report.check("differencing").unwrap();
+        assert!(check.flagged && check.detail.contains("over other dataset versions"));
         // The same population again (another measure), or one that differs by k or more: fine.
         let same = gate(
-            std::slice::from_ref(&first.groups),
+            &over(true),
             result(&["West Lake", "Quiet Pond"], &[120, 40]),
         );
-        assert!(same.report.passed());
-        let far = gate(
-            std::slice::from_ref(&first.groups),
-            result(&["West Lake"], &[100]),
-        );
+        assert!(same.report.passed() && !same.report.flagged());
+        let far = gate(&over(true), result(&["West Lake"], &[100]));
         assert!(far.report.passed());
     }
 
@@ -1143,7 +1178,7 @@ mod tests {
             .unwrap()
         };
         let outcome = |v| match scan_identifiers(&[batch(v)]) {
-            CheckOutcome::Pass(_) => "pass".to_string(),
+            CheckOutcome::Pass(_) | CheckOutcome::Flag(_) => "pass".to_string(),
             CheckOutcome::Fail(d) => d,
         };
         assert_eq!(

@@ -24,12 +24,14 @@ pub fn export_html(export: &Value) -> String {
     let report = &export["gate_report"];
     let mut checks = String::new();
     for c in report["checks"].as_array().into_iter().flatten() {
-        let passed = c["passed"] == true;
+        let (class, result) = match (c["passed"] == true, c["flagged"] == true) {
+            (true, false) => ("pass", "pass"),
+            (true, true) => ("flag", "pass, flagged for a second reviewer"),
+            _ => ("fail", "FAIL"),
+        };
         checks.push_str(&format!(
-            "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{}</td></tr>\n",
-            if passed { "pass" } else { "fail" },
+            "<tr class=\"{class}\"><td>{}</td><td>{result}</td><td>{}</td></tr>\n",
             text(&c["name"]),
-            if passed { "pass" } else { "FAIL" },
             text(&c["detail"]),
         ));
     }
@@ -87,7 +89,7 @@ pub fn export_html(export: &Value) -> String {
     format!(
         r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Export {id}</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #999;padding:.3em .6em}}tr.fail td{{background:#fdd}}tr.pass td:nth-child(2){{color:#060}}pre{{background:#f4f4f4;padding:.5em}}</style>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #999;padding:.3em .6em}}tr.fail td{{background:#fdd}}tr.flag td{{background:#ffd}}tr.pass td:nth-child(2){{color:#060}}pre{{background:#f4f4f4;padding:.5em}}</style>
 </head><body>
 <h1>Export {id}: {state}</h1>
 <p>Job {job}, requested by {by}. Threshold k = {k}; {groups} group(s), {suppressed} suppressed; {rows} row(s) released. Approvals required: {required}.</p>

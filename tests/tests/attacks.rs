@@ -156,7 +156,7 @@ fn a_tracker_pair_of_queries_is_refused_by_differencing() {
     assert!(!passed);
     assert!(
         detail.contains(
-            "1 group(s) differ from 1 earlier export(s) of this scenario by fewer than k"
+            "1 group(s) differ from 1 earlier export(s) of this scenario over the same data by fewer than k"
         ),
         "{detail}"
     );

@@ -46,19 +46,35 @@ impl Platform {
         let batches = from_parquet(parquet)?;
         let pseudonyms = self.pseudonym_root(&db)?.pseudonym_key(&s.id);
         // R-GATE 6: what the scenario's earlier exports released, to compare with.
-        let earlier_keys: Vec<(String, Vec<u8>)> = db
+        let earlier_keys: Vec<(String, Vec<u8>, String)> = db
             .prepare(
-                "SELECT e.id, e.groups_key FROM exports e JOIN jobs j ON e.job_id = j.id
+                "SELECT e.id, e.groups_key, j.inputs FROM exports e JOIN jobs j ON e.job_id = j.id
                  WHERE j.scenario_id = ?1 AND e.groups_key IS NOT NULL ORDER BY e.created_at",
             )?
-            .query_map(params![s.id], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .query_map(params![s.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<rusqlite::Result<_>>()?;
+        // Which dataset versions a job read: the same data, or newer.
+        let versions = |inputs: &[Value]| -> BTreeSet<(String, i64)> {
+            inputs
+                .iter()
+                .map(|i| {
+                    (
+                        i["dataset"].as_str().unwrap_or_default().to_string(),
+                        i["version"].as_i64().unwrap_or_default(),
+                    )
+                })
+                .collect()
+        };
+        let ours = versions(&inputs);
         let mut earlier = Vec::with_capacity(earlier_keys.len());
-        for (export, key) in &earlier_keys {
-            earlier.push(from_json::<gate::Groups>(
-                &String::from_utf8(self.load_object("gate", export, key)?)
-                    .map_err(|_| Error::Integrity(format!("the groups of export {export}")))?,
-            )?);
+        for (export, key, their_inputs) in &earlier_keys {
+            earlier.push(gate::Earlier {
+                groups: from_json::<gate::Groups>(
+                    &String::from_utf8(self.load_object("gate", export, key)?)
+                        .map_err(|_| Error::Integrity(format!("the groups of export {export}")))?,
+                )?,
+                same_data: versions(&from_json::<Vec<Value>>(their_inputs)?) == ours,
+            });
         }
         let mut unapproved = 0;
         for hash in &job.modules {
@@ -145,7 +161,8 @@ impl Platform {
             "checked" => tidegate_policy::next_export_state(checked, ExportEvent::SentToReview)?,
             refused => refused,
         };
-        let required = tidegate_policy::required_export_approvals(job.level) as i64;
+        let required =
+            tidegate_policy::required_export_approvals(job.level, outcome.report.flagged()) as i64;
         let now = crate::now_rfc3339();
         let stored_bytes = passed.then_some(parquet.len() as i64);
         // The noise of a kept release is paid for; a refused one showed nobody anything.

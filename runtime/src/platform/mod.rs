@@ -5,7 +5,7 @@
 //! and appends its audit entry before that transaction commits: an action whose entry cannot
 //! be made durable does not happen.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
