@@ -420,8 +420,10 @@ fn scan_name(value: &str, f: &mut Findings) {
             .skip(surname)
             .take_while(|c| is_cjk(*c))
             .count();
-        if (1..=2).contains(&given) {
-            f.push(SensitiveType::Name, true);
+        // A surname right after a context word is a name, even when the text runs on
+        // without a break ("联系人张伟电话..."): certain when one or two characters follow it.
+        if given >= 1 {
+            f.push(SensitiveType::Name, given <= 2);
         }
     }
 }
@@ -750,6 +752,8 @@ mod tests {
             &[(SensitiveType::Name, true)],
         );
         check("申请人为李小明", &[(SensitiveType::Name, true)]);
+        // The text runs on after the name: still a name, not a certain one.
+        check("联系人张伟电话另附", &[(SensitiveType::Name, false)]);
         check("张三", &[]);
         check("联系人：市场部", &[]);
         check(
