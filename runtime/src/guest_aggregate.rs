@@ -280,8 +280,10 @@ struct OneGroup(WasmGroups);
 impl OneGroup {
     fn ensure_group(&mut self) -> datafusion::common::Result<()> {
         if self.0.groups == 0 {
-            let empty = arrow::array::new_empty_array(&self.0.f.sig.args[0].arrow());
-            self.0.feed(false, &[empty], &[], None, 1)?;
+            let empty: Vec<ArrayRef> = (self.0.f.sig.args.iter())
+                .map(|t| arrow::array::new_empty_array(&t.arrow()))
+                .collect();
+            self.0.feed(false, &empty, &[], None, 1)?;
         }
         Ok(())
     }

@@ -103,7 +103,8 @@ async fn a_guest_aggregate_gives_per_group_what_the_native_query_gives() {
     let rows = 50_000;
     let guest = query(
         AGGREGATE_UDF_WASM,
-        "SELECT k, sum_sq(x) AS s, geo_mean(x) AS g, sum_sq(x) FILTER (WHERE n > 500) AS f
+        "SELECT k, sum_sq(x) AS s, geo_mean(x) AS g, sum_sq(x) FILTER (WHERE n > 500) AS f,
+                weighted_mean(x, n) AS w
          FROM t GROUP BY k ORDER BY k",
         rows,
     )
@@ -111,14 +112,15 @@ async fn a_guest_aggregate_gives_per_group_what_the_native_query_gives() {
     .unwrap();
     let native = query(
         AGGREGATE_UDF_WASM,
-        "SELECT k, sum(x * x) AS s, exp(avg(ln(x))) AS g, sum(x * x) FILTER (WHERE n > 500) AS f
+        "SELECT k, sum(x * x) AS s, exp(avg(ln(x))) AS g, sum(x * x) FILTER (WHERE n > 500) AS f,
+                sum(x * n) / sum(CASE WHEN x IS NOT NULL THEN n END) AS w
          FROM t GROUP BY k ORDER BY k",
         rows,
     )
     .await
     .unwrap();
     assert_eq!(guest.iter().map(RecordBatch::num_rows).sum::<usize>(), 7);
-    for col in 1..=3 {
+    for col in 1..=4 {
         assert!(
             close(&floats(&guest, col), &floats(&native, col)),
             "column {col}: {:?} vs {:?}",

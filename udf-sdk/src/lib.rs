@@ -479,7 +479,7 @@ impl<'a> Batch<'a> {
     }
 }
 
-/// An aggregate function over one argument column, kept per group: the shape of a groups
+/// An aggregate function over one or more argument columns, kept per group: the shape of a groups
 /// accumulator (update with group indices, merge partial states, state, evaluate). The host
 /// calls it through the `tg_agg_*` exports that [`export_udfs!`] generates.
 ///
@@ -494,9 +494,11 @@ impl<'a> Batch<'a> {
 ///     fn finish(&self) -> Option<f64> { Some(self.0) }
 /// }
 /// ```
-/// NULL arguments are skipped; a group that saw no row still gets `finish` of its default.
+/// `Arg` is one value type or a tuple of up to four (`type Arg = (f64, f64)` for a weighted
+/// mean). A row with any NULL argument is skipped; a group that saw no row still gets `finish`
+/// of its default.
 pub trait Aggregate: Default + 'static {
-    type Arg: for<'a> Arg<'a>;
+    type Arg: AggArgs;
     type Out: Ret;
     /// The partial state exchanged between partitions: one column per tuple element.
     type State: StateValues;
@@ -505,6 +507,38 @@ pub trait Aggregate: Default + 'static {
     fn state(&self) -> Self::State;
     fn finish(&self) -> Option<Self::Out>;
 }
+
+/// The arguments of an [`Aggregate`]: one value, or a tuple of values, one column each.
+pub trait AggArgs: Sized {
+    fn types() -> Vec<Type>;
+    /// The values at `row`; the caller has checked that none is NULL.
+    fn get(cols: &[Column<'_>], row: usize) -> Self;
+}
+
+impl<T: for<'a> Arg<'a>> AggArgs for T {
+    fn types() -> Vec<Type> {
+        vec![<T as Arg<'static>>::TYPE]
+    }
+    fn get(cols: &[Column<'_>], row: usize) -> Self {
+        <T as Arg<'_>>::get(&cols[0], row)
+    }
+}
+
+macro_rules! args_tuple {
+    ($($t:ident $i:tt),+) => {
+        impl<$($t: for<'a> Arg<'a>),+> AggArgs for ($($t,)+) {
+            fn types() -> Vec<Type> {
+                vec![$(<$t as Arg<'static>>::TYPE),+]
+            }
+            fn get(cols: &[Column<'_>], row: usize) -> Self {
+                ($(<$t as Arg<'_>>::get(&cols[$i], row),)+)
+            }
+        }
+    };
+}
+args_tuple!(A 0, B 1);
+args_tuple!(A 0, B 1, C 2);
+args_tuple!(A 0, B 1, C 2, D 3);
 
 /// A tuple of fixed-width values exchanged as the state of an [`Aggregate`].
 pub trait StateValues: Sized {
@@ -697,9 +731,10 @@ pub fn __signature(name: &str, args: &[Type], ret: Type) -> String {
 #[doc(hidden)]
 pub fn __aggregate_signature<T: Aggregate>(name: &str) -> String {
     let state: Vec<&str> = T::State::types().iter().map(|t| t.name()).collect();
+    let args: Vec<&str> = T::Arg::types().iter().map(|t| t.name()).collect();
     format!(
         "aggregate {name}({}) -> {} state({})",
-        <T::Arg as Arg<'static>>::TYPE.name(),
+        args.join(","),
         <T::Out as Ret>::TYPE.name(),
         state.join(",")
     )
@@ -771,33 +806,25 @@ fn group_index(groups: &[u8], row: usize) -> usize {
 pub fn __agg_update<T: Aggregate>(fn_id: i32, batch: i32, groups: i32, total: i32) -> i32 {
     status((|| {
         let b = parse_batch(batch as u32)?;
-        b.expect_types(&[<T::Arg as Arg<'_>>::TYPE])?;
+        b.expect_types(&T::Arg::types())?;
         let total = usize::try_from(total).map_err(|_| "bad group count".to_string())?;
         let indices = slice(groups as u32, b.n_rows * 4);
-        let col = b.column(0);
+        let cols: Vec<Column<'_>> = (0..b.columns.len()).map(|i| *b.column(i)).collect();
+        let no_nulls = cols.iter().all(|c| c.validity.is_none());
         with_groups::<T, _>(fn_id, |states| {
             if states.len() < total {
                 states.resize_with(total, T::default);
             }
-            if col.validity.is_none() {
-                // No NULL: the values and the group indices are read in step.
-                let values = <T::Arg as Arg<'_>>::values(*col);
-                for (x, g) in values.zip(indices.chunks_exact(4)) {
-                    let g = u32::from_le_bytes(g.try_into().unwrap_or([0xFF; 4])) as usize;
-                    states
-                        .get_mut(g)
-                        .ok_or("group index out of range")?
-                        .update(x);
-                }
-                return Ok(());
-            }
-            for row in 0..b.n_rows {
-                if col.is_null(row) {
+            // The group indices are read in step with the rows.
+            for (row, g) in indices.chunks_exact(4).enumerate().take(b.n_rows) {
+                if !no_nulls && cols.iter().any(|c| c.is_null(row)) {
                     continue;
                 }
-                let g = group_index(indices, row);
-                let s = states.get_mut(g).ok_or("group index out of range")?;
-                s.update(<T::Arg as Arg<'_>>::get(col, row));
+                let g = u32::from_le_bytes(g.try_into().unwrap_or([0xFF; 4])) as usize;
+                states
+                    .get_mut(g)
+                    .ok_or("group index out of range")?
+                    .update(T::Arg::get(&cols, row));
             }
             Ok(())
         })?

@@ -91,6 +91,34 @@ pub mod udfs {
         }
     }
 
+    /// The mean of the values weighted by a count: two arguments.
+    #[aggregate]
+    #[derive(Default)]
+    pub struct WeightedMean {
+        sum: f64,
+        weight: f64,
+    }
+
+    impl Aggregate for WeightedMean {
+        type Arg = (f64, i64);
+        type Out = f64;
+        type State = (f64, f64);
+        fn update(&mut self, (x, w): (f64, i64)) {
+            self.sum += x * w as f64;
+            self.weight += w as f64;
+        }
+        fn merge(&mut self, (sum, weight): (f64, f64)) {
+            self.sum += sum;
+            self.weight += weight;
+        }
+        fn state(&self) -> (f64, f64) {
+            (self.sum, self.weight)
+        }
+        fn finish(&self) -> Option<f64> {
+            (self.weight != 0.0).then(|| self.sum / self.weight)
+        }
+    }
+
     /// Doubles a value: a module may mix scalars and aggregates.
     #[scalar]
     pub fn double(x: f64) -> Option<f64> {

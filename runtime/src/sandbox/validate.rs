@@ -227,8 +227,10 @@ pub(super) fn parse_manifest(text: &str) -> std::result::Result<Vec<FunctionSig>
         if out.iter().any(|f| f.name == name) {
             return Err(format!("function `{name}` is declared twice"));
         }
-        if kind == "aggregate" && args.len() != 1 {
-            return Err(format!("aggregate `{name}` must take exactly one argument"));
+        if kind == "aggregate" && args.is_empty() {
+            return Err(format!(
+                "aggregate `{name}` must take at least one argument"
+            ));
         }
         out.push(FunctionSig {
             kind: kind.into(),
