@@ -513,6 +513,10 @@ pub trait AggArgs: Sized {
     fn types() -> Vec<Type>;
     /// The values at `row`; the caller has checked that none is NULL.
     fn get(cols: &[Column<'_>], row: usize) -> Self;
+    /// Every row's values in order, for a batch without NULLs.
+    fn rows<'a>(cols: &'a [Column<'a>], n: usize) -> impl Iterator<Item = Self> + 'a {
+        (0..n).map(move |row| Self::get(cols, row))
+    }
 }
 
 impl<T: for<'a> Arg<'a>> AggArgs for T {
@@ -521,6 +525,10 @@ impl<T: for<'a> Arg<'a>> AggArgs for T {
     }
     fn get(cols: &[Column<'_>], row: usize) -> Self {
         <T as Arg<'_>>::get(&cols[0], row)
+    }
+    /// One column: read straight through.
+    fn rows<'a>(cols: &'a [Column<'a>], n: usize) -> impl Iterator<Item = Self> + 'a {
+        <T as Arg<'a>>::values(cols[0]).take(n)
     }
 }
 
@@ -815,12 +823,22 @@ pub fn __agg_update<T: Aggregate>(fn_id: i32, batch: i32, groups: i32, total: i3
             if states.len() < total {
                 states.resize_with(total, T::default);
             }
-            // The group indices are read in step with the rows.
-            for (row, g) in indices.chunks_exact(4).enumerate().take(b.n_rows) {
-                if !no_nulls && cols.iter().any(|c| c.is_null(row)) {
+            if no_nulls {
+                // The values and the group indices are read in step.
+                for (x, g) in T::Arg::rows(&cols, b.n_rows).zip(indices.chunks_exact(4)) {
+                    let g = u32::from_le_bytes(g.try_into().unwrap_or([0xFF; 4])) as usize;
+                    states
+                        .get_mut(g)
+                        .ok_or("group index out of range")?
+                        .update(x);
+                }
+                return Ok(());
+            }
+            for row in 0..b.n_rows {
+                if cols.iter().any(|c| c.is_null(row)) {
                     continue;
                 }
-                let g = u32::from_le_bytes(g.try_into().unwrap_or([0xFF; 4])) as usize;
+                let g = group_index(indices, row);
                 states
                     .get_mut(g)
                     .ok_or("group index out of range")?
