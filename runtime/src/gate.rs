@@ -586,7 +586,8 @@ fn apply_masking(
         .map_err(|e| Error::Internal(format!("masking: {e}")))
 }
 
-fn mask_value(
+/// One value under one masking rule (the gate's, and the jobs' `tg_*` functions).
+pub(crate) fn mask_value(
     rule: Masking,
     value: &str,
     pseudonyms: Option<&crate::crypto::PseudonymKey>,
@@ -809,17 +810,27 @@ mod tests {
         masking: &BTreeMap<String, Masking>,
         privacy: Option<PrivacySpend>,
     ) -> GateOutcome {
-        let shape = shape();
+        gate_over(&shape(), masking, privacy, &[], batch)
+    }
+
+    /// The gate of an L2 result with k = 10, given what varies between the tests.
+    fn gate_over(
+        shape: &QueryShape,
+        masking: &BTreeMap<String, Masking>,
+        privacy: Option<PrivacySpend>,
+        earlier: &[Earlier],
+        batch: RecordBatch,
+    ) -> GateOutcome {
         let input = GateInput {
             level: Level::L2,
             threshold_k: 10,
-            shape: &shape,
+            shape,
             provenance: CheckOutcome::Pass("ok".into()),
             max_rows: 100,
             max_bytes: 1 << 20,
             masking,
             privacy,
-            earlier: &[],
+            earlier,
             pseudonyms: None,
         };
         evaluate(&input, &[batch]).unwrap()
@@ -883,24 +894,7 @@ mod tests {
      {
         let shape = shape();
         let none = BTreeMap::new();
-        let gate = |earlier: &[Earlier], batch| {
-            evaluate(
-                &GateInput {
-                    level: Level::L2,
-                    threshold_k: 10,
-                    shape: &shape,
-                    provenance: CheckOutcome::Pass("ok".into()),
-                    max_rows: 100,
-                    max_bytes: 1 << 20,
-                    masking: &none,
-                    privacy: None,
-                    earlier,
-                    pseudonyms: None,
-                },
-                &[batch],
-            )
-            .unwrap()
-        };
+        let gate = |earlier: &[Earlier], batch| gate_over(&shape, &none, None, earlier, batch);
         let first = gate(&[], result(&["West Lake", "Quiet Pond"], &[120, 40]));
         assert!(first.report.passed());
         assert_eq!(first.groups.len(), 2);
@@ -1026,27 +1020,12 @@ mod tests {
     }
 
     fn private_gate(shape: &QueryShape, epsilon: f64, batch: RecordBatch) -> GateOutcome {
-        let none = BTreeMap::new();
-        evaluate(
-            &GateInput {
-                level: Level::L2,
-                threshold_k: 10,
-                shape,
-                provenance: CheckOutcome::Pass("ok".into()),
-                max_rows: 100,
-                max_bytes: 1 << 20,
-                masking: &none,
-                privacy: Some(PrivacySpend {
-                    budget: 1e9,
-                    spent: 0.0,
-                    epsilon: Some(epsilon),
-                }),
-                earlier: &[],
-                pseudonyms: None,
-            },
-            &[batch],
-        )
-        .unwrap()
+        let spend = PrivacySpend {
+            budget: 1e9,
+            spent: 0.0,
+            epsilon: Some(epsilon),
+        };
+        gate_over(shape, &BTreeMap::new(), Some(spend), &[], batch)
     }
 
     #[test]

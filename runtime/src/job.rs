@@ -303,18 +303,38 @@ pub fn desensitization_udfs() -> Vec<ScalarUDF> {
         ScalarUDF::new_from_impl(Desensitize {
             name: "tg_mask",
             signature: Signature::any(1, Volatility::Immutable),
+            key: None,
         }),
         ScalarUDF::new_from_impl(Desensitize {
             name: "tg_generalize",
             signature: Signature::any(2, Volatility::Immutable),
+            key: None,
         }),
     ]
 }
 
-#[derive(Debug, PartialEq, Eq, Hash)]
+/// One of the runtime's desensitization functions: the gate's own masking rules, applied
+/// inside a job (`tg_pseudonym` holds the scenario's key).
+#[derive(Debug)]
 struct Desensitize {
     name: &'static str,
     signature: datafusion::logical_expr::Signature,
+    key: Option<crate::crypto::PseudonymKey>,
+}
+
+// One of each per job, and one key per job: equality by name is enough for the planner.
+impl PartialEq for Desensitize {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Eq for Desensitize {}
+
+impl std::hash::Hash for Desensitize {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+    }
 }
 
 impl datafusion::logical_expr::ScalarUDFImpl for Desensitize {
@@ -354,8 +374,10 @@ impl datafusion::logical_expr::ScalarUDFImpl for Desensitize {
         args: datafusion::logical_expr::ScalarFunctionArgs,
     ) -> datafusion::common::Result<datafusion::logical_expr::ColumnarValue> {
         use datafusion::logical_expr::ColumnarValue;
+        use tidegate_policy::Masking;
         let rule = match self.name {
-            "tg_mask" => tidegate_policy::Masking::Mask,
+            "tg_mask" => Masking::Mask,
+            "tg_pseudonym" => Masking::Pseudonymize,
             _ => generalization(match args.args.get(1) {
                 Some(ColumnarValue::Scalar(s)) => Some(s),
                 _ => None,
@@ -367,15 +389,11 @@ impl datafusion::logical_expr::ScalarUDFImpl for Desensitize {
             .as_string::<i32>()
             .iter()
             .map(|v| {
-                v.map(|v| match rule.generalize(v) {
-                    Some(g) => g,
-                    None => match tidegate_policy::scan_value(v).first() {
-                        Some(d) => tidegate_policy::mask(d.kind, v),
-                        None => "*".repeat(v.chars().count()),
-                    },
-                })
+                v.map(|v| crate::gate::mask_value(rule, v, self.key.as_ref()))
+                    .transpose()
             })
-            .collect();
+            .collect::<Result<_>>()
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
         Ok(ColumnarValue::Array(Arc::new(out)))
     }
 }
@@ -409,67 +427,14 @@ fn generalization(
 
 /// `tg_pseudonym(text) -> text`: the scenario's keyed pseudonym of a value, inside a job.
 pub fn pseudonym_udf(key: crate::crypto::PseudonymKey) -> ScalarUDF {
-    ScalarUDF::new_from_impl(Pseudonym {
-        key,
+    ScalarUDF::new_from_impl(Desensitize {
+        name: "tg_pseudonym",
         signature: datafusion::logical_expr::Signature::string(
             1,
             datafusion::logical_expr::Volatility::Immutable,
         ),
+        key: Some(key),
     })
-}
-
-#[derive(Debug)]
-struct Pseudonym {
-    key: crate::crypto::PseudonymKey,
-    signature: datafusion::logical_expr::Signature,
-}
-
-// One per job and one key per job: equality by name is enough for the planner.
-impl PartialEq for Pseudonym {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
-impl Eq for Pseudonym {}
-
-impl std::hash::Hash for Pseudonym {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        "tg_pseudonym".hash(state);
-    }
-}
-
-impl datafusion::logical_expr::ScalarUDFImpl for Pseudonym {
-    fn name(&self) -> &str {
-        "tg_pseudonym"
-    }
-
-    fn signature(&self) -> &datafusion::logical_expr::Signature {
-        &self.signature
-    }
-
-    fn return_type(
-        &self,
-        _: &[arrow::datatypes::DataType],
-    ) -> datafusion::common::Result<arrow::datatypes::DataType> {
-        Ok(arrow::datatypes::DataType::Utf8)
-    }
-
-    fn invoke_with_args(
-        &self,
-        args: datafusion::logical_expr::ScalarFunctionArgs,
-    ) -> datafusion::common::Result<datafusion::logical_expr::ColumnarValue> {
-        let arrays = datafusion::logical_expr::ColumnarValue::values_to_arrays(&args.args)?;
-        let text = arrow::compute::cast(&arrays[0], &arrow::datatypes::DataType::Utf8)?;
-        let out: arrow::array::StringArray = text
-            .as_string::<i32>()
-            .iter()
-            .map(|v| v.map(|v| self.key.pseudonym(v)))
-            .collect();
-        Ok(datafusion::logical_expr::ColumnarValue::Array(Arc::new(
-            out,
-        )))
-    }
 }
 
 /// Plans, checks and runs `sql` over `tables` with `udfs` registered.

@@ -251,22 +251,12 @@ impl Output {
     fn next_slot(&mut self, valid: bool) {
         if !valid {
             if self.null_count == 0 {
-                let mut bits = vec![0xFFu8; self.len / 8];
-                if !self.len.is_multiple_of(8) {
-                    bits.push((1u8 << (self.len % 8)) - 1);
-                }
-                self.validity = bits;
+                self.start_bitmap();
             }
             self.null_count += 1;
         }
         if self.null_count > 0 {
-            if self.len.is_multiple_of(8) {
-                self.validity.push(0);
-            }
-            if valid {
-                let last = self.validity.len() - 1;
-                self.validity[last] |= 1 << (self.len % 8);
-            }
+            self.mark(valid);
         }
         self.len += 1;
         // More rows than announced: grow the pre-sized buffers.
@@ -279,12 +269,11 @@ impl Output {
     /// An output whose fixed-width data grows by appending, for the batch fast path (no
     /// zeroed buffer written twice).
     fn appending(ty: Type, capacity: usize) -> Self {
-        let mut out = Output::new(ty, 0);
-        if ty.width() > 0 {
-            out.data = Vec::with_capacity(capacity * ty.width());
-        } else {
-            out = Output::new(ty, capacity);
+        if ty.width() == 0 {
+            return Output::new(ty, capacity);
         }
+        let mut out = Output::new(ty, 0);
+        out.data = Vec::with_capacity(capacity * ty.width());
         out
     }
 
@@ -303,17 +292,22 @@ impl Output {
             return self.push_null();
         }
         if self.null_count == 0 {
-            // The bitmap starts at the first NULL: every row before it was valid.
-            let mut bits = vec![0xFFu8; self.len / 8];
-            if !self.len.is_multiple_of(8) {
-                bits.push((1u8 << (self.len % 8)) - 1);
-            }
-            self.validity = bits;
+            self.start_bitmap();
         }
         self.null_count += 1;
         self.mark(false);
         self.data.resize(self.data.len() + self.ty.width(), 0);
         self.len += 1;
+    }
+
+    /// The validity bitmap begins at the first NULL: every row before it was valid (bits past
+    /// the rows written are 0).
+    fn start_bitmap(&mut self) {
+        let mut bits = vec![0xFFu8; self.len / 8];
+        if !self.len.is_multiple_of(8) {
+            bits.push((1u8 << (self.len % 8)) - 1);
+        }
+        self.validity = bits;
     }
 
     /// Sets the validity bit of row `self.len` (the row being appended).
@@ -1041,14 +1035,10 @@ pub fn __plain_nulls(out: &mut Output, nulls: &[usize]) {
     if nulls.is_empty() {
         return;
     }
-    let mut bits = vec![0xFFu8; out.len.div_ceil(8)];
-    if let Some(last) = bits.last_mut().filter(|_| !out.len.is_multiple_of(8)) {
-        *last = (1u8 << (out.len % 8)) - 1;
-    }
+    out.start_bitmap();
     for &row in nulls {
-        bits[row / 8] &= !(1 << (row % 8));
+        out.validity[row / 8] &= !(1 << (row % 8));
     }
-    out.validity = bits;
     out.null_count = nulls.len();
 }
 

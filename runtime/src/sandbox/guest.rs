@@ -10,8 +10,24 @@ pub(crate) struct Guest {
     memory: Memory,
     alloc: TypedFunc<i32, i32>,
     scalar: TypedFunc<(i32, i32), i32>,
+    /// The per-batch exports of aggregates (update, merge) and table functions (push, pull),
+    /// looked up on first use.
+    aggregate: Option<[AggregateFn; 2]>,
+    table: Option<(TablePushFn, TablePullFn)>,
     meter: Arc<JobMeter>,
     interruptible: bool,
+}
+
+/// `tg_agg_update` and `tg_agg_merge`: (fn_id, batch, groups, total_groups) -> status.
+type AggregateFn = TypedFunc<(i32, i32, i32, i32), i32>;
+/// `tg_table_push`: (fn_id, batch) -> status.
+type TablePushFn = TypedFunc<(i32, i32), i32>;
+/// `tg_table_pull`: fn_id -> batch descriptor.
+type TablePullFn = TypedFunc<i32, i32>;
+
+/// A guest's own error report: never quoted, it is the scientist's code talking about data.
+fn reported(sig: &FunctionSig) -> Error {
+    Error::BadInput(format!("function `{}` reported an error", sig.name))
 }
 
 impl Guest {
@@ -37,9 +53,20 @@ impl Guest {
             memory,
             alloc,
             scalar,
+            aggregate: None,
+            table: None,
             meter,
             interruptible,
         })
+    }
+
+    fn typed<P: wasmtime::WasmParams, R: wasmtime::WasmResults>(
+        &mut self,
+        name: &str,
+    ) -> Result<TypedFunc<P, R>> {
+        self.instance
+            .get_typed_func(&mut self.store, name)
+            .map_err(|_| Error::BadInput(format!("invalid module: `{name}` missing")))
     }
 
     /// Runs `f` with fresh fuel and deadline, and charges what it burned to the job.
@@ -79,10 +106,7 @@ impl Guest {
         name: &str,
         params: P,
     ) -> Result<i32> {
-        let f: TypedFunc<P, i32> = self
-            .instance
-            .get_typed_func(&mut self.store, name)
-            .map_err(|_| Error::BadInput(format!("invalid module: `{name}` missing")))?;
+        let f: TypedFunc<P, i32> = self.typed(name)?;
         self.metered(name, |s| f.call(s, params))
     }
 
@@ -172,10 +196,7 @@ impl Guest {
         if out == 0 {
             // The guest's message is the scientist's code talking about real data: it is not
             // shown, so it cannot carry values out.
-            return Err(Error::BadInput(format!(
-                "function `{}` reported an error",
-                sig.name
-            )));
+            return Err(reported(sig));
         }
         self.decode_column(out as u32, sig.ret, &sig.name, n_rows)
     }
@@ -194,23 +215,20 @@ impl Guest {
         let (base, groups_at) = self.write_input(columns, groups.len(), Some(groups))?;
         let total = i32::try_from(total_groups)
             .map_err(|_| Error::Limit("more than 2^31 groups".into()))?;
-        let name = if merge {
-            "tg_agg_merge"
-        } else {
-            "tg_agg_update"
+        let [update, merged] = match &self.aggregate {
+            Some(fns) => fns.clone(),
+            None => {
+                let fns = [self.typed("tg_agg_update")?, self.typed("tg_agg_merge")?];
+                self.aggregate = Some(fns.clone());
+                fns
+            }
         };
-        let f: TypedFunc<(i32, i32, i32, i32), i32> = self
-            .instance
-            .get_typed_func(&mut self.store, name)
-            .map_err(|_| Error::BadInput(format!("invalid module: `{name}` missing")))?;
+        let f = if merge { merged } else { update };
         let ok = self.metered(&sig.name, |s| {
             f.call(s, (fn_id, base as i32, groups_at as i32, total))
         })?;
         if ok != 1 {
-            return Err(Error::BadInput(format!(
-                "function `{}` reported an error",
-                sig.name
-            )));
+            return Err(reported(sig));
         }
         Ok(())
     }
@@ -238,10 +256,7 @@ impl Guest {
     /// (`0` is the guest reporting an error).
     pub(super) fn batch_header(&self, desc: i32, sig: &FunctionSig) -> Result<(u32, usize, usize)> {
         if desc == 0 {
-            return Err(Error::BadInput(format!(
-                "function `{}` reported an error",
-                sig.name
-            )));
+            return Err(reported(sig));
         }
         let desc = desc as u32;
         Ok((
@@ -282,10 +297,7 @@ impl Guest {
     ) -> Result<ArrayRef> {
         let desc = self.call_i32("tg_agg_evaluate", fn_id)?;
         if desc == 0 {
-            return Err(Error::BadInput(format!(
-                "function `{}` reported an error",
-                sig.name
-            )));
+            return Err(reported(sig));
         }
         self.decode_column(desc as u32, sig.ret, &sig.name, n_groups)
     }
@@ -293,10 +305,7 @@ impl Guest {
     /// Forgets every group of an aggregate.
     pub(crate) fn aggregate_reset(&mut self, fn_id: i32, sig: &FunctionSig) -> Result<()> {
         if self.call_i32("tg_agg_reset", fn_id)? != 1 {
-            return Err(Error::BadInput(format!(
-                "function `{}` reported an error",
-                sig.name
-            )));
+            return Err(reported(sig));
         }
         Ok(())
     }
@@ -313,10 +322,7 @@ impl Guest {
 
     pub(super) fn status(&mut self, export: &str, fn_id: i32, sig: &FunctionSig) -> Result<()> {
         if self.call_i32(export, fn_id)? != 1 {
-            return Err(Error::BadInput(format!(
-                "function `{}` reported an error",
-                sig.name
-            )));
+            return Err(reported(sig));
         }
         Ok(())
     }
@@ -330,22 +336,24 @@ impl Guest {
         n_rows: usize,
     ) -> Result<()> {
         let (base, _) = self.write_input(columns, n_rows, None)?;
-        let f: TypedFunc<(i32, i32), i32> = self
-            .instance
-            .get_typed_func(&mut self.store, "tg_table_push")
-            .map_err(|_| Error::BadInput("invalid module: `tg_table_push` missing".into()))?;
-        if self.metered(&sig.name, |s| f.call(s, (fn_id, base as i32)))? != 1 {
-            return Err(Error::BadInput(format!(
-                "function `{}` reported an error",
-                sig.name
-            )));
+        let (push, _) = self.table_fns()?;
+        if self.metered(&sig.name, |s| push.call(s, (fn_id, base as i32)))? != 1 {
+            return Err(reported(sig));
         }
         Ok(())
     }
 
+    fn table_fns(&mut self) -> Result<(TablePushFn, TablePullFn)> {
+        if self.table.is_none() {
+            self.table = Some((self.typed("tg_table_push")?, self.typed("tg_table_pull")?));
+        }
+        Ok(self.table.clone().expect("just looked up"))
+    }
+
     /// The rows table function `fn_id` produced since the last pull, validated.
     pub(crate) fn table_pull(&mut self, fn_id: i32, sig: &FunctionSig) -> Result<Vec<ArrayRef>> {
-        let desc = self.call_i32("tg_table_pull", fn_id)?;
+        let (_, pull) = self.table_fns()?;
+        let desc = self.metered("tg_table_pull", |s| pull.call(s, fn_id))?;
         let (desc, rows, cols) = self.batch_header(desc, sig)?;
         let bad = |why: String| Error::BadInput(format!("function `{}` returned {why}", sig.name));
         if cols != sig.columns.len() {
@@ -469,27 +477,13 @@ pub(super) fn encode_batch(args: &[ArrayRef], n_rows: usize) -> Result<EncodedBa
         } else {
             None
         };
+        // Fixed-width values go as they are in the array.
+        let fixed = |ty, bytes| (ty, None, Cow::Borrowed(bytes));
         let (ty, offsets, data) = match a.data_type() {
-            DataType::Int32 => (
-                WasmType::Int32,
-                None,
-                Cow::Borrowed(value_bytes::<Int32Type>(a)),
-            ),
-            DataType::Int64 => (
-                WasmType::Int64,
-                None,
-                Cow::Borrowed(value_bytes::<Int64Type>(a)),
-            ),
-            DataType::Float64 => (
-                WasmType::Float64,
-                None,
-                Cow::Borrowed(value_bytes::<Float64Type>(a)),
-            ),
-            DataType::Date32 => (
-                WasmType::Date32,
-                None,
-                Cow::Borrowed(value_bytes::<Date32Type>(a)),
-            ),
+            DataType::Int32 => fixed(WasmType::Int32, value_bytes::<Int32Type>(a)),
+            DataType::Int64 => fixed(WasmType::Int64, value_bytes::<Int64Type>(a)),
+            DataType::Float64 => fixed(WasmType::Float64, value_bytes::<Float64Type>(a)),
+            DataType::Date32 => fixed(WasmType::Date32, value_bytes::<Date32Type>(a)),
             DataType::Boolean => {
                 let bits = a.as_boolean().values();
                 let data = if bits.offset() == 0 {

@@ -85,22 +85,12 @@ fn expand(module: &mut ItemMod) -> syn::Result<Tokens> {
                     scalars.push(scalar_of(f)?);
                 }
             }
-            Item::Struct(s) => {
-                let ident = s.ident.clone();
-                if let Some(name) = take_marker(&mut s.attrs, "aggregate")? {
-                    aggregates.push((name.unwrap_or_else(|| snake(&ident)), ident.clone()));
-                }
-                if let Some(name) = take_marker(&mut s.attrs, "table")? {
-                    tables.push((name.unwrap_or_else(|| snake(&ident)), ident));
-                }
-            }
-            Item::Enum(e) => {
-                let ident = e.ident.clone();
-                if let Some(name) = take_marker(&mut e.attrs, "aggregate")? {
-                    aggregates.push((name.unwrap_or_else(|| snake(&ident)), ident.clone()));
-                }
-                if let Some(name) = take_marker(&mut e.attrs, "table")? {
-                    tables.push((name.unwrap_or_else(|| snake(&ident)), ident));
+            Item::Struct(syn::ItemStruct { attrs, ident, .. })
+            | Item::Enum(syn::ItemEnum { attrs, ident, .. }) => {
+                for (marker, list) in [("aggregate", &mut aggregates), ("table", &mut tables)] {
+                    if let Some(name) = take_marker(attrs, marker)? {
+                        list.push((name.unwrap_or_else(|| snake(ident)), ident.clone()));
+                    }
                 }
             }
             _ => {}
