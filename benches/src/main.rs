@@ -24,6 +24,7 @@ use tidegate_runtime::{
 };
 
 mod aggregate;
+mod budgets;
 mod scan;
 mod storage;
 
@@ -120,7 +121,7 @@ fn native_scalars() -> Vec<ScalarUDF> {
             },
         ),
         native(
-            "gcd",
+            "int_gcd",
             vec![DataType::Int64, DataType::Int64],
             DataType::Int64,
             |a| {
@@ -279,7 +280,7 @@ fn main() {
     );
     for (workload, sql) in [
         ("(a) x + 1 on f64", "SELECT plus_one(x) FROM t"),
-        ("(b) gcd of two i64", "SELECT gcd(a, b) FROM t"),
+        ("(b) gcd of two i64", "SELECT int_gcd(a, b) FROM t"),
         ("(c) mask a mobile number", "SELECT mask_mobile(m) FROM t"),
         (
             "(d) sum of squares by key",
@@ -375,5 +376,41 @@ fn main() {
     println!(
         "instantiation from the compiled-module cache: {:.2} us",
         started.elapsed().as_secs_f64() * 1e6 / n as f64
+    );
+
+    // (g) and (h): the per-job budgets.
+    let spin = budgets::spinning_guest(&rt, &limited);
+    println!(
+        "(g) a spinning guest ends its job after {:.2} s under the default limits ({} fuel charged): {}",
+        spin.elapsed.as_secs_f64(),
+        spin.fuel,
+        spin.error
+    );
+    let n = rows.min(200_000);
+    let distinct = (n / 10).clamp(100, 2_000);
+    let plain = budgets::cpu_per_fuel(
+        &rt,
+        &limited,
+        &limited_module,
+        "SELECT int_gcd(a, b) FROM t",
+        budgets::partitions(n, distinct),
+    );
+    let window = budgets::cpu_per_fuel(
+        &rt,
+        &limited,
+        &limited_module,
+        "SELECT k, sum_sq(x) OVER (PARTITION BY k) FROM t",
+        budgets::partitions(n, distinct),
+    );
+    println!(
+        "(h) CPU per fuel charged: guest compute {:.3} ns ({} ms, {} fuel); window over {distinct} partitions {:.3} ns ({} ms, {} fuel, {} instances): {:.2}x",
+        plain.ns_per_fuel(),
+        plain.cpu_ms,
+        plain.fuel,
+        window.ns_per_fuel(),
+        window.cpu_ms,
+        window.fuel,
+        window.instances,
+        window.ns_per_fuel() / plain.ns_per_fuel()
     );
 }

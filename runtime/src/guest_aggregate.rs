@@ -126,7 +126,7 @@ impl WasmGroups {
             self.guest = None;
             self.groups = 0;
         }
-        result.map_err(external)
+        result.map_err(|e| external(self.f.pool.fail(e)))
     }
 
     fn feed(

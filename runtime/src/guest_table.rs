@@ -228,7 +228,19 @@ impl Run {
         }
     }
 
+    /// [`Run::step_once`], with any guest failure recorded as the job's.
     async fn next_batch(&mut self) -> datafusion::common::Result<Option<RecordBatch>> {
+        let pool = Arc::clone(&self.f.pool);
+        self.step_once().await.map_err(|e| match e {
+            DataFusionError::External(inner) => match inner.downcast::<Error>() {
+                Ok(guest) => external(pool.fail(*guest)),
+                Err(other) => DataFusionError::External(other),
+            },
+            other => other,
+        })
+    }
+
+    async fn step_once(&mut self) -> datafusion::common::Result<Option<RecordBatch>> {
         let GuestFn { sig, fn_id, .. } = &self.f;
         let Some(input) = self.input.as_mut() else {
             return Ok(None);

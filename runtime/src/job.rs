@@ -109,6 +109,9 @@ pub struct Functions {
     pub aggregates: Vec<datafusion::logical_expr::AggregateUDF>,
     /// Guest table functions; they read the job's granted tables by name.
     pub tables: Vec<crate::guest_table::GuestTable>,
+    /// The meters of the guests behind these functions: the job's deadline stops them, and a
+    /// failure any of them recorded fails the job.
+    pub meters: Vec<Arc<crate::sandbox::JobMeter>>,
 }
 
 impl Functions {
@@ -116,6 +119,11 @@ impl Functions {
         self.scalars.extend(more.scalars);
         self.aggregates.extend(more.aggregates);
         self.tables.extend(more.tables);
+        for m in more.meters {
+            if !self.meters.iter().any(|have| Arc::ptr_eq(have, &m)) {
+                self.meters.push(m);
+            }
+        }
     }
 }
 
@@ -476,12 +484,39 @@ pub async fn run_query_until(
             .map_err(|e| Error::Internal(format!("table {}: {e}", t.name)))?;
     }
     let udfs = udfs.into();
+    // A function never replaces another of the same name: DataFusion's, the platform's or
+    // another module's. (Uploads refuse such names already; this holds for any caller.)
+    let taken = |ctx: &SessionContext, name: &str| {
+        let state = ctx.state();
+        let name = name.to_ascii_lowercase();
+        state.scalar_functions().contains_key(&name)
+            || state.aggregate_functions().contains_key(&name)
+            || state.window_functions().contains_key(&name)
+            || state.table_functions().contains_key(&name)
+    };
+    let shadowing = |name: &str| {
+        Error::Refused(format!(
+            "function `{name}` would replace a function of the same name; a job's functions never shadow one another or a built-in"
+        ))
+    };
     for u in udfs.scalars {
+        if taken(&ctx, u.name()) {
+            return Err(shadowing(u.name()));
+        }
         ctx.register_udf(u);
     }
     for u in udfs.aggregates {
+        if taken(&ctx, u.name()) {
+            return Err(shadowing(u.name()));
+        }
         ctx.register_udaf(u);
     }
+    for t in &udfs.tables {
+        if taken(&ctx, t.name()) {
+            return Err(shadowing(t.name()));
+        }
+    }
+    let meters = udfs.meters.clone();
     if !udfs.tables.is_empty() {
         // A guest table function reads the job's tables as the job sees them: granted
         // columns only.
@@ -545,17 +580,29 @@ pub async fn run_query_until(
             _ => Ok(batches),
         }
     };
+    // The deadline is kept by a thread of its own, not by the job's runtime: its workers may
+    // all be busy (in guest calls, instantiations, the engine's own operators) and never
+    // turn to the runtime's timers. At the deadline every guest of the job traps within an
+    // epoch tick, no new instance or call starts, and the job ends at once (its tasks are
+    // dropped), without waiting for its work to finish.
+    let deadline = Watchdog::start(limits.wall_time, meters.clone());
     let run = async {
         tokio::select! {
             r = run => r,
             () = cancel => Err(Error::Refused(
                 "the job was cancelled: its scenario was suspended or revoked".into(),
             )),
+            () = deadline.expired() => Err(Error::Limit("the job exceeded its wall-clock limit".into())),
         }
     };
-    let batches = tokio::time::timeout(limits.wall_time, run)
-        .await
-        .map_err(|_| Error::Limit("the job exceeded its wall-clock limit".into()))??;
+    let batches = run.await;
+    drop(deadline);
+    // A guest failure the engine swallowed (an error while it evaluated something it then
+    // did not need) still ends the job.
+    for m in &meters {
+        m.check()?;
+    }
+    let batches = batches?;
     let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
     if rows > limits.output_rows {
         return Err(Error::Limit(format!(
@@ -569,6 +616,63 @@ pub async fn run_query_until(
         plan: plan_text,
         peak_engine_memory_bytes: pool.peak() as u64,
     })
+}
+
+/// A job's deadline, kept by a thread of its own.
+struct Watchdog {
+    /// Dropped when the job ends, which releases the thread.
+    done: Option<std::sync::mpsc::Sender<()>>,
+    state: Arc<WatchdogState>,
+}
+
+#[derive(Default)]
+struct WatchdogState {
+    expired: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Watchdog {
+    fn start(after: Duration, meters: Vec<Arc<crate::sandbox::JobMeter>>) -> Watchdog {
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let state = Arc::new(WatchdogState::default());
+        let fire = Arc::clone(&state);
+        let spawned = std::thread::Builder::new()
+            .name("tidegate-deadline".into())
+            .spawn(move || {
+                if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(after) {
+                    for m in &meters {
+                        m.expire();
+                    }
+                    fire.expired.store(true, Ordering::SeqCst);
+                    fire.notify.notify_waiters();
+                }
+            });
+        if spawned.is_err() {
+            // No thread for the deadline: the job is refused rather than run without one.
+            state.expired.store(true, Ordering::SeqCst);
+        }
+        Watchdog {
+            done: Some(done),
+            state,
+        }
+    }
+
+    /// Resolves when the deadline has passed.
+    async fn expired(&self) {
+        loop {
+            let notified = self.state.notify.notified();
+            if self.state.expired.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.done.take();
+    }
 }
 
 /// The query engine's memory pool, remembering the most it ever reserved.
@@ -918,7 +1022,7 @@ fn bounded_plan(
         let output = agg.schema.field(groups + j).name().clone();
         let (function, part) = match inner {
             Expr::AggregateFunction(f) if f.params.filter.is_none() && !f.params.distinct => {
-                let name = f.func.name().to_ascii_lowercase();
+                let name = aggregate_identity(&f.func);
                 let arg = f.params.args.first().cloned().unwrap_or_else(|| lit(1i64));
                 let part = match name.as_str() {
                     "count" => Some(count(arg)),
@@ -1115,7 +1219,7 @@ fn dominance_plan(
         })
         .filter_map(|e| match e {
             Expr::AggregateFunction(f)
-                if matches!(f.func.name(), "sum" | "avg")
+                if matches!(aggregate_identity(&f.func).as_str(), "sum" | "avg")
                     && f.params.filter.is_none()
                     && !f.params.distinct =>
             {
@@ -1258,7 +1362,9 @@ fn rewrite(
                     e => e,
                 };
                 match inner {
-                    Expr::AggregateFunction(f) => shape.aggregates.push(f.func.name().to_string()),
+                    Expr::AggregateFunction(f) => {
+                        shape.aggregates.push(aggregate_identity(&f.func))
+                    }
                     other => shape.aggregates.push(other.schema_name().to_string()),
                 }
                 if selects_by_identifier(inner, tables) {
@@ -1448,6 +1554,30 @@ fn generalized_tags(e: &Expr, tables: &[TableInput]) -> Option<Vec<ColumnTag>> {
             })
         });
     all_dimensions.then(|| vec![ColumnTag::Dimension])
+}
+
+/// The implementations of DataFusion's own aggregate functions, by type.
+static BUILTIN_AGGREGATES: std::sync::LazyLock<std::collections::HashSet<std::any::TypeId>> =
+    std::sync::LazyLock::new(|| {
+        datafusion::execution::SessionStateDefaults::default_aggregate_functions()
+            .iter()
+            .map(|f| {
+                let any: &dyn std::any::Any = f.inner().as_ref();
+                any.type_id()
+            })
+            .collect()
+    });
+
+/// What an aggregate of the plan is, by its implementation, never by the name it goes by:
+/// DataFusion's own (its name then says which), or a module's function, which no rule of a
+/// built-in applies to.
+fn aggregate_identity(f: &datafusion::logical_expr::AggregateUDF) -> String {
+    let any: &dyn std::any::Any = f.inner().as_ref();
+    if BUILTIN_AGGREGATES.contains(&any.type_id()) {
+        f.name().to_ascii_lowercase()
+    } else {
+        format!("{} (a module's function)", f.name())
+    }
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -16,6 +16,7 @@ mod metering;
 mod platform;
 mod sandbox;
 mod storage;
+mod text;
 
 pub use audit::{
     Anchor as AuditAnchor, AuditEntry, AuditLog, AuditSlice, AuditVerdict, CHECKPOINT_EVERY,
@@ -43,9 +44,11 @@ pub use platform::{
     ResourceUse, ScenarioRequest, ScenarioView, local_table, verify_certificate,
 };
 pub use sandbox::{
-    FunctionSig, GuestLimits, GuestSession, JobMeter, Sandbox, ValidatedModule, WasmType,
+    CALL_FUEL, FUEL_PER_MS, FunctionSig, GuestLimits, GuestSession, INSTANCE_FUEL, JobMeter,
+    PAGE_FUEL, Sandbox, ValidatedModule, WasmType,
 };
 pub use storage::{SealedSource, SealedStore, read_parquet};
+pub use text::{MAX_QUOTED_BYTES, defuse};
 
 /// The current time as RFC 3339, UTC.
 pub(crate) fn now_rfc3339() -> String {

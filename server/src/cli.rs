@@ -228,6 +228,9 @@ enum DevCommand {
         /// Time limit of one guest call, in milliseconds.
         #[arg(long, default_value_t = GuestLimits::default().call_timeout_ms)]
         call_timeout_ms: u64,
+        /// Memory of all the job's guest instances together, in MiB.
+        #[arg(long, default_value_t = GuestLimits::default().job_memory_bytes >> 20)]
+        job_memory_mb: usize,
         /// Rows of the result to print.
         #[arg(long, default_value_t = 50)]
         show: usize,
@@ -892,6 +895,7 @@ fn run(cli: Cli) -> Result<()> {
                     fuel,
                     memory_mb,
                     call_timeout_ms,
+                    job_memory_mb,
                     show,
                 },
         } => {
@@ -899,6 +903,7 @@ fn run(cli: Cli) -> Result<()> {
                 fuel,
                 memory_bytes: memory_mb << 20,
                 call_timeout_ms,
+                job_memory_bytes: job_memory_mb << 20,
                 ..GuestLimits::default()
             };
             dev_run(&modules, &tables, &sql, limits, show)?;
@@ -1249,7 +1254,15 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("tidegate: {e:#}");
+            // An error may quote a module's or a server's text: written out, never obeyed by
+            // the terminal, and cut short.
+            let text = format!("{e:#}");
+            let lines: Vec<String> = text
+                .lines()
+                .take(50)
+                .map(|l| tidegate_runtime::defuse(l, 2_000))
+                .collect();
+            eprintln!("tidegate: {}", lines.join("\n"));
             ExitCode::FAILURE
         }
     }

@@ -99,6 +99,7 @@ fn tight() -> GuestLimits {
         memory_bytes: 16 << 20,
         call_timeout_ms: 300,
         output_bytes: 1 << 20,
+        ..GuestLimits::default()
     }
 }
 
@@ -199,9 +200,11 @@ fn a_memory_grow_loop_stops_at_the_cap() {
         &[1],
     )
     .unwrap_err();
+    // The guest aborts when its growth is refused; what stopped it is the cap, and it is
+    // reported as the cap.
     assert_eq!(
         err.to_string(),
-        "bad input: the guest trapped during f: wasm trap: wasm `unreachable` instruction executed"
+        "limit exceeded: a guest reached its memory cap of 16 MiB during f"
     );
 }
 
@@ -371,7 +374,7 @@ fn wrapping_and_out_of_bounds_pointers_are_refused() {
     // The declared length is refused before anything is copied or allocated.
     assert_eq!(
         err.to_string(),
-        "limit exceeded: the job's guests returned more than the output byte limit"
+        "limit exceeded: function `f` returned 2048 MiB at once; at most 64 MiB are read per call"
     );
 }
 
@@ -680,4 +683,433 @@ fn memory_left_by_one_guest_is_never_seen_by_the_next() {
         let seen = rt.block_on(run_with(&sandbox, &b, &[1], limits)).unwrap();
         assert_eq!(seen, vec![0], "guest B saw guest A's canary bytes");
     }
+}
+
+// ---- Per-job budgets (one job's limits hold across all its calls and instances) ----
+
+/// A module of the ABI whose manifest is `manifest`, with 40 pages of memory, a `tg_scalar`
+/// that fails, and the functions in `more`.
+fn abi(manifest: &str, more: &str) -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"(module
+            (memory (export "memory") 40)
+            (data (i32.const 16) "\20\00\00\00\{len:02x}\00\00\00")
+            (data (i32.const 32) "{manifest}")
+            (func (export "tg_abi_version") (result i32) i32.const 1)
+            (func (export "tg_manifest") (result i32) i32.const 16)
+            (func (export "tg_alloc") (param i32) (result i32) i32.const {INPUT})
+            (func (export "tg_error") (result i32) i32.const 16)
+            (func (export "tg_scalar") (param i32 i32) (result i32) i32.const 0)
+            {more})"#,
+        len = manifest.len(),
+    ))
+    .expect("the test module is valid text")
+}
+
+/// The aggregate exports of the ABI, all succeeding and keeping nothing.
+const AGGREGATE_EXPORTS: &str = r#"
+    (func (export "tg_agg_update") (param i32 i32 i32 i32) (result i32) i32.const 1)
+    (func (export "tg_agg_merge") (param i32 i32 i32 i32) (result i32) i32.const 1)
+    (func (export "tg_agg_state") (param i32) (result i32) i32.const 0)
+    (func (export "tg_agg_evaluate") (param i32) (result i32) i32.const 0)
+    (func (export "tg_agg_reset") (param i32) (result i32) i32.const 1)"#;
+
+#[test]
+fn a_module_function_cannot_take_the_name_of_a_built_in_or_platform_function() {
+    for manifest in [
+        "aggregate sum(int64) -> int64 state(int64)",
+        "aggregate mean(float64) -> float64 state(float64)",
+        "aggregate row_number(int64) -> int64 state(int64)",
+        "scalar abs(int64) -> int64",
+        "scalar coalesce(int64) -> int64",
+        "scalar tg_mask(utf8) -> utf8",
+        "scalar tg_anything(utf8) -> utf8",
+        "table generate_series(int64) -> (x int64)",
+    ] {
+        let err = load(&abi(manifest, AGGREGATE_EXPORTS)).unwrap_err();
+        let name = manifest.split([' ', '(']).nth(1).unwrap();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "bad input: invalid module: function name `{name}` is taken by a built-in or platform function (a module's functions never replace one)"
+            ),
+            "{manifest}"
+        );
+    }
+}
+
+#[test]
+fn two_modules_of_one_job_cannot_both_define_a_function() {
+    let sandbox = Arc::new(Sandbox::new().unwrap());
+    let meter = Arc::new(JobMeter::new(tight()));
+    let first = sandbox.load(&plus_one()).unwrap();
+    let second = sandbox
+        .load(&guest("int64) -> int64", "i32.const 0", ""))
+        .unwrap();
+    let mut udfs = sandbox.udfs(&first, &meter);
+    udfs.extend(sandbox.udfs(&second, &meter));
+    let err = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(run_query(
+            "SELECT f(x) FROM t",
+            &table(&[1]),
+            udfs,
+            EngineLimits::default(),
+        ))
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "refused: function `f` would replace a function of the same name; a job's functions never shadow one another or a built-in"
+    );
+}
+
+fn spinning() -> Vec<u8> {
+    guest("int64) -> int64", "(loop (br 0)) unreachable", "")
+}
+
+#[test]
+fn a_guest_is_never_called_while_the_query_is_planned() {
+    // `f(1)` is a constant expression: an engine folding it at planning would run the guest
+    // outside the job's accounting (and swallow its error). The branch is never taken.
+    let sandbox = Arc::new(Sandbox::new().unwrap());
+    let module = sandbox.load(&spinning()).unwrap();
+    let meter = Arc::new(JobMeter::new(tight()));
+    let out = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(run_query(
+            "SELECT CASE WHEN x < 0 THEN f(1) ELSE x END AS y FROM t",
+            &table(&[1, 2, 3]),
+            sandbox.udfs(&module, &meter),
+            EngineLimits::default(),
+        ))
+        .unwrap();
+    assert_eq!(out.batches.iter().map(|b| b.num_rows()).sum::<usize>(), 3);
+    assert_eq!(meter.calls(), 0);
+    assert_eq!(meter.fuel_used(), 0);
+}
+
+#[test]
+fn a_call_stopped_by_its_time_limit_is_charged_for_its_time_and_ends_the_job() {
+    let sandbox = Arc::new(Sandbox::new().unwrap());
+    let module = sandbox.load(&spinning()).unwrap();
+    let meter = Arc::new(JobMeter::new(tight()));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let err = rt
+        .block_on(run_query(
+            "SELECT f(1) AS y FROM t",
+            &table(&[1, 2, 3]),
+            sandbox.udfs(&module, &meter),
+            EngineLimits::default(),
+        ))
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "limit exceeded: a guest call exceeded its time limit during f"
+    );
+    let at_least = tight().call_timeout_ms * tidegate_runtime::FUEL_PER_MS;
+    assert!(
+        meter.fuel_used() >= at_least,
+        "charged {} fuel for a call of {} ms",
+        meter.fuel_used(),
+        tight().call_timeout_ms
+    );
+    // The job's failure stands: no later call of its guests starts.
+    let calls = meter.calls();
+    assert_eq!(meter.check().unwrap_err().to_string(), err.to_string());
+    assert_eq!(meter.calls(), calls);
+}
+
+#[test]
+fn the_jobs_deadline_ends_it_while_its_workers_are_busy_in_guests() {
+    // Each call may run a minute; the job has a second. Every worker is inside a guest
+    // when the deadline passes: the job still ends at it.
+    let limits = GuestLimits {
+        call_timeout_ms: 60_000,
+        fuel: u64::MAX / 2,
+        ..tight()
+    };
+    let sandbox = Arc::new(Sandbox::new().unwrap());
+    let module = sandbox.load(&spinning()).unwrap();
+    let meter = Arc::new(JobMeter::new(limits));
+    let values: Vec<i64> = (0..20_000).collect();
+    let started = Instant::now();
+    let err = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap()
+        .block_on(run_query(
+            "SELECT f(x) AS y FROM t",
+            &table(&values),
+            sandbox.udfs(&module, &meter),
+            EngineLimits {
+                wall_time: Duration::from_secs(1),
+                ..EngineLimits::default()
+            },
+        ))
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "limit exceeded: the job exceeded its wall-clock limit"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the job ended only after {:?}, not at its deadline",
+        started.elapsed()
+    );
+}
+
+/// `rows` rows of (p int64, x float64): `partitions` distinct values of p.
+fn partitioned(rows: usize, partitions: usize) -> Vec<TableInput> {
+    let batch = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("p", DataType::Int64, false),
+            Field::new("x", DataType::Float64, false),
+            Field::new("n", DataType::Int64, false),
+        ])),
+        vec![
+            Arc::new(Int64Array::from_iter_values(
+                (0..rows).map(|i| (i % partitions) as i64),
+            )),
+            Arc::new(arrow::array::Float64Array::from_iter_values(
+                (0..rows).map(|i| 1.0 + (i % 13) as f64),
+            )),
+            Arc::new(Int64Array::from_iter_values((0..rows).map(|i| i as i64))),
+        ],
+    )
+    .unwrap();
+    let col = |name: &str, data_type| ColumnSpec {
+        name: name.into(),
+        data_type,
+        tags: vec![],
+    };
+    vec![TableInput {
+        name: "t".into(),
+        columns: vec![
+            col("p", ColType::Int64),
+            col("x", ColType::Float64),
+            col("n", ColType::Int64),
+        ],
+        data: TableData::Memory(vec![batch]),
+    }]
+}
+
+fn aggregate_job(
+    sql: &str,
+    tables: &[TableInput],
+    limits: GuestLimits,
+) -> (Result<(), Error>, Arc<JobMeter>) {
+    let sandbox = Arc::new(Sandbox::new().unwrap());
+    let module = sandbox.load(tidegate_server::AGGREGATE_UDF_WASM).unwrap();
+    let meter = Arc::new(JobMeter::new(limits));
+    let out = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(run_query(
+            sql,
+            tables,
+            sandbox.udfs(&module, &meter),
+            EngineLimits::default(),
+        ))
+        .map(drop);
+    (out, meter)
+}
+
+#[test]
+fn every_instance_a_job_creates_is_charged_and_counted_against_its_budget() {
+    // A window over 300 partitions gives each its own accumulator, and so its own instance.
+    let sql = "SELECT p, sum_sq(x) OVER (PARTITION BY p) AS s FROM t";
+    let (out, meter) = aggregate_job(sql, &partitioned(3_000, 300), GuestLimits::default());
+    out.unwrap();
+    let created = u64::from(meter.instances_created());
+    assert!(created >= 300, "{created} instances");
+    assert!(
+        meter.fuel_used() >= created * tidegate_runtime::INSTANCE_FUEL,
+        "{} fuel for {created} instances",
+        meter.fuel_used()
+    );
+    let few = GuestLimits {
+        max_instances: 100,
+        ..GuestLimits::default()
+    };
+    let (out, _) = aggregate_job(sql, &partitioned(3_000, 300), few);
+    assert_eq!(
+        out.unwrap_err().to_string(),
+        "limit exceeded: the job created more than 100 guest instances"
+    );
+}
+
+#[test]
+fn a_job_holds_no_more_live_instances_than_its_share_of_the_pool() {
+    let sql = "SELECT p, sum_sq(x), geo_mean(x), largest(n), weighted_mean(x, n) FROM t GROUP BY p";
+    let share = GuestLimits {
+        live_instances: 2,
+        ..GuestLimits::default()
+    };
+    let (out, _) = aggregate_job(sql, &partitioned(1_000, 7), share);
+    assert_eq!(
+        out.unwrap_err().to_string(),
+        "limit exceeded: the job holds 2 guest instances at once, its share of the sandbox's pool"
+    );
+    // The same query within its share runs, and gives its instances back when it ends.
+    let (out, meter) = aggregate_job(sql, &partitioned(1_000, 7), GuestLimits::default());
+    out.unwrap();
+    assert!(meter.instances_created() >= 4);
+}
+
+#[test]
+fn guest_memory_is_budgeted_for_the_whole_job_across_its_instances() {
+    // Four aggregates hold four instances at once; each fits its own cap, together they do
+    // not fit the job's budget.
+    let sql = "SELECT p, sum_sq(x), geo_mean(x), largest(n), weighted_mean(x, n) FROM t GROUP BY p";
+    let tight_job = GuestLimits {
+        job_memory_bytes: 2 << 20,
+        ..GuestLimits::default()
+    };
+    let (out, meter) = aggregate_job(sql, &partitioned(1_000, 7), tight_job);
+    let err = out.unwrap_err().to_string();
+    assert!(
+        err.starts_with(
+            "limit exceeded: the job's guests reached their memory budget of 2 MiB together during"
+        ),
+        "{err}"
+    );
+    assert!(meter.peak_memory() <= 2 << 20, "{}", meter.peak_memory());
+    let (out, meter) = aggregate_job(sql, &partitioned(1_000, 7), GuestLimits::default());
+    out.unwrap();
+    assert!(meter.peak_memory() > 2 << 20, "{}", meter.peak_memory());
+}
+
+#[test]
+fn a_nan_written_bit_by_bit_leaves_the_guest_canonical() {
+    // The guest writes a NaN whose payload spells 0xDEADBEEF: a covert channel past any
+    // scan of values, through the built-in sum and avg.
+    let body = format!(
+        r#"(local.set $n (call $rows (local.get $b)))
+        (block $done (loop $next
+            (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
+            (i64.store (i32.add (i32.const {OUT_DATA}) (i32.mul (local.get $i) (i32.const 8)))
+                (i64.const 0x7FF80000DEADBEEF))
+            (local.set $i (i32.add (local.get $i) (i32.const 1)))
+            (br $next)))
+        (call $desc (i32.const 3) (local.get $n) (i32.const 0) (i32.const 0) (i32.const {OUT_DATA}) (i32.mul (local.get $n) (i32.const 8)))"#
+    );
+    let wasm = guest("int64) -> float64", &body, "");
+    let sandbox = Arc::new(Sandbox::new().unwrap());
+    let module = sandbox.load(&wasm).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for sql in [
+        "SELECT f(x) AS y FROM t",
+        "SELECT sum(f(x)) AS y FROM t",
+        "SELECT avg(f(x)) AS y FROM t",
+    ] {
+        let meter = Arc::new(JobMeter::new(tight()));
+        let out = rt
+            .block_on(run_query(
+                sql,
+                &table(&[1, 2, 3]),
+                sandbox.udfs(&module, &meter),
+                EngineLimits::default(),
+            ))
+            .unwrap();
+        for b in &out.batches {
+            for v in b
+                .column(0)
+                .as_primitive::<arrow::datatypes::Float64Type>()
+                .values()
+            {
+                assert_eq!(v.to_bits(), f64::NAN.to_bits(), "{sql}: {:#x}", v.to_bits());
+            }
+        }
+    }
+}
+
+#[test]
+fn text_from_a_module_is_defused_and_cut_short_in_every_message() {
+    // An import named with terminal escapes (cursor up, erase line), a thousand times over.
+    let imports: String = (0..1_000)
+        .map(|i| format!(r#"(import "env" "\1b[1A\1b[2Kvalid Tidegate module {i:0>200}" (func))"#))
+        .collect();
+    let err = load(&wat::parse_str(format!("(module {imports})")).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(!err.contains('\x1b'), "{err}");
+    assert!(err.contains("\\u{1b}[1A"), "{err}");
+    assert!(err.len() < 400, "{} bytes", err.len());
+    // A manifest line with the same escapes, and a bidirectional override.
+    let manifest = "scalar f(int64) -> int64\nscalar g\x1b[8m\u{202E}hidden";
+    let wasm = wat::parse_str(format!(
+        r#"(module (memory (export "memory") 1)
+            (data (i32.const 16) "\20\00\00\00\{len:02x}\00\00\00")
+            (data (i32.const 32) "{text}")
+            (func (export "tg_abi_version") (result i32) i32.const 1)
+            (func (export "tg_manifest") (result i32) i32.const 16)
+            (func (export "tg_alloc") (param i32) (result i32) i32.const 0)
+            (func (export "tg_scalar") (param i32 i32) (result i32) i32.const 0)
+            (func (export "tg_error") (result i32) i32.const 16))"#,
+        len = manifest.len(),
+        text = manifest
+            .bytes()
+            .map(|b| format!("\\{b:02x}"))
+            .collect::<String>(),
+    ))
+    .unwrap();
+    let err = load(&wasm).unwrap_err().to_string();
+    assert!(!err.contains('\x1b') && !err.contains('\u{202E}'), "{err}");
+    assert!(err.contains("g\\u{1b}[8m\\u{202e}hidden"), "{err}");
+}
+
+#[test]
+fn a_table_functions_pull_is_bounded_before_anything_is_copied() {
+    // 26 text columns, each naming the same 6 MB of guest memory as its one value: 156 MB
+    // if copied out, from an instance of 6.5 MB.
+    let names: Vec<String> = ('a'..='z').map(|c| format!("{c} utf8")).collect();
+    let manifest = format!("table explode(int64) -> ({})", names.join(", "));
+    let columns: String = (0..26)
+        .map(|i| {
+            let d = 1_048_576 + 8 + 28 * i;
+            format!(
+                "(i32.store (i32.const {d}) (i32.const 4))
+                 (i32.store (i32.const {}) (i32.const 1))
+                 (i32.store (i32.const {}) (i32.const 2097152))
+                 (i32.store (i32.const {}) (i32.const 0))
+                 (i32.store (i32.const {}) (i32.const 6000000))",
+                d + 4,
+                d + 16,
+                d + 20,
+                d + 24
+            )
+        })
+        .collect();
+    let wasm = abi(
+        &manifest,
+        &format!(
+            r#"(func (export "tg_table_open") (param i32) (result i32) i32.const 1)
+            (func (export "tg_table_push") (param i32 i32) (result i32) i32.const 1)
+            (func (export "tg_table_close") (param i32) (result i32) i32.const 1)
+            (func (export "tg_table_pull") (param i32) (result i32)
+                (drop (memory.grow (i32.const 60)))
+                (i32.store (i32.const 2097156) (i32.const 6000000))
+                (i32.store (i32.const 1048576) (i32.const 1))
+                (i32.store (i32.const 1048580) (i32.const 26))
+                {columns}
+                i32.const 1048576)"#
+        ),
+    );
+    let sandbox = Arc::new(Sandbox::new().unwrap());
+    let module = sandbox.load(&wasm).unwrap();
+    let meter = Arc::new(JobMeter::new(GuestLimits::default()));
+    let err = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(run_query(
+            "SELECT count(*) AS n FROM explode('t', 'x')",
+            &table(&[1, 2, 3]),
+            sandbox.udfs(&module, &meter),
+            EngineLimits::default(),
+        ))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "limit exceeded: function `explode` returned 148 MiB at once; at most 64 MiB are read per call"
+    );
+    assert_eq!(meter.output_bytes(), 0, "nothing was copied out");
 }

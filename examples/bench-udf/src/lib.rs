@@ -6,7 +6,7 @@ pub fn plus_one(x: f64) -> Option<f64> {
 }
 
 /// Greatest common divisor by Euclid's algorithm: compute-bound.
-pub fn gcd(a: i64, b: i64) -> Option<i64> {
+pub fn int_gcd(a: i64, b: i64) -> Option<i64> {
     let (mut a, mut b) = (a.unsigned_abs(), b.unsigned_abs());
     while b != 0 {
         (a, b) = (b, a % b);
@@ -51,7 +51,7 @@ impl tidegate_udf_sdk::Aggregate for SumSquares {
 
 tidegate_udf_sdk::export_udfs! {
     scalar fn plus_one(x: f64) -> f64;
-    scalar fn gcd(a: i64, b: i64) -> i64;
+    scalar fn int_gcd(a: i64, b: i64) -> i64;
     scalar fn mask_mobile(mobile: &str) -> String;
     aggregate sum_sq = SumSquares;
 }
@@ -63,7 +63,7 @@ mod tests {
     #[test]
     fn the_workloads_compute_what_they_say() {
         assert_eq!(plus_one(1.5), Some(2.5));
-        assert_eq!(gcd(12, -18), Some(6));
+        assert_eq!(int_gcd(12, -18), Some(6));
         assert_eq!(mask_mobile("13812345678").as_deref(), Some("138****5678"));
     }
 }

@@ -69,36 +69,55 @@ impl Guest {
             .map_err(|_| Error::BadInput(format!("invalid module: `{name}` missing")))
     }
 
-    /// Runs `f` with fresh fuel and deadline, and charges what it burned to the job.
+    /// Runs `f` with fresh fuel and deadline, and charges the job what it burned and the
+    /// host's work around it. A call stopped by its time limit is charged at least the fuel a
+    /// guest burns in the time it ran. Any error ends the job: it is recorded in the meter, so
+    /// every later call fails with it and the job fails even where the engine swallowed it.
     pub(super) fn metered<R>(
         &mut self,
         during: &str,
         f: impl FnOnce(&mut Store<GuestState>) -> wasmtime::Result<R>,
     ) -> Result<R> {
+        self.meter.check()?;
         if !self.interruptible {
             let result = f(&mut self.store);
             self.meter.calls.fetch_add(1, Ordering::Relaxed);
-            return result.map_err(|e| classify_trap(&e, during));
+            return result.map_err(|e| self.meter.fail(classify_trap(&e, during)));
         }
         let budget = self.meter.remaining_fuel();
         if budget == 0 {
-            return Err(Error::Limit("the job's fuel budget ran out".into()));
+            return Err(self.meter.fail(Error::Limit(format!(
+                "the job's fuel budget ran out during {during}"
+            ))));
         }
         self.store
             .set_fuel(budget)
             .map_err(|e| Error::Internal(format!("fuel: {e}")))?;
-        if self.meter.is_cancelled() {
-            return Err(cancelled_error());
-        }
         self.store.data_mut().ticks_left = call_ticks(&self.meter.limits);
+        self.store.data_mut().denied = None;
         self.store.set_epoch_deadline(1);
+        let started = Instant::now();
         let result = f(&mut self.store);
         let left = self.store.get_fuel().unwrap_or(0);
-        self.meter.charge(budget.saturating_sub(left));
+        let mut burned = budget.saturating_sub(left).saturating_add(CALL_FUEL);
         self.meter.calls.fetch_add(1, Ordering::Relaxed);
-        let size = self.memory.data_size(&self.store) as u64;
-        self.meter.peak_memory.fetch_max(size, Ordering::Relaxed);
-        result.map_err(|e| classify_trap(&e, during))
+        let result = result.map_err(|e| {
+            if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+                burned = burned.max(fuel_for(started.elapsed()));
+            }
+            match self.store.data_mut().denied.take() {
+                Some(cap) => cap.error(during),
+                None => classify_trap(&e, during),
+            }
+        });
+        self.meter.charge(burned);
+        let result = result.map_err(|e| self.meter.fail(e));
+        if result.is_ok() && self.meter.fuel_used() > self.meter.limits.fuel {
+            return Err(self.meter.fail(Error::Limit(format!(
+                "the job's fuel budget ran out during {during}"
+            ))));
+        }
+        result
     }
 
     pub(super) fn call_i32<P: wasmtime::WasmParams>(
@@ -152,6 +171,7 @@ impl Guest {
     ) -> Result<(u32, u32)> {
         let input = encode_batch(args, n_rows)?;
         let groups_len = groups.map_or(0, |g| align8(g.len() * 4));
+        self.meter.charge_bytes((input.len + groups_len) as u64);
         let total = i32::try_from(input.len + groups_len)
             .map_err(|_| Error::Limit("an input batch is over 2 GiB".into()))?;
         let alloc = self.alloc.clone();
@@ -274,7 +294,7 @@ impl Guest {
         fname: &str,
         rows: usize,
     ) -> Result<Vec<ArrayRef>> {
-        types
+        let headers = types
             .iter()
             .enumerate()
             .map(|(i, ty)| {
@@ -283,9 +303,10 @@ impl Guest {
                     .ok_or_else(|| {
                         Error::BadInput("the guest returned a wrapping pointer".into())
                     })?;
-                self.decode_column(at, *ty, fname, rows)
+                self.column_header(at, *ty, fname, rows)
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        self.copy_out(&headers, fname)
     }
 
     /// An aggregate's final values for its `n_groups` groups.
@@ -384,6 +405,20 @@ impl Guest {
         fname: &str,
         n_rows: usize,
     ) -> Result<ArrayRef> {
+        let header = self.column_header(desc, ty, fname, n_rows)?;
+        let mut out = self.copy_out(&[header], fname)?;
+        Ok(out.pop().expect("one column"))
+    }
+
+    /// One column descriptor, checked against its declared type and row count; nothing is
+    /// copied yet.
+    fn column_header(
+        &self,
+        desc: u32,
+        ty: WasmType,
+        fname: &str,
+        n_rows: usize,
+    ) -> Result<ColumnHeader> {
         let field = |i| self.u32_at(desc, i);
         let (type_id, len) = (field(0)?, field(1)? as usize);
         let (validity, offsets, data, data_len) =
@@ -403,33 +438,101 @@ impl Guest {
         if data_len != expected_data {
             return Err(bad("a data buffer of the wrong size"));
         }
-        let total = data_len as u64
+        let bytes = data_len as u64
             + if ty == WasmType::Utf8 {
                 (n_rows as u64 + 1) * 4
             } else {
                 0
+            }
+            + if validity == 0 {
+                0
+            } else {
+                n_rows.div_ceil(8) as u64
             };
+        Ok(ColumnHeader {
+            ty,
+            n_rows,
+            validity,
+            offsets,
+            data,
+            data_len,
+            bytes,
+        })
+    }
+
+    /// Copies validated columns out of guest memory, after checking what they add up to
+    /// against the call's and the job's output budgets: nothing is copied over a budget.
+    /// Every float leaves with its NaNs canonical, so no payload bit rides out in one.
+    fn copy_out(&self, headers: &[ColumnHeader], fname: &str) -> Result<Vec<ArrayRef>> {
+        let total: u64 = headers.iter().map(|h| h.bytes).sum();
+        if total > MAX_CALL_OUTPUT_BYTES {
+            return Err(Error::Limit(format!(
+                "function `{fname}` returned {} MiB at once; at most {} MiB are read per call",
+                total >> 20,
+                MAX_CALL_OUTPUT_BYTES >> 20
+            )));
+        }
         let used = self.meter.output_bytes.fetch_add(total, Ordering::Relaxed) + total;
         if used > self.meter.limits.output_bytes {
             return Err(Error::Limit(
                 "the job's guests returned more than the output byte limit".into(),
             ));
         }
-        let nulls = if validity == 0 {
-            None
-        } else {
-            Some(Buffer::from(self.bytes(validity, n_rows.div_ceil(8))?))
-        };
-        let mut buffers = Vec::with_capacity(2);
-        if ty == WasmType::Utf8 {
-            buffers.push(Buffer::from(self.bytes(offsets, (n_rows + 1) * 4)?));
-        }
-        buffers.push(Buffer::from(self.bytes(data, data_len)?));
-        // `try_new` validates everything: lengths, offsets, UTF-8 and the null bitmap.
-        let array = ArrayData::try_new(ty.arrow(), n_rows, nulls, 0, buffers, vec![])
-            .map_err(|_| bad("malformed Arrow data"))?;
-        Ok(make_array(array))
+        self.meter.charge_bytes(total);
+        let bad = || Error::BadInput(format!("function `{fname}` returned malformed Arrow data"));
+        headers
+            .iter()
+            .map(|h| {
+                let nulls = if h.validity == 0 {
+                    None
+                } else {
+                    Some(Buffer::from(self.bytes(h.validity, h.n_rows.div_ceil(8))?))
+                };
+                let mut buffers = Vec::with_capacity(2);
+                if h.ty == WasmType::Utf8 {
+                    buffers.push(Buffer::from(self.bytes(h.offsets, (h.n_rows + 1) * 4)?));
+                }
+                buffers.push(Buffer::from(self.bytes(h.data, h.data_len)?));
+                // `try_new` validates everything: lengths, offsets, UTF-8 and the null bitmap.
+                let array = ArrayData::try_new(h.ty.arrow(), h.n_rows, nulls, 0, buffers, vec![])
+                    .map_err(|_| bad())?;
+                let array = make_array(array);
+                Ok(if h.ty == WasmType::Float64 {
+                    canonical_nans(array)
+                } else {
+                    array
+                })
+            })
+            .collect()
     }
+}
+
+/// One column a guest returned, its descriptor read and checked.
+pub(super) struct ColumnHeader {
+    ty: WasmType,
+    n_rows: usize,
+    validity: u32,
+    offsets: u32,
+    data: u32,
+    data_len: usize,
+    /// Bytes the column takes once copied out.
+    bytes: u64,
+}
+
+/// `array` (of f64) with every NaN, whatever its sign and payload, as the one canonical NaN.
+pub(super) fn canonical_nans(array: ArrayRef) -> ArrayRef {
+    let values = array.as_primitive::<Float64Type>();
+    let canonical = f64::NAN.to_bits();
+    if !values
+        .values()
+        .iter()
+        .any(|v| v.is_nan() && v.to_bits() != canonical)
+    {
+        return array;
+    }
+    let fixed: arrow::array::Float64Array =
+        arrow::compute::kernels::arity::unary(values, |v| if v.is_nan() { f64::NAN } else { v });
+    Arc::new(fixed)
 }
 
 /// The input of one call, laid out as the ABI's batch descriptor plus buffers. The buffers are
@@ -601,6 +704,11 @@ impl JobInstances {
         self.sandbox.instantiate(&self.module, &self.meter)
     }
 
+    /// Records `error` as the job's failure (see [`JobMeter::check`]) and gives it back.
+    pub(crate) fn fail(&self, error: Error) -> Error {
+        self.meter.fail(error)
+    }
+
     pub(super) fn call(
         &self,
         fn_id: i32,
@@ -608,14 +716,24 @@ impl JobInstances {
         args: &[ArrayRef],
         n_rows: usize,
     ) -> Result<ArrayRef> {
-        let idle = self.idle.lock().expect("instance pool").pop();
+        self.meter.check()?;
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
         let mut guest = match idle {
             Some(g) => g,
             None => self.sandbox.instantiate(&self.module, &self.meter)?,
         };
-        let out = guest.call_scalar(fn_id, sig, args, n_rows)?;
+        let out = guest
+            .call_scalar(fn_id, sig, args, n_rows)
+            .map_err(|e| self.meter.fail(e))?;
         // Only a guest whose call succeeded goes back; a trapped one is dropped above by `?`.
-        self.idle.lock().expect("instance pool").push(guest);
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(guest);
         Ok(out)
     }
 }

@@ -7,9 +7,9 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use arrow::array::{Array, ArrayData, ArrayRef, AsArray, make_array};
 use arrow::buffer::Buffer;
@@ -20,13 +20,14 @@ use datafusion::logical_expr::{
 };
 use wasmtime::{
     Config, Engine, ExternType, Instance, InstanceAllocationStrategy, InstancePre, Linker, Memory,
-    Module, PoolConcurrencyLimitError, PoolingAllocationConfig, Store, StoreLimits,
-    StoreLimitsBuilder, Strategy, Trap, TypedFunc, UpdateDeadline, ValType,
+    Module, PoolConcurrencyLimitError, PoolingAllocationConfig, ResourceLimiter, Store, Strategy,
+    Trap, TypedFunc, UpdateDeadline, ValType,
 };
 
 use crate::crypto::sha256_hex;
 use crate::error::{Error, Result};
 use crate::job::Functions;
+use crate::text::{MAX_QUOTED_BYTES, defuse};
 
 mod guest;
 mod scalar;
@@ -35,6 +36,7 @@ mod validate;
 pub(crate) use guest::{Guest, JobInstances};
 pub(crate) use scalar::GuestFn;
 use scalar::scalars_of;
+pub(crate) use validate::is_reserved_name;
 use validate::{check_export, parse_manifest, precheck};
 
 /// The ABI version this host speaks (udf-sdk/ABI.md).
@@ -50,6 +52,28 @@ const MAX_GLOBALS: u32 = 10_000;
 const MAX_EXPORTS: u32 = 1_000;
 /// Instances that can be alive at once in the process (jobs times partitions).
 const POOL_INSTANCES: u32 = 256;
+/// Instances one job may hold alive at once: its share of the process's pool, so that one job
+/// cannot take the pool from the others.
+pub(crate) const JOB_POOL_SHARE: u32 = POOL_INSTANCES / 4;
+/// Fuel charged for creating an instance: the host's work of instantiation (a pooled slot,
+/// its memory image, the start function's setup), about 50 microseconds of one core.
+pub const INSTANCE_FUEL: u64 = 50_000;
+/// Fuel charged for every guest call besides what the guest burns: the host's work around it
+/// (fuel and deadline set-up, the call's entry and exit, descriptor reads), about 5 microseconds.
+pub const CALL_FUEL: u64 = 5_000;
+/// Fuel charged for every 64 KiB page of linear memory an instance is given (at instantiation
+/// or by `memory.grow`): the kernel's work of mapping and zeroing it, and of giving it back when
+/// the instance is dropped, about 10 microseconds.
+pub const PAGE_FUEL: u64 = 10_000;
+/// Bytes the host copies into or out of a guest per unit of fuel charged.
+pub(crate) const BYTES_PER_FUEL: u64 = 4;
+/// Fuel a guest burns per millisecond on this class of machine (a plain loop, measured by
+/// `tidegate-bench`); a call stopped by its time limit is charged at least this rate for the
+/// time it ran, whatever fuel it reported.
+pub const FUEL_PER_MS: u64 = 1_000_000;
+/// The most bytes one guest call may hand back (all columns together), checked before any of
+/// them is copied out of guest memory.
+pub(crate) const MAX_CALL_OUTPUT_BYTES: u64 = 64 << 20;
 /// The largest memory cap a job may ask for.
 pub(crate) const MAX_GUEST_MEMORY: usize = 1 << 30;
 const MAX_MANIFEST_BYTES: usize = 64 << 10;
@@ -64,10 +88,13 @@ const MAX_TABLE_COLUMNS: usize = 32;
 /// The most rows one pull of a table function may return.
 const MAX_PULL_ROWS: usize = 1 << 20;
 
-/// Limits applied to every store of a job, before instantiation.
+/// Limits applied to every store of a job, before instantiation, and to the job's guests
+/// together.
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct GuestLimits {
-    /// Total fuel the job's guests may burn (deterministic work).
+    /// Total fuel the job's guests may burn (deterministic work), including what the host
+    /// charges for instantiations, calls and copies.
     pub fuel: u64,
     /// Linear memory cap per instance, in bytes.
     pub memory_bytes: usize,
@@ -75,6 +102,12 @@ pub struct GuestLimits {
     pub call_timeout_ms: u64,
     /// Total bytes the job's guests may return.
     pub output_bytes: u64,
+    /// Linear memory of all the job's live instances together, in bytes.
+    pub job_memory_bytes: usize,
+    /// Instances the job may create over its whole run.
+    pub max_instances: u32,
+    /// Instances of the job alive at once (at most its share of the process's pool).
+    pub live_instances: u32,
 }
 
 impl Default for GuestLimits {
@@ -84,6 +117,9 @@ impl Default for GuestLimits {
             memory_bytes: 64 << 20,
             call_timeout_ms: 10_000,
             output_bytes: 1 << 30,
+            job_memory_bytes: 512 << 20,
+            max_instances: 4_096,
+            live_instances: JOB_POOL_SHARE,
         }
     }
 }
@@ -189,23 +225,132 @@ impl std::fmt::Debug for ValidatedModule {
 }
 
 struct GuestState {
-    limits: StoreLimits,
     meter: Arc<JobMeter>,
     /// Epoch ticks the current call may still run.
     ticks_left: u64,
+    /// Bytes of linear memory this instance holds, counted in its job's total.
+    memory: usize,
+    /// Bytes reserved for the growth being made, given back if it fails.
+    pending: usize,
+    /// The cap that refused a growth of this instance's memory, if one did.
+    denied: Option<MemoryCap>,
 }
 
-/// The trap a guest gets when its job is cancelled (its scenario suspended or revoked).
-#[derive(Debug)]
-struct Cancelled;
+/// Which memory cap refused a guest's `memory.grow` (or its initial memory).
+#[derive(Debug, Clone, Copy)]
+enum MemoryCap {
+    Instance(usize),
+    Job(usize),
+}
 
-impl std::fmt::Display for Cancelled {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the job was cancelled")
+impl MemoryCap {
+    fn error(self, during: &str) -> Error {
+        match self {
+            MemoryCap::Instance(cap) => Error::Limit(format!(
+                "a guest reached its memory cap of {} MiB during {during}",
+                cap >> 20
+            )),
+            MemoryCap::Job(cap) => Error::Limit(format!(
+                "the job's guests reached their memory budget of {} MiB together during {during}",
+                cap >> 20
+            )),
+        }
     }
 }
 
-impl std::error::Error for Cancelled {}
+impl ResourceLimiter for GuestState {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // The module's own declared maximum: its growth fails as the module asked.
+        if maximum.is_some_and(|m| desired > m) {
+            return Ok(false);
+        }
+        let limits = self.meter.limits;
+        if desired > limits.memory_bytes {
+            self.denied = Some(MemoryCap::Instance(limits.memory_bytes));
+            return Ok(false);
+        }
+        let more = desired.saturating_sub(current);
+        if !self.meter.reserve_memory(more) {
+            self.denied = Some(MemoryCap::Job(limits.job_memory_bytes));
+            return Ok(false);
+        }
+        self.memory += more;
+        self.pending = more;
+        self.meter
+            .charge((more as u64).div_ceil(65_536) * PAGE_FUEL);
+        Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.meter.release_memory(self.pending);
+        self.memory -= self.pending;
+        self.pending = 0;
+        Ok(())
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS as usize && maximum.is_none_or(|m| desired <= m))
+    }
+
+    fn instances(&self) -> usize {
+        1
+    }
+
+    fn tables(&self) -> usize {
+        2
+    }
+
+    fn memories(&self) -> usize {
+        1
+    }
+}
+
+impl Drop for GuestState {
+    /// The instance is gone: its memory and its place leave the job's totals.
+    fn drop(&mut self) {
+        self.meter.release_memory(self.memory);
+        self.meter.live.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The trap a guest gets when its job is stopped from outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stopped {
+    /// The platform cancelled the job (its scenario suspended or revoked, its org frozen).
+    Cancelled,
+    /// The job's wall-clock limit passed.
+    Expired,
+}
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stopped::Cancelled => "the job was cancelled",
+            Stopped::Expired => "the job exceeded its wall-clock limit",
+        })
+    }
+}
+
+impl std::error::Error for Stopped {}
+
+impl Stopped {
+    fn error(self) -> Error {
+        match self {
+            Stopped::Cancelled => cancelled_error(),
+            Stopped::Expired => Error::Limit("the job exceeded its wall-clock limit".into()),
+        }
+    }
+}
 
 fn call_ticks(limits: &GuestLimits) -> u64 {
     limits
@@ -332,19 +477,31 @@ impl Sandbox {
     pub fn load(&self, bytes: &[u8]) -> Result<Arc<ValidatedModule>> {
         let hash = sha256_hex(bytes);
         let key = format!("{}:{hash}", self.compatibility);
-        if let Some(m) = self.cache.lock().expect("module cache").get(&key) {
+        if let Some(m) = self
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+        {
             return Ok(m);
         }
         let validated = Arc::new(self.validate(bytes, hash)?);
         self.cache
             .lock()
-            .expect("module cache")
+            .unwrap_or_else(PoisonError::into_inner)
             .insert(key, Arc::clone(&validated));
         Ok(validated)
     }
 
     fn validate(&self, bytes: &[u8], hash: String) -> Result<ValidatedModule> {
-        let invalid = |why: String| Error::BadInput(format!("invalid module: {why}"));
+        // Everything quoted from the module (its names, its manifest, the compiler's view of
+        // it) is defused and cut short before it reaches a terminal, a page or the log.
+        let invalid = |why: String| {
+            Error::BadInput(format!(
+                "invalid module: {}",
+                defuse(&why, MAX_QUOTED_BYTES)
+            ))
+        };
         if bytes.len() > MAX_MODULE_BYTES {
             return Err(invalid(format!(
                 "{} bytes is over the {} byte limit",
@@ -415,6 +572,16 @@ impl Sandbox {
         let manifest =
             String::from_utf8(manifest).map_err(|_| invalid("the manifest is not UTF-8".into()))?;
         validated.functions = parse_manifest(&manifest).map_err(invalid)?;
+        if let Some(f) = validated
+            .functions
+            .iter()
+            .find(|f| is_reserved_name(&f.name))
+        {
+            return Err(invalid(format!(
+                "function name `{}` is taken by a built-in or platform function (a module's functions never replace one)",
+                f.name
+            )));
+        }
         if validated.functions.iter().any(|f| f.kind == "aggregate") {
             let four = [ValType::I32, ValType::I32, ValType::I32, ValType::I32];
             let aggregate: [(&str, &[ValType], &[ValType]); 5] = [
@@ -444,21 +611,20 @@ impl Sandbox {
 
     fn instantiate(&self, module: &ValidatedModule, meter: &Arc<JobMeter>) -> Result<Guest> {
         let limits = meter.limits;
+        meter.check()?;
+        meter.admit_instance(self.interruptible)?;
+        // From here the state's drop gives the instance's place and memory back to the job.
         let mut store = Store::new(
             &self.engine,
             GuestState {
-                limits: StoreLimitsBuilder::new()
-                    .memory_size(limits.memory_bytes)
-                    .table_elements(10_000)
-                    .instances(1)
-                    .tables(2)
-                    .memories(1)
-                    .build(),
                 meter: Arc::clone(meter),
                 ticks_left: call_ticks(&limits),
+                memory: 0,
+                pending: 0,
+                denied: None,
             },
         );
-        store.limiter(|s| &mut s.limits);
+        store.limiter(|s| s as &mut dyn ResourceLimiter);
         // Limits are in place before instantiation, so a start function is covered too.
         if self.interruptible {
             store
@@ -469,8 +635,8 @@ impl Sandbox {
             store.set_epoch_deadline(1);
             store.epoch_deadline_callback(|mut ctx| {
                 let state = ctx.data_mut();
-                if state.meter.is_cancelled() {
-                    return Err(wasmtime::Error::new(Cancelled));
+                if let Some(stopped) = state.meter.stopped() {
+                    return Err(wasmtime::Error::new(stopped));
                 }
                 if state.ticks_left == 0 {
                     return Ok(UpdateDeadline::Interrupt);
@@ -479,12 +645,22 @@ impl Sandbox {
                 Ok(UpdateDeadline::Continue(1))
             });
         }
+        let started = Instant::now();
         let instance = module.pre.instantiate(&mut store);
         if self.interruptible {
             let fuel_left = store.get_fuel().unwrap_or(0);
             meter.charge(meter.remaining_fuel().saturating_sub(fuel_left));
         }
-        let instance = instance.map_err(|e| classify_trap(&e, "instantiation"))?;
+        let instance = instance.map_err(|e| {
+            let error = match store.data_mut().denied.take() {
+                Some(cap) => cap.error("instantiation"),
+                None => classify_trap(&e, "instantiation"),
+            };
+            if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+                meter.charge(fuel_for(started.elapsed()));
+            }
+            meter.fail(error)
+        })?;
         Guest::new(store, instance, Arc::clone(meter), self.interruptible)
     }
 
@@ -527,50 +703,194 @@ impl Sandbox {
             scalars: scalars_of(&pool),
             aggregates: crate::guest_aggregate::aggregate_udfs(&pool),
             tables: crate::guest_table::table_functions(&pool),
+            meters: vec![Arc::clone(meter)],
         }
     }
 
-    /// Scalar UDFs for a job over the functions of `module`; instances are created per job and
+    /// The scalar UDFs alone of `module` for one job; instances are created per job and
     /// never shared with another job.
     pub fn scalar_udfs(
         self: &Arc<Self>,
         module: &Arc<ValidatedModule>,
         meter: &Arc<JobMeter>,
-    ) -> Vec<ScalarUDF> {
-        scalars_of(&self.session(module, meter).pool)
+    ) -> Functions {
+        Functions {
+            scalars: scalars_of(&self.session(module, meter).pool),
+            meters: vec![Arc::clone(meter)],
+            ..Functions::default()
+        }
     }
 }
 
-/// Resource use of one job's guests, and its limits.
+/// Resource use of one job's guests, and its limits: fuel, memory and instances are budgets
+/// of the whole job, across all its instances and modules' calls.
 #[derive(Debug)]
 pub struct JobMeter {
     pub limits: GuestLimits,
-    cancelled: std::sync::atomic::AtomicBool,
+    /// Why the job was stopped from outside ([`STOP_CANCELLED`], [`STOP_EXPIRED`]), or 0.
+    stop: AtomicU8,
+    /// Woken when the job is stopped.
+    stopped: tokio::sync::Notify,
+    /// The first error any of the job's guests met: once set, every later call and
+    /// instantiation fails with it, and the job fails with it even where the query engine
+    /// swallowed the error.
+    failure: Mutex<Option<Error>>,
     fuel_used: AtomicU64,
     output_bytes: AtomicU64,
+    /// Linear memory of the job's live instances now, and the most it ever was.
+    memory: AtomicU64,
     peak_memory: AtomicU64,
     calls: AtomicU64,
+    /// Instances created so far, and alive now.
+    created: AtomicU32,
+    live: AtomicU32,
+}
+
+const STOP_CANCELLED: u8 = 1;
+const STOP_EXPIRED: u8 = 2;
+
+/// Fuel charged for `elapsed` of a guest's own time.
+fn fuel_for(elapsed: Duration) -> u64 {
+    (elapsed.as_micros() as u64).saturating_mul(FUEL_PER_MS) / 1_000
 }
 
 impl JobMeter {
     pub fn new(limits: GuestLimits) -> Self {
         JobMeter {
             limits,
-            cancelled: std::sync::atomic::AtomicBool::new(false),
+            stop: AtomicU8::new(0),
+            stopped: tokio::sync::Notify::new(),
+            failure: Mutex::new(None),
             fuel_used: AtomicU64::new(0),
             output_bytes: AtomicU64::new(0),
+            memory: AtomicU64::new(0),
             peak_memory: AtomicU64::new(0),
             calls: AtomicU64::new(0),
+            created: AtomicU32::new(0),
+            live: AtomicU32::new(0),
         }
     }
 
     /// Cancels the job: its guests trap at the next epoch tick, and no new call starts.
     pub fn cancel(&self) {
-        self.cancelled.store(true, Ordering::SeqCst);
+        self.stop_with(STOP_CANCELLED);
     }
 
+    /// Ends the job at its wall-clock limit: its guests trap at the next epoch tick, and no
+    /// new call or instance starts.
+    pub fn expire(&self) {
+        self.stop_with(STOP_EXPIRED);
+    }
+
+    fn stop_with(&self, why: u8) {
+        let _ = self
+            .stop
+            .compare_exchange(0, why, Ordering::SeqCst, Ordering::SeqCst);
+        self.stopped.notify_waiters();
+    }
+
+    /// Whether the platform cancelled the job.
     pub fn is_cancelled(&self) -> bool {
-        self.cancelled.load(Ordering::SeqCst)
+        self.stop.load(Ordering::SeqCst) == STOP_CANCELLED
+    }
+
+    fn stopped(&self) -> Option<Stopped> {
+        match self.stop.load(Ordering::SeqCst) {
+            STOP_CANCELLED => Some(Stopped::Cancelled),
+            STOP_EXPIRED => Some(Stopped::Expired),
+            _ => None,
+        }
+    }
+
+    /// Resolves when the job is cancelled or expires.
+    pub async fn until_stopped(&self) {
+        loop {
+            let notified = self.stopped.notified();
+            if self.stopped().is_some() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// The error that ends the job, if it has met one or was stopped.
+    pub fn check(&self) -> Result<()> {
+        if let Some(stopped) = self.stopped() {
+            return Err(stopped.error());
+        }
+        match self
+            .failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// Records `error` as the job's failure (the first one stays) and gives it back.
+    pub(crate) fn fail(&self, error: Error) -> Error {
+        let mut failure = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
+        if failure.is_none() {
+            *failure = Some(error.clone());
+        }
+        error
+    }
+
+    /// Admits one more instance of the job, or says which budget it would break; charges the
+    /// host's work of creating it.
+    fn admit_instance(&self, charged: bool) -> Result<()> {
+        let created = self.created.fetch_add(1, Ordering::SeqCst) + 1;
+        if created > self.limits.max_instances {
+            return Err(self.fail(Error::Limit(format!(
+                "the job created more than {} guest instances",
+                self.limits.max_instances
+            ))));
+        }
+        let share = self.limits.live_instances.min(JOB_POOL_SHARE);
+        if self.live.fetch_add(1, Ordering::SeqCst) >= share {
+            self.live.fetch_sub(1, Ordering::SeqCst);
+            return Err(self.fail(Error::Limit(format!(
+                "the job holds {share} guest instances at once, its share of the sandbox's pool"
+            ))));
+        }
+        if charged {
+            self.charge(INSTANCE_FUEL);
+            if self.fuel_used() >= self.limits.fuel {
+                self.live.fetch_sub(1, Ordering::SeqCst);
+                return Err(self.fail(Error::Limit(
+                    "the job's fuel budget ran out during instantiation".into(),
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes `bytes` of the job's guest memory budget, if it has them.
+    fn reserve_memory(&self, bytes: usize) -> bool {
+        let bytes = bytes as u64;
+        let cap = self.limits.job_memory_bytes as u64;
+        let mut now = self.memory.load(Ordering::SeqCst);
+        loop {
+            let Some(next) = now.checked_add(bytes).filter(|n| *n <= cap) else {
+                return false;
+            };
+            match self
+                .memory
+                .compare_exchange(now, next, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => {
+                    self.peak_memory.fetch_max(next, Ordering::Relaxed);
+                    return true;
+                }
+                Err(seen) => now = seen,
+            }
+        }
+    }
+
+    fn release_memory(&self, bytes: usize) {
+        self.memory.fetch_sub(bytes as u64, Ordering::SeqCst);
     }
 
     fn remaining_fuel(&self) -> u64 {
@@ -583,10 +903,16 @@ impl JobMeter {
         self.fuel_used.fetch_add(fuel, Ordering::Relaxed);
     }
 
+    /// Charges the host's copying of `bytes` into or out of a guest.
+    fn charge_bytes(&self, bytes: u64) {
+        self.charge(bytes / BYTES_PER_FUEL);
+    }
+
     pub fn fuel_used(&self) -> u64 {
         self.fuel_used.load(Ordering::Relaxed)
     }
 
+    /// The most linear memory the job's live instances held together.
     pub fn peak_memory(&self) -> u64 {
         self.peak_memory.load(Ordering::Relaxed)
     }
@@ -598,6 +924,11 @@ impl JobMeter {
     pub fn output_bytes(&self) -> u64 {
         self.output_bytes.load(Ordering::Relaxed)
     }
+
+    /// Instances the job created.
+    pub fn instances_created(&self) -> u32 {
+        self.created.load(Ordering::Relaxed)
+    }
 }
 
 /// Maps a wasmtime error to our error class; trap descriptions name the trap, never data.
@@ -606,8 +937,8 @@ fn cancelled_error() -> Error {
 }
 
 fn classify_trap(e: &wasmtime::Error, during: &str) -> Error {
-    if e.downcast_ref::<Cancelled>().is_some() {
-        return cancelled_error();
+    if let Some(stopped) = e.downcast_ref::<Stopped>() {
+        return stopped.error();
     }
     if e.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
         return Error::Limit("the sandbox is running its maximum of instances; retry later".into());
@@ -625,7 +956,7 @@ fn classify_trap(e: &wasmtime::Error, during: &str) -> Error {
         Some(trap) => Error::BadInput(format!("the guest trapped during {during}: {trap}")),
         None => Error::BadInput(format!(
             "the guest failed during {during}: {}",
-            e.root_cause()
+            defuse(&e.root_cause().to_string(), MAX_QUOTED_BYTES)
         )),
     }
 }

@@ -27,11 +27,13 @@ impl GuestFn {
             .collect()
     }
 
-    /// DataFusion's signature: exactly the declared argument types.
+    /// DataFusion's signature: exactly the declared argument types. Volatile, so that the
+    /// engine never calls a guest while it plans (constant folding of `f(1)`, whose errors it
+    /// swallows and whose time no budget would see): a guest runs only when the job runs.
     pub(crate) fn signature(&self) -> Signature {
         Signature::exact(
             self.sig.args.iter().map(|a| a.arrow()).collect(),
-            Volatility::Immutable,
+            Volatility::Volatile,
         )
     }
 }

@@ -3,6 +3,66 @@
 
 use super::*;
 
+/// Names SQL gives a meaning of its own before any function is looked up, or that DataFusion
+/// plans itself.
+const SQL_FORMS: [&str; 24] = [
+    "all",
+    "and",
+    "any",
+    "array",
+    "case",
+    "cast",
+    "coalesce",
+    "cube",
+    "exists",
+    "extract",
+    "grouping",
+    "in",
+    "interval",
+    "make_array",
+    "named_struct",
+    "not",
+    "nullif",
+    "or",
+    "overlay",
+    "position",
+    "rollup",
+    "some",
+    "struct",
+    "try_cast",
+];
+
+/// Every function name DataFusion defines (scalar, aggregate, window and table functions, with
+/// their aliases), read from a session built as a job's is.
+static BUILTIN_NAMES: std::sync::LazyLock<std::collections::HashSet<String>> =
+    std::sync::LazyLock::new(|| {
+        let state = datafusion::prelude::SessionContext::new().state();
+        let mut names: std::collections::HashSet<String> = std::collections::HashSet::new();
+        names.extend(state.scalar_functions().keys().cloned());
+        names.extend(state.aggregate_functions().keys().cloned());
+        names.extend(state.window_functions().keys().cloned());
+        names.extend(state.table_functions().keys().cloned());
+        for f in state.scalar_functions().values() {
+            names.extend(f.aliases().iter().cloned());
+        }
+        for f in state.aggregate_functions().values() {
+            names.extend(f.aliases().iter().cloned());
+        }
+        for f in state.window_functions().values() {
+            names.extend(f.aliases().iter().cloned());
+        }
+        names.extend(SQL_FORMS.iter().map(|s| s.to_string()));
+        names.into_iter().map(|n| n.to_ascii_lowercase()).collect()
+    });
+
+/// A name a module's function may not take: one DataFusion or SQL already gives a meaning,
+/// or one of the platform's own (`tg_*`, `__tg*`). A guest function never replaces a built-in,
+/// so a query's `sum` is always DataFusion's sum.
+pub(crate) fn is_reserved_name(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name.starts_with("tg_") || name.starts_with("__tg") || BUILTIN_NAMES.contains(&name)
+}
+
 /// `[a-z_][a-z0-9_]*`, at most 64 bytes: a function or column name of the manifest.
 pub(super) fn valid_name(name: &str) -> bool {
     !name.is_empty()
