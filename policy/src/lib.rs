@@ -19,7 +19,7 @@ pub use gate::{
     default_threshold, is_allowed_aggregate,
 };
 pub use model::{
-    ColumnSpec, ColumnTag, DataType, ExportRules, Level, Masking, Origin, Principal, Role,
+    ColumnSpec, ColumnTag, DataType, ExportRules, Level, Masking, OrgKind, Origin, Principal, Role,
     ScenarioState, parse_tags,
 };
 pub use privacy::{
@@ -27,9 +27,10 @@ pub use privacy::{
     SELECTION_DELTA, laplace, plan_noise,
 };
 pub use rules::{
-    ExportEvent, Refusal, ScenarioApprovals, can_apply_for_scenario, can_approve_module,
-    can_approve_scenario, can_change_scenario, can_import, can_import_social, can_repin_grant,
+    ExportEvent, Refusal, ScenarioApprovals, can_activate_scenario, can_apply_for_scenario,
+    can_approve_module, can_approve_scenario, can_change_scenario, can_freeze_org, can_hold_roles,
+    can_import, can_import_social, can_list_dataset, can_record_training, can_repin_grant,
     can_request_export, can_review_export, can_run_job, can_submit_scenario, can_upload_module,
-    next_export_state, require_role, require_training, required_export_approvals, scenario_state,
-    validate_export_rules,
+    next_export_state, oversees_all_orgs, require_not_frozen, require_role, require_training,
+    required_export_approvals, scenario_state, validate_export_rules,
 };

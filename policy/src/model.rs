@@ -418,6 +418,41 @@ impl ExportRules {
     }
 }
 
+/// The kinds of org (SPEC.md): the data authority (admins, its review and audit offices),
+/// the providers of data, and the operating units that compute on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OrgKind {
+    Authority,
+    Provider,
+    Operator,
+}
+
+impl OrgKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrgKind::Authority => "authority",
+            OrgKind::Provider => "provider",
+            OrgKind::Operator => "operator",
+        }
+    }
+}
+
+impl std::str::FromStr for OrgKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "authority" => Ok(OrgKind::Authority),
+            "provider" => Ok(OrgKind::Provider),
+            "operator" => Ok(OrgKind::Operator),
+            other => Err(format!(
+                "an org's kind is authority, provider or operator, not `{other}`"
+            )),
+        }
+    }
+}
+
 /// An authenticated principal as the policy sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Principal {
@@ -425,6 +460,10 @@ pub struct Principal {
     pub org: String,
     pub roles: Vec<Role>,
     pub trained: bool,
+    /// The principal's org is frozen by the authority (R-MONITOR): it acts on nothing until
+    /// the freeze is lifted.
+    #[serde(default)]
+    pub frozen: bool,
 }
 
 impl Principal {

@@ -5,7 +5,7 @@ use std::fmt;
 
 use time::Date;
 
-use crate::model::{ExportRules, Level, Principal, Role, ScenarioState};
+use crate::model::{ExportRules, Level, OrgKind, Principal, Role, ScenarioState};
 
 /// A decision to refuse, with a reason the user can act on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -32,6 +32,7 @@ fn refuse<T>(reason: impl Into<String>) -> Result<T, Refusal> {
 }
 
 pub fn require_role(p: &Principal, role: Role) -> Result<(), Refusal> {
+    require_not_frozen(p)?;
     if p.has_role(role) {
         Ok(())
     } else {
@@ -42,8 +43,115 @@ pub fn require_role(p: &Principal, role: Role) -> Result<(), Refusal> {
     }
 }
 
+/// R-MONITOR: a frozen org acts on nothing (no application, approval, import, job, export
+/// or review) until the authority lifts the freeze. Every role check and every training check
+/// asks this first.
+pub fn require_not_frozen(p: &Principal) -> Result<(), Refusal> {
+    if p.frozen {
+        refuse(format!(
+            "the org {} is frozen by the authority; nothing of it acts until the freeze is lifted",
+            p.org
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// A scenario becomes active only while its applicant's org is not frozen: an approval
+/// given during a freeze is recorded, but activates nothing.
+pub fn can_activate_scenario(applicant_org_frozen: bool) -> Result<(), Refusal> {
+    if applicant_org_frozen {
+        refuse("the applicant's org is frozen by the authority: the scenario cannot become active")
+    } else {
+        Ok(())
+    }
+}
+
+/// An org of the authority itself is never frozen: its admins lift freezes.
+pub fn can_freeze_org(p: &Principal, kind: OrgKind) -> Result<(), Refusal> {
+    require_role(p, Role::Admin)?;
+    require_training(p)?;
+    if kind == OrgKind::Authority {
+        return refuse(
+            "an org of the authority is not frozen (its admins are the ones who lift freezes)",
+        );
+    }
+    Ok(())
+}
+
+/// What kind of org a principal may belong to, given its roles (R-SOD): admins only in the
+/// authority; scientists only in operating units; providers only in providing orgs; a
+/// reviewer or an auditor in any.
+pub fn can_hold_roles(kind: OrgKind, roles: &[Role]) -> Result<(), Refusal> {
+    if roles.is_empty() {
+        return refuse("a principal needs at least one role");
+    }
+    for role in roles {
+        let allowed = match role {
+            Role::Admin => kind == OrgKind::Authority,
+            Role::Scientist => kind == OrgKind::Operator,
+            Role::Provider => kind == OrgKind::Provider,
+            Role::Reviewer | Role::Auditor => true,
+        };
+        if !allowed {
+            return refuse(format!(
+                "a principal of a {} org cannot hold the {role} role (admins belong to the authority, scientists to operating units, providers to providing orgs)",
+                kind.as_str()
+            ));
+        }
+    }
+    for (a, b) in [
+        (Role::Scientist, Role::Reviewer),
+        (Role::Scientist, Role::Admin),
+        (Role::Scientist, Role::Auditor),
+        (Role::Admin, Role::Auditor),
+        (Role::Admin, Role::Reviewer),
+    ] {
+        if roles.contains(&a) && roles.contains(&b) {
+            return refuse(format!(
+                "separation of duties: a principal cannot be both {a} and {b}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a principal sees across orgs as an overseer: an auditor or reviewer of the
+/// authority's own offices. A reviewer of any other org sees only what it is asked to review.
+pub fn oversees_all_orgs(p: &Principal, kind: OrgKind) -> bool {
+    kind == OrgKind::Authority
+        && (p.has_role(Role::Auditor) || p.has_role(Role::Reviewer) || p.has_role(Role::Admin))
+}
+
+/// Whether a dataset appears in a principal's listing: to the authority's overseers, every
+/// dataset; to others, their own org's datasets, those they are named to approve, and public
+/// data (which any unit may apply for) once it is approved; never another org's social data.
+pub fn can_list_dataset(
+    p: &Principal,
+    oversees: bool,
+    dataset_org: &str,
+    origin: crate::model::Origin,
+    pending: bool,
+    approvers: &[String],
+) -> bool {
+    oversees
+        || dataset_org == p.org
+        || approvers.iter().any(|a| a == &p.org)
+        || (origin == crate::model::Origin::Public && !pending)
+}
+
+/// R-ONBOARD: an admin records another principal's training, never their own.
+pub fn can_record_training(p: &Principal, trainee: &str) -> Result<(), Refusal> {
+    require_role(p, Role::Admin)?;
+    if p.id == trainee {
+        return refuse("an admin cannot record their own training; another admin records it");
+    }
+    Ok(())
+}
+
 /// R-ONBOARD: no access to any data before an admin records passed training.
 pub fn require_training(p: &Principal) -> Result<(), Refusal> {
+    require_not_frozen(p)?;
     if p.trained {
         Ok(())
     } else {
@@ -108,6 +216,8 @@ pub struct ScenarioApprovals {
     pub required_orgs: BTreeMap<String, BTreeSet<String>>,
     pub admin_approved: bool,
     pub orgs_approved: BTreeSet<String>,
+    /// The principal who applied for the scenario: never one of its approvers.
+    pub applied_by: String,
 }
 
 impl ScenarioApprovals {
@@ -151,6 +261,9 @@ pub fn can_approve_scenario(
         ));
     }
     require_training(p)?;
+    if approvals.applied_by == p.id {
+        return refuse("separation of duties: nobody approves a scenario they applied for");
+    }
     if p.has_role(Role::Admin) && !approvals.admin_approved {
         return Ok(true);
     }
@@ -450,12 +563,36 @@ pub fn required_export_approvals(level: Level, flagged: bool) -> usize {
 mod tests {
     use super::*;
 
+    #[test]
+    fn nobody_approves_a_scenario_they_applied_for() {
+        let admin = p("a1", "authority", &[Role::Admin], true);
+        let approvals = ScenarioApprovals {
+            applied_by: "a1".into(),
+            ..ScenarioApprovals::default()
+        };
+        let refused =
+            can_approve_scenario(&admin, &approvals, ScenarioState::PendingApprovals).unwrap_err();
+        assert_eq!(
+            refused.reason,
+            "separation of duties: nobody approves a scenario they applied for"
+        );
+    }
+
+    #[test]
+    fn a_frozen_principal_passes_no_role_or_training_check() {
+        let mut scientist = p("s1", "unit", &[Role::Scientist], true);
+        scientist.frozen = true;
+        assert!(require_role(&scientist, Role::Scientist).is_err());
+        assert!(require_training(&scientist).is_err());
+    }
+
     fn p(id: &str, org: &str, roles: &[Role], trained: bool) -> Principal {
         Principal {
             id: id.into(),
             org: org.into(),
             roles: roles.to_vec(),
             trained,
+            frozen: false,
         }
     }
 

@@ -144,6 +144,31 @@ pub fn verify(dir: &Path, public_key: &[u8]) -> Result<Verified> {
         }
         names.push(name.clone());
     }
+    // A bundle is exactly what its manifest lists: any other entry (a file, a folder, a
+    // hidden file, a link) is something the platform did not sign.
+    let listed: std::collections::BTreeSet<&str> = names
+        .iter()
+        .map(String::as_str)
+        .chain([MANIFEST_FILE, SIGNATURE_FILE])
+        .collect();
+    let mut extra = Vec::new();
+    for entry in fs::read_dir(dir)
+        .map_err(|e| Error::BadInput(format!("the bundle folder cannot be read: {e}")))?
+    {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+        if !listed.contains(name.as_str()) || !is_file {
+            extra.push(crate::text::defuse(&name, 80));
+        }
+    }
+    if !extra.is_empty() {
+        extra.sort();
+        return Err(Error::Integrity(format!(
+            "the bundle holds what its signed manifest does not list: {}",
+            extra.join(", ")
+        )));
+    }
     Ok(Verified {
         files: names,
         manifest,

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -40,23 +41,167 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::error!(error = %self.0, "request failed");
         }
-        (
-            status,
-            Json(json!({ "error": class, "message": self.0.to_string() })),
-        )
-            .into_response()
+        error_response(status, class, self.0.to_string())
     }
 }
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
-fn principal(platform: &Platform, headers: &HeaderMap) -> Result<Principal, ApiError> {
-    let token = headers
-        .get("authorization")
+/// A response in the API's one error format, with the status the problem calls for.
+fn error_response(status: StatusCode, class: &str, message: String) -> Response {
+    (status, Json(json!({ "error": class, "message": message }))).into_response()
+}
+
+/// A rejected body or query string, in the API's error format: what is wrong and how to fix it.
+fn rejected(status: StatusCode, what: &str, detail: String) -> Response {
+    let class = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "bad_content_type",
+        _ => "bad_input",
+    };
+    let hint = match status {
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => " (send `Content-Type: application/json`)",
+        _ => "",
+    };
+    error_response(
+        status,
+        class,
+        format!(
+            "the request's {what} was refused: {}{hint}",
+            tidegate_runtime::defuse(&detail, 500)
+        ),
+    )
+}
+
+/// A JSON request body; when it is malformed, of the wrong type or shape, or too large, the
+/// answer is the API's error format.
+pub(crate) struct Body<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for Body<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Response> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(r) => Err(rejected(r.status(), "body", r.body_text())),
+        }
+    }
+}
+
+/// A query string, with the same error format.
+pub(crate) struct Params<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestParts<S>
+    for Params<T>
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Response> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(Params(v)),
+            Err(r) => Err(rejected(r.status(), "query string", r.body_text())),
+        }
+    }
+}
+
+async fn not_found() -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such route; the routes are listed in README.md".into(),
+    )
+}
+
+/// The bearer token of a request (the scheme is case-insensitive, as HTTP's are).
+fn bearer(headers: &HeaderMap) -> Result<String, ApiError> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| Error::Unauthenticated("send `Authorization: Bearer TOKEN`".into()))?;
-    Ok(platform.authenticate(token.trim())?)
+        .unwrap_or_default();
+    match value.split_once(' ') {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            Ok(token.trim().to_string())
+        }
+        _ => Err(ApiError(Error::Unauthenticated(
+            "send `Authorization: Bearer TOKEN`".into(),
+        ))),
+    }
+}
+
+/// Routes anyone may call: no token, no body.
+fn is_public(path: &str) -> bool {
+    matches!(path, "/healthz" | "/v1/public-key")
+}
+
+/// The most bytes a request body may have on `path`: files (a dataset, a module) on the
+/// routes that take them, a few hundred KiB of JSON elsewhere.
+fn body_limit(method: &axum::http::Method, path: &str) -> usize {
+    let upload = *method == axum::http::Method::POST
+        && (path == "/v1/datasets"
+            || (path.starts_with("/v1/scenarios/") && path.ends_with("/modules")));
+    if upload { UPLOAD_LIMIT } else { JSON_LIMIT }
+}
+
+/// Bodies of uploads: a dataset file or a module, base64 in JSON.
+const UPLOAD_LIMIT: usize = 1536 << 20;
+/// Bodies of every other request.
+const JSON_LIMIT: usize = 256 << 10;
+
+/// Runs before any extractor reads the body: a declared length over the route's limit is
+/// refused with 413 at once, and a request without a valid token with 401, so that no
+/// unauthenticated request makes the server read or hold its body. The principal goes to the
+/// handler as a request extension.
+async fn edge(
+    State(p): State<AppState>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = request.uri().path().to_string();
+    if is_public(&path) {
+        return next.run(request).await;
+    }
+    let limit = body_limit(request.method(), &path);
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return too_large(limit);
+    }
+    let token = match bearer(request.headers()) {
+        Ok(token) => token,
+        Err(e) => return close(e.into_response()),
+    };
+    let actor = match blocking(move || p.authenticate(&token)).await {
+        Ok(actor) => actor,
+        Err(e) => return close(e.into_response()),
+    };
+    request.extensions_mut().insert(actor);
+    next.run(request).await
+}
+
+/// A response after which the connection closes: the body the client may still be sending
+/// is never read.
+fn close(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    response
+}
+
+fn too_large(limit: usize) -> Response {
+    close(error_response(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        format!("the request body is over this route's limit of {limit} bytes"),
+    ))
 }
 
 /// Runs blocking platform work (SQLite, crypto, file I/O) off the async workers.
@@ -77,10 +222,9 @@ struct OrgBody {
 
 async fn create_org(
     State(p): State<AppState>,
-    h: HeaderMap,
-    Json(b): Json<OrgBody>,
+    Extension(actor): Extension<Principal>,
+    Body(b): Body<OrgBody>,
 ) -> ApiResult<Value> {
-    let actor = principal(&p, &h)?;
     let org = blocking(move || p.create_org(&actor, &b.name, &b.kind)).await?;
     Ok(Json(serde_json::to_value(org).expect("serializes")))
 }
@@ -92,11 +236,10 @@ struct FreezeBody {
 
 async fn freeze_org(
     State(p): State<AppState>,
-    h: HeaderMap,
+    Extension(actor): Extension<Principal>,
     Path(id): Path<String>,
-    Json(b): Json<FreezeBody>,
+    Body(b): Body<FreezeBody>,
 ) -> ApiResult<Value> {
-    let actor = principal(&p, &h)?;
     let changed = blocking(move || p.freeze_org(&actor, &id, b.freeze)).await?;
     Ok(Json(json!({ "scenarios": changed })))
 }
@@ -108,11 +251,10 @@ struct ExitBody {
 
 async fn exit_org(
     State(p): State<AppState>,
-    h: HeaderMap,
+    Extension(actor): Extension<Principal>,
     Path(id): Path<String>,
-    Json(b): Json<ExitBody>,
+    Body(b): Body<ExitBody>,
 ) -> ApiResult<Value> {
-    let actor = principal(&p, &h)?;
     Ok(Json(
         blocking(move || p.exit_org(&actor, &id, &b.reason)).await?,
     ))
@@ -127,12 +269,20 @@ struct PrincipalBody {
 
 async fn create_principal(
     State(p): State<AppState>,
-    h: HeaderMap,
-    Json(b): Json<PrincipalBody>,
+    Extension(actor): Extension<Principal>,
+    Body(b): Body<PrincipalBody>,
 ) -> ApiResult<Value> {
-    let actor = principal(&p, &h)?;
     let v = blocking(move || p.create_principal(&actor, &b.name, &b.org, &b.roles)).await?;
     Ok(Json(serde_json::to_value(v).expect("serializes")))
+}
+
+async fn rotate_token(
+    State(p): State<AppState>,
+    Extension(actor): Extension<Principal>,
+    Path(id): Path<String>,
+) -> ApiResult<Value> {
+    let token = blocking(move || p.rotate_token(&actor, &id)).await?;
+    Ok(Json(json!({ "token": token })))
 }
 
 #[derive(Deserialize)]
@@ -142,67 +292,63 @@ struct TrainingBody {
 
 async fn record_training(
     State(p): State<AppState>,
-    h: HeaderMap,
+    Extension(actor): Extension<Principal>,
     Path(id): Path<String>,
-    Json(b): Json<TrainingBody>,
+    Body(b): Body<TrainingBody>,
 ) -> ApiResult<Value> {
-    let actor = principal(&p, &h)?;
     blocking(move || p.record_training(&actor, &id, &b.course)).await?;
     Ok(Json(json!({ "trained": true })))
 }
 
 async fn import_dataset(
     State(p): State<AppState>,
-    h: HeaderMap,
-    Json(b): Json<ImportRequest>,
+    Extension(actor): Extension<Principal>,
+    Body(b): Body<ImportRequest>,
 ) -> ApiResult<Value> {
-    let actor = principal(&p, &h)?;
     let v = blocking(move || p.import_dataset(&actor, b)).await?;
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
 
 async fn approve_dataset(
     State(p): State<AppState>,
-    h: HeaderMap,
+    Extension(actor): Extension<Principal>,
     Path(id): Path<String>,
 ) -> ApiResult<Value> {
-    let actor = principal(&p, &h)?;
     blocking(move || p.approve_dataset(&actor, &id)).await?;
     Ok(Json(json!({ "approved": true })))
 }
 
-async fn list_datasets(State(p): State<AppState>, h: HeaderMap) -> ApiResult<Value> {
-    let actor = principal(&p, &h)?;
+async fn list_datasets(
+    State(p): State<AppState>,
+    Extension(actor): Extension<Principal>,
+) -> ApiResult<Value> {
     let v = blocking(move || p.list_datasets(&actor)).await?;
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
 
 async fn apply_scenario(
     State(p): State<AppState>,
-    h: HeaderMap,
-    Json(b): Json<ScenarioRequest>,
+    Extension(actor): Extension<Principal>,
+    Body(b): Body<ScenarioRequest>,
 ) -> ApiResult<Value> {
-    let actor = principal(&p, &h)?;
     let v = blocking(move || p.apply_scenario(&actor, b)).await?;
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
 
 async fn get_scenario(
     State(p): State<AppState>,
-    h: HeaderMap,
+    Extension(actor): Extension<Principal>,
     Path(id): Path<String>,
 ) -> ApiResult<Value> {
-    let actor = principal(&p, &h)?;
     let v = blocking(move || p.get_scenario(&actor, &id)).await?;
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
 
 async fn approve_scenario(
     State(p): State<AppState>,
-    h: HeaderMap,
+    Extension(actor): Extension<Principal>,
     Path(id): Path<String>,
 ) -> ApiResult<Value> {
-    let actor = principal(&p, &h)?;
     let v = blocking(move || p.approve_scenario(&actor, &id)).await?;
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
@@ -214,11 +360,10 @@ struct StateBody {
 
 async fn change_scenario(
     State(p): State<AppState>,
-    h: HeaderMap,
+    Extension(actor): Extension<Principal>,
     Path(id): Path<String>,
-    Json(b): Json<StateBody>,
+    Body(b): Body<StateBody>,
 ) -> ApiResult<Value> {
-    let actor = principal(&p, &h)?;
     let v = blocking(move || match b.action.as_str() {
         "submit" => p.submit_scenario(&actor, &id),
         _ => p.change_scenario(&actor, &id, &b.action),
@@ -234,11 +379,10 @@ struct RepinBody {
 
 async fn repin_grant(
     State(p): State<AppState>,
-    h: HeaderMap,
+    Extension(actor): Extension<Principal>,
     Path(id): Path<String>,
-    Json(b): Json<RepinBody>,
+    Body(b): Body<RepinBody>,
 ) -> ApiResult<Value> {
-    let actor = principal(&p, &h)?;
     let v = blocking(move || p.repin_grant(&actor, &id, &b.dataset)).await?;
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
@@ -250,11 +394,10 @@ struct ModuleBody {
 
 async fn upload_module(
     State(p): State<AppState>,
-    h: HeaderMap,
+    Extension(actor): Extension<Principal>,
     Path(id): Path<String>,
-    Json(b): Json<ModuleBody>,
+    Body(b): Body<ModuleBody>,
 ) -> ApiResult<Value> {
-    let actor = principal(&p, &h)?;
     let wasm = base64::engine::general_purpose::STANDARD
         .decode(b.wasm_base64.as_bytes())
         .map_err(|_| Error::BadInput("wasm_base64 is not base64".into()))?;
@@ -269,31 +412,28 @@ struct NoteBody {
 
 async fn approve_module(
     State(p): State<AppState>,
-    h: HeaderMap,
+    Extension(actor): Extension<Principal>,
     Path((id, hash)): Path<(String, String)>,
-    Json(b): Json<NoteBody>,
+    Body(b): Body<NoteBody>,
 ) -> ApiResult<Value> {
-    let actor = principal(&p, &h)?;
     let v = blocking(move || p.approve_module(&actor, &id, &hash, &b.note)).await?;
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
 
 async fn submit_job(
     State(p): State<AppState>,
-    h: HeaderMap,
-    Json(b): Json<JobRequest>,
+    Extension(actor): Extension<Principal>,
+    Body(b): Body<JobRequest>,
 ) -> ApiResult<Value> {
-    let actor = principal(&p, &h)?;
     let v = p.submit_job(&actor, b).await?;
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
 
 async fn get_job(
     State(p): State<AppState>,
-    h: HeaderMap,
+    Extension(actor): Extension<Principal>,
     Path(id): Path<String>,
 ) -> ApiResult<Value> {
-    let actor = principal(&p, &h)?;
     let v = blocking(move || p.get_job(&actor, &id)).await?;
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
@@ -308,10 +448,9 @@ struct ExportBody {
 
 async fn request_export(
     State(p): State<AppState>,
-    h: HeaderMap,
-    Json(b): Json<ExportBody>,
+    Extension(actor): Extension<Principal>,
+    Body(b): Body<ExportBody>,
 ) -> ApiResult<Value> {
-    let actor = principal(&p, &h)?;
     let v = blocking(move || p.request_export_spending(&actor, &b.job, b.epsilon)).await?;
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
@@ -326,11 +465,10 @@ struct FormatQuery {
 /// works from.
 async fn get_export(
     State(p): State<AppState>,
-    h: HeaderMap,
+    Extension(actor): Extension<Principal>,
     Path(id): Path<String>,
-    axum::extract::Query(q): axum::extract::Query<FormatQuery>,
+    Params(q): Params<FormatQuery>,
 ) -> Result<Response, ApiError> {
-    let actor = principal(&p, &h)?;
     let v = blocking(move || p.get_export(&actor, &id)).await?;
     let v = serde_json::to_value(v).expect("serializes");
     Ok(match q.format.as_deref() {
@@ -348,21 +486,19 @@ struct ReviewBody {
 
 async fn review_export(
     State(p): State<AppState>,
-    h: HeaderMap,
+    Extension(actor): Extension<Principal>,
     Path(id): Path<String>,
-    Json(b): Json<ReviewBody>,
+    Body(b): Body<ReviewBody>,
 ) -> ApiResult<Value> {
-    let actor = principal(&p, &h)?;
     let v = blocking(move || p.review_export(&actor, &id, &b.decision, &b.comment)).await?;
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
 
 async fn download_bundle(
     State(p): State<AppState>,
-    h: HeaderMap,
+    Extension(actor): Extension<Principal>,
     Path(id): Path<String>,
 ) -> ApiResult<Value> {
-    let actor = principal(&p, &h)?;
     let files = blocking(move || p.download_bundle(&actor, &id)).await?;
     let files: Vec<Value> = files
         .into_iter()
@@ -373,8 +509,10 @@ async fn download_bundle(
     Ok(Json(json!({ "files": files })))
 }
 
-async fn verify_audit(State(p): State<AppState>, h: HeaderMap) -> ApiResult<Value> {
-    let actor = principal(&p, &h)?;
+async fn verify_audit(
+    State(p): State<AppState>,
+    Extension(actor): Extension<Principal>,
+) -> ApiResult<Value> {
     let v = blocking(move || p.verify_audit(&actor)).await?;
     Ok(Json(json!({
         "entries": v.entries,
@@ -392,10 +530,9 @@ struct PriceBody {
 
 async fn set_price(
     State(p): State<AppState>,
-    h: HeaderMap,
-    Json(b): Json<PriceBody>,
+    Extension(actor): Extension<Principal>,
+    Body(b): Body<PriceBody>,
 ) -> ApiResult<Value> {
-    let actor = principal(&p, &h)?;
     blocking(move || p.set_price(&actor, &b.category, b.fen_per_unit)).await?;
     Ok(Json(json!({ "updated": true })))
 }
@@ -416,10 +553,9 @@ struct PruneBody {
 
 async fn prune_audit(
     State(p): State<AppState>,
-    h: HeaderMap,
-    Json(b): Json<PruneBody>,
+    Extension(actor): Extension<Principal>,
+    Body(b): Body<PruneBody>,
 ) -> ApiResult<Value> {
-    let actor = principal(&p, &h)?;
     Ok(Json(
         blocking(move || p.prune_audit(&actor, &b.before)).await?,
     ))
@@ -427,10 +563,9 @@ async fn prune_audit(
 
 async fn statement(
     State(p): State<AppState>,
-    h: HeaderMap,
-    axum::extract::Query(q): axum::extract::Query<StatementQuery>,
+    Extension(actor): Extension<Principal>,
+    Params(q): Params<StatementQuery>,
 ) -> ApiResult<Value> {
-    let actor = principal(&p, &h)?;
     Ok(Json(
         blocking(move || p.statement(&actor, &q.org, &q.period, q.as_of.as_deref())).await?,
     ))
@@ -446,10 +581,9 @@ struct ReportQuery {
 
 async fn annual_report(
     State(p): State<AppState>,
-    h: HeaderMap,
-    axum::extract::Query(q): axum::extract::Query<ReportQuery>,
+    Extension(actor): Extension<Principal>,
+    Params(q): Params<ReportQuery>,
 ) -> Result<Response, ApiError> {
-    let actor = principal(&p, &h)?;
     let report = blocking(move || p.annual_report(&actor, &q.org, q.year)).await?;
     Ok(match q.format.as_deref() {
         Some("html") => {
@@ -459,8 +593,10 @@ async fn annual_report(
     })
 }
 
-async fn export_policy(State(p): State<AppState>, h: HeaderMap) -> ApiResult<Value> {
-    let actor = principal(&p, &h)?;
+async fn export_policy(
+    State(p): State<AppState>,
+    Extension(actor): Extension<Principal>,
+) -> ApiResult<Value> {
     Ok(Json(blocking(move || p.export_policy(&actor)).await?))
 }
 
@@ -473,10 +609,9 @@ struct PolicyBody {
 
 async fn apply_policy(
     State(p): State<AppState>,
-    h: HeaderMap,
-    Json(b): Json<PolicyBody>,
+    Extension(actor): Extension<Principal>,
+    Body(b): Body<PolicyBody>,
 ) -> ApiResult<Value> {
-    let actor = principal(&p, &h)?;
     Ok(Json(
         blocking(move || p.apply_policy(&actor, &b.document, b.dry_run)).await?,
     ))
@@ -500,14 +635,23 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .route("/v1/orgs/{id}/freeze", post(freeze_org))
         .route("/v1/principals", post(create_principal))
         .route("/v1/principals/{id}/training", post(record_training))
-        .route("/v1/datasets", post(import_dataset).get(list_datasets))
+        .route("/v1/principals/{id}/token", post(rotate_token))
+        .route(
+            "/v1/datasets",
+            post(import_dataset)
+                .layer(DefaultBodyLimit::max(UPLOAD_LIMIT))
+                .get(list_datasets),
+        )
         .route("/v1/datasets/{id}/approve", post(approve_dataset))
         .route("/v1/scenarios", post(apply_scenario))
         .route("/v1/scenarios/{id}", get(get_scenario))
         .route("/v1/scenarios/{id}/approve", post(approve_scenario))
         .route("/v1/scenarios/{id}/state", post(change_scenario))
         .route("/v1/scenarios/{id}/repin", post(repin_grant))
-        .route("/v1/scenarios/{id}/modules", post(upload_module))
+        .route(
+            "/v1/scenarios/{id}/modules",
+            post(upload_module).layer(DefaultBodyLimit::max(UPLOAD_LIMIT)),
+        )
         .route(
             "/v1/scenarios/{id}/modules/{hash}/approve",
             post(approve_module),
@@ -524,7 +668,12 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .route("/v1/policy", get(export_policy).post(apply_policy))
         .route("/v1/meter/statement", get(statement))
         .route("/v1/reports/annual", get(annual_report))
-        .layer(DefaultBodyLimit::max(1536 << 20))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(JSON_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&platform),
+            edge,
+        ))
         .with_state(platform)
 }
 

@@ -395,6 +395,8 @@ enum PrincipalCommand {
         #[arg(long)]
         course: String,
     },
+    /// Close a principal's token and print a new one (admin: anyone's; anyone: their own).
+    Token { id: String },
 }
 
 #[derive(Subcommand)]
@@ -744,6 +746,7 @@ fn run(cli: Cli) -> Result<()> {
                 let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
                 print(&remote.client()?.create_principal(&name, &org, &roles)?);
             }
+            PrincipalCommand::Token { id } => print(&remote.client()?.rotate_token(&id)?),
             PrincipalCommand::Train { id, course } => {
                 print(&remote.client()?.record_training(&id, &course)?)
             }

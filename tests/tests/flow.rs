@@ -1614,7 +1614,9 @@ fn freezing_an_org_stops_all_its_scenarios_and_unfreezing_restores_them() {
         "SELECT spot, count(*) FROM visits GROUP BY spot",
         &[],
     );
-    assert!(refused.unwrap_err().to_string().contains("suspended"));
+    // The org itself is frozen, before any of its scenarios is looked at.
+    let refused = refused.unwrap_err().to_string();
+    assert!(refused.contains("is frozen by the authority"), "{refused}");
     assert!(
         env.world
             .scientist

@@ -251,13 +251,29 @@ impl Platform {
     pub fn list_datasets(&self, actor: &Principal) -> Result<Vec<DatasetView>> {
         tidegate_policy::require_training(actor)?;
         let db = self.db.lock().expect("db");
+        let oversees = tidegate_policy::oversees_all_orgs(actor, Self::org_kind(&db, &actor.org)?);
         let ids: Vec<String> = db
             .prepare("SELECT id FROM datasets ORDER BY created_at")?
             .query_map([], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
-        ids.iter()
-            .map(|id| {
-                let d = Self::dataset_row(&db, id)?;
+        let mut visible = Vec::new();
+        for id in &ids {
+            let d = Self::dataset_row(&db, id)?;
+            if tidegate_policy::can_list_dataset(
+                actor,
+                oversees,
+                &d.org,
+                d.origin,
+                d.pending,
+                &d.approvers,
+            ) {
+                visible.push(d);
+            }
+        }
+        visible
+            .into_iter()
+            .map(|d| {
+                let id = &d.id;
                 let (version, content_hash, rows, _, quality) = Self::latest_version(&db, id)?;
                 Ok(DatasetView {
                     id: d.id,

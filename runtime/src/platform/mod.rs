@@ -935,7 +935,9 @@ impl Platform {
         let db = self.db.lock().expect("db");
         let row = db
             .query_row(
-                "SELECT id, org_id, roles, trained_at FROM principals WHERE token_hash = ?1",
+                "SELECT id, org_id, roles, trained_at,
+                        EXISTS (SELECT 1 FROM settings WHERE key = 'frozen:' || org_id)
+                 FROM principals WHERE token_hash = ?1",
                 params![hash_token(token)],
                 |r| {
                     Ok((
@@ -943,11 +945,12 @@ impl Platform {
                         r.get::<_, String>(1)?,
                         r.get::<_, String>(2)?,
                         r.get::<_, Option<String>>(3)?,
+                        r.get::<_, bool>(4)?,
                     ))
                 },
             )
             .optional()?;
-        let (id, org, roles, trained) =
+        let (id, org, roles, trained, frozen) =
             row.ok_or_else(|| Error::Unauthenticated("unknown or revoked token".into()))?;
         Ok(Principal {
             id,
@@ -958,16 +961,54 @@ impl Platform {
                 .map(|r| r.parse().map_err(Error::Integrity))
                 .collect::<Result<_>>()?,
             trained: trained.is_some(),
+            frozen,
         })
+    }
+
+    /// An org's kind, by its id.
+    pub(super) fn org_kind(db: &Connection, org: &str) -> Result<tidegate_policy::OrgKind> {
+        let kind: String = db
+            .query_row("SELECT kind FROM orgs WHERE id = ?1", params![org], |r| {
+                r.get(0)
+            })
+            .optional()?
+            .ok_or_else(|| Error::NotFound(format!("org {org}")))?;
+        kind.parse().map_err(Error::Integrity)
+    }
+
+    /// R-ONBOARD: an admin closes a principal's token (the old one stops at once) and hands
+    /// out a new one; a principal rotates its own. Returns the new token, shown once.
+    pub fn rotate_token(&self, actor: &Principal, principal: &str) -> Result<String> {
+        if actor.id != principal {
+            tidegate_policy::require_role(actor, Role::Admin)?;
+        }
+        let token = random_token();
+        let mut db = self.db.lock().expect("db");
+        let tx = db.transaction()?;
+        let n = tx.execute(
+            "UPDATE principals SET token_hash = ?2 WHERE id = ?1",
+            params![principal, hash_token(&token)],
+        )?;
+        if n == 0 {
+            return Err(Error::NotFound(format!("principal {principal}")));
+        }
+        self.audit.append(
+            &actor.id,
+            if actor.id == principal {
+                "principal.token.rotate"
+            } else {
+                "principal.token.revoke"
+            },
+            principal,
+            json!({}),
+        )?;
+        tx.commit()?;
+        Ok(token)
     }
 
     pub fn create_org(&self, actor: &Principal, name: &str, kind: &str) -> Result<OrgView> {
         tidegate_policy::require_role(actor, Role::Admin)?;
-        if !matches!(kind, "authority" | "provider" | "operator") {
-            return Err(Error::BadInput(
-                "an org's kind is authority, provider or operator".into(),
-            ));
-        }
+        let _: tidegate_policy::OrgKind = kind.parse().map_err(Error::BadInput)?;
         let id = new_id("org");
         let mut db = self.db.lock().expect("db");
         let tx = db.transaction()?;
@@ -1015,17 +1056,6 @@ impl Platform {
         roles: &[Role],
     ) -> Result<PrincipalView> {
         tidegate_policy::require_role(actor, Role::Admin)?;
-        if roles.is_empty() {
-            return Err(Error::BadInput(
-                "a principal needs at least one role".into(),
-            ));
-        }
-        // R-SOD: whoever reviews outputs does not also produce them.
-        if roles.contains(&Role::Reviewer) && roles.contains(&Role::Scientist) {
-            return Err(Error::Refused(
-                "separation of duties: a principal cannot be both scientist and reviewer".into(),
-            ));
-        }
         let id = new_id("p");
         let token = random_token();
         let roles_text = roles
@@ -1035,6 +1065,18 @@ impl Platform {
             .join(",");
         let mut db = self.db.lock().expect("db");
         let org_id = Self::org_id(&db, org)?;
+        // R-SOD: roles tied to the kind of org, and no pair of roles that checks itself.
+        tidegate_policy::can_hold_roles(Self::org_kind(&db, &org_id)?, roles)?;
+        let exited: Option<String> = db.query_row(
+            "SELECT exited_at FROM orgs WHERE id = ?1",
+            params![org_id],
+            |r| r.get(0),
+        )?;
+        if exited.is_some() {
+            return Err(Error::Refused(format!(
+                "the org {org_id} has exited: it gets no new principals"
+            )));
+        }
         let tx = db.transaction()?;
         tx.execute(
             "INSERT INTO principals VALUES (?1, ?2, ?3, ?4, NULL, NULL, ?5, ?6)",
@@ -1066,7 +1108,7 @@ impl Platform {
 
     /// R-ONBOARD: an admin records that a principal passed training.
     pub fn record_training(&self, actor: &Principal, principal: &str, course: &str) -> Result<()> {
-        tidegate_policy::require_role(actor, Role::Admin)?;
+        tidegate_policy::can_record_training(actor, principal)?;
         let mut db = self.db.lock().expect("db");
         let tx = db.transaction()?;
         let n = tx.execute(

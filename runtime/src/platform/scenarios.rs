@@ -179,7 +179,14 @@ impl Platform {
         id: &str,
         grants: &[GrantRequest],
     ) -> Result<ScenarioApprovals> {
-        let mut a = ScenarioApprovals::default();
+        let mut a = ScenarioApprovals {
+            applied_by: db.query_row(
+                "SELECT applied_by FROM scenarios WHERE id = ?1",
+                params![id],
+                |r| r.get(0),
+            )?,
+            ..ScenarioApprovals::default()
+        };
         // The provider of each public dataset approves, and every org the dataset names; social
         // data was approved by an admin when it was imported.
         for g in grants {
@@ -214,9 +221,7 @@ impl Platform {
         s: &ScenarioRow,
     ) -> Result<bool> {
         if actor.org == s.org
-            || actor.has_role(Role::Admin)
-            || actor.has_role(Role::Reviewer)
-            || actor.has_role(Role::Auditor)
+            || tidegate_policy::oversees_all_orgs(actor, Self::org_kind(db, &actor.org)?)
         {
             return Ok(true);
         }
@@ -326,6 +331,12 @@ impl Platform {
             let mut approvals = Self::approvals_state(&db, id, &s.grants)?;
             let as_admin =
                 tidegate_policy::can_approve_scenario(actor, &approvals, s.stored_state)?;
+            let applicant_frozen: bool = db.query_row(
+                "SELECT EXISTS (SELECT 1 FROM settings WHERE key = 'frozen:' || ?1)",
+                params![s.org],
+                |r| r.get(0),
+            )?;
+            tidegate_policy::can_activate_scenario(applicant_frozen)?;
             if as_admin {
                 approvals.admin_approved = true;
             } else {
@@ -504,8 +515,6 @@ impl Platform {
     /// is suspended and its running jobs cancelled) or lifts the freeze (the scenarios the
     /// freeze suspended are resumed; one suspended on its own stays so). Returns them.
     pub fn freeze_org(&self, actor: &Principal, org: &str, freeze: bool) -> Result<Vec<String>> {
-        tidegate_policy::require_role(actor, Role::Admin)?;
-        tidegate_policy::require_training(actor)?;
         let (from, to, action) = if freeze {
             ("active", "suspended", "org.freeze")
         } else {
@@ -513,24 +522,24 @@ impl Platform {
         };
         let mut db = self.db.lock().expect("db");
         let org = Self::org_id(&db, org)?;
+        tidegate_policy::can_freeze_org(actor, Self::org_kind(&db, &org)?)?;
         let key = format!("frozen:{org}");
+        let already: Option<Vec<String>> = db
+            .query_row(
+                "SELECT value FROM settings WHERE key = ?1",
+                params![key],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()?
+            .map(|s| from_json(&s))
+            .transpose()?;
         let changed: Vec<String> = if freeze {
             db.prepare("SELECT id FROM scenarios WHERE org_id = ?1 AND state = ?2")?
                 .query_map(params![org, from], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?
         } else {
             // Only what the freeze suspended: a scenario stopped on its own stays stopped.
-            let stored: Option<String> = db
-                .query_row(
-                    "SELECT value FROM settings WHERE key = ?1",
-                    params![key],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            stored
-                .map(|s| from_json(&s))
-                .transpose()?
-                .unwrap_or_default()
+            already.clone().unwrap_or_default()
         };
         let tx = db.transaction()?;
         for id in &changed {
@@ -540,9 +549,16 @@ impl Platform {
             )?;
         }
         if freeze {
+            // A second freeze adds to what the first suspended: the unfreeze restores both.
+            let mut suspended = already.unwrap_or_default();
+            for id in &changed {
+                if !suspended.contains(id) {
+                    suspended.push(id.clone());
+                }
+            }
             tx.execute(
                 "INSERT INTO settings VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = ?2",
-                params![key, to_json(&changed)],
+                params![key, to_json(&suspended)],
             )?;
         } else {
             tx.execute("DELETE FROM settings WHERE key = ?1", params![key])?;

@@ -1,0 +1,401 @@
+//! The API's promises kept at its edge, through a real server: freezes that freeze, roles
+//! that separate, orgs that stay apart, tokens that close, bodies that cannot sink the server,
+//! one error format, bundles that are exactly what they list.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tidegate_server::Client;
+
+mod common;
+use common::{active_scenario, job, setup};
+
+const DEMO_SQL: &str = "SELECT spot, count(*) AS visits, avg(age_at_visit(resident_id, visit_date)) AS avg_age FROM visits GROUP BY spot";
+
+fn refusal(result: anyhow::Result<Value>) -> String {
+    result.expect_err("the action is refused").to_string()
+}
+
+fn is_frozen_refusal(message: &str) -> bool {
+    message.contains("is frozen by the authority")
+}
+
+/// A second scenario application by the scientist, pending approvals.
+fn apply(client: &Client) -> anyhow::Result<Value> {
+    let today = time::OffsetDateTime::now_utc().date();
+    client.apply_scenario(&json!({
+        "name": "Second product",
+        "key_area": "culture and tourism",
+        "purpose": "visits per spot",
+        "public_interest": true,
+        "grants": [{ "dataset": "visits", "columns": ["resident_id", "spot"] }],
+        "term_start": (today - time::Duration::days(1)).to_string(),
+        "term_end": (today + time::Duration::days(30)).to_string(),
+        "planned_products": ["visits per spot"],
+    }))
+}
+
+#[test]
+fn a_frozen_org_acts_on_nothing_and_a_pending_scenario_of_it_never_activates() {
+    let (env, sid, hash) = active_scenario();
+    let w = &env.world;
+    let done = job(&env, &sid, DEMO_SQL, std::slice::from_ref(&hash));
+    let pending = apply(&w.scientist).unwrap();
+    let pending_id = pending["id"].as_str().unwrap();
+    w.admin.freeze_org(&w.operator_org, true).unwrap();
+    for refused in [
+        refusal(apply(&w.scientist)),
+        refusal(
+            w.scientist
+                .submit_job(&sid, DEMO_SQL, std::slice::from_ref(&hash)),
+        ),
+        refusal(w.scientist.request_export(done["id"].as_str().unwrap())),
+    ] {
+        assert!(is_frozen_refusal(&refused), "{refused}");
+    }
+    // Nobody's approval activates a pending scenario of a frozen org.
+    w.admin.approve_scenario(pending_id).unwrap_err();
+    let refused = refusal(w.provider.approve_scenario(pending_id));
+    assert!(refused.contains("frozen"), "{refused}");
+    // The provider's org frozen: no import.
+    w.admin.freeze_org(&w.provider_org, true).unwrap();
+    let refused = refusal(w.import_visits(&tidegate_server::visitor_csv(10)));
+    assert!(is_frozen_refusal(&refused), "{refused}");
+    // The authority's own offices are never frozen.
+    let refused = refusal(w.admin.freeze_org(&w.review_org, true));
+    assert!(refused.contains("org of the authority"), "{refused}");
+}
+
+#[test]
+fn unfreezing_after_two_freezes_restores_everything_the_freezes_suspended() {
+    let (env, sid, _) = active_scenario();
+    let w = &env.world;
+    w.admin.freeze_org(&w.operator_org, true).unwrap();
+    w.admin.freeze_org(&w.operator_org, true).unwrap();
+    w.admin.freeze_org(&w.operator_org, false).unwrap();
+    let scenario = w
+        .scientist
+        .ok("GET", &format!("/v1/scenarios/{sid}"), None)
+        .unwrap();
+    assert_eq!(scenario["state"], "active", "{scenario}");
+}
+
+#[test]
+fn a_reviewer_of_a_frozen_org_reviews_nothing() {
+    let (env, sid, hash) = active_scenario();
+    let w = &env.world;
+    let other = w.admin.create_org("another-unit", "operator").unwrap();
+    let other = other["id"].as_str().unwrap();
+    let p = w
+        .admin
+        .create_principal("sun.reviewer", other, &["reviewer"])
+        .unwrap();
+    w.admin
+        .record_training(p["id"].as_str().unwrap(), "training")
+        .unwrap();
+    let reviewer = w.admin.as_token(p["token"].as_str().unwrap());
+    let done = job(&env, &sid, DEMO_SQL, std::slice::from_ref(&hash));
+    let export = w
+        .scientist
+        .request_export(done["id"].as_str().unwrap())
+        .unwrap();
+    w.admin.freeze_org(other, true).unwrap();
+    let refused =
+        refusal(reviewer.review_export(export["id"].as_str().unwrap(), "approve", "fine"));
+    assert!(is_frozen_refusal(&refused), "{refused}");
+}
+
+#[test]
+fn roles_follow_the_kind_of_org_and_no_pair_of_duties_meets_in_one_principal() {
+    let env = setup(true);
+    let w = &env.world;
+    for (org, roles, why) in [
+        (&w.operator_org, vec!["admin"], "cannot hold the admin role"),
+        (
+            &w.provider_org,
+            vec!["scientist"],
+            "cannot hold the scientist role",
+        ),
+        (
+            &w.operator_org,
+            vec!["provider"],
+            "cannot hold the provider role",
+        ),
+        (
+            &w.review_org,
+            vec!["admin", "auditor"],
+            "cannot be both admin and auditor",
+        ),
+        (
+            &w.operator_org,
+            vec!["scientist", "auditor"],
+            "cannot be both scientist and auditor",
+        ),
+        (
+            &w.operator_org,
+            vec!["scientist", "reviewer"],
+            "cannot be both scientist and reviewer",
+        ),
+    ] {
+        let refused = refusal(w.admin.create_principal("x", org, &roles));
+        assert!(refused.contains(why), "{roles:?} in {org}: {refused}");
+    }
+}
+
+#[test]
+fn an_admin_cannot_record_their_own_training() {
+    let env = setup(true);
+    let w = &env.world;
+    // An admin never applies (a scientist is never an admin); a provider who approves is
+    // not the applicant either. The policy holds the rule for any pair all the same (see its
+    // unit test). Here: an admin's own training.
+    let second = w
+        .admin
+        .create_principal("second.admin", "data-authority", &["admin"])
+        .unwrap();
+    let second_id = second["id"].as_str().unwrap();
+    let second_admin = w.admin.as_token(second["token"].as_str().unwrap());
+    let refused = refusal(second_admin.record_training(second_id, "self-taught"));
+    assert!(
+        refused.contains("cannot record their own training"),
+        "{refused}"
+    );
+    w.admin.record_training(second_id, "training").unwrap();
+}
+
+#[test]
+fn an_exited_org_gets_no_new_principals() {
+    let env = setup(true);
+    let w = &env.world;
+    w.admin.exit_org(&w.operator_org, "term over").unwrap();
+    let refused = refusal(
+        w.admin
+            .create_principal("late", &w.operator_org, &["scientist"]),
+    );
+    assert!(refused.contains("has exited"), "{refused}");
+}
+
+#[test]
+fn another_orgs_social_data_is_never_listed() {
+    let env = setup(true);
+    let w = &env.world;
+    w.import_visits(&tidegate_server::visitor_csv(50)).unwrap();
+    // The scientist's unit brings its own (social) data, pending an admin's approval.
+    w.scientist
+        .import_dataset(
+            json!({
+                "name": "unit_customers",
+                "level": "L2",
+                "format": "csv",
+                "columns": [{ "name": "customer", "data_type": "utf8", "tags": ["entity"] }],
+            }),
+            b"customer,spend\nc1,1.0\nc2,2.0\n",
+        )
+        .unwrap();
+    let names = |c: &Client| -> Vec<String> {
+        c.ok("GET", "/v1/datasets", None)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(names(&w.scientist).contains(&"unit_customers".to_string()));
+    assert!(
+        !names(&w.provider).contains(&"unit_customers".to_string()),
+        "{:?}",
+        names(&w.provider)
+    );
+    // A reviewer of another operating unit sees it no more than the provider does.
+    let other = w.admin.create_org("another-unit", "operator").unwrap();
+    let p = w
+        .admin
+        .create_principal("sun.reviewer", other["id"].as_str().unwrap(), &["reviewer"])
+        .unwrap();
+    w.admin
+        .record_training(p["id"].as_str().unwrap(), "training")
+        .unwrap();
+    let outsider = w.admin.as_token(p["token"].as_str().unwrap());
+    assert_eq!(names(&outsider), vec!["visits".to_string()]);
+    // The authority's auditor sees everything.
+    assert!(names(&w.auditor).contains(&"unit_customers".to_string()));
+}
+
+#[test]
+fn a_revoked_or_rotated_token_stops_at_once() {
+    let env = setup(true);
+    let w = &env.world;
+    let old = w.scientist.clone();
+    let rotated = w.scientist.rotate_token(&w.scientist_id).unwrap();
+    let fresh = w.admin.as_token(rotated["token"].as_str().unwrap());
+    assert_eq!(old.call("GET", "/v1/datasets", None).unwrap().status, 401);
+    assert_eq!(fresh.call("GET", "/v1/datasets", None).unwrap().status, 200);
+    // The admin revokes it: the rotated token stops too.
+    w.admin.rotate_token(&w.scientist_id).unwrap();
+    assert_eq!(fresh.call("GET", "/v1/datasets", None).unwrap().status, 401);
+    // Someone else's token is not a scientist's to rotate.
+    let refused = refusal(fresh.rotate_token(&w.reviewer_id));
+    assert!(
+        refused.contains("unauthenticated") || refused.contains("401"),
+        "{refused}"
+    );
+}
+
+/// Sends raw bytes to the server and returns the status line and the whole answer.
+fn raw(url: &str, request: &[u8], then: &dyn Fn(&mut TcpStream)) -> String {
+    let addr = url.trim_start_matches("http://");
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(request).unwrap();
+    then(&mut s);
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn the_scheme_of_a_bearer_token_is_case_insensitive() {
+    let env = setup(true);
+    let token = env.world.scientist.token().unwrap().to_string();
+    let answer = raw(
+        env.world.admin.url(),
+        format!("GET /v1/datasets HTTP/1.1\r\nHost: x\r\nAuthorization: bearer {token}\r\nConnection: close\r\n\r\n").as_bytes(),
+        &|_| {},
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[test]
+fn a_body_over_the_routes_limit_or_without_a_token_is_never_read() {
+    let env = setup(true);
+    let url = env.world.admin.url().to_string();
+    let token = env.world.scientist.token().unwrap().to_string();
+    // Declared too large: 413 at once, whatever the token.
+    let answer = raw(
+        &url,
+        format!("POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: 2000000000\r\n\r\n").as_bytes(),
+        &|_| {},
+    );
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains(r#""error":"too_large""#), "{answer}");
+    // No token, 2 GB on the way: refused before the body is read, and the server holds none
+    // of it.
+    let before = rss_kib();
+    let answer = raw(
+        &url,
+        b"POST /v1/datasets HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+        &|s| {
+            let mut chunk = format!("{:x}\r\n", 1 << 20).into_bytes();
+            chunk.extend(std::iter::repeat_n(b'a', 1 << 20));
+            chunk.extend(b"\r\n");
+            for _ in 0..2_048 {
+                if s.write_all(&chunk).is_err() {
+                    break;
+                }
+            }
+        },
+    );
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    let grown_mib = rss_kib().saturating_sub(before) / 1024;
+    assert!(grown_mib < 100, "the server grew by {grown_mib} MiB");
+}
+
+#[test]
+fn every_malformed_request_is_answered_in_the_apis_error_format() {
+    let env = setup(true);
+    let w = &env.world;
+    let token = w.scientist.token().unwrap().to_string();
+    let url = w.admin.url().to_string();
+    let send = |content_type: &str, body: &str| {
+        raw(
+            &url,
+            format!(
+                "POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+            &|_| {},
+        )
+    };
+    for (content_type, body, status, class) in [
+        ("application/json", "{not json", "400", "bad_input"),
+        ("application/json", r#"{"scenario": 5}"#, "422", "bad_input"),
+        ("application/json", r#"{}"#, "422", "bad_input"),
+        (
+            "text/plain",
+            r#"{"scenario":"s","sql":"SELECT 1","modules":[]}"#,
+            "415",
+            "bad_content_type",
+        ),
+    ] {
+        let answer = send(content_type, body);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{body}: {answer}"
+        );
+        let json_at = answer.find("\r\n\r\n").unwrap() + 4;
+        let v: Value = serde_json::from_str(answer[json_at..].trim())
+            .unwrap_or_else(|e| panic!("{e}: {answer}"));
+        assert_eq!(v["error"], class, "{answer}");
+        assert!(
+            v["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("the request's body was refused"),
+            "{answer}"
+        );
+    }
+    let bad_query = w
+        .admin
+        .call("GET", "/v1/meter/statement?org=x", None)
+        .unwrap();
+    assert_eq!(bad_query.body["error"], "bad_input", "{:?}", bad_query.body);
+    let nowhere = w.admin.call("GET", "/v1/nowhere", None).unwrap();
+    assert_eq!(
+        (nowhere.status, nowhere.body["error"].as_str()),
+        (404, Some("not_found"))
+    );
+}
+
+#[test]
+fn a_bundle_holding_anything_its_manifest_does_not_list_fails_verification() {
+    let (env, sid, hash) = active_scenario();
+    let w = &env.world;
+    let done = job(&env, &sid, DEMO_SQL, std::slice::from_ref(&hash));
+    let export = w
+        .scientist
+        .request_export(done["id"].as_str().unwrap())
+        .unwrap();
+    let id = export["id"].as_str().unwrap();
+    w.reviewer
+        .review_export(id, "approve", "aggregated, k met")
+        .unwrap();
+    let dir = env.dir.path().join("bundle");
+    w.scientist.download_bundle(id, &dir).unwrap();
+    let key = w.admin.ok("GET", "/v1/public-key", None).unwrap();
+    let key = key["public_key"].as_str().unwrap().as_bytes().to_vec();
+    tidegate_runtime::verify_bundle(&dir, &key).unwrap();
+    std::fs::write(dir.join(".hidden"), b"smuggled").unwrap();
+    let err = tidegate_runtime::verify_bundle(&dir, &key)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("does not list: .hidden"), "{err}");
+    std::fs::remove_file(dir.join(".hidden")).unwrap();
+    std::fs::create_dir(dir.join("more")).unwrap();
+    let err = tidegate_runtime::verify_bundle(&dir, &key)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("does not list: more"), "{err}");
+}
