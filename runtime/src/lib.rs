@@ -44,8 +44,8 @@ pub use platform::{
     ResourceUse, ScenarioRequest, ScenarioView, local_table, verify_certificate,
 };
 pub use sandbox::{
-    CALL_FUEL, FUEL_PER_MS, FunctionSig, GuestLimits, GuestSession, INSTANCE_FUEL, JobMeter,
-    PAGE_FUEL, Sandbox, ValidatedModule, WasmType,
+    CALL_FUEL, FUEL_PER_MS, FUEL_SLICE, FunctionSig, GuestLimits, GuestSession, INSTANCE_FUEL,
+    JobMeter, PAGE_FUEL, Sandbox, ValidatedModule, WasmType,
 };
 pub use storage::{SealedSource, SealedStore, read_parquet};
 pub use text::{MAX_QUOTED_BYTES, defuse};

@@ -1214,7 +1214,11 @@ fn dev_run(
         shown.push(b.slice(0, take));
         left -= take;
     }
-    println!("{}", arrow::util::pretty::pretty_format_batches(&shown)?);
+    // Values a module computed are its text: written out, never obeyed by the terminal.
+    let table = arrow::util::pretty::pretty_format_batches(&shown)?.to_string();
+    for line in table.lines() {
+        println!("{}", tidegate_runtime::defuse(line, 1 << 20));
+    }
     println!("rows: {rows} (showing {})", rows.min(show));
     println!(
         "resources: fuel {}, guest calls {}, peak guest memory {} bytes, guest output {} bytes, wall {} ms",

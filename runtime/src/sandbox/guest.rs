@@ -84,33 +84,44 @@ impl Guest {
             self.meter.calls.fetch_add(1, Ordering::Relaxed);
             return result.map_err(|e| self.meter.fail(classify_trap(&e, during)));
         }
-        let budget = self.meter.remaining_fuel();
-        if budget == 0 {
+        let slice = self.meter.reserve_share();
+        if slice == 0 {
             return Err(self.meter.fail(Error::Limit(format!(
                 "the job's fuel budget ran out during {during}"
             ))));
         }
+        self.store.data_mut().granted = slice;
         self.store
-            .set_fuel(budget)
+            .set_fuel(slice)
             .map_err(|e| Error::Internal(format!("fuel: {e}")))?;
         self.store.data_mut().ticks_left = call_ticks(&self.meter.limits);
         self.store.data_mut().denied = None;
         self.store.set_epoch_deadline(1);
         let started = Instant::now();
         let result = f(&mut self.store);
+        // Everything handed to the call was charged; what it did not burn goes back.
         let left = self.store.get_fuel().unwrap_or(0);
-        let mut burned = budget.saturating_sub(left).saturating_add(CALL_FUEL);
+        let granted = std::mem::take(&mut self.store.data_mut().granted);
+        self.meter.refund(left.min(granted));
+        let burned = granted.saturating_sub(left);
+        let mut extra = CALL_FUEL;
         self.meter.calls.fetch_add(1, Ordering::Relaxed);
         let result = result.map_err(|e| {
-            if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
-                burned = burned.max(fuel_for(started.elapsed()));
+            // A trap other than running out of fuel or `unreachable` leaves the fuel the guest
+            // kept in a register unsaved (an epoch interrupt, a memory fault): such a call is
+            // charged at least its time.
+            if !matches!(
+                e.downcast_ref::<Trap>(),
+                Some(Trap::OutOfFuel | Trap::UnreachableCodeReached)
+            ) {
+                extra += fuel_for(started.elapsed()).saturating_sub(burned);
             }
             match self.store.data_mut().denied.take() {
                 Some(cap) => cap.error(during),
                 None => classify_trap(&e, during),
             }
         });
-        self.meter.charge(burned);
+        self.meter.charge(extra);
         let result = result.map_err(|e| self.meter.fail(e));
         if result.is_ok() && self.meter.fuel_used() > self.meter.limits.fuel {
             return Err(self.meter.fail(Error::Limit(format!(
@@ -685,10 +696,10 @@ impl EncodedBatch<'_> {
 /// The instances of one module for one job: created on demand, reused across the job's
 /// batches, dropped after any trap, and never handed to another job.
 pub(crate) struct JobInstances {
+    pub(super) idle: Mutex<Vec<Guest>>,
     pub(super) sandbox: Arc<Sandbox>,
     pub(crate) module: Arc<ValidatedModule>,
     pub(super) meter: Arc<JobMeter>,
-    pub(super) idle: Mutex<Vec<Guest>>,
 }
 
 impl std::fmt::Debug for JobInstances {
@@ -709,6 +720,11 @@ impl JobInstances {
         self.meter.fail(error)
     }
 
+    /// Calls a scalar. Instances are reused across the job's batches, except in a job whose
+    /// gate takes a second look at the data (the contributions to a sum or an average, the
+    /// bounded parts under differential privacy): there every call runs in an instance made for
+    /// it and dropped after it, so a scalar's output is a function of its batch alone, and the
+    /// second look sees the values the result was computed from, whatever a guest remembers.
     pub(super) fn call(
         &self,
         fn_id: i32,
@@ -717,6 +733,14 @@ impl JobInstances {
         n_rows: usize,
     ) -> Result<ArrayRef> {
         self.meter.check()?;
+        if self.meter.stateless_scalars() {
+            let mut guest = self
+                .sandbox
+                .instantiate_for_call(&self.module, &self.meter)?;
+            return guest
+                .call_scalar(fn_id, sig, args, n_rows)
+                .map_err(|e| self.meter.fail(e));
+        }
         let idle = self
             .idle
             .lock()
@@ -724,7 +748,9 @@ impl JobInstances {
             .pop();
         let mut guest = match idle {
             Some(g) => g,
-            None => self.sandbox.instantiate(&self.module, &self.meter)?,
+            None => self
+                .sandbox
+                .instantiate_for_call(&self.module, &self.meter)?,
         };
         let out = guest
             .call_scalar(fn_id, sig, args, n_rows)

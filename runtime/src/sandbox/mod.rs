@@ -36,7 +36,7 @@ mod validate;
 pub(crate) use guest::{Guest, JobInstances};
 pub(crate) use scalar::GuestFn;
 use scalar::scalars_of;
-pub(crate) use validate::is_reserved_name;
+pub(crate) use validate::{SQL_FORMS, is_reserved_name};
 use validate::{check_export, parse_manifest, precheck};
 
 /// The ABI version this host speaks (udf-sdk/ABI.md).
@@ -71,6 +71,8 @@ pub(crate) const BYTES_PER_FUEL: u64 = 4;
 /// `tidegate-bench`); a call stopped by its time limit is charged at least this rate for the
 /// time it ran, whatever fuel it reported.
 pub const FUEL_PER_MS: u64 = 1_000_000;
+/// Below this much fuel left, a call is handed all of it; above, half of what is left.
+pub const FUEL_SLICE: u64 = 1_000_000;
 /// The most bytes one guest call may hand back (all columns together), checked before any of
 /// them is copied out of guest memory.
 pub(crate) const MAX_CALL_OUTPUT_BYTES: u64 = 64 << 20;
@@ -234,6 +236,9 @@ struct GuestState {
     pending: usize,
     /// The cap that refused a growth of this instance's memory, if one did.
     denied: Option<MemoryCap>,
+    /// Fuel handed to the current call from the job's budget (charged when handed; what is
+    /// left when the call ends goes back).
+    granted: u64,
 }
 
 /// Which memory cap refused a guest's `memory.grow` (or its initial memory).
@@ -609,10 +614,32 @@ impl Sandbox {
         Ok(validated)
     }
 
+    /// An instance that keeps state across calls (an aggregate's groups, a table function's
+    /// run, the manifest read at upload): counted against the job's instance budget.
     fn instantiate(&self, module: &ValidatedModule, meter: &Arc<JobMeter>) -> Result<Guest> {
+        self.instantiate_counted(module, meter, true)
+    }
+
+    /// An instance for one scalar call: charged, and held within the job's share of the pool,
+    /// but not counted against the number of instances it may create (a job makes one per
+    /// batch).
+    fn instantiate_for_call(
+        &self,
+        module: &ValidatedModule,
+        meter: &Arc<JobMeter>,
+    ) -> Result<Guest> {
+        self.instantiate_counted(module, meter, false)
+    }
+
+    fn instantiate_counted(
+        &self,
+        module: &ValidatedModule,
+        meter: &Arc<JobMeter>,
+        counted: bool,
+    ) -> Result<Guest> {
         let limits = meter.limits;
         meter.check()?;
-        meter.admit_instance(self.interruptible)?;
+        meter.admit_instance(self.interruptible, counted)?;
         // From here the state's drop gives the instance's place and memory back to the job.
         let mut store = Store::new(
             &self.engine,
@@ -622,13 +649,16 @@ impl Sandbox {
                 memory: 0,
                 pending: 0,
                 denied: None,
+                granted: 0,
             },
         );
         store.limiter(|s| s as &mut dyn ResourceLimiter);
         // Limits are in place before instantiation, so a start function is covered too.
         if self.interruptible {
+            let slice = meter.reserve_share();
+            store.data_mut().granted = slice;
             store
-                .set_fuel(meter.remaining_fuel())
+                .set_fuel(slice)
                 .map_err(|e| Error::Internal(format!("fuel: {e}")))?;
             // Every tick the guest is checked: a cancelled job stops within one tick, and a
             // call that used up its ticks is interrupted.
@@ -648,15 +678,19 @@ impl Sandbox {
         let started = Instant::now();
         let instance = module.pre.instantiate(&mut store);
         if self.interruptible {
-            let fuel_left = store.get_fuel().unwrap_or(0);
-            meter.charge(meter.remaining_fuel().saturating_sub(fuel_left));
+            // What the start function did not burn goes back to the job.
+            meter.refund(store.get_fuel().unwrap_or(0));
+            store.data_mut().granted = 0;
         }
         let instance = instance.map_err(|e| {
             let error = match store.data_mut().denied.take() {
                 Some(cap) => cap.error("instantiation"),
                 None => classify_trap(&e, "instantiation"),
             };
-            if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+            if !matches!(
+                e.downcast_ref::<Trap>(),
+                Some(Trap::OutOfFuel | Trap::UnreachableCodeReached)
+            ) {
                 meter.charge(fuel_for(started.elapsed()));
             }
             meter.fail(error)
@@ -684,10 +718,10 @@ impl Sandbox {
     ) -> GuestSession {
         GuestSession {
             pool: Arc::new(JobInstances {
+                idle: Mutex::new(Vec::new()),
                 sandbox: Arc::clone(self),
                 module: Arc::clone(module),
                 meter: Arc::clone(meter),
-                idle: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -744,6 +778,8 @@ pub struct JobMeter {
     /// Instances created so far, and alive now.
     created: AtomicU32,
     live: AtomicU32,
+    /// Every scalar call runs in an instance of its own (see `JobInstances::call`).
+    stateless: std::sync::atomic::AtomicBool,
 }
 
 const STOP_CANCELLED: u8 = 1;
@@ -768,6 +804,7 @@ impl JobMeter {
             calls: AtomicU64::new(0),
             created: AtomicU32::new(0),
             live: AtomicU32::new(0),
+            stateless: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -840,8 +877,12 @@ impl JobMeter {
 
     /// Admits one more instance of the job, or says which budget it would break; charges the
     /// host's work of creating it.
-    fn admit_instance(&self, charged: bool) -> Result<()> {
-        let created = self.created.fetch_add(1, Ordering::SeqCst) + 1;
+    fn admit_instance(&self, charged: bool, counted: bool) -> Result<()> {
+        let created = if counted {
+            self.created.fetch_add(1, Ordering::SeqCst) + 1
+        } else {
+            self.created.load(Ordering::SeqCst)
+        };
         if created > self.limits.max_instances {
             return Err(self.fail(Error::Limit(format!(
                 "the job created more than {} guest instances",
@@ -893,14 +934,42 @@ impl JobMeter {
         self.memory.fetch_sub(bytes as u64, Ordering::SeqCst);
     }
 
-    fn remaining_fuel(&self) -> u64 {
-        self.limits
-            .fuel
-            .saturating_sub(self.fuel_used.load(Ordering::Relaxed))
+    /// Takes the fuel one call is handed from the job's budget (charged now, what the call does
+    /// not burn given back after it): half of what is left, or all of it when little is left.
+    /// Calls running at once thus hold at most the whole budget between them: they can never
+    /// burn more than the job's budget together. (A running call's fuel cannot be topped up:
+    /// compiled code keeps its fuel in a register between calls out.)
+    fn reserve_share(&self) -> u64 {
+        let mut used = self.fuel_used.load(Ordering::SeqCst);
+        loop {
+            let avail = self.limits.fuel.saturating_sub(used);
+            let take = if avail <= 2 * FUEL_SLICE {
+                avail
+            } else {
+                avail / 2
+            };
+            if take == 0 {
+                return 0;
+            }
+            match self.fuel_used.compare_exchange(
+                used,
+                used + take,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => return take,
+                Err(seen) => used = seen,
+            }
+        }
+    }
+
+    /// Gives back fuel a call was handed and did not burn.
+    fn refund(&self, fuel: u64) {
+        self.fuel_used.fetch_sub(fuel, Ordering::SeqCst);
     }
 
     fn charge(&self, fuel: u64) {
-        self.fuel_used.fetch_add(fuel, Ordering::Relaxed);
+        self.fuel_used.fetch_add(fuel, Ordering::SeqCst);
     }
 
     /// Charges the host's copying of `bytes` into or out of a guest.
@@ -923,6 +992,16 @@ impl JobMeter {
 
     pub fn output_bytes(&self) -> u64 {
         self.output_bytes.load(Ordering::Relaxed)
+    }
+
+    /// From now on, every scalar call of the job runs in an instance made for it alone: for a
+    /// job whose gate evaluates the same input twice.
+    pub fn make_scalars_stateless(&self) {
+        self.stateless.store(true, Ordering::SeqCst);
+    }
+
+    fn stateless_scalars(&self) -> bool {
+        self.stateless.load(Ordering::SeqCst)
     }
 
     /// Instances the job created.

@@ -4,8 +4,8 @@
 use super::*;
 
 /// Names SQL gives a meaning of its own before any function is looked up, or that DataFusion
-/// plans itself.
-const SQL_FORMS: [&str; 24] = [
+/// plans itself (`unnest`, which the planner gives to any function of that name first).
+pub(crate) const SQL_FORMS: [&str; 26] = [
     "all",
     "and",
     "any",
@@ -30,6 +30,8 @@ const SQL_FORMS: [&str; 24] = [
     "some",
     "struct",
     "try_cast",
+    "unnest",
+    "unnest_outer",
 ];
 
 /// Every function name DataFusion defines (scalar, aggregate, window and table functions, with
