@@ -140,6 +140,84 @@ pub fn can_list_dataset(
         || (origin == crate::model::Origin::Public && !pending)
 }
 
+/// A character that changes how text around it reads without being seen: control characters
+/// (C0, DEL, C1), bidirectional controls, zero-width and other invisible format characters.
+pub fn is_hidden_char(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061C}'
+                | '\u{115F}'
+                | '\u{1160}'
+                | '\u{180E}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{206F}'
+                | '\u{3164}'
+                | '\u{FE00}'..='\u{FE0F}'
+                | '\u{FEFF}'
+                | '\u{FFA0}'
+                | '\u{FFF9}'..='\u{FFFB}'
+                | '\u{E0000}'..='\u{E007F}'
+        )
+}
+
+/// A name someone gives (an org, a principal, a scenario, a column): something to read, with
+/// no hidden character, so that what a reviewer reads is what is stored.
+pub fn check_name(what: &str, name: &str) -> Result<(), Refusal> {
+    if name.trim().is_empty() {
+        return refuse(format!("{what} is empty or only whitespace"));
+    }
+    if name.len() > 200 {
+        return refuse(format!("{what} is over 200 bytes"));
+    }
+    if name.chars().any(is_hidden_char) {
+        return refuse(format!(
+            "{what} holds a control, bidirectional or invisible character; names are plain text"
+        ));
+    }
+    Ok(())
+}
+
+/// The columns of a file: named plainly, and no two alike, also after case folding (SQL folds
+/// unquoted names, so `Spend` and `spend` would be one column to a query).
+pub fn check_column_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<(), Refusal> {
+    let mut seen: BTreeMap<String, &str> = BTreeMap::new();
+    for name in names {
+        check_name(&format!("column name `{}`", name.escape_default()), name)?;
+        if let Some(first) = seen.insert(name.to_lowercase(), name) {
+            return refuse(format!(
+                "the file has two columns named alike: `{first}` and `{name}` (names differ by more than case)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// R-SCENARIO: an application's term must not have ended already.
+pub fn check_new_term(start: Date, end: Date, today: Date) -> Result<(), Refusal> {
+    if end < start {
+        return refuse("the term ends before it starts");
+    }
+    if end < today {
+        return refuse(format!(
+            "the term ended on {end}, before today ({today}): apply for a term that has not ended"
+        ));
+    }
+    Ok(())
+}
+
+/// R-GATE 7: epsilon is spent only by a scenario that has a privacy budget.
+pub fn check_epsilon(epsilon: Option<f64>, has_budget: bool) -> Result<(), Refusal> {
+    match epsilon {
+        Some(_) if !has_budget => refuse(
+            "this scenario has no privacy budget: its exports spend no epsilon (leave --epsilon out)",
+        ),
+        Some(e) if !(e.is_finite() && e > 0.0) => refuse("epsilon is a positive number"),
+        _ => Ok(()),
+    }
+}
+
 /// R-ONBOARD: an admin records another principal's training, never their own.
 pub fn can_record_training(p: &Principal, trainee: &str) -> Result<(), Refusal> {
     require_role(p, Role::Admin)?;

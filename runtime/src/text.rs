@@ -24,26 +24,9 @@ pub fn defuse(text: &str, max: usize) -> String {
     out
 }
 
-/// Control characters (C0, DEL, C1), the bidirectional controls, zero-width and other
-/// invisible format characters, line and paragraph separators.
+/// Control, bidirectional and invisible formatting characters (the policy's list).
 fn needs_escape(c: char) -> bool {
-    c.is_control()
-        || matches!(
-            c,
-            '\u{061C}'
-                | '\u{115F}'
-                | '\u{1160}'
-                | '\u{180E}'
-                | '\u{200B}'..='\u{200F}'
-                | '\u{2028}'..='\u{202E}'
-                | '\u{2060}'..='\u{206F}'
-                | '\u{3164}'
-                | '\u{FE00}'..='\u{FE0F}'
-                | '\u{FEFF}'
-                | '\u{FFA0}'
-                | '\u{FFF9}'..='\u{FFFB}'
-                | '\u{E0000}'..='\u{E007F}'
-        )
+    tidegate_policy::is_hidden_char(c)
 }
 
 #[cfg(test)]

@@ -359,6 +359,7 @@ enum AuditCommand {
 
 #[derive(Subcommand)]
 enum OrgCommand {
+    /// Create an org of a kind: authority, provider or operator.
     Create {
         name: String,
         /// authority, provider or operator
@@ -419,11 +420,10 @@ enum DatasetCommand {
         #[arg(long = "approver")]
         approvers: Vec<String>,
     },
+    /// List the datasets you may see, with their versions and columns.
     List,
     /// Approve an operating unit's social data (admin).
-    Approve {
-        id: String,
-    },
+    Approve { id: String },
     /// Before any import: the proposed tag and confidence of every column of a local file.
     Scan {
         file: PathBuf,
@@ -484,13 +484,10 @@ enum ScenarioCommand {
         #[arg(long)]
         draft: bool,
     },
-    Show {
-        id: String,
-    },
+    /// Show a scenario: its grants, term, rules, approvals and state.
+    Show { id: String },
     /// Submit a draft for approval (its org's scientist).
-    Submit {
-        id: String,
-    },
+    Submit { id: String },
     /// Move the scenario's grant of a dataset to its newest version (the dataset's provider).
     Repin {
         id: String,
@@ -498,32 +495,26 @@ enum ScenarioCommand {
         dataset: String,
     },
     /// Approve as the admin or as a provider of a requested dataset.
-    Approve {
-        id: String,
-    },
+    Approve { id: String },
     /// Risk stop (admin): the scenario runs and exports nothing; running jobs are cancelled.
-    Suspend {
-        id: String,
-    },
+    Suspend { id: String },
     /// Lift a suspension (admin).
-    Resume {
-        id: String,
-    },
+    Resume { id: String },
     /// End the authorization for good (admin).
-    Revoke {
-        id: String,
-    },
+    Revoke { id: String },
 }
 
 #[derive(Subcommand)]
 enum ModuleCommand {
     /// Validate a module locally: prints the report and its functions; fails if invalid.
     Inspect { file: PathBuf },
+    /// Upload a module for a scenario (validated at once; runs on data once approved).
     Upload {
         file: PathBuf,
         #[arg(long)]
         scenario: String,
     },
+    /// Approve a module's hash for a scenario after reading it (reviewer of another org).
     Approve {
         hash: String,
         #[arg(long)]
@@ -536,6 +527,7 @@ enum ModuleCommand {
 
 #[derive(Subcommand)]
 enum JobCommand {
+    /// Submit a job: a query over the scenario's granted tables with approved modules.
     Submit {
         #[arg(long)]
         scenario: String,
@@ -545,9 +537,8 @@ enum JobCommand {
         #[arg(long = "module")]
         modules: Vec<String>,
     },
-    Show {
-        id: String,
-    },
+    /// Show a job: its state, result schema and resources (never its rows).
+    Show { id: String },
 }
 
 #[derive(Subcommand)]
@@ -559,9 +550,8 @@ enum ExportCommand {
         #[arg(long)]
         epsilon: Option<f64>,
     },
-    Show {
-        id: String,
-    },
+    /// Show an export request: its state, gate report and review history.
+    Show { id: String },
     /// Download an approved export's signed bundle.
     Download {
         id: String,
@@ -585,11 +575,14 @@ fn parse_column(spec: &str) -> Result<Value> {
         Some(t) => tidegate_policy::parse_tags(t).map_err(|e| anyhow!(e))?,
         None => Vec::new(),
     };
-    if let Some(t) = data_type {
-        t.parse::<tidegate_policy::DataType>()
-            .map_err(|e| anyhow!(e))?;
-    }
-    Ok(json!({ "name": name, "data_type": data_type.map(str::to_ascii_lowercase), "tags": tags }))
+    // The names users type (`string`, `integer`, `double`, `date`...) go as the canonical one.
+    let data_type = data_type
+        .map(|t| {
+            t.parse::<tidegate_policy::DataType>()
+                .map_err(|e| anyhow!(e))
+        })
+        .transpose()?;
+    Ok(json!({ "name": name, "data_type": data_type, "tags": tags }))
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -760,6 +753,11 @@ fn run(cli: Cli) -> Result<()> {
                 columns,
                 approvers,
             } => {
+                // Checked here, before a file of any size is read and sent.
+                let level: tidegate_policy::Level = level
+                    .to_ascii_uppercase()
+                    .parse()
+                    .map_err(|e: String| anyhow!("--level {level}: {e}"))?;
                 let data = std::fs::read(&file)
                     .with_context(|| format!("cannot read {}", file.display()))?;
                 let format = format.unwrap_or_else(|| guess_format(&file));
@@ -768,7 +766,7 @@ fn run(cli: Cli) -> Result<()> {
                     .map(|c| parse_column(c))
                     .collect::<Result<_>>()?;
                 eprintln!("importing {} ({} bytes)...", file.display(), data.len());
-                let req = json!({ "name": name, "level": level.to_ascii_uppercase(), "format": format, "columns": columns, "approvers": approvers });
+                let req = json!({ "name": name, "level": level, "format": format, "columns": columns, "approvers": approvers });
                 print(&remote.client()?.import_dataset(req, &data)?);
             }
             DatasetCommand::List => print(&remote.client()?.ok("GET", "/v1/datasets", None)?),

@@ -399,3 +399,173 @@ fn a_bundle_holding_anything_its_manifest_does_not_list_fails_verification() {
         .to_string();
     assert!(err.contains("does not list: more"), "{err}");
 }
+
+fn import(
+    w: &tidegate_server::World,
+    name: &str,
+    csv: &str,
+    columns: Value,
+) -> anyhow::Result<Value> {
+    w.provider.import_dataset(
+        json!({ "name": name, "level": "L2", "format": "csv", "columns": columns }),
+        csv.as_bytes(),
+    )
+}
+
+#[test]
+fn columns_named_alike_or_hiding_characters_are_refused_with_the_column_named() {
+    let env = setup(true);
+    let w = &env.world;
+    let refused = refusal(import(w, "alike", "id,Spend,spend\na,1,2\n", json!([])));
+    assert!(
+        refused.contains("two columns named alike: `Spend` and `spend`"),
+        "{refused}"
+    );
+    for header in ["sp\u{0}ot", "sp\u{202E}ot", "sp\u{200B}ot", "   "] {
+        let refused = refusal(import(
+            w,
+            "hidden",
+            &format!("id,{header}\na,1\n"),
+            json!([]),
+        ));
+        assert!(
+            refused.contains("control, bidirectional or invisible character")
+                || refused.contains("empty or only whitespace"),
+            "{header:?}: {refused}"
+        );
+    }
+}
+
+#[test]
+fn a_csv_value_of_the_wrong_type_is_refused_by_column_and_line_without_the_value() {
+    let env = setup(true);
+    let w = &env.world;
+    let refused = refusal(import(
+        w,
+        "typed",
+        "id,amount\na,1\nb,2\nc,secret-value\n",
+        json!([{ "name": "amount", "data_type": "int64", "tags": [] }]),
+    ));
+    assert!(
+        refused.contains("does not parse as its column `amount`'s type at line 4 of the file"),
+        "{refused}"
+    );
+    assert!(!refused.contains("secret-value"), "{refused}");
+    assert!(!refused.contains("Row data"), "{refused}");
+}
+
+#[test]
+fn names_with_hidden_characters_or_only_whitespace_are_refused() {
+    let env = setup(true);
+    let w = &env.world;
+    for name in [
+        "evil\u{202E}gro",
+        "zero\u{200B}width",
+        "nul\u{0}name",
+        " \t ",
+    ] {
+        let refused = refusal(w.admin.create_org(name, "operator"));
+        assert!(
+            refused.contains("invisible character") || refused.contains("only whitespace"),
+            "{name:?}: {refused}"
+        );
+        let refused = refusal(
+            w.admin
+                .create_principal(name, &w.operator_org, &["scientist"]),
+        );
+        assert!(
+            refused.contains("invisible character") || refused.contains("only whitespace"),
+            "{name:?}: {refused}"
+        );
+    }
+}
+
+#[test]
+fn a_term_that_has_ended_and_epsilon_without_a_budget_are_refused() {
+    let (env, sid, hash) = active_scenario();
+    let w = &env.world;
+    let today = time::OffsetDateTime::now_utc().date();
+    let refused = refusal(w.scientist.apply_scenario(&json!({
+        "name": "Too late",
+        "key_area": "culture and tourism",
+        "purpose": "visits per spot",
+        "public_interest": true,
+        "grants": [{ "dataset": "visits", "columns": ["spot"] }],
+        "term_start": (today - time::Duration::days(60)).to_string(),
+        "term_end": (today - time::Duration::days(30)).to_string(),
+        "planned_products": ["visits per spot"],
+    })));
+    assert!(
+        refused.contains("apply for a term that has not ended"),
+        "{refused}"
+    );
+    let done = job(&env, &sid, DEMO_SQL, std::slice::from_ref(&hash));
+    let refused = refusal(
+        w.scientist
+            .request_export_spending(done["id"].as_str().unwrap(), 0.5),
+    );
+    assert!(refused.contains("has no privacy budget"), "{refused}");
+}
+
+#[test]
+fn the_cli_takes_the_type_names_users_type_and_checks_the_level_before_sending() {
+    let env = setup(true);
+    let w = &env.world;
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("amounts.csv");
+    std::fs::write(&csv, "id,amount,day\na,1.5,2026-01-01\nb,2.5,2026-01-02\n").unwrap();
+    let run = |args: &[&str]| {
+        tidegate_server::main_with_args(
+            ["tidegate"]
+                .iter()
+                .chain(args)
+                .chain(&[
+                    "--url",
+                    w.admin.url(),
+                    "--token",
+                    w.provider.token().unwrap(),
+                ])
+                .map(Into::into),
+        )
+    };
+    let file = csv.to_str().unwrap();
+    assert_eq!(
+        run(&[
+            "dataset", "import", file, "--name", "amounts", "--level", "L9"
+        ]),
+        std::process::ExitCode::FAILURE
+    );
+    assert_eq!(
+        run(&[
+            "dataset",
+            "import",
+            file,
+            "--name",
+            "amounts",
+            "--level",
+            "l2",
+            "--column",
+            "id:string:entity",
+            "--column",
+            "amount:double",
+            "--column",
+            "day:date",
+        ]),
+        std::process::ExitCode::SUCCESS
+    );
+    let listed = w.provider.ok("GET", "/v1/datasets", None).unwrap();
+    let amounts = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "amounts")
+        .unwrap()
+        .clone();
+    let types: Vec<&str> = amounts["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["data_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, vec!["utf8", "float64", "date32"], "{amounts}");
+}

@@ -105,6 +105,8 @@ impl Platform {
                     .join(", ")
             ))
         };
+        tidegate_policy::check_epsilon(epsilon, s.export_rules.privacy_budget.is_some())
+            .map_err(|r| Error::BadInput(r.reason))?;
         let outcome = gate::evaluate(
             &GateInput {
                 level: job.level,

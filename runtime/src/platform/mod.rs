@@ -1009,6 +1009,8 @@ impl Platform {
     pub fn create_org(&self, actor: &Principal, name: &str, kind: &str) -> Result<OrgView> {
         tidegate_policy::require_role(actor, Role::Admin)?;
         let _: tidegate_policy::OrgKind = kind.parse().map_err(Error::BadInput)?;
+        tidegate_policy::check_name("the org's name", name)
+            .map_err(|r| Error::BadInput(r.reason))?;
         let id = new_id("org");
         let mut db = self.db.lock().expect("db");
         let tx = db.transaction()?;
@@ -1056,6 +1058,8 @@ impl Platform {
         roles: &[Role],
     ) -> Result<PrincipalView> {
         tidegate_policy::require_role(actor, Role::Admin)?;
+        tidegate_policy::check_name("the principal's name", name)
+            .map_err(|r| Error::BadInput(r.reason))?;
         let id = new_id("p");
         let token = random_token();
         let roles_text = roles
@@ -1283,9 +1287,10 @@ fn read_table(format: &str, data: &[u8], declared: &[ColumnInput]) -> Result<Vec
                 .with_batch_size(8192)
                 .build(std::io::Cursor::new(data))
                 .map_err(|e| Error::BadInput(format!("the CSV cannot be read: {e}")))?;
+            let schema = reader.schema();
             reader
                 .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|e| csv_error(&e))?
+                .map_err(|e| csv_error(&e, &schema))?
         }
         "parquet" => from_parquet(data.to_vec())
             .map_err(|_| Error::BadInput("the Parquet file cannot be read".into()))?,
@@ -1333,23 +1338,34 @@ fn read_table(format: &str, data: &[u8], declared: &[ColumnInput]) -> Result<Vec
 }
 
 /// CSV parse errors quote the offending value; report only where it is.
-fn csv_error(e: &arrow::error::ArrowError) -> Error {
+/// A CSV value that does not parse as its column's type, named by column and line; the value
+/// itself and the row around it are never quoted (they are data).
+fn csv_error(e: &arrow::error::ArrowError, schema: &Schema) -> Error {
     let text = e.to_string();
-    let location = text
-        .find("line")
-        .map(|i| {
-            text[i..]
-                .chars()
-                .take_while(|c| *c != ':')
-                .collect::<String>()
-        })
+    let number_after = |marker: &str| -> Option<usize> {
+        let at = text.find(marker)? + marker.len();
+        let digits: String = text[at..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().ok()
+    };
+    let column = number_after("for column ")
+        .and_then(|i| schema.fields().get(i))
+        .map(|f| format!(" `{}`", crate::text::defuse(f.name(), 80)))
+        .unwrap_or_default();
+    // Arrow counts data records from 1; the file's first line is its header.
+    let line = number_after("at line ")
+        .map(|l| format!(" at line {} of the file", l + 1))
         .unwrap_or_default();
     Error::BadInput(format!(
-        "the CSV has a value that does not parse as its column's type {location}"
+        "the CSV has a value that does not parse as its column{column}'s type{line}"
     ))
 }
 
 fn column_specs(schema: &Schema, declared: &[ColumnInput]) -> Result<Vec<ColumnSpec>> {
+    tidegate_policy::check_column_names(schema.fields().iter().map(|f| f.name().as_str()))
+        .map_err(|r| Error::BadInput(r.reason))?;
     for d in declared {
         if schema.field_with_name(&d.name).is_err() {
             return Err(Error::BadInput(format!(

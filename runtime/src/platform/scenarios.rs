@@ -6,9 +6,10 @@ impl Platform {
     pub fn apply_scenario(&self, actor: &Principal, req: ScenarioRequest) -> Result<ScenarioView> {
         tidegate_policy::can_apply_for_scenario(actor)?;
         let (start, end) = (parse_date(&req.term_start)?, parse_date(&req.term_end)?);
-        if end < start {
-            return Err(Error::BadInput("the term ends before it starts".into()));
-        }
+        tidegate_policy::check_new_term(start, end, today())
+            .map_err(|r| Error::BadInput(r.reason))?;
+        tidegate_policy::check_name("the scenario's name", &req.name)
+            .map_err(|r| Error::BadInput(r.reason))?;
         if req.grants.is_empty() {
             return Err(Error::BadInput(
                 "a scenario names at least one dataset".into(),
