@@ -558,6 +558,7 @@ pub fn can_request_export(
 /// already approved this request.
 pub fn can_review_export(
     p: &Principal,
+    reviewer_kind: OrgKind,
     requester_id: &str,
     requester_org: &str,
     already_approved_by: &[String],
@@ -569,6 +570,11 @@ pub fn can_review_export(
     }
     if p.org == requester_org {
         return refuse("a reviewer cannot review an export request of their own org");
+    }
+    if reviewer_kind != OrgKind::Authority {
+        return refuse(
+            "only reviewers of the authority's review office review other orgs' export requests (a reviewer of another org sees only what it is asked to review, and none is assigned)",
+        );
     }
     if already_approved_by.iter().any(|r| r == &p.id) {
         return refuse(
@@ -733,17 +739,17 @@ mod tests {
             ),
             (
                 "reviewer of another org",
-                can_review_export(&reviewer, "s1", "unit", &[]),
+                can_review_export(&reviewer, OrgKind::Authority, "s1", "unit", &[]),
                 "allow",
             ),
             (
                 "reviewer of the same org",
-                can_review_export(&insider_reviewer, "s1", "unit", &[]),
+                can_review_export(&insider_reviewer, OrgKind::Operator, "s1", "unit", &[]),
                 "refuse: a reviewer cannot review an export request of their own org",
             ),
             (
                 "second approval by the same reviewer",
-                can_review_export(&reviewer, "s1", "unit", &["r1".into()]),
+                can_review_export(&reviewer, OrgKind::Authority, "s1", "unit", &["r1".into()]),
                 "refuse: this reviewer has already approved this request; L3 needs a second, different reviewer",
             ),
             (

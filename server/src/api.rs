@@ -107,6 +107,33 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestP
     }
 }
 
+/// A path parameter; one that cannot be read (not UTF-8, say) is answered in the API's format.
+pub(crate) struct Param<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> axum::extract::FromRequestParts<S>
+    for Param<T>
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Response> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(v)) => Ok(Param(v)),
+            Err(r) => Err(rejected(r.status(), "path", r.body_text())),
+        }
+    }
+}
+
+async fn method_not_allowed() -> Response {
+    error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method; the routes are listed in README.md".into(),
+    )
+}
+
 async fn not_found() -> Response {
     error_response(
         StatusCode::NOT_FOUND,
@@ -237,7 +264,7 @@ struct FreezeBody {
 async fn freeze_org(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
-    Path(id): Path<String>,
+    Param(id): Param<String>,
     Body(b): Body<FreezeBody>,
 ) -> ApiResult<Value> {
     let changed = blocking(move || p.freeze_org(&actor, &id, b.freeze)).await?;
@@ -252,7 +279,7 @@ struct ExitBody {
 async fn exit_org(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
-    Path(id): Path<String>,
+    Param(id): Param<String>,
     Body(b): Body<ExitBody>,
 ) -> ApiResult<Value> {
     Ok(Json(
@@ -279,7 +306,7 @@ async fn create_principal(
 async fn rotate_token(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
-    Path(id): Path<String>,
+    Param(id): Param<String>,
 ) -> ApiResult<Value> {
     let token = blocking(move || p.rotate_token(&actor, &id)).await?;
     Ok(Json(json!({ "token": token })))
@@ -293,7 +320,7 @@ struct TrainingBody {
 async fn record_training(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
-    Path(id): Path<String>,
+    Param(id): Param<String>,
     Body(b): Body<TrainingBody>,
 ) -> ApiResult<Value> {
     blocking(move || p.record_training(&actor, &id, &b.course)).await?;
@@ -312,7 +339,7 @@ async fn import_dataset(
 async fn approve_dataset(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
-    Path(id): Path<String>,
+    Param(id): Param<String>,
 ) -> ApiResult<Value> {
     blocking(move || p.approve_dataset(&actor, &id)).await?;
     Ok(Json(json!({ "approved": true })))
@@ -338,7 +365,7 @@ async fn apply_scenario(
 async fn get_scenario(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
-    Path(id): Path<String>,
+    Param(id): Param<String>,
 ) -> ApiResult<Value> {
     let v = blocking(move || p.get_scenario(&actor, &id)).await?;
     Ok(Json(serde_json::to_value(v).expect("serializes")))
@@ -347,7 +374,7 @@ async fn get_scenario(
 async fn approve_scenario(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
-    Path(id): Path<String>,
+    Param(id): Param<String>,
 ) -> ApiResult<Value> {
     let v = blocking(move || p.approve_scenario(&actor, &id)).await?;
     Ok(Json(serde_json::to_value(v).expect("serializes")))
@@ -361,7 +388,7 @@ struct StateBody {
 async fn change_scenario(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
-    Path(id): Path<String>,
+    Param(id): Param<String>,
     Body(b): Body<StateBody>,
 ) -> ApiResult<Value> {
     let v = blocking(move || match b.action.as_str() {
@@ -380,7 +407,7 @@ struct RepinBody {
 async fn repin_grant(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
-    Path(id): Path<String>,
+    Param(id): Param<String>,
     Body(b): Body<RepinBody>,
 ) -> ApiResult<Value> {
     let v = blocking(move || p.repin_grant(&actor, &id, &b.dataset)).await?;
@@ -395,7 +422,7 @@ struct ModuleBody {
 async fn upload_module(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
-    Path(id): Path<String>,
+    Param(id): Param<String>,
     Body(b): Body<ModuleBody>,
 ) -> ApiResult<Value> {
     let wasm = base64::engine::general_purpose::STANDARD
@@ -413,7 +440,7 @@ struct NoteBody {
 async fn approve_module(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
-    Path((id, hash)): Path<(String, String)>,
+    Param((id, hash)): Param<(String, String)>,
     Body(b): Body<NoteBody>,
 ) -> ApiResult<Value> {
     let v = blocking(move || p.approve_module(&actor, &id, &hash, &b.note)).await?;
@@ -432,7 +459,7 @@ async fn submit_job(
 async fn get_job(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
-    Path(id): Path<String>,
+    Param(id): Param<String>,
 ) -> ApiResult<Value> {
     let v = blocking(move || p.get_job(&actor, &id)).await?;
     Ok(Json(serde_json::to_value(v).expect("serializes")))
@@ -466,7 +493,7 @@ struct FormatQuery {
 async fn get_export(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
-    Path(id): Path<String>,
+    Param(id): Param<String>,
     Params(q): Params<FormatQuery>,
 ) -> Result<Response, ApiError> {
     let v = blocking(move || p.get_export(&actor, &id)).await?;
@@ -487,7 +514,7 @@ struct ReviewBody {
 async fn review_export(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
-    Path(id): Path<String>,
+    Param(id): Param<String>,
     Body(b): Body<ReviewBody>,
 ) -> ApiResult<Value> {
     let v = blocking(move || p.review_export(&actor, &id, &b.decision, &b.comment)).await?;
@@ -497,7 +524,7 @@ async fn review_export(
 async fn download_bundle(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
-    Path(id): Path<String>,
+    Param(id): Param<String>,
 ) -> ApiResult<Value> {
     let files = blocking(move || p.download_bundle(&actor, &id)).await?;
     let files: Vec<Value> = files
@@ -669,6 +696,7 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .route("/v1/meter/statement", get(statement))
         .route("/v1/reports/annual", get(annual_report))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(JSON_LIMIT))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&platform),

@@ -83,7 +83,7 @@ fn unfreezing_after_two_freezes_restores_everything_the_freezes_suspended() {
 }
 
 #[test]
-fn a_reviewer_of_a_frozen_org_reviews_nothing() {
+fn a_reviewer_outside_the_authority_neither_sees_nor_reviews_another_orgs_export() {
     let (env, sid, hash) = active_scenario();
     let w = &env.world;
     let other = w.admin.create_org("another-unit", "operator").unwrap();
@@ -95,15 +95,26 @@ fn a_reviewer_of_a_frozen_org_reviews_nothing() {
     w.admin
         .record_training(p["id"].as_str().unwrap(), "training")
         .unwrap();
-    let reviewer = w.admin.as_token(p["token"].as_str().unwrap());
+    let outsider = w.admin.as_token(p["token"].as_str().unwrap());
     let done = job(&env, &sid, DEMO_SQL, std::slice::from_ref(&hash));
     let export = w
         .scientist
         .request_export(done["id"].as_str().unwrap())
         .unwrap();
+    let eid = export["id"].as_str().unwrap();
+    // A competitor's reviewer reads nothing of it, the preview least of all.
+    let seen = outsider
+        .call("GET", &format!("/v1/exports/{eid}"), None)
+        .unwrap();
+    assert_eq!(seen.status, 404, "{:?}", seen.body);
+    let refused = refusal(outsider.review_export(eid, "approve", "fine"));
+    assert!(
+        refused.contains("only reviewers of the authority"),
+        "{refused}"
+    );
+    // The same reviewer, its org frozen: the freeze is the first thing said.
     w.admin.freeze_org(other, true).unwrap();
-    let refused =
-        refusal(reviewer.review_export(export["id"].as_str().unwrap(), "approve", "fine"));
+    let refused = refusal(outsider.review_export(eid, "approve", "fine"));
     assert!(is_frozen_refusal(&refused), "{refused}");
 }
 
@@ -222,6 +233,27 @@ fn another_orgs_social_data_is_never_listed() {
     assert_eq!(names(&outsider), vec!["visits".to_string()]);
     // The authority's auditor sees everything.
     assert!(names(&w.auditor).contains(&"unit_customers".to_string()));
+    // Public data of another org is listed for the units that may apply for it, without its
+    // row count, content hash or quality report; its provider and the overseers see them.
+    let visits = |c: &Client| -> Value {
+        c.ok("GET", "/v1/datasets", None)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == "visits")
+            .unwrap()
+            .clone()
+    };
+    for hidden in ["rows", "content_hash", "quality"] {
+        assert!(
+            visits(&w.scientist).get(hidden).is_none(),
+            "{hidden}: {}",
+            visits(&w.scientist)
+        );
+        assert!(visits(&w.provider).get(hidden).is_some(), "{hidden}");
+        assert!(visits(&w.auditor).get(hidden).is_some(), "{hidden}");
+    }
 }
 
 #[test]

@@ -38,7 +38,9 @@ impl Platform {
     ) -> Result<Value> {
         let db = self.db.lock().expect("db");
         let org = Self::org_id(&db, org)?;
-        if !(actor.org == org || actor.has_role(Role::Admin) || actor.has_role(Role::Auditor)) {
+        if !(actor.org == org
+            || tidegate_policy::oversees_all_orgs(actor, Self::org_kind(&db, &actor.org)?))
+        {
             return Err(Error::NotFound(format!("org {org}")));
         }
         let as_of = match as_of {
@@ -183,7 +185,9 @@ impl Platform {
     pub fn annual_report(&self, actor: &Principal, org: &str, year: i32) -> Result<Value> {
         let db = self.db.lock().expect("db");
         let org = Self::org_id(&db, org)?;
-        if !(actor.org == org || actor.has_role(Role::Admin) || actor.has_role(Role::Auditor)) {
+        if !(actor.org == org
+            || tidegate_policy::oversees_all_orgs(actor, Self::org_kind(&db, &actor.org)?))
+        {
             return Err(Error::NotFound(format!("org {org}")));
         }
         let like = format!("{year:04}%");

@@ -110,6 +110,13 @@ impl Platform {
                 "UPDATE datasets SET level = ?2, columns = ?3 WHERE id = ?1",
                 params![id, req.level.to_string(), to_json(&columns)],
             )?;
+            // A new version of a unit's own data waits for an admin again, as the first did.
+            if social {
+                tx.execute(
+                    "UPDATE datasets SET origin = 'social-pending' WHERE id = ?1",
+                    params![id],
+                )?;
+            }
             if !approvers.is_empty() {
                 tx.execute(
                     "UPDATE datasets SET approvers = ?2 WHERE id = ?1",
@@ -153,9 +160,9 @@ impl Platform {
             provider_org: actor.org.clone(),
             columns,
             version,
-            rows: rows as i64,
-            content_hash,
-            quality,
+            rows: Some(rows as i64),
+            content_hash: Some(content_hash),
+            quality: Some(quality),
             pending: social,
             approvers,
         })
@@ -275,6 +282,7 @@ impl Platform {
             .map(|d| {
                 let id = &d.id;
                 let (version, content_hash, rows, _, quality) = Self::latest_version(&db, id)?;
+                let steward = oversees || d.org == actor.org || d.approvers.contains(&actor.org);
                 Ok(DatasetView {
                     id: d.id,
                     name: d.name,
@@ -283,9 +291,9 @@ impl Platform {
                     provider_org: d.org,
                     columns: d.columns,
                     version,
-                    rows,
-                    content_hash,
-                    quality: from_json(&quality)?,
+                    rows: steward.then_some(rows),
+                    content_hash: steward.then_some(content_hash),
+                    quality: steward.then(|| from_json(&quality)).transpose()?,
                     pending: d.pending,
                     approvers: d.approvers,
                 })

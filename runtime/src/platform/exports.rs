@@ -289,12 +289,11 @@ impl Platform {
     pub fn get_export(&self, actor: &Principal, id: &str) -> Result<ExportView> {
         let db = self.db.lock().expect("db");
         let (mut view, org, wrapped) = Self::export_row(&db, id)?;
-        let is_reviewer = actor.has_role(Role::Reviewer) && actor.org != org;
-        if !(actor.org == org
-            || is_reviewer
-            || actor.has_role(Role::Auditor)
-            || actor.has_role(Role::Admin))
-        {
+        // Across orgs only the authority's offices: its reviewers (with the preview they judge
+        // from), auditors and admins.
+        let oversees = tidegate_policy::oversees_all_orgs(actor, Self::org_kind(&db, &actor.org)?);
+        let is_reviewer = oversees && actor.has_role(Role::Reviewer) && actor.org != org;
+        if !(actor.org == org || oversees) {
             return Err(Error::NotFound(format!("export {id}")));
         }
         if is_reviewer {
@@ -370,7 +369,13 @@ impl Platform {
                 .filter(|r| r.as_role == "approve")
                 .map(|r| r.by.clone())
                 .collect();
-            tidegate_policy::can_review_export(actor, &view.requested_by, &org, &approved_by)?;
+            tidegate_policy::can_review_export(
+                actor,
+                Self::org_kind(&db, &actor.org)?,
+                &view.requested_by,
+                &org,
+                &approved_by,
+            )?;
             Self::require_active_scenario_of_job(&db, &view.job)?;
             let new_state = tidegate_policy::next_export_state(
                 &view.state,

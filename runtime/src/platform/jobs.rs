@@ -393,8 +393,8 @@ impl Platform {
         let db = self.db.lock().expect("db");
         let job = Self::job_row(&db, id)?.view;
         let s = Self::scenario_row(&db, &job.scenario)?;
-        let visible =
-            actor.org == s.org || actor.has_role(Role::Admin) || actor.has_role(Role::Auditor);
+        let visible = actor.org == s.org
+            || tidegate_policy::oversees_all_orgs(actor, Self::org_kind(&db, &actor.org)?);
         if !visible {
             return Err(Error::NotFound(format!("job {id}")));
         }

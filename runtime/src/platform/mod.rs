@@ -197,9 +197,14 @@ pub struct DatasetView {
     pub provider_org: String,
     pub columns: Vec<ColumnSpec>,
     pub version: i64,
-    pub rows: i64,
-    pub content_hash: String,
-    pub quality: Value,
+    /// Rows, content hash and quality report: shown to the dataset's own org, the orgs it names
+    /// as approvers and the authority's overseers; never to another org.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<Value>,
     /// Social data awaiting an admin's approval; not usable until approved.
     #[serde(default)]
     pub pending: bool,
@@ -981,9 +986,29 @@ impl Platform {
     pub fn rotate_token(&self, actor: &Principal, principal: &str) -> Result<String> {
         if actor.id != principal {
             tidegate_policy::require_role(actor, Role::Admin)?;
+        } else {
+            // A frozen org acts on nothing; its leaked token is the admin's to revoke.
+            tidegate_policy::require_not_frozen(actor)?;
         }
         let token = random_token();
         let mut db = self.db.lock().expect("db");
+        // An exited org's tokens stay closed: no rotation opens one again.
+        let exited: Option<Option<String>> = db
+            .query_row(
+                "SELECT o.exited_at FROM principals p JOIN orgs o ON o.id = p.org_id WHERE p.id = ?1",
+                params![principal],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match exited {
+            None => return Err(Error::NotFound(format!("principal {principal}"))),
+            Some(Some(_)) => {
+                return Err(Error::Refused(
+                    "the principal's org has exited: its tokens stay closed".into(),
+                ));
+            }
+            Some(None) => {}
+        }
         let tx = db.transaction()?;
         let n = tx.execute(
             "UPDATE principals SET token_hash = ?2 WHERE id = ?1",

@@ -590,6 +590,24 @@ impl Platform {
                 "UPDATE scenarios SET state = ?2 WHERE id = ?1",
                 params![id, next.as_str()],
             )?;
+            // An admin's own decision on a scenario during a freeze stands after it: the
+            // unfreeze no longer restores it.
+            let key = format!("frozen:{}", s.org);
+            let frozen: Option<String> = tx
+                .query_row(
+                    "SELECT value FROM settings WHERE key = ?1",
+                    params![key],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(list) = frozen {
+                let mut list: Vec<String> = from_json(&list)?;
+                list.retain(|x| x != id);
+                tx.execute(
+                    "UPDATE settings SET value = ?2 WHERE key = ?1",
+                    params![key, to_json(&list)],
+                )?;
+            }
             self.audit.append(
                 &actor.id,
                 &format!("scenario.{action}"),
