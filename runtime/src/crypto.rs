@@ -444,6 +444,77 @@ fn chunk_aad(context: &str, index: u64, last: bool) -> Vec<u8> {
     aad
 }
 
+/// An object sealed as it is written, chunk by chunk, in the format of
+/// [`DataKey::seal_object`]: at most one plaintext chunk is held at a time, so an upload of any
+/// size reaches the disk encrypted and never sits whole in memory.
+pub(crate) struct SealingWriter {
+    file: fs::File,
+    key: [u8; 32],
+    context: String,
+    pending: Vec<u8>,
+    index: u64,
+    written: u64,
+}
+
+impl SealingWriter {
+    /// Creates `path` (it must not exist) for an object sealed under `key` and `context`.
+    pub(crate) fn create(path: &Path, key: &DataKey, context: &str) -> Result<SealingWriter> {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)?;
+        file.write_all(OBJECT_MAGIC)?;
+        Ok(SealingWriter {
+            file,
+            key: key.0,
+            context: context.to_string(),
+            pending: Vec::with_capacity(CHUNK),
+            index: 0,
+            written: 0,
+        })
+    }
+
+    /// Plaintext bytes written so far.
+    pub(crate) fn len(&self) -> u64 {
+        self.written
+    }
+
+    pub(crate) fn write(&mut self, mut bytes: &[u8]) -> Result<()> {
+        self.written += bytes.len() as u64;
+        while !bytes.is_empty() {
+            if self.pending.len() == CHUNK {
+                // More follows: the full chunk is not the last one.
+                self.seal_pending(false)?;
+            }
+            let take = (CHUNK - self.pending.len()).min(bytes.len());
+            self.pending.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+        }
+        Ok(())
+    }
+
+    fn seal_pending(&mut self, last: bool) -> Result<()> {
+        let sealed = seal_one(
+            &self.key,
+            &self.pending,
+            &chunk_aad(&self.context, self.index, last),
+        );
+        self.file.write_all(&(sealed.len() as u32).to_le_bytes())?;
+        self.file.write_all(&sealed)?;
+        self.pending.clear();
+        self.index += 1;
+        Ok(())
+    }
+
+    /// Seals the last chunk and syncs the file.
+    pub(crate) fn finish(mut self) -> Result<()> {
+        self.seal_pending(true)?;
+        self.file.sync_all()?;
+        Ok(())
+    }
+}
+
 /// Writes `bytes` to `path` atomically: temporary file, fsync, rename, fsync of the directory.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path

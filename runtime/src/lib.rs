@@ -41,7 +41,7 @@ pub use metering::{
 pub use platform::{
     AUDIT_FILE, ApprovalView, ColumnInput, DatasetView, ExportView, GrantRequest, ImportRequest,
     JobRequest, JobView, ModuleView, OrgView, PUBLIC_KEY_FILE, Platform, PrincipalView,
-    ResourceUse, ScenarioRequest, ScenarioView, local_table, verify_certificate,
+    ResourceUse, ScenarioRequest, ScenarioView, StagedUpload, local_table, verify_certificate,
 };
 pub use sandbox::{
     CALL_FUEL, FUEL_PER_MS, FUEL_SLICE, FunctionSig, GuestLimits, GuestSession, INSTANCE_FUEL,

@@ -170,6 +170,7 @@ fn is_public(path: &str) -> bool {
 fn body_limit(method: &axum::http::Method, path: &str) -> usize {
     let upload = *method == axum::http::Method::POST
         && (path == "/v1/datasets"
+            || path == "/v1/datasets/upload"
             || (path.starts_with("/v1/scenarios/") && path.ends_with("/modules")));
     if upload { UPLOAD_LIMIT } else { JSON_LIMIT }
 }
@@ -333,6 +334,60 @@ async fn import_dataset(
     Body(b): Body<ImportRequest>,
 ) -> ApiResult<Value> {
     let v = blocking(move || p.import_dataset(&actor, b)).await?;
+    Ok(Json(serde_json::to_value(v).expect("serializes")))
+}
+
+#[derive(Deserialize)]
+struct UploadQuery {
+    name: String,
+    level: tidegate_policy::Level,
+    format: String,
+    /// The declared columns, as JSON.
+    #[serde(default)]
+    columns: Option<String>,
+    /// Further approvers, as a JSON list.
+    #[serde(default)]
+    approvers: Option<String>,
+}
+
+/// A dataset file streamed as the body: sealed into the data directory as it arrives, never
+/// held whole in the request; imported when it has all arrived.
+async fn upload_dataset(
+    State(p): State<AppState>,
+    Extension(actor): Extension<Principal>,
+    Params(q): Params<UploadQuery>,
+    body: axum::body::Body,
+) -> ApiResult<Value> {
+    use futures::StreamExt;
+    let parse = |what: &str, text: Option<&str>| -> Result<Value, ApiError> {
+        text.map_or(Ok(json!([])), |t| {
+            serde_json::from_str(t)
+                .map_err(|e| ApiError(Error::BadInput(format!("{what} is not a JSON list: {e}"))))
+        })
+    };
+    let request = ImportRequest {
+        name: q.name,
+        level: q.level,
+        format: q.format,
+        columns: serde_json::from_value(parse("columns", q.columns.as_deref())?)
+            .map_err(|e| ApiError(Error::BadInput(format!("columns: {e}"))))?,
+        approvers: serde_json::from_value(parse("approvers", q.approvers.as_deref())?)
+            .map_err(|e| ApiError(Error::BadInput(format!("approvers: {e}"))))?,
+        data_base64: String::new(),
+    };
+    let level = request.level;
+    let (staging, who) = (Arc::clone(&p), actor.clone());
+    let mut upload = blocking(move || staging.stage_upload(&who, level)).await?;
+    let mut chunks = body.into_data_stream();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|_| {
+            ApiError(Error::BadInput(
+                "the upload was cut off before its end; nothing was imported".into(),
+            ))
+        })?;
+        upload.write(&chunk)?;
+    }
+    let v = blocking(move || p.import_staged(&actor, request, upload)).await?;
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
 
@@ -669,6 +724,7 @@ pub fn router(platform: Arc<Platform>) -> Router {
                 .layer(DefaultBodyLimit::max(UPLOAD_LIMIT))
                 .get(list_datasets),
         )
+        .route("/v1/datasets/upload", post(upload_dataset))
         .route("/v1/datasets/{id}/approve", post(approve_dataset))
         .route("/v1/scenarios", post(apply_scenario))
         .route("/v1/scenarios/{id}", get(get_scenario))

@@ -758,16 +758,17 @@ fn run(cli: Cli) -> Result<()> {
                     .to_ascii_uppercase()
                     .parse()
                     .map_err(|e: String| anyhow!("--level {level}: {e}"))?;
-                let data = std::fs::read(&file)
+                let mut data = std::fs::File::open(&file)
                     .with_context(|| format!("cannot read {}", file.display()))?;
+                let size = data.metadata().map(|m| m.len()).unwrap_or(0);
                 let format = format.unwrap_or_else(|| guess_format(&file));
                 let columns: Vec<Value> = columns
                     .iter()
                     .map(|c| parse_column(c))
                     .collect::<Result<_>>()?;
-                eprintln!("importing {} ({} bytes)...", file.display(), data.len());
+                eprintln!("importing {} ({size} bytes, streamed)...", file.display());
                 let req = json!({ "name": name, "level": level, "format": format, "columns": columns, "approvers": approvers });
-                print(&remote.client()?.import_dataset(req, &data)?);
+                print(&remote.client()?.upload_dataset(&req, &mut data)?);
             }
             DatasetCommand::List => print(&remote.client()?.ok("GET", "/v1/datasets", None)?),
             DatasetCommand::Approve { id } => print(&remote.client()?.approve_dataset(&id)?),

@@ -154,10 +154,45 @@ impl Client {
     }
 
     pub fn import_dataset(&self, request: Value, data: &[u8]) -> Result<Value> {
-        let mut request = request;
-        request["data_base64"] =
-            Value::String(base64::engine::general_purpose::STANDARD.encode(data));
-        self.ok("POST", "/v1/datasets", Some(&request))
+        self.upload_dataset(&request, &mut std::io::Cursor::new(data))
+    }
+
+    /// Streams a dataset file to the server as the request's body (no base64, no whole file
+    /// in memory on either side); the import's fields go in the query string.
+    pub fn upload_dataset(&self, request: &Value, data: &mut dyn std::io::Read) -> Result<Value> {
+        let url = format!("{}/v1/datasets/upload", self.url);
+        let mut req = self
+            .agent
+            .post(&url)
+            .header("Content-Type", "application/octet-stream");
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        for key in ["name", "level", "format"] {
+            if let Some(v) = request[key].as_str() {
+                req = req.query(key, v);
+            }
+        }
+        for key in ["columns", "approvers"] {
+            if !request[key].is_null() {
+                req = req.query(key, request[key].to_string());
+            }
+        }
+        let mut response = req
+            .send(ureq::SendBody::from_reader(data))
+            .with_context(|| format!("cannot reach {url}"))?;
+        let status = response.status().as_u16();
+        let body: Value = response.body_mut().read_json().unwrap_or(Value::Null);
+        if (200..300).contains(&status) {
+            Ok(body)
+        } else {
+            Err(anyhow!(
+                "{} ({status})",
+                body["message"]
+                    .as_str()
+                    .unwrap_or("the server gave no message")
+            ))
+        }
     }
 
     /// Approves an operating unit's social data (admin).

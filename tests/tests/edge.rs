@@ -601,3 +601,31 @@ fn the_cli_takes_the_type_names_users_type_and_checks_the_level_before_sending()
         .collect();
     assert_eq!(types, vec!["utf8", "float64", "date32"], "{amounts}");
 }
+
+#[test]
+fn an_upload_streams_in_sealed_and_one_cut_off_leaves_nothing_behind() {
+    let env = setup(true);
+    let w = &env.world;
+    // Every import of the tests streams through the upload route; here one is cut off.
+    let token = w.provider.token().unwrap().to_string();
+    let answer = raw(
+        w.admin.url(),
+        format!("POST /v1/datasets/upload?name=cut&level=L2&format=csv HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/octet-stream\r\nContent-Length: 10000000\r\n\r\nid,spend\n").as_bytes(),
+        &|s| {
+            let _ = s.write_all(&b"a,1\n".repeat(100_000));
+            let _ = s.shutdown(std::net::Shutdown::Write);
+        },
+    );
+    assert!(!answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let listed = w.provider.ok("GET", "/v1/datasets", None).unwrap();
+    assert!(!listed.to_string().contains("\"cut\""), "{listed}");
+    let leftovers: Vec<_> = std::fs::read_dir(env.data_dir().join("objects"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".upload.tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // A whole one imports.
+    let imported = w.import_visits(&tidegate_server::visitor_csv(200)).unwrap();
+    assert_eq!(imported["rows"], 200);
+}

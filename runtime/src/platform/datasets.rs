@@ -12,6 +12,36 @@ impl Platform {
         } else {
             tidegate_policy::can_import(actor, req.level)?;
         }
+        use base64::Engine as _;
+        let data = base64::engine::general_purpose::STANDARD
+            .decode(req.data_base64.as_bytes())
+            .map_err(|_| Error::BadInput("data_base64 is not base64".into()))?;
+        self.import_dataset_bytes(actor, req, &data)
+    }
+
+    /// Imports a file that was streamed to the data directory, sealed as it arrived.
+    pub fn import_staged(
+        &self,
+        actor: &Principal,
+        req: ImportRequest,
+        upload: StagedUpload,
+    ) -> Result<DatasetView> {
+        let data = upload.finish()?;
+        self.import_dataset_bytes(actor, req, &data)
+    }
+
+    fn import_dataset_bytes(
+        &self,
+        actor: &Principal,
+        req: ImportRequest,
+        data: &[u8],
+    ) -> Result<DatasetView> {
+        let social = !actor.has_role(Role::Provider);
+        if social {
+            tidegate_policy::can_import_social(actor, req.level)?;
+        } else {
+            tidegate_policy::can_import(actor, req.level)?;
+        }
         let name_ok = req.name.len() <= 64
             && req.name.starts_with(|c: char| c.is_ascii_lowercase())
             && req
@@ -24,16 +54,12 @@ impl Platform {
                     .into(),
             ));
         }
-        use base64::Engine as _;
-        let data = base64::engine::general_purpose::STANDARD
-            .decode(req.data_base64.as_bytes())
-            .map_err(|_| Error::BadInput("data_base64 is not base64".into()))?;
         if data.len() > MAX_IMPORT_BYTES {
             return Err(Error::Limit(format!(
                 "an import is at most {MAX_IMPORT_BYTES} bytes"
             )));
         }
-        let batches = read_table(&req.format, &data, &req.columns)?;
+        let batches = read_table(&req.format, data, &req.columns)?;
         let schema = batches
             .first()
             .map(|b| b.schema())

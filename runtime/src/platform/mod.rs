@@ -184,8 +184,59 @@ pub struct ImportRequest {
     /// keeps the list unless the import names one.
     #[serde(default)]
     pub approvers: Vec<String>,
-    /// The file, base64.
+    /// The file, base64 (empty when the file comes as a streamed upload).
+    #[serde(default)]
     pub data_base64: String,
+}
+
+/// The context a staged upload is sealed under.
+const UPLOAD_CONTEXT: &str = "upload";
+
+/// An upload on its way to an import: sealed as it arrives, chunk by chunk, under a key that
+/// lives only in this process, in a temporary file of the data directory. The file goes when
+/// the upload is dropped, and after a crash (when no key can read it any more) the next open
+/// removes it.
+pub struct StagedUpload {
+    path: PathBuf,
+    key: DataKey,
+    writer: Option<crate::crypto::SealingWriter>,
+}
+
+impl std::fmt::Debug for StagedUpload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StagedUpload({})", self.path.display())
+    }
+}
+
+impl StagedUpload {
+    /// Appends the next bytes of the file; refused past the largest import.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        let writer = self
+            .writer
+            .as_mut()
+            .ok_or_else(|| Error::Internal("the upload is already finished".into()))?;
+        if writer.len() + bytes.len() as u64 > MAX_IMPORT_BYTES as u64 {
+            return Err(Error::Limit(format!(
+                "an import is at most {MAX_IMPORT_BYTES} bytes"
+            )));
+        }
+        writer.write(bytes)
+    }
+
+    /// The whole file, decrypted.
+    fn finish(mut self) -> Result<Vec<u8>> {
+        if let Some(writer) = self.writer.take() {
+            writer.finish()?;
+        }
+        let sealed = fs::read(&self.path)?;
+        self.key.open_object(UPLOAD_CONTEXT, &sealed)
+    }
+}
+
+impl Drop for StagedUpload {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -868,6 +919,26 @@ impl Platform {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Starts an upload for an import by `actor`, after the checks that need no file: who may
+    /// import at this level. The file then streams into [`StagedUpload::write`].
+    pub fn stage_upload(&self, actor: &Principal, level: Level) -> Result<StagedUpload> {
+        if actor.has_role(Role::Provider) {
+            tidegate_policy::can_import(actor, level)?;
+        } else {
+            tidegate_policy::can_import_social(actor, level)?;
+        }
+        let dir = self.dir.join("objects");
+        fs::create_dir_all(&dir)?;
+        let path = dir.join(format!(".upload.tmp-{}", hex::encode(random_bytes::<8>())));
+        let key = DataKey::generate();
+        let writer = crate::crypto::SealingWriter::create(&path, &key, UPLOAD_CONTEXT)?;
+        Ok(StagedUpload {
+            path,
+            key,
+            writer: Some(writer),
+        })
     }
 
     pub fn public_key_hex(&self) -> String {
