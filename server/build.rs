@@ -28,6 +28,7 @@ fn main() {
     ] {
         println!("cargo:rerun-if-changed={}", root.join(path).display());
     }
+    ensure_wasm_target(root);
     let target_dir = out_dir.join("guest-target");
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
@@ -62,5 +63,37 @@ fn main() {
             .join("wasm32-unknown-unknown/release")
             .join(format!("{}.wasm", krate.replace('-', "_")));
         std::fs::copy(&wasm, out_dir.join(file)).expect("the example module was built");
+    }
+}
+
+/// The guests need the standard library for `wasm32-unknown-unknown`. rustup installs the
+/// targets `rust-toolchain.toml` lists only when it installs the toolchain itself; on a machine
+/// whose toolchain was already there, the target is missing. Add it (rustup makes that a no-op
+/// when it is installed), so that every command that builds the server works on a fresh clone.
+fn ensure_wasm_target(root: &std::path::Path) {
+    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let installed = Command::new(&rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| {
+            PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())
+                .join("lib/rustlib/wasm32-unknown-unknown")
+                .exists()
+        })
+        .unwrap_or(false);
+    if installed {
+        return;
+    }
+    println!("cargo:warning=installing the wasm32-unknown-unknown target with rustup (once)");
+    let added = Command::new("rustup")
+        .current_dir(root)
+        .args(["target", "add", "wasm32-unknown-unknown"])
+        .status();
+    if !added.is_ok_and(|s| s.success()) {
+        println!(
+            "cargo:warning=`rustup target add wasm32-unknown-unknown` failed; install the target by hand"
+        );
     }
 }
