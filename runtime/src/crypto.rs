@@ -371,7 +371,12 @@ impl SealedReader {
                 .find(|(i, _)| *i == index)
                 .map(|(_, c)| std::sync::Arc::clone(c))
         };
-        if let Some(hit) = recent(&mut self.recent.lock().expect("chunk cache")) {
+        if let Some(hit) = recent(
+            &mut self
+                .recent
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        ) {
             return Ok(hit);
         }
         let offset = OBJECT_MAGIC.len() as u64 + index * SEALED_CHUNK;
@@ -399,7 +404,10 @@ impl SealedReader {
         self.decrypted
             .fetch_add(plain.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let plain = std::sync::Arc::new(plain);
-        let mut r = self.recent.lock().expect("chunk cache");
+        let mut r = self
+            .recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if r.len() == RECENT_CHUNKS {
             r.remove(0);
         }

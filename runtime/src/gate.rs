@@ -638,7 +638,10 @@ fn scan_identifiers(batches: &[RecordBatch]) -> CheckOutcome {
     let Some(schema) = batches.first().map(|b| b.schema()) else {
         return CheckOutcome::Pass("no rows to scan".into());
     };
-    let (scanned, per_column) = scan_columns(batches);
+    let (scanned, per_column) = match scan_columns(batches) {
+        Ok(scan) => scan,
+        Err(e) => return CheckOutcome::Fail(e.to_string()),
+    };
     let mut findings: Vec<String> = Vec::new();
     for (field, hits) in schema.fields().iter().zip(per_column) {
         for (kind, n) in hits {
@@ -660,7 +663,8 @@ const SCAN_CHUNK: usize = 65_536;
 
 /// Scans every value of every column for sensitive types (R-GATE 4), on up to 8 threads:
 /// how many values were scanned, and per column the count of values of each type found.
-pub fn scan_columns(batches: &[RecordBatch]) -> (u64, Vec<BTreeMap<String, u64>>) {
+/// A worker that panicked leaves its part unscanned: the scan then fails, never passes.
+pub fn scan_columns(batches: &[RecordBatch]) -> Result<(u64, Vec<BTreeMap<String, u64>>)> {
     let columns = batches.first().map_or(0, |b| b.num_columns());
     let mut tasks = Vec::new();
     for b in batches {
@@ -695,9 +699,15 @@ pub fn scan_columns(batches: &[RecordBatch]) -> (u64, Vec<BTreeMap<String, u64>>
             .collect();
         workers
             .into_iter()
-            .map(|w| w.join().unwrap_or_default())
-            .collect()
-    });
+            .map(|w| {
+                w.join().map_err(|_| {
+                    Error::Internal(
+                        "a worker of the identifier scan failed; nothing is released".into(),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>>>()
+    })?;
     let mut scanned = 0;
     let mut hits = vec![BTreeMap::<String, u64>::new(); columns];
     for (n, part) in partials {
@@ -708,7 +718,7 @@ pub fn scan_columns(batches: &[RecordBatch]) -> (u64, Vec<BTreeMap<String, u64>>
             }
         }
     }
-    (scanned, hits)
+    Ok((scanned, hits))
 }
 
 /// Scans one array, adding what it finds to `hits`; returns how many values it scanned.

@@ -10,7 +10,10 @@ impl Platform {
         if fen_per_unit < 0 {
             return Err(Error::BadInput("a price is not negative".into()));
         }
-        let mut db = self.db.lock().expect("db");
+        let mut db = self
+            .db
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let tx = db.transaction()?;
         tx.execute(
             "INSERT INTO prices VALUES (?1, ?2, ?3) ON CONFLICT(category) DO UPDATE SET fen_per_unit = ?3",
@@ -36,7 +39,10 @@ impl Platform {
         period: &str,
         as_of: Option<&str>,
     ) -> Result<Value> {
-        let db = self.db.lock().expect("db");
+        let db = self
+            .db
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let org = Self::org_id(&db, org)?;
         if !(actor.org == org
             || tidegate_policy::oversees_all_orgs(actor, Self::org_kind(&db, &actor.org)?))
@@ -183,7 +189,10 @@ impl Platform {
     /// R-REPORT: an org's annual report: its scenarios, jobs, exports, resource use and
     /// incidents (failed jobs, refused modules, rejected exports), as data.
     pub fn annual_report(&self, actor: &Principal, org: &str, year: i32) -> Result<Value> {
-        let db = self.db.lock().expect("db");
+        let db = self
+            .db
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let org = Self::org_id(&db, org)?;
         if !(actor.org == org
             || tidegate_policy::oversees_all_orgs(actor, Self::org_kind(&db, &actor.org)?))

@@ -70,7 +70,10 @@ impl Platform {
         let parquet = to_parquet(&batches)?;
         let content_hash = sha256_hex(&parquet);
 
-        let mut db = self.db.lock().expect("db");
+        let mut db = self
+            .db
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if social && !req.approvers.is_empty() {
             return Err(Error::BadInput(
                 "only a provider names further approvers of its data".into(),
@@ -262,7 +265,10 @@ impl Platform {
     pub fn approve_dataset(&self, actor: &Principal, id: &str) -> Result<()> {
         tidegate_policy::require_role(actor, Role::Admin)?;
         tidegate_policy::require_training(actor)?;
-        let mut db = self.db.lock().expect("db");
+        let mut db = self
+            .db
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let d = Self::dataset_row(&db, id)?;
         if !d.pending {
             return Err(Error::BadInput(format!(
@@ -283,7 +289,10 @@ impl Platform {
 
     pub fn list_datasets(&self, actor: &Principal) -> Result<Vec<DatasetView>> {
         tidegate_policy::require_training(actor)?;
-        let db = self.db.lock().expect("db");
+        let db = self
+            .db
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let oversees = tidegate_policy::oversees_all_orgs(actor, Self::org_kind(&db, &actor.org)?);
         let ids: Vec<String> = db
             .prepare("SELECT id FROM datasets ORDER BY created_at")?

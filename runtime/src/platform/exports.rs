@@ -16,7 +16,10 @@ impl Platform {
         job_id: &str,
         epsilon: Option<f64>,
     ) -> Result<ExportView> {
-        let mut db = self.db.lock().expect("db");
+        let mut db = self
+            .db
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let JobRecord {
             view: job,
             result_hash,
@@ -287,7 +290,10 @@ impl Platform {
     }
 
     pub fn get_export(&self, actor: &Principal, id: &str) -> Result<ExportView> {
-        let db = self.db.lock().expect("db");
+        let db = self
+            .db
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (mut view, org, wrapped) = Self::export_row(&db, id)?;
         // Across orgs only the authority's offices: its reviewers (with the preview they judge
         // from), auditors and admins.
@@ -361,7 +367,10 @@ impl Platform {
         comment: &str,
     ) -> Result<ExportView> {
         {
-            let mut db = self.db.lock().expect("db");
+            let mut db = self
+                .db
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let (view, org, _) = Self::export_row(&db, id)?;
             let approved_by: Vec<String> = view
                 .reviews
@@ -414,7 +423,10 @@ impl Platform {
 
     /// R-RELEASE: the requester downloads the signed bundle of an approved export.
     pub fn download_bundle(&self, actor: &Principal, id: &str) -> Result<Vec<(String, Vec<u8>)>> {
-        let mut db = self.db.lock().expect("db");
+        let mut db = self
+            .db
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (view, org, wrapped) = Self::export_row(&db, id)?;
         if actor.org != org {
             return Err(Error::NotFound(format!("export {id}")));

@@ -10,7 +10,10 @@ impl Platform {
         wasm: &[u8],
     ) -> Result<ModuleView> {
         let s = {
-            let db = self.db.lock().expect("db");
+            let db = self
+                .db
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             Self::scenario_row(&db, scenario)?
         };
         if actor.org != s.org && !actor.has_role(Role::Admin) {
@@ -30,7 +33,10 @@ impl Platform {
                 return Err(e);
             }
         };
-        let mut db = self.db.lock().expect("db");
+        let mut db = self
+            .db
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let tx = db.transaction()?;
         tx.execute(
             "INSERT OR IGNORE INTO modules VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, NULL, NULL, ?7)",
@@ -68,7 +74,10 @@ impl Platform {
         hash: &str,
         note: &str,
     ) -> Result<ModuleView> {
-        let mut db = self.db.lock().expect("db");
+        let mut db = self
+            .db
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let row: Option<(String, String, String, Option<String>)> = db
             .query_row(
                 "SELECT org_id, uploaded_by, functions, approved_by FROM modules WHERE hash = ?1 AND scenario_id = ?2",
@@ -119,7 +128,10 @@ impl Platform {
     /// schema and resource use, never rows.
     pub async fn submit_job(&self, actor: &Principal, req: JobRequest) -> Result<JobView> {
         let (scenario, inputs, modules, level, pseudonyms) = {
-            let db = self.db.lock().expect("db");
+            let db = self
+                .db
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let s = Self::scenario_row(&db, &req.scenario)?;
             if actor.org != s.org {
                 return Err(Error::NotFound(format!("scenario {}", req.scenario)));
@@ -170,7 +182,10 @@ impl Platform {
             .collect();
         let now = crate::now_rfc3339();
         {
-            let mut db = self.db.lock().expect("db");
+            let mut db = self
+                .db
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let tx = db.transaction()?;
             tx.execute(
                 "INSERT INTO jobs (id, scenario_id, submitted_by, sql, modules, state, level, inputs, created_at, policy_version)
@@ -236,7 +251,10 @@ impl Platform {
             ..ResourceUse::default()
         };
         let finished = crate::now_rfc3339();
-        let mut db = self.db.lock().expect("db");
+        let mut db = self
+            .db
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let tx = db.transaction()?;
         match outcome {
             Ok((output, scanned_rows, scanned_bytes)) => {
@@ -390,7 +408,10 @@ impl Platform {
     }
 
     pub fn get_job(&self, actor: &Principal, id: &str) -> Result<JobView> {
-        let db = self.db.lock().expect("db");
+        let db = self
+            .db
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let job = Self::job_row(&db, id)?.view;
         let s = Self::scenario_row(&db, &job.scenario)?;
         let visible = actor.org == s.org

@@ -646,7 +646,10 @@ impl Platform {
         let platform = Platform::assemble(dir, master, signer, lock)?;
         let token = random_token();
         {
-            let mut db = platform.db.lock().expect("db");
+            let mut db = platform
+                .db
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let tx = db.transaction()?;
             let now = crate::now_rfc3339();
             let org = new_id("org");
@@ -818,7 +821,10 @@ impl Platform {
             &dir.join(SIGNING_KEY_NEXT),
             &Signer::rewrap(&platform.master, &new, &stored)?,
         )?;
-        let mut db = platform.db.lock().expect("db");
+        let mut db = platform
+            .db
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let keys = Self::wrapped_keys(&db)?;
         let tx = db.transaction()?;
         for (kind, name, context, wrapped) in &keys {
@@ -889,7 +895,12 @@ impl Platform {
     /// process only (nothing of it is served): what an operator's check, and the exit test's
     /// search for destroyed data, go through. Returns how many objects there were.
     pub fn scan_objects(&self, mut inspect: impl FnMut(&str, &[u8])) -> Result<u64> {
-        let keys = Self::wrapped_keys(&self.db.lock().expect("db"))?;
+        let keys = Self::wrapped_keys(
+            &self
+                .db
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )?;
         for (kind, name, context, wrapped) in &keys {
             let plaintext = self.load_object_as(kind, name, context, wrapped)?;
             inspect(&format!("{kind}/{name}"), &plaintext);
@@ -1008,7 +1019,10 @@ impl Platform {
 
     /// Resolves a bearer token to its principal.
     pub fn authenticate(&self, token: &str) -> Result<Principal> {
-        let db = self.db.lock().expect("db");
+        let db = self
+            .db
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let row = db
             .query_row(
                 "SELECT id, org_id, roles, trained_at,
@@ -1062,7 +1076,10 @@ impl Platform {
             tidegate_policy::require_not_frozen(actor)?;
         }
         let token = random_token();
-        let mut db = self.db.lock().expect("db");
+        let mut db = self
+            .db
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         // An exited org's tokens stay closed: no rotation opens one again.
         let exited: Option<Option<String>> = db
             .query_row(
@@ -1108,7 +1125,10 @@ impl Platform {
         tidegate_policy::check_name("the org's name", name)
             .map_err(|r| Error::BadInput(r.reason))?;
         let id = new_id("org");
-        let mut db = self.db.lock().expect("db");
+        let mut db = self
+            .db
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let tx = db.transaction()?;
         tx.execute(
             "INSERT INTO orgs (id, name, kind, created_at) VALUES (?1, ?2, ?3, ?4)",
@@ -1163,7 +1183,10 @@ impl Platform {
             .map(|r| r.as_str())
             .collect::<Vec<_>>()
             .join(",");
-        let mut db = self.db.lock().expect("db");
+        let mut db = self
+            .db
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let org_id = Self::org_id(&db, org)?;
         // R-SOD: roles tied to the kind of org, and no pair of roles that checks itself.
         tidegate_policy::can_hold_roles(Self::org_kind(&db, &org_id)?, roles)?;
@@ -1209,7 +1232,10 @@ impl Platform {
     /// R-ONBOARD: an admin records that a principal passed training.
     pub fn record_training(&self, actor: &Principal, principal: &str, course: &str) -> Result<()> {
         tidegate_policy::can_record_training(actor, principal)?;
-        let mut db = self.db.lock().expect("db");
+        let mut db = self
+            .db
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let tx = db.transaction()?;
         let n = tx.execute(
             "UPDATE principals SET trained_at = ?2, training = ?3 WHERE id = ?1",

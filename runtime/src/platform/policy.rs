@@ -16,7 +16,13 @@ impl Platform {
 
     /// Policy as code: the scenarios' rules and the price table as one versioned document.
     pub fn export_policy(&self, actor: &Principal) -> Result<Value> {
-        let kind = Self::org_kind(&self.db.lock().expect("db"), &actor.org)?;
+        let kind = Self::org_kind(
+            &self
+                .db
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            &actor.org,
+        )?;
         if !((actor.has_role(Role::Admin) || actor.has_role(Role::Auditor))
             && tidegate_policy::oversees_all_orgs(actor, kind))
         {
@@ -24,7 +30,10 @@ impl Platform {
                 "only the authority's admins and auditors read the policy document".into(),
             ));
         }
-        let db = self.db.lock().expect("db");
+        let db = self
+            .db
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut prices = serde_json::Map::new();
         for (category, _, _, default) in PRICE_ITEMS {
             let fen: Option<i64> = db
@@ -64,7 +73,10 @@ impl Platform {
     pub fn apply_policy(&self, actor: &Principal, doc: &Value, dry_run: bool) -> Result<Value> {
         tidegate_policy::require_role(actor, Role::Admin)?;
         tidegate_policy::require_training(actor)?;
-        let mut db = self.db.lock().expect("db");
+        let mut db = self
+            .db
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let current = Self::policy_version(&db)?;
         if doc["format"] != "tidegate-policy-v1" {
             return Err(Error::BadInput("not a tidegate-policy-v1 document".into()));

@@ -21,7 +21,10 @@ impl Platform {
             EXPORT_MAX_BYTES,
         )?;
         let id = new_id("sc");
-        let mut db = self.db.lock().expect("db");
+        let mut db = self
+            .db
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut level = Level::L1;
         let mut grants = Vec::new();
         for g in &req.grants {
@@ -238,7 +241,10 @@ impl Platform {
     }
 
     pub fn get_scenario(&self, actor: &Principal, id: &str) -> Result<ScenarioView> {
-        let db = self.db.lock().expect("db");
+        let db = self
+            .db
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let s = Self::scenario_row(&db, id)?;
         if !Self::can_see_scenario(&db, actor, &s)? {
             return Err(Error::NotFound(format!("scenario {id}")));
@@ -249,7 +255,10 @@ impl Platform {
     /// R-SCENARIO: the applying org submits its draft; the approvals it needs are asked for.
     pub fn submit_scenario(&self, actor: &Principal, id: &str) -> Result<ScenarioView> {
         {
-            let mut db = self.db.lock().expect("db");
+            let mut db = self
+                .db
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let s = Self::scenario_row(&db, id)?;
             if actor.org != s.org {
                 return Err(Error::NotFound(format!("scenario {id}")));
@@ -271,7 +280,10 @@ impl Platform {
     /// moves it to the newest version; the granted columns must still exist there.
     pub fn repin_grant(&self, actor: &Principal, id: &str, dataset: &str) -> Result<ScenarioView> {
         {
-            let mut db = self.db.lock().expect("db");
+            let mut db = self
+                .db
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let s = Self::scenario_row(&db, id)?;
             if !Self::can_see_scenario(&db, actor, &s)? {
                 return Err(Error::NotFound(format!("scenario {id}")));
@@ -324,7 +336,10 @@ impl Platform {
     /// approval makes the scenario active.
     pub fn approve_scenario(&self, actor: &Principal, id: &str) -> Result<ScenarioView> {
         {
-            let mut db = self.db.lock().expect("db");
+            let mut db = self
+                .db
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let s = Self::scenario_row(&db, id)?;
             if !Self::can_see_scenario(&db, actor, &s)? {
                 return Err(Error::NotFound(format!("scenario {id}")));
@@ -383,7 +398,10 @@ impl Platform {
     pub fn exit_org(&self, actor: &Principal, org: &str, reason: &str) -> Result<Value> {
         tidegate_policy::require_role(actor, Role::Admin)?;
         tidegate_policy::require_training(actor)?;
-        let mut db = self.db.lock().expect("db");
+        let mut db = self
+            .db
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let org = Self::org_id(&db, org)?;
         if org == actor.org {
             return Err(Error::Refused("an admin cannot exit their own org".into()));
@@ -504,7 +522,10 @@ impl Platform {
 
     /// Cancels the running jobs of these scenarios: their guests trap at the next epoch tick.
     pub(super) fn cancel_jobs(&self, scenarios: &[String]) {
-        let running = self.running.lock().expect("running jobs");
+        let running = self
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for id in scenarios {
             for (_, meter) in running.get(id).into_iter().flatten() {
                 meter.cancel();
@@ -521,7 +542,10 @@ impl Platform {
         } else {
             ("suspended", "active", "org.unfreeze")
         };
-        let mut db = self.db.lock().expect("db");
+        let mut db = self
+            .db
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let org = Self::org_id(&db, org)?;
         tidegate_policy::can_freeze_org(actor, Self::org_kind(&db, &org)?)?;
         let key = format!("frozen:{org}");
@@ -582,7 +606,10 @@ impl Platform {
         action: &str,
     ) -> Result<ScenarioView> {
         {
-            let mut db = self.db.lock().expect("db");
+            let mut db = self
+                .db
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let s = Self::scenario_row(&db, id)?;
             let next = tidegate_policy::can_change_scenario(actor, s.view.state, action)?;
             let tx = db.transaction()?;
