@@ -194,6 +194,38 @@ pub fn check_column_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Resul
     Ok(())
 }
 
+/// R-IMPORT: a new version of a dataset keeps its protection: the level and the tags a
+/// dataset carries apply to every version the scenarios read, older pinned ones included, so a
+/// new version may raise them, never lower them (no lower level, no protective tag dropped from
+/// a column that stays). Data meant to be less protected is a new dataset.
+pub fn check_new_version(
+    old_level: Level,
+    new_level: Level,
+    old_columns: &[crate::model::ColumnSpec],
+    new_columns: &[crate::model::ColumnSpec],
+) -> Result<(), Refusal> {
+    if new_level < old_level {
+        return refuse(format!(
+            "a new version cannot lower the dataset's level from {old_level} to {new_level}; import less protected data as a new dataset"
+        ));
+    }
+    for old in old_columns {
+        let Some(new) = new_columns.iter().find(|c| c.name == old.name) else {
+            continue;
+        };
+        for tag in &old.tags {
+            let protective = !matches!(tag, crate::model::ColumnTag::Dimension);
+            if protective && !new.tags.contains(tag) {
+                return refuse(format!(
+                    "a new version cannot drop the tag {tag} from column `{}`; import less protected data as a new dataset",
+                    old.name
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// R-SCENARIO: an application's term must not have ended already.
 pub fn check_new_term(start: Date, end: Date, today: Date) -> Result<(), Refusal> {
     if end < start {

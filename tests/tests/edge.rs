@@ -629,3 +629,26 @@ fn an_upload_streams_in_sealed_and_one_cut_off_leaves_nothing_behind() {
     let imported = w.import_visits(&tidegate_server::visitor_csv(200)).unwrap();
     assert_eq!(imported["rows"], 200);
 }
+
+#[test]
+fn a_new_version_never_lowers_the_protection_of_the_versions_scenarios_read() {
+    let env = setup(true);
+    let w = &env.world;
+    w.import_visits(&tidegate_server::visitor_csv(100)).unwrap();
+    let refused = refusal(w.import_visits_at(&tidegate_server::visitor_csv(100), "L1"));
+    assert!(
+        refused.contains("cannot lower the dataset's level from L2 to L1"),
+        "{refused}"
+    );
+    let refused = refusal(w.provider.import_dataset(
+        json!({
+            "name": "visits", "level": "L2", "format": "csv",
+            "columns": [{ "name": "resident_id", "data_type": "utf8", "tags": ["dimension"] }],
+        }),
+        tidegate_server::visitor_csv(100).as_bytes(),
+    ));
+    assert!(refused.contains("cannot drop the tag"), "{refused}");
+    // Raising it is the provider's to do.
+    w.import_visits_at(&tidegate_server::visitor_csv(100), "L3")
+        .unwrap();
+}

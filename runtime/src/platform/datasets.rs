@@ -100,6 +100,8 @@ impl Platform {
             .optional()?;
         let (id, version) = match &existing {
             Some((id, org)) if org == &actor.org => {
+                let old = Self::dataset_row(&db, id)?;
+                tidegate_policy::check_new_version(old.level, req.level, &old.columns, &columns)?;
                 let v: i64 = db.query_row(
                     "SELECT COALESCE(MAX(version), 0) + 1 FROM dataset_versions WHERE dataset_id = ?1",
                     params![id],
