@@ -652,3 +652,21 @@ fn a_new_version_never_lowers_the_protection_of_the_versions_scenarios_read() {
     w.import_visits_at(&tidegate_server::visitor_csv(100), "L3")
         .unwrap();
 }
+
+#[test]
+fn a_files_column_named_like_the_runtimes_hidden_ones_is_refused_declared_or_not() {
+    let env = setup(true);
+    let w = &env.world;
+    for header in ["__tg_entity", "__TG_subjects", "__tg_key_0"] {
+        let refused = refusal(import(
+            w,
+            "posing",
+            &format!("id,{header}\na,b\n"),
+            json!([]),
+        ));
+        assert!(
+            refused.contains("reserved for the runtime"),
+            "{header}: {refused}"
+        );
+    }
+}

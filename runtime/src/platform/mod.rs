@@ -1488,6 +1488,18 @@ fn csv_error(e: &arrow::error::ArrowError, schema: &Schema) -> Error {
 fn column_specs(schema: &Schema, declared: &[ColumnInput]) -> Result<Vec<ColumnSpec>> {
     tidegate_policy::check_column_names(schema.fields().iter().map(|f| f.name().as_str()))
         .map_err(|r| Error::BadInput(r.reason))?;
+    // Every column of the file, declared or not: `__tg*` names are the runtime's (the hidden
+    // entity key, subject counts, group keys), in any case.
+    if let Some(f) = schema
+        .fields()
+        .iter()
+        .find(|f| f.name().to_ascii_lowercase().starts_with("__tg"))
+    {
+        return Err(Error::BadInput(format!(
+            "the file's column `{}` starts with __tg: such names are reserved for the runtime",
+            crate::text::defuse(f.name(), 80)
+        )));
+    }
     for d in declared {
         if schema.field_with_name(&d.name).is_err() {
             return Err(Error::BadInput(format!(
