@@ -377,8 +377,16 @@ async fn upload_dataset(
     };
     let level = request.level;
     let (staging, who) = (Arc::clone(&p), actor.clone());
-    let mut upload = blocking(move || staging.stage_upload(&who, level)).await?;
     let mut chunks = body.into_data_stream();
+    let mut upload = match blocking(move || staging.stage_upload(&who, level)).await {
+        Ok(upload) => upload,
+        Err(refused) => {
+            // An authenticated client is sending a body within the route's limit: read it to
+            // its end (keeping nothing) so that it reads the refusal, not a reset connection.
+            while let Some(Ok(_)) = chunks.next().await {}
+            return Err(refused);
+        }
+    };
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk.map_err(|_| {
             ApiError(Error::BadInput(
