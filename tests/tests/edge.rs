@@ -325,6 +325,7 @@ fn a_body_over_the_routes_limit_or_without_a_token_is_never_read() {
     // No token, 2 GB on the way: refused before the body is read, and the server holds none
     // of it.
     let before = rss_kib();
+    let sent = std::sync::atomic::AtomicUsize::new(0);
     let answer = raw(
         &url,
         b"POST /v1/datasets HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
@@ -336,12 +337,21 @@ fn a_body_over_the_routes_limit_or_without_a_token_is_never_read() {
                 if s.write_all(&chunk).is_err() {
                     break;
                 }
+                sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         },
     );
     assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    // The server closed the connection instead of reading: only what the sockets' buffers
+    // hold got through (the test process shares its memory with the other tests running
+    // beside it, so the server's own growth is bounded loosely here).
+    let sent_mib = sent.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        sent_mib < 64,
+        "{sent_mib} MiB of the 2 GiB body went through"
+    );
     let grown_mib = rss_kib().saturating_sub(before) / 1024;
-    assert!(grown_mib < 100, "the server grew by {grown_mib} MiB");
+    assert!(grown_mib < 500, "the process grew by {grown_mib} MiB");
 }
 
 #[test]
