@@ -487,7 +487,9 @@ pub async fn run_query_until(
     // A function never replaces another of the same name: DataFusion's, the platform's or
     // another module's. (Uploads refuse such names already; this holds for any caller.)
     let taken = |ctx: &SessionContext, name: &str| {
-        let state = ctx.state();
+        // Read in place: `ctx.state()` would copy the whole session state per function.
+        let state = ctx.state_ref();
+        let state = state.read();
         let name = name.to_ascii_lowercase();
         crate::sandbox::SQL_FORMS.contains(&name.as_str())
             || state.scalar_functions().contains_key(&name)

@@ -44,7 +44,7 @@ pub use platform::{
     ResourceUse, ScenarioRequest, ScenarioView, StagedUpload, local_table, verify_certificate,
 };
 pub use sandbox::{
-    CALL_FUEL, FUEL_PER_MS, FUEL_SLICE, FunctionSig, GuestLimits, GuestSession, INSTANCE_FUEL,
+    CALL_FUEL, FUEL_FLOOR, FUEL_PER_MS, FunctionSig, GuestLimits, GuestSession, INSTANCE_FUEL,
     JobMeter, PAGE_FUEL, Sandbox, ValidatedModule, WasmType,
 };
 pub use storage::{SealedSource, SealedStore, read_parquet};

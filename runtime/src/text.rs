@@ -15,18 +15,13 @@ pub fn defuse(text: &str, max: usize) -> String {
             out.push_str(&format!("... ({} more bytes)", text.len() - at));
             break;
         }
-        if needs_escape(c) {
+        if tidegate_policy::is_hidden_char(c) {
             out.push_str(&c.escape_unicode().to_string());
         } else {
             out.push(c);
         }
     }
     out
-}
-
-/// Control, bidirectional and invisible formatting characters (the policy's list).
-fn needs_escape(c: char) -> bool {
-    tidegate_policy::is_hidden_char(c)
 }
 
 #[cfg(test)]

@@ -2,39 +2,20 @@
 //! that separate, orgs that stay apart, tokens that close, bodies that cannot sink the server,
 //! one error format, bundles that are exactly what they list.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::Duration;
+use std::io::Write;
 
 use serde_json::{Value, json};
 use tidegate_server::Client;
 
 mod common;
-use common::{active_scenario, job, setup};
-
-const DEMO_SQL: &str = "SELECT spot, count(*) AS visits, avg(age_at_visit(resident_id, visit_date)) AS avg_age FROM visits GROUP BY spot";
-
-fn refusal(result: anyhow::Result<Value>) -> String {
-    result.expect_err("the action is refused").to_string()
-}
-
-fn is_frozen_refusal(message: &str) -> bool {
-    message.contains("is frozen by the authority")
-}
+use common::{
+    DEMO_SQL, active_scenario, is_frozen_refusal, job, json_of, outsider, raw, refusal,
+    scenario_request, setup,
+};
 
 /// A second scenario application by the scientist, pending approvals.
 fn apply(client: &Client) -> anyhow::Result<Value> {
-    let today = time::OffsetDateTime::now_utc().date();
-    client.apply_scenario(&json!({
-        "name": "Second product",
-        "key_area": "culture and tourism",
-        "purpose": "visits per spot",
-        "public_interest": true,
-        "grants": [{ "dataset": "visits", "columns": ["resident_id", "spot"] }],
-        "term_start": (today - time::Duration::days(1)).to_string(),
-        "term_end": (today + time::Duration::days(30)).to_string(),
-        "planned_products": ["visits per spot"],
-    }))
+    client.apply_scenario(&scenario_request(false))
 }
 
 #[test]
@@ -86,16 +67,8 @@ fn unfreezing_after_two_freezes_restores_everything_the_freezes_suspended() {
 fn a_reviewer_outside_the_authority_neither_sees_nor_reviews_another_orgs_export() {
     let (env, sid, hash) = active_scenario();
     let w = &env.world;
-    let other = w.admin.create_org("another-unit", "operator").unwrap();
-    let other = other["id"].as_str().unwrap();
-    let p = w
-        .admin
-        .create_principal("sun.reviewer", other, &["reviewer"])
-        .unwrap();
-    w.admin
-        .record_training(p["id"].as_str().unwrap(), "training")
-        .unwrap();
-    let outsider = w.admin.as_token(p["token"].as_str().unwrap());
+    let (outsider, other, _) = outsider(w, "another-unit", "operator", &["reviewer"]);
+    let other = other.as_str();
     let done = job(&env, &sid, DEMO_SQL, std::slice::from_ref(&hash));
     let export = w
         .scientist
@@ -221,15 +194,7 @@ fn another_orgs_social_data_is_never_listed() {
         names(&w.provider)
     );
     // A reviewer of another operating unit sees it no more than the provider does.
-    let other = w.admin.create_org("another-unit", "operator").unwrap();
-    let p = w
-        .admin
-        .create_principal("sun.reviewer", other["id"].as_str().unwrap(), &["reviewer"])
-        .unwrap();
-    w.admin
-        .record_training(p["id"].as_str().unwrap(), "training")
-        .unwrap();
-    let outsider = w.admin.as_token(p["token"].as_str().unwrap());
+    let (outsider, _, _) = outsider(w, "another-unit", "operator", &["reviewer"]);
     assert_eq!(names(&outsider), vec!["visits".to_string()]);
     // The authority's auditor sees everything.
     assert!(names(&w.auditor).contains(&"unit_customers".to_string()));
@@ -274,18 +239,6 @@ fn a_revoked_or_rotated_token_stops_at_once() {
         refused.contains("unauthenticated") || refused.contains("401"),
         "{refused}"
     );
-}
-
-/// Sends raw bytes to the server and returns the status line and the whole answer.
-fn raw(url: &str, request: &[u8], then: &dyn Fn(&mut TcpStream)) -> String {
-    let addr = url.trim_start_matches("http://");
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    s.write_all(request).unwrap();
-    then(&mut s);
-    let mut answer = Vec::new();
-    let _ = s.read_to_end(&mut answer);
-    String::from_utf8_lossy(&answer).into_owned()
 }
 
 fn rss_kib() -> u64 {
@@ -387,9 +340,7 @@ fn every_malformed_request_is_answered_in_the_apis_error_format() {
             answer.starts_with(&format!("HTTP/1.1 {status}")),
             "{body}: {answer}"
         );
-        let json_at = answer.find("\r\n\r\n").unwrap() + 4;
-        let v: Value = serde_json::from_str(answer[json_at..].trim())
-            .unwrap_or_else(|e| panic!("{e}: {answer}"));
+        let v = json_of(&answer).unwrap_or_else(|| panic!("no JSON body: {answer}"));
         assert_eq!(v["error"], class, "{answer}");
         assert!(
             v["message"]

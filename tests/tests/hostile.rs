@@ -11,50 +11,12 @@ use tidegate_runtime::{
     EngineLimits, Error, GuestLimits, JobMeter, Sandbox, TableData, TableInput, run_query,
 };
 
-/// Where the host may write its input (returned by `tg_alloc`) and where the guests below put
-/// their output descriptor and data.
-const INPUT: u32 = 65_536;
-const OUT: u32 = 1 << 20;
-const OUT_DATA: u32 = OUT + 64;
+mod common;
+use common::{OUT_DATA, abi_module as abi};
 
-/// A module of the Tidegate ABI with one function `f` of the given signature, whose
-/// `tg_scalar` body is `body`; `extra` adds fields to the module.
+/// A module of the Tidegate ABI with one function `f` (see [`common::scalar_module`]).
 fn guest(sig: &str, body: &str, extra: &str) -> Vec<u8> {
-    let manifest = format!("scalar f({sig}");
-    let len = manifest.len();
-    wat::parse_str(format!(
-        r#"(module
-            (memory (export "memory") 40)
-            (global $seen (mut i64) (i64.const -1))
-            (data (i32.const 16) "\20\00\00\00\{len:02x}\00\00\00")
-            (data (i32.const 32) "{manifest}")
-            (func (export "tg_abi_version") (result i32) i32.const 1)
-            (func (export "tg_manifest") (result i32) i32.const 16)
-            (func (export "tg_alloc") (param i32) (result i32) i32.const {INPUT})
-            (func (export "tg_error") (result i32) i32.const 16)
-            (func $desc (param $ty i32) (param $n i32) (param $validity i32) (param $offsets i32) (param $data i32) (param $len i32) (result i32)
-                (i32.store (i32.const {OUT}) (local.get $ty))
-                (i32.store (i32.const {o4}) (local.get $n))
-                (i32.store (i32.const {o8}) (i32.const 0))
-                (i32.store (i32.const {o12}) (local.get $validity))
-                (i32.store (i32.const {o16}) (local.get $offsets))
-                (i32.store (i32.const {o20}) (local.get $data))
-                (i32.store (i32.const {o24}) (local.get $len))
-                i32.const {OUT})
-            (func $rows (param $b i32) (result i32) (i32.load (local.get $b)))
-            (func $src (param $b i32) (result i32) (i32.load (i32.add (local.get $b) (i32.const 28))))
-            {extra}
-            (func (export "tg_scalar") (param $fn i32) (param $b i32) (result i32)
-                (local $n i32) (local $i i32)
-                {body}))"#,
-        o4 = OUT + 4,
-        o8 = OUT + 8,
-        o12 = OUT + 12,
-        o16 = OUT + 16,
-        o20 = OUT + 20,
-        o24 = OUT + 24,
-    ))
-    .expect("the test module is valid text")
+    common::scalar_module("f", sig, body, extra)
 }
 
 /// x + 1 over an int64 column: the well-behaved guest.
@@ -686,25 +648,6 @@ fn memory_left_by_one_guest_is_never_seen_by_the_next() {
 }
 
 // ---- Per-job budgets (one job's limits hold across all its calls and instances) ----
-
-/// A module of the ABI whose manifest is `manifest`, with 40 pages of memory, a `tg_scalar`
-/// that fails, and the functions in `more`.
-fn abi(manifest: &str, more: &str) -> Vec<u8> {
-    wat::parse_str(format!(
-        r#"(module
-            (memory (export "memory") 40)
-            (data (i32.const 16) "\20\00\00\00\{len:02x}\00\00\00")
-            (data (i32.const 32) "{manifest}")
-            (func (export "tg_abi_version") (result i32) i32.const 1)
-            (func (export "tg_manifest") (result i32) i32.const 16)
-            (func (export "tg_alloc") (param i32) (result i32) i32.const {INPUT})
-            (func (export "tg_error") (result i32) i32.const 16)
-            (func (export "tg_scalar") (param i32 i32) (result i32) i32.const 0)
-            {more})"#,
-        len = manifest.len(),
-    ))
-    .expect("the test module is valid text")
-}
 
 /// The aggregate exports of the ABI, all succeeding and keeping nothing.
 const AGGREGATE_EXPORTS: &str = r#"

@@ -13,48 +13,8 @@ use tidegate_runtime::{
     run_query,
 };
 
-const INPUT: u32 = 65_536;
-const OUT: u32 = 1 << 20;
-const OUT_DATA: u32 = OUT + 64;
-
-/// A module with one scalar `name` of signature `sig` whose `tg_scalar` body is `body`.
-fn guest_named(name: &str, sig: &str, body: &str, extra: &str) -> Vec<u8> {
-    let manifest = format!("scalar {name}({sig}");
-    let len = manifest.len();
-    wat::parse_str(format!(
-        r#"(module
-            (memory (export "memory") 40)
-            (global $calls (mut i32) (i32.const 0))
-            (data (i32.const 16) "\20\00\00\00\{len:02x}\00\00\00")
-            (data (i32.const 32) "{manifest}")
-            (func (export "tg_abi_version") (result i32) i32.const 1)
-            (func (export "tg_manifest") (result i32) i32.const 16)
-            (func (export "tg_alloc") (param i32) (result i32) i32.const {INPUT})
-            (func (export "tg_error") (result i32) i32.const 16)
-            (func $desc (param $ty i32) (param $n i32) (param $validity i32) (param $offsets i32) (param $data i32) (param $len i32) (result i32)
-                (i32.store (i32.const {OUT}) (local.get $ty))
-                (i32.store (i32.const {o4}) (local.get $n))
-                (i32.store (i32.const {o8}) (i32.const 0))
-                (i32.store (i32.const {o12}) (local.get $validity))
-                (i32.store (i32.const {o16}) (local.get $offsets))
-                (i32.store (i32.const {o20}) (local.get $data))
-                (i32.store (i32.const {o24}) (local.get $len))
-                i32.const {OUT})
-            (func $rows (param $b i32) (result i32) (i32.load (local.get $b)))
-            (func $src (param $b i32) (result i32) (i32.load (i32.add (local.get $b) (i32.const 28))))
-            {extra}
-            (func (export "tg_scalar") (param $fn i32) (param $b i32) (result i32)
-                (local $n i32) (local $i i32)
-                {body}))"#,
-        o4 = OUT + 4,
-        o8 = OUT + 8,
-        o12 = OUT + 12,
-        o16 = OUT + 16,
-        o20 = OUT + 20,
-        o24 = OUT + 24,
-    ))
-    .expect("the test module is valid text")
-}
+mod common;
+use common::{OUT, OUT_DATA, abi_module as abi, scalar_module as guest_named};
 
 fn guest(sig: &str, body: &str, extra: &str) -> Vec<u8> {
     guest_named("f", sig, body, extra)
@@ -70,24 +30,6 @@ const PLUS_ONE: &str = r#"(local.set $n (call $rows (local.get $b)))
         (local.set $i (i32.add (local.get $i) (i32.const 1)))
         (br $next)))
     (call $desc (i32.const 2) (local.get $n) (i32.const 0) (i32.const 0) (i32.const 1048640) (i32.mul (local.get $n) (i32.const 8)))"#;
-
-/// A module of the ABI with `manifest` and the exports in `more` (tg_scalar fails).
-fn abi(manifest: &str, more: &str) -> Vec<u8> {
-    wat::parse_str(format!(
-        r#"(module
-            (memory (export "memory") 40)
-            (data (i32.const 16) "\20\00\00\00\{len:02x}\00\00\00")
-            (data (i32.const 32) "{manifest}")
-            (func (export "tg_abi_version") (result i32) i32.const 1)
-            (func (export "tg_manifest") (result i32) i32.const 16)
-            (func (export "tg_alloc") (param i32) (result i32) i32.const {INPUT})
-            (func (export "tg_error") (result i32) i32.const 16)
-            (func (export "tg_scalar") (param i32 i32) (result i32) i32.const 0)
-            {more})"#,
-        len = manifest.len(),
-    ))
-    .expect("the test module is valid text")
-}
 
 fn spec(name: &str, data_type: ColType) -> ColumnSpec {
     ColumnSpec {

@@ -2,79 +2,18 @@
 //! bodies, the error format and bundles, written by someone who did not write the edge. Each
 //! asserts what must happen; those marked "found" broke a promise when written and hold since.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::Duration;
+use std::io::Write;
 
-use serde_json::{Value, json};
-use tidegate_server::Client;
+use serde_json::json;
 
 mod common;
-use common::{active_scenario, constant_module, job, setup};
-
-const DEMO_SQL: &str = "SELECT spot, count(*) AS visits, avg(age_at_visit(resident_id, visit_date)) AS avg_age FROM visits GROUP BY spot";
-
-fn refusal(result: anyhow::Result<Value>) -> String {
-    result.expect_err("the action is refused").to_string()
-}
-
-fn is_frozen_refusal(message: &str) -> bool {
-    message.contains("is frozen by the authority")
-}
-
-/// Sends raw bytes to the server and returns the whole answer.
-fn raw(url: &str, request: &[u8], then: &dyn Fn(&mut TcpStream)) -> String {
-    let addr = url.trim_start_matches("http://");
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    s.write_all(request).unwrap();
-    then(&mut s);
-    let mut answer = Vec::new();
-    let _ = s.read_to_end(&mut answer);
-    String::from_utf8_lossy(&answer).into_owned()
-}
-
-/// The JSON body of a raw answer, if it has one.
-fn json_of(answer: &str) -> Option<Value> {
-    let at = answer.find("\r\n\r\n")? + 4;
-    serde_json::from_str(answer[at..].trim()).ok()
-}
+use common::{
+    DEMO_SQL, active_scenario, constant_module, is_frozen_refusal, job, json_of, outsider, raw,
+    refusal, scenario_request, setup,
+};
 
 fn status_of(answer: &str) -> &str {
     answer.get(9..12).unwrap_or("")
-}
-
-/// A new org of `kind` with one trained principal holding `roles`; its client and ids.
-fn outsider(
-    w: &tidegate_server::World,
-    org: &str,
-    kind: &str,
-    roles: &[&str],
-) -> (Client, String, String) {
-    let o = w.admin.create_org(org, kind).unwrap();
-    let org_id = o["id"].as_str().unwrap().to_string();
-    let p = w
-        .admin
-        .create_principal(&format!("{org}.p"), &org_id, roles)
-        .unwrap();
-    let pid = p["id"].as_str().unwrap().to_string();
-    w.admin.record_training(&pid, "training").unwrap();
-    (w.admin.as_token(p["token"].as_str().unwrap()), org_id, pid)
-}
-
-fn scenario_request(draft: bool) -> Value {
-    let today = time::OffsetDateTime::now_utc().date();
-    json!({
-        "name": "Second product",
-        "key_area": "culture and tourism",
-        "purpose": "visits per spot",
-        "public_interest": true,
-        "grants": [{ "dataset": "visits", "columns": ["resident_id", "spot"] }],
-        "term_start": (today - time::Duration::days(1)).to_string(),
-        "term_end": (today + time::Duration::days(30)).to_string(),
-        "planned_products": ["visits per spot"],
-        "draft": draft,
-    })
 }
 
 // ----- 4. Tokens and exit -----

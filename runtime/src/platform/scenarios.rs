@@ -347,12 +347,7 @@ impl Platform {
             let mut approvals = Self::approvals_state(&db, id, &s.grants)?;
             let as_admin =
                 tidegate_policy::can_approve_scenario(actor, &approvals, s.stored_state)?;
-            let applicant_frozen: bool = db.query_row(
-                "SELECT EXISTS (SELECT 1 FROM settings WHERE key = 'frozen:' || ?1)",
-                params![s.org],
-                |r| r.get(0),
-            )?;
-            tidegate_policy::can_activate_scenario(applicant_frozen)?;
+            tidegate_policy::can_activate_scenario(Self::frozen(&db, &s.org)?.is_some())?;
             if as_admin {
                 approvals.admin_approved = true;
             } else {
@@ -548,16 +543,7 @@ impl Platform {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let org = Self::org_id(&db, org)?;
         tidegate_policy::can_freeze_org(actor, Self::org_kind(&db, &org)?)?;
-        let key = format!("frozen:{org}");
-        let already: Option<Vec<String>> = db
-            .query_row(
-                "SELECT value FROM settings WHERE key = ?1",
-                params![key],
-                |r| r.get::<_, String>(0),
-            )
-            .optional()?
-            .map(|s| from_json(&s))
-            .transpose()?;
+        let already = Self::frozen(&db, &org)?;
         let changed: Vec<String> = if freeze {
             db.prepare("SELECT id FROM scenarios WHERE org_id = ?1 AND state = ?2")?
                 .query_map(params![org, from], |r| r.get(0))?
@@ -581,12 +567,9 @@ impl Platform {
                     suspended.push(id.clone());
                 }
             }
-            tx.execute(
-                "INSERT INTO settings VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = ?2",
-                params![key, to_json(&suspended)],
-            )?;
+            Self::set_frozen(&tx, &org, Some(&suspended))?;
         } else {
-            tx.execute("DELETE FROM settings WHERE key = ?1", params![key])?;
+            Self::set_frozen(&tx, &org, None)?;
         }
         self.audit
             .append(&actor.id, action, &org, json!({ "scenarios": changed }))?;
@@ -595,6 +578,35 @@ impl Platform {
             self.cancel_jobs(&changed);
         }
         Ok(changed)
+    }
+
+    /// Whether `org` is frozen, and the scenarios its freeze suspended (the unfreeze restores
+    /// them).
+    pub(super) fn frozen(db: &Connection, org: &str) -> Result<Option<Vec<String>>> {
+        db.query_row(
+            "SELECT value FROM settings WHERE key = 'frozen:' || ?1",
+            params![org],
+            |r| r.get::<_, String>(0),
+        )
+        .optional()?
+        .map(|s| from_json(&s))
+        .transpose()
+    }
+
+    /// Records `org` frozen with the scenarios its freeze suspended, or lifts the freeze.
+    fn set_frozen(db: &Connection, org: &str, suspended: Option<&[String]>) -> Result<()> {
+        match suspended {
+            Some(ids) => db.execute(
+                "INSERT INTO settings VALUES ('frozen:' || ?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET value = ?2",
+                params![org, to_json(&ids)],
+            )?,
+            None => db.execute(
+                "DELETE FROM settings WHERE key = 'frozen:' || ?1",
+                params![org],
+            )?,
+        };
+        Ok(())
     }
 
     /// R-SCENARIO: an admin suspends, resumes or revokes a scenario; suspending or revoking
@@ -619,21 +631,9 @@ impl Platform {
             )?;
             // An admin's own decision on a scenario during a freeze stands after it: the
             // unfreeze no longer restores it.
-            let key = format!("frozen:{}", s.org);
-            let frozen: Option<String> = tx
-                .query_row(
-                    "SELECT value FROM settings WHERE key = ?1",
-                    params![key],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            if let Some(list) = frozen {
-                let mut list: Vec<String> = from_json(&list)?;
-                list.retain(|x| x != id);
-                tx.execute(
-                    "UPDATE settings SET value = ?2 WHERE key = ?1",
-                    params![key, to_json(&list)],
-                )?;
+            if let Some(mut suspended) = Self::frozen(&tx, &s.org)? {
+                suspended.retain(|x| x != id);
+                Self::set_frozen(&tx, &s.org, Some(&suspended))?;
             }
             self.audit.append(
                 &actor.id,

@@ -71,8 +71,9 @@ pub(crate) const BYTES_PER_FUEL: u64 = 4;
 /// `tidegate-bench`); a call stopped by its time limit is charged at least this rate for the
 /// time it ran, whatever fuel it reported.
 pub const FUEL_PER_MS: u64 = 1_000_000;
-/// Below this much fuel left, a call is handed all of it; above, half of what is left.
-pub const FUEL_SLICE: u64 = 1_000_000;
+/// With at most twice this much fuel left, a call is handed all of it; with more, half of what
+/// is left.
+pub const FUEL_FLOOR: u64 = 1_000_000;
 /// The most bytes one guest call may hand back (all columns together), checked before any of
 /// them is copied out of guest memory.
 pub(crate) const MAX_CALL_OUTPUT_BYTES: u64 = 64 << 20;
@@ -763,8 +764,6 @@ pub struct JobMeter {
     pub limits: GuestLimits,
     /// Why the job was stopped from outside ([`STOP_CANCELLED`], [`STOP_EXPIRED`]), or 0.
     stop: AtomicU8,
-    /// Woken when the job is stopped.
-    stopped: tokio::sync::Notify,
     /// The first error any of the job's guests met: once set, every later call and
     /// instantiation fails with it, and the job fails with it even where the query engine
     /// swallowed the error.
@@ -795,7 +794,6 @@ impl JobMeter {
         JobMeter {
             limits,
             stop: AtomicU8::new(0),
-            stopped: tokio::sync::Notify::new(),
             failure: Mutex::new(None),
             fuel_used: AtomicU64::new(0),
             output_bytes: AtomicU64::new(0),
@@ -823,7 +821,6 @@ impl JobMeter {
         let _ = self
             .stop
             .compare_exchange(0, why, Ordering::SeqCst, Ordering::SeqCst);
-        self.stopped.notify_waiters();
     }
 
     /// Whether the platform cancelled the job.
@@ -836,17 +833,6 @@ impl JobMeter {
             STOP_CANCELLED => Some(Stopped::Cancelled),
             STOP_EXPIRED => Some(Stopped::Expired),
             _ => None,
-        }
-    }
-
-    /// Resolves when the job is cancelled or expires.
-    pub async fn until_stopped(&self) {
-        loop {
-            let notified = self.stopped.notified();
-            if self.stopped().is_some() {
-                return;
-            }
-            notified.await;
         }
     }
 
@@ -943,7 +929,7 @@ impl JobMeter {
         let mut used = self.fuel_used.load(Ordering::SeqCst);
         loop {
             let avail = self.limits.fuel.saturating_sub(used);
-            let take = if avail <= 2 * FUEL_SLICE {
+            let take = if avail <= 2 * FUEL_FLOOR {
                 avail
             } else {
                 avail / 2

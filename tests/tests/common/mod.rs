@@ -2,14 +2,82 @@
 //! port, the story's principals, and a scenario ready to run jobs.
 #![allow(dead_code)] // each test file uses its own part of this
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use tidegate_runtime::Platform;
 use tidegate_server::{Client, VISITOR_UDF_WASM, World, spawn_server, visitor_csv};
 
 pub(crate) const ROWS: usize = 3_000;
+
+/// The demo's query without its sum: an aggregate with a module's scalar inside `avg`.
+pub(crate) const DEMO_SQL: &str = "SELECT spot, count(*) AS visits, avg(age_at_visit(resident_id, visit_date)) AS avg_age FROM visits GROUP BY spot";
+
+/// The message of an action that must be refused.
+pub(crate) fn refusal(result: anyhow::Result<Value>) -> String {
+    result.expect_err("the action is refused").to_string()
+}
+
+pub(crate) fn is_frozen_refusal(message: &str) -> bool {
+    message.contains("is frozen by the authority")
+}
+
+/// Sends raw bytes to the server, does `then` with the connection, and returns the whole
+/// answer.
+pub(crate) fn raw(url: &str, request: &[u8], then: &dyn Fn(&mut TcpStream)) -> String {
+    let addr = url.trim_start_matches("http://");
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(request).unwrap();
+    then(&mut s);
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// The JSON body of a raw answer, if it has one.
+pub(crate) fn json_of(answer: &str) -> Option<Value> {
+    let at = answer.find("\r\n\r\n")? + 4;
+    serde_json::from_str(answer[at..].trim()).ok()
+}
+
+/// A new org of `kind` with one trained principal holding `roles`; its client and ids.
+pub(crate) fn outsider(
+    w: &World,
+    org: &str,
+    kind: &str,
+    roles: &[&str],
+) -> (Client, String, String) {
+    let o = w.admin.create_org(org, kind).unwrap();
+    let org_id = o["id"].as_str().unwrap().to_string();
+    let p = w
+        .admin
+        .create_principal(&format!("{org}.p"), &org_id, roles)
+        .unwrap();
+    let pid = p["id"].as_str().unwrap().to_string();
+    w.admin.record_training(&pid, "training").unwrap();
+    (w.admin.as_token(p["token"].as_str().unwrap()), org_id, pid)
+}
+
+/// A second scenario over the visits (a draft, or applied for at once).
+pub(crate) fn scenario_request(draft: bool) -> Value {
+    let today = time::OffsetDateTime::now_utc().date();
+    json!({
+        "name": "Second product",
+        "key_area": "culture and tourism",
+        "purpose": "visits per spot",
+        "public_interest": true,
+        "grants": [{ "dataset": "visits", "columns": ["resident_id", "spot"] }],
+        "term_start": (today - time::Duration::days(1)).to_string(),
+        "term_end": (today + time::Duration::days(30)).to_string(),
+        "planned_products": ["visits per spot"],
+        "draft": draft,
+    })
+}
 
 pub(crate) struct Env {
     pub(crate) _runtime: tokio::runtime::Runtime,
@@ -66,7 +134,7 @@ pub(crate) fn constant_module(constant: i64) -> Vec<u8> {
             (data (i32.const 32) "scalar f(int64) -> int64")
             (func (export "tg_abi_version") (result i32) i32.const 1)
             (func (export "tg_manifest") (result i32) i32.const 16)
-            (func (export "tg_alloc") (param i32) (result i32) i32.const 65536)
+            (func (export "tg_alloc") (param i32) (result i32) i32.const {INPUT})
             (func (export "tg_error") (result i32) i32.const 16)
             (func (export "tg_scalar") (param $fn i32) (param $b i32) (result i32)
                 (local $n i32) (local $i i32)
@@ -133,6 +201,55 @@ pub(crate) fn gate_check(export: &Value, name: &str) -> (bool, String) {
     )
 }
 
+/// Where the host may write its input (returned by `tg_alloc`) and where hand-written guests
+/// put their output descriptor and data.
+pub(crate) const INPUT: u32 = 65_536;
+pub(crate) const OUT: u32 = 1 << 20;
+pub(crate) const OUT_DATA: u32 = OUT + 64;
+
+/// A module of the Tidegate ABI with one scalar `name` of the given signature (`ARGS) -> RET`),
+/// whose `tg_scalar` body is `body`; `extra` adds fields to the module. Helpers for bodies:
+/// `$desc` writes an output descriptor at [`OUT`], `$rows` and `$src` read the input batch,
+/// and the globals `$seen` and `$calls` keep state between calls.
+pub(crate) fn scalar_module(name: &str, sig: &str, body: &str, extra: &str) -> Vec<u8> {
+    let manifest = format!("scalar {name}({sig}");
+    let len = manifest.len();
+    wat::parse_str(format!(
+        r#"(module
+            (memory (export "memory") 40)
+            (global $seen (mut i64) (i64.const -1))
+            (global $calls (mut i32) (i32.const 0))
+            (data (i32.const 16) "\20\00\00\00\{len:02x}\00\00\00")
+            (data (i32.const 32) "{manifest}")
+            (func (export "tg_abi_version") (result i32) i32.const 1)
+            (func (export "tg_manifest") (result i32) i32.const 16)
+            (func (export "tg_alloc") (param i32) (result i32) i32.const {INPUT})
+            (func (export "tg_error") (result i32) i32.const 16)
+            (func $desc (param $ty i32) (param $n i32) (param $validity i32) (param $offsets i32) (param $data i32) (param $len i32) (result i32)
+                (i32.store (i32.const {OUT}) (local.get $ty))
+                (i32.store (i32.const {o4}) (local.get $n))
+                (i32.store (i32.const {o8}) (i32.const 0))
+                (i32.store (i32.const {o12}) (local.get $validity))
+                (i32.store (i32.const {o16}) (local.get $offsets))
+                (i32.store (i32.const {o20}) (local.get $data))
+                (i32.store (i32.const {o24}) (local.get $len))
+                i32.const {OUT})
+            (func $rows (param $b i32) (result i32) (i32.load (local.get $b)))
+            (func $src (param $b i32) (result i32) (i32.load (i32.add (local.get $b) (i32.const 28))))
+            {extra}
+            (func (export "tg_scalar") (param $fn i32) (param $b i32) (result i32)
+                (local $n i32) (local $i i32)
+                {body}))"#,
+        o4 = OUT + 4,
+        o8 = OUT + 8,
+        o12 = OUT + 12,
+        o16 = OUT + 16,
+        o20 = OUT + 20,
+        o24 = OUT + 24,
+    ))
+    .expect("the test module is valid text")
+}
+
 /// A module of the ABI declaring `manifest`, with 40 pages of memory, input at 64 KiB, a
 /// `tg_scalar` that fails, and the functions in `more` (WebAssembly text).
 pub(crate) fn abi_module(manifest: &str, more: &str) -> Vec<u8> {
@@ -143,7 +260,7 @@ pub(crate) fn abi_module(manifest: &str, more: &str) -> Vec<u8> {
             (data (i32.const 32) "{manifest}")
             (func (export "tg_abi_version") (result i32) i32.const 1)
             (func (export "tg_manifest") (result i32) i32.const 16)
-            (func (export "tg_alloc") (param i32) (result i32) i32.const 65536)
+            (func (export "tg_alloc") (param i32) (result i32) i32.const {INPUT})
             (func (export "tg_error") (result i32) i32.const 16)
             (func (export "tg_scalar") (param i32 i32) (result i32) i32.const 0)
             {more})"#,
