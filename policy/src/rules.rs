@@ -545,11 +545,27 @@ pub fn can_upload_module(
 }
 
 /// R-MODULE and R-SOD: a trained reviewer of another org approves a module's hash.
-pub fn can_approve_module(p: &Principal, module_org: &str) -> Result<(), Refusal> {
+pub fn can_approve_module(
+    p: &Principal,
+    reviewer_kind: OrgKind,
+    module_org: &str,
+) -> Result<(), Refusal> {
     require_role(p, Role::Reviewer)?;
     require_training(p)?;
     if p.org == module_org {
         return refuse("a reviewer cannot review a module uploaded by their own org");
+    }
+    require_review_office(reviewer_kind, "modules")
+}
+
+/// Another org's work (its modules, its export requests) is reviewed by the authority's review
+/// office only: a reviewer of another operating unit or provider sees only what it is asked to
+/// review, and none is assigned.
+fn require_review_office(reviewer_kind: OrgKind, what: &str) -> Result<(), Refusal> {
+    if reviewer_kind != OrgKind::Authority {
+        return refuse(format!(
+            "only reviewers of the authority's review office review other orgs' {what} (a reviewer of another org sees only what it is asked to review, and none is assigned)"
+        ));
     }
     Ok(())
 }
@@ -603,11 +619,7 @@ pub fn can_review_export(
     if p.org == requester_org {
         return refuse("a reviewer cannot review an export request of their own org");
     }
-    if reviewer_kind != OrgKind::Authority {
-        return refuse(
-            "only reviewers of the authority's review office review other orgs' export requests (a reviewer of another org sees only what it is asked to review, and none is assigned)",
-        );
-    }
+    require_review_office(reviewer_kind, "export requests")?;
     if already_approved_by.iter().any(|r| r == &p.id) {
         return refuse(
             "this reviewer has already approved this request; L3 needs a second, different reviewer",
@@ -786,7 +798,7 @@ mod tests {
             ),
             (
                 "module review by own org",
-                can_approve_module(&insider_reviewer, "unit"),
+                can_approve_module(&insider_reviewer, OrgKind::Operator, "unit"),
                 "refuse: a reviewer cannot review a module uploaded by their own org",
             ),
             (

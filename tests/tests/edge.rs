@@ -631,3 +631,25 @@ fn a_files_column_named_like_the_runtimes_hidden_ones_is_refused_declared_or_not
         );
     }
 }
+
+#[test]
+fn a_reviewer_outside_the_authority_approves_no_other_orgs_module() {
+    // The same rule as for export requests, through the other review: algorithm review.
+    let (env, sid, _) = active_scenario();
+    let w = &env.world;
+    let uploaded = w
+        .scientist
+        .upload_module(&sid, &common::constant_module(7))
+        .unwrap();
+    let hash = uploaded["hash"].as_str().unwrap();
+    let (outsider, _, _) = outsider(w, "another-unit", "operator", &["reviewer"]);
+    let refused = refusal(outsider.approve_module(&sid, hash, "looks fine"));
+    assert!(
+        refused
+            .contains("only reviewers of the authority's review office review other orgs' modules"),
+        "{refused}"
+    );
+    w.reviewer
+        .approve_module(&sid, hash, "reads nothing else")
+        .unwrap();
+}

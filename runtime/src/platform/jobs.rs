@@ -87,7 +87,7 @@ impl Platform {
             .optional()?;
         let (org, uploaded_by, functions, approved_by) =
             row.ok_or_else(|| Error::NotFound(format!("module {hash} in scenario {scenario}")))?;
-        tidegate_policy::can_approve_module(actor, &org)?;
+        tidegate_policy::can_approve_module(actor, Self::org_kind(&db, &actor.org)?, &org)?;
         if approved_by.is_some() {
             return Err(Error::BadInput(
                 "this module is already approved for this scenario".into(),
