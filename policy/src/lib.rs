@@ -8,6 +8,7 @@ mod detect;
 mod gate;
 mod model;
 mod privacy;
+mod release;
 mod rules;
 
 pub use detect::{
@@ -24,7 +25,12 @@ pub use model::{
 };
 pub use privacy::{
     BoundedAggregate, ColumnNoise, ContributionBounds, GroupSelection, NoisePlan, PrivacyShape,
-    SELECTION_DELTA, laplace, plan_noise,
+    RandomWords, SELECTION_DELTA, discrete_laplace, noise_grid, noised, plan_noise,
+};
+pub use release::{
+    DominanceRule, Lineage, OPERATORS_ABOVE_AGGREGATE, OPERATORS_BELOW_AGGREGATE,
+    RELEASABLE_AGGREGATES, Released, releasable_aggregate, releasable_condition,
+    releasable_group_key,
 };
 pub use rules::{
     ExportEvent, Refusal, ScenarioApprovals, can_activate_scenario, can_apply_for_scenario,

@@ -403,9 +403,18 @@ pub struct ExportRules {
     pub max_rows: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_bytes: Option<u64>,
+    /// The dominance rules of exact releases, tightened by an admin (DOMAIN.md defaults:
+    /// (2, 90%) and p = 10%).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dominance: Option<crate::release::DominanceRule>,
 }
 
 impl ExportRules {
+    /// The dominance rules a release of the scenario is checked against.
+    pub fn dominance_rule(&self) -> crate::release::DominanceRule {
+        self.dominance.unwrap_or_default()
+    }
+
     /// The contribution bounds a job of the scenario runs under, when it uses differential
     /// privacy.
     pub fn contribution_bounds(&self) -> Option<crate::privacy::ContributionBounds> {

@@ -30,6 +30,10 @@ pub struct BoundedAggregate {
     /// An output column computes something from the aggregate (a ratio, a product): noise on
     /// the aggregate would not bound it.
     pub derived: bool,
+    /// More output columns showing the same aggregate unchanged (`sum(x) AS a, sum(x) AS b`):
+    /// each shows the same noised value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also_shown_as: Vec<String>,
 }
 
 /// What the runtime recorded about a query run for a scenario with a privacy budget.
@@ -46,10 +50,16 @@ pub struct PrivacyShape {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ColumnNoise {
     pub output: String,
+    /// More columns showing the same aggregate: they get the same noised value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<String>,
+    /// The released value is a multiple of this power of two (1 for counts).
+    pub grid: f64,
     pub hidden: String,
     /// Counts are released as whole numbers, never below zero.
     pub is_count: bool,
-    /// The scale of the Laplace noise: the column's L1 sensitivity over its share of epsilon.
+    /// The scale of the discrete Laplace noise: the column's L1 sensitivity (plus the grid,
+    /// for the rounding) over its share of epsilon.
     pub scale: f64,
 }
 
@@ -158,8 +168,13 @@ pub fn plan_noise(
                     ));
                 }
             };
+            let grid = noise_grid(sensitivity, is_count);
+            // Rounding to the grid moves a value by at most half a step each way.
+            let sensitivity = if is_count { sensitivity } else { sensitivity + grid };
             Ok(ColumnNoise {
                 output: a.output.clone().unwrap_or_default(),
+                also: a.also_shown_as.clone(),
+                grid,
                 hidden: a.hidden.clone(),
                 is_count,
                 scale: groups * sensitivity / share,
@@ -169,10 +184,106 @@ pub fn plan_noise(
     Ok(NoisePlan { columns, selection })
 }
 
-/// A Laplace draw of the given scale from a uniform draw `u` in `(0, 1)` (inverse CDF).
-pub fn laplace(scale: f64, u: f64) -> f64 {
-    let centered = u - 0.5;
-    -scale * centered.signum() * (1.0 - 2.0 * centered.abs()).ln()
+/// A source of uniform random 64-bit words (the OS's in the runtime, a seeded one in tests).
+pub type RandomWords<'a> = dyn FnMut() -> Result<u64, String> + 'a;
+
+/// A uniform draw from `0..n` (`n` >= 1), by rejection: no modulo bias.
+fn uniform_below(rng: &mut RandomWords<'_>, n: u64) -> Result<u64, String> {
+    let zone = u64::MAX - (u64::MAX % n);
+    loop {
+        let x = rng()?;
+        if x < zone {
+            return Ok(x % n);
+        }
+    }
+}
+
+/// True with probability `num / den` exactly.
+fn bernoulli(rng: &mut RandomWords<'_>, num: u64, den: u64) -> Result<bool, String> {
+    Ok(uniform_below(rng, den)? < num)
+}
+
+/// True with probability `exp(-num / den)` exactly, for `num <= den` (Canonne, Kamath and
+/// Steinke 2020, algorithm 1: integer arithmetic only).
+fn bernoulli_exp_neg_unit(rng: &mut RandomWords<'_>, num: u64, den: u64) -> Result<bool, String> {
+    let mut k = 1u64;
+    loop {
+        let Some(scaled) = den.checked_mul(k) else {
+            // Probability under 2^-40 at any den we use; stop the series here.
+            return Ok(k % 2 == 1);
+        };
+        if bernoulli(rng, num, scaled)? {
+            k += 1;
+        } else {
+            return Ok(k % 2 == 1);
+        }
+    }
+}
+
+/// True with probability `exp(-num / den)` exactly, for any `num`.
+fn bernoulli_exp_neg(rng: &mut RandomWords<'_>, num: u64, den: u64) -> Result<bool, String> {
+    let mut left = num;
+    while left > den {
+        if !bernoulli_exp_neg_unit(rng, 1, 1)? {
+            return Ok(false);
+        }
+        left -= den;
+    }
+    bernoulli_exp_neg_unit(rng, left, den)
+}
+
+/// Fixed-point denominator of a noise scale: scales are rounded up to multiples of 1/1024.
+const SCALE_DENOMINATOR: u64 = 1024;
+
+/// A draw of the discrete Laplace distribution of the given scale (at least it, rounded up to
+/// 1/1024): `P[z]` proportional to `exp(-|z| / scale)` over the integers. Exact, with integer
+/// arithmetic only (Canonne, Kamath and Steinke 2020, algorithm 2), so that no floating-point
+/// rounding tells the noised value apart (Mironov 2012).
+pub fn discrete_laplace(rng: &mut RandomWords<'_>, scale: f64) -> Result<i64, String> {
+    if !(scale.is_finite() && scale > 0.0 && scale < 1e12) {
+        return Err(format!(
+            "a noise scale must be positive and finite, not {scale}"
+        ));
+    }
+    let s = SCALE_DENOMINATOR;
+    let t = (scale * s as f64).ceil().max(1.0) as u64;
+    loop {
+        let u = uniform_below(rng, t)?;
+        if !bernoulli_exp_neg(rng, u, t)? {
+            continue;
+        }
+        let mut v = 0u64;
+        while bernoulli_exp_neg(rng, 1, 1)? {
+            v += 1;
+        }
+        let y = (u + t.saturating_mul(v)) / s;
+        let negative = bernoulli(rng, 1, 2)?;
+        if negative && y == 0 {
+            continue;
+        }
+        let y = i64::try_from(y).map_err(|_| "a noise draw out of range".to_string())?;
+        return Ok(if negative { -y } else { y });
+    }
+}
+
+/// The grid a sum of this sensitivity is released on: the largest power of two at most
+/// 1/1024 of it (and 1 for counts, which are whole numbers).
+pub fn noise_grid(sensitivity: f64, is_count: bool) -> f64 {
+    if is_count || !(sensitivity.is_finite() && sensitivity > 0.0) {
+        return 1.0;
+    }
+    (sensitivity / 1024.0).log2().floor().exp2()
+}
+
+/// A value released with noise: clamped to a finite number, rounded to the `grid` (a power of
+/// two) and moved by `grid` times a discrete Laplace draw of `scale / grid`, so the result is
+/// on the grid whatever the value was (the snapping idea, with exact integer noise).
+pub fn noised(rng: &mut RandomWords<'_>, value: f64, scale: f64, grid: f64) -> Result<f64, String> {
+    let value = if value.is_finite() { value } else { 0.0 };
+    let limit = grid * (1u64 << 52) as f64;
+    let steps = (value.clamp(-limit, limit) / grid).round();
+    let z = discrete_laplace(rng, scale / grid)?;
+    Ok((steps + z as f64) * grid)
 }
 
 #[cfg(test)]
@@ -194,6 +305,7 @@ mod tests {
                     hidden: format!("__tg_dp_{j}"),
                     output: Some(format!("{f}_{j}")),
                     derived: false,
+                    also_shown_as: Vec::new(),
                 })
                 .collect(),
             after_aggregate: Vec::new(),
@@ -208,7 +320,8 @@ mod tests {
         // groups moves a count by 2 per group.
         assert_eq!(noise[0].scale, 3.0 * 2.0 / 0.5);
         assert!(noise[0].is_count);
-        assert_eq!(noise[1].scale, 3.0 * 100.0 / 0.5);
+        // Sums are released on a grid of 1/16 (100/1024 rounded down to a power of two).
+        assert_eq!(noise[1].scale, 3.0 * (100.0 + 0.0625) / 0.5);
         assert!(!noise[1].is_count);
         // Groups: subject counts noised with scale 3 / 0.5, kept from k plus a margin that
         // leaves a group decided by the exact count alone with probability under delta.
@@ -267,17 +380,59 @@ mod tests {
         assert!(err.contains("only with a contribution bound"), "{err}");
     }
 
+    /// A seeded source of random words (splitmix64), so the distribution tests are exact
+    /// repeats, never flaky.
+    fn seeded(mut state: u64) -> impl FnMut() -> Result<u64, String> {
+        move || {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            Ok(z ^ (z >> 31))
+        }
+    }
+
     #[test]
-    fn laplace_draws_are_symmetric_with_the_scale_as_mean_absolute_deviation() {
-        // The inverse CDF over an even grid of (0, 1) approximates the distribution.
-        let n = 100_000;
-        let draws: Vec<f64> = (0..n)
-            .map(|i| laplace(4.0, (i as f64 + 0.5) / n as f64))
-            .collect();
-        let mean = draws.iter().sum::<f64>() / n as f64;
-        let mad = draws.iter().map(|d| d.abs()).sum::<f64>() / n as f64;
-        assert!(mean.abs() < 1e-9, "{mean}");
-        assert!((mad - 4.0).abs() < 0.01, "{mad}");
-        assert_eq!(laplace(4.0, 0.5), 0.0);
+    fn discrete_laplace_draws_follow_their_distribution() {
+        let mut rng = seeded(7);
+        let n = 200_000;
+        let scale = 2.0;
+        let mut counts = std::collections::BTreeMap::<i64, u64>::new();
+        for _ in 0..n {
+            *counts
+                .entry(discrete_laplace(&mut rng, scale).unwrap())
+                .or_default() += 1;
+        }
+        // P[z] = (1 - r) / (1 + r) * r^|z| with r = exp(-1/scale).
+        let r = (-1.0 / scale).exp();
+        let mut chi2 = 0.0;
+        for z in -8i64..=8 {
+            let expected = n as f64 * (1.0 - r) / (1.0 + r) * r.powi(z.unsigned_abs() as i32);
+            let seen = *counts.get(&z).unwrap_or(&0) as f64;
+            chi2 += (seen - expected).powi(2) / expected;
+        }
+        // 17 cells: the 99.9% point of chi-square with 16 degrees of freedom is 39.3.
+        assert!(chi2 < 39.3, "chi-square {chi2}: {counts:?}");
+        let mean = counts
+            .iter()
+            .map(|(z, c)| *z as f64 * *c as f64)
+            .sum::<f64>()
+            / n as f64;
+        assert!(mean.abs() < 0.05, "{mean}");
+    }
+
+    #[test]
+    fn noised_sums_land_on_their_grid_whatever_the_value() {
+        let mut rng = seeded(11);
+        let grid = noise_grid(100.0, false);
+        assert_eq!(grid, 0.0625);
+        for value in [1_234.567_891_234, -0.1, 1e-300, f64::NAN, f64::INFINITY] {
+            let released = noised(&mut rng, value, 50.0, grid).unwrap();
+            assert!(released.is_finite());
+            assert_eq!((released / grid).fract(), 0.0, "{value} -> {released}");
+        }
+        assert_eq!(noise_grid(3.0, true), 1.0);
+        assert!(discrete_laplace(&mut rng, f64::NAN).is_err());
+        assert!(discrete_laplace(&mut rng, 0.0).is_err());
     }
 }

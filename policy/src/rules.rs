@@ -429,6 +429,9 @@ pub fn validate_export_rules(
     {
         return refuse("contribution bounds apply only with a privacy budget");
     }
+    if let Some(d) = &rules.dominance {
+        d.validate().map_err(|reason| Refusal { reason })?;
+    }
     if let Some(b) = rules.contribution_bound
         && !(b.is_finite() && b > 0.0)
     {

@@ -7,14 +7,12 @@ use arrow::datatypes::{DataType, Float64Type, Int32Type, Int64Type, Schema};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tidegate_policy::{
-    CheckOutcome, ColumnNoise, GateReport, Level, Masking, NoisePlan, QueryShape, check_shape,
-    laplace, mask, plan_noise, scan_value,
+    CheckOutcome, ColumnNoise, DominanceRule, GateReport, Level, Masking, NoisePlan, QueryShape,
+    check_shape, discrete_laplace, mask, noised, plan_noise, scan_value,
 };
 
 use crate::error::{Error, Result};
-use crate::job::{
-    BOUNDED_SUBJECTS, DOMINATED_COLUMN, GROUP_KEY_PREFIX, NULL_SUBJECT_COLUMN, SUBJECTS_COLUMN,
-};
+use crate::job::{BOUNDED_SUBJECTS, DOMINATED_COLUMN, GROUP_KEY_PREFIX, SUBJECTS_COLUMN};
 
 /// What the gate needs to know besides the data.
 #[derive(Debug, Clone)]
@@ -35,6 +33,8 @@ pub struct GateInput<'a> {
     pub earlier: &'a [Earlier],
     /// The scenario's pseudonymization key, for `pseudonymize` masking.
     pub pseudonyms: Option<&'a crate::crypto::PseudonymKey>,
+    /// The dominance rules the job's cells were checked against (R-GATE 3).
+    pub dominance: DominanceRule,
 }
 
 /// A scenario's privacy budget as one export request would spend it.
@@ -134,7 +134,9 @@ pub fn evaluate(input: &GateInput<'_>, batches: &[RecordBatch]) -> Result<GateOu
                 if let (Some(sel), Some(bounded)) = (selection, &bounded_subjects)
                     && enough
                 {
-                    let noisy = bounded.value(row) + laplace(sel.scale, uniform(&rng)?);
+                    let noise = discrete_laplace(&mut words(&rng), sel.scale)
+                        .map_err(|e| Error::Internal(format!("noise: {e}")))?;
+                    let noisy = bounded.value(row).round() + noise as f64;
                     if noisy < sel.threshold {
                         enough = false;
                         withheld += 1;
@@ -225,11 +227,13 @@ pub fn evaluate(input: &GateInput<'_>, batches: &[RecordBatch]) -> Result<GateOu
         report.push(
             "dominance",
             CheckOutcome::Pass(if dominance_checked {
+                let d = input.dominance;
                 format!(
-                    "{dominated_groups} group(s) where the top 2 subjects hold over 90% of a sum suppressed"
+                    "{dominated_groups} group(s) suppressed where, for a count, a sum or a numeric column a sum reads, the top {} subjects hold over {}% of the cell or the rest is under {}% of the largest (each subject's total after the whole plan)",
+                    d.n, d.k_percent, d.p_percent
                 )
             } else {
-                "no sum or average to check".to_string()
+                "no cell to check".to_string()
             }),
         );
         report.push("differencing", differencing(&groups, input));
@@ -291,18 +295,18 @@ pub fn evaluate(input: &GateInput<'_>, batches: &[RecordBatch]) -> Result<GateOu
     })
 }
 
-/// Replaces each noised output column with its bounded value plus Laplace noise (counts as
-/// whole numbers, never negative), and orders the rows by group key, so that neither the
-/// values nor their order tell the exact aggregates.
-/// A uniform draw in (0, 1) from the OS's random source: 53 random bits, centred in their
-/// interval.
-fn uniform(rng: &ring::rand::SystemRandom) -> Result<f64> {
-    let bytes: [u8; 8] = ring::rand::generate(rng)
-        .map_err(|_| Error::Internal("noise: no randomness".into()))?
-        .expose();
-    Ok(((u64::from_le_bytes(bytes) >> 11) as f64 + 0.5) / (1u64 << 53) as f64)
+/// The OS's random source as 64-bit words, for the noise samplers.
+fn words(rng: &ring::rand::SystemRandom) -> impl FnMut() -> std::result::Result<u64, String> + '_ {
+    move || {
+        ring::rand::generate::<[u8; 8]>(rng)
+            .map(|b| u64::from_le_bytes(b.expose()))
+            .map_err(|_| "no randomness".to_string())
+    }
 }
 
+/// Replaces each noised output column with its bounded value plus discrete Laplace noise on
+/// its grid (counts as whole numbers, never negative), and orders the rows by group key, so
+/// that neither the values nor their order tell the exact aggregates.
 fn add_noise(
     batches: Vec<RecordBatch>,
     columns: &[ColumnNoise],
@@ -324,7 +328,7 @@ fn add_noise(
         .collect::<Result<_>>()?;
     let schema = all.schema();
     for c in columns {
-        let (Ok(at), Ok(hidden)) = (schema.index_of(&c.output), schema.index_of(&c.hidden)) else {
+        let (Ok(_), Ok(hidden)) = (schema.index_of(&c.output), schema.index_of(&c.hidden)) else {
             return Err(Error::Internal(format!(
                 "noise: column {} is not in the result",
                 c.output
@@ -332,13 +336,19 @@ fn add_noise(
         };
         let bounded = arrow::compute::cast(&out[hidden], &DataType::Float64).map_err(internal)?;
         let bounded = bounded.as_primitive::<Float64Type>();
-        let mut noised = Vec::with_capacity(bounded.len());
+        let mut noised_values = Vec::with_capacity(bounded.len());
         for v in bounded.iter() {
-            let x = v.unwrap_or(0.0) + laplace(c.scale, uniform(rng)?);
-            noised.push(if c.is_count { x.round().max(0.0) } else { x });
+            let x = noised(&mut words(rng), v.unwrap_or(0.0), c.scale, c.grid)
+                .map_err(|e| Error::Internal(format!("noise: {e}")))?;
+            noised_values.push(if c.is_count { x.max(0.0) } else { x });
         }
-        let noised = arrow::array::Float64Array::from(noised);
-        out[at] = arrow::compute::cast(&noised, schema.field(at).data_type()).map_err(internal)?;
+        let noised_values = arrow::array::Float64Array::from(noised_values);
+        // Every column showing the aggregate shows the same noised value.
+        for name in std::iter::once(&c.output).chain(&c.also) {
+            let at = schema.index_of(name).map_err(internal)?;
+            out[at] = arrow::compute::cast(&noised_values, schema.field(at).data_type())
+                .map_err(internal)?;
+        }
     }
     Ok(vec![RecordBatch::try_new(schema, out).map_err(internal)?])
 }
@@ -358,7 +368,7 @@ fn describe_noise(
         .collect::<Vec<_>>()
         .join(", ");
     let mut text = format!(
-        "epsilon {epsilon} spent, {} of {} left after this release; Laplace noise on {} column(s): {scales}",
+        "epsilon {epsilon} spent, {} of {} left after this release; discrete Laplace noise on {} column(s): {scales}",
         (p.budget - p.spent - epsilon).max(0.0),
         p.budget,
         columns.len()
@@ -449,9 +459,6 @@ fn group_key_values(batch: &RecordBatch) -> Result<Vec<Option<Vec<serde_json::Va
         .collect();
     (0..batch.num_rows())
         .map(|row| {
-            if columns.is_empty() {
-                return Ok(None);
-            }
             let mut key = Vec::with_capacity(columns.len());
             for column in &columns {
                 key.push(if column.is_null(row) {
@@ -519,20 +526,11 @@ fn differencing(groups: &Groups, input: &GateInput<'_>) -> CheckOutcome {
 }
 
 fn subjects_per_row(batch: &RecordBatch) -> Result<Int64Array> {
-    let col = |name: &str| -> Result<Int64Array> {
-        batch
-            .column_by_name(name)
-            .and_then(|c| c.as_primitive_opt::<Int64Type>())
-            .cloned()
-            .ok_or_else(|| Error::Internal(format!("the result lacks {name}")))
-    };
-    let distinct = col(SUBJECTS_COLUMN)?;
-    let null_subject = col(NULL_SUBJECT_COLUMN)?;
-    Ok(distinct
-        .iter()
-        .zip(null_subject.iter())
-        .map(|(d, n)| Some(d.unwrap_or(0) + n.unwrap_or(0)))
-        .collect())
+    batch
+        .column_by_name(SUBJECTS_COLUMN)
+        .and_then(|c| c.as_primitive_opt::<Int64Type>())
+        .cloned()
+        .ok_or_else(|| Error::Internal(format!("the result lacks {SUBJECTS_COLUMN}")))
 }
 
 fn drop_hidden(batch: &RecordBatch) -> Result<RecordBatch> {
@@ -789,13 +787,11 @@ mod tests {
                 Field::new("spot", DataType::Utf8, true),
                 Field::new(format!("{GROUP_KEY_PREFIX}0"), DataType::Utf8, true),
                 Field::new(SUBJECTS_COLUMN, DataType::Int64, true),
-                Field::new(NULL_SUBJECT_COLUMN, DataType::Int64, true),
             ])),
             vec![
                 Arc::new(StringArray::from(spots.to_vec())),
                 Arc::new(StringArray::from(spots.to_vec())),
                 Arc::new(Int64Array::from(subjects.to_vec())),
-                Arc::new(Int64Array::from(vec![0; subjects.len()])),
             ],
         )
         .unwrap()
@@ -842,6 +838,7 @@ mod tests {
             privacy,
             earlier,
             pseudonyms: None,
+            dominance: DominanceRule::default(),
         };
         evaluate(&input, &[batch]).unwrap()
     }
@@ -1022,6 +1019,7 @@ mod tests {
                     hidden: "__tg_dp_0".into(),
                     output: Some("n".into()),
                     derived: false,
+                    also_shown_as: Vec::new(),
                 }],
                 after_aggregate: vec!["sort".into()],
             }),

@@ -11,8 +11,8 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Field, Schema};
 use datafusion::catalog::Session;
 use datafusion::catalog::TableProvider;
+use datafusion::common::DataFusionError;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
-use datafusion::common::{Column, DataFusionError};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
@@ -25,33 +25,29 @@ use datafusion::execution::memory_pool::{
     TrackConsumersPool,
 };
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::functions_aggregate::expr_fn::{count_distinct, max};
 use datafusion::logical_expr::TableProviderFilterPushDown;
-use datafusion::logical_expr::{Expr, LogicalPlan, Projection, ScalarUDF};
+use datafusion::logical_expr::{Expr, LogicalPlan, ScalarUDF};
 use datafusion::object_store::ObjectStore;
 use datafusion::physical_expr::expressions::Column as PhysicalColumn;
 use datafusion::physical_expr::projection::ProjectionExpr;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::projection::ProjectionExec;
-use datafusion::prelude::{SessionConfig, SessionContext, lit, when};
+use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
-use tidegate_policy::{
-    BoundedAggregate, ColumnSpec, ColumnTag, ContributionBounds, PrivacyShape, QueryShape,
-};
+use tidegate_policy::{ColumnSpec, ContributionBounds, DominanceRule, Level, QueryShape};
 
 use crate::error::{Error, Result};
 use crate::storage::SealedStore;
 
 /// The hidden column holding a table's entity key, for counting subjects.
 pub(crate) const ENTITY_COLUMN: &str = "__tg_entity";
-/// Distinct non-NULL subjects of an output group.
+/// Distinct subjects of an output group (NULL entity keys count as one).
 pub(crate) const SUBJECTS_COLUMN: &str = "__tg_subjects";
 /// Hidden columns `__tg_key_0..` carry each group's key values.
 pub(crate) const GROUP_KEY_PREFIX: &str = "__tg_key_";
-/// 1 when NULL entity keys contributed to the group (they count as one subject).
-pub(crate) const NULL_SUBJECT_COLUMN: &str = "__tg_null_subject";
-const RESERVED_PREFIX: &str = "__tg";
+/// The prefix of every hidden name; the user's SQL can neither name nor alias one.
+pub(crate) const RESERVED_PREFIX: &str = "__tg";
 
 /// Partitions of a job's plan: the machine's two cores.
 const TARGET_PARTITIONS: usize = 2;
@@ -88,6 +84,11 @@ pub struct EngineLimits {
     /// The contribution bounds of a scenario that uses differential privacy: the runtime
     /// computes every count and sum again with each subject's part bounded (R-GATE 7).
     pub privacy: Option<ContributionBounds>,
+    /// The highest level of the data the job reads: above L1 only a release the gate can
+    /// check runs (R-GATE 2).
+    pub level: Level,
+    /// The dominance rules of the scenario (R-GATE 3).
+    pub dominance: DominanceRule,
 }
 
 impl Default for EngineLimits {
@@ -97,6 +98,8 @@ impl Default for EngineLimits {
             wall_time: Duration::from_secs(300),
             output_rows: 1_000_000,
             privacy: None,
+            level: Level::L1,
+            dominance: DominanceRule::default(),
         }
     }
 }
@@ -551,38 +554,43 @@ pub async fn run_query_until(
         .map_err(|e| Error::Refused(format!("only a query is allowed: {e}")))?;
     check_confinement(&plan)?;
     let plan_text = plan.display_indent().to_string();
-    let (plan, shape, Extra { dominance, bounded }) =
-        add_subject_counts(plan, tables, limits.privacy)?;
-    if dominance.is_some() || bounded.is_some() {
-        // The gate's second look runs the input again: guests must give the same values.
+    let analysis = crate::release::analyze(
+        plan,
+        &crate::release::Context {
+            tables,
+            level: limits.level,
+            privacy: limits.privacy,
+        },
+    )?;
+    if analysis.contributions.is_some() {
+        // The contributions run the input again: guests must give the same values.
         for m in &meters {
             m.make_scalars_stateless();
         }
     }
+    let shape = analysis.shape.clone();
     let run = async {
         let df = ctx
-            .execute_logical_plan(plan)
+            .execute_logical_plan(analysis.plan.clone())
             .await
             .map_err(|e| map_error(e, Stage::Planning))?;
         let batches = collect_bounded(df, &limits, Some(limits.output_rows)).await?;
-        let collect = |plan: LogicalPlan| async {
-            let df = ctx
-                .execute_logical_plan(plan)
-                .await
-                .map_err(|e| map_error(e, Stage::Planning))?;
-            collect_bounded(df, &limits, None).await
-        };
-        let batches = match dominance {
-            Some(dominance) => mark_dominated(
-                batches,
-                &collect(dominance).await?,
-                limits.privacy.and_then(|p| p.sum_bound),
-            )?,
-            None => batches,
-        };
-        match (bounded, &shape.privacy) {
-            (Some(plan), Some(privacy)) => add_bounded(batches, &collect(plan).await?, privacy),
-            _ => Ok(batches),
+        match &analysis.contributions {
+            Some(plan) => {
+                let df = ctx
+                    .execute_logical_plan(plan.clone())
+                    .await
+                    .map_err(|e| map_error(e, Stage::Planning))?;
+                let contributions = collect_bounded(df, &limits, None).await?;
+                crate::release::attach(
+                    batches,
+                    &contributions,
+                    &analysis,
+                    limits.dominance,
+                    limits.privacy,
+                )
+            }
+            None => Ok(batches),
         }
     };
     // The deadline is kept by a thread of its own, not by the job's runtime: its workers may
@@ -964,246 +972,14 @@ fn check_confinement(plan: &LogicalPlan) -> Result<()> {
     }
 }
 
-fn count_aggregates(plan: &LogicalPlan) -> usize {
-    let mut n = 0;
-    let _ = plan.apply_with_subqueries(|node| {
-        if matches!(node, LogicalPlan::Aggregate(_)) {
-            n += 1;
-        }
-        Ok(TreeNodeRecursion::Continue)
-    });
-    n
-}
-
-fn not_aggregated(plan: LogicalPlan, reason: &str) -> (LogicalPlan, QueryShape) {
-    (
-        plan,
-        QueryShape {
-            aggregated: false,
-            not_aggregated_reason: Some(reason.to_string()),
-            ..QueryShape::default()
-        },
-    )
-}
-
-/// When the query is one grouped aggregate with only projection, filter, sort, limit or
-/// alias above it, adds the hidden subject counts to it and carries them to the output.
-fn add_subject_counts(
-    plan: LogicalPlan,
-    tables: &[TableInput],
-    privacy: Option<ContributionBounds>,
-) -> Result<(LogicalPlan, QueryShape, Extra)> {
-    let plain = |(plan, shape)| Ok((plan, shape, Extra::default()));
-    match count_aggregates(&plan) {
-        0 => return plain(not_aggregated(plan, "the query has no GROUP BY aggregate")),
-        1 => {}
-        _ => {
-            return plain(not_aggregated(
-                plan,
-                "the query has more than one aggregate",
-            ));
-        }
-    }
-    let mut shape = QueryShape {
-        aggregated: true,
-        ..QueryShape::default()
-    };
-    let mut extra = Extra::default();
-    match rewrite(plan.clone(), tables, privacy, &mut shape, &mut extra)? {
-        Some(rewritten) => Ok((rewritten, shape, extra)),
-        None => {
-            let reason = shape
-                .not_aggregated_reason
-                .unwrap_or_else(|| "the aggregate is not the last step of the query".into());
-            plain(not_aggregated(plan, &reason))
-        }
-    }
-}
-
-/// The plans the runtime runs besides the query, over the same input.
-#[derive(Default)]
-struct Extra {
-    /// Every subject's contribution to each sum, per group (R-GATE 3).
-    dominance: Option<LogicalPlan>,
-    /// Every subject's contribution to each count and sum, per group, to bound (R-GATE 7).
-    bounded: Option<LogicalPlan>,
-}
-
 /// Hidden result columns `__tg_dp_0..`: each count or sum computed again with every
 /// subject's contribution bounded, which the gate noises.
 pub(crate) const BOUNDED_PREFIX: &str = "__tg_dp_";
 /// Hidden result column: a group's subjects once each subject keeps at most its bounded
 /// number of groups, for choosing the groups of a private release.
 pub(crate) const BOUNDED_SUBJECTS: &str = "__tg_dp_subjects";
-/// The subject of a row of the bounded plan.
-const SUBJECT_COLUMN: &str = "__tg_subject";
-
-/// R-GATE 7: the query's aggregate once more, grouped by the keys and the entity, so that the
-/// runtime can bound what each subject contributes. Returns the plan (None when no aggregate
-/// can be bounded) and what each aggregate became.
-fn bounded_plan(
-    agg: &datafusion::logical_expr::Aggregate,
-    entity: &Expr,
-) -> datafusion::common::Result<(Option<LogicalPlan>, Vec<BoundedAggregate>)> {
-    use datafusion::functions_aggregate::expr_fn::{count, sum};
-    let groups = agg.group_expr.len();
-    let mut aggr = group_key_columns(&agg.group_expr);
-    aggr.push(max(entity.clone()).alias(SUBJECT_COLUMN));
-    let mut aggregates = Vec::new();
-    let mut bounded = 0;
-    for (j, a) in agg.aggr_expr.iter().enumerate() {
-        let inner = match a {
-            Expr::Alias(al) => al.expr.as_ref(),
-            e => e,
-        };
-        let output = agg.schema.field(groups + j).name().clone();
-        let (function, part) = match inner {
-            Expr::AggregateFunction(f) if f.params.filter.is_none() && !f.params.distinct => {
-                let name = aggregate_identity(&f.func);
-                let arg = f.params.args.first().cloned().unwrap_or_else(|| lit(1i64));
-                let part = match name.as_str() {
-                    "count" => Some(count(arg)),
-                    "sum" => Some(sum(arg)),
-                    _ => None,
-                };
-                (name, part)
-            }
-            Expr::AggregateFunction(f) => {
-                (format!("{} with FILTER or DISTINCT", f.func.name()), None)
-            }
-            other => (other.schema_name().to_string(), None),
-        };
-        let hidden = match part {
-            Some(part) => {
-                let hidden = format!("{BOUNDED_PREFIX}{j}");
-                aggr.push(part.alias(&hidden));
-                bounded += 1;
-                hidden
-            }
-            None => String::new(),
-        };
-        aggregates.push(BoundedAggregate {
-            function,
-            hidden,
-            output: Some(output),
-            derived: false,
-        });
-    }
-    if bounded == 0
-        || agg
-            .group_expr
-            .iter()
-            .any(|g| matches!(g, Expr::GroupingSet(_)))
-    {
-        return Ok((None, aggregates));
-    }
-    let mut by_subject = agg.group_expr.clone();
-    by_subject.push(entity.clone());
-    let plan = datafusion::logical_expr::LogicalPlanBuilder::from(agg.input.as_ref().clone())
-        .aggregate(by_subject, aggr)?
-        .build()?;
-    Ok((Some(plan), aggregates))
-}
-
-/// Adds the bounded columns to the result: every subject keeps at most `max_groups` of its
-/// groups (chosen by a hash of its own key and the group's, so no other subject changes the
-/// choice), its count capped and its sum clamped in each; the rest are summed per group.
-fn add_bounded(
-    batches: Vec<RecordBatch>,
-    contributions: &[RecordBatch],
-    privacy: &PrivacyShape,
-) -> Result<Vec<RecordBatch>> {
-    use std::hash::{Hash, Hasher};
-    let internal = |e: arrow::error::ArrowError| Error::Internal(format!("bounding: {e}"));
-    let bounded: Vec<&BoundedAggregate> = privacy
-        .aggregates
-        .iter()
-        .filter(|a| !a.hidden.is_empty())
-        .collect();
-    // Per subject: its groups, each with a choice hash and its contributions.
-    type Part = (u64, String, Vec<f64>);
-    let mut by_subject: HashMap<Option<String>, Vec<Part>> = HashMap::new();
-    for b in contributions {
-        let keys = crate::gate::group_keys(b)?;
-        let subject = arrow::compute::cast(
-            b.column_by_name(SUBJECT_COLUMN)
-                .ok_or_else(|| Error::Internal("bounding: no subject column".into()))?,
-            &arrow::datatypes::DataType::Utf8,
-        )
-        .map_err(internal)?;
-        let subject = subject.as_string::<i32>();
-        let columns: Vec<arrow::array::Float64Array> = bounded
-            .iter()
-            .map(|a| {
-                let c = b
-                    .column_by_name(&a.hidden)
-                    .ok_or_else(|| Error::Internal("bounding: a part is missing".into()))?;
-                arrow::compute::cast(c, &arrow::datatypes::DataType::Float64)
-                    .map_err(internal)
-                    .map(|c| c.as_primitive::<arrow::datatypes::Float64Type>().clone())
-            })
-            .collect::<Result<_>>()?;
-        for (row, key) in keys.into_iter().enumerate() {
-            let Some(key) = key else { continue };
-            let who = subject
-                .is_valid(row)
-                .then(|| subject.value(row).to_string());
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            (&who, &key).hash(&mut h);
-            let parts = columns
-                .iter()
-                .map(|c| if c.is_null(row) { 0.0 } else { c.value(row) })
-                .collect();
-            by_subject
-                .entry(who)
-                .or_default()
-                .push((h.finish(), key, parts));
-        }
-    }
-    let bounds = privacy.bounds;
-    let mut totals: HashMap<String, Vec<f64>> = HashMap::new();
-    for (_, mut parts) in by_subject {
-        if parts.len() as u64 > bounds.max_groups {
-            parts.sort_unstable_by_key(|p| p.0);
-            parts.truncate(bounds.max_groups as usize);
-        }
-        for (_, key, values) in parts {
-            // One slot per bounded aggregate, and the subjects kept in the group last.
-            let total = totals
-                .entry(key)
-                .or_insert_with(|| vec![0.0; bounded.len() + 1]);
-            total[bounded.len()] += 1.0;
-            for (j, v) in values.into_iter().enumerate() {
-                total[j] += match bounded[j].function.as_str() {
-                    "count" => v.min(bounds.count_bound as f64),
-                    _ => match bounds.sum_bound {
-                        Some(b) => v.clamp(-b, b),
-                        None => v,
-                    },
-                };
-            }
-        }
-    }
-    batches
-        .into_iter()
-        .map(|b| {
-            let keys = crate::gate::group_keys(&b)?;
-            let mut out = b;
-            let names = bounded.iter().map(|a| a.hidden.as_str());
-            for (j, name) in names.chain([BOUNDED_SUBJECTS]).enumerate() {
-                let values: arrow::array::Float64Array = keys
-                    .iter()
-                    .map(|k| Some(k.as_ref().and_then(|k| totals.get(k)).map_or(0.0, |t| t[j])))
-                    .collect();
-                out = append_column(&out, name, Arc::new(values))?;
-            }
-            Ok(out)
-        })
-        .collect()
-}
-
 /// The batch with one more column.
-fn append_column(
+pub(crate) fn append_column(
     batch: &RecordBatch,
     name: &str,
     values: arrow::array::ArrayRef,
@@ -1227,372 +1003,6 @@ fn append_column(
 
 /// Hidden result column: the group's sum is dominated by its top contributors (R-GATE 3).
 pub(crate) const DOMINATED_COLUMN: &str = "__tg_dominated";
-/// A sum cell is dominated when its top this-many subjects hold more than `DOMINANCE_SHARE`
-/// of it (absolute values).
-const DOMINANCE_TOP: usize = 2;
-const DOMINANCE_SHARE: f64 = 0.9;
-
-/// R-GATE 3: every subject's contribution to every sum (and average) of the aggregate, per
-/// group, computed by the runtime from the same input (group by the keys and the entity); the
-/// group's key values ride in the hidden key columns. `None` when there is no sum to check.
-fn dominance_plan(
-    agg: &datafusion::logical_expr::Aggregate,
-    entity: &Expr,
-) -> datafusion::common::Result<Option<LogicalPlan>> {
-    use datafusion::functions_aggregate::expr_fn::sum;
-    if agg
-        .group_expr
-        .iter()
-        .any(|g| matches!(g, Expr::GroupingSet(_)))
-    {
-        return Ok(None);
-    }
-    let summed: Vec<Expr> = agg
-        .aggr_expr
-        .iter()
-        .map(|a| match a {
-            Expr::Alias(al) => al.expr.as_ref(),
-            e => e,
-        })
-        .filter_map(|e| match e {
-            Expr::AggregateFunction(f)
-                if matches!(aggregate_identity(&f.func).as_str(), "sum" | "avg")
-                    && f.params.filter.is_none()
-                    && !f.params.distinct =>
-            {
-                f.params.args.first().cloned()
-            }
-            _ => None,
-        })
-        .collect();
-    if summed.is_empty() {
-        return Ok(None);
-    }
-    let mut by_subject = agg.group_expr.clone();
-    by_subject.push(entity.clone());
-    let mut aggr = group_key_columns(&agg.group_expr);
-    for (j, arg) in summed.iter().enumerate() {
-        aggr.push(sum(arg.clone()).alias(format!("{CONTRIBUTION_PREFIX}{j}")));
-    }
-    Ok(Some(
-        datafusion::logical_expr::LogicalPlanBuilder::from(agg.input.as_ref().clone())
-            .aggregate(by_subject, aggr)?
-            .build()?,
-    ))
-}
-
-const CONTRIBUTION_PREFIX: &str = "__tg_c";
-
-/// Each group's key values as aggregates under hidden names, whatever the query calls the keys,
-/// so that the gate can match groups across results and releases (the max of a value constant
-/// within the group is the value). None for grouping sets, which have no plain keys.
-fn group_key_columns(group_expr: &[Expr]) -> Vec<Expr> {
-    if group_expr.iter().any(|g| matches!(g, Expr::GroupingSet(_))) {
-        return Vec::new();
-    }
-    group_expr
-        .iter()
-        .enumerate()
-        .map(|(i, g)| max(g.clone()).alias(format!("{GROUP_KEY_PREFIX}{i}")))
-        .collect()
-}
-
-/// Adds [`DOMINATED_COLUMN`] to the result: true for a group where, for any sum, the top
-/// [`DOMINANCE_TOP`] subjects' contributions (absolute values) exceed [`DOMINANCE_SHARE`] of
-/// the sum of all of them. Under differential privacy each contribution is first clamped to
-/// the scenario's bound, as in what is released.
-fn mark_dominated(
-    batches: Vec<RecordBatch>,
-    contributions: &[RecordBatch],
-    clamp: Option<f64>,
-) -> Result<Vec<RecordBatch>> {
-    // Per group and sum: the total and the largest contributions so far.
-    let mut tally: HashMap<(String, usize), (f64, [f64; DOMINANCE_TOP])> = HashMap::new();
-    for b in contributions {
-        let keys = crate::gate::group_keys(b)?;
-        let columns: Vec<arrow::array::Float64Array> = b
-            .schema()
-            .fields()
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| f.name().starts_with(CONTRIBUTION_PREFIX))
-            .map(|(i, _)| {
-                arrow::compute::cast(b.column(i), &arrow::datatypes::DataType::Float64)
-                    .map_err(|e| Error::Internal(format!("dominance: {e}")))
-                    .map(|a| a.as_primitive::<arrow::datatypes::Float64Type>().clone())
-            })
-            .collect::<Result<_>>()?;
-        for (row, key) in keys.into_iter().enumerate() {
-            let Some(key) = key else { continue };
-            for (j, c) in columns.iter().enumerate() {
-                if c.is_null(row) {
-                    continue;
-                }
-                let v = clamp
-                    .map_or(c.value(row), |b| c.value(row).clamp(-b, b))
-                    .abs();
-                let (total, top) = tally.entry((key.clone(), j)).or_default();
-                *total += v;
-                // Keep the largest contributions in descending order, without sorting.
-                if let Some(at) = top.iter().position(|t| v > *t) {
-                    top[at..].rotate_right(1);
-                    top[at] = v;
-                }
-            }
-        }
-    }
-    let dominated: std::collections::HashSet<String> = tally
-        .into_iter()
-        .filter(|(_, (total, top))| {
-            *total > 0.0 && top.iter().sum::<f64>() > DOMINANCE_SHARE * total
-        })
-        .map(|((key, _), _)| key)
-        .collect();
-    batches
-        .into_iter()
-        .map(|b| {
-            let keys = crate::gate::group_keys(&b)?;
-            let flags: arrow::array::BooleanArray = keys
-                .iter()
-                .map(|k| Some(k.as_ref().is_some_and(|k| dominated.contains(k))))
-                .collect();
-            append_column(&b, DOMINATED_COLUMN, Arc::new(flags))
-        })
-        .collect()
-}
-
-fn rewrite(
-    plan: LogicalPlan,
-    tables: &[TableInput],
-    privacy: Option<ContributionBounds>,
-    shape: &mut QueryShape,
-    extra: &mut Extra,
-) -> Result<Option<LogicalPlan>> {
-    let internal = |e: DataFusionError| Error::Internal(format!("plan rewrite: {e}"));
-    match plan {
-        LogicalPlan::Aggregate(agg) => {
-            let entity = agg
-                .input
-                .schema()
-                .iter()
-                .find(|(_, f)| f.name() == ENTITY_COLUMN)
-                .map(|(q, _)| Expr::Column(Column::new(q.cloned(), ENTITY_COLUMN)));
-            let Some(entity) = entity else {
-                shape.not_aggregated_reason = Some(
-                    "subjects cannot be counted: aggregate directly over a granted table".into(),
-                );
-                return Ok(None);
-            };
-            for g in &agg.group_expr {
-                let (name, tags) = match g {
-                    Expr::Column(c) => (c.name.clone(), column_tags(c, tables)),
-                    other => (
-                        other.schema_name().to_string(),
-                        generalized_tags(other, tables),
-                    ),
-                };
-                shape.group_keys.push((name, tags));
-            }
-            for a in &agg.aggr_expr {
-                let inner = match a {
-                    Expr::Alias(al) => al.expr.as_ref(),
-                    e => e,
-                };
-                match inner {
-                    Expr::AggregateFunction(f) => {
-                        shape.aggregates.push(aggregate_identity(&f.func))
-                    }
-                    other => shape.aggregates.push(other.schema_name().to_string()),
-                }
-                if selects_by_identifier(inner, tables) {
-                    shape
-                        .isolating_aggregates
-                        .push(inner.schema_name().to_string());
-                }
-            }
-            extra.dominance = dominance_plan(&agg, &entity).map_err(internal)?;
-            if let Some(bounds) = privacy {
-                let (plan, aggregates) = bounded_plan(&agg, &entity).map_err(internal)?;
-                extra.bounded = plan;
-                shape.privacy = Some(PrivacyShape {
-                    bounds,
-                    aggregates,
-                    after_aggregate: Vec::new(),
-                });
-            }
-            let mut aggr = agg.aggr_expr.clone();
-            aggr.extend(group_key_columns(&agg.group_expr));
-            aggr.push(count_distinct(entity.clone()).alias(SUBJECTS_COLUMN));
-            aggr.push(
-                max(when(entity.is_null(), lit(1i64))
-                    .otherwise(lit(0i64))
-                    .map_err(internal)?)
-                .alias(NULL_SUBJECT_COLUMN),
-            );
-            let plan =
-                datafusion::logical_expr::LogicalPlanBuilder::from(agg.input.as_ref().clone())
-                    .aggregate(agg.group_expr.clone(), aggr)
-                    .map_err(internal)?
-                    .build()
-                    .map_err(internal)?;
-            Ok(Some(plan))
-        }
-        LogicalPlan::Projection(p) => {
-            let Some(input) = rewrite(p.input.as_ref().clone(), tables, privacy, shape, extra)?
-            else {
-                return Ok(None);
-            };
-            if let Some(privacy) = shape.privacy.as_mut() {
-                follow_projection(&mut privacy.aggregates, &p.expr);
-            }
-            let mut exprs = p.expr.clone();
-            // The runtime's hidden columns ride along every projection above the aggregate.
-            for (q, f) in input.schema().iter() {
-                if f.name().starts_with(RESERVED_PREFIX) && f.name() != ENTITY_COLUMN {
-                    exprs.push(Expr::Column(Column::new(q.cloned(), f.name())));
-                }
-            }
-            for hidden in [SUBJECTS_COLUMN, NULL_SUBJECT_COLUMN] {
-                if !input.schema().iter().any(|(_, f)| f.name() == hidden) {
-                    return Err(Error::Internal("hidden column lost in rewrite".into()));
-                }
-            }
-            Ok(Some(LogicalPlan::Projection(
-                Projection::try_new(exprs, Arc::new(input)).map_err(internal)?,
-            )))
-        }
-        node @ (LogicalPlan::Filter(_)
-        | LogicalPlan::Sort(_)
-        | LogicalPlan::Limit(_)
-        | LogicalPlan::SubqueryAlias(_)) => {
-            let child = node.inputs()[0].clone();
-            let Some(input) = rewrite(child, tables, privacy, shape, extra)? else {
-                return Ok(None);
-            };
-            if let Some(privacy) = shape.privacy.as_mut() {
-                let step = match &node {
-                    LogicalPlan::Filter(_) => "filter",
-                    LogicalPlan::Sort(s) if s.fetch.is_some() => "limit",
-                    LogicalPlan::Sort(_) => "sort",
-                    LogicalPlan::Limit(_) => "limit",
-                    _ => "alias",
-                };
-                privacy.after_aggregate.push(step.to_string());
-            }
-            let exprs = node.expressions();
-            Ok(Some(
-                node.with_new_exprs(exprs, vec![input]).map_err(internal)?,
-            ))
-        }
-        other => {
-            shape.not_aggregated_reason = Some(format!(
-                "a {} step follows the aggregate",
-                other
-                    .display()
-                    .to_string()
-                    .split([':', ' '])
-                    .next()
-                    .unwrap_or("query")
-            ));
-            Ok(None)
-        }
-    }
-}
-
-/// Follows each aggregate's output column through a projection: shown as it is (perhaps
-/// renamed), computed from (derived), or dropped.
-fn follow_projection(aggregates: &mut [BoundedAggregate], exprs: &[Expr]) {
-    for a in aggregates.iter_mut() {
-        let Some(name) = a.output.take() else {
-            continue;
-        };
-        for e in exprs {
-            let mut inner = e;
-            while let Expr::Alias(al) = inner {
-                inner = al.expr.as_ref();
-            }
-            if matches!(inner, Expr::Column(c) if c.name == name) {
-                let shown = match e {
-                    Expr::Alias(al) => al.name.clone(),
-                    _ => name.clone(),
-                };
-                a.output.get_or_insert(shown);
-            } else if e.column_refs().iter().any(|c| c.name == name) {
-                a.derived = true;
-            }
-        }
-    }
-}
-
-/// Whether an aggregate selects rows by a predicate over an identifier or entity column
-/// (`sum(CASE WHEN id = '...' THEN x END)`, `FILTER (WHERE id IN (...))`): such an aggregate
-/// can report one subject's value inside a group that has many.
-fn selects_by_identifier(aggregate: &Expr, tables: &[TableInput]) -> bool {
-    use datafusion::logical_expr::Operator;
-    let identifying = |e: &Expr| {
-        e.column_refs().iter().any(|c| {
-            c.name == ENTITY_COLUMN
-                || column_tags(c, tables).is_some_and(|tags| {
-                    tags.iter()
-                        .any(|t| matches!(t, ColumnTag::Pii(_) | ColumnTag::Entity))
-                })
-        })
-    };
-    let mut found = false;
-    let _ = aggregate.apply(|e| {
-        let predicate = match e {
-            Expr::BinaryExpr(b) => !matches!(
-                b.op,
-                Operator::Plus
-                    | Operator::Minus
-                    | Operator::Multiply
-                    | Operator::Divide
-                    | Operator::Modulo
-            ),
-            Expr::InList(_) | Expr::Like(_) | Expr::SimilarTo(_) | Expr::Between(_) => true,
-            Expr::Case(_) => true,
-            Expr::AggregateFunction(f) => f.params.filter.as_deref().is_some_and(identifying),
-            _ => false,
-        };
-        if predicate && identifying(e) {
-            found = true;
-            return Ok(TreeNodeRecursion::Stop);
-        }
-        Ok(TreeNodeRecursion::Continue)
-    });
-    found
-}
-
-/// The tags of a column reference, found by its table qualifier, or by a unique name.
-fn column_tags(c: &Column, tables: &[TableInput]) -> Option<Vec<ColumnTag>> {
-    let matches: Vec<&ColumnSpec> = tables
-        .iter()
-        .filter(|t| c.relation.as_ref().is_none_or(|r| r.table() == t.name))
-        .flat_map(|t| t.columns.iter())
-        .filter(|col| col.name == c.name)
-        .collect();
-    match matches.as_slice() {
-        [one] => Some(one.tags.clone()),
-        _ => None,
-    }
-}
-
-/// A group key computed from columns (a month of a date, a band of an age) is a dimension when
-/// every column it reads is one: it can only coarsen what they already show.
-fn generalized_tags(e: &Expr, tables: &[TableInput]) -> Option<Vec<ColumnTag>> {
-    let refs = e.column_refs();
-    let all_dimensions = !refs.is_empty()
-        && refs.iter().all(|c| {
-            column_tags(c, tables).is_some_and(|t| {
-                t.contains(&ColumnTag::Dimension)
-                    && !t
-                        .iter()
-                        .any(|t| matches!(t, ColumnTag::Pii(_) | ColumnTag::Entity))
-            })
-        });
-    all_dimensions.then(|| vec![ColumnTag::Dimension])
-}
-
 /// The implementations of DataFusion's own aggregate functions, by type.
 static BUILTIN_AGGREGATES: std::sync::LazyLock<std::collections::HashSet<std::any::TypeId>> =
     std::sync::LazyLock::new(|| {
@@ -1608,12 +1018,13 @@ static BUILTIN_AGGREGATES: std::sync::LazyLock<std::collections::HashSet<std::an
 /// What an aggregate of the plan is, by its implementation, never by the name it goes by:
 /// DataFusion's own (its name then says which), or a module's function, which no rule of a
 /// built-in applies to.
-fn aggregate_identity(f: &datafusion::logical_expr::AggregateUDF) -> String {
+/// Returns the name a rule knows it by, and whether it is a module's.
+pub(crate) fn aggregate_identity(f: &datafusion::logical_expr::AggregateUDF) -> (String, bool) {
     let any: &dyn std::any::Any = f.inner().as_ref();
     if BUILTIN_AGGREGATES.contains(&any.type_id()) {
-        f.name().to_ascii_lowercase()
+        (f.name().to_ascii_lowercase(), false)
     } else {
-        format!("{} (a module's function)", f.name())
+        (format!("{} (a module's function)", f.name()), true)
     }
 }
 
@@ -1653,7 +1064,7 @@ mod tests {
     use super::*;
     use arrow::array::{Float64Array, StringArray};
     use arrow::datatypes::DataType as ArrowType;
-    use tidegate_policy::DataType;
+    use tidegate_policy::{ColumnTag, DataType};
 
     fn table(rows: usize) -> TableInput {
         let schema = Arc::new(Schema::new(vec![

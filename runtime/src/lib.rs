@@ -14,6 +14,7 @@ mod guest_table;
 mod job;
 mod metering;
 mod platform;
+mod release;
 mod sandbox;
 mod storage;
 mod text;

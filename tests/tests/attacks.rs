@@ -9,7 +9,7 @@ use tidegate_server::{AGGREGATE_UDF_WASM, MODEL_UDF_WASM, visitor_csv};
 mod common;
 use common::{
     ROWS, active_scenario, constant_module, export_of as export, gate_check as check, job,
-    preview_of, setup,
+    preview_of, refused_before_running, setup,
 };
 
 #[test]
@@ -87,17 +87,22 @@ fn fake_subject_keys_cannot_be_added_to_a_query() {
         named["error"].as_str().unwrap().contains("reserved"),
         "{named}"
     );
-    // Padding with rows that carry no key at all leaves nothing to count subjects by: the
-    // result is not a gate-checkable aggregate, and nothing of it is released.
+    // Padding with rows that carry no key at all adds rows, never subjects: the subjects of a
+    // cell are those of the rows the runtime carried up from the scans, so Quiet Pond (under
+    // k) stays suppressed.
     let padded = export(
         &env,
         &sid,
         "SELECT spot, count(*) AS visits FROM (SELECT spot FROM visits \
-         UNION ALL SELECT 'Quiet Pond') t GROUP BY spot",
+         UNION ALL SELECT 'Quiet Pond' UNION ALL SELECT 'Quiet Pond') t GROUP BY spot",
         &[],
     );
-    assert_eq!(padded["state"], "rejected");
-    assert!(!check(&padded, "aggregation").0);
+    assert_eq!(padded["state"], "in_review", "{padded}");
+    let preview = preview_of(&env, &padded);
+    assert!(
+        preview.contains("West Lake") && !preview.contains("Quiet Pond"),
+        "{preview}"
+    );
 }
 
 #[test]
@@ -168,21 +173,15 @@ fn a_guest_aggregate_that_returns_one_subjects_value_is_refused_on_l2_data() {
     let (env, sid, _) = active_scenario();
     let (module, _) = env.world.publish_module(&sid, AGGREGATE_UDF_WASM).unwrap();
     let hash = module["hash"].as_str().unwrap().to_string();
-    // `largest` is the biggest spend of the group: one visitor's own value. The job runs (its
-    // result stays in the domain); the export gate refuses it, as it refuses any guest
-    // aggregate on L2 or L3 data, whatever its name promises.
+    // `largest` is the biggest spend of the group: one visitor's own value. Over L2 data a
+    // module's aggregate has no per-subject bound the gate checks, whatever its name
+    // promises: refused before it runs.
     for sql in [
         "SELECT spot, largest(CAST(spend * 100 AS BIGINT)) AS top FROM visits GROUP BY spot",
         "SELECT spot, sum_sq(spend) AS s FROM visits GROUP BY spot",
     ] {
-        let e = export(&env, &sid, sql, std::slice::from_ref(&hash));
-        assert_eq!(e["state"], "rejected", "{sql}: {e}");
-        let (passed, detail) = check(&e, "aggregation");
-        assert!(!passed);
-        assert!(
-            detail.contains("is not one the gate can vouch for"),
-            "{detail}"
-        );
+        let error = refused_before_running(&env, &sid, sql, std::slice::from_ref(&hash));
+        assert!(error.contains("is a module's aggregate"), "{error}");
     }
 }
 
@@ -192,15 +191,12 @@ fn rows_from_a_guest_table_function_cannot_leave_l2_data_even_aggregated() {
     let (module, _) = env.world.publish_module(&sid, MODEL_UDF_WASM).unwrap();
     let hash = module["hash"].as_str().unwrap().to_string();
     // The model writes one row per visit with no subject key: its output cannot be counted
-    // in subjects, so nothing computed from it is released from L2 data.
-    let e = export(
+    // in subjects, so nothing computed from it runs over L2 data.
+    let error = refused_before_running(
         &env,
         &sid,
         "SELECT label, count(*) AS n FROM standardize('visits', 'spend', 'spot') GROUP BY label",
         &[hash],
     );
-    assert_eq!(e["state"], "rejected", "{e}");
-    let (passed, detail) = check(&e, "aggregation");
-    assert!(!passed);
-    assert!(detail.contains("subjects cannot be counted"), "{detail}");
+    assert!(error.contains("carry no subjects"), "{error}");
 }

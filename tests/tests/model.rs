@@ -302,8 +302,10 @@ fn run(actions: Vec<Action>) -> Result<usize, TestCaseError> {
                     if let Some(s) = pick(scenario) {
                         let col = COLUMNS[column];
                         let sql = match module {
-                            Some(_) => format!("SELECT {col}, f(1) FROM visits"),
-                            None => format!("SELECT {col} FROM visits"),
+                            Some(_) => {
+                                format!("SELECT count({col}) AS n, count(f(1)) AS m FROM visits")
+                            }
+                            None => format!("SELECT count({col}) AS n FROM visits"),
                         };
                         let modules: Vec<String> =
                             module.map(|m| hashes[m].clone()).into_iter().collect();

@@ -257,7 +257,7 @@ fn a_private_scenario_releases_noised_counts_and_spends_its_budget_until_it_is_e
     assert_eq!(first["state"], "in_review", "{first}");
     let (_, detail) = gate_check(&first, "privacy budget");
     assert!(
-        detail.starts_with("epsilon 0.6 spent, 0.4 of 1 left after this release; Laplace noise on 1 column(s): visits scale 10.000"),
+        detail.starts_with("epsilon 0.6 spent, 0.4 of 1 left after this release; discrete Laplace noise on 1 column(s): visits scale 10.000"),
         "{detail}"
     );
     // Released in group-key order, not by the exact counts the query sorted on.

@@ -134,6 +134,7 @@ impl Platform {
                 },
                 earlier: &earlier,
                 pseudonyms: Some(&pseudonyms),
+                dominance: s.export_rules.dominance_rule(),
             },
             &batches,
         )?;

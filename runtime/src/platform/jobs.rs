@@ -222,6 +222,8 @@ impl Platform {
                     udfs,
                     EngineLimits {
                         privacy: scenario.export_rules.contribution_bounds(),
+                        level,
+                        dominance: scenario.export_rules.dominance_rule(),
                         ..EngineLimits::default()
                     },
                     cancelled,

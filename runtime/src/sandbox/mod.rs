@@ -34,8 +34,8 @@ mod scalar;
 mod validate;
 
 pub(crate) use guest::{Guest, JobInstances};
-pub(crate) use scalar::GuestFn;
 use scalar::scalars_of;
+pub(crate) use scalar::{GuestFn, is_guest_scalar};
 pub(crate) use validate::{SQL_FORMS, is_reserved_name};
 use validate::{check_export, parse_manifest, precheck};
 

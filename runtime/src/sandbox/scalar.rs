@@ -127,3 +127,10 @@ impl ScalarUDFImpl for WasmScalarUdf {
             .map_err(|e| DataFusionError::External(Box::new(e)))
     }
 }
+
+/// Whether a scalar function of a plan is a module's (an approved guest function), by its
+/// implementation, never by its name.
+pub(crate) fn is_guest_scalar(f: &ScalarUDF) -> bool {
+    let any: &dyn std::any::Any = f.inner().as_ref();
+    any.is::<WasmScalarUdf>()
+}

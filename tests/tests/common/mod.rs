@@ -156,6 +156,29 @@ pub(crate) fn constant_module(constant: i64) -> Vec<u8> {
     .unwrap()
 }
 
+/// Runs `sql` as a job of scenario `sid` over L2 data and expects it refused before it ran
+/// (R-GATE 2: nothing the gate cannot check runs): returns the refusal.
+pub(crate) fn refused_before_running(
+    env: &Env,
+    sid: &str,
+    sql: &str,
+    modules: &[String],
+) -> String {
+    let j = job(env, sid, sql, modules);
+    assert_eq!(j["state"], "failed", "{sql}: {j}");
+    assert_eq!(j["resources"]["guest_calls"], 0, "{sql}: {j}");
+    assert_eq!(j["resources"]["bytes_scanned"], 0, "{sql}: {j}");
+    let error = j["error"].as_str().unwrap().to_string();
+    assert!(error.starts_with("refused: "), "{sql}: {error}");
+    assert!(
+        error.ends_with(
+            "must be one grouped aggregate the export gate can check; nothing else runs"
+        ),
+        "{sql}: {error}"
+    );
+    error
+}
+
 /// Runs `sql` as a job of scenario `sid` and asks for the export of its result.
 pub(crate) fn export_of(env: &Env, sid: &str, sql: &str, modules: &[String]) -> Value {
     let j = job(env, sid, sql, modules);

@@ -1,0 +1,1117 @@
+//! What a job's result reveals, computed from its plan (R-GATE 2, 3 and 7): the lineage of
+//! every column through every operator, the privacy units of every row, and the plans that
+//! give each subject's contribution to each released cell.
+//!
+//! The analysis walks the logical plan the SQL planner built, not the query text. Every scan of
+//! a granted table with subjects gets the table's entity key as a hidden *unit* column
+//! (`__tg_u*`) and each numeric column as a hidden *source* (`__tg_s*`); the rewrite carries
+//! them through every projection, join, union and alias up to the one aggregate, so a row
+//! belongs to every subject of every table it was made from. Tags come from the granted
+//! columns a value is computed from, never from a column's name or qualifier; the user's SQL
+//! cannot name `__tg*` columns (refused before this runs), so nothing of the user's can pose
+//! as a unit. What a release may contain is an allow-list (see `tidegate_policy::release`):
+//! everything else is refused, with the operator or column named.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::{Column, DFSchema, ScalarValue};
+use datafusion::functions_aggregate::expr_fn::max;
+use datafusion::functions_aggregate::{count::count_udaf, sum::sum_udaf};
+use datafusion::logical_expr::expr::AggregateFunction;
+use datafusion::logical_expr::{
+    Expr, JoinType, LogicalPlan, LogicalPlanBuilder, Projection, SubqueryAlias, Union,
+};
+use datafusion::prelude::{abs, cast, lit};
+use tidegate_policy::{
+    BoundedAggregate, ColumnTag, ContributionBounds, Level, Lineage, PrivacyShape, QueryShape,
+    Released, releasable_aggregate, releasable_group_key,
+};
+
+use crate::error::{Error, Result};
+use crate::job::{ENTITY_COLUMN, GROUP_KEY_PREFIX, RESERVED_PREFIX, TableInput};
+
+/// Hidden columns `__tg_u0..`: a row's subject from one scan (its entity key, as text).
+const UNIT_PREFIX: &str = "__tg_u";
+/// Hidden columns `__tg_s0..`: a numeric column of a table with subjects, as a double.
+const SOURCE_PREFIX: &str = "__tg_s";
+/// Hidden result columns `__tg_t0..`: a cell's total of a measure (absolute values).
+pub(crate) const TOTAL_PREFIX: &str = "__tg_t";
+/// Contribution columns `__tg_c0..`: one subject's part of a measure in one cell.
+pub(crate) const PART_PREFIX: &str = "__tg_c";
+/// Contribution columns `__tg_d0..`: one subject's signed count or sum of an aggregate, for
+/// differential privacy.
+pub(crate) const SIGNED_PREFIX: &str = "__tg_d";
+/// The subject of a contribution row.
+pub(crate) const SUBJECT_COLUMN: &str = "__tg_subject";
+
+/// What the dominance rules check per cell: an aggregate's own value (rows for a count), or
+/// one numeric column it reads (so an offset added to every row hides nothing).
+#[derive(Debug, Clone)]
+pub(crate) struct Measure {
+    /// The hidden result column with the cell's total.
+    pub total: String,
+    /// The contribution column with one subject's part.
+    pub part: String,
+    /// It counts rows (bounded by the count bound under differential privacy, not the sum
+    /// bound).
+    pub count: bool,
+}
+
+/// One aggregate as differential privacy bounds it: its signed part per subject.
+#[derive(Debug, Clone)]
+pub(crate) struct Signed {
+    pub kind: Released,
+    pub column: String,
+}
+
+/// The analysis of a job's plan.
+pub(crate) struct Analysis {
+    /// The plan to run: the query, with the hidden columns the gate reads.
+    pub plan: LogicalPlan,
+    /// Each subject's contribution to each cell: grouped by the hidden keys and the subject.
+    pub contributions: Option<LogicalPlan>,
+    pub measures: Vec<Measure>,
+    /// Per aggregate (by position), its signed part, when bounded for differential privacy.
+    pub signed: Vec<Option<Signed>>,
+    pub shape: QueryShape,
+}
+
+/// The functions of a job that are modules' (approved), by name.
+pub(crate) struct Context<'a> {
+    pub tables: &'a [TableInput],
+    pub level: Level,
+    pub privacy: Option<ContributionBounds>,
+}
+
+/// Analyses `plan`. Over L2 or L3 data a plan outside the allow-list is refused here, before
+/// it runs, with the reason; over L1 data it runs as written and its result is not an
+/// aggregate the gate vouches for.
+pub(crate) fn analyze(plan: LogicalPlan, cx: &Context<'_>) -> Result<Analysis> {
+    let protected = cx.level > Level::L1;
+    let mut walk = Walk {
+        tables: cx.tables,
+        next: 0,
+        strict: protected,
+    };
+    let outcome = no_subqueries(&plan).and_then(|()| walk.release(plan.clone(), cx.privacy));
+    match outcome {
+        Ok(a) => Ok(a),
+        Err(Error::Refused(reason)) if protected => Err(Error::Refused(format!(
+            "{reason}. A job over {} data must be one grouped aggregate the export gate can check; nothing else runs",
+            cx.level
+        ))),
+        Err(Error::Refused(reason)) => Ok(Analysis {
+            plan,
+            contributions: None,
+            measures: Vec::new(),
+            signed: Vec::new(),
+            shape: QueryShape {
+                aggregated: false,
+                not_aggregated_reason: Some(reason),
+                ..QueryShape::default()
+            },
+        }),
+        Err(e) => Err(e),
+    }
+}
+
+fn refuse<T>(reason: impl Into<String>) -> Result<T> {
+    Err(Error::Refused(reason.into()))
+}
+
+fn internal(e: datafusion::error::DataFusionError) -> Error {
+    Error::Internal(format!("plan analysis: {e}"))
+}
+
+/// Subqueries inside expressions (IN, EXISTS, scalar subqueries) read data outside the flow
+/// the analysis follows: refused anywhere in the plan.
+fn no_subqueries(plan: &LogicalPlan) -> Result<()> {
+    let mut found = false;
+    plan.apply_with_subqueries(|node| {
+        for e in node.expressions() {
+            e.apply(|sub| {
+                if matches!(
+                    sub,
+                    Expr::ScalarSubquery(_)
+                        | Expr::InSubquery(_)
+                        | Expr::Exists(_)
+                        | Expr::OuterReferenceColumn(..)
+                ) {
+                    found = true;
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })?;
+        }
+        Ok(if found {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    })
+    .map_err(internal)?;
+    if found {
+        return refuse(
+            "a subquery inside an expression (IN, EXISTS or a scalar subquery) is not allowed; join the tables instead",
+        );
+    }
+    Ok(())
+}
+
+/// A hidden column the rewrite carries up from a scan.
+#[derive(Debug, Clone)]
+struct Carried {
+    name: String,
+    unit: bool,
+}
+
+/// A rewritten plan below the aggregate: each output column's lineage, and the hidden
+/// columns it carries.
+struct Node {
+    plan: LogicalPlan,
+    columns: Vec<Lineage>,
+    carried: Vec<Carried>,
+}
+
+impl Node {
+    fn column(&self, name: &str) -> Result<Expr> {
+        column_named(self.plan.schema(), name)
+    }
+}
+
+fn column_named(schema: &DFSchema, name: &str) -> Result<Expr> {
+    schema
+        .iter()
+        .find(|(_, f)| f.name() == name)
+        .map(|(q, f)| Expr::Column(Column::new(q.cloned(), f.name())))
+        .ok_or_else(|| Error::Internal(format!("plan analysis: hidden column {name} lost")))
+}
+
+struct Walk<'a> {
+    tables: &'a [TableInput],
+    next: usize,
+    /// Over L2 or L3 data: the release rules refuse. Over L1 data they only say what the
+    /// gate can vouch for.
+    strict: bool,
+}
+
+/// The name of a plan operator, as a refusal names it.
+fn operator(plan: &LogicalPlan) -> String {
+    match plan {
+        LogicalPlan::Join(j) => format!("{} join", j.join_type).to_lowercase(),
+        LogicalPlan::Distinct(_) => "DISTINCT".into(),
+        LogicalPlan::Window(_) => "window function".into(),
+        LogicalPlan::Aggregate(_) => "second aggregate".into(),
+        LogicalPlan::Unnest(_) => "unnest".into(),
+        LogicalPlan::Union(_) => "UNION (without ALL)".into(),
+        other => other
+            .display()
+            .to_string()
+            .split([':', ' '])
+            .next()
+            .unwrap_or("query")
+            .to_string(),
+    }
+}
+
+impl Walk<'_> {
+    fn fresh(&mut self, prefix: &str) -> String {
+        self.next += 1;
+        format!("{prefix}{}", self.next)
+    }
+
+    /// The lineage of an expression over an input with these columns.
+    fn lineage(&self, e: &Expr, schema: &DFSchema, columns: &[Lineage]) -> Result<Lineage> {
+        Ok(match e {
+            Expr::Column(c) => {
+                let at = schema.index_of_column(c).map_err(internal)?;
+                columns[at].clone()
+            }
+            Expr::Alias(a) => self.lineage(&a.expr, schema, columns)?,
+            Expr::Literal(..) | Expr::Placeholder(_) | Expr::ScalarVariable(..) => {
+                Lineage::constant()
+            }
+            Expr::ScalarFunction(f) => {
+                let parts = f
+                    .args
+                    .iter()
+                    .map(|a| self.lineage(a, schema, columns))
+                    .collect::<Result<Vec<_>>>()?;
+                if crate::sandbox::is_guest_scalar(&f.func) {
+                    Lineage::through_module(&parts)
+                } else {
+                    Lineage::combine(&parts)
+                }
+            }
+            Expr::AggregateFunction(_) | Expr::WindowFunction(_) => {
+                return refuse(format!(
+                    "`{}` is an aggregate or window function where a row value is expected",
+                    e.schema_name()
+                ));
+            }
+            other => {
+                let mut parts = Vec::new();
+                let mut failed = None;
+                other
+                    .apply_children(|child| {
+                        match self.lineage(child, schema, columns) {
+                            Ok(l) => parts.push(l),
+                            Err(e) => {
+                                failed = Some(e);
+                                return Ok(TreeNodeRecursion::Stop);
+                            }
+                        }
+                        Ok(TreeNodeRecursion::Continue)
+                    })
+                    .map_err(internal)?;
+                if let Some(e) = failed {
+                    return Err(e);
+                }
+                Lineage::combine(&parts)
+            }
+        })
+    }
+
+    /// The whole query: the steps above the aggregate, the aggregate, and below it.
+    fn release(
+        &mut self,
+        plan: LogicalPlan,
+        privacy: Option<ContributionBounds>,
+    ) -> Result<Analysis> {
+        match plan {
+            LogicalPlan::Aggregate(agg) => self.aggregate(agg, privacy),
+            LogicalPlan::Projection(p) => {
+                let mut a = self.release(p.input.as_ref().clone(), privacy)?;
+                if let Some(shape) = a.shape.privacy.as_mut() {
+                    follow_projection(&mut shape.aggregates, &p.expr);
+                }
+                let input = a.plan;
+                let mut exprs = p.expr.clone();
+                // The runtime's hidden columns ride along every projection above the aggregate.
+                for (q, f) in input.schema().iter() {
+                    if f.name().starts_with(RESERVED_PREFIX) {
+                        exprs.push(Expr::Column(Column::new(q.cloned(), f.name())));
+                    }
+                }
+                a.plan = LogicalPlan::Projection(
+                    Projection::try_new(exprs, Arc::new(input)).map_err(internal)?,
+                );
+                Ok(a)
+            }
+            node @ (LogicalPlan::Filter(_)
+            | LogicalPlan::Sort(_)
+            | LogicalPlan::Limit(_)
+            | LogicalPlan::SubqueryAlias(_)) => {
+                let child = node.inputs()[0].clone();
+                let mut a = self.release(child, privacy)?;
+                if let Some(shape) = a.shape.privacy.as_mut() {
+                    let step = match &node {
+                        LogicalPlan::Filter(_) => "filter",
+                        LogicalPlan::Sort(s) if s.fetch.is_some() => "limit",
+                        LogicalPlan::Sort(_) => "sort",
+                        LogicalPlan::Limit(_) => "limit",
+                        _ => "alias",
+                    };
+                    shape.after_aggregate.push(step.to_string());
+                }
+                a.plan = rebuild(&node, vec![a.plan])?;
+                Ok(a)
+            }
+            other => {
+                let has_aggregate = {
+                    let mut found = false;
+                    other
+                        .apply(|n| {
+                            found |= matches!(n, LogicalPlan::Aggregate(_));
+                            Ok(if found {
+                                TreeNodeRecursion::Stop
+                            } else {
+                                TreeNodeRecursion::Continue
+                            })
+                        })
+                        .map_err(internal)?;
+                    found
+                };
+                if has_aggregate {
+                    refuse(format!(
+                        "a {} step follows the aggregate; allowed above it: {}",
+                        operator(&other),
+                        tidegate_policy::OPERATORS_ABOVE_AGGREGATE.join(", ")
+                    ))
+                } else {
+                    refuse("the query has no GROUP BY aggregate")
+                }
+            }
+        }
+    }
+
+    fn aggregate(
+        &mut self,
+        agg: datafusion::logical_expr::Aggregate,
+        privacy: Option<ContributionBounds>,
+    ) -> Result<Analysis> {
+        let input = self.below(agg.input.as_ref().clone())?;
+        let units: Vec<&Carried> = input.carried.iter().filter(|c| c.unit).collect();
+        if units.is_empty() {
+            return refuse(
+                "the aggregate reads no table with subjects, so the gate cannot count them",
+            );
+        }
+        if agg
+            .group_expr
+            .iter()
+            .any(|g| matches!(g, Expr::GroupingSet(_)))
+        {
+            return refuse(
+                "GROUPING SETS, ROLLUP and CUBE are not allowed: their totals could reveal a suppressed cell; run one query per grouping",
+            );
+        }
+        let schema = input.plan.schema().clone();
+        let mut shape = QueryShape {
+            aggregated: true,
+            ..QueryShape::default()
+        };
+        for g in &agg.group_expr {
+            let shown = match g {
+                Expr::Column(c) => c.name.clone(),
+                other => other.schema_name().to_string(),
+            };
+            let lineage = self.lineage(g, &schema, &input.columns)?;
+            let tags = match releasable_group_key(&lineage, &shown) {
+                Ok(()) => Some(vec![ColumnTag::Dimension]),
+                Err(reason) if self.strict => return refuse(reason),
+                Err(_) => None,
+            };
+            shape.group_keys.push((shown, tags));
+        }
+        // Each aggregate: what it is, its argument and filter, and what the gate measures.
+        struct Part {
+            /// None: not releasable (over L1 data only); nothing is measured.
+            kind: Option<Released>,
+            argument: Expr,
+            filter: Option<Expr>,
+            sources: BTreeSet<usize>,
+        }
+        let mut parts = Vec::new();
+        for a in &agg.aggr_expr {
+            let inner = match a {
+                Expr::Alias(al) => al.expr.as_ref(),
+                e => e,
+            };
+            let Expr::AggregateFunction(f) = inner else {
+                return refuse(format!(
+                    "`{}` is not an aggregate function",
+                    inner.schema_name()
+                ));
+            };
+            let (identity, module) = crate::job::aggregate_identity(&f.func);
+            let args = f
+                .params
+                .args
+                .iter()
+                .map(|x| self.lineage(x, &schema, &input.columns))
+                .collect::<Result<Vec<_>>>()?;
+            let argument = Lineage::combine(&args);
+            let argument = match args.as_slice() {
+                [one] => Lineage {
+                    entity: one.entity,
+                    ..argument
+                },
+                _ => argument,
+            };
+            let filter = match &f.params.filter {
+                Some(x) => Some(self.lineage(x, &schema, &input.columns)?),
+                None => None,
+            };
+            if !f.params.order_by.is_empty() {
+                return refuse(format!(
+                    "`{}`: ORDER BY inside an aggregate is not allowed",
+                    inner.schema_name()
+                ));
+            }
+            let kind = match releasable_aggregate(
+                &identity,
+                module,
+                f.params.distinct,
+                &argument,
+                filter.as_ref(),
+                &inner.schema_name().to_string(),
+            ) {
+                Ok(kind) => Some(kind),
+                Err(reason) if self.strict => return refuse(reason),
+                Err(_) => None,
+            };
+            shape.aggregates.push(identity);
+            parts.push(Part {
+                kind,
+                argument: f.params.args.first().cloned().unwrap_or_else(|| lit(1i64)),
+                filter: f.params.filter.as_deref().cloned(),
+                sources: argument.sources,
+            });
+        }
+
+        // The measures: per aggregate, its value (rows for a count), and each numeric column
+        // it reads; the cell totals ride in the query's own aggregate.
+        let with_filter = |func, arg: Expr, filter: &Option<Expr>| {
+            Expr::AggregateFunction(AggregateFunction::new_udf(
+                func,
+                vec![arg],
+                false,
+                filter.clone().map(Box::new),
+                vec![],
+                None,
+            ))
+        };
+        let as_double = |e: Expr| cast(e, arrow::datatypes::DataType::Float64);
+        let mut measures = Vec::new();
+        let mut totals = Vec::new();
+        // (part column, expression over the per-unit projection), built below.
+        let mut part_exprs: Vec<(String, PartExpr)> = Vec::new();
+        let mut signed = Vec::new();
+        for (j, p) in parts.iter().enumerate() {
+            let value = match p.kind {
+                None | Some(Released::CountSubjects) => None,
+                Some(Released::Count) => Some((
+                    with_filter(count_udaf(), p.argument.clone(), &p.filter),
+                    PartExpr::Count(j),
+                )),
+                Some(Released::Sum) => Some((
+                    with_filter(sum_udaf(), abs(as_double(p.argument.clone())), &p.filter),
+                    PartExpr::AbsSum(j),
+                )),
+            };
+            if let Some((total, part)) = value {
+                let (t, c) = (format!("{TOTAL_PREFIX}{j}"), format!("{PART_PREFIX}{j}"));
+                totals.push(total.alias(&t));
+                part_exprs.push((c.clone(), part));
+                measures.push(Measure {
+                    total: t,
+                    part: c,
+                    count: matches!(part, PartExpr::Count(_)),
+                });
+            }
+            if p.kind == Some(Released::Sum) {
+                for n in &p.sources {
+                    let source = input.column(&format!("{SOURCE_PREFIX}{n}"))?;
+                    let (t, c) = (
+                        format!("{TOTAL_PREFIX}{j}_{n}"),
+                        format!("{PART_PREFIX}{j}_{n}"),
+                    );
+                    totals.push(with_filter(sum_udaf(), abs(source), &p.filter).alias(&t));
+                    part_exprs.push((c.clone(), PartExpr::Source(j, *n)));
+                    measures.push(Measure {
+                        total: t,
+                        part: c,
+                        count: false,
+                    });
+                }
+            }
+            signed.push(match (privacy, p.kind) {
+                (Some(_), Some(kind @ (Released::Count | Released::Sum))) => {
+                    let c = format!("{SIGNED_PREFIX}{j}");
+                    part_exprs.push((
+                        c.clone(),
+                        match kind {
+                            Released::Count => PartExpr::Count(j),
+                            _ => PartExpr::Sum(j),
+                        },
+                    ));
+                    Some(Signed { kind, column: c })
+                }
+                _ => None,
+            });
+        }
+
+        // The contributions: one projection per unit (keys, that unit as the subject, the
+        // arguments, filters and sources), all of them in one union, grouped by key and
+        // subject. A row of a join belongs to the subject of every table it came from.
+        let several_units = units.len() > 1;
+        let sources: BTreeSet<usize> = parts.iter().flat_map(|p| p.sources.clone()).collect();
+        let mut branches = Vec::new();
+        for unit in &units {
+            let mut exprs = Vec::new();
+            for (i, g) in agg.group_expr.iter().enumerate() {
+                exprs.push(g.clone().alias(format!("{GROUP_KEY_PREFIX}{i}")));
+            }
+            exprs.push(input.column(&unit.name)?.alias(SUBJECT_COLUMN));
+            for (j, p) in parts.iter().enumerate() {
+                exprs.push(p.argument.clone().alias(format!("__tg_a{j}")));
+                if let Some(f) = &p.filter {
+                    exprs.push(f.clone().alias(format!("__tg_f{j}")));
+                }
+            }
+            for n in &sources {
+                let name = format!("{SOURCE_PREFIX}{n}");
+                exprs.push(input.column(&name)?.alias(name));
+            }
+            let mut branch = LogicalPlanBuilder::from(input.plan.clone())
+                .project(exprs)
+                .map_err(internal)?;
+            if several_units {
+                // A missing side of an outer join is no subject.
+                branch = branch
+                    .filter(datafusion::prelude::col(SUBJECT_COLUMN).is_not_null())
+                    .map_err(internal)?;
+            }
+            branches.push(Arc::new(branch.build().map_err(internal)?));
+        }
+        let union = if branches.len() == 1 {
+            branches
+                .pop()
+                .map(Arc::unwrap_or_clone)
+                .expect("one branch")
+        } else {
+            LogicalPlan::Union(Union::try_new_with_loose_types(branches).map_err(internal)?)
+        };
+        let column = |name: String| datafusion::prelude::col(name);
+        let filter_of = |j: usize| {
+            parts[j]
+                .filter
+                .as_ref()
+                .map(|_| column(format!("__tg_f{j}")))
+        };
+        let mut contribution_aggr = Vec::new();
+        for (name, part) in &part_exprs {
+            let e = match *part {
+                PartExpr::Count(j) => {
+                    with_filter(count_udaf(), column(format!("__tg_a{j}")), &filter_of(j))
+                }
+                PartExpr::AbsSum(j) => with_filter(
+                    sum_udaf(),
+                    abs(as_double(column(format!("__tg_a{j}")))),
+                    &filter_of(j),
+                ),
+                PartExpr::Sum(j) => with_filter(
+                    sum_udaf(),
+                    as_double(column(format!("__tg_a{j}"))),
+                    &filter_of(j),
+                ),
+                PartExpr::Source(j, n) => with_filter(
+                    sum_udaf(),
+                    abs(column(format!("{SOURCE_PREFIX}{n}"))),
+                    &filter_of(j),
+                ),
+            };
+            contribution_aggr.push(e.alias(name));
+        }
+        let mut by = (0..agg.group_expr.len())
+            .map(|i| column(format!("{GROUP_KEY_PREFIX}{i}")))
+            .collect::<Vec<_>>();
+        by.push(column(SUBJECT_COLUMN.to_string()));
+        let contributions = LogicalPlanBuilder::from(union)
+            .aggregate(by, contribution_aggr)
+            .map_err(internal)?
+            .build()
+            .map_err(internal)?;
+
+        // The query's own aggregate, with each group's keys under hidden names (to match
+        // cells across results and releases) and the cells' totals.
+        let mut aggr = agg.aggr_expr.clone();
+        for (i, g) in agg.group_expr.iter().enumerate() {
+            aggr.push(max(g.clone()).alias(format!("{GROUP_KEY_PREFIX}{i}")));
+        }
+        aggr.extend(totals);
+        let plan = LogicalPlanBuilder::from(input.plan)
+            .aggregate(agg.group_expr.clone(), aggr)
+            .map_err(internal)?
+            .build()
+            .map_err(internal)?;
+
+        if let Some(bounds) = privacy {
+            if several_units {
+                return refuse(
+                    "under differential privacy a row may belong to one subject only: a join of two tables with subjects cannot be bounded; join a table with subjects to lookup tables only",
+                );
+            }
+            let aggregates = parts
+                .iter()
+                .enumerate()
+                .map(|(j, p)| BoundedAggregate {
+                    function: match p.kind {
+                        Some(Released::Count) => "count".to_string(),
+                        Some(Released::CountSubjects) => "count(DISTINCT)".to_string(),
+                        _ => shape.aggregates[j].clone(),
+                    },
+                    hidden: match p.kind {
+                        Some(Released::Count | Released::Sum) => {
+                            format!("{}{j}", crate::job::BOUNDED_PREFIX)
+                        }
+                        _ => String::new(),
+                    },
+                    output: Some(agg.schema.field(agg.group_expr.len() + j).name().clone()),
+                    derived: false,
+                    also_shown_as: Vec::new(),
+                })
+                .collect();
+            shape.privacy = Some(PrivacyShape {
+                bounds,
+                aggregates,
+                after_aggregate: Vec::new(),
+            });
+        }
+        Ok(Analysis {
+            plan,
+            contributions: Some(contributions),
+            measures,
+            signed,
+            shape,
+        })
+    }
+
+    /// Rewrites the plan below the aggregate, carrying every scan's hidden columns up, and
+    /// refuses what is not on the allow-list.
+    fn below(&mut self, plan: LogicalPlan) -> Result<Node> {
+        match plan {
+            LogicalPlan::TableScan(scan) => self.scan(scan),
+            LogicalPlan::Projection(p) => {
+                let input = self.below(p.input.as_ref().clone())?;
+                let schema = input.plan.schema().clone();
+                let mut exprs = p.expr.clone();
+                let mut columns = exprs
+                    .iter()
+                    .map(|e| self.lineage(e, &schema, &input.columns))
+                    .collect::<Result<Vec<_>>>()?;
+                for c in &input.carried {
+                    exprs.push(input.column(&c.name)?);
+                    columns.push(self.carried_lineage(c, &schema, &input)?);
+                }
+                Ok(Node {
+                    plan: LogicalPlan::Projection(
+                        Projection::try_new(exprs, Arc::new(input.plan)).map_err(internal)?,
+                    ),
+                    columns,
+                    carried: input.carried,
+                })
+            }
+            node @ (LogicalPlan::Filter(_) | LogicalPlan::Sort(_) | LogicalPlan::Limit(_)) => {
+                let input = self.below(node.inputs()[0].clone())?;
+                Ok(Node {
+                    plan: rebuild(&node, vec![input.plan])?,
+                    columns: input.columns,
+                    carried: input.carried,
+                })
+            }
+            LogicalPlan::SubqueryAlias(a) => {
+                let input = self.below(a.input.as_ref().clone())?;
+                Ok(Node {
+                    plan: LogicalPlan::SubqueryAlias(
+                        SubqueryAlias::try_new(Arc::new(input.plan), a.alias.clone())
+                            .map_err(internal)?,
+                    ),
+                    columns: input.columns,
+                    carried: input.carried,
+                })
+            }
+            node @ LogicalPlan::Join(_) => {
+                let LogicalPlan::Join(j) = &node else {
+                    unreachable!()
+                };
+                if !matches!(
+                    j.join_type,
+                    JoinType::Inner | JoinType::Left | JoinType::Right | JoinType::Full
+                ) {
+                    return refuse(format!(
+                        "a {} is not allowed below the aggregate; allowed: {}",
+                        operator(&node),
+                        tidegate_policy::OPERATORS_BELOW_AGGREGATE.join(", ")
+                    ));
+                }
+                let left = self.below(j.left.as_ref().clone())?;
+                let right = self.below(j.right.as_ref().clone())?;
+                let mut columns = left.columns;
+                columns.extend(right.columns);
+                let mut carried = left.carried;
+                carried.extend(right.carried);
+                let plan = rebuild(&node, vec![left.plan, right.plan])?;
+                if plan.schema().fields().len() != columns.len() {
+                    return Err(Error::Internal("plan analysis: join schema".into()));
+                }
+                Ok(Node {
+                    plan,
+                    columns,
+                    carried,
+                })
+            }
+            LogicalPlan::Union(u) => self.union(u),
+            node @ (LogicalPlan::Values(_) | LogicalPlan::EmptyRelation(_)) => Ok(Node {
+                columns: vec![Lineage::constant(); node.schema().fields().len()],
+                plan: node,
+                carried: Vec::new(),
+            }),
+            other => refuse(format!(
+                "a {} is not allowed below the aggregate; allowed: {}",
+                operator(&other),
+                tidegate_policy::OPERATORS_BELOW_AGGREGATE.join(", ")
+            )),
+        }
+    }
+
+    fn carried_lineage(&self, c: &Carried, schema: &DFSchema, node: &Node) -> Result<Lineage> {
+        let e = column_named(schema, &c.name)?;
+        self.lineage(&e, schema, &node.columns)
+    }
+
+    /// A granted table: its columns' tags, and the hidden units and sources over it.
+    fn scan(&mut self, scan: datafusion::logical_expr::TableScan) -> Result<Node> {
+        let name = scan.table_name.table().to_string();
+        let Some(table) = self.tables.iter().find(|t| t.name == name) else {
+            return refuse(format!(
+                "`{name}` is not a granted table: rows from a table function carry no subjects the gate can count"
+            ));
+        };
+        let plan = LogicalPlan::TableScan(scan);
+        let schema = plan.schema().clone();
+        let subjects = schema.iter().any(|(_, f)| f.name() == ENTITY_COLUMN);
+        let mut exprs = Vec::new();
+        let mut columns = Vec::new();
+        let mut carried = Vec::new();
+        let mut hidden = Vec::new();
+        let mut hidden_lineage = Vec::new();
+        for (q, f) in schema.iter() {
+            let reference = Expr::Column(Column::new(q.cloned(), f.name()));
+            exprs.push(reference.clone());
+            if f.name() == ENTITY_COLUMN {
+                columns.push(Lineage::entity_key());
+                let unit = self.fresh(UNIT_PREFIX);
+                hidden.push(cast(reference, arrow::datatypes::DataType::Utf8).alias(&unit));
+                hidden_lineage.push(Lineage::entity_key());
+                carried.push(Carried {
+                    name: unit,
+                    unit: true,
+                });
+                continue;
+            }
+            let tags = table
+                .columns
+                .iter()
+                .find(|c| c.name == *f.name())
+                .map(|c| c.tags.clone())
+                .unwrap_or_default();
+            let mut lineage = Lineage::of_column(&tags, subjects);
+            if subjects && f.data_type().is_numeric() {
+                let source = self.fresh(SOURCE_PREFIX);
+                let id: usize = source[SOURCE_PREFIX.len()..]
+                    .parse()
+                    .map_err(|_| Error::Internal("plan analysis: source id".into()))?;
+                lineage.sources.insert(id);
+                hidden.push(cast(reference, arrow::datatypes::DataType::Float64).alias(&source));
+                hidden_lineage.push(lineage.clone());
+                carried.push(Carried {
+                    name: source,
+                    unit: false,
+                });
+            }
+            columns.push(lineage);
+        }
+        exprs.extend(hidden);
+        columns.extend(hidden_lineage);
+        Ok(Node {
+            plan: LogicalPlan::Projection(
+                Projection::try_new(exprs, Arc::new(plan)).map_err(internal)?,
+            ),
+            columns,
+            carried,
+        })
+    }
+
+    /// UNION ALL: every branch carries every branch's hidden columns (NULL where they are
+    /// another branch's), in the same places.
+    fn union(&mut self, u: Union) -> Result<Node> {
+        let inputs = u
+            .inputs
+            .iter()
+            .map(|i| self.below(i.as_ref().clone()))
+            .collect::<Result<Vec<_>>>()?;
+        let all: Vec<Carried> = inputs.iter().flat_map(|i| i.carried.clone()).collect();
+        let mut columns: Option<Vec<Lineage>> = None;
+        let mut branches = Vec::new();
+        for input in &inputs {
+            let schema = input.plan.schema();
+            let own: BTreeSet<&str> = input.carried.iter().map(|c| c.name.as_str()).collect();
+            let mut exprs = Vec::new();
+            let mut lineage = Vec::new();
+            for (i, (q, f)) in schema.iter().enumerate() {
+                if !own.contains(f.name().as_str()) {
+                    exprs.push(Expr::Column(Column::new(q.cloned(), f.name())));
+                    lineage.push(input.columns[i].clone());
+                }
+            }
+            for c in &all {
+                if own.contains(c.name.as_str()) {
+                    exprs.push(input.column(&c.name)?);
+                    lineage.push(self.carried_lineage(c, schema, input)?);
+                } else {
+                    let null = if c.unit {
+                        ScalarValue::Utf8(None)
+                    } else {
+                        ScalarValue::Float64(None)
+                    };
+                    exprs.push(lit(null).alias(&c.name));
+                    lineage.push(Lineage::default());
+                }
+            }
+            match columns.as_mut() {
+                None => columns = Some(lineage),
+                Some(have) => {
+                    for (h, l) in have.iter_mut().zip(&lineage) {
+                        h.merge(l);
+                    }
+                }
+            }
+            branches.push(Arc::new(
+                LogicalPlanBuilder::from(input.plan.clone())
+                    .project(exprs)
+                    .map_err(internal)?
+                    .build()
+                    .map_err(internal)?,
+            ));
+        }
+        Ok(Node {
+            plan: LogicalPlan::Union(Union::try_new_with_loose_types(branches).map_err(internal)?),
+            columns: columns.unwrap_or_default(),
+            carried: all,
+        })
+    }
+}
+
+/// How a contribution column is computed from the per-unit projection.
+#[derive(Debug, Clone, Copy)]
+enum PartExpr {
+    Count(usize),
+    AbsSum(usize),
+    Sum(usize),
+    Source(usize, usize),
+}
+
+fn rebuild(node: &LogicalPlan, inputs: Vec<LogicalPlan>) -> Result<LogicalPlan> {
+    node.with_new_exprs(node.expressions(), inputs)
+        .map_err(internal)
+}
+
+/// Follows each aggregate's output column through a projection: shown as it is (perhaps
+/// under several names), computed from (derived), or dropped.
+fn follow_projection(aggregates: &mut [BoundedAggregate], exprs: &[Expr]) {
+    for a in aggregates.iter_mut() {
+        let names: Vec<String> = a
+            .output
+            .take()
+            .into_iter()
+            .chain(a.also_shown_as.drain(..))
+            .collect();
+        if names.is_empty() {
+            continue;
+        }
+        let mut shown = Vec::new();
+        for e in exprs {
+            let mut inner = e;
+            while let Expr::Alias(al) = inner {
+                inner = al.expr.as_ref();
+            }
+            match inner {
+                Expr::Column(c) if names.contains(&c.name) => shown.push(match e {
+                    Expr::Alias(al) => al.name.clone(),
+                    _ => c.name.clone(),
+                }),
+                _ if e.column_refs().iter().any(|c| names.contains(&c.name)) => a.derived = true,
+                _ => {}
+            }
+        }
+        let mut shown = shown.into_iter();
+        a.output = shown.next();
+        a.also_shown_as = shown.collect();
+    }
+}
+
+/// Adds what the gate reads to the result, computed from every subject's contributions: each
+/// cell's distinct subjects (`__tg_subjects`), whether a dominance rule fails for any of its
+/// measures (`__tg_dominated`), and under differential privacy each count and sum again with
+/// every subject's part bounded (`__tg_dp_*`).
+pub(crate) fn attach(
+    batches: Vec<arrow::array::RecordBatch>,
+    contributions: &[arrow::array::RecordBatch],
+    analysis: &Analysis,
+    rule: tidegate_policy::DominanceRule,
+    privacy: Option<ContributionBounds>,
+) -> Result<Vec<arrow::array::RecordBatch>> {
+    use arrow::array::{Array, AsArray, BooleanArray, Float64Array, Int64Array};
+    use arrow::datatypes::{DataType, Float64Type};
+    use std::collections::HashMap;
+    use std::hash::{Hash, Hasher};
+    let arrow_error = |e: arrow::error::ArrowError| Error::Internal(format!("gate columns: {e}"));
+    let doubles = |b: &arrow::array::RecordBatch, name: &str| -> Result<Float64Array> {
+        let c = b
+            .column_by_name(name)
+            .ok_or_else(|| Error::Internal(format!("gate columns: {name} missing")))?;
+        Ok(arrow::compute::cast(c, &DataType::Float64)
+            .map_err(arrow_error)?
+            .as_primitive::<Float64Type>()
+            .clone())
+    };
+    let top = rule.top_needed();
+    let signed: Vec<(usize, &Signed)> = analysis
+        .signed
+        .iter()
+        .enumerate()
+        .filter_map(|(j, s)| s.as_ref().map(|s| (j, s)))
+        .collect();
+    // Under differential privacy the dominance rules judge the bounded parts, as released.
+    let clamp = |m: &Measure, v: f64| match privacy {
+        Some(b) if m.count => v.min(b.count_bound as f64),
+        Some(ContributionBounds {
+            sum_bound: Some(s), ..
+        }) => v.min(s),
+        _ => v,
+    };
+    // Per cell: its subjects and, per measure, the largest parts (descending) and the total
+    // of the bounded parts.
+    type Cell = (u64, Vec<Vec<f64>>, Vec<f64>);
+    let mut cells: HashMap<String, Cell> = HashMap::new();
+    // Per subject, under differential privacy: its cells, each with a choice hash and parts.
+    type Parts = (u64, String, Vec<f64>);
+    let mut by_subject: HashMap<Option<String>, Vec<Parts>> = HashMap::new();
+    for b in contributions {
+        let keys = crate::gate::group_keys(b)?;
+        let subject = arrow::compute::cast(
+            b.column_by_name(SUBJECT_COLUMN)
+                .ok_or_else(|| Error::Internal("gate columns: no subject".into()))?,
+            &DataType::Utf8,
+        )
+        .map_err(arrow_error)?;
+        let subject = subject.as_string::<i32>();
+        let parts = analysis
+            .measures
+            .iter()
+            .map(|m| doubles(b, &m.part))
+            .collect::<Result<Vec<_>>>()?;
+        let signed_parts = signed
+            .iter()
+            .map(|(_, s)| doubles(b, &s.column))
+            .collect::<Result<Vec<_>>>()?;
+        for (row, key) in keys.into_iter().enumerate() {
+            let Some(key) = key else { continue };
+            let cell = cells
+                .entry(key.clone())
+                .or_insert_with(|| (0, vec![Vec::new(); parts.len()], vec![0.0; parts.len()]));
+            cell.0 += 1;
+            for (m, column) in parts.iter().enumerate() {
+                let v = if column.is_null(row) {
+                    0.0
+                } else {
+                    clamp(&analysis.measures[m], column.value(row).abs())
+                };
+                cell.2[m] += v;
+                let tops = &mut cell.1[m];
+                let at = tops
+                    .iter()
+                    .position(|t| v.is_nan() || v > *t)
+                    .unwrap_or(tops.len());
+                if at < top {
+                    tops.insert(at, v);
+                    tops.truncate(top);
+                }
+            }
+            if privacy.is_some() {
+                let who = subject
+                    .is_valid(row)
+                    .then(|| subject.value(row).to_string());
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                (&who, &key).hash(&mut h);
+                let values = signed_parts
+                    .iter()
+                    .map(|c| if c.is_null(row) { 0.0 } else { c.value(row) })
+                    .collect();
+                by_subject
+                    .entry(who)
+                    .or_default()
+                    .push((h.finish(), key, values));
+            }
+        }
+    }
+    // Bounded totals per cell: one slot per signed aggregate, and the subjects kept last.
+    let mut bounded: HashMap<String, Vec<f64>> = HashMap::new();
+    if let Some(bounds) = privacy {
+        for (_, mut cells_of) in by_subject {
+            if cells_of.len() as u64 > bounds.max_groups {
+                cells_of.sort_unstable_by_key(|p| p.0);
+                cells_of.truncate(bounds.max_groups as usize);
+            }
+            for (_, key, values) in cells_of {
+                let total = bounded
+                    .entry(key)
+                    .or_insert_with(|| vec![0.0; signed.len() + 1]);
+                total[signed.len()] += 1.0;
+                for (i, v) in values.into_iter().enumerate() {
+                    // Values that are not numbers never reach the noise.
+                    let v = if v.is_nan() { 0.0 } else { v };
+                    total[i] += match signed[i].1.kind {
+                        Released::Count => v.min(bounds.count_bound as f64),
+                        _ => match bounds.sum_bound {
+                            Some(b) => v.clamp(-b, b),
+                            None if v.is_finite() => v,
+                            None => 0.0,
+                        },
+                    };
+                }
+            }
+        }
+    }
+    batches
+        .into_iter()
+        .map(|b| {
+            let keys = crate::gate::group_keys(&b)?;
+            let totals = analysis
+                .measures
+                .iter()
+                .map(|m| doubles(&b, &m.total))
+                .collect::<Result<Vec<_>>>()?;
+            let mut subjects = Vec::with_capacity(b.num_rows());
+            let mut dominated = Vec::with_capacity(b.num_rows());
+            for (row, key) in keys.iter().enumerate() {
+                let cell = key.as_ref().and_then(|k| cells.get(k));
+                subjects.push(cell.map_or(0, |c| c.0) as i64);
+                let failing = totals.iter().enumerate().any(|(m, t)| {
+                    let total = match (privacy, cell) {
+                        (Some(_), Some(c)) => c.2[m],
+                        _ if t.is_null(row) => 0.0,
+                        _ => t.value(row),
+                    };
+                    let tops = cell.map(|c| c.1[m].as_slice()).unwrap_or(&[]);
+                    rule.dominated(total, tops)
+                });
+                dominated.push(failing);
+            }
+            let mut out = crate::job::append_column(
+                &b,
+                crate::job::SUBJECTS_COLUMN,
+                Arc::new(Int64Array::from(subjects)),
+            )?;
+            out = crate::job::append_column(
+                &out,
+                crate::job::DOMINATED_COLUMN,
+                Arc::new(BooleanArray::from(dominated)),
+            )?;
+            if privacy.is_some() {
+                let names = signed
+                    .iter()
+                    .map(|(j, _)| format!("{}{j}", crate::job::BOUNDED_PREFIX))
+                    .chain([crate::job::BOUNDED_SUBJECTS.to_string()]);
+                for (i, name) in names.enumerate() {
+                    let values: Float64Array = keys
+                        .iter()
+                        .map(|k| {
+                            Some(
+                                k.as_ref()
+                                    .and_then(|k| bounded.get(k))
+                                    .map_or(0.0, |t| t[i]),
+                            )
+                        })
+                        .collect();
+                    out = crate::job::append_column(&out, &name, Arc::new(values))?;
+                }
+            }
+            Ok(out)
+        })
+        .collect()
+}
