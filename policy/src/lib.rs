@@ -24,8 +24,8 @@ pub use model::{
     ScenarioState, parse_tags,
 };
 pub use privacy::{
-    BoundedAggregate, ColumnNoise, ContributionBounds, GroupSelection, NoisePlan, PrivacyShape,
-    RandomWords, SELECTION_DELTA, discrete_laplace, noise_grid, noised, plan_noise,
+    BoundedAggregate, ColumnNoise, ContributionBounds, DatasetBudget, GroupSelection, NoisePlan,
+    PrivacyShape, RandomWords, SELECTION_DELTA, discrete_laplace, noise_grid, noised, plan_noise,
 };
 pub use release::{
     DominanceRule, Lineage, OPERATORS_ABOVE_AGGREGATE, OPERATORS_BELOW_AGGREGATE,

@@ -286,6 +286,69 @@ pub fn noised(rng: &mut RandomWords<'_>, value: f64, scale: f64, grid: f64) -> R
     Ok((steps + z as f64) * grid)
 }
 
+/// A dataset's differential privacy budget, set by its provider (DOMAIN.md section 4:
+/// epsilon 10 in all, at most 3 per org, by default).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DatasetBudget {
+    pub total: f64,
+    pub per_org: f64,
+}
+
+impl Default for DatasetBudget {
+    fn default() -> Self {
+        DatasetBudget {
+            total: 10.0,
+            per_org: 3.0,
+        }
+    }
+}
+
+impl DatasetBudget {
+    /// Whether the provider's new budget is one: positive, finite, the cap within the total,
+    /// and never below what scenarios have already drawn.
+    pub fn validate(&self, drawn: f64) -> Result<(), String> {
+        if !(self.total.is_finite() && self.total > 0.0) {
+            return Err("a dataset's privacy budget must be a positive, finite epsilon".into());
+        }
+        if !(self.per_org.is_finite() && self.per_org > 0.0 && self.per_org <= self.total) {
+            return Err("the cap per org must be a positive epsilon within the total".into());
+        }
+        if self.total + 1e-12 < drawn {
+            return Err(format!(
+                "scenarios have already drawn epsilon {drawn} from this dataset; the total cannot go below it"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Decides whether a scenario of an org may draw `asked` from the dataset `name` when it
+    /// is approved, given what every scenario has drawn (`drawn`) and what the org's own have
+    /// (`drawn_by_org`). A second scenario over the same data draws from the same budget: an
+    /// org cannot reset its budget by applying again.
+    pub fn can_draw(
+        &self,
+        name: &str,
+        asked: f64,
+        drawn: f64,
+        drawn_by_org: f64,
+    ) -> Result<(), String> {
+        if drawn + asked > self.total + 1e-12 {
+            return Err(format!(
+                "dataset {name} has epsilon {} of {} left for differential privacy; the scenario asks {asked}",
+                (self.total - drawn).max(0.0),
+                self.total
+            ));
+        }
+        if drawn_by_org + asked > self.per_org + 1e-12 {
+            return Err(format!(
+                "the org has drawn epsilon {drawn_by_org} of its cap of {} on dataset {name}; the scenario asks {asked}",
+                self.per_org
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -419,6 +482,36 @@ mod tests {
             .sum::<f64>()
             / n as f64;
         assert!(mean.abs() < 0.05, "{mean}");
+    }
+
+    #[test]
+    fn a_dataset_budget_is_drawn_by_scenarios_within_its_total_and_each_orgs_cap() {
+        let b = DatasetBudget::default();
+        assert!(b.can_draw("visits", 2.0, 0.0, 0.0).is_ok());
+        // A second scenario of the same org: the cap is the org's, not the scenario's.
+        let err = b.can_draw("visits", 2.0, 2.0, 2.0).unwrap_err();
+        assert!(err.contains("drawn epsilon 2 of its cap of 3"), "{err}");
+        // Other orgs draw until the total is spent.
+        assert!(b.can_draw("visits", 3.0, 7.0, 0.0).is_ok());
+        let err = b.can_draw("visits", 3.0, 8.0, 0.0).unwrap_err();
+        assert!(err.contains("epsilon 2 of 10 left"), "{err}");
+        assert!(
+            DatasetBudget {
+                total: 4.0,
+                per_org: 5.0
+            }
+            .validate(0.0)
+            .is_err()
+        );
+        assert!(DatasetBudget::default().validate(11.0).is_err());
+        assert!(
+            DatasetBudget {
+                total: f64::INFINITY,
+                per_org: 1.0
+            }
+            .validate(0.0)
+            .is_err()
+        );
     }
 
     #[test]

@@ -25,6 +25,22 @@ pub enum Error {
     /// A bug or an environment failure (disk, database).
     #[error("internal: {0}")]
     Internal(String),
+    /// A job over L2 or L3 data stopped while it ran. Its cause (kept for the audit log) may
+    /// depend on a data value, so it is not shown to the job's scientist (R-GATE 7).
+    #[error(
+        "failed: the job stopped while it ran (a limit, a module's error or the engine's); over L2 or L3 data the cause is not shown, as it could depend on the data"
+    )]
+    WhileRunning(Box<Error>),
+}
+
+impl Error {
+    /// The cause of the error, as the audit log records it.
+    pub fn cause(&self) -> &Error {
+        match self {
+            Error::WhileRunning(inner) => inner.cause(),
+            other => other,
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

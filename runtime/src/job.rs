@@ -569,19 +569,36 @@ pub async fn run_query_until(
         }
     }
     let shape = analysis.shape.clone();
+    // Everything is planned before anything runs: a planning error speaks of the query, never
+    // of the data, and is shown as it is.
+    let physical = |plan: LogicalPlan| {
+        let ctx = &ctx;
+        async move {
+            ctx.execute_logical_plan(plan)
+                .await
+                .map_err(|e| map_error(e, Stage::Planning))?
+                .create_physical_plan()
+                .await
+                .map_err(|e| map_error(e, Stage::Planning))
+        }
+    };
+    let main = physical(analysis.plan.clone()).await?;
+    let contributions = match &analysis.contributions {
+        Some(plan) => Some(physical(plan.clone()).await?),
+        None => None,
+    };
+    let task = ctx.task_ctx();
     let run = async {
-        let df = ctx
-            .execute_logical_plan(analysis.plan.clone())
-            .await
-            .map_err(|e| map_error(e, Stage::Planning))?;
-        let batches = collect_bounded(df, &limits, Some(limits.output_rows)).await?;
-        match &analysis.contributions {
+        let batches = collect_bounded(
+            Arc::clone(&main),
+            Arc::clone(&task),
+            &limits,
+            Some(limits.output_rows),
+        )
+        .await?;
+        match contributions {
             Some(plan) => {
-                let df = ctx
-                    .execute_logical_plan(plan.clone())
-                    .await
-                    .map_err(|e| map_error(e, Stage::Planning))?;
-                let contributions = collect_bounded(df, &limits, None).await?;
+                let contributions = collect_bounded(plan, Arc::clone(&task), &limits, None).await?;
                 crate::release::attach(
                     batches,
                     &contributions,
@@ -610,19 +627,32 @@ pub async fn run_query_until(
     };
     let batches = run.await;
     drop(deadline);
-    // A guest failure the engine swallowed (an error while it evaluated something it then
-    // did not need) still ends the job.
-    for m in &meters {
-        m.check()?;
-    }
-    let batches = batches?;
-    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-    if rows > limits.output_rows {
-        return Err(Error::Limit(format!(
-            "the result has more than {} rows",
-            limits.output_rows
-        )));
-    }
+    let cancelled = matches!(&batches, Err(Error::Refused(_)));
+    let outcome = (|| {
+        // A guest failure the engine swallowed (an error while it evaluated something it
+        // then did not need) still ends the job.
+        for m in &meters {
+            m.check()?;
+        }
+        let batches = batches?;
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        if rows > limits.output_rows {
+            return Err(Error::Limit(format!(
+                "the result has more than {} rows",
+                limits.output_rows
+            )));
+        }
+        Ok(batches)
+    })();
+    // R-GATE 7: over L2 or L3 data, why a running job stopped may depend on a value (a guest
+    // that traps on one subject's spend, a limit reached by a data-dependent loop); the job
+    // shows that it failed, never why. A cancellation is the scenario's, not the data's.
+    let batches = match outcome {
+        Err(e) if limits.level > Level::L1 && !cancelled => {
+            return Err(Error::WhileRunning(Box::new(e)));
+        }
+        other => other?,
+    };
     Ok(JobOutput {
         batches,
         shape,
@@ -635,15 +665,14 @@ pub async fn run_query_until(
 /// the result, their rows against its output limit) as they arrive: the result a job holds is
 /// bounded, not only what its operators reserve.
 async fn collect_bounded(
-    df: datafusion::dataframe::DataFrame,
+    plan: Arc<dyn ExecutionPlan>,
+    task: Arc<datafusion::execution::TaskContext>,
     limits: &EngineLimits,
     max_rows: Option<usize>,
 ) -> Result<Vec<RecordBatch>> {
     use futures::StreamExt;
-    let mut stream = df
-        .execute_stream()
-        .await
-        .map_err(|e| map_error(e, Stage::Planning))?;
+    let mut stream = datafusion::physical_plan::execute_stream(plan, task)
+        .map_err(|e| map_error(e, Stage::Running))?;
     let (mut bytes, mut rows) = (0usize, 0usize);
     let mut out = Vec::new();
     while let Some(batch) = stream.next().await {
@@ -920,8 +949,14 @@ fn only_a_query(sql: &str) -> Result<DfStatement> {
     Ok(DfStatement::Statement(statement))
 }
 
-/// Refuses every plan node that is not part of a read-only query, and any reference to the
-/// reserved hidden columns.
+/// Whether a name is one of the runtime's hidden names, in any case.
+fn is_reserved(name: &str) -> bool {
+    name.get(..RESERVED_PREFIX.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(RESERVED_PREFIX))
+}
+
+/// Refuses every plan node that is not part of a read-only query, any reference to the
+/// reserved hidden columns, and any name that could pose as one (in any case).
 fn check_confinement(plan: &LogicalPlan) -> Result<()> {
     let mut refusal = None;
     plan.apply_with_subqueries(|node| {
@@ -941,7 +976,7 @@ fn check_confinement(plan: &LogicalPlan) -> Result<()> {
             return Ok(TreeNodeRecursion::Stop);
         }
         for e in node.expressions() {
-            if e.column_refs().iter().any(|c| c.name.starts_with(RESERVED_PREFIX)) {
+            if e.column_refs().iter().any(|c| is_reserved(&c.name)) {
                 refusal = Some(format!(
                     "columns named {RESERVED_PREFIX}* are reserved; name the columns you need instead of `*`"
                 ));
@@ -951,7 +986,7 @@ fn check_confinement(plan: &LogicalPlan) -> Result<()> {
             let mut aliased = false;
             e.apply(|sub| {
                 if let Expr::Alias(a) = sub
-                    && a.name.starts_with(RESERVED_PREFIX)
+                    && is_reserved(&a.name)
                 {
                     aliased = true;
                     return Ok(TreeNodeRecursion::Stop);

@@ -33,6 +33,7 @@ impl IntoResponse for ApiError {
             Error::Refused(_) => (StatusCode::FORBIDDEN, "refused"),
             Error::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             Error::Limit(_) => (StatusCode::UNPROCESSABLE_ENTITY, "limit"),
+            Error::WhileRunning(_) => (StatusCode::UNPROCESSABLE_ENTITY, "failed"),
             Error::BadInput(_) => (StatusCode::BAD_REQUEST, "bad_input"),
             Error::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Error::Integrity(_) => (StatusCode::INTERNAL_SERVER_ERROR, "integrity"),
@@ -408,6 +409,26 @@ async fn approve_dataset(
     Ok(Json(json!({ "approved": true })))
 }
 
+#[derive(Deserialize)]
+struct BudgetRequest {
+    total: f64,
+    per_org: f64,
+}
+
+async fn set_dataset_budget(
+    State(p): State<AppState>,
+    Extension(actor): Extension<Principal>,
+    Param(id): Param<String>,
+    Body(req): Body<BudgetRequest>,
+) -> ApiResult<Value> {
+    let budget = tidegate_policy::DatasetBudget {
+        total: req.total,
+        per_org: req.per_org,
+    };
+    let v = blocking(move || p.set_dataset_budget(&actor, &id, budget)).await?;
+    Ok(Json(serde_json::to_value(v).expect("serializes")))
+}
+
 async fn list_datasets(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
@@ -734,6 +755,7 @@ pub fn router(platform: Arc<Platform>) -> Router {
         )
         .route("/v1/datasets/upload", post(upload_dataset))
         .route("/v1/datasets/{id}/approve", post(approve_dataset))
+        .route("/v1/datasets/{id}/budget", post(set_dataset_budget))
         .route("/v1/scenarios", post(apply_scenario))
         .route("/v1/scenarios/{id}", get(get_scenario))
         .route("/v1/scenarios/{id}/approve", post(approve_scenario))

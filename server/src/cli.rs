@@ -424,6 +424,15 @@ enum DatasetCommand {
     List,
     /// Approve an operating unit's social data (admin).
     Approve { id: String },
+    /// Set a dataset's differential privacy budget (its provider): the epsilon all private
+    /// scenarios together may draw from it, and the most one org may.
+    Budget {
+        id: String,
+        #[arg(long)]
+        total: f64,
+        #[arg(long)]
+        per_org: f64,
+    },
     /// Before any import: the proposed tag and confidence of every column of a local file.
     Scan {
         file: PathBuf,
@@ -772,6 +781,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             DatasetCommand::List => print(&remote.client()?.ok("GET", "/v1/datasets", None)?),
             DatasetCommand::Approve { id } => print(&remote.client()?.approve_dataset(&id)?),
+            DatasetCommand::Budget { id, total, per_org } => {
+                print(&remote.client()?.set_dataset_budget(&id, total, per_org)?)
+            }
             DatasetCommand::Scan { file, json } => scan(&file, json)?,
         },
         Command::Scenario { command, remote } => {

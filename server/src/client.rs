@@ -200,6 +200,15 @@ impl Client {
         self.ok("POST", &format!("/v1/datasets/{id}/approve"), None)
     }
 
+    /// Sets a dataset's differential privacy budget (its provider).
+    pub fn set_dataset_budget(&self, id: &str, total: f64, per_org: f64) -> Result<Value> {
+        self.ok(
+            "POST",
+            &format!("/v1/datasets/{id}/budget"),
+            Some(&serde_json::json!({ "total": total, "per_org": per_org })),
+        )
+    }
+
     pub fn apply_scenario(&self, request: &Value) -> Result<Value> {
         self.ok("POST", "/v1/scenarios", Some(request))
     }

@@ -115,8 +115,9 @@ fn an_error_caused_by_a_data_value_never_quotes_it() {
         &[],
     );
     assert_eq!(failed["state"], "failed");
+    // Over L2 data not even the class of the failure is shown: it could depend on a value.
     let error = failed["error"].as_str().unwrap();
-    assert!(error.contains("withheld"), "{error}");
+    assert!(error.contains("the cause is not shown"), "{error}");
     let csv = visitor_csv(ROWS);
     for line in csv.lines().skip(1).take(50) {
         let id = line.split(',').next().unwrap();

@@ -321,8 +321,13 @@ fn a_private_scenario_releases_noised_counts_and_spends_its_budget_until_it_is_e
     assert!(log.contains("\"epsilon\":0.6"), "the spend is audited");
 }
 
-/// Another active scenario over the visits with a privacy budget of 10 and no sum bound.
+/// Another active scenario over the visits with a privacy budget of 10 and no sum bound (the
+/// provider raises the dataset's budget for it).
 fn sid_with_budget(env: &Env) -> String {
+    env.world
+        .provider
+        .set_dataset_budget("visits", 100.0, 100.0)
+        .unwrap();
     let id = sid(&apply(
         env,
         json!({ "export_rules": { "privacy_budget": 10.0 } }),
@@ -342,6 +347,10 @@ fn a_private_sum_is_clamped_per_subject_before_the_noise() {
     }
     csv.push_str("big,13800000000,West Lake,2026-05-01,1000000.00\n");
     env.world.import_visits(&csv).unwrap();
+    env.world
+        .provider
+        .set_dataset_budget("visits", 1e9, 1e9)
+        .unwrap();
     let sid = sid(&apply(
         &env,
         json!({ "export_rules": { "privacy_budget": 1e9, "contribution_bound": 5.0 } }),

@@ -124,7 +124,8 @@ impl Platform {
         let now = crate::now_rfc3339();
         if existing.is_none() {
             tx.execute(
-                "INSERT INTO datasets VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO datasets (id, name, org_id, level, origin, columns, created_at, approvers)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![
                     id,
                     req.name,
@@ -179,6 +180,7 @@ impl Platform {
         )?;
         tx.commit()?;
         let approvers = Self::dataset_row(&db, &id)?.approvers;
+        let (privacy_budget, privacy_drawn) = Self::budget_of(&db, &id)?;
         Ok(DatasetView {
             id,
             name: req.name,
@@ -196,7 +198,28 @@ impl Platform {
             quality: Some(quality),
             pending: social,
             approvers,
+            privacy_budget,
+            privacy_drawn,
         })
+    }
+
+    /// A dataset's privacy budget and the epsilon scenarios have drawn from it.
+    fn budget_of(db: &Connection, id: &str) -> Result<(tidegate_policy::DatasetBudget, f64)> {
+        Ok(db.query_row(
+            "SELECT dp_total, dp_per_org,
+                    (SELECT COALESCE(SUM(epsilon), 0) FROM budget_draws WHERE dataset_id = ?1)
+             FROM datasets WHERE id = ?1",
+            params![id],
+            |r| {
+                Ok((
+                    tidegate_policy::DatasetBudget {
+                        total: r.get(0)?,
+                        per_org: r.get(1)?,
+                    },
+                    r.get(2)?,
+                ))
+            },
+        )?)
     }
 
     pub(super) fn dataset_row(db: &Connection, name_or_id: &str) -> Result<DatasetRow> {
@@ -289,6 +312,50 @@ impl Platform {
         Ok(())
     }
 
+    /// R-GATE 7: a dataset's provider sets its differential privacy budget: the epsilon all
+    /// scenarios together may draw from it, and the most one org may.
+    pub fn set_dataset_budget(
+        &self,
+        actor: &Principal,
+        id: &str,
+        budget: tidegate_policy::DatasetBudget,
+    ) -> Result<DatasetView> {
+        tidegate_policy::require_role(actor, Role::Provider)?;
+        tidegate_policy::require_training(actor)?;
+        {
+            let mut db = self
+                .db
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let d = Self::dataset_row(&db, id)?;
+            if d.org != actor.org {
+                return Err(Error::NotFound(format!("dataset {id}")));
+            }
+            let drawn: f64 = db.query_row(
+                "SELECT COALESCE(SUM(epsilon), 0) FROM budget_draws WHERE dataset_id = ?1",
+                params![d.id],
+                |r| r.get(0),
+            )?;
+            budget.validate(drawn).map_err(Error::BadInput)?;
+            let tx = db.transaction()?;
+            tx.execute(
+                "UPDATE datasets SET dp_total = ?2, dp_per_org = ?3 WHERE id = ?1",
+                params![d.id, budget.total, budget.per_org],
+            )?;
+            self.audit.append(
+                &actor.id,
+                "dataset.budget",
+                &d.id,
+                json!({ "total": budget.total, "per_org": budget.per_org }),
+            )?;
+            tx.commit()?;
+        }
+        self.list_datasets(actor)?
+            .into_iter()
+            .find(|d| d.id == id || d.name == id)
+            .ok_or_else(|| Error::NotFound(format!("dataset {id}")))
+    }
+
     pub fn list_datasets(&self, actor: &Principal) -> Result<Vec<DatasetView>> {
         tidegate_policy::require_training(actor)?;
         let db = self
@@ -320,6 +387,7 @@ impl Platform {
                 let id = &d.id;
                 let (version, content_hash, rows, _, quality) = Self::latest_version(&db, id)?;
                 let steward = oversees || d.org == actor.org || d.approvers.contains(&actor.org);
+                let (privacy_budget, privacy_drawn) = Self::budget_of(&db, id)?;
                 Ok(DatasetView {
                     id: d.id,
                     name: d.name,
@@ -333,6 +401,8 @@ impl Platform {
                     quality: steward.then(|| from_json(&quality)).transpose()?,
                     pending: d.pending,
                     approvers: d.approvers,
+                    privacy_budget,
+                    privacy_drawn,
                 })
             })
             .collect()

@@ -275,33 +275,53 @@ impl Platform {
                     .collect();
                 let parquet = to_parquet_with_schema(&output.batches, schema)?;
                 resources.output_bytes = parquet.len() as u64;
+                // R-GATE 7: over L2 or L3 data the job shows nothing derived from the data:
+                // no row count, and its resources in coarse units (the audit log keeps both).
+                let (shown_rows, shown_resources) = if level > Level::L1 {
+                    (None, resources.coarse())
+                } else {
+                    (Some(rows as i64), resources.clone())
+                };
                 let result_hash = sha256_hex(&parquet);
                 let wrapped = self.store_object("results", &id, &parquet)?;
                 tx.execute(
                     "UPDATE jobs SET state = 'succeeded', rows = ?2, schema = ?3, resources = ?4,
                      shape = ?5, plan = ?6, result_hash = ?7, wrapped_key = ?8, finished_at = ?9 WHERE id = ?1",
-                    params![id, rows as i64, to_json(&visible), to_json(&resources), to_json(&output.shape), output.plan, result_hash, wrapped, finished],
+                    params![id, shown_rows, to_json(&visible), to_json(&shown_resources), to_json(&output.shape), output.plan, result_hash, wrapped, finished],
                 )?;
                 self.audit.append_at(
                     finished.clone(),
                     &actor.id,
                     "job.end",
                     &id,
-                    json!({ "state": "succeeded", "rows": rows, "resources": resources, "result_sha256": result_hash }),
+                    json!({ "state": "succeeded", "rows": rows, "resources": shown_resources, "exact_resources": resources, "result_sha256": result_hash }),
                 )?;
             }
             Err(e) => {
                 let message = e.to_string();
+                let shown_resources = if level > Level::L1 {
+                    resources.coarse()
+                } else {
+                    resources.clone()
+                };
                 tx.execute(
                     "UPDATE jobs SET state = 'failed', error = ?2, resources = ?3, finished_at = ?4 WHERE id = ?1",
-                    params![id, message, to_json(&resources), finished],
+                    params![id, message, to_json(&shown_resources), finished],
                 )?;
+                // The cause a data-dependent failure hides from the job is kept here, for the
+                // authority; `withheld` counts such failures.
                 self.audit.append_at(
                     finished.clone(),
                     &actor.id,
                     "job.end",
                     &id,
-                    json!({ "state": "failed", "error": message, "resources": resources }),
+                    json!({
+                        "state": "failed",
+                        "error": e.cause().to_string(),
+                        "withheld": matches!(e, Error::WhileRunning(_)),
+                        "resources": shown_resources,
+                        "exact_resources": resources,
+                    }),
                 )?;
             }
         }

@@ -262,6 +262,12 @@ pub struct DatasetView {
     /// Orgs whose approval a scenario requesting the dataset needs, besides the provider's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub approvers: Vec<String>,
+    /// The dataset's differential privacy budget, set by its provider, and the epsilon
+    /// scenarios have drawn from it (R-GATE 7).
+    #[serde(default)]
+    pub privacy_budget: tidegate_policy::DatasetBudget,
+    #[serde(default)]
+    pub privacy_drawn: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -369,6 +375,31 @@ pub struct ResourceUse {
     pub rows_scanned: u64,
     pub bytes_scanned: u64,
     pub output_bytes: u64,
+}
+
+impl ResourceUse {
+    /// The resources of a job over L2 or L3 data as its scientist sees them and pays for
+    /// them (R-GATE 7): fuel in units of 10^9 (about a second of guest work), times in whole
+    /// seconds, memory in 64 MiB, the stored result in MiB, guest calls and rows scanned in
+    /// thousands, each rounded up. Exact numbers could tell a value (a guest that loops as
+    /// long as one subject's spend, a result as long as the groups that passed a filter).
+    /// The audit log keeps the exact ones for the authority.
+    pub fn coarse(&self) -> ResourceUse {
+        let up = |v: u64, unit: u64| v.div_ceil(unit).saturating_mul(unit);
+        const MIB64: u64 = 64 << 20;
+        ResourceUse {
+            fuel: up(self.fuel, 1_000_000_000),
+            guest_calls: up(self.guest_calls, 1000),
+            peak_guest_memory_bytes: up(self.peak_guest_memory_bytes, MIB64),
+            guest_output_bytes: up(self.guest_output_bytes, MIB64),
+            wall_ms: up(self.wall_ms, 1000),
+            cpu_ms: up(self.cpu_ms, 1000),
+            peak_engine_memory_bytes: up(self.peak_engine_memory_bytes, MIB64),
+            rows_scanned: up(self.rows_scanned, 1000),
+            bytes_scanned: up(self.bytes_scanned, MIB64),
+            output_bytes: up(self.output_bytes, 1 << 20),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -516,10 +547,20 @@ const MIGRATIONS: &[(i64, &str)] = &[
              state TEXT NOT NULL, actor TEXT NOT NULL, comment TEXT);
          INSERT INTO export_events SELECT id, created_at, state, requested_by, NULL FROM exports;",
     ),
+    (
+        8,
+        "ALTER TABLE datasets ADD COLUMN dp_total REAL NOT NULL DEFAULT 10;
+         ALTER TABLE datasets ADD COLUMN dp_per_org REAL NOT NULL DEFAULT 3;
+         CREATE TABLE budget_draws (
+             dataset_id TEXT NOT NULL REFERENCES datasets(id),
+             scenario_id TEXT NOT NULL REFERENCES scenarios(id),
+             org_id TEXT NOT NULL, epsilon REAL NOT NULL, at TEXT NOT NULL,
+             PRIMARY KEY (dataset_id, scenario_id));",
+    ),
 ];
 
 /// The schema version this build writes.
-const SCHEMA_VERSION: i64 = 7;
+const SCHEMA_VERSION: i64 = 8;
 
 /// Who moves an export when the gate does.
 const GATE_ACTOR: &str = "export gate";

@@ -365,7 +365,37 @@ impl Platform {
                     crate::now_rfc3339()
                 ],
             )?;
+            let mut draws = Vec::new();
             if activates {
+                // R-GATE 7: a private scenario draws its budget from every dataset it reads, at
+                // activation; the datasets' budgets and each org's cap bound what any number
+                // of scenarios can spend.
+                if let Some(asked) = s.export_rules.privacy_budget {
+                    let datasets: std::collections::BTreeSet<&str> =
+                        s.grants.iter().map(|g| g.dataset.as_str()).collect();
+                    for dataset in datasets {
+                        let (name, total, per_org): (String, f64, f64) = tx.query_row(
+                            "SELECT name, dp_total, dp_per_org FROM datasets WHERE id = ?1",
+                            params![dataset],
+                            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                        )?;
+                        let (drawn, by_org): (f64, f64) = tx.query_row(
+                            "SELECT COALESCE(SUM(epsilon), 0),
+                                    COALESCE(SUM(CASE WHEN org_id = ?2 THEN epsilon END), 0)
+                             FROM budget_draws WHERE dataset_id = ?1",
+                            params![dataset, s.org],
+                            |r| Ok((r.get(0)?, r.get(1)?)),
+                        )?;
+                        tidegate_policy::DatasetBudget { total, per_org }
+                            .can_draw(&name, asked, drawn, by_org)
+                            .map_err(Error::Refused)?;
+                        tx.execute(
+                            "INSERT INTO budget_draws VALUES (?1, ?2, ?3, ?4, ?5)",
+                            params![dataset, id, s.org, asked, crate::now_rfc3339()],
+                        )?;
+                        draws.push(json!({ "dataset": dataset, "epsilon": asked }));
+                    }
+                }
                 let mut pinned = s.grants.clone();
                 for g in &mut pinned {
                     g.version = Some(Self::latest_version(&tx, &g.dataset)?.0);
@@ -379,7 +409,7 @@ impl Platform {
                 &actor.id,
                 "scenario.approve",
                 id,
-                json!({ "as": if as_admin { "admin" } else { "provider" }, "activated": activates }),
+                json!({ "as": if as_admin { "admin" } else { "provider" }, "activated": activates, "budget_draws": draws }),
             )?;
             tx.commit()?;
         }
