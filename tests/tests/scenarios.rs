@@ -566,3 +566,107 @@ fn a_release_over_newer_data_that_differs_by_a_few_subjects_is_flagged_for_a_sec
         .unwrap();
     assert_eq!(twice["state"], "approved");
 }
+
+/// An active private scenario of the world's unit over the visits.
+fn private_scenario(env: &Env, rules: Value) -> String {
+    let id = sid(&apply(env, json!({ "export_rules": rules })));
+    env.world.admin.approve_scenario(&id).unwrap();
+    env.world.provider.approve_scenario(&id).unwrap();
+    id
+}
+
+#[test]
+fn every_column_showing_a_private_aggregate_shows_the_same_noised_value() {
+    let env = setup(true);
+    env.world.import_visits(&visitor_csv(ROWS)).unwrap();
+    let sid = private_scenario(&env, json!({ "privacy_budget": 1.0 }));
+    let j = job(
+        &env,
+        &sid,
+        "SELECT spot, count(*) AS a, count(*) AS b FROM visits GROUP BY spot",
+        &[],
+    );
+    let e = env
+        .world
+        .scientist
+        .request_export_spending(j["id"].as_str().unwrap(), 0.5)
+        .unwrap();
+    assert_eq!(e["state"], "in_review", "{e}");
+    let (_, detail) = gate_check(&e, "privacy budget");
+    assert!(detail.contains("on 1 column(s): a scale"), "{detail}");
+    let preview = preview_of(&env, &e);
+    assert!(preview.lines().count() > 2, "{preview}");
+    for line in preview.lines().skip(1) {
+        let cells: Vec<&str> = line.split(',').collect();
+        assert_eq!(cells[1], cells[2], "{preview}");
+    }
+}
+
+#[test]
+fn values_that_are_not_numbers_never_reach_the_noise() {
+    let env = setup(true);
+    let mut csv = visitor_csv(ROWS);
+    for (i, v) in ["NaN", "inf", "-inf"].iter().enumerate() {
+        csv.push_str(&format!("odd{i},13800000000,West Lake,2026-05-01,{v}\n"));
+    }
+    env.world.import_visits(&csv).unwrap();
+    let sid = private_scenario(
+        &env,
+        json!({ "privacy_budget": 1.0, "contribution_bound": 100.0 }),
+    );
+    let j = job(
+        &env,
+        &sid,
+        "SELECT spot, sum(spend) AS total FROM visits GROUP BY spot",
+        &[],
+    );
+    let e = env
+        .world
+        .scientist
+        .request_export_spending(j["id"].as_str().unwrap(), 0.5)
+        .unwrap();
+    assert_eq!(e["state"], "in_review", "{e}");
+    let preview = preview_of(&env, &e);
+    let west = preview
+        .lines()
+        .find(|l| l.starts_with("West Lake"))
+        .unwrap_or_else(|| panic!("{preview}"));
+    let total: f64 = west.split(',').nth(1).unwrap().parse().unwrap();
+    assert!(total.is_finite(), "{preview}");
+    // Released on the grid of a bound of 100: multiples of 1/16.
+    assert_eq!((total * 16.0).fract(), 0.0, "{total}");
+}
+
+#[test]
+fn a_second_scenario_over_the_same_data_draws_on_the_same_budget() {
+    let env = setup(true);
+    env.world.import_visits(&visitor_csv(ROWS)).unwrap();
+    // The provider's budget for the visits: 5 in all, 3 per org.
+    env.world
+        .provider
+        .set_dataset_budget("visits", 5.0, 3.0)
+        .unwrap();
+    private_scenario(&env, json!({ "privacy_budget": 2.0 }));
+    let second = sid(&apply(
+        &env,
+        json!({ "export_rules": { "privacy_budget": 2.0 } }),
+    ));
+    env.world.admin.approve_scenario(&second).unwrap();
+    let refused = refusal(env.world.provider.approve_scenario(&second));
+    assert!(
+        refused.contains("the org has drawn epsilon 2 of its cap of 3 on dataset visits"),
+        "{refused}"
+    );
+    assert_eq!(
+        show(&env.world.scientist, &second)["state"],
+        "pending_approvals"
+    );
+    // Within the cap it activates; the dataset shows what was drawn.
+    let third = private_scenario(&env, json!({ "privacy_budget": 1.0 }));
+    assert_eq!(show(&env.world.scientist, &third)["state"], "active");
+    let datasets = env.world.provider.ok("GET", "/v1/datasets", None).unwrap();
+    assert_eq!(datasets[0]["privacy_drawn"], 3.0, "{datasets}");
+    // Nor can the provider lower the budget below what was drawn.
+    let lowered = refusal(env.world.provider.set_dataset_budget("visits", 2.0, 1.0));
+    assert!(lowered.contains("already drawn epsilon 3"), "{lowered}");
+}
