@@ -25,6 +25,7 @@ use tidegate_runtime::{
 
 mod aggregate;
 mod budgets;
+mod gate;
 mod scan;
 mod storage;
 
@@ -263,6 +264,11 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    if std::env::args().any(|a| a == "--gate-only") {
+        println!("tidegate-bench: the gate's workloads only, {rows} rows, best of {reps}");
+        gate_workloads(&rt, rows, reps);
+        return;
+    }
     let tables = data(rows);
     let limited = Arc::new(Sandbox::new().expect("sandbox"));
     let unlimited = Arc::new(Sandbox::without_cpu_limits_for_benchmarks().expect("sandbox"));
@@ -412,5 +418,30 @@ fn main() {
         window.fuel,
         window.instances,
         window.ns_per_fuel() / plain.ns_per_fuel()
+    );
+
+    gate_workloads(&rt, rows, reps);
+}
+
+/// (i) and (j): the gate's analysis.
+fn gate_workloads(rt: &tokio::runtime::Runtime, rows: usize, reps: usize) {
+    for f in gate::fixed_cost(rt, reps) {
+        println!(
+            "(i) {:<24} {:>10.2} {:>12.2} {:>6.2}x   (plain DataFusion vs plan, lineage, run, contributions and gate, 1,000 rows per table)",
+            f.name,
+            f.plain.as_secs_f64() * 1e3,
+            f.gated.as_secs_f64() * 1e3,
+            f.gated.as_secs_f64() / f.plain.as_secs_f64()
+        );
+    }
+    let g = gate::at_scale(rt, rows, reps);
+    println!(
+        "(j) gated aggregate, {rows} rows: plain DataFusion {:.1} ms; the job with the full gate {:.1} ms ({:.2}x; engine peak {:.0} MB); plain DataFusion also computing each subject's contributions {:.1} ms ({:.2}x of it)",
+        g.plain.as_secs_f64() * 1e3,
+        g.gated.as_secs_f64() * 1e3,
+        g.gated.as_secs_f64() / g.plain.as_secs_f64(),
+        g.peak_engine_memory as f64 / 1e6,
+        g.plain_with_subjects.as_secs_f64() * 1e3,
+        g.gated.as_secs_f64() / g.plain_with_subjects.as_secs_f64()
     );
 }

@@ -524,46 +524,73 @@ impl Walk<'_> {
             });
         }
 
-        // The contributions: one projection per unit (keys, that unit as the subject, the
-        // arguments, filters and sources), all of them in one union, grouped by key and
-        // subject. A row of a join belongs to the subject of every table it came from.
+        // The contributions: the input projected once to the keys, the arguments, filters and
+        // sources and every unit; with several units each row is repeated once per unit (a
+        // cross join with their indices), so a row of a join belongs to the subject of every
+        // table it came from; grouped by key and subject.
         let several_units = units.len() > 1;
         let sources: BTreeSet<usize> = parts.iter().flat_map(|p| p.sources.clone()).collect();
-        let mut branches = Vec::new();
-        for unit in &units {
-            let mut exprs = Vec::new();
-            for (i, g) in agg.group_expr.iter().enumerate() {
-                exprs.push(g.clone().alias(format!("{GROUP_KEY_PREFIX}{i}")));
-            }
-            exprs.push(input.column(&unit.name)?.alias(SUBJECT_COLUMN));
-            for (j, p) in parts.iter().enumerate() {
-                exprs.push(p.argument.clone().alias(format!("__tg_a{j}")));
-                if let Some(f) = &p.filter {
-                    exprs.push(f.clone().alias(format!("__tg_f{j}")));
-                }
-            }
-            for n in &sources {
-                let name = format!("{SOURCE_PREFIX}{n}");
-                exprs.push(input.column(&name)?.alias(name));
-            }
-            let mut branch = LogicalPlanBuilder::from(input.plan.clone())
-                .project(exprs)
-                .map_err(internal)?;
-            if several_units {
-                // A missing side of an outer join is no subject.
-                branch = branch
-                    .filter(datafusion::prelude::col(SUBJECT_COLUMN).is_not_null())
-                    .map_err(internal)?;
-            }
-            branches.push(Arc::new(branch.build().map_err(internal)?));
+        let mut exprs = Vec::new();
+        let mut carried = Vec::new();
+        for (i, g) in agg.group_expr.iter().enumerate() {
+            let name = format!("{GROUP_KEY_PREFIX}{i}");
+            exprs.push(g.clone().alias(&name));
+            carried.push(name);
         }
-        let union = if branches.len() == 1 {
-            branches
-                .pop()
-                .map(Arc::unwrap_or_clone)
-                .expect("one branch")
+        for (j, p) in parts.iter().enumerate() {
+            exprs.push(p.argument.clone().alias(format!("__tg_a{j}")));
+            carried.push(format!("__tg_a{j}"));
+            if let Some(f) = &p.filter {
+                exprs.push(f.clone().alias(format!("__tg_f{j}")));
+                carried.push(format!("__tg_f{j}"));
+            }
+        }
+        for n in &sources {
+            let name = format!("{SOURCE_PREFIX}{n}");
+            exprs.push(input.column(&name)?.alias(&name));
+            carried.push(name);
+        }
+        for unit in &units {
+            exprs.push(input.column(&unit.name)?.alias(&unit.name));
+        }
+        let projected = LogicalPlanBuilder::from(input.plan.clone())
+            .project(exprs)
+            .map_err(internal)?;
+        let col = |name: &str| Expr::Column(Column::from_name(name));
+        let union = if several_units {
+            const INDEX: &str = "__tg_i";
+            let indices =
+                LogicalPlanBuilder::values((0..units.len() as i64).map(|i| vec![lit(i)]).collect())
+                    .map_err(internal)?
+                    .project(vec![col("column1").alias(INDEX)])
+                    .map_err(internal)?
+                    .build()
+                    .map_err(internal)?;
+            let mut subject = datafusion::logical_expr::case(col(INDEX));
+            for (i, unit) in units.iter().enumerate() {
+                subject = subject.when(lit(i as i64), col(&unit.name));
+            }
+            let subject = subject.end().map_err(internal)?;
+            let mut exprs: Vec<Expr> = carried.iter().map(|c| col(c)).collect();
+            exprs.push(subject.alias(SUBJECT_COLUMN));
+            projected
+                .cross_join(indices)
+                .map_err(internal)?
+                .project(exprs)
+                .map_err(internal)?
+                // A missing side of an outer join is no subject.
+                .filter(col(SUBJECT_COLUMN).is_not_null())
+                .map_err(internal)?
+                .build()
+                .map_err(internal)?
         } else {
-            LogicalPlan::Union(Union::try_new_with_loose_types(branches).map_err(internal)?)
+            let mut exprs: Vec<Expr> = carried.iter().map(|c| col(c)).collect();
+            exprs.push(col(&units[0].name).alias(SUBJECT_COLUMN));
+            projected
+                .project(exprs)
+                .map_err(internal)?
+                .build()
+                .map_err(internal)?
         };
         let column = |name: String| datafusion::prelude::col(name);
         let filter_of = |j: usize| {
