@@ -951,10 +951,22 @@ fn follow_projection(aggregates: &mut [BoundedAggregate], exprs: &[Expr]) {
     }
 }
 
+/// The hidden key columns of a batch, in order.
+fn key_columns(b: &arrow::array::RecordBatch) -> Vec<arrow::array::ArrayRef> {
+    b.schema()
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.name().starts_with(GROUP_KEY_PREFIX))
+        .map(|(i, _)| Arc::clone(b.column(i)))
+        .collect()
+}
+
 /// Adds what the gate reads to the result, computed from every subject's contributions: each
 /// cell's distinct subjects (`__tg_subjects`), whether a dominance rule fails for any of its
 /// measures (`__tg_dominated`), and under differential privacy each count and sum again with
-/// every subject's part bounded (`__tg_dp_*`).
+/// every subject's part bounded (`__tg_dp_*`). Cells are matched by their keys in Arrow's row
+/// format (byte strings that compare as the values do).
 pub(crate) fn attach(
     batches: Vec<arrow::array::RecordBatch>,
     contributions: &[arrow::array::RecordBatch],
@@ -964,6 +976,7 @@ pub(crate) fn attach(
 ) -> Result<Vec<arrow::array::RecordBatch>> {
     use arrow::array::{Array, AsArray, BooleanArray, Float64Array, Int64Array};
     use arrow::datatypes::{DataType, Float64Type};
+    use arrow::row::{RowConverter, SortField};
     use std::collections::HashMap;
     use std::hash::{Hash, Hasher};
     let arrow_error = |e: arrow::error::ArrowError| Error::Internal(format!("gate columns: {e}"));
@@ -975,6 +988,28 @@ pub(crate) fn attach(
             .map_err(arrow_error)?
             .as_primitive::<Float64Type>()
             .clone())
+    };
+    let Some(first) = batches.first() else {
+        return Ok(batches);
+    };
+    // No GROUP BY: one cell, the same constant key for every row.
+    let no_keys = key_columns(first).is_empty();
+    let fields = if no_keys {
+        vec![SortField::new(DataType::Int8)]
+    } else {
+        key_columns(first)
+            .iter()
+            .map(|c| SortField::new(c.data_type().clone()))
+            .collect()
+    };
+    let converter = RowConverter::new(fields).map_err(arrow_error)?;
+    let keys_of = |b: &arrow::array::RecordBatch| -> Result<arrow::row::Rows> {
+        let columns = if no_keys {
+            vec![Arc::new(arrow::array::Int8Array::from(vec![0i8; b.num_rows()])) as _]
+        } else {
+            key_columns(b)
+        };
+        converter.convert_columns(&columns).map_err(arrow_error)
     };
     let top = rule.top_needed();
     let signed: Vec<(usize, &Signed)> = analysis
@@ -993,58 +1028,79 @@ pub(crate) fn attach(
     };
     // Per cell: its subjects and, per measure, the largest parts (descending) and the total
     // of the bounded parts.
-    type Cell = (u64, Vec<Vec<f64>>, Vec<f64>);
-    let mut cells: HashMap<String, Cell> = HashMap::new();
+    struct Cell {
+        subjects: u64,
+        tops: Vec<Vec<f64>>,
+        bounded_totals: Vec<f64>,
+    }
+    let mut index: HashMap<Box<[u8]>, usize> = HashMap::new();
+    let mut cells: Vec<Cell> = Vec::new();
     // Per subject, under differential privacy: its cells, each with a choice hash and parts.
-    type Parts = (u64, String, Vec<f64>);
+    type Parts = (u64, usize, Vec<f64>);
     let mut by_subject: HashMap<Option<String>, Vec<Parts>> = HashMap::new();
+    let measures = analysis.measures.len();
     for b in contributions {
-        let keys = crate::gate::group_keys(b)?;
-        let subject = arrow::compute::cast(
-            b.column_by_name(SUBJECT_COLUMN)
-                .ok_or_else(|| Error::Internal("gate columns: no subject".into()))?,
-            &DataType::Utf8,
-        )
-        .map_err(arrow_error)?;
-        let subject = subject.as_string::<i32>();
+        let keys = keys_of(b)?;
         let parts = analysis
             .measures
             .iter()
             .map(|m| doubles(b, &m.part))
             .collect::<Result<Vec<_>>>()?;
+        let subject = match privacy {
+            Some(_) => Some(
+                arrow::compute::cast(
+                    b.column_by_name(SUBJECT_COLUMN)
+                        .ok_or_else(|| Error::Internal("gate columns: no subject".into()))?,
+                    &DataType::Utf8,
+                )
+                .map_err(arrow_error)?,
+            ),
+            None => None,
+        };
         let signed_parts = signed
             .iter()
             .map(|(_, s)| doubles(b, &s.column))
             .collect::<Result<Vec<_>>>()?;
-        for (row, key) in keys.into_iter().enumerate() {
-            let Some(key) = key else { continue };
-            let cell = cells
-                .entry(key.clone())
-                .or_insert_with(|| (0, vec![Vec::new(); parts.len()], vec![0.0; parts.len()]));
-            cell.0 += 1;
+        for row in 0..b.num_rows() {
+            let key = keys.row(row);
+            let at = match index.get(key.as_ref()) {
+                Some(at) => *at,
+                None => {
+                    index.insert(key.as_ref().into(), cells.len());
+                    cells.push(Cell {
+                        subjects: 0,
+                        tops: vec![Vec::with_capacity(top); measures],
+                        bounded_totals: vec![0.0; measures],
+                    });
+                    cells.len() - 1
+                }
+            };
+            let cell = &mut cells[at];
+            cell.subjects += 1;
             for (m, column) in parts.iter().enumerate() {
                 let v = if column.is_null(row) {
                     0.0
                 } else {
                     clamp(&analysis.measures[m], column.value(row).abs())
                 };
-                cell.2[m] += v;
-                let tops = &mut cell.1[m];
-                let at = tops
+                cell.bounded_totals[m] += v;
+                let tops = &mut cell.tops[m];
+                let place = tops
                     .iter()
                     .position(|t| v.is_nan() || v > *t)
                     .unwrap_or(tops.len());
-                if at < top {
-                    tops.insert(at, v);
+                if place < top {
+                    tops.insert(place, v);
                     tops.truncate(top);
                 }
             }
-            if privacy.is_some() {
+            if let Some(subject) = &subject {
+                let subject = subject.as_string::<i32>();
                 let who = subject
                     .is_valid(row)
                     .then(|| subject.value(row).to_string());
                 let mut h = std::collections::hash_map::DefaultHasher::new();
-                (&who, &key).hash(&mut h);
+                (&who, key.as_ref()).hash(&mut h);
                 let values = signed_parts
                     .iter()
                     .map(|c| if c.is_null(row) { 0.0 } else { c.value(row) })
@@ -1052,22 +1108,20 @@ pub(crate) fn attach(
                 by_subject
                     .entry(who)
                     .or_default()
-                    .push((h.finish(), key, values));
+                    .push((h.finish(), at, values));
             }
         }
     }
     // Bounded totals per cell: one slot per signed aggregate, and the subjects kept last.
-    let mut bounded: HashMap<String, Vec<f64>> = HashMap::new();
+    let mut bounded: Vec<Vec<f64>> = vec![vec![0.0; signed.len() + 1]; cells.len()];
     if let Some(bounds) = privacy {
         for (_, mut cells_of) in by_subject {
             if cells_of.len() as u64 > bounds.max_groups {
                 cells_of.sort_unstable_by_key(|p| p.0);
                 cells_of.truncate(bounds.max_groups as usize);
             }
-            for (_, key, values) in cells_of {
-                let total = bounded
-                    .entry(key)
-                    .or_insert_with(|| vec![0.0; signed.len() + 1]);
+            for (_, at, values) in cells_of {
+                let total = &mut bounded[at];
                 total[signed.len()] += 1.0;
                 for (i, v) in values.into_iter().enumerate() {
                     // Values that are not numbers never reach the noise.
@@ -1087,7 +1141,7 @@ pub(crate) fn attach(
     batches
         .into_iter()
         .map(|b| {
-            let keys = crate::gate::group_keys(&b)?;
+            let keys = keys_of(&b)?;
             let totals = analysis
                 .measures
                 .iter()
@@ -1095,16 +1149,19 @@ pub(crate) fn attach(
                 .collect::<Result<Vec<_>>>()?;
             let mut subjects = Vec::with_capacity(b.num_rows());
             let mut dominated = Vec::with_capacity(b.num_rows());
-            for (row, key) in keys.iter().enumerate() {
-                let cell = key.as_ref().and_then(|k| cells.get(k));
-                subjects.push(cell.map_or(0, |c| c.0) as i64);
+            let mut at = Vec::with_capacity(b.num_rows());
+            for row in 0..b.num_rows() {
+                let cell = index.get(keys.row(row).as_ref()).copied();
+                at.push(cell);
+                let cell = cell.map(|c| &cells[c]);
+                subjects.push(cell.map_or(0, |c| c.subjects) as i64);
                 let failing = totals.iter().enumerate().any(|(m, t)| {
                     let total = match (privacy, cell) {
-                        (Some(_), Some(c)) => c.2[m],
+                        (Some(_), Some(c)) => c.bounded_totals[m],
                         _ if t.is_null(row) => 0.0,
                         _ => t.value(row),
                     };
-                    let tops = cell.map(|c| c.1[m].as_slice()).unwrap_or(&[]);
+                    let tops = cell.map(|c| c.tops[m].as_slice()).unwrap_or(&[]);
                     rule.dominated(total, tops)
                 });
                 dominated.push(failing);
@@ -1125,15 +1182,9 @@ pub(crate) fn attach(
                     .map(|(j, _)| format!("{}{j}", crate::job::BOUNDED_PREFIX))
                     .chain([crate::job::BOUNDED_SUBJECTS.to_string()]);
                 for (i, name) in names.enumerate() {
-                    let values: Float64Array = keys
+                    let values: Float64Array = at
                         .iter()
-                        .map(|k| {
-                            Some(
-                                k.as_ref()
-                                    .and_then(|k| bounded.get(k))
-                                    .map_or(0.0, |t| t[i]),
-                            )
-                        })
+                        .map(|c| Some(c.map_or(0.0, |c| bounded[c][i])))
                         .collect();
                     out = crate::job::append_column(&out, &name, Arc::new(values))?;
                 }
