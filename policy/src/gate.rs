@@ -65,9 +65,40 @@ pub struct GateReport {
     pub groups_total: u64,
     pub groups_suppressed: u64,
     pub rows_released: u64,
+    /// The report as the requesting org sees it: the counts and details that depend on the
+    /// data are for the reviewers only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub redacted: bool,
 }
 
 impl GateReport {
+    /// The report the requesting org reads (R-GATE 7): which checks passed and the details
+    /// that depend on the query alone; no count of groups, suppressed cells or rows, which
+    /// would tell about the data (how many groups a filter left, even when all are
+    /// suppressed) without any release.
+    pub fn redacted(&self) -> GateReport {
+        const OF_THE_QUERY: [&str; 2] = ["provenance", "aggregation"];
+        GateReport {
+            checks: self
+                .checks
+                .iter()
+                .map(|c| GateCheck {
+                    detail: if OF_THE_QUERY.contains(&c.name.as_str()) {
+                        c.detail.clone()
+                    } else {
+                        "shown to the reviewers only: it depends on the data".to_string()
+                    },
+                    ..c.clone()
+                })
+                .collect(),
+            threshold_k: self.threshold_k,
+            groups_total: 0,
+            groups_suppressed: 0,
+            rows_released: 0,
+            redacted: true,
+        }
+    }
+
     pub fn passed(&self) -> bool {
         self.checks.iter().all(|c| c.passed)
     }

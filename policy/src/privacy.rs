@@ -140,6 +140,21 @@ pub fn plan_noise(
     }
     let share = epsilon / (released.len() + 1) as f64;
     let groups = shape.bounds.max_groups as f64;
+    // The sampler draws scales up to 10^9; an epsilon that needs more noise is refused.
+    let largest = groups
+        * shape
+            .bounds
+            .sum_bound
+            .unwrap_or(0.0)
+            .max(shape.bounds.count_bound as f64)
+            .max(1.0)
+        * 2.0
+        / share;
+    if largest.is_nan() || largest > 1e9 {
+        return Err(format!(
+            "epsilon {epsilon} is too small to noise this release with: it would need noise of scale {largest:.3e}"
+        ));
+    }
     // A subject is in at most `groups` groups, once each: that moves the subject counts by
     // `groups` in all; each of its groups may decide on its own, so delta is split among them.
     let selection_scale = groups / share;

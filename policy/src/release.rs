@@ -27,6 +27,11 @@ pub struct Lineage {
     pub all_dimension: bool,
     /// It is a granted column tagged `entity`, as it is (for `count(DISTINCT ...)`).
     pub entity: bool,
+    /// Reads a direct identifier: a column tagged `entity` or `pii:*` (or the hidden key).
+    pub direct: bool,
+    /// Somewhere in its computation a direct identifier meets a constant: a row filter or a
+    /// join condition like this chooses rows by whose they are.
+    pub direct_meets_constant: bool,
     /// The numeric columns of tables with subjects it reads (the runtime's ids), whose
     /// per-subject totals the dominance rules check besides the value itself.
     pub sources: std::collections::BTreeSet<usize>,
@@ -46,6 +51,10 @@ impl Lineage {
             from_data: true,
             all_dimension: tags.contains(&ColumnTag::Dimension) && !identifying,
             entity: tags.contains(&ColumnTag::Entity),
+            direct: tags
+                .iter()
+                .any(|t| matches!(t, ColumnTag::Entity | ColumnTag::Pii(_))),
+            direct_meets_constant: false,
             sources: Default::default(),
         }
     }
@@ -56,6 +65,7 @@ impl Lineage {
             identifying: true,
             from_data: true,
             entity: true,
+            direct: true,
             ..Lineage::default()
         }
     }
@@ -81,9 +91,12 @@ impl Lineage {
             out.singles_out |= p.singles_out;
             out.from_data |= p.from_data;
             out.all_dimension &= p.all_dimension;
+            out.direct |= p.direct;
+            out.direct_meets_constant |= p.direct_meets_constant;
             out.sources.extend(p.sources.iter().copied());
         }
         out.singles_out |= out.identifying && out.constant;
+        out.direct_meets_constant |= out.direct && out.constant;
         out
     }
 
@@ -93,8 +106,29 @@ impl Lineage {
     pub fn through_module<'a>(parts: impl IntoIterator<Item = &'a Lineage>) -> Lineage {
         let mut out = Lineage::combine(parts);
         out.identifying = false;
+        out.direct = false;
         out.all_dimension = false;
         out
+    }
+
+    /// A column of one side of a join takes on what the join condition reads of the other
+    /// side: its rows were chosen by those values (a lookup list joined on a spend spells
+    /// the spend). A side without subjects (constants) takes on all of it; a side with
+    /// subjects takes on the numeric sources and the loss of `dimension` of a condition
+    /// that is not a join on identifiers (joining on the person key is how data is fused).
+    pub fn joined_on(&mut self, condition: &Lineage, constant_side: bool) {
+        if constant_side {
+            self.identifying |= condition.identifying;
+            self.direct |= condition.direct;
+            self.from_data |= condition.from_data;
+            self.singles_out |= condition.singles_out || (condition.identifying && self.constant);
+            self.direct_meets_constant |=
+                condition.direct_meets_constant || (condition.direct && self.constant);
+            self.all_dimension &= condition.all_dimension;
+        } else if !condition.identifying {
+            self.all_dimension &= condition.all_dimension;
+        }
+        self.sources.extend(condition.sources.iter().copied());
     }
 
     /// Rows of several inputs in one column (UNION ALL): the union of what each may be.
@@ -105,6 +139,8 @@ impl Lineage {
         self.from_data |= other.from_data;
         self.all_dimension &= other.all_dimension;
         self.entity &= other.entity;
+        self.direct |= other.direct;
+        self.direct_meets_constant |= other.direct_meets_constant;
         self.sources.extend(other.sources.iter().copied());
     }
 }
@@ -205,11 +241,15 @@ pub fn releasable_group_key(lineage: &Lineage, shown: &str) -> Result<(), String
     Ok(())
 }
 
-/// Decides whether a row filter or a join condition below the aggregate is allowed.
+/// Decides whether a row filter or a join condition below the aggregate is allowed: rows are
+/// never chosen by a direct identifier's value (`WHERE id <> '...'`, a join of the identifier
+/// with a lookup list), which would make a cell all of its subjects but one, or one alone.
+/// Quasi-identifiers may filter (`visit_date >= ...`): the threshold, dominance and the
+/// comparison with earlier releases judge what such cells reveal.
 pub fn releasable_condition(lineage: &Lineage, what: &str) -> Result<(), String> {
-    if lineage.singles_out {
+    if lineage.direct_meets_constant {
         return Err(format!(
-            "the {what} compares or combines an identifying column (entity, pii or quasi) with a constant or a lookup list: it could single out subjects"
+            "the {what} compares or combines a direct identifier (entity or pii) with a constant or a lookup list: rows may not be chosen by whose they are"
         ));
     }
     Ok(())
@@ -314,6 +354,30 @@ mod tests {
         assert!(!age.identifying && !age.singles_out);
         assert!(Lineage::combine([&age, &constant]) == Lineage::combine([&constant, &age]));
         assert!(Lineage::through_module([&id, &constant]).singles_out);
+    }
+
+    #[test]
+    fn rows_are_never_chosen_by_whose_they_are() {
+        let id = column(&[ColumnTag::Entity]);
+        let date = column(&[ColumnTag::Quasi]);
+        let constant = Lineage::constant();
+        assert!(releasable_condition(&Lineage::combine([&id, &constant]), "filter").is_err());
+        assert!(releasable_condition(&Lineage::combine([&date, &constant]), "filter").is_ok());
+        assert!(releasable_condition(&Lineage::combine([&id, &id]), "join").is_ok());
+        // A lookup list joined on the identifier takes on the identifier.
+        let mut label = Lineage::of_column(&[ColumnTag::Dimension], false);
+        label.joined_on(&Lineage::combine([&id]), true);
+        assert!(label.singles_out && label.direct_meets_constant && !label.all_dimension);
+        // A lookup list joined on a spend is no longer a dimension, and carries the spend.
+        let mut spend = column(&[ColumnTag::Sensitive]);
+        spend.sources.insert(7);
+        let mut digit = Lineage::of_column(&[ColumnTag::Dimension], false);
+        digit.joined_on(&spend, true);
+        assert!(!digit.all_dimension && digit.sources.contains(&7));
+        // Another table joined on the person key keeps its dimensions.
+        let mut district = column(&[ColumnTag::Dimension]);
+        district.joined_on(&Lineage::combine([&id]), false);
+        assert!(district.all_dimension);
     }
 
     #[test]

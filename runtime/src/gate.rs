@@ -761,14 +761,19 @@ pub(crate) fn to_csv(batches: &[RecordBatch]) -> Result<Vec<u8>> {
         let mut w = arrow::csv::WriterBuilder::new()
             .with_header(true)
             .build(&mut out);
+        // The writer refuses nested and binary columns; its message names types, never values.
+        let unwritable = |_| {
+            Error::BadInput(
+                "the result has a column of a type a release cannot carry (nested or binary); release numbers, text, dates and times"
+                    .into(),
+            )
+        };
         if batches.is_empty() {
             let empty = RecordBatch::new_empty(Arc::new(Schema::empty()));
-            w.write(&empty)
-                .map_err(|e| Error::Internal(format!("csv: {e}")))?;
+            w.write(&empty).map_err(unwritable)?;
         }
         for b in batches {
-            w.write(b)
-                .map_err(|e| Error::Internal(format!("csv: {e}")))?;
+            w.write(b).map_err(unwritable)?;
         }
     }
     Ok(out)

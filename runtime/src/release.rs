@@ -23,7 +23,7 @@ use datafusion::logical_expr::expr::AggregateFunction;
 use datafusion::logical_expr::{
     Expr, JoinType, LogicalPlan, LogicalPlanBuilder, Projection, SubqueryAlias, Union,
 };
-use datafusion::prelude::{abs, cast, lit};
+use datafusion::prelude::{cast, lit};
 use tidegate_policy::{
     BoundedAggregate, ColumnTag, ContributionBounds, Level, Lineage, PrivacyShape, QueryShape,
     Released, releasable_aggregate, releasable_group_key,
@@ -45,6 +45,8 @@ pub(crate) const PART_PREFIX: &str = "__tg_c";
 pub(crate) const SIGNED_PREFIX: &str = "__tg_d";
 /// The subject of a contribution row.
 pub(crate) const SUBJECT_COLUMN: &str = "__tg_subject";
+/// The unit of a row whose entity key is NULL: all such rows are one subject.
+const NULL_KEY: &str = "\u{0}null";
 
 /// What the dominance rules check per cell: an aggregate's own value (rows for a count), or
 /// one numeric column it reads (so an offset added to every row hides nothing).
@@ -95,7 +97,9 @@ pub(crate) fn analyze(plan: LogicalPlan, cx: &Context<'_>) -> Result<Analysis> {
         next: 0,
         strict: protected,
     };
-    let outcome = no_subqueries(&plan).and_then(|()| walk.release(plan.clone(), cx.privacy));
+    let outcome = no_subqueries(&plan)
+        .and_then(|()| walk.release(plan.clone(), cx.privacy))
+        .and_then(|a| releasable_types(&a.plan).map(|()| a));
     match outcome {
         Ok(a) => Ok(a),
         Err(Error::Refused(reason)) if protected => Err(Error::Refused(format!(
@@ -115,6 +119,40 @@ pub(crate) fn analyze(plan: LogicalPlan, cx: &Context<'_>) -> Result<Analysis> {
         }),
         Err(e) => Err(e),
     }
+}
+
+/// A release carries numbers, text, truth values, dates and times: a nested value (a struct,
+/// a list, a map) or a binary one has no column in the released file and no scan for
+/// identifiers.
+fn releasable_types(plan: &LogicalPlan) -> Result<()> {
+    use arrow::datatypes::DataType as T;
+    for f in plan.schema().fields() {
+        if f.name().starts_with(RESERVED_PREFIX) {
+            continue;
+        }
+        let ok = f.data_type().is_numeric()
+            || matches!(
+                f.data_type(),
+                T::Boolean
+                    | T::Utf8
+                    | T::LargeUtf8
+                    | T::Utf8View
+                    | T::Date32
+                    | T::Date64
+                    | T::Timestamp(..)
+                    | T::Time32(_)
+                    | T::Time64(_)
+                    | T::Null
+            );
+        if !ok {
+            return refuse(format!(
+                "column `{}` is of type {}; a release carries numbers, text, truth values, dates and times only",
+                f.name(),
+                f.data_type()
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn refuse<T>(reason: impl Into<String>) -> Result<T> {
@@ -465,21 +503,52 @@ impl Walk<'_> {
             ))
         };
         let as_double = |e: Expr| cast(e, arrow::datatypes::DataType::Float64);
+        // A row belongs to a subject when one of its units is set; rows of constants (a VALUES
+        // list, a lookup table) belong to nobody and count in no cell's total.
+        let has_subject = units
+            .iter()
+            .map(|u| input.column(&u.name).map(Expr::is_not_null))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .reduce(Expr::or)
+            .expect("at least one unit");
+        let of_subjects = |filter: &Option<Expr>| {
+            Some(match filter {
+                Some(f) => f.clone().and(has_subject.clone()),
+                None => has_subject.clone(),
+            })
+        };
         let mut measures = Vec::new();
         let mut totals = Vec::new();
         // (part column, expression over the per-unit projection), built below.
         let mut part_exprs: Vec<(String, PartExpr)> = Vec::new();
         let mut signed = Vec::new();
+        // Every cell: each subject's rows. One subject in nearly every row of a cell (a crowd
+        // joined to it) dominates it, whatever the aggregates.
+        let rows_total = format!("{TOTAL_PREFIX}rows");
+        totals.push(with_filter(count_udaf(), lit(1i64), &of_subjects(&None)).alias(&rows_total));
+        part_exprs.push((format!("{PART_PREFIX}rows"), PartExpr::Rows));
+        measures.push(Measure {
+            total: rows_total,
+            part: format!("{PART_PREFIX}rows"),
+            count: true,
+        });
         for (j, p) in parts.iter().enumerate() {
+            // Signed sums, per subject and per cell: a subject's rows that cancel one another
+            // (a negated copy of everyone but one) leave the cell to the one.
             let value = match p.kind {
                 None | Some(Released::CountSubjects) => None,
                 Some(Released::Count) => Some((
-                    with_filter(count_udaf(), p.argument.clone(), &p.filter),
+                    with_filter(count_udaf(), p.argument.clone(), &of_subjects(&p.filter)),
                     PartExpr::Count(j),
                 )),
                 Some(Released::Sum) => Some((
-                    with_filter(sum_udaf(), abs(as_double(p.argument.clone())), &p.filter),
-                    PartExpr::AbsSum(j),
+                    with_filter(
+                        sum_udaf(),
+                        as_double(p.argument.clone()),
+                        &of_subjects(&p.filter),
+                    ),
+                    PartExpr::Sum(j),
                 )),
             };
             if let Some((total, part)) = value {
@@ -499,7 +568,7 @@ impl Walk<'_> {
                         format!("{TOTAL_PREFIX}{j}_{n}"),
                         format!("{PART_PREFIX}{j}_{n}"),
                     );
-                    totals.push(with_filter(sum_udaf(), abs(source), &p.filter).alias(&t));
+                    totals.push(with_filter(sum_udaf(), source, &of_subjects(&p.filter)).alias(&t));
                     part_exprs.push((c.clone(), PartExpr::Source(j, *n)));
                     measures.push(Measure {
                         total: t,
@@ -589,6 +658,9 @@ impl Walk<'_> {
             projected
                 .project(exprs)
                 .map_err(internal)?
+                // Rows of constants (a UNION ALL with a VALUES list) are nobody's.
+                .filter(col(SUBJECT_COLUMN).is_not_null())
+                .map_err(internal)?
                 .build()
                 .map_err(internal)?
         };
@@ -602,14 +674,10 @@ impl Walk<'_> {
         let mut contribution_aggr = Vec::new();
         for (name, part) in &part_exprs {
             let e = match *part {
+                PartExpr::Rows => with_filter(count_udaf(), lit(1i64), &None),
                 PartExpr::Count(j) => {
                     with_filter(count_udaf(), column(format!("__tg_a{j}")), &filter_of(j))
                 }
-                PartExpr::AbsSum(j) => with_filter(
-                    sum_udaf(),
-                    abs(as_double(column(format!("__tg_a{j}")))),
-                    &filter_of(j),
-                ),
                 PartExpr::Sum(j) => with_filter(
                     sum_udaf(),
                     as_double(column(format!("__tg_a{j}"))),
@@ -617,7 +685,7 @@ impl Walk<'_> {
                 ),
                 PartExpr::Source(j, n) => with_filter(
                     sum_udaf(),
-                    abs(column(format!("{SOURCE_PREFIX}{n}"))),
+                    column(format!("{SOURCE_PREFIX}{n}")),
                     &filter_of(j),
                 ),
             };
@@ -714,6 +782,11 @@ impl Walk<'_> {
             }
             node @ (LogicalPlan::Filter(_) | LogicalPlan::Sort(_) | LogicalPlan::Limit(_)) => {
                 let input = self.below(node.inputs()[0].clone())?;
+                if let LogicalPlan::Filter(f) = &node {
+                    let lineage =
+                        self.lineage(&f.predicate, input.plan.schema(), &input.columns)?;
+                    self.condition(&lineage, "row filter")?;
+                }
                 Ok(Node {
                     plan: rebuild(&node, vec![input.plan])?,
                     columns: input.columns,
@@ -747,16 +820,48 @@ impl Walk<'_> {
                 }
                 let left = self.below(j.left.as_ref().clone())?;
                 let right = self.below(j.right.as_ref().clone())?;
-                let mut columns = left.columns;
-                columns.extend(right.columns);
-                let mut carried = left.carried;
-                carried.extend(right.carried);
-                let plan = rebuild(&node, vec![left.plan, right.plan])?;
-                if plan.schema().fields().len() != columns.len() {
+                // What the condition reads of each side, pair by pair.
+                let mut of_left = Vec::new();
+                let mut of_right = Vec::new();
+                for (l, r) in &j.on {
+                    let l = self.lineage(l, left.plan.schema(), &left.columns)?;
+                    let r = self.lineage(r, right.plan.schema(), &right.columns)?;
+                    self.condition(&Lineage::combine([&l, &r]), "join condition")?;
+                    of_left.push(l);
+                    of_right.push(r);
+                }
+                let mut columns = left.columns.clone();
+                columns.extend(right.columns.clone());
+                let joined = rebuild(&node, vec![left.plan.clone(), right.plan.clone()])?;
+                if joined.schema().fields().len() != columns.len() {
                     return Err(Error::Internal("plan analysis: join schema".into()));
                 }
+                if let Some(filter) = &j.filter {
+                    let schema = joined.schema().clone();
+                    let lineage = self.lineage(filter, &schema, &columns)?;
+                    self.condition(&lineage, "join condition")?;
+                    // The filter reads both sides: each side takes on all of it.
+                    of_left.push(lineage.clone());
+                    of_right.push(lineage);
+                }
+                // Each side's columns take on what the condition read of the other side.
+                let constant_left = !left.carried.iter().any(|c| c.unit);
+                let constant_right = !right.carried.iter().any(|c| c.unit);
+                let l_len = left.columns.len();
+                for (i, c) in columns.iter_mut().enumerate() {
+                    let (other, constant) = if i < l_len {
+                        (&of_right, constant_left)
+                    } else {
+                        (&of_left, constant_right)
+                    };
+                    for condition in other {
+                        c.joined_on(condition, constant);
+                    }
+                }
+                let mut carried = left.carried;
+                carried.extend(right.carried);
                 Ok(Node {
-                    plan,
+                    plan: joined,
                     columns,
                     carried,
                 })
@@ -772,6 +877,15 @@ impl Walk<'_> {
                 operator(&other),
                 tidegate_policy::OPERATORS_BELOW_AGGREGATE.join(", ")
             )),
+        }
+    }
+
+    /// A row filter or join condition: refused over L2 or L3 data when it chooses rows by a
+    /// direct identifier.
+    fn condition(&self, lineage: &Lineage, what: &str) -> Result<()> {
+        match tidegate_policy::releasable_condition(lineage, what) {
+            Err(reason) if self.strict => refuse(reason),
+            _ => Ok(()),
         }
     }
 
@@ -802,7 +916,15 @@ impl Walk<'_> {
             if f.name() == ENTITY_COLUMN {
                 columns.push(Lineage::entity_key());
                 let unit = self.fresh(UNIT_PREFIX);
-                hidden.push(cast(reference, arrow::datatypes::DataType::Utf8).alias(&unit));
+                // A NULL key is one subject (DOMAIN.md), never no subject: only rows that
+                // come from no table with subjects have none.
+                hidden.push(
+                    datafusion::functions::expr_fn::coalesce(vec![
+                        cast(reference, arrow::datatypes::DataType::Utf8),
+                        lit(NULL_KEY),
+                    ])
+                    .alias(&unit),
+                );
                 hidden_lineage.push(Lineage::entity_key());
                 carried.push(Carried {
                     name: unit,
@@ -906,8 +1028,9 @@ impl Walk<'_> {
 /// How a contribution column is computed from the per-unit projection.
 #[derive(Debug, Clone, Copy)]
 enum PartExpr {
+    /// The subject's rows in the cell.
+    Rows,
     Count(usize),
-    AbsSum(usize),
     Sum(usize),
     Source(usize, usize),
 }
@@ -1020,10 +1143,12 @@ pub(crate) fn attach(
         .collect();
     // Under differential privacy the dominance rules judge the bounded parts, as released.
     let clamp = |m: &Measure, v: f64| match privacy {
+        // Values that are not numbers never reach the noise.
+        Some(_) if v.is_nan() => 0.0,
         Some(b) if m.count => v.min(b.count_bound as f64),
         Some(ContributionBounds {
             sum_bound: Some(s), ..
-        }) => v.min(s),
+        }) => v.clamp(-s, s),
         _ => v,
     };
     // Per cell: its subjects and, per measure, the largest parts (descending) and the total
@@ -1078,12 +1203,13 @@ pub(crate) fn attach(
             let cell = &mut cells[at];
             cell.subjects += 1;
             for (m, column) in parts.iter().enumerate() {
-                let v = if column.is_null(row) {
+                let signed = if column.is_null(row) {
                     0.0
                 } else {
-                    clamp(&analysis.measures[m], column.value(row).abs())
+                    clamp(&analysis.measures[m], column.value(row))
                 };
-                cell.bounded_totals[m] += v;
+                cell.bounded_totals[m] += signed;
+                let v = signed.abs();
                 let tops = &mut cell.tops[m];
                 let place = tops
                     .iter()
@@ -1156,11 +1282,13 @@ pub(crate) fn attach(
                 let cell = cell.map(|c| &cells[c]);
                 subjects.push(cell.map_or(0, |c| c.subjects) as i64);
                 let failing = totals.iter().enumerate().any(|(m, t)| {
+                    // The cell's value as its subjects make it, signed, then its size.
                     let total = match (privacy, cell) {
                         (Some(_), Some(c)) => c.bounded_totals[m],
                         _ if t.is_null(row) => 0.0,
                         _ => t.value(row),
-                    };
+                    }
+                    .abs();
                     let tops = cell.map(|c| c.tops[m].as_slice()).unwrap_or(&[]);
                     rule.dominated(total, tops)
                 });

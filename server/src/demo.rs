@@ -333,7 +333,11 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoOutcome> {
     say("==> 8. export: the gate checks the result");
     let export = world.scientist.request_export(&id(&job)?)?;
     let eid = id(&export)?;
-    for c in export["gate_report"]["checks"]
+    // The scientist reads which checks passed; the reviewers read their numbers too.
+    let seen = world
+        .reviewer
+        .ok("GET", &format!("/v1/exports/{eid}"), None)?;
+    for c in seen["gate_report"]["checks"]
         .as_array()
         .into_iter()
         .flatten()
@@ -350,10 +354,7 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoOutcome> {
     }
 
     say("==> 9. review: a reviewer of another org sees the masked preview and decides");
-    let preview = world
-        .reviewer
-        .ok("GET", &format!("/v1/exports/{eid}"), None)?;
-    for line in preview["preview"].as_str().unwrap_or_default().lines() {
+    for line in seen["preview"].as_str().unwrap_or_default().lines() {
         say(&format!("    | {line}"));
     }
     let reviewed = world.reviewer.review_export(

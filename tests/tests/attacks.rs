@@ -135,7 +135,8 @@ fn a_tracker_pair_of_queries_is_refused_by_differencing() {
     for i in 0..30 {
         csv.push_str(&format!("o{i:03},13800000000,Old Street,2026-05-02,1.00\n"));
     }
-    // The target visits West Lake in August; the attacker knows their resident ID.
+    // The target visits West Lake in August, the only visitor that day; the attacker knows
+    // the day. (Choosing rows by the resident ID itself is refused before anything runs.)
     csv.push_str("target,13800000000,West Lake,2026-08-15,1.00\n");
     env.world.import_visits(&csv).unwrap();
     let (_, scenario) = env.world.open_scenario().unwrap();
@@ -146,7 +147,7 @@ fn a_tracker_pair_of_queries_is_refused_by_differencing() {
         &env,
         sid,
         "SELECT spot, count(*) AS visits FROM visits
-         WHERE visit_date < DATE '2026-06-01' OR resident_id = 'target' GROUP BY spot",
+         WHERE visit_date < DATE '2026-06-01' OR visit_date = DATE '2026-08-15' GROUP BY spot",
         &[],
     );
     assert_eq!(with_target["state"], "in_review", "{with_target}");
@@ -167,6 +168,17 @@ fn a_tracker_pair_of_queries_is_refused_by_differencing() {
         "{detail}"
     );
     assert!(!detail.contains("West Lake") && !detail.contains("target"));
+    let by_id = refused_before_running(
+        &env,
+        sid,
+        "SELECT spot, count(*) AS visits FROM visits
+         WHERE visit_date < DATE '2026-06-01' OR resident_id = 'target' GROUP BY spot",
+        &[],
+    );
+    assert!(
+        by_id.contains("rows may not be chosen by whose they are"),
+        "{by_id}"
+    );
 }
 
 #[test]

@@ -26,6 +26,18 @@ fn target() -> String {
         .to_string()
 }
 
+/// The same resident's visit as a filter on its day and spend (quasi and sensitive columns:
+/// rows are never chosen by the resident ID itself).
+fn target_visit() -> String {
+    let csv = visitor_csv(ROWS);
+    let line = csv.lines().nth(100).unwrap();
+    let cells: Vec<&str> = line.split(',').collect();
+    format!(
+        "a.visit_date = DATE '{}' AND a.spend = {}",
+        cells[3], cells[4]
+    )
+}
+
 /// The data rows of a released preview (its header line dropped).
 fn released_rows(preview: &str) -> usize {
     preview.lines().skip(1).filter(|l| !l.is_empty()).count()
@@ -91,16 +103,20 @@ fn a_column_named_like_a_hidden_one_is_refused_in_any_case() {
 #[test]
 fn one_subjects_row_repeated_by_a_join_is_still_one_subject() {
     let (env, sid, _) = active_scenario();
-    let t = target();
-    // The target's visits joined to every visit (a cross join, a self-join on a column that
+    let visit = target_visit();
+    // The target's visit joined to every visit (a cross join, a self-join on a column that
     // is not the subject): every output row carries the target. Each group has hundreds of
-    // subjects, but the target holds all of each sum and count: dominated, suppressed.
+    // subjects, but the target is in every row and holds all of each sum and count (and of
+    // a count of distinct subjects' rows): dominated, suppressed.
     for sql in [
         format!(
-            "SELECT a.spot, count(*) AS n, sum(a.spend) AS s FROM visits a CROSS JOIN visits b WHERE a.resident_id = '{t}' GROUP BY a.spot"
+            "SELECT a.spot, count(*) AS n, sum(a.spend) AS s FROM visits a CROSS JOIN visits b WHERE {visit} GROUP BY a.spot"
         ),
         format!(
-            "SELECT a.spot, count(*) AS n, sum(a.spend) AS s FROM visits a JOIN visits b ON a.spot = b.spot WHERE a.resident_id = '{t}' GROUP BY a.spot"
+            "SELECT a.spot, count(*) AS n, sum(a.spend) AS s FROM visits a JOIN visits b ON a.spot = b.spot WHERE {visit} GROUP BY a.spot"
+        ),
+        format!(
+            "SELECT a.spot, count(DISTINCT b.resident_id) AS people FROM visits a JOIN visits b ON a.spot = b.spot WHERE {visit} GROUP BY a.spot"
         ),
     ] {
         let e = export_of(&env, &sid, &sql, &[]);
@@ -121,7 +137,7 @@ fn one_subjects_row_repeated_by_a_join_is_still_one_subject() {
         &env,
         &sid,
         &format!(
-            "SELECT v.spot, count(*) AS n FROM visits v CROSS JOIN (VALUES {crowd}) AS f(n) WHERE v.resident_id = '{t}' GROUP BY v.spot"
+            "SELECT a.spot, count(*) AS n FROM visits a CROSS JOIN (VALUES {crowd}) AS f(n) WHERE {visit} GROUP BY a.spot"
         ),
         &[],
     );

@@ -5,7 +5,9 @@ use serde_json::{Value, json};
 use tidegate_server::{Client, visitor_csv};
 
 mod common;
-use common::{Env, ROWS, active_scenario, export_of, gate_check, job, preview_of, setup};
+use common::{
+    Env, ROWS, active_scenario, export_of, full_report, gate_check, job, preview_of, setup,
+};
 
 /// The scientist's application over the visits, with `extra` fields merged in.
 fn apply(env: &Env, extra: Value) -> Value {
@@ -237,11 +239,12 @@ fn a_private_scenario_releases_noised_counts_and_spends_its_budget_until_it_is_e
         let j = job(&env, &sid, sql, &[]);
         assert_eq!(j["state"], "succeeded", "{j}");
         let id = j["id"].as_str().unwrap();
-        match epsilon {
+        let requested = match epsilon {
             Some(e) => env.world.scientist.request_export_spending(id, e),
             None => env.world.scientist.request_export(id),
         }
-        .unwrap()
+        .unwrap();
+        full_report(&env, &requested)
     };
     let refused_for = |export: &Value| {
         assert_eq!(export["state"], "rejected", "{export}");
@@ -308,11 +311,13 @@ fn a_private_scenario_releases_noised_counts_and_spends_its_budget_until_it_is_e
     ];
     for (sql, reason) in cases {
         let j = job(&env, &more, sql, &[]);
-        let export = env
-            .world
-            .scientist
-            .request_export_spending(j["id"].as_str().unwrap(), 0.1)
-            .unwrap();
+        let export = full_report(
+            &env,
+            &env.world
+                .scientist
+                .request_export_spending(j["id"].as_str().unwrap(), 0.1)
+                .unwrap(),
+        );
         assert!(refused_for(&export).contains(reason), "{sql}: {export}");
     }
 
@@ -586,11 +591,13 @@ fn every_column_showing_a_private_aggregate_shows_the_same_noised_value() {
         "SELECT spot, count(*) AS a, count(*) AS b FROM visits GROUP BY spot",
         &[],
     );
-    let e = env
-        .world
-        .scientist
-        .request_export_spending(j["id"].as_str().unwrap(), 0.5)
-        .unwrap();
+    let e = full_report(
+        &env,
+        &env.world
+            .scientist
+            .request_export_spending(j["id"].as_str().unwrap(), 0.5)
+            .unwrap(),
+    );
     assert_eq!(e["state"], "in_review", "{e}");
     let (_, detail) = gate_check(&e, "privacy budget");
     assert!(detail.contains("on 1 column(s): a scale"), "{detail}");

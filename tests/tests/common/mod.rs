@@ -180,13 +180,30 @@ pub(crate) fn refused_before_running(
 }
 
 /// Runs `sql` as a job of scenario `sid` and asks for the export of its result.
+/// The export comes back as a reviewer of another org sees it, with the gate's numbers; the
+/// requesting scientist reads which checks passed and none of the counts (checked here).
 pub(crate) fn export_of(env: &Env, sid: &str, sql: &str, modules: &[String]) -> Value {
     let j = job(env, sid, sql, modules);
     assert_eq!(j["state"], "succeeded", "{j}");
-    env.world
+    let requested = env
+        .world
         .scientist
         .request_export(j["id"].as_str().unwrap())
-        .unwrap()
+        .unwrap();
+    full_report(env, &requested)
+}
+
+/// An export the requesting scientist holds, as the reviewers see it, after checking that the
+/// scientist's own copy of the gate report has no count of groups or rows.
+pub(crate) fn full_report(env: &Env, requested: &Value) -> Value {
+    let report = &requested["gate_report"];
+    assert_eq!(report["redacted"], true, "{requested}");
+    for count in ["groups_total", "groups_suppressed", "rows_released"] {
+        assert_eq!(report[count], 0, "{requested}");
+    }
+    let seen = seen_by_reviewer(env, requested);
+    assert_eq!(seen["state"], requested["state"]);
+    seen
 }
 
 /// The export as a reviewer of another org sees it (preview, query, earlier exports).
