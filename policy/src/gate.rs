@@ -6,6 +6,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{ColumnTag, Level};
 
+/// How many jobs of a scenario over L2 or L3 data may stop while running (their cause
+/// withheld) before the scenario is suspended for an admin to look at (R-GATE 7, R-MONITOR):
+/// whether a job fails can depend on one value, so each failure may tell one bit, and the
+/// bits are rationed.
+pub const MAX_WITHHELD_FAILURES: u64 = 3;
+
 /// Default minimum of distinct subjects per output group (DOMAIN.md section 4).
 pub fn default_threshold(level: Level) -> u64 {
     match level {

@@ -16,8 +16,8 @@ pub use detect::{
     resident_id_check_char, scan_value,
 };
 pub use gate::{
-    ALLOWED_AGGREGATES, CheckOutcome, GateCheck, GateReport, QueryShape, check_shape,
-    default_threshold, is_allowed_aggregate,
+    ALLOWED_AGGREGATES, CheckOutcome, GateCheck, GateReport, MAX_WITHHELD_FAILURES, QueryShape,
+    check_shape, default_threshold, is_allowed_aggregate,
 };
 pub use model::{
     ColumnSpec, ColumnTag, DataType, ExportRules, Level, Masking, OrgKind, Origin, Principal, Role,

@@ -919,8 +919,32 @@ pub(crate) fn visible_schema(schema: &Schema) -> Vec<Field> {
         .collect()
 }
 
+/// The most tokens a job's SQL may have. The engine plans expressions by recursion: a chain of
+/// tens of thousands of terms would overflow any thread's stack (and abort the process), and
+/// plans in time that grows faster than the chain. Analytic queries are far shorter.
+const MAX_SQL_TOKENS: usize = 4096;
+
 /// Parses `sql` and refuses anything but exactly one query, before any planning.
 fn only_a_query(sql: &str) -> Result<DfStatement> {
+    let tokens = datafusion::sql::sqlparser::tokenizer::Tokenizer::new(
+        &datafusion::sql::sqlparser::dialect::GenericDialect {},
+        sql,
+    )
+    .tokenize()
+    .map_err(|e| Error::BadInput(format!("the query does not parse: {e}")))?
+    .into_iter()
+    .filter(|t| {
+        !matches!(
+            t,
+            datafusion::sql::sqlparser::tokenizer::Token::Whitespace(_)
+        )
+    })
+    .count();
+    if tokens > MAX_SQL_TOKENS {
+        return Err(Error::Refused(format!(
+            "the query has {tokens} tokens; a job's query has at most {MAX_SQL_TOKENS}"
+        )));
+    }
     let mut statements = DFParser::parse_sql(sql)
         .map_err(|e| Error::BadInput(format!("the query does not parse: {e}")))?;
     let refuse = || {

@@ -840,9 +840,18 @@ impl Walk<'_> {
                     let schema = joined.schema().clone();
                     let lineage = self.lineage(filter, &schema, &columns)?;
                     self.condition(&lineage, "join condition")?;
-                    // The filter reads both sides: each side takes on all of it.
-                    of_left.push(lineage.clone());
-                    of_right.push(lineage);
+                    // Each side takes on what the filter reads of the other side.
+                    let (mut reads_left, mut reads_right) = (Vec::new(), Vec::new());
+                    for c in filter.column_refs() {
+                        let at = schema.index_of_column(c).map_err(internal)?;
+                        if at < left.columns.len() {
+                            reads_left.push(columns[at].clone());
+                        } else {
+                            reads_right.push(columns[at].clone());
+                        }
+                    }
+                    of_left.push(Lineage::combine(&reads_left));
+                    of_right.push(Lineage::combine(&reads_right));
                 }
                 // Each side's columns take on what the condition read of the other side.
                 let constant_left = !left.carried.iter().any(|c| c.unit);

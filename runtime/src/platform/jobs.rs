@@ -258,6 +258,7 @@ impl Platform {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let tx = db.transaction()?;
+        let mut suspend = false;
         match outcome {
             Ok((output, scanned_rows, scanned_bytes)) => {
                 resources.rows_scanned = scanned_rows;
@@ -304,9 +305,10 @@ impl Platform {
                 } else {
                     resources.clone()
                 };
+                let withheld = matches!(e, Error::WhileRunning(_));
                 tx.execute(
-                    "UPDATE jobs SET state = 'failed', error = ?2, resources = ?3, finished_at = ?4 WHERE id = ?1",
-                    params![id, message, to_json(&shown_resources), finished],
+                    "UPDATE jobs SET state = 'failed', error = ?2, resources = ?3, finished_at = ?4, withheld = ?5 WHERE id = ?1",
+                    params![id, message, to_json(&shown_resources), finished, withheld],
                 )?;
                 // The cause a data-dependent failure hides from the job is kept here, for the
                 // authority; `withheld` counts such failures.
@@ -318,15 +320,46 @@ impl Platform {
                     json!({
                         "state": "failed",
                         "error": e.cause().to_string(),
-                        "withheld": matches!(e, Error::WhileRunning(_)),
+                        "withheld": withheld,
                         "resources": shown_resources,
                         "exact_resources": resources,
                     }),
                 )?;
+                if withheld {
+                    let failures: i64 = tx.query_row(
+                        "SELECT count(*) FROM jobs j JOIN scenarios s ON j.scenario_id = s.id
+                         WHERE s.id = ?1 AND j.withheld = 1
+                           AND j.finished_at > COALESCE(s.failures_cleared_at, '')",
+                        params![scenario.id],
+                        |r| r.get(0),
+                    )?;
+                    if failures as u64 >= tidegate_policy::MAX_WITHHELD_FAILURES {
+                        // A risk stop: the scenario runs nothing until an admin resumes it.
+                        tx.execute(
+                            "UPDATE scenarios SET state = 'suspended' WHERE id = ?1 AND state = 'active'",
+                            params![scenario.id],
+                        )?;
+                        self.audit.append_at(
+                            finished.clone(),
+                            GATE_ACTOR,
+                            "scenario.suspend",
+                            &scenario.id,
+                            json!({
+                                "reason": "jobs over L2 or L3 data stopped while running, causes withheld",
+                                "failures": failures,
+                                "alert": true,
+                            }),
+                        )?;
+                        suspend = true;
+                    }
+                }
             }
         }
         tx.commit()?;
         drop(db);
+        if suspend {
+            self.cancel_jobs(std::slice::from_ref(&scenario.id));
+        }
         self.get_job(actor, &id)
     }
 

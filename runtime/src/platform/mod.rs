@@ -555,7 +555,9 @@ const MIGRATIONS: &[(i64, &str)] = &[
              dataset_id TEXT NOT NULL REFERENCES datasets(id),
              scenario_id TEXT NOT NULL REFERENCES scenarios(id),
              org_id TEXT NOT NULL, epsilon REAL NOT NULL, at TEXT NOT NULL,
-             PRIMARY KEY (dataset_id, scenario_id));",
+             PRIMARY KEY (dataset_id, scenario_id));
+         ALTER TABLE jobs ADD COLUMN withheld INTEGER NOT NULL DEFAULT 0;
+         ALTER TABLE scenarios ADD COLUMN failures_cleared_at TEXT;",
     ),
 ];
 

@@ -68,7 +68,9 @@ impl Platform {
         };
         let tx = db.transaction()?;
         tx.execute(
-            "INSERT INTO scenarios VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+            "INSERT INTO scenarios (id, name, org_id, key_area, purpose, public_interest, grants,
+                 term_start, term_end, k, planned_products, state, applied_by, created_at, export_rules)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             params![
                 id, req.name, actor.org, req.key_area, req.purpose, req.public_interest,
                 to_json(&grants), req.term_start, req.term_end, k as i64,
@@ -659,6 +661,13 @@ impl Platform {
                 "UPDATE scenarios SET state = ?2 WHERE id = ?1",
                 params![id, next.as_str()],
             )?;
+            if action == "resume" {
+                // The admin looked at the failures that suspended it: they count no more.
+                tx.execute(
+                    "UPDATE scenarios SET failures_cleared_at = ?2 WHERE id = ?1",
+                    params![id, crate::now_rfc3339()],
+                )?;
+            }
             // An admin's own decision on a scenario during a freeze stands after it: the
             // unfreeze no longer restores it.
             if let Some(mut suspended) = Self::frozen(&tx, &s.org)? {
