@@ -32,6 +32,8 @@ pub struct Lineage {
     /// Somewhere in its computation a direct identifier meets a constant: a row filter or a
     /// join condition like this chooses rows by whose they are.
     pub direct_meets_constant: bool,
+    /// Reads a column tagged `sensitive` (a spend, a diagnosis).
+    pub sensitive: bool,
     /// The numeric columns of tables with subjects it reads (the runtime's ids), whose
     /// per-subject totals the dominance rules check besides the value itself.
     pub sources: std::collections::BTreeSet<usize>,
@@ -55,6 +57,7 @@ impl Lineage {
                 .iter()
                 .any(|t| matches!(t, ColumnTag::Entity | ColumnTag::Pii(_))),
             direct_meets_constant: false,
+            sensitive: tags.contains(&ColumnTag::Sensitive),
             sources: Default::default(),
         }
     }
@@ -93,6 +96,7 @@ impl Lineage {
             out.all_dimension &= p.all_dimension;
             out.direct |= p.direct;
             out.direct_meets_constant |= p.direct_meets_constant;
+            out.sensitive |= p.sensitive;
             out.sources.extend(p.sources.iter().copied());
         }
         out.singles_out |= out.identifying && out.constant;
@@ -112,21 +116,24 @@ impl Lineage {
     }
 
     /// A column of one side of a join takes on what the join condition reads of the other
-    /// side: its rows were chosen by those values (a lookup list joined on a spend spells
-    /// the spend). A side without subjects (constants) takes on all of it; a side with
-    /// subjects takes on the numeric sources and the loss of `dimension` of a condition
-    /// that is not a join on identifiers (joining on the person key is how data is fused).
+    /// side: its row was chosen by those values (a lookup list joined on a spend spells the
+    /// spend). A side without subjects (constants) takes on all of it; a side with subjects
+    /// (another dataset, perhaps one a unit made to be a lookup list) takes on the numeric
+    /// sources, and stops being a `dimension` when the condition reads a sensitive value.
+    /// Joining on the person key or on a plain key is how data is fused: no dimension is lost.
     pub fn joined_on(&mut self, condition: &Lineage, constant_side: bool) {
         if constant_side {
             self.identifying |= condition.identifying;
             self.direct |= condition.direct;
+            self.sensitive |= condition.sensitive;
             self.from_data |= condition.from_data;
             self.singles_out |= condition.singles_out || (condition.identifying && self.constant);
             self.direct_meets_constant |=
                 condition.direct_meets_constant || (condition.direct && self.constant);
             self.all_dimension &= condition.all_dimension;
-        } else if !condition.identifying {
-            self.all_dimension &= condition.all_dimension;
+        } else if condition.sensitive {
+            self.sensitive = true;
+            self.all_dimension = false;
         }
         self.sources.extend(condition.sources.iter().copied());
     }
@@ -141,6 +148,7 @@ impl Lineage {
         self.entity &= other.entity;
         self.direct |= other.direct;
         self.direct_meets_constant |= other.direct_meets_constant;
+        self.sensitive |= other.sensitive;
         self.sources.extend(other.sources.iter().copied());
     }
 }
@@ -374,10 +382,14 @@ mod tests {
         let mut digit = Lineage::of_column(&[ColumnTag::Dimension], false);
         digit.joined_on(&spend, true);
         assert!(!digit.all_dimension && digit.sources.contains(&7));
-        // Another table joined on the person key keeps its dimensions.
+        // Another table joined on the person key or a plain key keeps its dimensions; joined
+        // on a spend, it does not.
         let mut district = column(&[ColumnTag::Dimension]);
         district.joined_on(&Lineage::combine([&id]), false);
+        district.joined_on(&column(&[]), false);
         assert!(district.all_dimension);
+        district.joined_on(&spend, false);
+        assert!(!district.all_dimension && district.sources.contains(&7));
     }
 
     #[test]
