@@ -598,14 +598,21 @@ pub async fn run_query_until(
         .await?;
         match contributions {
             Some(plan) => {
-                let contributions = collect_bounded(plan, Arc::clone(&task), &limits, None).await?;
-                crate::release::attach(
-                    batches,
-                    &contributions,
+                // Every subject's contributions stream into the gate's tally: only each
+                // cell's facts are kept, whatever the number of subjects.
+                use futures::StreamExt;
+                let mut tally = crate::release::Tally::new(
+                    &batches,
                     &analysis,
                     limits.dominance,
                     limits.privacy,
-                )
+                )?;
+                let mut stream = datafusion::physical_plan::execute_stream(plan, Arc::clone(&task))
+                    .map_err(|e| map_error(e, Stage::Running))?;
+                while let Some(batch) = stream.next().await {
+                    tally.add(&batch.map_err(|e| map_error(e, Stage::Running))?)?;
+                }
+                tally.finish(batches)
             }
             None => Ok(batches),
         }

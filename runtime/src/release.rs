@@ -1094,93 +1094,127 @@ fn key_columns(b: &arrow::array::RecordBatch) -> Vec<arrow::array::ArrayRef> {
         .collect()
 }
 
-/// Adds what the gate reads to the result, computed from every subject's contributions: each
-/// cell's distinct subjects (`__tg_subjects`), whether a dominance rule fails for any of its
-/// measures (`__tg_dominated`), and under differential privacy each count and sum again with
-/// every subject's part bounded (`__tg_dp_*`). Cells are matched by their keys in Arrow's row
+use arrow::array::{Array, AsArray, BooleanArray, Float64Array, Int64Array, RecordBatch};
+use arrow::datatypes::{DataType, Float64Type};
+use arrow::row::{RowConverter, SortField};
+use std::collections::HashMap;
+
+fn arrow_error(e: arrow::error::ArrowError) -> Error {
+    Error::Internal(format!("gate columns: {e}"))
+}
+
+/// A column of a batch as doubles.
+fn doubles(b: &RecordBatch, name: &str) -> Result<Float64Array> {
+    let c = b
+        .column_by_name(name)
+        .ok_or_else(|| Error::Internal(format!("gate columns: {name} missing")))?;
+    Ok(arrow::compute::cast(c, &DataType::Float64)
+        .map_err(arrow_error)?
+        .as_primitive::<Float64Type>()
+        .clone())
+}
+
+/// One cell's facts: its subjects, per measure the largest parts (descending, absolute) and
+/// the signed total of its (bounded) parts.
+struct Cell {
+    subjects: u64,
+    tops: Vec<Vec<f64>>,
+    bounded_totals: Vec<f64>,
+}
+
+/// Per subject, under differential privacy: its cells, each with a choice hash and its signed
+/// parts.
+type Parts = (u64, usize, Vec<f64>);
+
+/// What the gate reads of every subject's contributions, gathered batch by batch as they
+/// stream from the engine (nothing of them is held but each cell's facts, and under
+/// differential privacy each subject's parts). Cells are matched by their keys in Arrow's row
 /// format (byte strings that compare as the values do).
-pub(crate) fn attach(
-    batches: Vec<arrow::array::RecordBatch>,
-    contributions: &[arrow::array::RecordBatch],
-    analysis: &Analysis,
+pub(crate) struct Tally<'a> {
+    analysis: &'a Analysis,
     rule: tidegate_policy::DominanceRule,
     privacy: Option<ContributionBounds>,
-) -> Result<Vec<arrow::array::RecordBatch>> {
-    use arrow::array::{Array, AsArray, BooleanArray, Float64Array, Int64Array};
-    use arrow::datatypes::{DataType, Float64Type};
-    use arrow::row::{RowConverter, SortField};
-    use std::collections::HashMap;
-    use std::hash::{Hash, Hasher};
-    let arrow_error = |e: arrow::error::ArrowError| Error::Internal(format!("gate columns: {e}"));
-    let doubles = |b: &arrow::array::RecordBatch, name: &str| -> Result<Float64Array> {
-        let c = b
-            .column_by_name(name)
-            .ok_or_else(|| Error::Internal(format!("gate columns: {name} missing")))?;
-        Ok(arrow::compute::cast(c, &DataType::Float64)
-            .map_err(arrow_error)?
-            .as_primitive::<Float64Type>()
-            .clone())
-    };
-    let Some(first) = batches.first() else {
-        return Ok(batches);
-    };
-    // No GROUP BY: one cell, the same constant key for every row.
-    let no_keys = key_columns(first).is_empty();
-    let fields = if no_keys {
-        vec![SortField::new(DataType::Int8)]
-    } else {
-        key_columns(first)
-            .iter()
-            .map(|c| SortField::new(c.data_type().clone()))
-            .collect()
-    };
-    let converter = RowConverter::new(fields).map_err(arrow_error)?;
-    let keys_of = |b: &arrow::array::RecordBatch| -> Result<arrow::row::Rows> {
-        let columns = if no_keys {
+    converter: RowConverter,
+    no_keys: bool,
+    index: HashMap<Box<[u8]>, usize>,
+    cells: Vec<Cell>,
+    by_subject: HashMap<Option<String>, Vec<Parts>>,
+    signed: Vec<(usize, Signed)>,
+}
+
+impl<'a> Tally<'a> {
+    /// A tally for a result whose hidden key columns look like those of `result`.
+    pub(crate) fn new(
+        result: &[RecordBatch],
+        analysis: &'a Analysis,
+        rule: tidegate_policy::DominanceRule,
+        privacy: Option<ContributionBounds>,
+    ) -> Result<Tally<'a>> {
+        let keys = result.first().map(key_columns).unwrap_or_default();
+        // No GROUP BY: one cell, the same constant key for every row.
+        let no_keys = keys.is_empty();
+        let fields = if no_keys {
+            vec![SortField::new(DataType::Int8)]
+        } else {
+            keys.iter()
+                .map(|c| SortField::new(c.data_type().clone()))
+                .collect()
+        };
+        Ok(Tally {
+            analysis,
+            rule,
+            privacy,
+            converter: RowConverter::new(fields).map_err(arrow_error)?,
+            no_keys,
+            index: HashMap::new(),
+            cells: Vec::new(),
+            by_subject: HashMap::new(),
+            signed: analysis
+                .signed
+                .iter()
+                .enumerate()
+                .filter_map(|(j, s)| s.clone().map(|s| (j, s)))
+                .collect(),
+        })
+    }
+
+    fn keys_of(&self, b: &RecordBatch) -> Result<arrow::row::Rows> {
+        let columns = if self.no_keys {
             vec![Arc::new(arrow::array::Int8Array::from(vec![0i8; b.num_rows()])) as _]
         } else {
             key_columns(b)
         };
-        converter.convert_columns(&columns).map_err(arrow_error)
-    };
-    let top = rule.top_needed();
-    let signed: Vec<(usize, &Signed)> = analysis
-        .signed
-        .iter()
-        .enumerate()
-        .filter_map(|(j, s)| s.as_ref().map(|s| (j, s)))
-        .collect();
-    // Under differential privacy the dominance rules judge the bounded parts, as released.
-    let clamp = |m: &Measure, v: f64| match privacy {
-        // Values that are not numbers never reach the noise.
-        Some(_) if v.is_nan() => 0.0,
-        Some(b) if m.count => v.min(b.count_bound as f64),
-        Some(ContributionBounds {
-            sum_bound: Some(s), ..
-        }) => v.clamp(-s, s),
-        _ => v,
-    };
-    // Per cell: its subjects and, per measure, the largest parts (descending) and the total
-    // of the bounded parts.
-    struct Cell {
-        subjects: u64,
-        tops: Vec<Vec<f64>>,
-        bounded_totals: Vec<f64>,
+        self.converter
+            .convert_columns(&columns)
+            .map_err(arrow_error)
     }
-    let mut index: HashMap<Box<[u8]>, usize> = HashMap::new();
-    let mut cells: Vec<Cell> = Vec::new();
-    // Per subject, under differential privacy: its cells, each with a choice hash and parts.
-    type Parts = (u64, usize, Vec<f64>);
-    let mut by_subject: HashMap<Option<String>, Vec<Parts>> = HashMap::new();
-    let measures = analysis.measures.len();
-    for b in contributions {
-        let keys = keys_of(b)?;
-        let parts = analysis
+
+    /// Under differential privacy the dominance rules judge the bounded parts, as released;
+    /// values that are not numbers never reach the noise.
+    fn clamp(&self, m: &Measure, v: f64) -> f64 {
+        match self.privacy {
+            Some(_) if v.is_nan() => 0.0,
+            Some(b) if m.count => v.min(b.count_bound as f64),
+            Some(ContributionBounds {
+                sum_bound: Some(s), ..
+            }) => v.clamp(-s, s),
+            _ => v,
+        }
+    }
+
+    /// Adds one batch of contributions (one row per cell and subject).
+    pub(crate) fn add(&mut self, b: &RecordBatch) -> Result<()> {
+        use std::hash::{Hash, Hasher};
+        let keys = self.keys_of(b)?;
+        let top = self.rule.top_needed();
+        let measures = self.analysis.measures.len();
+        let parts = self
+            .analysis
             .measures
             .iter()
             .map(|m| doubles(b, &m.part))
             .collect::<Result<Vec<_>>>()?;
-        let subject = match privacy {
+        let subject = match self.privacy {
             Some(_) => Some(
                 arrow::compute::cast(
                     b.column_by_name(SUBJECT_COLUMN)
@@ -1191,32 +1225,32 @@ pub(crate) fn attach(
             ),
             None => None,
         };
-        let signed_parts = signed
+        let signed_parts = self
+            .signed
             .iter()
             .map(|(_, s)| doubles(b, &s.column))
             .collect::<Result<Vec<_>>>()?;
         for row in 0..b.num_rows() {
             let key = keys.row(row);
-            let at = match index.get(key.as_ref()) {
+            let at = match self.index.get(key.as_ref()) {
                 Some(at) => *at,
                 None => {
-                    index.insert(key.as_ref().into(), cells.len());
-                    cells.push(Cell {
+                    self.index.insert(key.as_ref().into(), self.cells.len());
+                    self.cells.push(Cell {
                         subjects: 0,
                         tops: vec![Vec::with_capacity(top); measures],
                         bounded_totals: vec![0.0; measures],
                     });
-                    cells.len() - 1
+                    self.cells.len() - 1
                 }
             };
-            let cell = &mut cells[at];
-            cell.subjects += 1;
             for (m, column) in parts.iter().enumerate() {
                 let signed = if column.is_null(row) {
                     0.0
                 } else {
-                    clamp(&analysis.measures[m], column.value(row))
+                    self.clamp(&self.analysis.measures[m], column.value(row))
                 };
+                let cell = &mut self.cells[at];
                 cell.bounded_totals[m] += signed;
                 let v = signed.abs();
                 let tops = &mut cell.tops[m];
@@ -1229,6 +1263,7 @@ pub(crate) fn attach(
                     tops.truncate(top);
                 }
             }
+            self.cells[at].subjects += 1;
             if let Some(subject) = &subject {
                 let subject = subject.as_string::<i32>();
                 let who = subject
@@ -1240,93 +1275,104 @@ pub(crate) fn attach(
                     .iter()
                     .map(|c| if c.is_null(row) { 0.0 } else { c.value(row) })
                     .collect();
-                by_subject
+                self.by_subject
                     .entry(who)
                     .or_default()
                     .push((h.finish(), at, values));
             }
         }
+        Ok(())
     }
-    // Bounded totals per cell: one slot per signed aggregate, and the subjects kept last.
-    let mut bounded: Vec<Vec<f64>> = vec![vec![0.0; signed.len() + 1]; cells.len()];
-    if let Some(bounds) = privacy {
-        for (_, mut cells_of) in by_subject {
-            if cells_of.len() as u64 > bounds.max_groups {
-                cells_of.sort_unstable_by_key(|p| p.0);
-                cells_of.truncate(bounds.max_groups as usize);
-            }
-            for (_, at, values) in cells_of {
-                let total = &mut bounded[at];
-                total[signed.len()] += 1.0;
-                for (i, v) in values.into_iter().enumerate() {
-                    // Values that are not numbers never reach the noise.
-                    let v = if v.is_nan() { 0.0 } else { v };
-                    total[i] += match signed[i].1.kind {
-                        Released::Count => v.min(bounds.count_bound as f64),
-                        _ => match bounds.sum_bound {
-                            Some(b) => v.clamp(-b, b),
-                            None if v.is_finite() => v,
-                            None => 0.0,
-                        },
-                    };
+
+    /// Adds what the gate reads to the result: each cell's distinct subjects
+    /// (`__tg_subjects`), whether a dominance rule fails for any of its measures
+    /// (`__tg_dominated`), and under differential privacy each count and sum again with every
+    /// subject's part bounded (`__tg_dp_*`).
+    pub(crate) fn finish(mut self, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+        let by_subject = std::mem::take(&mut self.by_subject);
+        let signed = &self.signed;
+        // Bounded totals per cell: one slot per signed aggregate, and the subjects kept last.
+        let mut bounded: Vec<Vec<f64>> = vec![vec![0.0; signed.len() + 1]; self.cells.len()];
+        if let Some(bounds) = self.privacy {
+            for (_, mut cells_of) in by_subject {
+                if cells_of.len() as u64 > bounds.max_groups {
+                    cells_of.sort_unstable_by_key(|p| p.0);
+                    cells_of.truncate(bounds.max_groups as usize);
+                }
+                for (_, at, values) in cells_of {
+                    let total = &mut bounded[at];
+                    total[signed.len()] += 1.0;
+                    for (i, v) in values.into_iter().enumerate() {
+                        // Values that are not numbers never reach the noise.
+                        let v = if v.is_nan() { 0.0 } else { v };
+                        total[i] += match signed[i].1.kind {
+                            Released::Count => v.min(bounds.count_bound as f64),
+                            _ => match bounds.sum_bound {
+                                Some(b) => v.clamp(-b, b),
+                                None if v.is_finite() => v,
+                                None => 0.0,
+                            },
+                        };
+                    }
                 }
             }
         }
-    }
-    batches
-        .into_iter()
-        .map(|b| {
-            let keys = keys_of(&b)?;
-            let totals = analysis
-                .measures
-                .iter()
-                .map(|m| doubles(&b, &m.total))
-                .collect::<Result<Vec<_>>>()?;
-            let mut subjects = Vec::with_capacity(b.num_rows());
-            let mut dominated = Vec::with_capacity(b.num_rows());
-            let mut at = Vec::with_capacity(b.num_rows());
-            for row in 0..b.num_rows() {
-                let cell = index.get(keys.row(row).as_ref()).copied();
-                at.push(cell);
-                let cell = cell.map(|c| &cells[c]);
-                subjects.push(cell.map_or(0, |c| c.subjects) as i64);
-                let failing = totals.iter().enumerate().any(|(m, t)| {
-                    // The cell's value as its subjects make it, signed, then its size.
-                    let total = match (privacy, cell) {
-                        (Some(_), Some(c)) => c.bounded_totals[m],
-                        _ if t.is_null(row) => 0.0,
-                        _ => t.value(row),
-                    }
-                    .abs();
-                    let tops = cell.map(|c| c.tops[m].as_slice()).unwrap_or(&[]);
-                    rule.dominated(total, tops)
-                });
-                dominated.push(failing);
-            }
-            let mut out = crate::job::append_column(
-                &b,
-                crate::job::SUBJECTS_COLUMN,
-                Arc::new(Int64Array::from(subjects)),
-            )?;
-            out = crate::job::append_column(
-                &out,
-                crate::job::DOMINATED_COLUMN,
-                Arc::new(BooleanArray::from(dominated)),
-            )?;
-            if privacy.is_some() {
-                let names = signed
+        batches
+            .into_iter()
+            .map(|b| {
+                let keys = self.keys_of(&b)?;
+                let totals = self
+                    .analysis
+                    .measures
                     .iter()
-                    .map(|(j, _)| format!("{}{j}", crate::job::BOUNDED_PREFIX))
-                    .chain([crate::job::BOUNDED_SUBJECTS.to_string()]);
-                for (i, name) in names.enumerate() {
-                    let values: Float64Array = at
-                        .iter()
-                        .map(|c| Some(c.map_or(0.0, |c| bounded[c][i])))
-                        .collect();
-                    out = crate::job::append_column(&out, &name, Arc::new(values))?;
+                    .map(|m| doubles(&b, &m.total))
+                    .collect::<Result<Vec<_>>>()?;
+                let mut subjects = Vec::with_capacity(b.num_rows());
+                let mut dominated = Vec::with_capacity(b.num_rows());
+                let mut at = Vec::with_capacity(b.num_rows());
+                for row in 0..b.num_rows() {
+                    let cell = self.index.get(keys.row(row).as_ref()).copied();
+                    at.push(cell);
+                    let cell = cell.map(|c| &self.cells[c]);
+                    subjects.push(cell.map_or(0, |c| c.subjects) as i64);
+                    let failing = totals.iter().enumerate().any(|(m, t)| {
+                        // The cell's value as its subjects make it, signed, then its size.
+                        let total = match (self.privacy, cell) {
+                            (Some(_), Some(c)) => c.bounded_totals[m],
+                            _ if t.is_null(row) => 0.0,
+                            _ => t.value(row),
+                        }
+                        .abs();
+                        let tops = cell.map(|c| c.tops[m].as_slice()).unwrap_or(&[]);
+                        self.rule.dominated(total, tops)
+                    });
+                    dominated.push(failing);
                 }
-            }
-            Ok(out)
-        })
-        .collect()
+                let mut out = crate::job::append_column(
+                    &b,
+                    crate::job::SUBJECTS_COLUMN,
+                    Arc::new(Int64Array::from(subjects)),
+                )?;
+                out = crate::job::append_column(
+                    &out,
+                    crate::job::DOMINATED_COLUMN,
+                    Arc::new(BooleanArray::from(dominated)),
+                )?;
+                if self.privacy.is_some() {
+                    let names = signed
+                        .iter()
+                        .map(|(j, _)| format!("{}{j}", crate::job::BOUNDED_PREFIX))
+                        .chain([crate::job::BOUNDED_SUBJECTS.to_string()]);
+                    for (i, name) in names.enumerate() {
+                        let values: Float64Array = at
+                            .iter()
+                            .map(|c| Some(c.map_or(0.0, |c| bounded[c][i])))
+                            .collect();
+                        out = crate::job::append_column(&out, &name, Arc::new(values))?;
+                    }
+                }
+                Ok(out)
+            })
+            .collect()
+    }
 }
