@@ -1136,7 +1136,7 @@ pub(crate) struct Tally<'a> {
     privacy: Option<ContributionBounds>,
     converter: RowConverter,
     no_keys: bool,
-    index: HashMap<Box<[u8]>, usize>,
+    index: HashMap<Box<[u8]>, usize, foldhash::fast::RandomState>,
     cells: Vec<Cell>,
     by_subject: HashMap<Option<String>, Vec<Parts>>,
     signed: Vec<(usize, Signed)>,
@@ -1166,7 +1166,7 @@ impl<'a> Tally<'a> {
             privacy,
             converter: RowConverter::new(fields).map_err(arrow_error)?,
             no_keys,
-            index: HashMap::new(),
+            index: HashMap::default(),
             cells: Vec::new(),
             by_subject: HashMap::new(),
             signed: analysis
