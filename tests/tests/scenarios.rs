@@ -676,4 +676,18 @@ fn a_second_scenario_over_the_same_data_draws_on_the_same_budget() {
     // Nor can the provider lower the budget below what was drawn.
     let lowered = refusal(env.world.provider.set_dataset_budget("visits", 2.0, 1.0));
     assert!(lowered.contains("already drawn epsilon 3"), "{lowered}");
+    // Nor can a policy document raise an active scenario's budget past its draw.
+    let mut doc = env.world.admin.export_policy().unwrap();
+    let s = doc["scenarios"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|s| s["id"] == third.as_str())
+        .unwrap();
+    s["export_rules"]["privacy_budget"] = json!(100.0);
+    let raised = refusal(env.world.admin.apply_policy(&doc, false));
+    assert!(
+        raised.contains("apply for a new scenario to draw another"),
+        "{raised}"
+    );
 }

@@ -163,6 +163,20 @@ impl Platform {
                         EXPORT_MAX_BYTES,
                     )
                     .map_err(|r| Error::Refused(format!("scenario {id}: {r}")))?;
+                    // A private scenario drew its budget from its datasets when it was approved:
+                    // the budget it holds changes only by a new scenario, which draws again.
+                    let drawn: i64 = db.query_row(
+                        "SELECT count(*) FROM budget_draws WHERE scenario_id = ?1",
+                        params![id],
+                        |r| r.get(0),
+                    )?;
+                    if rules.privacy_budget != s.export_rules.privacy_budget
+                        && (drawn > 0 || s.stored_state == ScenarioState::Active)
+                    {
+                        return Err(Error::Refused(format!(
+                            "scenario {id}: its privacy budget was drawn from its datasets when it was approved; apply for a new scenario to draw another"
+                        )));
+                    }
                     changes.push(json!({ "scenario": id, "export_rules": { "from": s.export_rules, "to": rules } }));
                     statements.push((
                         "UPDATE scenarios SET export_rules = ?2 WHERE id = ?1".into(),
