@@ -376,3 +376,62 @@ fn the_scientist_sees_no_row_count_exact_resources_or_failure_cause_over_l2_data
     let log = std::fs::read_to_string(env.data_dir().join(tidegate_runtime::AUDIT_FILE)).unwrap();
     assert_eq!(log.matches("\"withheld\":true").count(), 2, "{log}");
 }
+
+#[test]
+fn an_admin_may_tighten_the_dominance_rules_of_a_scenario_never_loosen_them() {
+    let env = setup(true);
+    // Ten visitors at West Lake: one spends 60, one 25, eight 2 each (top two: 85 of 101).
+    let mut csv = String::from("resident_id,mobile,spot,visit_date,spend\n");
+    for (i, spend) in [60.0, 25.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]
+        .iter()
+        .enumerate()
+    {
+        csv.push_str(&format!(
+            "v{i:02},13800000000,West Lake,2026-05-01,{spend}\n"
+        ));
+    }
+    env.world.import_visits(&csv).unwrap();
+    let (_, scenario) = env.world.open_scenario().unwrap();
+    let sid = scenario["id"].as_str().unwrap().to_string();
+    let sql = "SELECT spot, sum(spend) AS s FROM visits GROUP BY spot";
+    // The defaults, (2, 90%) and p = 10%: released.
+    let e = export_of(&env, &sid, sql, &[]);
+    assert_eq!(e["gate_report"]["groups_suppressed"], 0, "{e}");
+    // The admin tightens them to (2, 80%) by a policy document: suppressed.
+    let mut doc = env.world.admin.export_policy().unwrap();
+    let s = doc["scenarios"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|s| s["id"] == sid.as_str())
+        .unwrap();
+    s["export_rules"]["dominance"] =
+        serde_json::json!({ "n": 2, "k_percent": 80.0, "p_percent": 10.0 });
+    env.world.admin.apply_policy(&doc, false).unwrap();
+    let e = export_of(&env, &sid, sql, &[]);
+    assert_eq!(e["gate_report"]["groups_suppressed"], 1, "{e}");
+    let (_, detail) = gate_check(&e, "dominance");
+    assert!(detail.contains("top 2 subjects hold over 80%"), "{detail}");
+    // Loosening is refused.
+    loosening_is_refused(&env, &sid);
+}
+
+/// A policy document that would loosen the scenario's dominance rules is refused.
+fn loosening_is_refused(env: &common::Env, sid: &str) {
+    let mut doc = env.world.admin.export_policy().unwrap();
+    let s = doc["scenarios"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|s| s["id"] == sid)
+        .unwrap();
+    s["export_rules"]["dominance"] =
+        serde_json::json!({ "n": 2, "k_percent": 99.0, "p_percent": 10.0 });
+    let refused = env
+        .world
+        .admin
+        .apply_policy(&doc, false)
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("dominance k must be"), "{refused}");
+}
