@@ -78,25 +78,62 @@ pub struct GateReport {
 }
 
 impl GateReport {
-    /// The report the requesting org reads (R-GATE 7): which checks passed and the details
-    /// that depend on the query alone; no count of groups, suppressed cells or rows, which
-    /// would tell about the data (how many groups a filter left, even when all are
-    /// suppressed) without any release.
-    pub fn redacted(&self) -> GateReport {
-        const OF_THE_QUERY: [&str; 2] = ["provenance", "aggregation"];
-        GateReport {
-            checks: self
+    /// The checks whose outcome depends on the query, the scenario and the ledger alone, never
+    /// on the data.
+    pub const OF_THE_QUERY: [&'static str; 3] = ["provenance", "aggregation", "privacy budget"];
+
+    /// Whether the report failed a check that depends on the data (a release refused because
+    /// of what the data holds: an identifier in a kept cell, the size, an earlier release).
+    pub fn failed_on_the_data(&self) -> bool {
+        self.checks
+            .iter()
+            .all(|c| c.passed || !Self::OF_THE_QUERY.contains(&c.name.as_str()))
+            && self
                 .checks
                 .iter()
-                .map(|c| GateCheck {
-                    detail: if OF_THE_QUERY.contains(&c.name.as_str()) {
-                        c.detail.clone()
-                    } else {
-                        "shown to the reviewers only: it depends on the data".to_string()
-                    },
-                    ..c.clone()
-                })
-                .collect(),
+                .any(|c| !c.passed && !Self::OF_THE_QUERY.contains(&c.name.as_str()))
+    }
+
+    /// The report the requesting org reads (R-GATE 7): the checks of the query alone, and
+    /// whether the checks of the data passed, as one (and only when every check of the query
+    /// passed: a refusal for the query must not tell how the data fared). No count of groups,
+    /// suppressed cells or rows, no detail of a check of the data: those tell about the data
+    /// without any release.
+    pub fn redacted(&self) -> GateReport {
+        let of_the_query: Vec<GateCheck> = self
+            .checks
+            .iter()
+            .filter(|c| Self::OF_THE_QUERY.contains(&c.name.as_str()))
+            .cloned()
+            .map(|c| {
+                if c.name == "privacy budget" && c.passed {
+                    // Its detail counts the groups withheld by the noisy selection.
+                    GateCheck {
+                        detail: "passed; the reviewers see the noise and the groups withheld"
+                            .into(),
+                        ..c
+                    }
+                } else {
+                    c
+                }
+            })
+            .collect();
+        let mut checks = of_the_query.clone();
+        if of_the_query.iter().all(|c| c.passed) {
+            let data: Vec<&GateCheck> = self
+                .checks
+                .iter()
+                .filter(|c| !Self::OF_THE_QUERY.contains(&c.name.as_str()))
+                .collect();
+            checks.push(GateCheck {
+                name: "checks of the data".into(),
+                passed: data.iter().all(|c| c.passed),
+                detail: "which checks and their numbers are shown to the reviewers only".into(),
+                flagged: data.iter().any(|c| c.flagged),
+            });
+        }
+        GateReport {
+            checks,
             threshold_k: self.threshold_k,
             groups_total: 0,
             groups_suppressed: 0,

@@ -34,6 +34,8 @@ pub struct Lineage {
     pub direct_meets_constant: bool,
     /// Reads a column tagged `sensitive` (a spend, a diagnosis).
     pub sensitive: bool,
+    /// Reads a column of a table with subjects (not only lookups and constants).
+    pub subject_data: bool,
     /// The numeric columns of tables with subjects it reads (the runtime's ids), whose
     /// per-subject totals the dominance rules check besides the value itself.
     pub sources: std::collections::BTreeSet<usize>,
@@ -58,8 +60,15 @@ impl Lineage {
                 .any(|t| matches!(t, ColumnTag::Entity | ColumnTag::Pii(_))),
             direct_meets_constant: false,
             sensitive: tags.contains(&ColumnTag::Sensitive),
+            subject_data: subjects,
             sources: Default::default(),
         }
+    }
+
+    /// Read from lookup lists (tables without subjects, VALUES) and constants only: a value a
+    /// join or a filter may tie to the data's values.
+    pub fn lookup(&self) -> bool {
+        self.constant && !self.subject_data
     }
 
     /// The hidden entity key of a table.
@@ -69,6 +78,7 @@ impl Lineage {
             from_data: true,
             entity: true,
             direct: true,
+            subject_data: true,
             ..Lineage::default()
         }
     }
@@ -97,6 +107,7 @@ impl Lineage {
             out.direct |= p.direct;
             out.direct_meets_constant |= p.direct_meets_constant;
             out.sensitive |= p.sensitive;
+            out.subject_data |= p.subject_data;
             out.sources.extend(p.sources.iter().copied());
         }
         out.singles_out |= out.identifying && out.constant;
@@ -149,20 +160,20 @@ impl Lineage {
         self.direct |= other.direct;
         self.direct_meets_constant |= other.direct_meets_constant;
         self.sensitive |= other.sensitive;
+        self.subject_data |= other.subject_data;
         self.sources.extend(other.sources.iter().copied());
     }
 }
 
 /// The plan operators a job over L2 or L3 data may contain below its one aggregate.
-pub const OPERATORS_BELOW_AGGREGATE: [&str; 9] = [
+pub const OPERATORS_BELOW_AGGREGATE: [&str; 8] = [
     "scan of a granted table",
     "projection",
     "filter",
     "inner, left, right or full join (on keys, or a cross join)",
     "union all",
     "subquery alias",
-    "sort",
-    "limit",
+    "sort (without a limit)",
     "values",
 ];
 

@@ -142,7 +142,11 @@ pub fn evaluate(input: &GateInput<'_>, batches: &[RecordBatch]) -> Result<GateOu
                         withheld += 1;
                     }
                 }
-                let dominant = dominated.as_ref().is_some_and(|d| d.value(row));
+                // Under differential privacy the noise bounds every subject's influence, and an
+                // exact suppression would undo it (a cell gone for certain when one subject's
+                // value is large): dominance decides exact releases only.
+                let dominant =
+                    input.privacy.is_none() && dominated.as_ref().is_some_and(|d| d.value(row));
                 if enough && dominant {
                     dominated_groups += 1;
                 }
@@ -156,7 +160,12 @@ pub fn evaluate(input: &GateInput<'_>, batches: &[RecordBatch]) -> Result<GateOu
             }
         }
     }
-    let complementary = suppress_complementary(&mut rows);
+    // The same for complementary suppression: it follows exact suppressions only.
+    let complementary = if input.privacy.is_none() {
+        suppress_complementary(&mut rows)
+    } else {
+        0
+    };
     report.groups_total = rows.len() as u64;
     report.groups_suppressed = rows.iter().filter(|r| !r.keep).count() as u64;
     let mut groups = Groups::new();
@@ -1003,10 +1012,12 @@ mod tests {
         batch = RecordBatch::try_new(batch.schema(), columns).unwrap();
         let out = private_gate(&private_shape(1), 1.0, batch);
         assert!(out.report.passed(), "{:?}", out.report);
-        // Quiet Pond withheld, and one more so that no total gives it away.
+        // Quiet Pond withheld; no other group with it: complementary suppression follows exact
+        // suppressions only (a noised total hides a withheld cell, and a suppression decided
+        // exactly would undo the noise).
         let csv = String::from_utf8(out.csv).unwrap();
         assert!(!csv.contains("Quiet Pond"), "{csv}");
-        assert_eq!(csv.lines().count(), 2, "{csv}");
+        assert_eq!(csv.lines().count(), 3, "{csv}");
         let detail = &out.report.check("privacy budget").unwrap().detail;
         assert!(detail.contains("1 withheld"), "{detail}");
     }

@@ -780,12 +780,43 @@ impl Walk<'_> {
                     carried: input.carried,
                 })
             }
-            node @ (LogicalPlan::Filter(_) | LogicalPlan::Sort(_) | LogicalPlan::Limit(_)) => {
-                let input = self.below(node.inputs()[0].clone())?;
+            LogicalPlan::Limit(_)
+            | LogicalPlan::Sort(datafusion::logical_expr::Sort { fetch: Some(_), .. }) => {
+                // Rows chosen by their position (ORDER BY ... LIMIT) are rows chosen by a
+                // value or by whose they are: `max` or `WHERE id <> ...` in other words.
+                refuse(format!(
+                    "a LIMIT or OFFSET below the aggregate chooses rows by their position; allowed below it: {}",
+                    tidegate_policy::OPERATORS_BELOW_AGGREGATE.join(", ")
+                ))
+            }
+            node @ (LogicalPlan::Filter(_) | LogicalPlan::Sort(_)) => {
+                let mut input = self.below(node.inputs()[0].clone())?;
                 if let LogicalPlan::Filter(f) = &node {
-                    let lineage =
-                        self.lineage(&f.predicate, input.plan.schema(), &input.columns)?;
+                    let schema = input.plan.schema().clone();
+                    let lineage = self.lineage(&f.predicate, &schema, &input.columns)?;
                     self.condition(&lineage, "row filter")?;
+                    // A filter over a cross join is a join: lookup columns it ties to the
+                    // data's values take those values' lineage, as a JOIN ... ON would.
+                    for conjunct in datafusion::logical_expr::utils::split_conjunction(&f.predicate)
+                    {
+                        let mut data = Vec::new();
+                        let mut reads_lookup = false;
+                        for c in conjunct.column_refs() {
+                            let at = schema.index_of_column(c).map_err(internal)?;
+                            let l = &input.columns[at];
+                            if l.lookup() {
+                                reads_lookup = true;
+                            } else if l.subject_data {
+                                data.push(l.clone());
+                            }
+                        }
+                        if reads_lookup && !data.is_empty() {
+                            let condition = Lineage::combine(&data);
+                            for c in input.columns.iter_mut().filter(|c| c.lookup()) {
+                                c.joined_on(&condition, true);
+                            }
+                        }
+                    }
                 }
                 Ok(Node {
                     plan: rebuild(&node, vec![input.plan])?,

@@ -173,9 +173,15 @@ impl Platform {
         let stored_bytes = passed.then_some(parquet.len() as i64);
         // The noise of a kept release is paid for; a refused one showed nobody anything.
         let epsilon = outcome.epsilon_spent.filter(|_| passed);
+        // A refusal for what the data holds may tell one bit: rationed with the jobs that
+        // stopped while running.
+        let withheld = outcome.report.failed_on_the_data();
         let tx = db.transaction()?;
         tx.execute(
-            "INSERT INTO exports VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, NULL, ?12, ?13, ?14)",
+            "INSERT INTO exports (id, job_id, requested_by, org_id, state, gate_report, result_hash,
+                 wrapped_key, required_approvals, decision_comment, created_at, released_at, bytes,
+                 groups_key, epsilon, withheld)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, NULL, ?12, ?13, ?14, ?15)",
             params![
                 id,
                 job_id,
@@ -190,7 +196,8 @@ impl Platform {
                 now,
                 stored_bytes,
                 groups_key,
-                epsilon
+                epsilon,
+                withheld
             ],
         )?;
         let mut steps = vec![("submitted", actor.id.as_str()), (checked, GATE_ACTOR)];
@@ -201,7 +208,7 @@ impl Platform {
             Self::record_export_step(&tx, &id, &now, step, by, None)?;
         }
         self.audit.append_at(
-            now,
+            now.clone(),
             &actor.id,
             "export.request",
             &id,
@@ -216,8 +223,12 @@ impl Platform {
                 "epsilon": epsilon,
             }),
         )?;
+        let suspend = withheld && self.ration_withheld(&tx, &job.scenario, &now)?;
         tx.commit()?;
         drop(db);
+        if suspend {
+            self.cancel_jobs(std::slice::from_ref(&job.scenario));
+        }
         self.get_export(actor, &id)
     }
 

@@ -326,32 +326,7 @@ impl Platform {
                     }),
                 )?;
                 if withheld {
-                    let failures: i64 = tx.query_row(
-                        "SELECT count(*) FROM jobs j JOIN scenarios s ON j.scenario_id = s.id
-                         WHERE s.id = ?1 AND j.withheld = 1
-                           AND j.finished_at > COALESCE(s.failures_cleared_at, '')",
-                        params![scenario.id],
-                        |r| r.get(0),
-                    )?;
-                    if failures as u64 >= tidegate_policy::MAX_WITHHELD_FAILURES {
-                        // A risk stop: the scenario runs nothing until an admin resumes it.
-                        tx.execute(
-                            "UPDATE scenarios SET state = 'suspended' WHERE id = ?1 AND state = 'active'",
-                            params![scenario.id],
-                        )?;
-                        self.audit.append_at(
-                            finished.clone(),
-                            GATE_ACTOR,
-                            "scenario.suspend",
-                            &scenario.id,
-                            json!({
-                                "reason": "jobs over L2 or L3 data stopped while running, causes withheld",
-                                "failures": failures,
-                                "alert": true,
-                            }),
-                        )?;
-                        suspend = true;
-                    }
+                    suspend = self.ration_withheld(&tx, &scenario.id, &finished)?;
                 }
             }
         }

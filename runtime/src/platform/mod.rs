@@ -557,6 +557,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
              org_id TEXT NOT NULL, epsilon REAL NOT NULL, at TEXT NOT NULL,
              PRIMARY KEY (dataset_id, scenario_id));
          ALTER TABLE jobs ADD COLUMN withheld INTEGER NOT NULL DEFAULT 0;
+         ALTER TABLE exports ADD COLUMN withheld INTEGER NOT NULL DEFAULT 0;
          ALTER TABLE scenarios ADD COLUMN failures_cleared_at TEXT;",
     ),
 ];

@@ -641,6 +641,50 @@ impl Platform {
         Ok(())
     }
 
+    /// R-GATE 7: after a job that stopped while running or an export refused for what the
+    /// data holds (each may tell one bit about one value), counts the scenario's such
+    /// outcomes since an admin last resumed it; at [`tidegate_policy::MAX_WITHHELD_FAILURES`]
+    /// the scenario is suspended (a risk stop, an alert in the log). Returns whether it was;
+    /// the caller cancels its jobs after the commit.
+    pub(super) fn ration_withheld(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        scenario: &str,
+        at: &str,
+    ) -> Result<bool> {
+        let failures: i64 = tx.query_row(
+            "SELECT (SELECT count(*) FROM jobs j WHERE j.scenario_id = s.id AND j.withheld = 1
+                       AND j.finished_at > COALESCE(s.failures_cleared_at, ''))
+                  + (SELECT count(*) FROM exports e JOIN jobs j ON e.job_id = j.id
+                     WHERE j.scenario_id = s.id AND e.withheld = 1
+                       AND e.created_at > COALESCE(s.failures_cleared_at, ''))
+             FROM scenarios s WHERE s.id = ?1",
+            params![scenario],
+            |r| r.get(0),
+        )?;
+        if (failures as u64) < tidegate_policy::MAX_WITHHELD_FAILURES {
+            return Ok(false);
+        }
+        let suspended = tx.execute(
+            "UPDATE scenarios SET state = 'suspended' WHERE id = ?1 AND state = 'active'",
+            params![scenario],
+        )?;
+        if suspended > 0 {
+            self.audit.append_at(
+                at.to_string(),
+                GATE_ACTOR,
+                "scenario.suspend",
+                scenario,
+                json!({
+                    "reason": "jobs that stopped while running or exports refused for what the data holds",
+                    "failures": failures,
+                    "alert": true,
+                }),
+            )?;
+        }
+        Ok(suspended > 0)
+    }
+
     /// R-SCENARIO: an admin suspends, resumes or revokes a scenario; suspending or revoking
     /// cancels its running jobs at once.
     pub fn change_scenario(

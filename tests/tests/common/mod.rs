@@ -156,6 +156,14 @@ pub(crate) fn constant_module(constant: i64) -> Vec<u8> {
     .unwrap()
 }
 
+/// A scenario as its scientist sees it.
+pub(crate) fn show_scenario(env: &Env, sid: &str) -> Value {
+    env.world
+        .scientist
+        .ok("GET", &format!("/v1/scenarios/{sid}"), None)
+        .unwrap()
+}
+
 /// Runs `sql` as a job of scenario `sid` over L2 data and expects it refused before it ran
 /// (R-GATE 2: nothing the gate cannot check runs): returns the refusal.
 pub(crate) fn refused_before_running(
