@@ -92,12 +92,18 @@ impl Lineage {
         }
     }
 
-    /// A value computed by a built-in function or operator from these.
+    /// A value computed by a built-in function or operator from these. An identifying value
+    /// may meet only identifying values (`a.id = b.id`): meeting anything else (a literal, a
+    /// value built without one from `pi()` or from a dimension, another column) it can tell
+    /// one subject from the others, so the result singles out, whatever the function. (A
+    /// NULL check of an identifier is no such meeting: the runtime gives it the lineage of a
+    /// plain value.)
     pub fn combine<'a>(parts: impl IntoIterator<Item = &'a Lineage>) -> Lineage {
         let mut out = Lineage {
             all_dimension: true,
             ..Lineage::default()
         };
+        let (mut plain, mut not_direct) = (false, false);
         for p in parts {
             out.identifying |= p.identifying;
             out.constant |= p.constant;
@@ -109,21 +115,50 @@ impl Lineage {
             out.sensitive |= p.sensitive;
             out.subject_data |= p.subject_data;
             out.sources.extend(p.sources.iter().copied());
+            plain |= !p.identifying;
+            not_direct |= !p.direct;
         }
-        out.singles_out |= out.identifying && out.constant;
-        out.direct_meets_constant |= out.direct && out.constant;
+        out.singles_out |= out.identifying && plain;
+        out.direct_meets_constant |= out.direct && not_direct;
         out
     }
 
     /// A value computed by an approved module function (age from a resident ID and a date):
-    /// its reviewers vouched that it does not identify. It still singles out when an
-    /// identifier met a constant on the way in, or meets one as an argument.
+    /// its reviewers vouched that it does not identify, from the row's own values. It singles
+    /// out when an identifier met something else on the way in, or meets, as an argument,
+    /// a value that is not the row's own data (a constant, however it was built).
     pub fn through_module<'a>(parts: impl IntoIterator<Item = &'a Lineage>) -> Lineage {
-        let mut out = Lineage::combine(parts);
-        out.identifying = false;
-        out.direct = false;
-        out.all_dimension = false;
+        let parts: Vec<&Lineage> = parts.into_iter().collect();
+        let mut out = Lineage {
+            all_dimension: false,
+            ..Lineage::default()
+        };
+        let (mut identifying, mut direct, mut not_row_data) = (false, false, false);
+        for p in &parts {
+            out.constant |= p.constant;
+            out.singles_out |= p.singles_out;
+            out.from_data |= p.from_data;
+            out.direct_meets_constant |= p.direct_meets_constant;
+            out.sensitive |= p.sensitive;
+            out.subject_data |= p.subject_data;
+            out.sources.extend(p.sources.iter().copied());
+            identifying |= p.identifying;
+            direct |= p.direct;
+            not_row_data |= !p.subject_data || p.constant;
+        }
+        out.singles_out |= identifying && not_row_data;
+        out.direct_meets_constant |= direct && not_row_data;
         out
+    }
+
+    /// A NULL check of a value: it tells whether the value is there, not which it is.
+    pub fn presence(of: &Lineage) -> Lineage {
+        Lineage {
+            identifying: false,
+            direct: false,
+            entity: false,
+            ..of.clone()
+        }
     }
 
     /// A column of one side of a join takes on what the join condition reads of the other
@@ -361,9 +396,19 @@ mod tests {
         // ... carried up through any expression around it.
         let case = Lineage::combine([&compared, &spend, &constant]);
         assert!(case.singles_out);
-        // spend * 100 and a null check on the identifier do not.
+        // spend * 100 and a cast of the identifier do not.
         assert!(!Lineage::combine([&spend, &constant]).singles_out);
         assert!(!Lineage::combine([&id]).singles_out);
+        // A constant built without a literal (from pi(), from a dimension) is still not the
+        // identifier: meeting it singles out.
+        let pi = Lineage::combine([]);
+        assert!(Lineage::combine([&id, &pi]).singles_out);
+        let district = column(&[ColumnTag::Dimension]);
+        assert!(Lineage::combine([&id, &district]).direct_meets_constant);
+        // Identifiers meeting identifiers (a join on the person key) do not; nor does a NULL
+        // check.
+        assert!(!Lineage::combine([&id, &id]).singles_out);
+        assert!(!Lineage::combine([&Lineage::presence(&id), &spend]).singles_out);
         // A lookup list's column is a constant.
         let lookup = Lineage::of_column(&[ColumnTag::Dimension], false);
         assert!(Lineage::combine([&id, &lookup]).singles_out);
@@ -373,6 +418,7 @@ mod tests {
         assert!(!age.identifying && !age.singles_out);
         assert!(Lineage::combine([&age, &constant]) == Lineage::combine([&constant, &age]));
         assert!(Lineage::through_module([&id, &constant]).singles_out);
+        assert!(Lineage::through_module([&id, &pi]).singles_out);
     }
 
     #[test]

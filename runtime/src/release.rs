@@ -268,6 +268,9 @@ impl Walk<'_> {
                 columns[at].clone()
             }
             Expr::Alias(a) => self.lineage(&a.expr, schema, columns)?,
+            Expr::IsNull(e) | Expr::IsNotNull(e) => {
+                Lineage::presence(&self.lineage(e, schema, columns)?)
+            }
             Expr::Literal(..) | Expr::Placeholder(_) | Expr::ScalarVariable(..) => {
                 Lineage::constant()
             }
