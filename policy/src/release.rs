@@ -241,14 +241,21 @@ pub enum Released {
 /// Decides whether an aggregate of DataFusion's (by its implementation's name, `distinct`,
 /// its argument's lineage and its FILTER's) may be part of a release over protected data.
 /// `module`: it is a module's aggregate function.
+#[allow(clippy::too_many_arguments)]
 pub fn releasable_aggregate(
     function: &str,
     module: bool,
     distinct: bool,
+    arguments: usize,
     argument: &Lineage,
     filter: Option<&Lineage>,
     shown: &str,
 ) -> Result<Released, String> {
+    if arguments > 1 {
+        return Err(format!(
+            "`{shown}`: an aggregate of several arguments (count(a, b) counts rows where all are set) is not one a release over L2 or L3 data may contain; combine them into one argument"
+        ));
+    }
     if module {
         return Err(format!(
             "`{shown}` is a module's aggregate: the gate cannot bound what one subject contributes to it; over L2 or L3 data a release uses {}",
@@ -454,7 +461,7 @@ mod tests {
         let value = column(&[ColumnTag::Sensitive]);
         let entity = column(&[ColumnTag::Entity]);
         let ok = |f: &str, distinct: bool, arg: &Lineage| {
-            releasable_aggregate(f, false, distinct, arg, None, f)
+            releasable_aggregate(f, false, distinct, 1, arg, None, f)
         };
         assert_eq!(ok("count", false, &value), Ok(Released::Count));
         assert_eq!(ok("sum", false, &value), Ok(Released::Sum));
@@ -464,9 +471,12 @@ mod tests {
             assert!(ok(refused, false, &value).is_err(), "{refused}");
         }
         assert!(ok("count", true, &value).is_err());
-        assert!(releasable_aggregate("sum", true, false, &value, None, "f(x)").is_err());
+        assert!(releasable_aggregate("sum", true, false, 1, &value, None, "f(x)").is_err());
+        assert!(
+            releasable_aggregate("count", false, false, 2, &value, None, "count(a, b)").is_err()
+        );
         let isolating = Lineage::combine([&entity, &Lineage::constant()]);
-        let err = releasable_aggregate("sum", false, false, &value, Some(&isolating), "sum(x)")
+        let err = releasable_aggregate("sum", false, false, 1, &value, Some(&isolating), "sum(x)")
             .unwrap_err();
         assert!(err.contains("single out one subject"), "{err}");
     }

@@ -238,7 +238,7 @@ pub fn evaluate(input: &GateInput<'_>, batches: &[RecordBatch]) -> Result<GateOu
             CheckOutcome::Pass(if dominance_checked {
                 let d = input.dominance;
                 format!(
-                    "{dominated_groups} group(s) suppressed where, for a count, a sum or a numeric column a sum reads, the top {} subjects hold over {}% of the cell or the rest is under {}% of the largest (each subject's total after the whole plan)",
+                    "{dominated_groups} group(s) suppressed where, for a count, a sum or a numeric column a sum reads, the top {} subjects hold over {}% of the cell or the rest is under {}% of the largest (each subject's total after the whole plan), or fewer than k subjects (but some) make it",
                     d.n, d.k_percent, d.p_percent
                 )
             } else {

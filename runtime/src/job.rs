@@ -89,6 +89,8 @@ pub struct EngineLimits {
     pub level: Level,
     /// The dominance rules of the scenario (R-GATE 3).
     pub dominance: DominanceRule,
+    /// The scenario's k: a count or sum of a cell over fewer subjects (but some) fails it.
+    pub threshold: u64,
 }
 
 impl Default for EngineLimits {
@@ -100,6 +102,7 @@ impl Default for EngineLimits {
             privacy: None,
             level: Level::L1,
             dominance: DominanceRule::default(),
+            threshold: 1,
         }
     }
 }
@@ -605,6 +608,7 @@ pub async fn run_query_until(
                     &batches,
                     &analysis,
                     limits.dominance,
+                    limits.threshold,
                     limits.privacy,
                 )?;
                 let mut stream = datafusion::physical_plan::execute_stream(plan, Arc::clone(&task))

@@ -476,6 +476,7 @@ impl Walk<'_> {
                 &identity,
                 module,
                 f.params.distinct,
+                f.params.args.len(),
                 &argument,
                 filter.as_ref(),
                 &inner.schema_name().to_string(),
@@ -540,7 +541,19 @@ impl Walk<'_> {
             // Signed sums, per subject and per cell: a subject's rows that cancel one another
             // (a negated copy of everyone but one) leave the cell to the one.
             let value = match p.kind {
-                None | Some(Released::CountSubjects) => None,
+                None => None,
+                // Each subject counted once: its part is 1 where its rows pass the FILTER.
+                Some(Released::CountSubjects) => Some((
+                    Expr::AggregateFunction(AggregateFunction::new_udf(
+                        count_udaf(),
+                        vec![p.argument.clone()],
+                        true,
+                        of_subjects(&p.filter).map(Box::new),
+                        vec![],
+                        None,
+                    )),
+                    PartExpr::Subjects(j),
+                )),
                 Some(Released::Count) => Some((
                     with_filter(count_udaf(), p.argument.clone(), &of_subjects(&p.filter)),
                     PartExpr::Count(j),
@@ -561,7 +574,7 @@ impl Walk<'_> {
                 measures.push(Measure {
                     total: t,
                     part: c,
-                    count: matches!(part, PartExpr::Count(_)),
+                    count: matches!(part, PartExpr::Count(_) | PartExpr::Subjects(_)),
                 });
             }
             if p.kind == Some(Released::Sum) {
@@ -678,6 +691,14 @@ impl Walk<'_> {
         for (name, part) in &part_exprs {
             let e = match *part {
                 PartExpr::Rows => with_filter(count_udaf(), lit(1i64), &None),
+                PartExpr::Subjects(j) => Expr::AggregateFunction(AggregateFunction::new_udf(
+                    count_udaf(),
+                    vec![column(format!("__tg_a{j}"))],
+                    true,
+                    filter_of(j).map(Box::new),
+                    vec![],
+                    None,
+                )),
                 PartExpr::Count(j) => {
                     with_filter(count_udaf(), column(format!("__tg_a{j}")), &filter_of(j))
                 }
@@ -890,6 +911,18 @@ impl Walk<'_> {
                 // Each side's columns take on what the condition read of the other side.
                 let constant_left = !left.carried.iter().any(|c| c.unit);
                 let constant_right = !right.carried.iter().any(|c| c.unit);
+                // An outer join keeps the unmatched rows of a side: kept rows of a side without
+                // subjects are nobody's, yet how many there are depends on the data they did
+                // not match (a list of every possible spend joined to one person's).
+                let keeps_left = matches!(j.join_type, JoinType::Left | JoinType::Full);
+                let keeps_right = matches!(j.join_type, JoinType::Right | JoinType::Full);
+                if self.strict && ((keeps_left && constant_left) || (keeps_right && constant_right))
+                {
+                    return refuse(format!(
+                        "a {} keeps the unmatched rows of a table without subjects; keep the side with subjects (or use an inner join)",
+                        operator(&node)
+                    ));
+                }
                 let l_len = left.columns.len();
                 for (i, c) in columns.iter_mut().enumerate() {
                     let (other, constant) = if i < l_len {
@@ -1073,6 +1106,8 @@ impl Walk<'_> {
 enum PartExpr {
     /// The subject's rows in the cell.
     Rows,
+    /// Whether the subject is counted by a count of distinct subjects (0 or 1).
+    Subjects(usize),
     Count(usize),
     Sum(usize),
     Source(usize, usize),
@@ -1154,6 +1189,8 @@ struct Cell {
     subjects: u64,
     tops: Vec<Vec<f64>>,
     bounded_totals: Vec<f64>,
+    /// Per measure, the subjects whose part is not zero.
+    contributors: Vec<u64>,
 }
 
 /// Per subject, under differential privacy: its cells, each with a choice hash and its signed
@@ -1167,6 +1204,9 @@ type Parts = (u64, usize, Vec<f64>);
 pub(crate) struct Tally<'a> {
     analysis: &'a Analysis,
     rule: tidegate_policy::DominanceRule,
+    /// The scenario's k: every measure of a cell aggregates at least this many subjects, or
+    /// none.
+    threshold: u64,
     privacy: Option<ContributionBounds>,
     converter: RowConverter,
     no_keys: bool,
@@ -1182,6 +1222,7 @@ impl<'a> Tally<'a> {
         result: &[RecordBatch],
         analysis: &'a Analysis,
         rule: tidegate_policy::DominanceRule,
+        threshold: u64,
         privacy: Option<ContributionBounds>,
     ) -> Result<Tally<'a>> {
         let keys = result.first().map(key_columns).unwrap_or_default();
@@ -1197,6 +1238,7 @@ impl<'a> Tally<'a> {
         Ok(Tally {
             analysis,
             rule,
+            threshold,
             privacy,
             converter: RowConverter::new(fields).map_err(arrow_error)?,
             no_keys,
@@ -1274,6 +1316,7 @@ impl<'a> Tally<'a> {
                         subjects: 0,
                         tops: vec![Vec::with_capacity(top); measures],
                         bounded_totals: vec![0.0; measures],
+                        contributors: vec![0; measures],
                     });
                     self.cells.len() - 1
                 }
@@ -1286,6 +1329,9 @@ impl<'a> Tally<'a> {
                 };
                 let cell = &mut self.cells[at];
                 cell.bounded_totals[m] += signed;
+                if signed != 0.0 {
+                    cell.contributors[m] += 1;
+                }
                 let v = signed.abs();
                 let tops = &mut cell.tops[m];
                 let place = tops
@@ -1378,7 +1424,14 @@ impl<'a> Tally<'a> {
                         }
                         .abs();
                         let tops = cell.map(|c| c.tops[m].as_slice()).unwrap_or(&[]);
-                        self.rule.dominated(total, tops)
+                        // Every released number of an exact release aggregates k subjects or
+                        // none: a count or sum over a FILTER that one subject passes is that
+                        // subject's (the largest spend, by thresholds).
+                        let few = self.privacy.is_none()
+                            && cell.is_some_and(|c| {
+                                c.contributors[m] > 0 && c.contributors[m] < self.threshold
+                            });
+                        few || self.rule.dominated(total, tops)
                     });
                     dominated.push(failing);
                 }

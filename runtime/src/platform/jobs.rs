@@ -224,6 +224,7 @@ impl Platform {
                         privacy: scenario.export_rules.contribution_bounds(),
                         level,
                         dominance: scenario.export_rules.dominance_rule(),
+                        threshold: scenario.k,
                         ..EngineLimits::default()
                     },
                     cancelled,
