@@ -59,6 +59,18 @@ pub(crate) struct Measure {
     /// It counts rows (bounded by the count bound under differential privacy, not the sum
     /// bound).
     pub count: bool,
+    /// For a sum: the same sum above its cell's smallest value, per subject `part - n *
+    /// min` (hidden result columns of the cell's minimum and count, and the subject's count).
+    /// An indicator spelled 2-or-1, or with an offset, is then the one subject's it is.
+    pub above_minimum: Option<AboveMinimum>,
+}
+
+/// The hidden columns of a sum measured above its cell's minimum.
+#[derive(Debug, Clone)]
+pub(crate) struct AboveMinimum {
+    pub min_total: String,
+    pub n_total: String,
+    pub n_part: String,
 }
 
 /// One aggregate as differential privacy bounds it: its signed part per subject.
@@ -536,6 +548,7 @@ impl Walk<'_> {
             total: rows_total,
             part: format!("{PART_PREFIX}rows"),
             count: true,
+            above_minimum: None,
         });
         for (j, p) in parts.iter().enumerate() {
             // Signed sums, per subject and per cell: a subject's rows that cancel one another
@@ -572,10 +585,37 @@ impl Walk<'_> {
                 totals.push(total.alias(&t));
                 part_exprs.push((c.clone(), part));
                 measures.push(Measure {
-                    total: t,
-                    part: c,
+                    total: t.clone(),
+                    part: c.clone(),
                     count: matches!(part, PartExpr::Count(_) | PartExpr::Subjects(_)),
+                    above_minimum: None,
                 });
+                if matches!(part, PartExpr::Sum(_)) {
+                    let above = AboveMinimum {
+                        min_total: format!("{TOTAL_PREFIX}{j}_min"),
+                        n_total: format!("{TOTAL_PREFIX}{j}_n"),
+                        n_part: format!("{PART_PREFIX}{j}_n"),
+                    };
+                    totals.push(
+                        with_filter(
+                            datafusion::functions_aggregate::min_max::min_udaf(),
+                            as_double(p.argument.clone()),
+                            &of_subjects(&p.filter),
+                        )
+                        .alias(&above.min_total),
+                    );
+                    totals.push(
+                        with_filter(count_udaf(), p.argument.clone(), &of_subjects(&p.filter))
+                            .alias(&above.n_total),
+                    );
+                    part_exprs.push((above.n_part.clone(), PartExpr::Count(j)));
+                    measures.push(Measure {
+                        total: t,
+                        part: c,
+                        count: false,
+                        above_minimum: Some(above),
+                    });
+                }
             }
             if p.kind == Some(Released::Sum) {
                 for n in &p.sources {
@@ -590,6 +630,7 @@ impl Walk<'_> {
                         total: t,
                         part: c,
                         count: false,
+                        above_minimum: None,
                     });
                 }
             }
@@ -916,10 +957,12 @@ impl Walk<'_> {
                 // not match (a list of every possible spend joined to one person's).
                 let keeps_left = matches!(j.join_type, JoinType::Left | JoinType::Full);
                 let keeps_right = matches!(j.join_type, JoinType::Right | JoinType::Full);
-                if self.strict && ((keeps_left && constant_left) || (keeps_right && constant_right))
+                if self.strict
+                    && ((keeps_left && !self.every_row_has_a_subject(&j.left))
+                        || (keeps_right && !self.every_row_has_a_subject(&j.right)))
                 {
                     return refuse(format!(
-                        "a {} keeps the unmatched rows of a table without subjects; keep the side with subjects (or use an inner join)",
+                        "a {} keeps the unmatched rows of a side whose rows are not all a subject's (a lookup list, a union with one); keep only sides of tables with subjects (or use an inner join)",
                         operator(&node)
                     ));
                 }
@@ -953,6 +996,40 @@ impl Walk<'_> {
                 operator(&other),
                 tidegate_policy::OPERATORS_BELOW_AGGREGATE.join(", ")
             )),
+        }
+    }
+
+    /// Whether every row of a plan (as the SQL planner built it) belongs to a subject: only
+    /// then may an outer join keep its unmatched rows (kept rows of nobody are counted by
+    /// the query yet measured by no rule, and how many there are depends on the data they
+    /// did not match).
+    fn every_row_has_a_subject(&self, plan: &LogicalPlan) -> bool {
+        match plan {
+            LogicalPlan::TableScan(scan) => {
+                self.tables
+                    .iter()
+                    .any(|t| t.name == scan.table_name.table())
+                    && plan.schema().iter().any(|(_, f)| f.name() == ENTITY_COLUMN)
+            }
+            LogicalPlan::Projection(_)
+            | LogicalPlan::Filter(_)
+            | LogicalPlan::Sort(_)
+            | LogicalPlan::SubqueryAlias(_) => self.every_row_has_a_subject(plan.inputs()[0]),
+            LogicalPlan::Join(j) => {
+                let (l, r) = (
+                    self.every_row_has_a_subject(&j.left),
+                    self.every_row_has_a_subject(&j.right),
+                );
+                match j.join_type {
+                    JoinType::Inner => l || r,
+                    JoinType::Left => l,
+                    JoinType::Right => r,
+                    JoinType::Full => l && r,
+                    _ => false,
+                }
+            }
+            LogicalPlan::Union(u) => u.inputs.iter().all(|i| self.every_row_has_a_subject(i)),
+            _ => false,
         }
     }
 
@@ -1214,6 +1291,8 @@ pub(crate) struct Tally<'a> {
     cells: Vec<Cell>,
     by_subject: HashMap<Option<String>, Vec<Parts>>,
     signed: Vec<(usize, Signed)>,
+    /// Per cell key, per measure measured above its minimum, the cell's minimum.
+    minimums: HashMap<Box<[u8]>, Vec<f64>, foldhash::fast::RandomState>,
 }
 
 impl<'a> Tally<'a> {
@@ -1235,7 +1314,7 @@ impl<'a> Tally<'a> {
                 .map(|c| SortField::new(c.data_type().clone()))
                 .collect()
         };
-        Ok(Tally {
+        let mut tally = Tally {
             analysis,
             rule,
             threshold,
@@ -1251,7 +1330,30 @@ impl<'a> Tally<'a> {
                 .enumerate()
                 .filter_map(|(j, s)| s.clone().map(|s| (j, s)))
                 .collect(),
-        })
+            minimums: HashMap::default(),
+        };
+        for b in result {
+            let keys = tally.keys_of(b)?;
+            let mins = analysis
+                .measures
+                .iter()
+                .map(|m| match &m.above_minimum {
+                    Some(a) => doubles(b, &a.min_total).map(Some),
+                    None => Ok(None),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            for row in 0..b.num_rows() {
+                let values = mins
+                    .iter()
+                    .map(|c| match c {
+                        Some(c) if c.is_valid(row) && c.value(row).is_finite() => c.value(row),
+                        _ => 0.0,
+                    })
+                    .collect();
+                tally.minimums.insert(keys.row(row).as_ref().into(), values);
+            }
+        }
+        Ok(tally)
     }
 
     fn keys_of(&self, b: &RecordBatch) -> Result<arrow::row::Rows> {
@@ -1306,8 +1408,18 @@ impl<'a> Tally<'a> {
             .iter()
             .map(|(_, s)| doubles(b, &s.column))
             .collect::<Result<Vec<_>>>()?;
+        let counts = self
+            .analysis
+            .measures
+            .iter()
+            .map(|m| match &m.above_minimum {
+                Some(a) => doubles(b, &a.n_part).map(Some),
+                None => Ok(None),
+            })
+            .collect::<Result<Vec<_>>>()?;
         for row in 0..b.num_rows() {
             let key = keys.row(row);
+            let minimums = self.minimums.get(key.as_ref()).cloned();
             let at = match self.index.get(key.as_ref()) {
                 Some(at) => *at,
                 None => {
@@ -1322,11 +1434,18 @@ impl<'a> Tally<'a> {
                 }
             };
             for (m, column) in parts.iter().enumerate() {
-                let signed = if column.is_null(row) {
+                let mut raw = if column.is_null(row) {
                     0.0
                 } else {
-                    self.clamp(&self.analysis.measures[m], column.value(row))
+                    column.value(row)
                 };
+                if let Some(n) = &counts[m] {
+                    // Above the cell's minimum: what this subject adds beyond its rows' floor.
+                    let floor = minimums.as_ref().map_or(0.0, |v| v[m]);
+                    let n = if n.is_null(row) { 0.0 } else { n.value(row) };
+                    raw -= n * floor;
+                }
+                let signed = self.clamp(&self.analysis.measures[m], raw);
                 let cell = &mut self.cells[at];
                 cell.bounded_totals[m] += signed;
                 if signed != 0.0 {
@@ -1405,7 +1524,29 @@ impl<'a> Tally<'a> {
                     .analysis
                     .measures
                     .iter()
-                    .map(|m| doubles(&b, &m.total))
+                    .map(|m| {
+                        let v = doubles(&b, &m.total)?;
+                        match &m.above_minimum {
+                            // The cell's sum above its minimum: V - N * min.
+                            Some(a) => {
+                                let (n, min) =
+                                    (doubles(&b, &a.n_total)?, doubles(&b, &a.min_total)?);
+                                Ok((0..b.num_rows())
+                                    .map(|i| {
+                                        let get = |c: &Float64Array| {
+                                            if c.is_valid(i) && c.value(i).is_finite() {
+                                                c.value(i)
+                                            } else {
+                                                0.0
+                                            }
+                                        };
+                                        Some(get(&v) - get(&n) * get(&min))
+                                    })
+                                    .collect::<Float64Array>())
+                            }
+                            None => Ok(v),
+                        }
+                    })
                     .collect::<Result<Vec<_>>>()?;
                 let mut subjects = Vec::with_capacity(b.num_rows());
                 let mut dominated = Vec::with_capacity(b.num_rows());
@@ -1427,7 +1568,10 @@ impl<'a> Tally<'a> {
                         // Every released number of an exact release aggregates k subjects or
                         // none: a count or sum over a FILTER that one subject passes is that
                         // subject's (the largest spend, by thresholds).
+                        // (Above a cell's minimum the subject at the minimum adds nothing:
+                        // there dominance alone judges.)
                         let few = self.privacy.is_none()
+                            && self.analysis.measures[m].above_minimum.is_none()
                             && cell.is_some_and(|c| {
                                 c.contributors[m] > 0 && c.contributors[m] < self.threshold
                             });
