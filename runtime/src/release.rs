@@ -1268,6 +1268,8 @@ struct Cell {
     bounded_totals: Vec<f64>,
     /// Per measure, the subjects whose part is not zero.
     contributors: Vec<u64>,
+    /// Per measure judged above its cell's minimum, that minimum (0 for the others).
+    floors: Vec<f64>,
 }
 
 /// Per subject, under differential privacy: its cells, each with a choice hash and its signed
@@ -1419,16 +1421,21 @@ impl<'a> Tally<'a> {
             .collect::<Result<Vec<_>>>()?;
         for row in 0..b.num_rows() {
             let key = keys.row(row);
-            let minimums = self.minimums.get(key.as_ref()).cloned();
             let at = match self.index.get(key.as_ref()) {
                 Some(at) => *at,
                 None => {
                     self.index.insert(key.as_ref().into(), self.cells.len());
+                    let floors = self
+                        .minimums
+                        .get(key.as_ref())
+                        .cloned()
+                        .unwrap_or_else(|| vec![0.0; measures]);
                     self.cells.push(Cell {
                         subjects: 0,
                         tops: vec![Vec::with_capacity(top); measures],
                         bounded_totals: vec![0.0; measures],
                         contributors: vec![0; measures],
+                        floors,
                     });
                     self.cells.len() - 1
                 }
@@ -1441,7 +1448,7 @@ impl<'a> Tally<'a> {
                 };
                 if let Some(n) = &counts[m] {
                     // Above the cell's minimum: what this subject adds beyond its rows' floor.
-                    let floor = minimums.as_ref().map_or(0.0, |v| v[m]);
+                    let floor = self.cells[at].floors[m];
                     let n = if n.is_null(row) { 0.0 } else { n.value(row) };
                     raw -= n * floor;
                 }

@@ -11,20 +11,8 @@ use tidegate_server::visitor_csv;
 mod common;
 use common::{
     ROWS, active_scenario, export_of, gate_check, job, preview_of, refused_before_running,
-    scalar_module, setup,
+    scalar_module, setup, target,
 };
-
-/// A resident of the demo data, by the resident ID of a row of its CSV.
-fn target() -> String {
-    visitor_csv(ROWS)
-        .lines()
-        .nth(100)
-        .unwrap()
-        .split(',')
-        .next()
-        .unwrap()
-        .to_string()
-}
 
 /// The same resident's visit as a filter on its day and spend (quasi and sensitive columns:
 /// rows are never chosen by the resident ID itself).

@@ -16,20 +16,8 @@ use tidegate_server::visitor_csv;
 mod common;
 use common::{
     Env, ROWS, active_scenario, export_of, full_report, gate_check, job, refused_before_running,
-    setup,
+    released, setup, target,
 };
-
-/// The resident the attacker knows the ID of (a row of the demo CSV).
-fn target() -> String {
-    visitor_csv(ROWS)
-        .lines()
-        .nth(100)
-        .unwrap()
-        .split(',')
-        .next()
-        .unwrap()
-        .to_string()
-}
 
 /// The target's visits in the demo data: (spot, spend), the ground truth an attack recovers.
 fn target_visits() -> Vec<(String, f64)> {
@@ -110,12 +98,6 @@ fn rows(preview: &str) -> Vec<(String, String)> {
             (a.trim_matches('"').to_string(), b.to_string())
         })
         .collect()
-}
-
-/// The preview of an export, or nothing when nothing was kept for review.
-fn released(env: &Env, export: &Value) -> String {
-    let seen = common::seen_by_reviewer(env, export);
-    seen["preview"].as_str().unwrap_or("").to_string()
 }
 
 /// Spots at which a released value equals the target's own total spend (to a cent).

@@ -10,21 +10,11 @@ use serde_json::{Value, json};
 use tidegate_server::visitor_csv;
 
 mod common;
-use common::{Env, ROWS, active_scenario, full_report, job, refused_before_running, setup};
+use common::{
+    Env, ROWS, active_scenario, full_report, job, refused_before_running, released, setup, target,
+};
 
 // ---- Helpers ----
-
-/// The resident the attacker knows the ID of (a row of the demo CSV), as in round 1.
-fn target() -> String {
-    visitor_csv(ROWS)
-        .lines()
-        .nth(100)
-        .unwrap()
-        .split(',')
-        .next()
-        .unwrap()
-        .to_string()
-}
 
 /// The target's visits in the demo data: (spot, spend).
 fn target_visits() -> Vec<(String, f64)> {
@@ -61,12 +51,6 @@ fn rows(preview: &str) -> Vec<(String, String)> {
             (a.trim_matches('"').to_string(), b.to_string())
         })
         .collect()
-}
-
-/// The preview of an export as a reviewer sees it, or nothing.
-fn released(env: &Env, export: &Value) -> String {
-    let seen = common::seen_by_reviewer(env, export);
-    seen["preview"].as_str().unwrap_or("").to_string()
 }
 
 /// Runs an attack: refused before it ran (empty), or run and exported; returns the preview.

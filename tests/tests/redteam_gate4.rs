@@ -7,11 +7,10 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::Value;
 use tidegate_server::visitor_csv;
 
 mod common;
-use common::{Env, ROWS, active_scenario, full_report, job};
+use common::{Env, ROWS, active_scenario, full_report, job, released};
 
 // ---- Helpers ----
 
@@ -46,11 +45,6 @@ fn rows(preview: &str) -> Vec<(String, Vec<String>)> {
             (cells[0].clone(), cells)
         })
         .collect()
-}
-
-fn released(env: &Env, export: &Value) -> String {
-    let seen = common::seen_by_reviewer(env, export);
-    seen["preview"].as_str().unwrap_or("").to_string()
 }
 
 /// Runs an attack: refused before it ran (empty), or run and exported; returns the preview.

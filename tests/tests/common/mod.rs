@@ -156,6 +156,24 @@ pub(crate) fn constant_module(constant: i64) -> Vec<u8> {
     .unwrap()
 }
 
+/// The resident an attack aims at: the attacker knows their ID (a row of the demo CSV).
+pub(crate) fn target() -> String {
+    visitor_csv(ROWS)
+        .lines()
+        .nth(100)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// The preview of an export as a reviewer sees it, or nothing when nothing was kept.
+pub(crate) fn released(env: &Env, export: &Value) -> String {
+    let seen = seen_by_reviewer(env, export);
+    seen["preview"].as_str().unwrap_or("").to_string()
+}
+
 /// A scenario as its scientist sees it.
 pub(crate) fn show_scenario(env: &Env, sid: &str) -> Value {
     env.world
