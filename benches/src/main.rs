@@ -2,7 +2,7 @@
 //! the same process through the same query path, and an aggregate over the encrypted store
 //! against plaintext Parquet; prints times and ratios.
 //!
-//! Usage: `cargo run --release -p tidegate-benches -- [--rows N] [--reps R]`
+//! Usage: `cargo run --release -p tidegate-benches -- [--rows N] [--reps R] [--gate-only | --import-only]`
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -26,6 +26,7 @@ use tidegate_runtime::{
 mod aggregate;
 mod budgets;
 mod gate;
+mod import;
 mod scan;
 mod storage;
 
@@ -264,6 +265,11 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    if std::env::args().any(|a| a == "--import-only") {
+        println!("tidegate-bench: an import of {rows} rows");
+        import::import_workload(rows);
+        return;
+    }
     if std::env::args().any(|a| a == "--gate-only") {
         println!("tidegate-bench: the gate's workloads only, {rows} rows, best of {reps}");
         gate_workloads(&rt, rows, reps);
@@ -421,6 +427,7 @@ fn main() {
     );
 
     gate_workloads(&rt, rows, reps);
+    import::import_workload(rows);
 }
 
 /// (i) and (j): the gate's analysis.

@@ -161,9 +161,11 @@ pub fn parse_tags(s: &str) -> Result<Vec<ColumnTag>, String> {
         .collect()
 }
 
-/// The column types a dataset may declare.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// The column types a dataset may declare. Written as text everywhere (API, CLI, stored
+/// schemas): `utf8`, `int32`, `int64`, `float64`, `boolean`, `date32`, `timestamp`,
+/// `timestamp(ms)`, `timestamptz`, `timestamptz(us, Asia/Shanghai)`, `decimal(12,2)`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum DataType {
     Utf8,
     Int32,
@@ -171,22 +173,168 @@ pub enum DataType {
     Float64,
     Boolean,
     Date32,
+    /// An instant, counted in `unit`s from 1970-01-01T00:00:00 UTC; with a time zone (an IANA
+    /// name or a fixed offset such as `+08:00`) it is shown in that zone, without one it is a
+    /// wall-clock time.
+    Timestamp {
+        unit: TimeUnit,
+        zone: Option<String>,
+    },
+    /// An exact decimal number: `precision` digits (1-38), `scale` of them after the point.
+    Decimal {
+        precision: u8,
+        scale: u8,
+    },
+}
+
+/// How finely a timestamp counts time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TimeUnit {
+    Second,
+    Millisecond,
+    Microsecond,
+}
+
+impl TimeUnit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimeUnit::Second => "s",
+            TimeUnit::Millisecond => "ms",
+            TimeUnit::Microsecond => "us",
+        }
+    }
+}
+
+impl DataType {
+    /// The widest precision of a decimal.
+    pub const MAX_DECIMAL_PRECISION: u8 = 38;
+
+    /// A decimal type, checked: precision 1-38, scale at most the precision.
+    pub fn decimal(precision: u8, scale: u8) -> Result<DataType, String> {
+        if precision == 0 || precision > Self::MAX_DECIMAL_PRECISION {
+            return Err(format!(
+                "a decimal has 1 to {} digits, not {precision}",
+                Self::MAX_DECIMAL_PRECISION
+            ));
+        }
+        if scale > precision {
+            return Err(format!(
+                "a decimal of {precision} digits has at most {precision} after the point, not {scale}"
+            ));
+        }
+        Ok(DataType::Decimal { precision, scale })
+    }
+
+    /// A timestamp type; a zone, if any, is a fixed offset (`+08:00`, `-05:30`, `Z`) or an
+    /// IANA name (`Asia/Shanghai`, `UTC`): letters, digits and `/_+-:`, at most 64 bytes.
+    pub fn timestamp(unit: TimeUnit, zone: Option<&str>) -> Result<DataType, String> {
+        if let Some(z) = zone {
+            let ok = !z.is_empty()
+                && z.len() <= 64
+                && z.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "/_+-:".contains(c));
+            if !ok {
+                return Err(
+                    "a time zone is an offset such as +08:00 or a name such as Asia/Shanghai"
+                        .into(),
+                );
+            }
+        }
+        Ok(DataType::Timestamp {
+            unit,
+            zone: zone.map(str::to_string),
+        })
+    }
+
+    /// Dates and times: quasi-identifiers by nature, generalized by `month`.
+    pub fn is_temporal(&self) -> bool {
+        matches!(self, DataType::Date32 | DataType::Timestamp { .. })
+    }
 }
 
 impl FromStr for DataType {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "utf8" | "string" | "text" => Ok(DataType::Utf8),
-            "int32" => Ok(DataType::Int32),
-            "int64" | "integer" => Ok(DataType::Int64),
-            "float64" | "double" => Ok(DataType::Float64),
-            "boolean" | "bool" => Ok(DataType::Boolean),
-            "date32" | "date" => Ok(DataType::Date32),
-            _ => Err(format!(
-                "unknown column type `{s}`: expected utf8, int32, int64, float64, boolean or date32"
+        let expected = "expected utf8, int32, int64, float64, boolean, date32, timestamp, \
+                        timestamp(s|ms|us), timestamptz, timestamptz(UNIT, ZONE) or decimal(P,S)";
+        let s = s.trim();
+        let lower = s.to_ascii_lowercase();
+        let (head, args) = match lower.find('(') {
+            Some(open) if lower.ends_with(')') => (
+                lower[..open].trim().to_string(),
+                // Zone names keep their case.
+                Some(&s[open + 1..s.len() - 1]),
+            ),
+            Some(_) => return Err(format!("unknown column type `{s}`: {expected}")),
+            None => (lower.clone(), None),
+        };
+        let unit = |u: &str| match u.trim().to_ascii_lowercase().as_str() {
+            "s" | "second" => Ok(TimeUnit::Second),
+            "ms" | "millisecond" => Ok(TimeUnit::Millisecond),
+            "us" | "µs" | "microsecond" => Ok(TimeUnit::Microsecond),
+            other => Err(format!(
+                "a timestamp counts s, ms or us, not `{other}` (nanoseconds are read as us)"
             )),
+        };
+        Ok(match (head.as_str(), args) {
+            ("utf8" | "string" | "text", None) => DataType::Utf8,
+            ("int32", None) => DataType::Int32,
+            ("int64" | "integer", None) => DataType::Int64,
+            ("float64" | "double", None) => DataType::Float64,
+            ("boolean" | "bool", None) => DataType::Boolean,
+            ("date32" | "date", None) => DataType::Date32,
+            ("timestamp" | "datetime", None) => DataType::timestamp(TimeUnit::Microsecond, None)?,
+            ("timestamp" | "datetime", Some(u)) => DataType::timestamp(unit(u)?, None)?,
+            ("timestamptz", None) => DataType::timestamp(TimeUnit::Microsecond, Some("UTC"))?,
+            ("timestamptz", Some(a)) => match a.split_once(',') {
+                Some((u, zone)) => DataType::timestamp(unit(u)?, Some(zone.trim()))?,
+                None => DataType::timestamp(unit(a)?, Some("UTC"))?,
+            },
+            ("decimal" | "numeric", Some(a)) => {
+                let number = |t: &str| {
+                    t.trim()
+                        .parse::<u8>()
+                        .map_err(|_| format!("`{s}`: decimal(PRECISION,SCALE) takes two numbers"))
+                };
+                match a.split_once(',') {
+                    Some((p, sc)) => DataType::decimal(number(p)?, number(sc)?)?,
+                    None => DataType::decimal(number(a)?, 0)?,
+                }
+            }
+            _ => return Err(format!("unknown column type `{s}`: {expected}")),
+        })
+    }
+}
+
+impl fmt::Display for DataType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DataType::Utf8 => f.write_str("utf8"),
+            DataType::Int32 => f.write_str("int32"),
+            DataType::Int64 => f.write_str("int64"),
+            DataType::Float64 => f.write_str("float64"),
+            DataType::Boolean => f.write_str("boolean"),
+            DataType::Date32 => f.write_str("date32"),
+            DataType::Timestamp { unit, zone: None } => write!(f, "timestamp({})", unit.as_str()),
+            DataType::Timestamp {
+                unit,
+                zone: Some(z),
+            } => write!(f, "timestamptz({}, {z})", unit.as_str()),
+            DataType::Decimal { precision, scale } => write!(f, "decimal({precision},{scale})"),
         }
+    }
+}
+
+impl TryFrom<String> for DataType {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<DataType> for String {
+    fn from(t: DataType) -> String {
+        t.to_string()
     }
 }
 

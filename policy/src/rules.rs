@@ -179,6 +179,22 @@ pub fn check_name(what: &str, name: &str) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// A dataset's name is its SQL table name: `[a-z][a-z0-9_]*`, at most 64 characters.
+pub fn check_dataset_name(name: &str) -> Result<(), Refusal> {
+    let ok = name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Refusal::new(
+            "a dataset name is its SQL table name: [a-z][a-z0-9_]*, at most 64 characters",
+        ))
+    }
+}
+
 /// The columns of a file: named plainly, and no two alike, also after case folding (SQL folds
 /// unquoted names, so `Spend` and `spend` would be one column to a query).
 pub fn check_column_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<(), Refusal> {

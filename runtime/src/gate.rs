@@ -575,6 +575,14 @@ fn apply_masking(
             columns.push(Arc::clone(column));
             continue;
         };
+        // A decimal rounded stays the decimal it was (same precision and scale): exact
+        // money keeps its type in the bundle.
+        if let (Masking::Round(places), DataType::Decimal128(_, scale)) = (rule, column.data_type())
+        {
+            fields.push(field.as_ref().clone());
+            columns.push(round_decimal(column, *scale, *places)?);
+            continue;
+        }
         let text = arrow::compute::cast(column, &DataType::Utf8)
             .map_err(|e| Error::Internal(format!("masking {}: {e}", field.name())))?;
         let masked: arrow::array::StringArray = text
@@ -591,6 +599,35 @@ fn apply_masking(
     }
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
         .map_err(|e| Error::Internal(format!("masking: {e}")))
+}
+
+/// Every value of a decimal column of `scale` places rounded to `places`, halves away from
+/// zero, in the same type.
+fn round_decimal(
+    column: &arrow::array::ArrayRef,
+    scale: i8,
+    places: u32,
+) -> Result<arrow::array::ArrayRef> {
+    let drop = i32::from(scale) - places as i32;
+    if drop <= 0 {
+        return Ok(Arc::clone(column));
+    }
+    let step = 10i128
+        .checked_pow(drop as u32)
+        .ok_or_else(|| Error::Internal("rounding step out of range".into()))?;
+    let half = step / 2;
+    let rounded: arrow::array::Decimal128Array = column
+        .as_primitive::<arrow::datatypes::Decimal128Type>()
+        .unary_opt(|v| {
+            let q = if v >= 0 {
+                v.checked_add(half)?
+            } else {
+                v.checked_sub(half)?
+            } / step;
+            q.checked_mul(step)
+        });
+    let rounded = rounded.with_data_type(column.data_type().clone());
+    Ok(Arc::new(rounded))
 }
 
 /// One value under one masking rule (the gate's, and the jobs' `tg_*` functions).
@@ -759,7 +796,21 @@ fn scan_array(a: &arrow::array::ArrayRef, hits: &mut BTreeMap<String, u64>) -> u
             .flatten()
             .filter(|v| v.is_finite())
             .for_each(|v| check(&format!("{:.0}", v.trunc()))),
-        _ => {}
+        // Any other type (decimals, other integers, dates, times) as its text, the integer
+        // part of a number only: nothing leaves unscanned because of its type.
+        DataType::Boolean | DataType::Null => {}
+        other => {
+            if let Ok(text) = arrow::compute::cast(a, &DataType::Utf8) {
+                let numeric = other.is_numeric();
+                text.as_string::<i32>().iter().flatten().for_each(|v| {
+                    if numeric {
+                        check(v.split('.').next().unwrap_or(v))
+                    } else {
+                        check(v)
+                    }
+                });
+            }
+        }
     }
     scanned
 }

@@ -57,6 +57,10 @@ impl AggregateUDFImpl for WasmAggregateUdf {
         Ok(self.f.sig.ret.arrow())
     }
 
+    fn coerce_types(&self, arg_types: &[DataType]) -> datafusion::common::Result<Vec<DataType>> {
+        self.f.coerce(arg_types)
+    }
+
     fn accumulator(
         &self,
         _args: AccumulatorArgs,

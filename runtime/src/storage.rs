@@ -63,14 +63,6 @@ pub(crate) fn parallelism() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-pub(crate) fn to_parquet(batches: &[RecordBatch]) -> Result<Vec<u8>> {
-    let schema = batches
-        .first()
-        .map(|b| b.schema())
-        .unwrap_or_else(|| Arc::new(Schema::empty()));
-    to_parquet_with_schema(batches, schema)
-}
-
 pub(crate) fn to_parquet_with_schema(
     batches: &[RecordBatch],
     schema: Arc<Schema>,

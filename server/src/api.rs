@@ -168,18 +168,27 @@ fn is_public(path: &str) -> bool {
 
 /// The most bytes a request body may have on `path`: files (a dataset, a module) on the
 /// routes that take them, a few hundred KiB of JSON elsewhere.
-fn body_limit(method: &axum::http::Method, path: &str) -> usize {
-    let upload = *method == axum::http::Method::POST
-        && (path == "/v1/datasets"
-            || path == "/v1/datasets/upload"
-            || (path.starts_with("/v1/scenarios/") && path.ends_with("/modules")));
-    if upload { UPLOAD_LIMIT } else { JSON_LIMIT }
+fn body_limit(method: &axum::http::Method, path: &str) -> u64 {
+    if *method != axum::http::Method::POST {
+        return JSON_LIMIT;
+    }
+    if path == "/v1/datasets/upload" {
+        STREAM_LIMIT
+    } else if path == "/v1/datasets"
+        || (path.starts_with("/v1/scenarios/") && path.ends_with("/modules"))
+    {
+        UPLOAD_LIMIT
+    } else {
+        JSON_LIMIT
+    }
 }
 
-/// Bodies of uploads: a dataset file or a module, base64 in JSON.
-const UPLOAD_LIMIT: usize = 1536 << 20;
+/// Bodies of uploads inside JSON: a dataset file or a module, base64.
+const UPLOAD_LIMIT: u64 = 1536 << 20;
+/// A dataset file streamed as the body: sealed to disk as it arrives, never held whole.
+const STREAM_LIMIT: u64 = 64 << 30;
 /// Bodies of every other request.
-const JSON_LIMIT: usize = 256 << 10;
+const JSON_LIMIT: u64 = 256 << 10;
 
 /// Runs before any extractor reads the body: a declared length over the route's limit is
 /// refused with 413 at once, and a request without a valid token with 401, so that no
@@ -200,7 +209,7 @@ async fn edge(
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    if declared.is_some_and(|n| n > limit) {
         return too_large(limit);
     }
     let token = match bearer(request.headers()) {
@@ -225,7 +234,7 @@ fn close(mut response: Response) -> Response {
     response
 }
 
-fn too_large(limit: usize) -> Response {
+fn too_large(limit: u64) -> Response {
     close(error_response(
         StatusCode::PAYLOAD_TOO_LARGE,
         "too_large",
@@ -366,19 +375,29 @@ async fn upload_dataset(
                 .map_err(|e| ApiError(Error::BadInput(format!("{what} is not a JSON list: {e}"))))
         })
     };
-    let request = ImportRequest {
-        name: q.name,
-        level: q.level,
-        format: q.format,
-        columns: serde_json::from_value(parse("columns", q.columns.as_deref())?)
-            .map_err(|e| ApiError(Error::BadInput(format!("columns: {e}"))))?,
-        approvers: serde_json::from_value(parse("approvers", q.approvers.as_deref())?)
-            .map_err(|e| ApiError(Error::BadInput(format!("approvers: {e}"))))?,
-        data_base64: String::new(),
+    let mut chunks = body.into_data_stream();
+    let request = (|| -> Result<ImportRequest, ApiError> {
+        Ok(ImportRequest {
+            name: q.name,
+            level: q.level,
+            format: q.format,
+            columns: serde_json::from_value(parse("columns", q.columns.as_deref())?)
+                .map_err(|e| ApiError(Error::BadInput(format!("columns: {e}"))))?,
+            approvers: serde_json::from_value(parse("approvers", q.approvers.as_deref())?)
+                .map_err(|e| ApiError(Error::BadInput(format!("approvers: {e}"))))?,
+            data_base64: String::new(),
+        })
+    })();
+    let request = match request {
+        Ok(request) => request,
+        Err(refused) => {
+            // As below: the client reads the refusal, not a reset connection.
+            while let Some(Ok(_)) = chunks.next().await {}
+            return Err(refused);
+        }
     };
     let level = request.level;
     let (staging, who) = (Arc::clone(&p), actor.clone());
-    let mut chunks = body.into_data_stream();
     let mut upload = match blocking(move || staging.stage_upload(&who, level)).await {
         Ok(upload) => upload,
         Err(refused) => {
@@ -750,7 +769,7 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .route(
             "/v1/datasets",
             post(import_dataset)
-                .layer(DefaultBodyLimit::max(UPLOAD_LIMIT))
+                .layer(DefaultBodyLimit::max(UPLOAD_LIMIT as usize))
                 .get(list_datasets),
         )
         .route("/v1/datasets/upload", post(upload_dataset))
@@ -763,7 +782,7 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .route("/v1/scenarios/{id}/repin", post(repin_grant))
         .route(
             "/v1/scenarios/{id}/modules",
-            post(upload_module).layer(DefaultBodyLimit::max(UPLOAD_LIMIT)),
+            post(upload_module).layer(DefaultBodyLimit::max(UPLOAD_LIMIT as usize)),
         )
         .route(
             "/v1/scenarios/{id}/modules/{hash}/approve",
@@ -783,7 +802,7 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .route("/v1/reports/annual", get(annual_report))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(JSON_LIMIT))
+        .layer(DefaultBodyLimit::max(JSON_LIMIT as usize))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&platform),
             edge,

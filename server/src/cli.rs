@@ -574,13 +574,28 @@ fn print(v: &Value) {
 }
 
 fn parse_column(spec: &str) -> Result<Value> {
-    let mut parts = spec.splitn(3, ':');
-    let name = parts
-        .next()
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| anyhow!("`{spec}`: a column spec starts with its name"))?;
-    let data_type = parts.next().filter(|t| !t.is_empty());
-    let tags = match parts.next() {
+    // NAME[:TYPE[:TAGS]]; a type with parentheses (`timestamptz(us, +08:00)`) may hold colons.
+    let (name, rest) = spec.split_once(':').unwrap_or((spec, ""));
+    if name.is_empty() {
+        return Err(anyhow!("`{spec}`: a column spec starts with its name"));
+    }
+    let (data_type, tags) = match (rest.find('('), rest.find(')')) {
+        (Some(open), Some(close)) if open < close && !rest[..open].contains(':') => {
+            let after = &rest[close + 1..];
+            let tags = match after.strip_prefix(':') {
+                Some(t) => Some(t),
+                None if after.is_empty() => None,
+                None => return Err(anyhow!("`{spec}`: NAME:TYPE:TAGS")),
+            };
+            (Some(&rest[..=close]), tags)
+        }
+        _ => {
+            let mut parts = rest.splitn(2, ':');
+            (parts.next(), parts.next())
+        }
+    };
+    let data_type = data_type.filter(|t| !t.is_empty());
+    let tags = match tags {
         Some(t) => tidegate_policy::parse_tags(t).map_err(|e| anyhow!(e))?,
         None => Vec::new(),
     };
@@ -767,7 +782,7 @@ fn run(cli: Cli) -> Result<()> {
                     .to_ascii_uppercase()
                     .parse()
                     .map_err(|e: String| anyhow!("--level {level}: {e}"))?;
-                let mut data = std::fs::File::open(&file)
+                let data = std::fs::File::open(&file)
                     .with_context(|| format!("cannot read {}", file.display()))?;
                 let size = data.metadata().map(|m| m.len()).unwrap_or(0);
                 let format = format.unwrap_or_else(|| guess_format(&file));
@@ -777,7 +792,30 @@ fn run(cli: Cli) -> Result<()> {
                     .collect::<Result<_>>()?;
                 eprintln!("importing {} ({size} bytes, streamed)...", file.display());
                 let req = json!({ "name": name, "level": level, "format": format, "columns": columns, "approvers": approvers });
-                print(&remote.client()?.upload_dataset(&req, &mut data)?);
+                // Bytes and rate while the file goes; the server reads it once it has all
+                // arrived, and the answer says how many rows it held.
+                let bar = indicatif::ProgressBar::with_draw_target(
+                    Some(size),
+                    indicatif::ProgressDrawTarget::stderr(),
+                )
+                .with_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{bar:40} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} {msg}",
+                    )
+                    .expect("the template is valid"),
+                );
+                let mut sent = bar.wrap_read(data);
+                let client = remote.client()?;
+                let answer = client.upload_dataset(&req, &mut sent);
+                bar.finish_and_clear();
+                let answer = answer?;
+                if let Some(rows) = answer["rows"].as_i64() {
+                    eprintln!(
+                        "imported {rows} rows ({size} bytes in {:.1} s)",
+                        bar.elapsed().as_secs_f64()
+                    );
+                }
+                print(&answer);
             }
             DatasetCommand::List => print(&remote.client()?.ok("GET", "/v1/datasets", None)?),
             DatasetCommand::Approve { id } => print(&remote.client()?.approve_dataset(&id)?),
@@ -1084,7 +1122,7 @@ pub fn scan_report(file: &Path) -> Result<Vec<Value>> {
             }
         }
         let p = tidegate_policy::propose_tag_for(&column.name, values.iter().map(String::as_str));
-        let (tags, confidence, why) = match (&p.tag, column.data_type) {
+        let (tags, confidence, why) = match (&p.tag, &column.data_type) {
             (Some(t), _) if t == "pii:resident_id" => (
                 vec![t.clone(), "entity".into()],
                 p.confidence,
@@ -1100,10 +1138,10 @@ pub fn scan_report(file: &Path) -> Result<Vec<Value>> {
                 p.confidence,
                 "values of a sensitive data type",
             ),
-            (None, tidegate_policy::DataType::Date32) => (
+            (None, t) if t.is_temporal() => (
                 vec!["quasi".into()],
                 0.5,
-                "dates (birth, visit) are quasi-identifiers",
+                "dates and times (birth, visit) are quasi-identifiers",
             ),
             (None, tidegate_policy::DataType::Utf8)
                 if distinct.len() <= 100 && rows >= 10 * distinct.len() =>

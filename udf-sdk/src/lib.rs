@@ -35,6 +35,8 @@ pub enum Type {
     Utf8 = 4,
     Date32 = 5,
     Boolean = 6,
+    Timestamp = 7,
+    Decimal = 8,
 }
 
 impl Type {
@@ -46,13 +48,16 @@ impl Type {
             Type::Utf8 => "utf8",
             Type::Date32 => "date32",
             Type::Boolean => "boolean",
+            Type::Timestamp => "timestamp",
+            Type::Decimal => "decimal",
         }
     }
 
     fn width(self) -> usize {
         match self {
             Type::Int32 | Type::Date32 => 4,
-            Type::Int64 | Type::Float64 => 8,
+            Type::Int64 | Type::Float64 | Type::Timestamp => 8,
+            Type::Decimal => 16,
             Type::Utf8 | Type::Boolean => 0,
         }
     }
@@ -61,6 +66,54 @@ impl Type {
 /// Days since 1970-01-01, the value of a `date32` column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Date32(pub i32);
+
+/// Microseconds since 1970-01-01T00:00:00 UTC, the value of a `timestamp` column (whatever
+/// the table's unit and time zone: the host converts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Timestamp(pub i64);
+
+impl Timestamp {
+    pub const MICROS_PER_DAY: i64 = 86_400_000_000;
+
+    /// The day it falls on, in UTC.
+    pub fn date(self) -> Date32 {
+        Date32(self.0.div_euclid(Self::MICROS_PER_DAY) as i32)
+    }
+}
+
+/// An exact decimal number in millionths, the value of a `decimal` column: `Decimal(1_250_000)`
+/// is 1.25. The host converts the table's precision and scale (up to 6 places) exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Decimal(pub i128);
+
+impl Decimal {
+    /// Places after the point.
+    pub const SCALE: u32 = 6;
+    /// One, in millionths.
+    pub const ONE: i128 = 1_000_000;
+
+    /// A whole number.
+    pub fn from_int(n: i64) -> Decimal {
+        Decimal(n as i128 * Self::ONE)
+    }
+
+    /// The nearest float (for ratios and logarithms; sums stay exact as `Decimal`).
+    pub fn to_f64(self) -> f64 {
+        self.0 as f64 / Self::ONE as f64
+    }
+
+    /// Rounded to `places` (0-6) after the point, halves away from zero.
+    pub fn round(self, places: u32) -> Decimal {
+        let step = 10i128.pow(Self::SCALE - places.min(Self::SCALE));
+        let half = step / 2;
+        let q = if self.0 >= 0 {
+            (self.0 + half) / step
+        } else {
+            (self.0 - half) / step
+        };
+        Decimal(q * step)
+    }
+}
 
 /// One input column, read from the descriptor the host wrote into guest memory.
 #[derive(Debug, Clone, Copy)]
@@ -185,6 +238,22 @@ impl<'a> Arg<'a> for Date32 {
         Date32(i32::from_le_bytes(col.fixed(row)))
     }
     fixed_values!(4, |b| Date32(i32::from_le_bytes(b)));
+}
+
+impl<'a> Arg<'a> for Timestamp {
+    const TYPE: Type = Type::Timestamp;
+    fn get(col: &Column<'a>, row: usize) -> Self {
+        Timestamp(i64::from_le_bytes(col.fixed(row)))
+    }
+    fixed_values!(8, |b| Timestamp(i64::from_le_bytes(b)));
+}
+
+impl<'a> Arg<'a> for Decimal {
+    const TYPE: Type = Type::Decimal;
+    fn get(col: &Column<'a>, row: usize) -> Self {
+        Decimal(i128::from_le_bytes(col.fixed(row)))
+    }
+    fixed_values!(16, |b| Decimal(i128::from_le_bytes(b)));
 }
 
 impl<'a> Arg<'a> for bool {
@@ -418,6 +487,26 @@ impl Ret for f64 {
 
 impl Ret for Date32 {
     const TYPE: Type = Type::Date32;
+    fn push(self, out: &mut Output) {
+        out.push_fixed(self.0.to_le_bytes());
+    }
+    fn append(self, out: &mut Output) {
+        out.append_fixed(self.0.to_le_bytes());
+    }
+}
+
+impl Ret for Timestamp {
+    const TYPE: Type = Type::Timestamp;
+    fn push(self, out: &mut Output) {
+        out.push_fixed(self.0.to_le_bytes());
+    }
+    fn append(self, out: &mut Output) {
+        out.append_fixed(self.0.to_le_bytes());
+    }
+}
+
+impl Ret for Decimal {
+    const TYPE: Type = Type::Decimal;
     fn push(self, out: &mut Output) {
         out.push_fixed(self.0.to_le_bytes());
     }

@@ -1,6 +1,6 @@
 //! Example UDFs over the demo's scenic-spot visitor records, built with `tidegate-udf-sdk`.
 
-use tidegate_udf_sdk::{Date32, date::civil_from_days};
+use tidegate_udf_sdk::{Date32, Decimal, Timestamp, date::civil_from_days};
 
 /// Age in whole years at the visit, from the birth date inside an 18-digit resident ID.
 pub fn age_at_visit(resident_id: &str, visit: Date32) -> Option<i32> {
@@ -32,9 +32,24 @@ pub fn mask_mobile(mobile: &str) -> Option<String> {
     ))
 }
 
+/// The hour of the day (0-23, UTC) of a time of payment or entry.
+pub fn visit_hour(at: Timestamp) -> Option<i32> {
+    Some(
+        at.0.rem_euclid(Timestamp::MICROS_PER_DAY)
+            .div_euclid(3_600_000_000) as i32,
+    )
+}
+
+/// A ticket price after the off-season discount of 10%, to the cent: exact, no float.
+pub fn off_season(price: Decimal) -> Option<Decimal> {
+    Some(Decimal(price.0 / 10 * 9).round(2))
+}
+
 tidegate_udf_sdk::export_udfs! {
     scalar fn age_at_visit(resident_id: &str, visit: Date32) -> i32;
     scalar fn mask_mobile(mobile: &str) -> String;
+    scalar fn visit_hour(at: Timestamp) -> i32;
+    scalar fn off_season(price: Decimal) -> Decimal;
 }
 
 #[cfg(test)]
@@ -48,6 +63,17 @@ mod tests {
         // 2026-12-31 is day 20818: the birthday has come.
         assert_eq!(age_at_visit("11010519491231002X", Date32(20_818)), Some(77));
         assert_eq!(age_at_visit("not an id", Date32(0)), None);
+    }
+
+    #[test]
+    fn the_hour_is_read_in_utc_and_the_discount_is_exact_to_the_cent() {
+        // 2026-05-17T10:23:45Z.
+        let at = Timestamp(1_779_013_425_000_000);
+        assert_eq!(visit_hour(at), Some(10));
+        assert_eq!(visit_hour(Timestamp(-1)), Some(23));
+        // 19.99 less 10% is 17.991, to the cent 17.99; 0.05 less 10% is 0.045, to 0.05.
+        assert_eq!(off_season(Decimal(19_990_000)), Some(Decimal(17_990_000)));
+        assert_eq!(off_season(Decimal(50_000)), Some(Decimal(50_000)));
     }
 
     #[test]

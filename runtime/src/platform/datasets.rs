@@ -13,10 +13,16 @@ impl Platform {
             tidegate_policy::can_import(actor, req.level)?;
         }
         use base64::Engine as _;
+        if req.data_base64.len() > MAX_INLINE_IMPORT_BYTES / 3 * 4 + 4 {
+            return Err(Error::Limit(format!(
+                "a file inside a JSON body is at most {MAX_INLINE_IMPORT_BYTES} bytes; \
+                 stream larger ones to /v1/datasets/upload"
+            )));
+        }
         let data = base64::engine::general_purpose::STANDARD
             .decode(req.data_base64.as_bytes())
             .map_err(|_| Error::BadInput("data_base64 is not base64".into()))?;
-        self.import_dataset_bytes(actor, req, &data)
+        self.import_file(actor, req, FileBytes::Memory(data.into()))
     }
 
     /// Imports a file that was streamed to the data directory, sealed as it arrived.
@@ -26,15 +32,18 @@ impl Platform {
         req: ImportRequest,
         upload: StagedUpload,
     ) -> Result<DatasetView> {
-        let data = upload.finish()?;
-        self.import_dataset_bytes(actor, req, &data)
+        let file = upload.finish()?;
+        self.import_file(actor, req, FileBytes::Sealed(Arc::new(file)))
     }
 
-    fn import_dataset_bytes(
+    /// Reads the file batch by batch into a new dataset version: each batch is counted for
+    /// the quality report and written on as compressed Parquet, sealed into the version's
+    /// object as it goes; the metadata lock is held only to choose the version and to commit.
+    fn import_file(
         &self,
         actor: &Principal,
         req: ImportRequest,
-        data: &[u8],
+        file: FileBytes,
     ) -> Result<DatasetView> {
         let social = !actor.has_role(Role::Provider);
         if social {
@@ -42,87 +51,55 @@ impl Platform {
         } else {
             tidegate_policy::can_import(actor, req.level)?;
         }
-        let name_ok = req.name.len() <= 64
-            && req.name.starts_with(|c: char| c.is_ascii_lowercase())
-            && req
-                .name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-        if !name_ok {
-            return Err(Error::BadInput(
-                "a dataset name is its SQL table name: [a-z][a-z0-9_]*, at most 64 characters"
-                    .into(),
-            ));
-        }
-        if data.len() > MAX_IMPORT_BYTES {
+        tidegate_policy::check_dataset_name(&req.name).map_err(|r| Error::BadInput(r.reason))?;
+        if file.len() > MAX_IMPORT_BYTES {
             return Err(Error::Limit(format!(
                 "an import is at most {MAX_IMPORT_BYTES} bytes"
             )));
         }
-        let batches = read_table(&req.format, data, &req.columns)?;
-        let schema = batches
-            .first()
-            .map(|b| b.schema())
-            .ok_or_else(|| Error::BadInput("the file holds no rows".into()))?;
-        let columns = column_specs(&schema, &req.columns)?;
-        let quality = quality_report(&batches, &columns);
-        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-        let parquet = to_parquet(&batches)?;
-        let content_hash = sha256_hex(&parquet);
+        let table = reading::open_table(&req.format, file, &req.columns)?;
+        let columns = column_specs(&table.schema, &req.columns)?;
+        let _claim = ImportClaim::take(&self.importing, &req.name)?;
+
+        let (id, version, existing, approvers) = {
+            let db = self
+                .db
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            self.import_target(&db, actor, &req, &columns)?
+        };
+        let object = format!("{id}/v{version}");
+        let context = dataset_context(&actor.org, &id, version);
+        let dek = DataKey::generate();
+        let sink =
+            reading::ObjectSink::create(&self.object_path("datasets", &object), &dek, &context)?;
+        let mut writer = reading::stored_parquet_writer(sink, Arc::clone(&table.schema))?;
+        let mut quality = reading::Quality::new(&columns);
+        for batch in table.batches {
+            let batch = batch?;
+            quality.add(&batch)?;
+            writer
+                .write(&batch)
+                .map_err(|e| Error::Internal(format!("parquet: {e}")))?;
+        }
+        let sink = writer
+            .into_inner()
+            .map_err(|e| Error::Internal(format!("parquet: {e}")))?;
+        let rows = quality.rows();
+        if rows == 0 {
+            return Err(Error::BadInput("the file holds no rows".into()));
+        }
+        let quality = quality.report();
+        let (content_hash, stored_bytes) = sink.commit()?;
+        let wrapped = self.master.wrap(&dek, &context);
 
         let mut db = self
             .db
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if social && !req.approvers.is_empty() {
-            return Err(Error::BadInput(
-                "only a provider names further approvers of its data".into(),
-            ));
-        }
-        let mut approvers = Vec::new();
-        for org in &req.approvers {
-            let org = Self::org_id(&db, org)?;
-            if org == actor.org {
-                return Err(Error::BadInput(
-                    "the provider approves its own data's scenarios already".into(),
-                ));
-            }
-            if !approvers.contains(&org) {
-                approvers.push(org);
-            }
-        }
-        let existing: Option<(String, String)> = db
-            .query_row(
-                "SELECT id, org_id FROM datasets WHERE name = ?1",
-                params![req.name],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        let (id, version) = match &existing {
-            Some((id, org)) if org == &actor.org => {
-                let old = Self::dataset_row(&db, id)?;
-                tidegate_policy::check_new_version(old.level, req.level, &old.columns, &columns)?;
-                let v: i64 = db.query_row(
-                    "SELECT COALESCE(MAX(version), 0) + 1 FROM dataset_versions WHERE dataset_id = ?1",
-                    params![id],
-                    |r| r.get(0),
-                )?;
-                (id.clone(), v)
-            }
-            Some(_) => {
-                return Err(Error::Refused(format!(
-                    "a dataset named {} belongs to another provider",
-                    req.name
-                )));
-            }
-            None => (new_id("ds"), 1),
-        };
-        let object = format!("{id}/v{version}");
-        let context = dataset_context(&actor.org, &id, version);
-        let wrapped = self.store_object_as("datasets", &object, &context, &parquet)?;
         let tx = db.transaction()?;
         let now = crate::now_rfc3339();
-        if existing.is_none() {
+        if !existing {
             tx.execute(
                 "INSERT INTO datasets (id, name, org_id, level, origin, columns, created_at, approvers)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -163,7 +140,7 @@ impl Platform {
                 version,
                 content_hash,
                 rows as i64,
-                parquet.len() as i64,
+                stored_bytes as i64,
                 wrapped,
                 quality.to_string(),
                 now,
@@ -176,7 +153,7 @@ impl Platform {
             "dataset.import",
             &id,
             json!({ "version": version, "level": req.level, "rows": rows, "content_hash": content_hash,
-                    "approvers": approvers, "bytes": parquet.len(), "social": social }),
+                    "approvers": approvers, "bytes": stored_bytes, "social": social }),
         )?;
         tx.commit()?;
         let approvers = Self::dataset_row(&db, &id)?.approvers;
@@ -201,6 +178,64 @@ impl Platform {
             privacy_budget,
             privacy_drawn,
         })
+    }
+
+    /// Where an import goes: the dataset's id (new or existing), the version it adds, whether
+    /// the dataset exists, and the orgs it names as approvers. Refused when the name is
+    /// another provider's, the new version breaks the old one's contract, or the approvers
+    /// are not the provider's to name.
+    fn import_target(
+        &self,
+        db: &Connection,
+        actor: &Principal,
+        req: &ImportRequest,
+        columns: &[ColumnSpec],
+    ) -> Result<(String, i64, bool, Vec<String>)> {
+        let social = !actor.has_role(Role::Provider);
+        if social && !req.approvers.is_empty() {
+            return Err(Error::BadInput(
+                "only a provider names further approvers of its data".into(),
+            ));
+        }
+        let mut approvers = Vec::new();
+        for org in &req.approvers {
+            let org = Self::org_id(db, org)?;
+            if org == actor.org {
+                return Err(Error::BadInput(
+                    "the provider approves its own data's scenarios already".into(),
+                ));
+            }
+            if !approvers.contains(&org) {
+                approvers.push(org);
+            }
+        }
+        let existing: Option<(String, String)> = db
+            .query_row(
+                "SELECT id, org_id FROM datasets WHERE name = ?1",
+                params![req.name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let (id, version) = match &existing {
+            Some((id, org)) if org == &actor.org => {
+                let old = Self::dataset_row(db, id)?;
+                tidegate_policy::check_new_version(old.level, req.level, &old.columns, columns)?;
+                let v: i64 = db.query_row(
+                    "SELECT COALESCE(MAX(version), 0) + 1 FROM dataset_versions WHERE dataset_id = ?1",
+                    params![id],
+                    |r| r.get(0),
+                )?;
+                (id.clone(), v)
+            }
+            Some(_) => {
+                return Err(Error::Refused(format!(
+                    "a dataset named {} belongs to another provider",
+                    req.name
+                )));
+            }
+            None => (new_id("ds"), 1),
+        };
+        Ok((id, version, existing.is_some(), approvers))
     }
 
     /// A dataset's privacy budget and the epsilon scenarios have drawn from it.
@@ -409,4 +444,36 @@ impl Platform {
     }
 
     // ----- Scenarios -----
+}
+
+/// A dataset name reserved for one import while it runs; released when dropped.
+struct ImportClaim<'a> {
+    names: &'a Mutex<HashSet<String>>,
+    name: String,
+}
+
+impl<'a> ImportClaim<'a> {
+    fn take(names: &'a Mutex<HashSet<String>>, name: &str) -> Result<ImportClaim<'a>> {
+        let mut held = names
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !held.insert(name.to_string()) {
+            return Err(Error::Refused(format!(
+                "another import of {name} is under way; try again when it has finished"
+            )));
+        }
+        Ok(ImportClaim {
+            names,
+            name: name.to_string(),
+        })
+    }
+}
+
+impl Drop for ImportClaim<'_> {
+    fn drop(&mut self) {
+        self.names
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.name);
+    }
 }

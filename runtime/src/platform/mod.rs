@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use arrow::array::{Array, ArrayRef, RecordBatch};
+use arrow::array::{Array, RecordBatch};
 use arrow::datatypes::{DataType as ArrowType, Field, Schema};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
@@ -32,14 +32,18 @@ use crate::gate::{self, GateInput};
 use crate::job::{self, EngineLimits, TableData, TableInput};
 use crate::metering::{Event, Ledger, PRICE_ITEMS, ScenarioTerms};
 use crate::sandbox::{GuestLimits, JobMeter, Sandbox};
-use crate::storage::{SealedSource, SealedStore, from_parquet, to_parquet, to_parquet_with_schema};
+use crate::storage::{SealedSource, SealedStore, from_parquet, to_parquet_with_schema};
 
 mod billing;
 mod datasets;
 mod exports;
 mod jobs;
 mod policy;
+mod reading;
 mod scenarios;
+
+pub use reading::local_table;
+use reading::{FileBytes, column_specs};
 
 pub const AUDIT_FILE: &str = "audit.log";
 pub const PUBLIC_KEY_FILE: &str = "platform.pub";
@@ -49,7 +53,10 @@ const SIGNING_KEY_FILE: &str = "signing.key";
 const SIGNING_KEY_NEXT: &str = "signing.key.next";
 const EXPORT_MAX_ROWS: u64 = 10_000;
 const EXPORT_MAX_BYTES: u64 = 10 << 20;
-const MAX_IMPORT_BYTES: usize = 1 << 30;
+/// The largest file an import takes (staged sealed on disk, read batch by batch).
+const MAX_IMPORT_BYTES: u64 = 64 << 30;
+/// The largest file an import takes inside a JSON body (base64, held in memory).
+const MAX_INLINE_IMPORT_BYTES: usize = 1 << 30;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS orgs (
@@ -215,7 +222,7 @@ impl StagedUpload {
             .writer
             .as_mut()
             .ok_or_else(|| Error::Internal("the upload is already finished".into()))?;
-        if writer.len() + bytes.len() as u64 > MAX_IMPORT_BYTES as u64 {
+        if writer.len() + bytes.len() as u64 > MAX_IMPORT_BYTES {
             return Err(Error::Limit(format!(
                 "an import is at most {MAX_IMPORT_BYTES} bytes"
             )));
@@ -223,13 +230,13 @@ impl StagedUpload {
         writer.write(bytes)
     }
 
-    /// The whole file, decrypted.
-    fn finish(mut self) -> Result<Vec<u8>> {
+    /// The file, sealed, for reading range by range. Its name goes when the upload is
+    /// dropped; the reader keeps the open file until it is dropped too.
+    fn finish(mut self) -> Result<crate::crypto::SealedReader> {
         if let Some(writer) = self.writer.take() {
             writer.finish()?;
         }
-        let sealed = fs::read(&self.path)?;
-        self.key.open_object(UPLOAD_CONTEXT, &sealed)
+        self.key.reader(UPLOAD_CONTEXT, fs::File::open(&self.path)?)
     }
 }
 
@@ -513,6 +520,9 @@ pub struct Platform {
     /// Running jobs by scenario, so that suspending a scenario cancels them.
     running: Mutex<HashMap<String, Vec<RunningJob>>>,
     signer: Arc<Signer>,
+    /// Dataset names with an import under way: one import of a name at a time, so the version
+    /// an import chose before writing its object is still the next one when it commits.
+    importing: Mutex<HashSet<String>>,
     /// Held while the platform is open: one process per data directory.
     _lock: fs::File,
 }
@@ -966,6 +976,7 @@ impl Platform {
             audit,
             sandbox: Arc::new(Sandbox::new()?),
             running: Mutex::new(HashMap::new()),
+            importing: Mutex::new(HashSet::new()),
             master,
             signer,
             _lock: lock,
@@ -1379,237 +1390,6 @@ pub fn verify_certificate(
             "the certificate's signature does not verify".into(),
         ))
     }
-}
-
-// ----- Table helpers -----
-
-fn arrow_type(t: DataType) -> ArrowType {
-    match t {
-        DataType::Utf8 => ArrowType::Utf8,
-        DataType::Int32 => ArrowType::Int32,
-        DataType::Int64 => ArrowType::Int64,
-        DataType::Float64 => ArrowType::Float64,
-        DataType::Boolean => ArrowType::Boolean,
-        DataType::Date32 => ArrowType::Date32,
-    }
-}
-
-fn our_type(t: &ArrowType) -> Option<DataType> {
-    Some(match t {
-        ArrowType::Utf8 | ArrowType::LargeUtf8 | ArrowType::Utf8View => DataType::Utf8,
-        ArrowType::Int32 => DataType::Int32,
-        ArrowType::Int64 => DataType::Int64,
-        ArrowType::Float64 => DataType::Float64,
-        ArrowType::Boolean => DataType::Boolean,
-        ArrowType::Date32 => DataType::Date32,
-        _ => return None,
-    })
-}
-
-/// Reads a local CSV or Parquet file (by its extension) as a table for `tidegate dev run`:
-/// all columns, no tags.
-pub fn local_table(name: &str, path: &Path) -> Result<TableInput> {
-    let data = fs::read(path)
-        .map_err(|e| Error::BadInput(format!("cannot read {}: {e}", path.display())))?;
-    let format = match path.extension().and_then(|e| e.to_str()) {
-        Some("parquet") | Some("pq") => "parquet",
-        _ => "csv",
-    };
-    let batches = read_table(format, &data, &[])?;
-    let schema = batches
-        .first()
-        .map(|b| b.schema())
-        .ok_or_else(|| Error::BadInput(format!("{} holds no rows", path.display())))?;
-    Ok(TableInput {
-        name: name.to_string(),
-        columns: column_specs(&schema, &[])?,
-        data: TableData::Memory(batches),
-    })
-}
-
-/// Reads a CSV or Parquet file; declared column types override inference.
-fn read_table(format: &str, data: &[u8], declared: &[ColumnInput]) -> Result<Vec<RecordBatch>> {
-    let batches = match format {
-        "csv" => {
-            let format = arrow::csv::reader::Format::default().with_header(true);
-            let (inferred, _) = format
-                .infer_schema(std::io::Cursor::new(data), Some(1000))
-                .map_err(|e| Error::BadInput(format!("the CSV cannot be read: {e}")))?;
-            let fields: Vec<Field> = inferred
-                .fields()
-                .iter()
-                .map(|f| {
-                    let t = declared
-                        .iter()
-                        .find(|c| &c.name == f.name())
-                        .and_then(|c| c.data_type)
-                        .map(arrow_type)
-                        .unwrap_or_else(|| f.data_type().clone());
-                    Field::new(f.name(), t, true)
-                })
-                .collect();
-            let reader = arrow::csv::ReaderBuilder::new(Arc::new(Schema::new(fields)))
-                .with_header(true)
-                .with_batch_size(8192)
-                .build(std::io::Cursor::new(data))
-                .map_err(|e| Error::BadInput(format!("the CSV cannot be read: {e}")))?;
-            let schema = reader.schema();
-            reader
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|e| csv_error(&e, &schema))?
-        }
-        "parquet" => from_parquet(data.to_vec())
-            .map_err(|_| Error::BadInput("the Parquet file cannot be read".into()))?,
-        other => {
-            return Err(Error::BadInput(format!(
-                "unknown format `{other}`: csv or parquet"
-            )));
-        }
-    };
-    // Normalize string views and large strings to plain UTF-8, and apply declared types.
-    batches
-        .into_iter()
-        .map(|b| {
-            let schema = b.schema();
-            let mut fields = Vec::new();
-            let mut cols: Vec<ArrayRef> = Vec::new();
-            for (f, c) in schema.fields().iter().zip(b.columns()) {
-                let want = declared
-                    .iter()
-                    .find(|d| &d.name == f.name())
-                    .and_then(|d| d.data_type)
-                    .map(arrow_type)
-                    .or_else(|| our_type(f.data_type()).map(arrow_type))
-                    .ok_or_else(|| {
-                        Error::BadInput(format!(
-                            "column {} has an unsupported type {}",
-                            f.name(),
-                            f.data_type()
-                        ))
-                    })?;
-                let c = if c.data_type() == &want {
-                    Arc::clone(c)
-                } else {
-                    arrow::compute::cast(c, &want).map_err(|_| {
-                        Error::BadInput(format!("column {} cannot be read as {want}", f.name()))
-                    })?
-                };
-                fields.push(Field::new(f.name(), want, true));
-                cols.push(c);
-            }
-            RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
-                .map_err(|e| Error::Internal(format!("batch: {e}")))
-        })
-        .collect()
-}
-
-/// CSV parse errors quote the offending value; report only where it is.
-/// A CSV value that does not parse as its column's type, named by column and line; the value
-/// itself and the row around it are never quoted (they are data).
-fn csv_error(e: &arrow::error::ArrowError, schema: &Schema) -> Error {
-    let text = e.to_string();
-    let number_after = |marker: &str| -> Option<usize> {
-        let at = text.find(marker)? + marker.len();
-        let digits: String = text[at..]
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        digits.parse().ok()
-    };
-    let column = number_after("for column ")
-        .and_then(|i| schema.fields().get(i))
-        .map(|f| format!(" `{}`", crate::text::defuse(f.name(), 80)))
-        .unwrap_or_default();
-    // Arrow counts data records from 1; the file's first line is its header.
-    let line = number_after("at line ")
-        .map(|l| format!(" at line {} of the file", l + 1))
-        .unwrap_or_default();
-    Error::BadInput(format!(
-        "the CSV has a value that does not parse as its column{column}'s type{line}"
-    ))
-}
-
-fn column_specs(schema: &Schema, declared: &[ColumnInput]) -> Result<Vec<ColumnSpec>> {
-    tidegate_policy::check_column_names(schema.fields().iter().map(|f| f.name().as_str()))
-        .map_err(|r| Error::BadInput(r.reason))?;
-    // Every column of the file, declared or not: `__tg*` names are the runtime's (the hidden
-    // entity key, subject counts, group keys), in any case.
-    if let Some(f) = schema
-        .fields()
-        .iter()
-        .find(|f| f.name().to_ascii_lowercase().starts_with("__tg"))
-    {
-        return Err(Error::BadInput(format!(
-            "the file's column `{}` starts with __tg: such names are reserved for the runtime",
-            crate::text::defuse(f.name(), 80)
-        )));
-    }
-    for d in declared {
-        if schema.field_with_name(&d.name).is_err() {
-            return Err(Error::BadInput(format!(
-                "the file has no column {}",
-                d.name
-            )));
-        }
-        if d.name.starts_with("__tg") {
-            return Err(Error::BadInput(
-                "column names starting with __tg are reserved".into(),
-            ));
-        }
-    }
-    let specs: Vec<ColumnSpec> = schema
-        .fields()
-        .iter()
-        .map(|f| ColumnSpec {
-            name: f.name().clone(),
-            data_type: our_type(f.data_type()).expect("normalized above"),
-            tags: declared
-                .iter()
-                .find(|d| &d.name == f.name())
-                .map(|d| d.tags.clone())
-                .unwrap_or_default(),
-        })
-        .collect();
-    if specs
-        .iter()
-        .filter(|c| c.has_tag(ColumnTag::Entity))
-        .count()
-        > 1
-    {
-        return Err(Error::BadInput(
-            "at most one column is the `entity` key".into(),
-        ));
-    }
-    Ok(specs)
-}
-
-/// R-IMPORT's data quality report: rows, nulls per column, duplicates of the entity key.
-fn quality_report(batches: &[RecordBatch], columns: &[ColumnSpec]) -> Value {
-    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-    let mut nulls = BTreeMap::new();
-    for (i, c) in columns.iter().enumerate() {
-        let n: usize = batches.iter().map(|b| b.column(i).null_count()).sum();
-        nulls.insert(c.name.clone(), n);
-    }
-    let entity_duplicates = columns
-        .iter()
-        .position(|c| c.has_tag(ColumnTag::Entity))
-        .map(|i| {
-            let mut seen = HashSet::new();
-            let mut dup = 0usize;
-            for b in batches {
-                let col = b.column(i);
-                for row in 0..col.len() {
-                    let key =
-                        arrow::util::display::array_value_to_string(col, row).unwrap_or_default();
-                    if !seen.insert(sha256_hex(key.as_bytes())) {
-                        dup += 1;
-                    }
-                }
-            }
-            dup
-        });
-    json!({ "rows": rows, "nulls": nulls, "entity_duplicate_rows": entity_duplicates })
 }
 
 #[cfg(test)]

@@ -508,6 +508,11 @@ impl Guest {
                 let array = ArrayData::try_new(h.ty.arrow(), h.n_rows, nulls, 0, buffers, vec![])
                     .map_err(|_| bad())?;
                 let array = make_array(array);
+                if h.ty == WasmType::Decimal && !decimals_fit(&array) {
+                    return Err(Error::BadInput(format!(
+                        "function `{fname}` returned a decimal of more than 38 digits"
+                    )));
+                }
                 Ok(if h.ty == WasmType::Float64 {
                     canonical_nans(array)
                 } else {
@@ -516,6 +521,17 @@ impl Guest {
             })
             .collect()
     }
+}
+
+/// Whether every value of a decimal column a guest returned has at most 38 digits (an i128
+/// holds 39): the column's declared precision, which readers of the result rely on.
+fn decimals_fit(array: &ArrayRef) -> bool {
+    const LIMIT: u128 = 10u128.pow(38);
+    array
+        .as_primitive::<arrow::datatypes::Decimal128Type>()
+        .iter()
+        .flatten()
+        .all(|v| v.unsigned_abs() < LIMIT)
 }
 
 /// One column a guest returned, its descriptor read and checked.
@@ -598,6 +614,14 @@ pub(super) fn encode_batch(args: &[ArrayRef], n_rows: usize) -> Result<EncodedBa
             DataType::Int64 => fixed(WasmType::Int64, value_bytes::<Int64Type>(a)),
             DataType::Float64 => fixed(WasmType::Float64, value_bytes::<Float64Type>(a)),
             DataType::Date32 => fixed(WasmType::Date32, value_bytes::<Date32Type>(a)),
+            DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, _) => fixed(
+                WasmType::Timestamp,
+                value_bytes::<arrow::datatypes::TimestampMicrosecondType>(a),
+            ),
+            DataType::Decimal128(_, WasmType::DECIMAL_SCALE) => fixed(
+                WasmType::Decimal,
+                value_bytes::<arrow::datatypes::Decimal128Type>(a),
+            ),
             DataType::Boolean => {
                 let bits = a.as_boolean().values();
                 let data = if bits.offset() == 0 {

@@ -137,9 +137,18 @@ pub enum WasmType {
     Utf8,
     Date32,
     Boolean,
+    /// Microseconds since 1970-01-01T00:00:00 UTC, as i64.
+    Timestamp,
+    /// An exact decimal in millionths (scale 6, precision 38), as i128.
+    Decimal,
 }
 
 impl WasmType {
+    /// Places after the point of the ABI's `decimal`.
+    pub const DECIMAL_SCALE: i8 = 6;
+    /// The time zone the ABI's `timestamp` is read in.
+    pub const TIMESTAMP_ZONE: &'static str = "UTC";
+
     fn id(self) -> u32 {
         match self {
             WasmType::Int32 => 1,
@@ -148,6 +157,8 @@ impl WasmType {
             WasmType::Utf8 => 4,
             WasmType::Date32 => 5,
             WasmType::Boolean => 6,
+            WasmType::Timestamp => 7,
+            WasmType::Decimal => 8,
         }
     }
 
@@ -160,6 +171,8 @@ impl WasmType {
             WasmType::Utf8 => "utf8",
             WasmType::Date32 => "date32",
             WasmType::Boolean => "boolean",
+            WasmType::Timestamp => "timestamp",
+            WasmType::Decimal => "decimal",
         }
     }
 
@@ -171,6 +184,8 @@ impl WasmType {
             "utf8" => WasmType::Utf8,
             "date32" => WasmType::Date32,
             "boolean" => WasmType::Boolean,
+            "timestamp" => WasmType::Timestamp,
+            "decimal" => WasmType::Decimal,
             _ => return None,
         })
     }
@@ -183,13 +198,19 @@ impl WasmType {
             WasmType::Utf8 => DataType::Utf8,
             WasmType::Date32 => DataType::Date32,
             WasmType::Boolean => DataType::Boolean,
+            WasmType::Timestamp => DataType::Timestamp(
+                arrow::datatypes::TimeUnit::Microsecond,
+                Some(Self::TIMESTAMP_ZONE.into()),
+            ),
+            WasmType::Decimal => DataType::Decimal128(38, Self::DECIMAL_SCALE),
         }
     }
 
     fn width(self) -> usize {
         match self {
             WasmType::Int32 | WasmType::Date32 => 4,
-            WasmType::Int64 | WasmType::Float64 => 8,
+            WasmType::Int64 | WasmType::Float64 | WasmType::Timestamp => 8,
+            WasmType::Decimal => 16,
             WasmType::Utf8 | WasmType::Boolean => 0,
         }
     }

@@ -27,14 +27,89 @@ impl GuestFn {
             .collect()
     }
 
-    /// DataFusion's signature: exactly the declared argument types. Volatile, so that the
-    /// engine never calls a guest while it plans (constant folding of `f(1)`, whose errors it
-    /// swallows and whose time no budget would see): a guest runs only when the job runs.
+    /// DataFusion's signature: exactly the declared argument types, or, when the function
+    /// takes a `timestamp` or a `decimal`, the conversions of [`GuestFn::coerce`]. Volatile,
+    /// so that the engine never calls a guest while it plans (constant folding of `f(1)`,
+    /// whose errors it swallows and whose time no budget would see): a guest runs only when
+    /// the job runs.
     pub(crate) fn signature(&self) -> Signature {
-        Signature::exact(
-            self.sig.args.iter().map(|a| a.arrow()).collect(),
-            Volatility::Volatile,
-        )
+        if self
+            .sig
+            .args
+            .iter()
+            .any(|a| matches!(a, WasmType::Timestamp | WasmType::Decimal))
+        {
+            Signature::user_defined(Volatility::Volatile)
+        } else {
+            Signature::exact(
+                self.sig.args.iter().map(|a| a.arrow()).collect(),
+                Volatility::Volatile,
+            )
+        }
+    }
+
+    /// The argument types the engine converts a call's arguments to: any timestamp (any
+    /// unit, any zone) or date becomes the ABI's microseconds in UTC; an integer or a decimal
+    /// of at most 6 places and 32 integer digits becomes the ABI's decimal exactly. A decimal
+    /// with more places is refused (round it first): nothing is rounded silently. Other
+    /// arguments must be of their declared type.
+    pub(crate) fn coerce(&self, given: &[DataType]) -> datafusion::common::Result<Vec<DataType>> {
+        let refuse = |why: String| {
+            Err(DataFusionError::Plan(format!(
+                "function `{}` {why}",
+                self.sig.name
+            )))
+        };
+        if given.len() != self.sig.args.len() {
+            return refuse(format!(
+                "takes {} arguments, not {}",
+                self.sig.args.len(),
+                given.len()
+            ));
+        }
+        let mut out = Vec::with_capacity(given.len());
+        for (i, (g, want)) in given.iter().zip(&self.sig.args).enumerate() {
+            let ok = match want {
+                WasmType::Timestamp => matches!(
+                    g,
+                    DataType::Timestamp(..) | DataType::Date32 | DataType::Date64 | DataType::Null
+                ),
+                WasmType::Decimal => match g {
+                    DataType::Decimal32(p, s)
+                    | DataType::Decimal64(p, s)
+                    | DataType::Decimal128(p, s)
+                    | DataType::Decimal256(p, s) => {
+                        if *s > WasmType::DECIMAL_SCALE {
+                            return refuse(format!(
+                                "takes a decimal of at most {} places as argument {}; round it first",
+                                WasmType::DECIMAL_SCALE,
+                                i + 1
+                            ));
+                        }
+                        *s >= 0 && i16::from(*p) - i16::from(*s) <= 32
+                    }
+                    DataType::Int8
+                    | DataType::Int16
+                    | DataType::Int32
+                    | DataType::Int64
+                    | DataType::UInt8
+                    | DataType::UInt16
+                    | DataType::UInt32
+                    | DataType::Null => true,
+                    _ => false,
+                },
+                other => *g == other.arrow() || *g == DataType::Null,
+            };
+            if !ok {
+                return refuse(format!(
+                    "takes a {} as argument {}, not a {g}",
+                    want.name(),
+                    i + 1
+                ));
+            }
+            out.push(want.arrow());
+        }
+        Ok(out)
     }
 }
 
@@ -103,6 +178,10 @@ impl ScalarUDFImpl for WasmScalarUdf {
 
     fn return_type(&self, _arg_types: &[DataType]) -> datafusion::common::Result<DataType> {
         Ok(self.f.sig.ret.arrow())
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> datafusion::common::Result<Vec<DataType>> {
+        self.f.coerce(arg_types)
     }
 
     fn invoke_with_args(

@@ -1,0 +1,240 @@
+//! Workload (k): an import at scale. A Parquet file written by another tool (Snappy, row groups
+//! of 64 Ki rows, a visitor key, a spot, a time, an exact decimal and an int8) is imported by the
+//! platform as a provider streams it: staged sealed on disk, read batch by batch, written as
+//! compressed Parquet into its sealed object. The baseline, in the same process, is arrow-rs
+//! doing the file work alone: reading the same file and writing it as Parquet with the same
+//! settings, no encryption, no staging, no quality report. Peak memory is the process's peak
+//! resident set during the import alone (reset before it through `/proc/self/clear_refs`).
+
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{
+    ArrayRef, Decimal128Array, Int8Array, RecordBatch, RecordBatchReader, StringArray,
+    TimestampSecondArray,
+};
+use arrow::datatypes::{Field, Schema};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tidegate_policy::{Level, Role};
+use tidegate_runtime::{ColumnInput, ImportRequest, Platform};
+
+const GROUP: usize = 65_536;
+
+/// Writes `rows` visits to `path` as another tool would, never holding more than one batch.
+fn write_input(path: &Path, rows: usize) -> u64 {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("resident_id", arrow::datatypes::DataType::Utf8, false),
+        Field::new("spot", arrow::datatypes::DataType::Utf8, false),
+        Field::new(
+            "visit_at",
+            arrow::datatypes::DataType::Timestamp(arrow::datatypes::TimeUnit::Second, None),
+            false,
+        ),
+        Field::new(
+            "spend",
+            arrow::datatypes::DataType::Decimal128(12, 2),
+            false,
+        ),
+        Field::new("party", arrow::datatypes::DataType::Int8, false),
+    ]));
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(GROUP))
+        .build();
+    let file = std::fs::File::create(path).expect("input file");
+    let mut w = ArrowWriter::try_new(file, Arc::clone(&schema), Some(props)).expect("writer");
+    let mut rng = StdRng::seed_from_u64(17);
+    let subjects = (rows / 4).max(1) as u64;
+    let mut done = 0;
+    while done < rows {
+        let n = (rows - done).min(GROUP);
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(
+                (0..n).map(|_| format!("p{:09}", rng.random_range(0..subjects))),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                (0..n).map(|_| format!("spot {}", rng.random_range(0..40))),
+            )),
+            Arc::new(TimestampSecondArray::from_iter_values(
+                (0..n).map(|_| 1_767_225_600 + rng.random_range(0..31_536_000i64)),
+            )),
+            Arc::new(
+                Decimal128Array::from_iter_values((0..n).map(|_| rng.random_range(0..50_000i128)))
+                    .with_precision_and_scale(12, 2)
+                    .expect("decimal"),
+            ),
+            Arc::new(Int8Array::from_iter_values(
+                (0..n).map(|_| rng.random_range(1..6i8)),
+            )),
+        ];
+        w.write(&RecordBatch::try_new(Arc::clone(&schema), columns).expect("batch"))
+            .expect("write");
+        done += n;
+    }
+    w.close().expect("close");
+    std::fs::metadata(path).expect("input").len()
+}
+
+/// arrow-rs reading `input` and writing it as the platform stores a dataset.
+fn baseline(input: &Path, output: &Path) -> u64 {
+    let file = std::fs::File::open(input).expect("input");
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .expect("reader")
+        .with_batch_size(8192)
+        .build()
+        .expect("reader");
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("level")))
+        .set_max_row_group_row_count(Some(1 << 20))
+        .build();
+    let out = std::fs::File::create(output).expect("output");
+    let mut w = ArrowWriter::try_new(out, reader.schema(), Some(props)).expect("writer");
+    for b in reader {
+        w.write(&b.expect("batch")).expect("write");
+    }
+    w.close().expect("close");
+    std::fs::metadata(output).expect("output").len()
+}
+
+/// `VmHWM` and `VmRSS` of this process, in MiB.
+fn memory() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(0, |kb| kb >> 10)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+fn total_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| {
+                    let path = e.path();
+                    if path.is_dir() {
+                        total_size(&path)
+                    } else {
+                        e.metadata().map_or(0, |m| m.len())
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+pub(crate) fn import_workload(rows: usize) {
+    let work = tempfile::tempdir().expect("tempdir");
+    let input = work.path().join("visits.parquet");
+    let started = Instant::now();
+    let input_bytes = write_input(&input, rows);
+    println!(
+        "(k) import of {rows} rows: input {:.1} MiB of Snappy Parquet, written in {:.1} s",
+        input_bytes as f64 / 1048576.0,
+        started.elapsed().as_secs_f64()
+    );
+
+    let started = Instant::now();
+    let baseline_bytes = baseline(&input, &work.path().join("baseline.parquet"));
+    let baseline_s = started.elapsed().as_secs_f64();
+    std::fs::remove_file(work.path().join("baseline.parquet")).expect("remove");
+
+    let (platform, token) = Platform::init(
+        &work.path().join("data"),
+        &work.path().join("keys/master.key"),
+        "admin",
+    )
+    .expect("init");
+    let admin = platform.authenticate(&token).expect("admin");
+    let org = platform
+        .create_org(&admin, "Bureau of Culture and Tourism", "provider")
+        .expect("org");
+    let provider = platform
+        .create_principal(&admin, "provider", &org.id, &[Role::Provider])
+        .expect("principal");
+    platform
+        .record_training(&admin, &provider.id, "data handling")
+        .expect("training");
+    let provider = platform
+        .authenticate(provider.token.as_deref().expect("token"))
+        .expect("provider");
+
+    let (_, rss_before) = memory();
+    // Peak resident memory from here on (Linux: 5 resets VmHWM).
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let started = Instant::now();
+    let mut upload = platform
+        .stage_upload(&provider, Level::L2)
+        .expect("staging");
+    let mut file = std::fs::File::open(&input).expect("input");
+    let mut chunk = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut chunk).expect("read");
+        if n == 0 {
+            break;
+        }
+        upload.write(&chunk[..n]).expect("stage");
+    }
+    let staged_s = started.elapsed().as_secs_f64();
+    let column = |name: &str, tags: &str| ColumnInput {
+        name: name.into(),
+        data_type: None,
+        tags: tidegate_policy::parse_tags(tags).expect("tags"),
+    };
+    let view = platform
+        .import_staged(
+            &provider,
+            ImportRequest {
+                name: "visits".into(),
+                level: Level::L2,
+                format: "parquet".into(),
+                columns: vec![
+                    column("resident_id", "entity"),
+                    column("spot", "dimension"),
+                    column("spend", "sensitive"),
+                ],
+                approvers: vec![],
+                data_base64: String::new(),
+            },
+            upload,
+        )
+        .expect("import");
+    let import_s = started.elapsed().as_secs_f64();
+    let (peak, rss_after) = memory();
+    let stored = total_size(&work.path().join("data/objects/datasets"));
+    assert_eq!(view.rows, Some(rows as i64));
+    println!(
+        "    baseline (arrow-rs reads the file, writes zstd Parquet): {baseline_s:.2} s, {:.1} MiB",
+        baseline_bytes as f64 / 1048576.0
+    );
+    println!(
+        "    platform import (stage sealed {staged_s:.2} s + read, check, write, seal): {import_s:.2} s = {:.2}x the baseline",
+        import_s / baseline_s
+    );
+    println!(
+        "    import rate {:.0} MiB/s of input, {:.2} M rows/s",
+        input_bytes as f64 / 1048576.0 / import_s,
+        rows as f64 / 1e6 / import_s
+    );
+    println!(
+        "    peak resident memory during the import: {peak} MiB (before {rss_before} MiB, after {rss_after} MiB)"
+    );
+    println!(
+        "    stored object {:.1} MiB = {:.2}x the input Parquet; quality {}",
+        stored as f64 / 1048576.0,
+        stored as f64 / input_bytes as f64,
+        view.quality.unwrap_or_default()
+    );
+}
