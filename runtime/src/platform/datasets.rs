@@ -73,18 +73,8 @@ impl Platform {
         let dek = DataKey::generate();
         let sink =
             reading::ObjectSink::create(&self.object_path("datasets", &object), &dek, &context)?;
-        let mut writer = reading::stored_parquet_writer(sink, Arc::clone(&table.schema))?;
-        let mut quality = reading::Quality::new(&columns);
-        for batch in table.batches {
-            let batch = batch?;
-            quality.add(&batch)?;
-            writer
-                .write(&batch)
-                .map_err(|e| Error::Internal(format!("parquet: {e}")))?;
-        }
-        let sink = writer
-            .into_inner()
-            .map_err(|e| Error::Internal(format!("parquet: {e}")))?;
+        let writer = reading::stored_parquet_writer(sink, Arc::clone(&table.schema))?;
+        let (sink, quality) = reading::pipeline(table.batches, writer, &columns)?;
         let rows = quality.rows();
         if rows == 0 {
             return Err(Error::BadInput("the file holds no rows".into()));

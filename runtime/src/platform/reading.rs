@@ -702,6 +702,61 @@ impl Drop for ObjectSink {
     }
 }
 
+/// Batches in flight between the stages of [`pipeline`].
+const IN_FLIGHT: usize = 4;
+
+/// Reads `batches` into `writer` and counts them for the quality report, in three stages on
+/// their own threads (decoding the file, encoding and sealing the stored Parquet, counting),
+/// joined by channels of a few batches: memory stays bounded and the machine's cores share
+/// the work. The first error stops every stage; a stage that panics is an error, never a
+/// silently shorter table.
+pub(super) fn pipeline(
+    batches: Box<dyn Iterator<Item = Result<RecordBatch>> + Send>,
+    mut writer: ArrowWriter<ObjectSink>,
+    columns: &[ColumnSpec],
+) -> Result<(ObjectSink, Quality)> {
+    use std::sync::mpsc::sync_channel;
+    let panicked = |stage: &str| Error::Internal(format!("the import's {stage} stage panicked"));
+    std::thread::scope(|s| {
+        let (read_tx, read_rx) = sync_channel::<Result<RecordBatch>>(IN_FLIGHT);
+        let reader = s.spawn(move || {
+            for batch in batches {
+                let last = batch.is_err();
+                if read_tx.send(batch).is_err() || last {
+                    break;
+                }
+            }
+        });
+        let (count_tx, count_rx) = sync_channel::<RecordBatch>(IN_FLIGHT);
+        let counter = s.spawn(move || -> Result<Quality> {
+            let mut quality = Quality::new(columns);
+            for batch in count_rx {
+                quality.add(&batch)?;
+            }
+            Ok(quality)
+        });
+        let written = (|| -> Result<ObjectSink> {
+            for batch in read_rx {
+                let batch = batch?;
+                // A closed counter has failed: its error is reported below.
+                let _ = count_tx.send(batch.clone());
+                writer
+                    .write(&batch)
+                    .map_err(|e| Error::Internal(format!("parquet: {e}")))?;
+            }
+            writer
+                .into_inner()
+                .map_err(|e| Error::Internal(format!("parquet: {e}")))
+        })();
+        drop(count_tx);
+        let counted = counter.join().map_err(|_| panicked("counting"));
+        let read = reader.join().map_err(|_| panicked("reading"));
+        let sink = written?;
+        read?;
+        Ok((sink, counted??))
+    })
+}
+
 /// The stored form of a dataset: Parquet, zstd-compressed, in row groups of a million rows.
 pub(super) fn stored_parquet_writer(
     sink: ObjectSink,
