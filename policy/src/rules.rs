@@ -123,6 +123,19 @@ pub fn oversees_all_orgs(p: &Principal, kind: OrgKind) -> bool {
         && (p.has_role(Role::Auditor) || p.has_role(Role::Reviewer) || p.has_role(Role::Admin))
 }
 
+/// Who may cancel a job of `job_org`: its own unit's scientists, or the authority's admins
+/// (a risk stop); never a frozen principal.
+pub fn can_cancel_job(p: &Principal, job_org: &str, kind: OrgKind) -> Result<(), Refusal> {
+    require_not_frozen(p)?;
+    let own = p.org == job_org && p.has_role(Role::Scientist);
+    let authority = kind == OrgKind::Authority && p.has_role(Role::Admin);
+    if own || authority {
+        Ok(())
+    } else {
+        refuse("only the job's own unit's scientists or the authority's admins cancel a job")
+    }
+}
+
 /// Whether a dataset appears in a principal's listing: to the authority's overseers, every
 /// dataset; to others, their own org's datasets, those they are named to approve, and public
 /// data (which any unit may apply for) once it is approved; never another org's social data.

@@ -555,7 +555,17 @@ async fn submit_job(
     Extension(actor): Extension<Principal>,
     Body(b): Body<JobRequest>,
 ) -> ApiResult<Value> {
-    let v = p.submit_job(&actor, b).await?;
+    // Accepted and queued at once: the handler never waits for the job (or its timing).
+    let v = blocking(move || p.enqueue_job(&actor, b)).await?;
+    Ok(Json(serde_json::to_value(v).expect("serializes")))
+}
+
+async fn cancel_job(
+    State(p): State<AppState>,
+    Extension(actor): Extension<Principal>,
+    Param(id): Param<String>,
+) -> ApiResult<Value> {
+    let v = blocking(move || p.cancel_job(&actor, &id)).await?;
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
 
@@ -790,6 +800,7 @@ pub fn router(platform: Arc<Platform>) -> Router {
         )
         .route("/v1/jobs", post(submit_job))
         .route("/v1/jobs/{id}", get(get_job))
+        .route("/v1/jobs/{id}/cancel", post(cancel_job))
         .route("/v1/exports", post(request_export))
         .route("/v1/exports/{id}", get(get_export))
         .route("/v1/exports/{id}/review", post(review_export))
@@ -815,8 +826,12 @@ pub async fn serve(
     platform: Arc<Platform>,
     listener: tokio::net::TcpListener,
 ) -> std::io::Result<()> {
+    platform.start_workers(DEFAULT_WORKERS)?;
     axum::serve(listener, router(platform)).await
 }
+
+/// Jobs run at once by a server unless `tidegate serve --workers N` says otherwise.
+pub(crate) const DEFAULT_WORKERS: usize = 2;
 
 /// Starts the API on a loopback port in a background runtime; returns its base URL and the
 /// runtime, which serves for as long as it lives.
@@ -831,6 +846,7 @@ pub fn spawn_server(platform: Arc<Platform>) -> std::io::Result<(String, tokio::
         0,
     ))))?;
     let url = format!("http://{}", listener.local_addr()?);
+    platform.start_workers(DEFAULT_WORKERS)?;
     rt.spawn(async move {
         if let Err(e) = serve(platform, listener).await {
             tracing::error!(error = %e, "server stopped");

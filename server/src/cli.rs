@@ -92,6 +92,9 @@ enum Command {
         keys: KeyArgs,
         #[arg(long, default_value = "127.0.0.1:7878")]
         listen: String,
+        /// Jobs run at once; more wait in the queue, taken in turn by org.
+        #[arg(long, default_value_t = crate::api::DEFAULT_WORKERS)]
+        workers: usize,
     },
     /// Run the whole flow on a fresh data directory against a real local server.
     Demo {
@@ -545,9 +548,14 @@ enum JobCommand {
         /// Hash of an approved module the query calls (repeatable).
         #[arg(long = "module")]
         modules: Vec<String>,
+        /// Answer with the queued job at once instead of waiting for its end.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Show a job: its state, result schema and resources (never its rows).
     Show { id: String },
+    /// Cancel a queued or running job (its unit's scientists, the authority's admins).
+    Cancel { id: String },
 }
 
 #[derive(Subcommand)]
@@ -625,8 +633,13 @@ fn run(cli: Cli) -> Result<()> {
                 "note": "the admin token is shown once; keep it"
             }));
         }
-        Command::Serve { keys, listen } => {
+        Command::Serve {
+            keys,
+            listen,
+            workers,
+        } => {
             let platform = Arc::new(Platform::open(&keys.data_dir, keys.load()?)?);
+            platform.start_workers(workers)?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .thread_stack_size(8 << 20)
                 .enable_all()
@@ -918,8 +931,30 @@ fn run(cli: Cli) -> Result<()> {
                     scenario,
                     sql,
                     modules,
-                } => print(&c.submit_job(&scenario, &sql, &modules)?),
+                    no_wait,
+                } => {
+                    let queued = c.enqueue_job(&scenario, &sql, &modules)?;
+                    if no_wait {
+                        print(&queued);
+                    } else {
+                        let id = queued["id"].as_str().unwrap_or_default().to_string();
+                        let spinner = indicatif::ProgressBar::with_draw_target(
+                            None,
+                            indicatif::ProgressDrawTarget::stderr(),
+                        );
+                        spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+                        let done = c.wait_job(&id, &mut |job| {
+                            spinner.set_message(format!(
+                                "job {id}: {}",
+                                job["state"].as_str().unwrap_or("?")
+                            ));
+                        });
+                        spinner.finish_and_clear();
+                        print(&done?);
+                    }
+                }
                 JobCommand::Show { id } => print(&c.ok("GET", &format!("/v1/jobs/{id}"), None)?),
+                JobCommand::Cancel { id } => print(&c.cancel_job(&id)?),
             }
         }
         Command::Export { command, remote } => {

@@ -313,12 +313,42 @@ impl Client {
         )
     }
 
+    /// Submits a job and waits for its end (see [`Client::wait_job`]).
     pub fn submit_job(&self, scenario: &str, sql: &str, modules: &[String]) -> Result<Value> {
+        let queued = self.enqueue_job(scenario, sql, modules)?;
+        let id = queued["id"]
+            .as_str()
+            .ok_or_else(|| anyhow!("the server answered without a job id"))?
+            .to_string();
+        self.wait_job(&id, &mut |_| {})
+    }
+
+    /// Submits a job; the answer comes at once, with the job `queued`.
+    pub fn enqueue_job(&self, scenario: &str, sql: &str, modules: &[String]) -> Result<Value> {
         self.ok(
             "POST",
             "/v1/jobs",
             Some(&json!({ "scenario": scenario, "sql": sql, "modules": modules })),
         )
+    }
+
+    /// Follows a job until it is no longer queued or running; `seen` is told each state.
+    pub fn wait_job(&self, id: &str, seen: &mut dyn FnMut(&Value)) -> Result<Value> {
+        let mut pause = std::time::Duration::from_millis(20);
+        loop {
+            let job = self.ok("GET", &format!("/v1/jobs/{id}"), None)?;
+            seen(&job);
+            if !matches!(job["state"].as_str(), Some("queued" | "running")) {
+                return Ok(job);
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(std::time::Duration::from_millis(500));
+        }
+    }
+
+    /// Cancels a queued or running job.
+    pub fn cancel_job(&self, id: &str) -> Result<Value> {
+        self.ok("POST", &format!("/v1/jobs/{id}/cancel"), None)
     }
 
     pub fn request_export(&self, job: &str) -> Result<Value> {

@@ -34,11 +34,16 @@ struct Server {
 }
 
 fn serve(data: &Path, key: &Path) -> Server {
+    serve_with(data, key, &[])
+}
+
+fn serve_with(data: &Path, key: &Path, more: &[&str]) -> Server {
     let mut child = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data)
         .arg("--master-key")
         .arg(key)
+        .args(more)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -64,6 +69,8 @@ fn serve(data: &Path, key: &Path) -> Server {
 enum Ack {
     Import(i64),
     Active(String),
+    /// A job the server accepted: after a kill it is queued or ended, never `running`.
+    Accepted(String),
     Job(String),
     Export(String),
     Approved(String),
@@ -101,12 +108,14 @@ fn drive(w: &World, acks: &Mutex<Vec<Ack>>, bundles: &Path) -> anyhow::Result<()
         w.admin.approve_scenario(&sid)?;
         w.provider.approve_scenario(&sid)?;
         ack(Ack::Active(sid.clone()));
-        let job = w.scientist.submit_job(
+        let queued = w.scientist.enqueue_job(
             &sid,
             "SELECT spot, count(*) AS visits FROM visits GROUP BY spot",
             &[],
         )?;
-        let job_id = job["id"].as_str().unwrap().to_string();
+        let job_id = queued["id"].as_str().unwrap().to_string();
+        ack(Ack::Accepted(job_id.clone()));
+        let job = w.scientist.wait_job(&job_id, &mut |_| {})?;
         anyhow::ensure!(job["state"] == "succeeded", "{job}");
         ack(Ack::Job(job_id.clone()));
         let export = w.scientist.request_export(&job_id)?;
@@ -164,6 +173,19 @@ fn check(data: &Path, key: &Path, tokens: &[String; 3], acks: &[Ack]) {
                 platform.get_scenario(&admin, id).unwrap().state,
                 tidegate_policy::ScenarioState::Active
             ),
+            Ack::Accepted(id) => {
+                let job = platform.get_job(&admin, id).unwrap();
+                assert_ne!(job.state, "running", "{job:?}");
+                if job.state == "failed" {
+                    assert!(
+                        job.error
+                            .as_deref()
+                            .unwrap_or("")
+                            .starts_with("interrupted"),
+                        "{job:?}"
+                    );
+                }
+            }
             Ack::Job(id) => assert_eq!(platform.get_job(&admin, id).unwrap().state, "succeeded"),
             Ack::Export(id) => {
                 platform.get_export(&scientist, id).unwrap();
@@ -263,4 +285,64 @@ fn every_acknowledged_action_survives_sigkill_and_nothing_half_written_is_visibl
         released > 0,
         "the harness must reach a release before some kill"
     );
+}
+
+/// A module of the ABI whose one function spins until its time limit.
+fn spinning_module() -> Vec<u8> {
+    wat::parse_str(
+        r#"(module
+            (memory (export "memory") 4)
+            (data (i32.const 16) "\20\00\00\00\1b\00\00\00")
+            (data (i32.const 32) "scalar spin(int64) -> int64")
+            (func (export "tg_abi_version") (result i32) i32.const 1)
+            (func (export "tg_manifest") (result i32) i32.const 16)
+            (func (export "tg_alloc") (param i32) (result i32) i32.const 65536)
+            (func (export "tg_error") (result i32) i32.const 16)
+            (func (export "tg_scalar") (param i32 i32) (result i32) (loop (br 0)) unreachable))"#,
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_job_running_when_the_server_is_killed_ends_interrupted_and_a_queued_one_waits_again() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    let key = root.path().join("keys/master.key");
+    let (platform, admin_token) = Platform::init(&data, &key, "admin").unwrap();
+    drop(platform);
+    let mut server = serve_with(&data, &key, &["--workers", "1"]);
+    let world = World::onboard(Client::new(&server.url, Some(&admin_token)), true).unwrap();
+    world.import_visits(&visitor_csv(600)).unwrap();
+    let (_, scenario) = world.open_scenario().unwrap();
+    let sid = scenario["id"].as_str().unwrap().to_string();
+    let (module, _) = world.publish_module(&sid, &spinning_module()).unwrap();
+    let spin = vec![module["hash"].as_str().unwrap().to_string()];
+    let sql = "SELECT spot, sum(spin(length(spot))) FROM visits GROUP BY spot";
+    let running = world.scientist.enqueue_job(&sid, sql, &spin).unwrap();
+    let running = running["id"].as_str().unwrap().to_string();
+    let queued = world.scientist.enqueue_job(&sid, sql, &spin).unwrap();
+    let queued = queued["id"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while world
+        .scientist
+        .ok("GET", &format!("/v1/jobs/{running}"), None)
+        .unwrap()["state"]
+        != "running"
+    {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+
+    let platform = Platform::open(&data, MasterKey::load(&key).unwrap()).unwrap();
+    let admin = platform.authenticate(&admin_token).unwrap();
+    let job = platform.get_job(&admin, &running).unwrap();
+    assert_eq!(job.state, "failed");
+    assert_eq!(
+        job.error.as_deref(),
+        Some("interrupted: the server stopped while the job ran; submit it again")
+    );
+    assert_eq!(platform.get_job(&admin, &queued).unwrap().state, "queued");
+    assert_eq!(platform.verify_audit(&admin).unwrap().first_bad, None);
 }

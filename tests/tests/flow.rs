@@ -12,7 +12,7 @@ use tidegate_server::{DemoOptions, VISITOR_UDF_WASM, run_demo, visitor_csv};
 mod common;
 use common::{
     ROWS, active_scenario, export_of, full_report, gate_check, job, preview_of,
-    refused_before_running, seen_by_reviewer, setup,
+    refused_before_running, seen_by_reviewer, setup, spinning_module,
 };
 
 fn demo() -> (tempfile::TempDir, tidegate_server::DemoOutcome) {
@@ -441,22 +441,6 @@ fn a_provider_imports_parquet_as_well_as_csv() {
     );
 }
 
-/// A module of the ABI whose one function spins forever.
-fn spinning_module() -> Vec<u8> {
-    wat::parse_str(
-        r#"(module
-            (memory (export "memory") 4)
-            (data (i32.const 16) "\20\00\00\00\1b\00\00\00")
-            (data (i32.const 32) "scalar spin(int64) -> int64")
-            (func (export "tg_abi_version") (result i32) i32.const 1)
-            (func (export "tg_manifest") (result i32) i32.const 16)
-            (func (export "tg_alloc") (param i32) (result i32) i32.const 65536)
-            (func (export "tg_error") (result i32) i32.const 16)
-            (func (export "tg_scalar") (param i32 i32) (result i32) (loop (br 0)) unreachable))"#,
-    )
-    .unwrap()
-}
-
 #[test]
 fn suspending_a_scenario_cancels_its_running_job_within_a_second() {
     let (env, sid, _) = active_scenario();
@@ -495,7 +479,7 @@ fn suspending_a_scenario_cancels_its_running_job_within_a_second() {
     assert_eq!(job["state"], "failed");
     assert_eq!(
         job["error"],
-        "refused: the job was cancelled: its scenario was suspended or revoked"
+        "refused: the job was cancelled: by its unit or an admin, or its scenario was suspended or revoked"
     );
     let refused = env.world.scientist.submit_job(
         &sid,

@@ -123,83 +123,237 @@ impl Platform {
 
     // ----- Jobs -----
 
-    /// R-JOB: runs a query of the scenario over its granted columns only, with approved
-    /// modules only, and stores the result encrypted. The scientist gets status, row count,
-    /// schema and resource use, never rows.
+    /// What a job of `actor` in `scenario` runs over, checked now: the scenario is the
+    /// actor's org's and may run jobs, every module is approved for it, and each grant's
+    /// dataset version (pinned or newest) with its key.
+    fn job_inputs(
+        &self,
+        actor: &Principal,
+        scenario: &str,
+        module_hashes: &[String],
+    ) -> Result<CheckedJob> {
+        let db = self
+            .db
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let s = Self::scenario_row(&db, scenario)?;
+        if actor.org != s.org {
+            return Err(Error::NotFound(format!("scenario {scenario}")));
+        }
+        let mut unapproved = Vec::new();
+        let mut modules = Vec::new();
+        for hash in module_hashes {
+            let row: Option<(Vec<u8>, Option<String>)> = db
+                .query_row(
+                    "SELECT wasm, approved_by FROM modules WHERE hash = ?1 AND scenario_id = ?2",
+                    params![hash, s.id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            match row {
+                Some((wasm, Some(_))) => modules.push(wasm),
+                _ => unapproved.push(hash.clone()),
+            }
+        }
+        tidegate_policy::can_run_job(actor, &s.org, s.view.state, &unapproved)?;
+        let mut inputs = Vec::new();
+        let mut level = Level::L1;
+        for g in &s.grants {
+            let d = Self::dataset_row(&db, &g.dataset)?;
+            let (version, hash, rows, wrapped, _) = match g.version {
+                Some(v) => Self::dataset_version(&db, &d.id, v)?,
+                None => Self::latest_version(&db, &d.id)?,
+            };
+            level = level.max(d.level);
+            let context = Self::stored_dataset_context(&db, &d.id, version)?;
+            inputs.push(JobInput {
+                context,
+                dataset: d,
+                columns: g.columns.clone(),
+                version,
+                content_hash: hash,
+                wrapped,
+                rows: rows as u64,
+            });
+        }
+        let pseudonyms = self.pseudonym_root(&db)?.pseudonym_key(&s.id);
+        Ok(CheckedJob {
+            scenario: s,
+            inputs,
+            modules,
+            level,
+            pseudonyms,
+        })
+    }
+
+    /// R-JOB: accepts a job for the queue and answers at once (state `queued`); the server's
+    /// workers run it (see [`Platform::start_workers`]), and `get_job` follows it. Everything
+    /// the job needs is checked now and again when it starts.
+    pub fn enqueue_job(&self, actor: &Principal, req: JobRequest) -> Result<JobView> {
+        let id = self.insert_job(actor, &req)?;
+        self.queue.push(&actor.org, &id);
+        self.get_job(actor, &id)
+    }
+
+    /// Accepts a job and runs it to its end in the caller, outside the queue (tools and
+    /// tests that hold the platform itself).
     pub async fn submit_job(&self, actor: &Principal, req: JobRequest) -> Result<JobView> {
-        let (scenario, inputs, modules, level, pseudonyms) = {
+        let id = self.insert_job(actor, &req)?;
+        self.run_job(&id).await?;
+        self.get_job(actor, &id)
+    }
+
+    /// Records a job as `queued`, after the checks of [`Platform::job_inputs`].
+    fn insert_job(&self, actor: &Principal, req: &JobRequest) -> Result<String> {
+        let CheckedJob {
+            scenario,
+            inputs,
+            level,
+            ..
+        } = self.job_inputs(actor, &req.scenario, &req.modules)?;
+        let id = new_id("job");
+        let now = crate::now_rfc3339();
+        let mut db = self
+            .db
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let tx = db.transaction()?;
+        tx.execute(
+            "INSERT INTO jobs (id, scenario_id, submitted_by, sql, modules, state, level, inputs, created_at, policy_version)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7, ?8, ?9)",
+            params![id, scenario.id, actor.id, req.sql, to_json(&req.modules), level.to_string(), to_json(&inputs_json(&inputs)), now, Self::policy_version(&tx)?],
+        )?;
+        self.audit.append(
+            &actor.id,
+            "job.start",
+            &id,
+            json!({ "scenario": scenario.id, "modules": req.modules, "sql_sha256": sha256_hex(req.sql.as_bytes()) }),
+        )?;
+        tx.commit()?;
+        Ok(id)
+    }
+
+    /// The principal who submitted a job, as they are now (roles, training, freeze).
+    fn principal_by_id(db: &Connection, id: &str) -> Result<Principal> {
+        let (org, roles, trained, frozen) = db.query_row(
+            "SELECT org_id, roles, trained_at,
+                    EXISTS (SELECT 1 FROM settings WHERE key = 'frozen:' || org_id)
+             FROM principals WHERE id = ?1",
+            params![id],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                    r.get::<_, bool>(3)?,
+                ))
+            },
+        )?;
+        Ok(Principal {
+            id: id.to_string(),
+            org,
+            roles: roles
+                .split(',')
+                .filter(|r| !r.is_empty())
+                .map(|r| r.parse().map_err(Error::Integrity))
+                .collect::<Result<_>>()?,
+            trained: trained.is_some(),
+            frozen,
+        })
+    }
+
+    /// Ends a job that never ran (refused when it came to start, cancelled while queued,
+    /// interrupted by a stop): `failed` with `why`, in the log.
+    pub(super) fn fail_unrun_job(&self, id: &str, by: &str, why: &str) -> Result<()> {
+        let finished = crate::now_rfc3339();
+        let mut db = self
+            .db
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let tx = db.transaction()?;
+        let changed = tx.execute(
+            "UPDATE jobs SET state = 'failed', error = ?2, resources = ?3, finished_at = ?4
+             WHERE id = ?1 AND state IN ('queued', 'running')",
+            params![id, why, to_json(&ResourceUse::default()), finished],
+        )?;
+        if changed == 1 {
+            self.audit.append_at(
+                finished,
+                by,
+                "job.end",
+                id,
+                json!({ "state": "failed", "error": why, "resources": ResourceUse::default() }),
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Runs a queued job to its end: `running` while it runs, then `succeeded` with its
+    /// encrypted result or `failed` with a reason that shows nothing of the data. Its checks
+    /// are made again first (a scenario suspended, a module revoked, a principal frozen since
+    /// the job was queued refuse it). A job no longer queued (cancelled, or taken by another
+    /// worker) is left alone.
+    pub async fn run_job(&self, id: &str) -> Result<()> {
+        let (actor, sql, module_hashes) = {
             let db = self
                 .db
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let s = Self::scenario_row(&db, &req.scenario)?;
-            if actor.org != s.org {
-                return Err(Error::NotFound(format!("scenario {}", req.scenario)));
+            let job = Self::job_row(&db, id)?.view;
+            if job.state != "queued" {
+                return Ok(());
             }
-            let mut unapproved = Vec::new();
-            let mut modules = Vec::new();
-            for hash in &req.modules {
-                let row: Option<(Vec<u8>, Option<String>)> = db
-                    .query_row(
-                        "SELECT wasm, approved_by FROM modules WHERE hash = ?1 AND scenario_id = ?2",
-                        params![hash, s.id],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
-                    )
-                    .optional()?;
-                match row {
-                    Some((wasm, Some(_))) => modules.push(wasm),
-                    _ => unapproved.push(hash.clone()),
+            (
+                Self::principal_by_id(&db, &job.submitted_by)?,
+                job.sql,
+                job.modules,
+            )
+        };
+        let CheckedJob {
+            scenario,
+            inputs,
+            modules,
+            level,
+            pseudonyms,
+        } = {
+            let scenario = {
+                let db = self
+                    .db
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                Self::job_row(&db, id)?.view.scenario
+            };
+            match self.job_inputs(&actor, &scenario, &module_hashes) {
+                Ok(checked) => checked,
+                Err(e) => {
+                    return self.fail_unrun_job(
+                        id,
+                        &actor.id,
+                        &format!("refused when it came to start: {e}"),
+                    );
                 }
             }
-            tidegate_policy::can_run_job(actor, &s.org, s.view.state, &unapproved)?;
-            let mut inputs = Vec::new();
-            let mut level = Level::L1;
-            for g in &s.grants {
-                let d = Self::dataset_row(&db, &g.dataset)?;
-                let (version, hash, rows, wrapped, _) = match g.version {
-                    Some(v) => Self::dataset_version(&db, &d.id, v)?,
-                    None => Self::latest_version(&db, &d.id)?,
-                };
-                level = level.max(d.level);
-                let context = Self::stored_dataset_context(&db, &d.id, version)?;
-                inputs.push(JobInput {
-                    context,
-                    dataset: d,
-                    columns: g.columns.clone(),
-                    version,
-                    content_hash: hash,
-                    wrapped,
-                    rows: rows as u64,
-                });
-            }
-            let pseudonyms = self.pseudonym_root(&db)?.pseudonym_key(&s.id);
-            (s, inputs, modules, level, pseudonyms)
         };
-        let id = new_id("job");
-        let inputs_json: Vec<Value> = inputs
-            .iter()
-            .map(|i| json!({ "dataset": i.dataset.id, "name": i.dataset.name, "version": i.version, "content_hash": i.content_hash }))
-            .collect();
-        let now = crate::now_rfc3339();
         {
-            let mut db = self
+            let db = self
                 .db
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let tx = db.transaction()?;
-            tx.execute(
-                "INSERT INTO jobs (id, scenario_id, submitted_by, sql, modules, state, level, inputs, created_at, policy_version)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, ?8, ?9)",
-                params![id, scenario.id, actor.id, req.sql, to_json(&req.modules), level.to_string(), to_json(&inputs_json), now, Self::policy_version(&tx)?],
+            let taken = db.execute(
+                "UPDATE jobs SET state = 'running', inputs = ?2, level = ?3 WHERE id = ?1 AND state = 'queued'",
+                params![id, to_json(&inputs_json(&inputs)), level.to_string()],
             )?;
-            self.audit.append(
-                &actor.id,
-                "job.start",
-                &id,
-                json!({ "scenario": scenario.id, "modules": req.modules, "sql_sha256": sha256_hex(req.sql.as_bytes()) }),
-            )?;
-            tx.commit()?;
+            if taken == 0 {
+                return Ok(());
+            }
         }
+        let id = id.to_string();
+        let req = JobRequest {
+            scenario: scenario.id.clone(),
+            sql,
+            modules: module_hashes,
+        };
         let started = Instant::now();
         let meter = Arc::new(JobMeter::new(GuestLimits::default()));
         self.running
@@ -208,7 +362,7 @@ impl Platform {
             .entry(scenario.id.clone())
             .or_default()
             .push((id.clone(), Arc::clone(&meter)));
-        let (outcome, cost) = match self.prepare(&inputs, &modules, &meter, pseudonyms) {
+        let (outcome, cost, scanned) = match self.prepare(&inputs, &modules, &meter, pseudonyms) {
             Ok((tables, udfs, sources, rows_scanned)) => {
                 let cancel_meter = Arc::clone(&meter);
                 let cancelled = async move {
@@ -230,11 +384,12 @@ impl Platform {
                     cancelled,
                 )
                 .await;
-                // What the scan decrypted and decoded: the granted columns' chunks only.
+                // What the scan decrypted and decoded: the granted columns' chunks only; a
+                // failed job reports what it read before it stopped.
                 let bytes_scanned = sources.iter().map(SealedSource::bytes_read).sum();
-                (output.map(|o| (o, rows_scanned, bytes_scanned)), cost)
+                (output, cost, (rows_scanned, bytes_scanned))
             }
-            Err(e) => (Err(e), job::JobCost::default()),
+            Err(e) => (Err(e), job::JobCost::default(), (0, 0)),
         };
         if let Some(jobs) = self
             .running
@@ -251,6 +406,8 @@ impl Platform {
             guest_output_bytes: meter.output_bytes(),
             wall_ms: started.elapsed().as_millis() as u64,
             cpu_ms: cost.cpu_ms,
+            rows_scanned: scanned.0,
+            bytes_scanned: scanned.1,
             ..ResourceUse::default()
         };
         let finished = crate::now_rfc3339();
@@ -261,9 +418,7 @@ impl Platform {
         let tx = db.transaction()?;
         let mut suspend = false;
         match outcome {
-            Ok((output, scanned_rows, scanned_bytes)) => {
-                resources.rows_scanned = scanned_rows;
-                resources.bytes_scanned = scanned_bytes;
+            Ok(output) => {
                 resources.peak_engine_memory_bytes = output.peak_engine_memory_bytes;
                 let rows: usize = output.batches.iter().map(RecordBatch::num_rows).sum();
                 let schema = output
@@ -336,7 +491,7 @@ impl Platform {
         if suspend {
             self.cancel_jobs(std::slice::from_ref(&scenario.id));
         }
-        self.get_job(actor, &id)
+        Ok(())
     }
 
     pub(super) fn prepare(
@@ -438,6 +593,49 @@ impl Platform {
         })
     }
 
+    /// Cancels a job: a queued one never runs; a running one stops at its next check and
+    /// ends `failed`. Its unit's scientists or the authority's admins may; a finished job is
+    /// left as it is.
+    pub fn cancel_job(&self, actor: &Principal, id: &str) -> Result<JobView> {
+        let (job, org, kind) = {
+            let db = self
+                .db
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let job = Self::job_row(&db, id)?.view;
+            let org = Self::scenario_row(&db, &job.scenario)?.org;
+            (job, org, Self::org_kind(&db, &actor.org)?)
+        };
+        if actor.org != org && !tidegate_policy::oversees_all_orgs(actor, kind) {
+            return Err(Error::NotFound(format!("job {id}")));
+        }
+        tidegate_policy::can_cancel_job(actor, &org, kind)?;
+        match job.state.as_str() {
+            "queued" => {
+                self.queue.remove(id);
+                self.fail_unrun_job(id, &actor.id, "cancelled before it started")?;
+            }
+            "running" => {
+                let running = self
+                    .running
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                for (_, meter) in running
+                    .get(&job.scenario)
+                    .into_iter()
+                    .flatten()
+                    .filter(|(j, _)| j == id)
+                {
+                    meter.cancel();
+                }
+            }
+            _ => {
+                return Err(Error::Refused(format!("the job has already {}", job.state)));
+            }
+        }
+        self.get_job(actor, id)
+    }
+
     pub fn get_job(&self, actor: &Principal, id: &str) -> Result<JobView> {
         let db = self
             .db
@@ -454,4 +652,21 @@ impl Platform {
     }
 
     // ----- Export, review, release -----
+}
+
+/// What a job's `inputs` column records: each dataset version it reads, by content hash.
+fn inputs_json(inputs: &[JobInput]) -> Vec<Value> {
+    inputs
+        .iter()
+        .map(|i| json!({ "dataset": i.dataset.id, "name": i.dataset.name, "version": i.version, "content_hash": i.content_hash }))
+        .collect()
+}
+
+/// What a job runs over, as [`Platform::job_inputs`] checked it.
+struct CheckedJob {
+    scenario: ScenarioRow,
+    inputs: Vec<JobInput>,
+    modules: Vec<Vec<u8>>,
+    level: Level,
+    pseudonyms: PseudonymKey,
 }

@@ -39,6 +39,7 @@ mod datasets;
 mod exports;
 mod jobs;
 mod policy;
+mod queue;
 mod reading;
 mod scenarios;
 
@@ -523,8 +524,17 @@ pub struct Platform {
     /// Dataset names with an import under way: one import of a name at a time, so the version
     /// an import chose before writing its object is still the next one when it commits.
     importing: Mutex<HashSet<String>>,
+    /// Jobs accepted and waiting for a worker.
+    queue: Arc<queue::JobQueue>,
     /// Held while the platform is open: one process per data directory.
     _lock: fs::File,
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        // The workers end once the queue closes; a job they are running holds the platform.
+        self.queue.close();
+    }
 }
 
 impl std::fmt::Debug for Platform {
@@ -767,7 +777,41 @@ impl Platform {
             }
         }
         let signer = Signer::load(&master, &fs::read(dir.join(SIGNING_KEY_FILE))?)?;
-        Platform::assemble(dir, master, signer, lock)
+        let platform = Platform::assemble(dir, master, signer, lock)?;
+        platform.resume_jobs()?;
+        Ok(platform)
+    }
+
+    /// After a stop: a job that was running when the process died cannot go on (its engine
+    /// state died with it) and ends `failed`, interrupted; queued jobs wait for the workers
+    /// again, in the order they were accepted.
+    fn resume_jobs(&self) -> Result<()> {
+        let (running, queued) = {
+            let db = self
+                .db
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let ids = |state: &str| -> Result<Vec<(String, String)>> {
+                let mut stmt = db.prepare(
+                    "SELECT j.id, s.org_id FROM jobs j JOIN scenarios s ON s.id = j.scenario_id
+                     WHERE j.state = ?1 ORDER BY j.created_at, j.rowid",
+                )?;
+                let rows = stmt.query_map(params![state], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            };
+            (ids("running")?, ids("queued")?)
+        };
+        for (job, _) in running {
+            self.fail_unrun_job(
+                &job,
+                "platform",
+                "interrupted: the server stopped while the job ran; submit it again",
+            )?;
+        }
+        for (job, org) in queued {
+            self.queue.push(&org, &job);
+        }
+        Ok(())
     }
 
     /// Every wrapped data key in the metadata, with the object it belongs to.
@@ -977,6 +1021,7 @@ impl Platform {
             sandbox: Arc::new(Sandbox::new()?),
             running: Mutex::new(HashMap::new()),
             importing: Mutex::new(HashSet::new()),
+            queue: Arc::new(queue::JobQueue::default()),
             master,
             signer,
             _lock: lock,

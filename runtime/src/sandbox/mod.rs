@@ -1019,7 +1019,10 @@ impl JobMeter {
 
 /// Maps a wasmtime error to our error class; trap descriptions name the trap, never data.
 fn cancelled_error() -> Error {
-    Error::Refused("the job was cancelled: its scenario was suspended or revoked".into())
+    Error::Refused(
+        "the job was cancelled: by its unit or an admin, or its scenario was suspended or revoked"
+            .into(),
+    )
 }
 
 fn classify_trap(e: &wasmtime::Error, during: &str) -> Error {

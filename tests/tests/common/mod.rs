@@ -192,8 +192,10 @@ pub(crate) fn refused_before_running(
 ) -> String {
     let j = job(env, sid, sql, modules);
     assert_eq!(j["state"], "failed", "{sql}: {j}");
+    // No guest ran and no output was made (the scan's footer may have been read to plan it).
     assert_eq!(j["resources"]["guest_calls"], 0, "{sql}: {j}");
-    assert_eq!(j["resources"]["bytes_scanned"], 0, "{sql}: {j}");
+    assert_eq!(j["resources"]["fuel"], 0, "{sql}: {j}");
+    assert_eq!(j["resources"]["output_bytes"], 0, "{sql}: {j}");
     let error = j["error"].as_str().unwrap().to_string();
     assert!(error.starts_with("refused: "), "{sql}: {error}");
     assert!(
@@ -333,4 +335,20 @@ pub(crate) fn abi_module(manifest: &str, more: &str) -> Vec<u8> {
         len = manifest.len(),
     ))
     .expect("the test module is valid text")
+}
+
+/// A module of the ABI whose one function spins forever.
+pub(crate) fn spinning_module() -> Vec<u8> {
+    wat::parse_str(
+        r#"(module
+            (memory (export "memory") 4)
+            (data (i32.const 16) "\20\00\00\00\1b\00\00\00")
+            (data (i32.const 32) "scalar spin(int64) -> int64")
+            (func (export "tg_abi_version") (result i32) i32.const 1)
+            (func (export "tg_manifest") (result i32) i32.const 16)
+            (func (export "tg_alloc") (param i32) (result i32) i32.const 65536)
+            (func (export "tg_error") (result i32) i32.const 16)
+            (func (export "tg_scalar") (param i32 i32) (result i32) (loop (br 0)) unreachable))"#,
+    )
+    .unwrap()
 }
