@@ -796,8 +796,50 @@ fn scan_array(a: &arrow::array::ArrayRef, hits: &mut BTreeMap<String, u64>) -> u
             .flatten()
             .filter(|v| v.is_finite())
             .for_each(|v| check(&format!("{:.0}", v.trunc()))),
-        // Any other type (decimals, other integers, dates, times) as its text, the integer
-        // part of a number only: nothing leaves unscanned because of its type.
+        // Decimals are exact: every digit, fraction included, can carry an identifier, so
+        // their digits are scanned whole (the unscaled integer), and their integer part.
+        DataType::Decimal32(..)
+        | DataType::Decimal64(..)
+        | DataType::Decimal128(..)
+        | DataType::Decimal256(..) => {
+            let wide = DataType::Decimal128(38, 0);
+            let as_text = arrow::compute::cast(a, &DataType::Utf8).ok();
+            if let Some(text) = &as_text {
+                text.as_string::<i32>().iter().flatten().for_each(|v| {
+                    let whole = v.split('.').next().unwrap_or(v);
+                    check(whole);
+                    let digits: String = v.chars().filter(char::is_ascii_digit).collect();
+                    if digits.trim_start_matches('0') != whole.trim_start_matches(['-', '0']) {
+                        check(digits.trim_start_matches('0'));
+                    }
+                });
+            } else if let Ok(unscaled) = arrow::compute::cast(a, &wide) {
+                unscaled
+                    .as_primitive::<arrow::datatypes::Decimal128Type>()
+                    .iter()
+                    .flatten()
+                    .for_each(|v| check(&v.unsigned_abs().to_string()));
+            }
+        }
+        // Times: as text, and as the count they are stored as (a number of seconds or
+        // microseconds can be an identifier).
+        DataType::Timestamp(..) | DataType::Date64 => {
+            if let Ok(counts) = arrow::compute::cast(a, &DataType::Int64) {
+                counts
+                    .as_primitive::<Int64Type>()
+                    .iter()
+                    .flatten()
+                    .for_each(|v| check(&v.unsigned_abs().to_string()));
+            }
+            if let Ok(text) = arrow::compute::cast(a, &DataType::Utf8) {
+                text.as_string::<i32>()
+                    .iter()
+                    .flatten()
+                    .for_each(&mut check);
+            }
+        }
+        // Any other type (other integers, dates, times of day) as its text, the integer part
+        // of a number only: nothing leaves unscanned because of its type.
         DataType::Boolean | DataType::Null => {}
         other => {
             if let Ok(text) = arrow::compute::cast(a, &DataType::Utf8) {

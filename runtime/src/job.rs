@@ -631,7 +631,7 @@ pub async fn run_query_until(
         tokio::select! {
             r = run => r,
             () = cancel => Err(Error::Refused(
-                "the job was cancelled: by its unit or an admin, or its scenario was suspended or revoked".into(),
+                crate::sandbox::CANCELLED.into(),
             )),
             () = deadline.expired() => Err(Error::Limit("the job exceeded its wall-clock limit".into())),
         }

@@ -262,19 +262,32 @@ impl Platform {
         })
     }
 
-    /// Ends a job that never ran (refused when it came to start, cancelled while queued,
-    /// interrupted by a stop): `failed` with `why`, in the log.
-    pub(super) fn fail_unrun_job(&self, id: &str, by: &str, why: &str) -> Result<()> {
-        let finished = crate::now_rfc3339();
+    /// Ends a job that is in state `from` and will not run on (refused when it came to
+    /// start, cancelled while queued, interrupted by a stop): `failed` with `why`, in the log.
+    /// Whether it was in that state.
+    pub(super) fn fail_unrun_job(&self, id: &str, from: &str, by: &str, why: &str) -> Result<bool> {
         let mut db = self
             .db
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.end_unrun(&mut db, id, from, by, why)
+    }
+
+    /// [`Platform::fail_unrun_job`] under a metadata lock already held.
+    fn end_unrun(
+        &self,
+        db: &mut Connection,
+        id: &str,
+        from: &str,
+        by: &str,
+        why: &str,
+    ) -> Result<bool> {
+        let finished = crate::now_rfc3339();
         let tx = db.transaction()?;
         let changed = tx.execute(
             "UPDATE jobs SET state = 'failed', error = ?2, resources = ?3, finished_at = ?4
-             WHERE id = ?1 AND state IN ('queued', 'running')",
-            params![id, why, to_json(&ResourceUse::default()), finished],
+             WHERE id = ?1 AND state = ?5",
+            params![id, why, to_json(&ResourceUse::default()), finished, from],
         )?;
         if changed == 1 {
             self.audit.append_at(
@@ -286,7 +299,7 @@ impl Platform {
             )?;
         }
         tx.commit()?;
-        Ok(())
+        Ok(changed == 1)
     }
 
     /// Runs a queued job to its end: `running` while it runs, then `succeeded` with its
@@ -295,7 +308,7 @@ impl Platform {
     /// the job was queued refuse it). A job no longer queued (cancelled, or taken by another
     /// worker) is left alone.
     pub async fn run_job(&self, id: &str) -> Result<()> {
-        let (actor, sql, module_hashes) = {
+        let (actor, sql, module_hashes, scenario_id) = {
             let db = self
                 .db
                 .lock()
@@ -308,60 +321,59 @@ impl Platform {
                 Self::principal_by_id(&db, &job.submitted_by)?,
                 job.sql,
                 job.modules,
+                job.scenario,
             )
         };
+        let id = id.to_string();
+        // The meter is where a suspension or a cancellation reaches a running job: it is
+        // listed before the job is checked and marked running, so that a suspension after the
+        // check, or a cancellation of a job seen running, always reaches it.
+        let meter = Arc::new(JobMeter::new(GuestLimits::default()));
+        self.running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(scenario_id.clone())
+            .or_default()
+            .push((id.clone(), Arc::clone(&meter)));
         let CheckedJob {
             scenario,
             inputs,
             modules,
             level,
             pseudonyms,
-        } = {
-            let scenario = {
-                let db = self
-                    .db
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                Self::job_row(&db, id)?.view.scenario
-            };
-            match self.job_inputs(&actor, &scenario, &module_hashes) {
-                Ok(checked) => checked,
-                Err(e) => {
-                    return self.fail_unrun_job(
-                        id,
-                        &actor.id,
-                        &format!("refused when it came to start: {e}"),
-                    );
-                }
+        } = match self.job_inputs(&actor, &scenario_id, &module_hashes) {
+            Ok(checked) => checked,
+            Err(e) => {
+                self.unlist_running(&scenario_id, &id);
+                self.fail_unrun_job(
+                    &id,
+                    "queued",
+                    &actor.id,
+                    &format!("refused when it came to start: {e}"),
+                )?;
+                return Ok(());
             }
         };
-        {
+        let taken = {
             let db = self
                 .db
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let taken = db.execute(
+            db.execute(
                 "UPDATE jobs SET state = 'running', inputs = ?2, level = ?3 WHERE id = ?1 AND state = 'queued'",
                 params![id, to_json(&inputs_json(&inputs)), level.to_string()],
-            )?;
-            if taken == 0 {
-                return Ok(());
-            }
+            )
+        };
+        if taken.as_ref().map_or(true, |n| *n == 0) {
+            self.unlist_running(&scenario_id, &id);
+            return taken.map(|_| ()).map_err(Error::from);
         }
-        let id = id.to_string();
         let req = JobRequest {
             scenario: scenario.id.clone(),
             sql,
             modules: module_hashes,
         };
         let started = Instant::now();
-        let meter = Arc::new(JobMeter::new(GuestLimits::default()));
-        self.running
-            .lock()
-            .expect("running jobs")
-            .entry(scenario.id.clone())
-            .or_default()
-            .push((id.clone(), Arc::clone(&meter)));
         let (outcome, cost, scanned) = match self.prepare(&inputs, &modules, &meter, pseudonyms) {
             Ok((tables, udfs, sources, rows_scanned)) => {
                 let cancel_meter = Arc::clone(&meter);
@@ -391,14 +403,7 @@ impl Platform {
             }
             Err(e) => (Err(e), job::JobCost::default(), (0, 0)),
         };
-        if let Some(jobs) = self
-            .running
-            .lock()
-            .expect("running jobs")
-            .get_mut(&scenario.id)
-        {
-            jobs.retain(|(j, _)| j != &id);
-        }
+        self.unlist_running(&scenario.id, &id);
         let mut resources = ResourceUse {
             fuel: meter.fuel_used(),
             guest_calls: meter.calls(),
@@ -415,6 +420,19 @@ impl Platform {
             .db
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // A cancellation asked for while it ran decides how it ends, whatever it ended with
+        // (a fast job may finish before its meter is looked at); asked and checked under the
+        // metadata lock, so none is acknowledged and then lost.
+        let cancelled = self
+            .cancels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&id);
+        let outcome = if cancelled {
+            Err(Error::Refused(crate::sandbox::CANCELLED.into()))
+        } else {
+            outcome
+        };
         let tx = db.transaction()?;
         let mut suspend = false;
         match outcome {
@@ -443,8 +461,19 @@ impl Platform {
                 let wrapped = self.store_object("results", &id, &parquet)?;
                 tx.execute(
                     "UPDATE jobs SET state = 'succeeded', rows = ?2, schema = ?3, resources = ?4,
-                     shape = ?5, plan = ?6, result_hash = ?7, wrapped_key = ?8, finished_at = ?9 WHERE id = ?1",
-                    params![id, shown_rows, to_json(&visible), to_json(&shown_resources), to_json(&output.shape), output.plan, result_hash, wrapped, finished],
+                     shape = ?5, plan = ?6, result_hash = ?7, wrapped_key = ?8, finished_at = ?9
+                     WHERE id = ?1 AND state = 'running'",
+                    params![
+                        id,
+                        shown_rows,
+                        to_json(&visible),
+                        to_json(&shown_resources),
+                        to_json(&output.shape),
+                        output.plan,
+                        result_hash,
+                        wrapped,
+                        finished
+                    ],
                 )?;
                 self.audit.append_at(
                     finished.clone(),
@@ -463,7 +492,8 @@ impl Platform {
                 };
                 let withheld = matches!(e, Error::WhileRunning(_));
                 tx.execute(
-                    "UPDATE jobs SET state = 'failed', error = ?2, resources = ?3, finished_at = ?4, withheld = ?5 WHERE id = ?1",
+                    "UPDATE jobs SET state = 'failed', error = ?2, resources = ?3, finished_at = ?4, withheld = ?5
+                     WHERE id = ?1 AND state = 'running'",
                     params![id, message, to_json(&shown_resources), finished, withheld],
                 )?;
                 // The cause a data-dependent failure hides from the job is kept here, for the
@@ -610,30 +640,61 @@ impl Platform {
             return Err(Error::NotFound(format!("job {id}")));
         }
         tidegate_policy::can_cancel_job(actor, &org, kind)?;
-        match job.state.as_str() {
-            "queued" => {
-                self.queue.remove(id);
-                self.fail_unrun_job(id, &actor.id, "cancelled before it started")?;
-            }
-            "running" => {
-                let running = self
-                    .running
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                for (_, meter) in running
-                    .get(&job.scenario)
-                    .into_iter()
-                    .flatten()
-                    .filter(|(j, _)| j == id)
-                {
-                    meter.cancel();
+        // Decided under the metadata lock, as a job's start and end are: a cancel either
+        // finds the job queued (it never runs), running (it ends cancelled, whatever it ends
+        // with), or ended (refused): it is never acknowledged and then lost.
+        {
+            let mut db = self
+                .db
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let state = Self::job_row(&db, id)?.view.state;
+            match state.as_str() {
+                "queued" => {
+                    self.end_unrun(
+                        &mut db,
+                        id,
+                        "queued",
+                        &actor.id,
+                        "cancelled before it started",
+                    )?;
+                    self.queue.remove(id);
                 }
-            }
-            _ => {
-                return Err(Error::Refused(format!("the job has already {}", job.state)));
+                "running" => {
+                    self.cancels
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(id.to_string());
+                    let running = self
+                        .running
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    for (_, meter) in running
+                        .get(&job.scenario)
+                        .into_iter()
+                        .flatten()
+                        .filter(|(j, _)| j == id)
+                    {
+                        meter.cancel();
+                    }
+                }
+                ended => {
+                    return Err(Error::Refused(format!("the job has already {ended}")));
+                }
             }
         }
         self.get_job(actor, id)
+    }
+
+    fn unlist_running(&self, scenario: &str, id: &str) {
+        if let Some(jobs) = self
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_mut(scenario)
+        {
+            jobs.retain(|(j, _)| j != id);
+        }
     }
 
     pub fn get_job(&self, actor: &Principal, id: &str) -> Result<JobView> {

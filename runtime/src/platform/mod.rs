@@ -526,6 +526,9 @@ pub struct Platform {
     importing: Mutex<HashSet<String>>,
     /// Jobs accepted and waiting for a worker.
     queue: Arc<queue::JobQueue>,
+    /// Jobs whose cancellation was asked for while they ran: whatever they end with, they
+    /// end cancelled.
+    cancels: Mutex<HashSet<String>>,
     /// Held while the platform is open: one process per data directory.
     _lock: fs::File,
 }
@@ -804,6 +807,7 @@ impl Platform {
         for (job, _) in running {
             self.fail_unrun_job(
                 &job,
+                "running",
                 "platform",
                 "interrupted: the server stopped while the job ran; submit it again",
             )?;
@@ -1022,6 +1026,7 @@ impl Platform {
             running: Mutex::new(HashMap::new()),
             importing: Mutex::new(HashSet::new()),
             queue: Arc::new(queue::JobQueue::default()),
+            cancels: Mutex::new(HashSet::new()),
             master,
             signer,
             _lock: lock,

@@ -140,6 +140,7 @@ impl Platform {
                             tracing::error!(job = %job, error = %e, "a job could not be run");
                             let _ = platform.fail_unrun_job(
                                 &job,
+                                "running",
                                 "platform",
                                 "the platform could not run the job; nothing of it was kept",
                             );

@@ -167,14 +167,16 @@ pub(super) fn our_type(t: &ArrowType) -> Option<DataType> {
         ArrowType::Float16 | ArrowType::Float32 | ArrowType::Float64 => DataType::Float64,
         ArrowType::Boolean => DataType::Boolean,
         ArrowType::Date32 | ArrowType::Date64 => DataType::Date32,
-        ArrowType::Timestamp(unit, zone) => DataType::Timestamp {
-            unit: match unit {
+        // A zone the platform would refuse when declared is refused from a file too.
+        ArrowType::Timestamp(unit, zone) => DataType::timestamp(
+            match unit {
                 ArrowUnit::Second => TimeUnit::Second,
                 ArrowUnit::Millisecond => TimeUnit::Millisecond,
                 ArrowUnit::Microsecond | ArrowUnit::Nanosecond => TimeUnit::Microsecond,
             },
-            zone: zone.as_deref().map(str::to_string),
-        },
+            zone.as_deref(),
+        )
+        .ok()?,
         ArrowType::Decimal32(p, s)
         | ArrowType::Decimal64(p, s)
         | ArrowType::Decimal128(p, s)
@@ -202,10 +204,11 @@ fn target_schema(schema: &Schema, declared: &[ColumnInput]) -> Result<SchemaRef>
                 .ok_or_else(|| {
                     Error::BadInput(format!(
                         "column {} has the type {}, which the platform does not store \
-                         (text, integers, floats, decimals, booleans, dates and timestamps): \
-                         declare it as one of them or leave it out of the file",
+                         (text, integers, floats, decimals, booleans, dates and timestamps; \
+                         time zones as an offset or a name): declare it as one of them or \
+                         leave it out of the file",
                         crate::text::defuse(f.name(), 80),
-                        f.data_type()
+                        crate::text::defuse(&f.data_type().to_string(), 120)
                     ))
                 })?;
             Ok(Field::new(f.name(), arrow_type(&ours), true))
@@ -233,6 +236,24 @@ pub(super) fn open_table(
             // The CSV reader parses each value straight into its stored type, except
             // decimals: read as text, then parsed strictly by `conform` (a value with more
             // places than its column keeps is refused, never rounded).
+            // Times and dates are read to the nanosecond and then converted exactly (the
+            // CSV reader itself would drop a fraction of a second, or a time of day, that its
+            // column's type cannot hold). A timestamp inferred from the first records is
+            // stored to the microsecond: a fraction further down still fits.
+            let inferred = Schema::new(
+                inferred
+                    .fields()
+                    .iter()
+                    .map(|f| match f.data_type() {
+                        ArrowType::Timestamp(_, zone) => Field::new(
+                            f.name(),
+                            ArrowType::Timestamp(ArrowUnit::Microsecond, zone.clone()),
+                            true,
+                        ),
+                        _ => f.as_ref().clone(),
+                    })
+                    .collect::<Vec<_>>(),
+            );
             let schema = target_schema(&inferred, declared)?;
             let as_read = Arc::new(Schema::new(
                 schema
@@ -240,6 +261,16 @@ pub(super) fn open_table(
                     .iter()
                     .map(|f| match f.data_type() {
                         ArrowType::Decimal128(..) => Field::new(f.name(), ArrowType::Utf8, true),
+                        ArrowType::Timestamp(_, zone) => Field::new(
+                            f.name(),
+                            ArrowType::Timestamp(ArrowUnit::Nanosecond, zone.clone()),
+                            true,
+                        ),
+                        ArrowType::Date32 => Field::new(
+                            f.name(),
+                            ArrowType::Timestamp(ArrowUnit::Nanosecond, None),
+                            true,
+                        ),
                         _ => f.as_ref().clone(),
                     })
                     .collect::<Vec<_>>(),
@@ -296,31 +327,44 @@ fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
                 .map_or_else(|| f.data_type().to_string(), |t| t.to_string());
             let cannot = || {
                 Error::BadInput(format!(
-                    "column `{}` has a value that is not a {ours} as it stands (too many places \
-                     or digits: nothing is rounded on import)",
+                    "column `{}` has a value that is not a {ours} as it stands (nothing is \
+                     rounded, cut or overflowed on import: declare a type that holds it)",
                     crate::text::defuse(f.name(), 80),
                 ))
             };
-            if c.data_type() == f.data_type() {
-                Ok(Arc::clone(c))
-            } else if let ArrowType::Decimal128(precision, scale) = f.data_type() {
+            if let ArrowType::Decimal128(precision, scale) = f.data_type() {
+                // Also when the file says the same type: its values must fit its precision.
                 exact_decimals(c, *precision, *scale).ok_or_else(cannot)
+            } else if c.data_type() == f.data_type() {
+                Ok(Arc::clone(c))
             } else {
-                let strict = arrow::compute::CastOptions {
-                    safe: false,
-                    ..Default::default()
-                };
-                arrow::compute::cast_with_options(c, f.data_type(), &strict).map_err(|_| {
-                    Error::BadInput(format!(
-                        "column `{}` has a value that cannot be read as {ours}",
-                        crate::text::defuse(f.name(), 80),
-                    ))
-                })
+                exact_cast(c, f.data_type()).ok_or_else(cannot)
             }
         })
         .collect::<Result<Vec<_>>>()?;
     RecordBatch::try_new(Arc::clone(schema), columns)
         .map_err(|e| Error::Internal(format!("batch: {e}")))
+}
+
+/// `c` as `target` when that changes no value: converted, then converted back and compared
+/// with what it was (a fraction of a second, a time of day, a fraction of a number, digits
+/// past a type's range all make it `None`; nulls must stay nulls).
+fn exact_cast(c: &ArrayRef, target: &ArrowType) -> Option<ArrayRef> {
+    let strict = arrow::compute::CastOptions {
+        safe: false,
+        ..Default::default()
+    };
+    let converted = arrow::compute::cast_with_options(c, target, &strict).ok()?;
+    if converted.null_count() != c.null_count() {
+        return None;
+    }
+    // Anything becomes text as it is; text is compared in its own terms below.
+    if matches!(target, ArrowType::Utf8) {
+        return Some(converted);
+    }
+    let back = arrow::compute::cast_with_options(&converted, c.data_type(), &strict).ok()?;
+    let changed = arrow::compute::kernels::cmp::distinct(c, &back).ok()?;
+    (changed.true_count() == 0).then_some(converted)
 }
 
 /// A column as decimals of `precision` and `scale`, when every value is one exactly: text
@@ -348,6 +392,14 @@ fn exact_decimals(c: &ArrayRef, precision: u8, scale: i8) -> Option<ArrayRef> {
         {
             return None;
         }
+        ArrowType::Decimal128(_, s) if *s == scale => {
+            let values = arrow::array::AsArray::as_primitive::<arrow::datatypes::Decimal128Type>(c);
+            if values.iter().flatten().all(fits) {
+                values.clone()
+            } else {
+                return None;
+            }
+        }
         t if t.is_integer()
             || matches!(
                 t,
@@ -370,9 +422,16 @@ fn exact_decimals(c: &ArrayRef, precision: u8, scale: i8) -> Option<ArrayRef> {
                 return None;
             }
         }
+        // Floats and anything else: only when the number is exactly a decimal of this scale.
         _ => {
-            let cast = arrow::compute::cast(c, &target).ok()?;
-            return (cast.null_count() == c.null_count()).then_some(cast);
+            let cast = exact_cast(c, &target)?;
+            let values =
+                arrow::array::AsArray::as_primitive::<arrow::datatypes::Decimal128Type>(&cast);
+            if values.iter().flatten().all(fits) {
+                values.clone()
+            } else {
+                return None;
+            }
         }
     };
     Some(Arc::new(array.with_data_type(target)))

@@ -1017,12 +1017,13 @@ impl JobMeter {
     }
 }
 
+/// What a cancelled job says.
+pub(crate) const CANCELLED: &str =
+    "the job was cancelled: by its unit or an admin, or its scenario was suspended or revoked";
+
 /// Maps a wasmtime error to our error class; trap descriptions name the trap, never data.
 fn cancelled_error() -> Error {
-    Error::Refused(
-        "the job was cancelled: by its unit or an admin, or its scenario was suspended or revoked"
-            .into(),
-    )
+    Error::Refused(CANCELLED.into())
 }
 
 fn classify_trap(e: &wasmtime::Error, during: &str) -> Error {
