@@ -2,7 +2,7 @@
 //! the same process through the same query path, and an aggregate over the encrypted store
 //! against plaintext Parquet; prints times and ratios.
 //!
-//! Usage: `cargo run --release -p tidegate-benches -- [--rows N] [--reps R] [--gate-only | --import-only]`
+//! Usage: `cargo run --release -p tidegate-benches -- [--rows N] [--reps R] [--gate-only | --import-only | --load-only]`
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -27,6 +27,7 @@ mod aggregate;
 mod budgets;
 mod gate;
 mod import;
+mod latency;
 mod scan;
 mod storage;
 
@@ -265,6 +266,11 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    if std::env::args().any(|a| a == "--load-only") {
+        println!("tidegate-bench: the API under load, {rows} rows");
+        latency::api_under_load(rows);
+        return;
+    }
     if std::env::args().any(|a| a == "--import-only") {
         println!("tidegate-bench: an import of {rows} rows");
         import::import_workload(rows);
@@ -428,6 +434,7 @@ fn main() {
 
     gate_workloads(&rt, rows, reps);
     import::import_workload(rows);
+    latency::api_under_load(rows);
 }
 
 /// (i) and (j): the gate's analysis.

@@ -65,6 +65,10 @@ fn a_job_is_accepted_at_once_waits_its_turn_and_is_cancelled_by_its_unit_only() 
     for job in [&a, &b] {
         until(scientist, job, |j| j["state"] == "running");
     }
+    // A running job shows how far it has read, in whole tens over L2 data, under 100.
+    let progress = until(scientist, &a, |j| j["progress_percent"].is_u64());
+    let percent = progress["progress_percent"].as_u64().unwrap();
+    assert!(percent < 100 && percent % 10 == 0, "{progress}");
     // A third waits in the queue while both run.
     let c = id(&scientist
         .enqueue_job(&sid, DEMO_SQL, std::slice::from_ref(&hash))

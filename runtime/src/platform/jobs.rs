@@ -376,6 +376,11 @@ impl Platform {
         let started = Instant::now();
         let (outcome, cost, scanned) = match self.prepare(&inputs, &modules, &meter, pseudonyms) {
             Ok((tables, udfs, sources, rows_scanned)) => {
+                let total = sources.iter().map(SealedSource::len).sum();
+                self.reading
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(id.clone(), (sources.clone(), total));
                 let cancel_meter = Arc::clone(&meter);
                 let cancelled = async move {
                     while !cancel_meter.is_cancelled() {
@@ -404,6 +409,10 @@ impl Platform {
             Err(e) => (Err(e), job::JobCost::default(), (0, 0)),
         };
         self.unlist_running(&scenario.id, &id);
+        self.reading
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&id);
         let mut resources = ResourceUse {
             fuel: meter.fuel_used(),
             guest_calls: meter.calls(),
@@ -613,6 +622,7 @@ impl Platform {
                     level: level.parse().map_err(Error::Integrity)?,
                     created_at: created,
                     finished_at: finished,
+                    progress_percent: None,
                 },
                 result_hash: hash,
                 wrapped,
@@ -708,6 +718,22 @@ impl Platform {
             || tidegate_policy::oversees_all_orgs(actor, Self::org_kind(&db, &actor.org)?);
         if !visible {
             return Err(Error::NotFound(format!("job {id}")));
+        }
+        let mut job = job;
+        if job.state == "running"
+            && let Some((sources, total)) = self
+                .reading
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(id)
+        {
+            let read: u64 = sources.iter().map(SealedSource::bytes_read).sum();
+            let percent = (read.saturating_mul(100) / (*total).max(1)).min(99) as u8;
+            job.progress_percent = Some(if job.level > Level::L1 {
+                percent / 10 * 10
+            } else {
+                percent
+            });
         }
         Ok(job)
     }

@@ -425,6 +425,10 @@ pub struct JobView {
     pub level: Level,
     pub created_at: String,
     pub finished_at: Option<String>,
+    /// While it runs: how much of its input it has read, in percent (whole tens over L2/L3
+    /// data); a gated job reads its input more than once, so it stays under 100 until done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_percent: Option<u8>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -529,6 +533,8 @@ pub struct Platform {
     /// Jobs whose cancellation was asked for while they ran: whatever they end with, they
     /// end cancelled.
     cancels: Mutex<HashSet<String>>,
+    /// What each running job reads (its sealed inputs and their plaintext size): its progress.
+    reading: Mutex<HashMap<String, (Vec<SealedSource>, u64)>>,
     /// Held while the platform is open: one process per data directory.
     _lock: fs::File,
 }
@@ -1027,6 +1033,7 @@ impl Platform {
             importing: Mutex::new(HashSet::new()),
             queue: Arc::new(queue::JobQueue::default()),
             cancels: Mutex::new(HashSet::new()),
+            reading: Mutex::new(HashMap::new()),
             master,
             signer,
             _lock: lock,
