@@ -2,7 +2,7 @@
 //! the same process through the same query path, and an aggregate over the encrypted store
 //! against plaintext Parquet; prints times and ratios.
 //!
-//! Usage: `cargo run --release -p tidegate-benches -- [--rows N] [--reps R] [--gate-only | --import-only | --load-only]`
+//! Usage: `cargo run --release -p tidegate-benches -- [--rows N] [--reps R] [--gate-only | --import-only [--csv] | --load-only]`
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -273,7 +273,7 @@ fn main() {
     }
     if std::env::args().any(|a| a == "--import-only") {
         println!("tidegate-bench: an import of {rows} rows");
-        import::import_workload(rows);
+        import::import_workload(rows, std::env::args().any(|a| a == "--csv"));
         return;
     }
     if std::env::args().any(|a| a == "--gate-only") {
@@ -433,7 +433,8 @@ fn main() {
     );
 
     gate_workloads(&rt, rows, reps);
-    import::import_workload(rows);
+    import::import_workload(rows, false);
+    import::import_workload(rows, true);
     latency::api_under_load(rows);
 }
 

@@ -123,6 +123,22 @@ pub fn oversees_all_orgs(p: &Principal, kind: OrgKind) -> bool {
         && (p.has_role(Role::Auditor) || p.has_role(Role::Reviewer) || p.has_role(Role::Admin))
 }
 
+/// Jobs an org may have waiting in the queue at once: one unit cannot fill the queue (its
+/// jobs are taken in turn with other units' anyway), and a flood is refused, not stored.
+pub const MAX_QUEUED_JOBS_PER_ORG: u64 = 32;
+
+/// Whether an org with `waiting` jobs in the queue may queue another.
+pub fn can_queue_job(waiting: u64) -> Result<(), Refusal> {
+    if waiting >= MAX_QUEUED_JOBS_PER_ORG {
+        refuse(format!(
+            "your unit has {waiting} jobs waiting, the most the queue holds for one unit; \
+             submit more when some have run"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 /// Who may cancel a job of `job_org`: its own unit's scientists, or the authority's admins
 /// (a risk stop); never a frozen principal.
 pub fn can_cancel_job(p: &Principal, job_org: &str, kind: OrgKind) -> Result<(), Refusal> {
@@ -214,6 +230,15 @@ pub fn check_column_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Resul
     let mut seen: BTreeMap<String, &str> = BTreeMap::new();
     for name in names {
         check_name(&format!("column name `{}`", name.escape_default()), name)?;
+        // A header read whole because the file is not comma-separated.
+        if let Some(c) = name.chars().find(|c| matches!(c, ';' | '\t' | '|')) {
+            return refuse(format!(
+                "the column name `{}` holds `{}`: is the file separated by it? A CSV file \
+                 is comma-separated",
+                name.escape_default(),
+                c.escape_default()
+            ));
+        }
         if let Some(first) = seen.insert(name.to_lowercase(), name) {
             return refuse(format!(
                 "the file has two columns named alike: `{first}` and `{name}` (names differ by more than case)"
@@ -239,7 +264,25 @@ pub fn check_new_version(
         ));
     }
     for old in old_columns {
+        let protected = old
+            .tags
+            .iter()
+            .any(|t| !matches!(t, crate::model::ColumnTag::Dimension));
         let Some(new) = new_columns.iter().find(|c| c.name == old.name) else {
+            // The dataset's one record of columns and tags serves every version: a protected
+            // column that left would leave the older versions' values unprotected.
+            if protected {
+                return refuse(format!(
+                    "a new version cannot leave out the protected column `{}` ({}); import the \
+                     changed data as a new dataset",
+                    old.name,
+                    old.tags
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
             continue;
         };
         for tag in &old.tags {

@@ -149,3 +149,31 @@ fn a_job_queued_before_its_scenario_is_suspended_is_refused_when_it_comes_to_sta
         "{ended}"
     );
 }
+
+#[test]
+fn one_unit_cannot_fill_the_queue() {
+    let (env, sid, _) = active_scenario();
+    let spin = approve_spinner(&env, &sid);
+    let scientist = &env.world.scientist;
+    let mut accepted = Vec::new();
+    let mut refused = None;
+    for _ in 0..40 {
+        match scientist.enqueue_job(&sid, SPIN_SQL, std::slice::from_ref(&spin)) {
+            Ok(job) => accepted.push(id(&job)),
+            Err(e) => {
+                refused = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("a flood is refused");
+    assert!(
+        refused.contains("the most the queue holds for one unit"),
+        "{refused}"
+    );
+    // 32 waiting, and the (at most two) the workers had taken already.
+    assert!((32..=34).contains(&accepted.len()), "{}", accepted.len());
+    for job in &accepted {
+        let _ = scientist.cancel_job(job);
+    }
+}

@@ -162,6 +162,13 @@ impl Platform {
             let d = Self::dataset_row(&db, &g.dataset)?;
             let (version, hash, rows, wrapped, _) = match g.version {
                 Some(v) => Self::dataset_version(&db, &d.id, v)?,
+                // Unpinned: the newest version, which a unit's own data must have had approved.
+                None if d.pending => {
+                    return Err(Error::Refused(format!(
+                        "the newest version of {} awaits an admin's approval",
+                        d.name
+                    )));
+                }
                 None => Self::latest_version(&db, &d.id)?,
             };
             level = level.max(d.level);
@@ -217,6 +224,13 @@ impl Platform {
             .db
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let waiting: u64 = db.query_row(
+            "SELECT count(*) FROM jobs j JOIN scenarios s ON s.id = j.scenario_id
+             WHERE s.org_id = ?1 AND j.state = 'queued'",
+            params![scenario.org],
+            |r| r.get(0),
+        )?;
+        tidegate_policy::can_queue_job(waiting)?;
         let tx = db.transaction()?;
         tx.execute(
             "INSERT INTO jobs (id, scenario_id, submitted_by, sql, modules, state, level, inputs, created_at, policy_version)

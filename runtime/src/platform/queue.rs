@@ -1,5 +1,6 @@
 //! The job queue: jobs accepted by the API wait here for the server's workers, taken in turn
-//! by org (round robin) so that one unit's many jobs never starve another's. The queue's truth
+//! by org (round robin) so that one unit's many jobs never starve another's; while other orgs
+//! wait, one org runs at most half the workers (at least one). The queue's truth
 //! is the `jobs` table (state `queued`); this is its order in memory, rebuilt when the data
 //! directory opens.
 
@@ -22,6 +23,8 @@ struct QueueState {
     turn: VecDeque<String>,
     /// Workers started for this platform.
     workers: usize,
+    /// Jobs each org has running on a worker now.
+    running: HashMap<String, usize>,
     closed: bool,
 }
 
@@ -66,28 +69,54 @@ impl JobQueue {
         }
     }
 
-    /// The next job, the next org's turn; waits for one. `None` once the queue is closed.
-    fn next(&self) -> Option<String> {
+    /// The next job and its org: the first org in turn that may run one more (while other
+    /// orgs wait, an org runs at most half the workers); waits for one. `None` once the queue
+    /// is closed. The worker calls [`JobQueue::finished`] when the job ends.
+    fn next(&self) -> Option<(String, String)> {
         let mut q = self.lock();
         loop {
             if q.closed {
                 return None;
             }
-            if let Some(org) = q.turn.pop_front() {
+            let cap = if q.turn.len() > 1 {
+                (q.workers / 2).max(1)
+            } else {
+                q.workers.max(1)
+            };
+            let pick = q
+                .turn
+                .iter()
+                .position(|org| q.running.get(org).copied().unwrap_or(0) < cap);
+            if let Some(at) = pick {
+                let org = q.turn.remove(at).expect("a position in turn");
                 let jobs = q.by_org.get_mut(&org).expect("an org in turn has jobs");
                 let job = jobs.pop_front().expect("an org in turn has jobs");
                 if jobs.is_empty() {
                     q.by_org.remove(&org);
                 } else {
-                    q.turn.push_back(org);
+                    q.turn.push_back(org.clone());
                 }
-                return Some(job);
+                *q.running.entry(org.clone()).or_default() += 1;
+                return Some((org, job));
             }
             q = self
                 .ready
                 .wait(q)
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
+    }
+
+    /// A job of `org` taken by [`JobQueue::next`] has ended.
+    fn finished(&self, org: &str) {
+        let mut q = self.lock();
+        if let Some(n) = q.running.get_mut(org) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                q.running.remove(org);
+            }
+        }
+        drop(q);
+        self.ready.notify_all();
     }
 
     /// Jobs waiting, over every org.
@@ -130,7 +159,7 @@ impl Platform {
                         tracing::error!("a job worker could not start its runtime");
                         return;
                     };
-                    while let Some(job) = queue.next() {
+                    while let Some((org, job)) = queue.next() {
                         let Some(platform) = platform.upgrade() else {
                             break;
                         };
@@ -145,6 +174,8 @@ impl Platform {
                                 "the platform could not run the job; nothing of it was kept",
                             );
                         }
+                        drop(platform);
+                        queue.finished(&org);
                     }
                 })?;
         }
@@ -170,10 +201,32 @@ mod tests {
         }
         assert!(q.remove("a2"));
         assert!(!q.remove("a2"));
-        let order: Vec<String> = (0..4).map(|_| q.next().unwrap()).collect();
+        q.lock().workers = 4;
+        let mut order = Vec::new();
+        for _ in 0..4 {
+            let (org, job) = q.next().unwrap();
+            order.push(job);
+            q.finished(&org);
+        }
         assert_eq!(order, ["a1", "b1", "c1", "a3"]);
         assert_eq!(q.len(), 0);
         q.close();
         assert_eq!(q.next(), None);
+    }
+
+    #[test]
+    fn while_others_wait_an_org_runs_at_most_half_the_workers() {
+        let q = JobQueue::default();
+        q.lock().workers = 2;
+        q.push("a", "a1");
+        q.push("a", "a2");
+        // Alone, an org may take both workers.
+        assert_eq!(q.next().unwrap().1, "a1");
+        q.push("a", "a3");
+        q.push("b", "b1");
+        // With b waiting, a (one running) gets no second worker: b goes first.
+        assert_eq!(q.next().unwrap(), ("b".to_string(), "b1".to_string()));
+        q.finished("a");
+        assert_eq!(q.next().unwrap().1, "a2");
     }
 }
