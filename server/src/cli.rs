@@ -1358,3 +1358,46 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_column;
+    use serde_json::json;
+
+    #[test]
+    fn a_column_spec_is_name_type_tags_and_a_type_may_hold_commas_and_colons() {
+        let cases = [
+            (
+                "spot",
+                json!({ "name": "spot", "data_type": null, "tags": [] }),
+            ),
+            (
+                "spot::dimension",
+                json!({ "name": "spot", "data_type": null, "tags": ["dimension"] }),
+            ),
+            (
+                "spend:double:sensitive",
+                json!({ "name": "spend", "data_type": "float64", "tags": ["sensitive"] }),
+            ),
+            (
+                "price:decimal(12,2)",
+                json!({ "name": "price", "data_type": "decimal(12,2)", "tags": [] }),
+            ),
+            (
+                "paid_at:timestamptz(us, +08:00):quasi",
+                json!({ "name": "paid_at", "data_type": "timestamptz(us, +08:00)", "tags": ["quasi"] }),
+            ),
+        ];
+        for (spec, expected) in cases {
+            assert_eq!(parse_column(spec).unwrap(), expected, "{spec}");
+        }
+        for bad in [
+            ":utf8",
+            "at:timestamptz(us, +08:00)x",
+            "price:decimal(40,2)",
+            "x:money",
+        ] {
+            assert!(parse_column(bad).is_err(), "{bad}");
+        }
+    }
+}
