@@ -145,17 +145,21 @@ fn csv_baseline(input: &Path, output: &Path) -> u64 {
         .with_batch_size(8192)
         .build(std::io::BufReader::with_capacity(1 << 20, file))
         .expect("reader");
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("level")))
-        .set_max_row_group_row_count(Some(1 << 20))
-        .build();
     let out = std::fs::File::create(output).expect("output");
-    let mut w = ArrowWriter::try_new(out, csv_schema(), Some(props)).expect("writer");
+    let mut w = ArrowWriter::try_new(out, csv_schema(), Some(stored_props())).expect("writer");
     for b in reader {
         w.write(&b.expect("batch")).expect("write");
     }
     w.close().expect("close");
     std::fs::metadata(output).expect("output").len()
+}
+
+/// The platform's settings for a stored dataset: zstd level 1, row groups of 1 Mi rows.
+fn stored_props() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("level")))
+        .set_max_row_group_row_count(Some(1 << 20))
+        .build()
 }
 
 /// arrow-rs reading `input` and writing it as the platform stores a dataset.
@@ -166,12 +170,8 @@ fn baseline(input: &Path, output: &Path) -> u64 {
         .with_batch_size(8192)
         .build()
         .expect("reader");
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("level")))
-        .set_max_row_group_row_count(Some(1 << 20))
-        .build();
     let out = std::fs::File::create(output).expect("output");
-    let mut w = ArrowWriter::try_new(out, reader.schema(), Some(props)).expect("writer");
+    let mut w = ArrowWriter::try_new(out, reader.schema(), Some(stored_props())).expect("writer");
     for b in reader {
         w.write(&b.expect("batch")).expect("write");
     }

@@ -523,17 +523,23 @@ impl SealingWriter {
     }
 }
 
+/// A fresh temporary name beside `path`: hidden, marked `.tmp-` (the pattern the data
+/// directory's cleanup at open removes), random.
+pub(crate) fn temporary_path(path: &Path) -> std::path::PathBuf {
+    path.with_file_name(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        hex::encode(random_bytes::<6>())
+    ))
+}
+
 /// Writes `bytes` to `path` atomically: temporary file, fsync, rename, fsync of the directory.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| Error::Internal("a file path has no parent directory".into()))?;
     fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        hex::encode(random_bytes::<6>())
-    ));
+    let tmp = temporary_path(path);
     let result = (|| {
         let mut f = fs::OpenOptions::new()
             .write(true)

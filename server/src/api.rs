@@ -185,6 +185,13 @@ fn body_limit(method: &axum::http::Method, path: &str) -> u64 {
 
 /// Bodies of uploads inside JSON: a dataset file or a module, base64.
 const UPLOAD_LIMIT: u64 = 1536 << 20;
+/// An authenticated client is sending a body within the route's limit that will be refused:
+/// read it to its end (keeping nothing) so that it reads the refusal, not a reset connection.
+async fn drain(chunks: &mut axum::body::BodyDataStream) {
+    use futures::StreamExt;
+    while let Some(Ok(_)) = chunks.next().await {}
+}
+
 /// A dataset file streamed as the body: sealed to disk as it arrives, never held whole.
 const STREAM_LIMIT: u64 = 64 << 30;
 /// Bodies of every other request.
@@ -391,8 +398,7 @@ async fn upload_dataset(
     let request = match request {
         Ok(request) => request,
         Err(refused) => {
-            // As below: the client reads the refusal, not a reset connection.
-            while let Some(Ok(_)) = chunks.next().await {}
+            drain(&mut chunks).await;
             return Err(refused);
         }
     };
@@ -401,9 +407,7 @@ async fn upload_dataset(
     let mut upload = match blocking(move || staging.stage_upload(&who, level)).await {
         Ok(upload) => upload,
         Err(refused) => {
-            // An authenticated client is sending a body within the route's limit: read it to
-            // its end (keeping nothing) so that it reads the refusal, not a reset connection.
-            while let Some(Ok(_)) = chunks.next().await {}
+            drain(&mut chunks).await;
             return Err(refused);
         }
     };

@@ -10,13 +10,11 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Int32Type, Schema, TimeUnit};
 use serde_json::{Value, json};
 use tidegate_policy::{ColumnSpec, DataType as ColType};
-use tidegate_runtime::{
-    EngineLimits, GuestLimits, JobMeter, Sandbox, TableData, TableInput, run_query, verify_bundle,
-};
+use tidegate_runtime::{TableData, TableInput, verify_bundle};
 use tidegate_server::VISITOR_UDF_WASM;
 
 mod common;
-use common::{Env, OUT_DATA, scalar_module, setup};
+use common::{Env, OUT_DATA, run_module, scalar_module, setup};
 
 /// Three spots, 200 payers, three payments each: a price to the cent and a time to the second.
 fn payments_csv() -> (String, [i128; 3]) {
@@ -367,25 +365,10 @@ fn decimals(scale: i8) -> Vec<TableInput> {
     }]
 }
 
-async fn run(wasm: &[u8], sql: &str, tables: &[TableInput]) -> Result<Vec<RecordBatch>, String> {
-    let sandbox = Arc::new(Sandbox::new().unwrap());
-    let module = sandbox.load(wasm).map_err(|e| e.to_string())?;
-    let meter = Arc::new(JobMeter::new(GuestLimits::default()));
-    run_query(
-        sql,
-        tables,
-        sandbox.udfs(&module, &meter),
-        EngineLimits::default(),
-    )
-    .await
-    .map(|o| o.batches)
-    .map_err(|e| e.to_string())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_module_gets_decimals_exactly_or_not_at_all() {
     // Two places go to the module's six exactly: 123.45 less 10% is 111.105, 111.11 to the cent.
-    let out = run(
+    let out = run_module(
         VISITOR_UDF_WASM,
         "SELECT off_season(x) AS y FROM t",
         &decimals(2),
@@ -399,7 +382,7 @@ async fn a_module_gets_decimals_exactly_or_not_at_all() {
     // -0.05 less 10% is -0.045: to the cent, halves away from zero, -0.05.
     assert_eq!(y.value(1), -50_000);
     // Eight places would be rounded on the way in: refused instead.
-    let err = run(
+    let err = run_module(
         VISITOR_UDF_WASM,
         "SELECT off_season(x) FROM t",
         &decimals(8),
@@ -428,7 +411,7 @@ async fn a_module_returning_a_decimal_of_39_digits_fails_the_job() {
         ),
         "",
     );
-    let err = run(&wasm, "SELECT f(x) FROM t", &decimals(2))
+    let err = run_module(&wasm, "SELECT f(x) FROM t", &decimals(2))
         .await
         .unwrap_err();
     assert!(err.contains("more than 38 digits"), "{err}");

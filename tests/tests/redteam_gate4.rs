@@ -5,92 +5,10 @@
 //! with subjects, an aggregate has one argument, and every count and sum of an exact release
 //! aggregates k subjects or none.
 
-use std::collections::BTreeMap;
-
-use tidegate_server::visitor_csv;
-
 mod common;
-use common::{Env, ROWS, active_scenario, full_report, job, released};
+use common::{active_scenario, attempt, data, job, lone_visit, rows, rows_per_spot};
 
 // ---- Helpers ----
-
-/// The demo data's rows: (resident_id, spot, visit_date, spend).
-fn data() -> Vec<(String, String, String, f64)> {
-    visitor_csv(ROWS)
-        .lines()
-        .skip(1)
-        .map(|l| {
-            let f: Vec<&str> = l.split(',').collect();
-            (
-                f[0].to_string(),
-                f[2].to_string(),
-                f[3].to_string(),
-                f[4].parse().unwrap(),
-            )
-        })
-        .collect()
-}
-
-/// The released rows of a preview, as (first cell, every cell).
-fn rows(preview: &str) -> Vec<(String, Vec<String>)> {
-    preview
-        .lines()
-        .skip(1)
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            let cells: Vec<String> = l
-                .split(',')
-                .map(|c| c.trim_matches('"').to_string())
-                .collect();
-            (cells[0].clone(), cells)
-        })
-        .collect()
-}
-
-/// Runs an attack: refused before it ran (empty), or run and exported; returns the preview.
-fn attempt(env: &Env, sid: &str, sql: &str) -> String {
-    let j = job(env, sid, sql, &[]);
-    if j["state"] == "failed" {
-        let error = j["error"].as_str().unwrap();
-        assert!(error.starts_with("refused: "), "{sql}: {error}");
-        eprintln!("REFUSED: {error}");
-        return String::new();
-    }
-    let e = full_report(
-        env,
-        &env.world
-            .scientist
-            .request_export(j["id"].as_str().unwrap())
-            .unwrap(),
-    );
-    let p = released(env, &e);
-    eprintln!("RELEASED:\n{p}");
-    p
-}
-
-/// Rows per spot.
-fn rows_per_spot() -> BTreeMap<String, usize> {
-    let mut m = BTreeMap::new();
-    for (_, spot, _, _) in data() {
-        *m.entry(spot).or_insert(0) += 1;
-    }
-    m
-}
-
-/// A visit that is the only one at its spot on its date (the attacker knows the person was
-/// there that day: a quasi-identifier, which may filter rows), and its resident's ID.
-fn lone_visit() -> (String, String, String, f64) {
-    let d = data();
-    let mut at: BTreeMap<(String, String), usize> = BTreeMap::new();
-    for (_, s, v, _) in &d {
-        *at.entry((s.clone(), v.clone())).or_insert(0) += 1;
-    }
-    d.iter()
-        .skip(100)
-        .find(|(_, s, v, _)| at[&(s.clone(), v.clone())] == 1)
-        .cloned()
-        .unwrap()
-}
 
 /// The digits 0..9 as a VALUES list.
 const DIGITS: &str = "(VALUES (0),(1),(2),(3),(4),(5),(6),(7),(8),(9))";

@@ -16,13 +16,11 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema};
 use serde_json::{Value, json};
 use tidegate_policy::{ColumnSpec, DataType as ColType};
-use tidegate_runtime::{
-    EngineLimits, GuestLimits, JobMeter, Sandbox, TableData, TableInput, run_query, scan_columns,
-};
+use tidegate_runtime::{TableData, TableInput, scan_columns};
 use tidegate_server::{VISITOR_UDF_WASM, visitor_csv};
 
 mod common;
-use common::{DEMO_SQL, Env, OUT_DATA, ROWS, active_scenario, scalar_module, setup};
+use common::{DEMO_SQL, Env, OUT_DATA, ROWS, active_scenario, run_module, scalar_module, setup};
 
 // ----- helpers -----
 
@@ -365,21 +363,6 @@ fn decimals_table() -> Vec<TableInput> {
     }]
 }
 
-async fn run(wasm: &[u8], sql: &str, tables: &[TableInput]) -> Result<Vec<RecordBatch>, String> {
-    let sandbox = Arc::new(Sandbox::new().unwrap());
-    let module = sandbox.load(wasm).map_err(|e| e.to_string())?;
-    let meter = Arc::new(JobMeter::new(GuestLimits::default()));
-    run_query(
-        sql,
-        tables,
-        sandbox.udfs(&module, &meter),
-        EngineLimits::default(),
-    )
-    .await
-    .map(|o| o.batches)
-    .map_err(|e| e.to_string())
-}
-
 /// A guest returning timestamps at the ends of i64 (far outside any calendar); then the
 /// engine's date functions and a cast to text over them: an error is fine, a panic is not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -396,7 +379,7 @@ async fn a_guest_timestamp_outside_the_calendar_does_not_panic_the_engine() {
         let tables = decimals_table();
         let handle = tokio::spawn(async move {
             let wasm = wasm_clone();
-            run(&wasm, sql, &tables).await
+            run_module(&wasm, sql, &tables).await
         });
         let outcome = handle.await;
         assert!(outcome.is_ok(), "{sql}: the engine panicked: {outcome:?}");
@@ -443,7 +426,7 @@ async fn a_date_too_far_for_microseconds_is_not_silently_nulled_for_a_module() {
         ]),
     }];
     let out = tokio::spawn(async move {
-        run(
+        run_module(
             VISITOR_UDF_WASM,
             "SELECT visit_hour(d) AS h FROM t",
             &tables,

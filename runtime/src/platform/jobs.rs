@@ -247,35 +247,6 @@ impl Platform {
         Ok(id)
     }
 
-    /// The principal who submitted a job, as they are now (roles, training, freeze).
-    fn principal_by_id(db: &Connection, id: &str) -> Result<Principal> {
-        let (org, roles, trained, frozen) = db.query_row(
-            "SELECT org_id, roles, trained_at,
-                    EXISTS (SELECT 1 FROM settings WHERE key = 'frozen:' || org_id)
-             FROM principals WHERE id = ?1",
-            params![id],
-            |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, Option<String>>(2)?,
-                    r.get::<_, bool>(3)?,
-                ))
-            },
-        )?;
-        Ok(Principal {
-            id: id.to_string(),
-            org,
-            roles: roles
-                .split(',')
-                .filter(|r| !r.is_empty())
-                .map(|r| r.parse().map_err(Error::Integrity))
-                .collect::<Result<_>>()?,
-            trained: trained.is_some(),
-            frozen,
-        })
-    }
-
     /// Ends a job that is in state `from` and will not run on (refused when it came to
     /// start, cancelled while queued, interrupted by a stop): `failed` with `why`, in the log.
     /// Whether it was in that state.
@@ -332,7 +303,8 @@ impl Platform {
                 return Ok(());
             }
             (
-                Self::principal_by_id(&db, &job.submitted_by)?,
+                Self::principal_where(&db, "id", &job.submitted_by)?
+                    .ok_or_else(|| Error::Integrity(format!("job {id} names no principal")))?,
                 job.sql,
                 job.modules,
                 job.scenario,

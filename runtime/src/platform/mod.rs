@@ -1135,12 +1135,25 @@ impl Platform {
             .db
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Self::principal_where(&db, "token_hash", &hash_token(token))?
+            .ok_or_else(|| Error::Unauthenticated("unknown or revoked token".into()))
+    }
+
+    /// The principal whose `key` column (`id` or `token_hash`) is `value`, as it is now:
+    /// roles, training, and whether its org is frozen.
+    pub(super) fn principal_where(
+        db: &Connection,
+        key: &'static str,
+        value: &str,
+    ) -> Result<Option<Principal>> {
         let row = db
             .query_row(
-                "SELECT id, org_id, roles, trained_at,
-                        EXISTS (SELECT 1 FROM settings WHERE key = 'frozen:' || org_id)
-                 FROM principals WHERE token_hash = ?1",
-                params![hash_token(token)],
+                &format!(
+                    "SELECT id, org_id, roles, trained_at,
+                            EXISTS (SELECT 1 FROM settings WHERE key = 'frozen:' || org_id)
+                     FROM principals WHERE {key} = ?1"
+                ),
+                params![value],
                 |r| {
                     Ok((
                         r.get::<_, String>(0)?,
@@ -1152,9 +1165,10 @@ impl Platform {
                 },
             )
             .optional()?;
-        let (id, org, roles, trained, frozen) =
-            row.ok_or_else(|| Error::Unauthenticated("unknown or revoked token".into()))?;
-        Ok(Principal {
+        let Some((id, org, roles, trained, frozen)) = row else {
+            return Ok(None);
+        };
+        Ok(Some(Principal {
             id,
             org,
             roles: roles
@@ -1164,7 +1178,7 @@ impl Platform {
                 .collect::<Result<_>>()?,
             trained: trained.is_some(),
             frozen,
-        })
+        }))
     }
 
     /// An org's kind, by its id.

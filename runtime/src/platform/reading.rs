@@ -323,9 +323,10 @@ fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
         .iter()
         .zip(schema.fields())
         .map(|(c, f)| {
-            let ours = our_type(f.data_type())
-                .map_or_else(|| f.data_type().to_string(), |t| t.to_string());
+            // Built only when a value does not fit (not once per batch).
             let cannot = || {
+                let ours = our_type(f.data_type())
+                    .map_or_else(|| f.data_type().to_string(), |t| t.to_string());
                 Error::BadInput(format!(
                     "column `{}` has a value that is not a {ours} as it stands (nothing is \
                      rounded, cut or overflowed on import: declare a type that holds it)",
@@ -374,15 +375,17 @@ fn exact_decimals(c: &ArrayRef, precision: u8, scale: i8) -> Option<ArrayRef> {
     let target = ArrowType::Decimal128(precision, scale);
     let limit = 10i128.checked_pow(u32::from(precision))?;
     let fits = |v: i128| v.checked_abs().is_some_and(|a| a < limit);
-    let array: arrow::array::Decimal128Array = match c.data_type() {
+    let array: ArrayRef = match c.data_type() {
         ArrowType::Utf8 => {
             let text = arrow::array::AsArray::as_string::<i32>(c);
-            text.iter()
+            let parsed: arrow::array::Decimal128Array = text
+                .iter()
                 .map(|v| match v.map(str::trim) {
                     None | Some("") => Some(None),
-                    Some(v) => parse_decimal(v, scale).filter(|d| fits(*d)).map(Some),
+                    Some(v) => parse_decimal(v, scale).map(Some),
                 })
-                .collect::<Option<_>>()?
+                .collect::<Option<_>>()?;
+            Arc::new(parsed.with_data_type(target.clone()))
         }
         ArrowType::Decimal32(_, s)
         | ArrowType::Decimal64(_, s)
@@ -392,49 +395,14 @@ fn exact_decimals(c: &ArrayRef, precision: u8, scale: i8) -> Option<ArrayRef> {
         {
             return None;
         }
-        ArrowType::Decimal128(_, s) if *s == scale => {
-            let values = arrow::array::AsArray::as_primitive::<arrow::datatypes::Decimal128Type>(c);
-            if values.iter().flatten().all(fits) {
-                values.clone()
-            } else {
-                return None;
-            }
-        }
-        t if t.is_integer()
-            || matches!(
-                t,
-                ArrowType::Decimal32(..)
-                    | ArrowType::Decimal64(..)
-                    | ArrowType::Decimal128(..)
-                    | ArrowType::Decimal256(..)
-            ) =>
-        {
-            let options = arrow::compute::CastOptions {
-                safe: false,
-                ..Default::default()
-            };
-            let cast = arrow::compute::cast_with_options(c, &target, &options).ok()?;
-            let cast =
-                arrow::array::AsArray::as_primitive::<arrow::datatypes::Decimal128Type>(&cast);
-            if cast.iter().flatten().all(fits) {
-                cast.clone()
-            } else {
-                return None;
-            }
-        }
-        // Floats and anything else: only when the number is exactly a decimal of this scale.
-        _ => {
-            let cast = exact_cast(c, &target)?;
-            let values =
-                arrow::array::AsArray::as_primitive::<arrow::datatypes::Decimal128Type>(&cast);
-            if values.iter().flatten().all(fits) {
-                values.clone()
-            } else {
-                return None;
-            }
-        }
+        t if *t == target => Arc::clone(c),
+        // Integers, decimals of fewer places, floats: only when the number is exactly a
+        // decimal of this scale.
+        _ => exact_cast(c, &target)?,
     };
-    Some(Arc::new(array.with_data_type(target)))
+    // Every value within the precision, also when the file says the same type.
+    let values = arrow::array::AsArray::as_primitive::<arrow::datatypes::Decimal128Type>(&array);
+    values.iter().flatten().all(fits).then_some(array)
 }
 
 /// `[+-]digits[.digits]` as a count of `10^-scale`; `None` when it has more places than
@@ -697,13 +665,7 @@ impl ObjectSink {
             .parent()
             .ok_or_else(|| Error::Internal("an object path has no directory".into()))?;
         fs::create_dir_all(dir)?;
-        let tmp = dir.join(format!(
-            ".{}.tmp-{}",
-            path.file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("object"),
-            hex::encode(random_bytes::<6>())
-        ));
+        let tmp = crate::crypto::temporary_path(path);
         let writer = SealingWriter::create(&tmp, key, context)?;
         Ok(ObjectSink {
             writer: Some(writer),

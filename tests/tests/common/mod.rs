@@ -2,6 +2,7 @@
 //! port, the story's principals, and a scenario ready to run jobs.
 #![allow(dead_code)] // each test file uses its own part of this
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -351,4 +352,106 @@ pub(crate) fn spinning_module() -> Vec<u8> {
             (func (export "tg_scalar") (param i32 i32) (result i32) (loop (br 0)) unreachable))"#,
     )
     .unwrap()
+}
+
+// ----- Shared by the red-team suites of the gate (rounds 4 and 5) -----
+
+/// The demo data's rows: (resident_id, spot, visit_date, spend).
+pub(crate) fn data() -> Vec<(String, String, String, f64)> {
+    visitor_csv(ROWS)
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (
+                f[0].to_string(),
+                f[2].to_string(),
+                f[3].to_string(),
+                f[4].parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The released rows of a preview, as (first cell, every cell).
+pub(crate) fn rows(preview: &str) -> Vec<(String, Vec<String>)> {
+    preview
+        .lines()
+        .skip(1)
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let cells: Vec<String> = l
+                .split(',')
+                .map(|c| c.trim_matches('"').to_string())
+                .collect();
+            (cells[0].clone(), cells)
+        })
+        .collect()
+}
+
+/// Runs an attack: refused before it ran (empty), or run and exported; returns the preview.
+pub(crate) fn attempt(env: &Env, sid: &str, sql: &str) -> String {
+    let j = job(env, sid, sql, &[]);
+    if j["state"] == "failed" {
+        let error = j["error"].as_str().unwrap();
+        assert!(error.starts_with("refused: "), "{sql}: {error}");
+        eprintln!("REFUSED: {error}");
+        return String::new();
+    }
+    let e = full_report(
+        env,
+        &env.world
+            .scientist
+            .request_export(j["id"].as_str().unwrap())
+            .unwrap(),
+    );
+    let p = released(env, &e);
+    eprintln!("RELEASED:\n{p}");
+    p
+}
+
+/// Rows per spot.
+pub(crate) fn rows_per_spot() -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for (_, spot, _, _) in data() {
+        *m.entry(spot).or_insert(0) += 1;
+    }
+    m
+}
+
+/// A visit that is the only one at its spot on its date (the attacker knows the person was
+/// there that day: a quasi-identifier, which may filter rows), and its resident's ID.
+pub(crate) fn lone_visit() -> (String, String, String, f64) {
+    let d = data();
+    let mut at: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for (_, s, v, _) in &d {
+        *at.entry((s.clone(), v.clone())).or_insert(0) += 1;
+    }
+    d.iter()
+        .skip(100)
+        .find(|(_, s, v, _)| at[&(s.clone(), v.clone())] == 1)
+        .cloned()
+        .unwrap()
+}
+
+/// Runs `sql` over `tables` with the module `wasm` loaded in a fresh sandbox, as a job's
+/// engine does; the result's batches, or the error as the scientist would read it.
+pub(crate) async fn run_module(
+    wasm: &[u8],
+    sql: &str,
+    tables: &[tidegate_runtime::TableInput],
+) -> Result<Vec<arrow::array::RecordBatch>, String> {
+    use tidegate_runtime::{EngineLimits, GuestLimits, JobMeter, Sandbox, run_query};
+    let sandbox = Arc::new(Sandbox::new().unwrap());
+    let module = sandbox.load(wasm).map_err(|e| e.to_string())?;
+    let meter = Arc::new(JobMeter::new(GuestLimits::default()));
+    run_query(
+        sql,
+        tables,
+        sandbox.udfs(&module, &meter),
+        EngineLimits::default(),
+    )
+    .await
+    .map(|o| o.batches)
+    .map_err(|e| e.to_string())
 }
