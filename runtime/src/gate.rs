@@ -802,9 +802,7 @@ fn scan_array(a: &arrow::array::ArrayRef, hits: &mut BTreeMap<String, u64>) -> u
         | DataType::Decimal64(..)
         | DataType::Decimal128(..)
         | DataType::Decimal256(..) => {
-            let wide = DataType::Decimal128(38, 0);
-            let as_text = arrow::compute::cast(a, &DataType::Utf8).ok();
-            if let Some(text) = &as_text {
+            if let Ok(text) = arrow::compute::cast(a, &DataType::Utf8) {
                 text.as_string::<i32>().iter().flatten().for_each(|v| {
                     let whole = v.split('.').next().unwrap_or(v);
                     check(whole);
@@ -813,17 +811,11 @@ fn scan_array(a: &arrow::array::ArrayRef, hits: &mut BTreeMap<String, u64>) -> u
                         check(digits.trim_start_matches('0'));
                     }
                 });
-            } else if let Ok(unscaled) = arrow::compute::cast(a, &wide) {
-                unscaled
-                    .as_primitive::<arrow::datatypes::Decimal128Type>()
-                    .iter()
-                    .flatten()
-                    .for_each(|v| check(&v.unsigned_abs().to_string()));
             }
         }
-        // Times: as text, and as the count they are stored as (a number of seconds or
-        // microseconds can be an identifier).
-        DataType::Timestamp(..) | DataType::Date64 => {
+        // Dates, times, times of day and durations: as text, and as the count they are
+        // stored as (a number of seconds or microseconds can be an identifier).
+        t if t.is_temporal() => {
             if let Ok(counts) = arrow::compute::cast(a, &DataType::Int64) {
                 counts
                     .as_primitive::<Int64Type>()

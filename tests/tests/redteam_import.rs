@@ -502,6 +502,16 @@ fn the_scan_finds_a_resident_id_hidden_in_a_decimal_fraction_or_a_timestamp() {
     if hits_of(Arc::new(a)) == 0 {
         missed.push("mobile as timestamp seconds".into());
     }
+    // The same attack spelled with the other temporal types a result may carry: a time of
+    // day counts up to 86,400,000,000 microseconds (11 digits), a duration any count.
+    let a = arrow::array::Time64MicrosecondArray::from(vec![mobile_n]);
+    if hits_of(Arc::new(a)) == 0 {
+        missed.push("mobile as a time of day in microseconds".into());
+    }
+    let a = arrow::array::DurationSecondArray::from(vec![mobile_n]);
+    if hits_of(Arc::new(a)) == 0 {
+        missed.push("mobile as a duration in seconds".into());
+    }
     let a = Date32Array::from(vec![(mobile_n % 1_000_000) as i32]);
     let _ = hits_of(Arc::new(a)); // dates carry at most ~7 digits: not asserted
     assert!(
