@@ -61,6 +61,7 @@ fn gate(output: &tidegate_runtime::JobOutput) -> usize {
             earlier: &[],
             pseudonyms: None,
             dominance: Default::default(),
+            memory: None,
         },
         &output.batches,
     )

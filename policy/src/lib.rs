@@ -6,6 +6,7 @@
 
 mod detect;
 mod gate;
+mod inference;
 mod model;
 mod privacy;
 mod release;
@@ -18,6 +19,9 @@ pub use detect::{
 pub use gate::{
     ALLOWED_AGGREGATES, CheckOutcome, GateCheck, GateReport, MAX_WITHHELD_FAILURES, QueryShape,
     check_shape, default_threshold, is_allowed_aggregate,
+};
+pub use inference::{
+    Disclosure, Element, Ledger, SubjectSet, decode_sets, differs_by_fewer_than, encode_sets,
 };
 pub use model::{
     ColumnSpec, ColumnTag, DataType, ExportRules, Level, Masking, OrgKind, Origin, Principal, Role,

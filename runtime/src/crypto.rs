@@ -286,6 +286,37 @@ fn open_in_place(key: &[u8; 32], sealed: &[u8], aad: &[u8], plain: &mut [u8]) ->
 #[derive(Clone)]
 pub struct PseudonymKey(ring::hmac::Key);
 
+/// The key that names subjects in the gate's memory: a keyed hash (SipHash-1-3) of each
+/// entity key, stable across jobs, datasets and versions, meaningless without the key; and the
+/// secret seed of the audit's random weights. Derived from the pseudonym root, so it is
+/// re-wrapped with it on rotation and never stored apart.
+#[derive(Clone, Copy)]
+pub struct SubjectKey {
+    hash: [u8; 16],
+    seed: u64,
+}
+
+impl std::fmt::Debug for SubjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SubjectKey(..)")
+    }
+}
+
+impl SubjectKey {
+    /// A subject's name in the gate's memory.
+    pub fn subject(&self, entity_key: &[u8]) -> u64 {
+        use std::hash::Hasher;
+        let mut h = siphasher::sip::SipHasher13::new_with_key(&self.hash);
+        h.write(entity_key);
+        h.finish()
+    }
+
+    /// The seed of the audit's weights.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+}
+
 impl std::fmt::Debug for PseudonymKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("PseudonymKey(..)")
@@ -309,6 +340,21 @@ impl PseudonymKey {
 
 impl DataKey {
     /// Derives a scenario's pseudonymization key from this (root) key.
+    /// The subject key derived from this (pseudonym root) key.
+    pub fn subject_key(&self) -> SubjectKey {
+        let root = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.0);
+        let derived = ring::hmac::sign(&root, b"tidegate-subjects-v1");
+        let bytes = derived.as_ref();
+        let mut hash = [0u8; 16];
+        hash.copy_from_slice(&bytes[..16]);
+        let mut seed = [0u8; 8];
+        seed.copy_from_slice(&bytes[16..24]);
+        SubjectKey {
+            hash,
+            seed: u64::from_le_bytes(seed),
+        }
+    }
+
     pub fn pseudonym_key(&self, scenario: &str) -> PseudonymKey {
         let root = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.0);
         let derived = ring::hmac::sign(

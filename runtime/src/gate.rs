@@ -7,8 +7,9 @@ use arrow::datatypes::{DataType, Float64Type, Int32Type, Int64Type, Schema};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tidegate_policy::{
-    CheckOutcome, ColumnNoise, DominanceRule, GateReport, Level, Masking, NoisePlan, QueryShape,
-    check_shape, discrete_laplace, mask, noised, plan_noise, scan_value,
+    CheckOutcome, ColumnNoise, DominanceRule, GateReport, Ledger, Level, Masking, NoisePlan,
+    QueryShape, SubjectSet, check_shape, differs_by_fewer_than, discrete_laplace, mask, noised,
+    plan_noise, scan_value,
 };
 
 use crate::error::{Error, Result};
@@ -35,6 +36,31 @@ pub struct GateInput<'a> {
     pub pseudonyms: Option<&'a crate::crypto::PseudonymKey>,
     /// The dominance rules the job's cells were checked against (R-GATE 3).
     pub dominance: DominanceRule,
+    /// The gate's memory: every earlier exact release over the datasets the job read, and the
+    /// sets of subjects of this result's rows (R-GATE 6). `None` when the result has none (no
+    /// subjects, or differential privacy).
+    pub memory: Option<Memory<'a>>,
+}
+
+/// What the gate remembers and what this result would add to it.
+#[derive(Debug, Clone)]
+pub struct Memory<'a> {
+    /// This export's id, as later reasons will name it.
+    pub origin: &'a str,
+    /// Per result row (in batch order), its sets of subjects.
+    pub sets: &'a [Vec<SubjectSet>],
+    /// Per dataset with subjects that the job read, everything released over it so far.
+    pub ledgers: &'a [(String, Ledger)],
+}
+
+/// What a passing release adds to the gate's memory.
+#[derive(Debug, Clone, Default)]
+pub struct Remembered {
+    pub released: Vec<SubjectSet>,
+    /// Sets suppressed for fewer than k subjects: never to become determinable.
+    pub protected: Vec<SubjectSet>,
+    /// The ledgers with this release in them, to keep when it is recorded.
+    pub ledgers: Vec<(String, Ledger)>,
 }
 
 /// A scenario's privacy budget as one export request would spend it.
@@ -74,6 +100,8 @@ pub struct GateOutcome {
     pub groups: Groups,
     /// The epsilon the noise of this release cost, charged when it is kept.
     pub epsilon_spent: Option<f64>,
+    /// What the release adds to the gate's memory, when it is audited.
+    pub remembered: Option<Remembered>,
 }
 
 pub fn evaluate(input: &GateInput<'_>, batches: &[RecordBatch]) -> Result<GateOutcome> {
@@ -160,6 +188,24 @@ pub fn evaluate(input: &GateInput<'_>, batches: &[RecordBatch]) -> Result<GateOu
             }
         }
     }
+    // R-GATE 6, the gate's memory: a cell whose subjects differ from a cell released earlier
+    // over the same data (by anyone), or from another of this release, by fewer than k is
+    // suppressed, however its key is spelled.
+    let memory = match (&input.memory, input.shape.aggregated, input.privacy) {
+        (Some(m), true, None) => {
+            if m.sets.len() != rows.len() {
+                return Err(Error::Internal(
+                    "the result's sets of subjects do not match its rows".into(),
+                ));
+            }
+            Some(m)
+        }
+        _ => None,
+    };
+    let mut close_to: BTreeMap<String, u64> = BTreeMap::new();
+    if let Some(m) = memory {
+        close_to = suppress_close(&mut rows, m, input.threshold_k);
+    }
     // The same for complementary suppression: it follows exact suppressions only.
     let complementary = if input.privacy.is_none() {
         suppress_complementary(&mut rows)
@@ -245,7 +291,16 @@ pub fn evaluate(input: &GateInput<'_>, batches: &[RecordBatch]) -> Result<GateOu
                 "no cell to check".to_string()
             }),
         );
-        report.push("differencing", differencing(&groups, input));
+        report.push(
+            "differencing",
+            differencing(&groups, input, memory, &close_to),
+        );
+    }
+    let mut remembered = None;
+    if let Some(m) = memory {
+        let (outcome, kept) = audit(&rows, m, input.threshold_k);
+        report.push("inference", outcome);
+        remembered = Some(kept);
     }
 
     report.push("identifiers", scan_identifiers(&released));
@@ -293,6 +348,7 @@ pub fn evaluate(input: &GateInput<'_>, batches: &[RecordBatch]) -> Result<GateOu
             released: Vec::new(),
             groups: Groups::new(),
             epsilon_spent: None,
+            remembered: None,
         });
     }
     Ok(GateOutcome {
@@ -301,7 +357,92 @@ pub fn evaluate(input: &GateInput<'_>, batches: &[RecordBatch]) -> Result<GateOu
         released,
         groups,
         epsilon_spent,
+        remembered,
     })
+}
+
+/// Suppresses every kept row with a set of subjects that differs by fewer than `k` (but some)
+/// from a cell released earlier over the same data or from a set of a row kept before it in
+/// this release. Returns how many rows each earlier export (or this release) caused to go.
+fn suppress_close(rows: &mut [GroupRow], memory: &Memory<'_>, k: u64) -> BTreeMap<String, u64> {
+    let mut causes: BTreeMap<String, u64> = BTreeMap::new();
+    let mut kept: Vec<&SubjectSet> = Vec::new();
+    for (i, r) in rows.iter_mut().enumerate() {
+        if !r.keep {
+            continue;
+        }
+        let sets = &memory.sets[i];
+        let earlier = sets.iter().find_map(|set| {
+            memory
+                .ledgers
+                .iter()
+                .find_map(|(_, l)| l.close_to(set, k).map(|(origin, _)| origin.to_string()))
+        });
+        // A row's own sets too: a measure whose subjects are the cell's but for a few (a
+        // FILTER, a CASE giving 0) released next to the cell tells about those few.
+        let within = || {
+            sets.iter().enumerate().any(|(a, set)| {
+                sets[..a]
+                    .iter()
+                    .chain(kept.iter().copied())
+                    .any(|other| differs_by_fewer_than(set, other, k).is_some())
+            })
+        };
+        let cause = match earlier {
+            Some(origin) => Some(origin),
+            None if within() => Some("this release".to_string()),
+            None => None,
+        };
+        match cause {
+            Some(origin) => {
+                r.keep = false;
+                *causes.entry(origin).or_insert(0) += 1;
+            }
+            None => kept.extend(sets.iter()),
+        }
+    }
+    causes
+}
+
+/// The linear audit of the release with everything released before it over the same data:
+/// the outcome, and what the release adds to the gate's memory.
+fn audit(rows: &[GroupRow], memory: &Memory<'_>, k: u64) -> (CheckOutcome, Remembered) {
+    let mut remembered = Remembered::default();
+    for (r, sets) in rows.iter().zip(memory.sets) {
+        if r.keep {
+            remembered.released.extend(sets.iter().cloned());
+        } else {
+            remembered.protected.extend(
+                sets.iter()
+                    .filter(|s| !s.is_empty() && (s.len() as u64) < k)
+                    .cloned(),
+            );
+        }
+    }
+    let mut earlier = 0usize;
+    for (dataset, ledger) in memory.ledgers {
+        earlier += ledger.cells();
+        let mut next = ledger.clone();
+        for set in &remembered.released {
+            next.add_released(memory.origin, set.clone());
+        }
+        for set in &remembered.protected {
+            next.add_protected(memory.origin, set.clone());
+        }
+        if let Some(found) = next.disclosure(k) {
+            return (
+                CheckOutcome::Fail(format!("{found}: refused (k={k})")),
+                Remembered::default(),
+            );
+        }
+        remembered.ledgers.push((dataset.clone(), next));
+    }
+    (
+        CheckOutcome::Pass(format!(
+            "audited with {earlier} cell(s) released earlier over the same data (any scenario, any org): no total of fewer than k={k} subjects, and no cell suppressed for fewer, becomes determinable"
+        )),
+        remembered,
+    )
 }
 
 /// The OS's random source as 64-bit words, for the noise samplers.
@@ -494,8 +635,33 @@ pub(crate) fn group_keys(batch: &RecordBatch) -> Result<Vec<Option<String>>> {
 /// R-GATE 6: a group released again with a subject count that differs from an earlier
 /// release by fewer than k would let the two be subtracted to learn about those few subjects.
 /// The report names counts, never group values.
-fn differencing(groups: &Groups, input: &GateInput<'_>) -> CheckOutcome {
+fn differencing(
+    groups: &Groups,
+    input: &GateInput<'_>,
+    memory: Option<&Memory<'_>>,
+    close_to: &BTreeMap<String, u64>,
+) -> CheckOutcome {
     let k = input.threshold_k;
+    let by_sets = match memory {
+        None => String::new(),
+        Some(m) => {
+            let cells: usize = m.ledgers.iter().map(|(_, l)| l.cells()).sum();
+            let mut text = format!(
+                "; by their subjects, compared with {cells} cell(s) released earlier over the same data by any scenario or org"
+            );
+            if !close_to.is_empty() {
+                let causes: Vec<String> = close_to
+                    .iter()
+                    .map(|(origin, n)| format!("{n} because of {origin}"))
+                    .collect();
+                text.push_str(&format!(
+                    ", group(s) whose subjects differ by fewer than k={k} suppressed: {}",
+                    causes.join(", ")
+                ));
+            }
+            text
+        }
+    };
     // (groups, earlier exports) close to an earlier export of the same data, and of other data.
     let (mut same, mut newer) = ((0u64, 0u64), (0u64, 0u64));
     for earlier in input.earlier {
@@ -528,7 +694,7 @@ fn differencing(groups: &Groups, input: &GateInput<'_>) -> CheckOutcome {
         ))
     } else {
         CheckOutcome::Pass(format!(
-            "compared with {} earlier export(s) of this scenario; no group differs by fewer than k={k} subjects",
+            "by group key, compared with {} earlier export(s) of this scenario; no group differs by fewer than k={k} subjects{by_sets}",
             input.earlier.len()
         ))
     }
@@ -938,6 +1104,7 @@ mod tests {
             earlier,
             pseudonyms: None,
             dominance: DominanceRule::default(),
+            memory: None,
         };
         evaluate(&input, &[batch]).unwrap()
     }

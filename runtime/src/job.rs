@@ -42,6 +42,10 @@ use crate::storage::SealedStore;
 
 /// The hidden column holding a table's entity key, for counting subjects.
 pub(crate) const ENTITY_COLUMN: &str = "__tg_entity";
+/// The hidden column holding a stored row's identity: a hash of all its values, written at
+/// import (and made for tables held in memory), so that the gate's memory can tell rows apart
+/// across jobs, scenarios and versions whatever columns each was granted.
+pub(crate) const ROW_COLUMN: &str = "__tg_row";
 /// Distinct subjects of an output group (NULL entity keys count as one).
 pub(crate) const SUBJECTS_COLUMN: &str = "__tg_subjects";
 /// Hidden columns `__tg_key_0..` carry each group's key values.
@@ -91,6 +95,9 @@ pub struct EngineLimits {
     pub dominance: DominanceRule,
     /// The scenario's k: a count or sum of a cell over fewer subjects (but some) fails it.
     pub threshold: u64,
+    /// Names the subjects of each cell for the gate's memory (R-GATE 6): set for exact
+    /// releases, so the result carries each row's sets of subjects.
+    pub subjects: Option<crate::crypto::SubjectKey>,
 }
 
 impl Default for EngineLimits {
@@ -103,6 +110,7 @@ impl Default for EngineLimits {
             level: Level::L1,
             dominance: DominanceRule::default(),
             threshold: 1,
+            subjects: None,
         }
     }
 }
@@ -152,6 +160,45 @@ pub struct JobOutput {
     pub plan: String,
     /// The most memory the query engine's operators reserved at once.
     pub peak_engine_memory_bytes: u64,
+    /// Per result row, its sets of subjects (keyed hashes), when the limits named a subject
+    /// key and the result is an aggregate over subjects.
+    pub subject_sets: Option<Vec<Vec<tidegate_policy::SubjectSet>>>,
+}
+
+/// Each row's identity: SipHash-1-3 of the row's values in Arrow's row format (equal rows,
+/// which no query can tell apart, share one). Unkeyed: it is stored sealed with the data, and
+/// the gate's memory keys it again.
+pub(crate) fn row_ids(batch: &RecordBatch) -> Result<arrow::array::UInt64Array> {
+    use arrow::row::{RowConverter, SortField};
+    use std::hash::Hasher;
+    let converter = RowConverter::new(
+        batch
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| SortField::new(f.data_type().clone()))
+            .collect(),
+    )
+    .map_err(|e| Error::Internal(format!("row identity: {e}")))?;
+    let rows = converter
+        .convert_columns(batch.columns())
+        .map_err(|e| Error::Internal(format!("row identity: {e}")))?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let mut h = siphasher::sip::SipHasher13::new_with_keys(0x7469_6465, 0x726f_7773);
+            h.write(r.as_ref());
+            Some(h.finish())
+        })
+        .collect())
+}
+
+/// `batch` with its rows' identities in [`ROW_COLUMN`] (kept when it has them).
+pub(crate) fn with_row_ids(batch: &RecordBatch) -> Result<RecordBatch> {
+    if batch.schema().index_of(ROW_COLUMN).is_ok() {
+        return Ok(batch.clone());
+    }
+    append_column(batch, ROW_COLUMN, Arc::new(row_ids(batch)?))
 }
 
 /// The provider of one granted table.
@@ -162,13 +209,18 @@ async fn register(
 ) -> datafusion::common::Result<Arc<dyn TableProvider>> {
     match &t.data {
         TableData::Memory(batches) => {
+            let batches = batches
+                .iter()
+                .map(with_row_ids)
+                .collect::<Result<Vec<_>>>()
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
             let schema = batches.first().map(|b| b.schema()).ok_or_else(|| {
                 DataFusionError::Internal(format!("table {} has no batches", t.name))
             })?;
             // One partition per target partition, so that the scan runs on every core.
             let mut partitions = vec![Vec::new(); TARGET_PARTITIONS];
-            for (i, b) in batches.iter().enumerate() {
-                partitions[i % TARGET_PARTITIONS].push(b.clone());
+            for (i, b) in batches.into_iter().enumerate() {
+                partitions[i % TARGET_PARTITIONS].push(b);
             }
             Ok(Arc::new(MemTable::try_new(schema, partitions)?))
         }
@@ -225,10 +277,14 @@ impl GrantedTable {
         let stored = inner.schema();
         let mut fields = Vec::new();
         let mut sources = Vec::new();
+        // Rows stored before they had identities have none: the memory then knows their
+        // subjects only.
+        let row = stored.index_of(ROW_COLUMN).is_ok().then_some(ROW_COLUMN);
         let names = granted
             .iter()
             .map(|c| (c.name.as_str(), c.name.as_str()))
-            .chain(entity.map(|e| (e, ENTITY_COLUMN)));
+            .chain(entity.map(|e| (e, ENTITY_COLUMN)))
+            .chain(row.map(|r| (r, r)));
         for (stored_name, shown) in names {
             let i = stored.index_of(stored_name)?;
             fields.push(Field::new(shown, stored.field(i).data_type().clone(), true));
@@ -610,15 +666,16 @@ pub async fn run_query_until(
                     limits.dominance,
                     limits.threshold,
                     limits.privacy,
+                    limits.subjects,
                 )?;
                 let mut stream = datafusion::physical_plan::execute_stream(plan, Arc::clone(&task))
                     .map_err(|e| map_error(e, Stage::Running))?;
                 while let Some(batch) = stream.next().await {
                     tally.add(&batch.map_err(|e| map_error(e, Stage::Running))?)?;
                 }
-                tally.finish(batches)
+                tally.finish(batches).map(|f| (f.batches, f.subject_sets))
             }
-            None => Ok(batches),
+            None => Ok((batches, None)),
         }
     };
     // The deadline is kept by a thread of its own, not by the job's runtime: its workers may
@@ -645,7 +702,7 @@ pub async fn run_query_until(
         for m in &meters {
             m.check()?;
         }
-        let batches = batches?;
+        let (batches, sets) = batches?;
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
         if rows > limits.output_rows {
             return Err(Error::Limit(format!(
@@ -653,12 +710,12 @@ pub async fn run_query_until(
                 limits.output_rows
             )));
         }
-        Ok(batches)
+        Ok((batches, sets))
     })();
     // R-GATE 7: over L2 or L3 data, why a running job stopped may depend on a value (a guest
     // that traps on one subject's spend, a limit reached by a data-dependent loop); the job
     // shows that it failed, never why. A cancellation is the scenario's, not the data's.
-    let batches = match outcome {
+    let (batches, subject_sets) = match outcome {
         Err(e) if limits.level > Level::L1 && !cancelled => {
             return Err(Error::WhileRunning(Box::new(e)));
         }
@@ -666,6 +723,7 @@ pub async fn run_query_until(
     };
     Ok(JobOutput {
         batches,
+        subject_sets,
         shape,
         plan: plan_text,
         peak_engine_memory_bytes: pool.peak() as u64,

@@ -26,7 +26,9 @@ pub use audit::{
     verify_file as verify_audit_file, verify_slice as verify_audit_slice,
 };
 pub use bundle::{Signer, Verified, verify as verify_bundle, write as write_bundle};
-pub use crypto::{DataKey, MasterKey, PseudonymKey, SealedReader, random_token, sha256_hex};
+pub use crypto::{
+    DataKey, MasterKey, PseudonymKey, SealedReader, SubjectKey, random_token, sha256_hex,
+};
 pub use error::{Error, Result};
 pub use gate::{
     GateInput, GateOutcome, Groups as GateGroups, evaluate as evaluate_gate, scan_columns,

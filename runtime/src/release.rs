@@ -26,7 +26,7 @@ use datafusion::logical_expr::{
 use datafusion::prelude::{cast, lit};
 use tidegate_policy::{
     BoundedAggregate, ColumnTag, ContributionBounds, Level, Lineage, PrivacyShape, QueryShape,
-    Released, releasable_aggregate, releasable_group_key,
+    Released, SubjectSet, releasable_aggregate, releasable_group_key,
 };
 
 use crate::error::{Error, Result};
@@ -34,6 +34,8 @@ use crate::job::{ENTITY_COLUMN, GROUP_KEY_PREFIX, RESERVED_PREFIX, TableInput};
 
 /// Hidden columns `__tg_u0..`: a row's subject from one scan (its entity key, as text).
 const UNIT_PREFIX: &str = "__tg_u";
+/// Hidden columns `__tg_w0..`: a row's identity from one scan (of a table with subjects).
+const ROW_PREFIX: &str = "__tg_w";
 /// Hidden columns `__tg_s0..`: a numeric column of a table with subjects, as a double.
 const SOURCE_PREFIX: &str = "__tg_s";
 /// Hidden result columns `__tg_t0..`: a cell's total of a measure (absolute values).
@@ -43,6 +45,11 @@ pub(crate) const PART_PREFIX: &str = "__tg_c";
 /// Contribution columns `__tg_d0..`: one subject's signed count or sum of an aggregate, for
 /// differential privacy.
 pub(crate) const SIGNED_PREFIX: &str = "__tg_d";
+/// Contribution column `__tg_rows`: the subject's rows in the cell, each with the measures
+/// it adds to ([`RowElement`]).
+const ROWS_COLUMN: &str = "__tg_rows";
+/// Bits of a row's measures: the cell and at most 31 counts and sums.
+const MAX_MEASURES: usize = 32;
 /// The subject of a contribution row.
 pub(crate) const SUBJECT_COLUMN: &str = "__tg_subject";
 /// The unit of a row whose entity key is NULL: all such rows are one subject.
@@ -215,6 +222,8 @@ fn no_subqueries(plan: &LogicalPlan) -> Result<()> {
 struct Carried {
     name: String,
     unit: bool,
+    /// A scan's row identities (for the gate's memory).
+    row: bool,
 }
 
 /// A rewritten plan below the aggregate: each output column's lineage, and the hidden
@@ -679,6 +688,16 @@ impl Walk<'_> {
         for unit in &units {
             exprs.push(input.column(&unit.name)?.alias(&unit.name));
         }
+        let rows: Vec<String> = input
+            .carried
+            .iter()
+            .filter(|c| c.row)
+            .map(|c| c.name.clone())
+            .collect();
+        for row in &rows {
+            exprs.push(input.column(row)?.alias(row));
+            carried.push(row.clone());
+        }
         let projected = LogicalPlanBuilder::from(input.plan.clone())
             .project(exprs)
             .map_err(internal)?;
@@ -756,6 +775,56 @@ impl Walk<'_> {
             };
             contribution_aggr.push(e.alias(name));
         }
+        // The gate's memory: each row of the subject in the cell, with which released measures
+        // it adds to (bit 0: the cell; then each count or sum whose FILTER it passes with a
+        // value that is not NULL, and for a sum not 0).
+        let mut adds: Vec<Expr> = vec![lit(true)];
+        let mut seen = BTreeSet::new();
+        for (_, part) in &part_exprs {
+            let (j, sum) = match *part {
+                PartExpr::Subjects(j) | PartExpr::Count(j) => (j, false),
+                PartExpr::Sum(j) => (j, true),
+                PartExpr::Rows | PartExpr::Source(..) => continue,
+            };
+            if !seen.insert(j) {
+                continue;
+            }
+            let argument = column(format!("__tg_a{j}"));
+            let mut adds_to = argument.clone().is_not_null();
+            if sum {
+                adds_to = adds_to.and(as_double(argument).not_eq(lit(0.0)));
+            }
+            if let Some(f) = filter_of(j) {
+                adds_to = adds_to.and(f);
+            }
+            adds.push(adds_to);
+        }
+        if adds.len() > MAX_MEASURES {
+            return refuse(format!(
+                "a release has at most {} counts and sums",
+                MAX_MEASURES - 1
+            ));
+        }
+        let element =
+            Expr::ScalarFunction(datafusion::logical_expr::expr::ScalarFunction::new_udf(
+                Arc::new(datafusion::logical_expr::ScalarUDF::new_from_impl(
+                    RowElement::new(adds.len()),
+                )),
+                adds.into_iter()
+                    .chain(rows.iter().map(|r| column(r.clone())))
+                    .collect(),
+            ));
+        contribution_aggr.push(
+            Expr::AggregateFunction(AggregateFunction::new_udf(
+                datafusion::functions_aggregate::array_agg::array_agg_udaf(),
+                vec![element],
+                false,
+                None,
+                vec![],
+                None,
+            ))
+            .alias(ROWS_COLUMN),
+        );
         let mut by = (0..agg.group_expr.len())
             .map(|i| column(format!("{GROUP_KEY_PREFIX}{i}")))
             .collect::<Vec<_>>();
@@ -1082,7 +1151,23 @@ impl Walk<'_> {
                 carried.push(Carried {
                     name: unit,
                     unit: true,
+                    row: false,
                 });
+                continue;
+            }
+            if f.name() == crate::job::ROW_COLUMN {
+                // The rows' identities ride along like the units (no query can name them).
+                columns.push(Lineage::default());
+                if subjects {
+                    let row = self.fresh(ROW_PREFIX);
+                    hidden.push(reference.alias(&row));
+                    hidden_lineage.push(Lineage::default());
+                    carried.push(Carried {
+                        name: row,
+                        unit: false,
+                        row: true,
+                    });
+                }
                 continue;
             }
             let tags = table
@@ -1103,6 +1188,7 @@ impl Walk<'_> {
                 carried.push(Carried {
                     name: source,
                     unit: false,
+                    row: false,
                 });
             }
             columns.push(lineage);
@@ -1147,6 +1233,8 @@ impl Walk<'_> {
                 } else {
                     let null = if c.unit {
                         ScalarValue::Utf8(None)
+                    } else if c.row {
+                        ScalarValue::UInt64(None)
                     } else {
                         ScalarValue::Float64(None)
                     };
@@ -1270,6 +1358,9 @@ struct Cell {
     contributors: Vec<u64>,
     /// Per measure judged above its cell's minimum, that minimum (0 for the others).
     floors: Vec<f64>,
+    /// Its rows for the gate's memory (when kept): (row, subject) named by the subject key,
+    /// and the mask of the measures each adds to.
+    elements: Vec<(u64, u64, u64)>,
 }
 
 /// Per subject, under differential privacy: its cells, each with a choice hash and its signed
@@ -1295,6 +1386,8 @@ pub(crate) struct Tally<'a> {
     signed: Vec<(usize, Signed)>,
     /// Per cell key, per measure measured above its minimum, the cell's minimum.
     minimums: HashMap<Box<[u8]>, Vec<f64>, foldhash::fast::RandomState>,
+    /// Names subjects for the gate's memory: each cell's sets of subjects are kept when set.
+    subject_key: Option<crate::crypto::SubjectKey>,
 }
 
 impl<'a> Tally<'a> {
@@ -1305,6 +1398,7 @@ impl<'a> Tally<'a> {
         rule: tidegate_policy::DominanceRule,
         threshold: u64,
         privacy: Option<ContributionBounds>,
+        subject_key: Option<crate::crypto::SubjectKey>,
     ) -> Result<Tally<'a>> {
         let keys = result.first().map(key_columns).unwrap_or_default();
         // No GROUP BY: one cell, the same constant key for every row.
@@ -1333,6 +1427,7 @@ impl<'a> Tally<'a> {
                 .filter_map(|(j, s)| s.clone().map(|s| (j, s)))
                 .collect(),
             minimums: HashMap::default(),
+            subject_key,
         };
         for b in result {
             let keys = tally.keys_of(b)?;
@@ -1394,14 +1489,23 @@ impl<'a> Tally<'a> {
             .iter()
             .map(|m| doubles(b, &m.part))
             .collect::<Result<Vec<_>>>()?;
-        let subject = match self.privacy {
-            Some(_) => Some(
+        let subject = match self.privacy.is_some() || self.subject_key.is_some() {
+            true => Some(
                 arrow::compute::cast(
                     b.column_by_name(SUBJECT_COLUMN)
                         .ok_or_else(|| Error::Internal("gate columns: no subject".into()))?,
                     &DataType::Utf8,
                 )
                 .map_err(arrow_error)?,
+            ),
+            false => None,
+        };
+        let elements = match self.subject_key {
+            Some(_) => Some(
+                b.column_by_name(ROWS_COLUMN)
+                    .and_then(|c| c.as_list_opt::<i32>())
+                    .cloned()
+                    .ok_or_else(|| Error::Internal("gate columns: no rows".into()))?,
             ),
             None => None,
         };
@@ -1436,16 +1540,39 @@ impl<'a> Tally<'a> {
                         bounded_totals: vec![0.0; measures],
                         contributors: vec![0; measures],
                         floors,
+                        elements: Vec::new(),
                     });
                     self.cells.len() - 1
                 }
             };
+            if let (Some(key), Some(subject), Some(elements)) =
+                (&self.subject_key, &subject, &elements)
+            {
+                // Rows of no subject never reach the tally (filtered in its plan).
+                let who = key.subject(subject.as_string::<i32>().value(row).as_bytes());
+                let list = elements.value(row);
+                let list = list
+                    .as_fixed_size_binary_opt()
+                    .ok_or_else(|| Error::Internal("gate columns: rows".into()))?;
+                let cell = &mut self.cells[at];
+                for bytes in list.iter().flatten() {
+                    let identity = u64::from_le_bytes(bytes[..8].try_into().unwrap_or_default());
+                    let mask = u64::from_le_bytes(bytes[8..16].try_into().unwrap_or_default());
+                    // A table stored without row identities: its subject stands for its rows.
+                    let named = match identity {
+                        0 => who,
+                        i => key.subject(&i.to_le_bytes()),
+                    };
+                    cell.elements.push((named, who, mask));
+                }
+            }
             for (m, column) in parts.iter().enumerate() {
                 let mut raw = if column.is_null(row) {
                     0.0
                 } else {
                     column.value(row)
                 };
+
                 if let Some(n) = &counts[m] {
                     // Above the cell's minimum: what this subject adds beyond its rows' floor.
                     let floor = self.cells[at].floors[m];
@@ -1470,7 +1597,7 @@ impl<'a> Tally<'a> {
                 }
             }
             self.cells[at].subjects += 1;
-            if let Some(subject) = &subject {
+            if let Some(subject) = self.privacy.and(subject.as_ref()) {
                 let subject = subject.as_string::<i32>();
                 let who = subject
                     .is_valid(row)
@@ -1493,8 +1620,42 @@ impl<'a> Tally<'a> {
     /// Adds what the gate reads to the result: each cell's distinct subjects
     /// (`__tg_subjects`), whether a dominance rule fails for any of its measures
     /// (`__tg_dominated`), and under differential privacy each count and sum again with every
-    /// subject's part bounded (`__tg_dp_*`).
-    pub(crate) fn finish(mut self, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+    /// subject's part bounded (`__tg_dp_*`). With a subject key, also each result row's sets of
+    /// subjects (the cell's, and each measure's that differs from it), for the gate's memory.
+    pub(crate) fn finish(mut self, batches: Vec<RecordBatch>) -> Result<Finished> {
+        let cell_sets: Option<Vec<Vec<SubjectSet>>> = self.subject_key.as_ref().map(|_| {
+            self.cells
+                .iter_mut()
+                .map(|c| {
+                    let mut elements = std::mem::take(&mut c.elements);
+                    elements.sort_unstable();
+                    // One row may add to a measure through one join partner and not another.
+                    elements.dedup_by(|b, a| {
+                        (a.0, a.1) == (b.0, b.1) && {
+                            a.2 |= b.2;
+                            true
+                        }
+                    });
+                    let used = elements.iter().fold(0u64, |m, e| m | e.2);
+                    let mut sets: Vec<SubjectSet> = Vec::new();
+                    for bit in 0..64 {
+                        if used & (1 << bit) == 0 {
+                            continue;
+                        }
+                        let set: SubjectSet = elements
+                            .iter()
+                            .filter(|e| e.2 & (1 << bit) != 0)
+                            .map(|e| (e.0, e.1))
+                            .collect();
+                        if !sets.contains(&set) {
+                            sets.push(set);
+                        }
+                    }
+                    sets
+                })
+                .collect()
+        });
+        let mut row_sets: Vec<Vec<SubjectSet>> = Vec::new();
         let by_subject = std::mem::take(&mut self.by_subject);
         let signed = &self.signed;
         // Bounded totals per cell: one slot per signed aggregate, and the subjects kept last.
@@ -1560,6 +1721,9 @@ impl<'a> Tally<'a> {
                 let mut at = Vec::with_capacity(b.num_rows());
                 for row in 0..b.num_rows() {
                     let cell = self.index.get(keys.row(row).as_ref()).copied();
+                    if let Some(sets) = &cell_sets {
+                        row_sets.push(cell.map(|c| sets[c].clone()).unwrap_or_default());
+                    }
                     at.push(cell);
                     let cell = cell.map(|c| &self.cells[c]);
                     subjects.push(cell.map_or(0, |c| c.subjects) as i64);
@@ -1611,6 +1775,101 @@ impl<'a> Tally<'a> {
                 }
                 Ok(out)
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()
+            .map(|batches| Finished {
+                batches,
+                subject_sets: cell_sets.map(|_| row_sets),
+            })
+    }
+}
+
+/// A result with the gate's columns, and each row's sets of subjects when they were kept.
+pub(crate) struct Finished {
+    pub batches: Vec<RecordBatch>,
+    pub subject_sets: Option<Vec<Vec<SubjectSet>>>,
+}
+
+/// `__tg_row_element(adds_0, .., adds_m-1, row_0, .., row_n-1)`: one row of a contribution
+/// as 16 bytes, its identity (a hash of the scans' row identities it joins; 0 when its tables
+/// stored none) and a mask of the measures it adds to. Built by the analysis only: no query
+/// can call it.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct RowElement {
+    measures: usize,
+    signature: datafusion::logical_expr::Signature,
+}
+
+impl RowElement {
+    fn new(measures: usize) -> RowElement {
+        RowElement {
+            measures,
+            signature: datafusion::logical_expr::Signature::variadic_any(
+                datafusion::logical_expr::Volatility::Immutable,
+            ),
+        }
+    }
+}
+
+impl datafusion::logical_expr::ScalarUDFImpl for RowElement {
+    fn name(&self) -> &str {
+        "__tg_row_element"
+    }
+
+    fn signature(&self) -> &datafusion::logical_expr::Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _: &[DataType]) -> datafusion::common::Result<DataType> {
+        Ok(DataType::FixedSizeBinary(16))
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: datafusion::logical_expr::ScalarFunctionArgs,
+    ) -> datafusion::common::Result<datafusion::logical_expr::ColumnarValue> {
+        use std::hash::Hasher;
+        let n = args.number_rows;
+        let arrays = args
+            .args
+            .iter()
+            .map(|a| a.to_array(n))
+            .collect::<datafusion::common::Result<Vec<_>>>()?;
+        let (adds, rows) = arrays.split_at(self.measures.min(arrays.len()));
+        let adds = adds
+            .iter()
+            .map(|a| arrow::compute::cast(a, &DataType::Boolean))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let rows = rows
+            .iter()
+            .map(|a| arrow::compute::cast(a, &DataType::UInt64))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let mut out = arrow::array::FixedSizeBinaryBuilder::with_capacity(n, 16);
+        for i in 0..n {
+            let mut mask = 0u64;
+            for (b, a) in adds.iter().enumerate() {
+                let a = a.as_boolean();
+                if a.is_valid(i) && a.value(i) {
+                    mask |= 1 << b;
+                }
+            }
+            let mut h = siphasher::sip::SipHasher13::new_with_keys(0x726f_7773, 0x6a6f_696e);
+            let mut any = false;
+            for (k, r) in rows.iter().enumerate() {
+                let r = r.as_primitive::<arrow::datatypes::UInt64Type>();
+                if r.is_valid(i) {
+                    any = true;
+                    h.write_usize(k);
+                    h.write_u64(r.value(i));
+                }
+            }
+            let identity = if any { h.finish().max(1) } else { 0 };
+            let mut bytes = [0u8; 16];
+            bytes[..8].copy_from_slice(&identity.to_le_bytes());
+            bytes[8..].copy_from_slice(&mask.to_le_bytes());
+            out.append_value(bytes)?;
+        }
+        Ok(datafusion::logical_expr::ColumnarValue::Array(Arc::new(
+            out.finish(),
+        )))
     }
 }

@@ -234,6 +234,7 @@ proptest! {
                 earlier: &[],
                 pseudonyms: None,
                 dominance: DominanceRule::default(),
+                memory: None,
             },
             &output.batches,
         )

@@ -52,7 +52,8 @@ impl Platform {
         let earlier_keys: Vec<(String, Vec<u8>, String)> = db
             .prepare(
                 "SELECT e.id, e.groups_key, j.inputs FROM exports e JOIN jobs j ON e.job_id = j.id
-                 WHERE j.scenario_id = ?1 AND e.groups_key IS NOT NULL ORDER BY e.created_at",
+                 WHERE j.scenario_id = ?1 AND e.groups_key IS NOT NULL AND e.audit_key IS NULL
+                 ORDER BY e.created_at",
             )?
             .query_map(params![s.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<rusqlite::Result<_>>()?;
@@ -79,6 +80,37 @@ impl Platform {
                 same_data: versions(&from_json::<Vec<Value>>(their_inputs)?) == ours,
             });
         }
+        // R-GATE 6, the gate's memory: each row's sets of subjects, and everything released
+        // over the datasets with subjects that the job read, by any scenario of any org.
+        // (Earlier exports kept before subjects were remembered are compared by key above.)
+        let subjects_key: Option<Vec<u8>> = db.query_row(
+            "SELECT subjects_key FROM jobs WHERE id = ?1",
+            params![job_id],
+            |r| r.get(0),
+        )?;
+        let sets = match &subjects_key {
+            Some(w) => Some(
+                tidegate_policy::decode_sets(&self.load_object("subjects", job_id, w)?)
+                    .ok_or_else(|| Error::Integrity(format!("the subjects of job {job_id}")))?,
+            ),
+            None => None,
+        };
+        let mut audited: Vec<String> = Vec::new();
+        if sets.is_some() {
+            for i in &inputs {
+                let dataset = Self::dataset_row(&db, i["dataset"].as_str().unwrap_or_default())?;
+                if dataset.columns.iter().any(|c| c.has_tag(ColumnTag::Entity))
+                    && !audited.contains(&dataset.id)
+                {
+                    audited.push(dataset.id);
+                }
+            }
+        }
+        let ledgers = audited
+            .iter()
+            .map(|d| Ok((d.clone(), self.gate_memory(&db, d)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let id = new_id("ex");
         let mut unapproved = 0;
         for hash in &job.modules {
             let approved: Option<Option<String>> = db
@@ -135,10 +167,14 @@ impl Platform {
                 earlier: &earlier,
                 pseudonyms: Some(&pseudonyms),
                 dominance: s.export_rules.dominance_rule(),
+                memory: sets.as_ref().map(|sets| gate::Memory {
+                    origin: &id,
+                    sets,
+                    ledgers: &ledgers,
+                }),
             },
             &batches,
         )?;
-        let id = new_id("ex");
         let passed = outcome.report.passed();
         // The export is stored as Parquet (typed); the CSV of a preview or a bundle is derived
         // from it. The approval binds the Parquet's hash.
@@ -161,6 +197,20 @@ impl Platform {
         } else {
             (None, None, None)
         };
+        // What the release adds to the gate's memory: its cells' sets and the sets it
+        // suppressed for fewer than k subjects, sealed, with the datasets they are over.
+        let remembered = outcome.remembered.as_ref().filter(|_| passed);
+        let (audit_key, audit_datasets) = match remembered {
+            Some(r) if !r.ledgers.is_empty() => (
+                Some(self.store_object(
+                    "audit",
+                    &id,
+                    &tidegate_policy::encode_sets(&[r.released.clone(), r.protected.clone()]),
+                )?),
+                Some(to_json(&audited)),
+            ),
+            _ => (None, None),
+        };
         let checked =
             tidegate_policy::next_export_state("submitted", ExportEvent::Checked { passed })?;
         let state = match checked {
@@ -180,8 +230,8 @@ impl Platform {
         tx.execute(
             "INSERT INTO exports (id, job_id, requested_by, org_id, state, gate_report, result_hash,
                  wrapped_key, required_approvals, decision_comment, created_at, released_at, bytes,
-                 groups_key, epsilon, withheld)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, NULL, ?12, ?13, ?14, ?15)",
+                 groups_key, epsilon, withheld, audit_key, audit_datasets)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, NULL, ?12, ?13, ?14, ?15, ?16, ?17)",
             params![
                 id,
                 job_id,
@@ -197,7 +247,9 @@ impl Platform {
                 stored_bytes,
                 groups_key,
                 epsilon,
-                withheld
+                withheld,
+                audit_key,
+                audit_datasets
             ],
         )?;
         let mut steps = vec![("submitted", actor.id.as_str()), (checked, GATE_ACTOR)];
@@ -225,6 +277,15 @@ impl Platform {
         )?;
         let suspend = withheld && self.ration_withheld(&tx, &job.scenario, &now)?;
         tx.commit()?;
+        if let Some(r) = remembered {
+            let mut kept = self
+                .ledgers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (dataset, ledger) in &r.ledgers {
+                kept.insert(dataset.clone(), ledger.clone());
+            }
+        }
         drop(db);
         if suspend {
             self.cancel_jobs(std::slice::from_ref(&job.scenario));
@@ -523,5 +584,53 @@ impl Platform {
         )?;
         tx.commit()?;
         Ok(files)
+    }
+
+    /// The gate's memory of a dataset: every release recorded over it, in the order they
+    /// were, built from the sealed audit records the first time it is asked for.
+    pub(super) fn gate_memory(
+        &self,
+        db: &Connection,
+        dataset: &str,
+    ) -> Result<tidegate_policy::Ledger> {
+        if let Some(l) = self
+            .ledgers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(dataset)
+        {
+            return Ok(l.clone());
+        }
+        let seed = self.pseudonym_root(db)?.subject_key().seed();
+        let mut ledger = tidegate_policy::Ledger::new(seed);
+        let records: Vec<(String, Vec<u8>, String)> = db
+            .prepare(
+                "SELECT id, audit_key, audit_datasets FROM exports
+                 WHERE audit_key IS NOT NULL ORDER BY created_at, rowid",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        for (export, key, datasets) in records {
+            if !from_json::<Vec<String>>(&datasets)?
+                .iter()
+                .any(|d| d == dataset)
+            {
+                continue;
+            }
+            let rows = tidegate_policy::decode_sets(&self.load_object("audit", &export, &key)?)
+                .filter(|rows| rows.len() == 2)
+                .ok_or_else(|| Error::Integrity(format!("the audit record of export {export}")))?;
+            for set in &rows[0] {
+                ledger.add_released(&export, set.clone());
+            }
+            for set in &rows[1] {
+                ledger.add_protected(&export, set.clone());
+            }
+        }
+        self.ledgers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(dataset.to_string(), ledger.clone());
+        Ok(ledger)
     }
 }

@@ -183,13 +183,16 @@ impl Platform {
                 rows: rows as u64,
             });
         }
-        let pseudonyms = self.pseudonym_root(&db)?.pseudonym_key(&s.id);
+        let root = self.pseudonym_root(&db)?;
+        let pseudonyms = root.pseudonym_key(&s.id);
+        let subjects = root.subject_key();
         Ok(CheckedJob {
             scenario: s,
             inputs,
             modules,
             level,
             pseudonyms,
+            subjects,
         })
     }
 
@@ -327,6 +330,7 @@ impl Platform {
             modules,
             level,
             pseudonyms,
+            subjects,
         } = match self.job_inputs(&actor, &scenario_id, &module_hashes) {
             Ok(checked) => checked,
             Err(e) => {
@@ -382,6 +386,12 @@ impl Platform {
                         level,
                         dominance: scenario.export_rules.dominance_rule(),
                         threshold: scenario.k,
+                        // The gate's memory audits exact releases; noise protects the rest.
+                        subjects: scenario
+                            .export_rules
+                            .contribution_bounds()
+                            .is_none()
+                            .then_some(subjects),
                         ..EngineLimits::default()
                     },
                     cancelled,
@@ -454,9 +464,19 @@ impl Platform {
                 };
                 let result_hash = sha256_hex(&parquet);
                 let wrapped = self.store_object("results", &id, &parquet)?;
+                // Each row's sets of subjects, for the gate's memory, sealed like the result.
+                let subjects_key = match &output.subject_sets {
+                    Some(sets) => Some(self.store_object(
+                        "subjects",
+                        &id,
+                        &tidegate_policy::encode_sets(sets),
+                    )?),
+                    None => None,
+                };
                 tx.execute(
                     "UPDATE jobs SET state = 'succeeded', rows = ?2, schema = ?3, resources = ?4,
-                     shape = ?5, plan = ?6, result_hash = ?7, wrapped_key = ?8, finished_at = ?9
+                     shape = ?5, plan = ?6, result_hash = ?7, wrapped_key = ?8, finished_at = ?9,
+                     subjects_key = ?10
                      WHERE id = ?1 AND state = 'running'",
                     params![
                         id,
@@ -467,7 +487,8 @@ impl Platform {
                         output.plan,
                         result_hash,
                         wrapped,
-                        finished
+                        finished,
+                        subjects_key
                     ],
                 )?;
                 self.audit.append_at(
@@ -742,4 +763,5 @@ struct CheckedJob {
     modules: Vec<Vec<u8>>,
     level: Level,
     pseudonyms: PseudonymKey,
+    subjects: crate::crypto::SubjectKey,
 }

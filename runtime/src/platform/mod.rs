@@ -535,6 +535,9 @@ pub struct Platform {
     cancels: Mutex<HashSet<String>>,
     /// What each running job reads (its sealed inputs and their plaintext size): its progress.
     reading: Mutex<HashMap<String, (Vec<SealedSource>, u64)>>,
+    /// The gate's memory per dataset, built from the stored audit records the first time an
+    /// export over the dataset asks, and kept as exports pass (R-GATE 6).
+    ledgers: Mutex<HashMap<String, tidegate_policy::Ledger>>,
     /// Held while the platform is open: one process per data directory.
     _lock: fs::File,
 }
@@ -589,10 +592,16 @@ const MIGRATIONS: &[(i64, &str)] = &[
          ALTER TABLE exports ADD COLUMN withheld INTEGER NOT NULL DEFAULT 0;
          ALTER TABLE scenarios ADD COLUMN failures_cleared_at TEXT;",
     ),
+    (
+        9,
+        "ALTER TABLE jobs ADD COLUMN subjects_key BLOB;
+         ALTER TABLE exports ADD COLUMN audit_key BLOB;
+         ALTER TABLE exports ADD COLUMN audit_datasets TEXT;",
+    ),
 ];
 
 /// The schema version this build writes.
-const SCHEMA_VERSION: i64 = 8;
+const SCHEMA_VERSION: i64 = 9;
 
 /// Who moves an export when the gate does.
 const GATE_ACTOR: &str = "export gate";
@@ -862,6 +871,14 @@ impl Platform {
             "SELECT id, 'gate/' || id, groups_key FROM exports WHERE groups_key IS NOT NULL",
             "gate",
         )?;
+        q(
+            "SELECT id, 'subjects/' || id, subjects_key FROM jobs WHERE subjects_key IS NOT NULL",
+            "subjects",
+        )?;
+        q(
+            "SELECT id, 'audit/' || id, audit_key FROM exports WHERE audit_key IS NOT NULL",
+            "audit",
+        )?;
         Ok(out)
     }
 
@@ -958,6 +975,18 @@ impl Platform {
                         params![name, rewrapped],
                     )?;
                 }
+                "subjects" => {
+                    tx.execute(
+                        "UPDATE jobs SET subjects_key = ?2 WHERE id = ?1",
+                        params![name, rewrapped],
+                    )?;
+                }
+                "audit" => {
+                    tx.execute(
+                        "UPDATE exports SET audit_key = ?2 WHERE id = ?1",
+                        params![name, rewrapped],
+                    )?;
+                }
                 _ => {
                     tx.execute(
                         "UPDATE exports SET wrapped_key = ?2 WHERE id = ?1",
@@ -1034,6 +1063,7 @@ impl Platform {
             queue: Arc::new(queue::JobQueue::default()),
             cancels: Mutex::new(HashSet::new()),
             reading: Mutex::new(HashMap::new()),
+            ledgers: Mutex::new(HashMap::new()),
             master,
             signer,
             _lock: lock,

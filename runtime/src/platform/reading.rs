@@ -762,7 +762,7 @@ pub(super) fn pipeline(
                 // A closed counter has failed: its error is reported below.
                 let _ = count_tx.send(batch.clone());
                 writer
-                    .write(&batch)
+                    .write(&job::with_row_ids(&batch)?)
                     .map_err(|e| Error::Internal(format!("parquet: {e}")))?;
             }
             writer
@@ -778,11 +778,15 @@ pub(super) fn pipeline(
     })
 }
 
-/// The stored form of a dataset: Parquet, zstd-compressed, in row groups of a million rows.
+/// The stored form of a dataset: Parquet, zstd-compressed, in row groups of a million rows,
+/// the declared columns followed by each row's identity ([`job::ROW_COLUMN`]).
 pub(super) fn stored_parquet_writer(
     sink: ObjectSink,
     schema: SchemaRef,
 ) -> Result<ArrowWriter<ObjectSink>> {
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(job::ROW_COLUMN, ArrowType::UInt64, false));
+    let schema = Arc::new(Schema::new(fields));
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(1).map_err(|e| Error::Internal(format!("zstd: {e}")))?,

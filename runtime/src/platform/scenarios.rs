@@ -448,9 +448,11 @@ impl Platform {
             for (job, hash) in jobs {
                 destroyed.push(json!({ "kind": "result", "id": job, "sha256": hash }));
                 files.push(self.object_path("results", &job));
+                // The sets of subjects of its rows go with it.
+                files.push(self.object_path("subjects", &job));
             }
             tx.execute(
-                "UPDATE jobs SET wrapped_key = NULL WHERE scenario_id = ?1",
+                "UPDATE jobs SET wrapped_key = NULL, subjects_key = NULL WHERE scenario_id = ?1",
                 params![sid],
             )?;
             let exports: Vec<(String, Option<String>)> = tx
@@ -495,6 +497,27 @@ impl Platform {
             )?
             .query_map(params![org], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<rusqlite::Result<_>>()?;
+        // The gate's memory of the org's data goes too: every audit record over one of its
+        // datasets. (The records of what the exiting org itself released over others' data
+        // stay: those cells are out in the world, and later releases are judged with them.)
+        let memories: Vec<(String, String)> = tx
+            .prepare("SELECT e.id, e.audit_datasets FROM exports e WHERE e.audit_key IS NOT NULL")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let theirs: BTreeSet<String> = social.iter().map(|(d, _, _)| d.clone()).collect();
+        for (export, datasets) in memories {
+            if from_json::<Vec<String>>(&datasets)?
+                .iter()
+                .any(|d| theirs.contains(d))
+            {
+                destroyed.push(json!({ "kind": "gate_memory", "id": export }));
+                files.push(self.object_path("audit", &export));
+                tx.execute(
+                    "UPDATE exports SET audit_key = NULL WHERE id = ?1",
+                    params![export],
+                )?;
+            }
+        }
         for (dataset, version, hash) in social {
             let object = format!("{dataset}/v{version}");
             destroyed.push(json!({ "kind": "social_dataset", "id": object, "sha256": hash }));
@@ -533,6 +556,11 @@ impl Platform {
             json!({ "destroyed": destroyed.len(), "certificate_sha256": sha256_hex(&body) }),
         )?;
         tx.commit()?;
+        // The memory in use is rebuilt from the records that remain.
+        self.ledgers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
         // Cancel what still runs, then remove the files; the keys are already gone.
         self.cancel_jobs(&scenarios);
         for f in files {

@@ -1,0 +1,796 @@
+//! Inference control over exact releases: the gate's memory (R-GATE 6).
+//!
+//! Every released number is remembered as the set of the rows it sums, each row with its
+//! subject (keyed hashes of the stored row and of its entity key, never the values), per
+//! dataset, whoever asked. Rows, not subjects: a query that leaves out one visit of a
+//! resident with many changes no subject's membership but one row's. A new release is judged
+//! against all of them:
+//!
+//! - **Differencing**: a set that differs from an earlier one (or another of the same release)
+//!   in rows of between 1 and k-1 subjects would let the two be subtracted to learn about
+//!   those few subjects, however its group key is spelled.
+//! - **Linear auditing**: each released number is taken as the sum of one unknown per row of
+//!   its set (the same unknown in every release: conservative when two releases sum different
+//!   things of a row). Rows that appear in exactly the same sets form an *atom*; a release is
+//!   refused when, with every earlier one, it makes the total of an atom of rows of fewer than
+//!   k subjects determinable (its indicator in the row space of the released sets), or the
+//!   total of a set suppressed for having fewer than k subjects (a margin released after its
+//!   cell).
+//!
+//! The row space is kept as the inverse of a weighted Gram matrix over a basis of the released
+//! cells, `K = M_S D M_S^T` with a secret random weight per subject (D), over the field of
+//! integers modulo the prime 2^61 - 1. A set U is determinable exactly when `w^T K^-1 w`
+//! equals `sum(d_s, s in U)` for `w = M_S D 1_U` (the projection along D keeps it), which for
+//! an atom is its leverage `d_a m_a^T K^-1 m_a = 1`. Adding a cell is a bordered inverse update
+//! (O(r^2) for a basis of r cells); each atom's test reads only the cells it is in. Modular
+//! arithmetic with random weights can err only by chance: a set wrongly called determinable
+//! (a refusal too many) or, when the prime divides a minor of the cells or the weights hit a
+//! root of a non-zero polynomial, a basis too small; both have probability about
+//! (number of cells) / 2^61.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// One row of a released number: (the row, its subject), as keyed hashes. A row of a join
+/// belongs to the subject of each side: one element each.
+pub type Element = (u64, u64);
+
+/// The rows a released number sums: sorted, without repeats.
+pub type SubjectSet = Arc<[Element]>;
+
+/// The prime 2^61 - 1.
+const P: u64 = (1 << 61) - 1;
+const NIL: u32 = u32::MAX;
+
+fn reduce(x: u128) -> u64 {
+    let folded = (x & u128::from(P)) + (x >> 61);
+    let folded = (folded & u128::from(P)) + (folded >> 61);
+    let v = folded as u64;
+    if v >= P { v - P } else { v }
+}
+
+fn mul(a: u64, b: u64) -> u64 {
+    reduce(u128::from(a) * u128::from(b))
+}
+
+fn add(a: u64, b: u64) -> u64 {
+    let s = a + b;
+    if s >= P { s - P } else { s }
+}
+
+fn sub(a: u64, b: u64) -> u64 {
+    if a >= b { a - b } else { a + P - b }
+}
+
+fn inverse(a: u64) -> u64 {
+    // Fermat: a^(p-2).
+    let (mut base, mut exp, mut out) = (a, P - 2, 1u64);
+    while exp > 0 {
+        if exp & 1 == 1 {
+            out = mul(out, base);
+        }
+        base = mul(base, base);
+        exp >>= 1;
+    }
+    out
+}
+
+/// `sum(a_i * b_i)` modulo p, reduced once per 32 products.
+fn dot(a: &[u64], b: &[u64]) -> u64 {
+    let mut out = 0u64;
+    for (x, y) in a.chunks(32).zip(b.chunks(32)) {
+        let acc: u128 = x
+            .iter()
+            .zip(y)
+            .map(|(x, y)| u128::from(*x) * u128::from(*y))
+            .sum();
+        out = add(out, reduce(acc));
+    }
+    out
+}
+
+/// The 64-bit finalizer of SplitMix64: a bijection that spreads every input bit.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// How many subjects own the rows that are in exactly one of `a` and `b`, when that is
+/// between 1 and `k - 1` (the merge stops at k of them).
+pub fn differs_by_fewer_than(a: &[Element], b: &[Element], k: u64) -> Option<u64> {
+    let mut owners: Vec<u64> = Vec::new();
+    let (mut i, mut j) = (0, 0);
+    while (owners.len() as u64) < k {
+        let owner = match (a.get(i), b.get(j)) {
+            (Some(x), Some(y)) if x == y => {
+                i += 1;
+                j += 1;
+                continue;
+            }
+            (Some(x), Some(y)) if x < y => {
+                i += 1;
+                x.1
+            }
+            (Some(_), Some(y)) | (None, Some(y)) => {
+                j += 1;
+                y.1
+            }
+            (Some(x), None) => {
+                i += 1;
+                x.1
+            }
+            (None, None) => break,
+        };
+        if !owners.contains(&owner) {
+            owners.push(owner);
+        }
+    }
+    let d = owners.len() as u64;
+    (d > 0 && d < k).then_some(d)
+}
+
+/// A released cell as the ledger keeps it.
+#[derive(Debug, Clone)]
+struct Cell {
+    /// The export that released it.
+    origin: String,
+    subjects: SubjectSet,
+}
+
+/// What a release would make determinable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disclosure {
+    /// The total of `groups` atoms of fewer than k subjects (the smallest of `smallest`)
+    /// becomes determinable from the cells of `origins`.
+    Atoms {
+        groups: u64,
+        smallest: u64,
+        origins: Vec<String>,
+    },
+    /// A set suppressed by `suppressed_in` for having fewer than k subjects becomes
+    /// determinable from the cells of `origins`.
+    Suppressed {
+        suppressed_in: String,
+        origins: Vec<String>,
+    },
+}
+
+impl std::fmt::Display for Disclosure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Disclosure::Atoms {
+                groups,
+                smallest,
+                origins,
+            } => write!(
+                f,
+                "together with {} the released cells would determine the total of {groups} group(s) of fewer than k subjects (the smallest of {smallest})",
+                names(origins)
+            ),
+            Disclosure::Suppressed {
+                suppressed_in,
+                origins,
+            } => write!(
+                f,
+                "together with {} the released cells would determine a cell that {suppressed_in} suppressed for having fewer than k subjects",
+                names(origins)
+            ),
+        }
+    }
+}
+
+/// Export names for a reason: the first five, and how many more.
+fn names(origins: &[String]) -> String {
+    let mut shown: Vec<&str> = origins.iter().take(5).map(String::as_str).collect();
+    let more = origins.len().saturating_sub(5);
+    if shown.is_empty() {
+        shown.push("nothing earlier");
+    }
+    if more > 0 {
+        format!("{} and {more} more", shown.join(", "))
+    } else {
+        shown.join(", ")
+    }
+}
+
+/// Everything released over one dataset, as the audit needs it. Cloned to try a release and
+/// kept only when the release is.
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    seed: u64,
+    cells: Vec<Cell>,
+    /// Sets that must never become determinable: cells suppressed for fewer than k subjects.
+    protected: Vec<Cell>,
+    slots: HashMap<Element, u32>,
+    /// Per slot, its subject.
+    owner: Vec<u64>,
+    /// Per subject slot: a hash of the cells it is in (two lanes), the atoms' key.
+    signature: Vec<[u64; 2]>,
+    /// Per subject slot: the head of its list of basis positions in `arena`.
+    head: Vec<u32>,
+    arena: Vec<(u32, u32)>,
+    /// The cell at each basis position.
+    basis: Vec<u32>,
+    /// `K^-1` over the basis, row by row (symmetric).
+    inverse: Vec<Vec<u64>>,
+}
+
+impl Ledger {
+    /// An empty ledger whose weights derive from `seed`, a secret of the platform: an attacker
+    /// who knew the weights could choose sets the modular test misjudges.
+    pub fn new(seed: u64) -> Ledger {
+        Ledger {
+            seed,
+            cells: Vec::new(),
+            protected: Vec::new(),
+            slots: HashMap::new(),
+            owner: Vec::new(),
+            signature: Vec::new(),
+            head: Vec::new(),
+            arena: Vec::new(),
+            basis: Vec::new(),
+            inverse: Vec::new(),
+        }
+    }
+
+    /// The cells released so far.
+    pub fn cells(&self) -> usize {
+        self.cells.len()
+    }
+
+    /// The rows in any released set.
+    pub fn rows(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The rank of the released cells.
+    pub fn rank(&self) -> usize {
+        self.basis.len()
+    }
+
+    /// An element's secret weight, never 0.
+    fn weight(&self, e: Element) -> u64 {
+        1 + mix(e.0 ^ mix(e.1 ^ self.seed)) % (P - 1)
+    }
+
+    fn slot(&mut self, e: Element) -> u32 {
+        let next = self.slots.len() as u32;
+        *self.slots.entry(e).or_insert_with(|| {
+            self.signature.push([0, 0]);
+            self.head.push(NIL);
+            self.owner.push(e.1);
+            next
+        })
+    }
+
+    /// The basis positions of the cells a subject slot is in.
+    fn positions(&self, slot: u32) -> impl Iterator<Item = u32> + '_ {
+        let mut at = self.head[slot as usize];
+        std::iter::from_fn(move || {
+            (at != NIL).then(|| {
+                let (pos, next) = self.arena[at as usize];
+                at = next;
+                pos
+            })
+        })
+    }
+
+    /// The first earlier cell whose subjects differ from `subjects` by fewer than `k` (but
+    /// some): its export and the difference.
+    pub fn close_to(&self, subjects: &[Element], k: u64) -> Option<(&str, u64)> {
+        self.cells.iter().find_map(|c| {
+            differs_by_fewer_than(&c.subjects, subjects, k).map(|d| (c.origin.as_str(), d))
+        })
+    }
+
+    /// Records a released cell.
+    pub fn add_released(&mut self, origin: &str, subjects: SubjectSet) {
+        let index = self.cells.len() as u32;
+        let slots: Vec<u32> = subjects.iter().map(|s| self.slot(*s)).collect();
+        let r = self.basis.len();
+        let mut b = vec![0u64; r];
+        let mut kappa = 0u64;
+        for (s, slot) in subjects.iter().zip(&slots) {
+            let d = self.weight(*s);
+            kappa = add(kappa, d);
+            for pos in self.positions(*slot).collect::<Vec<_>>() {
+                b[pos as usize] = add(b[pos as usize], d);
+            }
+        }
+        let u: Vec<u64> = self.inverse.iter().map(|row| dot(row, &b)).collect();
+        let sigma = sub(kappa, dot(&b, &u));
+        if sigma != 0 {
+            // Bordered inverse: [[A + u u^T/s, -u/s], [-u^T/s, 1/s]].
+            let s_inv = inverse(sigma);
+            let v: Vec<u64> = u.iter().map(|x| mul(*x, s_inv)).collect();
+            for (i, row) in self.inverse.iter_mut().enumerate() {
+                for (j, a) in row.iter_mut().enumerate() {
+                    *a = add(*a, mul(v[i], u[j]));
+                }
+                row.push(sub(0, v[i]));
+            }
+            let mut last: Vec<u64> = v.iter().map(|x| sub(0, *x)).collect();
+            last.push(s_inv);
+            self.inverse.push(last);
+            let pos = self.basis.len() as u32;
+            self.basis.push(index);
+            for slot in &slots {
+                let next = self.head[*slot as usize];
+                self.head[*slot as usize] = self.arena.len() as u32;
+                self.arena.push((pos, next));
+            }
+        }
+        let lanes = [
+            mix(self.seed ^ mix(u64::from(index) ^ 0x5eed_0001)),
+            mix(self.seed ^ mix(u64::from(index) ^ 0x5eed_0002)),
+        ];
+        for slot in &slots {
+            let sig = &mut self.signature[*slot as usize];
+            sig[0] = sig[0].wrapping_add(lanes[0]);
+            sig[1] = sig[1].wrapping_add(lanes[1]);
+        }
+        self.cells.push(Cell {
+            origin: origin.to_string(),
+            subjects,
+        });
+    }
+
+    /// Records a set suppressed for having fewer than k subjects: no later release may make
+    /// its total determinable.
+    pub fn add_protected(&mut self, origin: &str, subjects: SubjectSet) {
+        self.protected.push(Cell {
+            origin: origin.to_string(),
+            subjects,
+        });
+    }
+
+    /// `w^T K^-1 w` for a sparse `w` (basis position, value).
+    fn form(&self, w: &[(u32, u64)]) -> u64 {
+        let mut q = 0u64;
+        for (i, wi) in w {
+            let row = &self.inverse[*i as usize];
+            let mut acc = 0u64;
+            for (j, wj) in w {
+                acc = add(acc, mul(row[*j as usize], *wj));
+            }
+            q = add(q, mul(*wi, acc));
+        }
+        q
+    }
+
+    /// The exports whose cells determine the set behind `w`: the basis cells with a non-zero
+    /// coefficient in `K^-1 w`, the combination that gives its total.
+    fn origins(&self, w: &[(u32, u64)]) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .inverse
+            .iter()
+            .enumerate()
+            .filter(|(_, row)| {
+                w.iter()
+                    .fold(0u64, |acc, (j, wj)| add(acc, mul(row[*j as usize], *wj)))
+                    != 0
+            })
+            .map(|(i, _)| self.cells[self.basis[i] as usize].origin.clone())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// What the cells recorded so far make determinable that must not be, if anything: an
+    /// atom of fewer than `k` subjects, or a protected set.
+    pub fn disclosure(&self, k: u64) -> Option<Disclosure> {
+        // Atoms: rows by the sets they are in, with their subjects (up to k), total weight
+        // and one of them (every member is in the same sets).
+        let mut atoms: HashMap<[u64; 2], (Vec<u64>, u64, u32)> = HashMap::new();
+        for (element, slot) in &self.slots {
+            let d = self.weight(*element);
+            let e = atoms
+                .entry(self.signature[*slot as usize])
+                .or_insert((Vec::new(), 0, *slot));
+            if (e.0.len() as u64) < k && !e.0.contains(&element.1) {
+                e.0.push(element.1);
+            }
+            e.1 = add(e.1, d);
+        }
+        let (mut groups, mut smallest) = (0u64, u64::MAX);
+        let mut origins: Vec<String> = Vec::new();
+        for (owners, weight, slot) in atoms.values() {
+            let count = owners.len() as u64;
+            if count >= k {
+                continue;
+            }
+            let positions: Vec<u32> = self.positions(*slot).collect();
+            if positions.is_empty() {
+                continue;
+            }
+            let w: Vec<(u32, u64)> = positions.iter().map(|p| (*p, *weight)).collect();
+            // w = d_a m_a; the atom is determinable when w^T K^-1 w = d_a.
+            if self.form(&w) == *weight {
+                groups += 1;
+                smallest = smallest.min(count);
+                origins.extend(self.origins(&w));
+            }
+        }
+        if groups > 0 {
+            origins.sort();
+            origins.dedup();
+            return Some(Disclosure::Atoms {
+                groups,
+                smallest,
+                origins,
+            });
+        }
+        for p in &self.protected {
+            let mut w: HashMap<u32, u64> = HashMap::new();
+            let mut total = 0u64;
+            for s in p.subjects.iter() {
+                let d = self.weight(*s);
+                total = add(total, d);
+                if let Some(slot) = self.slots.get(s) {
+                    for pos in self.positions(*slot) {
+                        let e = w.entry(pos).or_insert(0);
+                        *e = add(*e, d);
+                    }
+                }
+            }
+            let w: Vec<(u32, u64)> = w.into_iter().collect();
+            if !w.is_empty() && self.form(&w) == total {
+                return Some(Disclosure::Suppressed {
+                    suppressed_in: p.origin.clone(),
+                    origins: self.origins(&w),
+                });
+            }
+        }
+        None
+    }
+}
+
+fn put(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Result rows' sets as bytes: the number of result rows, then per row its number of sets and
+/// each set as its length and, per element, the delta from the previous row hash and the
+/// subject, all as LEB128 varints.
+pub fn encode_sets(rows: &[Vec<SubjectSet>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    put(&mut out, rows.len() as u64);
+    for sets in rows {
+        put(&mut out, sets.len() as u64);
+        for set in sets {
+            put(&mut out, set.len() as u64);
+            let mut last = 0u64;
+            for (row, subject) in set.iter() {
+                put(&mut out, row - last);
+                put(&mut out, *subject);
+                last = *row;
+            }
+        }
+    }
+    out
+}
+
+/// The rows [`encode_sets`] wrote; `None` for bytes it did not write.
+pub fn decode_sets(bytes: &[u8]) -> Option<Vec<Vec<SubjectSet>>> {
+    let mut at = 0usize;
+    let mut get = || -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = *bytes.get(at)?;
+            at += 1;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    };
+    let rows = get()?;
+    let mut out = Vec::with_capacity(rows.min(1 << 20) as usize);
+    for _ in 0..rows {
+        let n = get()?;
+        let mut sets = Vec::with_capacity(n.min(64) as usize);
+        for _ in 0..n {
+            let len = get()?;
+            let mut set: Vec<Element> = Vec::with_capacity(len.min(1 << 24) as usize);
+            let mut last = 0u64;
+            for _ in 0..len {
+                let row = last.checked_add(get()?)?;
+                let e = (row, get()?);
+                if set.last().is_some_and(|p| *p >= e) {
+                    return None;
+                }
+                set.push(e);
+                last = row;
+            }
+            sets.push(set.into());
+        }
+        out.push(sets);
+    }
+    (at == bytes.len()).then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rows of their own subjects each.
+    fn set(members: impl IntoIterator<Item = u64>) -> SubjectSet {
+        let mut v: Vec<Element> = members.into_iter().map(|s| (s, s)).collect();
+        v.sort_unstable();
+        v.dedup();
+        v.into()
+    }
+
+    #[test]
+    fn arithmetic_modulo_the_prime_inverts() {
+        for a in [1, 2, 12345, P - 1, 1 << 60] {
+            assert_eq!(mul(a, inverse(a)), 1, "{a}");
+        }
+        assert_eq!(reduce(u128::from(P) * u128::from(P)), 0);
+        assert_eq!(dot(&[P - 1; 100], &[P - 1; 100]), 100);
+    }
+
+    #[test]
+    fn two_cells_that_differ_by_fewer_than_k_subjects_are_close() {
+        let a = set(0..100);
+        let b = set(0..98);
+        assert_eq!(differs_by_fewer_than(&a, &b, 5), Some(2));
+        assert_eq!(differs_by_fewer_than(&a, &a, 5), None, "the same set");
+        assert_eq!(differs_by_fewer_than(&a, &set(50..150), 5), None);
+        // Same size, one subject swapped for another: two apart.
+        let swapped = set((1..100).chain([1000]));
+        assert_eq!(differs_by_fewer_than(&a, &swapped, 5), Some(2));
+    }
+
+    #[test]
+    fn rows_of_one_subject_count_as_one_subject() {
+        // Resident 7 has four visits; leaving one out changes no subject's membership.
+        let visits = |skip: Option<u64>| -> SubjectSet {
+            let v: Vec<Element> = (0..40u64)
+                .filter(|r| Some(*r) != skip)
+                .map(|r| (r, r / 4))
+                .collect();
+            v.into()
+        };
+        assert_eq!(
+            differs_by_fewer_than(&visits(None), &visits(Some(29)), 3),
+            Some(1)
+        );
+        let mut l = Ledger::new(1);
+        l.add_released("ex_all", visits(None));
+        l.add_released("ex_but_one", visits(Some(29)));
+        assert!(matches!(
+            l.disclosure(3),
+            Some(Disclosure::Atoms { smallest: 1, .. })
+        ));
+        // Rows of 3 subjects (12 rows) are fewer than k=5 subjects, however many rows.
+        let many: SubjectSet = (0..12u64).map(|r| (r, r / 4)).collect::<Vec<_>>().into();
+        assert_eq!(differs_by_fewer_than(&many, &set([]), 5), Some(3));
+    }
+
+    #[test]
+    fn a_subset_sum_differenced_with_its_superset_determines_the_rest() {
+        let mut l = Ledger::new(7);
+        l.add_released("ex_all", set(0..100));
+        assert_eq!(l.disclosure(5), None);
+        l.add_released("ex_most", set(0..97));
+        assert_eq!(
+            l.disclosure(5),
+            Some(Disclosure::Atoms {
+                groups: 1,
+                smallest: 3,
+                origins: vec!["ex_all".into(), "ex_most".into()],
+            })
+        );
+    }
+
+    #[test]
+    fn a_tracker_of_three_cells_determines_the_small_set() {
+        // C (2 subjects) or T, C or not T, everyone: C = first + second - third.
+        let c = [0u64, 1];
+        let t: Vec<u64> = (10..60).collect();
+        let not_t: Vec<u64> = (60..120).collect();
+        let mut l = Ledger::new(11);
+        l.add_released("ex_1", set(c.iter().copied().chain(t.iter().copied())));
+        l.add_released("ex_2", set(c.iter().copied().chain(not_t.iter().copied())));
+        assert_eq!(
+            l.disclosure(5),
+            None,
+            "two cells alone determine nothing small"
+        );
+        l.add_released("ex_3", set(c.iter().chain(&t).chain(&not_t).copied()));
+        assert!(matches!(
+            l.disclosure(5),
+            Some(Disclosure::Atoms { smallest: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn a_partition_and_its_margins_determine_nothing_small() {
+        // Districts by age band, each margin released, every cell of at least k... or not:
+        // the cross cells are atoms of 3, but no combination of margins isolates one.
+        let mut l = Ledger::new(3);
+        let subject = |d: u64, a: u64, i: u64| d * 1000 + a * 10 + i;
+        for d in 0..4 {
+            l.add_released(
+                "ex_d",
+                set((0..5).flat_map(|a| (0..3).map(move |i| subject(d, a, i)))),
+            );
+        }
+        for a in 0..5 {
+            l.add_released(
+                "ex_a",
+                set((0..4).flat_map(|d| (0..3).map(move |i| subject(d, a, i)))),
+            );
+        }
+        l.add_released(
+            "ex_t",
+            set((0..4)
+                .flat_map(|d| (0..5).flat_map(move |a| (0..3).map(move |i| subject(d, a, i))))),
+        );
+        assert_eq!(
+            l.rank(),
+            8,
+            "4 + 5 margins, one dependency through the total"
+        );
+        assert_eq!(l.disclosure(5), None);
+    }
+
+    #[test]
+    fn a_margin_released_after_a_suppressed_cell_reveals_it() {
+        let mut l = Ledger::new(5);
+        // Three districts released, the fourth (2 subjects) suppressed.
+        for d in 0..3u64 {
+            l.add_released("ex_table", set((0..10).map(|i| d * 100 + i)));
+        }
+        let small = set([300, 301]);
+        l.add_protected("ex_table", small.clone());
+        assert_eq!(l.disclosure(5), None);
+        // Later, the total over all four.
+        l.add_released(
+            "ex_total",
+            set((0..3u64)
+                .flat_map(|d| (0..10).map(move |i| d * 100 + i))
+                .chain([300, 301])),
+        );
+        assert!(matches!(
+            l.disclosure(5),
+            Some(Disclosure::Atoms { smallest: 2, .. })
+        ));
+        // A suppressed set split into atoms that stay hidden is still caught as a whole:
+        // a = {0,2}, b = {1,3}, X = 4..20, Y = 20..40; X+Y, a+X and b+Y give a+b, not a or b.
+        let mut l = Ledger::new(5);
+        l.add_released("ex_1", set(4..40));
+        l.add_protected("ex_1", set(0..4));
+        l.add_released("ex_2", set([0, 2].into_iter().chain(4..20)));
+        assert_eq!(l.disclosure(3), None);
+        l.add_released("ex_3", set([1, 3].into_iter().chain(20..40)));
+        assert_eq!(
+            l.disclosure(3),
+            Some(Disclosure::Suppressed {
+                suppressed_in: "ex_1".into(),
+                origins: vec!["ex_1".into(), "ex_2".into(), "ex_3".into()],
+            })
+        );
+    }
+
+    #[test]
+    fn random_subset_sums_stop_before_any_value_is_determined() {
+        // Dinur-Nissim: sums over random halves of 40 subjects. Each atom's test fires at the
+        // first release that makes it determinable: never later than when the equations
+        // could be solved.
+        let n = 40u64;
+        let mut l = Ledger::new(99);
+        let mut stopped = None;
+        for q in 0..200u64 {
+            let subset = set((0..n).filter(|s| mix(s * 1_000_003 + q) & 1 == 1));
+            let mut next = l.clone();
+            next.add_released(&format!("ex_{q}"), subset);
+            if next.disclosure(5).is_some() {
+                stopped = Some(q);
+                break;
+            }
+            l = next;
+        }
+        let q = stopped.expect("the audit stops the attack");
+        assert!(
+            l.rank() < n as usize,
+            "stopped at query {q} with rank {}",
+            l.rank()
+        );
+        assert!(q >= 5, "the first few releases determine nothing ({q})");
+    }
+
+    /// The rank of rows of rationals, by elimination in floating point (small 0/1 systems).
+    fn rank(rows: &[Vec<f64>]) -> usize {
+        let mut m = rows.to_vec();
+        let cols = m.first().map_or(0, Vec::len);
+        let mut r = 0;
+        for c in 0..cols {
+            let Some(p) = (r..m.len()).find(|i| m[*i][c].abs() > 1e-9) else {
+                continue;
+            };
+            m.swap(r, p);
+            for i in 0..m.len() {
+                if i != r && m[i][c].abs() > 1e-9 {
+                    let f = m[i][c] / m[r][c];
+                    for j in 0..cols {
+                        m[i][j] -= f * m[r][j];
+                    }
+                }
+            }
+            r += 1;
+        }
+        r
+    }
+
+    #[test]
+    fn the_audit_agrees_with_exact_elimination_on_small_random_systems() {
+        // An independent model: an atom of fewer than k is determinable when adding its
+        // indicator to the released rows does not raise their rank over the rationals.
+        let (n, k) = (12u64, 3u64);
+        for trial in 0..300u64 {
+            let cells: Vec<SubjectSet> = (0..(1 + trial % 7))
+                .map(|c| set((0..n).filter(|s| mix(trial * 977 + c * 131 + s) % 3 != 0)))
+                .filter(|c| !c.is_empty())
+                .collect();
+            let mut l = Ledger::new(trial);
+            for c in &cells {
+                l.add_released("ex", c.clone());
+            }
+            let rows: Vec<Vec<f64>> = cells
+                .iter()
+                .map(|c| {
+                    (0..n)
+                        .map(|s| f64::from(u8::from(c.contains(&(s, s)))))
+                        .collect()
+                })
+                .collect();
+            let mut atoms: HashMap<Vec<bool>, Vec<u64>> = HashMap::new();
+            for s in 0..n {
+                let sig: Vec<bool> = cells.iter().map(|c| c.contains(&(s, s))).collect();
+                if sig.iter().any(|x| *x) {
+                    atoms.entry(sig).or_default().push(s);
+                }
+            }
+            let expected = atoms.values().any(|members| {
+                (members.len() as u64) < k && {
+                    let mut with = rows.clone();
+                    with.push(
+                        (0..n)
+                            .map(|s| f64::from(u8::from(members.contains(&s))))
+                            .collect(),
+                    );
+                    rank(&with) == rank(&rows)
+                }
+            });
+            assert_eq!(l.rank(), rank(&rows), "trial {trial}");
+            assert_eq!(
+                l.disclosure(k).is_some(),
+                expected,
+                "trial {trial}: {cells:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn sets_round_trip_through_their_encoding_and_bad_bytes_are_refused() {
+        let rows = vec![
+            vec![set([1, 5, u64::MAX]), set([])],
+            vec![],
+            vec![set(0..1000)],
+        ];
+        let bytes = encode_sets(&rows);
+        assert_eq!(decode_sets(&bytes).unwrap(), rows);
+        assert_eq!(decode_sets(&bytes[..bytes.len() - 1]), None);
+        assert_eq!(decode_sets(&[1, 1, 2, 5, 1, 0, 1]), None, "not increasing");
+        assert_eq!(decode_sets(&[0xff; 11]), None);
+    }
+}
