@@ -457,3 +457,27 @@ pub(crate) async fn run_module(
     .map(|o| o.batches)
     .map_err(|e| e.to_string())
 }
+
+/// The rank of rows of rationals, by elimination in floating point (small 0/1 systems): an
+/// independent check of what released sums determine.
+pub(crate) fn rank(rows: &[Vec<f64>]) -> usize {
+    let mut m = rows.to_vec();
+    let cols = m.first().map_or(0, Vec::len);
+    let mut r = 0;
+    for c in 0..cols {
+        let Some(p) = (r..m.len()).find(|i| m[*i][c].abs() > 1e-9) else {
+            continue;
+        };
+        m.swap(r, p);
+        for i in 0..m.len() {
+            if i != r && m[i][c].abs() > 1e-9 {
+                let f = m[i][c] / m[r][c];
+                for j in 0..cols {
+                    m[i][j] -= f * m[r][j];
+                }
+            }
+        }
+        r += 1;
+    }
+    r
+}

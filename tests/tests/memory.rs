@@ -1,0 +1,353 @@
+//! The gate's memory (R-GATE 6, issue 13): every exact release is judged against every earlier
+//! one over the same data, whoever asked and however the query is spelled. Each test plays an
+//! attack that worked before and asserts the secure outcome, and that the reviewer is told
+//! which earlier export the gate compared with.
+
+mod common;
+use common::{Env, active_scenario, data, full_report, job, outsider, rows};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+/// A visit that is the only one at the busiest spot on its date (the attacker knows the
+/// person was there that day): its spot, date and spend. Its resident has other visits there,
+/// so only that row differs between a release with it and one without.
+fn lone_spend() -> (String, String, f64) {
+    let d = data();
+    let spot = "West Lake";
+    let mut at: BTreeMap<&str, usize> = BTreeMap::new();
+    for (_, s, v, _) in &d {
+        if s == spot {
+            *at.entry(v.as_str()).or_insert(0) += 1;
+        }
+    }
+    let (_, _, date, spend) = d
+        .iter()
+        .find(|(id, s, v, _)| {
+            s == spot
+                && at[v.as_str()] == 1
+                && d.iter().filter(|(o, t, _, _)| o == id && t == spot).count() > 1
+        })
+        .cloned()
+        .unwrap();
+    (spot.to_string(), date, spend)
+}
+
+/// Runs `sql` and asks for its export: the export as a reviewer sees it (state, gate report,
+/// preview).
+fn export(env: &Env, scientist: &tidegate_server::Client, sid: &str, sql: &str) -> Value {
+    let j = scientist.submit_job(sid, sql, &[]).unwrap();
+    assert_eq!(j["state"], "succeeded", "{sql}: {j}");
+    let requested = scientist.request_export(j["id"].as_str().unwrap()).unwrap();
+    full_report(env, &requested)
+}
+
+fn check<'a>(export: &'a Value, name: &str) -> (bool, &'a str) {
+    let c = export["gate_report"]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no check {name} in {export}"));
+    (
+        c["passed"].as_bool().unwrap(),
+        c["detail"].as_str().unwrap(),
+    )
+}
+
+/// The released total at `spot` (first column the key), if released.
+fn total_at(export: &Value, spot: &str, column: usize) -> Option<f64> {
+    let preview = export["preview"].as_str().unwrap_or("");
+    rows(preview)
+        .into_iter()
+        .find(|(g, _)| g.trim() == spot)
+        .and_then(|(_, c)| c[column].parse().ok())
+}
+
+const BY_SPOT: &str = "SELECT spot, count(*) AS n, sum(spend) AS total FROM visits GROUP BY spot";
+
+/// The second query of a differencing pair: every visit but the lone one, under a key
+/// spelled another way (`spot || ' '`), which no comparison of key strings matches.
+fn all_but_the_lone_visit(spot: &str, date: &str) -> String {
+    format!(
+        "SELECT spot || ' ' AS place, count(*) AS n, sum(spend) AS total FROM visits \
+         WHERE NOT (spot = '{spot}' AND visit_date = DATE '{date}') GROUP BY spot || ' '"
+    )
+}
+
+/// Asserts that the pair did not release the lone visit's spend, and that the second export's
+/// differencing check names the first export.
+fn assert_not_differenced(first: &Value, second: &Value, spot: &str, spend: f64) {
+    let before = total_at(first, spot, 2).expect("the first release has the spot");
+    if let Some(after) = total_at(second, spot, 2) {
+        assert!(
+            (before - after - spend).abs() > 0.005,
+            "the lone visit's spend {spend} was released as {before} - {after}\n{second}"
+        );
+    }
+    let (passed, detail) = check(second, "differencing");
+    assert!(passed, "{detail}");
+    assert!(
+        detail.contains(first["id"].as_str().unwrap()),
+        "the reviewer is told which export the cell was compared with: {detail}"
+    );
+}
+
+#[test]
+fn a_difference_with_a_respelled_key_is_suppressed_and_names_the_earlier_export() {
+    let (env, sid, _) = active_scenario();
+    let (spot, date, spend) = lone_spend();
+    let scientist = &env.world.scientist;
+    let first = export(&env, scientist, &sid, BY_SPOT);
+    assert_eq!(first["state"], "in_review", "{first}");
+    let second = export(&env, scientist, &sid, &all_but_the_lone_visit(&spot, &date));
+    assert_eq!(
+        second["state"], "in_review",
+        "the other spots are released: {second}"
+    );
+    assert_not_differenced(&first, &second, &spot, spend);
+    // Spots whose rows are the same in both are released again.
+    let others = rows(second["preview"].as_str().unwrap()).len();
+    assert!(others >= 5, "{second}");
+}
+
+#[test]
+fn a_difference_across_two_scenarios_of_one_org_is_suppressed() {
+    let (env, sid, _) = active_scenario();
+    let (_, second_scenario) = env.world.open_scenario().unwrap();
+    let other = second_scenario["id"].as_str().unwrap();
+    assert_ne!(other, sid);
+    let (spot, date, spend) = lone_spend();
+    let scientist = &env.world.scientist;
+    let first = export(&env, scientist, &sid, BY_SPOT);
+    let second = export(
+        &env,
+        scientist,
+        other,
+        &all_but_the_lone_visit(&spot, &date),
+    );
+    assert_not_differenced(&first, &second, &spot, spend);
+}
+
+#[test]
+fn a_difference_across_two_orgs_is_suppressed() {
+    let (env, sid, _) = active_scenario();
+    let w = &env.world;
+    let (rival, _, _) = outsider(w, "rival-analytics", "operator", &["scientist"]);
+    let mut request = common::scenario_request(false);
+    request["grants"] =
+        json!([{ "dataset": "visits", "columns": ["resident_id", "spot", "visit_date", "spend"] }]);
+    let applied = rival.apply_scenario(&request).unwrap();
+    let rival_sid = applied["id"].as_str().unwrap();
+    w.admin.approve_scenario(rival_sid).unwrap();
+    w.provider.approve_scenario(rival_sid).unwrap();
+    let (spot, date, spend) = lone_spend();
+    let first = export(&env, &w.scientist, &sid, BY_SPOT);
+    let second = export(
+        &env,
+        &rival,
+        rival_sid,
+        &all_but_the_lone_visit(&spot, &date),
+    );
+    assert_not_differenced(&first, &second, &spot, spend);
+}
+
+/// The tracker (Denning and Schlörer): C is the lone visit, T a predicate that splits the
+/// rest. `C or T`, `C or not T` and everything: the first two minus the third is C. The
+/// third release is refused by the linear audit, naming the two before it.
+#[test]
+fn a_tracker_of_three_queries_is_refused_at_the_third() {
+    let (env, sid, _) = active_scenario();
+    let (spot, date, spend) = lone_spend();
+    let c = format!("(spot = '{spot}' AND visit_date = DATE '{date}')");
+    let q = |filter: &str| {
+        format!(
+            "SELECT spot, count(*) AS n, sum(spend) AS total FROM visits WHERE {filter} GROUP BY spot"
+        )
+    };
+    let scientist = &env.world.scientist;
+    let one = export(&env, scientist, &sid, &q(&format!("{c} OR spend > 250")));
+    let two = export(
+        &env,
+        scientist,
+        &sid,
+        &q(&format!("{c} OR NOT (spend > 250)")),
+    );
+    let three = export(&env, scientist, &sid, BY_SPOT);
+    let released: Vec<Option<f64>> = [&one, &two, &three]
+        .iter()
+        .map(|e| total_at(e, &spot, 2))
+        .collect();
+    if let [Some(a), Some(b), Some(t)] = released[..] {
+        assert!(
+            (a + b - t - spend).abs() > 0.005,
+            "the tracker released the lone visit's spend {spend}"
+        );
+    }
+    let refused: Vec<&Value> = [&one, &two, &three]
+        .into_iter()
+        .filter(|e| !check(e, "inference").0)
+        .collect();
+    assert_eq!(refused.len(), 1, "{three}");
+    let (_, detail) = check(refused[0], "inference");
+    assert!(detail.contains("fewer than k"), "{detail}");
+    assert!(
+        detail.contains(one["id"].as_str().unwrap())
+            || detail.contains(two["id"].as_str().unwrap()),
+        "the refusal names the exports it combined: {detail}"
+    );
+    assert!(refused[0]["preview"].is_null() || refused[0]["preview"] == "");
+}
+
+/// A table by spot suppresses the rare spot (3 residents) and one partner for the margin; a
+/// later total over every spot but the partner would give the rare spot by subtraction.
+#[test]
+fn a_margin_released_after_a_suppressed_cell_is_refused() {
+    let (env, sid, _) = active_scenario();
+    let scientist = &env.world.scientist;
+    let table = export(&env, scientist, &sid, BY_SPOT);
+    let shown: Vec<String> = rows(table["preview"].as_str().unwrap())
+        .into_iter()
+        .map(|(g, _)| g)
+        .collect();
+    assert!(!shown.contains(&"Moon Cave".to_string()), "{table}");
+    let spots: std::collections::BTreeSet<String> =
+        data().into_iter().map(|(_, s, _, _)| s).collect();
+    let hidden: Vec<&String> = spots.iter().filter(|s| !shown.contains(s)).collect();
+    assert_eq!(hidden.len(), 2, "the rare spot and its partner: {hidden:?}");
+    let partner = hidden.iter().find(|s| s.as_str() != "Moon Cave").unwrap();
+    // The plain total is released: the two hidden cells stay together.
+    let total = export(
+        &env,
+        scientist,
+        &sid,
+        "SELECT substr(spot, 1, 0) AS everything, count(*) AS n, sum(spend) AS total FROM visits GROUP BY substr(spot, 1, 0)",
+    );
+    assert!(check(&total, "inference").0, "{total}");
+    // Without the partner, the total minus the table is the rare spot.
+    let margin = export(
+        &env,
+        scientist,
+        &sid,
+        &format!(
+            "SELECT substr(spot, 1, 0) AS everything, count(*) AS n, sum(spend) AS total FROM visits WHERE spot <> '{partner}' GROUP BY substr(spot, 1, 0)"
+        ),
+    );
+    let (passed, detail) = check(&margin, "inference");
+    assert!(!passed, "{margin}");
+    assert!(detail.contains(table["id"].as_str().unwrap()), "{detail}");
+    assert_ne!(margin["state"], "in_review", "{margin}");
+}
+
+/// Dinur and Nissim: sums of a sensitive bit over many subsets of a small table, each subset
+/// of about half the subjects chosen by a hash of a quasi-identifier. Exactly enough such sums
+/// give every bit; the audit refuses the release that would determine the first one, and what
+/// was released before it determines none (checked here by elimination over the rationals).
+#[test]
+fn a_reconstruction_by_many_subset_sums_stops_before_any_value_is_determined() {
+    let (env, _, _) = active_scenario();
+    let w = &env.world;
+    let n = 60usize;
+    let mut csv = String::from("resident_id,region,code,flag\n");
+    let ids: Vec<String> = common::data()
+        .into_iter()
+        .map(|(id, _, _, _)| id)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .take(n)
+        .collect();
+    let flags: Vec<i64> = (0..n).map(|i| ((i * 7 + 3) % 5 < 2) as i64).collect();
+    for (i, id) in ids.iter().enumerate() {
+        csv.push_str(&format!("{id},city,{},{}\n", i * 37 % 101, flags[i]));
+    }
+    w.provider
+        .import_dataset(
+            json!({
+                "name": "survey",
+                "level": "L2",
+                "format": "csv",
+                "columns": [
+                    { "name": "resident_id", "data_type": "utf8", "tags": ["pii:resident_id", "entity"] },
+                    { "name": "region", "data_type": "utf8", "tags": ["dimension"] },
+                    { "name": "code", "data_type": "int64", "tags": ["quasi"] },
+                    { "name": "flag", "data_type": "int64", "tags": ["sensitive"] },
+                ],
+            }),
+            csv.as_bytes(),
+        )
+        .unwrap();
+    let mut request = common::scenario_request(false);
+    request["grants"] =
+        json!([{ "dataset": "survey", "columns": ["resident_id", "region", "code", "flag"] }]);
+    let applied = w.scientist.apply_scenario(&request).unwrap();
+    let sid = applied["id"].as_str().unwrap();
+    w.admin.approve_scenario(sid).unwrap();
+    w.provider.approve_scenario(sid).unwrap();
+    let codes: Vec<i64> = (0..n).map(|i| (i * 37 % 101) as i64).collect();
+    // The equations released so far, as 0/1 rows over the subjects.
+    let mut equations: Vec<Vec<f64>> = Vec::new();
+    let mut refused_at = None;
+    let mut suppressed = 0;
+    for q in 0..3 * n {
+        let (a, b) = (2 * q + 3, q * 11 + 5);
+        let member = |code: i64| (code * a as i64 + b as i64) % 13 < 7;
+        let sql = format!(
+            "SELECT region, count(*) AS n, sum(flag) AS flagged FROM survey \
+             WHERE (code * {a} + {b}) % 13 < 7 GROUP BY region"
+        );
+        let j = job(&env, sid, &sql, &[]);
+        assert_eq!(j["state"], "succeeded", "{j}");
+        let e = full_report(
+            &env,
+            &w.scientist
+                .request_export(j["id"].as_str().unwrap())
+                .unwrap(),
+        );
+        if !check(&e, "inference").0 {
+            refused_at = Some(q);
+            break;
+        }
+        if rows(e["preview"].as_str().unwrap_or("")).is_empty() {
+            suppressed += 1;
+        } else {
+            equations.push(
+                codes
+                    .iter()
+                    .map(|c| f64::from(u8::from(member(*c))))
+                    .collect(),
+            );
+        }
+    }
+    // The attack is stopped: sums too close to earlier ones are suppressed, and a release that
+    // would determine a group of fewer than k is refused.
+    assert!(
+        refused_at.is_some() || suppressed > 0,
+        "{} sums released, none held back",
+        equations.len()
+    );
+    assert!(
+        equations.len() >= 5,
+        "the first sums determine nothing and are released"
+    );
+    let rank = |rows: &[Vec<f64>]| common::rank(rows);
+    let r = rank(&equations);
+    // Subjects in exactly the same sums stay together: no group of fewer than k of them may
+    // have its total determined (a single subject's bit is one such group).
+    let mut groups: BTreeMap<Vec<bool>, Vec<usize>> = BTreeMap::new();
+    for i in 0..n {
+        let signature: Vec<bool> = equations.iter().map(|e| e[i] > 0.5).collect();
+        groups.entry(signature).or_default().push(i);
+    }
+    for members in groups.values().filter(|m| m.len() < 10) {
+        let mut with = equations.clone();
+        with.push(
+            (0..n)
+                .map(|j| f64::from(u8::from(members.contains(&j))))
+                .collect(),
+        );
+        assert!(
+            rank(&with) > r,
+            "the bits of subjects {members:?} are determined by the {} released sums",
+            equations.len()
+        );
+    }
+}
