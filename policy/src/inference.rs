@@ -721,8 +721,9 @@ mod tests {
             for i in 0..m.len() {
                 if i != r && m[i][c].abs() > 1e-9 {
                     let f = m[i][c] / m[r][c];
-                    for j in 0..cols {
-                        m[i][j] -= f * m[r][j];
+                    let pivot = m[r].clone();
+                    for (x, p) in m[i].iter_mut().zip(&pivot) {
+                        *x -= f * p;
                     }
                 }
             }
@@ -738,7 +739,7 @@ mod tests {
         let (n, k) = (12u64, 3u64);
         for trial in 0..300u64 {
             let cells: Vec<SubjectSet> = (0..(1 + trial % 7))
-                .map(|c| set((0..n).filter(|s| mix(trial * 977 + c * 131 + s) % 3 != 0)))
+                .map(|c| set((0..n).filter(|s| !mix(trial * 977 + c * 131 + s).is_multiple_of(3))))
                 .filter(|c| !c.is_empty())
                 .collect();
             let mut l = Ledger::new(trial);

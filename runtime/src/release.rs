@@ -777,23 +777,20 @@ impl Walk<'_> {
         }
         // The gate's memory: each row of the subject in the cell, with which released measures
         // it adds to (bit 0: the cell; then each count or sum whose FILTER it passes with a
-        // value that is not NULL, and for a sum not 0).
+        // value that is not NULL). A value of 0 still adds: a sum with zeros among its rows is
+        // not told apart from a count of the same rows (they are other quantities), and a
+        // coefficient a query puts on a row (0, 2, an offset) is not seen: see SECURITY.md.
         let mut adds: Vec<Expr> = vec![lit(true)];
         let mut seen = BTreeSet::new();
         for (_, part) in &part_exprs {
-            let (j, sum) = match *part {
-                PartExpr::Subjects(j) | PartExpr::Count(j) => (j, false),
-                PartExpr::Sum(j) => (j, true),
+            let j = match *part {
+                PartExpr::Subjects(j) | PartExpr::Count(j) | PartExpr::Sum(j) => j,
                 PartExpr::Rows | PartExpr::Source(..) => continue,
             };
             if !seen.insert(j) {
                 continue;
             }
-            let argument = column(format!("__tg_a{j}"));
-            let mut adds_to = argument.clone().is_not_null();
-            if sum {
-                adds_to = adds_to.and(as_double(argument).not_eq(lit(0.0)));
-            }
+            let mut adds_to = column(format!("__tg_a{j}")).is_not_null();
             if let Some(f) = filter_of(j) {
                 adds_to = adds_to.and(f);
             }

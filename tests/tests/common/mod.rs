@@ -472,8 +472,9 @@ pub(crate) fn rank(rows: &[Vec<f64>]) -> usize {
         for i in 0..m.len() {
             if i != r && m[i][c].abs() > 1e-9 {
                 let f = m[i][c] / m[r][c];
-                for j in 0..cols {
-                    m[i][j] -= f * m[r][j];
+                let pivot = m[r].clone();
+                for (x, p) in m[i].iter_mut().zip(&pivot) {
+                    *x -= f * p;
                 }
             }
         }
