@@ -50,6 +50,10 @@ pub struct QueryShape {
     /// The bounded aggregates, when the job ran for a scenario with a privacy budget.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub privacy: Option<crate::privacy::PrivacyShape>,
+    /// Per output column, the granted columns it is computed from (through every alias,
+    /// subquery and aggregate): a masking rule named after one of them applies to it.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub column_sources: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// One check of the gate report.

@@ -252,6 +252,7 @@ pub fn evaluate(input: &GateInput<'_>, batches: &[RecordBatch]) -> Result<GateOu
         released.push(apply_masking(
             &drop_hidden(kept)?,
             input.masking,
+            &input.shape.column_sources,
             input.pseudonyms,
         )?);
     }
@@ -306,7 +307,7 @@ pub fn evaluate(input: &GateInput<'_>, batches: &[RecordBatch]) -> Result<GateOu
     report.push("identifiers", scan_identifiers(&released));
     report.push(
         "desensitization",
-        describe_masking(&released, input.masking),
+        describe_masking(&released, input.masking, &input.shape.column_sources),
     );
     let mut epsilon_spent = None;
     match &noise {
@@ -404,6 +405,12 @@ fn suppress_close(rows: &mut [GroupRow], memory: &Memory<'_>, k: u64) -> BTreeMa
     causes
 }
 
+/// At most this many sets of one release are audited (rows times distinct measures).
+const RELEASE_CELLS: usize = 20_000;
+/// At most this many independent cells are remembered per dataset (the inverse over them is
+/// MEMORY_CELLS^2 words: 200 MB at 5,000).
+const MEMORY_CELLS: usize = 5_000;
+
 /// The linear audit of the release with everything released before it over the same data:
 /// the outcome, and what the release adds to the gate's memory.
 fn audit(rows: &[GroupRow], memory: &Memory<'_>, k: u64) -> (CheckOutcome, Remembered) {
@@ -412,15 +419,40 @@ fn audit(rows: &[GroupRow], memory: &Memory<'_>, k: u64) -> (CheckOutcome, Remem
         if r.keep {
             remembered.released.extend(sets.iter().cloned());
         } else {
+            // Fewer than k subjects, however many rows they have.
             remembered.protected.extend(
                 sets.iter()
-                    .filter(|s| !s.is_empty() && (s.len() as u64) < k)
+                    .filter(|s| {
+                        let subjects: std::collections::BTreeSet<u64> =
+                            s.iter().map(|e| e.1).collect();
+                        !subjects.is_empty() && (subjects.len() as u64) < k
+                    })
                     .cloned(),
             );
         }
     }
+    // The audit's cost grows with the square of the independent cells remembered: a dataset
+    // remembers at most MEMORY_CELLS of them, a release adds at most RELEASE_CELLS.
+    if remembered.released.len() > RELEASE_CELLS {
+        return (
+            CheckOutcome::Fail(format!(
+                "the release has {} cells to remember; at most {RELEASE_CELLS} are audited in one release: release fewer groups or measures",
+                remembered.released.len()
+            )),
+            Remembered::default(),
+        );
+    }
     let mut earlier = 0usize;
     for (dataset, ledger) in memory.ledgers {
+        if ledger.rank() + remembered.released.len() > MEMORY_CELLS {
+            return (
+                CheckOutcome::Fail(format!(
+                    "the data's release history is full ({} independent cells remembered, at most {MEMORY_CELLS}): no more exact releases over it; a scenario with differential privacy can still release",
+                    ledger.rank()
+                )),
+                Remembered::default(),
+            );
+        }
         earlier += ledger.cells();
         let mut next = ledger.clone();
         for set in &remembered.released {
@@ -722,11 +754,28 @@ fn drop_hidden(batch: &RecordBatch) -> Result<RecordBatch> {
         .map_err(|e| Error::Internal(format!("projection: {e}")))
 }
 
+/// The masking rule of an output column: the one named after it, or else the one named after
+/// a granted column it is computed from (a rename does not unmask it).
+fn rule_for<'m>(
+    name: &str,
+    masking: &'m BTreeMap<String, Masking>,
+    sources: &BTreeMap<String, Vec<String>>,
+) -> Option<&'m Masking> {
+    masking.get(name).or_else(|| {
+        sources
+            .get(name)
+            .into_iter()
+            .flatten()
+            .find_map(|source| masking.get(source))
+    })
+}
+
 /// R-GATE 5: the scenario's masking, applied before the scan so that a masked column passes.
 /// A masked column becomes text.
 fn apply_masking(
     batch: &RecordBatch,
     masking: &BTreeMap<String, Masking>,
+    sources: &BTreeMap<String, Vec<String>>,
     pseudonyms: Option<&crate::crypto::PseudonymKey>,
 ) -> Result<RecordBatch> {
     if masking.is_empty() {
@@ -736,7 +785,7 @@ fn apply_masking(
     let mut fields = Vec::with_capacity(schema.fields().len());
     let mut columns = Vec::with_capacity(schema.fields().len());
     for (field, column) in schema.fields().iter().zip(batch.columns()) {
-        let Some(rule) = masking.get(field.name()) else {
+        let Some(rule) = rule_for(field.name(), masking, sources) else {
             fields.push(field.as_ref().clone());
             columns.push(Arc::clone(column));
             continue;
@@ -815,7 +864,11 @@ pub(crate) fn mask_value(
     })
 }
 
-fn describe_masking(batches: &[RecordBatch], masking: &BTreeMap<String, Masking>) -> CheckOutcome {
+fn describe_masking(
+    batches: &[RecordBatch],
+    masking: &BTreeMap<String, Masking>,
+    sources: &BTreeMap<String, Vec<String>>,
+) -> CheckOutcome {
     if masking.is_empty() {
         return CheckOutcome::Pass("the scenario names no masking".into());
     }
@@ -832,8 +885,25 @@ fn describe_masking(batches: &[RecordBatch], masking: &BTreeMap<String, Masking>
     let parts: Vec<String> = masking
         .iter()
         .map(|(column, rule)| {
+            // The output columns computed from it under other names.
+            let renamed: Vec<&String> = names
+                .iter()
+                .filter(|n| {
+                    *n != column
+                        && !masking.contains_key(*n)
+                        && sources.get(*n).is_some_and(|s| s.contains(column))
+                })
+                .collect();
+            let also = if renamed.is_empty() {
+                String::new()
+            } else {
+                let shown: Vec<String> = renamed.iter().map(|n| format!("`{n}`")).collect();
+                format!(" (also to {}, computed from it)", shown.join(", "))
+            };
             if names.contains(column) {
-                format!("`{column}`: {rule} applied")
+                format!("`{column}`: {rule} applied{also}")
+            } else if !renamed.is_empty() {
+                format!("`{column}`: {rule} applied{also}")
             } else {
                 format!("`{column}`: {rule} (not in this result)")
             }
@@ -932,10 +1002,44 @@ pub fn scan_columns(batches: &[RecordBatch]) -> Result<(u64, Vec<BTreeMap<String
 }
 
 /// Scans one array, adding what it finds to `hits`; returns how many values it scanned.
+/// Whether a double's shortest text has at most 12 significant digits: a value someone wrote
+/// (a constant, an identifier packed into it beside a small integer part), whose every digit
+/// means something. An average or a sum with float noise has 14 to 17, and their fraction's
+/// digits would look like anything (one average in a few hundred has eleven that read as a
+/// mobile number): of those only the integer part is read. See SECURITY.md for what this
+/// leaves to lineage.
+fn exact_in_12_digits(v: f64) -> bool {
+    let text = v.abs().to_string();
+    let digits = text
+        .trim_start_matches(['0', '.'])
+        .chars()
+        .filter(char::is_ascii_digit)
+        .count();
+    !text.contains('e') && digits <= 12
+}
+
+/// A float's text as the scan reads it: its integer part and its fraction's digits, each on
+/// its own (a mobile number fits in either; nothing longer than 17 digits survives in a
+/// double, so no resident ID or bank card spans the point; reading the digits together would
+/// find a valid card check in one sum of ten).
+fn check_number(text: &str, check: &mut impl FnMut(&str)) {
+    let text = text.trim_start_matches(['-', '+']);
+    match text.split_once('.') {
+        None => check(text),
+        Some((whole, fraction)) => {
+            check(whole);
+            check(fraction);
+        }
+    }
+}
+
+/// Scans one array; returns how many values it held (each read in every form it has).
 fn scan_array(a: &arrow::array::ArrayRef, hits: &mut BTreeMap<String, u64>) -> u64 {
-    let mut scanned = 0u64;
+    let scanned = match a.data_type() {
+        DataType::Boolean | DataType::Null => 0,
+        _ => (a.len() - a.null_count()) as u64,
+    };
     let mut check = |s: &str| {
-        scanned += 1;
         for d in scan_value(s) {
             *hits.entry(d.kind.to_string()).or_default() += 1;
         }
@@ -954,14 +1058,24 @@ fn scan_array(a: &arrow::array::ArrayRef, hits: &mut BTreeMap<String, u64>) -> u
             .iter()
             .flatten()
             .for_each(|v| check(&v.to_string())),
-        // The integer part only: fraction digits of an average are noise, and an identifier
-        // packed into a float can only survive in its integer part.
+        // Floats: the integer part, and the fraction's digits when they are exact.
         DataType::Float64 => a
             .as_primitive::<Float64Type>()
             .iter()
             .flatten()
             .filter(|v| v.is_finite())
-            .for_each(|v| check(&format!("{:.0}", v.trunc()))),
+            .for_each(|v| match exact_in_12_digits(v) {
+                true => check_number(&v.to_string(), &mut check),
+                false => check(&format!("{:.0}", v.trunc().abs())),
+            }),
+        DataType::Float32 | DataType::Float16 => {
+            if let Ok(text) = arrow::compute::cast(a, &DataType::Utf8) {
+                text.as_string::<i32>()
+                    .iter()
+                    .flatten()
+                    .for_each(|v| check_number(v, &mut check));
+            }
+        }
         // Decimals are exact: every digit, fraction included, can carry an identifier, so
         // their digits are scanned whole (the unscaled integer), and their integer part.
         DataType::Decimal32(..)
@@ -1042,6 +1156,46 @@ pub(crate) fn to_csv(batches: &[RecordBatch]) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_float_is_scanned_whole_and_fraction_without_reading_its_noise() {
+        let scan = |values: Vec<f64>| {
+            let mut hits = BTreeMap::new();
+            let a: arrow::array::ArrayRef = Arc::new(arrow::array::Float64Array::from(values));
+            scan_array(&a, &mut hits);
+            hits
+        };
+        assert!(
+            scan(vec![0.13812345678]).contains_key("mobile"),
+            "in the fraction"
+        );
+        assert!(
+            scan(vec![13812345678.0]).contains_key("mobile"),
+            "in the integer part"
+        );
+        // Sums of cents, as float arithmetic leaves them: no finding in 20,000 of them.
+        let mut state = 12345u64;
+        let mut sums = Vec::new();
+        for _ in 0..20_000 {
+            let mut total = 0.0f64;
+            for _ in 0..(state % 500 + 2) {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                total += ((state >> 33) % 50_000) as f64 / 100.0;
+            }
+            sums.push(total);
+            sums.push(total / (state % 97 + 3) as f64);
+        }
+        let bad: Vec<String> = sums
+            .iter()
+            .filter(|v| !scan(vec![**v]).is_empty())
+            .take(5)
+            .map(|v| format!("{v} {}", exact_in_12_digits(*v)))
+            .collect();
+        let found = scan(sums);
+        assert!(found.is_empty(), "{found:?} {bad:?}");
+    }
     use arrow::array::StringArray;
     use arrow::datatypes::Field;
     use tidegate_policy::ColumnTag;

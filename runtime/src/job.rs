@@ -613,7 +613,9 @@ pub async fn run_query_until(
         .map_err(|e| Error::Refused(format!("only a query is allowed: {e}")))?;
     check_confinement(&plan)?;
     let plan_text = plan.display_indent().to_string();
-    let analysis = crate::release::analyze(
+    // Which granted columns each output column is computed from: masking follows them.
+    let column_sources = crate::release::column_sources(&plan);
+    let mut analysis = crate::release::analyze(
         plan,
         &crate::release::Context {
             tables,
@@ -627,6 +629,7 @@ pub async fn run_query_until(
             m.make_scalars_stateless();
         }
     }
+    analysis.shape.column_sources = column_sources;
     let shape = analysis.shape.clone();
     // Everything is planned before anything runs: a planning error speaks of the query, never
     // of the data, and is shown as it is.

@@ -1787,8 +1787,8 @@ pub(crate) struct Finished {
 }
 
 /// `__tg_row_element(adds_0, .., adds_m-1, row_0, .., row_n-1)`: one row of a contribution
-/// as 16 bytes, its identity (a hash of the scans' row identities it joins; 0 when its tables
-/// stored none) and a mask of the measures it adds to. Built by the analysis only: no query
+/// as 16 bytes, its identity (the stored row's, or a hash of the stored rows it joins, however
+/// the query reads them; 0 when its tables stored none) and a mask of the measures it adds to. Built by the analysis only: no query
 /// can call it.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct RowElement {
@@ -1849,17 +1849,27 @@ impl datafusion::logical_expr::ScalarUDFImpl for RowElement {
                     mask |= 1 << b;
                 }
             }
-            let mut h = siphasher::sip::SipHasher13::new_with_keys(0x726f_7773, 0x6a6f_696e);
-            let mut any = false;
-            for (k, r) in rows.iter().enumerate() {
-                let r = r.as_primitive::<arrow::datatypes::UInt64Type>();
-                if r.is_valid(i) {
-                    any = true;
-                    h.write_usize(k);
-                    h.write_u64(r.value(i));
+            // The stored rows it joins, in order of their identities (not of the scans that
+            // read them: a row read through a UNION branch or a reordered join is the same).
+            let mut ids: Vec<u64> = rows
+                .iter()
+                .map(|r| r.as_primitive::<arrow::datatypes::UInt64Type>())
+                .filter(|r| r.is_valid(i))
+                .map(|r| r.value(i))
+                .collect();
+            ids.sort_unstable();
+            let identity = match ids.as_slice() {
+                [] => 0,
+                [one] => (*one).max(1),
+                many => {
+                    let mut h =
+                        siphasher::sip::SipHasher13::new_with_keys(0x726f_7773, 0x6a6f_696e);
+                    for id in many {
+                        h.write_u64(*id);
+                    }
+                    h.finish().max(1)
                 }
-            }
-            let identity = if any { h.finish().max(1) } else { 0 };
+            };
             let mut bytes = [0u8; 16];
             bytes[..8].copy_from_slice(&identity.to_le_bytes());
             bytes[8..].copy_from_slice(&mask.to_le_bytes());
@@ -1869,4 +1879,104 @@ impl datafusion::logical_expr::ScalarUDFImpl for RowElement {
             out.finish(),
         )))
     }
+}
+
+/// Per output column of `plan`, the columns of table scans it is computed from, followed by
+/// position through projections, group keys, joins, unions and aliases (not by name, so a
+/// rename changes nothing); an aggregate's value has none. A node this does not know gives
+/// every column of its scans.
+pub(crate) fn column_sources(
+    plan: &LogicalPlan,
+) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut out = std::collections::BTreeMap::new();
+    for (i, f) in plan.schema().fields().iter().enumerate() {
+        if f.name().starts_with(RESERVED_PREFIX) {
+            continue;
+        }
+        let mut found = BTreeSet::new();
+        sources_of(plan, i, &mut found, 0);
+        out.insert(f.name().clone(), found.into_iter().collect());
+    }
+    out
+}
+
+fn sources_of(plan: &LogicalPlan, field: usize, out: &mut BTreeSet<String>, depth: usize) {
+    // Every column the expression reads, by its position in `input`.
+    fn through(e: &Expr, input: &LogicalPlan, out: &mut BTreeSet<String>, depth: usize) {
+        for c in e.column_refs() {
+            match input.schema().index_of_column(c) {
+                Ok(i) => sources_of(input, i, out, depth + 1),
+                Err(_) => all_scanned(input, out),
+            }
+        }
+    }
+    if depth > 256 {
+        return all_scanned(plan, out);
+    }
+    match plan {
+        LogicalPlan::TableScan(scan) => {
+            if let Some(f) = scan.projected_schema.fields().get(field) {
+                out.insert(f.name().clone());
+            }
+        }
+        LogicalPlan::Projection(p) => match p.expr.get(field) {
+            Some(e) => through(e, &p.input, out, depth),
+            None => all_scanned(plan, out),
+        },
+        // A group key is its columns' values; an aggregate's value is a count or a total,
+        // which no rule for the columns it reads (a pseudonym, a mask) is meant for.
+        LogicalPlan::Aggregate(a) => {
+            if let Some(e) = a.group_expr.get(field) {
+                through(e, &a.input, out, depth);
+            }
+        }
+        LogicalPlan::Filter(_)
+        | LogicalPlan::Sort(_)
+        | LogicalPlan::Limit(_)
+        | LogicalPlan::SubqueryAlias(_)
+        | LogicalPlan::Distinct(_)
+        | LogicalPlan::Repartition(_) => {
+            for input in plan.inputs() {
+                sources_of(input, field, out, depth + 1);
+            }
+        }
+        LogicalPlan::Union(u) => {
+            for input in &u.inputs {
+                sources_of(input, field, out, depth + 1);
+            }
+        }
+        LogicalPlan::Join(j) => {
+            let left = j.left.schema().fields().len();
+            match j.join_type {
+                datafusion::common::JoinType::LeftSemi
+                | datafusion::common::JoinType::LeftAnti
+                | datafusion::common::JoinType::LeftMark => {
+                    sources_of(&j.left, field, out, depth + 1)
+                }
+                datafusion::common::JoinType::RightSemi
+                | datafusion::common::JoinType::RightAnti
+                | datafusion::common::JoinType::RightMark => {
+                    sources_of(&j.right, field, out, depth + 1)
+                }
+                _ if field < left => sources_of(&j.left, field, out, depth + 1),
+                _ => sources_of(&j.right, field - left, out, depth + 1),
+            }
+        }
+        other => all_scanned(other, out),
+    }
+}
+
+/// Every column of every scan under `plan`.
+fn all_scanned(plan: &LogicalPlan, out: &mut BTreeSet<String>) {
+    let _ = plan.apply(|n| {
+        if let LogicalPlan::TableScan(scan) = n {
+            out.extend(
+                scan.projected_schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone()),
+            );
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
 }

@@ -110,6 +110,28 @@ fn a_difference_with_a_respelled_key_is_suppressed_and_names_the_earlier_export(
     assert!(others >= 5, "{second}");
 }
 
+/// The same rows read through the branches of a UNION ALL are the same rows.
+#[test]
+fn a_difference_read_through_a_union_is_suppressed() {
+    let (env, sid, _) = active_scenario();
+    let (spot, date, spend) = lone_spend();
+    let scientist = &env.world.scientist;
+    let first = export(&env, scientist, &sid, BY_SPOT);
+    let second = export(
+        &env,
+        scientist,
+        &sid,
+        &format!(
+            "SELECT spot, count(*) AS n, sum(spend) AS total FROM ( \
+               SELECT spot, spend FROM visits WHERE spot <> '{spot}' \
+               UNION ALL \
+               SELECT spot, spend FROM visits WHERE spot = '{spot}' AND visit_date <> DATE '{date}' \
+             ) t GROUP BY spot"
+        ),
+    );
+    assert_not_differenced(&first, &second, &spot, spend);
+}
+
 #[test]
 fn a_difference_across_two_scenarios_of_one_org_is_suppressed() {
     let (env, sid, _) = active_scenario();
@@ -173,6 +195,9 @@ fn a_tracker_of_three_queries_is_refused_at_the_third() {
         &q(&format!("{c} OR NOT (spend > 250)")),
     );
     let three = export(&env, scientist, &sid, BY_SPOT);
+    for e in [&one, &two] {
+        assert_eq!(e["state"], "in_review", "{e}");
+    }
     let released: Vec<Option<f64>> = [&one, &two, &three]
         .iter()
         .map(|e| total_at(e, &spot, 2))
@@ -349,5 +374,57 @@ fn a_reconstruction_by_many_subset_sums_stops_before_any_value_is_determined() {
             "the bits of subjects {members:?} are determined by the {} released sums",
             equations.len()
         );
+    }
+}
+
+// ---- Values packed where the scan does not look ----
+
+/// A mobile number in the fraction of a double: the scan reads the fraction's digits too.
+#[test]
+fn a_float_with_a_mobile_number_in_its_fraction_is_refused() {
+    let (env, sid, _) = active_scenario();
+    let e = export(
+        &env,
+        &env.world.scientist,
+        &sid,
+        "SELECT spot, count(*) AS n, sum(spend) * 0 + 0.13812345678 AS x FROM visits GROUP BY spot",
+    );
+    let (passed, detail) = check(&e, "identifiers");
+    assert!(!passed, "{e}");
+    assert!(detail.contains("column `x` look like mobile"), "{detail}");
+    assert!(
+        !detail.contains("13812345678"),
+        "the report never quotes a value"
+    );
+    assert_ne!(e["state"], "in_review");
+}
+
+/// The scenario masks `spot`; a query that renames it still releases it masked: masking
+/// follows the column the output is computed from, not its name.
+#[test]
+fn a_renamed_masked_column_stays_masked() {
+    let (env, _, _) = active_scenario();
+    let w = &env.world;
+    let mut request = common::scenario_request(false);
+    request["grants"] =
+        json!([{ "dataset": "visits", "columns": ["resident_id", "spot", "visit_date", "spend"] }]);
+    request["export_rules"] = json!({ "masking": { "spot": "redact" } });
+    let applied = w.scientist.apply_scenario(&request).unwrap();
+    let sid = applied["id"].as_str().unwrap();
+    w.admin.approve_scenario(sid).unwrap();
+    w.provider.approve_scenario(sid).unwrap();
+    for sql in [
+        "SELECT spot AS place, count(*) AS n FROM visits GROUP BY spot",
+        "SELECT lower(p) AS place, count(*) AS n FROM (SELECT spot AS p FROM visits) t GROUP BY lower(p)",
+        "SELECT concat(spot, '') AS place, count(*) AS n FROM visits GROUP BY concat(spot, '')",
+    ] {
+        let e = export(&env, &w.scientist, sid, sql);
+        let preview = e["preview"].as_str().unwrap_or("").to_string();
+        assert!(!rows(&preview).is_empty(), "{sql}: {e}");
+        for (place, _) in rows(&preview) {
+            assert_eq!(place, "***", "{sql}: {preview}");
+        }
+        let (_, detail) = check(&e, "desensitization");
+        assert!(detail.contains("`place`"), "{detail}");
     }
 }
