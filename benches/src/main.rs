@@ -2,7 +2,7 @@
 //! the same process through the same query path, and an aggregate over the encrypted store
 //! against plaintext Parquet; prints times and ratios.
 //!
-//! Usage: `cargo run --release -p tidegate-benches -- [--rows N] [--reps R] [--gate-only | --import-only [--csv] | --load-only]`
+//! Usage: `cargo run --release -p tidegate-benches -- [--rows N] [--reps R] [--gate-only | --import-only [--csv] | --load-only | --memory-only]`
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -28,6 +28,7 @@ mod budgets;
 mod gate;
 mod import;
 mod latency;
+mod memory;
 mod scan;
 mod storage;
 
@@ -276,6 +277,11 @@ fn main() {
         import::import_workload(rows, std::env::args().any(|a| a == "--csv"));
         return;
     }
+    if std::env::args().any(|a| a == "--memory-only") {
+        println!("tidegate-bench: the gate's memory, {rows} subjects, best of {reps}");
+        memory::memory_workload(rows as u64, reps);
+        return;
+    }
     if std::env::args().any(|a| a == "--gate-only") {
         println!("tidegate-bench: the gate's workloads only, {rows} rows, best of {reps}");
         gate_workloads(&rt, rows, reps);
@@ -436,6 +442,7 @@ fn main() {
     import::import_workload(rows, false);
     import::import_workload(rows, true);
     latency::api_under_load(rows);
+    memory::memory_workload(rows.min(1_000_000) as u64, reps);
 }
 
 /// (i) and (j): the gate's analysis.

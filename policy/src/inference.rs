@@ -89,6 +89,32 @@ fn dot(a: &[u64], b: &[u64]) -> u64 {
     out
 }
 
+/// `f` of every row, the rows split between two threads.
+fn in_parallel(rows: &[Vec<u64>], f: impl Fn(&[u64]) -> u64 + Sync) -> Vec<u64> {
+    let half = rows.len() / 2;
+    let (first, second) = rows.split_at(half);
+    std::thread::scope(|scope| {
+        let f = &f;
+        let later = scope.spawn(move || second.iter().map(|r| f(r)).collect::<Vec<_>>());
+        let mut out: Vec<u64> = first.iter().map(|r| f(r)).collect();
+        // Pure arithmetic does not panic; if it did, the panic goes on (no shorter answer).
+        out.extend(
+            later
+                .join()
+                .unwrap_or_else(|e| std::panic::resume_unwind(e)),
+        );
+        out
+    })
+}
+
+/// A field element from 64 random bits, never 0.
+fn nonzero(bits: u64) -> u64 {
+    match bits & P {
+        0 | P => 1,
+        x => x,
+    }
+}
+
 /// The 64-bit finalizer of SplitMix64: a bijection that spreads every input bit.
 fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -214,6 +240,11 @@ pub struct Ledger {
     basis: Vec<u32>,
     /// `K^-1` over the basis, row by row (symmetric).
     inverse: Vec<Vec<u64>>,
+    /// Per basis cell, `sum(d_e g_e)` over its elements, for a secret random probe g: the
+    /// audit's random vector of the kernel.
+    probes: Vec<u64>,
+    /// Per basis cell, the slots of its elements.
+    members: Vec<Arc<[u32]>>,
 }
 
 impl Ledger {
@@ -231,6 +262,8 @@ impl Ledger {
             arena: Vec::new(),
             basis: Vec::new(),
             inverse: Vec::new(),
+            probes: Vec::new(),
+            members: Vec::new(),
         }
     }
 
@@ -251,7 +284,12 @@ impl Ledger {
 
     /// An element's secret weight, never 0.
     fn weight(&self, e: Element) -> u64 {
-        1 + mix(e.0 ^ mix(e.1 ^ self.seed)) % (P - 1)
+        nonzero(mix(e.0 ^ mix(e.1 ^ self.seed)))
+    }
+
+    /// An element's entry in the secret random probe vector g, never 0.
+    fn probe(&self, e: Element) -> u64 {
+        nonzero(mix(e.1 ^ mix(e.0 ^ self.seed ^ 0x7072_6f62_6521)))
     }
 
     fn slot(&mut self, e: Element) -> u32 {
@@ -290,29 +328,55 @@ impl Ledger {
         let slots: Vec<u32> = subjects.iter().map(|s| self.slot(*s)).collect();
         let r = self.basis.len();
         let mut b = vec![0u64; r];
-        let mut kappa = 0u64;
+        let (mut kappa, mut probe) = (0u64, 0u64);
         for (s, slot) in subjects.iter().zip(&slots) {
             let d = self.weight(*s);
             kappa = add(kappa, d);
-            for pos in self.positions(*slot).collect::<Vec<_>>() {
+            probe = add(probe, mul(d, self.probe(*s)));
+            let mut at = self.head[*slot as usize];
+            while at != NIL {
+                let (pos, next) = self.arena[at as usize];
                 b[pos as usize] = add(b[pos as usize], d);
+                at = next;
             }
         }
-        let u: Vec<u64> = self.inverse.iter().map(|row| dot(row, &b)).collect();
+        let u: Vec<u64> = in_parallel(&self.inverse, |row| dot(row, &b));
         let sigma = sub(kappa, dot(&b, &u));
         if sigma != 0 {
             // Bordered inverse: [[A + u u^T/s, -u/s], [-u^T/s, 1/s]].
             let s_inv = inverse(sigma);
             let v: Vec<u64> = u.iter().map(|x| mul(*x, s_inv)).collect();
-            for (i, row) in self.inverse.iter_mut().enumerate() {
-                for (j, a) in row.iter_mut().enumerate() {
-                    *a = add(*a, mul(v[i], u[j]));
-                }
-                row.push(sub(0, v[i]));
-            }
+            let mut i = 0usize;
+            let rows: Vec<(usize, &mut Vec<u64>)> = self
+                .inverse
+                .iter_mut()
+                .map(|row| {
+                    i += 1;
+                    (i - 1, row)
+                })
+                .collect();
+            std::thread::scope(|scope| {
+                let half = rows.len() / 2;
+                let mut rows = rows;
+                let second = rows.split_off(half);
+                let (u, v) = (&u, &v);
+                let work = move |part: Vec<(usize, &mut Vec<u64>)>| {
+                    for (i, row) in part {
+                        let vi = v[i];
+                        for (a, uj) in row.iter_mut().zip(u) {
+                            *a = reduce(u128::from(*a) + u128::from(vi) * u128::from(*uj));
+                        }
+                        row.push(sub(0, vi));
+                    }
+                };
+                scope.spawn(move || work(second));
+                work(rows);
+            });
             let mut last: Vec<u64> = v.iter().map(|x| sub(0, *x)).collect();
             last.push(s_inv);
             self.inverse.push(last);
+            self.probes.push(probe);
+            self.members.push(slots.as_slice().into());
             let pos = self.basis.len() as u32;
             self.basis.push(index);
             for slot in &slots {
@@ -383,30 +447,58 @@ impl Ledger {
     pub fn disclosure(&self, k: u64) -> Option<Disclosure> {
         // Atoms: rows by the sets they are in, with their subjects (up to k), total weight
         // and one of them (every member is in the same sets).
-        let mut atoms: HashMap<[u64; 2], (Vec<u64>, u64, u32)> = HashMap::new();
-        for (element, slot) in &self.slots {
-            let d = self.weight(*element);
-            let e = atoms
-                .entry(self.signature[*slot as usize])
-                .or_insert((Vec::new(), 0, *slot));
-            if (e.0.len() as u64) < k && !e.0.contains(&element.1) {
-                e.0.push(element.1);
+        // A random vector of the kernel of the released cells: x = D (g - pi(g)), where
+        // pi(g) = y^T M with y = K^-1 M D g. A set's total is determinable exactly when every
+        // kernel vector sums to 0 over it; a random one does so by chance with probability
+        // 1/p (a refusal too many, never one too few).
+        let y: Vec<u64> = in_parallel(&self.inverse, |row| dot(row, &self.probes));
+        // pi(g) per slot, cell by cell.
+        let mut pi = vec![0u64; self.slots.len()];
+        for (cell, yi) in self.members.iter().zip(&y) {
+            for slot in cell.iter() {
+                let p = &mut pi[*slot as usize];
+                *p = add(*p, *yi);
             }
-            e.1 = add(e.1, d);
         }
+        let kernel = |e: Element, slot: Option<&u32>| -> u64 {
+            let pi = slot.map_or(0, |s| pi[*s as usize]);
+            mul(self.weight(e), sub(self.probe(e), pi))
+        };
+        // Atoms: rows by the sets they are in (sorted by their cells' hash), each with its
+        // subjects (up to k), total weight, the kernel vector's sum over it and one row.
+        let mut by_atom: Vec<([u64; 2], Element, u32)> = self
+            .slots
+            .iter()
+            .filter(|(_, slot)| self.head[**slot as usize] != NIL)
+            .map(|(e, slot)| (self.signature[*slot as usize], *e, *slot))
+            .collect();
+        by_atom.sort_unstable_by_key(|a| a.0);
         let (mut groups, mut smallest) = (0u64, u64::MAX);
         let mut origins: Vec<String> = Vec::new();
-        for (owners, weight, slot) in atoms.values() {
+        for atom in by_atom.chunk_by(|a, b| a.0 == b.0) {
+            let mut owners: Vec<u64> = Vec::new();
+            for (_, e, _) in atom {
+                if (owners.len() as u64) < k && !owners.contains(&e.1) {
+                    owners.push(e.1);
+                }
+            }
             let count = owners.len() as u64;
             if count >= k {
                 continue;
             }
-            let positions: Vec<u32> = self.positions(*slot).collect();
-            if positions.is_empty() {
+            let x = atom
+                .iter()
+                .fold(0u64, |acc, (_, e, slot)| add(acc, kernel(*e, Some(slot))));
+            if x != 0 {
                 continue;
             }
+            let weight = &atom
+                .iter()
+                .fold(0u64, |acc, (_, e, _)| add(acc, self.weight(*e)));
+            let slot = &atom[0].2;
+            let positions: Vec<u32> = self.positions(*slot).collect();
             let w: Vec<(u32, u64)> = positions.iter().map(|p| (*p, *weight)).collect();
-            // w = d_a m_a; the atom is determinable when w^T K^-1 w = d_a.
+            // Confirmed by the leverage: w = d_a m_a and w^T K^-1 w = d_a.
             if self.form(&w) == *weight {
                 groups += 1;
                 smallest = smallest.min(count);
@@ -423,6 +515,13 @@ impl Ledger {
             });
         }
         for p in &self.protected {
+            let x = p
+                .subjects
+                .iter()
+                .fold(0u64, |acc, e| add(acc, kernel(*e, self.slots.get(e))));
+            if x != 0 {
+                continue;
+            }
             let mut w: HashMap<u32, u64> = HashMap::new();
             let mut total = 0u64;
             for s in p.subjects.iter() {

@@ -171,6 +171,15 @@ fn a_difference_across_two_orgs_is_suppressed() {
         &all_but_the_lone_visit(&spot, &date),
     );
     assert_not_differenced(&first, &second, &spot, spend);
+    // The reviewer sees the other org's earlier export beside this one, with its query.
+    let beside: Vec<&Value> = second["earlier"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["id"] == first["id"])
+        .collect();
+    assert_eq!(beside.len(), 1, "{second}");
+    assert_eq!(beside[0]["query"], BY_SPOT);
 }
 
 /// The tracker (Denning and Schlörer): C is the lone visit, T a predicate that splits the

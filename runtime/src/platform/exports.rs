@@ -412,6 +412,64 @@ impl Platform {
                     }))
                 })?
                 .collect::<rusqlite::Result<_>>()?;
+            // And every export the gate's memory judged this one with: the exports over the
+            // same datasets, of any scenario and org (R-GATE 6), with their queries.
+            let ours: Option<String> = db.query_row(
+                "SELECT audit_datasets FROM exports WHERE id = ?1",
+                params![id],
+                |r| r.get(0),
+            )?;
+            let ours: Vec<String> = ours.map(|d| from_json(&d)).transpose()?.unwrap_or_default();
+            if !ours.is_empty() {
+                let others: Vec<(
+                    String,
+                    String,
+                    Option<String>,
+                    String,
+                    Option<String>,
+                    String,
+                    String,
+                    String,
+                )> = db
+                    .prepare(
+                        "SELECT e.id, e.state, e.result_hash, e.created_at, e.released_at, j.sql,
+                                j.scenario_id, e.audit_datasets
+                         FROM exports e JOIN jobs j ON e.job_id = j.id
+                         WHERE e.id != ?1 AND j.scenario_id != ?2 AND e.audit_datasets IS NOT NULL
+                         ORDER BY e.created_at",
+                    )?
+                    .query_map(params![id, job.scenario], |r| {
+                        Ok((
+                            r.get(0)?,
+                            r.get(1)?,
+                            r.get(2)?,
+                            r.get(3)?,
+                            r.get(4)?,
+                            r.get(5)?,
+                            r.get(6)?,
+                            r.get(7)?,
+                        ))
+                    })?
+                    .collect::<rusqlite::Result<_>>()?;
+                for (other, state, hash, at, released, sql, scenario, datasets) in others {
+                    if !from_json::<Vec<String>>(&datasets)?
+                        .iter()
+                        .any(|d| ours.contains(d))
+                    {
+                        continue;
+                    }
+                    view.earlier.push(json!({
+                        "id": other,
+                        "state": state,
+                        "result_sha256": hash,
+                        "requested_at": at,
+                        "released_at": released,
+                        "query": sql,
+                        "scenario": scenario,
+                        "same_data": true,
+                    }));
+                }
+            }
             view.query = Some(job.sql);
             view.plan = plan;
             view.modules = job.modules;
