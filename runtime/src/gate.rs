@@ -762,11 +762,19 @@ fn rule_for<'m>(
     sources: &BTreeMap<String, Vec<String>>,
 ) -> Option<&'m Masking> {
     masking.get(name).or_else(|| {
-        sources
-            .get(name)
-            .into_iter()
-            .flatten()
-            .find_map(|source| masking.get(source))
+        sources.get(name).into_iter().flatten().find_map(|source| {
+            // Read inside the runtime's own masking function: done when it is the rule's.
+            let (inside, column) = match source.split_once(':') {
+                Some((f, c)) => (Some(f), c),
+                None => (None, source.as_str()),
+            };
+            let rule = masking.get(column)?;
+            match (inside, rule) {
+                (Some("tg_pseudonym"), Masking::Pseudonymize)
+                | (Some("tg_mask"), Masking::Mask) => None,
+                _ => Some(rule),
+            }
+        })
     })
 }
 
@@ -891,7 +899,11 @@ fn describe_masking(
                 .filter(|n| {
                     *n != column
                         && !masking.contains_key(*n)
-                        && sources.get(*n).is_some_and(|s| s.contains(column))
+                        && rule_for(n, masking, sources) == Some(rule)
+                        && sources.get(*n).is_some_and(|s| {
+                            s.iter()
+                                .any(|s| s.rsplit(':').next() == Some(column.as_str()))
+                        })
                 })
                 .collect();
             let also = if renamed.is_empty() {
@@ -900,9 +912,7 @@ fn describe_masking(
                 let shown: Vec<String> = renamed.iter().map(|n| format!("`{n}`")).collect();
                 format!(" (also to {}, computed from it)", shown.join(", "))
             };
-            if names.contains(column) {
-                format!("`{column}`: {rule} applied{also}")
-            } else if !renamed.is_empty() {
+            if names.contains(column) || !renamed.is_empty() {
                 format!("`{column}`: {rule} applied{also}")
             } else {
                 format!("`{column}`: {rule} (not in this result)")

@@ -1901,12 +1901,39 @@ pub(crate) fn column_sources(
 }
 
 fn sources_of(plan: &LogicalPlan, field: usize, out: &mut BTreeSet<String>, depth: usize) {
-    // Every column the expression reads, by its position in `input`.
+    // Every column the expression reads, by its position in `input`; read inside the
+    // runtime's own `tg_pseudonym` or `tg_mask`, as `function:column` (already masked so).
     fn through(e: &Expr, input: &LogicalPlan, out: &mut BTreeSet<String>, depth: usize) {
-        for c in e.column_refs() {
-            match input.schema().index_of_column(c) {
-                Ok(i) => sources_of(input, i, out, depth + 1),
-                Err(_) => all_scanned(input, out),
+        fn collect(e: &Expr, inside: Option<&str>, out: &mut Vec<(Option<String>, Column)>) {
+            let _ = e.apply(|n| match n {
+                Expr::ScalarFunction(f)
+                    if inside.is_none() && matches!(f.name(), "tg_pseudonym" | "tg_mask") =>
+                {
+                    for a in &f.args {
+                        collect(a, Some(f.name()), out);
+                    }
+                    Ok(TreeNodeRecursion::Jump)
+                }
+                Expr::Column(c) => {
+                    out.push((inside.map(str::to_string), c.clone()));
+                    Ok(TreeNodeRecursion::Continue)
+                }
+                _ => Ok(TreeNodeRecursion::Continue),
+            });
+        }
+        let mut read = Vec::new();
+        collect(e, None, &mut read);
+        for (inside, c) in read {
+            let mut found = BTreeSet::new();
+            match input.schema().index_of_column(&c) {
+                Ok(i) => sources_of(input, i, &mut found, depth + 1),
+                Err(_) => all_scanned(input, &mut found),
+            }
+            for source in found {
+                out.insert(match &inside {
+                    Some(f) if !source.contains(':') => format!("{f}:{source}"),
+                    _ => source,
+                });
             }
         }
     }

@@ -106,6 +106,23 @@ impl Platform {
                 }
             }
         }
+        // A job that ran before the gate remembered releases has no sets: its exact release
+        // over data with subjects would go unremembered, so it is not exported; run it again.
+        if sets.is_none()
+            && job.level > Level::L1
+            && shape.aggregated
+            && s.export_rules.privacy_budget.is_none()
+            && shape.privacy.is_none()
+        {
+            for i in &inputs {
+                let dataset = Self::dataset_row(&db, i["dataset"].as_str().unwrap_or_default())?;
+                if dataset.columns.iter().any(|c| c.has_tag(ColumnTag::Entity)) {
+                    return Err(Error::BadInput(format!(
+                        "job {job_id} ran before the export gate remembered what each release holds; run the job again to export its result"
+                    )));
+                }
+            }
+        }
         let ledgers = audited
             .iter()
             .map(|d| Ok((d.clone(), self.gate_memory(&db, d)?)))
@@ -421,16 +438,7 @@ impl Platform {
             )?;
             let ours: Vec<String> = ours.map(|d| from_json(&d)).transpose()?.unwrap_or_default();
             if !ours.is_empty() {
-                let others: Vec<(
-                    String,
-                    String,
-                    Option<String>,
-                    String,
-                    Option<String>,
-                    String,
-                    String,
-                    String,
-                )> = db
+                let others: Vec<(Value, String)> = db
                     .prepare(
                         "SELECT e.id, e.state, e.result_hash, e.created_at, e.released_at, j.sql,
                                 j.scenario_id, e.audit_datasets
@@ -440,34 +448,28 @@ impl Platform {
                     )?
                     .query_map(params![id, job.scenario], |r| {
                         Ok((
-                            r.get(0)?,
-                            r.get(1)?,
-                            r.get(2)?,
-                            r.get(3)?,
-                            r.get(4)?,
-                            r.get(5)?,
-                            r.get(6)?,
+                            json!({
+                                "id": r.get::<_, String>(0)?,
+                                "state": r.get::<_, String>(1)?,
+                                "result_sha256": r.get::<_, Option<String>>(2)?,
+                                "requested_at": r.get::<_, String>(3)?,
+                                "released_at": r.get::<_, Option<String>>(4)?,
+                                "query": r.get::<_, String>(5)?,
+                                "scenario": r.get::<_, String>(6)?,
+                                "same_data": true,
+                            }),
                             r.get(7)?,
                         ))
                     })?
                     .collect::<rusqlite::Result<_>>()?;
-                for (other, state, hash, at, released, sql, scenario, datasets) in others {
+                for (other, datasets) in others {
                     if !from_json::<Vec<String>>(&datasets)?
                         .iter()
                         .any(|d| ours.contains(d))
                     {
                         continue;
                     }
-                    view.earlier.push(json!({
-                        "id": other,
-                        "state": state,
-                        "result_sha256": hash,
-                        "requested_at": at,
-                        "released_at": released,
-                        "query": sql,
-                        "scenario": scenario,
-                        "same_data": true,
-                    }));
+                    view.earlier.push(other);
                 }
             }
             view.query = Some(job.sql);
