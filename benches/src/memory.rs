@@ -59,9 +59,7 @@ pub(crate) fn memory_workload(subjects: u64, reps: usize) {
     let started = Instant::now();
     let mut ledger = Ledger::new(42);
     for (t, cells) in earlier.iter().enumerate() {
-        for c in cells {
-            ledger.add_released(&format!("ex_{t}"), c.clone());
-        }
+        ledger.add_all_released(&format!("ex_{t}"), cells);
     }
     let built = started.elapsed();
     let held = resident().saturating_sub(before);
@@ -87,9 +85,7 @@ pub(crate) fn memory_workload(subjects: u64, reps: usize) {
     });
     let adding = best(&mut || {
         let mut next = ledger.clone();
-        for c in &new {
-            next.add_released("ex_new", c.clone());
-        }
+        next.add_all_released("ex_new", &new);
     });
     println!(
         "    adding the release {:.0} ms",
@@ -97,9 +93,7 @@ pub(crate) fn memory_workload(subjects: u64, reps: usize) {
     );
     let audit = best(&mut || {
         let mut next = ledger.clone();
-        for c in &new {
-            next.add_released("ex_new", c.clone());
-        }
+        next.add_all_released("ex_new", &new);
         assert!(next.disclosure(k).is_none());
     });
     let ms = |d: Duration| d.as_secs_f64() * 1e3;

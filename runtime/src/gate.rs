@@ -50,7 +50,7 @@ pub struct Memory<'a> {
     /// Per result row (in batch order), its sets of subjects.
     pub sets: &'a [Vec<SubjectSet>],
     /// Per dataset with subjects that the job read, everything released over it so far.
-    pub ledgers: &'a [(String, Ledger)],
+    pub ledgers: &'a [(String, Arc<Ledger>)],
 }
 
 /// What a passing release adds to the gate's memory.
@@ -60,7 +60,7 @@ pub struct Remembered {
     /// Sets suppressed for fewer than k subjects: never to become determinable.
     pub protected: Vec<SubjectSet>,
     /// The ledgers with this release in them, to keep when it is recorded.
-    pub ledgers: Vec<(String, Ledger)>,
+    pub ledgers: Vec<(String, Arc<Ledger>)>,
 }
 
 /// A scenario's privacy budget as one export request would spend it.
@@ -454,10 +454,8 @@ fn audit(rows: &[GroupRow], memory: &Memory<'_>, k: u64) -> (CheckOutcome, Remem
             );
         }
         earlier += ledger.cells();
-        let mut next = ledger.clone();
-        for set in &remembered.released {
-            next.add_released(memory.origin, set.clone());
-        }
+        let mut next = Ledger::clone(ledger);
+        next.add_all_released(memory.origin, &remembered.released);
         for set in &remembered.protected {
             next.add_protected(memory.origin, set.clone());
         }
@@ -467,7 +465,7 @@ fn audit(rows: &[GroupRow], memory: &Memory<'_>, k: u64) -> (CheckOutcome, Remem
                 Remembered::default(),
             );
         }
-        remembered.ledgers.push((dataset.clone(), next));
+        remembered.ledgers.push((dataset.clone(), Arc::new(next)));
     }
     (
         CheckOutcome::Pass(format!(

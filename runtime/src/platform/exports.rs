@@ -300,7 +300,7 @@ impl Platform {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             for (dataset, ledger) in &r.ledgers {
-                kept.insert(dataset.clone(), ledger.clone());
+                kept.insert(dataset.clone(), Arc::clone(ledger));
             }
         }
         drop(db);
@@ -652,14 +652,14 @@ impl Platform {
         &self,
         db: &Connection,
         dataset: &str,
-    ) -> Result<tidegate_policy::Ledger> {
+    ) -> Result<Arc<tidegate_policy::Ledger>> {
         if let Some(l) = self
             .ledgers
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(dataset)
         {
-            return Ok(l.clone());
+            return Ok(Arc::clone(l));
         }
         let seed = self.pseudonym_root(db)?.subject_key().seed();
         let mut ledger = tidegate_policy::Ledger::new(seed);
@@ -680,17 +680,16 @@ impl Platform {
             let rows = tidegate_policy::decode_sets(&self.load_object("audit", &export, &key)?)
                 .filter(|rows| rows.len() == 2)
                 .ok_or_else(|| Error::Integrity(format!("the audit record of export {export}")))?;
-            for set in &rows[0] {
-                ledger.add_released(&export, set.clone());
-            }
+            ledger.add_all_released(&export, &rows[0]);
             for set in &rows[1] {
                 ledger.add_protected(&export, set.clone());
             }
         }
+        let ledger = Arc::new(ledger);
         self.ledgers
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(dataset.to_string(), ledger.clone());
+            .insert(dataset.to_string(), Arc::clone(&ledger));
         Ok(ledger)
     }
 }

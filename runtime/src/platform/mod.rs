@@ -537,7 +537,7 @@ pub struct Platform {
     reading: Mutex<HashMap<String, (Vec<SealedSource>, u64)>>,
     /// The gate's memory per dataset, built from the stored audit records the first time an
     /// export over the dataset asks, and kept as exports pass (R-GATE 6).
-    ledgers: Mutex<HashMap<String, tidegate_policy::Ledger>>,
+    ledgers: Mutex<HashMap<String, Arc<tidegate_policy::Ledger>>>,
     /// Held while the platform is open: one process per data directory.
     _lock: fs::File,
 }
