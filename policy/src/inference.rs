@@ -233,9 +233,6 @@ pub struct Ledger {
     owner: Vec<u64>,
     /// Per subject slot: a hash of the cells it is in (two lanes), the atoms' key.
     signature: Vec<[u64; 2]>,
-    /// Per subject slot: the head of its list of basis positions in `arena`.
-    head: Vec<u32>,
-    arena: Vec<(u32, u32)>,
     /// The cell at each basis position.
     basis: Vec<u32>,
     /// `K^-1` over the basis, row by row (symmetric).
@@ -258,8 +255,6 @@ impl Ledger {
             slots: HashMap::new(),
             owner: Vec::new(),
             signature: Vec::new(),
-            head: Vec::new(),
-            arena: Vec::new(),
             basis: Vec::new(),
             inverse: Vec::new(),
             probes: Vec::new(),
@@ -296,22 +291,26 @@ impl Ledger {
         let next = self.slots.len() as u32;
         *self.slots.entry(e).or_insert_with(|| {
             self.signature.push([0, 0]);
-            self.head.push(NIL);
             self.owner.push(e.1);
             next
         })
     }
 
-    /// The basis positions of the cells a subject slot is in.
-    fn positions(&self, slot: u32) -> impl Iterator<Item = u32> + '_ {
-        let mut at = self.head[slot as usize];
-        std::iter::from_fn(move || {
-            (at != NIL).then(|| {
-                let (pos, next) = self.arena[at as usize];
-                at = next;
-                pos
-            })
-        })
+    /// The basis positions of the cells each of these slots is in: one pass over the basis
+    /// cells' members (needed only to confirm and name a disclosure).
+    fn positions_of(&self, wanted: &std::collections::BTreeSet<u32>) -> HashMap<u32, Vec<u32>> {
+        let mut out: HashMap<u32, Vec<u32>> = HashMap::new();
+        if wanted.is_empty() {
+            return out;
+        }
+        for (pos, members) in self.members.iter().enumerate() {
+            for slot in members.iter() {
+                if wanted.contains(slot) {
+                    out.entry(*slot).or_default().push(pos as u32);
+                }
+            }
+        }
+        out
     }
 
     /// The first earlier cell whose subjects differ from `subjects` by fewer than `k` (but
@@ -438,11 +437,6 @@ impl Ledger {
             let pos = self.basis.len() as u32;
             joined = Some(pos);
             self.basis.push(index);
-            for slot in slots {
-                let next = self.head[*slot as usize];
-                self.head[*slot as usize] = self.arena.len() as u32;
-                self.arena.push((pos, next));
-            }
         }
         let lanes = [
             mix(self.seed ^ mix(u64::from(index) ^ 0x5eed_0001)),
@@ -529,12 +523,14 @@ impl Ledger {
         let mut by_atom: Vec<([u64; 2], Element, u32)> = self
             .slots
             .iter()
-            .filter(|(_, slot)| self.head[**slot as usize] != NIL)
+            // In some released cell (then in some basis cell too).
+            .filter(|(_, slot)| self.signature[**slot as usize] != [0, 0])
             .map(|(e, slot)| (self.signature[*slot as usize], *e, *slot))
             .collect();
         by_atom.sort_unstable_by_key(|a| a.0);
         let (mut groups, mut smallest) = (0u64, u64::MAX);
         let mut origins: Vec<String> = Vec::new();
+        let mut candidates: Vec<(u64, u64, u32)> = Vec::new();
         for atom in by_atom.chunk_by(|a, b| a.0 == b.0) {
             let mut owners: Vec<u64> = Vec::new();
             for (_, e, _) in atom {
@@ -552,14 +548,22 @@ impl Ledger {
             if x != 0 {
                 continue;
             }
-            let weight = &atom
+            let weight = atom
                 .iter()
                 .fold(0u64, |acc, (_, e, _)| add(acc, self.weight(*e)));
-            let slot = &atom[0].2;
-            let positions: Vec<u32> = self.positions(*slot).collect();
-            let w: Vec<(u32, u64)> = positions.iter().map(|p| (*p, *weight)).collect();
+            candidates.push((count, weight, atom[0].2));
+        }
+        let wanted = candidates.iter().map(|c| c.2).collect();
+        let positions = self.positions_of(&wanted);
+        for (count, weight, slot) in candidates {
+            let w: Vec<(u32, u64)> = positions
+                .get(&slot)
+                .into_iter()
+                .flatten()
+                .map(|p| (*p, weight))
+                .collect();
             // Confirmed by the leverage: w = d_a m_a and w^T K^-1 w = d_a.
-            if self.form(&w) == *weight {
+            if !w.is_empty() && self.form(&w) == weight {
                 groups += 1;
                 smallest = smallest.min(count);
                 origins.extend(self.origins(&w));
@@ -582,14 +586,20 @@ impl Ledger {
             if x != 0 {
                 continue;
             }
+            let wanted = p
+                .subjects
+                .iter()
+                .filter_map(|e| self.slots.get(e).copied())
+                .collect();
+            let positions = self.positions_of(&wanted);
             let mut w: HashMap<u32, u64> = HashMap::new();
             let mut total = 0u64;
             for s in p.subjects.iter() {
                 let d = self.weight(*s);
                 total = add(total, d);
                 if let Some(slot) = self.slots.get(s) {
-                    for pos in self.positions(*slot) {
-                        let e = w.entry(pos).or_insert(0);
+                    for pos in positions.get(slot).into_iter().flatten() {
+                        let e = w.entry(*pos).or_insert(0);
                         *e = add(*e, d);
                     }
                 }
