@@ -267,11 +267,6 @@ impl Ledger {
         self.cells.len()
     }
 
-    /// The rows in any released set.
-    pub fn rows(&self) -> usize {
-        self.slots.len()
-    }
-
     /// The rank of the released cells.
     pub fn rank(&self) -> usize {
         self.basis.len()

@@ -41,18 +41,7 @@ fn export(env: &Env, scientist: &tidegate_server::Client, sid: &str, sql: &str) 
     full_report(env, &requested)
 }
 
-fn check<'a>(export: &'a Value, name: &str) -> (bool, &'a str) {
-    let c = export["gate_report"]["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .unwrap_or_else(|| panic!("no check {name} in {export}"));
-    (
-        c["passed"].as_bool().unwrap(),
-        c["detail"].as_str().unwrap(),
-    )
-}
+use common::gate_check as check;
 
 /// The released total at `spot` (first column the key), if released.
 fn total_at(export: &Value, spot: &str, column: usize) -> Option<f64> {
@@ -61,6 +50,19 @@ fn total_at(export: &Value, spot: &str, column: usize) -> Option<f64> {
         .into_iter()
         .find(|(g, _)| g.trim() == spot)
         .and_then(|(_, c)| c[column].parse().ok())
+}
+
+/// A scenario `scientist` applies for with `request`, approved by the admin and the provider.
+fn approved(
+    w: &tidegate_server::World,
+    scientist: &tidegate_server::Client,
+    request: &Value,
+) -> String {
+    let applied = scientist.apply_scenario(request).unwrap();
+    let sid = applied["id"].as_str().unwrap().to_string();
+    w.admin.approve_scenario(&sid).unwrap();
+    w.provider.approve_scenario(&sid).unwrap();
+    sid
 }
 
 const BY_SPOT: &str = "SELECT spot, count(*) AS n, sum(spend) AS total FROM visits GROUP BY spot";
@@ -158,10 +160,7 @@ fn a_difference_across_two_orgs_is_suppressed() {
     let mut request = common::scenario_request(false);
     request["grants"] =
         json!([{ "dataset": "visits", "columns": ["resident_id", "spot", "visit_date", "spend"] }]);
-    let applied = rival.apply_scenario(&request).unwrap();
-    let rival_sid = applied["id"].as_str().unwrap();
-    w.admin.approve_scenario(rival_sid).unwrap();
-    w.provider.approve_scenario(rival_sid).unwrap();
+    let rival_sid = &approved(w, &rival, &request);
     let (spot, date, spend) = lone_spend();
     let first = export(&env, &w.scientist, &sid, BY_SPOT);
     let second = export(
@@ -312,10 +311,7 @@ fn a_reconstruction_by_many_subset_sums_stops_before_any_value_is_determined() {
     let mut request = common::scenario_request(false);
     request["grants"] =
         json!([{ "dataset": "survey", "columns": ["resident_id", "region", "code", "flag"] }]);
-    let applied = w.scientist.apply_scenario(&request).unwrap();
-    let sid = applied["id"].as_str().unwrap();
-    w.admin.approve_scenario(sid).unwrap();
-    w.provider.approve_scenario(sid).unwrap();
+    let sid = &approved(w, &w.scientist, &request);
     let codes: Vec<i64> = (0..n).map(|i| (i * 37 % 101) as i64).collect();
     // The equations released so far, as 0/1 rows over the subjects.
     let mut equations: Vec<Vec<f64>> = Vec::new();
@@ -418,10 +414,7 @@ fn a_renamed_masked_column_stays_masked() {
     request["grants"] =
         json!([{ "dataset": "visits", "columns": ["resident_id", "spot", "visit_date", "spend"] }]);
     request["export_rules"] = json!({ "masking": { "spot": "redact" } });
-    let applied = w.scientist.apply_scenario(&request).unwrap();
-    let sid = applied["id"].as_str().unwrap();
-    w.admin.approve_scenario(sid).unwrap();
-    w.provider.approve_scenario(sid).unwrap();
+    let sid = &approved(w, &w.scientist, &request);
     for sql in [
         "SELECT spot AS place, count(*) AS n FROM visits GROUP BY spot",
         "SELECT lower(p) AS place, count(*) AS n FROM (SELECT spot AS p FROM visits) t GROUP BY lower(p)",

@@ -95,34 +95,34 @@ impl Platform {
             ),
             None => None,
         };
-        let mut audited: Vec<String> = Vec::new();
-        if sets.is_some() {
-            for i in &inputs {
-                let dataset = Self::dataset_row(&db, i["dataset"].as_str().unwrap_or_default())?;
-                if dataset.columns.iter().any(|c| c.has_tag(ColumnTag::Entity))
-                    && !audited.contains(&dataset.id)
-                {
-                    audited.push(dataset.id);
-                }
+        // The datasets with subjects the job read: the gate's memory is kept per dataset.
+        let mut with_subjects: Vec<String> = Vec::new();
+        for i in &inputs {
+            let dataset = Self::dataset_row(&db, i["dataset"].as_str().unwrap_or_default())?;
+            if dataset.columns.iter().any(|c| c.has_tag(ColumnTag::Entity))
+                && !with_subjects.contains(&dataset.id)
+            {
+                with_subjects.push(dataset.id);
             }
         }
         // A job that ran before the gate remembered releases has no sets: its exact release
         // over data with subjects would go unremembered, so it is not exported; run it again.
         if sets.is_none()
+            && !with_subjects.is_empty()
             && job.level > Level::L1
             && shape.aggregated
             && s.export_rules.privacy_budget.is_none()
             && shape.privacy.is_none()
         {
-            for i in &inputs {
-                let dataset = Self::dataset_row(&db, i["dataset"].as_str().unwrap_or_default())?;
-                if dataset.columns.iter().any(|c| c.has_tag(ColumnTag::Entity)) {
-                    return Err(Error::BadInput(format!(
-                        "job {job_id} ran before the export gate remembered what each release holds; run the job again to export its result"
-                    )));
-                }
-            }
+            return Err(Error::BadInput(format!(
+                "job {job_id} ran before the export gate remembered what each release holds; run the job again to export its result"
+            )));
         }
+        let audited = if sets.is_some() {
+            with_subjects
+        } else {
+            Vec::new()
+        };
         let ledgers = audited
             .iter()
             .map(|d| Ok((d.clone(), self.gate_memory(&db, d)?)))
