@@ -91,6 +91,15 @@ pub(crate) fn memory_workload(subjects: u64, reps: usize) {
         "    adding the release {:.0} ms",
         adding.as_secs_f64() * 1e3
     );
+    let mut next = ledger.clone();
+    next.add_all_released("ex_new", &new);
+    let disclosing = best(&mut || {
+        assert!(next.disclosure(k).is_none());
+    });
+    println!(
+        "    testing every atom {:.0} ms",
+        disclosing.as_secs_f64() * 1e3
+    );
     let audit = best(&mut || {
         let mut next = ledger.clone();
         next.add_all_released("ex_new", &new);

@@ -29,6 +29,7 @@
 //! (number of cells) / 2^61.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 /// One row of a released number: (the row, its subject), as keyed hashes. A row of a join
@@ -90,13 +91,13 @@ fn dot(a: &[u64], b: &[u64]) -> u64 {
 }
 
 /// `f` of every row, the rows split between two threads.
-fn in_parallel(rows: &[Vec<u64>], f: impl Fn(&[u64]) -> u64 + Sync) -> Vec<u64> {
+fn in_parallel<T: Send>(rows: &[Vec<u64>], f: impl Fn(&[u64]) -> T + Sync) -> Vec<T> {
     let half = rows.len() / 2;
     let (first, second) = rows.split_at(half);
     std::thread::scope(|scope| {
         let f = &f;
         let later = scope.spawn(move || second.iter().map(|r| f(r)).collect::<Vec<_>>());
-        let mut out: Vec<u64> = first.iter().map(|r| f(r)).collect();
+        let mut out: Vec<T> = first.iter().map(|r| f(r)).collect();
         // Pure arithmetic does not panic; if it did, the panic goes on (no shorter answer).
         out.extend(
             later
@@ -155,6 +156,33 @@ pub fn differs_by_fewer_than(a: &[Element], b: &[Element], k: u64) -> Option<u64
     let d = owners.len() as u64;
     (d > 0 && d < k).then_some(d)
 }
+
+/// Hashes an element for the ledger's map of slots. Elements are keyed hashes already (an
+/// attacker cannot choose them to collide), so a mix of their bits is enough; SipHash here
+/// was a third of the time to add a release.
+#[derive(Default)]
+struct ElementHasher(u64);
+
+impl Hasher for ElementHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = mix(self.0 ^ u64::from(*b));
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = mix(self.0.rotate_left(29) ^ v);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type Slots = HashMap<Element, u32, BuildHasherDefault<ElementHasher>>;
+
+/// A row's signature (the hash of the cells it is in) and its slot.
+type AtomKey = ([u64; 2], u32);
 
 /// A released cell as the ledger keeps it.
 #[derive(Debug, Clone)]
@@ -228,9 +256,9 @@ pub struct Ledger {
     cells: Vec<Cell>,
     /// Sets that must never become determinable: cells suppressed for fewer than k subjects.
     protected: Vec<Cell>,
-    slots: HashMap<Element, u32>,
-    /// Per slot, its subject.
-    owner: Vec<u64>,
+    slots: Slots,
+    /// Per slot, its element.
+    elements: Vec<Element>,
     /// Per subject slot: a hash of the cells it is in (two lanes), the atoms' key.
     signature: Vec<[u64; 2]>,
     /// The cell at each basis position.
@@ -252,8 +280,8 @@ impl Ledger {
             seed,
             cells: Vec::new(),
             protected: Vec::new(),
-            slots: HashMap::new(),
-            owner: Vec::new(),
+            slots: Slots::default(),
+            elements: Vec::new(),
             signature: Vec::new(),
             basis: Vec::new(),
             inverse: Vec::new(),
@@ -286,7 +314,7 @@ impl Ledger {
         let next = self.slots.len() as u32;
         *self.slots.entry(e).or_insert_with(|| {
             self.signature.push([0, 0]);
-            self.owner.push(e.1);
+            self.elements.push(e);
             next
         })
     }
@@ -326,10 +354,39 @@ impl Ledger {
     /// row's cells: that is a cache miss per membership).
     pub fn add_all_released(&mut self, origin: &str, sets: &[SubjectSet]) {
         let before = self.basis.len();
-        let slots: Vec<Vec<u32>> = sets
+        // The rows' slots: looked up on two threads (a cache miss each), then the new rows
+        // given theirs.
+        let lookup = |part: &[SubjectSet]| -> Vec<Vec<u32>> {
+            part.iter()
+                .map(|set| {
+                    set.iter()
+                        .map(|e| self.slots.get(e).copied().unwrap_or(NIL))
+                        .collect()
+                })
+                .collect()
+        };
+        let total: usize = sets.iter().map(|s| s.len()).sum();
+        let mut seen = 0usize;
+        let half = sets
             .iter()
-            .map(|set| set.iter().map(|e| self.slot(*e)).collect())
-            .collect();
+            .position(|s| {
+                seen += s.len();
+                seen * 2 >= total
+            })
+            .map_or(sets.len(), |i| i + 1);
+        let mut slots: Vec<Vec<u32>> = std::thread::scope(|scope| {
+            let late = scope.spawn(|| lookup(&sets[half..]));
+            let mut early = lookup(&sets[..half]);
+            early.extend(late.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
+            early
+        });
+        for (set, cell) in sets.iter().zip(&mut slots) {
+            for (e, slot) in set.iter().zip(cell.iter_mut()) {
+                if *slot == NIL {
+                    *slot = self.slot(*e);
+                }
+            }
+        }
         // Per slot, the new cells holding it (a list through `holding`), and its weight.
         let mut first = vec![NIL; self.slots.len()];
         let mut weight = vec![0u64; self.slots.len()];
@@ -341,21 +398,52 @@ impl Ledger {
                 first[*slot as usize] = (holding.len() - 1) as u32;
             }
         }
-        let mut overlaps = vec![vec![0u64; before]; sets.len()];
-        for (i, members) in self.members[..before].iter().enumerate() {
-            for slot in members.iter() {
-                let mut at = first[*slot as usize];
-                while at != NIL {
-                    let (j, next) = holding[at as usize];
-                    let b = &mut overlaps[j as usize][i];
-                    *b = add(*b, weight[*slot as usize]);
-                    at = next;
+        // The overlaps, basis cell by basis cell (half of them on a second thread).
+        let m = sets.len();
+        let columns = |cells: &[Arc<[u32]>]| -> Vec<u64> {
+            let mut out = vec![0u64; cells.len() * m];
+            for (column, members) in out.chunks_mut(m.max(1)).zip(cells) {
+                for slot in members.iter() {
+                    let mut at = first[*slot as usize];
+                    while at != NIL {
+                        let (j, next) = holding[at as usize];
+                        let b = &mut column[j as usize];
+                        *b = add(*b, weight[*slot as usize]);
+                        at = next;
+                    }
                 }
+            }
+            out
+        };
+        let (early, late) = self.members[..before].split_at(before / 2);
+        let (early, late) = std::thread::scope(|scope| {
+            let late = scope.spawn(|| columns(late));
+            let early = columns(early);
+            (
+                early,
+                late.join().unwrap_or_else(|e| std::panic::resume_unwind(e)),
+            )
+        });
+        let mut overlaps = vec![vec![0u64; before]; m];
+        for (i, column) in early
+            .chunks(m.max(1))
+            .chain(late.chunks(m.max(1)))
+            .enumerate()
+        {
+            for (b, v) in overlaps.iter_mut().zip(column) {
+                b[i] = *v;
             }
         }
         // Each new cell in turn: its overlaps with the cells before the release, then with the
-        // cells of this release already in the basis.
+        // cells of this release already in the basis. The inverse grows by a rank-one term per
+        // independent cell, kept aside and added to the matrix once at the end.
+        // `K^-1` times every new cell's overlaps with the cells before, in one pass over the
+        // matrix (row by row against all of them: the matrix is read once, not once a cell).
+        let product: Vec<Vec<u64>> = in_parallel(&self.inverse, |row| {
+            overlaps.iter().map(|b| dot(row, b)).collect()
+        });
         let mut position: Vec<Option<u32>> = vec![None; sets.len()];
+        let mut pending: Vec<(Vec<u64>, u64)> = Vec::new();
         for (j, ((set, cell), mut b)) in sets.iter().zip(&slots).zip(overlaps).enumerate() {
             b.resize(self.basis.len(), 0);
             for slot in cell {
@@ -371,18 +459,24 @@ impl Ledger {
                     at = next;
                 }
             }
-            position[j] = self.add_with(origin, set.clone(), cell, b);
+            let u = product.iter().map(|row| row[j]).collect();
+            position[j] = self.add_with(origin, set.clone(), cell, b, u, &mut pending);
         }
+        self.materialize(pending);
     }
 
-    /// Adds one released cell given its slots and its weighted overlaps `b` with every basis
-    /// cell; returns its basis position when it is independent of them.
+    /// Adds one released cell given its slots, its weighted overlaps `b` with every basis cell
+    /// and `u`, the matrix `inverse` times the part of `b` it covers; returns its basis
+    /// position when it is independent of them. The inverse over the basis is `inverse`
+    /// (bordered by zeros) plus `c w w^T` for every `(w, c)` in `pending`.
     fn add_with(
         &mut self,
         origin: &str,
         subjects: SubjectSet,
         slots: &[u32],
         b: Vec<u64>,
+        mut u: Vec<u64>,
+        pending: &mut Vec<(Vec<u64>, u64)>,
     ) -> Option<u32> {
         let index = self.cells.len() as u32;
         let (mut kappa, mut probe) = (0u64, 0u64);
@@ -392,41 +486,22 @@ impl Ledger {
             probe = add(probe, mul(d, self.probe(*e)));
         }
         let mut joined = None;
-        let u: Vec<u64> = in_parallel(&self.inverse, |row| dot(row, &b));
+        u.resize(b.len(), 0);
+        for (w, c) in pending.iter() {
+            let f = mul(*c, dot(w, &b));
+            if f != 0 {
+                for (ui, wi) in u.iter_mut().zip(w) {
+                    *ui = add(*ui, mul(f, *wi));
+                }
+            }
+        }
         let sigma = sub(kappa, dot(&b, &u));
         if sigma != 0 {
-            // Bordered inverse: [[A + u u^T/s, -u/s], [-u^T/s, 1/s]].
-            let s_inv = inverse(sigma);
-            let v: Vec<u64> = u.iter().map(|x| mul(*x, s_inv)).collect();
-            let mut i = 0usize;
-            let rows: Vec<(usize, &mut Vec<u64>)> = self
-                .inverse
-                .iter_mut()
-                .map(|row| {
-                    i += 1;
-                    (i - 1, row)
-                })
-                .collect();
-            std::thread::scope(|scope| {
-                let half = rows.len() / 2;
-                let mut rows = rows;
-                let second = rows.split_off(half);
-                let (u, v) = (&u, &v);
-                let work = move |part: Vec<(usize, &mut Vec<u64>)>| {
-                    for (i, row) in part {
-                        let vi = v[i];
-                        for (a, uj) in row.iter_mut().zip(u) {
-                            *a = reduce(u128::from(*a) + u128::from(vi) * u128::from(*uj));
-                        }
-                        row.push(sub(0, vi));
-                    }
-                };
-                scope.spawn(move || work(second));
-                work(rows);
-            });
-            let mut last: Vec<u64> = v.iter().map(|x| sub(0, *x)).collect();
-            last.push(s_inv);
-            self.inverse.push(last);
+            // Bordered inverse: [[A + u u^T/s, -u/s], [-u^T/s, 1/s]], which is A bordered by
+            // zeros plus w w^T / s for w = (u, -1).
+            let mut w = u;
+            w.push(P - 1);
+            pending.push((w, inverse(sigma)));
             self.probes.push(probe);
             self.members.push(slots.into());
             let pos = self.basis.len() as u32;
@@ -447,6 +522,65 @@ impl Ledger {
             subjects,
         });
         joined
+    }
+
+    /// Adds the pending rank-one terms to the inverse: entry (i, j) gains
+    /// `sum(c_t w_t[i] w_t[j])`, one dot product per entry of the upper triangle (the matrix is
+    /// symmetric), rows shared between two threads.
+    fn materialize(&mut self, pending: Vec<(Vec<u64>, u64)>) {
+        if pending.is_empty() {
+            return;
+        }
+        let n = self.basis.len();
+        let old = std::mem::take(&mut self.inverse);
+        // Column j of the terms: w_t[j] for every t.
+        let terms: Vec<Vec<u64>> = (0..n)
+            .map(|j| {
+                pending
+                    .iter()
+                    .map(|(w, _)| w.get(j).copied().unwrap_or(0))
+                    .collect()
+            })
+            .collect();
+        let upper = |i: usize| -> Vec<u64> {
+            let scaled: Vec<u64> = pending
+                .iter()
+                .map(|(w, c)| w.get(i).map_or(0, |x| mul(*c, *x)))
+                .collect();
+            let base = old.get(i);
+            (i..n)
+                .map(|j| {
+                    let was = base.and_then(|row| row.get(j)).copied().unwrap_or(0);
+                    add(was, dot(&scaled, &terms[j]))
+                })
+                .collect()
+        };
+        // Rows alternate between the threads: the upper triangle's rows shrink.
+        let (even, odd) = std::thread::scope(|scope| {
+            let odd = scope.spawn(|| (1..n).step_by(2).map(upper).collect::<Vec<_>>());
+            let even: Vec<Vec<u64>> = (0..n).step_by(2).map(upper).collect();
+            (
+                even,
+                odd.join().unwrap_or_else(|e| std::panic::resume_unwind(e)),
+            )
+        });
+        let (mut even, mut odd) = (even.into_iter(), odd.into_iter());
+        let upper: Vec<Vec<u64>> = (0..n)
+            .map(|i| if i % 2 == 0 { even.next() } else { odd.next() }.unwrap_or_default())
+            .collect();
+        self.inverse = (0..n)
+            .map(|i| {
+                (0..n)
+                    .map(|j| {
+                        if j >= i {
+                            upper[i][j - i]
+                        } else {
+                            upper[j][i - j]
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
     }
 
     /// Records a set suppressed for having fewer than k subjects: no later release may make
@@ -502,52 +636,79 @@ impl Ledger {
         // 1/p (a refusal too many, never one too few).
         let y: Vec<u64> = in_parallel(&self.inverse, |row| dot(row, &self.probes));
         // pi(g) per slot, cell by cell.
-        let mut pi = vec![0u64; self.slots.len()];
-        for (cell, yi) in self.members.iter().zip(&y) {
-            for slot in cell.iter() {
-                let p = &mut pi[*slot as usize];
-                *p = add(*p, *yi);
+        let part = |cells: &[Arc<[u32]>], y: &[u64]| -> Vec<u64> {
+            let mut pi = vec![0u64; self.slots.len()];
+            for (cell, yi) in cells.iter().zip(y) {
+                for slot in cell.iter() {
+                    let p = &mut pi[*slot as usize];
+                    *p = add(*p, *yi);
+                }
             }
-        }
+            pi
+        };
+        let half = self.members.len() / 2;
+        let pi: Vec<u64> = std::thread::scope(|scope| {
+            let late = scope.spawn(|| part(&self.members[half..], &y[half..]));
+            let early = part(&self.members[..half], &y[..half]);
+            let late = late.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+            early.iter().zip(&late).map(|(a, b)| add(*a, *b)).collect()
+        });
         let kernel = |e: Element, slot: Option<&u32>| -> u64 {
             let pi = slot.map_or(0, |s| pi[*s as usize]);
             mul(self.weight(e), sub(self.probe(e), pi))
         };
-        // Atoms: rows by the sets they are in (sorted by their cells' hash), each with its
-        // subjects (up to k), total weight, the kernel vector's sum over it and one row.
-        let mut by_atom: Vec<([u64; 2], Element, u32)> = self
-            .slots
-            .iter()
+        // Atoms: rows by the sets they are in (sorted by their cells' hash, in two halves by
+        // that hash's top bit, one per thread). An atom is a candidate when the kernel vector
+        // sums to 0 over it (every atom whose total is determinable; others by chance 1/p) and
+        // its rows belong to fewer than k subjects: (subjects, total weight, one of its slots).
+        let (mut low, mut high): (Vec<AtomKey>, Vec<AtomKey>) = (Vec::new(), Vec::new());
+        for (slot, sig) in self.signature.iter().enumerate() {
             // In some released cell (then in some basis cell too).
-            .filter(|(_, slot)| self.signature[**slot as usize] != [0, 0])
-            .map(|(e, slot)| (self.signature[*slot as usize], *e, *slot))
-            .collect();
-        by_atom.sort_unstable_by_key(|a| a.0);
+            if *sig != [0, 0] {
+                let half = if sig[0] >> 63 == 0 {
+                    &mut low
+                } else {
+                    &mut high
+                };
+                half.push((*sig, slot as u32));
+            }
+        }
+        let scan = |mut half: Vec<AtomKey>| -> Vec<(u64, u64, u32)> {
+            half.sort_unstable_by_key(|a| a.0);
+            let mut found = Vec::new();
+            for atom in half.chunk_by(|a, b| a.0 == b.0) {
+                let x = atom.iter().fold(0u64, |acc, (_, slot)| {
+                    add(acc, kernel(self.elements[*slot as usize], Some(slot)))
+                });
+                if x != 0 {
+                    continue;
+                }
+                let mut owners: Vec<u64> = Vec::new();
+                for (_, slot) in atom {
+                    let subject = self.elements[*slot as usize].1;
+                    if (owners.len() as u64) < k && !owners.contains(&subject) {
+                        owners.push(subject);
+                    }
+                }
+                let count = owners.len() as u64;
+                if count >= k {
+                    continue;
+                }
+                let weight = atom.iter().fold(0u64, |acc, (_, slot)| {
+                    add(acc, self.weight(self.elements[*slot as usize]))
+                });
+                found.push((count, weight, atom[0].1));
+            }
+            found
+        };
+        let candidates: Vec<(u64, u64, u32)> = std::thread::scope(|scope| {
+            let high = scope.spawn(|| scan(high));
+            let mut found = scan(low);
+            found.extend(high.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
+            found
+        });
         let (mut groups, mut smallest) = (0u64, u64::MAX);
         let mut origins: Vec<String> = Vec::new();
-        let mut candidates: Vec<(u64, u64, u32)> = Vec::new();
-        for atom in by_atom.chunk_by(|a, b| a.0 == b.0) {
-            let mut owners: Vec<u64> = Vec::new();
-            for (_, e, _) in atom {
-                if (owners.len() as u64) < k && !owners.contains(&e.1) {
-                    owners.push(e.1);
-                }
-            }
-            let count = owners.len() as u64;
-            if count >= k {
-                continue;
-            }
-            let x = atom
-                .iter()
-                .fold(0u64, |acc, (_, e, slot)| add(acc, kernel(*e, Some(slot))));
-            if x != 0 {
-                continue;
-            }
-            let weight = atom
-                .iter()
-                .fold(0u64, |acc, (_, e, _)| add(acc, self.weight(*e)));
-            candidates.push((count, weight, atom[0].2));
-        }
         let wanted = candidates.iter().map(|c| c.2).collect();
         let positions = self.positions_of(&wanted);
         for (count, weight, slot) in candidates {
