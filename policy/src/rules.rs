@@ -123,6 +123,14 @@ pub fn oversees_all_orgs(p: &Principal, kind: OrgKind) -> bool {
         && (p.has_role(Role::Auditor) || p.has_role(Role::Reviewer) || p.has_role(Role::Admin))
 }
 
+/// Who may read the directory of orgs and principals: the authority's admins and auditors.
+pub fn can_read_directory(p: &Principal, kind: OrgKind) -> Result<(), Refusal> {
+    if kind == OrgKind::Authority && (p.has_role(Role::Admin) || p.has_role(Role::Auditor)) {
+        return Ok(());
+    }
+    refuse("only the authority's admins and auditors read the directory of orgs and principals")
+}
+
 /// Jobs an org may have waiting in the queue at once: one unit cannot fill the queue (its
 /// jobs are taken in turn with other units' anyway), and a flood is refused, not stored.
 pub const MAX_QUEUED_JOBS_PER_ORG: u64 = 32;

@@ -42,9 +42,10 @@ pub use metering::{
     statement as statement_from_ledger,
 };
 pub use platform::{
-    AUDIT_FILE, ApprovalView, ColumnInput, DatasetView, ExportView, GrantRequest, ImportRequest,
-    JobRequest, JobView, ModuleView, OrgView, PUBLIC_KEY_FILE, Platform, PrincipalView,
-    ResourceUse, ScenarioRequest, ScenarioView, StagedUpload, local_table, verify_certificate,
+    AUDIT_FILE, ApprovalView, ColumnInput, DatasetView, ExportSummary, ExportView, GrantRequest,
+    ImportRequest, JobRequest, JobSummary, JobView, ListQuery, Listing, ModuleSummary, ModuleView,
+    OrgView, PUBLIC_KEY_FILE, Platform, PrincipalView, ResourceUse, ScenarioRequest, ScenarioView,
+    StagedUpload, local_table, verify_certificate,
 };
 pub use sandbox::{
     CALL_FUEL, FUEL_FLOOR, FUEL_PER_MS, FunctionSig, GuestLimits, GuestSession, INSTANCE_FUEL,

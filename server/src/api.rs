@@ -452,6 +452,28 @@ async fn set_dataset_budget(
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
 
+/// One handler per list: the same query (`state`, `scenario`, `queue`, `limit`, `after`),
+/// scoped by the platform to what the caller may open.
+macro_rules! list_handler {
+    ($name:ident, $method:ident) => {
+        async fn $name(
+            State(p): State<AppState>,
+            Extension(actor): Extension<Principal>,
+            Params(q): Params<tidegate_runtime::ListQuery>,
+        ) -> ApiResult<Value> {
+            let v = blocking(move || p.$method(&actor, &q)).await?;
+            Ok(Json(serde_json::to_value(v).expect("serializes")))
+        }
+    };
+}
+
+list_handler!(list_exports, list_exports);
+list_handler!(list_jobs, list_jobs);
+list_handler!(list_modules, list_modules);
+list_handler!(list_scenarios, list_scenarios);
+list_handler!(list_orgs, list_orgs);
+list_handler!(list_principals, list_principals);
+
 async fn list_datasets(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
@@ -774,10 +796,13 @@ pub fn router(platform: Arc<Platform>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/v1/public-key", get(public_key))
-        .route("/v1/orgs", post(create_org))
+        .route("/v1/orgs", post(create_org).get(list_orgs))
         .route("/v1/orgs/{id}/exit", post(exit_org))
         .route("/v1/orgs/{id}/freeze", post(freeze_org))
-        .route("/v1/principals", post(create_principal))
+        .route(
+            "/v1/principals",
+            post(create_principal).get(list_principals),
+        )
         .route("/v1/principals/{id}/training", post(record_training))
         .route("/v1/principals/{id}/token", post(rotate_token))
         .route(
@@ -789,7 +814,7 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .route("/v1/datasets/upload", post(upload_dataset))
         .route("/v1/datasets/{id}/approve", post(approve_dataset))
         .route("/v1/datasets/{id}/budget", post(set_dataset_budget))
-        .route("/v1/scenarios", post(apply_scenario))
+        .route("/v1/scenarios", post(apply_scenario).get(list_scenarios))
         .route("/v1/scenarios/{id}", get(get_scenario))
         .route("/v1/scenarios/{id}/approve", post(approve_scenario))
         .route("/v1/scenarios/{id}/state", post(change_scenario))
@@ -802,10 +827,11 @@ pub fn router(platform: Arc<Platform>) -> Router {
             "/v1/scenarios/{id}/modules/{hash}/approve",
             post(approve_module),
         )
-        .route("/v1/jobs", post(submit_job))
+        .route("/v1/jobs", post(submit_job).get(list_jobs))
         .route("/v1/jobs/{id}", get(get_job))
+        .route("/v1/modules", get(list_modules))
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
-        .route("/v1/exports", post(request_export))
+        .route("/v1/exports", post(request_export).get(list_exports))
         .route("/v1/exports/{id}", get(get_export))
         .route("/v1/exports/{id}/review", post(review_export))
         .route("/v1/exports/{id}/bundle", get(download_bundle))

@@ -198,15 +198,39 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
-    /// Review decisions on export requests (reviewer).
+    /// Review export requests (reviewer): the queue, and decisions.
     Review {
-        /// approve, return or reject
-        decision: String,
+        #[command(subcommand)]
+        command: ReviewCommand,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReviewCommand {
+    /// The export requests in review that you may decide now, oldest first.
+    Queue {
+        #[command(flatten)]
+        list: ListArgs,
+    },
+    /// Approve an export request (its result hash is bound to the approval).
+    Approve {
         export: String,
         #[arg(long, default_value = "")]
         comment: String,
-        #[command(flatten)]
-        remote: Remote,
+    },
+    /// Return an export request to its scientist, with what to change.
+    Return {
+        export: String,
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    /// Reject an export request.
+    Reject {
+        export: String,
+        #[arg(long, default_value = "")]
+        comment: String,
     },
 }
 
@@ -360,8 +384,135 @@ enum AuditCommand {
     },
 }
 
+/// Which page of a list, filtered how.
+#[derive(Args, Clone)]
+struct ListArgs {
+    /// Only items in this state (an export: in_review, returned, approved, rejected,
+    /// released; a job: queued, running, succeeded, failed, cancelled; a module: awaiting,
+    /// approved; a scenario: draft, pending_approvals, active, suspended, ...).
+    #[arg(long)]
+    state: Option<String>,
+    /// Only items of this scenario.
+    #[arg(long)]
+    scenario: Option<String>,
+    /// Items per page (1 to 200; 50 by default).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// The cursor a page before printed, for the next page.
+    #[arg(long)]
+    after: Option<String>,
+    /// Print the page as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl ListArgs {
+    fn query(&self, queue: bool) -> tidegate_runtime::ListQuery {
+        tidegate_runtime::ListQuery {
+            state: self.state.clone(),
+            scenario: self.scenario.clone(),
+            queue,
+            limit: self.limit,
+            after: self.after.clone(),
+        }
+    }
+}
+
+/// Prints a page of a list: a table of `columns` (header, field), or the JSON with `--json`,
+/// and how to ask for the next page.
+fn print_page(page: &Value, columns: &[(&str, &str)], args: &ListArgs) {
+    if args.json {
+        print(page);
+        return;
+    }
+    let items = page["items"].as_array().cloned().unwrap_or_default();
+    let cell = |item: &Value, field: &str| match &item[field] {
+        Value::Null => "-".to_string(),
+        Value::String(s) => s.clone(),
+        Value::Array(a) if a.iter().all(Value::is_string) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(","),
+        Value::Array(a) => a.len().to_string(),
+        other => other.to_string(),
+    };
+    let widths: Vec<usize> = columns
+        .iter()
+        .map(|(h, f)| {
+            items
+                .iter()
+                .map(|i| cell(i, f).chars().count())
+                .chain([h.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    println!(
+        "{}",
+        line(columns.iter().map(|(h, _)| h.to_string()).collect())
+    );
+    for item in &items {
+        println!(
+            "{}",
+            line(columns.iter().map(|(_, f)| cell(item, f)).collect())
+        );
+    }
+    if items.is_empty() {
+        println!("(nothing)");
+    }
+    if let Some(next) = page["next"].as_str() {
+        println!("more: --after {next}");
+    }
+}
+
+const SCENARIO_COLUMNS: &[(&str, &str)] = &[
+    ("scenario", "id"),
+    ("state", "state"),
+    ("name", "name"),
+    ("org", "org"),
+    ("term end", "term_end"),
+    ("missing approvals", "missing_approvals"),
+];
+
+const MODULE_COLUMNS: &[(&str, &str)] = &[
+    ("hash", "hash"),
+    ("scenario", "scenario"),
+    ("org", "org"),
+    ("uploaded by", "uploaded_by"),
+    ("functions", "functions"),
+    ("approved by", "approved_by"),
+    ("uploaded at", "uploaded_at"),
+];
+
+const EXPORT_COLUMNS: &[(&str, &str)] = &[
+    ("export", "id"),
+    ("state", "state"),
+    ("scenario", "scenario"),
+    ("org", "org"),
+    ("requested by", "requested_by"),
+    ("requested at", "requested_at"),
+    ("approvals", "approvals"),
+    ("of", "required_approvals"),
+];
+
 #[derive(Subcommand)]
 enum OrgCommand {
+    /// List every org (the authority's admins and auditors).
+    List {
+        #[command(flatten)]
+        list: ListArgs,
+    },
     /// Create an org of a kind: authority, provider or operator.
     Create {
         name: String,
@@ -384,6 +535,11 @@ enum OrgCommand {
 
 #[derive(Subcommand)]
 enum PrincipalCommand {
+    /// List every principal, without secrets (the authority's admins and auditors).
+    List {
+        #[command(flatten)]
+        list: ListArgs,
+    },
     /// Create a principal; prints its token once.
     Create {
         name: String,
@@ -447,6 +603,17 @@ enum DatasetCommand {
 #[derive(Subcommand)]
 #[allow(clippy::large_enum_variant)] // parsed once per process; boxing buys nothing
 enum ScenarioCommand {
+    /// List the scenarios you may open.
+    List {
+        #[command(flatten)]
+        list: ListArgs,
+    },
+    /// The scenarios pending approvals that you may approve now (admin, provider), oldest
+    /// first.
+    Queue {
+        #[command(flatten)]
+        list: ListArgs,
+    },
     /// Apply for a scenario.
     Apply {
         #[arg(long)]
@@ -518,6 +685,16 @@ enum ScenarioCommand {
 
 #[derive(Subcommand)]
 enum ModuleCommand {
+    /// List the modules you may open (your org's; every org's for the authority).
+    List {
+        #[command(flatten)]
+        list: ListArgs,
+    },
+    /// The modules awaiting an algorithm review that you may give (reviewer), oldest first.
+    Queue {
+        #[command(flatten)]
+        list: ListArgs,
+    },
     /// Validate a module locally: prints the report and its functions; fails if invalid.
     Inspect { file: PathBuf },
     /// Upload a module for a scenario (validated at once; runs on data once approved).
@@ -539,6 +716,11 @@ enum ModuleCommand {
 
 #[derive(Subcommand)]
 enum JobCommand {
+    /// List your org's jobs (every org's for the authority), newest first.
+    List {
+        #[command(flatten)]
+        list: ListArgs,
+    },
     /// Submit a job: a query over the scenario's granted tables with approved modules.
     Submit {
         #[arg(long)]
@@ -560,6 +742,11 @@ enum JobCommand {
 
 #[derive(Subcommand)]
 enum ExportCommand {
+    /// List your org's export requests (every org's for the authority), newest first.
+    List {
+        #[command(flatten)]
+        list: ListArgs,
+    },
     /// Run the gate over a job's result and send it to review.
     Request {
         job: String,
@@ -766,12 +953,30 @@ fn run(cli: Cli) -> Result<()> {
             println!("audit slice verified: {entries} entries, {checkpoints} signed checkpoints");
         }
         Command::Org { command, remote } => match command {
+            OrgCommand::List { list } => print_page(
+                &remote.client()?.list("/v1/orgs", &list.query(false))?,
+                &[("org", "id"), ("name", "name"), ("kind", "kind")],
+                &list,
+            ),
             OrgCommand::Create { name, kind } => print(&remote.client()?.create_org(&name, &kind)?),
             OrgCommand::Freeze { org } => print(&remote.client()?.freeze_org(&org, true)?),
             OrgCommand::Unfreeze { org } => print(&remote.client()?.freeze_org(&org, false)?),
             OrgCommand::Exit { org, reason } => print(&remote.client()?.exit_org(&org, &reason)?),
         },
         Command::Principal { command, remote } => match command {
+            PrincipalCommand::List { list } => print_page(
+                &remote
+                    .client()?
+                    .list("/v1/principals", &list.query(false))?,
+                &[
+                    ("principal", "id"),
+                    ("name", "name"),
+                    ("org", "org"),
+                    ("roles", "roles"),
+                    ("trained", "trained"),
+                ],
+                &list,
+            ),
             PrincipalCommand::Create { name, org, roles } => {
                 let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
                 print(&remote.client()?.create_principal(&name, &org, &roles)?);
@@ -840,6 +1045,16 @@ fn run(cli: Cli) -> Result<()> {
         Command::Scenario { command, remote } => {
             let c = remote.client()?;
             match command {
+                ScenarioCommand::List { list } => print_page(
+                    &c.list("/v1/scenarios", &list.query(false))?,
+                    SCENARIO_COLUMNS,
+                    &list,
+                ),
+                ScenarioCommand::Queue { list } => print_page(
+                    &c.list("/v1/scenarios", &list.query(true))?,
+                    SCENARIO_COLUMNS,
+                    &list,
+                ),
                 ScenarioCommand::Apply {
                     name,
                     key_area,
@@ -912,6 +1127,16 @@ fn run(cli: Cli) -> Result<()> {
             let c = || remote.client();
             match command {
                 ModuleCommand::Inspect { file } => inspect(&file)?,
+                ModuleCommand::List { list } => print_page(
+                    &c()?.list("/v1/modules", &list.query(false))?,
+                    MODULE_COLUMNS,
+                    &list,
+                ),
+                ModuleCommand::Queue { list } => print_page(
+                    &c()?.list("/v1/modules", &list.query(true))?,
+                    MODULE_COLUMNS,
+                    &list,
+                ),
                 ModuleCommand::Upload { file, scenario } => {
                     let wasm = std::fs::read(&file)
                         .with_context(|| format!("cannot read {}", file.display()))?;
@@ -927,6 +1152,18 @@ fn run(cli: Cli) -> Result<()> {
         Command::Job { command, remote } => {
             let c = remote.client()?;
             match command {
+                JobCommand::List { list } => print_page(
+                    &c.list("/v1/jobs", &list.query(false))?,
+                    &[
+                        ("job", "id"),
+                        ("state", "state"),
+                        ("scenario", "scenario"),
+                        ("submitted by", "submitted_by"),
+                        ("created at", "created_at"),
+                        ("finished at", "finished_at"),
+                    ],
+                    &list,
+                ),
                 JobCommand::Submit {
                     scenario,
                     sql,
@@ -960,6 +1197,11 @@ fn run(cli: Cli) -> Result<()> {
         Command::Export { command, remote } => {
             let c = remote.client()?;
             match command {
+                ExportCommand::List { list } => print_page(
+                    &c.list("/v1/exports", &list.query(false))?,
+                    EXPORT_COLUMNS,
+                    &list,
+                ),
                 ExportCommand::Request { job, epsilon } => print(&match epsilon {
                     Some(e) => c.request_export_spending(&job, e)?,
                     None => c.request_export(&job)?,
@@ -1070,17 +1312,19 @@ fn run(cli: Cli) -> Result<()> {
                 } => print(&c.set_price(&category, fen_per_unit)?),
             }
         }
-        Command::Review {
-            decision,
-            export,
-            comment,
-            remote,
-        } => {
-            print(
-                &remote
-                    .client()?
-                    .review_export(&export, &decision, &comment)?,
-            );
+        Command::Review { command, remote } => {
+            let c = remote.client()?;
+            let (decision, export, comment) = match command {
+                ReviewCommand::Queue { list } => {
+                    let page = c.list("/v1/exports", &list.query(true))?;
+                    print_page(&page, EXPORT_COLUMNS, &list);
+                    return Ok(());
+                }
+                ReviewCommand::Approve { export, comment } => ("approve", export, comment),
+                ReviewCommand::Return { export, comment } => ("return", export, comment),
+                ReviewCommand::Reject { export, comment } => ("reject", export, comment),
+            };
+            print(&c.review_export(&export, decision, &comment)?);
         }
     }
     Ok(())

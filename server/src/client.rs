@@ -101,6 +101,45 @@ impl Client {
         }
     }
 
+    /// A page of a list (`/v1/exports`, `/v1/jobs`, `/v1/modules`, `/v1/scenarios`,
+    /// `/v1/orgs`, `/v1/principals`): `{items, next}`.
+    pub fn list(&self, path: &str, q: &tidegate_runtime::ListQuery) -> Result<Value> {
+        let mut pairs: Vec<(&str, String)> = Vec::new();
+        if let Some(s) = &q.state {
+            pairs.push(("state", s.clone()));
+        }
+        if let Some(s) = &q.scenario {
+            pairs.push(("scenario", s.clone()));
+        }
+        if q.queue {
+            pairs.push(("queue", "true".into()));
+        }
+        if let Some(n) = q.limit {
+            pairs.push(("limit", n.to_string()));
+        }
+        if let Some(a) = &q.after {
+            pairs.push(("after", a.clone()));
+        }
+        let url = format!("{}{path}", self.url);
+        let mut req = self.agent.get(&url).query_pairs(pairs);
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        let mut response = req.call().with_context(|| format!("cannot reach {url}"))?;
+        let status = response.status().as_u16();
+        let body: Value = response.body_mut().read_json().unwrap_or(Value::Null);
+        if (200..300).contains(&status) {
+            Ok(body)
+        } else {
+            Err(anyhow!(
+                "{} ({status})",
+                body["message"]
+                    .as_str()
+                    .unwrap_or("the server gave no message")
+            ))
+        }
+    }
+
     pub fn create_org(&self, name: &str, kind: &str) -> Result<Value> {
         self.ok(
             "POST",

@@ -294,3 +294,59 @@ fn dev_run_takes_guest_aggregates_and_table_functions_from_several_modules() {
         ExitCode::FAILURE
     );
 }
+
+#[test]
+fn a_reviewer_works_the_queue_from_the_command_line() {
+    let (env, sid, _) = common::active_scenario();
+    let e = common::export_of(
+        &env,
+        &sid,
+        "SELECT spot, count(*) AS n FROM visits GROUP BY spot",
+        &[],
+    );
+    let id = e["id"].as_str().unwrap();
+    let as_ = |c: &tidegate_server::Client, args: &[&str]| {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--url", c.url(), "--token", c.token().unwrap()]);
+        tidegate(&all)
+    };
+    let w = &env.world;
+    assert_eq!(as_(&w.reviewer, &["review", "queue"]), ExitCode::SUCCESS);
+    assert_eq!(
+        as_(&w.reviewer, &["review", "queue", "--json", "--limit", "1"]),
+        ExitCode::SUCCESS
+    );
+    assert_eq!(
+        as_(
+            &w.reviewer,
+            &["review", "approve", id, "--comment", "aggregates only"]
+        ),
+        ExitCode::SUCCESS
+    );
+    assert_eq!(
+        w.scientist
+            .call("GET", &format!("/v1/exports/{id}"), None)
+            .unwrap()
+            .body["state"],
+        "approved"
+    );
+    for list in [
+        &["export", "list", "--state", "approved"][..],
+        &["job", "list"],
+        &["scenario", "list"],
+        &["module", "list"],
+    ] {
+        assert_eq!(as_(&w.scientist, list), ExitCode::SUCCESS, "{list:?}");
+    }
+    assert_eq!(as_(&w.admin, &["scenario", "queue"]), ExitCode::SUCCESS);
+    assert_eq!(as_(&w.reviewer, &["module", "queue"]), ExitCode::SUCCESS);
+    assert_eq!(as_(&w.admin, &["principal", "list"]), ExitCode::SUCCESS);
+    assert_eq!(as_(&w.auditor, &["org", "list"]), ExitCode::SUCCESS);
+    // The directory is the authority's: a scientist's listing fails.
+    assert_eq!(as_(&w.scientist, &["principal", "list"]), ExitCode::FAILURE);
+    // A page size out of range fails before anything is shown.
+    assert_eq!(
+        as_(&w.reviewer, &["review", "queue", "--limit", "0"]),
+        ExitCode::FAILURE
+    );
+}

@@ -426,7 +426,7 @@ fn redteam_a_wrong_method_is_answered_in_the_apis_error_format() {
     let url = w.admin.url().to_string();
     let token = w.scientist.token().unwrap().to_string();
     for (method, path) in [
-        ("GET", "/v1/jobs"),
+        ("GET", "/v1/jobs/x/cancel"),
         ("DELETE", "/v1/datasets"),
         ("PUT", "/v1/exports/x"),
     ] {

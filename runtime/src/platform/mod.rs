@@ -38,11 +38,13 @@ mod billing;
 mod datasets;
 mod exports;
 mod jobs;
+mod lists;
 mod policy;
 mod queue;
 mod reading;
 mod scenarios;
 
+pub use lists::{ExportSummary, JobSummary, ListQuery, Listing, ModuleSummary};
 pub use reading::local_table;
 use reading::{FileBytes, column_specs};
 
