@@ -227,7 +227,7 @@ impl std::fmt::Display for Disclosure {
                 origins,
             } => write!(
                 f,
-                "together with {} the released cells would determine a cell that {suppressed_in} suppressed for having fewer than k subjects",
+                "together with {} the released cells would determine a cell that {suppressed_in} suppressed",
                 names(origins)
             ),
         }
@@ -628,6 +628,19 @@ impl Ledger {
     /// What the cells recorded so far make determinable that must not be, if anything: an
     /// atom of fewer than `k` subjects, or a protected set.
     pub fn disclosure(&self, k: u64) -> Option<Disclosure> {
+        self.disclosed(Some(k))
+    }
+
+    /// Whether the cells recorded so far make a protected set determinable (atoms are not
+    /// tested): the audit of a ledger that holds only some measures.
+    pub fn protected_disclosure(&self) -> Option<Disclosure> {
+        if self.protected.is_empty() {
+            return None;
+        }
+        self.disclosed(None)
+    }
+
+    fn disclosed(&self, k: Option<u64>) -> Option<Disclosure> {
         // Atoms: rows by the sets they are in, with their subjects (up to k), total weight
         // and one of them (every member is in the same sets).
         // A random vector of the kernel of the released cells: x = D (g - pi(g)), where
@@ -657,82 +670,84 @@ impl Ledger {
             let pi = slot.map_or(0, |s| pi[*s as usize]);
             mul(self.weight(e), sub(self.probe(e), pi))
         };
-        // Atoms: rows by the sets they are in (sorted by their cells' hash, in two halves by
-        // that hash's top bit, one per thread). An atom is a candidate when the kernel vector
-        // sums to 0 over it (every atom whose total is determinable; others by chance 1/p) and
-        // its rows belong to fewer than k subjects: (subjects, total weight, one of its slots).
-        let (mut low, mut high): (Vec<AtomKey>, Vec<AtomKey>) = (Vec::new(), Vec::new());
-        for (slot, sig) in self.signature.iter().enumerate() {
-            // In some released cell (then in some basis cell too).
-            if *sig != [0, 0] {
-                let half = if sig[0] >> 63 == 0 {
-                    &mut low
-                } else {
-                    &mut high
-                };
-                half.push((*sig, slot as u32));
-            }
-        }
-        let scan = |mut half: Vec<AtomKey>| -> Vec<(u64, u64, u32)> {
-            half.sort_unstable_by_key(|a| a.0);
-            let mut found = Vec::new();
-            for atom in half.chunk_by(|a, b| a.0 == b.0) {
-                let x = atom.iter().fold(0u64, |acc, (_, slot)| {
-                    add(acc, kernel(self.elements[*slot as usize], Some(slot)))
-                });
-                if x != 0 {
-                    continue;
+        if let Some(k) = k {
+            // Atoms: rows by the sets they are in (sorted by their cells' hash, in two halves by
+            // that hash's top bit, one per thread). An atom is a candidate when the kernel vector
+            // sums to 0 over it (every atom whose total is determinable; others by chance 1/p) and
+            // its rows belong to fewer than k subjects: (subjects, total weight, one of its slots).
+            let (mut low, mut high): (Vec<AtomKey>, Vec<AtomKey>) = (Vec::new(), Vec::new());
+            for (slot, sig) in self.signature.iter().enumerate() {
+                // In some released cell (then in some basis cell too).
+                if *sig != [0, 0] {
+                    let half = if sig[0] >> 63 == 0 {
+                        &mut low
+                    } else {
+                        &mut high
+                    };
+                    half.push((*sig, slot as u32));
                 }
-                let mut owners: Vec<u64> = Vec::new();
-                for (_, slot) in atom {
-                    let subject = self.elements[*slot as usize].1;
-                    if (owners.len() as u64) < k && !owners.contains(&subject) {
-                        owners.push(subject);
+            }
+            let scan = |mut half: Vec<AtomKey>| -> Vec<(u64, u64, u32)> {
+                half.sort_unstable_by_key(|a| a.0);
+                let mut found = Vec::new();
+                for atom in half.chunk_by(|a, b| a.0 == b.0) {
+                    let x = atom.iter().fold(0u64, |acc, (_, slot)| {
+                        add(acc, kernel(self.elements[*slot as usize], Some(slot)))
+                    });
+                    if x != 0 {
+                        continue;
                     }
+                    let mut owners: Vec<u64> = Vec::new();
+                    for (_, slot) in atom {
+                        let subject = self.elements[*slot as usize].1;
+                        if (owners.len() as u64) < k && !owners.contains(&subject) {
+                            owners.push(subject);
+                        }
+                    }
+                    let count = owners.len() as u64;
+                    if count >= k {
+                        continue;
+                    }
+                    let weight = atom.iter().fold(0u64, |acc, (_, slot)| {
+                        add(acc, self.weight(self.elements[*slot as usize]))
+                    });
+                    found.push((count, weight, atom[0].1));
                 }
-                let count = owners.len() as u64;
-                if count >= k {
-                    continue;
-                }
-                let weight = atom.iter().fold(0u64, |acc, (_, slot)| {
-                    add(acc, self.weight(self.elements[*slot as usize]))
-                });
-                found.push((count, weight, atom[0].1));
-            }
-            found
-        };
-        let candidates: Vec<(u64, u64, u32)> = std::thread::scope(|scope| {
-            let high = scope.spawn(|| scan(high));
-            let mut found = scan(low);
-            found.extend(high.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
-            found
-        });
-        let (mut groups, mut smallest) = (0u64, u64::MAX);
-        let mut origins: Vec<String> = Vec::new();
-        let wanted = candidates.iter().map(|c| c.2).collect();
-        let positions = self.positions_of(&wanted);
-        for (count, weight, slot) in candidates {
-            let w: Vec<(u32, u64)> = positions
-                .get(&slot)
-                .into_iter()
-                .flatten()
-                .map(|p| (*p, weight))
-                .collect();
-            // Confirmed by the leverage: w = d_a m_a and w^T K^-1 w = d_a.
-            if !w.is_empty() && self.form(&w) == weight {
-                groups += 1;
-                smallest = smallest.min(count);
-                origins.extend(self.origins(&w));
-            }
-        }
-        if groups > 0 {
-            origins.sort();
-            origins.dedup();
-            return Some(Disclosure::Atoms {
-                groups,
-                smallest,
-                origins,
+                found
+            };
+            let candidates: Vec<(u64, u64, u32)> = std::thread::scope(|scope| {
+                let high = scope.spawn(|| scan(high));
+                let mut found = scan(low);
+                found.extend(high.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
+                found
             });
+            let (mut groups, mut smallest) = (0u64, u64::MAX);
+            let mut origins: Vec<String> = Vec::new();
+            let wanted = candidates.iter().map(|c| c.2).collect();
+            let positions = self.positions_of(&wanted);
+            for (count, weight, slot) in candidates {
+                let w: Vec<(u32, u64)> = positions
+                    .get(&slot)
+                    .into_iter()
+                    .flatten()
+                    .map(|p| (*p, weight))
+                    .collect();
+                // Confirmed by the leverage: w = d_a m_a and w^T K^-1 w = d_a.
+                if !w.is_empty() && self.form(&w) == weight {
+                    groups += 1;
+                    smallest = smallest.min(count);
+                    origins.extend(self.origins(&w));
+                }
+            }
+            if groups > 0 {
+                origins.sort();
+                origins.dedup();
+                return Some(Disclosure::Atoms {
+                    groups,
+                    smallest,
+                    origins,
+                });
+            }
         }
         for p in &self.protected {
             let x = p
@@ -801,8 +816,52 @@ pub fn encode_sets(rows: &[Vec<SubjectSet>]) -> Vec<u8> {
     out
 }
 
+/// Result rows' sets and, per row, which of them are a sum's rows (bit i: set i): the sets
+/// as [`encode_sets`] writes them, then one varint per row.
+pub fn encode_rows(rows: &[Vec<SubjectSet>], values: &[u64]) -> Vec<u8> {
+    let mut out = encode_sets(rows);
+    for v in values {
+        put(&mut out, *v);
+    }
+    out
+}
+
+/// What [`encode_rows`] wrote, or [`encode_sets`] alone (no set marked a sum's); `None` for
+/// bytes neither wrote.
+pub fn decode_rows(bytes: &[u8]) -> Option<(Vec<Vec<SubjectSet>>, Vec<u64>)> {
+    let (rows, mut at) = decode_sets_from(bytes)?;
+    if at == bytes.len() {
+        let n = rows.len();
+        return Some((rows, vec![0; n]));
+    }
+    let mut values = Vec::with_capacity(rows.len());
+    for _ in 0..rows.len() {
+        values.push(varint(bytes, &mut at)?);
+    }
+    (at == bytes.len()).then_some((rows, values))
+}
+
+fn varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let b = *bytes.get(*at)?;
+        *at += 1;
+        v |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
 /// The rows [`encode_sets`] wrote; `None` for bytes it did not write.
 pub fn decode_sets(bytes: &[u8]) -> Option<Vec<Vec<SubjectSet>>> {
+    let (rows, at) = decode_sets_from(bytes)?;
+    (at == bytes.len()).then_some(rows)
+}
+
+/// The rows [`encode_sets`] wrote at the start of `bytes`, and where they end.
+fn decode_sets_from(bytes: &[u8]) -> Option<(Vec<Vec<SubjectSet>>, usize)> {
     let mut at = 0usize;
     let mut get = || -> Option<u64> {
         let mut v = 0u64;
@@ -838,7 +897,7 @@ pub fn decode_sets(bytes: &[u8]) -> Option<Vec<Vec<SubjectSet>>> {
         }
         out.push(sets);
     }
-    (at == bytes.len()).then_some(out)
+    Some((out, at))
 }
 
 #[cfg(test)]

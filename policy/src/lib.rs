@@ -21,7 +21,8 @@ pub use gate::{
     check_shape, default_threshold, is_allowed_aggregate,
 };
 pub use inference::{
-    Disclosure, Element, Ledger, SubjectSet, decode_sets, differs_by_fewer_than, encode_sets,
+    Disclosure, Element, Ledger, SubjectSet, decode_rows, decode_sets, differs_by_fewer_than,
+    encode_rows, encode_sets,
 };
 pub use model::{
     ColumnSpec, ColumnTag, DataType, ExportRules, Level, Masking, OrgKind, Origin, Principal, Role,

@@ -51,6 +51,11 @@ pub struct Memory<'a> {
     pub sets: &'a [Vec<SubjectSet>],
     /// Per dataset with subjects that the job read, everything released over it so far.
     pub ledgers: &'a [(String, Arc<Ledger>)],
+    /// Per result row, which of its sets are a sum's rows (bit i: set i).
+    pub values: &'a [u64],
+    /// Per dataset (as `ledgers`), the sums released over it, once a cell over it has been
+    /// suppressed because a few subjects dominate it (`None` until then).
+    pub value_ledgers: &'a [Option<Arc<Ledger>>],
 }
 
 /// What a passing release adds to the gate's memory.
@@ -59,8 +64,15 @@ pub struct Remembered {
     pub released: Vec<SubjectSet>,
     /// Sets suppressed for fewer than k subjects: never to become determinable.
     pub protected: Vec<SubjectSet>,
+    /// The released sets that are a sum's rows.
+    pub value_released: Vec<SubjectSet>,
+    /// The sums of cells suppressed because a few subjects dominate them: never to become
+    /// determinable from other sums.
+    pub dominated: Vec<SubjectSet>,
     /// The ledgers with this release in them, to keep when it is recorded.
     pub ledgers: Vec<(String, Arc<Ledger>)>,
+    /// The ledgers of sums with this release in them (datasets that keep one).
+    pub value_ledgers: Vec<(String, Arc<Ledger>)>,
 }
 
 /// A scenario's privacy budget as one export request would spend it.
@@ -184,6 +196,7 @@ pub fn evaluate(input: &GateInput<'_>, batches: &[RecordBatch]) -> Result<GateOu
                     subjects: count,
                     key,
                     keep: enough && !dominant,
+                    dominated: enough && dominant,
                 });
             }
         }
@@ -415,10 +428,20 @@ const MEMORY_CELLS: usize = 5_000;
 /// the outcome, and what the release adds to the gate's memory.
 fn audit(rows: &[GroupRow], memory: &Memory<'_>, k: u64) -> (CheckOutcome, Remembered) {
     let mut remembered = Remembered::default();
-    for (r, sets) in rows.iter().zip(memory.sets) {
+    for (i, (r, sets)) in rows.iter().zip(memory.sets).enumerate() {
+        let values = memory.values.get(i).copied().unwrap_or(0);
+        let sums = sets
+            .iter()
+            .enumerate()
+            .filter(|(j, s)| *j < 64 && values & (1 << j) != 0 && !s.is_empty())
+            .map(|(_, s)| s.clone());
         if r.keep {
             remembered.released.extend(sets.iter().cloned());
+            remembered.value_released.extend(sums);
         } else {
+            if r.dominated {
+                remembered.dominated.extend(sums);
+            }
             // Fewer than k subjects, however many rows they have.
             remembered.protected.extend(
                 sets.iter()
@@ -443,7 +466,7 @@ fn audit(rows: &[GroupRow], memory: &Memory<'_>, k: u64) -> (CheckOutcome, Remem
         );
     }
     let mut earlier = 0usize;
-    for (dataset, ledger) in memory.ledgers {
+    for (d, (dataset, ledger)) in memory.ledgers.iter().enumerate() {
         if ledger.rank() + remembered.released.len() > MEMORY_CELLS {
             return (
                 CheckOutcome::Fail(format!(
@@ -466,6 +489,48 @@ fn audit(rows: &[GroupRow], memory: &Memory<'_>, k: u64) -> (CheckOutcome, Remem
             );
         }
         remembered.ledgers.push((dataset.clone(), Arc::new(next)));
+        // The sums alone: a cell suppressed because a few subjects dominate its sum must not
+        // be given by other sums (a later total minus the cells around it). Its count may be
+        // released: counts are not in this ledger.
+        match memory.value_ledgers.get(d).cloned().flatten() {
+            Some(values) => {
+                if values.rank() + remembered.value_released.len() > MEMORY_CELLS {
+                    return (
+                        CheckOutcome::Fail(format!(
+                            "the data's release history of sums is full ({} independent sums remembered, at most {MEMORY_CELLS}): no more exact releases over it; a scenario with differential privacy can still release",
+                            values.rank()
+                        )),
+                        Remembered::default(),
+                    );
+                }
+                let mut next = Ledger::clone(&values);
+                next.add_all_released(memory.origin, &remembered.value_released);
+                for set in &remembered.dominated {
+                    next.add_protected(memory.origin, set.clone());
+                }
+                if let Some(found) = next.protected_disclosure() {
+                    return (
+                        CheckOutcome::Fail(format!(
+                            "{found} because a few subjects dominate its sum: refused"
+                        )),
+                        Remembered::default(),
+                    );
+                }
+                remembered
+                    .value_ledgers
+                    .push((dataset.clone(), Arc::new(next)));
+            }
+            // A dominated cell with no memory of sums to judge it against: fail closed.
+            None if !remembered.dominated.is_empty() => {
+                return (
+                    CheckOutcome::Fail(
+                        "the gate's memory of sums over the data was not loaded; nothing is released".into(),
+                    ),
+                    Remembered::default(),
+                );
+            }
+            None => {}
+        }
     }
     (
         CheckOutcome::Pass(format!(
@@ -578,6 +643,8 @@ struct GroupRow {
     /// The values of its group keys (none for grouping sets).
     key: Option<Vec<serde_json::Value>>,
     keep: bool,
+    /// Suppressed because a few subjects dominate its sums (it has k subjects or more).
+    dominated: bool,
 }
 
 /// Complementary suppression: a total or margin over a slice of the table (all keys fixed but
@@ -1559,6 +1626,7 @@ mod tests {
                     subjects: *n as u64,
                     key: Some(vec![(*a).into(), (*b).into()]),
                     keep: *n >= 10,
+                    dominated: false,
                 })
                 .collect();
             suppress_complementary(&mut rows);

@@ -163,6 +163,8 @@ pub struct JobOutput {
     /// Per result row, its sets of subjects (keyed hashes), when the limits named a subject
     /// key and the result is an aggregate over subjects.
     pub subject_sets: Option<Vec<Vec<tidegate_policy::SubjectSet>>>,
+    /// Per result row, which of its sets are a sum's rows (bit i: set i).
+    pub value_sets: Option<Vec<u64>>,
 }
 
 /// Each row's identity: SipHash-1-3 of the row's values in Arrow's row format (equal rows,
@@ -676,7 +678,9 @@ pub async fn run_query_until(
                 while let Some(batch) = stream.next().await {
                     tally.add(&batch.map_err(|e| map_error(e, Stage::Running))?)?;
                 }
-                tally.finish(batches).map(|f| (f.batches, f.subject_sets))
+                tally
+                    .finish(batches)
+                    .map(|f| (f.batches, f.subject_sets.zip(f.value_sets)))
             }
             None => Ok((batches, None)),
         }
@@ -718,15 +722,17 @@ pub async fn run_query_until(
     // R-GATE 7: over L2 or L3 data, why a running job stopped may depend on a value (a guest
     // that traps on one subject's spend, a limit reached by a data-dependent loop); the job
     // shows that it failed, never why. A cancellation is the scenario's, not the data's.
-    let (batches, subject_sets) = match outcome {
+    let (batches, sets) = match outcome {
         Err(e) if limits.level > Level::L1 && !cancelled => {
             return Err(Error::WhileRunning(Box::new(e)));
         }
         other => other?,
     };
+    let (subject_sets, value_sets) = sets.unzip();
     Ok(JobOutput {
         batches,
         subject_sets,
+        value_sets,
         shape,
         plan: plan_text,
         peak_engine_memory_bytes: pool.peak() as u64,

@@ -97,6 +97,8 @@ pub(crate) struct Analysis {
     /// Per aggregate (by position), its signed part, when bounded for differential privacy.
     pub signed: Vec<Option<Signed>>,
     pub shape: QueryShape,
+    /// The bits of a row element's mask that mark a sum's rows (a value, not a count).
+    pub value_bits: u64,
 }
 
 /// The functions of a job that are modules' (approved), by name.
@@ -130,6 +132,7 @@ pub(crate) fn analyze(plan: LogicalPlan, cx: &Context<'_>) -> Result<Analysis> {
             contributions: None,
             measures: Vec::new(),
             signed: Vec::new(),
+            value_bits: 0,
             shape: QueryShape {
                 aggregated: false,
                 not_aggregated_reason: Some(reason),
@@ -782,6 +785,16 @@ impl Walk<'_> {
         // coefficient a query puts on a row (0, 2, an offset) is not seen: see SECURITY.md.
         let mut adds: Vec<Expr> = vec![lit(true)];
         let mut seen = BTreeSet::new();
+        // A sum's bit: its rows are those of a value (the gate protects a cell's values when
+        // a few subjects dominate them, not its counts).
+        let summed: BTreeSet<usize> = part_exprs
+            .iter()
+            .filter_map(|(_, p)| match *p {
+                PartExpr::Sum(j) | PartExpr::Source(j, _) => Some(j),
+                _ => None,
+            })
+            .collect();
+        let mut value_bits = 0u64;
         for (_, part) in &part_exprs {
             let j = match *part {
                 PartExpr::Subjects(j) | PartExpr::Count(j) | PartExpr::Sum(j) => j,
@@ -789,6 +802,9 @@ impl Walk<'_> {
             };
             if !seen.insert(j) {
                 continue;
+            }
+            if summed.contains(&j) && adds.len() < 64 {
+                value_bits |= 1 << adds.len();
             }
             let mut adds_to = column(format!("__tg_a{j}")).is_not_null();
             if let Some(f) = filter_of(j) {
@@ -883,6 +899,7 @@ impl Walk<'_> {
             measures,
             signed,
             shape,
+            value_bits,
         })
     }
 
@@ -1620,7 +1637,8 @@ impl<'a> Tally<'a> {
     /// subject's part bounded (`__tg_dp_*`). With a subject key, also each result row's sets of
     /// subjects (the cell's, and each measure's that differs from it), for the gate's memory.
     pub(crate) fn finish(mut self, batches: Vec<RecordBatch>) -> Result<Finished> {
-        let cell_sets: Option<Vec<Vec<SubjectSet>>> = self.subject_key.as_ref().map(|_| {
+        let value_bits = self.analysis.value_bits;
+        let cell_sets: Option<Vec<(Vec<SubjectSet>, u64)>> = self.subject_key.as_ref().map(|_| {
             self.cells
                 .iter_mut()
                 .map(|c| {
@@ -1635,6 +1653,8 @@ impl<'a> Tally<'a> {
                     });
                     let used = elements.iter().fold(0u64, |m, e| m | e.2);
                     let mut sets: Vec<SubjectSet> = Vec::new();
+                    // Which of the sets are a sum's rows.
+                    let mut values = 0u64;
                     for bit in 0..64 {
                         if used & (1 << bit) == 0 {
                             continue;
@@ -1644,15 +1664,23 @@ impl<'a> Tally<'a> {
                             .filter(|e| e.2 & (1 << bit) != 0)
                             .map(|e| (e.0, e.1))
                             .collect();
-                        if !sets.contains(&set) {
-                            sets.push(set);
+                        let at = match sets.iter().position(|s| *s == set) {
+                            Some(at) => at,
+                            None => {
+                                sets.push(set);
+                                sets.len() - 1
+                            }
+                        };
+                        if value_bits & (1 << bit) != 0 && at < 64 {
+                            values |= 1 << at;
                         }
                     }
-                    sets
+                    (sets, values)
                 })
                 .collect()
         });
         let mut row_sets: Vec<Vec<SubjectSet>> = Vec::new();
+        let mut row_values: Vec<u64> = Vec::new();
         let by_subject = std::mem::take(&mut self.by_subject);
         let signed = &self.signed;
         // Bounded totals per cell: one slot per signed aggregate, and the subjects kept last.
@@ -1719,7 +1747,9 @@ impl<'a> Tally<'a> {
                 for row in 0..b.num_rows() {
                     let cell = self.index.get(keys.row(row).as_ref()).copied();
                     if let Some(sets) = &cell_sets {
-                        row_sets.push(cell.map(|c| sets[c].clone()).unwrap_or_default());
+                        let (these, values) = cell.map(|c| sets[c].clone()).unwrap_or_default();
+                        row_sets.push(these);
+                        row_values.push(values);
                     }
                     at.push(cell);
                     let cell = cell.map(|c| &self.cells[c]);
@@ -1775,6 +1805,7 @@ impl<'a> Tally<'a> {
             .collect::<Result<Vec<_>>>()
             .map(|batches| Finished {
                 batches,
+                value_sets: cell_sets.as_ref().map(|_| row_values),
                 subject_sets: cell_sets.map(|_| row_sets),
             })
     }
@@ -1784,6 +1815,8 @@ impl<'a> Tally<'a> {
 pub(crate) struct Finished {
     pub batches: Vec<RecordBatch>,
     pub subject_sets: Option<Vec<Vec<SubjectSet>>>,
+    /// Per result row, which of its sets are a sum's rows (bit i: set i).
+    pub value_sets: Option<Vec<u64>>,
 }
 
 /// `__tg_row_element(adds_0, .., adds_m-1, row_0, .., row_n-1)`: one row of a contribution

@@ -271,6 +271,114 @@ fn a_margin_released_after_a_suppressed_cell_is_refused() {
     assert_ne!(margin["state"], "in_review", "{margin}");
 }
 
+/// A cell hidden because one subject dominates its sum stays hidden: a later total without
+/// the cell hidden beside it would give its sum by subtraction (refused, naming the export
+/// that hid it), while a count of its rows is released (counts are not what dominance hides).
+#[test]
+fn a_sum_dominated_by_one_subject_is_not_given_by_a_later_margin() {
+    let (env, _, _) = active_scenario();
+    let w = &env.world;
+    let ids: Vec<String> = data()
+        .into_iter()
+        .map(|(id, _, _, _)| id)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .take(54)
+        .collect();
+    // 12, 13, 14 and 15 residents; one resident of the largest district spends over 90% of
+    // its total (but not of the city's).
+    let districts = [("Bay", 12), ("Hill", 13), ("Lake", 14), ("Dock", 15)];
+    let mut csv = String::from("resident_id,district,spend\n");
+    let mut next = ids.iter();
+    for (d, (district, residents)) in districts.into_iter().enumerate() {
+        for i in 0..residents {
+            let spend = match (district, i) {
+                ("Dock", 0) => 300_000,
+                _ => 200 * (1 + (i * 7 + d) % 15),
+            };
+            csv.push_str(&format!("{},{district},{spend}\n", next.next().unwrap()));
+        }
+    }
+    w.provider
+        .import_dataset(
+            json!({
+                "name": "shops",
+                "level": "L2",
+                "format": "csv",
+                "columns": [
+                    { "name": "resident_id", "data_type": "utf8", "tags": ["pii:resident_id", "entity"] },
+                    { "name": "district", "data_type": "utf8", "tags": ["dimension"] },
+                    { "name": "spend", "data_type": "int64", "tags": ["sensitive"] },
+                ],
+            }),
+            csv.as_bytes(),
+        )
+        .unwrap();
+    let mut request = common::scenario_request(false);
+    request["grants"] =
+        json!([{ "dataset": "shops", "columns": ["resident_id", "district", "spend"] }]);
+    let sid = approved(w, &w.scientist, &request);
+    let scientist = &w.scientist;
+    let table = export(
+        &env,
+        scientist,
+        &sid,
+        "SELECT district, count(*) AS n, sum(spend) AS total FROM shops GROUP BY district",
+    );
+    let shown: Vec<String> = rows(table["preview"].as_str().unwrap())
+        .into_iter()
+        .map(|(g, _)| g.trim().to_string())
+        .collect();
+    assert!(!shown.contains(&"Dock".to_string()), "{table}");
+    let hidden: Vec<&str> = districts
+        .iter()
+        .map(|(d, _)| *d)
+        .filter(|d| !shown.iter().any(|s| s == d))
+        .collect();
+    assert_eq!(
+        hidden.len(),
+        2,
+        "the dominated cell and its partner: {table}"
+    );
+    let partner = hidden.iter().find(|d| **d != "Dock").unwrap();
+    let by = |filter: &str| {
+        format!(
+            "SELECT substr(district, 1, 0) AS everything, count(*) AS n, sum(spend) AS total FROM shops {filter} GROUP BY substr(district, 1, 0)"
+        )
+    };
+    // The total alone keeps the two hidden cells together: released.
+    let total = export(&env, scientist, &sid, &by(""));
+    assert!(check(&total, "inference").0, "{total}");
+    assert_eq!(rows(total["preview"].as_str().unwrap()).len(), 1, "{total}");
+    // Without the partner, the total minus the table is the dominated cell's sum: refused.
+    let margin = export(
+        &env,
+        scientist,
+        &sid,
+        &by(&format!("WHERE district <> '{partner}'")),
+    );
+    let (passed, detail) = check(&margin, "inference");
+    assert!(!passed, "{margin}");
+    assert!(detail.contains(table["id"].as_str().unwrap()), "{detail}");
+    assert!(detail.contains("dominate"), "{detail}");
+    assert_ne!(margin["state"], "in_review", "{margin}");
+    // The same margin of counts alone tells no sum: released.
+    let counts = export(
+        &env,
+        scientist,
+        &sid,
+        &format!(
+            "SELECT substr(district, 1, 0) AS everything, count(*) AS n FROM shops WHERE district <> '{partner}' GROUP BY substr(district, 1, 0)"
+        ),
+    );
+    assert!(check(&counts, "inference").0, "{counts}");
+    assert_eq!(
+        rows(counts["preview"].as_str().unwrap()).len(),
+        1,
+        "{counts}"
+    );
+}
+
 /// Dinur and Nissim: sums of a sensitive bit over many subsets of a small table, each subset
 /// of about half the subjects chosen by a hash of a quasi-identifier. Exactly enough such sums
 /// give every bit; the audit refuses the release that would determine the first one, and what

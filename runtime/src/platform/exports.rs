@@ -88,12 +88,14 @@ impl Platform {
             params![job_id],
             |r| r.get(0),
         )?;
-        let sets = match &subjects_key {
-            Some(w) => Some(
-                tidegate_policy::decode_sets(&self.load_object("subjects", job_id, w)?)
-                    .ok_or_else(|| Error::Integrity(format!("the subjects of job {job_id}")))?,
-            ),
-            None => None,
+        let (sets, values) = match &subjects_key {
+            Some(w) => {
+                let (sets, values) =
+                    tidegate_policy::decode_rows(&self.load_object("subjects", job_id, w)?)
+                        .ok_or_else(|| Error::Integrity(format!("the subjects of job {job_id}")))?;
+                (Some(sets), values)
+            }
+            None => (None, Vec::new()),
         };
         // The datasets with subjects the job read: the gate's memory is kept per dataset.
         let mut with_subjects: Vec<String> = Vec::new();
@@ -123,10 +125,26 @@ impl Platform {
         } else {
             Vec::new()
         };
-        let ledgers = audited
+        let memories = audited
             .iter()
             .map(|d| Ok((d.clone(), self.gate_memory(&db, d)?)))
             .collect::<Result<Vec<_>>>()?;
+        // The memory of sums is kept once a cell over the data is suppressed for dominance:
+        // loaded now if this result may have such a cell (the gate decides which).
+        let may_dominate = batches.iter().any(|b| {
+            b.column_by_name(crate::job::DOMINATED_COLUMN)
+                .and_then(|c| arrow::array::AsArray::as_boolean_opt(c))
+                .is_some_and(|c| c.true_count() > 0)
+        });
+        let value_ledgers = memories
+            .iter()
+            .map(|(d, (_, values))| match values {
+                None if may_dominate => Ok(Some(self.sums_memory(&db, d)?)),
+                v => Ok(v.clone()),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let ledgers: Vec<(String, Arc<tidegate_policy::Ledger>)> =
+            memories.into_iter().map(|(d, (all, _))| (d, all)).collect();
         let id = new_id("ex");
         let mut unapproved = 0;
         for hash in &job.modules {
@@ -188,6 +206,8 @@ impl Platform {
                     origin: &id,
                     sets,
                     ledgers: &ledgers,
+                    values: &values,
+                    value_ledgers: &value_ledgers,
                 }),
             },
             &batches,
@@ -222,7 +242,12 @@ impl Platform {
                 Some(self.store_object(
                     "audit",
                     &id,
-                    &tidegate_policy::encode_sets(&[r.released.clone(), r.protected.clone()]),
+                    &tidegate_policy::encode_sets(&[
+                        r.released.clone(),
+                        r.protected.clone(),
+                        r.value_released.clone(),
+                        r.dominated.clone(),
+                    ]),
                 )?),
                 Some(to_json(&audited)),
             ),
@@ -300,7 +325,12 @@ impl Platform {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             for (dataset, ledger) in &r.ledgers {
-                kept.insert(dataset.clone(), Arc::clone(ledger));
+                let values = r
+                    .value_ledgers
+                    .iter()
+                    .find(|(d, _)| d == dataset)
+                    .map(|(_, v)| Arc::clone(v));
+                kept.insert(dataset.clone(), (Arc::clone(ledger), values));
             }
         }
         drop(db);
@@ -648,21 +678,70 @@ impl Platform {
 
     /// The gate's memory of a dataset: every release recorded over it, in the order they
     /// were, built from the sealed audit records the first time it is asked for.
-    pub(super) fn gate_memory(
-        &self,
-        db: &Connection,
-        dataset: &str,
-    ) -> Result<Arc<tidegate_policy::Ledger>> {
+    pub(super) fn gate_memory(&self, db: &Connection, dataset: &str) -> Result<Remembrance> {
         if let Some(l) = self
             .ledgers
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(dataset)
         {
-            return Ok(Arc::clone(l));
+            return Ok(l.clone());
         }
         let seed = self.pseudonym_root(db)?.subject_key().seed();
         let mut ledger = tidegate_policy::Ledger::new(seed);
+        let mut dominated = false;
+        for (export, rows) in self.audit_records(db, dataset)? {
+            ledger.add_all_released(&export, &rows[0]);
+            for set in &rows[1] {
+                ledger.add_protected(&export, set.clone());
+            }
+            dominated |= rows.get(3).is_some_and(|d| !d.is_empty());
+        }
+        let memory = (
+            Arc::new(ledger),
+            if dominated {
+                Some(self.sums_memory(db, dataset)?)
+            } else {
+                None
+            },
+        );
+        self.ledgers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(dataset.to_string(), memory.clone());
+        Ok(memory)
+    }
+
+    /// The memory of the sums released over `dataset`, with the cells suppressed because a
+    /// few subjects dominate them, built from the sealed audit records (records written
+    /// before sums were told apart hold none).
+    pub(super) fn sums_memory(
+        &self,
+        db: &Connection,
+        dataset: &str,
+    ) -> Result<Arc<tidegate_policy::Ledger>> {
+        let seed = self.pseudonym_root(db)?.subject_key().seed();
+        // Another seed than the whole memory's: the two ledgers' weights are independent.
+        let mut ledger = tidegate_policy::Ledger::new(seed ^ 0x7375_6d73);
+        for (export, rows) in self.audit_records(db, dataset)? {
+            if let (Some(sums), Some(dominated)) = (rows.get(2), rows.get(3)) {
+                ledger.add_all_released(&export, sums);
+                for set in dominated {
+                    ledger.add_protected(&export, set.clone());
+                }
+            }
+        }
+        Ok(Arc::new(ledger))
+    }
+
+    /// Every sealed audit record over `dataset`, in the order they were written: per export,
+    /// its released sets, the sets it suppressed for fewer than k subjects, and (since sums
+    /// are told apart) its released sums and the sums it suppressed for dominance.
+    fn audit_records(
+        &self,
+        db: &Connection,
+        dataset: &str,
+    ) -> Result<Vec<(String, Vec<Vec<tidegate_policy::SubjectSet>>)>> {
         let records: Vec<(String, Vec<u8>, String)> = db
             .prepare(
                 "SELECT id, audit_key, audit_datasets FROM exports
@@ -670,6 +749,7 @@ impl Platform {
             )?
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<rusqlite::Result<_>>()?;
+        let mut out = Vec::new();
         for (export, key, datasets) in records {
             if !from_json::<Vec<String>>(&datasets)?
                 .iter()
@@ -678,18 +758,10 @@ impl Platform {
                 continue;
             }
             let rows = tidegate_policy::decode_sets(&self.load_object("audit", &export, &key)?)
-                .filter(|rows| rows.len() == 2)
+                .filter(|rows| rows.len() == 2 || rows.len() == 4)
                 .ok_or_else(|| Error::Integrity(format!("the audit record of export {export}")))?;
-            ledger.add_all_released(&export, &rows[0]);
-            for set in &rows[1] {
-                ledger.add_protected(&export, set.clone());
-            }
+            out.push((export, rows));
         }
-        let ledger = Arc::new(ledger);
-        self.ledgers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(dataset.to_string(), Arc::clone(&ledger));
-        Ok(ledger)
+        Ok(out)
     }
 }

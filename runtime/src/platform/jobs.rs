@@ -465,13 +465,13 @@ impl Platform {
                 let result_hash = sha256_hex(&parquet);
                 let wrapped = self.store_object("results", &id, &parquet)?;
                 // Each row's sets of subjects, for the gate's memory, sealed like the result.
-                let subjects_key = match &output.subject_sets {
-                    Some(sets) => Some(self.store_object(
+                let subjects_key = match (&output.subject_sets, &output.value_sets) {
+                    (Some(sets), Some(values)) => Some(self.store_object(
                         "subjects",
                         &id,
-                        &tidegate_policy::encode_sets(sets),
+                        &tidegate_policy::encode_rows(sets, values),
                     )?),
-                    None => None,
+                    _ => None,
                 };
                 tx.execute(
                     "UPDATE jobs SET state = 'succeeded', rows = ?2, schema = ?3, resources = ?4,

@@ -54,6 +54,13 @@ const DB_FILE: &str = "meta.sqlite";
 const SIGNING_KEY_FILE: &str = "signing.key";
 /// The re-wrapped signing key while a master key rotation is in flight.
 const SIGNING_KEY_NEXT: &str = "signing.key.next";
+/// The gate's memory of one dataset: every exact release over it, and the sums alone once a
+/// cell over it has been suppressed for dominance.
+type Remembrance = (
+    Arc<tidegate_policy::Ledger>,
+    Option<Arc<tidegate_policy::Ledger>>,
+);
+
 const EXPORT_MAX_ROWS: u64 = 10_000;
 const EXPORT_MAX_BYTES: u64 = 10 << 20;
 /// The largest file an import takes (staged sealed on disk, read batch by batch).
@@ -539,7 +546,7 @@ pub struct Platform {
     reading: Mutex<HashMap<String, (Vec<SealedSource>, u64)>>,
     /// The gate's memory per dataset, built from the stored audit records the first time an
     /// export over the dataset asks, and kept as exports pass (R-GATE 6).
-    ledgers: Mutex<HashMap<String, Arc<tidegate_policy::Ledger>>>,
+    ledgers: Mutex<HashMap<String, Remembrance>>,
     /// Held while the platform is open: one process per data directory.
     _lock: fs::File,
 }
