@@ -826,13 +826,15 @@ pub fn encode_rows(rows: &[Vec<SubjectSet>], values: &[u64]) -> Vec<u8> {
     out
 }
 
-/// What [`encode_rows`] wrote, or [`encode_sets`] alone (no set marked a sum's); `None` for
-/// bytes neither wrote.
+/// What [`encode_rows`] wrote, or [`encode_sets`] alone (every set then marked a sum's);
+/// `None` for bytes neither wrote.
 pub fn decode_rows(bytes: &[u8]) -> Option<(Vec<Vec<SubjectSet>>, Vec<u64>)> {
     let (rows, mut at) = decode_sets_from(bytes)?;
     if at == bytes.len() {
+        // Written before sums were told apart: every set is taken for a sum's (the memory of
+        // sums then refuses more, never less).
         let n = rows.len();
-        return Some((rows, vec![0; n]));
+        return Some((rows, vec![u64::MAX; n]));
     }
     let mut values = Vec::with_capacity(rows.len());
     for _ in 0..rows.len() {

@@ -123,6 +123,16 @@ pub fn oversees_all_orgs(p: &Principal, kind: OrgKind) -> bool {
         && (p.has_role(Role::Auditor) || p.has_role(Role::Reviewer) || p.has_role(Role::Admin))
 }
 
+/// Who may revoke a module's approval: the authority's reviewers and admins (a module of
+/// their own org too: revoking only takes a right away).
+pub fn can_revoke_module(p: &Principal, kind: OrgKind) -> Result<(), Refusal> {
+    require_training(p)?;
+    if kind == OrgKind::Authority && (p.has_role(Role::Reviewer) || p.has_role(Role::Admin)) {
+        return Ok(());
+    }
+    refuse("only the authority's reviewers and admins revoke a module's approval")
+}
+
 /// Who may read the directory of orgs and principals: the authority's admins and auditors.
 pub fn can_read_directory(p: &Principal, kind: OrgKind) -> Result<(), Refusal> {
     if kind == OrgKind::Authority && (p.has_role(Role::Admin) || p.has_role(Role::Auditor)) {

@@ -43,13 +43,13 @@ pub use metering::{
 };
 pub use platform::{
     AUDIT_FILE, ApprovalView, ColumnInput, DatasetView, ExportSummary, ExportView, GrantRequest,
-    ImportRequest, JobRequest, JobSummary, JobView, ListQuery, Listing, ModuleSummary, ModuleView,
-    OrgView, PUBLIC_KEY_FILE, Platform, PrincipalView, ResourceUse, ScenarioRequest, ScenarioView,
-    StagedUpload, local_table, verify_certificate,
+    ImportRequest, JobRequest, JobSummary, JobView, ListQuery, Listing, ModuleDetail,
+    ModuleSummary, ModuleView, OrgView, PUBLIC_KEY_FILE, Platform, PrincipalView, ResourceUse,
+    ScenarioRequest, ScenarioView, StagedUpload, local_table, verify_certificate,
 };
 pub use sandbox::{
     CALL_FUEL, FUEL_FLOOR, FUEL_PER_MS, FunctionSig, GuestLimits, GuestSession, INSTANCE_FUEL,
-    JobMeter, PAGE_FUEL, Sandbox, ValidatedModule, WasmType,
+    JobMeter, ModuleFacts, PAGE_FUEL, Sandbox, ValidatedModule, WasmType, module_facts,
 };
 pub use storage::{SealedSource, SealedStore, read_parquet};
 pub use text::{MAX_QUOTED_BYTES, defuse};

@@ -1890,7 +1890,10 @@ impl datafusion::logical_expr::ScalarUDFImpl for RowElement {
                 .filter(|r| r.is_valid(i))
                 .map(|r| r.value(i))
                 .collect();
+            // A stored row joined to itself is that row (a self-join on a unique key must not
+            // give every row a new identity, and so a new unknown, to the gate's memory).
             ids.sort_unstable();
+            ids.dedup();
             let identity = match ids.as_slice() {
                 [] => 0,
                 [one] => (*one).max(1),

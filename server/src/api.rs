@@ -576,6 +576,47 @@ async fn approve_module(
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
 
+/// A module as its reviewer reads it: manifest, structure, state and history.
+async fn get_module(
+    State(p): State<AppState>,
+    Extension(actor): Extension<Principal>,
+    Param((id, hash)): Param<(String, String)>,
+) -> ApiResult<Value> {
+    let v = blocking(move || p.get_module(&actor, &id, &hash)).await?;
+    Ok(Json(serde_json::to_value(v).expect("serializes")))
+}
+
+/// The module's bytes (`application/wasm`), for its reviewer to read.
+async fn module_bytes(
+    State(p): State<AppState>,
+    Extension(actor): Extension<Principal>,
+    Param((id, hash)): Param<(String, String)>,
+) -> Result<Response, ApiError> {
+    let bytes = blocking(move || p.module_bytes(&actor, &id, &hash)).await?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/wasm")],
+        bytes,
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReasonBody {
+    reason: String,
+}
+
+/// Revokes a module's approval: its jobs stop, exports computed with it are flagged.
+async fn revoke_module(
+    State(p): State<AppState>,
+    Extension(actor): Extension<Principal>,
+    Param((id, hash)): Param<(String, String)>,
+    Body(b): Body<ReasonBody>,
+) -> ApiResult<Value> {
+    let v = blocking(move || p.revoke_module(&actor, &id, &hash, &b.reason)).await?;
+    Ok(Json(serde_json::to_value(v).expect("serializes")))
+}
+
 async fn submit_job(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
@@ -826,6 +867,12 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .route(
             "/v1/scenarios/{id}/modules/{hash}/approve",
             post(approve_module),
+        )
+        .route("/v1/scenarios/{id}/modules/{hash}", get(get_module))
+        .route("/v1/scenarios/{id}/modules/{hash}/wasm", get(module_bytes))
+        .route(
+            "/v1/scenarios/{id}/modules/{hash}/revoke",
+            post(revoke_module),
         )
         .route("/v1/jobs", post(submit_job).get(list_jobs))
         .route("/v1/jobs/{id}", get(get_job))

@@ -703,6 +703,29 @@ enum ModuleCommand {
         #[arg(long)]
         scenario: String,
     },
+    /// Show a module as its reviewer reads it: functions, structure, state, jobs and exports.
+    Show {
+        hash: String,
+        #[arg(long)]
+        scenario: String,
+    },
+    /// Download a module's bytes to read them.
+    Download {
+        hash: String,
+        #[arg(long)]
+        scenario: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Revoke a module's approval (the authority's reviewers and admins): its jobs stop and
+    /// the exports computed with it are flagged.
+    Revoke {
+        hash: String,
+        #[arg(long)]
+        scenario: String,
+        #[arg(long)]
+        reason: String,
+    },
     /// Approve a module's hash for a scenario after reading it (reviewer of another org).
     Approve {
         hash: String,
@@ -1127,6 +1150,28 @@ fn run(cli: Cli) -> Result<()> {
             let c = || remote.client();
             match command {
                 ModuleCommand::Inspect { file } => inspect(&file)?,
+                ModuleCommand::Show { hash, scenario } => {
+                    print(&c()?.get_module(&scenario, &hash)?);
+                }
+                ModuleCommand::Download {
+                    hash,
+                    scenario,
+                    out,
+                } => {
+                    let bytes = c()?.module_bytes(&scenario, &hash)?;
+                    // The bytes are the approved hash's, or nothing is written.
+                    if tidegate_runtime::sha256_hex(&bytes) != hash {
+                        return Err(anyhow!("the server's bytes do not have the hash {hash}"));
+                    }
+                    std::fs::write(&out, &bytes)
+                        .with_context(|| format!("cannot write {}", out.display()))?;
+                    println!("{} bytes: {}", bytes.len(), out.display());
+                }
+                ModuleCommand::Revoke {
+                    hash,
+                    scenario,
+                    reason,
+                } => print(&c()?.revoke_module(&scenario, &hash, &reason)?),
                 ModuleCommand::List { list } => print_page(
                     &c()?.list("/v1/modules", &list.query(false))?,
                     MODULE_COLUMNS,

@@ -353,6 +353,49 @@ impl Client {
     }
 
     /// Submits a job and waits for its end (see [`Client::wait_job`]).
+    /// A module as its reviewer reads it.
+    pub fn get_module(&self, scenario: &str, hash: &str) -> Result<Value> {
+        self.ok(
+            "GET",
+            &format!("/v1/scenarios/{scenario}/modules/{hash}"),
+            None,
+        )
+    }
+
+    /// A module's bytes.
+    pub fn module_bytes(&self, scenario: &str, hash: &str) -> Result<Vec<u8>> {
+        let url = format!("{}/v1/scenarios/{scenario}/modules/{hash}/wasm", self.url);
+        let mut req = self.agent.get(&url);
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        let mut response = req.call().with_context(|| format!("cannot reach {url}"))?;
+        let status = response.status().as_u16();
+        if !(200..300).contains(&status) {
+            let body: Value = response.body_mut().read_json().unwrap_or(Value::Null);
+            return Err(anyhow!(
+                "{} ({status})",
+                body["message"]
+                    .as_str()
+                    .unwrap_or("the server gave no message")
+            ));
+        }
+        Ok(response
+            .body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_to_vec()?)
+    }
+
+    /// Revokes a module's approval for a scenario (the authority's reviewers and admins).
+    pub fn revoke_module(&self, scenario: &str, hash: &str, reason: &str) -> Result<Value> {
+        self.ok(
+            "POST",
+            &format!("/v1/scenarios/{scenario}/modules/{hash}/revoke"),
+            Some(&json!({ "reason": reason })),
+        )
+    }
+
     pub fn submit_job(&self, scenario: &str, sql: &str, modules: &[String]) -> Result<Value> {
         let queued = self.enqueue_job(scenario, sql, modules)?;
         let id = queued["id"]

@@ -208,3 +208,90 @@ fn the_directory_is_the_authoritys_and_holds_no_secrets() {
         }
     }
 }
+
+// ---- Module review you can see (issue 18, item 2) ----
+
+#[test]
+fn a_reviewer_reads_a_module_and_revoking_it_stops_its_jobs_and_flags_its_exports() {
+    let (env, sid, _) = active_scenario();
+    let w = &env.world;
+    let wasm = constant_module(7);
+    let (module, _) = w.publish_module(&sid, &wasm).unwrap();
+    let hash = module["hash"].as_str().unwrap().to_string();
+    // What the reviewer reads: the manifest, the structure, the state and the history.
+    let m = w.reviewer.get_module(&sid, &hash).unwrap();
+    assert_eq!(m["state"], "approved", "{m}");
+    assert_eq!(m["functions"][0]["name"], "f", "{m}");
+    assert_eq!(m["structure"]["size_bytes"], wasm.len(), "{m}");
+    assert_eq!(m["structure"]["imports"], 0, "{m}");
+    assert_eq!(w.reviewer.module_bytes(&sid, &hash).unwrap(), wasm);
+    // Another unit is told it does not exist.
+    let (other, _, _) = outsider(w, "another-unit", "operator", &["scientist"]);
+    let message = refusal(other.get_module(&sid, &hash));
+    assert!(message.contains("(404)"), "{message}");
+    assert!(other.module_bytes(&sid, &hash).is_err());
+    // A result computed with it waits in review.
+    let e = export_of(
+        &env,
+        &sid,
+        "SELECT spot, count(*) AS n FROM visits WHERE f(1) = 7 GROUP BY spot",
+        std::slice::from_ref(&hash),
+    );
+    assert_eq!(e["state"], "in_review", "{e}");
+    let id = e["id"].as_str().unwrap();
+    assert_eq!(
+        w.reviewer.get_module(&sid, &hash).unwrap()["exports"][0],
+        id
+    );
+    // Only the authority revokes, and says why.
+    let message = refusal(w.scientist.revoke_module(&sid, &hash, "mine"));
+    assert!(message.contains("(403)"), "{message}");
+    let message = refusal(w.reviewer.revoke_module(&sid, &hash, "  "));
+    assert!(message.contains("(400)"), "{message}");
+    let revoked = w
+        .reviewer
+        .revoke_module(&sid, &hash, "it reads more than its manifest says")
+        .unwrap();
+    assert_eq!(revoked["state"], "revoked", "{revoked}");
+    // The export is flagged and can no longer be approved.
+    let flagged = w
+        .reviewer
+        .call("GET", &format!("/v1/exports/{id}"), None)
+        .unwrap()
+        .body;
+    assert!(
+        flagged["flag"]
+            .as_str()
+            .is_some_and(|f| f.contains("revoked")),
+        "{flagged}"
+    );
+    let message = refusal(w.reviewer.review_export(id, "approve", "fine"));
+    assert!(message.contains("(403)"), "{message}");
+    w.reviewer
+        .review_export(id, "reject", "its module was revoked")
+        .unwrap();
+    // No job calls it again, no reviewer approves it again, and no queue offers it.
+    let message = refusal(w.scientist.submit_job(
+        &sid,
+        "SELECT spot, count(*) AS n FROM visits WHERE f(1) = 7 GROUP BY spot",
+        std::slice::from_ref(&hash),
+    ));
+    assert!(
+        message.contains("no algorithm review approval"),
+        "{message}"
+    );
+    let message = refusal(w.reviewer.approve_module(&sid, &hash, "again"));
+    assert!(message.contains("revoked"), "{message}");
+    assert!(ids(&w.reviewer.list("/v1/modules", &queue()).unwrap(), "hash").is_empty());
+    let revoked_list = ListQuery {
+        state: Some("revoked".into()),
+        ..ListQuery::default()
+    };
+    assert_eq!(
+        ids(
+            &w.reviewer.list("/v1/modules", &revoked_list).unwrap(),
+            "hash"
+        ),
+        vec![hash]
+    );
+}

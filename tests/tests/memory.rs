@@ -134,6 +134,64 @@ fn a_difference_read_through_a_union_is_suppressed() {
     assert_not_differenced(&first, &second, &spot, spend);
 }
 
+/// A row joined to itself (a self-join on the entity key of a table of one row per subject)
+/// is the same row, not a new one: the difference is suppressed as it is without the join.
+#[test]
+fn a_difference_read_through_a_self_join_is_suppressed() {
+    let (env, _, _) = active_scenario();
+    let w = &env.world;
+    let ids: Vec<String> = data()
+        .into_iter()
+        .map(|(id, _, _, _)| id)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .take(48)
+        .collect();
+    let mut csv = String::from("resident_id,district,age,spend\n");
+    for (i, id) in ids.iter().enumerate() {
+        let district = ["Bay", "Hill", "Lake", "Dock"][i % 4];
+        // One resident of Dock is 77, the only one: the attacker knows it.
+        let age = if i == 3 { 77 } else { 20 + i % 40 };
+        csv.push_str(&format!("{id},{district},{age},{}\n", 100 + 37 * i));
+    }
+    w.provider
+        .import_dataset(
+            json!({
+                "name": "people",
+                "level": "L2",
+                "format": "csv",
+                "columns": [
+                    { "name": "resident_id", "data_type": "utf8", "tags": ["pii:resident_id", "entity"] },
+                    { "name": "district", "data_type": "utf8", "tags": ["dimension"] },
+                    { "name": "age", "data_type": "int64", "tags": ["quasi"] },
+                    { "name": "spend", "data_type": "int64", "tags": ["sensitive"] },
+                ],
+            }),
+            csv.as_bytes(),
+        )
+        .unwrap();
+    let mut request = common::scenario_request(false);
+    request["grants"] =
+        json!([{ "dataset": "people", "columns": ["resident_id", "district", "age", "spend"] }]);
+    let sid = approved(w, &w.scientist, &request);
+    let first = export(
+        &env,
+        &w.scientist,
+        &sid,
+        "SELECT district, count(*) AS n, sum(spend) AS total FROM people GROUP BY district",
+    );
+    let second = export(
+        &env,
+        &w.scientist,
+        &sid,
+        "SELECT a.district, count(*) AS n, sum(a.spend) AS total \
+         FROM people a JOIN people b ON a.resident_id = b.resident_id \
+         WHERE NOT (a.district = 'Dock' AND a.age = 77) GROUP BY a.district",
+    );
+    assert_eq!(second["state"], "in_review", "{second}");
+    assert_not_differenced(&first, &second, "Dock", (100 + 37 * 3) as f64);
+}
+
 #[test]
 fn a_difference_across_two_scenarios_of_one_org_is_suppressed() {
     let (env, sid, _) = active_scenario();

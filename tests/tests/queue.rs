@@ -177,3 +177,36 @@ fn one_unit_cannot_fill_the_queue() {
         let _ = scientist.cancel_job(job);
     }
 }
+
+#[test]
+fn revoking_a_modules_approval_stops_its_running_and_queued_jobs() {
+    let (env, sid, _) = active_scenario();
+    let spin = approve_spinner(&env, &sid);
+    let scientist = &env.world.scientist;
+    let jobs: Vec<String> = (0..3)
+        .map(|_| {
+            id(&scientist
+                .enqueue_job(&sid, SPIN_SQL, std::slice::from_ref(&spin))
+                .unwrap())
+        })
+        .collect();
+    // Two run (the server's two workers), the third waits.
+    until(scientist, &jobs[0], |j| j["state"] == "running");
+    until(scientist, &jobs[1], |j| j["state"] == "running");
+    env.world
+        .reviewer
+        .revoke_module(&sid, &spin, "spins without end")
+        .unwrap();
+    for job in &jobs {
+        let ended = until(scientist, job, |j| {
+            !matches!(j["state"].as_str(), Some("queued" | "running"))
+        });
+        assert_eq!(ended["state"], "failed", "{ended}");
+        assert!(
+            ended["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("cancelled") || e.contains("revoked")),
+            "{ended}"
+        );
+    }
+}

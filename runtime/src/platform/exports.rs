@@ -361,7 +361,7 @@ impl Platform {
     ) -> Result<(ExportView, String, Option<Vec<u8>>)> {
         let row = db
             .query_row(
-                "SELECT id, job_id, requested_by, org_id, state, gate_report, result_hash, wrapped_key, required_approvals
+                "SELECT id, job_id, requested_by, org_id, state, gate_report, result_hash, wrapped_key, required_approvals, flag
                  FROM exports WHERE id = ?1",
                 params![id],
                 |r| {
@@ -369,12 +369,13 @@ impl Platform {
                         (r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?),
                         (r.get::<_, String>(3)?, r.get::<_, String>(4)?, r.get::<_, String>(5)?),
                         (r.get::<_, Option<String>>(6)?, r.get::<_, Option<Vec<u8>>>(7)?, r.get::<_, i64>(8)?),
+                        r.get::<_, Option<String>>(9)?,
                     ))
                 },
             )
             .optional()?
             .ok_or_else(|| Error::NotFound(format!("export {id}")))?;
-        let ((id, job, by), (org, state, report), (hash, wrapped, required)) = row;
+        let ((id, job, by), (org, state, report), (hash, wrapped, required), flag) = row;
         let reviews: Vec<ApprovalView> = db
             .prepare("SELECT reviewer_id, decision, at, comment FROM export_reviews WHERE export_id = ?1 ORDER BY at")?
             .query_map(params![id], |r| {
@@ -403,6 +404,7 @@ impl Platform {
                 plan: None,
                 modules: Vec::new(),
                 earlier: Vec::new(),
+                flag,
             },
             org,
             wrapped,
@@ -554,6 +556,11 @@ impl Platform {
                 &approved_by,
             )?;
             Self::require_active_scenario_of_job(&db, &view.job)?;
+            if let (Some(flag), "approve") = (&view.flag, decision) {
+                return Err(Error::Refused(format!(
+                    "this export request is not approved: it was {flag}; return or reject it"
+                )));
+            }
             let new_state = tidegate_policy::next_export_state(
                 &view.state,
                 ExportEvent::Reviewed {
@@ -602,6 +609,11 @@ impl Platform {
         tidegate_policy::require_role(actor, Role::Scientist)?;
         tidegate_policy::require_training(actor)?;
         Self::require_active_scenario_of_job(&db, &view.job)?;
+        if let Some(flag) = &view.flag {
+            return Err(Error::Refused(format!(
+                "this export is not released: it was {flag}"
+            )));
+        }
         let next = tidegate_policy::next_export_state(&view.state, ExportEvent::Released)?;
         let wrapped =
             wrapped.ok_or_else(|| Error::Internal("approved export without a result".into()))?;
@@ -713,8 +725,8 @@ impl Platform {
     }
 
     /// The memory of the sums released over `dataset`, with the cells suppressed because a
-    /// few subjects dominate them, built from the sealed audit records (records written
-    /// before sums were told apart hold none).
+    /// few subjects dominate them, built from the sealed audit records (in records written
+    /// before sums were told apart, every released set is taken for a sum's).
     pub(super) fn sums_memory(
         &self,
         db: &Connection,
@@ -724,11 +736,16 @@ impl Platform {
         // Another seed than the whole memory's: the two ledgers' weights are independent.
         let mut ledger = tidegate_policy::Ledger::new(seed ^ 0x7375_6d73);
         for (export, rows) in self.audit_records(db, dataset)? {
-            if let (Some(sums), Some(dominated)) = (rows.get(2), rows.get(3)) {
-                ledger.add_all_released(&export, sums);
-                for set in dominated {
-                    ledger.add_protected(&export, set.clone());
+            match (rows.get(2), rows.get(3)) {
+                (Some(sums), Some(dominated)) => {
+                    ledger.add_all_released(&export, sums);
+                    for set in dominated {
+                        ledger.add_protected(&export, set.clone());
+                    }
                 }
+                // Written before sums were told apart: every released set is taken for a
+                // sum's (more refusals, never fewer).
+                _ => ledger.add_all_released(&export, &rows[0]),
             }
         }
         Ok(Arc::new(ledger))

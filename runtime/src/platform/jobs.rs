@@ -39,7 +39,8 @@ impl Platform {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let tx = db.transaction()?;
         tx.execute(
-            "INSERT OR IGNORE INTO modules VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, NULL, NULL, ?7)",
+            "INSERT OR IGNORE INTO modules (hash, scenario_id, uploaded_by, org_id, functions, wasm, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
                 validated.hash,
                 scenario,
@@ -78,19 +79,27 @@ impl Platform {
             .db
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let row: Option<(String, String, String, Option<String>)> = db
+        // (org, uploaded by, functions, approved by, revoked by)
+        type Row = (String, String, String, Option<String>, Option<String>);
+        let row: Option<Row> = db
             .query_row(
-                "SELECT org_id, uploaded_by, functions, approved_by FROM modules WHERE hash = ?1 AND scenario_id = ?2",
+                "SELECT org_id, uploaded_by, functions, approved_by, revoked_by FROM modules WHERE hash = ?1 AND scenario_id = ?2",
                 params![hash, scenario],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
             )
             .optional()?;
-        let (org, uploaded_by, functions, approved_by) =
+        let (org, uploaded_by, functions, approved_by, revoked_by) =
             row.ok_or_else(|| Error::NotFound(format!("module {hash} in scenario {scenario}")))?;
         tidegate_policy::can_approve_module(actor, Self::org_kind(&db, &actor.org)?, &org)?;
         if approved_by.is_some() {
             return Err(Error::BadInput(
                 "this module is already approved for this scenario".into(),
+            ));
+        }
+        if revoked_by.is_some() {
+            return Err(Error::Refused(
+                "this module's approval for this scenario was revoked; it is not approved again"
+                    .into(),
             ));
         }
         if note.trim().is_empty() {
@@ -665,42 +674,56 @@ impl Platform {
                 .db
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let state = Self::job_row(&db, id)?.view.state;
-            match state.as_str() {
-                "queued" => {
-                    self.end_unrun(
-                        &mut db,
-                        id,
-                        "queued",
-                        &actor.id,
-                        "cancelled before it started",
-                    )?;
-                    self.queue.remove(id);
-                }
-                "running" => {
-                    self.cancels
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .insert(id.to_string());
-                    let running = self
-                        .running
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    for (_, meter) in running
-                        .get(&job.scenario)
-                        .into_iter()
-                        .flatten()
-                        .filter(|(j, _)| j == id)
-                    {
-                        meter.cancel();
-                    }
-                }
-                ended => {
-                    return Err(Error::Refused(format!("the job has already {ended}")));
-                }
-            }
+            self.stop_job(
+                &mut db,
+                id,
+                &job.scenario,
+                &actor.id,
+                "cancelled before it started",
+            )?;
         }
         self.get_job(actor, id)
+    }
+
+    /// Stops a job under the metadata lock: queued, it never runs (ended with `why`);
+    /// running, it ends cancelled; ended, refused.
+    pub(super) fn stop_job(
+        &self,
+        db: &mut Connection,
+        id: &str,
+        scenario: &str,
+        by: &str,
+        why: &str,
+    ) -> Result<()> {
+        let state = Self::job_row(db, id)?.view.state;
+        match state.as_str() {
+            "queued" => {
+                self.end_unrun(db, id, "queued", by, why)?;
+                self.queue.remove(id);
+            }
+            "running" => {
+                self.cancels
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(id.to_string());
+                let running = self
+                    .running
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                for (_, meter) in running
+                    .get(scenario)
+                    .into_iter()
+                    .flatten()
+                    .filter(|(j, _)| j == id)
+                {
+                    meter.cancel();
+                }
+            }
+            ended => {
+                return Err(Error::Refused(format!("the job has already {ended}")));
+            }
+        }
+        Ok(())
     }
 
     fn unlist_running(&self, scenario: &str, id: &str) {

@@ -103,17 +103,29 @@ pub struct ModuleSummary {
     pub uploaded_at: String,
 }
 
-/// Rows of `sql` (which selects `created_at` and `id` first, after `WHERE` conditions ending
-/// in the cursor's), kept by `keep`, a page of them.
+/// What a list selects: `sql` (its `created_at` and `id` first, then its `WHERE` conditions,
+/// to which the cursor's are added), its arguments, and whether the caller may see every row
+/// it selects.
+struct Select<'a> {
+    sql: &'a str,
+    args: Vec<rusqlite::types::Value>,
+    every_row_visible: bool,
+}
+
+/// The rows `select` gives, kept by `keep`, a page of them.
 fn page<T>(
     db: &Connection,
-    sql: &str,
-    mut args: Vec<rusqlite::types::Value>,
+    select: Select<'_>,
     q: &ListQuery,
     mut read: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
     mut keep: impl FnMut(&T) -> Result<bool>,
     cursor_of: impl Fn(&T) -> (String, String),
 ) -> Result<Listing<T>> {
+    let Select {
+        sql,
+        mut args,
+        every_row_visible,
+    } = select;
     let limit = q.limit()?;
     let (cmp, order) = if q.queue { (">", "ASC") } else { ("<", "DESC") };
     let (at, id) = q
@@ -129,26 +141,35 @@ fn page<T>(
     let mut stmt = db.prepare(&sql)?;
     let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
     let mut items = Vec::new();
-    let mut more = false;
+    // A page examines a bounded number of rows under the metadata lock: past it, the page
+    // ends early with a cursor at the last row examined (a caller who may see few rows of a
+    // large table pages through it instead of holding the lock for the whole scan). Only
+    // where the caller may see every row the query selects: a cursor names its row.
+    let most = if every_row_visible {
+        limit * 4 + 500
+    } else {
+        usize::MAX
+    };
+    let (mut examined, mut last) = (0usize, None);
+    let mut next = None;
     while let Some(row) = rows.next()? {
         let item = read(row)?;
-        if !keep(&item)? {
-            continue;
+        examined += 1;
+        let here = cursor_of(&item);
+        if keep(&item)? {
+            if items.len() == limit {
+                next = last.take();
+                break;
+            }
+            items.push(item);
         }
-        if items.len() == limit {
-            more = true;
+        last = Some(here);
+        if examined >= most {
+            next = last.take();
             break;
         }
-        items.push(item);
     }
-    let next = if more {
-        items.last().map(|i| {
-            let (at, id) = cursor_of(i);
-            format!("{at}~{id}")
-        })
-    } else {
-        None
-    };
+    let next = next.map(|(at, id)| format!("{at}~{id}"));
     Ok(Listing { items, next })
 }
 
@@ -200,8 +221,11 @@ impl Platform {
         };
         page(
             &db,
-            &sql,
-            args,
+            Select {
+                sql: &sql,
+                args,
+                every_row_visible: true,
+            },
             q,
             |r| {
                 Ok(ExportSummary {
@@ -260,8 +284,11 @@ impl Platform {
         }
         page(
             &db,
-            &sql,
-            args,
+            Select {
+                sql: &sql,
+                args,
+                every_row_visible: true,
+            },
             q,
             |r| {
                 Ok(JobSummary {
@@ -303,11 +330,14 @@ impl Platform {
         };
         match state {
             None => {}
-            Some("awaiting") => sql.push_str(" AND t.approved_by IS NULL"),
+            Some("awaiting") => {
+                sql.push_str(" AND t.approved_by IS NULL AND t.revoked_by IS NULL");
+            }
             Some("approved") => sql.push_str(" AND t.approved_by IS NOT NULL"),
+            Some("revoked") => sql.push_str(" AND t.revoked_by IS NOT NULL"),
             Some(_) => {
                 return Err(Error::BadInput(
-                    "a module's state is awaiting or approved".into(),
+                    "a module's state is awaiting, approved or revoked".into(),
                 ));
             }
         }
@@ -317,8 +347,11 @@ impl Platform {
         }
         page(
             &db,
-            &sql,
-            args,
+            Select {
+                sql: &sql,
+                args,
+                every_row_visible: true,
+            },
             q,
             |r| {
                 let functions: String = r.get(6)?;
@@ -348,6 +381,8 @@ impl Platform {
         q: &ListQuery,
     ) -> Result<Listing<ScenarioView>> {
         let db = self.lock_db();
+        let scenarios_all_visible =
+            tidegate_policy::oversees_all_orgs(actor, Self::org_kind(&db, &actor.org)?);
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
         let mut sql = String::from("SELECT t.created_at, t.id FROM scenarios t WHERE 1 = 1");
         if let Some(s) = &q.state {
@@ -356,8 +391,11 @@ impl Platform {
         }
         let listing = page(
             &db,
-            &sql,
-            args,
+            Select {
+                sql: &sql,
+                args,
+                every_row_visible: scenarios_all_visible,
+            },
             q,
             |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
             |(_, id)| {
@@ -393,8 +431,11 @@ impl Platform {
         tidegate_policy::can_read_directory(actor, Self::org_kind(&db, &actor.org)?)?;
         let listing = page(
             &db,
-            "SELECT t.created_at, t.id, t.name, t.kind FROM orgs t WHERE 1 = 1",
-            Vec::new(),
+            Select {
+                sql: "SELECT t.created_at, t.id, t.name, t.kind FROM orgs t WHERE 1 = 1",
+                args: Vec::new(),
+                every_row_visible: true,
+            },
             q,
             |r| {
                 Ok((
@@ -425,8 +466,11 @@ impl Platform {
         tidegate_policy::can_read_directory(actor, Self::org_kind(&db, &actor.org)?)?;
         let listing = page(
             &db,
-            "SELECT t.created_at, t.id, t.name FROM principals t WHERE 1 = 1",
-            Vec::new(),
+            Select {
+                sql: "SELECT t.created_at, t.id, t.name FROM principals t WHERE 1 = 1",
+                args: Vec::new(),
+                every_row_visible: true,
+            },
             q,
             |r| {
                 Ok((

@@ -39,12 +39,14 @@ mod datasets;
 mod exports;
 mod jobs;
 mod lists;
+mod modules;
 mod policy;
 mod queue;
 mod reading;
 mod scenarios;
 
 pub use lists::{ExportSummary, JobSummary, ListQuery, Listing, ModuleSummary};
+pub use modules::ModuleDetail;
 pub use reading::local_table;
 use reading::{FileBytes, column_specs};
 
@@ -466,6 +468,9 @@ pub struct ExportView {
     /// The scenario's other exports that passed the gate, shown to reviewers beside this one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub earlier: Vec<Value>,
+    /// Why it can no longer be approved or downloaded (a module of it lost its approval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flag: Option<String>,
 }
 
 struct DatasetRow {
@@ -607,10 +612,17 @@ const MIGRATIONS: &[(i64, &str)] = &[
          ALTER TABLE exports ADD COLUMN audit_key BLOB;
          ALTER TABLE exports ADD COLUMN audit_datasets TEXT;",
     ),
+    (
+        10,
+        "ALTER TABLE modules ADD COLUMN revoked_by TEXT;
+         ALTER TABLE modules ADD COLUMN revoked_at TEXT;
+         ALTER TABLE modules ADD COLUMN revoke_reason TEXT;
+         ALTER TABLE exports ADD COLUMN flag TEXT;",
+    ),
 ];
 
 /// The schema version this build writes.
-const SCHEMA_VERSION: i64 = 9;
+const SCHEMA_VERSION: i64 = 10;
 
 /// Who moves an export when the gate does.
 const GATE_ACTOR: &str = "export gate";

@@ -32,6 +32,7 @@ use crate::text::{MAX_QUOTED_BYTES, defuse};
 mod guest;
 mod scalar;
 mod validate;
+pub use validate::{ModuleFacts, module_facts};
 
 pub(crate) use guest::{Guest, JobInstances};
 use scalar::scalars_of;

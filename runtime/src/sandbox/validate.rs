@@ -98,6 +98,61 @@ pub(super) fn check_export(
     }
 }
 
+/// What a reviewer reads of a module's structure, besides its manifest: parsed, never run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ModuleFacts {
+    pub size_bytes: u64,
+    /// Functions the module defines (its code), and how many it imports (none is allowed).
+    pub defined_functions: u32,
+    pub imports: u32,
+    /// Every name it exports.
+    pub exports: Vec<String>,
+    /// Its memory, in 64 KiB pages: at instantiation, and the most it declares (if any).
+    pub memory_initial_pages: Option<u64>,
+    pub memory_maximum_pages: Option<u64>,
+    /// Bytes of its data segments (constants baked into the module).
+    pub data_bytes: u64,
+    /// Names of its custom sections (debug information, producers, the manifest).
+    pub custom_sections: Vec<String>,
+}
+
+/// The structure of a module that passed validation.
+pub fn module_facts(bytes: &[u8]) -> std::result::Result<ModuleFacts, String> {
+    use wasmparser::{Parser, Payload};
+    let mut facts = ModuleFacts {
+        size_bytes: bytes.len() as u64,
+        ..ModuleFacts::default()
+    };
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload.map_err(|e| format!("malformed: {e}"))? {
+            Payload::FunctionSection(r) => facts.defined_functions = r.count(),
+            Payload::ImportSection(r) => facts.imports = r.count(),
+            Payload::ExportSection(r) => {
+                for e in r {
+                    let e = e.map_err(|e| format!("malformed export: {e}"))?;
+                    facts.exports.push(e.name.to_string());
+                }
+            }
+            Payload::MemorySection(r) => {
+                for m in r {
+                    let m = m.map_err(|e| format!("malformed memory: {e}"))?;
+                    facts.memory_initial_pages = Some(m.initial);
+                    facts.memory_maximum_pages = m.maximum;
+                }
+            }
+            Payload::DataSection(r) => {
+                for d in r {
+                    let d = d.map_err(|e| format!("malformed data segment: {e}"))?;
+                    facts.data_bytes += d.data.len() as u64;
+                }
+            }
+            Payload::CustomSection(c) => facts.custom_sections.push(c.name().to_string()),
+            _ => {}
+        }
+    }
+    Ok(facts)
+}
+
 /// Structural caps checked by parsing, before anything is compiled: a module too large or too
 /// complex is refused cheaply with a report of what is over which limit.
 pub(super) fn precheck(bytes: &[u8], memory_cap: usize) -> std::result::Result<(), String> {

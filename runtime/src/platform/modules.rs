@@ -1,0 +1,241 @@
+//! Module review you can see (issue 18, item 2): a module's manifest, structure and history,
+//! its bytes for the reviewer to read, and revoking an approval (jobs using it stop; exports
+//! computed with it are flagged and can no longer be approved or downloaded).
+
+use super::*;
+
+/// A module as its reviewer reads it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModuleDetail {
+    pub hash: String,
+    pub scenario: String,
+    pub org: String,
+    pub uploaded_by: String,
+    pub uploaded_at: String,
+    pub functions: Vec<crate::sandbox::FunctionSig>,
+    pub structure: crate::sandbox::ModuleFacts,
+    /// `awaiting`, `approved` or `revoked`.
+    pub state: String,
+    pub approved_by: Option<String>,
+    pub approved_at: Option<String>,
+    pub approval_note: Option<String>,
+    pub revoked_by: Option<String>,
+    pub revoked_at: Option<String>,
+    pub revoke_reason: Option<String>,
+    /// The scenario's jobs that called it, and the export requests made from them.
+    pub jobs: Vec<String>,
+    pub exports: Vec<String>,
+}
+
+struct ModuleRow {
+    org: String,
+    uploaded_by: String,
+    uploaded_at: String,
+    functions: String,
+    wasm: Vec<u8>,
+    approved_by: Option<String>,
+    approved_at: Option<String>,
+    approval_note: Option<String>,
+    revoked_by: Option<String>,
+    revoked_at: Option<String>,
+    revoke_reason: Option<String>,
+}
+
+impl Platform {
+    fn module_row(db: &Connection, scenario: &str, hash: &str) -> Result<ModuleRow> {
+        db.query_row(
+            "SELECT org_id, uploaded_by, created_at, functions, wasm, approved_by, approved_at,
+                    approval_note, revoked_by, revoked_at, revoke_reason
+             FROM modules WHERE hash = ?1 AND scenario_id = ?2",
+            params![hash, scenario],
+            |r| {
+                Ok(ModuleRow {
+                    org: r.get(0)?,
+                    uploaded_by: r.get(1)?,
+                    uploaded_at: r.get(2)?,
+                    functions: r.get(3)?,
+                    wasm: r.get(4)?,
+                    approved_by: r.get(5)?,
+                    approved_at: r.get(6)?,
+                    approval_note: r.get(7)?,
+                    revoked_by: r.get(8)?,
+                    revoked_at: r.get(9)?,
+                    revoke_reason: r.get(10)?,
+                })
+            },
+        )
+        .optional()?
+        .ok_or_else(|| Error::NotFound(format!("module {hash} in scenario {scenario}")))
+    }
+
+    /// The module, if the caller may read it: its org, or the authority's offices (others
+    /// are told it does not exist).
+    fn readable_module(
+        db: &Connection,
+        actor: &Principal,
+        scenario: &str,
+        hash: &str,
+    ) -> Result<ModuleRow> {
+        let row = Self::module_row(db, scenario, hash)?;
+        if row.org != actor.org
+            && !tidegate_policy::oversees_all_orgs(actor, Self::org_kind(db, &actor.org)?)
+        {
+            return Err(Error::NotFound(format!(
+                "module {hash} in scenario {scenario}"
+            )));
+        }
+        Ok(row)
+    }
+
+    /// The scenario's jobs that called the module (ids), oldest first.
+    fn jobs_calling(db: &Connection, scenario: &str, hash: &str) -> Result<Vec<(String, String)>> {
+        let jobs: Vec<(String, String, String)> = db
+            .prepare(
+                "SELECT id, modules, state FROM jobs WHERE scenario_id = ?1 ORDER BY created_at, id",
+            )?
+            .query_map(params![scenario], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut out = Vec::new();
+        for (id, modules, state) in jobs {
+            if from_json::<Vec<String>>(&modules)?
+                .iter()
+                .any(|m| m == hash)
+            {
+                out.push((id, state));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn get_module(
+        &self,
+        actor: &Principal,
+        scenario: &str,
+        hash: &str,
+    ) -> Result<ModuleDetail> {
+        let db = self
+            .db
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let row = Self::readable_module(&db, actor, scenario, hash)?;
+        let jobs: Vec<String> = Self::jobs_calling(&db, scenario, hash)?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        let mut exports = Vec::new();
+        for job in &jobs {
+            let ids: Vec<String> = db
+                .prepare("SELECT id FROM exports WHERE job_id = ?1 ORDER BY created_at, id")?
+                .query_map(params![job], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            exports.extend(ids);
+        }
+        let state = match (&row.approved_by, &row.revoked_by) {
+            (_, Some(_)) => "revoked",
+            (Some(_), None) => "approved",
+            (None, None) => "awaiting",
+        };
+        Ok(ModuleDetail {
+            hash: hash.to_string(),
+            scenario: scenario.to_string(),
+            structure: crate::sandbox::module_facts(&row.wasm).map_err(Error::Integrity)?,
+            functions: from_json(&row.functions)?,
+            org: row.org,
+            uploaded_by: row.uploaded_by,
+            uploaded_at: row.uploaded_at,
+            state: state.to_string(),
+            approved_by: row.approved_by,
+            approved_at: row.approved_at,
+            approval_note: row.approval_note,
+            revoked_by: row.revoked_by,
+            revoked_at: row.revoked_at,
+            revoke_reason: row.revoke_reason,
+            jobs,
+            exports,
+        })
+    }
+
+    /// The module's bytes, for its reviewer to read (audited).
+    pub fn module_bytes(&self, actor: &Principal, scenario: &str, hash: &str) -> Result<Vec<u8>> {
+        let db = self
+            .db
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let row = Self::readable_module(&db, actor, scenario, hash)?;
+        self.audit.append(
+            &actor.id,
+            "module.download",
+            hash,
+            json!({ "scenario": scenario, "bytes": row.wasm.len() }),
+        )?;
+        Ok(row.wasm)
+    }
+
+    /// Revokes a module's approval for a scenario (the authority's reviewers and admins):
+    /// its queued and running jobs stop, no job may call it again, and the export requests
+    /// computed with it are flagged: none of them is approved or downloaded any more.
+    pub fn revoke_module(
+        &self,
+        actor: &Principal,
+        scenario: &str,
+        hash: &str,
+        reason: &str,
+    ) -> Result<ModuleDetail> {
+        {
+            let mut db = self
+                .db
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let row = Self::readable_module(&db, actor, scenario, hash)?;
+            tidegate_policy::can_revoke_module(actor, Self::org_kind(&db, &actor.org)?)?;
+            if row.approved_by.is_none() {
+                return Err(Error::BadInput(
+                    "this module is not approved for this scenario; there is nothing to revoke"
+                        .into(),
+                ));
+            }
+            if reason.trim().is_empty() {
+                return Err(Error::BadInput(
+                    "a revocation says why: give a reason".into(),
+                ));
+            }
+            let jobs = Self::jobs_calling(&db, scenario, hash)?;
+            let now = crate::now_rfc3339();
+            let flag = format!("computed with module {hash}, whose approval was revoked: {reason}");
+            let tx = db.transaction()?;
+            tx.execute(
+                "UPDATE modules SET approved_by = NULL, revoked_by = ?3, revoked_at = ?4,
+                        revoke_reason = ?5
+                 WHERE hash = ?1 AND scenario_id = ?2",
+                params![hash, scenario, actor.id, now, reason],
+            )?;
+            let mut flagged = 0usize;
+            for (job, _) in &jobs {
+                flagged += tx.execute(
+                    "UPDATE exports SET flag = ?2 WHERE job_id = ?1 AND flag IS NULL",
+                    params![job, flag],
+                )?;
+            }
+            self.audit.append(
+                &actor.id,
+                "module.revoke",
+                hash,
+                json!({ "scenario": scenario, "reason": reason, "exports_flagged": flagged }),
+            )?;
+            tx.commit()?;
+            for (job, state) in &jobs {
+                if state == "queued" || state == "running" {
+                    // A job that ended meanwhile is left as it ended.
+                    let _ = self.stop_job(
+                        &mut db,
+                        job,
+                        scenario,
+                        &actor.id,
+                        "its module's approval was revoked",
+                    );
+                }
+            }
+        }
+        self.get_module(actor, scenario, hash)
+    }
+}
