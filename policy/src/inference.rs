@@ -865,18 +865,7 @@ pub fn decode_sets(bytes: &[u8]) -> Option<Vec<Vec<SubjectSet>>> {
 /// The rows [`encode_sets`] wrote at the start of `bytes`, and where they end.
 fn decode_sets_from(bytes: &[u8]) -> Option<(Vec<Vec<SubjectSet>>, usize)> {
     let mut at = 0usize;
-    let mut get = || -> Option<u64> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = *bytes.get(at)?;
-            at += 1;
-            v |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Some(v);
-            }
-        }
-        None
-    };
+    let mut get = || varint(bytes, &mut at);
     let rows = get()?;
     let mut out = Vec::with_capacity(rows.min(1 << 20) as usize);
     for _ in 0..rows {

@@ -424,6 +424,29 @@ const RELEASE_CELLS: usize = 20_000;
 /// MEMORY_CELLS^2 words: 200 MB at 5,000).
 const MEMORY_CELLS: usize = 5_000;
 
+/// `ledger` with a release's cells and the sets it protects added, or why it cannot hold them
+/// (`what` names the ledger in the reason).
+fn with_release(
+    ledger: &Ledger,
+    origin: &str,
+    released: &[SubjectSet],
+    protected: &[SubjectSet],
+    what: &str,
+) -> std::result::Result<Ledger, String> {
+    if ledger.rank() + released.len() > MEMORY_CELLS {
+        return Err(format!(
+            "the data's release history{what} is full ({} independent cells remembered, at most {MEMORY_CELLS}): no more exact releases over it; a scenario with differential privacy can still release",
+            ledger.rank()
+        ));
+    }
+    let mut next = Ledger::clone(ledger);
+    next.add_all_released(origin, released);
+    for set in protected {
+        next.add_protected(origin, set.clone());
+    }
+    Ok(next)
+}
+
 /// The linear audit of the release with everything released before it over the same data:
 /// the outcome, and what the release adds to the gate's memory.
 fn audit(rows: &[GroupRow], memory: &Memory<'_>, k: u64) -> (CheckOutcome, Remembered) {
@@ -465,23 +488,20 @@ fn audit(rows: &[GroupRow], memory: &Memory<'_>, k: u64) -> (CheckOutcome, Remem
             Remembered::default(),
         );
     }
+    let refused = |why: String| (CheckOutcome::Fail(why), Remembered::default());
     let mut earlier = 0usize;
     for (d, (dataset, ledger)) in memory.ledgers.iter().enumerate() {
-        if ledger.rank() + remembered.released.len() > MEMORY_CELLS {
-            return (
-                CheckOutcome::Fail(format!(
-                    "the data's release history is full ({} independent cells remembered, at most {MEMORY_CELLS}): no more exact releases over it; a scenario with differential privacy can still release",
-                    ledger.rank()
-                )),
-                Remembered::default(),
-            );
-        }
         earlier += ledger.cells();
-        let mut next = Ledger::clone(ledger);
-        next.add_all_released(memory.origin, &remembered.released);
-        for set in &remembered.protected {
-            next.add_protected(memory.origin, set.clone());
-        }
+        let next = match with_release(
+            ledger,
+            memory.origin,
+            &remembered.released,
+            &remembered.protected,
+            "",
+        ) {
+            Ok(next) => next,
+            Err(why) => return refused(why),
+        };
         if let Some(found) = next.disclosure(k) {
             return (
                 CheckOutcome::Fail(format!("{found}: refused (k={k})")),
@@ -494,20 +514,16 @@ fn audit(rows: &[GroupRow], memory: &Memory<'_>, k: u64) -> (CheckOutcome, Remem
         // released: counts are not in this ledger.
         match memory.value_ledgers.get(d).cloned().flatten() {
             Some(values) => {
-                if values.rank() + remembered.value_released.len() > MEMORY_CELLS {
-                    return (
-                        CheckOutcome::Fail(format!(
-                            "the data's release history of sums is full ({} independent sums remembered, at most {MEMORY_CELLS}): no more exact releases over it; a scenario with differential privacy can still release",
-                            values.rank()
-                        )),
-                        Remembered::default(),
-                    );
-                }
-                let mut next = Ledger::clone(&values);
-                next.add_all_released(memory.origin, &remembered.value_released);
-                for set in &remembered.dominated {
-                    next.add_protected(memory.origin, set.clone());
-                }
+                let next = match with_release(
+                    &values,
+                    memory.origin,
+                    &remembered.value_released,
+                    &remembered.dominated,
+                    " of sums",
+                ) {
+                    Ok(next) => next,
+                    Err(why) => return refused(why),
+                };
                 if let Some(found) = next.protected_disclosure() {
                     return (
                         CheckOutcome::Fail(format!(

@@ -22,6 +22,23 @@ pub struct Answer {
     pub body: Value,
 }
 
+impl Answer {
+    /// The body of a 2xx answer; otherwise an error with the server's message and status.
+    pub fn into_result(self) -> Result<Value> {
+        if (200..300).contains(&self.status) {
+            Ok(self.body)
+        } else {
+            Err(anyhow!(
+                "{} ({})",
+                self.body["message"]
+                    .as_str()
+                    .unwrap_or("the server gave no message"),
+                self.status
+            ))
+        }
+    }
+}
+
 impl Client {
     pub fn new(url: &str, token: Option<&str>) -> Client {
         let agent = ureq::Agent::config_builder()
@@ -54,22 +71,24 @@ impl Client {
         }
     }
 
+    /// A GET of `url` with the bearer token.
+    fn get_request(&self, url: &str) -> ureq::RequestBuilder<ureq::typestate::WithoutBody> {
+        let req = self.agent.get(url);
+        match &self.token {
+            Some(t) => req.header("Authorization", format!("Bearer {t}")),
+            None => req,
+        }
+    }
+
     /// Sends a request and returns the answer whatever its status.
     pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Answer> {
         let url = format!("{}{path}", self.url);
-        let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
         let response = match (method, body) {
-            ("GET", _) => {
-                let mut req = self.agent.get(&url);
-                if let Some(a) = &auth {
-                    req = req.header("Authorization", a);
-                }
-                req.call()
-            }
+            ("GET", _) => self.get_request(&url).call(),
             (_, body) => {
                 let mut req = self.agent.post(&url);
-                if let Some(a) = &auth {
-                    req = req.header("Authorization", a);
+                if let Some(t) = &self.token {
+                    req = req.header("Authorization", format!("Bearer {t}"));
                 }
                 req.send_json(body.cloned().unwrap_or(json!({})))
             }
@@ -87,18 +106,7 @@ impl Client {
 
     /// Sends a request and turns a non-2xx answer into an error with the server's message.
     pub fn ok(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
-        let a = self.call(method, path, body)?;
-        if (200..300).contains(&a.status) {
-            Ok(a.body)
-        } else {
-            Err(anyhow!(
-                "{} ({})",
-                a.body["message"]
-                    .as_str()
-                    .unwrap_or("the server gave no message"),
-                a.status
-            ))
-        }
+        self.call(method, path, body)?.into_result()
     }
 
     /// A page of a list (`/v1/exports`, `/v1/jobs`, `/v1/modules`, `/v1/scenarios`,
@@ -121,23 +129,14 @@ impl Client {
             pairs.push(("after", a.clone()));
         }
         let url = format!("{}{path}", self.url);
-        let mut req = self.agent.get(&url).query_pairs(pairs);
-        if let Some(t) = &self.token {
-            req = req.header("Authorization", format!("Bearer {t}"));
-        }
-        let mut response = req.call().with_context(|| format!("cannot reach {url}"))?;
+        let mut response = self
+            .get_request(&url)
+            .query_pairs(pairs)
+            .call()
+            .with_context(|| format!("cannot reach {url}"))?;
         let status = response.status().as_u16();
         let body: Value = response.body_mut().read_json().unwrap_or(Value::Null);
-        if (200..300).contains(&status) {
-            Ok(body)
-        } else {
-            Err(anyhow!(
-                "{} ({status})",
-                body["message"]
-                    .as_str()
-                    .unwrap_or("the server gave no message")
-            ))
-        }
+        Answer { status, body }.into_result()
     }
 
     pub fn create_org(&self, name: &str, kind: &str) -> Result<Value> {
@@ -222,16 +221,7 @@ impl Client {
             .with_context(|| format!("cannot reach {url}"))?;
         let status = response.status().as_u16();
         let body: Value = response.body_mut().read_json().unwrap_or(Value::Null);
-        if (200..300).contains(&status) {
-            Ok(body)
-        } else {
-            Err(anyhow!(
-                "{} ({status})",
-                body["message"]
-                    .as_str()
-                    .unwrap_or("the server gave no message")
-            ))
-        }
+        Answer { status, body }.into_result()
     }
 
     /// Approves an operating unit's social data (admin).
@@ -365,20 +355,15 @@ impl Client {
     /// A module's bytes.
     pub fn module_bytes(&self, scenario: &str, hash: &str) -> Result<Vec<u8>> {
         let url = format!("{}/v1/scenarios/{scenario}/modules/{hash}/wasm", self.url);
-        let mut req = self.agent.get(&url);
-        if let Some(t) = &self.token {
-            req = req.header("Authorization", format!("Bearer {t}"));
-        }
-        let mut response = req.call().with_context(|| format!("cannot reach {url}"))?;
+        let mut response = self
+            .get_request(&url)
+            .call()
+            .with_context(|| format!("cannot reach {url}"))?;
         let status = response.status().as_u16();
         if !(200..300).contains(&status) {
             let body: Value = response.body_mut().read_json().unwrap_or(Value::Null);
-            return Err(anyhow!(
-                "{} ({status})",
-                body["message"]
-                    .as_str()
-                    .unwrap_or("the server gave no message")
-            ));
+            // A status outside 2xx is always an error.
+            Answer { status, body }.into_result()?;
         }
         Ok(response
             .body_mut()

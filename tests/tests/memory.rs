@@ -96,6 +96,37 @@ fn approved(
     sid
 }
 
+/// The first `n` residents of the demo data (their IDs are well-formed).
+fn residents(n: usize) -> Vec<String> {
+    data()
+        .into_iter()
+        .map(|(id, _, _, _)| id)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .take(n)
+        .collect()
+}
+
+/// `csv` imported at L2 as `name` with `columns`, and a scenario granting all of them,
+/// approved: its id.
+fn granted(w: &tidegate_server::World, name: &str, columns: Value, csv: &str) -> String {
+    let names: Vec<Value> = columns
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].clone())
+        .collect();
+    w.provider
+        .import_dataset(
+            json!({ "name": name, "level": "L2", "format": "csv", "columns": columns }),
+            csv.as_bytes(),
+        )
+        .unwrap();
+    let mut request = common::scenario_request(false);
+    request["grants"] = json!([{ "dataset": name, "columns": names }]);
+    approved(w, &w.scientist, &request)
+}
+
 const BY_SPOT: &str = "SELECT spot, count(*) AS n, sum(spend) AS total FROM visits GROUP BY spot";
 
 /// The second query of a differencing pair: every visit but the lone one, under a key
@@ -171,13 +202,7 @@ fn a_difference_read_through_a_union_is_suppressed() {
 fn a_difference_read_through_a_self_join_is_suppressed() {
     let (env, _, _) = active_scenario();
     let w = &env.world;
-    let ids: Vec<String> = data()
-        .into_iter()
-        .map(|(id, _, _, _)| id)
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .take(48)
-        .collect();
+    let ids = residents(48);
     let mut csv = String::from("resident_id,district,age,spend\n");
     for (i, id) in ids.iter().enumerate() {
         let district = ["Bay", "Hill", "Lake", "Dock"][i % 4];
@@ -185,26 +210,17 @@ fn a_difference_read_through_a_self_join_is_suppressed() {
         let age = if i == 3 { 77 } else { 20 + i % 40 };
         csv.push_str(&format!("{id},{district},{age},{}\n", 100 + 37 * i));
     }
-    w.provider
-        .import_dataset(
-            json!({
-                "name": "people",
-                "level": "L2",
-                "format": "csv",
-                "columns": [
-                    { "name": "resident_id", "data_type": "utf8", "tags": ["pii:resident_id", "entity"] },
-                    { "name": "district", "data_type": "utf8", "tags": ["dimension"] },
-                    { "name": "age", "data_type": "int64", "tags": ["quasi"] },
-                    { "name": "spend", "data_type": "int64", "tags": ["sensitive"] },
-                ],
-            }),
-            csv.as_bytes(),
-        )
-        .unwrap();
-    let mut request = common::scenario_request(false);
-    request["grants"] =
-        json!([{ "dataset": "people", "columns": ["resident_id", "district", "age", "spend"] }]);
-    let sid = approved(w, &w.scientist, &request);
+    let sid = granted(
+        w,
+        "people",
+        json!([
+            { "name": "resident_id", "data_type": "utf8", "tags": ["pii:resident_id", "entity"] },
+            { "name": "district", "data_type": "utf8", "tags": ["dimension"] },
+            { "name": "age", "data_type": "int64", "tags": ["quasi"] },
+            { "name": "spend", "data_type": "int64", "tags": ["sensitive"] },
+        ]),
+        &csv,
+    );
     let first = export(
         &env,
         &w.scientist,
@@ -367,13 +383,7 @@ fn a_margin_released_after_a_suppressed_cell_is_refused() {
 fn a_sum_dominated_by_one_subject_is_not_given_by_a_later_margin() {
     let (env, _, _) = active_scenario();
     let w = &env.world;
-    let ids: Vec<String> = data()
-        .into_iter()
-        .map(|(id, _, _, _)| id)
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .take(54)
-        .collect();
+    let ids = residents(54);
     // 12, 13, 14 and 15 residents; one resident of the largest district spends over 90% of
     // its total (but not of the city's).
     let districts = [("Bay", 12), ("Hill", 13), ("Lake", 14), ("Dock", 15)];
@@ -388,25 +398,16 @@ fn a_sum_dominated_by_one_subject_is_not_given_by_a_later_margin() {
             csv.push_str(&format!("{},{district},{spend}\n", next.next().unwrap()));
         }
     }
-    w.provider
-        .import_dataset(
-            json!({
-                "name": "shops",
-                "level": "L2",
-                "format": "csv",
-                "columns": [
-                    { "name": "resident_id", "data_type": "utf8", "tags": ["pii:resident_id", "entity"] },
-                    { "name": "district", "data_type": "utf8", "tags": ["dimension"] },
-                    { "name": "spend", "data_type": "int64", "tags": ["sensitive"] },
-                ],
-            }),
-            csv.as_bytes(),
-        )
-        .unwrap();
-    let mut request = common::scenario_request(false);
-    request["grants"] =
-        json!([{ "dataset": "shops", "columns": ["resident_id", "district", "spend"] }]);
-    let sid = approved(w, &w.scientist, &request);
+    let sid = granted(
+        w,
+        "shops",
+        json!([
+            { "name": "resident_id", "data_type": "utf8", "tags": ["pii:resident_id", "entity"] },
+            { "name": "district", "data_type": "utf8", "tags": ["dimension"] },
+            { "name": "spend", "data_type": "int64", "tags": ["sensitive"] },
+        ]),
+        &csv,
+    );
     let scientist = &w.scientist;
     let table = export(
         &env,
@@ -481,37 +482,22 @@ fn a_reconstruction_by_many_subset_sums_stops_before_any_value_is_determined() {
     let w = &env.world;
     let n = 60usize;
     let mut csv = String::from("resident_id,region,code,flag\n");
-    let ids: Vec<String> = common::data()
-        .into_iter()
-        .map(|(id, _, _, _)| id)
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .take(n)
-        .collect();
+    let ids = residents(n);
     let flags: Vec<i64> = (0..n).map(|i| ((i * 7 + 3) % 5 < 2) as i64).collect();
     for (i, id) in ids.iter().enumerate() {
         csv.push_str(&format!("{id},city,{},{}\n", i * 37 % 101, flags[i]));
     }
-    w.provider
-        .import_dataset(
-            json!({
-                "name": "survey",
-                "level": "L2",
-                "format": "csv",
-                "columns": [
-                    { "name": "resident_id", "data_type": "utf8", "tags": ["pii:resident_id", "entity"] },
-                    { "name": "region", "data_type": "utf8", "tags": ["dimension"] },
-                    { "name": "code", "data_type": "int64", "tags": ["quasi"] },
-                    { "name": "flag", "data_type": "int64", "tags": ["sensitive"] },
-                ],
-            }),
-            csv.as_bytes(),
-        )
-        .unwrap();
-    let mut request = common::scenario_request(false);
-    request["grants"] =
-        json!([{ "dataset": "survey", "columns": ["resident_id", "region", "code", "flag"] }]);
-    let sid = &approved(w, &w.scientist, &request);
+    let sid = &granted(
+        w,
+        "survey",
+        json!([
+            { "name": "resident_id", "data_type": "utf8", "tags": ["pii:resident_id", "entity"] },
+            { "name": "region", "data_type": "utf8", "tags": ["dimension"] },
+            { "name": "code", "data_type": "int64", "tags": ["quasi"] },
+            { "name": "flag", "data_type": "int64", "tags": ["sensitive"] },
+        ]),
+        &csv,
+    );
     let codes: Vec<i64> = (0..n).map(|i| (i * 37 % 101) as i64).collect();
     // The equations released so far, as 0/1 rows over the subjects.
     let mut equations: Vec<Vec<f64>> = Vec::new();

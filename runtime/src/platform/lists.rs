@@ -106,16 +106,35 @@ pub struct ModuleSummary {
 /// What a list selects: `sql` (its `created_at` and `id` first, then its `WHERE` conditions,
 /// to which the cursor's are added), its arguments, and whether the caller may see every row
 /// it selects.
-struct Select<'a> {
-    sql: &'a str,
+struct Select {
+    sql: String,
     args: Vec<rusqlite::types::Value>,
     every_row_visible: bool,
+}
+
+impl Select {
+    /// `sql` ends in a `WHERE` clause that conditions are added to; every row it selects is
+    /// visible to the caller unless told otherwise.
+    fn new(sql: &str) -> Select {
+        Select {
+            sql: sql.to_string(),
+            args: Vec::new(),
+            every_row_visible: true,
+        }
+    }
+
+    /// Only the rows whose `column` is `value`.
+    fn and(&mut self, column: &str, value: &str) {
+        self.args.push(value.to_string().into());
+        self.sql
+            .push_str(&format!(" AND {column} = ?{}", self.args.len()));
+    }
 }
 
 /// The rows `select` gives, kept by `keep`, a page of them.
 fn page<T>(
     db: &Connection,
-    select: Select<'_>,
+    select: Select,
     q: &ListQuery,
     mut read: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
     mut keep: impl FnMut(&T) -> Result<bool>,
@@ -174,7 +193,8 @@ fn page<T>(
 }
 
 impl Platform {
-    fn lock_db(&self) -> std::sync::MutexGuard<'_, Connection> {
+    /// The metadata connection (a panic elsewhere does not poison it for every request).
+    pub(super) fn lock_db(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.db
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -186,8 +206,7 @@ impl Platform {
         let db = self.lock_db();
         let kind = Self::org_kind(&db, &actor.org)?;
         let oversees = tidegate_policy::oversees_all_orgs(actor, kind);
-        let mut args: Vec<rusqlite::types::Value> = Vec::new();
-        let mut sql = String::from(
+        let mut select = Select::new(
             "SELECT t.created_at, t.id, t.job_id, j.scenario_id, t.org_id, t.state, t.requested_by,
                     t.required_approvals, t.result_hash,
                     (SELECT COUNT(*) FROM export_reviews r
@@ -195,21 +214,18 @@ impl Platform {
              FROM exports t JOIN jobs j ON t.job_id = j.id WHERE 1 = 1",
         );
         if !oversees {
-            args.push(actor.org.clone().into());
-            sql.push_str(&format!(" AND t.org_id = ?{}", args.len()));
+            select.and("t.org_id", &actor.org);
         }
         let state = if q.queue {
-            Some("in_review".to_string())
+            Some("in_review")
         } else {
-            q.state.clone()
+            q.state.as_deref()
         };
         if let Some(s) = state {
-            args.push(s.into());
-            sql.push_str(&format!(" AND t.state = ?{}", args.len()));
+            select.and("t.state", s);
         }
         if let Some(s) = &q.scenario {
-            args.push(s.clone().into());
-            sql.push_str(&format!(" AND j.scenario_id = ?{}", args.len()));
+            select.and("j.scenario_id", s);
         }
         let approvers = |id: &str| -> Result<Vec<String>> {
             Ok(db
@@ -221,11 +237,7 @@ impl Platform {
         };
         page(
             &db,
-            Select {
-                sql: &sql,
-                args,
-                every_row_visible: true,
-            },
+            select,
             q,
             |r| {
                 Ok(ExportSummary {
@@ -265,30 +277,22 @@ impl Platform {
         }
         let db = self.lock_db();
         let oversees = tidegate_policy::oversees_all_orgs(actor, Self::org_kind(&db, &actor.org)?);
-        let mut args: Vec<rusqlite::types::Value> = Vec::new();
-        let mut sql = String::from(
+        let mut select = Select::new(
             "SELECT t.created_at, t.id, t.scenario_id, t.submitted_by, t.state, t.finished_at
              FROM jobs t JOIN scenarios s ON t.scenario_id = s.id WHERE 1 = 1",
         );
         if !oversees {
-            args.push(actor.org.clone().into());
-            sql.push_str(&format!(" AND s.org_id = ?{}", args.len()));
+            select.and("s.org_id", &actor.org);
         }
         if let Some(s) = &q.state {
-            args.push(s.clone().into());
-            sql.push_str(&format!(" AND t.state = ?{}", args.len()));
+            select.and("t.state", s);
         }
         if let Some(s) = &q.scenario {
-            args.push(s.clone().into());
-            sql.push_str(&format!(" AND t.scenario_id = ?{}", args.len()));
+            select.and("t.scenario_id", s);
         }
         page(
             &db,
-            Select {
-                sql: &sql,
-                args,
-                every_row_visible: true,
-            },
+            select,
             q,
             |r| {
                 Ok(JobSummary {
@@ -312,16 +316,14 @@ impl Platform {
         let db = self.lock_db();
         let kind = Self::org_kind(&db, &actor.org)?;
         let oversees = tidegate_policy::oversees_all_orgs(actor, kind);
-        let mut args: Vec<rusqlite::types::Value> = Vec::new();
         // A module is uploaded per scenario: (hash, scenario) is its key, the list's id.
-        let mut sql = String::from(
+        let mut select = Select::new(
             "SELECT t.created_at, t.id, t.hash, t.scenario_id, t.org_id, t.uploaded_by,
                     t.functions, t.approved_by
              FROM (SELECT *, hash || '.' || scenario_id AS id FROM modules) t WHERE 1 = 1",
         );
         if !oversees {
-            args.push(actor.org.clone().into());
-            sql.push_str(&format!(" AND t.org_id = ?{}", args.len()));
+            select.and("t.org_id", &actor.org);
         }
         let state = if q.queue {
             Some("awaiting")
@@ -331,10 +333,12 @@ impl Platform {
         match state {
             None => {}
             Some("awaiting") => {
-                sql.push_str(" AND t.approved_by IS NULL AND t.revoked_by IS NULL");
+                select
+                    .sql
+                    .push_str(" AND t.approved_by IS NULL AND t.revoked_by IS NULL");
             }
-            Some("approved") => sql.push_str(" AND t.approved_by IS NOT NULL"),
-            Some("revoked") => sql.push_str(" AND t.revoked_by IS NOT NULL"),
+            Some("approved") => select.sql.push_str(" AND t.approved_by IS NOT NULL"),
+            Some("revoked") => select.sql.push_str(" AND t.revoked_by IS NOT NULL"),
             Some(_) => {
                 return Err(Error::BadInput(
                     "a module's state is awaiting, approved or revoked".into(),
@@ -342,16 +346,11 @@ impl Platform {
             }
         }
         if let Some(s) = &q.scenario {
-            args.push(s.clone().into());
-            sql.push_str(&format!(" AND t.scenario_id = ?{}", args.len()));
+            select.and("t.scenario_id", s);
         }
         page(
             &db,
-            Select {
-                sql: &sql,
-                args,
-                every_row_visible: true,
-            },
+            select,
             q,
             |r| {
                 let functions: String = r.get(6)?;
@@ -383,19 +382,14 @@ impl Platform {
         let db = self.lock_db();
         let scenarios_all_visible =
             tidegate_policy::oversees_all_orgs(actor, Self::org_kind(&db, &actor.org)?);
-        let mut args: Vec<rusqlite::types::Value> = Vec::new();
-        let mut sql = String::from("SELECT t.created_at, t.id FROM scenarios t WHERE 1 = 1");
+        let mut select = Select::new("SELECT t.created_at, t.id FROM scenarios t WHERE 1 = 1");
+        select.every_row_visible = scenarios_all_visible;
         if let Some(s) = &q.state {
-            args.push(s.clone().into());
-            sql.push_str(&format!(" AND t.state = ?{}", args.len()));
+            select.and("t.state", s);
         }
         let listing = page(
             &db,
-            Select {
-                sql: &sql,
-                args,
-                every_row_visible: scenarios_all_visible,
-            },
+            select,
             q,
             |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
             |(_, id)| {
@@ -431,11 +425,7 @@ impl Platform {
         tidegate_policy::can_read_directory(actor, Self::org_kind(&db, &actor.org)?)?;
         let listing = page(
             &db,
-            Select {
-                sql: "SELECT t.created_at, t.id, t.name, t.kind FROM orgs t WHERE 1 = 1",
-                args: Vec::new(),
-                every_row_visible: true,
-            },
+            Select::new("SELECT t.created_at, t.id, t.name, t.kind FROM orgs t WHERE 1 = 1"),
             q,
             |r| {
                 Ok((
@@ -466,11 +456,7 @@ impl Platform {
         tidegate_policy::can_read_directory(actor, Self::org_kind(&db, &actor.org)?)?;
         let listing = page(
             &db,
-            Select {
-                sql: "SELECT t.created_at, t.id, t.name FROM principals t WHERE 1 = 1",
-                args: Vec::new(),
-                every_row_visible: true,
-            },
+            Select::new("SELECT t.created_at, t.id, t.name FROM principals t WHERE 1 = 1"),
             q,
             |r| {
                 Ok((

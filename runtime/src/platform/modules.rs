@@ -113,10 +113,7 @@ impl Platform {
         scenario: &str,
         hash: &str,
     ) -> Result<ModuleDetail> {
-        let db = self
-            .db
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let db = self.lock_db();
         let row = Self::readable_module(&db, actor, scenario, hash)?;
         let jobs: Vec<String> = Self::jobs_calling(&db, scenario, hash)?
             .into_iter()
@@ -157,10 +154,7 @@ impl Platform {
 
     /// The module's bytes, for its reviewer to read (audited).
     pub fn module_bytes(&self, actor: &Principal, scenario: &str, hash: &str) -> Result<Vec<u8>> {
-        let db = self
-            .db
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let db = self.lock_db();
         let row = Self::readable_module(&db, actor, scenario, hash)?;
         self.audit.append(
             &actor.id,
@@ -182,10 +176,7 @@ impl Platform {
         reason: &str,
     ) -> Result<ModuleDetail> {
         {
-            let mut db = self
-                .db
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut db = self.lock_db();
             let row = Self::readable_module(&db, actor, scenario, hash)?;
             tidegate_policy::can_revoke_module(actor, Self::org_kind(&db, &actor.org)?)?;
             if row.approved_by.is_none() {
