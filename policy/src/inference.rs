@@ -843,6 +843,62 @@ pub fn decode_rows(bytes: &[u8]) -> Option<(Vec<Vec<SubjectSet>>, Vec<u64>)> {
     (at == bytes.len()).then_some((rows, values))
 }
 
+/// Marks a result's sets kept per dataset ([`encode_by_dataset`]).
+const BY_DATASET: &[u8] = b"TGSD1";
+
+/// One dataset's part of a result's sets: per result row, its sets over that dataset's rows,
+/// and which of them are a sum's rows (bit i: set i).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DatasetRows {
+    pub sets: Vec<Vec<SubjectSet>>,
+    pub values: Vec<u64>,
+}
+
+/// A result's sets per dataset it read: a marker, the number of datasets, then per dataset
+/// its id (length and UTF-8 bytes) and its rows as [`encode_rows`] writes them (length and
+/// bytes). Each dataset's memory is given only the rows stored in it.
+pub fn encode_by_dataset(parts: &[(String, DatasetRows)]) -> Vec<u8> {
+    let mut out = BY_DATASET.to_vec();
+    put(&mut out, parts.len() as u64);
+    for (dataset, rows) in parts {
+        put(&mut out, dataset.len() as u64);
+        out.extend_from_slice(dataset.as_bytes());
+        let body = encode_rows(&rows.sets, &rows.values);
+        put(&mut out, body.len() as u64);
+        out.extend(body);
+    }
+    out
+}
+
+/// The sets [`encode_by_dataset`] wrote, in the order of `datasets`; for bytes [`encode_rows`]
+/// wrote (before sets were kept per dataset) the same rows for every dataset, as they were
+/// then audited. `None` for bytes neither wrote, or when a dataset of `datasets` is missing.
+pub fn decode_by_dataset(bytes: &[u8], datasets: &[String]) -> Option<Vec<DatasetRows>> {
+    let Some(rest) = bytes.strip_prefix(BY_DATASET) else {
+        let (sets, values) = decode_rows(bytes)?;
+        return Some(vec![DatasetRows { sets, values }; datasets.len()]);
+    };
+    let mut at = 0usize;
+    let n = varint(rest, &mut at)?;
+    let mut found: Vec<(String, DatasetRows)> = Vec::new();
+    for _ in 0..n {
+        let len = usize::try_from(varint(rest, &mut at)?).ok()?;
+        let name = std::str::from_utf8(rest.get(at..at.checked_add(len)?)?).ok()?;
+        at += len;
+        let len = usize::try_from(varint(rest, &mut at)?).ok()?;
+        let (sets, values) = decode_rows(rest.get(at..at.checked_add(len)?)?)?;
+        at += len;
+        found.push((name.to_string(), DatasetRows { sets, values }));
+    }
+    if at != rest.len() {
+        return None;
+    }
+    datasets
+        .iter()
+        .map(|d| found.iter().find(|(n, _)| n == d).map(|(_, r)| r.clone()))
+        .collect()
+}
+
 fn varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
     let mut v = 0u64;
     for shift in (0..64).step_by(7) {
@@ -901,6 +957,25 @@ mod tests {
         v.sort_unstable();
         v.dedup();
         v.into()
+    }
+
+    #[test]
+    fn a_result_s_sets_are_read_back_per_dataset_and_old_ones_for_every_dataset() {
+        let a = DatasetRows {
+            sets: vec![vec![set([1, 2, 3])], vec![]],
+            values: vec![1, 0],
+        };
+        let b = DatasetRows {
+            sets: vec![vec![set([7])], vec![set([8, 9])]],
+            values: vec![0, 1],
+        };
+        let bytes = encode_by_dataset(&[("ds_a".into(), a.clone()), ("ds_b".into(), b.clone())]);
+        let names = ["ds_b".to_string(), "ds_a".to_string()];
+        assert_eq!(decode_by_dataset(&bytes, &names), Some(vec![b, a.clone()]));
+        assert_eq!(decode_by_dataset(&bytes, &["ds_c".to_string()]), None);
+        assert_eq!(decode_by_dataset(&bytes[..bytes.len() - 1], &names), None);
+        let old = encode_rows(&a.sets, &a.values);
+        assert_eq!(decode_by_dataset(&old, &names), Some(vec![a.clone(), a]));
     }
 
     #[test]

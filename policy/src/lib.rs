@@ -21,8 +21,8 @@ pub use gate::{
     check_shape, default_threshold, is_allowed_aggregate,
 };
 pub use inference::{
-    Disclosure, Element, Ledger, SubjectSet, decode_rows, decode_sets, differs_by_fewer_than,
-    encode_rows, encode_sets,
+    DatasetRows, Disclosure, Element, Ledger, SubjectSet, decode_by_dataset, decode_rows,
+    decode_sets, differs_by_fewer_than, encode_by_dataset, encode_rows, encode_sets,
 };
 pub use model::{
     ColumnSpec, ColumnTag, DataType, ExportRules, Level, Masking, OrgKind, Origin, Principal, Role,

@@ -7,9 +7,9 @@ use arrow::datatypes::{DataType, Float64Type, Int32Type, Int64Type, Schema};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tidegate_policy::{
-    CheckOutcome, ColumnNoise, DominanceRule, GateReport, Ledger, Level, Masking, NoisePlan,
-    QueryShape, SubjectSet, check_shape, differs_by_fewer_than, discrete_laplace, mask, noised,
-    plan_noise, scan_value,
+    CheckOutcome, ColumnNoise, DatasetRows, DominanceRule, GateReport, Ledger, Level, Masking,
+    NoisePlan, QueryShape, SubjectSet, check_shape, differs_by_fewer_than, discrete_laplace, mask,
+    noised, plan_noise, scan_value,
 };
 
 use crate::error::{Error, Result};
@@ -47,20 +47,37 @@ pub struct GateInput<'a> {
 pub struct Memory<'a> {
     /// This export's id, as later reasons will name it.
     pub origin: &'a str,
-    /// Per result row (in batch order), its sets of subjects.
-    pub sets: &'a [Vec<SubjectSet>],
-    /// Per dataset with subjects that the job read, everything released over it so far.
-    pub ledgers: &'a [(String, Arc<Ledger>)],
-    /// Per result row, which of its sets are a sum's rows (bit i: set i).
-    pub values: &'a [u64],
-    /// Per dataset (as `ledgers`), the sums released over it, once a cell over it has been
-    /// suppressed because a few subjects dominate it (`None` until then).
-    pub value_ledgers: &'a [Option<Arc<Ledger>>],
+    /// Per dataset with subjects that the job read: its memory and this result's rows over it.
+    pub datasets: &'a [DatasetMemory],
 }
 
-/// What a passing release adds to the gate's memory.
+/// One dataset's memory, and what the result holds of the rows stored in it. A row of a join
+/// is each side's own stored row in each side's memory, as a plain query over that table
+/// names it.
+#[derive(Debug, Clone)]
+pub struct DatasetMemory {
+    pub dataset: String,
+    /// Everything released over the dataset so far.
+    pub ledger: Arc<Ledger>,
+    /// The sums released over it, once a cell over it has been suppressed because a few
+    /// subjects dominate it (`None` until then).
+    pub value_ledger: Option<Arc<Ledger>>,
+    /// Per result row (in batch order), its sets of the dataset's rows and subjects, and which
+    /// are a sum's rows.
+    pub rows: DatasetRows,
+}
+
+/// What a passing release adds to the gate's memory, per dataset (in the order of
+/// [`Memory::datasets`]).
 #[derive(Debug, Clone, Default)]
 pub struct Remembered {
+    pub datasets: Vec<Kept>,
+}
+
+/// What a passing release adds to one dataset's memory.
+#[derive(Debug, Clone)]
+pub struct Kept {
+    pub dataset: String,
     pub released: Vec<SubjectSet>,
     /// Sets suppressed for fewer than k subjects: never to become determinable.
     pub protected: Vec<SubjectSet>,
@@ -69,10 +86,10 @@ pub struct Remembered {
     /// The sums of cells suppressed because a few subjects dominate them: never to become
     /// determinable from other sums.
     pub dominated: Vec<SubjectSet>,
-    /// The ledgers with this release in them, to keep when it is recorded.
-    pub ledgers: Vec<(String, Arc<Ledger>)>,
-    /// The ledgers of sums with this release in them (datasets that keep one).
-    pub value_ledgers: Vec<(String, Arc<Ledger>)>,
+    /// The ledger with this release in it, to keep when it is recorded.
+    pub ledger: Arc<Ledger>,
+    /// The ledger of sums with this release in it (when the dataset keeps one).
+    pub value_ledger: Option<Arc<Ledger>>,
 }
 
 /// A scenario's privacy budget as one export request would spend it.
@@ -206,7 +223,10 @@ pub fn evaluate(input: &GateInput<'_>, batches: &[RecordBatch]) -> Result<GateOu
     // suppressed, however its key is spelled.
     let memory = match (&input.memory, input.shape.aggregated, input.privacy) {
         (Some(m), true, None) => {
-            if m.sets.len() != rows.len() {
+            if m.datasets
+                .iter()
+                .any(|d| d.rows.sets.len() != rows.len() || d.rows.values.len() != rows.len())
+            {
                 return Err(Error::Internal(
                     "the result's sets of subjects do not match its rows".into(),
                 ));
@@ -380,26 +400,30 @@ pub fn evaluate(input: &GateInput<'_>, batches: &[RecordBatch]) -> Result<GateOu
 /// this release. Returns how many rows each earlier export (or this release) caused to go.
 fn suppress_close(rows: &mut [GroupRow], memory: &Memory<'_>, k: u64) -> BTreeMap<String, u64> {
     let mut causes: BTreeMap<String, u64> = BTreeMap::new();
-    let mut kept: Vec<&SubjectSet> = Vec::new();
+    // Per dataset, the sets of the rows kept so far in this release.
+    let mut kept: Vec<Vec<&SubjectSet>> = vec![Vec::new(); memory.datasets.len()];
     for (i, r) in rows.iter_mut().enumerate() {
         if !r.keep {
             continue;
         }
-        let sets = &memory.sets[i];
-        let earlier = sets.iter().find_map(|set| {
-            memory
-                .ledgers
-                .iter()
-                .find_map(|(_, l)| l.close_to(set, k).map(|(origin, _)| origin.to_string()))
+        let earlier = memory.datasets.iter().find_map(|d| {
+            d.rows.sets[i].iter().find_map(|set| {
+                d.ledger
+                    .close_to(set, k)
+                    .map(|(origin, _)| origin.to_string())
+            })
         });
         // A row's own sets too: a measure whose subjects are the cell's but for a few (a
         // FILTER, a CASE giving 0) released next to the cell tells about those few.
         let within = || {
-            sets.iter().enumerate().any(|(a, set)| {
-                sets[..a]
-                    .iter()
-                    .chain(kept.iter().copied())
-                    .any(|other| differs_by_fewer_than(set, other, k).is_some())
+            memory.datasets.iter().zip(&kept).any(|(d, kept)| {
+                let sets = &d.rows.sets[i];
+                sets.iter().enumerate().any(|(a, set)| {
+                    sets[..a]
+                        .iter()
+                        .chain(kept.iter().copied())
+                        .any(|other| differs_by_fewer_than(set, other, k).is_some())
+                })
             })
         };
         let cause = match earlier {
@@ -412,7 +436,11 @@ fn suppress_close(rows: &mut [GroupRow], memory: &Memory<'_>, k: u64) -> BTreeMa
                 r.keep = false;
                 *causes.entry(origin).or_insert(0) += 1;
             }
-            None => kept.extend(sets.iter()),
+            None => {
+                for (d, kept) in memory.datasets.iter().zip(&mut kept) {
+                    kept.extend(d.rows.sets[i].iter());
+                }
+            }
         }
     }
     causes
@@ -448,105 +476,97 @@ fn with_release(
 }
 
 /// The linear audit of the release with everything released before it over the same data:
-/// the outcome, and what the release adds to the gate's memory.
+/// the outcome, and what the release adds to the gate's memory. Each dataset's memory is
+/// audited with the release's sets over that dataset's rows.
 fn audit(rows: &[GroupRow], memory: &Memory<'_>, k: u64) -> (CheckOutcome, Remembered) {
-    let mut remembered = Remembered::default();
-    for (i, (r, sets)) in rows.iter().zip(memory.sets).enumerate() {
-        let values = memory.values.get(i).copied().unwrap_or(0);
-        let sums = sets
-            .iter()
-            .enumerate()
-            .filter(|(j, s)| *j < 64 && values & (1 << j) != 0 && !s.is_empty())
-            .map(|(_, s)| s.clone());
-        if r.keep {
-            remembered.released.extend(sets.iter().cloned());
-            remembered.value_released.extend(sums);
-        } else {
-            if r.dominated {
-                remembered.dominated.extend(sums);
-            }
-            // Fewer than k subjects, however many rows they have.
-            remembered.protected.extend(
-                sets.iter()
-                    .filter(|s| {
-                        let subjects: std::collections::BTreeSet<u64> =
-                            s.iter().map(|e| e.1).collect();
-                        !subjects.is_empty() && (subjects.len() as u64) < k
-                    })
-                    .cloned(),
-            );
-        }
-    }
-    // The audit's cost grows with the square of the independent cells remembered: a dataset
-    // remembers at most MEMORY_CELLS of them, a release adds at most RELEASE_CELLS.
-    if remembered.released.len() > RELEASE_CELLS {
-        return (
-            CheckOutcome::Fail(format!(
-                "the release has {} cells to remember; at most {RELEASE_CELLS} are audited in one release: release fewer groups or measures",
-                remembered.released.len()
-            )),
-            Remembered::default(),
-        );
-    }
     let refused = |why: String| (CheckOutcome::Fail(why), Remembered::default());
+    let mut remembered = Remembered::default();
     let mut earlier = 0usize;
-    for (d, (dataset, ledger)) in memory.ledgers.iter().enumerate() {
-        earlier += ledger.cells();
-        let next = match with_release(
-            ledger,
-            memory.origin,
-            &remembered.released,
-            &remembered.protected,
-            "",
-        ) {
+    for d in memory.datasets {
+        let (mut released, mut protected) = (Vec::new(), Vec::new());
+        let (mut value_released, mut dominated) = (Vec::new(), Vec::new());
+        for (i, (r, sets)) in rows.iter().zip(&d.rows.sets).enumerate() {
+            let values = d.rows.values.get(i).copied().unwrap_or(u64::MAX);
+            let sums = sets
+                .iter()
+                .enumerate()
+                .filter(|(j, s)| (*j >= 64 || values & (1 << j) != 0) && !s.is_empty())
+                .map(|(_, s)| s.clone());
+            if r.keep {
+                released.extend(sets.iter().cloned());
+                value_released.extend(sums);
+            } else {
+                if r.dominated {
+                    dominated.extend(sums);
+                }
+                // Fewer than k subjects, however many rows they have.
+                protected.extend(
+                    sets.iter()
+                        .filter(|s| {
+                            let subjects: std::collections::BTreeSet<u64> =
+                                s.iter().map(|e| e.1).collect();
+                            !subjects.is_empty() && (subjects.len() as u64) < k
+                        })
+                        .cloned(),
+                );
+            }
+        }
+        // The audit's cost grows with the square of the independent cells remembered: a
+        // dataset remembers at most MEMORY_CELLS of them, a release adds at most RELEASE_CELLS.
+        if released.len() > RELEASE_CELLS {
+            return refused(format!(
+                "the release has {} cells to remember; at most {RELEASE_CELLS} are audited in one release: release fewer groups or measures",
+                released.len()
+            ));
+        }
+        earlier += d.ledger.cells();
+        let next = match with_release(&d.ledger, memory.origin, &released, &protected, "") {
             Ok(next) => next,
             Err(why) => return refused(why),
         };
         if let Some(found) = next.disclosure(k) {
-            return (
-                CheckOutcome::Fail(format!("{found}: refused (k={k})")),
-                Remembered::default(),
-            );
+            return refused(format!("{found}: refused (k={k})"));
         }
-        remembered.ledgers.push((dataset.clone(), Arc::new(next)));
         // The sums alone: a cell suppressed because a few subjects dominate its sum must not
         // be given by other sums (a later total minus the cells around it). Its count may be
         // released: counts are not in this ledger.
-        match memory.value_ledgers.get(d).cloned().flatten() {
+        let value_ledger = match &d.value_ledger {
             Some(values) => {
                 let next = match with_release(
-                    &values,
+                    values,
                     memory.origin,
-                    &remembered.value_released,
-                    &remembered.dominated,
+                    &value_released,
+                    &dominated,
                     " of sums",
                 ) {
                     Ok(next) => next,
                     Err(why) => return refused(why),
                 };
                 if let Some(found) = next.protected_disclosure() {
-                    return (
-                        CheckOutcome::Fail(format!(
-                            "{found} because a few subjects dominate its sum: refused"
-                        )),
-                        Remembered::default(),
-                    );
+                    return refused(format!(
+                        "{found} because a few subjects dominate its sum: refused"
+                    ));
                 }
-                remembered
-                    .value_ledgers
-                    .push((dataset.clone(), Arc::new(next)));
+                Some(Arc::new(next))
             }
             // A dominated cell with no memory of sums to judge it against: fail closed.
-            None if !remembered.dominated.is_empty() => {
-                return (
-                    CheckOutcome::Fail(
-                        "the gate's memory of sums over the data was not loaded; nothing is released".into(),
-                    ),
-                    Remembered::default(),
+            None if !dominated.is_empty() => {
+                return refused(
+                    "the gate's memory of sums over the data was not loaded; nothing is released"
+                        .into(),
                 );
             }
-            None => {}
-        }
+            None => None,
+        };
+        remembered.datasets.push(Kept {
+            dataset: d.dataset.clone(),
+            released,
+            protected,
+            value_released,
+            dominated,
+            ledger: Arc::new(next),
+            value_ledger,
+        });
     }
     (
         CheckOutcome::Pass(format!(
@@ -758,7 +778,7 @@ fn differencing(
     let by_sets = match memory {
         None => String::new(),
         Some(m) => {
-            let cells: usize = m.ledgers.iter().map(|(_, l)| l.cells()).sum();
+            let cells: usize = m.datasets.iter().map(|d| d.ledger.cells()).sum();
             let mut text = format!(
                 "; by their subjects, compared with {cells} cell(s) released earlier over the same data by any scenario or org"
             );

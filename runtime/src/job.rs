@@ -160,11 +160,10 @@ pub struct JobOutput {
     pub plan: String,
     /// The most memory the query engine's operators reserved at once.
     pub peak_engine_memory_bytes: u64,
-    /// Per result row, its sets of subjects (keyed hashes), when the limits named a subject
-    /// key and the result is an aggregate over subjects.
-    pub subject_sets: Option<Vec<Vec<tidegate_policy::SubjectSet>>>,
-    /// Per result row, which of its sets are a sum's rows (bit i: set i).
-    pub value_sets: Option<Vec<u64>>,
+    /// Per table with subjects (by index among the job's tables), each result row's sets of
+    /// that table's rows and subjects (keyed hashes), when the limits named a subject key and
+    /// the result is an aggregate over subjects.
+    pub subject_sets: Option<Vec<(usize, tidegate_policy::DatasetRows)>>,
 }
 
 /// Each row's identity: SipHash-1-3 of the row's values in Arrow's row format (equal rows,
@@ -678,9 +677,7 @@ pub async fn run_query_until(
                 while let Some(batch) = stream.next().await {
                     tally.add(&batch.map_err(|e| map_error(e, Stage::Running))?)?;
                 }
-                tally
-                    .finish(batches)
-                    .map(|f| (f.batches, f.subject_sets.zip(f.value_sets)))
+                tally.finish(batches).map(|f| (f.batches, f.subject_sets))
             }
             None => Ok((batches, None)),
         }
@@ -728,11 +725,9 @@ pub async fn run_query_until(
         }
         other => other?,
     };
-    let (subject_sets, value_sets) = sets.unzip();
     Ok(JobOutput {
         batches,
-        subject_sets,
-        value_sets,
+        subject_sets: sets,
         shape,
         plan: plan_text,
         peak_engine_memory_bytes: pool.peak() as u64,

@@ -25,8 +25,8 @@ use datafusion::logical_expr::{
 };
 use datafusion::prelude::{cast, lit};
 use tidegate_policy::{
-    BoundedAggregate, ColumnTag, ContributionBounds, Level, Lineage, PrivacyShape, QueryShape,
-    Released, SubjectSet, releasable_aggregate, releasable_group_key,
+    BoundedAggregate, ColumnTag, ContributionBounds, DatasetRows, Level, Lineage, PrivacyShape,
+    QueryShape, Released, SubjectSet, releasable_aggregate, releasable_group_key,
 };
 
 use crate::error::{Error, Result};
@@ -52,6 +52,12 @@ const ROWS_COLUMN: &str = "__tg_rows";
 const MAX_MEASURES: usize = 32;
 /// The subject of a contribution row.
 pub(crate) const SUBJECT_COLUMN: &str = "__tg_subject";
+/// Which unit of its input row a contribution row is the subject of (its branch).
+const BRANCH: &str = "__tg_branch";
+/// Contribution columns `__tg_stored0..`: the stored row each unit's scan read.
+const STORED_PREFIX: &str = "__tg_stored";
+/// A row element's mask keeps its table above this bit (the measures below it).
+const TABLE_SHIFT: u32 = 48;
 /// The unit of a row whose entity key is NULL: all such rows are one subject.
 const NULL_KEY: &str = "\u{0}null";
 
@@ -227,6 +233,10 @@ struct Carried {
     unit: bool,
     /// A scan's row identities (for the gate's memory).
     row: bool,
+    /// The scan it comes from (a unit and the rows of one scan share it).
+    scan: usize,
+    /// The granted table that scan reads (its index among the job's tables).
+    table: usize,
 }
 
 /// A rewritten plan below the aggregate: each output column's lineage, and the hidden
@@ -691,16 +701,22 @@ impl Walk<'_> {
         for unit in &units {
             exprs.push(input.column(&unit.name)?.alias(&unit.name));
         }
-        let rows: Vec<String> = input
-            .carried
-            .iter()
-            .filter(|c| c.row)
-            .map(|c| c.name.clone())
-            .collect();
+        let rows: Vec<&Carried> = input.carried.iter().filter(|c| c.row).collect();
         for row in &rows {
-            exprs.push(input.column(row)?.alias(row));
-            carried.push(row.clone());
+            exprs.push(input.column(&row.name)?.alias(&row.name));
         }
+        // Each contribution row's stored row is the one its subject's own scan read, and it
+        // belongs to that scan's table: a row of a join is each side's stored row in each
+        // side's memory, as a plain query over either table names it.
+        let row_of = |unit: &Carried| -> Expr {
+            match rows.iter().find(|r| r.scan == unit.scan) {
+                Some(r) => cast(
+                    Expr::Column(Column::from_name(&r.name)),
+                    arrow::datatypes::DataType::UInt64,
+                ),
+                None => lit(ScalarValue::UInt64(None)),
+            }
+        };
         let projected = LogicalPlanBuilder::from(input.plan.clone())
             .project(exprs)
             .map_err(internal)?;
@@ -721,6 +737,10 @@ impl Walk<'_> {
             let subject = subject.end().map_err(internal)?;
             let mut exprs: Vec<Expr> = carried.iter().map(|c| col(c)).collect();
             exprs.push(subject.alias(SUBJECT_COLUMN));
+            exprs.push(col(INDEX).alias(BRANCH));
+            for (i, unit) in units.iter().enumerate() {
+                exprs.push(row_of(unit).alias(format!("{STORED_PREFIX}{i}")));
+            }
             projected
                 .cross_join(indices)
                 .map_err(internal)?
@@ -734,6 +754,8 @@ impl Walk<'_> {
         } else {
             let mut exprs: Vec<Expr> = carried.iter().map(|c| col(c)).collect();
             exprs.push(col(&units[0].name).alias(SUBJECT_COLUMN));
+            exprs.push(lit(0i64).alias(BRANCH));
+            exprs.push(row_of(units[0]).alias(format!("{STORED_PREFIX}0")));
             projected
                 .project(exprs)
                 .map_err(internal)?
@@ -821,10 +843,11 @@ impl Walk<'_> {
         let element =
             Expr::ScalarFunction(datafusion::logical_expr::expr::ScalarFunction::new_udf(
                 Arc::new(datafusion::logical_expr::ScalarUDF::new_from_impl(
-                    RowElement::new(adds.len()),
+                    RowElement::new(adds.len(), units.iter().map(|u| u.table as u64).collect()),
                 )),
                 adds.into_iter()
-                    .chain(rows.iter().map(|r| column(r.clone())))
+                    .chain([column(BRANCH.to_string())])
+                    .chain((0..units.len()).map(|i| column(format!("{STORED_PREFIX}{i}"))))
                     .collect(),
             ));
         contribution_aggr.push(
@@ -1133,7 +1156,8 @@ impl Walk<'_> {
     /// A granted table: its columns' tags, and the hidden units and sources over it.
     fn scan(&mut self, scan: datafusion::logical_expr::TableScan) -> Result<Node> {
         let name = scan.table_name.table().to_string();
-        let Some(table) = self.tables.iter().find(|t| t.name == name) else {
+        let Some((table_at, table)) = self.tables.iter().enumerate().find(|(_, t)| t.name == name)
+        else {
             return refuse(format!(
                 "`{name}` is not a granted table: rows from a table function carry no subjects the gate can count"
             ));
@@ -1141,6 +1165,8 @@ impl Walk<'_> {
         let plan = LogicalPlan::TableScan(scan);
         let schema = plan.schema().clone();
         let subjects = schema.iter().any(|(_, f)| f.name() == ENTITY_COLUMN);
+        self.next += 1;
+        let scan_id = self.next;
         let mut exprs = Vec::new();
         let mut columns = Vec::new();
         let mut carried = Vec::new();
@@ -1166,6 +1192,8 @@ impl Walk<'_> {
                     name: unit,
                     unit: true,
                     row: false,
+                    scan: scan_id,
+                    table: table_at,
                 });
                 continue;
             }
@@ -1180,6 +1208,8 @@ impl Walk<'_> {
                         name: row,
                         unit: false,
                         row: true,
+                        scan: scan_id,
+                        table: table_at,
                     });
                 }
                 continue;
@@ -1203,6 +1233,8 @@ impl Walk<'_> {
                     name: source,
                     unit: false,
                     row: false,
+                    scan: scan_id,
+                    table: table_at,
                 });
             }
             columns.push(lineage);
@@ -1372,9 +1404,9 @@ struct Cell {
     contributors: Vec<u64>,
     /// Per measure judged above its cell's minimum, that minimum (0 for the others).
     floors: Vec<f64>,
-    /// Its rows for the gate's memory (when kept): (row, subject) named by the subject key,
-    /// and the mask of the measures each adds to.
-    elements: Vec<(u64, u64, u64)>,
+    /// Its rows for the gate's memory (when kept): the table that stored the row, (row,
+    /// subject) named by the subject key, and the mask of the measures each adds to.
+    elements: Vec<(u64, u64, u64, u64)>,
 }
 
 /// Per subject, under differential privacy: its cells, each with a choice hash and its signed
@@ -1568,16 +1600,56 @@ impl<'a> Tally<'a> {
                 let list = list
                     .as_fixed_size_binary_opt()
                     .ok_or_else(|| Error::Internal("gate columns: rows".into()))?;
+                let mut read: Vec<(u64, u64, u64)> = list
+                    .iter()
+                    .flatten()
+                    .map(|bytes| {
+                        let identity =
+                            u64::from_le_bytes(bytes[..8].try_into().unwrap_or_default());
+                        let mask = u64::from_le_bytes(bytes[8..16].try_into().unwrap_or_default());
+                        (
+                            mask >> TABLE_SHIFT,
+                            identity,
+                            mask & ((1 << TABLE_SHIFT) - 1),
+                        )
+                    })
+                    .filter(|e| e.2 != 0)
+                    .collect();
+                read.sort_unstable();
                 let cell = &mut self.cells[at];
-                for bytes in list.iter().flatten() {
-                    let identity = u64::from_le_bytes(bytes[..8].try_into().unwrap_or_default());
-                    let mask = u64::from_le_bytes(bytes[8..16].try_into().unwrap_or_default());
+                // A stored row read n times in the cell (by n input rows) adds its value n
+                // times: it is n elements, its first copy named as a plain read names it.
+                for same in read.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
+                    let (table, identity) = (same[0].0, same[0].1);
+                    let mut times = [0u32; TABLE_SHIFT as usize];
+                    for e in same {
+                        for (bit, n) in times.iter_mut().enumerate() {
+                            *n += (e.2 >> bit & 1) as u32;
+                        }
+                    }
                     // A table stored without row identities: its subject stands for its rows.
-                    let named = match identity {
+                    let base = match identity {
                         0 => who,
                         i => key.subject(&i.to_le_bytes()),
                     };
-                    cell.elements.push((named, who, mask));
+                    let copies = times.iter().copied().max().unwrap_or(0);
+                    for copy in 1..=copies {
+                        let mask = times
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, n)| **n >= copy)
+                            .fold(0u64, |m, (bit, _)| m | 1 << bit);
+                        let named = match copy {
+                            1 => base,
+                            c => {
+                                let mut again = [0u8; 12];
+                                again[..8].copy_from_slice(&base.to_le_bytes());
+                                again[8..].copy_from_slice(&c.to_le_bytes());
+                                key.subject(&again)
+                            }
+                        };
+                        cell.elements.push((table, named, who, mask));
+                    }
                 }
             }
             for (m, column) in parts.iter().enumerate() {
@@ -1638,7 +1710,8 @@ impl<'a> Tally<'a> {
     /// subjects (the cell's, and each measure's that differs from it), for the gate's memory.
     pub(crate) fn finish(mut self, batches: Vec<RecordBatch>) -> Result<Finished> {
         let value_bits = self.analysis.value_bits;
-        let cell_sets: Option<Vec<(Vec<SubjectSet>, u64)>> = self.subject_key.as_ref().map(|_| {
+        // Per cell, per table whose stored rows it holds: its sets and which are a sum's.
+        let cell_sets: Option<Vec<Vec<TableSets>>> = self.subject_key.as_ref().map(|_| {
             self.cells
                 .iter_mut()
                 .map(|c| {
@@ -1646,41 +1719,31 @@ impl<'a> Tally<'a> {
                     elements.sort_unstable();
                     // One row may add to a measure through one join partner and not another.
                     elements.dedup_by(|b, a| {
-                        (a.0, a.1) == (b.0, b.1) && {
-                            a.2 |= b.2;
+                        (a.0, a.1, a.2) == (b.0, b.1, b.2) && {
+                            a.3 |= b.3;
                             true
                         }
                     });
-                    let used = elements.iter().fold(0u64, |m, e| m | e.2);
-                    let mut sets: Vec<SubjectSet> = Vec::new();
-                    // Which of the sets are a sum's rows.
-                    let mut values = 0u64;
-                    for bit in 0..64 {
-                        if used & (1 << bit) == 0 {
-                            continue;
-                        }
-                        let set: SubjectSet = elements
-                            .iter()
-                            .filter(|e| e.2 & (1 << bit) != 0)
-                            .map(|e| (e.0, e.1))
-                            .collect();
-                        let at = match sets.iter().position(|s| *s == set) {
-                            Some(at) => at,
-                            None => {
-                                sets.push(set);
-                                sets.len() - 1
-                            }
-                        };
-                        if value_bits & (1 << bit) != 0 && at < 64 {
-                            values |= 1 << at;
-                        }
-                    }
-                    (sets, values)
+                    elements
+                        .chunk_by(|a, b| a.0 == b.0)
+                        .map(|of_table| {
+                            let (sets, values) = sets_of(of_table, value_bits);
+                            (of_table[0].0, sets, values)
+                        })
+                        .collect()
                 })
                 .collect()
         });
-        let mut row_sets: Vec<Vec<SubjectSet>> = Vec::new();
-        let mut row_values: Vec<u64> = Vec::new();
+        // Every table with rows in some cell has a part for every result row.
+        let tables: BTreeSet<u64> = cell_sets
+            .iter()
+            .flatten()
+            .flat_map(|c| c.iter().map(|t| t.0))
+            .collect();
+        let mut row_sets: Vec<(usize, DatasetRows)> = tables
+            .iter()
+            .map(|t| (*t as usize, DatasetRows::default()))
+            .collect();
         let by_subject = std::mem::take(&mut self.by_subject);
         let signed = &self.signed;
         // Bounded totals per cell: one slot per signed aggregate, and the subjects kept last.
@@ -1747,9 +1810,13 @@ impl<'a> Tally<'a> {
                 for row in 0..b.num_rows() {
                     let cell = self.index.get(keys.row(row).as_ref()).copied();
                     if let Some(sets) = &cell_sets {
-                        let (these, values) = cell.map(|c| sets[c].clone()).unwrap_or_default();
-                        row_sets.push(these);
-                        row_values.push(values);
+                        for (table, rows) in &mut row_sets {
+                            let part =
+                                cell.and_then(|c| sets[c].iter().find(|p| p.0 as usize == *table));
+                            rows.sets
+                                .push(part.map(|p| p.1.clone()).unwrap_or_default());
+                            rows.values.push(part.map_or(0, |p| p.2));
+                        }
                     }
                     at.push(cell);
                     let cell = cell.map(|c| &self.cells[c]);
@@ -1805,7 +1872,6 @@ impl<'a> Tally<'a> {
             .collect::<Result<Vec<_>>>()
             .map(|batches| Finished {
                 batches,
-                value_sets: cell_sets.as_ref().map(|_| row_values),
                 subject_sets: cell_sets.map(|_| row_sets),
             })
     }
@@ -1814,25 +1880,63 @@ impl<'a> Tally<'a> {
 /// A result with the gate's columns, and each row's sets of subjects when they were kept.
 pub(crate) struct Finished {
     pub batches: Vec<RecordBatch>,
-    pub subject_sets: Option<Vec<Vec<SubjectSet>>>,
-    /// Per result row, which of its sets are a sum's rows (bit i: set i).
-    pub value_sets: Option<Vec<u64>>,
+    /// Per table (by index among the job's tables) whose stored rows some cell holds, each
+    /// result row's sets over that table's rows.
+    pub subject_sets: Option<Vec<(usize, DatasetRows)>>,
 }
 
-/// `__tg_row_element(adds_0, .., adds_m-1, row_0, .., row_n-1)`: one row of a contribution
-/// as 16 bytes, its identity (the stored row's, or a hash of the stored rows it joins, however
-/// the query reads them; 0 when its tables stored none) and a mask of the measures it adds to. Built by the analysis only: no query
-/// can call it.
+/// One table's part of a cell: the table, its sets, which of them are a sum's rows.
+type TableSets = (u64, Vec<SubjectSet>, u64);
+
+/// One table's elements of a cell (sorted, without repeats): a set per measure bit (equal
+/// sets once), and which of them are a sum's rows.
+fn sets_of(elements: &[(u64, u64, u64, u64)], value_bits: u64) -> (Vec<SubjectSet>, u64) {
+    let used = elements.iter().fold(0u64, |m, e| m | e.3);
+    let mut sets: Vec<SubjectSet> = Vec::new();
+    let mut values = 0u64;
+    for bit in 0..TABLE_SHIFT {
+        if used & (1 << bit) == 0 {
+            continue;
+        }
+        let set: SubjectSet = elements
+            .iter()
+            .filter(|e| e.3 & (1 << bit) != 0)
+            .map(|e| (e.1, e.2))
+            .collect();
+        let at = match sets.iter().position(|s| *s == set) {
+            Some(at) => at,
+            None => {
+                sets.push(set);
+                sets.len() - 1
+            }
+        };
+        if value_bits & (1 << bit) != 0 && at < 64 {
+            values |= 1 << at;
+        }
+    }
+    (sets, values)
+}
+
+/// `__tg_row_element(adds_0, .., adds_m-1, branch, stored_0, .., stored_u-1)`: one row of a
+/// contribution as 16 bytes: the stored row its subject's own scan (unit `branch`) read (0
+/// when its table stored none) and a mask of the measures it adds to, with that scan's table
+/// above [`TABLE_SHIFT`]. A stored row that an earlier unit of the same input row also read
+/// (a row joined to itself) has no measures: every input row counts each of its stored rows
+/// once, so a row read twice (a UNION ALL, a join with two partners) is counted twice. Built
+/// by the analysis only: no query can call it.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct RowElement {
     measures: usize,
+    /// Per unit, the table its scan reads.
+    tables: Vec<u64>,
     signature: datafusion::logical_expr::Signature,
 }
 
 impl RowElement {
-    fn new(measures: usize) -> RowElement {
+    fn new(measures: usize, tables: Vec<u64>) -> RowElement {
         RowElement {
             measures,
+            tables,
             signature: datafusion::logical_expr::Signature::variadic_any(
                 datafusion::logical_expr::Volatility::Immutable,
             ),
@@ -1857,55 +1961,58 @@ impl datafusion::logical_expr::ScalarUDFImpl for RowElement {
         &self,
         args: datafusion::logical_expr::ScalarFunctionArgs,
     ) -> datafusion::common::Result<datafusion::logical_expr::ColumnarValue> {
-        use std::hash::Hasher;
         let n = args.number_rows;
         let arrays = args
             .args
             .iter()
             .map(|a| a.to_array(n))
             .collect::<datafusion::common::Result<Vec<_>>>()?;
-        let (adds, rows) = arrays.split_at(self.measures.min(arrays.len()));
+        if arrays.len() != self.measures + 1 + self.tables.len() {
+            return Err(datafusion::error::DataFusionError::Internal(
+                "row element: measures, a branch and a row per unit".into(),
+            ));
+        }
+        let (adds, rest) = arrays.split_at(self.measures);
         let adds = adds
             .iter()
             .map(|a| arrow::compute::cast(a, &DataType::Boolean))
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        let rows = rows
+        let branch = arrow::compute::cast(&rest[0], &DataType::UInt64)?;
+        let branch = branch.as_primitive::<arrow::datatypes::UInt64Type>();
+        let stored = rest[1..]
             .iter()
             .map(|a| arrow::compute::cast(a, &DataType::UInt64))
             .collect::<std::result::Result<Vec<_>, _>>()?;
+        let stored: Vec<&arrow::array::UInt64Array> = stored
+            .iter()
+            .map(|a| a.as_primitive::<arrow::datatypes::UInt64Type>())
+            .collect();
+        let row_at = |u: usize, i: usize| stored[u].is_valid(i).then(|| stored[u].value(i));
         let mut out = arrow::array::FixedSizeBinaryBuilder::with_capacity(n, 16);
         for i in 0..n {
+            let b = if branch.is_valid(i) {
+                branch.value(i) as usize
+            } else {
+                usize::MAX
+            };
+            let Some(&table) = self.tables.get(b) else {
+                return Err(datafusion::error::DataFusionError::Internal(
+                    "row element: no such unit".into(),
+                ));
+            };
+            let row = row_at(b, i);
+            let again = (0..b).any(|u| self.tables[u] == table && row_at(u, i) == row);
             let mut mask = 0u64;
-            for (b, a) in adds.iter().enumerate() {
-                let a = a.as_boolean();
-                if a.is_valid(i) && a.value(i) {
-                    mask |= 1 << b;
+            if !again {
+                for (bit, a) in adds.iter().enumerate() {
+                    let a = a.as_boolean();
+                    if a.is_valid(i) && a.value(i) {
+                        mask |= 1 << bit;
+                    }
                 }
             }
-            // The stored rows it joins, in order of their identities (not of the scans that
-            // read them: a row read through a UNION branch or a reordered join is the same).
-            let mut ids: Vec<u64> = rows
-                .iter()
-                .map(|r| r.as_primitive::<arrow::datatypes::UInt64Type>())
-                .filter(|r| r.is_valid(i))
-                .map(|r| r.value(i))
-                .collect();
-            // A stored row joined to itself is that row (a self-join on a unique key must not
-            // give every row a new identity, and so a new unknown, to the gate's memory).
-            ids.sort_unstable();
-            ids.dedup();
-            let identity = match ids.as_slice() {
-                [] => 0,
-                [one] => (*one).max(1),
-                many => {
-                    let mut h =
-                        siphasher::sip::SipHasher13::new_with_keys(0x726f_7773, 0x6a6f_696e);
-                    for id in many {
-                        h.write_u64(*id);
-                    }
-                    h.finish().max(1)
-                }
-            };
+            let identity = row.map_or(0, |r| r.max(1));
+            mask |= table.min(0xffff) << TABLE_SHIFT;
             let mut bytes = [0u8; 16];
             bytes[..8].copy_from_slice(&identity.to_le_bytes());
             bytes[8..].copy_from_slice(&mask.to_le_bytes());

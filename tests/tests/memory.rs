@@ -110,20 +110,29 @@ fn residents(n: usize) -> Vec<String> {
 /// `csv` imported at L2 as `name` with `columns`, and a scenario granting all of them,
 /// approved: its id.
 fn granted(w: &tidegate_server::World, name: &str, columns: Value, csv: &str) -> String {
-    let names: Vec<Value> = columns
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].clone())
-        .collect();
-    w.provider
-        .import_dataset(
-            json!({ "name": name, "level": "L2", "format": "csv", "columns": columns }),
-            csv.as_bytes(),
-        )
-        .unwrap();
+    granted_all(w, &[(name, columns, csv)])
+}
+
+/// A scenario granted every column of each of these L2 datasets, imported by the provider.
+fn granted_all(w: &tidegate_server::World, datasets: &[(&str, Value, &str)]) -> String {
+    let mut grants = Vec::new();
+    for (name, columns, csv) in datasets {
+        let names: Vec<Value> = columns
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].clone())
+            .collect();
+        w.provider
+            .import_dataset(
+                json!({ "name": name, "level": "L2", "format": "csv", "columns": columns }),
+                csv.as_bytes(),
+            )
+            .unwrap();
+        grants.push(json!({ "dataset": name, "columns": names }));
+    }
     let mut request = common::scenario_request(false);
-    request["grants"] = json!([{ "dataset": name, "columns": names }]);
+    request["grants"] = json!(grants);
     approved(w, &w.scientist, &request)
 }
 
@@ -237,6 +246,167 @@ fn a_difference_read_through_a_self_join_is_suppressed() {
     );
     assert_eq!(second["state"], "in_review", "{second}");
     assert_not_differenced(&first, &second, "Dock", (100 + 37 * 3) as f64);
+}
+
+#[test]
+fn a_difference_read_through_a_join_with_another_table_of_subjects_is_suppressed() {
+    let (env, _, _) = active_scenario();
+    let w = &env.world;
+    let ids = residents(48);
+    let (mut people, mut cards) = (
+        String::from("resident_id,district,age,spend\n"),
+        String::from("resident_id,card\n"),
+    );
+    for (i, id) in ids.iter().enumerate() {
+        let district = ["Bay", "Hill", "Lake", "Dock"][i % 4];
+        // One resident of Dock is 77, the only one: the attacker knows it.
+        let age = if i == 3 { 77 } else { 20 + i % 40 };
+        people.push_str(&format!("{id},{district},{age},{}\n", 100 + 37 * i));
+        cards.push_str(&format!("{id},{}\n", ["gold", "blue"][i % 2]));
+    }
+    let sid = granted_all(
+        w,
+        &[
+            (
+                "people",
+                json!([
+                    { "name": "resident_id", "data_type": "utf8", "tags": ["pii:resident_id", "entity"] },
+                    { "name": "district", "data_type": "utf8", "tags": ["dimension"] },
+                    { "name": "age", "data_type": "int64", "tags": ["quasi"] },
+                    { "name": "spend", "data_type": "int64", "tags": ["sensitive"] },
+                ]),
+                &people,
+            ),
+            (
+                "cards",
+                json!([
+                    { "name": "resident_id", "data_type": "utf8", "tags": ["pii:resident_id", "entity"] },
+                    { "name": "card", "data_type": "utf8", "tags": ["dimension"] },
+                ]),
+                &cards,
+            ),
+        ],
+    );
+    let first = export(
+        &env,
+        &w.scientist,
+        &sid,
+        "SELECT district, count(*) AS n, sum(spend) AS total FROM people GROUP BY district",
+    );
+    assert_eq!(first["state"], "in_review", "{first}");
+    // Every row of the join is a new row of neither table: each side's memory is given the
+    // stored row of its own side.
+    let second = export(
+        &env,
+        &w.scientist,
+        &sid,
+        "SELECT p.district, count(*) AS n, sum(p.spend) AS total \
+         FROM cards c JOIN people p ON c.resident_id = p.resident_id \
+         WHERE NOT (p.district = 'Dock' AND p.age = 77) GROUP BY p.district",
+    );
+    assert_eq!(second["state"], "in_review", "{second}");
+    assert_not_differenced(&first, &second, "Dock", (100 + 37 * 3) as f64);
+}
+
+/// People of four districts, one row each; one resident of Dock is 77, the only one (the
+/// attacker knows it): (the CSV, that resident's spend).
+fn people_with_a_lone_77(ids: &[String]) -> (String, f64) {
+    let mut csv = String::from("resident_id,district,age,spend\n");
+    for (i, id) in ids.iter().enumerate() {
+        let district = ["Bay", "Hill", "Lake", "Dock"][i % 4];
+        let age = if i == 3 { 77 } else { 20 + i % 40 };
+        csv.push_str(&format!("{id},{district},{age},{}\n", 100 + 37 * i));
+    }
+    (csv, (100 + 37 * 3) as f64)
+}
+
+fn people_columns() -> Value {
+    json!([
+        { "name": "resident_id", "data_type": "utf8", "tags": ["pii:resident_id", "entity"] },
+        { "name": "district", "data_type": "utf8", "tags": ["dimension"] },
+        { "name": "age", "data_type": "int64", "tags": ["quasi"] },
+        { "name": "spend", "data_type": "int64", "tags": ["sensitive"] },
+    ])
+}
+
+const PEOPLE_BY_DISTRICT: &str =
+    "SELECT district, count(*) AS n, sum(spend) AS total FROM people GROUP BY district";
+
+/// Asserts that `second` did not release Dock's total with the lone resident's spend counted
+/// once more than in `first`.
+fn assert_not_counted_twice(first: &Value, second: &Value, spend: f64) {
+    let before = total_at(first, "Dock", 2).expect("the first release has Dock");
+    if let Some(after) = total_at(second, "Dock", 2) {
+        assert!(
+            (after - before - spend).abs() > 0.005,
+            "the resident's spend {spend} was released as {after} - {before}\n{second}"
+        );
+    }
+}
+
+/// A row read twice (a UNION ALL of the table with one of its own rows) adds its value twice:
+/// the difference with the plain total is one resident's, and not released.
+#[test]
+fn a_row_read_twice_through_a_union_is_not_released_by_the_difference() {
+    let (env, _, _) = active_scenario();
+    let w = &env.world;
+    let (csv, spend) = people_with_a_lone_77(&residents(48));
+    let sid = granted(w, "people", people_columns(), &csv);
+    let first = export(&env, &w.scientist, &sid, PEOPLE_BY_DISTRICT);
+    assert_eq!(first["state"], "in_review", "{first}");
+    let second = export(
+        &env,
+        &w.scientist,
+        &sid,
+        "SELECT district, count(*) AS n, sum(spend) AS total FROM ( \
+           SELECT district, spend FROM people \
+           UNION ALL \
+           SELECT district, spend FROM people WHERE district = 'Dock' AND age = 77 \
+         ) t GROUP BY district",
+    );
+    assert_not_counted_twice(&first, &second, spend);
+}
+
+/// A row joined to two rows of another table is counted twice in the join: the gate's memory
+/// counts its copies, so the extra copy is one resident's, and not released.
+#[test]
+fn a_row_joined_twice_is_not_released_by_the_difference() {
+    let (env, _, _) = active_scenario();
+    let w = &env.world;
+    let ids = residents(48);
+    let (people, spend) = people_with_a_lone_77(&ids);
+    // One trip each, two for the resident of Dock who is 77.
+    let mut trips = String::from("resident_id,mode\n");
+    for (i, id) in ids.iter().enumerate() {
+        trips.push_str(&format!("{id},bus\n"));
+        if i == 3 {
+            trips.push_str(&format!("{id},tram\n"));
+        }
+    }
+    let sid = granted_all(
+        w,
+        &[
+            ("people", people_columns(), &people),
+            (
+                "trips",
+                json!([
+                    { "name": "resident_id", "data_type": "utf8", "tags": ["pii:resident_id", "entity"] },
+                    { "name": "mode", "data_type": "utf8", "tags": ["dimension"] },
+                ]),
+                &trips,
+            ),
+        ],
+    );
+    let first = export(&env, &w.scientist, &sid, PEOPLE_BY_DISTRICT);
+    assert_eq!(first["state"], "in_review", "{first}");
+    let second = export(
+        &env,
+        &w.scientist,
+        &sid,
+        "SELECT p.district, count(*) AS n, sum(p.spend) AS total \
+         FROM trips t JOIN people p ON t.resident_id = p.resident_id GROUP BY p.district",
+    );
+    assert_not_counted_twice(&first, &second, spend);
 }
 
 #[test]

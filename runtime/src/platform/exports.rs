@@ -88,15 +88,6 @@ impl Platform {
             params![job_id],
             |r| r.get(0),
         )?;
-        let (sets, values) = match &subjects_key {
-            Some(w) => {
-                let (sets, values) =
-                    tidegate_policy::decode_rows(&self.load_object("subjects", job_id, w)?)
-                        .ok_or_else(|| Error::Integrity(format!("the subjects of job {job_id}")))?;
-                (Some(sets), values)
-            }
-            None => (None, Vec::new()),
-        };
         // The datasets with subjects the job read: the gate's memory is kept per dataset.
         let mut with_subjects: Vec<String> = Vec::new();
         for i in &inputs {
@@ -107,6 +98,17 @@ impl Platform {
                 with_subjects.push(dataset.id);
             }
         }
+        // Per dataset, each result row's sets of its stored rows.
+        let sets = match &subjects_key {
+            Some(w) => Some(
+                tidegate_policy::decode_by_dataset(
+                    &self.load_object("subjects", job_id, w)?,
+                    &with_subjects,
+                )
+                .ok_or_else(|| Error::Integrity(format!("the subjects of job {job_id}")))?,
+            ),
+            None => None,
+        };
         // A job that ran before the gate remembered releases has no sets: its exact release
         // over data with subjects would go unremembered, so it is not exported; run it again.
         if sets.is_none()
@@ -120,15 +122,6 @@ impl Platform {
                 "job {job_id} ran before the export gate remembered what each release holds; run the job again to export its result"
             )));
         }
-        let audited = if sets.is_some() {
-            with_subjects
-        } else {
-            Vec::new()
-        };
-        let memories = audited
-            .iter()
-            .map(|d| Ok((d.clone(), self.gate_memory(&db, d)?)))
-            .collect::<Result<Vec<_>>>()?;
         // The memory of sums is kept once a cell over the data is suppressed for dominance:
         // loaded now if this result may have such a cell (the gate decides which).
         let may_dominate = batches.iter().any(|b| {
@@ -136,15 +129,27 @@ impl Platform {
                 .and_then(|c| arrow::array::AsArray::as_boolean_opt(c))
                 .is_some_and(|c| c.true_count() > 0)
         });
-        let value_ledgers = memories
-            .iter()
-            .map(|(d, (_, values))| match values {
-                None if may_dominate => Ok(Some(self.sums_memory(&db, d)?)),
-                v => Ok(v.clone()),
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let ledgers: Vec<(String, Arc<tidegate_policy::Ledger>)> =
-            memories.into_iter().map(|(d, (all, _))| (d, all)).collect();
+        let memories = match sets {
+            Some(sets) => with_subjects
+                .iter()
+                .zip(sets)
+                .map(|(d, rows)| {
+                    let (ledger, values) = self.gate_memory(&db, d)?;
+                    let value_ledger = match values {
+                        None if may_dominate => Some(self.sums_memory(&db, d)?),
+                        v => v,
+                    };
+                    Ok(gate::DatasetMemory {
+                        dataset: d.clone(),
+                        ledger,
+                        value_ledger,
+                        rows,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()
+                .map(Some)?,
+            None => None,
+        };
         let id = new_id("ex");
         let mut unapproved = 0;
         for hash in &job.modules {
@@ -202,12 +207,9 @@ impl Platform {
                 earlier: &earlier,
                 pseudonyms: Some(&pseudonyms),
                 dominance: s.export_rules.dominance_rule(),
-                memory: sets.as_ref().map(|sets| gate::Memory {
+                memory: memories.as_ref().map(|datasets| gate::Memory {
                     origin: &id,
-                    sets,
-                    ledgers: &ledgers,
-                    values: &values,
-                    value_ledgers: &value_ledgers,
+                    datasets,
                 }),
             },
             &batches,
@@ -237,19 +239,31 @@ impl Platform {
         // What the release adds to the gate's memory: its cells' sets and the sets it
         // suppressed for fewer than k subjects, sealed, with the datasets they are over.
         let remembered = outcome.remembered.as_ref().filter(|_| passed);
+        // Four lists per dataset, in the order of the datasets named with them.
         let (audit_key, audit_datasets) = match remembered {
-            Some(r) if !r.ledgers.is_empty() => (
-                Some(self.store_object(
-                    "audit",
-                    &id,
-                    &tidegate_policy::encode_sets(&[
-                        r.released.clone(),
-                        r.protected.clone(),
-                        r.value_released.clone(),
-                        r.dominated.clone(),
-                    ]),
-                )?),
-                Some(to_json(&audited)),
+            Some(r) if !r.datasets.is_empty() => (
+                Some(
+                    self.store_object(
+                        "audit",
+                        &id,
+                        &tidegate_policy::encode_sets(
+                            &r.datasets
+                                .iter()
+                                .flat_map(|k| {
+                                    [
+                                        k.released.clone(),
+                                        k.protected.clone(),
+                                        k.value_released.clone(),
+                                        k.dominated.clone(),
+                                    ]
+                                })
+                                .collect::<Vec<_>>(),
+                        ),
+                    )?,
+                ),
+                Some(to_json(
+                    &r.datasets.iter().map(|k| &k.dataset).collect::<Vec<_>>(),
+                )),
             ),
             _ => (None, None),
         };
@@ -324,13 +338,11 @@ impl Platform {
                 .ledgers
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            for (dataset, ledger) in &r.ledgers {
-                let values = r
-                    .value_ledgers
-                    .iter()
-                    .find(|(d, _)| d == dataset)
-                    .map(|(_, v)| Arc::clone(v));
-                kept.insert(dataset.clone(), (Arc::clone(ledger), values));
+            for k in &r.datasets {
+                kept.insert(
+                    k.dataset.clone(),
+                    (Arc::clone(&k.ledger), k.value_ledger.clone()),
+                );
             }
         }
         drop(db);
@@ -768,15 +780,21 @@ impl Platform {
             .collect::<rusqlite::Result<_>>()?;
         let mut out = Vec::new();
         for (export, key, datasets) in records {
-            if !from_json::<Vec<String>>(&datasets)?
-                .iter()
-                .any(|d| d == dataset)
-            {
+            let datasets = from_json::<Vec<String>>(&datasets)?;
+            let Some(at) = datasets.iter().position(|d| d == dataset) else {
                 continue;
-            }
-            let rows = tidegate_policy::decode_sets(&self.load_object("audit", &export, &key)?)
-                .filter(|rows| rows.len() == 2 || rows.len() == 4)
+            };
+            let mut rows = tidegate_policy::decode_sets(&self.load_object("audit", &export, &key)?)
                 .ok_or_else(|| Error::Integrity(format!("the audit record of export {export}")))?;
+            // Four lists per dataset, in the order of its datasets; written before each
+            // dataset was given only its own rows, two or four lists for all of them.
+            if datasets.len() > 1 && rows.len() == 4 * datasets.len() {
+                rows = rows.drain(4 * at..4 * at + 4).collect();
+            } else if rows.len() != 2 && rows.len() != 4 {
+                return Err(Error::Integrity(format!(
+                    "the audit record of export {export}"
+                )));
+            }
             out.push((export, rows));
         }
         Ok(out)

@@ -474,13 +474,32 @@ impl Platform {
                 let result_hash = sha256_hex(&parquet);
                 let wrapped = self.store_object("results", &id, &parquet)?;
                 // Each row's sets of subjects, for the gate's memory, sealed like the result.
-                let subjects_key = match (&output.subject_sets, &output.value_sets) {
-                    (Some(sets), Some(values)) => Some(self.store_object(
-                        "subjects",
-                        &id,
-                        &tidegate_policy::encode_rows(sets, values),
-                    )?),
-                    _ => None,
+                // Per dataset the job read: each dataset's memory is given only its own rows.
+                let subjects_key = match &output.subject_sets {
+                    Some(tables) => {
+                        let parts: Vec<(String, tidegate_policy::DatasetRows)> = inputs
+                            .iter()
+                            .map(|i| &i.dataset.id)
+                            .enumerate()
+                            .map(|(t, dataset)| {
+                                let rows = tables
+                                    .iter()
+                                    .find(|(at, _)| *at == t)
+                                    .map(|(_, r)| r.clone())
+                                    .unwrap_or_else(|| tidegate_policy::DatasetRows {
+                                        sets: vec![Vec::new(); rows],
+                                        values: vec![0; rows],
+                                    });
+                                (dataset.clone(), rows)
+                            })
+                            .collect();
+                        Some(self.store_object(
+                            "subjects",
+                            &id,
+                            &tidegate_policy::encode_by_dataset(&parts),
+                        )?)
+                    }
+                    None => None,
                 };
                 tx.execute(
                     "UPDATE jobs SET state = 'succeeded', rows = ?2, schema = ?3, resources = ?4,
