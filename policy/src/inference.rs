@@ -870,14 +870,16 @@ pub fn encode_by_dataset(parts: &[(String, DatasetRows)]) -> Vec<u8> {
     out
 }
 
-/// The sets [`encode_by_dataset`] wrote, in the order of `datasets`; for bytes [`encode_rows`]
-/// wrote (before sets were kept per dataset) the same rows for every dataset, as they were
-/// then audited. `None` for bytes neither wrote, or when a dataset of `datasets` is missing.
+/// Whether `bytes` are a result's sets kept per dataset (not sets written before: a join's
+/// rows were then named otherwise, and a row read twice was one element).
+pub fn kept_by_dataset(bytes: &[u8]) -> bool {
+    bytes.starts_with(BY_DATASET)
+}
+
+/// The sets [`encode_by_dataset`] wrote, in the order of `datasets`; `None` for bytes it did
+/// not write, or when a dataset of `datasets` is missing.
 pub fn decode_by_dataset(bytes: &[u8], datasets: &[String]) -> Option<Vec<DatasetRows>> {
-    let Some(rest) = bytes.strip_prefix(BY_DATASET) else {
-        let (sets, values) = decode_rows(bytes)?;
-        return Some(vec![DatasetRows { sets, values }; datasets.len()]);
-    };
+    let rest = bytes.strip_prefix(BY_DATASET)?;
     let mut at = 0usize;
     let n = varint(rest, &mut at)?;
     let mut found: Vec<(String, DatasetRows)> = Vec::new();
@@ -960,7 +962,7 @@ mod tests {
     }
 
     #[test]
-    fn a_result_s_sets_are_read_back_per_dataset_and_old_ones_for_every_dataset() {
+    fn a_result_s_sets_are_read_back_per_dataset_and_nothing_else_is() {
         let a = DatasetRows {
             sets: vec![vec![set([1, 2, 3])], vec![]],
             values: vec![1, 0],
@@ -974,8 +976,10 @@ mod tests {
         assert_eq!(decode_by_dataset(&bytes, &names), Some(vec![b, a.clone()]));
         assert_eq!(decode_by_dataset(&bytes, &["ds_c".to_string()]), None);
         assert_eq!(decode_by_dataset(&bytes[..bytes.len() - 1], &names), None);
+        assert!(kept_by_dataset(&bytes));
         let old = encode_rows(&a.sets, &a.values);
-        assert_eq!(decode_by_dataset(&old, &names), Some(vec![a.clone(), a]));
+        assert!(!kept_by_dataset(&old));
+        assert_eq!(decode_by_dataset(&old, &names), None);
     }
 
     #[test]

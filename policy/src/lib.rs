@@ -23,6 +23,7 @@ pub use gate::{
 pub use inference::{
     DatasetRows, Disclosure, Element, Ledger, SubjectSet, decode_by_dataset, decode_rows,
     decode_sets, differs_by_fewer_than, encode_by_dataset, encode_rows, encode_sets,
+    kept_by_dataset,
 };
 pub use model::{
     ColumnSpec, ColumnTag, DataType, ExportRules, Level, Masking, OrgKind, Origin, Principal, Role,

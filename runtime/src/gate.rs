@@ -406,6 +406,23 @@ fn suppress_close(rows: &mut [GroupRow], memory: &Memory<'_>, k: u64) -> BTreeMa
         if !r.keep {
             continue;
         }
+        // A cell of k subjects may hold the rows of fewer of one dataset (a crowd of one table
+        // with one subject's rows of another, by UNION ALL): that dataset's part is theirs.
+        let thin = memory.datasets.iter().any(|d| {
+            d.rows.sets[i].iter().any(|set| {
+                let subjects: std::collections::BTreeSet<u64> = set.iter().map(|e| e.1).collect();
+                !subjects.is_empty() && (subjects.len() as u64) < k
+            })
+        });
+        if thin {
+            r.keep = false;
+            *causes
+                .entry(format!(
+                    "its rows of one dataset (of fewer than k={k} subjects)"
+                ))
+                .or_insert(0) += 1;
+            continue;
+        }
         let earlier = memory.datasets.iter().find_map(|d| {
             d.rows.sets[i].iter().find_map(|set| {
                 d.ledger

@@ -56,6 +56,8 @@ pub(crate) const SUBJECT_COLUMN: &str = "__tg_subject";
 const BRANCH: &str = "__tg_branch";
 /// Contribution columns `__tg_stored0..`: the stored row each unit's scan read.
 const STORED_PREFIX: &str = "__tg_stored";
+/// Contribution columns `__tg_unitof0..`: each unit's subject (for rows without identities).
+const UNIT_OF_PREFIX: &str = "__tg_unitof";
 /// A row element's mask keeps its table above this bit (the measures below it).
 const TABLE_SHIFT: u32 = 48;
 /// The unit of a row whose entity key is NULL: all such rows are one subject.
@@ -741,6 +743,9 @@ impl Walk<'_> {
             for (i, unit) in units.iter().enumerate() {
                 exprs.push(row_of(unit).alias(format!("{STORED_PREFIX}{i}")));
             }
+            for (i, unit) in units.iter().enumerate() {
+                exprs.push(col(&unit.name).alias(format!("{UNIT_OF_PREFIX}{i}")));
+            }
             projected
                 .cross_join(indices)
                 .map_err(internal)?
@@ -756,6 +761,7 @@ impl Walk<'_> {
             exprs.push(col(&units[0].name).alias(SUBJECT_COLUMN));
             exprs.push(lit(0i64).alias(BRANCH));
             exprs.push(row_of(units[0]).alias(format!("{STORED_PREFIX}0")));
+            exprs.push(col(&units[0].name).alias(format!("{UNIT_OF_PREFIX}0")));
             projected
                 .project(exprs)
                 .map_err(internal)?
@@ -848,6 +854,7 @@ impl Walk<'_> {
                 adds.into_iter()
                     .chain([column(BRANCH.to_string())])
                     .chain((0..units.len()).map(|i| column(format!("{STORED_PREFIX}{i}"))))
+                    .chain((0..units.len()).map(|i| column(format!("{UNIT_OF_PREFIX}{i}"))))
                     .collect(),
             ));
         contribution_aggr.push(
@@ -1917,11 +1924,12 @@ fn sets_of(elements: &[(u64, u64, u64, u64)], value_bits: u64) -> (Vec<SubjectSe
     (sets, values)
 }
 
-/// `__tg_row_element(adds_0, .., adds_m-1, branch, stored_0, .., stored_u-1)`: one row of a
-/// contribution as 16 bytes: the stored row its subject's own scan (unit `branch`) read (0
-/// when its table stored none) and a mask of the measures it adds to, with that scan's table
-/// above [`TABLE_SHIFT`]. A stored row that an earlier unit of the same input row also read
-/// (a row joined to itself) has no measures: every input row counts each of its stored rows
+/// `__tg_row_element(adds_0, .., adds_m-1, branch, stored_0, .., stored_u-1, unit_0, ..,
+/// unit_u-1)`: one row of a contribution as 16 bytes: the stored row its subject's own scan
+/// (unit `branch`) read (0 when its table stored none) and a mask of the measures it adds to,
+/// with that scan's table above [`TABLE_SHIFT`]. A stored row that an earlier unit of the same
+/// input row also read (a row joined to itself; without row identities, the same subject's
+/// row of the same table) has no measures: every input row counts each of its stored rows
 /// once, so a row read twice (a UNION ALL, a join with two partners) is counted twice. Built
 /// by the analysis only: no query can call it.
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -1967,9 +1975,10 @@ impl datafusion::logical_expr::ScalarUDFImpl for RowElement {
             .iter()
             .map(|a| a.to_array(n))
             .collect::<datafusion::common::Result<Vec<_>>>()?;
-        if arrays.len() != self.measures + 1 + self.tables.len() {
+        let units = self.tables.len();
+        if arrays.len() != self.measures + 1 + 2 * units {
             return Err(datafusion::error::DataFusionError::Internal(
-                "row element: measures, a branch and a row per unit".into(),
+                "row element: measures, a branch, a row and a subject per unit".into(),
             ));
         }
         let (adds, rest) = arrays.split_at(self.measures);
@@ -1979,7 +1988,14 @@ impl datafusion::logical_expr::ScalarUDFImpl for RowElement {
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let branch = arrow::compute::cast(&rest[0], &DataType::UInt64)?;
         let branch = branch.as_primitive::<arrow::datatypes::UInt64Type>();
-        let stored = rest[1..]
+        let subjects = rest[1 + units..]
+            .iter()
+            .map(|a| arrow::compute::cast(a, &DataType::Utf8))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let subjects: Vec<&arrow::array::StringArray> =
+            subjects.iter().map(|a| a.as_string::<i32>()).collect();
+        let subject_at = |u: usize, i: usize| subjects[u].is_valid(i).then(|| subjects[u].value(i));
+        let stored = rest[1..1 + units]
             .iter()
             .map(|a| arrow::compute::cast(a, &DataType::UInt64))
             .collect::<std::result::Result<Vec<_>, _>>()?;
@@ -2001,7 +2017,12 @@ impl datafusion::logical_expr::ScalarUDFImpl for RowElement {
                 ));
             };
             let row = row_at(b, i);
-            let again = (0..b).any(|u| self.tables[u] == table && row_at(u, i) == row);
+            let again = (0..b).any(|u| {
+                self.tables[u] == table
+                    && row_at(u, i) == row
+                    && (row.is_some()
+                        || subject_at(u, i).is_some() && subject_at(u, i) == subject_at(b, i))
+            });
             let mut mask = 0u64;
             if !again {
                 for (bit, a) in adds.iter().enumerate() {

@@ -219,6 +219,11 @@ async fn edge(
     if declared.is_some_and(|n| n > limit) {
         return too_large(limit);
     }
+    // The console's pages sign in by their session cookie (and its forms by their CSRF
+    // token), never by a bearer token: see `console.rs`.
+    if crate::console::is_console(&path) {
+        return next.run(request).await;
+    }
     let token = match bearer(request.headers()) {
         Ok(token) => token,
         Err(e) => return close(e.into_response()),
@@ -888,6 +893,7 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .route("/v1/policy", get(export_policy).post(apply_policy))
         .route("/v1/meter/statement", get(statement))
         .route("/v1/reports/annual", get(annual_report))
+        .merge(crate::console::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(JSON_LIMIT as usize))

@@ -7,6 +7,7 @@
 mod api;
 mod cli;
 mod client;
+mod console;
 mod demo;
 mod report;
 

@@ -2,14 +2,14 @@
 
 use serde_json::Value;
 
-fn escape(s: &str) -> String {
+pub(crate) fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
 }
 
-fn text(v: &Value) -> String {
+pub(crate) fn text(v: &Value) -> String {
     match v {
         Value::String(s) => escape(s),
         Value::Null => String::new(),
@@ -17,10 +17,8 @@ fn text(v: &Value) -> String {
     }
 }
 
-/// Renders an export and its gate report as the page a reviewer works from: each check with
-/// its numbers, the query, the plan, the module hashes, the (masked, suppressed) preview, the
-/// scenario's earlier exports and the reviews so far. No scripts; every value escaped.
-pub fn export_html(export: &Value) -> String {
+/// The sections of an export's review page (without the page around them).
+pub(crate) fn export_sections(export: &Value) -> String {
     let report = &export["gate_report"];
     let mut checks = String::new();
     for c in report["checks"].as_array().into_iter().flatten() {
@@ -86,13 +84,13 @@ pub fn export_html(export: &Value) -> String {
         )
     });
     let modules = list(&export["modules"], &|m| format!("<code>{}</code>", text(m)));
+    let flag = export["flag"]
+        .as_str()
+        .map(|_| format!("<p class=\"flag\">{}</p>", text(&export["flag"])))
+        .unwrap_or_default();
     format!(
-        r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Export {id}</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #999;padding:.3em .6em}}tr.fail td{{background:#fdd}}tr.flag td{{background:#ffd}}tr.pass td:nth-child(2){{color:#060}}pre{{background:#f4f4f4;padding:.5em}}</style>
-</head><body>
-<h1>Export {id}: {state}</h1>
-<p>Job {job}, requested by {by}. Threshold k = {k}; {groups} group(s), {suppressed} suppressed; {rows} row(s) released. Approvals required: {required}.</p>
+        r#"<h1>Export {id}: {state}</h1>
+{flag}<p>Job {job}, requested by {by}. Threshold k = {k}; {groups} group(s), {suppressed} suppressed; {rows} row(s) released. Approvals required: {required}.</p>
 <h2>Gate report</h2>
 <table><tr><th>check</th><th>result</th><th>numbers</th></tr>
 {checks}</table>
@@ -104,7 +102,6 @@ pub fn export_html(export: &Value) -> String {
 <h2>Earlier exports of this scenario</h2><ul>{earlier}</ul>
 <h2>Reviews</h2><ul>{reviews}</ul>
 <h2>History</h2><ol>{history}</ol>
-</body></html>
 "#,
         id = text(&export["id"]),
         state = text(&export["state"]),
@@ -117,6 +114,27 @@ pub fn export_html(export: &Value) -> String {
         required = text(&export["required_approvals"]),
         query = text(&export["query"]),
         plan = text(&export["plan"]),
+    )
+}
+
+/// The styles of the pages: one sheet, served by the console at `/console/style.css` and
+/// inlined in the stand-alone pages the API gives with `?format=html`.
+pub(crate) const STYLE: &str = "body{font-family:sans-serif;margin:1.5em;max-width:72em}\
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #999;padding:.3em .6em;vertical-align:top}\
+tr.fail td{background:#fdd}tr.flag td,p.flag{background:#ffd}tr.pass td:nth-child(2){color:#060}\
+pre{background:#f4f4f4;padding:.5em;white-space:pre-wrap;overflow-wrap:anywhere}\
+nav a,nav button{margin-right:1em}nav form{display:inline}textarea{width:100%;max-width:40em}\
+p.notice{background:#eef;padding:.5em}p.error{background:#fdd;padding:.5em}\
+@media (max-width:40em){body{margin:.5em}td,th{padding:.2em}}";
+
+/// Renders an export and its gate report as the page a reviewer works from: each check with
+/// its numbers, the query, the plan, the module hashes, the (masked, suppressed) preview, the
+/// scenario's earlier exports and the reviews so far. No scripts; every value escaped.
+pub fn export_html(export: &Value) -> String {
+    format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Export {}</title>\n<style>{STYLE}</style>\n</head><body>\n{}</body></html>\n",
+        text(&export["id"]),
+        export_sections(export)
     )
 }
 

@@ -409,6 +409,76 @@ fn a_row_joined_twice_is_not_released_by_the_difference() {
     assert_not_counted_twice(&first, &second, spend);
 }
 
+/// A cell of k subjects of one table with one subject's rows of another (a UNION ALL): the
+/// other dataset's part of the cell is that subject's, and the cell is not released (here its
+/// count would tell how many bonuses the resident had; the sum's own check already holds).
+#[test]
+fn one_subject_s_rows_of_another_dataset_added_to_a_crowd_are_not_released() {
+    let (env, _, _) = active_scenario();
+    let w = &env.world;
+    let ids = residents(48);
+    let (people, _) = people_with_a_lone_77(&ids);
+    // A second dataset of bonuses by month: one each in months 1 and 2, and for the resident
+    // of Dock who is 77 one in month 3 as well.
+    let mut bonuses = String::from("resident_id,district,age,month\n");
+    for (i, id) in ids.iter().enumerate() {
+        let district = ["Bay", "Hill", "Lake", "Dock"][i % 4];
+        let age = if i == 3 { 77 } else { 20 + i % 40 };
+        for month in if i == 3 { &[1, 2, 3][..] } else { &[1, 2][..] } {
+            bonuses.push_str(&format!("{id},{district},{age},{month}\n"));
+        }
+    }
+    let sid = granted_all(
+        w,
+        &[
+            ("people", people_columns(), &people),
+            (
+                "bonuses",
+                json!([
+                    { "name": "resident_id", "data_type": "utf8", "tags": ["pii:resident_id", "entity"] },
+                    { "name": "district", "data_type": "utf8", "tags": ["dimension"] },
+                    { "name": "age", "data_type": "int64", "tags": ["quasi"] },
+                    { "name": "month", "data_type": "int64", "tags": ["dimension"] },
+                ]),
+                &bonuses,
+            ),
+        ],
+    );
+    // The resident's rows of bonuses fall into cells of many subjects (month 3's is
+    // suppressed): no single group of them is one subject's alone in the memory yet.
+    let months = export(
+        &env,
+        &w.scientist,
+        &sid,
+        "SELECT month, count(*) AS n FROM bonuses GROUP BY month",
+    );
+    assert_eq!(months["state"], "in_review", "{months}");
+    let first = export(
+        &env,
+        &w.scientist,
+        &sid,
+        "SELECT district, count(*) AS n FROM people GROUP BY district",
+    );
+    assert_eq!(first["state"], "in_review", "{first}");
+    let second = export(
+        &env,
+        &w.scientist,
+        &sid,
+        "SELECT district, count(*) AS n FROM ( \
+           SELECT district FROM people \
+           UNION ALL \
+           SELECT district FROM bonuses WHERE district = 'Dock' AND age = 77 \
+         ) t GROUP BY district",
+    );
+    let before = total_at(&first, "Dock", 1).unwrap();
+    if let Some(after) = total_at(&second, "Dock", 1) {
+        assert!(
+            (after - before - 3.0).abs() > 0.005,
+            "the resident's number of bonuses was released as {after} - {before}\n{second}"
+        );
+    }
+}
+
 #[test]
 fn a_difference_across_two_scenarios_of_one_org_is_suppressed() {
     let (env, sid, _) = active_scenario();

@@ -100,13 +100,20 @@ impl Platform {
         }
         // Per dataset, each result row's sets of its stored rows.
         let sets = match &subjects_key {
-            Some(w) => Some(
-                tidegate_policy::decode_by_dataset(
-                    &self.load_object("subjects", job_id, w)?,
-                    &with_subjects,
+            Some(w) => {
+                let bytes = self.load_object("subjects", job_id, w)?;
+                // Sets kept before each dataset was given its own rows named a join's rows
+                // otherwise and a row read twice once: such a job is run again.
+                if !tidegate_policy::kept_by_dataset(&bytes) {
+                    return Err(Error::BadInput(format!(
+                        "job {job_id} ran before the export gate remembered each dataset's rows apart; run the job again to export its result"
+                    )));
+                }
+                Some(
+                    tidegate_policy::decode_by_dataset(&bytes, &with_subjects)
+                        .ok_or_else(|| Error::Integrity(format!("the subjects of job {job_id}")))?,
                 )
-                .ok_or_else(|| Error::Integrity(format!("the subjects of job {job_id}")))?,
-            ),
+            }
             None => None,
         };
         // A job that ran before the gate remembered releases has no sets: its exact release

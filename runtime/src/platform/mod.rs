@@ -44,11 +44,13 @@ mod policy;
 mod queue;
 mod reading;
 mod scenarios;
+mod sessions;
 
 pub use lists::{ExportSummary, JobSummary, ListQuery, Listing, ModuleSummary};
 pub use modules::ModuleDetail;
 pub use reading::local_table;
 use reading::{FileBytes, column_specs};
+pub use sessions::{SESSION_SECONDS, Session};
 
 pub const AUDIT_FILE: &str = "audit.log";
 pub const PUBLIC_KEY_FILE: &str = "platform.pub";
@@ -619,10 +621,18 @@ const MIGRATIONS: &[(i64, &str)] = &[
          ALTER TABLE modules ADD COLUMN revoke_reason TEXT;
          ALTER TABLE exports ADD COLUMN flag TEXT;",
     ),
+    (
+        11,
+        "CREATE TABLE sessions (
+             id_hash TEXT PRIMARY KEY, principal_id TEXT NOT NULL REFERENCES principals(id),
+             token_hash TEXT NOT NULL, csrf TEXT NOT NULL, created_at TEXT NOT NULL,
+             expires_at INTEGER NOT NULL, ended_at TEXT);
+         CREATE INDEX sessions_by_principal ON sessions(principal_id);",
+    ),
 ];
 
 /// The schema version this build writes.
-const SCHEMA_VERSION: i64 = 10;
+const SCHEMA_VERSION: i64 = 11;
 
 /// Who moves an export when the gate does.
 const GATE_ACTOR: &str = "export gate";

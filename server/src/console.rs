@@ -1,0 +1,611 @@
+//! The web console: server-rendered pages for the people who decide (reviewers, admins) and
+//! follow (scientists), with no script at all. Every page is a view of the same platform calls
+//! the JSON API makes, under the same policy checks, and every action on a page is audited as
+//! the same call through the API.
+//!
+//! Sign-in exchanges a token for a session cookie (HttpOnly, SameSite=Strict, expiring, ended
+//! by sign-out or by the token's rotation; Secure behind a TLS proxy). Every form carries the
+//! session's CSRF token and every post is refused without it; the sign-in form carries a token
+//! of its own, bound to a short-lived cookie. Every answer forbids scripts, framing, other
+//! origins and caching (Content-Security-Policy and friends).
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use serde::Deserialize;
+use serde_json::Value;
+use tidegate_runtime::{Error, ListQuery, Platform, Session};
+
+use crate::report::{STYLE, escape, export_sections, text};
+
+type AppState = Arc<Platform>;
+
+const SESSION_COOKIE: &str = "tg_session";
+const SIGN_IN_COOKIE: &str = "tg_sign_in";
+/// How long a sign-in form stays good.
+const SIGN_IN_SECONDS: u64 = 600;
+
+/// The headers of every console answer.
+const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// Adds the console's security headers to an answer.
+async fn harden(response: Response) -> Response {
+    let mut response = response;
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// Whether a path is the console's (it authenticates by its cookie, not a bearer token).
+pub(crate) fn is_console(path: &str) -> bool {
+    path == "/" || path == "/console" || path.starts_with("/console/")
+}
+
+/// A console error: the page says what went wrong (never a data value: the platform's
+/// messages hold none), with the status the problem calls for.
+struct PageError(Error);
+
+impl From<Error> for PageError {
+    fn from(e: Error) -> Self {
+        PageError(e)
+    }
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        let status = match &self.0 {
+            Error::Refused(_) => StatusCode::FORBIDDEN,
+            Error::Unauthenticated(_) => {
+                return Redirect::to("/console/sign-in").into_response();
+            }
+            Error::Limit(_) | Error::WhileRunning(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::BadInput(_) => StatusCode::BAD_REQUEST,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Integrity(_) | Error::Internal(_) => {
+                tracing::error!(error = %self.0, "console request failed");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        let body = format!(
+            "<p class=\"error\">{}</p><p><a href=\"/console\">Back to the console</a></p>",
+            escape(&self.0.to_string())
+        );
+        (status, axum::response::Html(page("Not done", None, &body))).into_response()
+    }
+}
+
+type PageResult = Result<Response, PageError>;
+
+/// Runs blocking platform work (SQLite, crypto, files) off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, PageError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| PageError(Error::Internal(format!("worker: {e}"))))?
+        .map_err(PageError)
+}
+
+/// A cookie of the request.
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v.to_string())
+}
+
+/// A cookie the console sets: HttpOnly, SameSite=Strict, for the whole site; Secure when a
+/// TLS proxy in front says the request came over HTTPS.
+fn set_cookie(headers: &HeaderMap, name: &str, value: &str, max_age: u64) -> HeaderValue {
+    let secure = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("https"));
+    let cookie = format!(
+        "{name}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{}",
+        if secure { "; Secure" } else { "" }
+    );
+    HeaderValue::from_str(&cookie).expect("a cookie of tokens is a header value")
+}
+
+/// Whether two secrets are equal, in time that does not depend on where they differ.
+fn same_secret(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+}
+
+/// The request's session, or the redirect to sign in.
+async fn session(p: &AppState, headers: &HeaderMap) -> Result<Session, PageError> {
+    let Some(secret) = cookie(headers, SESSION_COOKIE) else {
+        return Err(PageError(Error::Unauthenticated("sign in".into())));
+    };
+    let p = Arc::clone(p);
+    blocking(move || p.session(&secret)).await
+}
+
+/// The session of a form post whose CSRF token is the session's; refused otherwise (a form
+/// posted from another site never carries it).
+async fn posted(p: &AppState, headers: &HeaderMap, csrf: &str) -> Result<Session, PageError> {
+    let s = session(p, headers).await?;
+    if !same_secret(csrf, &s.csrf) {
+        return Err(PageError(Error::Refused(
+            "the form is not one this console gave (its CSRF token is missing or wrong): open the page again".into(),
+        )));
+    }
+    Ok(s)
+}
+
+/// A whole page: the style sheet, the navigation for a signed-in principal, the body.
+fn page(title: &str, s: Option<&Session>, body: &str) -> String {
+    let nav = match s {
+        Some(s) => format!(
+            "<nav><a href=\"/console\">Home</a><a href=\"/console/reviews\">Review queue</a>\
+             <a href=\"/console/scenarios\">Scenarios</a><a href=\"/console/exports\">Exports</a>\
+             <a href=\"/console/jobs\">Jobs</a>\
+             <form method=\"post\" action=\"/console/sign-out\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+             <button type=\"submit\">Sign out {}</button></form></nav>",
+            escape(&s.csrf),
+            escape(&s.principal.id),
+        ),
+        None => String::new(),
+    };
+    format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{} - Tidegate</title><link rel=\"stylesheet\" href=\"/console/style.css\"></head>\
+         <body>{nav}\n{body}</body></html>\n",
+        escape(title)
+    )
+}
+
+fn html(title: &str, s: &Session, body: &str) -> Response {
+    axum::response::Html(page(title, Some(s), body)).into_response()
+}
+
+async fn style() -> Response {
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE).into_response()
+}
+
+async fn root() -> Response {
+    Redirect::to("/console").into_response()
+}
+
+/// The sign-in form, with a one-time token bound to a short-lived cookie.
+async fn sign_in_form(headers: HeaderMap) -> Response {
+    let nonce = tidegate_runtime::random_token();
+    let body = format!(
+        "<h1>Sign in to Tidegate</h1>\
+         <form method=\"post\" action=\"/console/sign-in\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{nonce}\">\
+         <p><label for=\"token\">Your token</label><br>\
+         <input id=\"token\" name=\"token\" type=\"password\" autocomplete=\"off\" required size=\"70\"></p>\
+         <p><button type=\"submit\">Sign in</button></p></form>\
+         <p>The token is the one your admin gave you; the console keeps a session of 8 hours instead.</p>"
+    );
+    let mut response = axum::response::Html(page("Sign in", None, &body)).into_response();
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(&headers, SIGN_IN_COOKIE, &nonce, SIGN_IN_SECONDS),
+    );
+    response
+}
+
+#[derive(Deserialize)]
+struct SignIn {
+    token: String,
+    csrf: String,
+}
+
+async fn sign_in(
+    State(p): State<AppState>,
+    headers: HeaderMap,
+    axum::Form(f): axum::Form<SignIn>,
+) -> PageResult {
+    let bound = cookie(&headers, SIGN_IN_COOKIE).unwrap_or_default();
+    if bound.is_empty() || !same_secret(&bound, &f.csrf) {
+        return Err(PageError(Error::Refused(
+            "the sign-in form is not one this console gave, or it is too old: open it again".into(),
+        )));
+    }
+    let (secret, _) = match blocking(move || p.sign_in(f.token.trim())).await {
+        Ok(s) => s,
+        Err(PageError(Error::Unauthenticated(_))) => {
+            return Ok((
+                StatusCode::UNAUTHORIZED,
+                axum::response::Html(page(
+                    "Sign in",
+                    None,
+                    "<p class=\"error\">That token is unknown or revoked.</p><p><a href=\"/console/sign-in\">Try again</a></p>",
+                )),
+            )
+                .into_response());
+        }
+        Err(e) => return Err(e),
+    };
+    let mut response = Redirect::to("/console").into_response();
+    let h = response.headers_mut();
+    h.append(
+        header::SET_COOKIE,
+        set_cookie(
+            &headers,
+            SESSION_COOKIE,
+            &secret,
+            tidegate_runtime::SESSION_SECONDS as u64,
+        ),
+    );
+    h.append(
+        header::SET_COOKIE,
+        set_cookie(&headers, SIGN_IN_COOKIE, "", 0),
+    );
+    Ok(response)
+}
+
+#[derive(Deserialize)]
+struct Csrf {
+    csrf: String,
+}
+
+async fn sign_out(
+    State(p): State<AppState>,
+    headers: HeaderMap,
+    axum::Form(f): axum::Form<Csrf>,
+) -> PageResult {
+    posted(&p, &headers, &f.csrf).await?;
+    let secret = cookie(&headers, SESSION_COOKIE).unwrap_or_default();
+    blocking(move || p.sign_out(&secret)).await?;
+    let mut response = Redirect::to("/console/sign-in").into_response();
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(&headers, SESSION_COOKIE, "", 0),
+    );
+    Ok(response)
+}
+
+async fn home(State(p): State<AppState>, headers: HeaderMap) -> PageResult {
+    let s = session(&p, &headers).await?;
+    let roles: Vec<String> = s
+        .principal
+        .roles
+        .iter()
+        .map(|r| format!("{r:?}").to_lowercase())
+        .collect();
+    let body = format!(
+        "<h1>Tidegate console</h1><p>Signed in as <strong>{}</strong> of org {} ({}). The session ends at {} (Unix time) or when you sign out.</p>\
+         <ul><li><a href=\"/console/reviews\">Exports waiting for your review</a></li>\
+         <li><a href=\"/console/scenarios\">Scenarios</a> (those waiting for your approval first)</li>\
+         <li><a href=\"/console/exports\">Exports you may see</a></li>\
+         <li><a href=\"/console/jobs\">Jobs you may see</a></li></ul>",
+        escape(&s.principal.id),
+        escape(&s.principal.org),
+        escape(&roles.join(", ")),
+        s.expires_at
+    );
+    Ok(html("Home", &s, &body))
+}
+
+/// A table of list items (JSON), with the first column a link.
+fn table(items: &[Value], columns: &[&str], link: &dyn Fn(&Value) -> String) -> String {
+    if items.is_empty() {
+        return "<p>Nothing here.</p>".into();
+    }
+    let mut out = String::from("<table><tr>");
+    for c in columns {
+        out.push_str(&format!("<th>{}</th>", escape(c)));
+    }
+    out.push_str("</tr>\n");
+    for item in items {
+        out.push_str("<tr>");
+        for (i, c) in columns.iter().enumerate() {
+            let v = text(&item[*c]);
+            if i == 0 {
+                out.push_str(&format!(
+                    "<td><a href=\"{}\">{v}</a></td>",
+                    escape(&link(item))
+                ));
+            } else {
+                out.push_str(&format!("<td>{v}</td>"));
+            }
+        }
+        out.push_str("</tr>\n");
+    }
+    out.push_str("</table>");
+    out
+}
+
+fn values<T: serde::Serialize>(items: &[T]) -> Vec<Value> {
+    items
+        .iter()
+        .map(|i| serde_json::to_value(i).expect("a view serializes"))
+        .collect()
+}
+
+fn export_link(e: &Value) -> String {
+    format!("/console/exports/{}", e["id"].as_str().unwrap_or_default())
+}
+
+async fn reviews(State(p): State<AppState>, headers: HeaderMap) -> PageResult {
+    let s = session(&p, &headers).await?;
+    let actor = s.principal.clone();
+    let q = ListQuery {
+        queue: true,
+        limit: Some(100),
+        ..ListQuery::default()
+    };
+    let listing = blocking(move || p.list_exports(&actor, &q)).await?;
+    let body = format!(
+        "<h1>Exports waiting for your review</h1><p>Oldest first.</p>{}",
+        table(
+            &values(&listing.items),
+            &[
+                "id",
+                "state",
+                "scenario",
+                "org",
+                "requested_by",
+                "requested_at",
+                "approvals",
+                "required_approvals"
+            ],
+            &export_link
+        )
+    );
+    Ok(html("Review queue", &s, &body))
+}
+
+async fn exports(State(p): State<AppState>, headers: HeaderMap) -> PageResult {
+    let s = session(&p, &headers).await?;
+    let actor = s.principal.clone();
+    let q = ListQuery {
+        limit: Some(100),
+        ..ListQuery::default()
+    };
+    let listing = blocking(move || p.list_exports(&actor, &q)).await?;
+    let body = format!(
+        "<h1>Exports</h1><p>Newest first.</p>{}",
+        table(
+            &values(&listing.items),
+            &[
+                "id",
+                "state",
+                "scenario",
+                "requested_by",
+                "requested_at",
+                "approvals",
+                "required_approvals"
+            ],
+            &export_link
+        )
+    );
+    Ok(html("Exports", &s, &body))
+}
+
+async fn jobs(State(p): State<AppState>, headers: HeaderMap) -> PageResult {
+    let s = session(&p, &headers).await?;
+    let actor = s.principal.clone();
+    let q = ListQuery {
+        limit: Some(100),
+        ..ListQuery::default()
+    };
+    let listing = blocking(move || p.list_jobs(&actor, &q)).await?;
+    let body = format!(
+        "<h1>Jobs</h1><p>Newest first.</p>{}",
+        table(
+            &values(&listing.items),
+            &[
+                "id",
+                "state",
+                "scenario",
+                "submitted_by",
+                "created_at",
+                "finished_at"
+            ],
+            &|_| "/console/jobs".to_string()
+        )
+    );
+    Ok(html("Jobs", &s, &body))
+}
+
+/// The review page: the export with every check, and the decision form.
+async fn export_page(
+    State(p): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> PageResult {
+    let s = session(&p, &headers).await?;
+    let actor = s.principal.clone();
+    let export = blocking(move || p.get_export(&actor, &id)).await?;
+    let v = serde_json::to_value(&export).expect("a view serializes");
+    let decide = if export.state == "in_review" {
+        format!(
+            "<h2>Decision</h2><form method=\"post\" action=\"/console/exports/{id}/review\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+             <p><label for=\"comment\">Comment (required: say what you checked)</label><br>\
+             <textarea id=\"comment\" name=\"comment\" rows=\"4\" required></textarea></p>\
+             <p><button type=\"submit\" name=\"decision\" value=\"approve\">Approve</button>\
+             <button type=\"submit\" name=\"decision\" value=\"return\">Return to the scientist</button>\
+             <button type=\"submit\" name=\"decision\" value=\"reject\">Reject</button></p></form>",
+            id = escape(&export.id),
+            csrf = escape(&s.csrf),
+        )
+    } else {
+        String::new()
+    };
+    let body = format!("{}{decide}", export_sections(&v));
+    Ok(html(&format!("Export {}", export.id), &s, &body))
+}
+
+#[derive(Deserialize)]
+struct Decision {
+    csrf: String,
+    decision: String,
+    #[serde(default)]
+    comment: String,
+}
+
+async fn review(
+    State(p): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    axum::Form(f): axum::Form<Decision>,
+) -> PageResult {
+    let s = posted(&p, &headers, &f.csrf).await?;
+    if f.comment.trim().is_empty() {
+        return Err(PageError(Error::BadInput(
+            "a decision needs a comment: say what you checked".into(),
+        )));
+    }
+    let target = format!("/console/exports/{}", escape(&id));
+    blocking(move || p.review_export(&s.principal, &id, &f.decision, &f.comment)).await?;
+    Ok(Redirect::to(&target).into_response())
+}
+
+async fn scenarios(State(p): State<AppState>, headers: HeaderMap) -> PageResult {
+    let s = session(&p, &headers).await?;
+    let (actor, p2) = (s.principal.clone(), Arc::clone(&p));
+    let queue = blocking(move || {
+        p2.list_scenarios(
+            &actor,
+            &ListQuery {
+                queue: true,
+                limit: Some(100),
+                ..ListQuery::default()
+            },
+        )
+    })
+    .await?;
+    let actor = s.principal.clone();
+    let all = blocking(move || {
+        p.list_scenarios(
+            &actor,
+            &ListQuery {
+                limit: Some(100),
+                ..ListQuery::default()
+            },
+        )
+    })
+    .await?;
+    let link = |v: &Value| {
+        format!(
+            "/console/scenarios/{}",
+            v["id"].as_str().unwrap_or_default()
+        )
+    };
+    let columns = ["id", "name", "org", "state", "key_area", "term_end"];
+    let body = format!(
+        "<h1>Scenarios waiting for your approval</h1>{}<h1>Scenarios you may see</h1>{}",
+        table(&values(&queue.items), &columns, &link),
+        table(&values(&all.items), &columns, &link)
+    );
+    Ok(html("Scenarios", &s, &body))
+}
+
+async fn scenario_page(
+    State(p): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> PageResult {
+    let s = session(&p, &headers).await?;
+    let actor = s.principal.clone();
+    let v = blocking(move || p.get_scenario(&actor, &id)).await?;
+    let view = serde_json::to_value(&v).expect("a view serializes");
+    let grants: String = v
+        .grants
+        .iter()
+        .map(|g| {
+            let g = serde_json::to_value(g).expect("a grant serializes");
+            format!("<li>{}: {}</li>", text(&g["dataset"]), text(&g["columns"]))
+        })
+        .collect();
+    let approvals: String = v
+        .approvals
+        .iter()
+        .map(|a| {
+            let a = serde_json::to_value(a).expect("an approval serializes");
+            format!(
+                "<li>{} by {} at {}</li>",
+                text(&a["as_role"]),
+                text(&a["by"]),
+                text(&a["at"])
+            )
+        })
+        .collect();
+    let approve = if v.missing_approvals.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "<form method=\"post\" action=\"/console/scenarios/{id}/approve\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+             <button type=\"submit\">Approve this scenario</button></form>",
+            id = escape(&v.id),
+            csrf = escape(&s.csrf)
+        )
+    };
+    let body = format!(
+        "<h1>Scenario {name}: {state}</h1><p>Org {org}; key area {area}; term {start} to {end}; k = {k}.</p>\
+         <h2>Purpose</h2><p>{purpose}</p><h2>Grants</h2><ul>{grants}</ul>\
+         <h2>Export rules</h2><pre>{rules}</pre>\
+         <h2>Approvals</h2><ul>{approvals}</ul><p>Still missing: {missing}</p>{approve}",
+        name = text(&view["name"]),
+        state = text(&view["state"]),
+        org = text(&view["org"]),
+        area = text(&view["key_area"]),
+        start = text(&view["term_start"]),
+        end = text(&view["term_end"]),
+        k = text(&view["k"]),
+        purpose = text(&view["purpose"]),
+        rules = escape(&serde_json::to_string_pretty(&view["export_rules"]).unwrap_or_default()),
+        missing = escape(&v.missing_approvals.join(", ")),
+    );
+    Ok(html(&format!("Scenario {}", v.name), &s, &body))
+}
+
+async fn approve_scenario(
+    State(p): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    axum::Form(f): axum::Form<Csrf>,
+) -> PageResult {
+    let s = posted(&p, &headers, &f.csrf).await?;
+    let target = format!("/console/scenarios/{}", escape(&id));
+    blocking(move || p.approve_scenario(&s.principal, &id)).await?;
+    Ok(Redirect::to(&target).into_response())
+}
+
+/// The console's routes, to merge into the API's router.
+pub(crate) fn routes() -> axum::Router<AppState> {
+    use axum::routing::{get, post};
+    axum::Router::new()
+        .route("/", get(root))
+        .route("/console", get(home))
+        .route("/console/style.css", get(style))
+        .route("/console/sign-in", get(sign_in_form).post(sign_in))
+        .route("/console/sign-out", post(sign_out))
+        .route("/console/reviews", get(reviews))
+        .route("/console/exports", get(exports))
+        .route("/console/exports/{id}", get(export_page))
+        .route("/console/exports/{id}/review", post(review))
+        .route("/console/jobs", get(jobs))
+        .route("/console/scenarios", get(scenarios))
+        .route("/console/scenarios/{id}", get(scenario_page))
+        .route("/console/scenarios/{id}/approve", post(approve_scenario))
+        .layer(axum::middleware::map_response(harden))
+}

@@ -1,0 +1,356 @@
+//! The web console, driven as a browser drives it (plain HTTP with cookies and forms): a token
+//! becomes a session cookie, every form carries the session's CSRF token, every answer forbids
+//! scripts and framing, and a reviewer finds and decides an export on pages alone.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::*;
+use serde_json::Value;
+
+/// What the server answered: the status, the headers (names in lower case) and the body.
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The value of the hidden `csrf` field of the page's first form that has one.
+    fn csrf(&self) -> String {
+        let at = self
+            .body
+            .find("name=\"csrf\" value=\"")
+            .unwrap_or_else(|| panic!("no form with a CSRF token in {}", self.body));
+        let rest = &self.body[at + "name=\"csrf\" value=\"".len()..];
+        rest[..rest.find('"').unwrap()].to_string()
+    }
+}
+
+/// A browser of one person: it keeps the cookies the server sets and sends them back.
+struct Browser {
+    url: String,
+    cookies: BTreeMap<String, String>,
+}
+
+fn form_encode(fields: &[(&str, &str)]) -> String {
+    fields
+        .iter()
+        .map(|(k, v)| {
+            let enc = |s: &str| {
+                s.bytes()
+                    .map(|b| match b {
+                        b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                            (b as char).to_string()
+                        }
+                        b' ' => "+".to_string(),
+                        _ => format!("%{b:02X}"),
+                    })
+                    .collect::<String>()
+            };
+            format!("{}={}", enc(k), enc(v))
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+impl Browser {
+    fn new(url: &str) -> Browser {
+        Browser {
+            url: url.to_string(),
+            cookies: BTreeMap::new(),
+        }
+    }
+
+    fn send(&mut self, method: &str, path: &str, body: Option<&str>) -> Answer {
+        let host = self.url.trim_start_matches("http://").to_string();
+        let cookies = self
+            .cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let mut request =
+            format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+        if !cookies.is_empty() {
+            request.push_str(&format!("Cookie: {cookies}\r\n"));
+        }
+        if let Some(b) = body {
+            request.push_str(&format!(
+                "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+                b.len()
+            ));
+        }
+        request.push_str("\r\n");
+        request.push_str(body.unwrap_or_default());
+        let text = raw(&self.url, request.as_bytes(), &|_| {});
+        let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+        let mut lines = head.lines();
+        let status: u16 = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse().ok())
+            .expect("a status line");
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_lowercase(), v.trim().to_string()))
+            .collect();
+        for (n, v) in &headers {
+            if n == "set-cookie" {
+                let pair = v.split(';').next().unwrap_or_default();
+                if let Some((k, val)) = pair.split_once('=') {
+                    if val.is_empty() || v.contains("Max-Age=0") {
+                        self.cookies.remove(k);
+                    } else {
+                        self.cookies.insert(k.to_string(), val.to_string());
+                    }
+                }
+            }
+        }
+        Answer {
+            status,
+            headers,
+            body: body.to_string(),
+        }
+    }
+
+    fn get(&mut self, path: &str) -> Answer {
+        self.send("GET", path, None)
+    }
+
+    fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Answer {
+        self.send("POST", path, Some(&form_encode(fields)))
+    }
+
+    /// Signs in with `token` through the sign-in form.
+    fn sign_in(&mut self, token: &str) -> Answer {
+        let form = self.get("/console/sign-in");
+        assert_eq!(form.status, 200, "{}", form.body);
+        let csrf = form.csrf();
+        self.post("/console/sign-in", &[("token", token), ("csrf", &csrf)])
+    }
+}
+
+fn token(client: &tidegate_server::Client) -> String {
+    client.token().unwrap().to_string()
+}
+
+/// An export of the demo's scenario waiting for review.
+fn waiting_export() -> (Env, String) {
+    let (env, sid, module) = active_scenario();
+    let requested = export_of(&env, &sid, DEMO_SQL, &[module]);
+    assert_eq!(requested["state"], "in_review", "{requested}");
+    let id = requested["id"].as_str().unwrap().to_string();
+    (env, id)
+}
+
+#[test]
+fn a_reviewer_signs_in_finds_the_export_in_the_queue_and_returns_it_with_a_comment() {
+    let (env, id) = waiting_export();
+    let mut b = Browser::new(env.world.reviewer.url());
+    let signed = b.sign_in(&token(&env.world.reviewer));
+    assert_eq!(signed.status, 303, "{}", signed.body);
+    assert_eq!(signed.header("location"), Some("/console"));
+    let cookie = signed
+        .headers
+        .iter()
+        .find(|(n, v)| n == "set-cookie" && v.starts_with("tg_session="))
+        .map(|(_, v)| v.clone())
+        .expect("a session cookie");
+    for attribute in ["HttpOnly", "SameSite=Strict", "Max-Age=28800", "Path=/"] {
+        assert!(cookie.contains(attribute), "{cookie}");
+    }
+    assert!(
+        !cookie.contains(&token(&env.world.reviewer)),
+        "the cookie is a session, not the token"
+    );
+
+    let queue = b.get("/console/reviews");
+    assert_eq!(queue.status, 200, "{}", queue.body);
+    assert!(
+        queue.body.contains(&format!("/console/exports/{id}")),
+        "{}",
+        queue.body
+    );
+
+    let page = b.get(&format!("/console/exports/{id}"));
+    assert_eq!(page.status, 200, "{}", page.body);
+    for section in [
+        "Gate report",
+        "threshold",
+        "differencing",
+        "Preview",
+        "Decision",
+    ] {
+        assert!(page.body.contains(section), "{section} in {}", page.body);
+    }
+    let csrf = page.csrf();
+    let decided = b.post(
+        &format!("/console/exports/{id}/review"),
+        &[
+            ("csrf", &csrf),
+            ("decision", "return"),
+            ("comment", "Please drop the age column & explain <why>"),
+        ],
+    );
+    assert_eq!(decided.status, 303, "{}", decided.body);
+    // The same state and comment through the API: the page is a view of the same call.
+    let seen: Value = seen_by_reviewer(&env, &serde_json::json!({ "id": id }));
+    assert_eq!(seen["state"], "returned", "{seen}");
+    assert!(
+        seen.to_string()
+            .contains("Please drop the age column & explain <why>")
+    );
+    let after = b.get(&format!("/console/exports/{id}"));
+    assert!(
+        after.body.contains("explain &lt;why&gt;"),
+        "escaped: {}",
+        after.body
+    );
+    assert!(!after.body.contains("<why>"));
+}
+
+#[test]
+fn every_console_answer_forbids_scripts_framing_and_caching() {
+    let (env, _) = waiting_export();
+    let mut b = Browser::new(env.world.reviewer.url());
+    let form = b.get("/console/sign-in");
+    b.sign_in(&token(&env.world.reviewer));
+    let home = b.get("/console");
+    assert_eq!(home.status, 200, "{}", home.body);
+    for answer in [&form, &home] {
+        let csp = answer.header("content-security-policy").expect("a CSP");
+        for rule in [
+            "default-src 'none'",
+            "frame-ancestors 'none'",
+            "form-action 'self'",
+        ] {
+            assert!(csp.contains(rule), "{csp}");
+        }
+        assert!(!csp.contains("unsafe-inline"), "{csp}");
+        assert_eq!(answer.header("x-content-type-options"), Some("nosniff"));
+        assert_eq!(answer.header("cache-control"), Some("no-store"));
+        assert!(!answer.body.contains("<script"), "{}", answer.body);
+        assert!(
+            !answer.body.contains("style=\""),
+            "no inline style: {}",
+            answer.body
+        );
+    }
+    let css = b.get("/console/style.css");
+    assert_eq!(css.status, 200);
+    assert!(css.header("content-type").unwrap().starts_with("text/css"));
+}
+
+#[test]
+fn a_form_posted_without_the_session_s_csrf_token_changes_nothing() {
+    let (env, id) = waiting_export();
+    let mut b = Browser::new(env.world.reviewer.url());
+    b.sign_in(&token(&env.world.reviewer));
+    for csrf in ["", "tg_0000", "not-the-token"] {
+        let forged = b.post(
+            &format!("/console/exports/{id}/review"),
+            &[("csrf", csrf), ("decision", "approve"), ("comment", "ok")],
+        );
+        assert_eq!(forged.status, 403, "{}", forged.body);
+    }
+    let seen = seen_by_reviewer(&env, &serde_json::json!({ "id": id }));
+    assert_eq!(seen["state"], "in_review", "{seen}");
+    // Nor does a sign-in form the console did not give open a session.
+    let mut other = Browser::new(env.world.reviewer.url());
+    let forged = other.post(
+        "/console/sign-in",
+        &[("token", &token(&env.world.reviewer)), ("csrf", "tg_guess")],
+    );
+    assert_eq!(forged.status, 403, "{}", forged.body);
+    assert!(!other.cookies.contains_key("tg_session"));
+}
+
+#[test]
+fn a_page_of_another_org_is_not_found() {
+    let (env, id) = waiting_export();
+    let (stranger, _, _) = outsider(&env.world, "other-analytics", "operator", &["scientist"]);
+    let mut b = Browser::new(env.world.reviewer.url());
+    assert_eq!(b.sign_in(&token(&stranger)).status, 303);
+    let page = b.get(&format!("/console/exports/{id}"));
+    assert_eq!(page.status, 404, "{}", page.body);
+    assert!(!page.body.contains("Gate report"));
+    let queue = b.get("/console/reviews");
+    assert!(!queue.body.contains(&id), "{}", queue.body);
+}
+
+#[test]
+fn a_session_ends_at_sign_out_and_when_its_token_is_rotated() {
+    let (env, _) = waiting_export();
+    let mut b = Browser::new(env.world.reviewer.url());
+    assert!(
+        b.get("/console")
+            .header("location")
+            .is_some_and(|l| l.ends_with("/console/sign-in"))
+    );
+    b.sign_in(&token(&env.world.reviewer));
+    let home = b.get("/console");
+    assert_eq!(home.status, 200);
+    let session = b.cookies["tg_session"].clone();
+    let out = b.post("/console/sign-out", &[("csrf", &home.csrf())]);
+    assert_eq!(out.status, 303, "{}", out.body);
+    // The old cookie, sent again, opens nothing.
+    b.cookies.insert("tg_session".into(), session);
+    assert_eq!(b.get("/console").status, 303);
+
+    b.sign_in(&token(&env.world.reviewer));
+    assert_eq!(b.get("/console").status, 200);
+    env.world
+        .admin
+        .ok(
+            "POST",
+            &format!("/v1/principals/{}/token", env.world.reviewer_id),
+            None,
+        )
+        .unwrap();
+    assert_eq!(
+        b.get("/console").status,
+        303,
+        "a rotated token ends its sessions"
+    );
+}
+
+#[test]
+fn an_admin_approves_a_scenario_from_its_page() {
+    let (env, _, _) = active_scenario();
+    let w = &env.world;
+    let applied = w
+        .scientist
+        .apply_scenario(&scenario_request(false))
+        .unwrap();
+    let sid = applied["id"].as_str().unwrap().to_string();
+    let mut b = Browser::new(w.admin.url());
+    b.sign_in(&token(&w.admin));
+    let list = b.get("/console/scenarios");
+    assert!(
+        list.body.contains(&format!("/console/scenarios/{sid}")),
+        "{}",
+        list.body
+    );
+    let page = b.get(&format!("/console/scenarios/{sid}"));
+    assert_eq!(page.status, 200, "{}", page.body);
+    let approved = b.post(
+        &format!("/console/scenarios/{sid}/approve"),
+        &[("csrf", &page.csrf())],
+    );
+    assert_eq!(approved.status, 303, "{}", approved.body);
+    let seen = w
+        .admin
+        .ok("GET", &format!("/v1/scenarios/{sid}"), None)
+        .unwrap();
+    let approvals = seen["approvals"].to_string();
+    assert!(approvals.contains("admin"), "{seen}");
+}
