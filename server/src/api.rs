@@ -210,6 +210,29 @@ async fn edge(
     if is_public(&path) {
         return next.run(request).await;
     }
+    // The console's pages sign in by their session cookie (and its forms by their CSRF
+    // token), never by a bearer token: see `console.rs`. Every answer on its paths carries its
+    // security headers (refusals and the fallbacks' answers too); a form post over its limit,
+    // or without a session (but the sign-in form's), is answered before its body is read.
+    if crate::console::is_console(&path) {
+        let declared = request
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > crate::console::FORM_LIMIT) {
+            return crate::console::harden(too_large(crate::console::FORM_LIMIT));
+        }
+        if request.method() == axum::http::Method::POST
+            && path != "/console/sign-in"
+            && !crate::console::has_session_cookie(request.headers())
+        {
+            return crate::console::harden(close(
+                axum::response::Redirect::to("/console/sign-in").into_response(),
+            ));
+        }
+        return crate::console::harden(next.run(request).await);
+    }
     let limit = body_limit(request.method(), &path);
     let declared = request
         .headers()
@@ -218,11 +241,6 @@ async fn edge(
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
         return too_large(limit);
-    }
-    // The console's pages sign in by their session cookie (and its forms by their CSRF
-    // token), never by a bearer token: see `console.rs`.
-    if crate::console::is_console(&path) {
-        return next.run(request).await;
     }
     let token = match bearer(request.headers()) {
         Ok(token) => token,
@@ -656,6 +674,9 @@ struct ExportBody {
     /// What to spend of a differentially private scenario's budget.
     #[serde(default)]
     epsilon: Option<f64>,
+    /// The returned export this request answers.
+    #[serde(default)]
+    amends: Option<String>,
 }
 
 async fn request_export(
@@ -663,7 +684,9 @@ async fn request_export(
     Extension(actor): Extension<Principal>,
     Body(b): Body<ExportBody>,
 ) -> ApiResult<Value> {
-    let v = blocking(move || p.request_export_spending(&actor, &b.job, b.epsilon)).await?;
+    let v =
+        blocking(move || p.request_export_amending(&actor, &b.job, b.epsilon, b.amends.as_deref()))
+            .await?;
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
 
@@ -837,8 +860,15 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-/// The API's routes over one platform.
+/// The API's routes over one platform (and the console's, with cookies for a server on
+/// loopback).
 pub fn router(platform: Arc<Platform>) -> Router {
+    router_with(platform, false)
+}
+
+/// The API's and the console's routes; `secure_cookies` when the server is reached over TLS
+/// (the console's cookies are then `Secure` and `__Host-` named).
+pub fn router_with(platform: Arc<Platform>, secure_cookies: bool) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/v1/public-key", get(public_key))
@@ -893,7 +923,9 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .route("/v1/policy", get(export_policy).post(apply_policy))
         .route("/v1/meter/statement", get(statement))
         .route("/v1/reports/annual", get(annual_report))
-        .merge(crate::console::routes())
+        .merge(crate::console::routes(crate::console::Cookies {
+            secure: secure_cookies,
+        }))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(JSON_LIMIT as usize))

@@ -95,6 +95,10 @@ enum Command {
         /// Jobs run at once; more wait in the queue, taken in turn by org.
         #[arg(long, default_value_t = crate::api::DEFAULT_WORKERS)]
         workers: usize,
+        /// The server is reached over TLS (a proxy in front): the console's cookies are
+        /// `Secure` and `__Host-` named.
+        #[arg(long)]
+        secure_cookies: bool,
     },
     /// Run the whole flow on a fresh data directory against a real local server.
     Demo {
@@ -776,6 +780,9 @@ enum ExportCommand {
         /// For a scenario with a privacy budget: the epsilon this release spends.
         #[arg(long)]
         epsilon: Option<f64>,
+        /// The export a reviewer returned that this one answers (linked both ways).
+        #[arg(long)]
+        amends: Option<String>,
     },
     /// Show an export request: its state, gate report and review history.
     Show { id: String },
@@ -847,6 +854,7 @@ fn run(cli: Cli) -> Result<()> {
             keys,
             listen,
             workers,
+            secure_cookies,
         } => {
             let platform = Arc::new(Platform::open(&keys.data_dir, keys.load()?)?);
             platform.start_workers(workers)?;
@@ -866,9 +874,12 @@ fn run(cli: Cli) -> Result<()> {
                 let shutdown = async {
                     let _ = tokio::signal::ctrl_c().await;
                 };
-                axum::serve(listener, crate::api::router(Arc::clone(&platform)))
-                    .with_graceful_shutdown(shutdown)
-                    .await?;
+                axum::serve(
+                    listener,
+                    crate::api::router_with(Arc::clone(&platform), secure_cookies),
+                )
+                .with_graceful_shutdown(shutdown)
+                .await?;
                 // A signed checkpoint at shutdown: truncation is detectable up to here.
                 platform.checkpoint()?;
                 eprintln!("tidegate: stopped; audit checkpoint written");
@@ -1247,10 +1258,11 @@ fn run(cli: Cli) -> Result<()> {
                     EXPORT_COLUMNS,
                     &list,
                 ),
-                ExportCommand::Request { job, epsilon } => print(&match epsilon {
-                    Some(e) => c.request_export_spending(&job, e)?,
-                    None => c.request_export(&job)?,
-                }),
+                ExportCommand::Request {
+                    job,
+                    epsilon,
+                    amends,
+                } => print(&c.request_export_with(&job, epsilon, amends.as_deref())?),
                 ExportCommand::Show { id } => {
                     print(&c.ok("GET", &format!("/v1/exports/{id}"), None)?)
                 }

@@ -424,11 +424,25 @@ impl Client {
 
     /// An export of a differentially private scenario, spending `epsilon` of its budget.
     pub fn request_export_spending(&self, job: &str, epsilon: f64) -> Result<Value> {
-        self.ok(
-            "POST",
-            "/v1/exports",
-            Some(&json!({ "job": job, "epsilon": epsilon })),
-        )
+        self.request_export_with(job, Some(epsilon), None)
+    }
+
+    /// An export request, spending `epsilon` when given, answering the returned export
+    /// `amends` when given.
+    pub fn request_export_with(
+        &self,
+        job: &str,
+        epsilon: Option<f64>,
+        amends: Option<&str>,
+    ) -> Result<Value> {
+        let mut body = json!({ "job": job });
+        if let Some(e) = epsilon {
+            body["epsilon"] = json!(e);
+        }
+        if let Some(a) = amends {
+            body["amends"] = json!(a);
+        }
+        self.ok("POST", "/v1/exports", Some(&body))
     }
 
     pub fn review_export(&self, id: &str, decision: &str, comment: &str) -> Result<Value> {

@@ -4,13 +4,16 @@
 //! the same call through the API.
 //!
 //! Sign-in exchanges a token for a session cookie (HttpOnly, SameSite=Strict, expiring, ended
-//! by sign-out or by the token's rotation; Secure behind a TLS proxy). Every form carries the
-//! session's CSRF token and every post is refused without it; the sign-in form carries a token
-//! of its own, bound to a short-lived cookie. Every answer forbids scripts, framing, other
-//! origins and caching (Content-Security-Policy and friends).
+//! by sign-out or by the token's rotation; with `serve --secure-cookies`, behind a TLS proxy,
+//! `Secure` and named `__Host-...` so no other host of the site can set it). Every form carries
+//! the session's CSRF token and every post is refused without it; the sign-in form carries a
+//! token of its own, bound to a short-lived cookie. Every answer forbids scripts, framing,
+//! other origins and caching (Content-Security-Policy and friends): the API's `edge` adds the
+//! headers to every answer on a console path, errors and refusals included.
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -22,16 +25,57 @@ use crate::report::{STYLE, escape, export_sections, text};
 
 type AppState = Arc<Platform>;
 
-const SESSION_COOKIE: &str = "tg_session";
-const SIGN_IN_COOKIE: &str = "tg_sign_in";
+/// The console's cookies: `Secure` and with the `__Host-` prefix when the server is told it
+/// is reached over TLS (`serve --secure-cookies`), plain for a server on loopback.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Cookies {
+    pub(crate) secure: bool,
+}
+
+impl Cookies {
+    fn session(self) -> &'static str {
+        if self.secure {
+            "__Host-tg_session"
+        } else {
+            "tg_session"
+        }
+    }
+
+    fn sign_in(self) -> &'static str {
+        if self.secure {
+            "__Host-tg_sign_in"
+        } else {
+            "tg_sign_in"
+        }
+    }
+
+    /// A cookie the console sets: HttpOnly, SameSite=Strict, for the whole site.
+    fn set(self, name: &str, value: &str, max_age: u64) -> HeaderValue {
+        let cookie = format!(
+            "{name}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{}",
+            if self.secure { "; Secure" } else { "" }
+        );
+        HeaderValue::from_str(&cookie).expect("a cookie of tokens is a header value")
+    }
+}
+
+/// Whether a request carries a session cookie of either naming (checked before its body is
+/// read: a post without one is not the console's to read).
+pub(crate) fn has_session_cookie(headers: &HeaderMap) -> bool {
+    cookie(headers, "tg_session").is_some() || cookie(headers, "__Host-tg_session").is_some()
+}
+
+/// The most bytes a console form post may have.
+pub(crate) const FORM_LIMIT: u64 = 16 << 10;
+
 /// How long a sign-in form stays good.
-const SIGN_IN_SECONDS: u64 = 600;
+const SIGN_IN_SECONDS: i64 = 600;
 
 /// The headers of every console answer.
 const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 /// Adds the console's security headers to an answer.
-async fn harden(response: Response) -> Response {
+pub(crate) fn harden(response: Response) -> Response {
     let mut response = response;
     let h = response.headers_mut();
     h.insert(
@@ -113,20 +157,6 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|(_, v)| v.to_string())
 }
 
-/// A cookie the console sets: HttpOnly, SameSite=Strict, for the whole site; Secure when a
-/// TLS proxy in front says the request came over HTTPS.
-fn set_cookie(headers: &HeaderMap, name: &str, value: &str, max_age: u64) -> HeaderValue {
-    let secure = headers
-        .get("x-forwarded-proto")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("https"));
-    let cookie = format!(
-        "{name}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{}",
-        if secure { "; Secure" } else { "" }
-    );
-    HeaderValue::from_str(&cookie).expect("a cookie of tokens is a header value")
-}
-
 /// Whether two secrets are equal, in time that does not depend on where they differ.
 fn same_secret(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
@@ -134,8 +164,8 @@ fn same_secret(a: &str, b: &str) -> bool {
 }
 
 /// The request's session, or the redirect to sign in.
-async fn session(p: &AppState, headers: &HeaderMap) -> Result<Session, PageError> {
-    let Some(secret) = cookie(headers, SESSION_COOKIE) else {
+async fn session(p: &AppState, c: Cookies, headers: &HeaderMap) -> Result<Session, PageError> {
+    let Some(secret) = cookie(headers, c.session()) else {
         return Err(PageError(Error::Unauthenticated("sign in".into())));
     };
     let p = Arc::clone(p);
@@ -144,8 +174,13 @@ async fn session(p: &AppState, headers: &HeaderMap) -> Result<Session, PageError
 
 /// The session of a form post whose CSRF token is the session's; refused otherwise (a form
 /// posted from another site never carries it).
-async fn posted(p: &AppState, headers: &HeaderMap, csrf: &str) -> Result<Session, PageError> {
-    let s = session(p, headers).await?;
+async fn posted(
+    p: &AppState,
+    c: Cookies,
+    headers: &HeaderMap,
+    csrf: &str,
+) -> Result<Session, PageError> {
+    let s = session(p, c, headers).await?;
     if !same_secret(csrf, &s.csrf) {
         return Err(PageError(Error::Refused(
             "the form is not one this console gave (its CSRF token is missing or wrong): open the page again".into(),
@@ -189,9 +224,14 @@ async fn root() -> Response {
     Redirect::to("/console").into_response()
 }
 
-/// The sign-in form, with a one-time token bound to a short-lived cookie.
-async fn sign_in_form(headers: HeaderMap) -> Response {
-    let nonce = tidegate_runtime::random_token();
+/// The sign-in form, with a token bound to a cookie; both name when the form stops being
+/// good (a random value and its end, in Unix seconds).
+async fn sign_in_form(Extension(c): Extension<Cookies>) -> Response {
+    let nonce = format!(
+        "{}.{}",
+        tidegate_runtime::random_token(),
+        time::OffsetDateTime::now_utc().unix_timestamp() + SIGN_IN_SECONDS
+    );
     let body = format!(
         "<h1>Sign in to Tidegate</h1>\
          <form method=\"post\" action=\"/console/sign-in\">\
@@ -204,27 +244,42 @@ async fn sign_in_form(headers: HeaderMap) -> Response {
     let mut response = axum::response::Html(page("Sign in", None, &body)).into_response();
     response.headers_mut().append(
         header::SET_COOKIE,
-        set_cookie(&headers, SIGN_IN_COOKIE, &nonce, SIGN_IN_SECONDS),
+        c.set(c.sign_in(), &nonce, SIGN_IN_SECONDS as u64),
     );
     response
 }
 
 #[derive(Deserialize)]
 struct SignIn {
+    #[serde(default)]
     token: String,
+    #[serde(default)]
     csrf: String,
 }
 
 async fn sign_in(
     State(p): State<AppState>,
+    Extension(c): Extension<Cookies>,
     headers: HeaderMap,
     axum::Form(f): axum::Form<SignIn>,
 ) -> PageResult {
-    let bound = cookie(&headers, SIGN_IN_COOKIE).unwrap_or_default();
-    if bound.is_empty() || !same_secret(&bound, &f.csrf) {
+    let bound = cookie(&headers, c.sign_in()).unwrap_or_default();
+    let good_until = bound
+        .rsplit_once('.')
+        .and_then(|(_, t)| t.parse::<i64>().ok())
+        .unwrap_or(0);
+    if bound.is_empty()
+        || !same_secret(&bound, &f.csrf)
+        || good_until < time::OffsetDateTime::now_utc().unix_timestamp()
+    {
         return Err(PageError(Error::Refused(
             "the sign-in form is not one this console gave, or it is too old: open it again".into(),
         )));
+    }
+    // A session the browser already had ends: one browser, one session.
+    if let Some(old) = cookie(&headers, c.session()) {
+        let p = Arc::clone(&p);
+        blocking(move || p.sign_out(&old)).await?;
     }
     let (secret, _) = match blocking(move || p.sign_in(f.token.trim())).await {
         Ok(s) => s,
@@ -245,43 +300,44 @@ async fn sign_in(
     let h = response.headers_mut();
     h.append(
         header::SET_COOKIE,
-        set_cookie(
-            &headers,
-            SESSION_COOKIE,
+        c.set(
+            c.session(),
             &secret,
             tidegate_runtime::SESSION_SECONDS as u64,
         ),
     );
-    h.append(
-        header::SET_COOKIE,
-        set_cookie(&headers, SIGN_IN_COOKIE, "", 0),
-    );
+    h.append(header::SET_COOKIE, c.set(c.sign_in(), "", 0));
     Ok(response)
 }
 
 #[derive(Deserialize)]
 struct Csrf {
+    #[serde(default)]
     csrf: String,
 }
 
 async fn sign_out(
     State(p): State<AppState>,
+    Extension(c): Extension<Cookies>,
     headers: HeaderMap,
     axum::Form(f): axum::Form<Csrf>,
 ) -> PageResult {
-    posted(&p, &headers, &f.csrf).await?;
-    let secret = cookie(&headers, SESSION_COOKIE).unwrap_or_default();
+    posted(&p, c, &headers, &f.csrf).await?;
+    let secret = cookie(&headers, c.session()).unwrap_or_default();
     blocking(move || p.sign_out(&secret)).await?;
     let mut response = Redirect::to("/console/sign-in").into_response();
-    response.headers_mut().append(
-        header::SET_COOKIE,
-        set_cookie(&headers, SESSION_COOKIE, "", 0),
-    );
+    response
+        .headers_mut()
+        .append(header::SET_COOKIE, c.set(c.session(), "", 0));
     Ok(response)
 }
 
-async fn home(State(p): State<AppState>, headers: HeaderMap) -> PageResult {
-    let s = session(&p, &headers).await?;
+async fn home(
+    State(p): State<AppState>,
+    Extension(c): Extension<Cookies>,
+    headers: HeaderMap,
+) -> PageResult {
+    let s = session(&p, c, &headers).await?;
     let roles: Vec<String> = s
         .principal
         .roles
@@ -342,8 +398,12 @@ fn export_link(e: &Value) -> String {
     format!("/console/exports/{}", e["id"].as_str().unwrap_or_default())
 }
 
-async fn reviews(State(p): State<AppState>, headers: HeaderMap) -> PageResult {
-    let s = session(&p, &headers).await?;
+async fn reviews(
+    State(p): State<AppState>,
+    Extension(c): Extension<Cookies>,
+    headers: HeaderMap,
+) -> PageResult {
+    let s = session(&p, c, &headers).await?;
     let actor = s.principal.clone();
     let q = ListQuery {
         queue: true,
@@ -371,8 +431,12 @@ async fn reviews(State(p): State<AppState>, headers: HeaderMap) -> PageResult {
     Ok(html("Review queue", &s, &body))
 }
 
-async fn exports(State(p): State<AppState>, headers: HeaderMap) -> PageResult {
-    let s = session(&p, &headers).await?;
+async fn exports(
+    State(p): State<AppState>,
+    Extension(c): Extension<Cookies>,
+    headers: HeaderMap,
+) -> PageResult {
+    let s = session(&p, c, &headers).await?;
     let actor = s.principal.clone();
     let q = ListQuery {
         limit: Some(100),
@@ -398,8 +462,12 @@ async fn exports(State(p): State<AppState>, headers: HeaderMap) -> PageResult {
     Ok(html("Exports", &s, &body))
 }
 
-async fn jobs(State(p): State<AppState>, headers: HeaderMap) -> PageResult {
-    let s = session(&p, &headers).await?;
+async fn jobs(
+    State(p): State<AppState>,
+    Extension(c): Extension<Cookies>,
+    headers: HeaderMap,
+) -> PageResult {
+    let s = session(&p, c, &headers).await?;
     let actor = s.principal.clone();
     let q = ListQuery {
         limit: Some(100),
@@ -427,10 +495,11 @@ async fn jobs(State(p): State<AppState>, headers: HeaderMap) -> PageResult {
 /// The review page: the export with every check, and the decision form.
 async fn export_page(
     State(p): State<AppState>,
+    Extension(c): Extension<Cookies>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> PageResult {
-    let s = session(&p, &headers).await?;
+    let s = session(&p, c, &headers).await?;
     let actor = s.principal.clone();
     let export = blocking(move || p.get_export(&actor, &id)).await?;
     let v = serde_json::to_value(&export).expect("a view serializes");
@@ -455,7 +524,9 @@ async fn export_page(
 
 #[derive(Deserialize)]
 struct Decision {
+    #[serde(default)]
     csrf: String,
+    #[serde(default)]
     decision: String,
     #[serde(default)]
     comment: String,
@@ -463,23 +534,27 @@ struct Decision {
 
 async fn review(
     State(p): State<AppState>,
+    Extension(c): Extension<Cookies>,
     headers: HeaderMap,
     Path(id): Path<String>,
     axum::Form(f): axum::Form<Decision>,
 ) -> PageResult {
-    let s = posted(&p, &headers, &f.csrf).await?;
+    let s = posted(&p, c, &headers, &f.csrf).await?;
     if f.comment.trim().is_empty() {
         return Err(PageError(Error::BadInput(
             "a decision needs a comment: say what you checked".into(),
         )));
     }
-    let target = format!("/console/exports/{}", escape(&id));
-    blocking(move || p.review_export(&s.principal, &id, &f.decision, &f.comment)).await?;
-    Ok(Redirect::to(&target).into_response())
+    let v = blocking(move || p.review_export(&s.principal, &id, &f.decision, &f.comment)).await?;
+    Ok(Redirect::to(&format!("/console/exports/{}", v.id)).into_response())
 }
 
-async fn scenarios(State(p): State<AppState>, headers: HeaderMap) -> PageResult {
-    let s = session(&p, &headers).await?;
+async fn scenarios(
+    State(p): State<AppState>,
+    Extension(c): Extension<Cookies>,
+    headers: HeaderMap,
+) -> PageResult {
+    let s = session(&p, c, &headers).await?;
     let (actor, p2) = (s.principal.clone(), Arc::clone(&p));
     let queue = blocking(move || {
         p2.list_scenarios(
@@ -520,10 +595,11 @@ async fn scenarios(State(p): State<AppState>, headers: HeaderMap) -> PageResult 
 
 async fn scenario_page(
     State(p): State<AppState>,
+    Extension(c): Extension<Cookies>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> PageResult {
-    let s = session(&p, &headers).await?;
+    let s = session(&p, c, &headers).await?;
     let actor = s.principal.clone();
     let v = blocking(move || p.get_scenario(&actor, &id)).await?;
     let view = serde_json::to_value(&v).expect("a view serializes");
@@ -580,18 +656,18 @@ async fn scenario_page(
 
 async fn approve_scenario(
     State(p): State<AppState>,
+    Extension(c): Extension<Cookies>,
     headers: HeaderMap,
     Path(id): Path<String>,
     axum::Form(f): axum::Form<Csrf>,
 ) -> PageResult {
-    let s = posted(&p, &headers, &f.csrf).await?;
-    let target = format!("/console/scenarios/{}", escape(&id));
-    blocking(move || p.approve_scenario(&s.principal, &id)).await?;
-    Ok(Redirect::to(&target).into_response())
+    let s = posted(&p, c, &headers, &f.csrf).await?;
+    let v = blocking(move || p.approve_scenario(&s.principal, &id)).await?;
+    Ok(Redirect::to(&format!("/console/scenarios/{}", v.id)).into_response())
 }
 
 /// The console's routes, to merge into the API's router.
-pub(crate) fn routes() -> axum::Router<AppState> {
+pub(crate) fn routes(cookies: Cookies) -> axum::Router<AppState> {
     use axum::routing::{get, post};
     axum::Router::new()
         .route("/", get(root))
@@ -607,5 +683,35 @@ pub(crate) fn routes() -> axum::Router<AppState> {
         .route("/console/scenarios", get(scenarios))
         .route("/console/scenarios/{id}", get(scenario_page))
         .route("/console/scenarios/{id}/approve", post(approve_scenario))
-        .layer(axum::middleware::map_response(harden))
+        .layer(axum::extract::DefaultBodyLimit::max(FORM_LIMIT as usize))
+        .layer(Extension(cookies))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_over_tls_are_secure_and_host_only() {
+        let c = Cookies { secure: true };
+        let set = c.set(c.session(), "tg_abc", 60);
+        let set = set.to_str().unwrap();
+        assert!(
+            set.starts_with("__Host-tg_session=tg_abc; Path=/;"),
+            "{set}"
+        );
+        for attribute in ["HttpOnly", "SameSite=Strict", "Secure"] {
+            assert!(set.contains(attribute), "{set}");
+        }
+        let plain = Cookies::default().set("tg_session", "x", 1);
+        assert!(!plain.to_str().unwrap().contains("Secure"));
+    }
+
+    #[test]
+    fn secrets_compare_equal_only_when_equal() {
+        assert!(same_secret("tg_abc", "tg_abc"));
+        assert!(!same_secret("tg_abc", "tg_abd"));
+        assert!(!same_secret("tg_abc", "tg_ab"));
+        assert!(!same_secret("", "x"));
+    }
 }

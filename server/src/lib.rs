@@ -11,7 +11,7 @@ mod console;
 mod demo;
 mod report;
 
-pub use api::{router, serve, spawn_server};
+pub use api::{router, router_with, serve, spawn_server};
 pub use cli::{main_with_args, scan_report};
 pub use client::Client;
 pub use demo::{DemoOptions, DemoOutcome, World, run_demo, visitor_csv};

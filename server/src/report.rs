@@ -33,13 +33,23 @@ pub(crate) fn export_sections(export: &Value) -> String {
             text(&c["detail"]),
         ));
     }
+    // The preview as the CSV reader reads it: a quoted comma or newline stays in its cell.
     let mut preview = String::new();
     if let Some(csv) = export["preview"].as_str() {
-        for (i, line) in csv.lines().enumerate() {
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(csv.as_bytes());
+        for (i, record) in reader.records().enumerate() {
             let cell = if i == 0 { "th" } else { "td" };
             preview.push_str("<tr>");
-            for value in line.split(',') {
-                preview.push_str(&format!("<{cell}>{}</{cell}>", escape(value)));
+            match record {
+                Ok(record) => {
+                    for value in record.iter() {
+                        preview.push_str(&format!("<{cell}>{}</{cell}>", escape(value)));
+                    }
+                }
+                Err(_) => preview.push_str("<td>(a row the preview cannot show)</td>"),
             }
             preview.push_str("</tr>\n");
         }
@@ -84,10 +94,22 @@ pub(crate) fn export_sections(export: &Value) -> String {
         )
     });
     let modules = list(&export["modules"], &|m| format!("<code>{}</code>", text(m)));
-    let flag = export["flag"]
+    let mut flag = export["flag"]
         .as_str()
         .map(|_| format!("<p class=\"flag\">{}</p>", text(&export["flag"])))
         .unwrap_or_default();
+    // The returned request this one answers, and the one that answered it: side by side.
+    for (field, words) in [
+        ("amends", "Amends export"),
+        ("amended_by", "Amended by export"),
+    ] {
+        if let Some(other) = export[field].as_str() {
+            flag.push_str(&format!(
+                "<p class=\"notice\">{words} <a href=\"/console/exports/{id}\">{id}</a>.</p>",
+                id = escape(other)
+            ));
+        }
+    }
     format!(
         r#"<h1>Export {id}: {state}</h1>
 {flag}<p>Job {job}, requested by {by}. Threshold k = {k}; {groups} group(s), {suppressed} suppressed; {rows} row(s) released. Approvals required: {required}.</p>
@@ -195,6 +217,18 @@ pub fn annual_report_html(report: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_preview_value_with_a_comma_or_a_newline_stays_in_its_cell() {
+        let export = serde_json::json!({
+            "id": "ex_1",
+            "preview": "area,n\n\"Helsinki, FI\",12\n\"two\nlines\",13",
+        });
+        let html = export_sections(&export);
+        assert!(html.contains("<td>Helsinki, FI</td><td>12</td>"), "{html}");
+        assert!(html.contains("<td>two\nlines</td><td>13</td>"), "{html}");
+        assert_eq!(html.matches("<tr><td>").count(), 2, "two rows: {html}");
+    }
 
     #[test]
     fn names_are_escaped_in_the_page() {

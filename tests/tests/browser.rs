@@ -31,16 +31,34 @@ fn exported(env: &Env, sid: &str, module: &str) -> String {
     e["id"].as_str().unwrap().to_string()
 }
 
+/// Runs `steps` of the story in Chromium; panics with what the browser saw when one fails.
+fn in_chromium(selenium: &str, story: &Value, steps: &[&str]) {
+    let mut story = story.clone();
+    story["steps"] = json!(steps);
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("browser/review_story.py");
+    let run = Command::new("python3")
+        .arg(&script)
+        .arg(story.to_string())
+        .env("PYTHONPATH", selenium)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        run.status.success(),
+        "the story in Chromium ({steps:?}):\n{}\n{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+}
+
 #[test]
-fn a_reviewer_returns_an_export_a_second_approves_one_and_an_admin_approves_a_scenario_in_chromium()
-{
+fn a_returned_export_is_amended_and_approved_by_a_second_reviewer_and_an_admin_approves_a_scenario_in_chromium()
+ {
     let Some(selenium) = selenium() else {
         return;
     };
     let (env, sid, module) = active_scenario();
     let w = &env.world;
     let returned = exported(&env, &sid, &module);
-    let approved = exported(&env, &sid, &module);
     let tampered = exported(&env, &sid, &module);
     let (second_reviewer, _, _) = outsider(w, "second-review-office", "authority", &["reviewer"]);
     let (stranger, _, _) = outsider(w, "other-analytics", "operator", &["scientist"]);
@@ -51,40 +69,42 @@ fn a_reviewer_returns_an_export_a_second_approves_one_and_an_admin_approves_a_sc
     let pending = applied["id"].as_str().unwrap().to_string();
     // A test artifact, in the target directory's folder for them.
     let screenshot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-review-page.png");
-    let story = json!({
+    let mut story = json!({
         "url": w.admin.url(),
         "reviewer": w.reviewer.token().unwrap(),
         "second_reviewer": second_reviewer.token().unwrap(),
         "admin": w.admin.token().unwrap(),
         "outsider": stranger.token().unwrap(),
         "returned": returned,
-        "approved": approved,
         "tampered": tampered,
         "scenario": pending,
         "screenshot": screenshot,
     });
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("browser/review_story.py");
-    let run = Command::new("python3")
-        .arg(&script)
-        .arg(story.to_string())
-        .env("PYTHONPATH", &selenium)
-        .output()
-        .expect("python3 runs");
-    assert!(
-        run.status.success(),
-        "the story in Chromium:\n{}\n{}",
-        String::from_utf8_lossy(&run.stdout),
-        String::from_utf8_lossy(&run.stderr)
+    in_chromium(&selenium, &story, &["return"]);
+    // The scientist answers the returned request with a new job's result, linked to it.
+    let job = job(&env, &sid, DEMO_SQL, std::slice::from_ref(&module));
+    let amended = w
+        .scientist
+        .request_export_with(job["id"].as_str().unwrap(), None, Some(&returned))
+        .unwrap();
+    assert_eq!(amended["amends"], returned.as_str(), "{amended}");
+    story["amended"] = amended["id"].clone();
+    in_chromium(
+        &selenium,
+        &story,
+        &["approve_amended", "approve_scenario", "outsider"],
     );
+
     // What the pages did, as the API tells it.
     let state = |id: &str| -> Value { seen_by_reviewer(&env, &json!({ "id": id })) };
     let r = state(&returned);
     assert_eq!(r["state"], "returned", "{r}");
+    assert_eq!(r["amended_by"], amended["id"], "{r}");
     assert!(
         r.to_string()
             .contains("Please explain why the age column is needed")
     );
-    assert_eq!(state(&approved)["state"], "approved");
+    assert_eq!(state(amended["id"].as_str().unwrap())["state"], "approved");
     assert_eq!(
         state(&tampered)["state"],
         "in_review",

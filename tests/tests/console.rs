@@ -354,3 +354,105 @@ fn an_admin_approves_a_scenario_from_its_page() {
     let approvals = seen["approvals"].to_string();
     assert!(approvals.contains("admin"), "{seen}");
 }
+
+/// The returned loop through the API: a returned export is answered once, by a new request of
+/// the same scenario that names it; nothing else can be amended.
+#[test]
+fn only_a_returned_export_is_amended_and_only_once() {
+    let (env, id) = waiting_export();
+    let w = &env.world;
+    let (sid, module) = {
+        let e = seen_by_reviewer(&env, &serde_json::json!({ "id": id }));
+        let job = w
+            .scientist
+            .ok(
+                "GET",
+                &format!("/v1/jobs/{}", e["job"].as_str().unwrap()),
+                None,
+            )
+            .unwrap();
+        (
+            job["scenario"].as_str().unwrap().to_string(),
+            job["modules"][0].as_str().unwrap().to_string(),
+        )
+    };
+    let fresh = || {
+        job(&env, &sid, DEMO_SQL, std::slice::from_ref(&module))["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let not_returned = refusal(w.scientist.request_export_with(&fresh(), None, Some(&id)));
+    assert!(
+        not_returned.contains("only a returned export is amended"),
+        "{not_returned}"
+    );
+    w.reviewer.review_export(&id, "return", "say why").unwrap();
+    let (stranger, _, _) = outsider(w, "other-analytics", "operator", &["scientist"]);
+    let other_org = refusal(stranger.request_export_with(&fresh(), None, Some(&id)));
+    assert!(
+        other_org.contains("not found") || other_org.contains("job"),
+        "{other_org}"
+    );
+    let amended = w
+        .scientist
+        .request_export_with(&fresh(), None, Some(&id))
+        .unwrap();
+    assert_eq!(amended["amends"], id.as_str(), "{amended}");
+    let again = refusal(w.scientist.request_export_with(&fresh(), None, Some(&id)));
+    assert!(again.contains("amended already"), "{again}");
+    let earlier = seen_by_reviewer(&env, &serde_json::json!({ "id": id }));
+    assert_eq!(earlier["amended_by"], amended["id"], "{earlier}");
+}
+
+#[test]
+fn refusals_and_unknown_console_paths_carry_the_console_s_headers_too() {
+    let (env, id) = waiting_export();
+    let mut b = Browser::new(env.world.reviewer.url());
+    let answers = [
+        b.get("/console/no-such-page"),
+        b.get("/console/sign-out"),
+        b.send("DELETE", "/console", None),
+        // A post without a session is answered before its body is read.
+        b.post(
+            &format!("/console/exports/{id}/review"),
+            &[("csrf", "x"), ("decision", "approve"), ("comment", "x")],
+        ),
+        b.post(
+            "/console/sign-in",
+            &[("token", &"x".repeat(20_000)), ("csrf", "x")],
+        ),
+    ];
+    let statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
+    assert_eq!(statuses, [404, 405, 405, 303, 413], "{statuses:?}");
+    for a in &answers {
+        let csp = a.header("content-security-policy").unwrap_or_default();
+        assert!(csp.contains("default-src 'none'"), "{} {csp}", a.status);
+        assert_eq!(a.header("cache-control"), Some("no-store"));
+    }
+    let seen = seen_by_reviewer(&env, &serde_json::json!({ "id": id }));
+    assert_eq!(seen["state"], "in_review", "{seen}");
+}
+
+#[test]
+fn a_sign_in_form_without_its_field_or_past_its_time_opens_nothing() {
+    let (env, _) = waiting_export();
+    let mut b = Browser::new(env.world.reviewer.url());
+    let form = b.get("/console/sign-in");
+    let csrf = form.csrf();
+    // No token field: refused, not an error about the form's shape.
+    let missing = b.post("/console/sign-in", &[("csrf", &csrf)]);
+    assert_eq!(missing.status, 401, "{}", missing.body);
+    // A form whose time is past, with its cookie set to match.
+    let old = format!("{}.1000", csrf.split('.').next().unwrap());
+    b.cookies.insert("tg_sign_in".into(), old.clone());
+    let stale = b.post(
+        "/console/sign-in",
+        &[
+            ("token", env.world.reviewer.token().unwrap()),
+            ("csrf", &old),
+        ],
+    );
+    assert_eq!(stale.status, 403, "{}", stale.body);
+    assert!(!b.cookies.contains_key("tg_session"));
+}

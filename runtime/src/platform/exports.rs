@@ -16,6 +16,19 @@ impl Platform {
         job_id: &str,
         epsilon: Option<f64>,
     ) -> Result<ExportView> {
+        self.request_export_amending(actor, job_id, epsilon, None)
+    }
+
+    /// Asks for an export that, when `amends` names one, answers a request a reviewer returned:
+    /// the new request is linked to it (and it to the new one), for the reviewer to read side
+    /// by side. Only a returned export of the same scenario and org, not amended before.
+    pub fn request_export_amending(
+        &self,
+        actor: &Principal,
+        job_id: &str,
+        epsilon: Option<f64>,
+        amends: Option<&str>,
+    ) -> Result<ExportView> {
         let mut db = self
             .db
             .lock()
@@ -33,6 +46,34 @@ impl Platform {
             return Err(Error::NotFound(format!("job {job_id}")));
         }
         tidegate_policy::can_request_export(actor, &s.org, s.view.state)?;
+        if let Some(earlier) = amends {
+            let found: Option<(String, String, String, Option<String>)> = db
+                .query_row(
+                    "SELECT e.state, e.org_id, j.scenario_id, e.amended_by
+                     FROM exports e JOIN jobs j ON e.job_id = j.id WHERE e.id = ?1",
+                    params![earlier],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .optional()?;
+            let Some((state, _, scenario, amended_by)) = found.filter(|f| f.1 == actor.org) else {
+                return Err(Error::NotFound(format!("export {earlier}")));
+            };
+            if state != "returned" {
+                return Err(Error::BadInput(format!(
+                    "export {earlier} is {state}: only a returned export is amended"
+                )));
+            }
+            if scenario != job.scenario {
+                return Err(Error::BadInput(format!(
+                    "export {earlier} is of another scenario than job {job_id}"
+                )));
+            }
+            if let Some(by) = amended_by {
+                return Err(Error::BadInput(format!(
+                    "export {earlier} was amended already, by {by}"
+                )));
+            }
+        }
         let (Some(result_hash), Some(wrapped), Some(shape)) = (result_hash, wrapped, shape) else {
             return Err(Error::BadInput(format!(
                 "job {job_id} has no result to export ({})",
@@ -293,8 +334,8 @@ impl Platform {
         tx.execute(
             "INSERT INTO exports (id, job_id, requested_by, org_id, state, gate_report, result_hash,
                  wrapped_key, required_approvals, decision_comment, created_at, released_at, bytes,
-                 groups_key, epsilon, withheld, audit_key, audit_datasets)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, NULL, ?12, ?13, ?14, ?15, ?16, ?17)",
+                 groups_key, epsilon, withheld, audit_key, audit_datasets, amends)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, NULL, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
             params![
                 id,
                 job_id,
@@ -312,9 +353,21 @@ impl Platform {
                 epsilon,
                 withheld,
                 audit_key,
-                audit_datasets
+                audit_datasets,
+                amends
             ],
         )?;
+        if let Some(earlier) = amends {
+            let n = tx.execute(
+                "UPDATE exports SET amended_by = ?2 WHERE id = ?1 AND amended_by IS NULL",
+                params![earlier, id],
+            )?;
+            if n != 1 {
+                return Err(Error::BadInput(format!(
+                    "export {earlier} was amended already"
+                )));
+            }
+        }
         let mut steps = vec![("submitted", actor.id.as_str()), (checked, GATE_ACTOR)];
         if state != checked {
             steps.push((state, GATE_ACTOR));
@@ -336,6 +389,7 @@ impl Platform {
                 "result_sha256": hash,
                 "state": state,
                 "epsilon": epsilon,
+                "amends": amends,
             }),
         )?;
         let suspend = withheld && self.ration_withheld(&tx, &job.scenario, &now)?;
@@ -380,7 +434,7 @@ impl Platform {
     ) -> Result<(ExportView, String, Option<Vec<u8>>)> {
         let row = db
             .query_row(
-                "SELECT id, job_id, requested_by, org_id, state, gate_report, result_hash, wrapped_key, required_approvals, flag
+                "SELECT id, job_id, requested_by, org_id, state, gate_report, result_hash, wrapped_key, required_approvals, flag, amends, amended_by
                  FROM exports WHERE id = ?1",
                 params![id],
                 |r| {
@@ -388,13 +442,18 @@ impl Platform {
                         (r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?),
                         (r.get::<_, String>(3)?, r.get::<_, String>(4)?, r.get::<_, String>(5)?),
                         (r.get::<_, Option<String>>(6)?, r.get::<_, Option<Vec<u8>>>(7)?, r.get::<_, i64>(8)?),
-                        r.get::<_, Option<String>>(9)?,
+                        (r.get::<_, Option<String>>(9)?, r.get::<_, Option<String>>(10)?, r.get::<_, Option<String>>(11)?),
                     ))
                 },
             )
             .optional()?
             .ok_or_else(|| Error::NotFound(format!("export {id}")))?;
-        let ((id, job, by), (org, state, report), (hash, wrapped, required), flag) = row;
+        let (
+            (id, job, by),
+            (org, state, report),
+            (hash, wrapped, required),
+            (flag, amends, amended_by),
+        ) = row;
         let reviews: Vec<ApprovalView> = db
             .prepare("SELECT reviewer_id, decision, at, comment FROM export_reviews WHERE export_id = ?1 ORDER BY at")?
             .query_map(params![id], |r| {
@@ -424,6 +483,8 @@ impl Platform {
                 modules: Vec::new(),
                 earlier: Vec::new(),
                 flag,
+                amends,
+                amended_by,
             },
             org,
             wrapped,
@@ -453,14 +514,18 @@ impl Platform {
                 view: job, plan, ..
             } = Self::job_row(&db, &view.job)?;
             if let Some(w) = wrapped {
-                let csv = gate::to_csv(&from_parquet(self.load_object("exports", id, &w)?)?)?;
-                view.preview = Some(
-                    String::from_utf8_lossy(&csv)
-                        .lines()
-                        .take(50)
-                        .collect::<Vec<_>>()
-                        .join("\n"),
-                );
+                // The first 50 rows as CSV (cut by rows, not lines: a value may hold a newline).
+                let mut left = 50usize;
+                let first: Vec<RecordBatch> = from_parquet(self.load_object("exports", id, &w)?)?
+                    .into_iter()
+                    .map(|b| {
+                        let n = b.num_rows().min(left);
+                        left -= n;
+                        b.slice(0, n)
+                    })
+                    .collect();
+                let csv = gate::to_csv(&first)?;
+                view.preview = Some(String::from_utf8_lossy(&csv).into_owned());
             }
             view.earlier = db
                 .prepare(

@@ -473,6 +473,11 @@ pub struct ExportView {
     /// Why it can no longer be approved or downloaded (a module of it lost its approval).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flag: Option<String>,
+    /// The returned export this request answers, and the request that answered this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amends: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amended_by: Option<String>,
 }
 
 struct DatasetRow {
@@ -629,10 +634,15 @@ const MIGRATIONS: &[(i64, &str)] = &[
              expires_at INTEGER NOT NULL, ended_at TEXT);
          CREATE INDEX sessions_by_principal ON sessions(principal_id);",
     ),
+    (
+        12,
+        "ALTER TABLE exports ADD COLUMN amends TEXT;
+         ALTER TABLE exports ADD COLUMN amended_by TEXT;",
+    ),
 ];
 
 /// The schema version this build writes.
-const SCHEMA_VERSION: i64 = 11;
+const SCHEMA_VERSION: i64 = 12;
 
 /// Who moves an export when the gate does.
 const GATE_ACTOR: &str = "export gate";
