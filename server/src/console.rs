@@ -194,8 +194,10 @@ fn page(title: &str, s: Option<&Session>, body: &str) -> String {
     let nav = match s {
         Some(s) => format!(
             "<nav><a href=\"/console\">Home</a><a href=\"/console/reviews\">Review queue</a>\
+             <a href=\"/console/modules\">Modules</a>\
              <a href=\"/console/scenarios\">Scenarios</a><a href=\"/console/exports\">Exports</a>\
-             <a href=\"/console/jobs\">Jobs</a>\
+             <a href=\"/console/jobs\">Jobs</a><a href=\"/console/datasets\">Datasets</a>\
+             <a href=\"/console/directory\">Directory</a>\
              <form method=\"post\" action=\"/console/sign-out\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
              <button type=\"submit\">Sign out {}</button></form></nav>",
             escape(&s.csrf),
@@ -349,7 +351,9 @@ async fn home(
          <ul><li><a href=\"/console/reviews\">Exports waiting for your review</a></li>\
          <li><a href=\"/console/scenarios\">Scenarios</a> (those waiting for your approval first)</li>\
          <li><a href=\"/console/exports\">Exports you may see</a></li>\
-         <li><a href=\"/console/jobs\">Jobs you may see</a></li></ul>",
+         <li><a href=\"/console/jobs\">Jobs you may see</a></li>\
+         <li><a href=\"/console/modules\">Modules</a> (those waiting for your review first)</li>\
+         <li><a href=\"/console/datasets\">Datasets</a> and <a href=\"/console/directory\">the directory</a></li></ul>",
         escape(&s.principal.id),
         escape(&s.principal.org),
         escape(&roles.join(", ")),
@@ -486,7 +490,7 @@ async fn jobs(
                 "created_at",
                 "finished_at"
             ],
-            &|_| "/console/jobs".to_string()
+            &|v| format!("/console/jobs/{}", v["id"].as_str().unwrap_or_default())
         )
     );
     Ok(html("Jobs", &s, &body))
@@ -518,7 +522,22 @@ async fn export_page(
     } else {
         String::new()
     };
-    let body = format!("{}{decide}", export_sections(&v));
+    // The signed bundle's files, for the requesting org once the export is approved.
+    let files = if matches!(export.state.as_str(), "approved" | "released") {
+        format!(
+            "<h2>Signed bundle</h2><ul>{}</ul><p>Verify it offline with <code>tidegate verify DIR --key PUBKEY</code> and the platform's public key.</p>",
+            BUNDLE_FILES
+                .iter()
+                .map(|f| format!(
+                    "<li><a href=\"/console/exports/{}/files/{f}\">{f}</a></li>",
+                    escape(&export.id)
+                ))
+                .collect::<String>()
+        )
+    } else {
+        String::new()
+    };
+    let body = format!("{}{decide}{files}", export_sections(&v));
     Ok(html(&format!("Export {}", export.id), &s, &body))
 }
 
@@ -666,6 +685,273 @@ async fn approve_scenario(
     Ok(Redirect::to(&format!("/console/scenarios/{}", v.id)).into_response())
 }
 
+/// A view as a table of its fields: text as text, lists and objects as indented JSON. Every
+/// value escaped.
+fn details(v: &Value) -> String {
+    let mut out = String::from("<table>");
+    for (k, field) in v.as_object().into_iter().flatten() {
+        let shown = match field {
+            Value::Array(_) | Value::Object(_) => format!(
+                "<pre>{}</pre>",
+                escape(&serde_json::to_string_pretty(field).unwrap_or_default())
+            ),
+            other => text(other),
+        };
+        out.push_str(&format!(
+            "<tr><th>{}</th><td>{shown}</td></tr>\n",
+            escape(k)
+        ));
+    }
+    out.push_str("</table>");
+    out
+}
+
+async fn modules(
+    State(p): State<AppState>,
+    Extension(c): Extension<Cookies>,
+    headers: HeaderMap,
+) -> PageResult {
+    let s = session(&p, c, &headers).await?;
+    let (actor, p2) = (s.principal.clone(), Arc::clone(&p));
+    let queue = blocking(move || {
+        p2.list_modules(
+            &actor,
+            &ListQuery {
+                queue: true,
+                limit: Some(100),
+                ..ListQuery::default()
+            },
+        )
+    })
+    .await?;
+    let actor = s.principal.clone();
+    let all = blocking(move || {
+        p.list_modules(
+            &actor,
+            &ListQuery {
+                limit: Some(100),
+                ..ListQuery::default()
+            },
+        )
+    })
+    .await?;
+    let link = |v: &Value| {
+        format!(
+            "/console/modules/{}/{}",
+            v["scenario"].as_str().unwrap_or_default(),
+            v["hash"].as_str().unwrap_or_default()
+        )
+    };
+    let columns = [
+        "hash",
+        "scenario",
+        "org",
+        "uploaded_by",
+        "functions",
+        "approved_by",
+        "uploaded_at",
+    ];
+    let body = format!(
+        "<h1>Modules waiting for your review</h1>{}<h1>Modules you may see</h1>{}",
+        table(&values(&queue.items), &columns, &link),
+        table(&values(&all.items), &columns, &link)
+    );
+    Ok(html("Modules", &s, &body))
+}
+
+/// A module as its reviewer reads it, with the approve and revoke forms.
+async fn module_page(
+    State(p): State<AppState>,
+    Extension(c): Extension<Cookies>,
+    headers: HeaderMap,
+    Path((scenario, hash)): Path<(String, String)>,
+) -> PageResult {
+    let s = session(&p, c, &headers).await?;
+    let actor = s.principal.clone();
+    let m = blocking(move || p.get_module(&actor, &scenario, &hash)).await?;
+    let v = serde_json::to_value(&m).expect("a view serializes");
+    let action = |what: &str| {
+        format!(
+            "/console/modules/{}/{}/{what}",
+            escape(&m.scenario),
+            escape(&m.hash)
+        )
+    };
+    let forms = match m.state.as_str() {
+        "awaiting" => format!(
+            "<h2>Decision</h2><form method=\"post\" action=\"{}\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+             <p><label for=\"note\">What you checked (required)</label><br>\
+             <textarea id=\"note\" name=\"note\" rows=\"3\" required></textarea></p>\
+             <p><button type=\"submit\">Approve this module</button></p></form>",
+            action("approve"),
+            csrf = escape(&s.csrf)
+        ),
+        "approved" => format!(
+            "<h2>Revoke the approval</h2><p>Its jobs stop; exports computed with it are flagged and never approved.</p>\
+             <form method=\"post\" action=\"{}\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+             <p><label for=\"reason\">Why (required)</label><br>\
+             <textarea id=\"reason\" name=\"reason\" rows=\"3\" required></textarea></p>\
+             <p><button type=\"submit\">Revoke</button></p></form>",
+            action("revoke"),
+            csrf = escape(&s.csrf)
+        ),
+        _ => String::new(),
+    };
+    let body = format!(
+        "<h1>Module {}: {}</h1>{}{forms}",
+        escape(&m.hash),
+        escape(&m.state),
+        details(&v)
+    );
+    Ok(html("Module", &s, &body))
+}
+
+#[derive(Deserialize)]
+struct ModuleDecision {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    note: String,
+    #[serde(default)]
+    reason: String,
+}
+
+async fn approve_module(
+    State(p): State<AppState>,
+    Extension(c): Extension<Cookies>,
+    headers: HeaderMap,
+    Path((scenario, hash)): Path<(String, String)>,
+    axum::Form(f): axum::Form<ModuleDecision>,
+) -> PageResult {
+    let s = posted(&p, c, &headers, &f.csrf).await?;
+    let v = blocking(move || p.approve_module(&s.principal, &scenario, &hash, &f.note)).await?;
+    Ok(Redirect::to(&format!("/console/modules/{}/{}", v.scenario, v.hash)).into_response())
+}
+
+async fn revoke_module(
+    State(p): State<AppState>,
+    Extension(c): Extension<Cookies>,
+    headers: HeaderMap,
+    Path((scenario, hash)): Path<(String, String)>,
+    axum::Form(f): axum::Form<ModuleDecision>,
+) -> PageResult {
+    let s = posted(&p, c, &headers, &f.csrf).await?;
+    let v = blocking(move || p.revoke_module(&s.principal, &scenario, &hash, &f.reason)).await?;
+    Ok(Redirect::to(&format!("/console/modules/{}/{}", v.scenario, v.hash)).into_response())
+}
+
+async fn job_page(
+    State(p): State<AppState>,
+    Extension(c): Extension<Cookies>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> PageResult {
+    let s = session(&p, c, &headers).await?;
+    let actor = s.principal.clone();
+    let j = blocking(move || p.get_job(&actor, &id)).await?;
+    let v = serde_json::to_value(&j).expect("a view serializes");
+    let body = format!(
+        "<h1>Job {}: {}</h1>{}",
+        escape(&j.id),
+        escape(&j.state),
+        details(&v)
+    );
+    Ok(html("Job", &s, &body))
+}
+
+async fn datasets(
+    State(p): State<AppState>,
+    Extension(c): Extension<Cookies>,
+    headers: HeaderMap,
+) -> PageResult {
+    let s = session(&p, c, &headers).await?;
+    let actor = s.principal.clone();
+    let list = blocking(move || p.list_datasets(&actor)).await?;
+    let mut body = String::from("<h1>Datasets</h1>");
+    if list.is_empty() {
+        body.push_str("<p>Nothing here.</p>");
+    }
+    for d in &list {
+        let v = serde_json::to_value(d).expect("a view serializes");
+        body.push_str(&format!("<h2>{}</h2>{}", text(&v["name"]), details(&v)));
+    }
+    Ok(html("Datasets", &s, &body))
+}
+
+/// The directory (the authority's admins and auditors): orgs and principals.
+async fn directory(
+    State(p): State<AppState>,
+    Extension(c): Extension<Cookies>,
+    headers: HeaderMap,
+) -> PageResult {
+    let s = session(&p, c, &headers).await?;
+    let (actor, p2) = (s.principal.clone(), Arc::clone(&p));
+    let page = ListQuery {
+        limit: Some(200),
+        ..ListQuery::default()
+    };
+    let q = page.clone();
+    let orgs = blocking(move || p2.list_orgs(&actor, &q)).await?;
+    let actor = s.principal.clone();
+    let principals = blocking(move || p.list_principals(&actor, &page)).await?;
+    let none = |_: &Value| "/console/directory".to_string();
+    let body = format!(
+        "<h1>Orgs</h1>{}<h1>Principals</h1>{}",
+        table(&values(&orgs.items), &["id", "name", "kind"], &none),
+        table(
+            &values(&principals.items),
+            &["id", "name", "org", "roles", "trained"],
+            &none
+        )
+    );
+    Ok(html("Directory", &s, &body))
+}
+
+/// The files of a signed bundle.
+const BUNDLE_FILES: [&str; 4] = [
+    "result.csv",
+    "result.parquet",
+    "manifest.json",
+    "manifest.sig",
+];
+
+/// One file of an approved export's signed bundle, downloaded by its org (the download is the
+/// release, audited by the platform as through the API).
+async fn bundle_file(
+    State(p): State<AppState>,
+    Extension(c): Extension<Cookies>,
+    headers: HeaderMap,
+    Path((id, name)): Path<(String, String)>,
+) -> PageResult {
+    let s = session(&p, c, &headers).await?;
+    // Only the bundle's own files (asking for another releases nothing).
+    if !BUNDLE_FILES.contains(&name.as_str()) {
+        return Err(PageError(Error::NotFound(
+            "no such file in the bundle".into(),
+        )));
+    }
+    let files = blocking(move || p.download_bundle(&s.principal, &id)).await?;
+    let Some((name, bytes)) = files.into_iter().find(|(n, _)| *n == name) else {
+        return Err(PageError(Error::NotFound(
+            "no such file in the bundle".into(),
+        )));
+    };
+    let disposition = format!(
+        "attachment; filename=\"{}\"",
+        name.replace(['"', '\\'], "_")
+    );
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
 /// The console's routes, to merge into the API's router.
 pub(crate) fn routes(cookies: Cookies) -> axum::Router<AppState> {
     use axum::routing::{get, post};
@@ -683,6 +969,20 @@ pub(crate) fn routes(cookies: Cookies) -> axum::Router<AppState> {
         .route("/console/scenarios", get(scenarios))
         .route("/console/scenarios/{id}", get(scenario_page))
         .route("/console/scenarios/{id}/approve", post(approve_scenario))
+        .route("/console/modules", get(modules))
+        .route("/console/modules/{scenario}/{hash}", get(module_page))
+        .route(
+            "/console/modules/{scenario}/{hash}/approve",
+            post(approve_module),
+        )
+        .route(
+            "/console/modules/{scenario}/{hash}/revoke",
+            post(revoke_module),
+        )
+        .route("/console/jobs/{id}", get(job_page))
+        .route("/console/datasets", get(datasets))
+        .route("/console/directory", get(directory))
+        .route("/console/exports/{id}/files/{name}", get(bundle_file))
         .layer(axum::extract::DefaultBodyLimit::max(FORM_LIMIT as usize))
         .layer(Extension(cookies))
 }

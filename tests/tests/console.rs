@@ -24,6 +24,21 @@ impl Answer {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The value of the hidden `csrf` field of the form posting to an action ending in `end`.
+    fn csrf_of(&self, end: &str) -> String {
+        let form = self
+            .body
+            .split("<form ")
+            .find(|f| f.starts_with("method=\"post\" action=\"") && f.contains(&format!("{end}\"")))
+            .unwrap_or_else(|| panic!("no form posting to ...{end} in {}", self.body));
+        Answer {
+            status: self.status,
+            headers: Vec::new(),
+            body: form.to_string(),
+        }
+        .csrf()
+    }
+
     /// The value of the hidden `csrf` field of the page's first form that has one.
     fn csrf(&self) -> String {
         let at = self
@@ -455,4 +470,107 @@ fn a_sign_in_form_without_its_field_or_past_its_time_opens_nothing() {
     );
     assert_eq!(stale.status, 403, "{}", stale.body);
     assert!(!b.cookies.contains_key("tg_session"));
+}
+
+#[test]
+fn a_reviewer_reads_a_module_and_approves_it_then_revokes_it_from_its_page() {
+    let (env, sid, _) = active_scenario();
+    let w = &env.world;
+    let uploaded = w
+        .scientist
+        .upload_module(&sid, &constant_module(7))
+        .unwrap();
+    let hash = uploaded["hash"].as_str().unwrap().to_string();
+    let mut b = Browser::new(w.reviewer.url());
+    b.sign_in(&token(&w.reviewer));
+    let queue = b.get("/console/modules");
+    let page_path = format!("/console/modules/{sid}/{hash}");
+    assert!(queue.body.contains(&page_path), "{}", queue.body);
+    let page = b.get(&page_path);
+    assert_eq!(page.status, 200, "{}", page.body);
+    for fact in ["functions", "structure", "awaiting", "Approve this module"] {
+        assert!(page.body.contains(fact), "{fact} in {}", page.body);
+    }
+    let approved = b.post(
+        &format!("{page_path}/approve"),
+        &[
+            ("csrf", &page.csrf_of("/approve")),
+            ("note", "returns a constant; nothing read"),
+        ],
+    );
+    assert_eq!(approved.status, 303, "{}", approved.body);
+    let seen = w
+        .reviewer
+        .ok("GET", &format!("/v1/scenarios/{sid}/modules/{hash}"), None)
+        .unwrap();
+    assert_eq!(seen["state"], "approved", "{seen}");
+    let page = b.get(&page_path);
+    let revoked = b.post(
+        &format!("{page_path}/revoke"),
+        &[
+            ("csrf", &page.csrf_of("/revoke")),
+            ("reason", "found a leak"),
+        ],
+    );
+    assert_eq!(revoked.status, 303, "{}", revoked.body);
+    let seen = w
+        .reviewer
+        .ok("GET", &format!("/v1/scenarios/{sid}/modules/{hash}"), None)
+        .unwrap();
+    assert_eq!(seen["state"], "revoked", "{seen}");
+}
+
+#[test]
+fn the_requesting_org_downloads_its_approved_bundle_from_the_export_page() {
+    let (env, id) = waiting_export();
+    let w = &env.world;
+    w.reviewer.review_export(&id, "approve", "fine").unwrap();
+    let mut scientist = Browser::new(w.scientist.url());
+    scientist.sign_in(&token(&w.scientist));
+    let page = scientist.get(&format!("/console/exports/{id}"));
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("Signed bundle"), "{}", page.body);
+    let csv = scientist.get(&format!("/console/exports/{id}/files/result.csv"));
+    assert_eq!(csv.status, 200, "{}", csv.body);
+    assert!(
+        csv.header("content-disposition")
+            .unwrap()
+            .contains("result.csv")
+    );
+    assert!(csv.body.starts_with("spot,visits,avg_age"), "{}", csv.body);
+    // Another org's principal gets nothing of it.
+    let (stranger, _, _) = outsider(w, "other-analytics", "operator", &["scientist"]);
+    let mut other = Browser::new(w.scientist.url());
+    other.sign_in(&token(&stranger));
+    let refused = other.get(&format!("/console/exports/{id}/files/result.csv"));
+    assert!(matches!(refused.status, 403 | 404), "{}", refused.status);
+    assert!(!refused.body.contains("spot,visits"));
+}
+
+#[test]
+fn jobs_datasets_and_the_directory_are_pages_too_scoped_as_the_api_is() {
+    let (env, _) = waiting_export();
+    let w = &env.world;
+    let mut admin = Browser::new(w.admin.url());
+    admin.sign_in(&token(&w.admin));
+    let directory = admin.get("/console/directory");
+    assert_eq!(directory.status, 200, "{}", directory.body);
+    assert!(
+        directory.body.contains(&w.scientist_id),
+        "{}",
+        directory.body
+    );
+    let mut scientist = Browser::new(w.scientist.url());
+    scientist.sign_in(&token(&w.scientist));
+    // The directory is the authority's: the API refuses it to a scientist, and so does the page.
+    assert_eq!(scientist.get("/console/directory").status, 403);
+    let jobs = scientist.get("/console/jobs");
+    let at = jobs.body.find("/console/jobs/job_").expect("a job link");
+    let link = &jobs.body[at..at + jobs.body[at..].find('"').unwrap()];
+    let job = scientist.get(link);
+    assert_eq!(job.status, 200, "{}", job.body);
+    assert!(job.body.contains("succeeded"), "{}", job.body);
+    let datasets = scientist.get("/console/datasets");
+    assert_eq!(datasets.status, 200, "{}", datasets.body);
+    assert!(datasets.body.contains("visits"), "{}", datasets.body);
 }
