@@ -197,7 +197,7 @@ fn page(title: &str, s: Option<&Session>, body: &str) -> String {
              <a href=\"/console/modules\">Modules</a>\
              <a href=\"/console/scenarios\">Scenarios</a><a href=\"/console/exports\">Exports</a>\
              <a href=\"/console/jobs\">Jobs</a><a href=\"/console/datasets\">Datasets</a>\
-             <a href=\"/console/directory\">Directory</a>\
+             <a href=\"/console/directory\">Directory</a><a href=\"/console/prices\">Prices</a>\
              <form method=\"post\" action=\"/console/sign-out\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
              <button type=\"submit\">Sign out {}</button></form></nav>",
             escape(&s.csrf),
@@ -880,7 +880,8 @@ async fn datasets(
     Ok(html("Datasets", &s, &body))
 }
 
-/// The directory (the authority's admins and auditors): orgs and principals.
+/// The directory (the authority's admins and auditors): orgs, with freeze and reports, and
+/// principals, with their training.
 async fn directory(
     State(p): State<AppState>,
     Extension(c): Extension<Cookies>,
@@ -896,17 +897,181 @@ async fn directory(
     let orgs = blocking(move || p2.list_orgs(&actor, &q)).await?;
     let actor = s.principal.clone();
     let principals = blocking(move || p.list_principals(&actor, &page)).await?;
-    let none = |_: &Value| "/console/directory".to_string();
-    let body = format!(
-        "<h1>Orgs</h1>{}<h1>Principals</h1>{}",
-        table(&values(&orgs.items), &["id", "name", "kind"], &none),
-        table(
-            &values(&principals.items),
-            &["id", "name", "org", "roles", "trained"],
-            &none
-        )
+    let csrf = escape(&s.csrf);
+    let now = time::OffsetDateTime::now_utc();
+    let year = now.year();
+    let period = format!("{year}-{:02}", u8::from(now.month()));
+    let mut body = String::from(
+        "<h1>Orgs</h1><table><tr><th>org</th><th>name</th><th>kind</th><th>reports</th><th>freeze</th></tr>\n",
     );
+    for o in &orgs.items {
+        let id = escape(&o.id);
+        body.push_str(&format!(
+            "<tr><td>{id}</td><td>{}</td><td>{}</td>\
+             <td><a href=\"/console/orgs/{id}/annual?year={year}\">annual report {year}</a>, \
+             <a href=\"/console/orgs/{id}/statement?period={period}\">statement {period}</a></td>\
+             <td><form method=\"post\" action=\"/console/orgs/{id}/freeze\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+             <button type=\"submit\" name=\"freeze\" value=\"true\">Freeze</button>\
+             <button type=\"submit\" name=\"freeze\" value=\"false\">Unfreeze</button></form></td></tr>\n",
+            escape(&o.name),
+            escape(&o.kind),
+        ));
+    }
+    body.push_str(
+        "</table><h1>Principals</h1><table><tr><th>principal</th><th>name</th><th>org</th><th>roles</th><th>trained</th><th>record training</th></tr>\n",
+    );
+    for pr in &principals.items {
+        let v = serde_json::to_value(pr).expect("a view serializes");
+        let id = escape(&pr.id);
+        body.push_str(&format!(
+            "<tr><td>{id}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+             <td><form method=\"post\" action=\"/console/principals/{id}/training\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+             <input name=\"course\" required placeholder=\"course\" aria-label=\"course\">\
+             <button type=\"submit\">Record</button></form></td></tr>\n",
+            escape(&pr.name),
+            escape(&pr.org),
+            text(&v["roles"]),
+            if pr.trained { "yes" } else { "no" },
+        ));
+    }
+    body.push_str("</table>");
     Ok(html("Directory", &s, &body))
+}
+
+#[derive(Deserialize)]
+struct Freeze {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    freeze: bool,
+}
+
+async fn freeze_org(
+    State(p): State<AppState>,
+    Extension(c): Extension<Cookies>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    axum::Form(f): axum::Form<Freeze>,
+) -> PageResult {
+    let s = posted(&p, c, &headers, &f.csrf).await?;
+    let who = s.principal.clone();
+    let changed = blocking(move || p.freeze_org(&who, &id, f.freeze)).await?;
+    let body = format!(
+        "<p class=\"notice\">The org is {}; {} scenario(s) changed.</p><p><a href=\"/console/directory\">Back to the directory</a></p>",
+        if f.freeze { "frozen" } else { "unfrozen" },
+        changed.len()
+    );
+    Ok(html("Freeze", &s, &body))
+}
+
+#[derive(Deserialize)]
+struct Training {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    course: String,
+}
+
+async fn record_training(
+    State(p): State<AppState>,
+    Extension(c): Extension<Cookies>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    axum::Form(f): axum::Form<Training>,
+) -> PageResult {
+    let s = posted(&p, c, &headers, &f.csrf).await?;
+    let who = s.principal.clone();
+    blocking(move || p.record_training(&who, &id, &f.course)).await?;
+    Ok(Redirect::to("/console/directory").into_response())
+}
+
+#[derive(Deserialize)]
+struct YearQuery {
+    year: i32,
+}
+
+async fn annual(
+    State(p): State<AppState>,
+    Extension(c): Extension<Cookies>,
+    headers: HeaderMap,
+    Path(org): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<YearQuery>,
+) -> PageResult {
+    let s = session(&p, c, &headers).await?;
+    let actor = s.principal.clone();
+    let report = blocking(move || p.annual_report(&actor, &org, q.year)).await?;
+    let body = format!(
+        "<h1>Annual report {}</h1>{}",
+        text(&report["year"]),
+        details(&report)
+    );
+    Ok(html("Annual report", &s, &body))
+}
+
+#[derive(Deserialize)]
+struct PeriodQuery {
+    period: String,
+}
+
+async fn statement(
+    State(p): State<AppState>,
+    Extension(c): Extension<Cookies>,
+    headers: HeaderMap,
+    Path(org): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<PeriodQuery>,
+) -> PageResult {
+    let s = session(&p, c, &headers).await?;
+    let actor = s.principal.clone();
+    let st = blocking(move || p.statement(&actor, &org, &q.period, None)).await?;
+    let body = format!("<h1>Statement</h1>{}", details(&st));
+    Ok(html("Statement", &s, &body))
+}
+
+/// The price list (admins set it): one form per item.
+async fn prices(
+    State(p): State<AppState>,
+    Extension(c): Extension<Cookies>,
+    headers: HeaderMap,
+) -> PageResult {
+    let s = session(&p, c, &headers).await?;
+    let mut body = String::from(
+        "<h1>Prices</h1><p>In fen per unit; a new price applies from now.</p><table><tr><th>item</th><th>unit</th><th>default</th><th>set</th></tr>\n",
+    );
+    for (item, _, unit, default) in tidegate_runtime::PRICE_ITEMS {
+        body.push_str(&format!(
+            "<tr><td>{item}</td><td>{}</td><td>{default}</td><td><form method=\"post\" action=\"/console/prices\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{}\"><input type=\"hidden\" name=\"category\" value=\"{item}\">\
+             <input name=\"fen_per_unit\" type=\"number\" min=\"0\" required aria-label=\"fen per unit\">\
+             <button type=\"submit\">Set</button></form></td></tr>\n",
+            escape(unit),
+            escape(&s.csrf)
+        ));
+    }
+    body.push_str("</table>");
+    Ok(html("Prices", &s, &body))
+}
+
+#[derive(Deserialize)]
+struct Price {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    category: String,
+    #[serde(default)]
+    fen_per_unit: i64,
+}
+
+async fn set_price(
+    State(p): State<AppState>,
+    Extension(c): Extension<Cookies>,
+    headers: HeaderMap,
+    axum::Form(f): axum::Form<Price>,
+) -> PageResult {
+    let s = posted(&p, c, &headers, &f.csrf).await?;
+    blocking(move || p.set_price(&s.principal, &f.category, f.fen_per_unit)).await?;
+    Ok(Redirect::to("/console/prices").into_response())
 }
 
 /// The files of a signed bundle.
@@ -982,6 +1147,11 @@ pub(crate) fn routes(cookies: Cookies) -> axum::Router<AppState> {
         .route("/console/jobs/{id}", get(job_page))
         .route("/console/datasets", get(datasets))
         .route("/console/directory", get(directory))
+        .route("/console/orgs/{id}/freeze", post(freeze_org))
+        .route("/console/orgs/{id}/annual", get(annual))
+        .route("/console/orgs/{id}/statement", get(statement))
+        .route("/console/principals/{id}/training", post(record_training))
+        .route("/console/prices", get(prices).post(set_price))
         .route("/console/exports/{id}/files/{name}", get(bundle_file))
         .layer(axum::extract::DefaultBodyLimit::max(FORM_LIMIT as usize))
         .layer(Extension(cookies))

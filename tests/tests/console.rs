@@ -574,3 +574,61 @@ fn jobs_datasets_and_the_directory_are_pages_too_scoped_as_the_api_is() {
     assert_eq!(datasets.status, 200, "{}", datasets.body);
     assert!(datasets.body.contains("visits"), "{}", datasets.body);
 }
+
+#[test]
+fn an_admin_freezes_an_org_records_training_sets_a_price_and_reads_its_reports_from_pages() {
+    let (env, _) = waiting_export();
+    let w = &env.world;
+    let mut b = Browser::new(w.admin.url());
+    b.sign_in(&token(&w.admin));
+    let directory = b.get("/console/directory");
+    assert_eq!(directory.status, 200, "{}", directory.body);
+    let org = &w.operator_org;
+    let frozen = b.post(
+        &format!("/console/orgs/{org}/freeze"),
+        &[("csrf", &directory.csrf_of("/freeze")), ("freeze", "true")],
+    );
+    assert_eq!(frozen.status, 200, "{}", frozen.body);
+    assert!(frozen.body.contains("frozen"), "{}", frozen.body);
+    let refused = refusal(w.scientist.apply_scenario(&scenario_request(true)));
+    assert!(is_frozen_refusal(&refused), "{refused}");
+    b.post(
+        &format!("/console/orgs/{org}/freeze"),
+        &[("csrf", &directory.csrf_of("/freeze")), ("freeze", "false")],
+    );
+    let trained = b.post(
+        &format!("/console/principals/{}/training", w.scientist_id),
+        &[
+            ("csrf", &directory.csrf_of("/training")),
+            ("course", "data ethics 2027"),
+        ],
+    );
+    assert_eq!(trained.status, 303, "{}", trained.body);
+    let prices = b.get("/console/prices");
+    let set = b.post(
+        "/console/prices",
+        &[
+            ("csrf", &prices.csrf_of("/prices")),
+            ("category", "storage"),
+            ("fen_per_unit", "3"),
+        ],
+    );
+    assert_eq!(set.status, 303, "{}", set.body);
+    let year = time::OffsetDateTime::now_utc().year();
+    let annual = b.get(&format!("/console/orgs/{org}/annual?year={year}"));
+    assert_eq!(annual.status, 200, "{}", annual.body);
+    assert!(annual.body.contains("Annual report"), "{}", annual.body);
+    let at = directory.body.find("/statement?period=").unwrap();
+    let link = &directory.body[at..at + directory.body[at..].find('"').unwrap()];
+    let statement = b.get(&format!("/console/orgs/{org}{link}"));
+    assert_eq!(statement.status, 200, "{}", statement.body);
+    // The same actions are the authority's: a scientist's session is refused them.
+    let mut s = Browser::new(w.scientist.url());
+    s.sign_in(&token(&w.scientist));
+    let home = s.get("/console");
+    let refused = s.post(
+        &format!("/console/orgs/{org}/freeze"),
+        &[("csrf", &home.csrf()), ("freeze", "true")],
+    );
+    assert_eq!(refused.status, 403, "{}", refused.body);
+}
