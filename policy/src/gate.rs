@@ -57,7 +57,7 @@ pub struct QueryShape {
 }
 
 /// One check of the gate report.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GateCheck {
     pub name: String,
     pub passed: bool,
@@ -68,7 +68,7 @@ pub struct GateCheck {
 }
 
 /// The gate report: each check with its numbers, pass or fail.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GateReport {
     pub checks: Vec<GateCheck>,
     pub threshold_k: u64,

@@ -8,7 +8,19 @@ use serde::{Deserialize, Serialize};
 use crate::detect::SensitiveType;
 
 /// What a principal may do; a principal may hold several.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    PartialOrd,
+    Ord,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Scientist,
@@ -60,7 +72,19 @@ impl FromStr for Role {
 
 /// Classification level of a dataset (DOMAIN.md section 2). A derived result carries the
 /// highest level of its inputs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 pub enum Level {
     L1,
     L2,
@@ -88,7 +112,7 @@ impl FromStr for Level {
 }
 
 /// Where a dataset comes from: a public body, or an operating unit's own ("social") data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Origin {
     Public,
@@ -339,7 +363,7 @@ impl From<DataType> for String {
 }
 
 /// One column of a dataset: its name, type and tags.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ColumnSpec {
     pub name: String,
     pub data_type: DataType,
@@ -357,7 +381,7 @@ impl ColumnSpec {
 }
 
 /// Lifecycle of a scenario authorization.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ScenarioState {
     /// Written by its org, not yet submitted: nobody is asked to approve it.
@@ -528,7 +552,7 @@ impl FromStr for Masking {
 
 /// A scenario's export rules besides its threshold k (R-SCENARIO): masking by output column,
 /// a differential privacy budget, and size limits tighter than the platform's.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExportRules {
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
@@ -577,7 +601,7 @@ impl ExportRules {
 
 /// The kinds of org (SPEC.md): the data authority (admins, its review and audit offices),
 /// the providers of data, and the operating units that compute on it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OrgKind {
     Authority,
@@ -674,3 +698,24 @@ mod masking_tests {
         assert_eq!(Masking::Mask.generalize("x"), None);
     }
 }
+
+/// Types written as strings (`into = "String"`) are strings in the API's schema too.
+macro_rules! string_schema {
+    ($($t:ty => $what:literal),* $(,)?) => {$(
+        impl utoipa::PartialSchema for $t {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .description(Some($what))
+                    .into()
+            }
+        }
+        impl utoipa::ToSchema for $t {}
+    )*};
+}
+
+string_schema!(
+    ColumnTag => "a column tag: entity, dimension, quasi, sensitive, pii:TYPE (DOMAIN.md section 2)",
+    DataType => "a column type: utf8, int64, float64, bool, date, timestamp[(UNIT[, ZONE])], timestamptz, decimal(P,S)",
+    Masking => "a masking rule: mask, redact, pseudonymize, round:N, band:N, month",
+);

@@ -303,7 +303,7 @@ pub fn noised(rng: &mut RandomWords<'_>, value: f64, scale: f64, grid: f64) -> R
 
 /// A dataset's differential privacy budget, set by its provider (DOMAIN.md section 4:
 /// epsilon 10 in all, at most 3 per org, by default).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DatasetBudget {
     pub total: f64,
     pub per_org: f64,

@@ -8,13 +8,12 @@ use axum::Extension;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tidegate_policy::{Principal, Role};
-use tidegate_runtime::{Error, ImportRequest, JobRequest, Platform, ScenarioRequest};
+use tidegate_runtime::{Error, ImportRequest, JobRequest, Listing, Platform, ScenarioRequest};
 
 type AppState = Arc<Platform>;
 
@@ -47,6 +46,130 @@ impl IntoResponse for ApiError {
 }
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
+
+/// The API's one error format: a class (`bad_input`, `unauthenticated`, `refused`,
+/// `not_found`, `too_large`, `limit`, `failed`, `internal`, ...) and a message without data
+/// values.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct ApiErrorBody {
+    error: String,
+    message: String,
+}
+
+/// The errors every route may answer, all in the one format.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // a description of answers, never built
+enum Errors {
+    /// A malformed body, query string or path, or a request the platform cannot take.
+    #[response(status = 400)]
+    BadInput(ApiErrorBody),
+    /// No valid bearer token.
+    #[response(status = 401)]
+    Unauthenticated(ApiErrorBody),
+    /// Refused by policy (role, state, training, a frozen org).
+    #[response(status = 403)]
+    Refused(ApiErrorBody),
+    /// No such thing, or not the caller's to see.
+    #[response(status = 404)]
+    NotFound(ApiErrorBody),
+    /// A body over the route's limit.
+    #[response(status = 413)]
+    TooLarge(ApiErrorBody),
+    /// A limit reached or a job failed.
+    #[response(status = 422)]
+    Limit(ApiErrorBody),
+    /// The platform's own fault (an integrity check, an internal error).
+    #[response(status = 500)]
+    Internal(ApiErrorBody),
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct FrozenAnswer {
+    /// The scenarios the freeze changed.
+    scenarios: Vec<String>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct TokenAnswer {
+    /// The new token, shown once.
+    token: String,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct TrainedAnswer {
+    trained: bool,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct ApprovedAnswer {
+    approved: bool,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct UpdatedAnswer {
+    updated: bool,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct BundleFile {
+    name: String,
+    base64: String,
+}
+
+/// A signed release bundle: the result (CSV and Parquet), its manifest and the signature.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct BundleAnswer {
+    files: Vec<BundleFile>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct AuditProblem {
+    /// The first bad entry (1-based).
+    entry: u64,
+    problem: String,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct AuditAnswer {
+    entries: u64,
+    checkpoints: u64,
+    first_bad: Option<AuditProblem>,
+    head: String,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct PublicKeyAnswer {
+    /// The Ed25519 public key, hex.
+    public_key: String,
+    algorithm: String,
+}
+
+/// The API's contract: OpenAPI 3.1, generated from the handlers' own types and served at
+/// `/v1/openapi.json`. Every route of the router is registered through it (`routes!`), so no
+/// route can be served without being described.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "Tidegate", description = "Public-data authorized operation: datasets, scenarios, modules, jobs, the export gate and reviews. Bearer tokens on every route but the health check, the public key and this document; errors are `{error, message}`."),
+    modifiers(&BearerScheme),
+    components(schemas(ApiErrorBody)),
+    security(("bearer" = []))
+)]
+struct ApiDoc;
+
+struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+    }
+}
 
 /// A response in the API's one error format, with the status the problem calls for.
 fn error_response(status: StatusCode, class: &str, message: String) -> Response {
@@ -163,7 +286,7 @@ fn bearer(headers: &HeaderMap) -> Result<String, ApiError> {
 
 /// Routes anyone may call: no token, no body.
 fn is_public(path: &str) -> bool {
-    matches!(path, "/healthz" | "/v1/public-key")
+    matches!(path, "/healthz" | "/v1/public-key" | "/v1/openapi.json")
 }
 
 /// The most bytes a request body may have on `path`: files (a dataset, a module) on the
@@ -282,12 +405,13 @@ async fn blocking<T: Send + 'static>(
         .map_err(ApiError)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct OrgBody {
     name: String,
     kind: String,
 }
 
+#[utoipa::path(post, path = "/v1/orgs", request_body = OrgBody, responses((status = 200, description = "the new org (admin)", body = tidegate_runtime::OrgView), Errors))]
 async fn create_org(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
@@ -297,26 +421,28 @@ async fn create_org(
     Ok(Json(serde_json::to_value(org).expect("serializes")))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct FreezeBody {
     freeze: bool,
 }
 
+#[utoipa::path(post, path = "/v1/orgs/{id}/freeze", params(("id" = String, Path, description = "the id")), request_body = FreezeBody, responses((status = 200, description = "the scenarios the freeze changed (admin)", body = FrozenAnswer), Errors))]
 async fn freeze_org(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
     Param(id): Param<String>,
     Body(b): Body<FreezeBody>,
-) -> ApiResult<Value> {
-    let changed = blocking(move || p.freeze_org(&actor, &id, b.freeze)).await?;
-    Ok(Json(json!({ "scenarios": changed })))
+) -> ApiResult<FrozenAnswer> {
+    let scenarios = blocking(move || p.freeze_org(&actor, &id, b.freeze)).await?;
+    Ok(Json(FrozenAnswer { scenarios }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct ExitBody {
     reason: String,
 }
 
+#[utoipa::path(post, path = "/v1/orgs/{id}/exit", params(("id" = String, Path, description = "the id")), request_body = ExitBody, responses((status = 200, description = "the signed receipt of what was destroyed (admin)", body = Value), Errors))]
 async fn exit_org(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
@@ -328,13 +454,14 @@ async fn exit_org(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct PrincipalBody {
     name: String,
     org: String,
     roles: Vec<Role>,
 }
 
+#[utoipa::path(post, path = "/v1/principals", request_body = PrincipalBody, responses((status = 200, description = "the new principal, with its token shown once (admin)", body = tidegate_runtime::PrincipalView), Errors))]
 async fn create_principal(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
@@ -344,30 +471,33 @@ async fn create_principal(
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
 
+#[utoipa::path(post, path = "/v1/principals/{id}/token", params(("id" = String, Path, description = "the id")), responses((status = 200, description = "the new token (its holder, or an admin revoking it)", body = TokenAnswer), Errors))]
 async fn rotate_token(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
     Param(id): Param<String>,
-) -> ApiResult<Value> {
+) -> ApiResult<TokenAnswer> {
     let token = blocking(move || p.rotate_token(&actor, &id)).await?;
-    Ok(Json(json!({ "token": token })))
+    Ok(Json(TokenAnswer { token }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct TrainingBody {
     course: String,
 }
 
+#[utoipa::path(post, path = "/v1/principals/{id}/training", params(("id" = String, Path, description = "the id")), request_body = TrainingBody, responses((status = 200, description = "training recorded (admin)", body = TrainedAnswer), Errors))]
 async fn record_training(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
     Param(id): Param<String>,
     Body(b): Body<TrainingBody>,
-) -> ApiResult<Value> {
+) -> ApiResult<TrainedAnswer> {
     blocking(move || p.record_training(&actor, &id, &b.course)).await?;
-    Ok(Json(json!({ "trained": true })))
+    Ok(Json(TrainedAnswer { trained: true }))
 }
 
+#[utoipa::path(post, path = "/v1/datasets", request_body = tidegate_runtime::ImportRequest, responses((status = 200, description = "the imported version (provider)", body = tidegate_runtime::DatasetView), Errors))]
 async fn import_dataset(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
@@ -377,7 +507,8 @@ async fn import_dataset(
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct UploadQuery {
     name: String,
     level: tidegate_policy::Level,
@@ -392,6 +523,7 @@ struct UploadQuery {
 
 /// A dataset file streamed as the body: sealed into the data directory as it arrives, never
 /// held whole in the request; imported when it has all arrived.
+#[utoipa::path(post, path = "/v1/datasets/upload", params(UploadQuery), request_body(content = Vec<u8>, description = "the dataset file, streamed", content_type = "application/octet-stream"), responses((status = 200, description = "the imported version (provider)", body = tidegate_runtime::DatasetView), Errors))]
 async fn upload_dataset(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
@@ -446,21 +578,23 @@ async fn upload_dataset(
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
 
+#[utoipa::path(post, path = "/v1/datasets/{id}/approve", params(("id" = String, Path, description = "the id")), responses((status = 200, description = "the approval recorded", body = ApprovedAnswer), Errors))]
 async fn approve_dataset(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
     Param(id): Param<String>,
-) -> ApiResult<Value> {
+) -> ApiResult<ApprovedAnswer> {
     blocking(move || p.approve_dataset(&actor, &id)).await?;
-    Ok(Json(json!({ "approved": true })))
+    Ok(Json(ApprovedAnswer { approved: true }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct BudgetRequest {
     total: f64,
     per_org: f64,
 }
 
+#[utoipa::path(post, path = "/v1/datasets/{id}/budget", params(("id" = String, Path, description = "the id")), request_body = BudgetRequest, responses((status = 200, description = "the dataset with its differential privacy budget (provider, admin)", body = tidegate_runtime::DatasetView), Errors))]
 async fn set_dataset_budget(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
@@ -478,7 +612,9 @@ async fn set_dataset_budget(
 /// One handler per list: the same query (`state`, `scenario`, `queue`, `limit`, `after`),
 /// scoped by the platform to what the caller may open.
 macro_rules! list_handler {
-    ($name:ident, $method:ident) => {
+    ($name:ident, $method:ident, $path:literal, $item:ty) => {
+        #[utoipa::path(get, path = $path, params(tidegate_runtime::ListQuery),
+            responses((status = 200, description = "a page of what the caller may open, and the cursor of the next", body = Listing<$item>), Errors))]
         async fn $name(
             State(p): State<AppState>,
             Extension(actor): Extension<Principal>,
@@ -490,13 +626,39 @@ macro_rules! list_handler {
     };
 }
 
-list_handler!(list_exports, list_exports);
-list_handler!(list_jobs, list_jobs);
-list_handler!(list_modules, list_modules);
-list_handler!(list_scenarios, list_scenarios);
-list_handler!(list_orgs, list_orgs);
-list_handler!(list_principals, list_principals);
+list_handler!(
+    list_exports,
+    list_exports,
+    "/v1/exports",
+    tidegate_runtime::ExportSummary
+);
+list_handler!(
+    list_jobs,
+    list_jobs,
+    "/v1/jobs",
+    tidegate_runtime::JobSummary
+);
+list_handler!(
+    list_modules,
+    list_modules,
+    "/v1/modules",
+    tidegate_runtime::ModuleSummary
+);
+list_handler!(
+    list_scenarios,
+    list_scenarios,
+    "/v1/scenarios",
+    tidegate_runtime::ScenarioView
+);
+list_handler!(list_orgs, list_orgs, "/v1/orgs", tidegate_runtime::OrgView);
+list_handler!(
+    list_principals,
+    list_principals,
+    "/v1/principals",
+    tidegate_runtime::PrincipalView
+);
 
+#[utoipa::path(get, path = "/v1/datasets", responses((status = 200, description = "the datasets the caller may see", body = Vec<tidegate_runtime::DatasetView>), Errors))]
 async fn list_datasets(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
@@ -505,6 +667,7 @@ async fn list_datasets(
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
 
+#[utoipa::path(post, path = "/v1/scenarios", request_body = tidegate_runtime::ScenarioRequest, responses((status = 200, description = "the scenario applied for (scientist)", body = tidegate_runtime::ScenarioView), Errors))]
 async fn apply_scenario(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
@@ -514,6 +677,7 @@ async fn apply_scenario(
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
 
+#[utoipa::path(get, path = "/v1/scenarios/{id}", params(("id" = String, Path, description = "the id")), responses((status = 200, description = "the scenario", body = tidegate_runtime::ScenarioView), Errors))]
 async fn get_scenario(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
@@ -523,6 +687,7 @@ async fn get_scenario(
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
 
+#[utoipa::path(post, path = "/v1/scenarios/{id}/approve", params(("id" = String, Path, description = "the id")), responses((status = 200, description = "the scenario with the approval", body = tidegate_runtime::ScenarioView), Errors))]
 async fn approve_scenario(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
@@ -532,11 +697,12 @@ async fn approve_scenario(
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct StateBody {
     action: String,
 }
 
+#[utoipa::path(post, path = "/v1/scenarios/{id}/state", params(("id" = String, Path, description = "the id")), request_body = StateBody, responses((status = 200, description = "the scenario in its new state", body = tidegate_runtime::ScenarioView), Errors))]
 async fn change_scenario(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
@@ -551,11 +717,12 @@ async fn change_scenario(
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct RepinBody {
     dataset: String,
 }
 
+#[utoipa::path(post, path = "/v1/scenarios/{id}/repin", params(("id" = String, Path, description = "the id")), request_body = RepinBody, responses((status = 200, description = "the scenario with the grant on the newest version", body = tidegate_runtime::ScenarioView), Errors))]
 async fn repin_grant(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
@@ -566,11 +733,12 @@ async fn repin_grant(
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct ModuleBody {
     wasm_base64: String,
 }
 
+#[utoipa::path(post, path = "/v1/scenarios/{id}/modules", params(("id" = String, Path, description = "the id")), request_body = ModuleBody, responses((status = 200, description = "the validated module, awaiting review", body = tidegate_runtime::ModuleView), Errors))]
 async fn upload_module(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
@@ -584,11 +752,12 @@ async fn upload_module(
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct NoteBody {
     note: String,
 }
 
+#[utoipa::path(post, path = "/v1/scenarios/{id}/modules/{hash}/approve", params(("id" = String, Path, description = "the id"), ("hash" = String, Path, description = "the module's SHA-256 hash")), request_body = NoteBody, responses((status = 200, description = "the approved module (reviewer)", body = tidegate_runtime::ModuleView), Errors))]
 async fn approve_module(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
@@ -600,6 +769,7 @@ async fn approve_module(
 }
 
 /// A module as its reviewer reads it: manifest, structure, state and history.
+#[utoipa::path(get, path = "/v1/scenarios/{id}/modules/{hash}", params(("id" = String, Path, description = "the id"), ("hash" = String, Path, description = "the module's SHA-256 hash")), responses((status = 200, description = "the module as its reviewer reads it", body = tidegate_runtime::ModuleDetail), Errors))]
 async fn get_module(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
@@ -610,6 +780,7 @@ async fn get_module(
 }
 
 /// The module's bytes (`application/wasm`), for its reviewer to read.
+#[utoipa::path(get, path = "/v1/scenarios/{id}/modules/{hash}/wasm", params(("id" = String, Path, description = "the id"), ("hash" = String, Path, description = "the module's SHA-256 hash")), responses((status = 200, description = "the module bytes (audited)", content_type = "application/wasm", body = Vec<u8>), Errors))]
 async fn module_bytes(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
@@ -623,13 +794,14 @@ async fn module_bytes(
         .into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ReasonBody {
     reason: String,
 }
 
 /// Revokes a module's approval: its jobs stop, exports computed with it are flagged.
+#[utoipa::path(post, path = "/v1/scenarios/{id}/modules/{hash}/revoke", params(("id" = String, Path, description = "the id"), ("hash" = String, Path, description = "the module's SHA-256 hash")), request_body = ReasonBody, responses((status = 200, description = "the module, revoked", body = tidegate_runtime::ModuleDetail), Errors))]
 async fn revoke_module(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
@@ -640,6 +812,7 @@ async fn revoke_module(
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
 
+#[utoipa::path(post, path = "/v1/jobs", request_body = tidegate_runtime::JobRequest, responses((status = 200, description = "the job, queued", body = tidegate_runtime::JobView), Errors))]
 async fn submit_job(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
@@ -650,6 +823,7 @@ async fn submit_job(
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
 
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", params(("id" = String, Path, description = "the id")), responses((status = 200, description = "the job, cancelled", body = tidegate_runtime::JobView), Errors))]
 async fn cancel_job(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
@@ -659,6 +833,7 @@ async fn cancel_job(
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
 
+#[utoipa::path(get, path = "/v1/jobs/{id}", params(("id" = String, Path, description = "the id")), responses((status = 200, description = "the job", body = tidegate_runtime::JobView), Errors))]
 async fn get_job(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
@@ -668,7 +843,7 @@ async fn get_job(
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct ExportBody {
     job: String,
     /// What to spend of a differentially private scenario's budget.
@@ -679,6 +854,7 @@ struct ExportBody {
     amends: Option<String>,
 }
 
+#[utoipa::path(post, path = "/v1/exports", request_body = ExportBody, responses((status = 200, description = "the export request with its gate report", body = tidegate_runtime::ExportView), Errors))]
 async fn request_export(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
@@ -690,7 +866,8 @@ async fn request_export(
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct FormatQuery {
     #[serde(default)]
     format: Option<String>,
@@ -698,6 +875,7 @@ struct FormatQuery {
 
 /// An export with its gate report: JSON, or with `?format=html` the readable page a reviewer
 /// works from.
+#[utoipa::path(get, path = "/v1/exports/{id}", params(("id" = String, Path, description = "the id"), FormatQuery), responses((status = 200, description = "the export with its gate report (JSON), or its review page (format=html)", content((tidegate_runtime::ExportView = "application/json"), (String = "text/html"))), Errors))]
 async fn get_export(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
@@ -712,13 +890,14 @@ async fn get_export(
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct ReviewBody {
     decision: String,
     #[serde(default)]
     comment: String,
 }
 
+#[utoipa::path(post, path = "/v1/exports/{id}/review", params(("id" = String, Path, description = "the id")), request_body = ReviewBody, responses((status = 200, description = "the export after the decision (reviewer)", body = tidegate_runtime::ExportView), Errors))]
 async fn review_export(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
@@ -729,50 +908,57 @@ async fn review_export(
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
 
+#[utoipa::path(get, path = "/v1/exports/{id}/bundle", params(("id" = String, Path, description = "the id")), responses((status = 200, description = "the signed bundle (its requesting org; the release)", body = BundleAnswer), Errors))]
 async fn download_bundle(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
     Param(id): Param<String>,
-) -> ApiResult<Value> {
+) -> ApiResult<BundleAnswer> {
     let files = blocking(move || p.download_bundle(&actor, &id)).await?;
-    let files: Vec<Value> = files
+    let files = files
         .into_iter()
-        .map(|(name, bytes)| {
-            json!({ "name": name, "base64": base64::engine::general_purpose::STANDARD.encode(bytes) })
+        .map(|(name, bytes)| BundleFile {
+            name,
+            base64: base64::engine::general_purpose::STANDARD.encode(bytes),
         })
         .collect();
-    Ok(Json(json!({ "files": files })))
+    Ok(Json(BundleAnswer { files }))
 }
 
+#[utoipa::path(get, path = "/v1/audit/verify", responses((status = 200, description = "the verdict on the audit chain (admin, auditor)", body = AuditAnswer), Errors))]
 async fn verify_audit(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
-) -> ApiResult<Value> {
+) -> ApiResult<AuditAnswer> {
     let v = blocking(move || p.verify_audit(&actor)).await?;
-    Ok(Json(json!({
-        "entries": v.entries,
-        "checkpoints": v.checkpoints,
-        "first_bad": v.first_bad.map(|(n, why)| json!({ "entry": n, "problem": why })),
-        "head": v.head,
-    })))
+    Ok(Json(AuditAnswer {
+        entries: v.entries,
+        checkpoints: v.checkpoints,
+        first_bad: v
+            .first_bad
+            .map(|(entry, problem)| AuditProblem { entry, problem }),
+        head: v.head,
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct PriceBody {
     category: String,
     fen_per_unit: i64,
 }
 
+#[utoipa::path(post, path = "/v1/prices", request_body = PriceBody, responses((status = 200, description = "the price set (admin)", body = UpdatedAnswer), Errors))]
 async fn set_price(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
     Body(b): Body<PriceBody>,
-) -> ApiResult<Value> {
+) -> ApiResult<UpdatedAnswer> {
     blocking(move || p.set_price(&actor, &b.category, b.fen_per_unit)).await?;
-    Ok(Json(json!({ "updated": true })))
+    Ok(Json(UpdatedAnswer { updated: true }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct StatementQuery {
     org: String,
     period: String,
@@ -780,12 +966,13 @@ struct StatementQuery {
     as_of: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct PruneBody {
     /// YYYY-MM-DD; at least 180 days ago.
     before: String,
 }
 
+#[utoipa::path(post, path = "/v1/audit/prune", request_body = PruneBody, responses((status = 200, description = "what was pruned (admin)", body = Value), Errors))]
 async fn prune_audit(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
@@ -796,6 +983,7 @@ async fn prune_audit(
     ))
 }
 
+#[utoipa::path(get, path = "/v1/meter/statement", params(StatementQuery), responses((status = 200, description = "an org's monthly statement", body = Value), Errors))]
 async fn statement(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
@@ -806,7 +994,8 @@ async fn statement(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ReportQuery {
     org: String,
     year: i32,
@@ -814,6 +1003,7 @@ struct ReportQuery {
     format: Option<String>,
 }
 
+#[utoipa::path(get, path = "/v1/reports/annual", params(ReportQuery), responses((status = 200, description = "an org's annual report (JSON, or a page with format=html)", content((Value = "application/json"), (String = "text/html"))), Errors))]
 async fn annual_report(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
@@ -828,6 +1018,7 @@ async fn annual_report(
     })
 }
 
+#[utoipa::path(get, path = "/v1/policy", responses((status = 200, description = "the policy document (admin, auditor)", body = Value), Errors))]
 async fn export_policy(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
@@ -835,13 +1026,14 @@ async fn export_policy(
     Ok(Json(blocking(move || p.export_policy(&actor)).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct PolicyBody {
     document: Value,
     #[serde(default)]
     dry_run: bool,
 }
 
+#[utoipa::path(post, path = "/v1/policy", request_body = PolicyBody, responses((status = 200, description = "what the document changes, applied unless dry_run (admin)", body = Value), Errors))]
 async fn apply_policy(
     State(p): State<AppState>,
     Extension(actor): Extension<Principal>,
@@ -852,10 +1044,28 @@ async fn apply_policy(
     ))
 }
 
-async fn public_key(State(p): State<AppState>) -> Json<Value> {
-    Json(json!({ "public_key": p.public_key_hex(), "algorithm": "Ed25519" }))
+#[utoipa::path(get, path = "/v1/public-key", responses((status = 200, description = "the platform's signing key", body = PublicKeyAnswer), Errors), security(()))]
+async fn public_key(State(p): State<AppState>) -> Json<PublicKeyAnswer> {
+    Json(PublicKeyAnswer {
+        public_key: p.public_key_hex(),
+        algorithm: "Ed25519".into(),
+    })
 }
 
+/// The API document, as served.
+#[derive(Clone)]
+struct ApiDocument(Arc<String>);
+
+#[utoipa::path(get, path = "/v1/openapi.json", responses((status = 200, description = "this document: OpenAPI 3.1", content_type = "application/json", body = Value), Errors), security(()))]
+async fn openapi_document(Extension(doc): Extension<ApiDocument>) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        doc.0.as_str().to_string(),
+    )
+        .into_response()
+}
+
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "ok", content_type = "text/plain", body = String), Errors), security(()))]
 async fn healthz() -> &'static str {
     "ok"
 }
@@ -869,60 +1079,54 @@ pub fn router(platform: Arc<Platform>) -> Router {
 /// The API's and the console's routes; `secure_cookies` when the server is reached over TLS
 /// (the console's cookies are then `Secure` and `__Host-` named).
 pub fn router_with(platform: Arc<Platform>, secure_cookies: bool) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/v1/public-key", get(public_key))
-        .route("/v1/orgs", post(create_org).get(list_orgs))
-        .route("/v1/orgs/{id}/exit", post(exit_org))
-        .route("/v1/orgs/{id}/freeze", post(freeze_org))
-        .route(
-            "/v1/principals",
-            post(create_principal).get(list_principals),
-        )
-        .route("/v1/principals/{id}/training", post(record_training))
-        .route("/v1/principals/{id}/token", post(rotate_token))
-        .route(
-            "/v1/datasets",
-            post(import_dataset)
-                .layer(DefaultBodyLimit::max(UPLOAD_LIMIT as usize))
-                .get(list_datasets),
-        )
-        .route("/v1/datasets/upload", post(upload_dataset))
-        .route("/v1/datasets/{id}/approve", post(approve_dataset))
-        .route("/v1/datasets/{id}/budget", post(set_dataset_budget))
-        .route("/v1/scenarios", post(apply_scenario).get(list_scenarios))
-        .route("/v1/scenarios/{id}", get(get_scenario))
-        .route("/v1/scenarios/{id}/approve", post(approve_scenario))
-        .route("/v1/scenarios/{id}/state", post(change_scenario))
-        .route("/v1/scenarios/{id}/repin", post(repin_grant))
-        .route(
-            "/v1/scenarios/{id}/modules",
-            post(upload_module).layer(DefaultBodyLimit::max(UPLOAD_LIMIT as usize)),
-        )
-        .route(
-            "/v1/scenarios/{id}/modules/{hash}/approve",
-            post(approve_module),
-        )
-        .route("/v1/scenarios/{id}/modules/{hash}", get(get_module))
-        .route("/v1/scenarios/{id}/modules/{hash}/wasm", get(module_bytes))
-        .route(
-            "/v1/scenarios/{id}/modules/{hash}/revoke",
-            post(revoke_module),
-        )
-        .route("/v1/jobs", post(submit_job).get(list_jobs))
-        .route("/v1/jobs/{id}", get(get_job))
-        .route("/v1/modules", get(list_modules))
-        .route("/v1/jobs/{id}/cancel", post(cancel_job))
-        .route("/v1/exports", post(request_export).get(list_exports))
-        .route("/v1/exports/{id}", get(get_export))
-        .route("/v1/exports/{id}/review", post(review_export))
-        .route("/v1/exports/{id}/bundle", get(download_bundle))
-        .route("/v1/audit/verify", get(verify_audit))
-        .route("/v1/audit/prune", post(prune_audit))
-        .route("/v1/prices", post(set_price))
-        .route("/v1/policy", get(export_policy).post(apply_policy))
-        .route("/v1/meter/statement", get(statement))
-        .route("/v1/reports/annual", get(annual_report))
+    use utoipa::OpenApi as _;
+    use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+    use utoipa_axum::routes;
+    let upload = || DefaultBodyLimit::max(UPLOAD_LIMIT as usize);
+    let (api, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(public_key))
+        .routes(routes!(openapi_document))
+        .routes(routes!(create_org, list_orgs))
+        .routes(routes!(exit_org))
+        .routes(routes!(freeze_org))
+        .routes(routes!(create_principal, list_principals))
+        .routes(routes!(record_training))
+        .routes(routes!(rotate_token))
+        .routes(routes!(import_dataset).layer(upload()))
+        .routes(routes!(list_datasets))
+        .routes(routes!(upload_dataset))
+        .routes(routes!(approve_dataset))
+        .routes(routes!(set_dataset_budget))
+        .routes(routes!(apply_scenario, list_scenarios))
+        .routes(routes!(get_scenario))
+        .routes(routes!(approve_scenario))
+        .routes(routes!(change_scenario))
+        .routes(routes!(repin_grant))
+        .routes(routes!(upload_module).layer(upload()))
+        .routes(routes!(approve_module))
+        .routes(routes!(get_module))
+        .routes(routes!(module_bytes))
+        .routes(routes!(revoke_module))
+        .routes(routes!(submit_job, list_jobs))
+        .routes(routes!(get_job))
+        .routes(routes!(list_modules))
+        .routes(routes!(cancel_job))
+        .routes(routes!(request_export, list_exports))
+        .routes(routes!(get_export))
+        .routes(routes!(review_export))
+        .routes(routes!(download_bundle))
+        .routes(routes!(verify_audit))
+        .routes(routes!(prune_audit))
+        .routes(routes!(set_price))
+        .routes(routes!(export_policy, apply_policy))
+        .routes(routes!(statement))
+        .routes(routes!(annual_report))
+        .split_for_parts();
+    let document = ApiDocument(Arc::new(
+        doc.to_pretty_json().expect("the API document serializes"),
+    ));
+    api.layer(Extension(document))
         .merge(crate::console::routes(crate::console::Cookies {
             secure: secure_cookies,
         }))

@@ -1,7 +1,7 @@
 //! The console's review story in a real browser: headless Chromium (Debian's package) driven
 //! through ChromeDriver by `tests/browser/review_story.py`. `scripts/test` installs both
-//! (`scripts/install-browser`) and requires the test to run; a plain `cargo test` without them
-//! says so and skips it.
+//! (`scripts/install-test-tools`) and requires the test to run; a plain `cargo test` without
+//! them says so and skips it.
 
 mod common;
 
@@ -13,16 +13,7 @@ use serde_json::{Value, json};
 
 /// Where Selenium is installed, or None where the browser is not (a plain `cargo test`).
 fn selenium() -> Option<String> {
-    match std::env::var("TIDEGATE_SELENIUM") {
-        Ok(path) => Some(path),
-        Err(_) if std::env::var_os("TIDEGATE_REQUIRE_BROWSER").is_some() => {
-            panic!("TIDEGATE_SELENIUM is not set: run scripts/install-browser")
-        }
-        Err(_) => {
-            eprintln!("no browser here: run scripts/test (or scripts/install-browser)");
-            None
-        }
-    }
+    python_tools()
 }
 
 fn exported(env: &Env, sid: &str, module: &str) -> String {

@@ -10,7 +10,7 @@ const MAX_PAGE: usize = 200;
 const DEFAULT_PAGE: usize = 50;
 
 /// A page of a list and the cursor of the next one (`None` on the last page).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Listing<T> {
     pub items: Vec<T>,
     pub next: Option<String>,
@@ -18,7 +18,8 @@ pub struct Listing<T> {
 
 /// What a list is filtered by and which page is asked for. Lists run newest first; a queue
 /// (`queue = true`: only what waits for the caller's decision) oldest first.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     #[serde(default)]
@@ -66,7 +67,7 @@ impl ListQuery {
 }
 
 /// An export request as a list shows it: enough to find it, not its report or preview.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ExportSummary {
     pub id: String,
     pub job: String,
@@ -81,7 +82,7 @@ pub struct ExportSummary {
 }
 
 /// A job as a list shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobSummary {
     pub id: String,
     pub scenario: String,
@@ -92,7 +93,7 @@ pub struct JobSummary {
 }
 
 /// A module as a list shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ModuleSummary {
     pub hash: String,
     pub scenario: String,

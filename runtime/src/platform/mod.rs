@@ -161,14 +161,14 @@ fn from_json<T: for<'de> Deserialize<'de>>(s: &str) -> Result<T> {
 
 // ----- Views: what the API returns -----
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrgView {
     pub id: String,
     pub name: String,
     pub kind: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PrincipalView {
     pub id: String,
     pub name: String,
@@ -180,7 +180,7 @@ pub struct PrincipalView {
     pub token: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ColumnInput {
     pub name: String,
     /// Declared type; inferred from the file when absent.
@@ -190,7 +190,7 @@ pub struct ColumnInput {
     pub tags: Vec<ColumnTag>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ImportRequest {
     pub name: String,
     pub level: Level,
@@ -260,7 +260,7 @@ impl Drop for StagedUpload {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DatasetView {
     pub id: String,
     pub name: String,
@@ -291,7 +291,7 @@ pub struct DatasetView {
     pub privacy_drawn: f64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GrantRequest {
     pub dataset: String,
     pub columns: Vec<String>,
@@ -301,7 +301,7 @@ pub struct GrantRequest {
     pub version: Option<i64>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ScenarioRequest {
     pub name: String,
     pub key_area: String,
@@ -323,7 +323,7 @@ pub struct ScenarioRequest {
     pub draft: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ApprovalView {
     pub by: String,
     pub as_role: String,
@@ -333,7 +333,7 @@ pub struct ApprovalView {
 }
 
 /// One step of an export request's review.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ExportStep {
     pub state: String,
     pub at: String,
@@ -342,7 +342,7 @@ pub struct ExportStep {
     pub comment: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ScenarioView {
     pub id: String,
     pub name: String,
@@ -362,7 +362,7 @@ pub struct ScenarioView {
     pub missing_approvals: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ModuleView {
     pub hash: String,
     pub scenario: String,
@@ -371,7 +371,7 @@ pub struct ModuleView {
     pub approved_by: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobRequest {
     pub scenario: String,
     pub sql: String,
@@ -380,7 +380,7 @@ pub struct JobRequest {
     pub modules: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ResourceUse {
     pub fuel: u64,
     pub guest_calls: u64,
@@ -423,7 +423,7 @@ impl ResourceUse {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobView {
     pub id: String,
     pub scenario: String,
@@ -444,7 +444,7 @@ pub struct JobView {
     pub progress_percent: Option<u8>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ExportView {
     pub id: String,
     pub job: String,

@@ -5,7 +5,7 @@
 use super::*;
 
 /// A module as its reviewer reads it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ModuleDetail {
     pub hash: String,
     pub scenario: String,

@@ -129,7 +129,9 @@ impl Default for GuestLimits {
 }
 
 /// The column types of the ABI.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum WasmType {
     Int32,
@@ -218,7 +220,7 @@ impl WasmType {
 }
 
 /// One function a module exports, as its manifest declares it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct FunctionSig {
     /// `scalar` or `aggregate`.
     pub kind: String,

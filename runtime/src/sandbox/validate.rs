@@ -99,7 +99,9 @@ pub(super) fn check_export(
 }
 
 /// What a reviewer reads of a module's structure, besides its manifest: parsed, never run.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 pub struct ModuleFacts {
     pub size_bytes: u64,
     /// Functions the module defines (its code), and how many it imports (none is allowed).

@@ -18,6 +18,23 @@ pub(crate) const ROWS: usize = 3_000;
 /// The demo's query without its sum: an aggregate with a module's scalar inside `avg`.
 pub(crate) const DEMO_SQL: &str = "SELECT spot, count(*) AS visits, avg(age_at_visit(resident_id, visit_date)) AS avg_age FROM visits GROUP BY spot";
 
+/// Where the Python tools of the tests (Selenium, an OpenAPI validator) are installed, or
+/// None where they are not (a plain `cargo test`); `scripts/test` installs and requires them.
+pub(crate) fn python_tools() -> Option<String> {
+    match std::env::var("TIDEGATE_PYTHON_TOOLS") {
+        Ok(path) => Some(path),
+        Err(_) if std::env::var_os("TIDEGATE_REQUIRE_TOOLS").is_some() => {
+            panic!("TIDEGATE_PYTHON_TOOLS is not set: run scripts/install-test-tools")
+        }
+        Err(_) => {
+            eprintln!(
+                "the Python test tools are not here: run scripts/test (or scripts/install-test-tools)"
+            );
+            None
+        }
+    }
+}
+
 /// The message of an action that must be refused.
 pub(crate) fn refusal(result: anyhow::Result<Value>) -> String {
     result.expect_err("the action is refused").to_string()
