@@ -121,7 +121,7 @@ pub(crate) fn export_sections(export: &Value) -> String {
 <h2>Modules</h2><ul>{modules}</ul>
 <h2>Preview (as it would be released)</h2><table>
 {preview}</table>
-<h2>Earlier exports of this scenario</h2><ul>{earlier}</ul>
+<h2>Earlier exports of this scenario, and over the same data</h2><ul>{earlier}</ul>
 <h2>Reviews</h2><ul>{reviews}</ul>
 <h2>History</h2><ol>{history}</ol>
 "#,

@@ -409,6 +409,18 @@ fn only_a_returned_export_is_amended_and_only_once() {
         other_org.contains("not found") || other_org.contains("job"),
         "{other_org}"
     );
+    // An answer the gate refuses answers nothing: the returned export may be amended again.
+    let leaky = job(
+        &env,
+        &sid,
+        "SELECT spot, count(*) AS n, sum(spend) * 0 + 0.13812345678 AS x FROM visits GROUP BY spot",
+        &[],
+    );
+    let refused = w
+        .scientist
+        .request_export_with(leaky["id"].as_str().unwrap(), None, Some(&id))
+        .unwrap();
+    assert_eq!(refused["state"], "rejected", "{refused}");
     let amended = w
         .scientist
         .request_export_with(&fresh(), None, Some(&id))

@@ -357,7 +357,8 @@ impl Platform {
                 amends
             ],
         )?;
-        if let Some(earlier) = amends {
+        // A request the gate refused answers nothing: the returned one may be amended again.
+        if let Some(earlier) = amends.filter(|_| passed) {
             let n = tx.execute(
                 "UPDATE exports SET amended_by = ?2 WHERE id = ?1 AND amended_by IS NULL",
                 params![earlier, id],
