@@ -141,6 +141,15 @@ pub fn can_read_directory(p: &Principal, kind: OrgKind) -> Result<(), Refusal> {
     refuse("only the authority's admins and auditors read the directory of orgs and principals")
 }
 
+/// Who reads the platform's metrics: the authority's admins and auditors (counts by state and
+/// by check; never an identifier or a value).
+pub fn can_read_metrics(p: &Principal, kind: OrgKind) -> Result<(), Refusal> {
+    if kind == OrgKind::Authority && (p.has_role(Role::Admin) || p.has_role(Role::Auditor)) {
+        return Ok(());
+    }
+    refuse("only the authority's admins and auditors read the platform's metrics")
+}
+
 /// Jobs an org may have waiting in the queue at once: one unit cannot fill the queue (its
 /// jobs are taken in turn with other units' anyway), and a flood is refused, not stored.
 pub const MAX_QUEUED_JOBS_PER_ORG: u64 = 32;

@@ -383,6 +383,16 @@ impl AuditLog {
     }
 
     /// Appends an entry and makes it durable; an error means the action must not happen.
+    /// Entries appended so far (the last sequence number), and whether a failed write has
+    /// stopped the log.
+    pub fn state(&self) -> (u64, bool) {
+        let tail = self
+            .tail
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (tail.seq, tail.broken)
+    }
+
     pub fn append(&self, actor: &str, action: &str, object: &str, detail: Value) -> Result<u64> {
         self.append_at(crate::now_rfc3339(), actor, action, object, detail)
     }

@@ -44,9 +44,9 @@ pub use metering::{
 pub use platform::{
     AUDIT_FILE, ApprovalView, ColumnInput, DatasetView, ExportSummary, ExportView, GrantRequest,
     ImportRequest, JobRequest, JobSummary, JobView, ListQuery, Listing, ModuleDetail,
-    ModuleSummary, ModuleView, OrgView, PUBLIC_KEY_FILE, Platform, PrincipalView, ResourceUse,
-    SESSION_SECONDS, ScenarioRequest, ScenarioView, Session, StagedUpload, local_table,
-    verify_certificate,
+    ModuleSummary, ModuleView, OrgView, PUBLIC_KEY_FILE, Platform, PlatformCounts, PrincipalView,
+    ResourceUse, SESSION_SECONDS, ScenarioRequest, ScenarioView, Session, StagedUpload,
+    local_table, verify_certificate,
 };
 pub use sandbox::{
     CALL_FUEL, FUEL_FLOOR, FUEL_PER_MS, FunctionSig, GuestLimits, GuestSession, INSTANCE_FUEL,

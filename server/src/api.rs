@@ -1052,6 +1052,25 @@ async fn public_key(State(p): State<AppState>) -> Json<PublicKeyAnswer> {
     })
 }
 
+/// The platform's metrics in the Prometheus text format (the authority's admins and
+/// auditors; a scraper sends a bearer token as any client does).
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "jobs and exports by state, the gate's refusals by check, the audit log's entries, the API's latency by route", content_type = "text/plain", body = String), Errors))]
+async fn metrics(
+    State(p): State<AppState>,
+    Extension(actor): Extension<Principal>,
+    Extension(http): Extension<Arc<crate::metrics::HttpMetrics>>,
+) -> Result<Response, ApiError> {
+    let counts = blocking(move || p.counts(&actor)).await?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(&counts, &http),
+    )
+        .into_response())
+}
+
 /// The API document, as served.
 #[derive(Clone)]
 struct ApiDocument(Arc<String>);
@@ -1087,6 +1106,7 @@ pub fn router_with(platform: Arc<Platform>, secure_cookies: bool) -> Router {
         .routes(routes!(healthz))
         .routes(routes!(public_key))
         .routes(routes!(openapi_document))
+        .routes(routes!(metrics))
         .routes(routes!(create_org, list_orgs))
         .routes(routes!(exit_org))
         .routes(routes!(freeze_org))
@@ -1126,18 +1146,24 @@ pub fn router_with(platform: Arc<Platform>, secure_cookies: bool) -> Router {
     let document = ApiDocument(Arc::new(
         doc.to_pretty_json().expect("the API document serializes"),
     ));
-    api.layer(Extension(document))
-        .merge(crate::console::routes(crate::console::Cookies {
-            secure: secure_cookies,
-        }))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(JSON_LIMIT as usize))
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::clone(&platform),
-            edge,
-        ))
-        .with_state(platform)
+    let http = Arc::new(crate::metrics::HttpMetrics::default());
+    api.route_layer(axum::middleware::from_fn_with_state(
+        Arc::clone(&http),
+        crate::metrics::track,
+    ))
+    .layer(Extension(document))
+    .layer(Extension(http))
+    .merge(crate::console::routes(crate::console::Cookies {
+        secure: secure_cookies,
+    }))
+    .fallback(not_found)
+    .method_not_allowed_fallback(method_not_allowed)
+    .layer(DefaultBodyLimit::max(JSON_LIMIT as usize))
+    .layer(axum::middleware::from_fn_with_state(
+        Arc::clone(&platform),
+        edge,
+    ))
+    .with_state(platform)
 }
 
 /// Serves the API on `listener` until the process ends.

@@ -9,6 +9,7 @@ mod cli;
 mod client;
 mod console;
 mod demo;
+mod metrics;
 mod report;
 
 pub use api::{router, router_with, serve, spawn_server};

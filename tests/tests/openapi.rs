@@ -37,19 +37,24 @@ fn readme_routes() -> BTreeSet<(String, String)> {
     let mut routes = BTreeSet::new();
     let mut method = String::new();
     let mut base = String::new();
+    let mut continued = false;
     for word in block.split_whitespace() {
         match word {
-            "GET" | "POST" => method = word.to_string(),
-            "|" => {}
+            "GET" | "POST" => {
+                method = word.to_string();
+                continued = false;
+            }
+            "|" => continued = true,
             w if w.starts_with('/') => {
                 let path = w.split('[').next().unwrap().to_string();
-                // `/v1/x | /y` continues the path before it: `/v1/x/y`.
-                let full = if path.starts_with("/v1") || path == "/healthz" {
+                // `/v1/x/a | /b` continues the path before it: `/v1/x/b`.
+                let full = if continued && !path.starts_with("/v1") {
+                    format!("{base}{path}")
+                } else {
                     base = path.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap();
                     path
-                } else {
-                    format!("{base}{path}")
                 };
+                continued = false;
                 routes.insert((method.clone(), full));
             }
             _ => {}
@@ -202,4 +207,84 @@ fn an_outside_validator_accepts_the_document_as_openapi_3_1() {
         String::from_utf8_lossy(&run.stdout),
         String::from_utf8_lossy(&run.stderr)
     );
+}
+
+/// `GET /metrics` with a bearer token, as a scraper sends it: (status, body).
+fn scrape(env: &Env, token: &str) -> (u16, String) {
+    let url = env.world.admin.url().to_string();
+    let answer = raw(
+        &url,
+        format!(
+            "GET /metrics HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n",
+            url.trim_start_matches("http://")
+        )
+        .as_bytes(),
+        &|_| {},
+    );
+    let status = answer[9..12].parse().unwrap();
+    let body = answer.split_once("\r\n\r\n").unwrap().1.to_string();
+    (status, body)
+}
+
+#[test]
+fn metrics_count_jobs_exports_refusals_and_latency_and_name_nobody() {
+    let (env, sid, module) = active_scenario();
+    let w = &env.world;
+    let kept = export_of(&env, &sid, DEMO_SQL, &[module]);
+    assert_eq!(kept["state"], "in_review", "{kept}");
+    let leaky = job(
+        &env,
+        &sid,
+        "SELECT spot, count(*) AS n, sum(spend) * 0 + 0.13812345678 AS x FROM visits GROUP BY spot",
+        &[],
+    );
+    let refused = w
+        .scientist
+        .request_export(leaky["id"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(refused["state"], "rejected", "{refused}");
+    let (status, text) = scrape(&env, w.admin.token().unwrap());
+    assert_eq!(status, 200, "{text}");
+    for line in [
+        "tidegate_jobs{state=\"succeeded\"} 2",
+        "tidegate_exports{state=\"in_review\"} 1",
+        "tidegate_exports{state=\"rejected\"} 1",
+        "tidegate_gate_refusals{check=\"identifiers\"} 1",
+        "tidegate_audit_broken 0",
+    ] {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
+    assert!(
+        text.contains(
+            "tidegate_http_request_duration_seconds_count{route=\"/v1/jobs/{id}\",method=\"GET\"}"
+        ),
+        "{text}"
+    );
+    let audit: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("tidegate_audit_entries_total "))
+        .and_then(|n| n.parse().ok())
+        .expect("the audit log's entries");
+    assert!(audit > 10, "{audit}");
+    // No identifier, name or value in any label.
+    let named = [
+        w.scientist_id.as_str(),
+        w.reviewer_id.as_str(),
+        w.operator_org.as_str(),
+        w.provider_org.as_str(),
+        sid.as_str(),
+        kept["id"].as_str().unwrap(),
+        kept["job"].as_str().unwrap(),
+        refused["id"].as_str().unwrap(),
+        "visits",
+        "West Lake",
+    ];
+    for id in named {
+        assert!(!text.contains(id), "{id} in\n{text}");
+    }
+    // Metrics are the authority's to read.
+    let (status, _) = scrape(&env, w.scientist.token().unwrap());
+    assert_eq!(status, 403);
+    let (status, _) = scrape(&env, "tg_not_a_token");
+    assert_eq!(status, 401);
 }

@@ -39,6 +39,7 @@ mod datasets;
 mod exports;
 mod jobs;
 mod lists;
+mod metrics;
 mod modules;
 mod policy;
 mod queue;
@@ -47,6 +48,7 @@ mod scenarios;
 mod sessions;
 
 pub use lists::{ExportSummary, JobSummary, ListQuery, Listing, ModuleSummary};
+pub use metrics::PlatformCounts;
 pub use modules::ModuleDetail;
 pub use reading::local_table;
 use reading::{FileBytes, column_specs};
