@@ -1628,17 +1628,24 @@ impl<'a> Tally<'a> {
                 // times: it is n elements, its first copy named as a plain read names it.
                 for same in read.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
                     let (table, identity) = (same[0].0, same[0].1);
-                    let mut times = [0u32; TABLE_SHIFT as usize];
-                    for e in same {
-                        for (bit, n) in times.iter_mut().enumerate() {
-                            *n += (e.2 >> bit & 1) as u32;
-                        }
-                    }
                     // A table stored without row identities: its subject stands for its rows.
                     let base = match identity {
                         0 => who,
                         i => key.subject(&i.to_le_bytes()),
                     };
+                    // Read once (nearly always): one element, as it is.
+                    if let [one] = same {
+                        cell.elements.push((table, base, who, one.2));
+                        continue;
+                    }
+                    let mut times = [0u32; TABLE_SHIFT as usize];
+                    for e in same {
+                        let mut mask = e.2;
+                        while mask != 0 {
+                            times[mask.trailing_zeros() as usize] += 1;
+                            mask &= mask - 1;
+                        }
+                    }
                     let copies = times.iter().copied().max().unwrap_or(0);
                     for copy in 1..=copies {
                         let mask = times

@@ -289,9 +289,12 @@ fn is_public(path: &str) -> bool {
     matches!(path, "/healthz" | "/v1/public-key" | "/v1/openapi.json")
 }
 
-/// The most bytes a request body may have on `path`: files (a dataset, a module) on the
-/// routes that take them, a few hundred KiB of JSON elsewhere.
+/// The most bytes a request body may have on `path`: a console form's 16 KiB; files (a
+/// dataset, a module) on the routes that take them, a few hundred KiB of JSON elsewhere.
 fn body_limit(method: &axum::http::Method, path: &str) -> u64 {
+    if crate::console::is_console(path) {
+        return crate::console::FORM_LIMIT;
+    }
     if *method != axum::http::Method::POST {
         return JSON_LIMIT;
     }
@@ -337,15 +340,20 @@ async fn edge(
     // token), never by a bearer token: see `console.rs`. Every answer on its paths carries its
     // security headers (refusals and the fallbacks' answers too); a form post over its limit,
     // or without a session (but the sign-in form's), is answered before its body is read.
-    if crate::console::is_console(&path) {
-        let declared = request
-            .headers()
-            .get(axum::http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > crate::console::FORM_LIMIT) {
-            return crate::console::harden(too_large(crate::console::FORM_LIMIT));
-        }
+    let console = crate::console::is_console(&path);
+    let limit = body_limit(request.method(), &path);
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return match console {
+            true => crate::console::harden(too_large(limit)),
+            false => too_large(limit),
+        };
+    }
+    if console {
         if request.method() == axum::http::Method::POST
             && path != "/console/sign-in"
             && !crate::console::has_session_cookie(request.headers())
@@ -355,15 +363,6 @@ async fn edge(
             ));
         }
         return crate::console::harden(next.run(request).await);
-    }
-    let limit = body_limit(request.method(), &path);
-    let declared = request
-        .headers()
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return too_large(limit);
     }
     let token = match bearer(request.headers()) {
         Ok(token) => token,
