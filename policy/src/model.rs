@@ -425,6 +425,89 @@ impl FromStr for ScenarioState {
     }
 }
 
+/// Defines a state enum stored and shown as snake_case text, with `as_str`, `FromStr` and
+/// `Display`: the one spelling of each state, so a misspelt one cannot compile.
+macro_rules! text_states {
+    ($(#[$meta:meta])* $name:ident, $what:literal { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $name {
+            /// Every state, in lifecycle order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(format!(concat!("unknown ", $what, " `{}`"), s)),
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+text_states! {
+    /// Where an export is on its way out (R-EXPORT).
+    ExportState, "export state" {
+        /// Asked for; the gate has not answered yet.
+        Submitted = "submitted",
+        /// The gate passed it.
+        Checked = "checked",
+        /// Waiting for its reviewers.
+        InReview = "in_review",
+        /// Its reviewers approved it: its bundle may be downloaded.
+        Approved = "approved",
+        /// A reviewer sent it back for changes; a new request may amend it.
+        Returned = "returned",
+        /// The gate or a reviewer refused it; final.
+        Rejected = "rejected",
+        /// Its bundle was downloaded.
+        Released = "released",
+    }
+}
+
+text_states! {
+    /// Where a job is.
+    JobState, "job state" {
+        /// Accepted, waiting for a worker.
+        Queued = "queued",
+        Running = "running",
+        Succeeded = "succeeded",
+        /// Stopped by an error, a limit or the process's end.
+        Failed = "failed",
+        /// Stopped when its scientist (or a suspension) asked.
+        Cancelled = "cancelled",
+    }
+}
+
+text_states! {
+    /// A reviewer's decision on an export.
+    Decision, "decision" {
+        Approve = "approve",
+        Return = "return",
+        Reject = "reject",
+    }
+}
+
 /// How the gate desensitizes one output column before release (R-GATE 5). Written as text:
 /// `mask`, `redact`, `pseudonymize`, `round:2`, `band:10`, `month`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -380,7 +380,7 @@ mod tests {
                 .enumerate()
                 .map(|(j, f)| BoundedAggregate {
                     function: f.to_string(),
-                    hidden: format!("__tg_dp_{j}"),
+                    hidden: crate::hidden::numbered(crate::hidden::BOUNDED_PREFIX, j),
                     output: Some(format!("{f}_{j}")),
                     derived: false,
                     also_shown_as: Vec::new(),

@@ -5,7 +5,9 @@ use std::fmt;
 
 use time::Date;
 
-use crate::model::{ExportRules, Level, OrgKind, Principal, Role, ScenarioState};
+use crate::model::{
+    Decision, ExportRules, ExportState, Level, OrgKind, Principal, Role, ScenarioState,
+};
 
 /// A decision to refuse, with a reason the user can act on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -561,7 +563,7 @@ pub fn validate_export_rules(
     if let Some(column) = rules
         .masking
         .keys()
-        .find(|c| c.is_empty() || c.starts_with("__tg"))
+        .find(|c| c.is_empty() || crate::hidden::is_reserved(c))
     {
         return refuse(format!(
             "`{column}` is not an output column that can be masked"
@@ -732,14 +734,14 @@ pub fn can_review_export(
 
 /// What happens to an export request (R-REVIEW).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExportEvent<'a> {
+pub enum ExportEvent {
     /// The gate ran over the result.
     Checked { passed: bool },
     /// A checked request goes to the reviewers.
     SentToReview,
-    /// A reviewer decided (`approve`, `return`, `reject`); `approvals` counts this one.
+    /// A reviewer decided; `approvals` counts this one.
     Reviewed {
-        decision: &'a str,
+        decision: Decision,
         approvals: u64,
         required: u64,
     },
@@ -750,29 +752,29 @@ pub enum ExportEvent<'a> {
 /// R-REVIEW: `submitted -> checked -> in_review -> approved | returned | rejected -> released`;
 /// a request the gate refuses is rejected at once. Returns the next state, or why the event
 /// does not apply.
-pub fn next_export_state(current: &str, event: ExportEvent<'_>) -> Result<&'static str, Refusal> {
+pub fn next_export_state(current: ExportState, event: ExportEvent) -> Result<ExportState, Refusal> {
+    use ExportState::*;
     match (current, event) {
-        ("submitted", ExportEvent::Checked { passed: true }) => Ok("checked"),
-        ("submitted", ExportEvent::Checked { passed: false }) => Ok("rejected"),
-        ("checked", ExportEvent::SentToReview) => Ok("in_review"),
+        (Submitted, ExportEvent::Checked { passed: true }) => Ok(Checked),
+        (Submitted, ExportEvent::Checked { passed: false }) => Ok(Rejected),
+        (Checked, ExportEvent::SentToReview) => Ok(InReview),
         (
-            "in_review",
+            InReview,
             ExportEvent::Reviewed {
                 decision,
                 approvals,
                 required,
             },
-        ) => match decision {
-            "approve" if approvals >= required => Ok("approved"),
-            "approve" => Ok("in_review"),
-            "return" => Ok("returned"),
-            "reject" => Ok("rejected"),
-            _ => refuse("a decision is approve, return or reject"),
-        },
+        ) => Ok(match decision {
+            Decision::Approve if approvals >= required => Approved,
+            Decision::Approve => InReview,
+            Decision::Return => Returned,
+            Decision::Reject => Rejected,
+        }),
         (_, ExportEvent::Reviewed { .. }) => {
             refuse(format!("the export is {current}, not in review"))
         }
-        ("approved" | "released", ExportEvent::Released) => Ok("released"),
+        (Approved | Released, ExportEvent::Released) => Ok(Released),
         (_, ExportEvent::Released) => refuse(format!(
             "the export is {current}; only an approved export is released"
         )),
@@ -1092,35 +1094,44 @@ mod tests {
 
     #[test]
     fn an_export_request_moves_through_the_review_states_in_order() {
+        use Decision::*;
         use ExportEvent::*;
+        use ExportState::*;
         let review = |decision, approvals| Reviewed {
             decision,
             approvals,
             required: 2,
         };
-        let cases: [(&str, ExportEvent, Result<&str, &str>); 12] = [
-            ("submitted", Checked { passed: true }, Ok("checked")),
-            ("submitted", Checked { passed: false }, Ok("rejected")),
-            ("checked", SentToReview, Ok("in_review")),
-            ("in_review", review("approve", 1), Ok("in_review")),
-            ("in_review", review("approve", 2), Ok("approved")),
-            ("in_review", review("return", 1), Ok("returned")),
-            ("in_review", review("reject", 0), Ok("rejected")),
+        let cases: [(ExportState, ExportEvent, Result<ExportState, &str>); 11] = [
             (
-                "in_review",
-                review("shrug", 0),
-                Err("a decision is approve, return or reject"),
+                Submitted,
+                ExportEvent::Checked { passed: true },
+                Ok(ExportState::Checked),
             ),
             (
-                "approved",
-                review("approve", 3),
+                Submitted,
+                ExportEvent::Checked { passed: false },
+                Ok(Rejected),
+            ),
+            (ExportState::Checked, SentToReview, Ok(InReview)),
+            (InReview, review(Approve, 1), Ok(InReview)),
+            (InReview, review(Approve, 2), Ok(Approved)),
+            (InReview, review(Return, 1), Ok(Returned)),
+            (InReview, review(Reject, 0), Ok(Rejected)),
+            (
+                Approved,
+                review(Approve, 3),
                 Err("the export is approved, not in review"),
             ),
-            ("approved", Released, Ok("released")),
-            ("released", Released, Ok("released")),
+            (Approved, ExportEvent::Released, Ok(ExportState::Released)),
             (
-                "returned",
-                Released,
+                ExportState::Released,
+                ExportEvent::Released,
+                Ok(ExportState::Released),
+            ),
+            (
+                Returned,
+                ExportEvent::Released,
                 Err("the export is returned; only an approved export is released"),
             ),
         ];
@@ -1128,7 +1139,11 @@ mod tests {
             let got = next_export_state(from, event).map_err(|r| r.reason);
             assert_eq!(got, expected.map_err(String::from), "{from} {event:?}");
         }
-        assert!(next_export_state("rejected", SentToReview).is_err());
+        assert!(next_export_state(Rejected, SentToReview).is_err());
+        assert_eq!(
+            "shrug".parse::<Decision>(),
+            Err("unknown decision `shrug`".to_string())
+        );
     }
 
     #[test]

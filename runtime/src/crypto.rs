@@ -241,7 +241,7 @@ impl DataKey {
             }
             Ok(())
         };
-        let threads = crate::storage::parallelism().min(work.len());
+        let threads = crate::threads::parallelism().min(work.len());
         if threads <= 1 {
             open(&mut work)?;
         } else {

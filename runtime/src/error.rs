@@ -41,6 +41,20 @@ impl Error {
             other => other,
         }
     }
+
+    /// The error's category, with no message: what a log may name.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Refused(_) => "refused",
+            Error::Unauthenticated(_) => "unauthenticated",
+            Error::Limit(_) => "limit",
+            Error::BadInput(_) => "bad_input",
+            Error::NotFound(_) => "not_found",
+            Error::Integrity(_) => "integrity",
+            Error::Internal(_) => "internal",
+            Error::WhileRunning(_) => "while_running",
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -8,12 +8,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use tidegate_policy::{
     CheckOutcome, ColumnNoise, DatasetRows, DominanceRule, GateReport, Ledger, Level, Masking,
-    NoisePlan, QueryShape, SubjectSet, check_shape, differs_by_fewer_than, discrete_laplace, mask,
+    NoisePlan, QueryShape, SubjectSet, check_shape, differs_by_fewer_than, discrete_laplace,
     noised, plan_noise, scan_value,
 };
 
 use crate::error::{Error, Result};
-use crate::job::{BOUNDED_SUBJECTS, DOMINATED_COLUMN, GROUP_KEY_PREFIX, SUBJECTS_COLUMN};
+use crate::hidden::{self, BOUNDED_SUBJECTS, drop_hidden, group_key_values, group_keys};
+use crate::masking::{apply_masking, describe_masking};
 
 /// What the gate needs to know besides the data.
 #[derive(Debug, Clone)]
@@ -180,7 +181,7 @@ pub fn evaluate(input: &GateInput<'_>, batches: &[RecordBatch]) -> Result<GateOu
                 None => None,
             };
             let dominated = batch
-                .column_by_name(DOMINATED_COLUMN)
+                .column_by_name(hidden::DOMINATED)
                 .and_then(|c| c.as_boolean_opt())
                 .cloned();
             dominance_checked |= dominated.is_some();
@@ -746,42 +747,6 @@ fn suppress_complementary(rows: &mut [GroupRow]) -> u64 {
     }
 }
 
-/// Each row's group key values, carried by the runtime's hidden key columns whatever the query
-/// names or shows; none when the query's grouping has no plain keys (grouping sets).
-fn group_key_values(batch: &RecordBatch) -> Result<Vec<Option<Vec<serde_json::Value>>>> {
-    let schema = batch.schema();
-    let columns: Vec<&arrow::array::ArrayRef> = schema
-        .fields()
-        .iter()
-        .enumerate()
-        .filter(|(_, f)| f.name().starts_with(GROUP_KEY_PREFIX))
-        .map(|(i, _)| batch.column(i))
-        .collect();
-    (0..batch.num_rows())
-        .map(|row| {
-            let mut key = Vec::with_capacity(columns.len());
-            for column in &columns {
-                key.push(if column.is_null(row) {
-                    serde_json::Value::Null
-                } else {
-                    arrow::util::display::array_value_to_string(column, row)
-                        .map_err(|e| Error::Internal(format!("group key: {e}")))?
-                        .into()
-                });
-            }
-            Ok(Some(key))
-        })
-        .collect()
-}
-
-/// Each row's group key as JSON text, to match groups across results and releases.
-pub(crate) fn group_keys(batch: &RecordBatch) -> Result<Vec<Option<String>>> {
-    Ok(group_key_values(batch)?
-        .into_iter()
-        .map(|k| k.map(|k| serde_json::Value::Array(k).to_string()))
-        .collect())
-}
-
 /// R-GATE 6: a group released again with a subject count that differs from an earlier
 /// release by fewer than k would let the two be subtracted to learn about those few subjects.
 /// The report names counts, never group values.
@@ -852,192 +817,10 @@ fn differencing(
 
 fn subjects_per_row(batch: &RecordBatch) -> Result<Int64Array> {
     batch
-        .column_by_name(SUBJECTS_COLUMN)
+        .column_by_name(hidden::SUBJECTS)
         .and_then(|c| c.as_primitive_opt::<Int64Type>())
         .cloned()
-        .ok_or_else(|| Error::Internal(format!("the result lacks {SUBJECTS_COLUMN}")))
-}
-
-fn drop_hidden(batch: &RecordBatch) -> Result<RecordBatch> {
-    let keep: Vec<usize> = batch
-        .schema()
-        .fields()
-        .iter()
-        .enumerate()
-        .filter(|(_, f)| !f.name().starts_with("__tg"))
-        .map(|(i, _)| i)
-        .collect();
-    batch
-        .project(&keep)
-        .map_err(|e| Error::Internal(format!("projection: {e}")))
-}
-
-/// The masking rule of an output column: the one named after it, or else the one named after
-/// a granted column it is computed from (a rename does not unmask it).
-fn rule_for<'m>(
-    name: &str,
-    masking: &'m BTreeMap<String, Masking>,
-    sources: &BTreeMap<String, Vec<String>>,
-) -> Option<&'m Masking> {
-    masking.get(name).or_else(|| {
-        sources.get(name).into_iter().flatten().find_map(|source| {
-            // Read inside the runtime's own masking function: done when it is the rule's.
-            let (inside, column) = match source.split_once(':') {
-                Some((f, c)) => (Some(f), c),
-                None => (None, source.as_str()),
-            };
-            let rule = masking.get(column)?;
-            match (inside, rule) {
-                (Some("tg_pseudonym"), Masking::Pseudonymize)
-                | (Some("tg_mask"), Masking::Mask) => None,
-                _ => Some(rule),
-            }
-        })
-    })
-}
-
-/// R-GATE 5: the scenario's masking, applied before the scan so that a masked column passes.
-/// A masked column becomes text.
-fn apply_masking(
-    batch: &RecordBatch,
-    masking: &BTreeMap<String, Masking>,
-    sources: &BTreeMap<String, Vec<String>>,
-    pseudonyms: Option<&crate::crypto::PseudonymKey>,
-) -> Result<RecordBatch> {
-    if masking.is_empty() {
-        return Ok(batch.clone());
-    }
-    let schema = batch.schema();
-    let mut fields = Vec::with_capacity(schema.fields().len());
-    let mut columns = Vec::with_capacity(schema.fields().len());
-    for (field, column) in schema.fields().iter().zip(batch.columns()) {
-        let Some(rule) = rule_for(field.name(), masking, sources) else {
-            fields.push(field.as_ref().clone());
-            columns.push(Arc::clone(column));
-            continue;
-        };
-        // A decimal rounded stays the decimal it was (same precision and scale): exact
-        // money keeps its type in the bundle.
-        if let (Masking::Round(places), DataType::Decimal128(_, scale)) = (rule, column.data_type())
-        {
-            fields.push(field.as_ref().clone());
-            columns.push(round_decimal(column, *scale, *places)?);
-            continue;
-        }
-        let text = arrow::compute::cast(column, &DataType::Utf8)
-            .map_err(|e| Error::Internal(format!("masking {}: {e}", field.name())))?;
-        let masked: arrow::array::StringArray = text
-            .as_string::<i32>()
-            .iter()
-            .map(|v| v.map(|v| mask_value(*rule, v, pseudonyms)).transpose())
-            .collect::<Result<_>>()?;
-        fields.push(arrow::datatypes::Field::new(
-            field.name(),
-            DataType::Utf8,
-            true,
-        ));
-        columns.push(Arc::new(masked) as arrow::array::ArrayRef);
-    }
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
-        .map_err(|e| Error::Internal(format!("masking: {e}")))
-}
-
-/// Every value of a decimal column of `scale` places rounded to `places`, halves away from
-/// zero, in the same type.
-fn round_decimal(
-    column: &arrow::array::ArrayRef,
-    scale: i8,
-    places: u32,
-) -> Result<arrow::array::ArrayRef> {
-    let drop = i32::from(scale) - places as i32;
-    if drop <= 0 {
-        return Ok(Arc::clone(column));
-    }
-    let step = 10i128
-        .checked_pow(drop as u32)
-        .ok_or_else(|| Error::Internal("rounding step out of range".into()))?;
-    let half = step / 2;
-    let rounded: arrow::array::Decimal128Array = column
-        .as_primitive::<arrow::datatypes::Decimal128Type>()
-        .unary_opt(|v| {
-            let q = if v >= 0 {
-                v.checked_add(half)?
-            } else {
-                v.checked_sub(half)?
-            } / step;
-            q.checked_mul(step)
-        });
-    let rounded = rounded.with_data_type(column.data_type().clone());
-    Ok(Arc::new(rounded))
-}
-
-/// One value under one masking rule (the gate's, and the jobs' `tg_*` functions).
-pub(crate) fn mask_value(
-    rule: Masking,
-    value: &str,
-    pseudonyms: Option<&crate::crypto::PseudonymKey>,
-) -> Result<String> {
-    Ok(match rule {
-        Masking::Redact => "***".to_string(),
-        Masking::Mask => match scan_value(value).first() {
-            Some(d) => mask(d.kind, value),
-            None => "*".repeat(value.chars().count()),
-        },
-        Masking::Pseudonymize => pseudonyms
-            .ok_or_else(|| Error::Internal("no pseudonymization key for this scenario".into()))?
-            .pseudonym(value),
-        generalization => generalization.generalize(value).unwrap_or_default(),
-    })
-}
-
-fn describe_masking(
-    batches: &[RecordBatch],
-    masking: &BTreeMap<String, Masking>,
-    sources: &BTreeMap<String, Vec<String>>,
-) -> CheckOutcome {
-    if masking.is_empty() {
-        return CheckOutcome::Pass("the scenario names no masking".into());
-    }
-    let names: Vec<String> = batches
-        .first()
-        .map(|b| {
-            b.schema()
-                .fields()
-                .iter()
-                .map(|f| f.name().clone())
-                .collect()
-        })
-        .unwrap_or_default();
-    let parts: Vec<String> = masking
-        .iter()
-        .map(|(column, rule)| {
-            // The output columns computed from it under other names.
-            let renamed: Vec<&String> = names
-                .iter()
-                .filter(|n| {
-                    *n != column
-                        && !masking.contains_key(*n)
-                        && rule_for(n, masking, sources) == Some(rule)
-                        && sources.get(*n).is_some_and(|s| {
-                            s.iter()
-                                .any(|s| s.rsplit(':').next() == Some(column.as_str()))
-                        })
-                })
-                .collect();
-            let also = if renamed.is_empty() {
-                String::new()
-            } else {
-                let shown: Vec<String> = renamed.iter().map(|n| format!("`{n}`")).collect();
-                format!(" (also to {}, computed from it)", shown.join(", "))
-            };
-            if names.contains(column) || !renamed.is_empty() {
-                format!("`{column}`: {rule} applied{also}")
-            } else {
-                format!("`{column}`: {rule} (not in this result)")
-            }
-        })
-        .collect();
-    CheckOutcome::Pass(parts.join("; "))
+        .ok_or_else(|| Error::Internal(format!("the result lacks {}", hidden::SUBJECTS)))
 }
 
 /// R-GATE 4: no value in the output is a sensitive data type. The report names the column
@@ -1085,8 +868,7 @@ pub fn scan_columns(batches: &[RecordBatch]) -> Result<(u64, Vec<BTreeMap<String
             }
         }
     }
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
+    let threads = crate::threads::parallelism()
         .clamp(1, 8)
         .min(tasks.len().max(1));
     let next = std::sync::atomic::AtomicUsize::new(0);
@@ -1332,8 +1114,12 @@ mod tests {
         RecordBatch::try_new(
             Arc::new(Schema::new(vec![
                 Field::new("spot", DataType::Utf8, true),
-                Field::new(format!("{GROUP_KEY_PREFIX}0"), DataType::Utf8, true),
-                Field::new(SUBJECTS_COLUMN, DataType::Int64, true),
+                Field::new(
+                    format!("{}0", hidden::GROUP_KEY_PREFIX),
+                    DataType::Utf8,
+                    true,
+                ),
+                Field::new(hidden::SUBJECTS, DataType::Int64, true),
             ])),
             vec![
                 Arc::new(StringArray::from(spots.to_vec())),
@@ -1516,7 +1302,11 @@ mod tests {
             .map(|f| f.as_ref().clone())
             .collect();
         fields.insert(1, Field::new("n", DataType::Int64, false));
-        fields.push(Field::new("__tg_dp_0", DataType::Float64, false));
+        fields.push(Field::new(
+            hidden::numbered(hidden::BOUNDED_PREFIX, 0),
+            DataType::Float64,
+            false,
+        ));
         fields.push(Field::new(BOUNDED_SUBJECTS, DataType::Float64, false));
         let mut columns = base.columns().to_vec();
         columns.insert(1, Arc::new(Int64Array::from(exact.to_vec())));
@@ -1566,7 +1356,7 @@ mod tests {
                 },
                 aggregates: vec![tidegate_policy::BoundedAggregate {
                     function: "count".into(),
-                    hidden: "__tg_dp_0".into(),
+                    hidden: hidden::numbered(hidden::BOUNDED_PREFIX, 0),
                     output: Some("n".into()),
                     derived: false,
                     also_shown_as: Vec::new(),

@@ -7,17 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{Field, Schema};
-use datafusion::catalog::Session;
-use datafusion::catalog::TableProvider;
+use arrow::array::RecordBatch;
 use datafusion::common::DataFusionError;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
-use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{
-    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
-};
-use datafusion::datasource::{MemTable, TableType};
 use datafusion::execution::context::SQLOptions;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::{
@@ -25,59 +17,17 @@ use datafusion::execution::memory_pool::{
     TrackConsumersPool,
 };
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::logical_expr::TableProviderFilterPushDown;
-use datafusion::logical_expr::{Expr, LogicalPlan, ScalarUDF};
-use datafusion::object_store::ObjectStore;
-use datafusion::physical_expr::expressions::Column as PhysicalColumn;
-use datafusion::physical_expr::projection::ProjectionExpr;
+use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
-use tidegate_policy::{ColumnSpec, ContributionBounds, DominanceRule, Level, QueryShape};
+use tidegate_policy::{ContributionBounds, DominanceRule, Level, QueryShape};
 
 use crate::error::{Error, Result};
-use crate::storage::SealedStore;
-
-/// The hidden column holding a table's entity key, for counting subjects.
-pub(crate) const ENTITY_COLUMN: &str = "__tg_entity";
-/// The hidden column holding a stored row's identity: a hash of all its values, written at
-/// import (and made for tables held in memory), so that the gate's memory can tell rows apart
-/// across jobs, scenarios and versions whatever columns each was granted.
-pub(crate) const ROW_COLUMN: &str = "__tg_row";
-/// Distinct subjects of an output group (NULL entity keys count as one).
-pub(crate) const SUBJECTS_COLUMN: &str = "__tg_subjects";
-/// Hidden columns `__tg_key_0..` carry each group's key values.
-pub(crate) const GROUP_KEY_PREFIX: &str = "__tg_key_";
-/// The prefix of every hidden name; the user's SQL can neither name nor alias one.
-pub(crate) const RESERVED_PREFIX: &str = "__tg";
-
-/// Partitions of a job's plan: the machine's two cores.
-const TARGET_PARTITIONS: usize = 2;
-
-/// One granted table as the job sees it: only granted columns, plus the hidden entity key.
-#[derive(Debug, Clone)]
-pub struct TableInput {
-    pub name: String,
-    pub columns: Vec<ColumnSpec>,
-    pub data: TableData,
-}
-
-/// Where a table's rows come from.
-#[derive(Debug, Clone)]
-pub enum TableData {
-    /// Batches whose schema is the granted columns followed by [`ENTITY_COLUMN`] (local files
-    /// of `tidegate dev run`, tests, benchmarks).
-    Memory(Vec<RecordBatch>),
-    /// A stored Parquet object at `object` in `store`, scanned by DataFusion itself: only the
-    /// granted columns are exposed, and the stored `entity` column as [`ENTITY_COLUMN`].
-    Sealed {
-        store: Arc<SealedStore>,
-        object: String,
-        entity: Option<String>,
-    },
-}
+use crate::hidden::{self, is_reserved};
+use crate::sandbox::Functions;
+use crate::tables::{TARGET_PARTITIONS, TableInput, register};
 
 /// Limits of the query engine for one job.
 #[derive(Debug, Clone, Copy)]
@@ -115,41 +65,6 @@ impl Default for EngineLimits {
     }
 }
 
-/// The functions a job's SQL may call besides DataFusion's own: guest scalars and aggregates,
-/// and the runtime's built-ins.
-#[derive(Debug, Clone, Default)]
-pub struct Functions {
-    pub scalars: Vec<ScalarUDF>,
-    pub aggregates: Vec<datafusion::logical_expr::AggregateUDF>,
-    /// Guest table functions; they read the job's granted tables by name.
-    pub tables: Vec<crate::guest_table::GuestTable>,
-    /// The meters of the guests behind these functions: the job's deadline stops them, and a
-    /// failure any of them recorded fails the job.
-    pub meters: Vec<Arc<crate::sandbox::JobMeter>>,
-}
-
-impl Functions {
-    pub fn extend(&mut self, more: Functions) {
-        self.scalars.extend(more.scalars);
-        self.aggregates.extend(more.aggregates);
-        self.tables.extend(more.tables);
-        for m in more.meters {
-            if !self.meters.iter().any(|have| Arc::ptr_eq(have, &m)) {
-                self.meters.push(m);
-            }
-        }
-    }
-}
-
-impl From<Vec<ScalarUDF>> for Functions {
-    fn from(scalars: Vec<ScalarUDF>) -> Self {
-        Functions {
-            scalars,
-            ..Functions::default()
-        }
-    }
-}
-
 /// What a job produced.
 #[derive(Debug)]
 pub struct JobOutput {
@@ -164,348 +79,6 @@ pub struct JobOutput {
     /// that table's rows and subjects (keyed hashes), when the limits named a subject key and
     /// the result is an aggregate over subjects.
     pub subject_sets: Option<Vec<(usize, tidegate_policy::DatasetRows)>>,
-}
-
-/// Each row's identity: SipHash-1-3 of the row's values in Arrow's row format (equal rows,
-/// which no query can tell apart, share one). Unkeyed: it is stored sealed with the data, and
-/// the gate's memory keys it again.
-pub(crate) fn row_ids(batch: &RecordBatch) -> Result<arrow::array::UInt64Array> {
-    use arrow::row::{RowConverter, SortField};
-    use std::hash::Hasher;
-    let converter = RowConverter::new(
-        batch
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| SortField::new(f.data_type().clone()))
-            .collect(),
-    )
-    .map_err(|e| Error::Internal(format!("row identity: {e}")))?;
-    let rows = converter
-        .convert_columns(batch.columns())
-        .map_err(|e| Error::Internal(format!("row identity: {e}")))?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            let mut h = siphasher::sip::SipHasher13::new_with_keys(0x7469_6465, 0x726f_7773);
-            h.write(r.as_ref());
-            Some(h.finish())
-        })
-        .collect())
-}
-
-/// `batch` with its rows' identities in [`ROW_COLUMN`] (kept when it has them).
-pub(crate) fn with_row_ids(batch: &RecordBatch) -> Result<RecordBatch> {
-    if batch.schema().index_of(ROW_COLUMN).is_ok() {
-        return Ok(batch.clone());
-    }
-    append_column(batch, ROW_COLUMN, Arc::new(row_ids(batch)?))
-}
-
-/// The provider of one granted table.
-async fn register(
-    ctx: &SessionContext,
-    index: usize,
-    t: &TableInput,
-) -> datafusion::common::Result<Arc<dyn TableProvider>> {
-    match &t.data {
-        TableData::Memory(batches) => {
-            let batches = batches
-                .iter()
-                .map(with_row_ids)
-                .collect::<Result<Vec<_>>>()
-                .map_err(|e| DataFusionError::External(Box::new(e)))?;
-            let schema = batches.first().map(|b| b.schema()).ok_or_else(|| {
-                DataFusionError::Internal(format!("table {} has no batches", t.name))
-            })?;
-            // One partition per target partition, so that the scan runs on every core.
-            let mut partitions = vec![Vec::new(); TARGET_PARTITIONS];
-            for (i, b) in batches.into_iter().enumerate() {
-                partitions[i % TARGET_PARTITIONS].push(b);
-            }
-            Ok(Arc::new(MemTable::try_new(schema, partitions)?))
-        }
-        TableData::Sealed {
-            store,
-            object,
-            entity,
-        } => {
-            let base = format!("tidegate://table{index}");
-            let url = url::Url::parse(&base)
-                .map_err(|e| DataFusionError::Internal(format!("store url: {e}")))?;
-            ctx.register_object_store(&url, Arc::clone(store) as Arc<dyn ObjectStore>);
-            let url = ListingTableUrl::parse(format!("{base}/{object}"))?;
-            let options = ListingOptions::new(Arc::new(ParquetFormat::default()));
-            let schema = options.infer_schema(&ctx.state(), &url).await?;
-            let stored = ListingTable::try_new(
-                ListingTableConfig::new(url)
-                    .with_listing_options(options)
-                    .with_schema(schema),
-            )?;
-            GrantedTable::new(Arc::new(stored), &t.columns, entity.as_deref())
-                .map(|g| Arc::new(g) as Arc<dyn TableProvider>)
-        }
-    }
-}
-
-/// A stored table as a job sees it: the granted columns of the stored object under their own
-/// names and its entity key under [`ENTITY_COLUMN`]; no other column of the object is
-/// reachable. Its plans look like any table's scan, so every check of the plan applies.
-#[derive(Debug)]
-struct GrantedTable {
-    inner: Arc<dyn TableProvider>,
-    schema: arrow::datatypes::SchemaRef,
-    /// For each column of `schema`, its index in the inner table's schema.
-    sources: Vec<usize>,
-}
-
-impl GrantedTable {
-    /// Whether a filter names granted columns only (never the renamed entity key), so that
-    /// the stored table understands it as written.
-    fn prunes(&self, filter: &Expr) -> bool {
-        let columns = filter.column_refs();
-        !columns.is_empty()
-            && columns
-                .iter()
-                .all(|c| c.name != ENTITY_COLUMN && self.schema.field_with_name(&c.name).is_ok())
-    }
-
-    fn new(
-        inner: Arc<dyn TableProvider>,
-        granted: &[ColumnSpec],
-        entity: Option<&str>,
-    ) -> datafusion::common::Result<GrantedTable> {
-        let stored = inner.schema();
-        let mut fields = Vec::new();
-        let mut sources = Vec::new();
-        // Rows stored before they had identities have none: the memory then knows their
-        // subjects only.
-        let row = stored.index_of(ROW_COLUMN).is_ok().then_some(ROW_COLUMN);
-        let names = granted
-            .iter()
-            .map(|c| (c.name.as_str(), c.name.as_str()))
-            .chain(entity.map(|e| (e, ENTITY_COLUMN)))
-            .chain(row.map(|r| (r, r)));
-        for (stored_name, shown) in names {
-            let i = stored.index_of(stored_name)?;
-            fields.push(Field::new(shown, stored.field(i).data_type().clone(), true));
-            sources.push(i);
-        }
-        Ok(GrantedTable {
-            inner,
-            schema: Arc::new(Schema::new(fields)),
-            sources,
-        })
-    }
-}
-
-#[async_trait::async_trait]
-impl TableProvider for GrantedTable {
-    fn schema(&self) -> arrow::datatypes::SchemaRef {
-        Arc::clone(&self.schema)
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::Base
-    }
-
-    /// Filters on granted columns (which keep their stored names) reach the Parquet scan for
-    /// row-group pruning; DataFusion still applies them above, so they are inexact.
-    fn supports_filters_pushdown(
-        &self,
-        filters: &[&Expr],
-    ) -> datafusion::common::Result<Vec<TableProviderFilterPushDown>> {
-        Ok(filters
-            .iter()
-            .map(|f| {
-                if self.prunes(f) {
-                    TableProviderFilterPushDown::Inexact
-                } else {
-                    TableProviderFilterPushDown::Unsupported
-                }
-            })
-            .collect())
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
-        let outer: Vec<usize> = match projection {
-            Some(p) => p.clone(),
-            None => (0..self.sources.len()).collect(),
-        };
-        // The stored columns to read, each once (the entity key may also be granted).
-        let mut read: Vec<usize> = Vec::new();
-        for o in &outer {
-            if !read.contains(&self.sources[*o]) {
-                read.push(self.sources[*o]);
-            }
-        }
-        let pruning: Vec<Expr> = filters.iter().filter(|f| self.prunes(f)).cloned().collect();
-        let scan = self.inner.scan(state, Some(&read), &pruning, limit).await?;
-        let scanned = scan.schema();
-        let exprs: Vec<ProjectionExpr> = outer
-            .iter()
-            .map(|o| {
-                let at = read
-                    .iter()
-                    .position(|r| *r == self.sources[*o])
-                    .expect("every projected column is read");
-                ProjectionExpr::new(
-                    Arc::new(PhysicalColumn::new(scanned.field(at).name(), at)),
-                    self.schema.field(*o).name().clone(),
-                )
-            })
-            .collect();
-        Ok(Arc::new(ProjectionExec::try_new(exprs, scan)?))
-    }
-}
-
-/// The runtime's desensitization functions for jobs, the same the gate applies:
-/// `tg_mask(text)` (the DOMAIN.md mask of the type detected in the value, stars for no type)
-/// and `tg_generalize(value, 'band:10' | 'round:2' | 'month')`.
-pub fn desensitization_udfs() -> Vec<ScalarUDF> {
-    use datafusion::logical_expr::{Signature, Volatility};
-    vec![
-        ScalarUDF::new_from_impl(Desensitize {
-            name: "tg_mask",
-            signature: Signature::any(1, Volatility::Immutable),
-            key: None,
-        }),
-        ScalarUDF::new_from_impl(Desensitize {
-            name: "tg_generalize",
-            signature: Signature::any(2, Volatility::Immutable),
-            key: None,
-        }),
-    ]
-}
-
-/// One of the runtime's desensitization functions: the gate's own masking rules, applied
-/// inside a job (`tg_pseudonym` holds the scenario's key).
-#[derive(Debug)]
-struct Desensitize {
-    name: &'static str,
-    signature: datafusion::logical_expr::Signature,
-    key: Option<crate::crypto::PseudonymKey>,
-}
-
-// One of each per job, and one key per job: equality by name is enough for the planner.
-impl PartialEq for Desensitize {
-    fn eq(&self, other: &Self) -> bool {
-        self.name == other.name
-    }
-}
-
-impl Eq for Desensitize {}
-
-impl std::hash::Hash for Desensitize {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.name.hash(state);
-    }
-}
-
-impl datafusion::logical_expr::ScalarUDFImpl for Desensitize {
-    fn name(&self) -> &str {
-        self.name
-    }
-
-    fn signature(&self) -> &datafusion::logical_expr::Signature {
-        &self.signature
-    }
-
-    fn return_type(
-        &self,
-        _: &[arrow::datatypes::DataType],
-    ) -> datafusion::common::Result<arrow::datatypes::DataType> {
-        Ok(arrow::datatypes::DataType::Utf8)
-    }
-
-    /// The rule is checked when the query is planned, so a wrong one is a planning error the
-    /// scientist sees.
-    fn return_field_from_args(
-        &self,
-        args: datafusion::logical_expr::ReturnFieldArgs,
-    ) -> datafusion::common::Result<arrow::datatypes::FieldRef> {
-        if self.name == "tg_generalize" {
-            generalization(args.scalar_arguments.get(1).copied().flatten())?;
-        }
-        Ok(Arc::new(Field::new(
-            self.name,
-            arrow::datatypes::DataType::Utf8,
-            true,
-        )))
-    }
-
-    fn invoke_with_args(
-        &self,
-        args: datafusion::logical_expr::ScalarFunctionArgs,
-    ) -> datafusion::common::Result<datafusion::logical_expr::ColumnarValue> {
-        use datafusion::logical_expr::ColumnarValue;
-        use tidegate_policy::Masking;
-        let rule = match self.name {
-            "tg_mask" => Masking::Mask,
-            "tg_pseudonym" => Masking::Pseudonymize,
-            _ => generalization(match args.args.get(1) {
-                Some(ColumnarValue::Scalar(s)) => Some(s),
-                _ => None,
-            })?,
-        };
-        let value = args.args[0].to_array(args.number_rows)?;
-        let text = arrow::compute::cast(&value, &arrow::datatypes::DataType::Utf8)?;
-        let out: arrow::array::StringArray = text
-            .as_string::<i32>()
-            .iter()
-            .map(|v| {
-                v.map(|v| crate::gate::mask_value(rule, v, self.key.as_ref()))
-                    .transpose()
-            })
-            .collect::<Result<_>>()
-            .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        Ok(ColumnarValue::Array(Arc::new(out)))
-    }
-}
-
-/// The generalization rule of `tg_generalize`, a quoted literal.
-fn generalization(
-    rule: Option<&datafusion::common::ScalarValue>,
-) -> datafusion::common::Result<tidegate_policy::Masking> {
-    use datafusion::common::ScalarValue;
-    let Some(
-        ScalarValue::Utf8(Some(text))
-        | ScalarValue::Utf8View(Some(text))
-        | ScalarValue::LargeUtf8(Some(text)),
-    ) = rule
-    else {
-        return Err(DataFusionError::Plan(
-            "tg_generalize takes its rule as a quoted literal: 'band:10', 'round:2' or 'month'"
-                .into(),
-        ));
-    };
-    let rule: tidegate_policy::Masking = text
-        .parse()
-        .map_err(|e: String| DataFusionError::Plan(format!("tg_generalize: {e}")))?;
-    if rule.generalize("").is_none() {
-        return Err(DataFusionError::Plan(
-            "tg_generalize takes a generalization: band:W, round:N or month".into(),
-        ));
-    }
-    Ok(rule)
-}
-
-/// `tg_pseudonym(text) -> text`: the scenario's keyed pseudonym of a value, inside a job.
-pub fn pseudonym_udf(key: crate::crypto::PseudonymKey) -> ScalarUDF {
-    ScalarUDF::new_from_impl(Desensitize {
-        name: "tg_pseudonym",
-        signature: datafusion::logical_expr::Signature::string(
-            1,
-            datafusion::logical_expr::Volatility::Immutable,
-        ),
-        key: Some(key),
-    })
 }
 
 /// Plans, checks and runs `sql` over `tables` with `udfs` registered.
@@ -982,16 +555,6 @@ pub async fn run_query_isolated(
     })
 }
 
-/// The result schema as the scientist sees it: without the hidden columns.
-pub(crate) fn visible_schema(schema: &Schema) -> Vec<Field> {
-    schema
-        .fields()
-        .iter()
-        .filter(|f| !f.name().starts_with(RESERVED_PREFIX))
-        .map(|f| f.as_ref().clone())
-        .collect()
-}
-
 /// The most tokens a job's SQL may have. The engine plans expressions by recursion: a chain of
 /// tens of thousands of terms would overflow any thread's stack (and abort the process), and
 /// plans in time that grows faster than the chain. Analytic queries are far shorter.
@@ -1046,12 +609,6 @@ fn only_a_query(sql: &str) -> Result<DfStatement> {
     Ok(DfStatement::Statement(statement))
 }
 
-/// Whether a name is one of the runtime's hidden names, in any case.
-fn is_reserved(name: &str) -> bool {
-    name.get(..RESERVED_PREFIX.len())
-        .is_some_and(|p| p.eq_ignore_ascii_case(RESERVED_PREFIX))
-}
-
 /// Refuses every plan node that is not part of a read-only query, any reference to the
 /// reserved hidden columns, and any name that could pose as one (in any case).
 fn check_confinement(plan: &LogicalPlan) -> Result<()> {
@@ -1069,13 +626,16 @@ fn check_confinement(plan: &LogicalPlan) -> Result<()> {
             _ => None,
         };
         if let Some(what) = forbidden {
-            refusal = Some(format!("{what} is not allowed in a job; a job is one SELECT query"));
+            refusal = Some(format!(
+                "{what} is not allowed in a job; a job is one SELECT query"
+            ));
             return Ok(TreeNodeRecursion::Stop);
         }
         for e in node.expressions() {
             if e.column_refs().iter().any(|c| is_reserved(&c.name)) {
                 refusal = Some(format!(
-                    "columns named {RESERVED_PREFIX}* are reserved; name the columns you need instead of `*`"
+                    "columns named {}* are reserved; name the columns you need instead of `*`",
+                    hidden::RESERVED_PREFIX
                 ));
                 return Ok(TreeNodeRecursion::Stop);
             }
@@ -1091,7 +651,10 @@ fn check_confinement(plan: &LogicalPlan) -> Result<()> {
                 Ok(TreeNodeRecursion::Continue)
             })?;
             if aliased {
-                refusal = Some(format!("names starting with {RESERVED_PREFIX} are reserved"));
+                refusal = Some(format!(
+                    "names starting with {} are reserved",
+                    hidden::RESERVED_PREFIX
+                ));
                 return Ok(TreeNodeRecursion::Stop);
             }
         }
@@ -1101,62 +664,6 @@ fn check_confinement(plan: &LogicalPlan) -> Result<()> {
     match refusal {
         Some(r) => Err(Error::Refused(r)),
         None => Ok(()),
-    }
-}
-
-/// Hidden result columns `__tg_dp_0..`: each count or sum computed again with every
-/// subject's contribution bounded, which the gate noises.
-pub(crate) const BOUNDED_PREFIX: &str = "__tg_dp_";
-/// Hidden result column: a group's subjects once each subject keeps at most its bounded
-/// number of groups, for choosing the groups of a private release.
-pub(crate) const BOUNDED_SUBJECTS: &str = "__tg_dp_subjects";
-/// The batch with one more column.
-pub(crate) fn append_column(
-    batch: &RecordBatch,
-    name: &str,
-    values: arrow::array::ArrayRef,
-) -> Result<RecordBatch> {
-    let mut fields: Vec<Field> = batch
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone())
-        .collect();
-    fields.push(Field::new(
-        name,
-        values.data_type().clone(),
-        values.null_count() > 0,
-    ));
-    let mut columns = batch.columns().to_vec();
-    columns.push(values);
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
-        .map_err(|e| Error::Internal(format!("hidden column {name}: {e}")))
-}
-
-/// Hidden result column: the group's sum is dominated by its top contributors (R-GATE 3).
-pub(crate) const DOMINATED_COLUMN: &str = "__tg_dominated";
-/// The implementations of DataFusion's own aggregate functions, by type.
-static BUILTIN_AGGREGATES: std::sync::LazyLock<std::collections::HashSet<std::any::TypeId>> =
-    std::sync::LazyLock::new(|| {
-        datafusion::execution::SessionStateDefaults::default_aggregate_functions()
-            .iter()
-            .map(|f| {
-                let any: &dyn std::any::Any = f.inner().as_ref();
-                any.type_id()
-            })
-            .collect()
-    });
-
-/// What an aggregate of the plan is, by its implementation, never by the name it goes by:
-/// DataFusion's own (its name then says which), or a module's function, which no rule of a
-/// built-in applies to.
-/// Returns the name a rule knows it by, and whether it is a module's.
-pub(crate) fn aggregate_identity(f: &datafusion::logical_expr::AggregateUDF) -> (String, bool) {
-    let any: &dyn std::any::Any = f.inner().as_ref();
-    if BUILTIN_AGGREGATES.contains(&any.type_id()) {
-        (f.name().to_ascii_lowercase(), false)
-    } else {
-        (format!("{} (a module's function)", f.name()), true)
     }
 }
 
@@ -1194,15 +701,18 @@ fn classify(e: &DataFusionError, stage: Stage) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tables::TableData;
     use arrow::array::{Float64Array, StringArray};
     use arrow::datatypes::DataType as ArrowType;
+    use arrow::datatypes::{Field, Schema};
+    use tidegate_policy::ColumnSpec;
     use tidegate_policy::{ColumnTag, DataType};
 
     fn table(rows: usize) -> TableInput {
         let schema = Arc::new(Schema::new(vec![
             Field::new("spot", ArrowType::Utf8, false),
             Field::new("x", ArrowType::Float64, false),
-            Field::new(ENTITY_COLUMN, ArrowType::Utf8, true),
+            Field::new(hidden::ENTITY, ArrowType::Utf8, true),
         ]));
         let batch = RecordBatch::try_new(
             schema,
@@ -1247,12 +757,16 @@ mod tests {
             .block_on(run_query(
                 sql,
                 &[table(100)],
-                desensitization_udfs(),
+                crate::masking::desensitization_udfs(),
                 EngineLimits::default(),
             ))
             .unwrap();
         let b = &out.batches[0];
-        let cell = |c: usize| b.column(c).as_string::<i32>().value(0).to_string();
+        let cell = |c: usize| {
+            arrow::array::AsArray::as_string::<i32>(b.column(c))
+                .value(0)
+                .to_string()
+        };
         assert_eq!(cell(0), "138****5678");
         assert_eq!(cell(1), "30-39");
         assert_eq!(cell(2), "2026-05");
@@ -1261,7 +775,7 @@ mod tests {
             .block_on(run_query(
                 "SELECT tg_generalize(x, 'pseudonymize') FROM t",
                 &[table(10)],
-                desensitization_udfs(),
+                crate::masking::desensitization_udfs(),
                 EngineLimits::default(),
             ))
             .unwrap_err()

@@ -9,15 +9,17 @@ mod bundle;
 mod crypto;
 mod error;
 mod gate;
-mod guest_aggregate;
-mod guest_table;
+mod hidden;
 mod job;
+mod masking;
 mod metering;
 mod platform;
 mod release;
 mod sandbox;
 mod storage;
+mod tables;
 mod text;
+mod threads;
 
 pub use audit::{
     Anchor as AuditAnchor, AuditEntry, AuditLog, AuditSlice, AuditVerdict, CHECKPOINT_EVERY,
@@ -33,10 +35,8 @@ pub use error::{Error, Result};
 pub use gate::{
     GateInput, GateOutcome, Groups as GateGroups, evaluate as evaluate_gate, scan_columns,
 };
-pub use job::{
-    EngineLimits, Functions, JobCost, JobOutput, TableData, TableInput, desensitization_udfs,
-    pseudonym_udf, run_query, run_query_isolated, run_query_until,
-};
+pub use job::{EngineLimits, JobCost, JobOutput, run_query, run_query_isolated, run_query_until};
+pub use masking::{desensitization_udfs, pseudonym_udf};
 pub use metering::{
     Event as MeteredEvent, Ledger, PRICE_ITEMS, ScenarioTerms, ledger_from_audit,
     statement as statement_from_ledger,
@@ -49,10 +49,12 @@ pub use platform::{
     local_table, verify_certificate,
 };
 pub use sandbox::{
-    CALL_FUEL, FUEL_FLOOR, FUEL_PER_MS, FunctionSig, GuestLimits, GuestSession, INSTANCE_FUEL,
-    JobMeter, ModuleFacts, PAGE_FUEL, Sandbox, ValidatedModule, WasmType, module_facts,
+    CALL_FUEL, FUEL_FLOOR, FUEL_PER_MS, FunctionSig, Functions, GuestLimits, GuestSession,
+    INSTANCE_FUEL, JobMeter, ModuleFacts, PAGE_FUEL, Sandbox, ValidatedModule, WasmType,
+    module_facts,
 };
 pub use storage::{SealedSource, SealedStore, read_parquet};
+pub use tables::{TableData, TableInput};
 pub use text::{MAX_QUOTED_BYTES, defuse};
 
 /// The current time as RFC 3339, UTC.

@@ -30,34 +30,14 @@ use tidegate_policy::{
 };
 
 use crate::error::{Error, Result};
-use crate::job::{ENTITY_COLUMN, GROUP_KEY_PREFIX, RESERVED_PREFIX, TableInput};
+use crate::hidden::{
+    self, BRANCH, GROUP_KEY_PREFIX, PART_PREFIX, ROW_PREFIX, ROWS, SIGNED_PREFIX, SOURCE_PREFIX,
+    STORED_PREFIX, SUBJECT, TOTAL_PREFIX, UNIT_OF_PREFIX, UNIT_PREFIX, is_reserved,
+};
+use crate::tables::TableInput;
 
-/// Hidden columns `__tg_u0..`: a row's subject from one scan (its entity key, as text).
-const UNIT_PREFIX: &str = "__tg_u";
-/// Hidden columns `__tg_w0..`: a row's identity from one scan (of a table with subjects).
-const ROW_PREFIX: &str = "__tg_w";
-/// Hidden columns `__tg_s0..`: a numeric column of a table with subjects, as a double.
-const SOURCE_PREFIX: &str = "__tg_s";
-/// Hidden result columns `__tg_t0..`: a cell's total of a measure (absolute values).
-pub(crate) const TOTAL_PREFIX: &str = "__tg_t";
-/// Contribution columns `__tg_c0..`: one subject's part of a measure in one cell.
-pub(crate) const PART_PREFIX: &str = "__tg_c";
-/// Contribution columns `__tg_d0..`: one subject's signed count or sum of an aggregate, for
-/// differential privacy.
-pub(crate) const SIGNED_PREFIX: &str = "__tg_d";
-/// Contribution column `__tg_rows`: the subject's rows in the cell, each with the measures
-/// it adds to ([`RowElement`]).
-const ROWS_COLUMN: &str = "__tg_rows";
 /// Bits of a row's measures: the cell and at most 31 counts and sums.
 const MAX_MEASURES: usize = 32;
-/// The subject of a contribution row.
-pub(crate) const SUBJECT_COLUMN: &str = "__tg_subject";
-/// Which unit of its input row a contribution row is the subject of (its branch).
-const BRANCH: &str = "__tg_branch";
-/// Contribution columns `__tg_stored0..`: the stored row each unit's scan read.
-const STORED_PREFIX: &str = "__tg_stored";
-/// Contribution columns `__tg_unitof0..`: each unit's subject (for rows without identities).
-const UNIT_OF_PREFIX: &str = "__tg_unitof";
 /// A row element's mask keeps its table above this bit (the measures below it).
 const TABLE_SHIFT: u32 = 48;
 /// The unit of a row whose entity key is NULL: all such rows are one subject.
@@ -157,7 +137,7 @@ pub(crate) fn analyze(plan: LogicalPlan, cx: &Context<'_>) -> Result<Analysis> {
 fn releasable_types(plan: &LogicalPlan) -> Result<()> {
     use arrow::datatypes::DataType as T;
     for f in plan.schema().fields() {
-        if f.name().starts_with(RESERVED_PREFIX) {
+        if is_reserved(f.name()) {
             continue;
         }
         let ok = f.data_type().is_numeric()
@@ -368,7 +348,7 @@ impl Walk<'_> {
                 let mut exprs = p.expr.clone();
                 // The runtime's hidden columns ride along every projection above the aggregate.
                 for (q, f) in input.schema().iter() {
-                    if f.name().starts_with(RESERVED_PREFIX) {
+                    if is_reserved(f.name()) {
                         exprs.push(Expr::Column(Column::new(q.cloned(), f.name())));
                     }
                 }
@@ -483,7 +463,7 @@ impl Walk<'_> {
                     inner.schema_name()
                 ));
             };
-            let (identity, module) = crate::job::aggregate_identity(&f.func);
+            let (identity, module) = aggregate_identity(&f.func);
             let args = f
                 .params
                 .args
@@ -688,11 +668,15 @@ impl Walk<'_> {
             carried.push(name);
         }
         for (j, p) in parts.iter().enumerate() {
-            exprs.push(p.argument.clone().alias(format!("__tg_a{j}")));
-            carried.push(format!("__tg_a{j}"));
+            exprs.push(
+                p.argument
+                    .clone()
+                    .alias(hidden::numbered(hidden::ARGUMENT_PREFIX, j)),
+            );
+            carried.push(hidden::numbered(hidden::ARGUMENT_PREFIX, j));
             if let Some(f) = &p.filter {
-                exprs.push(f.clone().alias(format!("__tg_f{j}")));
-                carried.push(format!("__tg_f{j}"));
+                exprs.push(f.clone().alias(hidden::numbered(hidden::FILTER_PREFIX, j)));
+                carried.push(hidden::numbered(hidden::FILTER_PREFIX, j));
             }
         }
         for n in &sources {
@@ -724,7 +708,7 @@ impl Walk<'_> {
             .map_err(internal)?;
         let col = |name: &str| Expr::Column(Column::from_name(name));
         let union = if several_units {
-            const INDEX: &str = "__tg_i";
+            const INDEX: &str = hidden::COPY_INDEX;
             let indices =
                 LogicalPlanBuilder::values((0..units.len() as i64).map(|i| vec![lit(i)]).collect())
                     .map_err(internal)?
@@ -738,7 +722,7 @@ impl Walk<'_> {
             }
             let subject = subject.end().map_err(internal)?;
             let mut exprs: Vec<Expr> = carried.iter().map(|c| col(c)).collect();
-            exprs.push(subject.alias(SUBJECT_COLUMN));
+            exprs.push(subject.alias(SUBJECT));
             exprs.push(col(INDEX).alias(BRANCH));
             for (i, unit) in units.iter().enumerate() {
                 exprs.push(row_of(unit).alias(format!("{STORED_PREFIX}{i}")));
@@ -752,13 +736,13 @@ impl Walk<'_> {
                 .project(exprs)
                 .map_err(internal)?
                 // A missing side of an outer join is no subject.
-                .filter(col(SUBJECT_COLUMN).is_not_null())
+                .filter(col(SUBJECT).is_not_null())
                 .map_err(internal)?
                 .build()
                 .map_err(internal)?
         } else {
             let mut exprs: Vec<Expr> = carried.iter().map(|c| col(c)).collect();
-            exprs.push(col(&units[0].name).alias(SUBJECT_COLUMN));
+            exprs.push(col(&units[0].name).alias(SUBJECT));
             exprs.push(lit(0i64).alias(BRANCH));
             exprs.push(row_of(units[0]).alias(format!("{STORED_PREFIX}0")));
             exprs.push(col(&units[0].name).alias(format!("{UNIT_OF_PREFIX}0")));
@@ -766,7 +750,7 @@ impl Walk<'_> {
                 .project(exprs)
                 .map_err(internal)?
                 // Rows of constants (a UNION ALL with a VALUES list) are nobody's.
-                .filter(col(SUBJECT_COLUMN).is_not_null())
+                .filter(col(SUBJECT).is_not_null())
                 .map_err(internal)?
                 .build()
                 .map_err(internal)?
@@ -776,7 +760,7 @@ impl Walk<'_> {
             parts[j]
                 .filter
                 .as_ref()
-                .map(|_| column(format!("__tg_f{j}")))
+                .map(|_| column(hidden::numbered(hidden::FILTER_PREFIX, j)))
         };
         let mut contribution_aggr = Vec::new();
         for (name, part) in &part_exprs {
@@ -784,18 +768,20 @@ impl Walk<'_> {
                 PartExpr::Rows => with_filter(count_udaf(), lit(1i64), &None),
                 PartExpr::Subjects(j) => Expr::AggregateFunction(AggregateFunction::new_udf(
                     count_udaf(),
-                    vec![column(format!("__tg_a{j}"))],
+                    vec![column(hidden::numbered(hidden::ARGUMENT_PREFIX, j))],
                     true,
                     filter_of(j).map(Box::new),
                     vec![],
                     None,
                 )),
-                PartExpr::Count(j) => {
-                    with_filter(count_udaf(), column(format!("__tg_a{j}")), &filter_of(j))
-                }
+                PartExpr::Count(j) => with_filter(
+                    count_udaf(),
+                    column(hidden::numbered(hidden::ARGUMENT_PREFIX, j)),
+                    &filter_of(j),
+                ),
                 PartExpr::Sum(j) => with_filter(
                     sum_udaf(),
-                    as_double(column(format!("__tg_a{j}"))),
+                    as_double(column(hidden::numbered(hidden::ARGUMENT_PREFIX, j))),
                     &filter_of(j),
                 ),
                 PartExpr::Source(j, n) => with_filter(
@@ -834,7 +820,7 @@ impl Walk<'_> {
             if summed.contains(&j) && adds.len() < 64 {
                 value_bits |= 1 << adds.len();
             }
-            let mut adds_to = column(format!("__tg_a{j}")).is_not_null();
+            let mut adds_to = column(hidden::numbered(hidden::ARGUMENT_PREFIX, j)).is_not_null();
             if let Some(f) = filter_of(j) {
                 adds_to = adds_to.and(f);
             }
@@ -866,12 +852,12 @@ impl Walk<'_> {
                 vec![],
                 None,
             ))
-            .alias(ROWS_COLUMN),
+            .alias(ROWS),
         );
         let mut by = (0..agg.group_expr.len())
             .map(|i| column(format!("{GROUP_KEY_PREFIX}{i}")))
             .collect::<Vec<_>>();
-        by.push(column(SUBJECT_COLUMN.to_string()));
+        by.push(column(SUBJECT.to_string()));
         let contributions = LogicalPlanBuilder::from(union)
             .aggregate(by, contribution_aggr)
             .map_err(internal)?
@@ -908,7 +894,7 @@ impl Walk<'_> {
                     },
                     hidden: match p.kind {
                         Some(Released::Count | Released::Sum) => {
-                            format!("{}{j}", crate::job::BOUNDED_PREFIX)
+                            format!("{}{j}", hidden::BOUNDED_PREFIX)
                         }
                         _ => String::new(),
                     },
@@ -1122,7 +1108,10 @@ impl Walk<'_> {
                 self.tables
                     .iter()
                     .any(|t| t.name == scan.table_name.table())
-                    && plan.schema().iter().any(|(_, f)| f.name() == ENTITY_COLUMN)
+                    && plan
+                        .schema()
+                        .iter()
+                        .any(|(_, f)| f.name() == hidden::ENTITY)
             }
             LogicalPlan::Projection(_)
             | LogicalPlan::Filter(_)
@@ -1171,7 +1160,7 @@ impl Walk<'_> {
         };
         let plan = LogicalPlan::TableScan(scan);
         let schema = plan.schema().clone();
-        let subjects = schema.iter().any(|(_, f)| f.name() == ENTITY_COLUMN);
+        let subjects = schema.iter().any(|(_, f)| f.name() == hidden::ENTITY);
         self.next += 1;
         let scan_id = self.next;
         let mut exprs = Vec::new();
@@ -1182,7 +1171,7 @@ impl Walk<'_> {
         for (q, f) in schema.iter() {
             let reference = Expr::Column(Column::new(q.cloned(), f.name()));
             exprs.push(reference.clone());
-            if f.name() == ENTITY_COLUMN {
+            if f.name() == hidden::ENTITY {
                 columns.push(Lineage::entity_key());
                 let unit = self.fresh(UNIT_PREFIX);
                 // A NULL key is one subject (DOMAIN.md), never no subject: only rows that
@@ -1204,7 +1193,7 @@ impl Walk<'_> {
                 });
                 continue;
             }
-            if f.name() == crate::job::ROW_COLUMN {
+            if f.name() == hidden::ROW {
                 // The rows' identities ride along like the units (no query can name them).
                 columns.push(Lineage::default());
                 if subjects {
@@ -1545,7 +1534,7 @@ impl<'a> Tally<'a> {
         let subject = match self.privacy.is_some() || self.subject_key.is_some() {
             true => Some(
                 arrow::compute::cast(
-                    b.column_by_name(SUBJECT_COLUMN)
+                    b.column_by_name(SUBJECT)
                         .ok_or_else(|| Error::Internal("gate columns: no subject".into()))?,
                     &DataType::Utf8,
                 )
@@ -1555,7 +1544,7 @@ impl<'a> Tally<'a> {
         };
         let elements = match self.subject_key {
             Some(_) => Some(
-                b.column_by_name(ROWS_COLUMN)
+                b.column_by_name(ROWS)
                     .and_then(|c| c.as_list_opt::<i32>())
                     .cloned()
                     .ok_or_else(|| Error::Internal("gate columns: no rows".into()))?,
@@ -1858,27 +1847,27 @@ impl<'a> Tally<'a> {
                     });
                     dominated.push(failing);
                 }
-                let mut out = crate::job::append_column(
+                let mut out = hidden::append_column(
                     &b,
-                    crate::job::SUBJECTS_COLUMN,
+                    hidden::SUBJECTS,
                     Arc::new(Int64Array::from(subjects)),
                 )?;
-                out = crate::job::append_column(
+                out = hidden::append_column(
                     &out,
-                    crate::job::DOMINATED_COLUMN,
+                    hidden::DOMINATED,
                     Arc::new(BooleanArray::from(dominated)),
                 )?;
                 if self.privacy.is_some() {
                     let names = signed
                         .iter()
-                        .map(|(j, _)| format!("{}{j}", crate::job::BOUNDED_PREFIX))
-                        .chain([crate::job::BOUNDED_SUBJECTS.to_string()]);
+                        .map(|(j, _)| format!("{}{j}", hidden::BOUNDED_PREFIX))
+                        .chain([hidden::BOUNDED_SUBJECTS.to_string()]);
                     for (i, name) in names.enumerate() {
                         let values: Float64Array = at
                             .iter()
                             .map(|c| Some(c.map_or(0.0, |c| bounded[c][i])))
                             .collect();
-                        out = crate::job::append_column(&out, &name, Arc::new(values))?;
+                        out = hidden::append_column(&out, &name, Arc::new(values))?;
                     }
                 }
                 Ok(out)
@@ -1961,7 +1950,7 @@ impl RowElement {
 
 impl datafusion::logical_expr::ScalarUDFImpl for RowElement {
     fn name(&self) -> &str {
-        "__tg_row_element"
+        hidden::ROW_ELEMENT_FUNCTION
     }
 
     fn signature(&self) -> &datafusion::logical_expr::Signature {
@@ -2061,7 +2050,7 @@ pub(crate) fn column_sources(
 ) -> std::collections::BTreeMap<String, Vec<String>> {
     let mut out = std::collections::BTreeMap::new();
     for (i, f) in plan.schema().fields().iter().enumerate() {
-        if f.name().starts_with(RESERVED_PREFIX) {
+        if is_reserved(f.name()) {
             continue;
         }
         let mut found = BTreeSet::new();
@@ -2177,4 +2166,29 @@ fn all_scanned(plan: &LogicalPlan, out: &mut BTreeSet<String>) {
         }
         Ok(TreeNodeRecursion::Continue)
     });
+}
+
+/// The implementations of DataFusion's own aggregate functions, by type.
+static BUILTIN_AGGREGATES: std::sync::LazyLock<std::collections::HashSet<std::any::TypeId>> =
+    std::sync::LazyLock::new(|| {
+        datafusion::execution::SessionStateDefaults::default_aggregate_functions()
+            .iter()
+            .map(|f| {
+                let any: &dyn std::any::Any = f.inner().as_ref();
+                any.type_id()
+            })
+            .collect()
+    });
+
+/// What an aggregate of the plan is, by its implementation, never by the name it goes by:
+/// DataFusion's own (its name then says which), or a module's function, which no rule of a
+/// built-in applies to.
+/// Returns the name a rule knows it by, and whether it is a module's.
+pub(crate) fn aggregate_identity(f: &datafusion::logical_expr::AggregateUDF) -> (String, bool) {
+    let any: &dyn std::any::Any = f.inner().as_ref();
+    if BUILTIN_AGGREGATES.contains(&any.type_id()) {
+        (f.name().to_ascii_lowercase(), false)
+    } else {
+        (format!("{} (a module's function)", f.name()), true)
+    }
 }

@@ -58,11 +58,6 @@ impl SealedSource {
 /// Rows per decoded batch.
 const BATCH_ROWS: usize = 8192;
 
-/// How many threads decoding and decryption may use: the machine's cores.
-pub(crate) fn parallelism() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
 pub(crate) fn to_parquet_with_schema(
     batches: &[RecordBatch],
     schema: Arc<Schema>,
@@ -115,7 +110,7 @@ pub fn read_parquet(source: bytes::Bytes, columns: Option<&[String]>) -> Result<
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| Error::Integrity(format!("stored Parquet: {e}")))
     };
-    let threads = parallelism().min(groups);
+    let threads = crate::threads::parallelism().min(groups);
     if threads <= 1 {
         return decode((0..groups).collect());
     }

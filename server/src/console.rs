@@ -507,7 +507,7 @@ async fn export_page(
     let actor = s.principal.clone();
     let export = blocking(move || p.get_export(&actor, &id)).await?;
     let v = serde_json::to_value(&export).expect("a view serializes");
-    let decide = if export.state == "in_review" {
+    let decide = if export.state == tidegate_policy::ExportState::InReview {
         format!(
             "<h2>Decision</h2><form method=\"post\" action=\"/console/exports/{id}/review\">\
              <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
@@ -855,7 +855,7 @@ async fn job_page(
     let body = format!(
         "<h1>Job {}: {}</h1>{}",
         escape(&j.id),
-        escape(&j.state),
+        escape(j.state.as_str()),
         details(&v)
     );
     Ok(html("Job", &s, &body))

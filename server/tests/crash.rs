@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use tidegate_policy::{ExportState, JobState};
 use tidegate_runtime::{MasterKey, Platform};
 use tidegate_server::{Client, World, visitor_csv};
 
@@ -175,8 +176,8 @@ fn check(data: &Path, key: &Path, tokens: &[String; 3], acks: &[Ack]) {
             ),
             Ack::Accepted(id) => {
                 let job = platform.get_job(&admin, id).unwrap();
-                assert_ne!(job.state, "running", "{job:?}");
-                if job.state == "failed" {
+                assert_ne!(job.state, JobState::Running, "{job:?}");
+                if job.state == JobState::Failed {
                     assert!(
                         job.error
                             .as_deref()
@@ -186,18 +187,24 @@ fn check(data: &Path, key: &Path, tokens: &[String; 3], acks: &[Ack]) {
                     );
                 }
             }
-            Ack::Job(id) => assert_eq!(platform.get_job(&admin, id).unwrap().state, "succeeded"),
+            Ack::Job(id) => assert_eq!(
+                platform.get_job(&admin, id).unwrap().state,
+                JobState::Succeeded
+            ),
             Ack::Export(id) => {
                 platform.get_export(&scientist, id).unwrap();
             }
             Ack::Approved(id) => {
                 let state = platform.get_export(&scientist, id).unwrap().state;
-                assert!(state == "approved" || state == "released", "{state}");
+                assert!(
+                    state == ExportState::Approved || state == ExportState::Released,
+                    "{state}"
+                );
             }
             Ack::Released(id) => {
                 assert_eq!(
                     platform.get_export(&scientist, id).unwrap().state,
-                    "released"
+                    ExportState::Released
                 )
             }
         }
@@ -338,11 +345,14 @@ fn a_job_running_when_the_server_is_killed_ends_interrupted_and_a_queued_one_wai
     let platform = Platform::open(&data, MasterKey::load(&key).unwrap()).unwrap();
     let admin = platform.authenticate(&admin_token).unwrap();
     let job = platform.get_job(&admin, &running).unwrap();
-    assert_eq!(job.state, "failed");
+    assert_eq!(job.state, JobState::Failed);
     assert_eq!(
         job.error.as_deref(),
         Some("interrupted: the server stopped while the job ran; submit it again")
     );
-    assert_eq!(platform.get_job(&admin, &queued).unwrap().state, "queued");
+    assert_eq!(
+        platform.get_job(&admin, &queued).unwrap().state,
+        JobState::Queued
+    );
     assert_eq!(platform.verify_audit(&admin).unwrap().first_bad, None);
 }

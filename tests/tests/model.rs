@@ -318,7 +318,7 @@ fn run(actions: Vec<Action>) -> Result<usize, TestCaseError> {
                             },
                         ));
                         if let Ok(job) = job
-                            && job.state == "succeeded"
+                            && job.state == tidegate_policy::JobState::Succeeded
                         {
                             let state = w.platform.get_scenario(&w.admin, &s.0).unwrap().state;
                             prop_assert_eq!(

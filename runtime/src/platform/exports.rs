@@ -1,6 +1,7 @@
 //! Exports: the gate, the review state machine, release of signed bundles.
 
 use super::*;
+use tidegate_policy::{Decision, ExportState};
 
 impl Platform {
     /// R-GATE: runs the gate over a job's result; a passing result goes to review.
@@ -29,7 +30,14 @@ impl Platform {
         epsilon: Option<f64>,
         amends: Option<&str>,
     ) -> Result<ExportView> {
-        let mut db = self
+        // One export through the gate at a time, so that each is checked against every earlier
+        // release; the metadata lock is let go while the gate works (other requests go on) and
+        // taken again to record the outcome.
+        let _gate = self
+            .gate
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let db = self
             .db
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -173,7 +181,7 @@ impl Platform {
         // The memory of sums is kept once a cell over the data is suppressed for dominance:
         // loaded now if this result may have such a cell (the gate decides which).
         let may_dominate = batches.iter().any(|b| {
-            b.column_by_name(crate::job::DOMINATED_COLUMN)
+            b.column_by_name(crate::hidden::DOMINATED)
                 .and_then(|c| arrow::array::AsArray::as_boolean_opt(c))
                 .is_some_and(|c| c.true_count() > 0)
         });
@@ -199,19 +207,7 @@ impl Platform {
             None => None,
         };
         let id = new_id("ex");
-        let mut unapproved = 0;
-        for hash in &job.modules {
-            let approved: Option<Option<String>> = db
-                .query_row(
-                    "SELECT approved_by FROM modules WHERE hash = ?1 AND scenario_id = ?2",
-                    params![hash, s.id],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            if !matches!(approved, Some(Some(_))) {
-                unapproved += 1;
-            }
-        }
+        let unapproved = Self::unapproved_modules(&db, &job.modules, &s.id)?;
         let provenance = if unapproved > 0 {
             CheckOutcome::Fail(format!(
                 "{unapproved} module(s) of the job are no longer approved"
@@ -230,6 +226,13 @@ impl Platform {
         };
         tidegate_policy::check_epsilon(epsilon, s.export_rules.privacy_budget.is_some())
             .map_err(|r| Error::BadInput(r.reason))?;
+        let spent: f64 = db.query_row(
+            "SELECT COALESCE(SUM(e.epsilon), 0) FROM exports e JOIN jobs j ON e.job_id = j.id
+             WHERE j.scenario_id = ?1",
+            params![s.id],
+            |r| r.get(0),
+        )?;
+        drop(db);
         let outcome = gate::evaluate(
             &GateInput {
                 level: job.level,
@@ -239,19 +242,14 @@ impl Platform {
                 max_rows: s.export_rules.max_rows.unwrap_or(EXPORT_MAX_ROWS),
                 max_bytes: s.export_rules.max_bytes.unwrap_or(EXPORT_MAX_BYTES),
                 masking: &s.export_rules.masking,
-                privacy: match s.export_rules.privacy_budget {
-                    Some(budget) => Some(gate::PrivacySpend {
+                privacy: s
+                    .export_rules
+                    .privacy_budget
+                    .map(|budget| gate::PrivacySpend {
                         budget,
-                        spent: db.query_row(
-                            "SELECT COALESCE(SUM(e.epsilon), 0) FROM exports e JOIN jobs j ON e.job_id = j.id
-                             WHERE j.scenario_id = ?1",
-                            params![s.id],
-                            |r| r.get(0),
-                        )?,
+                        spent,
                         epsilon,
                     }),
-                    None => None,
-                },
                 earlier: &earlier,
                 pseudonyms: Some(&pseudonyms),
                 dominance: s.export_rules.dominance_rule(),
@@ -315,10 +313,14 @@ impl Platform {
             ),
             _ => (None, None),
         };
-        let checked =
-            tidegate_policy::next_export_state("submitted", ExportEvent::Checked { passed })?;
+        let checked = tidegate_policy::next_export_state(
+            ExportState::Submitted,
+            ExportEvent::Checked { passed },
+        )?;
         let state = match checked {
-            "checked" => tidegate_policy::next_export_state(checked, ExportEvent::SentToReview)?,
+            ExportState::Checked => {
+                tidegate_policy::next_export_state(checked, ExportEvent::SentToReview)?
+            }
             refused => refused,
         };
         let required =
@@ -330,6 +332,26 @@ impl Platform {
         // A refusal for what L2 or L3 data holds may tell one bit: rationed with the jobs that
         // stopped while running.
         let withheld = job.level > Level::L1 && outcome.report.failed_on_the_data();
+        let mut db = self
+            .db
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // What may have changed while the gate worked: the scenario's state (a freeze, a
+        // revocation) and its modules' approvals. Exports and the gate's memory cannot (the
+        // gate's lock), nor the data (an org's exit takes it too).
+        let now_s = Self::scenario_row(&db, &job.scenario)?;
+        tidegate_policy::can_request_export(actor, &now_s.org, now_s.view.state)?;
+        if now_s.k != s.k || to_json(&now_s.export_rules) != to_json(&s.export_rules) {
+            return Err(Error::BadInput(format!(
+                "the rules of scenario {} changed while the result was checked; ask again",
+                s.id
+            )));
+        }
+        if unapproved == 0 && Self::unapproved_modules(&db, &job.modules, &s.id)? > 0 {
+            return Err(Error::BadInput(format!(
+                "a module of job {job_id} was revoked while its result was checked; ask again"
+            )));
+        }
         let tx = db.transaction()?;
         tx.execute(
             "INSERT INTO exports (id, job_id, requested_by, org_id, state, gate_report, result_hash,
@@ -341,7 +363,7 @@ impl Platform {
                 job_id,
                 actor.id,
                 actor.org,
-                state,
+                state.as_str(),
                 to_json(&outcome.report),
                 hash,
                 wrapped,
@@ -369,7 +391,10 @@ impl Platform {
                 )));
             }
         }
-        let mut steps = vec![("submitted", actor.id.as_str()), (checked, GATE_ACTOR)];
+        let mut steps = vec![
+            (ExportState::Submitted, actor.id.as_str()),
+            (checked, GATE_ACTOR),
+        ];
         if state != checked {
             steps.push((state, GATE_ACTOR));
         }
@@ -414,17 +439,35 @@ impl Platform {
         self.get_export(actor, &id)
     }
 
+    /// How many of `modules` are not (or no longer) approved for `scenario`.
+    fn unapproved_modules(db: &Connection, modules: &[String], scenario: &str) -> Result<usize> {
+        let mut unapproved = 0;
+        for hash in modules {
+            let approved: Option<Option<String>> = db
+                .query_row(
+                    "SELECT approved_by FROM modules WHERE hash = ?1 AND scenario_id = ?2",
+                    params![hash, scenario],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if !matches!(approved, Some(Some(_))) {
+                unapproved += 1;
+            }
+        }
+        Ok(unapproved)
+    }
+
     pub(super) fn record_export_step(
         db: &Connection,
         id: &str,
         at: &str,
-        state: &str,
+        state: ExportState,
         by: &str,
         comment: Option<&str>,
     ) -> Result<()> {
         db.execute(
             "INSERT INTO export_events VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![id, at, state, by, comment],
+            params![id, at, state.as_str(), by, comment],
         )?;
         Ok(())
     }
@@ -464,7 +507,7 @@ impl Platform {
         let history: Vec<ExportStep> = db
             .prepare("SELECT state, at, actor, comment FROM export_events WHERE export_id = ?1 ORDER BY rowid")?
             .query_map(params![id], |r| {
-                Ok(ExportStep { state: r.get(0)?, at: r.get(1)?, by: r.get(2)?, comment: r.get(3)? })
+                Ok(ExportStep { state: stored_state_at(r, 0)?, at: r.get(1)?, by: r.get(2)?, comment: r.get(3)? })
             })?
             .collect::<rusqlite::Result<_>>()?;
         Ok((
@@ -473,7 +516,7 @@ impl Platform {
                 history,
                 job,
                 requested_by: by,
-                state,
+                state: stored_state(&state)?,
                 gate_report: from_json(&report)?,
                 result_hash: hash,
                 required_approvals: required as u64,
@@ -641,16 +684,19 @@ impl Platform {
                 &approved_by,
             )?;
             Self::require_active_scenario_of_job(&db, &view.job)?;
-            if let (Some(flag), "approve") = (&view.flag, decision) {
+            let decision: Decision = decision
+                .parse()
+                .map_err(|_| Error::BadInput("a decision is approve, return or reject".into()))?;
+            if let (Some(flag), Decision::Approve) = (&view.flag, decision) {
                 return Err(Error::Refused(format!(
                     "this export request is not approved: it was {flag}; return or reject it"
                 )));
             }
             let new_state = tidegate_policy::next_export_state(
-                &view.state,
+                view.state,
                 ExportEvent::Reviewed {
                     decision,
-                    approvals: approved_by.len() as u64 + u64::from(decision == "approve"),
+                    approvals: approved_by.len() as u64 + u64::from(decision == Decision::Approve),
                     required: view.required_approvals,
                 },
             )
@@ -663,12 +709,12 @@ impl Platform {
             let tx = db.transaction()?;
             tx.execute(
                 "INSERT INTO export_reviews VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![id, actor.id, decision, comment, hash, now],
+                params![id, actor.id, decision.as_str(), comment, hash, now],
             )?;
             Self::record_export_step(&tx, id, &now, new_state, &actor.id, Some(comment))?;
             tx.execute(
                 "UPDATE exports SET state = ?2, decision_comment = ?3 WHERE id = ?1",
-                params![id, new_state, comment],
+                params![id, new_state.as_str(), comment],
             )?;
             self.audit.append(
                 &actor.id,
@@ -699,7 +745,7 @@ impl Platform {
                 "this export is not released: it was {flag}"
             )));
         }
-        let next = tidegate_policy::next_export_state(&view.state, ExportEvent::Released)?;
+        let next = tidegate_policy::next_export_state(view.state, ExportEvent::Released)?;
         let wrapped =
             wrapped.ok_or_else(|| Error::Internal("approved export without a result".into()))?;
         let parquet = self.load_object("exports", id, &wrapped)?;
@@ -757,7 +803,7 @@ impl Platform {
         let tx = db.transaction()?;
         tx.execute(
             "UPDATE exports SET state = ?3, released_at = COALESCE(released_at, ?2) WHERE id = ?1",
-            params![id, now, next],
+            params![id, now, next.as_str()],
         )?;
         if view.state != next {
             Self::record_export_step(&tx, id, &now, next, &actor.id, None)?;

@@ -1,6 +1,7 @@
 //! Modules and jobs: upload and review of modules, running a job in its own runtime under the scenario's grant, cancellation.
 
 use super::*;
+use tidegate_policy::JobState;
 
 impl Platform {
     pub fn upload_module(
@@ -311,7 +312,7 @@ impl Platform {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let job = Self::job_row(&db, id)?.view;
-            if job.state != "queued" {
+            if job.state != JobState::Queued {
                 return Ok(());
             }
             (
@@ -458,7 +459,7 @@ impl Platform {
                     .first()
                     .map(|b| b.schema())
                     .unwrap_or_else(|| Arc::new(Schema::empty()));
-                let visible: Vec<(String, String)> = job::visible_schema(&schema)
+                let visible: Vec<(String, String)> = crate::hidden::visible_schema(&schema)
                     .iter()
                     .map(|f| (f.name().clone(), f.data_type().to_string()))
                     .collect();
@@ -535,6 +536,9 @@ impl Platform {
                     resources.clone()
                 };
                 let withheld = matches!(e, Error::WhileRunning(_));
+                // The operator's log names the job and the kind of failure; its cause, which
+                // may quote the data, is in the audit log only.
+                tracing::warn!(job = %id, kind = e.cause().kind(), withheld, "a job failed");
                 tx.execute(
                     "UPDATE jobs SET state = 'failed', error = ?2, resources = ?3, finished_at = ?4, withheld = ?5
                      WHERE id = ?1 AND state = 'running'",
@@ -612,14 +616,14 @@ impl Platform {
                 },
             });
         }
-        let mut udfs = job::Functions::default();
+        let mut udfs = crate::sandbox::Functions::default();
         for wasm in modules {
             let module = self.sandbox.load(wasm)?;
             udfs.extend(self.sandbox.udfs(&module, meter));
         }
         // The runtime's own functions come last, so that no module can take their names.
-        udfs.scalars.push(job::pseudonym_udf(pseudonyms));
-        udfs.scalars.extend(job::desensitization_udfs());
+        udfs.scalars.push(crate::masking::pseudonym_udf(pseudonyms));
+        udfs.scalars.extend(crate::masking::desensitization_udfs());
         Ok((tables, udfs, sources, rows_scanned))
     }
 
@@ -649,7 +653,7 @@ impl Platform {
                     submitted_by: by,
                     sql,
                     modules: from_json(&modules)?,
-                    state,
+                    state: stored_state(&state)?,
                     error,
                     rows,
                     schema: schema.map(|s| from_json(&s)).transpose()?.unwrap_or_default(),
@@ -769,7 +773,7 @@ impl Platform {
             return Err(Error::NotFound(format!("job {id}")));
         }
         let mut job = job;
-        if job.state == "running"
+        if job.state == JobState::Running
             && let Some((sources, total)) = self
                 .reading
                 .lock()

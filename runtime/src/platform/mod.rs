@@ -29,10 +29,11 @@ use crate::crypto::{
 };
 use crate::error::{Error, Result};
 use crate::gate::{self, GateInput};
-use crate::job::{self, EngineLimits, TableData, TableInput};
+use crate::job::{self, EngineLimits};
 use crate::metering::{Event, Ledger, PRICE_ITEMS, ScenarioTerms};
 use crate::sandbox::{GuestLimits, JobMeter, Sandbox};
 use crate::storage::{SealedSource, SealedStore, from_parquet, to_parquet_with_schema};
+use crate::tables::{TableData, TableInput};
 
 mod billing;
 mod datasets;
@@ -155,6 +156,22 @@ fn hash_token(token: &str) -> String {
 
 fn to_json<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("a view serializes")
+}
+
+/// A state stored as text, read back as its enum; another spelling is an integrity failure.
+fn stored_state<T: std::str::FromStr<Err = String>>(text: &str) -> Result<T> {
+    text.parse().map_err(Error::Integrity)
+}
+
+/// [`stored_state`] of column `i` of a row.
+fn stored_state_at<T: std::str::FromStr<Err = String>>(
+    r: &rusqlite::Row<'_>,
+    i: usize,
+) -> rusqlite::Result<T> {
+    let text: String = r.get(i)?;
+    text.parse().map_err(|e: String| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
+    })
 }
 
 fn from_json<T: for<'de> Deserialize<'de>>(s: &str) -> Result<T> {
@@ -337,7 +354,7 @@ pub struct ApprovalView {
 /// One step of an export request's review.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ExportStep {
-    pub state: String,
+    pub state: tidegate_policy::ExportState,
     pub at: String,
     pub by: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -432,7 +449,7 @@ pub struct JobView {
     pub submitted_by: String,
     pub sql: String,
     pub modules: Vec<String>,
-    pub state: String,
+    pub state: tidegate_policy::JobState,
     pub error: Option<String>,
     pub rows: Option<i64>,
     pub schema: Vec<(String, String)>,
@@ -451,7 +468,7 @@ pub struct ExportView {
     pub id: String,
     pub job: String,
     pub requested_by: String,
-    pub state: String,
+    pub state: tidegate_policy::ExportState,
     pub gate_report: GateReport,
     pub result_hash: Option<String>,
     pub required_approvals: u64,
@@ -530,7 +547,12 @@ struct ScenarioRow {
 
 /// A job ready to run: its tables, its guests' functions, the sealed sources it reads (for the
 /// bytes scanned) and the rows of its inputs.
-type PreparedJob = (Vec<TableInput>, job::Functions, Vec<SealedSource>, u64);
+type PreparedJob = (
+    Vec<TableInput>,
+    crate::sandbox::Functions,
+    Vec<SealedSource>,
+    u64,
+);
 
 /// A stored object's wrapped data key: kind, name, the context bound to it, the wrapped key.
 type WrappedKey = (String, String, String, Vec<u8>);
@@ -561,6 +583,9 @@ pub struct Platform {
     /// The gate's memory per dataset, built from the stored audit records the first time an
     /// export over the dataset asks, and kept as exports pass (R-GATE 6).
     ledgers: Mutex<HashMap<String, Remembrance>>,
+    /// Held by an export request from its first read to its record, and by an org's exit:
+    /// one release at a time is checked against the memory, while other requests go on.
+    gate: Mutex<()>,
     /// Held while the platform is open: one process per data directory.
     _lock: fs::File,
 }
@@ -1107,6 +1132,7 @@ impl Platform {
             cancels: Mutex::new(HashSet::new()),
             reading: Mutex::new(HashMap::new()),
             ledgers: Mutex::new(HashMap::new()),
+            gate: Mutex::new(()),
             master,
             signer,
             _lock: lock,

@@ -492,7 +492,7 @@ pub(super) fn column_specs(schema: &Schema, declared: &[ColumnInput]) -> Result<
     if let Some(f) = schema
         .fields()
         .iter()
-        .find(|f| f.name().to_ascii_lowercase().starts_with("__tg"))
+        .find(|f| crate::hidden::is_reserved(f.name()))
     {
         return Err(Error::BadInput(format!(
             "the file's column `{}` starts with __tg: such names are reserved for the runtime",
@@ -506,7 +506,7 @@ pub(super) fn column_specs(schema: &Schema, declared: &[ColumnInput]) -> Result<
                 d.name
             )));
         }
-        if d.name.starts_with("__tg") {
+        if crate::hidden::is_reserved(&d.name) {
             return Err(Error::BadInput(
                 "column names starting with __tg are reserved".into(),
             ));
@@ -762,7 +762,7 @@ pub(super) fn pipeline(
                 // A closed counter has failed: its error is reported below.
                 let _ = count_tx.send(batch.clone());
                 writer
-                    .write(&job::with_row_ids(&batch)?)
+                    .write(&crate::tables::with_row_ids(&batch)?)
                     .map_err(|e| Error::Internal(format!("parquet: {e}")))?;
             }
             writer
@@ -779,13 +779,13 @@ pub(super) fn pipeline(
 }
 
 /// The stored form of a dataset: Parquet, zstd-compressed, in row groups of a million rows,
-/// the declared columns followed by each row's identity ([`job::ROW_COLUMN`]).
+/// the declared columns followed by each row's identity ([`crate::hidden::ROW`]).
 pub(super) fn stored_parquet_writer(
     sink: ObjectSink,
     schema: SchemaRef,
 ) -> Result<ArrowWriter<ObjectSink>> {
     let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
-    fields.push(Field::new(job::ROW_COLUMN, ArrowType::UInt64, false));
+    fields.push(Field::new(crate::hidden::ROW, ArrowType::UInt64, false));
     let schema = Arc::new(Schema::new(fields));
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(

@@ -425,6 +425,11 @@ impl Platform {
     pub fn exit_org(&self, actor: &Principal, org: &str, reason: &str) -> Result<Value> {
         tidegate_policy::require_role(actor, Role::Admin)?;
         tidegate_policy::require_training(actor)?;
+        // No export is between its gate and its record while the org's data goes.
+        let _gate = self
+            .gate
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut db = self
             .db
             .lock()

@@ -26,11 +26,12 @@ use wasmtime::{
 
 use crate::crypto::sha256_hex;
 use crate::error::{Error, Result};
-use crate::job::Functions;
 use crate::text::{MAX_QUOTED_BYTES, defuse};
 
+mod aggregate;
 mod guest;
 mod scalar;
+mod table;
 mod validate;
 pub use validate::{ModuleFacts, module_facts};
 
@@ -760,8 +761,8 @@ impl Sandbox {
         let pool = self.session(module, meter).pool;
         Functions {
             scalars: scalars_of(&pool),
-            aggregates: crate::guest_aggregate::aggregate_udfs(&pool),
-            tables: crate::guest_table::table_functions(&pool),
+            aggregates: aggregate::aggregate_udfs(&pool),
+            tables: table::table_functions(&pool),
             meters: vec![Arc::clone(meter)],
         }
     }
@@ -1072,6 +1073,41 @@ impl GuestSession {
             .find(|(_, f)| f.name == name)
             .ok_or_else(|| Error::BadInput(format!("the module has no function `{name}`")))?;
         self.pool.call(id as i32, sig, args, n_rows)
+    }
+}
+
+/// The functions a job's SQL may call besides DataFusion's own: guest scalars and aggregates,
+/// and the runtime's built-ins.
+#[derive(Debug, Clone, Default)]
+pub struct Functions {
+    pub scalars: Vec<ScalarUDF>,
+    pub aggregates: Vec<datafusion::logical_expr::AggregateUDF>,
+    /// Guest table functions; they read the job's granted tables by name.
+    pub tables: Vec<table::GuestTable>,
+    /// The meters of the guests behind these functions: the job's deadline stops them, and a
+    /// failure any of them recorded fails the job.
+    pub meters: Vec<Arc<JobMeter>>,
+}
+
+impl Functions {
+    pub fn extend(&mut self, more: Functions) {
+        self.scalars.extend(more.scalars);
+        self.aggregates.extend(more.aggregates);
+        self.tables.extend(more.tables);
+        for m in more.meters {
+            if !self.meters.iter().any(|have| Arc::ptr_eq(have, &m)) {
+                self.meters.push(m);
+            }
+        }
+    }
+}
+
+impl From<Vec<ScalarUDF>> for Functions {
+    fn from(scalars: Vec<ScalarUDF>) -> Self {
+        Functions {
+            scalars,
+            ..Functions::default()
+        }
     }
 }
 

@@ -62,7 +62,7 @@ static BUILTIN_NAMES: std::sync::LazyLock<std::collections::HashSet<String>> =
 /// so a query's `sum` is always DataFusion's sum.
 pub(crate) fn is_reserved_name(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
-    name.starts_with("tg_") || name.starts_with("__tg") || BUILTIN_NAMES.contains(&name)
+    name.starts_with("tg_") || crate::hidden::is_reserved(&name) || BUILTIN_NAMES.contains(&name)
 }
 
 /// `[a-z_][a-z0-9_]*`, at most 64 bytes: a function or column name of the manifest.
@@ -304,7 +304,7 @@ pub(super) fn parse_manifest(text: &str) -> std::result::Result<Vec<FunctionSig>
             for c in list.split(',') {
                 let (cname, ty) = c.trim().split_once(' ').ok_or_else(bad)?;
                 let ty = WasmType::parse(ty.trim()).ok_or_else(bad)?;
-                if !valid_name(cname) || cname.starts_with("__tg") {
+                if !valid_name(cname) || crate::hidden::is_reserved(cname) {
                     return Err(format!(
                         "output column `{}` is not [a-z_][a-z0-9_]{{0,63}} (and not __tg*)",
                         cname.chars().take(80).collect::<String>()

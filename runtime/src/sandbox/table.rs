@@ -19,8 +19,8 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use futures::StreamExt;
 
+use super::{Guest, GuestFn, JobInstances};
 use crate::error::Error;
-use crate::sandbox::{Guest, GuestFn, JobInstances};
 
 /// One table function of a job's module, before it is bound to the job's tables.
 #[derive(Debug, Clone)]
@@ -106,7 +106,7 @@ impl TableFunctionImpl for Bound {
         let schema = input.schema();
         let mut projection = Vec::with_capacity(columns.len());
         for c in columns {
-            if c.starts_with("__tg") {
+            if crate::hidden::is_reserved(c) {
                 return Err(refused(format!("{name}: columns named __tg* are reserved")));
             }
             let at = schema

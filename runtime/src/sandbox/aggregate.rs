@@ -12,8 +12,8 @@ use datafusion::logical_expr::{
     Accumulator, AggregateUDF, AggregateUDFImpl, EmitTo, GroupsAccumulator, Signature,
 };
 
+use super::{FunctionSig, Guest, GuestFn, JobInstances};
 use crate::error::{Error, Result};
-use crate::sandbox::{FunctionSig, Guest, GuestFn, JobInstances};
 
 /// The aggregate functions of a job's module, registered under their manifest names.
 pub(crate) fn aggregate_udfs(pool: &Arc<JobInstances>) -> Vec<AggregateUDF> {
