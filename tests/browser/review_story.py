@@ -1,6 +1,6 @@
 """The console's review story in a real browser (headless Chromium through ChromeDriver).
 
-Run by tests/tests/browser.rs, which builds the world and checks the outcome through the API.
+Run by tests/tests/it/browser.rs, which builds the world and checks the outcome through the API.
 Its one argument is a JSON object: the server's URL, the tokens of a reviewer, a second
 reviewer, an admin and a scientist of another org, the exports to return, approve and tamper
 with, the scenario to approve, and where to keep the screenshot of the review page.

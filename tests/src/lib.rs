@@ -1,1 +1,1 @@
-//! End-to-end tests live in tests/.
+//! End-to-end tests live in tests/it/: one test binary, a module per feature.

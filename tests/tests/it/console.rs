@@ -2,11 +2,9 @@
 //! becomes a session cookie, every form carries the session's CSRF token, every answer forbids
 //! scripts and framing, and a reviewer finds and decides an export on pages alone.
 
-mod common;
-
 use std::collections::BTreeMap;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 /// What the server answered: the status, the headers (names in lower case) and the body.

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use tidegate_server::{VISITOR_UDF_WASM, main_with_args, visitor_csv};
 
-mod common;
+use crate::common;
 
 fn tidegate(args: &[&str]) -> ExitCode {
     main_with_args(

@@ -13,10 +13,9 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 use tidegate_server::visitor_csv;
 
-mod common;
-use common::{
-    Env, ROWS, active_scenario, export_of, full_report, gate_check, job, refused_before_running,
-    released, setup, target,
+use crate::common::{
+    self, Env, ROWS, active_scenario, export_of, full_report, gate_check, job,
+    refused_before_running, released, setup, target,
 };
 
 /// The target's visits in the demo data: (spot, spend), the ground truth an attack recovers.
@@ -694,42 +693,25 @@ fn redteam_a_tracker_that_keeps_the_subject_count_passes_differencing() {
 /// so that the abort does not take the other tests with it.)
 #[test]
 fn redteam_a_very_long_expression_ends_in_an_answer() {
+    if !common::in_a_process_of_its_own(
+        "redteam_gate::redteam_a_very_long_expression_ends_in_an_answer",
+    ) {
+        return;
+    }
     let terms: usize = std::env::var("REDTEAM_TERMS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
-    if std::env::var("REDTEAM_CHILD").is_ok() {
-        let (env, sid, _) = active_scenario();
-        let chain = vec!["spend"; terms].join(" + ");
-        // (REDTEAM_WHERE puts the chain in a WHERE, which the gate's lineage walk skips.)
-        let sql = if std::env::var("REDTEAM_WHERE").is_ok() {
-            format!("SELECT spot, count(*) AS n FROM visits WHERE {chain} > 0 GROUP BY spot")
-        } else {
-            format!("SELECT spot, sum({chain}) AS s FROM visits GROUP BY spot")
-        };
-        let j = env.world.scientist.submit_job(&sid, &sql, &[]);
-        let j = j.unwrap_or_else(|e| panic!("the request failed: {e}"));
-        let error = j["error"].as_str().unwrap_or("");
-        assert!(!error.starts_with("internal"), "{error}");
-        return;
-    }
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "redteam_a_very_long_expression_ends_in_an_answer",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("REDTEAM_CHILD", "1")
-        .env("REDTEAM_TERMS", terms.to_string())
-        .envs(std::env::var("REDTEAM_WHERE").map(|v| ("REDTEAM_WHERE", v)))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "a query of {terms} added terms ended the server's process ({}): {}",
-        out.status,
-        stderr.lines().rev().take(4).collect::<Vec<_>>().join(" | ")
-    );
+    let (env, sid, _) = active_scenario();
+    let chain = vec!["spend"; terms].join(" + ");
+    // (REDTEAM_WHERE puts the chain in a WHERE, which the gate's lineage walk skips.)
+    let sql = if std::env::var("REDTEAM_WHERE").is_ok() {
+        format!("SELECT spot, count(*) AS n FROM visits WHERE {chain} > 0 GROUP BY spot")
+    } else {
+        format!("SELECT spot, sum({chain}) AS s FROM visits GROUP BY spot")
+    };
+    let j = env.world.scientist.submit_job(&sid, &sql, &[]);
+    let j = j.unwrap_or_else(|e| panic!("a query of {terms} added terms: the request failed: {e}"));
+    let error = j["error"].as_str().unwrap_or("");
+    assert!(!error.starts_with("internal"), "{error}");
 }

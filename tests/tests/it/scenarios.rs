@@ -4,8 +4,8 @@
 use serde_json::{Value, json};
 use tidegate_server::{Client, visitor_csv};
 
-mod common;
-use common::{
+use crate::common;
+use crate::common::{
     Env, ROWS, active_scenario, export_of, full_report, gate_check, job, preview_of, setup,
 };
 

@@ -9,8 +9,8 @@ use tidegate_runtime::{
 };
 use tidegate_server::{DemoOptions, VISITOR_UDF_WASM, run_demo, visitor_csv};
 
-mod common;
-use common::{
+use crate::common;
+use crate::common::{
     ROWS, active_scenario, export_of, full_report, gate_check, job, preview_of,
     refused_before_running, seen_by_reviewer, setup, spinning_module,
 };

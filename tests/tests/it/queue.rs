@@ -6,8 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tidegate_server::Client;
 
-mod common;
-use common::{DEMO_SQL, Env, active_scenario, outsider, spinning_module};
+use crate::common::{DEMO_SQL, Env, active_scenario, outsider, spinning_module};
 
 const SPIN_SQL: &str = "SELECT spot, sum(spin(length(spot))) FROM visits GROUP BY spot";
 

@@ -19,8 +19,10 @@ use tidegate_policy::{ColumnSpec, DataType as ColType};
 use tidegate_runtime::{TableData, TableInput, scan_columns};
 use tidegate_server::{VISITOR_UDF_WASM, visitor_csv};
 
-mod common;
-use common::{DEMO_SQL, Env, OUT_DATA, ROWS, active_scenario, run_module, scalar_module, setup};
+use crate::common;
+use crate::common::{
+    DEMO_SQL, Env, OUT_DATA, ROWS, active_scenario, run_module, scalar_module, setup,
+};
 
 // ----- helpers -----
 

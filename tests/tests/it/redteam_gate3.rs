@@ -8,8 +8,7 @@ use std::collections::BTreeMap;
 
 use tidegate_server::visitor_csv;
 
-mod common;
-use common::{Env, ROWS, active_scenario, full_report, job, released, target};
+use crate::common::{Env, ROWS, active_scenario, full_report, job, released, target};
 
 // ---- Helpers ----
 

@@ -13,8 +13,7 @@ use tidegate_policy::{ColumnSpec, DataType as ColType};
 use tidegate_runtime::{TableData, TableInput, verify_bundle};
 use tidegate_server::VISITOR_UDF_WASM;
 
-mod common;
-use common::{Env, OUT_DATA, run_module, scalar_module, setup};
+use crate::common::{Env, OUT_DATA, run_module, scalar_module, setup};
 
 /// Three spots, 200 payers, three payments each: a price to the cent and a time to the second.
 fn payments_csv() -> (String, [i128; 3]) {

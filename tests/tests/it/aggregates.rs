@@ -11,8 +11,7 @@ use tidegate_runtime::{
 };
 use tidegate_server::AGGREGATE_UDF_WASM;
 
-mod common;
-use common::abi_module;
+use crate::common::abi_module;
 
 /// `rows` rows of (k utf8, x float64, n int64) in batches of 8,192: 7 groups, x from 0.5 up.
 fn table(rows: usize) -> Vec<TableInput> {

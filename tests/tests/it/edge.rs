@@ -7,8 +7,8 @@ use std::io::Write;
 use serde_json::{Value, json};
 use tidegate_server::Client;
 
-mod common;
-use common::{
+use crate::common;
+use crate::common::{
     DEMO_SQL, active_scenario, is_frozen_refusal, job, json_of, outsider, raw, refusal,
     scenario_request, setup,
 };
@@ -264,6 +264,12 @@ fn the_scheme_of_a_bearer_token_is_case_insensitive() {
 
 #[test]
 fn a_body_over_the_routes_limit_or_without_a_token_is_never_read() {
+    // It measures the process's memory: in a process of its own, with no other test beside it.
+    if !common::in_a_process_of_its_own(
+        "edge::a_body_over_the_routes_limit_or_without_a_token_is_never_read",
+    ) {
+        return;
+    }
     let env = setup(true);
     let url = env.world.admin.url().to_string();
     let token = env.world.scientist.token().unwrap().to_string();
@@ -296,8 +302,8 @@ fn a_body_over_the_routes_limit_or_without_a_token_is_never_read() {
     );
     assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
     // The server closed the connection instead of reading: only what the sockets' buffers
-    // hold got through (the test process shares its memory with the other tests running
-    // beside it, so the server's own growth is bounded loosely here).
+    // hold got through (the test's process holds the sending side too, so the server's own
+    // growth is bounded loosely here).
     let sent_mib = sent.load(std::sync::atomic::Ordering::Relaxed);
     assert!(
         sent_mib < 64,

@@ -8,8 +8,8 @@
 use serde_json::Value;
 use tidegate_server::visitor_csv;
 
-mod common;
-use common::{
+use crate::common;
+use crate::common::{
     ROWS, active_scenario, export_of, gate_check, job, preview_of, refused_before_running,
     scalar_module, setup, target,
 };

@@ -11,8 +11,8 @@ use tidegate_runtime::{
     EngineLimits, Error, GuestLimits, JobMeter, Sandbox, TableData, TableInput, run_query,
 };
 
-mod common;
-use common::{OUT_DATA, abi_module as abi};
+use crate::common;
+use crate::common::{OUT_DATA, abi_module as abi};
 
 /// A module of the Tidegate ABI with one function `f` (see [`common::scalar_module`]).
 fn guest(sig: &str, body: &str, extra: &str) -> Vec<u8> {

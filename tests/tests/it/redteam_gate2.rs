@@ -9,8 +9,8 @@
 use serde_json::{Value, json};
 use tidegate_server::visitor_csv;
 
-mod common;
-use common::{
+use crate::common;
+use crate::common::{
     Env, ROWS, active_scenario, full_report, job, refused_before_running, released, setup, target,
 };
 

@@ -3,12 +3,10 @@
 //! (`scripts/install-test-tools`) and requires the test to run; a plain `cargo test` without
 //! them says so and skips it.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 /// Where Selenium is installed, or None where the browser is not (a plain `cargo test`).

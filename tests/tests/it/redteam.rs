@@ -13,8 +13,7 @@ use tidegate_runtime::{
     run_query,
 };
 
-mod common;
-use common::{OUT, OUT_DATA, abi_module as abi, scalar_module as guest_named};
+use crate::common::{OUT, OUT_DATA, abi_module as abi, scalar_module as guest_named};
 
 fn guest(sig: &str, body: &str, extra: &str) -> Vec<u8> {
     guest_named("f", sig, body, extra)

@@ -6,8 +6,7 @@
 //! side by whether it carried a unit, so a lookup UNION ALL'd with one data row was kept
 //! unmatched (now only a side whose every row is a subject's may be kept).
 
-mod common;
-use common::{active_scenario, attempt, data, job, lone_visit, rows, rows_per_spot};
+use crate::common::{active_scenario, attempt, data, job, lone_visit, rows, rows_per_spot};
 
 // ---- Helpers ----
 

@@ -2,12 +2,10 @@
 //! describes every route the README lists and the server serves, every body, every error in
 //! the one format, and the bearer scheme; a validator from outside the project accepts it.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 fn document(env: &Env) -> Value {

@@ -6,8 +6,8 @@
 
 use tidegate_server::{AGGREGATE_UDF_WASM, MODEL_UDF_WASM, visitor_csv};
 
-mod common;
-use common::{
+use crate::common;
+use crate::common::{
     ROWS, active_scenario, constant_module, export_of as export, gate_check as check, job,
     preview_of, refused_before_running, setup,
 };

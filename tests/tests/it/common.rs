@@ -1,6 +1,5 @@
 //! What the end-to-end tests share: a fresh data directory behind a real server on a loopback
 //! port, the story's principals, and a scenario ready to run jobs.
-#![allow(dead_code)] // each test file uses its own part of this
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -33,6 +32,39 @@ pub(crate) fn python_tools() -> Option<String> {
             None
         }
     }
+}
+
+/// Runs the test named `name` (`module::test`) again, alone, in a child process of this test
+/// binary, and tells whether this is that child: there the caller goes on with the test's
+/// body; here the test passes when the child ran it and it passed. For a test that measures
+/// the whole process (its memory) or may abort it (a stack overflow): the tests of every
+/// module run as threads of one process, and would disturb the measure or be taken down.
+pub(crate) fn in_a_process_of_its_own(name: &str) -> bool {
+    const CHILD: &str = "TIDEGATE_TEST_ALONE";
+    if std::env::var_os(CHILD).is_some() {
+        return true;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(CHILD, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let tail = |text: &str| text.lines().rev().take(6).collect::<Vec<_>>().join(" | ");
+    assert!(
+        out.status.success(),
+        "{name} failed in a process of its own ({}): {}",
+        out.status,
+        tail(&stderr)
+    );
+    // A name that matches no test passes too: it must have run exactly this one.
+    assert!(
+        stdout.contains("test result: ok. 1 passed"),
+        "no test named {name} ran in the child process: {}",
+        tail(&stdout)
+    );
+    false
 }
 
 /// The message of an action that must be refused.

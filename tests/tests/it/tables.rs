@@ -11,8 +11,7 @@ use tidegate_runtime::{
 };
 use tidegate_server::MODEL_UDF_WASM;
 
-mod common;
-use common::abi_module;
+use crate::common::abi_module;
 
 /// `rows` visits: a spend (every 10th NULL) and one of three spots, in 8,192-row batches.
 fn visits(rows: usize) -> Vec<TableInput> {

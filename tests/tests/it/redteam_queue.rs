@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tidegate_server::Client;
 
-mod common;
-use common::{
+use crate::common;
+use crate::common::{
     DEMO_SQL, Env, OUT_DATA, active_scenario, json_of, outsider, raw, scalar_module, setup,
     spinning_module, target,
 };

@@ -1,8 +1,9 @@
 //! Lists and queues (issue 18, item 1): each caller finds what waits for their decision, and
 //! lists only what they could open one by one, page by page.
 
-mod common;
-use common::{active_scenario, constant_module, export_of, outsider, refusal, scenario_request};
+use crate::common::{
+    active_scenario, constant_module, export_of, outsider, refusal, scenario_request,
+};
 use serde_json::Value;
 use tidegate_runtime::ListQuery;
 use tidegate_server::Client;

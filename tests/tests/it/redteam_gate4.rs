@@ -5,8 +5,7 @@
 //! with subjects, an aggregate has one argument, and every count and sum of an exact release
 //! aggregates k subjects or none.
 
-mod common;
-use common::{active_scenario, attempt, data, job, lone_visit, rows, rows_per_spot};
+use crate::common::{active_scenario, attempt, data, job, lone_visit, rows, rows_per_spot};
 
 // ---- Helpers ----
 

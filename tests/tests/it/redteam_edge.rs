@@ -6,8 +6,8 @@ use std::io::Write;
 
 use serde_json::json;
 
-mod common;
-use common::{
+use crate::common;
+use crate::common::{
     DEMO_SQL, active_scenario, constant_module, is_frozen_refusal, job, json_of, outsider, raw,
     refusal, scenario_request, setup,
 };

@@ -3,8 +3,8 @@
 //! attack that worked before and asserts the secure outcome, and that the reviewer is told
 //! which earlier export the gate compared with.
 
-mod common;
-use common::{Env, active_scenario, data, full_report, job, outsider, rows};
+use crate::common;
+use crate::common::{Env, active_scenario, data, full_report, job, outsider, rows};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
@@ -41,7 +41,7 @@ fn export(env: &Env, scientist: &tidegate_server::Client, sid: &str, sql: &str) 
     full_report(env, &requested)
 }
 
-use common::gate_check as check;
+use crate::common::gate_check as check;
 
 /// The same data directory served by a platform opened again: nothing the last one held in
 /// memory is kept (the gate's memory is rebuilt from the sealed records).

@@ -9,8 +9,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use proptest::prelude::*;
 
-mod common;
-use common::constant_module;
+use crate::common::constant_module;
 use tidegate_policy::{Level, Principal, Role};
 use tidegate_runtime::{
     ColumnInput, GrantRequest, ImportRequest, JobRequest, Platform, ScenarioRequest,
