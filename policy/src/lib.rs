@@ -79,4 +79,3 @@ mod purity {
         }
     }
 }
-

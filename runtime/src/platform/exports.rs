@@ -107,15 +107,10 @@ impl Platform {
             .query_map(params![s.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<rusqlite::Result<_>>()?;
         // Which dataset versions a job read: the same data, or newer.
-        let versions = |inputs: &[Value]| -> BTreeSet<(String, i64)> {
+        let versions = |inputs: &[StoredInput]| -> BTreeSet<(String, i64)> {
             inputs
                 .iter()
-                .map(|i| {
-                    (
-                        i["dataset"].as_str().unwrap_or_default().to_string(),
-                        i["version"].as_i64().unwrap_or_default(),
-                    )
-                })
+                .map(|i| (i.dataset.clone(), i.version))
                 .collect()
         };
         let ours = versions(&inputs);
@@ -126,7 +121,7 @@ impl Platform {
                     &String::from_utf8(self.load_object("gate", export, key)?)
                         .map_err(|_| Error::Integrity(format!("the groups of export {export}")))?,
                 )?,
-                same_data: versions(&from_json::<Vec<Value>>(their_inputs)?) == ours,
+                same_data: versions(&from_json::<Vec<StoredInput>>(their_inputs)?) == ours,
             });
         }
         // R-GATE 6, the gate's memory: each row's sets of subjects, and everything released
@@ -140,7 +135,7 @@ impl Platform {
         // The datasets with subjects the job read: the gate's memory is kept per dataset.
         let mut with_subjects: Vec<String> = Vec::new();
         for i in &inputs {
-            let dataset = Self::dataset_row(&db, i["dataset"].as_str().unwrap_or_default())?;
+            let dataset = Self::dataset_row(&db, &i.dataset)?;
             if dataset.columns.iter().any(|c| c.has_tag(ColumnTag::Entity))
                 && !with_subjects.contains(&dataset.id)
             {
@@ -219,7 +214,7 @@ impl Platform {
                 job.modules.len(),
                 inputs
                     .iter()
-                    .map(|i| format!("{}@v{}", i["name"].as_str().unwrap_or("?"), i["version"]))
+                    .map(|i| format!("{}@v{}", i.name, i.version))
                     .collect::<Vec<_>>()
                     .join(", ")
             ))

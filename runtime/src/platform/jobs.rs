@@ -795,10 +795,15 @@ impl Platform {
 }
 
 /// What a job's `inputs` column records: each dataset version it reads, by content hash.
-fn inputs_json(inputs: &[JobInput]) -> Vec<Value> {
+fn inputs_json(inputs: &[JobInput]) -> Vec<StoredInput> {
     inputs
         .iter()
-        .map(|i| json!({ "dataset": i.dataset.id, "name": i.dataset.name, "version": i.version, "content_hash": i.content_hash }))
+        .map(|i| StoredInput {
+            dataset: i.dataset.id.clone(),
+            name: i.dataset.name.clone(),
+            version: i.version,
+            content_hash: i.content_hash.clone(),
+        })
         .collect()
 }
 

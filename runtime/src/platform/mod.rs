@@ -42,18 +42,23 @@ mod jobs;
 mod lists;
 mod metrics;
 mod modules;
+mod onboarding;
 mod policy;
 mod queue;
 mod reading;
 mod scenarios;
+mod schema;
 mod sessions;
+mod views;
 
 pub use lists::{ExportSummary, JobSummary, ListQuery, Listing, ModuleSummary};
 pub use metrics::PlatformCounts;
 pub use modules::ModuleDetail;
 pub use reading::local_table;
 use reading::{FileBytes, column_specs};
+use schema::open_db;
 pub use sessions::{SESSION_SECONDS, Session};
+pub use views::*;
 
 pub const AUDIT_FILE: &str = "audit.log";
 pub const PUBLIC_KEY_FILE: &str = "platform.pub";
@@ -74,54 +79,6 @@ const EXPORT_MAX_BYTES: u64 = 10 << 20;
 const MAX_IMPORT_BYTES: u64 = 64 << 30;
 /// The largest file an import takes inside a JSON body (base64, held in memory).
 const MAX_INLINE_IMPORT_BYTES: usize = 1 << 30;
-
-const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS orgs (
-    id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, kind TEXT NOT NULL, created_at TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS principals (
-    id TEXT PRIMARY KEY, name TEXT NOT NULL, org_id TEXT NOT NULL REFERENCES orgs(id),
-    roles TEXT NOT NULL, trained_at TEXT, training TEXT, token_hash TEXT NOT NULL UNIQUE,
-    created_at TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS datasets (
-    id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, org_id TEXT NOT NULL REFERENCES orgs(id),
-    level TEXT NOT NULL, origin TEXT NOT NULL, columns TEXT NOT NULL, created_at TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS dataset_versions (
-    dataset_id TEXT NOT NULL REFERENCES datasets(id), version INTEGER NOT NULL,
-    content_hash TEXT NOT NULL, rows INTEGER NOT NULL, bytes INTEGER NOT NULL,
-    wrapped_key BLOB NOT NULL, quality TEXT NOT NULL, created_at TEXT NOT NULL,
-    PRIMARY KEY (dataset_id, version));
-CREATE TABLE IF NOT EXISTS scenarios (
-    id TEXT PRIMARY KEY, name TEXT NOT NULL, org_id TEXT NOT NULL REFERENCES orgs(id),
-    key_area TEXT NOT NULL, purpose TEXT NOT NULL, public_interest INTEGER NOT NULL,
-    grants TEXT NOT NULL, term_start TEXT NOT NULL, term_end TEXT NOT NULL,
-    k INTEGER NOT NULL, planned_products TEXT NOT NULL, state TEXT NOT NULL,
-    applied_by TEXT NOT NULL, created_at TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS scenario_approvals (
-    scenario_id TEXT NOT NULL REFERENCES scenarios(id), principal_id TEXT NOT NULL,
-    as_role TEXT NOT NULL, org_id TEXT NOT NULL, at TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS modules (
-    hash TEXT NOT NULL, scenario_id TEXT NOT NULL REFERENCES scenarios(id),
-    uploaded_by TEXT NOT NULL, org_id TEXT NOT NULL, functions TEXT NOT NULL, wasm BLOB NOT NULL,
-    approved_by TEXT, approval_note TEXT, approved_at TEXT, created_at TEXT NOT NULL,
-    PRIMARY KEY (hash, scenario_id));
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY, scenario_id TEXT NOT NULL REFERENCES scenarios(id),
-    submitted_by TEXT NOT NULL, sql TEXT NOT NULL, modules TEXT NOT NULL, state TEXT NOT NULL,
-    error TEXT, rows INTEGER, schema TEXT, resources TEXT, level TEXT NOT NULL,
-    shape TEXT, plan TEXT, inputs TEXT NOT NULL, result_hash TEXT, wrapped_key BLOB,
-    created_at TEXT NOT NULL, finished_at TEXT, policy_version INTEGER NOT NULL DEFAULT 0);
-CREATE TABLE IF NOT EXISTS exports (
-    id TEXT PRIMARY KEY, job_id TEXT NOT NULL REFERENCES jobs(id), requested_by TEXT NOT NULL,
-    org_id TEXT NOT NULL, state TEXT NOT NULL, gate_report TEXT NOT NULL, result_hash TEXT,
-    wrapped_key BLOB, required_approvals INTEGER NOT NULL, decision_comment TEXT,
-    created_at TEXT NOT NULL, released_at TEXT);
-CREATE TABLE IF NOT EXISTS export_reviews (
-    export_id TEXT NOT NULL REFERENCES exports(id), reviewer_id TEXT NOT NULL,
-    decision TEXT NOT NULL, comment TEXT NOT NULL, result_hash TEXT NOT NULL, at TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS prices (
-    category TEXT PRIMARY KEY, unit TEXT NOT NULL, fen_per_unit INTEGER NOT NULL);
-"#;
 
 /// The price table's items by key, unit and default price: see [`PRICE_ITEMS`].
 fn price_item(key: &str) -> Result<(&'static str, i64)> {
@@ -180,55 +137,6 @@ fn from_json<T: for<'de> Deserialize<'de>>(s: &str) -> Result<T> {
 
 // ----- Views: what the API returns -----
 
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct OrgView {
-    pub id: String,
-    pub name: String,
-    pub kind: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct PrincipalView {
-    pub id: String,
-    pub name: String,
-    pub org: String,
-    pub roles: Vec<Role>,
-    pub trained: bool,
-    /// Present once, in the answer that created the principal.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ColumnInput {
-    pub name: String,
-    /// Declared type; inferred from the file when absent.
-    #[serde(default)]
-    pub data_type: Option<DataType>,
-    #[serde(default)]
-    pub tags: Vec<ColumnTag>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ImportRequest {
-    pub name: String,
-    pub level: Level,
-    /// `csv` or `parquet`.
-    pub format: String,
-    /// Columns with declared types and tags; columns not listed keep their inferred type and
-    /// get no tags.
-    #[serde(default)]
-    pub columns: Vec<ColumnInput>,
-    /// Orgs (names or ids) whose approval every scenario requesting this dataset needs besides
-    /// the admin's and the provider's, e.g. the province for data it returned. A new version
-    /// keeps the list unless the import names one.
-    #[serde(default)]
-    pub approvers: Vec<String>,
-    /// The file, base64 (empty when the file comes as a streamed upload).
-    #[serde(default)]
-    pub data_base64: String,
-}
-
 /// The context a staged upload is sealed under.
 const UPLOAD_CONTEXT: &str = "upload";
 
@@ -279,226 +187,6 @@ impl Drop for StagedUpload {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct DatasetView {
-    pub id: String,
-    pub name: String,
-    pub level: Level,
-    pub origin: Origin,
-    pub provider_org: String,
-    pub columns: Vec<ColumnSpec>,
-    pub version: i64,
-    /// Rows, content hash and quality report: shown to the dataset's own org, the orgs it names
-    /// as approvers and the authority's overseers; never to another org.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rows: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub content_hash: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub quality: Option<Value>,
-    /// Social data awaiting an admin's approval; not usable until approved.
-    #[serde(default)]
-    pub pending: bool,
-    /// Orgs whose approval a scenario requesting the dataset needs, besides the provider's.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub approvers: Vec<String>,
-    /// The dataset's differential privacy budget, set by its provider, and the epsilon
-    /// scenarios have drawn from it (R-GATE 7).
-    #[serde(default)]
-    pub privacy_budget: tidegate_policy::DatasetBudget,
-    #[serde(default)]
-    pub privacy_drawn: f64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct GrantRequest {
-    pub dataset: String,
-    pub columns: Vec<String>,
-    /// The dataset version the grant is pinned to, set when the scenario becomes active: a
-    /// new import does not reach a running authorization.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<i64>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ScenarioRequest {
-    pub name: String,
-    pub key_area: String,
-    pub purpose: String,
-    #[serde(default)]
-    pub public_interest: bool,
-    pub grants: Vec<GrantRequest>,
-    pub term_start: String,
-    pub term_end: String,
-    #[serde(default)]
-    pub k: Option<u64>,
-    #[serde(default)]
-    pub planned_products: Vec<String>,
-    /// Masking, privacy budget and size limits of the scenario's exports.
-    #[serde(default)]
-    pub export_rules: ExportRules,
-    /// Keep the application as a draft; `submit` asks for approvals later.
-    #[serde(default)]
-    pub draft: bool,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ApprovalView {
-    pub by: String,
-    pub as_role: String,
-    pub at: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub comment: Option<String>,
-}
-
-/// One step of an export request's review.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ExportStep {
-    pub state: tidegate_policy::ExportState,
-    pub at: String,
-    pub by: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub comment: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ScenarioView {
-    pub id: String,
-    pub name: String,
-    pub org: String,
-    pub key_area: String,
-    pub purpose: String,
-    pub public_interest: bool,
-    pub grants: Vec<GrantRequest>,
-    pub term_start: String,
-    pub term_end: String,
-    pub k: u64,
-    pub planned_products: Vec<String>,
-    #[serde(default)]
-    pub export_rules: ExportRules,
-    pub state: ScenarioState,
-    pub approvals: Vec<ApprovalView>,
-    pub missing_approvals: Vec<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ModuleView {
-    pub hash: String,
-    pub scenario: String,
-    pub uploaded_by: String,
-    pub functions: Vec<crate::sandbox::FunctionSig>,
-    pub approved_by: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct JobRequest {
-    pub scenario: String,
-    pub sql: String,
-    /// Hashes of the modules whose functions the query calls.
-    #[serde(default)]
-    pub modules: Vec<String>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ResourceUse {
-    pub fuel: u64,
-    pub guest_calls: u64,
-    pub peak_guest_memory_bytes: u64,
-    pub guest_output_bytes: u64,
-    pub wall_ms: u64,
-    /// CPU time of the job's own threads (query engine and guests).
-    #[serde(default)]
-    pub cpu_ms: u64,
-    /// The most memory the query engine's operators reserved at once.
-    #[serde(default)]
-    pub peak_engine_memory_bytes: u64,
-    pub rows_scanned: u64,
-    pub bytes_scanned: u64,
-    pub output_bytes: u64,
-}
-
-impl ResourceUse {
-    /// The resources of a job over L2 or L3 data as its scientist sees them and pays for
-    /// them (R-GATE 7): fuel in units of 10^9 (about a second of guest work), times in whole
-    /// seconds, memory in 64 MiB, the stored result in MiB, guest calls and rows scanned in
-    /// thousands, each rounded up. Exact numbers could tell a value (a guest that loops as
-    /// long as one subject's spend, a result as long as the groups that passed a filter).
-    /// The audit log keeps the exact ones for the authority.
-    pub fn coarse(&self) -> ResourceUse {
-        let up = |v: u64, unit: u64| v.div_ceil(unit).saturating_mul(unit);
-        const MIB64: u64 = 64 << 20;
-        ResourceUse {
-            fuel: up(self.fuel, 1_000_000_000),
-            guest_calls: up(self.guest_calls, 1000),
-            peak_guest_memory_bytes: up(self.peak_guest_memory_bytes, MIB64),
-            guest_output_bytes: up(self.guest_output_bytes, MIB64),
-            wall_ms: up(self.wall_ms, 1000),
-            cpu_ms: up(self.cpu_ms, 1000),
-            peak_engine_memory_bytes: up(self.peak_engine_memory_bytes, MIB64),
-            rows_scanned: up(self.rows_scanned, 1000),
-            bytes_scanned: up(self.bytes_scanned, MIB64),
-            output_bytes: up(self.output_bytes, 1 << 20),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct JobView {
-    pub id: String,
-    pub scenario: String,
-    pub submitted_by: String,
-    pub sql: String,
-    pub modules: Vec<String>,
-    pub state: tidegate_policy::JobState,
-    pub error: Option<String>,
-    pub rows: Option<i64>,
-    pub schema: Vec<(String, String)>,
-    pub resources: Option<ResourceUse>,
-    pub level: Level,
-    pub created_at: String,
-    pub finished_at: Option<String>,
-    /// While it runs: how much of its input it has read, in percent (whole tens over L2/L3
-    /// data); a gated job reads its input more than once, so it stays under 100 until done.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub progress_percent: Option<u8>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ExportView {
-    pub id: String,
-    pub job: String,
-    pub requested_by: String,
-    pub state: tidegate_policy::ExportState,
-    pub gate_report: GateReport,
-    pub result_hash: Option<String>,
-    pub required_approvals: u64,
-    pub reviews: Vec<ApprovalView>,
-    /// Every state the request went through, with who moved it and their comment (R-REVIEW).
-    #[serde(default)]
-    pub history: Vec<ExportStep>,
-    /// The released rows as CSV, shown to reviewers only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub preview: Option<String>,
-    /// The query, its plan and module hashes, shown to reviewers.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub query: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub plan: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub modules: Vec<String>,
-    /// The scenario's other exports that passed the gate, shown to reviewers beside this one.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub earlier: Vec<Value>,
-    /// Why it can no longer be approved or downloaded (a module of it lost its approval).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub flag: Option<String>,
-    /// The returned export this request answers, and the request that answered this one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub amends: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub amended_by: Option<String>,
-}
-
 struct DatasetRow {
     id: String,
     name: String,
@@ -529,7 +217,18 @@ struct JobRecord {
     wrapped: Option<Vec<u8>>,
     shape: Option<String>,
     plan: Option<String>,
-    inputs: Vec<Value>,
+    inputs: Vec<StoredInput>,
+}
+
+/// A dataset version a job read, as the job's record keeps it (and its bundle's manifest
+/// shows it). Every field is required: a record without one is an integrity failure, never a
+/// default that would make two jobs' data look the same or different.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct StoredInput {
+    dataset: String,
+    name: String,
+    version: i64,
+    content_hash: String,
 }
 
 struct ScenarioRow {
@@ -603,74 +302,6 @@ impl std::fmt::Debug for Platform {
     }
 }
 
-/// Schema changes after the first schema, in order: `(version, statements)`. A data directory
-/// records the version it is at (`PRAGMA user_version`); opening it applies the missing steps
-/// in one transaction each, so a kill halfway leaves the last complete version.
-const MIGRATIONS: &[(i64, &str)] = &[
-    (
-        2,
-        "ALTER TABLE datasets ADD COLUMN approvers TEXT NOT NULL DEFAULT '[]';
-         ALTER TABLE scenarios ADD COLUMN export_rules TEXT NOT NULL DEFAULT '{}';",
-    ),
-    (
-        3,
-        "ALTER TABLE orgs ADD COLUMN exited_at TEXT;
-         ALTER TABLE exports ADD COLUMN bytes INTEGER;",
-    ),
-    (4, "ALTER TABLE dataset_versions ADD COLUMN context TEXT;"),
-    (5, "ALTER TABLE exports ADD COLUMN groups_key BLOB;"),
-    (6, "ALTER TABLE exports ADD COLUMN epsilon REAL;"),
-    (
-        7,
-        "CREATE TABLE export_events (
-             export_id TEXT NOT NULL REFERENCES exports(id), at TEXT NOT NULL,
-             state TEXT NOT NULL, actor TEXT NOT NULL, comment TEXT);
-         INSERT INTO export_events SELECT id, created_at, state, requested_by, NULL FROM exports;",
-    ),
-    (
-        8,
-        "ALTER TABLE datasets ADD COLUMN dp_total REAL NOT NULL DEFAULT 10;
-         ALTER TABLE datasets ADD COLUMN dp_per_org REAL NOT NULL DEFAULT 3;
-         CREATE TABLE budget_draws (
-             dataset_id TEXT NOT NULL REFERENCES datasets(id),
-             scenario_id TEXT NOT NULL REFERENCES scenarios(id),
-             org_id TEXT NOT NULL, epsilon REAL NOT NULL, at TEXT NOT NULL,
-             PRIMARY KEY (dataset_id, scenario_id));
-         ALTER TABLE jobs ADD COLUMN withheld INTEGER NOT NULL DEFAULT 0;
-         ALTER TABLE exports ADD COLUMN withheld INTEGER NOT NULL DEFAULT 0;
-         ALTER TABLE scenarios ADD COLUMN failures_cleared_at TEXT;",
-    ),
-    (
-        9,
-        "ALTER TABLE jobs ADD COLUMN subjects_key BLOB;
-         ALTER TABLE exports ADD COLUMN audit_key BLOB;
-         ALTER TABLE exports ADD COLUMN audit_datasets TEXT;",
-    ),
-    (
-        10,
-        "ALTER TABLE modules ADD COLUMN revoked_by TEXT;
-         ALTER TABLE modules ADD COLUMN revoked_at TEXT;
-         ALTER TABLE modules ADD COLUMN revoke_reason TEXT;
-         ALTER TABLE exports ADD COLUMN flag TEXT;",
-    ),
-    (
-        11,
-        "CREATE TABLE sessions (
-             id_hash TEXT PRIMARY KEY, principal_id TEXT NOT NULL REFERENCES principals(id),
-             token_hash TEXT NOT NULL, csrf TEXT NOT NULL, created_at TEXT NOT NULL,
-             expires_at INTEGER NOT NULL, ended_at TEXT);
-         CREATE INDEX sessions_by_principal ON sessions(principal_id);",
-    ),
-    (
-        12,
-        "ALTER TABLE exports ADD COLUMN amends TEXT;
-         ALTER TABLE exports ADD COLUMN amended_by TEXT;",
-    ),
-];
-
-/// The schema version this build writes.
-const SCHEMA_VERSION: i64 = 12;
-
 /// Who moves an export when the gate does.
 const GATE_ACTOR: &str = "export gate";
 
@@ -719,42 +350,6 @@ fn remove_temporary_files(dir: &Path) -> Result<()> {
         {
             fs::remove_file(&path)?;
         }
-    }
-    Ok(())
-}
-
-fn open_db(path: &Path) -> Result<Connection> {
-    let mut conn = Connection::open(path)?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    conn.pragma_update(None, "secure_delete", "ON")?;
-    migrate(&mut conn)?;
-    Ok(conn)
-}
-
-fn migrate(conn: &mut Connection) -> Result<()> {
-    let at: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    if at > SCHEMA_VERSION {
-        return Err(Error::Refused(format!(
-            "the data directory is at schema version {at}, written by a newer Tidegate; this one knows up to {SCHEMA_VERSION}"
-        )));
-    }
-    if at == 0 {
-        let tx = conn.transaction()?;
-        tx.execute_batch(SCHEMA)?;
-        tx.pragma_update(None, "user_version", 1)?;
-        tx.commit()?;
-    }
-    for (version, statements) in MIGRATIONS {
-        let at: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if at >= *version {
-            continue;
-        }
-        let tx = conn.transaction()?;
-        tx.execute_batch(statements)?;
-        tx.pragma_update(None, "user_version", version)?;
-        tx.commit()?;
     }
     Ok(())
 }
@@ -1227,259 +822,6 @@ impl Platform {
     }
 
     // ----- Onboarding -----
-
-    /// Resolves a bearer token to its principal.
-    pub fn authenticate(&self, token: &str) -> Result<Principal> {
-        let db = self
-            .db
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        Self::principal_where(&db, "token_hash", &hash_token(token))?
-            .ok_or_else(|| Error::Unauthenticated("unknown or revoked token".into()))
-    }
-
-    /// The principal whose `key` column (`id` or `token_hash`) is `value`, as it is now:
-    /// roles, training, and whether its org is frozen.
-    pub(super) fn principal_where(
-        db: &Connection,
-        key: &'static str,
-        value: &str,
-    ) -> Result<Option<Principal>> {
-        let row = db
-            .query_row(
-                &format!(
-                    "SELECT id, org_id, roles, trained_at,
-                            EXISTS (SELECT 1 FROM settings WHERE key = 'frozen:' || org_id)
-                     FROM principals WHERE {key} = ?1"
-                ),
-                params![value],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, Option<String>>(3)?,
-                        r.get::<_, bool>(4)?,
-                    ))
-                },
-            )
-            .optional()?;
-        let Some((id, org, roles, trained, frozen)) = row else {
-            return Ok(None);
-        };
-        Ok(Some(Principal {
-            id,
-            org,
-            roles: roles
-                .split(',')
-                .filter(|r| !r.is_empty())
-                .map(|r| r.parse().map_err(Error::Integrity))
-                .collect::<Result<_>>()?,
-            trained: trained.is_some(),
-            frozen,
-        }))
-    }
-
-    /// An org's kind, by its id.
-    pub(super) fn org_kind(db: &Connection, org: &str) -> Result<tidegate_policy::OrgKind> {
-        let kind: String = db
-            .query_row("SELECT kind FROM orgs WHERE id = ?1", params![org], |r| {
-                r.get(0)
-            })
-            .optional()?
-            .ok_or_else(|| Error::NotFound(format!("org {org}")))?;
-        kind.parse().map_err(Error::Integrity)
-    }
-
-    /// R-ONBOARD: an admin closes a principal's token (the old one stops at once) and hands
-    /// out a new one; a principal rotates its own. Returns the new token, shown once.
-    pub fn rotate_token(&self, actor: &Principal, principal: &str) -> Result<String> {
-        if actor.id != principal {
-            tidegate_policy::require_role(actor, Role::Admin)?;
-        } else {
-            // A frozen org acts on nothing; its leaked token is the admin's to revoke.
-            tidegate_policy::require_not_frozen(actor)?;
-        }
-        let token = random_token();
-        let mut db = self
-            .db
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // An exited org's tokens stay closed: no rotation opens one again.
-        let exited: Option<Option<String>> = db
-            .query_row(
-                "SELECT o.exited_at FROM principals p JOIN orgs o ON o.id = p.org_id WHERE p.id = ?1",
-                params![principal],
-                |r| r.get(0),
-            )
-            .optional()?;
-        match exited {
-            None => return Err(Error::NotFound(format!("principal {principal}"))),
-            Some(Some(_)) => {
-                return Err(Error::Refused(
-                    "the principal's org has exited: its tokens stay closed".into(),
-                ));
-            }
-            Some(None) => {}
-        }
-        let tx = db.transaction()?;
-        let n = tx.execute(
-            "UPDATE principals SET token_hash = ?2 WHERE id = ?1",
-            params![principal, hash_token(&token)],
-        )?;
-        if n == 0 {
-            return Err(Error::NotFound(format!("principal {principal}")));
-        }
-        self.audit.append(
-            &actor.id,
-            if actor.id == principal {
-                "principal.token.rotate"
-            } else {
-                "principal.token.revoke"
-            },
-            principal,
-            json!({}),
-        )?;
-        tx.commit()?;
-        Ok(token)
-    }
-
-    pub fn create_org(&self, actor: &Principal, name: &str, kind: &str) -> Result<OrgView> {
-        tidegate_policy::require_role(actor, Role::Admin)?;
-        let _: tidegate_policy::OrgKind = kind.parse().map_err(Error::BadInput)?;
-        tidegate_policy::check_name("the org's name", name)
-            .map_err(|r| Error::BadInput(r.reason))?;
-        let id = new_id("org");
-        let mut db = self
-            .db
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let tx = db.transaction()?;
-        tx.execute(
-            "INSERT INTO orgs (id, name, kind, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![id, name, kind, crate::now_rfc3339()],
-        )
-        .map_err(|e| match e {
-            rusqlite::Error::SqliteFailure(f, _)
-                if f.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
-                Error::BadInput(format!("an org named {name} already exists"))
-            }
-            e => e.into(),
-        })?;
-        self.audit.append(
-            &actor.id,
-            "org.create",
-            &id,
-            json!({ "name": name, "kind": kind }),
-        )?;
-        tx.commit()?;
-        Ok(OrgView {
-            id,
-            name: name.into(),
-            kind: kind.into(),
-        })
-    }
-
-    fn org_id(db: &Connection, name_or_id: &str) -> Result<String> {
-        db.query_row(
-            "SELECT id FROM orgs WHERE id = ?1 OR name = ?1",
-            params![name_or_id],
-            |r| r.get(0),
-        )
-        .optional()?
-        .ok_or_else(|| Error::NotFound(format!("org {name_or_id}")))
-    }
-
-    pub fn create_principal(
-        &self,
-        actor: &Principal,
-        name: &str,
-        org: &str,
-        roles: &[Role],
-    ) -> Result<PrincipalView> {
-        tidegate_policy::require_role(actor, Role::Admin)?;
-        tidegate_policy::check_name("the principal's name", name)
-            .map_err(|r| Error::BadInput(r.reason))?;
-        let id = new_id("p");
-        let token = random_token();
-        let roles_text = roles
-            .iter()
-            .map(|r| r.as_str())
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut db = self
-            .db
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let org_id = Self::org_id(&db, org)?;
-        // R-SOD: roles tied to the kind of org, and no pair of roles that checks itself.
-        tidegate_policy::can_hold_roles(Self::org_kind(&db, &org_id)?, roles)?;
-        let exited: Option<String> = db.query_row(
-            "SELECT exited_at FROM orgs WHERE id = ?1",
-            params![org_id],
-            |r| r.get(0),
-        )?;
-        if exited.is_some() {
-            return Err(Error::Refused(format!(
-                "the org {org_id} has exited: it gets no new principals"
-            )));
-        }
-        let tx = db.transaction()?;
-        tx.execute(
-            "INSERT INTO principals VALUES (?1, ?2, ?3, ?4, NULL, NULL, ?5, ?6)",
-            params![
-                id,
-                name,
-                org_id,
-                roles_text,
-                hash_token(&token),
-                crate::now_rfc3339()
-            ],
-        )?;
-        self.audit.append(
-            &actor.id,
-            "principal.create",
-            &id,
-            json!({ "org": org_id, "roles": roles_text }),
-        )?;
-        tx.commit()?;
-        Ok(PrincipalView {
-            id,
-            name: name.into(),
-            org: org_id,
-            roles: roles.to_vec(),
-            trained: false,
-            token: Some(token),
-        })
-    }
-
-    /// R-ONBOARD: an admin records that a principal passed training.
-    pub fn record_training(&self, actor: &Principal, principal: &str, course: &str) -> Result<()> {
-        tidegate_policy::can_record_training(actor, principal)?;
-        let mut db = self
-            .db
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let tx = db.transaction()?;
-        let n = tx.execute(
-            "UPDATE principals SET trained_at = ?2, training = ?3 WHERE id = ?1",
-            params![principal, crate::now_rfc3339(), course],
-        )?;
-        if n == 0 {
-            return Err(Error::NotFound(format!("principal {principal}")));
-        }
-        self.audit.append(
-            &actor.id,
-            "principal.training",
-            principal,
-            json!({ "course": course }),
-        )?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    // ----- Import -----
 }
 
 /// The grants a policy document asks for, when they differ from the current ones and only
@@ -1564,6 +906,7 @@ pub fn verify_certificate(
 
 #[cfg(test)]
 mod tests {
+    use super::schema::{SCHEMA, SCHEMA_VERSION};
     use super::*;
 
     #[test]
