@@ -1,0 +1,60 @@
+//! `tidegate principal`: principals, their tokens and training records (admin).
+
+use anyhow::Result;
+use clap::Subcommand;
+
+use super::list::{ListArgs, print_page};
+use super::{Remote, print};
+
+#[derive(Subcommand)]
+pub(super) enum PrincipalCommand {
+    /// List every principal, without secrets (the authority's admins and auditors).
+    List {
+        #[command(flatten)]
+        list: ListArgs,
+    },
+    /// Create a principal; prints its token once.
+    Create {
+        name: String,
+        #[arg(long)]
+        org: String,
+        /// scientist, admin, reviewer, provider or auditor (repeatable)
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+    },
+    /// Record that a principal passed training.
+    Train {
+        id: String,
+        #[arg(long)]
+        course: String,
+    },
+    /// Close a principal's token and print a new one (admin: anyone's; anyone: their own).
+    Token { id: String },
+}
+
+pub(super) fn run(command: PrincipalCommand, remote: &Remote) -> Result<()> {
+    match command {
+        PrincipalCommand::List { list } => print_page(
+            &remote
+                .client()?
+                .list("/v1/principals", &list.query(false))?,
+            &[
+                ("principal", "id"),
+                ("name", "name"),
+                ("org", "org"),
+                ("roles", "roles"),
+                ("trained", "trained"),
+            ],
+            &list,
+        ),
+        PrincipalCommand::Create { name, org, roles } => {
+            let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
+            print(&remote.client()?.create_principal(&name, &org, &roles)?);
+        }
+        PrincipalCommand::Token { id } => print(&remote.client()?.rotate_token(&id)?),
+        PrincipalCommand::Train { id, course } => {
+            print(&remote.client()?.record_training(&id, &course)?)
+        }
+    }
+    Ok(())
+}
