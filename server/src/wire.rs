@@ -8,9 +8,12 @@
 //! `ImportRequest`, `JobView`, `ExportView`...) are bodies and answers too; they live in the
 //! runtime and are used from there.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tidegate_policy::Role;
+use tidegate_policy::{ExportRules, Role};
+use tidegate_runtime::GrantRequest;
 
 // ----- Request bodies -----
 
@@ -37,6 +40,16 @@ pub(crate) struct PrincipalBody {
     pub(crate) roles: Vec<Role>,
 }
 
+/// A principal to create, as the client sends it: a [`PrincipalBody`] whose roles are the
+/// names the caller gave, for the server to read (and to refuse an unknown one in its own
+/// words, as it refuses every other malformed body).
+#[derive(Serialize)]
+pub(crate) struct PrincipalRequest<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) org: &'a str,
+    pub(crate) roles: &'a [&'a str],
+}
+
 #[derive(Serialize, Deserialize, utoipa::ToSchema)]
 pub(crate) struct TrainingBody {
     pub(crate) course: String,
@@ -46,6 +59,34 @@ pub(crate) struct TrainingBody {
 pub(crate) struct BudgetRequest {
     pub(crate) total: f64,
     pub(crate) per_org: f64,
+}
+
+/// A scenario application as the CLI sends it: a `tidegate_runtime::ScenarioRequest` whose
+/// masking rules are the text the user wrote, for the server to parse (and to refuse a wrong
+/// one in its own words). A test holds the two to the same shape.
+#[derive(Serialize)]
+pub(crate) struct ScenarioApplication {
+    pub(crate) name: String,
+    pub(crate) key_area: String,
+    pub(crate) purpose: String,
+    pub(crate) public_interest: bool,
+    pub(crate) grants: Vec<GrantRequest>,
+    pub(crate) term_start: String,
+    pub(crate) term_end: String,
+    pub(crate) k: Option<u64>,
+    pub(crate) planned_products: Vec<String>,
+    pub(crate) export_rules: ExportRulesText,
+    pub(crate) draft: bool,
+}
+
+/// A scenario's export rules with the masking rules as text: column to rule.
+#[derive(Serialize)]
+pub(crate) struct ExportRulesText {
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) masking: BTreeMap<String, String>,
+    /// Every other rule, as the platform reads it; its own `masking` stays empty.
+    #[serde(flatten)]
+    pub(crate) rules: ExportRules,
 }
 
 #[derive(Serialize, Deserialize, utoipa::ToSchema)]
@@ -78,10 +119,10 @@ pub(crate) struct ReasonBody {
 pub(crate) struct ExportBody {
     pub(crate) job: String,
     /// What to spend of a differentially private scenario's budget.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) epsilon: Option<f64>,
     /// The returned export this request answers.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) amends: Option<String>,
 }
 
@@ -222,4 +263,55 @@ pub(crate) struct PublicKeyAnswer {
     /// The Ed25519 public key, hex.
     pub(crate) public_key: String,
     pub(crate) algorithm: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The client's text-carrying forms read as the server's types, field for field: what the
+    /// server reads back and writes again is what was sent.
+    #[test]
+    fn the_clients_text_forms_read_as_the_servers_types() {
+        let application = ScenarioApplication {
+            name: "footfall".into(),
+            key_area: "tourism".into(),
+            purpose: "visits per spot".into(),
+            public_interest: true,
+            grants: vec![GrantRequest {
+                dataset: "visits".into(),
+                columns: vec!["spot".into(), "spend".into()],
+                version: None,
+            }],
+            term_start: "2026-01-01".into(),
+            term_end: "2099-12-31".into(),
+            k: Some(20),
+            planned_products: vec!["report".into()],
+            export_rules: ExportRulesText {
+                masking: BTreeMap::from([("spot".to_string(), "round:2".to_string())]),
+                rules: ExportRules {
+                    privacy_budget: Some(1.5),
+                    contribution_bound: Some(100.0),
+                    count_bound: Some(2),
+                    max_groups_per_subject: Some(3),
+                    max_rows: Some(5),
+                    max_bytes: Some(4096),
+                    ..ExportRules::default()
+                },
+            },
+            draft: true,
+        };
+        let sent = serde_json::to_value(&application).unwrap();
+        let read: tidegate_runtime::ScenarioRequest = serde_json::from_value(sent.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&read).unwrap(), sent);
+
+        let principal = PrincipalRequest {
+            name: "wang",
+            org: "org_1",
+            roles: &["scientist", "reviewer"],
+        };
+        let sent = serde_json::to_value(&principal).unwrap();
+        let read: PrincipalBody = serde_json::from_value(sent.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&read).unwrap(), sent);
+    }
 }

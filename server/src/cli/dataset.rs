@@ -6,8 +6,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Subcommand;
 use serde_json::{Value, json};
+use tidegate_runtime::{ColumnInput, DatasetView, ImportRequest};
 
 use super::{Remote, print};
+use crate::client::decode;
 
 #[derive(Subcommand)]
 pub(super) enum DatasetCommand {
@@ -69,12 +71,20 @@ pub(super) fn run(command: DatasetCommand, remote: &Remote) -> Result<()> {
                 .with_context(|| format!("cannot read {}", file.display()))?;
             let size = data.metadata().map(|m| m.len()).unwrap_or(0);
             let format = format.unwrap_or_else(|| guess_format(&file));
-            let columns: Vec<Value> = columns
+            let columns: Vec<ColumnInput> = columns
                 .iter()
                 .map(|c| parse_column(c))
                 .collect::<Result<_>>()?;
             eprintln!("importing {} ({size} bytes, streamed)...", file.display());
-            let req = json!({ "name": name, "level": level, "format": format, "columns": columns, "approvers": approvers });
+            let request = ImportRequest {
+                name,
+                level,
+                format,
+                columns,
+                approvers,
+                // The file goes as the body of the upload, not inside the request.
+                data_base64: String::new(),
+            };
             // Bytes and rate while the file goes; the server reads it once it has all
             // arrived, and the answer says how many rows it held.
             let bar = indicatif::ProgressBar::with_draw_target(
@@ -89,10 +99,10 @@ pub(super) fn run(command: DatasetCommand, remote: &Remote) -> Result<()> {
             );
             let mut sent = bar.wrap_read(data);
             let client = remote.client()?;
-            let answer = client.upload_dataset(&req, &mut sent);
+            let answer = client.upload_dataset(&request, &mut sent);
             bar.finish_and_clear();
             let answer = answer?;
-            if let Some(rows) = answer["rows"].as_i64() {
+            if let Some(rows) = decode::<DatasetView>(&answer, "a dataset")?.rows {
                 eprintln!(
                     "imported {rows} rows ({size} bytes in {:.1} s)",
                     bar.elapsed().as_secs_f64()
@@ -100,7 +110,7 @@ pub(super) fn run(command: DatasetCommand, remote: &Remote) -> Result<()> {
             }
             print(&answer);
         }
-        DatasetCommand::List => print(&remote.client()?.ok("GET", "/v1/datasets", None)?),
+        DatasetCommand::List => print(&remote.client()?.list_datasets()?),
         DatasetCommand::Approve { id } => print(&remote.client()?.approve_dataset(&id)?),
         DatasetCommand::Budget { id, total, per_org } => {
             print(&remote.client()?.set_dataset_budget(&id, total, per_org)?)
@@ -217,7 +227,8 @@ pub fn scan_report(file: &Path) -> Result<Vec<Value>> {
     Ok(report)
 }
 
-fn parse_column(spec: &str) -> Result<Value> {
+/// A `--column` spec, `NAME[:TYPE[:TAGS]]`, as the import declares it.
+fn parse_column(spec: &str) -> Result<ColumnInput> {
     // NAME[:TYPE[:TAGS]]; a type with parentheses (`timestamptz(us, +08:00)`) may hold colons.
     let (name, rest) = spec.split_once(':').unwrap_or((spec, ""));
     if name.is_empty() {
@@ -250,7 +261,11 @@ fn parse_column(spec: &str) -> Result<Value> {
                 .map_err(|e| anyhow!(e))
         })
         .transpose()?;
-    Ok(json!({ "name": name, "data_type": data_type, "tags": tags }))
+    Ok(ColumnInput {
+        name: name.to_string(),
+        data_type,
+        tags,
+    })
 }
 
 fn guess_format(file: &Path) -> String {
@@ -290,7 +305,8 @@ mod tests {
             ),
         ];
         for (spec, expected) in cases {
-            assert_eq!(parse_column(spec).unwrap(), expected, "{spec}");
+            let column = serde_json::to_value(parse_column(spec).unwrap()).unwrap();
+            assert_eq!(column, expected, "{spec}");
         }
         for bad in [
             ":utf8",

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Subcommand;
 
-use super::list::{EXPORT_COLUMNS, ListArgs, print_page};
+use tidegate_runtime::ExportSummary;
+
+use super::list::{Column, ListArgs, print_page};
 use super::{Remote, print};
 
 #[derive(Subcommand)]
@@ -36,6 +38,18 @@ pub(super) enum ExportCommand {
     },
 }
 
+/// The columns of a list of export requests (also a reviewer's queue).
+pub(super) const EXPORT_COLUMNS: &[Column<ExportSummary>] = &[
+    ("export", |e| e.id.clone()),
+    ("state", |e| e.state.clone()),
+    ("scenario", |e| e.scenario.clone()),
+    ("org", |e| e.org.clone()),
+    ("requested by", |e| e.requested_by.clone()),
+    ("requested at", |e| e.requested_at.clone()),
+    ("approvals", |e| e.approvals.to_string()),
+    ("of", |e| e.required_approvals.to_string()),
+];
+
 pub(super) fn run(command: ExportCommand, remote: &Remote) -> Result<()> {
     let c = remote.client()?;
     match command {
@@ -43,13 +57,13 @@ pub(super) fn run(command: ExportCommand, remote: &Remote) -> Result<()> {
             &c.list("/v1/exports", &list.query(false))?,
             EXPORT_COLUMNS,
             &list,
-        ),
+        )?,
         ExportCommand::Request {
             job,
             epsilon,
             amends,
         } => print(&c.request_export_with(&job, epsilon, amends.as_deref())?),
-        ExportCommand::Show { id } => print(&c.ok("GET", &format!("/v1/exports/{id}"), None)?),
+        ExportCommand::Show { id } => print(&c.get_export(&id)?),
         ExportCommand::Download { id, out } => {
             c.download_bundle(&id, &out)?;
             println!("bundle: {}", out.display());

@@ -2,9 +2,11 @@
 
 use anyhow::Result;
 use clap::Subcommand;
+use tidegate_runtime::{JobSummary, JobView};
 
-use super::list::{ListArgs, print_page};
+use super::list::{Column, ListArgs, or_dash, print_page};
 use super::{Remote, print};
+use crate::client::decode;
 
 #[derive(Subcommand)]
 pub(super) enum JobCommand {
@@ -32,21 +34,21 @@ pub(super) enum JobCommand {
     Cancel { id: String },
 }
 
+const JOB_COLUMNS: &[Column<JobSummary>] = &[
+    ("job", |j| j.id.clone()),
+    ("state", |j| j.state.clone()),
+    ("scenario", |j| j.scenario.clone()),
+    ("submitted by", |j| j.submitted_by.clone()),
+    ("created at", |j| j.created_at.clone()),
+    ("finished at", |j| or_dash(&j.finished_at)),
+];
+
 pub(super) fn run(command: JobCommand, remote: &Remote) -> Result<()> {
     let c = remote.client()?;
     match command {
-        JobCommand::List { list } => print_page(
-            &c.list("/v1/jobs", &list.query(false))?,
-            &[
-                ("job", "id"),
-                ("state", "state"),
-                ("scenario", "scenario"),
-                ("submitted by", "submitted_by"),
-                ("created at", "created_at"),
-                ("finished at", "finished_at"),
-            ],
-            &list,
-        ),
+        JobCommand::List { list } => {
+            print_page(&c.list("/v1/jobs", &list.query(false))?, JOB_COLUMNS, &list)?
+        }
         JobCommand::Submit {
             scenario,
             sql,
@@ -57,23 +59,20 @@ pub(super) fn run(command: JobCommand, remote: &Remote) -> Result<()> {
             if no_wait {
                 print(&queued);
             } else {
-                let id = queued["id"].as_str().unwrap_or_default().to_string();
+                let id = decode::<JobView>(&queued, "a job")?.id;
                 let spinner = indicatif::ProgressBar::with_draw_target(
                     None,
                     indicatif::ProgressDrawTarget::stderr(),
                 );
                 spinner.enable_steady_tick(std::time::Duration::from_millis(120));
                 let done = c.wait_job(&id, &mut |job| {
-                    spinner.set_message(format!(
-                        "job {id}: {}",
-                        job["state"].as_str().unwrap_or("?")
-                    ));
+                    spinner.set_message(format!("job {id}: {}", job.state));
                 });
                 spinner.finish_and_clear();
                 print(&done?);
             }
         }
-        JobCommand::Show { id } => print(&c.ok("GET", &format!("/v1/jobs/{id}"), None)?),
+        JobCommand::Show { id } => print(&c.get_job(&id)?),
         JobCommand::Cancel { id } => print(&c.cancel_job(&id)?),
     }
     Ok(())

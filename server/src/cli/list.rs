@@ -1,9 +1,13 @@
 //! Lists and queues: which page, filtered how, and a page printed as a table.
 
+use anyhow::Result;
 use clap::Args;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
+use tidegate_runtime::Listing;
 
 use super::print;
+use crate::client::decode;
 
 /// Which page of a list, filtered how.
 #[derive(Args, Clone)]
@@ -39,32 +43,33 @@ impl ListArgs {
     }
 }
 
-/// Prints a page of a list: a table of `columns` (header, field), or the JSON with `--json`,
-/// and how to ask for the next page.
-pub(super) fn print_page(page: &Value, columns: &[(&str, &str)], args: &ListArgs) {
+/// A column of a list's table: its header, and how an item shows in it.
+pub(super) type Column<T> = (&'static str, fn(&T) -> String);
+
+/// Prints a page of a list: a table of `columns`, or the JSON as the server gave it with
+/// `--json`, and how to ask for the next page.
+pub(super) fn print_page<T: DeserializeOwned>(
+    page: &Value,
+    columns: &[Column<T>],
+    args: &ListArgs,
+) -> Result<()> {
     if args.json {
         print(page);
-        return;
+        return Ok(());
     }
-    let items = page["items"].as_array().cloned().unwrap_or_default();
-    let cell = |item: &Value, field: &str| match &item[field] {
-        Value::Null => "-".to_string(),
-        Value::String(s) => s.clone(),
-        Value::Array(a) if a.iter().all(Value::is_string) => a
-            .iter()
-            .filter_map(Value::as_str)
-            .collect::<Vec<_>>()
-            .join(","),
-        Value::Array(a) => a.len().to_string(),
-        other => other.to_string(),
-    };
+    let page: Listing<T> = decode(page, "a page of a list")?;
+    let rows: Vec<Vec<String>> = page
+        .items
+        .iter()
+        .map(|item| columns.iter().map(|(_, cell)| cell(item)).collect())
+        .collect();
     let widths: Vec<usize> = columns
         .iter()
-        .map(|(h, f)| {
-            items
-                .iter()
-                .map(|i| cell(i, f).chars().count())
-                .chain([h.len()])
+        .enumerate()
+        .map(|(i, (header, _))| {
+            rows.iter()
+                .map(|row| row[i].chars().count())
+                .chain([header.len()])
                 .max()
                 .unwrap_or(0)
         })
@@ -83,46 +88,19 @@ pub(super) fn print_page(page: &Value, columns: &[(&str, &str)], args: &ListArgs
         "{}",
         line(columns.iter().map(|(h, _)| h.to_string()).collect())
     );
-    for item in &items {
-        println!(
-            "{}",
-            line(columns.iter().map(|(_, f)| cell(item, f)).collect())
-        );
-    }
-    if items.is_empty() {
+    if rows.is_empty() {
         println!("(nothing)");
     }
-    if let Some(next) = page["next"].as_str() {
+    for row in rows {
+        println!("{}", line(row));
+    }
+    if let Some(next) = page.next {
         println!("more: --after {next}");
     }
+    Ok(())
 }
 
-pub(super) const SCENARIO_COLUMNS: &[(&str, &str)] = &[
-    ("scenario", "id"),
-    ("state", "state"),
-    ("name", "name"),
-    ("org", "org"),
-    ("term end", "term_end"),
-    ("missing approvals", "missing_approvals"),
-];
-
-pub(super) const MODULE_COLUMNS: &[(&str, &str)] = &[
-    ("hash", "hash"),
-    ("scenario", "scenario"),
-    ("org", "org"),
-    ("uploaded by", "uploaded_by"),
-    ("functions", "functions"),
-    ("approved by", "approved_by"),
-    ("uploaded at", "uploaded_at"),
-];
-
-pub(super) const EXPORT_COLUMNS: &[(&str, &str)] = &[
-    ("export", "id"),
-    ("state", "state"),
-    ("scenario", "scenario"),
-    ("org", "org"),
-    ("requested by", "requested_by"),
-    ("requested at", "requested_at"),
-    ("approvals", "approvals"),
-    ("of", "required_approvals"),
-];
+/// A cell of what may be absent: `-` when it is.
+pub(super) fn or_dash(value: &Option<String>) -> String {
+    value.clone().unwrap_or_else(|| "-".into())
+}

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow};
 use clap::Subcommand;
-use tidegate_runtime::Sandbox;
+use tidegate_runtime::{ModuleSummary, Sandbox};
 
-use super::list::{ListArgs, MODULE_COLUMNS, print_page};
+use super::list::{Column, ListArgs, or_dash, print_page};
 use super::{Remote, print};
 
 #[derive(Subcommand)]
@@ -64,6 +64,16 @@ pub(super) enum ModuleCommand {
     },
 }
 
+const MODULE_COLUMNS: &[Column<ModuleSummary>] = &[
+    ("hash", |m| m.hash.clone()),
+    ("scenario", |m| m.scenario.clone()),
+    ("org", |m| m.org.clone()),
+    ("uploaded by", |m| m.uploaded_by.clone()),
+    ("functions", |m| m.functions.to_string()),
+    ("approved by", |m| or_dash(&m.approved_by)),
+    ("uploaded at", |m| m.uploaded_at.clone()),
+];
+
 pub(super) fn run(command: ModuleCommand, remote: &Remote) -> Result<()> {
     let c = || remote.client();
     match command {
@@ -94,12 +104,12 @@ pub(super) fn run(command: ModuleCommand, remote: &Remote) -> Result<()> {
             &c()?.list("/v1/modules", &list.query(false))?,
             MODULE_COLUMNS,
             &list,
-        ),
+        )?,
         ModuleCommand::Queue { list } => print_page(
             &c()?.list("/v1/modules", &list.query(true))?,
             MODULE_COLUMNS,
             &list,
-        ),
+        )?,
         ModuleCommand::Upload { file, scenario } => {
             let wasm =
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;

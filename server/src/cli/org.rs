@@ -2,8 +2,9 @@
 
 use anyhow::Result;
 use clap::Subcommand;
+use tidegate_runtime::OrgView;
 
-use super::list::{ListArgs, print_page};
+use super::list::{Column, ListArgs, print_page};
 use super::{Remote, print};
 
 #[derive(Subcommand)]
@@ -33,13 +34,19 @@ pub(super) enum OrgCommand {
     },
 }
 
+const ORG_COLUMNS: &[Column<OrgView>] = &[
+    ("org", |o| o.id.clone()),
+    ("name", |o| o.name.clone()),
+    ("kind", |o| o.kind.clone()),
+];
+
 pub(super) fn run(command: OrgCommand, remote: &Remote) -> Result<()> {
     match command {
         OrgCommand::List { list } => print_page(
             &remote.client()?.list("/v1/orgs", &list.query(false))?,
-            &[("org", "id"), ("name", "name"), ("kind", "kind")],
+            ORG_COLUMNS,
             &list,
-        ),
+        )?,
         OrgCommand::Create { name, kind } => print(&remote.client()?.create_org(&name, &kind)?),
         OrgCommand::Freeze { org } => print(&remote.client()?.freeze_org(&org, true)?),
         OrgCommand::Unfreeze { org } => print(&remote.client()?.freeze_org(&org, false)?),

@@ -2,8 +2,9 @@
 
 use anyhow::Result;
 use clap::Subcommand;
+use tidegate_runtime::PrincipalView;
 
-use super::list::{ListArgs, print_page};
+use super::list::{Column, ListArgs, print_page};
 use super::{Remote, print};
 
 #[derive(Subcommand)]
@@ -32,21 +33,26 @@ pub(super) enum PrincipalCommand {
     Token { id: String },
 }
 
+const PRINCIPAL_COLUMNS: &[Column<PrincipalView>] = &[
+    ("principal", |p| p.id.clone()),
+    ("name", |p| p.name.clone()),
+    ("org", |p| p.org.clone()),
+    ("roles", |p| {
+        let roles: Vec<&str> = p.roles.iter().map(|r| r.as_str()).collect();
+        roles.join(",")
+    }),
+    ("trained", |p| p.trained.to_string()),
+];
+
 pub(super) fn run(command: PrincipalCommand, remote: &Remote) -> Result<()> {
     match command {
         PrincipalCommand::List { list } => print_page(
             &remote
                 .client()?
                 .list("/v1/principals", &list.query(false))?,
-            &[
-                ("principal", "id"),
-                ("name", "name"),
-                ("org", "org"),
-                ("roles", "roles"),
-                ("trained", "trained"),
-            ],
+            PRINCIPAL_COLUMNS,
             &list,
-        ),
+        )?,
         PrincipalCommand::Create { name, org, roles } => {
             let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
             print(&remote.client()?.create_principal(&name, &org, &roles)?);

@@ -3,7 +3,8 @@
 use anyhow::Result;
 use clap::Subcommand;
 
-use super::list::{EXPORT_COLUMNS, ListArgs, print_page};
+use super::export::EXPORT_COLUMNS;
+use super::list::{ListArgs, print_page};
 use super::{Remote, print};
 
 #[derive(Subcommand)]
@@ -38,7 +39,7 @@ pub(super) fn run(command: ReviewCommand, remote: &Remote) -> Result<()> {
     let (decision, export, comment) = match command {
         ReviewCommand::Queue { list } => {
             let page = c.list("/v1/exports", &list.query(true))?;
-            print_page(&page, EXPORT_COLUMNS, &list);
+            print_page(&page, EXPORT_COLUMNS, &list)?;
             return Ok(());
         }
         ReviewCommand::Approve { export, comment } => ("approve", export, comment),

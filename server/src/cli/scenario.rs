@@ -1,12 +1,16 @@
 //! `tidegate scenario`: applying for a scenario authorization, its approvals and its
 //! lifecycle (submit, repin, suspend, resume, revoke).
 
+use std::collections::BTreeMap;
+
 use anyhow::{Result, anyhow};
 use clap::Subcommand;
-use serde_json::{Value, json};
+use tidegate_policy::ExportRules;
+use tidegate_runtime::{GrantRequest, ScenarioView};
 
-use super::list::{ListArgs, SCENARIO_COLUMNS, print_page};
+use super::list::{Column, ListArgs, print_page};
 use super::{Remote, print};
+use crate::wire::{ExportRulesText, ScenarioApplication};
 
 #[derive(Subcommand)]
 #[allow(clippy::large_enum_variant)] // parsed once per process; boxing buys nothing
@@ -91,6 +95,15 @@ pub(super) enum ScenarioCommand {
     Revoke { id: String },
 }
 
+const SCENARIO_COLUMNS: &[Column<ScenarioView>] = &[
+    ("scenario", |s| s.id.clone()),
+    ("state", |s| s.state.as_str().to_string()),
+    ("name", |s| s.name.clone()),
+    ("org", |s| s.org.clone()),
+    ("term end", |s| s.term_end.clone()),
+    ("missing approvals", |s| s.missing_approvals.join(",")),
+];
+
 pub(super) fn run(command: ScenarioCommand, remote: &Remote) -> Result<()> {
     let c = remote.client()?;
     match command {
@@ -98,12 +111,12 @@ pub(super) fn run(command: ScenarioCommand, remote: &Remote) -> Result<()> {
             &c.list("/v1/scenarios", &list.query(false))?,
             SCENARIO_COLUMNS,
             &list,
-        ),
+        )?,
         ScenarioCommand::Queue { list } => print_page(
             &c.list("/v1/scenarios", &list.query(true))?,
             SCENARIO_COLUMNS,
             &list,
-        ),
+        )?,
         ScenarioCommand::Apply {
             name,
             key_area,
@@ -123,47 +136,56 @@ pub(super) fn run(command: ScenarioCommand, remote: &Remote) -> Result<()> {
             max_bytes,
             draft,
         } => {
-            let mut rules = serde_json::Map::new();
-            let masks: serde_json::Map<String, Value> = masking
+            // The rules go as written: the server parses them, and refuses a wrong one.
+            let masking: BTreeMap<String, String> = masking
                 .iter()
                 .map(|m| {
                     let (col, rule) = m.split_once('=').ok_or_else(|| {
                         anyhow!("`{m}`: a masking rule is COLUMN=RULE (mask, redact, pseudonymize, round:N, band:W, month)")
                     })?;
-                    Ok((col.to_string(), json!(rule)))
+                    Ok((col.to_string(), rule.to_string()))
                 })
                 .collect::<Result<_>>()?;
-            if !masks.is_empty() {
-                rules.insert("masking".into(), Value::Object(masks));
-            }
-            for (key, value) in [
-                ("privacy_budget", json!(privacy_budget)),
-                ("contribution_bound", json!(contribution_bound)),
-                ("count_bound", json!(count_bound)),
-                ("max_groups_per_subject", json!(max_groups_per_subject)),
-                ("max_rows", json!(max_rows)),
-                ("max_bytes", json!(max_bytes)),
-            ] {
-                if !value.is_null() {
-                    rules.insert(key.into(), value);
-                }
-            }
-            let grants: Vec<Value> = grants
+            let grants: Vec<GrantRequest> = grants
                 .iter()
                 .map(|g| {
-                    let (ds, cols) = g.split_once(':').ok_or_else(|| anyhow!("`{g}`: a grant is DATASET:COL1,COL2"))?;
-                    Ok(json!({ "dataset": ds, "columns": cols.split(',').map(str::trim).collect::<Vec<_>>() }))
+                    let (ds, cols) = g
+                        .split_once(':')
+                        .ok_or_else(|| anyhow!("`{g}`: a grant is DATASET:COL1,COL2"))?;
+                    Ok(GrantRequest {
+                        dataset: ds.to_string(),
+                        columns: cols.split(',').map(|c| c.trim().to_string()).collect(),
+                        version: None,
+                    })
                 })
                 .collect::<Result<_>>()?;
-            print(&c.apply_scenario(&json!({
-                "name": name, "key_area": key_area, "purpose": purpose, "public_interest": public_interest,
-                "grants": grants, "term_start": term_start, "term_end": term_end, "k": k, "planned_products": products,
-                "export_rules": rules, "draft": draft,
-            }))?);
+            let application = ScenarioApplication {
+                name,
+                key_area,
+                purpose,
+                public_interest,
+                grants,
+                term_start,
+                term_end,
+                k,
+                planned_products: products,
+                export_rules: ExportRulesText {
+                    masking,
+                    rules: ExportRules {
+                        privacy_budget,
+                        contribution_bound,
+                        count_bound,
+                        max_groups_per_subject,
+                        max_rows,
+                        max_bytes,
+                        ..ExportRules::default()
+                    },
+                },
+                draft,
+            };
+            print(&c.apply_scenario(&application)?);
         }
-        ScenarioCommand::Show { id } => {
-            print(&c.ok("GET", &format!("/v1/scenarios/{id}"), None)?)
-        }
+        ScenarioCommand::Show { id } => print(&c.get_scenario(&id)?),
         ScenarioCommand::Approve { id } => print(&c.approve_scenario(&id)?),
         ScenarioCommand::Submit { id } => print(&c.change_scenario(&id, "submit")?),
         ScenarioCommand::Repin { id, dataset } => print(&c.repin_grant(&id, &dataset)?),

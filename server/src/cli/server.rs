@@ -1,25 +1,37 @@
 //! `tidegate init` and `tidegate serve`: a new data directory, and the HTTP API over one.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use serde_json::json;
+use serde::Serialize;
 use tidegate_runtime::Platform;
 
 use super::keys::KeyArgs;
 use super::print;
 
+/// What `init` prints: where everything is, and the first admin's token.
+#[derive(Serialize)]
+struct Initialized<'a> {
+    data_dir: &'a Path,
+    master_key: &'a Path,
+    public_key: PathBuf,
+    admin_token: String,
+    note: &'static str,
+}
+
 /// Creates the data directory, its master key and the first admin; prints the token once.
 pub(super) fn init(data_dir: &Path, master_key: &Path, admin_name: &str) -> Result<()> {
-    let (platform, token) = Platform::init(data_dir, master_key, admin_name)?;
-    print(&json!({
-        "data_dir": data_dir,
-        "master_key": master_key,
-        "public_key": platform.dir().join(tidegate_runtime::PUBLIC_KEY_FILE),
-        "admin_token": token,
-        "note": "the admin token is shown once; keep it"
-    }));
+    let (platform, admin_token) = Platform::init(data_dir, master_key, admin_name)?;
+    let initialized = Initialized {
+        data_dir,
+        master_key,
+        public_key: platform.dir().join(tidegate_runtime::PUBLIC_KEY_FILE),
+        admin_token,
+        note: "the admin token is shown once; keep it",
+    };
+    // Through a JSON value, keys in order, as every answer the CLI prints.
+    print(&serde_json::to_value(initialized)?);
     Ok(())
 }
 
