@@ -10,10 +10,17 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use base64::Engine as _;
-use serde::Deserialize;
 use serde_json::{Value, json};
-use tidegate_policy::{Principal, Role};
+use tidegate_policy::Principal;
 use tidegate_runtime::{Error, ImportRequest, JobRequest, Listing, Platform, ScenarioRequest};
+
+use crate::wire::{
+    ApiErrorBody, ApprovedAnswer, AuditAnswer, AuditProblem, BudgetRequest, BundleAnswer,
+    BundleFile, ExitBody, ExportBody, FormatQuery, FreezeBody, FrozenAnswer, ModuleBody, NoteBody,
+    OrgBody, PolicyBody, PriceBody, PrincipalBody, PruneBody, PublicKeyAnswer, ReasonBody,
+    RepinBody, ReportQuery, ReviewBody, StateBody, StatementQuery, TokenAnswer, TrainedAnswer,
+    TrainingBody, UpdatedAnswer, UploadQuery,
+};
 
 type AppState = Arc<Platform>;
 
@@ -47,15 +54,6 @@ impl IntoResponse for ApiError {
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
-/// The API's one error format: a class (`bad_input`, `unauthenticated`, `refused`,
-/// `not_found`, `too_large`, `limit`, `failed`, `internal`, ...) and a message without data
-/// values.
-#[derive(serde::Serialize, utoipa::ToSchema)]
-pub(crate) struct ApiErrorBody {
-    error: String,
-    message: String,
-}
-
 /// The errors every route may answer, all in the one format.
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)] // a description of answers, never built
@@ -81,67 +79,6 @@ enum Errors {
     /// The platform's own fault (an integrity check, an internal error).
     #[response(status = 500)]
     Internal(ApiErrorBody),
-}
-
-#[derive(serde::Serialize, utoipa::ToSchema)]
-struct FrozenAnswer {
-    /// The scenarios the freeze changed.
-    scenarios: Vec<String>,
-}
-
-#[derive(serde::Serialize, utoipa::ToSchema)]
-struct TokenAnswer {
-    /// The new token, shown once.
-    token: String,
-}
-
-#[derive(serde::Serialize, utoipa::ToSchema)]
-struct TrainedAnswer {
-    trained: bool,
-}
-
-#[derive(serde::Serialize, utoipa::ToSchema)]
-struct ApprovedAnswer {
-    approved: bool,
-}
-
-#[derive(serde::Serialize, utoipa::ToSchema)]
-struct UpdatedAnswer {
-    updated: bool,
-}
-
-#[derive(serde::Serialize, utoipa::ToSchema)]
-struct BundleFile {
-    name: String,
-    base64: String,
-}
-
-/// A signed release bundle: the result (CSV and Parquet), its manifest and the signature.
-#[derive(serde::Serialize, utoipa::ToSchema)]
-struct BundleAnswer {
-    files: Vec<BundleFile>,
-}
-
-#[derive(serde::Serialize, utoipa::ToSchema)]
-struct AuditProblem {
-    /// The first bad entry (1-based).
-    entry: u64,
-    problem: String,
-}
-
-#[derive(serde::Serialize, utoipa::ToSchema)]
-struct AuditAnswer {
-    entries: u64,
-    checkpoints: u64,
-    first_bad: Option<AuditProblem>,
-    head: String,
-}
-
-#[derive(serde::Serialize, utoipa::ToSchema)]
-struct PublicKeyAnswer {
-    /// The Ed25519 public key, hex.
-    public_key: String,
-    algorithm: String,
 }
 
 /// The API's contract: OpenAPI 3.1, generated from the handlers' own types and served at
@@ -173,7 +110,11 @@ impl utoipa::Modify for BearerScheme {
 
 /// A response in the API's one error format, with the status the problem calls for.
 fn error_response(status: StatusCode, class: &str, message: String) -> Response {
-    (status, Json(json!({ "error": class, "message": message }))).into_response()
+    let body = ApiErrorBody {
+        error: class.to_string(),
+        message,
+    };
+    (status, Json(body)).into_response()
 }
 
 /// A rejected body or query string, in the API's error format: what is wrong and how to fix it.
@@ -404,12 +345,6 @@ async fn blocking<T: Send + 'static>(
         .map_err(ApiError)
 }
 
-#[derive(Deserialize, utoipa::ToSchema)]
-struct OrgBody {
-    name: String,
-    kind: String,
-}
-
 #[utoipa::path(post, path = "/v1/orgs", request_body = OrgBody, responses((status = 200, description = "the new org (admin)", body = tidegate_runtime::OrgView), Errors))]
 async fn create_org(
     State(p): State<AppState>,
@@ -418,11 +353,6 @@ async fn create_org(
 ) -> ApiResult<Value> {
     let org = blocking(move || p.create_org(&actor, &b.name, &b.kind)).await?;
     Ok(Json(serde_json::to_value(org).expect("serializes")))
-}
-
-#[derive(Deserialize, utoipa::ToSchema)]
-struct FreezeBody {
-    freeze: bool,
 }
 
 #[utoipa::path(post, path = "/v1/orgs/{id}/freeze", params(("id" = String, Path, description = "the id")), request_body = FreezeBody, responses((status = 200, description = "the scenarios the freeze changed (admin)", body = FrozenAnswer), Errors))]
@@ -436,11 +366,6 @@ async fn freeze_org(
     Ok(Json(FrozenAnswer { scenarios }))
 }
 
-#[derive(Deserialize, utoipa::ToSchema)]
-struct ExitBody {
-    reason: String,
-}
-
 #[utoipa::path(post, path = "/v1/orgs/{id}/exit", params(("id" = String, Path, description = "the id")), request_body = ExitBody, responses((status = 200, description = "the signed receipt of what was destroyed (admin)", body = Value), Errors))]
 async fn exit_org(
     State(p): State<AppState>,
@@ -451,13 +376,6 @@ async fn exit_org(
     Ok(Json(
         blocking(move || p.exit_org(&actor, &id, &b.reason)).await?,
     ))
-}
-
-#[derive(Deserialize, utoipa::ToSchema)]
-struct PrincipalBody {
-    name: String,
-    org: String,
-    roles: Vec<Role>,
 }
 
 #[utoipa::path(post, path = "/v1/principals", request_body = PrincipalBody, responses((status = 200, description = "the new principal, with its token shown once (admin)", body = tidegate_runtime::PrincipalView), Errors))]
@@ -480,11 +398,6 @@ async fn rotate_token(
     Ok(Json(TokenAnswer { token }))
 }
 
-#[derive(Deserialize, utoipa::ToSchema)]
-struct TrainingBody {
-    course: String,
-}
-
 #[utoipa::path(post, path = "/v1/principals/{id}/training", params(("id" = String, Path, description = "the id")), request_body = TrainingBody, responses((status = 200, description = "training recorded (admin)", body = TrainedAnswer), Errors))]
 async fn record_training(
     State(p): State<AppState>,
@@ -504,20 +417,6 @@ async fn import_dataset(
 ) -> ApiResult<Value> {
     let v = blocking(move || p.import_dataset(&actor, b)).await?;
     Ok(Json(serde_json::to_value(v).expect("serializes")))
-}
-
-#[derive(Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-struct UploadQuery {
-    name: String,
-    level: tidegate_policy::Level,
-    format: String,
-    /// The declared columns, as JSON.
-    #[serde(default)]
-    columns: Option<String>,
-    /// Further approvers, as a JSON list.
-    #[serde(default)]
-    approvers: Option<String>,
 }
 
 /// A dataset file streamed as the body: sealed into the data directory as it arrives, never
@@ -585,12 +484,6 @@ async fn approve_dataset(
 ) -> ApiResult<ApprovedAnswer> {
     blocking(move || p.approve_dataset(&actor, &id)).await?;
     Ok(Json(ApprovedAnswer { approved: true }))
-}
-
-#[derive(Deserialize, utoipa::ToSchema)]
-struct BudgetRequest {
-    total: f64,
-    per_org: f64,
 }
 
 #[utoipa::path(post, path = "/v1/datasets/{id}/budget", params(("id" = String, Path, description = "the id")), request_body = BudgetRequest, responses((status = 200, description = "the dataset with its differential privacy budget (provider, admin)", body = tidegate_runtime::DatasetView), Errors))]
@@ -696,11 +589,6 @@ async fn approve_scenario(
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
 
-#[derive(Deserialize, utoipa::ToSchema)]
-struct StateBody {
-    action: String,
-}
-
 #[utoipa::path(post, path = "/v1/scenarios/{id}/state", params(("id" = String, Path, description = "the id")), request_body = StateBody, responses((status = 200, description = "the scenario in its new state", body = tidegate_runtime::ScenarioView), Errors))]
 async fn change_scenario(
     State(p): State<AppState>,
@@ -716,11 +604,6 @@ async fn change_scenario(
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
 
-#[derive(Deserialize, utoipa::ToSchema)]
-struct RepinBody {
-    dataset: String,
-}
-
 #[utoipa::path(post, path = "/v1/scenarios/{id}/repin", params(("id" = String, Path, description = "the id")), request_body = RepinBody, responses((status = 200, description = "the scenario with the grant on the newest version", body = tidegate_runtime::ScenarioView), Errors))]
 async fn repin_grant(
     State(p): State<AppState>,
@@ -730,11 +613,6 @@ async fn repin_grant(
 ) -> ApiResult<Value> {
     let v = blocking(move || p.repin_grant(&actor, &id, &b.dataset)).await?;
     Ok(Json(serde_json::to_value(v).expect("serializes")))
-}
-
-#[derive(Deserialize, utoipa::ToSchema)]
-struct ModuleBody {
-    wasm_base64: String,
 }
 
 #[utoipa::path(post, path = "/v1/scenarios/{id}/modules", params(("id" = String, Path, description = "the id")), request_body = ModuleBody, responses((status = 200, description = "the validated module, awaiting review", body = tidegate_runtime::ModuleView), Errors))]
@@ -749,11 +627,6 @@ async fn upload_module(
         .map_err(|_| Error::BadInput("wasm_base64 is not base64".into()))?;
     let v = blocking(move || p.upload_module(&actor, &id, &wasm)).await?;
     Ok(Json(serde_json::to_value(v).expect("serializes")))
-}
-
-#[derive(Deserialize, utoipa::ToSchema)]
-struct NoteBody {
-    note: String,
 }
 
 #[utoipa::path(post, path = "/v1/scenarios/{id}/modules/{hash}/approve", params(("id" = String, Path, description = "the id"), ("hash" = String, Path, description = "the module's SHA-256 hash")), request_body = NoteBody, responses((status = 200, description = "the approved module (reviewer)", body = tidegate_runtime::ModuleView), Errors))]
@@ -791,12 +664,6 @@ async fn module_bytes(
         bytes,
     )
         .into_response())
-}
-
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-struct ReasonBody {
-    reason: String,
 }
 
 /// Revokes a module's approval: its jobs stop, exports computed with it are flagged.
@@ -842,17 +709,6 @@ async fn get_job(
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
 
-#[derive(Deserialize, utoipa::ToSchema)]
-struct ExportBody {
-    job: String,
-    /// What to spend of a differentially private scenario's budget.
-    #[serde(default)]
-    epsilon: Option<f64>,
-    /// The returned export this request answers.
-    #[serde(default)]
-    amends: Option<String>,
-}
-
 #[utoipa::path(post, path = "/v1/exports", request_body = ExportBody, responses((status = 200, description = "the export request with its gate report", body = tidegate_runtime::ExportView), Errors))]
 async fn request_export(
     State(p): State<AppState>,
@@ -863,13 +719,6 @@ async fn request_export(
         blocking(move || p.request_export_amending(&actor, &b.job, b.epsilon, b.amends.as_deref()))
             .await?;
     Ok(Json(serde_json::to_value(v).expect("serializes")))
-}
-
-#[derive(Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-struct FormatQuery {
-    #[serde(default)]
-    format: Option<String>,
 }
 
 /// An export with its gate report: JSON, or with `?format=html` the readable page a reviewer
@@ -887,13 +736,6 @@ async fn get_export(
         Some("html") => axum::response::Html(crate::report::export_html(&v)).into_response(),
         _ => Json(v).into_response(),
     })
-}
-
-#[derive(Deserialize, utoipa::ToSchema)]
-struct ReviewBody {
-    decision: String,
-    #[serde(default)]
-    comment: String,
 }
 
 #[utoipa::path(post, path = "/v1/exports/{id}/review", params(("id" = String, Path, description = "the id")), request_body = ReviewBody, responses((status = 200, description = "the export after the decision (reviewer)", body = tidegate_runtime::ExportView), Errors))]
@@ -940,12 +782,6 @@ async fn verify_audit(
     }))
 }
 
-#[derive(Deserialize, utoipa::ToSchema)]
-struct PriceBody {
-    category: String,
-    fen_per_unit: i64,
-}
-
 #[utoipa::path(post, path = "/v1/prices", request_body = PriceBody, responses((status = 200, description = "the price set (admin)", body = UpdatedAnswer), Errors))]
 async fn set_price(
     State(p): State<AppState>,
@@ -954,21 +790,6 @@ async fn set_price(
 ) -> ApiResult<UpdatedAnswer> {
     blocking(move || p.set_price(&actor, &b.category, b.fen_per_unit)).await?;
     Ok(Json(UpdatedAnswer { updated: true }))
-}
-
-#[derive(Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-struct StatementQuery {
-    org: String,
-    period: String,
-    /// Count storage up to this RFC 3339 time instead of now, to reproduce a statement.
-    as_of: Option<String>,
-}
-
-#[derive(Deserialize, utoipa::ToSchema)]
-struct PruneBody {
-    /// YYYY-MM-DD; at least 180 days ago.
-    before: String,
 }
 
 #[utoipa::path(post, path = "/v1/audit/prune", request_body = PruneBody, responses((status = 200, description = "what was pruned (admin)", body = Value), Errors))]
@@ -993,15 +814,6 @@ async fn statement(
     ))
 }
 
-#[derive(Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-struct ReportQuery {
-    org: String,
-    year: i32,
-    #[serde(default)]
-    format: Option<String>,
-}
-
 #[utoipa::path(get, path = "/v1/reports/annual", params(ReportQuery), responses((status = 200, description = "an org's annual report (JSON, or a page with format=html)", content((Value = "application/json"), (String = "text/html"))), Errors))]
 async fn annual_report(
     State(p): State<AppState>,
@@ -1023,13 +835,6 @@ async fn export_policy(
     Extension(actor): Extension<Principal>,
 ) -> ApiResult<Value> {
     Ok(Json(blocking(move || p.export_policy(&actor)).await?))
-}
-
-#[derive(Deserialize, utoipa::ToSchema)]
-struct PolicyBody {
-    document: Value,
-    #[serde(default)]
-    dry_run: bool,
 }
 
 #[utoipa::path(post, path = "/v1/policy", request_body = PolicyBody, responses((status = 200, description = "what the document changes, applied unless dry_run (admin)", body = Value), Errors))]

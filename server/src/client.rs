@@ -1,11 +1,21 @@
-//! A blocking client of the HTTP API, used by the CLI, the demo and the tests.
+//! A blocking client of the HTTP API, used by the CLI, the demo and the tests. Request bodies
+//! are the API's own types (`crate::wire`, `tidegate_runtime`); answers come back as JSON to
+//! print as the server gave them, and are decoded into those types where the client reads them.
 
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use base64::Engine as _;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
+use tidegate_runtime::{JobRequest, JobView};
+
+use crate::wire::{
+    ApiErrorBody, BudgetRequest, BundleAnswer, ExitBody, ExportBody, FreezeBody, ModuleBody,
+    NoteBody, OrgBody, PolicyBody, PriceBody, PrincipalRequest, PruneBody, ReasonBody, RepinBody,
+    ReviewBody, StateBody, TrainingBody,
+};
 
 /// One principal's connection to a server.
 #[derive(Debug, Clone)]
@@ -28,15 +38,17 @@ impl Answer {
         if (200..300).contains(&self.status) {
             Ok(self.body)
         } else {
-            Err(anyhow!(
-                "{} ({})",
-                self.body["message"]
-                    .as_str()
-                    .unwrap_or("the server gave no message"),
-                self.status
-            ))
+            let message = ApiErrorBody::deserialize(&self.body)
+                .map(|e| e.message)
+                .unwrap_or_else(|_| "the server gave no message".into());
+            Err(anyhow!("{message} ({})", self.status))
         }
     }
+}
+
+/// An answer read as the API type it is documented as.
+pub(crate) fn decode<T: DeserializeOwned>(answer: &Value, what: &str) -> Result<T> {
+    T::deserialize(answer).with_context(|| format!("the server's answer is not {what}"))
 }
 
 impl Client {
@@ -109,6 +121,14 @@ impl Client {
         self.call(method, path, body)?.into_result()
     }
 
+    /// POSTs a request body of the API's types. It goes as a JSON value, keys sorted, as every
+    /// body of this client always has: the bytes on the wire do not depend on the type's field
+    /// order.
+    fn post<B: Serialize + ?Sized>(&self, path: &str, body: &B) -> Result<Value> {
+        let body = serde_json::to_value(body).context("a request body is JSON")?;
+        self.ok("POST", path, Some(&body))
+    }
+
     /// A page of a list (`/v1/exports`, `/v1/jobs`, `/v1/modules`, `/v1/scenarios`,
     /// `/v1/orgs`, `/v1/principals`): `{items, next}`.
     pub fn list(&self, path: &str, q: &tidegate_runtime::ListQuery) -> Result<Value> {
@@ -140,64 +160,67 @@ impl Client {
     }
 
     pub fn create_org(&self, name: &str, kind: &str) -> Result<Value> {
-        self.ok(
-            "POST",
+        self.post(
             "/v1/orgs",
-            Some(&json!({ "name": name, "kind": kind })),
+            &OrgBody {
+                name: name.into(),
+                kind: kind.into(),
+            },
         )
     }
 
     /// Freezes an org (every active scenario suspended, jobs cancelled) or lifts it (admin).
     pub fn freeze_org(&self, org: &str, freeze: bool) -> Result<Value> {
-        self.ok(
-            "POST",
-            &format!("/v1/orgs/{org}/freeze"),
-            Some(&json!({ "freeze": freeze })),
-        )
+        self.post(&format!("/v1/orgs/{org}/freeze"), &FreezeBody { freeze })
     }
 
     /// Ends an org's authorization (admin); returns the signed exit certificate.
     pub fn exit_org(&self, org: &str, reason: &str) -> Result<Value> {
-        self.ok(
-            "POST",
+        self.post(
             &format!("/v1/orgs/{org}/exit"),
-            Some(&json!({ "reason": reason })),
+            &ExitBody {
+                reason: reason.into(),
+            },
         )
     }
 
     /// Gives a principal a new token and closes the old one at once: an admin for anyone
     /// (revocation), anyone for themselves (rotation). The answer holds the new token.
     pub fn rotate_token(&self, principal: &str) -> Result<Value> {
-        self.ok(
-            "POST",
-            &format!("/v1/principals/{principal}/token"),
-            Some(&json!({})),
-        )
+        // No body: `call` sends `{}`.
+        self.ok("POST", &format!("/v1/principals/{principal}/token"), None)
     }
 
+    /// Creates a principal (admin); the answer holds its token, shown once. The roles go by
+    /// the names given, for the server to read (and to refuse an unknown one).
     pub fn create_principal(&self, name: &str, org: &str, roles: &[&str]) -> Result<Value> {
-        self.ok(
-            "POST",
-            "/v1/principals",
-            Some(&json!({ "name": name, "org": org, "roles": roles })),
-        )
+        self.post("/v1/principals", &PrincipalRequest { name, org, roles })
     }
 
     pub fn record_training(&self, principal: &str, course: &str) -> Result<Value> {
-        self.ok(
-            "POST",
+        self.post(
             &format!("/v1/principals/{principal}/training"),
-            Some(&json!({ "course": course })),
+            &TrainingBody {
+                course: course.into(),
+            },
         )
     }
 
-    pub fn import_dataset(&self, request: Value, data: &[u8]) -> Result<Value> {
+    /// Imports a dataset file (provider): see [`Client::upload_dataset`].
+    pub fn import_dataset(&self, request: impl Serialize, data: &[u8]) -> Result<Value> {
         self.upload_dataset(&request, &mut std::io::Cursor::new(data))
     }
 
     /// Streams a dataset file to the server as the request's body (no base64, no whole file
-    /// in memory on either side); the import's fields go in the query string.
-    pub fn upload_dataset(&self, request: &Value, data: &mut dyn std::io::Read) -> Result<Value> {
+    /// in memory on either side); the import's fields go in the query string. The request is
+    /// a `tidegate_runtime::ImportRequest`, or any JSON of its shape: the fields present are
+    /// sent as they are, for the server to read (a test sends malformed ones on purpose).
+    pub fn upload_dataset<R: Serialize + ?Sized>(
+        &self,
+        request: &R,
+        data: &mut dyn std::io::Read,
+    ) -> Result<Value> {
+        let request = serde_json::to_value(request).context("an import request is JSON")?;
         let url = format!("{}/v1/datasets/upload", self.url);
         let mut req = self
             .agent
@@ -224,6 +247,11 @@ impl Client {
         Answer { status, body }.into_result()
     }
 
+    /// The datasets the caller may see, with their versions and columns.
+    pub fn list_datasets(&self) -> Result<Value> {
+        self.ok("GET", "/v1/datasets", None)
+    }
+
     /// Approves an operating unit's social data (admin).
     pub fn approve_dataset(&self, id: &str) -> Result<Value> {
         self.ok("POST", &format!("/v1/datasets/{id}/approve"), None)
@@ -231,15 +259,21 @@ impl Client {
 
     /// Sets a dataset's differential privacy budget (its provider).
     pub fn set_dataset_budget(&self, id: &str, total: f64, per_org: f64) -> Result<Value> {
-        self.ok(
-            "POST",
+        self.post(
             &format!("/v1/datasets/{id}/budget"),
-            Some(&serde_json::json!({ "total": total, "per_org": per_org })),
+            &BudgetRequest { total, per_org },
         )
     }
 
-    pub fn apply_scenario(&self, request: &Value) -> Result<Value> {
-        self.ok("POST", "/v1/scenarios", Some(request))
+    /// Applies for a scenario (scientist): a `tidegate_runtime::ScenarioRequest`, or any JSON
+    /// of its shape.
+    pub fn apply_scenario<R: Serialize + ?Sized>(&self, request: &R) -> Result<Value> {
+        self.post("/v1/scenarios", request)
+    }
+
+    /// A scenario: its grants, term, rules, approvals and state.
+    pub fn get_scenario(&self, id: &str) -> Result<Value> {
+        self.ok("GET", &format!("/v1/scenarios/{id}"), None)
     }
 
     pub fn approve_scenario(&self, id: &str) -> Result<Value> {
@@ -253,10 +287,12 @@ impl Client {
 
     /// Applies a policy document as a new version (admin); with `dry_run`, only the difference.
     pub fn apply_policy(&self, document: &Value, dry_run: bool) -> Result<Value> {
-        self.ok(
-            "POST",
+        self.post(
             "/v1/policy",
-            Some(&json!({ "document": document, "dry_run": dry_run })),
+            &PolicyBody {
+                document: document.clone(),
+                dry_run,
+            },
         )
     }
 
@@ -291,58 +327,59 @@ impl Client {
 
     /// Sets the price of a category, in fen per unit (admin).
     pub fn set_price(&self, category: &str, fen_per_unit: i64) -> Result<Value> {
-        self.ok(
-            "POST",
+        self.post(
             "/v1/prices",
-            Some(&json!({ "category": category, "fen_per_unit": fen_per_unit })),
+            &PriceBody {
+                category: category.into(),
+                fen_per_unit,
+            },
         )
     }
 
     /// Prunes audit segments older than `before` (YYYY-MM-DD, at least 180 days ago; admin).
     pub fn prune_audit(&self, before: &str) -> Result<Value> {
-        self.ok(
-            "POST",
+        self.post(
             "/v1/audit/prune",
-            Some(&json!({ "before": before })),
+            &PruneBody {
+                before: before.into(),
+            },
         )
     }
 
     /// Moves a scenario's grant of a dataset to the dataset's newest version (its provider).
     pub fn repin_grant(&self, id: &str, dataset: &str) -> Result<Value> {
-        self.ok(
-            "POST",
+        self.post(
             &format!("/v1/scenarios/{id}/repin"),
-            Some(&json!({ "dataset": dataset })),
+            &RepinBody {
+                dataset: dataset.into(),
+            },
         )
     }
 
     /// Submits a draft (its org), or suspends, resumes or revokes a scenario (admin).
     pub fn change_scenario(&self, id: &str, action: &str) -> Result<Value> {
-        self.ok(
-            "POST",
+        self.post(
             &format!("/v1/scenarios/{id}/state"),
-            Some(&json!({ "action": action })),
+            &StateBody {
+                action: action.into(),
+            },
         )
     }
 
     pub fn upload_module(&self, scenario: &str, wasm: &[u8]) -> Result<Value> {
-        let body = json!({ "wasm_base64": base64::engine::general_purpose::STANDARD.encode(wasm) });
-        self.ok(
-            "POST",
-            &format!("/v1/scenarios/{scenario}/modules"),
-            Some(&body),
-        )
+        let body = ModuleBody {
+            wasm_base64: base64::engine::general_purpose::STANDARD.encode(wasm),
+        };
+        self.post(&format!("/v1/scenarios/{scenario}/modules"), &body)
     }
 
     pub fn approve_module(&self, scenario: &str, hash: &str, note: &str) -> Result<Value> {
-        self.ok(
-            "POST",
+        self.post(
             &format!("/v1/scenarios/{scenario}/modules/{hash}/approve"),
-            Some(&json!({ "note": note })),
+            &NoteBody { note: note.into() },
         )
     }
 
-    /// Submits a job and waits for its end (see [`Client::wait_job`]).
     /// A module as its reviewer reads it.
     pub fn get_module(&self, scenario: &str, hash: &str) -> Result<Value> {
         self.ok(
@@ -374,43 +411,48 @@ impl Client {
 
     /// Revokes a module's approval for a scenario (the authority's reviewers and admins).
     pub fn revoke_module(&self, scenario: &str, hash: &str, reason: &str) -> Result<Value> {
-        self.ok(
-            "POST",
+        self.post(
             &format!("/v1/scenarios/{scenario}/modules/{hash}/revoke"),
-            Some(&json!({ "reason": reason })),
+            &ReasonBody {
+                reason: reason.into(),
+            },
         )
     }
 
+    /// Submits a job and waits for its end (see [`Client::wait_job`]).
     pub fn submit_job(&self, scenario: &str, sql: &str, modules: &[String]) -> Result<Value> {
-        let queued = self.enqueue_job(scenario, sql, modules)?;
-        let id = queued["id"]
-            .as_str()
-            .ok_or_else(|| anyhow!("the server answered without a job id"))?
-            .to_string();
-        self.wait_job(&id, &mut |_| {})
+        let queued: JobView = decode(&self.enqueue_job(scenario, sql, modules)?, "a job")?;
+        self.wait_job(&queued.id, &mut |_| {})
     }
 
     /// Submits a job; the answer comes at once, with the job `queued`.
     pub fn enqueue_job(&self, scenario: &str, sql: &str, modules: &[String]) -> Result<Value> {
-        self.ok(
-            "POST",
-            "/v1/jobs",
-            Some(&json!({ "scenario": scenario, "sql": sql, "modules": modules })),
-        )
+        let request = JobRequest {
+            scenario: scenario.into(),
+            sql: sql.into(),
+            modules: modules.to_vec(),
+        };
+        self.post("/v1/jobs", &request)
     }
 
-    /// Follows a job until it is no longer queued or running; `seen` is told each state.
-    pub fn wait_job(&self, id: &str, seen: &mut dyn FnMut(&Value)) -> Result<Value> {
+    /// Follows a job until it is no longer queued or running; `seen` is shown it each time.
+    pub fn wait_job(&self, id: &str, seen: &mut dyn FnMut(&JobView)) -> Result<Value> {
         let mut pause = std::time::Duration::from_millis(20);
         loop {
-            let job = self.ok("GET", &format!("/v1/jobs/{id}"), None)?;
-            seen(&job);
-            if !matches!(job["state"].as_str(), Some("queued" | "running")) {
+            let job = self.get_job(id)?;
+            let view: JobView = decode(&job, "a job")?;
+            seen(&view);
+            if !matches!(view.state.as_str(), "queued" | "running") {
                 return Ok(job);
             }
             std::thread::sleep(pause);
             pause = (pause * 2).min(std::time::Duration::from_millis(500));
         }
+    }
+
+    /// A job: its state, result schema and resources (never its rows).
+    pub fn get_job(&self, id: &str) -> Result<Value> {
+        self.ok("GET", &format!("/v1/jobs/{id}"), None)
     }
 
     /// Cancels a queued or running job.
@@ -419,7 +461,7 @@ impl Client {
     }
 
     pub fn request_export(&self, job: &str) -> Result<Value> {
-        self.ok("POST", "/v1/exports", Some(&json!({ "job": job })))
+        self.request_export_with(job, None, None)
     }
 
     /// An export of a differentially private scenario, spending `epsilon` of its budget.
@@ -435,39 +477,39 @@ impl Client {
         epsilon: Option<f64>,
         amends: Option<&str>,
     ) -> Result<Value> {
-        let mut body = json!({ "job": job });
-        if let Some(e) = epsilon {
-            body["epsilon"] = json!(e);
-        }
-        if let Some(a) = amends {
-            body["amends"] = json!(a);
-        }
-        self.ok("POST", "/v1/exports", Some(&body))
+        let body = ExportBody {
+            job: job.into(),
+            epsilon,
+            amends: amends.map(str::to_string),
+        };
+        self.post("/v1/exports", &body)
+    }
+
+    /// An export request: its state, gate report and review history.
+    pub fn get_export(&self, id: &str) -> Result<Value> {
+        self.ok("GET", &format!("/v1/exports/{id}"), None)
     }
 
     pub fn review_export(&self, id: &str, decision: &str, comment: &str) -> Result<Value> {
-        self.ok(
-            "POST",
+        self.post(
             &format!("/v1/exports/{id}/review"),
-            Some(&json!({ "decision": decision, "comment": comment })),
+            &ReviewBody {
+                decision: decision.into(),
+                comment: comment.into(),
+            },
         )
     }
 
     /// Downloads an export's bundle into `dir`.
     pub fn download_bundle(&self, id: &str, dir: &Path) -> Result<()> {
         let v = self.ok("GET", &format!("/v1/exports/{id}/bundle"), None)?;
-        let files = v["files"]
-            .as_array()
-            .ok_or_else(|| anyhow!("the server sent no files"))?;
+        let bundle: BundleAnswer = decode(&v, "a bundle")?;
         let mut out = Vec::new();
-        for f in files {
-            let name = f["name"]
-                .as_str()
-                .ok_or_else(|| anyhow!("a file without a name"))?;
+        for f in bundle.files {
             let bytes = base64::engine::general_purpose::STANDARD
-                .decode(f["base64"].as_str().unwrap_or_default())
+                .decode(f.base64)
                 .context("a bundle file is not base64")?;
-            out.push((name.to_string(), bytes));
+            out.push((f.name, bytes));
         }
         tidegate_runtime::write_bundle(dir, &out)?;
         Ok(())

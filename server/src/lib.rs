@@ -11,6 +11,7 @@ mod console;
 mod demo;
 mod metrics;
 mod report;
+mod wire;
 
 pub use api::{router, router_with, serve, spawn_server};
 pub use cli::{main_with_args, scan_report};

@@ -1,0 +1,320 @@
+//! `tidegate dataset`: a local file's proposed tags (`scan`), its import as a new encrypted
+//! version (provider), the datasets one may see, their approval and privacy budget.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Subcommand;
+use serde_json::{Value, json};
+use tidegate_runtime::{ColumnInput, DatasetView, ImportRequest};
+
+use super::{Remote, print};
+use crate::client::decode;
+
+#[derive(Subcommand)]
+pub(super) enum DatasetCommand {
+    /// Import a CSV or Parquet file as a new encrypted version.
+    Import {
+        file: PathBuf,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        level: String,
+        /// csv or parquet (from the file name when absent)
+        #[arg(long)]
+        format: Option<String>,
+        /// NAME:TYPE:TAGS, e.g. resident_id:utf8:pii:resident_id,entity (TYPE may be empty)
+        #[arg(long = "column")]
+        columns: Vec<String>,
+        /// An org whose approval every scenario using this dataset needs (repeatable), e.g.
+        /// the province for data it returned.
+        #[arg(long = "approver")]
+        approvers: Vec<String>,
+    },
+    /// List the datasets you may see, with their versions and columns.
+    List,
+    /// Approve an operating unit's social data (admin).
+    Approve { id: String },
+    /// Set a dataset's differential privacy budget (its provider): the epsilon all private
+    /// scenarios together may draw from it, and the most one org may.
+    Budget {
+        id: String,
+        #[arg(long)]
+        total: f64,
+        #[arg(long)]
+        per_org: f64,
+    },
+    /// Before any import: the proposed tag and confidence of every column of a local file.
+    Scan {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub(super) fn run(command: DatasetCommand, remote: &Remote) -> Result<()> {
+    match command {
+        DatasetCommand::Import {
+            file,
+            name,
+            level,
+            format,
+            columns,
+            approvers,
+        } => {
+            // Checked here, before a file of any size is read and sent.
+            let level: tidegate_policy::Level = level
+                .to_ascii_uppercase()
+                .parse()
+                .map_err(|e: String| anyhow!("--level {level}: {e}"))?;
+            let data = std::fs::File::open(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let size = data.metadata().map(|m| m.len()).unwrap_or(0);
+            let format = format.unwrap_or_else(|| guess_format(&file));
+            let columns: Vec<ColumnInput> = columns
+                .iter()
+                .map(|c| parse_column(c))
+                .collect::<Result<_>>()?;
+            eprintln!("importing {} ({size} bytes, streamed)...", file.display());
+            let request = ImportRequest {
+                name,
+                level,
+                format,
+                columns,
+                approvers,
+                // The file goes as the body of the upload, not inside the request.
+                data_base64: String::new(),
+            };
+            // Bytes and rate while the file goes; the server reads it once it has all
+            // arrived, and the answer says how many rows it held.
+            let bar = indicatif::ProgressBar::with_draw_target(
+                Some(size),
+                indicatif::ProgressDrawTarget::stderr(),
+            )
+            .with_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} {msg}",
+                )
+                .expect("the template is valid"),
+            );
+            let mut sent = bar.wrap_read(data);
+            let client = remote.client()?;
+            let answer = client.upload_dataset(&request, &mut sent);
+            bar.finish_and_clear();
+            let answer = answer?;
+            if let Some(rows) = decode::<DatasetView>(&answer, "a dataset")?.rows {
+                eprintln!(
+                    "imported {rows} rows ({size} bytes in {:.1} s)",
+                    bar.elapsed().as_secs_f64()
+                );
+            }
+            print(&answer);
+        }
+        DatasetCommand::List => print(&remote.client()?.list_datasets()?),
+        DatasetCommand::Approve { id } => print(&remote.client()?.approve_dataset(&id)?),
+        DatasetCommand::Budget { id, total, per_org } => {
+            print(&remote.client()?.set_dataset_budget(&id, total, per_org)?)
+        }
+        DatasetCommand::Scan { file, json } => scan(&file, json)?,
+    }
+    Ok(())
+}
+
+fn scan(file: &Path, as_json: bool) -> Result<()> {
+    let report = scan_report(file)?;
+    if as_json {
+        print(&Value::Array(report));
+    } else {
+        println!(
+            "{:<24} {:<10} {:<28} {:>10}  why",
+            "column", "type", "proposed tags", "confidence"
+        );
+        for r in &report {
+            let tags: Vec<&str> = r["proposed_tags"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            println!(
+                "{:<24} {:<10} {:<28} {:>10}  {}",
+                r["column"].as_str().unwrap_or(""),
+                r["type"].as_str().unwrap_or(""),
+                if tags.is_empty() {
+                    "-".to_string()
+                } else {
+                    tags.join(",")
+                },
+                r["confidence"],
+                r["why"].as_str().unwrap_or("")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Proposes tags for every column of a local file from a sample of up to 1,000 values: one
+/// JSON object per column with `column`, `type`, `proposed_tags`, `confidence`, `sampled`, `why`.
+pub fn scan_report(file: &Path) -> Result<Vec<Value>> {
+    use std::collections::HashSet;
+    let table = tidegate_runtime::local_table("scan", file)?;
+    let tidegate_runtime::TableData::Memory(batches) = &table.data else {
+        bail!("{} was not read into memory", file.display());
+    };
+    let mut report = Vec::new();
+    for (i, column) in table.columns.iter().enumerate() {
+        let mut values = Vec::new();
+        let mut distinct = HashSet::new();
+        let mut rows = 0usize;
+        for b in batches {
+            let a = b.column(i);
+            rows += a.len();
+            for r in 0..a.len() {
+                if a.is_null(r) {
+                    continue;
+                }
+                let v = arrow::util::display::array_value_to_string(a, r)?;
+                if distinct.len() <= 1_000 {
+                    distinct.insert(v.clone());
+                }
+                if values.len() < 1_000 {
+                    values.push(v);
+                }
+            }
+        }
+        let p = tidegate_policy::propose_tag_for(&column.name, values.iter().map(String::as_str));
+        let (tags, confidence, why) = match (&p.tag, &column.data_type) {
+            (Some(t), _) if t == "pii:resident_id" => (
+                vec![t.clone(), "entity".into()],
+                p.confidence,
+                "resident ID numbers; the natural subject key",
+            ),
+            (Some(t), _) if p.by_name => (
+                vec![t.clone()],
+                p.confidence,
+                "the column's name (its values show no context)",
+            ),
+            (Some(t), _) => (
+                vec![t.clone()],
+                p.confidence,
+                "values of a sensitive data type",
+            ),
+            (None, t) if t.is_temporal() => (
+                vec!["quasi".into()],
+                0.5,
+                "dates and times (birth, visit) are quasi-identifiers",
+            ),
+            (None, tidegate_policy::DataType::Utf8)
+                if distinct.len() <= 100 && rows >= 10 * distinct.len() =>
+            {
+                (
+                    vec!["dimension".into()],
+                    0.5,
+                    "few distinct values: a group-by key",
+                )
+            }
+            (None, _) => (vec![], 0.0, "nothing found"),
+        };
+        report.push(json!({
+            "column": column.name,
+            "type": column.data_type,
+            "proposed_tags": tags,
+            "confidence": (confidence * 100.0).round() / 100.0,
+            "sampled": p.sampled,
+            "why": why,
+        }));
+    }
+    Ok(report)
+}
+
+/// A `--column` spec, `NAME[:TYPE[:TAGS]]`, as the import declares it.
+fn parse_column(spec: &str) -> Result<ColumnInput> {
+    // NAME[:TYPE[:TAGS]]; a type with parentheses (`timestamptz(us, +08:00)`) may hold colons.
+    let (name, rest) = spec.split_once(':').unwrap_or((spec, ""));
+    if name.is_empty() {
+        return Err(anyhow!("`{spec}`: a column spec starts with its name"));
+    }
+    let (data_type, tags) = match (rest.find('('), rest.find(')')) {
+        (Some(open), Some(close)) if open < close && !rest[..open].contains(':') => {
+            let after = &rest[close + 1..];
+            let tags = match after.strip_prefix(':') {
+                Some(t) => Some(t),
+                None if after.is_empty() => None,
+                None => return Err(anyhow!("`{spec}`: NAME:TYPE:TAGS")),
+            };
+            (Some(&rest[..=close]), tags)
+        }
+        _ => {
+            let mut parts = rest.splitn(2, ':');
+            (parts.next(), parts.next())
+        }
+    };
+    let data_type = data_type.filter(|t| !t.is_empty());
+    let tags = match tags {
+        Some(t) => tidegate_policy::parse_tags(t).map_err(|e| anyhow!(e))?,
+        None => Vec::new(),
+    };
+    // The names users type (`string`, `integer`, `double`, `date`...) go as the canonical one.
+    let data_type = data_type
+        .map(|t| {
+            t.parse::<tidegate_policy::DataType>()
+                .map_err(|e| anyhow!(e))
+        })
+        .transpose()?;
+    Ok(ColumnInput {
+        name: name.to_string(),
+        data_type,
+        tags,
+    })
+}
+
+fn guess_format(file: &Path) -> String {
+    match file.extension().and_then(|e| e.to_str()) {
+        Some("parquet") | Some("pq") => "parquet".into(),
+        _ => "csv".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_column;
+    use serde_json::json;
+
+    #[test]
+    fn a_column_spec_is_name_type_tags_and_a_type_may_hold_commas_and_colons() {
+        let cases = [
+            (
+                "spot",
+                json!({ "name": "spot", "data_type": null, "tags": [] }),
+            ),
+            (
+                "spot::dimension",
+                json!({ "name": "spot", "data_type": null, "tags": ["dimension"] }),
+            ),
+            (
+                "spend:double:sensitive",
+                json!({ "name": "spend", "data_type": "float64", "tags": ["sensitive"] }),
+            ),
+            (
+                "price:decimal(12,2)",
+                json!({ "name": "price", "data_type": "decimal(12,2)", "tags": [] }),
+            ),
+            (
+                "paid_at:timestamptz(us, +08:00):quasi",
+                json!({ "name": "paid_at", "data_type": "timestamptz(us, +08:00)", "tags": ["quasi"] }),
+            ),
+        ];
+        for (spec, expected) in cases {
+            let column = serde_json::to_value(parse_column(spec).unwrap()).unwrap();
+            assert_eq!(column, expected, "{spec}");
+        }
+        for bad in [
+            ":utf8",
+            "at:timestamptz(us, +08:00)x",
+            "price:decimal(40,2)",
+            "x:money",
+        ] {
+            assert!(parse_column(bad).is_err(), "{bad}");
+        }
+    }
+}
