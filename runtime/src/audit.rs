@@ -17,6 +17,140 @@ use serde_json::Value;
 use crate::crypto::sha256_hex;
 use crate::error::{Error, Result};
 
+/// What an audit entry records: every action the platform logs, spelt once. The log stores
+/// its text; readers of older logs parse it back ([`AuditEntry::action`] stays text, so an
+/// entry of an action this build no longer writes is still read and verified).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    DatasetApprove,
+    PrincipalTokenRevoke,
+    ScenarioSubmit,
+    OrgFreeze,
+    OrgUnfreeze,
+    ScenarioResume,
+    ScenarioRevoke,
+    SessionEnd,
+    AuditPrune,
+    DatasetBudget,
+    DatasetImport,
+    ExportDownload,
+    ExportRequest,
+    ExportReview,
+    JobEnd,
+    JobStart,
+    KeysRotate,
+    ModuleApprove,
+    ModuleDownload,
+    ModuleRejected,
+    ModuleRevoke,
+    ModuleUpload,
+    OrgCreate,
+    OrgExit,
+    PlatformInit,
+    PolicyApply,
+    PriceSet,
+    PrincipalCreate,
+    PrincipalTokenRotate,
+    PrincipalTraining,
+    ScenarioApply,
+    ScenarioApprove,
+    ScenarioRepin,
+    ScenarioSuspend,
+    SessionStart,
+}
+
+impl Action {
+    /// Every action.
+    pub const ALL: &'static [Action] = &[
+        Action::DatasetApprove,
+        Action::PrincipalTokenRevoke,
+        Action::ScenarioSubmit,
+        Action::OrgFreeze,
+        Action::OrgUnfreeze,
+        Action::ScenarioResume,
+        Action::ScenarioRevoke,
+        Action::SessionEnd,
+        Action::AuditPrune,
+        Action::DatasetBudget,
+        Action::DatasetImport,
+        Action::ExportDownload,
+        Action::ExportRequest,
+        Action::ExportReview,
+        Action::JobEnd,
+        Action::JobStart,
+        Action::KeysRotate,
+        Action::ModuleApprove,
+        Action::ModuleDownload,
+        Action::ModuleRejected,
+        Action::ModuleRevoke,
+        Action::ModuleUpload,
+        Action::OrgCreate,
+        Action::OrgExit,
+        Action::PlatformInit,
+        Action::PolicyApply,
+        Action::PriceSet,
+        Action::PrincipalCreate,
+        Action::PrincipalTokenRotate,
+        Action::PrincipalTraining,
+        Action::ScenarioApply,
+        Action::ScenarioApprove,
+        Action::ScenarioRepin,
+        Action::ScenarioSuspend,
+        Action::SessionStart,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::DatasetApprove => "dataset.approve",
+            Action::PrincipalTokenRevoke => "principal.token.revoke",
+            Action::ScenarioSubmit => "scenario.submit",
+            Action::OrgFreeze => "org.freeze",
+            Action::OrgUnfreeze => "org.unfreeze",
+            Action::ScenarioResume => "scenario.resume",
+            Action::ScenarioRevoke => "scenario.revoke",
+            Action::SessionEnd => "session.end",
+            Action::AuditPrune => "audit.prune",
+            Action::DatasetBudget => "dataset.budget",
+            Action::DatasetImport => "dataset.import",
+            Action::ExportDownload => "export.download",
+            Action::ExportRequest => "export.request",
+            Action::ExportReview => "export.review",
+            Action::JobEnd => "job.end",
+            Action::JobStart => "job.start",
+            Action::KeysRotate => "keys.rotate",
+            Action::ModuleApprove => "module.approve",
+            Action::ModuleDownload => "module.download",
+            Action::ModuleRejected => "module.rejected",
+            Action::ModuleRevoke => "module.revoke",
+            Action::ModuleUpload => "module.upload",
+            Action::OrgCreate => "org.create",
+            Action::OrgExit => "org.exit",
+            Action::PlatformInit => "platform.init",
+            Action::PolicyApply => "policy.apply",
+            Action::PriceSet => "price.set",
+            Action::PrincipalCreate => "principal.create",
+            Action::PrincipalTokenRotate => "principal.token.rotate",
+            Action::PrincipalTraining => "principal.training",
+            Action::ScenarioApply => "scenario.apply",
+            Action::ScenarioApprove => "scenario.approve",
+            Action::ScenarioRepin => "scenario.repin",
+            Action::ScenarioSuspend => "scenario.suspend",
+            Action::SessionStart => "session.start",
+        }
+    }
+}
+
+impl std::str::FromStr for Action {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        Action::ALL
+            .iter()
+            .copied()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| format!("unknown audit action `{s}`"))
+    }
+}
+
 /// A signed checkpoint is written after every this many entries, and on demand (shutdown).
 pub const CHECKPOINT_EVERY: u64 = 100;
 
@@ -393,7 +527,7 @@ impl AuditLog {
         (tail.seq, tail.broken)
     }
 
-    pub fn append(&self, actor: &str, action: &str, object: &str, detail: Value) -> Result<u64> {
+    pub fn append(&self, actor: &str, action: Action, object: &str, detail: Value) -> Result<u64> {
         self.append_at(crate::now_rfc3339(), actor, action, object, detail)
     }
 
@@ -403,7 +537,7 @@ impl AuditLog {
         &self,
         at: String,
         actor: &str,
-        action: &str,
+        action: Action,
         object: &str,
         detail: Value,
     ) -> Result<u64> {
@@ -418,7 +552,7 @@ impl AuditLog {
             seq: tail.seq + 1,
             at,
             actor: actor.to_string(),
-            action: action.to_string(),
+            action: action.as_str().to_string(),
             object: object.to_string(),
             detail,
             prev: tail.head.clone(),
@@ -738,8 +872,13 @@ mod tests {
         let path = dir.path().join("audit.log");
         let log = AuditLog::open(&path).unwrap();
         for i in 0..n {
-            log.append("p_1", "test.step", &format!("o_{i}"), json!({ "i": i }))
-                .unwrap();
+            log.append(
+                "p_1",
+                Action::PolicyApply,
+                &format!("o_{i}"),
+                json!({ "i": i }),
+            )
+            .unwrap();
         }
         (dir, path)
     }
@@ -749,6 +888,16 @@ mod tests {
         let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
         lines[line - 1] = f(&lines[line - 1]);
         fs::write(path, lines.join("\n") + "\n").unwrap();
+    }
+
+    #[test]
+    fn every_action_is_spelt_once_and_read_back_as_itself() {
+        let mut seen = std::collections::HashSet::new();
+        for a in Action::ALL {
+            assert!(seen.insert(a.as_str()), "{} twice", a.as_str());
+            assert_eq!(a.as_str().parse::<Action>(), Ok(*a));
+        }
+        assert!("export.approve".parse::<Action>().is_err());
     }
 
     #[test]
@@ -791,7 +940,11 @@ mod tests {
         f.write_all(b"{\"seq\":4,\"at\"").unwrap();
         drop(f);
         let log = AuditLog::open(&path).unwrap();
-        assert_eq!(log.append("p", "a", "o", json!({})).unwrap(), 4);
+        assert_eq!(
+            log.append("p", Action::PolicyApply, "o", json!({}))
+                .unwrap(),
+            4
+        );
         assert_eq!(verify_file(&path, None).unwrap().first_bad, None);
     }
 
@@ -816,7 +969,7 @@ mod tests {
     fn signed_checkpoints_catch_truncation_and_forged_signatures() {
         let (_dir, path, log, public) = signed_log();
         for i in 0..250 {
-            log.append("p", "test.step", &format!("o_{i}"), json!({}))
+            log.append("p", Action::PolicyApply, &format!("o_{i}"), json!({}))
                 .unwrap();
         }
         log.checkpoint().unwrap();
@@ -846,8 +999,13 @@ mod tests {
     fn an_exported_slice_verifies_offline_and_a_changed_one_does_not() {
         let (_dir, path, log, public) = signed_log();
         for i in 0..150 {
-            log.append("p", "test.step", &format!("o_{i}"), json!({ "i": i }))
-                .unwrap();
+            log.append(
+                "p",
+                Action::PolicyApply,
+                &format!("o_{i}"),
+                json!({ "i": i }),
+            )
+            .unwrap();
         }
         let slice = export_slice(&path, "90", "120").unwrap();
         assert_eq!(slice.entries.len(), 31);
@@ -880,8 +1038,13 @@ mod tests {
         let (_dir, path, log, public) = signed_log();
         let log = log.with_segment_entries(10);
         for i in 0..35 {
-            log.append("p", "test.step", &format!("o_{i}"), json!({ "i": i }))
-                .unwrap();
+            log.append(
+                "p",
+                Action::PolicyApply,
+                &format!("o_{i}"),
+                json!({ "i": i }),
+            )
+            .unwrap();
         }
         let firsts: Vec<u64> = sealed_segments(&path)
             .unwrap()
@@ -893,7 +1056,12 @@ mod tests {
         assert_eq!((v.entries, v.first_bad), (35, None));
         drop(log);
         let reopened = AuditLog::open(&path).unwrap().with_segment_entries(10);
-        assert_eq!(reopened.append("p", "a", "o", json!({})).unwrap(), 36);
+        assert_eq!(
+            reopened
+                .append("p", Action::PolicyApply, "o", json!({}))
+                .unwrap(),
+            36
+        );
 
         let middle = segment_path(&path, 11);
         writable(&middle);
@@ -918,7 +1086,7 @@ mod tests {
             log.append_at(
                 "2025-01-02T00:00:00Z".into(),
                 "p",
-                "test.old",
+                Action::PolicyApply,
                 &format!("o_{i}"),
                 json!({}),
             )
@@ -932,7 +1100,7 @@ mod tests {
         let log = log.with_segment_entries(10);
         append_old(&log, 20);
         for i in 0..15 {
-            log.append("p", "test.new", &format!("o_{i}"), json!({}))
+            log.append("p", Action::PolicyApply, &format!("o_{i}"), json!({}))
                 .unwrap();
         }
         let today = time::OffsetDateTime::now_utc().date();

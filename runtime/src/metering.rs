@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::audit::AuditEntry;
+use crate::audit::{Action, AuditEntry};
 use crate::error::{Error, Result};
 
 /// The price table: item, the DOMAIN.md category it belongs to, its unit, and the default
@@ -239,16 +239,16 @@ pub fn ledger_from_audit(entries: &[AuditEntry]) -> Result<Ledger> {
     let mut released: BTreeSet<String> = BTreeSet::new();
     for e in entries {
         let d = &e.detail;
-        match e.action.as_str() {
-            "platform.init" => {
+        match e.action.parse::<Action>() {
+            Ok(Action::PlatformInit) => {
                 let admin = d["admin"].as_str().ok_or_else(|| missing(e, "admin"))?;
                 org_of_principal.insert(admin.to_string(), e.object.clone());
             }
-            "principal.create" => {
+            Ok(Action::PrincipalCreate) => {
                 let org = d["org"].as_str().ok_or_else(|| missing(e, "org"))?;
                 org_of_principal.insert(e.object.clone(), org.to_string());
             }
-            "dataset.import" => {
+            Ok(Action::DatasetImport) => {
                 let org = org_of_principal
                     .get(&e.actor)
                     .ok_or_else(|| missing(e, "a known importer"))?
@@ -264,7 +264,7 @@ pub fn ledger_from_audit(entries: &[AuditEntry]) -> Result<Ledger> {
                     });
                 }
             }
-            "scenario.apply" => {
+            Ok(Action::ScenarioApply) => {
                 let org = org_of_principal
                     .get(&e.actor)
                     .ok_or_else(|| missing(e, "a known applicant"))?
@@ -288,13 +288,13 @@ pub fn ledger_from_audit(entries: &[AuditEntry]) -> Result<Ledger> {
                     },
                 );
             }
-            "job.start" => {
+            Ok(Action::JobStart) => {
                 let scenario = d["scenario"]
                     .as_str()
                     .ok_or_else(|| missing(e, "scenario"))?;
                 job_scenario.insert(e.object.clone(), scenario.to_string());
             }
-            "job.end" => {
+            Ok(Action::JobEnd) => {
                 let scenario = job_scenario
                     .get(&e.object)
                     .ok_or_else(|| missing(e, "a started job"))?
@@ -321,7 +321,7 @@ pub fn ledger_from_audit(entries: &[AuditEntry]) -> Result<Ledger> {
                     });
                 }
             }
-            "module.approve" => {
+            Ok(Action::ModuleApprove) => {
                 let scenario = d["scenario"]
                     .as_str()
                     .ok_or_else(|| missing(e, "scenario"))?;
@@ -330,7 +330,7 @@ pub fn ledger_from_audit(entries: &[AuditEntry]) -> Result<Ledger> {
                     at: e.at.clone(),
                 });
             }
-            "export.request" => {
+            Ok(Action::ExportRequest) => {
                 let job = d["job"].as_str().ok_or_else(|| missing(e, "job"))?;
                 let scenario = job_scenario
                     .get(job)
@@ -353,7 +353,7 @@ pub fn ledger_from_audit(entries: &[AuditEntry]) -> Result<Ledger> {
                 }
             }
             // The first download of an export is its release.
-            "export.download" if released.insert(e.object.clone()) => {
+            Ok(Action::ExportDownload) if released.insert(e.object.clone()) => {
                 let scenario = export_scenario
                     .get(&e.object)
                     .ok_or_else(|| missing(e, "a known export"))?;
@@ -362,7 +362,7 @@ pub fn ledger_from_audit(entries: &[AuditEntry]) -> Result<Ledger> {
                     at: e.at.clone(),
                 });
             }
-            "org.exit" => {
+            Ok(Action::OrgExit) => {
                 // Everything the org kept is destroyed now; its logs stay.
                 for event in &mut ledger.events {
                     if let Event::Stored { org, until, .. } = event
@@ -373,13 +373,13 @@ pub fn ledger_from_audit(entries: &[AuditEntry]) -> Result<Ledger> {
                     }
                 }
             }
-            "price.set" => {
+            Ok(Action::PriceSet) => {
                 let fen = d["fen_per_unit"]
                     .as_i64()
                     .ok_or_else(|| missing(e, "fen_per_unit"))?;
                 ledger.prices.insert(e.object.clone(), fen);
             }
-            "policy.apply" => {
+            Ok(Action::PolicyApply) => {
                 for change in d["changes"].as_array().into_iter().flatten() {
                     if let (Some(item), Some(fen)) =
                         (change["price"].as_str(), change["to"].as_i64())

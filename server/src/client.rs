@@ -442,7 +442,10 @@ impl Client {
             let job = self.get_job(id)?;
             let view: JobView = decode(&job, "a job")?;
             seen(&view);
-            if !matches!(view.state.as_str(), "queued" | "running") {
+            if !matches!(
+                view.state,
+                tidegate_policy::JobState::Queued | tidegate_policy::JobState::Running
+            ) {
                 return Ok(job);
             }
             std::thread::sleep(pause);

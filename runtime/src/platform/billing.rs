@@ -21,7 +21,7 @@ impl Platform {
         )?;
         self.audit.append(
             &actor.id,
-            "price.set",
+            crate::audit::Action::PriceSet,
             category,
             json!({ "fen_per_unit": fen_per_unit, "unit": unit }),
         )?;

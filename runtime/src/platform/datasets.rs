@@ -140,7 +140,7 @@ impl Platform {
         self.audit.append_at(
             now,
             &actor.id,
-            "dataset.import",
+            crate::audit::Action::DatasetImport,
             &id,
             json!({ "version": version, "level": req.level, "rows": rows, "content_hash": content_hash,
                     "approvers": approvers, "bytes": stored_bytes, "social": social }),
@@ -331,8 +331,12 @@ impl Platform {
             "UPDATE datasets SET origin = 'social' WHERE id = ?1",
             params![d.id],
         )?;
-        self.audit
-            .append(&actor.id, "dataset.approve", &d.id, json!({ "org": d.org }))?;
+        self.audit.append(
+            &actor.id,
+            crate::audit::Action::DatasetApprove,
+            &d.id,
+            json!({ "org": d.org }),
+        )?;
         tx.commit()?;
         Ok(())
     }
@@ -369,7 +373,7 @@ impl Platform {
             )?;
             self.audit.append(
                 &actor.id,
-                "dataset.budget",
+                crate::audit::Action::DatasetBudget,
                 &d.id,
                 json!({ "total": budget.total, "per_org": budget.per_org }),
             )?;

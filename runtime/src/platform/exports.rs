@@ -399,7 +399,7 @@ impl Platform {
         self.audit.append_at(
             now.clone(),
             &actor.id,
-            "export.request",
+            crate::audit::Action::ExportRequest,
             &id,
             json!({
                 "job": job_id,
@@ -713,7 +713,7 @@ impl Platform {
             )?;
             self.audit.append(
                 &actor.id,
-                "export.review",
+                crate::audit::Action::ExportReview,
                 id,
                 json!({ "decision": decision, "state": new_state, "result_sha256": hash }),
             )?;
@@ -806,7 +806,7 @@ impl Platform {
         self.audit.append_at(
             now,
             &actor.id,
-            "export.download",
+            crate::audit::Action::ExportDownload,
             id,
             json!({ "result_sha256": hash }),
         )?;

@@ -27,7 +27,7 @@ impl Platform {
                 // R-MONITOR: a module failing validation is an event worth an alert.
                 self.audit.append(
                     &actor.id,
-                    "module.rejected",
+                    crate::audit::Action::ModuleRejected,
                     scenario,
                     json!({ "hash": sha256_hex(wasm), "reason": e.to_string() }),
                 )?;
@@ -54,7 +54,7 @@ impl Platform {
         )?;
         self.audit.append(
             &actor.id,
-            "module.upload",
+            crate::audit::Action::ModuleUpload,
             &validated.hash,
             json!({ "scenario": scenario, "functions": validated.functions.iter().map(|f| &f.name).collect::<Vec<_>>() }),
         )?;
@@ -117,7 +117,7 @@ impl Platform {
         self.audit.append_at(
             now,
             &actor.id,
-            "module.approve",
+            crate::audit::Action::ModuleApprove,
             hash,
             json!({ "scenario": scenario, "note": note }),
         )?;
@@ -252,7 +252,7 @@ impl Platform {
         )?;
         self.audit.append(
             &actor.id,
-            "job.start",
+            crate::audit::Action::JobStart,
             &id,
             json!({ "scenario": scenario.id, "modules": req.modules, "sql_sha256": sha256_hex(req.sql.as_bytes()) }),
         )?;
@@ -291,7 +291,7 @@ impl Platform {
             self.audit.append_at(
                 finished,
                 by,
-                "job.end",
+                crate::audit::Action::JobEnd,
                 id,
                 json!({ "state": "failed", "error": why, "resources": ResourceUse::default() }),
             )?;
@@ -523,7 +523,7 @@ impl Platform {
                 self.audit.append_at(
                     finished.clone(),
                     &actor.id,
-                    "job.end",
+                    crate::audit::Action::JobEnd,
                     &id,
                     json!({ "state": "succeeded", "rows": rows, "resources": shown_resources, "exact_resources": resources, "result_sha256": result_hash }),
                 )?;
@@ -549,7 +549,7 @@ impl Platform {
                 self.audit.append_at(
                     finished.clone(),
                     &actor.id,
-                    "job.end",
+                    crate::audit::Action::JobEnd,
                     &id,
                     json!({
                         "state": "failed",

@@ -413,7 +413,7 @@ impl Platform {
             )?;
             platform.audit.append(
                 &admin,
-                "platform.init",
+                crate::audit::Action::PlatformInit,
                 &org,
                 json!({ "admin": admin, "public_key": platform.signer.public_key_hex() }),
             )?;
@@ -670,7 +670,7 @@ impl Platform {
         )?;
         platform.audit.append(
             "platform",
-            "keys.rotate",
+            crate::audit::Action::KeysRotate,
             "master_key",
             json!({ "rewrapped": keys.len(), "from": platform.master.fingerprint(), "to": new.fingerprint() }),
         )?;

@@ -158,7 +158,7 @@ impl Platform {
         let row = Self::readable_module(&db, actor, scenario, hash)?;
         self.audit.append(
             &actor.id,
-            "module.download",
+            crate::audit::Action::ModuleDownload,
             hash,
             json!({ "scenario": scenario, "bytes": row.wasm.len() }),
         )?;
@@ -209,7 +209,7 @@ impl Platform {
             }
             self.audit.append(
                 &actor.id,
-                "module.revoke",
+                crate::audit::Action::ModuleRevoke,
                 hash,
                 json!({ "scenario": scenario, "reason": reason, "exports_flagged": flagged }),
             )?;

@@ -109,9 +109,9 @@ impl Platform {
         self.audit.append(
             &actor.id,
             if actor.id == principal {
-                "principal.token.rotate"
+                crate::audit::Action::PrincipalTokenRotate
             } else {
-                "principal.token.revoke"
+                crate::audit::Action::PrincipalTokenRevoke
             },
             principal,
             json!({}),
@@ -145,7 +145,7 @@ impl Platform {
         })?;
         self.audit.append(
             &actor.id,
-            "org.create",
+            crate::audit::Action::OrgCreate,
             &id,
             json!({ "name": name, "kind": kind }),
         )?;
@@ -215,7 +215,7 @@ impl Platform {
         )?;
         self.audit.append(
             &actor.id,
-            "principal.create",
+            crate::audit::Action::PrincipalCreate,
             &id,
             json!({ "org": org_id, "roles": roles_text }),
         )?;
@@ -247,7 +247,7 @@ impl Platform {
         }
         self.audit.append(
             &actor.id,
-            "principal.training",
+            crate::audit::Action::PrincipalTraining,
             principal,
             json!({ "course": course }),
         )?;

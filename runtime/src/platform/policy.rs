@@ -242,7 +242,7 @@ impl Platform {
         )?;
         self.audit.append(
             &actor.id,
-            "policy.apply",
+            crate::audit::Action::PolicyApply,
             &format!("v{to}"),
             json!({ "changes": changes }),
         )?;
@@ -273,7 +273,7 @@ impl Platform {
         let pruned = self.audit.prune(before, today())?;
         self.audit.append(
             &actor.id,
-            "audit.prune",
+            crate::audit::Action::AuditPrune,
             "audit",
             json!({ "before": before.to_string(), "entries": pruned }),
         )?;

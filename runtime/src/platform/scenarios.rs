@@ -80,7 +80,7 @@ impl Platform {
         )?;
         self.audit.append(
             &actor.id,
-            "scenario.apply",
+            crate::audit::Action::ScenarioApply,
             &id,
             json!({ "name": req.name, "public_interest": req.public_interest,
                     "grants": grants, "term": [req.term_start, req.term_end], "k": k,
@@ -271,8 +271,12 @@ impl Platform {
                 "UPDATE scenarios SET state = 'pending_approvals' WHERE id = ?1 AND state = 'draft'",
                 params![id],
             )?;
-            self.audit
-                .append(&actor.id, "scenario.submit", id, json!({}))?;
+            self.audit.append(
+                &actor.id,
+                crate::audit::Action::ScenarioSubmit,
+                id,
+                json!({}),
+            )?;
             tx.commit()?;
         }
         self.get_scenario(actor, id)
@@ -325,7 +329,7 @@ impl Platform {
             )?;
             self.audit.append(
                 &actor.id,
-                "scenario.repin",
+                crate::audit::Action::ScenarioRepin,
                 id,
                 json!({ "dataset": d.id, "from": from, "to": newest }),
             )?;
@@ -409,7 +413,7 @@ impl Platform {
             }
             self.audit.append(
                 &actor.id,
-                "scenario.approve",
+                crate::audit::Action::ScenarioApprove,
                 id,
                 json!({ "as": if as_admin { "admin" } else { "provider" }, "activated": activates, "budget_draws": draws }),
             )?;
@@ -556,7 +560,7 @@ impl Platform {
         self.audit.append_at(
             now.clone(),
             &actor.id,
-            "org.exit",
+            crate::audit::Action::OrgExit,
             &org,
             json!({ "destroyed": destroyed.len(), "certificate_sha256": sha256_hex(&body) }),
         )?;
@@ -598,9 +602,9 @@ impl Platform {
     /// freeze suspended are resumed; one suspended on its own stays so). Returns them.
     pub fn freeze_org(&self, actor: &Principal, org: &str, freeze: bool) -> Result<Vec<String>> {
         let (from, to, action) = if freeze {
-            ("active", "suspended", "org.freeze")
+            ("active", "suspended", crate::audit::Action::OrgFreeze)
         } else {
-            ("suspended", "active", "org.unfreeze")
+            ("suspended", "active", crate::audit::Action::OrgUnfreeze)
         };
         let mut db = self
             .db
@@ -706,7 +710,7 @@ impl Platform {
             self.audit.append_at(
                 at.to_string(),
                 GATE_ACTOR,
-                "scenario.suspend",
+                crate::audit::Action::ScenarioSuspend,
                 scenario,
                 json!({
                     "reason": "jobs that stopped while running or exports refused for what the data holds",
@@ -753,7 +757,11 @@ impl Platform {
             }
             self.audit.append(
                 &actor.id,
-                &format!("scenario.{action}"),
+                match next {
+                    ScenarioState::Active => crate::audit::Action::ScenarioResume,
+                    ScenarioState::Suspended => crate::audit::Action::ScenarioSuspend,
+                    _ => crate::audit::Action::ScenarioRevoke,
+                },
                 id,
                 json!({ "from": s.view.state, "to": next }),
             )?;

@@ -49,7 +49,7 @@ impl Platform {
         )?;
         self.audit.append(
             &principal.id,
-            "session.start",
+            crate::audit::Action::SessionStart,
             &principal.id,
             json!({ "expires_at": expires_at }),
         )?;
@@ -111,8 +111,12 @@ impl Platform {
             )
             .optional()?;
         if let Some(principal) = principal {
-            self.audit
-                .append(&principal, "session.end", &principal, json!({}))?;
+            self.audit.append(
+                &principal,
+                crate::audit::Action::SessionEnd,
+                &principal,
+                json!({}),
+            )?;
         }
         tx.commit()?;
         Ok(())

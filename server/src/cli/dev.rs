@@ -110,7 +110,7 @@ fn dev_run(
             break;
         }
         let keep: Vec<usize> = (0..b.num_columns())
-            .filter(|i| !b.schema().field(*i).name().starts_with("__tg"))
+            .filter(|i| !tidegate_policy::hidden::is_reserved(b.schema().field(*i).name()))
             .collect();
         let b = b.project(&keep)?;
         let take = left.min(b.num_rows());

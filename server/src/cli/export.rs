@@ -41,7 +41,7 @@ pub(super) enum ExportCommand {
 /// The columns of a list of export requests (also a reviewer's queue).
 pub(super) const EXPORT_COLUMNS: &[Column<ExportSummary>] = &[
     ("export", |e| e.id.clone()),
-    ("state", |e| e.state.clone()),
+    ("state", |e| e.state.to_string()),
     ("scenario", |e| e.scenario.clone()),
     ("org", |e| e.org.clone()),
     ("requested by", |e| e.requested_by.clone()),

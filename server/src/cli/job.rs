@@ -36,7 +36,7 @@ pub(super) enum JobCommand {
 
 const JOB_COLUMNS: &[Column<JobSummary>] = &[
     ("job", |j| j.id.clone()),
-    ("state", |j| j.state.clone()),
+    ("state", |j| j.state.to_string()),
     ("scenario", |j| j.scenario.clone()),
     ("submitted by", |j| j.submitted_by.clone()),
     ("created at", |j| j.created_at.clone()),
