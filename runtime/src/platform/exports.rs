@@ -320,7 +320,6 @@ impl Platform {
         };
         let required =
             tidegate_policy::required_export_approvals(job.level, outcome.report.flagged()) as i64;
-        let now = crate::now_rfc3339();
         let stored_bytes = passed.then_some(parquet.len() as i64);
         // The noise of a kept release is paid for; a refused one showed nobody anything.
         let epsilon = outcome.epsilon_spent.filter(|_| passed);
@@ -347,6 +346,9 @@ impl Platform {
                 "a module of job {job_id} was revoked while its result was checked; ask again"
             )));
         }
+        // The time of the record is taken under the lock, so that it is after anything the
+        // metadata says happened before it (a resume's clearing of the failures counted).
+        let now = crate::now_rfc3339();
         let tx = db.transaction()?;
         tx.execute(
             "INSERT INTO exports (id, job_id, requested_by, org_id, state, gate_report, result_hash,
