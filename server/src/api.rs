@@ -457,21 +457,39 @@ async fn upload_dataset(
     };
     let level = request.level;
     let (staging, who) = (Arc::clone(&p), actor.clone());
-    let mut upload = match blocking(move || staging.stage_upload(&who, level)).await {
+    let upload = match blocking(move || staging.stage_upload(&who, level)).await {
         Ok(upload) => upload,
         Err(refused) => {
             drain(&mut chunks).await;
             return Err(refused);
         }
     };
+    // The chunks are sealed and written on the blocking pool, fed through a short queue: the
+    // async worker only moves bytes, and a slow disk holds the client back, not the server.
+    let (feed, mut fed) = tokio::sync::mpsc::channel::<axum::body::Bytes>(8);
+    let writer = tokio::task::spawn_blocking(move || -> Result<_, Error> {
+        let mut upload = upload;
+        while let Some(chunk) = fed.blocking_recv() {
+            upload.write(&chunk)?;
+        }
+        Ok(upload)
+    });
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk.map_err(|_| {
             ApiError(Error::BadInput(
                 "the upload was cut off before its end; nothing was imported".into(),
             ))
         })?;
-        upload.write(&chunk)?;
+        if feed.send(chunk).await.is_err() {
+            // The writer stopped on an error: it is the answer.
+            break;
+        }
     }
+    drop(feed);
+    let upload = writer
+        .await
+        .map_err(|e| ApiError(Error::Internal(format!("worker: {e}"))))?
+        .map_err(ApiError)?;
     let v = blocking(move || p.import_staged(&actor, request, upload)).await?;
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
