@@ -62,11 +62,6 @@ pub const COPY_INDEX: &str = "__tg_i";
 /// The function naming one row's element of a cell's set.
 pub const ROW_ELEMENT_FUNCTION: &str = "__tg_row_element";
 
-/// The `j`th name of a numbered family (`numbered(BOUNDED_PREFIX, 0)` is `__tg_dp_0`).
-pub fn numbered(prefix: &str, j: usize) -> String {
-    format!("{prefix}{j}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

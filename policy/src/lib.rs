@@ -27,8 +27,8 @@ pub use inference::{
     kept_by_dataset,
 };
 pub use model::{
-    ColumnSpec, ColumnTag, DataType, Decision, ExportRules, ExportState, JobState, Level, Masking,
-    OrgKind, Origin, Principal, Role, ScenarioState, TimeUnit, parse_tags,
+    AuditAction, ColumnSpec, ColumnTag, DataType, Decision, ExportRules, ExportState, JobState,
+    Level, Masking, OrgKind, Origin, Principal, Role, ScenarioState, TimeUnit, parse_tags,
 };
 pub use privacy::{
     BoundedAggregate, ColumnNoise, ContributionBounds, DatasetBudget, GroupSelection, NoisePlan,

@@ -425,19 +425,19 @@ impl FromStr for ScenarioState {
     }
 }
 
-/// Defines a state enum stored and shown as snake_case text, with `as_str`, `FromStr` and
-/// `Display`: the one spelling of each state, so a misspelt one cannot compile.
+/// Defines an enum stored and shown as text, with `ALL`, `as_str`, `FromStr` and `Display`: the
+/// one spelling of each value, so a misspelt one cannot compile. Serde's form, if any, is the
+/// caller's attribute.
 macro_rules! text_states {
     ($(#[$meta:meta])* $name:ident, $what:literal { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+ }) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-        #[serde(rename_all = "snake_case")]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         pub enum $name {
             $($(#[$vmeta])* $variant,)+
         }
 
         impl $name {
-            /// Every state, in lifecycle order.
+            /// Every value, in the order written.
             pub const ALL: &'static [$name] = &[$($name::$variant,)+];
 
             pub fn as_str(self) -> &'static str {
@@ -467,6 +467,8 @@ macro_rules! text_states {
 
 text_states! {
     /// Where an export is on its way out (R-EXPORT).
+    #[derive(Serialize, Deserialize, utoipa::ToSchema)]
+    #[serde(rename_all = "snake_case")]
     ExportState, "export state" {
         /// Asked for; the gate has not answered yet.
         Submitted = "submitted",
@@ -487,6 +489,8 @@ text_states! {
 
 text_states! {
     /// Where a job is.
+    #[derive(Serialize, Deserialize, utoipa::ToSchema)]
+    #[serde(rename_all = "snake_case")]
     JobState, "job state" {
         /// Accepted, waiting for a worker.
         Queued = "queued",
@@ -501,10 +505,54 @@ text_states! {
 
 text_states! {
     /// A reviewer's decision on an export.
+    #[derive(Serialize, Deserialize, utoipa::ToSchema)]
+    #[serde(rename_all = "snake_case")]
     Decision, "decision" {
         Approve = "approve",
         Return = "return",
         Reject = "reject",
+    }
+}
+
+text_states! {
+    /// What an audit entry records: every action the platform logs, spelt once. The log stores
+    /// its text (an entry of an action this build no longer writes is still read and verified).
+    AuditAction, "audit action" {
+        AuditPrune = "audit.prune",
+        DatasetApprove = "dataset.approve",
+        DatasetBudget = "dataset.budget",
+        DatasetImport = "dataset.import",
+        ExportDownload = "export.download",
+        ExportRequest = "export.request",
+        ExportReview = "export.review",
+        JobEnd = "job.end",
+        JobStart = "job.start",
+        KeysRotate = "keys.rotate",
+        ModuleApprove = "module.approve",
+        ModuleDownload = "module.download",
+        ModuleRejected = "module.rejected",
+        ModuleRevoke = "module.revoke",
+        ModuleUpload = "module.upload",
+        OrgCreate = "org.create",
+        OrgExit = "org.exit",
+        OrgFreeze = "org.freeze",
+        OrgUnfreeze = "org.unfreeze",
+        PlatformInit = "platform.init",
+        PolicyApply = "policy.apply",
+        PriceSet = "price.set",
+        PrincipalCreate = "principal.create",
+        PrincipalTokenRevoke = "principal.token.revoke",
+        PrincipalTokenRotate = "principal.token.rotate",
+        PrincipalTraining = "principal.training",
+        ScenarioApply = "scenario.apply",
+        ScenarioApprove = "scenario.approve",
+        ScenarioRepin = "scenario.repin",
+        ScenarioResume = "scenario.resume",
+        ScenarioRevoke = "scenario.revoke",
+        ScenarioSubmit = "scenario.submit",
+        ScenarioSuspend = "scenario.suspend",
+        SessionEnd = "session.end",
+        SessionStart = "session.start",
     }
 }
 
@@ -802,3 +850,18 @@ string_schema!(
     DataType => "a column type: utf8, int64, float64, bool, date, timestamp[(UNIT[, ZONE])], timestamptz, decimal(P,S)",
     Masking => "a masking rule: mask, redact, pseudonymize, round:N, band:N, month",
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_action_is_spelt_once_and_read_back_as_itself() {
+        let mut seen = std::collections::HashSet::new();
+        for a in AuditAction::ALL {
+            assert!(seen.insert(a.as_str()), "{} twice", a.as_str());
+            assert_eq!(a.as_str().parse::<AuditAction>(), Ok(*a));
+        }
+        assert!("export.approve".parse::<AuditAction>().is_err());
+    }
+}

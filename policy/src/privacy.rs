@@ -380,7 +380,7 @@ mod tests {
                 .enumerate()
                 .map(|(j, f)| BoundedAggregate {
                     function: f.to_string(),
-                    hidden: crate::hidden::numbered(crate::hidden::BOUNDED_PREFIX, j),
+                    hidden: format!("{}{j}", crate::hidden::BOUNDED_PREFIX),
                     output: Some(format!("{f}_{j}")),
                     derived: false,
                     also_shown_as: Vec::new(),

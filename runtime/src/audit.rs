@@ -14,142 +14,10 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub(crate) use tidegate_policy::AuditAction as Action;
+
 use crate::crypto::sha256_hex;
 use crate::error::{Error, Result};
-
-/// What an audit entry records: every action the platform logs, spelt once. The log stores
-/// its text; readers of older logs parse it back ([`AuditEntry::action`] stays text, so an
-/// entry of an action this build no longer writes is still read and verified).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Action {
-    DatasetApprove,
-    PrincipalTokenRevoke,
-    ScenarioSubmit,
-    OrgFreeze,
-    OrgUnfreeze,
-    ScenarioResume,
-    ScenarioRevoke,
-    SessionEnd,
-    AuditPrune,
-    DatasetBudget,
-    DatasetImport,
-    ExportDownload,
-    ExportRequest,
-    ExportReview,
-    JobEnd,
-    JobStart,
-    KeysRotate,
-    ModuleApprove,
-    ModuleDownload,
-    ModuleRejected,
-    ModuleRevoke,
-    ModuleUpload,
-    OrgCreate,
-    OrgExit,
-    PlatformInit,
-    PolicyApply,
-    PriceSet,
-    PrincipalCreate,
-    PrincipalTokenRotate,
-    PrincipalTraining,
-    ScenarioApply,
-    ScenarioApprove,
-    ScenarioRepin,
-    ScenarioSuspend,
-    SessionStart,
-}
-
-impl Action {
-    /// Every action.
-    pub const ALL: &'static [Action] = &[
-        Action::DatasetApprove,
-        Action::PrincipalTokenRevoke,
-        Action::ScenarioSubmit,
-        Action::OrgFreeze,
-        Action::OrgUnfreeze,
-        Action::ScenarioResume,
-        Action::ScenarioRevoke,
-        Action::SessionEnd,
-        Action::AuditPrune,
-        Action::DatasetBudget,
-        Action::DatasetImport,
-        Action::ExportDownload,
-        Action::ExportRequest,
-        Action::ExportReview,
-        Action::JobEnd,
-        Action::JobStart,
-        Action::KeysRotate,
-        Action::ModuleApprove,
-        Action::ModuleDownload,
-        Action::ModuleRejected,
-        Action::ModuleRevoke,
-        Action::ModuleUpload,
-        Action::OrgCreate,
-        Action::OrgExit,
-        Action::PlatformInit,
-        Action::PolicyApply,
-        Action::PriceSet,
-        Action::PrincipalCreate,
-        Action::PrincipalTokenRotate,
-        Action::PrincipalTraining,
-        Action::ScenarioApply,
-        Action::ScenarioApprove,
-        Action::ScenarioRepin,
-        Action::ScenarioSuspend,
-        Action::SessionStart,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::DatasetApprove => "dataset.approve",
-            Action::PrincipalTokenRevoke => "principal.token.revoke",
-            Action::ScenarioSubmit => "scenario.submit",
-            Action::OrgFreeze => "org.freeze",
-            Action::OrgUnfreeze => "org.unfreeze",
-            Action::ScenarioResume => "scenario.resume",
-            Action::ScenarioRevoke => "scenario.revoke",
-            Action::SessionEnd => "session.end",
-            Action::AuditPrune => "audit.prune",
-            Action::DatasetBudget => "dataset.budget",
-            Action::DatasetImport => "dataset.import",
-            Action::ExportDownload => "export.download",
-            Action::ExportRequest => "export.request",
-            Action::ExportReview => "export.review",
-            Action::JobEnd => "job.end",
-            Action::JobStart => "job.start",
-            Action::KeysRotate => "keys.rotate",
-            Action::ModuleApprove => "module.approve",
-            Action::ModuleDownload => "module.download",
-            Action::ModuleRejected => "module.rejected",
-            Action::ModuleRevoke => "module.revoke",
-            Action::ModuleUpload => "module.upload",
-            Action::OrgCreate => "org.create",
-            Action::OrgExit => "org.exit",
-            Action::PlatformInit => "platform.init",
-            Action::PolicyApply => "policy.apply",
-            Action::PriceSet => "price.set",
-            Action::PrincipalCreate => "principal.create",
-            Action::PrincipalTokenRotate => "principal.token.rotate",
-            Action::PrincipalTraining => "principal.training",
-            Action::ScenarioApply => "scenario.apply",
-            Action::ScenarioApprove => "scenario.approve",
-            Action::ScenarioRepin => "scenario.repin",
-            Action::ScenarioSuspend => "scenario.suspend",
-            Action::SessionStart => "session.start",
-        }
-    }
-}
-
-impl std::str::FromStr for Action {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
-        Action::ALL
-            .iter()
-            .copied()
-            .find(|a| a.as_str() == s)
-            .ok_or_else(|| format!("unknown audit action `{s}`"))
-    }
-}
 
 /// A signed checkpoint is written after every this many entries, and on demand (shutdown).
 pub const CHECKPOINT_EVERY: u64 = 100;
@@ -888,16 +756,6 @@ mod tests {
         let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
         lines[line - 1] = f(&lines[line - 1]);
         fs::write(path, lines.join("\n") + "\n").unwrap();
-    }
-
-    #[test]
-    fn every_action_is_spelt_once_and_read_back_as_itself() {
-        let mut seen = std::collections::HashSet::new();
-        for a in Action::ALL {
-            assert!(seen.insert(a.as_str()), "{} twice", a.as_str());
-            assert_eq!(a.as_str().parse::<Action>(), Ok(*a));
-        }
-        assert!("export.approve".parse::<Action>().is_err());
     }
 
     #[test]

@@ -1303,7 +1303,7 @@ mod tests {
             .collect();
         fields.insert(1, Field::new("n", DataType::Int64, false));
         fields.push(Field::new(
-            hidden::numbered(hidden::BOUNDED_PREFIX, 0),
+            format!("{}0", hidden::BOUNDED_PREFIX),
             DataType::Float64,
             false,
         ));
@@ -1356,7 +1356,7 @@ mod tests {
                 },
                 aggregates: vec![tidegate_policy::BoundedAggregate {
                     function: "count".into(),
-                    hidden: hidden::numbered(hidden::BOUNDED_PREFIX, 0),
+                    hidden: format!("{}0", hidden::BOUNDED_PREFIX),
                     output: Some("n".into()),
                     derived: false,
                     also_shown_as: Vec::new(),

@@ -22,9 +22,9 @@ mod text;
 mod threads;
 
 pub use audit::{
-    Action as AuditAction, Anchor as AuditAnchor, AuditEntry, AuditLog, AuditSlice, AuditVerdict,
-    CHECKPOINT_EVERY, Checkpoint, CheckpointSigner, RETENTION_DAYS, SEGMENT_ENTRIES,
-    checkpoints_path, export_slice as export_audit_slice, read_verified as read_audit_log,
+    Anchor as AuditAnchor, AuditEntry, AuditLog, AuditSlice, AuditVerdict, CHECKPOINT_EVERY,
+    Checkpoint, CheckpointSigner, RETENTION_DAYS, SEGMENT_ENTRIES, checkpoints_path,
+    export_slice as export_audit_slice, read_verified as read_audit_log,
     verify_file as verify_audit_file, verify_slice as verify_audit_slice,
 };
 pub use bundle::{Signer, Verified, verify as verify_bundle, write as write_bundle};

@@ -31,8 +31,9 @@ use tidegate_policy::{
 
 use crate::error::{Error, Result};
 use crate::hidden::{
-    self, BRANCH, GROUP_KEY_PREFIX, PART_PREFIX, ROW_PREFIX, ROWS, SIGNED_PREFIX, SOURCE_PREFIX,
-    STORED_PREFIX, SUBJECT, TOTAL_PREFIX, UNIT_OF_PREFIX, UNIT_PREFIX, is_reserved,
+    self, ARGUMENT_PREFIX, BRANCH, FILTER_PREFIX, GROUP_KEY_PREFIX, PART_PREFIX, ROW_PREFIX, ROWS,
+    SIGNED_PREFIX, SOURCE_PREFIX, STORED_PREFIX, SUBJECT, TOTAL_PREFIX, UNIT_OF_PREFIX,
+    UNIT_PREFIX, is_reserved,
 };
 use crate::tables::TableInput;
 
@@ -668,15 +669,11 @@ impl Walk<'_> {
             carried.push(name);
         }
         for (j, p) in parts.iter().enumerate() {
-            exprs.push(
-                p.argument
-                    .clone()
-                    .alias(hidden::numbered(hidden::ARGUMENT_PREFIX, j)),
-            );
-            carried.push(hidden::numbered(hidden::ARGUMENT_PREFIX, j));
+            exprs.push(p.argument.clone().alias(format!("{ARGUMENT_PREFIX}{j}")));
+            carried.push(format!("{ARGUMENT_PREFIX}{j}"));
             if let Some(f) = &p.filter {
-                exprs.push(f.clone().alias(hidden::numbered(hidden::FILTER_PREFIX, j)));
-                carried.push(hidden::numbered(hidden::FILTER_PREFIX, j));
+                exprs.push(f.clone().alias(format!("{FILTER_PREFIX}{j}")));
+                carried.push(format!("{FILTER_PREFIX}{j}"));
             }
         }
         for n in &sources {
@@ -760,7 +757,7 @@ impl Walk<'_> {
             parts[j]
                 .filter
                 .as_ref()
-                .map(|_| column(hidden::numbered(hidden::FILTER_PREFIX, j)))
+                .map(|_| column(format!("{FILTER_PREFIX}{j}")))
         };
         let mut contribution_aggr = Vec::new();
         for (name, part) in &part_exprs {
@@ -768,7 +765,7 @@ impl Walk<'_> {
                 PartExpr::Rows => with_filter(count_udaf(), lit(1i64), &None),
                 PartExpr::Subjects(j) => Expr::AggregateFunction(AggregateFunction::new_udf(
                     count_udaf(),
-                    vec![column(hidden::numbered(hidden::ARGUMENT_PREFIX, j))],
+                    vec![column(format!("{ARGUMENT_PREFIX}{j}"))],
                     true,
                     filter_of(j).map(Box::new),
                     vec![],
@@ -776,12 +773,12 @@ impl Walk<'_> {
                 )),
                 PartExpr::Count(j) => with_filter(
                     count_udaf(),
-                    column(hidden::numbered(hidden::ARGUMENT_PREFIX, j)),
+                    column(format!("{ARGUMENT_PREFIX}{j}")),
                     &filter_of(j),
                 ),
                 PartExpr::Sum(j) => with_filter(
                     sum_udaf(),
-                    as_double(column(hidden::numbered(hidden::ARGUMENT_PREFIX, j))),
+                    as_double(column(format!("{ARGUMENT_PREFIX}{j}"))),
                     &filter_of(j),
                 ),
                 PartExpr::Source(j, n) => with_filter(
@@ -820,7 +817,7 @@ impl Walk<'_> {
             if summed.contains(&j) && adds.len() < 64 {
                 value_bits |= 1 << adds.len();
             }
-            let mut adds_to = column(hidden::numbered(hidden::ARGUMENT_PREFIX, j)).is_not_null();
+            let mut adds_to = column(format!("{ARGUMENT_PREFIX}{j}")).is_not_null();
             if let Some(f) = filter_of(j) {
                 adds_to = adds_to.and(f);
             }

@@ -335,14 +335,21 @@ fn too_large(limit: u64) -> Response {
     ))
 }
 
-/// Runs blocking platform work (SQLite, crypto, file I/O) off the async workers.
+/// Runs blocking platform work (SQLite, crypto, file I/O) off the async workers, for the API
+/// and the console alike (a worker that panicked is an internal error).
+pub(crate) async fn on_blocking_pool<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("worker: {e}")))?
+}
+
+/// [`on_blocking_pool`], answered in the API's error format.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Error> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError(Error::Internal(format!("worker: {e}"))))?
-        .map_err(ApiError)
+    on_blocking_pool(f).await.map_err(ApiError)
 }
 
 #[utoipa::path(post, path = "/v1/orgs", request_body = OrgBody, responses((status = 200, description = "the new org (admin)", body = tidegate_runtime::OrgView), Errors))]

@@ -19,7 +19,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 use serde_json::Value;
-use tidegate_runtime::{Error, ListQuery, Platform, Session};
+use tidegate_policy::Principal;
+use tidegate_runtime::{Error, ListQuery, Listing, Platform, Session};
 
 use crate::report::{STYLE, escape, export_sections, text};
 
@@ -135,14 +136,32 @@ impl IntoResponse for PageError {
 
 type PageResult = Result<Response, PageError>;
 
-/// Runs blocking platform work (SQLite, crypto, files) off the async workers.
+/// A page's two lists of one kind: what waits for the caller and all it may see, 100 of each.
+async fn queue_and_all<T: Send + 'static>(
+    p: AppState,
+    s: &Session,
+    list: fn(&Platform, &Principal, &ListQuery) -> Result<Listing<T>, Error>,
+) -> Result<(Listing<T>, Listing<T>), PageError> {
+    let actor = s.principal.clone();
+    blocking(move || {
+        let page = |queue| ListQuery {
+            queue,
+            limit: Some(100),
+            ..ListQuery::default()
+        };
+        Ok((
+            list(&p, &actor, &page(true))?,
+            list(&p, &actor, &page(false))?,
+        ))
+    })
+    .await
+}
+
+/// [`crate::api::on_blocking_pool`], answered as a console page.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Error> + Send + 'static,
 ) -> Result<T, PageError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| PageError(Error::Internal(format!("worker: {e}"))))?
-        .map_err(PageError)
+    crate::api::on_blocking_pool(f).await.map_err(PageError)
 }
 
 /// A cookie of the request.
@@ -574,29 +593,7 @@ async fn scenarios(
     headers: HeaderMap,
 ) -> PageResult {
     let s = session(&p, c, &headers).await?;
-    let (actor, p2) = (s.principal.clone(), Arc::clone(&p));
-    let queue = blocking(move || {
-        p2.list_scenarios(
-            &actor,
-            &ListQuery {
-                queue: true,
-                limit: Some(100),
-                ..ListQuery::default()
-            },
-        )
-    })
-    .await?;
-    let actor = s.principal.clone();
-    let all = blocking(move || {
-        p.list_scenarios(
-            &actor,
-            &ListQuery {
-                limit: Some(100),
-                ..ListQuery::default()
-            },
-        )
-    })
-    .await?;
+    let (queue, all) = queue_and_all(p, &s, Platform::list_scenarios).await?;
     let link = |v: &Value| {
         format!(
             "/console/scenarios/{}",
@@ -712,29 +709,7 @@ async fn modules(
     headers: HeaderMap,
 ) -> PageResult {
     let s = session(&p, c, &headers).await?;
-    let (actor, p2) = (s.principal.clone(), Arc::clone(&p));
-    let queue = blocking(move || {
-        p2.list_modules(
-            &actor,
-            &ListQuery {
-                queue: true,
-                limit: Some(100),
-                ..ListQuery::default()
-            },
-        )
-    })
-    .await?;
-    let actor = s.principal.clone();
-    let all = blocking(move || {
-        p.list_modules(
-            &actor,
-            &ListQuery {
-                limit: Some(100),
-                ..ListQuery::default()
-            },
-        )
-    })
-    .await?;
+    let (queue, all) = queue_and_all(p, &s, Platform::list_modules).await?;
     let link = |v: &Value| {
         format!(
             "/console/modules/{}/{}",

@@ -184,50 +184,27 @@ fn typed_mut<T: Plain>(bytes: &mut [u8]) -> Option<&mut [T]> {
     (head.is_empty() && tail.is_empty()).then_some(body)
 }
 
-impl Ret for i32 {
-    const TYPE: Type = Type::Int32;
-    fn push(self, out: &mut Output) {
-        out.push_fixed(self.to_le_bytes());
-    }
-    fn append(self, out: &mut Output) {
-        out.append_fixed(self.to_le_bytes());
-    }
-    fn plain_out(out: &mut Output, n: usize) -> Option<&mut [Self]> {
-        out.data.resize(n * std::mem::size_of::<Self>(), 0);
-        out.len = n;
-        typed_mut(&mut out.data)
-    }
+/// The plain numbers: written as their little-endian bytes, and with a typed fast path.
+macro_rules! plain_ret {
+    ($($t:ty => $ty:ident),+) => {$(
+        impl Ret for $t {
+            const TYPE: Type = Type::$ty;
+            fn push(self, out: &mut Output) {
+                out.push_fixed(self.to_le_bytes());
+            }
+            fn append(self, out: &mut Output) {
+                out.append_fixed(self.to_le_bytes());
+            }
+            fn plain_out(out: &mut Output, n: usize) -> Option<&mut [Self]> {
+                out.data.resize(n * std::mem::size_of::<Self>(), 0);
+                out.len = n;
+                typed_mut(&mut out.data)
+            }
+        }
+    )+};
 }
 
-impl Ret for i64 {
-    const TYPE: Type = Type::Int64;
-    fn push(self, out: &mut Output) {
-        out.push_fixed(self.to_le_bytes());
-    }
-    fn append(self, out: &mut Output) {
-        out.append_fixed(self.to_le_bytes());
-    }
-    fn plain_out(out: &mut Output, n: usize) -> Option<&mut [Self]> {
-        out.data.resize(n * std::mem::size_of::<Self>(), 0);
-        out.len = n;
-        typed_mut(&mut out.data)
-    }
-}
-
-impl Ret for f64 {
-    const TYPE: Type = Type::Float64;
-    fn push(self, out: &mut Output) {
-        out.push_fixed(self.to_le_bytes());
-    }
-    fn append(self, out: &mut Output) {
-        out.append_fixed(self.to_le_bytes());
-    }
-    fn plain_out(out: &mut Output, n: usize) -> Option<&mut [Self]> {
-        out.data.resize(n * std::mem::size_of::<Self>(), 0);
-        out.len = n;
-        typed_mut(&mut out.data)
-    }
-}
+plain_ret!(i32 => Int32, i64 => Int64, f64 => Float64);
 
 impl Ret for Date32 {
     const TYPE: Type = Type::Date32;
