@@ -1,6 +1,7 @@
 //! Metering: prices, statements from the ledger, annual reports.
 
 use super::*;
+use tidegate_policy::JobState;
 
 impl Platform {
     /// The admin sets the price of a category (fen per unit).
@@ -219,7 +220,7 @@ impl Platform {
             })? {
                 let (state, resources) = row?;
                 jobs += 1;
-                failed += i64::from(state == "failed");
+                failed += i64::from(stored_state::<JobState>(&state)? == JobState::Failed);
                 if let Some(r) = resources {
                     let r: ResourceUse = from_json(&r)?;
                     used.fuel += r.fuel;

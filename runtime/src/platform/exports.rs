@@ -66,7 +66,7 @@ impl Platform {
             let Some((state, _, scenario, amended_by)) = found.filter(|f| f.1 == actor.org) else {
                 return Err(Error::NotFound(format!("export {earlier}")));
             };
-            if state != "returned" {
+            if stored_state::<ExportState>(&state)? != ExportState::Returned {
                 return Err(Error::BadInput(format!(
                     "export {earlier} is {state}: only a returned export is amended"
                 )));

@@ -3,6 +3,7 @@
 //! computed with it are flagged and can no longer be approved or downloaded).
 
 use super::*;
+use tidegate_policy::JobState;
 
 /// A module as its reviewer reads it.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -88,7 +89,11 @@ impl Platform {
     }
 
     /// The scenario's jobs that called the module (ids), oldest first.
-    fn jobs_calling(db: &Connection, scenario: &str, hash: &str) -> Result<Vec<(String, String)>> {
+    fn jobs_calling(
+        db: &Connection,
+        scenario: &str,
+        hash: &str,
+    ) -> Result<Vec<(String, JobState)>> {
         let jobs: Vec<(String, String, String)> = db
             .prepare(
                 "SELECT id, modules, state FROM jobs WHERE scenario_id = ?1 ORDER BY created_at, id",
@@ -101,7 +106,7 @@ impl Platform {
                 .iter()
                 .any(|m| m == hash)
             {
-                out.push((id, state));
+                out.push((id, stored_state(&state)?));
             }
         }
         Ok(out)
@@ -215,7 +220,7 @@ impl Platform {
             )?;
             tx.commit()?;
             for (job, state) in &jobs {
-                if state == "queued" || state == "running" {
+                if matches!(state, JobState::Queued | JobState::Running) {
                     // A job that ended meanwhile is left as it ended.
                     let _ = self.stop_job(
                         &mut db,
