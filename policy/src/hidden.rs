@@ -28,6 +28,8 @@ pub const BOUNDED_PREFIX: &str = "__tg_dp_";
 /// A group's subjects once each subject keeps at most its bounded number of groups, for
 /// choosing the groups of a private release.
 pub const BOUNDED_SUBJECTS: &str = "__tg_dp_subjects";
+/// The gate's per-subject rows read back from its sealed spill, as one table of a job.
+pub const CONTRIBUTIONS: &str = "__tg_contributions";
 /// Whether a group's sum is dominated by its top contributors (R-GATE 3).
 pub const DOMINATED: &str = "__tg_dominated";
 

@@ -27,8 +27,9 @@ pub use inference::{
     kept_by_dataset,
 };
 pub use model::{
-    AuditAction, ColumnSpec, ColumnTag, DataType, Decision, ExportRules, ExportState, JobState,
-    Level, Masking, OrgKind, Origin, Principal, Role, ScenarioState, TimeUnit, parse_tags,
+    AuditAction, ColumnSpec, ColumnTag, DEFAULT_JOB_MEMORY_MIB, DataType, Decision, ExportRules,
+    ExportState, JOB_MEMORY_MIB_RANGE, JobState, Level, Masking, OrgKind, Origin, Principal, Role,
+    ScenarioState, TimeUnit, parse_tags,
 };
 pub use privacy::{
     BoundedAggregate, ColumnNoise, ContributionBounds, DatasetBudget, GroupSelection, NoisePlan,

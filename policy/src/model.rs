@@ -710,9 +710,24 @@ pub struct ExportRules {
     /// (2, 90%) and p = 10%).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dominance: Option<crate::release::DominanceRule>,
+    /// The query engine's memory for one job of the scenario, in MiB (default
+    /// [`DEFAULT_JOB_MEMORY_MIB`]): the gate's per-subject work over a larger input is
+    /// written sealed to disk rather than failing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_memory_mib: Option<u64>,
 }
 
+/// A job's engine memory when the scenario names none.
+pub const DEFAULT_JOB_MEMORY_MIB: u64 = 2048;
+/// The least and the most engine memory a scenario may give its jobs.
+pub const JOB_MEMORY_MIB_RANGE: std::ops::RangeInclusive<u64> = 64..=16384;
+
 impl ExportRules {
+    /// The engine memory of one job of the scenario, in bytes.
+    pub fn job_memory_bytes(&self) -> u64 {
+        self.job_memory_mib.unwrap_or(DEFAULT_JOB_MEMORY_MIB) << 20
+    }
+
     /// The dominance rules a release of the scenario is checked against.
     pub fn dominance_rule(&self) -> crate::release::DominanceRule {
         self.dominance.unwrap_or_default()

@@ -560,6 +560,15 @@ pub fn validate_export_rules(
             _ => {}
         }
     }
+    if let Some(m) = rules.job_memory_mib
+        && !crate::model::JOB_MEMORY_MIB_RANGE.contains(&m)
+    {
+        return refuse(format!(
+            "job_memory_mib must be from {} to {}",
+            crate::model::JOB_MEMORY_MIB_RANGE.start(),
+            crate::model::JOB_MEMORY_MIB_RANGE.end()
+        ));
+    }
     if let Some(column) = rules
         .masking
         .keys()

@@ -30,9 +30,15 @@ use crate::sandbox::Functions;
 use crate::tables::{TARGET_PARTITIONS, TableInput, register};
 
 /// Limits of the query engine for one job.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct EngineLimits {
+    /// The engine's memory budget (the scenario's quota): the gate's per-subject work over a
+    /// larger input is written sealed to `spill_dir` and aggregated a group of subjects at a
+    /// time rather than failing.
     pub memory_bytes: usize,
+    /// Where the gate's sealed spill files go (a directory of their own per job, removed when
+    /// the job ends); the system's temporary directory when not set.
+    pub spill_dir: Option<std::path::PathBuf>,
     pub wall_time: Duration,
     pub output_rows: usize,
     /// The contribution bounds of a scenario that uses differential privacy: the runtime
@@ -53,7 +59,8 @@ pub struct EngineLimits {
 impl Default for EngineLimits {
     fn default() -> Self {
         EngineLimits {
-            memory_bytes: 1 << 30,
+            memory_bytes: (tidegate_policy::DEFAULT_JOB_MEMORY_MIB as usize) << 20,
+            spill_dir: None,
             wall_time: Duration::from_secs(300),
             output_rows: 1_000_000,
             privacy: None,
@@ -75,6 +82,9 @@ pub struct JobOutput {
     pub plan: String,
     /// The most memory the query engine's operators reserved at once.
     pub peak_engine_memory_bytes: u64,
+    /// Bytes of the gate's per-subject rows written sealed to disk (0 when they fit the
+    /// budget).
+    pub spilled_bytes: u64,
     /// Per table with subjects (by index among the job's tables), each result row's sets of
     /// that table's rows and subjects (keyed hashes), when the limits named a subject key and
     /// the result is an aggregate over subjects.
@@ -220,10 +230,16 @@ pub async fn run_query_until(
     };
     let main = physical(analysis.plan.clone()).await?;
     let contributions = match &analysis.contributions {
-        Some(plan) => Some(physical(plan.clone()).await?),
+        Some(c) => {
+            // The aggregation is planned here too, over the input itself, so that it cannot
+            // fail later for a reason of the query's.
+            physical(c.over(c.input.clone())?).await?;
+            Some((c, physical(c.input.clone()).await?))
+        }
         None => None,
     };
     let task = ctx.task_ctx();
+    let spilled = AtomicU64::new(0);
     let run = async {
         let batches = collect_bounded(
             Arc::clone(&main),
@@ -233,10 +249,9 @@ pub async fn run_query_until(
         )
         .await?;
         match contributions {
-            Some(plan) => {
+            Some((plan, input)) => {
                 // Every subject's contributions stream into the gate's tally: only each
                 // cell's facts are kept, whatever the number of subjects.
-                use futures::StreamExt;
                 let mut tally = crate::release::Tally::new(
                     &batches,
                     &analysis,
@@ -245,11 +260,8 @@ pub async fn run_query_until(
                     limits.privacy,
                     limits.subjects,
                 )?;
-                let mut stream = datafusion::physical_plan::execute_stream(plan, Arc::clone(&task))
-                    .map_err(|e| map_error(e, Stage::Running))?;
-                while let Some(batch) = stream.next().await {
-                    tally.add(&batch.map_err(|e| map_error(e, Stage::Running))?)?;
-                }
+                let outcome = contribute(&ctx, plan, input, &limits, &pool, &mut tally).await;
+                spilled.store(outcome?, Ordering::Relaxed);
                 tally.finish(batches).map(|f| (f.batches, f.subject_sets))
             }
             None => Ok((batches, None)),
@@ -304,7 +316,77 @@ pub async fn run_query_until(
         shape,
         plan: plan_text,
         peak_engine_memory_bytes: pool.peak() as u64,
+        spilled_bytes: spilled.load(Ordering::Relaxed),
     })
+}
+
+/// Runs the gate's per-subject plan: its input once, into a sealed spill partitioned by
+/// subject, then its aggregation a group of subjects at a time into the tally. Returns the
+/// bytes written to disk.
+async fn contribute(
+    ctx: &SessionContext,
+    plan: &crate::release::Contributions,
+    input: Arc<dyn ExecutionPlan>,
+    limits: &EngineLimits,
+    pool: &Arc<PeakPool>,
+    tally: &mut crate::release::Tally<'_>,
+) -> Result<u64> {
+    use datafusion::datasource::{MemTable, provider_as_source};
+    use datafusion::logical_expr::LogicalPlanBuilder;
+    use futures::StreamExt;
+    let schema = input.schema();
+    let root = limits
+        .spill_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("tidegate-spill"));
+    let reservation = MemoryConsumer::new("the gate's per-subject rows")
+        .register(&(Arc::clone(pool) as Arc<dyn MemoryPool>));
+    // A quarter of the budget holds rows; the rest is the aggregation's.
+    let mut spill = crate::spill::SealedSpill::new(
+        &root,
+        Arc::clone(&schema),
+        hidden::SUBJECT,
+        limits.memory_bytes / 4,
+        reservation,
+    )?;
+    let task = ctx.task_ctx();
+    let mut stream = datafusion::physical_plan::execute_stream(input, Arc::clone(&task))
+        .map_err(|e| map_error(e, Stage::Running))?;
+    while let Some(batch) = stream.next().await {
+        spill.push(batch.map_err(|e| map_error(e, Stage::Running))?)?;
+    }
+    drop(stream);
+    for group in spill.groups() {
+        let rows = spill.read(group)?;
+        if rows.is_empty() {
+            continue;
+        }
+        let table = MemTable::try_new(
+            Arc::clone(&schema),
+            crate::spill::spread(rows, TARGET_PARTITIONS),
+        )
+        .map_err(|e| Error::Internal(format!("the gate's rows: {e}")))?;
+        let scan = LogicalPlanBuilder::scan(
+            hidden::CONTRIBUTIONS,
+            provider_as_source(Arc::new(table)),
+            None,
+        )
+        .and_then(|b| b.build())
+        .map_err(|e| Error::Internal(format!("the gate's rows: {e}")))?;
+        let physical = ctx
+            .execute_logical_plan(plan.over(scan)?)
+            .await
+            .map_err(|e| map_error(e, Stage::Running))?
+            .create_physical_plan()
+            .await
+            .map_err(|e| map_error(e, Stage::Running))?;
+        let mut parts = datafusion::physical_plan::execute_stream(physical, Arc::clone(&task))
+            .map_err(|e| map_error(e, Stage::Running))?;
+        while let Some(batch) = parts.next().await {
+            tally.add(&batch.map_err(|e| map_error(e, Stage::Running))?)?;
+        }
+    }
+    Ok(spill.written())
 }
 
 /// Collects a plan's batches, counting their memory against the job's engine limit (and, for
@@ -783,6 +865,76 @@ mod tests {
         assert!(
             refused.contains("tg_generalize takes a generalization"),
             "{refused}"
+        );
+    }
+
+    #[test]
+    fn a_gated_job_over_its_budget_spills_sealed_and_gives_the_same_result_and_gate_columns() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let spill = tempfile::tempdir().unwrap();
+        let run = |memory_bytes: usize| {
+            let out = rt
+                .block_on(run_query(
+                    "SELECT spot, count(*) AS n, sum(x) AS total FROM t GROUP BY spot",
+                    &[table(300_000)],
+                    vec![],
+                    EngineLimits {
+                        level: Level::L2,
+                        memory_bytes,
+                        spill_dir: Some(spill.path().to_path_buf()),
+                        subjects: Some(crate::crypto::DataKey::generate().subject_key()),
+                        ..EngineLimits::default()
+                    },
+                ))
+                .unwrap();
+            let mut rows: Vec<String> = out
+                .batches
+                .iter()
+                .flat_map(|b| {
+                    let b = crate::hidden::drop_hidden(b).unwrap();
+                    let shown = arrow::util::pretty::pretty_format_batches(&[b])
+                        .unwrap()
+                        .to_string();
+                    shown.lines().map(str::to_string).collect::<Vec<_>>()
+                })
+                .collect();
+            rows.sort();
+            let gate: Vec<(i64, bool)> = out
+                .batches
+                .iter()
+                .flat_map(|b| {
+                    let n = b.column_by_name(hidden::SUBJECTS).unwrap();
+                    let n = arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(n);
+                    let d = b.column_by_name(hidden::DOMINATED).unwrap();
+                    let d = arrow::array::AsArray::as_boolean(d);
+                    (0..b.num_rows())
+                        .map(|i| (n.value(i), d.value(i)))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            let sets: usize = out
+                .subject_sets
+                .iter()
+                .flatten()
+                .map(|(_, rows)| rows.sets.iter().flatten().map(|s| s.len()).sum::<usize>())
+                .sum();
+            (rows, gate, sets, out.spilled_bytes)
+        };
+        let (rows, gate, sets, spilled) = run(1 << 30);
+        assert_eq!(spilled, 0, "a job within its budget writes nothing");
+        let (small_rows, small_gate, small_sets, small_spilled) = run(24 << 20);
+        assert!(small_spilled > 0, "the small budget made the job spill");
+        assert_eq!(small_rows, rows);
+        let mut gate_sorted = gate.clone();
+        let mut small_sorted = small_gate.clone();
+        gate_sorted.sort();
+        small_sorted.sort();
+        assert_eq!(small_sorted, gate_sorted);
+        assert_eq!(gate.iter().map(|g| g.0).sum::<i64>(), 5_000);
+        assert_eq!(small_sets, sets);
+        assert!(
+            crate::spill::files_under(spill.path()).is_empty(),
+            "the spill is destroyed with the job"
         );
     }
 

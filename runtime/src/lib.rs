@@ -16,6 +16,7 @@ mod metering;
 mod platform;
 mod release;
 mod sandbox;
+mod spill;
 mod storage;
 mod tables;
 mod text;

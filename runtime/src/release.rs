@@ -81,13 +81,35 @@ pub(crate) struct Analysis {
     /// The plan to run: the query, with the hidden columns the gate reads.
     pub plan: LogicalPlan,
     /// Each subject's contribution to each cell: grouped by the hidden keys and the subject.
-    pub contributions: Option<LogicalPlan>,
+    pub contributions: Option<Contributions>,
     pub measures: Vec<Measure>,
     /// Per aggregate (by position), its signed part, when bounded for differential privacy.
     pub signed: Vec<Option<Signed>>,
     pub shape: QueryShape,
     /// The bits of a row element's mask that mark a sum's rows (a value, not a count).
     pub value_bits: u64,
+}
+
+/// The gate's per-subject plan: the input's rows, each with its subject (`input`), grouped by
+/// the cell's keys and the subject (`by`) into each subject's parts (`aggregates`). The job
+/// runs `input` once and aggregates its rows a group of subjects at a time
+/// ([`crate::spill`]), so that no pool must hold every subject at once.
+#[derive(Debug, Clone)]
+pub(crate) struct Contributions {
+    pub input: LogicalPlan,
+    pub by: Vec<Expr>,
+    pub aggregates: Vec<Expr>,
+}
+
+impl Contributions {
+    /// The aggregation over `rows` (the input's rows, from wherever they were kept).
+    pub(crate) fn over(&self, rows: LogicalPlan) -> Result<LogicalPlan> {
+        LogicalPlanBuilder::from(rows)
+            .aggregate(self.by.clone(), self.aggregates.clone())
+            .map_err(internal)?
+            .build()
+            .map_err(internal)
+    }
 }
 
 /// The functions of a job that are modules' (approved), by name.
@@ -855,11 +877,11 @@ impl Walk<'_> {
             .map(|i| column(format!("{GROUP_KEY_PREFIX}{i}")))
             .collect::<Vec<_>>();
         by.push(column(SUBJECT.to_string()));
-        let contributions = LogicalPlanBuilder::from(union)
-            .aggregate(by, contribution_aggr)
-            .map_err(internal)?
-            .build()
-            .map_err(internal)?;
+        let contributions = Contributions {
+            input: union,
+            by,
+            aggregates: contribution_aggr,
+        };
 
         // The query's own aggregate, with each group's keys under hidden names (to match
         // cells across results and releases) and the cells' totals.

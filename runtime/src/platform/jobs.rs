@@ -392,6 +392,9 @@ impl Platform {
                     tables,
                     udfs,
                     EngineLimits {
+                        memory_bytes: usize::try_from(scenario.export_rules.job_memory_bytes())
+                            .unwrap_or(usize::MAX),
+                        spill_dir: Some(self.spill_dir()),
                         privacy: scenario.export_rules.contribution_bounds(),
                         level,
                         dominance: scenario.export_rules.dominance_rule(),

@@ -459,8 +459,16 @@ impl Platform {
         }
         let signer = Signer::load(&master, &fs::read(dir.join(SIGNING_KEY_FILE))?)?;
         let platform = Platform::assemble(dir, master, signer, lock)?;
+        // What jobs killed with the process left of their spill: sealed under keys that died
+        // with them, removed.
+        crate::spill::sweep(&platform.spill_dir());
         platform.resume_jobs()?;
         Ok(platform)
+    }
+
+    /// Where jobs write the gate's sealed spill files (one directory per job).
+    pub(crate) fn spill_dir(&self) -> PathBuf {
+        self.dir.join("spill")
     }
 
     /// After a stop: a job that was running when the process died cannot go on (its engine

@@ -280,7 +280,7 @@ proptest! {
         let limits = EngineLimits { level: Level::L2, privacy: Some(bounds), ..EngineLimits::default() };
         let bounded = |rows: &[Row]| {
             runtime()
-                .block_on(run_query(&q.sql(), &tables(rows, &w), vec![], limits))
+                .block_on(run_query(&q.sql(), &tables(rows, &w), vec![], limits.clone()))
                 .map(|o| {
                     let mut by_group = BTreeMap::new();
                     for b in &o.batches {

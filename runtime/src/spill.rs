@@ -1,0 +1,517 @@
+//! The gate's sealed spill: every subject's rows of a job, partitioned by subject, held in
+//! memory while they fit the job's budget and otherwise written to disk sealed under a key
+//! that exists only in the job's memory (AES-256-GCM, a fresh random key per job; the files
+//! die with the job, and a file left by a killed process is noise without its key).
+//!
+//! Rows are hashed by subject into [`BUCKETS`] buckets; read back, consecutive buckets form
+//! groups of at most the budget's share, so each group's per-(cell, subject) aggregation is
+//! bounded whatever the table's size, and every subject's rows are all in one group (a cell
+//! sees each of its subjects exactly once across the groups).
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use aes_gcm::aead::{AeadInPlace, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce};
+use arrow::array::{Array, AsArray, RecordBatch, UInt32Array};
+use arrow::datatypes::{DataType, SchemaRef};
+use datafusion::execution::memory_pool::MemoryReservation;
+
+use crate::error::{Error, Result};
+
+/// Buckets the subjects are hashed into; a group is one or more consecutive buckets.
+pub(crate) const BUCKETS: usize = 256;
+
+/// A frame on disk: the ciphertext's length, its number (the nonce), the ciphertext and tag.
+const HEADER: usize = 4 + 8;
+
+/// One bucket: its rows held in memory, its sealed file once written, what it holds in all.
+#[derive(Default)]
+struct Bucket {
+    /// Slices of partitioned batches, each with its share of its batch's memory.
+    held: Vec<(RecordBatch, usize)>,
+    file: Option<File>,
+    frames: u64,
+    bytes: usize,
+}
+
+/// Where a job's per-subject rows wait for their aggregation.
+pub(crate) struct SealedSpill {
+    dir: PathBuf,
+    created: bool,
+    cipher: Aes256Gcm,
+    schema: SchemaRef,
+    subject: usize,
+    seed: u64,
+    /// Rows before anything was partitioned: a job that fits its budget never hashes them.
+    raw: Vec<RecordBatch>,
+    buckets: Vec<Bucket>,
+    partitioned: bool,
+    /// Bytes held in memory, and the most the spill holds before it writes.
+    held: usize,
+    limit: usize,
+    reservation: MemoryReservation,
+    next_frame: u64,
+    written: u64,
+}
+
+impl SealedSpill {
+    /// A spill for batches of `schema` partitioned by the column `subject`, writing under
+    /// `root` (a directory of its own, made when first needed) once more than `limit` bytes
+    /// are held. What it holds is reserved in the job's memory pool through `reservation`.
+    pub(crate) fn new(
+        root: &Path,
+        schema: SchemaRef,
+        subject: &str,
+        limit: usize,
+        reservation: MemoryReservation,
+    ) -> Result<SealedSpill> {
+        let subject = schema
+            .index_of(subject)
+            .map_err(|_| Error::Internal("gate columns: no subject".into()))?;
+        let key = crate::crypto::random_bytes::<32>();
+        let name = hex::encode(crate::crypto::random_bytes::<12>());
+        Ok(SealedSpill {
+            dir: root.join(format!("job-{name}")),
+            created: false,
+            cipher: Aes256Gcm::new((&key).into()),
+            schema,
+            subject,
+            seed: u64::from_le_bytes(crate::crypto::random_bytes::<8>()),
+            raw: Vec::new(),
+            buckets: (0..BUCKETS).map(|_| Bucket::default()).collect(),
+            partitioned: false,
+            held: 0,
+            limit: limit.clamp(1 << 20, 1 << 30),
+            reservation,
+            next_frame: 0,
+            written: 0,
+        })
+    }
+
+    /// Bytes written to disk (sealed), in all.
+    pub(crate) fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Takes one batch of rows.
+    pub(crate) fn push(&mut self, batch: RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let size = slice_bytes(&batch);
+        if self.partitioned {
+            self.partition(&batch)?;
+        } else {
+            self.raw.push(batch);
+        }
+        self.hold(size)
+    }
+
+    /// Counts `size` more bytes held, writing everything held when over the limit (or when
+    /// the job's pool has no room for them).
+    fn hold(&mut self, size: usize) -> Result<()> {
+        self.held += size;
+        if self.held <= self.limit && self.reservation.try_grow(size).is_ok() {
+            return Ok(());
+        }
+        if !self.partitioned {
+            self.partitioned = true;
+            for b in std::mem::take(&mut self.raw) {
+                self.partition(&b)?;
+            }
+        }
+        self.write_held()
+    }
+
+    /// Hashes each row's subject to its bucket and adds the rows to the buckets' held rows.
+    fn partition(&mut self, batch: &RecordBatch) -> Result<()> {
+        let subjects = arrow::compute::cast(batch.column(self.subject), &DataType::Utf8)
+            .map_err(|e| Error::Internal(format!("gate spill: {e}")))?;
+        let subjects = subjects.as_string::<i32>();
+        let state = foldhash::fast::FixedState::with_seed(self.seed);
+        let of: Vec<u32> = (0..subjects.len())
+            .map(|i| {
+                let who: &[u8] = match subjects.is_valid(i) {
+                    true => subjects.value(i).as_bytes(),
+                    false => &[],
+                };
+                (std::hash::BuildHasher::hash_one(&state, who) % BUCKETS as u64) as u32
+            })
+            .collect();
+        // Counting sort: one `take` puts every bucket's rows side by side.
+        let mut starts = vec![0u32; BUCKETS + 1];
+        for b in &of {
+            starts[*b as usize + 1] += 1;
+        }
+        for i in 0..BUCKETS {
+            starts[i + 1] += starts[i];
+        }
+        let mut next = starts.clone();
+        let mut order = vec![0u32; of.len()];
+        for (row, b) in of.iter().enumerate() {
+            order[next[*b as usize] as usize] = row as u32;
+            next[*b as usize] += 1;
+        }
+        let sorted = arrow::compute::take_record_batch(batch, &UInt32Array::from(order))
+            .map_err(|e| Error::Internal(format!("gate spill: {e}")))?;
+        for b in 0..BUCKETS {
+            let (start, end) = (starts[b] as usize, starts[b + 1] as usize);
+            if end > start {
+                let part = sorted.slice(start, end - start);
+                let share = slice_bytes(&part);
+                self.buckets[b].bytes += share;
+                self.buckets[b].held.push((part, share));
+            }
+        }
+        Ok(())
+    }
+
+    /// Seals every bucket's held rows into its file; nothing is held after.
+    fn write_held(&mut self) -> Result<()> {
+        if !self.created {
+            create_private_dir(&self.dir)?;
+            self.created = true;
+        }
+        for b in 0..BUCKETS {
+            if self.buckets[b].held.is_empty() {
+                continue;
+            }
+            let held: Vec<RecordBatch> = std::mem::take(&mut self.buckets[b].held)
+                .into_iter()
+                .map(|(part, _)| part)
+                .collect();
+            let mut plain = encode(&self.schema, &held)?;
+            drop(held);
+            let frame = self.next_frame;
+            self.next_frame += 1;
+            self.cipher
+                .encrypt_in_place(&nonce(frame), &aad(b, frame), &mut plain)
+                .map_err(|_| Error::Internal("gate spill: sealing failed".into()))?;
+            let bucket = &mut self.buckets[b];
+            let file = match &mut bucket.file {
+                Some(f) => f,
+                None => bucket.file.insert(
+                    fs::OpenOptions::new()
+                        .create_new(true)
+                        .read(true)
+                        .append(true)
+                        .open(self.dir.join(format!("{b:03}.sealed")))?,
+                ),
+            };
+            let mut header = [0u8; HEADER];
+            header[..4].copy_from_slice(&(plain.len() as u32).to_le_bytes());
+            header[4..].copy_from_slice(&frame.to_le_bytes());
+            file.write_all(&header)?;
+            file.write_all(&plain)?;
+            bucket.frames += 1;
+            self.written += (HEADER + plain.len()) as u64;
+        }
+        self.held = 0;
+        self.reservation.free();
+        Ok(())
+    }
+
+    /// The buckets of each group, in order: all of them at once when nothing was written.
+    pub(crate) fn groups(&self) -> Vec<std::ops::Range<usize>> {
+        if !self.partitioned {
+            return std::iter::once(0..BUCKETS).collect();
+        }
+        let mut groups = Vec::new();
+        let (mut start, mut bytes) = (0, 0usize);
+        for (b, bucket) in self.buckets.iter().enumerate() {
+            if bytes > 0 && bytes + bucket.bytes > self.limit {
+                groups.push(start..b);
+                (start, bytes) = (b, 0);
+            }
+            bytes += bucket.bytes;
+        }
+        groups.push(start..BUCKETS);
+        groups
+    }
+
+    /// The rows of one group, read back and opened; each file is checked whole (every frame
+    /// there, in order, unaltered). They are reserved in the job's pool until the next call.
+    pub(crate) fn read(&mut self, group: std::ops::Range<usize>) -> Result<Vec<RecordBatch>> {
+        self.reservation.free();
+        if !self.partitioned {
+            let raw = std::mem::take(&mut self.raw);
+            let held = std::mem::take(&mut self.held);
+            self.reservation
+                .try_grow(held)
+                .map_err(|_| memory_limit())?;
+            return Ok(raw);
+        }
+        let mut out = Vec::new();
+        let mut size = 0;
+        for b in group {
+            let bucket = &mut self.buckets[b];
+            if let Some(file) = bucket.file.take() {
+                let mut reader = std::io::BufReader::new(file);
+                std::io::Seek::rewind(&mut reader)?;
+                let damaged = || Error::Integrity("the gate's spill file is damaged".into());
+                for _ in 0..bucket.frames {
+                    let mut header = [0u8; HEADER];
+                    reader.read_exact(&mut header).map_err(|_| damaged())?;
+                    let len = u32::from_le_bytes(header[..4].try_into().unwrap_or_default());
+                    let frame = u64::from_le_bytes(header[4..].try_into().unwrap_or_default());
+                    let mut sealed = vec![0u8; len as usize];
+                    reader.read_exact(&mut sealed).map_err(|_| damaged())?;
+                    self.cipher
+                        .decrypt_in_place(&nonce(frame), &aad(b, frame), &mut sealed)
+                        .map_err(|_| damaged())?;
+                    let batches = decode(&sealed)?;
+                    size += batches.iter().map(slice_bytes).sum::<usize>();
+                    out.extend(batches);
+                }
+                // Nothing more may follow the last frame.
+                if reader.read(&mut [0u8; 1])? != 0 {
+                    return Err(damaged());
+                }
+                let _ = fs::remove_file(self.dir.join(format!("{b:03}.sealed")));
+            }
+            for (part, share) in std::mem::take(&mut bucket.held) {
+                size += share;
+                out.push(part);
+            }
+        }
+        self.reservation
+            .try_grow(size)
+            .map_err(|_| memory_limit())?;
+        Ok(out)
+    }
+}
+
+impl Drop for SealedSpill {
+    fn drop(&mut self) {
+        if self.created {
+            for b in &mut self.buckets {
+                b.file = None;
+            }
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// The memory of a batch's own rows: a slice (of a table's batch, of a partitioned one)
+/// shares its buffers with its whole, which it is not counted for.
+fn slice_bytes(batch: &RecordBatch) -> usize {
+    batch
+        .columns()
+        .iter()
+        .map(|c| {
+            let data = c.to_data();
+            data.get_slice_memory_size()
+                .unwrap_or_else(|_| c.get_array_memory_size())
+        })
+        .sum()
+}
+
+fn memory_limit() -> Error {
+    Error::Limit("the job exceeded its memory limit".into())
+}
+
+fn nonce(frame: u64) -> Nonce<aes_gcm::aead::consts::U12> {
+    let mut n = [0u8; 12];
+    n[..8].copy_from_slice(&frame.to_le_bytes());
+    *Nonce::from_slice(&n)
+}
+
+/// Binds a frame to its bucket and place: frames cannot be moved between files.
+fn aad(bucket: usize, frame: u64) -> Vec<u8> {
+    let mut a = b"tidegate-spill-v1|".to_vec();
+    a.extend_from_slice(&(bucket as u64).to_le_bytes());
+    a.extend_from_slice(&frame.to_le_bytes());
+    a
+}
+
+fn encode(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>> {
+    let bad = |e: arrow::error::ArrowError| Error::Internal(format!("gate spill: {e}"));
+    let mut w = arrow_ipc::writer::StreamWriter::try_new(Vec::new(), schema).map_err(bad)?;
+    for b in batches {
+        w.write(b).map_err(bad)?;
+    }
+    w.finish().map_err(bad)?;
+    w.into_inner().map_err(bad)
+}
+
+fn decode(bytes: &[u8]) -> Result<Vec<RecordBatch>> {
+    let bad = |_| Error::Integrity("the gate's spill file is damaged".into());
+    arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
+        .map_err(bad)?
+        .map(|b| b.map_err(bad))
+        .collect()
+}
+
+/// The spill's directory, readable by this user only.
+fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if let Some(parent) = dir.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    fs::DirBuilder::new().mode(0o700).create(dir)?;
+    Ok(())
+}
+
+/// Removes what killed jobs left under `root` (sealed under keys that died with them).
+pub(crate) fn sweep(root: &Path) {
+    if let Ok(entries) = fs::read_dir(root) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with("job-") {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+/// The groups' batches as `partitions` partitions of about equal rows, for the engine.
+pub(crate) fn spread(batches: Vec<RecordBatch>, partitions: usize) -> Vec<Vec<RecordBatch>> {
+    let mut out = vec![Vec::new(); partitions.max(1)];
+    let mut rows = vec![0usize; out.len()];
+    for b in batches {
+        let at = (0..rows.len()).min_by_key(|i| rows[*i]).unwrap_or(0);
+        rows[at] += b.num_rows();
+        out[at].push(b);
+    }
+    out
+}
+
+/// Test helpers: what a spill wrote.
+#[cfg(test)]
+pub(crate) fn files_under(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(dirs) = fs::read_dir(root) {
+        for d in dirs.flatten() {
+            if let Ok(files) = fs::read_dir(d.path()) {
+                out.extend(files.flatten().map(|f| f.path()));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::{Field, Schema};
+    use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryConsumer, MemoryPool};
+    use std::sync::Arc;
+
+    fn rows(from: usize, n: usize) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("who", DataType::Utf8, true),
+            Field::new("v", DataType::Int64, false),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from_iter_values(
+                    (from..from + n).map(|i| format!("MARKER-{:06}", i % 5000)),
+                )),
+                Arc::new(Int64Array::from_iter_values(
+                    (from..from + n).map(|i| i as i64),
+                )),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn spill(root: &Path, limit: usize) -> SealedSpill {
+        let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(1 << 30));
+        let r = MemoryConsumer::new("test").register(&pool);
+        SealedSpill::new(root, rows(0, 1).schema(), "who", limit, r).unwrap()
+    }
+
+    fn read_all(s: &mut SealedSpill) -> Vec<(String, i64)> {
+        let mut got = Vec::new();
+        for g in s.groups() {
+            for b in s.read(g).unwrap() {
+                let who = b.column(0).as_string::<i32>();
+                let v = b.column(1).as_primitive::<arrow::datatypes::Int64Type>();
+                got.extend((0..b.num_rows()).map(|i| (who.value(i).to_string(), v.value(i))));
+            }
+        }
+        got.sort();
+        got
+    }
+
+    #[test]
+    fn rows_that_fit_the_budget_never_reach_the_disk() {
+        let root = tempfile::tempdir().unwrap();
+        let mut s = spill(root.path(), 64 << 20);
+        for i in 0..10 {
+            s.push(rows(i * 1000, 1000)).unwrap();
+        }
+        assert_eq!(s.groups(), [0..BUCKETS]);
+        assert_eq!(read_all(&mut s).len(), 10_000);
+        assert_eq!(s.written(), 0);
+        assert!(std::fs::read_dir(root.path()).unwrap().next().is_none());
+    }
+
+    #[test]
+    fn rows_over_the_budget_are_written_sealed_read_back_whole_and_destroyed_with_the_job() {
+        let root = tempfile::tempdir().unwrap();
+        let mut s = spill(root.path(), 1 << 20);
+        let mut expected = Vec::new();
+        for i in 0..40 {
+            let b = rows(i * 8192, 8192);
+            let who = b.column(0).as_string::<i32>().clone();
+            expected.extend((0..8192).map(|r| (who.value(r).to_string(), (i * 8192 + r) as i64)));
+            s.push(b).unwrap();
+        }
+        assert!(s.written() > 0);
+        let files = files_under(root.path());
+        assert!(!files.is_empty());
+        for f in &files {
+            let bytes = std::fs::read(f).unwrap();
+            assert!(
+                !bytes.windows(6).any(|w| w == b"MARKER"),
+                "a spill file holds a value in plaintext"
+            );
+        }
+        let groups = s.groups();
+        assert!(groups.len() > 1, "{groups:?}");
+        // Every subject's rows are in one group only.
+        let mut seen = std::collections::HashMap::new();
+        let mut got = Vec::new();
+        for (g, range) in groups.into_iter().enumerate() {
+            for b in s.read(range).unwrap() {
+                let who = b.column(0).as_string::<i32>();
+                let v = b.column(1).as_primitive::<arrow::datatypes::Int64Type>();
+                for i in 0..b.num_rows() {
+                    let w = who.value(i).to_string();
+                    assert_eq!(*seen.entry(w.clone()).or_insert(g), g);
+                    got.push((w, v.value(i)));
+                }
+            }
+        }
+        got.sort();
+        expected.sort();
+        assert_eq!(got, expected);
+        drop(s);
+        assert!(files_under(root.path()).is_empty());
+        assert!(std::fs::read_dir(root.path()).unwrap().next().is_none());
+    }
+
+    #[test]
+    fn an_altered_spill_file_fails_closed() {
+        let root = tempfile::tempdir().unwrap();
+        let mut s = spill(root.path(), 1 << 20);
+        for i in 0..20 {
+            s.push(rows(i * 8192, 8192)).unwrap();
+        }
+        let f = files_under(root.path()).pop().unwrap();
+        let mut bytes = std::fs::read(&f).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&f, bytes).unwrap();
+        let failed = s
+            .groups()
+            .into_iter()
+            .map(|g| s.read(g))
+            .any(|r| matches!(r, Err(Error::Integrity(_))));
+        assert!(failed);
+    }
+}
