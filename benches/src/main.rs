@@ -2,7 +2,7 @@
 //! the same process through the same query path, and an aggregate over the encrypted store
 //! against plaintext Parquet; prints times and ratios.
 //!
-//! Usage: `cargo run --release -p tidegate-benches -- [--rows N] [--reps R] [--gate-only | --import-only [--csv] | --load-only | --memory-only]`
+//! Usage: `cargo run --release -p tidegate-benches -- [--rows N] [--reps R] [--gate-only | --import-only [--csv] | --load-only | --memory-only | --scale VISITS SPOTS]`
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -29,6 +29,7 @@ mod gate;
 mod import;
 mod latency;
 mod memory;
+mod scale;
 mod scan;
 mod storage;
 
@@ -267,6 +268,20 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(at) = args.iter().position(|a| a == "--scale") {
+        let (Some(visits), Some(spots)) = (args.get(at + 1), args.get(at + 2)) else {
+            eprintln!("usage: tidegate-bench --scale VISITS.parquet SPOTS.parquet [--reps R]");
+            std::process::exit(2);
+        };
+        scale::scale(
+            &rt,
+            std::path::Path::new(visits),
+            std::path::Path::new(spots),
+            reps,
+        );
+        return;
+    }
     if std::env::args().any(|a| a == "--load-only") {
         println!("tidegate-bench: the API under load, {rows} rows");
         latency::api_under_load(rows);

@@ -361,6 +361,9 @@ async fn contribute(
         if rows.is_empty() {
             continue;
         }
+        for b in &rows {
+            tally.add_elements(b)?;
+        }
         let table = MemTable::try_new(
             Arc::clone(&schema),
             crate::spill::spread(rows, TARGET_PARTITIONS),
@@ -385,6 +388,7 @@ async fn contribute(
         while let Some(batch) = parts.next().await {
             tally.add(&batch.map_err(|e| map_error(e, Stage::Running))?)?;
         }
+        tally.settle_elements();
     }
     Ok(spill.written())
 }

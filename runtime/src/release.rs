@@ -862,23 +862,26 @@ impl Walk<'_> {
                     .chain((0..units.len()).map(|i| column(format!("{UNIT_OF_PREFIX}{i}"))))
                     .collect(),
             ));
-        contribution_aggr.push(
-            Expr::AggregateFunction(AggregateFunction::new_udf(
-                datafusion::functions_aggregate::array_agg::array_agg_udaf(),
-                vec![element],
-                false,
-                None,
-                vec![],
-                None,
-            ))
-            .alias(ROWS),
-        );
+        // Each input row carries its element; the tally groups them by cell and subject
+        // itself (a sort per group of subjects), which is far cheaper than a list per group.
+        let mut carried: Vec<Expr> = union
+            .schema()
+            .columns()
+            .into_iter()
+            .map(Expr::Column)
+            .collect();
+        carried.push(element.alias(ROWS));
+        let with_elements = LogicalPlanBuilder::from(union)
+            .project(carried)
+            .map_err(internal)?
+            .build()
+            .map_err(internal)?;
         let mut by = (0..agg.group_expr.len())
             .map(|i| column(format!("{GROUP_KEY_PREFIX}{i}")))
             .collect::<Vec<_>>();
         by.push(column(SUBJECT.to_string()));
         let contributions = Contributions {
-            input: union,
+            input: with_elements,
             by,
             aggregates: contribution_aggr,
         };
@@ -1449,6 +1452,9 @@ pub(crate) struct Tally<'a> {
     minimums: HashMap<Box<[u8]>, Vec<f64>, foldhash::fast::RandomState>,
     /// Names subjects for the gate's memory: each cell's sets of subjects are kept when set.
     subject_key: Option<crate::crypto::SubjectKey>,
+    /// The elements of the rows read since the last [`Tally::settle_elements`]: (cell, subject,
+    /// table, row identity, mask).
+    pending: Vec<(usize, u64, u64, u64, u64)>,
 }
 
 impl<'a> Tally<'a> {
@@ -1489,6 +1495,7 @@ impl<'a> Tally<'a> {
                 .collect(),
             minimums: HashMap::default(),
             subject_key,
+            pending: Vec::new(),
         };
         for b in result {
             let keys = tally.keys_of(b)?;
@@ -1538,12 +1545,127 @@ impl<'a> Tally<'a> {
         }
     }
 
+    /// The cell of `key`, made when first seen.
+    fn cell_at(&mut self, key: &[u8]) -> usize {
+        if let Some(at) = self.index.get(key) {
+            return *at;
+        }
+        let measures = self.analysis.measures.len();
+        self.index.insert(key.into(), self.cells.len());
+        let floors = self
+            .minimums
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| vec![0.0; measures]);
+        self.cells.push(Cell {
+            subjects: 0,
+            tops: vec![Vec::with_capacity(self.rule.top_needed()); measures],
+            bounded_totals: vec![0.0; measures],
+            contributors: vec![0; measures],
+            floors,
+            elements: Vec::new(),
+        });
+        self.cells.len() - 1
+    }
+
+    /// Takes the gate's memory's elements of a batch of input rows (one per row, before any
+    /// grouping): kept until [`Tally::settle_elements`] groups them by cell and subject.
+    pub(crate) fn add_elements(&mut self, b: &RecordBatch) -> Result<()> {
+        let Some(key) = self.subject_key else {
+            return Ok(());
+        };
+        let keys = self.keys_of(b)?;
+        let subject = arrow::compute::cast(
+            b.column_by_name(SUBJECT)
+                .ok_or_else(|| Error::Internal("gate columns: no subject".into()))?,
+            &DataType::Utf8,
+        )
+        .map_err(arrow_error)?;
+        let subject = subject.as_string::<i32>();
+        let elements = b
+            .column_by_name(ROWS)
+            .and_then(|c| c.as_fixed_size_binary_opt())
+            .ok_or_else(|| Error::Internal("gate columns: no rows".into()))?;
+        for row in 0..b.num_rows() {
+            // Rows of no subject never reach the tally (filtered in its plan).
+            if !elements.is_valid(row) || !subject.is_valid(row) {
+                continue;
+            }
+            let bytes = elements.value(row);
+            let identity = u64::from_le_bytes(bytes[..8].try_into().unwrap_or_default());
+            let mask = u64::from_le_bytes(bytes[8..16].try_into().unwrap_or_default());
+            let adds = mask & ((1 << TABLE_SHIFT) - 1);
+            if adds == 0 {
+                continue;
+            }
+            let at = self.cell_at(keys.row(row).as_ref());
+            let who = key.subject(subject.value(row).as_bytes());
+            self.pending
+                .push((at, who, mask >> TABLE_SHIFT, identity, adds));
+        }
+        Ok(())
+    }
+
+    /// Groups the elements taken since the last call by cell and subject into the cells' sets
+    /// (every row of a subject was taken by then: the spill keeps a subject's rows together).
+    pub(crate) fn settle_elements(&mut self) {
+        let Some(key) = self.subject_key else {
+            return;
+        };
+        let mut pending = std::mem::take(&mut self.pending);
+        pending.sort_unstable();
+        for of_subject in pending.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
+            let (at, who) = (of_subject[0].0, of_subject[0].1);
+            let cell = &mut self.cells[at];
+            // A stored row read n times in the cell (by n input rows) adds its value n
+            // times: it is n elements, its first copy named as a plain read names it.
+            for same in of_subject.chunk_by(|a, b| (a.2, a.3) == (b.2, b.3)) {
+                let (table, identity) = (same[0].2, same[0].3);
+                // A table stored without row identities: its subject stands for its rows.
+                let base = match identity {
+                    0 => who,
+                    i => key.subject(&i.to_le_bytes()),
+                };
+                // Read once (nearly always): one element, as it is.
+                if let [one] = same {
+                    cell.elements.push((table, base, who, one.4));
+                    continue;
+                }
+                let mut times = [0u32; TABLE_SHIFT as usize];
+                for e in same {
+                    let mut mask = e.4;
+                    while mask != 0 {
+                        times[mask.trailing_zeros() as usize] += 1;
+                        mask &= mask - 1;
+                    }
+                }
+                let copies = times.iter().copied().max().unwrap_or(0);
+                for copy in 1..=copies {
+                    let mask = times
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, n)| **n >= copy)
+                        .fold(0u64, |m, (bit, _)| m | 1 << bit);
+                    let named = match copy {
+                        1 => base,
+                        c => {
+                            let mut again = [0u8; 12];
+                            again[..8].copy_from_slice(&base.to_le_bytes());
+                            again[8..].copy_from_slice(&c.to_le_bytes());
+                            key.subject(&again)
+                        }
+                    };
+                    cell.elements.push((table, named, who, mask));
+                }
+            }
+        }
+    }
+
     /// Adds one batch of contributions (one row per cell and subject).
     pub(crate) fn add(&mut self, b: &RecordBatch) -> Result<()> {
         use std::hash::{Hash, Hasher};
         let keys = self.keys_of(b)?;
         let top = self.rule.top_needed();
-        let measures = self.analysis.measures.len();
         let parts = self
             .analysis
             .measures
@@ -1561,15 +1683,6 @@ impl<'a> Tally<'a> {
             ),
             false => None,
         };
-        let elements = match self.subject_key {
-            Some(_) => Some(
-                b.column_by_name(ROWS)
-                    .and_then(|c| c.as_list_opt::<i32>())
-                    .cloned()
-                    .ok_or_else(|| Error::Internal("gate columns: no rows".into()))?,
-            ),
-            None => None,
-        };
         let signed_parts = self
             .signed
             .iter()
@@ -1586,94 +1699,7 @@ impl<'a> Tally<'a> {
             .collect::<Result<Vec<_>>>()?;
         for row in 0..b.num_rows() {
             let key = keys.row(row);
-            let at = match self.index.get(key.as_ref()) {
-                Some(at) => *at,
-                None => {
-                    self.index.insert(key.as_ref().into(), self.cells.len());
-                    let floors = self
-                        .minimums
-                        .get(key.as_ref())
-                        .cloned()
-                        .unwrap_or_else(|| vec![0.0; measures]);
-                    self.cells.push(Cell {
-                        subjects: 0,
-                        tops: vec![Vec::with_capacity(top); measures],
-                        bounded_totals: vec![0.0; measures],
-                        contributors: vec![0; measures],
-                        floors,
-                        elements: Vec::new(),
-                    });
-                    self.cells.len() - 1
-                }
-            };
-            if let (Some(key), Some(subject), Some(elements)) =
-                (&self.subject_key, &subject, &elements)
-            {
-                // Rows of no subject never reach the tally (filtered in its plan).
-                let who = key.subject(subject.as_string::<i32>().value(row).as_bytes());
-                let list = elements.value(row);
-                let list = list
-                    .as_fixed_size_binary_opt()
-                    .ok_or_else(|| Error::Internal("gate columns: rows".into()))?;
-                let mut read: Vec<(u64, u64, u64)> = list
-                    .iter()
-                    .flatten()
-                    .map(|bytes| {
-                        let identity =
-                            u64::from_le_bytes(bytes[..8].try_into().unwrap_or_default());
-                        let mask = u64::from_le_bytes(bytes[8..16].try_into().unwrap_or_default());
-                        (
-                            mask >> TABLE_SHIFT,
-                            identity,
-                            mask & ((1 << TABLE_SHIFT) - 1),
-                        )
-                    })
-                    .filter(|e| e.2 != 0)
-                    .collect();
-                read.sort_unstable();
-                let cell = &mut self.cells[at];
-                // A stored row read n times in the cell (by n input rows) adds its value n
-                // times: it is n elements, its first copy named as a plain read names it.
-                for same in read.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
-                    let (table, identity) = (same[0].0, same[0].1);
-                    // A table stored without row identities: its subject stands for its rows.
-                    let base = match identity {
-                        0 => who,
-                        i => key.subject(&i.to_le_bytes()),
-                    };
-                    // Read once (nearly always): one element, as it is.
-                    if let [one] = same {
-                        cell.elements.push((table, base, who, one.2));
-                        continue;
-                    }
-                    let mut times = [0u32; TABLE_SHIFT as usize];
-                    for e in same {
-                        let mut mask = e.2;
-                        while mask != 0 {
-                            times[mask.trailing_zeros() as usize] += 1;
-                            mask &= mask - 1;
-                        }
-                    }
-                    let copies = times.iter().copied().max().unwrap_or(0);
-                    for copy in 1..=copies {
-                        let mask = times
-                            .iter()
-                            .enumerate()
-                            .filter(|(_, n)| **n >= copy)
-                            .fold(0u64, |m, (bit, _)| m | 1 << bit);
-                        let named = match copy {
-                            1 => base,
-                            c => {
-                                let mut again = [0u8; 12];
-                                again[..8].copy_from_slice(&base.to_le_bytes());
-                                again[8..].copy_from_slice(&c.to_le_bytes());
-                                key.subject(&again)
-                            }
-                        };
-                        cell.elements.push((table, named, who, mask));
-                    }
-                }
-            }
+            let at = self.cell_at(key.as_ref());
             for (m, column) in parts.iter().enumerate() {
                 let mut raw = if column.is_null(row) {
                     0.0

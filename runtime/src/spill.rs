@@ -178,10 +178,8 @@ impl SealedSpill {
             if self.buckets[b].held.is_empty() {
                 continue;
             }
-            let held: Vec<RecordBatch> = std::mem::take(&mut self.buckets[b].held)
-                .into_iter()
-                .map(|(part, _)| part)
-                .collect();
+            // One batch per bucket and write: the slices are small (a 256th of a batch).
+            let held = coalesce(&self.schema, std::mem::take(&mut self.buckets[b].held))?;
             let mut plain = encode(&self.schema, &held)?;
             drop(held);
             let frame = self.next_frame;
@@ -262,6 +260,7 @@ impl SealedSpill {
                         .decrypt_in_place(&nonce(frame), &aad(b, frame), &mut sealed)
                         .map_err(|_| damaged())?;
                     let batches = decode(&sealed)?;
+                    drop(sealed);
                     size += batches.iter().map(slice_bytes).sum::<usize>();
                     out.extend(batches);
                 }
@@ -271,10 +270,9 @@ impl SealedSpill {
                 }
                 let _ = fs::remove_file(self.dir.join(format!("{b:03}.sealed")));
             }
-            for (part, share) in std::mem::take(&mut bucket.held) {
-                size += share;
-                out.push(part);
-            }
+            let held = std::mem::take(&mut bucket.held);
+            size += held.iter().map(|(_, share)| share).sum::<usize>();
+            out.extend(coalesce(&self.schema, held)?);
         }
         self.reservation
             .try_grow(size)
@@ -326,6 +324,27 @@ fn aad(bucket: usize, frame: u64) -> Vec<u8> {
     a
 }
 
+/// Held slices as whole batches of about the engine's batch size.
+fn coalesce(schema: &SchemaRef, held: Vec<(RecordBatch, usize)>) -> Result<Vec<RecordBatch>> {
+    if held.is_empty() {
+        return Ok(Vec::new());
+    }
+    let whole = arrow::compute::concat_batches(schema, held.iter().map(|(b, _)| b))
+        .map_err(|e| Error::Internal(format!("gate spill: {e}")))?;
+    Ok(chunks(whole))
+}
+
+/// A batch as zero-copy slices of at most [`ROWS_PER_BATCH`] rows.
+fn chunks(whole: RecordBatch) -> Vec<RecordBatch> {
+    (0..whole.num_rows())
+        .step_by(ROWS_PER_BATCH)
+        .map(|at| whole.slice(at, ROWS_PER_BATCH.min(whole.num_rows() - at)))
+        .collect()
+}
+
+/// The engine's batch size.
+const ROWS_PER_BATCH: usize = 8192;
+
 fn encode(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>> {
     let bad = |e: arrow::error::ArrowError| Error::Internal(format!("gate spill: {e}"));
     let mut w = arrow_ipc::writer::StreamWriter::try_new(Vec::new(), schema).map_err(bad)?;
@@ -338,10 +357,13 @@ fn encode(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>> {
 
 fn decode(bytes: &[u8]) -> Result<Vec<RecordBatch>> {
     let bad = |_| Error::Integrity("the gate's spill file is damaged".into());
-    arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
-        .map_err(bad)?
-        .map(|b| b.map_err(bad))
-        .collect()
+    let mut out = Vec::new();
+    for b in
+        arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None).map_err(bad)?
+    {
+        out.extend(chunks(b.map_err(bad)?));
+    }
+    Ok(out)
 }
 
 /// The spill's directory, readable by this user only.
@@ -444,7 +466,8 @@ mod tests {
         for i in 0..10 {
             s.push(rows(i * 1000, 1000)).unwrap();
         }
-        assert_eq!(s.groups(), [0..BUCKETS]);
+        let groups = s.groups();
+        assert_eq!((groups.len(), groups[0].clone()), (1, 0..BUCKETS));
         assert_eq!(read_all(&mut s).len(), 10_000);
         assert_eq!(s.written(), 0);
         assert!(std::fs::read_dir(root.path()).unwrap().next().is_none());

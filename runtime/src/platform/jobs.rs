@@ -456,6 +456,7 @@ impl Platform {
         match outcome {
             Ok(output) => {
                 resources.peak_engine_memory_bytes = output.peak_engine_memory_bytes;
+                resources.spilled_bytes = output.spilled_bytes;
                 let rows: usize = output.batches.iter().map(RecordBatch::num_rows).sum();
                 let schema = output
                     .batches

@@ -185,6 +185,10 @@ pub struct ResourceUse {
     /// The most memory the query engine's operators reserved at once.
     #[serde(default)]
     pub peak_engine_memory_bytes: u64,
+    /// Bytes of the gate's per-subject rows the job wrote sealed to disk (its budget was too
+    /// small to hold them).
+    #[serde(default)]
+    pub spilled_bytes: u64,
     pub rows_scanned: u64,
     pub bytes_scanned: u64,
     pub output_bytes: u64,
@@ -208,6 +212,7 @@ impl ResourceUse {
             wall_ms: up(self.wall_ms, 1000),
             cpu_ms: up(self.cpu_ms, 1000),
             peak_engine_memory_bytes: up(self.peak_engine_memory_bytes, MIB64),
+            spilled_bytes: up(self.spilled_bytes, MIB64),
             rows_scanned: up(self.rows_scanned, 1000),
             bytes_scanned: up(self.bytes_scanned, MIB64),
             output_bytes: up(self.output_bytes, 1 << 20),
