@@ -182,7 +182,21 @@ pub(crate) fn scale(rt: &tokio::runtime::Runtime, visits: &Path, spots: &Path, r
         for _ in 0..reps {
             let (t, job) = timed_job(&world, &sid, sql, &modules);
             if job["state"] != "succeeded" {
-                println!("    {name}: the job {} ({})", job["state"], job["error"]);
+                // The bench is the operator: the cause the scientist is not shown is in the
+                // audit log.
+                let id = job["id"].as_str().unwrap_or_default();
+                let cause = tidegate_runtime::read_audit_log(
+                    &work.path().join("data").join(tidegate_runtime::AUDIT_FILE),
+                    None,
+                )
+                .ok()
+                .and_then(|log| {
+                    log.into_iter()
+                        .rev()
+                        .find(|e| e.object == id)
+                        .map(|e| e.detail["error"].to_string())
+                });
+                println!("    {name}: the job {} ({cause:?})", job["state"]);
                 break;
             }
             times.push(t);

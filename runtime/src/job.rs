@@ -341,12 +341,11 @@ async fn contribute(
         .unwrap_or_else(|| std::env::temp_dir().join("tidegate-spill"));
     let reservation = MemoryConsumer::new("the gate's per-subject rows")
         .register(&(Arc::clone(pool) as Arc<dyn MemoryPool>));
-    // A quarter of the budget holds rows; the rest is the aggregation's.
     let mut spill = crate::spill::SealedSpill::new(
         &root,
         Arc::clone(&schema),
         hidden::SUBJECT,
-        limits.memory_bytes / 4,
+        limits.memory_bytes,
         reservation,
     )?;
     let task = ctx.task_ctx();
@@ -356,7 +355,15 @@ async fn contribute(
         spill.push(batch.map_err(|e| map_error(e, Stage::Running))?)?;
     }
     drop(stream);
-    for group in spill.groups() {
+    // Each group is aggregated on one partition: its subjects are a share of all already, and
+    // no exchange between partitions has to buffer (or spill) what it moves.
+    let single = SessionContext::new_with_config_rt(
+        SessionConfig::new()
+            .with_target_partitions(1)
+            .with_information_schema(false),
+        ctx.runtime_env(),
+    );
+    for group in spill.groups()? {
         let rows = spill.read(group)?;
         if rows.is_empty() {
             continue;
@@ -364,11 +371,8 @@ async fn contribute(
         for b in &rows {
             tally.add_elements(b)?;
         }
-        let table = MemTable::try_new(
-            Arc::clone(&schema),
-            crate::spill::spread(rows, TARGET_PARTITIONS),
-        )
-        .map_err(|e| Error::Internal(format!("the gate's rows: {e}")))?;
+        let table = MemTable::try_new(Arc::clone(&schema), vec![rows])
+            .map_err(|e| Error::Internal(format!("the gate's rows: {e}")))?;
         let scan = LogicalPlanBuilder::scan(
             hidden::CONTRIBUTIONS,
             provider_as_source(Arc::new(table)),
@@ -376,14 +380,14 @@ async fn contribute(
         )
         .and_then(|b| b.build())
         .map_err(|e| Error::Internal(format!("the gate's rows: {e}")))?;
-        let physical = ctx
+        let physical = single
             .execute_logical_plan(plan.over(scan)?)
             .await
             .map_err(|e| map_error(e, Stage::Running))?
             .create_physical_plan()
             .await
             .map_err(|e| map_error(e, Stage::Running))?;
-        let mut parts = datafusion::physical_plan::execute_stream(physical, Arc::clone(&task))
+        let mut parts = datafusion::physical_plan::execute_stream(physical, single.task_ctx())
             .map_err(|e| map_error(e, Stage::Running))?;
         while let Some(batch) = parts.next().await {
             tally.add(&batch.map_err(|e| map_error(e, Stage::Running))?)?;

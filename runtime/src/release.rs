@@ -864,15 +864,13 @@ impl Walk<'_> {
             ));
         // Each input row carries its element; the tally groups them by cell and subject
         // itself (a sort per group of subjects), which is far cheaper than a list per group.
-        let mut carried: Vec<Expr> = union
-            .schema()
-            .columns()
-            .into_iter()
-            .map(Expr::Column)
-            .collect();
-        carried.push(element.alias(ROWS));
+        // Only what the aggregation reads is kept (the units' and rows' columns are in the
+        // element now).
+        let mut kept: Vec<Expr> = carried.iter().map(|c| column(c.clone())).collect();
+        kept.push(column(SUBJECT.to_string()));
+        kept.push(element.alias(ROWS));
         let with_elements = LogicalPlanBuilder::from(union)
-            .project(carried)
+            .project(kept)
             .map_err(internal)?
             .build()
             .map_err(internal)?;

@@ -51,6 +51,9 @@ pub(crate) struct SealedSpill {
     /// Bytes held in memory, and the most the spill holds before it writes.
     held: usize,
     limit: usize,
+    /// The most bytes of rows aggregated at once (the aggregation's state is a few times
+    /// their size).
+    group_limit: usize,
     reservation: MemoryReservation,
     next_frame: u64,
     written: u64,
@@ -58,13 +61,14 @@ pub(crate) struct SealedSpill {
 
 impl SealedSpill {
     /// A spill for batches of `schema` partitioned by the column `subject`, writing under
-    /// `root` (a directory of its own, made when first needed) once more than `limit` bytes
-    /// are held. What it holds is reserved in the job's memory pool through `reservation`.
+    /// `root` (a directory of its own, made when first needed) once more than a quarter of
+    /// `budget` is held, and giving back groups of at most an eighth of it. What it holds is
+    /// reserved in the job's memory pool through `reservation`.
     pub(crate) fn new(
         root: &Path,
         schema: SchemaRef,
         subject: &str,
-        limit: usize,
+        budget: usize,
         reservation: MemoryReservation,
     ) -> Result<SealedSpill> {
         let subject = schema
@@ -83,7 +87,8 @@ impl SealedSpill {
             buckets: (0..BUCKETS).map(|_| Bucket::default()).collect(),
             partitioned: false,
             held: 0,
-            limit: limit.clamp(1 << 20, 1 << 30),
+            limit: (budget / 4).clamp(1 << 20, 1 << 30),
+            group_limit: (budget / 8).clamp(1 << 19, 1 << 29),
             reservation,
             next_frame: 0,
             written: 0,
@@ -211,22 +216,29 @@ impl SealedSpill {
         Ok(())
     }
 
-    /// The buckets of each group, in order: all of them at once when nothing was written.
-    pub(crate) fn groups(&self) -> Vec<std::ops::Range<usize>> {
+    /// The buckets of each group, in order: all of them at once when they fit one group
+    /// (rows held in memory are partitioned then, without writing them).
+    pub(crate) fn groups(&mut self) -> Result<Vec<std::ops::Range<usize>>> {
         if !self.partitioned {
-            return std::iter::once(0..BUCKETS).collect();
+            if self.held <= self.group_limit {
+                return Ok(std::iter::once(0..BUCKETS).collect());
+            }
+            self.partitioned = true;
+            for b in std::mem::take(&mut self.raw) {
+                self.partition(&b)?;
+            }
         }
         let mut groups = Vec::new();
         let (mut start, mut bytes) = (0, 0usize);
         for (b, bucket) in self.buckets.iter().enumerate() {
-            if bytes > 0 && bytes + bucket.bytes > self.limit {
+            if bytes > 0 && bytes + bucket.bytes > self.group_limit {
                 groups.push(start..b);
                 (start, bytes) = (b, 0);
             }
             bytes += bucket.bytes;
         }
         groups.push(start..BUCKETS);
-        groups
+        Ok(groups)
     }
 
     /// The rows of one group, read back and opened; each file is checked whole (every frame
@@ -387,18 +399,6 @@ pub(crate) fn sweep(root: &Path) {
     }
 }
 
-/// The groups' batches as `partitions` partitions of about equal rows, for the engine.
-pub(crate) fn spread(batches: Vec<RecordBatch>, partitions: usize) -> Vec<Vec<RecordBatch>> {
-    let mut out = vec![Vec::new(); partitions.max(1)];
-    let mut rows = vec![0usize; out.len()];
-    for b in batches {
-        let at = (0..rows.len()).min_by_key(|i| rows[*i]).unwrap_or(0);
-        rows[at] += b.num_rows();
-        out[at].push(b);
-    }
-    out
-}
-
 /// Test helpers: what a spill wrote.
 #[cfg(test)]
 pub(crate) fn files_under(root: &Path) -> Vec<PathBuf> {
@@ -448,7 +448,7 @@ mod tests {
 
     fn read_all(s: &mut SealedSpill) -> Vec<(String, i64)> {
         let mut got = Vec::new();
-        for g in s.groups() {
+        for g in s.groups().unwrap() {
             for b in s.read(g).unwrap() {
                 let who = b.column(0).as_string::<i32>();
                 let v = b.column(1).as_primitive::<arrow::datatypes::Int64Type>();
@@ -462,11 +462,11 @@ mod tests {
     #[test]
     fn rows_that_fit_the_budget_never_reach_the_disk() {
         let root = tempfile::tempdir().unwrap();
-        let mut s = spill(root.path(), 64 << 20);
+        let mut s = spill(root.path(), 256 << 20);
         for i in 0..10 {
             s.push(rows(i * 1000, 1000)).unwrap();
         }
-        let groups = s.groups();
+        let groups = s.groups().unwrap();
         assert_eq!((groups.len(), groups[0].clone()), (1, 0..BUCKETS));
         assert_eq!(read_all(&mut s).len(), 10_000);
         assert_eq!(s.written(), 0);
@@ -476,7 +476,7 @@ mod tests {
     #[test]
     fn rows_over_the_budget_are_written_sealed_read_back_whole_and_destroyed_with_the_job() {
         let root = tempfile::tempdir().unwrap();
-        let mut s = spill(root.path(), 1 << 20);
+        let mut s = spill(root.path(), 4 << 20);
         let mut expected = Vec::new();
         for i in 0..40 {
             let b = rows(i * 8192, 8192);
@@ -494,7 +494,7 @@ mod tests {
                 "a spill file holds a value in plaintext"
             );
         }
-        let groups = s.groups();
+        let groups = s.groups().unwrap();
         assert!(groups.len() > 1, "{groups:?}");
         // Every subject's rows are in one group only.
         let mut seen = std::collections::HashMap::new();
@@ -521,7 +521,7 @@ mod tests {
     #[test]
     fn an_altered_spill_file_fails_closed() {
         let root = tempfile::tempdir().unwrap();
-        let mut s = spill(root.path(), 1 << 20);
+        let mut s = spill(root.path(), 4 << 20);
         for i in 0..20 {
             s.push(rows(i * 8192, 8192)).unwrap();
         }
@@ -532,6 +532,7 @@ mod tests {
         std::fs::write(&f, bytes).unwrap();
         let failed = s
             .groups()
+            .unwrap()
             .into_iter()
             .map(|g| s.read(g))
             .any(|r| matches!(r, Err(Error::Integrity(_))));
