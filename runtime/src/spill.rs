@@ -1,7 +1,8 @@
 //! The gate's sealed spill: every subject's rows of a job, partitioned by subject, held in
 //! memory while they fit the job's budget and otherwise written to disk sealed under a key
-//! that exists only in the job's memory (AES-256-GCM, a fresh random key per job; the files
-//! die with the job, and a file left by a killed process is noise without its key).
+//! that exists only in the job's memory (AES-256-GCM by ring, a fresh random key per job,
+//! each frame's nonce its number; the files die with the job, and a file left by a killed
+//! process is noise without its key).
 //!
 //! Rows are hashed by subject into [`BUCKETS`] buckets; read back, consecutive buckets form
 //! groups of at most the budget's share, so each group's per-(cell, subject) aggregation is
@@ -12,11 +13,10 @@ use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use aes_gcm::aead::{AeadInPlace, KeyInit};
-use aes_gcm::{Aes256Gcm, Nonce};
 use arrow::array::{Array, AsArray, RecordBatch, UInt32Array};
 use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::execution::memory_pool::MemoryReservation;
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 
 use crate::error::{Error, Result};
 
@@ -40,7 +40,7 @@ struct Bucket {
 pub(crate) struct SealedSpill {
     dir: PathBuf,
     created: bool,
-    cipher: Aes256Gcm,
+    cipher: LessSafeKey,
     schema: SchemaRef,
     subject: usize,
     seed: u64,
@@ -79,7 +79,10 @@ impl SealedSpill {
         Ok(SealedSpill {
             dir: root.join(format!("job-{name}")),
             created: false,
-            cipher: Aes256Gcm::new((&key).into()),
+            cipher: LessSafeKey::new(
+                UnboundKey::new(&AES_256_GCM, &key)
+                    .map_err(|_| Error::Internal("gate spill: key".into()))?,
+            ),
             schema,
             subject,
             seed: u64::from_le_bytes(crate::crypto::random_bytes::<8>()),
@@ -190,7 +193,7 @@ impl SealedSpill {
             let frame = self.next_frame;
             self.next_frame += 1;
             self.cipher
-                .encrypt_in_place(&nonce(frame), &aad(b, frame), &mut plain)
+                .seal_in_place_append_tag(nonce(frame), Aad::from(aad(b, frame)), &mut plain)
                 .map_err(|_| Error::Internal("gate spill: sealing failed".into()))?;
             let bucket = &mut self.buckets[b];
             let file = match &mut bucket.file {
@@ -268,10 +271,11 @@ impl SealedSpill {
                     let frame = u64::from_le_bytes(header[4..].try_into().unwrap_or_default());
                     let mut sealed = vec![0u8; len as usize];
                     reader.read_exact(&mut sealed).map_err(|_| damaged())?;
-                    self.cipher
-                        .decrypt_in_place(&nonce(frame), &aad(b, frame), &mut sealed)
+                    let plain = self
+                        .cipher
+                        .open_in_place(nonce(frame), Aad::from(aad(b, frame)), &mut sealed)
                         .map_err(|_| damaged())?;
-                    let batches = decode(&sealed)?;
+                    let batches = decode(plain)?;
                     drop(sealed);
                     size += batches.iter().map(slice_bytes).sum::<usize>();
                     out.extend(batches);
@@ -322,10 +326,10 @@ fn memory_limit() -> Error {
     Error::Limit("the job exceeded its memory limit".into())
 }
 
-fn nonce(frame: u64) -> Nonce<aes_gcm::aead::consts::U12> {
+fn nonce(frame: u64) -> Nonce {
     let mut n = [0u8; 12];
     n[..8].copy_from_slice(&frame.to_le_bytes());
-    *Nonce::from_slice(&n)
+    Nonce::assume_unique_for_key(n)
 }
 
 /// Binds a frame to its bucket and place: frames cannot be moved between files.
