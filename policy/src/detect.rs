@@ -539,6 +539,60 @@ pub struct TagProposal {
     pub by_name: bool,
 }
 
+/// The tags proposed for one column of a file a provider is about to import, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ColumnProposal {
+    pub tags: Vec<String>,
+    /// Between 0 and 1.
+    pub confidence: f64,
+    pub why: &'static str,
+}
+
+/// Proposes a column's tags from what a sample of it shows: its sensitive type (`found`), its
+/// declared type, and how many distinct values (`distinct`, counted up to a bound) its `rows`
+/// non-NULL rows hold. Resident ID numbers are the natural subject key (`entity`); dates and
+/// times are quasi-identifiers; text with few distinct values is a group-by key.
+pub fn propose_column_tags(
+    found: &TagProposal,
+    data_type: &crate::model::DataType,
+    distinct: usize,
+    rows: usize,
+) -> ColumnProposal {
+    let (tags, confidence, why) = match (&found.tag, data_type) {
+        (Some(t), _) if t == "pii:resident_id" => (
+            vec![t.clone(), "entity".into()],
+            found.confidence,
+            "resident ID numbers; the natural subject key",
+        ),
+        (Some(t), _) if found.by_name => (
+            vec![t.clone()],
+            found.confidence,
+            "the column's name (its values show no context)",
+        ),
+        (Some(t), _) => (
+            vec![t.clone()],
+            found.confidence,
+            "values of a sensitive data type",
+        ),
+        (None, t) if t.is_temporal() => (
+            vec!["quasi".into()],
+            0.5,
+            "dates and times (birth, visit) are quasi-identifiers",
+        ),
+        (None, crate::model::DataType::Utf8) if distinct <= 100 && rows >= 10 * distinct => (
+            vec!["dimension".into()],
+            0.5,
+            "few distinct values: a group-by key",
+        ),
+        (None, _) => (vec![], 0.0, "nothing found"),
+    };
+    ColumnProposal {
+        tags,
+        confidence,
+        why,
+    }
+}
+
 /// Proposes a `pii:TYPE` tag for a column from `values` (a sample): the type found in most
 /// values, with the share of values where it was found and validated as the confidence. A
 /// type found in fewer than a fifth of the values is not proposed.
@@ -668,6 +722,29 @@ mod tests {
             .map(|d| (d.kind, d.certain))
             .collect();
         assert_eq!(got, expected, "scanning {value:?}");
+    }
+
+    #[test]
+    fn a_scanned_column_is_proposed_the_tags_its_sample_shows() {
+        use crate::model::DataType;
+        let ids = propose_tag_for("who", ["11010519491231002X"; 20]);
+        let p = propose_column_tags(&ids, &DataType::Utf8, 1, 20);
+        assert_eq!(p.tags, ["pii:resident_id", "entity"]);
+        let nothing = propose_tag_for("when", ["2026-05-01"; 20]);
+        assert_eq!(
+            propose_column_tags(&nothing, &DataType::Date32, 20, 20).tags,
+            ["quasi"]
+        );
+        let spots = propose_tag_for("spot", ["Lake"; 50]);
+        assert_eq!(
+            propose_column_tags(&spots, &DataType::Utf8, 3, 50).tags,
+            ["dimension"]
+        );
+        assert!(
+            propose_column_tags(&spots, &DataType::Utf8, 30, 50)
+                .tags
+                .is_empty()
+        );
     }
 
     #[test]

@@ -14,8 +14,8 @@ mod release;
 mod rules;
 
 pub use detect::{
-    Detection, SensitiveType, TagProposal, mask, propose_tag, propose_tag_for,
-    resident_id_check_char, scan_value,
+    ColumnProposal, Detection, SensitiveType, TagProposal, mask, propose_column_tags, propose_tag,
+    propose_tag_for, resident_id_check_char, scan_value,
 };
 pub use gate::{
     ALLOWED_AGGREGATES, CheckOutcome, GateCheck, GateReport, MAX_WITHHELD_FAILURES, QueryShape,

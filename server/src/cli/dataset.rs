@@ -183,45 +183,15 @@ pub fn scan_report(file: &Path) -> Result<Vec<Value>> {
             }
         }
         let p = tidegate_policy::propose_tag_for(&column.name, values.iter().map(String::as_str));
-        let (tags, confidence, why) = match (&p.tag, &column.data_type) {
-            (Some(t), _) if t == "pii:resident_id" => (
-                vec![t.clone(), "entity".into()],
-                p.confidence,
-                "resident ID numbers; the natural subject key",
-            ),
-            (Some(t), _) if p.by_name => (
-                vec![t.clone()],
-                p.confidence,
-                "the column's name (its values show no context)",
-            ),
-            (Some(t), _) => (
-                vec![t.clone()],
-                p.confidence,
-                "values of a sensitive data type",
-            ),
-            (None, t) if t.is_temporal() => (
-                vec!["quasi".into()],
-                0.5,
-                "dates and times (birth, visit) are quasi-identifiers",
-            ),
-            (None, tidegate_policy::DataType::Utf8)
-                if distinct.len() <= 100 && rows >= 10 * distinct.len() =>
-            {
-                (
-                    vec!["dimension".into()],
-                    0.5,
-                    "few distinct values: a group-by key",
-                )
-            }
-            (None, _) => (vec![], 0.0, "nothing found"),
-        };
+        let proposal =
+            tidegate_policy::propose_column_tags(&p, &column.data_type, distinct.len(), rows);
         report.push(json!({
             "column": column.name,
             "type": column.data_type,
-            "proposed_tags": tags,
-            "confidence": (confidence * 100.0).round() / 100.0,
+            "proposed_tags": proposal.tags,
+            "confidence": (proposal.confidence * 100.0).round() / 100.0,
             "sampled": p.sampled,
-            "why": why,
+            "why": proposal.why,
         }));
     }
     Ok(report)

@@ -31,6 +31,7 @@ mod aggregates;
 mod c_udf;
 mod column_types;
 mod hostile;
+mod spill;
 mod sql;
 mod tables;
 
