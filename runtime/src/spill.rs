@@ -57,6 +57,8 @@ pub(crate) struct SealedSpill {
     reservation: MemoryReservation,
     next_frame: u64,
     written: u64,
+    /// The most bytes a job may write: sixteen times its budget.
+    max_written: u64,
 }
 
 impl SealedSpill {
@@ -95,6 +97,7 @@ impl SealedSpill {
             reservation,
             next_frame: 0,
             written: 0,
+            max_written: (budget as u64).saturating_mul(16),
         })
     }
 
@@ -195,6 +198,13 @@ impl SealedSpill {
             self.cipher
                 .seal_in_place_append_tag(nonce(frame), Aad::from(aad(b, frame)), &mut plain)
                 .map_err(|_| Error::Internal("gate spill: sealing failed".into()))?;
+            self.written += (HEADER + plain.len()) as u64;
+            if self.written > self.max_written {
+                return Err(Error::Limit(
+                    "the gate's work for the job exceeded its disk limit (sixteen times its memory)"
+                        .into(),
+                ));
+            }
             let bucket = &mut self.buckets[b];
             let file = match &mut bucket.file {
                 Some(f) => f,
@@ -212,7 +222,6 @@ impl SealedSpill {
             file.write_all(&header)?;
             file.write_all(&plain)?;
             bucket.frames += 1;
-            self.written += (HEADER + plain.len()) as u64;
         }
         self.held = 0;
         self.reservation.free();
@@ -520,6 +529,18 @@ mod tests {
         drop(s);
         assert!(files_under(root.path()).is_empty());
         assert!(std::fs::read_dir(root.path()).unwrap().next().is_none());
+    }
+
+    #[test]
+    fn a_job_writes_at_most_sixteen_times_its_budget() {
+        let root = tempfile::tempdir().unwrap();
+        let mut s = spill(root.path(), 4 << 20);
+        let stopped = (0..2_000)
+            .map(|i| s.push(rows(i * 8192, 8192)))
+            .find_map(Result::err)
+            .expect("the spill stops the job");
+        assert!(matches!(stopped, Error::Limit(_)), "{stopped}");
+        assert!(s.written() <= (64 << 20) + (4 << 20));
     }
 
     #[test]
