@@ -433,6 +433,13 @@ impl Platform {
             bytes_scanned: scanned.1,
             ..ResourceUse::default()
         };
+        // The result and its sets for the gate's memory are encoded, sealed and written before
+        // the metadata lock is taken: a job over millions of rows never holds every other
+        // request behind its writes. (A job cancelled meanwhile has them removed below.)
+        let sealed = match &outcome {
+            Ok(output) => Some(self.seal_result(&id, output, &inputs)?),
+            Err(_) => None,
+        };
         let finished = crate::now_rfc3339();
         let mut db = self
             .db
@@ -447,6 +454,10 @@ impl Platform {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&id);
         let outcome = if cancelled {
+            if sealed.is_some() {
+                let _ = fs::remove_file(self.object_path("results", &id));
+                let _ = fs::remove_file(self.object_path("subjects", &id));
+            }
             Err(Error::Refused(crate::sandbox::CANCELLED.into()))
         } else {
             outcome
@@ -457,54 +468,21 @@ impl Platform {
             Ok(output) => {
                 resources.peak_engine_memory_bytes = output.peak_engine_memory_bytes;
                 resources.spilled_bytes = output.spilled_bytes;
-                let rows: usize = output.batches.iter().map(RecordBatch::num_rows).sum();
-                let schema = output
-                    .batches
-                    .first()
-                    .map(|b| b.schema())
-                    .unwrap_or_else(|| Arc::new(Schema::empty()));
-                let visible: Vec<(String, String)> = crate::hidden::visible_schema(&schema)
-                    .iter()
-                    .map(|f| (f.name().clone(), f.data_type().to_string()))
-                    .collect();
-                let parquet = to_parquet_with_schema(&output.batches, schema)?;
-                resources.output_bytes = parquet.len() as u64;
+                let SealedResult {
+                    rows,
+                    visible,
+                    output_bytes,
+                    result_hash,
+                    wrapped,
+                    subjects_key,
+                } = sealed.ok_or_else(|| Error::Internal("a result was not sealed".into()))?;
+                resources.output_bytes = output_bytes;
                 // R-GATE 7: over L2 or L3 data the job shows nothing derived from the data:
                 // no row count, and its resources in coarse units (the audit log keeps both).
                 let (shown_rows, shown_resources) = if level > Level::L1 {
                     (None, resources.coarse())
                 } else {
                     (Some(rows as i64), resources.clone())
-                };
-                let result_hash = sha256_hex(&parquet);
-                let wrapped = self.store_object("results", &id, &parquet)?;
-                // Each row's sets of subjects, for the gate's memory, sealed like the result.
-                // Per dataset the job read: each dataset's memory is given only its own rows.
-                let subjects_key = match &output.subject_sets {
-                    Some(tables) => {
-                        let parts: Vec<(String, tidegate_policy::DatasetRows)> = inputs
-                            .iter()
-                            .map(|i| &i.dataset.id)
-                            .enumerate()
-                            .map(|(t, dataset)| {
-                                let rows = tables
-                                    .iter()
-                                    .find(|(at, _)| *at == t)
-                                    .map(|(_, r)| r.clone())
-                                    .unwrap_or_else(|| tidegate_policy::DatasetRows {
-                                        sets: vec![Vec::new(); rows],
-                                        values: vec![0; rows],
-                                    });
-                                (dataset.clone(), rows)
-                            })
-                            .collect();
-                        Some(self.store_object(
-                            "subjects",
-                            &id,
-                            &tidegate_policy::encode_by_dataset(&parts),
-                        )?)
-                    }
-                    None => None,
                 };
                 tx.execute(
                     "UPDATE jobs SET state = 'succeeded', rows = ?2, schema = ?3, resources = ?4,
@@ -574,6 +552,65 @@ impl Platform {
             self.cancel_jobs(std::slice::from_ref(&scenario.id));
         }
         Ok(())
+    }
+
+    /// A finished job's result and its sets of subjects, sealed and written (each under a
+    /// fresh data key; only the wrapped keys go into the metadata).
+    fn seal_result(
+        &self,
+        id: &str,
+        output: &crate::job::JobOutput,
+        inputs: &[JobInput],
+    ) -> Result<SealedResult> {
+        let rows: usize = output.batches.iter().map(RecordBatch::num_rows).sum();
+        let schema = output
+            .batches
+            .first()
+            .map(|b| b.schema())
+            .unwrap_or_else(|| Arc::new(Schema::empty()));
+        let visible: Vec<(String, String)> = crate::hidden::visible_schema(&schema)
+            .iter()
+            .map(|f| (f.name().clone(), f.data_type().to_string()))
+            .collect();
+        let parquet = to_parquet_with_schema(&output.batches, schema)?;
+        let result_hash = sha256_hex(&parquet);
+        let wrapped = self.store_object("results", id, &parquet)?;
+        // Each row's sets of subjects, for the gate's memory, sealed like the result. Per
+        // dataset the job read: each dataset's memory is given only its own rows.
+        let subjects_key = match &output.subject_sets {
+            Some(tables) => {
+                let parts: Vec<(String, tidegate_policy::DatasetRows)> = inputs
+                    .iter()
+                    .map(|i| &i.dataset.id)
+                    .enumerate()
+                    .map(|(t, dataset)| {
+                        let rows = tables
+                            .iter()
+                            .find(|(at, _)| *at == t)
+                            .map(|(_, r)| r.clone())
+                            .unwrap_or_else(|| tidegate_policy::DatasetRows {
+                                sets: vec![Vec::new(); rows],
+                                values: vec![0; rows],
+                            });
+                        (dataset.clone(), rows)
+                    })
+                    .collect();
+                Some(self.store_object(
+                    "subjects",
+                    id,
+                    &tidegate_policy::encode_by_dataset(&parts),
+                )?)
+            }
+            None => None,
+        };
+        Ok(SealedResult {
+            rows,
+            visible,
+            output_bytes: parquet.len() as u64,
+            result_hash,
+            wrapped,
+            subjects_key,
+        })
     }
 
     pub(super) fn prepare(
@@ -819,4 +856,14 @@ struct CheckedJob {
     level: Level,
     pseudonyms: PseudonymKey,
     subjects: crate::crypto::SubjectKey,
+}
+
+/// A finished job's result as written, before its metadata is.
+struct SealedResult {
+    rows: usize,
+    visible: Vec<(String, String)>,
+    output_bytes: u64,
+    result_hash: String,
+    wrapped: Vec<u8>,
+    subjects_key: Option<Vec<u8>>,
 }
