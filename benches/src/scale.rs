@@ -217,7 +217,21 @@ pub(crate) fn scale(rt: &tokio::runtime::Runtime, visits: &Path, spots: &Path, r
             .as_f64()
             .unwrap_or(0.0)
             / (1 << 20) as f64;
-        let spill = last["resources"]["spilled_bytes"].as_f64().unwrap_or(0.0) / (1 << 20) as f64;
+        // Over L2 data the scientist is not shown how much a job spilled; the audit log is.
+        let spill = tidegate_runtime::read_audit_log(
+            &work.path().join("data").join(tidegate_runtime::AUDIT_FILE),
+            None,
+        )
+        .ok()
+        .and_then(|log| {
+            let id = last["id"].as_str().unwrap_or_default();
+            log.into_iter()
+                .rev()
+                .find(|e| e.object == id && e.detail["exact_resources"].is_object())
+                .and_then(|e| e.detail["exact_resources"]["spilled_bytes"].as_f64())
+        })
+        .unwrap_or(0.0)
+            / (1 << 20) as f64;
         println!(
             "    {name:<6} {t:>12.2} {df:>14.2} {:>7.1}x {:>11.0} MiB {:>8.0} MiB",
             t / df,

@@ -353,6 +353,9 @@ async fn contribute(
         .map_err(|e| map_error(e, Stage::Running))?;
     while let Some(batch) = stream.next().await {
         spill.push(batch.map_err(|e| map_error(e, Stage::Running))?)?;
+        // The spill's work is synchronous: between batches the job's deadline and its
+        // cancellation get their turn.
+        tokio::task::yield_now().await;
     }
     drop(stream);
     // Each group is aggregated on one partition: its subjects are a share of all already, and
@@ -365,12 +368,14 @@ async fn contribute(
     );
     for group in spill.groups()? {
         let rows = spill.read(group)?;
+        tokio::task::yield_now().await;
         if rows.is_empty() {
             continue;
         }
         for b in &rows {
             tally.add_elements(b)?;
         }
+        tokio::task::yield_now().await;
         let table = MemTable::try_new(Arc::clone(&schema), vec![rows])
             .map_err(|e| Error::Internal(format!("the gate's rows: {e}")))?;
         let scan = LogicalPlanBuilder::scan(

@@ -12,6 +12,7 @@
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, RecordBatch, UInt32Array};
 use arrow::datatypes::{DataType, SchemaRef};
@@ -32,7 +33,8 @@ struct Bucket {
     /// Slices of partitioned batches, each with its share of its batch's memory.
     held: Vec<(RecordBatch, usize)>,
     file: Option<File>,
-    frames: u64,
+    /// The numbers of the frames written to its file, in order: read back exactly these.
+    frames: Vec<u64>,
     bytes: usize,
 }
 
@@ -41,7 +43,12 @@ pub(crate) struct SealedSpill {
     dir: PathBuf,
     created: bool,
     cipher: LessSafeKey,
+    /// The rows' schema as the engine gives them, and as the spill keeps them: string and
+    /// binary views as plain strings and binaries, whose slices own only their rows' bytes (a
+    /// view's slice shares its batch's whole data, which the accounting and the files would
+    /// count again for every bucket).
     schema: SchemaRef,
+    stored: SchemaRef,
     subject: usize,
     seed: u64,
     /// Rows before anything was partitioned: a job that fits its budget never hashes them.
@@ -76,6 +83,17 @@ impl SealedSpill {
         let subject = schema
             .index_of(subject)
             .map_err(|_| Error::Internal("gate columns: no subject".into()))?;
+        let stored = Arc::new(arrow::datatypes::Schema::new(
+            schema
+                .fields()
+                .iter()
+                .map(|f| {
+                    f.as_ref()
+                        .clone()
+                        .with_data_type(stored_type(f.data_type()))
+                })
+                .collect::<Vec<_>>(),
+        ));
         let key = crate::crypto::random_bytes::<32>();
         let name = hex::encode(crate::crypto::random_bytes::<12>());
         Ok(SealedSpill {
@@ -86,6 +104,7 @@ impl SealedSpill {
                     .map_err(|_| Error::Internal("gate spill: key".into()))?,
             ),
             schema,
+            stored,
             subject,
             seed: u64::from_le_bytes(crate::crypto::random_bytes::<8>()),
             raw: Vec::new(),
@@ -111,6 +130,7 @@ impl SealedSpill {
         if batch.num_rows() == 0 {
             return Ok(());
         }
+        let batch = self.convert(&batch, &self.stored)?;
         let size = slice_bytes(&batch);
         if self.partitioned {
             self.partition(&batch)?;
@@ -118,6 +138,23 @@ impl SealedSpill {
             self.raw.push(batch);
         }
         self.hold(size)
+    }
+
+    /// `batch` with its columns cast to `schema`'s types (each an exact conversion between a
+    /// view and its plain form).
+    fn convert(&self, batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+        if batch.schema().fields() == schema.fields() {
+            return Ok(batch.clone());
+        }
+        let columns = batch
+            .columns()
+            .iter()
+            .zip(schema.fields())
+            .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::Internal(format!("gate spill: {e}")))?;
+        RecordBatch::try_new(Arc::clone(schema), columns)
+            .map_err(|e| Error::Internal(format!("gate spill: {e}")))
     }
 
     /// Counts `size` more bytes held, writing everything held when over the limit (or when
@@ -190,14 +227,28 @@ impl SealedSpill {
                 continue;
             }
             // One batch per bucket and write: the slices are small (a 256th of a batch).
-            let held = coalesce(&self.schema, std::mem::take(&mut self.buckets[b].held))?;
-            let mut plain = encode(&self.schema, &held)?;
+            let held = coalesce(&self.stored, std::mem::take(&mut self.buckets[b].held))?;
+            let mut plain = encode(&self.stored, &held)?;
+            if plain.len() > u32::MAX as usize - 64 {
+                return Err(Error::Limit(
+                    "the gate's work for the job holds too many rows of one subject".into(),
+                ));
+            }
             drop(held);
             let frame = self.next_frame;
             self.next_frame += 1;
             self.cipher
                 .seal_in_place_append_tag(nonce(frame), Aad::from(aad(b, frame)), &mut plain)
                 .map_err(|_| Error::Internal("gate spill: sealing failed".into()))?;
+            // The disk is shared with the metadata and the audit log: a job never takes its
+            // last gigabyte (or its last twentieth).
+            if let Some(free) = free_bytes(&self.dir)
+                && free.saturating_sub((HEADER + plain.len()) as u64) < disk_reserve(&self.dir)
+            {
+                return Err(Error::Limit(
+                    "the disk is too full for the gate's work for the job".into(),
+                ));
+            }
             self.written += (HEADER + plain.len()) as u64;
             if self.written > self.max_written {
                 return Err(Error::Limit(
@@ -221,7 +272,7 @@ impl SealedSpill {
             header[4..].copy_from_slice(&frame.to_le_bytes());
             file.write_all(&header)?;
             file.write_all(&plain)?;
-            bucket.frames += 1;
+            bucket.frames.push(frame);
         }
         self.held = 0;
         self.reservation.free();
@@ -257,37 +308,47 @@ impl SealedSpill {
     /// there, in order, unaltered). They are reserved in the job's pool until the next call.
     pub(crate) fn read(&mut self, group: std::ops::Range<usize>) -> Result<Vec<RecordBatch>> {
         self.reservation.free();
+        let mut out = Vec::new();
         if !self.partitioned {
-            let raw = std::mem::take(&mut self.raw);
             let held = std::mem::take(&mut self.held);
             self.reservation
                 .try_grow(held)
                 .map_err(|_| memory_limit())?;
-            return Ok(raw);
+            out = std::mem::take(&mut self.raw);
         }
-        let mut out = Vec::new();
-        let mut size = 0;
+        let group = if self.partitioned { group } else { 0..0 };
         for b in group {
-            let bucket = &mut self.buckets[b];
-            if let Some(file) = bucket.file.take() {
+            // Every frame is reserved in the job's pool before it is read, so an oversized
+            // bucket (one subject's many rows) fails the job, not the host.
+            let held = std::mem::take(&mut self.buckets[b].held);
+            let size = held.iter().map(|(_, share)| share).sum::<usize>();
+            self.reservation
+                .try_grow(size)
+                .map_err(|_| memory_limit())?;
+            let frames = std::mem::take(&mut self.buckets[b].frames);
+            if let Some(file) = self.buckets[b].file.take() {
                 let mut reader = std::io::BufReader::new(file);
                 std::io::Seek::rewind(&mut reader)?;
                 let damaged = || Error::Integrity("the gate's spill file is damaged".into());
-                for _ in 0..bucket.frames {
+                for expected in frames {
                     let mut header = [0u8; HEADER];
                     reader.read_exact(&mut header).map_err(|_| damaged())?;
                     let len = u32::from_le_bytes(header[..4].try_into().unwrap_or_default());
                     let frame = u64::from_le_bytes(header[4..].try_into().unwrap_or_default());
+                    // Each frame in the place it was written: none dropped, moved or repeated.
+                    if frame != expected {
+                        return Err(damaged());
+                    }
+                    self.reservation
+                        .try_grow(len as usize)
+                        .map_err(|_| memory_limit())?;
                     let mut sealed = vec![0u8; len as usize];
                     reader.read_exact(&mut sealed).map_err(|_| damaged())?;
                     let plain = self
                         .cipher
                         .open_in_place(nonce(frame), Aad::from(aad(b, frame)), &mut sealed)
                         .map_err(|_| damaged())?;
-                    let batches = decode(plain)?;
-                    drop(sealed);
-                    size += batches.iter().map(slice_bytes).sum::<usize>();
-                    out.extend(batches);
+                    out.extend(decode(plain)?);
                 }
                 // Nothing more may follow the last frame.
                 if reader.read(&mut [0u8; 1])? != 0 {
@@ -295,15 +356,52 @@ impl SealedSpill {
                 }
                 let _ = fs::remove_file(self.dir.join(format!("{b:03}.sealed")));
             }
-            let held = std::mem::take(&mut bucket.held);
-            size += held.iter().map(|(_, share)| share).sum::<usize>();
-            out.extend(coalesce(&self.schema, held)?);
+            out.extend(coalesce(&self.stored, held)?);
         }
-        self.reservation
-            .try_grow(size)
-            .map_err(|_| memory_limit())?;
-        Ok(out)
+        let schema = Arc::clone(&self.schema);
+        out.iter().map(|b| self.convert(b, &schema)).collect()
     }
+}
+
+/// A view type's plain form (the spill keeps strings and binaries whole per row).
+fn stored_type(t: &DataType) -> DataType {
+    match t {
+        DataType::Utf8View => DataType::Utf8,
+        DataType::BinaryView => DataType::Binary,
+        other => other.clone(),
+    }
+}
+
+/// Free bytes on the file system of `dir` (or of its nearest existing parent).
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let stat = statvfs(dir)?;
+    Some(stat.0.saturating_mul(stat.2))
+}
+
+/// What a job's spill always leaves free: a gigabyte, or a twentieth of the file system.
+fn disk_reserve(dir: &Path) -> u64 {
+    let total = statvfs(dir).map_or(0, |s| s.1.saturating_mul(s.2));
+    (1u64 << 30).max(total / 20)
+}
+
+/// (blocks available, blocks in all, block size) of the file system holding `dir`.
+fn statvfs(dir: &Path) -> Option<(u64, u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `path` is a NUL-terminated string that outlives the call; `stat` is a valid,
+    // writable `statvfs` the call fills in, read only when it reports success.
+    let stat = unsafe {
+        if libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) != 0 {
+            return None;
+        }
+        stat.assume_init()
+    };
+    Some((
+        stat.f_bavail as u64,
+        stat.f_blocks as u64,
+        stat.f_frsize as u64,
+    ))
 }
 
 impl Drop for SealedSpill {
@@ -541,6 +639,77 @@ mod tests {
             .expect("the spill stops the job");
         assert!(matches!(stopped, Error::Limit(_)), "{stopped}");
         assert!(s.written() <= (64 << 20) + (4 << 20));
+    }
+
+    #[test]
+    fn frames_moved_within_a_file_fail_closed() {
+        let root = tempfile::tempdir().unwrap();
+        let mut s = spill(root.path(), 4 << 20);
+        for i in 0..60 {
+            s.push(rows(i * 8192, 8192)).unwrap();
+        }
+        // A file of two frames or more, its first two swapped.
+        let (f, frames) = files_under(root.path())
+            .into_iter()
+            .find_map(|f| {
+                let bytes = std::fs::read(&f).unwrap();
+                let mut frames = Vec::new();
+                let mut at = 0;
+                while at < bytes.len() {
+                    let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+                    frames.push(bytes[at..at + HEADER + len].to_vec());
+                    at += HEADER + len;
+                }
+                (frames.len() > 1).then_some((f, frames))
+            })
+            .expect("a bucket written more than once");
+        let mut swapped = frames.clone();
+        swapped.swap(0, 1);
+        std::fs::write(&f, swapped.concat()).unwrap();
+        let failed = s
+            .groups()
+            .unwrap()
+            .into_iter()
+            .map(|g| s.read(g))
+            .any(|r| matches!(r, Err(Error::Integrity(_))));
+        assert!(failed);
+    }
+
+    #[test]
+    fn string_views_are_kept_and_counted_by_their_own_bytes() {
+        let root = tempfile::tempdir().unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "who",
+            DataType::Utf8View,
+            true,
+        )]));
+        let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(1 << 30));
+        let r = MemoryConsumer::new("test").register(&pool);
+        let mut s = SealedSpill::new(root.path(), Arc::clone(&schema), "who", 8 << 20, r).unwrap();
+        let mut bytes = 0;
+        for i in 0..40 {
+            let values: Vec<String> = (0..8192)
+                .map(|r| format!("a long district name, visitor {:08}", i * 8192 + r))
+                .collect();
+            bytes += values.iter().map(String::len).sum::<usize>();
+            let column = arrow::array::StringViewArray::from_iter_values(values);
+            s.push(RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(column)]).unwrap())
+                .unwrap();
+        }
+        assert!(s.written() > 0);
+        assert!(
+            (s.written() as usize) < 2 * bytes,
+            "{} bytes written for {bytes} bytes of strings",
+            s.written()
+        );
+        let mut rows = 0;
+        for g in s.groups().unwrap() {
+            for b in s.read(g).unwrap() {
+                assert_eq!(b.schema(), schema);
+                rows += b.num_rows();
+            }
+        }
+        assert_eq!(rows, 40 * 8192);
     }
 
     #[test]

@@ -186,7 +186,7 @@ pub struct ResourceUse {
     #[serde(default)]
     pub peak_engine_memory_bytes: u64,
     /// Bytes of the gate's per-subject rows the job wrote sealed to disk (its budget was too
-    /// small to hold them).
+    /// small to hold them); 0 as a scientist sees a job over L2 or L3 data.
     #[serde(default)]
     pub spilled_bytes: u64,
     pub rows_scanned: u64,
@@ -212,7 +212,9 @@ impl ResourceUse {
             wall_ms: up(self.wall_ms, 1000),
             cpu_ms: up(self.cpu_ms, 1000),
             peak_engine_memory_bytes: up(self.peak_engine_memory_bytes, MIB64),
-            spilled_bytes: up(self.spilled_bytes, MIB64),
+            // How much a job spilled follows its rows' sizes and how they group: shown over
+            // L1 data only (the audit log keeps it).
+            spilled_bytes: 0,
             rows_scanned: up(self.rows_scanned, 1000),
             bytes_scanned: up(self.bytes_scanned, MIB64),
             output_bytes: up(self.output_bytes, 1 << 20),
