@@ -172,6 +172,33 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestP
     }
 }
 
+/// The authenticated principal of a request. The edge authenticates every request but the
+/// public ones before any handler runs and hands the principal on; a handler asking for it
+/// where none was set (a route the edge let through unauthenticated) answers 401, never runs
+/// without one.
+pub(crate) struct Actor(Principal);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Actor {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Response> {
+        parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .map(Actor)
+            .ok_or_else(|| {
+                ApiError(Error::Unauthenticated(
+                    "send `Authorization: Bearer TOKEN`".into(),
+                ))
+                .into_response()
+            })
+    }
+}
+
 /// A path parameter; one that cannot be read (not UTF-8, say) is answered in the API's format.
 pub(crate) struct Param<T>(T);
 
@@ -267,7 +294,7 @@ const JSON_LIMIT: u64 = 256 << 10;
 /// Runs before any extractor reads the body: a declared length over the route's limit is
 /// refused with 413 at once, and a request without a valid token with 401, so that no
 /// unauthenticated request makes the server read or hold its body. The principal goes to the
-/// handler as a request extension.
+/// handler through the [`Actor`] extractor.
 async fn edge(
     State(p): State<AppState>,
     mut request: axum::extract::Request,
@@ -355,7 +382,7 @@ async fn blocking<T: Send + 'static>(
 #[utoipa::path(post, path = "/v1/orgs", request_body = OrgBody, responses((status = 200, description = "the new org (admin)", body = tidegate_runtime::OrgView), Errors))]
 async fn create_org(
     State(p): State<AppState>,
-    Extension(actor): Extension<Principal>,
+    Actor(actor): Actor,
     Body(b): Body<OrgBody>,
 ) -> ApiResult<Value> {
     let org = blocking(move || p.create_org(&actor, &b.name, &b.kind)).await?;
@@ -365,7 +392,7 @@ async fn create_org(
 #[utoipa::path(post, path = "/v1/orgs/{id}/freeze", params(("id" = String, Path, description = "the id")), request_body = FreezeBody, responses((status = 200, description = "the scenarios the freeze changed (admin)", body = FrozenAnswer), Errors))]
 async fn freeze_org(
     State(p): State<AppState>,
-    Extension(actor): Extension<Principal>,
+    Actor(actor): Actor,
     Param(id): Param<String>,
     Body(b): Body<FreezeBody>,
 ) -> ApiResult<FrozenAnswer> {
@@ -376,7 +403,7 @@ async fn freeze_org(
 #[utoipa::path(post, path = "/v1/orgs/{id}/exit", params(("id" = String, Path, description = "the id")), request_body = ExitBody, responses((status = 200, description = "the signed receipt of what was destroyed (admin)", body = Value), Errors))]
 async fn exit_org(
     State(p): State<AppState>,
-    Extension(actor): Extension<Principal>,
+    Actor(actor): Actor,
     Param(id): Param<String>,
     Body(b): Body<ExitBody>,
 ) -> ApiResult<Value> {
@@ -388,7 +415,7 @@ async fn exit_org(
 #[utoipa::path(post, path = "/v1/principals", request_body = PrincipalBody, responses((status = 200, description = "the new principal, with its token shown once (admin)", body = tidegate_runtime::PrincipalView), Errors))]
 async fn create_principal(
     State(p): State<AppState>,
-    Extension(actor): Extension<Principal>,
+    Actor(actor): Actor,
     Body(b): Body<PrincipalBody>,
 ) -> ApiResult<Value> {
     let v = blocking(move || p.create_principal(&actor, &b.name, &b.org, &b.roles)).await?;
@@ -398,7 +425,7 @@ async fn create_principal(
 #[utoipa::path(post, path = "/v1/principals/{id}/token", params(("id" = String, Path, description = "the id")), responses((status = 200, description = "the new token (its holder, or an admin revoking it)", body = TokenAnswer), Errors))]
 async fn rotate_token(
     State(p): State<AppState>,
-    Extension(actor): Extension<Principal>,
+    Actor(actor): Actor,
     Param(id): Param<String>,
 ) -> ApiResult<TokenAnswer> {
     let token = blocking(move || p.rotate_token(&actor, &id)).await?;
@@ -408,7 +435,7 @@ async fn rotate_token(
 #[utoipa::path(post, path = "/v1/principals/{id}/training", params(("id" = String, Path, description = "the id")), request_body = TrainingBody, responses((status = 200, description = "training recorded (admin)", body = TrainedAnswer), Errors))]
 async fn record_training(
     State(p): State<AppState>,
-    Extension(actor): Extension<Principal>,
+    Actor(actor): Actor,
     Param(id): Param<String>,
     Body(b): Body<TrainingBody>,
 ) -> ApiResult<TrainedAnswer> {
@@ -419,7 +446,7 @@ async fn record_training(
 #[utoipa::path(post, path = "/v1/datasets", request_body = tidegate_runtime::ImportRequest, responses((status = 200, description = "the imported version (provider)", body = tidegate_runtime::DatasetView), Errors))]
 async fn import_dataset(
     State(p): State<AppState>,
-    Extension(actor): Extension<Principal>,
+    Actor(actor): Actor,
     Body(b): Body<ImportRequest>,
 ) -> ApiResult<Value> {
     let v = blocking(move || p.import_dataset(&actor, b)).await?;
@@ -431,7 +458,7 @@ async fn import_dataset(
 #[utoipa::path(post, path = "/v1/datasets/upload", params(UploadQuery), request_body(content = Vec<u8>, description = "the dataset file, streamed", content_type = "application/octet-stream"), responses((status = 200, description = "the imported version (provider)", body = tidegate_runtime::DatasetView), Errors))]
 async fn upload_dataset(
     State(p): State<AppState>,
-    Extension(actor): Extension<Principal>,
+    Actor(actor): Actor,
     Params(q): Params<UploadQuery>,
     body: axum::body::Body,
 ) -> ApiResult<Value> {
@@ -504,7 +531,7 @@ async fn upload_dataset(
 #[utoipa::path(post, path = "/v1/datasets/{id}/approve", params(("id" = String, Path, description = "the id")), responses((status = 200, description = "the approval recorded", body = ApprovedAnswer), Errors))]
 async fn approve_dataset(
     State(p): State<AppState>,
-    Extension(actor): Extension<Principal>,
+    Actor(actor): Actor,
     Param(id): Param<String>,
 ) -> ApiResult<ApprovedAnswer> {
     blocking(move || p.approve_dataset(&actor, &id)).await?;
@@ -514,7 +541,7 @@ async fn approve_dataset(
 #[utoipa::path(post, path = "/v1/datasets/{id}/budget", params(("id" = String, Path, description = "the id")), request_body = BudgetRequest, responses((status = 200, description = "the dataset with its differential privacy budget (provider, admin)", body = tidegate_runtime::DatasetView), Errors))]
 async fn set_dataset_budget(
     State(p): State<AppState>,
-    Extension(actor): Extension<Principal>,
+    Actor(actor): Actor,
     Param(id): Param<String>,
     Body(req): Body<BudgetRequest>,
 ) -> ApiResult<Value> {
@@ -534,7 +561,7 @@ macro_rules! list_handler {
             responses((status = 200, description = "a page of what the caller may open, and the cursor of the next", body = Listing<$item>), Errors))]
         async fn $name(
             State(p): State<AppState>,
-            Extension(actor): Extension<Principal>,
+            Actor(actor): Actor,
             Params(q): Params<tidegate_runtime::ListQuery>,
         ) -> ApiResult<Value> {
             let v = blocking(move || p.$method(&actor, &q)).await?;
@@ -576,10 +603,7 @@ list_handler!(
 );
 
 #[utoipa::path(get, path = "/v1/datasets", responses((status = 200, description = "the datasets the caller may see", body = Vec<tidegate_runtime::DatasetView>), Errors))]
-async fn list_datasets(
-    State(p): State<AppState>,
-    Extension(actor): Extension<Principal>,
-) -> ApiResult<Value> {
+async fn list_datasets(State(p): State<AppState>, Actor(actor): Actor) -> ApiResult<Value> {
     let v = blocking(move || p.list_datasets(&actor)).await?;
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
@@ -587,7 +611,7 @@ async fn list_datasets(
 #[utoipa::path(post, path = "/v1/scenarios", request_body = tidegate_runtime::ScenarioRequest, responses((status = 200, description = "the scenario applied for (scientist)", body = tidegate_runtime::ScenarioView), Errors))]
 async fn apply_scenario(
     State(p): State<AppState>,
-    Extension(actor): Extension<Principal>,
+    Actor(actor): Actor,
     Body(b): Body<ScenarioRequest>,
 ) -> ApiResult<Value> {
     let v = blocking(move || p.apply_scenario(&actor, b)).await?;
@@ -597,7 +621,7 @@ async fn apply_scenario(
 #[utoipa::path(get, path = "/v1/scenarios/{id}", params(("id" = String, Path, description = "the id")), responses((status = 200, description = "the scenario", body = tidegate_runtime::ScenarioView), Errors))]
 async fn get_scenario(
     State(p): State<AppState>,
-    Extension(actor): Extension<Principal>,
+    Actor(actor): Actor,
     Param(id): Param<String>,
 ) -> ApiResult<Value> {
     let v = blocking(move || p.get_scenario(&actor, &id)).await?;
@@ -607,7 +631,7 @@ async fn get_scenario(
 #[utoipa::path(post, path = "/v1/scenarios/{id}/approve", params(("id" = String, Path, description = "the id")), responses((status = 200, description = "the scenario with the approval", body = tidegate_runtime::ScenarioView), Errors))]
 async fn approve_scenario(
     State(p): State<AppState>,
-    Extension(actor): Extension<Principal>,
+    Actor(actor): Actor,
     Param(id): Param<String>,
 ) -> ApiResult<Value> {
     let v = blocking(move || p.approve_scenario(&actor, &id)).await?;
@@ -617,7 +641,7 @@ async fn approve_scenario(
 #[utoipa::path(post, path = "/v1/scenarios/{id}/state", params(("id" = String, Path, description = "the id")), request_body = StateBody, responses((status = 200, description = "the scenario in its new state", body = tidegate_runtime::ScenarioView), Errors))]
 async fn change_scenario(
     State(p): State<AppState>,
-    Extension(actor): Extension<Principal>,
+    Actor(actor): Actor,
     Param(id): Param<String>,
     Body(b): Body<StateBody>,
 ) -> ApiResult<Value> {
@@ -632,7 +656,7 @@ async fn change_scenario(
 #[utoipa::path(post, path = "/v1/scenarios/{id}/repin", params(("id" = String, Path, description = "the id")), request_body = RepinBody, responses((status = 200, description = "the scenario with the grant on the newest version", body = tidegate_runtime::ScenarioView), Errors))]
 async fn repin_grant(
     State(p): State<AppState>,
-    Extension(actor): Extension<Principal>,
+    Actor(actor): Actor,
     Param(id): Param<String>,
     Body(b): Body<RepinBody>,
 ) -> ApiResult<Value> {
@@ -643,7 +667,7 @@ async fn repin_grant(
 #[utoipa::path(post, path = "/v1/scenarios/{id}/modules", params(("id" = String, Path, description = "the id")), request_body = ModuleBody, responses((status = 200, description = "the validated module, awaiting review", body = tidegate_runtime::ModuleView), Errors))]
 async fn upload_module(
     State(p): State<AppState>,
-    Extension(actor): Extension<Principal>,
+    Actor(actor): Actor,
     Param(id): Param<String>,
     Body(b): Body<ModuleBody>,
 ) -> ApiResult<Value> {
@@ -657,7 +681,7 @@ async fn upload_module(
 #[utoipa::path(post, path = "/v1/scenarios/{id}/modules/{hash}/approve", params(("id" = String, Path, description = "the id"), ("hash" = String, Path, description = "the module's SHA-256 hash")), request_body = NoteBody, responses((status = 200, description = "the approved module (reviewer)", body = tidegate_runtime::ModuleView), Errors))]
 async fn approve_module(
     State(p): State<AppState>,
-    Extension(actor): Extension<Principal>,
+    Actor(actor): Actor,
     Param((id, hash)): Param<(String, String)>,
     Body(b): Body<NoteBody>,
 ) -> ApiResult<Value> {
@@ -669,7 +693,7 @@ async fn approve_module(
 #[utoipa::path(get, path = "/v1/scenarios/{id}/modules/{hash}", params(("id" = String, Path, description = "the id"), ("hash" = String, Path, description = "the module's SHA-256 hash")), responses((status = 200, description = "the module as its reviewer reads it", body = tidegate_runtime::ModuleDetail), Errors))]
 async fn get_module(
     State(p): State<AppState>,
-    Extension(actor): Extension<Principal>,
+    Actor(actor): Actor,
     Param((id, hash)): Param<(String, String)>,
 ) -> ApiResult<Value> {
     let v = blocking(move || p.get_module(&actor, &id, &hash)).await?;
@@ -680,7 +704,7 @@ async fn get_module(
 #[utoipa::path(get, path = "/v1/scenarios/{id}/modules/{hash}/wasm", params(("id" = String, Path, description = "the id"), ("hash" = String, Path, description = "the module's SHA-256 hash")), responses((status = 200, description = "the module bytes (audited)", content_type = "application/wasm", body = Vec<u8>), Errors))]
 async fn module_bytes(
     State(p): State<AppState>,
-    Extension(actor): Extension<Principal>,
+    Actor(actor): Actor,
     Param((id, hash)): Param<(String, String)>,
 ) -> Result<Response, ApiError> {
     let bytes = blocking(move || p.module_bytes(&actor, &id, &hash)).await?;
@@ -695,7 +719,7 @@ async fn module_bytes(
 #[utoipa::path(post, path = "/v1/scenarios/{id}/modules/{hash}/revoke", params(("id" = String, Path, description = "the id"), ("hash" = String, Path, description = "the module's SHA-256 hash")), request_body = ReasonBody, responses((status = 200, description = "the module, revoked", body = tidegate_runtime::ModuleDetail), Errors))]
 async fn revoke_module(
     State(p): State<AppState>,
-    Extension(actor): Extension<Principal>,
+    Actor(actor): Actor,
     Param((id, hash)): Param<(String, String)>,
     Body(b): Body<ReasonBody>,
 ) -> ApiResult<Value> {
@@ -706,7 +730,7 @@ async fn revoke_module(
 #[utoipa::path(post, path = "/v1/jobs", request_body = tidegate_runtime::JobRequest, responses((status = 200, description = "the job, queued", body = tidegate_runtime::JobView), Errors))]
 async fn submit_job(
     State(p): State<AppState>,
-    Extension(actor): Extension<Principal>,
+    Actor(actor): Actor,
     Body(b): Body<JobRequest>,
 ) -> ApiResult<Value> {
     // Accepted and queued at once: the handler never waits for the job (or its timing).
@@ -717,7 +741,7 @@ async fn submit_job(
 #[utoipa::path(post, path = "/v1/jobs/{id}/cancel", params(("id" = String, Path, description = "the id")), responses((status = 200, description = "the job, cancelled", body = tidegate_runtime::JobView), Errors))]
 async fn cancel_job(
     State(p): State<AppState>,
-    Extension(actor): Extension<Principal>,
+    Actor(actor): Actor,
     Param(id): Param<String>,
 ) -> ApiResult<Value> {
     let v = blocking(move || p.cancel_job(&actor, &id)).await?;
@@ -727,7 +751,7 @@ async fn cancel_job(
 #[utoipa::path(get, path = "/v1/jobs/{id}", params(("id" = String, Path, description = "the id")), responses((status = 200, description = "the job", body = tidegate_runtime::JobView), Errors))]
 async fn get_job(
     State(p): State<AppState>,
-    Extension(actor): Extension<Principal>,
+    Actor(actor): Actor,
     Param(id): Param<String>,
 ) -> ApiResult<Value> {
     let v = blocking(move || p.get_job(&actor, &id)).await?;
@@ -737,7 +761,7 @@ async fn get_job(
 #[utoipa::path(post, path = "/v1/exports", request_body = ExportBody, responses((status = 200, description = "the export request with its gate report", body = tidegate_runtime::ExportView), Errors))]
 async fn request_export(
     State(p): State<AppState>,
-    Extension(actor): Extension<Principal>,
+    Actor(actor): Actor,
     Body(b): Body<ExportBody>,
 ) -> ApiResult<Value> {
     let v =
@@ -751,7 +775,7 @@ async fn request_export(
 #[utoipa::path(get, path = "/v1/exports/{id}", params(("id" = String, Path, description = "the id"), FormatQuery), responses((status = 200, description = "the export with its gate report (JSON), or its review page (format=html)", content((tidegate_runtime::ExportView = "application/json"), (String = "text/html"))), Errors))]
 async fn get_export(
     State(p): State<AppState>,
-    Extension(actor): Extension<Principal>,
+    Actor(actor): Actor,
     Param(id): Param<String>,
     Params(q): Params<FormatQuery>,
 ) -> Result<Response, ApiError> {
@@ -766,7 +790,7 @@ async fn get_export(
 #[utoipa::path(post, path = "/v1/exports/{id}/review", params(("id" = String, Path, description = "the id")), request_body = ReviewBody, responses((status = 200, description = "the export after the decision (reviewer)", body = tidegate_runtime::ExportView), Errors))]
 async fn review_export(
     State(p): State<AppState>,
-    Extension(actor): Extension<Principal>,
+    Actor(actor): Actor,
     Param(id): Param<String>,
     Body(b): Body<ReviewBody>,
 ) -> ApiResult<Value> {
@@ -777,7 +801,7 @@ async fn review_export(
 #[utoipa::path(get, path = "/v1/exports/{id}/bundle", params(("id" = String, Path, description = "the id")), responses((status = 200, description = "the signed bundle (its requesting org; the release)", body = BundleAnswer), Errors))]
 async fn download_bundle(
     State(p): State<AppState>,
-    Extension(actor): Extension<Principal>,
+    Actor(actor): Actor,
     Param(id): Param<String>,
 ) -> ApiResult<BundleAnswer> {
     let files = blocking(move || p.download_bundle(&actor, &id)).await?;
@@ -792,10 +816,7 @@ async fn download_bundle(
 }
 
 #[utoipa::path(get, path = "/v1/audit/verify", responses((status = 200, description = "the verdict on the audit chain (admin, auditor)", body = AuditAnswer), Errors))]
-async fn verify_audit(
-    State(p): State<AppState>,
-    Extension(actor): Extension<Principal>,
-) -> ApiResult<AuditAnswer> {
+async fn verify_audit(State(p): State<AppState>, Actor(actor): Actor) -> ApiResult<AuditAnswer> {
     let v = blocking(move || p.verify_audit(&actor)).await?;
     Ok(Json(AuditAnswer {
         entries: v.entries,
@@ -810,7 +831,7 @@ async fn verify_audit(
 #[utoipa::path(post, path = "/v1/prices", request_body = PriceBody, responses((status = 200, description = "the price set (admin)", body = UpdatedAnswer), Errors))]
 async fn set_price(
     State(p): State<AppState>,
-    Extension(actor): Extension<Principal>,
+    Actor(actor): Actor,
     Body(b): Body<PriceBody>,
 ) -> ApiResult<UpdatedAnswer> {
     blocking(move || p.set_price(&actor, &b.category, b.fen_per_unit)).await?;
@@ -820,7 +841,7 @@ async fn set_price(
 #[utoipa::path(post, path = "/v1/audit/prune", request_body = PruneBody, responses((status = 200, description = "what was pruned (admin)", body = Value), Errors))]
 async fn prune_audit(
     State(p): State<AppState>,
-    Extension(actor): Extension<Principal>,
+    Actor(actor): Actor,
     Body(b): Body<PruneBody>,
 ) -> ApiResult<Value> {
     Ok(Json(
@@ -831,7 +852,7 @@ async fn prune_audit(
 #[utoipa::path(get, path = "/v1/meter/statement", params(StatementQuery), responses((status = 200, description = "an org's monthly statement", body = Value), Errors))]
 async fn statement(
     State(p): State<AppState>,
-    Extension(actor): Extension<Principal>,
+    Actor(actor): Actor,
     Params(q): Params<StatementQuery>,
 ) -> ApiResult<Value> {
     Ok(Json(
@@ -842,7 +863,7 @@ async fn statement(
 #[utoipa::path(get, path = "/v1/reports/annual", params(ReportQuery), responses((status = 200, description = "an org's annual report (JSON, or a page with format=html)", content((Value = "application/json"), (String = "text/html"))), Errors))]
 async fn annual_report(
     State(p): State<AppState>,
-    Extension(actor): Extension<Principal>,
+    Actor(actor): Actor,
     Params(q): Params<ReportQuery>,
 ) -> Result<Response, ApiError> {
     let report = blocking(move || p.annual_report(&actor, &q.org, q.year)).await?;
@@ -855,17 +876,14 @@ async fn annual_report(
 }
 
 #[utoipa::path(get, path = "/v1/policy", responses((status = 200, description = "the policy document (admin, auditor)", body = Value), Errors))]
-async fn export_policy(
-    State(p): State<AppState>,
-    Extension(actor): Extension<Principal>,
-) -> ApiResult<Value> {
+async fn export_policy(State(p): State<AppState>, Actor(actor): Actor) -> ApiResult<Value> {
     Ok(Json(blocking(move || p.export_policy(&actor)).await?))
 }
 
 #[utoipa::path(post, path = "/v1/policy", request_body = PolicyBody, responses((status = 200, description = "what the document changes, applied unless dry_run (admin)", body = Value), Errors))]
 async fn apply_policy(
     State(p): State<AppState>,
-    Extension(actor): Extension<Principal>,
+    Actor(actor): Actor,
     Body(b): Body<PolicyBody>,
 ) -> ApiResult<Value> {
     Ok(Json(
@@ -886,7 +904,7 @@ async fn public_key(State(p): State<AppState>) -> Json<PublicKeyAnswer> {
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "jobs and exports by state, the gate's refusals by check, the audit log's entries, the API's latency by route", content_type = "text/plain", body = String), Errors))]
 async fn metrics(
     State(p): State<AppState>,
-    Extension(actor): Extension<Principal>,
+    Actor(actor): Actor,
     Extension(http): Extension<Arc<crate::metrics::HttpMetrics>>,
 ) -> Result<Response, ApiError> {
     let counts = blocking(move || p.counts(&actor)).await?;
