@@ -68,6 +68,10 @@ pub(super) enum ScenarioCommand {
         /// At most this many rows per export (tighter than the platform's limit).
         #[arg(long)]
         max_rows: Option<u64>,
+        /// The query engine's memory for one job, in MiB (64 to 16384; 2048 when not named).
+        /// The gate's work over larger inputs is written sealed to disk rather than failing.
+        #[arg(long)]
+        job_memory_mib: Option<u64>,
         /// At most this many bytes per export (tighter than the platform's limit).
         #[arg(long)]
         max_bytes: Option<u64>,
@@ -133,6 +137,7 @@ pub(super) fn run(command: ScenarioCommand, remote: &Remote) -> Result<()> {
             count_bound,
             max_groups_per_subject,
             max_rows,
+            job_memory_mib,
             max_bytes,
             draft,
         } => {
@@ -178,6 +183,7 @@ pub(super) fn run(command: ScenarioCommand, remote: &Remote) -> Result<()> {
                         max_groups_per_subject,
                         max_rows,
                         max_bytes,
+                        job_memory_mib,
                         ..ExportRules::default()
                     },
                 },

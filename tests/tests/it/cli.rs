@@ -226,6 +226,8 @@ fn a_scientist_drafts_a_scenario_with_export_rules_and_submits_it_from_the_comma
         "spot=redact",
         "--max-rows",
         "5",
+        "--job-memory-mib",
+        "512",
         "--draft",
     ];
     apply.extend(remote);
@@ -235,7 +237,7 @@ fn a_scientist_drafts_a_scenario_with_export_rules_and_submits_it_from_the_comma
     assert_eq!(s["state"], "draft");
     assert_eq!(
         s["export_rules"],
-        serde_json::json!({ "masking": { "spot": "redact" }, "max_rows": 5 })
+        serde_json::json!({ "masking": { "spot": "redact" }, "max_rows": 5, "job_memory_mib": 512 })
     );
     let id = s["id"].as_str().unwrap();
     let mut submit = vec!["scenario", "submit", id];
