@@ -96,18 +96,22 @@ fn summary(mut ms: Vec<f64>) -> String {
     )
 }
 
+/// A new data directory under `work`, served on a loopback port by this process, with the
+/// story's orgs and trained principals: the server's address, its runtime (the server stops
+/// when it is dropped) and the principals' clients.
+pub(crate) fn serve(work: &std::path::Path) -> (String, tokio::runtime::Runtime, World) {
+    let (platform, token) =
+        Platform::init(&work.join("data"), &work.join("keys/master.key"), "admin").expect("init");
+    let (url, server) = spawn_server(Arc::new(platform)).expect("server");
+    let world = World::onboard(Client::new(&url, Some(&token)), true).expect("onboard");
+    (url, server, world)
+}
+
 pub(crate) fn api_under_load(rows: usize) {
     let work = tempfile::tempdir().expect("tempdir");
     let file = work.path().join("visits.parquet");
     write_visits(&file, rows);
-    let (platform, token) = Platform::init(
-        &work.path().join("data"),
-        &work.path().join("keys/master.key"),
-        "admin",
-    )
-    .expect("init");
-    let (url, _server) = spawn_server(Arc::new(platform)).expect("server");
-    let world = World::onboard(Client::new(&url, Some(&token)), true).expect("onboard");
+    let (url, _server, world) = serve(work.path());
     import(&world.provider, "visits", &file).expect("import");
     let (_, scenario) = world.open_scenario().expect("scenario");
     let sid = scenario["id"].as_str().expect("id").to_string();

@@ -6,13 +6,11 @@
 //! line for `scripts/bench-scale table`, which sets them against DuckDB on the same files.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 use serde_json::{Value, json};
-use tidegate_runtime::Platform;
-use tidegate_server::{Client, World, spawn_server};
+use tidegate_server::{Client, World};
 
 /// The three queries, as the platform runs them and as plain DataFusion does (the module's
 /// `plus_one` written as an expression).
@@ -74,6 +72,21 @@ fn timed_job(world: &World, sid: &str, sql: &str, modules: &[String]) -> (f64, V
     }
 }
 
+/// What the audit log keeps of a job's end (its exact resources, a failure's cause), read as
+/// the operator of the bench's data directory under `work`.
+fn audited_end(work: &Path, job: &Value) -> Option<Value> {
+    let id = job["id"].as_str()?;
+    let log = tidegate_runtime::read_audit_log(
+        &work.join("data").join(tidegate_runtime::AUDIT_FILE),
+        None,
+    )
+    .ok()?;
+    log.into_iter()
+        .rev()
+        .find(|e| e.object == id && e.detail["exact_resources"].is_object())
+        .map(|e| e.detail)
+}
+
 fn datafusion_time(rt: &tokio::runtime::Runtime, visits: &Path, spots: &Path, sql: &str) -> f64 {
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
     let started = Instant::now();
@@ -102,14 +115,7 @@ pub(crate) fn scale(rt: &tokio::runtime::Runtime, visits: &Path, spots: &Path, r
         .prefix("tidegate-scale-")
         .tempdir_in(visits.parent().unwrap_or(Path::new(".")))
         .expect("a work directory next to the data");
-    let (platform, token) = Platform::init(
-        &work.path().join("data"),
-        &work.path().join("keys/master.key"),
-        "admin",
-    )
-    .expect("init");
-    let (url, _server) = spawn_server(Arc::new(platform)).expect("server");
-    let world = World::onboard(Client::new(&url, Some(&token)), true).expect("onboard");
+    let (_, _server, world) = crate::latency::serve(work.path());
     let started = Instant::now();
     let dataset = upload(
         &world.provider,
@@ -184,18 +190,7 @@ pub(crate) fn scale(rt: &tokio::runtime::Runtime, visits: &Path, spots: &Path, r
             if job["state"] != "succeeded" {
                 // The bench is the operator: the cause the scientist is not shown is in the
                 // audit log.
-                let id = job["id"].as_str().unwrap_or_default();
-                let cause = tidegate_runtime::read_audit_log(
-                    &work.path().join("data").join(tidegate_runtime::AUDIT_FILE),
-                    None,
-                )
-                .ok()
-                .and_then(|log| {
-                    log.into_iter()
-                        .rev()
-                        .find(|e| e.object == id)
-                        .map(|e| e.detail["error"].to_string())
-                });
+                let cause = audited_end(work.path(), &job).map(|end| end["error"].to_string());
                 println!("    {name}: the job {} ({cause:?})", job["state"]);
                 break;
             }
@@ -218,19 +213,9 @@ pub(crate) fn scale(rt: &tokio::runtime::Runtime, visits: &Path, spots: &Path, r
             .unwrap_or(0.0)
             / (1 << 20) as f64;
         // Over L2 data the scientist is not shown how much a job spilled; the audit log is.
-        let spill = tidegate_runtime::read_audit_log(
-            &work.path().join("data").join(tidegate_runtime::AUDIT_FILE),
-            None,
-        )
-        .ok()
-        .and_then(|log| {
-            let id = last["id"].as_str().unwrap_or_default();
-            log.into_iter()
-                .rev()
-                .find(|e| e.object == id && e.detail["exact_resources"].is_object())
-                .and_then(|e| e.detail["exact_resources"]["spilled_bytes"].as_f64())
-        })
-        .unwrap_or(0.0)
+        let spill = audited_end(work.path(), &last)
+            .and_then(|end| end["exact_resources"]["spilled_bytes"].as_f64())
+            .unwrap_or(0.0)
             / (1 << 20) as f64;
         println!(
             "    {name:<6} {t:>12.2} {df:>14.2} {:>7.1}x {:>11.0} MiB {:>8.0} MiB",

@@ -725,7 +725,12 @@ pub const JOB_MEMORY_MIB_RANGE: std::ops::RangeInclusive<u64> = 64..=16384;
 impl ExportRules {
     /// The engine memory of one job of the scenario, in bytes.
     pub fn job_memory_bytes(&self) -> u64 {
-        self.job_memory_mib.unwrap_or(DEFAULT_JOB_MEMORY_MIB) << 20
+        // Within the range whatever wrote the rules (every door validates them too).
+        let mib = self
+            .job_memory_mib
+            .unwrap_or(DEFAULT_JOB_MEMORY_MIB)
+            .clamp(*JOB_MEMORY_MIB_RANGE.start(), *JOB_MEMORY_MIB_RANGE.end());
+        mib << 20
     }
 
     /// The dominance rules a release of the scenario is checked against.

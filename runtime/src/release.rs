@@ -1670,7 +1670,8 @@ impl<'a> Tally<'a> {
             .iter()
             .map(|m| doubles(b, &m.part))
             .collect::<Result<Vec<_>>>()?;
-        let subject = match self.privacy.is_some() || self.subject_key.is_some() {
+        // Under differential privacy each subject's parts are kept, by subject.
+        let subject = match self.privacy.is_some() {
             true => Some(
                 arrow::compute::cast(
                     b.column_by_name(SUBJECT)
@@ -1729,7 +1730,7 @@ impl<'a> Tally<'a> {
                 }
             }
             self.cells[at].subjects += 1;
-            if let Some(subject) = self.privacy.and(subject.as_ref()) {
+            if let Some(subject) = &subject {
                 let subject = subject.as_string::<i32>();
                 let who = subject
                     .is_valid(row)
