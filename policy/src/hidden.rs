@@ -30,6 +30,9 @@ pub const BOUNDED_PREFIX: &str = "__tg_dp_";
 pub const BOUNDED_SUBJECTS: &str = "__tg_dp_subjects";
 /// The gate's per-subject rows read back from its sealed spill, as one table of a job.
 pub const CONTRIBUTIONS: &str = "__tg_contributions";
+/// A gated job's input below its aggregate, computed once and read by the query's aggregate
+/// and by the gate's per-subject work, as one table of a job.
+pub const SHARED: &str = "__tg_shared";
 /// Whether a group's sum is dominated by its top contributors (R-GATE 3).
 pub const DOMINATED: &str = "__tg_dominated";
 

@@ -207,12 +207,6 @@ pub async fn run_query_until(
             privacy: limits.privacy,
         },
     )?;
-    if analysis.contributions.is_some() {
-        // The contributions run the input again: guests must give the same values.
-        for m in &meters {
-            m.make_scalars_stateless();
-        }
-    }
     analysis.shape.column_sources = column_sources;
     let shape = analysis.shape.clone();
     // Everything is planned before anything runs: a planning error speaks of the query, never
@@ -228,28 +222,49 @@ pub async fn run_query_until(
                 .map_err(|e| map_error(e, Stage::Planning))
         }
     };
-    let main = physical(analysis.plan.clone()).await?;
-    let contributions = match &analysis.contributions {
+    let task = ctx.task_ctx();
+    let (main, contributions) = match &analysis.contributions {
         Some(c) => {
             // The aggregation is planned here too, over the input itself, so that it cannot
             // fail later for a reason of the query's.
             physical(c.over(c.input.clone())?).await?;
-            Some((c, physical(c.input.clone()).await?))
+            // One scan for the query and the gate: the shared input runs once, and the
+            // query's aggregate and the gate's per-subject rows each read every batch of it.
+            let tee = crate::tee::Tee::new(physical(c.shared.clone()).await?, Arc::clone(&task));
+            let main = physical(reading(analysis.plan.clone(), tee.reader(QUERY))?).await?;
+            let input = physical(reading(c.input.clone(), tee.reader(GATE))?).await?;
+            (main, Some((c, input, tee)))
         }
-        None => None,
+        None => (physical(analysis.plan.clone()).await?, None),
     };
-    let task = ctx.task_ctx();
     let spilled = AtomicU64::new(0);
     let run = async {
-        let batches = collect_bounded(
-            Arc::clone(&main),
-            Arc::clone(&task),
-            &limits,
-            Some(limits.output_rows),
-        )
-        .await?;
-        match contributions {
-            Some((plan, input)) => {
+        let query = async {
+            let batches = collect_bounded(
+                Arc::clone(&main),
+                Arc::clone(&task),
+                &limits,
+                Some(limits.output_rows),
+            )
+            .await;
+            if let Some((_, _, tee)) = &contributions {
+                // What the query's plan did not read is not kept for it.
+                tee.release(QUERY);
+            }
+            batches
+        };
+        match &contributions {
+            Some((plan, input, tee)) => {
+                // The query and the gate's per-subject rows read the shared input together.
+                let (batches, spill) = tokio::try_join!(
+                    query,
+                    spill_contributions(&ctx, Arc::clone(input), &limits, &pool)
+                )?;
+                if !tee.whole(GATE) {
+                    return Err(Error::Internal(
+                        "the gate did not read the job's whole input".into(),
+                    ));
+                }
                 // Every subject's contributions stream into the gate's tally: only each
                 // cell's facts are kept, whatever the number of subjects.
                 let mut tally = crate::release::Tally::new(
@@ -260,11 +275,11 @@ pub async fn run_query_until(
                     limits.privacy,
                     limits.subjects,
                 )?;
-                let outcome = contribute(&ctx, plan, input, &limits, &pool, &mut tally).await;
+                let outcome = contribute(&ctx, plan, spill, &mut tally).await;
                 spilled.store(outcome?, Ordering::Relaxed);
                 tally.finish(batches).map(|f| (f.batches, f.subject_sets))
             }
-            None => Ok((batches, None)),
+            None => Ok((query.await?, None)),
         }
     };
     // The deadline is kept by a thread of its own, not by the job's runtime: its workers may
@@ -320,19 +335,42 @@ pub async fn run_query_until(
     })
 }
 
-/// Runs the gate's per-subject plan: its input once, into a sealed spill partitioned by
-/// subject, then its aggregation a group of subjects at a time into the tally. Returns the
-/// bytes written to disk.
-async fn contribute(
+/// The shared input's readers.
+const QUERY: usize = 0;
+const GATE: usize = 1;
+
+/// `plan`, reading the shared input from `source` where it reads [`hidden::SHARED`].
+fn reading(
+    plan: LogicalPlan,
+    source: Arc<dyn datafusion::catalog::TableProvider>,
+) -> Result<LogicalPlan> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    use datafusion::logical_expr::TableScanBuilder;
+    plan.transform_up(|node| match node {
+        LogicalPlan::TableScan(scan) if scan.table_name.table() == hidden::SHARED => {
+            let scan = TableScanBuilder::new(
+                scan.table_name,
+                datafusion::datasource::provider_as_source(Arc::clone(&source)),
+            )
+            .with_projection(scan.projection)
+            .with_filters(scan.filters)
+            .with_fetch(scan.fetch)
+            .build()?;
+            Ok(Transformed::yes(LogicalPlan::TableScan(scan)))
+        }
+        other => Ok(Transformed::no(other)),
+    })
+    .map(|t| t.data)
+    .map_err(|e| Error::Internal(format!("the shared input: {e}")))
+}
+
+/// Streams the gate's per-subject rows into a sealed spill partitioned by subject.
+async fn spill_contributions(
     ctx: &SessionContext,
-    plan: &crate::release::Contributions,
     input: Arc<dyn ExecutionPlan>,
     limits: &EngineLimits,
     pool: &Arc<PeakPool>,
-    tally: &mut crate::release::Tally<'_>,
-) -> Result<u64> {
-    use datafusion::datasource::{MemTable, provider_as_source};
-    use datafusion::logical_expr::LogicalPlanBuilder;
+) -> Result<crate::spill::SealedSpill> {
     use futures::StreamExt;
     let schema = input.schema();
     let root = limits
@@ -357,7 +395,21 @@ async fn contribute(
         // cancellation get their turn.
         tokio::task::yield_now().await;
     }
-    drop(stream);
+    Ok(spill)
+}
+
+/// Aggregates the gate's per-subject rows a group of subjects at a time into the tally.
+/// Returns the bytes the spill wrote to disk.
+async fn contribute(
+    ctx: &SessionContext,
+    plan: &crate::release::Contributions,
+    mut spill: crate::spill::SealedSpill,
+    tally: &mut crate::release::Tally<'_>,
+) -> Result<u64> {
+    use datafusion::datasource::{MemTable, provider_as_source};
+    use datafusion::logical_expr::LogicalPlanBuilder;
+    use futures::StreamExt;
+    let schema = spill.schema();
     // Each group is aggregated on one partition: its subjects are a share of all already, and
     // no exchange between partitions has to buffer (or spill) what it moves.
     let single = SessionContext::new_with_config_rt(

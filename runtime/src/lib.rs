@@ -19,6 +19,7 @@ mod sandbox;
 mod spill;
 mod storage;
 mod tables;
+mod tee;
 mod text;
 mod threads;
 

@@ -96,6 +96,10 @@ pub(crate) struct Analysis {
 /// ([`crate::spill`]), so that no pool must hold every subject at once.
 #[derive(Debug, Clone)]
 pub(crate) struct Contributions {
+    /// The query's rows below its aggregate, with what the query's aggregate and the gate
+    /// read of each: computed once, read by both (the analysis's plan and `input` read it as
+    /// the table [`hidden::SHARED`]).
+    pub shared: LogicalPlan,
     pub input: LogicalPlan,
     pub by: Vec<Expr>,
     pub aggregates: Vec<Expr>,
@@ -109,6 +113,14 @@ impl Contributions {
             .map_err(internal)?
             .build()
             .map_err(internal)
+    }
+}
+
+/// An expression without its alias.
+fn unaliased(e: &Expr) -> &Expr {
+    match e {
+        Expr::Alias(a) => a.expr.as_ref(),
+        e => e,
     }
 }
 
@@ -546,13 +558,21 @@ impl Walk<'_> {
             ))
         };
         let as_double = |e: Expr| cast(e, arrow::datatypes::DataType::Float64);
+        // The cells' totals are computed over the shared input (below): each aggregate's
+        // argument and filter, each unit and source is a column of it.
+        let shared = |name: String| Expr::Column(Column::from_name(name));
+        let argument = |j: usize| shared(format!("{ARGUMENT_PREFIX}{j}"));
+        let filter = |j: usize| {
+            parts[j]
+                .filter
+                .as_ref()
+                .map(|_| shared(format!("{FILTER_PREFIX}{j}")))
+        };
         // A row belongs to a subject when one of its units is set; rows of constants (a VALUES
         // list, a lookup table) belong to nobody and count in no cell's total.
         let has_subject = units
             .iter()
-            .map(|u| input.column(&u.name).map(Expr::is_not_null))
-            .collect::<Result<Vec<_>>>()?
-            .into_iter()
+            .map(|u| shared(u.name.clone()).is_not_null())
             .reduce(Expr::or)
             .expect("at least one unit");
         let of_subjects = |filter: &Option<Expr>| {
@@ -586,24 +606,20 @@ impl Walk<'_> {
                 Some(Released::CountSubjects) => Some((
                     Expr::AggregateFunction(AggregateFunction::new_udf(
                         count_udaf(),
-                        vec![p.argument.clone()],
+                        vec![argument(j)],
                         true,
-                        of_subjects(&p.filter).map(Box::new),
+                        of_subjects(&filter(j)).map(Box::new),
                         vec![],
                         None,
                     )),
                     PartExpr::Subjects(j),
                 )),
                 Some(Released::Count) => Some((
-                    with_filter(count_udaf(), p.argument.clone(), &of_subjects(&p.filter)),
+                    with_filter(count_udaf(), argument(j), &of_subjects(&filter(j))),
                     PartExpr::Count(j),
                 )),
                 Some(Released::Sum) => Some((
-                    with_filter(
-                        sum_udaf(),
-                        as_double(p.argument.clone()),
-                        &of_subjects(&p.filter),
-                    ),
+                    with_filter(sum_udaf(), as_double(argument(j)), &of_subjects(&filter(j))),
                     PartExpr::Sum(j),
                 )),
             };
@@ -626,13 +642,13 @@ impl Walk<'_> {
                     totals.push(
                         with_filter(
                             datafusion::functions_aggregate::min_max::min_udaf(),
-                            as_double(p.argument.clone()),
-                            &of_subjects(&p.filter),
+                            as_double(argument(j)),
+                            &of_subjects(&filter(j)),
                         )
                         .alias(&above.min_total),
                     );
                     totals.push(
-                        with_filter(count_udaf(), p.argument.clone(), &of_subjects(&p.filter))
+                        with_filter(count_udaf(), argument(j), &of_subjects(&filter(j)))
                             .alias(&above.n_total),
                     );
                     part_exprs.push((above.n_part.clone(), PartExpr::Count(j)));
@@ -646,12 +662,13 @@ impl Walk<'_> {
             }
             if p.kind == Some(Released::Sum) {
                 for n in &p.sources {
-                    let source = input.column(&format!("{SOURCE_PREFIX}{n}"))?;
+                    let source = shared(format!("{SOURCE_PREFIX}{n}"));
                     let (t, c) = (
                         format!("{TOTAL_PREFIX}{j}_{n}"),
                         format!("{PART_PREFIX}{j}_{n}"),
                     );
-                    totals.push(with_filter(sum_udaf(), source, &of_subjects(&p.filter)).alias(&t));
+                    totals
+                        .push(with_filter(sum_udaf(), source, &of_subjects(&filter(j))).alias(&t));
                     part_exprs.push((c.clone(), PartExpr::Source(j, *n)));
                     measures.push(Measure {
                         total: t,
@@ -722,9 +739,62 @@ impl Walk<'_> {
                 None => lit(ScalarValue::UInt64(None)),
             }
         };
-        let projected = LogicalPlanBuilder::from(input.plan.clone())
-            .project(exprs)
+        // An aggregate's further arguments (a module's aggregate of several columns): the
+        // query's aggregate reads them from the shared input too.
+        let mut further: Vec<Vec<Expr>> = Vec::new();
+        for (j, a) in agg.aggr_expr.iter().enumerate() {
+            let mut names = Vec::new();
+            if let Expr::AggregateFunction(f) = unaliased(a) {
+                for (k, x) in f.params.args.iter().enumerate().skip(1) {
+                    let name = format!("{ARGUMENT_PREFIX}{j}_{k}");
+                    exprs.push(x.clone().alias(&name));
+                    names.push(shared(name));
+                }
+            }
+            further.push(names);
+        }
+        // The shared input: the query's rows below its aggregate, each with everything the
+        // query's aggregate and the gate read of it. The job computes it once and hands each
+        // batch to both (`crate::tee`): one scan, one call of each module function per row.
+        // An expression named twice (`sum(f(x)), avg(f(x))`, a key also summed) is computed
+        // once: module functions are volatile to the engine, which never merges two calls.
+        let mut once: Vec<(Expr, String)> = Vec::new();
+        let mut named = Vec::new();
+        for e in exprs {
+            let Expr::Alias(a) = e else {
+                return Err(Error::Internal(
+                    "plan analysis: a shared column unnamed".into(),
+                ));
+            };
+            let first = once.iter().find(|(x, _)| x == a.expr.as_ref());
+            named.push(match first {
+                Some((_, first)) => shared(first.clone()).alias(&a.name),
+                None => {
+                    once.push((*a.expr, a.name.clone()));
+                    shared(a.name)
+                }
+            });
+        }
+        let shared_input = LogicalPlanBuilder::from(input.plan.clone())
+            .project(once.into_iter().map(|(x, name)| x.alias(name)))
+            .map_err(internal)?
+            .project(named)
+            .map_err(internal)?
+            .build()
             .map_err(internal)?;
+        let shared_schema = Arc::new(shared_input.schema().as_arrow().clone());
+        let placeholder = || -> Result<LogicalPlanBuilder> {
+            let schema = Arc::clone(&shared_schema);
+            LogicalPlanBuilder::scan(
+                hidden::SHARED,
+                datafusion::datasource::provider_as_source(Arc::new(
+                    datafusion::datasource::empty::EmptyTable::new(schema),
+                )),
+                None,
+            )
+            .map_err(internal)
+        };
+        let projected = placeholder()?;
         let col = |name: &str| Expr::Column(Column::from_name(name));
         let union = if several_units {
             const INDEX: &str = hidden::COPY_INDEX;
@@ -749,8 +819,10 @@ impl Walk<'_> {
             for (i, unit) in units.iter().enumerate() {
                 exprs.push(col(&unit.name).alias(format!("{UNIT_OF_PREFIX}{i}")));
             }
-            projected
-                .cross_join(indices)
+            // The copies' indices on the left: the cross join holds its left side and
+            // streams its right.
+            LogicalPlanBuilder::from(indices)
+                .cross_join(projected.build().map_err(internal)?)
                 .map_err(internal)?
                 .project(exprs)
                 .map_err(internal)?
@@ -879,20 +951,46 @@ impl Walk<'_> {
             .collect::<Vec<_>>();
         by.push(column(SUBJECT.to_string()));
         let contributions = Contributions {
+            shared: shared_input,
             input: with_elements,
             by,
             aggregates: contribution_aggr,
         };
 
-        // The query's own aggregate, with each group's keys under hidden names (to match
-        // cells across results and releases) and the cells' totals.
-        let mut aggr = agg.aggr_expr.clone();
+        // The query's own aggregate over the shared input, each output under the name and
+        // qualifier it had (what the plan above it reads), with each group's keys under hidden
+        // names (to match cells across results and releases) and the cells' totals.
+        let key = |i: usize| shared(format!("{GROUP_KEY_PREFIX}{i}"));
+        // A key named twice is one output (as the planner's own aggregate has it).
+        let mut group: Vec<Expr> = Vec::new();
         for (i, g) in agg.group_expr.iter().enumerate() {
-            aggr.push(max(g.clone()).alias(format!("{GROUP_KEY_PREFIX}{i}")));
+            if agg.group_expr[..i].contains(g) {
+                continue;
+            }
+            let (q, name) = g.qualified_name();
+            group.push(key(i).alias_qualified(q, name));
+        }
+        let mut aggr = Vec::new();
+        for (j, a) in agg.aggr_expr.iter().enumerate() {
+            let Expr::AggregateFunction(f) = unaliased(a) else {
+                return Err(Error::Internal("plan analysis: an aggregate lost".into()));
+            };
+            let mut f = f.clone();
+            if !f.params.args.is_empty() {
+                f.params.args = std::iter::once(argument(j))
+                    .chain(further[j].iter().cloned())
+                    .collect();
+            }
+            f.params.filter = filter(j).map(Box::new);
+            let (q, name) = a.qualified_name();
+            aggr.push(Expr::AggregateFunction(f).alias_qualified(q, name));
+        }
+        for i in 0..agg.group_expr.len() {
+            aggr.push(max(key(i)).alias(format!("{GROUP_KEY_PREFIX}{i}")));
         }
         aggr.extend(totals);
-        let plan = LogicalPlanBuilder::from(input.plan)
-            .aggregate(agg.group_expr.clone(), aggr)
+        let plan = placeholder()?
+            .aggregate(group, aggr)
             .map_err(internal)?
             .build()
             .map_err(internal)?;

@@ -120,6 +120,11 @@ impl SealedSpill {
         })
     }
 
+    /// The rows' schema, as the engine gave them and [`SealedSpill::read`] gives them back.
+    pub(crate) fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
     /// Bytes written to disk (sealed), in all.
     pub(crate) fn written(&self) -> u64 {
         self.written

@@ -744,11 +744,9 @@ impl JobInstances {
         self.meter.fail(error)
     }
 
-    /// Calls a scalar. Instances are reused across the job's batches, except in a job whose
-    /// gate takes a second look at the data (the contributions to a sum or an average, the
-    /// bounded parts under differential privacy): there every call runs in an instance made for
-    /// it and dropped after it, so a scalar's output is a function of its batch alone, and the
-    /// second look sees the values the result was computed from, whatever a guest remembers.
+    /// Calls a scalar. Instances are reused across the job's batches: the gate reads the same
+    /// calls' values as the query (one evaluation of the shared input, `crate::tee`), so
+    /// whatever a guest remembers between calls cannot show it other values.
     pub(super) fn call(
         &self,
         fn_id: i32,
@@ -757,14 +755,6 @@ impl JobInstances {
         n_rows: usize,
     ) -> Result<ArrayRef> {
         self.meter.check()?;
-        if self.meter.stateless_scalars() {
-            let mut guest = self
-                .sandbox
-                .instantiate_for_call(&self.module, &self.meter)?;
-            return guest
-                .call_scalar(fn_id, sig, args, n_rows)
-                .map_err(|e| self.meter.fail(e));
-        }
         let idle = self
             .idle
             .lock()

@@ -481,5 +481,77 @@ fn redteam_a_stateful_guest_cannot_hide_a_dominated_sum_from_the_gate() {
     );
 }
 
+/// Held by construction: a gated job computes its input once. Every module function is called
+/// once per row whatever the gate reads (cells' subjects, each subject's part of a sum, the
+/// rows for its memory), and the values the gate reads are those the result was computed from.
+#[test]
+fn a_gated_job_calls_each_module_function_once_per_row() {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("p", DataType::Utf8, false),
+        Field::new("x", DataType::Int64, false),
+        Field::new("__tg_entity", DataType::Utf8, true),
+    ]));
+    let (batches, per_batch) = (12, 5_000);
+    let data = (0..batches)
+        .map(|b| {
+            RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![
+                    Arc::new(StringArray::from_iter_values(
+                        (0..per_batch).map(|i| format!("p{}", i % 3)),
+                    )),
+                    Arc::new(Int64Array::from_iter_values(
+                        (0..per_batch).map(|i| (b * per_batch + i) as i64),
+                    )),
+                    Arc::new(StringArray::from_iter_values(
+                        (0..per_batch).map(|i| format!("s{}", i % 700)),
+                    )),
+                ],
+            )
+            .unwrap()
+        })
+        .collect();
+    let tables = vec![TableInput {
+        name: "t".into(),
+        columns: vec![spec("p", ColType::Utf8), spec("x", ColType::Int64)],
+        data: TableData::Memory(data),
+    }];
+    let rows = (batches * per_batch) as u64;
+    let (out, meter) = job(
+        &Arc::new(Sandbox::new().unwrap()),
+        &guest("int64) -> int64", PLUS_ONE, ""),
+        "SELECT p, count(*) AS n, sum(f(x)) AS s, avg(f(x)) AS a FROM t GROUP BY p",
+        &tables,
+        GuestLimits::default(),
+        EngineLimits::default(),
+    );
+    let out = out.unwrap();
+    let total: f64 = out
+        .batches
+        .iter()
+        .map(|b| {
+            let s =
+                arrow::compute::cast(b.column_by_name("s").unwrap(), &DataType::Float64).unwrap();
+            s.as_primitive::<Float64Type>()
+                .iter()
+                .flatten()
+                .sum::<f64>()
+        })
+        .sum();
+    let expected = (0..rows).map(|x| (x + 1) as f64).sum::<f64>();
+    assert_eq!(total, expected);
+    assert!(
+        out.batches
+            .iter()
+            .any(|b| b.column_by_name("__tg_dominated").is_some()),
+        "the gate read each subject's part of the sum"
+    );
+    assert_eq!(
+        meter.output_bytes(),
+        rows * 8,
+        "f returned one value per row: the query and the gate read the same calls"
+    );
+}
+
 #[allow(dead_code)]
 fn unused(_: &dyn Array) {}
