@@ -276,11 +276,13 @@ pub(crate) fn import_workload(rows: usize, csv: bool) {
     }
     let staged_s = started.elapsed().as_secs_f64();
     let column = |name: &str, tags: &str| ColumnInput {
+        mock: None,
         name: name.into(),
         data_type: None,
         tags: tidegate_policy::parse_tags(tags).expect("tags"),
     };
     let typed = |name: &str, data_type: &str, tags: &str| ColumnInput {
+        mock: None,
         data_type: Some(data_type.parse().expect("type")),
         ..column(name, tags)
     };

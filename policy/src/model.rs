@@ -522,6 +522,7 @@ text_states! {
         DatasetApprove = "dataset.approve",
         DatasetBudget = "dataset.budget",
         DatasetImport = "dataset.import",
+        DatasetMock = "dataset.mock",
         ExportDownload = "export.download",
         ExportRequest = "export.request",
         ExportReview = "export.review",

@@ -45,10 +45,10 @@ pub use metering::{
 };
 pub use platform::{
     AUDIT_FILE, ApprovalView, ColumnInput, DatasetView, ExportSummary, ExportView, GrantRequest,
-    ImportRequest, JobRequest, JobSummary, JobView, ListQuery, Listing, ModuleDetail,
-    ModuleSummary, ModuleView, OrgView, PUBLIC_KEY_FILE, Platform, PlatformCounts, PrincipalView,
-    ResourceUse, SESSION_SECONDS, ScenarioRequest, ScenarioView, Session, StagedUpload,
-    local_table, verify_certificate,
+    ImportRequest, JobRequest, JobSummary, JobView, ListQuery, Listing, MOCK_MARKER, MockFile,
+    ModuleDetail, ModuleSummary, ModuleView, OrgView, PUBLIC_KEY_FILE, Platform, PlatformCounts,
+    PrincipalView, ResourceUse, SESSION_SECONDS, ScenarioRequest, ScenarioView, Session,
+    StagedUpload, local_table, verify_certificate,
 };
 pub use sandbox::{
     CALL_FUEL, FUEL_FLOOR, FUEL_PER_MS, FunctionSig, Functions, GuestLimits, GuestSession,

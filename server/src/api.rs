@@ -715,6 +715,50 @@ async fn module_bytes(
         .into_response())
 }
 
+/// What a mock asks for: its rows and its seed.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct MockQuery {
+    /// How many rows (1 to 1,000,000; default 1,000).
+    #[serde(default = "default_mock_rows")]
+    rows: u64,
+    /// The same seed gives the same mock (default 0).
+    #[serde(default)]
+    seed: u64,
+}
+
+fn default_mock_rows() -> u64 {
+    1_000
+}
+
+/// A mock of a dataset as the scenario grants it (its granted columns and entity key), made
+/// from its provider's declared metadata, never from its values: Parquet whose file metadata
+/// marks it as a mock (`tidegate.mock = true`). For the scenario's scientists; audited.
+#[utoipa::path(get, path = "/v1/scenarios/{id}/datasets/{dataset}/mock", params(("id" = String, Path, description = "the scenario's id"), ("dataset" = String, Path, description = "a dataset the scenario grants, by name or id"), MockQuery), responses((status = 200, description = "the mock, as Parquet", content_type = "application/vnd.apache.parquet", body = Vec<u8>), Errors))]
+async fn mock_dataset(
+    State(p): State<AppState>,
+    Actor(actor): Actor,
+    Param((id, dataset)): Param<(String, String)>,
+    Params(q): Params<MockQuery>,
+) -> Result<Response, ApiError> {
+    let mock = blocking(move || p.mock_dataset(&actor, &id, &dataset, q.rows, q.seed)).await?;
+    Ok((
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/vnd.apache.parquet".to_string(),
+            ),
+            (
+                axum::http::header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{}-mock.parquet\"", mock.dataset),
+            ),
+        ],
+        mock.parquet,
+    )
+        .into_response())
+}
+
 /// Revokes a module's approval: its jobs stop, exports computed with it are flagged.
 #[utoipa::path(post, path = "/v1/scenarios/{id}/modules/{hash}/revoke", params(("id" = String, Path, description = "the id"), ("hash" = String, Path, description = "the module's SHA-256 hash")), request_body = ReasonBody, responses((status = 200, description = "the module, revoked", body = tidegate_runtime::ModuleDetail), Errors))]
 async fn revoke_module(
@@ -965,6 +1009,7 @@ pub fn router_with(platform: Arc<Platform>, secure_cookies: bool) -> Router {
         .routes(routes!(upload_dataset))
         .routes(routes!(approve_dataset))
         .routes(routes!(set_dataset_budget))
+        .routes(routes!(mock_dataset))
         .routes(routes!(apply_scenario, list_scenarios))
         .routes(routes!(get_scenario))
         .routes(routes!(approve_scenario))

@@ -409,6 +409,35 @@ impl Client {
             .read_to_vec()?)
     }
 
+    /// A mock of a dataset as a scenario grants it: Parquet bytes, marked as a mock.
+    pub fn mock_dataset(
+        &self,
+        scenario: &str,
+        dataset: &str,
+        rows: u64,
+        seed: u64,
+    ) -> Result<Vec<u8>> {
+        let url = format!(
+            "{}/v1/scenarios/{scenario}/datasets/{dataset}/mock?rows={rows}&seed={seed}",
+            self.url
+        );
+        let mut response = self
+            .get_request(&url)
+            .call()
+            .with_context(|| format!("cannot reach {url}"))?;
+        let status = response.status().as_u16();
+        if !(200..300).contains(&status) {
+            let body: Value = response.body_mut().read_json().unwrap_or(Value::Null);
+            // A status outside 2xx is always an error.
+            Answer { status, body }.into_result()?;
+        }
+        Ok(response
+            .body_mut()
+            .with_config()
+            .limit(1 << 30)
+            .read_to_vec()?)
+    }
+
     /// Revokes a module's approval for a scenario (the authority's reviewers and admins).
     pub fn revoke_module(&self, scenario: &str, hash: &str, reason: &str) -> Result<Value> {
         self.post(

@@ -187,12 +187,18 @@ impl World {
                 "name": "visits",
                 "level": level,
                 "format": "csv",
+                // With each column, the public metadata its mocks are made from: the spots
+                // are public places, the rest ranges and counts, never a real value.
                 "columns": [
-                    { "name": "resident_id", "data_type": "utf8", "tags": ["pii:resident_id", "entity"] },
+                    { "name": "resident_id", "data_type": "utf8", "tags": ["pii:resident_id", "entity"],
+                      "mock": { "distinct": 400 } },
                     { "name": "mobile", "data_type": "utf8", "tags": ["pii:mobile"] },
-                    { "name": "spot", "data_type": "utf8", "tags": ["dimension"] },
-                    { "name": "visit_date", "data_type": "date32", "tags": ["quasi"] },
-                    { "name": "spend", "data_type": "float64", "tags": ["sensitive"] },
+                    { "name": "spot", "data_type": "utf8", "tags": ["dimension"],
+                      "mock": { "categories": SPOTS.iter().map(|(s, _)| *s).chain([RARE_SPOT]).collect::<Vec<_>>() } },
+                    { "name": "visit_date", "data_type": "date32", "tags": ["quasi"],
+                      "mock": { "min_date": "2026-01-01", "max_date": "2026-10-31" } },
+                    { "name": "spend", "data_type": "float64", "tags": ["sensitive"],
+                      "mock": { "min": 0, "max": 800, "null_rate": 0.02 } },
                 ],
             }),
             csv.as_bytes(),

@@ -59,6 +59,7 @@ impl Platform {
         }
         let table = reading::open_table(&req.format, file, &req.columns)?;
         let columns = column_specs(&table.schema, &req.columns)?;
+        let mocks = super::mocks::declared_mocks(&columns, &req.columns)?;
         let _claim = ImportClaim::take(&self.importing, &req.name)?;
 
         let (id, version, existing, approvers) = {
@@ -91,8 +92,8 @@ impl Platform {
         let now = crate::now_rfc3339();
         if !existing {
             tx.execute(
-                "INSERT INTO datasets (id, name, org_id, level, origin, columns, created_at, approvers)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO datasets (id, name, org_id, level, origin, columns, created_at, approvers, mock)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 params![
                     id,
                     req.name,
@@ -101,7 +102,8 @@ impl Platform {
                     if social { "social-pending" } else { "public" },
                     to_json(&columns),
                     now,
-                    to_json(&approvers)
+                    to_json(&approvers),
+                    to_json(&mocks)
                 ],
             )?;
         } else {
@@ -114,6 +116,13 @@ impl Platform {
                 tx.execute(
                     "UPDATE datasets SET origin = 'social-pending' WHERE id = ?1",
                     params![id],
+                )?;
+            }
+            // A new version keeps the mock metadata unless the import declares some.
+            if !mocks.is_empty() {
+                tx.execute(
+                    "UPDATE datasets SET mock = ?2 WHERE id = ?1",
+                    params![id, to_json(&mocks)],
                 )?;
             }
             if !approvers.is_empty() {
@@ -147,6 +156,7 @@ impl Platform {
         )?;
         tx.commit()?;
         let approvers = Self::dataset_row(&db, &id)?.approvers;
+        let mock = Self::mock_specs(&db, &id)?;
         let (privacy_budget, privacy_drawn) = Self::budget_of(&db, &id)?;
         Ok(DatasetView {
             id,
@@ -167,6 +177,7 @@ impl Platform {
             approvers,
             privacy_budget,
             privacy_drawn,
+            mock,
         })
     }
 
@@ -417,6 +428,7 @@ impl Platform {
                 let (version, content_hash, rows, _, quality) = Self::latest_version(&db, id)?;
                 let steward = oversees || d.org == actor.org || d.approvers.contains(&actor.org);
                 let (privacy_budget, privacy_drawn) = Self::budget_of(&db, id)?;
+                let mock = Self::mock_specs(&db, id)?;
                 Ok(DatasetView {
                     id: d.id,
                     name: d.name,
@@ -432,6 +444,7 @@ impl Platform {
                     approvers: d.approvers,
                     privacy_budget,
                     privacy_drawn,
+                    mock,
                 })
             })
             .collect()

@@ -41,6 +41,7 @@ mod exports;
 mod jobs;
 mod lists;
 mod metrics;
+mod mocks;
 mod modules;
 mod onboarding;
 mod policy;
@@ -53,6 +54,7 @@ mod views;
 
 pub use lists::{ExportSummary, JobSummary, ListQuery, Listing, ModuleSummary};
 pub use metrics::PlatformCounts;
+pub use mocks::{MOCK_MARKER, MockFile};
 pub use modules::ModuleDetail;
 pub use reading::local_table;
 use reading::{FileBytes, column_specs};

@@ -113,10 +113,14 @@ pub(super) const MIGRATIONS: &[(i64, &str)] = &[
         "ALTER TABLE exports ADD COLUMN amends TEXT;
          ALTER TABLE exports ADD COLUMN amended_by TEXT;",
     ),
+    (
+        13,
+        "ALTER TABLE datasets ADD COLUMN mock TEXT NOT NULL DEFAULT '{}';",
+    ),
 ];
 
 /// The schema version this build writes.
-pub(super) const SCHEMA_VERSION: i64 = 12;
+pub(super) const SCHEMA_VERSION: i64 = 13;
 
 pub(super) fn open_db(path: &Path) -> Result<Connection> {
     let mut conn = Connection::open(path)?;

@@ -30,6 +30,10 @@ pub struct ColumnInput {
     pub data_type: Option<DataType>,
     #[serde(default)]
     pub tags: Vec<ColumnTag>,
+    /// Public metadata for the column's mock (value ranges, categories, NULL rate, distinct
+    /// values), from which scientists' stand-in data is generated; never real values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mock: Option<tidegate_policy::MockSpec>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -81,6 +85,10 @@ pub struct DatasetView {
     pub privacy_budget: tidegate_policy::DatasetBudget,
     #[serde(default)]
     pub privacy_drawn: f64,
+    /// The mock metadata its provider declared, by column (public to whoever sees the
+    /// dataset): what its mocks are generated from.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub mock: BTreeMap<String, tidegate_policy::MockSpec>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]

@@ -30,6 +30,25 @@ pub(super) enum DatasetCommand {
         /// the province for data it returned.
         #[arg(long = "approver")]
         approvers: Vec<String>,
+        /// A JSON file of public metadata per column for the dataset's mocks, e.g.
+        /// {"spend": {"min": 0, "max": 500}, "spot": {"categories": ["A", "B"]}}
+        #[arg(long)]
+        mock: Option<PathBuf>,
+    },
+    /// A mock of a dataset as your scenario grants it (its granted columns and entity key),
+    /// generated from its provider's declared metadata, never from its values: Parquet marked
+    /// as a mock.
+    Mock {
+        dataset: String,
+        #[arg(long)]
+        scenario: String,
+        #[arg(long, default_value_t = 1000)]
+        rows: u64,
+        /// The same seed gives the same mock.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        out: PathBuf,
     },
     /// List the datasets you may see, with their versions and columns.
     List,
@@ -61,6 +80,7 @@ pub(super) fn run(command: DatasetCommand, remote: &Remote) -> Result<()> {
             format,
             columns,
             approvers,
+            mock,
         } => {
             // Checked here, before a file of any size is read and sent.
             let level: tidegate_policy::Level = level
@@ -71,10 +91,13 @@ pub(super) fn run(command: DatasetCommand, remote: &Remote) -> Result<()> {
                 .with_context(|| format!("cannot read {}", file.display()))?;
             let size = data.metadata().map(|m| m.len()).unwrap_or(0);
             let format = format.unwrap_or_else(|| guess_format(&file));
-            let columns: Vec<ColumnInput> = columns
+            let mut columns: Vec<ColumnInput> = columns
                 .iter()
                 .map(|c| parse_column(c))
                 .collect::<Result<_>>()?;
+            if let Some(path) = mock {
+                add_mock_metadata(&mut columns, &path)?;
+            }
             eprintln!("importing {} ({size} bytes, streamed)...", file.display());
             let request = ImportRequest {
                 name,
@@ -109,6 +132,23 @@ pub(super) fn run(command: DatasetCommand, remote: &Remote) -> Result<()> {
                 );
             }
             print(&answer);
+        }
+        DatasetCommand::Mock {
+            dataset,
+            scenario,
+            rows,
+            seed,
+            out,
+        } => {
+            let bytes = remote
+                .client()?
+                .mock_dataset(&scenario, &dataset, rows, seed)?;
+            std::fs::write(&out, &bytes)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            eprintln!(
+                "wrote a mock of {dataset}: {rows} rows to {} (not real data)",
+                out.display()
+            );
         }
         DatasetCommand::List => print(&remote.client()?.list_datasets()?),
         DatasetCommand::Approve { id } => print(&remote.client()?.approve_dataset(&id)?),
@@ -235,7 +275,30 @@ fn parse_column(spec: &str) -> Result<ColumnInput> {
         name: name.to_string(),
         data_type,
         tags,
+        mock: None,
     })
+}
+
+/// Reads a JSON object of mock metadata by column name into the import's columns (a column it
+/// names that `--column` did not gets an entry of its own, with no type or tags).
+fn add_mock_metadata(columns: &mut Vec<ColumnInput>, path: &Path) -> Result<()> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let specs: std::collections::BTreeMap<String, tidegate_policy::MockSpec> =
+        serde_json::from_str(&text)
+            .with_context(|| format!("{}: not mock metadata by column", path.display()))?;
+    for (name, spec) in specs {
+        match columns.iter_mut().find(|c| c.name == name) {
+            Some(c) => c.mock = Some(spec),
+            None => columns.push(ColumnInput {
+                name,
+                data_type: None,
+                tags: Vec::new(),
+                mock: Some(spec),
+            }),
+        }
+    }
+    Ok(())
 }
 
 fn guess_format(file: &Path) -> String {

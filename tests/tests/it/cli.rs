@@ -352,3 +352,97 @@ fn a_reviewer_works_the_queue_from_the_command_line() {
         ExitCode::FAILURE
     );
 }
+
+#[test]
+fn a_provider_declares_mock_metadata_and_a_scientist_writes_the_mock_from_the_command_line() {
+    let env = common::setup(true);
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("trips.csv");
+    std::fs::write(&csv, "rider,fare\nr1,10.5\nr2,12.0\nr3,7.25\n").unwrap();
+    let meta = dir.path().join("mock.json");
+    std::fs::write(
+        &meta,
+        r#"{"fare": {"min": 2, "max": 30}, "rider": {"distinct": 5}}"#,
+    )
+    .unwrap();
+    let provider = &env.world.provider;
+    let mut import = vec![
+        "dataset",
+        "import",
+        csv.to_str().unwrap(),
+        "--name",
+        "trips",
+        "--level",
+        "l2",
+        "--column",
+        "rider:utf8:entity",
+        "--mock",
+        meta.to_str().unwrap(),
+        "--url",
+        provider.url(),
+        "--token",
+        provider.token().unwrap(),
+    ];
+    assert_eq!(tidegate(&import), ExitCode::SUCCESS);
+    let listed = env.world.scientist.list_datasets().unwrap();
+    let trips = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "trips")
+        .unwrap();
+    assert_eq!(trips["mock"]["fare"]["max"], 30.0, "{trips}");
+    // Metadata that does not parse fails before anything is sent.
+    std::fs::write(&meta, r#"{"fare": {"maximum": 30}}"#).unwrap();
+    import[4] = "trips_again";
+    assert_eq!(tidegate(&import), ExitCode::FAILURE);
+
+    let scenario = env
+        .world
+        .scientist
+        .apply_scenario(&serde_json::json!({
+            "name": "fares", "key_area": "transport", "purpose": "fares per rider count",
+            "grants": [{ "dataset": "trips", "columns": ["fare"] }],
+            "term_start": "2026-01-01", "term_end": "2099-12-31",
+        }))
+        .unwrap();
+    let sid = scenario["id"].as_str().unwrap();
+    env.world.admin.approve_scenario(sid).unwrap();
+    env.world.provider.approve_scenario(sid).unwrap();
+    let out = dir.path().join("trips-mock.parquet");
+    let me = &env.world.scientist;
+    let mock = [
+        "dataset",
+        "mock",
+        "trips",
+        "--scenario",
+        sid,
+        "--rows",
+        "50",
+        "--seed",
+        "3",
+        "--out",
+        out.to_str().unwrap(),
+        "--url",
+        me.url(),
+        "--token",
+        me.token().unwrap(),
+    ];
+    assert_eq!(tidegate(&mock), ExitCode::SUCCESS);
+    let file = std::fs::File::open(&out).unwrap();
+    let reader =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+    let marked = reader
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .unwrap()
+        .iter()
+        .any(|kv| kv.key == "tidegate.mock" && kv.value.as_deref() == Some("true"));
+    assert!(marked, "the file says it is a mock");
+    let batches: Vec<_> = reader.build().unwrap().map(Result::unwrap).collect();
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 50);
+    let schema = batches[0].schema();
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    assert_eq!(names, ["rider", "fare"]);
+}

@@ -16,6 +16,7 @@ mod console;
 mod edge;
 mod flow;
 mod lists;
+mod mock;
 mod openapi;
 mod queue;
 mod scenarios;

@@ -140,6 +140,7 @@ fn world() -> World {
                     name: "id".into(),
                     data_type: None,
                     tags: vec![tidegate_policy::ColumnTag::Entity],
+                    mock: None,
                 }],
                 approvers: vec![],
                 data_base64: base64::engine::general_purpose::STANDARD.encode(csv),
