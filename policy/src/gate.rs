@@ -21,6 +21,11 @@ pub fn default_threshold(level: Level) -> u64 {
     }
 }
 
+/// A scenario's threshold: what it asks for, but never under its level's default.
+pub fn scenario_threshold(requested: Option<u64>, level: Level) -> u64 {
+    requested.unwrap_or(0).max(default_threshold(level))
+}
+
 /// Aggregate functions whose output does not reproduce one subject's value and whose
 /// per-subject contribution the gate checks (see [`crate::releasable_aggregate`]). `min`,
 /// `max`, `median`, `first_value` and the like return a single contributor's value; variances

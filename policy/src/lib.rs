@@ -20,7 +20,7 @@ pub use detect::{
 };
 pub use gate::{
     ALLOWED_AGGREGATES, CheckOutcome, GateCheck, GateReport, MAX_WITHHELD_FAILURES, QueryShape,
-    check_shape, default_threshold, is_allowed_aggregate,
+    check_shape, default_threshold, is_allowed_aggregate, scenario_threshold,
 };
 pub use inference::{
     DatasetRows, Disclosure, Element, Ledger, SubjectSet, decode_by_dataset, decode_rows,

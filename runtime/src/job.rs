@@ -335,6 +335,26 @@ pub async fn run_query_until(
     })
 }
 
+/// The engine limits of a job of a scenario with these rules, threshold and level: the same
+/// on the platform and in a local run (`tidegate dev run --scenario`).
+pub(crate) fn scenario_limits(
+    rules: &tidegate_policy::ExportRules,
+    k: u64,
+    level: Level,
+    subjects: crate::crypto::SubjectKey,
+) -> EngineLimits {
+    EngineLimits {
+        memory_bytes: usize::try_from(rules.job_memory_bytes()).unwrap_or(usize::MAX),
+        privacy: rules.contribution_bounds(),
+        level,
+        dominance: rules.dominance_rule(),
+        threshold: k,
+        // The gate's memory audits exact releases; noise protects the rest.
+        subjects: rules.contribution_bounds().is_none().then_some(subjects),
+        ..EngineLimits::default()
+    }
+}
+
 /// The shared input's readers.
 const QUERY: usize = 0;
 const GATE: usize = 1;

@@ -11,6 +11,7 @@ mod error;
 mod gate;
 mod hidden;
 mod job;
+mod local;
 mod masking;
 mod metering;
 mod platform;
@@ -38,6 +39,7 @@ pub use gate::{
     GateInput, GateOutcome, Groups as GateGroups, evaluate as evaluate_gate, scan_columns,
 };
 pub use job::{EngineLimits, JobCost, JobOutput, run_query, run_query_isolated, run_query_until};
+pub use local::{LocalRun, LocalScenario, gated_table, run_as_scenario};
 pub use masking::{desensitization_udfs, pseudonym_udf};
 pub use metering::{
     Event as MeteredEvent, Ledger, PRICE_ITEMS, ScenarioTerms, ledger_from_audit,

@@ -392,20 +392,8 @@ impl Platform {
                     tables,
                     udfs,
                     EngineLimits {
-                        memory_bytes: usize::try_from(scenario.export_rules.job_memory_bytes())
-                            .unwrap_or(usize::MAX),
                         spill_dir: Some(self.spill_dir()),
-                        privacy: scenario.export_rules.contribution_bounds(),
-                        level,
-                        dominance: scenario.export_rules.dominance_rule(),
-                        threshold: scenario.k,
-                        // The gate's memory audits exact releases; noise protects the rest.
-                        subjects: scenario
-                            .export_rules
-                            .contribution_bounds()
-                            .is_none()
-                            .then_some(subjects),
-                        ..EngineLimits::default()
+                        ..job::scenario_limits(&scenario.export_rules, scenario.k, level, subjects)
                     },
                     cancelled,
                 )

@@ -75,8 +75,8 @@ type Remembrance = (
     Option<Arc<tidegate_policy::Ledger>>,
 );
 
-const EXPORT_MAX_ROWS: u64 = 10_000;
-const EXPORT_MAX_BYTES: u64 = 10 << 20;
+pub(crate) const EXPORT_MAX_ROWS: u64 = 10_000;
+pub(crate) const EXPORT_MAX_BYTES: u64 = 10 << 20;
 /// The largest file an import takes (staged sealed on disk, read batch by batch).
 const MAX_IMPORT_BYTES: u64 = 64 << 30;
 /// The largest file an import takes inside a JSON body (base64, held in memory).

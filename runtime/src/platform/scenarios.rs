@@ -60,7 +60,7 @@ impl Platform {
             });
         }
         // The scenario may ask for a stricter threshold, never a weaker one than the default.
-        let k = req.k.unwrap_or(0).max(default_threshold(level));
+        let k = tidegate_policy::scenario_threshold(req.k, level);
         let state = if req.draft {
             ScenarioState::Draft
         } else {

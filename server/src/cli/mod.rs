@@ -170,6 +170,8 @@ enum Command {
     Dev {
         #[command(subcommand)]
         command: dev::DevCommand,
+        #[command(flatten)]
+        remote: Remote,
     },
     /// Metering: prices (admin) and statements (admin, auditor, the org itself).
     Meter {
@@ -241,7 +243,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Module { command, remote } => module::run(command, &remote),
         Command::Job { command, remote } => job::run(command, &remote),
         Command::Export { command, remote } => export::run(command, &remote),
-        Command::Dev { command } => dev::run(command),
+        Command::Dev { command, remote } => dev::run(command, &remote),
         Command::Meter { command, remote } => meter::run(command, &remote),
         Command::Report { command, remote } => report::run(command, &remote),
         Command::Policy { command, remote } => policy::run(command, &remote),
