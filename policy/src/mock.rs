@@ -133,8 +133,26 @@ pub fn check_mock_spec(column: &ColumnSpec, spec: &MockSpec) -> Result<(), Strin
     if !categories.is_empty() && *data_type != DataType::Utf8 {
         refuse!("categories are for text columns, not {data_type}");
     }
-    if !categories.is_empty() && column.is_identifier() {
-        refuse!("a direct identifier takes no categories: the list would publish its values");
+    // A list of an identifying column's values would publish them: only a dimension or a
+    // plain column (places, kinds, bands) takes categories, and none that reads as an
+    // identifier by the detectors' rules.
+    if !categories.is_empty()
+        && (column.is_identifier()
+            || column.has_tag(ColumnTag::Entity)
+            || column.has_tag(ColumnTag::Quasi))
+    {
+        refuse!(
+            "an identifying column (pii, entity or quasi) takes no categories: the list would publish its values"
+        );
+    }
+    if let Some(at) = categories
+        .iter()
+        .position(|c| crate::detect::scan_value(c).iter().any(|d| d.certain))
+    {
+        refuse!(
+            "category {} reads as a direct identifier; categories are never identifiers",
+            at + 1
+        );
     }
     if categories.len() > MAX_CATEGORIES {
         refuse!(
@@ -743,7 +761,20 @@ mod tests {
         refused(
             &names,
             &spec(r#"{"categories": ["张三"]}"#),
-            "direct identifier",
+            "identifying column",
+        );
+        // Nor an entity key or a quasi-identifier, nor a list of identifiers on a plain column.
+        for tags in ["entity", "quasi"] {
+            refused(
+                &column("rider", "utf8", tags),
+                &spec(r#"{"categories": ["r1", "r2"]}"#),
+                "identifying column",
+            );
+        }
+        refused(
+            &column("note", "utf8", ""),
+            &spec(r#"{"categories": ["plain", "11010519491231002X"]}"#),
+            "category 2 reads as a direct identifier",
         );
         let nan = MockSpec {
             null_rate: f64::NAN,

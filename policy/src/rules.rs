@@ -81,6 +81,17 @@ pub fn can_freeze_org(p: &Principal, kind: OrgKind) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// R-CUSTODY: the authority's admins seal a dataset version (no job may read it; it is kept for
+/// inspection), unseal it, or destroy it (its key and file), each with a reason.
+pub fn can_keep_custody(p: &Principal, reason: &str) -> Result<(), Refusal> {
+    require_role(p, Role::Admin)?;
+    require_training(p)?;
+    if reason.trim().is_empty() || reason.len() > 2_000 {
+        return refuse("a seal, an unsealing or a destruction gives its reason (1 to 2,000 bytes)");
+    }
+    Ok(())
+}
+
 /// What kind of org a principal may belong to, given its roles (R-SOD): admins only in the
 /// authority; scientists only in operating units; providers only in providing orgs; a
 /// reviewer or an auditor in any.

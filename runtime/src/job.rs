@@ -207,6 +207,15 @@ pub async fn run_query_until(
             privacy: limits.privacy,
         },
     )?;
+    if analysis.contributions.is_some() {
+        // The gate measures each row's values as the query computed them (one evaluation,
+        // `crate::tee`); each scalar call also runs in an instance of its own, so that what a
+        // guest computes for a row depends on its batch alone: no value of a row the query
+        // filtered out, or of another function's call, reaches another cell through memory.
+        for m in &meters {
+            m.make_scalars_stateless();
+        }
+    }
     analysis.shape.column_sources = column_sources;
     let shape = analysis.shape.clone();
     // Everything is planned before anything runs: a planning error speaks of the query, never
@@ -368,6 +377,12 @@ fn reading(
     use datafusion::logical_expr::TableScanBuilder;
     plan.transform_up(|node| match node {
         LogicalPlan::TableScan(scan) if scan.table_name.table() == hidden::SHARED => {
+            if scan.fetch.is_some() {
+                // Both readers read the whole input (the gate checks it has).
+                return Err(datafusion::error::DataFusionError::Internal(
+                    "a limit on the shared input".into(),
+                ));
+            }
             let scan = TableScanBuilder::new(
                 scan.table_name,
                 datafusion::datasource::provider_as_source(Arc::clone(&source)),

@@ -746,6 +746,11 @@ impl Walk<'_> {
             let mut names = Vec::new();
             if let Expr::AggregateFunction(f) = unaliased(a) {
                 for (k, x) in f.params.args.iter().enumerate().skip(1) {
+                    // A constant stays one (some aggregates take only a literal there).
+                    if matches!(x, Expr::Literal(..)) {
+                        names.push(x.clone());
+                        continue;
+                    }
                     let name = format!("{ARGUMENT_PREFIX}{j}_{k}");
                     exprs.push(x.clone().alias(&name));
                     names.push(shared(name));
@@ -976,8 +981,12 @@ impl Walk<'_> {
                 return Err(Error::Internal("plan analysis: an aggregate lost".into()));
             };
             let mut f = f.clone();
-            if !f.params.args.is_empty() {
-                f.params.args = std::iter::once(argument(j))
+            if let Some(first) = f.params.args.first() {
+                let first = match first {
+                    Expr::Literal(..) => first.clone(),
+                    _ => argument(j),
+                };
+                f.params.args = std::iter::once(first)
                     .chain(further[j].iter().cloned())
                     .collect();
             }

@@ -57,7 +57,7 @@ struct Partition {
     receivers: Vec<Mutex<Option<mpsc::Receiver<Message>>>>,
     /// Aborted when the partition is dropped (the job ended, however it ended).
     task_handle: Mutex<Option<SpawnedTask<()>>>,
-    /// Per reader: the task handed it every batch and the end.
+    /// Per reader: it received every batch of the partition and its end.
     whole: Arc<Vec<AtomicBool>>,
 }
 
@@ -124,7 +124,7 @@ impl Tee {
         }
     }
 
-    /// Whether reader `reader` was handed every batch of every partition, and their ends.
+    /// Whether reader `reader` received every batch of every partition, and their ends.
     pub(crate) fn whole(&self, reader: usize) -> bool {
         self.partitions
             .iter()
@@ -161,27 +161,34 @@ impl Partition {
                 self.index,
                 Arc::clone(&self.task),
                 senders,
-                Arc::clone(&self.whole),
             );
             *self
                 .task_handle
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner) = Some(SpawnedTask::spawn(run));
         }
-        let batches = futures::stream::unfold((rx, false), |(mut rx, done)| async move {
-            if done {
-                return None;
-            }
-            match rx.recv().await {
-                Some(Message::Batch(b)) => Some((Ok(b), (rx, false))),
-                Some(Message::Failed(e)) => Some((Err(DataFusionError::Shared(e)), (rx, true))),
-                Some(Message::End) => None,
-                None => Some((
-                    Err(DataFusionError::Internal(
-                        "the shared input stopped before its end".into(),
+        let whole = Arc::clone(&self.whole);
+        let batches = futures::stream::unfold((rx, false), move |(mut rx, done)| {
+            let whole = Arc::clone(&whole);
+            async move {
+                if done {
+                    return None;
+                }
+                match rx.recv().await {
+                    Some(Message::Batch(b)) => Some((Ok(b), (rx, false))),
+                    Some(Message::Failed(e)) => Some((Err(DataFusionError::Shared(e)), (rx, true))),
+                    Some(Message::End) => {
+                        // Received, not only sent: this reader has read the partition to its end.
+                        whole[reader].store(true, Ordering::SeqCst);
+                        None
+                    }
+                    None => Some((
+                        Err(DataFusionError::Internal(
+                            "the shared input stopped before its end".into(),
+                        )),
+                        (rx, true),
                     )),
-                    (rx, true),
-                )),
+                }
             }
         });
         Box::pin(RecordBatchStreamAdapter::new(schema, batches))
@@ -194,7 +201,6 @@ async fn pump(
     index: usize,
     task: Arc<TaskContext>,
     senders: Vec<mpsc::Sender<Message>>,
-    whole: Arc<Vec<AtomicBool>>,
 ) {
     let mut open: Vec<Option<mpsc::Sender<Message>>> = senders.into_iter().map(Some).collect();
     let fail = |open: &[Option<mpsc::Sender<Message>>], e: DataFusionError| {
@@ -239,12 +245,9 @@ async fn pump(
             return;
         }
     }
-    for (reader, slot) in open.iter().enumerate() {
-        if let Some(tx) = slot
-            && tx.send(Message::End).await.is_ok()
-        {
-            whole[reader].store(true, Ordering::SeqCst);
-        }
+    for tx in open.iter().flatten() {
+        // A reader that is gone has no end to receive.
+        let _ = tx.send(Message::End).await;
     }
 }
 

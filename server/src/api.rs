@@ -715,6 +715,43 @@ async fn module_bytes(
         .into_response())
 }
 
+/// Seals a dataset version (the authority's admins): no job may read it; it is kept.
+#[utoipa::path(post, path = "/v1/datasets/{id}/versions/{version}/seal", params(("id" = String, Path, description = "the dataset's id or name"), ("version" = i64, Path, description = "the version")), request_body = ReasonBody, responses((status = 200, description = "the signed sealing record", body = Value), Errors))]
+async fn seal_dataset(
+    State(p): State<AppState>,
+    Actor(actor): Actor,
+    Param((id, version)): Param<(String, i64)>,
+    Body(b): Body<ReasonBody>,
+) -> ApiResult<Value> {
+    let v = blocking(move || p.seal_dataset_version(&actor, &id, version, &b.reason)).await?;
+    Ok(Json(v))
+}
+
+/// Lifts a dataset version's seal (the authority's admins).
+#[utoipa::path(post, path = "/v1/datasets/{id}/versions/{version}/unseal", params(("id" = String, Path, description = "the dataset's id or name"), ("version" = i64, Path, description = "the version")), request_body = ReasonBody, responses((status = 200, description = "the signed unsealing record", body = Value), Errors))]
+async fn unseal_dataset(
+    State(p): State<AppState>,
+    Actor(actor): Actor,
+    Param((id, version)): Param<(String, i64)>,
+    Body(b): Body<ReasonBody>,
+) -> ApiResult<Value> {
+    let v = blocking(move || p.unseal_dataset_version(&actor, &id, version, &b.reason)).await?;
+    Ok(Json(v))
+}
+
+/// Destroys a dataset version (the authority's admins): its key and file; scenarios pinned to
+/// it are suspended. Answers the signed destruction certificate.
+#[utoipa::path(post, path = "/v1/datasets/{id}/versions/{version}/destroy", params(("id" = String, Path, description = "the dataset's id or name"), ("version" = i64, Path, description = "the version")), request_body = ReasonBody, responses((status = 200, description = "the signed destruction certificate", body = Value), Errors))]
+async fn destroy_dataset(
+    State(p): State<AppState>,
+    Actor(actor): Actor,
+    Param((id, version)): Param<(String, i64)>,
+    Body(b): Body<ReasonBody>,
+) -> ApiResult<Value> {
+    let v = blocking(move || p.destroy_dataset_version(&actor, &id, version, &b.reason)).await?;
+    Ok(Json(v))
+}
+
 /// What a mock asks for: its rows and its seed.
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -1010,6 +1047,9 @@ pub fn router_with(platform: Arc<Platform>, secure_cookies: bool) -> Router {
         .routes(routes!(approve_dataset))
         .routes(routes!(set_dataset_budget))
         .routes(routes!(mock_dataset))
+        .routes(routes!(seal_dataset))
+        .routes(routes!(unseal_dataset))
+        .routes(routes!(destroy_dataset))
         .routes(routes!(apply_scenario, list_scenarios))
         .routes(routes!(get_scenario))
         .routes(routes!(approve_scenario))

@@ -409,6 +409,23 @@ impl Client {
             .read_to_vec()?)
     }
 
+    /// Seals, unseals or destroys a dataset version (`action`: seal, unseal or destroy; the
+    /// authority's admins).
+    pub fn dataset_custody(
+        &self,
+        dataset: &str,
+        version: i64,
+        action: &str,
+        reason: &str,
+    ) -> Result<Value> {
+        self.post(
+            &format!("/v1/datasets/{dataset}/versions/{version}/{action}"),
+            &ReasonBody {
+                reason: reason.into(),
+            },
+        )
+    }
+
     /// A mock of a dataset as a scenario grants it: Parquet bytes, marked as a mock.
     pub fn mock_dataset(
         &self,

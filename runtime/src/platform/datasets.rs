@@ -118,13 +118,17 @@ impl Platform {
                     params![id],
                 )?;
             }
-            // A new version keeps the mock metadata unless the import declares some.
-            if !mocks.is_empty() {
-                tx.execute(
-                    "UPDATE datasets SET mock = ?2 WHERE id = ?1",
-                    params![id, to_json(&mocks)],
-                )?;
-            }
+            // A new version keeps the mock metadata unless the import declares some; what it
+            // keeps is checked again against the new columns and tags.
+            let mocks = if mocks.is_empty() {
+                super::mocks::still_holding(Self::mock_specs(&tx, &id)?, &columns)
+            } else {
+                mocks
+            };
+            tx.execute(
+                "UPDATE datasets SET mock = ?2 WHERE id = ?1",
+                params![id, to_json(&mocks)],
+            )?;
             if !approvers.is_empty() {
                 tx.execute(
                     "UPDATE datasets SET approvers = ?2 WHERE id = ?1",
@@ -133,7 +137,9 @@ impl Platform {
             }
         }
         tx.execute(
-            "INSERT INTO dataset_versions VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT INTO dataset_versions (dataset_id, version, content_hash, rows, bytes, wrapped_key,
+                                           quality, created_at, context)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 id,
                 version,
@@ -428,7 +434,13 @@ impl Platform {
                 let (version, content_hash, rows, _, quality) = Self::latest_version(&db, id)?;
                 let steward = oversees || d.org == actor.org || d.approvers.contains(&actor.org);
                 let (privacy_budget, privacy_drawn) = Self::budget_of(&db, id)?;
-                let mock = Self::mock_specs(&db, id)?;
+                // Public to the dataset's stewards: the ranges and counts are the provider's to
+                // publish through its mocks, not to every reader of the catalogue.
+                let mock = if steward {
+                    Self::mock_specs(&db, id)?
+                } else {
+                    BTreeMap::new()
+                };
                 Ok(DatasetView {
                     id: d.id,
                     name: d.name,

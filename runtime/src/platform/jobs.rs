@@ -181,6 +181,7 @@ impl Platform {
                 }
                 None => Self::latest_version(&db, &d.id)?,
             };
+            Self::readable_version(&db, &d, version)?;
             level = level.max(d.level);
             let context = Self::stored_dataset_context(&db, &d.id, version)?;
             inputs.push(JobInput {

@@ -14,6 +14,11 @@ use tidegate_policy::{MAX_MOCK_ROWS, MockSpec, MockValue, TimeUnit};
 
 use super::*;
 
+/// Mocks made at once by one platform.
+const MOCKS_AT_ONCE: usize = 2;
+/// The most values (rows times columns) of one mock.
+const MAX_MOCK_CELLS: u64 = 20_000_000;
+
 /// The key of a mock's file metadata that marks it as one (value `true`).
 pub const MOCK_MARKER: &str = "tidegate.mock";
 
@@ -43,7 +48,7 @@ impl Platform {
                 "a mock has from 1 to {MAX_MOCK_ROWS} rows"
             )));
         }
-        let (d, columns, specs, scenario_id) = {
+        let (d, columns, specs, scenario_id, version) = {
             let db = self
                 .db
                 .lock()
@@ -62,6 +67,24 @@ impl Platform {
                 }
             }
             let granted = granted.ok_or_else(not_granted)?;
+            // The version a job would read, and the same checks: a unit's own data awaiting
+            // an admin, a sealed or destroyed version give no mock either.
+            let pinned = s
+                .grants
+                .iter()
+                .find(|g| Self::dataset_row(&db, &g.dataset).is_ok_and(|x| x.id == d.id))
+                .and_then(|g| g.version);
+            let version = match pinned {
+                Some(v) => v,
+                None if d.pending => {
+                    return Err(Error::Refused(format!(
+                        "the newest version of {} awaits an admin's approval",
+                        d.name
+                    )));
+                }
+                None => Self::latest_version(&db, &d.id)?.0,
+            };
+            Self::readable_version(&db, &d, version)?;
             let columns: Vec<ColumnSpec> = d
                 .columns
                 .iter()
@@ -69,8 +92,14 @@ impl Platform {
                 .cloned()
                 .collect();
             let specs = Self::mock_specs(&db, &d.id)?;
-            (d, columns, specs, s.id)
+            (d, columns, specs, s.id, version)
         };
+        if rows.saturating_mul(columns.len().max(1) as u64) > MAX_MOCK_CELLS {
+            return Err(Error::Limit(format!(
+                "a mock holds at most {MAX_MOCK_CELLS} values (rows times columns); ask for fewer rows"
+            )));
+        }
+        let _turn = MockTurn::take(&self.mocking)?;
         let n = usize::try_from(rows).map_err(|_| Error::BadInput("too many rows".into()))?;
         let mut fields = Vec::new();
         let mut arrays = Vec::new();
@@ -90,6 +119,7 @@ impl Platform {
             ("tidegate.mock.dataset", d.name.clone()),
             ("tidegate.mock.scenario", scenario_id.clone()),
             ("tidegate.mock.seed", seed.to_string()),
+            ("tidegate.mock.version", version.to_string()),
             (
                 "tidegate.mock.notice",
                 "generated from the provider's declared metadata; not real data".to_string(),
@@ -143,6 +173,44 @@ impl Platform {
         )?;
         from_json(&stored)
     }
+}
+
+/// One of the few mocks made at once; its place is given back when dropped.
+struct MockTurn<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> MockTurn<'a> {
+    fn take(making: &'a std::sync::atomic::AtomicUsize) -> Result<MockTurn<'a>> {
+        use std::sync::atomic::Ordering;
+        if making.fetch_add(1, Ordering::SeqCst) >= MOCKS_AT_ONCE {
+            making.fetch_sub(1, Ordering::SeqCst);
+            return Err(Error::Limit(format!(
+                "the platform makes {MOCKS_AT_ONCE} mocks at once; try again in a moment"
+            )));
+        }
+        Ok(MockTurn(making))
+    }
+}
+
+impl Drop for MockTurn<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Mock metadata kept from an earlier version, checked again against the new version's
+/// columns: what no longer holds (a column gone, retagged as an identifier) is dropped.
+pub(super) fn still_holding(
+    kept: BTreeMap<String, MockSpec>,
+    columns: &[ColumnSpec],
+) -> BTreeMap<String, MockSpec> {
+    kept.into_iter()
+        .filter(|(name, spec)| {
+            columns
+                .iter()
+                .find(|c| &c.name == name)
+                .is_some_and(|c| tidegate_policy::check_mock_spec(c, spec).is_ok())
+        })
+        .collect()
 }
 
 /// Checks the mock metadata an import declares, and gives it by column.

@@ -36,6 +36,7 @@ use crate::storage::{SealedSource, SealedStore, from_parquet, to_parquet_with_sc
 use crate::tables::{TableData, TableInput};
 
 mod billing;
+mod custody;
 mod datasets;
 mod exports;
 mod jobs;
@@ -274,6 +275,8 @@ pub struct Platform {
     /// Dataset names with an import under way: one import of a name at a time, so the version
     /// an import chose before writing its object is still the next one when it commits.
     importing: Mutex<HashSet<String>>,
+    /// Mocks being made now (a few at a time: each is made in memory).
+    mocking: std::sync::atomic::AtomicUsize,
     /// Jobs accepted and waiting for a worker.
     queue: Arc<queue::JobQueue>,
     /// Jobs whose cancellation was asked for while they ran: whatever they end with, they
@@ -733,6 +736,7 @@ impl Platform {
             sandbox: Arc::new(Sandbox::new()?),
             running: Mutex::new(HashMap::new()),
             importing: Mutex::new(HashSet::new()),
+            mocking: std::sync::atomic::AtomicUsize::new(0),
             queue: Arc::new(queue::JobQueue::default()),
             cancels: Mutex::new(HashSet::new()),
             reading: Mutex::new(HashMap::new()),

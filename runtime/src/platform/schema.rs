@@ -117,10 +117,15 @@ pub(super) const MIGRATIONS: &[(i64, &str)] = &[
         13,
         "ALTER TABLE datasets ADD COLUMN mock TEXT NOT NULL DEFAULT '{}';",
     ),
+    (
+        14,
+        "ALTER TABLE dataset_versions ADD COLUMN sealed TEXT;
+         ALTER TABLE dataset_versions ADD COLUMN destroyed TEXT;",
+    ),
 ];
 
 /// The schema version this build writes.
-pub(super) const SCHEMA_VERSION: i64 = 13;
+pub(super) const SCHEMA_VERSION: i64 = 14;
 
 pub(super) fn open_db(path: &Path) -> Result<Connection> {
     let mut conn = Connection::open(path)?;

@@ -744,9 +744,11 @@ impl JobInstances {
         self.meter.fail(error)
     }
 
-    /// Calls a scalar. Instances are reused across the job's batches: the gate reads the same
-    /// calls' values as the query (one evaluation of the shared input, `crate::tee`), so
-    /// whatever a guest remembers between calls cannot show it other values.
+    /// Calls a scalar. Instances are reused across the job's batches, except in a gated job:
+    /// there every call runs in an instance made for it and dropped after it, so a scalar's
+    /// output is a function of its batch alone (no value of a row the query filtered out, or
+    /// of another call, reaches another cell through a guest's memory). The gate reads the
+    /// very values the query computed in any case (one evaluation, `crate::tee`).
     pub(super) fn call(
         &self,
         fn_id: i32,
@@ -755,6 +757,14 @@ impl JobInstances {
         n_rows: usize,
     ) -> Result<ArrayRef> {
         self.meter.check()?;
+        if self.meter.stateless_scalars() {
+            let mut guest = self
+                .sandbox
+                .instantiate_for_call(&self.module, &self.meter)?;
+            return guest
+                .call_scalar(fn_id, sig, args, n_rows)
+                .map_err(|e| self.meter.fail(e));
+        }
         let idle = self
             .idle
             .lock()

@@ -802,6 +802,8 @@ pub struct JobMeter {
     /// Instances created so far, and alive now.
     created: AtomicU32,
     live: AtomicU32,
+    /// Every scalar call runs in an instance of its own (see `JobInstances::call`).
+    stateless: std::sync::atomic::AtomicBool,
 }
 
 const STOP_CANCELLED: u8 = 1;
@@ -825,6 +827,7 @@ impl JobMeter {
             calls: AtomicU64::new(0),
             created: AtomicU32::new(0),
             live: AtomicU32::new(0),
+            stateless: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -1000,6 +1003,16 @@ impl JobMeter {
 
     pub fn output_bytes(&self) -> u64 {
         self.output_bytes.load(Ordering::Relaxed)
+    }
+
+    /// From now on, every scalar call of the job runs in an instance made for it alone (a
+    /// gated job: see `JobInstances::call`).
+    pub fn make_scalars_stateless(&self) {
+        self.stateless.store(true, Ordering::SeqCst);
+    }
+
+    fn stateless_scalars(&self) -> bool {
+        self.stateless.load(Ordering::SeqCst)
     }
 
     /// Instances the job created.

@@ -50,6 +50,31 @@ pub(super) enum DatasetCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Seal a dataset version (admin): no job may read it; it is kept for inspection.
+    Seal {
+        id: String,
+        #[arg(long)]
+        version: i64,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Lift a dataset version's seal (admin).
+    Unseal {
+        id: String,
+        #[arg(long)]
+        version: i64,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Destroy a dataset version (admin): its key and file; scenarios pinned to it are
+    /// suspended; prints the signed destruction certificate.
+    Destroy {
+        id: String,
+        #[arg(long)]
+        version: i64,
+        #[arg(long)]
+        reason: String,
+    },
     /// List the datasets you may see, with their versions and columns.
     List,
     /// Approve an operating unit's social data (admin).
@@ -150,6 +175,33 @@ pub(super) fn run(command: DatasetCommand, remote: &Remote) -> Result<()> {
                 out.display()
             );
         }
+        DatasetCommand::Seal {
+            id,
+            version,
+            reason,
+        } => print(
+            &remote
+                .client()?
+                .dataset_custody(&id, version, "seal", &reason)?,
+        ),
+        DatasetCommand::Unseal {
+            id,
+            version,
+            reason,
+        } => print(
+            &remote
+                .client()?
+                .dataset_custody(&id, version, "unseal", &reason)?,
+        ),
+        DatasetCommand::Destroy {
+            id,
+            version,
+            reason,
+        } => print(
+            &remote
+                .client()?
+                .dataset_custody(&id, version, "destroy", &reason)?,
+        ),
         DatasetCommand::List => print(&remote.client()?.list_datasets()?),
         DatasetCommand::Approve { id } => print(&remote.client()?.approve_dataset(&id)?),
         DatasetCommand::Budget { id, total, per_org } => {

@@ -384,7 +384,7 @@ fn a_provider_declares_mock_metadata_and_a_scientist_writes_the_mock_from_the_co
         provider.token().unwrap(),
     ];
     assert_eq!(tidegate(&import), ExitCode::SUCCESS);
-    let listed = env.world.scientist.list_datasets().unwrap();
+    let listed = env.world.provider.list_datasets().unwrap();
     let trips = listed
         .as_array()
         .unwrap()
@@ -392,6 +392,15 @@ fn a_provider_declares_mock_metadata_and_a_scientist_writes_the_mock_from_the_co
         .find(|d| d["name"] == "trips")
         .unwrap();
     assert_eq!(trips["mock"]["fare"]["max"], 30.0, "{trips}");
+    // The metadata is its stewards' to see in the catalogue; others see the mocks made of it.
+    let others = env.world.scientist.list_datasets().unwrap();
+    let theirs = others
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "trips")
+        .unwrap();
+    assert!(theirs.get("mock").is_none(), "{theirs}");
     // Metadata that does not parse fails before anything is sent.
     std::fs::write(&meta, r#"{"fare": {"maximum": 30}}"#).unwrap();
     import[4] = "trips_again";

@@ -13,6 +13,7 @@ mod common;
 // The whole flow through a real server, and the API's edge.
 mod cli;
 mod console;
+mod custody;
 mod dev_run;
 mod edge;
 mod flow;

@@ -553,5 +553,122 @@ fn a_gated_job_calls_each_module_function_once_per_row() {
     );
 }
 
+/// Found (a red team of the one-scan change): with instances reused across calls, a guest
+/// could carry a value from one batch (a row the query then filters out, another function's
+/// argument) into another cell's value. In a gated job every scalar call runs in an instance of
+/// its own: a guest that adds what it saw in its last call adds nothing.
+#[test]
+fn a_guest_in_a_gated_job_carries_nothing_from_one_call_to_the_next() {
+    // out = x + (the first x of the previous call, if any); then remember this call's first x.
+    let body = format!(
+        r#"(local.set $n (call $rows (local.get $b)))
+        (block $done (loop $next
+            (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
+            (i64.store
+                (i32.add (i32.const {OUT_DATA}) (i32.mul (local.get $i) (i32.const 8)))
+                (i64.add
+                    (i64.load (i32.add (call $src (local.get $b)) (i32.mul (local.get $i) (i32.const 8))))
+                    (if (result i64) (i64.lt_s (global.get $seen) (i64.const 0))
+                        (then (i64.const 0)) (else (global.get $seen)))))
+            (local.set $i (i32.add (local.get $i) (i32.const 1)))
+            (br $next)))
+        (global.set $seen (i64.load (call $src (local.get $b))))
+        (call $desc (i32.const 2) (local.get $n) (i32.const 0) (i32.const 0) (i32.const {OUT_DATA}) (i32.mul (local.get $n) (i32.const 8)))"#
+    );
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("p", DataType::Utf8, false),
+        Field::new("x", DataType::Int64, false),
+        Field::new("__tg_entity", DataType::Utf8, true),
+    ]));
+    let data = (0..6)
+        .map(|b| {
+            RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![
+                    Arc::new(StringArray::from_iter_values(
+                        (0..1_000).map(|i| format!("p{}", i % 2)),
+                    )),
+                    Arc::new(Int64Array::from_iter_values(
+                        (0..1_000).map(|i| 1_000 * b + i + 1),
+                    )),
+                    Arc::new(StringArray::from_iter_values(
+                        (0..1_000).map(|i| format!("s{}", i % 300)),
+                    )),
+                ],
+            )
+            .unwrap()
+        })
+        .collect();
+    let tables = vec![TableInput {
+        name: "t".into(),
+        columns: vec![spec("p", ColType::Utf8), spec("x", ColType::Int64)],
+        data: TableData::Memory(data),
+    }];
+    let (out, _) = job(
+        &Arc::new(Sandbox::new().unwrap()),
+        &guest("int64) -> int64", &body, ""),
+        "SELECT p, count(*) AS n, sum(f(x)) AS s FROM t GROUP BY p",
+        &tables,
+        GuestLimits::default(),
+        EngineLimits::default(),
+    );
+    let total: f64 = out
+        .unwrap()
+        .batches
+        .iter()
+        .map(|b| {
+            let s =
+                arrow::compute::cast(b.column_by_name("s").unwrap(), &DataType::Float64).unwrap();
+            s.as_primitive::<Float64Type>()
+                .iter()
+                .flatten()
+                .sum::<f64>()
+        })
+        .sum();
+    assert_eq!(
+        total,
+        (1..=6_000).sum::<i64>() as f64,
+        "f(x) = x in every call"
+    );
+}
+
+/// Found (the same red team): the query's aggregate read every further argument from the
+/// shared input, so over L1 data an aggregate that takes a literal there failed to plan. A
+/// constant stays a constant.
+#[test]
+fn an_aggregate_with_a_literal_argument_still_runs_over_l1_data() {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("p", DataType::Utf8, false),
+        Field::new("x", DataType::Int64, false),
+        Field::new("__tg_entity", DataType::Utf8, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(StringArray::from(vec!["a", "a", "b", "b"])),
+            Arc::new(Int64Array::from(vec![1, 2, 3, 4])),
+            Arc::new(StringArray::from(vec!["s1", "s2", "s3", "s4"])),
+        ],
+    )
+    .unwrap();
+    let tables = vec![TableInput {
+        name: "t".into(),
+        columns: vec![spec("p", ColType::Utf8), spec("x", ColType::Int64)],
+        data: TableData::Memory(vec![batch]),
+    }];
+    for sql in [
+        "SELECT p, approx_percentile_cont(x, 0.5) AS m FROM t GROUP BY p",
+        "SELECT p, string_agg(CAST(x AS VARCHAR), ',') AS m FROM t GROUP BY p",
+    ] {
+        let out = rt().block_on(run_query(
+            sql,
+            &tables,
+            tidegate_runtime::Functions::default(),
+            EngineLimits::default(),
+        ));
+        assert!(out.is_ok(), "{sql}: {:?}", out.err());
+    }
+}
+
 #[allow(dead_code)]
 fn unused(_: &dyn Array) {}

@@ -1,0 +1,231 @@
+//! Custody of a dataset version (R-CUSTODY): the authority's admins seal it (no job may read
+//! it; it is kept for inspection), unseal it, or destroy it (its key and its file; scenarios
+//! pinned to it are suspended), each with a reason, an audit entry and a record signed with
+//! the platform's key.
+
+use super::*;
+
+/// What custody did to a version, as its record says.
+#[derive(Clone, Copy)]
+enum Custody {
+    Seal,
+    Unseal,
+    Destroy,
+}
+
+impl Platform {
+    /// Seals a dataset version: from now on no job reads it (queued and new jobs are refused,
+    /// running jobs of scenarios granting the dataset are cancelled); it is kept as it is.
+    pub fn seal_dataset_version(
+        &self,
+        actor: &Principal,
+        dataset: &str,
+        version: i64,
+        reason: &str,
+    ) -> Result<Value> {
+        self.custody(actor, dataset, version, reason, Custody::Seal)
+    }
+
+    /// Lifts a version's seal: jobs may read it again.
+    pub fn unseal_dataset_version(
+        &self,
+        actor: &Principal,
+        dataset: &str,
+        version: i64,
+        reason: &str,
+    ) -> Result<Value> {
+        self.custody(actor, dataset, version, reason, Custody::Unseal)
+    }
+
+    /// Destroys a dataset version: its data key is erased and its file deleted, active
+    /// scenarios pinned to it are suspended and their jobs stop; a signed destruction
+    /// certificate says what was destroyed. Exports already released stay with their owners.
+    pub fn destroy_dataset_version(
+        &self,
+        actor: &Principal,
+        dataset: &str,
+        version: i64,
+        reason: &str,
+    ) -> Result<Value> {
+        self.custody(actor, dataset, version, reason, Custody::Destroy)
+    }
+
+    fn custody(
+        &self,
+        actor: &Principal,
+        dataset: &str,
+        version: i64,
+        reason: &str,
+        what: Custody,
+    ) -> Result<Value> {
+        tidegate_policy::can_keep_custody(actor, reason)?;
+        let mut db = self
+            .db
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let d = Self::dataset_row(&db, dataset)?;
+        let state: Option<(String, Option<String>, Option<String>)> = db
+            .query_row(
+                "SELECT content_hash, sealed, destroyed FROM dataset_versions
+                 WHERE dataset_id = ?1 AND version = ?2",
+                params![d.id, version],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let Some((content_hash, sealed, destroyed)) = state else {
+            return Err(Error::NotFound(format!("version {version} of {}", d.name)));
+        };
+        if destroyed.is_some() {
+            return Err(Error::Refused(format!(
+                "version {version} of {} was destroyed",
+                d.name
+            )));
+        }
+        match (what, sealed.is_some()) {
+            (Custody::Seal, true) => {
+                return Err(Error::Refused(format!(
+                    "version {version} of {} is sealed already",
+                    d.name
+                )));
+            }
+            (Custody::Unseal, false) => {
+                return Err(Error::Refused(format!(
+                    "version {version} of {} is not sealed",
+                    d.name
+                )));
+            }
+            _ => {}
+        }
+        // The scenarios that grant the dataset, and those pinned to this version.
+        let mut granting = Vec::new();
+        let mut pinned = Vec::new();
+        let rows: Vec<(String, String, String)> = db
+            .prepare("SELECT id, grants, state FROM scenarios")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        for (sid, grants, state) in rows {
+            for g in from_json::<Vec<GrantRequest>>(&grants)? {
+                if Self::dataset_row(&db, &g.dataset).is_ok_and(|x| x.id == d.id) {
+                    granting.push(sid.clone());
+                    if g.version == Some(version) && state == "active" {
+                        pinned.push(sid.clone());
+                    }
+                }
+            }
+        }
+        let now = crate::now_rfc3339();
+        let (format, action) = match what {
+            Custody::Seal => (
+                "tidegate-sealing-record-v1",
+                crate::audit::Action::DatasetSeal,
+            ),
+            Custody::Unseal => (
+                "tidegate-unsealing-record-v1",
+                crate::audit::Action::DatasetUnseal,
+            ),
+            Custody::Destroy => (
+                "tidegate-destruction-certificate-v1",
+                crate::audit::Action::DatasetDestroy,
+            ),
+        };
+        let mut record = json!({
+            "format": format,
+            "dataset": d.id,
+            "name": d.name,
+            "version": version,
+            "sha256": content_hash,
+            "reason": reason,
+            "by": actor.id,
+            "at": now,
+        });
+        let object = format!("{}/v{version}", d.id);
+        let tx = db.transaction()?;
+        match what {
+            Custody::Seal => {
+                tx.execute(
+                    "UPDATE dataset_versions SET sealed = ?3 WHERE dataset_id = ?1 AND version = ?2",
+                    params![d.id, version, record.to_string()],
+                )?;
+            }
+            Custody::Unseal => {
+                tx.execute(
+                    "UPDATE dataset_versions SET sealed = NULL WHERE dataset_id = ?1 AND version = ?2",
+                    params![d.id, version],
+                )?;
+            }
+            Custody::Destroy => {
+                record["destroyed"] = json!([
+                    { "kind": "data_key", "id": object },
+                    { "kind": "dataset_file", "id": object, "sha256": content_hash },
+                ]);
+                record["scenarios_suspended"] = json!(pinned);
+                record["kept"] = json!(
+                    "the audit log, the version's metadata and quality report, and exports already released"
+                );
+                tx.execute(
+                    "UPDATE dataset_versions SET wrapped_key = x'', sealed = NULL, destroyed = ?3
+                     WHERE dataset_id = ?1 AND version = ?2",
+                    params![d.id, version, now],
+                )?;
+                for sid in &pinned {
+                    tx.execute(
+                        "UPDATE scenarios SET state = 'suspended' WHERE id = ?1 AND state = 'active'",
+                        params![sid],
+                    )?;
+                }
+            }
+        }
+        let body = serde_json::to_vec(&record)?;
+        let signature = hex::encode(self.signer.sign(&body));
+        self.audit.append_at(
+            now,
+            &actor.id,
+            action,
+            &d.id,
+            json!({ "version": version, "reason": reason, "scenarios_suspended": pinned,
+                    "record_sha256": sha256_hex(&body) }),
+        )?;
+        tx.commit()?;
+        if !matches!(what, Custody::Unseal) {
+            // Whatever still reads the dataset stops (a running job of a scenario granting it
+            // may be reading this version); it may be run again.
+            self.cancel_jobs(&granting);
+        }
+        if matches!(what, Custody::Destroy) {
+            match fs::remove_file(self.object_path("datasets", &object)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+            // Overwritten pages may linger in the WAL until a checkpoint truncates it.
+            db.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        }
+        Ok(json!({ "record": record, "signature": signature }))
+    }
+
+    /// Refuses a version that custody has taken out of use.
+    pub(super) fn readable_version(
+        db: &Connection,
+        dataset: &DatasetRow,
+        version: i64,
+    ) -> Result<()> {
+        let (sealed, destroyed): (Option<String>, Option<String>) = db.query_row(
+            "SELECT sealed, destroyed FROM dataset_versions WHERE dataset_id = ?1 AND version = ?2",
+            params![dataset.id, version],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        if destroyed.is_some() {
+            return Err(Error::Refused(format!(
+                "version {version} of {} was destroyed by the authority",
+                dataset.name
+            )));
+        }
+        if sealed.is_some() {
+            return Err(Error::Refused(format!(
+                "version {version} of {} is sealed by the authority: no job may read it",
+                dataset.name
+            )));
+        }
+        Ok(())
+    }
+}
