@@ -43,15 +43,16 @@ pub use release::{
     releasable_group_key,
 };
 pub use rules::{
-    ExportEvent, MAX_QUEUED_JOBS_PER_ORG, Refusal, ScenarioApprovals, can_activate_scenario,
-    can_apply_for_scenario, can_approve_module, can_approve_scenario, can_cancel_job,
-    can_change_scenario, can_freeze_org, can_hold_roles, can_import, can_import_social,
-    can_keep_custody, can_list_dataset, can_queue_job, can_read_directory, can_read_metrics,
-    can_record_training, can_repin_grant, can_request_export, can_review_export, can_revoke_module,
-    can_run_job, can_submit_scenario, can_upload_module, check_column_names, check_dataset_name,
-    check_epsilon, check_name, check_new_term, check_new_version, is_hidden_char,
-    next_export_state, oversees_all_orgs, require_not_frozen, require_role, require_training,
-    required_export_approvals, scenario_state, validate_export_rules,
+    ExportEvent, MAX_QUEUED_JOBS_PER_ORG, MAX_SAMPLE_ROWS, Refusal, ScenarioApprovals,
+    can_activate_scenario, can_apply_for_scenario, can_approve_module, can_approve_scenario,
+    can_cancel_job, can_change_scenario, can_freeze_org, can_hold_roles, can_import,
+    can_import_social, can_keep_custody, can_list_dataset, can_queue_job, can_read_directory,
+    can_read_metrics, can_record_training, can_repin_grant, can_request_export, can_review_export,
+    can_revoke_module, can_run_job, can_sample_dataset, can_submit_scenario, can_upload_module,
+    check_column_names, check_dataset_name, check_epsilon, check_name, check_new_term,
+    check_new_version, is_hidden_char, next_export_state, oversees_all_orgs, require_not_frozen,
+    require_role, require_training, required_export_approvals, scenario_state,
+    validate_export_rules,
 };
 
 #[cfg(test)]

@@ -524,6 +524,7 @@ text_states! {
         DatasetImport = "dataset.import",
         DatasetDestroy = "dataset.destroy",
         DatasetMock = "dataset.mock",
+        DatasetSample = "dataset.sample",
         DatasetSeal = "dataset.seal",
         DatasetUnseal = "dataset.unseal",
         ExportDownload = "export.download",

@@ -81,6 +81,26 @@ pub fn can_freeze_org(p: &Principal, kind: OrgKind) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// The most rows of a dataset version's sample for inspection.
+pub const MAX_SAMPLE_ROWS: u64 = 100;
+
+/// R-QUALITY: a sample of a dataset version, for inspecting its quality inside the domain: for
+/// the providing org's providers and the authority's admins (who hold custody of it), never for
+/// a unit's scientists, whatever they are granted.
+pub fn can_sample_dataset(p: &Principal, dataset_org: &str, rows: u64) -> Result<(), Refusal> {
+    require_training(p)?;
+    let provider = p.has_role(Role::Provider) && p.org == dataset_org;
+    if !(provider || p.has_role(Role::Admin)) {
+        return refuse(
+            "a dataset's sample is for its provider and the authority's admins, for inspection",
+        );
+    }
+    if !(1..=MAX_SAMPLE_ROWS).contains(&rows) {
+        return refuse(format!("a sample has from 1 to {MAX_SAMPLE_ROWS} rows"));
+    }
+    Ok(())
+}
+
 /// R-CUSTODY: the authority's admins seal a dataset version (no job may read it; it is kept for
 /// inspection), unseal it, or destroy it (its key and file), each with a reason.
 pub fn can_keep_custody(p: &Principal, reason: &str) -> Result<(), Refusal> {

@@ -49,8 +49,8 @@ pub use platform::{
     AUDIT_FILE, ApprovalView, ColumnInput, DatasetView, ExportSummary, ExportView, GrantRequest,
     ImportRequest, JobRequest, JobSummary, JobView, ListQuery, Listing, MOCK_MARKER, MockFile,
     ModuleDetail, ModuleSummary, ModuleView, OrgView, PUBLIC_KEY_FILE, Platform, PlatformCounts,
-    PrincipalView, ResourceUse, SESSION_SECONDS, ScenarioRequest, ScenarioView, Session,
-    StagedUpload, local_table, verify_certificate,
+    PrincipalView, ResourceUse, SESSION_SECONDS, SampleView, ScenarioRequest, ScenarioView,
+    Session, StagedUpload, local_table, verify_certificate,
 };
 pub use sandbox::{
     CALL_FUEL, FUEL_FLOOR, FUEL_PER_MS, FunctionSig, Functions, GuestLimits, GuestSession,

@@ -752,6 +752,33 @@ async fn destroy_dataset(
     Ok(Json(v))
 }
 
+/// What a sample asks for: its rows.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct SampleQuery {
+    /// How many rows (1 to 100; default 20).
+    #[serde(default = "default_sample_rows")]
+    rows: u64,
+}
+
+fn default_sample_rows() -> u64 {
+    20
+}
+
+/// A sample of a dataset version, drawn at random, for its provider and the authority's
+/// admins to inspect (audited).
+#[utoipa::path(get, path = "/v1/datasets/{id}/versions/{version}/sample", params(("id" = String, Path, description = "the dataset's id or name"), ("version" = i64, Path, description = "the version"), SampleQuery), responses((status = 200, description = "the sample's columns and rows, as text", body = tidegate_runtime::SampleView), Errors))]
+async fn sample_dataset(
+    State(p): State<AppState>,
+    Actor(actor): Actor,
+    Param((id, version)): Param<(String, i64)>,
+    Params(q): Params<SampleQuery>,
+) -> ApiResult<Value> {
+    let v = blocking(move || p.sample_dataset_version(&actor, &id, version, q.rows)).await?;
+    Ok(Json(serde_json::to_value(v).expect("serializes")))
+}
+
 /// What a mock asks for: its rows and its seed.
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -1050,6 +1077,7 @@ pub fn router_with(platform: Arc<Platform>, secure_cookies: bool) -> Router {
         .routes(routes!(seal_dataset))
         .routes(routes!(unseal_dataset))
         .routes(routes!(destroy_dataset))
+        .routes(routes!(sample_dataset))
         .routes(routes!(apply_scenario, list_scenarios))
         .routes(routes!(get_scenario))
         .routes(routes!(approve_scenario))

@@ -409,6 +409,15 @@ impl Client {
             .read_to_vec()?)
     }
 
+    /// A sample of a dataset version for inspection (its provider, the authority's admins).
+    pub fn sample_dataset(&self, dataset: &str, version: i64, rows: u64) -> Result<Value> {
+        self.ok(
+            "GET",
+            &format!("/v1/datasets/{dataset}/versions/{version}/sample?rows={rows}"),
+            None,
+        )
+    }
+
     /// Seals, unseals or destroys a dataset version (`action`: seal, unseal or destroy; the
     /// authority's admins).
     pub fn dataset_custody(

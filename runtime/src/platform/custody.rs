@@ -5,6 +5,15 @@
 
 use super::*;
 
+/// A sample of a dataset version, for inspection: its columns and rows as text.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SampleView {
+    pub dataset: String,
+    pub version: i64,
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+}
+
 /// What custody did to a version, as its record says.
 #[derive(Clone, Copy)]
 enum Custody {
@@ -201,6 +210,119 @@ impl Platform {
             db.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         }
         Ok(json!({ "record": record, "signature": signature }))
+    }
+
+    /// A sample of a dataset version's rows, drawn at random, for its provider or the
+    /// authority's admins to inspect its quality inside the domain (a sealed version too: it
+    /// is kept for inspection). Shown, never exported; audited.
+    pub fn sample_dataset_version(
+        &self,
+        actor: &Principal,
+        dataset: &str,
+        version: i64,
+        rows: u64,
+    ) -> Result<SampleView> {
+        let (d, wrapped, context) = {
+            let db = self
+                .db
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let d = Self::dataset_row(&db, dataset)?;
+            tidegate_policy::can_sample_dataset(actor, &d.org, rows)?;
+            let found: Option<(Vec<u8>, Option<String>)> = db
+                .query_row(
+                    "SELECT wrapped_key, destroyed FROM dataset_versions
+                     WHERE dataset_id = ?1 AND version = ?2",
+                    params![d.id, version],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let Some((wrapped, destroyed)) = found else {
+                return Err(Error::NotFound(format!("version {version} of {}", d.name)));
+            };
+            if destroyed.is_some() {
+                return Err(Error::Refused(format!(
+                    "version {version} of {} was destroyed",
+                    d.name
+                )));
+            }
+            let context = Self::stored_dataset_context(&db, &d.id, version)?;
+            (d, wrapped, context)
+        };
+        let object = format!("{}/v{version}", d.id);
+        let sealed = self.sealed_source("datasets", &object, &context, &wrapped)?;
+        let path = format!("datasets/{object}.parquet");
+        let mut store = SealedStore::default();
+        store.insert(&path, sealed);
+        let table = TableInput {
+            name: d.name.clone(),
+            columns: d.columns.clone(),
+            data: TableData::Sealed {
+                store: Arc::new(store),
+                object: path,
+                entity: None,
+            },
+        };
+        // Dataset names are plain SQL names ([a-z][a-z0-9_]*); column names are plain too
+        // (`check_column_names`), quoted to keep their case.
+        let columns: Vec<String> = d
+            .columns
+            .iter()
+            .map(|c| format!("\"{}\"", c.name))
+            .collect();
+        let sql = format!(
+            "SELECT {} FROM {} ORDER BY random() LIMIT {rows}",
+            columns.join(", "),
+            d.name
+        );
+        let (out, _) = futures::executor::block_on(job::run_query_isolated(
+            sql,
+            vec![table],
+            crate::sandbox::Functions::default(),
+            EngineLimits::default(),
+            std::future::pending(),
+        ));
+        let out = out?;
+        let mut columns = Vec::new();
+        let mut values = Vec::new();
+        for b in &out.batches {
+            let b = crate::hidden::drop_hidden(b)?;
+            if columns.is_empty() {
+                columns = b
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone())
+                    .collect();
+            }
+            let shown = b
+                .columns()
+                .iter()
+                .map(|c| {
+                    arrow::util::display::ArrayFormatter::try_new(
+                        c.as_ref(),
+                        &arrow::util::display::FormatOptions::default().with_null("NULL"),
+                    )
+                })
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| Error::Internal(format!("sample: {e}")))?;
+            for i in 0..b.num_rows() {
+                values.push(shown.iter().map(|f| f.value(i).to_string()).collect());
+            }
+        }
+        self.audit.append_at(
+            crate::now_rfc3339(),
+            &actor.id,
+            crate::audit::Action::DatasetSample,
+            &d.id,
+            json!({ "version": version, "rows": values.len() }),
+        )?;
+        Ok(SampleView {
+            dataset: d.name,
+            version,
+            columns,
+            rows: values,
+        })
     }
 
     /// Refuses a version that custody has taken out of use.

@@ -53,6 +53,7 @@ mod schema;
 mod sessions;
 mod views;
 
+pub use custody::SampleView;
 pub use lists::{ExportSummary, JobSummary, ListQuery, Listing, ModuleSummary};
 pub use metrics::PlatformCounts;
 pub use mocks::{MOCK_MARKER, MockFile};

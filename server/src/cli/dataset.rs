@@ -50,6 +50,15 @@ pub(super) enum DatasetCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// A sample of a dataset version's rows, drawn at random, to inspect its quality
+    /// (its provider, the authority's admins; audited).
+    Sample {
+        id: String,
+        #[arg(long)]
+        version: i64,
+        #[arg(long, default_value_t = 20)]
+        rows: u64,
+    },
     /// Seal a dataset version (admin): no job may read it; it is kept for inspection.
     Seal {
         id: String,
@@ -173,6 +182,24 @@ pub(super) fn run(command: DatasetCommand, remote: &Remote) -> Result<()> {
             eprintln!(
                 "wrote a mock of {dataset}: {rows} rows to {} (not real data)",
                 out.display()
+            );
+        }
+        DatasetCommand::Sample { id, version, rows } => {
+            let answer = remote.client()?.sample_dataset(&id, version, rows)?;
+            let sample: tidegate_runtime::SampleView = decode(&answer, "a sample")?;
+            // Values are the data's text: written out, never obeyed by the terminal.
+            println!(
+                "{}",
+                tidegate_runtime::defuse(&sample.columns.join(" | "), 1 << 12)
+            );
+            for row in &sample.rows {
+                println!("{}", tidegate_runtime::defuse(&row.join(" | "), 1 << 14));
+            }
+            eprintln!(
+                "{} rows sampled from version {} of {} (inspection only; audited)",
+                sample.rows.len(),
+                sample.version,
+                sample.dataset
             );
         }
         DatasetCommand::Seal {

@@ -149,3 +149,43 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
     }
     out
 }
+
+#[test]
+fn a_provider_and_an_admin_inspect_a_sample_and_no_one_else_does() {
+    let (env, sid, _) = active_scenario();
+    let w = &env.world;
+    let sample = w.provider.sample_dataset("visits", 1, 7).unwrap();
+    assert_eq!(sample["rows"].as_array().unwrap().len(), 7);
+    assert_eq!(
+        sample["columns"],
+        serde_json::json!(["resident_id", "mobile", "spot", "visit_date", "spend"])
+    );
+    let from_admin = w.admin.sample_dataset("visits", 1, 3).unwrap();
+    assert_eq!(from_admin["rows"].as_array().unwrap().len(), 3);
+    // A unit's scientist (granted the dataset) and a reviewer do not; sizes are the policy's.
+    for who in [&w.scientist, &w.reviewer] {
+        let e = who.sample_dataset("visits", 1, 5).unwrap_err().to_string();
+        assert!(e.contains("(403)"), "{e}");
+    }
+    let e = w
+        .provider
+        .sample_dataset("visits", 1, 101)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("from 1 to 100"), "{e}");
+    // A sealed version is kept for inspection; a destroyed one has nothing to show.
+    w.admin
+        .dataset_custody("visits", 1, "seal", "inspection")
+        .unwrap();
+    assert!(w.provider.sample_dataset("visits", 1, 2).is_ok());
+    w.admin
+        .dataset_custody("visits", 1, "destroy", "retention ended")
+        .unwrap();
+    let e = w
+        .provider
+        .sample_dataset("visits", 1, 2)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("destroyed"), "{e}");
+    let _ = sid;
+}
