@@ -391,7 +391,15 @@ impl Client {
 
     /// A module's bytes.
     pub fn module_bytes(&self, scenario: &str, hash: &str) -> Result<Vec<u8>> {
-        let url = format!("{}/v1/scenarios/{scenario}/modules/{hash}/wasm", self.url);
+        self.get_bytes(
+            &format!("/v1/scenarios/{scenario}/modules/{hash}/wasm"),
+            64 << 20,
+        )
+    }
+
+    /// The bytes a GET answers (at most `limit`), or its error.
+    fn get_bytes(&self, path: &str, limit: u64) -> Result<Vec<u8>> {
+        let url = format!("{}{path}", self.url);
         let mut response = self
             .get_request(&url)
             .call()
@@ -405,7 +413,7 @@ impl Client {
         Ok(response
             .body_mut()
             .with_config()
-            .limit(64 << 20)
+            .limit(limit)
             .read_to_vec()?)
     }
 
@@ -443,25 +451,10 @@ impl Client {
         rows: u64,
         seed: u64,
     ) -> Result<Vec<u8>> {
-        let url = format!(
-            "{}/v1/scenarios/{scenario}/datasets/{dataset}/mock?rows={rows}&seed={seed}",
-            self.url
-        );
-        let mut response = self
-            .get_request(&url)
-            .call()
-            .with_context(|| format!("cannot reach {url}"))?;
-        let status = response.status().as_u16();
-        if !(200..300).contains(&status) {
-            let body: Value = response.body_mut().read_json().unwrap_or(Value::Null);
-            // A status outside 2xx is always an error.
-            Answer { status, body }.into_result()?;
-        }
-        Ok(response
-            .body_mut()
-            .with_config()
-            .limit(1 << 30)
-            .read_to_vec()?)
+        self.get_bytes(
+            &format!("/v1/scenarios/{scenario}/datasets/{dataset}/mock?rows={rows}&seed={seed}"),
+            1 << 30,
+        )
     }
 
     /// Revokes a module's approval for a scenario (the authority's reviewers and admins).

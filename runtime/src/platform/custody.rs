@@ -325,6 +325,27 @@ impl Platform {
         })
     }
 
+    /// The version a grant reads (pinned, or the newest, which a unit's own data must have had
+    /// approved), refused when custody has taken it out of use.
+    pub(super) fn granted_version(
+        db: &Connection,
+        dataset: &DatasetRow,
+        pinned: Option<i64>,
+    ) -> Result<(i64, String, i64, Vec<u8>, String)> {
+        let version = match pinned {
+            Some(v) => Self::dataset_version(db, &dataset.id, v)?,
+            None if dataset.pending => {
+                return Err(Error::Refused(format!(
+                    "the newest version of {} awaits an admin's approval",
+                    dataset.name
+                )));
+            }
+            None => Self::latest_version(db, &dataset.id)?,
+        };
+        Self::readable_version(db, dataset, version.0)?;
+        Ok(version)
+    }
+
     /// Refuses a version that custody has taken out of use.
     pub(super) fn readable_version(
         db: &Connection,

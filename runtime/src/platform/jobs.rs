@@ -170,18 +170,7 @@ impl Platform {
         let mut level = Level::L1;
         for g in &s.grants {
             let d = Self::dataset_row(&db, &g.dataset)?;
-            let (version, hash, rows, wrapped, _) = match g.version {
-                Some(v) => Self::dataset_version(&db, &d.id, v)?,
-                // Unpinned: the newest version, which a unit's own data must have had approved.
-                None if d.pending => {
-                    return Err(Error::Refused(format!(
-                        "the newest version of {} awaits an admin's approval",
-                        d.name
-                    )));
-                }
-                None => Self::latest_version(&db, &d.id)?,
-            };
-            Self::readable_version(&db, &d, version)?;
+            let (version, hash, rows, wrapped, _) = Self::granted_version(&db, &d, g.version)?;
             level = level.max(d.level);
             let context = Self::stored_dataset_context(&db, &d.id, version)?;
             inputs.push(JobInput {

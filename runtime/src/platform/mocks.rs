@@ -60,31 +60,17 @@ impl Platform {
             tidegate_policy::can_run_job(actor, &s.org, s.view.state, &[])?;
             let not_granted = || Error::NotFound(format!("dataset {dataset} in scenario {}", s.id));
             let d = Self::dataset_row(&db, dataset).map_err(|_| not_granted())?;
-            let mut granted = None;
+            let mut grant = None;
             for g in &s.grants {
                 if Self::dataset_row(&db, &g.dataset)?.id == d.id {
-                    granted = Some(g.columns.clone());
+                    grant = Some(g);
                 }
             }
-            let granted = granted.ok_or_else(not_granted)?;
-            // The version a job would read, and the same checks: a unit's own data awaiting
+            let grant = grant.ok_or_else(not_granted)?;
+            let granted = &grant.columns;
+            // The version a job would read, with the same checks: a unit's own data awaiting
             // an admin, a sealed or destroyed version give no mock either.
-            let pinned = s
-                .grants
-                .iter()
-                .find(|g| Self::dataset_row(&db, &g.dataset).is_ok_and(|x| x.id == d.id))
-                .and_then(|g| g.version);
-            let version = match pinned {
-                Some(v) => v,
-                None if d.pending => {
-                    return Err(Error::Refused(format!(
-                        "the newest version of {} awaits an admin's approval",
-                        d.name
-                    )));
-                }
-                None => Self::latest_version(&db, &d.id)?.0,
-            };
-            Self::readable_version(&db, &d, version)?;
+            let version = Self::granted_version(&db, &d, grant.version)?.0;
             let columns: Vec<ColumnSpec> = d
                 .columns
                 .iter()
