@@ -5,6 +5,9 @@ use std::env;
 use std::path::PathBuf;
 use std::process::Command;
 
+#[path = "src/package_files.rs"]
+mod package_files;
+
 /// (crate, file name in OUT_DIR) of every guest this build embeds.
 const GUESTS: [(&str, &str); 4] = [
     ("tidegate-example-visitor-udf", "visitor_udf.wasm"),
@@ -28,6 +31,7 @@ fn main() {
     ] {
         println!("cargo:rerun-if-changed={}", root.join(path).display());
     }
+    embed_sdk(root, &out_dir);
     ensure_wasm_target(root);
     let target_dir = out_dir.join("guest-target");
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -96,4 +100,37 @@ fn ensure_wasm_target(root: &std::path::Path) {
             "cargo:warning=`rustup target add wasm32-unknown-unknown` failed; install the target by hand"
         );
     }
+}
+
+/// The guest SDK's files, embedded in the binary: a rebuild of a module from its source checks
+/// that the archive's SDK is this one (its macros run at build time on the reviewer's machine).
+fn embed_sdk(root: &std::path::Path, out_dir: &std::path::Path) {
+    let manifest =
+        std::fs::read_to_string(root.join("udf-sdk/Cargo.toml")).expect("the SDK's manifest");
+    let version = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("version = "))
+        .expect("the SDK's manifest names its version")
+        .trim_matches('"');
+    let mut code = format!(
+        "/// The guest SDK's version this build embeds.\n\
+         pub(crate) const SDK_VERSION: &str = {version:?};\n\
+         /// The guest SDK's packages this build embeds: (name, [(path, bytes)]).\n\
+         pub(crate) const SDK_PACKAGES: &[(&str, &[(&str, &[u8])])] = &[\n"
+    );
+    for (name, dir) in [
+        ("tidegate-udf-sdk", "udf-sdk"),
+        ("tidegate-udf-macros", "udf-sdk/macros"),
+    ] {
+        code.push_str(&format!("    ({name:?}, &[\n"));
+        for (path, _) in
+            package_files::package_files(&root.join(dir)).expect("the SDK's files read")
+        {
+            let file = root.join(dir).join(&path).display().to_string();
+            code.push_str(&format!("        ({path:?}, include_bytes!({file:?})),\n"));
+        }
+        code.push_str("    ]),\n");
+    }
+    code.push_str("];\n");
+    std::fs::write(out_dir.join("sdk_files.rs"), code).expect("OUT_DIR is writable");
 }

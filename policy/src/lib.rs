@@ -50,8 +50,8 @@ pub use rules::{
     can_read_metrics, can_record_training, can_repin_grant, can_request_export, can_review_export,
     can_revoke_module, can_run_job, can_sample_dataset, can_submit_scenario, can_upload_module,
     check_column_names, check_dataset_name, check_epsilon, check_name, check_new_term,
-    check_new_version, is_hidden_char, next_export_state, oversees_all_orgs, require_not_frozen,
-    require_role, require_training, required_export_approvals, scenario_state,
+    check_new_version, check_source_rebuild, is_hidden_char, next_export_state, oversees_all_orgs,
+    require_not_frozen, require_role, require_training, required_export_approvals, scenario_state,
     validate_export_rules,
 };
 

@@ -538,6 +538,7 @@ text_states! {
         ModuleRejected = "module.rejected",
         ModuleRevoke = "module.revoke",
         ModuleUpload = "module.upload",
+        ModuleVerify = "module.verify",
         OrgCreate = "org.create",
         OrgExit = "org.exit",
         OrgFreeze = "org.freeze",

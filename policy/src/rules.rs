@@ -702,6 +702,18 @@ pub fn can_approve_module(
     require_review_office(reviewer_kind, "modules")
 }
 
+/// A module whose source was rebuilt by a reviewer to other bytes is not approved: its source
+/// does not describe it. One without a source, or not rebuilt yet, may be (the review page
+/// says which it is).
+pub fn check_source_rebuild(rebuilt_matches: Option<bool>) -> Result<(), Refusal> {
+    if rebuilt_matches == Some(false) {
+        return refuse(
+            "the recorded rebuild of this module's source gave other bytes: the source does not describe this module (approve it after a rebuild that matches)",
+        );
+    }
+    Ok(())
+}
+
 /// Another org's work (its modules, its export requests) is reviewed by the authority's review
 /// office only: a reviewer of another operating unit or provider sees only what it is asked to
 /// review, and none is assigned.

@@ -17,6 +17,7 @@ mod metering;
 mod platform;
 mod release;
 mod sandbox;
+pub mod source;
 mod spill;
 mod storage;
 mod tables;

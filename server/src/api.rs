@@ -18,8 +18,8 @@ use crate::wire::{
     ApiErrorBody, ApprovedAnswer, AuditAnswer, AuditProblem, BudgetRequest, BundleAnswer,
     BundleFile, ExitBody, ExportBody, FormatQuery, FreezeBody, FrozenAnswer, ModuleBody, NoteBody,
     OrgBody, PolicyBody, PriceBody, PrincipalBody, PruneBody, PublicKeyAnswer, ReasonBody,
-    RepinBody, ReportQuery, ReviewBody, StateBody, StatementQuery, TokenAnswer, TrainedAnswer,
-    TrainingBody, UpdatedAnswer, UploadQuery,
+    RepinBody, ReportQuery, ReviewBody, SourceCheckBody, StateBody, StatementQuery, TokenAnswer,
+    TrainedAnswer, TrainingBody, UpdatedAnswer, UploadQuery,
 };
 
 type AppState = Arc<Platform>;
@@ -671,10 +671,59 @@ async fn upload_module(
     Param(id): Param<String>,
     Body(b): Body<ModuleBody>,
 ) -> ApiResult<Value> {
-    let wasm = base64::engine::general_purpose::STANDARD
-        .decode(b.wasm_base64.as_bytes())
-        .map_err(|_| Error::BadInput("wasm_base64 is not base64".into()))?;
-    let v = blocking(move || p.upload_module(&actor, &id, &wasm)).await?;
+    let v = blocking(move || {
+        let wasm = base64::engine::general_purpose::STANDARD
+            .decode(b.wasm_base64.as_bytes())
+            .map_err(|_| Error::BadInput("wasm_base64 is not base64".into()))?;
+        let source = b
+            .source_base64
+            .map(|s| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(s.as_bytes())
+                    .map_err(|_| Error::BadInput("source_base64 is not base64".into()))
+            })
+            .transpose()?;
+        p.upload_module_with_source(&actor, &id, &wasm, source.as_deref())
+    })
+    .await?;
+    Ok(Json(serde_json::to_value(v).expect("serializes")))
+}
+
+/// The module's source archive (`application/x-tar`), for its reviewer to read and rebuild.
+#[utoipa::path(get, path = "/v1/scenarios/{id}/modules/{hash}/source", params(("id" = String, Path, description = "the id"), ("hash" = String, Path, description = "the module's SHA-256 hash")), responses((status = 200, description = "the source archive (audited)", content_type = "application/x-tar", body = Vec<u8>), Errors))]
+async fn module_source(
+    State(p): State<AppState>,
+    Actor(actor): Actor,
+    Param((id, hash)): Param<(String, String)>,
+) -> Result<Response, ApiError> {
+    let bytes = blocking(move || p.module_source(&actor, &id, &hash)).await?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/x-tar")],
+        bytes,
+    )
+        .into_response())
+}
+
+/// Records a reviewer's rebuild of the module's source: the platform decides from the hashes
+/// whether the bytes match.
+#[utoipa::path(post, path = "/v1/scenarios/{id}/modules/{hash}/verification", params(("id" = String, Path, description = "the id"), ("hash" = String, Path, description = "the module's SHA-256 hash")), request_body = SourceCheckBody, responses((status = 200, description = "the module with the recorded rebuild", body = tidegate_runtime::ModuleDetail), Errors))]
+async fn record_source_check(
+    State(p): State<AppState>,
+    Actor(actor): Actor,
+    Param((id, hash)): Param<(String, String)>,
+    Body(b): Body<SourceCheckBody>,
+) -> ApiResult<Value> {
+    let v = blocking(move || {
+        p.record_source_check(
+            &actor,
+            &id,
+            &hash,
+            &b.source_sha256,
+            &b.rebuilt_sha256,
+            &b.toolchain,
+        )
+    })
+    .await?;
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
 
@@ -1087,6 +1136,8 @@ pub fn router_with(platform: Arc<Platform>, secure_cookies: bool) -> Router {
         .routes(routes!(approve_module))
         .routes(routes!(get_module))
         .routes(routes!(module_bytes))
+        .routes(routes!(module_source))
+        .routes(routes!(record_source_check))
         .routes(routes!(revoke_module))
         .routes(routes!(submit_job, list_jobs))
         .routes(routes!(get_job))

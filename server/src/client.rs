@@ -14,7 +14,7 @@ use tidegate_runtime::{JobRequest, JobView};
 use crate::wire::{
     ApiErrorBody, BudgetRequest, BundleAnswer, ExitBody, ExportBody, FreezeBody, ModuleBody,
     NoteBody, OrgBody, PolicyBody, PriceBody, PrincipalRequest, PruneBody, ReasonBody, RepinBody,
-    ReviewBody, StateBody, TrainingBody,
+    ReviewBody, SourceCheckBody, StateBody, TrainingBody,
 };
 
 /// One principal's connection to a server.
@@ -367,10 +367,49 @@ impl Client {
     }
 
     pub fn upload_module(&self, scenario: &str, wasm: &[u8]) -> Result<Value> {
+        self.upload_module_with_source(scenario, wasm, None)
+    }
+
+    /// Uploads a module with its source archive (made by `tidegate module build`).
+    pub fn upload_module_with_source(
+        &self,
+        scenario: &str,
+        wasm: &[u8],
+        source: Option<&[u8]>,
+    ) -> Result<Value> {
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
         let body = ModuleBody {
-            wasm_base64: base64::engine::general_purpose::STANDARD.encode(wasm),
+            wasm_base64: b64(wasm),
+            source_base64: source.map(b64),
         };
         self.post(&format!("/v1/scenarios/{scenario}/modules"), &body)
+    }
+
+    /// A module's source archive.
+    pub fn module_source(&self, scenario: &str, hash: &str) -> Result<Vec<u8>> {
+        self.get_bytes(
+            &format!("/v1/scenarios/{scenario}/modules/{hash}/source"),
+            16 << 20,
+        )
+    }
+
+    /// Records a rebuild of a module's source.
+    pub fn record_source_check(
+        &self,
+        scenario: &str,
+        hash: &str,
+        source_sha256: &str,
+        rebuilt_sha256: &str,
+        toolchain: &str,
+    ) -> Result<Value> {
+        self.post(
+            &format!("/v1/scenarios/{scenario}/modules/{hash}/verification"),
+            &SourceCheckBody {
+                source_sha256: source_sha256.into(),
+                rebuilt_sha256: rebuilt_sha256.into(),
+                toolchain: toolchain.into(),
+            },
+        )
     }
 
     pub fn approve_module(&self, scenario: &str, hash: &str, note: &str) -> Result<Value> {

@@ -743,8 +743,15 @@ async fn module_page(
 ) -> PageResult {
     let s = session(&p, c, &headers).await?;
     let actor = s.principal.clone();
-    let m = blocking(move || p.get_module(&actor, &scenario, &hash)).await?;
+    let (m, source) = blocking(move || {
+        Ok((
+            p.get_module(&actor, &scenario, &hash)?,
+            p.module_source_view(&actor, &scenario, &hash)?,
+        ))
+    })
+    .await?;
     let v = serde_json::to_value(&m).expect("a view serializes");
+    let source_html = source_section(&m, source.as_ref());
     let action = |what: &str| {
         format!(
             "/console/modules/{}/{}/{what}",
@@ -775,12 +782,69 @@ async fn module_page(
         _ => String::new(),
     };
     let body = format!(
-        "<h1>Module {}: {}</h1>{}{forms}",
+        "<h1>Module {}: {}</h1><p class=\"source-review\"><strong>Source: {}</strong></p>{}{source_html}{forms}",
         escape(&m.hash),
         escape(&m.state),
+        escape(&m.source_review),
         details(&v)
     );
     Ok(html("Module", &s, &body))
+}
+
+/// The module's source on its review page: what the rebuild said, what the module says it was
+/// built with, and every file's text (escaped; a file that is not text is named only).
+fn source_section(
+    m: &tidegate_runtime::ModuleDetail,
+    source: Option<&tidegate_runtime::source::SourceView>,
+) -> String {
+    let mut out = String::from("<h2>Source</h2>");
+    let with = &m.built_with;
+    out.push_str(&format!(
+        "<p>Built with (as the module says): {}; SDK: {}.</p>",
+        escape(with.toolchain.as_deref().unwrap_or("not recorded")),
+        escape(with.sdk.as_deref().unwrap_or("not recorded"))
+    ));
+    let Some(source) = source else {
+        out.push_str(
+            "<p>This module was uploaded without its source: it cannot be rebuilt, only read as WebAssembly. It may still be approved.</p>",
+        );
+        return out;
+    };
+    match &m.source_check {
+        Some(c) => out.push_str(&format!(
+            "<p>Rebuilt by {} at {} with {}: {} (rebuilt {}).</p>",
+            escape(&c.by),
+            escape(&c.at),
+            escape(&c.toolchain),
+            if c.matches { "bytes match" } else { "bytes differ" },
+            escape(&c.rebuilt_sha256)
+        )),
+        None => out.push_str(
+            "<p>Not rebuilt yet: <code>tidegate module verify-source --hash HASH --scenario ID</code> rebuilds it and records the verdict here.</p>",
+        ),
+    }
+    out.push_str(&format!(
+        "<p>Archive {} ({} bytes), recipe: {}.</p>",
+        escape(&source.sha256),
+        source.bytes,
+        escape(&serde_json::to_string(&source.recipe).expect("a recipe serializes"))
+    ));
+    for f in &source.files {
+        match &f.text {
+            Some(text) => out.push_str(&format!(
+                "<details><summary>{} ({} bytes)</summary><pre>{}</pre></details>",
+                escape(&f.path),
+                f.bytes,
+                escape(text)
+            )),
+            None => out.push_str(&format!(
+                "<p>{} ({} bytes, not text)</p>",
+                escape(&f.path),
+                f.bytes
+            )),
+        }
+    }
+    out
 }
 
 #[derive(Deserialize)]
@@ -850,9 +914,56 @@ async fn datasets(
     }
     for d in &list {
         let v = serde_json::to_value(d).expect("a view serializes");
-        body.push_str(&format!("<h2>{}</h2>{}", text(&v["name"]), details(&v)));
+        body.push_str(&format!(
+            "<h2>{}</h2>{}<p><a href=\"/console/datasets/{}/versions/{}/sample\">Inspect a sample of version {}</a> (its provider and the authority's admins; audited)</p>",
+            text(&v["name"]),
+            details(&v),
+            escape(&d.id),
+            d.version,
+            d.version
+        ));
     }
     Ok(html("Datasets", &s, &body))
+}
+
+#[derive(Deserialize)]
+struct SampleQuery {
+    rows: Option<u64>,
+}
+
+/// A sample of a dataset version for quality inspection, seen here and never exported
+/// (its provider and the authority's admins; each drawing is audited).
+async fn dataset_sample(
+    State(p): State<AppState>,
+    Extension(c): Extension<Cookies>,
+    headers: HeaderMap,
+    Path((dataset, version)): Path<(String, i64)>,
+    axum::extract::Query(q): axum::extract::Query<SampleQuery>,
+) -> PageResult {
+    let s = session(&p, c, &headers).await?;
+    let actor = s.principal.clone();
+    let rows = q.rows.unwrap_or(20);
+    let sample =
+        blocking(move || p.sample_dataset_version(&actor, &dataset, version, rows)).await?;
+    let mut body = format!(
+        "<h1>Sample of {} version {}</h1><p>{} random rows, for inspection inside the domain: this page is not an export, and the drawing is in the audit log.</p><table><tr>",
+        escape(&sample.dataset),
+        sample.version,
+        sample.rows.len()
+    );
+    for c in &sample.columns {
+        body.push_str(&format!("<th>{}</th>", escape(c)));
+    }
+    body.push_str("</tr>\n");
+    for row in &sample.rows {
+        body.push_str("<tr>");
+        for cell in row {
+            body.push_str(&format!("<td>{}</td>", escape(cell)));
+        }
+        body.push_str("</tr>\n");
+    }
+    body.push_str("</table>");
+    Ok(html("Sample", &s, &body))
 }
 
 /// The directory (the authority's admins and auditors): orgs, with freeze and reports, and
@@ -1121,6 +1232,10 @@ pub(crate) fn routes(cookies: Cookies) -> axum::Router<AppState> {
         )
         .route("/console/jobs/{id}", get(job_page))
         .route("/console/datasets", get(datasets))
+        .route(
+            "/console/datasets/{dataset}/versions/{version}/sample",
+            get(dataset_sample),
+        )
         .route("/console/directory", get(directory))
         .route("/console/orgs/{id}/freeze", post(freeze_org))
         .route("/console/orgs/{id}/annual", get(annual))

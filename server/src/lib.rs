@@ -10,6 +10,8 @@ mod client;
 mod console;
 mod demo;
 mod metrics;
+mod package_files;
+pub mod rebuild;
 mod report;
 mod wire;
 

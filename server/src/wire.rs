@@ -102,6 +102,21 @@ pub(crate) struct RepinBody {
 #[derive(Serialize, Deserialize, utoipa::ToSchema)]
 pub(crate) struct ModuleBody {
     pub(crate) wasm_base64: String,
+    /// The module's source archive (a tar made by `tidegate module build`), base64; optional.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) source_base64: Option<String>,
+}
+
+/// A reviewer's rebuild of a module's source (`tidegate module verify-source`).
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SourceCheckBody {
+    /// The SHA-256 of the archive rebuilt (the module's stored source).
+    pub(crate) source_sha256: String,
+    /// The SHA-256 of the bytes the rebuild gave.
+    pub(crate) rebuilt_sha256: String,
+    /// The toolchain that rebuilt it.
+    pub(crate) toolchain: String,
 }
 
 #[derive(Serialize, Deserialize, utoipa::ToSchema)]

@@ -35,6 +35,13 @@ macro_rules! export_udfs {
         $crate::__dispatch!(tg_agg_evaluate, __agg_evaluate, TG_SCALARS, (), $($aty),*);
         $crate::__dispatch!(tg_agg_reset, __agg_reset, TG_SCALARS, (), $($aty),*);
 
+        /// The SDK this module was built with, for its reviewer: a custom section the host
+        /// reads (and a rebuild from the module's source checks).
+        #[cfg(target_arch = "wasm32")]
+        #[used]
+        #[unsafe(link_section = "tidegate.sdk")]
+        static TG_SDK: [u8; $crate::__SDK_ID.len()] = $crate::__sdk_id();
+
         #[unsafe(no_mangle)]
         pub extern "C" fn tg_abi_version() -> i32 {
             $crate::ABI_VERSION

@@ -48,3 +48,21 @@ pub use abi::{
 
 /// The ABI version this SDK implements; the host refuses modules of another version.
 pub const ABI_VERSION: i32 = 1;
+
+/// The SDK's name and version as a module carries them (`export_udfs!` writes them into the
+/// module's `tidegate.sdk` custom section).
+#[doc(hidden)]
+pub const __SDK_ID: &str = concat!("tidegate-udf-sdk ", env!("CARGO_PKG_VERSION"), "\n");
+
+/// [`__SDK_ID`]'s bytes as an array (what a custom section's static must be).
+#[doc(hidden)]
+pub const fn __sdk_id<const N: usize>() -> [u8; N] {
+    let bytes = __SDK_ID.as_bytes();
+    let mut out = [0u8; N];
+    let mut i = 0;
+    while i < N && i < bytes.len() {
+        out[i] = bytes[i];
+        i += 1;
+    }
+    out
+}

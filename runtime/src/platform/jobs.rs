@@ -10,6 +10,19 @@ impl Platform {
         scenario: &str,
         wasm: &[u8],
     ) -> Result<ModuleView> {
+        self.upload_module_with_source(actor, scenario, wasm, None)
+    }
+
+    /// Uploads a module with its source archive (issue 19, item 3), read and checked here but
+    /// never unpacked or built. A module uploaded without one may be given its source later by
+    /// uploading it again with it; a module's source is given once.
+    pub fn upload_module_with_source(
+        &self,
+        actor: &Principal,
+        scenario: &str,
+        wasm: &[u8],
+        source: Option<&[u8]>,
+    ) -> Result<ModuleView> {
         let s = {
             let db = self
                 .db
@@ -34,6 +47,9 @@ impl Platform {
                 return Err(e);
             }
         };
+        let source = source
+            .map(|bytes| crate::source::read_source_archive(bytes).map(|a| (bytes, a.sha256)))
+            .transpose()?;
         let mut db = self
             .db
             .lock()
@@ -52,11 +68,37 @@ impl Platform {
                 crate::now_rfc3339()
             ],
         )?;
+        if let Some((bytes, sha)) = &source {
+            let held: Option<String> = tx.query_row(
+                "SELECT source_sha256 FROM modules WHERE hash = ?1 AND scenario_id = ?2",
+                params![validated.hash, scenario],
+                |r| r.get(0),
+            )?;
+            match held {
+                None => {
+                    tx.execute(
+                        "UPDATE modules SET source = ?3, source_sha256 = ?4
+                         WHERE hash = ?1 AND scenario_id = ?2",
+                        params![validated.hash, scenario, bytes, sha],
+                    )?;
+                }
+                Some(held) if held == *sha => {}
+                Some(_) => {
+                    return Err(Error::BadInput(
+                        "this module already has another source in this scenario; a module's source is given once".into(),
+                    ));
+                }
+            }
+        }
         self.audit.append(
             &actor.id,
             crate::audit::Action::ModuleUpload,
             &validated.hash,
-            json!({ "scenario": scenario, "functions": validated.functions.iter().map(|f| &f.name).collect::<Vec<_>>() }),
+            json!({
+                "scenario": scenario,
+                "functions": validated.functions.iter().map(|f| &f.name).collect::<Vec<_>>(),
+                "source": source.as_ref().map(|(_, sha)| sha),
+            }),
         )?;
         tx.commit()?;
         Ok(ModuleView {
@@ -80,18 +122,40 @@ impl Platform {
             .db
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // (org, uploaded by, functions, approved by, revoked by)
-        type Row = (String, String, String, Option<String>, Option<String>);
+        // (org, uploaded by, functions, approved by, revoked by, the recorded rebuild)
+        type Row = (
+            String,
+            String,
+            String,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
         let row: Option<Row> = db
             .query_row(
-                "SELECT org_id, uploaded_by, functions, approved_by, revoked_by FROM modules WHERE hash = ?1 AND scenario_id = ?2",
+                "SELECT org_id, uploaded_by, functions, approved_by, revoked_by, source_check
+                 FROM modules WHERE hash = ?1 AND scenario_id = ?2",
                 params![hash, scenario],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                },
             )
             .optional()?;
-        let (org, uploaded_by, functions, approved_by, revoked_by) =
+        let (org, uploaded_by, functions, approved_by, revoked_by, check) =
             row.ok_or_else(|| Error::NotFound(format!("module {hash} in scenario {scenario}")))?;
         tidegate_policy::can_approve_module(actor, Self::org_kind(&db, &actor.org)?, &org)?;
+        let rebuilt = check
+            .map(|c| from_json::<crate::source::SourceCheck>(&c))
+            .transpose()?
+            .map(|c| c.matches);
+        tidegate_policy::check_source_rebuild(rebuilt)?;
         if approved_by.is_some() {
             return Err(Error::BadInput(
                 "this module is already approved for this scenario".into(),

@@ -3,6 +3,7 @@
 //! computed with it are flagged and can no longer be approved or downloaded).
 
 use super::*;
+use crate::source::{BuiltWith, SourceCheck, SourceView, built_with, read_source_archive};
 use tidegate_policy::JobState;
 
 /// A module as its reviewer reads it.
@@ -26,6 +27,17 @@ pub struct ModuleDetail {
     /// The scenario's jobs that called it, and the export requests made from them.
     pub jobs: Vec<String>,
     pub exports: Vec<String>,
+    /// What the module says it was built with (toolchain, guest SDK): claims that a rebuild
+    /// from its source checks.
+    pub built_with: BuiltWith,
+    /// The module's source, listed (its files' text: `GET .../source` or the console), if it
+    /// was uploaded with one.
+    pub source: Option<SourceView>,
+    /// The latest recorded rebuild of the source.
+    pub source_check: Option<SourceCheck>,
+    /// `rebuilt: bytes match`, `rebuilt: bytes differ`, `source given, not rebuilt yet` or
+    /// `no source: unverifiable`.
+    pub source_review: String,
 }
 
 struct ModuleRow {
@@ -40,13 +52,15 @@ struct ModuleRow {
     revoked_by: Option<String>,
     revoked_at: Option<String>,
     revoke_reason: Option<String>,
+    source: Option<Vec<u8>>,
+    source_check: Option<String>,
 }
 
 impl Platform {
     fn module_row(db: &Connection, scenario: &str, hash: &str) -> Result<ModuleRow> {
         db.query_row(
             "SELECT org_id, uploaded_by, created_at, functions, wasm, approved_by, approved_at,
-                    approval_note, revoked_by, revoked_at, revoke_reason
+                    approval_note, revoked_by, revoked_at, revoke_reason, source, source_check
              FROM modules WHERE hash = ?1 AND scenario_id = ?2",
             params![hash, scenario],
             |r| {
@@ -62,6 +76,8 @@ impl Platform {
                     revoked_by: r.get(8)?,
                     revoked_at: r.get(9)?,
                     revoke_reason: r.get(10)?,
+                    source: r.get(11)?,
+                    source_check: r.get(12)?,
                 })
             },
         )
@@ -137,7 +153,23 @@ impl Platform {
             (Some(_), None) => "approved",
             (None, None) => "awaiting",
         };
+        let source = row
+            .source
+            .as_deref()
+            .map(|bytes| {
+                read_source_archive(bytes)
+                    .map(|a| SourceView::of(&a, bytes.len() as u64, false))
+                    .map_err(|e| Error::Integrity(format!("the stored source: {e}")))
+            })
+            .transpose()?;
+        let source_check: Option<SourceCheck> =
+            row.source_check.as_deref().map(from_json).transpose()?;
         Ok(ModuleDetail {
+            built_with: built_with(&row.wasm),
+            source_review: crate::source::source_review(source.is_some(), source_check.as_ref())
+                .to_string(),
+            source,
+            source_check,
             hash: hash.to_string(),
             scenario: scenario.to_string(),
             structure: crate::sandbox::module_facts(&row.wasm).map_err(Error::Integrity)?,
@@ -168,6 +200,111 @@ impl Platform {
             json!({ "scenario": scenario, "bytes": row.wasm.len() }),
         )?;
         Ok(row.wasm)
+    }
+
+    /// The module's source archive (a tar), for its reviewer to read and rebuild (audited).
+    pub fn module_source(&self, actor: &Principal, scenario: &str, hash: &str) -> Result<Vec<u8>> {
+        let db = self.lock_db();
+        let row = Self::readable_module(&db, actor, scenario, hash)?;
+        let source = row.source.ok_or_else(|| {
+            Error::NotFound(format!(
+                "a source for module {hash} in scenario {scenario} (it was uploaded without one)"
+            ))
+        })?;
+        self.audit.append(
+            &actor.id,
+            crate::audit::Action::ModuleDownload,
+            hash,
+            json!({ "scenario": scenario, "source": sha256_hex(&source), "bytes": source.len() }),
+        )?;
+        Ok(source)
+    }
+
+    /// The module's source with each file's text, for the review page (`None`: no source).
+    pub fn module_source_view(
+        &self,
+        actor: &Principal,
+        scenario: &str,
+        hash: &str,
+    ) -> Result<Option<SourceView>> {
+        let db = self.lock_db();
+        let row = Self::readable_module(&db, actor, scenario, hash)?;
+        row.source
+            .as_deref()
+            .map(|bytes| {
+                read_source_archive(bytes)
+                    .map(|a| SourceView::of(&a, bytes.len() as u64, true))
+                    .map_err(|e| Error::Integrity(format!("the stored source: {e}")))
+            })
+            .transpose()
+    }
+
+    /// Records a reviewer's rebuild of a module's source (`tidegate module verify-source`):
+    /// the archive rebuilt must be the module's stored source, and whether the bytes match is
+    /// decided here, from the hashes. Recorded by those who may approve the module.
+    pub fn record_source_check(
+        &self,
+        actor: &Principal,
+        scenario: &str,
+        hash: &str,
+        source_sha256: &str,
+        rebuilt_sha256: &str,
+        toolchain: &str,
+    ) -> Result<ModuleDetail> {
+        {
+            let db = self.lock_db();
+            let row = Self::readable_module(&db, actor, scenario, hash)?;
+            tidegate_policy::can_approve_module(actor, Self::org_kind(&db, &actor.org)?, &row.org)?;
+            let Some(source) = &row.source else {
+                return Err(Error::BadInput(
+                    "this module was uploaded without a source: there is nothing to rebuild".into(),
+                ));
+            };
+            if sha256_hex(source) != source_sha256 {
+                return Err(Error::BadInput(
+                    "the rebuilt archive is not this module's source (its SHA-256 differs)".into(),
+                ));
+            }
+            let is_hash = |h: &str| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit());
+            if !is_hash(rebuilt_sha256) {
+                return Err(Error::BadInput(
+                    "rebuilt_sha256 must be a SHA-256 in hex".into(),
+                ));
+            }
+            let toolchain: String = toolchain
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(120)
+                .collect();
+            if toolchain.trim().is_empty() {
+                return Err(Error::BadInput("name the toolchain that rebuilt it".into()));
+            }
+            let check = SourceCheck {
+                by: actor.id.clone(),
+                at: crate::now_rfc3339(),
+                source_sha256: source_sha256.to_string(),
+                rebuilt_sha256: rebuilt_sha256.to_ascii_lowercase(),
+                toolchain,
+                matches: rebuilt_sha256.eq_ignore_ascii_case(hash),
+            };
+            db.execute(
+                "UPDATE modules SET source_check = ?3 WHERE hash = ?1 AND scenario_id = ?2",
+                params![hash, scenario, to_json(&check)],
+            )?;
+            self.audit.append(
+                &actor.id,
+                crate::audit::Action::ModuleVerify,
+                hash,
+                json!({
+                    "scenario": scenario,
+                    "source": check.source_sha256,
+                    "rebuilt": check.rebuilt_sha256,
+                    "toolchain": check.toolchain,
+                    "matches": check.matches,
+                }),
+            )?;
+        }
+        self.get_module(actor, scenario, hash)
     }
 
     /// Revokes a module's approval for a scenario (the authority's reviewers and admins):

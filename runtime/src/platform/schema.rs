@@ -122,10 +122,16 @@ pub(super) const MIGRATIONS: &[(i64, &str)] = &[
         "ALTER TABLE dataset_versions ADD COLUMN sealed TEXT;
          ALTER TABLE dataset_versions ADD COLUMN destroyed TEXT;",
     ),
+    (
+        15,
+        "ALTER TABLE modules ADD COLUMN source BLOB;
+         ALTER TABLE modules ADD COLUMN source_sha256 TEXT;
+         ALTER TABLE modules ADD COLUMN source_check TEXT;",
+    ),
 ];
 
 /// The schema version this build writes.
-pub(super) const SCHEMA_VERSION: i64 = 14;
+pub(super) const SCHEMA_VERSION: i64 = 15;
 
 pub(super) fn open_db(path: &Path) -> Result<Connection> {
     let mut conn = Connection::open(path)?;

@@ -24,11 +24,47 @@ pub(super) enum ModuleCommand {
     },
     /// Validate a module locally: prints the report and its functions; fails if invalid.
     Inspect { file: PathBuf },
+    /// Build a module reproducibly from a crate directory (or a `.c` file): writes the module
+    /// and its source archive, which a reviewer rebuilds to the same bytes.
+    Build {
+        /// A crate directory (its Cargo.toml), or one C file.
+        path: PathBuf,
+        /// Where the module goes; its source archive goes beside it (`*.source.tar`).
+        #[arg(long)]
+        out: PathBuf,
+        /// Where the source archive goes instead.
+        #[arg(long)]
+        source_out: Option<PathBuf>,
+    },
     /// Upload a module for a scenario (validated at once; runs on data once approved).
     Upload {
         file: PathBuf,
         #[arg(long)]
         scenario: String,
+        /// Its source archive (from `tidegate module build`), for its reviewer to read and
+        /// rebuild.
+        #[arg(long)]
+        source: Option<PathBuf>,
+    },
+    /// Download a module's source archive.
+    Source {
+        hash: String,
+        #[arg(long)]
+        scenario: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Rebuild a module from its source and say whether the bytes match. Either local files
+    /// (MODULE SOURCE), or `--hash` with `--scenario` to fetch both from the server; with
+    /// `--scenario`, the verdict is recorded on the module's review (reviewer). Fails unless
+    /// the bytes match.
+    VerifySource {
+        module: Option<PathBuf>,
+        source: Option<PathBuf>,
+        #[arg(long)]
+        hash: Option<String>,
+        #[arg(long)]
+        scenario: Option<String>,
     },
     /// Show a module as its reviewer reads it: functions, structure, state, jobs and exports.
     Show {
@@ -110,11 +146,39 @@ pub(super) fn run(command: ModuleCommand, remote: &Remote) -> Result<()> {
             MODULE_COLUMNS,
             &list,
         )?,
-        ModuleCommand::Upload { file, scenario } => {
+        ModuleCommand::Upload {
+            file,
+            scenario,
+            source,
+        } => {
             let wasm =
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            print(&c()?.upload_module(&scenario, &wasm)?);
+            let source = source
+                .map(|s| std::fs::read(&s).with_context(|| format!("cannot read {}", s.display())))
+                .transpose()?;
+            print(&c()?.upload_module_with_source(&scenario, &wasm, source.as_deref())?);
         }
+        ModuleCommand::Build {
+            path,
+            out,
+            source_out,
+        } => build(&path, &out, source_out)?,
+        ModuleCommand::Source {
+            hash,
+            scenario,
+            out,
+        } => {
+            let bytes = c()?.module_source(&scenario, &hash)?;
+            std::fs::write(&out, &bytes)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            println!("{} bytes: {}", bytes.len(), out.display());
+        }
+        ModuleCommand::VerifySource {
+            module,
+            source,
+            hash,
+            scenario,
+        } => verify_source(remote, module, source, hash, scenario)?,
         ModuleCommand::Approve {
             hash,
             scenario,
@@ -160,5 +224,98 @@ fn inspect(file: &Path) -> Result<()> {
         };
         println!("  {} {}({}) -> {gives}", f.kind, f.name, args.join(", "));
     }
+    Ok(())
+}
+
+fn build(path: &Path, out: &Path, source_out: Option<PathBuf>) -> Result<()> {
+    let source_out = source_out.unwrap_or_else(|| out.with_extension("source.tar"));
+    eprintln!(
+        "building {} reproducibly (a fresh directory, locked dependencies)...",
+        path.display()
+    );
+    let built = crate::rebuild::build_from_path(path)?;
+    std::fs::write(out, &built.wasm).with_context(|| format!("cannot write {}", out.display()))?;
+    std::fs::write(&source_out, &built.source)
+        .with_context(|| format!("cannot write {}", source_out.display()))?;
+    let with = tidegate_runtime::source::built_with(&built.wasm);
+    println!("module: {} ({} bytes)", out.display(), built.wasm.len());
+    println!("sha256: {}", tidegate_runtime::sha256_hex(&built.wasm));
+    println!(
+        "source: {} ({} bytes)",
+        source_out.display(),
+        built.source.len()
+    );
+    println!("built with: {}", or_unknown(&with.toolchain));
+    println!("sdk: {}", or_unknown(&with.sdk));
+    Ok(())
+}
+
+fn or_unknown(v: &Option<String>) -> &str {
+    v.as_deref().unwrap_or("(not recorded)")
+}
+
+fn verify_source(
+    remote: &Remote,
+    module: Option<PathBuf>,
+    source: Option<PathBuf>,
+    hash: Option<String>,
+    scenario: Option<String>,
+) -> Result<()> {
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+    let (wasm, source) = match (module, source, &hash, &scenario) {
+        (Some(m), Some(s), None, _) => (read(&m)?, read(&s)?),
+        (None, None, Some(hash), Some(scenario)) => {
+            let c = remote.client()?;
+            let wasm = c.module_bytes(scenario, hash)?;
+            if tidegate_runtime::sha256_hex(&wasm) != *hash {
+                return Err(anyhow!("the server's bytes do not have the hash {hash}"));
+            }
+            (wasm, c.module_source(scenario, hash)?)
+        }
+        _ => {
+            return Err(anyhow!(
+                "give MODULE SOURCE (local files), or --hash HASH --scenario ID (from the server)"
+            ));
+        }
+    };
+    let hash = tidegate_runtime::sha256_hex(&wasm);
+    let archive = tidegate_runtime::source::read_source_archive(&source)?;
+    eprintln!(
+        "rebuilding from {} ({})...",
+        archive.sha256,
+        archive.recipe.toolchain()
+    );
+    let rebuilt = crate::rebuild::rebuild(&source)?;
+    let rebuilt_hash = tidegate_runtime::sha256_hex(&rebuilt);
+    let matches = rebuilt_hash == hash;
+    if matches {
+        println!("rebuilt: bytes match (sha256 {hash})");
+    } else {
+        println!("rebuilt: bytes differ (module {hash}, rebuilt {rebuilt_hash})");
+    }
+    if let Some(scenario) = scenario {
+        c_record(remote, &scenario, &hash, &archive, &rebuilt_hash)?;
+        println!("recorded on module {hash} in scenario {scenario}");
+    }
+    if !matches {
+        return Err(anyhow!("the source does not build to this module"));
+    }
+    Ok(())
+}
+
+fn c_record(
+    remote: &Remote,
+    scenario: &str,
+    hash: &str,
+    archive: &tidegate_runtime::source::SourceArchive,
+    rebuilt_hash: &str,
+) -> Result<()> {
+    remote.client()?.record_source_check(
+        scenario,
+        hash,
+        &archive.sha256,
+        rebuilt_hash,
+        &archive.recipe.toolchain(),
+    )?;
     Ok(())
 }

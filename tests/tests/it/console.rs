@@ -8,10 +8,10 @@ use crate::common::*;
 use serde_json::Value;
 
 /// What the server answered: the status, the headers (names in lower case) and the body.
-struct Answer {
-    status: u16,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
     headers: Vec<(String, String)>,
-    body: String,
+    pub(crate) body: String,
 }
 
 impl Answer {
@@ -49,7 +49,7 @@ impl Answer {
 }
 
 /// A browser of one person: it keeps the cookies the server sets and sends them back.
-struct Browser {
+pub(crate) struct Browser {
     url: String,
     cookies: BTreeMap<String, String>,
 }
@@ -76,7 +76,7 @@ fn form_encode(fields: &[(&str, &str)]) -> String {
 }
 
 impl Browser {
-    fn new(url: &str) -> Browser {
+    pub(crate) fn new(url: &str) -> Browser {
         Browser {
             url: url.to_string(),
             cookies: BTreeMap::new(),
@@ -135,7 +135,7 @@ impl Browser {
         }
     }
 
-    fn get(&mut self, path: &str) -> Answer {
+    pub(crate) fn get(&mut self, path: &str) -> Answer {
         self.send("GET", path, None)
     }
 
@@ -144,7 +144,7 @@ impl Browser {
     }
 
     /// Signs in with `token` through the sign-in form.
-    fn sign_in(&mut self, token: &str) -> Answer {
+    pub(crate) fn sign_in(&mut self, token: &str) -> Answer {
         let form = self.get("/console/sign-in");
         assert_eq!(form.status, 200, "{}", form.body);
         let csrf = form.csrf();
@@ -152,7 +152,7 @@ impl Browser {
     }
 }
 
-fn token(client: &tidegate_server::Client) -> String {
+pub(crate) fn token(client: &tidegate_server::Client) -> String {
     client.token().unwrap().to_string()
 }
 

@@ -5,6 +5,7 @@
 use tidegate_runtime::PUBLIC_KEY_FILE;
 
 use crate::common::{active_scenario, job};
+use crate::console::{Browser, token};
 
 const SQL: &str = "SELECT spot, count(*) AS n FROM visits GROUP BY spot";
 
@@ -173,6 +174,21 @@ fn a_provider_and_an_admin_inspect_a_sample_and_no_one_else_does() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("from 1 to 100"), "{e}");
+    // The console shows the provider a sample on a page of its own; the scientist is refused.
+    let mut provider = Browser::new(w.provider.url());
+    provider.sign_in(&token(&w.provider));
+    let page = provider.get("/console/datasets/visits/versions/1/sample?rows=4");
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("4 random rows"), "{}", page.body);
+    assert_eq!(
+        page.body.matches("<tr>").count(),
+        5,
+        "a header and four rows"
+    );
+    let mut scientist = Browser::new(w.scientist.url());
+    scientist.sign_in(&token(&w.scientist));
+    let refused = scientist.get("/console/datasets/visits/versions/1/sample");
+    assert_eq!(refused.status, 403, "{}", refused.body);
     // A sealed version is kept for inspection; a destroyed one has nothing to show.
     w.admin
         .dataset_custody("visits", 1, "seal", "inspection")

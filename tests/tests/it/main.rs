@@ -22,6 +22,7 @@ mod mock;
 mod openapi;
 mod queue;
 mod scenarios;
+mod sources;
 
 // The export gate.
 mod attacks;
