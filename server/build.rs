@@ -115,8 +115,10 @@ fn embed_sdk(root: &std::path::Path, out_dir: &std::path::Path) {
     let mut code = format!(
         "/// The guest SDK's version this build embeds.\n\
          pub(crate) const SDK_VERSION: &str = {version:?};\n\
-         /// The guest SDK's packages this build embeds: (name, [(path, bytes)]).\n\
-         pub(crate) const SDK_PACKAGES: &[(&str, &[(&str, &[u8])])] = &[\n"
+         /// One file of the SDK: (path in its package, bytes).\n\
+         pub(crate) type SdkFile = (&'static str, &'static [u8]);\n\
+         /// The guest SDK's packages this build embeds: (name, files).\n\
+         pub(crate) const SDK_PACKAGES: &[(&str, &[SdkFile])] = &[\n"
     );
     for (name, dir) in [
         ("tidegate-udf-sdk", "udf-sdk"),
