@@ -350,8 +350,9 @@ pub struct BuiltWith {
     pub language: Option<String>,
 }
 
-/// A guest's text for a page: printable characters only, at most 120 of them.
-fn printable(s: &str) -> Option<String> {
+/// A guest's or a client's text for a page: printable characters only, at most 120 of them,
+/// trimmed (`None` if nothing is left).
+pub(crate) fn printable(s: &str) -> Option<String> {
     let s: String = s
         .chars()
         .filter(|c| !c.is_control())

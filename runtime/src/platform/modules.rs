@@ -56,6 +56,17 @@ struct ModuleRow {
     source_check: Option<String>,
 }
 
+/// A module's stored source, listed (`with_text`: each UTF-8 file's text too).
+fn stored_source(bytes: Option<&[u8]>, with_text: bool) -> Result<Option<SourceView>> {
+    bytes
+        .map(|bytes| {
+            read_source_archive(bytes)
+                .map(|a| SourceView::of(&a, bytes.len() as u64, with_text))
+                .map_err(|e| Error::Integrity(format!("the stored source: {e}")))
+        })
+        .transpose()
+}
+
 impl Platform {
     fn module_row(db: &Connection, scenario: &str, hash: &str) -> Result<ModuleRow> {
         db.query_row(
@@ -153,15 +164,7 @@ impl Platform {
             (Some(_), None) => "approved",
             (None, None) => "awaiting",
         };
-        let source = row
-            .source
-            .as_deref()
-            .map(|bytes| {
-                read_source_archive(bytes)
-                    .map(|a| SourceView::of(&a, bytes.len() as u64, false))
-                    .map_err(|e| Error::Integrity(format!("the stored source: {e}")))
-            })
-            .transpose()?;
+        let source = stored_source(row.source.as_deref(), false)?;
         let source_check: Option<SourceCheck> =
             row.source_check.as_deref().map(from_json).transpose()?;
         Ok(ModuleDetail {
@@ -229,14 +232,7 @@ impl Platform {
     ) -> Result<Option<SourceView>> {
         let db = self.lock_db();
         let row = Self::readable_module(&db, actor, scenario, hash)?;
-        row.source
-            .as_deref()
-            .map(|bytes| {
-                read_source_archive(bytes)
-                    .map(|a| SourceView::of(&a, bytes.len() as u64, true))
-                    .map_err(|e| Error::Integrity(format!("the stored source: {e}")))
-            })
-            .transpose()
+        stored_source(row.source.as_deref(), true)
     }
 
     /// Records a reviewer's rebuild of a module's source (`tidegate module verify-source`):
@@ -271,14 +267,8 @@ impl Platform {
                     "rebuilt_sha256 must be a SHA-256 in hex".into(),
                 ));
             }
-            let toolchain: String = toolchain
-                .chars()
-                .filter(|c| !c.is_control())
-                .take(120)
-                .collect();
-            if toolchain.trim().is_empty() {
-                return Err(Error::BadInput("name the toolchain that rebuilt it".into()));
-            }
+            let toolchain = crate::source::printable(toolchain)
+                .ok_or_else(|| Error::BadInput("name the toolchain that rebuilt it".into()))?;
             let check = SourceCheck {
                 by: actor.id.clone(),
                 at: crate::now_rfc3339(),

@@ -122,13 +122,9 @@ pub(super) fn run(command: ModuleCommand, remote: &Remote) -> Result<()> {
             scenario,
             out,
         } => {
-            let bytes = c()?.module_bytes(&scenario, &hash)?;
             // The bytes are the approved hash's, or nothing is written.
-            if tidegate_runtime::sha256_hex(&bytes) != hash {
-                return Err(anyhow!("the server's bytes do not have the hash {hash}"));
-            }
-            std::fs::write(&out, &bytes)
-                .with_context(|| format!("cannot write {}", out.display()))?;
+            let bytes = module_of_hash(&c()?, &scenario, &hash)?;
+            write_file(&out, &bytes)?;
             println!("{} bytes: {}", bytes.len(), out.display());
         }
         ModuleCommand::Revoke {
@@ -151,11 +147,8 @@ pub(super) fn run(command: ModuleCommand, remote: &Remote) -> Result<()> {
             scenario,
             source,
         } => {
-            let wasm =
-                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let source = source
-                .map(|s| std::fs::read(&s).with_context(|| format!("cannot read {}", s.display())))
-                .transpose()?;
+            let wasm = read_file(&file)?;
+            let source = source.as_deref().map(read_file).transpose()?;
             print(&c()?.upload_module_with_source(&scenario, &wasm, source.as_deref())?);
         }
         ModuleCommand::Build {
@@ -169,8 +162,7 @@ pub(super) fn run(command: ModuleCommand, remote: &Remote) -> Result<()> {
             out,
         } => {
             let bytes = c()?.module_source(&scenario, &hash)?;
-            std::fs::write(&out, &bytes)
-                .with_context(|| format!("cannot write {}", out.display()))?;
+            write_file(&out, &bytes)?;
             println!("{} bytes: {}", bytes.len(), out.display());
         }
         ModuleCommand::VerifySource {
@@ -189,7 +181,7 @@ pub(super) fn run(command: ModuleCommand, remote: &Remote) -> Result<()> {
 }
 
 fn inspect(file: &Path) -> Result<()> {
-    let wasm = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let wasm = read_file(file)?;
     let sandbox = Sandbox::new()?;
     let module = sandbox
         .load(&wasm)
@@ -234,9 +226,8 @@ fn build(path: &Path, out: &Path, source_out: Option<PathBuf>) -> Result<()> {
         path.display()
     );
     let built = crate::rebuild::build_from_path(path)?;
-    std::fs::write(out, &built.wasm).with_context(|| format!("cannot write {}", out.display()))?;
-    std::fs::write(&source_out, &built.source)
-        .with_context(|| format!("cannot write {}", source_out.display()))?;
+    write_file(out, &built.wasm)?;
+    write_file(&source_out, &built.source)?;
     let with = tidegate_runtime::source::built_with(&built.wasm);
     println!("module: {} ({} bytes)", out.display(), built.wasm.len());
     println!("sha256: {}", tidegate_runtime::sha256_hex(&built.wasm));
@@ -261,16 +252,14 @@ fn verify_source(
     hash: Option<String>,
     scenario: Option<String>,
 ) -> Result<()> {
-    let read = |p: &Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
     let (wasm, source) = match (module, source, &hash, &scenario) {
-        (Some(m), Some(s), None, _) => (read(&m)?, read(&s)?),
+        (Some(m), Some(s), None, _) => (read_file(&m)?, read_file(&s)?),
         (None, None, Some(hash), Some(scenario)) => {
             let c = remote.client()?;
-            let wasm = c.module_bytes(scenario, hash)?;
-            if tidegate_runtime::sha256_hex(&wasm) != *hash {
-                return Err(anyhow!("the server's bytes do not have the hash {hash}"));
-            }
-            (wasm, c.module_source(scenario, hash)?)
+            (
+                module_of_hash(&c, scenario, hash)?,
+                c.module_source(scenario, hash)?,
+            )
         }
         _ => {
             return Err(anyhow!(
@@ -294,7 +283,13 @@ fn verify_source(
         println!("rebuilt: bytes differ (module {hash}, rebuilt {rebuilt_hash})");
     }
     if let Some(scenario) = scenario {
-        c_record(remote, &scenario, &hash, &archive, &rebuilt_hash)?;
+        remote.client()?.record_source_check(
+            &scenario,
+            &hash,
+            &archive.sha256,
+            &rebuilt_hash,
+            &archive.recipe.toolchain(),
+        )?;
         println!("recorded on module {hash} in scenario {scenario}");
     }
     if !matches {
@@ -303,19 +298,19 @@ fn verify_source(
     Ok(())
 }
 
-fn c_record(
-    remote: &Remote,
-    scenario: &str,
-    hash: &str,
-    archive: &tidegate_runtime::source::SourceArchive,
-    rebuilt_hash: &str,
-) -> Result<()> {
-    remote.client()?.record_source_check(
-        scenario,
-        hash,
-        &archive.sha256,
-        rebuilt_hash,
-        &archive.recipe.toolchain(),
-    )?;
-    Ok(())
+/// A module's bytes from the server, checked to be those of `hash`.
+fn module_of_hash(c: &crate::client::Client, scenario: &str, hash: &str) -> Result<Vec<u8>> {
+    let bytes = c.module_bytes(scenario, hash)?;
+    if tidegate_runtime::sha256_hex(&bytes) != hash {
+        return Err(anyhow!("the server's bytes do not have the hash {hash}"));
+    }
+    Ok(bytes)
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))
 }
