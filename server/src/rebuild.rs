@@ -12,8 +12,10 @@
 //! the environment (`RUSTFLAGS` and cargo's build overrides are removed).
 //!
 //! A rebuild runs on the reviewer's machine, so it refuses what would run an archive's code
-//! there: a build script in any of the archive's own crates, a procedural macro other than the
-//! SDK's, and an SDK whose files differ from the one this `tidegate` was built with. Registry
+//! there: a workspace manifest or toolchain file other than the ones `module build` writes
+//! (`[patch]` could swap a dependency of the SDK's macros), a build script in any of the
+//! archive's own crates, a procedural macro other than the SDK's, and an SDK whose files differ
+//! from the one this `tidegate` was built with. Registry
 //! dependencies pinned by the lock run as cargo runs them (see SECURITY.md).
 
 use std::path::{Path, PathBuf};
@@ -293,6 +295,41 @@ fn workspace_manifest(member: &str) -> String {
     )
 }
 
+/// A Rust source's workspace manifest and toolchain file must be the ones `pack_rust` writes:
+/// the root manifest is where `[patch]`, `[replace]` and profiles live, which would swap a
+/// dependency of the SDK's macros (code run at build time) or change the build's settings.
+fn check_generated(files: &[SourceFile], toolchain: &str) -> Result<()> {
+    let find = |p: &str| {
+        files
+            .iter()
+            .find(|f| f.path == p)
+            .map(|f| f.bytes.as_slice())
+    };
+    let manifest = find("Cargo.toml").unwrap_or_default();
+    let member = std::str::from_utf8(manifest)
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("members = [")?.strip_suffix(']'))
+        })
+        .and_then(|m| serde_json::from_str::<String>(m).ok());
+    if member
+        .map(|m| workspace_manifest(&m).into_bytes())
+        .as_deref()
+        != Some(manifest)
+    {
+        bail!(
+            "the source's workspace manifest (Cargo.toml at its root) is not the one `tidegate module build` writes; a rebuild uses no other"
+        );
+    }
+    if find("rust-toolchain.toml") != Some(toolchain_file(toolchain).as_bytes()) {
+        bail!(
+            "the source's rust-toolchain.toml is not the one `tidegate module build` writes for its recipe"
+        );
+    }
+    Ok(())
+}
+
 fn toolchain_file(toolchain: &str) -> String {
     format!("[toolchain]\nchannel = {toolchain:?}\ntargets = [{TARGET:?}]\nprofile = \"minimal\"\n")
 }
@@ -437,6 +474,7 @@ pub fn rebuild(source: &[u8]) -> Result<Vec<u8>> {
     let out = root.join("target");
     let wasm = match &archive.recipe {
         BuildRecipe::Rust { package, toolchain } => {
+            check_generated(&archive.files, toolchain)?;
             let active = rustc_version(&dir, Some(toolchain))?;
             if active != *toolchain {
                 bail!(

@@ -267,6 +267,25 @@ fn a_rebuild_refuses_sources_that_would_run_their_own_code_on_the_reviewers_mach
         .unwrap_err()
         .to_string();
     assert!(refused.contains("not the guest SDK"), "{refused}");
+
+    // Another spelling of the same: the SDK's files untouched, a dependency of its macros
+    // swapped for a crate of the archive by a [patch] in the workspace manifest.
+    let with_patch = changed_source(|files| {
+        let root = files.iter_mut().find(|f| f.path == "Cargo.toml").unwrap();
+        root.bytes
+            .extend_from_slice(b"\n[patch.crates-io]\nquote = { path = \"evil/quote\" }\n");
+        files.push(SourceFile {
+            path: "evil/quote/Cargo.toml".into(),
+            bytes: b"[package]\nname = \"quote\"\nversion = \"1.0.99\"\nedition = \"2021\"\n"
+                .to_vec(),
+        });
+        files.push(SourceFile {
+            path: "evil/quote/src/lib.rs".into(),
+            bytes: b"// runs inside the SDK's macros\n".to_vec(),
+        });
+    });
+    let refused = rebuild::rebuild(&with_patch).unwrap_err().to_string();
+    assert!(refused.contains("workspace manifest"), "{refused}");
 }
 
 #[test]
