@@ -72,6 +72,10 @@ pub struct GateCheck {
     pub flagged: bool,
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// The gate report: each check with its numbers, pass or fail.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GateReport {
@@ -80,6 +84,10 @@ pub struct GateReport {
     pub groups_total: u64,
     pub groups_suppressed: u64,
     pub rows_released: u64,
+    /// Groups the differencing check suppressed because their subjects differ from a cell
+    /// released earlier by fewer than k (a differencing pattern, R-MONITOR).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub differencing_suppressed: u64,
     /// The report as the requesting org sees it: the counts and details that depend on the
     /// data are for the reviewers only.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -147,6 +155,7 @@ impl GateReport {
             groups_total: 0,
             groups_suppressed: 0,
             rows_released: 0,
+            differencing_suppressed: 0,
             redacted: true,
         }
     }

@@ -518,7 +518,10 @@ text_states! {
     /// What an audit entry records: every action the platform logs, spelt once. The log stores
     /// its text (an entry of an action this build no longer writes is still read and verified).
     AuditAction, "audit action" {
+        AlertAcknowledge = "alert.acknowledge",
+        AlertRaise = "alert.raise",
         AuditPrune = "audit.prune",
+        AuditSearch = "audit.search",
         DatasetApprove = "dataset.approve",
         DatasetBudget = "dataset.budget",
         DatasetImport = "dataset.import",
@@ -529,38 +532,96 @@ text_states! {
         DatasetUnseal = "dataset.unseal",
         ExportDownload = "export.download",
         ExportRequest = "export.request",
+        ExportRead = "export.read",
         ExportReview = "export.review",
         JobEnd = "job.end",
+        JobRead = "job.read",
         JobStart = "job.start",
         KeysRotate = "keys.rotate",
         ModuleApprove = "module.approve",
         ModuleDownload = "module.download",
+        ModuleRead = "module.read",
         ModuleRejected = "module.rejected",
         ModuleRevoke = "module.revoke",
         ModuleUpload = "module.upload",
         ModuleVerify = "module.verify",
+        OrgAuthorization = "org.authorization",
         OrgCreate = "org.create",
+        OrgEvaluate = "org.evaluate",
         OrgExit = "org.exit",
         OrgFreeze = "org.freeze",
         OrgUnfreeze = "org.unfreeze",
         PlatformInit = "platform.init",
         PolicyApply = "policy.apply",
         PriceSet = "price.set",
+        PrincipalNewAddress = "principal.new_address",
         PrincipalCreate = "principal.create",
         PrincipalTokenRevoke = "principal.token.revoke",
         PrincipalTokenRotate = "principal.token.rotate",
         PrincipalTraining = "principal.training",
+        ReportRead = "report.read",
         ScenarioApply = "scenario.apply",
         ScenarioApprove = "scenario.approve",
+        ScenarioClose = "scenario.close",
         ScenarioRepin = "scenario.repin",
         ScenarioResume = "scenario.resume",
         ScenarioRevoke = "scenario.revoke",
         ScenarioSubmit = "scenario.submit",
         ScenarioSuspend = "scenario.suspend",
         SessionEnd = "session.end",
+        SessionRefused = "session.refused",
         SessionStart = "session.start",
     }
 }
+
+text_states! {
+    /// What an alert is about (R-MONITOR).
+    #[derive(Serialize, Deserialize, utoipa::ToSchema)]
+    #[serde(rename_all = "snake_case")]
+    AlertKind, "alert kind" {
+        /// Exports of one scenario with suppressed groups, many in a row.
+        SuppressedGroups = "suppressed_groups",
+        /// The gate found a release nearly identical to an earlier one (a differencing
+        /// pattern) and refused or flagged it.
+        Differencing = "differencing",
+        /// A scenario has spent most of its privacy budget.
+        Budget = "budget",
+        /// Jobs that broke a limit, or failures that depend on the data, repeated.
+        LimitBreaches = "limit_breaches",
+        /// An uploaded module failed validation.
+        ModuleInvalid = "module_invalid",
+        /// An org was frozen.
+        Freeze = "freeze",
+        /// The audit log failed verification.
+        AuditFailure = "audit_failure",
+    }
+}
+
+/// When alerts are raised (R-MONITOR): policy, in the policy document.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AlertThresholds {
+    /// Consecutive exports of a scenario with suppressed groups that raise an alert.
+    pub suppressed_in_a_row: u64,
+    /// The share of a scenario's privacy budget, in percent, whose spending raises an alert.
+    pub budget_percent: u64,
+    /// Limit breaches and data-dependent failures of a scenario (since an admin last resumed
+    /// it) that raise an alert.
+    pub breaches: u64,
+}
+
+impl Default for AlertThresholds {
+    fn default() -> Self {
+        AlertThresholds {
+            suppressed_in_a_row: 3,
+            budget_percent: 80,
+            breaches: 2,
+        }
+    }
+}
+
+/// How long a training record holds when the admin names no end (S2).
+pub const TRAINING_VALID_DAYS: i64 = 365;
 
 /// How the gate desensitizes one output column before release (R-GATE 5). Written as text:
 /// `mask`, `redact`, `pseudonymize`, `round:2`, `band:10`, `month`.
@@ -721,7 +782,14 @@ pub struct ExportRules {
     /// written sealed to disk rather than failing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_memory_mib: Option<u64>,
+    /// The most jobs the scenario may submit in any 24 hours (none: no quota but the queue's).
+    /// Approved with the application, enforced when a job is submitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jobs_per_day: Option<u64>,
 }
+
+/// The most a scenario's daily job quota may be.
+pub const MAX_JOBS_PER_DAY: u64 = 100_000;
 
 /// A job's engine memory when the scenario names none.
 pub const DEFAULT_JOB_MEMORY_MIB: u64 = 2048;

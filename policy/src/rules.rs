@@ -183,6 +183,158 @@ pub fn can_read_metrics(p: &Principal, kind: OrgKind) -> Result<(), Refusal> {
     refuse("only the authority's admins and auditors read the platform's metrics")
 }
 
+/// S2: without a training record that holds today a principal may do nothing, on any route,
+/// reads too, but read their own training state.
+pub fn can_act_untrained(p: &Principal, reads_own_training: bool) -> Result<(), Refusal> {
+    if p.trained || reads_own_training {
+        Ok(())
+    } else {
+        refuse(format!(
+            "principal {} has no training record that holds today; an admin must record passed training first (GET /v1/me shows yours)",
+            p.id
+        ))
+    }
+}
+
+/// S18: who sees where a dataset is used: its provider org's trained providers, and the
+/// authority's admins and auditors.
+pub fn can_see_dataset_usage(
+    p: &Principal,
+    dataset_org: &str,
+    kind: OrgKind,
+) -> Result<(), Refusal> {
+    require_training(p)?;
+    if (p.org == dataset_org && p.has_role(Role::Provider)) || oversees_all_orgs(p, kind) {
+        return Ok(());
+    }
+    refuse("only the dataset's provider and the authority see where it is used")
+}
+
+/// Who downloads an export's bundle, and as whom.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Downloader {
+    /// A scientist of the org that requested it.
+    Requester,
+    /// S11: a provider whose org's data the product was computed from, once released, free.
+    Provider,
+}
+
+/// R-RELEASE and S11: a trained scientist of the requesting org downloads its bundle; a trained
+/// provider of an org whose dataset the job read downloads it once it was released (it pays
+/// nothing for it). Anyone else is told nothing of it.
+pub fn can_download_bundle(
+    p: &Principal,
+    export_org: &str,
+    input_orgs: &[String],
+    released: bool,
+) -> Result<Downloader, Refusal> {
+    require_training(p)?;
+    if p.org == export_org {
+        require_role(p, Role::Scientist)?;
+        return Ok(Downloader::Requester);
+    }
+    if released && p.has_role(Role::Provider) && input_orgs.iter().any(|o| o == &p.org) {
+        return Ok(Downloader::Provider);
+    }
+    refuse("not found")
+}
+
+/// S15: the authority's auditors and admins search the audit log.
+pub fn can_search_audit(p: &Principal, kind: OrgKind) -> Result<(), Refusal> {
+    require_training(p)?;
+    if kind == OrgKind::Authority && (p.has_role(Role::Admin) || p.has_role(Role::Auditor)) {
+        return Ok(());
+    }
+    refuse("only the authority's auditors and admins search the audit log")
+}
+
+/// R-MONITOR: the authority's admins and auditors read alerts; only its admins acknowledge
+/// them and set where they are sent.
+pub fn can_read_alerts(p: &Principal, kind: OrgKind) -> Result<(), Refusal> {
+    require_training(p)?;
+    if kind == OrgKind::Authority && (p.has_role(Role::Admin) || p.has_role(Role::Auditor)) {
+        return Ok(());
+    }
+    refuse("only the authority's admins and auditors read alerts")
+}
+
+/// R-MONITOR: see [`can_read_alerts`].
+pub fn can_handle_alerts(p: &Principal, kind: OrgKind) -> Result<(), Refusal> {
+    require_training(p)?;
+    if kind == OrgKind::Authority && p.has_role(Role::Admin) {
+        return Ok(());
+    }
+    refuse("only the authority's admins acknowledge alerts and set where they go")
+}
+
+/// S13: the authority's trained admins write an org's annual evaluation.
+pub fn can_evaluate_org(p: &Principal, kind: OrgKind) -> Result<(), Refusal> {
+    require_training(p)?;
+    if kind == OrgKind::Authority && p.has_role(Role::Admin) {
+        return Ok(());
+    }
+    refuse("only the authority's admins evaluate an org")
+}
+
+/// R-MONITOR: alert thresholds are usable as asked.
+pub fn validate_alert_thresholds(t: &crate::model::AlertThresholds) -> Result<(), Refusal> {
+    if t.suppressed_in_a_row == 0 || t.breaches == 0 {
+        return refuse("alert thresholds count at least 1");
+    }
+    if !(1..=100).contains(&t.budget_percent) {
+        return refuse("budget_percent is from 1 to 100");
+    }
+    Ok(())
+}
+
+/// R-MONITOR: whether the latest exports of a scenario (newest first, each its count of
+/// suppressed groups) are suppressed enough times in a row to raise an alert.
+pub fn suppressed_in_a_row(latest: &[u64], t: &crate::model::AlertThresholds) -> bool {
+    latest.len() as u64 >= t.suppressed_in_a_row
+        && latest
+            .iter()
+            .take(t.suppressed_in_a_row as usize)
+            .all(|n| *n > 0)
+}
+
+/// R-MONITOR: whether `spent` of a privacy budget `total` crosses the alert's share.
+pub fn budget_nearly_spent(spent: f64, total: f64, t: &crate::model::AlertThresholds) -> bool {
+    total > 0.0 && spent * 100.0 >= total * t.budget_percent as f64
+}
+
+/// S2: the last day a training recorded `today` holds: the admin's `until`, or a year. A day
+/// before today is refused (record a current training).
+pub fn training_valid_until(until: Option<Date>, today: Date) -> Result<Date, Refusal> {
+    let longest = today + time::Duration::days(crate::model::TRAINING_VALID_DAYS);
+    match until {
+        Some(u) if u < today => refuse(format!(
+            "the training would have ended on {u}, before today ({today})"
+        )),
+        Some(u) if u > longest => refuse(format!(
+            "a training holds at most {} days: until {longest} at the latest",
+            crate::model::TRAINING_VALID_DAYS
+        )),
+        Some(u) => Ok(u),
+        None => Ok(today + time::Duration::days(crate::model::TRAINING_VALID_DAYS)),
+    }
+}
+
+/// S2: a course's name is plain text, and `bootstrap` is the first admin's alone (a record of
+/// it never ends).
+pub fn check_course(course: &str) -> Result<(), Refusal> {
+    check_name("the course", course)?;
+    if course.trim().eq_ignore_ascii_case("bootstrap") {
+        return refuse("`bootstrap` names the first admin's record; name the course taken");
+    }
+    Ok(())
+}
+
+/// S2: whether a training record holds on `today` (a record without an end, the bootstrap
+/// admin's, always does).
+pub fn training_holds(trained: bool, until: Option<Date>, today: Date) -> bool {
+    trained && until.is_none_or(|u| today <= u)
+}
+
 /// Jobs an org may have waiting in the queue at once: one unit cannot fill the queue (its
 /// jobs are taken in turn with other units' anyway), and a flood is refused, not stored.
 pub const MAX_QUEUED_JOBS_PER_ORG: u64 = 32;
@@ -196,6 +348,18 @@ pub fn can_queue_job(waiting: u64) -> Result<(), Refusal> {
         ))
     } else {
         Ok(())
+    }
+}
+
+/// R-EXIT: a scenario's daily quota of jobs (set at approval): `submitted` is how many it
+/// submitted in the last 24 hours.
+pub fn can_submit_within_quota(submitted: u64, jobs_per_day: Option<u64>) -> Result<(), Refusal> {
+    match jobs_per_day {
+        Some(quota) if submitted >= quota => refuse(format!(
+            "the scenario submitted {submitted} jobs in the last 24 hours, its quota of {quota} a day; \
+             submit more later or ask the authority for a larger quota"
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -398,7 +562,7 @@ pub fn require_training(p: &Principal) -> Result<(), Refusal> {
         Ok(())
     } else {
         refuse(format!(
-            "principal {} has no training record; an admin must record passed training first",
+            "principal {} has no training record that holds today; an admin must record passed training first",
             p.id
         ))
     }
@@ -600,6 +764,14 @@ pub fn validate_export_rules(
             crate::model::JOB_MEMORY_MIB_RANGE.end()
         ));
     }
+    if let Some(n) = rules.jobs_per_day
+        && !(1..=crate::model::MAX_JOBS_PER_DAY).contains(&n)
+    {
+        return refuse(format!(
+            "jobs_per_day must be from 1 to {}",
+            crate::model::MAX_JOBS_PER_DAY
+        ));
+    }
     if let Some(column) = rules
         .masking
         .keys()
@@ -655,6 +827,23 @@ pub fn scenario_state(
         return ScenarioState::PendingApprovals;
     }
     stored
+}
+
+/// R-EXIT: whether a scenario is over and its results are to be destroyed: revoked, or
+/// approved once and past its term (active or suspended then). An exited scenario was closed
+/// with its org; a draft or pending one never ran a job.
+pub fn scenario_closes(stored: ScenarioState, term_end: Date, today: Date) -> bool {
+    match stored {
+        ScenarioState::Revoked => true,
+        ScenarioState::Active | ScenarioState::Suspended => today > term_end,
+        _ => false,
+    }
+}
+
+/// R-EXIT: whether an org's authorization has run out on `today` (the last day it holds is
+/// `until`).
+pub fn authorization_ended(until: Option<Date>, today: Date) -> bool {
+    until.is_some_and(|u| today > u)
 }
 
 fn require_active(state: ScenarioState) -> Result<(), Refusal> {
@@ -920,7 +1109,7 @@ mod tests {
             (
                 "untrained member",
                 can_run_job(&untrained, "unit", active, &[]),
-                "refuse: principal s2 has no training record; an admin must record passed training first",
+                "refuse: principal s2 has no training record that holds today; an admin must record passed training first",
             ),
             (
                 "another org",
@@ -1050,6 +1239,102 @@ mod tests {
         assert_eq!(s(date!(2026 - 06 - 01)), ScenarioState::Active);
         assert_eq!(s(date!(2027 - 01 - 01)), ScenarioState::Expired);
         assert_eq!(s(date!(2025 - 12 - 31)), ScenarioState::PendingApprovals);
+    }
+
+    #[test]
+    fn a_scenario_closes_when_revoked_or_past_its_term_and_never_before() {
+        use ScenarioState::*;
+        use time::macros::date;
+        let end = date!(2026 - 12 - 31);
+        let (last_day, after) = (date!(2026 - 12 - 31), date!(2027 - 01 - 01));
+        for (stored, today, closes) in [
+            (Active, last_day, false),
+            (Active, after, true),
+            (Suspended, last_day, false),
+            (Suspended, after, true),
+            (Revoked, last_day, true),
+            (Draft, after, false),
+            (PendingApprovals, after, false),
+            (Exited, after, false),
+        ] {
+            assert_eq!(
+                scenario_closes(stored, end, today),
+                closes,
+                "{stored:?} on {today}"
+            );
+        }
+        assert!(!authorization_ended(None, after));
+        assert!(!authorization_ended(Some(end), last_day));
+        assert!(authorization_ended(Some(end), after));
+    }
+
+    #[test]
+    fn a_provider_downloads_a_released_product_of_its_data_and_nothing_else() {
+        let provider = p("pv", "bureau", &[Role::Provider], true);
+        let inputs = vec!["bureau".to_string()];
+        assert_eq!(
+            can_download_bundle(&provider, "unit", &inputs, true),
+            Ok(Downloader::Provider)
+        );
+        assert!(can_download_bundle(&provider, "unit", &inputs, false).is_err());
+        assert!(can_download_bundle(&provider, "unit", &["health".to_string()], true).is_err());
+        let scientist = p("s", "unit", &[Role::Scientist], true);
+        assert_eq!(
+            can_download_bundle(&scientist, "unit", &inputs, false),
+            Ok(Downloader::Requester)
+        );
+        let other = p("s2", "other", &[Role::Scientist], true);
+        assert!(can_download_bundle(&other, "unit", &inputs, true).is_err());
+    }
+
+    #[test]
+    fn a_training_holds_to_its_last_day_and_a_year_when_no_end_is_named() {
+        use time::macros::date;
+        let today = date!(2026 - 12 - 01);
+        assert_eq!(training_valid_until(None, today), Ok(date!(2027 - 12 - 01)));
+        assert!(training_valid_until(Some(date!(2026 - 11 - 30)), today).is_err());
+        assert!(training_valid_until(Some(date!(9999 - 12 - 31)), today).is_err());
+        assert!(check_course("Bootstrap").is_err() && check_course("data handling").is_ok());
+        let end = date!(2026 - 12 - 31);
+        assert!(training_holds(true, Some(end), end));
+        assert!(!training_holds(true, Some(end), date!(2027 - 01 - 01)));
+        assert!(!training_holds(false, None, today));
+        assert!(training_holds(true, None, today));
+    }
+
+    #[test]
+    fn alerts_are_raised_at_the_policys_thresholds() {
+        let t = crate::model::AlertThresholds::default();
+        assert!(!suppressed_in_a_row(&[4, 1], &t));
+        assert!(suppressed_in_a_row(&[4, 1, 2], &t));
+        assert!(!suppressed_in_a_row(&[4, 0, 2, 5], &t));
+        assert!(!budget_nearly_spent(0.79, 1.0, &t));
+        assert!(budget_nearly_spent(0.8, 1.0, &t));
+        assert!(validate_alert_thresholds(&t).is_ok());
+        let off = crate::model::AlertThresholds {
+            budget_percent: 0,
+            ..t
+        };
+        assert!(validate_alert_thresholds(&off).is_err());
+    }
+
+    #[test]
+    fn a_scenario_submits_no_more_jobs_a_day_than_its_quota() {
+        assert!(can_submit_within_quota(1_000_000, None).is_ok());
+        assert!(can_submit_within_quota(2, Some(3)).is_ok());
+        let refused = can_submit_within_quota(3, Some(3)).unwrap_err();
+        assert!(
+            refused.reason.contains("quota of 3 a day"),
+            "{}",
+            refused.reason
+        );
+        let mut rules = ExportRules {
+            jobs_per_day: Some(0),
+            ..ExportRules::default()
+        };
+        assert!(validate_export_rules(&rules, 1_000, 1_000).is_err());
+        rules.jobs_per_day = Some(50);
+        assert!(validate_export_rules(&rules, 1_000, 1_000).is_ok());
     }
 
     #[test]

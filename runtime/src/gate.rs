@@ -326,6 +326,7 @@ pub fn evaluate(input: &GateInput<'_>, batches: &[RecordBatch]) -> Result<GateOu
                 "no cell to check".to_string()
             }),
         );
+        report.differencing_suppressed = close_to.values().sum::<u64>();
         report.push(
             "differencing",
             differencing(&groups, input, memory, &close_to),

@@ -47,11 +47,13 @@ pub use metering::{
     statement as statement_from_ledger,
 };
 pub use platform::{
-    AUDIT_FILE, ApprovalView, ColumnInput, DatasetView, ExportSummary, ExportView, GrantRequest,
-    ImportRequest, JobRequest, JobSummary, JobView, ListQuery, Listing, MOCK_MARKER, MockFile,
-    ModuleDetail, ModuleSummary, ModuleView, OrgView, PUBLIC_KEY_FILE, Platform, PlatformCounts,
-    PrincipalView, ResourceUse, SESSION_SECONDS, SampleView, ScenarioRequest, ScenarioView,
-    Session, StagedUpload, local_table, verify_certificate,
+    AUDIT_FILE, AlertSettings, AlertView, ApprovalView, AuditQuery, AuditSearch, ClosingReceipt,
+    ColumnInput, DatasetUsage, DatasetView, EvaluationRequest, ExportSummary, ExportView,
+    GrantRequest, ImportRequest, JobRequest, JobSummary, JobView, ListQuery, Listing, MOCK_MARKER,
+    MockFile, ModuleDetail, ModuleSummary, ModuleView, OrgView, PUBLIC_KEY_FILE, Platform,
+    PlatformCounts, PrincipalView, ProductUse, PublicRecord, ResourceUse, SESSION_SECONDS,
+    SWEEP_ACTOR, SampleView, ScenarioRequest, ScenarioUse, ScenarioView, Session, StagedUpload,
+    SweepReport, TrainingState, local_table, verify_certificate,
 };
 pub use sandbox::{
     CALL_FUEL, FUEL_FLOOR, FUEL_PER_MS, FunctionSig, Functions, GuestLimits, GuestSession,

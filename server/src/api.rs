@@ -11,15 +11,15 @@ use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use base64::Engine as _;
 use serde_json::{Value, json};
-use tidegate_policy::Principal;
+use tidegate_policy::{AuditAction, Principal};
 use tidegate_runtime::{Error, ImportRequest, JobRequest, Listing, Platform, ScenarioRequest};
 
 use crate::wire::{
-    ApiErrorBody, ApprovedAnswer, AuditAnswer, AuditProblem, BudgetRequest, BundleAnswer,
-    BundleFile, ExitBody, ExportBody, FormatQuery, FreezeBody, FrozenAnswer, ModuleBody, NoteBody,
-    OrgBody, PolicyBody, PriceBody, PrincipalBody, PruneBody, PublicKeyAnswer, ReasonBody,
-    RepinBody, ReportQuery, ReviewBody, SourceCheckBody, StateBody, StatementQuery, TokenAnswer,
-    TrainedAnswer, TrainingBody, UpdatedAnswer, UploadQuery,
+    AlertsQuery, ApiErrorBody, ApprovedAnswer, AuditAnswer, AuditProblem, AuthorizationBody,
+    BudgetRequest, BundleAnswer, BundleFile, ExitBody, ExportBody, FormatQuery, FreezeBody,
+    FrozenAnswer, ModuleBody, NoteBody, OrgBody, PolicyBody, PriceBody, PrincipalBody, PruneBody,
+    PublicKeyAnswer, ReasonBody, RepinBody, ReportQuery, ReviewBody, SourceCheckBody, StateBody,
+    StatementQuery, TokenAnswer, TrainedAnswer, TrainingBody, UpdatedAnswer, UploadQuery,
 };
 
 type AppState = Arc<Platform>;
@@ -254,7 +254,10 @@ fn bearer(headers: &HeaderMap) -> Result<String, ApiError> {
 
 /// Routes anyone may call: no token, no body.
 fn is_public(path: &str) -> bool {
-    matches!(path, "/healthz" | "/v1/public-key" | "/v1/openapi.json")
+    matches!(
+        path,
+        "/healthz" | "/v1/public-key" | "/v1/openapi.json" | "/public" | "/public/record.json"
+    )
 }
 
 /// The most bytes a request body may have on `path`: a console form's 16 KiB; files (a
@@ -336,7 +339,23 @@ async fn edge(
         Ok(token) => token,
         Err(e) => return close(e.into_response()),
     };
-    let actor = match blocking(move || p.authenticate(&token)).await {
+    // S15: the peer's address, for the log's record of a token used from a new one.
+    let address = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string());
+    // S2: without a current training, only one's own training state may be read.
+    let own_training = request.method() == axum::http::Method::GET && path == "/v1/me";
+    let actor = match blocking(move || {
+        let actor = p.authenticate(&token)?;
+        tidegate_policy::can_act_untrained(&actor, own_training)?;
+        if let Some(address) = address {
+            p.note_address(&actor, &address)?;
+        }
+        Ok(actor)
+    })
+    .await
+    {
         Ok(actor) => actor,
         Err(e) => return close(e.into_response()),
     };
@@ -439,7 +458,8 @@ async fn record_training(
     Param(id): Param<String>,
     Body(b): Body<TrainingBody>,
 ) -> ApiResult<TrainedAnswer> {
-    blocking(move || p.record_training(&actor, &id, &b.course)).await?;
+    blocking(move || p.record_training_until(&actor, &id, &b.course, b.valid_until.as_deref()))
+        .await?;
     Ok(Json(TrainedAnswer { trained: true }))
 }
 
@@ -628,6 +648,109 @@ async fn get_scenario(
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
 
+#[utoipa::path(post, path = "/v1/reports/annual/evaluation", request_body = tidegate_runtime::EvaluationRequest, responses((status = 200, description = "the signed evaluation of an org's year (the authority's admins, once per org and year)", body = Value), Errors))]
+async fn evaluate_org(
+    State(p): State<AppState>,
+    Actor(actor): Actor,
+    Body(b): Body<tidegate_runtime::EvaluationRequest>,
+) -> ApiResult<Value> {
+    Ok(Json(blocking(move || p.evaluate_org(&actor, &b)).await?))
+}
+
+#[utoipa::path(get, path = "/v1/me", responses((status = 200, description = "your own training state: the one thing a principal without a current training may read", body = tidegate_runtime::TrainingState), Errors))]
+async fn me(
+    State(p): State<AppState>,
+    Actor(actor): Actor,
+) -> ApiResult<tidegate_runtime::TrainingState> {
+    Ok(Json(blocking(move || p.training_state(&actor)).await?))
+}
+
+#[utoipa::path(get, path = "/v1/audit/entries", params(tidegate_runtime::AuditQuery), responses((status = 200, description = "the log's entries by org, principal, action and time (the authority's auditors and admins)", body = tidegate_runtime::AuditSearch), Errors))]
+async fn search_audit(
+    State(p): State<AppState>,
+    Actor(actor): Actor,
+    Params(q): Params<tidegate_runtime::AuditQuery>,
+) -> ApiResult<tidegate_runtime::AuditSearch> {
+    Ok(Json(blocking(move || p.search_audit(&actor, &q)).await?))
+}
+
+#[utoipa::path(get, path = "/v1/alerts", params(AlertsQuery), responses((status = 200, description = "the alerts, newest first (the authority's admins and auditors)", body = Vec<tidegate_runtime::AlertView>), Errors))]
+async fn list_alerts(
+    State(p): State<AppState>,
+    Actor(actor): Actor,
+    Params(q): Params<AlertsQuery>,
+) -> ApiResult<Vec<tidegate_runtime::AlertView>> {
+    Ok(Json(
+        blocking(move || p.alerts(&actor, q.open.unwrap_or(false))).await?,
+    ))
+}
+
+#[utoipa::path(post, path = "/v1/alerts/{id}/acknowledge", params(("id" = String, Path, description = "the id")), request_body = NoteBody, responses((status = 200, description = "the alert, acknowledged (the authority's admins)", body = tidegate_runtime::AlertView), Errors))]
+async fn acknowledge_alert(
+    State(p): State<AppState>,
+    Actor(actor): Actor,
+    Param(id): Param<String>,
+    Body(b): Body<NoteBody>,
+) -> ApiResult<tidegate_runtime::AlertView> {
+    Ok(Json(
+        blocking(move || p.acknowledge_alert(&actor, &id, &b.note)).await?,
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/alerts/settings", responses((status = 200, description = "where alerts go and when they are raised", body = tidegate_runtime::AlertSettings), Errors))]
+async fn alert_settings(
+    State(p): State<AppState>,
+    Actor(actor): Actor,
+) -> ApiResult<tidegate_runtime::AlertSettings> {
+    Ok(Json(blocking(move || p.alert_settings(&actor)).await?))
+}
+
+#[utoipa::path(post, path = "/v1/alerts/settings", request_body = tidegate_runtime::AlertSettings, responses((status = 200, description = "the settings, set (the authority's admins)", body = tidegate_runtime::AlertSettings), Errors))]
+async fn set_alert_settings(
+    State(p): State<AppState>,
+    Actor(actor): Actor,
+    Body(b): Body<tidegate_runtime::AlertSettings>,
+) -> ApiResult<tidegate_runtime::AlertSettings> {
+    Ok(Json(
+        blocking(move || {
+            p.set_alert_settings(&actor, &b)?;
+            Ok(b)
+        })
+        .await?,
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/scenarios/{id}/closing", params(("id" = String, Path, description = "the id")), responses((status = 200, description = "the signed receipt of what the scenario's closing destroyed", body = tidegate_runtime::ClosingReceipt), Errors))]
+async fn closing_receipt(
+    State(p): State<AppState>,
+    Actor(actor): Actor,
+    Param(id): Param<String>,
+) -> ApiResult<tidegate_runtime::ClosingReceipt> {
+    Ok(Json(
+        blocking(move || p.closing_receipt(&actor, &id)).await?,
+    ))
+}
+
+#[utoipa::path(post, path = "/v1/orgs/{id}/authorization", params(("id" = String, Path, description = "the id")), request_body = AuthorizationBody, responses((status = 200, description = "the org's authorization set (admin)", body = Value), Errors))]
+async fn set_org_authorization(
+    State(p): State<AppState>,
+    Actor(actor): Actor,
+    Param(id): Param<String>,
+    Body(b): Body<AuthorizationBody>,
+) -> ApiResult<Value> {
+    let until = b.until.clone();
+    blocking(move || p.set_org_authorization(&actor, &id, b.until.as_deref())).await?;
+    Ok(Json(json!({ "authorized_until": until })))
+}
+
+#[utoipa::path(post, path = "/v1/sweep", responses((status = 200, description = "the scenarios the lifecycle sweep closed and the orgs it exited (admin)", body = tidegate_runtime::SweepReport), Errors))]
+async fn sweep(
+    State(p): State<AppState>,
+    Actor(actor): Actor,
+) -> ApiResult<tidegate_runtime::SweepReport> {
+    Ok(Json(blocking(move || p.sweep_now(&actor)).await?))
+}
+
 #[utoipa::path(post, path = "/v1/scenarios/{id}/approve", params(("id" = String, Path, description = "the id")), responses((status = 200, description = "the scenario with the approval", body = tidegate_runtime::ScenarioView), Errors))]
 async fn approve_scenario(
     State(p): State<AppState>,
@@ -745,7 +868,12 @@ async fn get_module(
     Actor(actor): Actor,
     Param((id, hash)): Param<(String, String)>,
 ) -> ApiResult<Value> {
-    let v = blocking(move || p.get_module(&actor, &id, &hash)).await?;
+    let v = blocking(move || {
+        let v = p.get_module(&actor, &id, &hash)?;
+        p.record_read(&actor, AuditAction::ModuleRead, &hash)?;
+        Ok(v)
+    })
+    .await?;
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
 
@@ -826,6 +954,16 @@ async fn sample_dataset(
 ) -> ApiResult<Value> {
     let v = blocking(move || p.sample_dataset_version(&actor, &id, version, q.rows)).await?;
     Ok(Json(serde_json::to_value(v).expect("serializes")))
+}
+
+/// S18: where a dataset is used, for its provider and the authority.
+#[utoipa::path(get, path = "/v1/datasets/{id}/usage", params(("id" = String, Path, description = "the dataset's id or name")), responses((status = 200, description = "the scenarios granting the dataset, the jobs that read it and the products released from it (its provider, the authority's admins and auditors)", body = tidegate_runtime::DatasetUsage), Errors))]
+async fn dataset_usage(
+    State(p): State<AppState>,
+    Actor(actor): Actor,
+    Param(id): Param<String>,
+) -> ApiResult<tidegate_runtime::DatasetUsage> {
+    Ok(Json(blocking(move || p.dataset_usage(&actor, &id)).await?))
 }
 
 /// What a mock asks for: its rows and its seed.
@@ -911,7 +1049,12 @@ async fn get_job(
     Actor(actor): Actor,
     Param(id): Param<String>,
 ) -> ApiResult<Value> {
-    let v = blocking(move || p.get_job(&actor, &id)).await?;
+    let v = blocking(move || {
+        let v = p.get_job(&actor, &id)?;
+        p.record_read(&actor, AuditAction::JobRead, &id)?;
+        Ok(v)
+    })
+    .await?;
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
 
@@ -936,7 +1079,12 @@ async fn get_export(
     Param(id): Param<String>,
     Params(q): Params<FormatQuery>,
 ) -> Result<Response, ApiError> {
-    let v = blocking(move || p.get_export(&actor, &id)).await?;
+    let v = blocking(move || {
+        let v = p.get_export(&actor, &id)?;
+        p.record_read(&actor, AuditAction::ExportRead, &id)?;
+        Ok(v)
+    })
+    .await?;
     let v = serde_json::to_value(v).expect("serializes");
     Ok(match q.format.as_deref() {
         Some("html") => axum::response::Html(crate::report::export_html(&v)).into_response(),
@@ -1013,7 +1161,16 @@ async fn statement(
     Params(q): Params<StatementQuery>,
 ) -> ApiResult<Value> {
     Ok(Json(
-        blocking(move || p.statement(&actor, &q.org, &q.period, q.as_of.as_deref())).await?,
+        blocking(move || {
+            let v = p.statement(&actor, &q.org, &q.period, q.as_of.as_deref())?;
+            p.record_read(
+                &actor,
+                AuditAction::ReportRead,
+                &format!("statement:{}:{}", q.org, q.period),
+            )?;
+            Ok(v)
+        })
+        .await?,
     ))
 }
 
@@ -1023,7 +1180,16 @@ async fn annual_report(
     Actor(actor): Actor,
     Params(q): Params<ReportQuery>,
 ) -> Result<Response, ApiError> {
-    let report = blocking(move || p.annual_report(&actor, &q.org, q.year)).await?;
+    let report = blocking(move || {
+        let v = p.annual_report(&actor, &q.org, q.year)?;
+        p.record_read(
+            &actor,
+            AuditAction::ReportRead,
+            &format!("annual:{}:{}", q.org, q.year),
+        )?;
+        Ok(v)
+    })
+    .await?;
     Ok(match q.format.as_deref() {
         Some("html") => {
             axum::response::Html(crate::report::annual_report_html(&report)).into_response()
@@ -1054,6 +1220,21 @@ async fn public_key(State(p): State<AppState>) -> Json<PublicKeyAnswer> {
         public_key: p.public_key_hex(),
         algorithm: "Ed25519".into(),
     })
+}
+
+#[utoipa::path(get, path = "/public/record.json", responses((status = 200, description = "the public record (S19), signed: authorized units, their scenarios, released products and fees by category; no sign-in", body = tidegate_runtime::PublicRecord), Errors), security(()))]
+async fn public_record(State(p): State<AppState>) -> ApiResult<tidegate_runtime::PublicRecord> {
+    Ok(Json(tidegate_runtime::PublicRecord::clone(
+        &*blocking(move || p.public_record()).await?,
+    )))
+}
+
+#[utoipa::path(get, path = "/public", responses((status = 200, description = "the public record as a page; no sign-in", content_type = "text/html", body = String), Errors), security(()))]
+async fn public_page(State(p): State<AppState>) -> Result<Response, ApiError> {
+    let r = blocking(move || p.public_record()).await?;
+    Ok(crate::console::harden(
+        axum::response::Html(crate::report::public_record_html(&r.record)).into_response(),
+    ))
 }
 
 /// The platform's metrics in the Prometheus text format (the authority's admins and
@@ -1108,12 +1289,22 @@ pub fn router_with(platform: Arc<Platform>, secure_cookies: bool) -> Router {
     let upload = || DefaultBodyLimit::max(UPLOAD_LIMIT as usize);
     let (api, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(healthz))
+        .routes(routes!(me))
+        .routes(routes!(evaluate_org))
+        .routes(routes!(search_audit))
+        .routes(routes!(list_alerts))
+        .routes(routes!(acknowledge_alert))
+        .routes(routes!(alert_settings, set_alert_settings))
         .routes(routes!(public_key))
+        .routes(routes!(public_record))
+        .routes(routes!(public_page))
         .routes(routes!(openapi_document))
         .routes(routes!(metrics))
         .routes(routes!(create_org, list_orgs))
         .routes(routes!(exit_org))
         .routes(routes!(freeze_org))
+        .routes(routes!(set_org_authorization))
+        .routes(routes!(sweep))
         .routes(routes!(create_principal, list_principals))
         .routes(routes!(record_training))
         .routes(routes!(rotate_token))
@@ -1127,8 +1318,10 @@ pub fn router_with(platform: Arc<Platform>, secure_cookies: bool) -> Router {
         .routes(routes!(unseal_dataset))
         .routes(routes!(destroy_dataset))
         .routes(routes!(sample_dataset))
+        .routes(routes!(dataset_usage))
         .routes(routes!(apply_scenario, list_scenarios))
         .routes(routes!(get_scenario))
+        .routes(routes!(closing_receipt))
         .routes(routes!(approve_scenario))
         .routes(routes!(change_scenario))
         .routes(routes!(repin_grant))
@@ -1183,8 +1376,35 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
 ) -> std::io::Result<()> {
     platform.start_workers(DEFAULT_WORKERS)?;
-    axum::serve(listener, router(platform)).await
+    // R-MONITOR: alerts to the webhook an admin set.
+    tokio::spawn(crate::webhook::deliver_forever(Arc::clone(&platform)));
+    // R-EXIT: the lifecycle sweep at start and hourly.
+    let swept = Arc::clone(&platform);
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(SWEEP_EVERY);
+        loop {
+            every.tick().await;
+            let p = Arc::clone(&swept);
+            match on_blocking_pool(move || p.sweep()).await {
+                Ok(r) if r.scenarios_closed.is_empty() && r.orgs_expired.is_empty() => {}
+                Ok(r) => tracing::info!(
+                    scenarios = r.scenarios_closed.len(),
+                    orgs = r.orgs_expired.len(),
+                    "the lifecycle sweep closed what was over"
+                ),
+                Err(e) => tracing::error!(error = %e, "the lifecycle sweep failed"),
+            }
+        }
+    });
+    axum::serve(
+        listener,
+        router(platform).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
 }
+
+/// How often the lifecycle sweep runs (it also runs when the server starts).
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Jobs run at once by a server unless `tidegate serve --workers N` says otherwise.
 pub(crate) const DEFAULT_WORKERS: usize = 2;

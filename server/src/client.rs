@@ -12,9 +12,9 @@ use serde_json::{Value, json};
 use tidegate_runtime::{JobRequest, JobView};
 
 use crate::wire::{
-    ApiErrorBody, BudgetRequest, BundleAnswer, ExitBody, ExportBody, FreezeBody, ModuleBody,
-    NoteBody, OrgBody, PolicyBody, PriceBody, PrincipalRequest, PruneBody, ReasonBody, RepinBody,
-    ReviewBody, SourceCheckBody, StateBody, TrainingBody,
+    ApiErrorBody, AuthorizationBody, BudgetRequest, BundleAnswer, ExitBody, ExportBody, FreezeBody,
+    ModuleBody, NoteBody, OrgBody, PolicyBody, PriceBody, PrincipalRequest, PruneBody, ReasonBody,
+    RepinBody, ReviewBody, SourceCheckBody, StateBody, TrainingBody,
 };
 
 /// One principal's connection to a server.
@@ -198,11 +198,84 @@ impl Client {
     }
 
     pub fn record_training(&self, principal: &str, course: &str) -> Result<Value> {
+        self.record_training_until(principal, course, None)
+    }
+
+    /// Records a passed course, valid to its last day `until` (a year when none).
+    pub fn record_training_until(
+        &self,
+        principal: &str,
+        course: &str,
+        until: Option<&str>,
+    ) -> Result<Value> {
         self.post(
             &format!("/v1/principals/{principal}/training"),
             &TrainingBody {
                 course: course.into(),
+                valid_until: until.map(str::to_string),
             },
+        )
+    }
+
+    /// Writes an org's annual evaluation (the authority's admins).
+    pub fn evaluate_org(&self, evaluation: &tidegate_runtime::EvaluationRequest) -> Result<Value> {
+        self.post("/v1/reports/annual/evaluation", evaluation)
+    }
+
+    /// Where a dataset is used (its provider, the authority).
+    pub fn dataset_usage(&self, dataset: &str) -> Result<Value> {
+        self.ok("GET", &format!("/v1/datasets/{dataset}/usage"), None)
+    }
+
+    /// Your own training state.
+    pub fn me(&self) -> Result<Value> {
+        self.ok("GET", "/v1/me", None)
+    }
+
+    /// The alerts (the authority's admins and auditors); with `open`, the unacknowledged ones.
+    pub fn alerts(&self, open: bool) -> Result<Value> {
+        self.ok("GET", &format!("/v1/alerts?open={open}"), None)
+    }
+
+    /// Acknowledges an alert with a note saying what was done (admin).
+    pub fn acknowledge_alert(&self, id: &str, note: &str) -> Result<Value> {
+        self.post(
+            &format!("/v1/alerts/{id}/acknowledge"),
+            &NoteBody { note: note.into() },
+        )
+    }
+
+    /// Where alerts go and when they are raised.
+    pub fn alert_settings(&self) -> Result<Value> {
+        self.ok("GET", "/v1/alerts/settings", None)
+    }
+
+    /// Sets where alerts go and when they are raised (admin).
+    pub fn set_alert_settings(&self, settings: &tidegate_runtime::AlertSettings) -> Result<Value> {
+        self.post("/v1/alerts/settings", settings)
+    }
+
+    /// Searches the audit log (the authority's auditors and admins).
+    pub fn search_audit(&self, q: &tidegate_runtime::AuditQuery) -> Result<Value> {
+        let mut params = Vec::new();
+        for (name, value) in [
+            ("org", &q.org),
+            ("principal", &q.principal),
+            ("action", &q.action),
+            ("from", &q.from),
+            ("to", &q.to),
+        ] {
+            if let Some(v) = value {
+                params.push(format!("{name}={}", urlencoded(v)));
+            }
+        }
+        if let Some(n) = q.limit {
+            params.push(format!("limit={n}"));
+        }
+        self.ok(
+            "GET",
+            &format!("/v1/audit/entries?{}", params.join("&")),
+            None,
         )
     }
 
@@ -272,6 +345,26 @@ impl Client {
     }
 
     /// A scenario: its grants, term, rules, approvals and state.
+    /// The signed receipt of a closed scenario.
+    pub fn closing_receipt(&self, id: &str) -> Result<Value> {
+        self.ok("GET", &format!("/v1/scenarios/{id}/closing"), None)
+    }
+
+    /// Sets (or, with none, lifts) the last day of an org's authorization (admin).
+    pub fn set_org_authorization(&self, org: &str, until: Option<&str>) -> Result<Value> {
+        self.post(
+            &format!("/v1/orgs/{org}/authorization"),
+            &AuthorizationBody {
+                until: until.map(str::to_string),
+            },
+        )
+    }
+
+    /// Runs the lifecycle sweep now (admin).
+    pub fn sweep(&self) -> Result<Value> {
+        self.ok("POST", "/v1/sweep", None)
+    }
+
     pub fn get_scenario(&self, id: &str) -> Result<Value> {
         self.ok("GET", &format!("/v1/scenarios/{id}"), None)
     }
@@ -604,4 +697,16 @@ impl Client {
         tidegate_runtime::write_bundle(dir, &out)?;
         Ok(())
     }
+}
+
+/// A query parameter's value, percent-encoded (all but unreserved characters).
+fn urlencoded(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

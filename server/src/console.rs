@@ -19,7 +19,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 use serde_json::Value;
-use tidegate_policy::Principal;
+use tidegate_policy::{AuditAction, Principal};
 use tidegate_runtime::{Error, ListQuery, Listing, Platform, Session};
 
 use crate::report::{STYLE, escape, export_sections, text};
@@ -182,8 +182,17 @@ fn same_secret(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
-/// The request's session, or the redirect to sign in.
+/// The request's session, or the redirect to sign in. S2: a principal without a training
+/// that holds today is refused every page but home (which shows their training state).
 async fn session(p: &AppState, c: Cookies, headers: &HeaderMap) -> Result<Session, PageError> {
+    let s = any_session(p, c, headers).await?;
+    tidegate_policy::can_act_untrained(&s.principal, false)
+        .map_err(|r| PageError(Error::from(r)))?;
+    Ok(s)
+}
+
+/// The request's session, trained or not (home and signing out only).
+async fn any_session(p: &AppState, c: Cookies, headers: &HeaderMap) -> Result<Session, PageError> {
     let Some(secret) = cookie(headers, c.session()) else {
         return Err(PageError(Error::Unauthenticated("sign in".into())));
     };
@@ -217,6 +226,7 @@ fn page(title: &str, s: Option<&Session>, body: &str) -> String {
              <a href=\"/console/scenarios\">Scenarios</a><a href=\"/console/exports\">Exports</a>\
              <a href=\"/console/jobs\">Jobs</a><a href=\"/console/datasets\">Datasets</a>\
              <a href=\"/console/directory\">Directory</a><a href=\"/console/prices\">Prices</a>\
+             <a href=\"/console/alerts\">Alerts</a><a href=\"/console/audit\">Audit log</a>\
              <form method=\"post\" action=\"/console/sign-out\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
              <button type=\"submit\">Sign out {}</button></form></nav>",
             escape(&s.csrf),
@@ -281,6 +291,7 @@ struct SignIn {
 async fn sign_in(
     State(p): State<AppState>,
     Extension(c): Extension<Cookies>,
+    connected: Option<Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     headers: HeaderMap,
     axum::Form(f): axum::Form<SignIn>,
 ) -> PageResult {
@@ -302,9 +313,13 @@ async fn sign_in(
         let p = Arc::clone(&p);
         blocking(move || p.sign_out(&old)).await?;
     }
-    let (secret, _) = match blocking(move || p.sign_in(f.token.trim())).await {
+    let address = connected.map(|Extension(c)| c.0.ip().to_string());
+    let signer = Arc::clone(&p);
+    let (secret, _) = match blocking(move || signer.sign_in(f.token.trim())).await {
         Ok(s) => s,
         Err(PageError(Error::Unauthenticated(_))) => {
+            // S15: a refused sign-in is in the log, with where it came from.
+            blocking(move || p.note_refused_sign_in(address.as_deref())).await?;
             return Ok((
                 StatusCode::UNAUTHORIZED,
                 axum::response::Html(page(
@@ -343,7 +358,13 @@ async fn sign_out(
     headers: HeaderMap,
     axum::Form(f): axum::Form<Csrf>,
 ) -> PageResult {
-    posted(&p, c, &headers, &f.csrf).await?;
+    // Signing out needs no current training.
+    let s = any_session(&p, c, &headers).await?;
+    if !same_secret(&f.csrf, &s.csrf) {
+        return Err(PageError(Error::Refused(
+            "the form is not one this console gave (its CSRF token is missing or wrong): open the page again".into(),
+        )));
+    }
     let secret = cookie(&headers, c.session()).unwrap_or_default();
     blocking(move || p.sign_out(&secret)).await?;
     let mut response = Redirect::to("/console/sign-in").into_response();
@@ -358,7 +379,30 @@ async fn home(
     Extension(c): Extension<Cookies>,
     headers: HeaderMap,
 ) -> PageResult {
-    let s = session(&p, c, &headers).await?;
+    let s = any_session(&p, c, &headers).await?;
+    let actor = s.principal.clone();
+    let training = {
+        let p = Arc::clone(&p);
+        blocking(move || p.training_state(&actor)).await?
+    };
+    let training_html = format!(
+        "<p>Your training: {} (passed {}, valid until {}){}</p>",
+        escape(training.course.as_deref().unwrap_or("none recorded")),
+        escape(training.trained_at.as_deref().unwrap_or("-")),
+        escape(training.valid_until.as_deref().unwrap_or("no end")),
+        if training.current {
+            ""
+        } else {
+            ". <strong class=\"error\">It does not hold today: you can do nothing else here until an admin records a passed training.</strong>"
+        }
+    );
+    if !training.current {
+        return Ok(html(
+            "Home",
+            &s,
+            &format!("<h1>Tidegate console</h1>{training_html}"),
+        ));
+    }
     let roles: Vec<String> = s
         .principal
         .roles
@@ -372,7 +416,8 @@ async fn home(
          <li><a href=\"/console/exports\">Exports you may see</a></li>\
          <li><a href=\"/console/jobs\">Jobs you may see</a></li>\
          <li><a href=\"/console/modules\">Modules</a> (those waiting for your review first)</li>\
-         <li><a href=\"/console/datasets\">Datasets</a> and <a href=\"/console/directory\">the directory</a></li></ul>",
+         <li><a href=\"/console/datasets\">Datasets</a> and <a href=\"/console/directory\">the directory</a></li>\
+         <li><a href=\"/console/alerts\">Alerts</a> and <a href=\"/console/audit\">the audit log</a> (the authority's admins and auditors)</li></ul>{training_html}",
         escape(&s.principal.id),
         escape(&s.principal.org),
         escape(&roles.join(", ")),
@@ -524,7 +569,12 @@ async fn export_page(
 ) -> PageResult {
     let s = session(&p, c, &headers).await?;
     let actor = s.principal.clone();
-    let export = blocking(move || p.get_export(&actor, &id)).await?;
+    let export = blocking(move || {
+        let v = p.get_export(&actor, &id)?;
+        p.record_read(&actor, AuditAction::ExportRead, &id)?;
+        Ok(v)
+    })
+    .await?;
     let v = serde_json::to_value(&export).expect("a view serializes");
     let decide = if export.state == tidegate_policy::ExportState::InReview {
         format!(
@@ -744,10 +794,9 @@ async fn module_page(
     let s = session(&p, c, &headers).await?;
     let actor = s.principal.clone();
     let (m, source) = blocking(move || {
-        Ok((
-            p.get_module(&actor, &scenario, &hash)?,
-            p.module_source_view(&actor, &scenario, &hash)?,
-        ))
+        let m = p.get_module(&actor, &scenario, &hash)?;
+        p.record_read(&actor, AuditAction::ModuleRead, &hash)?;
+        Ok((m, p.module_source_view(&actor, &scenario, &hash)?))
     })
     .await?;
     let v = serde_json::to_value(&m).expect("a view serializes");
@@ -889,7 +938,12 @@ async fn job_page(
 ) -> PageResult {
     let s = session(&p, c, &headers).await?;
     let actor = s.principal.clone();
-    let j = blocking(move || p.get_job(&actor, &id)).await?;
+    let j = blocking(move || {
+        let v = p.get_job(&actor, &id)?;
+        p.record_read(&actor, AuditAction::JobRead, &id)?;
+        Ok(v)
+    })
+    .await?;
     let v = serde_json::to_value(&j).expect("a view serializes");
     let body = format!(
         "<h1>Job {}: {}</h1>{}",
@@ -1073,6 +1127,131 @@ async fn record_training(
     Ok(Redirect::to("/console/directory").into_response())
 }
 
+/// R-MONITOR: the alerts, open first; an admin acknowledges one with a note.
+async fn alerts(
+    State(p): State<AppState>,
+    Extension(c): Extension<Cookies>,
+    headers: HeaderMap,
+) -> PageResult {
+    let s = session(&p, c, &headers).await?;
+    let actor = s.principal.clone();
+    let alerts = blocking(move || p.alerts(&actor, false)).await?;
+    let mut body = String::from("<h1>Alerts</h1>");
+    if alerts.is_empty() {
+        body.push_str("<p>No alert has been raised.</p>");
+    }
+    for open in [true, false] {
+        let these: Vec<_> = alerts
+            .iter()
+            .filter(|a| a.acknowledged_at.is_none() == open)
+            .collect();
+        if these.is_empty() {
+            continue;
+        }
+        body.push_str(if open {
+            "<h2>Open</h2>"
+        } else {
+            "<h2>Acknowledged</h2>"
+        });
+        for a in these {
+            body.push_str(&format!(
+                "<section><h3>{} <small>{}</small></h3><p>Org {}, scenario {}, raised {}</p><pre>{}</pre>",
+                escape(a.kind.as_str()),
+                escape(&a.id),
+                escape(a.org.as_deref().unwrap_or("-")),
+                escape(a.scenario.as_deref().unwrap_or("-")),
+                escape(&a.raised_at),
+                escape(&serde_json::to_string_pretty(&a.evidence).unwrap_or_default()),
+            ));
+            match &a.acknowledged_at {
+                Some(at) => body.push_str(&format!(
+                    "<p>Acknowledged by {} at {}: {}</p>",
+                    escape(a.acknowledged_by.as_deref().unwrap_or("-")),
+                    escape(at),
+                    escape(a.note.as_deref().unwrap_or(""))
+                )),
+                None => body.push_str(&format!(
+                    "<form method=\"post\" action=\"/console/alerts/{}/acknowledge\">\
+                     <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+                     <label>What was done <input name=\"note\" required size=\"50\"></label> \
+                     <button type=\"submit\">Acknowledge</button></form>",
+                    escape(&a.id),
+                    escape(&s.csrf)
+                )),
+            }
+            body.push_str("</section>");
+        }
+    }
+    Ok(html("Alerts", &s, &body))
+}
+
+#[derive(Deserialize)]
+struct Acknowledgement {
+    csrf: String,
+    note: String,
+}
+
+async fn acknowledge_alert(
+    State(p): State<AppState>,
+    Extension(c): Extension<Cookies>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    axum::Form(f): axum::Form<Acknowledgement>,
+) -> PageResult {
+    let s = posted(&p, c, &headers, &f.csrf).await?;
+    let who = s.principal.clone();
+    blocking(move || p.acknowledge_alert(&who, &id, &f.note)).await?;
+    Ok(Redirect::to("/console/alerts").into_response())
+}
+
+/// S15: the audit log searched by org, principal, action and time (the authority's auditors
+/// and admins).
+async fn audit_search(
+    State(p): State<AppState>,
+    Extension(c): Extension<Cookies>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<tidegate_runtime::AuditQuery>,
+) -> PageResult {
+    let s = session(&p, c, &headers).await?;
+    let actor = s.principal.clone();
+    let field = |name: &str, value: &Option<String>| {
+        format!(
+            "<label>{name} <input name=\"{name}\" value=\"{}\"></label> ",
+            escape(value.as_deref().unwrap_or(""))
+        )
+    };
+    let form = format!(
+        "<form method=\"get\" action=\"/console/audit\">{}{}{}{}{}<button type=\"submit\">Search</button></form>",
+        field("org", &q.org),
+        field("principal", &q.principal),
+        field("action", &q.action),
+        field("from", &q.from),
+        field("to", &q.to),
+    );
+    let found = blocking(move || p.search_audit(&actor, &q)).await?;
+    let mut rows = String::from(
+        "<table><tr><th>#</th><th>at</th><th>actor</th><th>action</th><th>object</th><th>detail</th></tr>",
+    );
+    for e in &found.entries {
+        rows.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
+            e.seq,
+            escape(&e.at),
+            escape(&e.actor),
+            escape(&e.action),
+            escape(&e.object),
+            escape(&e.detail.to_string())
+        ));
+    }
+    rows.push_str("</table>");
+    let body = format!(
+        "<h1>Audit log</h1>{form}<p>{} entries matched; the newest {} shown.</p>{rows}",
+        found.matched,
+        found.entries.len()
+    );
+    Ok(html("Audit log", &s, &body))
+}
+
 #[derive(Deserialize)]
 struct YearQuery {
     year: i32,
@@ -1087,7 +1266,16 @@ async fn annual(
 ) -> PageResult {
     let s = session(&p, c, &headers).await?;
     let actor = s.principal.clone();
-    let report = blocking(move || p.annual_report(&actor, &org, q.year)).await?;
+    let report = blocking(move || {
+        let v = p.annual_report(&actor, &org, q.year)?;
+        p.record_read(
+            &actor,
+            AuditAction::ReportRead,
+            &format!("annual:{org}:{}", q.year),
+        )?;
+        Ok(v)
+    })
+    .await?;
     let body = format!(
         "<h1>Annual report {}</h1>{}",
         text(&report["year"]),
@@ -1110,7 +1298,16 @@ async fn statement(
 ) -> PageResult {
     let s = session(&p, c, &headers).await?;
     let actor = s.principal.clone();
-    let st = blocking(move || p.statement(&actor, &org, &q.period, None)).await?;
+    let st = blocking(move || {
+        let v = p.statement(&actor, &org, &q.period, None)?;
+        p.record_read(
+            &actor,
+            AuditAction::ReportRead,
+            &format!("statement:{org}:{}", q.period),
+        )?;
+        Ok(v)
+    })
+    .await?;
     let body = format!("<h1>Statement</h1>{}", details(&st));
     Ok(html("Statement", &s, &body))
 }
@@ -1242,6 +1439,9 @@ pub(crate) fn routes(cookies: Cookies) -> axum::Router<AppState> {
         .route("/console/orgs/{id}/statement", get(statement))
         .route("/console/principals/{id}/training", post(record_training))
         .route("/console/prices", get(prices).post(set_price))
+        .route("/console/alerts", get(alerts))
+        .route("/console/alerts/{id}/acknowledge", post(acknowledge_alert))
+        .route("/console/audit", get(audit_search))
         .route("/console/exports/{id}/files/{name}", get(bundle_file))
         .layer(axum::extract::DefaultBodyLimit::max(FORM_LIMIT as usize))
         .layer(Extension(cookies))

@@ -13,6 +13,7 @@ mod metrics;
 mod package_files;
 pub mod rebuild;
 mod report;
+mod webhook;
 mod wire;
 
 pub use api::{router, router_with, serve, spawn_server};

@@ -96,6 +96,42 @@ pub(crate) fn render(counts: &PlatformCounts, http: &HttpMetrics) -> String {
         "check",
         &counts.gate_refusals,
     );
+    gauge(
+        "tidegate_alerts_open",
+        "Alerts not acknowledged yet, by kind.",
+        "kind",
+        &counts.alerts_open,
+    );
+    let name = "tidegate_alerts_raised";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Alerts raised, by kind.\n# TYPE {name} counter"
+    );
+    for (k, v) in &counts.alerts {
+        let _ = writeln!(out, "{name}_total{{kind=\"{}\"}} {v}", label(k));
+    }
+    for (name, help, value) in [
+        (
+            "tidegate_job_seconds",
+            "Wall-clock seconds of the jobs that ended.",
+            counts.job_seconds.to_string(),
+        ),
+        (
+            "tidegate_guest_fuel",
+            "Guest fuel burnt by the jobs that ended.",
+            counts.guest_fuel.to_string(),
+        ),
+        (
+            "tidegate_import_bytes",
+            "Bytes of the dataset versions imported.",
+            counts.import_bytes.to_string(),
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name}_total {value}"
+        );
+    }
     let _ = writeln!(
         out,
         "# HELP tidegate_audit_entries Entries in the audit log.\n# TYPE tidegate_audit_entries counter\ntidegate_audit_entries_total {}",

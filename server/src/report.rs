@@ -214,6 +214,82 @@ pub fn annual_report_html(report: &Value) -> String {
     )
 }
 
+/// The public record (S19) as a page: every value escaped, no script.
+pub(crate) fn public_record_html(record: &Value) -> String {
+    let rows = |items: &Value, cols: &[(&str, &str)]| -> String {
+        let mut out = String::from("<table><tr>");
+        for (_, title) in cols {
+            out.push_str(&format!("<th>{}</th>", escape(title)));
+        }
+        out.push_str("</tr>");
+        for item in items.as_array().into_iter().flatten() {
+            out.push_str("<tr>");
+            for (key, _) in cols {
+                let v = &item[*key];
+                let shown = match v {
+                    Value::String(s) => s.clone(),
+                    Value::Null => "-".into(),
+                    other => other.to_string(),
+                };
+                out.push_str(&format!("<td>{}</td>", escape(&shown)));
+            }
+            out.push_str("</tr>");
+        }
+        out.push_str("</table>");
+        out
+    };
+    format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>Public record - Tidegate</title><link rel=\"stylesheet\" href=\"/console/style.css\"></head><body>\
+         <h1>Public record</h1><p>As of {}. The same record, signed by the platform, is at \
+         <a href=\"/public/record.json\">/public/record.json</a>; it verifies with the key at \
+         <a href=\"/v1/public-key\">/v1/public-key</a>. Released products are listed, never their figures.</p>\
+         <h2>Authorized units</h2>{}<h2>Scenarios</h2>{}<h2>Released products</h2>{}<h2>Fees this year (fen, by category)</h2>{}\
+         </body></html>\n",
+        escape(record["generated_at"].as_str().unwrap_or("")),
+        rows(
+            &record["units"],
+            &[
+                ("id", "unit"),
+                ("name", "name"),
+                ("authorized_since", "since"),
+                ("authorized_until", "until"),
+                ("exited_at", "exited")
+            ]
+        ),
+        rows(
+            &record["scenarios"],
+            &[
+                ("id", "scenario"),
+                ("name", "name"),
+                ("org", "unit"),
+                ("key_area", "key area"),
+                ("purpose", "purpose"),
+                ("term", "term"),
+                ("state", "state")
+            ]
+        ),
+        rows(
+            &record["products"],
+            &[
+                ("title", "title"),
+                ("scenario", "scenario"),
+                ("released_at", "released"),
+                ("export", "export")
+            ]
+        ),
+        rows(
+            &record["fees"],
+            &[
+                ("org", "unit"),
+                ("year", "year"),
+                ("fen_by_category", "fees")
+            ]
+        ),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,6 +28,12 @@ pub(crate) struct FreezeBody {
     pub(crate) freeze: bool,
 }
 
+/// The last day of an org's authorization (YYYY-MM-DD), or none.
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
+pub(crate) struct AuthorizationBody {
+    pub(crate) until: Option<String>,
+}
+
 #[derive(Serialize, Deserialize, utoipa::ToSchema)]
 pub(crate) struct ExitBody {
     pub(crate) reason: String,
@@ -53,6 +59,16 @@ pub(crate) struct PrincipalRequest<'a> {
 #[derive(Serialize, Deserialize, utoipa::ToSchema)]
 pub(crate) struct TrainingBody {
     pub(crate) course: String,
+    /// The training's last day (YYYY-MM-DD); a year from today when none is named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) valid_until: Option<String>,
+}
+
+/// `open=true`: only the alerts not acknowledged yet.
+#[derive(Serialize, Deserialize, utoipa::ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct AlertsQuery {
+    pub(crate) open: Option<bool>,
 }
 
 #[derive(Serialize, Deserialize, utoipa::ToSchema)]

@@ -200,6 +200,11 @@ impl Platform {
         {
             return Err(Error::NotFound(format!("org {org}")));
         }
+        if !(2000..=today().year() + 1).contains(&year) {
+            return Err(Error::BadInput(format!(
+                "{year} is not a year of the platform"
+            )));
+        }
         let like = format!("{year:04}%");
         let scenario_ids: Vec<String> = db
             .prepare("SELECT id FROM scenarios WHERE org_id = ?1 AND created_at <= ?2 ORDER BY created_at")?
@@ -264,7 +269,11 @@ impl Platform {
             "incidents": {
                 "failed_jobs": jobs_failed,
                 "rejected_exports": exports_rejected,
+                "monitoring": Self::incidents(&db, &org, year)?,
             },
+            // S13: the authority's evaluation of the year, signed, once written.
+            "evaluation": Self::evaluation(&db, &org, year)?,
+            "may_reapply": Self::barred_from_reapplying(&db, &org)?.is_none(),
         }))
     }
 }

@@ -415,6 +415,14 @@ impl Platform {
                 "amends": amends,
             }),
         )?;
+        // R-MONITOR: what this export says of the scenario's pattern.
+        self.watch_export(
+            &tx,
+            &now_s,
+            &id,
+            &outcome.report,
+            spent + epsilon.unwrap_or(0.0),
+        )?;
         let suspend = withheld && self.ration_withheld(&tx, &job.scenario, &now)?;
         tx.commit()?;
         if let Some(r) = remembered {
@@ -731,12 +739,30 @@ impl Platform {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (view, org, wrapped) = Self::export_row(&db, id)?;
-        if actor.org != org {
-            return Err(Error::NotFound(format!("export {id}")));
+        let released = view.state == ExportState::Released;
+        let input_orgs = Self::input_orgs(&db, &Self::job_row(&db, &view.job)?.inputs)?;
+        let downloader =
+            match tidegate_policy::can_download_bundle(actor, &org, &input_orgs, released) {
+                Ok(d) => d,
+                // Another org learns nothing of the export, not even that it exists.
+                Err(_) if actor.org != org => return Err(Error::NotFound(format!("export {id}"))),
+                Err(r) => return Err(r.into()),
+            };
+        // R-EXIT: after a scenario's term ended, a released bundle stays with its requester and
+        // its data's providers (its file is kept for that); after a revocation nothing is
+        // downloaded, and everything else waits for an active scenario.
+        let kept_after_close = released
+            && (view.requested_by == actor.id
+                || downloader == tidegate_policy::Downloader::Provider)
+            && {
+                let job = Self::job_row(&db, &view.job)?.view;
+                Self::scenario_closed(&db, &job.scenario)?
+                    && Self::scenario_row(&db, &job.scenario)?.stored_state
+                        != ScenarioState::Revoked
+            };
+        if !kept_after_close {
+            Self::require_active_scenario_of_job(&db, &view.job)?;
         }
-        tidegate_policy::require_role(actor, Role::Scientist)?;
-        tidegate_policy::require_training(actor)?;
-        Self::require_active_scenario_of_job(&db, &view.job)?;
         if let Some(flag) = &view.flag {
             return Err(Error::Refused(format!(
                 "this export is not released: it was {flag}"
@@ -805,12 +831,17 @@ impl Platform {
         if view.state != next {
             Self::record_export_step(&tx, id, &now, next, &actor.id, None)?;
         }
+        // S11: a provider's download of a product of its data is free (the metering counts an
+        // export's release once, at its requester's first download).
         self.audit.append_at(
             now,
             &actor.id,
             crate::audit::Action::ExportDownload,
             id,
-            json!({ "result_sha256": hash }),
+            json!({
+                "result_sha256": hash,
+                "by_provider": downloader == tidegate_policy::Downloader::Provider,
+            }),
         )?;
         tx.commit()?;
         Ok(files)

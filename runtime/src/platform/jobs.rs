@@ -44,6 +44,12 @@ impl Platform {
                     scenario,
                     json!({ "hash": sha256_hex(wasm), "reason": e.to_string() }),
                 )?;
+                self.raise_alert_now(alerts::Raised {
+                    kind: tidegate_policy::AlertKind::ModuleInvalid,
+                    org: Some(&s.org),
+                    scenario: Some(scenario),
+                    evidence: json!({ "hash": sha256_hex(wasm), "uploaded_by": actor.id }),
+                })?;
                 return Err(e);
             }
         };
@@ -298,6 +304,16 @@ impl Platform {
             |r| r.get(0),
         )?;
         tidegate_policy::can_queue_job(waiting)?;
+        // R-EXIT: the scenario's daily quota, approved with it.
+        let day_ago = (time::OffsetDateTime::now_utc() - time::Duration::days(1))
+            .format(&time::format_description::well_known::Rfc3339)
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let today_count: u64 = db.query_row(
+            "SELECT count(*) FROM jobs WHERE scenario_id = ?1 AND created_at > ?2",
+            params![scenario.id, day_ago],
+            |r| r.get(0),
+        )?;
+        tidegate_policy::can_submit_within_quota(today_count, scenario.export_rules.jobs_per_day)?;
         let tx = db.transaction()?;
         tx.execute(
             "INSERT INTO jobs (id, scenario_id, submitted_by, sql, modules, state, level, inputs, created_at, policy_version)
@@ -495,12 +511,18 @@ impl Platform {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&id);
-        let outcome = if cancelled {
+        // A scenario closed while the job ran keeps nothing of it (its results are destroyed).
+        let closed = Self::scenario_closed(&db, &scenario_id)?;
+        let outcome = if cancelled || closed {
             if sealed.is_some() {
                 let _ = fs::remove_file(self.object_path("results", &id));
                 let _ = fs::remove_file(self.object_path("subjects", &id));
             }
-            Err(Error::Refused(crate::sandbox::CANCELLED.into()))
+            Err(Error::Refused(if closed {
+                "the scenario closed while the job ran; its result was not kept".into()
+            } else {
+                crate::sandbox::CANCELLED.into()
+            }))
         } else {
             outcome
         };

@@ -17,6 +17,14 @@ pub struct PlatformCounts {
     /// Entries in the audit log, and whether a failed write has stopped it.
     pub audit_entries: u64,
     pub audit_broken: bool,
+    /// Wall-clock seconds and guest fuel of the jobs that ended (as their records show them).
+    pub job_seconds: f64,
+    pub guest_fuel: u64,
+    /// Bytes of the dataset versions imported.
+    pub import_bytes: u64,
+    /// Alerts raised, by kind, and those not acknowledged yet.
+    pub alerts: BTreeMap<String, u64>,
+    pub alerts_open: BTreeMap<String, u64>,
 }
 
 impl Platform {
@@ -50,6 +58,30 @@ impl Platform {
                 *counts.gate_refusals.entry(check.name.clone()).or_insert(0) += 1;
             }
         }
+        (counts.job_seconds, counts.guest_fuel) = db.query_row(
+            "SELECT COALESCE(SUM(json_extract(resources, '$.wall_ms')), 0) / 1000.0,
+                    COALESCE(SUM(json_extract(resources, '$.fuel')), 0)
+             FROM jobs WHERE finished_at IS NOT NULL AND resources IS NOT NULL",
+            [],
+            |r| Ok((r.get::<_, f64>(0)?, r.get::<_, i64>(1)? as u64)),
+        )?;
+        counts.import_bytes = db.query_row(
+            "SELECT COALESCE(SUM(bytes), 0) FROM dataset_versions",
+            [],
+            |r| r.get::<_, i64>(0),
+        )? as u64;
+        let by_kind = |sql: &str| -> Result<BTreeMap<String, u64>> {
+            Ok(db
+                .prepare(sql)?
+                .query_map([], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+                })?
+                .collect::<rusqlite::Result<_>>()?)
+        };
+        counts.alerts = by_kind("SELECT kind, COUNT(*) FROM alerts GROUP BY kind")?;
+        counts.alerts_open = by_kind(
+            "SELECT kind, COUNT(*) FROM alerts WHERE acknowledged_at IS NULL GROUP BY kind",
+        )?;
         (counts.audit_entries, counts.audit_broken) = self.audit.state();
         Ok(counts)
     }

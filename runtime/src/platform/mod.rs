@@ -35,33 +35,45 @@ use crate::sandbox::{GuestLimits, JobMeter, Sandbox};
 use crate::storage::{SealedSource, SealedStore, from_parquet, to_parquet_with_schema};
 use crate::tables::{TableData, TableInput};
 
+mod alerts;
 mod billing;
 mod custody;
 mod datasets;
+mod evaluation;
 mod exports;
 mod jobs;
+mod lifecycle;
 mod lists;
 mod metrics;
 mod mocks;
 mod modules;
 mod onboarding;
 mod policy;
+mod providers;
+mod public;
 mod queue;
 mod reading;
 mod scenarios;
 mod schema;
 mod sessions;
+mod traceability;
 mod views;
 
+pub use alerts::{AlertSettings, AlertView};
 pub use custody::SampleView;
+pub use evaluation::EvaluationRequest;
+pub use lifecycle::{ClosingReceipt, SWEEP_ACTOR, SweepReport};
 pub use lists::{ExportSummary, JobSummary, ListQuery, Listing, ModuleSummary};
 pub use metrics::PlatformCounts;
 pub use mocks::{MOCK_MARKER, MockFile};
 pub use modules::ModuleDetail;
+pub use providers::{DatasetUsage, ProductUse, ScenarioUse};
+pub use public::PublicRecord;
 pub use reading::local_table;
 use reading::{FileBytes, column_specs};
 use schema::open_db;
 pub use sessions::{SESSION_SECONDS, Session};
+pub use traceability::{AuditQuery, AuditSearch, TrainingState};
 pub use views::*;
 
 pub const AUDIT_FILE: &str = "audit.log";
@@ -272,6 +284,14 @@ pub struct Platform {
     sandbox: Arc<Sandbox>,
     /// Running jobs by scenario, so that suspending a scenario cancels them.
     running: Mutex<HashMap<String, Vec<RunningJob>>>,
+    /// S15: when each (principal, read action, object) was last logged, and each (principal,
+    /// address) seen: a read is logged once an hour, not at every poll.
+    reads_logged: Mutex<HashMap<(String, &'static str, String), Instant>>,
+    addresses_seen: Mutex<HashSet<(String, String)>>,
+    /// S19: the signed public record last built, and when.
+    public_record: Mutex<Option<(Instant, Arc<PublicRecord>)>>,
+    /// S15: refused sign-ins per address not logged yet, and when the last was logged.
+    refused_sign_ins: Mutex<HashMap<String, (Instant, u64)>>,
     signer: Arc<Signer>,
     /// Dataset names with an import under way: one import of a name at a time, so the version
     /// an import chose before writing its object is still the next one when it commits.
@@ -414,7 +434,8 @@ impl Platform {
                 params![org, now],
             )?;
             tx.execute(
-                "INSERT INTO principals VALUES (?1, ?2, ?3, 'admin', ?4, 'bootstrap', ?5, ?4)",
+                "INSERT INTO principals (id, name, org_id, roles, trained_at, training, token_hash, created_at)
+                 VALUES (?1, ?2, ?3, 'admin', ?4, 'bootstrap', ?5, ?4)",
                 params![admin, admin_name, org, now, hash_token(&token)],
             )?;
             platform.audit.append(
@@ -736,6 +757,10 @@ impl Platform {
             audit,
             sandbox: Arc::new(Sandbox::new()?),
             running: Mutex::new(HashMap::new()),
+            reads_logged: Mutex::new(HashMap::new()),
+            addresses_seen: Mutex::new(HashSet::new()),
+            public_record: Mutex::new(None),
+            refused_sign_ins: Mutex::new(HashMap::new()),
             importing: Mutex::new(HashSet::new()),
             mocking: std::sync::atomic::AtomicUsize::new(0),
             queue: Arc::new(queue::JobQueue::default()),

@@ -25,7 +25,8 @@ impl Platform {
             .query_row(
                 &format!(
                     "SELECT id, org_id, roles, trained_at,
-                            EXISTS (SELECT 1 FROM settings WHERE key = 'frozen:' || org_id)
+                            EXISTS (SELECT 1 FROM settings WHERE key = 'frozen:' || org_id),
+                            training_until
                      FROM principals WHERE {key} = ?1"
                 ),
                 params![value],
@@ -36,13 +37,17 @@ impl Platform {
                         r.get::<_, String>(2)?,
                         r.get::<_, Option<String>>(3)?,
                         r.get::<_, bool>(4)?,
+                        r.get::<_, Option<String>>(5)?,
                     ))
                 },
             )
             .optional()?;
-        let Some((id, org, roles, trained, frozen)) = row else {
+        let Some((id, org, roles, trained, frozen, until)) = row else {
             return Ok(None);
         };
+        // S2: a training counts only to its last day.
+        let until = until.as_deref().map(parse_date).transpose()?;
+        let trained = tidegate_policy::training_holds(trained.is_some(), until, today());
         Ok(Some(Principal {
             id,
             org,
@@ -51,7 +56,7 @@ impl Platform {
                 .filter(|r| !r.is_empty())
                 .map(|r| r.parse().map_err(Error::Integrity))
                 .collect::<Result<_>>()?,
-            trained: trained.is_some(),
+            trained,
             frozen,
         }))
     }
@@ -203,7 +208,8 @@ impl Platform {
         }
         let tx = db.transaction()?;
         tx.execute(
-            "INSERT INTO principals VALUES (?1, ?2, ?3, ?4, NULL, NULL, ?5, ?6)",
+            "INSERT INTO principals (id, name, org_id, roles, trained_at, training, token_hash, created_at)
+             VALUES (?1, ?2, ?3, ?4, NULL, NULL, ?5, ?6)",
             params![
                 id,
                 name,
@@ -230,17 +236,35 @@ impl Platform {
         })
     }
 
-    /// R-ONBOARD: an admin records that a principal passed training.
+    /// R-ONBOARD: an admin records that a principal passed training, valid for a year.
     pub fn record_training(&self, actor: &Principal, principal: &str, course: &str) -> Result<()> {
+        self.record_training_until(actor, principal, course, None)
+    }
+
+    /// S2: an admin records that a principal passed a course, valid to its last day `until`
+    /// (YYYY-MM-DD; a year when none is named). Without a current training a principal can do
+    /// nothing but read their own training state.
+    pub fn record_training_until(
+        &self,
+        actor: &Principal,
+        principal: &str,
+        course: &str,
+        until: Option<&str>,
+    ) -> Result<()> {
         tidegate_policy::can_record_training(actor, principal)?;
+        tidegate_policy::check_course(course).map_err(|r| Error::BadInput(r.reason))?;
+        let until =
+            tidegate_policy::training_valid_until(until.map(parse_date).transpose()?, today())
+                .map_err(|r| Error::BadInput(r.reason))?
+                .to_string();
         let mut db = self
             .db
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let tx = db.transaction()?;
         let n = tx.execute(
-            "UPDATE principals SET trained_at = ?2, training = ?3 WHERE id = ?1",
-            params![principal, crate::now_rfc3339(), course],
+            "UPDATE principals SET trained_at = ?2, training = ?3, training_until = ?4 WHERE id = ?1",
+            params![principal, crate::now_rfc3339(), course, until],
         )?;
         if n == 0 {
             return Err(Error::NotFound(format!("principal {principal}")));
@@ -249,7 +273,7 @@ impl Platform {
             &actor.id,
             crate::audit::Action::PrincipalTraining,
             principal,
-            json!({ "course": course }),
+            json!({ "course": course, "valid_until": until }),
         )?;
         tx.commit()?;
         Ok(())

@@ -118,6 +118,7 @@ impl Platform {
                 .as_str()
                 .ok_or_else(|| Error::BadInput("a scenario without an id".into()))?;
             let s = Self::scenario_row(&db, id)?;
+            let closed = Self::scenario_closed(&db, id)?;
             if let Some(k) = wanted["k"].as_u64()
                 && k != s.k
             {
@@ -131,6 +132,7 @@ impl Platform {
                         default_threshold(level)
                     )));
                 }
+                refuse_closed(id, closed)?;
                 changes.push(json!({ "scenario": id, "k": { "from": s.k, "to": k } }));
                 statements.push((
                     "UPDATE scenarios SET k = ?2 WHERE id = ?1".into(),
@@ -145,6 +147,7 @@ impl Platform {
                         "scenario {id}: the term ends before it starts"
                     )));
                 }
+                refuse_closed(id, closed)?;
                 changes.push(
                     json!({ "scenario": id, "term_end": { "from": s.view.term_end, "to": end } }),
                 );
@@ -177,6 +180,7 @@ impl Platform {
                             "scenario {id}: its privacy budget was drawn from its datasets when it was approved; apply for a new scenario to draw another"
                         )));
                     }
+                    refuse_closed(id, closed)?;
                     changes.push(json!({ "scenario": id, "export_rules": { "from": s.export_rules, "to": rules } }));
                     statements.push((
                         "UPDATE scenarios SET export_rules = ?2 WHERE id = ?1".into(),
@@ -188,6 +192,7 @@ impl Platform {
                 let grants: Vec<GrantRequest> = serde_json::from_value(wanted["grants"].clone())
                     .map_err(|e| Error::BadInput(format!("scenario {id}: grants: {e}")))?;
                 if let Some(narrowed) = narrowed_grants(id, &s.grants, &grants)? {
+                    refuse_closed(id, closed)?;
                     changes.push(
                         json!({ "scenario": id, "grants": { "from": s.grants, "to": narrowed } }),
                     );
@@ -211,6 +216,7 @@ impl Platform {
                     }
                 };
                 let next = tidegate_policy::can_change_scenario(actor, s.stored_state, action)?;
+                refuse_closed(id, closed)?;
                 changes.push(
                     json!({ "scenario": id, "state": { "from": s.stored_state, "to": next } }),
                 );
@@ -247,7 +253,14 @@ impl Platform {
             json!({ "changes": changes }),
         )?;
         tx.commit()?;
+        drop(db);
         self.cancel_jobs(&cancel);
+        // R-EXIT: a scenario the document revoked, or whose term it ended, closes now.
+        for wanted in doc["scenarios"].as_array().into_iter().flatten() {
+            if let Some(id) = wanted["id"].as_str() {
+                self.close_scenario(id)?;
+            }
+        }
         Ok(answer)
     }
 
@@ -260,7 +273,21 @@ impl Platform {
         }
         let key = hex::decode(self.signer.public_key_hex())
             .map_err(|_| Error::Internal("public key encoding".into()))?;
-        crate::audit::verify_file(self.audit.path(), Some(&key))
+        let verdict = crate::audit::verify_file(self.audit.path(), Some(&key))?;
+        if let Some((entry, _)) = &verdict.first_bad {
+            // R-MONITOR: a log that fails verification is an alert (the reason stays in the
+            // verdict, for those who may read it).
+            // A log that no longer takes entries still answers with its verdict.
+            if let Err(e) = self.raise_alert_now(super::alerts::Raised {
+                kind: tidegate_policy::AlertKind::AuditFailure,
+                org: None,
+                scenario: None,
+                evidence: json!({ "first_bad_entry": entry, "verified_by": actor.id }),
+            }) {
+                tracing::error!(error = %e, "the audit log failed verification and the alert could not be raised");
+            }
+        }
+        Ok(verdict)
     }
 
     /// Retention (R-AUDIT): an admin prunes the audit log's sealed segments whose entries are
@@ -283,5 +310,17 @@ impl Platform {
     /// Writes a signed checkpoint of the audit log now (at shutdown, and by the demo).
     pub fn checkpoint(&self) -> Result<()> {
         self.audit.checkpoint()
+    }
+}
+
+/// R-EXIT: a closed scenario's results are destroyed; nothing of it changes again (a longer
+/// term would run jobs whose results are thrown away).
+fn refuse_closed(id: &str, closed: bool) -> Result<()> {
+    if closed {
+        Err(Error::Refused(format!(
+            "scenario {id} is closed: its results were destroyed; apply for a new scenario"
+        )))
+    } else {
+        Ok(())
     }
 }

@@ -25,6 +25,12 @@ impl Platform {
             .db
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // S13: a unit its latest annual evaluation bars from reapplying applies for nothing.
+        if let Some(year) = Self::barred_from_reapplying(&db, &actor.org)? {
+            return Err(Error::Refused(format!(
+                "the authority's evaluation of {year} says your unit may not apply again"
+            )));
+        }
         let mut level = Level::L1;
         let mut grants = Vec::new();
         for g in &req.grants {
@@ -429,6 +435,16 @@ impl Platform {
     pub fn exit_org(&self, actor: &Principal, org: &str, reason: &str) -> Result<Value> {
         tidegate_policy::require_role(actor, Role::Admin)?;
         tidegate_policy::require_training(actor)?;
+        let org = Self::org_id(&self.lock_db(), org)?;
+        if org == actor.org {
+            return Err(Error::Refused("an admin cannot exit their own org".into()));
+        }
+        self.exit_org_as(&actor.id, &org, reason)
+    }
+
+    /// [`Platform::exit_org`] once decided: by an admin (`actor`), or by the sweep when the
+    /// org's authorization ran out.
+    pub(super) fn exit_org_as(&self, actor: &str, org: &str, reason: &str) -> Result<Value> {
         // No export is between its gate and its record while the org's data goes.
         let _gate = self
             .gate
@@ -439,9 +455,6 @@ impl Platform {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let org = Self::org_id(&db, org)?;
-        if org == actor.org {
-            return Err(Error::Refused("an admin cannot exit their own org".into()));
-        }
         let scenarios: Vec<String> = db
             .prepare("SELECT id FROM scenarios WHERE org_id = ?1")?
             .query_map(params![org], |r| r.get(0))?
@@ -450,37 +463,15 @@ impl Platform {
         let mut files = Vec::new();
         let tx = db.transaction()?;
         for sid in &scenarios {
-            let jobs: Vec<(String, Option<String>)> = tx
-                .prepare("SELECT id, result_hash FROM jobs WHERE scenario_id = ?1 AND wrapped_key IS NOT NULL")?
-                .query_map(params![sid], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<_>>()?;
-            for (job, hash) in jobs {
-                destroyed.push(json!({ "kind": "result", "id": job, "sha256": hash }));
-                files.push(self.object_path("results", &job));
-                // The sets of subjects of its rows go with it.
-                files.push(self.object_path("subjects", &job));
-            }
-            tx.execute(
-                "UPDATE jobs SET wrapped_key = NULL, subjects_key = NULL WHERE scenario_id = ?1",
-                params![sid],
+            Self::destroy_scenario_results(
+                &tx,
+                self,
+                sid,
+                false,
+                true,
+                &mut destroyed,
+                &mut files,
             )?;
-            let exports: Vec<(String, Option<String>)> = tx
-                .prepare(
-                    "SELECT e.id, e.result_hash FROM exports e JOIN jobs j ON e.job_id = j.id
-                     WHERE j.scenario_id = ?1 AND e.wrapped_key IS NOT NULL",
-                )?
-                .query_map(params![sid], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<_>>()?;
-            for (export, hash) in exports {
-                destroyed.push(json!({ "kind": "export", "id": export, "sha256": hash }));
-                files.push(self.object_path("exports", &export));
-                // The groups the gate kept for differencing go with it.
-                files.push(self.object_path("gate", &export));
-                tx.execute(
-                    "UPDATE exports SET wrapped_key = NULL, groups_key = NULL WHERE id = ?1",
-                    params![export],
-                )?;
-            }
             let modules: Vec<String> = tx
                 .prepare("SELECT hash FROM modules WHERE scenario_id = ?1 AND length(wasm) > 0")?
                 .query_map(params![sid], |r| r.get(0))?
@@ -493,8 +484,8 @@ impl Platform {
                 params![sid],
             )?;
             tx.execute(
-                "UPDATE scenarios SET state = 'exited' WHERE id = ?1",
-                params![sid],
+                "UPDATE scenarios SET state = 'exited', closed_at = ?2 WHERE id = ?1",
+                params![sid, crate::now_rfc3339()],
             )?;
         }
         // The org's social data goes too: its versions' keys and files.
@@ -559,7 +550,7 @@ impl Platform {
         )?;
         self.audit.append_at(
             now.clone(),
-            &actor.id,
+            actor,
             crate::audit::Action::OrgExit,
             &org,
             json!({ "destroyed": destroyed.len(), "certificate_sha256": sha256_hex(&body) }),
@@ -572,13 +563,7 @@ impl Platform {
             .clear();
         // Cancel what still runs, then remove the files; the keys are already gone.
         self.cancel_jobs(&scenarios);
-        for f in files {
-            match fs::remove_file(&f) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
+        Self::remove_files(&files)?;
         // Overwritten pages may linger in the WAL until a checkpoint truncates it.
         db.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         Ok(json!({ "certificate": certificate, "signature": signature }))
@@ -642,6 +627,18 @@ impl Platform {
         }
         self.audit
             .append(&actor.id, action, &org, json!({ "scenarios": changed }))?;
+        if freeze {
+            // R-MONITOR: a freeze is an alert of its own, for whoever watches the queue.
+            self.raise_alert(
+                &tx,
+                super::alerts::Raised {
+                    kind: tidegate_policy::AlertKind::Freeze,
+                    org: Some(&org),
+                    scenario: None,
+                    evidence: json!({ "frozen_by": actor.id, "scenarios_suspended": changed }),
+                },
+            )?;
+        }
         tx.commit()?;
         if freeze {
             self.cancel_jobs(&changed);
@@ -699,6 +696,24 @@ impl Platform {
             params![scenario],
             |r| r.get(0),
         )?;
+        // R-MONITOR: repeated breaches raise an alert before they suspend the scenario.
+        let t = Self::alert_settings_in(tx)?.thresholds;
+        if failures as u64 >= t.breaches {
+            let org: String = tx.query_row(
+                "SELECT org_id FROM scenarios WHERE id = ?1",
+                params![scenario],
+                |r| r.get(0),
+            )?;
+            self.raise_alert(
+                tx,
+                super::alerts::Raised {
+                    kind: tidegate_policy::AlertKind::LimitBreaches,
+                    org: Some(&org),
+                    scenario: Some(scenario),
+                    evidence: json!({ "failures_since_resumed": failures }),
+                },
+            )?;
+        }
         if (failures as u64) < tidegate_policy::MAX_WITHHELD_FAILURES {
             return Ok(false);
         }
@@ -770,6 +785,8 @@ impl Platform {
                 self.cancel_jobs(&[id.to_string()]);
             }
         }
+        // R-EXIT: a revoked scenario closes at once (its results destroyed, a receipt signed).
+        self.close_scenario(id)?;
         self.get_scenario(actor, id)
     }
 

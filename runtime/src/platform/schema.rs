@@ -128,10 +128,35 @@ pub(super) const MIGRATIONS: &[(i64, &str)] = &[
          ALTER TABLE modules ADD COLUMN source_sha256 TEXT;
          ALTER TABLE modules ADD COLUMN source_check TEXT;",
     ),
+    (
+        16,
+        "ALTER TABLE scenarios ADD COLUMN closed_at TEXT;
+         ALTER TABLE scenarios ADD COLUMN closing TEXT;
+         ALTER TABLE orgs ADD COLUMN authorized_until TEXT;
+         UPDATE scenarios SET closed_at = (SELECT exited_at FROM orgs WHERE orgs.id = scenarios.org_id)
+             WHERE state = 'exited';
+         CREATE INDEX jobs_by_scenario ON jobs(scenario_id, created_at);
+         ALTER TABLE principals ADD COLUMN training_until TEXT;
+         UPDATE principals SET training_until = date(trained_at, '+365 days')
+             WHERE trained_at IS NOT NULL AND NOT (training = 'bootstrap' AND roles = 'admin'
+                 AND created_at = (SELECT MIN(created_at) FROM principals));
+         CREATE TABLE principal_addresses (
+             principal_id TEXT NOT NULL REFERENCES principals(id), address TEXT NOT NULL,
+             first_seen TEXT NOT NULL, PRIMARY KEY (principal_id, address));
+         CREATE TABLE alerts (
+             id TEXT PRIMARY KEY, kind TEXT NOT NULL, org_id TEXT, scenario_id TEXT,
+             evidence TEXT NOT NULL, raised_at TEXT NOT NULL, acknowledged_by TEXT,
+             acknowledged_at TEXT, note TEXT, delivered_at TEXT,
+             occurrences INTEGER NOT NULL DEFAULT 1, last_raised_at TEXT);
+         CREATE TABLE evaluations (
+             org_id TEXT NOT NULL REFERENCES orgs(id), year INTEGER NOT NULL, body TEXT NOT NULL,
+             written_by TEXT NOT NULL, at TEXT NOT NULL, PRIMARY KEY (org_id, year));
+         CREATE INDEX alerts_open ON alerts(kind, acknowledged_at);",
+    ),
 ];
 
 /// The schema version this build writes.
-pub(super) const SCHEMA_VERSION: i64 = 15;
+pub(super) const SCHEMA_VERSION: i64 = 16;
 
 pub(super) fn open_db(path: &Path) -> Result<Connection> {
     let mut conn = Connection::open(path)?;

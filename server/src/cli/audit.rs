@@ -58,6 +58,28 @@ pub(super) enum AuditCommand {
         #[arg(long)]
         key: Option<PathBuf>,
     },
+    /// Search the log through the server by org, principal, action and time (the authority's
+    /// auditors and admins; the search is audited).
+    Search {
+        #[arg(long)]
+        org: Option<String>,
+        #[arg(long)]
+        principal: Option<String>,
+        /// job.start, session.refused, export.read, ...
+        #[arg(long)]
+        action: Option<String>,
+        /// RFC 3339 time or YYYY-MM-DD
+        #[arg(long)]
+        from: Option<String>,
+        /// RFC 3339 time or YYYY-MM-DD
+        #[arg(long)]
+        to: Option<String>,
+        /// At most this many entries, the newest (200 by default).
+        #[arg(long)]
+        limit: Option<usize>,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Verify an exported slice offline.
     VerifySlice {
         file: PathBuf,
@@ -69,6 +91,26 @@ pub(super) enum AuditCommand {
 
 pub(super) fn run(command: AuditCommand) -> Result<()> {
     match command {
+        AuditCommand::Search {
+            org,
+            principal,
+            action,
+            from,
+            to,
+            limit,
+            remote,
+        } => print(
+            &remote
+                .client()?
+                .search_audit(&tidegate_runtime::AuditQuery {
+                    org,
+                    principal,
+                    action,
+                    from,
+                    to,
+                    limit,
+                })?,
+        ),
         AuditCommand::Verify { data_dir, key } => {
             let key_path = key.unwrap_or_else(|| data_dir.join(tidegate_runtime::PUBLIC_KEY_FILE));
             let key = read_public_key(&key_path)?;
@@ -142,6 +184,29 @@ pub(super) fn run(command: AuditCommand) -> Result<()> {
 }
 
 /// The platform public key from a hex file.
+/// `tidegate verify-signed`: a signed document of the platform checked offline. The signed
+/// value is the one field beside `signature` (`record`, `certificate` or `receipt`).
+pub(super) fn verify_signed(file: &Path, key: &Path) -> Result<()> {
+    let key = read_public_key(key)?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let doc: serde_json::Value =
+        serde_json::from_str(&text).context("the file is not a signed JSON document")?;
+    let signature = doc["signature"]
+        .as_str()
+        .ok_or_else(|| anyhow!("the document has no signature"))?;
+    let (name, signed) = ["record", "certificate", "receipt"]
+        .iter()
+        .find_map(|n| doc.get(*n).map(|v| (*n, v)))
+        .ok_or_else(|| anyhow!("the document holds no record, certificate or receipt"))?;
+    tidegate_runtime::verify_certificate(signed, signature, &key)?;
+    println!(
+        "{name} verified: signed by the platform's key ({})",
+        signed["format"].as_str().unwrap_or("no format named")
+    );
+    Ok(())
+}
+
 fn read_public_key(path: &Path) -> Result<Vec<u8>> {
     std::fs::read_to_string(path)
         .ok()

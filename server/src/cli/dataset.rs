@@ -59,6 +59,10 @@ pub(super) enum DatasetCommand {
         #[arg(long, default_value_t = 20)]
         rows: u64,
     },
+    /// Where a dataset is used: the scenarios granting it, the jobs that read it, the products
+    /// released from it (its provider, the authority). A provider downloads those products
+    /// free with `export download`.
+    Usage { id: String },
     /// Seal a dataset version (admin): no job may read it; it is kept for inspection.
     Seal {
         id: String,
@@ -184,6 +188,7 @@ pub(super) fn run(command: DatasetCommand, remote: &Remote) -> Result<()> {
                 out.display()
             );
         }
+        DatasetCommand::Usage { id } => print(&remote.client()?.dataset_usage(&id)?),
         DatasetCommand::Sample { id, version, rows } => {
             let answer = remote.client()?.sample_dataset(&id, version, rows)?;
             let sample: tidegate_runtime::SampleView = decode(&answer, "a sample")?;

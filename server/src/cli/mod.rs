@@ -3,6 +3,7 @@
 //! group is a module with its clap definitions and the `run` that carries them out; this one
 //! holds the top-level command and its dispatch.
 
+mod alerts;
 mod audit;
 mod dataset;
 mod dev;
@@ -111,6 +112,15 @@ enum Command {
         #[arg(long)]
         key: PathBuf,
     },
+    /// Verify a signed document of the platform offline (a copy of the public record from
+    /// `GET /public/record.json`, an exit certificate, a closing receipt: JSON with the signed
+    /// value and its `signature`) with the platform's public key.
+    VerifySigned {
+        file: PathBuf,
+        /// The platform public key file (hex), e.g. DATA_DIR/platform.pub.
+        #[arg(long)]
+        key: PathBuf,
+    },
     /// Check the audit log's hash chain.
     Audit {
         #[command(subcommand)]
@@ -206,6 +216,18 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// The authority's alerts: list, acknowledge, where they go (admin, auditor).
+    Alerts {
+        #[command(subcommand)]
+        command: alerts::AlertsCommand,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Your own training state (what a principal without a current training may still read).
+    Me {
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 /// Prints a JSON value as the server or the platform gave it, pretty.
@@ -235,6 +257,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Verify { bundle, key } => export::verify(&bundle, &key),
+        Command::VerifySigned { file, key } => audit::verify_signed(&file, &key),
         Command::Audit { command } => audit::run(command),
         Command::Org { command, remote } => org::run(command, &remote),
         Command::Principal { command, remote } => principal::run(command, &remote),
@@ -249,6 +272,11 @@ fn run(cli: Cli) -> Result<()> {
         Command::Policy { command, remote } => policy::run(command, &remote),
         Command::Keys { command } => keys::run(command),
         Command::Review { command, remote } => review::run(command, &remote),
+        Command::Alerts { command, remote } => alerts::run(command, &remote),
+        Command::Me { remote } => {
+            print(&remote.client()?.me()?);
+            Ok(())
+        }
     }
 }
 

@@ -1,4 +1,5 @@
-//! `tidegate org`: the authority's directory of orgs, and an org's freeze and exit (admin).
+//! `tidegate org`: the authority's directory of orgs, and an org's freeze, exit and term of
+//! authorization (admin); the lifecycle sweep on demand.
 
 use anyhow::Result;
 use clap::Subcommand;
@@ -32,6 +33,16 @@ pub(super) enum OrgCommand {
         #[arg(long)]
         reason: String,
     },
+    /// Set the last day of an org's authorization (YYYY-MM-DD): the platform's sweep exits it
+    /// the day after, as `org exit` does. `--until none` lifts the end.
+    Authorize {
+        org: String,
+        #[arg(long)]
+        until: String,
+    },
+    /// Run the lifecycle sweep now (admin): close the scenarios that are over and exit the
+    /// orgs whose authorization ran out. The server runs it at start and hourly.
+    Sweep,
 }
 
 const ORG_COLUMNS: &[Column<OrgView>] = &[
@@ -51,6 +62,15 @@ pub(super) fn run(command: OrgCommand, remote: &Remote) -> Result<()> {
         OrgCommand::Freeze { org } => print(&remote.client()?.freeze_org(&org, true)?),
         OrgCommand::Unfreeze { org } => print(&remote.client()?.freeze_org(&org, false)?),
         OrgCommand::Exit { org, reason } => print(&remote.client()?.exit_org(&org, &reason)?),
+        OrgCommand::Authorize { org, until } => {
+            let until = (until != "none").then_some(until);
+            print(
+                &remote
+                    .client()?
+                    .set_org_authorization(&org, until.as_deref())?,
+            )
+        }
+        OrgCommand::Sweep => print(&remote.client()?.sweep()?),
     }
     Ok(())
 }

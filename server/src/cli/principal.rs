@@ -28,6 +28,10 @@ pub(super) enum PrincipalCommand {
         id: String,
         #[arg(long)]
         course: String,
+        /// The training's last day (YYYY-MM-DD); a year from today when not named. After it
+        /// the principal can do nothing but read their own training state.
+        #[arg(long)]
+        until: Option<String>,
     },
     /// Close a principal's token and print a new one (admin: anyone's; anyone: their own).
     Token { id: String },
@@ -58,9 +62,11 @@ pub(super) fn run(command: PrincipalCommand, remote: &Remote) -> Result<()> {
             print(&remote.client()?.create_principal(&name, &org, &roles)?);
         }
         PrincipalCommand::Token { id } => print(&remote.client()?.rotate_token(&id)?),
-        PrincipalCommand::Train { id, course } => {
-            print(&remote.client()?.record_training(&id, &course)?)
-        }
+        PrincipalCommand::Train { id, course, until } => print(
+            &remote
+                .client()?
+                .record_training_until(&id, &course, until.as_deref())?,
+        ),
     }
     Ok(())
 }

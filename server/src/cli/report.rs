@@ -18,16 +18,53 @@ pub(super) enum ReportCommand {
         #[arg(long)]
         html: Option<PathBuf>,
     },
+    /// Write the authority's evaluation of an operating unit's year (admin; once per org and
+    /// year; signed, and carried by the annual report). `--may-reapply false` bars the unit
+    /// from applying for new scenarios.
+    Evaluate {
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        year: i32,
+        /// How the unit kept its agreement.
+        #[arg(long)]
+        compliance: String,
+        /// The products released and their effect.
+        #[arg(long)]
+        products: String,
+        #[arg(long, action = clap::ArgAction::Set)]
+        may_reapply: bool,
+    },
 }
 
 pub(super) fn run(command: ReportCommand, remote: &Remote) -> Result<()> {
-    let ReportCommand::Annual { org, year, html } = command;
-    let report = remote.client()?.annual_report(&org, year)?;
-    if let Some(path) = html {
-        std::fs::write(&path, crate::report::annual_report_html(&report))
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        eprintln!("report page: {}", path.display());
+    match command {
+        ReportCommand::Annual { org, year, html } => {
+            let report = remote.client()?.annual_report(&org, year)?;
+            if let Some(path) = html {
+                std::fs::write(&path, crate::report::annual_report_html(&report))
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                eprintln!("report page: {}", path.display());
+            }
+            print(&report);
+        }
+        ReportCommand::Evaluate {
+            org,
+            year,
+            compliance,
+            products,
+            may_reapply,
+        } => print(
+            &remote
+                .client()?
+                .evaluate_org(&tidegate_runtime::EvaluationRequest {
+                    org,
+                    year,
+                    compliance,
+                    products,
+                    may_reapply,
+                })?,
+        ),
     }
-    print(&report);
     Ok(())
 }

@@ -72,6 +72,9 @@ pub(super) enum ScenarioCommand {
         /// The gate's work over larger inputs is written sealed to disk rather than failing.
         #[arg(long)]
         job_memory_mib: Option<u64>,
+        /// At most this many jobs in any 24 hours (a quota approved with the scenario).
+        #[arg(long)]
+        jobs_per_day: Option<u64>,
         /// At most this many bytes per export (tighter than the platform's limit).
         #[arg(long)]
         max_bytes: Option<u64>,
@@ -97,6 +100,9 @@ pub(super) enum ScenarioCommand {
     Resume { id: String },
     /// End the authorization for good (admin).
     Revoke { id: String },
+    /// The signed receipt of what was destroyed when the scenario closed (its term ended or
+    /// it was revoked).
+    Closing { id: String },
 }
 
 const SCENARIO_COLUMNS: &[Column<ScenarioView>] = &[
@@ -138,6 +144,7 @@ pub(super) fn run(command: ScenarioCommand, remote: &Remote) -> Result<()> {
             max_groups_per_subject,
             max_rows,
             job_memory_mib,
+            jobs_per_day,
             max_bytes,
             draft,
         } => {
@@ -184,6 +191,7 @@ pub(super) fn run(command: ScenarioCommand, remote: &Remote) -> Result<()> {
                         max_rows,
                         max_bytes,
                         job_memory_mib,
+                        jobs_per_day,
                         ..ExportRules::default()
                     },
                 },
@@ -198,6 +206,7 @@ pub(super) fn run(command: ScenarioCommand, remote: &Remote) -> Result<()> {
         ScenarioCommand::Suspend { id } => print(&c.change_scenario(&id, "suspend")?),
         ScenarioCommand::Resume { id } => print(&c.change_scenario(&id, "resume")?),
         ScenarioCommand::Revoke { id } => print(&c.change_scenario(&id, "revoke")?),
+        ScenarioCommand::Closing { id } => print(&c.closing_receipt(&id)?),
     }
     Ok(())
 }

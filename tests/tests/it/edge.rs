@@ -141,12 +141,19 @@ fn an_admin_cannot_record_their_own_training() {
         .unwrap();
     let second_id = second["id"].as_str().unwrap();
     let second_admin = w.admin.as_token(second["token"].as_str().unwrap());
+    // Untrained, they can do nothing at all (S2); trained by another admin, they still
+    // cannot renew their own training.
+    let refused = refusal(second_admin.record_training(second_id, "self-taught"));
+    assert!(
+        refused.contains("no training record that holds today"),
+        "{refused}"
+    );
+    w.admin.record_training(second_id, "training").unwrap();
     let refused = refusal(second_admin.record_training(second_id, "self-taught"));
     assert!(
         refused.contains("cannot record their own training"),
         "{refused}"
     );
-    w.admin.record_training(second_id, "training").unwrap();
 }
 
 #[test]

@@ -313,12 +313,19 @@ fn a_changed_audit_entry_is_detected_and_named() {
     let path = env.data_dir().join(AUDIT_FILE);
     let text = std::fs::read_to_string(&path).unwrap();
     let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
-    lines[4] = lines[4].replace("principal.create", "principal.cr3ate");
+    let at = lines
+        .iter()
+        .position(|l| l.contains("\"principal.create\""))
+        .unwrap();
+    lines[at] = lines[at].replace("principal.create", "principal.cr3ate");
     std::fs::write(&path, lines.join("\n") + "\n").unwrap();
     let verdict = verify_audit_file(&path, None).unwrap();
     assert_eq!(
         verdict.first_bad,
-        Some((5, "its hash does not match its content (changed)".into()))
+        Some((
+            at as u64 + 1,
+            "its hash does not match its content (changed)".into()
+        ))
     );
     let code = tidegate_server::main_with_args(
         [

@@ -472,6 +472,15 @@ fn redteam_a_jobs_failure_is_one_bit_about_one_subject() {
         log.contains("\"alert\":true"),
         "the suspension is an alert in the log"
     );
+    // R-MONITOR: the repeated breaches raised an alert before the suspension.
+    let alerts = env.world.admin.alerts(false).unwrap();
+    let breaches: Vec<&serde_json::Value> = alerts
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["kind"] == "limit_breaches" && a["scenario"] == sid.as_str())
+        .collect();
+    assert_eq!(breaches.len(), 1, "{alerts}");
 }
 
 // (The time a job takes can depend on one subject's value: a condition on the target's
