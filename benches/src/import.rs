@@ -310,6 +310,7 @@ pub(crate) fn import_workload(rows: usize, csv: bool) {
                 },
                 approvers: vec![],
                 data_base64: String::new(),
+                quality_rules: None,
             },
             upload,
         )

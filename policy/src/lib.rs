@@ -11,6 +11,7 @@ mod inference;
 mod mock;
 mod model;
 mod privacy;
+mod quality;
 mod release;
 mod rules;
 
@@ -37,6 +38,10 @@ pub use model::{
 pub use privacy::{
     BoundedAggregate, ColumnNoise, ContributionBounds, DatasetBudget, GroupSelection, NoisePlan,
     PrivacyShape, RandomWords, SELECTION_DELTA, discrete_laplace, noise_grid, noised, plan_noise,
+};
+pub use quality::{
+    MAX_CATEGORIES, MAX_QUALITY_RULES, OnFail, QualityCheck, QualityRule, check_digit_type,
+    check_quality_rules, quality_verdict, value_keeps,
 };
 pub use release::{
     DominanceRule, Lineage, OPERATORS_ABOVE_AGGREGATE, OPERATORS_BELOW_AGGREGATE,

@@ -500,6 +500,12 @@ async fn upload_dataset(
             approvers: serde_json::from_value(parse("approvers", q.approvers.as_deref())?)
                 .map_err(|e| ApiError(Error::BadInput(format!("approvers: {e}"))))?,
             data_base64: String::new(),
+            quality_rules: q
+                .quality_rules
+                .as_deref()
+                .map(serde_json::from_str)
+                .transpose()
+                .map_err(|e| ApiError(Error::BadInput(format!("quality_rules: {e}"))))?,
         })
     })();
     let request = match request {

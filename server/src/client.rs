@@ -307,7 +307,7 @@ impl Client {
                 req = req.query(key, v);
             }
         }
-        for key in ["columns", "approvers"] {
+        for key in ["columns", "approvers", "quality_rules"] {
             if !request[key].is_null() {
                 req = req.query(key, request[key].to_string());
             }

@@ -197,6 +197,9 @@ pub(crate) struct UploadQuery {
     /// Further approvers, as a JSON list.
     #[serde(default)]
     pub(crate) approvers: Option<String>,
+    /// The dataset's quality rules, as a JSON list (none keeps the dataset's).
+    #[serde(default)]
+    pub(crate) quality_rules: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, utoipa::IntoParams)]

@@ -363,11 +363,20 @@ impl Platform {
                 dataset.name
             )));
         }
-        if sealed.is_some() {
-            return Err(Error::Refused(format!(
-                "version {version} of {} is sealed by the authority: no job may read it",
-                dataset.name
-            )));
+        if let Some(record) = sealed {
+            let quarantined =
+                from_json::<Value>(&record).is_ok_and(|r| r["format"] == "tidegate-quarantine-v1");
+            return Err(Error::Refused(if quarantined {
+                format!(
+                    "version {version} of {} is quarantined (sealed): it broke its provider's quality rules; no job may read it until an admin unseals it",
+                    dataset.name
+                )
+            } else {
+                format!(
+                    "version {version} of {} is sealed by the authority: no job may read it",
+                    dataset.name
+                )
+            }));
         }
         Ok(())
     }

@@ -62,12 +62,28 @@ impl Platform {
         let mocks = super::mocks::declared_mocks(&columns, &req.columns)?;
         let _claim = ImportClaim::take(&self.importing, &req.name)?;
 
-        let (id, version, existing, approvers) = {
+        let (id, version, existing, approvers, rules) = {
             let db = self
                 .db
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            self.import_target(&db, actor, &req, &columns)?
+            let (id, version, existing, approvers) =
+                self.import_target(&db, actor, &req, &columns)?;
+            // S17: the rules named now, or the dataset's own.
+            let rules: Vec<tidegate_policy::QualityRule> = match &req.quality_rules {
+                Some(rules) => rules.clone(),
+                None if existing => db
+                    .query_row(
+                        "SELECT quality_rules FROM datasets WHERE id = ?1",
+                        params![id],
+                        |r| r.get::<_, String>(0),
+                    )
+                    .map(|s| from_json(&s))??,
+                None => Vec::new(),
+            };
+            tidegate_policy::check_quality_rules(&rules, &columns)
+                .map_err(|r| Error::BadInput(r.reason))?;
+            (id, version, existing, approvers, rules)
         };
         let object = format!("{id}/v{version}");
         let context = dataset_context(&actor.org, &id, version);
@@ -75,12 +91,54 @@ impl Platform {
         let sink =
             reading::ObjectSink::create(&self.object_path("datasets", &object), &dek, &context)?;
         let writer = reading::stored_parquet_writer(sink, Arc::clone(&table.schema))?;
-        let (sink, quality) = reading::pipeline(table.batches, writer, &columns)?;
+        let (sink, quality) = reading::pipeline(table.batches, writer, &columns, &rules)?;
         let rows = quality.rows();
         if rows == 0 {
             return Err(Error::BadInput("the file holds no rows".into()));
         }
-        let quality = quality.report();
+        // S17: an import that breaks a rule declared to refuse stores nothing (the sealed
+        // file, never committed, goes with the sink); one declared to quarantine is stored
+        // sealed until an admin unseals it.
+        let broken: Vec<(Value, tidegate_policy::OnFail)> = quality
+            .rule_results()
+            .into_iter()
+            .filter_map(|(r, f)| f.map(|f| (r, f)))
+            .collect();
+        let verdict =
+            tidegate_policy::quality_verdict(&broken.iter().map(|(_, f)| *f).collect::<Vec<_>>());
+        let named = |wanted: tidegate_policy::OnFail| {
+            broken
+                .iter()
+                .filter(|(_, f)| *f == wanted)
+                .map(|(r, _)| {
+                    format!(
+                        "{} on `{}`",
+                        r["rule"]["check"].as_str().unwrap_or("?"),
+                        r["column"].as_str().unwrap_or("?")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if verdict == tidegate_policy::OnFail::Refuse {
+            return Err(Error::BadInput(format!(
+                "the file breaks quality rules declared to refuse it: {}; nothing was stored",
+                named(tidegate_policy::OnFail::Refuse)
+            )));
+        }
+        let mut quality = quality.report();
+        let quarantine = (verdict == tidegate_policy::OnFail::Quarantine).then(|| {
+            quality["quarantined"] = json!(true);
+            json!({
+                "format": "tidegate-quarantine-v1",
+                "dataset": id,
+                "name": req.name,
+                "version": version,
+                "reason": format!("the import broke quality rules: {}", named(tidegate_policy::OnFail::Quarantine)),
+                "by": actor.id,
+                "at": crate::now_rfc3339(),
+            })
+        });
         let (content_hash, stored_bytes) = sink.commit()?;
         let wrapped = self.master.wrap(&dek, &context);
 
@@ -138,8 +196,8 @@ impl Platform {
         }
         tx.execute(
             "INSERT INTO dataset_versions (dataset_id, version, content_hash, rows, bytes, wrapped_key,
-                                           quality, created_at, context)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                                           quality, created_at, context, sealed)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
                 id,
                 version,
@@ -149,8 +207,13 @@ impl Platform {
                 wrapped,
                 quality.to_string(),
                 now,
-                context
+                context,
+                quarantine.as_ref().map(|q| q.to_string())
             ],
+        )?;
+        tx.execute(
+            "UPDATE datasets SET quality_rules = ?2 WHERE id = ?1",
+            params![id, to_json(&rules)],
         )?;
         self.audit.append_at(
             now,
@@ -158,7 +221,8 @@ impl Platform {
             crate::audit::Action::DatasetImport,
             &id,
             json!({ "version": version, "level": req.level, "rows": rows, "content_hash": content_hash,
-                    "approvers": approvers, "bytes": stored_bytes, "social": social }),
+                    "approvers": approvers, "bytes": stored_bytes, "social": social,
+                    "quality_rules": rules.len(), "quarantined": quarantine.is_some() }),
         )?;
         tx.commit()?;
         let approvers = Self::dataset_row(&db, &id)?.approvers;

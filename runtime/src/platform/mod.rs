@@ -1099,6 +1099,7 @@ mod tests {
                     approvers: vec![],
                     data_base64: base64::engine::general_purpose::STANDARD
                         .encode("a,b\n1,x\n2,y\n"),
+                    quality_rules: None,
                 },
             )
             .unwrap()

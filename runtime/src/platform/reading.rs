@@ -552,20 +552,95 @@ pub(super) struct Quality {
     rows: usize,
     entity: Option<usize>,
     keys: DistinctKeys,
+    /// S17: the provider's rules, each with what it has counted so far.
+    rules: Vec<RuleCount>,
+}
+
+/// One quality rule as an import counts it, batch by batch.
+struct RuleCount {
+    rule: tidegate_policy::QualityRule,
+    column: usize,
+    kind: Option<tidegate_policy::SensitiveType>,
+    /// Values that broke it (for not-null: missing ones).
+    failing: u64,
+    /// For uniqueness: present values, and their distinct count.
+    present: u64,
+    distinct: Option<DistinctKeys>,
+    /// For freshness: the newest date seen (`YYYY-MM-DD`).
+    newest: Option<String>,
 }
 
 impl Quality {
     /// Distinct entity keys counted exactly (64-bit hashes: about 128 MiB at most).
     const EXACT_KEYS: usize = 1 << 23;
 
-    pub(super) fn new(columns: &[ColumnSpec]) -> Quality {
+    /// A count over `columns` (the stored order) checking `rules` (already validated against
+    /// them: a rule naming no column is skipped, never guessed).
+    pub(super) fn new(columns: &[ColumnSpec], rules: &[tidegate_policy::QualityRule]) -> Quality {
+        let rules = rules
+            .iter()
+            .filter_map(|r| {
+                let column = columns.iter().position(|c| c.name == r.column)?;
+                Some(RuleCount {
+                    kind: tidegate_policy::check_digit_type(&columns[column]),
+                    column,
+                    failing: 0,
+                    present: 0,
+                    distinct: matches!(r.check, tidegate_policy::QualityCheck::Unique)
+                        .then(|| DistinctKeys::new(Self::EXACT_KEYS)),
+                    newest: None,
+                    rule: r.clone(),
+                })
+            })
+            .collect();
         Quality {
             names: columns.iter().map(|c| c.name.clone()).collect(),
             nulls: vec![0; columns.len()],
             rows: 0,
             entity: columns.iter().position(|c| c.has_tag(ColumnTag::Entity)),
             keys: DistinctKeys::new(Self::EXACT_KEYS),
+            rules,
         }
+    }
+
+    /// S17: each rule with the rows that broke it, and what an import that broke it becomes.
+    pub(super) fn rule_results(&self) -> Vec<(Value, Option<tidegate_policy::OnFail>)> {
+        use tidegate_policy::QualityCheck;
+        self.rules
+            .iter()
+            .map(|r| {
+                let failing = match &r.rule.check {
+                    QualityCheck::Unique => r
+                        .distinct
+                        .as_ref()
+                        .map_or(0, |d| r.present.saturating_sub(d.count().0.min(r.present))),
+                    QualityCheck::Fresh { within_days } => {
+                        let oldest_allowed =
+                            (today() - time::Duration::days(i64::from(*within_days))).to_string();
+                        u64::from(
+                            r.newest
+                                .as_deref()
+                                .is_none_or(|n| n < oldest_allowed.as_str()),
+                        )
+                    }
+                    _ => r.failing,
+                };
+                let mut shown = json!({
+                    "column": r.rule.column,
+                    "rule": r.rule.check,
+                    "on_fail": r.rule.on_fail,
+                    "failing_rows": failing,
+                    "passed": failing == 0,
+                });
+                if let QualityCheck::Fresh { .. } = r.rule.check {
+                    shown["newest"] = json!(r.newest);
+                    if let Some(o) = shown.as_object_mut() {
+                        o.remove("failing_rows");
+                    }
+                }
+                (shown, (failing > 0).then_some(r.rule.on_fail))
+            })
+            .collect()
     }
 
     pub(super) fn rows(&self) -> usize {
@@ -573,6 +648,38 @@ impl Quality {
     }
 
     pub(super) fn add(&mut self, batch: &RecordBatch) -> Result<()> {
+        use tidegate_policy::QualityCheck;
+        for r in &mut self.rules {
+            let column = batch.column(r.column);
+            if let QualityCheck::NotNull = r.rule.check {
+                r.failing += column.null_count() as u64;
+                continue;
+            }
+            let text = arrow::compute::cast(column, &ArrowType::Utf8)
+                .map_err(|e| Error::Internal(format!("a quality rule's column as text: {e}")))?;
+            let text = arrow::array::AsArray::as_string::<i32>(&text);
+            for v in text.iter().flatten() {
+                match &r.rule.check {
+                    QualityCheck::Unique => {
+                        r.present += 1;
+                        if let Some(d) = r.distinct.as_mut() {
+                            d.insert(v.as_bytes());
+                        }
+                    }
+                    QualityCheck::Fresh { .. } => {
+                        let day = v.get(..10).unwrap_or(v);
+                        if parse_date(day).is_ok() && r.newest.as_deref().is_none_or(|n| day > n) {
+                            r.newest = Some(day.to_string());
+                        }
+                    }
+                    check => {
+                        if !tidegate_policy::value_keeps(check, r.kind, v) {
+                            r.failing += 1;
+                        }
+                    }
+                }
+            }
+        }
         self.rows += batch.num_rows();
         for (n, c) in self.nulls.iter_mut().zip(batch.columns()) {
             *n += c.null_count();
@@ -597,6 +704,13 @@ impl Quality {
             .zip(self.nulls.iter().copied())
             .collect();
         let mut report = json!({ "rows": self.rows, "nulls": nulls });
+        if !self.rules.is_empty() {
+            let results = self.rule_results();
+            let passed = results.iter().filter(|(_, f)| f.is_none()).count();
+            report["rules"] = json!(results.into_iter().map(|(r, _)| r).collect::<Vec<_>>());
+            // The share of the declared rules the version keeps.
+            report["score"] = json!(passed as f64 / self.rules.len() as f64);
+        }
         if self.entity.is_some() {
             let (distinct, estimated) = self.keys.count();
             report["entity_duplicate_rows"] = json!((self.rows as u64).saturating_sub(distinct));
@@ -735,6 +849,7 @@ pub(super) fn pipeline(
     batches: Box<dyn Iterator<Item = Result<RecordBatch>> + Send>,
     mut writer: ArrowWriter<ObjectSink>,
     columns: &[ColumnSpec],
+    rules: &[tidegate_policy::QualityRule],
 ) -> Result<(ObjectSink, Quality)> {
     use std::sync::mpsc::sync_channel;
     let panicked = |stage: &str| Error::Internal(format!("the import's {stage} stage panicked"));
@@ -750,7 +865,7 @@ pub(super) fn pipeline(
         });
         let (count_tx, count_rx) = sync_channel::<RecordBatch>(IN_FLIGHT);
         let counter = s.spawn(move || -> Result<Quality> {
-            let mut quality = Quality::new(columns);
+            let mut quality = Quality::new(columns, rules);
             for batch in count_rx {
                 quality.add(&batch)?;
             }

@@ -153,10 +153,14 @@ pub(super) const MIGRATIONS: &[(i64, &str)] = &[
              written_by TEXT NOT NULL, at TEXT NOT NULL, PRIMARY KEY (org_id, year));
          CREATE INDEX alerts_open ON alerts(kind, acknowledged_at);",
     ),
+    (
+        17,
+        "ALTER TABLE datasets ADD COLUMN quality_rules TEXT NOT NULL DEFAULT '[]';",
+    ),
 ];
 
 /// The schema version this build writes.
-pub(super) const SCHEMA_VERSION: i64 = 16;
+pub(super) const SCHEMA_VERSION: i64 = 17;
 
 pub(super) fn open_db(path: &Path) -> Result<Connection> {
     let mut conn = Connection::open(path)?;

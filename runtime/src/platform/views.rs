@@ -54,6 +54,10 @@ pub struct ImportRequest {
     /// The file, base64 (empty when the file comes as a streamed upload).
     #[serde(default)]
     pub data_base64: String,
+    /// S17: the provider's quality rules for the dataset, checked on this import and every
+    /// later one; none keeps the rules the dataset has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality_rules: Option<Vec<tidegate_policy::QualityRule>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]

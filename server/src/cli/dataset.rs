@@ -34,6 +34,14 @@ pub(super) enum DatasetCommand {
         /// {"spend": {"min": 0, "max": 500}, "spot": {"categories": ["A", "B"]}}
         #[arg(long)]
         mock: Option<PathBuf>,
+        /// A JSON file of quality rules checked on this import and every later one, e.g.
+        /// [{"column": "spend", "check": "range", "min": 0, "max": 800, "on_fail": "quarantine"},
+        ///  {"column": "resident_id", "check": "check_digits", "on_fail": "refuse"}];
+        /// checks: not_null, range, categories (values), unique, check_digits, fresh
+        /// (within_days); on_fail: refuse, quarantine (stored sealed until an admin unseals
+        /// it; the default), report.
+        #[arg(long)]
+        quality_rules: Option<PathBuf>,
     },
     /// A mock of a dataset as your scenario grants it (its granted columns and entity key),
     /// generated from its provider's declared metadata, never from its values: Parquet marked
@@ -119,6 +127,7 @@ pub(super) fn run(command: DatasetCommand, remote: &Remote) -> Result<()> {
             columns,
             approvers,
             mock,
+            quality_rules,
         } => {
             // Checked here, before a file of any size is read and sent.
             let level: tidegate_policy::Level = level
@@ -145,6 +154,15 @@ pub(super) fn run(command: DatasetCommand, remote: &Remote) -> Result<()> {
                 approvers,
                 // The file goes as the body of the upload, not inside the request.
                 data_base64: String::new(),
+                quality_rules: quality_rules
+                    .map(|path| -> Result<_> {
+                        let text = std::fs::read_to_string(&path)
+                            .with_context(|| format!("cannot read {}", path.display()))?;
+                        serde_json::from_str(&text).with_context(|| {
+                            format!("{} is not a JSON list of quality rules", path.display())
+                        })
+                    })
+                    .transpose()?,
             };
             // Bytes and rate while the file goes; the server reads it once it has all
             // arrived, and the answer says how many rows it held.

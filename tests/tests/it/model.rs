@@ -144,6 +144,7 @@ fn world() -> World {
                 }],
                 approvers: vec![],
                 data_base64: base64::engine::general_purpose::STANDARD.encode(csv),
+                quality_rules: None,
             },
         )
         .unwrap();

@@ -859,3 +859,115 @@ fn a_provider_sees_where_its_data_is_used_and_downloads_its_released_products_fr
         .unwrap();
     assert_eq!(hidden.status, 404, "{}", hidden.body);
 }
+
+/// The visits imported with the provider's quality rules.
+fn import_with_rules(env: &Env, csv: &str, rules: Option<Value>) -> anyhow::Result<Value> {
+    let mut request = json!({
+        "name": "visits",
+        "level": "L2",
+        "format": "csv",
+        "columns": [
+            { "name": "resident_id", "data_type": "utf8", "tags": ["pii:resident_id", "entity"] },
+            { "name": "mobile", "data_type": "utf8", "tags": ["pii:mobile"] },
+            { "name": "spot", "data_type": "utf8", "tags": ["dimension"] },
+            { "name": "visit_date", "data_type": "date32", "tags": ["quasi"] },
+            { "name": "spend", "data_type": "float64", "tags": ["sensitive"] },
+        ],
+    });
+    if let Some(rules) = rules {
+        request["quality_rules"] = rules;
+    }
+    env.world.provider.import_dataset(request, csv.as_bytes())
+}
+
+#[test]
+fn a_providers_quality_rules_refuse_or_quarantine_an_import_rule_by_rule() {
+    let env = setup(true);
+    let w = &env.world;
+    let good = tidegate_server::visitor_csv(400);
+    let rules = json!([
+        { "column": "spend", "check": "range", "min": 0, "max": 800, "on_fail": "quarantine" },
+        { "column": "resident_id", "check": "check_digits", "on_fail": "refuse" },
+        { "column": "spend", "check": "not_null", "on_fail": "report" },
+    ]);
+    // A rule on a column the file lacks, or check digits of an untyped column, is refused.
+    let wrong = import_with_rules(
+        &env,
+        &good,
+        Some(json!([{ "column": "spot", "check": "check_digits" }])),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(wrong.contains("check digits"), "{wrong}");
+
+    // A resident ID whose check digit is wrong: refused, nothing stored.
+    let mut lines: Vec<String> = good.lines().map(str::to_string).collect();
+    let id = lines[1].split(',').next().unwrap().to_string();
+    let last = id.chars().last().unwrap();
+    let other = if last == '0' { '1' } else { '0' };
+    let broken_id = format!("{}{other}", &id[..id.len() - 1]);
+    lines[1] = lines[1].replacen(&id, &broken_id, 1);
+    let refused = import_with_rules(&env, &(lines.join("\n") + "\n"), Some(rules.clone()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("check_digits on `resident_id`"),
+        "{refused}"
+    );
+    assert!(!refused.contains(&broken_id), "the refusal names no value");
+    assert!(
+        w.provider
+            .list_datasets()
+            .unwrap()
+            .to_string()
+            .find("\"visits\"")
+            .is_none(),
+        "nothing was stored"
+    );
+
+    // A spend out of range: stored, quarantined (sealed) with the report rule by rule.
+    let mut lines: Vec<String> = good.lines().map(str::to_string).collect();
+    let fields: Vec<&str> = lines[2].split(',').collect();
+    lines[2] = format!(
+        "{},{},{},{},-5.00",
+        fields[0], fields[1], fields[2], fields[3]
+    );
+    let imported = import_with_rules(&env, &(lines.join("\n") + "\n"), Some(rules)).unwrap();
+    let quality = &imported["quality"];
+    assert_eq!(quality["quarantined"], true, "{quality}");
+    let range = quality["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["rule"]["check"] == "range")
+        .unwrap();
+    assert_eq!(range["failing_rows"], 1);
+    assert_eq!(range["passed"], false);
+    assert!(quality["score"].as_f64().unwrap() < 1.0);
+    // No job reads it until an admin has looked and unsealed it.
+    let (_, scenario) = w.open_scenario().unwrap();
+    let sid = scenario["id"].as_str().unwrap();
+    let held = w
+        .scientist
+        .submit_job(sid, PER_SPOT, &[])
+        .unwrap_err()
+        .to_string();
+    assert!(held.contains("is quarantined"), "{held}");
+    w.admin
+        .ok(
+            "POST",
+            &format!(
+                "/v1/datasets/{}/versions/1/unseal",
+                imported["id"].as_str().unwrap()
+            ),
+            Some(&json!({ "reason": "one refund row, checked with the provider" })),
+        )
+        .unwrap();
+    assert_eq!(job(&env, sid, PER_SPOT, &[])["state"], "succeeded");
+
+    // A later version keeps the dataset's rules without naming them.
+    let again = import_with_rules(&env, &good, None).unwrap();
+    assert_eq!(again["quality"]["rules"].as_array().unwrap().len(), 3);
+    assert_eq!(again["quality"]["score"], 1.0);
+    assert!(again["quality"]["quarantined"].is_null());
+}
