@@ -52,6 +52,10 @@ fn webhook_origin(url: &str) -> String {
     format!("{scheme}://{host}/...")
 }
 
+/// The columns [`Platform::alert_from_row`] reads, in its order.
+const ALERT_COLUMNS: &str = "id, kind, org_id, scenario_id, evidence, raised_at, acknowledged_by, \
+     acknowledged_at, note, occurrences, last_raised_at";
+
 /// The actor the log names for alerts the platform raises.
 const MONITOR_ACTOR: &str = "platform:monitor";
 
@@ -201,12 +205,10 @@ impl Platform {
         let db = self.lock_db();
         tidegate_policy::can_read_alerts(actor, Self::org_kind(&db, &actor.org)?)?;
         let rows = db
-            .prepare(
-                "SELECT id, kind, org_id, scenario_id, evidence, raised_at, acknowledged_by,
-                        acknowledged_at, note, occurrences, last_raised_at
-                 FROM alerts WHERE (?1 = 0 OR acknowledged_at IS NULL)
-                 ORDER BY raised_at DESC, rowid DESC LIMIT 1000",
-            )?
+            .prepare(&format!(
+                "SELECT {ALERT_COLUMNS} FROM alerts WHERE (?1 = 0 OR acknowledged_at IS NULL)
+                     ORDER BY raised_at DESC, rowid DESC LIMIT 1000"
+            ))?
             .query_map(params![open], Self::alert_from_row)?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         rows.into_iter().collect()
@@ -269,8 +271,7 @@ impl Platform {
             json!({ "note": note }),
         )?;
         let view = tx.query_row(
-            "SELECT id, kind, org_id, scenario_id, evidence, raised_at, acknowledged_by,
-                        acknowledged_at, note, occurrences, last_raised_at FROM alerts WHERE id = ?1",
+            &format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE id = ?1"),
             params![id],
             Self::alert_from_row,
         )??;
@@ -333,11 +334,10 @@ impl Platform {
             return Ok(None);
         };
         let rows = db
-            .prepare(
-                "SELECT id, kind, org_id, scenario_id, evidence, raised_at, acknowledged_by,
-                        acknowledged_at, note, occurrences, last_raised_at
-                 FROM alerts WHERE delivered_at IS NULL ORDER BY raised_at, rowid LIMIT 100",
-            )?
+            .prepare(&format!(
+                "SELECT {ALERT_COLUMNS} FROM alerts WHERE delivered_at IS NULL
+                     ORDER BY raised_at, rowid LIMIT 100"
+            ))?
             .query_map([], Self::alert_from_row)?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(Some((webhook, rows.into_iter().collect::<Result<_>>()?)))

@@ -740,7 +740,13 @@ impl Platform {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (view, org, wrapped) = Self::export_row(&db, id)?;
         let released = view.state == ExportState::Released;
-        let input_orgs = Self::input_orgs(&db, &Self::job_row(&db, &view.job)?.inputs)?;
+        let JobRecord {
+            view: job,
+            plan,
+            inputs,
+            ..
+        } = Self::job_row(&db, &view.job)?;
+        let input_orgs = Self::input_orgs(&db, &inputs)?;
         let downloader =
             match tidegate_policy::can_download_bundle(actor, &org, &input_orgs, released) {
                 Ok(d) => d,
@@ -754,12 +760,8 @@ impl Platform {
         let kept_after_close = released
             && (view.requested_by == actor.id
                 || downloader == tidegate_policy::Downloader::Provider)
-            && {
-                let job = Self::job_row(&db, &view.job)?.view;
-                Self::scenario_closed(&db, &job.scenario)?
-                    && Self::scenario_row(&db, &job.scenario)?.stored_state
-                        != ScenarioState::Revoked
-            };
+            && Self::scenario_closed(&db, &job.scenario)?
+            && Self::scenario_row(&db, &job.scenario)?.stored_state != ScenarioState::Revoked;
         if !kept_after_close {
             Self::require_active_scenario_of_job(&db, &view.job)?;
         }
@@ -788,12 +790,6 @@ impl Platform {
                 "the result changed after approval; the approval is void".into(),
             ));
         }
-        let JobRecord {
-            view: job,
-            plan,
-            inputs,
-            ..
-        } = Self::job_row(&db, &view.job)?;
         let s = Self::scenario_row(&db, &job.scenario)?;
         let now = crate::now_rfc3339();
         let manifest = json!({

@@ -131,6 +131,17 @@ pub(crate) fn scenario_request(draft: bool) -> Value {
     })
 }
 
+/// The platform's public key, as the data directory holds it (hex in `platform.pub`).
+pub(crate) fn platform_key(env: &Env) -> Vec<u8> {
+    let text =
+        std::fs::read_to_string(env.data_dir().join(tidegate_runtime::PUBLIC_KEY_FILE)).unwrap();
+    let text = text.trim();
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+        .collect()
+}
+
 pub(crate) struct Env {
     pub(crate) _runtime: tokio::runtime::Runtime,
     pub(crate) dir: tempfile::TempDir,

@@ -6,20 +6,11 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
-use tidegate_runtime::{AUDIT_FILE, PUBLIC_KEY_FILE, verify_audit_file};
+use tidegate_runtime::{AUDIT_FILE, verify_audit_file};
 
-use crate::common::{Env, active_scenario, job, scenario_request, setup};
+use crate::common::{Env, active_scenario, job, platform_key, scenario_request, setup};
 
 const GROUPED: &str = "SELECT spot, count(*) AS visits FROM visits GROUP BY spot";
-
-fn public_key(env: &Env) -> Vec<u8> {
-    let text = std::fs::read_to_string(env.data_dir().join(PUBLIC_KEY_FILE)).unwrap();
-    let text = text.trim();
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
-        .collect()
-}
 
 fn objects(env: &Env, kind: &str) -> Vec<PathBuf> {
     std::fs::read_dir(env.data_dir().join("objects").join(kind))
@@ -116,7 +107,7 @@ fn a_revoked_scenario_is_closed_at_once_and_keeps_nothing_not_even_its_released_
     tidegate_runtime::verify_certificate(
         &closing["receipt"],
         closing["signature"].as_str().unwrap(),
-        &public_key(&env),
+        &platform_key(&env),
     )
     .unwrap();
     let receipt = &closing["receipt"];
@@ -138,7 +129,7 @@ fn a_revoked_scenario_is_closed_at_once_and_keeps_nothing_not_even_its_released_
         tidegate_runtime::verify_certificate(
             &altered,
             closing["signature"].as_str().unwrap(),
-            &public_key(&env)
+            &platform_key(&env)
         )
         .is_err()
     );
@@ -157,7 +148,7 @@ fn a_revoked_scenario_is_closed_at_once_and_keeps_nothing_not_even_its_released_
     // The log says so, and still verifies.
     let log = env.data_dir().join(AUDIT_FILE);
     assert!(audit_actions(&log).contains(&"scenario.close".to_string()));
-    let verdict = verify_audit_file(&log, Some(&public_key(&env))).unwrap();
+    let verdict = verify_audit_file(&log, Some(&platform_key(&env))).unwrap();
     assert_eq!(verdict.first_bad, None);
     // Another sweep finds nothing more to close.
     let swept = w.admin.sweep().unwrap();

@@ -514,12 +514,7 @@ fn the_public_record_needs_no_sign_in_names_no_figure_and_verifies_offline() {
     let signed = anyone.ok("GET", "/public/record.json", None).unwrap();
     let record = &signed["record"];
     assert_eq!(record["format"], "tidegate-public-record-v1");
-    let key =
-        std::fs::read_to_string(env.data_dir().join(tidegate_runtime::PUBLIC_KEY_FILE)).unwrap();
-    let key: Vec<u8> = (0..key.trim().len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&key.trim()[i..i + 2], 16).unwrap())
-        .collect();
+    let key = crate::common::platform_key(&env);
     tidegate_runtime::verify_certificate(record, signed["signature"].as_str().unwrap(), &key)
         .unwrap();
     let mut forged = record.clone();
@@ -741,12 +736,7 @@ fn the_authoritys_signed_evaluation_is_in_the_annual_report_and_can_bar_a_new_ap
     assert!(evaluation(&w.scientist, true).is_err());
     assert!(evaluation(&w.auditor, true).is_err());
     let signed = evaluation(&w.admin, false).unwrap();
-    let key =
-        std::fs::read_to_string(env.data_dir().join(tidegate_runtime::PUBLIC_KEY_FILE)).unwrap();
-    let key: Vec<u8> = (0..key.trim().len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&key.trim()[i..i + 2], 16).unwrap())
-        .collect();
+    let key = crate::common::platform_key(&env);
     tidegate_runtime::verify_certificate(
         &signed["evaluation"],
         signed["signature"].as_str().unwrap(),
