@@ -32,8 +32,9 @@ pub use mock::{MAX_MOCK_ROWS, MockSpec, MockValue, check_mock_spec, mock_column}
 pub use model::{
     AlertKind, AlertThresholds, AuditAction, ColumnSpec, ColumnTag, DEFAULT_JOB_MEMORY_MIB,
     DataType, Decision, ExportRules, ExportState, JOB_MEMORY_MIB_RANGE, JobState, Level,
-    MAX_JOBS_PER_DAY, Masking, OrgKind, Origin, Principal, Role, ScenarioState,
-    TRAINING_VALID_DAYS, TimeUnit, parse_tags,
+    MAX_CPU_SECONDS_PER_DAY, MAX_GIGAFUEL_PER_DAY, MAX_JOBS_PER_DAY, MAX_STORAGE_MIB, Masking,
+    OrgKind, Origin, Principal, QuotaUse, Role, ScenarioState, TRAINING_VALID_DAYS, TimeUnit,
+    parse_tags,
 };
 pub use privacy::{
     BoundedAggregate, ColumnNoise, ContributionBounds, DatasetBudget, GroupSelection, NoisePlan,
@@ -52,17 +53,17 @@ pub use rules::{
     Downloader, ExportEvent, MAX_QUEUED_JOBS_PER_ORG, MAX_SAMPLE_ROWS, Refusal, ScenarioApprovals,
     authorization_ended, budget_nearly_spent, can_act_untrained, can_activate_scenario,
     can_apply_for_scenario, can_approve_module, can_approve_scenario, can_cancel_job,
-    can_change_scenario, can_download_bundle, can_evaluate_org, can_freeze_org, can_handle_alerts,
-    can_hold_roles, can_import, can_import_social, can_keep_custody, can_list_dataset,
-    can_queue_job, can_read_alerts, can_read_directory, can_read_metrics, can_record_training,
-    can_repin_grant, can_request_export, can_review_export, can_revoke_module, can_run_job,
-    can_sample_dataset, can_search_audit, can_see_dataset_usage, can_submit_scenario,
-    can_submit_within_quota, can_upload_module, check_column_names, check_course,
-    check_dataset_name, check_epsilon, check_name, check_new_term, check_new_version,
-    check_source_rebuild, is_hidden_char, next_export_state, oversees_all_orgs, require_not_frozen,
-    require_role, require_training, required_export_approvals, scenario_closes, scenario_state,
-    suppressed_in_a_row, training_holds, training_valid_until, validate_alert_thresholds,
-    validate_export_rules,
+    can_change_scenario, can_discard_result, can_download_bundle, can_evaluate_org, can_freeze_org,
+    can_handle_alerts, can_hold_roles, can_import, can_import_social, can_keep_custody,
+    can_list_dataset, can_queue_job, can_read_alerts, can_read_directory, can_read_metrics,
+    can_record_training, can_repin_grant, can_request_export, can_review_export, can_revoke_module,
+    can_run_job, can_sample_dataset, can_search_audit, can_see_dataset_usage, can_store_result,
+    can_submit_scenario, can_submit_within_quota, can_upload_module, check_column_names,
+    check_course, check_dataset_name, check_epsilon, check_name, check_new_term, check_new_version,
+    check_source_rebuild, is_hidden_char, job_budgets_within_quota, next_export_state,
+    oversees_all_orgs, require_not_frozen, require_role, require_training,
+    required_export_approvals, scenario_closes, scenario_state, suppressed_in_a_row,
+    training_holds, training_valid_until, validate_alert_thresholds, validate_export_rules,
 };
 
 #[cfg(test)]

@@ -534,6 +534,7 @@ text_states! {
         ExportRequest = "export.request",
         ExportRead = "export.read",
         ExportReview = "export.review",
+        JobDiscard = "job.discard",
         JobEnd = "job.end",
         JobRead = "job.read",
         JobStart = "job.start",
@@ -786,10 +787,38 @@ pub struct ExportRules {
     /// Approved with the application, enforced when a job is submitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jobs_per_day: Option<u64>,
+    /// The most CPU seconds the scenario's jobs may use in any 24 hours (none: no quota but
+    /// each job's time limit). Approved with the application; a job starts only with some
+    /// left and runs at most as long as what is left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_seconds_per_day: Option<u64>,
+    /// The most guest fuel the scenario's jobs may burn in any 24 hours, in units of 10^9
+    /// (about a second of guest work each). A job's fuel budget is at most what is left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gigafuel_per_day: Option<u64>,
+    /// The most job results the scenario keeps stored at once, in MiB: a job whose result
+    /// would pass it keeps nothing; a scientist frees room by discarding results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_mib: Option<u64>,
 }
 
 /// The most a scenario's daily job quota may be.
 pub const MAX_JOBS_PER_DAY: u64 = 100_000;
+/// The most a scenario's daily CPU, fuel (in 10^9) and storage (MiB) quotas may be.
+pub const MAX_CPU_SECONDS_PER_DAY: u64 = 86_400 * 64;
+pub const MAX_GIGAFUEL_PER_DAY: u64 = 100_000_000;
+pub const MAX_STORAGE_MIB: u64 = 16 << 20;
+
+/// What a scenario has used of its quotas: jobs submitted, CPU and fuel used by the jobs that
+/// ended in the last 24 hours (as their scientists see them: over L2 or L3 data rounded up),
+/// and the bytes of the job results it keeps now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QuotaUse {
+    pub jobs: u64,
+    pub cpu_ms: u64,
+    pub fuel: u64,
+    pub stored_bytes: u64,
+}
 
 /// A job's engine memory when the scenario names none.
 pub const DEFAULT_JOB_MEMORY_MIB: u64 = 2048;

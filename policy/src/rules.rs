@@ -6,7 +6,7 @@ use std::fmt;
 use time::Date;
 
 use crate::model::{
-    Decision, ExportRules, ExportState, Level, OrgKind, Principal, Role, ScenarioState,
+    Decision, ExportRules, ExportState, Level, OrgKind, Principal, QuotaUse, Role, ScenarioState,
 };
 
 /// A decision to refuse, with a reason the user can act on.
@@ -351,15 +351,94 @@ pub fn can_queue_job(waiting: u64) -> Result<(), Refusal> {
     }
 }
 
-/// R-EXIT: a scenario's daily quota of jobs (set at approval): `submitted` is how many it
-/// submitted in the last 24 hours.
-pub fn can_submit_within_quota(submitted: u64, jobs_per_day: Option<u64>) -> Result<(), Refusal> {
-    match jobs_per_day {
-        Some(quota) if submitted >= quota => refuse(format!(
-            "the scenario submitted {submitted} jobs in the last 24 hours, its quota of {quota} a day; \
-             submit more later or ask the authority for a larger quota"
-        )),
+/// R-EXIT: whether a scenario may submit (or start) another job within the quotas approved
+/// with it: jobs, CPU seconds and fuel in any 24 hours, and the results it keeps stored.
+/// `used` is what it used (see [`QuotaUse`]).
+pub fn can_submit_within_quota(used: &QuotaUse, rules: &ExportRules) -> Result<(), Refusal> {
+    const LATER: &str = "submit more later or ask the authority for a larger quota";
+    if let Some(quota) = rules.jobs_per_day
+        && used.jobs >= quota
+    {
+        return refuse(format!(
+            "the scenario submitted {} jobs in the last 24 hours, its quota of {quota} a day; {LATER}",
+            used.jobs
+        ));
+    }
+    if let Some(quota) = rules.cpu_seconds_per_day
+        && used.cpu_ms >= quota.saturating_mul(1000)
+    {
+        return refuse(format!(
+            "the scenario's jobs used {} CPU seconds in the last 24 hours, its quota of {quota} a day; {LATER}",
+            used.cpu_ms.div_ceil(1000)
+        ));
+    }
+    if let Some(quota) = rules.gigafuel_per_day
+        && used.fuel >= quota.saturating_mul(GIGA)
+    {
+        return refuse(format!(
+            "the scenario's guests burned {} x 10^9 fuel in the last 24 hours, its quota of {quota} x 10^9 a day; {LATER}",
+            used.fuel.div_ceil(GIGA)
+        ));
+    }
+    if let Some(quota) = rules.storage_mib
+        && used.stored_bytes >= quota.saturating_mul(1 << 20)
+    {
+        return refuse(format!(
+            "the scenario keeps {} MiB of job results, its storage quota of {quota} MiB; \
+             discard results it no longer needs (`tidegate job discard ID`) or ask the \
+             authority for a larger quota",
+            used.stored_bytes.div_ceil(1 << 20)
+        ));
+    }
+    Ok(())
+}
+
+const GIGA: u64 = 1_000_000_000;
+
+/// R-EXIT: the budgets a job of the scenario starts with, given the platform's own per-job
+/// `fuel` and `wall` (milliseconds) and what the scenario used of its daily quotas: each at
+/// most what is left of its quota (CPU seconds bound the job's run time, so a job using
+/// several cores at once may pass what was left by at most that many times its run).
+pub fn job_budgets_within_quota(
+    used: &QuotaUse,
+    rules: &ExportRules,
+    fuel: u64,
+    wall_ms: u64,
+) -> (u64, u64) {
+    let fuel = match rules.gigafuel_per_day {
+        Some(q) => fuel.min(q.saturating_mul(GIGA).saturating_sub(used.fuel)),
+        None => fuel,
+    };
+    let wall_ms = match rules.cpu_seconds_per_day {
+        Some(q) => wall_ms.min(q.saturating_mul(1000).saturating_sub(used.cpu_ms)),
+        None => wall_ms,
+    };
+    (fuel, wall_ms)
+}
+
+/// R-EXIT: whether a job's result of `bytes` may be kept beside the `stored` bytes of results
+/// its scenario keeps, under the scenario's storage quota.
+pub fn can_store_result(stored: u64, bytes: u64, rules: &ExportRules) -> Result<(), Refusal> {
+    match rules.storage_mib {
+        Some(quota) if stored.saturating_add(bytes) > quota.saturating_mul(1 << 20) => {
+            refuse(format!(
+                "the result would pass the scenario's storage quota of {quota} MiB and was not kept; \
+             discard results it no longer needs (`tidegate job discard ID`) or ask the authority \
+             for a larger quota"
+            ))
+        }
         _ => Ok(()),
+    }
+}
+
+/// R-EXIT: who may discard a job's stored result (to free room under the scenario's storage
+/// quota): its own unit's scientists; never a frozen principal.
+pub fn can_discard_result(p: &Principal, job_org: &str) -> Result<(), Refusal> {
+    require_not_frozen(p)?;
+    if p.org == job_org && p.has_role(Role::Scientist) {
+        Ok(())
+    } else {
+        refuse("only the job's own unit's scientists discard its result")
     }
 }
 
@@ -764,13 +843,33 @@ pub fn validate_export_rules(
             crate::model::JOB_MEMORY_MIB_RANGE.end()
         ));
     }
-    if let Some(n) = rules.jobs_per_day
-        && !(1..=crate::model::MAX_JOBS_PER_DAY).contains(&n)
-    {
-        return refuse(format!(
-            "jobs_per_day must be from 1 to {}",
-            crate::model::MAX_JOBS_PER_DAY
-        ));
+    for (name, value, most) in [
+        (
+            "jobs_per_day",
+            rules.jobs_per_day,
+            crate::model::MAX_JOBS_PER_DAY,
+        ),
+        (
+            "cpu_seconds_per_day",
+            rules.cpu_seconds_per_day,
+            crate::model::MAX_CPU_SECONDS_PER_DAY,
+        ),
+        (
+            "gigafuel_per_day",
+            rules.gigafuel_per_day,
+            crate::model::MAX_GIGAFUEL_PER_DAY,
+        ),
+        (
+            "storage_mib",
+            rules.storage_mib,
+            crate::model::MAX_STORAGE_MIB,
+        ),
+    ] {
+        if let Some(n) = value
+            && !(1..=most).contains(&n)
+        {
+            return refuse(format!("{name} must be from 1 to {most}"));
+        }
     }
     if let Some(column) = rules
         .masking
@@ -1320,9 +1419,18 @@ mod tests {
 
     #[test]
     fn a_scenario_submits_no_more_jobs_a_day_than_its_quota() {
-        assert!(can_submit_within_quota(1_000_000, None).is_ok());
-        assert!(can_submit_within_quota(2, Some(3)).is_ok());
-        let refused = can_submit_within_quota(3, Some(3)).unwrap_err();
+        let jobs = |n| QuotaUse {
+            jobs: n,
+            ..QuotaUse::default()
+        };
+        let none = ExportRules::default();
+        assert!(can_submit_within_quota(&jobs(1_000_000), &none).is_ok());
+        let three = ExportRules {
+            jobs_per_day: Some(3),
+            ..ExportRules::default()
+        };
+        assert!(can_submit_within_quota(&jobs(2), &three).is_ok());
+        let refused = can_submit_within_quota(&jobs(3), &three).unwrap_err();
         assert!(
             refused.reason.contains("quota of 3 a day"),
             "{}",
@@ -1335,6 +1443,81 @@ mod tests {
         assert!(validate_export_rules(&rules, 1_000, 1_000).is_err());
         rules.jobs_per_day = Some(50);
         assert!(validate_export_rules(&rules, 1_000, 1_000).is_ok());
+    }
+
+    #[test]
+    fn a_scenario_uses_no_more_cpu_fuel_or_storage_than_its_quotas() {
+        let rules = ExportRules {
+            cpu_seconds_per_day: Some(60),
+            gigafuel_per_day: Some(10),
+            storage_mib: Some(1),
+            ..ExportRules::default()
+        };
+        let used = QuotaUse {
+            cpu_ms: 59_000,
+            fuel: 9 * GIGA,
+            stored_bytes: 1000,
+            ..QuotaUse::default()
+        };
+        assert!(can_submit_within_quota(&used, &rules).is_ok());
+        // A job starts with what is left, never more than the platform's own budgets.
+        assert_eq!(
+            job_budgets_within_quota(&used, &rules, 50 * GIGA, 300_000),
+            (GIGA, 1_000)
+        );
+        assert_eq!(
+            job_budgets_within_quota(&used, &ExportRules::default(), 50 * GIGA, 300_000),
+            (50 * GIGA, 300_000)
+        );
+        let cases = [
+            (
+                QuotaUse {
+                    cpu_ms: 60_000,
+                    ..used
+                },
+                "60 CPU seconds",
+            ),
+            (
+                QuotaUse {
+                    fuel: 10 * GIGA,
+                    ..used
+                },
+                "quota of 10 x 10^9",
+            ),
+            (
+                QuotaUse {
+                    stored_bytes: 1 << 20,
+                    ..used
+                },
+                "storage quota of 1 MiB",
+            ),
+        ];
+        for (over, says) in cases {
+            let refused = can_submit_within_quota(&over, &rules).unwrap_err();
+            assert!(refused.reason.contains(says), "{}", refused.reason);
+        }
+        // A result is kept only within the storage quota.
+        assert!(can_store_result(1000, (1 << 20) - 1000, &rules).is_ok());
+        assert!(can_store_result(1000, (1 << 20) - 999, &rules).is_err());
+        for bad in [
+            ExportRules {
+                cpu_seconds_per_day: Some(0),
+                ..ExportRules::default()
+            },
+            ExportRules {
+                gigafuel_per_day: Some(u64::MAX),
+                ..ExportRules::default()
+            },
+            ExportRules {
+                storage_mib: Some(0),
+                ..ExportRules::default()
+            },
+        ] {
+            assert!(
+                validate_export_rules(&bad, 1_000, 1_000).is_err(),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -1049,6 +1049,16 @@ async fn cancel_job(
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
 
+#[utoipa::path(post, path = "/v1/jobs/{id}/discard", params(("id" = String, Path, description = "the id")), responses((status = 200, description = "the job, its result discarded", body = tidegate_runtime::JobView), Errors))]
+async fn discard_result(
+    State(p): State<AppState>,
+    Actor(actor): Actor,
+    Param(id): Param<String>,
+) -> ApiResult<Value> {
+    let v = blocking(move || p.discard_result(&actor, &id)).await?;
+    Ok(Json(serde_json::to_value(v).expect("serializes")))
+}
+
 #[utoipa::path(get, path = "/v1/jobs/{id}", params(("id" = String, Path, description = "the id")), responses((status = 200, description = "the job", body = tidegate_runtime::JobView), Errors))]
 async fn get_job(
     State(p): State<AppState>,
@@ -1342,6 +1352,7 @@ pub fn router_with(platform: Arc<Platform>, secure_cookies: bool) -> Router {
         .routes(routes!(get_job))
         .routes(routes!(list_modules))
         .routes(routes!(cancel_job))
+        .routes(routes!(discard_result))
         .routes(routes!(request_export, list_exports))
         .routes(routes!(get_export))
         .routes(routes!(review_export))

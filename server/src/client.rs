@@ -643,6 +643,11 @@ impl Client {
         self.ok("POST", &format!("/v1/jobs/{id}/cancel"), None)
     }
 
+    /// Discards a job's stored result (its own scientist), freeing storage quota.
+    pub fn discard_result(&self, id: &str) -> Result<Value> {
+        self.ok("POST", &format!("/v1/jobs/{id}/discard"), None)
+    }
+
     pub fn request_export(&self, job: &str) -> Result<Value> {
         self.request_export_with(job, None, None)
     }

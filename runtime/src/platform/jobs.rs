@@ -304,16 +304,11 @@ impl Platform {
             |r| r.get(0),
         )?;
         tidegate_policy::can_queue_job(waiting)?;
-        // R-EXIT: the scenario's daily quota, approved with it.
-        let day_ago = (time::OffsetDateTime::now_utc() - time::Duration::days(1))
-            .format(&time::format_description::well_known::Rfc3339)
-            .map_err(|e| Error::Internal(e.to_string()))?;
-        let today_count: u64 = db.query_row(
-            "SELECT count(*) FROM jobs WHERE scenario_id = ?1 AND created_at > ?2",
-            params![scenario.id, day_ago],
-            |r| r.get(0),
+        // R-EXIT: the scenario's quotas, approved with it.
+        tidegate_policy::can_submit_within_quota(
+            &Self::quota_use(&db, &scenario.id)?,
+            &scenario.export_rules,
         )?;
-        tidegate_policy::can_submit_within_quota(today_count, scenario.export_rules.jobs_per_day)?;
         let tx = db.transaction()?;
         tx.execute(
             "INSERT INTO jobs (id, scenario_id, submitted_by, sql, modules, state, level, inputs, created_at, policy_version)
@@ -328,6 +323,48 @@ impl Platform {
         )?;
         tx.commit()?;
         Ok(id)
+    }
+
+    /// R-EXIT: what scenario `sid` used of its quotas: the jobs it submitted and the CPU and
+    /// fuel of its jobs that ended in the last 24 hours, and the bytes of the results it keeps,
+    /// each as its scientists see them (over L2 or L3 data, rounded up).
+    pub(super) fn quota_use(db: &Connection, sid: &str) -> Result<tidegate_policy::QuotaUse> {
+        let day_ago = (time::OffsetDateTime::now_utc() - time::Duration::days(1))
+            .format(&time::format_description::well_known::Rfc3339)
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let mut used = tidegate_policy::QuotaUse {
+            jobs: db.query_row(
+                "SELECT count(*) FROM jobs WHERE scenario_id = ?1 AND created_at > ?2",
+                params![sid, day_ago],
+                |r| r.get(0),
+            )?,
+            ..Default::default()
+        };
+        let mut stmt = db.prepare(
+            "SELECT resources, finished_at > ?2, wrapped_key IS NOT NULL FROM jobs
+             WHERE scenario_id = ?1 AND resources IS NOT NULL
+               AND (finished_at > ?2 OR wrapped_key IS NOT NULL)",
+        )?;
+        let rows = stmt.query_map(params![sid, day_ago], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, bool>(1)?,
+                r.get::<_, bool>(2)?,
+            ))
+        })?;
+        for row in rows {
+            let (resources, recent, stored) = row?;
+            let r: ResourceUse = serde_json::from_str(&resources)
+                .map_err(|e| Error::Integrity(format!("a job's resources: {e}")))?;
+            if recent {
+                used.cpu_ms = used.cpu_ms.saturating_add(r.cpu_ms);
+                used.fuel = used.fuel.saturating_add(r.fuel);
+            }
+            if stored {
+                used.stored_bytes = used.stored_bytes.saturating_add(r.output_bytes);
+            }
+        }
+        Ok(used)
     }
 
     /// Ends a job that is in state `from` and will not run on (refused when it came to
@@ -376,7 +413,7 @@ impl Platform {
     /// the job was queued refuse it). A job no longer queued (cancelled, or taken by another
     /// worker) is left alone.
     pub async fn run_job(&self, id: &str) -> Result<()> {
-        let (actor, sql, module_hashes, scenario_id) = {
+        let (actor, sql, module_hashes, scenario_id, quota) = {
             let db = self
                 .db
                 .lock()
@@ -385,19 +422,37 @@ impl Platform {
             if job.state != JobState::Queued {
                 return Ok(());
             }
+            let rules = Self::scenario_row(&db, &job.scenario)?.export_rules;
+            let used = Self::quota_use(&db, &job.scenario)?;
             (
                 Self::principal_where(&db, "id", &job.submitted_by)?
                     .ok_or_else(|| Error::Integrity(format!("job {id} names no principal")))?,
                 job.sql,
                 job.modules,
                 job.scenario,
+                (used, rules),
             )
         };
         let id = id.to_string();
+        // R-EXIT: the job runs with at most what is left of its scenario's daily CPU and fuel
+        // quotas (a scenario with none left refuses it below).
+        let (fuel, wall_ms) = tidegate_policy::job_budgets_within_quota(
+            &quota.0,
+            &quota.1,
+            GuestLimits::default().fuel,
+            EngineLimits::default().wall_time.as_millis() as u64,
+        );
+        let capped = (
+            fuel < GuestLimits::default().fuel,
+            wall_ms < EngineLimits::default().wall_time.as_millis() as u64,
+        );
         // The meter is where a suspension or a cancellation reaches a running job: it is
         // listed before the job is checked and marked running, so that a suspension after the
         // check, or a cancellation of a job seen running, always reaches it.
-        let meter = Arc::new(JobMeter::new(GuestLimits::default()));
+        let meter = Arc::new(JobMeter::new(GuestLimits {
+            fuel,
+            ..GuestLimits::default()
+        }));
         self.running
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -411,7 +466,19 @@ impl Platform {
             level,
             pseudonyms,
             subjects,
-        } = match self.job_inputs(&actor, &scenario_id, &module_hashes) {
+        } = match self
+            .job_inputs(&actor, &scenario_id, &module_hashes)
+            .and_then(|checked| {
+                tidegate_policy::can_submit_within_quota(
+                    &tidegate_policy::QuotaUse {
+                        // Counted when it was submitted.
+                        jobs: 0,
+                        ..quota.0
+                    },
+                    &quota.1,
+                )?;
+                Ok(checked)
+            }) {
             Ok(checked) => checked,
             Err(e) => {
                 self.unlist_running(&scenario_id, &id);
@@ -463,6 +530,7 @@ impl Platform {
                     udfs,
                     EngineLimits {
                         spill_dir: Some(self.spill_dir()),
+                        wall_time: std::time::Duration::from_millis(wall_ms),
                         ..job::scenario_limits(&scenario.export_rules, scenario.k, level, subjects)
                     },
                     cancelled,
@@ -513,7 +581,25 @@ impl Platform {
             .remove(&id);
         // A scenario closed while the job ran keeps nothing of it (its results are destroyed).
         let closed = Self::scenario_closed(&db, &scenario_id)?;
-        let outcome = if cancelled || closed {
+        // R-EXIT: a result is kept only within the scenario's storage quota (counted as its
+        // scientist sees it).
+        let over_storage = match &sealed {
+            Some(s) if !(cancelled || closed) => {
+                let bytes = if level > Level::L1 {
+                    s.output_bytes.div_ceil(1 << 20) << 20
+                } else {
+                    s.output_bytes
+                };
+                let stored = Self::quota_use(&db, &scenario_id)?.stored_bytes;
+                tidegate_policy::can_store_result(stored, bytes, &scenario.export_rules).err()
+            }
+            _ => None,
+        };
+        let outcome = if let Some(refusal) = over_storage {
+            let _ = fs::remove_file(self.object_path("results", &id));
+            let _ = fs::remove_file(self.object_path("subjects", &id));
+            Err(Error::from(refusal))
+        } else if cancelled || closed {
             if sealed.is_some() {
                 let _ = fs::remove_file(self.object_path("results", &id));
                 let _ = fs::remove_file(self.object_path("subjects", &id));
@@ -575,7 +661,20 @@ impl Platform {
                 )?;
             }
             Err(e) => {
-                let message = e.to_string();
+                // A job that ran out of what was left of a daily quota says so.
+                let message = match &e {
+                    Error::Limit(m) if capped.1 && m.contains("wall-clock") => {
+                        "the job ran out of what was left of its scenario's daily CPU quota \
+                         (cpu_seconds_per_day)"
+                            .to_string()
+                    }
+                    Error::Limit(m) if capped.0 && m.contains("fuel budget") => {
+                        "the job ran out of what was left of its scenario's daily fuel quota \
+                         (gigafuel_per_day)"
+                            .to_string()
+                    }
+                    _ => e.to_string(),
+                };
                 let shown_resources = if level > Level::L1 {
                     resources.coarse()
                 } else {
@@ -810,6 +909,46 @@ impl Platform {
                 "cancelled before it started",
             )?;
         }
+        self.get_job(actor, id)
+    }
+
+    /// R-EXIT: a job's own scientist discards its stored result (keys, then files), freeing
+    /// room under the scenario's storage quota. Exports requested from it keep their own
+    /// files; a new export of the job is refused (it has no result).
+    pub fn discard_result(&self, actor: &Principal, id: &str) -> Result<JobView> {
+        let mut db = self
+            .db
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let job = Self::job_row(&db, id)?.view;
+        let org = Self::scenario_row(&db, &job.scenario)?.org;
+        let kind = Self::org_kind(&db, &actor.org)?;
+        if actor.org != org && !tidegate_policy::oversees_all_orgs(actor, kind) {
+            return Err(Error::NotFound(format!("job {id}")));
+        }
+        tidegate_policy::can_discard_result(actor, &org)?;
+        let tx = db.transaction()?;
+        let changed = tx.execute(
+            "UPDATE jobs SET wrapped_key = NULL, subjects_key = NULL
+             WHERE id = ?1 AND wrapped_key IS NOT NULL",
+            params![id],
+        )?;
+        if changed == 0 {
+            return Err(Error::BadInput(format!("job {id} keeps no result")));
+        }
+        self.audit.append(
+            &actor.id,
+            crate::audit::Action::JobDiscard,
+            id,
+            json!({ "scenario": job.scenario }),
+        )?;
+        tx.commit()?;
+        drop(db);
+        // The keys are gone with the commit; a file left by a crash here is unreadable.
+        Self::remove_files(&[
+            self.object_path("results", id),
+            self.object_path("subjects", id),
+        ])?;
         self.get_job(actor, id)
     }
 

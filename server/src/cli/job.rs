@@ -1,4 +1,4 @@
-//! `tidegate job`: jobs submitted, followed, listed and cancelled (scientist).
+//! `tidegate job`: jobs submitted, followed, listed, cancelled and discarded (scientist).
 
 use anyhow::Result;
 use clap::Subcommand;
@@ -32,6 +32,9 @@ pub(super) enum JobCommand {
     Show { id: String },
     /// Cancel a queued or running job (its unit's scientists, the authority's admins).
     Cancel { id: String },
+    /// Discard a job's stored result (its unit's scientists): frees room under the scenario's
+    /// storage quota; exports requested from it keep their own files.
+    Discard { id: String },
 }
 
 const JOB_COLUMNS: &[Column<JobSummary>] = &[
@@ -74,6 +77,7 @@ pub(super) fn run(command: JobCommand, remote: &Remote) -> Result<()> {
         }
         JobCommand::Show { id } => print(&c.get_job(&id)?),
         JobCommand::Cancel { id } => print(&c.cancel_job(&id)?),
+        JobCommand::Discard { id } => print(&c.discard_result(&id)?),
     }
     Ok(())
 }

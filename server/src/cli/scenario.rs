@@ -75,6 +75,16 @@ pub(super) enum ScenarioCommand {
         /// At most this many jobs in any 24 hours (a quota approved with the scenario).
         #[arg(long)]
         jobs_per_day: Option<u64>,
+        /// At most this many CPU seconds of jobs in any 24 hours (a quota approved with it).
+        #[arg(long)]
+        cpu_seconds_per_day: Option<u64>,
+        /// At most this much guest fuel in any 24 hours, in units of 10^9 (about a second of
+        /// guest work each).
+        #[arg(long)]
+        gigafuel_per_day: Option<u64>,
+        /// At most this many MiB of job results kept at once (`job discard` frees room).
+        #[arg(long)]
+        storage_mib: Option<u64>,
         /// At most this many bytes per export (tighter than the platform's limit).
         #[arg(long)]
         max_bytes: Option<u64>,
@@ -145,6 +155,9 @@ pub(super) fn run(command: ScenarioCommand, remote: &Remote) -> Result<()> {
             max_rows,
             job_memory_mib,
             jobs_per_day,
+            cpu_seconds_per_day,
+            gigafuel_per_day,
+            storage_mib,
             max_bytes,
             draft,
         } => {
@@ -192,6 +205,9 @@ pub(super) fn run(command: ScenarioCommand, remote: &Remote) -> Result<()> {
                         max_bytes,
                         job_memory_mib,
                         jobs_per_day,
+                        cpu_seconds_per_day,
+                        gigafuel_per_day,
+                        storage_mib,
                         ..ExportRules::default()
                     },
                 },

@@ -311,3 +311,126 @@ fn a_scenario_submits_no_more_jobs_a_day_than_its_quota() {
         .to_string();
     assert!(zero.contains("jobs_per_day"), "{zero}");
 }
+
+/// A scenario of the demo's visits (L2) with these export rules, approved.
+fn scenario_with(env: &Env, rules: Value) -> String {
+    let w = &env.world;
+    let mut request = scenario_request(false);
+    request["export_rules"] = rules;
+    request["grants"] =
+        json!([{ "dataset": "visits", "columns": ["resident_id", "spot", "spend"] }]);
+    let sid = w.scientist.apply_scenario(&request).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    w.admin.approve_scenario(&sid).unwrap();
+    w.provider.approve_scenario(&sid).unwrap();
+    sid
+}
+
+#[test]
+fn a_scenario_keeps_no_more_results_than_its_storage_quota_and_frees_room_by_discarding() {
+    let env = setup(true);
+    let w = &env.world;
+    w.import_visits(&tidegate_server::visitor_csv(2_000))
+        .unwrap();
+    let sid = scenario_with(&env, json!({ "storage_mib": 1 }));
+    let first = job(&env, &sid, GROUPED, &[]);
+    assert_eq!(first["state"], "succeeded", "{first}");
+    let first = first["id"].as_str().unwrap().to_string();
+    // An export asked for before the result is discarded keeps its own file.
+    let export = w.scientist.request_export(&first).unwrap();
+    assert_eq!(export["state"], "in_review", "{export}");
+    // Over L2 data a result counts as its scientist sees its size: 1 MiB, rounded up.
+    let full = w
+        .scientist
+        .submit_job(&sid, GROUPED, &[])
+        .unwrap_err()
+        .to_string();
+    assert!(full.contains("storage quota of 1 MiB"), "{full}");
+    assert!(
+        full.contains("job discard"),
+        "says how to free room: {full}"
+    );
+
+    // Only the job's own scientists discard it; the authority's admin may not.
+    let not_theirs = w.admin.discard_result(&first).unwrap_err().to_string();
+    assert!(not_theirs.contains("own unit's scientists"), "{not_theirs}");
+    let results_before = objects(&env, "results").len();
+    w.scientist.discard_result(&first).unwrap();
+    assert_eq!(objects(&env, "results").len(), results_before - 1);
+    let again = w.scientist.discard_result(&first).unwrap_err().to_string();
+    assert!(again.contains("keeps no result"), "{again}");
+    let no_result = w.scientist.request_export(&first).unwrap_err().to_string();
+    assert!(no_result.contains("no result"), "{no_result}");
+    // The room is back, and the export still goes out.
+    assert_eq!(job(&env, &sid, GROUPED, &[])["state"], "succeeded");
+    let export = export["id"].as_str().unwrap();
+    w.reviewer.review_export(export, "approve", "ok").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    w.scientist.download_bundle(export, dir.path()).unwrap();
+    assert!(
+        audit_actions(&env.data_dir().join(AUDIT_FILE)).contains(&"job.discard".to_string()),
+        "the discard is in the log"
+    );
+}
+
+#[test]
+fn a_scenario_uses_no_more_cpu_seconds_or_fuel_a_day_than_its_quotas() {
+    let env = setup(true);
+    let w = &env.world;
+    w.import_visits(&tidegate_server::visitor_csv(2_000))
+        .unwrap();
+    // CPU: a job's seconds count as its scientist sees them (over L2 data, whole seconds).
+    let sid = scenario_with(&env, json!({ "cpu_seconds_per_day": 1 }));
+    assert_eq!(job(&env, &sid, GROUPED, &[])["state"], "succeeded");
+    let spent = w
+        .scientist
+        .submit_job(&sid, GROUPED, &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        spent.contains("CPU seconds") && spent.contains("quota of 1 a day"),
+        "{spent}"
+    );
+
+    // Fuel: a guest that would burn far more than the quota is stopped at what is left.
+    let sid = scenario_with(&env, json!({ "gigafuel_per_day": 1 }));
+    let burner = crate::common::scalar_module(
+        "f",
+        "float64) -> float64",
+        "(block $d (loop $l
+            (local.set $i (i32.add (local.get $i) (i32.const 1)))
+            (br_if $l (i32.lt_u (local.get $i) (i32.const 2000000000)))))
+         unreachable",
+        "",
+    );
+    let (module, _) = w.publish_module(&sid, &burner).unwrap();
+    let hash = module["hash"].as_str().unwrap().to_string();
+    let burned = job(
+        &env,
+        &sid,
+        "SELECT spot, sum(f(spend)) AS s FROM visits GROUP BY spot",
+        &[hash],
+    );
+    assert_eq!(burned["state"], "failed", "{burned}");
+    assert_eq!(
+        burned["resources"]["fuel"], 1_000_000_000u64,
+        "stopped at the quota: {burned}"
+    );
+    let spent = w
+        .scientist
+        .submit_job(&sid, GROUPED, &[])
+        .unwrap_err()
+        .to_string();
+    assert!(spent.contains("quota of 1 x 10^9 a day"), "{spent}");
+    // A quota of nothing is refused at application.
+    let mut request = scenario_request(false);
+    request["export_rules"] = json!({ "gigafuel_per_day": 0 });
+    let zero = w
+        .scientist
+        .apply_scenario(&request)
+        .unwrap_err()
+        .to_string();
+    assert!(zero.contains("gigafuel_per_day"), "{zero}");
+}
