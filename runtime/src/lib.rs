@@ -48,12 +48,13 @@ pub use metering::{
 };
 pub use platform::{
     AUDIT_FILE, AlertSettings, AlertView, ApprovalView, AuditQuery, AuditSearch, ClosingReceipt,
-    ColumnInput, DatasetUsage, DatasetView, EvaluationRequest, ExportSummary, ExportView,
-    GrantRequest, ImportRequest, JobRequest, JobSummary, JobView, ListQuery, Listing, MOCK_MARKER,
-    MockFile, ModuleDetail, ModuleSummary, ModuleView, OrgView, PUBLIC_KEY_FILE, Platform,
-    PlatformCounts, PrincipalView, ProductUse, PublicRecord, ResourceUse, SESSION_SECONDS,
-    SWEEP_ACTOR, SampleView, ScenarioRequest, ScenarioUse, ScenarioView, Session, StagedUpload,
-    SweepReport, TrainingState, local_table, verify_certificate,
+    ColumnInput, ContributionReport, DatasetContribution, DatasetUsage, DatasetView,
+    EvaluationRequest, ExportSummary, ExportView, GrantRequest, ImportRequest, JobRequest,
+    JobSummary, JobView, ListQuery, Listing, MOCK_MARKER, MockFile, ModuleDetail, ModuleSummary,
+    ModuleView, OrgView, PUBLIC_KEY_FILE, Platform, PlatformCounts, PrincipalView, ProductUse,
+    PublicRecord, ResourceUse, SESSION_SECONDS, SWEEP_ACTOR, SampleView, ScenarioRequest,
+    ScenarioUse, ScenarioView, Session, StagedUpload, SweepReport, TrainingState, local_table,
+    verify_certificate,
 };
 pub use sandbox::{
     CALL_FUEL, FUEL_FLOOR, FUEL_PER_MS, FunctionSig, Functions, GuestLimits, GuestSession,

@@ -66,6 +66,13 @@ pub enum Event {
         scenario: String,
         at: String,
     },
+    /// S11: a provider downloaded a released product of `scenario` (another org's) computed
+    /// from its data: free, shown at zero on the provider's statement.
+    ProviderDownload {
+        org: String,
+        scenario: String,
+        at: String,
+    },
     /// Bytes an org keeps in the domain from `from` until `until` (still kept when `None`):
     /// a job's result or an export file (with its scenario), or the org's own social data.
     Stored {
@@ -127,6 +134,8 @@ pub fn statement(ledger: &Ledger, org: &str, period: &str, as_of: OffsetDateTime
         }
     }
     let ours = |scenario: &str| ledger.scenarios.get(scenario).is_some_and(|s| s.org == org);
+    // Products of the org's data it downloaded from other orgs' scenarios, by scenario.
+    let mut downloads: BTreeMap<String, f64> = BTreeMap::new();
     for event in &ledger.events {
         let (key, item, quantity) = match event {
             Event::Job {
@@ -154,6 +163,16 @@ pub fn statement(ledger: &Ledger, org: &str, period: &str, as_of: OffsetDateTime
                     continue;
                 }
                 (Some(scenario.clone()), "result_export", 1.0)
+            }
+            Event::ProviderDownload {
+                org: provider,
+                scenario,
+                at,
+            } => {
+                if provider == org && in_period(at)? {
+                    *downloads.entry(scenario.clone()).or_default() += 1.0;
+                }
+                continue;
             }
             Event::Stored {
                 org: owner,
@@ -215,6 +234,25 @@ pub fn statement(ledger: &Ledger, org: &str, period: &str, as_of: OffsetDateTime
                 "note": free,
             }));
         }
+    }
+    for (scenario, quantity) in downloads {
+        let (item, category, _, default) = PRICE_ITEMS
+            .iter()
+            .find(|(item, ..)| *item == "result_export")
+            .copied()
+            .ok_or_else(|| Error::Internal("the price table lost result_export".into()))?;
+        let unit = "product of its data downloaded";
+        lines.push(json!({
+            "scenario": scenario,
+            "scenario_name": ledger.scenarios.get(&scenario).map(|t| t.name.clone()),
+            "category": category,
+            "item": item,
+            "quantity": quantity,
+            "unit": unit,
+            "fen_per_unit": ledger.prices.get(item).copied().unwrap_or(default),
+            "amount_fen": 0,
+            "note": Some("a provider's use of products of its own data: free"),
+        }));
     }
     Ok(json!({
         "org": org,
@@ -351,6 +389,20 @@ pub fn ledger_from_audit(entries: &[AuditEntry]) -> Result<Ledger> {
                         until: None,
                     });
                 }
+            }
+            // S11: a provider's download of a product of its data, free (never the release).
+            Ok(Action::ExportDownload) if d["by_provider"].as_bool() == Some(true) => {
+                let scenario = export_scenario
+                    .get(&e.object)
+                    .ok_or_else(|| missing(e, "a known export"))?;
+                let org = org_of_principal
+                    .get(&e.actor)
+                    .ok_or_else(|| missing(e, "a known downloader"))?;
+                ledger.events.push(Event::ProviderDownload {
+                    org: org.clone(),
+                    scenario: scenario.clone(),
+                    at: e.at.clone(),
+                });
             }
             // The first download of an export is its release.
             Ok(Action::ExportDownload) if released.insert(e.object.clone()) => {

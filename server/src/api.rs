@@ -1214,6 +1214,31 @@ async fn annual_report(
     })
 }
 
+#[utoipa::path(get, path = "/v1/reports/contribution", params(ReportQuery), responses((status = 200, description = "a provider's contribution report for a year: per dataset its use, quality and the fees it earned (its provider, the authority's admins and auditors; JSON, or a page with format=html)", content((tidegate_runtime::ContributionReport = "application/json"), (String = "text/html"))), Errors))]
+async fn contribution_report(
+    State(p): State<AppState>,
+    Actor(actor): Actor,
+    Params(q): Params<ReportQuery>,
+) -> Result<Response, ApiError> {
+    let html = q.format.as_deref() == Some("html");
+    let report = blocking(move || {
+        let v = p.contribution_report(&actor, &q.org, q.year)?;
+        p.record_read(
+            &actor,
+            AuditAction::ReportRead,
+            &format!("contribution:{}:{}", q.org, q.year),
+        )?;
+        Ok(v)
+    })
+    .await?;
+    let report = serde_json::to_value(report).expect("serializes");
+    Ok(if html {
+        axum::response::Html(crate::report::contribution_html(&report)).into_response()
+    } else {
+        Json(report).into_response()
+    })
+}
+
 #[utoipa::path(get, path = "/v1/policy", responses((status = 200, description = "the policy document (admin, auditor)", body = Value), Errors))]
 async fn export_policy(State(p): State<AppState>, Actor(actor): Actor) -> ApiResult<Value> {
     Ok(Json(blocking(move || p.export_policy(&actor)).await?))
@@ -1363,6 +1388,7 @@ pub fn router_with(platform: Arc<Platform>, secure_cookies: bool) -> Router {
         .routes(routes!(export_policy, apply_policy))
         .routes(routes!(statement))
         .routes(routes!(annual_report))
+        .routes(routes!(contribution_report))
         .split_for_parts();
     let document = ApiDocument(Arc::new(
         doc.to_pretty_json().expect("the API document serializes"),

@@ -390,6 +390,15 @@ impl Client {
     }
 
     /// An org's annual report, as JSON.
+    /// S18: a provider's contribution report for a year.
+    pub fn contribution_report(&self, org: &str, year: i32) -> Result<Value> {
+        self.ok(
+            "GET",
+            &format!("/v1/reports/contribution?org={org}&year={year}"),
+            None,
+        )
+    }
+
     pub fn annual_report(&self, org: &str, year: i32) -> Result<Value> {
         self.ok(
             "GET",

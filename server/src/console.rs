@@ -963,6 +963,13 @@ async fn datasets(
     let actor = s.principal.clone();
     let list = blocking(move || p.list_datasets(&actor)).await?;
     let mut body = String::from("<h1>Datasets</h1>");
+    if s.principal.has_role(tidegate_policy::Role::Provider) {
+        let year = time::OffsetDateTime::now_utc().year();
+        body.push_str(&format!(
+            "<p><a href=\"/console/orgs/{}/contribution?year={year}\">Your data's contribution in {year}</a>: its use, its quality and the fees it earned</p>",
+            escape(&s.principal.org)
+        ));
+    }
     if list.is_empty() {
         body.push_str("<p>Nothing here.</p>");
     }
@@ -1049,7 +1056,8 @@ async fn directory(
         body.push_str(&format!(
             "<tr><td>{id}</td><td>{}</td><td>{}</td>\
              <td><a href=\"/console/orgs/{id}/annual?year={year}\">annual report {year}</a>, \
-             <a href=\"/console/orgs/{id}/statement?period={period}\">statement {period}</a></td>\
+             <a href=\"/console/orgs/{id}/statement?period={period}\">statement {period}</a>, \
+             <a href=\"/console/orgs/{id}/contribution?year={year}\">data contribution {year}</a></td>\
              <td><form method=\"post\" action=\"/console/orgs/{id}/freeze\">\
              <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
              <button type=\"submit\" name=\"freeze\" value=\"true\">Freeze</button>\
@@ -1312,6 +1320,35 @@ async fn statement(
     Ok(html("Statement", &s, &body))
 }
 
+/// S18: a provider's contribution report for a year.
+async fn contribution(
+    State(p): State<AppState>,
+    Extension(c): Extension<Cookies>,
+    headers: HeaderMap,
+    Path(org): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<YearQuery>,
+) -> PageResult {
+    let s = session(&p, c, &headers).await?;
+    let actor = s.principal.clone();
+    let report = blocking(move || {
+        let v = p.contribution_report(&actor, &org, q.year)?;
+        p.record_read(
+            &actor,
+            AuditAction::ReportRead,
+            &format!("contribution:{org}:{}", q.year),
+        )?;
+        Ok(v)
+    })
+    .await?;
+    let report = serde_json::to_value(report).expect("serializes");
+    let body = format!(
+        "<h1>Data contribution {}</h1>{}",
+        crate::report::text(&report["year"]),
+        details(&report)
+    );
+    Ok(html("Contribution", &s, &body))
+}
+
 /// The price list (admins set it): one form per item.
 async fn prices(
     State(p): State<AppState>,
@@ -1437,6 +1474,7 @@ pub(crate) fn routes(cookies: Cookies) -> axum::Router<AppState> {
         .route("/console/orgs/{id}/freeze", post(freeze_org))
         .route("/console/orgs/{id}/annual", get(annual))
         .route("/console/orgs/{id}/statement", get(statement))
+        .route("/console/orgs/{id}/contribution", get(contribution))
         .route("/console/principals/{id}/training", post(record_training))
         .route("/console/prices", get(prices).post(set_price))
         .route("/console/alerts", get(alerts))

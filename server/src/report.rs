@@ -214,6 +214,68 @@ pub fn annual_report_html(report: &Value) -> String {
     )
 }
 
+/// S18: a provider's contribution report as a page: every value escaped, no script.
+pub(crate) fn contribution_html(report: &Value) -> String {
+    let categories: Vec<&str> = tidegate_runtime::PRICE_ITEMS
+        .iter()
+        .map(|(_, category, ..)| *category)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut head = String::from(
+        "<tr><th>dataset</th><th>level</th><th>version</th><th>quality score</th>\
+         <th>rows failing rules</th><th>scenarios</th><th>jobs</th><th>rows scanned</th>\
+         <th>rows failing rules read</th><th>products</th>",
+    );
+    for c in &categories {
+        head.push_str(&format!("<th>{} (fen)</th>", escape(&c.replace('_', " "))));
+    }
+    head.push_str("<th>fees (fen)</th></tr>\n");
+    let mut rows = String::new();
+    for d in report["datasets"].as_array().into_iter().flatten() {
+        let score = d["quality_score"]
+            .as_f64()
+            .map_or("-".to_string(), |s| format!("{:.0}%", s * 100.0));
+        rows.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>",
+            text(&d["name"]),
+            text(&d["level"]),
+            text(&d["version"]),
+            escape(&score),
+            if d["rule_failures"].is_null() { "-".to_string() } else { text(&d["rule_failures"]) },
+            text(&d["scenarios"]),
+            text(&d["jobs"]),
+            text(&d["rows_scanned"]),
+            text(&d["rule_failures_read"]),
+            text(&d["products"]),
+        ));
+        for c in &categories {
+            rows.push_str(&format!(
+                "<td>{}</td>",
+                d["fees_fen"][*c].as_i64().unwrap_or(0)
+            ));
+        }
+        rows.push_str(&format!("<td>{}</td></tr>\n", text(&d["fees_total_fen"])));
+    }
+    format!(
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Contribution {year} - {org}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #999;padding:.3em .6em}}</style>
+</head><body>
+<h1>Data contribution {year}</h1>
+<p>Provider: <strong>{org}</strong>. Fees its data earned: <strong>{total}</strong> fen.</p>
+<table>
+{head}{rows}</table>
+<p>How fees are attributed: {attribution}.</p>
+</body></html>
+"#,
+        year = text(&report["year"]),
+        org = text(&report["org"]),
+        total = text(&report["fees_total_fen"]),
+        attribution = text(&report["attribution"]),
+    )
+}
+
 /// The public record (S19) as a page: every value escaped, no script.
 pub(crate) fn public_record_html(record: &Value) -> String {
     let rows = |items: &Value, cols: &[(&str, &str)]| -> String {
@@ -293,6 +355,28 @@ pub(crate) fn public_record_html(record: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_contribution_page_escapes_every_value_and_runs_no_script() {
+        let report = serde_json::json!({
+            "org": "<script>alert(1)</script>",
+            "year": 2026,
+            "attribution": "a & b",
+            "fees_total_fen": 300,
+            "datasets": [{
+                "name": "<img src=x onerror=alert(1)>", "level": "L2", "version": 1,
+                "quality_score": 0.5, "rule_failures": 3, "scenarios": 1, "jobs": 2,
+                "rows_scanned": 10, "rule_failures_read": 6, "products": 1,
+                "fees_fen": { "security_services": 300 }, "fees_total_fen": 300
+            }]
+        });
+        let page = contribution_html(&report);
+        assert!(!page.contains("<script"), "{page}");
+        assert!(!page.contains("<img"), "{page}");
+        assert!(page.contains("&lt;img src=x"), "{page}");
+        assert!(page.contains("<td>50%</td>"), "{page}");
+        assert!(page.contains("<td>300</td>"), "{page}");
+    }
 
     #[test]
     fn a_preview_value_with_a_comma_or_a_newline_stays_in_its_cell() {

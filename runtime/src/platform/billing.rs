@@ -167,6 +167,17 @@ impl Platform {
                 events.push(Event::Released { scenario, at });
             }
         }
+        let downloads: Vec<(String, String, String)> = db
+            .prepare(
+                "SELECT d.org_id, j.scenario_id, d.at FROM provider_downloads d
+                 JOIN exports e ON d.export_id = e.id JOIN jobs j ON e.job_id = j.id
+                 ORDER BY d.at",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        for (org, scenario, at) in downloads {
+            events.push(Event::ProviderDownload { org, scenario, at });
+        }
         let social: Vec<(String, i64, String)> = db
             .prepare(
                 "SELECT d.org_id, v.bytes, v.created_at FROM dataset_versions v

@@ -828,7 +828,14 @@ impl Platform {
             Self::record_export_step(&tx, id, &now, next, &actor.id, None)?;
         }
         // S11: a provider's download of a product of its data is free (the metering counts an
-        // export's release once, at its requester's first download).
+        // export's release once, at its requester's first download); its statement shows it
+        // at zero.
+        if downloader == tidegate_policy::Downloader::Provider {
+            tx.execute(
+                "INSERT INTO provider_downloads (export_id, org_id, at) VALUES (?1, ?2, ?3)",
+                params![id, actor.org, now],
+            )?;
+        }
         self.audit.append_at(
             now,
             &actor.id,

@@ -243,7 +243,9 @@ impl Platform {
             let (version, hash, rows, wrapped, _) = Self::granted_version(&db, &d, g.version)?;
             level = level.max(d.level);
             let context = Self::stored_dataset_context(&db, &d.id, version)?;
+            let rule_failures = Self::rule_failures(&db, &d.id, version)?;
             inputs.push(JobInput {
+                rule_failures,
                 context,
                 dataset: d,
                 columns: g.columns.clone(),
@@ -323,6 +325,27 @@ impl Platform {
         )?;
         tx.commit()?;
         Ok(id)
+    }
+
+    /// S17: the rows of a dataset version failing its quality rules, summed over the rules,
+    /// from the version's import report; none when the version was checked against no rule.
+    pub(super) fn rule_failures(
+        db: &Connection,
+        dataset: &str,
+        version: i64,
+    ) -> Result<Option<u64>> {
+        let quality: String = db.query_row(
+            "SELECT quality FROM dataset_versions WHERE dataset_id = ?1 AND version = ?2",
+            params![dataset, version],
+            |r| r.get(0),
+        )?;
+        let quality: Value = from_json(&quality)?;
+        Ok(quality["rules"].as_array().map(|rules| {
+            rules
+                .iter()
+                .filter_map(|r| r["failing_rows"].as_u64())
+                .fold(0u64, u64::saturating_add)
+        }))
     }
 
     /// R-EXIT: what scenario `sid` used of its quotas: the jobs it submitted and the CPU and
@@ -850,6 +873,17 @@ impl Platform {
         .optional()?
         .ok_or_else(|| Error::NotFound(format!("job {id}")))
         .and_then(|((id, scenario, by, sql), (modules, state, error, rows), (schema, resources, level, created), (finished, hash, wrapped), (shape, plan, inputs))| {
+            let inputs: Vec<StoredInput> = from_json(&inputs)?;
+            let quality_warnings = inputs
+                .iter()
+                .filter(|i| i.rule_failures.is_some_and(|n| n > 0))
+                .map(|i| {
+                    format!(
+                        "{} version {}: some rows fail its provider's quality rules",
+                        i.name, i.version
+                    )
+                })
+                .collect();
             Ok(JobRecord {
                 view: JobView {
                     id,
@@ -866,12 +900,13 @@ impl Platform {
                     created_at: created,
                     finished_at: finished,
                     progress_percent: None,
+                    quality_warnings,
                 },
                 result_hash: hash,
                 wrapped,
                 shape,
                 plan,
-                inputs: from_json(&inputs)?,
+                inputs,
             })
         })
     }
@@ -1047,6 +1082,7 @@ fn inputs_json(inputs: &[JobInput]) -> Vec<StoredInput> {
             name: i.dataset.name.clone(),
             version: i.version,
             content_hash: i.content_hash.clone(),
+            rule_failures: i.rule_failures,
         })
         .collect()
 }

@@ -67,7 +67,9 @@ pub use lists::{ExportSummary, JobSummary, ListQuery, Listing, ModuleSummary};
 pub use metrics::PlatformCounts;
 pub use mocks::{MOCK_MARKER, MockFile};
 pub use modules::ModuleDetail;
-pub use providers::{DatasetUsage, ProductUse, ScenarioUse};
+pub use providers::{
+    ContributionReport, DatasetContribution, DatasetUsage, ProductUse, ScenarioUse,
+};
 pub use public::PublicRecord;
 pub use reading::local_table;
 use reading::{FileBytes, column_specs};
@@ -224,6 +226,9 @@ struct JobInput {
     /// What the stored version is bound to (org, dataset, version).
     context: String,
     rows: u64,
+    /// S17: the version's rows failing its provider's quality rules (summed over the rules),
+    /// as its import counted them; none when no rule was declared.
+    rule_failures: Option<u64>,
 }
 
 /// A stored job with what only the runtime sees.
@@ -245,6 +250,9 @@ struct StoredInput {
     name: String,
     version: i64,
     content_hash: String,
+    /// S17: the rows of the version read failing its quality rules (see [`JobInput`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rule_failures: Option<u64>,
 }
 
 struct ScenarioRow {

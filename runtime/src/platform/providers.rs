@@ -1,7 +1,7 @@
 //! The providers' side (S11, S18): where a provider's dataset is used (the scenarios granting
 //! it, the jobs that read it, the products released from it; never a result of another org),
-//! and the released products computed from a provider's data, which the provider downloads
-//! free (`download_bundle`).
+//! the released products computed from a provider's data, which the provider downloads free
+//! (`download_bundle`), and each provider's contribution report.
 
 use super::*;
 
@@ -38,7 +38,205 @@ pub struct DatasetUsage {
     pub rows_scanned: u64,
 }
 
+/// S18: one dataset's contribution in a year.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DatasetContribution {
+    pub dataset: String,
+    pub name: String,
+    pub level: Level,
+    /// Its newest version, the share of its provider's quality rules that version keeps, and
+    /// its rows failing them (summed over the rules); none when no rule was declared.
+    pub version: i64,
+    pub quality_score: Option<f64>,
+    pub rule_failures: Option<u64>,
+    /// Scenarios granting it; the jobs that read it and ended in the year, the rows they
+    /// scanned (every table a job read counts in its rows) and the rows failing quality rules
+    /// in the versions they read; products released from those jobs in the year.
+    pub scenarios: u64,
+    pub jobs: u64,
+    pub rows_scanned: u64,
+    pub rule_failures_read: u64,
+    pub products: u64,
+    /// The fees its data earned in the year, in fen, by the price table's categories (see
+    /// [`ContributionReport::attribution`]).
+    pub fees_fen: BTreeMap<String, i64>,
+    pub fees_total_fen: i64,
+}
+
+/// S18: a provider's contribution report for a year.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ContributionReport {
+    pub org: String,
+    pub year: i32,
+    /// How fees are attributed to datasets.
+    pub attribution: String,
+    pub datasets: Vec<DatasetContribution>,
+    pub fees_total_fen: i64,
+}
+
+/// How a scenario's fees are shared among the datasets it grants.
+const FEE_ATTRIBUTION: &str = "each scenario's charges in the year (its org's statements, month by month, \
+     by category) are shared equally among the datasets it grants, rounded down to the fen; \
+     public-interest scenarios and a provider's use of its own data are free, so earn nothing";
+
 impl Platform {
+    /// S18: a provider's contribution report for `year`: per dataset its use, its quality and
+    /// the fees it earned; for the provider's own members and the authority's admins and
+    /// auditors.
+    pub fn contribution_report(
+        &self,
+        actor: &Principal,
+        org: &str,
+        year: i32,
+    ) -> Result<ContributionReport> {
+        let db = self.lock_db();
+        let org = Self::org_id(&db, org)?;
+        tidegate_policy::can_see_dataset_usage(actor, &org, Self::org_kind(&db, &actor.org)?)
+            .map_err(|_| Error::NotFound(format!("org {org}")))?;
+        let now = time::OffsetDateTime::now_utc();
+        if !(2000..=now.year()).contains(&year) {
+            return Err(Error::BadInput(format!(
+                "{year} is not a year of the platform"
+            )));
+        }
+        let in_year = |at: &Option<String>| {
+            at.as_deref()
+                .is_some_and(|t| t.starts_with(&format!("{year:04}-")))
+        };
+        let datasets: Vec<String> = db
+            .prepare("SELECT id FROM datasets WHERE org_id = ?1 ORDER BY name")?
+            .query_map(params![org], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let scenarios: Vec<String> = db
+            .prepare("SELECT id FROM scenarios ORDER BY created_at, id")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let scenarios = scenarios
+            .iter()
+            .map(|id| Self::scenario_row(&db, id))
+            .collect::<Result<Vec<_>>>()?;
+        // Each scenario's charges in the year by category, from its org's statements.
+        let ledger = Self::ledger(&db)?;
+        let months: Vec<String> = (1..=12u8)
+            .filter(|m| year < now.year() || *m <= u8::from(now.month()))
+            .map(|m| format!("{year:04}-{m:02}"))
+            .collect();
+        let mut charges: HashMap<String, BTreeMap<String, i64>> = HashMap::new();
+        let mut billed: BTreeSet<String> = BTreeSet::new();
+        for s in &scenarios {
+            if !billed.insert(s.org.clone()) {
+                continue;
+            }
+            for month in &months {
+                let st = crate::metering::statement(&ledger, &s.org, month, now)?;
+                for line in st["lines"].as_array().into_iter().flatten() {
+                    let (Some(sid), Some(category), Some(fen)) = (
+                        line["scenario"].as_str(),
+                        line["category"].as_str(),
+                        line["amount_fen"].as_i64(),
+                    ) else {
+                        continue;
+                    };
+                    // Only the scenario's own org's lines (a provider's free downloads of
+                    // another org's products are on the provider's statement at zero).
+                    if ledger.scenarios.get(sid).is_some_and(|t| t.org == s.org) {
+                        *charges
+                            .entry(sid.to_string())
+                            .or_default()
+                            .entry(category.to_string())
+                            .or_default() += fen;
+                    }
+                }
+            }
+        }
+        let mut report = ContributionReport {
+            org: org.clone(),
+            year,
+            attribution: FEE_ATTRIBUTION.into(),
+            datasets: Vec::new(),
+            fees_total_fen: 0,
+        };
+        for id in datasets {
+            let d = Self::dataset_row(&db, &id)?;
+            let (version, quality): (i64, String) = db.query_row(
+                "SELECT version, quality FROM dataset_versions WHERE dataset_id = ?1
+                 ORDER BY version DESC LIMIT 1",
+                params![d.id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            let quality: Value = from_json(&quality)?;
+            let mut c = DatasetContribution {
+                dataset: d.id.clone(),
+                name: d.name.clone(),
+                level: d.level,
+                version,
+                quality_score: quality["score"].as_f64(),
+                rule_failures: Self::rule_failures(&db, &d.id, version)?,
+                scenarios: 0,
+                jobs: 0,
+                rows_scanned: 0,
+                rule_failures_read: 0,
+                products: 0,
+                fees_fen: BTreeMap::new(),
+                fees_total_fen: 0,
+            };
+            for s in &scenarios {
+                let granted: BTreeSet<String> = s
+                    .grants
+                    .iter()
+                    .map(|g| Self::dataset_row(&db, &g.dataset).map(|d| d.id))
+                    .collect::<Result<_>>()?;
+                if !granted.contains(&d.id) {
+                    continue;
+                }
+                c.scenarios += 1;
+                let jobs: Vec<(String, String, Option<String>, Option<String>)> = db
+                    .prepare(
+                        "SELECT id, inputs, resources, finished_at FROM jobs WHERE scenario_id = ?1",
+                    )?
+                    .query_map(params![s.id], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                    })?
+                    .collect::<rusqlite::Result<_>>()?;
+                let mut read = BTreeSet::new();
+                for (job, inputs, resources, finished) in jobs {
+                    let inputs: Vec<StoredInput> = from_json(&inputs)?;
+                    let Some(input) = inputs.iter().find(|i| i.dataset == d.id) else {
+                        continue;
+                    };
+                    read.insert(job);
+                    if !in_year(&finished) {
+                        continue;
+                    }
+                    c.jobs += 1;
+                    c.rule_failures_read += input.rule_failures.unwrap_or(0);
+                    if let Some(r) = resources {
+                        c.rows_scanned += from_json::<ResourceUse>(&r)?.rows_scanned;
+                    }
+                }
+                let released: Vec<(String, Option<String>)> = db
+                    .prepare(
+                        "SELECT e.job_id, e.released_at FROM exports e JOIN jobs j ON e.job_id = j.id
+                         WHERE j.scenario_id = ?1 AND e.released_at IS NOT NULL",
+                    )?
+                    .query_map(params![s.id], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<rusqlite::Result<_>>()?;
+                c.products += released
+                    .iter()
+                    .filter(|(job, at)| read.contains(job) && in_year(at))
+                    .count() as u64;
+                for (category, fen) in charges.get(&s.id).into_iter().flatten() {
+                    let share = fen / granted.len().max(1) as i64;
+                    *c.fees_fen.entry(category.clone()).or_default() += share;
+                    c.fees_total_fen += share;
+                }
+            }
+            report.fees_total_fen += c.fees_total_fen;
+            report.datasets.push(c);
+        }
+        Ok(report)
+    }
+
     /// S18: where a dataset is used, for its provider's org and the authority's admins and
     /// auditors.
     pub fn dataset_usage(&self, actor: &Principal, dataset: &str) -> Result<DatasetUsage> {

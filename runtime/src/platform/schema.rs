@@ -157,10 +157,15 @@ pub(super) const MIGRATIONS: &[(i64, &str)] = &[
         17,
         "ALTER TABLE datasets ADD COLUMN quality_rules TEXT NOT NULL DEFAULT '[]';",
     ),
+    (
+        18,
+        "CREATE TABLE provider_downloads (
+             export_id TEXT NOT NULL REFERENCES exports(id), org_id TEXT NOT NULL, at TEXT NOT NULL);",
+    ),
 ];
 
 /// The schema version this build writes.
-pub(super) const SCHEMA_VERSION: i64 = 17;
+pub(super) const SCHEMA_VERSION: i64 = 18;
 
 pub(super) fn open_db(path: &Path) -> Result<Connection> {
     let mut conn = Connection::open(path)?;

@@ -253,6 +253,10 @@ pub struct JobView {
     /// data); a gated job reads its input more than once, so it stays under 100 until done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress_percent: Option<u8>,
+    /// S17: the inputs whose version has rows failing its provider's quality rules (named,
+    /// never counted: how many is the provider's to see).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quality_warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]

@@ -1,4 +1,5 @@
-//! `tidegate report`: an org's annual report, as JSON and as a readable page.
+//! `tidegate report`: an org's annual report and a provider's contribution report, as JSON
+//! and as readable pages; the authority's evaluation.
 
 use std::path::PathBuf;
 
@@ -11,6 +12,17 @@ use super::{Remote, print};
 pub(super) enum ReportCommand {
     /// An org's annual report: JSON on stdout, and the readable page with --html FILE.
     Annual {
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        year: i32,
+        #[arg(long)]
+        html: Option<PathBuf>,
+    },
+    /// A provider's contribution report (S18): per dataset its use, its quality and the fees
+    /// its data earned, by category (its provider, the authority's admins and auditors). JSON
+    /// on stdout, and the readable page with --html FILE.
+    Contribution {
         #[arg(long)]
         org: String,
         #[arg(long)]
@@ -43,6 +55,15 @@ pub(super) fn run(command: ReportCommand, remote: &Remote) -> Result<()> {
             let report = remote.client()?.annual_report(&org, year)?;
             if let Some(path) = html {
                 std::fs::write(&path, crate::report::annual_report_html(&report))
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                eprintln!("report page: {}", path.display());
+            }
+            print(&report);
+        }
+        ReportCommand::Contribution { org, year, html } => {
+            let report = remote.client()?.contribution_report(&org, year)?;
+            if let Some(path) = html {
+                std::fs::write(&path, crate::report::contribution_html(&report))
                     .with_context(|| format!("cannot write {}", path.display()))?;
                 eprintln!("report page: {}", path.display());
             }

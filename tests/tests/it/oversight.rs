@@ -824,6 +824,33 @@ fn a_provider_sees_where_its_data_is_used_and_downloads_its_released_products_fr
         .map(|l| l["amount_fen"].as_i64().unwrap())
         .sum();
     assert_eq!(charged, 0, "{provider_statement}");
+    // The statement shows the product at zero, and the audit log alone gives the same.
+    let free = provider_statement["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["scenario"] == json!(sid))
+        .unwrap_or_else(|| panic!("a line for the product: {provider_statement}"));
+    assert_eq!(free["quantity"], 1.0, "{free}");
+    assert_eq!(free["amount_fen"], 0, "{free}");
+    assert!(free["note"].as_str().unwrap().contains("free"), "{free}");
+    let entries = tidegate_runtime::read_audit_log(
+        &env.data_dir().join(tidegate_runtime::AUDIT_FILE),
+        Some(&crate::common::platform_key(&env)),
+    )
+    .unwrap();
+    let replayed = tidegate_runtime::statement_from_ledger(
+        &tidegate_runtime::ledger_from_audit(&entries).unwrap(),
+        &w.provider_org,
+        &period,
+        time::OffsetDateTime::parse(
+            provider_statement["as_of"].as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(replayed, provider_statement);
     // Nobody else: the reviewer's org and the auditor learn nothing of it.
     for other in [&w.reviewer, &w.auditor] {
         let refused = other
@@ -960,4 +987,110 @@ fn a_providers_quality_rules_refuse_or_quarantine_an_import_rule_by_rule() {
     assert_eq!(again["quality"]["rules"].as_array().unwrap().len(), 3);
     assert_eq!(again["quality"]["score"], 1.0);
     assert!(again["quality"]["quarantined"].is_null());
+}
+
+#[test]
+fn a_providers_contribution_report_shows_use_quality_and_the_fees_its_data_earned() {
+    let env = setup(true);
+    let w = &env.world;
+    // One spend out of range, in a rule the provider declared to report only.
+    let mut lines: Vec<String> = tidegate_server::visitor_csv(400)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let fields: Vec<&str> = lines[2].split(',').collect();
+    lines[2] = format!(
+        "{},{},{},{},-5.00",
+        fields[0], fields[1], fields[2], fields[3]
+    );
+    let rules =
+        json!([{ "column": "spend", "check": "range", "min": 0, "max": 800, "on_fail": "report" }]);
+    import_with_rules(&env, &(lines.join("\n") + "\n"), Some(rules)).unwrap();
+    // A commercial scenario pays for what it uses.
+    let mut request = crate::common::scenario_request(false);
+    request["public_interest"] = json!(false);
+    let sid = w.scientist.apply_scenario(&request).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    w.admin.approve_scenario(&sid).unwrap();
+    w.provider.approve_scenario(&sid).unwrap();
+    let j = job(&env, &sid, PER_SPOT, &[]);
+    assert_eq!(j["state"], "succeeded", "{j}");
+    // The job records that it read rows failing a rule: named for the unit, never counted.
+    let warning = j["quality_warnings"][0].as_str().unwrap_or_default();
+    assert!(warning.contains("visits version 1"), "{j}");
+    assert!(
+        !warning.chars().any(|c| c.is_ascii_digit() && c != '1'),
+        "{warning}"
+    );
+
+    let now = time::OffsetDateTime::now_utc();
+    let year = now.year();
+    let report = w
+        .provider
+        .contribution_report(&w.provider_org, year)
+        .unwrap();
+    let visits = &report["datasets"][0];
+    assert_eq!(visits["name"], "visits", "{report}");
+    assert_eq!(visits["scenarios"], 1);
+    assert_eq!(visits["jobs"], 1);
+    assert!(visits["rows_scanned"].as_u64().unwrap() > 0);
+    assert_eq!(visits["rule_failures"], 1, "{visits}");
+    assert_eq!(visits["rule_failures_read"], 1, "{visits}");
+    assert_eq!(
+        visits["quality_score"], 0.0,
+        "its one rule failed: {visits}"
+    );
+    // The fees its data earned: the unit's charges for the scenario (one dataset granted, so
+    // all of them), by category.
+    let period = format!("{year}-{:02}", u8::from(now.month()));
+    let statement = w
+        .admin
+        .ok(
+            "GET",
+            &format!("/v1/meter/statement?org={}&period={period}", w.operator_org),
+            None,
+        )
+        .unwrap();
+    let security: i64 = statement["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["scenario"] == json!(sid) && l["category"] == "security_services")
+        .map(|l| l["amount_fen"].as_i64().unwrap())
+        .sum();
+    assert!(security > 0, "{statement}");
+    assert_eq!(
+        visits["fees_fen"]["security_services"], security,
+        "{visits}"
+    );
+    assert!(visits["fees_total_fen"].as_i64().unwrap() >= security);
+    assert_eq!(report["fees_total_fen"], visits["fees_total_fen"]);
+    // The authority reads it, as JSON and as a page; the unit does not.
+    assert!(w.auditor.contribution_report(&w.provider_org, year).is_ok());
+    let page = w
+        .auditor
+        .call(
+            "GET",
+            &format!(
+                "/v1/reports/contribution?org={}&year={year}&format=html",
+                w.provider_org
+            ),
+            None,
+        )
+        .unwrap();
+    assert_eq!(page.status, 200);
+    let hidden = w
+        .scientist
+        .contribution_report(&w.provider_org, year)
+        .unwrap_err()
+        .to_string();
+    assert!(hidden.contains("(404)"), "{hidden}");
+    let future = w
+        .provider
+        .contribution_report(&w.provider_org, year + 1)
+        .unwrap_err()
+        .to_string();
+    assert!(future.contains("not a year"), "{future}");
 }
