@@ -10,6 +10,7 @@ mod client;
 mod console;
 mod demo;
 mod metrics;
+pub mod otel;
 mod package_files;
 pub mod rebuild;
 mod report;

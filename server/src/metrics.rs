@@ -62,7 +62,18 @@ pub(crate) async fn track(
         .unwrap_or_else(|| "unmatched".into());
     let method = request.method().as_str().to_string();
     let started = Instant::now();
-    let response = next.run(request).await;
+    // A span per request (exported when `serve --otlp-endpoint` names a collector): the
+    // route's template, never its path, query or body.
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+    );
+    let response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
     metrics.observe(&route, &method, started.elapsed().as_secs_f64());
     response
 }

@@ -436,6 +436,14 @@ impl Platform {
     /// the job was queued refuse it). A job no longer queued (cancelled, or taken by another
     /// worker) is left alone.
     pub async fn run_job(&self, id: &str) -> Result<()> {
+        // A span per job (exported when the server names a trace collector): its id, never
+        // its query or data.
+        let span = tracing::info_span!("job", otel.name = "job", job.id = %id);
+        tracing::Instrument::instrument(self.run_queued_job(id), span).await
+    }
+
+    /// [`Platform::run_job`] inside its span.
+    async fn run_queued_job(&self, id: &str) -> Result<()> {
         let (actor, sql, module_hashes, scenario_id, quota) = {
             let db = self
                 .db

@@ -95,6 +95,10 @@ enum Command {
         /// `Secure` and `__Host-` named.
         #[arg(long)]
         secure_cookies: bool,
+        /// Send the spans of requests and jobs to an OpenTelemetry collector at this http://
+        /// URL (OTLP over HTTP, JSON; `/v1/traces` is added). Off when not named.
+        #[arg(long, env = "TIDEGATE_OTLP_ENDPOINT")]
+        otlp_endpoint: Option<String>,
     },
     /// Run the whole flow on a fresh data directory against a real local server.
     Demo {
@@ -247,6 +251,7 @@ fn run(cli: Cli) -> Result<()> {
             listen,
             workers,
             secure_cookies,
+            otlp_endpoint: _,
         } => server::serve(&keys, &listen, workers, secure_cookies),
         Command::Demo { data_dir, rows } => {
             run_demo(&DemoOptions {
@@ -282,13 +287,6 @@ fn run(cli: Cli) -> Result<()> {
 
 /// Parses `args` and runs the command; errors are printed, never panicked.
 pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCode {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TIDEGATE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
     let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {
@@ -298,6 +296,18 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             } else {
                 ExitCode::SUCCESS
             };
+        }
+    };
+    let endpoint = match &cli.command {
+        Command::Serve { otlp_endpoint, .. } => otlp_endpoint.clone(),
+        _ => None,
+    };
+    // Kept until the command ends: dropping it sends the spans that wait.
+    let _tracing = match crate::otel::install(endpoint.as_deref()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("tidegate: {e:#}");
+            return ExitCode::FAILURE;
         }
     };
     match run(cli) {

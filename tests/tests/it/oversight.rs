@@ -220,20 +220,26 @@ fn a_freeze_an_invalid_module_and_a_broken_log_raise_alerts() {
 }
 
 /// A webhook that answers 503 to its first request and 200 after, and hands over each body.
-fn webhook() -> (String, mpsc::Receiver<Value>) {
+/// A web server on loopback that refuses its first request with 503 when `fail_first`,
+/// answers every other 200, and hands on each accepted request's path and JSON body.
+fn http_sink(fail_first: bool) -> (String, mpsc::Receiver<(String, Value)>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let url = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let mut first = true;
+        let mut first = fail_first;
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { return };
             let mut reader = BufReader::new(stream.try_clone().unwrap());
             let mut length = 0usize;
+            let mut path = String::new();
             loop {
                 let mut line = String::new();
                 if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
                     break;
+                }
+                if path.is_empty() {
+                    path = line.split(' ').nth(1).unwrap_or_default().to_string();
                 }
                 if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
                     length = v.trim().parse().unwrap_or(0);
@@ -247,12 +253,18 @@ fn webhook() -> (String, mpsc::Receiver<Value>) {
                     .as_bytes(),
             );
             if !first {
-                let _ = tx.send(serde_json::from_slice(&body).unwrap_or(Value::Null));
+                let _ = tx.send((path, serde_json::from_slice(&body).unwrap_or(Value::Null)));
             }
             first = false;
         }
     });
     (url, rx)
+}
+
+/// An alert webhook that is down for its first delivery.
+fn webhook() -> (String, mpsc::Receiver<(String, Value)>) {
+    let (base, rx) = http_sink(true);
+    (format!("{base}/hook"), rx)
 }
 
 #[test]
@@ -285,7 +297,7 @@ fn alerts_reach_the_admins_webhook_even_when_it_was_down_once() {
         .unwrap();
     w.admin.freeze_org(&w.operator_org, true).unwrap();
     // The first delivery is refused (503); the alert waits and goes with the next round.
-    let delivered = received
+    let (_, delivered) = received
         .recv_timeout(Duration::from_secs(60))
         .expect("the webhook receives the alert");
     assert_eq!(delivered["format"], "tidegate-alert-v1");
@@ -1093,4 +1105,50 @@ fn a_providers_contribution_report_shows_use_quality_and_the_fees_its_data_earne
         .unwrap_err()
         .to_string();
     assert!(future.contains("not a year"), "{future}");
+}
+
+#[test]
+fn spans_of_requests_and_jobs_reach_an_opentelemetry_collector_without_tokens_or_values() {
+    // The process's subscriber is global: this test has a process of its own.
+    if !crate::common::in_a_process_of_its_own(
+        "oversight::spans_of_requests_and_jobs_reach_an_opentelemetry_collector_without_tokens_or_values",
+    ) {
+        return;
+    }
+    let (collector, received) = http_sink(false);
+    let tracing = tidegate_server::otel::install(Some(&collector)).unwrap();
+    let (env, sid, _) = active_scenario();
+    let w = &env.world;
+    let j = job(&env, &sid, PER_SPOT, &[]);
+    assert_eq!(j["state"], "succeeded", "{j}");
+    w.scientist
+        .call(
+            "GET",
+            &format!("/v1/jobs/{}?secret=x", j["id"].as_str().unwrap()),
+            None,
+        )
+        .unwrap();
+    // Dropping the tracing sends what waits.
+    drop(tracing);
+    let mut bodies = Vec::new();
+    while let Ok((path, body)) = received.recv_timeout(Duration::from_secs(5)) {
+        assert_eq!(path, "/v1/traces");
+        bodies.push(body);
+    }
+    let all = serde_json::to_string(&bodies).unwrap();
+    assert!(all.contains("resourceSpans"), "OTLP JSON: {all:.500}");
+    assert!(
+        all.contains("\"tidegate\""),
+        "the service is named: {all:.500}"
+    );
+    for name in ["POST /v1/jobs", "GET /v1/jobs/{id}", "\"job\""] {
+        assert!(all.contains(name), "a span {name}: {all:.2000}");
+    }
+    assert!(all.contains("http.route"), "{all:.2000}");
+    // No token, no query string, no value of the data.
+    assert!(!all.contains("secret=x"), "no query string");
+    for client in [&w.scientist, &w.admin, &w.provider] {
+        assert!(!all.contains(client.token().unwrap()), "no token");
+    }
+    assert!(!all.contains("West Lake"), "no value of the data");
 }
