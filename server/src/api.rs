@@ -1178,13 +1178,12 @@ async fn statement(
 ) -> ApiResult<Value> {
     Ok(Json(
         blocking(move || {
-            let v = p.statement(&actor, &q.org, &q.period, q.as_of.as_deref())?;
-            p.record_read(
+            read_report(
+                &p,
                 &actor,
-                AuditAction::ReportRead,
                 &format!("statement:{}:{}", q.org, q.period),
-            )?;
-            Ok(v)
+                || p.statement(&actor, &q.org, &q.period, q.as_of.as_deref()),
+            )
         })
         .await?,
     ))
@@ -1196,22 +1195,40 @@ async fn annual_report(
     Actor(actor): Actor,
     Params(q): Params<ReportQuery>,
 ) -> Result<Response, ApiError> {
+    let html = q.format.as_deref() == Some("html");
     let report = blocking(move || {
-        let v = p.annual_report(&actor, &q.org, q.year)?;
-        p.record_read(
-            &actor,
-            AuditAction::ReportRead,
-            &format!("annual:{}:{}", q.org, q.year),
-        )?;
-        Ok(v)
+        read_report(&p, &actor, &format!("annual:{}:{}", q.org, q.year), || {
+            p.annual_report(&actor, &q.org, q.year)
+        })
     })
     .await?;
-    Ok(match q.format.as_deref() {
-        Some("html") => {
-            axum::response::Html(crate::report::annual_report_html(&report)).into_response()
-        }
-        _ => Json(report).into_response(),
-    })
+    Ok(page_or_json(
+        report,
+        html,
+        crate::report::annual_report_html,
+    ))
+}
+
+/// A report `read` for `actor`, its read audited as `object` (once per principal, object and
+/// hour); the API's and the console's reports alike.
+pub(crate) fn read_report<T>(
+    p: &Platform,
+    actor: &Principal,
+    object: &str,
+    read: impl FnOnce() -> tidegate_runtime::Result<T>,
+) -> tidegate_runtime::Result<T> {
+    let v = read()?;
+    p.record_read(actor, AuditAction::ReportRead, object)?;
+    Ok(v)
+}
+
+/// A report as its page (`format=html`) or as JSON.
+fn page_or_json(report: Value, html: bool, page: fn(&Value) -> String) -> Response {
+    if html {
+        axum::response::Html(page(&report)).into_response()
+    } else {
+        Json(report).into_response()
+    }
 }
 
 #[utoipa::path(get, path = "/v1/reports/contribution", params(ReportQuery), responses((status = 200, description = "a provider's contribution report for a year: per dataset its use, quality and the fees it earned (its provider, the authority's admins and auditors; JSON, or a page with format=html)", content((tidegate_runtime::ContributionReport = "application/json"), (String = "text/html"))), Errors))]
@@ -1222,21 +1239,16 @@ async fn contribution_report(
 ) -> Result<Response, ApiError> {
     let html = q.format.as_deref() == Some("html");
     let report = blocking(move || {
-        let v = p.contribution_report(&actor, &q.org, q.year)?;
-        p.record_read(
+        read_report(
+            &p,
             &actor,
-            AuditAction::ReportRead,
             &format!("contribution:{}:{}", q.org, q.year),
-        )?;
-        Ok(v)
+            || p.contribution_report(&actor, &q.org, q.year),
+        )
     })
     .await?;
     let report = serde_json::to_value(report).expect("serializes");
-    Ok(if html {
-        axum::response::Html(crate::report::contribution_html(&report)).into_response()
-    } else {
-        Json(report).into_response()
-    })
+    Ok(page_or_json(report, html, crate::report::contribution_html))
 }
 
 #[utoipa::path(get, path = "/v1/policy", responses((status = 200, description = "the policy document (admin, auditor)", body = Value), Errors))]

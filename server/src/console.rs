@@ -1275,13 +1275,9 @@ async fn annual(
     let s = session(&p, c, &headers).await?;
     let actor = s.principal.clone();
     let report = blocking(move || {
-        let v = p.annual_report(&actor, &org, q.year)?;
-        p.record_read(
-            &actor,
-            AuditAction::ReportRead,
-            &format!("annual:{org}:{}", q.year),
-        )?;
-        Ok(v)
+        crate::api::read_report(&p, &actor, &format!("annual:{org}:{}", q.year), || {
+            p.annual_report(&actor, &org, q.year)
+        })
     })
     .await?;
     let body = format!(
@@ -1307,13 +1303,9 @@ async fn statement(
     let s = session(&p, c, &headers).await?;
     let actor = s.principal.clone();
     let st = blocking(move || {
-        let v = p.statement(&actor, &org, &q.period, None)?;
-        p.record_read(
-            &actor,
-            AuditAction::ReportRead,
-            &format!("statement:{org}:{}", q.period),
-        )?;
-        Ok(v)
+        crate::api::read_report(&p, &actor, &format!("statement:{org}:{}", q.period), || {
+            p.statement(&actor, &org, &q.period, None)
+        })
     })
     .await?;
     let body = format!("<h1>Statement</h1>{}", details(&st));
@@ -1331,13 +1323,12 @@ async fn contribution(
     let s = session(&p, c, &headers).await?;
     let actor = s.principal.clone();
     let report = blocking(move || {
-        let v = p.contribution_report(&actor, &org, q.year)?;
-        p.record_read(
+        crate::api::read_report(
+            &p,
             &actor,
-            AuditAction::ReportRead,
             &format!("contribution:{org}:{}", q.year),
-        )?;
-        Ok(v)
+            || p.contribution_report(&actor, &org, q.year),
+        )
     })
     .await?;
     let report = serde_json::to_value(report).expect("serializes");

@@ -339,13 +339,7 @@ impl Platform {
             params![dataset, version],
             |r| r.get(0),
         )?;
-        let quality: Value = from_json(&quality)?;
-        Ok(quality["rules"].as_array().map(|rules| {
-            rules
-                .iter()
-                .filter_map(|r| r["failing_rows"].as_u64())
-                .fold(0u64, u64::saturating_add)
-        }))
+        Ok(super::providers::rule_failures_in(&from_json(&quality)?))
     }
 
     /// R-EXIT: what scenario `sid` used of its quotas: the jobs it submitted and the CPU and
@@ -467,16 +461,13 @@ impl Platform {
         let id = id.to_string();
         // R-EXIT: the job runs with at most what is left of its scenario's daily CPU and fuel
         // quotas (a scenario with none left refuses it below).
-        let (fuel, wall_ms) = tidegate_policy::job_budgets_within_quota(
-            &quota.0,
-            &quota.1,
+        let (full_fuel, full_wall_ms) = (
             GuestLimits::default().fuel,
             EngineLimits::default().wall_time.as_millis() as u64,
         );
-        let capped = (
-            fuel < GuestLimits::default().fuel,
-            wall_ms < EngineLimits::default().wall_time.as_millis() as u64,
-        );
+        let (fuel, wall_ms) =
+            tidegate_policy::job_budgets_within_quota(&quota.0, &quota.1, full_fuel, full_wall_ms);
+        let capped = (fuel < full_fuel, wall_ms < full_wall_ms);
         // The meter is where a suspension or a cancellation reaches a running job: it is
         // listed before the job is checked and marked running, so that a suspension after the
         // check, or a cancellation of a job seen running, always reaches it.

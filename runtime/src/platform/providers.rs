@@ -74,6 +74,25 @@ pub struct ContributionReport {
     pub fees_total_fen: i64,
 }
 
+/// A job that read a dataset: its input of that dataset, its resources and its end.
+struct JobRead {
+    id: String,
+    input: StoredInput,
+    resources: Option<ResourceUse>,
+    finished_at: Option<String>,
+}
+
+/// S17: the rows failing a version's quality rules, summed over the rules, from its import
+/// report; none when the version was checked against no rule.
+pub(super) fn rule_failures_in(quality: &Value) -> Option<u64> {
+    quality["rules"].as_array().map(|rules| {
+        rules
+            .iter()
+            .filter_map(|r| r["failing_rows"].as_u64())
+            .fold(0u64, u64::saturating_add)
+    })
+}
+
 /// How a scenario's fees are shared among the datasets it grants.
 const FEE_ATTRIBUTION: &str = "each scenario's charges in the year (its org's statements, month by month, \
      by category) are shared equally among the datasets it grants, rounded down to the fen; \
@@ -111,9 +130,18 @@ impl Platform {
             .prepare("SELECT id FROM scenarios ORDER BY created_at, id")?
             .query_map([], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
+        // Each scenario with the ids of the datasets it grants.
         let scenarios = scenarios
             .iter()
-            .map(|id| Self::scenario_row(&db, id))
+            .map(|id| {
+                let s = Self::scenario_row(&db, id)?;
+                let granted: BTreeSet<String> = s
+                    .grants
+                    .iter()
+                    .map(|g| Self::dataset_row(&db, &g.dataset).map(|d| d.id))
+                    .collect::<Result<_>>()?;
+                Ok((s, granted))
+            })
             .collect::<Result<Vec<_>>>()?;
         // Each scenario's charges in the year by category, from its org's statements.
         let ledger = Self::ledger(&db)?;
@@ -123,7 +151,7 @@ impl Platform {
             .collect();
         let mut charges: HashMap<String, BTreeMap<String, i64>> = HashMap::new();
         let mut billed: BTreeSet<String> = BTreeSet::new();
-        for s in &scenarios {
+        for (s, _) in &scenarios {
             if !billed.insert(s.org.clone()) {
                 continue;
             }
@@ -171,7 +199,7 @@ impl Platform {
                 level: d.level,
                 version,
                 quality_score: quality["score"].as_f64(),
-                rule_failures: Self::rule_failures(&db, &d.id, version)?,
+                rule_failures: rule_failures_in(&quality),
                 scenarios: 0,
                 jobs: 0,
                 rows_scanned: 0,
@@ -180,50 +208,24 @@ impl Platform {
                 fees_fen: BTreeMap::new(),
                 fees_total_fen: 0,
             };
-            for s in &scenarios {
-                let granted: BTreeSet<String> = s
-                    .grants
-                    .iter()
-                    .map(|g| Self::dataset_row(&db, &g.dataset).map(|d| d.id))
-                    .collect::<Result<_>>()?;
+            for (s, granted) in &scenarios {
                 if !granted.contains(&d.id) {
                     continue;
                 }
                 c.scenarios += 1;
-                let jobs: Vec<(String, String, Option<String>, Option<String>)> = db
-                    .prepare(
-                        "SELECT id, inputs, resources, finished_at FROM jobs WHERE scenario_id = ?1",
-                    )?
-                    .query_map(params![s.id], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-                    })?
-                    .collect::<rusqlite::Result<_>>()?;
                 let mut read = BTreeSet::new();
-                for (job, inputs, resources, finished) in jobs {
-                    let inputs: Vec<StoredInput> = from_json(&inputs)?;
-                    let Some(input) = inputs.iter().find(|i| i.dataset == d.id) else {
-                        continue;
-                    };
-                    read.insert(job);
-                    if !in_year(&finished) {
+                for job in Self::jobs_reading(&db, &s.id, &d.id)? {
+                    read.insert(job.id);
+                    if !in_year(&job.finished_at) {
                         continue;
                     }
                     c.jobs += 1;
-                    c.rule_failures_read += input.rule_failures.unwrap_or(0);
-                    if let Some(r) = resources {
-                        c.rows_scanned += from_json::<ResourceUse>(&r)?.rows_scanned;
-                    }
+                    c.rule_failures_read += job.input.rule_failures.unwrap_or(0);
+                    c.rows_scanned += job.resources.map_or(0, |r| r.rows_scanned);
                 }
-                let released: Vec<(String, Option<String>)> = db
-                    .prepare(
-                        "SELECT e.job_id, e.released_at FROM exports e JOIN jobs j ON e.job_id = j.id
-                         WHERE j.scenario_id = ?1 AND e.released_at IS NOT NULL",
-                    )?
-                    .query_map(params![s.id], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<rusqlite::Result<_>>()?;
-                c.products += released
+                c.products += Self::released_exports(&db, &s.id)?
                     .iter()
-                    .filter(|(job, at)| read.contains(job) && in_year(at))
+                    .filter(|(_, job, at)| read.contains(job) && in_year(at))
                     .count() as u64;
                 for (category, fen) in charges.get(&s.id).into_iter().flatten() {
                     let share = fen / granted.len().max(1) as i64;
@@ -265,30 +267,14 @@ impl Platform {
             {
                 continue;
             }
-            let jobs: Vec<(String, String, Option<String>)> = db
-                .prepare("SELECT id, inputs, resources FROM jobs WHERE scenario_id = ?1")?
-                .query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect::<rusqlite::Result<_>>()?;
             let (mut read, mut rows) = (0u64, 0u64);
             let mut read_ids = BTreeSet::new();
-            for (job, inputs, resources) in jobs {
-                let inputs: Vec<StoredInput> = from_json(&inputs).unwrap_or_default();
-                if !inputs.iter().any(|i| i.dataset == d.id) {
-                    continue;
-                }
+            for job in Self::jobs_reading(&db, &id, &d.id)? {
                 read += 1;
-                if let Some(r) = resources {
-                    rows += from_json::<ResourceUse>(&r)?.rows_scanned;
-                }
-                read_ids.insert(job);
+                rows += job.resources.map_or(0, |r| r.rows_scanned);
+                read_ids.insert(job.id);
             }
-            let released: Vec<(String, String, Option<String>)> = db
-                .prepare(
-                    "SELECT e.id, e.job_id, e.released_at FROM exports e JOIN jobs j ON e.job_id = j.id
-                     WHERE j.scenario_id = ?1 AND e.state = 'released' ORDER BY e.released_at, e.id",
-                )?
-                .query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect::<rusqlite::Result<_>>()?;
+            let released = Self::released_exports(&db, &id)?;
             for (export, job, released_at) in released {
                 if read_ids.contains(&job) {
                     usage.products.push(ProductUse {
@@ -311,6 +297,44 @@ impl Platform {
             });
         }
         Ok(usage)
+    }
+
+    /// The jobs of scenario `sid` that read `dataset`, with what they read of it.
+    fn jobs_reading(db: &Connection, sid: &str, dataset: &str) -> Result<Vec<JobRead>> {
+        let jobs: Vec<(String, String, Option<String>, Option<String>)> = db
+            .prepare("SELECT id, inputs, resources, finished_at FROM jobs WHERE scenario_id = ?1")?
+            .query_map(params![sid], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut read = Vec::new();
+        for (id, inputs, resources, finished_at) in jobs {
+            let inputs: Vec<StoredInput> = from_json(&inputs).unwrap_or_default();
+            let Some(input) = inputs.into_iter().find(|i| i.dataset == dataset) else {
+                continue;
+            };
+            read.push(JobRead {
+                id,
+                input,
+                resources: resources.map(|r| from_json(&r)).transpose()?,
+                finished_at,
+            });
+        }
+        Ok(read)
+    }
+
+    /// The released exports of scenario `sid`: (export, job, released at), oldest first.
+    fn released_exports(
+        db: &Connection,
+        sid: &str,
+    ) -> Result<Vec<(String, String, Option<String>)>> {
+        Ok(db
+            .prepare(
+                "SELECT e.id, e.job_id, e.released_at FROM exports e JOIN jobs j ON e.job_id = j.id
+                 WHERE j.scenario_id = ?1 AND e.state = 'released' ORDER BY e.released_at, e.id",
+            )?
+            .query_map(params![sid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?)
     }
 
     /// The orgs that provided the datasets a job read.

@@ -51,24 +51,16 @@ pub(super) enum ReportCommand {
 
 pub(super) fn run(command: ReportCommand, remote: &Remote) -> Result<()> {
     match command {
-        ReportCommand::Annual { org, year, html } => {
-            let report = remote.client()?.annual_report(&org, year)?;
-            if let Some(path) = html {
-                std::fs::write(&path, crate::report::annual_report_html(&report))
-                    .with_context(|| format!("cannot write {}", path.display()))?;
-                eprintln!("report page: {}", path.display());
-            }
-            print(&report);
-        }
-        ReportCommand::Contribution { org, year, html } => {
-            let report = remote.client()?.contribution_report(&org, year)?;
-            if let Some(path) = html {
-                std::fs::write(&path, crate::report::contribution_html(&report))
-                    .with_context(|| format!("cannot write {}", path.display()))?;
-                eprintln!("report page: {}", path.display());
-            }
-            print(&report);
-        }
+        ReportCommand::Annual { org, year, html } => print_report(
+            &remote.client()?.annual_report(&org, year)?,
+            html,
+            crate::report::annual_report_html,
+        )?,
+        ReportCommand::Contribution { org, year, html } => print_report(
+            &remote.client()?.contribution_report(&org, year)?,
+            html,
+            crate::report::contribution_html,
+        )?,
         ReportCommand::Evaluate {
             org,
             year,
@@ -87,5 +79,20 @@ pub(super) fn run(command: ReportCommand, remote: &Remote) -> Result<()> {
                 })?,
         ),
     }
+    Ok(())
+}
+
+/// Prints a report as JSON, and writes its page to `html` when named.
+fn print_report(
+    report: &serde_json::Value,
+    html: Option<PathBuf>,
+    page: fn(&serde_json::Value) -> String,
+) -> Result<()> {
+    if let Some(path) = html {
+        std::fs::write(&path, page(report))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("report page: {}", path.display());
+    }
+    print(report);
     Ok(())
 }

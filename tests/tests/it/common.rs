@@ -131,6 +131,19 @@ pub(crate) fn scenario_request(draft: bool) -> Value {
     })
 }
 
+/// A scenario `scientist` applies for with `request`, approved by the admin and the provider.
+pub(crate) fn approved_scenario(
+    w: &tidegate_server::World,
+    scientist: &tidegate_server::Client,
+    request: &Value,
+) -> String {
+    let applied = scientist.apply_scenario(request).unwrap();
+    let sid = applied["id"].as_str().unwrap().to_string();
+    w.admin.approve_scenario(&sid).unwrap();
+    w.provider.approve_scenario(&sid).unwrap();
+    sid
+}
+
 /// The platform's public key, as the data directory holds it (hex in `platform.pub`).
 pub(crate) fn platform_key(env: &Env) -> Vec<u8> {
     let text =

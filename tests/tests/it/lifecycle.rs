@@ -319,13 +319,7 @@ fn scenario_with(env: &Env, rules: Value) -> String {
     request["export_rules"] = rules;
     request["grants"] =
         json!([{ "dataset": "visits", "columns": ["resident_id", "spot", "spend"] }]);
-    let sid = w.scientist.apply_scenario(&request).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    w.admin.approve_scenario(&sid).unwrap();
-    w.provider.approve_scenario(&sid).unwrap();
-    sid
+    crate::common::approved_scenario(w, &w.scientist, &request)
 }
 
 #[test]

@@ -4,7 +4,9 @@
 //! which earlier export the gate compared with.
 
 use crate::common;
-use crate::common::{Env, active_scenario, data, full_report, job, outsider, rows};
+use crate::common::{
+    Env, active_scenario, approved_scenario, data, full_report, job, outsider, rows,
+};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
@@ -83,19 +85,6 @@ fn total_at(export: &Value, spot: &str, column: usize) -> Option<f64> {
         .and_then(|(_, c)| c[column].parse().ok())
 }
 
-/// A scenario `scientist` applies for with `request`, approved by the admin and the provider.
-fn approved(
-    w: &tidegate_server::World,
-    scientist: &tidegate_server::Client,
-    request: &Value,
-) -> String {
-    let applied = scientist.apply_scenario(request).unwrap();
-    let sid = applied["id"].as_str().unwrap().to_string();
-    w.admin.approve_scenario(&sid).unwrap();
-    w.provider.approve_scenario(&sid).unwrap();
-    sid
-}
-
 /// The first `n` residents of the demo data (their IDs are well-formed).
 fn residents(n: usize) -> Vec<String> {
     data()
@@ -133,7 +122,7 @@ fn granted_all(w: &tidegate_server::World, datasets: &[(&str, Value, &str)]) -> 
     }
     let mut request = common::scenario_request(false);
     request["grants"] = json!(grants);
-    approved(w, &w.scientist, &request)
+    approved_scenario(w, &w.scientist, &request)
 }
 
 const BY_SPOT: &str = "SELECT spot, count(*) AS n, sum(spend) AS total FROM visits GROUP BY spot";
@@ -505,7 +494,7 @@ fn a_difference_across_two_orgs_is_suppressed() {
     let mut request = common::scenario_request(false);
     request["grants"] =
         json!([{ "dataset": "visits", "columns": ["resident_id", "spot", "visit_date", "spend"] }]);
-    let rival_sid = &approved(w, &rival, &request);
+    let rival_sid = &approved_scenario(w, &rival, &request);
     let (spot, date, spend) = lone_spend();
     let first = export(&env, &w.scientist, &sid, BY_SPOT);
     let second = export(
@@ -840,7 +829,7 @@ fn a_renamed_masked_column_stays_masked() {
     request["grants"] =
         json!([{ "dataset": "visits", "columns": ["resident_id", "spot", "visit_date", "spend"] }]);
     request["export_rules"] = json!({ "masking": { "spot": "redact" } });
-    let sid = &approved(w, &w.scientist, &request);
+    let sid = &approved_scenario(w, &w.scientist, &request);
     for sql in [
         "SELECT spot AS place, count(*) AS n FROM visits GROUP BY spot",
         "SELECT lower(p) AS place, count(*) AS n FROM (SELECT spot AS p FROM visits) t GROUP BY lower(p)",

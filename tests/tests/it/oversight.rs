@@ -795,14 +795,7 @@ fn a_provider_sees_where_its_data_is_used_and_downloads_its_released_products_fr
         let now = time::OffsetDateTime::now_utc();
         format!("{}-{:02}", now.year(), u8::from(now.month()))
     };
-    let unit_before = w
-        .admin
-        .ok(
-            "GET",
-            &format!("/v1/meter/statement?org={}&period={period}", w.operator_org),
-            None,
-        )
-        .unwrap();
+    let unit_before = w.admin.statement(&w.operator_org, &period).unwrap();
 
     // The provider downloads it, verified like any bundle.
     let theirs = tempfile::tempdir().unwrap();
@@ -811,23 +804,9 @@ fn a_provider_sees_where_its_data_is_used_and_downloads_its_released_products_fr
     let key = std::fs::read(key).unwrap();
     tidegate_runtime::verify_bundle(theirs.path(), &key).unwrap();
     // Free: nobody's statement changed, and the provider's shows nothing to pay.
-    let unit_after = w
-        .admin
-        .ok(
-            "GET",
-            &format!("/v1/meter/statement?org={}&period={period}", w.operator_org),
-            None,
-        )
-        .unwrap();
+    let unit_after = w.admin.statement(&w.operator_org, &period).unwrap();
     assert_eq!(unit_before["total_fen"], unit_after["total_fen"]);
-    let provider_statement = w
-        .admin
-        .ok(
-            "GET",
-            &format!("/v1/meter/statement?org={}&period={period}", w.provider_org),
-            None,
-        )
-        .unwrap();
+    let provider_statement = w.admin.statement(&w.provider_org, &period).unwrap();
     let charged: i64 = provider_statement["lines"]
         .as_array()
         .unwrap()
@@ -1021,12 +1000,7 @@ fn a_providers_contribution_report_shows_use_quality_and_the_fees_its_data_earne
     // A commercial scenario pays for what it uses.
     let mut request = crate::common::scenario_request(false);
     request["public_interest"] = json!(false);
-    let sid = w.scientist.apply_scenario(&request).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    w.admin.approve_scenario(&sid).unwrap();
-    w.provider.approve_scenario(&sid).unwrap();
+    let sid = crate::common::approved_scenario(w, &w.scientist, &request);
     let j = job(&env, &sid, PER_SPOT, &[]);
     assert_eq!(j["state"], "succeeded", "{j}");
     // The job records that it read rows failing a rule: named for the unit, never counted.
@@ -1057,14 +1031,7 @@ fn a_providers_contribution_report_shows_use_quality_and_the_fees_its_data_earne
     // The fees its data earned: the unit's charges for the scenario (one dataset granted, so
     // all of them), by category.
     let period = format!("{year}-{:02}", u8::from(now.month()));
-    let statement = w
-        .admin
-        .ok(
-            "GET",
-            &format!("/v1/meter/statement?org={}&period={period}", w.operator_org),
-            None,
-        )
-        .unwrap();
+    let statement = w.admin.statement(&w.operator_org, &period).unwrap();
     let security: i64 = statement["lines"]
         .as_array()
         .unwrap()
