@@ -61,7 +61,7 @@ pub use rules::{
     can_submit_scenario, can_submit_within_quota, can_upload_module, check_column_names,
     check_course, check_dataset_name, check_epsilon, check_name, check_new_term, check_new_version,
     check_source_rebuild, is_hidden_char, job_budgets_within_quota, next_export_state,
-    oversees_all_orgs, require_not_frozen, require_role, require_training,
+    oversees_all_orgs, publishes_figures, require_not_frozen, require_role, require_training,
     required_export_approvals, scenario_closes, scenario_state, suppressed_in_a_row,
     training_holds, training_valid_until, validate_alert_thresholds, validate_export_rules,
 };

@@ -800,6 +800,11 @@ pub struct ExportRules {
     /// would pass it keeps nothing; a scientist frees room by discarding results.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_mib: Option<u64>,
+    /// The figures of the scenario's released products appear in the public record (S19),
+    /// signed, beside their titles. Approved with the application; each export request
+    /// records it, so its reviewers know that approving publishes the rows.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub public_figures: bool,
 }
 
 /// The most a scenario's daily job quota may be.

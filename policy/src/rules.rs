@@ -351,6 +351,20 @@ pub fn can_queue_job(waiting: u64) -> Result<(), Refusal> {
     }
 }
 
+/// Whether the public record shows the figures of a released product (S19): only when the
+/// export was requested under rules that publish them (its reviewers approved a public
+/// release), the scenario's rules still publish them (an admin may withdraw that), and the
+/// scenario was not revoked (a revocation withdraws what it published; the titles stay), and
+/// nothing flagged the export since (a module of it lost its approval).
+pub fn publishes_figures(
+    requested_public: bool,
+    flagged: bool,
+    rules: &ExportRules,
+    stored_state: ScenarioState,
+) -> bool {
+    requested_public && !flagged && rules.public_figures && stored_state != ScenarioState::Revoked
+}
+
 /// R-EXIT: whether a scenario may submit (or start) another job within the quotas approved
 /// with it: jobs, CPU seconds and fuel in any 24 hours, and the results it keeps stored.
 /// `used` is what it used (see [`QuotaUse`]).
@@ -1415,6 +1429,66 @@ mod tests {
             ..t
         };
         assert!(validate_alert_thresholds(&off).is_err());
+    }
+
+    #[test]
+    fn figures_are_public_only_when_the_request_and_the_scenario_both_say_so_until_a_revocation() {
+        let public = ExportRules {
+            public_figures: true,
+            ..ExportRules::default()
+        };
+        let private = ExportRules::default();
+        assert!(publishes_figures(
+            true,
+            false,
+            &public,
+            ScenarioState::Active
+        ));
+        // Closed by its term or its org's exit: what was published stays published.
+        assert!(publishes_figures(
+            true,
+            false,
+            &public,
+            ScenarioState::Expired
+        ));
+        assert!(publishes_figures(
+            true,
+            false,
+            &public,
+            ScenarioState::Exited
+        ));
+        // Requested before the scenario published: its reviewers approved a private release.
+        assert!(!publishes_figures(
+            false,
+            false,
+            &public,
+            ScenarioState::Active
+        ));
+        // An admin withdrew the publication; a revocation; a module of it lost its approval.
+        assert!(!publishes_figures(
+            true,
+            false,
+            &private,
+            ScenarioState::Active
+        ));
+        assert!(!publishes_figures(
+            true,
+            false,
+            &public,
+            ScenarioState::Revoked
+        ));
+        assert!(!publishes_figures(
+            true,
+            true,
+            &public,
+            ScenarioState::Active
+        ));
+        // The rule round-trips, and a scenario that says nothing publishes nothing.
+        let json = serde_json::to_string(&public).unwrap();
+        assert_eq!(json, r#"{"public_figures":true}"#);
+        assert_eq!(serde_json::to_string(&private).unwrap(), "{}");
+        let read: ExportRules = serde_json::from_str("{}").unwrap();
+        assert!(!read.public_figures);
     }
 
     #[test]

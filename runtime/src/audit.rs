@@ -384,7 +384,6 @@ impl AuditLog {
         &self.path
     }
 
-    /// Appends an entry and makes it durable; an error means the action must not happen.
     /// Entries appended so far (the last sequence number), and whether a failed write has
     /// stopped the log.
     pub fn state(&self) -> (u64, bool) {
@@ -395,6 +394,7 @@ impl AuditLog {
         (tail.seq, tail.broken)
     }
 
+    /// Appends an entry and makes it durable; an error means the action must not happen.
     pub fn append(&self, actor: &str, action: Action, object: &str, detail: Value) -> Result<u64> {
         self.append_at(crate::now_rfc3339(), actor, action, object, detail)
     }

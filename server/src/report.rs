@@ -98,6 +98,12 @@ pub(crate) fn export_sections(export: &Value) -> String {
         .as_str()
         .map(|_| format!("<p class=\"flag\">{}</p>", text(&export["flag"])))
         .unwrap_or_default();
+    if export["public_figures"] == true {
+        flag.push_str(
+            "<p class=\"notice\">The scenario publishes its figures: once released, these rows \
+             appear in the public record, signed, for anyone to read.</p>",
+        );
+    }
     // The returned request this one answers, and the one that answered it: side by side.
     for (field, words) in [
         ("amends", "Amends export"),
@@ -306,8 +312,9 @@ pub(crate) fn public_record_html(record: &Value) -> String {
          <title>Public record - Tidegate</title><link rel=\"stylesheet\" href=\"/console/style.css\"></head><body>\
          <h1>Public record</h1><p>As of {}. The same record, signed by the platform, is at \
          <a href=\"/public/record.json\">/public/record.json</a>; it verifies with the key at \
-         <a href=\"/v1/public-key\">/v1/public-key</a>. Released products are listed, never their figures.</p>\
-         <h2>Authorized units</h2>{}<h2>Scenarios</h2>{}<h2>Released products</h2>{}<h2>Fees this year (fen, by category)</h2>{}\
+         <a href=\"/v1/public-key\">/v1/public-key</a>. Released products are listed; their figures only \
+         where the scenario's approved rules publish them.</p>\
+         <h2>Authorized units</h2>{}<h2>Scenarios</h2>{}<h2>Released products</h2>{}{}<h2>Fees this year (fen, by category)</h2>{}\
          </body></html>\n",
         escape(record["generated_at"].as_str().unwrap_or("")),
         rows(
@@ -341,6 +348,7 @@ pub(crate) fn public_record_html(record: &Value) -> String {
                 ("export", "export")
             ]
         ),
+        published_figures(&record["products"]),
         rows(
             &record["fees"],
             &[
@@ -352,9 +360,78 @@ pub(crate) fn public_record_html(record: &Value) -> String {
     )
 }
 
+/// The figures the public record publishes, a table per product, every cell escaped.
+fn published_figures(products: &Value) -> String {
+    let mut out = String::new();
+    for p in products.as_array().into_iter().flatten() {
+        let f = &p["figures"];
+        if f.is_null() {
+            continue;
+        }
+        out.push_str(&format!(
+            "<h3>Figures of {} ({})</h3>",
+            escape(p["title"].as_str().unwrap_or_default()),
+            escape(p["export"].as_str().unwrap_or_default())
+        ));
+        if let Some(why) = f["withheld"].as_str() {
+            out.push_str(&format!("<p>Withheld: {}.</p>", escape(why)));
+            continue;
+        }
+        out.push_str("<table><tr>");
+        for c in f["columns"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "<th>{}</th>",
+                escape(c.as_str().unwrap_or_default())
+            ));
+        }
+        out.push_str("</tr>");
+        for row in f["rows"].as_array().into_iter().flatten() {
+            out.push_str("<tr>");
+            for cell in row.as_array().into_iter().flatten() {
+                out.push_str(&format!(
+                    "<td>{}</td>",
+                    escape(cell.as_str().unwrap_or_default())
+                ));
+            }
+            out.push_str("</tr>");
+        }
+        out.push_str(&format!(
+            "</table><p>SHA-256 of the released result: <code>{}</code></p>",
+            escape(f["result_sha256"].as_str().unwrap_or_default())
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn published_figures_are_escaped_cell_by_cell() {
+        let record = serde_json::json!({
+            "generated_at": "2026-12-01T00:00:00Z",
+            "products": [
+                { "title": "<b>t</b>", "export": "ex1", "figures": {
+                    "result_sha256": "ab", "columns": ["<script>"], "rows": [["<img src=x onerror=alert(1)>"]] } },
+                { "title": "private", "export": "ex2" }
+            ]
+        });
+        let page = public_record_html(&record);
+        assert!(
+            !page.contains("<script>") && !page.contains("<img"),
+            "{page}"
+        );
+        assert!(
+            page.contains("&lt;img src=x onerror=alert(1)&gt;"),
+            "{page}"
+        );
+        assert!(
+            page.contains("Figures of &lt;b&gt;t&lt;/b&gt; (ex1)"),
+            "{page}"
+        );
+        assert!(!page.contains("Figures of private"), "{page}");
+    }
 
     #[test]
     fn a_contribution_page_escapes_every_value_and_runs_no_script() {

@@ -353,8 +353,8 @@ impl Platform {
         tx.execute(
             "INSERT INTO exports (id, job_id, requested_by, org_id, state, gate_report, result_hash,
                  wrapped_key, required_approvals, decision_comment, created_at, released_at, bytes,
-                 groups_key, epsilon, withheld, audit_key, audit_datasets, amends)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, NULL, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+                 groups_key, epsilon, withheld, audit_key, audit_datasets, amends, public_figures)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, NULL, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
             params![
                 id,
                 job_id,
@@ -373,7 +373,8 @@ impl Platform {
                 withheld,
                 audit_key,
                 audit_datasets,
-                amends
+                amends,
+                s.export_rules.public_figures
             ],
         )?;
         // A request the gate refused answers nothing: the returned one may be amended again.
@@ -483,7 +484,7 @@ impl Platform {
     ) -> Result<(ExportView, String, Option<Vec<u8>>)> {
         let row = db
             .query_row(
-                "SELECT id, job_id, requested_by, org_id, state, gate_report, result_hash, wrapped_key, required_approvals, flag, amends, amended_by
+                "SELECT id, job_id, requested_by, org_id, state, gate_report, result_hash, wrapped_key, required_approvals, flag, amends, amended_by, public_figures
                  FROM exports WHERE id = ?1",
                 params![id],
                 |r| {
@@ -492,6 +493,7 @@ impl Platform {
                         (r.get::<_, String>(3)?, r.get::<_, String>(4)?, r.get::<_, String>(5)?),
                         (r.get::<_, Option<String>>(6)?, r.get::<_, Option<Vec<u8>>>(7)?, r.get::<_, i64>(8)?),
                         (r.get::<_, Option<String>>(9)?, r.get::<_, Option<String>>(10)?, r.get::<_, Option<String>>(11)?),
+                        r.get::<_, bool>(12)?,
                     ))
                 },
             )
@@ -502,6 +504,7 @@ impl Platform {
             (org, state, report),
             (hash, wrapped, required),
             (flag, amends, amended_by),
+            public_figures,
         ) = row;
         let reviews: Vec<ApprovalView> = db
             .prepare("SELECT reviewer_id, decision, at, comment FROM export_reviews WHERE export_id = ?1 ORDER BY at")?
@@ -534,6 +537,7 @@ impl Platform {
                 flag,
                 amends,
                 amended_by,
+                public_figures,
             },
             org,
             wrapped,
@@ -809,6 +813,7 @@ impl Platform {
             "reviewers": approvals.iter().map(|r| json!({ "id": r.by, "at": r.at })).collect::<Vec<_>>(),
             "result_sha256": hash,
             "released_at": now,
+            "public_figures": view.public_figures,
         });
         let csv = gate::to_csv(&from_parquet(parquet.clone())?)?;
         let files = bundle::build(

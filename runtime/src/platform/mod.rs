@@ -297,7 +297,8 @@ pub struct Platform {
     reads_logged: Mutex<HashMap<(String, &'static str, String), Instant>>,
     addresses_seen: Mutex<HashSet<(String, String)>>,
     /// S19: the signed public record last built, and when.
-    public_record: Mutex<Option<(Instant, Arc<PublicRecord>)>>,
+    /// The public record last built, when, and the audit log's length then.
+    public_record: Mutex<Option<(Instant, u64, Arc<PublicRecord>)>>,
     /// S15: refused sign-ins per address not logged yet, and when the last was logged.
     refused_sign_ins: Mutex<HashMap<String, (Instant, u64)>>,
     signer: Arc<Signer>,

@@ -1,8 +1,9 @@
 //! The public record (S19): what anyone may read without signing in, signed by the platform so
 //! that a copy verifies offline: the authorized units, their scenarios (purpose, key area, term,
-//! state), the products released (title, date, scenario; never the numbers), and the fees
-//! charged this year by category. Drafts, applications still waiting for approvals, datasets,
-//! jobs, principals and every result stay out.
+//! state), the products released (title, date, scenario; their figures only where the
+//! scenario's approved rules publish them), and the fees charged this year by category.
+//! Drafts, applications still waiting for approvals, datasets, jobs, principals and every
+//! unpublished result stay out.
 
 use super::*;
 
@@ -15,29 +16,74 @@ pub struct PublicRecord {
     pub signature: String,
 }
 
+/// A released product: (export, scenario, released at, scenario name, planned products) and
+/// (requested public, flagged, result hash, wrapped key).
+type ProductRow = (
+    (String, String, Option<String>, String, String),
+    (bool, bool, Option<String>, Option<Vec<u8>>),
+);
+
 /// An authorized unit: id, name, since, until, exited.
 type UnitRow = (String, String, String, Option<String>, Option<String>);
 
-/// How long one signed record answers every request (anyone may ask; the record is built
-/// at most this often, so no stream of anonymous requests holds the metadata lock).
+/// How long one signed record answers every request when nothing was audited since (anyone
+/// may ask; the record is built at most this often, or once per audited action, so no stream
+/// of anonymous requests holds the metadata lock).
 const PUBLIC_RECORD_SECONDS: u64 = 60;
 
 impl Platform {
-    /// The public record, signed: the one built in the last minute, or a new one. Requests that
-    /// arrive while it is built wait for that one build.
+    /// The public record, signed: the one built in the last minute if the audit log has not
+    /// grown since, or a new one. Every change the record shows is audited (an approval, a
+    /// release, a revocation, a policy change), so a withdrawal takes effect at once; a term's
+    /// end shows within the minute. Requests that arrive while it is built wait for that one
+    /// build.
     pub fn public_record(&self) -> Result<Arc<PublicRecord>> {
         let mut cached = self
             .public_record
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((at, record)) = cached.as_ref()
+        let (appended, _) = self.audit.state();
+        if let Some((at, seq, record)) = cached.as_ref()
             && at.elapsed().as_secs() < PUBLIC_RECORD_SECONDS
+            && *seq == appended
         {
             return Ok(Arc::clone(record));
         }
         let record = Arc::new(self.build_public_record()?);
-        *cached = Some((Instant::now(), Arc::clone(&record)));
+        *cached = Some((Instant::now(), appended, Arc::clone(&record)));
         Ok(record)
+    }
+
+    /// A released export's rows as the bundle's CSV has them (header, then rows of text),
+    /// after checking that the stored result is the one its reviewers approved.
+    fn released_figures(
+        &self,
+        id: &str,
+        hash: Option<String>,
+        wrapped: Option<Vec<u8>>,
+    ) -> Result<Value> {
+        let wrapped = wrapped.ok_or_else(|| Error::Integrity("no result".into()))?;
+        let parquet = self.load_object("exports", id, &wrapped)?;
+        let sha = sha256_hex(&parquet);
+        if hash.as_deref() != Some(sha.as_str()) {
+            return Err(Error::Integrity("the result changed after approval".into()));
+        }
+        let csv = gate::to_csv(&from_parquet(parquet)?)?;
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(true)
+            .from_reader(csv.as_slice());
+        let columns: Vec<String> = reader
+            .headers()
+            .map_err(|e| Error::Internal(format!("released figures: {e}")))?
+            .iter()
+            .map(str::to_string)
+            .collect();
+        let rows: Vec<Vec<String>> = reader
+            .records()
+            .map(|r| r.map(|r| r.iter().map(str::to_string).collect()))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| Error::Internal(format!("released figures: {e}")))?;
+        Ok(json!({ "result_sha256": sha, "columns": columns, "rows": rows }))
     }
 
     fn build_public_record(&self) -> Result<PublicRecord> {
@@ -81,28 +127,43 @@ impl Platform {
                 "planned_products": s.view.planned_products,
             }));
         }
-        let products: Vec<(String, String, Option<String>, String, String)> = db
+        let products: Vec<ProductRow> = db
             .prepare(
-                "SELECT e.id, j.scenario_id, e.released_at, s.name, s.planned_products
+                "SELECT e.id, j.scenario_id, e.released_at, s.name, s.planned_products,
+                        e.public_figures, e.flag IS NOT NULL, e.result_hash, e.wrapped_key
                  FROM exports e JOIN jobs j ON e.job_id = j.id JOIN scenarios s ON s.id = j.scenario_id
                  WHERE e.state = 'released' ORDER BY e.released_at, e.id",
             )?
             .query_map([], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                Ok((
+                    (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?),
+                    (r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?),
+                ))
             })?
             .collect::<rusqlite::Result<_>>()?;
-        let products: Vec<Value> = products
-            .into_iter()
-            .map(|(id, scenario, released_at, name, planned)| {
-                let planned: Vec<String> = from_json(&planned).unwrap_or_default();
+        let mut published = Vec::new();
+        for ((id, scenario, released_at, name, planned), (public, flagged, hash, wrapped)) in
+            products
+        {
+            let s = Self::scenario_row(&db, &scenario)?;
+            let figures = tidegate_policy::publishes_figures(
+                public,
+                flagged,
+                &s.export_rules,
+                s.stored_state,
+            )
+            .then_some((hash, wrapped));
+            let planned: Vec<String> = from_json(&planned).unwrap_or_default();
+            published.push((
                 json!({
                     "export": id,
                     "title": planned.first().cloned().unwrap_or(name),
                     "scenario": scenario,
                     "released_at": released_at,
-                })
-            })
-            .collect();
+                }),
+                figures,
+            ));
+        }
         // Fees charged this year, by org and category, month by month to now.
         let now = time::OffsetDateTime::now_utc();
         let ledger = Self::ledger(&db)?;
@@ -122,6 +183,25 @@ impl Platform {
             }
             fees.push(json!({ "org": org, "year": now.year(), "fen_by_category": by_category }));
         }
+        drop(db);
+        // The figures of products whose scenarios publish them, read after the metadata lock
+        // is let go: exactly the rows of the signed bundle, or a word on why they are not.
+        let products: Vec<Value> = published
+            .into_iter()
+            .map(|(mut product, figures)| {
+                if let Some((hash, wrapped)) = figures {
+                    let id = product["export"].as_str().unwrap_or_default().to_string();
+                    product["figures"] = match self.released_figures(&id, hash, wrapped) {
+                        Ok(f) => f,
+                        Err(e) => {
+                            tracing::warn!(export = %id, error = %e, "released figures not published");
+                            json!({ "withheld": "the released result could not be read or does not match what was approved" })
+                        }
+                    };
+                }
+                product
+            })
+            .collect();
         let record = json!({
             "format": "tidegate-public-record-v1",
             "generated_at": crate::now_rfc3339(),
@@ -135,7 +215,7 @@ impl Platform {
             "scenarios": scenarios,
             "products": products,
             "fees": fees,
-            "numbers": "released products are listed, never their figures",
+            "numbers": "released products are listed; their figures only where the scenario's approved rules publish them",
         });
         let body = serde_json::to_vec(&record)?;
         Ok(PublicRecord {

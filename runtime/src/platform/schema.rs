@@ -162,10 +162,14 @@ pub(super) const MIGRATIONS: &[(i64, &str)] = &[
         "CREATE TABLE provider_downloads (
              export_id TEXT NOT NULL REFERENCES exports(id), org_id TEXT NOT NULL, at TEXT NOT NULL);",
     ),
+    (
+        19,
+        "ALTER TABLE exports ADD COLUMN public_figures INTEGER NOT NULL DEFAULT 0;",
+    ),
 ];
 
 /// The schema version this build writes.
-pub(super) const SCHEMA_VERSION: i64 = 18;
+pub(super) const SCHEMA_VERSION: i64 = 19;
 
 pub(super) fn open_db(path: &Path) -> Result<Connection> {
     let mut conn = Connection::open(path)?;

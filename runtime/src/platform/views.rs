@@ -293,4 +293,8 @@ pub struct ExportView {
     pub amends: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub amended_by: Option<String>,
+    /// Requested under rules that publish the figures of released products: approving it
+    /// puts its rows in the public record (S19).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub public_figures: bool,
 }

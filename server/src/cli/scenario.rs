@@ -88,6 +88,11 @@ pub(super) enum ScenarioCommand {
         /// At most this many bytes per export (tighter than the platform's limit).
         #[arg(long)]
         max_bytes: Option<u64>,
+        /// Publish the figures of the scenario's released products in the public record
+        /// (signed, no sign-in), not only their titles: approved with the scenario, and each
+        /// export's reviewers are told that approving it publishes its rows.
+        #[arg(long)]
+        public_figures: bool,
         /// Keep it as a draft; `scenario submit` asks for the approvals.
         #[arg(long)]
         draft: bool,
@@ -159,6 +164,7 @@ pub(super) fn run(command: ScenarioCommand, remote: &Remote) -> Result<()> {
             gigafuel_per_day,
             storage_mib,
             max_bytes,
+            public_figures,
             draft,
         } => {
             // The rules go as written: the server parses them, and refuses a wrong one.
@@ -208,6 +214,7 @@ pub(super) fn run(command: ScenarioCommand, remote: &Remote) -> Result<()> {
                         cpu_seconds_per_day,
                         gigafuel_per_day,
                         storage_mib,
+                        public_figures,
                         ..ExportRules::default()
                     },
                 },

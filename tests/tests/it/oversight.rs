@@ -619,6 +619,126 @@ fn the_public_record_needs_no_sign_in_names_no_figure_and_verifies_offline() {
     assert_eq!(bad, std::process::ExitCode::FAILURE);
 }
 
+/// The public record as anyone reads it, its signature checked.
+fn public_record(env: &Env) -> Value {
+    let anyone = tidegate_server::Client::new(env.world.admin.url(), None);
+    let signed = anyone.ok("GET", "/public/record.json", None).unwrap();
+    tidegate_runtime::verify_certificate(
+        &signed["record"],
+        signed["signature"].as_str().unwrap(),
+        &crate::common::platform_key(env),
+    )
+    .unwrap();
+    signed["record"].clone()
+}
+
+fn product<'a>(record: &'a Value, export: &str) -> &'a Value {
+    record["products"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["export"] == export)
+        .unwrap_or_else(|| panic!("export {export} is not in the public record"))
+}
+
+/// Sets a scenario's `public_figures` rule through the policy document, as an admin does.
+fn publish_figures(env: &Env, sid: &str, publish: bool) {
+    let mut doc = env.world.admin.export_policy().unwrap();
+    let scenario = doc["scenarios"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|s| s["id"] == sid)
+        .unwrap();
+    scenario["export_rules"]["public_figures"] = json!(publish);
+    env.world.admin.apply_policy(&doc, false).unwrap();
+}
+
+#[test]
+fn a_scenario_that_publishes_its_figures_shows_its_released_rows_in_the_public_record_until_withdrawn()
+ {
+    let env = setup(true);
+    let w = &env.world;
+    w.import_visits(&tidegate_server::visitor_csv(2_000))
+        .unwrap();
+    let mut request = crate::common::scenario_request(false);
+    request["name"] = json!("Visits published");
+    request["export_rules"] = json!({ "public_figures": true });
+    let public = crate::common::approved_scenario(w, &w.scientist, &request);
+    let private =
+        crate::common::approved_scenario(w, &w.scientist, &crate::common::scenario_request(false));
+    let released = |sid: &str| {
+        let j = job(&env, sid, PER_SPOT, &[]);
+        let e = w
+            .scientist
+            .request_export(j["id"].as_str().unwrap())
+            .unwrap();
+        let eid = e["id"].as_str().unwrap().to_string();
+        let seen = w.reviewer.get_export(&eid).unwrap();
+        w.reviewer.review_export(&eid, "approve", "ok").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        w.scientist.download_bundle(&eid, dir.path()).unwrap();
+        (eid, seen, dir)
+    };
+    let (shown, seen, bundle) = released(&public);
+    let (kept, seen_private, _) = released(&private);
+    // Its reviewers were told that approving it publishes its rows; the other's were not.
+    assert_eq!(seen["public_figures"], true);
+    assert!(
+        seen_private.get("public_figures").is_none(),
+        "{seen_private}"
+    );
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(bundle.path().join("manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["public_figures"], true);
+
+    // The published product carries exactly the bundle's rows and hash; the other, its title.
+    let record = public_record(&env);
+    let figures = &product(&record, &shown)["figures"];
+    assert_eq!(figures["result_sha256"], manifest["result_sha256"]);
+    let csv = std::fs::read_to_string(bundle.path().join("result.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(
+        figures["columns"],
+        json!(lines.next().unwrap().split(',').collect::<Vec<_>>())
+    );
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert!(!rows.is_empty());
+    assert_eq!(figures["rows"], json!(rows));
+    assert!(product(&record, &kept).get("figures").is_none());
+    // The page shows the same rows to anyone.
+    let page = crate::common::raw(
+        w.admin.url(),
+        format!(
+            "GET /public HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            w.admin.url().trim_start_matches("http://")
+        )
+        .as_bytes(),
+        &|_| {},
+    );
+    assert!(page.contains(&format!("<td>{}</td>", rows[0][0])), "{page}");
+
+    // An admin withdraws the publication: the rows leave the record at once, the title stays.
+    publish_figures(&env, &public, false);
+    let record = public_record(&env);
+    assert!(product(&record, &shown).get("figures").is_none());
+    // A later grant of publication does not reach what was released as private.
+    publish_figures(&env, &private, true);
+    publish_figures(&env, &public, true);
+    let record = public_record(&env);
+    assert!(product(&record, &kept).get("figures").is_none());
+    assert_eq!(
+        product(&record, &shown)["figures"]["rows"],
+        json!(rows),
+        "restored"
+    );
+    // A revocation withdraws them for good.
+    w.admin.change_scenario(&public, "revoke").unwrap();
+    let record = public_record(&env);
+    assert!(product(&record, &shown).get("figures").is_none());
+}
+
 /// One sample of the Prometheus text format: `name{labels} value`.
 type Sample = (String, Vec<(String, String)>, f64);
 
