@@ -575,6 +575,30 @@ text_states! {
     }
 }
 
+impl AuditAction {
+    /// Whether the action may change what the platform holds or shows. Reads, searches,
+    /// sign-ins and samples do not; every other action does (a new action counts as a change
+    /// until it is named here).
+    pub fn changes_state(self) -> bool {
+        !matches!(
+            self,
+            AuditAction::AuditSearch
+                | AuditAction::DatasetMock
+                | AuditAction::DatasetSample
+                | AuditAction::ExportRead
+                | AuditAction::JobRead
+                | AuditAction::ModuleDownload
+                | AuditAction::ModuleRead
+                | AuditAction::ModuleVerify
+                | AuditAction::PrincipalNewAddress
+                | AuditAction::ReportRead
+                | AuditAction::SessionEnd
+                | AuditAction::SessionRefused
+                | AuditAction::SessionStart
+        )
+    }
+}
+
 text_states! {
     /// What an alert is about (R-MONITOR).
     #[derive(Serialize, Deserialize, utoipa::ToSchema)]

@@ -354,15 +354,20 @@ pub fn can_queue_job(waiting: u64) -> Result<(), Refusal> {
 /// Whether the public record shows the figures of a released product (S19): only when the
 /// export was requested under rules that publish them (its reviewers approved a public
 /// release), the scenario's rules still publish them (an admin may withdraw that), and the
-/// scenario was not revoked (a revocation withdraws what it published; the titles stay), and
-/// nothing flagged the export since (a module of it lost its approval).
+/// scenario is neither revoked nor suspended (a risk stop withholds what it published until a
+/// resumption; a revocation, for good; the titles stay) and its org has not left the domain
+/// (its results were destroyed), and nothing flagged the export since (a module of it lost
+/// its approval). Fail closed: any other state publishes nothing.
 pub fn publishes_figures(
     requested_public: bool,
     flagged: bool,
     rules: &ExportRules,
     stored_state: ScenarioState,
 ) -> bool {
-    requested_public && !flagged && rules.public_figures && stored_state != ScenarioState::Revoked
+    requested_public
+        && !flagged
+        && rules.public_figures
+        && matches!(stored_state, ScenarioState::Active | ScenarioState::Expired)
 }
 
 /// R-EXIT: whether a scenario may submit (or start) another job within the quotas approved
@@ -820,6 +825,18 @@ pub fn validate_export_rules(
     }
     if let Some(d) = &rules.dominance {
         d.validate().map_err(|reason| Refusal { reason })?;
+    }
+    // One pseudonym key serves a scenario: published rows would let anyone link its subjects
+    // across products.
+    if rules.public_figures
+        && rules
+            .masking
+            .values()
+            .any(|m| matches!(m, crate::model::Masking::Pseudonymize))
+    {
+        return refuse(
+            "a scenario that publishes its figures cannot pseudonymize a column: anyone could link its pseudonyms across products",
+        );
     }
     if let Some(b) = rules.contribution_bound
         && !(b.is_finite() && b > 0.0)
@@ -1432,63 +1449,40 @@ mod tests {
     }
 
     #[test]
-    fn figures_are_public_only_when_the_request_and_the_scenario_both_say_so_until_a_revocation() {
+    fn figures_are_public_only_when_the_request_and_the_scenario_both_say_so_while_it_stands() {
         let public = ExportRules {
             public_figures: true,
             ..ExportRules::default()
         };
         let private = ExportRules::default();
-        assert!(publishes_figures(
-            true,
-            false,
-            &public,
-            ScenarioState::Active
-        ));
-        // Closed by its term or its org's exit: what was published stays published.
-        assert!(publishes_figures(
-            true,
-            false,
-            &public,
-            ScenarioState::Expired
-        ));
-        assert!(publishes_figures(
-            true,
-            false,
-            &public,
-            ScenarioState::Exited
-        ));
+        let shown = |requested, flagged, rules: &ExportRules, state| {
+            publishes_figures(requested, flagged, rules, state)
+        };
+        assert!(shown(true, false, &public, ScenarioState::Active));
+        // Closed by its term: what was published stays published (an admin may withdraw it).
+        assert!(shown(true, false, &public, ScenarioState::Expired));
+        // Its org left (its results were destroyed); a risk stop withholds them meanwhile.
+        assert!(!shown(true, false, &public, ScenarioState::Exited));
+        assert!(!shown(true, false, &public, ScenarioState::Suspended));
         // Requested before the scenario published: its reviewers approved a private release.
-        assert!(!publishes_figures(
-            false,
-            false,
-            &public,
-            ScenarioState::Active
-        ));
+        assert!(!shown(false, false, &public, ScenarioState::Active));
         // An admin withdrew the publication; a revocation; a module of it lost its approval.
-        assert!(!publishes_figures(
-            true,
-            false,
-            &private,
-            ScenarioState::Active
-        ));
-        assert!(!publishes_figures(
-            true,
-            false,
-            &public,
-            ScenarioState::Revoked
-        ));
-        assert!(!publishes_figures(
-            true,
-            true,
-            &public,
-            ScenarioState::Active
-        ));
+        assert!(!shown(true, false, &private, ScenarioState::Active));
+        assert!(!shown(true, false, &public, ScenarioState::Revoked));
+        assert!(!shown(true, true, &public, ScenarioState::Active));
         // The rule round-trips, and a scenario that says nothing publishes nothing.
         let json = serde_json::to_string(&public).unwrap();
         assert_eq!(json, r#"{"public_figures":true}"#);
         assert_eq!(serde_json::to_string(&private).unwrap(), "{}");
         let read: ExportRules = serde_json::from_str("{}").unwrap();
         assert!(!read.public_figures);
+        // Pseudonyms under one scenario key are never published.
+        let mut linked = public.clone();
+        linked
+            .masking
+            .insert("resident_id".into(), crate::model::Masking::Pseudonymize);
+        assert!(validate_export_rules(&linked, 1_000, 1_000).is_err());
+        assert!(validate_export_rules(&public, 1_000, 1_000).is_ok());
     }
 
     #[test]

@@ -90,6 +90,9 @@ struct Tail {
     checkpointed: u64,
     /// Set after a failed write: the log accepts nothing more until restarted.
     broken: bool,
+    /// Entries of actions that change state (not reads or sign-ins) appended since the log
+    /// was opened.
+    changes: u64,
 }
 
 /// Signs a checkpoint message with the platform key.
@@ -256,6 +259,7 @@ impl AuditLog {
                 head: verdict.head,
                 active: count_lines(path)?,
                 broken: false,
+                changes: 0,
                 checkpointed: verdict.entries.min(last_checkpoint_seq(path)),
             }),
             signer: None,
@@ -394,6 +398,15 @@ impl AuditLog {
         (tail.seq, tail.broken)
     }
 
+    /// How many entries of actions that change state (not reads or sign-ins) were appended
+    /// since the log was opened: a cache of what the metadata shows compares it.
+    pub fn changes(&self) -> u64 {
+        self.tail
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .changes
+    }
+
     /// Appends an entry and makes it durable; an error means the action must not happen.
     pub fn append(&self, actor: &str, action: Action, object: &str, detail: Value) -> Result<u64> {
         self.append_at(crate::now_rfc3339(), actor, action, object, detail)
@@ -442,6 +455,9 @@ impl AuditLog {
         }
         tail.seq = entry.seq;
         tail.head = entry.hash;
+        if action.changes_state() {
+            tail.changes += 1;
+        }
         tail.active += 1;
         if tail.active >= self.segment_entries
             && let Err(e) = self.seal(&mut tail)

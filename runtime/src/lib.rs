@@ -5,6 +5,7 @@
 //! stores. It knows nothing of HTTP or the command line.
 
 mod audit;
+mod audited;
 mod bundle;
 mod crypto;
 mod error;
@@ -15,6 +16,7 @@ mod local;
 mod masking;
 mod metering;
 mod platform;
+mod records;
 mod release;
 mod sandbox;
 pub mod source;

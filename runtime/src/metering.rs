@@ -9,7 +9,9 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::audit::{Action, AuditEntry};
+use crate::audited::{self, Detail};
 use crate::error::{Error, Result};
+use tidegate_policy::JobState;
 
 /// The price table: item, the DOMAIN.md category it belongs to, its unit, and the default
 /// price in fen (0.01 yuan) per unit. The item is the key of the admin's price table.
@@ -276,75 +278,69 @@ pub fn ledger_from_audit(entries: &[AuditEntry]) -> Result<Ledger> {
     let mut export_scenario: BTreeMap<String, String> = BTreeMap::new();
     let mut released: BTreeSet<String> = BTreeSet::new();
     for e in entries {
-        let d = &e.detail;
         match e.action.parse::<Action>() {
             Ok(Action::PlatformInit) => {
-                let admin = d["admin"].as_str().ok_or_else(|| missing(e, "admin"))?;
-                org_of_principal.insert(admin.to_string(), e.object.clone());
+                let d = audited::PlatformInit::read(e)?;
+                org_of_principal.insert(d.admin, e.object.clone());
             }
             Ok(Action::PrincipalCreate) => {
-                let org = d["org"].as_str().ok_or_else(|| missing(e, "org"))?;
-                org_of_principal.insert(e.object.clone(), org.to_string());
+                let d = audited::PrincipalCreate::read(e)?;
+                org_of_principal.insert(e.object.clone(), d.org);
             }
             Ok(Action::DatasetImport) => {
+                let d = audited::DatasetImport::read(e)?;
                 let org = org_of_principal
                     .get(&e.actor)
                     .ok_or_else(|| missing(e, "a known importer"))?
                     .clone();
                 dataset_org.insert(e.object.clone(), org.clone());
-                if d["social"].as_bool() == Some(true) {
+                if d.social {
                     ledger.events.push(Event::Stored {
                         org,
                         scenario: None,
-                        bytes: d["bytes"].as_u64().ok_or_else(|| missing(e, "bytes"))?,
+                        bytes: d.bytes,
                         from: e.at.clone(),
                         until: None,
                     });
                 }
             }
             Ok(Action::ScenarioApply) => {
+                let d = audited::ScenarioApply::read(e)?;
                 let org = org_of_principal
                     .get(&e.actor)
                     .ok_or_else(|| missing(e, "a known applicant"))?
                     .clone();
-                let datasets = d["grants"]
-                    .as_array()
-                    .ok_or_else(|| missing(e, "grants"))?
-                    .iter()
-                    .filter_map(|g| g["dataset"].as_str().map(str::to_string))
-                    .collect();
-                scenario_datasets.insert(e.object.clone(), datasets);
+                scenario_datasets.insert(
+                    e.object.clone(),
+                    d.grants.into_iter().map(|g| g.dataset).collect(),
+                );
                 ledger.scenarios.insert(
                     e.object.clone(),
                     ScenarioTerms {
                         org,
-                        name: d["name"].as_str().ok_or_else(|| missing(e, "name"))?.into(),
-                        public_interest: d["public_interest"]
-                            .as_bool()
-                            .ok_or_else(|| missing(e, "public_interest"))?,
+                        name: d.name,
+                        public_interest: d.public_interest,
                         own_data: false,
                     },
                 );
             }
             Ok(Action::JobStart) => {
-                let scenario = d["scenario"]
-                    .as_str()
-                    .ok_or_else(|| missing(e, "scenario"))?;
-                job_scenario.insert(e.object.clone(), scenario.to_string());
+                let d = audited::JobStart::read(e)?;
+                job_scenario.insert(e.object.clone(), d.scenario);
             }
             Ok(Action::JobEnd) => {
+                let d = audited::JobEnd::read(e)?;
                 let scenario = job_scenario
                     .get(&e.object)
                     .ok_or_else(|| missing(e, "a started job"))?
                     .clone();
-                let r = &d["resources"];
                 ledger.events.push(Event::Job {
                     scenario: scenario.clone(),
                     at: e.at.clone(),
-                    fuel: r["fuel"].as_u64().unwrap_or(0),
-                    bytes_scanned: r["bytes_scanned"].as_u64().unwrap_or(0),
+                    fuel: d.resources.fuel,
+                    bytes_scanned: d.resources.bytes_scanned,
                 });
-                if d["state"] == "succeeded" {
+                if d.state == JobState::Succeeded {
                     let org = ledger
                         .scenarios
                         .get(&scenario)
@@ -353,29 +349,27 @@ pub fn ledger_from_audit(entries: &[AuditEntry]) -> Result<Ledger> {
                     ledger.events.push(Event::Stored {
                         org,
                         scenario: Some(scenario),
-                        bytes: r["output_bytes"].as_u64().unwrap_or(0),
+                        bytes: d.resources.output_bytes,
                         from: e.at.clone(),
                         until: None,
                     });
                 }
             }
             Ok(Action::ModuleApprove) => {
-                let scenario = d["scenario"]
-                    .as_str()
-                    .ok_or_else(|| missing(e, "scenario"))?;
+                let d = audited::ModuleApprove::read(e)?;
                 ledger.events.push(Event::ModuleApproved {
-                    scenario: scenario.to_string(),
+                    scenario: d.scenario,
                     at: e.at.clone(),
                 });
             }
             Ok(Action::ExportRequest) => {
-                let job = d["job"].as_str().ok_or_else(|| missing(e, "job"))?;
+                let d = audited::ExportRequest::read(e)?;
                 let scenario = job_scenario
-                    .get(job)
+                    .get(&d.job)
                     .ok_or_else(|| missing(e, "a known job"))?
                     .clone();
                 export_scenario.insert(e.object.clone(), scenario.clone());
-                if let Some(bytes) = d["bytes"].as_u64() {
+                if let Some(bytes) = d.bytes {
                     let org = ledger
                         .scenarios
                         .get(&scenario)
@@ -390,31 +384,32 @@ pub fn ledger_from_audit(entries: &[AuditEntry]) -> Result<Ledger> {
                     });
                 }
             }
-            // S11: a provider's download of a product of its data, free (never the release).
-            Ok(Action::ExportDownload) if d["by_provider"].as_bool() == Some(true) => {
+            Ok(Action::ExportDownload) => {
+                let d = audited::ExportDownload::read(e)?;
                 let scenario = export_scenario
                     .get(&e.object)
                     .ok_or_else(|| missing(e, "a known export"))?;
-                let org = org_of_principal
-                    .get(&e.actor)
-                    .ok_or_else(|| missing(e, "a known downloader"))?;
-                ledger.events.push(Event::ProviderDownload {
-                    org: org.clone(),
-                    scenario: scenario.clone(),
-                    at: e.at.clone(),
-                });
-            }
-            // The first download of an export is its release.
-            Ok(Action::ExportDownload) if released.insert(e.object.clone()) => {
-                let scenario = export_scenario
-                    .get(&e.object)
-                    .ok_or_else(|| missing(e, "a known export"))?;
-                ledger.events.push(Event::Released {
-                    scenario: scenario.clone(),
-                    at: e.at.clone(),
-                });
+                if d.by_provider {
+                    // S11: a provider's download of a product of its data, free (never the
+                    // release).
+                    let org = org_of_principal
+                        .get(&e.actor)
+                        .ok_or_else(|| missing(e, "a known downloader"))?;
+                    ledger.events.push(Event::ProviderDownload {
+                        org: org.clone(),
+                        scenario: scenario.clone(),
+                        at: e.at.clone(),
+                    });
+                } else if released.insert(e.object.clone()) {
+                    // The first download of an export is its release.
+                    ledger.events.push(Event::Released {
+                        scenario: scenario.clone(),
+                        at: e.at.clone(),
+                    });
+                }
             }
             Ok(Action::OrgExit) => {
+                audited::OrgExit::read(e)?;
                 // Everything the org kept is destroyed now; its logs stay.
                 for event in &mut ledger.events {
                     if let Event::Stored { org, until, .. } = event
@@ -426,18 +421,15 @@ pub fn ledger_from_audit(entries: &[AuditEntry]) -> Result<Ledger> {
                 }
             }
             Ok(Action::PriceSet) => {
-                let fen = d["fen_per_unit"]
-                    .as_i64()
-                    .ok_or_else(|| missing(e, "fen_per_unit"))?;
-                ledger.prices.insert(e.object.clone(), fen);
+                let d = audited::PriceSet::read(e)?;
+                ledger.prices.insert(e.object.clone(), d.fen_per_unit);
             }
             Ok(Action::PolicyApply) => {
-                for change in d["changes"].as_array().into_iter().flatten() {
-                    if let (Some(item), Some(fen)) =
-                        (change["price"].as_str(), change["to"].as_i64())
-                    {
-                        ledger.prices.insert(item.to_string(), fen);
-                    }
+                // The alert settings' entries change no price: no `changes`.
+                let d: audited::PolicyChanges =
+                    serde_json::from_value(e.detail.clone()).unwrap_or_default();
+                for p in d.prices() {
+                    ledger.prices.insert(p.price, p.to);
                 }
             }
             _ => {}

@@ -1115,7 +1115,8 @@ async fn review_export(
     Param(id): Param<String>,
     Body(b): Body<ReviewBody>,
 ) -> ApiResult<Value> {
-    let v = blocking(move || p.review_export(&actor, &id, &b.decision, &b.comment)).await?;
+    let v =
+        blocking(move || p.review_export(&actor, &id, &b.decision, &b.comment, b.publish)).await?;
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
 
@@ -1276,17 +1277,20 @@ async fn public_key(State(p): State<AppState>) -> Json<PublicKeyAnswer> {
 }
 
 #[utoipa::path(get, path = "/public/record.json", responses((status = 200, description = "the public record (S19), signed: authorized units, their scenarios, released products and fees by category; no sign-in", body = tidegate_runtime::PublicRecord), Errors), security(()))]
-async fn public_record(State(p): State<AppState>) -> ApiResult<tidegate_runtime::PublicRecord> {
-    Ok(Json(tidegate_runtime::PublicRecord::clone(
-        &*blocking(move || p.public_record()).await?,
-    )))
+async fn public_record(State(p): State<AppState>) -> Result<Response, ApiError> {
+    let r = blocking(move || p.public_record()).await?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        r.json(),
+    )
+        .into_response())
 }
 
 #[utoipa::path(get, path = "/public", responses((status = 200, description = "the public record as a page; no sign-in", content_type = "text/html", body = String), Errors), security(()))]
 async fn public_page(State(p): State<AppState>) -> Result<Response, ApiError> {
     let r = blocking(move || p.public_record()).await?;
     Ok(crate::console::harden(
-        axum::response::Html(crate::report::public_record_html(&r.record)).into_response(),
+        axum::response::Html(r.html(crate::report::public_record_html)).into_response(),
     ))
 }
 

@@ -688,11 +688,24 @@ impl Client {
     }
 
     pub fn review_export(&self, id: &str, decision: &str, comment: &str) -> Result<Value> {
+        self.review_export_publishing(id, decision, comment, false)
+    }
+
+    /// A decision that, with `publish`, approves the rows of an export whose scenario
+    /// publishes its figures for the public record.
+    pub fn review_export_publishing(
+        &self,
+        id: &str,
+        decision: &str,
+        comment: &str,
+        publish: bool,
+    ) -> Result<Value> {
         self.post(
             &format!("/v1/exports/{id}/review"),
             &ReviewBody {
                 decision: decision.into(),
                 comment: comment.into(),
+                publish,
             },
         )
     }

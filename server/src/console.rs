@@ -491,7 +491,8 @@ async fn reviews(
                 "requested_by",
                 "requested_at",
                 "approvals",
-                "required_approvals"
+                "required_approvals",
+                "public_figures"
             ],
             &export_link
         )
@@ -581,12 +582,19 @@ async fn export_page(
             "<h2>Decision</h2><form method=\"post\" action=\"/console/exports/{id}/review\">\
              <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
              <p><label for=\"comment\">Comment (required: say what you checked)</label><br>\
-             <textarea id=\"comment\" name=\"comment\" rows=\"4\" required></textarea></p>\
+             <textarea id=\"comment\" name=\"comment\" rows=\"4\" required></textarea></p>{publish}\
              <p><button type=\"submit\" name=\"decision\" value=\"approve\">Approve</button>\
              <button type=\"submit\" name=\"decision\" value=\"return\">Return to the scientist</button>\
              <button type=\"submit\" name=\"decision\" value=\"reject\">Reject</button></p></form>",
             id = escape(&export.id),
             csrf = escape(&s.csrf),
+            publish = if export.public_figures {
+                "<p><input type=\"checkbox\" id=\"publish\" name=\"publish\" value=\"yes\"> \
+                 <label for=\"publish\">I approve these rows for the public record (needed to \
+                 approve: the scenario publishes its figures)</label></p>"
+            } else {
+                ""
+            },
         )
     } else {
         String::new()
@@ -618,6 +626,9 @@ struct Decision {
     decision: String,
     #[serde(default)]
     comment: String,
+    /// `yes` when the reviewer ticked the box approving the rows for the public record.
+    #[serde(default)]
+    publish: String,
 }
 
 async fn review(
@@ -633,7 +644,9 @@ async fn review(
             "a decision needs a comment: say what you checked".into(),
         )));
     }
-    let v = blocking(move || p.review_export(&s.principal, &id, &f.decision, &f.comment)).await?;
+    let publish = f.publish == "yes";
+    let v = blocking(move || p.review_export(&s.principal, &id, &f.decision, &f.comment, publish))
+        .await?;
     Ok(Redirect::to(&format!("/console/exports/{}", v.id)).into_response())
 }
 

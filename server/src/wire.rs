@@ -162,6 +162,10 @@ pub(crate) struct ReviewBody {
     pub(crate) decision: String,
     #[serde(default)]
     pub(crate) comment: String,
+    /// Needed to approve an export whose scenario publishes its figures: the reviewer
+    /// approves its rows for the public record.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) publish: bool,
 }
 
 #[derive(Serialize, Deserialize, utoipa::ToSchema)]

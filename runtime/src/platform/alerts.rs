@@ -305,10 +305,11 @@ impl Platform {
             &actor.id,
             crate::audit::Action::PolicyApply,
             "alerts",
-            json!({
-                "webhook": settings.webhook.as_deref().map(webhook_origin),
-                "thresholds": settings.thresholds,
-            }),
+            crate::audited::AlertSettings {
+                webhook: settings.webhook.as_deref().map(webhook_origin),
+                thresholds: settings.thresholds,
+            }
+            .to_value(),
         )?;
         tx.commit()?;
         Ok(())

@@ -24,7 +24,11 @@ impl Platform {
             &actor.id,
             crate::audit::Action::PriceSet,
             category,
-            json!({ "fen_per_unit": fen_per_unit, "unit": unit }),
+            crate::audited::PriceSet {
+                fen_per_unit,
+                unit: unit.to_string(),
+            }
+            .to_value(),
         )?;
         tx.commit()?;
         Ok(())

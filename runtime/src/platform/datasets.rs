@@ -220,9 +220,18 @@ impl Platform {
             &actor.id,
             crate::audit::Action::DatasetImport,
             &id,
-            json!({ "version": version, "level": req.level, "rows": rows, "content_hash": content_hash,
-                    "approvers": approvers, "bytes": stored_bytes, "social": social,
-                    "quality_rules": rules.len(), "quarantined": quarantine.is_some() }),
+            crate::audited::DatasetImport {
+                version,
+                level: req.level,
+                rows: rows as u64,
+                content_hash: content_hash.clone(),
+                approvers,
+                bytes: stored_bytes,
+                social,
+                quality_rules: rules.len(),
+                quarantined: quarantine.is_some(),
+            }
+            .to_value(),
         )?;
         tx.commit()?;
         let approvers = Self::dataset_row(&db, &id)?.approvers;

@@ -404,17 +404,27 @@ impl Platform {
             &actor.id,
             crate::audit::Action::ExportRequest,
             &id,
-            json!({
-                "job": job_id,
-                "bytes": stored_bytes,
-                "gate_passed": passed,
-                "checks": outcome.report.checks.iter().map(|c| json!({ "name": c.name, "passed": c.passed })).collect::<Vec<_>>(),
-                "groups_suppressed": outcome.report.groups_suppressed,
-                "result_sha256": hash,
-                "state": state,
-                "epsilon": epsilon,
-                "amends": amends,
-            }),
+            crate::audited::ExportRequest {
+                job: job_id.to_string(),
+                bytes: stored_bytes.map(|b| b as u64),
+                gate_passed: passed,
+                checks: outcome
+                    .report
+                    .checks
+                    .iter()
+                    .map(|c| crate::audited::CheckPassed {
+                        name: c.name.clone(),
+                        passed: c.passed,
+                    })
+                    .collect(),
+                groups_suppressed: outcome.report.groups_suppressed,
+                result_sha256: hash.clone(),
+                state,
+                epsilon,
+                amends: amends.map(str::to_string),
+                public_figures: s.export_rules.public_figures,
+            }
+            .to_value(),
         )?;
         // R-MONITOR: what this export says of the scenario's pattern.
         self.watch_export(
@@ -666,12 +676,15 @@ impl Platform {
     }
 
     /// R-REVIEW: approve, return or reject; approval binds the exact result hash.
+    /// A reviewer's decision. Approving an export whose scenario publishes its figures needs
+    /// `publish`: the reviewer says they approve the rows for anyone to read.
     pub fn review_export(
         &self,
         actor: &Principal,
         id: &str,
         decision: &str,
         comment: &str,
+        publish: bool,
     ) -> Result<ExportView> {
         {
             let mut db = self
@@ -701,6 +714,12 @@ impl Platform {
                     "this export request is not approved: it was {flag}; return or reject it"
                 )));
             }
+            if decision == Decision::Approve && view.public_figures && !publish {
+                return Err(Error::BadInput(
+                    "its scenario publishes its figures: once released, every row of this result is in the public record; approve it with publish (CLI: --publish) or return it"
+                        .into(),
+                ));
+            }
             let new_state = tidegate_policy::next_export_state(
                 view.state,
                 ExportEvent::Reviewed {
@@ -729,7 +748,8 @@ impl Platform {
                 &actor.id,
                 crate::audit::Action::ExportReview,
                 id,
-                json!({ "decision": decision, "state": new_state, "result_sha256": hash }),
+                json!({ "decision": decision, "state": new_state, "result_sha256": hash,
+                        "publish": view.public_figures && decision == Decision::Approve }),
             )?;
             tx.commit()?;
         }
@@ -846,10 +866,11 @@ impl Platform {
             &actor.id,
             crate::audit::Action::ExportDownload,
             id,
-            json!({
-                "result_sha256": hash,
-                "by_provider": downloader == tidegate_policy::Downloader::Provider,
-            }),
+            crate::audited::ExportDownload {
+                result_sha256: hash,
+                by_provider: downloader == tidegate_policy::Downloader::Provider,
+            }
+            .to_value(),
         )?;
         tx.commit()?;
         Ok(files)

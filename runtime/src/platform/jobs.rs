@@ -189,7 +189,11 @@ impl Platform {
             &actor.id,
             crate::audit::Action::ModuleApprove,
             hash,
-            json!({ "scenario": scenario, "note": note }),
+            crate::audited::ModuleApprove {
+                scenario: scenario.to_string(),
+                note: note.to_string(),
+            }
+            .to_value(),
         )?;
         tx.commit()?;
         Ok(ModuleView {
@@ -321,7 +325,12 @@ impl Platform {
             &actor.id,
             crate::audit::Action::JobStart,
             &id,
-            json!({ "scenario": scenario.id, "modules": req.modules, "sql_sha256": sha256_hex(req.sql.as_bytes()) }),
+            crate::audited::JobStart {
+                scenario: scenario.id.clone(),
+                modules: req.modules.clone(),
+                sql_sha256: sha256_hex(req.sql.as_bytes()),
+            }
+            .to_value(),
         )?;
         tx.commit()?;
         Ok(id)
@@ -417,7 +426,16 @@ impl Platform {
                 by,
                 crate::audit::Action::JobEnd,
                 id,
-                json!({ "state": "failed", "error": why, "resources": ResourceUse::default() }),
+                crate::audited::JobEnd {
+                    state: JobState::Failed,
+                    rows: None,
+                    error: Some(why.to_string()),
+                    withheld: None,
+                    resources: ResourceUse::default(),
+                    exact_resources: None,
+                    result_sha256: None,
+                }
+                .to_value(),
             )?;
         }
         tx.commit()?;
@@ -679,7 +697,16 @@ impl Platform {
                     &actor.id,
                     crate::audit::Action::JobEnd,
                     &id,
-                    json!({ "state": "succeeded", "rows": rows, "resources": shown_resources, "exact_resources": resources, "result_sha256": result_hash }),
+                    crate::audited::JobEnd {
+                        state: JobState::Succeeded,
+                        rows: Some(rows as u64),
+                        error: None,
+                        withheld: None,
+                        resources: shown_resources,
+                        exact_resources: Some(resources),
+                        result_sha256: Some(result_hash),
+                    }
+                    .to_value(),
                 )?;
             }
             Err(e) => {
@@ -718,13 +745,16 @@ impl Platform {
                     &actor.id,
                     crate::audit::Action::JobEnd,
                     &id,
-                    json!({
-                        "state": "failed",
-                        "error": e.cause().to_string(),
-                        "withheld": withheld,
-                        "resources": shown_resources,
-                        "exact_resources": resources,
-                    }),
+                    crate::audited::JobEnd {
+                        state: JobState::Failed,
+                        rows: None,
+                        error: Some(e.cause().to_string()),
+                        withheld: Some(withheld),
+                        resources: shown_resources,
+                        exact_resources: Some(resources),
+                        result_sha256: None,
+                    }
+                    .to_value(),
                 )?;
                 if withheld {
                     suspend = self.ration_withheld(&tx, &scenario.id, &finished)?;

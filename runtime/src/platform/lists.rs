@@ -79,6 +79,9 @@ pub struct ExportSummary {
     pub required_approvals: u64,
     pub approvals: u64,
     pub result_sha256: Option<String>,
+    /// Its rows go to the public record once released (its approval says `publish`).
+    #[serde(default)]
+    pub public_figures: bool,
 }
 
 /// A job as a list shows it.
@@ -211,7 +214,8 @@ impl Platform {
             "SELECT t.created_at, t.id, t.job_id, j.scenario_id, t.org_id, t.state, t.requested_by,
                     t.required_approvals, t.result_hash,
                     (SELECT COUNT(*) FROM export_reviews r
-                      WHERE r.export_id = t.id AND r.decision = 'approve')
+                      WHERE r.export_id = t.id AND r.decision = 'approve'),
+                    t.public_figures
              FROM exports t JOIN jobs j ON t.job_id = j.id WHERE 1 = 1",
         );
         if !oversees {
@@ -252,6 +256,7 @@ impl Platform {
                     required_approvals: r.get::<_, i64>(7)? as u64,
                     result_sha256: r.get(8)?,
                     approvals: r.get::<_, i64>(9)? as u64,
+                    public_figures: r.get(10)?,
                 })
             },
             |e| {

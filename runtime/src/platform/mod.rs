@@ -23,6 +23,7 @@ use tidegate_policy::{
 use time::Date;
 
 use crate::audit::AuditLog;
+use crate::audited::Detail;
 use crate::bundle::{self, Signer};
 use crate::crypto::{
     DataKey, MasterKey, PseudonymKey, random_bytes, random_token, sha256_hex, write_atomic,
@@ -451,7 +452,11 @@ impl Platform {
                 &admin,
                 crate::audit::Action::PlatformInit,
                 &org,
-                json!({ "admin": admin, "public_key": platform.signer.public_key_hex() }),
+                crate::audited::PlatformInit {
+                    admin: admin.clone(),
+                    public_key: platform.signer.public_key_hex(),
+                }
+                .to_value(),
             )?;
             tx.commit()?;
         }

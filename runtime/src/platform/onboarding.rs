@@ -223,7 +223,11 @@ impl Platform {
             &actor.id,
             crate::audit::Action::PrincipalCreate,
             &id,
-            json!({ "org": org_id, "roles": roles_text }),
+            crate::audited::PrincipalCreate {
+                org: org_id.to_string(),
+                roles: roles_text,
+            }
+            .to_value(),
         )?;
         tx.commit()?;
         Ok(PrincipalView {

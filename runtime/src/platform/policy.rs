@@ -106,7 +106,14 @@ impl Platform {
                 .optional()?
                 .unwrap_or(known.1);
             if old != fen {
-                changes.push(json!({ "price": category, "from": old, "to": fen }));
+                changes.push(
+                    serde_json::to_value(crate::audited::PriceChange {
+                        price: category.to_string(),
+                        from: old,
+                        to: fen,
+                    })
+                    .expect("a price change serializes"),
+                );
                 statements.push((
                     "INSERT INTO prices VALUES (?1, ?2, ?3) ON CONFLICT(category) DO UPDATE SET fen_per_unit = ?3".into(),
                     vec![category.clone().into(), known.0.to_string().into(), fen.into()],
@@ -180,7 +187,16 @@ impl Platform {
                             "scenario {id}: its privacy budget was drawn from its datasets when it was approved; apply for a new scenario to draw another"
                         )));
                     }
-                    refuse_closed(id, closed)?;
+                    // A closed scenario's rules change no more, except to withdraw the
+                    // publication of its figures.
+                    let withdraws_only = ExportRules {
+                        public_figures: true,
+                        ..rules.clone()
+                    } == s.export_rules
+                        && !rules.public_figures;
+                    if !withdraws_only {
+                        refuse_closed(id, closed)?;
+                    }
                     changes.push(json!({ "scenario": id, "export_rules": { "from": s.export_rules, "to": rules } }));
                     statements.push((
                         "UPDATE scenarios SET export_rules = ?2 WHERE id = ?1".into(),
@@ -250,7 +266,7 @@ impl Platform {
             &actor.id,
             crate::audit::Action::PolicyApply,
             &format!("v{to}"),
-            json!({ "changes": changes }),
+            crate::audited::PolicyChanges { changes }.to_value(),
         )?;
         tx.commit()?;
         drop(db);

@@ -14,7 +14,43 @@ pub struct PublicRecord {
     #[schema(value_type = Object)]
     pub record: Value,
     pub signature: String,
+    /// The signed document's JSON and its page, made once per build and shared by every
+    /// request that the build answers (anonymous requests copy nothing).
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub rendered: Rendered,
 }
+
+/// What a build of the public record is served as, made on first use.
+#[derive(Debug, Clone, Default)]
+pub struct Rendered {
+    json: Arc<std::sync::OnceLock<bytes::Bytes>>,
+    html: Arc<std::sync::OnceLock<bytes::Bytes>>,
+}
+
+impl PublicRecord {
+    /// The signed document as JSON bytes.
+    pub fn json(&self) -> bytes::Bytes {
+        self.rendered
+            .json
+            .get_or_init(|| {
+                bytes::Bytes::from(serde_json::to_vec(self).expect("the record serializes"))
+            })
+            .clone()
+    }
+
+    /// The record as a page, rendered by `render` the first time it is asked for.
+    pub fn html(&self, render: impl FnOnce(&Value) -> String) -> bytes::Bytes {
+        self.rendered
+            .html
+            .get_or_init(|| bytes::Bytes::from(render(&self.record)))
+            .clone()
+    }
+}
+
+/// The most bytes of figures (as CSV) one record carries; products past it are listed with
+/// their titles and a word on where their figures are.
+const MAX_FIGURES_BYTES: usize = 16 << 20;
 
 /// A released product: (export, scenario, released at, scenario name, planned products) and
 /// (requested public, flagged, result hash, wrapped key).
@@ -26,23 +62,24 @@ type ProductRow = (
 /// An authorized unit: id, name, since, until, exited.
 type UnitRow = (String, String, String, Option<String>, Option<String>);
 
-/// How long one signed record answers every request when nothing was audited since (anyone
-/// may ask; the record is built at most this often, or once per audited action, so no stream
-/// of anonymous requests holds the metadata lock).
+/// How long one signed record answers every request when no change was audited since (anyone
+/// may ask; the record is built at most this often, or once per audited change of state,
+/// never for a read or a sign-in, so no stream of requests holds the metadata lock).
 const PUBLIC_RECORD_SECONDS: u64 = 60;
 
 impl Platform {
-    /// The public record, signed: the one built in the last minute if the audit log has not
-    /// grown since, or a new one. Every change the record shows is audited (an approval, a
-    /// release, a revocation, a policy change), so a withdrawal takes effect at once; a term's
-    /// end shows within the minute. Requests that arrive while it is built wait for that one
-    /// build.
+    /// The public record, signed: the one built in the last minute if no action that changes
+    /// state was audited since, or a new one. Every change the record shows is audited (an
+    /// approval, a release, a revocation, a policy change), so a withdrawal takes effect at
+    /// once; a term's end shows within the minute. Requests that arrive while it is built
+    /// wait for that one build.
     pub fn public_record(&self) -> Result<Arc<PublicRecord>> {
         let mut cached = self
             .public_record
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (appended, _) = self.audit.state();
+        // Reads and sign-ins, which anyone with a token or none can cause, do not count.
+        let appended = self.audit.changes();
         if let Some((at, seq, record)) = cached.as_ref()
             && at.elapsed().as_secs() < PUBLIC_RECORD_SECONDS
             && *seq == appended
@@ -61,7 +98,7 @@ impl Platform {
         id: &str,
         hash: Option<String>,
         wrapped: Option<Vec<u8>>,
-    ) -> Result<Value> {
+    ) -> Result<(Value, usize)> {
         let wrapped = wrapped.ok_or_else(|| Error::Integrity("no result".into()))?;
         let parquet = self.load_object("exports", id, &wrapped)?;
         let sha = sha256_hex(&parquet);
@@ -69,6 +106,7 @@ impl Platform {
             return Err(Error::Integrity("the result changed after approval".into()));
         }
         let csv = gate::to_csv(&from_parquet(parquet)?)?;
+        let size = csv.len();
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(true)
             .from_reader(csv.as_slice());
@@ -83,7 +121,10 @@ impl Platform {
             .map(|r| r.map(|r| r.iter().map(str::to_string).collect()))
             .collect::<std::result::Result<_, _>>()
             .map_err(|e| Error::Internal(format!("released figures: {e}")))?;
-        Ok(json!({ "result_sha256": sha, "columns": columns, "rows": rows }))
+        Ok((
+            json!({ "result_sha256": sha, "columns": columns, "rows": rows }),
+            size,
+        ))
     }
 
     fn build_public_record(&self) -> Result<PublicRecord> {
@@ -186,13 +227,18 @@ impl Platform {
         drop(db);
         // The figures of products whose scenarios publish them, read after the metadata lock
         // is let go: exactly the rows of the signed bundle, or a word on why they are not.
+        let mut room = MAX_FIGURES_BYTES;
         let products: Vec<Value> = published
             .into_iter()
             .map(|(mut product, figures)| {
                 if let Some((hash, wrapped)) = figures {
                     let id = product["export"].as_str().unwrap_or_default().to_string();
                     product["figures"] = match self.released_figures(&id, hash, wrapped) {
-                        Ok(f) => f,
+                        Ok((f, size)) if size <= room => {
+                            room -= size;
+                            f
+                        }
+                        Ok(_) => json!({ "withheld": "the record carries at most 16 MiB of figures; this product's are in its signed bundle" }),
                         Err(e) => {
                             tracing::warn!(export = %id, error = %e, "released figures not published");
                             json!({ "withheld": "the released result could not be read or does not match what was approved" })
@@ -221,6 +267,7 @@ impl Platform {
         Ok(PublicRecord {
             signature: hex::encode(self.signer.sign(&body)),
             record,
+            rendered: Rendered::default(),
         })
     }
 }

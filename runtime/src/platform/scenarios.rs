@@ -88,9 +88,16 @@ impl Platform {
             &actor.id,
             crate::audit::Action::ScenarioApply,
             &id,
-            json!({ "name": req.name, "public_interest": req.public_interest,
-                    "grants": grants, "term": [req.term_start, req.term_end], "k": k,
-                    "export_rules": req.export_rules, "state": state }),
+            crate::audited::ScenarioApply {
+                name: req.name.clone(),
+                public_interest: req.public_interest,
+                grants: grants.clone(),
+                term: [req.term_start.clone(), req.term_end.clone()],
+                k,
+                export_rules: req.export_rules.clone(),
+                state,
+            }
+            .to_value(),
         )?;
         tx.commit()?;
         drop(db);
@@ -553,7 +560,11 @@ impl Platform {
             actor,
             crate::audit::Action::OrgExit,
             &org,
-            json!({ "destroyed": destroyed.len(), "certificate_sha256": sha256_hex(&body) }),
+            crate::audited::OrgExit {
+                destroyed: destroyed.len(),
+                certificate_sha256: sha256_hex(&body),
+            }
+            .to_value(),
         )?;
         tx.commit()?;
         // The memory in use is rebuilt from the records that remain.

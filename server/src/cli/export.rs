@@ -48,6 +48,9 @@ pub(super) const EXPORT_COLUMNS: &[Column<ExportSummary>] = &[
     ("requested at", |e| e.requested_at.clone()),
     ("approvals", |e| e.approvals.to_string()),
     ("of", |e| e.required_approvals.to_string()),
+    ("public", |e| {
+        if e.public_figures { "yes" } else { "no" }.to_string()
+    }),
 ];
 
 pub(super) fn run(command: ExportCommand, remote: &Remote) -> Result<()> {

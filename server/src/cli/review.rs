@@ -19,6 +19,10 @@ pub(super) enum ReviewCommand {
         export: String,
         #[arg(long, default_value = "")]
         comment: String,
+        /// Approve its rows for the public record too: needed when its scenario publishes
+        /// its figures (`export show` says `public_figures`).
+        #[arg(long)]
+        publish: bool,
     },
     /// Return an export request to its scientist, with what to change.
     Return {
@@ -36,16 +40,24 @@ pub(super) enum ReviewCommand {
 
 pub(super) fn run(command: ReviewCommand, remote: &Remote) -> Result<()> {
     let c = remote.client()?;
+    let mut publish = false;
     let (decision, export, comment) = match command {
         ReviewCommand::Queue { list } => {
             let page = c.list("/v1/exports", &list.query(true))?;
             print_page(&page, EXPORT_COLUMNS, &list)?;
             return Ok(());
         }
-        ReviewCommand::Approve { export, comment } => ("approve", export, comment),
+        ReviewCommand::Approve {
+            export,
+            comment,
+            publish: p,
+        } => {
+            publish = p;
+            ("approve", export, comment)
+        }
         ReviewCommand::Return { export, comment } => ("return", export, comment),
         ReviewCommand::Reject { export, comment } => ("reject", export, comment),
     };
-    print(&c.review_export(&export, decision, &comment)?);
+    print(&c.review_export_publishing(&export, decision, &comment, publish)?);
     Ok(())
 }

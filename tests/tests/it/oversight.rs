@@ -675,7 +675,17 @@ fn a_scenario_that_publishes_its_figures_shows_its_released_rows_in_the_public_r
             .unwrap();
         let eid = e["id"].as_str().unwrap().to_string();
         let seen = w.reviewer.get_export(&eid).unwrap();
-        w.reviewer.review_export(&eid, "approve", "ok").unwrap();
+        let plain = w.reviewer.review_export(&eid, "approve", "ok");
+        if seen["public_figures"] == true {
+            // Approving rows for anyone to read is said in so many words.
+            let refused = plain.unwrap_err().to_string();
+            assert!(refused.contains("public record"), "{refused}");
+            w.reviewer
+                .review_export_publishing(&eid, "approve", "ok, public", true)
+                .unwrap();
+        } else {
+            plain.unwrap();
+        }
         let dir = tempfile::tempdir().unwrap();
         w.scientist.download_bundle(&eid, dir.path()).unwrap();
         (eid, seen, dir)
@@ -733,6 +743,23 @@ fn a_scenario_that_publishes_its_figures_shows_its_released_rows_in_the_public_r
         json!(rows),
         "restored"
     );
+    // A risk stop withholds them until the scenario resumes.
+    w.admin.change_scenario(&public, "suspend").unwrap();
+    assert!(
+        product(&public_record(&env), &shown)
+            .get("figures")
+            .is_none()
+    );
+    w.admin.change_scenario(&public, "resume").unwrap();
+    assert!(
+        product(&public_record(&env), &shown)
+            .get("figures")
+            .is_some()
+    );
+    // Reads and sign-ins do not rebuild the record; a change does.
+    let before = public_record(&env)["generated_at"].clone();
+    w.reviewer.get_export(&shown).unwrap();
+    assert_eq!(public_record(&env)["generated_at"], before);
     // A revocation withdraws them for good.
     w.admin.change_scenario(&public, "revoke").unwrap();
     let record = public_record(&env);
