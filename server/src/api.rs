@@ -1126,14 +1126,17 @@ async fn download_bundle(
     Actor(actor): Actor,
     Param(id): Param<String>,
 ) -> ApiResult<BundleAnswer> {
-    let files = blocking(move || p.download_bundle(&actor, &id)).await?;
-    let files = files
-        .into_iter()
-        .map(|(name, bytes)| BundleFile {
-            name,
-            base64: base64::engine::general_purpose::STANDARD.encode(bytes),
-        })
-        .collect();
+    // Encoding a bundle of up to the export's size limit is work for the blocking pool too.
+    let files = blocking(move || {
+        Ok(p.download_bundle(&actor, &id)?
+            .into_iter()
+            .map(|(name, bytes)| BundleFile {
+                name,
+                base64: base64::engine::general_purpose::STANDARD.encode(bytes),
+            })
+            .collect())
+    })
+    .await?;
     Ok(Json(BundleAnswer { files }))
 }
 

@@ -494,28 +494,45 @@ impl Platform {
     ) -> Result<(ExportView, String, Option<Vec<u8>>)> {
         let row = db
             .query_row(
-                "SELECT id, job_id, requested_by, org_id, state, gate_report, result_hash, wrapped_key, required_approvals, flag, amends, amended_by, public_figures
+                "SELECT id, job_id, requested_by, org_id, state, gate_report, result_hash, wrapped_key,
+                        required_approvals, flag, amends, amended_by, public_figures
                  FROM exports WHERE id = ?1",
                 params![id],
                 |r| {
-                    Ok((
-                        (r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?),
-                        (r.get::<_, String>(3)?, r.get::<_, String>(4)?, r.get::<_, String>(5)?),
-                        (r.get::<_, Option<String>>(6)?, r.get::<_, Option<Vec<u8>>>(7)?, r.get::<_, i64>(8)?),
-                        (r.get::<_, Option<String>>(9)?, r.get::<_, Option<String>>(10)?, r.get::<_, Option<String>>(11)?),
-                        r.get::<_, bool>(12)?,
-                    ))
+                    Ok(ExportColumns {
+                        id: r.get("id")?,
+                        job: r.get("job_id")?,
+                        requested_by: r.get("requested_by")?,
+                        org: r.get("org_id")?,
+                        state: r.get("state")?,
+                        gate_report: r.get("gate_report")?,
+                        result_hash: r.get("result_hash")?,
+                        wrapped_key: r.get("wrapped_key")?,
+                        required_approvals: r.get("required_approvals")?,
+                        flag: r.get("flag")?,
+                        amends: r.get("amends")?,
+                        amended_by: r.get("amended_by")?,
+                        public_figures: r.get("public_figures")?,
+                    })
                 },
             )
             .optional()?
             .ok_or_else(|| Error::NotFound(format!("export {id}")))?;
-        let (
-            (id, job, by),
-            (org, state, report),
-            (hash, wrapped, required),
-            (flag, amends, amended_by),
+        let ExportColumns {
+            id,
+            job,
+            requested_by: by,
+            org,
+            state,
+            gate_report: report,
+            result_hash: hash,
+            wrapped_key: wrapped,
+            required_approvals: required,
+            flag,
+            amends,
+            amended_by,
             public_figures,
-        ) = row;
+        } = row;
         let reviews: Vec<ApprovalView> = db
             .prepare("SELECT reviewer_id, decision, at, comment FROM export_reviews WHERE export_id = ?1 ORDER BY at")?
             .query_map(params![id], |r| {
@@ -975,4 +992,21 @@ impl Platform {
         }
         Ok(out)
     }
+}
+
+/// An `exports` row as stored, read by column name.
+struct ExportColumns {
+    id: String,
+    job: String,
+    requested_by: String,
+    org: String,
+    state: String,
+    gate_report: String,
+    result_hash: Option<String>,
+    wrapped_key: Option<Vec<u8>>,
+    required_approvals: i64,
+    flag: Option<String>,
+    amends: Option<String>,
+    amended_by: Option<String>,
+    public_figures: bool,
 }

@@ -889,55 +889,11 @@ impl Platform {
                     level, created_at, finished_at, result_hash, wrapped_key, shape, plan, inputs
              FROM jobs WHERE id = ?1",
             params![id],
-            |r| {
-                Ok((
-                    (r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?),
-                    (r.get::<_, String>(4)?, r.get::<_, String>(5)?, r.get::<_, Option<String>>(6)?, r.get::<_, Option<i64>>(7)?),
-                    (r.get::<_, Option<String>>(8)?, r.get::<_, Option<String>>(9)?, r.get::<_, String>(10)?, r.get::<_, String>(11)?),
-                    (r.get::<_, Option<String>>(12)?, r.get::<_, Option<String>>(13)?, r.get::<_, Option<Vec<u8>>>(14)?),
-                    (r.get::<_, Option<String>>(15)?, r.get::<_, Option<String>>(16)?, r.get::<_, String>(17)?),
-                ))
-            },
+            JobColumns::from_row,
         )
         .optional()?
-        .ok_or_else(|| Error::NotFound(format!("job {id}")))
-        .and_then(|((id, scenario, by, sql), (modules, state, error, rows), (schema, resources, level, created), (finished, hash, wrapped), (shape, plan, inputs))| {
-            let inputs: Vec<StoredInput> = from_json(&inputs)?;
-            let quality_warnings = inputs
-                .iter()
-                .filter(|i| i.rule_failures.is_some_and(|n| n > 0))
-                .map(|i| {
-                    format!(
-                        "{} version {}: some rows fail its provider's quality rules",
-                        i.name, i.version
-                    )
-                })
-                .collect();
-            Ok(JobRecord {
-                view: JobView {
-                    id,
-                    scenario,
-                    submitted_by: by,
-                    sql,
-                    modules: from_json(&modules)?,
-                    state: stored_state(&state)?,
-                    error,
-                    rows,
-                    schema: schema.map(|s| from_json(&s)).transpose()?.unwrap_or_default(),
-                    resources: resources.map(|s| from_json(&s)).transpose()?,
-                    level: level.parse().map_err(Error::Integrity)?,
-                    created_at: created,
-                    finished_at: finished,
-                    progress_percent: None,
-                    quality_warnings,
-                },
-                result_hash: hash,
-                wrapped,
-                shape,
-                plan,
-                inputs,
-            })
-        })
+        .ok_or_else(|| Error::NotFound(format!("job {id}")))?
+        .into_record()
     }
 
     /// Cancels a job: a queued one never runs; a running one stops at its next check and
@@ -1134,4 +1090,94 @@ struct SealedResult {
     result_hash: String,
     wrapped: Vec<u8>,
     subjects_key: Option<Vec<u8>>,
+}
+
+/// A `jobs` row as stored, read by column name.
+struct JobColumns {
+    id: String,
+    scenario: String,
+    submitted_by: String,
+    sql: String,
+    modules: String,
+    state: String,
+    error: Option<String>,
+    rows: Option<i64>,
+    schema: Option<String>,
+    resources: Option<String>,
+    level: String,
+    created_at: String,
+    finished_at: Option<String>,
+    result_hash: Option<String>,
+    wrapped_key: Option<Vec<u8>>,
+    shape: Option<String>,
+    plan: Option<String>,
+    inputs: String,
+}
+
+impl JobColumns {
+    fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(JobColumns {
+            id: r.get("id")?,
+            scenario: r.get("scenario_id")?,
+            submitted_by: r.get("submitted_by")?,
+            sql: r.get("sql")?,
+            modules: r.get("modules")?,
+            state: r.get("state")?,
+            error: r.get("error")?,
+            rows: r.get("rows")?,
+            schema: r.get("schema")?,
+            resources: r.get("resources")?,
+            level: r.get("level")?,
+            created_at: r.get("created_at")?,
+            finished_at: r.get("finished_at")?,
+            result_hash: r.get("result_hash")?,
+            wrapped_key: r.get("wrapped_key")?,
+            shape: r.get("shape")?,
+            plan: r.get("plan")?,
+            inputs: r.get("inputs")?,
+        })
+    }
+
+    /// The job as the platform uses it: JSON columns decoded, states parsed.
+    fn into_record(self) -> Result<JobRecord> {
+        let inputs: Vec<StoredInput> = from_json(&self.inputs)?;
+        let quality_warnings = inputs
+            .iter()
+            .filter(|i| i.rule_failures.is_some_and(|n| n > 0))
+            .map(|i| {
+                format!(
+                    "{} version {}: some rows fail its provider's quality rules",
+                    i.name, i.version
+                )
+            })
+            .collect();
+        Ok(JobRecord {
+            view: JobView {
+                id: self.id,
+                scenario: self.scenario,
+                submitted_by: self.submitted_by,
+                sql: self.sql,
+                modules: from_json(&self.modules)?,
+                state: stored_state(&self.state)?,
+                error: self.error,
+                rows: self.rows,
+                schema: self
+                    .schema
+                    .map(|s| from_json(&s))
+                    .transpose()?
+                    .unwrap_or_default(),
+                resources: self.resources.map(|s| from_json(&s)).transpose()?,
+                level: self.level.parse().map_err(Error::Integrity)?,
+                created_at: self.created_at,
+                finished_at: self.finished_at,
+                progress_percent: None,
+                quality_warnings,
+            },
+            result_hash: self.result_hash,
+            wrapped: self.wrapped_key,
+            shape: self.shape,
+            plan: self.plan,
+            inputs,
+        })
+    }
 }

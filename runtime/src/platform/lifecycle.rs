@@ -26,6 +26,12 @@ pub struct SweepReport {
     /// Scenarios and orgs whose closing failed (logged; the next sweep tries again).
     #[serde(default)]
     pub failed: Vec<String>,
+    /// The audit log's entries the sweep verified (its chain and signed checkpoints).
+    #[serde(default)]
+    pub audit_entries_verified: u64,
+    /// The first entry that failed verification, when one did (an alert was raised).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_first_bad: Option<u64>,
 }
 
 /// The actor the log names for what the platform does by itself.
@@ -189,6 +195,14 @@ impl Platform {
                     report.failed.push(org);
                 }
             }
+        }
+        // R-MONITOR: the audit log verified on every sweep, not only when somebody asks.
+        match self.verify_audit_scheduled() {
+            Ok((entries, first_bad)) => {
+                report.audit_entries_verified = entries;
+                report.audit_first_bad = first_bad;
+            }
+            Err(e) => tracing::error!(error = %e, "the audit log could not be verified"),
         }
         Ok(report)
     }

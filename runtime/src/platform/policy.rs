@@ -306,6 +306,39 @@ impl Platform {
         Ok(verdict)
     }
 
+    /// The sweep's verification of the audit log: the entries verified, and the first bad
+    /// one, for which an alert is raised. Entries appended while it reads (a line may be half
+    /// written) are not judged: only what the log held when the check began, and a failure
+    /// must show twice, in two reads, before it is an alert.
+    pub(super) fn verify_audit_scheduled(&self) -> Result<(u64, Option<u64>)> {
+        let key = hex::decode(self.signer.public_key_hex())
+            .map_err(|_| Error::Internal("public key encoding".into()))?;
+        let judged = || -> Result<(u64, Option<(u64, String)>)> {
+            let (held, _) = self.audit.state();
+            let verdict = crate::audit::verify_file(self.audit.path(), Some(&key))?;
+            Ok((
+                held.min(verdict.entries),
+                verdict.first_bad.filter(|(n, _)| *n <= held),
+            ))
+        };
+        let (entries, bad) = match judged() {
+            Ok((_, Some(_))) | Err(_) => judged()?,
+            Ok(fine) => fine,
+        };
+        if let Some((entry, why)) = &bad {
+            tracing::error!(entry, why = %why, "the audit log failed verification");
+            if let Err(e) = self.raise_alert_now(super::alerts::Raised {
+                kind: tidegate_policy::AlertKind::AuditFailure,
+                org: None,
+                scenario: None,
+                evidence: json!({ "first_bad_entry": entry, "verified_by": super::SWEEP_ACTOR }),
+            }) {
+                tracing::error!(error = %e, "the audit log failed verification and the alert could not be raised");
+            }
+        }
+        Ok((entries, bad.map(|(n, _)| n)))
+    }
+
     /// Retention (R-AUDIT): an admin prunes the audit log's sealed segments whose entries are
     /// all older than `before`, which must lie at least 180 days back. Nothing younger is ever
     /// deleted, by this or by anything else (an exit keeps the logs). The prune is audited.

@@ -105,46 +105,30 @@ impl Platform {
     }
 
     pub(super) fn scenario_row(db: &Connection, id: &str) -> Result<ScenarioRow> {
-        let row = db
+        let ScenarioColumns {
+            id,
+            name,
+            org,
+            key_area,
+            purpose,
+            public_interest,
+            grants,
+            term_start: ts,
+            term_end: te,
+            k,
+            planned_products: products,
+            state,
+            export_rules: rules,
+        } = db
             .query_row(
                 "SELECT id, name, org_id, key_area, purpose, public_interest, grants, term_start,
                         term_end, k, planned_products, state, export_rules
                  FROM scenarios WHERE id = ?1",
                 params![id],
-                |r| {
-                    Ok((
-                        (
-                            r.get::<_, String>(0)?,
-                            r.get::<_, String>(1)?,
-                            r.get::<_, String>(2)?,
-                        ),
-                        (
-                            r.get::<_, String>(3)?,
-                            r.get::<_, String>(4)?,
-                            r.get::<_, bool>(5)?,
-                        ),
-                        (
-                            r.get::<_, String>(6)?,
-                            r.get::<_, String>(7)?,
-                            r.get::<_, String>(8)?,
-                        ),
-                        (
-                            r.get::<_, i64>(9)?,
-                            r.get::<_, String>(10)?,
-                            r.get::<_, String>(11)?,
-                            r.get::<_, String>(12)?,
-                        ),
-                    ))
-                },
+                ScenarioColumns::from_row,
             )
             .optional()?
             .ok_or_else(|| Error::NotFound(format!("scenario {id}")))?;
-        let (
-            (id, name, org),
-            (key_area, purpose, public_interest),
-            (grants, ts, te),
-            (k, products, state, rules),
-        ) = row;
         let export_rules: ExportRules = from_json(&rules)?;
         let grants: Vec<GrantRequest> = from_json(&grants)?;
         let stored_state: ScenarioState = state.parse().map_err(Error::Integrity)?;
@@ -802,4 +786,41 @@ impl Platform {
     }
 
     // ----- Modules -----
+}
+
+/// A `scenarios` row as stored, read by column name.
+struct ScenarioColumns {
+    id: String,
+    name: String,
+    org: String,
+    key_area: String,
+    purpose: String,
+    public_interest: bool,
+    grants: String,
+    term_start: String,
+    term_end: String,
+    k: i64,
+    planned_products: String,
+    state: String,
+    export_rules: String,
+}
+
+impl ScenarioColumns {
+    fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(ScenarioColumns {
+            id: r.get("id")?,
+            name: r.get("name")?,
+            org: r.get("org_id")?,
+            key_area: r.get("key_area")?,
+            purpose: r.get("purpose")?,
+            public_interest: r.get("public_interest")?,
+            grants: r.get("grants")?,
+            term_start: r.get("term_start")?,
+            term_end: r.get("term_end")?,
+            k: r.get("k")?,
+            planned_products: r.get("planned_products")?,
+            state: r.get("state")?,
+            export_rules: r.get("export_rules")?,
+        })
+    }
 }

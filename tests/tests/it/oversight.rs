@@ -217,6 +217,14 @@ fn a_freeze_an_invalid_module_and_a_broken_log_raise_alerts() {
     let verdict = w.auditor.ok("GET", "/v1/audit/verify", None).unwrap();
     assert!(!verdict["first_bad"].is_null(), "{verdict}");
     assert_eq!(alerts_of(&env, "audit_failure").len(), 1);
+    // The sweep (at start and hourly) verifies the log without being asked, and says so.
+    let swept = w.admin.sweep().unwrap();
+    assert!(swept["audit_first_bad"].as_u64().is_some(), "{swept}");
+    let raised = alerts_of(&env, "audit_failure");
+    assert_eq!(
+        raised[0]["evidence"]["verified_by"], "platform:sweep",
+        "{raised:?}"
+    );
 }
 
 /// A webhook that answers 503 to its first request and 200 after, and hands over each body.
