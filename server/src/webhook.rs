@@ -1,20 +1,16 @@
 //! R-MONITOR: alerts delivered to the webhook an admin set, at least once. The platform keeps
 //! each alert until the webhook answered 2xx; a webhook that is down gets them when it is back.
+//! Each request carries the platform's signature over its body (`X-Tidegate-Signature`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tidegate_runtime::{AlertView, Platform};
+use tidegate_runtime::Platform;
 
 /// How often undelivered alerts are looked for.
 const EVERY: Duration = Duration::from_secs(5);
 /// How long one delivery may take.
 const TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The body the webhook receives.
-fn body(alert: &AlertView) -> serde_json::Value {
-    serde_json::json!({ "format": "tidegate-alert-v1", "alert": alert })
-}
 
 /// Delivers what waits, oldest first; stops at the first failure (the rest wait their turn).
 fn deliver(platform: &Platform) -> tidegate_runtime::Result<usize> {
@@ -29,7 +25,14 @@ fn deliver(platform: &Platform) -> tidegate_runtime::Result<usize> {
         .into();
     let mut sent = 0;
     for alert in alerts {
-        match agent.post(&webhook).send_json(body(&alert)) {
+        // Signed by the platform, so the receiver can tell a real alert from a forged one.
+        let (body, signature) = platform.alert_delivery(&alert)?;
+        let answer = agent
+            .post(&webhook)
+            .header("content-type", "application/json")
+            .header("x-tidegate-signature", &signature)
+            .send(&body[..]);
+        match answer {
             Ok(r) if r.status().is_success() => {
                 platform.alert_delivered(&alert.id)?;
                 sent += 1;

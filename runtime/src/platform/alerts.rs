@@ -327,6 +327,16 @@ impl Platform {
         Ok(settings)
     }
 
+    /// An alert as its webhook receives it: the JSON body (`tidegate-alert-v1`) and the
+    /// platform's Ed25519 signature over exactly those bytes, in hex, which the server sends
+    /// as the `X-Tidegate-Signature` header. The receiver checks it with the platform's public
+    /// key (`GET /v1/public-key`): an alert nobody else could have sent.
+    pub fn alert_delivery(&self, alert: &AlertView) -> Result<(Vec<u8>, String)> {
+        let body = serde_json::to_vec(&json!({ "format": "tidegate-alert-v1", "alert": alert }))?;
+        let signature = hex::encode(self.signer.sign(&body));
+        Ok((body, signature))
+    }
+
     /// The webhook and the alerts not delivered to it yet, oldest first: for the server's
     /// delivery loop.
     pub fn undelivered_alerts(&self) -> Result<Option<(String, Vec<AlertView>)>> {

@@ -227,10 +227,17 @@ fn a_freeze_an_invalid_module_and_a_broken_log_raise_alerts() {
     );
 }
 
+/// A request a sink received: its path, its JSON body and its signature header.
+struct Delivery {
+    path: String,
+    body: Value,
+    signature: Option<String>,
+}
+
 /// A webhook that answers 503 to its first request and 200 after, and hands over each body.
 /// A web server on loopback that refuses its first request with 503 when `fail_first`,
 /// answers every other 200, and hands on each accepted request's path and JSON body.
-fn http_sink(fail_first: bool) -> (String, mpsc::Receiver<(String, Value)>) {
+fn http_sink(fail_first: bool) -> (String, mpsc::Receiver<Delivery>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = mpsc::channel();
@@ -241,6 +248,7 @@ fn http_sink(fail_first: bool) -> (String, mpsc::Receiver<(String, Value)>) {
             let mut reader = BufReader::new(stream.try_clone().unwrap());
             let mut length = 0usize;
             let mut path = String::new();
+            let mut signature = None;
             loop {
                 let mut line = String::new();
                 if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
@@ -252,6 +260,12 @@ fn http_sink(fail_first: bool) -> (String, mpsc::Receiver<(String, Value)>) {
                 if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
                     length = v.trim().parse().unwrap_or(0);
                 }
+                if let Some(v) = line
+                    .to_ascii_lowercase()
+                    .strip_prefix("x-tidegate-signature:")
+                {
+                    signature = Some(v.trim().to_string());
+                }
             }
             let mut body = vec![0u8; length];
             let _ = reader.read_exact(&mut body);
@@ -261,7 +275,11 @@ fn http_sink(fail_first: bool) -> (String, mpsc::Receiver<(String, Value)>) {
                     .as_bytes(),
             );
             if !first {
-                let _ = tx.send((path, serde_json::from_slice(&body).unwrap_or(Value::Null)));
+                let _ = tx.send(Delivery {
+                    path,
+                    body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+                    signature,
+                });
             }
             first = false;
         }
@@ -270,7 +288,7 @@ fn http_sink(fail_first: bool) -> (String, mpsc::Receiver<(String, Value)>) {
 }
 
 /// An alert webhook that is down for its first delivery.
-fn webhook() -> (String, mpsc::Receiver<(String, Value)>) {
+fn webhook() -> (String, mpsc::Receiver<Delivery>) {
     let (base, rx) = http_sink(true);
     (format!("{base}/hook"), rx)
 }
@@ -305,10 +323,21 @@ fn alerts_reach_the_admins_webhook_even_when_it_was_down_once() {
         .unwrap();
     w.admin.freeze_org(&w.operator_org, true).unwrap();
     // The first delivery is refused (503); the alert waits and goes with the next round.
-    let (_, delivered) = received
+    let Delivery {
+        body: delivered,
+        signature,
+        ..
+    } = received
         .recv_timeout(Duration::from_secs(60))
         .expect("the webhook receives the alert");
     assert_eq!(delivered["format"], "tidegate-alert-v1");
+    // Signed by the platform over the body: the receiver tells it from a forgery.
+    let signature = signature.expect("the alert is signed");
+    let key = crate::common::platform_key(&env);
+    tidegate_runtime::verify_certificate(&delivered, &signature, &key).unwrap();
+    let mut forged = delivered.clone();
+    forged["alert"]["kind"] = json!("audit_failure");
+    assert!(tidegate_runtime::verify_certificate(&forged, &signature, &key).is_err());
     assert_eq!(delivered["alert"]["kind"], "freeze");
     assert_eq!(delivered["alert"]["org"], json!(w.operator_org));
     // Delivered once: nothing more comes for it.
@@ -1253,7 +1282,7 @@ fn spans_of_requests_and_jobs_reach_an_opentelemetry_collector_without_tokens_or
     // Dropping the tracing sends what waits.
     drop(tracing);
     let mut bodies = Vec::new();
-    while let Ok((path, body)) = received.recv_timeout(Duration::from_secs(5)) {
+    while let Ok(Delivery { path, body, .. }) = received.recv_timeout(Duration::from_secs(5)) {
         assert_eq!(path, "/v1/traces");
         bodies.push(body);
     }
