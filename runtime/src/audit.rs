@@ -977,7 +977,7 @@ mod tests {
             log.append("p", Action::PolicyApply, &format!("o_{i}"), json!({}))
                 .unwrap();
         }
-        let today = time::OffsetDateTime::now_utc().date();
+        let today = crate::clock::now().date();
         let refused = log.prune(today, today).unwrap_err().to_string();
         assert!(refused.contains("kept at least 180 days"), "{refused}");
         let cutoff = today - time::Duration::days(RETENTION_DAYS);

@@ -7,6 +7,7 @@
 mod audit;
 mod audited;
 mod bundle;
+pub mod clock;
 mod crypto;
 mod error;
 mod gate;
@@ -67,9 +68,7 @@ pub use storage::{SealedSource, SealedStore, read_parquet};
 pub use tables::{TableData, TableInput};
 pub use text::{MAX_QUOTED_BYTES, defuse};
 
-/// The current time as RFC 3339, UTC.
+/// The current time as RFC 3339, UTC (the platform's [`clock`]).
 pub(crate) fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .expect("the current time formats")
+    clock::now_rfc3339()
 }

@@ -261,7 +261,7 @@ async fn sign_in_form(Extension(c): Extension<Cookies>) -> Response {
     let nonce = format!(
         "{}.{}",
         tidegate_runtime::random_token(),
-        time::OffsetDateTime::now_utc().unix_timestamp() + SIGN_IN_SECONDS
+        tidegate_runtime::clock::now().unix_timestamp() + SIGN_IN_SECONDS
     );
     let body = format!(
         "<h1>Sign in to Tidegate</h1>\
@@ -302,7 +302,7 @@ async fn sign_in(
         .unwrap_or(0);
     if bound.is_empty()
         || !same_secret(&bound, &f.csrf)
-        || good_until < time::OffsetDateTime::now_utc().unix_timestamp()
+        || good_until < tidegate_runtime::clock::now().unix_timestamp()
     {
         return Err(PageError(Error::Refused(
             "the sign-in form is not one this console gave, or it is too old: open it again".into(),
@@ -977,7 +977,7 @@ async fn datasets(
     let list = blocking(move || p.list_datasets(&actor)).await?;
     let mut body = String::from("<h1>Datasets</h1>");
     if s.principal.has_role(tidegate_policy::Role::Provider) {
-        let year = time::OffsetDateTime::now_utc().year();
+        let year = tidegate_runtime::clock::now().year();
         body.push_str(&format!(
             "<p><a href=\"/console/orgs/{}/contribution?year={year}\">Your data's contribution in {year}</a>: its use, its quality and the fees it earned</p>",
             escape(&s.principal.org)
@@ -1058,7 +1058,7 @@ async fn directory(
     let actor = s.principal.clone();
     let principals = blocking(move || p.list_principals(&actor, &page)).await?;
     let csrf = escape(&s.csrf);
-    let now = time::OffsetDateTime::now_utc();
+    let now = tidegate_runtime::clock::now();
     let year = now.year();
     let period = format!("{year}-{:02}", u8::from(now.month()));
     let mut body = String::from(

@@ -208,7 +208,7 @@ impl World {
     /// The scientist applies for a scenario over some of the columns; the admin and the
     /// provider approve it.
     pub fn open_scenario(&self) -> Result<(Value, Value)> {
-        let today = time::OffsetDateTime::now_utc().date();
+        let today = tidegate_runtime::clock::now().date();
         let applied = self.scientist.apply_scenario(&json!({
             "name": "Scenic spot visitor profile",
             "key_area": "culture and tourism",

@@ -59,7 +59,7 @@ impl Platform {
                 time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
                     .map_err(|_| Error::BadInput("as_of is an RFC 3339 time".into()))?
             }
-            None => time::OffsetDateTime::now_utc(),
+            None => crate::clock::now(),
         };
         let ledger = Self::ledger(&db)?;
         crate::metering::statement(&ledger, &org, period, as_of)

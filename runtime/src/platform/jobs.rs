@@ -355,7 +355,7 @@ impl Platform {
     /// fuel of its jobs that ended in the last 24 hours, and the bytes of the results it keeps,
     /// each as its scientists see them (over L2 or L3 data, rounded up).
     pub(super) fn quota_use(db: &Connection, sid: &str) -> Result<tidegate_policy::QuotaUse> {
-        let day_ago = (time::OffsetDateTime::now_utc() - time::Duration::days(1))
+        let day_ago = (crate::clock::now() - time::Duration::days(1))
             .format(&time::format_description::well_known::Rfc3339)
             .map_err(|e| Error::Internal(e.to_string()))?;
         let mut used = tidegate_policy::QuotaUse {

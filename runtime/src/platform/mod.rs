@@ -118,7 +118,7 @@ fn new_id(prefix: &str) -> String {
 }
 
 fn today() -> Date {
-    time::OffsetDateTime::now_utc().date()
+    crate::clock::today()
 }
 
 fn parse_date(s: &str) -> Result<Date> {

@@ -112,7 +112,7 @@ impl Platform {
         let org = Self::org_id(&db, org)?;
         tidegate_policy::can_see_dataset_usage(actor, &org, Self::org_kind(&db, &actor.org)?)
             .map_err(|_| Error::NotFound(format!("org {org}")))?;
-        let now = time::OffsetDateTime::now_utc();
+        let now = crate::clock::now();
         if !(2000..=now.year()).contains(&year) {
             return Err(Error::BadInput(format!(
                 "{year} is not a year of the platform"

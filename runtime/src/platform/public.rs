@@ -206,7 +206,7 @@ impl Platform {
             ));
         }
         // Fees charged this year, by org and category, month by month to now.
-        let now = time::OffsetDateTime::now_utc();
+        let now = crate::clock::now();
         let ledger = Self::ledger(&db)?;
         let mut fees = Vec::new();
         for (org, ..) in &units {

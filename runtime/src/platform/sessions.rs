@@ -19,7 +19,7 @@ pub struct Session {
 }
 
 fn unix_now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
+    crate::clock::unix_now()
 }
 
 impl Platform {

@@ -163,7 +163,7 @@ pub(super) fn run(command: AuditCommand) -> Result<()> {
                     time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339)
                         .with_context(|| format!("`{t}` is not an RFC 3339 time"))?
                 }
-                None => time::OffsetDateTime::now_utc(),
+                None => tidegate_runtime::clock::now(),
             };
             print(&tidegate_runtime::statement_from_ledger(
                 &ledger, &org, &period, as_of,

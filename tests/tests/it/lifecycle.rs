@@ -428,3 +428,45 @@ fn a_scenario_uses_no_more_cpu_seconds_or_fuel_a_day_than_its_quotas() {
         .to_string();
     assert!(zero.contains("gigafuel_per_day"), "{zero}");
 }
+
+#[test]
+fn moving_the_clock_past_a_term_closes_the_scenario_at_the_next_sweep_and_a_year_ends_trainings() {
+    // The clock is the process's: this test has a process of its own.
+    if !crate::common::in_a_process_of_its_own(
+        "lifecycle::moving_the_clock_past_a_term_closes_the_scenario_at_the_next_sweep_and_a_year_ends_trainings",
+    ) {
+        return;
+    }
+    let env = setup(true);
+    let w = &env.world;
+    w.import_visits(&tidegate_server::visitor_csv(2_000))
+        .unwrap();
+    // A term of a month (from yesterday).
+    let sid = crate::common::approved_scenario(w, &w.scientist, &scenario_request(false));
+    let done = job(&env, &sid, GROUPED, &[]);
+    assert_eq!(done["state"], "succeeded");
+    assert_eq!(w.admin.sweep().unwrap()["scenarios_closed"], json!([]));
+    assert!(!objects(&env, "results").is_empty());
+
+    tidegate_runtime::clock::shift_for_tests(time::Duration::days(31));
+    assert_eq!(w.scientist.get_scenario(&sid).unwrap()["state"], "expired");
+    let swept = w.admin.sweep().unwrap();
+    assert_eq!(swept["scenarios_closed"], json!([sid]), "{swept}");
+    assert!(objects(&env, "results").is_empty());
+    let closing = w.auditor.closing_receipt(&sid).unwrap();
+    assert!(
+        closing["receipt"]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("its term ended on"),
+        "{closing}"
+    );
+
+    // A year after their training, the scientist reads nothing but their own training state.
+    tidegate_runtime::clock::shift_for_tests(time::Duration::days(365));
+    let refused = w
+        .scientist
+        .call("GET", &format!("/v1/scenarios/{sid}"), None)
+        .unwrap();
+    assert_eq!(refused.status, 403, "{}", refused.body);
+}
