@@ -8,7 +8,9 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tidegate_policy::{AlertThresholds, ExportRules, ExportState, JobState, Level, ScenarioState};
+use tidegate_policy::{
+    AlertKind, AlertThresholds, Decision, ExportRules, ExportState, JobState, Level, ScenarioState,
+};
 
 use crate::audit::{Action, AuditEntry};
 use crate::error::{Error, Result};
@@ -238,6 +240,288 @@ pub(crate) struct AlertSettings {
     pub webhook: Option<String>,
     pub thresholds: AlertThresholds,
 }
+
+/// The detail of an action whose kind the caller picks among a few (a read, a token's
+/// rotation or revocation, a scenario's state change, a dataset's custody, a freeze): typed,
+/// but not read back by the ledger.
+pub(crate) fn value(detail: &impl Serialize) -> Value {
+    serde_json::to_value(detail).expect("an audit detail serializes")
+}
+
+details! {
+    SessionStart => SessionStart,
+    SessionEnd => SessionEnd,
+    SessionRefused => SessionRefused,
+    PrincipalNewAddress => PrincipalNewAddress,
+    PrincipalTraining => PrincipalTraining,
+    OrgCreate => OrgCreate,
+    OrgEvaluate => OrgEvaluate,
+    OrgAuthorization => OrgAuthorization,
+    DatasetApprove => DatasetApprove,
+    DatasetBudget => DatasetBudget,
+    DatasetSample => DatasetSample,
+    DatasetMock => DatasetMock,
+    ModuleUpload => ModuleUpload,
+    ModuleRejected => ModuleRejected,
+    ModuleDownload => ModuleDownload,
+    ModuleVerify => ModuleVerify,
+    ModuleRevoke => ModuleRevoke,
+    JobDiscard => JobDiscard,
+    ExportReview => ExportReview,
+    ScenarioSubmit => ScenarioSubmit,
+    ScenarioRepin => ScenarioRepin,
+    ScenarioApprove => ScenarioApprove,
+    ScenarioClose => ScenarioClose,
+    ScenarioRationed => ScenarioSuspend,
+    AlertRaise => AlertRaise,
+    AlertRaisedAgain => AlertRaise,
+    AlertAcknowledge => AlertAcknowledge,
+    AuditSearch => AuditSearch,
+    AuditPrune => AuditPrune,
+    KeysRotate => KeysRotate,
+}
+
+/// A console session began (its secret is never logged).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct SessionStart {
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct SessionEnd {}
+
+/// Sign-ins refused from one address (a /64 for IPv6), counted since it was first seen.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct SessionRefused {
+    pub address: String,
+    pub refusals: u64,
+}
+
+/// A principal's token used from an address it was not seen at before.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct PrincipalNewAddress {
+    pub address: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct PrincipalTraining {
+    pub course: String,
+    pub valid_until: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct OrgCreate {
+    pub name: String,
+    pub kind: String,
+}
+
+/// The authority's signed annual evaluation of a unit (its body's hash).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct OrgEvaluate {
+    pub year: i32,
+    pub may_reapply: bool,
+    pub sha256: String,
+}
+
+/// The last day of an org's authorization set (none: without end).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct OrgAuthorization {
+    pub until: Option<String>,
+}
+
+/// A freeze or its lifting: the scenarios it suspended or restored.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct OrgFreeze {
+    pub scenarios: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct DatasetApprove {
+    pub org: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct DatasetBudget {
+    pub total: f64,
+    pub per_org: f64,
+}
+
+/// A dataset version sealed, unsealed or destroyed, with the signed record's hash.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct DatasetCustody {
+    pub version: i64,
+    pub reason: String,
+    pub scenarios_suspended: Vec<String>,
+    pub record_sha256: String,
+}
+
+/// Rows a scientist sampled from a granted version (the count, never a value).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct DatasetSample {
+    pub version: i64,
+    pub rows: usize,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct DatasetMock {
+    pub scenario: String,
+    pub rows: u64,
+    pub seed: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ModuleUpload {
+    pub scenario: String,
+    pub functions: Vec<String>,
+    /// The source archive's SHA-256, when one came with it.
+    pub source: Option<String>,
+}
+
+/// A module refused by validation (why, in the validator's words: never data).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ModuleRejected {
+    pub hash: String,
+    pub reason: String,
+}
+
+/// A module's WebAssembly, or its source archive (`source`), downloaded.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ModuleDownload {
+    pub scenario: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    pub bytes: usize,
+}
+
+/// A reviewer's rebuild of a module from its source.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ModuleVerify {
+    pub scenario: String,
+    pub source: String,
+    pub rebuilt: String,
+    pub toolchain: String,
+    pub matches: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ModuleRevoke {
+    pub scenario: String,
+    pub reason: String,
+    pub exports_flagged: usize,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct JobDiscard {
+    pub scenario: String,
+}
+
+/// A reviewer's decision; `publish` when it approved rows for the public record.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ExportReview {
+    pub decision: Decision,
+    pub state: ExportState,
+    pub result_sha256: String,
+    #[serde(default)]
+    pub publish: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ScenarioSubmit {}
+
+/// A grant moved to a dataset's newer version by its provider.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ScenarioRepin {
+    pub dataset: String,
+    pub from: Option<i64>,
+    pub to: i64,
+}
+
+/// A privacy budget drawn from a dataset when a scenario was approved.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct BudgetDraw {
+    pub dataset: String,
+    pub epsilon: f64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ScenarioApprove {
+    /// `admin` or `provider`.
+    #[serde(rename = "as")]
+    pub as_role: String,
+    pub activated: bool,
+    pub budget_draws: Vec<BudgetDraw>,
+}
+
+/// A scenario's state changed by an admin (suspended, resumed, revoked).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ScenarioChange {
+    pub from: ScenarioState,
+    pub to: ScenarioState,
+}
+
+/// A scenario suspended by the gate's rationing of data-dependent failures.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ScenarioRationed {
+    pub reason: String,
+    pub failures: i64,
+    pub alert: bool,
+}
+
+/// A scenario closed (its term ended or it was revoked), with its receipt's hash.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ScenarioClose {
+    pub reason: String,
+    pub destroyed: usize,
+    pub receipt_sha256: String,
+}
+
+/// A new alert: its kind, whom it concerns, and its evidence (ids and counts).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct AlertRaise {
+    pub kind: AlertKind,
+    pub org: Option<String>,
+    pub scenario: Option<String>,
+    pub evidence: Value,
+}
+
+/// An open alert raised again.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct AlertRaisedAgain {
+    pub kind: AlertKind,
+    pub again: bool,
+    pub evidence: Value,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct AlertAcknowledge {
+    pub note: String,
+}
+
+/// An auditor's search of the log: the query and how many entries matched.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct AuditSearch {
+    pub query: Value,
+    pub matched: usize,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct AuditPrune {
+    pub before: String,
+    pub entries: u64,
+}
+
+/// The master key rotated: how many data keys were rewrapped, and the keys' fingerprints.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct KeysRotate {
+    pub rewrapped: usize,
+    pub from: String,
+    pub to: String,
+}
+
+/// A read (of a job, an export, a module, a report) or a token's rotation or revocation:
+/// the entry's action, actor and object say it all.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Nothing {}
 
 #[cfg(test)]
 mod tests {

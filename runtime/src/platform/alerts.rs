@@ -98,7 +98,12 @@ impl Platform {
                 MONITOR_ACTOR,
                 crate::audit::Action::AlertRaise,
                 &id,
-                json!({ "kind": raised.kind, "again": true, "evidence": raised.evidence }),
+                crate::audited::AlertRaisedAgain {
+                    kind: raised.kind,
+                    again: true,
+                    evidence: raised.evidence.clone(),
+                }
+                .to_value(),
             )?;
             return Ok(false);
         }
@@ -120,12 +125,13 @@ impl Platform {
             MONITOR_ACTOR,
             crate::audit::Action::AlertRaise,
             &id,
-            json!({
-                "kind": raised.kind,
-                "org": raised.org,
-                "scenario": raised.scenario,
-                "evidence": raised.evidence,
-            }),
+            crate::audited::AlertRaise {
+                kind: raised.kind,
+                org: raised.org.map(str::to_string),
+                scenario: raised.scenario.map(str::to_string),
+                evidence: raised.evidence.clone(),
+            }
+            .to_value(),
         )?;
         Ok(true)
     }
@@ -268,7 +274,10 @@ impl Platform {
             &actor.id,
             crate::audit::Action::AlertAcknowledge,
             id,
-            json!({ "note": note }),
+            crate::audited::AlertAcknowledge {
+                note: note.to_string(),
+            }
+            .to_value(),
         )?;
         let view = tx.query_row(
             &format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE id = ?1"),

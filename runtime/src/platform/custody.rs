@@ -191,8 +191,12 @@ impl Platform {
             &actor.id,
             action,
             &d.id,
-            json!({ "version": version, "reason": reason, "scenarios_suspended": pinned,
-                    "record_sha256": sha256_hex(&body) }),
+            crate::audited::value(&crate::audited::DatasetCustody {
+                version,
+                reason: reason.to_string(),
+                scenarios_suspended: pinned.clone(),
+                record_sha256: sha256_hex(&body),
+            }),
         )?;
         tx.commit()?;
         if !matches!(what, Custody::Unseal) {
@@ -315,7 +319,11 @@ impl Platform {
             &actor.id,
             crate::audit::Action::DatasetSample,
             &d.id,
-            json!({ "version": version, "rows": values.len() }),
+            crate::audited::DatasetSample {
+                version,
+                rows: values.len(),
+            }
+            .to_value(),
         )?;
         Ok(SampleView {
             dataset: d.name,

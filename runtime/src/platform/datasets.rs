@@ -425,7 +425,7 @@ impl Platform {
             &actor.id,
             crate::audit::Action::DatasetApprove,
             &d.id,
-            json!({ "org": d.org }),
+            crate::audited::DatasetApprove { org: d.org.clone() }.to_value(),
         )?;
         tx.commit()?;
         Ok(())
@@ -465,7 +465,11 @@ impl Platform {
                 &actor.id,
                 crate::audit::Action::DatasetBudget,
                 &d.id,
-                json!({ "total": budget.total, "per_org": budget.per_org }),
+                crate::audited::DatasetBudget {
+                    total: budget.total,
+                    per_org: budget.per_org,
+                }
+                .to_value(),
             )?;
             tx.commit()?;
         }

@@ -99,7 +99,12 @@ impl Platform {
             &actor.id,
             crate::audit::Action::OrgEvaluate,
             &org,
-            json!({ "year": req.year, "may_reapply": req.may_reapply, "sha256": sha256_hex(&body) }),
+            crate::audited::OrgEvaluate {
+                year: req.year,
+                may_reapply: req.may_reapply,
+                sha256: sha256_hex(&body),
+            }
+            .to_value(),
         )?;
         tx.commit()?;
         Ok(signed)

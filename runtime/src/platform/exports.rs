@@ -765,8 +765,13 @@ impl Platform {
                 &actor.id,
                 crate::audit::Action::ExportReview,
                 id,
-                json!({ "decision": decision, "state": new_state, "result_sha256": hash,
-                        "publish": view.public_figures && decision == Decision::Approve }),
+                crate::audited::ExportReview {
+                    decision,
+                    state: new_state,
+                    result_sha256: hash,
+                    publish: view.public_figures && decision == Decision::Approve,
+                }
+                .to_value(),
             )?;
             tx.commit()?;
         }

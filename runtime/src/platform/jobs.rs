@@ -42,7 +42,11 @@ impl Platform {
                     &actor.id,
                     crate::audit::Action::ModuleRejected,
                     scenario,
-                    json!({ "hash": sha256_hex(wasm), "reason": e.to_string() }),
+                    crate::audited::ModuleRejected {
+                        hash: sha256_hex(wasm),
+                        reason: e.to_string(),
+                    }
+                    .to_value(),
                 )?;
                 self.raise_alert_now(alerts::Raised {
                     kind: tidegate_policy::AlertKind::ModuleInvalid,
@@ -100,11 +104,12 @@ impl Platform {
             &actor.id,
             crate::audit::Action::ModuleUpload,
             &validated.hash,
-            json!({
-                "scenario": scenario,
-                "functions": validated.functions.iter().map(|f| &f.name).collect::<Vec<_>>(),
-                "source": source.as_ref().map(|(_, sha)| sha),
-            }),
+            crate::audited::ModuleUpload {
+                scenario: scenario.to_string(),
+                functions: validated.functions.iter().map(|f| f.name.clone()).collect(),
+                source: source.as_ref().map(|(_, sha)| sha.to_string()),
+            }
+            .to_value(),
         )?;
         tx.commit()?;
         Ok(ModuleView {
@@ -960,7 +965,10 @@ impl Platform {
             &actor.id,
             crate::audit::Action::JobDiscard,
             id,
-            json!({ "scenario": job.scenario }),
+            crate::audited::JobDiscard {
+                scenario: job.scenario.clone(),
+            }
+            .to_value(),
         )?;
         tx.commit()?;
         drop(db);

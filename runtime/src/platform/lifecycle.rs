@@ -290,7 +290,12 @@ impl Platform {
             SWEEP_ACTOR,
             crate::audit::Action::ScenarioClose,
             id,
-            json!({ "reason": reason, "destroyed": destroyed.len(), "receipt_sha256": sha256_hex(&body) }),
+            crate::audited::ScenarioClose {
+                reason: reason.to_string(),
+                destroyed: destroyed.len(),
+                receipt_sha256: sha256_hex(&body),
+            }
+            .to_value(),
         )?;
         tx.commit()?;
         drop(db);
@@ -349,7 +354,10 @@ impl Platform {
             &actor.id,
             crate::audit::Action::OrgAuthorization,
             &org,
-            json!({ "until": until }),
+            crate::audited::OrgAuthorization {
+                until: until.map(|u| u.to_string()),
+            }
+            .to_value(),
         )?;
         tx.commit()?;
         Ok(())

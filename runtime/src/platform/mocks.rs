@@ -141,7 +141,12 @@ impl Platform {
             &actor.id,
             crate::audit::Action::DatasetMock,
             &d.id,
-            json!({ "scenario": scenario_id, "rows": rows, "seed": seed }),
+            crate::audited::DatasetMock {
+                scenario: scenario_id.to_string(),
+                rows,
+                seed,
+            }
+            .to_value(),
         )?;
         Ok(MockFile {
             dataset: d.name,

@@ -721,7 +721,12 @@ impl Platform {
             "platform",
             crate::audit::Action::KeysRotate,
             "master_key",
-            json!({ "rewrapped": keys.len(), "from": platform.master.fingerprint(), "to": new.fingerprint() }),
+            crate::audited::KeysRotate {
+                rewrapped: keys.len(),
+                from: platform.master.fingerprint(),
+                to: new.fingerprint(),
+            }
+            .to_value(),
         )?;
         #[cfg(test)]
         if std::env::var_os("TIDEGATE_TEST_KILL_AFTER_COMMIT").is_some() {

@@ -200,7 +200,12 @@ impl Platform {
             &actor.id,
             crate::audit::Action::ModuleDownload,
             hash,
-            json!({ "scenario": scenario, "bytes": row.wasm.len() }),
+            crate::audited::ModuleDownload {
+                scenario: scenario.to_string(),
+                source: None,
+                bytes: row.wasm.len(),
+            }
+            .to_value(),
         )?;
         Ok(row.wasm)
     }
@@ -218,7 +223,12 @@ impl Platform {
             &actor.id,
             crate::audit::Action::ModuleDownload,
             hash,
-            json!({ "scenario": scenario, "source": sha256_hex(&source), "bytes": source.len() }),
+            crate::audited::ModuleDownload {
+                scenario: scenario.to_string(),
+                source: Some(sha256_hex(&source)),
+                bytes: source.len(),
+            }
+            .to_value(),
         )?;
         Ok(source)
     }
@@ -285,13 +295,14 @@ impl Platform {
                 &actor.id,
                 crate::audit::Action::ModuleVerify,
                 hash,
-                json!({
-                    "scenario": scenario,
-                    "source": check.source_sha256,
-                    "rebuilt": check.rebuilt_sha256,
-                    "toolchain": check.toolchain,
-                    "matches": check.matches,
-                }),
+                crate::audited::ModuleVerify {
+                    scenario: scenario.to_string(),
+                    source: check.source_sha256.clone(),
+                    rebuilt: check.rebuilt_sha256.clone(),
+                    toolchain: check.toolchain.clone(),
+                    matches: check.matches,
+                }
+                .to_value(),
             )?;
         }
         self.get_module(actor, scenario, hash)
@@ -343,7 +354,12 @@ impl Platform {
                 &actor.id,
                 crate::audit::Action::ModuleRevoke,
                 hash,
-                json!({ "scenario": scenario, "reason": reason, "exports_flagged": flagged }),
+                crate::audited::ModuleRevoke {
+                    scenario: scenario.to_string(),
+                    reason: reason.to_string(),
+                    exports_flagged: flagged,
+                }
+                .to_value(),
             )?;
             tx.commit()?;
             for (job, state) in &jobs {

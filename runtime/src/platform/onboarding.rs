@@ -119,7 +119,7 @@ impl Platform {
                 crate::audit::Action::PrincipalTokenRevoke
             },
             principal,
-            json!({}),
+            crate::audited::value(&crate::audited::Nothing {}),
         )?;
         tx.commit()?;
         Ok(token)
@@ -152,7 +152,11 @@ impl Platform {
             &actor.id,
             crate::audit::Action::OrgCreate,
             &id,
-            json!({ "name": name, "kind": kind }),
+            crate::audited::OrgCreate {
+                name: name.to_string(),
+                kind: kind.to_string(),
+            }
+            .to_value(),
         )?;
         tx.commit()?;
         Ok(OrgView {
@@ -277,7 +281,11 @@ impl Platform {
             &actor.id,
             crate::audit::Action::PrincipalTraining,
             principal,
-            json!({ "course": course, "valid_until": until }),
+            crate::audited::PrincipalTraining {
+                course: course.to_string(),
+                valid_until: until.to_string(),
+            }
+            .to_value(),
         )?;
         tx.commit()?;
         Ok(())

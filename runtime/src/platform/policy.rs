@@ -351,7 +351,11 @@ impl Platform {
             &actor.id,
             crate::audit::Action::AuditPrune,
             "audit",
-            json!({ "before": before.to_string(), "entries": pruned }),
+            crate::audited::AuditPrune {
+                before: before.to_string(),
+                entries: pruned,
+            }
+            .to_value(),
         )?;
         Ok(json!({ "before": before.to_string(), "entries_pruned": pruned }))
     }

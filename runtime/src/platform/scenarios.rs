@@ -272,7 +272,7 @@ impl Platform {
                 &actor.id,
                 crate::audit::Action::ScenarioSubmit,
                 id,
-                json!({}),
+                crate::audited::ScenarioSubmit {}.to_value(),
             )?;
             tx.commit()?;
         }
@@ -328,7 +328,12 @@ impl Platform {
                 &actor.id,
                 crate::audit::Action::ScenarioRepin,
                 id,
-                json!({ "dataset": d.id, "from": from, "to": newest }),
+                crate::audited::ScenarioRepin {
+                    dataset: d.id.clone(),
+                    from,
+                    to: newest,
+                }
+                .to_value(),
             )?;
             tx.commit()?;
         }
@@ -396,7 +401,10 @@ impl Platform {
                             "INSERT INTO budget_draws VALUES (?1, ?2, ?3, ?4, ?5)",
                             params![dataset, id, s.org, asked, crate::now_rfc3339()],
                         )?;
-                        draws.push(json!({ "dataset": dataset, "epsilon": asked }));
+                        draws.push(crate::audited::BudgetDraw {
+                            dataset: dataset.to_string(),
+                            epsilon: asked,
+                        });
                     }
                 }
                 let mut pinned = s.grants.clone();
@@ -412,7 +420,12 @@ impl Platform {
                 &actor.id,
                 crate::audit::Action::ScenarioApprove,
                 id,
-                json!({ "as": if as_admin { "admin" } else { "provider" }, "activated": activates, "budget_draws": draws }),
+                crate::audited::ScenarioApprove {
+                    as_role: if as_admin { "admin" } else { "provider" }.to_string(),
+                    activated: activates,
+                    budget_draws: draws,
+                }
+                .to_value(),
             )?;
             tx.commit()?;
         }
@@ -620,8 +633,14 @@ impl Platform {
         } else {
             Self::set_frozen(&tx, &org, None)?;
         }
-        self.audit
-            .append(&actor.id, action, &org, json!({ "scenarios": changed }))?;
+        self.audit.append(
+            &actor.id,
+            action,
+            &org,
+            crate::audited::value(&crate::audited::OrgFreeze {
+                scenarios: changed.clone(),
+            }),
+        )?;
         if freeze {
             // R-MONITOR: a freeze is an alert of its own, for whoever watches the queue.
             self.raise_alert(
@@ -722,11 +741,14 @@ impl Platform {
                 GATE_ACTOR,
                 crate::audit::Action::ScenarioSuspend,
                 scenario,
-                json!({
-                    "reason": "jobs that stopped while running or exports refused for what the data holds",
-                    "failures": failures,
-                    "alert": true,
-                }),
+                crate::audited::ScenarioRationed {
+                    reason:
+                        "jobs that stopped while running or exports refused for what the data holds"
+                            .into(),
+                    failures,
+                    alert: true,
+                }
+                .to_value(),
             )?;
         }
         Ok(suspended > 0)
@@ -773,7 +795,10 @@ impl Platform {
                     _ => crate::audit::Action::ScenarioRevoke,
                 },
                 id,
-                json!({ "from": s.view.state, "to": next }),
+                crate::audited::value(&crate::audited::ScenarioChange {
+                    from: s.view.state,
+                    to: next,
+                }),
             )?;
             tx.commit()?;
             if next != ScenarioState::Active {

@@ -51,7 +51,7 @@ impl Platform {
             &principal.id,
             crate::audit::Action::SessionStart,
             &principal.id,
-            json!({ "expires_at": expires_at }),
+            crate::audited::SessionStart { expires_at }.to_value(),
         )?;
         tx.commit()?;
         Ok((
@@ -115,7 +115,7 @@ impl Platform {
                 &principal,
                 crate::audit::Action::SessionEnd,
                 &principal,
-                json!({}),
+                crate::audited::SessionEnd {}.to_value(),
             )?;
         }
         tx.commit()?;

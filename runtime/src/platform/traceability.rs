@@ -175,7 +175,11 @@ impl Platform {
             &actor.id,
             crate::audit::Action::AuditSearch,
             "audit",
-            json!({ "query": q, "matched": matched }),
+            crate::audited::AuditSearch {
+                query: serde_json::to_value(q)?,
+                matched,
+            }
+            .to_value(),
         )?;
         Ok(AuditSearch { entries, matched })
     }
@@ -211,7 +215,12 @@ impl Platform {
                 }
             }
         }
-        self.audit.append(&actor.id, action, object, json!({}))?;
+        self.audit.append(
+            &actor.id,
+            action,
+            object,
+            crate::audited::value(&crate::audited::Nothing {}),
+        )?;
         self.reads_logged
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -254,7 +263,10 @@ impl Platform {
                 &actor.id,
                 crate::audit::Action::PrincipalNewAddress,
                 &actor.id,
-                json!({ "address": address }),
+                crate::audited::PrincipalNewAddress {
+                    address: address.to_string(),
+                }
+                .to_value(),
             )?;
         }
         tx.commit()?;
@@ -309,7 +321,11 @@ impl Platform {
             "anonymous",
             crate::audit::Action::SessionRefused,
             "console",
-            json!({ "address": key, "refusals": refusals }),
+            crate::audited::SessionRefused {
+                address: key.to_string(),
+                refusals,
+            }
+            .to_value(),
         )?;
         Ok(())
     }
