@@ -398,6 +398,15 @@ impl AuditLog {
         (tail.seq, tail.broken)
     }
 
+    /// The last entry this process knows the log holds: its sequence number and hash.
+    pub fn written(&self) -> (u64, String) {
+        let tail = self
+            .tail
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (tail.seq, tail.head.clone())
+    }
+
     /// How many entries of actions that change state (not reads or sign-ins) were appended
     /// since the log was opened: a cache of what the metadata shows compares it.
     pub fn changes(&self) -> u64 {
@@ -566,7 +575,7 @@ pub fn verify_file(path: &Path, public_key: Option<&[u8]>) -> Result<AuditVerdic
                     cp.seq
                 ),
             ))
-        } else if cp.seq > start && hashes[(cp.seq - start) as usize - 1] != cp.head {
+        } else if cp.seq > start && hashes.get((cp.seq - start) as usize - 1) != Some(&cp.head) {
             Some((
                 cp.seq,
                 "does not match the signed checkpoint (changed)".to_string(),

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tidegate_policy::{
-    AlertKind, AlertThresholds, Decision, ExportRules, ExportState, JobState, Level, ScenarioState,
+    AlertKind, AlertThresholds, Decision, ExportState, JobState, Level, ScenarioState,
 };
 
 use crate::audit::{Action, AuditEntry};
@@ -118,8 +118,10 @@ pub(crate) struct ScenarioApply {
     pub grants: Vec<GrantRequest>,
     pub term: [String; 2],
     pub k: u64,
+    /// As approved; kept as written, so that tightening what a rule accepts never stops an
+    /// older log from replaying (the ledger does not read them).
     #[serde(default)]
-    pub export_rules: ExportRules,
+    pub export_rules: Value,
     pub state: ScenarioState,
 }
 
@@ -225,12 +227,18 @@ pub(crate) struct PriceChange {
 }
 
 impl PolicyChanges {
-    /// The prices the document changed, in its order.
-    pub(crate) fn prices(&self) -> impl Iterator<Item = PriceChange> + '_ {
+    /// The prices the document changed, in its order; a price change that is not one is an
+    /// integrity error (the ledger never bills nothing for it).
+    pub(crate) fn prices(&self) -> Result<Vec<PriceChange>> {
         self.changes
             .iter()
             .filter(|c| c.get("price").is_some())
-            .filter_map(|c| serde_json::from_value(c.clone()).ok())
+            .map(|c| {
+                serde_json::from_value(c.clone()).map_err(|_| {
+                    Error::Integrity("a policy entry's price change is not one".into())
+                })
+            })
+            .collect()
     }
 }
 
@@ -583,7 +591,12 @@ mod tests {
                 json!({ "price": "result_export", "from": 5000, "to": 6000 }),
             ],
         };
-        let prices: Vec<(String, i64)> = changes.prices().map(|p| (p.price, p.to)).collect();
+        let prices: Vec<(String, i64)> = changes
+            .prices()
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.price, p.to))
+            .collect();
         assert_eq!(prices, [("result_export".to_string(), 6000)]);
     }
 }

@@ -424,11 +424,11 @@ pub fn ledger_from_audit(entries: &[AuditEntry]) -> Result<Ledger> {
                 let d = audited::PriceSet::read(e)?;
                 ledger.prices.insert(e.object.clone(), d.fen_per_unit);
             }
-            Ok(Action::PolicyApply) => {
-                // The alert settings' entries change no price: no `changes`.
-                let d: audited::PolicyChanges =
-                    serde_json::from_value(e.detail.clone()).unwrap_or_default();
-                for p in d.prices() {
+            // The alert settings' entries (object `alerts`) change no price.
+            Ok(Action::PolicyApply) if e.object != "alerts" => {
+                let d: audited::PolicyChanges = serde_json::from_value(e.detail.clone())
+                    .map_err(|_| missing(e, "its changes"))?;
+                for p in d.prices()? {
                     ledger.prices.insert(p.price, p.to);
                 }
             }

@@ -34,7 +34,7 @@ fn deliver(platform: &Platform) -> tidegate_runtime::Result<usize> {
             .send(&body[..]);
         match answer {
             Ok(r) if r.status().is_success() => {
-                platform.alert_delivered(&alert.id)?;
+                platform.alert_delivered(&alert.id, alert.occurrences)?;
                 sent += 1;
             }
             Ok(r) => {

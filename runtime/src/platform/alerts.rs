@@ -37,6 +37,28 @@ pub struct AlertSettings {
     pub thresholds: AlertThresholds,
 }
 
+/// What an alert's signature covers before its body: the documents the platform signs are
+/// told apart by more than their `format` field.
+pub const ALERT_SIGNING_CONTEXT: &[u8] = b"tidegate-alert-v1\n";
+
+fn alert_message(body: &[u8]) -> Vec<u8> {
+    [ALERT_SIGNING_CONTEXT, body].concat()
+}
+
+/// Checks an alert a webhook received: `signature_hex` (its `X-Tidegate-Signature` header)
+/// over the context and `body`, by the platform's public key.
+pub fn verify_alert(body: &[u8], signature_hex: &str, public_key: &[u8]) -> Result<()> {
+    let signature = hex::decode(signature_hex)
+        .map_err(|_| Error::Integrity("the signature is not hex".into()))?;
+    if crate::crypto::ed25519_verifies(public_key, &alert_message(body), &signature) {
+        Ok(())
+    } else {
+        Err(Error::Integrity(
+            "the alert's signature does not verify: it is not the platform's".into(),
+        ))
+    }
+}
+
 /// What `raise_alert` needs to name.
 pub(super) struct Raised<'a> {
     pub kind: AlertKind,
@@ -48,7 +70,9 @@ pub(super) struct Raised<'a> {
 /// A webhook's scheme and host, without the path or query that may hold its secret.
 fn webhook_origin(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    // A `user:password@` before the host is a secret too.
+    let host = authority.rsplit('@').next().unwrap_or(authority);
     format!("{scheme}://{host}/...")
 }
 
@@ -337,12 +361,14 @@ impl Platform {
     }
 
     /// An alert as its webhook receives it: the JSON body (`tidegate-alert-v1`) and the
-    /// platform's Ed25519 signature over exactly those bytes, in hex, which the server sends
-    /// as the `X-Tidegate-Signature` header. The receiver checks it with the platform's public
-    /// key (`GET /v1/public-key`): an alert nobody else could have sent.
+    /// platform's Ed25519 signature, in hex, which the server sends as the
+    /// `X-Tidegate-Signature` header. The signature is over [`ALERT_SIGNING_CONTEXT`] followed
+    /// by the body's exact bytes, so no other signed document of the platform (a public
+    /// record anyone can fetch, a certificate) passes as an alert; the receiver checks it with
+    /// the platform's public key (`GET /v1/public-key`), as [`verify_alert`] does.
     pub fn alert_delivery(&self, alert: &AlertView) -> Result<(Vec<u8>, String)> {
         let body = serde_json::to_vec(&json!({ "format": "tidegate-alert-v1", "alert": alert }))?;
-        let signature = hex::encode(self.signer.sign(&body));
+        let signature = hex::encode(self.signer.sign(&alert_message(&body)));
         Ok((body, signature))
     }
 
@@ -364,10 +390,12 @@ impl Platform {
     }
 
     /// Records that the webhook took an alert.
-    pub fn alert_delivered(&self, id: &str) -> Result<()> {
+    /// The webhook took the alert as it was at `occurrences`: an occurrence raised while it
+    /// was being sent stays undelivered and goes with the next round.
+    pub fn alert_delivered(&self, id: &str, occurrences: u64) -> Result<()> {
         self.lock_db().execute(
-            "UPDATE alerts SET delivered_at = ?2 WHERE id = ?1",
-            params![id, crate::now_rfc3339()],
+            "UPDATE alerts SET delivered_at = ?2 WHERE id = ?1 AND occurrences = ?3",
+            params![id, crate::now_rfc3339(), occurrences as i64],
         )?;
         Ok(())
     }

@@ -60,7 +60,7 @@ mod sessions;
 mod traceability;
 mod views;
 
-pub use alerts::{AlertSettings, AlertView};
+pub use alerts::{ALERT_SIGNING_CONTEXT, AlertSettings, AlertView, verify_alert};
 pub use custody::SampleView;
 pub use evaluation::EvaluationRequest;
 pub use lifecycle::{ClosingReceipt, SWEEP_ACTOR, SweepReport};

@@ -287,56 +287,74 @@ impl Platform {
                 "only auditors and admins verify the audit log".into(),
             ));
         }
+        self.judge_audit(&actor.id)
+    }
+
+    /// The sweep's verification of the audit log: the entries verified, and the first bad
+    /// one (an alert was raised for it).
+    pub(super) fn verify_audit_scheduled(&self) -> Result<(u64, Option<u64>)> {
+        let v = self.judge_audit(super::SWEEP_ACTOR)?;
+        Ok((v.entries, v.first_bad.map(|(n, _)| n)))
+    }
+
+    /// The audit log judged against its chain, its signed checkpoints and what this process
+    /// wrote to it (R-MONITOR). Only what the log held when a read began is judged (an append
+    /// racing the read may leave a half-written last line); a log shorter than that, or whose
+    /// last entry is not the one written, is bad. A failure must show in two reads before it
+    /// is an alert; a log or checkpoint file that cannot be read as one is an alert too (and
+    /// an error to the caller). Alerts name the entry, never its content.
+    fn judge_audit(&self, by: &str) -> Result<crate::audit::AuditVerdict> {
         let key = hex::decode(self.signer.public_key_hex())
             .map_err(|_| Error::Internal("public key encoding".into()))?;
-        let verdict = crate::audit::verify_file(self.audit.path(), Some(&key))?;
-        if let Some((entry, _)) = &verdict.first_bad {
-            // R-MONITOR: a log that fails verification is an alert (the reason stays in the
-            // verdict, for those who may read it).
+        let once = || -> Result<crate::audit::AuditVerdict> {
+            let (held, head) = self.audit.written();
+            let mut v = crate::audit::verify_file(self.audit.path(), Some(&key))?;
+            v.first_bad = v.first_bad.filter(|(n, _)| *n <= held);
+            if v.first_bad.is_none() {
+                if v.entries < held {
+                    v.first_bad = Some((
+                        v.entries + 1,
+                        format!(
+                            "missing: the platform wrote {held} entries (truncated or deleted)"
+                        ),
+                    ));
+                } else if v.entries == held && v.head != head {
+                    v.first_bad = Some((
+                        held,
+                        "is not the entry the platform wrote last (changed)".to_string(),
+                    ));
+                }
+            }
+            v.entries = v.entries.min(held);
+            Ok(v)
+        };
+        let judged = match once() {
+            Ok(v) if v.first_bad.is_none() => Ok(v),
+            _ => once(),
+        };
+        let evidence = match &judged {
+            Ok(v) => v
+                .first_bad
+                .as_ref()
+                .map(|(entry, _)| json!({ "first_bad_entry": entry, "verified_by": by })),
+            Err(_) => Some(json!({
+                "unreadable": "the log, its checkpoints or its prune anchor could not be read as such",
+                "verified_by": by,
+            })),
+        };
+        if let Some(evidence) = evidence {
+            tracing::error!(verified_by = by, "the audit log failed verification");
             // A log that no longer takes entries still answers with its verdict.
             if let Err(e) = self.raise_alert_now(super::alerts::Raised {
                 kind: tidegate_policy::AlertKind::AuditFailure,
                 org: None,
                 scenario: None,
-                evidence: json!({ "first_bad_entry": entry, "verified_by": actor.id }),
+                evidence,
             }) {
                 tracing::error!(error = %e, "the audit log failed verification and the alert could not be raised");
             }
         }
-        Ok(verdict)
-    }
-
-    /// The sweep's verification of the audit log: the entries verified, and the first bad
-    /// one, for which an alert is raised. Entries appended while it reads (a line may be half
-    /// written) are not judged: only what the log held when the check began, and a failure
-    /// must show twice, in two reads, before it is an alert.
-    pub(super) fn verify_audit_scheduled(&self) -> Result<(u64, Option<u64>)> {
-        let key = hex::decode(self.signer.public_key_hex())
-            .map_err(|_| Error::Internal("public key encoding".into()))?;
-        let judged = || -> Result<(u64, Option<(u64, String)>)> {
-            let (held, _) = self.audit.state();
-            let verdict = crate::audit::verify_file(self.audit.path(), Some(&key))?;
-            Ok((
-                held.min(verdict.entries),
-                verdict.first_bad.filter(|(n, _)| *n <= held),
-            ))
-        };
-        let (entries, bad) = match judged() {
-            Ok((_, Some(_))) | Err(_) => judged()?,
-            Ok(fine) => fine,
-        };
-        if let Some((entry, why)) = &bad {
-            tracing::error!(entry, why = %why, "the audit log failed verification");
-            if let Err(e) = self.raise_alert_now(super::alerts::Raised {
-                kind: tidegate_policy::AlertKind::AuditFailure,
-                org: None,
-                scenario: None,
-                evidence: json!({ "first_bad_entry": entry, "verified_by": super::SWEEP_ACTOR }),
-            }) {
-                tracing::error!(error = %e, "the audit log failed verification and the alert could not be raised");
-            }
-        }
-        Ok((entries, bad.map(|(n, _)| n)))
+        judged
     }
 
     /// Retention (R-AUDIT): an admin prunes the audit log's sealed segments whose entries are

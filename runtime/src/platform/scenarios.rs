@@ -94,7 +94,7 @@ impl Platform {
                 grants: grants.clone(),
                 term: [req.term_start.clone(), req.term_end.clone()],
                 k,
-                export_rules: req.export_rules.clone(),
+                export_rules: serde_json::to_value(&req.export_rules)?,
                 state,
             }
             .to_value(),

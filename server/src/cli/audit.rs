@@ -185,7 +185,8 @@ pub(super) fn run(command: AuditCommand) -> Result<()> {
 
 /// The platform public key from a hex file.
 /// `tidegate verify-signed`: a signed document of the platform checked offline. The signed
-/// value is the one field beside `signature` (`record`, `certificate` or `receipt`).
+/// value is the one field beside `signature` (`record`, `certificate`, `receipt` or
+/// `evaluation`), and its `format` must be one of that field's kinds.
 pub(super) fn verify_signed(file: &Path, key: &Path) -> Result<()> {
     let key = read_public_key(key)?;
     let text =
@@ -195,10 +196,33 @@ pub(super) fn verify_signed(file: &Path, key: &Path) -> Result<()> {
     let signature = doc["signature"]
         .as_str()
         .ok_or_else(|| anyhow!("the document has no signature"))?;
-    let (name, signed) = ["record", "certificate", "receipt"]
+    let (name, signed) = ["record", "certificate", "receipt", "evaluation"]
         .iter()
         .find_map(|n| doc.get(*n).map(|v| (*n, v)))
-        .ok_or_else(|| anyhow!("the document holds no record, certificate or receipt"))?;
+        .ok_or_else(|| {
+            anyhow!("the document holds no record, certificate, receipt or evaluation")
+        })?;
+    // Each field holds the documents of its kinds only: a signature is not taken for a
+    // document of another kind.
+    let formats: &[&str] = match name {
+        "record" => &[
+            "tidegate-public-record-v1",
+            "tidegate-sealing-record-v1",
+            "tidegate-unsealing-record-v1",
+            "tidegate-destruction-certificate-v1",
+        ],
+        "certificate" => &["tidegate-exit-certificate-v1"],
+        "receipt" => &["tidegate-closing-receipt-v1"],
+        _ => &["tidegate-evaluation-v1"],
+    };
+    let format = signed["format"].as_str().unwrap_or_default();
+    if !formats.contains(&format) {
+        bail!(
+            "the {name} is of format `{}`, not one a {name} may have ({})",
+            tidegate_runtime::defuse(format, 80),
+            formats.join(", ")
+        );
+    }
     tidegate_runtime::verify_certificate(signed, signature, &key)?;
     println!(
         "{name} verified: signed by the platform's key ({})",

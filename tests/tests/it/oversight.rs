@@ -231,6 +231,7 @@ fn a_freeze_an_invalid_module_and_a_broken_log_raise_alerts() {
 struct Delivery {
     path: String,
     body: Value,
+    raw: Vec<u8>,
     signature: Option<String>,
 }
 
@@ -278,6 +279,7 @@ fn http_sink(fail_first: bool) -> (String, mpsc::Receiver<Delivery>) {
                 let _ = tx.send(Delivery {
                     path,
                     body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+                    raw: body,
                     signature,
                 });
             }
@@ -291,6 +293,43 @@ fn http_sink(fail_first: bool) -> (String, mpsc::Receiver<Delivery>) {
 fn webhook() -> (String, mpsc::Receiver<Delivery>) {
     let (base, rx) = http_sink(true);
     (format!("{base}/hook"), rx)
+}
+
+#[test]
+fn the_sweep_alerts_on_a_log_cut_short_and_on_checkpoints_that_cannot_be_read() {
+    let (env, _, _) = active_scenario();
+    let w = &env.world;
+    let clean = w.admin.sweep().unwrap();
+    assert!(
+        clean["audit_entries_verified"].as_u64().unwrap() > 10,
+        "{clean}"
+    );
+    assert!(clean.get("audit_first_bad").is_none(), "{clean}");
+    assert!(alerts_of(&env, "audit_failure").is_empty());
+
+    // The last entries removed (after the last signed checkpoint, where the chain alone
+    // cannot tell): the platform knows what it wrote.
+    let log = env.data_dir().join(tidegate_runtime::AUDIT_FILE);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let kept: Vec<&str> = text.lines().collect();
+    std::fs::write(&log, format!("{}\n", kept[..kept.len() - 1].join("\n"))).unwrap();
+    let cut = w.admin.sweep().unwrap();
+    assert!(cut["audit_first_bad"].as_u64().is_some(), "{cut}");
+    assert_eq!(alerts_of(&env, "audit_failure").len(), 1);
+
+    // Checkpoints that cannot be read as such: an alert too, not only an error in a log.
+    let checkpoints = tidegate_runtime::checkpoints_path(&log);
+    let mut garbled = std::fs::read(&checkpoints).unwrap_or_default();
+    garbled.extend_from_slice(b"not a checkpoint\n");
+    std::fs::write(&checkpoints, garbled).unwrap();
+    let _ = w.admin.sweep();
+    let raised = alerts_of(&env, "audit_failure");
+    assert!(
+        raised
+            .iter()
+            .any(|a| a["evidence"]["unreadable"].is_string()),
+        "{raised:?}"
+    );
 }
 
 #[test]
@@ -325,6 +364,7 @@ fn alerts_reach_the_admins_webhook_even_when_it_was_down_once() {
     // The first delivery is refused (503); the alert waits and goes with the next round.
     let Delivery {
         body: delivered,
+        raw,
         signature,
         ..
     } = received
@@ -334,10 +374,25 @@ fn alerts_reach_the_admins_webhook_even_when_it_was_down_once() {
     // Signed by the platform over the body: the receiver tells it from a forgery.
     let signature = signature.expect("the alert is signed");
     let key = crate::common::platform_key(&env);
-    tidegate_runtime::verify_certificate(&delivered, &signature, &key).unwrap();
+    tidegate_runtime::verify_alert(&raw, &signature, &key).unwrap();
     let mut forged = delivered.clone();
     forged["alert"]["kind"] = json!("audit_failure");
-    assert!(tidegate_runtime::verify_certificate(&forged, &signature, &key).is_err());
+    let forged = serde_json::to_vec(&forged).unwrap();
+    assert!(tidegate_runtime::verify_alert(&forged, &signature, &key).is_err());
+    // Another signed document of the platform, which anyone can fetch, is no alert.
+    let anyone = tidegate_server::Client::new(w.admin.url(), None);
+    let record = anyone.ok("GET", "/public/record.json", None).unwrap();
+    let record_bytes = serde_json::to_vec(&record["record"]).unwrap();
+    tidegate_runtime::verify_certificate(
+        &record["record"],
+        record["signature"].as_str().unwrap(),
+        &key,
+    )
+    .unwrap();
+    assert!(
+        tidegate_runtime::verify_alert(&record_bytes, record["signature"].as_str().unwrap(), &key)
+            .is_err()
+    );
     assert_eq!(delivered["alert"]["kind"], "freeze");
     assert_eq!(delivered["alert"]["org"], json!(w.operator_org));
     // Delivered once: nothing more comes for it.
