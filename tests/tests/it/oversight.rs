@@ -856,6 +856,16 @@ fn a_scenario_that_publishes_its_figures_shows_its_released_rows_in_the_public_r
     w.admin.change_scenario(&public, "revoke").unwrap();
     let record = public_record(&env);
     assert!(product(&record, &shown).get("figures").is_none());
+    // A closed scenario's rules change no more, but for withdrawing the publication.
+    publish_figures(&env, &public, false);
+    let mut doc = w.admin.export_policy().unwrap();
+    for s in doc["scenarios"].as_array_mut().unwrap() {
+        if s["id"] == public.as_str() {
+            s["export_rules"]["public_figures"] = json!(true);
+        }
+    }
+    let refused = w.admin.apply_policy(&doc, false).unwrap_err().to_string();
+    assert!(refused.contains("is closed"), "{refused}");
 }
 
 /// One sample of the Prometheus text format: `name{labels} value`.
