@@ -46,8 +46,8 @@ pub use job::{EngineLimits, JobCost, JobOutput, run_query, run_query_isolated, r
 pub use local::{LocalRun, LocalScenario, gated_table, run_as_scenario};
 pub use masking::{desensitization_udfs, pseudonym_udf};
 pub use metering::{
-    Event as MeteredEvent, Ledger, PRICE_ITEMS, ScenarioTerms, ledger_from_audit,
-    statement as statement_from_ledger,
+    Event as MeteredEvent, Ledger, PRICE_ITEMS, ScenarioTerms, Statement, StatementLine,
+    ledger_from_audit, statement as statement_from_ledger,
 };
 pub use platform::{
     ALERT_SIGNING_CONTEXT, AUDIT_FILE, AlertSettings, AlertView, ApprovalView, AuditQuery,

@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -122,7 +121,39 @@ pub(crate) fn period_bounds(period: &str) -> Result<(OffsetDateTime, OffsetDateT
 
 /// The statement of `org` for `period`, counting storage up to `as_of` (so that a statement
 /// of the running month can be reproduced exactly later).
-pub fn statement(ledger: &Ledger, org: &str, period: &str, as_of: OffsetDateTime) -> Result<Value> {
+/// An org's statement for a month (R-METER): a line per scenario and price item, and the total.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Statement {
+    pub org: String,
+    /// `YYYY-MM`.
+    pub period: String,
+    /// Storage is counted to this time (RFC 3339).
+    pub as_of: String,
+    pub lines: Vec<StatementLine>,
+    pub total_fen: i64,
+}
+
+/// One line of a statement: a scenario's use of one price item (none: the org's own data).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct StatementLine {
+    pub scenario: Option<String>,
+    pub scenario_name: Option<String>,
+    pub category: String,
+    pub item: String,
+    pub quantity: f64,
+    pub unit: String,
+    pub fen_per_unit: i64,
+    pub amount_fen: i64,
+    /// Why the line costs nothing, when it does not.
+    pub note: Option<String>,
+}
+
+pub fn statement(
+    ledger: &Ledger,
+    org: &str,
+    period: &str,
+    as_of: OffsetDateTime,
+) -> Result<Statement> {
     let (start, end) = period_bounds(period)?;
     let in_period = |at: &str| -> Result<bool> {
         let t = parse_time(at)?;
@@ -224,17 +255,17 @@ pub fn statement(ledger: &Ledger, org: &str, period: &str, as_of: OffsetDateTime
                 (quantity * fen as f64).round() as i64
             };
             total += amount;
-            lines.push(json!({
-                "scenario": scenario,
-                "scenario_name": terms.map(|t| t.name.clone()),
-                "category": category,
-                "item": item,
-                "quantity": (quantity * 1e6).round() / 1e6,
-                "unit": unit,
-                "fen_per_unit": fen,
-                "amount_fen": amount,
-                "note": free,
-            }));
+            lines.push(StatementLine {
+                scenario: scenario.clone(),
+                scenario_name: terms.map(|t| t.name.clone()),
+                category: category.to_string(),
+                item: item.to_string(),
+                quantity: (quantity * 1e6).round() / 1e6,
+                unit: unit.to_string(),
+                fen_per_unit: fen,
+                amount_fen: amount,
+                note: free.map(str::to_string),
+            });
         }
     }
     for (scenario, quantity) in downloads {
@@ -244,25 +275,27 @@ pub fn statement(ledger: &Ledger, org: &str, period: &str, as_of: OffsetDateTime
             .copied()
             .ok_or_else(|| Error::Internal("the price table lost result_export".into()))?;
         let unit = "product of its data downloaded";
-        lines.push(json!({
-            "scenario": scenario,
-            "scenario_name": ledger.scenarios.get(&scenario).map(|t| t.name.clone()),
-            "category": category,
-            "item": item,
-            "quantity": quantity,
-            "unit": unit,
-            "fen_per_unit": ledger.prices.get(item).copied().unwrap_or(default),
-            "amount_fen": 0,
-            "note": Some("a provider's use of products of its own data: free"),
-        }));
+        lines.push(StatementLine {
+            scenario_name: ledger.scenarios.get(&scenario).map(|t| t.name.clone()),
+            scenario: Some(scenario),
+            category: category.to_string(),
+            item: item.to_string(),
+            quantity,
+            unit: unit.to_string(),
+            fen_per_unit: ledger.prices.get(item).copied().unwrap_or(default),
+            amount_fen: 0,
+            note: Some("a provider's use of products of its own data: free".to_string()),
+        });
     }
-    Ok(json!({
-        "org": org,
-        "period": period,
-        "as_of": as_of.format(&Rfc3339).map_err(|e| Error::Internal(e.to_string()))?,
-        "lines": lines,
-        "total_fen": total,
-    }))
+    Ok(Statement {
+        org: org.to_string(),
+        period: period.to_string(),
+        as_of: as_of
+            .format(&Rfc3339)
+            .map_err(|e| Error::Internal(e.to_string()))?,
+        lines,
+        total_fen: total,
+    })
 }
 
 /// Rebuilds the ledger from the audit log alone, entry by entry.
@@ -448,6 +481,7 @@ pub fn ledger_from_audit(entries: &[AuditEntry]) -> Result<Ledger> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{Value, json};
     use time::macros::datetime;
 
     fn ledger(public_interest: bool) -> Ledger {
@@ -496,7 +530,8 @@ mod tests {
         l
     }
 
-    fn amount(s: &Value, scenario: Value, item: &str) -> (f64, i64) {
+    fn amount(s: &Statement, scenario: Value, item: &str) -> (f64, i64) {
+        let s = serde_json::to_value(s).unwrap();
         let line = s["lines"]
             .as_array()
             .unwrap()
@@ -522,7 +557,7 @@ mod tests {
         assert_eq!(amount(&s, sc, "storage"), (100.0, 200));
         // 1 GB from the 21st until the statement's as-of time, 5 days.
         assert_eq!(amount(&s, Value::Null, "storage"), (5.0, 10));
-        assert_eq!(s["total_fen"], 100 + 600 + 100 + 5_000 + 200 + 10);
+        assert_eq!(s.total_fen, 100 + 600 + 100 + 5_000 + 200 + 10);
     }
 
     #[test]
@@ -530,9 +565,9 @@ mod tests {
         let as_of = datetime!(2026-11-26 00:00 UTC);
         let s = statement(&ledger(true), "unit", "2026-11", as_of).unwrap();
         assert_eq!(amount(&s, json!("sc1"), "result_export"), (1.0, 0));
-        assert_eq!(s["total_fen"], 10);
+        assert_eq!(s.total_fen, 10);
         let other = statement(&ledger(false), "somebody", "2026-11", as_of).unwrap();
-        assert_eq!(other["total_fen"], 0);
+        assert_eq!(other.total_fen, 0);
     }
 
     #[test]

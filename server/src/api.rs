@@ -1174,12 +1174,12 @@ async fn prune_audit(
     ))
 }
 
-#[utoipa::path(get, path = "/v1/meter/statement", params(StatementQuery), responses((status = 200, description = "an org's monthly statement", body = Value), Errors))]
+#[utoipa::path(get, path = "/v1/meter/statement", params(StatementQuery), responses((status = 200, description = "an org's monthly statement", body = tidegate_runtime::Statement), Errors))]
 async fn statement(
     State(p): State<AppState>,
     Actor(actor): Actor,
     Params(q): Params<StatementQuery>,
-) -> ApiResult<Value> {
+) -> ApiResult<tidegate_runtime::Statement> {
     Ok(Json(
         blocking(move || {
             read_report(

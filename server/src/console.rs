@@ -1321,6 +1321,7 @@ async fn statement(
         })
     })
     .await?;
+    let st = serde_json::to_value(&st).expect("a statement serializes");
     let body = format!("<h1>Statement</h1>{}", details(&st));
     Ok(html("Statement", &s, &body))
 }

@@ -43,7 +43,7 @@ impl Platform {
         org: &str,
         period: &str,
         as_of: Option<&str>,
-    ) -> Result<Value> {
+    ) -> Result<crate::metering::Statement> {
         let db = self
             .db
             .lock()

@@ -157,11 +157,11 @@ impl Platform {
             }
             for month in &months {
                 let st = crate::metering::statement(&ledger, &s.org, month, now)?;
-                for line in st["lines"].as_array().into_iter().flatten() {
-                    let (Some(sid), Some(category), Some(fen)) = (
-                        line["scenario"].as_str(),
-                        line["category"].as_str(),
-                        line["amount_fen"].as_i64(),
+                for line in &st.lines {
+                    let (Some(sid), category, fen) = (
+                        line.scenario.as_deref(),
+                        line.category.as_str(),
+                        line.amount_fen,
                     ) else {
                         continue;
                     };

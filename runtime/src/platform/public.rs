@@ -214,12 +214,8 @@ impl Platform {
             for month in 1..=u8::from(now.month()) {
                 let period = format!("{}-{month:02}", now.year());
                 let st = crate::metering::statement(&ledger, org, &period, now)?;
-                for line in st["lines"].as_array().into_iter().flatten() {
-                    if let (Some(c), Some(a)) =
-                        (line["category"].as_str(), line["amount_fen"].as_i64())
-                    {
-                        *by_category.entry(c.to_string()).or_default() += a;
-                    }
+                for line in &st.lines {
+                    *by_category.entry(line.category.clone()).or_default() += line.amount_fen;
                 }
             }
             fees.push(json!({ "org": org, "year": now.year(), "fen_by_category": by_category }));

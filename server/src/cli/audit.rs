@@ -165,8 +165,8 @@ pub(super) fn run(command: AuditCommand) -> Result<()> {
                 }
                 None => tidegate_runtime::clock::now(),
             };
-            print(&tidegate_runtime::statement_from_ledger(
-                &ledger, &org, &period, as_of,
+            print(&serde_json::to_value(
+                tidegate_runtime::statement_from_ledger(&ledger, &org, &period, as_of)?,
             )?);
         }
         AuditCommand::Prune { before, remote } => print(&remote.client()?.prune_audit(&before)?),

@@ -865,7 +865,10 @@ fn a_statement_is_reproduced_from_the_audit_log_alone() {
             .unwrap(),
     )
     .unwrap();
-    assert_eq!(billed, replayed);
+    let typed = |v: &serde_json::Value| -> tidegate_runtime::Statement {
+        serde_json::from_value(v.clone()).unwrap()
+    };
+    assert_eq!(typed(&billed), replayed);
     let line = |scenario: serde_json::Value, item: &str| {
         billed["lines"]
             .as_array()
@@ -908,7 +911,10 @@ fn a_statement_is_reproduced_from_the_audit_log_alone() {
             .unwrap(),
     )
     .unwrap();
-    assert_eq!(after, replayed);
+    assert_eq!(
+        serde_json::from_value::<tidegate_runtime::Statement>(after.clone()).unwrap(),
+        replayed
+    );
     assert!(
         after["total_fen"].as_i64().unwrap() <= billed["total_fen"].as_i64().unwrap(),
         "nothing accrues after the exit"

@@ -1090,7 +1090,10 @@ fn a_provider_sees_where_its_data_is_used_and_downloads_its_released_products_fr
         .unwrap(),
     )
     .unwrap();
-    assert_eq!(replayed, provider_statement);
+    assert_eq!(
+        replayed,
+        serde_json::from_value::<tidegate_runtime::Statement>(provider_statement.clone()).unwrap()
+    );
     // Nobody else: the reviewer's org and the auditor learn nothing of it.
     for other in [&w.reviewer, &w.auditor] {
         let refused = other
