@@ -297,9 +297,12 @@ pub struct Platform {
     /// address) seen: a read is logged once an hour, not at every poll.
     reads_logged: Mutex<HashMap<(String, &'static str, String), Instant>>,
     addresses_seen: Mutex<HashSet<(String, String)>>,
-    /// S19: the signed public record last built, and when.
-    /// The public record last built, when, and the audit log's length then.
+    /// S19: the signed public record last built, when, and how many audited changes of state
+    /// the log held then.
     public_record: Mutex<Option<(Instant, u64, Arc<PublicRecord>)>>,
+    /// One verification of the audit log at a time (each reads the whole log): requests and
+    /// sweeps that arrive meanwhile wait their turn instead of multiplying the work.
+    audit_check: Mutex<()>,
     /// S15: refused sign-ins per address not logged yet, and when the last was logged.
     refused_sign_ins: Mutex<HashMap<String, (Instant, u64)>>,
     signer: Arc<Signer>,
@@ -779,6 +782,7 @@ impl Platform {
             reads_logged: Mutex::new(HashMap::new()),
             addresses_seen: Mutex::new(HashSet::new()),
             public_record: Mutex::new(None),
+            audit_check: Mutex::new(()),
             refused_sign_ins: Mutex::new(HashMap::new()),
             importing: Mutex::new(HashSet::new()),
             mocking: std::sync::atomic::AtomicUsize::new(0),

@@ -304,6 +304,10 @@ impl Platform {
     /// is an alert; a log or checkpoint file that cannot be read as one is an alert too (and
     /// an error to the caller). Alerts name the entry, never its content.
     fn judge_audit(&self, by: &str) -> Result<crate::audit::AuditVerdict> {
+        let _one_at_a_time = self
+            .audit_check
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let key = hex::decode(self.signer.public_key_hex())
             .map_err(|_| Error::Internal("public key encoding".into()))?;
         let once = || -> Result<crate::audit::AuditVerdict> {
