@@ -21,11 +21,12 @@ pub struct PublicRecord {
     pub rendered: Rendered,
 }
 
-/// What a build of the public record is served as, made on first use.
+/// What a build of the public record is served as, made on first use (the build is shared
+/// behind an `Arc`, and so is this).
 #[derive(Debug, Clone, Default)]
 pub struct Rendered {
-    json: Arc<std::sync::OnceLock<bytes::Bytes>>,
-    html: Arc<std::sync::OnceLock<bytes::Bytes>>,
+    json: std::sync::OnceLock<bytes::Bytes>,
+    html: std::sync::OnceLock<bytes::Bytes>,
 }
 
 impl PublicRecord {
@@ -52,10 +53,10 @@ impl PublicRecord {
 /// their titles and a word on where their figures are.
 const MAX_FIGURES_BYTES: usize = 16 << 20;
 
-/// A released product: (export, scenario, released at, scenario name, planned products) and
-/// (requested public, flagged, result hash, wrapped key).
+/// A released product: (export, scenario, released at) and (requested public, flagged,
+/// result hash, wrapped key).
 type ProductRow = (
-    (String, String, Option<String>, String, String),
+    (String, String, Option<String>),
     (bool, bool, Option<String>, Option<Vec<u8>>),
 );
 
@@ -146,6 +147,8 @@ impl Platform {
             .query_map([], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
         let mut scenarios = Vec::new();
+        // Read once each: the products below are of these scenarios.
+        let mut rows: BTreeMap<String, ScenarioRow> = BTreeMap::new();
         for id in &ids {
             let s = Self::scenario_row(&db, id)?;
             // Only what was authorized: an application revoked before every approval was
@@ -167,26 +170,28 @@ impl Platform {
                 "state": s.view.state,
                 "planned_products": s.view.planned_products,
             }));
+            rows.insert(id.clone(), s);
         }
         let products: Vec<ProductRow> = db
             .prepare(
-                "SELECT e.id, j.scenario_id, e.released_at, s.name, s.planned_products,
+                "SELECT e.id, j.scenario_id, e.released_at,
                         e.public_figures, e.flag IS NOT NULL, e.result_hash, e.wrapped_key
-                 FROM exports e JOIN jobs j ON e.job_id = j.id JOIN scenarios s ON s.id = j.scenario_id
+                 FROM exports e JOIN jobs j ON e.job_id = j.id
                  WHERE e.state = 'released' ORDER BY e.released_at, e.id",
             )?
             .query_map([], |r| {
                 Ok((
-                    (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?),
-                    (r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?),
+                    (r.get(0)?, r.get(1)?, r.get(2)?),
+                    (r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?),
                 ))
             })?
             .collect::<rusqlite::Result<_>>()?;
         let mut published = Vec::new();
-        for ((id, scenario, released_at, name, planned), (public, flagged, hash, wrapped)) in
-            products
-        {
-            let s = Self::scenario_row(&db, &scenario)?;
+        for ((id, scenario, released_at), (public, flagged, hash, wrapped)) in products {
+            if !rows.contains_key(&scenario) {
+                rows.insert(scenario.clone(), Self::scenario_row(&db, &scenario)?);
+            }
+            let s = &rows[&scenario];
             let figures = tidegate_policy::publishes_figures(
                 public,
                 flagged,
@@ -194,11 +199,10 @@ impl Platform {
                 s.stored_state,
             )
             .then_some((hash, wrapped));
-            let planned: Vec<String> = from_json(&planned).unwrap_or_default();
             published.push((
                 json!({
                     "export": id,
-                    "title": planned.first().cloned().unwrap_or(name),
+                    "title": s.view.planned_products.first().unwrap_or(&s.name),
                     "scenario": scenario,
                     "released_at": released_at,
                 }),

@@ -61,6 +61,19 @@ fn released_and_pending(env: &Env, sid: &str) -> (String, String) {
     (released, pending["id"].as_str().unwrap().to_string())
 }
 
+/// The scenario's closing receipt, which says its term ended.
+fn closed_by_its_term(w: &tidegate_server::World, sid: &str) -> Value {
+    let closing = w.auditor.closing_receipt(sid).unwrap();
+    assert!(
+        closing["receipt"]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("its term ended on"),
+        "{closing}"
+    );
+    closing
+}
+
 fn destroyed_kinds(receipt: &Value) -> Vec<(String, String)> {
     receipt["destroyed"]
         .as_array()
@@ -170,14 +183,7 @@ fn a_scenario_past_its_term_is_closed_by_the_sweep_and_keeps_only_its_released_b
 
     let swept = w.admin.sweep().unwrap();
     assert_eq!(swept["scenarios_closed"], json!([sid]));
-    let closing = w.auditor.closing_receipt(&sid).unwrap();
-    assert!(
-        closing["receipt"]["reason"]
-            .as_str()
-            .unwrap()
-            .starts_with("its term ended on"),
-        "{closing}"
-    );
+    let closing = closed_by_its_term(w, &sid);
     let kinds = destroyed_kinds(&closing["receipt"]);
     assert_eq!(kinds.iter().filter(|(k, _)| k == "result").count(), 3);
     assert!(
@@ -453,14 +459,7 @@ fn moving_the_clock_past_a_term_closes_the_scenario_at_the_next_sweep_and_a_year
     let swept = w.admin.sweep().unwrap();
     assert_eq!(swept["scenarios_closed"], json!([sid]), "{swept}");
     assert!(objects(&env, "results").is_empty());
-    let closing = w.auditor.closing_receipt(&sid).unwrap();
-    assert!(
-        closing["receipt"]["reason"]
-            .as_str()
-            .unwrap()
-            .starts_with("its term ended on"),
-        "{closing}"
-    );
+    closed_by_its_term(w, &sid);
 
     // A year after their training, the scientist reads nothing but their own training state.
     tidegate_runtime::clock::shift_for_tests(time::Duration::days(365));

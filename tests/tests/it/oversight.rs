@@ -664,15 +664,7 @@ fn the_public_record_needs_no_sign_in_names_no_figure_and_verifies_offline() {
             .any(|f| f["org"] == json!(w.operator_org))
     );
     // The page says the same, without a script, to anyone.
-    let page = crate::common::raw(
-        w.admin.url(),
-        format!(
-            "GET /public HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            w.admin.url().trim_start_matches("http://")
-        )
-        .as_bytes(),
-        &|_| {},
-    );
+    let page = public_page(w);
     assert!(page.starts_with("HTTP/1.1 200"), "{page}");
     assert!(page.contains(&sid) && page.contains(eid));
     assert!(!page.contains("<script") && page.contains("default-src 'none'"));
@@ -709,6 +701,19 @@ fn the_public_record_needs_no_sign_in_names_no_figure_and_verifies_offline() {
         .map(std::ffi::OsString::from),
     );
     assert_eq!(bad, std::process::ExitCode::FAILURE);
+}
+
+/// The public record's page as a browser without a session gets it: the raw answer.
+fn public_page(w: &tidegate_server::World) -> String {
+    crate::common::raw(
+        w.admin.url(),
+        format!(
+            "GET /public HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            w.admin.url().trim_start_matches("http://")
+        )
+        .as_bytes(),
+        &|_| {},
+    )
 }
 
 /// The public record as anyone reads it, its signature checked.
@@ -810,15 +815,7 @@ fn a_scenario_that_publishes_its_figures_shows_its_released_rows_in_the_public_r
     assert_eq!(figures["rows"], json!(rows));
     assert!(product(&record, &kept).get("figures").is_none());
     // The page shows the same rows to anyone.
-    let page = crate::common::raw(
-        w.admin.url(),
-        format!(
-            "GET /public HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            w.admin.url().trim_start_matches("http://")
-        )
-        .as_bytes(),
-        &|_| {},
-    );
+    let page = public_page(w);
     assert!(page.contains(&format!("<td>{}</td>", rows[0][0])), "{page}");
 
     // An admin withdraws the publication: the rows leave the record at once, the title stays.
