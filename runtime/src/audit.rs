@@ -297,7 +297,7 @@ impl AuditLog {
     /// entry becomes the anchor the log verifies from; a signed checkpoint vouches for it.
     /// Returns how many entries were pruned.
     pub fn prune(&self, before: time::Date, today: time::Date) -> Result<u64> {
-        let _tail = self.tail.lock().expect("audit lock");
+        let _tail = self.lock_tail()?;
         if before > today - time::Duration::days(RETENTION_DAYS) {
             return Err(Error::Refused(format!(
                 "audit entries are kept at least {RETENTION_DAYS} days: prune only before {}",
@@ -342,7 +342,7 @@ impl AuditLog {
     /// read-only handle.
     #[cfg(test)]
     pub(crate) fn fail_writes_for_test(&self) {
-        let mut tail = self.tail.lock().expect("audit lock");
+        let mut tail = self.lock_tail().expect("audit lock");
         tail.file = fs::File::open(&self.path).expect("the log exists");
     }
 
@@ -354,7 +354,7 @@ impl AuditLog {
 
     /// Writes a signed checkpoint of the current head, if anything was appended since the last.
     pub fn checkpoint(&self) -> Result<()> {
-        let mut tail = self.tail.lock().expect("audit lock");
+        let mut tail = self.lock_tail()?;
         self.write_checkpoint(&mut tail)
     }
 
@@ -416,6 +416,16 @@ impl AuditLog {
             .changes
     }
 
+    /// The writer's state, for a change. A panic while it was held leaves the file's tail
+    /// unknown, so every later write is refused (fail closed, never a second panic).
+    fn lock_tail(&self) -> Result<std::sync::MutexGuard<'_, Tail>> {
+        self.tail.lock().map_err(|_| {
+            Error::Internal(
+                "the audit log's writer failed earlier; actions are refused until restart".into(),
+            )
+        })
+    }
+
     /// Appends an entry and makes it durable; an error means the action must not happen.
     pub fn append(&self, actor: &str, action: Action, object: &str, detail: Value) -> Result<u64> {
         self.append_at(crate::now_rfc3339(), actor, action, object, detail)
@@ -431,7 +441,7 @@ impl AuditLog {
         object: &str,
         detail: Value,
     ) -> Result<u64> {
-        let mut tail = self.tail.lock().expect("audit lock");
+        let mut tail = self.lock_tail()?;
         if tail.broken {
             return Err(Error::Internal(
                 "the audit log could not be written earlier; actions are refused until restart"
@@ -829,6 +839,24 @@ mod tests {
             4
         );
         assert_eq!(verify_file(&path, None).unwrap().first_bad, None);
+    }
+
+    #[test]
+    fn a_panic_while_writing_makes_later_appends_fail_instead_of_panicking() {
+        let (_d, path) = log_with(2);
+        let log = AuditLog::open(&path).unwrap();
+        let panicked = std::thread::scope(|s| {
+            s.spawn(|| {
+                let _held = log.tail.lock().unwrap();
+                panic!("a writer dies holding the tail");
+            })
+            .join()
+        });
+        assert!(panicked.is_err());
+        let refused = log.append("p", Action::PolicyApply, "o", json!({}));
+        assert!(matches!(refused, Err(Error::Internal(m)) if m.contains("refused until restart")));
+        assert!(log.checkpoint().is_err());
+        assert_eq!(verify_file(&path, None).unwrap().entries, 2);
     }
 
     /// A fresh log whose checkpoints are signed with a new key; returns its public key too.
