@@ -9,6 +9,7 @@ mod audited;
 mod bundle;
 pub mod clock;
 mod crypto;
+mod documents;
 mod error;
 mod gate;
 mod hidden;
@@ -38,6 +39,12 @@ pub use bundle::{Signer, Verified, verify as verify_bundle, write as write_bundl
 pub use crypto::{
     DataKey, MasterKey, PseudonymKey, SealedReader, SubjectKey, random_token, sha256_hex,
 };
+pub use documents::{
+    AnnualIncidents, AnnualReport, AnnualScenario, AnnualTotals, Change, ClosingReceipt,
+    ClosingReceiptBody, CustodyRecord, CustodyRecordBody, Destroyed, DestroyedKind, Evaluation,
+    ExitCertificate, ExitCertificateBody, Incidents, PolicyApplied, PolicyChange, PolicyDocument,
+    PolicyScenario, Pruned, ScenarioChange, SignedEvaluation, verify_document,
+};
 pub use error::{Error, Result};
 pub use gate::{
     GateInput, GateOutcome, Groups as GateGroups, evaluate as evaluate_gate, scan_columns,
@@ -51,13 +58,13 @@ pub use metering::{
 };
 pub use platform::{
     ALERT_SIGNING_CONTEXT, AUDIT_FILE, AlertSettings, AlertView, ApprovalView, AuditQuery,
-    AuditSearch, ClosingReceipt, ColumnInput, ContributionReport, DatasetContribution,
-    DatasetUsage, DatasetView, EvaluationRequest, ExportSummary, ExportView, GrantRequest,
-    ImportRequest, JobRequest, JobSummary, JobView, ListQuery, Listing, MOCK_MARKER, MockFile,
-    ModuleDetail, ModuleSummary, ModuleView, OrgView, PUBLIC_KEY_FILE, Platform, PlatformCounts,
-    PrincipalView, ProductUse, PublicRecord, ResourceUse, SESSION_SECONDS, SWEEP_ACTOR, SampleView,
-    ScenarioRequest, ScenarioUse, ScenarioView, Session, StagedUpload, SweepReport, TrainingState,
-    local_table, verify_alert, verify_certificate,
+    AuditSearch, ColumnInput, ContributionReport, DatasetContribution, DatasetUsage, DatasetView,
+    EvaluationRequest, ExportSummary, ExportView, GrantRequest, ImportRequest, JobRequest,
+    JobSummary, JobView, ListQuery, Listing, MOCK_MARKER, MockFile, ModuleDetail, ModuleSummary,
+    ModuleView, OrgView, PUBLIC_KEY_FILE, Platform, PlatformCounts, PrincipalView, ProductUse,
+    PublicRecord, ResourceUse, SESSION_SECONDS, SWEEP_ACTOR, SampleView, ScenarioRequest,
+    ScenarioUse, ScenarioView, Session, StagedUpload, SweepReport, TrainingState, local_table,
+    verify_alert, verify_certificate,
 };
 pub use sandbox::{
     CALL_FUEL, FUEL_FLOOR, FUEL_PER_MS, FunctionSig, Functions, GuestLimits, GuestSession,

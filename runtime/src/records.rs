@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// A scenario's grant of a dataset's columns.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GrantRequest {
     pub dataset: String,
     pub columns: Vec<String>,

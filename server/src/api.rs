@@ -419,13 +419,13 @@ async fn freeze_org(
     Ok(Json(FrozenAnswer { scenarios }))
 }
 
-#[utoipa::path(post, path = "/v1/orgs/{id}/exit", params(("id" = String, Path, description = "the id")), request_body = ExitBody, responses((status = 200, description = "the signed receipt of what was destroyed (admin)", body = Value), Errors))]
+#[utoipa::path(post, path = "/v1/orgs/{id}/exit", params(("id" = String, Path, description = "the id")), request_body = ExitBody, responses((status = 200, description = "the signed certificate of what was destroyed (admin)", body = tidegate_runtime::ExitCertificate), Errors))]
 async fn exit_org(
     State(p): State<AppState>,
     Actor(actor): Actor,
     Param(id): Param<String>,
     Body(b): Body<ExitBody>,
-) -> ApiResult<Value> {
+) -> ApiResult<tidegate_runtime::ExitCertificate> {
     Ok(Json(
         blocking(move || p.exit_org(&actor, &id, &b.reason)).await?,
     ))
@@ -654,12 +654,12 @@ async fn get_scenario(
     Ok(Json(serde_json::to_value(v).expect("serializes")))
 }
 
-#[utoipa::path(post, path = "/v1/reports/annual/evaluation", request_body = tidegate_runtime::EvaluationRequest, responses((status = 200, description = "the signed evaluation of an org's year (the authority's admins, once per org and year)", body = Value), Errors))]
+#[utoipa::path(post, path = "/v1/reports/annual/evaluation", request_body = tidegate_runtime::EvaluationRequest, responses((status = 200, description = "the signed evaluation of an org's year (the authority's admins, once per org and year)", body = tidegate_runtime::SignedEvaluation), Errors))]
 async fn evaluate_org(
     State(p): State<AppState>,
     Actor(actor): Actor,
     Body(b): Body<tidegate_runtime::EvaluationRequest>,
-) -> ApiResult<Value> {
+) -> ApiResult<tidegate_runtime::SignedEvaluation> {
     Ok(Json(blocking(move || p.evaluate_org(&actor, &b)).await?))
 }
 
@@ -899,38 +899,38 @@ async fn module_bytes(
 }
 
 /// Seals a dataset version (the authority's admins): no job may read it; it is kept.
-#[utoipa::path(post, path = "/v1/datasets/{id}/versions/{version}/seal", params(("id" = String, Path, description = "the dataset's id or name"), ("version" = i64, Path, description = "the version")), request_body = ReasonBody, responses((status = 200, description = "the signed sealing record", body = Value), Errors))]
+#[utoipa::path(post, path = "/v1/datasets/{id}/versions/{version}/seal", params(("id" = String, Path, description = "the dataset's id or name"), ("version" = i64, Path, description = "the version")), request_body = ReasonBody, responses((status = 200, description = "the signed sealing record", body = tidegate_runtime::CustodyRecord), Errors))]
 async fn seal_dataset(
     State(p): State<AppState>,
     Actor(actor): Actor,
     Param((id, version)): Param<(String, i64)>,
     Body(b): Body<ReasonBody>,
-) -> ApiResult<Value> {
+) -> ApiResult<tidegate_runtime::CustodyRecord> {
     let v = blocking(move || p.seal_dataset_version(&actor, &id, version, &b.reason)).await?;
     Ok(Json(v))
 }
 
 /// Lifts a dataset version's seal (the authority's admins).
-#[utoipa::path(post, path = "/v1/datasets/{id}/versions/{version}/unseal", params(("id" = String, Path, description = "the dataset's id or name"), ("version" = i64, Path, description = "the version")), request_body = ReasonBody, responses((status = 200, description = "the signed unsealing record", body = Value), Errors))]
+#[utoipa::path(post, path = "/v1/datasets/{id}/versions/{version}/unseal", params(("id" = String, Path, description = "the dataset's id or name"), ("version" = i64, Path, description = "the version")), request_body = ReasonBody, responses((status = 200, description = "the signed unsealing record", body = tidegate_runtime::CustodyRecord), Errors))]
 async fn unseal_dataset(
     State(p): State<AppState>,
     Actor(actor): Actor,
     Param((id, version)): Param<(String, i64)>,
     Body(b): Body<ReasonBody>,
-) -> ApiResult<Value> {
+) -> ApiResult<tidegate_runtime::CustodyRecord> {
     let v = blocking(move || p.unseal_dataset_version(&actor, &id, version, &b.reason)).await?;
     Ok(Json(v))
 }
 
 /// Destroys a dataset version (the authority's admins): its key and file; scenarios pinned to
 /// it are suspended. Answers the signed destruction certificate.
-#[utoipa::path(post, path = "/v1/datasets/{id}/versions/{version}/destroy", params(("id" = String, Path, description = "the dataset's id or name"), ("version" = i64, Path, description = "the version")), request_body = ReasonBody, responses((status = 200, description = "the signed destruction certificate", body = Value), Errors))]
+#[utoipa::path(post, path = "/v1/datasets/{id}/versions/{version}/destroy", params(("id" = String, Path, description = "the dataset's id or name"), ("version" = i64, Path, description = "the version")), request_body = ReasonBody, responses((status = 200, description = "the signed destruction certificate", body = tidegate_runtime::CustodyRecord), Errors))]
 async fn destroy_dataset(
     State(p): State<AppState>,
     Actor(actor): Actor,
     Param((id, version)): Param<(String, i64)>,
     Body(b): Body<ReasonBody>,
-) -> ApiResult<Value> {
+) -> ApiResult<tidegate_runtime::CustodyRecord> {
     let v = blocking(move || p.destroy_dataset_version(&actor, &id, version, &b.reason)).await?;
     Ok(Json(v))
 }
@@ -1163,12 +1163,12 @@ async fn set_price(
     Ok(Json(UpdatedAnswer { updated: true }))
 }
 
-#[utoipa::path(post, path = "/v1/audit/prune", request_body = PruneBody, responses((status = 200, description = "what was pruned (admin)", body = Value), Errors))]
+#[utoipa::path(post, path = "/v1/audit/prune", request_body = PruneBody, responses((status = 200, description = "what was pruned (admin)", body = tidegate_runtime::Pruned), Errors))]
 async fn prune_audit(
     State(p): State<AppState>,
     Actor(actor): Actor,
     Body(b): Body<PruneBody>,
-) -> ApiResult<Value> {
+) -> ApiResult<tidegate_runtime::Pruned> {
     Ok(Json(
         blocking(move || p.prune_audit(&actor, &b.before)).await?,
     ))
@@ -1193,7 +1193,7 @@ async fn statement(
     ))
 }
 
-#[utoipa::path(get, path = "/v1/reports/annual", params(ReportQuery), responses((status = 200, description = "an org's annual report (JSON, or a page with format=html)", content((Value = "application/json"), (String = "text/html"))), Errors))]
+#[utoipa::path(get, path = "/v1/reports/annual", params(ReportQuery), responses((status = 200, description = "an org's annual report (JSON, or a page with format=html)", content((tidegate_runtime::AnnualReport = "application/json"), (String = "text/html"))), Errors))]
 async fn annual_report(
     State(p): State<AppState>,
     Actor(actor): Actor,
@@ -1227,7 +1227,7 @@ pub(crate) fn read_report<T>(
 }
 
 /// A report as its page (`format=html`) or as JSON.
-fn page_or_json(report: Value, html: bool, page: fn(&Value) -> String) -> Response {
+fn page_or_json<T: serde::Serialize>(report: T, html: bool, page: fn(&T) -> String) -> Response {
     if html {
         axum::response::Html(page(&report)).into_response()
     } else {
@@ -1251,21 +1251,23 @@ async fn contribution_report(
         )
     })
     .await?;
-    let report = serde_json::to_value(report).expect("serializes");
     Ok(page_or_json(report, html, crate::report::contribution_html))
 }
 
-#[utoipa::path(get, path = "/v1/policy", responses((status = 200, description = "the policy document (admin, auditor)", body = Value), Errors))]
-async fn export_policy(State(p): State<AppState>, Actor(actor): Actor) -> ApiResult<Value> {
+#[utoipa::path(get, path = "/v1/policy", responses((status = 200, description = "the policy document (admin, auditor)", body = tidegate_runtime::PolicyDocument), Errors))]
+async fn export_policy(
+    State(p): State<AppState>,
+    Actor(actor): Actor,
+) -> ApiResult<tidegate_runtime::PolicyDocument> {
     Ok(Json(blocking(move || p.export_policy(&actor)).await?))
 }
 
-#[utoipa::path(post, path = "/v1/policy", request_body = PolicyBody, responses((status = 200, description = "what the document changes, applied unless dry_run (admin)", body = Value), Errors))]
+#[utoipa::path(post, path = "/v1/policy", request_body = PolicyBody, responses((status = 200, description = "what the document changes, applied unless dry_run (admin)", body = tidegate_runtime::PolicyApplied), Errors))]
 async fn apply_policy(
     State(p): State<AppState>,
     Actor(actor): Actor,
     Body(b): Body<PolicyBody>,
-) -> ApiResult<Value> {
+) -> ApiResult<tidegate_runtime::PolicyApplied> {
     Ok(Json(
         blocking(move || p.apply_policy(&actor, &b.document, b.dry_run)).await?,
     ))

@@ -129,6 +129,21 @@ impl Client {
         self.ok("POST", path, Some(&body))
     }
 
+    /// A GET answered with one of the API's types.
+    fn get_as<T: DeserializeOwned>(&self, path: &str, what: &str) -> Result<T> {
+        decode(&self.ok("GET", path, None)?, what)
+    }
+
+    /// A POST answered with one of the API's types.
+    fn post_as<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        what: &str,
+    ) -> Result<T> {
+        decode(&self.post(path, body)?, what)
+    }
+
     /// A page of a list (`/v1/exports`, `/v1/jobs`, `/v1/modules`, `/v1/scenarios`,
     /// `/v1/orgs`, `/v1/principals`): `{items, next}`.
     pub fn list(&self, path: &str, q: &tidegate_runtime::ListQuery) -> Result<Value> {
@@ -175,12 +190,13 @@ impl Client {
     }
 
     /// Ends an org's authorization (admin); returns the signed exit certificate.
-    pub fn exit_org(&self, org: &str, reason: &str) -> Result<Value> {
-        self.post(
+    pub fn exit_org(&self, org: &str, reason: &str) -> Result<tidegate_runtime::ExitCertificate> {
+        self.post_as(
             &format!("/v1/orgs/{org}/exit"),
             &ExitBody {
                 reason: reason.into(),
             },
+            "an exit certificate",
         )
     }
 
@@ -218,8 +234,15 @@ impl Client {
     }
 
     /// Writes an org's annual evaluation (the authority's admins).
-    pub fn evaluate_org(&self, evaluation: &tidegate_runtime::EvaluationRequest) -> Result<Value> {
-        self.post("/v1/reports/annual/evaluation", evaluation)
+    pub fn evaluate_org(
+        &self,
+        evaluation: &tidegate_runtime::EvaluationRequest,
+    ) -> Result<tidegate_runtime::SignedEvaluation> {
+        self.post_as(
+            "/v1/reports/annual/evaluation",
+            evaluation,
+            "a signed evaluation",
+        )
     }
 
     /// Where a dataset is used (its provider, the authority).
@@ -346,8 +369,8 @@ impl Client {
 
     /// A scenario: its grants, term, rules, approvals and state.
     /// The signed receipt of a closed scenario.
-    pub fn closing_receipt(&self, id: &str) -> Result<Value> {
-        self.ok("GET", &format!("/v1/scenarios/{id}/closing"), None)
+    pub fn closing_receipt(&self, id: &str) -> Result<tidegate_runtime::ClosingReceipt> {
+        self.get_as(&format!("/v1/scenarios/{id}/closing"), "a closing receipt")
     }
 
     /// Sets (or, with none, lifts) the last day of an org's authorization (admin).
@@ -374,36 +397,43 @@ impl Client {
     }
 
     /// The policy document (admin, auditor).
-    pub fn export_policy(&self) -> Result<Value> {
-        self.ok("GET", "/v1/policy", None)
+    pub fn export_policy(&self) -> Result<tidegate_runtime::PolicyDocument> {
+        self.get_as("/v1/policy", "a policy document")
     }
 
     /// Applies a policy document as a new version (admin); with `dry_run`, only the difference.
-    pub fn apply_policy(&self, document: &Value, dry_run: bool) -> Result<Value> {
-        self.post(
+    pub fn apply_policy(
+        &self,
+        document: &tidegate_runtime::PolicyDocument,
+        dry_run: bool,
+    ) -> Result<tidegate_runtime::PolicyApplied> {
+        self.post_as(
             "/v1/policy",
             &PolicyBody {
                 document: document.clone(),
                 dry_run,
             },
+            "what a policy document changes",
         )
     }
 
     /// An org's annual report, as JSON.
     /// S18: a provider's contribution report for a year.
-    pub fn contribution_report(&self, org: &str, year: i32) -> Result<Value> {
-        self.ok(
-            "GET",
+    pub fn contribution_report(
+        &self,
+        org: &str,
+        year: i32,
+    ) -> Result<tidegate_runtime::ContributionReport> {
+        self.get_as(
             &format!("/v1/reports/contribution?org={org}&year={year}"),
-            None,
+            "a contribution report",
         )
     }
 
-    pub fn annual_report(&self, org: &str, year: i32) -> Result<Value> {
-        self.ok(
-            "GET",
+    pub fn annual_report(&self, org: &str, year: i32) -> Result<tidegate_runtime::AnnualReport> {
+        self.get_as(
             &format!("/v1/reports/annual?org={org}&year={year}"),
-            None,
+            "an annual report",
         )
     }
 
@@ -439,12 +469,13 @@ impl Client {
     }
 
     /// Prunes audit segments older than `before` (YYYY-MM-DD, at least 180 days ago; admin).
-    pub fn prune_audit(&self, before: &str) -> Result<Value> {
-        self.post(
+    pub fn prune_audit(&self, before: &str) -> Result<tidegate_runtime::Pruned> {
+        self.post_as(
             "/v1/audit/prune",
             &PruneBody {
                 before: before.into(),
             },
+            "what was pruned",
         )
     }
 
@@ -575,12 +606,13 @@ impl Client {
         version: i64,
         action: &str,
         reason: &str,
-    ) -> Result<Value> {
-        self.post(
+    ) -> Result<tidegate_runtime::CustodyRecord> {
+        self.post_as(
             &format!("/v1/datasets/{dataset}/versions/{version}/{action}"),
             &ReasonBody {
                 reason: reason.into(),
             },
+            "a custody record",
         )
     }
 

@@ -1295,8 +1295,8 @@ async fn annual(
     .await?;
     let body = format!(
         "<h1>Annual report {}</h1>{}",
-        text(&report["year"]),
-        details(&report)
+        report.year,
+        details(&serde_json::to_value(&report).map_err(tidegate_runtime::Error::from)?)
     );
     Ok(html("Annual report", &s, &body))
 }

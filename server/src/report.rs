@@ -166,23 +166,23 @@ pub fn export_html(export: &Value) -> String {
     )
 }
 
-/// Renders the JSON annual report as an HTML page.
-pub fn annual_report_html(report: &Value) -> String {
+/// Renders the annual report as an HTML page.
+pub fn annual_report_html(report: &tidegate_runtime::AnnualReport) -> String {
     let mut rows = String::new();
-    for s in report["scenarios"].as_array().into_iter().flatten() {
+    for s in &report.scenarios {
         rows.push_str(&format!(
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
-            text(&s["name"]),
-            text(&s["key_area"]),
-            text(&s["state"]),
-            if s["public_interest"] == true { "yes" } else { "no" },
-            text(&s["jobs"]),
-            text(&s["jobs_failed"]),
-            text(&s["exports_released"]),
-            text(&s["exports_rejected"]),
+            escape(&s.name),
+            escape(&s.key_area),
+            escape(s.state.as_str()),
+            if s.public_interest { "yes" } else { "no" },
+            s.jobs,
+            s.jobs_failed,
+            s.exports_released,
+            s.exports_rejected,
         ));
     }
-    let t = &report["totals"];
+    let t = &report.totals;
     format!(
         r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Annual report {year} - {org}</title>
@@ -208,20 +208,20 @@ pub fn annual_report_html(report: &Value) -> String {
 </table>
 </body></html>
 "#,
-        year = text(&report["year"]),
-        org = text(&report["org"]),
-        jobs = text(&t["jobs"]),
-        fuel = text(&t["fuel"]),
-        rows_scanned = text(&t["rows_scanned"]),
-        bytes = text(&t["bytes_scanned"]),
-        output = text(&t["output_bytes"]),
-        failed = text(&report["incidents"]["failed_jobs"]),
-        rejected = text(&report["incidents"]["rejected_exports"]),
+        year = report.year,
+        org = escape(&report.org),
+        jobs = t.jobs,
+        fuel = t.fuel,
+        rows_scanned = t.rows_scanned,
+        bytes = t.bytes_scanned,
+        output = t.output_bytes,
+        failed = report.incidents.failed_jobs,
+        rejected = report.incidents.rejected_exports,
     )
 }
 
 /// S18: a provider's contribution report as a page: every value escaped, no script.
-pub(crate) fn contribution_html(report: &Value) -> String {
+pub(crate) fn contribution_html(report: &tidegate_runtime::ContributionReport) -> String {
     let categories: Vec<&str> = tidegate_runtime::PRICE_ITEMS
         .iter()
         .map(|(_, category, ..)| *category)
@@ -238,30 +238,30 @@ pub(crate) fn contribution_html(report: &Value) -> String {
     }
     head.push_str("<th>fees (fen)</th></tr>\n");
     let mut rows = String::new();
-    for d in report["datasets"].as_array().into_iter().flatten() {
-        let score = d["quality_score"]
-            .as_f64()
+    for d in &report.datasets {
+        let score = d
+            .quality_score
             .map_or("-".to_string(), |s| format!("{:.0}%", s * 100.0));
         rows.push_str(&format!(
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>",
-            text(&d["name"]),
-            text(&d["level"]),
-            text(&d["version"]),
+            escape(&d.name),
+            d.level,
+            d.version,
             escape(&score),
-            if d["rule_failures"].is_null() { "-".to_string() } else { text(&d["rule_failures"]) },
-            text(&d["scenarios"]),
-            text(&d["jobs"]),
-            text(&d["rows_scanned"]),
-            text(&d["rule_failures_read"]),
-            text(&d["products"]),
+            d.rule_failures.map_or("-".to_string(), |f| f.to_string()),
+            d.scenarios,
+            d.jobs,
+            d.rows_scanned,
+            d.rule_failures_read,
+            d.products,
         ));
         for c in &categories {
             rows.push_str(&format!(
                 "<td>{}</td>",
-                d["fees_fen"][*c].as_i64().unwrap_or(0)
+                d.fees_fen.get(*c).copied().unwrap_or(0)
             ));
         }
-        rows.push_str(&format!("<td>{}</td></tr>\n", text(&d["fees_total_fen"])));
+        rows.push_str(&format!("<td>{}</td></tr>\n", d.fees_total_fen));
     }
     format!(
         r#"<!doctype html>
@@ -275,10 +275,10 @@ pub(crate) fn contribution_html(report: &Value) -> String {
 <p>How fees are attributed: {attribution}.</p>
 </body></html>
 "#,
-        year = text(&report["year"]),
-        org = text(&report["org"]),
-        total = text(&report["fees_total_fen"]),
-        attribution = text(&report["attribution"]),
+        year = report.year,
+        org = escape(&report.org),
+        total = report.fees_total_fen,
+        attribution = escape(&report.attribution),
     )
 }
 
@@ -435,18 +435,20 @@ mod tests {
 
     #[test]
     fn a_contribution_page_escapes_every_value_and_runs_no_script() {
-        let report = serde_json::json!({
-            "org": "<script>alert(1)</script>",
-            "year": 2026,
-            "attribution": "a & b",
-            "fees_total_fen": 300,
-            "datasets": [{
-                "name": "<img src=x onerror=alert(1)>", "level": "L2", "version": 1,
-                "quality_score": 0.5, "rule_failures": 3, "scenarios": 1, "jobs": 2,
-                "rows_scanned": 10, "rule_failures_read": 6, "products": 1,
-                "fees_fen": { "security_services": 300 }, "fees_total_fen": 300
-            }]
-        });
+        let report: tidegate_runtime::ContributionReport =
+            serde_json::from_value(serde_json::json!({
+                "org": "<script>alert(1)</script>",
+                "year": 2026,
+                "attribution": "a & b",
+                "fees_total_fen": 300,
+                "datasets": [{
+                    "dataset": "d_1", "name": "<img src=x onerror=alert(1)>", "level": "L2",
+                    "version": 1, "quality_score": 0.5, "rule_failures": 3, "scenarios": 1,
+                    "jobs": 2, "rows_scanned": 10, "rule_failures_read": 6, "products": 1,
+                    "fees_fen": { "security_services": 300 }, "fees_total_fen": 300
+                }]
+            }))
+            .unwrap();
         let page = contribution_html(&report);
         assert!(!page.contains("<script"), "{page}");
         assert!(!page.contains("<img"), "{page}");
@@ -469,13 +471,29 @@ mod tests {
 
     #[test]
     fn names_are_escaped_in_the_page() {
-        let report = serde_json::json!({
-            "org": "org_1", "year": 2026,
-            "scenarios": [{ "name": "<script>x</script>", "jobs": 2 }],
-            "totals": { "jobs": 2 }, "incidents": { "failed_jobs": 0 },
-        });
+        let report = tidegate_runtime::AnnualReport {
+            org: "org_1".into(),
+            year: 2026,
+            scenarios: vec![tidegate_runtime::AnnualScenario {
+                id: "sc_1".into(),
+                name: "<script>x</script>".into(),
+                key_area: "<b>".into(),
+                state: tidegate_policy::ScenarioState::Active,
+                public_interest: false,
+                term: ("2026-01-01".into(), "2026-12-31".into()),
+                jobs: 2,
+                jobs_failed: 0,
+                exports_released: 0,
+                exports_rejected: 0,
+            }],
+            totals: Default::default(),
+            incidents: Default::default(),
+            evaluation: None,
+            may_reapply: true,
+        };
         let html = annual_report_html(&report);
         assert!(html.contains("&lt;script&gt;x&lt;/script&gt;"));
+        assert!(html.contains("<td>&lt;b&gt;</td>"));
         assert!(!html.contains("<script>"));
     }
 }

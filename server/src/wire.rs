@@ -11,7 +11,6 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use tidegate_policy::{ExportRules, Role};
 use tidegate_runtime::GrantRequest;
 
@@ -182,7 +181,7 @@ pub(crate) struct PruneBody {
 
 #[derive(Serialize, Deserialize, utoipa::ToSchema)]
 pub(crate) struct PolicyBody {
-    pub(crate) document: Value,
+    pub(crate) document: tidegate_runtime::PolicyDocument,
     #[serde(default)]
     pub(crate) dry_run: bool,
 }

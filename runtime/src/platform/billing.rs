@@ -204,7 +204,13 @@ impl Platform {
 
     /// R-REPORT: an org's annual report: its scenarios, jobs, exports, resource use and
     /// incidents (failed jobs, refused modules, rejected exports), as data.
-    pub fn annual_report(&self, actor: &Principal, org: &str, year: i32) -> Result<Value> {
+    pub fn annual_report(
+        &self,
+        actor: &Principal,
+        org: &str,
+        year: i32,
+    ) -> Result<crate::documents::AnnualReport> {
+        use crate::documents::{AnnualIncidents, AnnualReport, AnnualScenario, AnnualTotals};
         let db = self
             .db
             .lock()
@@ -263,32 +269,41 @@ impl Platform {
             jobs_failed += failed;
             exports_released += released;
             exports_rejected += rejected;
-            scenarios.push(json!({
-                "id": s.id, "name": s.name, "key_area": s.view.key_area, "state": s.view.state,
-                "public_interest": s.view.public_interest, "term": [s.view.term_start, s.view.term_end],
-                "jobs": jobs, "jobs_failed": failed, "exports_released": released,
-                "exports_rejected": rejected,
-            }));
+            scenarios.push(AnnualScenario {
+                id: s.id,
+                name: s.name,
+                key_area: s.view.key_area,
+                state: s.view.state,
+                public_interest: s.view.public_interest,
+                term: (s.view.term_start, s.view.term_end),
+                jobs,
+                jobs_failed: failed,
+                exports_released: released,
+                exports_rejected: rejected,
+            });
         }
-        Ok(json!({
-            "org": org,
-            "year": year,
-            "scenarios": scenarios,
-            "totals": {
-                "jobs": jobs_total, "jobs_failed": jobs_failed,
-                "exports_released": exports_released, "exports_rejected": exports_rejected,
-                "fuel": used.fuel, "rows_scanned": used.rows_scanned,
-                "bytes_scanned": used.bytes_scanned, "output_bytes": used.output_bytes,
-                "wall_ms": used.wall_ms,
+        Ok(AnnualReport {
+            year,
+            scenarios,
+            totals: AnnualTotals {
+                jobs: jobs_total,
+                jobs_failed,
+                exports_released,
+                exports_rejected,
+                fuel: used.fuel,
+                rows_scanned: used.rows_scanned,
+                bytes_scanned: used.bytes_scanned,
+                output_bytes: used.output_bytes,
+                wall_ms: used.wall_ms,
             },
-            "incidents": {
-                "failed_jobs": jobs_failed,
-                "rejected_exports": exports_rejected,
-                "monitoring": Self::incidents(&db, &org, year)?,
+            incidents: AnnualIncidents {
+                failed_jobs: jobs_failed,
+                rejected_exports: exports_rejected,
+                monitoring: Self::incidents(&db, &org, year)?,
             },
-            // S13: the authority's evaluation of the year, signed, once written.
-            "evaluation": Self::evaluation(&db, &org, year)?,
-            "may_reapply": Self::barred_from_reapplying(&db, &org)?.is_none(),
-        }))
+            evaluation: Self::evaluation(&db, &org, year)?,
+            may_reapply: Self::barred_from_reapplying(&db, &org)?.is_none(),
+            org,
+        })
     }
 }

@@ -4,6 +4,7 @@
 //! the platform's key.
 
 use super::*;
+use crate::documents::{CustodyRecord, CustodyRecordBody, Destroyed, DestroyedKind};
 
 /// A sample of a dataset version, for inspection: its columns and rows as text.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -31,7 +32,7 @@ impl Platform {
         dataset: &str,
         version: i64,
         reason: &str,
-    ) -> Result<Value> {
+    ) -> Result<CustodyRecord> {
         self.custody(actor, dataset, version, reason, Custody::Seal)
     }
 
@@ -42,7 +43,7 @@ impl Platform {
         dataset: &str,
         version: i64,
         reason: &str,
-    ) -> Result<Value> {
+    ) -> Result<CustodyRecord> {
         self.custody(actor, dataset, version, reason, Custody::Unseal)
     }
 
@@ -55,7 +56,7 @@ impl Platform {
         dataset: &str,
         version: i64,
         reason: &str,
-    ) -> Result<Value> {
+    ) -> Result<CustodyRecord> {
         self.custody(actor, dataset, version, reason, Custody::Destroy)
     }
 
@@ -66,7 +67,7 @@ impl Platform {
         version: i64,
         reason: &str,
         what: Custody,
-    ) -> Result<Value> {
+    ) -> Result<CustodyRecord> {
         tidegate_policy::can_keep_custody(actor, reason)?;
         let mut db = self
             .db
@@ -137,23 +138,26 @@ impl Platform {
                 crate::audit::Action::DatasetDestroy,
             ),
         };
-        let mut record = json!({
-            "format": format,
-            "dataset": d.id,
-            "name": d.name,
-            "version": version,
-            "sha256": content_hash,
-            "reason": reason,
-            "by": actor.id,
-            "at": now,
-        });
+        let mut record = CustodyRecordBody {
+            format: format.into(),
+            dataset: d.id.clone(),
+            name: d.name.clone(),
+            version,
+            sha256: content_hash.clone(),
+            reason: reason.to_string(),
+            by: actor.id.clone(),
+            at: now.clone(),
+            destroyed: None,
+            scenarios_suspended: None,
+            kept: None,
+        };
         let object = format!("{}/v{version}", d.id);
         let tx = db.transaction()?;
         match what {
             Custody::Seal => {
                 tx.execute(
                     "UPDATE dataset_versions SET sealed = ?3 WHERE dataset_id = ?1 AND version = ?2",
-                    params![d.id, version, record.to_string()],
+                    params![d.id, version, to_json(&record)],
                 )?;
             }
             Custody::Unseal => {
@@ -163,13 +167,14 @@ impl Platform {
                 )?;
             }
             Custody::Destroy => {
-                record["destroyed"] = json!([
-                    { "kind": "data_key", "id": object },
-                    { "kind": "dataset_file", "id": object, "sha256": content_hash },
+                record.destroyed = Some(vec![
+                    Destroyed::new(DestroyedKind::DataKey, &object, None),
+                    Destroyed::new(DestroyedKind::DatasetFile, &object, Some(&content_hash)),
                 ]);
-                record["scenarios_suspended"] = json!(pinned);
-                record["kept"] = json!(
+                record.scenarios_suspended = Some(pinned.clone());
+                record.kept = Some(
                     "the audit log, the version's metadata and quality report, and exports already released"
+                        .into(),
                 );
                 tx.execute(
                     "UPDATE dataset_versions SET wrapped_key = x'', sealed = NULL, destroyed = ?3
@@ -184,7 +189,7 @@ impl Platform {
                 }
             }
         }
-        let body = serde_json::to_vec(&record)?;
+        let body = crate::documents::signed_bytes(&record)?;
         let signature = hex::encode(self.signer.sign(&body));
         self.audit.append_at(
             now,
@@ -213,7 +218,7 @@ impl Platform {
             // Overwritten pages may linger in the WAL until a checkpoint truncates it.
             db.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         }
-        Ok(json!({ "record": record, "signature": signature }))
+        Ok(CustodyRecord { record, signature })
     }
 
     /// A sample of a dataset version's rows, drawn at random, for its provider or the
@@ -372,8 +377,12 @@ impl Platform {
             )));
         }
         if let Some(record) = sealed {
-            let quarantined =
-                from_json::<Value>(&record).is_ok_and(|r| r["format"] == "tidegate-quarantine-v1");
+            /// What a seal's record says it is: a custody seal or an import's quarantine.
+            #[derive(Deserialize)]
+            struct Seal {
+                format: String,
+            }
+            let quarantined = from_json::<Seal>(&record)?.format == "tidegate-quarantine-v1";
             return Err(Error::Refused(if quarantined {
                 format!(
                     "version {version} of {} is quarantined (sealed): it broke its provider's quality rules; no job may read it until an admin unseals it",

@@ -4,6 +4,7 @@
 //! modules, freezes, suspensions, alerts by kind).
 
 use super::*;
+use crate::documents::{Evaluation, Incidents, SignedEvaluation};
 
 /// What the admin writes.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -25,7 +26,7 @@ const MAX_TEXT: usize = 8 << 10;
 impl Platform {
     /// The year's incidents of an org, by what the metadata holds: alerts by kind, modules
     /// refused at upload, freezes and suspensions (from the alerts and the scenarios' log).
-    pub(super) fn incidents(db: &Connection, org: &str, year: i32) -> Result<Value> {
+    pub(super) fn incidents(db: &Connection, org: &str, year: i32) -> Result<Incidents> {
         let like = format!("{year:04}%");
         let alerts: BTreeMap<String, i64> = db
             .prepare(
@@ -35,17 +36,21 @@ impl Platform {
             .query_map(params![org, like], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<_>>()?;
         let count = |kind: &str| alerts.get(kind).copied().unwrap_or(0);
-        Ok(json!({
-            "alerts": alerts,
-            "refused_modules": count("module_invalid"),
-            "freezes": count("freeze"),
-            "limit_breaches": count("limit_breaches"),
-        }))
+        Ok(Incidents {
+            refused_modules: count("module_invalid"),
+            freezes: count("freeze"),
+            limit_breaches: count("limit_breaches"),
+            alerts,
+        })
     }
 
     /// S13: the authority's admin writes an org's evaluation for a year that has begun; once
     /// (an evaluation is a record, not a draft). Signed by the platform; audited.
-    pub fn evaluate_org(&self, actor: &Principal, req: &EvaluationRequest) -> Result<Value> {
+    pub fn evaluate_org(
+        &self,
+        actor: &Principal,
+        req: &EvaluationRequest,
+    ) -> Result<SignedEvaluation> {
         let mut db = self.lock_db();
         tidegate_policy::can_evaluate_org(actor, Self::org_kind(&db, &actor.org)?)?;
         let org = Self::org_id(&db, &req.org)?;
@@ -68,20 +73,22 @@ impl Platform {
             }
         }
         let now = crate::now_rfc3339();
-        let evaluation = json!({
-            "format": "tidegate-evaluation-v1",
-            "org": org,
-            "year": req.year,
-            "compliance": req.compliance,
-            "products": req.products,
-            "incidents": Self::incidents(&db, &org, req.year)?,
-            "may_reapply": req.may_reapply,
-            "written_by": actor.id,
-            "at": now,
-        });
-        let body = serde_json::to_vec(&evaluation)?;
-        let signed =
-            json!({ "evaluation": evaluation, "signature": hex::encode(self.signer.sign(&body)) });
+        let evaluation = Evaluation {
+            format: crate::documents::EVALUATION_FORMAT.into(),
+            org: org.clone(),
+            year: req.year,
+            compliance: req.compliance.clone(),
+            products: req.products.clone(),
+            incidents: Self::incidents(&db, &org, req.year)?,
+            may_reapply: req.may_reapply,
+            written_by: actor.id.clone(),
+            at: now.clone(),
+        };
+        let body = crate::documents::signed_bytes(&evaluation)?;
+        let signed = SignedEvaluation {
+            signature: hex::encode(self.signer.sign(&body)),
+            evaluation,
+        };
         let tx = db.transaction()?;
         let inserted = tx.execute(
             "INSERT OR IGNORE INTO evaluations (org_id, year, body, written_by, at)
@@ -111,14 +118,18 @@ impl Platform {
     }
 
     /// An org's signed evaluation for a year, if written.
-    pub(super) fn evaluation(db: &Connection, org: &str, year: i32) -> Result<Option<Value>> {
+    pub(super) fn evaluation(
+        db: &Connection,
+        org: &str,
+        year: i32,
+    ) -> Result<Option<SignedEvaluation>> {
         db.query_row(
             "SELECT body FROM evaluations WHERE org_id = ?1 AND year = ?2",
             params![org, year],
             |r| r.get::<_, String>(0),
         )
         .optional()?
-        .map(|b| from_json(&b))
+        .map(|b| crate::documents::read_stored(&b, "evaluation"))
         .transpose()
     }
 
@@ -133,8 +144,8 @@ impl Platform {
             .optional()?;
         Ok(match latest {
             Some((year, body)) => {
-                let v: Value = from_json(&body)?;
-                (v["evaluation"]["may_reapply"] == json!(false)).then_some(year)
+                let signed: SignedEvaluation = crate::documents::read_stored(&body, "evaluation")?;
+                (!signed.evaluation.may_reapply).then_some(year)
             }
             None => None,
         })

@@ -7,16 +7,9 @@
 
 use super::*;
 
-/// The signed receipt of a scenario's closing.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ClosingReceipt {
-    /// `tidegate-closing-receipt-v1`: the scenario, why it closed, when, and what was
-    /// destroyed (kind, id, and the SHA-256 of what the file held).
-    #[schema(value_type = Object)]
-    pub receipt: Value,
-    /// The platform's Ed25519 signature over the receipt's JSON bytes as stored, hex.
-    pub signature: String,
-}
+use crate::documents::{
+    CLOSING_RECEIPT_FORMAT, ClosingReceipt, ClosingReceiptBody, Destroyed, DestroyedKind,
+};
 
 /// What one sweep closed.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -52,15 +45,11 @@ impl Platform {
         sid: &str,
         keep_released: bool,
         hashes: bool,
-        destroyed: &mut Vec<Value>,
+        destroyed: &mut Vec<Destroyed>,
         files: &mut Vec<PathBuf>,
     ) -> Result<()> {
-        let listed = |kind: &str, id: &str, hash: &Option<String>| {
-            if hashes {
-                json!({ "kind": kind, "id": id, "sha256": hash })
-            } else {
-                json!({ "kind": kind, "id": id })
-            }
+        let listed = |kind: DestroyedKind, id: &str, hash: &Option<String>| {
+            Destroyed::new(kind, id, hash.as_deref().filter(|_| hashes))
         };
         let jobs: Vec<(String, Option<String>)> = tx
             .prepare(
@@ -69,7 +58,7 @@ impl Platform {
             .query_map(params![sid], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<_>>()?;
         for (job, hash) in jobs {
-            destroyed.push(listed("result", &job, &hash));
+            destroyed.push(listed(DestroyedKind::Result, &job, &hash));
             files.push(this.object_path("results", &job));
             // The sets of subjects of its rows go with it.
             files.push(this.object_path("subjects", &job));
@@ -91,7 +80,7 @@ impl Platform {
         for (export, hash, state, has_file, has_groups) in exports {
             let released = state == tidegate_policy::ExportState::Released.as_str();
             if has_file && !(keep_released && released) {
-                destroyed.push(listed("export", &export, &hash));
+                destroyed.push(listed(DestroyedKind::Export, &export, &hash));
                 files.push(this.object_path("exports", &export));
                 tx.execute(
                     "UPDATE exports SET wrapped_key = NULL WHERE id = ?1",
@@ -100,7 +89,7 @@ impl Platform {
             }
             if has_groups {
                 // The groups the gate kept for differencing go with it.
-                destroyed.push(json!({ "kind": "export_groups", "id": export }));
+                destroyed.push(Destroyed::new(DestroyedKind::ExportGroups, &export, None));
                 files.push(this.object_path("gate", &export));
                 tx.execute(
                     "UPDATE exports SET groups_key = NULL WHERE id = ?1",
@@ -262,20 +251,21 @@ impl Platform {
             .query_map(params![id], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
         let now = crate::now_rfc3339();
-        let receipt = json!({
-            "format": "tidegate-closing-receipt-v1",
-            "scenario": id,
-            "reason": reason,
-            "at": now,
-            "jobs_stopped": queued,
-            "destroyed": destroyed,
-            "kept": if keep_released {
+        let receipt = ClosingReceiptBody {
+            format: CLOSING_RECEIPT_FORMAT.into(),
+            scenario: id.to_string(),
+            reason: reason.clone(),
+            at: now.clone(),
+            jobs_stopped: queued.clone(),
+            destroyed,
+            kept: if keep_released {
                 "released bundles (their requesters may download them again), modules, the audit log and the gate's memory of released cells"
             } else {
                 "modules, the audit log and the gate's memory of released cells (a revoked scenario's bundles stay only with those who downloaded them)"
-            },
-        });
-        let body = serde_json::to_vec(&receipt)?;
+            }
+            .into(),
+        };
+        let body = crate::documents::signed_bytes(&receipt)?;
         let signature = hex::encode(self.signer.sign(&body));
         let stored_receipt = ClosingReceipt {
             receipt,
@@ -292,7 +282,7 @@ impl Platform {
             id,
             crate::audited::ScenarioClose {
                 reason: reason.to_string(),
-                destroyed: destroyed.len(),
+                destroyed: stored_receipt.receipt.destroyed.len(),
                 receipt_sha256: sha256_hex(&body),
             }
             .to_value(),
@@ -374,7 +364,7 @@ impl Platform {
             |r| r.get(0),
         )?;
         match closing {
-            Some(c) => from_json(&c),
+            Some(c) => crate::documents::read_stored(&c, "closing receipt"),
             None => Err(Error::NotFound(format!(
                 "a closing receipt for scenario {id}: it has not closed"
             ))),

@@ -63,7 +63,7 @@ mod views;
 pub use alerts::{ALERT_SIGNING_CONTEXT, AlertSettings, AlertView, verify_alert};
 pub use custody::SampleView;
 pub use evaluation::EvaluationRequest;
-pub use lifecycle::{ClosingReceipt, SWEEP_ACTOR, SweepReport};
+pub use lifecycle::{SWEEP_ACTOR, SweepReport};
 pub use lists::{ExportSummary, JobSummary, ListQuery, Listing, ModuleSummary};
 pub use metrics::PlatformCounts;
 pub use mocks::{MOCK_MARKER, MockFile};

@@ -1,6 +1,10 @@
 //! Policy as code, and the audit log's verification, pruning and checkpoints.
 
 use super::*;
+use crate::documents::{
+    Change, POLICY_FORMAT, PolicyApplied, PolicyChange, PolicyDocument, PolicyScenario, Pruned,
+    ScenarioChange,
+};
 
 impl Platform {
     pub(super) fn policy_version(db: &Connection) -> Result<i64> {
@@ -15,7 +19,7 @@ impl Platform {
     }
 
     /// Policy as code: the scenarios' rules and the price table as one versioned document.
-    pub fn export_policy(&self, actor: &Principal) -> Result<Value> {
+    pub fn export_policy(&self, actor: &Principal) -> Result<PolicyDocument> {
         let kind = Self::org_kind(
             &self
                 .db
@@ -34,7 +38,7 @@ impl Platform {
             .db
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut prices = serde_json::Map::new();
+        let mut prices = BTreeMap::new();
         for (category, _, _, default) in PRICE_ITEMS {
             let fen: Option<i64> = db
                 .query_row(
@@ -43,7 +47,7 @@ impl Platform {
                     |r| r.get(0),
                 )
                 .optional()?;
-            prices.insert(category.to_string(), json!(fen.unwrap_or(default)));
+            prices.insert(category.to_string(), fen.unwrap_or(default));
         }
         let ids: Vec<String> = db
             .prepare("SELECT id FROM scenarios ORDER BY created_at")?
@@ -52,25 +56,36 @@ impl Platform {
         let mut scenarios = Vec::new();
         for id in ids {
             let s = Self::scenario_row(&db, &id)?;
-            scenarios.push(json!({
-                "id": s.id, "name": s.name, "org": s.org, "state": s.stored_state,
-                "k": s.k, "term_start": s.view.term_start, "term_end": s.view.term_end,
-                "grants": s.grants, "export_rules": s.export_rules,
-            }));
+            scenarios.push(PolicyScenario {
+                id: s.id,
+                name: Some(s.name),
+                org: Some(s.org),
+                state: Some(s.stored_state),
+                k: Some(s.k),
+                term_start: Some(s.view.term_start),
+                term_end: Some(s.view.term_end),
+                grants: Some(s.grants),
+                export_rules: Some(s.export_rules),
+            });
         }
-        Ok(json!({
-            "format": "tidegate-policy-v1",
-            "version": Self::policy_version(&db)?,
-            "prices": prices,
-            "scenarios": scenarios,
-        }))
+        Ok(PolicyDocument {
+            format: POLICY_FORMAT.into(),
+            version: Self::policy_version(&db)?,
+            prices,
+            scenarios,
+        })
     }
 
     /// Applies a policy document as one new version: price changes, and per scenario its
     /// threshold k (never below its level's default), the end of its term, its state (suspend,
     /// resume, revoke), its export rules and narrower grants (widening one needs a new
     /// application and its approvals). Shows the difference; with `dry_run` changes nothing.
-    pub fn apply_policy(&self, actor: &Principal, doc: &Value, dry_run: bool) -> Result<Value> {
+    pub fn apply_policy(
+        &self,
+        actor: &Principal,
+        doc: &PolicyDocument,
+        dry_run: bool,
+    ) -> Result<PolicyApplied> {
         tidegate_policy::require_role(actor, Role::Admin)?;
         tidegate_policy::require_training(actor)?;
         let mut db = self
@@ -78,25 +93,25 @@ impl Platform {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let current = Self::policy_version(&db)?;
-        if doc["format"] != "tidegate-policy-v1" {
-            return Err(Error::BadInput("not a tidegate-policy-v1 document".into()));
+        if doc.format != POLICY_FORMAT {
+            return Err(Error::BadInput(format!("not a {POLICY_FORMAT} document")));
         }
-        if doc["version"].as_i64() != Some(current) {
+        if doc.version != current {
             return Err(Error::Refused(format!(
                 "the document was exported at version {}, the policy is now at version {current}: export it again",
-                doc["version"]
+                doc.version
             )));
         }
         let mut changes = Vec::new();
         let mut statements: Vec<(String, Vec<rusqlite::types::Value>)> = Vec::new();
         let mut cancel = Vec::new();
-        for (category, value) in doc["prices"].as_object().into_iter().flatten() {
+        for (category, &fen) in &doc.prices {
             let known = price_item(category)?;
-            let fen = value.as_i64().filter(|f| *f >= 0).ok_or_else(|| {
-                Error::BadInput(format!(
+            if fen < 0 {
+                return Err(Error::BadInput(format!(
                     "the price of {category} is not a whole number of fen"
-                ))
-            })?;
+                )));
+            }
             let old: i64 = db
                 .query_row(
                     "SELECT fen_per_unit FROM prices WHERE category = ?1",
@@ -106,27 +121,22 @@ impl Platform {
                 .optional()?
                 .unwrap_or(known.1);
             if old != fen {
-                changes.push(
-                    serde_json::to_value(crate::audited::PriceChange {
-                        price: category.to_string(),
-                        from: old,
-                        to: fen,
-                    })
-                    .expect("a price change serializes"),
-                );
+                changes.push(PolicyChange::Price {
+                    price: category.to_string(),
+                    from: old,
+                    to: fen,
+                });
                 statements.push((
                     "INSERT INTO prices VALUES (?1, ?2, ?3) ON CONFLICT(category) DO UPDATE SET fen_per_unit = ?3".into(),
                     vec![category.clone().into(), known.0.to_string().into(), fen.into()],
                 ));
             }
         }
-        for wanted in doc["scenarios"].as_array().into_iter().flatten() {
-            let id = wanted["id"]
-                .as_str()
-                .ok_or_else(|| Error::BadInput("a scenario without an id".into()))?;
+        for wanted in &doc.scenarios {
+            let id = wanted.id.as_str();
             let s = Self::scenario_row(&db, id)?;
             let closed = Self::scenario_closed(&db, id)?;
-            if let Some(k) = wanted["k"].as_u64()
+            if let Some(k) = wanted.k
                 && k != s.k
             {
                 let mut level = Level::L1;
@@ -140,13 +150,13 @@ impl Platform {
                     )));
                 }
                 refuse_closed(id, closed)?;
-                changes.push(json!({ "scenario": id, "k": { "from": s.k, "to": k } }));
+                changes.push(change(id, ScenarioChange::K(Change { from: s.k, to: k })));
                 statements.push((
                     "UPDATE scenarios SET k = ?2 WHERE id = ?1".into(),
                     vec![id.to_string().into(), (k as i64).into()],
                 ));
             }
-            if let Some(end) = wanted["term_end"].as_str()
+            if let Some(end) = wanted.term_end.as_deref()
                 && end != s.view.term_end
             {
                 if parse_date(end)? < s.term_start {
@@ -155,87 +165,98 @@ impl Platform {
                     )));
                 }
                 refuse_closed(id, closed)?;
-                changes.push(
-                    json!({ "scenario": id, "term_end": { "from": s.view.term_end, "to": end } }),
-                );
+                changes.push(change(
+                    id,
+                    ScenarioChange::TermEnd(Change {
+                        from: s.view.term_end.clone(),
+                        to: end.to_string(),
+                    }),
+                ));
                 statements.push((
                     "UPDATE scenarios SET term_end = ?2 WHERE id = ?1".into(),
                     vec![id.to_string().into(), end.to_string().into()],
                 ));
             }
-            if !wanted["export_rules"].is_null() {
-                let rules: ExportRules = serde_json::from_value(wanted["export_rules"].clone())
-                    .map_err(|e| Error::BadInput(format!("scenario {id}: export_rules: {e}")))?;
-                if rules != s.export_rules {
-                    tidegate_policy::validate_export_rules(
-                        &rules,
-                        EXPORT_MAX_ROWS,
-                        EXPORT_MAX_BYTES,
-                    )
+            if let Some(rules) = wanted.export_rules.clone()
+                && rules != s.export_rules
+            {
+                tidegate_policy::validate_export_rules(&rules, EXPORT_MAX_ROWS, EXPORT_MAX_BYTES)
                     .map_err(|r| Error::Refused(format!("scenario {id}: {r}")))?;
-                    // A private scenario drew its budget from its datasets when it was approved:
-                    // the budget it holds changes only by a new scenario, which draws again.
-                    let drawn: i64 = db.query_row(
-                        "SELECT count(*) FROM budget_draws WHERE scenario_id = ?1",
-                        params![id],
-                        |r| r.get(0),
-                    )?;
-                    if rules.privacy_budget != s.export_rules.privacy_budget
-                        && (drawn > 0 || s.stored_state == ScenarioState::Active)
-                    {
-                        return Err(Error::Refused(format!(
-                            "scenario {id}: its privacy budget was drawn from its datasets when it was approved; apply for a new scenario to draw another"
-                        )));
-                    }
-                    // A closed scenario's rules change no more, except to withdraw the
-                    // publication of its figures.
-                    let withdraws_only = ExportRules {
-                        public_figures: true,
-                        ..rules.clone()
-                    } == s.export_rules
-                        && !rules.public_figures;
-                    if !withdraws_only {
-                        refuse_closed(id, closed)?;
-                    }
-                    changes.push(json!({ "scenario": id, "export_rules": { "from": s.export_rules, "to": rules } }));
-                    statements.push((
-                        "UPDATE scenarios SET export_rules = ?2 WHERE id = ?1".into(),
-                        vec![id.to_string().into(), to_json(&rules).into()],
-                    ));
+                // A private scenario drew its budget from its datasets when it was approved:
+                // the budget it holds changes only by a new scenario, which draws again.
+                let drawn: i64 = db.query_row(
+                    "SELECT count(*) FROM budget_draws WHERE scenario_id = ?1",
+                    params![id],
+                    |r| r.get(0),
+                )?;
+                if rules.privacy_budget != s.export_rules.privacy_budget
+                    && (drawn > 0 || s.stored_state == ScenarioState::Active)
+                {
+                    return Err(Error::Refused(format!(
+                        "scenario {id}: its privacy budget was drawn from its datasets when it was approved; apply for a new scenario to draw another"
+                    )));
                 }
-            }
-            if !wanted["grants"].is_null() {
-                let grants: Vec<GrantRequest> = serde_json::from_value(wanted["grants"].clone())
-                    .map_err(|e| Error::BadInput(format!("scenario {id}: grants: {e}")))?;
-                if let Some(narrowed) = narrowed_grants(id, &s.grants, &grants)? {
+                // A closed scenario's rules change no more, except to withdraw the
+                // publication of its figures.
+                let withdraws_only = ExportRules {
+                    public_figures: true,
+                    ..rules.clone()
+                } == s.export_rules
+                    && !rules.public_figures;
+                if !withdraws_only {
                     refuse_closed(id, closed)?;
-                    changes.push(
-                        json!({ "scenario": id, "grants": { "from": s.grants, "to": narrowed } }),
-                    );
-                    statements.push((
-                        "UPDATE scenarios SET grants = ?2 WHERE id = ?1".into(),
-                        vec![id.to_string().into(), to_json(&narrowed).into()],
-                    ));
                 }
+                statements.push((
+                    "UPDATE scenarios SET export_rules = ?2 WHERE id = ?1".into(),
+                    vec![id.to_string().into(), to_json(&rules).into()],
+                ));
+                changes.push(change(
+                    id,
+                    ScenarioChange::ExportRules(Box::new(Change {
+                        from: s.export_rules.clone(),
+                        to: rules,
+                    })),
+                ));
             }
-            if let Some(state) = wanted["state"].as_str()
-                && state != s.stored_state.as_str()
+            if let Some(grants) = &wanted.grants
+                && let Some(narrowed) = narrowed_grants(id, &s.grants, grants)?
+            {
+                refuse_closed(id, closed)?;
+                statements.push((
+                    "UPDATE scenarios SET grants = ?2 WHERE id = ?1".into(),
+                    vec![id.to_string().into(), to_json(&narrowed).into()],
+                ));
+                changes.push(change(
+                    id,
+                    ScenarioChange::Grants(Change {
+                        from: s.grants.clone(),
+                        to: narrowed,
+                    }),
+                ));
+            }
+            if let Some(state) = wanted.state
+                && state != s.stored_state
             {
                 let action = match state {
-                    "suspended" => "suspend",
-                    "active" => "resume",
-                    "revoked" => "revoke",
+                    ScenarioState::Suspended => "suspend",
+                    ScenarioState::Active => "resume",
+                    ScenarioState::Revoked => "revoke",
                     other => {
                         return Err(Error::BadInput(format!(
-                            "scenario {id}: state {other} cannot be set"
+                            "scenario {id}: state {} cannot be set",
+                            other.as_str()
                         )));
                     }
                 };
                 let next = tidegate_policy::can_change_scenario(actor, s.stored_state, action)?;
                 refuse_closed(id, closed)?;
-                changes.push(
-                    json!({ "scenario": id, "state": { "from": s.stored_state, "to": next } }),
-                );
+                changes.push(change(
+                    id,
+                    ScenarioChange::State(Change {
+                        from: s.stored_state,
+                        to: next,
+                    }),
+                ));
                 statements.push((
                     "UPDATE scenarios SET state = ?2 WHERE id = ?1".into(),
                     vec![id.to_string().into(), next.as_str().to_string().into()],
@@ -250,8 +271,13 @@ impl Platform {
         } else {
             current + 1
         };
-        let answer = json!({ "from_version": current, "to_version": to, "dry_run": dry_run, "changes": changes });
-        if dry_run || changes.is_empty() {
+        let answer = PolicyApplied {
+            from_version: current,
+            to_version: to,
+            dry_run,
+            changes,
+        };
+        if dry_run || answer.changes.is_empty() {
             return Ok(answer);
         }
         let tx = db.transaction()?;
@@ -266,16 +292,21 @@ impl Platform {
             &actor.id,
             crate::audit::Action::PolicyApply,
             &format!("v{to}"),
-            crate::audited::PolicyChanges { changes }.to_value(),
+            crate::audited::PolicyChanges {
+                changes: answer
+                    .changes
+                    .iter()
+                    .map(serde_json::to_value)
+                    .collect::<serde_json::Result<_>>()?,
+            }
+            .to_value(),
         )?;
         tx.commit()?;
         drop(db);
         self.cancel_jobs(&cancel);
         // R-EXIT: a scenario the document revoked, or whose term it ended, closes now.
-        for wanted in doc["scenarios"].as_array().into_iter().flatten() {
-            if let Some(id) = wanted["id"].as_str() {
-                self.close_scenario(id)?;
-            }
+        for wanted in &doc.scenarios {
+            self.close_scenario(&wanted.id)?;
         }
         Ok(answer)
     }
@@ -364,7 +395,7 @@ impl Platform {
     /// Retention (R-AUDIT): an admin prunes the audit log's sealed segments whose entries are
     /// all older than `before`, which must lie at least 180 days back. Nothing younger is ever
     /// deleted, by this or by anything else (an exit keeps the logs). The prune is audited.
-    pub fn prune_audit(&self, actor: &Principal, before: &str) -> Result<Value> {
+    pub fn prune_audit(&self, actor: &Principal, before: &str) -> Result<Pruned> {
         tidegate_policy::require_role(actor, Role::Admin)?;
         tidegate_policy::require_training(actor)?;
         let before = parse_date(before)?;
@@ -379,7 +410,10 @@ impl Platform {
             }
             .to_value(),
         )?;
-        Ok(json!({ "before": before.to_string(), "entries_pruned": pruned }))
+        Ok(Pruned {
+            before: before.to_string(),
+            entries_pruned: pruned,
+        })
     }
 
     /// Writes a signed checkpoint of the audit log now (at shutdown, and by the demo).
@@ -390,6 +424,14 @@ impl Platform {
 
 /// R-EXIT: a closed scenario's results are destroyed; nothing of it changes again (a longer
 /// term would run jobs whose results are thrown away).
+/// A change to one field of a scenario.
+fn change(scenario: &str, field: ScenarioChange) -> PolicyChange {
+    PolicyChange::Scenario {
+        scenario: scenario.to_string(),
+        field,
+    }
+}
+
 fn refuse_closed(id: &str, closed: bool) -> Result<()> {
     if closed {
         Err(Error::Refused(format!(

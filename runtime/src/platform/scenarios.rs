@@ -436,7 +436,12 @@ impl Platform {
     /// cancelled, its tokens closed, its results, export files and modules destroyed (keys
     /// wiped, files deleted, SQLite pages overwritten and the WAL truncated); the logs stay. The
     /// platform signs an exit certificate listing what was destroyed, with hashes.
-    pub fn exit_org(&self, actor: &Principal, org: &str, reason: &str) -> Result<Value> {
+    pub fn exit_org(
+        &self,
+        actor: &Principal,
+        org: &str,
+        reason: &str,
+    ) -> Result<crate::documents::ExitCertificate> {
         tidegate_policy::require_role(actor, Role::Admin)?;
         tidegate_policy::require_training(actor)?;
         let org = Self::org_id(&self.lock_db(), org)?;
@@ -448,7 +453,13 @@ impl Platform {
 
     /// [`Platform::exit_org`] once decided: by an admin (`actor`), or by the sweep when the
     /// org's authorization ran out.
-    pub(super) fn exit_org_as(&self, actor: &str, org: &str, reason: &str) -> Result<Value> {
+    pub(super) fn exit_org_as(
+        &self,
+        actor: &str,
+        org: &str,
+        reason: &str,
+    ) -> Result<crate::documents::ExitCertificate> {
+        use crate::documents::{Destroyed, DestroyedKind};
         // No export is between its gate and its record while the org's data goes.
         let _gate = self
             .gate
@@ -481,7 +492,7 @@ impl Platform {
                 .query_map(params![sid], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?;
             for hash in modules {
-                destroyed.push(json!({ "kind": "module", "id": hash, "sha256": hash }));
+                destroyed.push(Destroyed::new(DestroyedKind::Module, &hash, Some(&hash)));
             }
             tx.execute(
                 "UPDATE modules SET wasm = x'' WHERE scenario_id = ?1",
@@ -514,7 +525,7 @@ impl Platform {
                 .iter()
                 .any(|d| theirs.contains(d))
             {
-                destroyed.push(json!({ "kind": "gate_memory", "id": export }));
+                destroyed.push(Destroyed::new(DestroyedKind::GateMemory, &export, None));
                 files.push(self.object_path("audit", &export));
                 tx.execute(
                     "UPDATE exports SET audit_key = NULL WHERE id = ?1",
@@ -524,7 +535,11 @@ impl Platform {
         }
         for (dataset, version, hash) in social {
             let object = format!("{dataset}/v{version}");
-            destroyed.push(json!({ "kind": "social_dataset", "id": object, "sha256": hash }));
+            destroyed.push(Destroyed::new(
+                DestroyedKind::SocialDataset,
+                &object,
+                Some(&hash),
+            ));
             files.push(self.object_path("datasets", &object));
             tx.execute(
                 "UPDATE dataset_versions SET wrapped_key = x'' WHERE dataset_id = ?1 AND version = ?2",
@@ -537,16 +552,16 @@ impl Platform {
             params![org],
         )?;
         let now = crate::now_rfc3339();
-        let certificate = json!({
-            "format": "tidegate-exit-certificate-v1",
-            "org": org,
-            "reason": reason,
-            "at": now,
-            "scenarios_exited": scenarios,
-            "destroyed": destroyed,
-            "kept": "audit log and its checkpoints (retention of at least 180 days)",
-        });
-        let body = serde_json::to_vec(&certificate)?;
+        let certificate = crate::documents::ExitCertificateBody {
+            format: crate::documents::EXIT_CERTIFICATE_FORMAT.into(),
+            org: org.clone(),
+            reason: reason.to_string(),
+            at: now.clone(),
+            scenarios_exited: scenarios.clone(),
+            destroyed,
+            kept: "audit log and its checkpoints (retention of at least 180 days)".into(),
+        };
+        let body = crate::documents::signed_bytes(&certificate)?;
         let signature = hex::encode(self.signer.sign(&body));
         tx.execute(
             "UPDATE orgs SET exited_at = ?2 WHERE id = ?1",
@@ -558,7 +573,7 @@ impl Platform {
             crate::audit::Action::OrgExit,
             &org,
             crate::audited::OrgExit {
-                destroyed: destroyed.len(),
+                destroyed: certificate.destroyed.len(),
                 certificate_sha256: sha256_hex(&body),
             }
             .to_value(),
@@ -574,7 +589,10 @@ impl Platform {
         Self::remove_files(&files)?;
         // Overwritten pages may linger in the WAL until a checkpoint truncates it.
         db.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
-        Ok(json!({ "certificate": certificate, "signature": signature }))
+        Ok(crate::documents::ExitCertificate {
+            certificate,
+            signature,
+        })
     }
 
     /// Cancels the running jobs of these scenarios: their guests trap at the next epoch tick.

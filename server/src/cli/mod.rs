@@ -27,7 +27,6 @@ use std::process::ExitCode;
 
 use anyhow::{Result, anyhow};
 use clap::{Args, Parser, Subcommand};
-use serde_json::Value;
 
 use crate::client::Client;
 use crate::demo::{DemoOptions, run_demo};
@@ -234,8 +233,8 @@ enum Command {
     },
 }
 
-/// Prints a JSON value as the server or the platform gave it, pretty.
-fn print(v: &Value) {
+/// Prints an answer of the server or the platform as JSON, pretty.
+fn print<T: serde::Serialize + ?Sized>(v: &T) {
     println!("{}", serde_json::to_string_pretty(v).expect("json prints"));
 }
 

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
-use serde_json::Value;
 
 use super::{Remote, print};
 
@@ -35,7 +34,7 @@ pub(super) fn run(command: PolicyCommand, remote: &Remote) -> Result<()> {
                         .with_context(|| format!("cannot write {}", path.display()))?;
                     println!(
                         "policy version {} written to {}",
-                        doc["version"],
+                        doc.version,
                         path.display()
                     );
                 }
@@ -43,10 +42,10 @@ pub(super) fn run(command: PolicyCommand, remote: &Remote) -> Result<()> {
             }
         }
         PolicyCommand::Apply { file, dry_run } => {
-            let doc: Value = serde_json::from_slice(
+            let doc: tidegate_runtime::PolicyDocument = serde_json::from_slice(
                 &std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?,
             )
-            .context("the policy document is not JSON")?;
+            .context("the file is not a policy document (tidegate-policy-v1, no unknown field)")?;
             print(&c.apply_policy(&doc, dry_run)?);
         }
     }

@@ -83,10 +83,10 @@ pub(super) fn run(command: ReportCommand, remote: &Remote) -> Result<()> {
 }
 
 /// Prints a report as JSON, and writes its page to `html` when named.
-fn print_report(
-    report: &serde_json::Value,
+fn print_report<T: serde::Serialize>(
+    report: &T,
     html: Option<PathBuf>,
-    page: fn(&serde_json::Value) -> String,
+    page: fn(&T) -> String,
 ) -> Result<()> {
     if let Some(path) = html {
         std::fs::write(&path, page(report))

@@ -3,6 +3,7 @@
 
 use std::process::ExitCode;
 
+use tidegate_policy::ScenarioState;
 use tidegate_server::{VISITOR_UDF_WASM, main_with_args, visitor_csv};
 
 use crate::common;
@@ -233,19 +234,19 @@ fn a_scientist_drafts_a_scenario_with_export_rules_and_submits_it_from_the_comma
     apply.extend(remote);
     assert_eq!(tidegate(&apply), ExitCode::SUCCESS);
     let doc = env.world.admin.export_policy().unwrap();
-    let s = &doc["scenarios"][0];
-    assert_eq!(s["state"], "draft");
+    let s = &doc.scenarios[0];
+    assert_eq!(s.state, Some(ScenarioState::Draft));
     assert_eq!(
-        s["export_rules"],
+        serde_json::to_value(&s.export_rules).unwrap(),
         serde_json::json!({ "masking": { "spot": "redact" }, "max_rows": 5, "job_memory_mib": 512 })
     );
-    let id = s["id"].as_str().unwrap();
+    let id = s.id.as_str();
     let mut submit = vec!["scenario", "submit", id];
     submit.extend(remote);
     assert_eq!(tidegate(&submit), ExitCode::SUCCESS);
     assert_eq!(
-        env.world.admin.export_policy().unwrap()["scenarios"][0]["state"],
-        "pending_approvals"
+        env.world.admin.export_policy().unwrap().scenarios[0].state,
+        Some(ScenarioState::PendingApprovals)
     );
     // A malformed masking rule fails before anything is sent.
     let mut bad = apply.clone();

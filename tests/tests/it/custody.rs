@@ -18,13 +18,9 @@ fn platform_key(env: &crate::common::Env) -> Vec<u8> {
         .collect()
 }
 
-fn verifies(env: &crate::common::Env, signed: &serde_json::Value, record: &str) {
-    tidegate_runtime::verify_certificate(
-        &signed[record],
-        signed["signature"].as_str().unwrap(),
-        &platform_key(env),
-    )
-    .unwrap();
+fn verifies(env: &crate::common::Env, signed: &tidegate_runtime::CustodyRecord) {
+    tidegate_runtime::verify_document(&signed.record, &signed.signature, &platform_key(env))
+        .unwrap();
 }
 
 #[test]
@@ -51,9 +47,9 @@ fn a_sealed_version_is_kept_and_read_by_no_job_until_it_is_unsealed() {
         .admin
         .dataset_custody("visits", 1, "seal", "a complaint is under inspection")
         .unwrap();
-    assert_eq!(sealed["record"]["format"], "tidegate-sealing-record-v1");
-    assert_eq!(sealed["record"]["version"], 1);
-    verifies(&env, &sealed, "record");
+    assert_eq!(sealed.record.format, "tidegate-sealing-record-v1");
+    assert_eq!(sealed.record.version, 1);
+    verifies(&env, &sealed);
     let refused = refused(&env, &sid);
     assert!(
         refused.contains("(403)") && refused.contains("sealed"),
@@ -79,7 +75,7 @@ fn a_sealed_version_is_kept_and_read_by_no_job_until_it_is_unsealed() {
         .admin
         .dataset_custody("visits", 1, "unseal", "the inspection found nothing")
         .unwrap();
-    verifies(&env, &unsealed, "record");
+    verifies(&env, &unsealed);
     assert_eq!(job(&env, &sid, SQL, &[])["state"], "succeeded");
 }
 
@@ -93,10 +89,13 @@ fn a_destroyed_version_loses_its_key_and_file_and_suspends_the_scenarios_pinned_
         .admin
         .dataset_custody("visits", 1, "destroy", "the retention period ended")
         .unwrap();
-    let certificate = &destroyed["record"];
-    assert_eq!(certificate["format"], "tidegate-destruction-certificate-v1");
-    assert_eq!(certificate["scenarios_suspended"][0], sid.as_str());
-    verifies(&env, &destroyed, "record");
+    let certificate = &destroyed.record;
+    assert_eq!(certificate.format, "tidegate-destruction-certificate-v1");
+    assert_eq!(
+        certificate.scenarios_suspended.as_deref(),
+        Some(&[sid.clone()][..])
+    );
+    verifies(&env, &destroyed);
     // The version's file is gone from the data directory.
     let files_after = walk(&env.data_dir());
     let gone: Vec<_> = files_before

@@ -5,7 +5,8 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use tidegate_runtime::{
-    AUDIT_FILE, MasterKey, PUBLIC_KEY_FILE, Platform, verify_audit_file, verify_bundle,
+    AUDIT_FILE, DestroyedKind, MasterKey, PUBLIC_KEY_FILE, Platform, verify_audit_file,
+    verify_bundle,
 };
 use tidegate_server::{DemoOptions, VISITOR_UDF_WASM, run_demo, visitor_csv};
 
@@ -1094,7 +1095,7 @@ fn audit_entries_younger_than_180_days_cannot_be_pruned_by_anyone() {
     assert!(not_admin.contains("(403)"), "{not_admin}");
     // Nothing is old enough yet, and the attempt itself is on the record.
     let done = w.admin.prune_audit("2020-01-01").unwrap();
-    assert_eq!(done["entries_pruned"], 0);
+    assert_eq!(done.entries_pruned, 0);
     let log = std::fs::read_to_string(env.data_dir().join(AUDIT_FILE)).unwrap();
     assert!(log.contains("\"audit.prune\""));
     let verdict = verify_audit_file(&env.data_dir().join(AUDIT_FILE), None).unwrap();
@@ -1259,19 +1260,19 @@ fn an_exit_closes_access_destroys_the_orgs_objects_and_keeps_the_logs() {
         .admin
         .exit_org(&env.world.operator_org, "authorization ended")
         .unwrap();
-    let certificate = &exit["certificate"];
-    let kinds: Vec<&str> = certificate["destroyed"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["kind"].as_str().unwrap())
-        .collect();
-    assert_eq!(kinds.iter().filter(|k| **k == "result").count(), 1);
-    assert_eq!(kinds.iter().filter(|k| **k == "export").count(), 1);
-    assert_eq!(kinds.iter().filter(|k| **k == "module").count(), 2);
+    let certificate = &exit.certificate;
+    let count = |kind: DestroyedKind| {
+        certificate
+            .destroyed
+            .iter()
+            .filter(|d| d.kind == kind)
+            .count()
+    };
+    assert_eq!(count(DestroyedKind::Result), 1);
+    assert_eq!(count(DestroyedKind::Export), 1);
+    assert_eq!(count(DestroyedKind::Module), 2);
     let key = hex_key(&env.data_dir().join(PUBLIC_KEY_FILE));
-    tidegate_runtime::verify_certificate(certificate, exit["signature"].as_str().unwrap(), &key)
-        .unwrap();
+    tidegate_runtime::verify_document(certificate, &exit.signature, &key).unwrap();
 
     // Access is closed, the objects are gone in every form, and the log still verifies.
     let refused = env
@@ -1326,10 +1327,10 @@ fn the_annual_report_counts_jobs_exports_and_incidents() {
         .auditor
         .annual_report(&env.world.operator_org, year)
         .unwrap();
-    assert_eq!(report["totals"]["jobs"], 3);
-    assert_eq!(report["incidents"]["failed_jobs"], 1);
-    assert_eq!(report["incidents"]["rejected_exports"], 1);
-    assert_eq!(report["scenarios"].as_array().unwrap().len(), 1);
+    assert_eq!(report.totals.jobs, 3);
+    assert_eq!(report.incidents.failed_jobs, 1);
+    assert_eq!(report.incidents.rejected_exports, 1);
+    assert_eq!(report.scenarios.len(), 1);
     let page = env
         .world
         .auditor
@@ -1461,46 +1462,30 @@ fn social_data_waits_for_an_admin_and_serves_only_its_own_org() {
         .admin
         .exit_org(&env.world.operator_org, "ended")
         .unwrap();
-    let kinds: Vec<&str> = exit["certificate"]["destroyed"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["kind"].as_str().unwrap())
-        .collect();
-    assert!(kinds.contains(&"social_dataset"), "{kinds:?}");
+    let kinds: Vec<DestroyedKind> = exit.certificate.destroyed.iter().map(|d| d.kind).collect();
+    assert!(kinds.contains(&DestroyedKind::SocialDataset), "{kinds:?}");
 }
 
 #[test]
 fn policy_as_code_shows_the_difference_and_applies_it_as_one_version() {
     let (env, sid, _) = active_scenario();
     let doc = env.world.admin.export_policy().unwrap();
-    assert_eq!(doc["version"], 1);
+    assert_eq!(doc.version, 1);
     let mut changed = doc.clone();
-    changed["prices"]["result_export"] = serde_json::json!(6_000);
-    let scenario = changed["scenarios"]
-        .as_array_mut()
-        .unwrap()
-        .iter_mut()
-        .find(|s| s["id"] == sid.as_str())
-        .unwrap();
-    scenario["k"] = serde_json::json!(20);
+    changed.prices.insert("result_export".into(), 6_000);
+    let scenario = changed.scenarios.iter_mut().find(|s| s.id == sid).unwrap();
+    scenario.k = Some(20);
     let dry = env.world.admin.apply_policy(&changed, true).unwrap();
+    assert_eq!((dry.to_version, dry.changes.len()), (1, 2));
     assert_eq!(
-        (
-            dry["to_version"].as_i64(),
-            dry["changes"].as_array().unwrap().len()
-        ),
-        (Some(1), 2)
-    );
-    assert_eq!(
-        env.world.admin.export_policy().unwrap()["version"],
+        env.world.admin.export_policy().unwrap().version,
         1,
         "a dry run changes nothing"
     );
     let applied = env.world.admin.apply_policy(&changed, false).unwrap();
-    assert_eq!(applied["to_version"], 2);
+    assert_eq!(applied.to_version, 2);
     let now = env.world.admin.export_policy().unwrap();
-    assert_eq!(now["prices"]["result_export"], 6_000);
+    assert_eq!(now.prices["result_export"], 6_000);
     // A stale document, or a k below the level's minimum, is refused.
     let stale = env
         .world
@@ -1510,12 +1495,7 @@ fn policy_as_code_shows_the_difference_and_applies_it_as_one_version() {
         .to_string();
     assert!(stale.contains("export it again"), "{stale}");
     let mut weak = now.clone();
-    weak["scenarios"]
-        .as_array_mut()
-        .unwrap()
-        .iter_mut()
-        .find(|s| s["id"] == sid.as_str())
-        .unwrap()["k"] = serde_json::json!(2);
+    weak.scenarios.iter_mut().find(|s| s.id == sid).unwrap().k = Some(2);
     let refused = env
         .world
         .admin
@@ -1523,6 +1503,24 @@ fn policy_as_code_shows_the_difference_and_applies_it_as_one_version() {
         .unwrap_err()
         .to_string();
     assert!(refused.contains("below the L2 minimum of 10"), "{refused}");
+    // A field the document does not know (a misspelling, say) is refused, not ignored.
+    let mut misspelled = serde_json::to_value(&now).unwrap();
+    misspelled["scenarios"][0]["kk"] = serde_json::json!(20);
+    let answer = env
+        .world
+        .admin
+        .call(
+            "POST",
+            "/v1/policy",
+            Some(&serde_json::json!({ "document": misspelled })),
+        )
+        .unwrap();
+    assert_eq!(answer.status, 422, "{}", answer.body);
+    assert!(
+        answer.body.to_string().contains("unknown field `kk`"),
+        "{}",
+        answer.body
+    );
     // Jobs record the version they ran under, and the bundle carries it.
     let j = job(
         &env,

@@ -6,7 +6,9 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
-use tidegate_runtime::{AUDIT_FILE, verify_audit_file};
+use tidegate_runtime::{
+    AUDIT_FILE, ClosingReceipt, ClosingReceiptBody, DestroyedKind, verify_audit_file,
+};
 
 use crate::common::{Env, active_scenario, job, platform_key, scenario_request, setup};
 
@@ -62,29 +64,20 @@ fn released_and_pending(env: &Env, sid: &str) -> (String, String) {
 }
 
 /// The scenario's closing receipt, which says its term ended.
-fn closed_by_its_term(w: &tidegate_server::World, sid: &str) -> Value {
+fn closed_by_its_term(w: &tidegate_server::World, sid: &str) -> ClosingReceipt {
     let closing = w.auditor.closing_receipt(sid).unwrap();
     assert!(
-        closing["receipt"]["reason"]
-            .as_str()
-            .unwrap()
-            .starts_with("its term ended on"),
-        "{closing}"
+        closing.receipt.reason.starts_with("its term ended on"),
+        "{closing:?}"
     );
     closing
 }
 
-fn destroyed_kinds(receipt: &Value) -> Vec<(String, String)> {
-    receipt["destroyed"]
-        .as_array()
-        .unwrap()
+fn destroyed_kinds(receipt: &ClosingReceiptBody) -> Vec<(DestroyedKind, String)> {
+    receipt
+        .destroyed
         .iter()
-        .map(|d| {
-            (
-                d["kind"].as_str().unwrap().to_string(),
-                d["id"].as_str().unwrap().to_string(),
-            )
-        })
+        .map(|d| (d.kind, d.id.clone()))
         .collect()
 }
 
@@ -117,34 +110,33 @@ fn a_revoked_scenario_is_closed_at_once_and_keeps_nothing_not_even_its_released_
     // The receipt is signed by the platform and lists both results and both exports, by id
     // only (the hash of a result the gate never released could be matched against guesses).
     let closing = w.scientist.closing_receipt(&sid).unwrap();
-    tidegate_runtime::verify_certificate(
-        &closing["receipt"],
-        closing["signature"].as_str().unwrap(),
-        &platform_key(&env),
-    )
-    .unwrap();
-    let receipt = &closing["receipt"];
-    assert_eq!(receipt["format"], "tidegate-closing-receipt-v1");
-    assert_eq!(receipt["reason"], "revoked");
+    tidegate_runtime::verify_document(&closing.receipt, &closing.signature, &platform_key(&env))
+        .unwrap();
+    let receipt = &closing.receipt;
+    assert_eq!(receipt.format, "tidegate-closing-receipt-v1");
+    assert_eq!(receipt.reason, "revoked");
     let kinds = destroyed_kinds(receipt);
-    assert_eq!(kinds.iter().filter(|(k, _)| k == "result").count(), 2);
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|(k, _)| *k == DestroyedKind::Result)
+            .count(),
+        2
+    );
     for export in [&released, &pending] {
         assert!(
-            kinds.contains(&("export".into(), export.clone())),
+            kinds.contains(&(DestroyedKind::Export, export.clone())),
             "{kinds:?}"
         );
     }
-    assert!(!receipt.to_string().contains("sha256"), "{receipt}");
+    let text = serde_json::to_string(receipt).unwrap();
+    assert!(!text.contains("sha256"), "{text}");
     // A receipt altered by one byte no longer verifies.
     let mut altered = receipt.clone();
-    altered["reason"] = json!("expired");
+    altered.reason = "expired".into();
     assert!(
-        tidegate_runtime::verify_certificate(
-            &altered,
-            closing["signature"].as_str().unwrap(),
-            &platform_key(&env)
-        )
-        .is_err()
+        tidegate_runtime::verify_document(&altered, &closing.signature, &platform_key(&env))
+            .is_err()
     );
 
     // The files went with their keys: after a revocation nothing more is downloaded (a
@@ -184,14 +176,20 @@ fn a_scenario_past_its_term_is_closed_by_the_sweep_and_keeps_only_its_released_b
     let swept = w.admin.sweep().unwrap();
     assert_eq!(swept["scenarios_closed"], json!([sid]));
     let closing = closed_by_its_term(w, &sid);
-    let kinds = destroyed_kinds(&closing["receipt"]);
-    assert_eq!(kinds.iter().filter(|(k, _)| k == "result").count(), 3);
+    let kinds = destroyed_kinds(&closing.receipt);
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|(k, _)| *k == DestroyedKind::Result)
+            .count(),
+        3
+    );
     assert!(
-        kinds.contains(&("export".into(), pending.clone())),
+        kinds.contains(&(DestroyedKind::Export, pending.clone())),
         "{kinds:?}"
     );
     assert!(
-        !kinds.contains(&("export".into(), released.clone())),
+        !kinds.contains(&(DestroyedKind::Export, released.clone())),
         "{kinds:?}"
     );
     assert!(objects(&env, "results").is_empty());

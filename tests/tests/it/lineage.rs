@@ -6,6 +6,7 @@
 //! through an export.
 
 use serde_json::Value;
+use tidegate_policy::DominanceRule;
 use tidegate_server::visitor_csv;
 
 use crate::common;
@@ -387,14 +388,12 @@ fn an_admin_may_tighten_the_dominance_rules_of_a_scenario_never_loosen_them() {
     assert_eq!(e["gate_report"]["groups_suppressed"], 0, "{e}");
     // The admin tightens them to (2, 40%) by a policy document: suppressed.
     let mut doc = env.world.admin.export_policy().unwrap();
-    let s = doc["scenarios"]
-        .as_array_mut()
-        .unwrap()
-        .iter_mut()
-        .find(|s| s["id"] == sid.as_str())
-        .unwrap();
-    s["export_rules"]["dominance"] =
-        serde_json::json!({ "n": 2, "k_percent": 40.0, "p_percent": 10.0 });
+    let s = doc.scenarios.iter_mut().find(|s| s.id == sid).unwrap();
+    s.export_rules.as_mut().unwrap().dominance = Some(DominanceRule {
+        n: 2,
+        k_percent: 40.0,
+        p_percent: 10.0,
+    });
     env.world.admin.apply_policy(&doc, false).unwrap();
     let e = export_of(&env, &sid, sql, &[]);
     assert_eq!(e["gate_report"]["groups_suppressed"], 1, "{e}");
@@ -407,14 +406,12 @@ fn an_admin_may_tighten_the_dominance_rules_of_a_scenario_never_loosen_them() {
 /// A policy document that would loosen the scenario's dominance rules is refused.
 fn loosening_is_refused(env: &common::Env, sid: &str) {
     let mut doc = env.world.admin.export_policy().unwrap();
-    let s = doc["scenarios"]
-        .as_array_mut()
-        .unwrap()
-        .iter_mut()
-        .find(|s| s["id"] == sid)
-        .unwrap();
-    s["export_rules"]["dominance"] =
-        serde_json::json!({ "n": 2, "k_percent": 99.0, "p_percent": 10.0 });
+    let s = doc.scenarios.iter_mut().find(|s| s.id == sid).unwrap();
+    s.export_rules.as_mut().unwrap().dominance = Some(DominanceRule {
+        n: 2,
+        k_percent: 99.0,
+        p_percent: 10.0,
+    });
     let refused = env
         .world
         .admin

@@ -214,10 +214,10 @@ fn run(actions: Vec<Action>) -> Result<usize, TestCaseError> {
                 Action::Expire(i) => {
                     if let Some(s) = pick(i) {
                         let mut doc = w.platform.export_policy(&w.admin).unwrap();
-                        for entry in doc["scenarios"].as_array_mut().unwrap() {
-                            if entry["id"] == s.0.as_str() {
-                                entry["term_end"] =
-                                    (today - time::Duration::days(1)).to_string().into();
+                        for entry in &mut doc.scenarios {
+                            if entry.id == s.0 {
+                                entry.term_end =
+                                    Some((today - time::Duration::days(1)).to_string());
                             }
                         }
                         let _ = w.platform.apply_policy(&w.admin, &doc, false);
@@ -230,16 +230,11 @@ fn run(actions: Vec<Action>) -> Result<usize, TestCaseError> {
                     let at = scenario % scenarios.len();
                     let id = scenarios[at].0.clone();
                     let mut doc = w.platform.export_policy(&w.admin).unwrap();
-                    let entry = doc["scenarios"]
-                        .as_array_mut()
-                        .unwrap()
-                        .iter_mut()
-                        .find(|s| s["id"] == id.as_str())
-                        .unwrap();
-                    let columns = entry["grants"][0]["columns"].as_array_mut().unwrap();
+                    let entry = doc.scenarios.iter_mut().find(|s| s.id == id).unwrap();
+                    let columns = &mut entry.grants.as_mut().unwrap()[0].columns;
                     columns.retain(|c| c != COLUMNS[drop]);
                     if let Ok(applied) = w.platform.apply_policy(&w.admin, &doc, false)
-                        && !applied["changes"].as_array().unwrap().is_empty()
+                        && !applied.changes.is_empty()
                     {
                         scenarios[at].2.remove(COLUMNS[drop]);
                     }

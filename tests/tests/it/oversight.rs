@@ -741,13 +741,8 @@ fn product<'a>(record: &'a Value, export: &str) -> &'a Value {
 /// Sets a scenario's `public_figures` rule through the policy document, as an admin does.
 fn publish_figures(env: &Env, sid: &str, publish: bool) {
     let mut doc = env.world.admin.export_policy().unwrap();
-    let scenario = doc["scenarios"]
-        .as_array_mut()
-        .unwrap()
-        .iter_mut()
-        .find(|s| s["id"] == sid)
-        .unwrap();
-    scenario["export_rules"]["public_figures"] = json!(publish);
+    let scenario = doc.scenarios.iter_mut().find(|s| s.id == sid).unwrap();
+    scenario.export_rules.as_mut().unwrap().public_figures = publish;
     env.world.admin.apply_policy(&doc, false).unwrap();
 }
 
@@ -856,9 +851,9 @@ fn a_scenario_that_publishes_its_figures_shows_its_released_rows_in_the_public_r
     // A closed scenario's rules change no more, but for withdrawing the publication.
     publish_figures(&env, &public, false);
     let mut doc = w.admin.export_policy().unwrap();
-    for s in doc["scenarios"].as_array_mut().unwrap() {
-        if s["id"] == public.as_str() {
-            s["export_rules"]["public_figures"] = json!(true);
+    for s in &mut doc.scenarios {
+        if s.id == public {
+            s.export_rules.as_mut().unwrap().public_figures = true;
         }
     }
     let refused = w.admin.apply_policy(&doc, false).unwrap_err().to_string();
@@ -995,20 +990,15 @@ fn the_authoritys_signed_evaluation_is_in_the_annual_report_and_can_bar_a_new_ap
     assert!(evaluation(&w.auditor, true).is_err());
     let signed = evaluation(&w.admin, false).unwrap();
     let key = crate::common::platform_key(&env);
-    tidegate_runtime::verify_certificate(
-        &signed["evaluation"],
-        signed["signature"].as_str().unwrap(),
-        &key,
-    )
-    .unwrap();
-    assert_eq!(signed["evaluation"]["incidents"]["freezes"], 1);
+    tidegate_runtime::verify_document(&signed.evaluation, &signed.signature, &key).unwrap();
+    assert_eq!(signed.evaluation.incidents.freezes, 1);
     // Once per org and year.
     assert!(evaluation(&w.admin, true).is_err());
     // The report carries it, its incidents, and the verdict.
     let report = w.scientist.annual_report(&w.operator_org, year).unwrap();
-    assert_eq!(report["evaluation"], signed);
-    assert_eq!(report["may_reapply"], false);
-    assert_eq!(report["incidents"]["monitoring"]["freezes"], 1);
+    assert_eq!(report.evaluation, Some(signed));
+    assert!(!report.may_reapply);
+    assert_eq!(report.incidents.monitoring.freezes, 1);
     // The unit applies for nothing new.
     let refused = w
         .scientist
@@ -1266,16 +1256,17 @@ fn a_providers_contribution_report_shows_use_quality_and_the_fees_its_data_earne
         .provider
         .contribution_report(&w.provider_org, year)
         .unwrap();
-    let visits = &report["datasets"][0];
-    assert_eq!(visits["name"], "visits", "{report}");
-    assert_eq!(visits["scenarios"], 1);
-    assert_eq!(visits["jobs"], 1);
-    assert!(visits["rows_scanned"].as_u64().unwrap() > 0);
-    assert_eq!(visits["rule_failures"], 1, "{visits}");
-    assert_eq!(visits["rule_failures_read"], 1, "{visits}");
+    let visits = &report.datasets[0];
+    assert_eq!(visits.name, "visits", "{report:?}");
+    assert_eq!(visits.scenarios, 1);
+    assert_eq!(visits.jobs, 1);
+    assert!(visits.rows_scanned > 0);
+    assert_eq!(visits.rule_failures, Some(1), "{visits:?}");
+    assert_eq!(visits.rule_failures_read, 1, "{visits:?}");
     assert_eq!(
-        visits["quality_score"], 0.0,
-        "its one rule failed: {visits}"
+        visits.quality_score,
+        Some(0.0),
+        "its one rule failed: {visits:?}"
     );
     // The fees its data earned: the unit's charges for the scenario (one dataset granted, so
     // all of them), by category.
@@ -1289,12 +1280,9 @@ fn a_providers_contribution_report_shows_use_quality_and_the_fees_its_data_earne
         .map(|l| l["amount_fen"].as_i64().unwrap())
         .sum();
     assert!(security > 0, "{statement}");
-    assert_eq!(
-        visits["fees_fen"]["security_services"], security,
-        "{visits}"
-    );
-    assert!(visits["fees_total_fen"].as_i64().unwrap() >= security);
-    assert_eq!(report["fees_total_fen"], visits["fees_total_fen"]);
+    assert_eq!(visits.fees_fen["security_services"], security, "{visits:?}");
+    assert!(visits.fees_total_fen >= security);
+    assert_eq!(report.fees_total_fen, visits.fees_total_fen);
     // The authority reads it, as JSON and as a page; the unit does not.
     assert!(w.auditor.contribution_report(&w.provider_org, year).is_ok());
     let page = w

@@ -2,6 +2,8 @@
 //! the export rules a scenario carries, and how its grants may change.
 
 use serde_json::{Value, json};
+use tidegate_policy::ExportRules;
+use tidegate_runtime::PolicyScenario;
 use tidegate_server::{Client, visitor_csv};
 
 use crate::common;
@@ -37,7 +39,7 @@ fn show(client: &Client, sid: &str) -> Value {
         .unwrap()
 }
 
-fn refusal(r: anyhow::Result<Value>) -> String {
+fn refusal<T: std::fmt::Debug>(r: anyhow::Result<T>) -> String {
     r.unwrap_err().to_string()
 }
 
@@ -394,40 +396,35 @@ fn a_private_sum_is_clamped_per_subject_before_the_noise() {
 #[test]
 fn a_policy_document_narrows_a_grant_and_cannot_widen_one() {
     let (env, id, _) = active_scenario();
-    let edit = |f: &dyn Fn(&mut Value)| {
+    let edit = |f: &dyn Fn(&mut tidegate_runtime::GrantRequest, &mut PolicyScenario)| {
         let mut doc = env.world.admin.export_policy().unwrap();
-        let s = doc["scenarios"]
-            .as_array_mut()
-            .unwrap()
-            .iter_mut()
-            .find(|s| s["id"] == id.as_str())
-            .unwrap();
-        assert_eq!(s["grants"][0]["version"], 1, "{s}");
-        f(s);
+        let s = doc.scenarios.iter_mut().find(|s| s.id == id).unwrap();
+        let mut grant = s.grants.as_ref().unwrap()[0].clone();
+        assert_eq!(grant.version, Some(1), "{s:?}");
+        f(&mut grant, s);
+        s.grants.as_mut().unwrap()[0] = grant;
         doc
     };
-    let wider = edit(&|s| {
-        s["grants"][0]["columns"]
-            .as_array_mut()
-            .unwrap()
-            .push(json!("mobile"))
-    });
+    let wider = edit(&|g, _| g.columns.push("mobile".into()));
     let refused = refusal(env.world.admin.apply_policy(&wider, false));
     assert!(
         refused.contains("column mobile of")
             && refused.contains("widening a grant needs a new application"),
         "{refused}"
     );
-    let moved = edit(&|s| s["grants"][0]["version"] = json!(7));
+    let moved = edit(&|g, _| g.version = Some(7));
     let refused = refusal(env.world.admin.apply_policy(&moved, false));
     assert!(refused.contains("moves only by its provider"), "{refused}");
 
-    let narrower = edit(&|s| {
-        s["grants"][0]["columns"] = json!(["resident_id", "spot"]);
-        s["export_rules"] = json!({ "max_rows": 50 });
+    let narrower = edit(&|g, s| {
+        g.columns = vec!["resident_id".into(), "spot".into()];
+        s.export_rules = Some(ExportRules {
+            max_rows: Some(50),
+            ..ExportRules::default()
+        });
     });
     let applied = env.world.admin.apply_policy(&narrower, false).unwrap();
-    assert_eq!(applied["changes"].as_array().unwrap().len(), 2, "{applied}");
+    assert_eq!(applied.changes.len(), 2, "{applied:?}");
     let now = show(&env.world.scientist, &id);
     assert_eq!(now["grants"][0]["columns"], json!(["resident_id", "spot"]));
     assert_eq!(now["export_rules"], json!({ "max_rows": 50 }));
@@ -666,13 +663,8 @@ fn a_second_scenario_over_the_same_data_draws_on_the_same_budget() {
     assert!(lowered.contains("already drawn epsilon 3"), "{lowered}");
     // Nor can a policy document raise an active scenario's budget past its draw.
     let mut doc = env.world.admin.export_policy().unwrap();
-    let s = doc["scenarios"]
-        .as_array_mut()
-        .unwrap()
-        .iter_mut()
-        .find(|s| s["id"] == third.as_str())
-        .unwrap();
-    s["export_rules"]["privacy_budget"] = json!(100.0);
+    let s = doc.scenarios.iter_mut().find(|s| s.id == third).unwrap();
+    s.export_rules.as_mut().unwrap().privacy_budget = Some(100.0);
     let raised = refusal(env.world.admin.apply_policy(&doc, false));
     assert!(
         raised.contains("apply for a new scenario to draw another"),
