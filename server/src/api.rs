@@ -15,11 +15,12 @@ use tidegate_policy::{AuditAction, Principal};
 use tidegate_runtime::{Error, ImportRequest, JobRequest, Listing, Platform, ScenarioRequest};
 
 use crate::wire::{
-    AlertsQuery, ApiErrorBody, ApprovedAnswer, AuditAnswer, AuditProblem, AuthorizationBody,
-    BudgetRequest, BundleAnswer, BundleFile, ExitBody, ExportBody, FormatQuery, FreezeBody,
-    FrozenAnswer, ModuleBody, NoteBody, OrgBody, PolicyBody, PriceBody, PrincipalBody, PruneBody,
-    PublicKeyAnswer, ReasonBody, RepinBody, ReportQuery, ReviewBody, SourceCheckBody, StateBody,
-    StatementQuery, TokenAnswer, TrainedAnswer, TrainingBody, UpdatedAnswer, UploadQuery,
+    AlertsQuery, ApiErrorBody, ApprovedAnswer, AuditAnswer, AuditProblem, AuthorizationAnswer,
+    AuthorizationBody, BudgetRequest, BundleAnswer, BundleFile, ExitBody, ExportBody, FormatQuery,
+    FreezeBody, FrozenAnswer, ModuleBody, NoteBody, OrgBody, PolicyBody, PriceBody, PrincipalBody,
+    PruneBody, PublicKeyAnswer, ReasonBody, RepinBody, ReportQuery, ReviewBody, SourceCheckBody,
+    StateBody, StatementQuery, TokenAnswer, TrainedAnswer, TrainingBody, UpdatedAnswer,
+    UploadQuery,
 };
 
 type AppState = Arc<Platform>;
@@ -403,9 +404,9 @@ async fn create_org(
     State(p): State<AppState>,
     Actor(actor): Actor,
     Body(b): Body<OrgBody>,
-) -> ApiResult<Value> {
+) -> ApiResult<tidegate_runtime::OrgView> {
     let org = blocking(move || p.create_org(&actor, &b.name, &b.kind)).await?;
-    Ok(Json(serde_json::to_value(org).expect("serializes")))
+    Ok(Json(org))
 }
 
 #[utoipa::path(post, path = "/v1/orgs/{id}/freeze", params(("id" = String, Path, description = "the id")), request_body = FreezeBody, responses((status = 200, description = "the scenarios the freeze changed (admin)", body = FrozenAnswer), Errors))]
@@ -436,9 +437,9 @@ async fn create_principal(
     State(p): State<AppState>,
     Actor(actor): Actor,
     Body(b): Body<PrincipalBody>,
-) -> ApiResult<Value> {
+) -> ApiResult<tidegate_runtime::PrincipalView> {
     let v = blocking(move || p.create_principal(&actor, &b.name, &b.org, &b.roles)).await?;
-    Ok(Json(serde_json::to_value(v).expect("serializes")))
+    Ok(Json(v))
 }
 
 #[utoipa::path(post, path = "/v1/principals/{id}/token", params(("id" = String, Path, description = "the id")), responses((status = 200, description = "the new token (its holder, or an admin revoking it)", body = TokenAnswer), Errors))]
@@ -468,9 +469,9 @@ async fn import_dataset(
     State(p): State<AppState>,
     Actor(actor): Actor,
     Body(b): Body<ImportRequest>,
-) -> ApiResult<Value> {
+) -> ApiResult<tidegate_runtime::DatasetView> {
     let v = blocking(move || p.import_dataset(&actor, b)).await?;
-    Ok(Json(serde_json::to_value(v).expect("serializes")))
+    Ok(Json(v))
 }
 
 /// A dataset file streamed as the body: sealed into the data directory as it arrives, never
@@ -481,7 +482,7 @@ async fn upload_dataset(
     Actor(actor): Actor,
     Params(q): Params<UploadQuery>,
     body: axum::body::Body,
-) -> ApiResult<Value> {
+) -> ApiResult<tidegate_runtime::DatasetView> {
     use futures::StreamExt;
     let parse = |what: &str, text: Option<&str>| -> Result<Value, ApiError> {
         text.map_or(Ok(json!([])), |t| {
@@ -551,7 +552,7 @@ async fn upload_dataset(
         .map_err(|e| ApiError(Error::Internal(format!("worker: {e}"))))?
         .map_err(ApiError)?;
     let v = blocking(move || p.import_staged(&actor, request, upload)).await?;
-    Ok(Json(serde_json::to_value(v).expect("serializes")))
+    Ok(Json(v))
 }
 
 #[utoipa::path(post, path = "/v1/datasets/{id}/approve", params(("id" = String, Path, description = "the id")), responses((status = 200, description = "the approval recorded", body = ApprovedAnswer), Errors))]
@@ -570,13 +571,13 @@ async fn set_dataset_budget(
     Actor(actor): Actor,
     Param(id): Param<String>,
     Body(req): Body<BudgetRequest>,
-) -> ApiResult<Value> {
+) -> ApiResult<tidegate_runtime::DatasetView> {
     let budget = tidegate_policy::DatasetBudget {
         total: req.total,
         per_org: req.per_org,
     };
     let v = blocking(move || p.set_dataset_budget(&actor, &id, budget)).await?;
-    Ok(Json(serde_json::to_value(v).expect("serializes")))
+    Ok(Json(v))
 }
 
 /// One handler per list: the same query (`state`, `scenario`, `queue`, `limit`, `after`),
@@ -589,9 +590,8 @@ macro_rules! list_handler {
             State(p): State<AppState>,
             Actor(actor): Actor,
             Params(q): Params<tidegate_runtime::ListQuery>,
-        ) -> ApiResult<Value> {
-            let v = blocking(move || p.$method(&actor, &q)).await?;
-            Ok(Json(serde_json::to_value(v).expect("serializes")))
+        ) -> ApiResult<Listing<$item>> {
+            Ok(Json(blocking(move || p.$method(&actor, &q)).await?))
         }
     };
 }
@@ -629,9 +629,12 @@ list_handler!(
 );
 
 #[utoipa::path(get, path = "/v1/datasets", responses((status = 200, description = "the datasets the caller may see", body = Vec<tidegate_runtime::DatasetView>), Errors))]
-async fn list_datasets(State(p): State<AppState>, Actor(actor): Actor) -> ApiResult<Value> {
+async fn list_datasets(
+    State(p): State<AppState>,
+    Actor(actor): Actor,
+) -> ApiResult<Vec<tidegate_runtime::DatasetView>> {
     let v = blocking(move || p.list_datasets(&actor)).await?;
-    Ok(Json(serde_json::to_value(v).expect("serializes")))
+    Ok(Json(v))
 }
 
 #[utoipa::path(post, path = "/v1/scenarios", request_body = tidegate_runtime::ScenarioRequest, responses((status = 200, description = "the scenario applied for (scientist)", body = tidegate_runtime::ScenarioView), Errors))]
@@ -639,9 +642,9 @@ async fn apply_scenario(
     State(p): State<AppState>,
     Actor(actor): Actor,
     Body(b): Body<ScenarioRequest>,
-) -> ApiResult<Value> {
+) -> ApiResult<tidegate_runtime::ScenarioView> {
     let v = blocking(move || p.apply_scenario(&actor, b)).await?;
-    Ok(Json(serde_json::to_value(v).expect("serializes")))
+    Ok(Json(v))
 }
 
 #[utoipa::path(get, path = "/v1/scenarios/{id}", params(("id" = String, Path, description = "the id")), responses((status = 200, description = "the scenario", body = tidegate_runtime::ScenarioView), Errors))]
@@ -649,9 +652,9 @@ async fn get_scenario(
     State(p): State<AppState>,
     Actor(actor): Actor,
     Param(id): Param<String>,
-) -> ApiResult<Value> {
+) -> ApiResult<tidegate_runtime::ScenarioView> {
     let v = blocking(move || p.get_scenario(&actor, &id)).await?;
-    Ok(Json(serde_json::to_value(v).expect("serializes")))
+    Ok(Json(v))
 }
 
 #[utoipa::path(post, path = "/v1/reports/annual/evaluation", request_body = tidegate_runtime::EvaluationRequest, responses((status = 200, description = "the signed evaluation of an org's year (the authority's admins, once per org and year)", body = tidegate_runtime::SignedEvaluation), Errors))]
@@ -737,16 +740,18 @@ async fn closing_receipt(
     ))
 }
 
-#[utoipa::path(post, path = "/v1/orgs/{id}/authorization", params(("id" = String, Path, description = "the id")), request_body = AuthorizationBody, responses((status = 200, description = "the org's authorization set (admin)", body = Value), Errors))]
+#[utoipa::path(post, path = "/v1/orgs/{id}/authorization", params(("id" = String, Path, description = "the id")), request_body = AuthorizationBody, responses((status = 200, description = "the org's authorization set (admin)", body = AuthorizationAnswer), Errors))]
 async fn set_org_authorization(
     State(p): State<AppState>,
     Actor(actor): Actor,
     Param(id): Param<String>,
     Body(b): Body<AuthorizationBody>,
-) -> ApiResult<Value> {
+) -> ApiResult<AuthorizationAnswer> {
     let until = b.until.clone();
     blocking(move || p.set_org_authorization(&actor, &id, b.until.as_deref())).await?;
-    Ok(Json(json!({ "authorized_until": until })))
+    Ok(Json(AuthorizationAnswer {
+        authorized_until: until,
+    }))
 }
 
 #[utoipa::path(post, path = "/v1/sweep", responses((status = 200, description = "the scenarios the lifecycle sweep closed and the orgs it exited (admin)", body = tidegate_runtime::SweepReport), Errors))]
@@ -762,9 +767,9 @@ async fn approve_scenario(
     State(p): State<AppState>,
     Actor(actor): Actor,
     Param(id): Param<String>,
-) -> ApiResult<Value> {
+) -> ApiResult<tidegate_runtime::ScenarioView> {
     let v = blocking(move || p.approve_scenario(&actor, &id)).await?;
-    Ok(Json(serde_json::to_value(v).expect("serializes")))
+    Ok(Json(v))
 }
 
 #[utoipa::path(post, path = "/v1/scenarios/{id}/state", params(("id" = String, Path, description = "the id")), request_body = StateBody, responses((status = 200, description = "the scenario in its new state", body = tidegate_runtime::ScenarioView), Errors))]
@@ -773,13 +778,13 @@ async fn change_scenario(
     Actor(actor): Actor,
     Param(id): Param<String>,
     Body(b): Body<StateBody>,
-) -> ApiResult<Value> {
+) -> ApiResult<tidegate_runtime::ScenarioView> {
     let v = blocking(move || match b.action.as_str() {
         "submit" => p.submit_scenario(&actor, &id),
         _ => p.change_scenario(&actor, &id, &b.action),
     })
     .await?;
-    Ok(Json(serde_json::to_value(v).expect("serializes")))
+    Ok(Json(v))
 }
 
 #[utoipa::path(post, path = "/v1/scenarios/{id}/repin", params(("id" = String, Path, description = "the id")), request_body = RepinBody, responses((status = 200, description = "the scenario with the grant on the newest version", body = tidegate_runtime::ScenarioView), Errors))]
@@ -788,9 +793,9 @@ async fn repin_grant(
     Actor(actor): Actor,
     Param(id): Param<String>,
     Body(b): Body<RepinBody>,
-) -> ApiResult<Value> {
+) -> ApiResult<tidegate_runtime::ScenarioView> {
     let v = blocking(move || p.repin_grant(&actor, &id, &b.dataset)).await?;
-    Ok(Json(serde_json::to_value(v).expect("serializes")))
+    Ok(Json(v))
 }
 
 #[utoipa::path(post, path = "/v1/scenarios/{id}/modules", params(("id" = String, Path, description = "the id")), request_body = ModuleBody, responses((status = 200, description = "the validated module, awaiting review", body = tidegate_runtime::ModuleView), Errors))]
@@ -799,7 +804,7 @@ async fn upload_module(
     Actor(actor): Actor,
     Param(id): Param<String>,
     Body(b): Body<ModuleBody>,
-) -> ApiResult<Value> {
+) -> ApiResult<tidegate_runtime::ModuleView> {
     let v = blocking(move || {
         let wasm = base64::engine::general_purpose::STANDARD
             .decode(b.wasm_base64.as_bytes())
@@ -815,7 +820,7 @@ async fn upload_module(
         p.upload_module_with_source(&actor, &id, &wasm, source.as_deref())
     })
     .await?;
-    Ok(Json(serde_json::to_value(v).expect("serializes")))
+    Ok(Json(v))
 }
 
 /// The module's source archive (`application/x-tar`), for its reviewer to read and rebuild.
@@ -841,7 +846,7 @@ async fn record_source_check(
     Actor(actor): Actor,
     Param((id, hash)): Param<(String, String)>,
     Body(b): Body<SourceCheckBody>,
-) -> ApiResult<Value> {
+) -> ApiResult<tidegate_runtime::ModuleDetail> {
     let v = blocking(move || {
         p.record_source_check(
             &actor,
@@ -853,7 +858,7 @@ async fn record_source_check(
         )
     })
     .await?;
-    Ok(Json(serde_json::to_value(v).expect("serializes")))
+    Ok(Json(v))
 }
 
 #[utoipa::path(post, path = "/v1/scenarios/{id}/modules/{hash}/approve", params(("id" = String, Path, description = "the id"), ("hash" = String, Path, description = "the module's SHA-256 hash")), request_body = NoteBody, responses((status = 200, description = "the approved module (reviewer)", body = tidegate_runtime::ModuleView), Errors))]
@@ -862,9 +867,9 @@ async fn approve_module(
     Actor(actor): Actor,
     Param((id, hash)): Param<(String, String)>,
     Body(b): Body<NoteBody>,
-) -> ApiResult<Value> {
+) -> ApiResult<tidegate_runtime::ModuleView> {
     let v = blocking(move || p.approve_module(&actor, &id, &hash, &b.note)).await?;
-    Ok(Json(serde_json::to_value(v).expect("serializes")))
+    Ok(Json(v))
 }
 
 /// A module as its reviewer reads it: manifest, structure, state and history.
@@ -873,14 +878,14 @@ async fn get_module(
     State(p): State<AppState>,
     Actor(actor): Actor,
     Param((id, hash)): Param<(String, String)>,
-) -> ApiResult<Value> {
+) -> ApiResult<tidegate_runtime::ModuleDetail> {
     let v = blocking(move || {
         let v = p.get_module(&actor, &id, &hash)?;
         p.record_read(&actor, AuditAction::ModuleRead, &hash)?;
         Ok(v)
     })
     .await?;
-    Ok(Json(serde_json::to_value(v).expect("serializes")))
+    Ok(Json(v))
 }
 
 /// The module's bytes (`application/wasm`), for its reviewer to read.
@@ -957,9 +962,9 @@ async fn sample_dataset(
     Actor(actor): Actor,
     Param((id, version)): Param<(String, i64)>,
     Params(q): Params<SampleQuery>,
-) -> ApiResult<Value> {
+) -> ApiResult<tidegate_runtime::SampleView> {
     let v = blocking(move || p.sample_dataset_version(&actor, &id, version, q.rows)).await?;
-    Ok(Json(serde_json::to_value(v).expect("serializes")))
+    Ok(Json(v))
 }
 
 /// S18: where a dataset is used, for its provider and the authority.
@@ -1023,9 +1028,9 @@ async fn revoke_module(
     Actor(actor): Actor,
     Param((id, hash)): Param<(String, String)>,
     Body(b): Body<ReasonBody>,
-) -> ApiResult<Value> {
+) -> ApiResult<tidegate_runtime::ModuleDetail> {
     let v = blocking(move || p.revoke_module(&actor, &id, &hash, &b.reason)).await?;
-    Ok(Json(serde_json::to_value(v).expect("serializes")))
+    Ok(Json(v))
 }
 
 #[utoipa::path(post, path = "/v1/jobs", request_body = tidegate_runtime::JobRequest, responses((status = 200, description = "the job, queued", body = tidegate_runtime::JobView), Errors))]
@@ -1033,10 +1038,10 @@ async fn submit_job(
     State(p): State<AppState>,
     Actor(actor): Actor,
     Body(b): Body<JobRequest>,
-) -> ApiResult<Value> {
+) -> ApiResult<tidegate_runtime::JobView> {
     // Accepted and queued at once: the handler never waits for the job (or its timing).
     let v = blocking(move || p.enqueue_job(&actor, b)).await?;
-    Ok(Json(serde_json::to_value(v).expect("serializes")))
+    Ok(Json(v))
 }
 
 #[utoipa::path(post, path = "/v1/jobs/{id}/cancel", params(("id" = String, Path, description = "the id")), responses((status = 200, description = "the job, cancelled", body = tidegate_runtime::JobView), Errors))]
@@ -1044,9 +1049,9 @@ async fn cancel_job(
     State(p): State<AppState>,
     Actor(actor): Actor,
     Param(id): Param<String>,
-) -> ApiResult<Value> {
+) -> ApiResult<tidegate_runtime::JobView> {
     let v = blocking(move || p.cancel_job(&actor, &id)).await?;
-    Ok(Json(serde_json::to_value(v).expect("serializes")))
+    Ok(Json(v))
 }
 
 #[utoipa::path(post, path = "/v1/jobs/{id}/discard", params(("id" = String, Path, description = "the id")), responses((status = 200, description = "the job, its result discarded", body = tidegate_runtime::JobView), Errors))]
@@ -1054,9 +1059,9 @@ async fn discard_result(
     State(p): State<AppState>,
     Actor(actor): Actor,
     Param(id): Param<String>,
-) -> ApiResult<Value> {
+) -> ApiResult<tidegate_runtime::JobView> {
     let v = blocking(move || p.discard_result(&actor, &id)).await?;
-    Ok(Json(serde_json::to_value(v).expect("serializes")))
+    Ok(Json(v))
 }
 
 #[utoipa::path(get, path = "/v1/jobs/{id}", params(("id" = String, Path, description = "the id")), responses((status = 200, description = "the job", body = tidegate_runtime::JobView), Errors))]
@@ -1064,14 +1069,14 @@ async fn get_job(
     State(p): State<AppState>,
     Actor(actor): Actor,
     Param(id): Param<String>,
-) -> ApiResult<Value> {
+) -> ApiResult<tidegate_runtime::JobView> {
     let v = blocking(move || {
         let v = p.get_job(&actor, &id)?;
         p.record_read(&actor, AuditAction::JobRead, &id)?;
         Ok(v)
     })
     .await?;
-    Ok(Json(serde_json::to_value(v).expect("serializes")))
+    Ok(Json(v))
 }
 
 #[utoipa::path(post, path = "/v1/exports", request_body = ExportBody, responses((status = 200, description = "the export request with its gate report", body = tidegate_runtime::ExportView), Errors))]
@@ -1079,11 +1084,11 @@ async fn request_export(
     State(p): State<AppState>,
     Actor(actor): Actor,
     Body(b): Body<ExportBody>,
-) -> ApiResult<Value> {
+) -> ApiResult<tidegate_runtime::ExportView> {
     let v =
         blocking(move || p.request_export_amending(&actor, &b.job, b.epsilon, b.amends.as_deref()))
             .await?;
-    Ok(Json(serde_json::to_value(v).expect("serializes")))
+    Ok(Json(v))
 }
 
 /// An export with its gate report: JSON, or with `?format=html` the readable page a reviewer
@@ -1114,10 +1119,10 @@ async fn review_export(
     Actor(actor): Actor,
     Param(id): Param<String>,
     Body(b): Body<ReviewBody>,
-) -> ApiResult<Value> {
+) -> ApiResult<tidegate_runtime::ExportView> {
     let v =
         blocking(move || p.review_export(&actor, &id, &b.decision, &b.comment, b.publish)).await?;
-    Ok(Json(serde_json::to_value(v).expect("serializes")))
+    Ok(Json(v))
 }
 
 #[utoipa::path(get, path = "/v1/exports/{id}/bundle", params(("id" = String, Path, description = "the id")), responses((status = 200, description = "the signed bundle (its requesting org; the release)", body = BundleAnswer), Errors))]

@@ -8,10 +8,15 @@ use std::sync::Arc;
 use anyhow::{Context, Result, anyhow};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde_json::{Value, json};
-use tidegate_runtime::{PUBLIC_KEY_FILE, Platform};
+use serde_json::Value;
+use tidegate_policy::{ExportState, JobState};
+use tidegate_runtime::{
+    ColumnInput, DatasetView, ExportView, GrantRequest, ImportRequest, JobView, ModuleView,
+    PUBLIC_KEY_FILE, Platform, PrincipalView, ScenarioRequest, ScenarioView,
+};
 
-use crate::client::Client;
+use crate::client::{Client, decode};
+use crate::wire::AuditAnswer;
 
 /// Where and how big.
 #[derive(Debug, Clone)]
@@ -39,7 +44,7 @@ pub struct DemoOutcome {
     pub master_key: PathBuf,
     pub bundle_dir: PathBuf,
     pub public_key: PathBuf,
-    pub export: Value,
+    pub export: ExportView,
 }
 
 /// The spots of the synthetic dataset and their weights. "Moon Cave" is visited by three
@@ -133,11 +138,13 @@ pub struct World {
     pub reviewer_id: String,
 }
 
+/// The id of what an answer describes: an org, a principal, a scenario.
 fn id(v: &Value) -> Result<String> {
-    v["id"]
-        .as_str()
-        .map(str::to_string)
-        .ok_or_else(|| anyhow!("the server's answer has no id: {v}"))
+    #[derive(serde::Deserialize)]
+    struct Identified {
+        id: String,
+    }
+    Ok(decode::<Identified>(v, "an answer with an id")?.id)
 }
 
 impl World {
@@ -147,15 +154,15 @@ impl World {
         let operator_org = id(&admin.create_org("scenic-analytics", "operator")?)?;
         let review_org = id(&admin.create_org("output-review-office", "authority")?)?;
         let make = |name: &str, org: &str, role: &str| -> Result<(Client, String)> {
-            let p = admin.create_principal(name, org, &[role])?;
-            let pid = id(&p)?;
+            let p: PrincipalView =
+                decode(&admin.create_principal(name, org, &[role])?, "a principal")?;
             if train {
-                admin.record_training(&pid, "public data security training 2026")?;
+                admin.record_training(&p.id, "public data security training 2026")?;
             }
-            let token = p["token"]
-                .as_str()
-                .ok_or_else(|| anyhow!("no token in {p}"))?;
-            Ok((admin.as_token(token), pid))
+            let token = p
+                .token
+                .ok_or_else(|| anyhow!("the new principal {} came without a token", p.id))?;
+            Ok((admin.as_token(&token), p.id))
         };
         let (provider, _) = make("li.provider", &provider_org, "provider")?;
         let (scientist, scientist_id) = make("wang.scientist", &operator_org, "scientist")?;
@@ -182,43 +189,105 @@ impl World {
 
     /// The same import at another level.
     pub fn import_visits_at(&self, csv: &str, level: &str) -> Result<Value> {
-        self.provider.import_dataset(
-            json!({
-                "name": "visits",
-                "level": level,
-                "format": "csv",
-                // With each column, the public metadata its mocks are made from: the spots
-                // are public places, the rest ranges and counts, never a real value.
-                "columns": [
-                    { "name": "resident_id", "data_type": "utf8", "tags": ["pii:resident_id", "entity"],
-                      "mock": { "distinct": 400 } },
-                    { "name": "mobile", "data_type": "utf8", "tags": ["pii:mobile"] },
-                    { "name": "spot", "data_type": "utf8", "tags": ["dimension"],
-                      "mock": { "categories": SPOTS.iter().map(|(s, _)| *s).chain([RARE_SPOT]).collect::<Vec<_>>() } },
-                    { "name": "visit_date", "data_type": "date32", "tags": ["quasi"],
-                      "mock": { "min_date": "2026-01-01", "max_date": "2026-10-31" } },
-                    { "name": "spend", "data_type": "float64", "tags": ["sensitive"],
-                      "mock": { "min": 0, "max": 800, "null_rate": 0.02 } },
-                ],
-            }),
-            csv.as_bytes(),
-        )
+        use tidegate_policy::{ColumnTag, DataType, MockSpec, SensitiveType};
+        let column = |name: &str, data_type, tags: &[ColumnTag], mock| ColumnInput {
+            name: name.into(),
+            data_type: Some(data_type),
+            tags: tags.to_vec(),
+            mock,
+        };
+        // With each column, the public metadata its mocks are made from: the spots are public
+        // places, the rest ranges and counts, never a real value.
+        let columns = vec![
+            column(
+                "resident_id",
+                DataType::Utf8,
+                &[ColumnTag::Pii(SensitiveType::ResidentId), ColumnTag::Entity],
+                Some(MockSpec {
+                    distinct: Some(400),
+                    ..MockSpec::default()
+                }),
+            ),
+            column(
+                "mobile",
+                DataType::Utf8,
+                &[ColumnTag::Pii(SensitiveType::Mobile)],
+                None,
+            ),
+            column(
+                "spot",
+                DataType::Utf8,
+                &[ColumnTag::Dimension],
+                Some(MockSpec {
+                    categories: SPOTS
+                        .iter()
+                        .map(|(s, _)| *s)
+                        .chain([RARE_SPOT])
+                        .map(str::to_string)
+                        .collect(),
+                    ..MockSpec::default()
+                }),
+            ),
+            column(
+                "visit_date",
+                DataType::Date32,
+                &[ColumnTag::Quasi],
+                Some(MockSpec {
+                    min_date: Some("2026-01-01".into()),
+                    max_date: Some("2026-10-31".into()),
+                    ..MockSpec::default()
+                }),
+            ),
+            column(
+                "spend",
+                DataType::Float64,
+                &[ColumnTag::Sensitive],
+                Some(MockSpec {
+                    min: Some(0.0),
+                    max: Some(800.0),
+                    null_rate: 0.02,
+                    ..MockSpec::default()
+                }),
+            ),
+        ];
+        let request = ImportRequest {
+            name: "visits".into(),
+            level: level
+                .parse()
+                .map_err(|e: String| anyhow!("level {level}: {e}"))?,
+            format: "csv".into(),
+            columns,
+            approvers: Vec::new(),
+            data_base64: String::new(),
+            quality_rules: None,
+        };
+        self.provider.import_dataset(request, csv.as_bytes())
     }
 
     /// The scientist applies for a scenario over some of the columns; the admin and the
     /// provider approve it.
     pub fn open_scenario(&self) -> Result<(Value, Value)> {
         let today = tidegate_runtime::clock::now().date();
-        let applied = self.scientist.apply_scenario(&json!({
-            "name": "Scenic spot visitor profile",
-            "key_area": "culture and tourism",
-            "purpose": "age profile and spending of visitors per scenic spot, for tourism planning",
-            "public_interest": true,
-            "grants": [{ "dataset": "visits", "columns": ["resident_id", "spot", "visit_date", "spend"] }],
-            "term_start": (today - time::Duration::days(1)).to_string(),
-            "term_end": (today + time::Duration::days(365)).to_string(),
-            "planned_products": ["visitor age profile per spot"],
-        }))?;
+        let applied = self.scientist.apply_scenario(&ScenarioRequest {
+            name: "Scenic spot visitor profile".into(),
+            key_area: "culture and tourism".into(),
+            purpose: "age profile and spending of visitors per scenic spot, for tourism planning"
+                .into(),
+            public_interest: true,
+            grants: vec![GrantRequest {
+                dataset: "visits".into(),
+                columns: ["resident_id", "spot", "visit_date", "spend"]
+                    .map(str::to_string)
+                    .to_vec(),
+                version: None,
+            }],
+            term_start: (today - time::Duration::days(1)).to_string(),
+            term_end: (today + time::Duration::days(365)).to_string(),
+            k: None,
+            planned_products: vec!["visitor age profile per spot".into()],
+            export_rules: Default::default(),
+            draft: false,
+        })?;
         let sid = id(&applied)?;
         self.admin.approve_scenario(&sid)?;
         let active = self.provider.approve_scenario(&sid)?;
@@ -228,10 +297,7 @@ impl World {
     /// The scientist uploads the example module; a reviewer of another org approves its hash.
     pub fn publish_module(&self, scenario: &str, wasm: &[u8]) -> Result<(Value, Value)> {
         let uploaded = self.scientist.upload_module(scenario, wasm)?;
-        let hash = uploaded["hash"]
-            .as_str()
-            .ok_or_else(|| anyhow!("no hash"))?
-            .to_string();
+        let hash = decode::<ModuleView>(&uploaded, "a module")?.hash;
         let approved = self.reviewer.approve_module(
             scenario,
             &hash,
@@ -294,85 +360,118 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoOutcome> {
         opts.rows
     ));
     let csv = visitor_csv(opts.rows);
-    let dataset = world.import_visits(&csv)?;
+    let dataset: DatasetView = decode(&world.import_visits(&csv)?, "a dataset")?;
     say(&format!(
         "    dataset {} v{}: {} rows, content sha256 {}",
-        dataset["id"].as_str().unwrap_or("?"),
-        dataset["version"],
-        dataset["rows"],
-        dataset["content_hash"].as_str().unwrap_or("?")
+        dataset.id,
+        dataset.version,
+        dataset.rows.unwrap_or_default(),
+        dataset.content_hash.as_deref().unwrap_or("?")
     ));
-    say(&format!("    quality: {}", dataset["quality"]));
+    if let Some(quality) = &dataset.quality {
+        say(&format!("    quality: {quality}"));
+    }
 
     say("==> 5. scenario: the operating unit applies; the admin and the provider approve");
-    let (_, scenario) = world.open_scenario()?;
-    let sid = id(&scenario)?;
+    let scenario: ScenarioView = decode(&world.open_scenario()?.1, "a scenario")?;
+    let sid = scenario.id.clone();
+    let grants: Vec<String> = scenario
+        .grants
+        .iter()
+        .map(|g| format!("{} ({})", g.dataset, g.columns.join(", ")))
+        .collect();
     say(&format!(
         "    scenario {sid}: state {}, k = {}, grants {}",
-        scenario["state"], scenario["k"], scenario["grants"]
+        scenario.state.as_str(),
+        scenario.k,
+        grants.join("; ")
     ));
 
     say("==> 6. module: the scientist uploads the example UDF; a reviewer approves its hash");
-    let (module, _) = world.publish_module(&sid, crate::VISITOR_UDF_WASM)?;
-    let hash = module["hash"].as_str().unwrap_or_default().to_string();
+    let module: ModuleView = decode(
+        &world.publish_module(&sid, crate::VISITOR_UDF_WASM)?.0,
+        "a module",
+    )?;
+    let hash = module.hash.clone();
+    let functions: Vec<&str> = module.functions.iter().map(|f| f.name.as_str()).collect();
     say(&format!(
         "    module {hash}: functions {}",
-        module["functions"]
+        functions.join(", ")
     ));
 
     say("==> 7. job: a GROUP BY aggregate calling the module inside wasmtime");
     say(&format!("    {DEMO_SQL}"));
-    let job = world
-        .scientist
-        .submit_job(&sid, DEMO_SQL, std::slice::from_ref(&hash))?;
-    if job["state"] != "succeeded" {
-        return Err(anyhow!("the job failed: {}", job["error"]));
+    let job: JobView = decode(
+        &world
+            .scientist
+            .submit_job(&sid, DEMO_SQL, std::slice::from_ref(&hash))?,
+        "a job",
+    )?;
+    if job.state != JobState::Succeeded {
+        return Err(anyhow!(
+            "the job failed: {}",
+            job.error.as_deref().unwrap_or("no reason given")
+        ));
     }
+    let schema: Vec<String> = job
+        .schema
+        .iter()
+        .map(|(name, data_type)| format!("{name} {data_type}"))
+        .collect();
     say(&format!(
-        "    job {}: {} rows, schema {}, resources {}",
-        job["id"].as_str().unwrap_or("?"),
-        job["rows"],
-        job["schema"],
-        job["resources"]
+        "    job {}: {} rows, schema ({}), resources {}",
+        job.id,
+        job.rows.unwrap_or_default(),
+        schema.join(", "),
+        serde_json::to_string(&job.resources)?
     ));
 
     say("==> 8. export: the gate checks the result");
-    let export = world.scientist.request_export(&id(&job)?)?;
-    let eid = id(&export)?;
+    let export: ExportView = decode(&world.scientist.request_export(&job.id)?, "an export")?;
+    let eid = export.id.clone();
     // The scientist reads which checks passed; the reviewers read their numbers too.
-    let seen = world
-        .reviewer
-        .ok("GET", &format!("/v1/exports/{eid}"), None)?;
-    for c in seen["gate_report"]["checks"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
+    let seen: ExportView = decode(
+        &world
+            .reviewer
+            .ok("GET", &format!("/v1/exports/{eid}"), None)?,
+        "an export",
+    )?;
+    for c in &seen.gate_report.checks {
         say(&format!(
             "    [{}] {}: {}",
-            if c["passed"] == true { "pass" } else { "FAIL" },
-            c["name"].as_str().unwrap_or("?"),
-            c["detail"].as_str().unwrap_or("")
+            if c.passed { "pass" } else { "FAIL" },
+            c.name,
+            c.detail
         ));
     }
-    if export["state"] != "in_review" {
-        return Err(anyhow!("the gate refused the export: {}", export["state"]));
+    if export.state != ExportState::InReview {
+        return Err(anyhow!(
+            "the gate refused the export: {}",
+            export.state.as_str()
+        ));
     }
 
     say("==> 9. review: a reviewer of another org sees the masked preview and decides");
-    for line in seen["preview"].as_str().unwrap_or_default().lines() {
+    for line in seen.preview.as_deref().unwrap_or_default().lines() {
         say(&format!("    | {line}"));
     }
-    let reviewed = world.reviewer.review_export(
-        &eid,
-        "approve",
-        "aggregated per spot, groups under k suppressed, no identifiers: approved",
+    let reviewed: ExportView = decode(
+        &world.reviewer.review_export(
+            &eid,
+            "approve",
+            "aggregated per spot, groups under k suppressed, no identifiers: approved",
+        )?,
+        "an export",
     )?;
     say(&format!(
         "    decision: {} by {} (\"{}\")",
-        reviewed["state"],
+        reviewed.state.as_str(),
         world.reviewer_id,
-        reviewed["reviews"][0]["comment"].as_str().unwrap_or("")
+        reviewed
+            .reviews
+            .first()
+            .and_then(|r| r.comment.as_deref())
+            .unwrap_or("")
     ));
 
     say("==> 10. release: the scientist downloads the signed bundle; it verifies offline");
@@ -387,10 +486,18 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoOutcome> {
 
     say("==> 11. audit: a signed checkpoint, then the hash chain and checkpoints verify");
     platform.checkpoint()?;
-    let audit = world.auditor.ok("GET", "/v1/audit/verify", None)?;
+    let audit: AuditAnswer = decode(
+        &world.auditor.ok("GET", "/v1/audit/verify", None)?,
+        "an audit verdict",
+    )?;
     say(&format!(
         "    {} entries, {} signed checkpoint(s), first bad entry: {}",
-        audit["entries"], audit["checkpoints"], audit["first_bad"]
+        audit.entries,
+        audit.checkpoints,
+        audit.first_bad.map_or("none".to_string(), |b| format!(
+            "{} ({})",
+            b.entry, b.problem
+        ))
     ));
     say(&format!("bundle: {}", bundle_dir.display()));
     say(&format!("public key: {}", public_key.display()));

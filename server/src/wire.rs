@@ -242,6 +242,12 @@ pub(crate) struct ApiErrorBody {
 }
 
 #[derive(Serialize, Deserialize, utoipa::ToSchema)]
+pub(crate) struct AuthorizationAnswer {
+    /// The org's last day (`YYYY-MM-DD`), or none: no end set.
+    pub(crate) authorized_until: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
 pub(crate) struct FrozenAnswer {
     /// The scenarios the freeze changed.
     pub(crate) scenarios: Vec<String>,

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Subcommand;
-use serde_json::{Value, json};
 use tidegate_runtime::{ColumnInput, DatasetView, ImportRequest};
 
 use super::{Remote, print};
@@ -265,39 +264,46 @@ pub(super) fn run(command: DatasetCommand, remote: &Remote) -> Result<()> {
 fn scan(file: &Path, as_json: bool) -> Result<()> {
     let report = scan_report(file)?;
     if as_json {
-        print(&Value::Array(report));
+        print(&report);
     } else {
         println!(
             "{:<24} {:<10} {:<28} {:>10}  why",
             "column", "type", "proposed tags", "confidence"
         );
         for r in &report {
-            let tags: Vec<&str> = r["proposed_tags"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .collect();
             println!(
                 "{:<24} {:<10} {:<28} {:>10}  {}",
-                r["column"].as_str().unwrap_or(""),
-                r["type"].as_str().unwrap_or(""),
-                if tags.is_empty() {
+                r.column,
+                r.data_type.to_string(),
+                if r.proposed_tags.is_empty() {
                     "-".to_string()
                 } else {
-                    tags.join(",")
+                    r.proposed_tags.join(",")
                 },
-                r["confidence"],
-                r["why"].as_str().unwrap_or("")
+                r.confidence,
+                r.why
             );
         }
     }
     Ok(())
 }
 
-/// Proposes tags for every column of a local file from a sample of up to 1,000 values: one
-/// JSON object per column with `column`, `type`, `proposed_tags`, `confidence`, `sampled`, `why`.
-pub fn scan_report(file: &Path) -> Result<Vec<Value>> {
+/// The tags proposed for one column of a local file, and why.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ColumnScan {
+    pub column: String,
+    #[serde(rename = "type")]
+    pub data_type: tidegate_policy::DataType,
+    pub proposed_tags: Vec<String>,
+    /// 0 to 1, to two decimals.
+    pub confidence: f64,
+    /// How many values were sampled.
+    pub sampled: usize,
+    pub why: &'static str,
+}
+
+/// Proposes tags for every column of a local file from a sample of up to 1,000 values.
+pub fn scan_report(file: &Path) -> Result<Vec<ColumnScan>> {
     use std::collections::HashSet;
     let table = tidegate_runtime::local_table("scan", file)?;
     let tidegate_runtime::TableData::Memory(batches) = &table.data else {
@@ -327,14 +333,14 @@ pub fn scan_report(file: &Path) -> Result<Vec<Value>> {
         let p = tidegate_policy::propose_tag_for(&column.name, values.iter().map(String::as_str));
         let proposal =
             tidegate_policy::propose_column_tags(&p, &column.data_type, distinct.len(), rows);
-        report.push(json!({
-            "column": column.name,
-            "type": column.data_type,
-            "proposed_tags": proposal.tags,
-            "confidence": (proposal.confidence * 100.0).round() / 100.0,
-            "sampled": p.sampled,
-            "why": proposal.why,
-        }));
+        report.push(ColumnScan {
+            column: column.name.clone(),
+            data_type: column.data_type.clone(),
+            proposed_tags: proposal.tags,
+            confidence: (proposal.confidence * 100.0).round() / 100.0,
+            sampled: p.sampled,
+            why: proposal.why,
+        });
     }
     Ok(report)
 }

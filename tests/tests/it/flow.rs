@@ -30,7 +30,7 @@ fn demo() -> (tempfile::TempDir, tidegate_server::DemoOutcome) {
 #[test]
 fn the_demo_tells_the_whole_story_and_its_bundle_verifies_offline() {
     let (_dir, outcome) = demo();
-    assert_eq!(outcome.export["state"], "approved");
+    assert_eq!(outcome.export.state, tidegate_policy::ExportState::Approved);
     let verified = verify_bundle(
         &outcome.bundle_dir,
         &std::fs::read(&outcome.public_key).unwrap(),
