@@ -59,12 +59,12 @@ pub use metering::{
 pub use platform::{
     ALERT_SIGNING_CONTEXT, AUDIT_FILE, AlertSettings, AlertView, ApprovalView, AuditQuery,
     AuditSearch, ColumnInput, ContributionReport, DatasetContribution, DatasetUsage, DatasetView,
-    EvaluationRequest, ExportSummary, ExportView, GrantRequest, ImportRequest, JobRequest,
-    JobSummary, JobView, ListQuery, Listing, MOCK_MARKER, MockFile, ModuleDetail, ModuleSummary,
-    ModuleView, OrgView, PUBLIC_KEY_FILE, Platform, PlatformCounts, PrincipalView, ProductUse,
-    PublicRecord, ResourceUse, SESSION_SECONDS, SWEEP_ACTOR, SampleView, ScenarioRequest,
-    ScenarioUse, ScenarioView, Session, StagedUpload, SweepReport, TrainingState, local_table,
-    verify_alert, verify_certificate,
+    EarlierExport, EvaluationRequest, ExportSummary, ExportView, GrantRequest, ImportRequest,
+    JobRequest, JobSummary, JobView, ListQuery, Listing, MOCK_MARKER, MockFile, ModuleDetail,
+    ModuleSummary, ModuleView, OrgView, PUBLIC_KEY_FILE, Platform, PlatformCounts, PrincipalView,
+    ProductUse, PublicRecord, ResourceUse, SESSION_SECONDS, SWEEP_ACTOR, SampleView,
+    ScenarioRequest, ScenarioUse, ScenarioView, Session, StagedUpload, SweepReport, TrainingState,
+    local_table, verify_alert, verify_certificate,
 };
 pub use sandbox::{
     CALL_FUEL, FUEL_FLOOR, FUEL_PER_MS, FunctionSig, Functions, GuestLimits, GuestSession,

@@ -1106,7 +1106,6 @@ async fn get_export(
         Ok(v)
     })
     .await?;
-    let v = serde_json::to_value(v).expect("serializes");
     Ok(match q.format.as_deref() {
         Some("html") => axum::response::Html(crate::report::export_html(&v)).into_response(),
         _ => Json(v).into_response(),

@@ -576,7 +576,6 @@ async fn export_page(
         Ok(v)
     })
     .await?;
-    let v = serde_json::to_value(&export).expect("a view serializes");
     let decide = if export.state == tidegate_policy::ExportState::InReview {
         format!(
             "<h2>Decision</h2><form method=\"post\" action=\"/console/exports/{id}/review\">\
@@ -614,7 +613,7 @@ async fn export_page(
     } else {
         String::new()
     };
-    let body = format!("{}{decide}{files}", export_sections(&v));
+    let body = format!("{}{decide}{files}", export_sections(&export));
     Ok(html(&format!("Export {}", export.id), &s, &body))
 }
 

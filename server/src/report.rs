@@ -1,6 +1,7 @@
 //! The annual report (R-REPORT) as a readable page: server-rendered HTML, no scripts.
 
 use serde_json::Value;
+use tidegate_runtime::ExportView;
 
 pub(crate) fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -18,24 +19,24 @@ pub(crate) fn text(v: &Value) -> String {
 }
 
 /// The sections of an export's review page (without the page around them).
-pub(crate) fn export_sections(export: &Value) -> String {
-    let report = &export["gate_report"];
+pub(crate) fn export_sections(export: &ExportView) -> String {
+    let report = &export.gate_report;
     let mut checks = String::new();
-    for c in report["checks"].as_array().into_iter().flatten() {
-        let (class, result) = match (c["passed"] == true, c["flagged"] == true) {
+    for c in &report.checks {
+        let (class, result) = match (c.passed, c.flagged) {
             (true, false) => ("pass", "pass"),
             (true, true) => ("flag", "pass, flagged for a second reviewer"),
             _ => ("fail", "FAIL"),
         };
         checks.push_str(&format!(
             "<tr class=\"{class}\"><td>{}</td><td>{result}</td><td>{}</td></tr>\n",
-            text(&c["name"]),
-            text(&c["detail"]),
+            escape(&c.name),
+            escape(&c.detail),
         ));
     }
     // The preview as the CSV reader reads it: a quoted comma or newline stays in its cell.
     let mut preview = String::new();
-    if let Some(csv) = export["preview"].as_str() {
+    if let Some(csv) = &export.preview {
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(false)
             .flexible(true)
@@ -54,62 +55,60 @@ pub(crate) fn export_sections(export: &Value) -> String {
             preview.push_str("</tr>\n");
         }
     }
-    let list = |items: &Value, f: &dyn Fn(&Value) -> String| -> String {
+    fn list<T>(items: &[T], f: impl Fn(&T) -> String) -> String {
         items
-            .as_array()
-            .into_iter()
-            .flatten()
+            .iter()
             .map(|v| format!("<li>{}</li>", f(v)))
             .collect::<Vec<_>>()
             .join("\n")
-    };
-    let earlier = list(&export["earlier"], &|e| {
+    }
+    let optional = |v: &Option<String>| v.as_deref().map(escape).unwrap_or_default();
+    let earlier = list(&export.earlier, |e| {
         format!(
             "{} ({}; released {}): <code>{}</code>",
-            text(&e["id"]),
-            text(&e["state"]),
-            text(&e["released_at"]),
-            text(&e["query"])
+            escape(&e.id),
+            e.state.as_str(),
+            optional(&e.released_at),
+            escape(&e.query)
         )
     });
-    let reviews = list(&export["reviews"], &|r| {
+    let reviews = list(&export.reviews, |r| {
         format!(
             "{} by {} at {}: {}",
-            text(&r["as_role"]),
-            text(&r["by"]),
-            text(&r["at"]),
-            text(&r["comment"])
+            escape(&r.as_role),
+            escape(&r.by),
+            escape(&r.at),
+            optional(&r.comment)
         )
     });
-    let history = list(&export["history"], &|s| {
-        let comment = s["comment"]
-            .as_str()
-            .map(|_| format!(": {}", text(&s["comment"])));
+    let history = list(&export.history, |s| {
+        let comment = s.comment.as_deref().map(|c| format!(": {}", escape(c)));
         format!(
             "{} at {} by {}{}",
-            text(&s["state"]),
-            text(&s["at"]),
-            text(&s["by"]),
+            s.state.as_str(),
+            escape(&s.at),
+            escape(&s.by),
             comment.unwrap_or_default()
         )
     });
-    let modules = list(&export["modules"], &|m| format!("<code>{}</code>", text(m)));
-    let mut flag = export["flag"]
-        .as_str()
-        .map(|_| format!("<p class=\"flag\">{}</p>", text(&export["flag"])))
+    let modules = list(&export.modules, |m| format!("<code>{}</code>", escape(m)));
+    let mut flag = export
+        .flag
+        .as_deref()
+        .map(|f| format!("<p class=\"flag\">{}</p>", escape(f)))
         .unwrap_or_default();
-    if export["public_figures"] == true {
+    if export.public_figures {
         flag.push_str(
             "<p class=\"notice\">The scenario publishes its figures: once released, these rows \
              appear in the public record, signed, for anyone to read.</p>",
         );
     }
     // The returned request this one answers, and the one that answered it: side by side.
-    for (field, words) in [
-        ("amends", "Amends export"),
-        ("amended_by", "Amended by export"),
+    for (other, words) in [
+        (&export.amends, "Amends export"),
+        (&export.amended_by, "Amended by export"),
     ] {
-        if let Some(other) = export[field].as_str() {
+        if let Some(other) = other {
             flag.push_str(&format!(
                 "<p class=\"notice\">{words} <a href=\"/console/exports/{id}\">{id}</a>.</p>",
                 id = escape(other)
@@ -131,17 +130,17 @@ pub(crate) fn export_sections(export: &Value) -> String {
 <h2>Reviews</h2><ul>{reviews}</ul>
 <h2>History</h2><ol>{history}</ol>
 "#,
-        id = text(&export["id"]),
-        state = text(&export["state"]),
-        job = text(&export["job"]),
-        by = text(&export["requested_by"]),
-        k = text(&report["threshold_k"]),
-        groups = text(&report["groups_total"]),
-        suppressed = text(&report["groups_suppressed"]),
-        rows = text(&report["rows_released"]),
-        required = text(&export["required_approvals"]),
-        query = text(&export["query"]),
-        plan = text(&export["plan"]),
+        id = escape(&export.id),
+        state = export.state.as_str(),
+        job = escape(&export.job),
+        by = escape(&export.requested_by),
+        k = report.threshold_k,
+        groups = report.groups_total,
+        suppressed = report.groups_suppressed,
+        rows = report.rows_released,
+        required = export.required_approvals,
+        query = optional(&export.query),
+        plan = optional(&export.plan),
     )
 }
 
@@ -158,10 +157,10 @@ p.notice{background:#eef;padding:.5em}p.error{background:#fdd;padding:.5em}\
 /// Renders an export and its gate report as the page a reviewer works from: each check with
 /// its numbers, the query, the plan, the module hashes, the (masked, suppressed) preview, the
 /// scenario's earlier exports and the reviews so far. No scripts; every value escaped.
-pub fn export_html(export: &Value) -> String {
+pub fn export_html(export: &ExportView) -> String {
     format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Export {}</title>\n<style>{STYLE}</style>\n</head><body>\n{}</body></html>\n",
-        text(&export["id"]),
+        escape(&export.id),
         export_sections(export)
     )
 }
@@ -459,10 +458,16 @@ mod tests {
 
     #[test]
     fn a_preview_value_with_a_comma_or_a_newline_stays_in_its_cell() {
-        let export = serde_json::json!({
-            "id": "ex_1",
+        let export: ExportView = serde_json::from_value(serde_json::json!({
+            "id": "ex_1", "job": "job_1", "requested_by": "p_1", "state": "in_review",
+            "gate_report": {
+                "checks": [], "threshold_k": 10, "groups_total": 2, "groups_suppressed": 0,
+                "rows_released": 2,
+            },
+            "result_hash": null, "required_approvals": 1, "reviews": [],
             "preview": "area,n\n\"Helsinki, FI\",12\n\"two\nlines\",13",
-        });
+        }))
+        .unwrap();
         let html = export_sections(&export);
         assert!(html.contains("<td>Helsinki, FI</td><td>12</td>"), "{html}");
         assert!(html.contains("<td>two\nlines</td><td>13</td>"), "{html}");

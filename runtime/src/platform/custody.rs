@@ -344,7 +344,7 @@ impl Platform {
         db: &Connection,
         dataset: &DatasetRow,
         pinned: Option<i64>,
-    ) -> Result<(i64, String, i64, Vec<u8>, String)> {
+    ) -> Result<super::datasets::VersionRow> {
         let version = match pinned {
             Some(v) => Self::dataset_version(db, &dataset.id, v)?,
             None if dataset.pending => {
@@ -355,7 +355,7 @@ impl Platform {
             }
             None => Self::latest_version(db, &dataset.id)?,
         };
-        Self::readable_version(db, dataset, version.0)?;
+        Self::readable_version(db, dataset, version.version)?;
         Ok(version)
     }
 

@@ -344,13 +344,13 @@ impl Platform {
             params![name_or_id],
             |r| {
                 Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, String>(4)?,
-                    r.get::<_, String>(5)?,
-                    r.get::<_, String>(6)?,
+                    r.get::<_, String>("id")?,
+                    r.get::<_, String>("name")?,
+                    r.get::<_, String>("org_id")?,
+                    r.get::<_, String>("level")?,
+                    r.get::<_, String>("origin")?,
+                    r.get::<_, String>("columns")?,
+                    r.get::<_, String>("approvers")?,
                 ))
             },
         )
@@ -374,29 +374,22 @@ impl Platform {
         })
     }
 
-    pub(super) fn latest_version(
-        db: &Connection,
-        id: &str,
-    ) -> Result<(i64, String, i64, Vec<u8>, String)> {
+    pub(super) fn latest_version(db: &Connection, id: &str) -> Result<VersionRow> {
         db.query_row(
             "SELECT version, content_hash, rows, wrapped_key, quality FROM dataset_versions
              WHERE dataset_id = ?1 ORDER BY version DESC LIMIT 1",
             params![id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            VersionRow::from_row,
         )
         .map_err(Error::from)
     }
 
-    pub(super) fn dataset_version(
-        db: &Connection,
-        id: &str,
-        version: i64,
-    ) -> Result<(i64, String, i64, Vec<u8>, String)> {
+    pub(super) fn dataset_version(db: &Connection, id: &str, version: i64) -> Result<VersionRow> {
         db.query_row(
             "SELECT version, content_hash, rows, wrapped_key, quality FROM dataset_versions
              WHERE dataset_id = ?1 AND version = ?2",
             params![id, version],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            VersionRow::from_row,
         )
         .map_err(Error::from)
     }
@@ -508,7 +501,13 @@ impl Platform {
             .into_iter()
             .map(|d| {
                 let id = &d.id;
-                let (version, content_hash, rows, _, quality) = Self::latest_version(&db, id)?;
+                let VersionRow {
+                    version,
+                    content_hash,
+                    rows,
+                    quality,
+                    ..
+                } = Self::latest_version(&db, id)?;
                 let steward = oversees || d.org == actor.org || d.approvers.contains(&actor.org);
                 let (privacy_budget, privacy_drawn) = Self::budget_of(&db, id)?;
                 // Public to the dataset's stewards: the ranges and counts are the provider's to
@@ -571,5 +570,27 @@ impl Drop for ImportClaim<'_> {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&self.name);
+    }
+}
+
+/// A `dataset_versions` row as the platform reads it, by column name.
+pub(super) struct VersionRow {
+    pub(super) version: i64,
+    pub(super) content_hash: String,
+    pub(super) rows: i64,
+    pub(super) wrapped_key: Vec<u8>,
+    /// The import's quality report, JSON.
+    pub(super) quality: String,
+}
+
+impl VersionRow {
+    fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(VersionRow {
+            version: r.get("version")?,
+            content_hash: r.get("content_hash")?,
+            rows: r.get("rows")?,
+            wrapped_key: r.get("wrapped_key")?,
+            quality: r.get("quality")?,
+        })
     }
 }

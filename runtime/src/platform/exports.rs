@@ -615,14 +615,7 @@ impl Platform {
                      ORDER BY e.created_at",
                 )?
                 .query_map(params![job.scenario, id], |r| {
-                    Ok(json!({
-                        "id": r.get::<_, String>(0)?,
-                        "state": r.get::<_, String>(1)?,
-                        "result_sha256": r.get::<_, String>(2)?,
-                        "requested_at": r.get::<_, String>(3)?,
-                        "released_at": r.get::<_, Option<String>>(4)?,
-                        "query": r.get::<_, String>(5)?,
-                    }))
+                    super::views::EarlierExport::from_row(r, false)
                 })?
                 .collect::<rusqlite::Result<_>>()?;
             // And every export the gate's memory judged this one with: the exports over the
@@ -634,7 +627,7 @@ impl Platform {
             )?;
             let ours: Vec<String> = ours.map(|d| from_json(&d)).transpose()?.unwrap_or_default();
             if !ours.is_empty() {
-                let others: Vec<(Value, String)> = db
+                let others: Vec<(super::views::EarlierExport, String)> = db
                     .prepare(
                         "SELECT e.id, e.state, e.result_hash, e.created_at, e.released_at, j.sql,
                                 j.scenario_id, e.audit_datasets
@@ -644,17 +637,8 @@ impl Platform {
                     )?
                     .query_map(params![id, job.scenario], |r| {
                         Ok((
-                            json!({
-                                "id": r.get::<_, String>(0)?,
-                                "state": r.get::<_, String>(1)?,
-                                "result_sha256": r.get::<_, Option<String>>(2)?,
-                                "requested_at": r.get::<_, String>(3)?,
-                                "released_at": r.get::<_, Option<String>>(4)?,
-                                "query": r.get::<_, String>(5)?,
-                                "scenario": r.get::<_, String>(6)?,
-                                "same_data": true,
-                            }),
-                            r.get(7)?,
+                            super::views::EarlierExport::from_row(r, true)?,
+                            r.get("audit_datasets")?,
                         ))
                     })?
                     .collect::<rusqlite::Result<_>>()?;

@@ -249,7 +249,13 @@ impl Platform {
         let mut level = Level::L1;
         for g in &s.grants {
             let d = Self::dataset_row(&db, &g.dataset)?;
-            let (version, hash, rows, wrapped, _) = Self::granted_version(&db, &d, g.version)?;
+            let super::datasets::VersionRow {
+                version,
+                content_hash: hash,
+                rows,
+                wrapped_key: wrapped,
+                ..
+            } = Self::granted_version(&db, &d, g.version)?;
             level = level.max(d.level);
             let context = Self::stored_dataset_context(&db, &d.id, version)?;
             let rule_failures = Self::rule_failures(&db, &d.id, version)?;

@@ -70,7 +70,7 @@ impl Platform {
             let granted = &grant.columns;
             // The version a job would read, with the same checks: a unit's own data awaiting
             // an admin, a sealed or destroyed version give no mock either.
-            let version = Self::granted_version(&db, &d, grant.version)?.0;
+            let version = Self::granted_version(&db, &d, grant.version)?.version;
             let columns: Vec<ColumnSpec> = d
                 .columns
                 .iter()

@@ -309,7 +309,7 @@ impl Platform {
                     d.name
                 )));
             }
-            let newest = Self::latest_version(&db, &d.id)?.0;
+            let newest = Self::latest_version(&db, &d.id)?.version;
             let from = s.grants[at].version;
             if from == Some(newest) {
                 return Err(Error::BadInput(format!(
@@ -409,7 +409,7 @@ impl Platform {
                 }
                 let mut pinned = s.grants.clone();
                 for g in &mut pinned {
-                    g.version = Some(Self::latest_version(&tx, &g.dataset)?.0);
+                    g.version = Some(Self::latest_version(&tx, &g.dataset)?.version);
                 }
                 tx.execute(
                     "UPDATE scenarios SET state = 'active', grants = ?2 WHERE id = ?1",

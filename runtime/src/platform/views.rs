@@ -223,9 +223,10 @@ pub struct ExportView {
     pub plan: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub modules: Vec<String>,
-    /// The scenario's other exports that passed the gate, shown to reviewers beside this one.
+    /// The scenario's other exports that passed the gate, and every export over the same
+    /// data, shown to reviewers beside this one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub earlier: Vec<Value>,
+    pub earlier: Vec<EarlierExport>,
     /// Why it can no longer be approved or downloaded (a module of it lost its approval).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flag: Option<String>,
@@ -238,4 +239,46 @@ pub struct ExportView {
     /// puts its rows in the public record (S19).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub public_figures: bool,
+}
+
+/// An export a reviewer reads beside the one under review.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EarlierExport {
+    pub id: String,
+    pub state: tidegate_policy::ExportState,
+    pub result_sha256: Option<String>,
+    pub requested_at: String,
+    pub released_at: Option<String>,
+    pub query: String,
+    /// Another scenario's export over the same data (the gate's memory judged this one with
+    /// it); none for the scenario's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scenario: Option<String>,
+    /// Set on another scenario's export: it read the same data.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub same_data: bool,
+}
+
+impl EarlierExport {
+    /// Reads `id, state, result_hash, created_at, released_at, sql` (and `scenario_id`, for
+    /// another scenario's) by column name.
+    pub(super) fn from_row(r: &rusqlite::Row<'_>, other: bool) -> rusqlite::Result<Self> {
+        let state: String = r.get("state")?;
+        Ok(EarlierExport {
+            id: r.get("id")?,
+            state: state.parse().map_err(|e: String| {
+                rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, e.into())
+            })?,
+            result_sha256: r.get("result_hash")?,
+            requested_at: r.get("created_at")?,
+            released_at: r.get("released_at")?,
+            query: r.get("sql")?,
+            scenario: if other {
+                Some(r.get("scenario_id")?)
+            } else {
+                None
+            },
+            same_data: other,
+        })
+    }
 }

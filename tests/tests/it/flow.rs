@@ -963,7 +963,7 @@ fn a_reviewer_sees_the_report_as_a_page_with_the_scenarios_earlier_exports_besid
     );
     let seen = seen_by_reviewer(&env, &second);
     assert_eq!(seen["earlier"][0]["id"], first["id"]);
-    let page = tidegate_server::export_html(&seen);
+    let page = tidegate_server::export_html(&serde_json::from_value(seen.clone()).unwrap());
     for expected in [
         "<h2>Gate report</h2>",
         "<td>differencing</td>",
