@@ -4,7 +4,7 @@
 //!
 //! A signed document is signed over the JSON bytes of its *value*, whose keys serde_json keeps
 //! in sorted order: exactly what a verifier rebuilds from a saved copy (`tidegate
-//! verify-signed`, [`crate::verify_certificate`]). So the order of a struct's fields never
+//! verify-signed`, [`verify_certificate`]). So the order of a struct's fields never
 //! changes a signature ([`signed_bytes`]); a stored document is read back only when it
 //! serializes to the very value it was stored as ([`read_stored`]), so what the API serves
 //! still verifies.
@@ -36,7 +36,18 @@ pub fn verify_document<T: Serialize>(
     signature: &str,
     public_key: &[u8],
 ) -> Result<()> {
-    crate::verify_certificate(&serde_json::to_value(document)?, signature, public_key)
+    verify_certificate(&serde_json::to_value(document)?, signature, public_key)
+}
+
+/// Serializes a signed body as the bytes it was signed over (keys sorted), so that the JSON
+/// served, saved or printed holds the very bytes a verifier hashes.
+fn as_signed<T: Serialize, S: serde::Serializer>(
+    body: &T,
+    serializer: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    serde_json::to_value(body)
+        .map_err(serde::ser::Error::custom)?
+        .serialize(serializer)
 }
 
 /// A stored document read back as its type, only if it serializes to the same value (a field
@@ -118,6 +129,7 @@ pub struct ClosingReceiptBody {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClosingReceipt {
+    #[serde(serialize_with = "as_signed")]
     pub receipt: ClosingReceiptBody,
     /// The platform's Ed25519 signature over the receipt's JSON bytes (keys sorted), hex.
     pub signature: String,
@@ -141,6 +153,7 @@ pub struct ExitCertificateBody {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExitCertificate {
+    #[serde(serialize_with = "as_signed")]
     pub certificate: ExitCertificateBody,
     /// The platform's Ed25519 signature over the certificate's JSON bytes (keys sorted), hex.
     pub signature: String,
@@ -174,6 +187,7 @@ pub struct CustodyRecordBody {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CustodyRecord {
+    #[serde(serialize_with = "as_signed")]
     pub record: CustodyRecordBody,
     /// The platform's Ed25519 signature over the record's JSON bytes (keys sorted), hex.
     pub signature: String,
@@ -208,6 +222,7 @@ pub struct Evaluation {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignedEvaluation {
+    #[serde(serialize_with = "as_signed")]
     pub evaluation: Evaluation,
     /// The platform's Ed25519 signature over the evaluation's JSON bytes (keys sorted), hex.
     pub signature: String,
@@ -358,6 +373,24 @@ pub struct Pruned {
     pub entries_pruned: u64,
 }
 
+/// Checks an exit certificate's signature with the platform public key (raw 32 bytes).
+pub fn verify_certificate(
+    certificate: &Value,
+    signature_hex: &str,
+    public_key: &[u8],
+) -> Result<()> {
+    let body = serde_json::to_vec(certificate)?;
+    let signature = hex::decode(signature_hex)
+        .map_err(|_| Error::Integrity("the signature is not hex".into()))?;
+    if crate::crypto::ed25519_verifies(public_key, &body, &signature) {
+        Ok(())
+    } else {
+        Err(Error::Integrity(
+            "the certificate's signature does not verify".into(),
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -379,6 +412,98 @@ mod tests {
         let text = String::from_utf8(bytes).unwrap();
         assert!(text.starts_with(r#"{"at":"#), "{text}");
         assert!(text.contains(r#"{"id":"ex_1","kind":"export_groups"}"#));
+    }
+
+    /// The text of `served` holds the bytes `body` is signed over, as they are.
+    fn served_as_signed<W: Serialize, B: Serialize>(served: &W, body: &B) {
+        let served = serde_json::to_string(served).unwrap();
+        let signed = String::from_utf8(signed_bytes(body).unwrap()).unwrap();
+        assert!(
+            served.contains(&signed),
+            "{served}\n does not hold\n{signed}"
+        );
+    }
+
+    #[test]
+    fn every_signed_document_is_served_in_the_bytes_it_was_signed_over() {
+        let destroyed = vec![
+            Destroyed::new(DestroyedKind::Result, "job_1", Some("ab")),
+            Destroyed::new(DestroyedKind::ExportGroups, "ex_1", None),
+        ];
+        let receipt = ClosingReceipt {
+            receipt: ClosingReceiptBody {
+                format: CLOSING_RECEIPT_FORMAT.into(),
+                scenario: "sc_1".into(),
+                reason: "revoked".into(),
+                at: "t".into(),
+                jobs_stopped: vec![],
+                destroyed: destroyed.clone(),
+                kept: "k".into(),
+            },
+            signature: "00".into(),
+        };
+        served_as_signed(&receipt, &receipt.receipt);
+        let certificate = ExitCertificate {
+            certificate: ExitCertificateBody {
+                format: EXIT_CERTIFICATE_FORMAT.into(),
+                org: "org_1".into(),
+                reason: "r".into(),
+                at: "t".into(),
+                scenarios_exited: vec!["sc_1".into()],
+                destroyed: destroyed.clone(),
+                kept: "k".into(),
+            },
+            signature: "00".into(),
+        };
+        served_as_signed(&certificate, &certificate.certificate);
+        let record = CustodyRecord {
+            record: CustodyRecordBody {
+                format: "tidegate-destruction-certificate-v1".into(),
+                dataset: "ds_1".into(),
+                name: "visits".into(),
+                version: 1,
+                sha256: "ab".into(),
+                reason: "r".into(),
+                by: "p_1".into(),
+                at: "t".into(),
+                destroyed: Some(destroyed),
+                scenarios_suspended: Some(vec![]),
+                kept: Some("k".into()),
+            },
+            signature: "00".into(),
+        };
+        served_as_signed(&record, &record.record);
+        let evaluation = SignedEvaluation {
+            evaluation: Evaluation {
+                format: EVALUATION_FORMAT.into(),
+                org: "org_1".into(),
+                year: 2026,
+                compliance: "c".into(),
+                products: "p".into(),
+                incidents: Incidents {
+                    alerts: BTreeMap::from([("freeze".into(), 1)]),
+                    refused_modules: 0,
+                    freezes: 1,
+                    limit_breaches: 0,
+                },
+                may_reapply: true,
+                written_by: "p_1".into(),
+                at: "t".into(),
+            },
+            signature: "00".into(),
+        };
+        served_as_signed(&evaluation, &evaluation.evaluation);
+        // Inside the annual report too.
+        let report = AnnualReport {
+            org: "org_1".into(),
+            year: 2026,
+            scenarios: vec![],
+            totals: AnnualTotals::default(),
+            incidents: AnnualIncidents::default(),
+            evaluation: Some(evaluation.clone()),
+            may_reapply: true,
+        };
+        served_as_signed(&report, &evaluation.evaluation);
     }
 
     #[test]

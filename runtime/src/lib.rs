@@ -43,7 +43,7 @@ pub use documents::{
     AnnualIncidents, AnnualReport, AnnualScenario, AnnualTotals, Change, ClosingReceipt,
     ClosingReceiptBody, CustodyRecord, CustodyRecordBody, Destroyed, DestroyedKind, Evaluation,
     ExitCertificate, ExitCertificateBody, Incidents, PolicyApplied, PolicyChange, PolicyDocument,
-    PolicyScenario, Pruned, ScenarioChange, SignedEvaluation, verify_document,
+    PolicyScenario, Pruned, ScenarioChange, SignedEvaluation, verify_certificate, verify_document,
 };
 pub use error::{Error, Result};
 pub use gate::{
@@ -64,7 +64,7 @@ pub use platform::{
     ModuleSummary, ModuleView, OrgView, PUBLIC_KEY_FILE, Platform, PlatformCounts, PrincipalView,
     ProductUse, PublicRecord, ResourceUse, SESSION_SECONDS, SWEEP_ACTOR, SampleView,
     ScenarioRequest, ScenarioUse, ScenarioView, Session, StagedUpload, SweepReport, TrainingState,
-    local_table, verify_alert, verify_certificate,
+    local_table, verify_alert,
 };
 pub use sandbox::{
     CALL_FUEL, FUEL_FLOOR, FUEL_PER_MS, FunctionSig, Functions, GuestLimits, GuestSession,

@@ -180,6 +180,7 @@ pub(crate) struct PruneBody {
 }
 
 #[derive(Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct PolicyBody {
     pub(crate) document: tidegate_runtime::PolicyDocument,
     #[serde(default)]

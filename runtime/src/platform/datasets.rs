@@ -1,5 +1,6 @@
 //! Datasets: import (with its quality report and tag proposals), approval of social data, listing.
 
+use super::directory::dataset_context;
 use super::*;
 
 impl Platform {

@@ -189,8 +189,13 @@ impl Platform {
                     params![id],
                     |r| r.get(0),
                 )?;
-                if rules.privacy_budget != s.export_rules.privacy_budget
-                    && (drawn > 0 || s.stored_state == ScenarioState::Active)
+                // Once approved, a scenario holds the budget it drew (or none), whatever its
+                // state: resuming a suspended one draws nothing.
+                let approved = !matches!(
+                    s.stored_state,
+                    ScenarioState::Draft | ScenarioState::PendingApprovals
+                );
+                if rules.privacy_budget != s.export_rules.privacy_budget && (drawn > 0 || approved)
                 {
                     return Err(Error::Refused(format!(
                         "scenario {id}: its privacy budget was drawn from its datasets when it was approved; apply for a new scenario to draw another"
@@ -440,4 +445,66 @@ fn refuse_closed(id: &str, closed: bool) -> Result<()> {
     } else {
         Ok(())
     }
+}
+
+/// The grants a policy document asks for, when they differ from the current ones and only
+/// narrow them: fewer datasets, fewer columns, the same pinned versions. Widening is refused.
+fn narrowed_grants(
+    scenario: &str,
+    current: &[GrantRequest],
+    wanted: &[GrantRequest],
+) -> Result<Option<Vec<GrantRequest>>> {
+    let mut narrowed = Vec::new();
+    for w in wanted {
+        let Some(c) = current.iter().find(|c| c.dataset == w.dataset) else {
+            return Err(Error::Refused(format!(
+                "scenario {scenario}: dataset {} is not granted; widening a grant needs a new application and its approvals",
+                w.dataset
+            )));
+        };
+        if let Some(extra) = w.columns.iter().find(|col| !c.columns.contains(col)) {
+            return Err(Error::Refused(format!(
+                "scenario {scenario}: column {extra} of {} is not granted; widening a grant needs a new application and its approvals",
+                w.dataset
+            )));
+        }
+        if w.version != c.version {
+            return Err(Error::Refused(format!(
+                "scenario {scenario}: the pinned version of {} moves only by its provider (scenario repin)",
+                w.dataset
+            )));
+        }
+        if w.columns.is_empty() {
+            return Err(Error::BadInput(format!(
+                "scenario {scenario}: a grant of {} names no column; drop the dataset instead",
+                w.dataset
+            )));
+        }
+    }
+    // In the current order, so that a reordered document is no change.
+    for c in current {
+        if let Some(w) = wanted.iter().find(|w| w.dataset == c.dataset) {
+            narrowed.push(GrantRequest {
+                dataset: c.dataset.clone(),
+                columns: c
+                    .columns
+                    .iter()
+                    .filter(|col| w.columns.contains(col))
+                    .cloned()
+                    .collect(),
+                version: c.version,
+            });
+        }
+    }
+    if narrowed.is_empty() {
+        return Err(Error::BadInput(format!(
+            "scenario {scenario}: a scenario keeps at least one dataset; revoke it instead"
+        )));
+    }
+    let same = narrowed.len() == current.len()
+        && narrowed
+            .iter()
+            .zip(current)
+            .all(|(n, c)| n.dataset == c.dataset && n.columns == c.columns);
+    Ok((!same).then_some(narrowed))
 }

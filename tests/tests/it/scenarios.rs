@@ -670,4 +670,18 @@ fn a_second_scenario_over_the_same_data_draws_on_the_same_budget() {
         raised.contains("apply for a new scenario to draw another"),
         "{raised}"
     );
+    // Nor give one approved without a budget a budget it never drew, while it is suspended
+    // (resuming draws nothing).
+    let exact = sid(&apply(&env, json!({})));
+    env.world.admin.approve_scenario(&exact).unwrap();
+    env.world.provider.approve_scenario(&exact).unwrap();
+    env.world.admin.change_scenario(&exact, "suspend").unwrap();
+    let mut doc = env.world.admin.export_policy().unwrap();
+    let s = doc.scenarios.iter_mut().find(|s| s.id == exact).unwrap();
+    s.export_rules.as_mut().unwrap().privacy_budget = Some(1.0);
+    let given = refusal(env.world.admin.apply_policy(&doc, false));
+    assert!(
+        given.contains("apply for a new scenario to draw another"),
+        "{given}"
+    );
 }
