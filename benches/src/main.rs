@@ -4,6 +4,10 @@
 //!
 //! Usage: `cargo run --release -p tidegate-benches -- [--rows N] [--reps R] [--gate-only | --import-only [--csv] | --load-only | --memory-only | --scale VISITS SPOTS]`
 
+/// The allocator the `tidegate` binary runs with, so that the measurements are the server's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
