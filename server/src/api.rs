@@ -338,7 +338,7 @@ async fn edge(
     }
     let token = match bearer(request.headers()) {
         Ok(token) => token,
-        Err(e) => return close(e.into_response()),
+        Err(e) => return refuse_unread(request, e.into_response()).await,
     };
     // S15: the peer's address, for the log's record of a token used from a new one.
     let address = request
@@ -358,7 +358,7 @@ async fn edge(
     .await
     {
         Ok(actor) => actor,
-        Err(e) => return close(e.into_response()),
+        Err(e) => return refuse_unread(request, e.into_response()).await,
     };
     request.extensions_mut().insert(actor);
     next.run(request).await
@@ -372,6 +372,30 @@ fn close(mut response: Response) -> Response {
         axum::http::HeaderValue::from_static("close"),
     );
     response
+}
+
+/// The most of a refused request's body read (and dropped) before its answer, and for how long.
+const REFUSED_BODY_DRAIN: usize = 256 << 10;
+const REFUSED_BODY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A refusal of a request whose body was not read: up to [`REFUSED_BODY_DRAIN`] bytes of it are
+/// read and dropped first (for at most [`REFUSED_BODY_WAIT`]), so that a client still sending a
+/// small body reads the refusal instead of a reset connection (closing on unread bytes resets
+/// it). A larger or slower body is cut off, as before; nothing of it is kept.
+async fn refuse_unread(request: axum::extract::Request, answer: Response) -> Response {
+    use futures::StreamExt;
+    let mut body = request.into_body().into_data_stream();
+    let _ = tokio::time::timeout(REFUSED_BODY_WAIT, async {
+        let mut read = 0usize;
+        while let Some(Ok(chunk)) = body.next().await {
+            read += chunk.len();
+            if read > REFUSED_BODY_DRAIN {
+                break;
+            }
+        }
+    })
+    .await;
+    close(answer)
 }
 
 fn too_large(limit: u64) -> Response {

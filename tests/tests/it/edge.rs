@@ -321,6 +321,41 @@ fn a_body_over_the_routes_limit_or_without_a_token_is_never_read() {
 }
 
 #[test]
+fn a_refusal_reaches_a_client_that_sends_its_small_body_after_the_server_could_answer() {
+    let env = setup(true);
+    let url = env.world.admin.url().to_string();
+    // No token; the 64 KiB body follows the headers after a pause in which the server has
+    // decided, in two halves. Were the connection closed with the body unread, the first half
+    // would reset it and the second would fail to send: a client that stops at a failed send
+    // (as HTTP clients do) never reads the refusal.
+    let body = vec![b'a'; 64 << 10];
+    let sent = std::sync::atomic::AtomicBool::new(false);
+    let answer = raw(
+        &url,
+        format!(
+            "POST /v1/datasets/upload?name=x&level=L1&format=csv HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+        &|s| {
+            let pause = || std::thread::sleep(std::time::Duration::from_millis(300));
+            pause();
+            let (first, second) = body.split_at(body.len() / 2);
+            let whole = s.write_all(first).is_ok() && {
+                pause();
+                s.write_all(second).is_ok()
+            };
+            sent.store(whole, std::sync::atomic::Ordering::Relaxed);
+        },
+    );
+    assert!(
+        sent.load(std::sync::atomic::Ordering::Relaxed),
+        "the body could not be sent"
+    );
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer:?}");
+}
+
+#[test]
 fn every_malformed_request_is_answered_in_the_apis_error_format() {
     let env = setup(true);
     let w = &env.world;
