@@ -233,7 +233,7 @@ impl Platform {
     /// After a stop: a job that was running when the process died cannot go on (its engine
     /// state died with it) and ends `failed`, interrupted; queued jobs wait for the workers
     /// again, in the order they were accepted.
-    pub(super) fn resume_jobs(&self) -> Result<()> {
+    fn resume_jobs(&self) -> Result<()> {
         let (running, queued) = {
             let db = self
                 .db
@@ -265,7 +265,7 @@ impl Platform {
 
     /// Every wrapped data key in the metadata, with the object it belongs to.
     /// Every wrapped data key with its object: kind, name, the context bound to it.
-    pub(super) fn wrapped_keys(db: &Connection) -> Result<Vec<WrappedKey>> {
+    fn wrapped_keys(db: &Connection) -> Result<Vec<WrappedKey>> {
         let mut out = Vec::new();
         let mut q = |sql: &str, kind: &str| -> Result<()> {
             let mut stmt = db.prepare(sql)?;
@@ -327,10 +327,7 @@ impl Platform {
     }
 
     /// The pseudonym root key, if one was made, unwrapped with `master`.
-    pub(super) fn stored_pseudonym_root(
-        db: &Connection,
-        master: &MasterKey,
-    ) -> Result<Option<DataKey>> {
+    fn stored_pseudonym_root(db: &Connection, master: &MasterKey) -> Result<Option<DataKey>> {
         let stored: Option<String> = db
             .query_row(
                 "SELECT value FROM settings WHERE key = 'pseudonym_root'",
@@ -487,12 +484,7 @@ impl Platform {
         Ok(keys.len() as u64)
     }
 
-    pub(super) fn assemble(
-        dir: &Path,
-        master: MasterKey,
-        signer: Signer,
-        lock: fs::File,
-    ) -> Result<Platform> {
+    fn assemble(dir: &Path, master: MasterKey, signer: Signer, lock: fs::File) -> Result<Platform> {
         // A write killed before its rename left a temporary file nothing refers to.
         remove_temporary_files(dir)?;
         let signer = Arc::new(signer);
@@ -568,7 +560,7 @@ impl Platform {
 
     /// [`Platform::store_object`] binding `context` instead of the name alone (a dataset
     /// version binds its org, dataset and version: [`dataset_context`]).
-    pub(super) fn store_object_as(
+    fn store_object_as(
         &self,
         kind: &str,
         name: &str,
@@ -600,7 +592,7 @@ impl Platform {
         self.load_object_as(kind, name, &format!("{kind}/{name}"), wrapped)
     }
 
-    pub(super) fn load_object_as(
+    fn load_object_as(
         &self,
         kind: &str,
         name: &str,
