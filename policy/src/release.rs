@@ -319,6 +319,7 @@ pub fn releasable_condition(lineage: &Lineage, what: &str) -> Result<(), String>
 /// The dominance rules of statistical disclosure control (DOMAIN.md section 4), on each
 /// subject's total contribution to a cell after the whole plan.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct DominanceRule {
     /// The (n, k) rule: a cell fails when its top `n` subjects hold over `k_percent` of it.
     pub n: u32,

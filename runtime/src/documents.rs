@@ -559,5 +559,21 @@ mod tests {
         assert!(serde_json::from_value::<PolicyDocument>(doc).is_err());
         let typo = serde_json::json!({ "format": POLICY_FORMAT, "version": 1, "price": {} });
         assert!(serde_json::from_value::<PolicyDocument>(typo).is_err());
+        // Nor deeper: in a grant (an optional field misspelt would leave the grant as it was)
+        // or in the export rules' dominance.
+        let in_grant = serde_json::json!({
+            "format": POLICY_FORMAT, "version": 1,
+            "scenarios": [{ "id": "sc_1", "grants": [
+                { "dataset": "visits", "columns": ["spot"], "verison": 2 },
+            ] }],
+        });
+        assert!(serde_json::from_value::<PolicyDocument>(in_grant).is_err());
+        let in_dominance = serde_json::json!({
+            "format": POLICY_FORMAT, "version": 1,
+            "scenarios": [{ "id": "sc_1", "export_rules": { "dominance": {
+                "n": 2, "k_percent": 40.0, "p_percent": 10.0, "p_precent": 5.0,
+            } } }],
+        });
+        assert!(serde_json::from_value::<PolicyDocument>(in_dominance).is_err());
     }
 }

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// A scenario's grant of a dataset's columns.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct GrantRequest {
     pub dataset: String,
     pub columns: Vec<String>,
