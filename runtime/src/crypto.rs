@@ -6,8 +6,6 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::error::{Error, Result};
@@ -122,29 +120,40 @@ fn wrap_aad(context: &str) -> Vec<u8> {
     [b"tidegate-dek-v1|".as_slice(), context.as_bytes()].concat()
 }
 
+/// Seals `plaintext` as `nonce || ciphertext || tag` (standard AES-256-GCM, a fresh random
+/// nonce) with ring's implementation (assembly with AES-NI and CLMUL), as the read path and
+/// the spill do; objects sealed by the RustCrypto one open here and the other way (tested).
 fn seal_one(key: &[u8; 32], plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
-    let cipher = Aes256Gcm::new(key.into());
+    let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + TAG_LEN);
+    seal_into(key, plaintext, aad, &mut out);
+    out
+}
+
+/// [`seal_one`], appending to `out`.
+fn seal_into(key: &[u8; 32], plaintext: &[u8], aad: &[u8], out: &mut Vec<u8>) {
+    use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce as RingNonce, UnboundKey};
     let nonce = random_bytes::<NONCE_LEN>();
-    let ct = cipher
-        .encrypt(
-            Nonce::from_slice(&nonce),
-            Payload {
-                msg: plaintext,
-                aad,
-            },
+    out.extend_from_slice(&nonce);
+    let start = out.len();
+    out.extend_from_slice(plaintext);
+    let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).expect("a 32-byte key"));
+    let tag = key
+        .seal_in_place_separate_tag(
+            RingNonce::assume_unique_for_key(nonce),
+            Aad::from(aad),
+            &mut out[start..],
         )
         .expect("AES-GCM encryption of a bounded buffer cannot fail");
-    [nonce.as_slice(), &ct].concat()
+    out.extend_from_slice(tag.as_ref());
 }
 
 fn open_one(key: &[u8; 32], sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>> {
     if sealed.len() < NONCE_LEN + TAG_LEN {
         return Err(Error::Integrity("a sealed value is truncated".into()));
     }
-    let (nonce, ct) = sealed.split_at(NONCE_LEN);
-    Aes256Gcm::new(key.into())
-        .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad })
-        .map_err(|_| Error::Integrity("decryption failed: wrong key or altered data".into()))
+    let mut plain = vec![0u8; sealed.len() - NONCE_LEN - TAG_LEN];
+    open_in_place(key, sealed, aad, &mut plain)?;
+    Ok(plain)
 }
 
 /// A per-object data key. A fresh one is made for every object, so random nonces stay far
@@ -167,9 +176,17 @@ impl DataKey {
         };
         let last = chunks.len() - 1;
         for (i, chunk) in chunks.into_iter().enumerate() {
-            let sealed = seal_one(&self.0, chunk, &chunk_aad(context, i as u64, i == last));
-            out.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
-            out.extend_from_slice(&sealed);
+            // Sealed in place in the object's buffer: the plaintext is copied once.
+            let sealed_len = NONCE_LEN + chunk.len() + TAG_LEN;
+            out.extend_from_slice(&(sealed_len as u32).to_le_bytes());
+            let start = out.len();
+            seal_into(
+                &self.0,
+                chunk,
+                &chunk_aad(context, i as u64, i == last),
+                &mut out,
+            );
+            debug_assert_eq!(out.len() - start, sealed_len);
         }
         out
     }
@@ -262,9 +279,9 @@ impl DataKey {
     }
 }
 
-/// Decrypts one sealed chunk into `plain`, which has exactly the plaintext's length. Reading
-/// uses ring's AES-GCM (assembly with AES-NI and CLMUL) for scan speed; the format is
-/// standard AES-256-GCM either way, so objects sealed by the `aes-gcm` crate open here.
+/// Decrypts one sealed chunk into `plain`, which has exactly the plaintext's length (ring's
+/// AES-GCM; the format is standard AES-256-GCM, so objects sealed by the RustCrypto `aes-gcm`
+/// crate, as earlier versions did, open here).
 fn open_in_place(key: &[u8; 32], sealed: &[u8], aad: &[u8], plain: &mut [u8]) -> Result<()> {
     use ring::aead::{
         AES_256_GCM, Aad, LessSafeKey, Nonce as RingNonce, Tag as RingTag, UnboundKey,
@@ -632,6 +649,33 @@ mod tests {
                 .is_err()
         );
         assert!(key.open_object("ds/2/v1", &sealed).is_err());
+    }
+
+    #[test]
+    fn what_is_sealed_is_standard_aes_256_gcm_that_another_implementation_opens_and_seals() {
+        use aes_gcm::aead::{Aead, KeyInit, Payload};
+        use aes_gcm::{Aes256Gcm, Nonce};
+        let key = [9u8; 32];
+        let aad = b"ds/1/v1|0|last";
+        let other = Aes256Gcm::new((&key).into());
+        for len in [0, 1, 4096 + 3] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+            // Sealed here, opened by the RustCrypto implementation.
+            let sealed = seal_one(&key, &data, aad);
+            let (nonce, ct) = sealed.split_at(NONCE_LEN);
+            let opened = other
+                .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad })
+                .unwrap();
+            assert_eq!(opened, data);
+            // Sealed by it (as earlier versions of the store did), opened here.
+            let nonce = [3u8; NONCE_LEN];
+            let ct = other
+                .encrypt(Nonce::from_slice(&nonce), Payload { msg: &data, aad })
+                .unwrap();
+            let theirs = [nonce.as_slice(), &ct].concat();
+            assert_eq!(open_one(&key, &theirs, aad).unwrap(), data);
+            assert!(open_one(&key, &theirs, b"another context").is_err());
+        }
     }
 
     fn sealed_file(key: &DataKey, data: &[u8]) -> (tempfile::TempDir, fs::File) {

@@ -459,11 +459,7 @@ async fn contribute(
         if rows.is_empty() {
             continue;
         }
-        for b in &rows {
-            tally.add_elements(b)?;
-        }
-        tokio::task::yield_now().await;
-        let table = MemTable::try_new(Arc::clone(&schema), vec![rows])
+        let table = MemTable::try_new(Arc::clone(&schema), vec![rows.clone()])
             .map_err(|e| Error::Internal(format!("the gate's rows: {e}")))?;
         let scan = LogicalPlanBuilder::scan(
             hidden::CONTRIBUTIONS,
@@ -479,14 +475,61 @@ async fn contribute(
             .create_physical_plan()
             .await
             .map_err(|e| map_error(e, Stage::Running))?;
-        let mut parts = datafusion::physical_plan::execute_stream(physical, single.task_ctx())
-            .map_err(|e| map_error(e, Stage::Running))?;
-        while let Some(batch) = parts.next().await {
-            tally.add(&batch.map_err(|e| map_error(e, Stage::Running))?)?;
+        // The group's per-subject aggregation runs on one of the job's workers while this
+        // thread takes the same rows' elements for the gate's memory: both only read the
+        // rows. Its output (made once all its input is read) waits, two batches at most, for
+        // the tally to take it after the elements; the task ends with the job.
+        let task = single.task_ctx();
+        let (send, mut parts) = tokio::sync::mpsc::channel(2);
+        let mut aggregation = Aborting(tokio::spawn(async move {
+            let mut stream = match datafusion::physical_plan::execute_stream(physical, task) {
+                Ok(stream) => stream,
+                Err(e) => {
+                    let _ = send.send(Err(map_error(e, Stage::Running))).await;
+                    return false;
+                }
+            };
+            while let Some(batch) = stream.next().await {
+                let failed = batch.is_err();
+                if send
+                    .send(batch.map_err(|e| map_error(e, Stage::Running)))
+                    .await
+                    .is_err()
+                    || failed
+                {
+                    return false;
+                }
+            }
+            // Every part was sent.
+            true
+        }));
+        for b in &rows {
+            tally.add_elements(b)?;
         }
         tally.settle_elements();
+        drop(rows);
+        tokio::task::yield_now().await;
+        while let Some(batch) = parts.recv().await {
+            tally.add(&batch?)?;
+        }
+        // The channel also closes when the task panics: the tally is whole only if the
+        // aggregation says it sent every part.
+        if !matches!((&mut aggregation.0).await, Ok(true)) {
+            return Err(Error::Internal(
+                "the gate's per-subject aggregation stopped before its end".into(),
+            ));
+        }
     }
     Ok(spill.written())
+}
+
+/// A spawned task that is aborted when dropped: no work of a job outlives it.
+struct Aborting<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for Aborting<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Collects a plan's batches, counting their memory against the job's engine limit (and, for

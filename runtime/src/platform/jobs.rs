@@ -805,7 +805,12 @@ impl Platform {
         // dataset the job read: each dataset's memory is given only its own rows.
         let subjects_key = match &output.subject_sets {
             Some(tables) => {
-                let parts: Vec<(String, tidegate_policy::DatasetRows)> = inputs
+                // A dataset whose rows no cell holds: an empty set for every result row.
+                let none = tidegate_policy::DatasetRows {
+                    sets: vec![Vec::new(); rows],
+                    values: vec![0; rows],
+                };
+                let parts: Vec<(String, &tidegate_policy::DatasetRows)> = inputs
                     .iter()
                     .map(|i| &i.dataset.id)
                     .enumerate()
@@ -813,11 +818,7 @@ impl Platform {
                         let rows = tables
                             .iter()
                             .find(|(at, _)| *at == t)
-                            .map(|(_, r)| r.clone())
-                            .unwrap_or_else(|| tidegate_policy::DatasetRows {
-                                sets: vec![Vec::new(); rows],
-                                values: vec![0; rows],
-                            });
+                            .map_or(&none, |(_, r)| r);
                         (dataset.clone(), rows)
                     })
                     .collect();
