@@ -799,11 +799,11 @@ fn put(out: &mut Vec<u8>, mut v: u64) {
 /// each set as its length and, per element, the delta from the previous row hash and the
 /// subject, all as LEB128 varints.
 pub fn encode_sets(rows: &[Vec<SubjectSet>]) -> Vec<u8> {
-    // Sized once (two varints of at most ten bytes per element, nearly always fewer): a
-    // release's sets run to tens of millions of elements, and a growing buffer copies them
-    // at every doubling.
+    // Sized once (two varints of at most ten bytes per element: a subject's keyed hash takes
+    // nine or ten, a row's delta up to ten): a release's sets run to tens of millions of
+    // elements, and a growing buffer copies them at every doubling.
     let elements: usize = rows.iter().flatten().map(|s| s.len()).sum();
-    let mut out = Vec::with_capacity(10 + rows.len() * 2 + elements * 12);
+    let mut out = Vec::with_capacity(10 + rows.len() * 20 + elements * 20);
     put(&mut out, rows.len() as u64);
     for sets in rows {
         put(&mut out, sets.len() as u64);
@@ -862,22 +862,15 @@ pub struct DatasetRows {
 /// its id (length and UTF-8 bytes) and its rows as [`encode_rows`] writes them (length and
 /// bytes). Each dataset's memory is given only the rows stored in it.
 pub fn encode_by_dataset<R: std::borrow::Borrow<DatasetRows>>(parts: &[(String, R)]) -> Vec<u8> {
-    let bodies: Vec<Vec<u8>> = parts
-        .iter()
-        .map(|(_, rows)| encode_rows(&rows.borrow().sets, &rows.borrow().values))
-        .collect();
-    let size: usize = parts
-        .iter()
-        .zip(&bodies)
-        .map(|((d, _), b)| d.len() + b.len() + 20)
-        .sum();
-    let mut out = Vec::with_capacity(BY_DATASET.len() + 10 + size);
-    out.extend_from_slice(BY_DATASET);
+    let mut out = BY_DATASET.to_vec();
     put(&mut out, parts.len() as u64);
-    for ((dataset, _), body) in parts.iter().zip(bodies) {
+    for (dataset, rows) in parts {
         put(&mut out, dataset.len() as u64);
         out.extend_from_slice(dataset.as_bytes());
+        // One dataset's body at a time, added in one step (no doubling of the whole).
+        let body = encode_rows(&rows.borrow().sets, &rows.borrow().values);
         put(&mut out, body.len() as u64);
+        out.reserve_exact(body.len());
         out.extend_from_slice(&body);
     }
     out

@@ -287,6 +287,10 @@ fn open_in_place(key: &[u8; 32], sealed: &[u8], aad: &[u8], plain: &mut [u8]) ->
         AES_256_GCM, Aad, LessSafeKey, Nonce as RingNonce, Tag as RingTag, UnboundKey,
     };
     let failed = || Error::Integrity("decryption failed: wrong key or altered data".into());
+    // Checked here too, whatever the caller checked: hostile bytes never reach a panic.
+    if sealed.len() < NONCE_LEN + TAG_LEN || plain.len() != sealed.len() - NONCE_LEN - TAG_LEN {
+        return Err(Error::Integrity("a sealed value is truncated".into()));
+    }
     let (nonce, rest) = sealed.split_at(NONCE_LEN);
     let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
     plain.copy_from_slice(ct);

@@ -479,56 +479,68 @@ async fn contribute(
         // thread takes the same rows' elements for the gate's memory: both only read the
         // rows. Its output (made once all its input is read) waits, two batches at most, for
         // the tally to take it after the elements; the task ends with the job.
-        let task = single.task_ctx();
-        let (send, mut parts) = tokio::sync::mpsc::channel(2);
-        let mut aggregation = Aborting(tokio::spawn(async move {
-            let mut stream = match datafusion::physical_plan::execute_stream(physical, task) {
-                Ok(stream) => stream,
-                Err(e) => {
-                    let _ = send.send(Err(map_error(e, Stage::Running))).await;
-                    return false;
-                }
-            };
-            while let Some(batch) = stream.next().await {
-                let failed = batch.is_err();
-                if send
-                    .send(batch.map_err(|e| map_error(e, Stage::Running)))
-                    .await
-                    .is_err()
-                    || failed
-                {
-                    return false;
-                }
-            }
-            // Every part was sent.
-            true
-        }));
+        let stream = datafusion::physical_plan::execute_stream(physical, single.task_ctx())
+            .map_err(|e| map_error(e, Stage::Running))?
+            .map(|b| b.map_err(|e| map_error(e, Stage::Running)));
+        let mut parts = Pumped::spawn(stream);
         for b in &rows {
             tally.add_elements(b)?;
         }
         tally.settle_elements();
         drop(rows);
         tokio::task::yield_now().await;
-        while let Some(batch) = parts.recv().await {
-            tally.add(&batch?)?;
-        }
-        // The channel also closes when the task panics: the tally is whole only if the
-        // aggregation says it sent every part.
-        if !matches!((&mut aggregation.0).await, Ok(true)) {
-            return Err(Error::Internal(
-                "the gate's per-subject aggregation stopped before its end".into(),
-            ));
-        }
+        parts.each(|batch| tally.add(&batch)).await?;
     }
     Ok(spill.written())
 }
 
-/// A spawned task that is aborted when dropped: no work of a job outlives it.
-struct Aborting<T>(tokio::task::JoinHandle<T>);
+/// A stream of batches pumped by a task of the job's runtime (so that it runs on a worker
+/// while the job's thread does other work), taken only whole: [`Pumped::each`] fails unless
+/// the task says it sent every item of the stream, so that a panic, an abort or an early end
+/// of the task never passes for the stream's end. The task is aborted when this is dropped.
+struct Pumped {
+    items: tokio::sync::mpsc::Receiver<Result<RecordBatch>>,
+    task: tokio::task::JoinHandle<bool>,
+}
 
-impl<T> Drop for Aborting<T> {
+impl Pumped {
+    fn spawn(
+        mut stream: impl futures::Stream<Item = Result<RecordBatch>> + Send + Unpin + 'static,
+    ) -> Pumped {
+        use futures::StreamExt;
+        let (send, items) = tokio::sync::mpsc::channel(2);
+        let task = tokio::spawn(async move {
+            while let Some(item) = stream.next().await {
+                let failed = item.is_err();
+                if send.send(item).await.is_err() || failed {
+                    return false;
+                }
+            }
+            // Every item was sent.
+            true
+        });
+        Pumped { items, task }
+    }
+
+    /// Gives every item to `take`, in order; the first error (the stream's or `take`'s) ends
+    /// it, and so does a task that stopped before the stream's end.
+    async fn each(&mut self, mut take: impl FnMut(RecordBatch) -> Result<()>) -> Result<()> {
+        while let Some(item) = self.items.recv().await {
+            take(item?)?;
+        }
+        // The channel closes when the task ends, however it ends.
+        match (&mut self.task).await {
+            Ok(true) => Ok(()),
+            _ => Err(Error::Internal(
+                "the gate's per-subject aggregation stopped before its end".into(),
+            )),
+        }
+    }
+}
+
+impl Drop for Pumped {
     fn drop(&mut self) {
-        self.0.abort();
+        self.task.abort();
     }
 }
 
@@ -927,11 +939,74 @@ fn classify(e: &DataFusionError, stage: Stage) -> Error {
 mod tests {
     use super::*;
     use crate::tables::TableData;
+    use arrow::array::AsArray;
     use arrow::array::{Float64Array, StringArray};
     use arrow::datatypes::DataType as ArrowType;
     use arrow::datatypes::{Field, Schema};
     use tidegate_policy::ColumnSpec;
     use tidegate_policy::{ColumnTag, DataType};
+
+    fn numbered(n: i64) -> RecordBatch {
+        RecordBatch::try_new(
+            Arc::new(Schema::new(vec![Field::new("n", ArrowType::Int64, false)])),
+            vec![Arc::new(arrow::array::Int64Array::from(vec![n]))],
+        )
+        .unwrap()
+    }
+
+    /// Takes a pumped stream of numbered batches: the numbers taken, and how it ended.
+    fn take_pumped(
+        stream: impl futures::Stream<Item = Result<RecordBatch>> + Send + Unpin + 'static,
+    ) -> (Vec<i64>, Result<()>) {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let mut taken = Vec::new();
+            let outcome = Pumped::spawn(stream)
+                .each(|b| {
+                    taken.push(
+                        b.column(0)
+                            .as_primitive::<arrow::datatypes::Int64Type>()
+                            .value(0),
+                    );
+                    Ok(())
+                })
+                .await;
+            (taken, outcome)
+        })
+    }
+
+    #[test]
+    fn a_pumped_stream_is_taken_whole_and_in_order() {
+        let (taken, outcome) = take_pumped(futures::stream::iter((0..10).map(|n| Ok(numbered(n)))));
+        assert_eq!(taken, (0..10).collect::<Vec<_>>());
+        assert!(outcome.is_ok());
+    }
+
+    #[test]
+    fn a_pumped_stream_whose_task_panics_midway_fails_instead_of_ending() {
+        use futures::StreamExt;
+        // The channel closes when the task dies: without the task's word, the two batches
+        // taken would pass for the whole stream.
+        let stream = futures::stream::iter(0..10).map(|n| {
+            assert!(n < 2, "the aggregation fails here");
+            Ok(numbered(n))
+        });
+        let (taken, outcome) = take_pumped(stream);
+        assert_eq!(taken, vec![0, 1]);
+        let error = outcome.unwrap_err().to_string();
+        assert!(error.contains("stopped before its end"), "{error}");
+    }
+
+    #[test]
+    fn a_pumped_stream_stops_at_its_first_error() {
+        let items = (0..5).map(|n| match n {
+            3 => Err(Error::Limit("the job exceeded its memory limit".into())),
+            n => Ok(numbered(n)),
+        });
+        let (taken, outcome) = take_pumped(futures::stream::iter(items));
+        assert_eq!(taken, vec![0, 1, 2]);
+        assert!(matches!(outcome, Err(Error::Limit(_))));
+    }
 
     fn table(rows: usize) -> TableInput {
         let schema = Arc::new(Schema::new(vec![
