@@ -129,6 +129,14 @@ fn seal_one(key: &[u8; 32], plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
     out
 }
 
+/// One chunk of an object as stored, appended to `out`: the sealed length (4 bytes, little
+/// endian), then the chunk sealed in place (the plaintext is copied once).
+fn seal_frame(key: &[u8; 32], plaintext: &[u8], aad: &[u8], out: &mut Vec<u8>) {
+    let sealed_len = NONCE_LEN + plaintext.len() + TAG_LEN;
+    out.extend_from_slice(&(sealed_len as u32).to_le_bytes());
+    seal_into(key, plaintext, aad, out);
+}
+
 /// [`seal_one`], appending to `out`.
 fn seal_into(key: &[u8; 32], plaintext: &[u8], aad: &[u8], out: &mut Vec<u8>) {
     use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce as RingNonce, UnboundKey};
@@ -176,17 +184,12 @@ impl DataKey {
         };
         let last = chunks.len() - 1;
         for (i, chunk) in chunks.into_iter().enumerate() {
-            // Sealed in place in the object's buffer: the plaintext is copied once.
-            let sealed_len = NONCE_LEN + chunk.len() + TAG_LEN;
-            out.extend_from_slice(&(sealed_len as u32).to_le_bytes());
-            let start = out.len();
-            seal_into(
+            seal_frame(
                 &self.0,
                 chunk,
                 &chunk_aad(context, i as u64, i == last),
                 &mut out,
             );
-            debug_assert_eq!(out.len() - start, sealed_len);
         }
         out
     }
@@ -527,6 +530,8 @@ pub(crate) struct SealingWriter {
     key: [u8; 32],
     context: String,
     pending: Vec<u8>,
+    /// The sealed frame of the pending chunk, reused from chunk to chunk.
+    frame: Vec<u8>,
     index: u64,
     written: u64,
 }
@@ -545,6 +550,7 @@ impl SealingWriter {
             key: key.0,
             context: context.to_string(),
             pending: Vec::with_capacity(CHUNK),
+            frame: Vec::with_capacity(4 + NONCE_LEN + CHUNK + TAG_LEN),
             index: 0,
             written: 0,
         })
@@ -570,13 +576,14 @@ impl SealingWriter {
     }
 
     fn seal_pending(&mut self, last: bool) -> Result<()> {
-        let sealed = seal_one(
+        self.frame.clear();
+        seal_frame(
             &self.key,
             &self.pending,
             &chunk_aad(&self.context, self.index, last),
+            &mut self.frame,
         );
-        self.file.write_all(&(sealed.len() as u32).to_le_bytes())?;
-        self.file.write_all(&sealed)?;
+        self.file.write_all(&self.frame)?;
         self.pending.clear();
         self.index += 1;
         Ok(())
