@@ -54,6 +54,10 @@ pub struct EngineLimits {
     /// Names the subjects of each cell for the gate's memory (R-GATE 6): set for exact
     /// releases, so the result carries each row's sets of subjects.
     pub subjects: Option<crate::crypto::SubjectKey>,
+    /// The engine computes every subject's part, not the tally (for the tests that compare
+    /// the two).
+    #[cfg(test)]
+    pub(crate) engine_parts: bool,
 }
 
 impl Default for EngineLimits {
@@ -68,6 +72,8 @@ impl Default for EngineLimits {
             dominance: DominanceRule::default(),
             threshold: 1,
             subjects: None,
+            #[cfg(test)]
+            engine_parts: false,
         }
     }
 }
@@ -85,6 +91,9 @@ pub struct JobOutput {
     /// Bytes of the gate's per-subject rows written sealed to disk (0 when they fit the
     /// budget).
     pub spilled_bytes: u64,
+    /// Groups of subjects whose parts the tally computed itself.
+    #[cfg(test)]
+    pub(crate) tally_groups: u64,
     /// Per table with subjects (by index among the job's tables), each result row's sets of
     /// that table's rows and subjects (keyed hashes), when the limits named a subject key and
     /// the result is an aggregate over subjects.
@@ -247,6 +256,7 @@ pub async fn run_query_until(
         None => (physical(analysis.plan.clone()).await?, None),
     };
     let spilled = AtomicU64::new(0);
+    let tallied = AtomicU64::new(0);
     let run = async {
         let query = async {
             let batches = collect_bounded(
@@ -284,8 +294,10 @@ pub async fn run_query_until(
                     limits.privacy,
                     limits.subjects,
                 )?;
-                let outcome = contribute(&ctx, plan, spill, &mut tally).await;
-                spilled.store(outcome?, Ordering::Relaxed);
+                let outcome = contribute(&ctx, plan, spill, &mut tally, &pool, &limits).await;
+                let (written, groups) = outcome?;
+                spilled.store(written, Ordering::Relaxed);
+                tallied.store(groups, Ordering::Relaxed);
                 tally.finish(batches).map(|f| (f.batches, f.subject_sets))
             }
             None => Ok((query.await?, None)),
@@ -341,6 +353,8 @@ pub async fn run_query_until(
         plan: plan_text,
         peak_engine_memory_bytes: pool.peak() as u64,
         spilled_bytes: spilled.load(Ordering::Relaxed),
+        #[cfg(test)]
+        tally_groups: tallied.load(Ordering::Relaxed),
     })
 }
 
@@ -434,17 +448,44 @@ async fn spill_contributions(
 }
 
 /// Aggregates the gate's per-subject rows a group of subjects at a time into the tally.
-/// Returns the bytes the spill wrote to disk.
+/// Returns the bytes the spill wrote to disk, and the groups whose parts the tally computed.
 async fn contribute(
     ctx: &SessionContext,
     plan: &crate::release::Contributions,
     mut spill: crate::spill::SealedSpill,
     tally: &mut crate::release::Tally<'_>,
-) -> Result<u64> {
+    pool: &Arc<PeakPool>,
+    limits: &EngineLimits,
+) -> Result<(u64, u64)> {
     use datafusion::datasource::{MemTable, provider_as_source};
     use datafusion::logical_expr::LogicalPlanBuilder;
     use futures::StreamExt;
     let schema = spill.schema();
+    // The tally computes each (cell, subject)'s parts itself, in the pass that takes the rows'
+    // elements (one sort by cell and subject), where it can: the engine's aggregation
+    // computes the rest (a count of distinct values, a decimal sum).
+    #[cfg(test)]
+    let engine = limits.engine_parts;
+    #[cfg(not(test))]
+    let engine = {
+        let _ = limits;
+        false
+    };
+    if let Some(native) = plan.native(&schema).filter(|_| !engine) {
+        let builder = tally.builder(native)?;
+        return match builder.values() {
+            0 => contribute_native::<0>(spill, builder, tally, pool).await,
+            1 => contribute_native::<1>(spill, builder, tally, pool).await,
+            2 => contribute_native::<2>(spill, builder, tally, pool).await,
+            3 => contribute_native::<3>(spill, builder, tally, pool).await,
+            4 => contribute_native::<4>(spill, builder, tally, pool).await,
+            5 => contribute_native::<5>(spill, builder, tally, pool).await,
+            6 => contribute_native::<6>(spill, builder, tally, pool).await,
+            7 => contribute_native::<7>(spill, builder, tally, pool).await,
+            8 => contribute_native::<8>(spill, builder, tally, pool).await,
+            _ => Err(Error::Internal("gate columns: too many sums".into())),
+        };
+    }
     // Each group is aggregated on one partition: its subjects are a share of all already, and
     // no exchange between partitions has to buffer (or spill) what it moves.
     let single = SessionContext::new_with_config_rt(
@@ -491,7 +532,62 @@ async fn contribute(
         tokio::task::yield_now().await;
         parts.each(|batch| tally.add(&batch)).await?;
     }
-    Ok(spill.written())
+    Ok((spill.written(), 0))
+}
+
+/// Gives the tally every group of the spill, each read back and made ready (its rows with
+/// what the tally reads of each, reserved in the job's pool) on a worker while the tally takes
+/// the group before it: at most two groups are held at once. Fails unless every group was
+/// made and taken.
+async fn contribute_native<const V: usize>(
+    mut spill: crate::spill::SealedSpill,
+    builder: crate::release::Builder,
+    tally: &mut crate::release::Tally<'_>,
+    pool: &Arc<PeakPool>,
+) -> Result<(u64, u64)> {
+    let pool = Arc::clone(pool) as Arc<dyn MemoryPool>;
+    let groups = spill.groups()?;
+    let count = groups.len();
+    let builder = Arc::new(builder);
+    let worker = Arc::clone(&builder);
+    let (send, mut made) = tokio::sync::mpsc::channel(1);
+    let (taken, took) = std::sync::mpsc::channel::<()>();
+    // The worker stops at its next group once the job no longer takes them (it failed or
+    // was stopped); the spill's files die with it.
+    let task = tokio::task::spawn_blocking(move || {
+        for (i, group) in groups.into_iter().enumerate() {
+            // The group before was taken: the next is made while the tally takes it.
+            if i > 0 && took.recv().is_err() {
+                return None;
+            }
+            // What a group's rows take made ready is the job's memory too, until the tally
+            // has taken them.
+            let memory = MemoryConsumer::new("the gate's rows made ready").register(&pool);
+            let built = spill
+                .read(group)
+                .and_then(|rows| worker.build::<V>(&rows, memory));
+            let failed = built.is_err();
+            if send.blocking_send(built).is_err() || failed {
+                return None;
+            }
+        }
+        Some(spill)
+    });
+    let mut done = 0;
+    while let Some(built) = made.recv().await {
+        let built = built?;
+        // Ignored when the worker is done: nothing waits for it then.
+        let _ = taken.send(());
+        tally.add_built(&builder, built)?;
+        done += 1;
+        tokio::task::yield_now().await;
+    }
+    match task.await {
+        Ok(Some(spill)) if done == count => Ok((spill.written(), done as u64)),
+        _ => Err(Error::Internal(
+            "the gate's per-subject rows stopped before their end".into(),
+        )),
+    }
 }
 
 /// A stream of batches pumped by a task of the job's runtime (so that it runs on a worker
@@ -939,12 +1035,12 @@ fn classify(e: &DataFusionError, stage: Stage) -> Error {
 mod tests {
     use super::*;
     use crate::tables::TableData;
-    use arrow::array::AsArray;
+    use arrow::array::{Array, AsArray};
     use arrow::array::{Float64Array, StringArray};
     use arrow::datatypes::DataType as ArrowType;
     use arrow::datatypes::{Field, Schema};
     use tidegate_policy::ColumnSpec;
-    use tidegate_policy::{ColumnTag, DataType};
+    use tidegate_policy::{ColumnTag, ContributionBounds, DataType};
 
     fn numbered(n: i64) -> RecordBatch {
         RecordBatch::try_new(
@@ -1154,6 +1250,213 @@ mod tests {
             crate::spill::files_under(spill.path()).is_empty(),
             "the spill is destroyed with the job"
         );
+    }
+
+    /// Tables `t` (visits: a spot, a value with NULLs, a count, a flag, a join key) and `u`
+    /// (places: a district and a weight), both with subjects; some rows of `t` have none.
+    fn two_tables(rows: usize) -> Vec<TableInput> {
+        let t = Arc::new(Schema::new(vec![
+            Field::new("spot", ArrowType::Utf8, false),
+            Field::new("x", ArrowType::Float64, true),
+            Field::new("n", ArrowType::Int32, false),
+            Field::new("flag", ArrowType::Boolean, true),
+            Field::new("k", ArrowType::Int64, false),
+            Field::new("person", ArrowType::Utf8, true),
+            Field::new(hidden::ENTITY, ArrowType::Utf8, true),
+        ]));
+        let person = || {
+            Arc::new(StringArray::from_iter(
+                (0..rows).map(|i| (i % 101 != 0).then(|| format!("p{}", i % 3_000))),
+            ))
+        };
+        let visits = RecordBatch::try_new(
+            t,
+            vec![
+                Arc::new(StringArray::from_iter_values(
+                    (0..rows).map(|i| format!("spot {}", i % 23)),
+                )),
+                Arc::new(Float64Array::from_iter(
+                    (0..rows).map(|i| (i % 7 != 0).then_some((i % 1000) as f64 * 0.1 - 3.0)),
+                )),
+                Arc::new(arrow::array::Int32Array::from_iter_values(
+                    (0..rows).map(|i| (i % 50) as i32 - 5),
+                )),
+                Arc::new(arrow::array::BooleanArray::from_iter(
+                    (0..rows).map(|i| (i % 11 != 0).then_some(i % 3 == 0)),
+                )),
+                Arc::new(arrow::array::Int64Array::from_iter_values(
+                    (0..rows).map(|i| (i % 300) as i64),
+                )),
+                person(),
+                person(),
+            ],
+        )
+        .unwrap();
+        let u = Arc::new(Schema::new(vec![
+            Field::new("id", ArrowType::Int64, false),
+            Field::new("district", ArrowType::Utf8, false),
+            Field::new("w", ArrowType::Float64, false),
+            Field::new(hidden::ENTITY, ArrowType::Utf8, true),
+        ]));
+        let places = RecordBatch::try_new(
+            u,
+            vec![
+                Arc::new(arrow::array::Int64Array::from_iter_values(0..300)),
+                Arc::new(StringArray::from_iter_values(
+                    (0..300).map(|i| format!("district {}", i % 4)),
+                )),
+                Arc::new(Float64Array::from_iter_values(
+                    (0..300).map(|i| i as f64 / 3.0),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    (0..300).map(|i| format!("q{}", i % 150)),
+                )),
+            ],
+        )
+        .unwrap();
+        let spec = |name: &str, data_type, tags| ColumnSpec {
+            name: name.into(),
+            data_type,
+            tags,
+        };
+        vec![
+            TableInput {
+                name: "t".into(),
+                columns: vec![
+                    spec("spot", DataType::Utf8, vec![ColumnTag::Dimension]),
+                    spec("x", DataType::Float64, vec![]),
+                    spec("n", DataType::Int32, vec![]),
+                    spec("flag", DataType::Boolean, vec![]),
+                    spec("k", DataType::Int64, vec![]),
+                    spec("person", DataType::Utf8, vec![ColumnTag::Entity]),
+                ],
+                data: TableData::Memory(
+                    (0..rows)
+                        .step_by(4096)
+                        .map(|at| visits.slice(at, 4096.min(rows - at)))
+                        .collect(),
+                ),
+            },
+            TableInput {
+                name: "u".into(),
+                columns: vec![
+                    spec("id", DataType::Int64, vec![]),
+                    spec("district", DataType::Utf8, vec![ColumnTag::Dimension]),
+                    spec("w", DataType::Float64, vec![]),
+                ],
+                data: TableData::Memory(vec![places]),
+            },
+        ]
+    }
+
+    /// A gated job over `two_tables`, which must not fail.
+    fn gated(rt: &tokio::runtime::Runtime, sql: &str, limits: EngineLimits) -> JobOutput {
+        let out = rt
+            .block_on(run_query(sql, &two_tables(100_000), vec![], limits))
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+        if sql.contains("GROUP BY") && !sql.contains("DISTINCT") {
+            assert!(out.spilled_bytes > 0, "{sql}: the rows were spilled");
+        }
+        out
+    }
+
+    /// Two results are the same: every column equal, doubles up to the order the engine's
+    /// partitions added them in.
+    fn assert_same(sql: &str, a: &[RecordBatch], b: &[RecordBatch]) {
+        let a = arrow::compute::concat_batches(&a[0].schema(), a).unwrap();
+        let b = arrow::compute::concat_batches(&b[0].schema(), b).unwrap();
+        assert_eq!(a.schema(), b.schema(), "{sql}");
+        assert!(a.num_rows() > 0, "{sql}");
+        for (i, f) in a.schema().fields().iter().enumerate() {
+            let (x, y) = (a.column(i), b.column(i));
+            if f.data_type() == &ArrowType::Float64 {
+                let (x, y) = (
+                    x.as_primitive::<arrow::datatypes::Float64Type>(),
+                    y.as_primitive::<arrow::datatypes::Float64Type>(),
+                );
+                for r in 0..a.num_rows() {
+                    let (p, q) = (x.value(r), y.value(r));
+                    assert_eq!(x.is_valid(r), y.is_valid(r), "{sql}: {}", f.name());
+                    assert!(
+                        p == q
+                            || (p.is_nan() && q.is_nan())
+                            || (p - q).abs() <= 1e-9 * p.abs().max(q.abs()).max(1.0),
+                        "{sql}: {} row {r}: {p} against {q}",
+                        f.name()
+                    );
+                }
+            } else {
+                assert_eq!(x, y, "{sql}: {}", f.name());
+            }
+        }
+    }
+
+    #[test]
+    fn the_tally_computes_each_subjects_parts_as_the_engine_does() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let key = crate::crypto::DataKey::generate().subject_key();
+        let spill = tempfile::tempdir().unwrap();
+        // A budget small enough that the rows are spilled and taken in several groups.
+        let exact = || EngineLimits {
+            level: Level::L2,
+            subjects: Some(key),
+            memory_bytes: 16 << 20,
+            spill_dir: Some(spill.path().to_path_buf()),
+            ..EngineLimits::default()
+        };
+        let private = || EngineLimits {
+            level: Level::L2,
+            memory_bytes: 16 << 20,
+            spill_dir: Some(spill.path().to_path_buf()),
+            privacy: Some(ContributionBounds {
+                sum_bound: Some(40.0),
+                count_bound: 3,
+                max_groups: 5,
+            }),
+            ..EngineLimits::default()
+        };
+        let single = [
+            "SELECT spot, count(*) AS visits, sum(x) AS total, avg(x) AS mean FROM t GROUP BY spot ORDER BY spot",
+            "SELECT spot, count(x) AS c, sum(n) FILTER (WHERE flag) AS s FROM t GROUP BY spot ORDER BY spot",
+            "SELECT spot, sum(x + n) AS s, sum(n * 2) AS d FROM t WHERE n > 0 GROUP BY spot ORDER BY spot",
+            "SELECT count(*) AS visits, sum(x) AS total FROM t",
+            // Sums of no value (NULL) and of infinities (NaN where they cancel).
+            "SELECT spot, count(*) AS visits, sum(x) FILTER (WHERE n > 100) AS none FROM t GROUP BY spot ORDER BY spot",
+            "SELECT spot, sum(x / (n + 5)) AS ratio, count(x) AS c FROM t GROUP BY spot ORDER BY spot",
+            // A count of distinct values is the engine's, both times.
+            "SELECT spot, count(DISTINCT person) AS people, sum(x) AS total FROM t GROUP BY spot ORDER BY spot",
+        ];
+        let joined = [
+            "SELECT u.district, count(*) AS visits, sum(t.x + u.w) AS total FROM t JOIN u ON t.k = u.id GROUP BY u.district ORDER BY u.district",
+            "SELECT u.district, t.spot, sum(t.n) AS s FROM t JOIN u ON t.k = u.id GROUP BY u.district, t.spot ORDER BY u.district, t.spot",
+        ];
+        let runs = single
+            .iter()
+            .chain(&joined)
+            .map(|sql| (*sql, exact()))
+            .chain(single.iter().map(|sql| (*sql, private())));
+        for (sql, mut limits) in runs {
+            if sql.contains("DISTINCT") {
+                // The engine's distinct values per (cell, subject) need more room.
+                limits.memory_bytes = 1 << 30;
+            }
+            let tally = gated(&rt, sql, limits.clone());
+            // A count of distinct values is the engine's, both times.
+            let tallied = tally.tally_groups > 0;
+            assert_eq!(
+                tallied,
+                !sql.contains("DISTINCT"),
+                "{sql}: the tally's parts"
+            );
+            let engine_limits = EngineLimits {
+                engine_parts: true,
+                ..limits
+            };
+            let engine = gated(&rt, sql, engine_limits);
+            assert_eq!(engine.tally_groups, 0, "{sql}: the engine's parts");
+            assert_same(sql, &tally.batches, &engine.batches);
+            assert_eq!(tally.subject_sets, engine.subject_sets, "{sql}");
+        }
     }
 
     #[test]

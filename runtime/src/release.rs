@@ -37,6 +37,9 @@ use crate::hidden::{
 };
 use crate::tables::TableInput;
 
+mod parts;
+pub(crate) use parts::Builder;
+
 /// Bits of a row's measures: the cell and at most 31 counts and sums.
 const MAX_MEASURES: usize = 32;
 /// A row element's mask keeps its table above this bit (the measures below it).
@@ -103,6 +106,8 @@ pub(crate) struct Contributions {
     pub input: LogicalPlan,
     pub by: Vec<Expr>,
     pub aggregates: Vec<Expr>,
+    /// Each aggregate's column name and how it is computed, in the same order.
+    parts: Vec<(String, PartExpr)>,
 }
 
 impl Contributions {
@@ -960,6 +965,7 @@ impl Walk<'_> {
             input: with_elements,
             by,
             aggregates: contribution_aggr,
+            parts: part_exprs,
         };
 
         // The query's own aggregate over the shared input, each output under the name and
@@ -1517,6 +1523,29 @@ fn doubles(b: &RecordBatch, name: &str) -> Result<Float64Array> {
         .clone())
 }
 
+/// The cells' keys of a batch's rows in Arrow's row format (one constant key without keys).
+fn keys_in(converter: &RowConverter, no_keys: bool, b: &RecordBatch) -> Result<arrow::row::Rows> {
+    let columns = if no_keys {
+        vec![Arc::new(arrow::array::Int8Array::from(vec![0i8; b.num_rows()])) as _]
+    } else {
+        key_columns(b)
+    };
+    converter.convert_columns(&columns).map_err(arrow_error)
+}
+
+/// A row's element for the gate's memory: the table that stored it, its identity there and
+/// the measures it adds to; `None` for a row of no stored row or that adds to nothing.
+fn element(column: &arrow::array::FixedSizeBinaryArray, row: usize) -> Option<(u64, u64, u64)> {
+    if !column.is_valid(row) {
+        return None;
+    }
+    let bytes = column.value(row);
+    let identity = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    let mask = u64::from_le_bytes(bytes.get(8..16)?.try_into().ok()?);
+    let adds = mask & ((1 << TABLE_SHIFT) - 1);
+    (adds != 0).then_some((mask >> TABLE_SHIFT, identity, adds))
+}
+
 /// One cell's facts: its subjects, per measure the largest parts (descending, absolute) and
 /// the signed total of its (bounded) parts.
 struct Cell {
@@ -1530,6 +1559,8 @@ struct Cell {
     /// Its rows for the gate's memory (when kept): the table that stored the row, (row,
     /// subject) named by the subject key, and the mask of the measures each adds to.
     elements: Vec<(u64, u64, u64, u64)>,
+    /// Its keys in Arrow's row format.
+    key: Box<[u8]>,
 }
 
 /// Per subject, under differential privacy: its cells, each with a choice hash and its signed
@@ -1548,6 +1579,8 @@ pub(crate) struct Tally<'a> {
     threshold: u64,
     privacy: Option<ContributionBounds>,
     converter: RowConverter,
+    /// The key columns' types, to make another converter with.
+    fields: Vec<SortField>,
     no_keys: bool,
     index: HashMap<Box<[u8]>, usize, foldhash::fast::RandomState>,
     cells: Vec<Cell>,
@@ -1560,6 +1593,17 @@ pub(crate) struct Tally<'a> {
     /// The elements of the rows read since the last [`Tally::settle_elements`]: (cell, subject,
     /// table, row identity, mask).
     pending: Vec<(usize, u64, u64, u64, u64)>,
+    /// Per part of a contribution (in [`Contributions`]' order), which value the tally reads
+    /// it as: each measure's part, each measure's count of rows above its minimum, and each
+    /// signed aggregate's part.
+    measure_parts: Vec<usize>,
+    count_parts: Vec<Option<usize>>,
+    signed_parts: Vec<usize>,
+    /// The names of the parts, in order.
+    part_names: Vec<String>,
+    /// Keys of the tally's own hashes of subjects (SipHash-1-3): one names them when no
+    /// subject key does, the other tells apart two subjects of one name.
+    check_keys: ([u8; 16], [u8; 16]),
 }
 
 impl<'a> Tally<'a> {
@@ -1582,25 +1626,65 @@ impl<'a> Tally<'a> {
                 .map(|c| SortField::new(c.data_type().clone()))
                 .collect()
         };
+        let part_names: Vec<String> = analysis
+            .contributions
+            .iter()
+            .flat_map(|c| c.parts.iter().map(|(name, _)| name.clone()))
+            .collect();
+        let part = |name: &str| {
+            part_names
+                .iter()
+                .position(|n| n == name)
+                .ok_or_else(|| Error::Internal(format!("gate columns: {name} missing")))
+        };
+        let measure_parts = analysis
+            .measures
+            .iter()
+            .map(|m| part(&m.part))
+            .collect::<Result<Vec<_>>>()?;
+        let count_parts = analysis
+            .measures
+            .iter()
+            .map(|m| {
+                m.above_minimum
+                    .as_ref()
+                    .map(|a| part(&a.n_part))
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let signed: Vec<(usize, Signed)> = analysis
+            .signed
+            .iter()
+            .enumerate()
+            .filter_map(|(j, s)| s.clone().map(|s| (j, s)))
+            .collect();
+        let signed_parts = signed
+            .iter()
+            .map(|(_, s)| part(&s.column))
+            .collect::<Result<Vec<_>>>()?;
         let mut tally = Tally {
             analysis,
             rule,
             threshold,
             privacy,
-            converter: RowConverter::new(fields).map_err(arrow_error)?,
+            converter: RowConverter::new(fields.clone()).map_err(arrow_error)?,
+            fields,
             no_keys,
             index: HashMap::default(),
             cells: Vec::new(),
             by_subject: HashMap::new(),
-            signed: analysis
-                .signed
-                .iter()
-                .enumerate()
-                .filter_map(|(j, s)| s.clone().map(|s| (j, s)))
-                .collect(),
+            signed,
             minimums: HashMap::default(),
             subject_key,
             pending: Vec::new(),
+            measure_parts,
+            count_parts,
+            signed_parts,
+            part_names,
+            check_keys: (
+                crate::crypto::random_bytes::<16>(),
+                crate::crypto::random_bytes::<16>(),
+            ),
         };
         for b in result {
             let keys = tally.keys_of(b)?;
@@ -1627,14 +1711,7 @@ impl<'a> Tally<'a> {
     }
 
     fn keys_of(&self, b: &RecordBatch) -> Result<arrow::row::Rows> {
-        let columns = if self.no_keys {
-            vec![Arc::new(arrow::array::Int8Array::from(vec![0i8; b.num_rows()])) as _]
-        } else {
-            key_columns(b)
-        };
-        self.converter
-            .convert_columns(&columns)
-            .map_err(arrow_error)
+        keys_in(&self.converter, self.no_keys, b)
     }
 
     /// Under differential privacy the dominance rules judge the bounded parts, as released;
@@ -1669,6 +1746,7 @@ impl<'a> Tally<'a> {
             contributors: vec![0; measures],
             floors,
             elements: Vec::new(),
+            key: key.into(),
         });
         self.cells.len() - 1
     }
@@ -1693,20 +1771,15 @@ impl<'a> Tally<'a> {
             .ok_or_else(|| Error::Internal("gate columns: no rows".into()))?;
         for row in 0..b.num_rows() {
             // Rows of no subject never reach the tally (filtered in its plan).
-            if !elements.is_valid(row) || !subject.is_valid(row) {
+            if !subject.is_valid(row) {
                 continue;
             }
-            let bytes = elements.value(row);
-            let identity = u64::from_le_bytes(bytes[..8].try_into().unwrap_or_default());
-            let mask = u64::from_le_bytes(bytes[8..16].try_into().unwrap_or_default());
-            let adds = mask & ((1 << TABLE_SHIFT) - 1);
-            if adds == 0 {
+            let Some((table, identity, adds)) = element(elements, row) else {
                 continue;
-            }
+            };
             let at = self.cell_at(keys.row(row).as_ref());
             let who = key.subject(subject.value(row).as_bytes());
-            self.pending
-                .push((at, who, mask >> TABLE_SHIFT, identity, adds));
+            self.pending.push((at, who, table, identity, adds));
         }
         Ok(())
     }
@@ -1719,13 +1792,30 @@ impl<'a> Tally<'a> {
         };
         let mut pending = std::mem::take(&mut self.pending);
         pending.sort_unstable();
+        let mut elements = Vec::new();
         for of_subject in pending.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
             let (at, who) = (of_subject[0].0, of_subject[0].1);
-            let cell = &mut self.cells[at];
+            elements.clear();
+            elements.extend(of_subject.iter().map(|e| (e.2, e.3, e.4)));
+            self.settle_subject(at, &key, who, &elements);
+        }
+    }
+
+    /// Adds one subject's elements in cell `at` (its rows' (table, row identity, mask),
+    /// sorted) to the cell's sets.
+    fn settle_subject(
+        &mut self,
+        at: usize,
+        key: &crate::crypto::SubjectKey,
+        who: u64,
+        of_subject: &[(u64, u64, u64)],
+    ) {
+        let cell = &mut self.cells[at];
+        {
             // A stored row read n times in the cell (by n input rows) adds its value n
             // times: it is n elements, its first copy named as a plain read names it.
-            for same in of_subject.chunk_by(|a, b| (a.2, a.3) == (b.2, b.3)) {
-                let (table, identity) = (same[0].2, same[0].3);
+            for same in of_subject.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
+                let (table, identity) = (same[0].0, same[0].1);
                 // A table stored without row identities: its subject stands for its rows.
                 let base = match identity {
                     0 => who,
@@ -1733,12 +1823,12 @@ impl<'a> Tally<'a> {
                 };
                 // Read once (nearly always): one element, as it is.
                 if let [one] = same {
-                    cell.elements.push((table, base, who, one.4));
+                    cell.elements.push((table, base, who, one.2));
                     continue;
                 }
                 let mut times = [0u32; TABLE_SHIFT as usize];
                 for e in same {
-                    let mut mask = e.4;
+                    let mut mask = e.2;
                     while mask != 0 {
                         times[mask.trailing_zeros() as usize] += 1;
                         mask &= mask - 1;
@@ -1766,95 +1856,77 @@ impl<'a> Tally<'a> {
         }
     }
 
-    /// Adds one batch of contributions (one row per cell and subject).
+    /// Adds one batch of contributions (one row per cell and subject) as the engine computed
+    /// them.
     pub(crate) fn add(&mut self, b: &RecordBatch) -> Result<()> {
-        use std::hash::{Hash, Hasher};
         let keys = self.keys_of(b)?;
-        let top = self.rule.top_needed();
         let parts = self
-            .analysis
-            .measures
+            .part_names
             .iter()
-            .map(|m| doubles(b, &m.part))
+            .map(|name| doubles(b, name))
             .collect::<Result<Vec<_>>>()?;
-        // Under differential privacy each subject's parts are kept, by subject.
-        let subject = match self.privacy.is_some() {
-            true => Some(
-                arrow::compute::cast(
-                    b.column_by_name(SUBJECT)
-                        .ok_or_else(|| Error::Internal("gate columns: no subject".into()))?,
-                    &DataType::Utf8,
-                )
-                .map_err(arrow_error)?,
-            ),
-            false => None,
-        };
-        let signed_parts = self
-            .signed
-            .iter()
-            .map(|(_, s)| doubles(b, &s.column))
-            .collect::<Result<Vec<_>>>()?;
-        let counts = self
-            .analysis
-            .measures
-            .iter()
-            .map(|m| match &m.above_minimum {
-                Some(a) => doubles(b, &a.n_part).map(Some),
-                None => Ok(None),
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let subject = arrow::compute::cast(
+            b.column_by_name(SUBJECT)
+                .ok_or_else(|| Error::Internal("gate columns: no subject".into()))?,
+            &DataType::Utf8,
+        )
+        .map_err(arrow_error)?;
+        let subject = subject.as_string::<i32>();
+        let mut values = Vec::with_capacity(parts.len());
         for row in 0..b.num_rows() {
-            let key = keys.row(row);
-            let at = self.cell_at(key.as_ref());
-            for (m, column) in parts.iter().enumerate() {
-                let mut raw = if column.is_null(row) {
-                    0.0
-                } else {
-                    column.value(row)
-                };
-
-                if let Some(n) = &counts[m] {
-                    // Above the cell's minimum: what this subject adds beyond its rows' floor.
-                    let floor = self.cells[at].floors[m];
-                    let n = if n.is_null(row) { 0.0 } else { n.value(row) };
-                    raw -= n * floor;
-                }
-                let signed = self.clamp(&self.analysis.measures[m], raw);
-                let cell = &mut self.cells[at];
-                cell.bounded_totals[m] += signed;
-                if signed != 0.0 {
-                    cell.contributors[m] += 1;
-                }
-                let v = signed.abs();
-                let tops = &mut cell.tops[m];
-                let place = tops
+            let at = self.cell_at(keys.row(row).as_ref());
+            values.clear();
+            values.extend(
+                parts
                     .iter()
-                    .position(|t| v.is_nan() || v > *t)
-                    .unwrap_or(tops.len());
-                if place < top {
-                    tops.insert(place, v);
-                    tops.truncate(top);
-                }
-            }
-            self.cells[at].subjects += 1;
-            if let Some(subject) = &subject {
-                let subject = subject.as_string::<i32>();
-                let who = subject
-                    .is_valid(row)
-                    .then(|| subject.value(row).to_string());
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                (&who, key.as_ref()).hash(&mut h);
-                let values = signed_parts
-                    .iter()
-                    .map(|c| if c.is_null(row) { 0.0 } else { c.value(row) })
-                    .collect();
-                self.by_subject
-                    .entry(who)
-                    .or_default()
-                    .push((h.finish(), at, values));
-            }
+                    .map(|c| if c.is_null(row) { 0.0 } else { c.value(row) }),
+            );
+            let who = subject.is_valid(row).then(|| subject.value(row));
+            self.add_part(at, who, &values);
         }
         Ok(())
+    }
+
+    /// Adds one subject's parts in cell `at` (each part's value, 0 for NULL, in the order of
+    /// the contribution's columns).
+    fn add_part(&mut self, at: usize, subject: Option<&str>, values: &[f64]) {
+        use std::hash::{Hash, Hasher};
+        let top = self.rule.top_needed();
+        for m in 0..self.analysis.measures.len() {
+            let mut raw = values[self.measure_parts[m]];
+            if let Some(n) = self.count_parts[m] {
+                // Above the cell's minimum: what this subject adds beyond its rows' floor.
+                raw -= values[n] * self.cells[at].floors[m];
+            }
+            let signed = self.clamp(&self.analysis.measures[m], raw);
+            let cell = &mut self.cells[at];
+            cell.bounded_totals[m] += signed;
+            if signed != 0.0 {
+                cell.contributors[m] += 1;
+            }
+            let v = signed.abs();
+            let tops = &mut cell.tops[m];
+            let place = tops
+                .iter()
+                .position(|t| v.is_nan() || v > *t)
+                .unwrap_or(tops.len());
+            if place < top {
+                tops.insert(place, v);
+                tops.truncate(top);
+            }
+        }
+        self.cells[at].subjects += 1;
+        // Under differential privacy each subject's parts are kept, by subject.
+        if self.privacy.is_some() {
+            let who = subject.map(str::to_string);
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (&who, &self.cells[at].key[..]).hash(&mut h);
+            let values = self.signed_parts.iter().map(|p| values[*p]).collect();
+            self.by_subject
+                .entry(who)
+                .or_default()
+                .push((h.finish(), at, values));
+        }
     }
 
     /// Adds what the gate reads to the result: each cell's distinct subjects
