@@ -1523,6 +1523,14 @@ fn doubles(b: &RecordBatch, name: &str) -> Result<Float64Array> {
         .clone())
 }
 
+/// A batch's subjects, as strings.
+fn subjects_of(b: &RecordBatch) -> Result<arrow::array::ArrayRef> {
+    let subject = b
+        .column_by_name(SUBJECT)
+        .ok_or_else(|| Error::Internal("gate columns: no subject".into()))?;
+    arrow::compute::cast(subject, &DataType::Utf8).map_err(arrow_error)
+}
+
 /// The cells' keys of a batch's rows in Arrow's row format (one constant key without keys).
 fn keys_in(converter: &RowConverter, no_keys: bool, b: &RecordBatch) -> Result<arrow::row::Rows> {
     let columns = if no_keys {
@@ -1758,12 +1766,7 @@ impl<'a> Tally<'a> {
             return Ok(());
         };
         let keys = self.keys_of(b)?;
-        let subject = arrow::compute::cast(
-            b.column_by_name(SUBJECT)
-                .ok_or_else(|| Error::Internal("gate columns: no subject".into()))?,
-            &DataType::Utf8,
-        )
-        .map_err(arrow_error)?;
+        let subject = subjects_of(b)?;
         let subject = subject.as_string::<i32>();
         let elements = b
             .column_by_name(ROWS)
@@ -1865,12 +1868,7 @@ impl<'a> Tally<'a> {
             .iter()
             .map(|name| doubles(b, name))
             .collect::<Result<Vec<_>>>()?;
-        let subject = arrow::compute::cast(
-            b.column_by_name(SUBJECT)
-                .ok_or_else(|| Error::Internal("gate columns: no subject".into()))?,
-            &DataType::Utf8,
-        )
-        .map_err(arrow_error)?;
+        let subject = subjects_of(b)?;
         let subject = subject.as_string::<i32>();
         let mut values = Vec::with_capacity(parts.len());
         for row in 0..b.num_rows() {
