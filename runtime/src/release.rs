@@ -1531,6 +1531,13 @@ fn subjects_of(b: &RecordBatch) -> Result<arrow::array::ArrayRef> {
     arrow::compute::cast(subject, &DataType::Utf8).map_err(arrow_error)
 }
 
+/// A batch's rows' elements for the gate's memory.
+fn elements_of(b: &RecordBatch) -> Result<&arrow::array::FixedSizeBinaryArray> {
+    b.column_by_name(ROWS)
+        .and_then(|c| c.as_fixed_size_binary_opt())
+        .ok_or_else(|| Error::Internal("gate columns: no rows".into()))
+}
+
 /// The cells' keys of a batch's rows in Arrow's row format (one constant key without keys).
 fn keys_in(converter: &RowConverter, no_keys: bool, b: &RecordBatch) -> Result<arrow::row::Rows> {
     let columns = if no_keys {
@@ -1768,10 +1775,7 @@ impl<'a> Tally<'a> {
         let keys = self.keys_of(b)?;
         let subject = subjects_of(b)?;
         let subject = subject.as_string::<i32>();
-        let elements = b
-            .column_by_name(ROWS)
-            .and_then(|c| c.as_fixed_size_binary_opt())
-            .ok_or_else(|| Error::Internal("gate columns: no rows".into()))?;
+        let elements = elements_of(b)?;
         for row in 0..b.num_rows() {
             // Rows of no subject never reach the tally (filtered in its plan).
             if !subject.is_valid(row) {
@@ -1814,47 +1818,45 @@ impl<'a> Tally<'a> {
         of_subject: &[(u64, u64, u64)],
     ) {
         let cell = &mut self.cells[at];
-        {
-            // A stored row read n times in the cell (by n input rows) adds its value n
-            // times: it is n elements, its first copy named as a plain read names it.
-            for same in of_subject.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
-                let (table, identity) = (same[0].0, same[0].1);
-                // A table stored without row identities: its subject stands for its rows.
-                let base = match identity {
-                    0 => who,
-                    i => key.subject(&i.to_le_bytes()),
-                };
-                // Read once (nearly always): one element, as it is.
-                if let [one] = same {
-                    cell.elements.push((table, base, who, one.2));
-                    continue;
+        // A stored row read n times in the cell (by n input rows) adds its value n
+        // times: it is n elements, its first copy named as a plain read names it.
+        for same in of_subject.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
+            let (table, identity) = (same[0].0, same[0].1);
+            // A table stored without row identities: its subject stands for its rows.
+            let base = match identity {
+                0 => who,
+                i => key.subject(&i.to_le_bytes()),
+            };
+            // Read once (nearly always): one element, as it is.
+            if let [one] = same {
+                cell.elements.push((table, base, who, one.2));
+                continue;
+            }
+            let mut times = [0u32; TABLE_SHIFT as usize];
+            for e in same {
+                let mut mask = e.2;
+                while mask != 0 {
+                    times[mask.trailing_zeros() as usize] += 1;
+                    mask &= mask - 1;
                 }
-                let mut times = [0u32; TABLE_SHIFT as usize];
-                for e in same {
-                    let mut mask = e.2;
-                    while mask != 0 {
-                        times[mask.trailing_zeros() as usize] += 1;
-                        mask &= mask - 1;
+            }
+            let copies = times.iter().copied().max().unwrap_or(0);
+            for copy in 1..=copies {
+                let mask = times
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, n)| **n >= copy)
+                    .fold(0u64, |m, (bit, _)| m | 1 << bit);
+                let named = match copy {
+                    1 => base,
+                    c => {
+                        let mut again = [0u8; 12];
+                        again[..8].copy_from_slice(&base.to_le_bytes());
+                        again[8..].copy_from_slice(&c.to_le_bytes());
+                        key.subject(&again)
                     }
-                }
-                let copies = times.iter().copied().max().unwrap_or(0);
-                for copy in 1..=copies {
-                    let mask = times
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, n)| **n >= copy)
-                        .fold(0u64, |m, (bit, _)| m | 1 << bit);
-                    let named = match copy {
-                        1 => base,
-                        c => {
-                            let mut again = [0u8; 12];
-                            again[..8].copy_from_slice(&base.to_le_bytes());
-                            again[8..].copy_from_slice(&c.to_le_bytes());
-                            key.subject(&again)
-                        }
-                    };
-                    cell.elements.push((table, named, who, mask));
-                }
+                };
+                cell.elements.push((table, named, who, mask));
             }
         }
     }

@@ -19,7 +19,7 @@ use datafusion::execution::memory_pool::MemoryReservation;
 use datafusion::logical_expr::Expr;
 
 use crate::error::{Error, Result};
-use crate::hidden::{ARGUMENT_PREFIX, FILTER_PREFIX, ROWS, SOURCE_PREFIX, SUBJECT};
+use crate::hidden::{ARGUMENT_PREFIX, FILTER_PREFIX, SOURCE_PREFIX};
 
 /// How one part is computed from a row.
 #[derive(Debug, Clone, Copy)]
@@ -48,8 +48,6 @@ pub(crate) struct NativeParts {
     parts: Vec<Part>,
     /// How many of the parts are sums (a value per row).
     values: usize,
-    subject: usize,
-    rows: Option<usize>,
 }
 
 impl Contributions {
@@ -122,12 +120,7 @@ impl Contributions {
         if values > MAX_VALUES || parts.len() > MAX_PARTS {
             return None;
         }
-        Some(NativeParts {
-            values,
-            parts,
-            subject: schema.index_of(SUBJECT).ok()?,
-            rows: schema.index_of(ROWS).ok(),
-        })
+        Some(NativeParts { values, parts })
     }
 }
 
@@ -148,9 +141,7 @@ struct Batch {
 impl Batch {
     fn new(b: &RecordBatch, native: &NativeParts, elements: bool) -> Result<Batch> {
         let cast = |c: &ArrayRef, t: &DataType| arrow::compute::cast(c, t).map_err(arrow_error);
-        let subject = cast(b.column(native.subject), &DataType::Utf8)?
-            .as_string::<i32>()
-            .clone();
+        let subject = super::subjects_of(b)?.as_string::<i32>().clone();
         let values = native
             .parts
             .iter()
@@ -178,15 +169,9 @@ impl Batch {
                 Ok((values, filter))
             })
             .collect::<Result<Vec<_>>>()?;
-        let elements = match (elements, native.rows) {
-            (false, _) => None,
-            (true, Some(i)) => Some(
-                b.column(i)
-                    .as_fixed_size_binary_opt()
-                    .ok_or_else(|| Error::Internal("gate columns: no rows".into()))?
-                    .clone(),
-            ),
-            (true, None) => return Err(Error::Internal("gate columns: no rows".into())),
+        let elements = match elements {
+            true => Some(super::elements_of(b)?.clone()),
+            false => None,
         };
         Ok(Batch {
             subject,
