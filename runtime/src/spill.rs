@@ -38,6 +38,13 @@ struct Bucket {
     bytes: usize,
 }
 
+impl Bucket {
+    /// The bytes of its rows held in memory.
+    fn held_bytes(&self) -> usize {
+        self.held.iter().map(|(_, share)| share).sum()
+    }
+}
+
 /// Where a job's per-subject rows wait for their aggregation.
 pub(crate) struct SealedSpill {
     dir: PathBuf,
@@ -55,7 +62,8 @@ pub(crate) struct SealedSpill {
     raw: Vec<RecordBatch>,
     buckets: Vec<Bucket>,
     partitioned: bool,
-    /// Bytes held in memory, and the most the spill holds before it writes.
+    /// Bytes held in memory (not yet read back), all reserved in the job's pool; and the most
+    /// the spill holds before it writes.
     held: usize,
     limit: usize,
     /// The most bytes of rows aggregated at once (the aggregation's state is a few times
@@ -136,12 +144,14 @@ impl SealedSpill {
             return Ok(());
         }
         let batch = self.convert(&batch, &self.stored)?;
-        let size = slice_bytes(&batch);
-        if self.partitioned {
-            self.partition(&batch)?;
-        } else {
-            self.raw.push(batch);
-        }
+        let size = match self.partitioned {
+            true => self.partition(&batch)?,
+            false => {
+                let size = slice_bytes(&batch);
+                self.raw.push(batch);
+                size
+            }
+        };
         self.hold(size)
     }
 
@@ -162,24 +172,35 @@ impl SealedSpill {
             .map_err(|e| Error::Internal(format!("gate spill: {e}")))
     }
 
-    /// Counts `size` more bytes held, writing everything held when over the limit (or when
-    /// the job's pool has no room for them).
+    /// Counts `size` more bytes held. Over the limit (or when the job's pool has no room for
+    /// them) it writes the buckets that hold the most until it holds half the limit or less,
+    /// and what it still holds has room in the pool: only what does not fit is written.
     fn hold(&mut self, size: usize) -> Result<()> {
         self.held += size;
         if self.held <= self.limit && self.reservation.try_grow(size).is_ok() {
             return Ok(());
         }
+        self.partition_raw()?;
+        self.write_held(self.limit / 2)
+    }
+
+    /// Partitions the rows held before anything was (once); what is held is then counted as
+    /// the buckets count it.
+    fn partition_raw(&mut self) -> Result<()> {
         if !self.partitioned {
             self.partitioned = true;
+            let mut held = 0;
             for b in std::mem::take(&mut self.raw) {
-                self.partition(&b)?;
+                held += self.partition(&b)?;
             }
+            self.held = held;
         }
-        self.write_held()
+        Ok(())
     }
 
     /// Hashes each row's subject to its bucket and adds the rows to the buckets' held rows.
-    fn partition(&mut self, batch: &RecordBatch) -> Result<()> {
+    /// Returns the bytes they hold there.
+    fn partition(&mut self, batch: &RecordBatch) -> Result<usize> {
         let subjects = arrow::compute::cast(batch.column(self.subject), &DataType::Utf8)
             .map_err(|e| Error::Internal(format!("gate spill: {e}")))?;
         let subjects = subjects.as_string::<i32>();
@@ -202,6 +223,7 @@ impl SealedSpill {
             starts[i + 1] += starts[i];
         }
         let mut next = starts.clone();
+        let mut held = 0;
         let mut order = vec![0u32; of.len()];
         for (row, b) in of.iter().enumerate() {
             order[next[*b as usize] as usize] = row as u32;
@@ -216,23 +238,31 @@ impl SealedSpill {
                 let share = slice_bytes(&part);
                 self.buckets[b].bytes += share;
                 self.buckets[b].held.push((part, share));
+                held += share;
             }
         }
-        Ok(())
+        Ok(held)
     }
 
-    /// Seals every bucket's held rows into its file; nothing is held after.
-    fn write_held(&mut self) -> Result<()> {
+    /// Seals the held rows of the buckets that hold the most into their files, until at most
+    /// `target` bytes are held and the pool has room for them (nothing is held at worst).
+    fn write_held(&mut self, target: usize) -> Result<()> {
         if !self.created {
             create_private_dir(&self.dir)?;
             self.created = true;
         }
-        for b in 0..BUCKETS {
-            if self.buckets[b].held.is_empty() {
-                continue;
+        let mut order: Vec<(usize, usize)> = (0..BUCKETS)
+            .map(|b| (self.buckets[b].held_bytes(), b))
+            .filter(|(bytes, _)| *bytes > 0)
+            .collect();
+        order.sort_unstable_by(|a, b| b.cmp(a));
+        for (share, b) in order {
+            if self.held <= target && self.reservation.try_resize(self.held).is_ok() {
+                return Ok(());
             }
             // One batch per bucket and write: the slices are small (a 256th of a batch).
             let held = coalesce(&self.stored, std::mem::take(&mut self.buckets[b].held))?;
+            self.held = self.held.saturating_sub(share);
             let mut plain = encode(&self.stored, &held)?;
             if plain.len() > u32::MAX as usize - 64 {
                 return Err(Error::Limit(
@@ -279,8 +309,8 @@ impl SealedSpill {
             file.write_all(&plain)?;
             bucket.frames.push(frame);
         }
-        self.held = 0;
-        self.reservation.free();
+        // Nothing is held now.
+        self.reservation.resize(self.held);
         Ok(())
     }
 
@@ -291,10 +321,7 @@ impl SealedSpill {
             if self.held <= self.group_limit {
                 return Ok(std::iter::once(0..BUCKETS).collect());
             }
-            self.partitioned = true;
-            for b in std::mem::take(&mut self.raw) {
-                self.partition(&b)?;
-            }
+            self.partition_raw()?;
         }
         let mut groups = Vec::new();
         let (mut start, mut bytes) = (0, 0usize);
@@ -312,13 +339,12 @@ impl SealedSpill {
     /// The rows of one group, read back and opened; each file is checked whole (every frame
     /// there, in order, unaltered). They are reserved in the job's pool until the next call.
     pub(crate) fn read(&mut self, group: std::ops::Range<usize>) -> Result<Vec<RecordBatch>> {
-        self.reservation.free();
+        // The group before is given back; the rows still held stay reserved, and those of
+        // this group stay so as they move out.
+        self.reservation.resize(self.held);
         let mut out = Vec::new();
         if !self.partitioned {
-            let held = std::mem::take(&mut self.held);
-            self.reservation
-                .try_grow(held)
-                .map_err(|_| memory_limit())?;
+            self.held = 0;
             out = std::mem::take(&mut self.raw);
         }
         let group = if self.partitioned { group } else { 0..0 };
@@ -326,10 +352,9 @@ impl SealedSpill {
             // Every frame is reserved in the job's pool before it is read, so an oversized
             // bucket (one subject's many rows) fails the job, not the host.
             let held = std::mem::take(&mut self.buckets[b].held);
-            let size = held.iter().map(|(_, share)| share).sum::<usize>();
-            self.reservation
-                .try_grow(size)
-                .map_err(|_| memory_limit())?;
+            self.held = self
+                .held
+                .saturating_sub(held.iter().map(|(_, share)| share).sum::<usize>());
             let frames = std::mem::take(&mut self.buckets[b].frames);
             if let Some(file) = self.buckets[b].file.take() {
                 let mut reader = std::io::BufReader::new(file);
@@ -632,6 +657,61 @@ mod tests {
         drop(s);
         assert!(files_under(root.path()).is_empty());
         assert!(std::fs::read_dir(root.path()).unwrap().next().is_none());
+    }
+
+    #[test]
+    fn only_the_rows_over_the_limit_are_written() {
+        let root = tempfile::tempdir().unwrap();
+        // A quarter of 16 MiB is held before anything is written.
+        let mut s = spill(root.path(), 16 << 20);
+        let mut pushed = 0;
+        for i in 0..25 {
+            let b = rows(i * 8192, 8192);
+            pushed += slice_bytes(&b);
+            s.push(b).unwrap();
+        }
+        assert!(pushed > 4 << 20, "{pushed} bytes pushed");
+        assert!(s.written() > 0);
+        assert!(
+            (s.written() as usize) < pushed * 3 / 4,
+            "{} bytes written of {pushed}",
+            s.written()
+        );
+        assert_eq!(read_all(&mut s).len(), 25 * 8192);
+    }
+
+    #[test]
+    fn rows_held_in_memory_stay_reserved_until_their_group_is_read() {
+        let root = tempfile::tempdir().unwrap();
+        let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(1 << 30));
+        let r = MemoryConsumer::new("test").register(&pool);
+        // Held up to 4 MiB, read back 2 MiB at a time.
+        let mut s = SealedSpill::new(root.path(), rows(0, 1).schema(), "who", 16 << 20, r).unwrap();
+        for i in 0..14 {
+            s.push(rows(i * 8192, 8192)).unwrap();
+        }
+        assert_eq!(s.written(), 0);
+        let held = pool.reserved();
+        let groups = s.groups().unwrap();
+        assert!(groups.len() > 1, "{groups:?}");
+        let first = s.read(groups[0].clone()).unwrap();
+        // The first group's rows and the others, still held, are all counted.
+        assert!(
+            pool.reserved() >= held * 9 / 10,
+            "{} of {held} bytes reserved while the first group is read",
+            pool.reserved()
+        );
+        drop(first);
+        for g in &groups[1..] {
+            s.read(g.clone()).unwrap();
+        }
+        assert!(
+            pool.reserved() < held * 3 / 4,
+            "{} bytes reserved at the end",
+            pool.reserved()
+        );
+        drop(s);
+        assert_eq!(pool.reserved(), 0);
     }
 
     #[test]
