@@ -1252,6 +1252,37 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_column_the_gate_reads_for_several_aggregates_is_spilled_once() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let spill = tempfile::tempdir().unwrap();
+        let spilled = |sql: &str| {
+            rt.block_on(run_query(
+                sql,
+                &[table(300_000)],
+                vec![],
+                EngineLimits {
+                    level: Level::L2,
+                    memory_bytes: 24 << 20,
+                    spill_dir: Some(spill.path().to_path_buf()),
+                    subjects: Some(crate::crypto::DataKey::generate().subject_key()),
+                    ..EngineLimits::default()
+                },
+            ))
+            .unwrap()
+            .spilled_bytes
+        };
+        let one = spilled("SELECT spot, sum(x) AS total FROM t GROUP BY spot");
+        let three = spilled(
+            "SELECT spot, sum(x) AS total, avg(x) AS mean, count(x) AS k FROM t GROUP BY spot",
+        );
+        assert!(one > 0, "the small budget made the job spill");
+        assert!(
+            three <= one + one / 50,
+            "{three} bytes spilled for three aggregates of x, {one} for one"
+        );
+    }
+
     /// Tables `t` (visits: a spot, a value with NULLs, a count, a flag, a join key) and `u`
     /// (places: a district and a weight), both with subjects; some rows of `t` have none.
     fn two_tables(rows: usize) -> Vec<TableInput> {

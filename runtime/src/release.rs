@@ -108,10 +108,18 @@ pub(crate) struct Contributions {
     pub aggregates: Vec<Expr>,
     /// Each aggregate's column name and how it is computed, in the same order.
     parts: Vec<(String, PartExpr)>,
+    /// A column of the input that is another's (the same expression), by its name: `input`
+    /// carries that one only.
+    same: HashMap<String, String>,
 }
 
 impl Contributions {
     /// The aggregation over `rows` (the input's rows, from wherever they were kept).
+    /// The name of the input's column that carries the shared input's column `name`.
+    pub(crate) fn carrier<'a>(&'a self, name: &'a str) -> &'a str {
+        self.same.get(name).map_or(name, String::as_str)
+    }
+
     pub(crate) fn over(&self, rows: LogicalPlan) -> Result<LogicalPlan> {
         LogicalPlanBuilder::from(rows)
             .aggregate(self.by.clone(), self.aggregates.clone())
@@ -770,6 +778,9 @@ impl Walk<'_> {
         // once: module functions are volatile to the engine, which never merges two calls.
         let mut once: Vec<(Expr, String)> = Vec::new();
         let mut named = Vec::new();
+        // The gate's rows carry such a column once too (the spill writes it once), unless it
+        // is a group's key (the tally reads every key by its name).
+        let mut same: HashMap<String, String> = HashMap::new();
         for e in exprs {
             let Expr::Alias(a) = e else {
                 return Err(Error::Internal(
@@ -778,13 +789,22 @@ impl Walk<'_> {
             };
             let first = once.iter().find(|(x, _)| x == a.expr.as_ref());
             named.push(match first {
-                Some((_, first)) => shared(first.clone()).alias(&a.name),
+                Some((_, first)) => {
+                    if !a.name.starts_with(GROUP_KEY_PREFIX)
+                        && carried.contains(&a.name)
+                        && carried.contains(first)
+                    {
+                        same.insert(a.name.clone(), first.clone());
+                    }
+                    shared(first.clone()).alias(&a.name)
+                }
                 None => {
                     once.push((*a.expr, a.name.clone()));
                     shared(a.name)
                 }
             });
         }
+        carried.retain(|c| !same.contains_key(c));
         let shared_input = LogicalPlanBuilder::from(input.plan.clone())
             .project(once.into_iter().map(|(x, name)| x.alias(name)))
             .map_err(internal)?
@@ -856,7 +876,10 @@ impl Walk<'_> {
                 .build()
                 .map_err(internal)?
         };
-        let column = |name: String| datafusion::prelude::col(name);
+        let column = |name: String| {
+            let name = same.get(&name).cloned().unwrap_or(name);
+            datafusion::prelude::col(name)
+        };
         let filter_of = |j: usize| {
             parts[j]
                 .filter
@@ -966,6 +989,7 @@ impl Walk<'_> {
             by,
             aggregates: contribution_aggr,
             parts: part_exprs,
+            same,
         };
 
         // The query's own aggregate over the shared input, each output under the name and

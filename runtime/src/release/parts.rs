@@ -54,7 +54,7 @@ impl Contributions {
     /// Its parts as the tally computes them over rows of `schema`, or `None` when one of them
     /// needs the engine.
     pub(crate) fn native(&self, schema: &Schema) -> Option<NativeParts> {
-        let index = |name: String| schema.index_of(&name).ok();
+        let index = |name: String| schema.index_of(self.carrier(&name)).ok();
         let filter_column = |j: usize| -> std::result::Result<Option<usize>, ()> {
             match index(format!("{FILTER_PREFIX}{j}")) {
                 None => Ok(None),
