@@ -4,11 +4,12 @@
 //! the tally sorts them by (cell, subject) and takes each run in one pass, the gate's memory's
 //! elements with it. It gives what the engine's aggregation of the same rows gives
 //! (`Contributions::over`): the same counts, and the same sums of doubles, added in the same
-//! order (the rows' own). Two subjects are told apart by two 64-bit keyed hashes of their keys
-//! (the gate memory's name, and a second under a key drawn for the job): they are taken for one
-//! only if both collide. A part it does not compute so (a count of distinct values, a source
-//! that is not a double, more than eight sums, a FILTER whose column is missing) leaves the
-//! job's groups to the engine.
+//! order (the rows' own), and the same counts of distinct values. Two subjects are told apart by
+//! two 64-bit keyed hashes of their keys (the gate memory's name, and a second under a key drawn
+//! for the job): they are taken for one only if both collide; two values of a distinct count, by
+//! a 64-bit hash under the second key. A part it does not compute so (a source that is not a
+//! double, more than eight sums and distinct counts, a FILTER whose column is missing) leaves
+//! the job's groups to the engine.
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
 use arrow::buffer::NullBuffer;
@@ -31,6 +32,10 @@ enum Kind {
     /// A sum of the column's values as doubles (every sum's argument is cast to `Float64`,
     /// and every source is one).
     Double,
+    /// A count of the column's distinct values that are not NULL (each value kept as a keyed
+    /// hash of its bytes in Arrow's row format, which tells apart what the engine's distinct
+    /// count tells apart: the values' bits).
+    Distinct,
 }
 
 /// One part: how, over which column (by index in the rows' schema), with which FILTER.
@@ -46,7 +51,7 @@ struct Part {
 #[derive(Clone)]
 pub(crate) struct NativeParts {
     parts: Vec<Part>,
-    /// How many of the parts are sums (a value per row).
+    /// How many of the parts are sums or distinct counts (a value per row).
     values: usize,
 }
 
@@ -79,7 +84,11 @@ impl Contributions {
                     column: None,
                     filter: None,
                 },
-                PartExpr::Subjects(_) => return None,
+                PartExpr::Subjects(j) => Part {
+                    kind: Kind::Distinct,
+                    column: Some(index(format!("{ARGUMENT_PREFIX}{j}"))?),
+                    filter: filter(j).ok()?,
+                },
                 PartExpr::Count(j) => Part {
                     kind: Kind::Count,
                     column: Some(index(format!("{ARGUMENT_PREFIX}{j}"))?),
@@ -129,6 +138,8 @@ enum Values {
     Rows,
     Count(Option<NullBuffer>),
     Double(arrow::array::Float64Array),
+    /// Each row's value as a keyed hash, and which are NULL.
+    Distinct(Vec<u64>, Option<NullBuffer>),
 }
 
 /// One batch of a group, ready for random access by row.
@@ -139,7 +150,12 @@ struct Batch {
 }
 
 impl Batch {
-    fn new(b: &RecordBatch, native: &NativeParts, elements: bool) -> Result<Batch> {
+    fn new(
+        b: &RecordBatch,
+        native: &NativeParts,
+        elements: bool,
+        value_key: &[u8; 16],
+    ) -> Result<Batch> {
         let cast = |c: &ArrayRef, t: &DataType| arrow::compute::cast(c, t).map_err(arrow_error);
         let subject = super::subjects_of(b)?.as_string::<i32>().clone();
         let values = native
@@ -155,6 +171,20 @@ impl Batch {
                             .as_primitive::<Float64Type>()
                             .clone(),
                     ),
+                    (Kind::Distinct, Some(c)) => {
+                        let converter =
+                            arrow::row::RowConverter::new(vec![arrow::row::SortField::new(
+                                c.data_type().clone(),
+                            )])
+                            .map_err(arrow_error)?;
+                        let rows = converter
+                            .convert_columns(std::slice::from_ref(c))
+                            .map_err(arrow_error)?;
+                        let hashes = (0..rows.num_rows())
+                            .map(|r| keyed(value_key, rows.row(r).as_ref()))
+                            .collect();
+                        Values::Distinct(hashes, c.logical_nulls())
+                    }
                     _ => return Err(Error::Internal("gate columns: a part's column".into())),
                 };
                 let filter = match p.filter {
@@ -279,7 +309,7 @@ impl Builder {
         };
         let mut seq = 0u32;
         for (bi, b) in rows.iter().enumerate() {
-            let batch = Batch::new(b, native, key.is_some())?;
+            let batch = Batch::new(b, native, key.is_some(), &check_key)?;
             let keys = super::keys_in(&self.converter, self.no_keys, b)?;
             for r in 0..b.num_rows() {
                 // Rows of no subject never reach the tally (filtered in its plan).
@@ -327,6 +357,10 @@ impl Builder {
                             (nulls.as_ref().is_none_or(|n| n.is_valid(r)), None)
                         }
                         Values::Double(c) => (c.is_valid(r), Some(c.value(r).to_bits())),
+                        Values::Distinct(hashes, nulls) => (
+                            nulls.as_ref().is_none_or(|n| n.is_valid(r)),
+                            Some(hashes[r]),
+                        ),
                     };
                     if passes && valid {
                         row.counted |= 1 << p;
@@ -383,6 +417,8 @@ impl Tally<'_> {
         let mut elements = Vec::new();
         let mut totals = vec![Total::Count(0); native.parts.len()];
         let mut values = Vec::with_capacity(native.parts.len());
+        // A distinct count's values of one subject, each part's in turn.
+        let mut seen: Vec<u64> = Vec::new();
         for of_name in built
             .rows
             .chunk_by(|a, b| (a.cell, a.who) == (b.cell, b.who))
@@ -403,6 +439,7 @@ impl Tally<'_> {
                     *total = match p.kind {
                         Kind::Rows | Kind::Count => Total::Count(0),
                         Kind::Double => Total::Double(None),
+                        Kind::Distinct => Total::Distinct(0),
                     };
                 }
                 for row in subject {
@@ -424,8 +461,30 @@ impl Tally<'_> {
                             Total::Double(t) => {
                                 *t = Some(t.unwrap_or(0.0) + f64::from_bits(value));
                             }
+                            // Counted below, over all of the subject's rows.
+                            Total::Distinct(_) => {}
                         }
                     }
+                }
+                let mut slot = 0;
+                for (p, total) in totals.iter_mut().enumerate() {
+                    match total {
+                        Total::Count(_) => continue,
+                        Total::Double(_) => {}
+                        Total::Distinct(n) => {
+                            seen.clear();
+                            seen.extend(
+                                subject
+                                    .iter()
+                                    .filter(|row| row.counted >> p & 1 == 1)
+                                    .map(|row| row.values[slot]),
+                            );
+                            seen.sort_unstable();
+                            seen.dedup();
+                            *n = seen.len() as u64;
+                        }
+                    }
+                    slot += 1;
                 }
                 values.clear();
                 values.extend(totals.iter().map(|t| t.value()));
@@ -459,13 +518,14 @@ fn keyed(key: &[u8; 16], who: &[u8]) -> u64 {
 enum Total {
     Count(u64),
     Double(Option<f64>),
+    Distinct(u64),
 }
 
 impl Total {
     /// As the tally reads a part: a double, 0 for NULL (a sum of no values).
     fn value(self) -> f64 {
         match self {
-            Total::Count(n) => n as f64,
+            Total::Count(n) | Total::Distinct(n) => n as f64,
             Total::Double(v) => v.unwrap_or(0.0),
         }
     }
