@@ -38,13 +38,6 @@ struct Bucket {
     bytes: usize,
 }
 
-impl Bucket {
-    /// The bytes of its rows held in memory.
-    fn held_bytes(&self) -> usize {
-        self.held.iter().map(|(_, share)| share).sum()
-    }
-}
-
 /// Where a job's per-subject rows wait for their aggregation.
 pub(crate) struct SealedSpill {
     dir: PathBuf,
@@ -62,8 +55,9 @@ pub(crate) struct SealedSpill {
     raw: Vec<RecordBatch>,
     buckets: Vec<Bucket>,
     partitioned: bool,
-    /// Bytes held in memory (not yet read back), all reserved in the job's pool; and the most
-    /// the spill holds before it writes.
+    /// Bytes held in memory since the last write, reserved in the job's pool until no row of
+    /// them is held (a slice keeps its whole partitioned batch); and the most the spill holds
+    /// before it writes.
     held: usize,
     limit: usize,
     /// The most bytes of rows aggregated at once (the aggregation's state is a few times
@@ -172,16 +166,16 @@ impl SealedSpill {
             .map_err(|e| Error::Internal(format!("gate spill: {e}")))
     }
 
-    /// Counts `size` more bytes held. Over the limit (or when the job's pool has no room for
-    /// them) it writes the buckets that hold the most until it holds half the limit or less,
-    /// and what it still holds has room in the pool: only what does not fit is written.
+    /// Counts `size` more bytes held, writing everything held when over the limit (or when
+    /// the job's pool has no room for them). Everything: a bucket's held rows are slices of
+    /// whole partitioned batches, and one bucket kept would keep every batch it has a slice of.
     fn hold(&mut self, size: usize) -> Result<()> {
         self.held += size;
         if self.held <= self.limit && self.reservation.try_grow(size).is_ok() {
             return Ok(());
         }
         self.partition_raw()?;
-        self.write_held(self.limit / 2)
+        self.write_held()
     }
 
     /// Partitions the rows held before anything was (once); what is held is then counted as
@@ -244,25 +238,18 @@ impl SealedSpill {
         Ok(held)
     }
 
-    /// Seals the held rows of the buckets that hold the most into their files, until at most
-    /// `target` bytes are held and the pool has room for them (nothing is held at worst).
-    fn write_held(&mut self, target: usize) -> Result<()> {
+    /// Seals every bucket's held rows into its file; nothing is held after.
+    fn write_held(&mut self) -> Result<()> {
         if !self.created {
             create_private_dir(&self.dir)?;
             self.created = true;
         }
-        let mut order: Vec<(usize, usize)> = (0..BUCKETS)
-            .map(|b| (self.buckets[b].held_bytes(), b))
-            .filter(|(bytes, _)| *bytes > 0)
-            .collect();
-        order.sort_unstable_by(|a, b| b.cmp(a));
-        for (share, b) in order {
-            if self.held <= target && self.reservation.try_resize(self.held).is_ok() {
-                return Ok(());
+        for b in 0..BUCKETS {
+            if self.buckets[b].held.is_empty() {
+                continue;
             }
             // One batch per bucket and write: the slices are small (a 256th of a batch).
             let held = coalesce(&self.stored, std::mem::take(&mut self.buckets[b].held))?;
-            self.held = self.held.saturating_sub(share);
             let mut plain = encode(&self.stored, &held)?;
             if plain.len() > u32::MAX as usize - 64 {
                 return Err(Error::Limit(
@@ -309,8 +296,8 @@ impl SealedSpill {
             file.write_all(&plain)?;
             bucket.frames.push(frame);
         }
-        // Nothing is held now.
-        self.reservation.resize(self.held);
+        self.held = 0;
+        self.reservation.free();
         Ok(())
     }
 
@@ -339,12 +326,15 @@ impl SealedSpill {
     /// The rows of one group, read back and opened; each file is checked whole (every frame
     /// there, in order, unaltered). They are reserved in the job's pool until the next call.
     pub(crate) fn read(&mut self, group: std::ops::Range<usize>) -> Result<Vec<RecordBatch>> {
-        // The group before is given back; the rows still held stay reserved, and those of
-        // this group stay so as they move out.
+        // The group before is given back. Rows still held keep the batches they are slices
+        // of: those stay reserved whole until no bucket holds a row.
+        let holding = !self.raw.is_empty() || self.buckets.iter().any(|b| !b.held.is_empty());
+        if !holding {
+            self.held = 0;
+        }
         self.reservation.resize(self.held);
         let mut out = Vec::new();
         if !self.partitioned {
-            self.held = 0;
             out = std::mem::take(&mut self.raw);
         }
         let group = if self.partitioned { group } else { 0..0 };
@@ -352,9 +342,10 @@ impl SealedSpill {
             // Every frame is reserved in the job's pool before it is read, so an oversized
             // bucket (one subject's many rows) fails the job, not the host.
             let held = std::mem::take(&mut self.buckets[b].held);
-            self.held = self
-                .held
-                .saturating_sub(held.iter().map(|(_, share)| share).sum::<usize>());
+            // Its rows' copy (below), beside the batches they are slices of.
+            self.reservation
+                .try_grow(held.iter().map(|(_, share)| share).sum::<usize>())
+                .map_err(|_| memory_limit())?;
             let frames = std::mem::take(&mut self.buckets[b].frames);
             if let Some(file) = self.buckets[b].file.take() {
                 let mut reader = std::io::BufReader::new(file);
@@ -660,27 +651,6 @@ mod tests {
     }
 
     #[test]
-    fn only_the_rows_over_the_limit_are_written() {
-        let root = tempfile::tempdir().unwrap();
-        // A quarter of 16 MiB is held before anything is written.
-        let mut s = spill(root.path(), 16 << 20);
-        let mut pushed = 0;
-        for i in 0..25 {
-            let b = rows(i * 8192, 8192);
-            pushed += slice_bytes(&b);
-            s.push(b).unwrap();
-        }
-        assert!(pushed > 4 << 20, "{pushed} bytes pushed");
-        assert!(s.written() > 0);
-        assert!(
-            (s.written() as usize) < pushed * 3 / 4,
-            "{} bytes written of {pushed}",
-            s.written()
-        );
-        assert_eq!(read_all(&mut s).len(), 25 * 8192);
-    }
-
-    #[test]
     fn rows_held_in_memory_stay_reserved_until_their_group_is_read() {
         let root = tempfile::tempdir().unwrap();
         let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(1 << 30));
@@ -705,12 +675,8 @@ mod tests {
         for g in &groups[1..] {
             s.read(g.clone()).unwrap();
         }
-        assert!(
-            pool.reserved() < held * 3 / 4,
-            "{} bytes reserved at the end",
-            pool.reserved()
-        );
-        drop(s);
+        // Once every group was read, the next call gives everything back.
+        s.read(0..0).unwrap();
         assert_eq!(pool.reserved(), 0);
     }
 
