@@ -114,12 +114,12 @@ pub(crate) struct Contributions {
 }
 
 impl Contributions {
-    /// The aggregation over `rows` (the input's rows, from wherever they were kept).
     /// The name of the input's column that carries the shared input's column `name`.
     pub(crate) fn carrier<'a>(&'a self, name: &'a str) -> &'a str {
         self.same.get(name).map_or(name, String::as_str)
     }
 
+    /// The aggregation over `rows` (the input's rows, from wherever they were kept).
     pub(crate) fn over(&self, rows: LogicalPlan) -> Result<LogicalPlan> {
         LogicalPlanBuilder::from(rows)
             .aggregate(self.by.clone(), self.aggregates.clone())

@@ -332,7 +332,9 @@ impl SealedSpill {
         if !holding {
             self.held = 0;
         }
-        self.reservation.resize(self.held);
+        self.reservation
+            .try_resize(self.held)
+            .map_err(|_| memory_limit())?;
         let mut out = Vec::new();
         if !self.partitioned {
             out = std::mem::take(&mut self.raw);

@@ -7,7 +7,7 @@
 //! order (the rows' own), and the same counts of distinct values. Two subjects are told apart by
 //! two 64-bit keyed hashes of their keys (the gate memory's name, and a second under a key drawn
 //! for the job): they are taken for one only if both collide; two values of a distinct count, by
-//! a 64-bit hash under the second key. A part it does not compute so (a source that is not a
+//! a 64-bit hash under a key of its own. A part it does not compute so (a source that is not a
 //! double, more than eight sums and distinct counts, a FILTER whose column is missing) leaves
 //! the job's groups to the engine.
 
@@ -84,11 +84,20 @@ impl Contributions {
                     column: None,
                     filter: None,
                 },
-                PartExpr::Subjects(j) => Part {
-                    kind: Kind::Distinct,
-                    column: Some(index(format!("{ARGUMENT_PREFIX}{j}"))?),
-                    filter: filter(j).ok()?,
-                },
+                PartExpr::Subjects(j) => {
+                    let column = index(format!("{ARGUMENT_PREFIX}{j}"))?;
+                    // A type Arrow's row format cannot hold is the engine's to count.
+                    let field =
+                        arrow::row::SortField::new(schema.field(column).data_type().clone());
+                    if !arrow::row::RowConverter::supports_fields(&[field]) {
+                        return None;
+                    }
+                    Part {
+                        kind: Kind::Distinct,
+                        column: Some(column),
+                        filter: filter(j).ok()?,
+                    }
+                }
                 PartExpr::Count(j) => Part {
                     kind: Kind::Count,
                     column: Some(index(format!("{ARGUMENT_PREFIX}{j}"))?),
@@ -244,7 +253,7 @@ impl<const V: usize> Row<V> {
 /// tally reads of it (its cell by a number of the group's own), and the cells' keys.
 pub(crate) struct Built<const V: usize> {
     /// Its rows' room in the job's pool, given back when the tally has taken them.
-    _memory: MemoryReservation,
+    memory: MemoryReservation,
     rows: Vec<Row<V>>,
     /// Each of the group's cells' keys in Arrow's row format, by its number.
     cells: Vec<Box<[u8]>>,
@@ -259,6 +268,9 @@ pub(crate) struct Builder {
     native: NativeParts,
     subject_key: Option<crate::crypto::SubjectKey>,
     check_keys: ([u8; 16], [u8; 16]),
+    /// Names a distinct count's values: a key of its own, drawn for the job's groups (a
+    /// subject's rows are all in one group) and never stored.
+    value_key: [u8; 16],
     converter: arrow::row::RowConverter,
     no_keys: bool,
     private: bool,
@@ -301,7 +313,7 @@ impl Builder {
         let mut index: std::collections::HashMap<Box<[u8]>, u32, foldhash::fast::RandomState> =
             Default::default();
         let mut built = Built {
-            _memory: memory,
+            memory,
             rows: Vec::with_capacity(count),
             cells: Vec::new(),
             subjects: Vec::new(),
@@ -309,7 +321,7 @@ impl Builder {
         };
         let mut seq = 0u32;
         for (bi, b) in rows.iter().enumerate() {
-            let batch = Batch::new(b, native, key.is_some(), &check_key)?;
+            let batch = Batch::new(b, native, key.is_some(), &self.value_key)?;
             let keys = super::keys_in(&self.converter, self.no_keys, b)?;
             for r in 0..b.num_rows() {
                 // Rows of no subject never reach the tally (filtered in its plan).
@@ -373,7 +385,14 @@ impl Builder {
                 built.rows.push(row);
             }
             if self.private {
-                built.subjects.push(batch.subject);
+                // A copy of its own: a slice would keep the whole batch it came from (a
+                // spill frame's every column) beyond the spill's reservation of it.
+                let subjects: arrow::array::StringArray = batch.subject.iter().collect();
+                built
+                    .memory
+                    .try_grow(subjects.get_array_memory_size())
+                    .map_err(|_| Error::Limit("the job exceeded its memory limit".into()))?;
+                built.subjects.push(subjects);
             }
         }
         Ok(built)
@@ -388,6 +407,7 @@ impl Tally<'_> {
             native,
             subject_key: self.subject_key,
             check_keys: self.check_keys,
+            value_key: crate::crypto::random_bytes::<16>(),
             converter: arrow::row::RowConverter::new(self.fields.clone()).map_err(arrow_error)?,
             no_keys: self.no_keys,
             private: self.privacy.is_some(),
