@@ -1459,6 +1459,8 @@ mod tests {
             // Counts of distinct entities (the only DISTINCT over L2 data), one under a FILTER.
             "SELECT spot, count(DISTINCT person) AS people, sum(x) AS total FROM t GROUP BY spot ORDER BY spot",
             "SELECT spot, count(DISTINCT person) FILTER (WHERE flag) AS flagged, count(*) AS visits FROM t GROUP BY spot ORDER BY spot",
+            // The same under other names: a subquery's aliases, the value read twice.
+            "SELECT s, count(DISTINCT who) AS people, sum(v) AS total, avg(v) AS mean FROM (SELECT spot AS s, person AS who, x AS v FROM t) AS q GROUP BY s ORDER BY s",
         ];
         let joined = [
             "SELECT u.district, count(*) AS visits, sum(t.x + u.w) AS total FROM t JOIN u ON t.k = u.id GROUP BY u.district ORDER BY u.district",
