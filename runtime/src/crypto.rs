@@ -173,6 +173,16 @@ impl DataKey {
         DataKey(random_bytes::<32>())
     }
 
+    /// A key for one purpose, `label`, derived from `secret` (HMAC-SHA256): the same secret
+    /// and label give the same key, and nothing of the secret is learnt from it.
+    pub(crate) fn derived(secret: &[u8; 32], label: &str) -> DataKey {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+        let tag = ring::hmac::sign(&key, label.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        DataKey(out)
+    }
+
     /// Seals `plaintext` as the object named by `context`.
     pub fn seal_object(&self, context: &str, plaintext: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(plaintext.len() + plaintext.len() / CHUNK * 32 + 64);

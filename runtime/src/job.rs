@@ -54,6 +54,10 @@ pub struct EngineLimits {
     /// Names the subjects of each cell for the gate's memory (R-GATE 6): set for exact
     /// releases, so the result carries each row's sets of subjects.
     pub subjects: Option<crate::crypto::SubjectKey>,
+    /// Where the job's input runs: on this process's engine when `None`, else on the
+    /// cluster (its scan, joins, filters and functions; the aggregation and the gate stay
+    /// here).
+    pub cluster: Option<crate::cluster::Cluster>,
     /// The engine computes every subject's part, not the tally (for the tests that compare
     /// the two).
     #[cfg(test)]
@@ -72,6 +76,7 @@ impl Default for EngineLimits {
             dominance: DominanceRule::default(),
             threshold: 1,
             subjects: None,
+            cluster: None,
             #[cfg(test)]
             engine_parts: false,
         }
@@ -131,8 +136,10 @@ pub async fn run_query_until(
         .build_arc()
         .map_err(|e| Error::Internal(format!("query engine: {e}")))?;
     let ctx = SessionContext::new_with_config_rt(config, runtime);
+    // The job's name in its stores' addresses.
+    let job = hex::encode(crate::crypto::random_bytes::<16>());
     for (i, t) in tables.iter().enumerate() {
-        let table = register(&ctx, i, t)
+        let table = register(&ctx, &job, i, t)
             .await
             .map_err(|e| Error::Internal(format!("table {}: {e}", t.name)))?;
         ctx.register_table(t.name.as_str(), table)
@@ -157,6 +164,13 @@ pub async fn run_query_until(
             "function `{name}` would replace a function of the same name; a job's functions never shadow one another or a built-in"
         ))
     };
+    // The job's own scalar functions, which a cluster's executors may resolve (with the
+    // module a guest's comes from).
+    let job_functions: Vec<_> = udfs
+        .scalars
+        .iter()
+        .map(|u| (crate::sandbox::guest_scalar_module(u), Arc::new(u.clone())))
+        .collect();
     for u in udfs.scalars {
         if taken(&ctx, u.name()) {
             return Err(shadowing(u.name()));
@@ -240,6 +254,24 @@ pub async fn run_query_until(
                 .map_err(|e| map_error(e, Stage::Planning))
         }
     };
+    // The job's input, on the cluster when there is one.
+    let input = |plan: LogicalPlan| {
+        let physical = &physical;
+        let functions = &job_functions;
+        let cluster = &limits.cluster;
+        async move {
+            let plan = physical(plan).await?;
+            match cluster {
+                None => Ok(plan),
+                Some(c) => c.distribute(
+                    plan,
+                    job.clone(),
+                    functions.clone(),
+                    sealed_stores(&job, tables),
+                ),
+            }
+        }
+    };
     let task = ctx.task_ctx();
     let (main, contributions) = match &analysis.contributions {
         Some(c) => {
@@ -248,12 +280,12 @@ pub async fn run_query_until(
             physical(c.over(c.input.clone())?).await?;
             // One scan for the query and the gate: the shared input runs once, and the
             // query's aggregate and the gate's per-subject rows each read every batch of it.
-            let tee = crate::tee::Tee::new(physical(c.shared.clone()).await?, Arc::clone(&task));
+            let tee = crate::tee::Tee::new(input(c.shared.clone()).await?, Arc::clone(&task));
             let main = physical(reading(analysis.plan.clone(), tee.reader(QUERY))?).await?;
             let input = physical(reading(c.input.clone(), tee.reader(GATE))?).await?;
             (main, Some((c, input, tee)))
         }
-        None => (physical(analysis.plan.clone()).await?, None),
+        None => (input(analysis.plan.clone()).await?, None),
     };
     let spilled = AtomicU64::new(0);
     let tallied = AtomicU64::new(0);
@@ -383,6 +415,24 @@ const QUERY: usize = 0;
 const GATE: usize = 1;
 
 /// `plan`, reading the shared input from `source` where it reads [`hidden::SHARED`].
+/// The job's sealed stores by the address its scans name them with.
+fn sealed_stores(
+    job: &str,
+    tables: &[TableInput],
+) -> Vec<(String, Arc<dyn datafusion::object_store::ObjectStore>)> {
+    tables
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| match &t.data {
+            crate::tables::TableData::Sealed { store, .. } => Some((
+                crate::tables::store_address(job, i),
+                Arc::clone(store) as Arc<dyn datafusion::object_store::ObjectStore>,
+            )),
+            crate::tables::TableData::Memory(_) => None,
+        })
+        .collect()
+}
+
 fn reading(
     plan: LogicalPlan,
     source: Arc<dyn datafusion::catalog::TableProvider>,

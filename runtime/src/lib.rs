@@ -8,6 +8,7 @@ mod audit;
 mod audited;
 mod bundle;
 pub mod clock;
+mod cluster;
 mod crypto;
 mod documents;
 mod error;
@@ -36,6 +37,7 @@ pub use audit::{
     verify_file as verify_audit_file, verify_slice as verify_audit_slice,
 };
 pub use bundle::{Signer, Verified, verify as verify_bundle, write as write_bundle};
+pub use cluster::Cluster;
 pub use crypto::{
     DataKey, MasterKey, PseudonymKey, SealedReader, SubjectKey, random_token, sha256_hex,
 };

@@ -90,9 +90,17 @@ pub(crate) fn with_row_ids(batch: &RecordBatch) -> Result<RecordBatch> {
     append_column(batch, hidden::ROW, Arc::new(row_ids(batch)?))
 }
 
+/// The address a job's sealed table `index` is read at: `tidegate://j{job}-t{index}`, where
+/// `job` names the job (a random token, so that executors shared by jobs resolve each job's
+/// own store by the address alone).
+pub(crate) fn store_address(job: &str, index: usize) -> String {
+    format!("tidegate://j{job}-t{index}")
+}
+
 /// The provider of one granted table.
 pub(crate) async fn register(
     ctx: &SessionContext,
+    job: &str,
     index: usize,
     t: &TableInput,
 ) -> datafusion::common::Result<Arc<dyn TableProvider>> {
@@ -118,7 +126,7 @@ pub(crate) async fn register(
             object,
             entity,
         } => {
-            let base = format!("tidegate://table{index}");
+            let base = store_address(job, index);
             let url = url::Url::parse(&base)
                 .map_err(|e| DataFusionError::Internal(format!("store url: {e}")))?;
             ctx.register_object_store(&url, Arc::clone(store) as Arc<dyn ObjectStore>);

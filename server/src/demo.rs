@@ -25,6 +25,9 @@ pub struct DemoOptions {
     pub data_dir: Option<PathBuf>,
     pub rows: usize,
     pub quiet: bool,
+    /// Runs the jobs' inputs on a Ballista cluster in this process (a scheduler and two
+    /// executors on loopback).
+    pub cluster: bool,
 }
 
 impl Default for DemoOptions {
@@ -33,6 +36,7 @@ impl Default for DemoOptions {
             data_dir: None,
             rows: 100_000,
             quiet: false,
+            cluster: false,
         }
     }
 }
@@ -344,8 +348,20 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoOutcome> {
         master_key.display()
     ));
     let platform = Arc::new(platform);
-    let (url, _runtime) = crate::api::spawn_server(Arc::clone(&platform))?;
+    let (url, runtime) = crate::api::spawn_server(Arc::clone(&platform))?;
     say(&format!("==> 2. serve: API listening on {url}"));
+    if opts.cluster {
+        let cluster = runtime
+            .block_on(tidegate_runtime::Cluster::standalone(
+                2,
+                &root.join("cluster"),
+            ))
+            .context("starting the cluster")?;
+        platform.use_cluster(cluster);
+        say(
+            "    jobs run on a Ballista cluster in this process: a scheduler and two executors on loopback, shuffle files sealed",
+        );
+    }
     let admin = Client::new(&url, Some(&admin_token));
 
     say("==> 3. onboard: orgs, principals with roles, training records");

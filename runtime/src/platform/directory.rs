@@ -510,6 +510,7 @@ impl Platform {
             reading: Mutex::new(HashMap::new()),
             ledgers: Mutex::new(HashMap::new()),
             gate: Mutex::new(()),
+            cluster: Mutex::new(None),
             master,
             signer,
             _lock: lock,

@@ -4,6 +4,22 @@ use super::*;
 use tidegate_policy::JobState;
 
 impl Platform {
+    /// Runs the inputs of the jobs started from now on `cluster` (their scans, joins, filters
+    /// and functions); the aggregation, the gate and everything after stay here.
+    pub fn use_cluster(&self, cluster: crate::cluster::Cluster) {
+        *self
+            .cluster
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(cluster);
+    }
+
+    fn cluster(&self) -> Option<crate::cluster::Cluster> {
+        self.cluster
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     pub fn upload_module(
         &self,
         actor: &Principal,
@@ -582,6 +598,7 @@ impl Platform {
                     EngineLimits {
                         spill_dir: Some(self.spill_dir()),
                         wall_time: std::time::Duration::from_millis(wall_ms),
+                        cluster: self.cluster(),
                         ..job::scenario_limits(&scenario.export_rules, scenario.k, level, subjects)
                     },
                     cancelled,

@@ -271,6 +271,8 @@ pub struct Platform {
     /// Held by an export request from its first read to its record, and by an org's exit:
     /// one release at a time is checked against the memory, while other requests go on.
     gate: Mutex<()>,
+    /// Where jobs' inputs run: on this process's engine, or on a Ballista cluster.
+    cluster: Mutex<Option<crate::cluster::Cluster>>,
     /// Held while the platform is open: one process per data directory.
     _lock: fs::File,
 }

@@ -37,7 +37,7 @@ pub use validate::{ModuleFacts, module_facts};
 
 pub(crate) use guest::{Guest, JobInstances};
 use scalar::scalars_of;
-pub(crate) use scalar::{GuestFn, is_guest_scalar};
+pub(crate) use scalar::{GuestFn, guest_scalar_module, is_guest_scalar};
 pub(crate) use validate::{SQL_FORMS, is_reserved_name};
 use validate::{check_export, parse_manifest, precheck};
 

@@ -213,3 +213,11 @@ pub(crate) fn is_guest_scalar(f: &ScalarUDF) -> bool {
     let any: &dyn std::any::Any = f.inner().as_ref();
     any.is::<WasmScalarUdf>()
 }
+
+/// The module a guest scalar function comes from (its hash), or `None` for any other
+/// function.
+pub(crate) fn guest_scalar_module(f: &ScalarUDF) -> Option<String> {
+    let any: &dyn std::any::Any = f.inner().as_ref();
+    any.downcast_ref::<WasmScalarUdf>()
+        .map(|w| w.f.pool.module.hash.clone())
+}

@@ -107,6 +107,10 @@ enum Command {
         /// Rows of the synthetic dataset.
         #[arg(long, default_value_t = 100_000)]
         rows: usize,
+        /// Run the jobs' inputs on a Ballista cluster in this process (a scheduler and two
+        /// executors on loopback).
+        #[arg(long)]
+        cluster: bool,
     },
     /// Verify a release bundle offline with the platform's public key.
     Verify {
@@ -252,11 +256,16 @@ fn run(cli: Cli) -> Result<()> {
             secure_cookies,
             otlp_endpoint: _,
         } => server::serve(&keys, &listen, workers, secure_cookies),
-        Command::Demo { data_dir, rows } => {
+        Command::Demo {
+            data_dir,
+            rows,
+            cluster,
+        } => {
             run_demo(&DemoOptions {
                 data_dir,
                 rows,
                 quiet: false,
+                cluster,
             })?;
             Ok(())
         }

@@ -194,6 +194,7 @@ fn small_demo() -> (tempfile::TempDir, tidegate_server::DemoOutcome) {
         data_dir: Some(dir.path().to_path_buf()),
         rows: 1_000,
         quiet: true,
+        ..Default::default()
     })
     .unwrap();
     (dir, outcome)

@@ -22,6 +22,7 @@ fn demo() -> (tempfile::TempDir, tidegate_server::DemoOutcome) {
         data_dir: Some(dir.path().to_path_buf()),
         rows: 100_000,
         quiet: true,
+        ..Default::default()
     })
     .unwrap();
     (dir, outcome)

@@ -35,6 +35,7 @@ mod memory;
 // Jobs: their SQL, their data and the guests they call.
 mod aggregates;
 mod c_udf;
+mod cluster;
 mod column_types;
 mod hostile;
 mod spill;

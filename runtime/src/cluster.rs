@@ -1,0 +1,799 @@
+//! Jobs on a DataFusion Ballista cluster inside the domain: Ballista's scheduler, executors,
+//! shuffle and Flight transport, with Tidegate's hooks installed.
+//!
+//! What a job sends to the cluster is the physical plan of its shared input (the scan, joins,
+//! filters and every module function's evaluation: [`crate::job`] keeps the aggregation, the
+//! per-subject tally and the gate on the coordinator, exactly as in embedded mode). A plan
+//! names what it needs by reference, never by content:
+//! - a guest or platform function by the job's token, its name and (a guest's) module hash;
+//! - a sealed table by the job's token and its store's address.
+//!
+//! An executor resolves them through the [`Registry`] of jobs the coordinator admitted, and
+//! only there: a function the job was not given, a module hash other than the one approved
+//! for it, a job that ended or never was, fail the task. The functions it resolves are the
+//! job's own (the same guests, fuel, memory and epoch deadlines, the same meter), and the
+//! sealed stores decrypt in memory only the ranges a task reads.
+//!
+//! The in-process cluster ([`Cluster::standalone`]: a scheduler and executors on loopback)
+//! shares the coordinator's registry.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use arrow::datatypes::{DataType, SchemaRef};
+use ballista_core::config::BallistaConfig;
+use ballista_core::extension::SessionConfigExt;
+use ballista_core::serde::BallistaCodec;
+use ballista_core::serde::BallistaPhysicalExtensionCodec;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DataFusionError, Result as DfResult};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+use datafusion::object_store::ObjectStore;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+};
+use datafusion::prelude::SessionConfig;
+use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
+use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
+use futures::TryStreamExt;
+
+use crate::error::{Error, Result};
+
+mod shuffle;
+
+/// The prefix of every payload this codec writes: anything else is Ballista's.
+const TAG: &[u8] = b"tidegate/1:";
+
+/// What the coordinator gave a job for the cluster to use: its functions and its sealed
+/// stores. Only what is here can be named by a plan.
+#[derive(Default)]
+struct JobShare {
+    /// The job's own functions by name (guest and platform), with the module hash a guest
+    /// function comes from.
+    functions: HashMap<String, (Option<String>, Arc<ScalarUDF>)>,
+    /// The job's sealed stores by address (`tidegate://table0`).
+    stores: HashMap<String, Arc<dyn ObjectStore>>,
+}
+
+/// The jobs the coordinator admitted to the cluster, by token: what an executor may resolve.
+#[derive(Default)]
+pub(crate) struct Registry {
+    jobs: Mutex<HashMap<String, Arc<JobShare>>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self
+            .jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
+        write!(f, "Registry({n} jobs)")
+    }
+}
+
+impl Registry {
+    fn job(&self, token: &str) -> DfResult<Arc<JobShare>> {
+        self.jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(token)
+            .cloned()
+            .ok_or_else(|| {
+                DataFusionError::Plan("the plan names a job this cluster does not run".into())
+            })
+    }
+}
+
+/// A job's admission to the cluster: while it lives, executors resolve the job's functions
+/// and stores; dropped, they no longer can.
+pub(crate) struct Admission {
+    registry: Arc<Registry>,
+    token: String,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.registry
+            .jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.token);
+    }
+}
+
+/// A function reference as plans carry it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct FunctionRef {
+    job: String,
+    name: String,
+    /// The module a guest function comes from.
+    module: Option<String>,
+    /// Its result type, for the scheduler's planning (which never calls it).
+    ret: String,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+enum Payload {
+    Function(FunctionRef),
+}
+
+fn encode(payload: &Payload, buf: &mut Vec<u8>) -> DfResult<()> {
+    buf.extend_from_slice(TAG);
+    serde_json::to_writer(buf, payload).map_err(|e| DataFusionError::Internal(e.to_string()))
+}
+
+fn decode(buf: &[u8]) -> Option<DfResult<Payload>> {
+    let rest = buf.strip_prefix(TAG)?;
+    Some(
+        serde_json::from_slice(rest)
+            .map_err(|e| DataFusionError::Plan(format!("a damaged cluster reference: {e}"))),
+    )
+}
+
+/// Where a codec runs.
+#[derive(Debug, Clone)]
+enum Side {
+    /// The coordinator: writes references to one job's functions and stores.
+    Coordinator(Arc<JobShare>, String),
+    /// The scheduler: keeps references as they are (it plans stages and never runs them).
+    Scheduler,
+    /// An executor: resolves references in the registry.
+    Executor(Arc<Registry>),
+}
+
+impl std::fmt::Debug for JobShare {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "JobShare({} functions, {} stores)",
+            self.functions.len(),
+            self.stores.len()
+        )
+    }
+}
+
+/// Tidegate's physical extension codec: job functions and sealed scans by reference, and
+/// everything else handed to Ballista's own codec.
+#[derive(Debug)]
+struct Codec {
+    side: Side,
+    ballista: BallistaPhysicalExtensionCodec,
+}
+
+impl Codec {
+    fn new(side: Side) -> Codec {
+        Codec {
+            side,
+            ballista: BallistaPhysicalExtensionCodec::default(),
+        }
+    }
+}
+
+impl PhysicalExtensionCodec for Codec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+        ctx: &TaskContext,
+        converter: &dyn PhysicalProtoConverterExtension,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        self.ballista.try_decode(buf, inputs, ctx, converter)
+    }
+
+    fn try_encode(
+        &self,
+        node: Arc<dyn ExecutionPlan>,
+        buf: &mut Vec<u8>,
+        converter: &dyn PhysicalProtoConverterExtension,
+    ) -> DfResult<()> {
+        self.ballista.try_encode(node, buf, converter)
+    }
+
+    fn try_decode_udf(&self, name: &str, buf: &[u8]) -> DfResult<Arc<ScalarUDF>> {
+        let Some(payload) = decode(buf) else {
+            return self.ballista.try_decode_udf(name, buf);
+        };
+        let Payload::Function(f) = payload?;
+        if f.name != name {
+            return Err(DataFusionError::Plan(format!(
+                "function `{name}` is referenced under another name"
+            )));
+        }
+        match &self.side {
+            Side::Executor(registry) => {
+                let job = registry.job(&f.job)?;
+                match job.functions.get(&f.name) {
+                    Some((module, udf)) if *module == f.module => Ok(Arc::clone(udf)),
+                    Some(_) => Err(DataFusionError::Plan(format!(
+                        "function `{name}` is named with a module the job was not approved to run"
+                    ))),
+                    None => Err(DataFusionError::Plan(format!(
+                        "function `{name}` is not one of the job's functions"
+                    ))),
+                }
+            }
+            Side::Scheduler | Side::Coordinator(..) => {
+                let ret: DataType = f
+                    .ret
+                    .parse()
+                    .map_err(|e| DataFusionError::Plan(format!("function `{name}`: {e}")))?;
+                Ok(Arc::new(ScalarUDF::new_from_impl(Referenced {
+                    reference: f,
+                    ret,
+                    signature: Signature::variadic_any(Volatility::Volatile),
+                })))
+            }
+        }
+    }
+
+    fn try_encode_udf(&self, node: &ScalarUDF, buf: &mut Vec<u8>) -> DfResult<()> {
+        let inner: &dyn std::any::Any = node.inner().as_ref();
+        if let Some(r) = inner.downcast_ref::<Referenced>() {
+            return encode(
+                &Payload::Function(FunctionRef {
+                    job: r.reference.job.clone(),
+                    name: r.reference.name.clone(),
+                    module: r.reference.module.clone(),
+                    ret: r.reference.ret.clone(),
+                }),
+                buf,
+            );
+        }
+        if let Side::Coordinator(share, token) = &self.side
+            && let Some((module, udf)) = share.functions.get(node.name())
+        {
+            if !Arc::ptr_eq(udf.inner(), node.inner()) {
+                return Err(DataFusionError::Plan(format!(
+                    "function `{}` is not the job's own",
+                    node.name()
+                )));
+            }
+            // A function whose result type depends on its arguments' types is named without
+            // one: the scheduler plans with the types the plan records.
+            let ret = node
+                .return_type(&[])
+                .map(|t| t.to_string())
+                .unwrap_or_else(|_| DataType::Null.to_string());
+            return encode(
+                &Payload::Function(FunctionRef {
+                    job: token.clone(),
+                    name: node.name().to_string(),
+                    module: module.clone(),
+                    ret,
+                }),
+                buf,
+            );
+        }
+        self.ballista.try_encode_udf(node, buf)
+    }
+}
+
+/// A job function as the scheduler holds it: a reference it plans with and passes on; it
+/// cannot be called there.
+#[derive(Debug)]
+struct Referenced {
+    reference: FunctionRef,
+    ret: DataType,
+    signature: Signature,
+}
+
+impl std::fmt::Debug for FunctionRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} of job {}", self.name, self.job)
+    }
+}
+
+impl PartialEq for Referenced {
+    fn eq(&self, other: &Self) -> bool {
+        self.reference.job == other.reference.job
+            && self.reference.name == other.reference.name
+            && self.reference.module == other.reference.module
+    }
+}
+
+impl Eq for Referenced {}
+
+impl std::hash::Hash for Referenced {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.reference.job.hash(state);
+        self.reference.name.hash(state);
+        self.reference.module.hash(state);
+    }
+}
+
+impl ScalarUDFImpl for Referenced {
+    fn name(&self) -> &str {
+        &self.reference.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> DfResult<DataType> {
+        Ok(self.ret.clone())
+    }
+
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        Err(DataFusionError::Execution(format!(
+            "function `{}` runs on an executor only",
+            self.reference.name
+        )))
+    }
+}
+
+/// A plan run on the cluster: one stream of the whole result, fetched from the executors
+/// that hold the final stage's output.
+#[derive(Debug)]
+struct ClusterExec {
+    scheduler: String,
+    plan: Arc<dyn ExecutionPlan>,
+    codec: Arc<Codec>,
+    properties: Arc<PlanProperties>,
+    /// Keeps the job admitted while the plan can run.
+    _admission: Arc<Admission>,
+}
+
+impl std::fmt::Debug for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Admission")
+    }
+}
+
+impl DisplayAs for ClusterExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "ClusterExec: scheduler={}", self.scheduler)
+    }
+}
+
+impl ExecutionPlan for ClusterExec {
+    fn name(&self) -> &str {
+        "ClusterExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        Vec::new()
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if children.is_empty() {
+            Ok(self)
+        } else {
+            Err(DataFusionError::Internal(
+                "a cluster plan has no inputs".into(),
+            ))
+        }
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        if partition != 0 {
+            return Err(DataFusionError::Internal(format!(
+                "a cluster plan has one partition, not {partition}"
+            )));
+        }
+        let config = config()
+            .with_target_partitions(context.session_config().target_partitions())
+            // Every shuffle read goes through an executor's Flight service.
+            .with_ballista_shuffle_reader_force_remote_read(true);
+        let ballista: BallistaConfig = config.ballista_config();
+        let scheduler = format!("http://{}", self.scheduler);
+        let plan = Arc::clone(&self.plan);
+        let codec = Arc::clone(&self.codec);
+        let session = context.session_id();
+        let schema = self.plan.schema();
+        let stream = futures::stream::once(async move {
+            ballista_core::execution_plans::execute_physical_plan::<PhysicalPlanNode>(
+                scheduler,
+                &ballista,
+                plan,
+                codec.as_ref(),
+                session,
+                config,
+            )
+            .await
+        })
+        .try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+    }
+}
+
+fn single_partition(schema: SchemaRef) -> PlanProperties {
+    PlanProperties::new(
+        EquivalenceProperties::new(schema),
+        Partitioning::UnknownPartitioning(1),
+        EmissionType::Incremental,
+        Boundedness::Bounded,
+    )
+}
+
+/// The object stores of a scheduler's or an executor's engine. A job's sealed store is named
+/// by an address that carries the job's token (`tidegate://j{token}-t{index}`): an executor
+/// resolves it in the registry of admitted jobs; on the scheduler, and for a job not admitted,
+/// it is an empty store that holds nothing (a plan naming it decodes; nothing is read).
+#[derive(Debug, Default)]
+struct Stores {
+    inner: datafusion::execution::object_store::DefaultObjectStoreRegistry,
+    jobs: Option<Arc<Registry>>,
+}
+
+impl Stores {
+    /// The sealed store `url` names, if its job is admitted and was given it.
+    fn sealed(&self, url: &url::Url) -> Option<Arc<dyn ObjectStore>> {
+        let jobs = self.jobs.as_ref()?;
+        let host = url.host_str()?;
+        let token = host.strip_prefix('j')?.split_once('-')?.0;
+        let job = jobs.job(token).ok()?;
+        let address = format!("tidegate://{host}");
+        job.stores.get(&address).cloned()
+    }
+}
+
+impl datafusion::execution::object_store::ObjectStoreRegistry for Stores {
+    fn register_store(
+        &self,
+        url: &url::Url,
+        store: Arc<dyn ObjectStore>,
+    ) -> Option<Arc<dyn ObjectStore>> {
+        self.inner.register_store(url, store)
+    }
+
+    fn deregister_store(&self, url: &url::Url) -> DfResult<Arc<dyn ObjectStore>> {
+        self.inner.deregister_store(url)
+    }
+
+    fn get_store(&self, url: &url::Url) -> DfResult<Arc<dyn ObjectStore>> {
+        match self.inner.get_store(url) {
+            Ok(store) => Ok(store),
+            Err(_) if url.scheme() == "tidegate" => Ok(self
+                .sealed(url)
+                .unwrap_or_else(|| Arc::new(crate::storage::SealedStore::default()))),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A session's configuration on this cluster.
+fn config() -> SessionConfig {
+    SessionConfig::new_with_ballista()
+}
+
+/// An engine's runtime with [`Stores`] and no disk manager (nothing of a task reaches the
+/// disk through the engine: no spilling).
+fn runtime(
+    jobs: Option<Arc<Registry>>,
+) -> DfResult<Arc<datafusion::execution::runtime_env::RuntimeEnv>> {
+    use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+    datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+        .with_object_store_registry(Arc::new(Stores {
+            jobs,
+            ..Stores::default()
+        }))
+        .with_disk_manager_builder(
+            DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+        )
+        .build_arc()
+}
+
+/// A random token naming one job on the cluster.
+fn token() -> Result<String> {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| Error::Internal("no randomness for a cluster job".into()))?;
+    Ok(hex::encode(bytes))
+}
+
+/// A Ballista cluster the coordinator sends jobs to, and the registry its executors resolve
+/// jobs' references in.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    scheduler: SocketAddr,
+    registry: Arc<Registry>,
+    /// The executors' work directories (the in-process cluster's), removed when the last
+    /// handle goes.
+    _work: Arc<WorkDirs>,
+}
+
+#[derive(Debug)]
+struct WorkDirs(Vec<PathBuf>);
+
+impl Drop for WorkDirs {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+impl Cluster {
+    /// A scheduler and `executors` executors in this process, on loopback, their work
+    /// directories under `work` (created, and removed when the cluster is dropped).
+    pub async fn standalone(executors: usize, work: &Path) -> Result<Cluster> {
+        let registry = Arc::new(Registry::default());
+        let secret = Arc::new(shuffle::Secret::random());
+        let codec = BallistaCodec::new(
+            Arc::new(ballista_core::serde::BallistaLogicalExtensionCodec::default()),
+            Arc::new(Codec::new(Side::Scheduler)),
+        );
+        let scheduler = ballista_scheduler::standalone::new_standalone_scheduler_with_builder(
+            Arc::new(|config| {
+                let state = ballista_core::utils::default_session_builder(config)?;
+                Ok(
+                    datafusion::execution::SessionStateBuilder::new_from_existing(state)
+                        .with_runtime_env(runtime(None)?)
+                        .build(),
+                )
+            }),
+            Arc::new(config),
+            codec,
+        )
+        .await
+        .map_err(|e| Error::Internal(format!("cluster scheduler: {e}")))?;
+        let mut dirs = Vec::new();
+        for i in 0..executors {
+            let dir = work.join(format!("executor-{i}"));
+            std::fs::create_dir_all(&dir)?;
+            dirs.push(dir.clone());
+            executor::start(scheduler, &dir, Arc::clone(&registry), Arc::clone(&secret)).await?;
+        }
+        Ok(Cluster {
+            scheduler,
+            registry,
+            _work: Arc::new(WorkDirs(dirs)),
+        })
+    }
+
+    /// `plan` to run on the cluster for the job named `token` (a random token, unique to the
+    /// job), with its `functions` (every scalar function it may call that is not DataFusion's,
+    /// with the module of a guest's) and its sealed `stores` by address.
+    pub(crate) fn distribute(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        token: String,
+        functions: Vec<(Option<String>, Arc<ScalarUDF>)>,
+        stores: Vec<(String, Arc<dyn ObjectStore>)>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let share = Arc::new(JobShare {
+            functions: functions
+                .into_iter()
+                .map(|(m, f)| (f.name().to_string(), (m, f)))
+                .collect(),
+            stores: stores.into_iter().collect(),
+        });
+        self.registry
+            .jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(token.clone(), Arc::clone(&share));
+        let admission = Arc::new(Admission {
+            registry: Arc::clone(&self.registry),
+            token: token.clone(),
+        });
+        Ok(Arc::new(ClusterExec {
+            scheduler: self.scheduler.to_string(),
+            properties: Arc::new(single_partition(plan.schema())),
+            plan,
+            codec: Arc::new(Codec::new(Side::Coordinator(share, token))),
+            _admission: admission,
+        }))
+    }
+}
+
+mod executor {
+    //! One executor of the in-process cluster.
+    use super::*;
+    use ballista_core::serde::protobuf::ExecutorRegistration;
+    use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
+    use ballista_executor::executor::Executor;
+
+    pub(super) async fn start(
+        scheduler: SocketAddr,
+        work: &Path,
+        registry: Arc<Registry>,
+        secret: Arc<shuffle::Secret>,
+    ) -> Result<()> {
+        let fail = |e: &dyn std::fmt::Display| Error::Internal(format!("cluster executor: {e}"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| fail(&e))?;
+        let address = listener.local_addr().map_err(|e| fail(&e))?;
+        let work = work
+            .to_str()
+            .ok_or_else(|| Error::Internal("a work directory's path is not UTF-8".into()))?
+            .to_string();
+        let metadata = ExecutorRegistration {
+            id: token()?,
+            host: Some("127.0.0.1".to_string()),
+            port: u32::from(address.port()),
+            grpc_port: 0,
+            specification: Some(
+                ballista_core::serde::scheduler::ExecutorSpecification::default()
+                    .with_vcores(2)
+                    .into(),
+            ),
+            os_info: Some(
+                ballista_core::serde::scheduler::ExecutorOperatingSystemSpecification::default()
+                    .into(),
+            ),
+            ballista_protocol_version: ballista_core::BALLISTA_PROTOCOL_VERSION,
+        };
+        // A runtime of its own per task, whose stores resolve the job's sealed stores.
+        let jobs = Arc::clone(&registry);
+        let runtime: ballista_core::RuntimeProducer =
+            Arc::new(move |_| super::runtime(Some(Arc::clone(&jobs))));
+        let state = datafusion::execution::SessionStateBuilder::new()
+            .with_default_features()
+            .build();
+        // Every stage's output is sealed, and served opened by this executor's Flight service.
+        let executor = Arc::new(Executor::new(
+            metadata,
+            &work,
+            runtime,
+            Arc::new(config),
+            Arc::new((&state).into()),
+            Arc::new(ballista_executor::metrics::LoggingMetricsCollector::default()),
+            2,
+            Arc::new(shuffle::SealedEngine {
+                secret: Arc::clone(&secret),
+            }),
+        ));
+        let flight =
+            arrow_flight::flight_service_server::FlightServiceServer::new(shuffle::SealedFlight {
+                work: PathBuf::from(&work),
+                secret,
+            });
+        tokio::spawn(
+            ballista_core::utils::create_grpc_server(
+                &ballista_core::utils::GrpcServerConfig::default(),
+            )
+            .add_service(flight)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let client = SchedulerGrpcClient::connect(format!("http://{scheduler}"))
+            .await
+            .map_err(|e| fail(&e))?;
+        let codec: BallistaCodec<LogicalPlanNode, PhysicalPlanNode> = BallistaCodec::new(
+            Arc::new(ballista_core::serde::BallistaLogicalExtensionCodec::default()),
+            Arc::new(Codec::new(Side::Executor(registry))),
+        );
+        tokio::spawn(ballista_executor::execution_loop::poll_loop(
+            client,
+            executor,
+            codec,
+            None,
+            None,
+            ballista_executor::health::ExecutorHealth::new(),
+        ));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A registry admitting job `j` with one function `f`, from module `aaa`.
+    fn admitted() -> (Arc<Registry>, Admission, Arc<ScalarUDF>) {
+        let registry = Arc::new(Registry::default());
+        let f = Arc::new(datafusion::functions::math::abs().as_ref().clone());
+        let share = JobShare {
+            functions: HashMap::from([(
+                "abs".to_string(),
+                (Some("aaa".to_string()), Arc::clone(&f)),
+            )]),
+            stores: HashMap::new(),
+        };
+        registry
+            .jobs
+            .lock()
+            .unwrap()
+            .insert("j".into(), Arc::new(share));
+        let admission = Admission {
+            registry: Arc::clone(&registry),
+            token: "j".into(),
+        };
+        (registry, admission, f)
+    }
+
+    fn reference(job: &str, name: &str, module: Option<&str>) -> Vec<u8> {
+        let mut buf = Vec::new();
+        encode(
+            &Payload::Function(FunctionRef {
+                job: job.into(),
+                name: name.into(),
+                module: module.map(str::to_string),
+                ret: "Float64".into(),
+            }),
+            &mut buf,
+        )
+        .unwrap();
+        buf
+    }
+
+    #[test]
+    fn an_executor_resolves_only_the_functions_and_the_module_its_job_was_given() {
+        let (registry, admission, f) = admitted();
+        let executor = Codec::new(Side::Executor(Arc::clone(&registry)));
+        let resolved = executor
+            .try_decode_udf("abs", &reference("j", "abs", Some("aaa")))
+            .unwrap();
+        assert!(Arc::ptr_eq(&resolved, &f), "the job's own function");
+        let refused =
+            |name: &str, buf: Vec<u8>| executor.try_decode_udf(name, &buf).unwrap_err().to_string();
+        assert!(
+            refused("abs", reference("j", "abs", Some("bbb"))).contains("not approved"),
+            "another module's hash"
+        );
+        assert!(
+            refused("abs", reference("j", "abs", None)).contains("not approved"),
+            "no module where the job's function has one"
+        );
+        assert!(
+            refused("sqrt", reference("j", "sqrt", Some("aaa"))).contains("not one of the job's"),
+            "a function the job was not given"
+        );
+        assert!(
+            refused("abs", reference("k", "abs", Some("aaa"))).contains("does not run"),
+            "a job the cluster does not run"
+        );
+        assert!(
+            refused("sqrt", reference("j", "abs", Some("aaa"))).contains("another name"),
+            "a reference under another name"
+        );
+        let mut damaged = reference("j", "abs", Some("aaa"));
+        damaged.truncate(damaged.len() - 3);
+        assert!(refused("abs", damaged).contains("damaged"));
+        drop(admission);
+        assert!(
+            refused("abs", reference("j", "abs", Some("aaa"))).contains("does not run"),
+            "a job that ended"
+        );
+    }
+
+    #[test]
+    fn the_scheduler_passes_a_job_function_on_as_it_came_and_cannot_call_it() {
+        let scheduler = Codec::new(Side::Scheduler);
+        let came = reference("j", "abs", Some("aaa"));
+        let planned = scheduler.try_decode_udf("abs", &came).unwrap();
+        assert_eq!(planned.return_type(&[]).unwrap(), DataType::Float64);
+        let mut again = Vec::new();
+        scheduler.try_encode_udf(&planned, &mut again).unwrap();
+        assert_eq!(again, came);
+        let args = ScalarFunctionArgs {
+            args: vec![],
+            arg_fields: vec![],
+            number_rows: 1,
+            return_field: Arc::new(arrow::datatypes::Field::new("r", DataType::Float64, true)),
+            config_options: Arc::new(Default::default()),
+        };
+        assert!(planned.invoke_with_args(args).is_err());
+    }
+}

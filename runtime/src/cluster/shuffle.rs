@@ -1,0 +1,476 @@
+//! Shuffle files sealed under a per-job key, and the Flight service that opens them.
+//!
+//! Ballista's writers put every stage's output on disk as plaintext Arrow IPC. The executors
+//! of this cluster run each stage through [`SealedEngine`] instead: the stage's output
+//! partitions are written as Arrow IPC streams inside the chunked AES-256-GCM format of the
+//! store, under a key derived from the cluster's secret (held in memory only) and Ballista's
+//! job id, each file bound to its place (job, stage, partition, task). The file names end in
+//! `.sealed`, so no reader takes one for Ballista's own format: every read goes to an
+//! executor's [`SealedFlight`] service, which opens it in memory and serves the plaintext
+//! stream the reader asked for.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::ipc::reader::StreamReader;
+use arrow::ipc::writer::StreamWriter;
+use arrow::record_batch::RecordBatch;
+use arrow_flight::flight_service_server::FlightService;
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
+    HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
+};
+use ballista_core::JobId;
+use ballista_core::execution_plans::{
+    ShuffleReaderExec, ShuffleWriterExec, SortShuffleWriterExec, create_shuffle_path,
+};
+use ballista_core::serde::protobuf::ShuffleWritePartition;
+use ballista_core::serde::scheduler::{Action as BallistaAction, ShuffleFileKind, ShuffleLayout};
+use ballista_executor::execution_engine::{ExecutionEngine, QueryStageExecutor};
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::{DataFusionError, Result as DfResult};
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::metrics::MetricsSet;
+use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
+use datafusion::prelude::SessionConfig;
+use futures::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::crypto::{DataKey, SealedReader, SealingWriter};
+
+/// The cluster's secret, from which each job's shuffle key is derived: drawn when the
+/// cluster starts, held in memory, never written or sent.
+pub(crate) struct Secret([u8; 32]);
+
+impl Secret {
+    pub(crate) fn random() -> Secret {
+        Secret(crate::crypto::random_bytes::<32>())
+    }
+
+    fn key(&self, job: &str) -> DataKey {
+        DataKey::derived(&self.0, &format!("tidegate shuffle\0{job}"))
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// What a sealed shuffle file is bound to: moved or renamed, it no longer opens.
+fn context(job: &str, stage: usize, partition: usize, file: u64) -> String {
+    format!("shuffle/{job}/{stage}/{partition}/{file}")
+}
+
+/// Where the sealed file of (job, stage, partition, file) is: Ballista's place for it, under
+/// a name of its own.
+fn sealed_path(
+    work: &Path,
+    job: &JobId,
+    stage: usize,
+    partition: usize,
+    file: u64,
+) -> DfResult<PathBuf> {
+    let job_name = job.as_str();
+    if job_name.is_empty()
+        || job_name.len() > 64
+        || !job_name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(DataFusionError::Plan("a malformed job id".into()));
+    }
+    let plain = create_shuffle_path(work, job, stage, partition, Some(file), false)?;
+    let name = plain
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| DataFusionError::Internal("a shuffle path without a name".into()))?;
+    Ok(plain.with_file_name(format!("{name}.sealed")))
+}
+
+/// Runs each stage with its output sealed.
+pub(crate) struct SealedEngine {
+    pub(crate) secret: Arc<Secret>,
+}
+
+impl ExecutionEngine for SealedEngine {
+    fn create_query_stage_exec(
+        &self,
+        job_id: JobId,
+        stage_id: usize,
+        task_id: usize,
+        global_output_partition_ids: Vec<usize>,
+        plan: Arc<dyn ExecutionPlan>,
+        work_dir: &str,
+        _config: &SessionConfig,
+    ) -> DfResult<Arc<dyn QueryStageExecutor>> {
+        // The stage's readers fetch what earlier stages wrote through the executors' Flight
+        // services (their files are sealed; none is read here as Ballista's own format).
+        let plan = plan
+            .transform(|p| {
+                let any: &dyn std::any::Any = p.as_ref();
+                Ok(match any.downcast_ref::<ShuffleReaderExec>() {
+                    Some(reader) => {
+                        Transformed::yes(Arc::new(reader.with_work_dir(work_dir.to_string()))
+                            as Arc<dyn ExecutionPlan>)
+                    }
+                    None => Transformed::no(p),
+                })
+            })?
+            .data;
+        let any: &dyn std::any::Any = plan.as_ref();
+        let (input, outputs): (Arc<dyn ExecutionPlan>, Vec<usize>) =
+            if let Some(w) = any.downcast_ref::<ShuffleWriterExec>() {
+                // Each of the input's partitions is one output partition.
+                let input = Arc::clone(w.children()[0]);
+                (input, global_output_partition_ids)
+            } else if let Some(w) = any.downcast_ref::<SortShuffleWriterExec>() {
+                // Rows are split by the stage's hash partitioning here, each output
+                // partition into a file of its own.
+                let partitioning = w.shuffle_output_partitioning().clone();
+                let k = partitioning.partition_count();
+                let input = Arc::clone(w.children()[0]);
+                (
+                    Arc::new(RepartitionExec::try_new(input, partitioning)?),
+                    (0..k).collect(),
+                )
+            } else {
+                return Err(DataFusionError::Plan(format!(
+                    "this cluster seals the output of hash and passthrough stages only, not {}",
+                    plan.name()
+                )));
+            };
+        if outputs.len() != input.output_partitioning().partition_count() {
+            return Err(DataFusionError::Internal(
+                "a stage's output partitions do not match its input's".into(),
+            ));
+        }
+        Ok(Arc::new(SealedStage {
+            job: job_id,
+            stage: stage_id,
+            task: task_id as u64,
+            input,
+            outputs,
+            work: PathBuf::from(work_dir),
+            secret: Arc::clone(&self.secret),
+        }))
+    }
+}
+
+/// One task of a stage: its input's partitions, each written sealed.
+struct SealedStage {
+    job: JobId,
+    stage: usize,
+    task: u64,
+    input: Arc<dyn ExecutionPlan>,
+    /// The output partition each of the input's partitions is.
+    outputs: Vec<usize>,
+    work: PathBuf,
+    secret: Arc<Secret>,
+}
+
+impl std::fmt::Debug for SealedStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SealedStage({}/{}/{})", self.job, self.stage, self.task)
+    }
+}
+
+impl std::fmt::Display for SealedStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+/// A sealing writer as the IPC writer's sink.
+struct Sink(SealingWriter);
+
+impl std::io::Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf).map_err(std::io::Error::other)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Counts of one written partition.
+struct Written {
+    batches: u64,
+    rows: u64,
+    bytes: u64,
+}
+
+async fn write_sealed(
+    mut stream: datafusion::execution::SendableRecordBatchStream,
+    path: PathBuf,
+    key: DataKey,
+    context: String,
+) -> DfResult<Written> {
+    let io = |e: crate::Error| DataFusionError::External(Box::new(e));
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let sink = Sink(SealingWriter::create(&path, &key, &context).map_err(io)?);
+    let mut writer = StreamWriter::try_new(sink, &stream.schema())?;
+    let (mut batches, mut rows) = (0u64, 0u64);
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        batches += 1;
+        rows += batch.num_rows() as u64;
+        writer.write(&batch)?;
+    }
+    writer.finish()?;
+    let Sink(sealing) = writer.into_inner()?;
+    let bytes = sealing.len();
+    sealing.finish().map_err(io)?;
+    Ok(Written {
+        batches,
+        rows,
+        bytes,
+    })
+}
+
+#[async_trait::async_trait]
+impl QueryStageExecutor for SealedStage {
+    async fn execute_query_stage(
+        &self,
+        task_id: usize,
+        context: Arc<TaskContext>,
+    ) -> DfResult<Vec<ShuffleWritePartition>> {
+        let task = task_id as u64;
+        let key_of = || self.secret.key(self.job.as_str());
+        let mut writes = tokio::task::JoinSet::new();
+        for (local, &partition) in self.outputs.iter().enumerate() {
+            let path = sealed_path(&self.work, &self.job, self.stage, partition, task)?;
+            let stream = self.input.execute(local, Arc::clone(&context))?;
+            let bound = self::context(self.job.as_str(), self.stage, partition, task);
+            let key = key_of();
+            writes.spawn(async move {
+                write_sealed(stream, path, key, bound)
+                    .await
+                    .map(|w| (partition, w))
+            });
+        }
+        let mut out = Vec::with_capacity(self.outputs.len());
+        while let Some(joined) = writes.join_next().await {
+            let (partition, w) = joined.map_err(|e| {
+                DataFusionError::Execution(format!("a shuffle write stopped: {e}"))
+            })??;
+            out.push(ShuffleWritePartition {
+                partition_id: partition as u64,
+                num_batches: w.batches,
+                num_rows: w.rows,
+                num_bytes: w.bytes,
+                file_id: Some(task),
+                is_sort_shuffle: false,
+            });
+        }
+        out.sort_by_key(|p| p.partition_id);
+        Ok(out)
+    }
+
+    fn collect_plan_metrics(&self) -> Vec<MetricsSet> {
+        ballista_core::utils::collect_plan_metrics(self.input.as_ref())
+    }
+}
+
+/// The plaintext of a sealed file, read in order.
+struct Plain {
+    reader: SealedReader,
+    at: u64,
+}
+
+/// Bytes read from a sealed file at a time.
+const BLOCK: usize = 1 << 20;
+
+impl Read for Plain {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.reader.len() - self.at;
+        let n = (buf.len() as u64).min(left).min(BLOCK as u64) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
+        let bytes = self
+            .reader
+            .read_at(self.at, n)
+            .map_err(std::io::Error::other)?;
+        buf[..n].copy_from_slice(&bytes);
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
+/// Serves an executor's sealed shuffle files: opened in memory, in Ballista's two transfer
+/// protocols (decoded batches for `do_get`, the raw IPC stream for `IO_BLOCK_TRANSPORT`).
+pub(crate) struct SealedFlight {
+    pub(crate) work: PathBuf,
+    pub(crate) secret: Arc<Secret>,
+}
+
+type Boxed<T> = std::pin::Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+impl SealedFlight {
+    /// The sealed file a fetch names, opened.
+    fn open(&self, action: &[u8]) -> Result<SealedReader, Status> {
+        let action = ballista_core::serde::decode_protobuf(action)
+            .map_err(|e| Status::invalid_argument(format!("a malformed fetch: {e}")))?;
+        let BallistaAction::FetchPartition {
+            job_id,
+            stage_id,
+            partition_id,
+            file_id,
+            layout,
+            file_kind,
+            byte_ranges,
+            ..
+        } = action;
+        if !byte_ranges.is_empty()
+            || !matches!(layout, ShuffleLayout::Passthrough)
+            || !matches!(file_kind, ShuffleFileKind::Data)
+        {
+            return Err(Status::invalid_argument(
+                "this cluster serves whole partitions of sealed files only",
+            ));
+        }
+        let file = file_id.ok_or_else(|| Status::invalid_argument("a fetch without its file"))?;
+        let path = sealed_path(&self.work, &job_id, stage_id, partition_id, file)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let opened = std::fs::File::open(&path)
+            .map_err(|_| Status::not_found("no such shuffle partition"))?;
+        self.secret
+            .key(job_id.as_str())
+            .reader(
+                &context(job_id.as_str(), stage_id, partition_id, file),
+                opened,
+            )
+            .map_err(|_| Status::data_loss("a shuffle partition is damaged"))
+    }
+}
+
+#[tonic::async_trait]
+impl FlightService for SealedFlight {
+    type HandshakeStream = Boxed<HandshakeResponse>;
+    type ListFlightsStream = Boxed<FlightInfo>;
+    type DoGetStream = Boxed<FlightData>;
+    type DoPutStream = Boxed<PutResult>;
+    type DoActionStream = Boxed<arrow_flight::Result>;
+    type ListActionsStream = Boxed<ActionType>;
+    type DoExchangeStream = Boxed<FlightData>;
+
+    async fn do_get(
+        &self,
+        request: Request<Ticket>,
+    ) -> Result<Response<Self::DoGetStream>, Status> {
+        let reader = self.open(&request.into_inner().ticket)?;
+        let decoded = StreamReader::try_new(
+            std::io::BufReader::with_capacity(BLOCK, Plain { reader, at: 0 }),
+            None,
+        )
+        .map_err(|_| Status::data_loss("a shuffle partition is damaged"))?;
+        let schema = decoded.schema();
+        let (tx, rx) =
+            tokio::sync::mpsc::channel::<Result<RecordBatch, arrow_flight::error::FlightError>>(2);
+        tokio::task::spawn_blocking(move || {
+            for batch in decoded {
+                let batch = batch.map_err(arrow_flight::error::FlightError::from);
+                if tx.blocking_send(batch).is_err() {
+                    return;
+                }
+            }
+        });
+        let stream = arrow_flight::encode::FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .build(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .map(|r| r.map_err(|e| Status::internal(e.to_string())));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn do_action(
+        &self,
+        request: Request<Action>,
+    ) -> Result<Response<Self::DoActionStream>, Status> {
+        let action = request.into_inner();
+        if action.r#type != "IO_BLOCK_TRANSPORT" {
+            return Err(Status::unimplemented("this action"));
+        }
+        let reader = Arc::new(self.open(&action.body)?);
+        let len = reader.len();
+        let blocks = futures::stream::unfold(0u64, move |at| {
+            let reader = Arc::clone(&reader);
+            async move {
+                if at >= len {
+                    return None;
+                }
+                let n = (len - at).min(8 * BLOCK as u64) as usize;
+                let read = tokio::task::spawn_blocking(move || reader.read_at(at, n)).await;
+                let item = match read {
+                    Ok(Ok(body)) => Ok(arrow_flight::Result { body: body.into() }),
+                    _ => Err(Status::data_loss("a shuffle partition is damaged")),
+                };
+                Some((item, at + n as u64))
+            }
+        });
+        Ok(Response::new(Box::pin(blocks)))
+    }
+
+    async fn handshake(
+        &self,
+        _request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Self::HandshakeStream>, Status> {
+        Err(Status::unimplemented("handshake"))
+    }
+
+    async fn list_flights(
+        &self,
+        _request: Request<Criteria>,
+    ) -> Result<Response<Self::ListFlightsStream>, Status> {
+        Err(Status::unimplemented("list_flights"))
+    }
+
+    async fn get_flight_info(
+        &self,
+        _request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        Err(Status::unimplemented("get_flight_info"))
+    }
+
+    async fn poll_flight_info(
+        &self,
+        _request: Request<FlightDescriptor>,
+    ) -> Result<Response<PollInfo>, Status> {
+        Err(Status::unimplemented("poll_flight_info"))
+    }
+
+    async fn get_schema(
+        &self,
+        _request: Request<FlightDescriptor>,
+    ) -> Result<Response<SchemaResult>, Status> {
+        Err(Status::unimplemented("get_schema"))
+    }
+
+    async fn do_put(
+        &self,
+        _request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoPutStream>, Status> {
+        Err(Status::unimplemented("do_put"))
+    }
+
+    async fn list_actions(
+        &self,
+        _request: Request<Empty>,
+    ) -> Result<Response<Self::ListActionsStream>, Status> {
+        Err(Status::unimplemented("list_actions"))
+    }
+
+    async fn do_exchange(
+        &self,
+        _request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoExchangeStream>, Status> {
+        Err(Status::unimplemented("do_exchange"))
+    }
+}

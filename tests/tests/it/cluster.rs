@@ -1,0 +1,154 @@
+//! Jobs on a Ballista cluster in this process (a scheduler and two executors on loopback):
+//! the same results as here, the same guests under the same limits, and no plaintext in the
+//! executors' work directories.
+
+use std::sync::Arc;
+
+use arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use tidegate_policy::{ColumnSpec, DataType as ColType};
+use tidegate_runtime::{
+    Cluster, EngineLimits, GuestLimits, JobMeter, Sandbox, TableData, TableInput, run_query,
+};
+use tidegate_server::BENCH_UDF_WASM;
+
+/// A value no query computes: found in a file, it was written there in plaintext.
+const MARKER: &str = "MARKER-4c1f9e-in-the-clear";
+
+/// `rows` rows of (k utf8, x float64, n int64): 5 groups, one of them named by the marker.
+fn table(rows: usize) -> Vec<TableInput> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Utf8, true),
+        Field::new("x", DataType::Float64, true),
+        Field::new("n", DataType::Int64, true),
+    ]));
+    let batches = (0..rows)
+        .collect::<Vec<_>>()
+        .chunks(1_000)
+        .map(|chunk| {
+            let k: StringArray = chunk
+                .iter()
+                .map(|i| {
+                    Some(if i % 5 == 0 {
+                        MARKER.to_string()
+                    } else {
+                        format!("g{}", i % 5)
+                    })
+                })
+                .collect();
+            let x: Float64Array = chunk
+                .iter()
+                .map(|i| (i % 13 != 0).then_some(0.25 * (i % 89) as f64))
+                .collect();
+            let n: Int64Array = chunk.iter().map(|i| Some(*i as i64 % 97)).collect();
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(k), Arc::new(x), Arc::new(n)])
+                .unwrap()
+        })
+        .collect();
+    let col = |name: &str, data_type| ColumnSpec {
+        name: name.into(),
+        data_type,
+        tags: vec![],
+    };
+    vec![TableInput {
+        name: "t".into(),
+        columns: vec![
+            col("k", ColType::Utf8),
+            col("x", ColType::Float64),
+            col("n", ColType::Int64),
+        ],
+        data: TableData::Memory(batches),
+    }]
+}
+
+async fn query(
+    sql: &str,
+    cluster: Option<&Cluster>,
+) -> Result<Vec<RecordBatch>, tidegate_runtime::Error> {
+    let sandbox = Arc::new(Sandbox::new()?);
+    let module = sandbox.load(BENCH_UDF_WASM)?;
+    let meter = Arc::new(JobMeter::new(GuestLimits::default()));
+    let out = run_query(
+        sql,
+        &table(3_000),
+        sandbox.udfs(&module, &meter),
+        EngineLimits {
+            cluster: cluster.cloned(),
+            ..EngineLimits::default()
+        },
+    )
+    .await?;
+    Ok(out.batches)
+}
+
+/// The rows of a result as text, sorted.
+fn rows(batches: &[RecordBatch]) -> Vec<String> {
+    let mut out: Vec<String> = arrow::util::pretty::pretty_format_batches(batches)
+        .unwrap()
+        .to_string()
+        .lines()
+        .filter(|l| l.starts_with('|'))
+        .skip(1)
+        .map(str::to_string)
+        .collect();
+    out.sort();
+    out
+}
+
+const QUERIES: &[&str] = &[
+    "SELECT k, count(*) AS c, sum(plus_one(x)) AS s FROM t GROUP BY k",
+    // A join: its sides are shuffled between the executors.
+    "SELECT a.k, count(*) AS c, avg(plus_one(b.x)) AS m FROM t a JOIN t b ON a.n = b.n WHERE a.x > 3 GROUP BY a.k",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_on_the_cluster_gives_what_it_gives_here_and_leaves_no_plaintext() {
+    let work = tempfile::tempdir().unwrap();
+    let cluster = Cluster::standalone(2, work.path()).await.unwrap();
+    for sql in QUERIES {
+        let here = rows(&query(sql, None).await.unwrap());
+        let there = rows(&query(sql, Some(&cluster)).await.unwrap());
+        assert!(!here.is_empty(), "{sql}");
+        assert_eq!(here, there, "{sql}");
+    }
+    // The executors wrote the stages' output, sealed: no file holds the marker.
+    let mut sealed = 0;
+    for entry in walk(work.path()) {
+        let bytes = std::fs::read(&entry).unwrap();
+        assert!(
+            !bytes.windows(MARKER.len()).any(|w| w == MARKER.as_bytes()),
+            "{} holds a value in plaintext",
+            entry.display()
+        );
+        if entry.to_string_lossy().ends_with(".sealed") {
+            sealed += 1;
+        }
+    }
+    assert!(sealed > 0, "the executors wrote no shuffle file");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[test]
+fn the_demo_runs_on_the_cluster_to_its_signed_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let outcome = tidegate_server::run_demo(&tidegate_server::DemoOptions {
+        data_dir: Some(dir.path().to_path_buf()),
+        rows: 2_000,
+        quiet: true,
+        cluster: true,
+    })
+    .unwrap();
+    assert!(outcome.bundle_dir.exists());
+}
