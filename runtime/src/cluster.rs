@@ -433,13 +433,14 @@ fn single_partition(schema: SchemaRef) -> PlanProperties {
     )
 }
 
-/// The object stores of a scheduler's or an executor's engine. A job's sealed store is named
-/// by an address that carries the job's token (`tidegate://j{token}-t{index}`): an executor
-/// resolves it in the registry of admitted jobs; on the scheduler, and for a job not admitted,
-/// it is an empty store that holds nothing (a plan naming it decodes; nothing is read).
+/// The object stores of a scheduler's or an executor's engine: sealed stores of admitted jobs,
+/// and nothing else (no local file system, no store registered later). A job's sealed store is
+/// named by an address that carries the job's token (`tidegate://j{token}-t{index}`): an
+/// executor resolves it in the registry of admitted jobs; on the scheduler, and for a job not
+/// admitted, it is an empty store that holds nothing (a plan naming it decodes; nothing is
+/// read). Any other address is refused.
 #[derive(Debug, Default)]
 struct Stores {
-    inner: datafusion::execution::object_store::DefaultObjectStoreRegistry,
     jobs: Option<Arc<Registry>>,
 }
 
@@ -456,25 +457,28 @@ impl Stores {
 }
 
 impl datafusion::execution::object_store::ObjectStoreRegistry for Stores {
+    /// Nothing is registered: what a task may read is decided by the admission alone.
     fn register_store(
         &self,
-        url: &url::Url,
-        store: Arc<dyn ObjectStore>,
+        _url: &url::Url,
+        _store: Arc<dyn ObjectStore>,
     ) -> Option<Arc<dyn ObjectStore>> {
-        self.inner.register_store(url, store)
+        None
     }
 
-    fn deregister_store(&self, url: &url::Url) -> DfResult<Arc<dyn ObjectStore>> {
-        self.inner.deregister_store(url)
+    fn deregister_store(&self, _url: &url::Url) -> DfResult<Arc<dyn ObjectStore>> {
+        Err(DataFusionError::Plan("no store is registered here".into()))
     }
 
     fn get_store(&self, url: &url::Url) -> DfResult<Arc<dyn ObjectStore>> {
-        match self.inner.get_store(url) {
-            Ok(store) => Ok(store),
-            Err(_) if url.scheme() == "tidegate" => Ok(self
+        if url.scheme() == "tidegate" {
+            Ok(self
                 .sealed(url)
-                .unwrap_or_else(|| Arc::new(crate::storage::SealedStore::default()))),
-            Err(e) => Err(e),
+                .unwrap_or_else(|| Arc::new(crate::storage::SealedStore::default())))
+        } else {
+            Err(DataFusionError::Plan(
+                "a cluster task reads its job's sealed stores only".into(),
+            ))
         }
     }
 }
@@ -490,11 +494,14 @@ fn runtime(
     jobs: Option<Arc<Registry>>,
 ) -> DfResult<Arc<datafusion::execution::runtime_env::RuntimeEnv>> {
     use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+    // Each task's memory is bounded (the policy's default job budget): what it holds fails
+    // the task past that, rather than the process.
+    let pool = datafusion::execution::memory_pool::GreedyMemoryPool::new(
+        (tidegate_policy::DEFAULT_JOB_MEMORY_MIB as usize) << 20,
+    );
     datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
-        .with_object_store_registry(Arc::new(Stores {
-            jobs,
-            ..Stores::default()
-        }))
+        .with_memory_pool(Arc::new(pool))
+        .with_object_store_registry(Arc::new(Stores { jobs }))
         .with_disk_manager_builder(
             DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
         )

@@ -263,6 +263,16 @@ pub async fn run_query_until(
             let plan = physical(plan).await?;
             match cluster {
                 None => Ok(plan),
+                Some(_)
+                    if tables
+                        .iter()
+                        .any(|t| matches!(t.data, crate::tables::TableData::Memory(_))) =>
+                {
+                    // A table held in memory would travel inside the plan, in the clear.
+                    Err(Error::Refused(
+                        "a job on the cluster reads sealed tables only".into(),
+                    ))
+                }
                 Some(c) => c.distribute(
                     plan,
                     job.clone(),
@@ -344,9 +354,13 @@ pub async fn run_query_until(
     let run = async {
         tokio::select! {
             r = run => r,
-            () = cancel => Err(Error::Refused(
-                crate::sandbox::CANCELLED.into(),
-            )),
+            () = cancel => {
+                // The job's guests stop wherever they run (on a cluster's executors too).
+                for m in &meters {
+                    m.cancel();
+                }
+                Err(Error::Refused(crate::sandbox::CANCELLED.into()))
+            }
             () = deadline.expired() => Err(Error::Limit("the job exceeded its wall-clock limit".into())),
         }
     };

@@ -28,7 +28,7 @@ use ballista_core::execution_plans::{
 use ballista_core::serde::protobuf::ShuffleWritePartition;
 use ballista_core::serde::scheduler::{Action as BallistaAction, ShuffleFileKind, ShuffleLayout};
 use ballista_executor::execution_engine::{ExecutionEngine, QueryStageExecutor};
-use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::metrics::MetricsSet;
@@ -121,12 +121,15 @@ impl ExecutionEngine for SealedEngine {
                 })
             })?
             .data;
+        // A stage refused here fails when it runs: an error from this function would leave
+        // the task unreported (Ballista's executor drops it), and the job waiting.
+        let refused = check_stage(&plan).err().map(|e| e.to_string());
         let any: &dyn std::any::Any = plan.as_ref();
-        let (input, outputs): (Arc<dyn ExecutionPlan>, Vec<usize>) =
+        let (input, outputs, refused): (Arc<dyn ExecutionPlan>, Vec<usize>, Option<String>) =
             if let Some(w) = any.downcast_ref::<ShuffleWriterExec>() {
                 // Each of the input's partitions is one output partition.
                 let input = Arc::clone(w.children()[0]);
-                (input, global_output_partition_ids)
+                (input, global_output_partition_ids, refused)
             } else if let Some(w) = any.downcast_ref::<SortShuffleWriterExec>() {
                 // Rows are split by the stage's hash partitioning here, each output
                 // partition into a file of its own.
@@ -136,19 +139,21 @@ impl ExecutionEngine for SealedEngine {
                 (
                     Arc::new(RepartitionExec::try_new(input, partitioning)?),
                     (0..k).collect(),
+                    refused,
                 )
             } else {
-                return Err(DataFusionError::Plan(format!(
+                let refused = format!(
                     "this cluster seals the output of hash and passthrough stages only, not {}",
                     plan.name()
-                )));
+                );
+                (plan, Vec::new(), Some(refused))
             };
-        if outputs.len() != input.output_partitioning().partition_count() {
-            return Err(DataFusionError::Internal(
-                "a stage's output partitions do not match its input's".into(),
-            ));
-        }
+        let refused = refused.or_else(|| {
+            (outputs.len() != input.output_partitioning().partition_count())
+                .then(|| "a stage's output partitions do not match its input's".to_string())
+        });
         Ok(Arc::new(SealedStage {
+            refused,
             job: job_id,
             stage: stage_id,
             task: task_id as u64,
@@ -160,8 +165,67 @@ impl ExecutionEngine for SealedEngine {
     }
 }
 
+/// The operators a stage may hold: DataFusion's relational operators, the stage's shuffle
+/// writer and Ballista's shuffle reader. No sink, no source that carries rows in the plan,
+/// no scan but Parquet from a job's sealed stores.
+const OPERATORS: &[&str] = &[
+    "DataSourceExec",
+    "ProjectionExec",
+    "FilterExec",
+    "HashJoinExec",
+    "NestedLoopJoinExec",
+    "CrossJoinExec",
+    "SortMergeJoinExec",
+    "CoalesceBatchesExec",
+    "CoalescePartitionsExec",
+    "RepartitionExec",
+    "SortExec",
+    "SortPreservingMergeExec",
+    "AggregateExec",
+    "UnionExec",
+    "InterleaveExec",
+    "GlobalLimitExec",
+    "LocalLimitExec",
+    "EmptyExec",
+    "PlaceholderRowExec",
+    "CooperativeExec",
+    "ShuffleReaderExec",
+    "ShuffleWriterExec",
+    "SortShuffleWriterExec",
+];
+
+/// Refuses a stage holding anything but [`OPERATORS`], or a scan of anything but a sealed
+/// store's Parquet.
+fn check_stage(plan: &Arc<dyn ExecutionPlan>) -> DfResult<()> {
+    plan.apply(|node| {
+        if !OPERATORS.contains(&node.name()) {
+            return Err(DataFusionError::Plan(format!(
+                "a cluster stage may not hold {}",
+                node.name()
+            )));
+        }
+        let any: &dyn std::any::Any = node.as_ref();
+        if let Some(source) = any.downcast_ref::<datafusion::datasource::source::DataSourceExec>() {
+            let sealed = source
+                .downcast_to_file_source::<datafusion::datasource::physical_plan::ParquetSource>()
+                .is_some_and(|(files, _)| {
+                    files.object_store_url.as_str().starts_with("tidegate://")
+                });
+            if !sealed {
+                return Err(DataFusionError::Plan(
+                    "a cluster stage scans its job's sealed stores only".into(),
+                ));
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })
+    .map(|_| ())
+}
+
 /// One task of a stage: its input's partitions, each written sealed.
 struct SealedStage {
+    /// Why the stage may not run, if it may not.
+    refused: Option<String>,
     job: JobId,
     stage: usize,
     task: u64,
@@ -242,6 +306,9 @@ impl QueryStageExecutor for SealedStage {
         task_id: usize,
         context: Arc<TaskContext>,
     ) -> DfResult<Vec<ShuffleWritePartition>> {
+        if let Some(why) = &self.refused {
+            return Err(DataFusionError::Plan(why.clone()));
+        }
         let task = task_id as u64;
         let key_of = || self.secret.key(self.job.as_str());
         let mut writes = tokio::task::JoinSet::new();
@@ -375,12 +442,23 @@ impl FlightService for SealedFlight {
         let schema = decoded.schema();
         let (tx, rx) =
             tokio::sync::mpsc::channel::<Result<RecordBatch, arrow_flight::error::FlightError>>(2);
-        tokio::task::spawn_blocking(move || {
+        let on_panic = tx.clone();
+        let reading = tokio::task::spawn_blocking(move || {
             for batch in decoded {
                 let batch = batch.map_err(arrow_flight::error::FlightError::from);
                 if tx.blocking_send(batch).is_err() {
                     return;
                 }
+            }
+        });
+        // A reader that stopped without its end fails the stream: never a shorter partition.
+        tokio::spawn(async move {
+            if reading.await.is_err() {
+                let _ = on_panic
+                    .send(Err(arrow_flight::error::FlightError::ProtocolError(
+                        "a shuffle partition's reader stopped".into(),
+                    )))
+                    .await;
             }
         });
         let stream = arrow_flight::encode::FlightDataEncoderBuilder::new()
