@@ -336,6 +336,8 @@ impl ScalarUDFImpl for Referenced {
 #[derive(Debug)]
 struct ClusterExec {
     scheduler: String,
+    /// The header by which the scheduler knows this coordinator as a member of the cluster.
+    bearer: (String, String),
     plan: Arc<dyn ExecutionPlan>,
     codec: Arc<Codec>,
     properties: Arc<PlanProperties>,
@@ -401,7 +403,8 @@ impl ExecutionPlan for ClusterExec {
         let config = config()
             .with_target_partitions(context.session_config().target_partitions())
             // Every shuffle read goes through an executor's Flight service.
-            .with_ballista_shuffle_reader_force_remote_read(true);
+            .with_ballista_shuffle_reader_force_remote_read(true)
+            .with_ballista_grpc_metadata(HashMap::from([self.bearer.clone()]));
         let ballista: BallistaConfig = config.ballista_config();
         let scheduler = format!("http://{}", self.scheduler);
         let plan = Arc::clone(&self.plan);
@@ -485,7 +488,21 @@ impl datafusion::execution::object_store::ObjectStoreRegistry for Stores {
 
 /// A session's configuration on this cluster.
 fn config() -> SessionConfig {
-    SessionConfig::new_with_ballista()
+    let mut config = SessionConfig::new_with_ballista();
+    without_dynamic_filters(&mut config);
+    config
+}
+
+/// Turns off the filters a join or a top-k builds while it runs and pushes into its inputs:
+/// the scheduler re-plans a stage once the stages before it are done (it may swap a join's
+/// sides), which DataFusion refuses for a join whose filter is built, and Ballista then waits
+/// on that stage for ever.
+pub(crate) fn without_dynamic_filters(config: &mut SessionConfig) {
+    let optimizer = &mut config.options_mut().optimizer;
+    optimizer.enable_dynamic_filter_pushdown = false;
+    optimizer.enable_join_dynamic_filter_pushdown = false;
+    optimizer.enable_topk_dynamic_filter_pushdown = false;
+    optimizer.enable_aggregate_dynamic_filter_pushdown = false;
 }
 
 /// An engine's runtime with [`Stores`] and no disk manager (nothing of a task reaches the
@@ -524,6 +541,8 @@ fn token() -> Result<String> {
 pub struct Cluster {
     scheduler: SocketAddr,
     registry: Arc<Registry>,
+    /// The cluster's secret: its members' bearer value and the shuffle keys derive from it.
+    secret: Arc<shuffle::Secret>,
     /// The executors' work directories (the in-process cluster's), removed when the last
     /// handle goes.
     _work: Arc<WorkDirs>,
@@ -550,20 +569,7 @@ impl Cluster {
             Arc::new(ballista_core::serde::BallistaLogicalExtensionCodec::default()),
             Arc::new(Codec::new(Side::Scheduler)),
         );
-        let scheduler = ballista_scheduler::standalone::new_standalone_scheduler_with_builder(
-            Arc::new(|config| {
-                let state = ballista_core::utils::default_session_builder(config)?;
-                Ok(
-                    datafusion::execution::SessionStateBuilder::new_from_existing(state)
-                        .with_runtime_env(runtime(None)?)
-                        .build(),
-                )
-            }),
-            Arc::new(config),
-            codec,
-        )
-        .await
-        .map_err(|e| Error::Internal(format!("cluster scheduler: {e}")))?;
+        let scheduler = start_scheduler(codec, Arc::clone(&secret)).await?;
         let mut dirs = Vec::new();
         for i in 0..executors {
             let dir = work.join(format!("executor-{i}"));
@@ -574,6 +580,7 @@ impl Cluster {
         Ok(Cluster {
             scheduler,
             registry,
+            secret,
             _work: Arc::new(WorkDirs(dirs)),
         })
     }
@@ -606,12 +613,62 @@ impl Cluster {
         });
         Ok(Arc::new(ClusterExec {
             scheduler: self.scheduler.to_string(),
+            bearer: self.secret.bearer(),
             properties: Arc::new(single_partition(plan.schema())),
             plan,
             codec: Arc::new(Codec::new(Side::Coordinator(share, token))),
             _admission: admission,
         }))
     }
+}
+
+/// Ballista's scheduler on loopback (as Ballista's own standalone one, pulling-staged), behind
+/// [`shuffle::Members`]: a call that does not present the cluster's bearer value is refused
+/// before the scheduler sees it.
+async fn start_scheduler(codec: BallistaCodec, secret: Arc<shuffle::Secret>) -> Result<SocketAddr> {
+    use ballista_core::serde::protobuf::scheduler_grpc_server::SchedulerGrpcServer;
+    use ballista_scheduler::scheduler_server::SchedulerServer;
+    let fail = |e: &dyn std::fmt::Display| Error::Internal(format!("cluster scheduler: {e}"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| fail(&e))?;
+    let address = listener.local_addr().map_err(|e| fail(&e))?;
+    let cluster = ballista_scheduler::cluster::BallistaCluster::new_memory(
+        address.to_string(),
+        Arc::new(|config| {
+            let state = ballista_core::utils::default_session_builder(config)?;
+            Ok(
+                datafusion::execution::SessionStateBuilder::new_from_existing(state)
+                    .with_runtime_env(runtime(None)?)
+                    .build(),
+            )
+        }),
+        Arc::new(config),
+    );
+    let mut server: SchedulerServer<LogicalPlanNode, PhysicalPlanNode> = SchedulerServer::new(
+        address.to_string(),
+        cluster,
+        codec,
+        Arc::new(
+            ballista_scheduler::config::SchedulerConfig::default()
+                .with_scheduler_policy(ballista_core::config::TaskSchedulingPolicy::PullStaged),
+        ),
+        ballista_scheduler::metrics::default_metrics_collector().map_err(|e| fail(&e))?,
+    );
+    server.init().await.map_err(|e| fail(&e))?;
+    let size = config().ballista_grpc_client_max_message_size();
+    let service = tonic::service::interceptor::InterceptedService::new(
+        SchedulerGrpcServer::new(server)
+            .max_decoding_message_size(size)
+            .max_encoding_message_size(size),
+        shuffle::Members(secret),
+    );
+    tokio::spawn(
+        ballista_core::utils::create_grpc_server(&ballista_core::utils::GrpcServerConfig::default())
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    Ok(address)
 }
 
 mod executor {
@@ -628,6 +685,8 @@ mod executor {
         secret: Arc<shuffle::Secret>,
     ) -> Result<()> {
         let fail = |e: &dyn std::fmt::Display| Error::Internal(format!("cluster executor: {e}"));
+        // What it presents to the scheduler to be let in.
+        let member = shuffle::Member::of(&secret);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|e| fail(&e))?;
@@ -684,9 +743,12 @@ mod executor {
             .add_service(flight)
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
-        let client = SchedulerGrpcClient::connect(format!("http://{scheduler}"))
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{scheduler}"))
+            .map_err(|e| fail(&e))?
+            .connect()
             .await
             .map_err(|e| fail(&e))?;
+        let client = SchedulerGrpcClient::with_interceptor(channel, member);
         let codec: BallistaCodec<LogicalPlanNode, PhysicalPlanNode> = BallistaCodec::new(
             Arc::new(ballista_core::serde::BallistaLogicalExtensionCodec::default()),
             Arc::new(Codec::new(Side::Executor(registry))),
@@ -802,5 +864,46 @@ mod tests {
             config_options: Arc::new(Default::default()),
         };
         assert!(planned.invoke_with_args(args).is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_scheduler_lets_in_only_members_of_its_cluster() {
+        use ballista_core::serde::protobuf::GetJobStatusParams;
+        use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
+        use tonic::Code;
+        let work = tempfile::tempdir().unwrap();
+        let cluster = Cluster::standalone(1, work.path()).await.unwrap();
+        let url = format!("http://{}", cluster.scheduler);
+        let ask = || GetJobStatusParams {
+            job_id: "aaaaaaa".into(),
+        };
+        let channel = tonic::transport::Endpoint::from_shared(url)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+
+        // A caller that presents nothing (a process on this machine that found the port).
+        let mut stranger = SchedulerGrpcClient::new(channel.clone());
+        let refused = stranger.get_job_status(ask()).await.unwrap_err();
+        assert_eq!(refused.code(), Code::Unauthenticated);
+
+        // A member of another cluster, and a value that is not hex.
+        let other = shuffle::Secret::random();
+        let mut impostor =
+            SchedulerGrpcClient::with_interceptor(channel.clone(), shuffle::Member::of(&other));
+        let refused = impostor.get_job_status(ask()).await.unwrap_err();
+        assert_eq!(refused.code(), Code::Unauthenticated);
+        let garbled = shuffle::Member("not-hex".parse().unwrap());
+        let mut garbled = SchedulerGrpcClient::with_interceptor(channel.clone(), garbled);
+        let refused = garbled.get_job_status(ask()).await.unwrap_err();
+        assert_eq!(refused.code(), Code::Unauthenticated);
+
+        // A member is let in (and told there is no such job).
+        let mut member =
+            SchedulerGrpcClient::with_interceptor(channel, shuffle::Member::of(&cluster.secret));
+        if let Err(e) = member.get_job_status(ask()).await {
+            assert_ne!(e.code(), Code::Unauthenticated, "{e}");
+        }
     }
 }

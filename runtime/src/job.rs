@@ -123,9 +123,15 @@ pub async fn run_query_until(
     limits: EngineLimits,
     cancel: impl std::future::Future<Output = ()>,
 ) -> Result<JobOutput> {
-    let config = SessionConfig::new()
+    let mut config = SessionConfig::new()
         .with_target_partitions(TARGET_PARTITIONS)
         .with_information_schema(false);
+    if limits.cluster.is_some() {
+        // A plan for the cluster carries no dynamic filter: the scheduler re-plans a stage's
+        // joins once its inputs are known, and a join holding one may not be re-planned (the
+        // job would wait on a stage that never finishes).
+        crate::cluster::without_dynamic_filters(&mut config);
+    }
     // No spilling: nothing of a job reaches the disk in plaintext.
     let pool = Arc::new(PeakPool::new(limits.memory_bytes));
     let runtime = RuntimeEnvBuilder::new()

@@ -52,6 +52,76 @@ impl Secret {
     fn key(&self, job: &str) -> DataKey {
         DataKey::derived(&self.0, &format!("tidegate shuffle\0{job}"))
     }
+
+    /// The value a member of the cluster presents in [`CLUSTER_HEADER`] to its scheduler.
+    fn bearer_tag(&self) -> ring::hmac::Tag {
+        ring::hmac::sign(
+            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.0),
+            BEARER_LABEL,
+        )
+    }
+
+    /// Whether `presented` (hex) is the cluster's bearer value, compared in constant time.
+    fn accepts(&self, presented: &[u8]) -> bool {
+        hex::decode(presented).is_ok_and(|tag| {
+            ring::hmac::verify(
+                &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.0),
+                BEARER_LABEL,
+                &tag,
+            )
+            .is_ok()
+        })
+    }
+
+    /// The header a member of the cluster presents, as `(name, value)`.
+    pub(crate) fn bearer(&self) -> (String, String) {
+        (
+            CLUSTER_HEADER.to_string(),
+            hex::encode(self.bearer_tag().as_ref()),
+        )
+    }
+}
+
+/// The gRPC metadata by which the scheduler knows a member of its cluster.
+pub(crate) const CLUSTER_HEADER: &str = "x-tidegate-cluster";
+
+const BEARER_LABEL: &[u8] = b"tidegate cluster bearer";
+
+/// Refuses, on the scheduler, every call that does not present the cluster's bearer value:
+/// an executor that may register and take tasks, or a client that may submit a plan, is one
+/// started by this cluster.
+#[derive(Clone)]
+pub(crate) struct Members(pub(crate) Arc<Secret>);
+
+impl tonic::service::Interceptor for Members {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        match request.metadata().get(CLUSTER_HEADER) {
+            Some(v) if self.0.accepts(v.as_bytes()) => Ok(request),
+            _ => Err(Status::unauthenticated("not a member of this cluster")),
+        }
+    }
+}
+
+/// Presents the cluster's bearer value on every call of an executor to its scheduler.
+#[derive(Clone)]
+pub(crate) struct Member(pub(crate) tonic::metadata::AsciiMetadataValue);
+
+impl Member {
+    pub(crate) fn of(secret: &Secret) -> Member {
+        let value = hex::encode(secret.bearer_tag().as_ref())
+            .parse()
+            .expect("hex is ASCII");
+        Member(value)
+    }
+}
+
+impl tonic::service::Interceptor for Member {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        request
+            .metadata_mut()
+            .insert(CLUSTER_HEADER, self.0.clone());
+        Ok(request)
+    }
 }
 
 impl std::fmt::Debug for Secret {
@@ -303,19 +373,22 @@ async fn write_sealed(
 impl QueryStageExecutor for SealedStage {
     async fn execute_query_stage(
         &self,
-        task_id: usize,
+        _task_id: usize,
         context: Arc<TaskContext>,
     ) -> DfResult<Vec<ShuffleWritePartition>> {
         if let Some(why) = &self.refused {
             return Err(DataFusionError::Plan(why.clone()));
         }
-        let task = task_id as u64;
+        // The name of this task's files: drawn at random (64 bits), so that a fetch names one
+        // only if the scheduler told it where it is (Ballista would use the task number, which
+        // anyone can guess).
+        let file = u64::from_le_bytes(crate::crypto::random_bytes::<8>());
         let key_of = || self.secret.key(self.job.as_str());
         let mut writes = tokio::task::JoinSet::new();
         for (local, &partition) in self.outputs.iter().enumerate() {
-            let path = sealed_path(&self.work, &self.job, self.stage, partition, task)?;
+            let path = sealed_path(&self.work, &self.job, self.stage, partition, file)?;
             let stream = self.input.execute(local, Arc::clone(&context))?;
-            let bound = self::context(self.job.as_str(), self.stage, partition, task);
+            let bound = self::context(self.job.as_str(), self.stage, partition, file);
             let key = key_of();
             writes.spawn(async move {
                 write_sealed(stream, path, key, bound)
@@ -333,7 +406,7 @@ impl QueryStageExecutor for SealedStage {
                 num_batches: w.batches,
                 num_rows: w.rows,
                 num_bytes: w.bytes,
-                file_id: Some(task),
+                file_id: Some(file),
                 is_sort_shuffle: false,
             });
         }
