@@ -264,6 +264,9 @@ const OPERATORS: &[&str] = &[
     "SortShuffleWriterExec",
 ];
 
+/// The most bytes of rows written in a query (`VALUES`) a stage may carry.
+const MAX_LITERAL_ROWS_BYTES: usize = 1 << 20;
+
 /// Refuses a stage holding anything but [`OPERATORS`], or a scan of anything but a sealed
 /// store's Parquet.
 fn check_stage(plan: &Arc<dyn ExecutionPlan>) -> DfResult<()> {
@@ -276,6 +279,26 @@ fn check_stage(plan: &Arc<dyn ExecutionPlan>) -> DfResult<()> {
         }
         let any: &dyn std::any::Any = node.as_ref();
         if let Some(source) = any.downcast_ref::<datafusion::datasource::source::DataSourceExec>() {
+            // Rows the query itself wrote (`VALUES`, a constant `SELECT`): the coordinator
+            // refuses a table held in memory, so a source of rows in a plan is the query's own
+            // literals; bounded in size all the same.
+            if let Some(rows) = source
+                .data_source()
+                .downcast_ref::<datafusion::datasource::memory::MemorySourceConfig>(
+            ) {
+                let size: usize = rows
+                    .partitions()
+                    .iter()
+                    .flatten()
+                    .map(RecordBatch::get_array_memory_size)
+                    .sum();
+                if size > MAX_LITERAL_ROWS_BYTES {
+                    return Err(DataFusionError::Plan(
+                        "a cluster stage carries at most 1 MiB of the query's own rows".into(),
+                    ));
+                }
+                return Ok(TreeNodeRecursion::Continue);
+            }
             let sealed = source
                 .downcast_to_file_source::<datafusion::datasource::physical_plan::ParquetSource>()
                 .is_some_and(|(files, _)| {
