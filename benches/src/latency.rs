@@ -100,11 +100,20 @@ fn summary(mut ms: Vec<f64>) -> String {
 /// story's orgs and trained principals: the server's address, its runtime (the server stops
 /// when it is dropped) and the principals' clients.
 pub(crate) fn serve(work: &std::path::Path) -> (String, tokio::runtime::Runtime, World) {
+    let (url, server, world, _) = serve_platform(work);
+    (url, server, world)
+}
+
+/// [`serve`], and the platform it serves.
+pub(crate) fn serve_platform(
+    work: &std::path::Path,
+) -> (String, tokio::runtime::Runtime, World, Arc<Platform>) {
     let (platform, token) =
         Platform::init(&work.join("data"), &work.join("keys/master.key"), "admin").expect("init");
-    let (url, server) = spawn_server(Arc::new(platform)).expect("server");
+    let platform = Arc::new(platform);
+    let (url, server) = spawn_server(Arc::clone(&platform)).expect("server");
     let world = World::onboard(Client::new(&url, Some(&token)), true).expect("onboard");
-    (url, server, world)
+    (url, server, world, platform)
 }
 
 pub(crate) fn api_under_load(rows: usize) {

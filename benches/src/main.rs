@@ -283,6 +283,7 @@ fn main() {
             std::path::Path::new(visits),
             std::path::Path::new(spots),
             reps,
+            args.iter().any(|a| a == "--cluster"),
         );
         return;
     }

@@ -110,12 +110,27 @@ fn datafusion_time(rt: &tokio::runtime::Runtime, visits: &Path, spots: &Path, sq
     started.elapsed().as_secs_f64()
 }
 
-pub(crate) fn scale(rt: &tokio::runtime::Runtime, visits: &Path, spots: &Path, reps: usize) {
+/// With `cluster`, each query also runs with its input on an in-process Ballista cluster (a
+/// scheduler and two executors on loopback), against the same platform embedded.
+pub(crate) fn scale(
+    rt: &tokio::runtime::Runtime,
+    visits: &Path,
+    spots: &Path,
+    reps: usize,
+    cluster: bool,
+) {
     let work = tempfile::Builder::new()
         .prefix("tidegate-scale-")
         .tempdir_in(visits.parent().unwrap_or(Path::new(".")))
         .expect("a work directory next to the data");
-    let (_, _server, world) = crate::latency::serve(work.path());
+    let (_, _server, world, server_platform) = crate::latency::serve_platform(work.path());
+    let cluster = cluster.then(|| {
+        rt.block_on(tidegate_runtime::Cluster::standalone(
+            2,
+            &work.path().join("cluster"),
+        ))
+        .expect("the cluster")
+    });
     let started = Instant::now();
     let dataset = upload(
         &world.provider,
@@ -177,6 +192,7 @@ pub(crate) fn scale(rt: &tokio::runtime::Runtime, visits: &Path, spots: &Path, r
     );
     let (mut platform, mut datafusion, mut peaks, mut spilled) =
         (json!({}), json!({}), json!({}), json!({}));
+    let (mut on_cluster, mut shuffled) = (json!({}), json!({}));
     for (name, sql, plain_sql) in QUERIES {
         let modules = if name == "udf" {
             vec![hash.clone()]
@@ -226,6 +242,36 @@ pub(crate) fn scale(rt: &tokio::runtime::Runtime, visits: &Path, spots: &Path, r
         platform[name] = json!(t);
         peaks[name] = json!(peak);
         spilled[name] = json!(spill);
+        if let Some(c) = &cluster {
+            server_platform.use_cluster(Some(c.clone()));
+            let before = c.shuffle_bytes();
+            let mut times = Vec::new();
+            for _ in 0..reps {
+                let (ct, job) = timed_job(&world, &sid, sql, &modules);
+                if job["state"] != "succeeded" {
+                    let cause = audited_end(work.path(), &job).map(|end| end["error"].to_string());
+                    println!(
+                        "    {name} on the cluster: the job {} ({cause:?})",
+                        job["state"]
+                    );
+                    break;
+                }
+                times.push(ct);
+            }
+            server_platform.use_cluster(None);
+            if !times.is_empty() {
+                let runs = times.len() as f64;
+                let ct = median(times);
+                let mib = (c.shuffle_bytes() - before) as f64 / runs / (1 << 20) as f64;
+                println!(
+                    "    {:<6} {ct:>12.2} s on the cluster, {:.2}x the platform embedded; {mib:.1} MiB shuffled per job",
+                    "",
+                    ct / t
+                );
+                on_cluster[name] = json!(ct);
+                shuffled[name] = json!(mib);
+            }
+        }
     }
     println!(
         "    peak resident memory of the process: {:.0} MiB",
@@ -241,6 +287,8 @@ pub(crate) fn scale(rt: &tokio::runtime::Runtime, visits: &Path, spots: &Path, r
             "spilled_mb": spilled,
             "peak_rss_mb": peak_rss_mib(),
             "import_s": import_s,
+            "cluster": on_cluster,
+            "shuffle_mb": shuffled,
         })
     );
 }

@@ -336,6 +336,8 @@ impl ScalarUDFImpl for Referenced {
 #[derive(Debug)]
 struct ClusterExec {
     scheduler: String,
+    /// The job's token: its tasks carry it as Ballista's job name, and run while it is admitted.
+    token: String,
     /// The header by which the scheduler knows this coordinator as a member of the cluster.
     bearer: (String, String),
     plan: Arc<dyn ExecutionPlan>,
@@ -404,7 +406,8 @@ impl ExecutionPlan for ClusterExec {
             .with_target_partitions(context.session_config().target_partitions())
             // Every shuffle read goes through an executor's Flight service.
             .with_ballista_shuffle_reader_force_remote_read(true)
-            .with_ballista_grpc_metadata(HashMap::from([self.bearer.clone()]));
+            .with_ballista_grpc_metadata(HashMap::from([self.bearer.clone()]))
+            .with_ballista_job_name(&self.token);
         let ballista: BallistaConfig = config.ballista_config();
         let scheduler = format!("http://{}", self.scheduler);
         let plan = Arc::clone(&self.plan);
@@ -543,6 +546,8 @@ pub struct Cluster {
     registry: Arc<Registry>,
     /// The cluster's secret: its members' bearer value and the shuffle keys derive from it.
     secret: Arc<shuffle::Secret>,
+    /// Bytes the executors wrote as stages' output (before sealing), since the cluster started.
+    shuffled: Arc<std::sync::atomic::AtomicU64>,
     /// The executors' work directories (the in-process cluster's), removed when the last
     /// handle goes.
     _work: Arc<WorkDirs>,
@@ -570,19 +575,36 @@ impl Cluster {
             Arc::new(Codec::new(Side::Scheduler)),
         );
         let scheduler = start_scheduler(codec, Arc::clone(&secret)).await?;
+        let shuffled = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let mut dirs = Vec::new();
         for i in 0..executors {
             let dir = work.join(format!("executor-{i}"));
-            std::fs::create_dir_all(&dir)?;
+            // Only this user lists or reads what the executors write.
+            shuffle::private_dirs(&dir)?;
+            std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
             dirs.push(dir.clone());
-            executor::start(scheduler, &dir, Arc::clone(&registry), Arc::clone(&secret)).await?;
+            executor::start(
+                scheduler,
+                &dir,
+                Arc::clone(&registry),
+                Arc::clone(&secret),
+                Arc::clone(&shuffled),
+            )
+            .await?;
         }
         Ok(Cluster {
             scheduler,
             registry,
             secret,
+            shuffled,
             _work: Arc::new(WorkDirs(dirs)),
         })
+    }
+
+    /// The bytes the executors have written as stages' output (Arrow IPC before sealing; what
+    /// the shuffle moves), since the cluster started.
+    pub fn shuffle_bytes(&self) -> u64 {
+        self.shuffled.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// `plan` to run on the cluster for the job named `token` (a random token, unique to the
@@ -616,7 +638,8 @@ impl Cluster {
             bearer: self.secret.bearer(),
             properties: Arc::new(single_partition(plan.schema())),
             plan,
-            codec: Arc::new(Codec::new(Side::Coordinator(share, token))),
+            codec: Arc::new(Codec::new(Side::Coordinator(share, token.clone()))),
+            token,
             _admission: admission,
         }))
     }
@@ -683,6 +706,7 @@ mod executor {
         work: &Path,
         registry: Arc<Registry>,
         secret: Arc<shuffle::Secret>,
+        written: Arc<std::sync::atomic::AtomicU64>,
     ) -> Result<()> {
         let fail = |e: &dyn std::fmt::Display| Error::Internal(format!("cluster executor: {e}"));
         // What it presents to the scheduler to be let in.
@@ -729,6 +753,8 @@ mod executor {
             2,
             Arc::new(shuffle::SealedEngine {
                 secret: Arc::clone(&secret),
+                written,
+                jobs: Arc::clone(&registry),
             }),
         ));
         let flight =
@@ -748,7 +774,12 @@ mod executor {
             .connect()
             .await
             .map_err(|e| fail(&e))?;
-        let client = SchedulerGrpcClient::with_interceptor(channel, member);
+        // Task plans as large as the scheduler sends (tonic's default would refuse a whole
+        // poll's answer over 4 MiB, other jobs' tasks with it).
+        let size = config().ballista_grpc_client_max_message_size();
+        let client = SchedulerGrpcClient::with_interceptor(channel, member)
+            .max_decoding_message_size(size)
+            .max_encoding_message_size(size);
         let codec: BallistaCodec<LogicalPlanNode, PhysicalPlanNode> = BallistaCodec::new(
             Arc::new(ballista_core::serde::BallistaLogicalExtensionCodec::default()),
             Arc::new(Codec::new(Side::Executor(registry))),

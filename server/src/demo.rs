@@ -357,7 +357,7 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoOutcome> {
                 &root.join("cluster"),
             ))
             .context("starting the cluster")?;
-        platform.use_cluster(cluster);
+        platform.use_cluster(Some(cluster));
         say(
             "    jobs run on a Ballista cluster in this process: a scheduler and two executors on loopback, shuffle files sealed",
         );

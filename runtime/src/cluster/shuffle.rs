@@ -25,6 +25,7 @@ use ballista_core::JobId;
 use ballista_core::execution_plans::{
     ShuffleReaderExec, ShuffleWriterExec, SortShuffleWriterExec, create_shuffle_path,
 };
+use ballista_core::extension::SessionConfigExt;
 use ballista_core::serde::protobuf::ShuffleWritePartition;
 use ballista_core::serde::scheduler::{Action as BallistaAction, ShuffleFileKind, ShuffleLayout};
 use ballista_executor::execution_engine::{ExecutionEngine, QueryStageExecutor};
@@ -51,6 +52,17 @@ impl Secret {
 
     fn key(&self, job: &str) -> DataKey {
         DataKey::derived(&self.0, &format!("tidegate shuffle\0{job}"))
+    }
+
+    /// The name on disk of the file bound to `context`: a directory listing shows it, and
+    /// tells nothing a fetch could name (the fetch names the file by its random number, which
+    /// only the scheduler tells; this name is a keyed hash of it).
+    fn file_name(&self, context: &str) -> String {
+        let tag = ring::hmac::sign(
+            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.0),
+            format!("tidegate shuffle name\0{context}").as_bytes(),
+        );
+        format!("{}.sealed", hex::encode(tag.as_ref()))
     }
 
     /// The value a member of the cluster presents in [`CLUSTER_HEADER`] to its scheduler.
@@ -135,10 +147,11 @@ fn context(job: &str, stage: usize, partition: usize, file: u64) -> String {
     format!("shuffle/{job}/{stage}/{partition}/{file}")
 }
 
-/// Where the sealed file of (job, stage, partition, file) is: Ballista's place for it, under
-/// a name of its own.
+/// Where the sealed file of (job, stage, partition, file) is: Ballista's directory for it
+/// (removed with the job), under a name of the cluster's ([`Secret::file_name`]).
 fn sealed_path(
     work: &Path,
+    secret: &Secret,
     job: &JobId,
     stage: usize,
     partition: usize,
@@ -154,16 +167,16 @@ fn sealed_path(
         return Err(DataFusionError::Plan("a malformed job id".into()));
     }
     let plain = create_shuffle_path(work, job, stage, partition, Some(file), false)?;
-    let name = plain
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| DataFusionError::Internal("a shuffle path without a name".into()))?;
-    Ok(plain.with_file_name(format!("{name}.sealed")))
+    Ok(plain.with_file_name(secret.file_name(&context(job_name, stage, partition, file))))
 }
 
 /// Runs each stage with its output sealed.
 pub(crate) struct SealedEngine {
     pub(crate) secret: Arc<Secret>,
+    /// Bytes of the stages' output written (before sealing), for the cluster's total.
+    pub(crate) written: Arc<std::sync::atomic::AtomicU64>,
+    /// The jobs admitted: a task runs, and goes on writing, only while its job is.
+    pub(crate) jobs: Arc<super::Registry>,
 }
 
 impl ExecutionEngine for SealedEngine {
@@ -231,13 +244,15 @@ impl ExecutionEngine for SealedEngine {
             outputs,
             work: PathBuf::from(work_dir),
             secret: Arc::clone(&self.secret),
+            written: Arc::clone(&self.written),
+            jobs: Arc::clone(&self.jobs),
         }))
     }
 }
 
 /// The operators a stage may hold: DataFusion's relational operators, the stage's shuffle
-/// writer and Ballista's shuffle reader. No sink, no source that carries rows in the plan,
-/// no scan but Parquet from a job's sealed stores.
+/// writer and Ballista's shuffle reader. No sink, no scan but Parquet from a job's sealed
+/// stores, and rows carried in the plan only up to [`MAX_LITERAL_ROWS_BYTES`].
 const OPERATORS: &[&str] = &[
     "DataSourceExec",
     "ProjectionExec",
@@ -327,6 +342,8 @@ struct SealedStage {
     outputs: Vec<usize>,
     work: PathBuf,
     secret: Arc<Secret>,
+    written: Arc<std::sync::atomic::AtomicU64>,
+    jobs: Arc<super::Registry>,
 }
 
 impl std::fmt::Debug for SealedStage {
@@ -362,21 +379,41 @@ struct Written {
     bytes: u64,
 }
 
+/// Creates `dir` and its missing parents readable by this user only.
+pub(crate) fn private_dirs(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Whether a task's job is still admitted.
+type Admitted = Arc<dyn Fn() -> bool + Send + Sync>;
+
 async fn write_sealed(
     mut stream: datafusion::execution::SendableRecordBatchStream,
     path: PathBuf,
     key: DataKey,
     context: String,
+    admitted: Admitted,
 ) -> DfResult<Written> {
     let io = |e: crate::Error| DataFusionError::External(Box::new(e));
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
+        private_dirs(parent)?;
     }
     let sink = Sink(SealingWriter::create(&path, &key, &context).map_err(io)?);
     let mut writer = StreamWriter::try_new(sink, &stream.schema())?;
     let (mut batches, mut rows) = (0u64, 0u64);
     while let Some(batch) = stream.next().await {
         let batch = batch?;
+        if !admitted() {
+            // The partial file is removed with the job's directory; it opens as nothing
+            // (a sealed file without its final chunk does not open).
+            return Err(DataFusionError::Execution(
+                "the job ended while its task ran".into(),
+            ));
+        }
         batches += 1;
         rows += batch.num_rows() as u64;
         writer.write(&batch)?;
@@ -402,6 +439,23 @@ impl QueryStageExecutor for SealedStage {
         if let Some(why) = &self.refused {
             return Err(DataFusionError::Plan(why.clone()));
         }
+        // The job this task is part of, by the token its coordinator named it with: the task
+        // runs only while the job is admitted, and stops writing as soon as it is not (ended,
+        // failed, cancelled or out of time), so a job's stages do not outlive it.
+        let token = context
+            .session_config()
+            .ballista_config()
+            .settings()
+            .get(ballista_core::config::BALLISTA_JOB_NAME)
+            .cloned()
+            .unwrap_or_default();
+        let jobs = Arc::clone(&self.jobs);
+        let admitted: Admitted = Arc::new(move || jobs.job(&token).is_ok());
+        if !admitted() {
+            return Err(DataFusionError::Plan(
+                "a task of a job this cluster does not run".into(),
+            ));
+        }
         // The name of this task's files: drawn at random (64 bits), so that a fetch names one
         // only if the scheduler told it where it is (Ballista would use the task number, which
         // anyone can guess).
@@ -409,12 +463,20 @@ impl QueryStageExecutor for SealedStage {
         let key_of = || self.secret.key(self.job.as_str());
         let mut writes = tokio::task::JoinSet::new();
         for (local, &partition) in self.outputs.iter().enumerate() {
-            let path = sealed_path(&self.work, &self.job, self.stage, partition, file)?;
+            let path = sealed_path(
+                &self.work,
+                &self.secret,
+                &self.job,
+                self.stage,
+                partition,
+                file,
+            )?;
             let stream = self.input.execute(local, Arc::clone(&context))?;
             let bound = self::context(self.job.as_str(), self.stage, partition, file);
             let key = key_of();
+            let admitted = Arc::clone(&admitted);
             writes.spawn(async move {
-                write_sealed(stream, path, key, bound)
+                write_sealed(stream, path, key, bound, admitted)
                     .await
                     .map(|w| (partition, w))
             });
@@ -424,6 +486,8 @@ impl QueryStageExecutor for SealedStage {
             let (partition, w) = joined.map_err(|e| {
                 DataFusionError::Execution(format!("a shuffle write stopped: {e}"))
             })??;
+            self.written
+                .fetch_add(w.bytes, std::sync::atomic::Ordering::Relaxed);
             out.push(ShuffleWritePartition {
                 partition_id: partition as u64,
                 num_batches: w.batches,
@@ -501,8 +565,15 @@ impl SealedFlight {
             ));
         }
         let file = file_id.ok_or_else(|| Status::invalid_argument("a fetch without its file"))?;
-        let path = sealed_path(&self.work, &job_id, stage_id, partition_id, file)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let path = sealed_path(
+            &self.work,
+            &self.secret,
+            &job_id,
+            stage_id,
+            partition_id,
+            file,
+        )
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let opened = std::fs::File::open(&path)
             .map_err(|_| Status::not_found("no such shuffle partition"))?;
         self.secret

@@ -5,12 +5,13 @@ use tidegate_policy::JobState;
 
 impl Platform {
     /// Runs the inputs of the jobs started from now on `cluster` (their scans, joins, filters
-    /// and functions); the aggregation, the gate and everything after stay here.
-    pub fn use_cluster(&self, cluster: crate::cluster::Cluster) {
+    /// and functions; the aggregation, the gate and everything after stay here), or, with
+    /// `None`, here again.
+    pub fn use_cluster(&self, cluster: Option<crate::cluster::Cluster>) {
         *self
             .cluster
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(cluster);
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = cluster;
     }
 
     fn cluster(&self) -> Option<crate::cluster::Cluster> {

@@ -162,16 +162,24 @@ async fn a_job_on_the_cluster_gives_what_it_gives_here_and_leaves_no_plaintext()
             entry.display()
         );
         let name = entry.file_name().unwrap().to_string_lossy().to_string();
-        if let Some(file) = name
-            .strip_prefix("data-")
-            .and_then(|n| n.strip_suffix(".arrow.sealed"))
-        {
+        if let Some(tag) = name.strip_suffix(".sealed") {
             sealed += 1;
-            // Named by a number drawn at random, which a fetch must know: not the task's
-            // number (a random 64-bit name falls under 2^24 once in 2^40).
-            let file: u64 = file.parse().unwrap();
-            assert!(file >= 1 << 24, "{name} is named by a guessable number");
+            // Named by a keyed hash: a listing shows nothing a fetch could name the file by
+            // (Ballista's own name, `data-{file}.arrow`, is what a fetch sends).
+            assert!(
+                tag.len() == 64 && tag.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{name} is not named by a keyed hash"
+            );
         }
+        // Only the user running the cluster may list or read its directories.
+        use std::os::unix::fs::PermissionsExt;
+        let dir = entry.parent().unwrap();
+        assert_eq!(
+            std::fs::metadata(dir).unwrap().permissions().mode() & 0o077,
+            0,
+            "{} is open to others",
+            dir.display()
+        );
     }
     assert!(sealed > 0, "the executors wrote no shuffle file");
 }
@@ -228,7 +236,9 @@ fn platform(cluster: bool) -> (crate::common::Env, String, String) {
     let (url, runtime) = tidegate_server::spawn_server(Arc::clone(&platform)).unwrap();
     if cluster {
         let work = dir.path().join("cluster");
-        platform.use_cluster(runtime.block_on(Cluster::standalone(2, &work)).unwrap());
+        platform.use_cluster(Some(
+            runtime.block_on(Cluster::standalone(2, &work)).unwrap(),
+        ));
     }
     let world =
         tidegate_server::World::onboard(tidegate_server::Client::new(&url, Some(&token)), true)
