@@ -548,6 +548,8 @@ pub struct Cluster {
     secret: Arc<shuffle::Secret>,
     /// Bytes the executors wrote as stages' output (before sealing), since the cluster started.
     shuffled: Arc<std::sync::atomic::AtomicU64>,
+    /// Each executor's Flight service and poll loop.
+    executors: Arc<Mutex<Vec<Vec<tokio::task::AbortHandle>>>>,
     /// The executors' work directories (the in-process cluster's), removed when the last
     /// handle goes.
     _work: Arc<WorkDirs>,
@@ -576,6 +578,7 @@ impl Cluster {
         );
         let scheduler = start_scheduler(codec, Arc::clone(&secret)).await?;
         let shuffled = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut running = Vec::new();
         let mut dirs = Vec::new();
         for i in 0..executors {
             let dir = work.join(format!("executor-{i}"));
@@ -583,22 +586,40 @@ impl Cluster {
             shuffle::private_dirs(&dir)?;
             std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
             dirs.push(dir.clone());
-            executor::start(
-                scheduler,
-                &dir,
-                Arc::clone(&registry),
-                Arc::clone(&secret),
-                Arc::clone(&shuffled),
-            )
-            .await?;
+            running.push(
+                executor::start(
+                    scheduler,
+                    &dir,
+                    Arc::clone(&registry),
+                    Arc::clone(&secret),
+                    Arc::clone(&shuffled),
+                )
+                .await?,
+            );
         }
         Ok(Cluster {
             scheduler,
             registry,
             secret,
             shuffled,
+            executors: Arc::new(Mutex::new(running)),
             _work: Arc::new(WorkDirs(dirs)),
         })
+    }
+
+    /// Stops executor `i` as a crash would: its Flight service stops serving and its poll loop
+    /// ends (what it was running never reports back). For fault tests.
+    pub fn stop_executor(&self, i: usize) {
+        if let Some(handles) = self
+            .executors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(i)
+        {
+            for h in handles {
+                h.abort();
+            }
+        }
     }
 
     /// The bytes the executors have written as stages' output (Arrow IPC before sealing; what
@@ -707,7 +728,7 @@ mod executor {
         registry: Arc<Registry>,
         secret: Arc<shuffle::Secret>,
         written: Arc<std::sync::atomic::AtomicU64>,
-    ) -> Result<()> {
+    ) -> Result<Vec<tokio::task::AbortHandle>> {
         let fail = |e: &dyn std::fmt::Display| Error::Internal(format!("cluster executor: {e}"));
         // What it presents to the scheduler to be let in.
         let member = shuffle::Member::of(&secret);
@@ -762,7 +783,7 @@ mod executor {
                 work: PathBuf::from(&work),
                 secret,
             });
-        tokio::spawn(
+        let serving = tokio::spawn(
             ballista_core::utils::create_grpc_server(
                 &ballista_core::utils::GrpcServerConfig::default(),
             )
@@ -784,7 +805,7 @@ mod executor {
             Arc::new(ballista_core::serde::BallistaLogicalExtensionCodec::default()),
             Arc::new(Codec::new(Side::Executor(registry))),
         );
-        tokio::spawn(ballista_executor::execution_loop::poll_loop(
+        let polling = tokio::spawn(ballista_executor::execution_loop::poll_loop(
             client,
             executor,
             codec,
@@ -792,7 +813,7 @@ mod executor {
             None,
             ballista_executor::health::ExecutorHealth::new(),
         ));
-        Ok(())
+        Ok(vec![serving.abort_handle(), polling.abort_handle()])
     }
 }
 

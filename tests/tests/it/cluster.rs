@@ -98,6 +98,22 @@ async fn query(
     tables: &[TableInput],
     cluster: Option<&Cluster>,
 ) -> Result<Vec<RecordBatch>, tidegate_runtime::Error> {
+    query_with(
+        sql,
+        tables,
+        EngineLimits {
+            cluster: cluster.cloned(),
+            ..EngineLimits::default()
+        },
+    )
+    .await
+}
+
+async fn query_with(
+    sql: &str,
+    tables: &[TableInput],
+    limits: EngineLimits,
+) -> Result<Vec<RecordBatch>, tidegate_runtime::Error> {
     let sandbox = Arc::new(Sandbox::new()?);
     let module = sandbox.load(BENCH_UDF_WASM)?;
     let meter = Arc::new(JobMeter::new(GuestLimits::default()));
@@ -107,10 +123,7 @@ async fn query(
         sql.to_string(),
         tables.to_vec(),
         sandbox.udfs(&module, &meter),
-        EngineLimits {
-            cluster: cluster.cloned(),
-            ..EngineLimits::default()
-        },
+        limits,
         std::future::pending(),
     )
     .await;
@@ -182,6 +195,45 @@ async fn a_job_on_the_cluster_gives_what_it_gives_here_and_leaves_no_plaintext()
         );
     }
     assert!(sealed > 0, "the executors wrote no shuffle file");
+}
+
+/// An executor stops mid-job, as a crash would: the job ends with the whole result it gives
+/// here, or fails (here at its deadline); never with part of one, and leaves no plaintext.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_whose_executor_dies_fails_or_gives_its_whole_result() {
+    let data = tempfile::tempdir().unwrap();
+    let tables = sealed_table(20_000, data.path());
+    let sql = QUERIES[1];
+    let here = rows(&query(sql, &tables, None).await.unwrap());
+    // One executor at once, then both a moment after the job starts.
+    for (delay, stopped) in [(0, &[1][..]), (30, &[0, 1][..])] {
+        let work = tempfile::tempdir().unwrap();
+        let cluster = Cluster::standalone(2, work.path()).await.unwrap();
+        let limits = EngineLimits {
+            cluster: Some(cluster.clone()),
+            wall_time: std::time::Duration::from_secs(15),
+            ..EngineLimits::default()
+        };
+        let crash = async {
+            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+            for &i in stopped {
+                cluster.stop_executor(i);
+            }
+        };
+        let (there, ()) = tokio::join!(query_with(sql, &tables, limits), crash);
+        match there {
+            Ok(batches) => assert_eq!(rows(&batches), here, "after {delay} ms"),
+            Err(e) => {
+                let e = e.to_string();
+                eprintln!("stopped {stopped:?} after {delay} ms: {e}");
+                assert!(!e.contains(MARKER), "{e}");
+            }
+        }
+        for entry in walk(work.path()) {
+            let bytes = std::fs::read(&entry).unwrap();
+            assert!(!bytes.windows(MARKER.len()).any(|w| w == MARKER.as_bytes()));
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
