@@ -284,6 +284,10 @@ fn main() {
             std::path::Path::new(spots),
             reps,
             args.iter().any(|a| a == "--cluster"),
+            args.iter()
+                .position(|a| a == "--only")
+                .and_then(|at| args.get(at + 1))
+                .map(String::as_str),
         );
         return;
     }

@@ -111,13 +111,15 @@ fn datafusion_time(rt: &tokio::runtime::Runtime, visits: &Path, spots: &Path, sq
 }
 
 /// With `cluster`, each query also runs with its input on an in-process Ballista cluster (a
-/// scheduler and two executors on loopback), against the same platform embedded.
+/// scheduler and two executors on loopback), against the same platform embedded; with
+/// `only`, only the query of that name (`plain`, `udf` or `join`).
 pub(crate) fn scale(
     rt: &tokio::runtime::Runtime,
     visits: &Path,
     spots: &Path,
     reps: usize,
     cluster: bool,
+    only: Option<&str>,
 ) {
     let work = tempfile::Builder::new()
         .prefix("tidegate-scale-")
@@ -194,6 +196,9 @@ pub(crate) fn scale(
         (json!({}), json!({}), json!({}), json!({}));
     let (mut on_cluster, mut shuffled) = (json!({}), json!({}));
     for (name, sql, plain_sql) in QUERIES {
+        if only.is_some_and(|o| o != name) {
+            continue;
+        }
         let modules = if name == "udf" {
             vec![hash.clone()]
         } else {

@@ -61,12 +61,30 @@ struct JobShare {
     functions: HashMap<String, (Option<String>, Arc<ScalarUDF>)>,
     /// The job's sealed stores by address (`tidegate://table0`).
     stores: HashMap<String, Arc<dyn ObjectStore>>,
+    /// The Ballista job the token was first run under: a task of any other is refused, and
+    /// this one is cancelled on the scheduler when the job ends here.
+    ballista: std::sync::OnceLock<String>,
+}
+
+impl JobShare {
+    /// Binds the job to the Ballista job `id` of its first task; whether `id` is it.
+    pub(crate) fn runs_as(&self, id: &str) -> bool {
+        self.ballista.get_or_init(|| id.to_string()) == id
+    }
+}
+
+/// How an ended job is cancelled on the scheduler, as a member of the cluster.
+struct Canceller {
+    scheduler: SocketAddr,
+    member: shuffle::Member,
+    runtime: tokio::runtime::Handle,
 }
 
 /// The jobs the coordinator admitted to the cluster, by token: what an executor may resolve.
 #[derive(Default)]
 pub(crate) struct Registry {
     jobs: Mutex<HashMap<String, Arc<JobShare>>>,
+    canceller: std::sync::OnceLock<Canceller>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -102,11 +120,36 @@ pub(crate) struct Admission {
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        self.registry
+        let ended = self
+            .registry
             .jobs
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&self.token);
+        // The scheduler is told the job is over (whether it finished, failed or was stopped):
+        // it hands out none of its remaining tasks and cleans its files up. Its tasks refuse
+        // to go on already (the job is no longer admitted).
+        let (Some(ended), Some(c)) = (ended, self.registry.canceller.get()) else {
+            return;
+        };
+        let Some(id) = ended.ballista.get().cloned() else {
+            return;
+        };
+        let (scheduler, member) = (c.scheduler, c.member.clone());
+        c.runtime.spawn(async move {
+            use ballista_core::serde::protobuf::CancelJobParams;
+            use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
+            let Ok(endpoint) =
+                tonic::transport::Endpoint::from_shared(format!("http://{scheduler}"))
+            else {
+                return;
+            };
+            if let Ok(channel) = endpoint.connect().await {
+                let _ = SchedulerGrpcClient::with_interceptor(channel, member)
+                    .cancel_job(CancelJobParams { job_id: id })
+                    .await;
+            }
+        });
     }
 }
 
@@ -538,6 +581,9 @@ fn token() -> Result<String> {
     Ok(hex::encode(bytes))
 }
 
+/// The largest encoded plan a job sends to the cluster.
+const MAX_PLAN_BYTES: usize = 1 << 20;
+
 /// A Ballista cluster the coordinator sends jobs to, and the registry its executors resolve
 /// jobs' references in.
 #[derive(Debug, Clone)]
@@ -578,6 +624,11 @@ impl Cluster {
         );
         let scheduler = start_scheduler(codec, Arc::clone(&secret)).await?;
         let shuffled = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let _ = registry.canceller.set(Canceller {
+            scheduler,
+            member: shuffle::Member::of(&secret),
+            runtime: tokio::runtime::Handle::current(),
+        });
         let mut running = Vec::new();
         let mut dirs = Vec::new();
         for i in 0..executors {
@@ -644,7 +695,23 @@ impl Cluster {
                 .map(|(m, f)| (f.name().to_string(), (m, f)))
                 .collect(),
             stores: stores.into_iter().collect(),
+            ballista: std::sync::OnceLock::new(),
         });
+        // A plan the scheduler and executors decode whole: bounded, so that no job's plan
+        // makes a poll's answer (other jobs' tasks with it) too large to decode.
+        let codec = Codec::new(Side::Coordinator(Arc::clone(&share), token.clone()));
+        let mut encoded = Vec::new();
+        {
+            use datafusion_proto::physical_plan::AsExecutionPlan;
+            PhysicalPlanNode::try_from_physical_plan(Arc::clone(&plan), &codec)
+                .and_then(|node| node.try_encode(&mut encoded))
+                .map_err(|e| Error::Internal(format!("a plan for the cluster: {e}")))?;
+        }
+        if encoded.len() > MAX_PLAN_BYTES {
+            return Err(Error::BadInput(
+                "the query's plan is too large to send to the cluster (over 1 MiB)".into(),
+            ));
+        }
         self.registry
             .jobs
             .lock()
@@ -659,7 +726,7 @@ impl Cluster {
             bearer: self.secret.bearer(),
             properties: Arc::new(single_partition(plan.schema())),
             plan,
-            codec: Arc::new(Codec::new(Side::Coordinator(share, token.clone()))),
+            codec: Arc::new(codec),
             token,
             _admission: admission,
         }))
@@ -831,6 +898,7 @@ mod tests {
                 (Some("aaa".to_string()), Arc::clone(&f)),
             )]),
             stores: HashMap::new(),
+            ballista: std::sync::OnceLock::new(),
         };
         registry
             .jobs
@@ -957,5 +1025,14 @@ mod tests {
         if let Err(e) = member.get_job_status(ask()).await {
             assert_ne!(e.code(), Code::Unauthenticated, "{e}");
         }
+    }
+
+    #[test]
+    fn a_job_runs_under_the_first_ballista_job_that_runs_a_task_of_it_and_no_other() {
+        let (registry, _admission, _) = admitted();
+        let share = registry.job("j").unwrap();
+        assert!(share.runs_as("AAAAAAA"));
+        assert!(share.runs_as("AAAAAAA"));
+        assert!(!share.runs_as("BBBBBBB"));
     }
 }

@@ -449,13 +449,19 @@ impl QueryStageExecutor for SealedStage {
             .get(ballista_core::config::BALLISTA_JOB_NAME)
             .cloned()
             .unwrap_or_default();
-        let jobs = Arc::clone(&self.jobs);
-        let admitted: Admitted = Arc::new(move || jobs.job(&token).is_ok());
-        if !admitted() {
+        // Bound to the Ballista job it first ran under: a task of another (a plan sent again
+        // under a token that is not its own) is refused.
+        if !self
+            .jobs
+            .job(&token)
+            .is_ok_and(|share| share.runs_as(self.job.as_str()))
+        {
             return Err(DataFusionError::Plan(
                 "a task of a job this cluster does not run".into(),
             ));
         }
+        let jobs = Arc::clone(&self.jobs);
+        let admitted: Admitted = Arc::new(move || jobs.job(&token).is_ok());
         // The name of this task's files: drawn at random (64 bits), so that a fetch names one
         // only if the scheduler told it where it is (Ballista would use the task number, which
         // anyone can guess).

@@ -236,6 +236,28 @@ async fn a_job_whose_executor_dies_fails_or_gives_its_whole_result() {
     }
 }
 
+/// A plan the scheduler and every executor would decode whole is bounded (1 MiB): a query
+/// that writes more rows of its own than that is refused before anything is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_plan_too_large_for_the_cluster_is_refused_before_it_is_sent() {
+    let work = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let tables = sealed_table(100, data.path());
+    let cluster = Cluster::standalone(2, work.path()).await.unwrap();
+    // A short query (few tokens, 120 KiB) whose plan repeats its one long literal 12 times.
+    let literal = "x".repeat(120 << 10);
+    let union = ["SELECT s FROM v"; 12].join(" UNION ALL ");
+    let sql = format!(
+        "WITH v AS (SELECT '{literal}' AS s) \
+         SELECT t.k, count(*) AS c FROM t JOIN ({union}) u ON t.k = u.s GROUP BY t.k"
+    );
+    let refused = query(&sql, &tables, Some(&cluster))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("too large to send"), "{refused}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_table_held_in_memory_is_not_sent_to_the_cluster() {
     let work = tempfile::tempdir().unwrap();
