@@ -64,9 +64,16 @@ struct JobShare {
     /// The Ballista job the token was first run under: a task of any other is refused, and
     /// this one is cancelled on the scheduler when the job ends here.
     ballista: std::sync::OnceLock<String>,
+    /// Set when the job ends here: its tasks stop at their next batch.
+    ended: std::sync::atomic::AtomicBool,
 }
 
 impl JobShare {
+    /// Whether the job still runs here.
+    pub(crate) fn running(&self) -> bool {
+        !self.ended.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Binds the job to the Ballista job `id` of its first task; whether `id` is it.
     pub(crate) fn runs_as(&self, id: &str) -> bool {
         self.ballista.get_or_init(|| id.to_string()) == id
@@ -129,6 +136,11 @@ impl Drop for Admission {
         // The scheduler is told the job is over (whether it finished, failed or was stopped):
         // it hands out none of its remaining tasks and cleans its files up. Its tasks refuse
         // to go on already (the job is no longer admitted).
+        if let Some(share) = &ended {
+            share
+                .ended
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let (Some(ended), Some(c)) = (ended, self.registry.canceller.get()) else {
             return;
         };
@@ -696,6 +708,7 @@ impl Cluster {
                 .collect(),
             stores: stores.into_iter().collect(),
             ballista: std::sync::OnceLock::new(),
+            ended: Default::default(),
         });
         // A plan the scheduler and executors decode whole: bounded, so that no job's plan
         // makes a poll's answer (other jobs' tasks with it) too large to decode.
@@ -899,6 +912,7 @@ mod tests {
             )]),
             stores: HashMap::new(),
             ballista: std::sync::OnceLock::new(),
+            ended: Default::default(),
         };
         registry
             .jobs

@@ -54,43 +54,32 @@ impl Secret {
         DataKey::derived(&self.0, &format!("tidegate shuffle\0{job}"))
     }
 
+    /// The secret as an HMAC-SHA256 key, for the names and values derived from it.
+    fn mac(&self) -> ring::hmac::Key {
+        ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.0)
+    }
+
     /// The name on disk of the file bound to `context`: a directory listing shows it, and
     /// tells nothing a fetch could name (the fetch names the file by its random number, which
     /// only the scheduler tells; this name is a keyed hash of it).
     fn file_name(&self, context: &str) -> String {
         let tag = ring::hmac::sign(
-            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.0),
+            &self.mac(),
             format!("tidegate shuffle name\0{context}").as_bytes(),
         );
         format!("{}.sealed", hex::encode(tag.as_ref()))
     }
 
-    /// The value a member of the cluster presents in [`CLUSTER_HEADER`] to its scheduler.
-    fn bearer_tag(&self) -> ring::hmac::Tag {
-        ring::hmac::sign(
-            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.0),
-            BEARER_LABEL,
-        )
-    }
-
     /// Whether `presented` (hex) is the cluster's bearer value, compared in constant time.
     fn accepts(&self, presented: &[u8]) -> bool {
-        hex::decode(presented).is_ok_and(|tag| {
-            ring::hmac::verify(
-                &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.0),
-                BEARER_LABEL,
-                &tag,
-            )
-            .is_ok()
-        })
+        hex::decode(presented)
+            .is_ok_and(|tag| ring::hmac::verify(&self.mac(), BEARER_LABEL, &tag).is_ok())
     }
 
-    /// The header a member of the cluster presents, as `(name, value)`.
+    /// The header a member of the cluster presents to its scheduler, as `(name, value)`.
     pub(crate) fn bearer(&self) -> (String, String) {
-        (
-            CLUSTER_HEADER.to_string(),
-            hex::encode(self.bearer_tag().as_ref()),
-        )
+        let tag = ring::hmac::sign(&self.mac(), BEARER_LABEL);
+        (CLUSTER_HEADER.to_string(), hex::encode(tag.as_ref()))
     }
 }
 
@@ -120,10 +109,7 @@ pub(crate) struct Member(pub(crate) tonic::metadata::AsciiMetadataValue);
 
 impl Member {
     pub(crate) fn of(secret: &Secret) -> Member {
-        let value = hex::encode(secret.bearer_tag().as_ref())
-            .parse()
-            .expect("hex is ASCII");
-        Member(value)
+        Member(secret.bearer().1.parse().expect("hex is ASCII"))
     }
 }
 
@@ -388,15 +374,12 @@ pub(crate) fn private_dirs(dir: &Path) -> std::io::Result<()> {
         .create(dir)
 }
 
-/// Whether a task's job is still admitted.
-type Admitted = Arc<dyn Fn() -> bool + Send + Sync>;
-
 async fn write_sealed(
     mut stream: datafusion::execution::SendableRecordBatchStream,
     path: PathBuf,
     key: DataKey,
     context: String,
-    admitted: Admitted,
+    job: &super::JobShare,
 ) -> DfResult<Written> {
     let io = |e: crate::Error| DataFusionError::External(Box::new(e));
     if let Some(parent) = path.parent() {
@@ -407,7 +390,7 @@ async fn write_sealed(
     let (mut batches, mut rows) = (0u64, 0u64);
     while let Some(batch) = stream.next().await {
         let batch = batch?;
-        if !admitted() {
+        if !job.running() {
             // The partial file is removed with the job's directory; it opens as nothing
             // (a sealed file without its final chunk does not open).
             return Err(DataFusionError::Execution(
@@ -451,17 +434,14 @@ impl QueryStageExecutor for SealedStage {
             .unwrap_or_default();
         // Bound to the Ballista job it first ran under: a task of another (a plan sent again
         // under a token that is not its own) is refused.
-        if !self
+        let share = self
             .jobs
             .job(&token)
-            .is_ok_and(|share| share.runs_as(self.job.as_str()))
-        {
-            return Err(DataFusionError::Plan(
-                "a task of a job this cluster does not run".into(),
-            ));
-        }
-        let jobs = Arc::clone(&self.jobs);
-        let admitted: Admitted = Arc::new(move || jobs.job(&token).is_ok());
+            .ok()
+            .filter(|share| share.runs_as(self.job.as_str()))
+            .ok_or_else(|| {
+                DataFusionError::Plan("a task of a job this cluster does not run".into())
+            })?;
         // The name of this task's files: drawn at random (64 bits), so that a fetch names one
         // only if the scheduler told it where it is (Ballista would use the task number, which
         // anyone can guess).
@@ -480,9 +460,9 @@ impl QueryStageExecutor for SealedStage {
             let stream = self.input.execute(local, Arc::clone(&context))?;
             let bound = self::context(self.job.as_str(), self.stage, partition, file);
             let key = key_of();
-            let admitted = Arc::clone(&admitted);
+            let share = Arc::clone(&share);
             writes.spawn(async move {
-                write_sealed(stream, path, key, bound, admitted)
+                write_sealed(stream, path, key, bound, &share)
                     .await
                     .map(|w| (partition, w))
             });

@@ -13,6 +13,8 @@ use tidegate_runtime::{
 };
 use tidegate_server::BENCH_UDF_WASM;
 
+use crate::common::walk;
+
 /// A value no query computes: found in a file, it was written there in plaintext.
 const MARKER: &str = "MARKER-4c1f9e-in-the-clear";
 
@@ -269,19 +271,6 @@ async fn a_table_held_in_memory_is_not_sent_to_the_cluster() {
     assert!(refused.contains("reads sealed tables only"), "{refused}");
 }
 
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
-}
-
 #[test]
 fn the_demo_runs_on_the_cluster_to_its_signed_bundle() {
     let dir = tempfile::tempdir().unwrap();
@@ -293,46 +282,6 @@ fn the_demo_runs_on_the_cluster_to_its_signed_bundle() {
     })
     .unwrap();
     assert!(outcome.bundle_dir.exists());
-}
-
-/// A platform with the visits imported, an active scenario and the visitor module approved,
-/// whose jobs run here or, with `cluster`, on an in-process cluster; the module's hash.
-fn platform(cluster: bool) -> (crate::common::Env, String, String) {
-    use crate::common::{Env, ROWS};
-    let dir = tempfile::tempdir().unwrap();
-    let (platform, token) = tidegate_runtime::Platform::init(
-        &dir.path().join("data"),
-        &dir.path().join("keys/master.key"),
-        "admin",
-    )
-    .unwrap();
-    let platform = Arc::new(platform);
-    let (url, runtime) = tidegate_server::spawn_server(Arc::clone(&platform)).unwrap();
-    if cluster {
-        let work = dir.path().join("cluster");
-        platform.use_cluster(Some(
-            runtime.block_on(Cluster::standalone(2, &work)).unwrap(),
-        ));
-    }
-    let world =
-        tidegate_server::World::onboard(tidegate_server::Client::new(&url, Some(&token)), true)
-            .unwrap();
-    let env = Env {
-        _runtime: runtime,
-        dir,
-        world,
-    };
-    env.world
-        .import_visits(&tidegate_server::visitor_csv(ROWS))
-        .unwrap();
-    let (_, scenario) = env.world.open_scenario().unwrap();
-    let sid = scenario["id"].as_str().unwrap().to_string();
-    let (module, _) = env
-        .world
-        .publish_module(&sid, tidegate_server::VISITOR_UDF_WASM)
-        .unwrap();
-    let hash = module["hash"].as_str().unwrap().to_string();
-    (env, sid, hash)
 }
 
 /// What a job of `sql` came to, as its scientist and then a reviewer of its export see it:
@@ -431,8 +380,8 @@ fn the_gate_decides_the_same_on_the_cluster_as_here() {
         "SELECT spot, count(*) AS n FROM visits GROUP BY spot HAVING count(*) < 3".into(),
         "SELECT resident_id, count(*) AS n FROM visits GROUP BY resident_id".into(),
     ];
-    let (here, here_sid, here_module) = platform(false);
-    let (there, there_sid, there_module) = platform(true);
+    let (here, here_sid, here_module) = crate::common::active_scenario_on(false);
+    let (there, there_sid, there_module) = crate::common::active_scenario_on(true);
     let mut released = 0;
     for sql in &attacks {
         let modules = |m: &String| {

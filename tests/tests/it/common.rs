@@ -168,6 +168,11 @@ impl Env {
 }
 
 pub(crate) fn setup(train: bool) -> Env {
+    setup_on(train, false)
+}
+
+/// [`setup`], with the jobs' inputs on an in-process cluster when `cluster`.
+pub(crate) fn setup_on(train: bool, cluster: bool) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let (platform, token) = Platform::init(
         &dir.path().join("data"),
@@ -175,7 +180,13 @@ pub(crate) fn setup(train: bool) -> Env {
         "admin",
     )
     .unwrap();
-    let (url, runtime) = spawn_server(Arc::new(platform)).unwrap();
+    let platform = Arc::new(platform);
+    let (url, runtime) = spawn_server(Arc::clone(&platform)).unwrap();
+    if cluster {
+        let work = dir.path().join("cluster");
+        let cluster = runtime.block_on(tidegate_runtime::Cluster::standalone(2, &work));
+        platform.use_cluster(Some(cluster.unwrap()));
+    }
     let world = World::onboard(Client::new(&url, Some(&token)), train).unwrap();
     Env {
         _runtime: runtime,
@@ -186,7 +197,12 @@ pub(crate) fn setup(train: bool) -> Env {
 
 /// A world with the visits imported, an active scenario and an approved module.
 pub(crate) fn active_scenario() -> (Env, String, String) {
-    let env = setup(true);
+    active_scenario_on(false)
+}
+
+/// [`active_scenario`], with the jobs' inputs on an in-process cluster when `cluster`.
+pub(crate) fn active_scenario_on(cluster: bool) -> (Env, String, String) {
+    let env = setup_on(true, cluster);
     env.world.import_visits(&visitor_csv(ROWS)).unwrap();
     let (_, scenario) = env.world.open_scenario().unwrap();
     assert_eq!(scenario["state"], "active", "{scenario}");
@@ -554,4 +570,20 @@ pub(crate) fn rank(rows: &[Vec<f64>]) -> usize {
         r += 1;
     }
     r
+}
+
+/// Every file under `dir`, at any depth (none if `dir` does not exist).
+pub(crate) fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
 }

@@ -287,26 +287,11 @@ fn a_failed_import_leaves_nothing_behind_and_quotes_nothing() {
     let ok = import_csv(&env, "half", json!([]), "payer,n\nP1,1\n").unwrap();
     assert_eq!(ok["version"], 1, "{ok}");
     // No temporary object left in the data directory.
-    let leftovers: Vec<_> = walk(&env.data_dir())
+    let leftovers: Vec<_> = common::walk(&env.data_dir())
         .into_iter()
         .filter(|p| p.to_string_lossy().contains(".tmp-"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 /// Hostile Parquet bytes: truncated, a corrupt footer, a footer claiming a huge length.
