@@ -66,6 +66,46 @@ struct JobShare {
     ballista: std::sync::OnceLock<String>,
     /// Set when the job ends here: its tasks stop at their next batch.
     ended: std::sync::atomic::AtomicBool,
+    /// On an executor of another process: the platform's job id, and the meter of the job's
+    /// guests here (cancelled when the job no longer runs).
+    remote: Option<(String, Arc<crate::sandbox::JobMeter>)>,
+}
+
+/// Where an executor of another process than the coordinator learns what a job may use: the
+/// platform's metadata, read-only ([`crate::ExecutorJobs`]). Nothing travels in a plan but
+/// the job's id: its functions, modules and data keys are looked up here.
+pub trait JobSource: Send + Sync + 'static {
+    /// Whether the job runs now.
+    fn running(&self, job: &str) -> bool;
+    /// What the running job may use here: its functions (from modules approved for its
+    /// scenario only) and its sealed tables, in the order of the job's tables.
+    fn resolve(&self, job: &str) -> Result<ResolvedJob>;
+}
+
+/// A running job's functions and sealed tables, as an executor rebuilt them.
+pub struct ResolvedJob {
+    /// Every scalar function the job may call that is not DataFusion's, with the module hash
+    /// of a guest's.
+    pub(crate) functions: Vec<(Option<String>, Arc<ScalarUDF>)>,
+    /// The job's sealed tables, by their index among the job's tables.
+    pub(crate) stores: Vec<Arc<dyn ObjectStore>>,
+    /// The meter of the job's guests on this executor.
+    pub(crate) meter: Arc<crate::sandbox::JobMeter>,
+}
+
+impl ResolvedJob {
+    /// The functions by name, with the module hash of a guest's.
+    pub fn functions(&self) -> Vec<(String, Option<String>)> {
+        self.functions
+            .iter()
+            .map(|(m, f)| (f.name().to_string(), m.clone()))
+            .collect()
+    }
+
+    /// How many sealed tables the job reads.
+    pub fn tables(&self) -> usize {
+        self.stores.len()
+    }
 }
 
 impl JobShare {
@@ -92,6 +132,10 @@ struct Canceller {
 pub(crate) struct Registry {
     jobs: Mutex<HashMap<String, Arc<JobShare>>>,
     canceller: std::sync::OnceLock<Canceller>,
+    /// On an executor of another process: where a job not seen yet is looked up.
+    source: Option<Arc<dyn JobSource>>,
+    /// Held while a job is looked up in the source: one lookup at a time.
+    resolving: Mutex<()>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -106,16 +150,103 @@ impl std::fmt::Debug for Registry {
 }
 
 impl Registry {
-    fn job(&self, token: &str) -> DfResult<Arc<JobShare>> {
+    fn admitted(&self, token: &str) -> Option<Arc<JobShare>> {
         self.jobs
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(token)
             .cloned()
-            .ok_or_else(|| {
-                DataFusionError::Plan("the plan names a job this cluster does not run".into())
-            })
     }
+
+    fn job(&self, token: &str) -> DfResult<Arc<JobShare>> {
+        let not_run =
+            || DataFusionError::Plan("the plan names a job this cluster does not run".into());
+        if let Some(share) = self.admitted(token) {
+            return Ok(share);
+        }
+        let (Some(source), Some(id)) = (&self.source, job_of(token)) else {
+            return Err(not_run());
+        };
+        let _one = self
+            .resolving
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(share) = self.admitted(token) {
+            return Ok(share);
+        }
+        if !source.running(&id) {
+            return Err(not_run());
+        }
+        let resolved = source.resolve(&id).map_err(|e| {
+            DataFusionError::Plan(format!("the job cannot run on this executor: {e}"))
+        })?;
+        let share = Arc::new(JobShare {
+            functions: resolved
+                .functions
+                .into_iter()
+                .map(|(m, f)| (f.name().to_string(), (m, f)))
+                .collect(),
+            stores: resolved
+                .stores
+                .into_iter()
+                .enumerate()
+                .map(|(i, s)| (crate::tables::store_address(token, i), s))
+                .collect(),
+            remote: Some((id, resolved.meter)),
+            ..JobShare::default()
+        });
+        self.jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(token.to_string(), Arc::clone(&share));
+        Ok(share)
+    }
+
+    /// Ends, on an executor of another process, every job its source no longer runs: its
+    /// tasks stop at their next batch, its guests at their next epoch tick.
+    fn forget_ended(&self) {
+        let Some(source) = &self.source else { return };
+        let remote: Vec<(String, Arc<JobShare>)> = self
+            .jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|(_, s)| s.remote.is_some())
+            .map(|(t, s)| (t.clone(), Arc::clone(s)))
+            .collect();
+        for (token, share) in remote {
+            let Some((id, meter)) = &share.remote else {
+                continue;
+            };
+            if !source.running(id) {
+                share
+                    .ended
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                meter.cancel();
+                self.jobs
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&token);
+            }
+        }
+    }
+}
+
+/// The token naming a job on the cluster: the platform's job id (hex) when there is one (an
+/// executor of another process looks the job up by it), and a random part (each run of a job
+/// is told apart; on an in-process cluster the whole token must be the one admitted).
+fn job_token(job: Option<&str>) -> Result<String> {
+    let random = token()?;
+    Ok(match job {
+        Some(id) => format!("{}x{random}", hex::encode(id)),
+        None => random,
+    })
+}
+
+/// The platform's job id a token names, if it names one.
+fn job_of(token: &str) -> Option<String> {
+    let (id, _) = token.split_once('x')?;
+    String::from_utf8(hex::decode(id).ok()?).ok()
 }
 
 /// A job's admission to the cluster: while it lives, executors resolve the job's functions
@@ -611,6 +742,8 @@ pub struct Cluster {
     /// The executors' work directories (the in-process cluster's), removed when the last
     /// handle goes.
     _work: Arc<WorkDirs>,
+    /// The platform's job this handle runs ([`Cluster::for_job`]).
+    job: Option<String>,
 }
 
 #[derive(Debug)]
@@ -626,48 +759,123 @@ impl Drop for WorkDirs {
 
 impl Cluster {
     /// A scheduler and `executors` executors in this process, on loopback, their work
-    /// directories under `work` (created, and removed when the cluster is dropped).
+    /// directories under `work` (created, and removed when the cluster is dropped). The
+    /// executors resolve what the coordinator admitted.
     pub async fn standalone(executors: usize, work: &Path) -> Result<Cluster> {
-        let registry = Arc::new(Registry::default());
+        Self::in_process(executors, work, None).await
+    }
+
+    /// [`Cluster::standalone`], with executors that share nothing with the coordinator but the
+    /// cluster's secret: each looks jobs up in `jobs` (the platform's metadata, read-only), as
+    /// an executor of another process does.
+    pub async fn standalone_reading(
+        executors: usize,
+        work: &Path,
+        jobs: Arc<dyn JobSource>,
+    ) -> Result<Cluster> {
+        Self::in_process(executors, work, Some(jobs)).await
+    }
+
+    async fn in_process(
+        executors: usize,
+        work: &Path,
+        source: Option<Arc<dyn JobSource>>,
+    ) -> Result<Cluster> {
         let secret = Arc::new(shuffle::Secret::random());
-        let codec = BallistaCodec::new(
-            Arc::new(ballista_core::serde::BallistaLogicalExtensionCodec::default()),
-            Arc::new(Codec::new(Side::Scheduler)),
-        );
-        let scheduler = start_scheduler(codec, Arc::clone(&secret)).await?;
-        let shuffled = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let scheduler = start_scheduler("127.0.0.1:0", Arc::clone(&secret)).await?;
+        let cluster = Self::joined(scheduler, secret);
+        // The executors' registry: the coordinator's own, or one of theirs that looks jobs up.
+        let registry = match source {
+            None => Arc::clone(&cluster.registry),
+            Some(source) => executor::registry(source),
+        };
+        let mut running = Vec::new();
+        let mut dirs = Vec::new();
+        for i in 0..executors {
+            let dir = work.join(format!("executor-{i}"));
+            dirs.push(dir.clone());
+            running.push(
+                executor::start(
+                    &scheduler.to_string(),
+                    "127.0.0.1:0",
+                    None,
+                    &dir,
+                    Arc::clone(&registry),
+                    Arc::clone(&cluster.secret),
+                    Arc::clone(&cluster.shuffled),
+                )
+                .await?
+                .1,
+            );
+        }
+        Ok(Cluster {
+            executors: Arc::new(Mutex::new(running)),
+            _work: Arc::new(WorkDirs(dirs)),
+            ..cluster
+        })
+    }
+
+    /// A coordinator's handle on the cluster whose scheduler is at `scheduler` (`host:port`),
+    /// whose secret is in the file at `secret`: jobs' inputs run on its executors (started by
+    /// [`run_executor`], each reading the platform's metadata).
+    pub async fn connect(scheduler: &str, secret: &Path) -> Result<Cluster> {
+        let secret = Arc::new(shuffle::Secret::from_file(secret, false)?);
+        let address = tokio::net::lookup_host(scheduler)
+            .await
+            .map_err(|e| Error::BadInput(format!("the scheduler's address {scheduler}: {e}")))?
+            .next()
+            .ok_or_else(|| {
+                Error::BadInput(format!("the scheduler's address {scheduler} names no host"))
+            })?;
+        // A member is let in; the call tells whether the scheduler is there and ours.
+        executor::scheduler_client(&address.to_string(), &secret)
+            .await?
+            .get_job_status(ballista_core::serde::protobuf::GetJobStatusParams {
+                job_id: "tidegate-hello".into(),
+            })
+            .await
+            .or_else(|e| match e.code() {
+                tonic::Code::Unauthenticated => Err(Error::Refused(format!(
+                    "the scheduler at {scheduler} does not take this cluster's secret"
+                ))),
+                // Let in, and told there is no such job.
+                _ => Ok(tonic::Response::new(Default::default())),
+            })?;
+        Ok(Self::joined(address, secret))
+    }
+
+    /// A handle on the scheduler at `scheduler` for a member holding `secret`, with no
+    /// executor of its own.
+    fn joined(scheduler: SocketAddr, secret: Arc<shuffle::Secret>) -> Cluster {
+        let registry = Arc::new(Registry::default());
         let _ = registry.canceller.set(Canceller {
             scheduler,
             member: shuffle::Member::of(&secret),
             runtime: tokio::runtime::Handle::current(),
         });
-        let mut running = Vec::new();
-        let mut dirs = Vec::new();
-        for i in 0..executors {
-            let dir = work.join(format!("executor-{i}"));
-            // Only this user lists or reads what the executors write.
-            shuffle::private_dirs(&dir)?;
-            std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
-            dirs.push(dir.clone());
-            running.push(
-                executor::start(
-                    scheduler,
-                    &dir,
-                    Arc::clone(&registry),
-                    Arc::clone(&secret),
-                    Arc::clone(&shuffled),
-                )
-                .await?,
-            );
-        }
-        Ok(Cluster {
+        Cluster {
             scheduler,
             registry,
             secret,
-            shuffled,
-            executors: Arc::new(Mutex::new(running)),
-            _work: Arc::new(WorkDirs(dirs)),
-        })
+            shuffled: Arc::default(),
+            executors: Arc::default(),
+            _work: Arc::new(WorkDirs(Vec::new())),
+            job: None,
+        }
+    }
+
+    /// This cluster, for the platform's job `id`: the job's token names it, so that an
+    /// executor of another process can look it up.
+    pub fn for_job(&self, id: &str) -> Cluster {
+        Cluster {
+            job: Some(id.to_string()),
+            ..self.clone()
+        }
+    }
+
+    /// A new token for a job run through this handle.
+    pub(crate) fn new_token(&self) -> Result<String> {
+        job_token(self.job.as_deref())
     }
 
     /// Stops executor `i` as a crash would: its Flight service stops serving and its poll loop
@@ -707,8 +915,7 @@ impl Cluster {
                 .map(|(m, f)| (f.name().to_string(), (m, f)))
                 .collect(),
             stores: stores.into_iter().collect(),
-            ballista: std::sync::OnceLock::new(),
-            ended: Default::default(),
+            ..JobShare::default()
         });
         // A plan the scheduler and executors decode whole: bounded, so that no job's plan
         // makes a poll's answer (other jobs' tasks with it) too large to decode.
@@ -746,16 +953,65 @@ impl Cluster {
     }
 }
 
-/// Ballista's scheduler on loopback (as Ballista's own standalone one, pulling-staged), behind
+/// Starts Ballista's scheduler on `listen` (`host:port`) in this process, as
+/// `tidegate scheduler` does, for the cluster whose secret is in the file at `secret` (made
+/// there, mode 0600, when there is none yet): members (executors and coordinators) are those
+/// that hold the same file. Runs until the runtime stops; answers where it listens.
+pub async fn run_scheduler(listen: &str, secret: &Path) -> Result<SocketAddr> {
+    let secret = Arc::new(shuffle::Secret::from_file(secret, true)?);
+    start_scheduler(listen, secret).await
+}
+
+/// How `tidegate executor` joins a cluster.
+#[derive(Debug, Clone)]
+pub struct ExecutorOptions {
+    /// The scheduler, `host:port`.
+    pub scheduler: String,
+    /// Where the executor's Flight service listens (`host:port`; port 0 for any).
+    pub listen: String,
+    /// The host other members reach that service by (the listening address's when not set).
+    pub advertise: Option<String>,
+    /// Its work directory: sealed shuffle files only (made 0700).
+    pub work: PathBuf,
+    /// The file holding the cluster's secret.
+    pub secret: PathBuf,
+}
+
+/// Starts an executor in this process, as `tidegate executor` does: it joins the scheduler,
+/// and runs the tasks of jobs that `jobs` says run, with what `jobs` says they may use. Runs
+/// until the runtime stops; answers where its Flight service listens.
+pub async fn run_executor(
+    options: &ExecutorOptions,
+    jobs: Arc<dyn JobSource>,
+) -> Result<SocketAddr> {
+    let secret = Arc::new(shuffle::Secret::from_file(&options.secret, false)?);
+    let (address, _) = executor::start(
+        &options.scheduler,
+        &options.listen,
+        options.advertise.as_deref(),
+        &options.work,
+        executor::registry(jobs),
+        secret,
+        Arc::default(),
+    )
+    .await?;
+    Ok(address)
+}
+
+/// Ballista's scheduler on `listen` (as Ballista's own standalone one, pulling-staged), behind
 /// [`shuffle::Members`]: a call that does not present the cluster's bearer value is refused
 /// before the scheduler sees it.
-async fn start_scheduler(codec: BallistaCodec, secret: Arc<shuffle::Secret>) -> Result<SocketAddr> {
+async fn start_scheduler(listen: &str, secret: Arc<shuffle::Secret>) -> Result<SocketAddr> {
     use ballista_core::serde::protobuf::scheduler_grpc_server::SchedulerGrpcServer;
     use ballista_scheduler::scheduler_server::SchedulerServer;
     let fail = |e: &dyn std::fmt::Display| Error::Internal(format!("cluster scheduler: {e}"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    let codec = BallistaCodec::new(
+        Arc::new(ballista_core::serde::BallistaLogicalExtensionCodec::default()),
+        Arc::new(Codec::new(Side::Scheduler)),
+    );
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|e| fail(&e))?;
+        .map_err(|e| Error::BadInput(format!("the scheduler cannot listen on {listen}: {e}")))?;
     let address = listener.local_addr().map_err(|e| fail(&e))?;
     let cluster = ballista_scheduler::cluster::BallistaCluster::new_memory(
         address.to_string(),
@@ -796,33 +1052,95 @@ async fn start_scheduler(codec: BallistaCodec, secret: Arc<shuffle::Secret>) -> 
 }
 
 mod executor {
-    //! One executor of the in-process cluster.
+    //! One executor: of the in-process cluster, or a process of its own.
     use super::*;
     use ballista_core::serde::protobuf::ExecutorRegistration;
     use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
     use ballista_executor::executor::Executor;
 
+    /// An executor's registry of jobs looked up in `source`; a thread of its own ends, every
+    /// half second, the jobs the source no longer runs (it stops when the registry goes).
+    pub(super) fn registry(source: Arc<dyn JobSource>) -> Arc<Registry> {
+        let registry = Arc::new(Registry {
+            source: Some(source),
+            ..Registry::default()
+        });
+        let watched = Arc::downgrade(&registry);
+        let _ = std::thread::Builder::new()
+            .name("tidegate-cluster-jobs".into())
+            .spawn(move || {
+                while let Some(registry) = watched.upgrade() {
+                    registry.forget_ended();
+                    drop(registry);
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                }
+            });
+        registry
+    }
+
+    /// A client of the scheduler at `scheduler` (`host:port`) presenting the cluster's bearer
+    /// value, for plans as large as the scheduler sends (tonic's default would refuse a whole
+    /// poll's answer over 4 MiB, other jobs' tasks with it).
+    pub(super) async fn scheduler_client(
+        scheduler: &str,
+        secret: &shuffle::Secret,
+    ) -> Result<
+        SchedulerGrpcClient<
+            tonic::service::interceptor::InterceptedService<
+                tonic::transport::Channel,
+                shuffle::Member,
+            >,
+        >,
+    > {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{scheduler}"))
+            .map_err(|e| Error::BadInput(format!("the scheduler's address {scheduler}: {e}")))?
+            .connect()
+            .await
+            .map_err(|e| Error::BadInput(format!("no scheduler answers at {scheduler}: {e}")))?;
+        let size = config().ballista_grpc_client_max_message_size();
+        Ok(
+            SchedulerGrpcClient::with_interceptor(channel, shuffle::Member::of(secret))
+                .max_decoding_message_size(size)
+                .max_encoding_message_size(size),
+        )
+    }
+
+    /// Starts an executor: its Flight service on `listen`, reached by `advertise` (the host
+    /// listened on when `None`), its work directory `work` (made 0700), its poll loop on the
+    /// scheduler at `scheduler`. Answers the Flight service's address and what stops both.
     pub(super) async fn start(
-        scheduler: SocketAddr,
+        scheduler: &str,
+        listen: &str,
+        advertise: Option<&str>,
         work: &Path,
         registry: Arc<Registry>,
         secret: Arc<shuffle::Secret>,
         written: Arc<std::sync::atomic::AtomicU64>,
-    ) -> Result<Vec<tokio::task::AbortHandle>> {
+    ) -> Result<(SocketAddr, Vec<tokio::task::AbortHandle>)> {
         let fail = |e: &dyn std::fmt::Display| Error::Internal(format!("cluster executor: {e}"));
-        // What it presents to the scheduler to be let in.
-        let member = shuffle::Member::of(&secret);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        // Only this user lists or reads what the executor writes.
+        shuffle::private_dirs(work)?;
+        std::fs::set_permissions(work, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        let listener = tokio::net::TcpListener::bind(listen)
             .await
-            .map_err(|e| fail(&e))?;
+            .map_err(|e| Error::BadInput(format!("the executor cannot listen on {listen}: {e}")))?;
         let address = listener.local_addr().map_err(|e| fail(&e))?;
+        let host = match advertise {
+            Some(host) => host.to_string(),
+            None if address.ip().is_unspecified() => {
+                return Err(Error::BadInput(format!(
+                    "the executor listens on {address}: name the host other members reach it by (--advertise)"
+                )));
+            }
+            None => address.ip().to_string(),
+        };
         let work = work
             .to_str()
             .ok_or_else(|| Error::Internal("a work directory's path is not UTF-8".into()))?
             .to_string();
         let metadata = ExecutorRegistration {
             id: token()?,
-            host: Some("127.0.0.1".to_string()),
+            host: Some(host),
             port: u32::from(address.port()),
             grpc_port: 0,
             specification: Some(
@@ -861,7 +1179,7 @@ mod executor {
         let flight =
             arrow_flight::flight_service_server::FlightServiceServer::new(shuffle::SealedFlight {
                 work: PathBuf::from(&work),
-                secret,
+                secret: Arc::clone(&secret),
             });
         let serving = tokio::spawn(
             ballista_core::utils::create_grpc_server(
@@ -870,17 +1188,7 @@ mod executor {
             .add_service(flight)
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{scheduler}"))
-            .map_err(|e| fail(&e))?
-            .connect()
-            .await
-            .map_err(|e| fail(&e))?;
-        // Task plans as large as the scheduler sends (tonic's default would refuse a whole
-        // poll's answer over 4 MiB, other jobs' tasks with it).
-        let size = config().ballista_grpc_client_max_message_size();
-        let client = SchedulerGrpcClient::with_interceptor(channel, member)
-            .max_decoding_message_size(size)
-            .max_encoding_message_size(size);
+        let client = scheduler_client(scheduler, &secret).await?;
         let codec: BallistaCodec<LogicalPlanNode, PhysicalPlanNode> = BallistaCodec::new(
             Arc::new(ballista_core::serde::BallistaLogicalExtensionCodec::default()),
             Arc::new(Codec::new(Side::Executor(registry))),
@@ -893,7 +1201,10 @@ mod executor {
             None,
             ballista_executor::health::ExecutorHealth::new(),
         ));
-        Ok(vec![serving.abort_handle(), polling.abort_handle()])
+        Ok((
+            address,
+            vec![serving.abort_handle(), polling.abort_handle()],
+        ))
     }
 }
 
@@ -910,9 +1221,7 @@ mod tests {
                 "abs".to_string(),
                 (Some("aaa".to_string()), Arc::clone(&f)),
             )]),
-            stores: HashMap::new(),
-            ballista: std::sync::OnceLock::new(),
-            ended: Default::default(),
+            ..JobShare::default()
         };
         registry
             .jobs

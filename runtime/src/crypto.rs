@@ -51,41 +51,55 @@ impl std::fmt::Debug for MasterKey {
     }
 }
 
+/// Creates a file at `path` holding a new random 32-byte key (`what`, in errors) as hex, mode
+/// 0600; refuses to overwrite.
+pub(crate) fn create_key_file(path: &Path, what: &str) -> Result<[u8; 32]> {
+    let key = random_bytes::<32>();
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| {
+            Error::BadInput(format!(
+                "cannot create the {what} file {}: {e}",
+                path.display()
+            ))
+        })?;
+    f.write_all(hex::encode(key).as_bytes())?;
+    f.sync_all()?;
+    Ok(key)
+}
+
+/// Loads a 32-byte key (`what`, in errors) from a file that only its owner can read.
+pub(crate) fn load_key_file(path: &Path, what: &str) -> Result<[u8; 32]> {
+    let meta = fs::metadata(path).map_err(|e| {
+        Error::BadInput(format!(
+            "cannot read the {what} file {}: {e}",
+            path.display()
+        ))
+    })?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(Error::Refused(format!(
+            "the {what} file {} is readable by others; chmod 600 it",
+            path.display()
+        )));
+    }
+    hex::decode(fs::read_to_string(path)?.trim())
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .ok_or_else(|| Error::BadInput(format!("a {what} is 64 hex characters")))
+}
+
 impl MasterKey {
     /// Creates a new random master key at `path`, mode 0600; refuses to overwrite.
     pub fn create(path: &Path) -> Result<MasterKey> {
-        let key = random_bytes::<32>();
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| {
-                Error::BadInput(format!(
-                    "cannot create the master key file {}: {e}",
-                    path.display()
-                ))
-            })?;
-        f.write_all(hex::encode(key).as_bytes())?;
-        f.sync_all()?;
-        Ok(MasterKey(key))
+        create_key_file(path, "master key").map(MasterKey)
     }
 
     /// Loads the master key from a file that only its owner can read.
     pub fn load(path: &Path) -> Result<MasterKey> {
-        let meta = fs::metadata(path).map_err(|e| {
-            Error::BadInput(format!(
-                "cannot read the master key file {}: {e}",
-                path.display()
-            ))
-        })?;
-        if meta.permissions().mode() & 0o077 != 0 {
-            return Err(Error::Refused(format!(
-                "the master key file {} is readable by others; chmod 600 it",
-                path.display()
-            )));
-        }
-        Self::from_hex(fs::read_to_string(path)?.trim())
+        load_key_file(path, "master key").map(MasterKey)
     }
 
     /// Parses a key given as 64 hex characters (the file's content, or an environment variable).

@@ -142,8 +142,11 @@ pub async fn run_query_until(
         .build_arc()
         .map_err(|e| Error::Internal(format!("query engine: {e}")))?;
     let ctx = SessionContext::new_with_config_rt(config, runtime);
-    // The job's name in its stores' addresses.
-    let job = hex::encode(crate::crypto::random_bytes::<16>());
+    // The job's name in its stores' addresses (on a cluster, its token there).
+    let job = match &limits.cluster {
+        Some(c) => c.new_token()?,
+        None => hex::encode(crate::crypto::random_bytes::<16>()),
+    };
     for (i, t) in tables.iter().enumerate() {
         let table = register(&ctx, &job, i, t)
             .await

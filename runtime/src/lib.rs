@@ -37,7 +37,7 @@ pub use audit::{
     verify_file as verify_audit_file, verify_slice as verify_audit_slice,
 };
 pub use bundle::{Signer, Verified, verify as verify_bundle, write as write_bundle};
-pub use cluster::Cluster;
+pub use cluster::{Cluster, ExecutorOptions, JobSource, ResolvedJob, run_executor, run_scheduler};
 pub use crypto::{
     DataKey, MasterKey, PseudonymKey, SealedReader, SubjectKey, random_token, sha256_hex,
 };
@@ -61,10 +61,10 @@ pub use metering::{
 pub use platform::{
     ALERT_SIGNING_CONTEXT, AUDIT_FILE, AlertSettings, AlertView, ApprovalView, AuditQuery,
     AuditSearch, ColumnInput, ContributionReport, DatasetContribution, DatasetUsage, DatasetView,
-    EarlierExport, EvaluationRequest, ExportSummary, ExportView, GrantRequest, ImportRequest,
-    JobRequest, JobSummary, JobView, ListQuery, Listing, MOCK_MARKER, MockFile, ModuleDetail,
-    ModuleSummary, ModuleView, OrgView, PUBLIC_KEY_FILE, Platform, PlatformCounts, PrincipalView,
-    ProductUse, PublicRecord, ResourceUse, SESSION_SECONDS, SWEEP_ACTOR, SampleView,
+    EarlierExport, EvaluationRequest, ExecutorJobs, ExportSummary, ExportView, GrantRequest,
+    ImportRequest, JobRequest, JobSummary, JobView, ListQuery, Listing, MOCK_MARKER, MockFile,
+    ModuleDetail, ModuleSummary, ModuleView, OrgView, PUBLIC_KEY_FILE, Platform, PlatformCounts,
+    PrincipalView, ProductUse, PublicRecord, ResourceUse, SESSION_SECONDS, SWEEP_ACTOR, SampleView,
     ScenarioRequest, ScenarioUse, ScenarioView, Session, StagedUpload, SweepReport, TrainingState,
     local_table, verify_alert,
 };

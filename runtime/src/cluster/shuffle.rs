@@ -41,13 +41,24 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::crypto::{DataKey, SealedReader, SealingWriter};
 
-/// The cluster's secret, from which each job's shuffle key is derived: drawn when the
-/// cluster starts, held in memory, never written or sent.
+/// The cluster's secret, from which its members' bearer value and each job's shuffle key are
+/// derived: drawn when an in-process cluster starts and held in memory, or, for a cluster of
+/// processes, read by each from a file only its owner reads. Never sent.
 pub(crate) struct Secret([u8; 32]);
 
 impl Secret {
     pub(crate) fn random() -> Secret {
         Secret(crate::crypto::random_bytes::<32>())
+    }
+
+    /// The secret in the file at `path`, made there (mode 0600) when `create` and there is
+    /// none yet.
+    pub(crate) fn from_file(path: &std::path::Path, create: bool) -> crate::Result<Secret> {
+        const WHAT: &str = "cluster secret";
+        if create && !path.exists() {
+            return crate::crypto::create_key_file(path, WHAT).map(Secret);
+        }
+        crate::crypto::load_key_file(path, WHAT).map(Secret)
     }
 
     fn key(&self, job: &str) -> DataKey {

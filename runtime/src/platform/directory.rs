@@ -4,7 +4,7 @@
 
 use super::*;
 
-const DB_FILE: &str = "meta.sqlite";
+pub(super) const DB_FILE: &str = "meta.sqlite";
 const SIGNING_KEY_FILE: &str = "signing.key";
 /// The re-wrapped signing key while a master key rotation is in flight.
 const SIGNING_KEY_NEXT: &str = "signing.key.next";
@@ -327,7 +327,10 @@ impl Platform {
     }
 
     /// The pseudonym root key, if one was made, unwrapped with `master`.
-    fn stored_pseudonym_root(db: &Connection, master: &MasterKey) -> Result<Option<DataKey>> {
+    pub(super) fn stored_pseudonym_root(
+        db: &Connection,
+        master: &MasterKey,
+    ) -> Result<Option<DataKey>> {
         let stored: Option<String> = db
             .query_row(
                 "SELECT value FROM settings WHERE key = 'pseudonym_root'",
@@ -546,10 +549,7 @@ impl Platform {
     }
 
     pub(super) fn object_path(&self, kind: &str, name: &str) -> PathBuf {
-        self.dir
-            .join("objects")
-            .join(kind)
-            .join(format!("{name}.tge"))
+        object_file(&self.dir, kind, name)
     }
 
     /// Encrypts `plaintext` under a fresh data key and writes it atomically; returns the
@@ -584,9 +584,7 @@ impl Platform {
         context: &str,
         wrapped: &[u8],
     ) -> Result<SealedSource> {
-        let dek = self.master.unwrap(wrapped, context)?;
-        let file = fs::File::open(self.object_path(kind, name))?;
-        Ok(SealedSource::new(dek.reader(context, file)?))
+        open_sealed(&self.dir, &self.master, kind, name, context, wrapped)
     }
 
     pub(super) fn load_object(&self, kind: &str, name: &str, wrapped: &[u8]) -> Result<Vec<u8>> {
@@ -605,6 +603,26 @@ impl Platform {
     }
 
     // ----- Onboarding -----
+}
+
+/// Where the data directory `dir` keeps the stored object `kind/name`.
+fn object_file(dir: &Path, kind: &str, name: &str) -> PathBuf {
+    dir.join("objects").join(kind).join(format!("{name}.tge"))
+}
+
+/// The stored object `kind/name` of the data directory `dir`, opened for reading by range
+/// under its data key (`wrapped` under `master`, bound to `context`).
+pub(super) fn open_sealed(
+    dir: &Path,
+    master: &MasterKey,
+    kind: &str,
+    name: &str,
+    context: &str,
+    wrapped: &[u8],
+) -> Result<SealedSource> {
+    let dek = master.unwrap(wrapped, context)?;
+    let file = fs::File::open(object_file(dir, kind, name))?;
+    Ok(SealedSource::new(dek.reader(context, file)?))
 }
 
 #[cfg(test)]

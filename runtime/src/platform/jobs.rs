@@ -599,7 +599,7 @@ impl Platform {
                     EngineLimits {
                         spill_dir: Some(self.spill_dir()),
                         wall_time: std::time::Duration::from_millis(wall_ms),
-                        cluster: self.cluster(),
+                        cluster: self.cluster().map(|c| c.for_job(&id)),
                         ..job::scenario_limits(&scenario.export_rules, scenario.k, level, subjects)
                     },
                     cancelled,

@@ -5,6 +5,7 @@
 
 mod alerts;
 mod audit;
+mod cluster;
 mod dataset;
 mod dev;
 mod export;
@@ -98,6 +99,43 @@ enum Command {
         /// URL (OTLP over HTTP, JSON; `/v1/traces` is added). Off when not named.
         #[arg(long, env = "TIDEGATE_OTLP_ENDPOINT")]
         otlp_endpoint: Option<String>,
+        /// Run jobs' inputs on the Ballista cluster whose scheduler is at HOST:PORT (started
+        /// by `tidegate scheduler`, with executors started by `tidegate executor`).
+        #[arg(long, requires = "cluster_secret")]
+        cluster: Option<String>,
+        /// The cluster's secret file (the scheduler makes it; mode 0600).
+        #[arg(long)]
+        cluster_secret: Option<PathBuf>,
+    },
+    /// Run a Ballista scheduler for a cluster of executors inside the domain.
+    Scheduler {
+        #[arg(long, default_value = "127.0.0.1:50050")]
+        listen: String,
+        /// The cluster's secret file: made here (mode 0600) when there is none; every
+        /// executor and `serve --cluster` must be given the same file.
+        #[arg(long)]
+        secret: PathBuf,
+    },
+    /// Run a Ballista executor: it reads the platform's data directory (read-only) with the
+    /// master key, runs job tasks the scheduler hands it, and writes only sealed shuffle files.
+    Executor {
+        #[command(flatten)]
+        keys: keys::KeyArgs,
+        /// The scheduler, HOST:PORT.
+        #[arg(long, default_value = "127.0.0.1:50050")]
+        scheduler: String,
+        /// The cluster's secret file (the scheduler's).
+        #[arg(long)]
+        secret: PathBuf,
+        /// Its work directory (sealed shuffle files; made mode 0700).
+        #[arg(long)]
+        work_dir: PathBuf,
+        /// Where its shuffle service listens.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+        /// The host other members reach it by (needed when it listens on every address).
+        #[arg(long)]
+        advertise: Option<String>,
     },
     /// Run the whole flow on a fresh data directory against a real local server.
     Demo {
@@ -255,7 +293,31 @@ fn run(cli: Cli) -> Result<()> {
             workers,
             secure_cookies,
             otlp_endpoint: _,
-        } => server::serve(&keys, &listen, workers, secure_cookies),
+            cluster,
+            cluster_secret,
+        } => server::serve(
+            &keys,
+            &listen,
+            workers,
+            secure_cookies,
+            cluster.zip(cluster_secret),
+        ),
+        Command::Scheduler { listen, secret } => cluster::scheduler(&listen, &secret),
+        Command::Executor {
+            keys,
+            scheduler,
+            secret,
+            work_dir,
+            listen,
+            advertise,
+        } => cluster::executor(cluster::Executor {
+            keys: &keys,
+            scheduler,
+            listen,
+            advertise,
+            work: work_dir,
+            secret,
+        }),
         Command::Demo {
             data_dir,
             rows,

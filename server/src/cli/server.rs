@@ -41,13 +41,21 @@ pub(super) fn serve(
     listen: &str,
     workers: usize,
     secure_cookies: bool,
+    cluster: Option<(String, PathBuf)>,
 ) -> Result<()> {
     let platform = Arc::new(Platform::open(&keys.data_dir, keys.load()?)?);
-    platform.start_workers(workers)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .thread_stack_size(8 << 20)
         .enable_all()
         .build()?;
+    if let Some((scheduler, secret)) = cluster {
+        let cluster = rt
+            .block_on(tidegate_runtime::Cluster::connect(&scheduler, &secret))
+            .with_context(|| format!("joining the cluster at {scheduler}"))?;
+        platform.use_cluster(Some(cluster));
+        eprintln!("tidegate: jobs' inputs run on the cluster at {scheduler}");
+    }
+    platform.start_workers(workers)?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen)
             .await

@@ -354,9 +354,10 @@ fn without_ids(text: &str) -> String {
 
 /// The same jobs, among them the gate's attacks (subqueries, self-joins and outer joins,
 /// unions with constant rows, casts and nested keys, limits under an aggregate, a targeted
-/// resident, a module's function), run on two platforms holding the same data, one embedded
-/// and one on the cluster, in the same order: the same refusals, the same gate reports and
-/// the same released rows.
+/// resident, a module's function), run on three platforms holding the same data, one
+/// embedded, one on a cluster sharing its registry and one on a cluster whose executors look
+/// jobs up in the data directory (as executor processes do), in the same order: the same
+/// refusals, the same gate reports and the same released rows.
 #[test]
 fn the_gate_decides_the_same_on_the_cluster_as_here() {
     let target = crate::common::target();
@@ -380,8 +381,11 @@ fn the_gate_decides_the_same_on_the_cluster_as_here() {
         "SELECT spot, count(*) AS n FROM visits GROUP BY spot HAVING count(*) < 3".into(),
         "SELECT resident_id, count(*) AS n FROM visits GROUP BY resident_id".into(),
     ];
-    let (here, here_sid, here_module) = crate::common::active_scenario_on(false);
-    let (there, there_sid, there_module) = crate::common::active_scenario_on(true);
+    use crate::common::Placement;
+    let (here, here_sid, here_module) = crate::common::active_scenario_on(Placement::Here);
+    let (there, there_sid, there_module) = crate::common::active_scenario_on(Placement::Cluster);
+    let (apart, apart_sid, apart_module) =
+        crate::common::active_scenario_on(Placement::ExecutorsReading);
     let mut released = 0;
     for sql in &attacks {
         let modules = |m: &String| {
@@ -394,6 +398,8 @@ fn the_gate_decides_the_same_on_the_cluster_as_here() {
         let a = outcome(&here, &here_sid, sql, &modules(&here_module));
         let b = outcome(&there, &there_sid, sql, &modules(&there_module));
         assert_eq!(a, b, "{sql}");
+        let c = outcome(&apart, &apart_sid, sql, &modules(&apart_module));
+        assert_eq!(a, c, "{sql}");
         released += usize::from(
             a.split("preview\n")
                 .nth(1)
@@ -402,4 +408,71 @@ fn the_gate_decides_the_same_on_the_cluster_as_here() {
     }
     // Not only refusals: some of the jobs released rows, and they were the same.
     assert!(released >= 3, "{released} jobs released rows");
+}
+
+/// What an executor of another process may use for a job, it reads in the platform's data
+/// directory: only a running job's, only modules approved for the job's scenario and whose
+/// bytes are the hash the job names, and its sealed tables.
+#[test]
+fn an_executor_looks_a_job_up_in_the_data_directory_and_refuses_a_module_not_approved() {
+    use tidegate_runtime::JobSource;
+    let (env, sid, module) = crate::common::active_scenario();
+    let sql = crate::common::DEMO_SQL;
+    let job = crate::common::job(&env, &sid, sql, std::slice::from_ref(&module));
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let id = job["id"].as_str().unwrap();
+    let master =
+        tidegate_runtime::MasterKey::load(&env.dir.path().join("keys/master.key")).unwrap();
+    let jobs = tidegate_runtime::ExecutorJobs::open(&env.data_dir(), master).unwrap();
+    let db = rusqlite::Connection::open(env.data_dir().join("meta.sqlite")).unwrap();
+    let set = |sql: &str, value: &str| {
+        db.execute(sql, rusqlite::params![value, id]).unwrap();
+    };
+
+    // An ended job is not looked up.
+    assert!(!jobs.running(id));
+    assert!(jobs.resolve(id).is_err());
+
+    // Running (as the platform marks it while it runs): its module's functions, the
+    // platform's, and its one sealed table.
+    set("UPDATE jobs SET state = ?1 WHERE id = ?2", "running");
+    assert!(jobs.running(id));
+    let resolved = jobs.resolve(id).unwrap();
+    let functions = resolved.functions();
+    assert!(
+        functions.contains(&("age_at_visit".to_string(), Some(module.clone()))),
+        "{functions:?}"
+    );
+    assert!(
+        functions
+            .iter()
+            .any(|(name, m)| name == "tg_pseudonym" && m.is_none())
+    );
+    assert_eq!(resolved.tables(), 1);
+
+    // A module the job names that is not approved for its scenario.
+    let stranger = "ab".repeat(32);
+    set(
+        "UPDATE jobs SET modules = ?1 WHERE id = ?2",
+        &serde_json::json!([module, stranger]).to_string(),
+    );
+    let refused = jobs.resolve(id).err().unwrap().to_string();
+    assert!(refused.contains("not approved"), "{refused}");
+
+    // Its own module once its approval is gone (revoked).
+    set(
+        "UPDATE jobs SET modules = ?1 WHERE id = ?2",
+        &serde_json::json!([module]).to_string(),
+    );
+    db.execute(
+        "UPDATE modules SET revoked_at = '2026-12-02T00:00:00Z' WHERE hash = ?1",
+        rusqlite::params![module],
+    )
+    .unwrap();
+    let refused = jobs.resolve(id).err().unwrap().to_string();
+    assert!(refused.contains("not approved"), "{refused}");
+
+    // The data directory with another master key.
+    let other = tidegate_runtime::MasterKey::from_hex(&"11".repeat(32)).unwrap();
+    assert!(tidegate_runtime::ExecutorJobs::open(&env.data_dir(), other).is_err());
 }

@@ -168,11 +168,24 @@ impl Env {
 }
 
 pub(crate) fn setup(train: bool) -> Env {
-    setup_on(train, false)
+    setup_on(train, Placement::Here)
 }
 
-/// [`setup`], with the jobs' inputs on an in-process cluster when `cluster`.
-pub(crate) fn setup_on(train: bool, cluster: bool) -> Env {
+/// Where a platform's jobs run their inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Placement {
+    /// On the platform's own engine.
+    Here,
+    /// On an in-process cluster whose executors share the platform's registry of jobs.
+    Cluster,
+    /// On an in-process cluster whose executors share nothing with the platform but the
+    /// cluster's secret: each looks jobs up in the data directory, read-only, as an executor
+    /// process does (`tidegate executor`).
+    ExecutorsReading,
+}
+
+/// [`setup`], with the jobs' inputs placed as `placement` says.
+pub(crate) fn setup_on(train: bool, placement: Placement) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let (platform, token) = Platform::init(
         &dir.path().join("data"),
@@ -182,11 +195,26 @@ pub(crate) fn setup_on(train: bool, cluster: bool) -> Env {
     .unwrap();
     let platform = Arc::new(platform);
     let (url, runtime) = spawn_server(Arc::clone(&platform)).unwrap();
-    if cluster {
-        let work = dir.path().join("cluster");
-        let cluster = runtime.block_on(tidegate_runtime::Cluster::standalone(2, &work));
-        platform.use_cluster(Some(cluster.unwrap()));
-    }
+    let work = dir.path().join("cluster");
+    let cluster = match placement {
+        Placement::Here => None,
+        Placement::Cluster => {
+            Some(runtime.block_on(tidegate_runtime::Cluster::standalone(2, &work)))
+        }
+        Placement::ExecutorsReading => {
+            let master =
+                tidegate_runtime::MasterKey::load(&dir.path().join("keys/master.key")).unwrap();
+            let jobs = tidegate_runtime::ExecutorJobs::open(&dir.path().join("data"), master);
+            Some(
+                runtime.block_on(tidegate_runtime::Cluster::standalone_reading(
+                    2,
+                    &work,
+                    Arc::new(jobs.unwrap()),
+                )),
+            )
+        }
+    };
+    platform.use_cluster(cluster.map(Result::unwrap));
     let world = World::onboard(Client::new(&url, Some(&token)), train).unwrap();
     Env {
         _runtime: runtime,
@@ -197,12 +225,12 @@ pub(crate) fn setup_on(train: bool, cluster: bool) -> Env {
 
 /// A world with the visits imported, an active scenario and an approved module.
 pub(crate) fn active_scenario() -> (Env, String, String) {
-    active_scenario_on(false)
+    active_scenario_on(Placement::Here)
 }
 
 /// [`active_scenario`], with the jobs' inputs on an in-process cluster when `cluster`.
-pub(crate) fn active_scenario_on(cluster: bool) -> (Env, String, String) {
-    let env = setup_on(true, cluster);
+pub(crate) fn active_scenario_on(placement: Placement) -> (Env, String, String) {
+    let env = setup_on(true, placement);
     env.world.import_visits(&visitor_csv(ROWS)).unwrap();
     let (_, scenario) = env.world.open_scenario().unwrap();
     assert_eq!(scenario["state"], "active", "{scenario}");
