@@ -827,20 +827,7 @@ impl Cluster {
             .ok_or_else(|| {
                 Error::BadInput(format!("the scheduler's address {scheduler} names no host"))
             })?;
-        // A member is let in; the call tells whether the scheduler is there and ours.
-        executor::scheduler_client(&address.to_string(), &secret)
-            .await?
-            .get_job_status(ballista_core::serde::protobuf::GetJobStatusParams {
-                job_id: "tidegate-hello".into(),
-            })
-            .await
-            .or_else(|e| match e.code() {
-                tonic::Code::Unauthenticated => Err(Error::Refused(format!(
-                    "the scheduler at {scheduler} does not take this cluster's secret"
-                ))),
-                // Let in, and told there is no such job.
-                _ => Ok(tonic::Response::new(Default::default())),
-            })?;
+        executor::scheduler_client(&address.to_string(), &secret).await?;
         Ok(Self::joined(address, secret))
     }
 
@@ -1080,7 +1067,8 @@ mod executor {
 
     /// A client of the scheduler at `scheduler` (`host:port`) presenting the cluster's bearer
     /// value, for plans as large as the scheduler sends (tonic's default would refuse a whole
-    /// poll's answer over 4 MiB, other jobs' tasks with it).
+    /// poll's answer over 4 MiB, other jobs' tasks with it); refused when the scheduler does
+    /// not let it in.
     pub(super) async fn scheduler_client(
         scheduler: &str,
         secret: &shuffle::Secret,
@@ -1098,11 +1086,23 @@ mod executor {
             .await
             .map_err(|e| Error::BadInput(format!("no scheduler answers at {scheduler}: {e}")))?;
         let size = config().ballista_grpc_client_max_message_size();
-        Ok(
+        let mut client =
             SchedulerGrpcClient::with_interceptor(channel, shuffle::Member::of(secret))
                 .max_decoding_message_size(size)
-                .max_encoding_message_size(size),
-        )
+                .max_encoding_message_size(size);
+        // A member is let in (and told there is no such job): the scheduler is there, and of
+        // this cluster.
+        let hello = ballista_core::serde::protobuf::GetJobStatusParams {
+            job_id: "tidegate-hello".into(),
+        };
+        if let Err(e) = client.get_job_status(hello).await
+            && e.code() == tonic::Code::Unauthenticated
+        {
+            return Err(Error::Refused(format!(
+                "the scheduler at {scheduler} does not take this cluster's secret"
+            )));
+        }
+        Ok(client)
     }
 
     /// Starts an executor: its Flight service on `listen`, reached by `advertise` (the host
