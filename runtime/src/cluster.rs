@@ -69,6 +69,8 @@ struct JobShare {
     /// On an executor of another process: the platform's job id, and the meter of the job's
     /// guests here (cancelled when the job no longer runs).
     remote: Option<(String, Arc<crate::sandbox::JobMeter>)>,
+    /// CPU time its tasks' streams took here, in nanoseconds.
+    cpu_ns: std::sync::atomic::AtomicU64,
 }
 
 /// Where an executor of another process than the coordinator learns what a job may use: the
@@ -80,6 +82,9 @@ pub trait JobSource: Send + Sync + 'static {
     /// What the running job may use here: its functions (from modules approved for its
     /// scenario only) and its sealed tables, in the order of the job's tables.
     fn resolve(&self, job: &str) -> Result<ResolvedJob>;
+    /// Records what the job used on this executor so far (its guests' fuel, calls, memory
+    /// and output, its tasks' CPU time), for the platform to add to the job's meter.
+    fn record(&self, job: &str, used: &crate::ResourceUse) -> Result<()>;
 }
 
 /// A running job's functions and sealed tables, as an executor rebuilt them.
@@ -200,6 +205,25 @@ impl Registry {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(token.to_string(), Arc::clone(&share));
         Ok(share)
+    }
+
+    /// Records, on an executor of another process, what the job of `share` used here so far.
+    async fn report(&self, share: &JobShare) {
+        let (Some(source), Some((id, meter))) = (&self.source, &share.remote) else {
+            return;
+        };
+        let used = crate::ResourceUse {
+            fuel: meter.fuel_used(),
+            guest_calls: meter.calls(),
+            peak_guest_memory_bytes: meter.peak_memory(),
+            guest_output_bytes: meter.output_bytes(),
+            cpu_ms: share.cpu_ns.load(std::sync::atomic::Ordering::Relaxed) / 1_000_000,
+            ..crate::ResourceUse::default()
+        };
+        let (source, id) = (Arc::clone(source), id.clone());
+        // A record that cannot be written is missing from the job's meter; the task's own
+        // outcome stands (SECURITY.md).
+        let _ = tokio::task::spawn_blocking(move || source.record(&id, &used)).await;
     }
 
     /// Ends, on an executor of another process, every job its source no longer runs: its

@@ -889,7 +889,7 @@ pub struct JobCost {
 }
 
 /// The CPU time the calling thread has used, in nanoseconds.
-fn thread_cpu_ns() -> u64 {
+pub(crate) fn thread_cpu_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

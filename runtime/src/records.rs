@@ -39,6 +39,20 @@ pub struct ResourceUse {
 }
 
 impl ResourceUse {
+    /// Adds what a job's guests and tasks used elsewhere (on a cluster's executor): fuel,
+    /// calls, output and CPU time add up; the most memory a guest held is the larger.
+    pub(crate) fn add_executors(&mut self, there: &ResourceUse) {
+        self.fuel = self.fuel.saturating_add(there.fuel);
+        self.guest_calls = self.guest_calls.saturating_add(there.guest_calls);
+        self.guest_output_bytes = self
+            .guest_output_bytes
+            .saturating_add(there.guest_output_bytes);
+        self.cpu_ms = self.cpu_ms.saturating_add(there.cpu_ms);
+        self.peak_guest_memory_bytes = self
+            .peak_guest_memory_bytes
+            .max(there.peak_guest_memory_bytes);
+    }
+
     /// The resources of a job over L2 or L3 data as its scientist sees them and pays for
     /// them (R-GATE 7): fuel in units of 10^9 (about a second of guest work), times in whole
     /// seconds, memory in 64 MiB, the stored result in MiB, guest calls and rows scanned in

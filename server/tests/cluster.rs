@@ -192,6 +192,14 @@ fn a_job_runs_on_executor_processes_as_on_one_process_and_leaves_only_sealed_fil
     let hash = module["hash"].as_str().unwrap().to_string();
     let there = run_job(&world, &sid, &hash);
     assert_eq!(there["state"], "succeeded", "{there}");
+    // Its guests ran on the executors only; their fuel and CPU time are on the job's meter
+    // (in the coarse units a scientist sees over L2 data).
+    for used in ["fuel", "guest_calls", "cpu_ms"] {
+        assert!(
+            there["resources"][used].as_u64().unwrap() > 0,
+            "{used} of the executors is not on the job's meter: {there}"
+        );
+    }
 
     // The executors ran its stages: each wrote sealed files, and none holds a resident's id.
     let resident = csv.lines().nth(1).unwrap().split(',').next().unwrap();

@@ -399,7 +399,19 @@ async fn write_sealed(
     let sink = Sink(SealingWriter::create(&path, &key, &context).map_err(io)?);
     let mut writer = StreamWriter::try_new(sink, &stream.schema())?;
     let (mut batches, mut rows) = (0u64, 0u64);
-    while let Some(batch) = stream.next().await {
+    // The CPU time each poll of the task's stream takes on its thread (the stage's operators
+    // and guests, batch by batch) is the job's.
+    loop {
+        let polled = futures::future::poll_fn(|cx| {
+            let before = crate::job::thread_cpu_ns();
+            let polled = stream.as_mut().poll_next(cx);
+            let spent = crate::job::thread_cpu_ns().saturating_sub(before);
+            job.cpu_ns
+                .fetch_add(spent, std::sync::atomic::Ordering::Relaxed);
+            polled
+        })
+        .await;
+        let Some(batch) = polled else { break };
         let batch = batch?;
         if !job.running() {
             // The partial file is removed with the job's directory; it opens as nothing
@@ -457,6 +469,25 @@ impl QueryStageExecutor for SealedStage {
         // only if the scheduler told it where it is (Ballista would use the task number, which
         // anyone can guess).
         let file = u64::from_le_bytes(crate::crypto::random_bytes::<8>());
+        let written = self.write_all(&context, &share, file).await;
+        // What the task used is recorded whether it wrote or failed.
+        self.jobs.report(&share).await;
+        written
+    }
+
+    fn collect_plan_metrics(&self) -> Vec<MetricsSet> {
+        ballista_core::utils::collect_plan_metrics(self.input.as_ref())
+    }
+}
+
+impl SealedStage {
+    /// Writes each of the task's output partitions sealed into files numbered `file`.
+    async fn write_all(
+        &self,
+        context: &Arc<TaskContext>,
+        share: &Arc<super::JobShare>,
+        file: u64,
+    ) -> DfResult<Vec<ShuffleWritePartition>> {
         let key_of = || self.secret.key(self.job.as_str());
         let mut writes = tokio::task::JoinSet::new();
         for (local, &partition) in self.outputs.iter().enumerate() {
@@ -468,10 +499,10 @@ impl QueryStageExecutor for SealedStage {
                 partition,
                 file,
             )?;
-            let stream = self.input.execute(local, Arc::clone(&context))?;
+            let stream = self.input.execute(local, Arc::clone(context))?;
             let bound = self::context(self.job.as_str(), self.stage, partition, file);
             let key = key_of();
-            let share = Arc::clone(&share);
+            let share = Arc::clone(share);
             writes.spawn(async move {
                 write_sealed(stream, path, key, bound, &share)
                     .await
@@ -496,10 +527,6 @@ impl QueryStageExecutor for SealedStage {
         }
         out.sort_by_key(|p| p.partition_id);
         Ok(out)
-    }
-
-    fn collect_plan_metrics(&self) -> Vec<MetricsSet> {
-        ballista_core::utils::collect_plan_metrics(self.input.as_ref())
     }
 }
 

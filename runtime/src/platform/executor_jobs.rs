@@ -8,6 +8,11 @@ use tidegate_policy::JobState;
 use super::*;
 use crate::cluster::{JobSource, ResolvedJob};
 
+/// Where executors record what each job used on them: `DIR/JOB/EXECUTOR.json`, one file per
+/// executor, rewritten whole after each task; the platform adds them to the job's meter when
+/// the job ends, and removes them.
+pub(super) const CLUSTER_USAGE: &str = "cluster-usage";
+
 /// The platform's jobs as an executor sees them: each running job's approved modules (loaded
 /// in the executor's own sandbox), its runtime functions and its sealed tables.
 pub struct ExecutorJobs {
@@ -15,6 +20,8 @@ pub struct ExecutorJobs {
     master: MasterKey,
     db: Mutex<Connection>,
     sandbox: Arc<Sandbox>,
+    /// This executor's name in the usage records (random).
+    instance: String,
 }
 
 impl std::fmt::Debug for ExecutorJobs {
@@ -62,6 +69,7 @@ impl ExecutorJobs {
             master,
             db: Mutex::new(db),
             sandbox: Arc::new(Sandbox::new()?),
+            instance: hex::encode(random_bytes::<8>()),
         })
     }
 
@@ -159,5 +167,49 @@ impl JobSource for ExecutorJobs {
             stores,
             meter,
         })
+    }
+
+    fn record(&self, job: &str, used: &ResourceUse) -> Result<()> {
+        // A job id names a directory: the platform's ids only (`job_` and hex).
+        if !plain_id(job) {
+            return Err(Error::BadInput("a malformed job id".into()));
+        }
+        let dir = self.dir.join(CLUSTER_USAGE).join(job);
+        fs::create_dir_all(&dir)?;
+        write_atomic(
+            &dir.join(format!("{}.json", self.instance)),
+            to_json(used).as_bytes(),
+        )
+    }
+}
+
+/// Whether `id` is a plain id of the platform's: letters, digits and `_`, not too long.
+fn plain_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+impl Platform {
+    /// What job `id` used on the cluster's executors (their records added up; the most memory
+    /// any guest held), and the records removed.
+    pub(super) fn cluster_usage(&self, id: &str) -> ResourceUse {
+        let mut total = ResourceUse::default();
+        if !plain_id(id) {
+            return total;
+        }
+        let dir = self.dir.join(CLUSTER_USAGE).join(id);
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return total;
+        };
+        for entry in entries.flatten() {
+            let Some(used) = fs::read_to_string(entry.path())
+                .ok()
+                .and_then(|text| serde_json::from_str::<ResourceUse>(&text).ok())
+            else {
+                continue;
+            };
+            total.add_executors(&used);
+        }
+        let _ = fs::remove_dir_all(&dir);
+        total
     }
 }

@@ -628,6 +628,10 @@ impl Platform {
             bytes_scanned: scanned.1,
             ..ResourceUse::default()
         };
+        // What its guests and tasks used on the cluster's executors of other processes.
+        if self.cluster().is_some() {
+            resources.add_executors(&self.cluster_usage(&id));
+        }
         // The result and its sets for the gate's memory are encoded, sealed and written before
         // the metadata lock is taken: a job over millions of rows never holds every other
         // request behind its writes. (A job cancelled meanwhile has them removed below.)
