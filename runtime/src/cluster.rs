@@ -71,6 +71,8 @@ struct JobShare {
     remote: Option<(String, Arc<crate::sandbox::JobMeter>)>,
     /// CPU time its tasks' streams took here, in nanoseconds.
     cpu_ns: std::sync::atomic::AtomicU64,
+    /// Bytes of shuffle files its tasks wrote here (sealed).
+    shuffled: std::sync::atomic::AtomicU64,
 }
 
 /// Where an executor of another process than the coordinator learns what a job may use: the

@@ -396,13 +396,13 @@ fn stored_type(t: &DataType) -> DataType {
 }
 
 /// Free bytes on the file system of `dir` (or of its nearest existing parent).
-fn free_bytes(dir: &Path) -> Option<u64> {
+pub(crate) fn free_bytes(dir: &Path) -> Option<u64> {
     let stat = statvfs(dir)?;
     Some(stat.0.saturating_mul(stat.2))
 }
 
 /// What a job's spill always leaves free: a gigabyte, or a twentieth of the file system.
-fn disk_reserve(dir: &Path) -> u64 {
+pub(crate) fn disk_reserve(dir: &Path) -> u64 {
     let total = statvfs(dir).map_or(0, |s| s.1.saturating_mul(s.2));
     (1u64 << 30).max(total / 20)
 }

@@ -355,12 +355,42 @@ impl std::fmt::Display for SealedStage {
     }
 }
 
-/// A sealing writer as the IPC writer's sink.
-struct Sink(SealingWriter);
+/// The most bytes of shuffle files one job's tasks write on one executor: sixteen times the
+/// default job memory budget, as the gate's spill (a join that multiplies rows cannot fill
+/// the disk).
+pub(crate) const MAX_JOB_SHUFFLE_BYTES: u64 = 16 * (tidegate_policy::DEFAULT_JOB_MEMORY_MIB << 20);
 
-impl std::io::Write for Sink {
+/// A sealing writer as the IPC writer's sink, counting what it writes against its job's
+/// budget on this executor and the disk's reserve.
+struct Sink<'a> {
+    sealing: SealingWriter,
+    job: &'a super::JobShare,
+    budget: u64,
+    dir: &'a Path,
+}
+
+impl std::io::Write for Sink<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.write(buf).map_err(std::io::Error::other)?;
+        let n = buf.len() as u64;
+        let before = self
+            .job
+            .shuffled
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        if before.saturating_add(n) > self.budget {
+            return Err(std::io::Error::other(
+                "the job's shuffle exceeded its disk budget on an executor",
+            ));
+        }
+        // The disk is shared with the platform's metadata and audit log: a job never takes
+        // its last gigabyte (or its last twentieth).
+        if let Some(free) = crate::spill::free_bytes(self.dir)
+            && free.saturating_sub(n) < crate::spill::disk_reserve(self.dir)
+        {
+            return Err(std::io::Error::other(
+                "the disk is too full for the job's shuffle on an executor",
+            ));
+        }
+        self.sealing.write(buf).map_err(std::io::Error::other)?;
         Ok(buf.len())
     }
 
@@ -370,6 +400,7 @@ impl std::io::Write for Sink {
 }
 
 /// Counts of one written partition.
+#[derive(Debug)]
 struct Written {
     batches: u64,
     rows: u64,
@@ -391,12 +422,21 @@ async fn write_sealed(
     key: DataKey,
     context: String,
     job: &super::JobShare,
+    budget: u64,
 ) -> DfResult<Written> {
     let io = |e: crate::Error| DataFusionError::External(Box::new(e));
-    if let Some(parent) = path.parent() {
-        private_dirs(parent)?;
-    }
-    let sink = Sink(SealingWriter::create(&path, &key, &context).map_err(io)?);
+    let Some(dir) = path.parent() else {
+        return Err(DataFusionError::Internal(
+            "a shuffle file without a directory".into(),
+        ));
+    };
+    private_dirs(dir)?;
+    let sink = Sink {
+        sealing: SealingWriter::create(&path, &key, &context).map_err(io)?,
+        job,
+        budget,
+        dir,
+    };
     let mut writer = StreamWriter::try_new(sink, &stream.schema())?;
     let (mut batches, mut rows) = (0u64, 0u64);
     // The CPU time each poll of the task's stream takes on its thread (the stage's operators
@@ -425,7 +465,7 @@ async fn write_sealed(
         writer.write(&batch)?;
     }
     writer.finish()?;
-    let Sink(sealing) = writer.into_inner()?;
+    let sealing = writer.into_inner()?.sealing;
     let bytes = sealing.len();
     sealing.finish().map_err(io)?;
     Ok(Written {
@@ -504,7 +544,7 @@ impl SealedStage {
             let key = key_of();
             let share = Arc::clone(share);
             writes.spawn(async move {
-                write_sealed(stream, path, key, bound, &share)
+                write_sealed(stream, path, key, bound, &share, MAX_JOB_SHUFFLE_BYTES)
                     .await
                     .map(|w| (partition, w))
             });
@@ -741,5 +781,49 @@ impl FlightService for SealedFlight {
         _request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoExchangeStream>, Status> {
         Err(Status::unimplemented("do_exchange"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batches(n: usize) -> datafusion::execution::SendableRecordBatchStream {
+        use arrow::array::Int64Array;
+        use arrow::datatypes::{DataType, Field, Schema};
+        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![Arc::new(Int64Array::from_iter_values(0..1024))],
+        )
+        .unwrap();
+        let stream = futures::stream::iter((0..n).map(move |_| Ok(batch.clone())));
+        Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema, stream))
+    }
+
+    #[tokio::test]
+    async fn a_jobs_shuffle_stops_at_its_disk_budget_on_an_executor() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = super::super::JobShare::default();
+        let write = |name: &str, n: usize, budget: u64| {
+            write_sealed(
+                batches(n),
+                dir.path().join(name),
+                DataKey::generate(),
+                name.to_string(),
+                &job,
+                budget,
+            )
+        };
+        // 4 batches of 8 KiB fit a 1 MiB budget.
+        let written = write("a", 4, 1 << 20).await.unwrap();
+        assert_eq!(written.rows, 4 * 1024);
+        // The budget counts what the job wrote before: 200 more batches do not fit.
+        let refused = write("b", 200, 1 << 20).await.unwrap_err().to_string();
+        assert!(refused.contains("disk budget"), "{refused}");
+        assert!(
+            job.shuffled.load(std::sync::atomic::Ordering::Relaxed) > 1 << 20,
+            "what it tried to write is counted"
+        );
     }
 }
