@@ -48,6 +48,7 @@ use futures::TryStreamExt;
 use crate::error::{Error, Result};
 
 mod shuffle;
+mod tls;
 
 /// The prefix of every payload this codec writes: anything else is Ballista's.
 const TAG: &[u8] = b"tidegate/1:";
@@ -130,7 +131,8 @@ impl JobShare {
 /// How an ended job is cancelled on the scheduler, as a member of the cluster.
 struct Canceller {
     scheduler: SocketAddr,
-    member: shuffle::Member,
+    secret: Arc<shuffle::Secret>,
+    tls: Arc<tls::Tls>,
     runtime: tokio::runtime::Handle,
 }
 
@@ -304,19 +306,12 @@ impl Drop for Admission {
         let Some(id) = ended.ballista.get().cloned() else {
             return;
         };
-        let (scheduler, member) = (c.scheduler, c.member.clone());
+        let (scheduler, secret, tls) = (c.scheduler, Arc::clone(&c.secret), Arc::clone(&c.tls));
         c.runtime.spawn(async move {
             use ballista_core::serde::protobuf::CancelJobParams;
-            use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
-            let Ok(endpoint) =
-                tonic::transport::Endpoint::from_shared(format!("http://{scheduler}"))
-            else {
-                return;
-            };
-            if let Ok(channel) = endpoint.connect().await {
-                let _ = SchedulerGrpcClient::with_interceptor(channel, member)
-                    .cancel_job(CancelJobParams { job_id: id })
-                    .await;
+            let client = executor::scheduler_client(&scheduler.to_string(), &secret, &tls).await;
+            if let Ok(mut client) = client {
+                let _ = client.cancel_job(CancelJobParams { job_id: id }).await;
             }
         });
     }
@@ -552,6 +547,8 @@ struct ClusterExec {
     token: String,
     /// The header by which the scheduler knows this coordinator as a member of the cluster.
     bearer: (String, String),
+    /// Its TLS settings as a member.
+    tls: Arc<tls::Tls>,
     plan: Arc<dyn ExecutionPlan>,
     codec: Arc<Codec>,
     properties: Arc<PlanProperties>,
@@ -614,14 +611,14 @@ impl ExecutionPlan for ClusterExec {
                 "a cluster plan has one partition, not {partition}"
             )));
         }
-        let config = config()
+        let config = member_config(&self.tls)
             .with_target_partitions(context.session_config().target_partitions())
             // Every shuffle read goes through an executor's Flight service.
             .with_ballista_shuffle_reader_force_remote_read(true)
             .with_ballista_grpc_metadata(HashMap::from([self.bearer.clone()]))
             .with_ballista_job_name(&self.token);
         let ballista: BallistaConfig = config.ballista_config();
-        let scheduler = format!("http://{}", self.scheduler);
+        let scheduler = format!("https://{}", self.scheduler);
         let plan = Arc::clone(&self.plan);
         let codec = Arc::clone(&self.codec);
         let session = context.session_id();
@@ -708,6 +705,20 @@ fn config() -> SessionConfig {
     config
 }
 
+/// [`config`] for a member of the cluster: every gRPC client Ballista makes (to the scheduler,
+/// to an executor's shuffle service) speaks TLS with the member's certificate and accepts only
+/// a server of the cluster.
+fn member_config(tls: &Arc<tls::Tls>) -> SessionConfig {
+    let client = tls.client.clone();
+    config()
+        .with_ballista_use_tls(true)
+        .with_ballista_override_create_grpc_client_endpoint(Arc::new(move |endpoint| {
+            endpoint
+                .tls_config(client.clone())
+                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+        }))
+}
+
 /// Turns off the filters a join or a top-k builds while it runs and pushes into its inputs:
 /// the scheduler re-plans a stage once the stages before it are done (it may swap a join's
 /// sides), which DataFusion refuses for a join whose filter is built, and Ballista then waits
@@ -759,8 +770,11 @@ const MAX_PLAN_BYTES: usize = 1 << 20;
 pub struct Cluster {
     scheduler: SocketAddr,
     registry: Arc<Registry>,
-    /// The cluster's secret: its members' bearer value and the shuffle keys derive from it.
+    /// The cluster's secret: its members' bearer value, certificates and shuffle keys derive
+    /// from it.
     secret: Arc<shuffle::Secret>,
+    /// This member's TLS settings.
+    tls: Arc<tls::Tls>,
     /// Bytes the executors wrote as stages' output (before sealing), since the cluster started.
     shuffled: Arc<std::sync::atomic::AtomicU64>,
     /// Each executor's Flight service and poll loop.
@@ -808,8 +822,10 @@ impl Cluster {
         source: Option<Arc<dyn JobSource>>,
     ) -> Result<Cluster> {
         let secret = Arc::new(shuffle::Secret::random());
-        let scheduler = start_scheduler("127.0.0.1:0", Arc::clone(&secret)).await?;
-        let cluster = Self::joined(scheduler, secret);
+        let tls = Arc::new(tls::Tls::of(&secret)?);
+        let scheduler =
+            start_scheduler("127.0.0.1:0", Arc::clone(&secret), Arc::clone(&tls)).await?;
+        let cluster = Self::joined(scheduler, secret, tls);
         // The executors' registry: the coordinator's own, or one of theirs that looks jobs up.
         let registry = match source {
             None => Arc::clone(&cluster.registry),
@@ -828,6 +844,7 @@ impl Cluster {
                     &dir,
                     Arc::clone(&registry),
                     Arc::clone(&cluster.secret),
+                    Arc::clone(&cluster.tls),
                     Arc::clone(&cluster.shuffled),
                 )
                 .await?
@@ -853,23 +870,26 @@ impl Cluster {
             .ok_or_else(|| {
                 Error::BadInput(format!("the scheduler's address {scheduler} names no host"))
             })?;
-        executor::scheduler_client(&address.to_string(), &secret).await?;
-        Ok(Self::joined(address, secret))
+        let tls = Arc::new(tls::Tls::of(&secret)?);
+        executor::scheduler_client(&address.to_string(), &secret, &tls).await?;
+        Ok(Self::joined(address, secret, tls))
     }
 
     /// A handle on the scheduler at `scheduler` for a member holding `secret`, with no
     /// executor of its own.
-    fn joined(scheduler: SocketAddr, secret: Arc<shuffle::Secret>) -> Cluster {
+    fn joined(scheduler: SocketAddr, secret: Arc<shuffle::Secret>, tls: Arc<tls::Tls>) -> Cluster {
         let registry = Arc::new(Registry::default());
         let _ = registry.canceller.set(Canceller {
             scheduler,
-            member: shuffle::Member::of(&secret),
+            secret: Arc::clone(&secret),
+            tls: Arc::clone(&tls),
             runtime: tokio::runtime::Handle::current(),
         });
         Cluster {
             scheduler,
             registry,
             secret,
+            tls,
             shuffled: Arc::default(),
             executors: Arc::default(),
             _work: Arc::new(WorkDirs(Vec::new())),
@@ -957,6 +977,7 @@ impl Cluster {
         Ok(Arc::new(ClusterExec {
             scheduler: self.scheduler.to_string(),
             bearer: self.secret.bearer(),
+            tls: Arc::clone(&self.tls),
             properties: Arc::new(single_partition(plan.schema())),
             plan,
             codec: Arc::new(codec),
@@ -972,7 +993,8 @@ impl Cluster {
 /// that hold the same file. Runs until the runtime stops; answers where it listens.
 pub async fn run_scheduler(listen: &str, secret: &Path) -> Result<SocketAddr> {
     let secret = Arc::new(shuffle::Secret::from_file(secret, true)?);
-    start_scheduler(listen, secret).await
+    let tls = Arc::new(tls::Tls::of(&secret)?);
+    start_scheduler(listen, secret, tls).await
 }
 
 /// How `tidegate executor` joins a cluster.
@@ -998,6 +1020,7 @@ pub async fn run_executor(
     jobs: Arc<dyn JobSource>,
 ) -> Result<SocketAddr> {
     let secret = Arc::new(shuffle::Secret::from_file(&options.secret, false)?);
+    let tls = Arc::new(tls::Tls::of(&secret)?);
     let (address, _) = executor::start(
         &options.scheduler,
         &options.listen,
@@ -1005,6 +1028,7 @@ pub async fn run_executor(
         &options.work,
         executor::registry(jobs),
         secret,
+        tls,
         Arc::default(),
     )
     .await?;
@@ -1014,7 +1038,11 @@ pub async fn run_executor(
 /// Ballista's scheduler on `listen` (as Ballista's own standalone one, pulling-staged), behind
 /// [`shuffle::Members`]: a call that does not present the cluster's bearer value is refused
 /// before the scheduler sees it.
-async fn start_scheduler(listen: &str, secret: Arc<shuffle::Secret>) -> Result<SocketAddr> {
+async fn start_scheduler(
+    listen: &str,
+    secret: Arc<shuffle::Secret>,
+    tls: Arc<tls::Tls>,
+) -> Result<SocketAddr> {
     use ballista_core::serde::protobuf::scheduler_grpc_server::SchedulerGrpcServer;
     use ballista_scheduler::scheduler_server::SchedulerServer;
     let fail = |e: &dyn std::fmt::Display| Error::Internal(format!("cluster scheduler: {e}"));
@@ -1036,7 +1064,10 @@ async fn start_scheduler(listen: &str, secret: Arc<shuffle::Secret>) -> Result<S
                     .build(),
             )
         }),
-        Arc::new(config),
+        {
+            let tls = Arc::clone(&tls);
+            Arc::new(move || member_config(&tls))
+        },
     );
     let mut server: SchedulerServer<LogicalPlanNode, PhysicalPlanNode> = SchedulerServer::new(
         address.to_string(),
@@ -1056,8 +1087,14 @@ async fn start_scheduler(listen: &str, secret: Arc<shuffle::Secret>) -> Result<S
             .max_encoding_message_size(size),
         shuffle::Members(secret),
     );
+    // Only a client holding a certificate of the cluster completes the handshake.
+    let mut server = ballista_core::utils::create_grpc_server(
+        &ballista_core::utils::GrpcServerConfig::default(),
+    )
+    .tls_config(tls.server.clone())
+    .map_err(|e| fail(&e))?;
     tokio::spawn(
-        ballista_core::utils::create_grpc_server(&ballista_core::utils::GrpcServerConfig::default())
+        server
             .add_service(service)
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
@@ -1098,6 +1135,7 @@ mod executor {
     pub(super) async fn scheduler_client(
         scheduler: &str,
         secret: &shuffle::Secret,
+        tls: &tls::Tls,
     ) -> Result<
         SchedulerGrpcClient<
             tonic::service::interceptor::InterceptedService<
@@ -1106,11 +1144,17 @@ mod executor {
             >,
         >,
     > {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{scheduler}"))
+        let channel = tonic::transport::Endpoint::from_shared(format!("https://{scheduler}"))
+            .and_then(|e| e.tls_config(tls.client.clone()))
+            .map(|e| e.connect_timeout(std::time::Duration::from_secs(10)))
             .map_err(|e| Error::BadInput(format!("the scheduler's address {scheduler}: {e}")))?
             .connect()
             .await
-            .map_err(|e| Error::BadInput(format!("no scheduler answers at {scheduler}: {e}")))?;
+            .map_err(|e| {
+                Error::BadInput(format!(
+                    "no scheduler of this cluster answers at {scheduler} (nothing listens there, or it holds another cluster's secret): {e}"
+                ))
+            })?;
         let size = config().ballista_grpc_client_max_message_size();
         let mut client =
             SchedulerGrpcClient::with_interceptor(channel, shuffle::Member::of(secret))
@@ -1141,6 +1185,7 @@ mod executor {
         work: &Path,
         registry: Arc<Registry>,
         secret: Arc<shuffle::Secret>,
+        tls: Arc<tls::Tls>,
         written: Arc<std::sync::atomic::AtomicU64>,
     ) -> Result<(SocketAddr, Vec<tokio::task::AbortHandle>)> {
         let fail = |e: &dyn std::fmt::Display| Error::Internal(format!("cluster executor: {e}"));
@@ -1192,7 +1237,10 @@ mod executor {
             metadata,
             &work,
             runtime,
-            Arc::new(config),
+            {
+                let tls = Arc::clone(&tls);
+                Arc::new(move || member_config(&tls))
+            },
             Arc::new((&state).into()),
             Arc::new(ballista_executor::metrics::LoggingMetricsCollector::default()),
             2,
@@ -1207,14 +1255,18 @@ mod executor {
                 work: PathBuf::from(&work),
                 secret: Arc::clone(&secret),
             });
+        // Only a member of the cluster (holding one of its certificates) fetches a file.
+        let mut server = ballista_core::utils::create_grpc_server(
+            &ballista_core::utils::GrpcServerConfig::default(),
+        )
+        .tls_config(tls.server.clone())
+        .map_err(|e| fail(&e))?;
         let serving = tokio::spawn(
-            ballista_core::utils::create_grpc_server(
-                &ballista_core::utils::GrpcServerConfig::default(),
-            )
-            .add_service(flight)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+            server
+                .add_service(flight)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
-        let client = scheduler_client(scheduler, &secret).await?;
+        let client = scheduler_client(scheduler, &secret, &tls).await?;
         let codec: BallistaCodec<LogicalPlanNode, PhysicalPlanNode> = BallistaCodec::new(
             Arc::new(ballista_core::serde::BallistaLogicalExtensionCodec::default()),
             Arc::new(Codec::new(Side::Executor(registry))),
@@ -1342,26 +1394,42 @@ mod tests {
         use tonic::Code;
         let work = tempfile::tempdir().unwrap();
         let cluster = Cluster::standalone(1, work.path()).await.unwrap();
-        let url = format!("http://{}", cluster.scheduler);
+        let at = cluster.scheduler.to_string();
         let ask = || GetJobStatusParams {
             job_id: "aaaaaaa".into(),
         };
-        let channel = tonic::transport::Endpoint::from_shared(url)
+
+        // A caller without TLS (a process on this machine that found the port).
+        let plain = tonic::transport::Endpoint::from_shared(format!("http://{at}"))
+            .unwrap()
+            .connect()
+            .await;
+        if let Ok(channel) = plain {
+            let mut stranger = SchedulerGrpcClient::new(channel);
+            assert!(stranger.get_job_status(ask()).await.is_err());
+        }
+
+        // A member of another cluster: its certificate is not of this cluster's authority,
+        // nor this scheduler's of its own.
+        let other = shuffle::Secret::random();
+        let other_tls = tls::Tls::of(&other).unwrap();
+        assert!(
+            executor::scheduler_client(&at, &other, &other_tls)
+                .await
+                .is_err()
+        );
+
+        // A certificate of this cluster without the member's header, and a value that is
+        // not hex: refused by the interceptor.
+        let channel = tonic::transport::Endpoint::from_shared(format!("https://{at}"))
+            .unwrap()
+            .tls_config(cluster.tls.client.clone())
             .unwrap()
             .connect()
             .await
             .unwrap();
-
-        // A caller that presents nothing (a process on this machine that found the port).
-        let mut stranger = SchedulerGrpcClient::new(channel.clone());
-        let refused = stranger.get_job_status(ask()).await.unwrap_err();
-        assert_eq!(refused.code(), Code::Unauthenticated);
-
-        // A member of another cluster, and a value that is not hex.
-        let other = shuffle::Secret::random();
-        let mut impostor =
-            SchedulerGrpcClient::with_interceptor(channel.clone(), shuffle::Member::of(&other));
-        let refused = impostor.get_job_status(ask()).await.unwrap_err();
+        let mut headless = SchedulerGrpcClient::new(channel.clone());
+        let refused = headless.get_job_status(ask()).await.unwrap_err();
         assert_eq!(refused.code(), Code::Unauthenticated);
         let garbled = shuffle::Member("not-hex".parse().unwrap());
         let mut garbled = SchedulerGrpcClient::with_interceptor(channel.clone(), garbled);

@@ -1,7 +1,8 @@
 //! A cluster of processes: the real `tidegate scheduler`, two `tidegate executor`s reading the
 //! data directory, and `tidegate serve --cluster`, each a process of its own on loopback. A
 //! job with a module runs on the executors to the same result as on one process, leaves only
-//! sealed files behind, and a process without the cluster's secret is not let in.
+//! sealed files behind, and a process without the cluster's secret is not let in, nor taken
+//! for the scheduler.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -135,7 +136,38 @@ fn a_job_runs_on_executor_processes_as_on_one_process_and_leaves_only_sealed_fil
         work_x.to_str().unwrap(),
     ]);
     assert!(
-        said.contains("does not take this cluster's secret"),
+        said.contains("no scheduler of this cluster answers"),
+        "{said}"
+    );
+
+    // A process of another cluster that took a port where the server looks for its
+    // scheduler: the server does not join it (and sends it nothing: the handshake fails
+    // before any call).
+    let (_impostor, impostor_at) = start(
+        &[
+            "scheduler",
+            "--listen",
+            "127.0.0.1:0",
+            "--secret",
+            other.to_str().unwrap(),
+        ],
+        "scheduler listening on",
+    );
+    let said = refused(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data_s,
+        "--master-key",
+        key_s,
+        "--cluster",
+        &impostor_at,
+        "--cluster-secret",
+        secret_s,
+    ]);
+    assert!(
+        said.contains("no scheduler of this cluster answers"),
         "{said}"
     );
 

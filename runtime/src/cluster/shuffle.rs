@@ -61,6 +61,14 @@ impl Secret {
         crate::crypto::load_key_file(path, WHAT).map(Secret)
     }
 
+    /// 32 bytes derived from the secret for `label` (HMAC-SHA256).
+    pub(crate) fn derived(&self, label: &[u8]) -> [u8; 32] {
+        let tag = ring::hmac::sign(&self.mac(), label);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+
     fn key(&self, job: &str) -> DataKey {
         DataKey::derived(&self.0, &format!("tidegate shuffle\0{job}"))
     }
