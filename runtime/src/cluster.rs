@@ -69,7 +69,7 @@ struct JobShare {
     ended: std::sync::atomic::AtomicBool,
     /// On an executor of another process: the platform's job id, and the meter of the job's
     /// guests here (cancelled when the job no longer runs).
-    remote: Option<(String, Arc<crate::sandbox::JobMeter>)>,
+    remote: Option<(String, Arc<crate::sandbox::JobMeter>, std::time::Instant)>,
     /// CPU time its tasks' streams took here, in nanoseconds.
     cpu_ns: std::sync::atomic::AtomicU64,
     /// Bytes of shuffle files its tasks wrote here (sealed).
@@ -80,8 +80,8 @@ struct JobShare {
 /// platform's metadata, read-only ([`crate::ExecutorJobs`]). Nothing travels in a plan but
 /// the job's id: its functions, modules and data keys are looked up here.
 pub trait JobSource: Send + Sync + 'static {
-    /// Whether the job runs now.
-    fn running(&self, job: &str) -> bool;
+    /// Whether the job runs now (an error when that cannot be read now).
+    fn running(&self, job: &str) -> Result<bool>;
     /// What the running job may use here: its functions (from modules approved for its
     /// scenario only) and its sealed tables, in the order of the job's tables.
     fn resolve(&self, job: &str) -> Result<ResolvedJob>;
@@ -145,6 +145,10 @@ pub(crate) struct Registry {
     source: Option<Arc<dyn JobSource>>,
     /// Held while a job is looked up in the source: one lookup at a time.
     resolving: Mutex<()>,
+    /// The shuffle key of each Ballista job with files here: drawn at random when its first
+    /// file is written, held in memory only, forgotten when the job ends (its files then
+    /// never open again, wherever they are).
+    keys: Mutex<HashMap<String, crate::crypto::DataKey>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -183,7 +187,7 @@ impl Registry {
         if let Some(share) = self.admitted(token) {
             return Ok(share);
         }
-        if !source.running(&id) {
+        if !source.running(&id).unwrap_or(false) {
             return Err(not_run());
         }
         let resolved = source.resolve(&id).map_err(|e| {
@@ -201,7 +205,7 @@ impl Registry {
                 .enumerate()
                 .map(|(i, s)| (crate::tables::store_address(token, i), s))
                 .collect(),
-            remote: Some((id, resolved.meter)),
+            remote: Some((id, resolved.meter, std::time::Instant::now())),
             ..JobShare::default()
         });
         self.jobs
@@ -213,7 +217,7 @@ impl Registry {
 
     /// Records, on an executor of another process, what the job of `share` used here so far.
     async fn report(&self, share: &JobShare) {
-        let (Some(source), Some((id, meter))) = (&self.source, &share.remote) else {
+        let (Some(source), Some((id, meter, _))) = (&self.source, &share.remote) else {
             return;
         };
         let used = crate::ResourceUse {
@@ -243,10 +247,14 @@ impl Registry {
             .map(|(t, s)| (t.clone(), Arc::clone(s)))
             .collect();
         for (token, share) in remote {
-            let Some((id, meter)) = &share.remote else {
+            let Some((id, meter, seen)) = &share.remote else {
                 continue;
             };
-            if !source.running(id) {
+            // Ended in the metadata, or older than any job may run (its coordinator may be
+            // gone without ending it); a metadata that cannot be read now is asked again.
+            let ended = matches!(source.running(id), Ok(false))
+                || seen.elapsed() > crate::job::EngineLimits::default().wall_time;
+            if ended {
                 share
                     .ended
                     .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -255,8 +263,39 @@ impl Registry {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .remove(&token);
+                if let Some(ballista) = share.ballista.get() {
+                    self.forget_key(ballista);
+                }
             }
         }
+    }
+}
+
+impl Registry {
+    /// The shuffle key of Ballista job `job`, drawn the first time.
+    pub(crate) fn shuffle_key(&self, job: &str) -> crate::crypto::DataKey {
+        self.keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(job.to_string())
+            .or_insert_with(crate::crypto::DataKey::generate)
+            .copy()
+    }
+
+    /// The shuffle key of Ballista job `job`, if it has files here and has not ended.
+    pub(crate) fn existing_shuffle_key(&self, job: &str) -> Option<crate::crypto::DataKey> {
+        self.keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(job)
+            .map(crate::crypto::DataKey::copy)
+    }
+
+    fn forget_key(&self, job: &str) {
+        self.keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(job);
     }
 }
 
@@ -295,15 +334,16 @@ impl Drop for Admission {
         // The scheduler is told the job is over (whether it finished, failed or was stopped):
         // it hands out none of its remaining tasks and cleans its files up. Its tasks refuse
         // to go on already (the job is no longer admitted).
-        if let Some(share) = &ended {
-            share
-                .ended
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-        let (Some(ended), Some(c)) = (ended, self.registry.canceller.get()) else {
+        let Some(ended) = ended else { return };
+        ended
+            .ended
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let Some(id) = ended.ballista.get().cloned() else {
             return;
         };
-        let Some(id) = ended.ballista.get().cloned() else {
+        // Its shuffle files never open again.
+        self.registry.forget_key(&id);
+        let Some(c) = self.registry.canceller.get() else {
             return;
         };
         let (scheduler, secret, tls) = (c.scheduler, Arc::clone(&c.secret), Arc::clone(&c.tls));
@@ -838,10 +878,12 @@ impl Cluster {
             dirs.push(dir.clone());
             running.push(
                 executor::start(
-                    &scheduler.to_string(),
-                    "127.0.0.1:0",
-                    None,
-                    &dir,
+                    &executor::Place {
+                        scheduler: &scheduler.to_string(),
+                        listen: "127.0.0.1:0",
+                        advertise: None,
+                        work: &dir,
+                    },
                     Arc::clone(&registry),
                     Arc::clone(&cluster.secret),
                     Arc::clone(&cluster.tls),
@@ -1022,10 +1064,12 @@ pub async fn run_executor(
     let secret = Arc::new(shuffle::Secret::from_file(&options.secret, false)?);
     let tls = Arc::new(tls::Tls::of(&secret)?);
     let (address, _) = executor::start(
-        &options.scheduler,
-        &options.listen,
-        options.advertise.as_deref(),
-        &options.work,
+        &executor::Place {
+            scheduler: &options.scheduler,
+            listen: &options.listen,
+            advertise: options.advertise.as_deref(),
+            work: &options.work,
+        },
         executor::registry(jobs),
         secret,
         tls,
@@ -1175,20 +1219,34 @@ mod executor {
         Ok(client)
     }
 
-    /// Starts an executor: its Flight service on `listen`, reached by `advertise` (the host
-    /// listened on when `None`), its work directory `work` (made 0700), its poll loop on the
-    /// scheduler at `scheduler`. Answers the Flight service's address and what stops both.
+    /// Where an executor runs.
+    pub(super) struct Place<'a> {
+        /// The scheduler it polls, `host:port`.
+        pub(super) scheduler: &'a str,
+        /// Where its Flight service listens.
+        pub(super) listen: &'a str,
+        /// The host others reach that service by (the host listened on when `None`).
+        pub(super) advertise: Option<&'a str>,
+        /// Its work directory (made 0700).
+        pub(super) work: &'a Path,
+    }
+
+    /// Starts an executor where `place` says. Answers the Flight service's address and what
+    /// stops it and the poll loop.
     pub(super) async fn start(
-        scheduler: &str,
-        listen: &str,
-        advertise: Option<&str>,
-        work: &Path,
+        place: &Place<'_>,
         registry: Arc<Registry>,
         secret: Arc<shuffle::Secret>,
         tls: Arc<tls::Tls>,
         written: Arc<std::sync::atomic::AtomicU64>,
     ) -> Result<(SocketAddr, Vec<tokio::task::AbortHandle>)> {
         let fail = |e: &dyn std::fmt::Display| Error::Internal(format!("cluster executor: {e}"));
+        let Place {
+            scheduler,
+            listen,
+            advertise,
+            work,
+        } = *place;
         // Only this user lists or reads what the executor writes.
         shuffle::private_dirs(work)?;
         std::fs::set_permissions(work, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
@@ -1254,6 +1312,7 @@ mod executor {
             arrow_flight::flight_service_server::FlightServiceServer::new(shuffle::SealedFlight {
                 work: PathBuf::from(&work),
                 secret: Arc::clone(&secret),
+                jobs: Arc::clone(&registry),
             });
         // Only a member of the cluster (holding one of its certificates) fetches a file.
         let mut server = ballista_core::utils::create_grpc_server(
@@ -1442,6 +1501,23 @@ mod tests {
         if let Err(e) = member.get_job_status(ask()).await {
             assert_ne!(e.code(), Code::Unauthenticated, "{e}");
         }
+    }
+
+    #[test]
+    fn a_jobs_shuffle_key_is_drawn_at_random_and_forgotten_when_the_job_ends() {
+        let (registry, admission, _) = admitted();
+        assert!(registry.job("j").unwrap().runs_as("B1"));
+        let key = registry.shuffle_key("B1");
+        let sealed = key.seal_object("c", b"rows");
+        let again = registry.existing_shuffle_key("B1").unwrap();
+        assert_eq!(again.open_object("c", &sealed).unwrap(), b"rows");
+        assert!(
+            registry.existing_shuffle_key("B2").is_none(),
+            "another job's"
+        );
+        drop(admission);
+        // Its files never open again: the key is gone from the only place it was.
+        assert!(registry.existing_shuffle_key("B1").is_none());
     }
 
     #[test]

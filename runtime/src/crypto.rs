@@ -73,19 +73,36 @@ pub(crate) fn create_key_file(path: &Path, what: &str) -> Result<[u8; 32]> {
 
 /// Loads a 32-byte key (`what`, in errors) from a file that only its owner can read.
 pub(crate) fn load_key_file(path: &Path, what: &str) -> Result<[u8; 32]> {
-    let meta = fs::metadata(path).map_err(|e| {
-        Error::BadInput(format!(
-            "cannot read the {what} file {}: {e}",
-            path.display()
-        ))
-    })?;
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    // The file itself (never a link to another), judged as it was opened.
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| {
+            Error::BadInput(format!(
+                "cannot read the {what} file {}: {e}",
+                path.display()
+            ))
+        })?;
+    let meta = file.metadata()?;
     if meta.permissions().mode() & 0o077 != 0 {
         return Err(Error::Refused(format!(
             "the {what} file {} is readable by others; chmod 600 it",
             path.display()
         )));
     }
-    hex::decode(fs::read_to_string(path)?.trim())
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if meta.uid() != unsafe { libc::geteuid() } {
+        return Err(Error::Refused(format!(
+            "the {what} file {} belongs to another user",
+            path.display()
+        )));
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text)?;
+    hex::decode(text.trim())
         .ok()
         .and_then(|b| <[u8; 32]>::try_from(b).ok())
         .ok_or_else(|| Error::BadInput(format!("a {what} is 64 hex characters")))
@@ -187,14 +204,9 @@ impl DataKey {
         DataKey(random_bytes::<32>())
     }
 
-    /// A key for one purpose, `label`, derived from `secret` (HMAC-SHA256): the same secret
-    /// and label give the same key, and nothing of the secret is learnt from it.
-    pub(crate) fn derived(secret: &[u8; 32], label: &str) -> DataKey {
-        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
-        let tag = ring::hmac::sign(&key, label.as_bytes());
-        let mut out = [0u8; 32];
-        out.copy_from_slice(tag.as_ref());
-        DataKey(out)
+    /// A copy of this key (for a holder that keeps it in memory only and hands it out).
+    pub(crate) fn copy(&self) -> DataKey {
+        DataKey(self.0)
     }
 
     /// Seals `plaintext` as the object named by `context`.

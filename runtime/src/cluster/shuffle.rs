@@ -69,10 +69,6 @@ impl Secret {
         out
     }
 
-    fn key(&self, job: &str) -> DataKey {
-        DataKey::derived(&self.0, &format!("tidegate shuffle\0{job}"))
-    }
-
     /// The secret as an HMAC-SHA256 key, for the names and values derived from it.
     fn mac(&self) -> ring::hmac::Key {
         ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.0)
@@ -520,6 +516,15 @@ impl QueryStageExecutor for SealedStage {
         let written = self.write_all(&context, &share, file).await;
         // What the task used is recorded whether it wrote or failed.
         self.jobs.report(&share).await;
+        // A guest failure the engine swallowed (an error while it evaluated something it
+        // then did not need) still fails the task, as it ends an embedded job.
+        if let Some((_, meter, _)) = &share.remote
+            && meter.check().is_err()
+        {
+            return Err(DataFusionError::Execution(
+                "a module function of the job failed on an executor".into(),
+            ));
+        }
         written
     }
 
@@ -536,7 +541,7 @@ impl SealedStage {
         share: &Arc<super::JobShare>,
         file: u64,
     ) -> DfResult<Vec<ShuffleWritePartition>> {
-        let key_of = || self.secret.key(self.job.as_str());
+        let key_of = || self.jobs.shuffle_key(self.job.as_str());
         let mut writes = tokio::task::JoinSet::new();
         for (local, &partition) in self.outputs.iter().enumerate() {
             let path = sealed_path(
@@ -609,6 +614,8 @@ impl Read for Plain {
 pub(crate) struct SealedFlight {
     pub(crate) work: PathBuf,
     pub(crate) secret: Arc<Secret>,
+    /// Where the shuffle keys of the jobs with files here are held.
+    pub(crate) jobs: Arc<super::Registry>,
 }
 
 type Boxed<T> = std::pin::Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -648,8 +655,9 @@ impl SealedFlight {
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let opened = std::fs::File::open(&path)
             .map_err(|_| Status::not_found("no such shuffle partition"))?;
-        self.secret
-            .key(job_id.as_str())
+        self.jobs
+            .existing_shuffle_key(job_id.as_str())
+            .ok_or_else(|| Status::not_found("no such shuffle partition"))?
             .reader(
                 &context(job_id.as_str(), stage_id, partition_id, file),
                 opened,

@@ -22,6 +22,8 @@ pub struct ExecutorJobs {
     sandbox: Arc<Sandbox>,
     /// This executor's name in the usage records (random).
     instance: String,
+    /// What it last recorded per job: a record only grows (tasks finish in any order).
+    recorded: Mutex<HashMap<String, ResourceUse>>,
 }
 
 impl std::fmt::Debug for ExecutorJobs {
@@ -45,6 +47,8 @@ impl ExecutorJobs {
             &path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
+        // The server writes meanwhile: a read waits for its lock rather than failing.
+        db.busy_timeout(std::time::Duration::from_secs(5))?;
         let at: i64 = db.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if at != schema::SCHEMA_VERSION {
             return Err(Error::Refused(format!(
@@ -70,6 +74,7 @@ impl ExecutorJobs {
             db: Mutex::new(db),
             sandbox: Arc::new(Sandbox::new()?),
             instance: hex::encode(random_bytes::<8>()),
+            recorded: Mutex::default(),
         })
     }
 
@@ -87,9 +92,8 @@ impl ExecutorJobs {
 }
 
 impl JobSource for ExecutorJobs {
-    fn running(&self, job: &str) -> bool {
-        self.state(job)
-            .is_ok_and(|s| s.as_deref() == Some(JobState::Running.as_str()))
+    fn running(&self, job: &str) -> Result<bool> {
+        Ok(self.state(job)?.as_deref() == Some(JobState::Running.as_str()))
     }
 
     fn resolve(&self, id: &str) -> Result<ResolvedJob> {
@@ -174,11 +178,25 @@ impl JobSource for ExecutorJobs {
         if !plain_id(job) {
             return Err(Error::BadInput("a malformed job id".into()));
         }
+        // Only the cluster's user lists what jobs ran and what they used.
         let dir = self.dir.join(CLUSTER_USAGE).join(job);
-        fs::create_dir_all(&dir)?;
+        std::os::unix::fs::DirBuilderExt::mode(fs::DirBuilder::new().recursive(true), 0o700)
+            .create(&dir)?;
+        let mut recorded = self
+            .recorded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let record = recorded.entry(job.to_string()).or_default();
+        record.fuel = record.fuel.max(used.fuel);
+        record.guest_calls = record.guest_calls.max(used.guest_calls);
+        record.guest_output_bytes = record.guest_output_bytes.max(used.guest_output_bytes);
+        record.cpu_ms = record.cpu_ms.max(used.cpu_ms);
+        record.peak_guest_memory_bytes = record
+            .peak_guest_memory_bytes
+            .max(used.peak_guest_memory_bytes);
         write_atomic(
             &dir.join(format!("{}.json", self.instance)),
-            to_json(used).as_bytes(),
+            to_json(record).as_bytes(),
         )
     }
 }
@@ -201,6 +219,12 @@ impl Platform {
             return total;
         };
         for entry in entries.flatten() {
+            // Records only (`EXECUTOR.json`), never a write under way.
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') || !name.ends_with(".json") {
+                continue;
+            }
             let Some(used) = fs::read_to_string(entry.path())
                 .ok()
                 .and_then(|text| serde_json::from_str::<ResourceUse>(&text).ok())

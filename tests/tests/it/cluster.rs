@@ -430,13 +430,13 @@ fn an_executor_looks_a_job_up_in_the_data_directory_and_refuses_a_module_not_app
     };
 
     // An ended job is not looked up.
-    assert!(!jobs.running(id));
+    assert!(!jobs.running(id).unwrap());
     assert!(jobs.resolve(id).is_err());
 
     // Running (as the platform marks it while it runs): its module's functions, the
     // platform's, and its one sealed table.
     set("UPDATE jobs SET state = ?1 WHERE id = ?2", "running");
-    assert!(jobs.running(id));
+    assert!(jobs.running(id).unwrap());
     let resolved = jobs.resolve(id).unwrap();
     let functions = resolved.functions();
     assert!(
