@@ -149,6 +149,9 @@ pub(crate) struct Registry {
     /// file is written, held in memory only, forgotten when the job ends (its files then
     /// never open again, wherever they are).
     keys: Mutex<HashMap<String, crate::crypto::DataKey>>,
+    /// The CPU time (ns) the tasks of each ended job took on this process's executors, by
+    /// token, until the platform takes it for the job's meter.
+    spent: Mutex<HashMap<String, u64>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -338,6 +341,15 @@ impl Drop for Admission {
         ended
             .ended
             .store(true, std::sync::atomic::Ordering::Relaxed);
+        // What its tasks took on this process's executors, for the job's meter.
+        let cpu = ended.cpu_ns.load(std::sync::atomic::Ordering::Relaxed);
+        if ended.remote.is_none() && cpu > 0 {
+            self.registry
+                .spent
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(self.token.clone(), cpu);
+        }
         let Some(id) = ended.ballista.get().cloned() else {
             return;
         };
@@ -946,6 +958,23 @@ impl Cluster {
             job: Some(id.to_string()),
             ..self.clone()
         }
+    }
+
+    /// The CPU time, in milliseconds, the tasks of the platform's job `id` took on this
+    /// process's executors (the in-process cluster's), taken once the job has ended.
+    pub(crate) fn take_cpu_ms(&self, id: &str) -> u64 {
+        let mut spent = self
+            .registry
+            .spent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let tokens: Vec<String> = spent
+            .keys()
+            .filter(|t| job_of(t).as_deref() == Some(id))
+            .cloned()
+            .collect();
+        let ns: u64 = tokens.iter().filter_map(|t| spent.remove(t)).sum();
+        ns / 1_000_000
     }
 
     /// A new token for a job run through this handle.

@@ -222,7 +222,41 @@ fn a_job_runs_on_executor_processes_as_on_one_process_and_leaves_only_sealed_fil
     let sid = scenario["id"].as_str().unwrap().to_string();
     let (module, _) = world.publish_module(&sid, VISITOR_UDF_WASM).unwrap();
     let hash = module["hash"].as_str().unwrap().to_string();
+    // A reader of the executors' directories while the job runs (Ballista removes a job's
+    // files once it is done): every file it finds, and whether one held a resident's id.
+    let resident = csv
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .to_string();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (stop, work, resident) = (stop.clone(), work.clone(), resident.clone());
+        std::thread::spawn(move || {
+            let mut seen = std::collections::BTreeMap::new();
+            loop {
+                let last = stop.load(std::sync::atomic::Ordering::Relaxed);
+                for f in work.iter().flat_map(|w| files(w)) {
+                    if let Ok(bytes) = std::fs::read(&f) {
+                        let plain = bytes
+                            .windows(resident.len())
+                            .any(|w| w == resident.as_bytes());
+                        *seen.entry(f).or_insert(false) |= plain;
+                    }
+                }
+                if last {
+                    return seen;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        })
+    };
     let there = run_job(&world, &sid, &hash);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = reader.join().unwrap();
     assert_eq!(there["state"], "succeeded", "{there}");
     // Its guests ran on the executors only; their fuel and CPU time are on the job's meter
     // (in the coarse units a scientist sees over L2 data).
@@ -233,24 +267,14 @@ fn a_job_runs_on_executor_processes_as_on_one_process_and_leaves_only_sealed_fil
         );
     }
 
-    // The executors ran its stages: each wrote sealed files, and none holds a resident's id.
-    let resident = csv.lines().nth(1).unwrap().split(',').next().unwrap();
-    let written: Vec<PathBuf> = work.iter().flat_map(|w| files(w)).collect();
+    // The executors ran its stages: they wrote sealed files, and none held a resident's id.
     assert!(
-        written
-            .iter()
+        seen.keys()
             .any(|f| f.extension().is_some_and(|e| e == "sealed")),
-        "the executors wrote no shuffle file: {written:?}"
+        "the executors wrote no shuffle file: {seen:?}"
     );
-    for f in &written {
-        let bytes = std::fs::read(f).unwrap();
-        assert!(
-            !bytes
-                .windows(resident.len())
-                .any(|w| w == resident.as_bytes()),
-            "{} holds a resident's id in plaintext",
-            f.display()
-        );
+    for (f, plain) in &seen {
+        assert!(!plain, "{} holds a resident's id in plaintext", f.display());
     }
 
     // The same job on one process: the same rows.

@@ -332,6 +332,7 @@ fn check_stage(plan: &Arc<dyn ExecutionPlan>) -> DfResult<()> {
 }
 
 /// One task of a stage: its input's partitions, each written sealed.
+#[derive(Clone)]
 struct SealedStage {
     /// Why the stage may not run, if it may not.
     refused: Option<String>,
@@ -443,19 +444,7 @@ async fn write_sealed(
     };
     let mut writer = StreamWriter::try_new(sink, &stream.schema())?;
     let (mut batches, mut rows) = (0u64, 0u64);
-    // The CPU time each poll of the task's stream takes on its thread (the stage's operators
-    // and guests, batch by batch) is the job's.
-    loop {
-        let polled = futures::future::poll_fn(|cx| {
-            let before = crate::job::thread_cpu_ns();
-            let polled = stream.as_mut().poll_next(cx);
-            let spent = crate::job::thread_cpu_ns().saturating_sub(before);
-            job.cpu_ns
-                .fetch_add(spent, std::sync::atomic::Ordering::Relaxed);
-            polled
-        })
-        .await;
-        let Some(batch) = polled else { break };
+    while let Some(batch) = stream.next().await {
         let batch = batch?;
         if !job.running() {
             // The partial file is removed with the job's directory; it opens as nothing
@@ -513,7 +502,7 @@ impl QueryStageExecutor for SealedStage {
         // only if the scheduler told it where it is (Ballista would use the task number, which
         // anyone can guess).
         let file = u64::from_le_bytes(crate::crypto::random_bytes::<8>());
-        let written = self.write_all(&context, &share, file).await;
+        let written = self.run_counted(context, Arc::clone(&share), file).await;
         // What the task used is recorded whether it wrote or failed.
         self.jobs.report(&share).await;
         // A guest failure the engine swallowed (an error while it evaluated something it
@@ -534,6 +523,60 @@ impl QueryStageExecutor for SealedStage {
 }
 
 impl SealedStage {
+    /// [`SealedStage::write_all`] on a runtime of the task's own (its threads stop when it
+    /// ends), so that the CPU time of everything the task runs (its operators, the tasks
+    /// they start, its guests, its fetches) is counted: each thread adds its CPU clock to
+    /// the job's when it stops.
+    async fn run_counted(
+        &self,
+        context: Arc<TaskContext>,
+        share: Arc<super::JobShare>,
+        file: u64,
+    ) -> DfResult<Vec<ShuffleWritePartition>> {
+        let stage = self.clone();
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("tidegate-task".into())
+            .stack_size(8 << 20)
+            .spawn(move || {
+                let counted = Arc::clone(&share);
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_stack_size(8 << 20)
+                    .on_thread_stop(move || {
+                        counted.cpu_ns.fetch_add(
+                            crate::job::thread_cpu_ns(),
+                            std::sync::atomic::Ordering::Relaxed,
+                        );
+                    })
+                    .enable_all()
+                    .build();
+                let outcome = match runtime {
+                    Ok(runtime) => {
+                        let before = crate::job::thread_cpu_ns();
+                        let outcome = runtime.block_on(stage.write_all(&context, &share, file));
+                        share.cpu_ns.fetch_add(
+                            crate::job::thread_cpu_ns().saturating_sub(before),
+                            std::sync::atomic::Ordering::Relaxed,
+                        );
+                        // Stopping the workers runs their stop hooks.
+                        runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+                        outcome
+                    }
+                    Err(e) => Err(DataFusionError::Execution(format!("a task's runtime: {e}"))),
+                };
+                let _ = done.send(outcome);
+            });
+        if let Err(e) = spawned {
+            return Err(DataFusionError::Execution(format!("a task's thread: {e}")));
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(DataFusionError::Execution(
+                "a task's thread ended without an answer".into(),
+            ))
+        })
+    }
+
     /// Writes each of the task's output partitions sealed into files numbered `file`.
     async fn write_all(
         &self,

@@ -628,8 +628,10 @@ impl Platform {
             bytes_scanned: scanned.1,
             ..ResourceUse::default()
         };
-        // What its guests and tasks used on the cluster's executors of other processes.
-        if self.cluster().is_some() {
+        // What its tasks used on the cluster's executors: this process's (CPU time), and other
+        // processes' (their records of guests and CPU time).
+        if let Some(cluster) = self.cluster() {
+            resources.cpu_ms = resources.cpu_ms.saturating_add(cluster.take_cpu_ms(&id));
             resources.add_executors(&self.cluster_usage(&id));
         }
         // The result and its sets for the gate's memory are encoded, sealed and written before

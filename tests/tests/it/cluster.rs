@@ -154,28 +154,54 @@ const QUERIES: &[&str] = &[
     "SELECT k, count(*) AS c FROM (SELECT k FROM t UNION ALL SELECT 'x' UNION ALL SELECT NULL) s GROUP BY k",
 ];
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+/// Every file of `dir`'s tree, read while it is there: what each held (files the cluster
+/// removes meanwhile are skipped).
+fn read_all(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    walk(dir)
+        .into_iter()
+        .filter_map(|f| std::fs::read(&f).ok().map(|bytes| (f, bytes)))
+        .collect()
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_job_on_the_cluster_gives_what_it_gives_here_and_leaves_no_plaintext() {
     let work = tempfile::tempdir().unwrap();
     let data = tempfile::tempdir().unwrap();
     let tables = sealed_table(3_000, data.path());
     let cluster = Cluster::standalone(2, work.path()).await.unwrap();
+    // A reader of the executors' directories while the jobs run (Ballista removes a job's
+    // files once it is done): every file it finds, and whether one held the marker.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (stop, dir) = (Arc::clone(&stop), work.path().to_path_buf());
+        std::thread::spawn(move || {
+            let mut seen = std::collections::BTreeMap::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for (f, bytes) in read_all(&dir) {
+                    let plain = bytes.windows(MARKER.len()).any(|w| w == MARKER.as_bytes());
+                    *seen.entry(f).or_insert(false) |= plain;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            seen
+        })
+    };
     for sql in QUERIES {
         let here = rows(&query(sql, &tables, None).await.unwrap());
         let there = rows(&query(sql, &tables, Some(&cluster)).await.unwrap());
         assert!(!here.is_empty(), "{sql}");
         assert_eq!(here, there, "{sql}");
     }
-    // The executors wrote the stages' output, sealed: no file holds the marker.
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut seen = reader.join().unwrap();
+    for (f, bytes) in read_all(work.path()) {
+        let plain = bytes.windows(MARKER.len()).any(|w| w == MARKER.as_bytes());
+        *seen.entry(f).or_insert(false) |= plain;
+    }
+    // The executors wrote the stages' output, sealed: no file held the marker.
     let mut sealed = 0;
-    for entry in walk(work.path()) {
-        let bytes = std::fs::read(&entry).unwrap();
-        assert!(
-            !bytes.windows(MARKER.len()).any(|w| w == MARKER.as_bytes()),
-            "{} holds a value in plaintext",
-            entry.display()
-        );
+    for (entry, plain) in &seen {
+        assert!(!plain, "{} holds a value in plaintext", entry.display());
         let name = entry.file_name().unwrap().to_string_lossy().to_string();
         if let Some(tag) = name.strip_suffix(".sealed") {
             sealed += 1;
@@ -189,14 +215,20 @@ async fn a_job_on_the_cluster_gives_what_it_gives_here_and_leaves_no_plaintext()
         // Only the user running the cluster may list or read its directories.
         use std::os::unix::fs::PermissionsExt;
         let dir = entry.parent().unwrap();
-        assert_eq!(
-            std::fs::metadata(dir).unwrap().permissions().mode() & 0o077,
-            0,
-            "{} is open to others",
-            dir.display()
-        );
+        if let Ok(meta) = std::fs::metadata(dir) {
+            assert_eq!(
+                meta.permissions().mode() & 0o077,
+                0,
+                "{} is open to others",
+                dir.display()
+            );
+        }
     }
-    assert!(sealed > 0, "the executors wrote no shuffle file");
+    assert!(sealed > 0, "the reader saw no shuffle file");
+    assert!(
+        cluster.shuffle_bytes() > 0,
+        "the executors wrote no shuffle output"
+    );
 }
 
 /// An executor stops mid-job, as a crash would: the job ends with the whole result it gives
