@@ -888,21 +888,6 @@ pub struct JobCost {
     pub cpu_ms: u64,
 }
 
-/// The CPU time the calling thread has used, in nanoseconds.
-pub(crate) fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_THREAD_CPUTIME_ID is always available
-    // on Linux.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    if rc != 0 {
-        return 0;
-    }
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 /// [`run_query_until`] on threads of its own (a runtime made for this job, as many workers as
 /// the job has partitions), so that the CPU time it used can be measured: each thread adds its
 /// own CPU clock when it stops.
@@ -914,52 +899,22 @@ pub async fn run_query_isolated(
     cancel: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> (Result<JobOutput>, JobCost) {
     let udfs: Functions = udfs.into();
-    let (done, answer) = tokio::sync::oneshot::channel();
-    let spawned = std::thread::Builder::new()
-        .name("tidegate-job".into())
-        .stack_size(8 << 20)
-        .spawn(move || {
-            let cpu = Arc::new(AtomicU64::new(0));
-            let on_stop = Arc::clone(&cpu);
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(TARGET_PARTITIONS)
-                .thread_stack_size(8 << 20)
-                .on_thread_stop(move || {
-                    on_stop.fetch_add(thread_cpu_ns(), Ordering::Relaxed);
-                })
-                .enable_all()
-                .build();
-            let outcome = match runtime {
-                Ok(runtime) => {
-                    let before = thread_cpu_ns();
-                    let outcome =
-                        runtime.block_on(run_query_until(&sql, &tables, udfs, limits, cancel));
-                    cpu.fetch_add(thread_cpu_ns() - before, Ordering::Relaxed);
-                    // Stopping the workers runs their stop hooks.
-                    runtime.shutdown_timeout(Duration::from_secs(5));
-                    outcome
-                }
-                Err(e) => Err(Error::Internal(format!("job runtime: {e}"))),
-            };
-            let cost = JobCost {
-                cpu_ms: cpu.load(Ordering::Relaxed) / 1_000_000,
-            };
-            let _ = done.send((outcome, cost));
-        });
-    if let Err(e) = spawned {
-        return (
-            Err(Error::Internal(format!("job thread: {e}"))),
-            JobCost::default(),
-        );
-    }
-    answer.await.unwrap_or_else(|_| {
-        (
-            Err(Error::Internal(
-                "the job's thread ended without an answer".into(),
-            )),
-            JobCost::default(),
-        )
+    let ran = crate::threads::run_counted("tidegate-job", TARGET_PARTITIONS, move || async move {
+        run_query_until(&sql, &tables, udfs, limits, cancel).await
     })
+    .await;
+    match ran {
+        Ok((outcome, cpu_ns)) => (
+            outcome,
+            JobCost {
+                cpu_ms: cpu_ns / 1_000_000,
+            },
+        ),
+        Err(why) => (
+            Err(Error::Internal(format!("the job's runtime: {why}"))),
+            JobCost::default(),
+        ),
+    }
 }
 
 /// The most tokens a job's SQL may have. The engine plans expressions by recursion: a chain of

@@ -39,6 +39,18 @@ pub struct ResourceUse {
 }
 
 impl ResourceUse {
+    /// Raises each of the counts an executor records to `later`'s, where it is higher (a
+    /// record only grows, whatever order its tasks end in).
+    pub(crate) fn raise_to(&mut self, later: &ResourceUse) {
+        self.fuel = self.fuel.max(later.fuel);
+        self.guest_calls = self.guest_calls.max(later.guest_calls);
+        self.guest_output_bytes = self.guest_output_bytes.max(later.guest_output_bytes);
+        self.cpu_ms = self.cpu_ms.max(later.cpu_ms);
+        self.peak_guest_memory_bytes = self
+            .peak_guest_memory_bytes
+            .max(later.peak_guest_memory_bytes);
+    }
+
     /// Adds what a job's guests and tasks used elsewhere (on a cluster's executor): fuel,
     /// calls, output and CPU time add up; the most memory a guest held is the larger.
     pub(crate) fn add_executors(&mut self, there: &ResourceUse) {

@@ -121,20 +121,25 @@ fn a_job_runs_on_executor_processes_as_on_one_process_and_leaves_only_sealed_fil
     let other = root.path().join("other.secret");
     std::fs::write(&other, "22".repeat(32)).unwrap();
     std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let work_x = root.path().join("work-x");
-    let said = refused(&[
-        "executor",
-        "--data-dir",
-        data_s,
-        "--master-key",
-        key_s,
-        "--scheduler",
-        &at,
-        "--secret",
-        other.to_str().unwrap(),
-        "--work-dir",
-        work_x.to_str().unwrap(),
-    ]);
+    // `tidegate executor`'s arguments for the scheduler at `at`, a secret and a work directory.
+    let executor = |secret: &str, work: &Path| -> Vec<String> {
+        let args = [
+            "executor",
+            "--data-dir",
+            data_s,
+            "--master-key",
+            key_s,
+            "--scheduler",
+            &at,
+            "--secret",
+            secret,
+            "--work-dir",
+            work.to_str().unwrap(),
+        ];
+        args.map(str::to_string).to_vec()
+    };
+    let args = executor(other.to_str().unwrap(), &root.path().join("work-x"));
+    let said = refused(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(
         said.contains("no scheduler of this cluster answers"),
         "{said}"
@@ -178,20 +183,9 @@ fn a_job_runs_on_executor_processes_as_on_one_process_and_leaves_only_sealed_fil
     let _executors: Vec<Running> = work
         .iter()
         .map(|w| {
+            let args = executor(secret_s, w);
             start(
-                &[
-                    "executor",
-                    "--data-dir",
-                    data_s,
-                    "--master-key",
-                    key_s,
-                    "--scheduler",
-                    &at,
-                    "--secret",
-                    secret_s,
-                    "--work-dir",
-                    w.to_str().unwrap(),
-                ],
+                &args.iter().map(String::as_str).collect::<Vec<_>>(),
                 "shuffle served on",
             )
             .0

@@ -534,47 +534,20 @@ impl SealedStage {
         file: u64,
     ) -> DfResult<Vec<ShuffleWritePartition>> {
         let stage = self.clone();
-        let (done, answer) = tokio::sync::oneshot::channel();
-        let spawned = std::thread::Builder::new()
-            .name("tidegate-task".into())
-            .stack_size(8 << 20)
-            .spawn(move || {
-                let counted = Arc::clone(&share);
-                let runtime = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .thread_stack_size(8 << 20)
-                    .on_thread_stop(move || {
-                        counted.cpu_ns.fetch_add(
-                            crate::job::thread_cpu_ns(),
-                            std::sync::atomic::Ordering::Relaxed,
-                        );
-                    })
-                    .enable_all()
-                    .build();
-                let outcome = match runtime {
-                    Ok(runtime) => {
-                        let before = crate::job::thread_cpu_ns();
-                        let outcome = runtime.block_on(stage.write_all(&context, &share, file));
-                        share.cpu_ns.fetch_add(
-                            crate::job::thread_cpu_ns().saturating_sub(before),
-                            std::sync::atomic::Ordering::Relaxed,
-                        );
-                        // Stopping the workers runs their stop hooks.
-                        runtime.shutdown_timeout(std::time::Duration::from_secs(5));
-                        outcome
-                    }
-                    Err(e) => Err(DataFusionError::Execution(format!("a task's runtime: {e}"))),
-                };
-                let _ = done.send(outcome);
-            });
-        if let Err(e) = spawned {
-            return Err(DataFusionError::Execution(format!("a task's thread: {e}")));
-        }
-        answer.await.unwrap_or_else(|_| {
-            Err(DataFusionError::Execution(
-                "a task's thread ended without an answer".into(),
-            ))
+        let counted = Arc::clone(&share);
+        let ran = crate::threads::run_counted("tidegate-task", 2, move || async move {
+            stage.write_all(&context, &share, file).await
         })
+        .await;
+        match ran {
+            Ok((written, cpu_ns)) => {
+                counted
+                    .cpu_ns
+                    .fetch_add(cpu_ns, std::sync::atomic::Ordering::Relaxed);
+                written
+            }
+            Err(why) => Err(DataFusionError::Execution(format!("a task: {why}"))),
+        }
     }
 
     /// Writes each of the task's output partitions sealed into files numbered `file`.

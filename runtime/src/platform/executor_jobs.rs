@@ -187,13 +187,7 @@ impl JobSource for ExecutorJobs {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let record = recorded.entry(job.to_string()).or_default();
-        record.fuel = record.fuel.max(used.fuel);
-        record.guest_calls = record.guest_calls.max(used.guest_calls);
-        record.guest_output_bytes = record.guest_output_bytes.max(used.guest_output_bytes);
-        record.cpu_ms = record.cpu_ms.max(used.cpu_ms);
-        record.peak_guest_memory_bytes = record
-            .peak_guest_memory_bytes
-            .max(used.peak_guest_memory_bytes);
+        record.raise_to(used);
         write_atomic(
             &dir.join(format!("{}.json", self.instance)),
             to_json(record).as_bytes(),
