@@ -538,6 +538,7 @@ text_states! {
         JobEnd = "job.end",
         JobRead = "job.read",
         JobStart = "job.start",
+        JobUsage = "job.usage",
         KeysRotate = "keys.rotate",
         ModuleApprove = "module.approve",
         ModuleDownload = "module.download",

@@ -275,6 +275,7 @@ details! {
     ModuleVerify => ModuleVerify,
     ModuleRevoke => ModuleRevoke,
     JobDiscard => JobDiscard,
+    JobUsage => JobUsage,
     ExportReview => ExportReview,
     ScenarioSubmit => ScenarioSubmit,
     ScenarioRepin => ScenarioRepin,
@@ -416,6 +417,15 @@ pub(crate) struct ModuleRevoke {
     pub scenario: String,
     pub reason: String,
     pub exports_flagged: usize,
+}
+
+/// What the cluster's executors recorded for an ended job after its end, charged to it; the
+/// job is the entry's object. `late` as measured, `resources` the job's as its scientist now
+/// sees and pays for them.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct JobUsage {
+    pub late: ResourceUse,
+    pub resources: ResourceUse,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

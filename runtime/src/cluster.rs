@@ -74,6 +74,31 @@ struct JobShare {
     cpu_ns: std::sync::atomic::AtomicU64,
     /// Bytes of shuffle files its tasks wrote here (sealed).
     shuffled: std::sync::atomic::AtomicU64,
+    /// The job's own engine memory and deadline here.
+    budget: Option<Budget>,
+    /// The fuel and CPU time (ms) its last record here said.
+    recorded: Mutex<(u64, u64)>,
+}
+
+/// What a job's tasks may hold and how long they may run, on each executor: the job's own
+/// budgets, whatever the executor's defaults.
+struct Budget {
+    /// The job's engine memory (its scenario's quota), shared by all its tasks here: what
+    /// they hold together fails a task past it, rather than the process.
+    pool: Arc<dyn datafusion::execution::memory_pool::MemoryPool>,
+    /// When the job's time is up: its tasks stop, its guests trap.
+    deadline: std::time::Instant,
+}
+
+impl Budget {
+    fn new(memory_bytes: usize, deadline: std::time::Instant) -> Budget {
+        Budget {
+            pool: Arc::new(datafusion::execution::memory_pool::GreedyMemoryPool::new(
+                memory_bytes,
+            )),
+            deadline,
+        }
+    }
 }
 
 /// Where an executor of another process than the coordinator learns what a job may use: the
@@ -87,7 +112,13 @@ pub trait JobSource: Send + Sync + 'static {
     fn resolve(&self, job: &str) -> Result<ResolvedJob>;
     /// Records what the job used on this executor so far (its guests' fuel, calls, memory
     /// and output, its tasks' CPU time), for the platform to add to the job's meter.
-    fn record(&self, job: &str, used: &crate::ResourceUse) -> Result<()>;
+    /// `limit` is the limit the job's guests met here, if they met one (the platform's own
+    /// words, never data: the platform then fails the job with it, as it would have here).
+    fn record(&self, job: &str, used: &crate::ResourceUse, limit: Option<String>) -> Result<()>;
+    /// What the job used on the cluster's other executors, as they recorded it so far.
+    fn used_elsewhere(&self, job: &str) -> Result<crate::ResourceUse>;
+    /// Forgets what it kept of a job this executor no longer runs.
+    fn forget(&self, _job: &str) {}
 }
 
 /// A running job's functions and sealed tables, as an executor rebuilt them.
@@ -97,8 +128,12 @@ pub struct ResolvedJob {
     pub(crate) functions: Vec<(Option<String>, Arc<ScalarUDF>)>,
     /// The job's sealed tables, by their index among the job's tables.
     pub(crate) stores: Vec<Arc<dyn ObjectStore>>,
-    /// The meter of the job's guests on this executor.
+    /// The meter of the job's guests on this executor (with the job's fuel).
     pub(crate) meter: Arc<crate::sandbox::JobMeter>,
+    /// The job's engine memory, for all its tasks on this executor together.
+    pub(crate) memory_bytes: usize,
+    /// When the job's time is up.
+    pub(crate) deadline: std::time::Instant,
 }
 
 impl ResolvedJob {
@@ -113,6 +148,17 @@ impl ResolvedJob {
     /// How many sealed tables the job reads.
     pub fn tables(&self) -> usize {
         self.stores.len()
+    }
+
+    /// The job's own budgets here: its guests' fuel, its tasks' engine memory, and how long
+    /// it may still run.
+    pub fn budgets(&self) -> (u64, usize, std::time::Duration) {
+        (
+            self.meter.limits.fuel,
+            self.memory_bytes,
+            self.deadline
+                .saturating_duration_since(std::time::Instant::now()),
+        )
     }
 }
 
@@ -152,6 +198,10 @@ pub(crate) struct Registry {
     /// The CPU time (ns) the tasks of each ended job took on this process's executors, by
     /// token, until the platform takes it for the job's meter.
     spent: Mutex<HashMap<String, u64>>,
+    /// On an executor of another process: the jobs (by the platform's id) it stopped at their
+    /// deadline, and when; refused until long after any job may run, whatever the metadata
+    /// says (a job is not looked up again with a new meter and a new pool).
+    forgotten: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -190,7 +240,13 @@ impl Registry {
         if let Some(share) = self.admitted(token) {
             return Ok(share);
         }
-        if !source.running(&id).unwrap_or(false) {
+        if self
+            .forgotten
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(&id)
+            || !source.running(&id).unwrap_or(false)
+        {
             return Err(not_run());
         }
         let resolved = source.resolve(&id).map_err(|e| {
@@ -209,6 +265,7 @@ impl Registry {
                 .map(|(i, s)| (crate::tables::store_address(token, i), s))
                 .collect(),
             remote: Some((id, resolved.meter, std::time::Instant::now())),
+            budget: Some(Budget::new(resolved.memory_bytes, resolved.deadline)),
             ..JobShare::default()
         });
         self.jobs
@@ -218,23 +275,51 @@ impl Registry {
         Ok(share)
     }
 
-    /// Records, on an executor of another process, what the job of `share` used here so far.
-    async fn report(&self, share: &JobShare) {
+    /// Records, on an executor of another process, what the job of `share` used here so far
+    /// (after each task).
+    async fn report(self: &Arc<Self>, share: &Arc<JobShare>) {
+        let (registry, share) = (Arc::clone(self), Arc::clone(share));
+        let _ = tokio::task::spawn_blocking(move || registry.sync_usage(&share, true)).await;
+    }
+
+    /// Records, on an executor of another process, what the job of `share` used here so far
+    /// (always when `always`, else when it changed), and takes what its other executors
+    /// recorded from the fuel its guests may burn here: the job's fuel is one budget for the
+    /// whole cluster, held here as of the others' last records (the platform checks the sum
+    /// when the job ends). Blocking.
+    fn sync_usage(&self, share: &JobShare, always: bool) {
         let (Some(source), Some((id, meter, _))) = (&self.source, &share.remote) else {
             return;
         };
         let used = crate::ResourceUse {
-            fuel: meter.fuel_used(),
+            // What was burnt, without what calls running now were handed.
+            fuel: meter.fuel_burnt(),
             guest_calls: meter.calls(),
             peak_guest_memory_bytes: meter.peak_memory(),
             guest_output_bytes: meter.output_bytes(),
             cpu_ms: share.cpu_ns.load(std::sync::atomic::Ordering::Relaxed) / 1_000_000,
             ..crate::ResourceUse::default()
         };
-        let (source, id) = (Arc::clone(source), id.clone());
+        let now = (used.fuel, used.cpu_ms);
+        let changed = {
+            let mut last = share
+                .recorded
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            std::mem::replace(&mut *last, now) != now
+        };
         // A record that cannot be written is missing from the job's meter; the task's own
         // outcome stands (SECURITY.md).
-        let _ = tokio::task::spawn_blocking(move || source.record(&id, &used)).await;
+        let limit = match meter.check() {
+            Err(Error::Limit(why)) => Some(why),
+            _ => None,
+        };
+        if always || changed || limit.is_some() {
+            let _ = source.record(id, &used, limit);
+        }
+        if let Ok(elsewhere) = source.used_elsewhere(id) {
+            meter.spent_elsewhere(elsewhere.fuel);
+        }
     }
 
     /// Ends, on an executor of another process, every job its source no longer runs: its
@@ -249,23 +334,46 @@ impl Registry {
             .filter(|(_, s)| s.remote.is_some())
             .map(|(t, s)| (t.clone(), Arc::clone(s)))
             .collect();
+        // Ids forgotten long ago may be looked up again (they ended long ago).
+        let longest = crate::job::EngineLimits::default().wall_time;
+        self.forgotten
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|_, at| at.elapsed() < 2 * longest);
         for (token, share) in remote {
             let Some((id, meter, seen)) = &share.remote else {
                 continue;
             };
-            // Ended in the metadata, or older than any job may run (its coordinator may be
-            // gone without ending it); a metadata that cannot be read now is asked again.
-            let ended = matches!(source.running(id), Ok(false))
-                || seen.elapsed() > crate::job::EngineLimits::default().wall_time;
+            // What its guests burn here reaches the other executors' budgets of it, and
+            // theirs this one's, every half second while its tasks run.
+            self.sync_usage(&share, false);
+            // Ended in the metadata, past its deadline, or older than any job may run (its
+            // coordinator may be gone without ending it); a metadata that cannot be read now
+            // is asked again.
+            let late = share
+                .budget
+                .as_ref()
+                .is_some_and(|b| std::time::Instant::now() >= b.deadline)
+                || seen.elapsed() > longest;
+            let ended = late || matches!(source.running(id), Ok(false));
             if ended {
                 share
                     .ended
                     .store(true, std::sync::atomic::Ordering::Relaxed);
-                meter.cancel();
+                if late {
+                    meter.expire();
+                    self.forgotten
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(id.clone(), std::time::Instant::now());
+                } else {
+                    meter.cancel();
+                }
                 self.jobs
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .remove(&token);
+                source.forget(id);
                 if let Some(ballista) = share.ballista.get() {
                     self.forget_key(ballista);
                 }
@@ -784,18 +892,34 @@ pub(crate) fn without_dynamic_filters(config: &mut SessionConfig) {
 }
 
 /// An engine's runtime with [`Stores`] and no disk manager (nothing of a task reaches the
-/// disk through the engine: no spilling).
+/// disk through the engine: no spilling), for a task of the job its `config` names.
 fn runtime(
     jobs: Option<Arc<Registry>>,
+    config: &SessionConfig,
 ) -> DfResult<Arc<datafusion::execution::runtime_env::RuntimeEnv>> {
     use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
-    // Each task's memory is bounded (the policy's default job budget): what it holds fails
-    // the task past that, rather than the process.
-    let pool = datafusion::execution::memory_pool::GreedyMemoryPool::new(
-        (tidegate_policy::DEFAULT_JOB_MEMORY_MIB as usize) << 20,
-    );
+    use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryPool};
+    // A task's memory is bounded by its job's budget, shared with the job's other tasks
+    // here: what they hold fails the task past it, rather than the process. A task of a job
+    // this executor does not run (it is refused when it starts) gets the policy's default.
+    let token = config
+        .ballista_config()
+        .settings()
+        .get(ballista_core::config::BALLISTA_JOB_NAME)
+        .cloned()
+        .unwrap_or_default();
+    let pool: Arc<dyn MemoryPool> = match jobs
+        .as_ref()
+        .and_then(|jobs| jobs.job(&token).ok())
+        .and_then(|share| share.budget.as_ref().map(|b| Arc::clone(&b.pool)))
+    {
+        Some(pool) => pool,
+        None => Arc::new(GreedyMemoryPool::new(
+            (tidegate_policy::DEFAULT_JOB_MEMORY_MIB as usize) << 20,
+        )),
+    };
     datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
-        .with_memory_pool(Arc::new(pool))
+        .with_memory_pool(pool)
         .with_object_store_registry(Arc::new(Stores { jobs }))
         .with_disk_manager_builder(
             DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
@@ -854,38 +978,36 @@ impl Cluster {
     /// directories under `work` (created, and removed when the cluster is dropped). The
     /// executors resolve what the coordinator admitted.
     pub async fn standalone(executors: usize, work: &Path) -> Result<Cluster> {
-        Self::in_process(executors, work, None).await
+        Self::in_process(executors, work, Vec::new()).await
     }
 
-    /// [`Cluster::standalone`], with executors that share nothing with the coordinator but the
-    /// cluster's secret: each looks jobs up in `jobs` (the platform's metadata, read-only), as
+    /// [`Cluster::standalone`], with one executor per source in `jobs`, each sharing nothing
+    /// with the coordinator or the others but the cluster's secret: each looks jobs up in its
+    /// source (the platform's metadata, read-only), with a registry and meters of its own, as
     /// an executor of another process does.
-    pub async fn standalone_reading(
-        executors: usize,
-        work: &Path,
-        jobs: Arc<dyn JobSource>,
-    ) -> Result<Cluster> {
-        Self::in_process(executors, work, Some(jobs)).await
+    pub async fn standalone_reading(work: &Path, jobs: Vec<Arc<dyn JobSource>>) -> Result<Cluster> {
+        Self::in_process(jobs.len(), work, jobs).await
     }
 
     async fn in_process(
         executors: usize,
         work: &Path,
-        source: Option<Arc<dyn JobSource>>,
+        sources: Vec<Arc<dyn JobSource>>,
     ) -> Result<Cluster> {
         let secret = Arc::new(shuffle::Secret::random());
         let tls = Arc::new(tls::Tls::of(&secret)?);
         let scheduler =
             start_scheduler("127.0.0.1:0", Arc::clone(&secret), Arc::clone(&tls)).await?;
         let cluster = Self::joined(scheduler, secret, tls);
-        // The executors' registry: the coordinator's own, or one of theirs that looks jobs up.
-        let registry = match source {
-            None => Arc::clone(&cluster.registry),
-            Some(source) => executor::registry(source),
-        };
         let mut running = Vec::new();
         let mut dirs = Vec::new();
         for i in 0..executors {
+            // Each executor's registry: the coordinator's own, or one of its own that looks
+            // jobs up.
+            let registry = match sources.get(i) {
+                None => Arc::clone(&cluster.registry),
+                Some(source) => executor::registry(Arc::clone(source)),
+            };
             let dir = work.join(format!("executor-{i}"));
             dirs.push(dir.clone());
             running.push(
@@ -1012,6 +1134,8 @@ impl Cluster {
         token: String,
         functions: Vec<(Option<String>, Arc<ScalarUDF>)>,
         stores: Vec<(String, Arc<dyn ObjectStore>)>,
+        pool: Arc<dyn datafusion::execution::memory_pool::MemoryPool>,
+        deadline: std::time::Instant,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let share = Arc::new(JobShare {
             functions: functions
@@ -1019,6 +1143,8 @@ impl Cluster {
                 .map(|(m, f)| (f.name().to_string(), (m, f)))
                 .collect(),
             stores: stores.into_iter().collect(),
+            // The job's own pool (executors in this process hold what they take from it).
+            budget: Some(Budget { pool, deadline }),
             ..JobShare::default()
         });
         // A plan the scheduler and executors decode whole: bounded, so that no job's plan
@@ -1133,7 +1259,7 @@ async fn start_scheduler(
             let state = ballista_core::utils::default_session_builder(config)?;
             Ok(
                 datafusion::execution::SessionStateBuilder::new_from_existing(state)
-                    .with_runtime_env(runtime(None)?)
+                    .with_runtime_env(runtime(None, &SessionConfig::new())?)
                     .build(),
             )
         }),
@@ -1315,7 +1441,7 @@ mod executor {
         // A runtime of its own per task, whose stores resolve the job's sealed stores.
         let jobs = Arc::clone(&registry);
         let runtime: ballista_core::RuntimeProducer =
-            Arc::new(move |_| super::runtime(Some(Arc::clone(&jobs))));
+            Arc::new(move |config| super::runtime(Some(Arc::clone(&jobs)), config));
         let state = datafusion::execution::SessionStateBuilder::new()
             .with_default_features()
             .build();
@@ -1547,6 +1673,41 @@ mod tests {
         drop(admission);
         // Its files never open again: the key is gone from the only place it was.
         assert!(registry.existing_shuffle_key("B1").is_none());
+    }
+
+    #[test]
+    fn a_tasks_engine_memory_is_its_jobs_own_pool_shared_with_its_other_tasks() {
+        use datafusion::execution::memory_pool::{MemoryConsumer, MemoryLimit};
+        let registry = Arc::new(Registry::default());
+        let share = JobShare {
+            budget: Some(Budget::new(64 << 20, std::time::Instant::now())),
+            ..JobShare::default()
+        };
+        registry
+            .jobs
+            .lock()
+            .unwrap()
+            .insert("j".into(), Arc::new(share));
+        let task = |job: &str| {
+            let config = SessionConfig::new_with_ballista().with_ballista_job_name(job);
+            runtime(Some(Arc::clone(&registry)), &config).unwrap()
+        };
+        let (one, two) = (task("j"), task("j"));
+        assert!(matches!(
+            one.memory_pool.memory_limit(),
+            MemoryLimit::Finite(n) if n == 64 << 20
+        ));
+        // What one task holds, the other cannot.
+        let held = MemoryConsumer::new("one").register(&one.memory_pool);
+        held.try_grow(40 << 20).unwrap();
+        let more = MemoryConsumer::new("two").register(&two.memory_pool);
+        assert!(more.try_grow(40 << 20).is_err(), "past the job's budget");
+        // A task of a job not run here has the policy's default (it is refused at its start).
+        let stranger = task("k");
+        assert!(matches!(
+            stranger.memory_pool.memory_limit(),
+            MemoryLimit::Finite(n) if n == (tidegate_policy::DEFAULT_JOB_MEMORY_MIB as usize) << 20
+        ));
     }
 
     #[test]

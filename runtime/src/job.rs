@@ -263,8 +263,10 @@ pub async fn run_query_until(
                 .map_err(|e| map_error(e, Stage::Planning))
         }
     };
-    // The job's input, on the cluster when there is one.
+    // The job's input, on the cluster when there is one; an executor in this process takes
+    // what its tasks hold from the job's own pool.
     let input = |plan: LogicalPlan| {
+        let pool = Arc::clone(&pool) as Arc<dyn MemoryPool>;
         let physical = &physical;
         let functions = &job_functions;
         let cluster = &limits.cluster;
@@ -282,11 +284,14 @@ pub async fn run_query_until(
                         "a job on the cluster reads sealed tables only".into(),
                     ))
                 }
+                // The executors hold the job to its own engine memory and wall time.
                 Some(c) => c.distribute(
                     plan,
                     job.clone(),
                     functions.clone(),
                     sealed_stores(&job, tables),
+                    pool,
+                    std::time::Instant::now() + limits.wall_time,
                 ),
             }
         }

@@ -51,6 +51,21 @@ impl ResourceUse {
             .max(later.peak_guest_memory_bytes);
     }
 
+    /// What an executor's record `self` adds to its earlier record `was` (its counts only
+    /// grow; the most memory a guest held is the later record's).
+    pub(crate) fn beyond(&self, was: &ResourceUse) -> ResourceUse {
+        ResourceUse {
+            fuel: self.fuel.saturating_sub(was.fuel),
+            guest_calls: self.guest_calls.saturating_sub(was.guest_calls),
+            guest_output_bytes: self
+                .guest_output_bytes
+                .saturating_sub(was.guest_output_bytes),
+            cpu_ms: self.cpu_ms.saturating_sub(was.cpu_ms),
+            peak_guest_memory_bytes: self.peak_guest_memory_bytes,
+            ..ResourceUse::default()
+        }
+    }
+
     /// Adds what a job's guests and tasks used elsewhere (on a cluster's executor): fuel,
     /// calls, output and CPU time add up; the most memory a guest held is the larger.
     pub(crate) fn add_executors(&mut self, there: &ResourceUse) {

@@ -564,9 +564,23 @@ impl Platform {
                 .db
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Its own budgets, where the cluster's executors read them: they hold its guests
+            // to its fuel, its tasks to its engine memory, and stop it at its deadline.
+            let budgets = JobBudgets {
+                fuel,
+                memory_bytes: scenario.export_rules.job_memory_bytes(),
+                wall_ms,
+                started_ms: JobBudgets::now_ms(),
+            };
             db.execute(
-                "UPDATE jobs SET state = 'running', inputs = ?2, level = ?3 WHERE id = ?1 AND state = 'queued'",
-                params![id, to_json(&inputs_json(&inputs)), level.to_string()],
+                "UPDATE jobs SET state = 'running', inputs = ?2, level = ?3, limits = ?4
+                 WHERE id = ?1 AND state = 'queued'",
+                params![
+                    id,
+                    to_json(&inputs_json(&inputs)),
+                    level.to_string(),
+                    to_json(&budgets)
+                ],
             )
         };
         if taken.as_ref().map_or(true, |n| *n == 0) {
@@ -630,10 +644,29 @@ impl Platform {
         };
         // What its tasks used on the cluster's executors: this process's (CPU time), and other
         // processes' (their records of guests and CPU time).
+        let mut executors_limit = None;
         if let Some(cluster) = self.cluster() {
             resources.cpu_ms = resources.cpu_ms.saturating_add(cluster.take_cpu_ms(&id));
-            resources.add_executors(&self.cluster_usage(&id));
+            let (there, limit) = self.cluster_usage(&id);
+            resources.add_executors(&there);
+            executors_limit = limit;
+            // And what other jobs' tasks recorded after those jobs ended.
+            if let Err(e) = self.collect_late_cluster_usage() {
+                tracing::error!(error = %e, "late cluster usage could not be charged");
+            }
         }
+        // The job's fuel is one budget for the whole cluster: executors that together burnt
+        // more than it (each is held to the job's fuel less what the others had recorded)
+        // fail the job, whatever it computed.
+        // A job whose guests met a limit on an executor ends as it would have here, with
+        // that limit (the coordinator hears only that a task failed).
+        let outcome = match (outcome, executors_limit) {
+            (Ok(_), _) if resources.fuel > fuel => Err(Error::Limit(
+                "the job's fuel budget ran out on the cluster's executors".into(),
+            )),
+            (Err(Error::WhileRunning(_)), Some(limit)) => Err(Error::Limit(limit)),
+            (other, _) => other,
+        };
         // The result and its sets for the gate's memory are encoded, sealed and written before
         // the metadata lock is taken: a job over millions of rows never holds every other
         // request behind its writes. (A job cancelled meanwhile has them removed below.)

@@ -185,6 +185,10 @@ impl Platform {
                 }
             }
         }
+        // What the cluster's executors recorded for jobs after they ended.
+        if let Err(e) = self.collect_late_cluster_usage() {
+            tracing::error!(error = %e, "late cluster usage could not be charged");
+        }
         // R-MONITOR: the audit log verified on every sweep, not only when somebody asks.
         match self.verify_audit_scheduled() {
             Ok((entries, first_bad)) => {

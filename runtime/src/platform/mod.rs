@@ -68,6 +68,7 @@ pub use custody::SampleView;
 pub use directory::StagedUpload;
 pub use evaluation::EvaluationRequest;
 pub use executor_jobs::ExecutorJobs;
+use executor_jobs::JobBudgets;
 pub use lifecycle::{SWEEP_ACTOR, SweepReport};
 pub use lists::{ExportSummary, JobSummary, ListQuery, Listing, ModuleSummary};
 pub use metrics::PlatformCounts;

@@ -166,10 +166,16 @@ pub(super) const MIGRATIONS: &[(i64, &str)] = &[
         19,
         "ALTER TABLE exports ADD COLUMN public_figures INTEGER NOT NULL DEFAULT 0;",
     ),
+    (
+        // A running job's own budgets (fuel, engine memory, deadline), for the cluster's
+        // executors to hold it to.
+        20,
+        "ALTER TABLE jobs ADD COLUMN limits TEXT;",
+    ),
 ];
 
 /// The schema version this build writes.
-pub(super) const SCHEMA_VERSION: i64 = 19;
+pub(super) const SCHEMA_VERSION: i64 = 20;
 
 pub(super) fn open_db(path: &Path) -> Result<Connection> {
     let mut conn = Connection::open(path)?;

@@ -103,6 +103,7 @@ impl Guest {
         let left = self.store.get_fuel().unwrap_or(0);
         let granted = std::mem::take(&mut self.store.data_mut().granted);
         self.meter.refund(left.min(granted));
+        self.meter.release(granted, left.min(granted));
         let burned = granted.saturating_sub(left);
         let mut extra = CALL_FUEL;
         self.meter.calls.fetch_add(1, Ordering::Relaxed);
@@ -123,7 +124,7 @@ impl Guest {
         });
         self.meter.charge(extra);
         let result = result.map_err(|e| self.meter.fail(e));
-        if result.is_ok() && self.meter.fuel_used() > self.meter.limits.fuel {
+        if result.is_ok() && self.meter.fuel_used() > self.meter.fuel_budget() {
             return Err(self.meter.fail(Error::Limit(format!(
                 "the job's fuel budget ran out during {during}"
             ))));

@@ -361,6 +361,8 @@ enum Stopped {
     Cancelled,
     /// The job's wall-clock limit passed.
     Expired,
+    /// The job's guests burnt its fuel between the cluster's executors.
+    FuelSpent,
 }
 
 impl std::fmt::Display for Stopped {
@@ -368,6 +370,7 @@ impl std::fmt::Display for Stopped {
         f.write_str(match self {
             Stopped::Cancelled => "the job was cancelled",
             Stopped::Expired => "the job exceeded its wall-clock limit",
+            Stopped::FuelSpent => FUEL_SPENT,
         })
     }
 }
@@ -379,6 +382,7 @@ impl Stopped {
         match self {
             Stopped::Cancelled => cancelled_error(),
             Stopped::Expired => Error::Limit("the job exceeded its wall-clock limit".into()),
+            Stopped::FuelSpent => Error::Limit(FUEL_SPENT.into()),
         }
     }
 }
@@ -705,8 +709,10 @@ impl Sandbox {
         let instance = module.pre.instantiate(&mut store);
         if self.interruptible {
             // What the start function did not burn goes back to the job.
-            meter.refund(store.get_fuel().unwrap_or(0));
-            store.data_mut().granted = 0;
+            let granted = std::mem::take(&mut store.data_mut().granted);
+            let refunded = store.get_fuel().unwrap_or(0).min(granted);
+            meter.refund(refunded);
+            meter.release(granted, refunded);
         }
         let instance = instance.map_err(|e| {
             let error = match store.data_mut().denied.take() {
@@ -794,6 +800,12 @@ pub struct JobMeter {
     /// swallowed the error.
     failure: Mutex<Option<Error>>,
     fuel_used: AtomicU64,
+    /// Of `fuel_used`, what was burnt (without what calls running now were handed and may
+    /// give back): only grows.
+    burnt: AtomicU64,
+    /// Fuel the job's guests burnt on other executors of the cluster, as they recorded it:
+    /// taken from the budget here, not counted as used here.
+    elsewhere: AtomicU64,
     output_bytes: AtomicU64,
     /// Linear memory of the job's live instances now, and the most it ever was.
     memory: AtomicU64,
@@ -808,6 +820,10 @@ pub struct JobMeter {
 
 const STOP_CANCELLED: u8 = 1;
 const STOP_EXPIRED: u8 = 2;
+const STOP_FUEL_SPENT: u8 = 3;
+
+/// Why a job whose guests burnt its fuel between the cluster's executors stopped.
+const FUEL_SPENT: &str = "the job's fuel budget ran out on the cluster's executors";
 
 /// Fuel charged for `elapsed` of a guest's own time.
 fn fuel_for(elapsed: Duration) -> u64 {
@@ -821,6 +837,8 @@ impl JobMeter {
             stop: AtomicU8::new(0),
             failure: Mutex::new(None),
             fuel_used: AtomicU64::new(0),
+            burnt: AtomicU64::new(0),
+            elsewhere: AtomicU64::new(0),
             output_bytes: AtomicU64::new(0),
             memory: AtomicU64::new(0),
             peak_memory: AtomicU64::new(0),
@@ -857,6 +875,7 @@ impl JobMeter {
         match self.stop.load(Ordering::SeqCst) {
             STOP_CANCELLED => Some(Stopped::Cancelled),
             STOP_EXPIRED => Some(Stopped::Expired),
+            STOP_FUEL_SPENT => Some(Stopped::FuelSpent),
             _ => None,
         }
     }
@@ -909,7 +928,7 @@ impl JobMeter {
         }
         if charged {
             self.charge(INSTANCE_FUEL);
-            if self.fuel_used() >= self.limits.fuel {
+            if self.fuel_used() >= self.fuel_budget() {
                 self.live.fetch_sub(1, Ordering::SeqCst);
                 return Err(self.fail(Error::Limit(
                     "the job's fuel budget ran out during instantiation".into(),
@@ -953,7 +972,7 @@ impl JobMeter {
     fn reserve_share(&self) -> u64 {
         let mut used = self.fuel_used.load(Ordering::SeqCst);
         loop {
-            let avail = self.limits.fuel.saturating_sub(used);
+            let avail = self.fuel_budget().saturating_sub(used);
             let take = if avail <= 2 * FUEL_FLOOR {
                 avail
             } else {
@@ -974,12 +993,43 @@ impl JobMeter {
         }
     }
 
+    /// The fuel the job's guests may burn here: the job's, less what they burnt elsewhere.
+    pub(super) fn fuel_budget(&self) -> u64 {
+        self.limits
+            .fuel
+            .saturating_sub(self.elsewhere.load(Ordering::SeqCst))
+    }
+
+    /// Takes `fuel`, what the job's guests burnt on the cluster's other executors so far
+    /// (it only grows), from what they may burn here; stops them (at their next epoch tick)
+    /// when that and what they burnt here reach the job's fuel.
+    pub(crate) fn spent_elsewhere(&self, fuel: u64) {
+        self.elsewhere.fetch_max(fuel, Ordering::SeqCst);
+        if self.fuel_burnt().saturating_add(fuel) >= self.limits.fuel {
+            self.stop_with(STOP_FUEL_SPENT);
+        }
+    }
+
+    /// The fuel the job's guests have burnt here, without what calls running now were handed
+    /// and have not burnt yet (exact once no call runs, as [`JobMeter::fuel_used`]).
+    pub(crate) fn fuel_burnt(&self) -> u64 {
+        self.burnt.load(Ordering::SeqCst)
+    }
+
+    /// Ends a call that was handed `granted` fuel and gave `refunded` of it back: the rest
+    /// was burnt.
+    fn release(&self, granted: u64, refunded: u64) {
+        self.burnt
+            .fetch_add(granted.saturating_sub(refunded), Ordering::SeqCst);
+    }
+
     /// Gives back fuel a call was handed and did not burn.
     fn refund(&self, fuel: u64) {
         self.fuel_used.fetch_sub(fuel, Ordering::SeqCst);
     }
 
     fn charge(&self, fuel: u64) {
+        self.burnt.fetch_add(fuel, Ordering::SeqCst);
         self.fuel_used.fetch_add(fuel, Ordering::SeqCst);
     }
 

@@ -481,6 +481,35 @@ fn an_executor_looks_a_job_up_in_the_data_directory_and_refuses_a_module_not_app
             .any(|(name, m)| name == "tg_pseudonym" && m.is_none())
     );
     assert_eq!(resolved.tables(), 1);
+    // The job's own budgets, as the platform started it with them: the fuel of a scenario
+    // without a fuel quota, its scenario's engine memory, and no longer than a job may run.
+    let (fuel, memory, left) = resolved.budgets();
+    assert_eq!(fuel, GuestLimits::default().fuel);
+    assert_eq!(memory, EngineLimits::default().memory_bytes);
+    assert!(left <= EngineLimits::default().wall_time, "{left:?}");
+    // A running job without budgets does not run on an executor.
+    let budgets: String = db
+        .query_row("SELECT limits FROM jobs WHERE id = ?1", [id], |r| r.get(0))
+        .unwrap();
+    db.execute("UPDATE jobs SET limits = NULL WHERE id = ?1", [id])
+        .unwrap();
+    let refused = jobs.resolve(id).err().unwrap().to_string();
+    assert!(refused.contains("no budgets"), "{refused}");
+    set("UPDATE jobs SET limits = ?1 WHERE id = ?2", &budgets);
+
+    // A job whose scenario was suspended meanwhile.
+    db.execute(
+        "UPDATE scenarios SET state = 'suspended' WHERE id = ?1",
+        [&sid],
+    )
+    .unwrap();
+    let refused = jobs.resolve(id).err().unwrap().to_string();
+    assert!(refused.contains("not active"), "{refused}");
+    db.execute(
+        "UPDATE scenarios SET state = 'active' WHERE id = ?1",
+        [&sid],
+    )
+    .unwrap();
 
     // A module the job names that is not approved for its scenario.
     let stranger = "ab".repeat(32);
@@ -507,4 +536,160 @@ fn an_executor_looks_a_job_up_in_the_data_directory_and_refuses_a_module_not_app
     // The data directory with another master key.
     let other = tidegate_runtime::MasterKey::from_hex(&"11".repeat(32)).unwrap();
     assert!(tidegate_runtime::ExecutorJobs::open(&env.data_dir(), other).is_err());
+}
+
+/// The burner: `f(float64) -> float64` loops two billion times on every call, then traps.
+fn burner() -> Vec<u8> {
+    crate::common::scalar_module(
+        "f",
+        "float64) -> float64",
+        "(block $d (loop $l
+            (local.set $i (i32.add (local.get $i) (i32.const 1)))
+            (br_if $l (i32.lt_u (local.get $i) (i32.const 2000000000)))))
+         unreachable",
+        "",
+    )
+}
+
+/// Executors that look a job up in the data directory give its guests the job's own fuel,
+/// what was left of its scenario's daily quota when it started, not a default of their own:
+/// a guest that would burn far more is stopped at the quota, on the cluster as here.
+#[test]
+fn executors_hold_a_jobs_guests_to_what_is_left_of_its_scenarios_fuel_quota() {
+    use crate::common::Placement;
+    let env = crate::common::setup_on(true, Placement::ExecutorsReading);
+    let w = &env.world;
+    w.import_visits(&tidegate_server::visitor_csv(2_000))
+        .unwrap();
+    let mut request = crate::common::scenario_request(false);
+    request["export_rules"] = serde_json::json!({ "gigafuel_per_day": 1 });
+    request["grants"] = serde_json::json!([
+        { "dataset": "visits", "columns": ["resident_id", "spot", "spend"] }
+    ]);
+    let sid = crate::common::approved_scenario(w, &w.scientist, &request);
+    let (module, _) = w.publish_module(&sid, &burner()).unwrap();
+    let hash = module["hash"].as_str().unwrap().to_string();
+    let burned = crate::common::job(
+        &env,
+        &sid,
+        "SELECT spot, sum(f(spend)) AS s FROM visits GROUP BY spot",
+        &[hash],
+    );
+    assert_eq!(burned["state"], "failed", "{burned}");
+    // Recorded by the executors, added to the job's meter: the quota, or (two executors
+    // burning at once before either hears of the other) at most the quota on each; not the
+    // executors' default of fifty times as much (one call alone would burn several times the
+    // quota).
+    let fuel = burned["resources"]["fuel"].as_u64().unwrap();
+    assert!(
+        (1_000_000_000..=2_000_000_000).contains(&fuel),
+        "stopped at the quota: {burned}"
+    );
+    // Told as a job out of its quota here is told (the executors recorded the limit met).
+    let error = burned["error"].as_str().unwrap();
+    assert!(
+        error.contains("daily fuel quota (gigafuel_per_day)"),
+        "{error}"
+    );
+    let spent = w
+        .scientist
+        .submit_job(
+            &sid,
+            "SELECT spot, count(*) AS n FROM visits GROUP BY spot",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(spent.contains("quota of 1 x 10^9 a day"), "{spent}");
+}
+
+/// A task that still ran when its job ended records what it used after the platform took
+/// the job's records: once the records have not changed for half a minute, the next job's end
+/// or the sweep charges the job for what each executor's record adds to what was charged of
+/// it (in the units its scientist sees), once, with an entry in the audit log.
+#[test]
+fn what_executors_record_after_a_job_ended_is_charged_to_it_once_for_what_it_adds() {
+    use crate::common::Placement;
+    use std::time::{Duration, SystemTime};
+    let (env, sid, module) = crate::common::active_scenario_on(Placement::ExecutorsReading);
+    let ended = crate::common::job(&env, &sid, crate::common::DEMO_SQL, &[module]);
+    assert_eq!(ended["state"], "succeeded", "{ended}");
+    let id = ended["id"].as_str().unwrap().to_string();
+    let before = ended["resources"]["fuel"].as_u64().unwrap();
+    let usage = env.data_dir().join("cluster-usage");
+    // The executors' records, as the platform took them when the job ended: its module's
+    // functions ran there only.
+    let charged = usage.join(format!(".{id}.charged"));
+    let (name, taken) = std::fs::read_dir(&charged)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .map(|p| {
+            let used: tidegate_runtime::ResourceUse =
+                serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+            (p.file_name().unwrap().to_owned(), used)
+        })
+        .max_by_key(|(_, used)| used.fuel)
+        .unwrap();
+    assert!(taken.fuel > 0 && taken.guest_calls > 0, "{taken:?}");
+
+    let long_ago = SystemTime::now() - Duration::from_secs(120);
+    let age = |path: &std::path::Path, at: SystemTime| {
+        std::fs::File::open(path).unwrap().set_modified(at).unwrap();
+    };
+    // A task of the job that ran on records its executor's whole use again, grown.
+    let record = |fuel: u64, at: SystemTime| {
+        let dir = usage.join(&id);
+        std::fs::create_dir_all(&dir).unwrap();
+        let grown = tidegate_runtime::ResourceUse {
+            fuel,
+            cpu_ms: taken.cpu_ms + 2_500,
+            ..taken.clone()
+        };
+        let file = dir.join(&name);
+        std::fs::write(&file, serde_json::to_string(&grown).unwrap()).unwrap();
+        age(&file, at);
+        age(&dir, at);
+    };
+    let fuel = || {
+        env.world.scientist.get_job(&id).unwrap()["resources"]["fuel"]
+            .as_u64()
+            .unwrap()
+    };
+    let usage_entries = || {
+        let log =
+            std::fs::read_to_string(env.data_dir().join(tidegate_runtime::AUDIT_FILE)).unwrap();
+        log.lines().filter(|l| l.contains("\"job.usage\"")).count()
+    };
+
+    // Just written: a task may still be recording, so it waits.
+    record(taken.fuel + 3_000_000_000, SystemTime::now());
+    // Records of a job that never was are removed, uncharged.
+    let stranger = usage.join("job_0000");
+    std::fs::create_dir_all(&stranger).unwrap();
+    std::fs::write(
+        stranger.join("e.json"),
+        serde_json::to_string(&taken).unwrap(),
+    )
+    .unwrap();
+    age(&stranger.join("e.json"), long_ago);
+    age(&stranger, long_ago);
+    env.world.admin.sweep().unwrap();
+    assert_eq!(fuel(), before);
+    assert!(!stranger.exists());
+
+    // Settled: what it adds to what was charged of that executor, not its whole use again.
+    record(taken.fuel + 3_000_000_000, long_ago);
+    env.world.admin.sweep().unwrap();
+    assert_eq!(fuel(), before + 3_000_000_000);
+    assert!(!usage.join(&id).exists(), "taken");
+    assert_eq!(usage_entries(), 1);
+    env.world.admin.sweep().unwrap();
+    assert_eq!(fuel(), before + 3_000_000_000, "charged once");
+
+    // A later record again: only what it adds to the last.
+    record(taken.fuel + 4_000_000_000, long_ago);
+    env.world.admin.sweep().unwrap();
+    assert_eq!(fuel(), before + 4_000_000_000);
+    assert_eq!(usage_entries(), 2);
 }

@@ -178,9 +178,9 @@ pub(crate) enum Placement {
     Here,
     /// On an in-process cluster whose executors share the platform's registry of jobs.
     Cluster,
-    /// On an in-process cluster whose executors share nothing with the platform but the
-    /// cluster's secret: each looks jobs up in the data directory, read-only, as an executor
-    /// process does (`tidegate executor`).
+    /// On an in-process cluster of two executors that share nothing with the platform or
+    /// each other but the cluster's secret: each looks jobs up in the data directory,
+    /// read-only, as an executor process does (`tidegate executor`).
     ExecutorsReading,
 }
 
@@ -202,14 +202,20 @@ pub(crate) fn setup_on(train: bool, placement: Placement) -> Env {
             Some(runtime.block_on(tidegate_runtime::Cluster::standalone(2, &work)))
         }
         Placement::ExecutorsReading => {
-            let master =
-                tidegate_runtime::MasterKey::load(&dir.path().join("keys/master.key")).unwrap();
-            let jobs = tidegate_runtime::ExecutorJobs::open(&dir.path().join("data"), master);
+            // Two executors, each with its own view of the data directory (as two processes).
+            let sources = (0..2)
+                .map(|_| {
+                    let master =
+                        tidegate_runtime::MasterKey::load(&dir.path().join("keys/master.key"))
+                            .unwrap();
+                    let jobs =
+                        tidegate_runtime::ExecutorJobs::open(&dir.path().join("data"), master);
+                    Arc::new(jobs.unwrap()) as Arc<dyn tidegate_runtime::JobSource>
+                })
+                .collect();
             Some(
                 runtime.block_on(tidegate_runtime::Cluster::standalone_reading(
-                    2,
-                    &work,
-                    Arc::new(jobs.unwrap()),
+                    &work, sources,
                 )),
             )
         }
