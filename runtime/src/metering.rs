@@ -308,6 +308,8 @@ pub fn ledger_from_audit(entries: &[AuditEntry]) -> Result<Ledger> {
     let mut dataset_org: BTreeMap<String, String> = BTreeMap::new();
     let mut scenario_datasets: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut job_scenario: BTreeMap<String, String> = BTreeMap::new();
+    // Where each ended job's event is in the ledger (a later charge changes its fuel).
+    let mut job_event: BTreeMap<String, usize> = BTreeMap::new();
     let mut export_scenario: BTreeMap<String, String> = BTreeMap::new();
     let mut released: BTreeSet<String> = BTreeSet::new();
     for e in entries {
@@ -367,6 +369,7 @@ pub fn ledger_from_audit(entries: &[AuditEntry]) -> Result<Ledger> {
                     .get(&e.object)
                     .ok_or_else(|| missing(e, "a started job"))?
                     .clone();
+                job_event.insert(e.object.clone(), ledger.events.len());
                 ledger.events.push(Event::Job {
                     scenario: scenario.clone(),
                     at: e.at.clone(),
@@ -456,6 +459,17 @@ pub fn ledger_from_audit(entries: &[AuditEntry]) -> Result<Ledger> {
             Ok(Action::PriceSet) => {
                 let d = audited::PriceSet::read(e)?;
                 ledger.prices.insert(e.object.clone(), d.fen_per_unit);
+            }
+            // What the cluster's executors recorded after a job ended, charged to it: the
+            // job's fuel is what its row now says (as the platform's own ledger reads it).
+            Ok(Action::JobUsage) => {
+                let d = audited::JobUsage::read(e)?;
+                let at = *job_event
+                    .get(&e.object)
+                    .ok_or_else(|| missing(e, "an ended job"))?;
+                if let Some(Event::Job { fuel, .. }) = ledger.events.get_mut(at) {
+                    *fuel = d.resources.fuel;
+                }
             }
             // The alert settings' entries (object `alerts`) change no price.
             Ok(Action::PolicyApply) if e.object != "alerts" => {

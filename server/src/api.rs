@@ -1488,6 +1488,19 @@ pub async fn serve(
             }
         }
     });
+    // What the cluster's executors recorded for jobs after they ended, charged every minute
+    // (records are charged only until a quarter of an hour past a job's deadline).
+    let charged = Arc::clone(&platform);
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            let p = Arc::clone(&charged);
+            if let Err(e) = on_blocking_pool(move || p.collect_late_cluster_usage()).await {
+                tracing::error!(error = %e, "late cluster usage could not be charged");
+            }
+        }
+    });
     axum::serve(
         listener,
         router(platform).into_make_service_with_connect_info::<SocketAddr>(),

@@ -385,7 +385,7 @@ impl Platform {
     /// updated (a crash between the two loses the charge, never charges it twice). Records of
     /// jobs that do not exist, never ran with budgets or ended long ago are removed uncharged.
     /// Returns how many jobs were charged more.
-    pub(super) fn collect_late_cluster_usage(&self) -> Result<usize> {
+    pub fn collect_late_cluster_usage(&self) -> Result<usize> {
         let root = self.dir.join(CLUSTER_USAGE);
         let Ok(entries) = fs::read_dir(&root) else {
             return Ok(0);
@@ -393,8 +393,23 @@ impl Platform {
         let mut charged = 0;
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().to_string();
+            if let Some(id) = name
+                .strip_prefix('.')
+                .and_then(|n| n.strip_suffix(".charged"))
+            {
+                // A job's charged records are kept while later ones of it may be charged
+                // (they are charged for what they add to these).
+                let keep = plain_id(id)
+                    && self.late_cutoff_ms(id)?.is_some_and(|cutoff| {
+                        JobBudgets::now_ms() <= cutoff.saturating_add(60_000)
+                    });
+                if !keep {
+                    let _ = fs::remove_dir_all(entry.path());
+                }
+                continue;
+            }
             if name.starts_with('.') {
-                // Charged records (or what a crash left) past the time any record can come.
+                // What a crash left while it took records.
                 if age(&entry.path()).is_some_and(|a| a > KEEP_RECORDS) {
                     let _ = fs::remove_dir_all(entry.path());
                 }
@@ -412,6 +427,25 @@ impl Platform {
             }
         }
         Ok(charged)
+    }
+
+    /// Until when (ms since the epoch) records of job `id` are charged: a quarter of an hour
+    /// past its deadline; none for a job that does not exist or never ran with budgets.
+    fn late_cutoff_ms(&self, id: &str) -> Result<Option<u64>> {
+        let limits: Option<Option<String>> = self
+            .lock_db()
+            .query_row("SELECT limits FROM jobs WHERE id = ?1", params![id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(limits
+            .flatten()
+            .and_then(|l| serde_json::from_str::<JobBudgets>(&l).ok())
+            .map(|b| {
+                b.started_ms
+                    .saturating_add(b.wall_ms)
+                    .saturating_add(KEEP_RECORDS.as_millis() as u64)
+            }))
     }
 
     /// [`Platform::collect_late_cluster_usage`] for job `id`'s records: whether it was charged.
@@ -440,11 +474,11 @@ impl Platform {
         let Some(budgets) = limits.and_then(|l| serde_json::from_str::<JobBudgets>(&l).ok()) else {
             return stale();
         };
-        let ended_by = budgets
+        let cutoff = budgets
             .started_ms
             .saturating_add(budgets.wall_ms)
             .saturating_add(KEEP_RECORDS.as_millis() as u64);
-        if JobBudgets::now_ms() > ended_by {
+        if JobBudgets::now_ms() > cutoff {
             return stale();
         }
         // One taker: whoever renames the directory charges it.

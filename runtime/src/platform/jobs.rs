@@ -657,14 +657,24 @@ impl Platform {
         }
         // The job's fuel is one budget for the whole cluster: executors that together burnt
         // more than it (each is held to the job's fuel less what the others had recorded)
-        // fail the job, whatever it computed.
-        // A job whose guests met a limit on an executor ends as it would have here, with
-        // that limit (the coordinator hears only that a task failed).
+        // fail the job, whatever it computed. Over L1 data a job whose guests met a limit on
+        // an executor ends as it would have here, with that limit (the coordinator hears only
+        // that a task failed); over L2 or L3 data, as here, it shows that it failed, never why
+        // (R-GATE 7: a limit a guest reaches may depend on a value).
+        let while_running = |e: Error| {
+            if level > Level::L1 {
+                Error::WhileRunning(Box::new(e))
+            } else {
+                e
+            }
+        };
         let outcome = match (outcome, executors_limit) {
-            (Ok(_), _) if resources.fuel > fuel => Err(Error::Limit(
+            (Ok(_), _) if resources.fuel > fuel => Err(while_running(Error::Limit(
                 "the job's fuel budget ran out on the cluster's executors".into(),
-            )),
-            (Err(Error::WhileRunning(_)), Some(limit)) => Err(Error::Limit(limit)),
+            ))),
+            (Err(e), Some(limit)) if level <= Level::L1 && !matches!(e, Error::Limit(_)) => {
+                Err(Error::Limit(limit))
+            }
             (other, _) => other,
         };
         // The result and its sets for the gate's memory are encoded, sealed and written before

@@ -482,15 +482,44 @@ fn an_executor_looks_a_job_up_in_the_data_directory_and_refuses_a_module_not_app
     );
     assert_eq!(resolved.tables(), 1);
     // The job's own budgets, as the platform started it with them: the fuel of a scenario
-    // without a fuel quota, its scenario's engine memory, and no longer than a job may run.
-    let (fuel, memory, left) = resolved.budgets();
+    // without a fuel quota and its scenario's engine memory.
+    let (fuel, memory, _) = resolved.budgets();
     assert_eq!(fuel, GuestLimits::default().fuel);
     assert_eq!(memory, EngineLimits::default().memory_bytes);
-    assert!(left <= EngineLimits::default().wall_time, "{left:?}");
-    // A running job without budgets does not run on an executor.
     let budgets: String = db
         .query_row("SELECT limits FROM jobs WHERE id = ?1", [id], |r| r.get(0))
         .unwrap();
+    // Whatever the row says, within the platform's limits: what is left of the time since it
+    // started.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let row = |fuel: u64, memory: u64, wall_ms: u64, started_ms: u64| {
+        serde_json::json!({
+            "fuel": fuel, "memory_bytes": memory, "wall_ms": wall_ms, "started_ms": started_ms
+        })
+        .to_string()
+    };
+    set(
+        "UPDATE jobs SET limits = ?1 WHERE id = ?2",
+        &row(7_000_000_000, 256 << 20, 60_000, now_ms - 20_000),
+    );
+    let (fuel, memory, left) = jobs.resolve(id).unwrap().budgets();
+    assert_eq!((fuel, memory), (7_000_000_000, 256 << 20));
+    assert!(
+        left > std::time::Duration::from_secs(30) && left <= std::time::Duration::from_secs(40),
+        "{left:?}"
+    );
+    set(
+        "UPDATE jobs SET limits = ?1 WHERE id = ?2",
+        &row(u64::MAX, u64::MAX, u64::MAX, u64::MAX),
+    );
+    let (fuel, memory, left) = jobs.resolve(id).unwrap().budgets();
+    assert_eq!(fuel, GuestLimits::default().fuel);
+    assert_eq!(memory, 16384 << 20);
+    assert!(left <= EngineLimits::default().wall_time, "{left:?}");
+    // A running job without budgets does not run on an executor.
     db.execute("UPDATE jobs SET limits = NULL WHERE id = ?1", [id])
         .unwrap();
     let refused = jobs.resolve(id).err().unwrap().to_string();
@@ -553,54 +582,56 @@ fn burner() -> Vec<u8> {
 
 /// Executors that look a job up in the data directory give its guests the job's own fuel,
 /// what was left of its scenario's daily quota when it started, not a default of their own:
-/// a guest that would burn far more is stopped at the quota, on the cluster as here.
+/// a guest that would burn far more is stopped at the quota, on the cluster as here, and the
+/// job tells its scientist what it tells here (over L2 data: that it failed, never why).
 #[test]
 fn executors_hold_a_jobs_guests_to_what_is_left_of_its_scenarios_fuel_quota() {
     use crate::common::Placement;
-    let env = crate::common::setup_on(true, Placement::ExecutorsReading);
-    let w = &env.world;
-    w.import_visits(&tidegate_server::visitor_csv(2_000))
-        .unwrap();
-    let mut request = crate::common::scenario_request(false);
-    request["export_rules"] = serde_json::json!({ "gigafuel_per_day": 1 });
-    request["grants"] = serde_json::json!([
-        { "dataset": "visits", "columns": ["resident_id", "spot", "spend"] }
-    ]);
-    let sid = crate::common::approved_scenario(w, &w.scientist, &request);
-    let (module, _) = w.publish_module(&sid, &burner()).unwrap();
-    let hash = module["hash"].as_str().unwrap().to_string();
-    let burned = crate::common::job(
-        &env,
-        &sid,
-        "SELECT spot, sum(f(spend)) AS s FROM visits GROUP BY spot",
-        &[hash],
-    );
-    assert_eq!(burned["state"], "failed", "{burned}");
+    let burn = |placement: Placement| {
+        let env = crate::common::setup_on(true, placement);
+        let w = &env.world;
+        w.import_visits(&tidegate_server::visitor_csv(2_000))
+            .unwrap();
+        let mut request = crate::common::scenario_request(false);
+        request["export_rules"] = serde_json::json!({ "gigafuel_per_day": 1 });
+        request["grants"] = serde_json::json!([
+            { "dataset": "visits", "columns": ["resident_id", "spot", "spend"] }
+        ]);
+        let sid = crate::common::approved_scenario(w, &w.scientist, &request);
+        let (module, _) = w.publish_module(&sid, &burner()).unwrap();
+        let hash = module["hash"].as_str().unwrap().to_string();
+        let burned = crate::common::job(
+            &env,
+            &sid,
+            "SELECT spot, sum(f(spend)) AS s FROM visits GROUP BY spot",
+            &[hash],
+        );
+        let spent = w
+            .scientist
+            .submit_job(
+                &sid,
+                "SELECT spot, count(*) AS n FROM visits GROUP BY spot",
+                &[],
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(spent.contains("quota of 1 x 10^9 a day"), "{spent}");
+        burned
+    };
+    let here = burn(Placement::Here);
+    let there = burn(Placement::ExecutorsReading);
+    assert_eq!(there["state"], "failed", "{there}");
+    assert_eq!(there["error"], here["error"]);
     // Recorded by the executors, added to the job's meter: the quota, or (two executors
     // burning at once before either hears of the other) at most the quota on each; not the
     // executors' default of fifty times as much (one call alone would burn several times the
     // quota).
-    let fuel = burned["resources"]["fuel"].as_u64().unwrap();
+    let fuel = there["resources"]["fuel"].as_u64().unwrap();
     assert!(
         (1_000_000_000..=2_000_000_000).contains(&fuel),
-        "stopped at the quota: {burned}"
+        "stopped at the quota: {there}"
     );
-    // Told as a job out of its quota here is told (the executors recorded the limit met).
-    let error = burned["error"].as_str().unwrap();
-    assert!(
-        error.contains("daily fuel quota (gigafuel_per_day)"),
-        "{error}"
-    );
-    let spent = w
-        .scientist
-        .submit_job(
-            &sid,
-            "SELECT spot, count(*) AS n FROM visits GROUP BY spot",
-            &[],
-        )
-        .unwrap_err()
-        .to_string();
-    assert!(spent.contains("quota of 1 x 10^9 a day"), "{spent}");
+    assert_eq!(here["resources"]["fuel"], 1_000_000_000u64);
 }
 
 /// A task that still ran when its job ended records what it used after the platform took
@@ -692,4 +723,40 @@ fn what_executors_record_after_a_job_ended_is_charged_to_it_once_for_what_it_add
     env.world.admin.sweep().unwrap();
     assert_eq!(fuel(), before + 4_000_000_000);
     assert_eq!(usage_entries(), 2);
+
+    // The unit's statement rebuilt from the audit log alone is the platform's, late fuel and
+    // all.
+    let rfc3339 = &time::format_description::well_known::Rfc3339;
+    let as_of = time::OffsetDateTime::now_utc() + time::Duration::hours(6);
+    let today = as_of.date();
+    let period = format!("{:04}-{:02}", today.year(), u8::from(today.month()));
+    let w = &env.world;
+    let billed = w
+        .admin
+        .statement_as_of(&w.operator_org, &period, &as_of.format(rfc3339).unwrap())
+        .unwrap();
+    let entries = tidegate_runtime::read_audit_log(
+        &env.data_dir().join(tidegate_runtime::AUDIT_FILE),
+        Some(&crate::common::platform_key(&env)),
+    )
+    .unwrap();
+    let replayed = tidegate_runtime::statement_from_ledger(
+        &tidegate_runtime::ledger_from_audit(&entries).unwrap(),
+        &w.operator_org,
+        &period,
+        as_of,
+    )
+    .unwrap();
+    assert_eq!(
+        serde_json::from_value::<tidegate_runtime::Statement>(billed.clone()).unwrap(),
+        replayed
+    );
+    let consumed: f64 = billed["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["item"] == "resource_consumption")
+        .map(|l| l["quantity"].as_f64().unwrap())
+        .sum();
+    assert!(consumed >= 4.0, "the late fuel is billed: {billed}");
 }
