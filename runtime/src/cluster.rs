@@ -76,8 +76,8 @@ struct JobShare {
     shuffled: std::sync::atomic::AtomicU64,
     /// The job's own engine memory and deadline here.
     budget: Option<Budget>,
-    /// The fuel and CPU time (ms) its last record here said.
-    recorded: Mutex<(u64, u64)>,
+    /// The fuel, CPU time (ms) and whether a limit was met, as its last record here said.
+    recorded: Mutex<(u64, u64, bool)>,
 }
 
 /// What a job's tasks may hold and how long they may run, on each executor: the job's own
@@ -291,6 +291,10 @@ impl Registry {
         let (Some(source), Some((id, meter, _))) = (&self.source, &share.remote) else {
             return;
         };
+        // First what the others burnt (it may stop the guests here: that is recorded below).
+        if let Ok(elsewhere) = source.used_elsewhere(id) {
+            meter.spent_elsewhere(elsewhere.fuel);
+        }
         let used = crate::ResourceUse {
             // What was burnt, without what calls running now were handed.
             fuel: meter.fuel_burnt(),
@@ -300,7 +304,11 @@ impl Registry {
             cpu_ms: share.cpu_ns.load(std::sync::atomic::Ordering::Relaxed) / 1_000_000,
             ..crate::ResourceUse::default()
         };
-        let now = (used.fuel, used.cpu_ms);
+        let limit = match meter.check() {
+            Err(Error::Limit(why)) => Some(why),
+            _ => None,
+        };
+        let now = (used.fuel, used.cpu_ms, limit.is_some());
         let changed = {
             let mut last = share
                 .recorded
@@ -310,15 +318,8 @@ impl Registry {
         };
         // A record that cannot be written is missing from the job's meter; the task's own
         // outcome stands (SECURITY.md).
-        let limit = match meter.check() {
-            Err(Error::Limit(why)) => Some(why),
-            _ => None,
-        };
-        if always || changed || limit.is_some() {
+        if always || changed {
             let _ = source.record(id, &used, limit);
-        }
-        if let Ok(elsewhere) = source.used_elsewhere(id) {
-            meter.spent_elsewhere(elsewhere.fuel);
         }
     }
 
@@ -1673,6 +1674,89 @@ mod tests {
         drop(admission);
         // Its files never open again: the key is gone from the only place it was.
         assert!(registry.existing_shuffle_key("B1").is_none());
+    }
+
+    /// A source whose other executors recorded `elsewhere` fuel, and what this one recorded.
+    struct Others {
+        elsewhere: std::sync::atomic::AtomicU64,
+        recorded: Mutex<Vec<(crate::ResourceUse, Option<String>)>>,
+    }
+
+    impl JobSource for Others {
+        fn running(&self, _job: &str) -> Result<bool> {
+            Ok(true)
+        }
+        fn resolve(&self, _job: &str) -> Result<ResolvedJob> {
+            Err(Error::Refused("not here".into()))
+        }
+        fn record(
+            &self,
+            _job: &str,
+            used: &crate::ResourceUse,
+            limit: Option<String>,
+        ) -> Result<()> {
+            self.recorded.lock().unwrap().push((used.clone(), limit));
+            Ok(())
+        }
+        fn used_elsewhere(&self, _job: &str) -> Result<crate::ResourceUse> {
+            Ok(crate::ResourceUse {
+                fuel: self.elsewhere.load(std::sync::atomic::Ordering::SeqCst),
+                ..Default::default()
+            })
+        }
+    }
+
+    #[test]
+    fn what_the_other_executors_burnt_is_taken_from_the_fuel_a_jobs_guests_may_burn_here() {
+        use crate::sandbox::{GuestLimits, JobMeter};
+        let others = Arc::new(Others {
+            elsewhere: std::sync::atomic::AtomicU64::new(400_000_000),
+            recorded: Mutex::default(),
+        });
+        let registry = Registry {
+            source: Some(Arc::clone(&others) as Arc<dyn JobSource>),
+            ..Registry::default()
+        };
+        let meter = Arc::new(JobMeter::new(GuestLimits {
+            fuel: 1_000_000_000,
+            ..GuestLimits::default()
+        }));
+        let share = JobShare {
+            remote: Some((
+                "job_1".into(),
+                Arc::clone(&meter),
+                std::time::Instant::now(),
+            )),
+            ..JobShare::default()
+        };
+        // Below the job's fuel together: the guests here go on, with less to burn.
+        registry.sync_usage(&share, true);
+        assert!(meter.check().is_ok());
+        assert_eq!(meter.fuel_budget(), 600_000_000);
+        // This executor's record is what was burnt here (nothing yet), without a limit.
+        let recorded = others.recorded.lock().unwrap().clone();
+        assert_eq!(recorded.len(), 1);
+        assert_eq!(recorded[0].0.fuel, 0);
+        assert!(recorded[0].1.is_none());
+        // Nothing changed here: the half-second pass does not write again.
+        registry.sync_usage(&share, false);
+        assert_eq!(others.recorded.lock().unwrap().len(), 1);
+        // The others burnt the job's fuel between them: the guests here stop, and the limit
+        // is recorded for the platform.
+        others
+            .elsewhere
+            .store(1_000_000_000, std::sync::atomic::Ordering::SeqCst);
+        registry.sync_usage(&share, false);
+        let stopped = meter.check().unwrap_err().to_string();
+        assert!(stopped.contains("fuel budget"), "{stopped}");
+        let recorded = others.recorded.lock().unwrap().clone();
+        assert!(
+            recorded
+                .last()
+                .and_then(|r| r.1.as_deref())
+                .is_some_and(|l| l.contains("fuel budget")),
+            "{recorded:?}"
+        );
     }
 
     #[test]

@@ -994,7 +994,7 @@ impl JobMeter {
     }
 
     /// The fuel the job's guests may burn here: the job's, less what they burnt elsewhere.
-    pub(super) fn fuel_budget(&self) -> u64 {
+    pub(crate) fn fuel_budget(&self) -> u64 {
         self.limits
             .fuel
             .saturating_sub(self.elsewhere.load(Ordering::SeqCst))
