@@ -91,13 +91,81 @@ struct Budget {
 }
 
 impl Budget {
-    fn new(memory_bytes: usize, deadline: std::time::Instant) -> Budget {
+    /// A job's budget on an executor: a pool of `memory_bytes` of its own, taking from the
+    /// executor's `shared` pool too when there is one.
+    fn new(
+        memory_bytes: usize,
+        deadline: std::time::Instant,
+        shared: Option<Arc<datafusion::execution::memory_pool::GreedyMemoryPool>>,
+    ) -> Budget {
+        use datafusion::execution::memory_pool::GreedyMemoryPool;
+        let job = GreedyMemoryPool::new(memory_bytes);
         Budget {
-            pool: Arc::new(datafusion::execution::memory_pool::GreedyMemoryPool::new(
-                memory_bytes,
-            )),
+            pool: match shared {
+                Some(executor) => Arc::new(JobPool { job, executor }),
+                None => Arc::new(job),
+            },
             deadline,
         }
+    }
+}
+
+/// A job's pool on an executor: what its tasks reserve counts against the job's budget and
+/// against the executor's memory for all its jobs; past either, the reservation fails.
+#[derive(Debug)]
+struct JobPool {
+    job: datafusion::execution::memory_pool::GreedyMemoryPool,
+    executor: Arc<datafusion::execution::memory_pool::GreedyMemoryPool>,
+}
+
+impl std::fmt::Display for JobPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "job pool {} within executor pool {}",
+            self.job, self.executor
+        )
+    }
+}
+
+impl datafusion::execution::memory_pool::MemoryPool for JobPool {
+    fn name(&self) -> &str {
+        "tidegate-job"
+    }
+
+    fn grow(&self, reservation: &datafusion::execution::memory_pool::MemoryReservation, n: usize) {
+        self.job.grow(reservation, n);
+        self.executor.grow(reservation, n);
+    }
+
+    fn shrink(
+        &self,
+        reservation: &datafusion::execution::memory_pool::MemoryReservation,
+        n: usize,
+    ) {
+        self.job.shrink(reservation, n);
+        self.executor.shrink(reservation, n);
+    }
+
+    fn try_grow(
+        &self,
+        reservation: &datafusion::execution::memory_pool::MemoryReservation,
+        n: usize,
+    ) -> DfResult<()> {
+        self.job.try_grow(reservation, n)?;
+        if let Err(e) = self.executor.try_grow(reservation, n) {
+            self.job.shrink(reservation, n);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn reserved(&self) -> usize {
+        self.job.reserved()
+    }
+
+    fn memory_limit(&self) -> datafusion::execution::memory_pool::MemoryLimit {
+        self.job.memory_limit()
     }
 }
 
@@ -202,6 +270,9 @@ pub(crate) struct Registry {
     /// deadline, and when; refused until long after any job may run, whatever the metadata
     /// says (a job is not looked up again with a new meter and a new pool).
     forgotten: Mutex<HashMap<String, std::time::Instant>>,
+    /// On an executor of another process: the engine memory all its jobs' tasks hold
+    /// together (each job's pool takes from it too).
+    memory: Option<Arc<datafusion::execution::memory_pool::GreedyMemoryPool>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -265,7 +336,11 @@ impl Registry {
                 .map(|(i, s)| (crate::tables::store_address(token, i), s))
                 .collect(),
             remote: Some((id, resolved.meter, std::time::Instant::now())),
-            budget: Some(Budget::new(resolved.memory_bytes, resolved.deadline)),
+            budget: Some(Budget::new(
+                resolved.memory_bytes,
+                resolved.deadline,
+                self.memory.clone(),
+            )),
             ..JobShare::default()
         });
         self.jobs
@@ -1007,7 +1082,10 @@ impl Cluster {
             // jobs up.
             let registry = match sources.get(i) {
                 None => Arc::clone(&cluster.registry),
-                Some(source) => executor::registry(Arc::clone(source)),
+                Some(source) => executor::registry(
+                    Arc::clone(source),
+                    (DEFAULT_EXECUTOR_MEMORY_MIB as usize) << 20,
+                ),
             };
             let dir = work.join(format!("executor-{i}"));
             dirs.push(dir.clone());
@@ -1208,7 +1286,12 @@ pub struct ExecutorOptions {
     pub work: PathBuf,
     /// The file holding the cluster's secret.
     pub secret: PathBuf,
+    /// The most engine memory all the jobs' tasks on it hold together, in bytes.
+    pub memory_bytes: usize,
 }
+
+/// The engine memory an executor's tasks hold together by default, in MiB.
+pub const DEFAULT_EXECUTOR_MEMORY_MIB: u64 = 8192;
 
 /// Starts an executor in this process, as `tidegate executor` does: it joins the scheduler,
 /// and runs the tasks of jobs that `jobs` says run, with what `jobs` says they may use. Runs
@@ -1226,7 +1309,7 @@ pub async fn run_executor(
             advertise: options.advertise.as_deref(),
             work: &options.work,
         },
-        executor::registry(jobs),
+        executor::registry(jobs, options.memory_bytes),
         secret,
         tls,
         Arc::default(),
@@ -1310,9 +1393,12 @@ mod executor {
 
     /// An executor's registry of jobs looked up in `source`; a thread of its own ends, every
     /// half second, the jobs the source no longer runs (it stops when the registry goes).
-    pub(super) fn registry(source: Arc<dyn JobSource>) -> Arc<Registry> {
+    pub(super) fn registry(source: Arc<dyn JobSource>, memory_bytes: usize) -> Arc<Registry> {
         let registry = Arc::new(Registry {
             source: Some(source),
+            memory: Some(Arc::new(
+                datafusion::execution::memory_pool::GreedyMemoryPool::new(memory_bytes),
+            )),
             ..Registry::default()
         });
         let watched = Arc::downgrade(&registry);
@@ -1763,15 +1849,24 @@ mod tests {
     fn a_tasks_engine_memory_is_its_jobs_own_pool_shared_with_its_other_tasks() {
         use datafusion::execution::memory_pool::{MemoryConsumer, MemoryLimit};
         let registry = Arc::new(Registry::default());
-        let share = JobShare {
-            budget: Some(Budget::new(64 << 20, std::time::Instant::now())),
-            ..JobShare::default()
-        };
-        registry
-            .jobs
-            .lock()
-            .unwrap()
-            .insert("j".into(), Arc::new(share));
+        let executor = Arc::new(datafusion::execution::memory_pool::GreedyMemoryPool::new(
+            96 << 20,
+        ));
+        for job in ["j", "k"] {
+            let share = JobShare {
+                budget: Some(Budget::new(
+                    64 << 20,
+                    std::time::Instant::now(),
+                    Some(Arc::clone(&executor)),
+                )),
+                ..JobShare::default()
+            };
+            registry
+                .jobs
+                .lock()
+                .unwrap()
+                .insert(job.into(), Arc::new(share));
+        }
         let task = |job: &str| {
             let config = SessionConfig::new_with_ballista().with_ballista_job_name(job);
             runtime(Some(Arc::clone(&registry)), &config).unwrap()
@@ -1786,8 +1881,18 @@ mod tests {
         held.try_grow(40 << 20).unwrap();
         let more = MemoryConsumer::new("two").register(&two.memory_pool);
         assert!(more.try_grow(40 << 20).is_err(), "past the job's budget");
+        // Another job's task has a budget of its own, within what the executor holds for all.
+        let other = task("k");
+        let theirs = MemoryConsumer::new("other").register(&other.memory_pool);
+        theirs.try_grow(40 << 20).unwrap();
+        assert!(
+            theirs.try_grow(20 << 20).is_err(),
+            "past the executor's memory"
+        );
+        drop(held);
+        theirs.try_grow(20 << 20).unwrap();
         // A task of a job not run here has the policy's default (it is refused at its start).
-        let stranger = task("k");
+        let stranger = task("x");
         assert!(matches!(
             stranger.memory_pool.memory_limit(),
             MemoryLimit::Finite(n) if n == (tidegate_policy::DEFAULT_JOB_MEMORY_MIB as usize) << 20

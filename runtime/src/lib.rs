@@ -37,7 +37,10 @@ pub use audit::{
     verify_file as verify_audit_file, verify_slice as verify_audit_slice,
 };
 pub use bundle::{Signer, Verified, verify as verify_bundle, write as write_bundle};
-pub use cluster::{Cluster, ExecutorOptions, JobSource, ResolvedJob, run_executor, run_scheduler};
+pub use cluster::{
+    Cluster, DEFAULT_EXECUTOR_MEMORY_MIB, ExecutorOptions, JobSource, ResolvedJob, run_executor,
+    run_scheduler,
+};
 pub use crypto::{
     DataKey, MasterKey, PseudonymKey, SealedReader, SubjectKey, random_token, sha256_hex,
 };

@@ -56,6 +56,7 @@ pub(super) struct Executor<'a> {
     pub(super) advertise: Option<String>,
     pub(super) work: PathBuf,
     pub(super) secret: PathBuf,
+    pub(super) memory_mib: u64,
 }
 
 /// Runs an executor that reads the platform's data directory (read-only) for what each job
@@ -69,6 +70,7 @@ pub(super) fn executor(e: Executor<'_>) -> Result<()> {
         advertise: e.advertise,
         work: e.work,
         secret: e.secret,
+        memory_bytes: usize::try_from(e.memory_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX),
     };
     until_interrupted(
         async {

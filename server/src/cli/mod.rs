@@ -136,6 +136,10 @@ enum Command {
         /// The host other members reach it by (needed when it listens on every address).
         #[arg(long)]
         advertise: Option<String>,
+        /// The most engine memory all the jobs' tasks on it hold together, in MiB (each job
+        /// holds at most its own budget of it).
+        #[arg(long, default_value_t = tidegate_runtime::DEFAULT_EXECUTOR_MEMORY_MIB)]
+        memory_mib: u64,
     },
     /// Run the whole flow on a fresh data directory against a real local server.
     Demo {
@@ -310,6 +314,7 @@ fn run(cli: Cli) -> Result<()> {
             work_dir,
             listen,
             advertise,
+            memory_mib,
         } => cluster::executor(cluster::Executor {
             keys: &keys,
             scheduler,
@@ -317,6 +322,7 @@ fn run(cli: Cli) -> Result<()> {
             advertise,
             work: work_dir,
             secret,
+            memory_mib,
         }),
         Command::Demo {
             data_dir,
