@@ -29,6 +29,9 @@ use ballista_core::serde::BallistaCodec;
 use ballista_core::serde::BallistaPhysicalExtensionCodec;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result as DfResult};
+use datafusion::execution::memory_pool::{
+    GreedyMemoryPool, MemoryLimit, MemoryPool, MemoryReservation,
+};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
@@ -67,46 +70,27 @@ struct JobShare {
     ballista: std::sync::OnceLock<String>,
     /// Set when the job ends here: its tasks stop at their next batch.
     ended: std::sync::atomic::AtomicBool,
-    /// On an executor of another process: the platform's job id, and the meter of the job's
-    /// guests here (cancelled when the job no longer runs).
+    /// On an executor of another process: the platform's job id, the meter of the job's
+    /// guests here (cancelled when the job no longer runs), and when its time is up here.
     remote: Option<(String, Arc<crate::sandbox::JobMeter>, std::time::Instant)>,
     /// CPU time its tasks' streams took here, in nanoseconds.
     cpu_ns: std::sync::atomic::AtomicU64,
     /// Bytes of shuffle files its tasks wrote here (sealed).
     shuffled: std::sync::atomic::AtomicU64,
-    /// The job's own engine memory and deadline here.
-    budget: Option<Budget>,
+    /// The job's own engine memory here, shared by all its tasks: what they hold together
+    /// fails a task past it, rather than the process.
+    pool: Option<Arc<dyn MemoryPool>>,
     /// The fuel, CPU time (ms) and whether a limit was met, as its last record here said.
     recorded: Mutex<(u64, u64, bool)>,
 }
 
-/// What a job's tasks may hold and how long they may run, on each executor: the job's own
-/// budgets, whatever the executor's defaults.
-struct Budget {
-    /// The job's engine memory (its scenario's quota), shared by all its tasks here: what
-    /// they hold together fails a task past it, rather than the process.
-    pool: Arc<dyn datafusion::execution::memory_pool::MemoryPool>,
-    /// When the job's time is up: its tasks stop, its guests trap.
-    deadline: std::time::Instant,
-}
-
-impl Budget {
-    /// A job's budget on an executor: a pool of `memory_bytes` of its own, taking from the
-    /// executor's `shared` pool too when there is one.
-    fn new(
-        memory_bytes: usize,
-        deadline: std::time::Instant,
-        shared: Option<Arc<datafusion::execution::memory_pool::GreedyMemoryPool>>,
-    ) -> Budget {
-        use datafusion::execution::memory_pool::GreedyMemoryPool;
-        let job = GreedyMemoryPool::new(memory_bytes);
-        Budget {
-            pool: match shared {
-                Some(executor) => Arc::new(JobPool { job, executor }),
-                None => Arc::new(job),
-            },
-            deadline,
-        }
+/// A job's pool on an executor: `memory_bytes` of its own, taking from the executor's `shared`
+/// pool too when there is one.
+fn job_pool(memory_bytes: usize, shared: Option<Arc<GreedyMemoryPool>>) -> Arc<dyn MemoryPool> {
+    let job = GreedyMemoryPool::new(memory_bytes);
+    match shared {
+        Some(executor) => Arc::new(JobPool { job, executor }),
+        None => Arc::new(job),
     }
 }
 
@@ -114,8 +98,8 @@ impl Budget {
 /// against the executor's memory for all its jobs; past either, the reservation fails.
 #[derive(Debug)]
 struct JobPool {
-    job: datafusion::execution::memory_pool::GreedyMemoryPool,
-    executor: Arc<datafusion::execution::memory_pool::GreedyMemoryPool>,
+    job: GreedyMemoryPool,
+    executor: Arc<GreedyMemoryPool>,
 }
 
 impl std::fmt::Display for JobPool {
@@ -128,30 +112,22 @@ impl std::fmt::Display for JobPool {
     }
 }
 
-impl datafusion::execution::memory_pool::MemoryPool for JobPool {
+impl MemoryPool for JobPool {
     fn name(&self) -> &str {
         "tidegate-job"
     }
 
-    fn grow(&self, reservation: &datafusion::execution::memory_pool::MemoryReservation, n: usize) {
+    fn grow(&self, reservation: &MemoryReservation, n: usize) {
         self.job.grow(reservation, n);
         self.executor.grow(reservation, n);
     }
 
-    fn shrink(
-        &self,
-        reservation: &datafusion::execution::memory_pool::MemoryReservation,
-        n: usize,
-    ) {
+    fn shrink(&self, reservation: &MemoryReservation, n: usize) {
         self.job.shrink(reservation, n);
         self.executor.shrink(reservation, n);
     }
 
-    fn try_grow(
-        &self,
-        reservation: &datafusion::execution::memory_pool::MemoryReservation,
-        n: usize,
-    ) -> DfResult<()> {
+    fn try_grow(&self, reservation: &MemoryReservation, n: usize) -> DfResult<()> {
         self.job.try_grow(reservation, n)?;
         if let Err(e) = self.executor.try_grow(reservation, n) {
             self.job.shrink(reservation, n);
@@ -164,7 +140,7 @@ impl datafusion::execution::memory_pool::MemoryPool for JobPool {
         self.job.reserved()
     }
 
-    fn memory_limit(&self) -> datafusion::execution::memory_pool::MemoryLimit {
+    fn memory_limit(&self) -> MemoryLimit {
         self.job.memory_limit()
     }
 }
@@ -181,7 +157,7 @@ pub trait JobSource: Send + Sync + 'static {
     /// Records what the job used on this executor so far (its guests' fuel, calls, memory
     /// and output, its tasks' CPU time), for the platform to add to the job's meter.
     /// `limit` is the limit the job's guests met here, if they met one (the platform's own
-    /// words, never data: the platform then fails the job with it, as it would have here).
+    /// words: over L1 data the platform fails the job with it, as it would have here).
     fn record(&self, job: &str, used: &crate::ResourceUse, limit: Option<String>) -> Result<()>;
     /// What the job used on the cluster's other executors, as they recorded it so far.
     fn used_elsewhere(&self, job: &str) -> Result<crate::ResourceUse>;
@@ -272,7 +248,7 @@ pub(crate) struct Registry {
     forgotten: Mutex<HashMap<String, std::time::Instant>>,
     /// On an executor of another process: the engine memory all its jobs' tasks hold
     /// together (each job's pool takes from it too).
-    memory: Option<Arc<datafusion::execution::memory_pool::GreedyMemoryPool>>,
+    memory: Option<Arc<GreedyMemoryPool>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -335,12 +311,8 @@ impl Registry {
                 .enumerate()
                 .map(|(i, s)| (crate::tables::store_address(token, i), s))
                 .collect(),
-            remote: Some((id, resolved.meter, std::time::Instant::now())),
-            budget: Some(Budget::new(
-                resolved.memory_bytes,
-                resolved.deadline,
-                self.memory.clone(),
-            )),
+            remote: Some((id, resolved.meter, resolved.deadline)),
+            pool: Some(job_pool(resolved.memory_bytes, self.memory.clone())),
             ..JobShare::default()
         });
         self.jobs
@@ -417,20 +389,16 @@ impl Registry {
             .unwrap_or_else(PoisonError::into_inner)
             .retain(|_, at| at.elapsed() < 2 * longest);
         for (token, share) in remote {
-            let Some((id, meter, seen)) = &share.remote else {
+            let Some((id, meter, deadline)) = &share.remote else {
                 continue;
             };
             // What its guests burn here reaches the other executors' budgets of it, and
             // theirs this one's, every half second while its tasks run.
             self.sync_usage(&share, false);
-            // Ended in the metadata, past its deadline, or older than any job may run (its
-            // coordinator may be gone without ending it); a metadata that cannot be read now
-            // is asked again.
-            let late = share
-                .budget
-                .as_ref()
-                .is_some_and(|b| std::time::Instant::now() >= b.deadline)
-                || seen.elapsed() > longest;
+            // Ended in the metadata, or past its deadline (never later than any job may run
+            // from when it was first seen here: its coordinator may be gone without ending
+            // it); a metadata that cannot be read now is asked again.
+            let late = std::time::Instant::now() >= *deadline;
             let ended = late || matches!(source.running(id), Ok(false));
             if ended {
                 share
@@ -974,7 +942,6 @@ fn runtime(
     config: &SessionConfig,
 ) -> DfResult<Arc<datafusion::execution::runtime_env::RuntimeEnv>> {
     use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
-    use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryPool};
     // A task's memory is bounded by its job's budget, shared with the job's other tasks
     // here: what they hold fails the task past it, rather than the process. A task of a job
     // this executor does not run (it is refused when it starts) gets the policy's default.
@@ -987,7 +954,7 @@ fn runtime(
     let pool: Arc<dyn MemoryPool> = match jobs
         .as_ref()
         .and_then(|jobs| jobs.job(&token).ok())
-        .and_then(|share| share.budget.as_ref().map(|b| Arc::clone(&b.pool)))
+        .and_then(|share| share.pool.clone())
     {
         Some(pool) => pool,
         None => Arc::new(GreedyMemoryPool::new(
@@ -1213,8 +1180,7 @@ impl Cluster {
         token: String,
         functions: Vec<(Option<String>, Arc<ScalarUDF>)>,
         stores: Vec<(String, Arc<dyn ObjectStore>)>,
-        pool: Arc<dyn datafusion::execution::memory_pool::MemoryPool>,
-        deadline: std::time::Instant,
+        pool: Arc<dyn MemoryPool>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let share = Arc::new(JobShare {
             functions: functions
@@ -1223,7 +1189,7 @@ impl Cluster {
                 .collect(),
             stores: stores.into_iter().collect(),
             // The job's own pool (executors in this process hold what they take from it).
-            budget: Some(Budget { pool, deadline }),
+            pool: Some(pool),
             ..JobShare::default()
         });
         // A plan the scheduler and executors decode whole: bounded, so that no job's plan
@@ -1396,9 +1362,7 @@ mod executor {
     pub(super) fn registry(source: Arc<dyn JobSource>, memory_bytes: usize) -> Arc<Registry> {
         let registry = Arc::new(Registry {
             source: Some(source),
-            memory: Some(Arc::new(
-                datafusion::execution::memory_pool::GreedyMemoryPool::new(memory_bytes),
-            )),
+            memory: Some(Arc::new(GreedyMemoryPool::new(memory_bytes))),
             ..Registry::default()
         });
         let watched = Arc::downgrade(&registry);
@@ -1847,18 +1811,12 @@ mod tests {
 
     #[test]
     fn a_tasks_engine_memory_is_its_jobs_own_pool_shared_with_its_other_tasks() {
-        use datafusion::execution::memory_pool::{MemoryConsumer, MemoryLimit};
+        use datafusion::execution::memory_pool::MemoryConsumer;
         let registry = Arc::new(Registry::default());
-        let executor = Arc::new(datafusion::execution::memory_pool::GreedyMemoryPool::new(
-            96 << 20,
-        ));
+        let executor = Arc::new(GreedyMemoryPool::new(96 << 20));
         for job in ["j", "k"] {
             let share = JobShare {
-                budget: Some(Budget::new(
-                    64 << 20,
-                    std::time::Instant::now(),
-                    Some(Arc::clone(&executor)),
-                )),
+                pool: Some(job_pool(64 << 20, Some(Arc::clone(&executor)))),
                 ..JobShare::default()
             };
             registry

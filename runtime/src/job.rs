@@ -284,14 +284,12 @@ pub async fn run_query_until(
                         "a job on the cluster reads sealed tables only".into(),
                     ))
                 }
-                // The executors hold the job to its own engine memory and wall time.
                 Some(c) => c.distribute(
                     plan,
                     job.clone(),
                     functions.clone(),
                     sealed_stores(&job, tables),
                     pool,
-                    std::time::Instant::now() + limits.wall_time,
                 ),
             }
         }

@@ -51,6 +51,16 @@ impl ResourceUse {
             .max(later.peak_guest_memory_bytes);
     }
 
+    /// These resources as the scientist of a job over data of `level` sees them and pays for
+    /// them: [`ResourceUse::coarse`] over L2 or L3 data, exact over L1.
+    pub fn shown_at(&self, level: tidegate_policy::Level) -> ResourceUse {
+        if level > tidegate_policy::Level::L1 {
+            self.coarse()
+        } else {
+            self.clone()
+        }
+    }
+
     /// What an executor's record `self` adds to its earlier record `was` (its counts only
     /// grow; the most memory a guest held is the later record's).
     pub(crate) fn beyond(&self, was: &ResourceUse) -> ResourceUse {

@@ -9,8 +9,8 @@ use super::*;
 use crate::cluster::{JobSource, ResolvedJob};
 
 /// Where executors record what each job used on them: `DIR/JOB/EXECUTOR.json`, one file per
-/// executor, rewritten whole after each task; the platform adds them to the job's meter when
-/// the job ends, and removes them.
+/// executor, rewritten whole as it grows; the platform takes them (renamed to `.JOB.charged`)
+/// and adds them to the job's meter when the job ends, and charges what later records add.
 pub(super) const CLUSTER_USAGE: &str = "cluster-usage";
 
 /// A running job's own budgets, written by the platform when it starts the job: an executor
@@ -47,6 +47,14 @@ impl JobBudgets {
                 .min(job::EngineLimits::default().wall_time.as_millis() as u64),
             started_ms: self.started_ms,
         }
+    }
+
+    /// Until when (ms since the epoch) the executors' records of the job are charged to it:
+    /// a quarter of an hour past its deadline.
+    fn charged_until_ms(&self) -> u64 {
+        self.started_ms
+            .saturating_add(self.wall_ms)
+            .saturating_add(KEEP_RECORDS.as_millis() as u64)
     }
 
     /// How long the job may still run: to its deadline, and never longer than any job may
@@ -165,7 +173,7 @@ impl JobSource for ExecutorJobs {
             .ok_or_else(|| Error::Refused(format!("job {id} has no budgets to run with")))?
             .within_the_platforms();
         // Each executor gives the job's guests at most the job's fuel, less what its other
-        // executors burnt as they record it (`JobSource::used`).
+        // executors burnt as they record it (`JobSource::used_elsewhere`).
         let meter = Arc::new(JobMeter::new(GuestLimits {
             fuel: budgets.fuel,
             ..GuestLimits::default()
@@ -441,11 +449,7 @@ impl Platform {
         Ok(limits
             .flatten()
             .and_then(|l| serde_json::from_str::<JobBudgets>(&l).ok())
-            .map(|b| {
-                b.started_ms
-                    .saturating_add(b.wall_ms)
-                    .saturating_add(KEEP_RECORDS.as_millis() as u64)
-            }))
+            .map(|b| b.charged_until_ms()))
     }
 
     /// [`Platform::collect_late_cluster_usage`] for job `id`'s records: whether it was charged.
@@ -474,11 +478,7 @@ impl Platform {
         let Some(budgets) = limits.and_then(|l| serde_json::from_str::<JobBudgets>(&l).ok()) else {
             return stale();
         };
-        let cutoff = budgets
-            .started_ms
-            .saturating_add(budgets.wall_ms)
-            .saturating_add(KEEP_RECORDS.as_millis() as u64);
-        if JobBudgets::now_ms() > cutoff {
+        if JobBudgets::now_ms() > budgets.charged_until_ms() {
             return stale();
         }
         // One taker: whoever renames the directory charges it.
@@ -519,10 +519,12 @@ impl Platform {
             .transpose()?
             .unwrap_or_default();
         used.add_executors(&late);
-        // Over L2 or L3 data in the units its scientist sees (rounded up once more).
-        if level.is_none_or(|l| l.parse::<Level>().map_or(true, |l| l > Level::L1)) {
-            used = used.coarse();
-        }
+        // In the units its scientist sees (over L2 or L3 data rounded up once more); a level
+        // that does not read is taken as the highest.
+        let level = level
+            .and_then(|l| l.parse::<Level>().ok())
+            .unwrap_or(Level::L4);
+        used = used.shown_at(level);
         db.execute(
             "UPDATE jobs SET resources = ?2 WHERE id = ?1",
             params![id, to_json(&used)],

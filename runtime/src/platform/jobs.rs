@@ -650,10 +650,6 @@ impl Platform {
             let (there, limit) = self.cluster_usage(&id);
             resources.add_executors(&there);
             executors_limit = limit;
-            // And what other jobs' tasks recorded after those jobs ended.
-            if let Err(e) = self.collect_late_cluster_usage() {
-                tracing::error!(error = %e, "late cluster usage could not be charged");
-            }
         }
         // The job's fuel is one budget for the whole cluster: executors that together burnt
         // more than it (each is held to the job's fuel less what the others had recorded)
@@ -747,11 +743,8 @@ impl Platform {
                 resources.output_bytes = output_bytes;
                 // R-GATE 7: over L2 or L3 data the job shows nothing derived from the data:
                 // no row count, and its resources in coarse units (the audit log keeps both).
-                let (shown_rows, shown_resources) = if level > Level::L1 {
-                    (None, resources.coarse())
-                } else {
-                    (Some(rows as i64), resources.clone())
-                };
+                let shown_rows = (level <= Level::L1).then_some(rows as i64);
+                let shown_resources = resources.shown_at(level);
                 tx.execute(
                     "UPDATE jobs SET state = 'succeeded', rows = ?2, schema = ?3, resources = ?4,
                      shape = ?5, plan = ?6, result_hash = ?7, wrapped_key = ?8, finished_at = ?9,
@@ -802,11 +795,7 @@ impl Platform {
                     }
                     _ => e.to_string(),
                 };
-                let shown_resources = if level > Level::L1 {
-                    resources.coarse()
-                } else {
-                    resources.clone()
-                };
+                let shown_resources = resources.shown_at(level);
                 let withheld = matches!(e, Error::WhileRunning(_));
                 // The operator's log names the job and the kind of failure; its cause, which
                 // may quote the data, is in the audit log only.

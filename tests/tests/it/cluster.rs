@@ -567,19 +567,6 @@ fn an_executor_looks_a_job_up_in_the_data_directory_and_refuses_a_module_not_app
     assert!(tidegate_runtime::ExecutorJobs::open(&env.data_dir(), other).is_err());
 }
 
-/// The burner: `f(float64) -> float64` loops two billion times on every call, then traps.
-fn burner() -> Vec<u8> {
-    crate::common::scalar_module(
-        "f",
-        "float64) -> float64",
-        "(block $d (loop $l
-            (local.set $i (i32.add (local.get $i) (i32.const 1)))
-            (br_if $l (i32.lt_u (local.get $i) (i32.const 2000000000)))))
-         unreachable",
-        "",
-    )
-}
-
 /// Executors that look a job up in the data directory give its guests the job's own fuel,
 /// what was left of its scenario's daily quota when it started, not a default of their own:
 /// a guest that would burn far more is stopped at the quota, on the cluster as here, and the
@@ -592,13 +579,8 @@ fn executors_hold_a_jobs_guests_to_what_is_left_of_its_scenarios_fuel_quota() {
         let w = &env.world;
         w.import_visits(&tidegate_server::visitor_csv(2_000))
             .unwrap();
-        let mut request = crate::common::scenario_request(false);
-        request["export_rules"] = serde_json::json!({ "gigafuel_per_day": 1 });
-        request["grants"] = serde_json::json!([
-            { "dataset": "visits", "columns": ["resident_id", "spot", "spend"] }
-        ]);
-        let sid = crate::common::approved_scenario(w, &w.scientist, &request);
-        let (module, _) = w.publish_module(&sid, &burner()).unwrap();
+        let sid = crate::common::scenario_with(&env, serde_json::json!({ "gigafuel_per_day": 1 }));
+        let (module, _) = w.publish_module(&sid, &crate::common::burner()).unwrap();
         let hash = module["hash"].as_str().unwrap().to_string();
         let burned = crate::common::job(
             &env,
@@ -635,8 +617,8 @@ fn executors_hold_a_jobs_guests_to_what_is_left_of_its_scenarios_fuel_quota() {
 }
 
 /// A task that still ran when its job ended records what it used after the platform took
-/// the job's records: once the records have not changed for half a minute, the next job's end
-/// or the sweep charges the job for what each executor's record adds to what was charged of
+/// the job's records: once the records have not changed for half a minute, the server (every
+/// minute) or the sweep charges the job for what each executor's record adds to what was charged of
 /// it (in the units its scientist sees), once, with an entry in the audit log.
 #[test]
 fn what_executors_record_after_a_job_ended_is_charged_to_it_once_for_what_it_adds() {
@@ -735,18 +717,7 @@ fn what_executors_record_after_a_job_ended_is_charged_to_it_once_for_what_it_add
         .admin
         .statement_as_of(&w.operator_org, &period, &as_of.format(rfc3339).unwrap())
         .unwrap();
-    let entries = tidegate_runtime::read_audit_log(
-        &env.data_dir().join(tidegate_runtime::AUDIT_FILE),
-        Some(&crate::common::platform_key(&env)),
-    )
-    .unwrap();
-    let replayed = tidegate_runtime::statement_from_ledger(
-        &tidegate_runtime::ledger_from_audit(&entries).unwrap(),
-        &w.operator_org,
-        &period,
-        as_of,
-    )
-    .unwrap();
+    let replayed = crate::common::statement_from_audit_log(&env, &w.operator_org, &period, as_of);
     assert_eq!(
         serde_json::from_value::<tidegate_runtime::Statement>(billed.clone()).unwrap(),
         replayed

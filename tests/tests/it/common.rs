@@ -144,6 +144,50 @@ pub(crate) fn approved_scenario(
     sid
 }
 
+/// A scenario over the visits' resident, spot and spend with export rules `rules`, approved.
+pub(crate) fn scenario_with(env: &Env, rules: Value) -> String {
+    let w = &env.world;
+    let mut request = scenario_request(false);
+    request["export_rules"] = rules;
+    request["grants"] =
+        json!([{ "dataset": "visits", "columns": ["resident_id", "spot", "spend"] }]);
+    approved_scenario(w, &w.scientist, &request)
+}
+
+/// A module whose `f(float64) -> float64` loops two billion times on every call, then traps.
+pub(crate) fn burner() -> Vec<u8> {
+    scalar_module(
+        "f",
+        "float64) -> float64",
+        "(block $d (loop $l
+            (local.set $i (i32.add (local.get $i) (i32.const 1)))
+            (br_if $l (i32.lt_u (local.get $i) (i32.const 2000000000)))))
+         unreachable",
+        "",
+    )
+}
+
+/// The statement of `org` for `period` as of `as_of`, rebuilt from the audit log alone.
+pub(crate) fn statement_from_audit_log(
+    env: &Env,
+    org: &str,
+    period: &str,
+    as_of: time::OffsetDateTime,
+) -> tidegate_runtime::Statement {
+    let entries = tidegate_runtime::read_audit_log(
+        &env.data_dir().join(tidegate_runtime::AUDIT_FILE),
+        Some(&platform_key(env)),
+    )
+    .unwrap();
+    tidegate_runtime::statement_from_ledger(
+        &tidegate_runtime::ledger_from_audit(&entries).unwrap(),
+        org,
+        period,
+        as_of,
+    )
+    .unwrap()
+}
+
 /// The platform's public key, as the data directory holds it (hex in `platform.pub`).
 pub(crate) fn platform_key(env: &Env) -> Vec<u8> {
     let text =

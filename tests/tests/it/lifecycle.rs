@@ -10,7 +10,9 @@ use tidegate_runtime::{
     AUDIT_FILE, ClosingReceipt, ClosingReceiptBody, DestroyedKind, verify_audit_file,
 };
 
-use crate::common::{Env, active_scenario, job, platform_key, scenario_request, setup};
+use crate::common::{
+    Env, active_scenario, job, platform_key, scenario_request, scenario_with, setup,
+};
 
 const GROUPED: &str = "SELECT spot, count(*) AS visits FROM visits GROUP BY spot";
 
@@ -317,15 +319,6 @@ fn a_scenario_submits_no_more_jobs_a_day_than_its_quota() {
 }
 
 /// A scenario of the demo's visits (L2) with these export rules, approved.
-fn scenario_with(env: &Env, rules: Value) -> String {
-    let w = &env.world;
-    let mut request = scenario_request(false);
-    request["export_rules"] = rules;
-    request["grants"] =
-        json!([{ "dataset": "visits", "columns": ["resident_id", "spot", "spend"] }]);
-    crate::common::approved_scenario(w, &w.scientist, &request)
-}
-
 #[test]
 fn a_scenario_keeps_no_more_results_than_its_storage_quota_and_frees_room_by_discarding() {
     let env = setup(true);
@@ -394,16 +387,7 @@ fn a_scenario_uses_no_more_cpu_seconds_or_fuel_a_day_than_its_quotas() {
 
     // Fuel: a guest that would burn far more than the quota is stopped at what is left.
     let sid = scenario_with(&env, json!({ "gigafuel_per_day": 1 }));
-    let burner = crate::common::scalar_module(
-        "f",
-        "float64) -> float64",
-        "(block $d (loop $l
-            (local.set $i (i32.add (local.get $i) (i32.const 1)))
-            (br_if $l (i32.lt_u (local.get $i) (i32.const 2000000000)))))
-         unreachable",
-        "",
-    );
-    let (module, _) = w.publish_module(&sid, &burner).unwrap();
+    let (module, _) = w.publish_module(&sid, &crate::common::burner()).unwrap();
     let hash = module["hash"].as_str().unwrap().to_string();
     let burned = job(
         &env,

@@ -1061,13 +1061,8 @@ fn a_provider_sees_where_its_data_is_used_and_downloads_its_released_products_fr
     assert_eq!(free["quantity"], 1.0, "{free}");
     assert_eq!(free["amount_fen"], 0, "{free}");
     assert!(free["note"].as_str().unwrap().contains("free"), "{free}");
-    let entries = tidegate_runtime::read_audit_log(
-        &env.data_dir().join(tidegate_runtime::AUDIT_FILE),
-        Some(&crate::common::platform_key(&env)),
-    )
-    .unwrap();
-    let replayed = tidegate_runtime::statement_from_ledger(
-        &tidegate_runtime::ledger_from_audit(&entries).unwrap(),
+    let replayed = crate::common::statement_from_audit_log(
+        &env,
         &w.provider_org,
         &period,
         time::OffsetDateTime::parse(
@@ -1075,8 +1070,7 @@ fn a_provider_sees_where_its_data_is_used_and_downloads_its_released_products_fr
             &time::format_description::well_known::Rfc3339,
         )
         .unwrap(),
-    )
-    .unwrap();
+    );
     assert_eq!(
         replayed,
         serde_json::from_value::<tidegate_runtime::Statement>(provider_statement.clone()).unwrap()
