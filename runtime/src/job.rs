@@ -328,11 +328,55 @@ pub async fn run_query_until(
         };
         match &contributions {
             Some((plan, input, tee)) => {
+                // The tally makes its own rows as they stream, wherever it computes every
+                // part itself (under differential privacy it names each subject: the engine's
+                // rows are kept for it).
+                let native = match (engine_parts(&limits), limits.privacy) {
+                    (false, None) => plan.native(&input.schema()),
+                    _ => None,
+                };
+                let reservation = MemoryConsumer::new("the gate's per-subject rows")
+                    .register(&(Arc::clone(&pool) as Arc<dyn MemoryPool>));
+                let root = limits
+                    .spill_dir
+                    .clone()
+                    .unwrap_or_else(|| std::env::temp_dir().join("tidegate-spill"));
                 // The query and the gate's per-subject rows read the shared input together.
-                let (batches, spill) = tokio::try_join!(
-                    query,
-                    spill_contributions(&ctx, Arc::clone(input), &limits, &pool)
-                )?;
+                let (batches, gathered) = match native {
+                    Some(native) => {
+                        let builder = crate::release::Builder::new(
+                            native,
+                            limits.subjects,
+                            &input.schema(),
+                            false,
+                        )?;
+                        let mut rows = crate::release::RowSpill::new(
+                            &root,
+                            builder,
+                            limits.memory_bytes,
+                            reservation,
+                        )?;
+                        let (batches, ()) = tokio::try_join!(
+                            query,
+                            stream_contributions(&ctx, Arc::clone(input), |b| rows.push(&b))
+                        )?;
+                        (batches, Gathered::Rows(rows))
+                    }
+                    None => {
+                        let mut spill = crate::spill::SealedSpill::new(
+                            &root,
+                            input.schema(),
+                            hidden::SUBJECT,
+                            limits.memory_bytes,
+                            reservation,
+                        )?;
+                        let (batches, ()) = tokio::try_join!(
+                            query,
+                            stream_contributions(&ctx, Arc::clone(input), |b| spill.push(b))
+                        )?;
+                        (batches, Gathered::Batches(spill))
+                    }
+                };
                 if !tee.whole(GATE) {
                     return Err(Error::Internal(
                         "the gate did not read the job's whole input".into(),
@@ -348,7 +392,12 @@ pub async fn run_query_until(
                     limits.privacy,
                     limits.subjects,
                 )?;
-                let outcome = contribute(&ctx, plan, spill, &mut tally, &pool, &limits).await;
+                let outcome = match gathered {
+                    Gathered::Rows(rows) => contribute_rows(rows, &mut tally, &pool).await,
+                    Gathered::Batches(spill) => {
+                        contribute(&ctx, plan, spill, &mut tally, &pool, &limits).await
+                    }
+                };
                 let (written, groups) = outcome?;
                 spilled.store(written, Ordering::Relaxed);
                 tallied.store(groups, Ordering::Relaxed);
@@ -489,38 +538,112 @@ fn reading(
     .map_err(|e| Error::Internal(format!("the shared input: {e}")))
 }
 
-/// Streams the gate's per-subject rows into a sealed spill partitioned by subject.
-async fn spill_contributions(
+/// The gate's per-subject rows of a job as they were kept: made ready for the tally as they
+/// streamed, or as the engine gave them.
+enum Gathered {
+    Rows(crate::release::RowSpill),
+    Batches(crate::spill::SealedSpill),
+}
+
+/// Whether the engine computes every subject's part, not the tally (the tests that compare
+/// the two).
+fn engine_parts(limits: &EngineLimits) -> bool {
+    #[cfg(test)]
+    return limits.engine_parts;
+    #[cfg(not(test))]
+    {
+        let _ = limits;
+        false
+    }
+}
+
+/// Streams the gate's per-subject rows into `push` (a spill partitioned by subject).
+async fn stream_contributions(
     ctx: &SessionContext,
     input: Arc<dyn ExecutionPlan>,
-    limits: &EngineLimits,
-    pool: &Arc<PeakPool>,
-) -> Result<crate::spill::SealedSpill> {
+    mut push: impl FnMut(RecordBatch) -> Result<()>,
+) -> Result<()> {
     use futures::StreamExt;
-    let schema = input.schema();
-    let root = limits
-        .spill_dir
-        .clone()
-        .unwrap_or_else(|| std::env::temp_dir().join("tidegate-spill"));
-    let reservation = MemoryConsumer::new("the gate's per-subject rows")
-        .register(&(Arc::clone(pool) as Arc<dyn MemoryPool>));
-    let mut spill = crate::spill::SealedSpill::new(
-        &root,
-        Arc::clone(&schema),
-        hidden::SUBJECT,
-        limits.memory_bytes,
-        reservation,
-    )?;
-    let task = ctx.task_ctx();
-    let mut stream = datafusion::physical_plan::execute_stream(input, Arc::clone(&task))
+    let mut stream = datafusion::physical_plan::execute_stream(input, ctx.task_ctx())
         .map_err(|e| map_error(e, Stage::Running))?;
     while let Some(batch) = stream.next().await {
-        spill.push(batch.map_err(|e| map_error(e, Stage::Running))?)?;
+        let batch = batch.map_err(|e| map_error(e, Stage::Running))?;
+        if batch.num_rows() > 0 {
+            push(batch)?;
+        }
         // The spill's work is synchronous: between batches the job's deadline and its
         // cancellation get their turn.
         tokio::task::yield_now().await;
     }
-    Ok(spill)
+    Ok(())
+}
+
+/// Gives the tally every bucket of a spill of its own rows, each read back, opened and sorted
+/// on a worker while the tally takes the bucket before it: at most two are held at once.
+/// Returns the bytes the spill wrote to disk, and the buckets taken. Fails unless every bucket
+/// was made and taken.
+async fn contribute_rows(
+    rows: crate::release::RowSpill,
+    tally: &mut crate::release::Tally<'_>,
+    pool: &Arc<PeakPool>,
+) -> Result<(u64, u64)> {
+    match rows.builder().values() {
+        0 => contribute_sorted::<0>(rows, tally, pool).await,
+        1 => contribute_sorted::<1>(rows, tally, pool).await,
+        2 => contribute_sorted::<2>(rows, tally, pool).await,
+        3 => contribute_sorted::<3>(rows, tally, pool).await,
+        4 => contribute_sorted::<4>(rows, tally, pool).await,
+        5 => contribute_sorted::<5>(rows, tally, pool).await,
+        6 => contribute_sorted::<6>(rows, tally, pool).await,
+        7 => contribute_sorted::<7>(rows, tally, pool).await,
+        8 => contribute_sorted::<8>(rows, tally, pool).await,
+        _ => Err(Error::Internal("gate columns: too many sums".into())),
+    }
+}
+
+async fn contribute_sorted<const V: usize>(
+    mut rows: crate::release::RowSpill,
+    tally: &mut crate::release::Tally<'_>,
+    pool: &Arc<PeakPool>,
+) -> Result<(u64, u64)> {
+    let pool = Arc::clone(pool) as Arc<dyn MemoryPool>;
+    let cells = tally.cells_of(&rows)?;
+    let parts = rows.parts();
+    let count = crate::spill::BUCKETS;
+    let (send, mut made) = tokio::sync::mpsc::channel(1);
+    let (taken, took) = std::sync::mpsc::channel::<()>();
+    // The worker stops at its next bucket once the job no longer takes them (it failed or
+    // was stopped); the spill's files die with it.
+    let task = tokio::task::spawn_blocking(move || {
+        for b in 0..count {
+            // The bucket before was taken: the next is made while the tally takes it.
+            if b > 0 && took.recv().is_err() {
+                return None;
+            }
+            let memory = MemoryConsumer::new("the gate's rows made ready").register(&pool);
+            let sorted = rows.take::<V>(b, memory);
+            let failed = sorted.is_err();
+            if send.blocking_send(sorted).is_err() || failed {
+                return None;
+            }
+        }
+        Some(rows)
+    });
+    let mut done = 0;
+    while let Some(sorted) = made.recv().await {
+        let sorted = sorted?;
+        // Ignored when the worker is done: nothing waits for it then.
+        let _ = taken.send(());
+        tally.add_sorted(&parts, &cells, sorted)?;
+        done += 1;
+        tokio::task::yield_now().await;
+    }
+    match task.await {
+        Ok(Some(rows)) if done == count => Ok((rows.written(), done as u64)),
+        _ => Err(Error::Internal(
+            "the gate's per-subject rows stopped before their end".into(),
+        )),
+    }
 }
 
 /// Aggregates the gate's per-subject rows a group of subjects at a time into the tally.
@@ -541,14 +664,7 @@ async fn contribute(
     // elements (one sort by cell and subject), where it can: the engine's aggregation
     // computes the rest (more than eight sums and distinct counts, a source that is not a
     // double).
-    #[cfg(test)]
-    let engine = limits.engine_parts;
-    #[cfg(not(test))]
-    let engine = {
-        let _ = limits;
-        false
-    };
-    if let Some(native) = plan.native(&schema).filter(|_| !engine) {
+    if let Some(native) = plan.native(&schema).filter(|_| !engine_parts(limits)) {
         let builder = tally.builder(native)?;
         return match builder.values() {
             0 => contribute_native::<0>(spill, builder, tally, pool).await,

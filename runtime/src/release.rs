@@ -38,7 +38,7 @@ use crate::hidden::{
 use crate::tables::TableInput;
 
 mod parts;
-pub(crate) use parts::Builder;
+pub(crate) use parts::{Builder, RowSpill};
 
 /// Bits of a row's measures: the cell and at most 31 counts and sums.
 const MAX_MEASURES: usize = 32;
@@ -1516,6 +1516,24 @@ fn follow_projection(aggregates: &mut [BoundedAggregate], exprs: &[Expr]) {
     }
 }
 
+/// How the cells' keys of rows of `schema` (with the hidden key columns, or none) are put in
+/// Arrow's row format, and whether there are no keys (one cell, a constant key).
+fn key_fields(schema: Option<&arrow::datatypes::Schema>) -> (Vec<SortField>, bool) {
+    let fields: Vec<SortField> = schema
+        .map(|s| {
+            s.fields()
+                .iter()
+                .filter(|f| f.name().starts_with(GROUP_KEY_PREFIX))
+                .map(|f| SortField::new(f.data_type().clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    match fields.is_empty() {
+        true => (vec![SortField::new(DataType::Int8)], true),
+        false => (fields, false),
+    }
+}
+
 /// The hidden key columns of a batch, in order.
 fn key_columns(b: &arrow::array::RecordBatch) -> Vec<arrow::array::ArrayRef> {
     b.schema()
@@ -1640,9 +1658,6 @@ pub(crate) struct Tally<'a> {
     signed_parts: Vec<usize>,
     /// The names of the parts, in order.
     part_names: Vec<String>,
-    /// Keys of the tally's own hashes of subjects (SipHash-1-3): one names them when no
-    /// subject key does, the other tells apart two subjects of one name.
-    check_keys: ([u8; 16], [u8; 16]),
 }
 
 impl<'a> Tally<'a> {
@@ -1655,16 +1670,8 @@ impl<'a> Tally<'a> {
         privacy: Option<ContributionBounds>,
         subject_key: Option<crate::crypto::SubjectKey>,
     ) -> Result<Tally<'a>> {
-        let keys = result.first().map(key_columns).unwrap_or_default();
         // No GROUP BY: one cell, the same constant key for every row.
-        let no_keys = keys.is_empty();
-        let fields = if no_keys {
-            vec![SortField::new(DataType::Int8)]
-        } else {
-            keys.iter()
-                .map(|c| SortField::new(c.data_type().clone()))
-                .collect()
-        };
+        let (fields, no_keys) = key_fields(result.first().map(|b| b.schema_ref().as_ref()));
         let part_names: Vec<String> = analysis
             .contributions
             .iter()
@@ -1720,10 +1727,6 @@ impl<'a> Tally<'a> {
             count_parts,
             signed_parts,
             part_names,
-            check_keys: (
-                crate::crypto::random_bytes::<16>(),
-                crate::crypto::random_bytes::<16>(),
-            ),
         };
         for b in result {
             let keys = tally.keys_of(b)?;

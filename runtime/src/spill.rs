@@ -27,22 +27,165 @@ pub(crate) const BUCKETS: usize = 256;
 /// A frame on disk: the ciphertext's length, its number (the nonce), the ciphertext and tag.
 const HEADER: usize = 4 + 8;
 
-/// One bucket: its rows held in memory, its sealed file once written, what it holds in all.
+/// One bucket: its rows held in memory, what it holds in all (in memory and in its file).
 #[derive(Default)]
 struct Bucket {
     /// Slices of partitioned batches, each with its share of its batch's memory.
     held: Vec<(RecordBatch, usize)>,
-    file: Option<File>,
-    /// The numbers of the frames written to its file, in order: read back exactly these.
-    frames: Vec<u64>,
     bytes: usize,
+}
+
+/// The sealed files of a job's buckets, in a directory of its own made when first written:
+/// each write is a frame sealed under a key that exists only in the job's memory, numbered
+/// (its nonce) and bound to its bucket. Everything is removed when this is dropped.
+pub(crate) struct SealedFiles {
+    dir: PathBuf,
+    created: bool,
+    cipher: LessSafeKey,
+    files: Vec<Option<File>>,
+    /// Per bucket, the numbers of the frames written to its file, in order: read back exactly
+    /// these.
+    frames: Vec<Vec<u64>>,
+    next_frame: u64,
+    written: u64,
+    /// The most bytes a job may write: sixteen times its budget.
+    max_written: u64,
+}
+
+impl SealedFiles {
+    /// Files under `root` for a job of `budget` bytes of memory.
+    pub(crate) fn new(root: &Path, budget: usize) -> Result<SealedFiles> {
+        let key = crate::crypto::random_bytes::<32>();
+        let name = hex::encode(crate::crypto::random_bytes::<12>());
+        Ok(SealedFiles {
+            dir: root.join(format!("job-{name}")),
+            created: false,
+            cipher: LessSafeKey::new(
+                UnboundKey::new(&AES_256_GCM, &key)
+                    .map_err(|_| Error::Internal("gate spill: key".into()))?,
+            ),
+            files: (0..BUCKETS).map(|_| None).collect(),
+            frames: vec![Vec::new(); BUCKETS],
+            next_frame: 0,
+            written: 0,
+            max_written: (budget as u64).saturating_mul(16),
+        })
+    }
+
+    /// Bytes written to disk (sealed), in all.
+    pub(crate) fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Seals `plain` as the next frame of bucket `b`'s file.
+    pub(crate) fn write(&mut self, b: usize, mut plain: Vec<u8>) -> Result<()> {
+        if plain.len() > u32::MAX as usize - 64 {
+            return Err(Error::Limit(
+                "the gate's work for the job holds too many rows of one subject".into(),
+            ));
+        }
+        if !self.created {
+            create_private_dir(&self.dir)?;
+            self.created = true;
+        }
+        let frame = self.next_frame;
+        self.next_frame += 1;
+        self.cipher
+            .seal_in_place_append_tag(nonce(frame), Aad::from(aad(b, frame)), &mut plain)
+            .map_err(|_| Error::Internal("gate spill: sealing failed".into()))?;
+        // The disk is shared with the metadata and the audit log: a job never takes its
+        // last gigabyte (or its last twentieth).
+        if let Some(free) = free_bytes(&self.dir)
+            && free.saturating_sub((HEADER + plain.len()) as u64) < disk_reserve(&self.dir)
+        {
+            return Err(Error::Limit(
+                "the disk is too full for the gate's work for the job".into(),
+            ));
+        }
+        self.written += (HEADER + plain.len()) as u64;
+        if self.written > self.max_written {
+            return Err(Error::Limit(
+                "the gate's work for the job exceeded its disk limit (sixteen times its memory)"
+                    .into(),
+            ));
+        }
+        let file = match &mut self.files[b] {
+            Some(f) => f,
+            None => self.files[b].insert(
+                fs::OpenOptions::new()
+                    .create_new(true)
+                    .read(true)
+                    .append(true)
+                    .open(self.dir.join(format!("{b:03}.sealed")))?,
+            ),
+        };
+        let mut header = [0u8; HEADER];
+        header[..4].copy_from_slice(&(plain.len() as u32).to_le_bytes());
+        header[4..].copy_from_slice(&frame.to_le_bytes());
+        file.write_all(&header)?;
+        file.write_all(&plain)?;
+        self.frames[b].push(frame);
+        Ok(())
+    }
+
+    /// Opens every frame of bucket `b`'s file in order, each reserved in `reservation` before
+    /// it is read (so an oversized bucket, one subject's many rows, fails the job, not the
+    /// host), and gives each to `each`; the file is checked whole (every frame there, in
+    /// order, unaltered) and removed.
+    pub(crate) fn read(
+        &mut self,
+        b: usize,
+        reservation: &MemoryReservation,
+        mut each: impl FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let frames = std::mem::take(&mut self.frames[b]);
+        let Some(file) = self.files[b].take() else {
+            return Ok(());
+        };
+        let mut reader = std::io::BufReader::new(file);
+        std::io::Seek::rewind(&mut reader)?;
+        let damaged = || Error::Integrity("the gate's spill file is damaged".into());
+        for expected in frames {
+            let mut header = [0u8; HEADER];
+            reader.read_exact(&mut header).map_err(|_| damaged())?;
+            let len = u32::from_le_bytes(header[..4].try_into().unwrap_or_default());
+            let frame = u64::from_le_bytes(header[4..].try_into().unwrap_or_default());
+            // Each frame in the place it was written: none dropped, moved or repeated.
+            if frame != expected {
+                return Err(damaged());
+            }
+            reservation
+                .try_grow(len as usize)
+                .map_err(|_| memory_limit())?;
+            let mut sealed = vec![0u8; len as usize];
+            reader.read_exact(&mut sealed).map_err(|_| damaged())?;
+            let plain = self
+                .cipher
+                .open_in_place(nonce(frame), Aad::from(aad(b, frame)), &mut sealed)
+                .map_err(|_| damaged())?;
+            each(plain)?;
+        }
+        // Nothing more may follow the last frame.
+        if reader.read(&mut [0u8; 1])? != 0 {
+            return Err(damaged());
+        }
+        let _ = fs::remove_file(self.dir.join(format!("{b:03}.sealed")));
+        Ok(())
+    }
+}
+
+impl Drop for SealedFiles {
+    fn drop(&mut self) {
+        if self.created {
+            self.files.clear();
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
 }
 
 /// Where a job's per-subject rows wait for their aggregation.
 pub(crate) struct SealedSpill {
-    dir: PathBuf,
-    created: bool,
-    cipher: LessSafeKey,
+    files: SealedFiles,
     /// The rows' schema as the engine gives them, and as the spill keeps them: string and
     /// binary views as plain strings and binaries, whose slices own only their rows' bytes (a
     /// view's slice shares its batch's whole data, which the accounting and the files would
@@ -64,10 +207,6 @@ pub(crate) struct SealedSpill {
     /// their size).
     group_limit: usize,
     reservation: MemoryReservation,
-    next_frame: u64,
-    written: u64,
-    /// The most bytes a job may write: sixteen times its budget.
-    max_written: u64,
 }
 
 impl SealedSpill {
@@ -96,15 +235,8 @@ impl SealedSpill {
                 })
                 .collect::<Vec<_>>(),
         ));
-        let key = crate::crypto::random_bytes::<32>();
-        let name = hex::encode(crate::crypto::random_bytes::<12>());
         Ok(SealedSpill {
-            dir: root.join(format!("job-{name}")),
-            created: false,
-            cipher: LessSafeKey::new(
-                UnboundKey::new(&AES_256_GCM, &key)
-                    .map_err(|_| Error::Internal("gate spill: key".into()))?,
-            ),
+            files: SealedFiles::new(root, budget)?,
             schema,
             stored,
             subject,
@@ -116,9 +248,6 @@ impl SealedSpill {
             limit: (budget / 4).clamp(1 << 20, 1 << 30),
             group_limit: (budget / 8).clamp(1 << 19, 1 << 29),
             reservation,
-            next_frame: 0,
-            written: 0,
-            max_written: (budget as u64).saturating_mul(16),
         })
     }
 
@@ -129,7 +258,7 @@ impl SealedSpill {
 
     /// Bytes written to disk (sealed), in all.
     pub(crate) fn written(&self) -> u64 {
-        self.written
+        self.files.written()
     }
 
     /// Takes one batch of rows.
@@ -240,61 +369,15 @@ impl SealedSpill {
 
     /// Seals every bucket's held rows into its file; nothing is held after.
     fn write_held(&mut self) -> Result<()> {
-        if !self.created {
-            create_private_dir(&self.dir)?;
-            self.created = true;
-        }
         for b in 0..BUCKETS {
             if self.buckets[b].held.is_empty() {
                 continue;
             }
             // One batch per bucket and write: the slices are small (a 256th of a batch).
             let held = coalesce(&self.stored, std::mem::take(&mut self.buckets[b].held))?;
-            let mut plain = encode(&self.stored, &held)?;
-            if plain.len() > u32::MAX as usize - 64 {
-                return Err(Error::Limit(
-                    "the gate's work for the job holds too many rows of one subject".into(),
-                ));
-            }
+            let plain = encode(&self.stored, &held)?;
             drop(held);
-            let frame = self.next_frame;
-            self.next_frame += 1;
-            self.cipher
-                .seal_in_place_append_tag(nonce(frame), Aad::from(aad(b, frame)), &mut plain)
-                .map_err(|_| Error::Internal("gate spill: sealing failed".into()))?;
-            // The disk is shared with the metadata and the audit log: a job never takes its
-            // last gigabyte (or its last twentieth).
-            if let Some(free) = free_bytes(&self.dir)
-                && free.saturating_sub((HEADER + plain.len()) as u64) < disk_reserve(&self.dir)
-            {
-                return Err(Error::Limit(
-                    "the disk is too full for the gate's work for the job".into(),
-                ));
-            }
-            self.written += (HEADER + plain.len()) as u64;
-            if self.written > self.max_written {
-                return Err(Error::Limit(
-                    "the gate's work for the job exceeded its disk limit (sixteen times its memory)"
-                        .into(),
-                ));
-            }
-            let bucket = &mut self.buckets[b];
-            let file = match &mut bucket.file {
-                Some(f) => f,
-                None => bucket.file.insert(
-                    fs::OpenOptions::new()
-                        .create_new(true)
-                        .read(true)
-                        .append(true)
-                        .open(self.dir.join(format!("{b:03}.sealed")))?,
-                ),
-            };
-            let mut header = [0u8; HEADER];
-            header[..4].copy_from_slice(&(plain.len() as u32).to_le_bytes());
-            header[4..].copy_from_slice(&frame.to_le_bytes());
-            file.write_all(&header)?;
-            file.write_all(&plain)?;
-            bucket.frames.push(frame);
+            self.files.write(b, plain)?;
         }
         self.held = 0;
         self.reservation.free();
@@ -341,44 +424,15 @@ impl SealedSpill {
         }
         let group = if self.partitioned { group } else { 0..0 };
         for b in group {
-            // Every frame is reserved in the job's pool before it is read, so an oversized
-            // bucket (one subject's many rows) fails the job, not the host.
             let held = std::mem::take(&mut self.buckets[b].held);
             // Its rows' copy (below), beside the batches they are slices of.
             self.reservation
                 .try_grow(held.iter().map(|(_, share)| share).sum::<usize>())
                 .map_err(|_| memory_limit())?;
-            let frames = std::mem::take(&mut self.buckets[b].frames);
-            if let Some(file) = self.buckets[b].file.take() {
-                let mut reader = std::io::BufReader::new(file);
-                std::io::Seek::rewind(&mut reader)?;
-                let damaged = || Error::Integrity("the gate's spill file is damaged".into());
-                for expected in frames {
-                    let mut header = [0u8; HEADER];
-                    reader.read_exact(&mut header).map_err(|_| damaged())?;
-                    let len = u32::from_le_bytes(header[..4].try_into().unwrap_or_default());
-                    let frame = u64::from_le_bytes(header[4..].try_into().unwrap_or_default());
-                    // Each frame in the place it was written: none dropped, moved or repeated.
-                    if frame != expected {
-                        return Err(damaged());
-                    }
-                    self.reservation
-                        .try_grow(len as usize)
-                        .map_err(|_| memory_limit())?;
-                    let mut sealed = vec![0u8; len as usize];
-                    reader.read_exact(&mut sealed).map_err(|_| damaged())?;
-                    let plain = self
-                        .cipher
-                        .open_in_place(nonce(frame), Aad::from(aad(b, frame)), &mut sealed)
-                        .map_err(|_| damaged())?;
-                    out.extend(decode(plain)?);
-                }
-                // Nothing more may follow the last frame.
-                if reader.read(&mut [0u8; 1])? != 0 {
-                    return Err(damaged());
-                }
-                let _ = fs::remove_file(self.dir.join(format!("{b:03}.sealed")));
-            }
+            self.files.read(b, &self.reservation, |plain| {
+                out.extend(decode(plain)?);
+                Ok(())
+            })?;
             out.extend(coalesce(&self.stored, held)?);
         }
         let schema = Arc::clone(&self.schema);
@@ -425,17 +479,6 @@ fn statvfs(dir: &Path) -> Option<(u64, u64, u64)> {
         stat.f_blocks as u64,
         stat.f_frsize as u64,
     ))
-}
-
-impl Drop for SealedSpill {
-    fn drop(&mut self) {
-        if self.created {
-            for b in &mut self.buckets {
-                b.file = None;
-            }
-            let _ = fs::remove_dir_all(&self.dir);
-        }
-    }
 }
 
 /// The memory of a batch's own rows: a slice (of a table's batch, of a partitioned one)

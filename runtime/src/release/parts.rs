@@ -38,12 +38,15 @@ enum Kind {
     Distinct,
 }
 
-/// One part: how, over which column (by index in the rows' schema), with which FILTER.
+/// One part: how, over which column (by index in the rows' schema), with which FILTER, and
+/// for a sum or a distinct count the slot of a row's values that holds its value (one per
+/// column and kind: `sum(x)` and `avg(x)` read one).
 #[derive(Debug, Clone, Copy)]
 struct Part {
     kind: Kind,
     column: Option<usize>,
     filter: Option<usize>,
+    slot: usize,
 }
 
 /// The parts of a job's contributions as the tally computes them, resolved against its rows'
@@ -83,6 +86,7 @@ impl Contributions {
                     kind: Kind::Rows,
                     column: None,
                     filter: None,
+                    slot: 0,
                 },
                 PartExpr::Subjects(j) => {
                     let column = index(format!("{ARGUMENT_PREFIX}{j}"))?;
@@ -96,12 +100,14 @@ impl Contributions {
                         kind: Kind::Distinct,
                         column: Some(column),
                         filter: filter(j).ok()?,
+                        slot: 0,
                     }
                 }
                 PartExpr::Count(j) => Part {
                     kind: Kind::Count,
                     column: Some(index(format!("{ARGUMENT_PREFIX}{j}"))?),
                     filter: filter(j).ok()?,
+                    slot: 0,
                 },
                 PartExpr::Sum(j) => {
                     let column = index(format!("{ARGUMENT_PREFIX}{j}"))?;
@@ -114,6 +120,7 @@ impl Contributions {
                         kind: Kind::Double,
                         column: Some(column),
                         filter: filter(j).ok()?,
+                        slot: 0,
                     }
                 }
                 PartExpr::Source(j, n) => {
@@ -127,14 +134,28 @@ impl Contributions {
                         kind: Kind::Double,
                         column: Some(column),
                         filter: filter(j).ok()?,
+                        slot: 0,
                     }
                 }
             });
         }
-        let values = parts
-            .iter()
-            .filter(|p| !matches!(p.kind, Kind::Rows | Kind::Count))
-            .count();
+        let mut slots = Vec::new();
+        for p in &mut parts {
+            let distinct = match p.kind {
+                Kind::Rows | Kind::Count => continue,
+                Kind::Double => false,
+                Kind::Distinct => true,
+            };
+            let of = (distinct, p.column);
+            p.slot = match slots.iter().position(|s| *s == of) {
+                Some(at) => at,
+                None => {
+                    slots.push(of);
+                    slots.len() - 1
+                }
+            };
+        }
+        let values = slots.len();
         if values > MAX_VALUES || parts.len() > MAX_PARTS {
             return None;
         }
@@ -225,10 +246,10 @@ impl Batch {
 const MAX_VALUES: usize = 8;
 const MAX_PARTS: usize = 64;
 
-/// One row of a group as the tally sorts it: its cell, its place in the group (the engine
-/// adds a subject's rows in this order), its subject's name in the gate's memory and a second
-/// hash of it under a key of the job's own (two subjects are told apart unless both collide),
-/// its element for the gate's memory, which parts count it, and its values.
+/// One row of a group as the tally sorts it: its cell, its place among its bucket's rows (the
+/// engine adds a subject's rows in this order), its subject's name in the gate's memory and a
+/// second hash of it under a key of the job's own (two subjects are told apart unless both
+/// collide), its element for the gate's memory, which parts count it, and its values.
 #[derive(Clone, Copy)]
 struct Row<const V: usize> {
     cell: u32,
@@ -243,9 +264,51 @@ struct Row<const V: usize> {
     values: [u64; V],
 }
 
+/// A row as the spill keeps it: [`HEAD`] words (its cell and place, `who`, `check`,
+/// `identity`, `element`, `counted`), then its values.
+const HEAD: usize = 6;
+
 impl<const V: usize> Row<V> {
     fn order(&self) -> (u32, u64, u64, u32) {
         (self.cell, self.who, self.check, self.seq)
+    }
+
+    fn from_words(w: &[u64]) -> Row<V> {
+        let mut values = [0; V];
+        values.copy_from_slice(&w[HEAD..HEAD + V]);
+        Row {
+            cell: w[0] as u32,
+            seq: (w[0] >> 32) as u32,
+            who: w[1],
+            check: w[2],
+            identity: w[3],
+            element: w[4],
+            counted: w[5],
+            values,
+        }
+    }
+}
+
+/// The cells of a job's rows, numbered as first seen, by their keys in Arrow's row format.
+#[derive(Default)]
+struct Cells {
+    index: std::collections::HashMap<Box<[u8]>, u32, foldhash::fast::RandomState>,
+    keys: Vec<Box<[u8]>>,
+    /// What the keys take in memory, about.
+    bytes: usize,
+}
+
+impl Cells {
+    fn number(&mut self, key: &[u8]) -> Result<u32> {
+        if let Some(c) = self.index.get(key) {
+            return Ok(*c);
+        }
+        let c = u32::try_from(self.keys.len()).map_err(|_| too_many())?;
+        self.index.insert(key.into(), c);
+        self.keys.push(key.into());
+        // The key twice (the index's and the list's), and their tables' slots.
+        self.bytes += 2 * key.len() + 64;
+        Ok(c)
     }
 }
 
@@ -263,10 +326,13 @@ pub(crate) struct Built<const V: usize> {
     places: Vec<(u32, u32)>,
 }
 
-/// Makes [`Built`] groups on a thread other than the tally's: everything it reads is its own.
+/// Makes the rows the tally reads from the engine's rows of every subject, on a thread other
+/// than the tally's: everything it reads is its own.
 pub(crate) struct Builder {
     native: NativeParts,
     subject_key: Option<crate::crypto::SubjectKey>,
+    /// Keys of its own hashes of subjects (SipHash-1-3): one names them when no subject key
+    /// does, the other tells apart two subjects of one name.
     check_keys: ([u8; 16], [u8; 16]),
     /// Names a distinct count's values: a key of its own, drawn for the job's groups (a
     /// subject's rows are all in one group) and never stored.
@@ -277,13 +343,107 @@ pub(crate) struct Builder {
 }
 
 impl Builder {
-    /// How many of the parts are sums (a value per row): the `V` of its [`Built`] groups.
+    /// A builder of rows of `schema` (with the hidden key columns of the result's cells), for
+    /// contributions whose parts the tally computes as `native`.
+    pub(crate) fn new(
+        native: NativeParts,
+        subject_key: Option<crate::crypto::SubjectKey>,
+        schema: &Schema,
+        private: bool,
+    ) -> Result<Builder> {
+        Builder::with(
+            native,
+            subject_key,
+            super::key_fields(Some(schema)),
+            private,
+        )
+    }
+
+    fn with(
+        native: NativeParts,
+        subject_key: Option<crate::crypto::SubjectKey>,
+        (fields, no_keys): (Vec<arrow::row::SortField>, bool),
+        private: bool,
+    ) -> Result<Builder> {
+        Ok(Builder {
+            native,
+            subject_key,
+            check_keys: (
+                crate::crypto::random_bytes::<16>(),
+                crate::crypto::random_bytes::<16>(),
+            ),
+            value_key: crate::crypto::random_bytes::<16>(),
+            converter: arrow::row::RowConverter::new(fields).map_err(arrow_error)?,
+            no_keys,
+            private,
+        })
+    }
+
+    /// How many of the parts are sums (a value per row): the `V` of its rows.
     pub(crate) fn values(&self) -> usize {
         self.native.values
     }
-}
 
-impl Builder {
+    /// Makes every row of `b` that has a subject, as the words of a [`Row`] (its place 0),
+    /// its cell numbered by `cells`, and gives each to `each` with its row in `b`.
+    fn make(
+        &self,
+        b: &RecordBatch,
+        cells: &mut Cells,
+        mut each: impl FnMut(usize, &[u64]) -> Result<()>,
+    ) -> Result<()> {
+        let key = self.subject_key;
+        let (name_key, check_key) = self.check_keys;
+        let named = |who: &[u8]| match &key {
+            Some(k) => k.subject(who),
+            None => keyed(&name_key, who),
+        };
+        let batch = Batch::new(b, &self.native, key.is_some(), &self.value_key)?;
+        let keys = super::keys_in(&self.converter, self.no_keys, b)?;
+        let mut words = [0u64; HEAD + MAX_VALUES];
+        let width = HEAD + self.native.values;
+        for r in 0..b.num_rows() {
+            // Rows of no subject never reach the tally (filtered in its plan).
+            if !batch.subject.is_valid(r) {
+                continue;
+            }
+            let who = batch.subject.value(r).as_bytes();
+            words[..width].fill(0);
+            words[0] = u64::from(cells.number(keys.row(r).as_ref())?);
+            words[1] = named(who);
+            words[2] = keyed(&check_key, who);
+            if let Some((table, identity, adds)) =
+                batch.elements.as_ref().and_then(|e| super::element(e, r))
+            {
+                words[3] = identity;
+                words[4] = table << TABLE_SHIFT | adds;
+            }
+            for (p, ((values, filter), part)) in
+                batch.values.iter().zip(&self.native.parts).enumerate()
+            {
+                // A FILTER passes a row where it is true (not NULL).
+                let passes = filter.as_ref().is_none_or(|f| f.is_valid(r) && f.value(r));
+                let (valid, value) = match values {
+                    Values::Rows => (true, None),
+                    Values::Count(nulls) => (nulls.as_ref().is_none_or(|n| n.is_valid(r)), None),
+                    Values::Double(c) => (c.is_valid(r), Some(c.value(r).to_bits())),
+                    Values::Distinct(hashes, nulls) => (
+                        nulls.as_ref().is_none_or(|n| n.is_valid(r)),
+                        Some(hashes[r]),
+                    ),
+                };
+                if passes && valid {
+                    words[5] |= 1 << p;
+                }
+                if let Some(v) = value {
+                    words[HEAD + part.slot] = v;
+                }
+            }
+            each(r, &words[..width])?;
+        }
+        Ok(())
+    }
+
     /// Takes one group's rows, every row of each of its subjects, in order.
     pub(crate) fn build<const V: usize>(
         &self,
@@ -303,115 +463,251 @@ impl Builder {
         memory
             .try_grow(count.saturating_mul(each))
             .map_err(|_| Error::Limit("the job exceeded its memory limit".into()))?;
-        let native = &self.native;
-        let key = self.subject_key;
-        let (name_key, check_key) = self.check_keys;
-        let named = |who: &[u8]| match &key {
-            Some(k) => k.subject(who),
-            None => keyed(&name_key, who),
-        };
-        let mut index: std::collections::HashMap<Box<[u8]>, u32, foldhash::fast::RandomState> =
-            Default::default();
-        let mut built = Built {
-            memory,
-            rows: Vec::with_capacity(count),
-            cells: Vec::new(),
-            subjects: Vec::new(),
-            places: Vec::new(),
-        };
+        let mut cells = Cells::default();
+        let mut out = Vec::with_capacity(count);
+        let mut places = Vec::new();
+        let mut subjects = Vec::new();
         let mut seq = 0u32;
         for (bi, b) in rows.iter().enumerate() {
-            let batch = Batch::new(b, native, key.is_some(), &self.value_key)?;
-            let keys = super::keys_in(&self.converter, self.no_keys, b)?;
-            for r in 0..b.num_rows() {
-                // Rows of no subject never reach the tally (filtered in its plan).
-                if !batch.subject.is_valid(r) {
-                    continue;
-                }
-                let who = batch.subject.value(r).as_bytes();
-                let cell_key = keys.row(r);
-                let cell = match index.get(cell_key.as_ref()) {
-                    Some(c) => *c,
-                    None => {
-                        let c = u32::try_from(built.cells.len()).map_err(|_| too_many())?;
-                        index.insert(cell_key.as_ref().into(), c);
-                        built.cells.push(cell_key.as_ref().into());
-                        c
-                    }
-                };
-                let mut row = Row {
-                    cell,
-                    seq,
-                    who: named(who),
-                    check: keyed(&check_key, who),
-                    identity: 0,
-                    element: 0,
-                    counted: 0,
-                    values: [0; V],
-                };
+            self.make(b, &mut cells, |r, words| {
+                let mut row = Row::<V>::from_words(words);
+                row.seq = seq;
                 seq = seq.checked_add(1).ok_or_else(too_many)?;
                 if self.private {
-                    built.places.push((bi as u32, r as u32));
+                    places.push((bi as u32, r as u32));
                 }
-                if let Some((table, identity, adds)) =
-                    batch.elements.as_ref().and_then(|e| super::element(e, r))
-                {
-                    row.identity = identity;
-                    row.element = table << TABLE_SHIFT | adds;
-                }
-                let mut slot = 0;
-                for (p, (values, filter)) in batch.values.iter().enumerate() {
-                    // A FILTER passes a row where it is true (not NULL).
-                    let passes = filter.as_ref().is_none_or(|f| f.is_valid(r) && f.value(r));
-                    let (valid, value) = match values {
-                        Values::Rows => (true, None),
-                        Values::Count(nulls) => {
-                            (nulls.as_ref().is_none_or(|n| n.is_valid(r)), None)
-                        }
-                        Values::Double(c) => (c.is_valid(r), Some(c.value(r).to_bits())),
-                        Values::Distinct(hashes, nulls) => (
-                            nulls.as_ref().is_none_or(|n| n.is_valid(r)),
-                            Some(hashes[r]),
-                        ),
-                    };
-                    if passes && valid {
-                        row.counted |= 1 << p;
-                    }
-                    if let Some(v) = value {
-                        row.values[slot] = v;
-                        slot += 1;
-                    }
-                }
-                built.rows.push(row);
-            }
+                out.push(row);
+                Ok(())
+            })?;
             if self.private {
                 // A copy of its own: a slice would keep the whole batch it came from (a
                 // spill frame's every column) beyond the spill's reservation of it.
-                let subjects: arrow::array::StringArray = batch.subject.iter().collect();
-                built
-                    .memory
-                    .try_grow(subjects.get_array_memory_size())
+                let names: arrow::array::StringArray =
+                    super::subjects_of(b)?.as_string::<i32>().iter().collect();
+                memory
+                    .try_grow(names.get_array_memory_size())
                     .map_err(|_| Error::Limit("the job exceeded its memory limit".into()))?;
-                built.subjects.push(subjects);
+                subjects.push(names);
             }
         }
-        Ok(built)
+        Ok(Built {
+            memory,
+            rows: out,
+            cells: cells.keys,
+            subjects,
+            places,
+        })
     }
+}
+
+/// Every subject's rows of a job as the tally reads them, made once as they stream from the
+/// engine (each row's cell, its subject's two names, its element, which parts count it and
+/// its values, in fixed-size records of [`HEAD`] words and one per value) and partitioned by
+/// subject into [`crate::spill::BUCKETS`] buckets: held in memory while they take at most a
+/// quarter of the job's budget, and beyond it written to sealed files (under a key of the
+/// job's memory only). Read back a bucket at a time, so the tally's work is bounded by the
+/// largest bucket (a subject's rows are all in one), whatever the table's size. Not under
+/// differential privacy (the tally names each subject there).
+pub(crate) struct RowSpill {
+    builder: Builder,
+    cells: Cells,
+    /// Words per row.
+    width: usize,
+    buckets: Vec<Vec<u64>>,
+    /// The next place in each bucket.
+    seqs: Vec<u32>,
+    /// Words held in the buckets.
+    held: usize,
+    /// The most bytes the buckets hold (their capacity), and the reservation of what they
+    /// take and the cells' keys.
+    limit: usize,
+    reservation: MemoryReservation,
+    files: crate::spill::SealedFiles,
+}
+
+impl RowSpill {
+    pub(crate) fn new(
+        root: &std::path::Path,
+        builder: Builder,
+        budget: usize,
+        reservation: MemoryReservation,
+    ) -> Result<RowSpill> {
+        if builder.private {
+            return Err(Error::Internal(
+                "the gate's rows: subjects are named under privacy".into(),
+            ));
+        }
+        Ok(RowSpill {
+            width: HEAD + builder.native.values,
+            builder,
+            cells: Cells::default(),
+            buckets: vec![Vec::new(); crate::spill::BUCKETS],
+            seqs: vec![0; crate::spill::BUCKETS],
+            held: 0,
+            limit: (budget / 4).clamp(1 << 20, 1 << 30),
+            reservation,
+            files: crate::spill::SealedFiles::new(root, budget)?,
+        })
+    }
+
+    /// Bytes written to disk (sealed), in all.
+    pub(crate) fn written(&self) -> u64 {
+        self.files.written()
+    }
+
+    /// The builder of its rows.
+    pub(crate) fn builder(&self) -> &Builder {
+        &self.builder
+    }
+
+    /// The parts its rows carry (for the tally to read them with).
+    pub(crate) fn parts(&self) -> NativeParts {
+        self.builder.native.clone()
+    }
+
+    /// The cells' keys, by their numbers in the rows.
+    pub(crate) fn cells(&self) -> &[Box<[u8]>] {
+        &self.cells.keys
+    }
+
+    /// Takes one batch of rows.
+    pub(crate) fn push(&mut self, b: &RecordBatch) -> Result<()> {
+        let (buckets, seqs) = (&mut self.buckets, &mut self.seqs);
+        let mut made = 0;
+        self.builder.make(b, &mut self.cells, |_, words| {
+            // A subject's rows are all in one bucket: the second name's top bits (a hash
+            // under a key of the job's own).
+            let at = (words[2] >> 56) as usize % crate::spill::BUCKETS;
+            let seq = seqs[at];
+            seqs[at] = seq.checked_add(1).ok_or_else(too_many)?;
+            buckets[at].push(words[0] | u64::from(seq) << 32);
+            buckets[at].extend_from_slice(&words[1..]);
+            made += words.len();
+            Ok(())
+        })?;
+        self.held += made;
+        if self.capacity() > self.limit || self.reserve().is_err() {
+            self.write_held()?;
+            // Each bucket keeps room for its share of the limit, to fill again.
+            let share = self.limit / 8 / self.buckets.len();
+            for bucket in &mut self.buckets {
+                bucket.shrink_to(share);
+            }
+            self.reserve()?;
+        }
+        Ok(())
+    }
+
+    fn capacity(&self) -> usize {
+        self.buckets.iter().map(Vec::capacity).sum::<usize>() * 8
+    }
+
+    /// Reserves what the buckets and the cells' keys take.
+    fn reserve(&mut self) -> Result<()> {
+        self.reservation
+            .try_resize(self.capacity() + self.cells.bytes)
+            .map_err(|_| Error::Limit("the job exceeded its memory limit".into()))
+    }
+
+    /// Seals every bucket's held rows into its file; nothing is held after.
+    fn write_held(&mut self) -> Result<()> {
+        for b in 0..self.buckets.len() {
+            if self.buckets[b].is_empty() {
+                continue;
+            }
+            let mut plain = Vec::with_capacity(self.buckets[b].len() * 8 + 16);
+            for w in self.buckets[b].drain(..) {
+                plain.extend_from_slice(&w.to_le_bytes());
+            }
+            self.files.write(b, plain)?;
+        }
+        self.held = 0;
+        Ok(())
+    }
+
+    /// Bucket `b`'s rows, read back, opened and sorted by cell and subject (each subject's
+    /// rows in their own order), reserved in `memory` until the tally has taken them.
+    pub(crate) fn take<const V: usize>(
+        &mut self,
+        b: usize,
+        memory: MemoryReservation,
+    ) -> Result<Sorted<V>> {
+        if V + HEAD != self.width {
+            return Err(Error::Internal("gate columns: the sums miscounted".into()));
+        }
+        let held = std::mem::take(&mut self.buckets[b]);
+        let width = self.width;
+        let mut rows: Vec<Row<V>> = Vec::new();
+        let damaged = || Error::Integrity("the gate's spill file is damaged".into());
+        let size = std::mem::size_of::<Row<V>>();
+        self.files.read(b, &memory, |plain| {
+            if plain.len() % (8 * width) != 0 {
+                return Err(damaged());
+            }
+            let n = plain.len() / (8 * width);
+            memory.try_grow(n * size).map_err(|_| memory_limit())?;
+            let mut words = [0u64; HEAD + MAX_VALUES];
+            for record in plain.chunks_exact(8 * width) {
+                for (w, bytes) in words.iter_mut().zip(record.chunks_exact(8)) {
+                    *w = u64::from_le_bytes(bytes.try_into().map_err(|_| damaged())?);
+                }
+                rows.push(Row::from_words(&words[..width]));
+            }
+            Ok(())
+        })?;
+        memory
+            .try_grow(held.len() / width * size)
+            .map_err(|_| memory_limit())?;
+        rows.extend(held.chunks_exact(width).map(Row::from_words));
+        drop(held);
+        // What the files' frames took is given back; the rows stay reserved.
+        memory
+            .try_resize(rows.len() * size)
+            .map_err(|_| memory_limit())?;
+        self.reserve()?;
+        rows.sort_unstable_by_key(Row::order);
+        Ok(Sorted { memory, rows })
+    }
+}
+
+/// One bucket's rows, sorted for the tally.
+pub(crate) struct Sorted<const V: usize> {
+    /// Their room in the job's pool, given back when the tally has taken them.
+    memory: MemoryReservation,
+    rows: Vec<Row<V>>,
 }
 
 impl Tally<'_> {
     /// What a worker needs to make this tally's groups of rows, for contributions whose parts
     /// it computes as `native`.
     pub(crate) fn builder(&self, native: NativeParts) -> Result<Builder> {
-        Ok(Builder {
+        Builder::with(
             native,
-            subject_key: self.subject_key,
-            check_keys: self.check_keys,
-            value_key: crate::crypto::random_bytes::<16>(),
-            converter: arrow::row::RowConverter::new(self.fields.clone()).map_err(arrow_error)?,
-            no_keys: self.no_keys,
-            private: self.privacy.is_some(),
-        })
+            self.subject_key,
+            (self.fields.clone(), self.no_keys),
+            self.privacy.is_some(),
+        )
+    }
+
+    /// The tally's cells of a spill's cells, by their numbers there.
+    pub(crate) fn cells_of(&mut self, spill: &RowSpill) -> Result<Vec<u32>> {
+        spill
+            .cells()
+            .iter()
+            .map(|k| u32::try_from(self.cell_at(k)).map_err(|_| too_many()))
+            .collect()
+    }
+
+    /// Takes one bucket of a spill's rows (`cells`: the tally's cells by the spill's numbers).
+    pub(crate) fn add_sorted<const V: usize>(
+        &mut self,
+        native: &NativeParts,
+        cells: &[u32],
+        sorted: Sorted<V>,
+    ) -> Result<()> {
+        let taken = self.take_runs(native, &sorted.rows, cells, None);
+        drop(sorted.memory);
+        taken
     }
 
     /// Takes one group of subjects' rows, every row of each of its subjects: each row's
@@ -421,29 +717,43 @@ impl Tally<'_> {
         builder: &Builder,
         mut built: Built<V>,
     ) -> Result<()> {
-        let native = &builder.native;
-        let key = self.subject_key;
         // The group's cells as the tally's.
         let cells = built
             .cells
             .iter()
             .map(|k| u32::try_from(self.cell_at(k)).map_err(|_| too_many()))
             .collect::<Result<Vec<_>>>()?;
-        for row in &mut built.rows {
-            row.cell = cells[row.cell as usize];
-        }
         // By cell and subject, and each subject's rows in their own order.
         built.rows.sort_unstable_by_key(Row::order);
+        let taken = self.take_runs(
+            &builder.native,
+            &built.rows,
+            &cells,
+            Some((&built.subjects, &built.places)),
+        );
+        drop(built.memory);
+        taken
+    }
+
+    /// Takes rows sorted by cell and subject: each row's element for the gate's memory and
+    /// each (cell, subject)'s parts. `cells`: the tally's cells by the rows' numbers; `names`:
+    /// under differential privacy, the rows' subjects and where each row is (by its place).
+    fn take_runs<const V: usize>(
+        &mut self,
+        native: &NativeParts,
+        rows: &[Row<V>],
+        cells: &[u32],
+        names: Option<(&[arrow::array::StringArray], &[(u32, u32)])>,
+    ) -> Result<()> {
+        let key = self.subject_key;
         let mut elements = Vec::new();
         let mut totals = vec![Total::Count(0); native.parts.len()];
         let mut values = Vec::with_capacity(native.parts.len());
         // A distinct count's values of one subject, each part's in turn.
         let mut seen: Vec<u64> = Vec::new();
-        for of_name in built
-            .rows
-            .chunk_by(|a, b| (a.cell, a.who) == (b.cell, b.who))
-        {
-            let (at, who) = (of_name[0].cell as usize, of_name[0].who);
+        for of_name in rows.chunk_by(|a, b| (a.cell, a.who) == (b.cell, b.who)) {
+            let at = *cells.get(of_name[0].cell as usize).ok_or_else(too_many)? as usize;
+            let who = of_name[0].who;
             if let Some(k) = &key {
                 // The gate's memory names a subject by its name alone, as it always has.
                 elements.clear();
@@ -463,60 +773,44 @@ impl Tally<'_> {
                     };
                 }
                 for row in subject {
-                    let mut slot = 0;
-                    for (p, total) in totals.iter_mut().enumerate() {
-                        let counted = row.counted >> p & 1 == 1;
-                        let value = match total {
-                            Total::Count(_) => 0,
-                            _ => {
-                                slot += 1;
-                                row.values[slot - 1]
-                            }
-                        };
-                        if !counted {
+                    for (p, (total, part)) in totals.iter_mut().zip(&native.parts).enumerate() {
+                        if row.counted >> p & 1 == 0 {
                             continue;
                         }
                         match total {
                             Total::Count(n) => *n += 1,
                             Total::Double(t) => {
-                                *t = Some(t.unwrap_or(0.0) + f64::from_bits(value));
+                                let value = f64::from_bits(row.values[part.slot]);
+                                *t = Some(t.unwrap_or(0.0) + value);
                             }
                             // Counted below, over all of the subject's rows.
                             Total::Distinct(_) => {}
                         }
                     }
                 }
-                let mut slot = 0;
-                for (p, total) in totals.iter_mut().enumerate() {
-                    match total {
-                        Total::Count(_) => continue,
-                        Total::Double(_) => {}
-                        Total::Distinct(n) => {
-                            seen.clear();
-                            seen.extend(
-                                subject
-                                    .iter()
-                                    .filter(|row| row.counted >> p & 1 == 1)
-                                    .map(|row| row.values[slot]),
-                            );
-                            seen.sort_unstable();
-                            seen.dedup();
-                            *n = seen.len() as u64;
-                        }
+                for (p, (total, part)) in totals.iter_mut().zip(&native.parts).enumerate() {
+                    if let Total::Distinct(n) = total {
+                        seen.clear();
+                        seen.extend(
+                            subject
+                                .iter()
+                                .filter(|row| row.counted >> p & 1 == 1)
+                                .map(|row| row.values[part.slot]),
+                        );
+                        seen.sort_unstable();
+                        seen.dedup();
+                        *n = seen.len() as u64;
                     }
-                    slot += 1;
                 }
                 values.clear();
                 values.extend(totals.iter().map(|t| t.value()));
-                let name = match builder.private {
-                    true => {
-                        let (b, r) = *built
-                            .places
-                            .get(subject[0].seq as usize)
-                            .ok_or_else(too_many)?;
-                        Some(built.subjects[b as usize].value(r as usize))
+                let name = match names {
+                    Some((subjects, places)) => {
+                        let (b, r) = *places.get(subject[0].seq as usize).ok_or_else(too_many)?;
+                        let names = subjects.get(b as usize).ok_or_else(too_many)?;
+                        Some(names.value(r as usize))
                     }
-                    false => None,
+                    None => None,
                 };
                 self.add_part(at, name, &values);
             }
@@ -549,6 +843,10 @@ impl Total {
             Total::Double(v) => v.unwrap_or(0.0),
         }
     }
+}
+
+fn memory_limit() -> Error {
+    Error::Limit("the job exceeded its memory limit".into())
 }
 
 fn too_many() -> Error {
