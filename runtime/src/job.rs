@@ -360,7 +360,7 @@ pub async fn run_query_until(
                             query,
                             stream_contributions(&ctx, Arc::clone(input), |b| rows.push(&b))
                         )?;
-                        (batches, Gathered::Rows(rows))
+                        (batches, Gathered::Rows(Box::new(rows)))
                     }
                     None => {
                         let mut spill = crate::spill::SealedSpill::new(
@@ -374,7 +374,7 @@ pub async fn run_query_until(
                             query,
                             stream_contributions(&ctx, Arc::clone(input), |b| spill.push(b))
                         )?;
-                        (batches, Gathered::Batches(spill))
+                        (batches, Gathered::Batches(Box::new(spill)))
                     }
                 };
                 if !tee.whole(GATE) {
@@ -393,9 +393,9 @@ pub async fn run_query_until(
                     limits.subjects,
                 )?;
                 let outcome = match gathered {
-                    Gathered::Rows(rows) => contribute_rows(rows, &mut tally, &pool).await,
+                    Gathered::Rows(rows) => contribute_rows(*rows, &mut tally, &pool).await,
                     Gathered::Batches(spill) => {
-                        contribute(&ctx, plan, spill, &mut tally, &pool, &limits).await
+                        contribute(&ctx, plan, *spill, &mut tally, &pool, &limits).await
                     }
                 };
                 let (written, groups) = outcome?;
@@ -541,8 +541,8 @@ fn reading(
 /// The gate's per-subject rows of a job as they were kept: made ready for the tally as they
 /// streamed, or as the engine gave them.
 enum Gathered {
-    Rows(crate::release::RowSpill),
-    Batches(crate::spill::SealedSpill),
+    Rows(Box<crate::release::RowSpill>),
+    Batches(Box<crate::spill::SealedSpill>),
 }
 
 /// Whether the engine computes every subject's part, not the tally (the tests that compare

@@ -77,8 +77,9 @@ impl SealedFiles {
         self.written
     }
 
-    /// Seals `plain` as the next frame of bucket `b`'s file.
-    pub(crate) fn write(&mut self, b: usize, mut plain: Vec<u8>) -> Result<()> {
+    /// Seals `plain` as the next frame of bucket `b`'s file (in place: `plain` holds the
+    /// sealed frame after).
+    pub(crate) fn write(&mut self, b: usize, plain: &mut Vec<u8>) -> Result<()> {
         if plain.len() > u32::MAX as usize - 64 {
             return Err(Error::Limit(
                 "the gate's work for the job holds too many rows of one subject".into(),
@@ -91,7 +92,7 @@ impl SealedFiles {
         let frame = self.next_frame;
         self.next_frame += 1;
         self.cipher
-            .seal_in_place_append_tag(nonce(frame), Aad::from(aad(b, frame)), &mut plain)
+            .seal_in_place_append_tag(nonce(frame), Aad::from(aad(b, frame)), plain)
             .map_err(|_| Error::Internal("gate spill: sealing failed".into()))?;
         // The disk is shared with the metadata and the audit log: a job never takes its
         // last gigabyte (or its last twentieth).
@@ -123,7 +124,7 @@ impl SealedFiles {
         header[..4].copy_from_slice(&(plain.len() as u32).to_le_bytes());
         header[4..].copy_from_slice(&frame.to_le_bytes());
         file.write_all(&header)?;
-        file.write_all(&plain)?;
+        file.write_all(plain)?;
         self.frames[b].push(frame);
         Ok(())
     }
@@ -375,9 +376,9 @@ impl SealedSpill {
             }
             // One batch per bucket and write: the slices are small (a 256th of a batch).
             let held = coalesce(&self.stored, std::mem::take(&mut self.buckets[b].held))?;
-            let plain = encode(&self.stored, &held)?;
+            let mut plain = encode(&self.stored, &held)?;
             drop(held);
-            self.files.write(b, plain)?;
+            self.files.write(b, &mut plain)?;
         }
         self.held = 0;
         self.reservation.free();

@@ -503,27 +503,35 @@ impl Builder {
 /// Every subject's rows of a job as the tally reads them, made once as they stream from the
 /// engine (each row's cell, its subject's two names, its element, which parts count it and
 /// its values, in fixed-size records of [`HEAD`] words and one per value) and partitioned by
-/// subject into [`crate::spill::BUCKETS`] buckets: held in memory while they take at most a
-/// quarter of the job's budget, and beyond it written to sealed files (under a key of the
-/// job's memory only). Read back a bucket at a time, so the tally's work is bounded by the
-/// largest bucket (a subject's rows are all in one), whatever the table's size. Not under
-/// differential privacy (the tally names each subject there).
+/// subject into [`crate::spill::BUCKETS`] buckets of chunks: held in memory while they take
+/// at most a quarter of the job's budget, and beyond it a bucket that needs room is written to
+/// its sealed file (under a key of the job's memory only) and its room used again. Read back
+/// a bucket at a time, so the tally's work is bounded by the largest bucket (a subject's rows
+/// are all in one), whatever the table's size. Not under differential privacy (the tally
+/// names each subject there).
 pub(crate) struct RowSpill {
     builder: Builder,
     cells: Cells,
     /// Words per row.
     width: usize,
-    buckets: Vec<Vec<u64>>,
+    /// Each bucket's chunks of records (little-endian words), the last one filling.
+    buckets: Vec<Vec<Vec<u8>>>,
+    /// Chunks written out, kept to fill again.
+    free: Vec<Vec<u8>>,
+    /// Chunks made in all, the most there may be (a quarter of the budget), and the bytes of
+    /// records one holds.
+    chunks: usize,
+    max_chunks: usize,
+    chunk: usize,
     /// The next place in each bucket.
     seqs: Vec<u32>,
-    /// Words held in the buckets.
-    held: usize,
-    /// The most bytes the buckets hold (their capacity), and the reservation of what they
-    /// take and the cells' keys.
-    limit: usize,
+    /// Reserves the chunks and the cells' keys.
     reservation: MemoryReservation,
     files: crate::spill::SealedFiles,
 }
+
+/// Room for a chunk's tag when it is sealed in place.
+const TAG: usize = 16;
 
 impl RowSpill {
     pub(crate) fn new(
@@ -537,14 +545,22 @@ impl RowSpill {
                 "the gate's rows: subjects are named under privacy".into(),
             ));
         }
+        let width = HEAD + builder.native.values;
+        let limit = (budget / 4).clamp(1 << 20, 1 << 30);
+        let buckets = crate::spill::BUCKETS;
+        // Four chunks a bucket within the limit, of whole records, 4 to 256 KiB.
+        let record = 8 * width;
+        let chunk = (limit / buckets / 4).clamp(4 << 10, 256 << 10) / record * record;
         Ok(RowSpill {
-            width: HEAD + builder.native.values,
+            width,
             builder,
             cells: Cells::default(),
-            buckets: vec![Vec::new(); crate::spill::BUCKETS],
-            seqs: vec![0; crate::spill::BUCKETS],
-            held: 0,
-            limit: (budget / 4).clamp(1 << 20, 1 << 30),
+            buckets: vec![Vec::new(); buckets],
+            free: Vec::new(),
+            chunks: 0,
+            max_chunks: (limit / (chunk + TAG)).max(2),
+            chunk,
+            seqs: vec![0; buckets],
             reservation,
             files: crate::spill::SealedFiles::new(root, budget)?,
         })
@@ -572,57 +588,67 @@ impl RowSpill {
 
     /// Takes one batch of rows.
     pub(crate) fn push(&mut self, b: &RecordBatch) -> Result<()> {
-        let (buckets, seqs) = (&mut self.buckets, &mut self.seqs);
-        let mut made = 0;
-        self.builder.make(b, &mut self.cells, |_, words| {
+        let RowSpill {
+            builder,
+            cells,
+            buckets,
+            free,
+            chunks,
+            max_chunks,
+            chunk,
+            seqs,
+            files,
+            ..
+        } = self;
+        let mut room = Room {
+            buckets,
+            free,
+            chunks,
+            max_chunks: *max_chunks,
+            chunk: *chunk,
+            files,
+        };
+        builder.make(b, cells, |_, words| {
             // A subject's rows are all in one bucket: the second name's top bits (a hash
             // under a key of the job's own).
             let at = (words[2] >> 56) as usize % crate::spill::BUCKETS;
+            let record = room.record(at, 8 * words.len())?;
             let seq = seqs[at];
             seqs[at] = seq.checked_add(1).ok_or_else(too_many)?;
-            buckets[at].push(words[0] | u64::from(seq) << 32);
-            buckets[at].extend_from_slice(&words[1..]);
-            made += words.len();
+            record.extend_from_slice(&(words[0] | u64::from(seq) << 32).to_le_bytes());
+            for w in &words[1..] {
+                record.extend_from_slice(&w.to_le_bytes());
+            }
             Ok(())
         })?;
-        self.held += made;
-        if self.capacity() > self.limit || self.reserve().is_err() {
-            self.write_held()?;
-            // Each bucket keeps room for its share of the limit, to fill again.
-            let share = self.limit / 8 / self.buckets.len();
-            for bucket in &mut self.buckets {
-                bucket.shrink_to(share);
+        if self.reserve().is_err() {
+            // The pool has no room for the chunks: every bucket is written and the room
+            // given back.
+            let mut room = Room {
+                buckets: &mut self.buckets,
+                free: &mut self.free,
+                chunks: &mut self.chunks,
+                max_chunks: self.max_chunks,
+                chunk: self.chunk,
+                files: &mut self.files,
+            };
+            for b in 0..crate::spill::BUCKETS {
+                room.write(b)?;
             }
+            // Half as many from now on.
+            self.max_chunks = (self.chunks / 2).max(2);
+            self.chunks -= self.free.len();
+            self.free.clear();
             self.reserve()?;
         }
         Ok(())
     }
 
-    fn capacity(&self) -> usize {
-        self.buckets.iter().map(Vec::capacity).sum::<usize>() * 8
-    }
-
-    /// Reserves what the buckets and the cells' keys take.
+    /// Reserves what the chunks and the cells' keys take.
     fn reserve(&mut self) -> Result<()> {
         self.reservation
-            .try_resize(self.capacity() + self.cells.bytes)
-            .map_err(|_| Error::Limit("the job exceeded its memory limit".into()))
-    }
-
-    /// Seals every bucket's held rows into its file; nothing is held after.
-    fn write_held(&mut self) -> Result<()> {
-        for b in 0..self.buckets.len() {
-            if self.buckets[b].is_empty() {
-                continue;
-            }
-            let mut plain = Vec::with_capacity(self.buckets[b].len() * 8 + 16);
-            for w in self.buckets[b].drain(..) {
-                plain.extend_from_slice(&w.to_le_bytes());
-            }
-            self.files.write(b, plain)?;
-        }
-        self.held = 0;
-        Ok(())
+            .try_resize(self.chunks * (self.chunk + TAG) + self.cells.bytes)
+            .map_err(|_| memory_limit())
     }
 
     /// Bucket `b`'s rows, read back, opened and sorted by cell and subject (each subject's
@@ -635,40 +661,99 @@ impl RowSpill {
         if V + HEAD != self.width {
             return Err(Error::Internal("gate columns: the sums miscounted".into()));
         }
-        let held = std::mem::take(&mut self.buckets[b]);
-        let width = self.width;
-        let mut rows: Vec<Row<V>> = Vec::new();
-        let damaged = || Error::Integrity("the gate's spill file is damaged".into());
+        let record = 8 * self.width;
         let size = std::mem::size_of::<Row<V>>();
-        self.files.read(b, &memory, |plain| {
-            if plain.len() % (8 * width) != 0 {
-                return Err(damaged());
+        let mut rows: Vec<Row<V>> = Vec::new();
+        let mut words = [0u64; HEAD + MAX_VALUES];
+        let mut decode = |plain: &[u8]| -> Result<()> {
+            if !plain.len().is_multiple_of(record) {
+                return Err(Error::Integrity("the gate's spill file is damaged".into()));
             }
-            let n = plain.len() / (8 * width);
-            memory.try_grow(n * size).map_err(|_| memory_limit())?;
-            let mut words = [0u64; HEAD + MAX_VALUES];
-            for record in plain.chunks_exact(8 * width) {
-                for (w, bytes) in words.iter_mut().zip(record.chunks_exact(8)) {
-                    *w = u64::from_le_bytes(bytes.try_into().map_err(|_| damaged())?);
+            memory
+                .try_grow(plain.len() / record * size)
+                .map_err(|_| memory_limit())?;
+            for r in plain.chunks_exact(record) {
+                for (w, bytes) in words.iter_mut().zip(r.chunks_exact(8)) {
+                    let mut le = [0u8; 8];
+                    le.copy_from_slice(bytes);
+                    *w = u64::from_le_bytes(le);
                 }
-                rows.push(Row::from_words(&words[..width]));
+                rows.push(Row::from_words(&words[..HEAD + V]));
             }
             Ok(())
-        })?;
-        memory
-            .try_grow(held.len() / width * size)
-            .map_err(|_| memory_limit())?;
-        rows.extend(held.chunks_exact(width).map(Row::from_words));
-        drop(held);
+        };
+        self.files.read(b, &memory, &mut decode)?;
+        let held = std::mem::take(&mut self.buckets[b]);
+        for c in &held {
+            decode(c)?;
+        }
         // What the files' frames took is given back; the rows stay reserved.
         memory
             .try_resize(rows.len() * size)
             .map_err(|_| memory_limit())?;
+        self.chunks -= held.len();
+        drop(held);
         self.reserve()?;
         rows.sort_unstable_by_key(Row::order);
         Ok(Sorted { memory, rows })
     }
 }
+
+/// The spill's chunks, borrowed while a batch's rows are added.
+struct Room<'a> {
+    buckets: &'a mut Vec<Vec<Vec<u8>>>,
+    free: &'a mut Vec<Vec<u8>>,
+    chunks: &'a mut usize,
+    max_chunks: usize,
+    chunk: usize,
+    files: &'a mut crate::spill::SealedFiles,
+}
+
+impl Room<'_> {
+    /// The chunk of bucket `at` to add a record of `bytes` to: its last, or one made or taken
+    /// again (when the chunks take the limit, by writing a bucket out: this one, or when it
+    /// holds none the one that holds the most).
+    fn record(&mut self, at: usize, bytes: usize) -> Result<&mut Vec<u8>> {
+        let has_room = self.buckets[at]
+            .last()
+            .is_some_and(|c| c.len() + bytes <= self.chunk);
+        if !has_room {
+            let chunk = match self.free.pop() {
+                Some(c) => c,
+                None if *self.chunks < self.max_chunks => {
+                    *self.chunks += 1;
+                    Vec::with_capacity(self.chunk + TAG)
+                }
+                None => {
+                    let out = match self.buckets[at].is_empty() {
+                        false => at,
+                        true => (0..self.buckets.len())
+                            .max_by_key(|b| self.buckets[*b].len())
+                            .unwrap_or(at),
+                    };
+                    self.write(out)?;
+                    self.free.pop().ok_or_else(memory_limit)?
+                }
+            };
+            self.buckets[at].push(chunk);
+        }
+        self.buckets[at].last_mut().ok_or_else(memory_limit)
+    }
+
+    /// Seals every chunk of bucket `b` into its file, and keeps them to fill again.
+    fn write(&mut self, b: usize) -> Result<()> {
+        for mut c in std::mem::take(&mut self.buckets[b]) {
+            self.files.write(b, &mut c)?;
+            c.clear();
+            self.free.push(c);
+        }
+        Ok(())
+    }
+}
+
+/// Under differential privacy, the subjects of a group's batches and where each of its rows
+/// is (batch, row).
+type Names<'a> = (&'a [arrow::array::StringArray], &'a [(u32, u32)]);
 
 /// One bucket's rows, sorted for the tally.
 pub(crate) struct Sorted<const V: usize> {
@@ -743,7 +828,7 @@ impl Tally<'_> {
         native: &NativeParts,
         rows: &[Row<V>],
         cells: &[u32],
-        names: Option<(&[arrow::array::StringArray], &[(u32, u32)])>,
+        names: Option<Names<'_>>,
     ) -> Result<()> {
         let key = self.subject_key;
         let mut elements = Vec::new();
