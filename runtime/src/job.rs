@@ -96,7 +96,7 @@ pub struct JobOutput {
     /// Bytes of the gate's per-subject rows written sealed to disk (0 when they fit the
     /// budget).
     pub spilled_bytes: u64,
-    /// Groups of subjects whose parts the tally computed itself.
+    /// Groups (or buckets) of subjects with rows whose parts the tally computed itself.
     #[cfg(test)]
     pub(crate) tally_groups: u64,
     /// Per table with subjects (by index among the job's tables), each result row's sets of
@@ -344,12 +344,8 @@ pub async fn run_query_until(
                 // The query and the gate's per-subject rows read the shared input together.
                 let (batches, gathered) = match native {
                     Some(native) => {
-                        let builder = crate::release::Builder::new(
-                            native,
-                            limits.subjects,
-                            &input.schema(),
-                            false,
-                        )?;
+                        let builder =
+                            crate::release::Builder::new(native, limits.subjects, &input.schema())?;
                         let mut rows = crate::release::RowSpill::new(
                             &root,
                             builder,
@@ -580,8 +576,8 @@ async fn stream_contributions(
 
 /// Gives the tally every bucket of a spill of its own rows, each read back, opened and sorted
 /// on a worker while the tally takes the bucket before it: at most two are held at once.
-/// Returns the bytes the spill wrote to disk, and the buckets taken. Fails unless every bucket
-/// was made and taken.
+/// Returns the bytes the spill wrote to disk, and the buckets taken that had rows. Fails unless
+/// every bucket was made and taken.
 async fn contribute_rows(
     rows: crate::release::RowSpill,
     tally: &mut crate::release::Tally<'_>,
@@ -629,17 +625,18 @@ async fn contribute_sorted<const V: usize>(
         }
         Some(rows)
     });
-    let mut done = 0;
+    let (mut done, mut with_rows) = (0, 0);
     while let Some(sorted) = made.recv().await {
         let sorted = sorted?;
         // Ignored when the worker is done: nothing waits for it then.
         let _ = taken.send(());
+        with_rows += u64::from(!sorted.is_empty());
         tally.add_sorted(&parts, &cells, sorted)?;
         done += 1;
         tokio::task::yield_now().await;
     }
     match task.await {
-        Ok(Some(rows)) if done == count => Ok((rows.written(), done as u64)),
+        Ok(Some(rows)) if done == count => Ok((rows.written(), with_rows)),
         _ => Err(Error::Internal(
             "the gate's per-subject rows stopped before their end".into(),
         )),

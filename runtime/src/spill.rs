@@ -4,10 +4,12 @@
 //! each frame's nonce its number; the files die with the job, and a file left by a killed
 //! process is noise without its key).
 //!
-//! Rows are hashed by subject into [`BUCKETS`] buckets; read back, consecutive buckets form
-//! groups of at most the budget's share, so each group's per-(cell, subject) aggregation is
-//! bounded whatever the table's size, and every subject's rows are all in one group (a cell
-//! sees each of its subjects exactly once across the groups).
+//! Rows are hashed by subject into [`BUCKETS`] buckets, each written to a file of its own
+//! ([`SealedFiles`], shared with the tally's own records in `release/parts.rs`); the engine's
+//! rows ([`SealedSpill`]) are read back as groups of consecutive buckets of at most the
+//! budget's share, so each group's per-(cell, subject) aggregation is bounded whatever the
+//! table's size, and every subject's rows are all in one group (a cell sees each of its
+//! subjects exactly once across the groups).
 
 use std::fs::{self, File};
 use std::io::{Read, Write};

@@ -1,10 +1,12 @@
-//! Each subject's parts in each cell, computed by the tally itself from a group of subjects'
-//! rows: a worker takes each row once with everything the tally reads of it (its cell, its
-//! subject's names, its element for the gate's memory, which parts count it and its values);
-//! the tally sorts them by (cell, subject) and takes each run in one pass, the gate's memory's
-//! elements with it. It gives what the engine's aggregation of the same rows gives
-//! (`Contributions::over`): the same counts, and the same sums of doubles, added in the same
-//! order (the rows' own), and the same counts of distinct values. Two subjects are told apart by
+//! Each subject's parts in each cell, computed by the tally itself: each row is taken once with
+//! everything the tally reads of it (its cell, its subject's names, its element for the gate's
+//! memory, which parts count it and its values), as it streams from the engine into a
+//! [`RowSpill`] (or, under differential privacy, from a group of the engine's rows spilled);
+//! the rows are sorted by (cell, subject) and the tally takes each run in one pass, the gate's
+//! memory's elements with it. It gives what the engine's aggregation of the same rows gives
+//! (`Contributions::over`): the same counts, the same sums of doubles but for rounding (each
+//! subject's values added in the rows' own order, which the engine's partial aggregation need
+//! not keep), and the same counts of distinct values. Two subjects are told apart by
 //! two 64-bit keyed hashes of their keys (the gate memory's name, and a second under a key drawn
 //! for the job): they are taken for one only if both collide; two values of a distinct count, by
 //! a 64-bit hash under a key of its own. A part it does not compute so (a source that is not a
@@ -241,15 +243,15 @@ impl Batch {
     }
 }
 
-/// The most value columns (sums) a contribution may have for the tally to compute its parts,
-/// and the most parts.
+/// The most values a row may carry (one per column a sum reads, and one per distinct count)
+/// for the tally to compute its parts, and the most parts.
 const MAX_VALUES: usize = 8;
 const MAX_PARTS: usize = 64;
 
-/// One row of a group as the tally sorts it: its cell, its place among its bucket's rows (the
-/// engine adds a subject's rows in this order), its subject's name in the gate's memory and a
-/// second hash of it under a key of the job's own (two subjects are told apart unless both
-/// collide), its element for the gate's memory, which parts count it, and its values.
+/// One row as the tally sorts it: its cell, its place among its bucket's (or group's) rows
+/// (the engine adds a subject's rows in this order), its subject's name in the gate's memory
+/// and a second hash of it under a key of the job's own (two subjects are told apart unless
+/// both collide), its element for the gate's memory, which parts count it, and its values.
 #[derive(Clone, Copy)]
 struct Row<const V: usize> {
     cell: u32,
@@ -306,8 +308,9 @@ impl Cells {
         let c = u32::try_from(self.keys.len()).map_err(|_| too_many())?;
         self.index.insert(key.into(), c);
         self.keys.push(key.into());
-        // The key twice (the index's and the list's), and their tables' slots.
-        self.bytes += 2 * key.len() + 64;
+        // The key twice (the index's and the list's, each with its allocation's slack), the
+        // index's slot at its load and the list's, both while they grow.
+        self.bytes += 3 * key.len() + 96;
         Ok(c)
     }
 }
@@ -343,20 +346,15 @@ pub(crate) struct Builder {
 }
 
 impl Builder {
-    /// A builder of rows of `schema` (with the hidden key columns of the result's cells), for
-    /// contributions whose parts the tally computes as `native`.
+    /// A builder of the records of a [`RowSpill`] from rows of `schema` (with the hidden key
+    /// columns of the result's cells), for contributions whose parts the tally computes as
+    /// `native`, not under differential privacy.
     pub(crate) fn new(
         native: NativeParts,
         subject_key: Option<crate::crypto::SubjectKey>,
         schema: &Schema,
-        private: bool,
     ) -> Result<Builder> {
-        Builder::with(
-            native,
-            subject_key,
-            super::key_fields(Some(schema)),
-            private,
-        )
+        Builder::with(native, subject_key, super::key_fields(Some(schema)), false)
     }
 
     fn with(
@@ -379,7 +377,7 @@ impl Builder {
         })
     }
 
-    /// How many of the parts are sums (a value per row): the `V` of its rows.
+    /// How many values its rows carry (the columns sums read, the distinct counts): their `V`.
     pub(crate) fn values(&self) -> usize {
         self.native.values
     }
@@ -540,17 +538,15 @@ impl RowSpill {
         budget: usize,
         reservation: MemoryReservation,
     ) -> Result<RowSpill> {
-        if builder.private {
-            return Err(Error::Internal(
-                "the gate's rows: subjects are named under privacy".into(),
-            ));
-        }
         let width = HEAD + builder.native.values;
         let limit = (budget / 4).clamp(1 << 20, 1 << 30);
         let buckets = crate::spill::BUCKETS;
-        // Four chunks a bucket within the limit, of whole records, 4 to 256 KiB.
+        // About four chunks a bucket within the limit, of whole records, 4 to 256 KiB; and
+        // never fewer than two chunks a bucket in all, lest a bucket be written out for every
+        // few rows (at the smallest budgets the limit is then passed, by up to 2 MiB).
         let record = 8 * width;
         let chunk = (limit / buckets / 4).clamp(4 << 10, 256 << 10) / record * record;
+        let max_chunks = (limit / (chunk + TAG)).max(2 * buckets);
         Ok(RowSpill {
             width,
             builder,
@@ -558,7 +554,7 @@ impl RowSpill {
             buckets: vec![Vec::new(); buckets],
             free: Vec::new(),
             chunks: 0,
-            max_chunks: (limit / (chunk + TAG)).max(2),
+            max_chunks,
             chunk,
             seqs: vec![0; buckets],
             reservation,
@@ -598,6 +594,7 @@ impl RowSpill {
             chunk,
             seqs,
             files,
+            reservation,
             ..
         } = self;
         let mut room = Room {
@@ -607,6 +604,7 @@ impl RowSpill {
             max_chunks: *max_chunks,
             chunk: *chunk,
             files,
+            reservation,
         };
         builder.make(b, cells, |_, words| {
             // A subject's rows are all in one bucket: the second name's top bits (a hash
@@ -622,8 +620,9 @@ impl RowSpill {
             Ok(())
         })?;
         if self.reserve().is_err() {
-            // The pool has no room for the chunks: every bucket is written and the room
-            // given back.
+            // The pool has no room for the chunks and the cells' keys: every bucket is
+            // written, the chunks written out given back, and from now on at most half as
+            // many made (never fewer than two a bucket: the job fails for memory first).
             let mut room = Room {
                 buckets: &mut self.buckets,
                 free: &mut self.free,
@@ -631,12 +630,12 @@ impl RowSpill {
                 max_chunks: self.max_chunks,
                 chunk: self.chunk,
                 files: &mut self.files,
+                reservation: &self.reservation,
             };
             for b in 0..crate::spill::BUCKETS {
                 room.write(b)?;
             }
-            // Half as many from now on.
-            self.max_chunks = (self.chunks / 2).max(2);
+            self.max_chunks = (self.chunks / 2).max(2 * crate::spill::BUCKETS);
             self.chunks -= self.free.len();
             self.free.clear();
             self.reserve()?;
@@ -661,17 +660,23 @@ impl RowSpill {
         if V + HEAD != self.width {
             return Err(Error::Internal("gate columns: the sums miscounted".into()));
         }
+        // Nothing more is written: the chunks kept to fill again are given back.
+        self.chunks -= self.free.len();
+        self.free = Vec::new();
         let record = 8 * self.width;
         let size = std::mem::size_of::<Row<V>>();
-        let mut rows: Vec<Row<V>> = Vec::new();
+        // The bucket's rows, counted as they were added: reserved once, made in room of
+        // that size.
+        let count = self.seqs[b] as usize;
+        memory
+            .try_grow(count.saturating_mul(size))
+            .map_err(|_| memory_limit())?;
+        let mut rows: Vec<Row<V>> = Vec::with_capacity(count);
         let mut words = [0u64; HEAD + MAX_VALUES];
         let mut decode = |plain: &[u8]| -> Result<()> {
-            if !plain.len().is_multiple_of(record) {
+            if !plain.len().is_multiple_of(record) || rows.len() + plain.len() / record > count {
                 return Err(Error::Integrity("the gate's spill file is damaged".into()));
             }
-            memory
-                .try_grow(plain.len() / record * size)
-                .map_err(|_| memory_limit())?;
             for r in plain.chunks_exact(record) {
                 for (w, bytes) in words.iter_mut().zip(r.chunks_exact(8)) {
                     let mut le = [0u8; 8];
@@ -682,15 +687,19 @@ impl RowSpill {
             }
             Ok(())
         };
-        self.files.read(b, &memory, &mut decode)?;
+        self.files.read(b, &memory, |plain| {
+            decode(plain)?;
+            // The frame is given back once its rows are made.
+            memory.shrink((plain.len() + TAG).min(memory.size()));
+            Ok(())
+        })?;
         let held = std::mem::take(&mut self.buckets[b]);
         for c in &held {
             decode(c)?;
         }
-        // What the files' frames took is given back; the rows stay reserved.
-        memory
-            .try_resize(rows.len() * size)
-            .map_err(|_| memory_limit())?;
+        if rows.len() != count {
+            return Err(Error::Integrity("the gate's spill file is damaged".into()));
+        }
         self.chunks -= held.len();
         drop(held);
         self.reserve()?;
@@ -707,12 +716,15 @@ struct Room<'a> {
     max_chunks: usize,
     chunk: usize,
     files: &'a mut crate::spill::SealedFiles,
+    /// A chunk is reserved before it is made (the spill's reservation, resized to what it
+    /// holds after each batch).
+    reservation: &'a MemoryReservation,
 }
 
 impl Room<'_> {
     /// The chunk of bucket `at` to add a record of `bytes` to: its last, or one made or taken
-    /// again (when the chunks take the limit, by writing a bucket out: this one, or when it
-    /// holds none the one that holds the most).
+    /// again (when the chunks take the limit or the pool has no room for another, by writing
+    /// a bucket out: this one, or when it holds none the one that holds the most).
     fn record(&mut self, at: usize, bytes: usize) -> Result<&mut Vec<u8>> {
         let has_room = self.buckets[at]
             .last()
@@ -720,7 +732,9 @@ impl Room<'_> {
         if !has_room {
             let chunk = match self.free.pop() {
                 Some(c) => c,
-                None if *self.chunks < self.max_chunks => {
+                None if *self.chunks < self.max_chunks
+                    && self.reservation.try_grow(self.chunk + TAG).is_ok() =>
+                {
                     *self.chunks += 1;
                     Vec::with_capacity(self.chunk + TAG)
                 }
@@ -760,6 +774,12 @@ pub(crate) struct Sorted<const V: usize> {
     /// Their room in the job's pool, given back when the tally has taken them.
     memory: MemoryReservation,
     rows: Vec<Row<V>>,
+}
+
+impl<const V: usize> Sorted<V> {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
 }
 
 impl Tally<'_> {
