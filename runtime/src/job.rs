@@ -598,45 +598,68 @@ async fn contribute_rows(
 }
 
 async fn contribute_sorted<const V: usize>(
-    mut rows: crate::release::RowSpill,
+    rows: crate::release::RowSpill,
     tally: &mut crate::release::Tally<'_>,
     pool: &Arc<PeakPool>,
 ) -> Result<(u64, u64)> {
     let pool = Arc::clone(pool) as Arc<dyn MemoryPool>;
     let cells = tally.cells_of(&rows)?;
     let parts = rows.parts();
-    let count = crate::spill::BUCKETS;
+    let mut with_rows = 0;
+    let rows = one_ahead(
+        rows,
+        crate::spill::BUCKETS,
+        move |rows, b| {
+            let memory = MemoryConsumer::new("the gate's rows made ready").register(&pool);
+            rows.take::<V>(b, memory)
+        },
+        |sorted| {
+            with_rows += u64::from(!sorted.is_empty());
+            tally.add_sorted(&parts, &cells, sorted)
+        },
+    )
+    .await?;
+    Ok((rows.written(), with_rows))
+}
+
+/// Makes `count` items on a worker that holds `state`, each one while this thread takes the
+/// one before it (`take`): at most two are held at once. The worker stops at its next item
+/// once the job no longer takes them (it failed or was stopped), and `state` (a spill, whose
+/// files die with it) with it. Fails unless every item was made and taken: a worker that
+/// fails, panics or ends early never passes for the end. Gives `state` back.
+async fn one_ahead<S: Send + 'static, T: Send + 'static>(
+    mut state: S,
+    count: usize,
+    mut make: impl FnMut(&mut S, usize) -> Result<T> + Send + 'static,
+    mut take: impl FnMut(T) -> Result<()>,
+) -> Result<S> {
     let (send, mut made) = tokio::sync::mpsc::channel(1);
     let (taken, took) = std::sync::mpsc::channel::<()>();
-    // The worker stops at its next bucket once the job no longer takes them (it failed or
-    // was stopped); the spill's files die with it.
     let task = tokio::task::spawn_blocking(move || {
-        for b in 0..count {
-            // The bucket before was taken: the next is made while the tally takes it.
-            if b > 0 && took.recv().is_err() {
+        for i in 0..count {
+            // The item before was taken: the next is made while it is.
+            if i > 0 && took.recv().is_err() {
                 return None;
             }
-            let memory = MemoryConsumer::new("the gate's rows made ready").register(&pool);
-            let sorted = rows.take::<V>(b, memory);
-            let failed = sorted.is_err();
-            if send.blocking_send(sorted).is_err() || failed {
+            let item = make(&mut state, i);
+            let failed = item.is_err();
+            if send.blocking_send(item).is_err() || failed {
                 return None;
             }
         }
-        Some(rows)
+        Some(state)
     });
-    let (mut done, mut with_rows) = (0, 0);
-    while let Some(sorted) = made.recv().await {
-        let sorted = sorted?;
+    let mut done = 0;
+    while let Some(item) = made.recv().await {
+        let item = item?;
         // Ignored when the worker is done: nothing waits for it then.
         let _ = taken.send(());
-        with_rows += u64::from(!sorted.is_empty());
-        tally.add_sorted(&parts, &cells, sorted)?;
+        take(item)?;
         done += 1;
         tokio::task::yield_now().await;
     }
     match task.await {
-        Ok(Some(rows)) if done == count => Ok((rows.written(), with_rows)),
+        Ok(Some(state)) if done == count => Ok(state),
         _ => Err(Error::Internal(
             "the gate's per-subject rows stopped before their end".into(),
         )),
@@ -740,44 +763,21 @@ async fn contribute_native<const V: usize>(
     let count = groups.len();
     let builder = Arc::new(builder);
     let worker = Arc::clone(&builder);
-    let (send, mut made) = tokio::sync::mpsc::channel(1);
-    let (taken, took) = std::sync::mpsc::channel::<()>();
-    // The worker stops at its next group once the job no longer takes them (it failed or
-    // was stopped); the spill's files die with it.
-    let task = tokio::task::spawn_blocking(move || {
-        for (i, group) in groups.into_iter().enumerate() {
-            // The group before was taken: the next is made while the tally takes it.
-            if i > 0 && took.recv().is_err() {
-                return None;
-            }
+    let spill = one_ahead(
+        spill,
+        count,
+        move |spill, i| {
             // What a group's rows take made ready is the job's memory too, until the tally
             // has taken them.
             let memory = MemoryConsumer::new("the gate's rows made ready").register(&pool);
-            let built = spill
-                .read(group)
-                .and_then(|rows| worker.build::<V>(&rows, memory));
-            let failed = built.is_err();
-            if send.blocking_send(built).is_err() || failed {
-                return None;
-            }
-        }
-        Some(spill)
-    });
-    let mut done = 0;
-    while let Some(built) = made.recv().await {
-        let built = built?;
-        // Ignored when the worker is done: nothing waits for it then.
-        let _ = taken.send(());
-        tally.add_built(&builder, built)?;
-        done += 1;
-        tokio::task::yield_now().await;
-    }
-    match task.await {
-        Ok(Some(spill)) if done == count => Ok((spill.written(), done as u64)),
-        _ => Err(Error::Internal(
-            "the gate's per-subject rows stopped before their end".into(),
-        )),
-    }
+            spill
+                .read(groups[i].clone())
+                .and_then(|rows| worker.build::<V>(&rows, memory))
+        },
+        |built| tally.add_built(&builder, built),
+    )
+    .await?;
+    Ok((spill.written(), count as u64))
 }
 
 /// A stream of batches pumped by a task of the job's runtime (so that it runs on a worker
