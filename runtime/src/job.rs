@@ -563,10 +563,7 @@ async fn stream_contributions(
     let mut stream = datafusion::physical_plan::execute_stream(input, ctx.task_ctx())
         .map_err(|e| map_error(e, Stage::Running))?;
     while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(|e| map_error(e, Stage::Running))?;
-        if batch.num_rows() > 0 {
-            push(batch)?;
-        }
+        push(batch.map_err(|e| map_error(e, Stage::Running))?)?;
         // The spill's work is synchronous: between batches the job's deadline and its
         // cancellation get their turn.
         tokio::task::yield_now().await;
@@ -583,7 +580,7 @@ async fn contribute_rows(
     tally: &mut crate::release::Tally<'_>,
     pool: &Arc<PeakPool>,
 ) -> Result<(u64, u64)> {
-    match rows.builder().values() {
+    match rows.values() {
         0 => contribute_sorted::<0>(rows, tally, pool).await,
         1 => contribute_sorted::<1>(rows, tally, pool).await,
         2 => contribute_sorted::<2>(rows, tally, pool).await,

@@ -510,21 +510,24 @@ impl Builder {
 pub(crate) struct RowSpill {
     builder: Builder,
     cells: Cells,
-    /// Words per row.
-    width: usize,
+    chunks: Chunks,
+    /// The next place in each bucket.
+    seqs: Vec<u32>,
+    /// Reserves the chunks and the cells' keys.
+    reservation: MemoryReservation,
+}
+
+/// The buckets' chunks of records and their sealed files.
+struct Chunks {
     /// Each bucket's chunks of records (little-endian words), the last one filling.
     buckets: Vec<Vec<Vec<u8>>>,
     /// Chunks written out, kept to fill again.
     free: Vec<Vec<u8>>,
     /// Chunks made in all, the most there may be (a quarter of the budget), and the bytes of
     /// records one holds.
-    chunks: usize,
-    max_chunks: usize,
-    chunk: usize,
-    /// The next place in each bucket.
-    seqs: Vec<u32>,
-    /// Reserves the chunks and the cells' keys.
-    reservation: MemoryReservation,
+    made: usize,
+    max: usize,
+    size: usize,
     files: crate::spill::SealedFiles,
 }
 
@@ -538,38 +541,37 @@ impl RowSpill {
         budget: usize,
         reservation: MemoryReservation,
     ) -> Result<RowSpill> {
-        let width = HEAD + builder.native.values;
         let limit = (budget / 4).clamp(1 << 20, 1 << 30);
         let buckets = crate::spill::BUCKETS;
         // About four chunks a bucket within the limit, of whole records, 4 to 256 KiB; and
         // never fewer than two chunks a bucket in all, lest a bucket be written out for every
         // few rows (at the smallest budgets the limit is then passed, by up to 2 MiB).
-        let record = 8 * width;
-        let chunk = (limit / buckets / 4).clamp(4 << 10, 256 << 10) / record * record;
-        let max_chunks = (limit / (chunk + TAG)).max(2 * buckets);
+        let record = 8 * (HEAD + builder.native.values);
+        let size = (limit / buckets / 4).clamp(4 << 10, 256 << 10) / record * record;
         Ok(RowSpill {
-            width,
             builder,
             cells: Cells::default(),
-            buckets: vec![Vec::new(); buckets],
-            free: Vec::new(),
-            chunks: 0,
-            max_chunks,
-            chunk,
+            chunks: Chunks {
+                buckets: vec![Vec::new(); buckets],
+                free: Vec::new(),
+                made: 0,
+                max: (limit / (size + TAG)).max(2 * buckets),
+                size,
+                files: crate::spill::SealedFiles::new(root, budget)?,
+            },
             seqs: vec![0; buckets],
             reservation,
-            files: crate::spill::SealedFiles::new(root, budget)?,
         })
     }
 
     /// Bytes written to disk (sealed), in all.
     pub(crate) fn written(&self) -> u64 {
-        self.files.written()
+        self.chunks.files.written()
     }
 
-    /// The builder of its rows.
-    pub(crate) fn builder(&self) -> &Builder {
-        &self.builder
+    /// How many values its rows carry: their `V`.
+    pub(crate) fn values(&self) -> usize {
+        self.builder.native.values
     }
 
     /// The parts its rows carry (for the tally to read them with).
@@ -587,30 +589,15 @@ impl RowSpill {
         let RowSpill {
             builder,
             cells,
-            buckets,
-            free,
             chunks,
-            max_chunks,
-            chunk,
             seqs,
-            files,
             reservation,
-            ..
         } = self;
-        let mut room = Room {
-            buckets,
-            free,
-            chunks,
-            max_chunks: *max_chunks,
-            chunk: *chunk,
-            files,
-            reservation,
-        };
         builder.make(b, cells, |_, words| {
             // A subject's rows are all in one bucket: the second name's top bits (a hash
             // under a key of the job's own).
             let at = (words[2] >> 56) as usize % crate::spill::BUCKETS;
-            let record = room.record(at, 8 * words.len())?;
+            let record = chunks.record(at, 8 * words.len(), reservation)?;
             let seq = seqs[at];
             seqs[at] = seq.checked_add(1).ok_or_else(too_many)?;
             record.extend_from_slice(&(words[0] | u64::from(seq) << 32).to_le_bytes());
@@ -623,21 +610,13 @@ impl RowSpill {
             // The pool has no room for the chunks and the cells' keys: every bucket is
             // written, the chunks written out given back, and from now on at most half as
             // many made (never fewer than two a bucket: the job fails for memory first).
-            let mut room = Room {
-                buckets: &mut self.buckets,
-                free: &mut self.free,
-                chunks: &mut self.chunks,
-                max_chunks: self.max_chunks,
-                chunk: self.chunk,
-                files: &mut self.files,
-                reservation: &self.reservation,
-            };
+            let chunks = &mut self.chunks;
             for b in 0..crate::spill::BUCKETS {
-                room.write(b)?;
+                chunks.write(b)?;
             }
-            self.max_chunks = (self.chunks / 2).max(2 * crate::spill::BUCKETS);
-            self.chunks -= self.free.len();
-            self.free.clear();
+            chunks.max = (chunks.made / 2).max(2 * crate::spill::BUCKETS);
+            chunks.made -= chunks.free.len();
+            chunks.free.clear();
             self.reserve()?;
         }
         Ok(())
@@ -645,8 +624,9 @@ impl RowSpill {
 
     /// Reserves what the chunks and the cells' keys take.
     fn reserve(&mut self) -> Result<()> {
+        let chunks = self.chunks.made * (self.chunks.size + TAG);
         self.reservation
-            .try_resize(self.chunks * (self.chunk + TAG) + self.cells.bytes)
+            .try_resize(chunks + self.cells.bytes)
             .map_err(|_| memory_limit())
     }
 
@@ -657,13 +637,14 @@ impl RowSpill {
         b: usize,
         memory: MemoryReservation,
     ) -> Result<Sorted<V>> {
-        if V + HEAD != self.width {
+        if V != self.values() {
             return Err(Error::Internal("gate columns: the sums miscounted".into()));
         }
         // Nothing more is written: the chunks kept to fill again are given back.
-        self.chunks -= self.free.len();
-        self.free = Vec::new();
-        let record = 8 * self.width;
+        let chunks = &mut self.chunks;
+        chunks.made -= chunks.free.len();
+        chunks.free = Vec::new();
+        let record = 8 * (HEAD + V);
         let size = std::mem::size_of::<Row<V>>();
         // The bucket's rows, counted as they were added: reserved once, made in room of
         // that size.
@@ -687,20 +668,20 @@ impl RowSpill {
             }
             Ok(())
         };
-        self.files.read(b, &memory, |plain| {
+        chunks.files.read(b, &memory, |plain| {
             decode(plain)?;
             // The frame is given back once its rows are made.
             memory.shrink((plain.len() + TAG).min(memory.size()));
             Ok(())
         })?;
-        let held = std::mem::take(&mut self.buckets[b]);
+        let held = std::mem::take(&mut chunks.buckets[b]);
         for c in &held {
             decode(c)?;
         }
         if rows.len() != count {
             return Err(Error::Integrity("the gate's spill file is damaged".into()));
         }
-        self.chunks -= held.len();
+        chunks.made -= held.len();
         drop(held);
         self.reserve()?;
         rows.sort_unstable_by_key(Row::order);
@@ -708,35 +689,27 @@ impl RowSpill {
     }
 }
 
-/// The spill's chunks, borrowed while a batch's rows are added.
-struct Room<'a> {
-    buckets: &'a mut Vec<Vec<Vec<u8>>>,
-    free: &'a mut Vec<Vec<u8>>,
-    chunks: &'a mut usize,
-    max_chunks: usize,
-    chunk: usize,
-    files: &'a mut crate::spill::SealedFiles,
-    /// A chunk is reserved before it is made (the spill's reservation, resized to what it
-    /// holds after each batch).
-    reservation: &'a MemoryReservation,
-}
-
-impl Room<'_> {
+impl Chunks {
     /// The chunk of bucket `at` to add a record of `bytes` to: its last, or one made or taken
     /// again (when the chunks take the limit or the pool has no room for another, by writing
-    /// a bucket out: this one, or when it holds none the one that holds the most).
-    fn record(&mut self, at: usize, bytes: usize) -> Result<&mut Vec<u8>> {
+    /// a bucket out: this one, or when it holds none the one that holds the most). A chunk is
+    /// reserved in `reservation` before it is made (resized to what the spill holds after
+    /// each batch).
+    fn record(
+        &mut self,
+        at: usize,
+        bytes: usize,
+        reservation: &MemoryReservation,
+    ) -> Result<&mut Vec<u8>> {
         let has_room = self.buckets[at]
             .last()
-            .is_some_and(|c| c.len() + bytes <= self.chunk);
+            .is_some_and(|c| c.len() + bytes <= self.size);
         if !has_room {
             let chunk = match self.free.pop() {
                 Some(c) => c,
-                None if *self.chunks < self.max_chunks
-                    && self.reservation.try_grow(self.chunk + TAG).is_ok() =>
-                {
-                    *self.chunks += 1;
-                    Vec::with_capacity(self.chunk + TAG)
+                None if self.made < self.max && reservation.try_grow(self.size + TAG).is_ok() => {
+                    self.made += 1;
+                    Vec::with_capacity(self.size + TAG)
                 }
                 None => {
                     let out = match self.buckets[at].is_empty() {
