@@ -265,6 +265,8 @@ fn arg(name: &str, default: usize) -> usize {
 }
 
 fn main() {
+    // As the `tidegate` binary runs, so that the measurements are the server's.
+    let _ = tidegate_runtime::without_huge_pages();
     let rows = arg("--rows", 10_000_000);
     let reps = arg("--reps", 3);
     let rt = tokio::runtime::Builder::new_multi_thread()

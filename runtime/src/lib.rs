@@ -29,6 +29,7 @@ mod tables;
 mod tee;
 mod text;
 mod threads;
+pub use threads::without_huge_pages;
 
 pub use audit::{
     Anchor as AuditAnchor, AuditEntry, AuditLog, AuditSlice, AuditVerdict, CHECKPOINT_EVERY,

@@ -6,6 +6,20 @@ pub(crate) fn parallelism() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// Turns transparent huge pages off for this process (Linux's `PR_SET_THP_DISABLE`; children
+/// inherit it). Called first by the binaries: with huge pages each fault in memory the allocator
+/// takes fresh or back from the kernel zeroes 2 MiB, however little of it is used; for a
+/// 10M-row gated job that was a quarter of all samples and twice the kernel time
+/// (BENCHMARKS.md (w)). A kernel that refuses is answered with its error; the process runs on.
+pub fn without_huge_pages() -> std::io::Result<()> {
+    // SAFETY: PR_SET_THP_DISABLE takes integer arguments only and touches no memory of ours.
+    let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The CPU time the calling thread has used, in nanoseconds.
 pub(crate) fn thread_cpu_ns() -> u64 {
     let mut ts = libc::timespec {
