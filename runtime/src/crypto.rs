@@ -366,9 +366,15 @@ impl SubjectKey {
     /// A subject's name in the gate's memory.
     pub fn subject(&self, entity_key: &[u8]) -> u64 {
         use std::hash::Hasher;
-        let mut h = siphasher::sip::SipHasher13::new_with_key(&self.hash);
+        let mut h = self.subject_hasher();
         h.write(entity_key);
         h.finish()
+    }
+
+    /// The hasher [`SubjectKey::subject`] starts from: a copy of it named with `write` and
+    /// `finish` names a subject as it does, without keying a hasher for every one.
+    pub(crate) fn subject_hasher(&self) -> siphasher::sip::SipHasher13 {
+        siphasher::sip::SipHasher13::new_with_key(&self.hash)
     }
 
     /// The seed of the audit's weights.

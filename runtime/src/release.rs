@@ -1615,10 +1615,13 @@ struct Cell {
     floors: Vec<f64>,
     /// Its rows for the gate's memory (when kept): the table that stored the row, (row,
     /// subject) named by the subject key, and the mask of the measures each adds to.
-    elements: Vec<(u64, u64, u64, u64)>,
+    elements: Elements,
     /// Its keys in Arrow's row format.
     key: Box<[u8]>,
 }
+
+/// A cell's rows for the gate's memory: (table, row named, subject, mask).
+type Elements = Vec<(u64, u64, u64, u64)>;
 
 /// Per subject, under differential privacy: its cells, each with a choice hash and its signed
 /// parts.
@@ -1964,19 +1967,20 @@ impl<'a> Tally<'a> {
     pub(crate) fn finish(mut self, batches: Vec<RecordBatch>) -> Result<Finished> {
         let value_bits = self.analysis.value_bits;
         // Per cell, per table whose stored rows it holds: its sets and which are a sum's.
+        if self.subject_key.is_some() {
+            sort_elements(
+                &mut self
+                    .cells
+                    .iter_mut()
+                    .map(|c| &mut c.elements)
+                    .collect::<Vec<_>>(),
+            )?;
+        }
         let cell_sets: Option<Vec<Vec<TableSets>>> = self.subject_key.as_ref().map(|_| {
             self.cells
                 .iter_mut()
                 .map(|c| {
-                    let mut elements = std::mem::take(&mut c.elements);
-                    elements.sort_unstable();
-                    // One row may add to a measure through one join partner and not another.
-                    elements.dedup_by(|b, a| {
-                        (a.0, a.1, a.2) == (b.0, b.1, b.2) && {
-                            a.3 |= b.3;
-                            true
-                        }
-                    });
+                    let elements = std::mem::take(&mut c.elements);
                     elements
                         .chunk_by(|a, b| a.0 == b.0)
                         .map(|of_table| {
@@ -2140,6 +2144,98 @@ pub(crate) struct Finished {
 
 /// One table's part of a cell: the table, its sets, which of them are a sum's rows.
 type TableSets = (u64, Vec<SubjectSet>, u64);
+
+/// Sorts each cell's elements and takes out the repeats (one row may add to a measure through
+/// one join partner and not another: its masks are joined). A cell's elements run to one per
+/// input row: within a runtime (the job's), the cells holding the second half of them are
+/// sorted on one of its blocking threads (counted in the job's CPU time) while this thread
+/// sorts the first. A worker that fails fails the job.
+fn sort_elements(cells: &mut [&mut Elements]) -> Result<()> {
+    fn sort(elements: &mut Elements) {
+        elements.sort_unstable();
+        elements.dedup_by(|b, a| {
+            (a.0, a.1, a.2) == (b.0, b.1, b.2) && {
+                a.3 |= b.3;
+                true
+            }
+        });
+    }
+    let total: usize = cells.iter().map(|c| c.len()).sum();
+    let handle = tokio::runtime::Handle::try_current();
+    let handle = match handle {
+        Ok(h) if total >= 1 << 16 && crate::threads::parallelism() >= 2 => h,
+        _ => {
+            cells.iter_mut().for_each(|c| sort(c));
+            return Ok(());
+        }
+    };
+    let (mut split, mut taken) = (0, 0);
+    while split < cells.len() && taken < total / 2 {
+        taken += cells[split].len();
+        split += 1;
+    }
+    let (mine, theirs) = cells.split_at_mut(split);
+    let moved: Vec<Elements> = theirs.iter_mut().map(|c| std::mem::take(*c)).collect();
+    let worker = handle.spawn_blocking(move || {
+        let mut moved = moved;
+        moved.iter_mut().for_each(sort);
+        moved
+    });
+    mine.iter_mut().for_each(|c| sort(c));
+    let sorted = futures::executor::block_on(worker)
+        .map_err(|_| Error::Internal("the gate's memory: a sort failed".into()))?;
+    for (c, elements) in theirs.iter_mut().zip(sorted) {
+        **c = elements;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod sorting {
+    use super::*;
+
+    fn elements(cells: usize, each: usize) -> Vec<Elements> {
+        // Few distinct (table, row, subject) per cell, so most elements repeat one before
+        // them with another mask.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        (0..cells)
+            .map(|_| {
+                (0..each)
+                    .map(|_| (next() % 2, next() % 5_000, next() % 3, 1 << (next() % 4)))
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_gate_memorys_elements_are_sorted_alike_on_one_thread_and_on_two() {
+        let mut alone = elements(9, 20_000);
+        let mut shared = alone.clone();
+        sort_elements(&mut alone.iter_mut().collect::<Vec<_>>()).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            sort_elements(&mut shared.iter_mut().collect::<Vec<_>>()).unwrap();
+        });
+        assert_eq!(alone, shared);
+        for cell in &alone {
+            assert!(
+                cell.windows(2)
+                    .all(|w| (w[0].0, w[0].1, w[0].2) < (w[1].0, w[1].1, w[1].2))
+            );
+            // Every repeat's mask joined: the cells here name at most 30,000 elements.
+            assert!(cell.len() <= 30_000 && cell.iter().any(|e| e.3.count_ones() > 1));
+        }
+    }
+}
 
 /// One table's elements of a cell (sorted, without repeats): a set per measure bit (equal
 /// sets once), and which of them are a sum's rows.

@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 /// The readers of a shared input.
 pub(crate) const READERS: usize = 2;
 /// Batches a reader may be behind the other, per partition.
-const BUFFERED: usize = 2;
+const BUFFERED: usize = 8;
 
 enum Message {
     Batch(RecordBatch),

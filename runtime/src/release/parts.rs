@@ -296,21 +296,25 @@ impl<const V: usize> Row<V> {
 struct Cells {
     index: std::collections::HashMap<Box<[u8]>, u32, foldhash::fast::RandomState>,
     keys: Vec<Box<[u8]>>,
-    /// What the keys take in memory, about.
+    /// Each cell's rows, by its number.
+    rows: Vec<u64>,
+    /// What the keys and counts take in memory, about.
     bytes: usize,
 }
 
 impl Cells {
     fn number(&mut self, key: &[u8]) -> Result<u32> {
         if let Some(c) = self.index.get(key) {
+            self.rows[*c as usize] += 1;
             return Ok(*c);
         }
         let c = u32::try_from(self.keys.len()).map_err(|_| too_many())?;
         self.index.insert(key.into(), c);
         self.keys.push(key.into());
+        self.rows.push(1);
         // The key twice (the index's and the list's, each with its allocation's slack), the
-        // index's slot at its load and the list's, both while they grow.
-        self.bytes += 3 * key.len() + 96;
+        // index's slot at its load, the list's and the count, all while they grow.
+        self.bytes += 3 * key.len() + 112;
         Ok(c)
     }
 }
@@ -390,54 +394,29 @@ impl Builder {
         cells: &mut Cells,
         mut each: impl FnMut(usize, &[u64]) -> Result<()>,
     ) -> Result<()> {
-        let key = self.subject_key;
-        let (name_key, check_key) = self.check_keys;
-        let named = |who: &[u8]| match &key {
-            Some(k) => k.subject(who),
-            None => keyed(&name_key, who),
-        };
-        let batch = Batch::new(b, &self.native, key.is_some(), &self.value_key)?;
+        let batch = Batch::new(b, &self.native, self.subject_key.is_some(), &self.value_key)?;
         let keys = super::keys_in(&self.converter, self.no_keys, b)?;
-        let mut words = [0u64; HEAD + MAX_VALUES];
+        let n = b.num_rows();
         let width = HEAD + self.native.values;
-        for r in 0..b.num_rows() {
+        let mut words = vec![0u64; n * width];
+        for (r, w) in words.chunks_exact_mut(width).enumerate() {
             // Rows of no subject never reach the tally (filtered in its plan).
-            if !batch.subject.is_valid(r) {
-                continue;
+            if batch.subject.is_valid(r) {
+                w[0] = u64::from(cells.number(keys.row(r).as_ref())?);
             }
-            let who = batch.subject.value(r).as_bytes();
-            words[..width].fill(0);
-            words[0] = u64::from(cells.number(keys.row(r).as_ref())?);
-            words[1] = named(who);
-            words[2] = keyed(&check_key, who);
-            if let Some((table, identity, adds)) =
-                batch.elements.as_ref().and_then(|e| super::element(e, r))
-            {
-                words[3] = identity;
-                words[4] = table << TABLE_SHIFT | adds;
+        }
+        let names = Namers {
+            name: match &self.subject_key {
+                Some(k) => k.subject_hasher(),
+                None => siphasher::sip::SipHasher13::new_with_key(&self.check_keys.0),
+            },
+            check: siphasher::sip::SipHasher13::new_with_key(&self.check_keys.1),
+        };
+        fill(&batch, &self.native.parts, &names, &mut words, width);
+        for (r, w) in words.chunks_exact(width).enumerate() {
+            if batch.subject.is_valid(r) {
+                each(r, w)?;
             }
-            for (p, ((values, filter), part)) in
-                batch.values.iter().zip(&self.native.parts).enumerate()
-            {
-                // A FILTER passes a row where it is true (not NULL).
-                let passes = filter.as_ref().is_none_or(|f| f.is_valid(r) && f.value(r));
-                let (valid, value) = match values {
-                    Values::Rows => (true, None),
-                    Values::Count(nulls) => (nulls.as_ref().is_none_or(|n| n.is_valid(r)), None),
-                    Values::Double(c) => (c.is_valid(r), Some(c.value(r).to_bits())),
-                    Values::Distinct(hashes, nulls) => (
-                        nulls.as_ref().is_none_or(|n| n.is_valid(r)),
-                        Some(hashes[r]),
-                    ),
-                };
-                if passes && valid {
-                    words[5] |= 1 << p;
-                }
-                if let Some(v) = value {
-                    words[HEAD + part.slot] = v;
-                }
-            }
-            each(r, &words[..width])?;
         }
         Ok(())
     }
@@ -495,6 +474,60 @@ impl Builder {
             subjects,
             places,
         })
+    }
+}
+
+/// The hashers that name a subject (the gate memory's name, and the second under a key of the
+/// job's own), keyed once: a copy of each hashes one subject.
+struct Namers {
+    name: siphasher::sip::SipHasher13,
+    check: siphasher::sip::SipHasher13,
+}
+
+impl Namers {
+    fn of(&self, who: &[u8]) -> (u64, u64) {
+        use std::hash::Hasher;
+        let (mut name, mut check) = (self.name, self.check);
+        name.write(who);
+        check.write(who);
+        (name.finish(), check.finish())
+    }
+}
+
+/// Makes the rows of `batch` into `words` (one row of `width` words each, its cell already
+/// in its first word), all but the cell: its subject's two names, its element, which parts
+/// count it and its values. Rows of no subject are left as they are.
+fn fill(batch: &Batch, parts: &[Part], names: &Namers, words: &mut [u64], width: usize) {
+    for (r, w) in words.chunks_exact_mut(width).enumerate() {
+        if !batch.subject.is_valid(r) {
+            continue;
+        }
+        (w[1], w[2]) = names.of(batch.subject.value(r).as_bytes());
+        if let Some((table, identity, adds)) =
+            batch.elements.as_ref().and_then(|e| super::element(e, r))
+        {
+            w[3] = identity;
+            w[4] = table << TABLE_SHIFT | adds;
+        }
+        for (p, ((values, filter), part)) in batch.values.iter().zip(parts).enumerate() {
+            // A FILTER passes a row where it is true (not NULL).
+            let passes = filter.as_ref().is_none_or(|f| f.is_valid(r) && f.value(r));
+            let (valid, value) = match values {
+                Values::Rows => (true, None),
+                Values::Count(nulls) => (nulls.as_ref().is_none_or(|n| n.is_valid(r)), None),
+                Values::Double(c) => (c.is_valid(r), Some(c.value(r).to_bits())),
+                Values::Distinct(hashes, nulls) => (
+                    nulls.as_ref().is_none_or(|n| n.is_valid(r)),
+                    Some(hashes[r]),
+                ),
+            };
+            if passes && valid {
+                w[5] |= 1 << p;
+            }
+            if let Some(v) = value {
+                w[HEAD + part.slot] = v;
+            }
+        }
     }
 }
 
@@ -582,6 +615,11 @@ impl RowSpill {
     /// The cells' keys, by their numbers in the rows.
     pub(crate) fn cells(&self) -> &[Box<[u8]>] {
         &self.cells.keys
+    }
+
+    /// Each cell's rows, by its number.
+    pub(crate) fn cell_rows(&self) -> &[u64] {
+        &self.cells.rows
     }
 
     /// Takes one batch of rows.
@@ -767,13 +805,22 @@ impl Tally<'_> {
         )
     }
 
-    /// The tally's cells of a spill's cells, by their numbers there.
+    /// The tally's cells of a spill's cells, by their numbers there. With the gate's memory,
+    /// each cell's elements are given room for its rows (one element each, nearly always), so
+    /// they are made once, not grown by doubling.
     pub(crate) fn cells_of(&mut self, spill: &RowSpill) -> Result<Vec<u32>> {
-        spill
+        let cells = spill
             .cells()
             .iter()
             .map(|k| u32::try_from(self.cell_at(k)).map_err(|_| too_many()))
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        if self.subject_key.is_some() {
+            for (at, rows) in cells.iter().zip(spill.cell_rows()) {
+                let rows = usize::try_from(*rows).map_err(|_| too_many())?;
+                self.cells[*at as usize].elements.reserve(rows);
+            }
+        }
+        Ok(cells)
     }
 
     /// Takes one bucket of a spill's rows (`cells`: the tally's cells by the spill's numbers).
@@ -897,7 +944,7 @@ impl Tally<'_> {
     }
 }
 
-/// A keyed hash (SipHash-1-3) of a subject's key.
+/// A keyed hash (SipHash-1-3) of a value's bytes.
 fn keyed(key: &[u8; 16], who: &[u8]) -> u64 {
     use std::hash::Hasher;
     let mut h = siphasher::sip::SipHasher13::new_with_key(key);
