@@ -396,15 +396,6 @@ impl Builder {
     ) -> Result<()> {
         let batch = Batch::new(b, &self.native, self.subject_key.is_some(), &self.value_key)?;
         let keys = super::keys_in(&self.converter, self.no_keys, b)?;
-        let n = b.num_rows();
-        let width = HEAD + self.native.values;
-        let mut words = vec![0u64; n * width];
-        for (r, w) in words.chunks_exact_mut(width).enumerate() {
-            // Rows of no subject never reach the tally (filtered in its plan).
-            if batch.subject.is_valid(r) {
-                w[0] = u64::from(cells.number(keys.row(r).as_ref())?);
-            }
-        }
         let names = Namers {
             name: match &self.subject_key {
                 Some(k) => k.subject_hasher(),
@@ -412,11 +403,17 @@ impl Builder {
             },
             check: siphasher::sip::SipHasher13::new_with_key(&self.check_keys.1),
         };
-        fill(&batch, &self.native.parts, &names, &mut words, width);
-        for (r, w) in words.chunks_exact(width).enumerate() {
-            if batch.subject.is_valid(r) {
-                each(r, w)?;
+        let mut words = [0u64; HEAD + MAX_VALUES];
+        let words = &mut words[..HEAD + self.native.values];
+        for r in 0..b.num_rows() {
+            // Rows of no subject never reach the tally (filtered in its plan).
+            if !batch.subject.is_valid(r) {
+                continue;
             }
+            words.fill(0);
+            words[0] = u64::from(cells.number(keys.row(r).as_ref())?);
+            fill(&batch, &self.native.parts, &names, r, words);
+            each(r, words)?;
         }
         Ok(())
     }
@@ -494,39 +491,33 @@ impl Namers {
     }
 }
 
-/// Makes the rows of `batch` into `words` (one row of `width` words each, its cell already
-/// in its first word), all but the cell: its subject's two names, its element, which parts
-/// count it and its values. Rows of no subject are left as they are.
-fn fill(batch: &Batch, parts: &[Part], names: &Namers, words: &mut [u64], width: usize) {
-    for (r, w) in words.chunks_exact_mut(width).enumerate() {
-        if !batch.subject.is_valid(r) {
-            continue;
+/// Makes row `r` of `batch` (which has a subject) into `w`, all but its cell (the first
+/// word): its subject's two names, its element, which parts count it and its values.
+fn fill(batch: &Batch, parts: &[Part], names: &Namers, r: usize, w: &mut [u64]) {
+    (w[1], w[2]) = names.of(batch.subject.value(r).as_bytes());
+    if let Some((table, identity, adds)) =
+        batch.elements.as_ref().and_then(|e| super::element(e, r))
+    {
+        w[3] = identity;
+        w[4] = table << TABLE_SHIFT | adds;
+    }
+    for (p, ((values, filter), part)) in batch.values.iter().zip(parts).enumerate() {
+        // A FILTER passes a row where it is true (not NULL).
+        let passes = filter.as_ref().is_none_or(|f| f.is_valid(r) && f.value(r));
+        let (valid, value) = match values {
+            Values::Rows => (true, None),
+            Values::Count(nulls) => (nulls.as_ref().is_none_or(|n| n.is_valid(r)), None),
+            Values::Double(c) => (c.is_valid(r), Some(c.value(r).to_bits())),
+            Values::Distinct(hashes, nulls) => (
+                nulls.as_ref().is_none_or(|n| n.is_valid(r)),
+                Some(hashes[r]),
+            ),
+        };
+        if passes && valid {
+            w[5] |= 1 << p;
         }
-        (w[1], w[2]) = names.of(batch.subject.value(r).as_bytes());
-        if let Some((table, identity, adds)) =
-            batch.elements.as_ref().and_then(|e| super::element(e, r))
-        {
-            w[3] = identity;
-            w[4] = table << TABLE_SHIFT | adds;
-        }
-        for (p, ((values, filter), part)) in batch.values.iter().zip(parts).enumerate() {
-            // A FILTER passes a row where it is true (not NULL).
-            let passes = filter.as_ref().is_none_or(|f| f.is_valid(r) && f.value(r));
-            let (valid, value) = match values {
-                Values::Rows => (true, None),
-                Values::Count(nulls) => (nulls.as_ref().is_none_or(|n| n.is_valid(r)), None),
-                Values::Double(c) => (c.is_valid(r), Some(c.value(r).to_bits())),
-                Values::Distinct(hashes, nulls) => (
-                    nulls.as_ref().is_none_or(|n| n.is_valid(r)),
-                    Some(hashes[r]),
-                ),
-            };
-            if passes && valid {
-                w[5] |= 1 << p;
-            }
-            if let Some(v) = value {
-                w[HEAD + part.slot] = v;
-            }
+        if let Some(v) = value {
+            w[HEAD + part.slot] = v;
         }
     }
 }
