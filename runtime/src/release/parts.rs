@@ -396,24 +396,59 @@ impl Builder {
     ) -> Result<()> {
         let batch = Batch::new(b, &self.native, self.subject_key.is_some(), &self.value_key)?;
         let keys = super::keys_in(&self.converter, self.no_keys, b)?;
-        let names = Namers {
-            name: match &self.subject_key {
+        // Keyed once: a copy of each names one subject.
+        let (name, check) = (
+            match &self.subject_key {
                 Some(k) => k.subject_hasher(),
                 None => siphasher::sip::SipHasher13::new_with_key(&self.check_keys.0),
             },
-            check: siphasher::sip::SipHasher13::new_with_key(&self.check_keys.1),
+            siphasher::sip::SipHasher13::new_with_key(&self.check_keys.1),
+        );
+        let named = |mut h: siphasher::sip::SipHasher13, who: &[u8]| {
+            use std::hash::Hasher;
+            h.write(who);
+            h.finish()
         };
         let mut words = [0u64; HEAD + MAX_VALUES];
-        let words = &mut words[..HEAD + self.native.values];
+        let width = HEAD + self.native.values;
         for r in 0..b.num_rows() {
             // Rows of no subject never reach the tally (filtered in its plan).
             if !batch.subject.is_valid(r) {
                 continue;
             }
-            words.fill(0);
+            let who = batch.subject.value(r).as_bytes();
+            words[..width].fill(0);
             words[0] = u64::from(cells.number(keys.row(r).as_ref())?);
-            fill(&batch, &self.native.parts, &names, r, words);
-            each(r, words)?;
+            words[1] = named(name, who);
+            words[2] = named(check, who);
+            if let Some((table, identity, adds)) =
+                batch.elements.as_ref().and_then(|e| super::element(e, r))
+            {
+                words[3] = identity;
+                words[4] = table << TABLE_SHIFT | adds;
+            }
+            for (p, ((values, filter), part)) in
+                batch.values.iter().zip(&self.native.parts).enumerate()
+            {
+                // A FILTER passes a row where it is true (not NULL).
+                let passes = filter.as_ref().is_none_or(|f| f.is_valid(r) && f.value(r));
+                let (valid, value) = match values {
+                    Values::Rows => (true, None),
+                    Values::Count(nulls) => (nulls.as_ref().is_none_or(|n| n.is_valid(r)), None),
+                    Values::Double(c) => (c.is_valid(r), Some(c.value(r).to_bits())),
+                    Values::Distinct(hashes, nulls) => (
+                        nulls.as_ref().is_none_or(|n| n.is_valid(r)),
+                        Some(hashes[r]),
+                    ),
+                };
+                if passes && valid {
+                    words[5] |= 1 << p;
+                }
+                if let Some(v) = value {
+                    words[HEAD + part.slot] = v;
+                }
+            }
+            each(r, &words[..width])?;
         }
         Ok(())
     }
@@ -471,54 +506,6 @@ impl Builder {
             subjects,
             places,
         })
-    }
-}
-
-/// The hashers that name a subject (the gate memory's name, and the second under a key of the
-/// job's own), keyed once: a copy of each hashes one subject.
-struct Namers {
-    name: siphasher::sip::SipHasher13,
-    check: siphasher::sip::SipHasher13,
-}
-
-impl Namers {
-    fn of(&self, who: &[u8]) -> (u64, u64) {
-        use std::hash::Hasher;
-        let (mut name, mut check) = (self.name, self.check);
-        name.write(who);
-        check.write(who);
-        (name.finish(), check.finish())
-    }
-}
-
-/// Makes row `r` of `batch` (which has a subject) into `w`, all but its cell (the first
-/// word): its subject's two names, its element, which parts count it and its values.
-fn fill(batch: &Batch, parts: &[Part], names: &Namers, r: usize, w: &mut [u64]) {
-    (w[1], w[2]) = names.of(batch.subject.value(r).as_bytes());
-    if let Some((table, identity, adds)) =
-        batch.elements.as_ref().and_then(|e| super::element(e, r))
-    {
-        w[3] = identity;
-        w[4] = table << TABLE_SHIFT | adds;
-    }
-    for (p, ((values, filter), part)) in batch.values.iter().zip(parts).enumerate() {
-        // A FILTER passes a row where it is true (not NULL).
-        let passes = filter.as_ref().is_none_or(|f| f.is_valid(r) && f.value(r));
-        let (valid, value) = match values {
-            Values::Rows => (true, None),
-            Values::Count(nulls) => (nulls.as_ref().is_none_or(|n| n.is_valid(r)), None),
-            Values::Double(c) => (c.is_valid(r), Some(c.value(r).to_bits())),
-            Values::Distinct(hashes, nulls) => (
-                nulls.as_ref().is_none_or(|n| n.is_valid(r)),
-                Some(hashes[r]),
-            ),
-        };
-        if passes && valid {
-            w[5] |= 1 << p;
-        }
-        if let Some(v) = value {
-            w[HEAD + part.slot] = v;
-        }
     }
 }
 
