@@ -795,39 +795,126 @@ fn put(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-/// Result rows' sets as bytes: the number of result rows, then per row its number of sets and
-/// each set as its length and, per element, the delta from the previous row hash and the
-/// subject, all as LEB128 varints.
-pub fn encode_sets(rows: &[Vec<SubjectSet>]) -> Vec<u8> {
-    // Sized once (two varints of at most ten bytes per element: a subject's keyed hash takes
-    // nine or ten, a row's delta up to ten): a release's sets run to tens of millions of
-    // elements, and a growing buffer copies them at every doubling.
-    let elements: usize = rows.iter().flatten().map(|s| s.len()).sum();
-    let mut out = Vec::with_capacity(10 + rows.len() * 20 + elements * 20);
-    put(&mut out, rows.len() as u64);
+/// How many bytes [`put`] writes for `v`.
+fn put_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// Bytes on their way to a sink in pieces of about [`PIECE`] bytes: a release's sets run to
+/// hundreds of megabytes, and none of it need be held whole.
+struct Pieces<'a, E> {
+    buf: Vec<u8>,
+    sink: &'a mut dyn FnMut(&[u8]) -> Result<(), E>,
+}
+
+/// The size of the pieces [`Pieces`] hands on.
+const PIECE: usize = 1 << 20;
+
+impl<E> Pieces<'_, E> {
+    fn put(&mut self, v: u64) -> Result<(), E> {
+        put(&mut self.buf, v);
+        if self.buf.len() >= PIECE {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn bytes(&mut self, bytes: &[u8]) -> Result<(), E> {
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() >= PIECE {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), E> {
+        if !self.buf.is_empty() {
+            (self.sink)(&self.buf)?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+}
+
+/// How many bytes [`write_sets`] writes for `rows`.
+fn sets_len(rows: &[Vec<SubjectSet>]) -> usize {
+    let mut n = put_len(rows.len() as u64);
     for sets in rows {
-        put(&mut out, sets.len() as u64);
+        n += put_len(sets.len() as u64);
         for set in sets {
-            put(&mut out, set.len() as u64);
+            n += put_len(set.len() as u64);
             let mut last = 0u64;
             for (row, subject) in set.iter() {
-                put(&mut out, row - last);
-                put(&mut out, *subject);
+                n += put_len(row - last) + put_len(*subject);
                 last = *row;
             }
         }
     }
+    n
+}
+
+fn write_sets<E>(rows: &[Vec<SubjectSet>], out: &mut Pieces<'_, E>) -> Result<(), E> {
+    out.put(rows.len() as u64)?;
+    for sets in rows {
+        out.put(sets.len() as u64)?;
+        for set in sets {
+            out.put(set.len() as u64)?;
+            let mut last = 0u64;
+            for (row, subject) in set.iter() {
+                out.put(row - last)?;
+                out.put(*subject)?;
+                last = *row;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// All of what `write` gives its [`Pieces`], as one buffer of `len` bytes.
+fn collect(len: usize, write: impl FnOnce(&mut Pieces<'_, ()>) -> Result<(), ()>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    let mut sink = |bytes: &[u8]| -> Result<(), ()> {
+        out.extend_from_slice(bytes);
+        Ok(())
+    };
+    let mut pieces = Pieces {
+        buf: Vec::with_capacity(PIECE.min(len) + 32),
+        sink: &mut sink,
+    };
+    write(&mut pieces)
+        .and_then(|()| pieces.flush())
+        .expect("a buffer takes every byte");
     out
+}
+
+/// Result rows' sets as bytes: the number of result rows, then per row its number of sets and
+/// each set as its length and, per element, the delta from the previous row hash and the
+/// subject, all as LEB128 varints.
+pub fn encode_sets(rows: &[Vec<SubjectSet>]) -> Vec<u8> {
+    collect(sets_len(rows), |out| write_sets(rows, out))
+}
+
+/// How many bytes [`write_rows`] writes.
+fn rows_len(rows: &[Vec<SubjectSet>], values: &[u64]) -> usize {
+    sets_len(rows) + values.iter().map(|v| put_len(*v)).sum::<usize>()
+}
+
+fn write_rows<E>(
+    rows: &[Vec<SubjectSet>],
+    values: &[u64],
+    out: &mut Pieces<'_, E>,
+) -> Result<(), E> {
+    write_sets(rows, out)?;
+    for v in values {
+        out.put(*v)?;
+    }
+    Ok(())
 }
 
 /// Result rows' sets and, per row, which of them are a sum's rows (bit i: set i): the sets
 /// as [`encode_sets`] writes them, then one varint per row.
 pub fn encode_rows(rows: &[Vec<SubjectSet>], values: &[u64]) -> Vec<u8> {
-    let mut out = encode_sets(rows);
-    for v in values {
-        put(&mut out, *v);
-    }
-    out
+    collect(rows_len(rows, values), |out| write_rows(rows, values, out))
 }
 
 /// What [`encode_rows`] wrote, or [`encode_sets`] alone (every set then marked a sum's);
@@ -862,18 +949,47 @@ pub struct DatasetRows {
 /// its id (length and UTF-8 bytes) and its rows as [`encode_rows`] writes them (length and
 /// bytes). Each dataset's memory is given only the rows stored in it.
 pub fn encode_by_dataset<R: std::borrow::Borrow<DatasetRows>>(parts: &[(String, R)]) -> Vec<u8> {
-    let mut out = BY_DATASET.to_vec();
-    put(&mut out, parts.len() as u64);
+    let len = BY_DATASET.len()
+        + put_len(parts.len() as u64)
+        + parts
+            .iter()
+            .map(|(dataset, rows)| {
+                let body = rows_len(&rows.borrow().sets, &rows.borrow().values);
+                put_len(dataset.len() as u64) + dataset.len() + put_len(body as u64) + body
+            })
+            .sum::<usize>();
+    collect(len, |out| by_dataset(parts, out))
+}
+
+/// What [`encode_by_dataset`] returns, given to `sink` in pieces of about a megabyte as it is
+/// made (never held whole); the first error of `sink` stops it.
+pub fn write_by_dataset<R: std::borrow::Borrow<DatasetRows>, E>(
+    parts: &[(String, R)],
+    sink: &mut dyn FnMut(&[u8]) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut out = Pieces {
+        buf: Vec::with_capacity(PIECE + 32),
+        sink,
+    };
+    by_dataset(parts, &mut out)?;
+    out.flush()
+}
+
+fn by_dataset<R: std::borrow::Borrow<DatasetRows>, E>(
+    parts: &[(String, R)],
+    out: &mut Pieces<'_, E>,
+) -> Result<(), E> {
+    out.bytes(BY_DATASET)?;
+    out.put(parts.len() as u64)?;
     for (dataset, rows) in parts {
-        put(&mut out, dataset.len() as u64);
-        out.extend_from_slice(dataset.as_bytes());
-        // One dataset's body at a time, added in one step (no doubling of the whole).
-        let body = encode_rows(&rows.borrow().sets, &rows.borrow().values);
-        put(&mut out, body.len() as u64);
-        out.reserve_exact(body.len());
-        out.extend_from_slice(&body);
+        let rows = rows.borrow();
+        out.put(dataset.len() as u64)?;
+        out.bytes(dataset.as_bytes())?;
+        // The body's length first, counted (not encoded twice, not held).
+        out.put(rows_len(&rows.sets, &rows.values) as u64)?;
+        write_rows(&rows.sets, &rows.values, out)?;
     }
-    out
+    Ok(())
 }
 
 /// Whether `bytes` are a result's sets kept per dataset (not sets written before: a join's
@@ -986,6 +1102,76 @@ mod tests {
         let old = encode_rows(&a.sets, &a.values);
         assert!(!kept_by_dataset(&old));
         assert_eq!(decode_by_dataset(&old, &names), None);
+    }
+
+    #[test]
+    fn a_result_s_sets_stream_in_pieces_that_make_up_exactly_the_encoding() {
+        // Large enough to need several pieces; subjects of every varint length.
+        let big = DatasetRows {
+            sets: (0..3)
+                .map(|r| {
+                    vec![
+                        (0..200_000u64)
+                            .map(|i| (i * 7 + r, i.wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+                            .collect::<Vec<Element>>()
+                            .into(),
+                        set([r]),
+                    ]
+                })
+                .collect(),
+            values: vec![1, 2, u64::MAX],
+        };
+        let parts = [
+            ("ds_big".to_string(), &big),
+            ("ds_none".to_string(), &DatasetRows::default()),
+        ];
+        let whole = encode_by_dataset(&parts);
+        let mut streamed = Vec::new();
+        let mut pieces = 0;
+        write_by_dataset(&parts, &mut |piece: &[u8]| -> Result<(), ()> {
+            assert!(piece.len() < PIECE + 32);
+            pieces += 1;
+            streamed.extend_from_slice(piece);
+            Ok(())
+        })
+        .unwrap();
+        assert!(pieces > 3, "{pieces}");
+        assert_eq!(streamed, whole);
+        assert_eq!(
+            rows_len(&big.sets, &big.values),
+            encode_rows(&big.sets, &big.values).len()
+        );
+        let names = ["ds_big".to_string(), "ds_none".to_string()];
+        assert_eq!(
+            decode_by_dataset(&whole, &names),
+            Some(vec![big.clone(), DatasetRows::default()])
+        );
+        // The sink's first error stops the writing.
+        let mut calls = 0;
+        let stopped = write_by_dataset(&parts, &mut |_: &[u8]| {
+            calls += 1;
+            Err("disk full")
+        });
+        assert_eq!((stopped, calls), (Err("disk full"), 1));
+    }
+
+    #[test]
+    fn a_varint_s_counted_length_is_its_written_length() {
+        for v in [
+            0,
+            1,
+            127,
+            128,
+            16_383,
+            16_384,
+            u64::from(u32::MAX),
+            1 << 63,
+            u64::MAX,
+        ] {
+            let mut out = Vec::new();
+            put(&mut out, v);
+            assert_eq!(put_len(v), out.len(), "{v}");
+        }
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub use gate::{
 pub use inference::{
     DatasetRows, Disclosure, Element, Ledger, SubjectSet, decode_by_dataset, decode_rows,
     decode_sets, differs_by_fewer_than, encode_by_dataset, encode_rows, encode_sets,
-    kept_by_dataset,
+    kept_by_dataset, write_by_dataset,
 };
 pub use mock::{MAX_MOCK_ROWS, MockSpec, MockValue, check_mock_spec, mock_column};
 pub use model::{

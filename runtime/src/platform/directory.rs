@@ -559,6 +559,67 @@ impl Platform {
         self.store_object_as(kind, name, &format!("{kind}/{name}"), plaintext)
     }
 
+    /// [`Platform::store_object`] for an object `write` produces piece by piece (giving each
+    /// to the sink it is handed): each piece is sealed and written on a thread of its own
+    /// while the next is made, so neither the whole plaintext nor the whole ciphertext is
+    /// ever held, and making and writing share the machine's cores. The object appears under
+    /// its name only once complete and synced; on any error (of `write`, of the disk) the
+    /// partial file goes.
+    pub(super) fn store_object_streamed(
+        &self,
+        kind: &str,
+        name: &str,
+        write: impl FnOnce(&mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()>,
+    ) -> Result<Vec<u8>> {
+        let context = format!("{kind}/{name}");
+        let path = self.object_path(kind, name);
+        let dir = path
+            .parent()
+            .ok_or_else(|| Error::Internal("an object path has no directory".into()))?;
+        fs::create_dir_all(dir)?;
+        let dek = DataKey::generate();
+        let tmp = crate::crypto::temporary_path(&path);
+        let result = (|| {
+            let mut writer = crate::crypto::SealingWriter::create(&tmp, &dek, &context)?;
+            // Pieces in flight, and their buffers given back to be filled again.
+            let (send, pieces) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
+            let (give_back, empty) = std::sync::mpsc::channel::<Vec<u8>>();
+            std::thread::scope(|s| {
+                let sealing = s.spawn(move || -> Result<crate::crypto::SealingWriter> {
+                    for piece in pieces {
+                        writer.write(&piece)?;
+                        let _ = give_back.send(piece);
+                    }
+                    Ok(writer)
+                });
+                let mut sink = |piece: &[u8]| -> Result<()> {
+                    let mut buf = empty.try_recv().unwrap_or_default();
+                    buf.clear();
+                    buf.extend_from_slice(piece);
+                    // Refused only when the sealing thread stopped: its error is the cause.
+                    send.send(buf)
+                        .map_err(|_| Error::Internal("the object's writer stopped".into()))
+                };
+                let made = write(&mut sink);
+                drop(send);
+                let sealed = sealing.join().unwrap_or_else(|_| {
+                    Err(Error::Internal("the object's writer panicked".into()))
+                });
+                match (made, sealed) {
+                    (Ok(()), Ok(writer)) => writer.finish(),
+                    (_, Err(e)) | (Err(e), Ok(_)) => Err(e),
+                }
+            })?;
+            fs::rename(&tmp, &path)?;
+            fs::File::open(dir)?.sync_all()?;
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result.map(|()| self.master.wrap(&dek, &context))
+    }
+
     /// [`Platform::store_object`] binding `context` instead of the name alone (a dataset
     /// version binds its org, dataset and version: [`dataset_context`]).
     fn store_object_as(
@@ -677,6 +738,33 @@ mod tests {
         fs::write(&leftover, b"half").unwrap();
         let _platform = Platform::open(&data, key()).unwrap();
         assert!(!leftover.exists());
+    }
+
+    #[test]
+    fn an_object_written_in_pieces_reads_back_whole_and_a_failed_one_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let (platform, _) = Platform::init(&data, &dir.path().join("master.key"), "admin").unwrap();
+        let plain: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let wrapped = platform
+            .store_object_streamed("subjects", "job1", |w| plain.chunks(77_777).try_for_each(w))
+            .unwrap();
+        assert_eq!(
+            platform.load_object("subjects", "job1", &wrapped).unwrap(),
+            plain
+        );
+        // Sealed as a whole object would be: the same chunks, opened under the same name only.
+        assert!(platform.load_object("subjects", "job2", &wrapped).is_err());
+        let failed = platform.store_object_streamed("subjects", "job3", |w| {
+            w(&plain[..2_500_000])?;
+            Err(Error::Internal("the disk is full".into()))
+        });
+        assert!(failed.is_err());
+        let left: Vec<_> = fs::read_dir(platform.object_path("subjects", "job3").parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left.len(), 1, "only job1's object: {left:?}");
     }
 
     #[test]

@@ -878,11 +878,9 @@ impl Platform {
                         (dataset.clone(), rows)
                     })
                     .collect();
-                Some(self.store_object(
-                    "subjects",
-                    id,
-                    &tidegate_policy::encode_by_dataset(&parts),
-                )?)
+                Some(self.store_object_streamed("subjects", id, |sink| {
+                    tidegate_policy::write_by_dataset(&parts, sink)
+                })?)
             }
             None => None,
         };
