@@ -1129,6 +1129,7 @@ mod tests {
         let mut streamed = Vec::new();
         let mut pieces = 0;
         write_by_dataset(&parts, &mut |piece: &[u8]| -> Result<(), ()> {
+            // About a megabyte each (a varint or a short dataset id past the mark).
             assert!(piece.len() < PIECE + 32);
             pieces += 1;
             streamed.extend_from_slice(piece);

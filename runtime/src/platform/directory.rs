@@ -745,26 +745,43 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let (platform, _) = Platform::init(&data, &dir.path().join("master.key"), "admin").unwrap();
-        let plain: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
-        let wrapped = platform
-            .store_object_streamed("subjects", "job1", |w| plain.chunks(77_777).try_for_each(w))
-            .unwrap();
-        assert_eq!(
-            platform.load_object("subjects", "job1", &wrapped).unwrap(),
-            plain
-        );
-        // Sealed as a whole object would be: the same chunks, opened under the same name only.
-        assert!(platform.load_object("subjects", "job2", &wrapped).is_err());
-        let failed = platform.store_object_streamed("subjects", "job3", |w| {
-            w(&plain[..2_500_000])?;
+        let chunk = 1 << 20;
+        let path = |job| platform.object_path("subjects", job);
+        // Empty, exactly one sealed chunk, and two chunks and a bit, in pieces of odd sizes.
+        let mut keys = Vec::new();
+        for (job, len) in [("job0", 0), ("job1", chunk), ("job2", 2 * chunk + 7)] {
+            let plain: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let wrapped = platform
+                .store_object_streamed("subjects", job, |w| plain.chunks(77_777).try_for_each(w))
+                .unwrap();
+            assert_eq!(
+                platform.load_object("subjects", job, &wrapped).unwrap(),
+                plain,
+                "{job}"
+            );
+            keys.push(wrapped);
+        }
+        let sealed = fs::read(path("job2")).unwrap();
+        // Opened under its own name only: the same bytes and key under another name fail.
+        fs::write(path("job3"), &sealed).unwrap();
+        assert!(platform.load_object("subjects", "job3", &keys[2]).is_err());
+        // Its final chunk dropped, the well-formed rest is refused (not marked final).
+        let first_two = 4 + 2 * (4 + 12 + chunk + 16);
+        fs::write(path("job2"), &sealed[..first_two]).unwrap();
+        assert!(platform.load_object("subjects", "job2", &keys[2]).is_err());
+        fs::write(path("job2"), &sealed).unwrap();
+        assert!(platform.load_object("subjects", "job2", &keys[2]).is_ok());
+        // A write that fails halfway leaves no object and no temporary file.
+        let failed = platform.store_object_streamed("subjects", "job6", |w| {
+            w(&sealed[..2_000_000])?;
             Err(Error::Internal("the disk is full".into()))
         });
         assert!(failed.is_err());
-        let left: Vec<_> = fs::read_dir(platform.object_path("subjects", "job3").parent().unwrap())
+        let left: Vec<_> = fs::read_dir(path("job6").parent().unwrap())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
-        assert_eq!(left.len(), 1, "only job1's object: {left:?}");
+        assert_eq!(left.len(), 4, "job0 to job3 only: {left:?}");
     }
 
     #[test]
