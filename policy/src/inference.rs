@@ -800,10 +800,12 @@ fn put_len(v: u64) -> usize {
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
-/// Bytes on their way to a sink in pieces of about [`PIECE`] bytes: a release's sets run to
-/// hundreds of megabytes, and none of it need be held whole.
+/// Bytes on their way to a sink in pieces of about `piece` bytes ([`PIECE`]: a release's sets
+/// run to hundreds of megabytes, and none of it need be held whole), or kept whole in `buf`
+/// when nothing should be handed on before the end.
 struct Pieces<'a, E> {
     buf: Vec<u8>,
+    piece: usize,
     sink: &'a mut dyn FnMut(&[u8]) -> Result<(), E>,
 }
 
@@ -813,7 +815,7 @@ const PIECE: usize = 1 << 20;
 impl<E> Pieces<'_, E> {
     fn put(&mut self, v: u64) -> Result<(), E> {
         put(&mut self.buf, v);
-        if self.buf.len() >= PIECE {
+        if self.buf.len() >= self.piece {
             self.flush()?;
         }
         Ok(())
@@ -821,7 +823,7 @@ impl<E> Pieces<'_, E> {
 
     fn bytes(&mut self, bytes: &[u8]) -> Result<(), E> {
         self.buf.extend_from_slice(bytes);
-        if self.buf.len() >= PIECE {
+        if self.buf.len() >= self.piece {
             self.flush()?;
         }
         Ok(())
@@ -870,21 +872,16 @@ fn write_sets<E>(rows: &[Vec<SubjectSet>], out: &mut Pieces<'_, E>) -> Result<()
     Ok(())
 }
 
-/// All of what `write` gives its [`Pieces`], as one buffer of `len` bytes.
+/// All of what `write` gives its [`Pieces`], as one buffer of `len` bytes (made in place:
+/// never handed on, never copied).
 fn collect(len: usize, write: impl FnOnce(&mut Pieces<'_, ()>) -> Result<(), ()>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len);
-    let mut sink = |bytes: &[u8]| -> Result<(), ()> {
-        out.extend_from_slice(bytes);
-        Ok(())
-    };
     let mut pieces = Pieces {
-        buf: Vec::with_capacity(PIECE.min(len) + 32),
-        sink: &mut sink,
+        buf: Vec::with_capacity(len),
+        piece: usize::MAX,
+        sink: &mut |_: &[u8]| Ok(()),
     };
-    write(&mut pieces)
-        .and_then(|()| pieces.flush())
-        .expect("a buffer takes every byte");
-    out
+    write(&mut pieces).expect("nothing is handed on");
+    pieces.buf
 }
 
 /// Result rows' sets as bytes: the number of result rows, then per row its number of sets and
@@ -969,6 +966,7 @@ pub fn write_by_dataset<R: std::borrow::Borrow<DatasetRows>, E>(
 ) -> Result<(), E> {
     let mut out = Pieces {
         buf: Vec::with_capacity(PIECE + 32),
+        piece: PIECE,
         sink,
     };
     by_dataset(parts, &mut out)?;

@@ -572,52 +572,41 @@ impl Platform {
         write: impl FnOnce(&mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()>,
     ) -> Result<Vec<u8>> {
         let context = format!("{kind}/{name}");
-        let path = self.object_path(kind, name);
-        let dir = path
-            .parent()
-            .ok_or_else(|| Error::Internal("an object path has no directory".into()))?;
-        fs::create_dir_all(dir)?;
         let dek = DataKey::generate();
-        let tmp = crate::crypto::temporary_path(&path);
-        let result = (|| {
-            let mut writer = crate::crypto::SealingWriter::create(&tmp, &dek, &context)?;
-            // Pieces in flight, and their buffers given back to be filled again.
-            let (send, pieces) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
-            let (give_back, empty) = std::sync::mpsc::channel::<Vec<u8>>();
-            std::thread::scope(|s| {
-                let sealing = s.spawn(move || -> Result<crate::crypto::SealingWriter> {
-                    for piece in pieces {
-                        writer.write(&piece)?;
-                        let _ = give_back.send(piece);
-                    }
-                    Ok(writer)
-                });
-                let mut sink = |piece: &[u8]| -> Result<()> {
-                    let mut buf = empty.try_recv().unwrap_or_default();
-                    buf.clear();
-                    buf.extend_from_slice(piece);
-                    // Refused only when the sealing thread stopped: its error is the cause.
-                    send.send(buf)
-                        .map_err(|_| Error::Internal("the object's writer stopped".into()))
-                };
-                let made = write(&mut sink);
-                drop(send);
-                let sealed = sealing.join().unwrap_or_else(|_| {
-                    Err(Error::Internal("the object's writer panicked".into()))
-                });
-                match (made, sealed) {
-                    (Ok(()), Ok(writer)) => writer.finish(),
-                    (_, Err(e)) | (Err(e), Ok(_)) => Err(e),
+        let mut object =
+            super::reading::ObjectSink::create(&self.object_path(kind, name), &dek, &context)?
+                .unhashed();
+        // Pieces in flight, and their buffers given back to be filled again.
+        let (send, pieces) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
+        let (give_back, empty) = std::sync::mpsc::channel::<Vec<u8>>();
+        std::thread::scope(|s| {
+            let sealing = s.spawn(move || -> Result<super::reading::ObjectSink> {
+                for piece in pieces {
+                    std::io::Write::write_all(&mut object, &piece)?;
+                    let _ = give_back.send(piece);
                 }
-            })?;
-            fs::rename(&tmp, &path)?;
-            fs::File::open(dir)?.sync_all()?;
-            Ok(())
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result.map(|()| self.master.wrap(&dek, &context))
+                Ok(object)
+            });
+            let mut sink = |piece: &[u8]| -> Result<()> {
+                let mut buf = empty.try_recv().unwrap_or_default();
+                buf.clear();
+                buf.extend_from_slice(piece);
+                // Refused only when the sealing thread stopped: its error is the cause.
+                send.send(buf)
+                    .map_err(|_| Error::Internal("the object's writer stopped".into()))
+            };
+            let made = write(&mut sink);
+            drop(send);
+            let sealed = sealing
+                .join()
+                .unwrap_or_else(|_| Err(Error::Internal("the object's writer panicked".into())));
+            // A sink dropped unplaced (any error) takes its temporary file with it.
+            match (made, sealed) {
+                (Ok(()), Ok(object)) => object.place(),
+                (_, Err(e)) | (Err(e), Ok(_)) => Err(e),
+            }
+        })?;
+        Ok(self.master.wrap(&dek, &context))
     }
 
     /// [`Platform::store_object`] binding `context` instead of the name alone (a dataset

@@ -763,11 +763,12 @@ impl DistinctKeys {
 }
 
 /// A stored object written as it is produced: sealed chunk by chunk into a temporary file of
-/// its directory, hashed as it goes, and renamed into place only by [`ObjectSink::commit`];
-/// dropped before that, the temporary file goes.
+/// its directory, hashed as it goes (unless [`ObjectSink::unhashed`]), and renamed into place
+/// only by [`ObjectSink::commit`] or [`ObjectSink::place`]; dropped before that, the temporary
+/// file goes.
 pub(super) struct ObjectSink {
     writer: Option<SealingWriter>,
-    hash: ring::digest::Context,
+    hash: Option<ring::digest::Context>,
     written: u64,
     tmp: PathBuf,
     path: PathBuf,
@@ -783,16 +784,33 @@ impl ObjectSink {
         let writer = SealingWriter::create(&tmp, key, context)?;
         Ok(ObjectSink {
             writer: Some(writer),
-            hash: ring::digest::Context::new(&ring::digest::SHA256),
+            hash: Some(ring::digest::Context::new(&ring::digest::SHA256)),
             written: 0,
             tmp,
             path: path.to_path_buf(),
         })
     }
 
+    /// The same sink, not hashing what it is given (for an object whose hash nobody reads).
+    pub(super) fn unhashed(mut self) -> ObjectSink {
+        self.hash = None;
+        self
+    }
+
     /// Seals the last chunk, syncs, and moves the object into place; returns the SHA-256 of
     /// its plaintext and its length.
     pub(super) fn commit(mut self) -> Result<(String, u64)> {
+        let hash = self
+            .hash
+            .take()
+            .ok_or_else(|| Error::Internal("the object was not hashed".into()))?;
+        let written = self.written;
+        self.place()?;
+        Ok((hex::encode(hash.finish().as_ref()), written))
+    }
+
+    /// Seals the last chunk, syncs, and moves the object into place.
+    pub(super) fn place(mut self) -> Result<()> {
         let writer = self
             .writer
             .take()
@@ -802,11 +820,7 @@ impl ObjectSink {
         if let Some(dir) = self.path.parent() {
             fs::File::open(dir)?.sync_all()?;
         }
-        let hash = std::mem::replace(
-            &mut self.hash,
-            ring::digest::Context::new(&ring::digest::SHA256),
-        );
-        Ok((hex::encode(hash.finish().as_ref()), self.written))
+        Ok(())
     }
 }
 
@@ -819,7 +833,9 @@ impl Write for ObjectSink {
         writer
             .write(buf)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-        self.hash.update(buf);
+        if let Some(hash) = &mut self.hash {
+            hash.update(buf);
+        }
         self.written += buf.len() as u64;
         Ok(buf.len())
     }
