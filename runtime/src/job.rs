@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
@@ -599,24 +599,73 @@ async fn contribute_sorted<const V: usize>(
     tally: &mut crate::release::Tally<'_>,
     pool: &Arc<PeakPool>,
 ) -> Result<(u64, u64)> {
+    use std::sync::Mutex;
     let pool = Arc::clone(pool) as Arc<dyn MemoryPool>;
-    let cells = tally.cells_of(&rows)?;
+    let (cells, mut share) = tally.cells_of(&rows)?;
     let parts = rows.parts();
+    let buckets = crate::spill::BUCKETS;
+    let rows = Arc::new(Mutex::new(rows));
+    let ready = {
+        let pool = Arc::clone(&pool);
+        move |rows: &Mutex<crate::release::RowSpill>, b: usize| {
+            let memory = MemoryConsumer::new("the gate's rows made ready").register(&pool);
+            crate::release::RowSpill::take::<V>(rows, b, memory)
+        }
+    };
+    // The odd buckets: each read, sorted and taken by a share of the tally on a blocking
+    // thread of the job's runtime, while this thread takes the even ones (a subject's rows
+    // are all in one bucket). It stops at its next bucket once the job no longer waits for it.
+    let stop = Arc::new(AtomicBool::new(false));
+    let _stopped = StopOnDrop(Arc::clone(&stop));
+    let odd = tokio::task::spawn_blocking({
+        let (rows, cells, parts, stop, ready) = (
+            Arc::clone(&rows),
+            cells.clone(),
+            parts.clone(),
+            Arc::clone(&stop),
+            ready.clone(),
+        );
+        move || -> Result<(crate::release::Share, u64)> {
+            let mut with_rows = 0;
+            for b in (1..buckets).step_by(2) {
+                if stop.load(Ordering::Relaxed) {
+                    return Err(stopped_early());
+                }
+                let sorted = ready(rows.as_ref(), b)?;
+                with_rows += u64::from(!sorted.is_empty());
+                share.add_sorted(&parts, &cells, sorted)?;
+            }
+            Ok((share, with_rows))
+        }
+    });
     let mut with_rows = 0;
     let rows = one_ahead(
         rows,
-        crate::spill::BUCKETS,
-        move |rows, b| {
-            let memory = MemoryConsumer::new("the gate's rows made ready").register(&pool);
-            rows.take::<V>(b, memory)
-        },
+        buckets.div_ceil(2),
+        move |rows, i| ready(rows.as_ref(), 2 * i),
         |sorted| {
             with_rows += u64::from(!sorted.is_empty());
             tally.add_sorted(&parts, &cells, sorted)
         },
     )
     .await?;
-    Ok((rows.written(), with_rows))
+    let (share, theirs) = odd.await.map_err(|_| stopped_early())??;
+    tally.absorb(share)?;
+    let written = rows.lock().map_err(|_| stopped_early())?.written();
+    Ok((written, with_rows + theirs))
+}
+
+/// Sets its flag when dropped: the job no longer waits for a worker that reads it.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+fn stopped_early() -> Error {
+    Error::Internal("the gate's per-subject rows stopped before their end".into())
 }
 
 /// Makes `count` items on a worker that holds `state`, each one while this thread takes the
@@ -657,9 +706,7 @@ async fn one_ahead<S: Send + 'static, T: Send + 'static>(
     }
     match task.await {
         Ok(Some(state)) if done == count => Ok(state),
-        _ => Err(Error::Internal(
-            "the gate's per-subject rows stopped before their end".into(),
-        )),
+        _ => Err(stopped_early()),
     }
 }
 

@@ -38,7 +38,7 @@ use crate::hidden::{
 use crate::tables::TableInput;
 
 mod parts;
-pub(crate) use parts::{Builder, RowSpill};
+pub(crate) use parts::{Builder, RowSpill, Share};
 
 /// Bits of a row's measures: the cell and at most 31 counts and sums.
 const MAX_MEASURES: usize = 32;
@@ -1616,8 +1616,151 @@ struct Cell {
     /// Its rows for the gate's memory (when kept): the table that stored the row, (row,
     /// subject) named by the subject key, and the mask of the measures each adds to.
     elements: Elements,
+    /// More of them, taken by a share of the tally on another thread: joined with `elements`
+    /// when they are sorted.
+    more: Elements,
     /// Its keys in Arrow's row format.
     key: Box<[u8]>,
+}
+
+impl Cell {
+    /// A cell of no subjects yet, for `measures` measures, `top` parts kept of each.
+    fn empty(measures: usize, top: usize, floors: Vec<f64>, key: Box<[u8]>) -> Cell {
+        Cell {
+            subjects: 0,
+            tops: vec![Vec::with_capacity(top); measures],
+            bounded_totals: vec![0.0; measures],
+            contributors: vec![0; measures],
+            floors,
+            elements: Vec::new(),
+            more: Vec::new(),
+            key,
+        }
+    }
+}
+
+/// How a subject's parts add to a cell's facts: the same for the tally and for a share of it
+/// on another thread.
+#[derive(Clone)]
+pub(crate) struct Adder {
+    /// How many of the largest parts each measure keeps (the dominance rule's n).
+    top: usize,
+    privacy: Option<ContributionBounds>,
+    /// Per measure: whether it is a count, its part, and its count of rows above its minimum.
+    counts: Vec<bool>,
+    measure_parts: Vec<usize>,
+    count_parts: Vec<Option<usize>>,
+}
+
+impl Adder {
+    /// Under differential privacy the dominance rules judge the bounded parts, as released;
+    /// values that are not numbers never reach the noise.
+    fn clamp(&self, m: usize, v: f64) -> f64 {
+        match self.privacy {
+            Some(_) if v.is_nan() => 0.0,
+            Some(b) if self.counts[m] => v.min(b.count_bound as f64),
+            Some(ContributionBounds {
+                sum_bound: Some(s), ..
+            }) => v.clamp(-s, s),
+            _ => v,
+        }
+    }
+
+    /// Adds one subject's parts to `cell` (each part's value, 0 for NULL, in the order of the
+    /// contribution's columns).
+    fn add(&self, cell: &mut Cell, values: &[f64]) {
+        for m in 0..self.measure_parts.len() {
+            let mut raw = values[self.measure_parts[m]];
+            if let Some(n) = self.count_parts[m] {
+                // Above the cell's minimum: what this subject adds beyond its rows' floor.
+                raw -= values[n] * cell.floors[m];
+            }
+            let signed = self.clamp(m, raw);
+            cell.bounded_totals[m] += signed;
+            if signed != 0.0 {
+                cell.contributors[m] += 1;
+            }
+            keep_top(&mut cell.tops[m], signed.abs(), self.top);
+        }
+        cell.subjects += 1;
+    }
+
+    /// Adds the facts of `other` (the same cell, of other subjects) to `cell`.
+    fn join(&self, cell: &mut Cell, other: Cell) {
+        cell.subjects += other.subjects;
+        for m in 0..cell.tops.len() {
+            cell.bounded_totals[m] += other.bounded_totals[m];
+            cell.contributors[m] += other.contributors[m];
+            for v in &other.tops[m] {
+                keep_top(&mut cell.tops[m], *v, self.top);
+            }
+        }
+        cell.more = other.elements;
+    }
+}
+
+/// Adds one subject's elements in `cell` (its rows' (table, row identity, mask), sorted) to
+/// the cell's sets.
+fn settle(
+    cell: &mut Cell,
+    key: &crate::crypto::SubjectKey,
+    who: u64,
+    of_subject: &[(u64, u64, u64)],
+) {
+    // A stored row read n times in the cell (by n input rows) adds its value n
+    // times: it is n elements, its first copy named as a plain read names it.
+    for same in of_subject.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
+        let (table, identity) = (same[0].0, same[0].1);
+        // A table stored without row identities: its subject stands for its rows.
+        let base = match identity {
+            0 => who,
+            i => key.subject(&i.to_le_bytes()),
+        };
+        // Read once (nearly always): one element, as it is.
+        if let [one] = same {
+            cell.elements.push((table, base, who, one.2));
+            continue;
+        }
+        let mut times = [0u32; TABLE_SHIFT as usize];
+        for e in same {
+            let mut mask = e.2;
+            while mask != 0 {
+                times[mask.trailing_zeros() as usize] += 1;
+                mask &= mask - 1;
+            }
+        }
+        let copies = times.iter().copied().max().unwrap_or(0);
+        for copy in 1..=copies {
+            let mask = times
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| **n >= copy)
+                .fold(0u64, |m, (bit, _)| m | 1 << bit);
+            let named = match copy {
+                1 => base,
+                c => {
+                    let mut again = [0u8; 12];
+                    again[..8].copy_from_slice(&base.to_le_bytes());
+                    again[8..].copy_from_slice(&c.to_le_bytes());
+                    key.subject(&again)
+                }
+            };
+            cell.elements.push((table, named, who, mask));
+        }
+    }
+}
+
+/// Keeps `v` among a measure's `top` largest parts (descending; a part that is not a number
+/// first), if it is one of them.
+fn keep_top(tops: &mut Vec<f64>, v: f64, top: usize) {
+    let place = tops
+        .iter()
+        .position(|t| v.is_nan() || v > *t)
+        .unwrap_or(tops.len());
+    if place < top {
+        tops.insert(place, v);
+        tops.truncate(top);
+    }
 }
 
 /// A cell's rows for the gate's memory: (table, row named, subject, mask).
@@ -1654,10 +1797,9 @@ pub(crate) struct Tally<'a> {
     /// table, row identity, mask).
     pending: Vec<(usize, u64, u64, u64, u64)>,
     /// Per part of a contribution (in [`Contributions`]' order), which value the tally reads
-    /// it as: each measure's part, each measure's count of rows above its minimum, and each
-    /// signed aggregate's part.
-    measure_parts: Vec<usize>,
-    count_parts: Vec<Option<usize>>,
+    /// it as: each measure's part and its count of rows above its minimum (in `adder`), and
+    /// each signed aggregate's part.
+    adder: Adder,
     signed_parts: Vec<usize>,
     /// The names of the parts, in order.
     part_names: Vec<String>,
@@ -1726,8 +1868,13 @@ impl<'a> Tally<'a> {
             minimums: HashMap::default(),
             subject_key,
             pending: Vec::new(),
-            measure_parts,
-            count_parts,
+            adder: Adder {
+                top: rule.top_needed(),
+                privacy,
+                counts: analysis.measures.iter().map(|m| m.count).collect(),
+                measure_parts,
+                count_parts,
+            },
             signed_parts,
             part_names,
         };
@@ -1759,19 +1906,6 @@ impl<'a> Tally<'a> {
         keys_in(&self.converter, self.no_keys, b)
     }
 
-    /// Under differential privacy the dominance rules judge the bounded parts, as released;
-    /// values that are not numbers never reach the noise.
-    fn clamp(&self, m: &Measure, v: f64) -> f64 {
-        match self.privacy {
-            Some(_) if v.is_nan() => 0.0,
-            Some(b) if m.count => v.min(b.count_bound as f64),
-            Some(ContributionBounds {
-                sum_bound: Some(s), ..
-            }) => v.clamp(-s, s),
-            _ => v,
-        }
-    }
-
     /// The cell of `key`, made when first seen.
     fn cell_at(&mut self, key: &[u8]) -> usize {
         if let Some(at) = self.index.get(key) {
@@ -1784,15 +1918,8 @@ impl<'a> Tally<'a> {
             .get(key)
             .cloned()
             .unwrap_or_else(|| vec![0.0; measures]);
-        self.cells.push(Cell {
-            subjects: 0,
-            tops: vec![Vec::with_capacity(self.rule.top_needed()); measures],
-            bounded_totals: vec![0.0; measures],
-            contributors: vec![0; measures],
-            floors,
-            elements: Vec::new(),
-            key: key.into(),
-        });
+        self.cells
+            .push(Cell::empty(measures, self.adder.top, floors, key.into()));
         self.cells.len() - 1
     }
 
@@ -1847,48 +1974,7 @@ impl<'a> Tally<'a> {
         who: u64,
         of_subject: &[(u64, u64, u64)],
     ) {
-        let cell = &mut self.cells[at];
-        // A stored row read n times in the cell (by n input rows) adds its value n
-        // times: it is n elements, its first copy named as a plain read names it.
-        for same in of_subject.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
-            let (table, identity) = (same[0].0, same[0].1);
-            // A table stored without row identities: its subject stands for its rows.
-            let base = match identity {
-                0 => who,
-                i => key.subject(&i.to_le_bytes()),
-            };
-            // Read once (nearly always): one element, as it is.
-            if let [one] = same {
-                cell.elements.push((table, base, who, one.2));
-                continue;
-            }
-            let mut times = [0u32; TABLE_SHIFT as usize];
-            for e in same {
-                let mut mask = e.2;
-                while mask != 0 {
-                    times[mask.trailing_zeros() as usize] += 1;
-                    mask &= mask - 1;
-                }
-            }
-            let copies = times.iter().copied().max().unwrap_or(0);
-            for copy in 1..=copies {
-                let mask = times
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, n)| **n >= copy)
-                    .fold(0u64, |m, (bit, _)| m | 1 << bit);
-                let named = match copy {
-                    1 => base,
-                    c => {
-                        let mut again = [0u8; 12];
-                        again[..8].copy_from_slice(&base.to_le_bytes());
-                        again[8..].copy_from_slice(&c.to_le_bytes());
-                        key.subject(&again)
-                    }
-                };
-                cell.elements.push((table, named, who, mask));
-            }
-        }
+        settle(&mut self.cells[at], key, who, of_subject);
     }
 
     /// Adds one batch of contributions (one row per cell and subject) as the engine computed
@@ -1921,31 +2007,7 @@ impl<'a> Tally<'a> {
     /// the contribution's columns).
     fn add_part(&mut self, at: usize, subject: Option<&str>, values: &[f64]) {
         use std::hash::{Hash, Hasher};
-        let top = self.rule.top_needed();
-        for m in 0..self.analysis.measures.len() {
-            let mut raw = values[self.measure_parts[m]];
-            if let Some(n) = self.count_parts[m] {
-                // Above the cell's minimum: what this subject adds beyond its rows' floor.
-                raw -= values[n] * self.cells[at].floors[m];
-            }
-            let signed = self.clamp(&self.analysis.measures[m], raw);
-            let cell = &mut self.cells[at];
-            cell.bounded_totals[m] += signed;
-            if signed != 0.0 {
-                cell.contributors[m] += 1;
-            }
-            let v = signed.abs();
-            let tops = &mut cell.tops[m];
-            let place = tops
-                .iter()
-                .position(|t| v.is_nan() || v > *t)
-                .unwrap_or(tops.len());
-            if place < top {
-                tops.insert(place, v);
-                tops.truncate(top);
-            }
-        }
-        self.cells[at].subjects += 1;
+        self.adder.add(&mut self.cells[at], values);
         // Under differential privacy each subject's parts are kept, by subject.
         if self.privacy.is_some() {
             let who = subject.map(str::to_string);
@@ -1972,7 +2034,7 @@ impl<'a> Tally<'a> {
                 &mut self
                     .cells
                     .iter_mut()
-                    .map(|c| &mut c.elements)
+                    .map(|c| (&mut c.elements, std::mem::take(&mut c.more)))
                     .collect::<Vec<_>>(),
             )?;
         }
@@ -2145,13 +2207,18 @@ pub(crate) struct Finished {
 /// One table's part of a cell: the table, its sets, which of them are a sum's rows.
 type TableSets = (u64, Vec<SubjectSet>, u64);
 
-/// Sorts each cell's elements and takes out the repeats (one row may add to a measure through
-/// one join partner and not another: its masks are joined). A cell's elements run to one per
-/// input row: within a runtime (the job's), the cells holding the second half of them are
-/// sorted on one of its blocking threads (counted in the job's CPU time) while this thread
-/// sorts the first. A worker that fails fails the job.
-fn sort_elements(cells: &mut [&mut Elements]) -> Result<()> {
-    fn sort(elements: &mut Elements) {
+/// Sorts each cell's elements, with more of them taken apart (joined first), and takes out the
+/// repeats (one row may add to a measure through one join partner and not another: its masks
+/// are joined). A cell's elements run to one per input row: within a runtime (the job's), the
+/// cells holding the second half of them are joined and sorted on one of its blocking threads
+/// (counted in the job's CPU time) while this thread does the first. A worker that fails
+/// fails the job.
+fn sort_elements(cells: &mut [(&mut Elements, Elements)]) -> Result<()> {
+    fn sort((elements, more): &mut (Elements, Elements)) {
+        if !more.is_empty() {
+            elements.append(more);
+            *more = Vec::new();
+        }
         elements.sort_unstable();
         elements.dedup_by(|b, a| {
             (a.0, a.1, a.2) == (b.0, b.1, b.2) && {
@@ -2160,34 +2227,101 @@ fn sort_elements(cells: &mut [&mut Elements]) -> Result<()> {
             }
         });
     }
-    let total: usize = cells.iter().map(|c| c.len()).sum();
+    let total: usize = cells.iter().map(|(c, more)| c.len() + more.len()).sum();
     let handle = tokio::runtime::Handle::try_current();
     let handle = match handle {
         Ok(h) if total >= 1 << 16 && crate::threads::parallelism() >= 2 => h,
         _ => {
-            cells.iter_mut().for_each(|c| sort(c));
+            for (c, more) in cells.iter_mut() {
+                let mut both = (std::mem::take(*c), std::mem::take(more));
+                sort(&mut both);
+                **c = both.0;
+            }
             return Ok(());
         }
     };
     let (mut split, mut taken) = (0, 0);
     while split < cells.len() && taken < total / 2 {
-        taken += cells[split].len();
+        taken += cells[split].0.len() + cells[split].1.len();
         split += 1;
     }
     let (mine, theirs) = cells.split_at_mut(split);
-    let moved: Vec<Elements> = theirs.iter_mut().map(|c| std::mem::take(*c)).collect();
+    let moved: Vec<(Elements, Elements)> = theirs
+        .iter_mut()
+        .map(|(c, more)| (std::mem::take(*c), std::mem::take(more)))
+        .collect();
     let worker = handle.spawn_blocking(move || {
         let mut moved = moved;
         moved.iter_mut().for_each(sort);
         moved
     });
-    mine.iter_mut().for_each(|c| sort(c));
+    for (c, more) in mine.iter_mut() {
+        let mut both = (std::mem::take(*c), std::mem::take(more));
+        sort(&mut both);
+        **c = both.0;
+    }
     let sorted = futures::executor::block_on(worker)
         .map_err(|_| Error::Internal("the gate's memory: a sort failed".into()))?;
-    for (c, elements) in theirs.iter_mut().zip(sorted) {
+    for ((c, _), (elements, _)) in theirs.iter_mut().zip(sorted) {
         **c = elements;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod sharing {
+    use super::*;
+
+    #[test]
+    fn a_cell_taken_in_two_shares_has_the_facts_of_one_taken_whole() {
+        // Three measures: a count (part 0), a sum (part 1), and a sum above the cell's
+        // minimum (part 2, its rows counted in part 0); the rule keeps the two largest parts.
+        let adder = Adder {
+            top: 2,
+            privacy: None,
+            counts: vec![true, false, false],
+            measure_parts: vec![0, 1, 2],
+            count_parts: vec![None, None, Some(0)],
+        };
+        let parts: Vec<[f64; 3]> = (0..40)
+            .map(|i| {
+                let i = f64::from(i);
+                [1.0 + i % 3.0, (i * 7.0) % 11.0 - 5.0, i * 1.5]
+            })
+            .chain([[1.0, f64::NAN, 2.0], [2.0, 0.0, 0.0]])
+            .collect();
+        let cell = || Cell::empty(3, 2, vec![0.0, 0.0, 0.25], Box::default());
+        let mut whole = cell();
+        for p in &parts {
+            adder.add(&mut whole, p);
+        }
+        // Every other subject in the share, as the odd buckets are taken.
+        let (mut mine, mut theirs) = (cell(), cell());
+        for (i, p) in parts.iter().enumerate() {
+            adder.add(if i % 2 == 0 { &mut mine } else { &mut theirs }, p);
+        }
+        theirs.elements.push((1, 2, 3, 1));
+        adder.join(&mut mine, theirs);
+        assert_eq!(mine.subjects, whole.subjects);
+        assert_eq!(mine.contributors, whole.contributors);
+        let bits = |tops: &[Vec<f64>]| -> Vec<Vec<u64>> {
+            tops.iter()
+                .map(|t| t.iter().map(|v| v.to_bits()).collect())
+                .collect()
+        };
+        assert_eq!(bits(&mine.tops), bits(&whole.tops));
+        assert!(
+            whole.tops[1][0].is_nan(),
+            "a part that is not a number is the largest"
+        );
+        for (a, b) in mine.bounded_totals.iter().zip(&whole.bounded_totals) {
+            assert!(
+                a.to_bits() == b.to_bits() || (a - b).abs() < 1e-9 || (a.is_nan() && b.is_nan())
+            );
+        }
+        // The share's elements wait to be joined with the cell's when they are sorted.
+        assert_eq!(mine.more, vec![(1, 2, 3, 1)]);
+    }
 }
 
 #[cfg(test)]
@@ -2217,13 +2351,27 @@ mod sorting {
     fn the_gate_memorys_elements_are_sorted_alike_on_one_thread_and_on_two() {
         let mut alone = elements(9, 20_000);
         let mut shared = alone.clone();
-        sort_elements(&mut alone.iter_mut().collect::<Vec<_>>()).unwrap();
+        sort_elements(
+            &mut alone
+                .iter_mut()
+                .map(|c| (c, Vec::new()))
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .build()
             .unwrap();
         rt.block_on(async {
-            sort_elements(&mut shared.iter_mut().collect::<Vec<_>>()).unwrap();
+            // Each cell's second half taken apart, as a share of the tally takes it.
+            let mut halves: Vec<(&mut Elements, Elements)> = shared
+                .iter_mut()
+                .map(|c| {
+                    let more = c.split_off(c.len() / 2);
+                    (c, more)
+                })
+                .collect();
+            sort_elements(&mut halves).unwrap();
         });
         assert_eq!(alone, shared);
         for cell in &alone {

@@ -17,10 +17,11 @@ use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
 use arrow::buffer::NullBuffer;
 use arrow::datatypes::{DataType, Float64Type, Schema};
 
-use super::{Contributions, PartExpr, TABLE_SHIFT, Tally, arrow_error, unaliased};
+use super::{Adder, Cell, Contributions, PartExpr, TABLE_SHIFT, Tally, arrow_error, unaliased};
 use datafusion::execution::memory_pool::MemoryReservation;
 use datafusion::logical_expr::Expr;
 
+use crate::crypto::SubjectKey;
 use crate::error::{Error, Result};
 use crate::hidden::{ARGUMENT_PREFIX, FILTER_PREFIX, SOURCE_PREFIX};
 
@@ -296,22 +297,18 @@ impl<const V: usize> Row<V> {
 struct Cells {
     index: std::collections::HashMap<Box<[u8]>, u32, foldhash::fast::RandomState>,
     keys: Vec<Box<[u8]>>,
-    /// Each cell's rows, by its number.
-    rows: Vec<u64>,
-    /// What the keys and counts take in memory, about.
+    /// What the keys (and a spill's counts of their rows) take in memory, about.
     bytes: usize,
 }
 
 impl Cells {
     fn number(&mut self, key: &[u8]) -> Result<u32> {
         if let Some(c) = self.index.get(key) {
-            self.rows[*c as usize] += 1;
             return Ok(*c);
         }
         let c = u32::try_from(self.keys.len()).map_err(|_| too_many())?;
         self.index.insert(key.into(), c);
         self.keys.push(key.into());
-        self.rows.push(1);
         // The key twice (the index's and the list's, each with its allocation's slack), the
         // index's slot at its load, the list's and the count, all while they grow.
         self.bytes += 3 * key.len() + 112;
@@ -521,9 +518,13 @@ impl Builder {
 pub(crate) struct RowSpill {
     builder: Builder,
     cells: Cells,
+    /// Each cell's rows (by its number) in the even buckets and in the odd ones.
+    rows: Vec<[u64; 2]>,
     chunks: Chunks,
     /// The next place in each bucket.
     seqs: Vec<u32>,
+    /// Each bucket's rows in each of its slices (by the top byte of their subject's name).
+    slices: Vec<[u32; SLICES]>,
     /// Reserves the chunks and the cells' keys.
     reservation: MemoryReservation,
 }
@@ -545,6 +546,14 @@ struct Chunks {
 /// Room for a chunk's tag when it is sealed in place.
 const TAG: usize = 16;
 
+/// The slices of a bucket, sorted each by itself.
+const SLICES: usize = 256;
+
+/// The slice of a row whose subject is named `who` (a keyed hash): its top byte.
+fn slice(who: u64) -> usize {
+    (who >> 56) as usize
+}
+
 impl RowSpill {
     pub(crate) fn new(
         root: &std::path::Path,
@@ -562,6 +571,7 @@ impl RowSpill {
         Ok(RowSpill {
             builder,
             cells: Cells::default(),
+            rows: Vec::new(),
             chunks: Chunks {
                 buckets: vec![Vec::new(); buckets],
                 free: Vec::new(),
@@ -571,6 +581,7 @@ impl RowSpill {
                 files: crate::spill::SealedFiles::new(root, budget)?,
             },
             seqs: vec![0; buckets],
+            slices: vec![[0; SLICES]; buckets],
             reservation,
         })
     }
@@ -595,9 +606,9 @@ impl RowSpill {
         &self.cells.keys
     }
 
-    /// Each cell's rows, by its number.
-    pub(crate) fn cell_rows(&self) -> &[u64] {
-        &self.cells.rows
+    /// Each cell's rows (by its number) in the even buckets and in the odd ones.
+    pub(crate) fn cell_rows(&self) -> &[[u64; 2]] {
+        &self.rows
     }
 
     /// Takes one batch of rows.
@@ -605,17 +616,26 @@ impl RowSpill {
         let RowSpill {
             builder,
             cells,
+            rows,
             chunks,
             seqs,
+            slices,
             reservation,
         } = self;
         builder.make(b, cells, |_, words| {
             // A subject's rows are all in one bucket: the second name's top bits (a hash
             // under a key of the job's own).
             let at = (words[2] >> 56) as usize % crate::spill::BUCKETS;
+            let cell = words[0] as usize;
+            if cell >= rows.len() {
+                rows.resize(cell + 1, [0; 2]);
+            }
+            rows[cell][at % 2] += 1;
             let record = chunks.record(at, 8 * words.len(), reservation)?;
             let seq = seqs[at];
             seqs[at] = seq.checked_add(1).ok_or_else(too_many)?;
+            // Below the bucket's row count, which is below 2^32.
+            slices[at][slice(words[1])] += 1;
             record.extend_from_slice(&(words[0] | u64::from(seq) << 32).to_le_bytes());
             for w in &words[1..] {
                 record.extend_from_slice(&w.to_le_bytes());
@@ -638,21 +658,45 @@ impl RowSpill {
         Ok(())
     }
 
-    /// Reserves what the chunks and the cells' keys take.
+    /// Reserves what the chunks and the cells' keys and counts take.
     fn reserve(&mut self) -> Result<()> {
         let chunks = self.chunks.made * (self.chunks.size + TAG);
+        let counts = self.rows.capacity() * std::mem::size_of::<[u64; 2]>();
         self.reservation
-            .try_resize(chunks + self.cells.bytes)
+            .try_resize(chunks + self.cells.bytes + counts)
             .map_err(|_| memory_limit())
     }
 
-    /// Bucket `b`'s rows, read back, opened and sorted by cell and subject (each subject's
-    /// rows in their own order), reserved in `memory` until the tally has taken them.
+    /// Bucket `b`'s rows, read back from a spill that threads share, opened and sorted for
+    /// the tally, reserved in `memory` until the tally has taken them: by slice (the top byte
+    /// of the subject's name), then by cell and subject (each subject's rows in their own
+    /// order), so that each (cell, subject)'s rows are together and each slice, a 256th of the
+    /// bucket, is sorted in the processor's cache. The spill is held while the bucket is read,
+    /// not while it is sorted.
     pub(crate) fn take<const V: usize>(
-        &mut self,
+        spill: &std::sync::Mutex<RowSpill>,
         b: usize,
         memory: MemoryReservation,
     ) -> Result<Sorted<V>> {
+        let (mut rows, ends) = spill
+            .lock()
+            .map_err(|_| Error::Internal("the gate's spill: a reader failed".into()))?
+            .read::<V>(b, &memory)?;
+        let mut start = 0;
+        for end in ends {
+            rows[start..end].sort_unstable_by_key(Row::order);
+            start = end;
+        }
+        Ok(Sorted { memory, rows })
+    }
+
+    /// Bucket `b`'s rows, read back and opened, reserved in `memory`, each placed in its
+    /// slice as it is read (in order within it), and where each slice ends.
+    fn read<const V: usize>(
+        &mut self,
+        b: usize,
+        memory: &MemoryReservation,
+    ) -> Result<(Vec<Row<V>>, [usize; SLICES])> {
         if V != self.values() {
             return Err(Error::Internal("gate columns: the sums miscounted".into()));
         }
@@ -668,11 +712,27 @@ impl RowSpill {
         memory
             .try_grow(count.saturating_mul(size))
             .map_err(|_| memory_limit())?;
-        let mut rows: Vec<Row<V>> = Vec::with_capacity(count);
+        // Where each slice starts and ends, by the rows counted in each as they were added.
+        let (mut next, mut ends) = ([0usize; SLICES], [0usize; SLICES]);
+        let mut at = 0;
+        for (s, n) in self.slices[b].iter().enumerate() {
+            next[s] = at;
+            at += *n as usize;
+            ends[s] = at;
+        }
+        if at != count {
+            return Err(Error::Internal(
+                "the gate's spill: its slices miscounted".into(),
+            ));
+        }
+        let mut rows: Vec<Row<V>> =
+            vec![Row::from_words(&[0; HEAD + MAX_VALUES][..HEAD + V]); count];
+        let mut read = 0usize;
         let mut words = [0u64; HEAD + MAX_VALUES];
+        let damaged = || Error::Integrity("the gate's spill file is damaged".into());
         let mut decode = |plain: &[u8]| -> Result<()> {
-            if !plain.len().is_multiple_of(record) || rows.len() + plain.len() / record > count {
-                return Err(Error::Integrity("the gate's spill file is damaged".into()));
+            if !plain.len().is_multiple_of(record) {
+                return Err(damaged());
             }
             for r in plain.chunks_exact(record) {
                 for (w, bytes) in words.iter_mut().zip(r.chunks_exact(8)) {
@@ -680,11 +740,20 @@ impl RowSpill {
                     le.copy_from_slice(bytes);
                     *w = u64::from_le_bytes(le);
                 }
-                rows.push(Row::from_words(&words[..HEAD + V]));
+                let row = Row::from_words(&words[..HEAD + V]);
+                // Rows come back in the order they were added, each to a place in its slice
+                // that was counted for it.
+                let s = slice(row.who);
+                if row.seq as usize != read || next[s] >= ends[s] {
+                    return Err(damaged());
+                }
+                rows[next[s]] = row;
+                next[s] += 1;
+                read += 1;
             }
             Ok(())
         };
-        chunks.files.read(b, &memory, |plain| {
+        chunks.files.read(b, memory, |plain| {
             decode(plain)?;
             // The frame is given back once its rows are made.
             memory.shrink((plain.len() + TAG).min(memory.size()));
@@ -694,14 +763,13 @@ impl RowSpill {
         for c in &held {
             decode(c)?;
         }
-        if rows.len() != count {
-            return Err(Error::Integrity("the gate's spill file is damaged".into()));
+        if read != count || next != ends {
+            return Err(damaged());
         }
         chunks.made -= held.len();
         drop(held);
         self.reserve()?;
-        rows.sort_unstable_by_key(Row::order);
-        Ok(Sorted { memory, rows })
+        Ok((rows, ends))
     }
 }
 
@@ -783,22 +851,36 @@ impl Tally<'_> {
         )
     }
 
-    /// The tally's cells of a spill's cells, by their numbers there. With the gate's memory,
-    /// each cell's elements are given room for its rows (one element each, nearly always), so
+    /// The tally's cells of a spill's cells, by their numbers there, and a share of the
+    /// tally (its cells, of no subjects yet) to take the spill's odd buckets on another thread
+    /// while the tally takes the even ones. With the gate's memory, each cell's elements are
+    /// given room for its rows in the buckets each takes (one element each, nearly always), so
     /// they are made once, not grown by doubling.
-    pub(crate) fn cells_of(&mut self, spill: &RowSpill) -> Result<Vec<u32>> {
+    pub(crate) fn cells_of(&mut self, spill: &RowSpill) -> Result<(Vec<u32>, Share)> {
         let cells = spill
             .cells()
             .iter()
             .map(|k| u32::try_from(self.cell_at(k)).map_err(|_| too_many()))
             .collect::<Result<Vec<_>>>()?;
+        let measures = self.analysis.measures.len();
+        let mut share = Share {
+            adder: self.adder.clone(),
+            subject_key: self.subject_key,
+            cells: self
+                .cells
+                .iter()
+                .map(|c| Cell::empty(measures, self.adder.top, c.floors.clone(), Box::default()))
+                .collect(),
+        };
         if self.subject_key.is_some() {
-            for (at, rows) in cells.iter().zip(spill.cell_rows()) {
-                let rows = usize::try_from(*rows).map_err(|_| too_many())?;
-                self.cells[*at as usize].elements.reserve(rows);
+            for (at, [even, odd]) in cells.iter().zip(spill.cell_rows()) {
+                let (even, odd) = (usize::try_from(*even), usize::try_from(*odd));
+                let (even, odd) = (even.map_err(|_| too_many())?, odd.map_err(|_| too_many())?);
+                self.cells[*at as usize].elements.reserve(even);
+                share.cells[*at as usize].elements.reserve(odd);
             }
         }
-        Ok(cells)
+        Ok((cells, share))
     }
 
     /// Takes one bucket of a spill's rows (`cells`: the tally's cells by the spill's numbers).
@@ -808,9 +890,25 @@ impl Tally<'_> {
         cells: &[u32],
         sorted: Sorted<V>,
     ) -> Result<()> {
-        let taken = self.take_runs(native, &sorted.rows, cells, None);
+        let key = self.subject_key;
+        let taken = take_runs(self, key, native, &sorted.rows, cells, None);
         drop(sorted.memory);
         taken
+    }
+
+    /// Adds what a share of the tally took to its cells (made by [`Tally::cells_of`], so its
+    /// cells are the tally's by number): the subjects, the parts' totals and largest parts,
+    /// and the elements, which are joined with the tally's when they are sorted.
+    pub(crate) fn absorb(&mut self, share: Share) -> Result<()> {
+        if share.cells.len() > self.cells.len() {
+            return Err(Error::Internal(
+                "the gate's tally: a share has other cells".into(),
+            ));
+        }
+        for (cell, theirs) in self.cells.iter_mut().zip(share.cells) {
+            self.adder.join(cell, theirs);
+        }
+        Ok(())
     }
 
     /// Takes one group of subjects' rows, every row of each of its subjects: each row's
@@ -828,7 +926,10 @@ impl Tally<'_> {
             .collect::<Result<Vec<_>>>()?;
         // By cell and subject, and each subject's rows in their own order.
         built.rows.sort_unstable_by_key(Row::order);
-        let taken = self.take_runs(
+        let key = self.subject_key;
+        let taken = take_runs(
+            self,
+            key,
             &builder.native,
             &built.rows,
             &cells,
@@ -837,89 +938,180 @@ impl Tally<'_> {
         drop(built.memory);
         taken
     }
+}
 
-    /// Takes rows sorted by cell and subject: each row's element for the gate's memory and
-    /// each (cell, subject)'s parts. `cells`: the tally's cells by the rows' numbers; `names`:
-    /// under differential privacy, the rows' subjects and where each row is (by its place).
-    fn take_runs<const V: usize>(
+/// A share of a tally: cells of their own (the tally's, by number), which take some of a
+/// spill's buckets on another thread while the tally takes the others, and are added to the
+/// tally's when all are taken ([`Tally::absorb`]). A subject's rows are all in one bucket, so
+/// each (cell, subject) is taken whole by one of them. Not under differential privacy (the
+/// tally names each subject there).
+pub(crate) struct Share {
+    adder: Adder,
+    subject_key: Option<crate::crypto::SubjectKey>,
+    cells: Vec<Cell>,
+}
+
+impl Share {
+    /// Takes one bucket of a spill's rows (`cells`: the tally's cells by the spill's numbers).
+    pub(crate) fn add_sorted<const V: usize>(
         &mut self,
         native: &NativeParts,
-        rows: &[Row<V>],
         cells: &[u32],
-        names: Option<Names<'_>>,
+        sorted: Sorted<V>,
     ) -> Result<()> {
         let key = self.subject_key;
-        let mut elements = Vec::new();
-        let mut totals = vec![Total::Count(0); native.parts.len()];
-        let mut values = Vec::with_capacity(native.parts.len());
-        // A distinct count's values of one subject, each part's in turn.
-        let mut seen: Vec<u64> = Vec::new();
-        for of_name in rows.chunk_by(|a, b| (a.cell, a.who) == (b.cell, b.who)) {
-            let at = *cells.get(of_name[0].cell as usize).ok_or_else(too_many)? as usize;
-            let who = of_name[0].who;
-            if let Some(k) = &key {
-                // The gate's memory names a subject by its name alone, as it always has.
-                elements.clear();
-                elements.extend(of_name.iter().filter(|r| r.element != 0).map(|r| {
-                    let adds = r.element & ((1 << TABLE_SHIFT) - 1);
-                    (r.element >> TABLE_SHIFT, r.identity, adds)
-                }));
-                elements.sort_unstable();
-                self.settle_subject(at, k, who, &elements);
-            }
-            for subject in of_name.chunk_by(|a, b| a.check == b.check) {
-                for (total, p) in totals.iter_mut().zip(&native.parts) {
-                    *total = match p.kind {
-                        Kind::Rows | Kind::Count => Total::Count(0),
-                        Kind::Double => Total::Double(None),
-                        Kind::Distinct => Total::Distinct(0),
-                    };
-                }
-                for row in subject {
-                    for (p, (total, part)) in totals.iter_mut().zip(&native.parts).enumerate() {
-                        if row.counted >> p & 1 == 0 {
-                            continue;
-                        }
-                        match total {
-                            Total::Count(n) => *n += 1,
-                            Total::Double(t) => {
-                                let value = f64::from_bits(row.values[part.slot]);
-                                *t = Some(t.unwrap_or(0.0) + value);
-                            }
-                            // Counted below, over all of the subject's rows.
-                            Total::Distinct(_) => {}
-                        }
-                    }
-                }
-                for (p, (total, part)) in totals.iter_mut().zip(&native.parts).enumerate() {
-                    if let Total::Distinct(n) = total {
-                        seen.clear();
-                        seen.extend(
-                            subject
-                                .iter()
-                                .filter(|row| row.counted >> p & 1 == 1)
-                                .map(|row| row.values[part.slot]),
-                        );
-                        seen.sort_unstable();
-                        seen.dedup();
-                        *n = seen.len() as u64;
-                    }
-                }
-                values.clear();
-                values.extend(totals.iter().map(|t| t.value()));
-                let name = match names {
-                    Some((subjects, places)) => {
-                        let (b, r) = *places.get(subject[0].seq as usize).ok_or_else(too_many)?;
-                        let names = subjects.get(b as usize).ok_or_else(too_many)?;
-                        Some(names.value(r as usize))
-                    }
-                    None => None,
-                };
-                self.add_part(at, name, &values);
-            }
+        let taken = take_runs(self, key, native, &sorted.rows, cells, None);
+        drop(sorted.memory);
+        taken
+    }
+}
+
+/// What takes runs of rows sorted by cell and subject: a tally, or a share of one. A cell it
+/// does not have fails the job.
+trait Runs {
+    /// Adds one subject's elements in cell `at` (its rows' (table, row identity, mask),
+    /// sorted) to the cell's sets.
+    fn settle(
+        &mut self,
+        at: usize,
+        key: &SubjectKey,
+        who: u64,
+        of: &[(u64, u64, u64)],
+    ) -> Result<()>;
+    /// Adds one subject's parts in cell `at` (its name under differential privacy).
+    fn part(&mut self, at: usize, name: Option<&str>, values: &[f64]) -> Result<()>;
+}
+
+impl Runs for Tally<'_> {
+    fn settle(
+        &mut self,
+        at: usize,
+        key: &SubjectKey,
+        who: u64,
+        of: &[(u64, u64, u64)],
+    ) -> Result<()> {
+        if at >= self.cells.len() {
+            return Err(too_many());
         }
+        self.settle_subject(at, key, who, of);
         Ok(())
     }
+
+    fn part(&mut self, at: usize, name: Option<&str>, values: &[f64]) -> Result<()> {
+        if at >= self.cells.len() {
+            return Err(too_many());
+        }
+        self.add_part(at, name, values);
+        Ok(())
+    }
+}
+
+impl Runs for Share {
+    fn settle(
+        &mut self,
+        at: usize,
+        key: &SubjectKey,
+        who: u64,
+        of: &[(u64, u64, u64)],
+    ) -> Result<()> {
+        super::settle(self.cells.get_mut(at).ok_or_else(too_many)?, key, who, of);
+        Ok(())
+    }
+
+    fn part(&mut self, at: usize, name: Option<&str>, values: &[f64]) -> Result<()> {
+        if name.is_some() {
+            return Err(Error::Internal(
+                "the gate's tally: a share under differential privacy".into(),
+            ));
+        }
+        self.adder
+            .add(self.cells.get_mut(at).ok_or_else(too_many)?, values);
+        Ok(())
+    }
+}
+
+/// Takes rows sorted by cell and subject into `to`: each row's element for the gate's memory
+/// (with the subject key `key`) and each (cell, subject)'s parts. `cells`: the tally's cells by
+/// the rows' numbers; `names`: under differential privacy, the rows' subjects and where each
+/// row is (by its place).
+fn take_runs<const V: usize>(
+    to: &mut impl Runs,
+    key: Option<crate::crypto::SubjectKey>,
+    native: &NativeParts,
+    rows: &[Row<V>],
+    cells: &[u32],
+    names: Option<Names<'_>>,
+) -> Result<()> {
+    let mut elements = Vec::new();
+    let mut totals = vec![Total::Count(0); native.parts.len()];
+    let mut values = Vec::with_capacity(native.parts.len());
+    // A distinct count's values of one subject, each part's in turn.
+    let mut seen: Vec<u64> = Vec::new();
+    for of_name in rows.chunk_by(|a, b| (a.cell, a.who) == (b.cell, b.who)) {
+        let at = *cells.get(of_name[0].cell as usize).ok_or_else(too_many)? as usize;
+        let who = of_name[0].who;
+        if let Some(k) = &key {
+            // The gate's memory names a subject by its name alone, as it always has.
+            elements.clear();
+            elements.extend(of_name.iter().filter(|r| r.element != 0).map(|r| {
+                let adds = r.element & ((1 << TABLE_SHIFT) - 1);
+                (r.element >> TABLE_SHIFT, r.identity, adds)
+            }));
+            elements.sort_unstable();
+            to.settle(at, k, who, &elements)?;
+        }
+        for subject in of_name.chunk_by(|a, b| a.check == b.check) {
+            for (total, p) in totals.iter_mut().zip(&native.parts) {
+                *total = match p.kind {
+                    Kind::Rows | Kind::Count => Total::Count(0),
+                    Kind::Double => Total::Double(None),
+                    Kind::Distinct => Total::Distinct(0),
+                };
+            }
+            for row in subject {
+                for (p, (total, part)) in totals.iter_mut().zip(&native.parts).enumerate() {
+                    if row.counted >> p & 1 == 0 {
+                        continue;
+                    }
+                    match total {
+                        Total::Count(n) => *n += 1,
+                        Total::Double(t) => {
+                            let value = f64::from_bits(row.values[part.slot]);
+                            *t = Some(t.unwrap_or(0.0) + value);
+                        }
+                        // Counted below, over all of the subject's rows.
+                        Total::Distinct(_) => {}
+                    }
+                }
+            }
+            for (p, (total, part)) in totals.iter_mut().zip(&native.parts).enumerate() {
+                if let Total::Distinct(n) = total {
+                    seen.clear();
+                    seen.extend(
+                        subject
+                            .iter()
+                            .filter(|row| row.counted >> p & 1 == 1)
+                            .map(|row| row.values[part.slot]),
+                    );
+                    seen.sort_unstable();
+                    seen.dedup();
+                    *n = seen.len() as u64;
+                }
+            }
+            values.clear();
+            values.extend(totals.iter().map(|t| t.value()));
+            let name = match names {
+                Some((subjects, places)) => {
+                    let (b, r) = *places.get(subject[0].seq as usize).ok_or_else(too_many)?;
+                    let names = subjects.get(b as usize).ok_or_else(too_many)?;
+                    Some(names.value(r as usize))
+                }
+                None => None,
+            };
+            to.part(at, name, &values)?;
+        }
+    }
+    Ok(())
 }
 
 /// A keyed hash (SipHash-1-3) of a value's bytes.
