@@ -523,7 +523,7 @@ pub(crate) struct RowSpill {
     chunks: Chunks,
     /// The next place in each bucket.
     seqs: Vec<u32>,
-    /// Each bucket's rows in each of its slices (by the top byte of their subject's name).
+    /// Each bucket's rows in each of its slices (by the top bits of their subject's name).
     slices: Vec<[u32; SLICES]>,
     /// Reserves the chunks and the cells' keys.
     reservation: MemoryReservation,
@@ -546,12 +546,15 @@ struct Chunks {
 /// Room for a chunk's tag when it is sealed in place.
 const TAG: usize = 16;
 
-/// The slices of a bucket, sorted each by itself.
-const SLICES: usize = 256;
+/// The slices of a bucket, sorted each by itself: few enough that the rows read back are
+/// written to them in as many sequential streams (which the processor's caches and prefetch
+/// keep up with), many enough that a slice of a 100M-row job's bucket (some 24,000 rows) is
+/// sorted within a core's second-level cache.
+const SLICES: usize = 16;
 
-/// The slice of a row whose subject is named `who` (a keyed hash): its top byte.
+/// The slice of a row whose subject is named `who` (a keyed hash): its top four bits.
 fn slice(who: u64) -> usize {
-    (who >> 56) as usize
+    (who >> 60) as usize
 }
 
 impl RowSpill {
@@ -668,9 +671,9 @@ impl RowSpill {
     }
 
     /// Bucket `b`'s rows, read back from a spill that threads share, opened and sorted for
-    /// the tally, reserved in `memory` until the tally has taken them: by slice (the top byte
+    /// the tally, reserved in `memory` until the tally has taken them: by slice (the top bits
     /// of the subject's name), then by cell and subject (each subject's rows in their own
-    /// order), so that each (cell, subject)'s rows are together and each slice, a 256th of the
+    /// order), so that each (cell, subject)'s rows are together and each slice, a 16th of the
     /// bucket, is sorted in the processor's cache. The spill is held while the bucket is read,
     /// not while it is sorted.
     pub(crate) fn take<const V: usize>(
