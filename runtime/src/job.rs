@@ -571,9 +571,9 @@ async fn stream_contributions(
     Ok(())
 }
 
-/// Gives the tally every bucket of a spill of its own rows, each read back, opened and sorted
-/// on a worker while the tally takes the bucket before it: at most two are held at once.
-/// Returns the bytes the spill wrote to disk, and the buckets taken that had rows. Fails unless
+/// Gives the tally every bucket of a spill of its own rows, each read back, opened and sorted:
+/// the even ones on a worker while the tally takes the even bucket before it, the odd ones by
+/// a share of the tally on a thread of its own; at most three are held at once. Returns the bytes the spill wrote to disk, and the buckets taken that had rows. Fails unless
 /// every bucket was made and taken.
 async fn contribute_rows(
     rows: crate::release::RowSpill,
@@ -670,8 +670,8 @@ fn stopped_early() -> Error {
 
 /// Makes `count` items on a worker that holds `state`, each one while this thread takes the
 /// one before it (`take`): at most two are held at once. The worker stops at its next item
-/// once the job no longer takes them (it failed or was stopped), and `state` (a spill, whose
-/// files die with it) with it. Fails unless every item was made and taken: a worker that
+/// once the job no longer takes them (it failed or was stopped), and drops `state` (a spill,
+/// whose files die with the last holder of it) with it. Fails unless every item was made and taken: a worker that
 /// fails, panics or ends early never passes for the end. Gives `state` back.
 async fn one_ahead<S: Send + 'static, T: Send + 'static>(
     mut state: S,

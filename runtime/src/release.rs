@@ -1695,7 +1695,13 @@ impl Adder {
                 keep_top(&mut cell.tops[m], *v, self.top);
             }
         }
-        cell.more = other.elements;
+        // Moved, not copied, when the cell has none apart yet (always, as it is used).
+        if cell.more.is_empty() {
+            cell.more = other.elements;
+        } else {
+            let mut elements = other.elements;
+            cell.more.append(&mut elements);
+        }
     }
 }
 

@@ -549,7 +549,7 @@ const TAG: usize = 16;
 /// The slices of a bucket, sorted each by itself: few enough that the rows read back are
 /// written to them in as many sequential streams (which the processor's caches and prefetch
 /// keep up with), many enough that a slice of a 100M-row job's bucket (some 24,000 rows) is
-/// sorted within a core's second-level cache.
+/// sorted within a core's caches (some 1.5 MB).
 const SLICES: usize = 16;
 
 /// The slice of a row whose subject is named `who` (a keyed hash): its top four bits.
@@ -865,6 +865,13 @@ impl Tally<'_> {
             .iter()
             .map(|k| u32::try_from(self.cell_at(k)).map_err(|_| too_many()))
             .collect::<Result<Vec<_>>>()?;
+        // Under differential privacy the tally keeps each subject's parts by name: a share
+        // has no names to keep.
+        if self.privacy.is_some() {
+            return Err(Error::Internal(
+                "the gate's tally: a share under differential privacy".into(),
+            ));
+        }
         let measures = self.analysis.measures.len();
         let mut share = Share {
             adder: self.adder.clone(),
@@ -879,7 +886,10 @@ impl Tally<'_> {
             for (at, [even, odd]) in cells.iter().zip(spill.cell_rows()) {
                 let (even, odd) = (usize::try_from(*even), usize::try_from(*odd));
                 let (even, odd) = (even.map_err(|_| too_many())?, odd.map_err(|_| too_many())?);
-                self.cells[*at as usize].elements.reserve(even);
+                // The tally's room for both: the share's are joined with its own before they
+                // are sorted, and its room is not made again then.
+                let both = even.checked_add(odd).ok_or_else(too_many)?;
+                self.cells[*at as usize].elements.reserve(both);
                 share.cells[*at as usize].elements.reserve(odd);
             }
         }
