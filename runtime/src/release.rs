@@ -1967,20 +1967,8 @@ impl<'a> Tally<'a> {
             let (at, who) = (of_subject[0].0, of_subject[0].1);
             elements.clear();
             elements.extend(of_subject.iter().map(|e| (e.2, e.3, e.4)));
-            self.settle_subject(at, &key, who, &elements);
+            settle(&mut self.cells[at], &key, who, &elements);
         }
-    }
-
-    /// Adds one subject's elements in cell `at` (its rows' (table, row identity, mask),
-    /// sorted) to the cell's sets.
-    fn settle_subject(
-        &mut self,
-        at: usize,
-        key: &crate::crypto::SubjectKey,
-        who: u64,
-        of_subject: &[(u64, u64, u64)],
-    ) {
-        settle(&mut self.cells[at], key, who, of_subject);
     }
 
     /// Adds one batch of contributions (one row per cell and subject) as the engine computed
@@ -2220,11 +2208,8 @@ type TableSets = (u64, Vec<SubjectSet>, u64);
 /// (counted in the job's CPU time) while this thread does the first. A worker that fails
 /// fails the job.
 fn sort_elements(cells: &mut [(&mut Elements, Elements)]) -> Result<()> {
-    fn sort((elements, more): &mut (Elements, Elements)) {
-        if !more.is_empty() {
-            elements.append(more);
-            *more = Vec::new();
-        }
+    fn sort(elements: &mut Elements, mut more: Elements) {
+        elements.append(&mut more);
         elements.sort_unstable();
         elements.dedup_by(|b, a| {
             (a.0, a.1, a.2) == (b.0, b.1, b.2) && {
@@ -2239,9 +2224,7 @@ fn sort_elements(cells: &mut [(&mut Elements, Elements)]) -> Result<()> {
         Ok(h) if total >= 1 << 16 && crate::threads::parallelism() >= 2 => h,
         _ => {
             for (c, more) in cells.iter_mut() {
-                let mut both = (std::mem::take(*c), std::mem::take(more));
-                sort(&mut both);
-                **c = both.0;
+                sort(c, std::mem::take(more));
             }
             return Ok(());
         }
@@ -2257,18 +2240,20 @@ fn sort_elements(cells: &mut [(&mut Elements, Elements)]) -> Result<()> {
         .map(|(c, more)| (std::mem::take(*c), std::mem::take(more)))
         .collect();
     let worker = handle.spawn_blocking(move || {
-        let mut moved = moved;
-        moved.iter_mut().for_each(sort);
         moved
+            .into_iter()
+            .map(|(mut elements, more)| {
+                sort(&mut elements, more);
+                elements
+            })
+            .collect::<Vec<_>>()
     });
     for (c, more) in mine.iter_mut() {
-        let mut both = (std::mem::take(*c), std::mem::take(more));
-        sort(&mut both);
-        **c = both.0;
+        sort(c, std::mem::take(more));
     }
     let sorted = futures::executor::block_on(worker)
         .map_err(|_| Error::Internal("the gate's memory: a sort failed".into()))?;
-    for ((c, _), (elements, _)) in theirs.iter_mut().zip(sorted) {
+    for ((c, _), elements) in theirs.iter_mut().zip(sorted) {
         **c = elements;
     }
     Ok(())

@@ -904,9 +904,7 @@ impl Tally<'_> {
         sorted: Sorted<V>,
     ) -> Result<()> {
         let key = self.subject_key;
-        let taken = take_runs(self, key, native, &sorted.rows, cells, None);
-        drop(sorted.memory);
-        taken
+        take_sorted(self, key, native, cells, sorted)
     }
 
     /// Adds what a share of the tally took to its cells (made by [`Tally::cells_of`], so its
@@ -973,74 +971,55 @@ impl Share {
         sorted: Sorted<V>,
     ) -> Result<()> {
         let key = self.subject_key;
-        let taken = take_runs(self, key, native, &sorted.rows, cells, None);
-        drop(sorted.memory);
-        taken
+        take_sorted(self, key, native, cells, sorted)
     }
 }
 
 /// What takes runs of rows sorted by cell and subject: a tally, or a share of one. A cell it
 /// does not have fails the job.
 trait Runs {
-    /// Adds one subject's elements in cell `at` (its rows' (table, row identity, mask),
-    /// sorted) to the cell's sets.
-    fn settle(
-        &mut self,
-        at: usize,
-        key: &SubjectKey,
-        who: u64,
-        of: &[(u64, u64, u64)],
-    ) -> Result<()>;
+    /// Its cell `at`.
+    fn cell(&mut self, at: usize) -> Result<&mut Cell>;
     /// Adds one subject's parts in cell `at` (its name under differential privacy).
     fn part(&mut self, at: usize, name: Option<&str>, values: &[f64]) -> Result<()>;
 }
 
 impl Runs for Tally<'_> {
-    fn settle(
-        &mut self,
-        at: usize,
-        key: &SubjectKey,
-        who: u64,
-        of: &[(u64, u64, u64)],
-    ) -> Result<()> {
-        if at >= self.cells.len() {
-            return Err(too_many());
-        }
-        self.settle_subject(at, key, who, of);
-        Ok(())
+    fn cell(&mut self, at: usize) -> Result<&mut Cell> {
+        self.cells.get_mut(at).ok_or_else(too_many)
     }
 
     fn part(&mut self, at: usize, name: Option<&str>, values: &[f64]) -> Result<()> {
-        if at >= self.cells.len() {
-            return Err(too_many());
-        }
+        self.cell(at)?;
         self.add_part(at, name, values);
         Ok(())
     }
 }
 
 impl Runs for Share {
-    fn settle(
-        &mut self,
-        at: usize,
-        key: &SubjectKey,
-        who: u64,
-        of: &[(u64, u64, u64)],
-    ) -> Result<()> {
-        super::settle(self.cells.get_mut(at).ok_or_else(too_many)?, key, who, of);
-        Ok(())
+    fn cell(&mut self, at: usize) -> Result<&mut Cell> {
+        self.cells.get_mut(at).ok_or_else(too_many)
     }
 
-    fn part(&mut self, at: usize, name: Option<&str>, values: &[f64]) -> Result<()> {
-        if name.is_some() {
-            return Err(Error::Internal(
-                "the gate's tally: a share under differential privacy".into(),
-            ));
-        }
+    /// No share is made under differential privacy ([`Tally::cells_of`]): no name is kept.
+    fn part(&mut self, at: usize, _: Option<&str>, values: &[f64]) -> Result<()> {
         self.adder
             .add(self.cells.get_mut(at).ok_or_else(too_many)?, values);
         Ok(())
     }
+}
+
+/// Takes one bucket of a spill's rows into `to` and gives back their room in the pool.
+fn take_sorted<const V: usize>(
+    to: &mut impl Runs,
+    key: Option<SubjectKey>,
+    native: &NativeParts,
+    cells: &[u32],
+    sorted: Sorted<V>,
+) -> Result<()> {
+    let taken = take_runs(to, key, native, &sorted.rows, cells, None);
+    drop(sorted.memory);
+    taken
 }
 
 /// Takes rows sorted by cell and subject into `to`: each row's element for the gate's memory
@@ -1071,7 +1050,7 @@ fn take_runs<const V: usize>(
                 (r.element >> TABLE_SHIFT, r.identity, adds)
             }));
             elements.sort_unstable();
-            to.settle(at, k, who, &elements)?;
+            super::settle(to.cell(at)?, k, who, &elements);
         }
         for subject in of_name.chunk_by(|a, b| a.check == b.check) {
             for (total, p) in totals.iter_mut().zip(&native.parts) {
