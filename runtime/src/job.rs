@@ -346,16 +346,24 @@ pub async fn run_query_until(
                     Some(native) => {
                         let builder =
                             crate::release::Builder::new(native, limits.subjects, &input.schema())?;
-                        let mut rows = crate::release::RowSpill::new(
+                        // A lane for each thread the engine's partitions stream on.
+                        let partitions = input.properties().partitioning.partition_count();
+                        let mut reservations = vec![reservation];
+                        for _ in 1..partitions.clamp(1, TARGET_PARTITIONS) {
+                            reservations.push(
+                                MemoryConsumer::new("the gate's per-subject rows")
+                                    .register(&(Arc::clone(&pool) as Arc<dyn MemoryPool>)),
+                            );
+                        }
+                        let lanes = crate::release::RowSpill::lanes(
                             &root,
                             builder,
                             limits.memory_bytes,
-                            reservation,
+                            reservations,
                         )?;
-                        let (batches, ()) = tokio::try_join!(
-                            query,
-                            stream_contributions(&ctx, Arc::clone(input), |b| rows.push(&b))
-                        )?;
+                        let (batches, lanes) =
+                            tokio::try_join!(query, stream_lanes(&ctx, Arc::clone(input), lanes))?;
+                        let rows = crate::release::RowSpill::join(lanes)?;
                         (batches, Gathered::Rows(Box::new(rows)))
                     }
                     None => {
@@ -569,6 +577,52 @@ async fn stream_contributions(
         tokio::task::yield_now().await;
     }
     Ok(())
+}
+
+/// Streams the gate's per-subject rows into `lanes`, each partition of `input` on a task of
+/// its own (so that its records are made on the thread, and from the caches, that made its
+/// batches), partition `p` into lane `p` modulo their number. Gives the lanes back once every
+/// partition has ended; a task that failed, panicked or was dropped fails the job.
+async fn stream_lanes(
+    ctx: &SessionContext,
+    input: Arc<dyn ExecutionPlan>,
+    lanes: Vec<crate::release::Lane>,
+) -> Result<Vec<crate::release::Lane>> {
+    use datafusion::common::runtime::SpawnedTask;
+    use futures::StreamExt;
+    use std::sync::Mutex;
+    if lanes.is_empty() {
+        return Err(stopped_early());
+    }
+    let lanes: Vec<_> = lanes.into_iter().map(|l| Arc::new(Mutex::new(l))).collect();
+    let partitions = input.properties().partitioning.partition_count();
+    let mut tasks = Vec::with_capacity(partitions);
+    for p in 0..partitions {
+        let mut stream = input
+            .execute(p, ctx.task_ctx())
+            .map_err(|e| map_error(e, Stage::Running))?;
+        let lane = Arc::clone(&lanes[p % lanes.len()]);
+        tasks.push(SpawnedTask::spawn(async move {
+            while let Some(batch) = stream.next().await {
+                let batch = batch.map_err(|e| map_error(e, Stage::Running))?;
+                lane.lock().map_err(|_| stopped_early())?.push(&batch)?;
+            }
+            Ok::<(), Error>(())
+        }));
+    }
+    // Dropped (aborted) with this future, however the job ends.
+    for task in tasks {
+        task.join().await.map_err(|_| stopped_early())??;
+    }
+    lanes
+        .into_iter()
+        .map(|l| {
+            Arc::try_unwrap(l)
+                .ok()
+                .and_then(|l| l.into_inner().ok())
+                .ok_or_else(stopped_early)
+        })
+        .collect()
 }
 
 /// Gives the tally every bucket of a spill of its own rows, each read back, opened and sorted:

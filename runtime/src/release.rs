@@ -38,7 +38,7 @@ use crate::hidden::{
 use crate::tables::TableInput;
 
 mod parts;
-pub(crate) use parts::{Builder, RowSpill, Share};
+pub(crate) use parts::{Builder, Lane, RowSpill, Share};
 
 /// Bits of a row's measures: the cell and at most 31 counts and sums.
 const MAX_MEASURES: usize = 32;
@@ -1577,8 +1577,13 @@ fn subjects_of(b: &RecordBatch) -> Result<arrow::array::ArrayRef> {
 fn elements_of(b: &RecordBatch) -> Result<&arrow::array::FixedSizeBinaryArray> {
     b.column_by_name(ROWS)
         .and_then(|c| c.as_fixed_size_binary_opt())
+        .filter(|c| c.value_size() == ELEMENT)
         .ok_or_else(|| Error::Internal("gate columns: no rows".into()))
 }
+
+/// The bytes of a row's element: its stored row's identity and the mask of its table and
+/// the measures it adds to (little-endian).
+const ELEMENT: usize = 16;
 
 /// The cells' keys of a batch's rows in Arrow's row format (one constant key without keys).
 fn keys_in(converter: &RowConverter, no_keys: bool, b: &RecordBatch) -> Result<arrow::row::Rows> {
@@ -1596,7 +1601,11 @@ fn element(column: &arrow::array::FixedSizeBinaryArray, row: usize) -> Option<(u
     if !column.is_valid(row) {
         return None;
     }
-    let bytes = column.value(row);
+    // The values' bytes (of this slice of them) read in place: every element is ELEMENT
+    // bytes ([`elements_of`]), and a short read is no element.
+    let bytes = column
+        .value_data()
+        .get(row * ELEMENT..(row + 1) * ELEMENT)?;
     let identity = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
     let mask = u64::from_le_bytes(bytes.get(8..16)?.try_into().ok()?);
     let adds = mask & ((1 << TABLE_SHIFT) - 1);
@@ -2463,16 +2472,28 @@ impl datafusion::logical_expr::ScalarUDFImpl for RowElement {
             ));
         }
         let (adds, rest) = arrays.split_at(self.measures);
+        // Each measure's rows that add to it: true, not NULL.
         let adds = adds
             .iter()
-            .map(|a| arrow::compute::cast(a, &DataType::Boolean))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
+            .map(|a| {
+                let a = arrow::compute::cast(a, &DataType::Boolean)?;
+                let a = a.as_boolean();
+                Ok(match a.nulls() {
+                    Some(nulls) => a.values() & nulls.inner(),
+                    None => a.values().clone(),
+                })
+            })
+            .collect::<datafusion::common::Result<Vec<_>>>()?;
         let branch = arrow::compute::cast(&rest[0], &DataType::UInt64)?;
         let branch = branch.as_primitive::<arrow::datatypes::UInt64Type>();
-        let subjects = rest[1 + units..]
-            .iter()
-            .map(|a| arrow::compute::cast(a, &DataType::Utf8))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
+        // Subjects are compared only between units: with one unit, none is read.
+        let subjects = match units {
+            0 | 1 => Vec::new(),
+            _ => rest[1 + units..]
+                .iter()
+                .map(|a| arrow::compute::cast(a, &DataType::Utf8))
+                .collect::<std::result::Result<Vec<_>, _>>()?,
+        };
         let subjects: Vec<&arrow::array::StringArray> =
             subjects.iter().map(|a| a.as_string::<i32>()).collect();
         let subject_at = |u: usize, i: usize| subjects[u].is_valid(i).then(|| subjects[u].value(i));
@@ -2485,7 +2506,7 @@ impl datafusion::logical_expr::ScalarUDFImpl for RowElement {
             .map(|a| a.as_primitive::<arrow::datatypes::UInt64Type>())
             .collect();
         let row_at = |u: usize, i: usize| stored[u].is_valid(i).then(|| stored[u].value(i));
-        let mut out = arrow::array::FixedSizeBinaryBuilder::with_capacity(n, 16);
+        let mut out = Vec::with_capacity(n * ELEMENT);
         for i in 0..n {
             let b = if branch.is_valid(i) {
                 branch.value(i) as usize
@@ -2507,21 +2528,23 @@ impl datafusion::logical_expr::ScalarUDFImpl for RowElement {
             let mut mask = 0u64;
             if !again {
                 for (bit, a) in adds.iter().enumerate() {
-                    let a = a.as_boolean();
-                    if a.is_valid(i) && a.value(i) {
+                    if a.value(i) {
                         mask |= 1 << bit;
                     }
                 }
             }
             let identity = row.map_or(0, |r| r.max(1));
             mask |= table.min(0xffff) << TABLE_SHIFT;
-            let mut bytes = [0u8; 16];
-            bytes[..8].copy_from_slice(&identity.to_le_bytes());
-            bytes[8..].copy_from_slice(&mask.to_le_bytes());
-            out.append_value(bytes)?;
+            out.extend_from_slice(&identity.to_le_bytes());
+            out.extend_from_slice(&mask.to_le_bytes());
         }
+        let out = arrow::array::FixedSizeBinaryArray::try_new(
+            ELEMENT as i32,
+            arrow::buffer::Buffer::from_vec(out),
+            None,
+        )?;
         Ok(datafusion::logical_expr::ColumnarValue::Array(Arc::new(
-            out.finish(),
+            out,
         )))
     }
 }

@@ -50,13 +50,34 @@ pub(crate) struct SealedFiles {
     frames: Vec<Vec<u64>>,
     next_frame: u64,
     written: u64,
-    /// The most bytes a job may write: sixteen times its budget.
+    /// What it and its siblings (the same job's other files) wrote, and the most bytes they
+    /// may write: sixteen times the job's budget.
+    all_written: std::sync::Arc<std::sync::atomic::AtomicU64>,
     max_written: u64,
 }
 
 impl SealedFiles {
     /// Files under `root` for a job of `budget` bytes of memory.
     pub(crate) fn new(root: &Path, budget: usize) -> Result<SealedFiles> {
+        SealedFiles::counted(root, (budget as u64).saturating_mul(16), Default::default())
+    }
+
+    /// Files of the same job in a directory of their own, under a key of their own, whose
+    /// writes count toward the same limit.
+    pub(crate) fn sibling(&self) -> Result<SealedFiles> {
+        let root = self.dir.parent().unwrap_or(&self.dir);
+        SealedFiles::counted(
+            root,
+            self.max_written,
+            std::sync::Arc::clone(&self.all_written),
+        )
+    }
+
+    fn counted(
+        root: &Path,
+        max_written: u64,
+        all_written: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    ) -> Result<SealedFiles> {
         let key = crate::crypto::random_bytes::<32>();
         let name = hex::encode(crate::crypto::random_bytes::<12>());
         Ok(SealedFiles {
@@ -70,7 +91,8 @@ impl SealedFiles {
             frames: vec![Vec::new(); BUCKETS],
             next_frame: 0,
             written: 0,
-            max_written: (budget as u64).saturating_mul(16),
+            all_written,
+            max_written,
         })
     }
 
@@ -105,8 +127,13 @@ impl SealedFiles {
                 "the disk is too full for the gate's work for the job".into(),
             ));
         }
-        self.written += (HEADER + plain.len()) as u64;
-        if self.written > self.max_written {
+        let bytes = (HEADER + plain.len()) as u64;
+        self.written += bytes;
+        let all = self
+            .all_written
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed)
+            .saturating_add(bytes);
+        if all > self.max_written {
             return Err(Error::Limit(
                 "the gate's work for the job exceeded its disk limit (sixteen times its memory)"
                     .into(),

@@ -302,6 +302,18 @@ struct Cells {
 }
 
 impl Cells {
+    /// The number of a key moved from another's cells, numbered as first seen; its room is
+    /// the other's.
+    fn add(&mut self, key: Box<[u8]>) -> Result<u32> {
+        if let Some(c) = self.index.get(&key) {
+            return Ok(*c);
+        }
+        let c = u32::try_from(self.keys.len()).map_err(|_| too_many())?;
+        self.index.insert(key.clone(), c);
+        self.keys.push(key);
+        Ok(c)
+    }
+
     fn number(&mut self, key: &[u8]) -> Result<u32> {
         if let Some(c) = self.index.get(key) {
             return Ok(*c);
@@ -341,6 +353,7 @@ pub(crate) struct Builder {
     /// Names a distinct count's values: a key of its own, drawn for the job's groups (a
     /// subject's rows are all in one group) and never stored.
     value_key: [u8; 16],
+    fields: Vec<arrow::row::SortField>,
     converter: arrow::row::RowConverter,
     no_keys: bool,
     private: bool,
@@ -372,9 +385,25 @@ impl Builder {
                 crate::crypto::random_bytes::<16>(),
             ),
             value_key: crate::crypto::random_bytes::<16>(),
-            converter: arrow::row::RowConverter::new(fields).map_err(arrow_error)?,
+            converter: arrow::row::RowConverter::new(fields.clone()).map_err(arrow_error)?,
+            fields,
             no_keys,
             private,
+        })
+    }
+
+    /// A builder of the same records under the same keys (a subject named by both names it
+    /// the same), for another thread.
+    fn twin(&self) -> Result<Builder> {
+        Ok(Builder {
+            native: self.native.clone(),
+            subject_key: self.subject_key,
+            check_keys: self.check_keys,
+            value_key: self.value_key,
+            fields: self.fields.clone(),
+            converter: arrow::row::RowConverter::new(self.fields.clone()).map_err(arrow_error)?,
+            no_keys: self.no_keys,
+            private: self.private,
         })
     }
 
@@ -508,14 +537,29 @@ impl Builder {
 
 /// Every subject's rows of a job as the tally reads them, made once as they stream from the
 /// engine (each row's cell, its subject's two names, its element, which parts count it and
-/// its values, in fixed-size records of [`HEAD`] words and one per value) and partitioned by
-/// subject into [`crate::spill::BUCKETS`] buckets of chunks: held in memory while they take
-/// at most a quarter of the job's budget, and beyond it a bucket that needs room is written to
-/// its sealed file (under a key of the job's memory only) and its room used again. Read back
-/// a bucket at a time, so the tally's work is bounded by the largest bucket (a subject's rows
-/// are all in one), whatever the table's size. Not under differential privacy (the tally
-/// names each subject there).
+/// its values, in fixed-size records of [`HEAD`] words and one per value) by one [`Lane`] or
+/// more (one per thread the engine's partitions stream on), each partitioning them by subject
+/// into [`crate::spill::BUCKETS`] buckets of chunks: held in memory while they take at most a
+/// quarter of the job's budget (shared by the lanes), and beyond it a bucket that needs room
+/// is written to its lane's sealed file (under a key of the job's memory only) and its room
+/// used again. Read back a bucket at a time, every lane's part of it together, so the tally's
+/// work is bounded by the largest bucket (a subject's rows are all in one, whichever lanes
+/// they came through: the lanes name subjects under the same keys), whatever the table's
+/// size. Not under differential privacy (the tally names each subject there).
 pub(crate) struct RowSpill {
+    lanes: Vec<Lane>,
+    /// Per lane, its cells' numbers among the spill's.
+    maps: Vec<Vec<u32>>,
+    /// The cells of every lane, numbered by the spill (their room is the lanes').
+    cells: Cells,
+    /// Each cell's rows (by its number) in the even buckets and in the odd ones.
+    rows: Vec<[u64; 2]>,
+    native: NativeParts,
+}
+
+/// One thread's part of a [`RowSpill`]: the records it made of the batches it was given,
+/// its cells numbered by itself.
+pub(crate) struct Lane {
     builder: Builder,
     cells: Cells,
     /// Each cell's rows (by its number) in the even buckets and in the odd ones.
@@ -535,8 +579,8 @@ struct Chunks {
     buckets: Vec<Vec<Vec<u8>>>,
     /// Chunks written out, kept to fill again.
     free: Vec<Vec<u8>>,
-    /// Chunks made in all, the most there may be (a quarter of the budget), and the bytes of
-    /// records one holds.
+    /// Chunks made in all, the most there may be (the lane's share of a quarter of the
+    /// budget), and the bytes of records one holds.
     made: usize,
     max: usize,
     size: usize,
@@ -558,50 +602,108 @@ fn slice(who: u64) -> usize {
 }
 
 impl RowSpill {
-    pub(crate) fn new(
+    /// One lane for each reservation (one per thread that makes records), all of a job of
+    /// `budget` bytes, their files under `root`; the first makes its records with `builder`,
+    /// the others with its twins.
+    pub(crate) fn lanes(
         root: &std::path::Path,
         builder: Builder,
         budget: usize,
-        reservation: MemoryReservation,
-    ) -> Result<RowSpill> {
-        let limit = (budget / 4).clamp(1 << 20, 1 << 30);
+        reservations: Vec<MemoryReservation>,
+    ) -> Result<Vec<Lane>> {
+        let count = reservations.len().max(1);
+        let limit = (budget / 4).clamp(1 << 20, 1 << 30) / count;
         let buckets = crate::spill::BUCKETS;
         // About four chunks a bucket within the limit, of whole records, 4 to 256 KiB; and
         // never fewer than two chunks a bucket in all, lest a bucket be written out for every
-        // few rows (at the smallest budgets the limit is then passed, by up to 2 MiB).
+        // few rows (at the smallest budgets the limit is then passed, by up to 2 MiB a lane).
         let record = 8 * (HEAD + builder.native.values);
         let size = (limit / buckets / 4).clamp(4 << 10, 256 << 10) / record * record;
+        if reservations.is_empty() {
+            return Err(Error::Internal("the gate's spill: no lanes".into()));
+        }
+        let files = crate::spill::SealedFiles::new(root, budget)?;
+        let mut makers = Vec::with_capacity(count);
+        for _ in 1..count {
+            makers.push((builder.twin()?, files.sibling()?));
+        }
+        makers.insert(0, (builder, files));
+        let mut lanes = Vec::with_capacity(count);
+        for ((builder, files), reservation) in makers.into_iter().zip(reservations) {
+            lanes.push(Lane {
+                builder,
+                cells: Cells::default(),
+                rows: Vec::new(),
+                chunks: Chunks {
+                    buckets: vec![Vec::new(); buckets],
+                    free: Vec::new(),
+                    made: 0,
+                    max: (limit / (size + TAG)).max(2 * buckets),
+                    size,
+                    files,
+                },
+                seqs: vec![0; buckets],
+                slices: vec![[0; SLICES]; buckets],
+                reservation,
+            });
+        }
+        Ok(lanes)
+    }
+
+    /// The lanes' records as one spill: every cell numbered once, every bucket's rows counted
+    /// (below 2^32 in all).
+    pub(crate) fn join(mut lanes: Vec<Lane>) -> Result<RowSpill> {
+        let native = match lanes.first() {
+            Some(l) => l.builder.native.clone(),
+            None => return Err(Error::Internal("the gate's spill: no lanes".into())),
+        };
+        let mut cells = Cells::default();
+        let mut maps = Vec::with_capacity(lanes.len());
+        let mut rows: Vec<[u64; 2]> = Vec::new();
+        for lane in &mut lanes {
+            // The lane's keys move to the spill's cells; their room stays reserved by it.
+            let keys = std::mem::take(&mut lane.cells.keys);
+            lane.cells.index = Default::default();
+            let map = keys
+                .into_iter()
+                .map(|k| cells.add(k))
+                .collect::<Result<Vec<u32>>>()?;
+            rows.resize(cells.keys.len(), [0; 2]);
+            for (at, counts) in map.iter().zip(&lane.rows) {
+                let to = &mut rows[*at as usize];
+                to[0] += counts[0];
+                to[1] += counts[1];
+            }
+            maps.push(map);
+        }
+        for b in 0..crate::spill::BUCKETS {
+            lanes
+                .iter()
+                .try_fold(0u32, |all, l| all.checked_add(l.seqs[b]))
+                .ok_or_else(too_many)?;
+        }
         Ok(RowSpill {
-            builder,
-            cells: Cells::default(),
-            rows: Vec::new(),
-            chunks: Chunks {
-                buckets: vec![Vec::new(); buckets],
-                free: Vec::new(),
-                made: 0,
-                max: (limit / (size + TAG)).max(2 * buckets),
-                size,
-                files: crate::spill::SealedFiles::new(root, budget)?,
-            },
-            seqs: vec![0; buckets],
-            slices: vec![[0; SLICES]; buckets],
-            reservation,
+            lanes,
+            maps,
+            cells,
+            rows,
+            native,
         })
     }
 
     /// Bytes written to disk (sealed), in all.
     pub(crate) fn written(&self) -> u64 {
-        self.chunks.files.written()
+        self.lanes.iter().map(|l| l.chunks.files.written()).sum()
     }
 
     /// How many values its rows carry: their `V`.
     pub(crate) fn values(&self) -> usize {
-        self.builder.native.values
+        self.native.values
     }
 
     /// The parts its rows carry (for the tally to read them with).
     pub(crate) fn parts(&self) -> NativeParts {
-        self.builder.native.clone()
+        self.native.clone()
     }
 
     /// The cells' keys, by their numbers in the rows.
@@ -614,9 +716,99 @@ impl RowSpill {
         &self.rows
     }
 
+    /// Bucket `b`'s rows, read back from a spill that threads share, opened and sorted for
+    /// the tally, reserved in `memory` until the tally has taken them: by slice (the top bits
+    /// of the subject's name), then by cell and subject (each subject's rows in their own
+    /// order), so that each (cell, subject)'s rows are together and each slice, a 16th of the
+    /// bucket, is sorted in the processor's cache. The spill is held while the bucket is read,
+    /// not while it is sorted.
+    pub(crate) fn take<const V: usize>(
+        spill: &std::sync::Mutex<RowSpill>,
+        b: usize,
+        memory: MemoryReservation,
+    ) -> Result<Sorted<V>> {
+        let (mut rows, ends) = spill
+            .lock()
+            .map_err(|_| Error::Internal("the gate's spill: a reader failed".into()))?
+            .read::<V>(b, &memory)?;
+        let mut start = 0;
+        for end in ends {
+            rows[start..end].sort_unstable_by_key(Row::order);
+            start = end;
+        }
+        Ok(Sorted { memory, rows })
+    }
+
+    /// Bucket `b`'s rows from every lane, read back and opened, reserved in `memory`, each
+    /// placed in its slice as it is read (in order within it: a lane's rows in the order it
+    /// added them, after those of the lanes before it), and where each slice ends.
+    fn read<const V: usize>(
+        &mut self,
+        b: usize,
+        memory: &MemoryReservation,
+    ) -> Result<(Vec<Row<V>>, [usize; SLICES])> {
+        if V != self.values() {
+            return Err(Error::Internal("gate columns: the sums miscounted".into()));
+        }
+        let size = std::mem::size_of::<Row<V>>();
+        // The bucket's rows, counted as they were added: reserved once, made in room of
+        // that size.
+        let count: usize = self.lanes.iter().map(|l| l.seqs[b] as usize).sum();
+        memory
+            .try_grow(count.saturating_mul(size))
+            .map_err(|_| memory_limit())?;
+        // Where each slice starts and ends, by the rows counted in each as they were added.
+        let (mut next, mut ends) = ([0usize; SLICES], [0usize; SLICES]);
+        let mut at = 0;
+        for s in 0..SLICES {
+            next[s] = at;
+            at += self
+                .lanes
+                .iter()
+                .map(|l| l.slices[b][s] as usize)
+                .sum::<usize>();
+            ends[s] = at;
+        }
+        if at != count {
+            return Err(Error::Internal(
+                "the gate's spill: its slices miscounted".into(),
+            ));
+        }
+        let mut rows: Vec<Row<V>> =
+            vec![Row::from_words(&[0; HEAD + MAX_VALUES][..HEAD + V]); count];
+        let mut before = 0usize;
+        for (lane, map) in self.lanes.iter_mut().zip(&self.maps) {
+            let place = Place {
+                map,
+                before,
+                ends: &ends,
+            };
+            lane.read_into(b, memory, &mut rows, &mut next, place)?;
+            before += lane.seqs[b] as usize;
+        }
+        if next != ends {
+            return Err(damaged());
+        }
+        Ok((rows, ends))
+    }
+}
+
+/// Where a lane's rows of a bucket go among every lane's: its cells' numbers in the spill,
+/// the rows of the lanes before it, and where each slice ends.
+struct Place<'a> {
+    map: &'a [u32],
+    before: usize,
+    ends: &'a [usize; SLICES],
+}
+
+fn damaged() -> Error {
+    Error::Integrity("the gate's spill file is damaged".into())
+}
+
+impl Lane {
     /// Takes one batch of rows.
     pub(crate) fn push(&mut self, b: &RecordBatch) -> Result<()> {
-        let RowSpill {
+        let Lane {
             builder,
             cells,
             rows,
@@ -627,7 +819,7 @@ impl RowSpill {
         } = self;
         builder.make(b, cells, |_, words| {
             // A subject's rows are all in one bucket: the second name's top bits (a hash
-            // under a key of the job's own).
+            // under a key of the job's own, the same in every lane).
             let at = (words[2] >> 56) as usize % crate::spill::BUCKETS;
             let cell = words[0] as usize;
             if cell >= rows.len() {
@@ -639,10 +831,13 @@ impl RowSpill {
             seqs[at] = seq.checked_add(1).ok_or_else(too_many)?;
             // Below the bucket's row count, which is below 2^32.
             slices[at][slice(words[1])] += 1;
-            record.extend_from_slice(&(words[0] | u64::from(seq) << 32).to_le_bytes());
-            for w in &words[1..] {
-                record.extend_from_slice(&w.to_le_bytes());
+            // Made whole, then added at once.
+            let mut bytes = [0u8; 8 * (HEAD + MAX_VALUES)];
+            for (to, w) in bytes.chunks_exact_mut(8).zip(words) {
+                to.copy_from_slice(&w.to_le_bytes());
             }
+            bytes[4..8].copy_from_slice(&seq.to_le_bytes());
+            record.extend_from_slice(&bytes[..8 * words.len()]);
             Ok(())
         })?;
         if self.reserve().is_err() {
@@ -670,69 +865,23 @@ impl RowSpill {
             .map_err(|_| memory_limit())
     }
 
-    /// Bucket `b`'s rows, read back from a spill that threads share, opened and sorted for
-    /// the tally, reserved in `memory` until the tally has taken them: by slice (the top bits
-    /// of the subject's name), then by cell and subject (each subject's rows in their own
-    /// order), so that each (cell, subject)'s rows are together and each slice, a 16th of the
-    /// bucket, is sorted in the processor's cache. The spill is held while the bucket is read,
-    /// not while it is sorted.
-    pub(crate) fn take<const V: usize>(
-        spill: &std::sync::Mutex<RowSpill>,
-        b: usize,
-        memory: MemoryReservation,
-    ) -> Result<Sorted<V>> {
-        let (mut rows, ends) = spill
-            .lock()
-            .map_err(|_| Error::Internal("the gate's spill: a reader failed".into()))?
-            .read::<V>(b, &memory)?;
-        let mut start = 0;
-        for end in ends {
-            rows[start..end].sort_unstable_by_key(Row::order);
-            start = end;
-        }
-        Ok(Sorted { memory, rows })
-    }
-
-    /// Bucket `b`'s rows, read back and opened, reserved in `memory`, each placed in its
-    /// slice as it is read (in order within it), and where each slice ends.
-    fn read<const V: usize>(
+    /// Reads its rows of bucket `b` back into `rows`, each opened (reserved in `memory`
+    /// while it is) and placed in its slice at `next`, numbered by the spill (`place`).
+    fn read_into<const V: usize>(
         &mut self,
         b: usize,
         memory: &MemoryReservation,
-    ) -> Result<(Vec<Row<V>>, [usize; SLICES])> {
-        if V != self.values() {
-            return Err(Error::Internal("gate columns: the sums miscounted".into()));
-        }
+        rows: &mut [Row<V>],
+        next: &mut [usize; SLICES],
+        place: Place<'_>,
+    ) -> Result<()> {
         // Nothing more is written: the chunks kept to fill again are given back.
         let chunks = &mut self.chunks;
         chunks.made -= chunks.free.len();
         chunks.free = Vec::new();
         let record = 8 * (HEAD + V);
-        let size = std::mem::size_of::<Row<V>>();
-        // The bucket's rows, counted as they were added: reserved once, made in room of
-        // that size.
-        let count = self.seqs[b] as usize;
-        memory
-            .try_grow(count.saturating_mul(size))
-            .map_err(|_| memory_limit())?;
-        // Where each slice starts and ends, by the rows counted in each as they were added.
-        let (mut next, mut ends) = ([0usize; SLICES], [0usize; SLICES]);
-        let mut at = 0;
-        for (s, n) in self.slices[b].iter().enumerate() {
-            next[s] = at;
-            at += *n as usize;
-            ends[s] = at;
-        }
-        if at != count {
-            return Err(Error::Internal(
-                "the gate's spill: its slices miscounted".into(),
-            ));
-        }
-        let mut rows: Vec<Row<V>> =
-            vec![Row::from_words(&[0; HEAD + MAX_VALUES][..HEAD + V]); count];
         let mut read = 0usize;
         let mut words = [0u64; HEAD + MAX_VALUES];
-        let damaged = || Error::Integrity("the gate's spill file is damaged".into());
         let mut decode = |plain: &[u8]| -> Result<()> {
             if !plain.len().is_multiple_of(record) {
                 return Err(damaged());
@@ -743,13 +892,15 @@ impl RowSpill {
                     le.copy_from_slice(bytes);
                     *w = u64::from_le_bytes(le);
                 }
-                let row = Row::from_words(&words[..HEAD + V]);
+                let mut row = Row::from_words(&words[..HEAD + V]);
                 // Rows come back in the order they were added, each to a place in its slice
-                // that was counted for it.
+                // that was counted for it, of a cell the lane numbered.
                 let s = slice(row.who);
-                if row.seq as usize != read || next[s] >= ends[s] {
+                if row.seq as usize != read || next[s] >= place.ends[s] {
                     return Err(damaged());
                 }
+                row.cell = *place.map.get(row.cell as usize).ok_or_else(damaged)?;
+                row.seq = u32::try_from(place.before + read).map_err(|_| damaged())?;
                 rows[next[s]] = row;
                 next[s] += 1;
                 read += 1;
@@ -766,13 +917,12 @@ impl RowSpill {
         for c in &held {
             decode(c)?;
         }
-        if read != count || next != ends {
+        if read != self.seqs[b] as usize {
             return Err(damaged());
         }
         chunks.made -= held.len();
         drop(held);
-        self.reserve()?;
-        Ok((rows, ends))
+        self.reserve()
     }
 }
 
