@@ -659,11 +659,18 @@ async fn contribute_sorted<const V: usize>(
     let parts = rows.parts();
     let buckets = crate::spill::BUCKETS;
     let rows = Arc::new(Mutex::new(rows));
+    // The rooms of buckets taken, to read others into (each still reserved).
+    let rooms: Arc<Mutex<Vec<crate::release::Room<V>>>> = Arc::default();
     let ready = {
-        let pool = Arc::clone(&pool);
+        let (pool, rooms) = (Arc::clone(&pool), Arc::clone(&rooms));
         move |rows: &Mutex<crate::release::RowSpill>, b: usize| {
-            let memory = MemoryConsumer::new("the gate's rows made ready").register(&pool);
-            crate::release::RowSpill::take::<V>(rows, b, memory)
+            let room = rooms.lock().map_err(|_| stopped_early())?.pop();
+            let room = room.unwrap_or_else(|| {
+                crate::release::Room::new(
+                    MemoryConsumer::new("the gate's rows made ready").register(&pool),
+                )
+            });
+            crate::release::RowSpill::take::<V>(rows, b, room)
         }
     };
     // The odd buckets: each read, sorted and taken by a share of the tally on a blocking
@@ -672,12 +679,13 @@ async fn contribute_sorted<const V: usize>(
     let stop = Arc::new(AtomicBool::new(false));
     let _stopped = StopOnDrop(Arc::clone(&stop));
     let odd = tokio::task::spawn_blocking({
-        let (rows, cells, parts, stop, ready) = (
+        let (rows, cells, parts, stop, ready, rooms) = (
             Arc::clone(&rows),
             cells.clone(),
             parts.clone(),
             Arc::clone(&stop),
             ready.clone(),
+            Arc::clone(&rooms),
         );
         move || -> Result<(crate::release::Share, u64)> {
             let mut with_rows = 0;
@@ -687,7 +695,8 @@ async fn contribute_sorted<const V: usize>(
                 }
                 let sorted = ready(rows.as_ref(), b)?;
                 with_rows += u64::from(!sorted.is_empty());
-                share.add_sorted(&parts, &cells, sorted)?;
+                let room = share.add_sorted(&parts, &cells, sorted)?;
+                rooms.lock().map_err(|_| stopped_early())?.push(room);
             }
             Ok((share, with_rows))
         }
@@ -699,7 +708,9 @@ async fn contribute_sorted<const V: usize>(
         move |rows, i| ready(rows.as_ref(), 2 * i),
         |sorted| {
             with_rows += u64::from(!sorted.is_empty());
-            tally.add_sorted(&parts, &cells, sorted)
+            let room = tally.add_sorted(&parts, &cells, sorted)?;
+            rooms.lock().map_err(|_| stopped_early())?.push(room);
+            Ok(())
         },
     )
     .await?;

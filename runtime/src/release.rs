@@ -38,7 +38,7 @@ use crate::hidden::{
 use crate::tables::TableInput;
 
 mod parts;
-pub(crate) use parts::{Builder, Lane, RowSpill, Share};
+pub(crate) use parts::{Builder, Lane, Room, RowSpill, Share};
 
 /// Bits of a row's measures: the cell and at most 31 counts and sums.
 const MAX_MEASURES: usize = 32;

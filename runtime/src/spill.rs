@@ -175,6 +175,8 @@ impl SealedFiles {
         let mut reader = std::io::BufReader::new(file);
         std::io::Seek::rewind(&mut reader)?;
         let damaged = || Error::Integrity("the gate's spill file is damaged".into());
+        // One buffer for every frame: its pages are made once.
+        let mut sealed = Vec::new();
         for expected in frames {
             let mut header = [0u8; HEADER];
             reader.read_exact(&mut header).map_err(|_| damaged())?;
@@ -187,7 +189,8 @@ impl SealedFiles {
             reservation
                 .try_grow(len as usize)
                 .map_err(|_| memory_limit())?;
-            let mut sealed = vec![0u8; len as usize];
+            sealed.clear();
+            sealed.resize(len as usize, 0);
             reader.read_exact(&mut sealed).map_err(|_| damaged())?;
             let plain = self
                 .cipher

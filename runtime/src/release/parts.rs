@@ -725,12 +725,12 @@ impl RowSpill {
     pub(crate) fn take<const V: usize>(
         spill: &std::sync::Mutex<RowSpill>,
         b: usize,
-        memory: MemoryReservation,
+        Room { memory, rows }: Room<V>,
     ) -> Result<Sorted<V>> {
         let (mut rows, ends) = spill
             .lock()
             .map_err(|_| Error::Internal("the gate's spill: a reader failed".into()))?
-            .read::<V>(b, &memory)?;
+            .read::<V>(b, &memory, rows)?;
         let mut start = 0;
         for end in ends {
             rows[start..end].sort_unstable_by_key(Row::order);
@@ -746,6 +746,7 @@ impl RowSpill {
         &mut self,
         b: usize,
         memory: &MemoryReservation,
+        mut rows: Vec<Row<V>>,
     ) -> Result<(Vec<Row<V>>, [usize; SLICES])> {
         if V != self.values() {
             return Err(Error::Internal("gate columns: the sums miscounted".into()));
@@ -754,8 +755,9 @@ impl RowSpill {
         // The bucket's rows, counted as they were added: reserved once, made in room of
         // that size.
         let count: usize = self.lanes.iter().map(|l| l.seqs[b] as usize).sum();
+        // The room of a bucket taken before is used again: all of it is reserved.
         memory
-            .try_grow(count.saturating_mul(size))
+            .try_resize(count.max(rows.capacity()).saturating_mul(size))
             .map_err(|_| memory_limit())?;
         // Where each slice starts and ends, by the rows counted in each as they were added.
         let (mut next, mut ends) = ([0usize; SLICES], [0usize; SLICES]);
@@ -774,8 +776,8 @@ impl RowSpill {
                 "the gate's spill: its slices miscounted".into(),
             ));
         }
-        let mut rows: Vec<Row<V>> =
-            vec![Row::from_words(&[0; HEAD + MAX_VALUES][..HEAD + V]); count];
+        rows.clear();
+        rows.resize(count, Row::from_words(&[0; HEAD + MAX_VALUES][..HEAD + V]));
         let mut before = 0usize;
         for (lane, map) in self.lanes.iter_mut().zip(&self.maps) {
             let place = Place {
@@ -992,6 +994,22 @@ impl<const V: usize> Sorted<V> {
     }
 }
 
+/// Room for a bucket's rows, reserved in the job's pool: made new, or a bucket's once the
+/// tally has taken it, to read another into (its pages are not made and cleared again).
+pub(crate) struct Room<const V: usize> {
+    memory: MemoryReservation,
+    rows: Vec<Row<V>>,
+}
+
+impl<const V: usize> Room<V> {
+    pub(crate) fn new(memory: MemoryReservation) -> Room<V> {
+        Room {
+            memory,
+            rows: Vec::new(),
+        }
+    }
+}
+
 impl Tally<'_> {
     /// What a worker needs to make this tally's groups of rows, for contributions whose parts
     /// it computes as `native`.
@@ -1052,7 +1070,7 @@ impl Tally<'_> {
         native: &NativeParts,
         cells: &[u32],
         sorted: Sorted<V>,
-    ) -> Result<()> {
+    ) -> Result<Room<V>> {
         let key = self.subject_key;
         take_sorted(self, key, native, cells, sorted)
     }
@@ -1119,7 +1137,7 @@ impl Share {
         native: &NativeParts,
         cells: &[u32],
         sorted: Sorted<V>,
-    ) -> Result<()> {
+    ) -> Result<Room<V>> {
         let key = self.subject_key;
         take_sorted(self, key, native, cells, sorted)
     }
@@ -1159,17 +1177,17 @@ impl Runs for Share {
     }
 }
 
-/// Takes one bucket of a spill's rows into `to` and gives back their room in the pool.
+/// Takes one bucket of a spill's rows into `to` and gives back their room (still reserved)
+/// for another.
 fn take_sorted<const V: usize>(
     to: &mut impl Runs,
     key: Option<SubjectKey>,
     native: &NativeParts,
     cells: &[u32],
-    sorted: Sorted<V>,
-) -> Result<()> {
-    let taken = take_runs(to, key, native, &sorted.rows, cells, None);
-    drop(sorted.memory);
-    taken
+    Sorted { memory, rows }: Sorted<V>,
+) -> Result<Room<V>> {
+    take_runs(to, key, native, &rows, cells, None)?;
+    Ok(Room { memory, rows })
 }
 
 /// Takes rows sorted by cell and subject into `to`: each row's element for the gate's memory
