@@ -346,7 +346,8 @@ pub async fn run_query_until(
                     Some(native) => {
                         let builder =
                             crate::release::Builder::new(native, limits.subjects, &input.schema())?;
-                        // A lane for each thread the engine's partitions stream on.
+                        // A lane for each of the engine's partitions, up to one per thread
+                        // (more partitions share the lanes).
                         let partitions = input.properties().partitioning.partition_count();
                         let mut reservations = vec![reservation];
                         for _ in 1..partitions.clamp(1, TARGET_PARTITIONS) {
@@ -606,14 +607,19 @@ async fn stream_lanes(
             while let Some(batch) = stream.next().await {
                 let batch = batch.map_err(|e| map_error(e, Stage::Running))?;
                 lane.lock().map_err(|_| stopped_early())?.push(&batch)?;
+                // The lane's work is synchronous: between batches an aborted task ends.
+                tokio::task::yield_now().await;
             }
             Ok::<(), Error>(())
         }));
     }
-    // Dropped (aborted) with this future, however the job ends.
-    for task in tasks {
-        task.join().await.map_err(|_| stopped_early())??;
-    }
+    // Dropped (aborted) with this future, however the job ends; the first to fail ends it.
+    futures::future::try_join_all(
+        tasks
+            .into_iter()
+            .map(|t| async move { t.join().await.map_err(|_| stopped_early())? }),
+    )
+    .await?;
     lanes
         .into_iter()
         .map(|l| {

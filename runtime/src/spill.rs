@@ -1,6 +1,7 @@
 //! The gate's sealed spill: every subject's rows of a job, partitioned by subject, held in
 //! memory while they fit the job's budget and otherwise written to disk sealed under a key
-//! that exists only in the job's memory (AES-256-GCM by ring, a fresh random key per job,
+//! that exists only in the job's memory (AES-256-GCM by ring, a fresh random key for each of
+//! a job's sets of files,
 //! each frame's nonce its number; the files die with the job, and a file left by a killed
 //! process is noise without its key).
 //!
@@ -175,8 +176,6 @@ impl SealedFiles {
         let mut reader = std::io::BufReader::new(file);
         std::io::Seek::rewind(&mut reader)?;
         let damaged = || Error::Integrity("the gate's spill file is damaged".into());
-        // One buffer for every frame: its pages are made once.
-        let mut sealed = Vec::new();
         for expected in frames {
             let mut header = [0u8; HEADER];
             reader.read_exact(&mut header).map_err(|_| damaged())?;
@@ -189,8 +188,7 @@ impl SealedFiles {
             reservation
                 .try_grow(len as usize)
                 .map_err(|_| memory_limit())?;
-            sealed.clear();
-            sealed.resize(len as usize, 0);
+            let mut sealed = vec![0u8; len as usize];
             reader.read_exact(&mut sealed).map_err(|_| damaged())?;
             let plain = self
                 .cipher

@@ -682,6 +682,11 @@ impl RowSpill {
                 .try_fold(0u32, |all, l| all.checked_add(l.seqs[b]))
                 .ok_or_else(too_many)?;
         }
+        // The spill's counts and the lanes' maps are reserved with the first lane's keys.
+        let mapped: usize = maps.iter().map(Vec::capacity).sum();
+        let first = &mut lanes[0];
+        first.cells.bytes += rows.capacity() * std::mem::size_of::<[u64; 2]>() + 4 * mapped;
+        first.reserve()?;
         Ok(RowSpill {
             lanes,
             maps,
@@ -755,9 +760,19 @@ impl RowSpill {
         // The bucket's rows, counted as they were added: reserved once, made in room of
         // that size.
         let count: usize = self.lanes.iter().map(|l| l.seqs[b] as usize).sum();
-        // The room of a bucket taken before is used again: all of it is reserved.
+        // The room of a bucket taken before is used again (unless it is over twice what this
+        // one needs: a skewed bucket's room is not kept): all of it is reserved, before it
+        // is made and as it is.
+        rows.clear();
+        if rows.capacity() > count.saturating_mul(2) {
+            rows = Vec::new();
+        }
         memory
             .try_resize(count.max(rows.capacity()).saturating_mul(size))
+            .map_err(|_| memory_limit())?;
+        rows.reserve_exact(count);
+        memory
+            .try_resize(rows.capacity().saturating_mul(size))
             .map_err(|_| memory_limit())?;
         // Where each slice starts and ends, by the rows counted in each as they were added.
         let (mut next, mut ends) = ([0usize; SLICES], [0usize; SLICES]);
@@ -776,7 +791,6 @@ impl RowSpill {
                 "the gate's spill: its slices miscounted".into(),
             ));
         }
-        rows.clear();
         rows.resize(count, Row::from_words(&[0; HEAD + MAX_VALUES][..HEAD + V]));
         let mut before = 0usize;
         for (lane, map) in self.lanes.iter_mut().zip(&self.maps) {
@@ -983,7 +997,8 @@ type Names<'a> = (&'a [arrow::array::StringArray], &'a [(u32, u32)]);
 
 /// One bucket's rows, sorted for the tally.
 pub(crate) struct Sorted<const V: usize> {
-    /// Their room in the job's pool, given back when the tally has taken them.
+    /// Their room in the job's pool, kept with the rows' room when the tally has taken them
+    /// (for the next bucket) and given back with it.
     memory: MemoryReservation,
     rows: Vec<Row<V>>,
 }
