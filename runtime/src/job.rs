@@ -580,10 +580,13 @@ async fn stream_contributions(
     Ok(())
 }
 
-/// Streams the gate's per-subject rows into `lanes`, each partition of `input` on a task of
-/// its own (so that its records are made on the thread, and from the caches, that made its
-/// batches), partition `p` into lane `p` modulo their number. Gives the lanes back once every
-/// partition has ended; a task that failed, panicked or was dropped fails the job.
+/// Streams the gate's per-subject rows into `lanes`: each partition of `input` is read by a
+/// task of its own that hands its batches to the lanes' tasks, each of which makes the
+/// records of whichever batch comes next into its lane (a task woken on the thread that made
+/// the batch runs there, from its caches; and when one partition ends before the other, both
+/// lanes go on with the other's batches). Gives the lanes back once every partition has
+/// ended and every batch was taken; a task that failed, panicked or was dropped fails the
+/// job.
 async fn stream_lanes(
     ctx: &SessionContext,
     input: Arc<dyn ExecutionPlan>,
@@ -591,44 +594,59 @@ async fn stream_lanes(
 ) -> Result<Vec<crate::release::Lane>> {
     use datafusion::common::runtime::SpawnedTask;
     use futures::StreamExt;
-    use std::sync::Mutex;
     if lanes.is_empty() {
         return Err(stopped_early());
     }
-    let lanes: Vec<_> = lanes.into_iter().map(|l| Arc::new(Mutex::new(l))).collect();
     let partitions = input.properties().partitioning.partition_count();
-    let mut tasks = Vec::with_capacity(partitions);
+    let (send, receive) = tokio::sync::mpsc::channel::<RecordBatch>(lanes.len());
+    let receive = Arc::new(tokio::sync::Mutex::new(receive));
+    let mut readers = Vec::with_capacity(partitions);
     for p in 0..partitions {
         let mut stream = input
             .execute(p, ctx.task_ctx())
             .map_err(|e| map_error(e, Stage::Running))?;
-        let lane = Arc::clone(&lanes[p % lanes.len()]);
-        tasks.push(SpawnedTask::spawn(async move {
+        let send = send.clone();
+        readers.push(SpawnedTask::spawn(async move {
             while let Some(batch) = stream.next().await {
                 let batch = batch.map_err(|e| map_error(e, Stage::Running))?;
-                lane.lock().map_err(|_| stopped_early())?.push(&batch)?;
-                // The lane's work is synchronous: between batches an aborted task ends.
-                tokio::task::yield_now().await;
+                send.send(batch).await.map_err(|_| stopped_early())?;
             }
             Ok::<(), Error>(())
         }));
     }
+    // The lanes' end of the batches closes once every reader has ended (or was dropped: a
+    // reader that did not end well fails the job below).
+    drop(send);
+    let makers: Vec<_> = lanes
+        .into_iter()
+        .map(|mut lane| {
+            let receive = Arc::clone(&receive);
+            SpawnedTask::spawn(async move {
+                loop {
+                    let batch = receive.lock().await.recv().await;
+                    let Some(batch) = batch else {
+                        return Ok::<_, Error>(lane);
+                    };
+                    lane.push(&batch)?;
+                    // The lane's work is synchronous: between batches an aborted task ends.
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
     // Dropped (aborted) with this future, however the job ends; the first to fail ends it.
-    futures::future::try_join_all(
-        tasks
+    let read = futures::future::try_join_all(
+        readers
             .into_iter()
             .map(|t| async move { t.join().await.map_err(|_| stopped_early())? }),
-    )
-    .await?;
-    lanes
-        .into_iter()
-        .map(|l| {
-            Arc::try_unwrap(l)
-                .ok()
-                .and_then(|l| l.into_inner().ok())
-                .ok_or_else(stopped_early)
-        })
-        .collect()
+    );
+    let made = futures::future::try_join_all(
+        makers
+            .into_iter()
+            .map(|t| async move { t.join().await.map_err(|_| stopped_early())? }),
+    );
+    let (_, lanes) = tokio::try_join!(read, made)?;
+    Ok(lanes)
 }
 
 /// Gives the tally every bucket of a spill of its own rows, each read back, opened and sorted:
