@@ -611,7 +611,10 @@ impl RowSpill {
         budget: usize,
         reservations: Vec<MemoryReservation>,
     ) -> Result<Vec<Lane>> {
-        let count = reservations.len().max(1);
+        if reservations.is_empty() {
+            return Err(Error::Internal("the gate's spill: no lanes".into()));
+        }
+        let count = reservations.len();
         let limit = (budget / 4).clamp(1 << 20, 1 << 30) / count;
         let buckets = crate::spill::BUCKETS;
         // About four chunks a bucket within the limit, of whole records, 4 to 256 KiB; and
@@ -619,9 +622,6 @@ impl RowSpill {
         // few rows (at the smallest budgets the limit is then passed, by up to 2 MiB a lane).
         let record = 8 * (HEAD + builder.native.values);
         let size = (limit / buckets / 4).clamp(4 << 10, 256 << 10) / record * record;
-        if reservations.is_empty() {
-            return Err(Error::Internal("the gate's spill: no lanes".into()));
-        }
         let files = crate::spill::SealedFiles::new(root, budget)?;
         let mut makers = Vec::with_capacity(count);
         for _ in 1..count {
