@@ -2219,7 +2219,7 @@ type TableSets = (u64, Vec<SubjectSet>, u64);
 fn sort_elements(cells: &mut [(&mut Elements, Elements)]) -> Result<()> {
     fn sort(elements: &mut Elements, mut more: Elements) {
         elements.append(&mut more);
-        elements.sort_unstable();
+        sort_by_name(elements);
         elements.dedup_by(|b, a| {
             (a.0, a.1, a.2) == (b.0, b.1, b.2) && {
                 a.3 |= b.3;
@@ -2266,6 +2266,77 @@ fn sort_elements(cells: &mut [(&mut Elements, Elements)]) -> Result<()> {
         **c = elements;
     }
     Ok(())
+}
+
+/// Sorts a cell's elements as `sort_unstable` does (by table, row name, subject, mask). The
+/// row names are keyed hashes, spread evenly: the elements of one table are placed by their
+/// name's top bits (in place, by cycles of swaps) into buckets of a few elements each (eight
+/// bits at a time while a bucket is larger than a core's caches), each then sorted whole.
+/// Equal elements cannot be told apart, so the order is the sort's. Names that do not spread
+/// (one subject's rows of a table without row identities are all named by the subject) only
+/// cost passes over them: after six rounds of eight bits a bucket is sorted as it is.
+fn sort_by_name(elements: &mut [(u64, u64, u64, u64)]) {
+    const SMALL: usize = 64;
+    if elements.len() < SMALL || elements.iter().any(|e| e.0 != elements[0].0) {
+        elements.sort_unstable();
+        return;
+    }
+    fn by_bits(
+        elements: &mut [(u64, u64, u64, u64)],
+        used: u32,
+        starts: &mut Vec<usize>,
+        next: &mut Vec<usize>,
+    ) {
+        let n = elements.len();
+        if n < SMALL || used >= 48 {
+            elements.sort_unstable();
+            return;
+        }
+        // Within a core's caches: about four elements a bucket, at most 2^13 buckets.
+        let last = n <= 1 << 15;
+        let bits = match last {
+            true => (n / 4).next_power_of_two().trailing_zeros().clamp(1, 13),
+            false => 8,
+        };
+        let (shift, mask) = (64 - used - bits, (1u64 << bits) - 1);
+        let bucket = |e: &(u64, u64, u64, u64)| ((e.1 >> shift) & mask) as usize;
+        let buckets = 1usize << bits;
+        starts.clear();
+        starts.resize(buckets + 1, 0);
+        for e in elements.iter() {
+            starts[bucket(e) + 1] += 1;
+        }
+        for b in 0..buckets {
+            starts[b + 1] += starts[b];
+        }
+        next.clear();
+        next.extend_from_slice(&starts[..buckets]);
+        for b in 0..buckets {
+            while next[b] < starts[b + 1] {
+                let mut e = elements[next[b]];
+                loop {
+                    let to = bucket(&e);
+                    if to == b {
+                        break;
+                    }
+                    std::mem::swap(&mut e, &mut elements[next[to]]);
+                    next[to] += 1;
+                }
+                elements[next[b]] = e;
+                next[b] += 1;
+            }
+        }
+        let bounds = std::mem::take(starts);
+        for b in 0..buckets {
+            let of = &mut elements[bounds[b]..bounds[b + 1]];
+            match last {
+                true => of.sort_unstable(),
+                false => by_bits(of, used + bits, starts, next),
+            }
+        }
+        *starts = bounds;
+    }
+    by_bits(elements, 0, &mut Vec::new(), &mut Vec::new());
 }
 
 #[cfg(test)]
@@ -2381,6 +2452,38 @@ mod sorting {
             );
             // Every repeat's mask joined: the cells here name at most 30,000 elements.
             assert!(cell.len() <= 30_000 && cell.iter().any(|e| e.3.count_ones() > 1));
+        }
+    }
+
+    #[test]
+    fn elements_sorted_by_their_names_are_in_the_order_of_a_sort() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut cases: Vec<Elements> = Vec::new();
+        // Spread names, of every size around the thresholds, with repeats.
+        for n in [0, 1, 63, 64, 65, 1_000, 32_768, 32_769, 200_000] {
+            cases.push(
+                (0..n)
+                    .map(|_| (1, next() | 1 << 63, next() % 50, 1 << (next() % 3)))
+                    .collect(),
+            );
+        }
+        // Names that do not spread: one name, or names that differ in their low bits only.
+        cases.push((0..70_000).map(|i| (2, 7, i % 9, 1)).collect());
+        cases.push((0..70_000).map(|_| (2, next() % 16, next(), 1)).collect());
+        // Two tables.
+        cases.push((0..5_000).map(|_| (next() % 2, next(), 1, 1)).collect());
+        for case in cases {
+            let mut expected = case.clone();
+            expected.sort_unstable();
+            let mut sorted = case;
+            sort_by_name(&mut sorted);
+            assert!(sorted == expected, "{} elements", sorted.len());
         }
     }
 }
