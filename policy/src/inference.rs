@@ -788,11 +788,16 @@ impl Ledger {
 }
 
 fn put(out: &mut Vec<u8>, mut v: u64) {
+    // Made whole, then added at once (a release's sets run to hundreds of millions of them).
+    let mut bytes = [0u8; 10];
+    let mut n = 0;
     while v >= 0x80 {
-        out.push((v as u8) | 0x80);
+        bytes[n] = (v as u8) | 0x80;
         v >>= 7;
+        n += 1;
     }
-    out.push(v as u8);
+    bytes[n] = v as u8;
+    out.extend_from_slice(&bytes[..=n]);
 }
 
 /// How many bytes [`put`] writes for `v`.
