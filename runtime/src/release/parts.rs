@@ -749,7 +749,7 @@ impl RowSpill {
             .unwrap_or(0);
         let room = Grouping::<V>::bytes(most);
         memory.try_grow(room).map_err(|_| memory_limit())?;
-        let mut grouping = Grouping::default();
+        let mut grouping = Grouping::with(most);
         for end in ends {
             group_slice(&mut rows[start..end], &mut grouping)?;
             start = end;
@@ -837,12 +837,28 @@ struct Grouping<const V: usize> {
 }
 
 impl<const V: usize> Grouping<V> {
-    /// What it takes in memory for a slice of `rows` rows, at most.
+    /// Room for slices of at most `rows` rows, made at once: grouping them never grows it.
+    fn with(rows: usize) -> Grouping<V> {
+        Grouping {
+            slots: Vec::with_capacity(Self::slots(rows)),
+            groups: Vec::with_capacity(rows),
+            of: Vec::with_capacity(rows),
+            rows: Vec::with_capacity(rows),
+        }
+    }
+
+    /// The slots of the table for `rows` rows: at least twice as many, a power of two.
+    fn slots(rows: usize) -> usize {
+        rows.saturating_mul(2).next_power_of_two().max(16)
+    }
+
+    /// What it takes in memory for slices of at most `rows` rows.
     fn bytes(rows: usize) -> usize {
-        let slots = rows.saturating_mul(2).next_power_of_two().max(16);
-        slots.saturating_mul(4).saturating_add(rows.saturating_mul(
-            std::mem::size_of::<(u32, u64, u32)>() + 4 + std::mem::size_of::<Row<V>>(),
-        ))
+        Self::slots(rows)
+            .saturating_mul(4)
+            .saturating_add(rows.saturating_mul(
+                std::mem::size_of::<(u32, u64, u32)>() + 4 + std::mem::size_of::<Row<V>>(),
+            ))
     }
 }
 
@@ -865,7 +881,7 @@ fn group_slice<const V: usize>(rows: &mut [Row<V>], room: &mut Grouping<V>) -> R
     let Some(first) = rows.first().copied() else {
         return Ok(());
     };
-    let size = n.saturating_mul(2).next_power_of_two().max(16);
+    let size = Grouping::<V>::slots(n);
     let mask = size - 1;
     slots.clear();
     slots.resize(size, u32::MAX);
@@ -877,7 +893,11 @@ fn group_slice<const V: usize>(rows: &mut [Row<V>], room: &mut Grouping<V>) -> R
         let g = loop {
             let g = slots[at];
             if g == u32::MAX {
-                let g = u32::try_from(groups.len()).map_err(|_| too_many())?;
+                // A group's number is never the mark of an empty slot.
+                let g = u32::try_from(groups.len())
+                    .ok()
+                    .filter(|g| *g != u32::MAX)
+                    .ok_or_else(too_many)?;
                 slots[at] = g;
                 groups.push((r.cell, r.who, 0));
                 break g;
@@ -1467,24 +1487,26 @@ mod slices {
             f
         };
         assert_eq!(facts(&grouped), facts(&rows));
-        // Each (cell, name) once, each of its subjects once within it, each subject's rows in
-        // their order.
-        let mut names = std::collections::HashSet::new();
-        let mut two = false;
-        for run in grouped.chunk_by(|a, b| (a.cell, a.who) == (b.cell, b.who)) {
-            assert!(
-                names.insert((run[0].cell, run[0].who)),
-                "a name's rows apart"
-            );
-            let subjects: Vec<_> = run.chunk_by(|a, b| a.check == b.check).collect();
-            let mut checks: Vec<_> = subjects.iter().map(|s| s[0].check).collect();
-            checks.dedup();
-            assert_eq!(checks.len(), subjects.len(), "a subject's rows apart");
-            two |= subjects.len() > 1;
-            for s in subjects {
-                assert!(s.windows(2).all(|w| w[0].seq < w[1].seq), "out of order");
+        // Each (cell, name) is one run, holding what the sort by cell and subject gives it:
+        // its subjects one after another, each subject's rows in their order.
+        let runs = |rows: &[Row<1>]| {
+            let mut runs = std::collections::HashMap::new();
+            for run in rows.chunk_by(|a, b| (a.cell, a.who) == (b.cell, b.who)) {
+                let rows: Vec<(u64, u32)> = run.iter().map(|r| (r.check, r.seq)).collect();
+                assert!(
+                    runs.insert((run[0].cell, run[0].who), rows).is_none(),
+                    "a name's rows apart"
+                );
             }
-        }
+            runs
+        };
+        let mut sorted = rows.clone();
+        sorted.sort_unstable_by_key(Row::order);
+        let (runs, expected) = (runs(&grouped), runs(&sorted));
+        assert!(runs == expected, "a run differs from the sort's");
+        let two = expected
+            .values()
+            .any(|r| r.iter().any(|(check, _)| *check != r[0].0));
         assert!(two, "some (cell, name) holds two subjects");
     }
 
