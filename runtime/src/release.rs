@@ -2456,6 +2456,24 @@ mod sorting {
     }
 
     #[test]
+    fn a_cells_elements_of_one_mask_make_the_sets_each_measure_would() {
+        let elements: Vec<(u64, u64, u64, u64)> =
+            (0..100u64).map(|i| (1, i * 7, i % 13, 0b1011)).collect();
+        for value_bits in [0, 0b1, 0b10, 0b1000, 0b100, u64::MAX] {
+            assert_eq!(
+                sets_of(&elements, value_bits),
+                sets_by_measure(&elements, 0b1011, value_bits)
+            );
+        }
+        // Masks that differ: a set per distinct membership.
+        let mut mixed = elements.clone();
+        mixed[5].3 = 0b1;
+        let (sets, _) = sets_of(&mixed, 0);
+        assert_eq!(sets.len(), 2);
+        assert_eq!(sets_of(&[], 1), (Vec::new(), 0));
+    }
+
+    #[test]
     fn elements_sorted_by_their_names_are_in_the_order_of_a_sort() {
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = move || {
@@ -2492,6 +2510,21 @@ mod sorting {
 /// sets once), and which of them are a sum's rows.
 fn sets_of(elements: &[(u64, u64, u64, u64)], value_bits: u64) -> (Vec<SubjectSet>, u64) {
     let used = elements.iter().fold(0u64, |m, e| m | e.3);
+    // Every element adds to every measure that any adds to (nearly always): one set, made
+    // once, as the sets by measure would all be it.
+    if !elements.is_empty() && elements.iter().all(|e| e.3 == used) {
+        let set: SubjectSet = elements.iter().map(|e| (e.1, e.2)).collect();
+        return (vec![set], u64::from(used & value_bits != 0));
+    }
+    sets_by_measure(elements, used, value_bits)
+}
+
+/// [`sets_of`] a set per measure bit, each made and compared with those before.
+fn sets_by_measure(
+    elements: &[(u64, u64, u64, u64)],
+    used: u64,
+    value_bits: u64,
+) -> (Vec<SubjectSet>, u64) {
     let mut sets: Vec<SubjectSet> = Vec::new();
     let mut values = 0u64;
     for bit in 0..TABLE_SHIFT {
