@@ -2456,6 +2456,41 @@ mod sorting {
     }
 
     #[test]
+    fn a_measures_largest_parts_are_kept_with_those_that_are_not_numbers_first() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for top in [0, 1, 2, 5] {
+            let parts: Vec<f64> = (0..2_000)
+                .map(|_| match next() % 50 {
+                    0 => f64::NAN,
+                    1 => f64::INFINITY,
+                    r => (r % 7) as f64 * 1.5,
+                })
+                .collect();
+            let mut kept = Vec::new();
+            for p in &parts {
+                keep_top(&mut kept, *p, top);
+            }
+            // Descending, the parts that are not numbers first, as many as `top`.
+            let mut expected = parts.clone();
+            expected.sort_by(|a, b| match (a.is_nan(), b.is_nan()) {
+                (true, true) => std::cmp::Ordering::Equal,
+                (true, false) => std::cmp::Ordering::Less,
+                (false, true) => std::cmp::Ordering::Greater,
+                (false, false) => b.total_cmp(a),
+            });
+            expected.truncate(top);
+            let bits = |v: &[f64]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&kept), bits(&expected), "top {top}");
+        }
+    }
+
+    #[test]
     fn a_cells_elements_of_one_mask_make_the_sets_each_measure_would() {
         let elements: Vec<(u64, u64, u64, u64)> =
             (0..100u64).map(|i| (1, i * 7, i % 13, 0b1011)).collect();
