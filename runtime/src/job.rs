@@ -635,21 +635,20 @@ async fn stream_lanes(
         })
         .collect();
     // Dropped (aborted) with this future, however the job ends; the first to fail ends it.
-    let read = futures::future::try_join_all(
-        readers
-            .into_iter()
-            .map(|t| async move { t.join().await.map_err(|_| stopped_early())? }),
-    );
-    let made = futures::future::try_join_all(
-        makers
-            .into_iter()
-            .map(|t| async move { t.join().await.map_err(|_| stopped_early())? }),
-    );
-    let (_, lanes) = tokio::try_join!(read, made)?;
+    fn all<T: Send + 'static>(
+        tasks: Vec<SpawnedTask<Result<T>>>,
+    ) -> impl Future<Output = Result<Vec<T>>> {
+        futures::future::try_join_all(
+            tasks
+                .into_iter()
+                .map(|t| async move { t.join().await.map_err(|_| stopped_early())? }),
+        )
+    }
+    let (_, lanes) = tokio::try_join!(all(readers), all(makers))?;
     Ok(lanes)
 }
 
-/// Gives the tally every bucket of a spill of its own rows, each read back, opened and sorted:
+/// Gives the tally every bucket of a spill of its own rows, each read back, opened and grouped:
 /// the even ones on a worker while the tally takes the even bucket before it, the odd ones by
 /// a share of the tally on a thread of its own; at most three are held at once. Returns the bytes the spill wrote to disk, and the buckets taken that had rows. Fails unless
 /// every bucket was made and taken.
@@ -697,7 +696,7 @@ async fn contribute_sorted<const V: usize>(
             crate::release::RowSpill::take::<V>(rows, b, room)
         }
     };
-    // The odd buckets: each read, sorted and taken by a share of the tally on a blocking
+    // The odd buckets: each read, grouped and taken by a share of the tally on a blocking
     // thread of the job's runtime, while this thread takes the even ones (a subject's rows
     // are all in one bucket). It stops at its next bucket once the job no longer waits for it.
     let stop = Arc::new(AtomicBool::new(false));

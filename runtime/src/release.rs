@@ -2339,6 +2339,17 @@ fn sort_by_name(elements: &mut [(u64, u64, u64, u64)]) {
     by_bits(elements, 0, &mut Vec::new(), &mut Vec::new());
 }
 
+/// A test's stream of numbers: xorshift64 from `seed` (not zero), the same on every run.
+#[cfg(test)]
+fn xorshift(mut x: u64) -> impl FnMut() -> u64 {
+    move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    }
+}
+
 #[cfg(test)]
 mod sharing {
     use super::*;
@@ -2402,13 +2413,7 @@ mod sorting {
     fn elements(cells: usize, each: usize) -> Vec<Elements> {
         // Few distinct (table, row, subject) per cell, so most elements repeat one before
         // them with another mask.
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15u64);
         (0..cells)
             .map(|_| {
                 (0..each)
@@ -2457,13 +2462,7 @@ mod sorting {
 
     #[test]
     fn a_measures_largest_parts_are_kept_with_those_that_are_not_numbers_first() {
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1du64);
         for top in [0, 1, 2, 5] {
             let parts: Vec<f64> = (0..2_000)
                 .map(|_| match next() % 50 {
@@ -2510,13 +2509,7 @@ mod sorting {
 
     #[test]
     fn elements_sorted_by_their_names_are_in_the_order_of_a_sort() {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15u64);
         let mut cases: Vec<Elements> = Vec::new();
         // Spread names, of every size around the thresholds, with repeats.
         for n in [0, 1, 63, 64, 65, 1_000, 32_768, 32_769, 200_000] {

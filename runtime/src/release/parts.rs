@@ -1456,13 +1456,7 @@ mod slices {
     fn a_slice_is_grouped_by_cell_and_subject_with_each_subjects_rows_in_their_order() {
         // Few cells and names, and names shared by two subjects (told apart by the second
         // name only), in the order they were added.
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut next = super::super::xorshift(0x2545_f491_4f6c_dd1du64);
         let rows: Vec<Row<1>> = (0..5_000)
             .map(|seq| Row {
                 cell: (next() % 7) as u32,
