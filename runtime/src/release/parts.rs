@@ -23,7 +23,7 @@ use datafusion::logical_expr::Expr;
 
 use crate::crypto::SubjectKey;
 use crate::error::{Error, Result};
-use crate::hidden::{ARGUMENT_PREFIX, FILTER_PREFIX, SOURCE_PREFIX};
+use crate::hidden::{ARGUMENT_PREFIX, FILTER_PREFIX, SOURCE_PREFIX, SUBJECT};
 
 /// How one part is computed from a row.
 #[derive(Debug, Clone, Copy)]
@@ -175,9 +175,36 @@ enum Values {
     Distinct(Vec<u64>, Option<NullBuffer>),
 }
 
+/// A batch's subjects' names as strings: read in place when the engine gives strings (the
+/// bytes are the same whichever layout holds them), cast to strings otherwise.
+enum Subjects {
+    Strings(arrow::array::StringArray),
+    Views(arrow::array::StringViewArray),
+}
+
+impl Subjects {
+    fn of(b: &RecordBatch) -> Result<Subjects> {
+        let subject = b
+            .column_by_name(SUBJECT)
+            .ok_or_else(|| Error::Internal("gate columns: no subject".into()))?;
+        Ok(match subject.data_type() {
+            DataType::Utf8View => Subjects::Views(subject.as_string_view().clone()),
+            _ => Subjects::Strings(super::subjects_of(b)?.as_string::<i32>().clone()),
+        })
+    }
+
+    /// Row `r`'s subject's name, `None` when it has none.
+    fn get(&self, r: usize) -> Option<&[u8]> {
+        match self {
+            Subjects::Strings(a) => a.is_valid(r).then(|| a.value(r).as_bytes()),
+            Subjects::Views(a) => a.is_valid(r).then(|| a.value(r).as_bytes()),
+        }
+    }
+}
+
 /// One batch of a group, ready for random access by row.
 struct Batch {
-    subject: arrow::array::StringArray,
+    subject: Subjects,
     values: Vec<(Values, Option<BooleanArray>)>,
     elements: Option<arrow::array::FixedSizeBinaryArray>,
 }
@@ -190,7 +217,7 @@ impl Batch {
         value_key: &[u8; 16],
     ) -> Result<Batch> {
         let cast = |c: &ArrayRef, t: &DataType| arrow::compute::cast(c, t).map_err(arrow_error);
-        let subject = super::subjects_of(b)?.as_string::<i32>().clone();
+        let subject = Subjects::of(b)?;
         let values = native
             .parts
             .iter()
@@ -435,46 +462,89 @@ impl Builder {
             h.write(who);
             h.finish()
         };
-        let mut words = [0u64; HEAD + MAX_VALUES];
+        // Which rows each part counts (a FILTER passes a row where it is true, not NULL),
+        // where not every row; the parts that count every row.
+        let mut counts = Vec::new();
+        let mut every = 0u64;
+        for (p, (values, filter)) in batch.values.iter().enumerate() {
+            let valid = match values {
+                Values::Rows => None,
+                Values::Count(nulls) | Values::Distinct(_, nulls) => nulls.clone(),
+                Values::Double(c) => c.nulls().cloned(),
+            }
+            .map(|n| n.into_inner());
+            let passes = filter.as_ref().map(|f| match f.nulls() {
+                Some(n) => f.values() & n.inner(),
+                None => f.values().clone(),
+            });
+            match (valid, passes) {
+                (None, None) => every |= 1 << p,
+                (Some(m), None) | (None, Some(m)) => counts.push((p, m)),
+                (Some(v), Some(f)) => counts.push((p, &v & &f)),
+            }
+        }
+        // Each value's column, by its slot (a sum's double's bits, a distinct count's hash;
+        // read for every row, counted or not).
+        let mut slots: Vec<Option<&Values>> = vec![None; self.native.values];
+        for ((values, _), part) in batch.values.iter().zip(&self.native.parts) {
+            if matches!(values, Values::Double(_) | Values::Distinct(..)) {
+                slots[part.slot].get_or_insert(values);
+            }
+        }
+        // Made a block of rows at a time, a column at a time, in room a core's caches hold.
+        const BLOCK: usize = 1024;
         let width = HEAD + self.native.values;
-        for r in 0..b.num_rows() {
-            // Rows of no subject never reach the tally (filtered in its plan).
-            if !batch.subject.is_valid(r) {
-                continue;
-            }
-            let who = batch.subject.value(r).as_bytes();
-            words[..width].fill(0);
-            words[0] = u64::from(cells.number(keys.row(r).as_ref())?);
-            words[1] = named(name, who);
-            words[2] = named(check, who);
-            if let Some((table, identity, adds)) =
-                batch.elements.as_ref().and_then(|e| super::element(e, r))
-            {
-                words[3] = identity;
-                words[4] = table << TABLE_SHIFT | adds;
-            }
-            for (p, ((values, filter), part)) in
-                batch.values.iter().zip(&self.native.parts).enumerate()
-            {
-                // A FILTER passes a row where it is true (not NULL).
-                let passes = filter.as_ref().is_none_or(|f| f.is_valid(r) && f.value(r));
-                let (valid, value) = match values {
-                    Values::Rows => (true, None),
-                    Values::Count(nulls) => (nulls.as_ref().is_none_or(|n| n.is_valid(r)), None),
-                    Values::Double(c) => (c.is_valid(r), Some(c.value(r).to_bits())),
-                    Values::Distinct(hashes, nulls) => (
-                        nulls.as_ref().is_none_or(|n| n.is_valid(r)),
-                        Some(hashes[r]),
-                    ),
+        let mut block = vec![0u64; BLOCK * width];
+        let n = b.num_rows();
+        for start in (0..n).step_by(BLOCK) {
+            let rows = start..(start + BLOCK).min(n);
+            let block = &mut block[..rows.len() * width];
+            block.fill(0);
+            for (w, r) in block.chunks_exact_mut(width).zip(rows.clone()) {
+                // Rows of no subject never reach the tally (filtered in its plan).
+                let Some(who) = batch.subject.get(r) else {
+                    continue;
                 };
-                if passes && valid {
-                    words[5] |= 1 << p;
-                }
-                if let Some(v) = value {
-                    words[HEAD + part.slot] = v;
+                w[0] = u64::from(cells.number(keys.row(r).as_ref())?);
+                w[1] = named(name, who);
+                w[2] = named(check, who);
+                w[5] = every;
+            }
+            if let Some(e) = batch.elements.as_ref() {
+                for (w, r) in block.chunks_exact_mut(width).zip(rows.clone()) {
+                    if let Some((table, identity, adds)) = super::element(e, r) {
+                        w[3] = identity;
+                        w[4] = table << TABLE_SHIFT | adds;
+                    }
                 }
             }
-            each(r, &words[..width])?;
+            for (p, mask) in &counts {
+                for (w, r) in block.chunks_exact_mut(width).zip(rows.clone()) {
+                    w[5] |= u64::from(mask.value(r)) << p;
+                }
+            }
+            for (slot, values) in slots.iter().enumerate() {
+                let at = HEAD + slot;
+                match values {
+                    Some(Values::Double(c)) => {
+                        let c = c.values();
+                        for (w, r) in block.chunks_exact_mut(width).zip(rows.clone()) {
+                            w[at] = c[r].to_bits();
+                        }
+                    }
+                    Some(Values::Distinct(hashes, _)) => {
+                        for (w, r) in block.chunks_exact_mut(width).zip(rows.clone()) {
+                            w[at] = hashes[r];
+                        }
+                    }
+                    _ => return Err(Error::Internal("gate columns: a value's slot".into())),
+                }
+            }
+            for (w, r) in block.chunks_exact(width).zip(rows.clone()) {
+                if batch.subject.get(r).is_some() {
+                    each(r, w)?;
+                }
+            }
         }
         Ok(())
     }
