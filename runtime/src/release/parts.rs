@@ -10,7 +10,7 @@
 //! two 64-bit keyed hashes of their keys (the gate memory's name, and a second under a key drawn
 //! for the job): they are taken for one only if both collide; two values of a distinct count, by
 //! a 64-bit hash under a key of its own. A part it does not compute so (a source that is not a
-//! double, more than eight sums and distinct counts, a FILTER whose column is missing) leaves
+//! double, more than eight sums and distinct counts or 32 parts, a FILTER whose column is missing) leaves
 //! the job's groups to the engine.
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
@@ -272,9 +272,10 @@ impl Batch {
 }
 
 /// The most values a row may carry (one per column a sum reads, and one per distinct count)
-/// for the tally to compute its parts, and the most parts.
+/// for the tally to compute its parts, and the most parts (a row's parts that count it share
+/// a word with its cell).
 const MAX_VALUES: usize = 8;
-const MAX_PARTS: usize = 64;
+const MAX_PARTS: usize = 32;
 
 /// One row as the tally sorts it: its cell, its place among its bucket's (or group's) rows
 /// (the engine adds a subject's rows in this order), its subject's name in the gate's memory
@@ -294,9 +295,11 @@ struct Row<const V: usize> {
     values: [u64; V],
 }
 
-/// A row as the spill keeps it: [`HEAD`] words (its cell and place, `who`, `check`,
-/// `identity`, `element`, `counted`), then its values.
-const HEAD: usize = 6;
+/// A row as the spill keeps it: [`HEAD`] words (its cell with the parts that count it above
+/// it, `who`, `check`, `identity`, `element`), then its values. Its place is not kept: the
+/// rows of a bucket come back in the order they were added (each sealed frame is checked in
+/// its place and the bucket's rows counted), and are numbered as they are read.
+const HEAD: usize = 5;
 
 impl<const V: usize> Row<V> {
     fn order(&self) -> (u32, u64, u64, u32) {
@@ -308,12 +311,12 @@ impl<const V: usize> Row<V> {
         values.copy_from_slice(&w[HEAD..HEAD + V]);
         Row {
             cell: w[0] as u32,
-            seq: (w[0] >> 32) as u32,
+            seq: 0,
             who: w[1],
             check: w[2],
             identity: w[3],
             element: w[4],
-            counted: w[5],
+            counted: w[0] >> 32,
             values,
         }
     }
@@ -508,7 +511,7 @@ impl Builder {
                 w[0] = u64::from(cells.number(keys.row(r).as_ref())?);
                 w[1] = named(name, who);
                 w[2] = named(check, who);
-                w[5] = every;
+                w[0] |= every << 32;
             }
             if let Some(e) = batch.elements.as_ref() {
                 for (w, r) in block.chunks_exact_mut(width).zip(rows.clone()) {
@@ -520,7 +523,7 @@ impl Builder {
             }
             for (p, mask) in &counts {
                 for (w, r) in block.chunks_exact_mut(width).zip(rows.clone()) {
-                    w[5] |= u64::from(mask.value(r)) << p;
+                    w[0] |= u64::from(mask.value(r)) << (32 + p);
                 }
             }
             for (slot, values) in slots.iter().enumerate() {
@@ -1032,14 +1035,13 @@ impl Lane {
             // A subject's rows are all in one bucket: the second name's top bits (a hash
             // under a key of the job's own, the same in every lane).
             let at = (words[2] >> 56) as usize % crate::spill::BUCKETS;
-            let cell = words[0] as usize;
+            let cell = words[0] as u32 as usize;
             if cell >= rows.len() {
                 rows.resize(cell + 1, [0; 2]);
             }
             rows[cell][at % 2] += 1;
             let record = chunks.record(at, 8 * words.len(), reservation)?;
-            let seq = seqs[at];
-            seqs[at] = seq.checked_add(1).ok_or_else(too_many)?;
+            seqs[at] = seqs[at].checked_add(1).ok_or_else(too_many)?;
             // Below the bucket's row count, which is below 2^32.
             slices[at][slice(words[1])] += 1;
             // Made whole, then added at once.
@@ -1047,7 +1049,6 @@ impl Lane {
             for (to, w) in bytes.chunks_exact_mut(8).zip(words) {
                 to.copy_from_slice(&w.to_le_bytes());
             }
-            bytes[4..8].copy_from_slice(&seq.to_le_bytes());
             record.extend_from_slice(&bytes[..8 * words.len()]);
             Ok(())
         })?;
@@ -1104,10 +1105,11 @@ impl Lane {
                     *w = u64::from_le_bytes(le);
                 }
                 let mut row = Row::from_words(&words[..HEAD + V]);
-                // Rows come back in the order they were added, each to a place in its slice
-                // that was counted for it, of a cell the lane numbered.
+                // Rows come back in the order they were added (the frames are checked in
+                // their places), each to a place in its slice that was counted for it, of a
+                // cell the lane numbered.
                 let s = slice(row.who);
-                if row.seq as usize != read || next[s] >= place.ends[s] {
+                if next[s] >= place.ends[s] {
                     return Err(damaged());
                 }
                 row.cell = *place.map.get(row.cell as usize).ok_or_else(damaged)?;
