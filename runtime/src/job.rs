@@ -648,10 +648,11 @@ async fn stream_lanes(
     Ok(lanes)
 }
 
-/// Gives the tally every bucket of a spill of its own rows, each read back, opened and grouped:
-/// the even ones on a worker while the tally takes the even bucket before it, the odd ones by
-/// a share of the tally on a thread of its own; at most three are held at once. Returns the bytes the spill wrote to disk, and the buckets taken that had rows. Fails unless
-/// every bucket was made and taken.
+/// Gives the tally every bucket of a spill of its own rows, each read back, opened and grouped,
+/// each by whichever of two takers is free first: the tally (its buckets read on a worker
+/// while it takes the one before) or a share of the tally on a thread of its own; at most
+/// three are held at once. Returns the bytes the spill wrote to disk, and the buckets taken
+/// that had rows. Fails unless every bucket was made and taken, once.
 async fn contribute_rows(
     rows: crate::release::RowSpill,
     tally: &mut crate::release::Tally<'_>,
@@ -696,23 +697,32 @@ async fn contribute_sorted<const V: usize>(
             crate::release::RowSpill::take::<V>(rows, b, room)
         }
     };
-    // The odd buckets: each read, grouped and taken by a share of the tally on a blocking
-    // thread of the job's runtime, while this thread takes the even ones (a subject's rows
-    // are all in one bucket). It stops at its next bucket once the job no longer waits for it.
+    // The buckets are taken in turn, each by the first free of two: a share of the tally on a
+    // blocking thread of the job's runtime, which reads and takes its buckets itself, and this
+    // thread, whose buckets a worker reads while it takes the one before (a subject's rows are
+    // all in one bucket). Neither waits for the other's half: whichever is given more of the
+    // machine takes more buckets. The share stops at its next bucket once the job no longer
+    // waits for it.
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let claim = {
+        let next = Arc::clone(&next);
+        move || Some(next.fetch_add(1, Ordering::Relaxed)).filter(|b| *b < buckets)
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let _stopped = StopOnDrop(Arc::clone(&stop));
-    let odd = tokio::task::spawn_blocking({
-        let (rows, cells, parts, stop, ready, rooms) = (
+    let theirs = tokio::task::spawn_blocking({
+        let (rows, cells, parts, stop, ready, rooms, claim) = (
             Arc::clone(&rows),
             cells.clone(),
             parts.clone(),
             Arc::clone(&stop),
             ready.clone(),
             Arc::clone(&rooms),
+            claim.clone(),
         );
-        move || -> Result<(crate::release::Share, u64)> {
-            let mut with_rows = 0;
-            for b in (1..buckets).step_by(2) {
+        move || -> Result<(crate::release::Share, u64, usize)> {
+            let (mut with_rows, mut taken) = (0, 0);
+            while let Some(b) = claim() {
                 if stop.load(Ordering::Relaxed) {
                     return Err(stopped_early());
                 }
@@ -720,27 +730,37 @@ async fn contribute_sorted<const V: usize>(
                 with_rows += u64::from(!sorted.is_empty());
                 let room = share.add_sorted(&parts, &cells, sorted)?;
                 rooms.lock().map_err(|_| stopped_early())?.push(room);
+                taken += 1;
             }
-            Ok((share, with_rows))
+            Ok((share, with_rows, taken))
         }
     });
-    let mut with_rows = 0;
+    let (mut with_rows, mut taken) = (0, 0);
+    // At most every bucket: once they are all claimed, the worker makes no more.
     let rows = one_ahead(
         rows,
-        buckets.div_ceil(2),
-        move |rows, i| ready(rows.as_ref(), 2 * i),
+        buckets,
+        move |rows, _| claim().map(|b| ready(rows.as_ref(), b)).transpose(),
         |sorted| {
-            with_rows += u64::from(!sorted.is_empty());
-            let room = tally.add_sorted(&parts, &cells, sorted)?;
-            rooms.lock().map_err(|_| stopped_early())?.push(room);
+            if let Some(sorted) = sorted {
+                with_rows += u64::from(!sorted.is_empty());
+                let room = tally.add_sorted(&parts, &cells, sorted)?;
+                rooms.lock().map_err(|_| stopped_early())?.push(room);
+                taken += 1;
+            }
             Ok(())
         },
     )
     .await?;
-    let (share, theirs) = odd.await.map_err(|_| stopped_early())??;
+    let (share, their_rows, their_taken) = theirs.await.map_err(|_| stopped_early())??;
+    // Every bucket taken, once: each was claimed by one side only, and neither stopped early.
+    if taken + their_taken != buckets {
+        return Err(stopped_early());
+    }
     tally.absorb(share)?;
+    let with_rows = with_rows + their_rows;
     let written = rows.lock().map_err(|_| stopped_early())?.written();
-    Ok((written, with_rows + theirs))
+    Ok((written, with_rows))
 }
 
 /// Sets its flag when dropped: the job no longer waits for a worker that reads it.

@@ -1235,10 +1235,11 @@ impl Tally<'_> {
     }
 
     /// The tally's cells of a spill's cells, by their numbers there, and a share of the
-    /// tally (its cells, of no subjects yet) to take the spill's odd buckets on another thread
-    /// while the tally takes the even ones. With the gate's memory, each cell's elements are
-    /// given room for its rows in the buckets each takes (one element each, nearly always), so
-    /// they are made once, not grown by doubling.
+    /// tally (its cells, of no subjects yet) to take some of the spill's buckets on another
+    /// thread while the tally takes the others. With the gate's memory, each of the tally's
+    /// cells' elements is given room for all its rows (one element each, nearly always: the
+    /// share's are joined with them), and the share's for the rows of half the buckets (about
+    /// what it takes; more grow by doubling).
     pub(crate) fn cells_of(&mut self, spill: &RowSpill) -> Result<(Vec<u32>, Share)> {
         let cells = spill
             .cells()
@@ -1267,7 +1268,7 @@ impl Tally<'_> {
                 let (even, odd) = (usize::try_from(*even), usize::try_from(*odd));
                 let (even, odd) = (even.map_err(|_| too_many())?, odd.map_err(|_| too_many())?);
                 // The tally's room for both: the share's are joined with its own before they
-                // are sorted, and its room is not made again then.
+                // are sorted. The share takes about half the buckets: the odd ones' rows.
                 let both = even.checked_add(odd).ok_or_else(too_many)?;
                 self.cells[*at as usize].elements.reserve(both);
                 share.cells[*at as usize].elements.reserve(odd);
