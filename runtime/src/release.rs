@@ -2217,9 +2217,8 @@ type TableSets = (u64, Vec<SubjectSet>, u64);
 /// (counted in the job's CPU time) while this thread does the first. A worker that fails
 /// fails the job.
 fn sort_elements(cells: &mut [(&mut Elements, Elements)]) -> Result<()> {
-    fn sort(elements: &mut Elements, mut more: Elements) {
-        elements.append(&mut more);
-        sort_by_name(elements);
+    fn sort(elements: &mut Elements, more: Elements, room: &mut Elements) {
+        sort_joined(elements, more, room);
         elements.dedup_by(|b, a| {
             (a.0, a.1, a.2) == (b.0, b.1, b.2) && {
                 a.3 |= b.3;
@@ -2232,8 +2231,9 @@ fn sort_elements(cells: &mut [(&mut Elements, Elements)]) -> Result<()> {
     let handle = match handle {
         Ok(h) if total >= 1 << 16 && crate::threads::parallelism() >= 2 => h,
         _ => {
+            let mut room = Vec::new();
             for (c, more) in cells.iter_mut() {
-                sort(c, std::mem::take(more));
+                sort(c, std::mem::take(more), &mut room);
             }
             return Ok(());
         }
@@ -2249,16 +2249,18 @@ fn sort_elements(cells: &mut [(&mut Elements, Elements)]) -> Result<()> {
         .map(|(c, more)| (std::mem::take(*c), std::mem::take(more)))
         .collect();
     let worker = handle.spawn_blocking(move || {
+        let mut room = Vec::new();
         moved
             .into_iter()
             .map(|(mut elements, more)| {
-                sort(&mut elements, more);
+                sort(&mut elements, more, &mut room);
                 elements
             })
             .collect::<Vec<_>>()
     });
+    let mut room = Vec::new();
     for (c, more) in mine.iter_mut() {
-        sort(c, std::mem::take(more));
+        sort(c, std::mem::take(more), &mut room);
     }
     let sorted = futures::executor::block_on(worker)
         .map_err(|_| Error::Internal("the gate's memory: a sort failed".into()))?;
@@ -2276,67 +2278,119 @@ fn sort_elements(cells: &mut [(&mut Elements, Elements)]) -> Result<()> {
 /// (one subject's rows of a table without row identities are all named by the subject) only
 /// cost passes over them: after six rounds of eight bits a bucket is sorted as it is.
 fn sort_by_name(elements: &mut [(u64, u64, u64, u64)]) {
-    const SMALL: usize = 64;
     if elements.len() < SMALL || elements.iter().any(|e| e.0 != elements[0].0) {
         elements.sort_unstable();
         return;
     }
-    fn by_bits(
-        elements: &mut [(u64, u64, u64, u64)],
-        used: u32,
-        starts: &mut Vec<usize>,
-        next: &mut Vec<usize>,
-    ) {
-        let n = elements.len();
-        if n < SMALL || used >= 48 {
-            elements.sort_unstable();
-            return;
-        }
-        // Within a core's caches: about four elements a bucket, at most 2^13 buckets.
-        let last = n <= 1 << 15;
-        let bits = match last {
-            true => (n / 4).next_power_of_two().trailing_zeros().clamp(1, 13),
-            false => 8,
-        };
-        let (shift, mask) = (64 - used - bits, (1u64 << bits) - 1);
-        let bucket = |e: &(u64, u64, u64, u64)| ((e.1 >> shift) & mask) as usize;
-        let buckets = 1usize << bits;
-        starts.clear();
-        starts.resize(buckets + 1, 0);
-        for e in elements.iter() {
-            starts[bucket(e) + 1] += 1;
-        }
-        for b in 0..buckets {
-            starts[b + 1] += starts[b];
-        }
-        next.clear();
-        next.extend_from_slice(&starts[..buckets]);
-        for b in 0..buckets {
-            while next[b] < starts[b + 1] {
-                let mut e = elements[next[b]];
-                loop {
-                    let to = bucket(&e);
-                    if to == b {
-                        break;
-                    }
-                    std::mem::swap(&mut e, &mut elements[next[to]]);
-                    next[to] += 1;
-                }
-                elements[next[b]] = e;
-                next[b] += 1;
-            }
-        }
-        let bounds = std::mem::take(starts);
-        for b in 0..buckets {
-            let of = &mut elements[bounds[b]..bounds[b + 1]];
-            match last {
-                true => of.sort_unstable(),
-                false => by_bits(of, used + bits, starts, next),
-            }
-        }
-        *starts = bounds;
-    }
     by_bits(elements, 0, &mut Vec::new(), &mut Vec::new());
+}
+
+/// A cell's elements and more of them (taken by a share of the tally), joined and sorted as
+/// [`sort_by_name`] sorts them. Many of one table are placed by their names' top eight bits
+/// as they are moved into `room` (the join's copy and the first round in one pass), then each
+/// bucket sorted by [`sort_by_name`]'s rounds; the cell's elements are then those of `room`,
+/// and `room` is the cell's old room, used again for the next cell (its pages already made).
+/// A cell of more than [`JOINED`] elements is joined and sorted in place, in no room more.
+fn sort_joined(elements: &mut Elements, mut more: Elements, room: &mut Elements) {
+    let n = elements.len() + more.len();
+    let table = elements.first().or(more.first()).map_or(0, |e| e.0);
+    if n <= 1 << 15 || n > JOINED || elements.iter().chain(&more).any(|e| e.0 != table) {
+        elements.append(&mut more);
+        sort_by_name(elements);
+        return;
+    }
+    let bucket = |e: &(u64, u64, u64, u64)| (e.1 >> 56) as usize;
+    let mut starts = vec![0usize; 257];
+    for e in elements.iter().chain(&more) {
+        starts[bucket(e) + 1] += 1;
+    }
+    for b in 0..256 {
+        starts[b + 1] += starts[b];
+    }
+    let mut next = starts[..256].to_vec();
+    // Every place is written below: what the room held is not read.
+    room.clear();
+    room.resize(n, (0, 0, 0, 0));
+    for e in elements.iter().chain(&more) {
+        let at = &mut next[bucket(e)];
+        room[*at] = *e;
+        *at += 1;
+    }
+    drop(more);
+    std::mem::swap(elements, room);
+    let bounds = starts.clone();
+    for b in 0..256 {
+        by_bits(
+            &mut elements[bounds[b]..bounds[b + 1]],
+            8,
+            &mut starts,
+            &mut next,
+        );
+    }
+}
+
+/// The most elements of a cell joined in room of their own (4 Mi: 128 MiB a thread).
+const JOINED: usize = 1 << 22;
+
+/// Below this many elements, a bucket is sorted whole.
+const SMALL: usize = 64;
+
+/// [`sort_by_name`]'s rounds over elements of one table whose names agree in their top `used`
+/// bits.
+fn by_bits(
+    elements: &mut [(u64, u64, u64, u64)],
+    used: u32,
+    starts: &mut Vec<usize>,
+    next: &mut Vec<usize>,
+) {
+    let n = elements.len();
+    if n < SMALL || used >= 48 {
+        elements.sort_unstable();
+        return;
+    }
+    // Within a core's caches: about four elements a bucket, at most 2^13 buckets.
+    let last = n <= 1 << 15;
+    let bits = match last {
+        true => (n / 4).next_power_of_two().trailing_zeros().clamp(1, 13),
+        false => 8,
+    };
+    let (shift, mask) = (64 - used - bits, (1u64 << bits) - 1);
+    let bucket = |e: &(u64, u64, u64, u64)| ((e.1 >> shift) & mask) as usize;
+    let buckets = 1usize << bits;
+    starts.clear();
+    starts.resize(buckets + 1, 0);
+    for e in elements.iter() {
+        starts[bucket(e) + 1] += 1;
+    }
+    for b in 0..buckets {
+        starts[b + 1] += starts[b];
+    }
+    next.clear();
+    next.extend_from_slice(&starts[..buckets]);
+    for b in 0..buckets {
+        while next[b] < starts[b + 1] {
+            let mut e = elements[next[b]];
+            loop {
+                let to = bucket(&e);
+                if to == b {
+                    break;
+                }
+                std::mem::swap(&mut e, &mut elements[next[to]]);
+                next[to] += 1;
+            }
+            elements[next[b]] = e;
+            next[b] += 1;
+        }
+    }
+    let bounds = std::mem::take(starts);
+    for b in 0..buckets {
+        let of = &mut elements[bounds[b]..bounds[b + 1]];
+        match last {
+            true => of.sort_unstable(),
+            false => by_bits(of, used + bits, starts, next),
+        }
+    }
+    *starts = bounds;
 }
 
 /// A test's stream of numbers: xorshift64 from `seed` (not zero), the same on every run.
@@ -2529,6 +2583,45 @@ mod sorting {
             expected.sort_unstable();
             let mut sorted = case;
             sort_by_name(&mut sorted);
+            assert!(sorted == expected, "{} elements", sorted.len());
+        }
+    }
+
+    #[test]
+    fn a_cells_elements_joined_with_more_are_in_the_order_of_a_sort() {
+        let mut next = xorshift(0x2545_f491_4f6c_dd1du64);
+        let mut spread = |n: usize, table: u64| -> Elements {
+            (0..n)
+                .map(|_| (table, next(), next() % 50, 1 << (next() % 3)))
+                .collect()
+        };
+        let mut cases: Vec<(Elements, Elements)> = Vec::new();
+        // Around the size where the join places them, either half empty, repeats across
+        // the halves.
+        for (a, b) in [
+            (0, 0),
+            (10, 0),
+            (0, 40_000),
+            (16_384, 16_384),
+            (16_384, 16_385),
+        ] {
+            cases.push((spread(a, 1), spread(b, 1)));
+        }
+        let half = spread(150_000, 3);
+        cases.push((half.clone(), half[..70_000].to_vec()));
+        // Names that do not spread; a second table in the other half.
+        cases.push((
+            (0..40_000).map(|i| (2, 7, i % 9, 1)).collect(),
+            spread(5, 2),
+        ));
+        cases.push((spread(40_000, 1), spread(3, 2)));
+        // One room for every case, as a thread uses it for every cell.
+        let mut room = Vec::new();
+        for (mine, more) in cases {
+            let mut expected = [mine.clone(), more.clone()].concat();
+            expected.sort_unstable();
+            let mut sorted = mine;
+            sort_joined(&mut sorted, more, &mut room);
             assert!(sorted == expected, "{} elements", sorted.len());
         }
     }
