@@ -736,7 +736,8 @@ async fn contribute_sorted<const V: usize>(
         }
     });
     let (mut with_rows, mut taken) = (0, 0);
-    // At most every bucket: once they are all claimed, the worker makes no more.
+    // As many items as buckets: once every bucket is claimed, the worker's items are empty
+    // (made at once, never read from the spill).
     let rows = one_ahead(
         rows,
         buckets,

@@ -2431,7 +2431,7 @@ mod sharing {
         for p in &parts {
             adder.add(&mut whole, p);
         }
-        // Every other subject in the share, as the odd buckets are taken.
+        // Every other subject in the share, as the buckets it claims are taken.
         let (mut mine, mut theirs) = (cell(), cell());
         for (i, p) in parts.iter().enumerate() {
             adder.add(if i % 2 == 0 { &mut mine } else { &mut theirs }, p);
