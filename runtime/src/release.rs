@@ -2300,13 +2300,8 @@ fn sort_joined(elements: &mut Elements, mut more: Elements, room: &mut Elements)
         return;
     }
     let bucket = |e: &(u64, u64, u64, u64)| (e.1 >> 56) as usize;
-    let mut starts = vec![0usize; 257];
-    for e in elements.iter().chain(&more) {
-        starts[bucket(e) + 1] += 1;
-    }
-    for b in 0..256 {
-        starts[b + 1] += starts[b];
-    }
+    let mut starts = Vec::new();
+    bucket_starts(elements.iter().chain(&more), 256, bucket, &mut starts);
     let mut next = starts[..256].to_vec();
     // Every place is written below: what the room held is not read.
     room.clear();
@@ -2326,6 +2321,24 @@ fn sort_joined(elements: &mut Elements, mut more: Elements, room: &mut Elements)
             &mut starts,
             &mut next,
         );
+    }
+}
+
+/// Where each of `buckets` buckets starts among `elements` placed by `bucket`, and where the
+/// last ends, in `starts`.
+fn bucket_starts<'a>(
+    elements: impl Iterator<Item = &'a (u64, u64, u64, u64)>,
+    buckets: usize,
+    bucket: impl Fn(&(u64, u64, u64, u64)) -> usize,
+    starts: &mut Vec<usize>,
+) {
+    starts.clear();
+    starts.resize(buckets + 1, 0);
+    for e in elements {
+        starts[bucket(e) + 1] += 1;
+    }
+    for b in 0..buckets {
+        starts[b + 1] += starts[b];
     }
 }
 
@@ -2357,14 +2370,7 @@ fn by_bits(
     let (shift, mask) = (64 - used - bits, (1u64 << bits) - 1);
     let bucket = |e: &(u64, u64, u64, u64)| ((e.1 >> shift) & mask) as usize;
     let buckets = 1usize << bits;
-    starts.clear();
-    starts.resize(buckets + 1, 0);
-    for e in elements.iter() {
-        starts[bucket(e) + 1] += 1;
-    }
-    for b in 0..buckets {
-        starts[b + 1] += starts[b];
-    }
+    bucket_starts(elements.iter(), buckets, bucket, starts);
     next.clear();
     next.extend_from_slice(&starts[..buckets]);
     for b in 0..buckets {
