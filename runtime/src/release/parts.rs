@@ -1578,6 +1578,50 @@ mod slices {
     }
 
     #[test]
+    fn subjects_read_in_place_from_sliced_views_are_those_of_the_cast_to_strings() {
+        use arrow::array::StringViewArray;
+        use arrow::datatypes::Field;
+        use std::sync::Arc;
+        // Short names (held inside the view) and long ones (in a data buffer), with NULLs.
+        let names: Vec<Option<String>> = (0..300)
+            .map(|i| match i % 5 {
+                0 => None,
+                1 => Some(format!("v{i}")),
+                2 => Some(format!("a visitor with a long name, number {i:06}")),
+                3 => Some(String::new()),
+                _ => Some(format!("visitor-{i:04}")),
+            })
+            .collect();
+        let views: StringViewArray = names.iter().map(|n| n.as_deref()).collect();
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            SUBJECT,
+            DataType::Utf8View,
+            true,
+        )]));
+        let batch = RecordBatch::try_new(schema, vec![Arc::new(views)]).unwrap();
+        for (offset, len) in [(0, 300), (1, 17), (7, 0), (123, 150), (299, 1)] {
+            let slice = batch.slice(offset, len);
+            let subjects = Subjects::of(&slice).unwrap();
+            assert!(
+                matches!(subjects, Subjects::Views(_)),
+                "views read in place"
+            );
+            let cast = super::super::subjects_of(&slice).unwrap();
+            let cast = cast.as_string::<i32>();
+            assert_eq!(cast.len(), len);
+            for r in 0..len {
+                let expected = cast.is_valid(r).then(|| cast.value(r).as_bytes());
+                assert_eq!(subjects.get(r), expected, "row {r} of ({offset}, {len})");
+                assert_eq!(
+                    subjects.get(r),
+                    names[offset + r].as_deref().map(str::as_bytes),
+                    "row {r} of ({offset}, {len})"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn a_slice_of_one_row_or_none_is_grouped() {
         let row = Row::<1> {
             cell: 3,
