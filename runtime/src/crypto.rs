@@ -576,6 +576,9 @@ pub(crate) struct SealingWriter {
     frame: Vec<u8>,
     index: u64,
     written: u64,
+    /// Where the next frame goes, and the frames written out behind the writer (when asked).
+    at: u64,
+    behind: Option<crate::behind::Behind<()>>,
 }
 
 impl SealingWriter {
@@ -595,7 +598,16 @@ impl SealingWriter {
             frame: Vec::with_capacity(4 + NONCE_LEN + CHUNK + TAG_LEN),
             index: 0,
             written: 0,
+            at: OBJECT_MAGIC.len() as u64,
+            behind: None,
         })
+    }
+
+    /// The same writer, its frames written out behind it and dropped from the page cache
+    /// ([`crate::behind`]): for an object written in one stream and read seldom or later.
+    pub(crate) fn behind(mut self) -> SealingWriter {
+        self.behind = Some(Default::default());
+        self
     }
 
     /// Plaintext bytes written so far.
@@ -626,6 +638,12 @@ impl SealingWriter {
             &mut self.frame,
         );
         self.file.write_all(&self.frame)?;
+        let len = self.frame.len() as u64;
+        if let Some(behind) = &mut self.behind {
+            let file = &self.file;
+            behind.wrote((), file, self.at, len, |_| Some(file))?;
+        }
+        self.at += len;
         self.pending.clear();
         self.index += 1;
         Ok(())

@@ -6,6 +6,7 @@
 
 mod audit;
 mod audited;
+mod behind;
 mod bundle;
 pub mod clock;
 mod cluster;

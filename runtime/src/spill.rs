@@ -55,6 +55,9 @@ pub(crate) struct SealedFiles {
     /// may write: sixteen times the job's budget.
     all_written: std::sync::Arc<std::sync::atomic::AtomicU64>,
     max_written: u64,
+    /// Each bucket's file's length, and its frames written out behind the writer.
+    ends: Vec<u64>,
+    behind: crate::behind::Behind<usize>,
 }
 
 impl SealedFiles {
@@ -94,6 +97,8 @@ impl SealedFiles {
             written: 0,
             all_written,
             max_written,
+            ends: vec![0; BUCKETS],
+            behind: Default::default(),
         })
     }
 
@@ -156,6 +161,13 @@ impl SealedFiles {
         file.write_all(&header)?;
         file.write_all(plain)?;
         self.frames[b].push(frame);
+        let at = self.ends[b];
+        self.ends[b] += bytes;
+        let files = &self.files;
+        if let Some(file) = &files[b] {
+            self.behind
+                .wrote(b, file, at, bytes, |k| files[k].as_ref())?;
+        }
         Ok(())
     }
 
@@ -170,6 +182,8 @@ impl SealedFiles {
         mut each: impl FnMut(&[u8]) -> Result<()>,
     ) -> Result<()> {
         let frames = std::mem::take(&mut self.frames[b]);
+        self.behind.forget(b);
+        self.ends[b] = 0;
         let Some(file) = self.files[b].take() else {
             return Ok(());
         };

@@ -437,7 +437,9 @@ async fn write_sealed(
     };
     private_dirs(dir)?;
     let sink = Sink {
-        sealing: SealingWriter::create(&path, &key, &context).map_err(io)?,
+        sealing: SealingWriter::create(&path, &key, &context)
+            .map_err(io)?
+            .behind(),
         job,
         budget,
         dir,

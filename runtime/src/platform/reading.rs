@@ -797,6 +797,12 @@ impl ObjectSink {
         self
     }
 
+    /// The same sink, writing its object out behind it ([`SealingWriter::behind`]).
+    pub(super) fn behind(mut self) -> ObjectSink {
+        self.writer = self.writer.take().map(SealingWriter::behind);
+        self
+    }
+
     /// Seals the last chunk, syncs, and moves the object into place; returns the SHA-256 of
     /// its plaintext and its length.
     pub(super) fn commit(mut self) -> Result<(String, u64)> {

@@ -1,0 +1,226 @@
+//! Files written once, in a stream, and read later (the gate's spill, a job's sets of
+//! subjects, a cluster's shuffle) are written out behind their writer: each range written is
+//! handed to the disk at once, and once a few megabytes more have followed it, waited for and
+//! dropped from the page cache. The cache then holds a few megabytes of each such file, used
+//! again and again, instead of all of it in pages the kernel must find fresh: on this
+//! project's machines a fresh page cost five to ten times a reused one (BENCHMARKS.md (ad)),
+//! and gigabytes of a job's spill would otherwise push out what other jobs read. What is
+//! dropped is read back from the disk; it was written there anyway (the kernel writes dirty
+//! pages out within seconds).
+//!
+//! This is advice, never a change of what a file holds: a kernel or file system that does
+//! not take it (not Linux, a `tmpfs`) is simply not advised again. An error writing out is
+//! the disk's, and fails the writer (as a failed write would).
+
+use std::collections::VecDeque;
+use std::fs::File;
+
+use crate::error::Result;
+
+/// Bytes written and not yet dropped, at most (beyond them, the oldest ranges are waited for
+/// and dropped).
+const WINDOW: u64 = 8 << 20;
+
+/// The ranges of one or more files (told apart by a key) written and not yet dropped.
+pub(crate) struct Behind<K> {
+    /// Oldest first: (file, offset, length).
+    pending: VecDeque<(K, u64, u64)>,
+    bytes: u64,
+    /// The kernel does not take the advice: none is given again.
+    off: bool,
+}
+
+impl<K: Copy + PartialEq> Default for Behind<K> {
+    fn default() -> Self {
+        Behind {
+            pending: VecDeque::new(),
+            bytes: 0,
+            off: false,
+        }
+    }
+}
+
+impl<K: Copy + PartialEq> Behind<K> {
+    /// `len` bytes were written at `offset` of `file` (named `key`): starts writing them
+    /// out, then waits for and drops the oldest ranges until the window holds them;
+    /// `open(key)` is a range's file, `None` once it is gone (its range is then forgotten).
+    pub(crate) fn wrote<'f>(
+        &mut self,
+        key: K,
+        file: &File,
+        offset: u64,
+        len: u64,
+        open: impl Fn(K) -> Option<&'f File>,
+    ) -> Result<()> {
+        if self.off || len == 0 {
+            return Ok(());
+        }
+        if !self.advised(sync_range(file, offset, len, START))? {
+            return Ok(());
+        }
+        self.pending.push_back((key, offset, len));
+        self.bytes += len;
+        while self.bytes > WINDOW {
+            let Some((key, offset, len)) = self.pending.pop_front() else {
+                break;
+            };
+            self.bytes -= len;
+            if let Some(file) = open(key) {
+                if !self.advised(sync_range(file, offset, len, WAIT))? {
+                    return Ok(());
+                }
+                if !self.advised(drop_range(file, offset, len))? {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets the ranges of `key`'s file (it is about to be read whole, or removed).
+    pub(crate) fn forget(&mut self, key: K) {
+        self.pending.retain(|(k, _, len)| {
+            if *k == key {
+                self.bytes -= len;
+            }
+            *k != key
+        });
+    }
+
+    /// Whether the kernel took the advice; not taking it turns the advice off; a failed
+    /// write is an error.
+    fn advised(&mut self, outcome: std::io::Result<()>) -> Result<bool> {
+        match outcome {
+            Ok(()) => Ok(true),
+            Err(e) if unsupported(&e) => {
+                self.off = true;
+                self.pending.clear();
+                self.bytes = 0;
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// An answer that says the advice is not taken here (not an error of the disk).
+fn unsupported(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL | libc::ENOSYS | libc::ESPIPE | libc::EOPNOTSUPP)
+    )
+}
+
+#[cfg(target_os = "linux")]
+const START: libc::c_uint = libc::SYNC_FILE_RANGE_WRITE;
+#[cfg(target_os = "linux")]
+const WAIT: libc::c_uint = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+    | libc::SYNC_FILE_RANGE_WRITE
+    | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+
+#[cfg(target_os = "linux")]
+fn sync_range(file: &File, offset: u64, len: u64, flags: libc::c_uint) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (offset, len) = as_offsets(offset, len)?;
+    // SAFETY: sync_file_range reads no memory of ours; the descriptor is open while `file`
+    // is borrowed.
+    let rc = unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, flags) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(target_os = "linux")]
+fn drop_range(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (offset, len) = as_offsets(offset, len)?;
+    // SAFETY: posix_fadvise reads no memory of ours; the descriptor is open while `file` is
+    // borrowed. It answers its error, not -1.
+    let rc =
+        unsafe { libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_DONTNEED) };
+    if rc != 0 {
+        return Err(std::io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}
+
+#[cfg(target_os = "linux")]
+fn as_offsets(offset: u64, len: u64) -> std::io::Result<(libc::off64_t, libc::off64_t)> {
+    let unsupported = || std::io::Error::from_raw_os_error(libc::EINVAL);
+    Ok((
+        offset.try_into().map_err(|_| unsupported())?,
+        len.try_into().map_err(|_| unsupported())?,
+    ))
+}
+
+#[cfg(not(target_os = "linux"))]
+const START: u32 = 0;
+#[cfg(not(target_os = "linux"))]
+const WAIT: u32 = 0;
+
+#[cfg(not(target_os = "linux"))]
+fn sync_range(_: &File, _: u64, _: u64, _: u32) -> std::io::Result<()> {
+    Err(std::io::Error::from_raw_os_error(libc::ENOSYS))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn drop_range(_: &File, _: u64, _: u64) -> std::io::Result<()> {
+    Err(std::io::Error::from_raw_os_error(libc::ENOSYS))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Seek, Write};
+
+    #[test]
+    fn files_written_behind_read_back_what_was_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let files: Vec<File> = (0..3)
+            .map(|i| {
+                File::options()
+                    .create_new(true)
+                    .read(true)
+                    .append(true)
+                    .open(dir.path().join(format!("{i}")))
+                    .unwrap()
+            })
+            .collect();
+        let mut behind = Behind::<usize>::default();
+        let mut ends = [0u64; 3];
+        let mut expected = vec![Vec::new(); 3];
+        // Ranges of many sizes, past the window several times over, across three files.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for i in 0..400u64 {
+            let f = (next() % 3) as usize;
+            let len = 1 + (next() % (200 << 10)) as usize;
+            let bytes: Vec<u8> = (0..len).map(|j| (i as usize * 31 + j) as u8).collect();
+            (&files[f]).write_all(&bytes).unwrap();
+            behind
+                .wrote(f, &files[f], ends[f], len as u64, |k| files.get(k))
+                .unwrap();
+            ends[f] += len as u64;
+            expected[f].extend_from_slice(&bytes);
+        }
+        behind.forget(1);
+        assert!(behind.pending.iter().all(|(k, ..)| *k != 1));
+        assert_eq!(
+            behind.bytes,
+            behind.pending.iter().map(|(.., len)| len).sum::<u64>()
+        );
+        assert!(behind.bytes <= WINDOW + (200 << 10));
+        for (mut file, expected) in files.iter().zip(&expected) {
+            file.rewind().unwrap();
+            let mut read = Vec::new();
+            file.read_to_end(&mut read).unwrap();
+            assert!(read == *expected, "a file reads back otherwise");
+        }
+    }
+}
