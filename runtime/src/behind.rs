@@ -103,6 +103,20 @@ impl<K: Copy + PartialEq> Behind<K> {
     }
 }
 
+/// Asks the kernel to read `file` into the page cache now, in the background (it is about to
+/// be read whole): advice only, and an error taking it is no error.
+pub(crate) fn read_ahead(file: &File) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: posix_fadvise reads no memory of ours; the descriptor is open while `file`
+        // is borrowed. Length 0: to the end of the file.
+        let _ = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED) };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = file;
+}
+
 /// An answer that says the advice is not taken here (not an error of the disk).
 fn unsupported(e: &std::io::Error) -> bool {
     matches!(

@@ -2031,31 +2031,18 @@ impl<'a> Tally<'a> {
     /// subjects (the cell's, and each measure's that differs from it), for the gate's memory.
     pub(crate) fn finish(mut self, batches: Vec<RecordBatch>) -> Result<Finished> {
         let value_bits = self.analysis.value_bits;
-        // Per cell, per table whose stored rows it holds: its sets and which are a sum's.
-        if self.subject_key.is_some() {
-            sort_elements(
-                &mut self
-                    .cells
+        // Per cell, per table whose stored rows it holds: its sets and which are a sum's,
+        // made as each cell's elements are sorted (by the thread that sorted them).
+        let cell_sets: Option<Vec<Vec<TableSets>>> = match self.subject_key {
+            Some(_) => Some(sort_elements(
+                self.cells
                     .iter_mut()
-                    .map(|c| (&mut c.elements, std::mem::take(&mut c.more)))
-                    .collect::<Vec<_>>(),
-            )?;
-        }
-        let cell_sets: Option<Vec<Vec<TableSets>>> = self.subject_key.as_ref().map(|_| {
-            self.cells
-                .iter_mut()
-                .map(|c| {
-                    let elements = std::mem::take(&mut c.elements);
-                    elements
-                        .chunk_by(|a, b| a.0 == b.0)
-                        .map(|of_table| {
-                            let (sets, values) = sets_of(of_table, value_bits);
-                            (of_table[0].0, sets, values)
-                        })
-                        .collect()
-                })
-                .collect()
-        });
+                    .map(|c| (std::mem::take(&mut c.elements), std::mem::take(&mut c.more)))
+                    .collect(),
+                move |elements| tables_sets(&elements, value_bits),
+            )?),
+            None => None,
+        };
         // Every table with rows in some cell has a part for every result row.
         let tables: BTreeSet<u64> = cell_sets
             .iter()
@@ -2210,13 +2197,28 @@ pub(crate) struct Finished {
 /// One table's part of a cell: the table, its sets, which of them are a sum's rows.
 type TableSets = (u64, Vec<SubjectSet>, u64);
 
-/// Sorts each cell's elements, with more of them taken apart (joined first), and takes out the
+/// A cell's sorted elements' sets, per table whose stored rows it holds.
+fn tables_sets(elements: &[(u64, u64, u64, u64)], value_bits: u64) -> Vec<TableSets> {
+    elements
+        .chunk_by(|a, b| a.0 == b.0)
+        .map(|of_table| {
+            let (sets, values) = sets_of(of_table, value_bits);
+            (of_table[0].0, sets, values)
+        })
+        .collect()
+}
+
+/// Sorts each cell's elements, with more of them taken apart (joined first), takes out the
 /// repeats (one row may add to a measure through one join partner and not another: its masks
-/// are joined). A cell's elements run to one per input row: within a runtime (the job's), the
-/// cells holding the second half of them are joined and sorted on one of its blocking threads
-/// (counted in the job's CPU time) while this thread does the first. A worker that fails
-/// fails the job.
-fn sort_elements(cells: &mut [(&mut Elements, Elements)]) -> Result<()> {
+/// are joined), and gives each cell's to `then` at once (what it makes of them is answered in
+/// the cells' order; the elements are freed as each cell is done). A cell's elements run to
+/// one per input row: within a runtime (the job's), the cells holding the second half of them
+/// are joined, sorted and given to `then` on one of its blocking threads (counted in the job's
+/// CPU time) while this thread does the first. A worker that fails fails the job.
+fn sort_elements<T: Send + 'static>(
+    mut cells: Vec<(Elements, Elements)>,
+    then: impl Fn(Elements) -> T + Clone + Send + 'static,
+) -> Result<Vec<T>> {
     fn sort(elements: &mut Elements, more: Elements, room: &mut Elements) {
         sort_joined(elements, more, room);
         elements.dedup_by(|b, a| {
@@ -2226,48 +2228,35 @@ fn sort_elements(cells: &mut [(&mut Elements, Elements)]) -> Result<()> {
             }
         });
     }
+    fn each<T>(
+        cells: Vec<(Elements, Elements)>,
+        then: impl Fn(Elements) -> T,
+    ) -> impl Iterator<Item = T> {
+        let mut room = Vec::new();
+        cells.into_iter().map(move |(mut elements, more)| {
+            sort(&mut elements, more, &mut room);
+            then(elements)
+        })
+    }
     let total: usize = cells.iter().map(|(c, more)| c.len() + more.len()).sum();
     let handle = tokio::runtime::Handle::try_current();
     let handle = match handle {
         Ok(h) if total >= 1 << 16 && crate::threads::parallelism() >= 2 => h,
-        _ => {
-            let mut room = Vec::new();
-            for (c, more) in cells.iter_mut() {
-                sort(c, std::mem::take(more), &mut room);
-            }
-            return Ok(());
-        }
+        _ => return Ok(each(cells, then).collect()),
     };
     let (mut split, mut taken) = (0, 0);
     while split < cells.len() && taken < total / 2 {
         taken += cells[split].0.len() + cells[split].1.len();
         split += 1;
     }
-    let (mine, theirs) = cells.split_at_mut(split);
-    let moved: Vec<(Elements, Elements)> = theirs
-        .iter_mut()
-        .map(|(c, more)| (std::mem::take(*c), std::mem::take(more)))
-        .collect();
-    let worker = handle.spawn_blocking(move || {
-        let mut room = Vec::new();
-        moved
-            .into_iter()
-            .map(|(mut elements, more)| {
-                sort(&mut elements, more, &mut room);
-                elements
-            })
-            .collect::<Vec<_>>()
-    });
-    let mut room = Vec::new();
-    for (c, more) in mine.iter_mut() {
-        sort(c, std::mem::take(more), &mut room);
-    }
-    let sorted = futures::executor::block_on(worker)
+    let theirs = cells.split_off(split);
+    let their_then = then.clone();
+    let worker = handle.spawn_blocking(move || each(theirs, their_then).collect::<Vec<T>>());
+    let mut done: Vec<T> = each(cells, then).collect();
+    let theirs = futures::executor::block_on(worker)
         .map_err(|_| Error::Internal("the gate's memory: a sort failed".into()))?;
-    for ((c, _), elements) in theirs.iter_mut().zip(sorted) {
-        **c = elements;
-    }
-    Ok(())
+    done.extend(theirs);
+    Ok(done)
 }
 
 /// Sorts a cell's elements as `sort_unstable` does (by table, row name, subject, mask). The
@@ -2485,29 +2474,24 @@ mod sorting {
 
     #[test]
     fn the_gate_memorys_elements_are_sorted_alike_on_one_thread_and_on_two() {
-        let mut alone = elements(9, 20_000);
-        let mut shared = alone.clone();
-        sort_elements(
-            &mut alone
-                .iter_mut()
-                .map(|c| (c, Vec::new()))
-                .collect::<Vec<_>>(),
-        )
-        .unwrap();
+        let alone = elements(9, 20_000);
+        let shared = alone.clone();
+        let alone =
+            sort_elements(alone.into_iter().map(|c| (c, Vec::new())).collect(), |c| c).unwrap();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .build()
             .unwrap();
-        rt.block_on(async {
+        let shared = rt.block_on(async {
             // Each cell's second half taken apart, as a share of the tally takes it.
-            let mut halves: Vec<(&mut Elements, Elements)> = shared
-                .iter_mut()
-                .map(|c| {
+            let halves: Vec<(Elements, Elements)> = shared
+                .into_iter()
+                .map(|mut c| {
                     let more = c.split_off(c.len() / 2);
                     (c, more)
                 })
                 .collect();
-            sort_elements(&mut halves).unwrap();
+            sort_elements(halves, |c| c).unwrap()
         });
         assert_eq!(alone, shared);
         for cell in &alone {
