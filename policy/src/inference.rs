@@ -787,17 +787,23 @@ impl Ledger {
     }
 }
 
-fn put(out: &mut Vec<u8>, mut v: u64) {
-    // Made whole, then added at once (a release's sets run to hundreds of millions of them).
+#[cfg(test)]
+fn put(out: &mut Vec<u8>, v: u64) {
     let mut bytes = [0u8; 10];
+    let n = put_into(&mut bytes, v);
+    out.extend_from_slice(&bytes[..n]);
+}
+
+/// Writes `v` as a LEB128 varint at the start of `out`; answers how many bytes it took.
+fn put_into(out: &mut [u8; 10], mut v: u64) -> usize {
     let mut n = 0;
     while v >= 0x80 {
-        bytes[n] = (v as u8) | 0x80;
+        out[n] = (v as u8) | 0x80;
         v >>= 7;
         n += 1;
     }
-    bytes[n] = v as u8;
-    out.extend_from_slice(&bytes[..=n]);
+    out[n] = v as u8;
+    n + 1
 }
 
 /// How many bytes [`put`] writes for `v`.
@@ -807,9 +813,12 @@ fn put_len(v: u64) -> usize {
 
 /// Bytes on their way to a sink in pieces of about `piece` bytes ([`PIECE`]: a release's sets
 /// run to hundreds of megabytes, and none of it need be held whole), or kept whole in `buf`
-/// when nothing should be handed on before the end.
+/// when nothing should be handed on before the end. The bytes made are `buf[..used]`; `buf`
+/// is longer, so that a varint is written in place (a release's sets run to hundreds of
+/// millions of them).
 struct Pieces<'a, E> {
     buf: Vec<u8>,
+    used: usize,
     piece: usize,
     sink: &'a mut dyn FnMut(&[u8]) -> Result<(), E>,
 }
@@ -819,27 +828,47 @@ const PIECE: usize = 1 << 20;
 
 impl<E> Pieces<'_, E> {
     fn put(&mut self, v: u64) -> Result<(), E> {
-        put(&mut self.buf, v);
-        if self.buf.len() >= self.piece {
+        self.room(10);
+        let at: &mut [u8; 10] = (&mut self.buf[self.used..self.used + 10])
+            .try_into()
+            .expect("room for a varint");
+        self.used += put_into(at, v);
+        if self.used >= self.piece {
             self.flush()?;
         }
         Ok(())
     }
 
     fn bytes(&mut self, bytes: &[u8]) -> Result<(), E> {
-        self.buf.extend_from_slice(bytes);
-        if self.buf.len() >= self.piece {
+        self.room(bytes.len());
+        self.buf[self.used..self.used + bytes.len()].copy_from_slice(bytes);
+        self.used += bytes.len();
+        if self.used >= self.piece {
             self.flush()?;
         }
         Ok(())
     }
 
+    /// Makes `buf` hold at least `n` bytes past those made.
+    fn room(&mut self, n: usize) {
+        let want = self.used + n;
+        if self.buf.len() < want {
+            self.buf.resize(want.max(2 * self.buf.len()), 0);
+        }
+    }
+
     fn flush(&mut self) -> Result<(), E> {
-        if !self.buf.is_empty() {
-            (self.sink)(&self.buf)?;
-            self.buf.clear();
+        if self.used > 0 {
+            (self.sink)(&self.buf[..self.used])?;
+            self.used = 0;
         }
         Ok(())
+    }
+
+    /// The bytes made, whole (when nothing was handed on).
+    fn into_made(mut self) -> Vec<u8> {
+        self.buf.truncate(self.used);
+        self.buf
     }
 }
 
@@ -880,13 +909,16 @@ fn write_sets<E>(rows: &[Vec<SubjectSet>], out: &mut Pieces<'_, E>) -> Result<()
 /// All of what `write` gives its [`Pieces`], as one buffer of `len` bytes (made in place:
 /// never handed on, never copied).
 fn collect(len: usize, write: impl FnOnce(&mut Pieces<'_, ()>) -> Result<(), ()>) -> Vec<u8> {
+    let mut sink = |_: &[u8]| Ok(());
     let mut pieces = Pieces {
-        buf: Vec::with_capacity(len),
+        // Room for the last varint in place.
+        buf: vec![0; len + 10],
+        used: 0,
         piece: usize::MAX,
-        sink: &mut |_: &[u8]| Ok(()),
+        sink: &mut sink,
     };
     write(&mut pieces).expect("nothing is handed on");
-    pieces.buf
+    pieces.into_made()
 }
 
 /// Result rows' sets as bytes: the number of result rows, then per row its number of sets and
@@ -970,7 +1002,8 @@ pub fn write_by_dataset<R: std::borrow::Borrow<DatasetRows>, E>(
     sink: &mut dyn FnMut(&[u8]) -> Result<(), E>,
 ) -> Result<(), E> {
     let mut out = Pieces {
-        buf: Vec::with_capacity(PIECE + 32),
+        buf: vec![0; PIECE + 32],
+        used: 0,
         piece: PIECE,
         sink,
     };

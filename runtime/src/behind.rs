@@ -1,16 +1,19 @@
 //! Files written once, in a stream, and read later (the gate's spill, a job's sets of
-//! subjects, a cluster's shuffle) are written out behind their writer: each range written is
-//! handed to the disk at once, and once a few megabytes more have followed it, waited for and
-//! dropped from the page cache. The cache then holds a few megabytes of each such file, used
-//! again and again, instead of all of it in pages the kernel must find fresh: on this
-//! project's machines a fresh page cost five to ten times a reused one (BENCHMARKS.md (ad)),
-//! and gigabytes of a job's spill would otherwise push out what other jobs read. What is
-//! dropped is read back from the disk; it was written there anyway (the kernel writes dirty
-//! pages out within seconds).
+//! subjects) are written out behind their writer: each range written is handed to the disk at
+//! once, and once it and the ranges after it pass 8 MiB, waited for and dropped from the page
+//! cache. The cache then holds a few megabytes of each such file, used again and again,
+//! instead of all of it in pages the kernel must find fresh: on this project's machines a
+//! fresh page cost several times a reused one (BENCHMARKS.md (ad)), and gigabytes of a job's
+//! spill would otherwise push out what other jobs read. What is dropped is read back from the
+//! disk. Every range reaches the disk as it is written, even of a file removed soon after
+//! (which the kernel might never have written out): the files written so hold ciphertext only.
 //!
-//! This is advice, never a change of what a file holds: a kernel or file system that does
-//! not take it (not Linux, a `tmpfs`) is simply not advised again. An error writing out is
-//! the disk's, and fails the writer (as a failed write would).
+//! This is advice, never a change of what a file holds: dropping never discards a page not yet
+//! written. Off Linux, or where the kernel refuses the first range (a call it does not have,
+//! or a file it cannot write out so), no advice is given again; on a file system without
+//! writeback (`tmpfs`) the calls succeed and do nothing. Any error the kernel reports while
+//! the writer waits for a range is the disk's, and fails the writer (as the final `fsync`'s
+//! would: the wait, not the `fsync`, then reports it).
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -28,6 +31,8 @@ pub(crate) struct Behind<K> {
     bytes: u64,
     /// The kernel does not take the advice: none is given again.
     off: bool,
+    /// A range was handed to the disk (after which no error is taken for a refusal).
+    started: bool,
 }
 
 impl<K: Copy + PartialEq> Default for Behind<K> {
@@ -36,6 +41,7 @@ impl<K: Copy + PartialEq> Default for Behind<K> {
             pending: VecDeque::new(),
             bytes: 0,
             off: false,
+            started: false,
         }
     }
 }
@@ -55,8 +61,14 @@ impl<K: Copy + PartialEq> Behind<K> {
         if self.off || len == 0 {
             return Ok(());
         }
-        if !self.advised(sync_range(file, offset, len, START))? {
-            return Ok(());
+        match sync_range(file, offset, len, START) {
+            Ok(()) => self.started = true,
+            // Refused before anything was handed to the disk: the kernel does not do this.
+            Err(e) if !self.started && refused(&e) => {
+                self.off = true;
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
         }
         self.pending.push_back((key, offset, len));
         self.bytes += len;
@@ -66,10 +78,13 @@ impl<K: Copy + PartialEq> Behind<K> {
             };
             self.bytes -= len;
             if let Some(file) = open(key) {
-                if !self.advised(sync_range(file, offset, len, WAIT))? {
-                    return Ok(());
-                }
-                if !self.advised(drop_range(file, offset, len))? {
+                // Whatever error it reports is the disk's: the range may not be there.
+                sync_range(file, offset, len, WAIT)?;
+                // Dropping reports no error of the disk (a refusal only stops the advice).
+                if drop_range(file, offset, len).is_err() {
+                    self.off = true;
+                    self.pending.clear();
+                    self.bytes = 0;
                     return Ok(());
                 }
             }
@@ -86,42 +101,14 @@ impl<K: Copy + PartialEq> Behind<K> {
             *k != key
         });
     }
-
-    /// Whether the kernel took the advice; not taking it turns the advice off; a failed
-    /// write is an error.
-    fn advised(&mut self, outcome: std::io::Result<()>) -> Result<bool> {
-        match outcome {
-            Ok(()) => Ok(true),
-            Err(e) if unsupported(&e) => {
-                self.off = true;
-                self.pending.clear();
-                self.bytes = 0;
-                Ok(false)
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
 }
 
-/// Asks the kernel to read `file` into the page cache now, in the background (it is about to
-/// be read whole): advice only, and an error taking it is no error.
-pub(crate) fn read_ahead(file: &File) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        // SAFETY: posix_fadvise reads no memory of ours; the descriptor is open while `file`
-        // is borrowed. Length 0: to the end of the file.
-        let _ = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED) };
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = file;
-}
-
-/// An answer that says the advice is not taken here (not an error of the disk).
-fn unsupported(e: &std::io::Error) -> bool {
+/// An answer to the first range that says the kernel does not do this here (no call, no
+/// such file, not allowed), not an error of the disk.
+fn refused(e: &std::io::Error) -> bool {
     matches!(
         e.raw_os_error(),
-        Some(libc::EINVAL | libc::ENOSYS | libc::ESPIPE | libc::EOPNOTSUPP)
+        Some(libc::EINVAL | libc::ENOSYS | libc::ESPIPE | libc::EOPNOTSUPP | libc::EPERM)
     )
 }
 
@@ -135,7 +122,7 @@ const WAIT: libc::c_uint = libc::SYNC_FILE_RANGE_WAIT_BEFORE
 #[cfg(target_os = "linux")]
 fn sync_range(file: &File, offset: u64, len: u64, flags: libc::c_uint) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
-    let (offset, len) = as_offsets(offset, len)?;
+    let (offset, len): (libc::off64_t, libc::off64_t) = as_offsets(offset, len)?;
     // SAFETY: sync_file_range reads no memory of ours; the descriptor is open while `file`
     // is borrowed.
     let rc = unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, flags) };
@@ -148,7 +135,7 @@ fn sync_range(file: &File, offset: u64, len: u64, flags: libc::c_uint) -> std::i
 #[cfg(target_os = "linux")]
 fn drop_range(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
-    let (offset, len) = as_offsets(offset, len)?;
+    let (offset, len): (libc::off_t, libc::off_t) = as_offsets(offset, len)?;
     // SAFETY: posix_fadvise reads no memory of ours; the descriptor is open while `file` is
     // borrowed. It answers its error, not -1.
     let rc =
@@ -160,11 +147,11 @@ fn drop_range(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
 }
 
 #[cfg(target_os = "linux")]
-fn as_offsets(offset: u64, len: u64) -> std::io::Result<(libc::off64_t, libc::off64_t)> {
-    let unsupported = || std::io::Error::from_raw_os_error(libc::EINVAL);
+fn as_offsets<T: TryFrom<u64>>(offset: u64, len: u64) -> std::io::Result<(T, T)> {
+    let too_far = || std::io::Error::from_raw_os_error(libc::EOVERFLOW);
     Ok((
-        offset.try_into().map_err(|_| unsupported())?,
-        len.try_into().map_err(|_| unsupported())?,
+        offset.try_into().map_err(|_| too_far())?,
+        len.try_into().map_err(|_| too_far())?,
     ))
 }
 
@@ -187,6 +174,16 @@ fn drop_range(_: &File, _: u64, _: u64) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use std::io::{Read, Seek, Write};
+
+    #[test]
+    fn a_file_the_kernel_cannot_write_out_turns_the_advice_off_without_an_error() {
+        // Not a regular file: the first range is refused, and no advice is given again.
+        let null = File::options().write(true).open("/dev/null").unwrap();
+        let mut behind = Behind::<()>::default();
+        behind.wrote((), &null, 0, 4096, |_| Some(&null)).unwrap();
+        assert!(behind.off || cfg!(not(target_os = "linux")));
+        assert!(behind.pending.is_empty() && behind.bytes == 0);
+    }
 
     #[test]
     fn files_written_behind_read_back_what_was_written() {

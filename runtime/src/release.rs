@@ -2254,7 +2254,7 @@ fn sort_elements<T: Send + 'static>(
     let worker = handle.spawn_blocking(move || each(theirs, their_then).collect::<Vec<T>>());
     let mut done: Vec<T> = each(cells, then).collect();
     let theirs = futures::executor::block_on(worker)
-        .map_err(|_| Error::Internal("the gate's memory: a sort failed".into()))?;
+        .map_err(|_| Error::Internal("the gate's memory: a sort or its sets failed".into()))?;
     done.extend(theirs);
     Ok(done)
 }

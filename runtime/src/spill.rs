@@ -171,13 +171,6 @@ impl SealedFiles {
         Ok(())
     }
 
-    /// Has bucket `b`'s file read from the disk in the background, ahead of [`Self::read`].
-    pub(crate) fn read_ahead(&self, b: usize) {
-        if let Some(Some(file)) = self.files.get(b) {
-            crate::behind::read_ahead(file);
-        }
-    }
-
     /// Opens every frame of bucket `b`'s file in order, each reserved in `reservation` before
     /// it is read (so an oversized bucket, one subject's many rows, fails the job, not the
     /// host), and gives each to `each`; the file is checked whole (every frame there, in
@@ -197,8 +190,9 @@ impl SealedFiles {
         let mut reader = std::io::BufReader::new(file);
         std::io::Seek::rewind(&mut reader)?;
         let damaged = || Error::Integrity("the gate's spill file is damaged".into());
-        // One room for every frame in turn (its pages made once, used again while hot).
-        let mut sealed = Vec::new();
+        // One room for every frame in turn (its pages made once, used again while hot),
+        // reserved while it is held, besides each frame.
+        let (mut sealed, mut room) = (Vec::new(), 0usize);
         for expected in frames {
             let mut header = [0u8; HEADER];
             reader.read_exact(&mut header).map_err(|_| damaged())?;
@@ -211,6 +205,13 @@ impl SealedFiles {
             reservation
                 .try_grow(len as usize)
                 .map_err(|_| memory_limit())?;
+            if len as usize > room {
+                reservation
+                    .try_grow(len as usize - room)
+                    .map_err(|_| memory_limit())?;
+                room = len as usize;
+                sealed = Vec::with_capacity(room);
+            }
             sealed.clear();
             sealed.resize(len as usize, 0);
             reader.read_exact(&mut sealed).map_err(|_| damaged())?;
@@ -220,6 +221,8 @@ impl SealedFiles {
                 .map_err(|_| damaged())?;
             each(plain)?;
         }
+        drop(sealed);
+        reservation.shrink(room.min(reservation.size()));
         // Nothing more may follow the last frame.
         if reader.read(&mut [0u8; 1])? != 0 {
             return Err(damaged());

@@ -437,9 +437,7 @@ async fn write_sealed(
     };
     private_dirs(dir)?;
     let sink = Sink {
-        sealing: SealingWriter::create(&path, &key, &context)
-            .map_err(io)?
-            .behind(),
+        sealing: SealingWriter::create(&path, &key, &context).map_err(io)?,
         job,
         budget,
         dir,

@@ -844,12 +844,6 @@ impl RowSpill {
         if V != self.values() {
             return Err(Error::Internal("gate columns: the sums miscounted".into()));
         }
-        // Buckets are taken in order: the next two are read from the disk meanwhile.
-        for lane in &self.lanes {
-            for next in b + 1..(b + 3).min(crate::spill::BUCKETS) {
-                lane.chunks.files.read_ahead(next);
-            }
-        }
         let size = std::mem::size_of::<Row<V>>();
         // The bucket's rows, counted as they were added: reserved once, made in room of
         // that size.
