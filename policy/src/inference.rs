@@ -795,6 +795,7 @@ fn put(out: &mut Vec<u8>, v: u64) {
 }
 
 /// Writes `v` as a LEB128 varint at the start of `out`; answers how many bytes it took.
+#[inline]
 fn put_into(out: &mut [u8; 10], mut v: u64) -> usize {
     let mut n = 0;
     while v >= 0x80 {
@@ -827,6 +828,7 @@ struct Pieces<'a, E> {
 const PIECE: usize = 1 << 20;
 
 impl<E> Pieces<'_, E> {
+    #[inline]
     fn put(&mut self, v: u64) -> Result<(), E> {
         self.room(10);
         let at: &mut [u8; 10] = (&mut self.buf[self.used..self.used + 10])
@@ -850,6 +852,7 @@ impl<E> Pieces<'_, E> {
     }
 
     /// Makes `buf` hold at least `n` bytes past those made.
+    #[inline]
     fn room(&mut self, n: usize) {
         let want = self.used + n;
         if self.buf.len() < want {
