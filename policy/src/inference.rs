@@ -807,7 +807,7 @@ fn put_into(out: &mut [u8; 10], mut v: u64) -> usize {
     n + 1
 }
 
-/// How many bytes [`put`] writes for `v`.
+/// How many bytes [`put_into`] writes for `v`.
 fn put_len(v: u64) -> usize {
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }

@@ -5,15 +5,17 @@
 //! instead of all of it in pages the kernel must find fresh: on this project's machines a
 //! fresh page cost several times a reused one (BENCHMARKS.md (ad)), and gigabytes of a job's
 //! spill would otherwise push out what other jobs read. What is dropped is read back from the
-//! disk. Every range reaches the disk as it is written, even of a file removed soon after
-//! (which the kernel might never have written out): the files written so hold ciphertext only.
+//! disk. While the advice is on, every range is handed to the disk as it is written, even of
+//! a file removed soon after (which the kernel might never have written out): the files
+//! written so hold ciphertext only.
 //!
 //! This is advice, never a change of what a file holds: dropping never discards a page not yet
 //! written. Off Linux, or where the kernel refuses the first range (a call it does not have,
-//! or a file it cannot write out so), no advice is given again; on a file system without
-//! writeback (`tmpfs`) the calls succeed and do nothing. Any error the kernel reports while
-//! the writer waits for a range is the disk's, and fails the writer (as the final `fsync`'s
-//! would: the wait, not the `fsync`, then reports it).
+//! or a file it cannot write out so) or refuses to drop one, no advice is given again; on a
+//! file system without writeback (`tmpfs`) the calls succeed and do nothing. Any error the
+//! kernel reports while the writer waits for a range, or when a range after the first is
+//! handed to the disk, fails the writer (a wait's as the final `fsync`'s would: the wait, not
+//! the `fsync`, then reports it).
 
 use std::collections::VecDeque;
 use std::fs::File;

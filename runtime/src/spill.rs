@@ -210,7 +210,8 @@ impl SealedFiles {
                     .try_grow(len as usize - room)
                     .map_err(|_| memory_limit())?;
                 room = len as usize;
-                sealed = Vec::with_capacity(room);
+                sealed = Vec::new();
+                sealed.reserve_exact(room);
             }
             sealed.clear();
             sealed.resize(len as usize, 0);
