@@ -559,20 +559,27 @@ async fn upload_dataset(
         }
         Ok(upload)
     });
+    let mut cut = false;
     while let Some(chunk) = chunks.next().await {
-        let chunk = chunk.map_err(|_| {
-            ApiError(Error::BadInput(
-                "the upload was cut off before its end; nothing was imported".into(),
-            ))
-        })?;
+        let Ok(chunk) = chunk else {
+            cut = true;
+            break;
+        };
         if feed.send(chunk).await.is_err() {
             // The writer stopped on an error: it is the answer.
             break;
         }
     }
     drop(feed);
-    let upload = writer
-        .await
+    let written = writer.await;
+    if cut {
+        // What was written, and its temporary file, are gone before the answer is sent.
+        let _ = tokio::task::spawn_blocking(move || drop(written)).await;
+        return Err(ApiError(Error::BadInput(
+            "the upload was cut off before its end; nothing was imported".into(),
+        )));
+    }
+    let upload = written
         .map_err(|e| ApiError(Error::Internal(format!("worker: {e}"))))?
         .map_err(ApiError)?;
     let v = blocking(move || p.import_staged(&actor, request, upload)).await?;
