@@ -105,6 +105,20 @@ impl<K: Copy + PartialEq> Behind<K> {
     }
 }
 
+/// Asks the kernel to read `file`'s first `len` bytes into the page cache now, without
+/// waiting for them: a hint, whose refusal changes nothing (the reads then wait as before).
+/// Asked in steps, since the kernel reads at most its read-ahead window for each ask.
+pub(crate) fn read_ahead(file: &File, len: u64) {
+    const STEP: u64 = 1 << 20;
+    let mut at = 0;
+    while at < len {
+        if will_need(file, at, STEP.min(len - at)).is_err() {
+            return;
+        }
+        at += STEP;
+    }
+}
+
 /// An answer to the first range that says the kernel does not do this here (no call, no
 /// such file, not allowed), not an error of the disk.
 fn refused(e: &std::io::Error) -> bool {
@@ -149,6 +163,19 @@ fn drop_range(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
 }
 
 #[cfg(target_os = "linux")]
+fn will_need(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (offset, len): (libc::off_t, libc::off_t) = as_offsets(offset, len)?;
+    // SAFETY: as in `drop_range`.
+    let rc =
+        unsafe { libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_WILLNEED) };
+    if rc != 0 {
+        return Err(std::io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}
+
+#[cfg(target_os = "linux")]
 fn as_offsets<T: TryFrom<u64>>(offset: u64, len: u64) -> std::io::Result<(T, T)> {
     let too_far = || std::io::Error::from_raw_os_error(libc::EOVERFLOW);
     Ok((
@@ -164,6 +191,11 @@ const WAIT: u32 = 0;
 
 #[cfg(not(target_os = "linux"))]
 fn sync_range(_: &File, _: u64, _: u64, _: u32) -> std::io::Result<()> {
+    Err(std::io::Error::from_raw_os_error(libc::ENOSYS))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn will_need(_: &File, _: u64, _: u64) -> std::io::Result<()> {
     Err(std::io::Error::from_raw_os_error(libc::ENOSYS))
 }
 

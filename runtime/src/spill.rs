@@ -44,7 +44,8 @@ struct Bucket {
 pub(crate) struct SealedFiles {
     dir: PathBuf,
     created: bool,
-    cipher: LessSafeKey,
+    /// Shared with the buckets taken out to be read.
+    cipher: Arc<LessSafeKey>,
     files: Vec<Option<File>>,
     /// Per bucket, the numbers of the frames written to its file, in order: read back exactly
     /// these.
@@ -58,7 +59,14 @@ pub(crate) struct SealedFiles {
     /// Each bucket's file's length, and its frames written out behind the writer.
     ends: Vec<u64>,
     behind: crate::behind::Behind<usize>,
+    /// Each bucket's file was asked of the disk ahead of its read.
+    asked: Vec<bool>,
 }
+
+/// Buckets whose files are asked of the disk ahead of a read: the buckets are read in
+/// their order (by two readers, each a bucket at a time), so the next ones come from the
+/// disk while one is opened and taken.
+const AHEAD: usize = 3;
 
 impl SealedFiles {
     /// Files under `root` for a job of `budget` bytes of memory.
@@ -87,10 +95,10 @@ impl SealedFiles {
         Ok(SealedFiles {
             dir: root.join(format!("job-{name}")),
             created: false,
-            cipher: LessSafeKey::new(
+            cipher: Arc::new(LessSafeKey::new(
                 UnboundKey::new(&AES_256_GCM, &key)
                     .map_err(|_| Error::Internal("gate spill: key".into()))?,
-            ),
+            )),
             files: (0..BUCKETS).map(|_| None).collect(),
             frames: vec![Vec::new(); BUCKETS],
             next_frame: 0,
@@ -99,6 +107,7 @@ impl SealedFiles {
             max_written,
             ends: vec![0; BUCKETS],
             behind: Default::default(),
+            asked: vec![false; BUCKETS],
         })
     }
 
@@ -179,14 +188,67 @@ impl SealedFiles {
         &mut self,
         b: usize,
         reservation: &MemoryReservation,
-        mut each: impl FnMut(&[u8]) -> Result<()>,
+        each: impl FnMut(&[u8]) -> Result<()>,
     ) -> Result<()> {
+        match self.take(b) {
+            Some(bucket) => bucket.read(reservation, each),
+            None => Ok(()),
+        }
+    }
+
+    /// Bucket `b`'s file, taken out to be read (by [`SealedBucket::read`], on any thread,
+    /// while these files are written or other buckets read), and nothing of it kept here;
+    /// `None` when nothing was written to it. The files of the next buckets are asked of the
+    /// disk now, to be in memory when they are read.
+    pub(crate) fn take(&mut self, b: usize) -> Option<SealedBucket> {
+        for next in b..(b + 1 + AHEAD).min(BUCKETS) {
+            if let Some(file) = &self.files[next]
+                && !std::mem::replace(&mut self.asked[next], true)
+            {
+                crate::behind::read_ahead(file, self.ends[next]);
+            }
+        }
         let frames = std::mem::take(&mut self.frames[b]);
         self.behind.forget(b);
         self.ends[b] = 0;
-        let Some(file) = self.files[b].take() else {
-            return Ok(());
-        };
+        let file = self.files[b].take()?;
+        Some(SealedBucket {
+            b,
+            file,
+            frames,
+            cipher: Arc::clone(&self.cipher),
+            path: self.dir.join(format!("{b:03}.sealed")),
+        })
+    }
+}
+
+/// One bucket's sealed file, taken out of its [`SealedFiles`] to be read: the frames written
+/// to it, in order, and the key that opens them.
+pub(crate) struct SealedBucket {
+    b: usize,
+    file: File,
+    frames: Vec<u64>,
+    cipher: Arc<LessSafeKey>,
+    path: PathBuf,
+}
+
+impl SealedBucket {
+    /// Opens every frame in order, each reserved in `reservation` before it is read (so an
+    /// oversized bucket, one subject's many rows, fails the job, not the host), and gives
+    /// each to `each`; the file is checked whole (every frame there, in order, unaltered)
+    /// and removed.
+    pub(crate) fn read(
+        self,
+        reservation: &MemoryReservation,
+        mut each: impl FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let SealedBucket {
+            b,
+            file,
+            frames,
+            cipher,
+            path,
+        } = self;
         let mut reader = std::io::BufReader::new(file);
         std::io::Seek::rewind(&mut reader)?;
         let damaged = || Error::Integrity("the gate's spill file is damaged".into());
@@ -216,8 +278,7 @@ impl SealedFiles {
             sealed.clear();
             sealed.resize(len as usize, 0);
             reader.read_exact(&mut sealed).map_err(|_| damaged())?;
-            let plain = self
-                .cipher
+            let plain = cipher
                 .open_in_place(nonce(frame), Aad::from(aad(b, frame)), &mut sealed)
                 .map_err(|_| damaged())?;
             each(plain)?;
@@ -228,7 +289,7 @@ impl SealedFiles {
         if reader.read(&mut [0u8; 1])? != 0 {
             return Err(damaged());
         }
-        let _ = fs::remove_file(self.dir.join(format!("{b:03}.sealed")));
+        let _ = fs::remove_file(path);
         Ok(())
     }
 }
@@ -782,6 +843,54 @@ mod tests {
         // Once every group was read, the next call gives everything back.
         s.read(0..0).unwrap();
         assert_eq!(pool.reserved(), 0);
+    }
+
+    #[test]
+    fn buckets_taken_out_are_read_on_threads_of_their_own_while_the_others_are_read() {
+        let root = tempfile::tempdir().unwrap();
+        let mut files = SealedFiles::new(root.path(), 64 << 20).unwrap();
+        // Three frames in each of eight buckets, each naming its bucket and its round.
+        let frame = |b: usize, round: u8| [vec![b as u8, round], vec![0x5a; 70_000]].concat();
+        for round in 0..3 {
+            for b in 0..8 {
+                files.write(b, &mut frame(b, round)).unwrap();
+            }
+        }
+        let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(1 << 30));
+        let readers: Vec<_> = [1, 2]
+            .into_iter()
+            .map(|b| {
+                let bucket = files.take(b).expect("bucket written");
+                let reservation = MemoryConsumer::new("reader").register(&pool);
+                std::thread::spawn(move || {
+                    let mut got = Vec::new();
+                    bucket
+                        .read(&reservation, |plain| {
+                            got.push(plain.to_vec());
+                            Ok(())
+                        })
+                        .map(|()| (b, got))
+                })
+            })
+            .collect();
+        let reservation = MemoryConsumer::new("here").register(&pool);
+        for b in [0, 3, 4, 5, 6, 7] {
+            let mut got = Vec::new();
+            files
+                .read(b, &reservation, |plain| {
+                    got.push(plain.to_vec());
+                    Ok(())
+                })
+                .unwrap();
+            assert_eq!(got, (0..3).map(|r| frame(b, r)).collect::<Vec<_>>());
+        }
+        for reader in readers {
+            let (b, got) = reader.join().unwrap().unwrap();
+            assert_eq!(got, (0..3).map(|r| frame(b, r)).collect::<Vec<_>>());
+        }
+        // A bucket is taken once, and every file read is gone.
+        assert!(files.take(1).is_none());
+        assert!(files_under(root.path()).is_empty());
     }
 
     #[test]

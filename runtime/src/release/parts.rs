@@ -621,8 +621,8 @@ impl Builder {
 /// size. Not under differential privacy (the tally names each subject there).
 pub(crate) struct RowSpill {
     lanes: Vec<Lane>,
-    /// Per lane, its cells' numbers among the spill's.
-    maps: Vec<Vec<u32>>,
+    /// Per lane, its cells' numbers among the spill's (shared with the buckets taken out).
+    maps: Vec<std::sync::Arc<[u32]>>,
     /// The cells of every lane, numbered by the spill (their room is the lanes').
     cells: Cells,
     /// Each cell's rows (by its number) in the even buckets and in the odd ones.
@@ -747,7 +747,7 @@ impl RowSpill {
                 to[0] += counts[0];
                 to[1] += counts[1];
             }
-            maps.push(map);
+            maps.push(std::sync::Arc::<[u32]>::from(map));
         }
         for b in 0..crate::spill::BUCKETS {
             lanes
@@ -756,7 +756,7 @@ impl RowSpill {
                 .ok_or_else(too_many)?;
         }
         // The spill's counts and the lanes' maps are reserved with the first lane's keys.
-        let mapped: usize = maps.iter().map(Vec::capacity).sum();
+        let mapped: usize = maps.iter().map(|m| m.len()).sum();
         let first = &mut lanes[0];
         first.cells.bytes += rows.capacity() * std::mem::size_of::<[u64; 2]>() + 4 * mapped;
         first.reserve()?;
@@ -805,10 +805,7 @@ impl RowSpill {
         b: usize,
         Room { memory, rows }: Room<V>,
     ) -> Result<Sorted<V>> {
-        let (mut rows, ends) = spill
-            .lock()
-            .map_err(|_| Error::Internal("the gate's spill: a reader failed".into()))?
-            .read::<V>(b, &memory, rows)?;
+        let (mut rows, ends) = RowSpill::read::<V>(spill, b, &memory, rows)?;
         // Each slice is grouped in room of a slice's size, reserved while it is used.
         let mut start = 0;
         let most = ends
@@ -834,20 +831,54 @@ impl RowSpill {
 
     /// Bucket `b`'s rows from every lane, read back and opened, reserved in `memory`, each
     /// placed in its slice as it is read (in order within it: a lane's rows in the order it
-    /// added them, after those of the lanes before it), and where each slice ends.
+    /// added them, after those of the lanes before it), and where each slice ends. The spill
+    /// is held only while each lane's part of the bucket is taken out of it and while the
+    /// room of its chunks is given back: the bucket is read, opened and placed while other
+    /// buckets are.
     fn read<const V: usize>(
-        &mut self,
+        spill: &std::sync::Mutex<RowSpill>,
         b: usize,
         memory: &MemoryReservation,
         mut rows: Vec<Row<V>>,
     ) -> Result<(Vec<Row<V>>, [usize; SLICES])> {
-        if V != self.values() {
-            return Err(Error::Internal("gate columns: the sums miscounted".into()));
-        }
+        let lock = || {
+            spill
+                .lock()
+                .map_err(|_| Error::Internal("the gate's spill: a reader failed".into()))
+        };
+        // Where each slice starts and ends, by the rows counted in each as they were added.
+        let (mut next, mut ends) = ([0usize; SLICES], [0usize; SLICES]);
+        let parts = {
+            let mut spill = lock()?;
+            if V != spill.values() {
+                return Err(Error::Internal("gate columns: the sums miscounted".into()));
+            }
+            let mut at = 0;
+            for s in 0..SLICES {
+                next[s] = at;
+                at += spill
+                    .lanes
+                    .iter()
+                    .map(|l| l.slices[b][s] as usize)
+                    .sum::<usize>();
+                ends[s] = at;
+            }
+            let RowSpill { lanes, maps, .. } = &mut *spill;
+            lanes
+                .iter_mut()
+                .zip(maps.iter())
+                .map(|(lane, map)| lane.take_bucket(b, map))
+                .collect::<Vec<_>>()
+        };
         let size = std::mem::size_of::<Row<V>>();
         // The bucket's rows, counted as they were added: reserved once, made in room of
         // that size.
-        let count: usize = self.lanes.iter().map(|l| l.seqs[b] as usize).sum();
+        let count: usize = parts.iter().map(|p| p.count).sum();
+        if ends[SLICES - 1] != count {
+            return Err(Error::Internal(
+                "the gate's spill: its slices miscounted".into(),
+            ));
+        }
         // The room of a bucket taken before is used again (unless it is over twice what this
         // one needs: a skewed bucket's room is not kept): all of it is reserved, before it
         // is made and as it is.
@@ -862,39 +893,34 @@ impl RowSpill {
         memory
             .try_resize(rows.capacity().saturating_mul(size))
             .map_err(|_| memory_limit())?;
-        // Where each slice starts and ends, by the rows counted in each as they were added.
-        let (mut next, mut ends) = ([0usize; SLICES], [0usize; SLICES]);
-        let mut at = 0;
-        for s in 0..SLICES {
-            next[s] = at;
-            at += self
-                .lanes
-                .iter()
-                .map(|l| l.slices[b][s] as usize)
-                .sum::<usize>();
-            ends[s] = at;
-        }
-        if at != count {
-            return Err(Error::Internal(
-                "the gate's spill: its slices miscounted".into(),
-            ));
-        }
         rows.resize(count, Row::from_words(&[0; HEAD + MAX_VALUES][..HEAD + V]));
         let mut before = 0usize;
-        for (lane, map) in self.lanes.iter_mut().zip(&self.maps) {
-            let place = Place {
-                map,
-                before,
-                ends: &ends,
-            };
-            lane.read_into(b, memory, &mut rows, &mut next, place)?;
-            before += lane.seqs[b] as usize;
+        let mut given = Vec::with_capacity(parts.len());
+        for part in parts {
+            let count = part.count;
+            given.push(part.read_into(memory, &mut rows, &mut next, &ends, before)?);
+            before += count;
         }
         if next != ends {
             return Err(damaged());
         }
+        // The chunks read are freed: their room is given back.
+        let mut spill = lock()?;
+        for (lane, chunks) in spill.lanes.iter_mut().zip(given) {
+            lane.chunks.made -= chunks;
+            lane.reserve()?;
+        }
         Ok((rows, ends))
     }
+}
+
+/// One lane's part of a bucket, taken out of the spill to be read: its sealed file, its
+/// chunks held in memory, the lane's cells' numbers in the spill, and its rows' count.
+struct LaneBucket {
+    sealed: Option<crate::spill::SealedBucket>,
+    held: Vec<Vec<u8>>,
+    map: std::sync::Arc<[u32]>,
+    count: usize,
 }
 
 /// Room to group a slice's rows in, used again for every slice of a bucket.
@@ -1007,14 +1033,6 @@ fn group_slice<const V: usize>(rows: &mut [Row<V>], room: &mut Grouping<V>) -> R
     Ok(())
 }
 
-/// Where a lane's rows of a bucket go among every lane's: its cells' numbers in the spill,
-/// the rows of the lanes before it, and where each slice ends.
-struct Place<'a> {
-    map: &'a [u32],
-    before: usize,
-    ends: &'a [usize; SLICES],
-}
-
 fn damaged() -> Error {
     Error::Integrity("the gate's spill file is damaged".into())
 }
@@ -1077,20 +1095,40 @@ impl Lane {
             .map_err(|_| memory_limit())
     }
 
-    /// Reads its rows of bucket `b` back into `rows`, each opened (reserved in `memory`
-    /// while it is) and placed in its slice at `next`, numbered by the spill (`place`).
-    fn read_into<const V: usize>(
-        &mut self,
-        b: usize,
-        memory: &MemoryReservation,
-        rows: &mut [Row<V>],
-        next: &mut [usize; SLICES],
-        place: Place<'_>,
-    ) -> Result<()> {
+    /// Takes its part of bucket `b` out, to be read (the room of its chunks stays reserved
+    /// until [`LaneBucket::read_into`] has read them).
+    fn take_bucket(&mut self, b: usize, map: &std::sync::Arc<[u32]>) -> LaneBucket {
         // Nothing more is written: the chunks kept to fill again are given back.
         let chunks = &mut self.chunks;
         chunks.made -= chunks.free.len();
         chunks.free = Vec::new();
+        LaneBucket {
+            sealed: chunks.files.take(b),
+            held: std::mem::take(&mut chunks.buckets[b]),
+            map: std::sync::Arc::clone(map),
+            count: self.seqs[b] as usize,
+        }
+    }
+}
+
+impl LaneBucket {
+    /// Reads its rows back into `rows`, each opened (reserved in `memory` while it is) and
+    /// placed in its slice at `next` (which ends at `ends`), numbered by the spill after the
+    /// `before` rows of the lanes before it; answers how many chunks it held (now freed).
+    fn read_into<const V: usize>(
+        self,
+        memory: &MemoryReservation,
+        rows: &mut [Row<V>],
+        next: &mut [usize; SLICES],
+        ends: &[usize; SLICES],
+        before: usize,
+    ) -> Result<usize> {
+        let LaneBucket {
+            sealed,
+            held,
+            map,
+            count,
+        } = self;
         let record = 8 * (HEAD + V);
         let mut read = 0usize;
         let mut words = [0u64; HEAD + MAX_VALUES];
@@ -1109,33 +1147,32 @@ impl Lane {
                 // their places), each to a place in its slice that was counted for it, of a
                 // cell the lane numbered.
                 let s = slice(row.who);
-                if next[s] >= place.ends[s] {
+                if next[s] >= ends[s] {
                     return Err(damaged());
                 }
-                row.cell = *place.map.get(row.cell as usize).ok_or_else(damaged)?;
-                row.seq = u32::try_from(place.before + read).map_err(|_| damaged())?;
+                row.cell = *map.get(row.cell as usize).ok_or_else(damaged)?;
+                row.seq = u32::try_from(before + read).map_err(|_| damaged())?;
                 rows[next[s]] = row;
                 next[s] += 1;
                 read += 1;
             }
             Ok(())
         };
-        chunks.files.read(b, memory, |plain| {
-            decode(plain)?;
-            // The frame is given back once its rows are made.
-            memory.shrink((plain.len() + TAG).min(memory.size()));
-            Ok(())
-        })?;
-        let held = std::mem::take(&mut chunks.buckets[b]);
+        if let Some(sealed) = sealed {
+            sealed.read(memory, |plain| {
+                decode(plain)?;
+                // The frame is given back once its rows are made.
+                memory.shrink((plain.len() + TAG).min(memory.size()));
+                Ok(())
+            })?;
+        }
         for c in &held {
             decode(c)?;
         }
-        if read != self.seqs[b] as usize {
+        if read != count {
             return Err(damaged());
         }
-        chunks.made -= held.len();
-        drop(held);
-        self.reserve()
+        Ok(held.len())
     }
 }
 
