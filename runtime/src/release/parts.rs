@@ -798,8 +798,9 @@ impl RowSpill {
     /// the tally, reserved in `memory` until the tally has taken them: by slice (the top bits
     /// of the subject's name), then by cell and subject (each subject's rows in their own
     /// order), so that each (cell, subject)'s rows are together and each slice, a 16th of the
-    /// bucket, is grouped in the processor's cache. The spill is held while the bucket is
-    /// read, not while it is grouped.
+    /// bucket, is grouped in the processor's cache. The spill is held only while the
+    /// bucket's parts are taken out of it and while their chunks' room is given back: the
+    /// bucket is read, opened, placed and grouped while other buckets are ([`RowSpill::read`]).
     pub(crate) fn take<const V: usize>(
         spill: &std::sync::Mutex<RowSpill>,
         b: usize,
