@@ -107,9 +107,10 @@ impl<K: Copy + PartialEq> Behind<K> {
 
 /// Asks the kernel to read `file`'s first `len` bytes into the page cache now, without
 /// waiting for them: a hint, whose refusal changes nothing (the reads then wait as before).
-/// Asked in steps, since the kernel reads at most its read-ahead window for each ask.
+/// Asked in steps of 128 KiB, since the kernel reads at most its read-ahead window or the
+/// device's largest request for each ask, whichever is larger (128 KiB and more).
 pub(crate) fn read_ahead(file: &File, len: u64) {
-    const STEP: u64 = 1 << 20;
+    const STEP: u64 = 128 << 10;
     let mut at = 0;
     while at < len {
         if will_need(file, at, STEP.min(len - at)).is_err() {

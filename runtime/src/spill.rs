@@ -68,6 +68,27 @@ pub(crate) struct SealedFiles {
 /// disk while one is opened and taken.
 const AHEAD: usize = 3;
 
+/// The most of a file asked of the disk ahead: a bucket of one subject's many rows (up to the
+/// job's disk limit) is not pulled into the page cache whole before it is read (its reading
+/// reserves it first, and fails the job when it is too large); the kernel's own read-ahead
+/// follows the rest as it is read.
+const AHEAD_BYTES: u64 = 32 << 20;
+
+/// Files to ask of the disk ahead of their reading ([`SealedFiles::take`]): asked by
+/// [`Ahead::ask`], by a thread that holds no lock (asking allocates page-cache pages and may
+/// wait for the disk's queue).
+#[derive(Default)]
+pub(crate) struct Ahead(Vec<(File, u64)>);
+
+impl Ahead {
+    /// Asks for the files' first bytes (at most [`AHEAD_BYTES`] of each). Advice only.
+    pub(crate) fn ask(self) {
+        for (file, len) in self.0 {
+            crate::behind::read_ahead(&file, len.min(AHEAD_BYTES));
+        }
+    }
+}
+
 impl SealedFiles {
     /// Files under `root` for a job of `budget` bytes of memory.
     pub(crate) fn new(root: &Path, budget: usize) -> Result<SealedFiles> {
@@ -190,7 +211,9 @@ impl SealedFiles {
         reservation: &MemoryReservation,
         each: impl FnMut(&[u8]) -> Result<()>,
     ) -> Result<()> {
-        match self.take(b) {
+        let (bucket, ahead) = self.take(b);
+        ahead.ask();
+        match bucket {
             Some(bucket) => bucket.read(reservation, each),
             None => Ok(()),
         }
@@ -198,27 +221,30 @@ impl SealedFiles {
 
     /// Bucket `b`'s file, taken out to be read (by [`SealedBucket::read`], on any thread,
     /// while these files are written or other buckets read), and nothing of it kept here;
-    /// `None` when nothing was written to it. The files of the next buckets are asked of the
-    /// disk now, to be in memory when they are read.
-    pub(crate) fn take(&mut self, b: usize) -> Option<SealedBucket> {
+    /// `None` when nothing was written to it. With it, the next buckets' files not asked for
+    /// before, to ask of the disk now ([`Ahead::ask`]) so that they are in memory when read.
+    pub(crate) fn take(&mut self, b: usize) -> (Option<SealedBucket>, Ahead) {
+        let mut ahead = Ahead::default();
         for next in b..(b + 1 + AHEAD).min(BUCKETS) {
             if let Some(file) = &self.files[next]
                 && !std::mem::replace(&mut self.asked[next], true)
+                // A handle of its own (the same open file): none, no advice.
+                && let Ok(file) = file.try_clone()
             {
-                crate::behind::read_ahead(file, self.ends[next]);
+                ahead.0.push((file, self.ends[next]));
             }
         }
         let frames = std::mem::take(&mut self.frames[b]);
         self.behind.forget(b);
         self.ends[b] = 0;
-        let file = self.files[b].take()?;
-        Some(SealedBucket {
+        let bucket = self.files[b].take().map(|file| SealedBucket {
             b,
             file,
             frames,
             cipher: Arc::clone(&self.cipher),
             path: self.dir.join(format!("{b:03}.sealed")),
-        })
+        });
+        (bucket, ahead)
     }
 }
 
@@ -236,7 +262,7 @@ impl SealedBucket {
     /// Opens every frame in order, each reserved in `reservation` before it is read (so an
     /// oversized bucket, one subject's many rows, fails the job, not the host), and gives
     /// each to `each`; the file is checked whole (every frame there, in order, unaltered)
-    /// and removed.
+    /// and removed (a file whose reading fails is removed with its job's directory).
     pub(crate) fn read(
         self,
         reservation: &MemoryReservation,
@@ -860,7 +886,7 @@ mod tests {
         let readers: Vec<_> = [1, 2]
             .into_iter()
             .map(|b| {
-                let bucket = files.take(b).expect("bucket written");
+                let bucket = files.take(b).0.expect("bucket written");
                 let reservation = MemoryConsumer::new("reader").register(&pool);
                 std::thread::spawn(move || {
                     let mut got = Vec::new();
@@ -889,7 +915,7 @@ mod tests {
             assert_eq!(got, (0..3).map(|r| frame(b, r)).collect::<Vec<_>>());
         }
         // A bucket is taken once, and every file read is gone.
-        assert!(files.take(1).is_none());
+        assert!(files.take(1).0.is_none());
         assert!(files_under(root.path()).is_empty());
     }
 

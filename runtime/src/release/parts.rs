@@ -871,6 +871,14 @@ impl RowSpill {
                 .map(|(lane, map)| lane.take_bucket(b, map))
                 .collect::<Vec<_>>()
         };
+        // The next buckets' files are asked of the disk with the spill let go.
+        let parts: Vec<LaneBucket> = parts
+            .into_iter()
+            .map(|(part, ahead)| {
+                ahead.ask();
+                part
+            })
+            .collect();
         let size = std::mem::size_of::<Row<V>>();
         // The bucket's rows, counted as they were added: reserved once, made in room of
         // that size.
@@ -1098,18 +1106,25 @@ impl Lane {
     }
 
     /// Takes its part of bucket `b` out, to be read (the room of its chunks stays reserved
-    /// until [`LaneBucket::read_into`] has read them).
-    fn take_bucket(&mut self, b: usize, map: &std::sync::Arc<[u32]>) -> LaneBucket {
+    /// until [`LaneBucket::read_into`] has read them), with the next buckets' files to ask of
+    /// the disk.
+    fn take_bucket(
+        &mut self,
+        b: usize,
+        map: &std::sync::Arc<[u32]>,
+    ) -> (LaneBucket, crate::spill::Ahead) {
         // Nothing more is written: the chunks kept to fill again are given back.
         let chunks = &mut self.chunks;
         chunks.made -= chunks.free.len();
         chunks.free = Vec::new();
-        LaneBucket {
-            sealed: chunks.files.take(b),
+        let (sealed, ahead) = chunks.files.take(b);
+        let part = LaneBucket {
+            sealed,
             held: std::mem::take(&mut chunks.buckets[b]),
             map: std::sync::Arc::clone(map),
             count: self.seqs[b] as usize,
-        }
+        };
+        (part, ahead)
     }
 }
 
