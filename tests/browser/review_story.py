@@ -134,9 +134,13 @@ def outsider(driver):
     expect(lambda: "Gate report" not in driver.page_source, "another org's export is not shown", driver)
     expect(lambda: "not found" in driver.page_source.lower(), "another org's export is not found", driver)
     driver.find_element(By.LINK_TEXT, "Back to the console").click()
+    # Each click waits for the page it leads to: a button found on the page being left is
+    # clicked there, and the click is lost with it.
+    expect(lambda: driver.current_url.endswith("/console"), "back at the console", driver)
     driver.find_element(By.XPATH, "//button[starts-with(., 'Sign out')]").click()
-    driver.get(url + "/console")
     expect(lambda: driver.current_url.endswith("/console/sign-in"), "signed out", driver)
+    driver.get(url + "/console")
+    expect(lambda: driver.current_url.endswith("/console/sign-in"), "still signed out", driver)
 
 
 STEPS = {
