@@ -83,7 +83,7 @@ impl<K: Copy + PartialEq> Behind<K> {
                 // Whatever error it reports is the disk's: the range may not be there.
                 sync_range(file, offset, len, WAIT)?;
                 // Dropping reports no error of the disk (a refusal only stops the advice).
-                if drop_range(file, offset, len).is_err() {
+                if advise(file, offset, len, DONTNEED).is_err() {
                     self.off = true;
                     self.pending.clear();
                     self.bytes = 0;
@@ -113,7 +113,7 @@ pub(crate) fn read_ahead(file: &File, len: u64) {
     const STEP: u64 = 128 << 10;
     let mut at = 0;
     while at < len {
-        if will_need(file, at, STEP.min(len - at)).is_err() {
+        if advise(file, at, STEP.min(len - at), WILLNEED).is_err() {
             return;
         }
         at += STEP;
@@ -150,26 +150,18 @@ fn sync_range(file: &File, offset: u64, len: u64, flags: libc::c_uint) -> std::i
 }
 
 #[cfg(target_os = "linux")]
-fn drop_range(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+const DONTNEED: libc::c_int = libc::POSIX_FADV_DONTNEED;
+#[cfg(target_os = "linux")]
+const WILLNEED: libc::c_int = libc::POSIX_FADV_WILLNEED;
+
+/// Advice about a range of `file`'s pages (`posix_fadvise`): drop them, or read them now.
+#[cfg(target_os = "linux")]
+fn advise(file: &File, offset: u64, len: u64, advice: libc::c_int) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let (offset, len): (libc::off_t, libc::off_t) = as_offsets(offset, len)?;
     // SAFETY: posix_fadvise reads no memory of ours; the descriptor is open while `file` is
     // borrowed. It answers its error, not -1.
-    let rc =
-        unsafe { libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_DONTNEED) };
-    if rc != 0 {
-        return Err(std::io::Error::from_raw_os_error(rc));
-    }
-    Ok(())
-}
-
-#[cfg(target_os = "linux")]
-fn will_need(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let (offset, len): (libc::off_t, libc::off_t) = as_offsets(offset, len)?;
-    // SAFETY: as in `drop_range`.
-    let rc =
-        unsafe { libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_WILLNEED) };
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), offset, len, advice) };
     if rc != 0 {
         return Err(std::io::Error::from_raw_os_error(rc));
     }
@@ -196,12 +188,12 @@ fn sync_range(_: &File, _: u64, _: u64, _: u32) -> std::io::Result<()> {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn will_need(_: &File, _: u64, _: u64) -> std::io::Result<()> {
-    Err(std::io::Error::from_raw_os_error(libc::ENOSYS))
-}
+const DONTNEED: i32 = 0;
+#[cfg(not(target_os = "linux"))]
+const WILLNEED: i32 = 0;
 
 #[cfg(not(target_os = "linux"))]
-fn drop_range(_: &File, _: u64, _: u64) -> std::io::Result<()> {
+fn advise(_: &File, _: u64, _: u64, _: i32) -> std::io::Result<()> {
     Err(std::io::Error::from_raw_os_error(libc::ENOSYS))
 }
 

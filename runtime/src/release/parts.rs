@@ -849,7 +849,7 @@ impl RowSpill {
         };
         // Where each slice starts and ends, by the rows counted in each as they were added.
         let (mut next, mut ends) = ([0usize; SLICES], [0usize; SLICES]);
-        let parts = {
+        let (parts, aheads) = {
             let mut spill = lock()?;
             if V != spill.values() {
                 return Err(Error::Internal("gate columns: the sums miscounted".into()));
@@ -869,16 +869,10 @@ impl RowSpill {
                 .iter_mut()
                 .zip(maps.iter())
                 .map(|(lane, map)| lane.take_bucket(b, map))
-                .collect::<Vec<_>>()
+                .unzip::<_, _, Vec<LaneBucket>, Vec<crate::spill::Ahead>>()
         };
         // The next buckets' files are asked of the disk with the spill let go.
-        let parts: Vec<LaneBucket> = parts
-            .into_iter()
-            .map(|(part, ahead)| {
-                ahead.ask();
-                part
-            })
-            .collect();
+        aheads.into_iter().for_each(crate::spill::Ahead::ask);
         let size = std::mem::size_of::<Row<V>>();
         // The bucket's rows, counted as they were added: reserved once, made in room of
         // that size.
