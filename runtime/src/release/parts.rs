@@ -296,10 +296,36 @@ struct Row<const V: usize> {
 }
 
 /// A row as the spill keeps it: [`HEAD`] words (its cell with the parts that count it above
-/// it, `who`, `check`, `identity`, `element`), then its values. Its place is not kept: the
+/// it; `who`; the top [`CHECK_BITS`] of `check` above its element's table (eight bits) and
+/// measures (32 bits); `identity`), then its values. Its place is not kept: the
 /// rows of a bucket come back in the order they were added (each sealed frame is checked in
 /// its place and the bucket's rows counted), and are numbered as they are read.
-const HEAD: usize = 5;
+const HEAD: usize = 4;
+
+/// The bits of a subject's second hash the spill keeps: a subject is told apart from another
+/// by 64 + 24 bits of keyed hashes (two of a job's subjects collide in both with a chance of
+/// about n^2 / 2^89: below 10^-12 for 25 million subjects; two that do are counted as one,
+/// which only lowers a cell's subjects and raises a subject's share).
+const CHECK_BITS: u32 = 24;
+/// The word's bits below the check: an element's table (eight bits) above its measures.
+const CHECK_MASK: u64 = !((1u64 << (64 - CHECK_BITS)) - 1);
+/// The most tables a row's element may name in the spill's records.
+const MAX_TABLE: u64 = 0xff;
+
+/// The element and check's word of a record: `check`'s top bits, the element's table and
+/// measures (`element` as [`super::element`] gives it, its table at most [`MAX_TABLE`]).
+fn element_word(check: u64, element: Option<(u64, u64, u64)>) -> Result<u64> {
+    let mut w = check & CHECK_MASK;
+    if let Some((table, _, adds)) = element {
+        if table > MAX_TABLE || adds >> 32 != 0 {
+            return Err(Error::Internal(
+                "the gate's rows: a row's element names too many tables".into(),
+            ));
+        }
+        w |= table << 32 | adds;
+    }
+    Ok(w)
+}
 
 impl<const V: usize> Row<V> {
     fn order(&self) -> (u32, u64, u64, u32) {
@@ -313,9 +339,13 @@ impl<const V: usize> Row<V> {
             cell: w[0] as u32,
             seq: 0,
             who: w[1],
-            check: w[2],
+            check: w[2] & CHECK_MASK,
             identity: w[3],
-            element: w[4],
+            // No element unless it adds to a measure.
+            element: match w[2] & 0xffff_ffff {
+                0 => 0,
+                adds => (w[2] >> 32 & MAX_TABLE) << TABLE_SHIFT | adds,
+            },
             counted: w[0] >> 32,
             values,
         }
@@ -513,11 +543,17 @@ impl Builder {
                 w[2] = named(check, who);
                 w[0] |= every << 32;
             }
-            if let Some(e) = batch.elements.as_ref() {
-                for (w, r) in block.chunks_exact_mut(width).zip(rows.clone()) {
-                    if let Some((table, identity, adds)) = super::element(e, r) {
-                        w[3] = identity;
-                        w[4] = table << TABLE_SHIFT | adds;
+            match batch.elements.as_ref() {
+                Some(e) => {
+                    for (w, r) in block.chunks_exact_mut(width).zip(rows.clone()) {
+                        let element = super::element(e, r);
+                        w[2] = element_word(w[2], element)?;
+                        w[3] = element.map_or(0, |(_, identity, _)| identity);
+                    }
+                }
+                None => {
+                    for w in block.chunks_exact_mut(width) {
+                        w[2] &= CHECK_MASK;
                     }
                 }
             }
@@ -1709,5 +1745,55 @@ mod slices {
         group_slice(&mut one, &mut Grouping::default()).unwrap();
         assert_eq!(one[0].identity, 2);
         group_slice::<1>(&mut [], &mut Grouping::default()).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod records {
+    use super::*;
+
+    fn record(check: u64, element: Option<(u64, u64, u64)>) -> Row<1> {
+        let word = element_word(check, element).unwrap();
+        let identity = element.map_or(0, |(_, identity, _)| identity);
+        Row::from_words(&[7 | 3 << 32, 11, word, identity, 42])
+    }
+
+    #[test]
+    fn a_record_keeps_its_rows_element_and_the_top_of_its_subjects_check() {
+        let check = 0xdead_beef_0123_4567;
+        let row = record(check, Some((5, 0x1234_5678_9abc_def0, 0x8000_0001)));
+        assert_eq!(row.cell, 7);
+        assert_eq!(row.counted, 3);
+        assert_eq!(row.who, 11);
+        assert_eq!(row.check, check & CHECK_MASK);
+        assert_eq!(row.identity, 0x1234_5678_9abc_def0);
+        assert_eq!(row.element, 5 << TABLE_SHIFT | 0x8000_0001);
+        assert_eq!(row.values, [42]);
+        // The bucket (the check's top byte) is the one the record was made for.
+        assert_eq!(row.check >> 56, check >> 56);
+    }
+
+    #[test]
+    fn a_record_without_an_element_reads_back_without_one() {
+        let row = record(u64::MAX, None);
+        assert_eq!(row.element, 0);
+        assert_eq!(row.identity, 0);
+        assert_eq!(row.check, CHECK_MASK);
+    }
+
+    #[test]
+    fn subjects_apart_in_their_checks_top_bits_stay_apart() {
+        let a = record(1 << 63, None);
+        let b = record(1 << (64 - CHECK_BITS), None);
+        assert_ne!(a.check, b.check);
+        assert_ne!(a.check, 0);
+    }
+
+    #[test]
+    fn an_element_of_a_table_beyond_the_records_room_is_refused() {
+        let refused = element_word(0, Some((MAX_TABLE + 1, 1, 1))).unwrap_err();
+        assert!(refused.to_string().contains("too many tables"));
+        assert!(element_word(0, Some((MAX_TABLE, 1, 1))).is_ok());
+        assert!(element_word(0, Some((0, 1, 1 << 32))).is_err());
     }
 }
