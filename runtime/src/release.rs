@@ -44,6 +44,9 @@ pub(crate) use parts::{Builder, Lane, Room, RowSpill, Share};
 const MAX_MEASURES: usize = 32;
 /// A row element's mask keeps its table above this bit (the measures below it).
 const TABLE_SHIFT: u32 = 48;
+/// The most tables a release's rows may be read from (the tally's records keep a row's table
+/// in eight bits): a query that reads more is refused before it runs.
+const MAX_TABLES: usize = 256;
 /// The unit of a row whose entity key is NULL: all such rows are one subject.
 const NULL_KEY: &str = "\u{0}null";
 
@@ -954,6 +957,11 @@ impl Walk<'_> {
             return refuse(format!(
                 "a release has at most {} counts and sums",
                 MAX_MEASURES - 1
+            ));
+        }
+        if units.iter().any(|u| u.table >= MAX_TABLES) {
+            return refuse(format!(
+                "a release reads rows of at most {MAX_TABLES} tables"
             ));
         }
         let element =

@@ -7,8 +7,9 @@
 //! (`Contributions::over`): the same counts, the same sums of doubles but for rounding (each
 //! subject's values added in the rows' own order, which the engine's partial aggregation need
 //! not keep), and the same counts of distinct values. Two subjects are told apart by
-//! two 64-bit keyed hashes of their keys (the gate memory's name, and a second under a key drawn
-//! for the job): they are taken for one only if both collide; two values of a distinct count, by
+//! two keyed hashes of their keys (the gate memory's 64-bit name, and the top [`CHECK_BITS`] of
+//! a second under a key drawn for the job): they are taken for one only if both collide; two
+//! values of a distinct count, by
 //! a 64-bit hash under a key of its own. A part it does not compute so (a source that is not a
 //! double, more than eight sums and distinct counts or 32 parts, a FILTER whose column is missing) leaves
 //! the job's groups to the engine.
@@ -17,7 +18,10 @@ use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
 use arrow::buffer::NullBuffer;
 use arrow::datatypes::{DataType, Float64Type, Schema};
 
-use super::{Adder, Cell, Contributions, PartExpr, TABLE_SHIFT, Tally, arrow_error, unaliased};
+use super::{
+    Adder, Cell, Contributions, MAX_MEASURES, MAX_TABLES, PartExpr, TABLE_SHIFT, Tally,
+    arrow_error, unaliased,
+};
 use datafusion::execution::memory_pool::MemoryReservation;
 use datafusion::logical_expr::Expr;
 
@@ -304,13 +308,16 @@ const HEAD: usize = 4;
 
 /// The bits of a subject's second hash the spill keeps: a subject is told apart from another
 /// by 64 + 24 bits of keyed hashes (two of a job's subjects collide in both with a chance of
-/// about n^2 / 2^89: below 10^-12 for 25 million subjects; two that do are counted as one,
-/// which only lowers a cell's subjects and raises a subject's share).
+/// about n^2 / 2^89: about 10^-12 for 25 million subjects; forcing it needs both keys). Two
+/// that do are taken for one (SECURITY.md says what that costs).
 const CHECK_BITS: u32 = 24;
-/// The word's bits below the check: an element's table (eight bits) above its measures.
+/// The check's bits of its word (the top [`CHECK_BITS`]); below them, an element's table
+/// (eight bits) above its measures (32 bits).
 const CHECK_MASK: u64 = !((1u64 << (64 - CHECK_BITS)) - 1);
-/// The most tables a row's element may name in the spill's records.
-const MAX_TABLE: u64 = 0xff;
+/// The highest table a row's element may name in the spill's records.
+const MAX_TABLE: u64 = MAX_TABLES as u64 - 1;
+// The check, the table and the measures never share a bit.
+const _: () = assert!(CHECK_BITS + 8 + 32 <= 64 && MAX_TABLES <= 1 << 8 && MAX_MEASURES <= 32,);
 
 /// The element and check's word of a record: `check`'s top bits, the element's table and
 /// measures (`element` as [`super::element`] gives it, its table at most [`MAX_TABLE`]).
@@ -318,8 +325,10 @@ fn element_word(check: u64, element: Option<(u64, u64, u64)>) -> Result<u64> {
     let mut w = check & CHECK_MASK;
     if let Some((table, _, adds)) = element {
         if table > MAX_TABLE || adds >> 32 != 0 {
+            // Refused before the job runs (a release reads at most MAX_TABLES tables, and
+            // has at most MAX_MEASURES measures): never truncated to another's.
             return Err(Error::Internal(
-                "the gate's rows: a row's element names too many tables".into(),
+                "the gate's rows: an element beyond the records' room".into(),
             ));
         }
         w |= table << 32 | adds;
@@ -1769,8 +1778,20 @@ mod records {
         assert_eq!(row.identity, 0x1234_5678_9abc_def0);
         assert_eq!(row.element, 5 << TABLE_SHIFT | 0x8000_0001);
         assert_eq!(row.values, [42]);
-        // The bucket (the check's top byte) is the one the record was made for.
-        assert_eq!(row.check >> 56, check >> 56);
+        // The bucket (the word's top byte) is the one the record was made for.
+        let word = element_word(check, Some((5, 1, 0x8000_0001))).unwrap();
+        assert_eq!(word >> 56, check >> 56);
+    }
+
+    #[test]
+    fn a_record_at_every_bound_keeps_each_field_apart() {
+        let row = record(u64::MAX, Some((MAX_TABLE, u64::MAX, 0xffff_ffff)));
+        assert_eq!(row.check, CHECK_MASK);
+        assert_eq!(row.element, MAX_TABLE << TABLE_SHIFT | 0xffff_ffff);
+        assert_eq!(row.identity, u64::MAX);
+        let row = record(0, Some((0, 1, 1)));
+        assert_eq!(row.check, 0);
+        assert_eq!(row.element, 1);
     }
 
     #[test]
@@ -1785,14 +1806,16 @@ mod records {
     fn subjects_apart_in_their_checks_top_bits_stay_apart() {
         let a = record(1 << 63, None);
         let b = record(1 << (64 - CHECK_BITS), None);
-        assert_ne!(a.check, b.check);
-        assert_ne!(a.check, 0);
+        assert_eq!(a.check, 1 << 63);
+        assert_eq!(b.check, 1 << (64 - CHECK_BITS));
+        // Below the check's bits, subjects are not told apart by it.
+        assert_eq!(record(1 << (63 - CHECK_BITS), None).check, 0);
     }
 
     #[test]
     fn an_element_of_a_table_beyond_the_records_room_is_refused() {
         let refused = element_word(0, Some((MAX_TABLE + 1, 1, 1))).unwrap_err();
-        assert!(refused.to_string().contains("too many tables"));
+        assert!(refused.to_string().contains("beyond the records' room"));
         assert!(element_word(0, Some((MAX_TABLE, 1, 1))).is_ok());
         assert!(element_word(0, Some((0, 1, 1 << 32))).is_err());
     }
