@@ -9,8 +9,7 @@
 //! not keep), and the same counts of distinct values. Two subjects are told apart by
 //! two keyed hashes of their keys (the gate memory's 64-bit name, and the top [`CHECK_BITS`] of
 //! a second under a key drawn for the job): they are taken for one only if both collide; two
-//! values of a distinct count, by
-//! a 64-bit hash under a key of its own. A part it does not compute so (a source that is not a
+//! values of a distinct count, by a 64-bit hash under a key of its own. A part it does not compute so (a source that is not a
 //! double, more than eight sums and distinct counts or 32 parts, a FILTER whose column is missing) leaves
 //! the job's groups to the engine.
 
@@ -317,7 +316,7 @@ const CHECK_MASK: u64 = !((1u64 << (64 - CHECK_BITS)) - 1);
 /// The highest table a row's element may name in the spill's records.
 const MAX_TABLE: u64 = MAX_TABLES as u64 - 1;
 // The check, the table and the measures never share a bit.
-const _: () = assert!(CHECK_BITS + 8 + 32 <= 64 && MAX_TABLES <= 1 << 8 && MAX_MEASURES <= 32,);
+const _: () = assert!(CHECK_BITS + 8 + 32 <= 64 && MAX_TABLES <= 1 << 8 && MAX_MEASURES <= 32);
 
 /// The element and check's word of a record: `check`'s top bits, the element's table and
 /// measures (`element` as [`super::element`] gives it, its table at most [`MAX_TABLE`]).
@@ -549,21 +548,15 @@ impl Builder {
                 };
                 w[0] = u64::from(cells.number(keys.row(r).as_ref())?);
                 w[1] = named(name, who);
-                w[2] = named(check, who);
+                // Only the check's top bits are kept: the element's bits go below them.
+                w[2] = named(check, who) & CHECK_MASK;
                 w[0] |= every << 32;
             }
-            match batch.elements.as_ref() {
-                Some(e) => {
-                    for (w, r) in block.chunks_exact_mut(width).zip(rows.clone()) {
-                        let element = super::element(e, r);
-                        w[2] = element_word(w[2], element)?;
-                        w[3] = element.map_or(0, |(_, identity, _)| identity);
-                    }
-                }
-                None => {
-                    for w in block.chunks_exact_mut(width) {
-                        w[2] &= CHECK_MASK;
-                    }
+            if let Some(e) = batch.elements.as_ref() {
+                for (w, r) in block.chunks_exact_mut(width).zip(rows.clone()) {
+                    let element = super::element(e, r);
+                    w[2] = element_word(w[2], element)?;
+                    w[3] = element.map_or(0, |(_, identity, _)| identity);
                 }
             }
             for (p, mask) in &counts {
