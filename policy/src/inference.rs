@@ -1237,6 +1237,50 @@ mod tests {
     }
 
     #[test]
+    fn sets_made_in_place_are_the_varints_written_one_at_a_time() {
+        // Elements of every varint length, in sets short and long (the last ones made a
+        // varint at a time at the end of a buffer made to measure).
+        let mut next = 0x2545_f491_4f6c_dd1du64;
+        let mut spread = || {
+            next ^= next << 13;
+            next ^= next >> 7;
+            next ^= next << 17;
+            next >> (next % 64)
+        };
+        let rows: Vec<Vec<SubjectSet>> = (0..40usize)
+            .map(|r| {
+                (0..r % 3)
+                    .map(|s| {
+                        let mut v: Vec<Element> = (0..(r * 37 + s) % 500)
+                            .map(|_| (spread(), spread()))
+                            .collect();
+                        v.sort_unstable();
+                        // A set's rows are each in it once.
+                        v.dedup_by_key(|e| e.0);
+                        v.into()
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut expected = Vec::new();
+        put(&mut expected, rows.len() as u64);
+        for sets in &rows {
+            put(&mut expected, sets.len() as u64);
+            for set in sets {
+                put(&mut expected, set.len() as u64);
+                let mut last = 0;
+                for (row, subject) in set.iter() {
+                    put(&mut expected, row - last);
+                    put(&mut expected, *subject);
+                    last = *row;
+                }
+            }
+        }
+        assert_eq!(encode_sets(&rows), expected);
+        assert_eq!(decode_sets(&expected), Some(rows));
+    }
+
+    #[test]
     fn a_varint_s_counted_length_is_its_written_length() {
         for v in [
             0,
