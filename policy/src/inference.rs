@@ -1237,9 +1237,9 @@ mod tests {
     }
 
     #[test]
-    fn sets_made_in_place_are_the_varints_written_one_at_a_time() {
-        // Elements of every varint length, in sets short and long (the last ones made a
-        // varint at a time at the end of a buffer made to measure).
+    fn sets_are_written_as_counts_row_gaps_and_subjects_each_a_varint() {
+        // The format as `encode_sets` documents it, restated: elements of every varint
+        // length, in sets empty, short and long, ending a buffer made to measure.
         let mut next = 0x2545_f491_4f6c_dd1du64;
         let mut spread = || {
             next ^= next << 13;
