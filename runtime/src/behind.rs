@@ -1,7 +1,10 @@
 //! Files written once, in a stream, and read later (the gate's spill, a job's sets of
-//! subjects) are written out behind their writer: each range written is handed to the disk at
-//! once, and once it and the ranges after it pass 8 MiB, waited for and dropped from the page
-//! cache. The cache then holds a few megabytes of each such file, used again and again,
+//! subjects) are written out behind their writer: the whole pages of each range written are
+//! handed to the disk at once, and once they and the ranges after them pass 8 MiB, waited for
+//! and dropped from the page cache. A page the writer is still filling (the last of a range
+//! that ends within one) is handed with the range that fills it: a write to a page under
+//! writeback waits for the disk, so a stream of ranges of odd lengths would wait for the disk
+//! at every range. The cache then holds a few megabytes of each such file, used again and again,
 //! instead of all of it in pages the kernel must find fresh: on this project's machines a
 //! fresh page cost several times a reused one (BENCHMARKS.md (ad)), and gigabytes of a job's
 //! spill would otherwise push out what other jobs read. What is dropped is read back from the
@@ -49,9 +52,12 @@ impl<K: Copy + PartialEq> Default for Behind<K> {
 }
 
 impl<K: Copy + PartialEq> Behind<K> {
-    /// `len` bytes were written at `offset` of `file` (named `key`): starts writing them
-    /// out, then waits for and drops the oldest ranges until the window holds them;
-    /// `open(key)` is a range's file, `None` once it is gone (its range is then forgotten).
+    /// `len` bytes were written at `offset` of `file` (named `key`), which is written in
+    /// order (each range where the one before it ended): starts writing out the pages they
+    /// fill (from the one `offset` is in, which the range before it began, to the last one
+    /// they fill whole), then waits for and drops the oldest ranges until the window holds
+    /// them; `open(key)` is a range's file, `None` once it is gone (its range is then
+    /// forgotten).
     pub(crate) fn wrote<'f>(
         &mut self,
         key: K,
@@ -60,6 +66,7 @@ impl<K: Copy + PartialEq> Behind<K> {
         len: u64,
         open: impl Fn(K) -> Option<&'f File>,
     ) -> Result<()> {
+        let (offset, len) = whole_pages(offset, len);
         if self.off || len == 0 {
             return Ok(());
         }
@@ -103,6 +110,19 @@ impl<K: Copy + PartialEq> Behind<K> {
             *k != key
         });
     }
+}
+
+/// The size of a page of the page cache, or a multiple of it: pages are written out whole.
+const PAGE: u64 = 4096;
+
+/// The pages a range of `len` bytes at `offset` fills, of a file written in order: from the
+/// page `offset` is in (begun by the range before, if not by this one) to the last page the
+/// range fills to its end; none when it ends on the page it begins on.
+fn whole_pages(offset: u64, len: u64) -> (u64, u64) {
+    let start = offset - offset % PAGE;
+    let end = offset.saturating_add(len);
+    let end = end - end % PAGE;
+    (start, end.saturating_sub(start))
 }
 
 /// Asks the kernel to read `file`'s first `len` bytes into the page cache now, without
@@ -213,6 +233,36 @@ mod tests {
     }
 
     #[test]
+    fn the_pages_handed_to_the_disk_are_whole_and_the_page_being_filled_waits_for_its_end() {
+        // Ranges of odd lengths, written one after another.
+        assert_eq!(whole_pages(0, 5000), (0, 4096));
+        assert_eq!(whole_pages(5000, 5000), (4096, 4096));
+        assert_eq!(whole_pages(10000, 5000), (8192, 4096));
+        // A range within one page hands nothing; the range that fills it hands the page.
+        assert_eq!(whole_pages(12288 + 10, 100), (12288, 0));
+        assert_eq!(whole_pages(12288 + 110, 4096), (12288, 4096));
+        // A range that ends on a page's end hands every page it touches.
+        assert_eq!(whole_pages(100, 8092), (0, 8192));
+        // Over a stream of ranges, every page but the last, unfilled one is handed once.
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let (mut at, mut handed) = (0u64, 0u64);
+        for _ in 0..1000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let len = 1 + x % (300 << 10);
+            let (start, n) = whole_pages(at, len);
+            if n > 0 {
+                assert_eq!(start, handed, "a page handed twice, or one skipped");
+                assert_eq!((start % PAGE, n % PAGE), (0, 0));
+                handed = start + n;
+            }
+            at += len;
+        }
+        assert_eq!(handed, at - at % PAGE);
+    }
+
+    #[test]
     fn files_written_behind_read_back_what_was_written() {
         let dir = tempfile::tempdir().unwrap();
         let files: Vec<File> = (0..3)
@@ -253,7 +303,7 @@ mod tests {
             behind.bytes,
             behind.pending.iter().map(|(.., len)| len).sum::<u64>()
         );
-        assert!(behind.bytes <= WINDOW + (200 << 10));
+        assert!(behind.bytes <= WINDOW + (200 << 10) + PAGE);
         for (mut file, expected) in files.iter().zip(&expected) {
             file.rewind().unwrap();
             let mut read = Vec::new();
