@@ -61,6 +61,74 @@ pub(crate) struct SealedFiles {
     behind: crate::behind::Behind<usize>,
     /// Each bucket's file was asked of the disk ahead of its read.
     asked: Vec<bool>,
+    /// Removes the files read, behind their readers (shared with the buckets taken out).
+    remover: Arc<Remover>,
+}
+
+/// Removes the bucket files read, on a thread of its own (made when first asked): on a file
+/// system that discards freed blocks as it frees them (ext4 mounted with `discard`), removing
+/// a file waits for the disk, which would stall the tally's readers at every bucket. Only
+/// when files are removed changes: a file is removed once read, a little later; the files'
+/// directory is removed when its [`SealedFiles`] is dropped, after every file asked for
+/// (whether read or not). Where no thread can be made, a file is removed by its reader.
+#[derive(Default)]
+struct Remover {
+    /// To the thread, while it runs; with its handle.
+    queue: std::sync::Mutex<Option<RemoverThread>>,
+}
+
+struct RemoverThread {
+    files: std::sync::mpsc::Sender<(File, PathBuf)>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Remover {
+    /// Removes `path` (whose open file is `file`) soon.
+    fn remove(&self, file: File, path: PathBuf) {
+        let Ok(mut queue) = self.queue.lock() else {
+            return remove_now(file, &path);
+        };
+        if queue.is_none() {
+            let (tx, rx) = std::sync::mpsc::channel::<(File, PathBuf)>();
+            let spawned = std::thread::Builder::new()
+                .name("tidegate-spill-rm".into())
+                .spawn(move || {
+                    for (file, path) in rx {
+                        remove_now(file, &path);
+                    }
+                });
+            match spawned {
+                Ok(thread) => {
+                    *queue = Some(RemoverThread { files: tx, thread });
+                }
+                Err(_) => return remove_now(file, &path),
+            }
+        }
+        if let Some(q) = queue.as_ref()
+            && let Err(std::sync::mpsc::SendError((file, path))) = q.files.send((file, path))
+        {
+            remove_now(file, &path);
+        }
+    }
+
+    /// Waits until every file asked for is removed (a file asked for later starts a thread
+    /// again).
+    fn wait(&self) {
+        let running = match self.queue.lock() {
+            Ok(mut queue) => queue.take(),
+            Err(_) => None,
+        };
+        if let Some(RemoverThread { files, thread }) = running {
+            drop(files);
+            let _ = thread.join();
+        }
+    }
+}
+
+fn remove_now(file: File, path: &Path) {
+    let _ = fs::remove_file(path);
+    // The file's blocks are freed (and discarded) when it is closed, here.
+    drop(file);
 }
 
 /// Buckets whose files are asked of the disk ahead of a read: the buckets are read in
@@ -129,6 +197,7 @@ impl SealedFiles {
             ends: vec![0; BUCKETS],
             behind: Default::default(),
             asked: vec![false; BUCKETS],
+            remover: Default::default(),
         })
     }
 
@@ -243,8 +312,15 @@ impl SealedFiles {
             frames,
             cipher: Arc::clone(&self.cipher),
             path: self.dir.join(format!("{b:03}.sealed")),
+            remover: Arc::clone(&self.remover),
         });
         (bucket, ahead)
+    }
+
+    /// Waits until every file read is removed.
+    #[cfg(test)]
+    pub(crate) fn removed(&self) {
+        self.remover.wait();
     }
 }
 
@@ -256,13 +332,15 @@ pub(crate) struct SealedBucket {
     frames: Vec<u64>,
     cipher: Arc<LessSafeKey>,
     path: PathBuf,
+    remover: Arc<Remover>,
 }
 
 impl SealedBucket {
     /// Opens every frame in order, each reserved in `reservation` before it is read (so an
     /// oversized bucket, one subject's many rows, fails the job, not the host), and gives
     /// each to `each`; the file is checked whole (every frame there, in order, unaltered)
-    /// and removed (a file whose reading fails is removed with its job's directory).
+    /// and removed, behind the reader (a file whose reading fails is removed with its job's
+    /// directory).
     pub(crate) fn read(
         self,
         reservation: &MemoryReservation,
@@ -274,6 +352,7 @@ impl SealedBucket {
             frames,
             cipher,
             path,
+            remover,
         } = self;
         let mut reader = std::io::BufReader::new(file);
         std::io::Seek::rewind(&mut reader)?;
@@ -315,13 +394,15 @@ impl SealedBucket {
         if reader.read(&mut [0u8; 1])? != 0 {
             return Err(damaged());
         }
-        let _ = fs::remove_file(path);
+        remover.remove(reader.into_inner(), path);
         Ok(())
     }
 }
 
 impl Drop for SealedFiles {
     fn drop(&mut self) {
+        // The files read are removed first: none is removed after its directory.
+        self.remover.wait();
         if self.created {
             self.files.clear();
             let _ = fs::remove_dir_all(&self.dir);
@@ -914,8 +995,9 @@ mod tests {
             let (b, got) = reader.join().unwrap().unwrap();
             assert_eq!(got, (0..3).map(|r| frame(b, r)).collect::<Vec<_>>());
         }
-        // A bucket is taken once, and every file read is gone.
+        // A bucket is taken once, and every file read is gone (behind its reader).
         assert!(files.take(1).0.is_none());
+        files.removed();
         assert!(files_under(root.path()).is_empty());
     }
 
