@@ -8,9 +8,10 @@
 //! instead of all of it in pages the kernel must find fresh: on this project's machines a
 //! fresh page cost several times a reused one (BENCHMARKS.md (ad)), and gigabytes of a job's
 //! spill would otherwise push out what other jobs read. What is dropped is read back from the
-//! disk. While the advice is on, every range is handed to the disk as it is written, even of
-//! a file removed soon after (which the kernel might never have written out): the files
-//! written so hold ciphertext only.
+//! disk. While the advice is on, the whole pages of every range are handed to the disk as it
+//! is written (a file's last page, never filled, is written out by the kernel or the writer's
+//! final `fsync`), even of a file removed soon after (which the kernel might never have
+//! written out): the files written so hold ciphertext only.
 //!
 //! This is advice, never a change of what a file holds: dropping never discards a page not yet
 //! written. Off Linux, or where the kernel refuses the first range (a call it does not have,
@@ -112,16 +113,36 @@ impl<K: Copy + PartialEq> Behind<K> {
     }
 }
 
-/// The size of a page of the page cache, or a multiple of it: pages are written out whole.
-const PAGE: u64 = 4096;
+/// The size of a page of the page cache (the processor's page, 4 KiB on x86-64), read once:
+/// pages are written out whole. Where the file system caches files in larger folios (ext4
+/// and XFS may), the last folio of a range may still be handed to the disk unfilled: that
+/// costs a wait, never a byte.
+fn page() -> u64 {
+    static PAGE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *PAGE.get_or_init(|| {
+        #[cfg(unix)]
+        {
+            // SAFETY: sysconf reads no memory of ours.
+            let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+            if size > 0 && (size as u64).is_power_of_two() {
+                return size as u64;
+            }
+        }
+        4096
+    })
+}
 
 /// The pages a range of `len` bytes at `offset` fills, of a file written in order: from the
 /// page `offset` is in (begun by the range before, if not by this one) to the last page the
 /// range fills to its end; none when it ends on the page it begins on.
 fn whole_pages(offset: u64, len: u64) -> (u64, u64) {
-    let start = offset - offset % PAGE;
+    whole_pages_of(page(), offset, len)
+}
+
+fn whole_pages_of(page: u64, offset: u64, len: u64) -> (u64, u64) {
+    let start = offset - offset % page;
     let end = offset.saturating_add(len);
-    let end = end - end % PAGE;
+    let end = end - end % page;
     (start, end.saturating_sub(start))
 }
 
@@ -227,39 +248,43 @@ mod tests {
         // Not a regular file: the first range is refused, and no advice is given again.
         let null = File::options().write(true).open("/dev/null").unwrap();
         let mut behind = Behind::<()>::default();
-        behind.wrote((), &null, 0, 4096, |_| Some(&null)).unwrap();
+        behind.wrote((), &null, 0, page(), |_| Some(&null)).unwrap();
         assert!(behind.off || cfg!(not(target_os = "linux")));
         assert!(behind.pending.is_empty() && behind.bytes == 0);
     }
 
     #[test]
     fn the_pages_handed_to_the_disk_are_whole_and_the_page_being_filled_waits_for_its_end() {
-        // Ranges of odd lengths, written one after another.
-        assert_eq!(whole_pages(0, 5000), (0, 4096));
-        assert_eq!(whole_pages(5000, 5000), (4096, 4096));
-        assert_eq!(whole_pages(10000, 5000), (8192, 4096));
+        // Ranges of odd lengths, written one after another (pages of 4 KiB).
+        let pages = |offset, len| whole_pages_of(4096, offset, len);
+        assert_eq!(pages(0, 5000), (0, 4096));
+        assert_eq!(pages(5000, 5000), (4096, 4096));
+        assert_eq!(pages(10000, 5000), (8192, 4096));
         // A range within one page hands nothing; the range that fills it hands the page.
-        assert_eq!(whole_pages(12288 + 10, 100), (12288, 0));
-        assert_eq!(whole_pages(12288 + 110, 4096), (12288, 4096));
+        assert_eq!(pages(12288 + 10, 100), (12288, 0));
+        assert_eq!(pages(12288 + 110, 4096), (12288, 4096));
         // A range that ends on a page's end hands every page it touches.
-        assert_eq!(whole_pages(100, 8092), (0, 8192));
-        // Over a stream of ranges, every page but the last, unfilled one is handed once.
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        let (mut at, mut handed) = (0u64, 0u64);
-        for _ in 0..1000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let len = 1 + x % (300 << 10);
-            let (start, n) = whole_pages(at, len);
-            if n > 0 {
-                assert_eq!(start, handed, "a page handed twice, or one skipped");
-                assert_eq!((start % PAGE, n % PAGE), (0, 0));
-                handed = start + n;
+        assert_eq!(pages(100, 8092), (0, 8192));
+        // Over a stream of ranges, every page but the last, unfilled one is handed once, for
+        // pages of this machine's size and larger ones.
+        for page in [page(), 16 << 10, 64 << 10] {
+            let mut x = 0x2545_f491_4f6c_dd1du64;
+            let (mut at, mut handed) = (0u64, 0u64);
+            for _ in 0..1000 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let len = 1 + x % (300 << 10);
+                let (start, n) = whole_pages_of(page, at, len);
+                if n > 0 {
+                    assert_eq!(start, handed, "a page handed twice, or one skipped");
+                    assert_eq!((start % page, n % page), (0, 0));
+                    handed = start + n;
+                }
+                at += len;
             }
-            at += len;
+            assert_eq!(handed, at - at % page);
         }
-        assert_eq!(handed, at - at % PAGE);
     }
 
     #[test]
@@ -303,7 +328,7 @@ mod tests {
             behind.bytes,
             behind.pending.iter().map(|(.., len)| len).sum::<u64>()
         );
-        assert!(behind.bytes <= WINDOW + (200 << 10) + PAGE);
+        assert!(behind.bytes <= WINDOW + (200 << 10) + page());
         for (mut file, expected) in files.iter().zip(&expected) {
             file.rewind().unwrap();
             let mut read = Vec::new();

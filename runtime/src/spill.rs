@@ -65,12 +65,13 @@ pub(crate) struct SealedFiles {
     remover: Arc<Remover>,
 }
 
-/// Removes the bucket files read, on a thread of its own (made when first asked): on a file
-/// system that discards freed blocks as it frees them (ext4 mounted with `discard`), removing
-/// a file waits for the disk, which would stall the tally's readers at every bucket. Only
-/// when files are removed changes: a file is removed once read, a little later; the files'
-/// directory is removed when its [`SealedFiles`] is dropped, after every file asked for
-/// (whether read or not). Where no thread can be made, a file is removed by its reader.
+/// Removes the bucket files read, on a thread of its own (made when first asked, one for a
+/// job's sibling files): on a file system that discards freed blocks as it frees them (ext4
+/// mounted with `discard`), removing a file waits for the disk, which would stall the
+/// tally's readers at every bucket. Only when files are removed changes: a file is removed
+/// once read, a little later; a files' directory is removed when its [`SealedFiles`] is
+/// dropped, after every file asked for before (and with every file not read). Where no
+/// thread can be made, a file is removed by its reader.
 #[derive(Default)]
 struct Remover {
     /// To the thread, while it runs; with its handle.
@@ -104,10 +105,13 @@ impl Remover {
                 Err(_) => return remove_now(file, &path),
             }
         }
-        if let Some(q) = queue.as_ref()
-            && let Err(std::sync::mpsc::SendError((file, path))) = q.files.send((file, path))
-        {
-            remove_now(file, &path);
+        match queue.as_ref() {
+            Some(q) => {
+                if let Err(std::sync::mpsc::SendError((file, path))) = q.files.send((file, path)) {
+                    remove_now(file, &path);
+                }
+            }
+            None => remove_now(file, &path),
         }
     }
 
@@ -164,14 +168,17 @@ impl SealedFiles {
     }
 
     /// Files of the same job in a directory of their own, under a key of their own, whose
-    /// writes count toward the same limit.
+    /// writes count toward the same limit, and whose files read are removed by the same
+    /// thread.
     pub(crate) fn sibling(&self) -> Result<SealedFiles> {
         let root = self.dir.parent().unwrap_or(&self.dir);
-        SealedFiles::counted(
+        let mut sibling = SealedFiles::counted(
             root,
             self.max_written,
             std::sync::Arc::clone(&self.all_written),
-        )
+        )?;
+        sibling.remover = Arc::clone(&self.remover);
+        Ok(sibling)
     }
 
     fn counted(
@@ -273,7 +280,7 @@ impl SealedFiles {
     /// Opens every frame of bucket `b`'s file in order, each reserved in `reservation` before
     /// it is read (so an oversized bucket, one subject's many rows, fails the job, not the
     /// host), and gives each to `each`; the file is checked whole (every frame there, in
-    /// order, unaltered) and removed.
+    /// order, unaltered) and removed, behind the reader.
     pub(crate) fn read(
         &mut self,
         b: usize,
@@ -950,6 +957,33 @@ mod tests {
         // Once every group was read, the next call gives everything back.
         s.read(0..0).unwrap();
         assert_eq!(pool.reserved(), 0);
+    }
+
+    #[test]
+    fn files_read_are_removed_before_their_directory_whichever_sibling_goes_first() {
+        for _ in 0..20 {
+            let root = tempfile::tempdir().unwrap();
+            let mut files = SealedFiles::new(root.path(), 64 << 20).unwrap();
+            let mut sibling = files.sibling().unwrap();
+            let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(1 << 30));
+            let reservation = MemoryConsumer::new("reader").register(&pool);
+            for b in 0..16 {
+                files.write(b, &mut vec![b as u8; 9000]).unwrap();
+                sibling.write(b, &mut vec![b as u8; 9000]).unwrap();
+            }
+            // Each file read is given to the shared remover; half of them are never read.
+            for b in 0..8 {
+                files.read(b, &reservation, |_| Ok(())).unwrap();
+                sibling.read(b, &reservation, |_| Ok(())).unwrap();
+            }
+            drop(files);
+            // The sibling's files read later are removed too, by a thread made again.
+            sibling.read(8, &reservation, |_| Ok(())).unwrap();
+            sibling.removed();
+            assert_eq!(files_under(root.path()).len(), 7);
+            drop(sibling);
+            assert!(std::fs::read_dir(root.path()).unwrap().next().is_none());
+        }
     }
 
     #[test]
