@@ -65,10 +65,11 @@ pub(crate) struct SealedFiles {
     remover: Arc<Remover>,
 }
 
-/// Removes the bucket files read, on a thread of its own (made when first asked, one for a
-/// job's sibling files): on a file system that discards freed blocks as it frees them (ext4
-/// mounted with `discard`), removing a file waits for the disk, which would stall the
-/// tally's readers at every bucket. Only when files are removed changes: a file is removed
+/// Removes the bucket files read, on a thread of its own (made when first asked; one for each
+/// of a job's sibling files, at most one per lane: at 100M rows each was busy for most of the
+/// tally, so one for all would fall behind): on a file system that discards freed blocks as it
+/// frees them (ext4 mounted with `discard`), removing a file waits for the disk, which would
+/// stall the tally's readers at every bucket. Only when files are removed changes: a file is removed
 /// once read, a little later; a files' directory is removed when its [`SealedFiles`] is
 /// dropped, after every file asked for before (and with every file not read). Where no
 /// thread can be made, a file is removed by its reader.
@@ -168,17 +169,14 @@ impl SealedFiles {
     }
 
     /// Files of the same job in a directory of their own, under a key of their own, whose
-    /// writes count toward the same limit, and whose files read are removed by the same
-    /// thread.
+    /// writes count toward the same limit.
     pub(crate) fn sibling(&self) -> Result<SealedFiles> {
         let root = self.dir.parent().unwrap_or(&self.dir);
-        let mut sibling = SealedFiles::counted(
+        SealedFiles::counted(
             root,
             self.max_written,
             std::sync::Arc::clone(&self.all_written),
-        )?;
-        sibling.remover = Arc::clone(&self.remover);
-        Ok(sibling)
+        )
     }
 
     fn counted(
@@ -971,13 +969,13 @@ mod tests {
                 files.write(b, &mut vec![b as u8; 9000]).unwrap();
                 sibling.write(b, &mut vec![b as u8; 9000]).unwrap();
             }
-            // Each file read is given to the shared remover; half of them are never read.
+            // Each file read is given to its files' remover; half of them are never read.
             for b in 0..8 {
                 files.read(b, &reservation, |_| Ok(())).unwrap();
                 sibling.read(b, &reservation, |_| Ok(())).unwrap();
             }
             drop(files);
-            // The sibling's files read later are removed too, by a thread made again.
+            // The sibling's files read later are removed too.
             sibling.read(8, &reservation, |_| Ok(())).unwrap();
             sibling.removed();
             assert_eq!(files_under(root.path()).len(), 7);
