@@ -430,6 +430,8 @@ pub(crate) struct SealedSpill {
     raw: Vec<RecordBatch>,
     buckets: Vec<Bucket>,
     partitioned: bool,
+    /// The first bucket not read yet: the groups are read once each, in order.
+    next: usize,
     /// Bytes held in memory since the last write, reserved in the job's pool until no row of
     /// them is held (a slice keeps its whole partitioned batch); and the most the spill holds
     /// before it writes.
@@ -476,6 +478,7 @@ impl SealedSpill {
             raw: Vec::new(),
             buckets: (0..BUCKETS).map(|_| Bucket::default()).collect(),
             partitioned: false,
+            next: 0,
             held: 0,
             limit: (budget / 4).clamp(1 << 20, 1 << 30),
             group_limit: (budget / 8).clamp(1 << 19, 1 << 29),
@@ -641,6 +644,16 @@ impl SealedSpill {
     /// The rows of one group, read back and opened; each file is checked whole (every frame
     /// there, in order, unaltered). They are reserved in the job's pool until the next call.
     pub(crate) fn read(&mut self, group: std::ops::Range<usize>) -> Result<Vec<RecordBatch>> {
+        // Each group once, in order: a group read twice or skipped would give its subjects'
+        // rows to no one, or to one cell twice, and the job fails instead.
+        if !group.is_empty() {
+            if group.start != self.next || group.end > BUCKETS {
+                return Err(Error::Internal(
+                    "the gate's spill: a group read out of its order".into(),
+                ));
+            }
+            self.next = group.end;
+        }
         // The group before is given back. Rows still held keep the batches they are slices
         // of: those stay reserved whole until no bucket holds a row.
         let holding = !self.raw.is_empty() || self.buckets.iter().any(|b| !b.held.is_empty());
@@ -925,6 +938,24 @@ mod tests {
         drop(s);
         assert!(files_under(root.path()).is_empty());
         assert!(std::fs::read_dir(root.path()).unwrap().next().is_none());
+    }
+
+    #[test]
+    fn a_group_read_twice_out_of_order_or_beyond_the_buckets_fails_rather_than_reads_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let mut s = spill(root.path(), 4 << 20);
+        for i in 0..40 {
+            s.push(rows(i * 8192, 8192)).unwrap();
+        }
+        let groups = s.groups().unwrap();
+        assert!(groups.len() > 2, "{groups:?}");
+        assert!(s.read(groups[1].clone()).is_err(), "a group skipped");
+        assert!(!s.read(groups[0].clone()).unwrap().is_empty());
+        assert!(s.read(groups[0].clone()).is_err(), "a group read twice");
+        assert!(s.read(BUCKETS..BUCKETS + 1).is_err(), "beyond the buckets");
+        // Nothing asked for is nothing read, anywhere in the order.
+        assert!(s.read(0..0).unwrap().is_empty());
+        assert!(!s.read(groups[1].clone()).unwrap().is_empty());
     }
 
     #[test]
