@@ -69,10 +69,10 @@ pub(crate) struct SealedFiles {
 /// of a job's sibling files, at most one per lane: at 100M rows each was busy for most of the
 /// tally, so one for all would fall behind): on a file system that discards freed blocks as it
 /// frees them (ext4 mounted with `discard`), removing a file waits for the disk, which would
-/// stall the tally's readers at every bucket. Only when files are removed changes: a file is removed
-/// once read, a little later; a files' directory is removed when its [`SealedFiles`] is
-/// dropped, after every file asked for before (and with every file not read). Where no
-/// thread can be made, a file is removed by its reader.
+/// stall the tally's readers at every bucket. Only when files are removed changes: a file is
+/// removed once read, a little later; the files' directory is removed when its
+/// [`SealedFiles`] is dropped, after every file asked for before (and with every file not
+/// read). Where no thread can be made, a file is removed by its reader.
 #[derive(Default)]
 struct Remover {
     /// To the thread, while it runs; with its handle.
@@ -84,6 +84,23 @@ struct RemoverThread {
     thread: std::thread::JoinHandle<()>,
 }
 
+impl RemoverThread {
+    /// A thread that removes each file it is given until its sender is dropped; `None` when
+    /// no thread can be made.
+    fn start() -> Option<RemoverThread> {
+        let (files, rx) = std::sync::mpsc::channel::<(File, PathBuf)>();
+        let thread = std::thread::Builder::new()
+            .name("tidegate-spill-rm".into())
+            .spawn(move || {
+                for (file, path) in rx {
+                    remove_now(file, &path);
+                }
+            })
+            .ok()?;
+        Some(RemoverThread { files, thread })
+    }
+}
+
 impl Remover {
     /// Removes `path` (whose open file is `file`) soon.
     fn remove(&self, file: File, path: PathBuf) {
@@ -91,38 +108,20 @@ impl Remover {
             return remove_now(file, &path);
         };
         if queue.is_none() {
-            let (tx, rx) = std::sync::mpsc::channel::<(File, PathBuf)>();
-            let spawned = std::thread::Builder::new()
-                .name("tidegate-spill-rm".into())
-                .spawn(move || {
-                    for (file, path) in rx {
-                        remove_now(file, &path);
-                    }
-                });
-            match spawned {
-                Ok(thread) => {
-                    *queue = Some(RemoverThread { files: tx, thread });
-                }
-                Err(_) => return remove_now(file, &path),
-            }
+            *queue = RemoverThread::start();
         }
-        match queue.as_ref() {
-            Some(q) => {
-                if let Err(std::sync::mpsc::SendError((file, path))) = q.files.send((file, path)) {
-                    remove_now(file, &path);
-                }
-            }
-            None => remove_now(file, &path),
+        let Some(q) = queue.as_ref() else {
+            return remove_now(file, &path);
+        };
+        if let Err(std::sync::mpsc::SendError((file, path))) = q.files.send((file, path)) {
+            remove_now(file, &path);
         }
     }
 
     /// Waits until every file asked for is removed (a file asked for later starts a thread
     /// again).
     fn wait(&self) {
-        let running = match self.queue.lock() {
-            Ok(mut queue) => queue.take(),
-            Err(_) => None,
-        };
+        let running = self.queue.lock().ok().and_then(|mut queue| queue.take());
         if let Some(RemoverThread { files, thread }) = running {
             drop(files);
             let _ = thread.join();
